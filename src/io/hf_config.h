@@ -1,0 +1,74 @@
+// Hugging Face config.json -> ModelConfig for Gemma 4 text decoders. Accepts the flat
+// Gemma4TextConfig (Gemma4ForCausalLM) and the nested Gemma4Config (text_config inside,
+// Gemma4ForConditionalGeneration), and both dialects for full-attention layers: published
+// `global_head_dim` / `num_global_key_value_heads`, and transformers 5.x `per_layer_config`.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace g4::io {
+
+struct RopeSpec {
+  std::string type = "default";  // "default" | "proportional" | "linear"
+  double theta = 10000.0;
+  double partial_rotary_factor = 1.0;
+  double factor = 1.0;
+};
+
+// Everything one decoder layer needs, resolved from the config.
+struct LayerSpec {
+  bool sliding = true;          // layer_types[l] == "sliding_attention"
+  int64_t head_dim = 0;         // d(l)
+  int64_t num_kv_heads = 0;     // nKV(l)
+  bool k_eq_v = false;          // attention_k_eq_v on a full layer: no v_proj, V from raw K
+  bool kv_shared = false;       // l >= L - num_kv_shared_layers: owns no k/v weights
+  int64_t kv_source = -1;       // layer whose K/V a shared layer uses (-1 if not shared)
+  int64_t intermediate = 0;     // dense MLP width (doubled on shared layers with use_double_wide_mlp)
+  bool moe = false;             // routed experts beside the dense MLP
+  RopeSpec rope;
+};
+
+struct ModelConfig {
+  std::string architecture;      // "Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", ...
+  bool conditional = false;      // text weights live under model.language_model.*
+  bool has_vision = false, has_audio = false;
+
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t global_head_dim = 0, num_global_kv_heads = 0;  // 0 = not given
+  int64_t hidden_size_per_layer_input = 0, vocab_size_per_layer_input = 0;
+  int64_t num_kv_shared_layers = 0;
+  bool use_double_wide_mlp = false, attention_k_eq_v = false;
+  bool enable_moe_block = false;
+  int64_t num_experts = 0, top_k_experts = 0, moe_intermediate_size = 0;
+  int64_t sliding_window = 0;
+  double rms_norm_eps = 1e-6;
+  std::optional<double> final_logit_softcapping;
+  bool tie_word_embeddings = true;
+  std::string bidirectional;     // "" (causal), "vision" or "all"
+  int64_t pad_token_id = 0, bos_token_id = 2;
+  std::vector<int64_t> eos_token_ids;
+  std::vector<std::string> layer_types;
+  int64_t max_position_embeddings = 0;
+
+  std::vector<LayerSpec> layers;  // one per decoder layer, resolved
+  nlohmann::json raw;             // the file as read, written back on export
+
+  int64_t first_kv_shared_layer() const { return num_layers - num_kv_shared_layers; }
+};
+
+// Parses and validates. Unsupported values (activation other than gelu_pytorch_tanh,
+// attention_bias, unknown rope_type or layer type, inconsistent sizes) are errors naming
+// `source` and the key.
+ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
+ModelConfig load_model_config(const std::string& config_json_path);
+// Re-derives `layers` from the scalar fields (after a built-in config is edited by hand).
+void resolve_layers(ModelConfig& c, const std::string& source);
+// A config.json for this model: `raw` when the config was read from a file, else a
+// Gemma4TextConfig-style document built from the fields.
+nlohmann::json model_config_to_json(const ModelConfig& c);
+
+}  // namespace g4::io

@@ -1,0 +1,30 @@
+// Scaled dot-product attention with grouped KV heads and a mask *description* (never a
+// materialised S×S mask on the hot path). Softmax is accumulated in fp32 (f64 for f64 inputs).
+#pragma once
+#include "core/tensor.h"
+
+namespace g4::ops {
+
+// Which keys a query may see. Query i of the call sits at absolute index q_start + i of the
+// sequence; key j at k_start + j (a KV cache or a context-parallel shard sets these).
+struct AttentionMask {
+  bool causal = true;       // key index <= query index
+  int64_t window = 0;       // > 0: causal: q - k < window; bidirectional: |q - k| < window
+  int64_t q_start = 0;
+  int64_t k_start = 0;
+  Tensor key_valid;         // optional [B, Sk] (any int/bool dtype): 0 = padding key, never seen
+  Tensor q_doc, k_doc;      // optional [B, Sq] / [B, Sk] i32 document ids: only same-document keys
+};
+
+// q [B, Sq, nH, d], k [B, Sk, nKV, d], v [B, Sk, nKV, dv]; nH % nKV == 0 (query head h uses kv
+// head h / (nH / nKV)). Returns out [B, Sq, nH, dv]; if lse != nullptr also writes the
+// log-sum-exp of the scaled scores, [B, nH, Sq] f32 (f64 for f64 inputs), needed by backward.
+// A query that sees no key gets output 0 and lse = -inf.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
+                 Tensor* lse = nullptr);
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
+                        Tensor& dv);
+
+}  // namespace g4::ops

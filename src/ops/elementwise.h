@@ -1,0 +1,49 @@
+// Pointwise arithmetic and small shape ops. Float ops take f32 or f64 and return the same dtype;
+// binary ops need equal shapes unless stated.
+#pragma once
+#include "core/tensor.h"
+
+namespace g4::ops {
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, double s);  // a * s
+void add_(Tensor& acc, const Tensor& x, double alpha = 1.0);  // acc += alpha * x, in place
+void scale_(Tensor& a, double s);
+
+// x [..., D] * v [D] (v broadcast over rows), and its gradients.
+Tensor mul_rowvec(const Tensor& x, const Tensor& v);
+Tensor sum_rows(const Tensor& x);  // x [..., D] -> [D]: sum over all leading dims
+
+// gelu with the tanh approximation (HF "gelu_pytorch_tanh").
+Tensor gelu_tanh(const Tensor& x);
+Tensor gelu_tanh_backward(const Tensor& dy, const Tensor& x);
+
+// gelu_tanh(g) * u and its gradients (the gated MLP activation).
+Tensor gelu_gate(const Tensor& g, const Tensor& u);
+void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+
+// Same on a fused [N, 2I] tensor whose first I columns are the gate and last I the up: -> [N, I].
+Tensor gelu_gate_fused(const Tensor& gu);
+Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu);
+
+// c * tanh(x / c) (final logit soft-capping) and its gradient.
+Tensor softcap(const Tensor& x, double cap);
+Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap);  // uses the output y
+
+// Softmax over the last dimension, accumulated in the input precision (f32 on the CPU).
+Tensor softmax_lastdim(const Tensor& x);
+Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y);
+
+// Copy of x[..., start:start+len, ...] along dimension `dim`, and the gradient that scatters dy
+// back into zeros of the input's shape.
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len);
+Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, int64_t start);
+// Concatenation along `dim` (all other dims equal).
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+
+// Sum of all elements (accumulated in double), returned as a [] tensor of x's dtype.
+Tensor sum_all(const Tensor& x);
+
+}  // namespace g4::ops

@@ -1,0 +1,39 @@
+// Mixture-of-experts building blocks: top-k routing, sorting token copies by expert, a grouped
+// matmul over the sorted rows (no compute for experts a token did not pick), and the weighted
+// combine back to token order.
+#pragma once
+#include "core/tensor.h"
+
+namespace g4::ops {
+
+// probs [T, E] -> weights [T, K] (the K largest probabilities renormalised to sum 1) and
+// indices [T, K] i32 (expert ids, in descending probability; ties: lower expert id first).
+void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices);
+// Gradient of the renormalised top-k weights with respect to probs ([T, E], zero off the top-k).
+Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices);
+
+// Assignment r = t*K + k (token t's k-th choice) sorted by expert, stable in r.
+struct MoePlan {
+  int64_t tokens = 0, top_k = 0, experts = 0;
+  std::vector<int32_t> order;    // [T*K]: sorted row -> assignment r
+  std::vector<int64_t> offsets;  // [E+1]: rows of expert e are [offsets[e], offsets[e+1])
+};
+MoePlan moe_plan(const Tensor& indices, int64_t num_experts);
+
+// x [T, H] -> xs [T*K, H] with xs[row] = x[order[row] / K].
+Tensor moe_permute(const Tensor& x, const MoePlan& plan);
+// Gradient of moe_permute: dx [T, H] = sum of the rows of dxs that came from each token.
+Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan);
+
+// ys [T*K, H] sorted rows, weights [T, K] -> out [T, H] = sum_k weights[t,k] * ys[row of (t,k)].
+Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& plan);
+void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& weights, const MoePlan& plan,
+                            Tensor& dys, Tensor& dweights);
+
+// xs [N, Kd] rows sorted by expert, w [E, Kd, Nd] -> [N, Nd]: rows of expert e times w[e].
+Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets);
+// dxs = dy · w[e]ᵀ per group; dw[e] = xs_eᵀ · dy_e (zero for experts with no rows).
+void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
+                             Tensor& dxs, Tensor& dw);
+
+}  // namespace g4::ops
