@@ -1,0 +1,305 @@
+#include "autograd/functions.h"
+
+#include <memory>
+
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/loss.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+
+namespace g4::ag {
+
+namespace {
+// Output Var that records when any input requires a gradient.
+Var result(Tensor value, bool recording) { return Var(std::move(value), recording); }
+}  // namespace
+
+Var add(const Var& a, const Var& b) {
+  const bool rec = should_record({&a, &b});
+  Var out = result(ops::add(a.value(), b.value()), rec);
+  if (rec) {
+    auto ai = a.impl(), bi = b.impl(), oi = out.impl();
+    record({oi}, [ai, bi, oi] {
+      accumulate_grad(ai, oi->grad);
+      accumulate_grad(bi, oi->grad);
+    });
+  }
+  return out;
+}
+
+Var mul(const Var& a, const Var& b) {
+  const bool rec = should_record({&a, &b});
+  Var out = result(ops::mul(a.value(), b.value()), rec);
+  if (rec) {
+    auto ai = a.impl(), bi = b.impl(), oi = out.impl();
+    record({oi}, [ai, bi, oi] {
+      if (ai->requires_grad) accumulate_grad(ai, ops::mul(oi->grad, bi->value));
+      if (bi->requires_grad) accumulate_grad(bi, ops::mul(oi->grad, ai->value));
+    });
+  }
+  return out;
+}
+
+Var scale(const Var& a, double s) {
+  const bool rec = should_record({&a});
+  Var out = result(ops::scale(a.value(), s), rec);
+  if (rec) {
+    auto ai = a.impl(), oi = out.impl();
+    record({oi}, [ai, oi, s] { accumulate_grad(ai, ops::scale(oi->grad, s)); });
+  }
+  return out;
+}
+
+Var reshape(const Var& x, const Shape& shape) {
+  const bool rec = should_record({&x});
+  Var out = result(x.value().reshape(shape), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi] { accumulate_grad(xi, oi->grad.reshape(xi->value.shape())); });
+  }
+  return out;
+}
+
+Var narrow(const Var& x, int64_t dim, int64_t start, int64_t len) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::narrow(x.value(), dim, start, len), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi, dim, start] {
+      accumulate_grad(xi, ops::narrow_backward(oi->grad, xi->value.shape(), dim, start));
+    });
+  }
+  return out;
+}
+
+Var concat(const std::vector<Var>& xs, int64_t dim) {
+  std::vector<Tensor> values;
+  bool rec = false;
+  for (const Var& x : xs) {
+    values.push_back(x.value());
+    rec = rec || should_record({&x});
+  }
+  Var out = result(ops::concat(values, dim), rec);
+  if (rec) {
+    std::vector<std::shared_ptr<VarImpl>> ins;
+    for (const Var& x : xs) ins.push_back(x.impl());
+    auto oi = out.impl();
+    record({oi}, [ins, oi, dim] {
+      int64_t start = 0;
+      for (const auto& xi : ins) {
+        const int64_t len = xi->value.size(dim);
+        if (xi->requires_grad) accumulate_grad(xi, ops::narrow(oi->grad, dim, start, len));
+        start += len;
+      }
+    });
+  }
+  return out;
+}
+
+Var linear(const Var& x, const Var& w) {
+  const bool rec = should_record({&x, &w});
+  Var out = result(ops::linear(x.value(), w.value()), rec);
+  if (rec) {
+    auto xi = x.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi] {
+      if (xi->requires_grad) accumulate_grad(xi, ops::linear_backward_input(oi->grad, wi->value));
+      if (wi->requires_grad) accumulate_grad(wi, ops::linear_backward_weight(oi->grad, xi->value));
+    });
+  }
+  return out;
+}
+
+Var rmsnorm(const Var& x, const Var& w, double eps) {
+  const bool rec = should_record({&x, w.defined() ? &w : nullptr});
+  const Tensor wv = w.defined() ? w.value() : Tensor();
+  Var out = result(ops::rmsnorm(x.value(), wv, eps), rec);
+  if (rec) {
+    auto xi = x.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi, eps] {
+      Tensor dx, dw;
+      ops::rmsnorm_backward(oi->grad, xi->value, wi ? wi->value : Tensor(), eps, dx, dw);
+      accumulate_grad(xi, dx);
+      if (wi) accumulate_grad(wi, dw);
+    });
+  }
+  return out;
+}
+
+Var rope(const Var& x, const Tensor& positions, const Tensor& inv_freq) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::rope(x.value(), positions, inv_freq), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi, positions, inv_freq] {
+      accumulate_grad(xi, ops::rope_backward(oi->grad, positions, inv_freq));
+    });
+  }
+  return out;
+}
+
+Var attention(const Var& q, const Var& k, const Var& v, const ops::AttentionMask& mask, double scale) {
+  const bool rec = should_record({&q, &k, &v});
+  Tensor lse;
+  Var out = result(ops::attention(q.value(), k.value(), v.value(), mask, scale, rec ? &lse : nullptr), rec);
+  if (rec) {
+    auto qi = q.impl(), ki = k.impl(), vi = v.impl(), oi = out.impl();
+    const Tensor out_value = out.value();
+    record({oi}, [qi, ki, vi, oi, out_value, lse, mask, scale] {
+      Tensor dq, dk, dv;
+      ops::attention_backward(oi->grad, qi->value, ki->value, vi->value, out_value, lse, mask, scale, dq, dk, dv);
+      accumulate_grad(qi, dq);
+      accumulate_grad(ki, dk);
+      accumulate_grad(vi, dv);
+    });
+  }
+  return out;
+}
+
+Var embedding(const Var& weight, const Tensor& ids, int64_t padding_idx) {
+  const bool rec = should_record({&weight});
+  Var out = result(ops::embedding(weight.value(), ids), rec);
+  if (rec) {
+    auto wi = weight.impl(), oi = out.impl();
+    record({oi}, [wi, oi, ids, padding_idx] {
+      accumulate_grad(wi, ops::embedding_backward(oi->grad, ids, wi->value.size(0), padding_idx));
+    });
+  }
+  return out;
+}
+
+Var gelu_tanh(const Var& x) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::gelu_tanh(x.value()), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi] { accumulate_grad(xi, ops::gelu_tanh_backward(oi->grad, xi->value)); });
+  }
+  return out;
+}
+
+Var gelu_gate(const Var& g, const Var& u) {
+  const bool rec = should_record({&g, &u});
+  Var out = result(ops::gelu_gate(g.value(), u.value()), rec);
+  if (rec) {
+    auto gi = g.impl(), ui = u.impl(), oi = out.impl();
+    record({oi}, [gi, ui, oi] {
+      Tensor dg, du;
+      ops::gelu_gate_backward(oi->grad, gi->value, ui->value, dg, du);
+      accumulate_grad(gi, dg);
+      accumulate_grad(ui, du);
+    });
+  }
+  return out;
+}
+
+Var gelu_gate_fused(const Var& gu) {
+  const bool rec = should_record({&gu});
+  Var out = result(ops::gelu_gate_fused(gu.value()), rec);
+  if (rec) {
+    auto gi = gu.impl(), oi = out.impl();
+    record({oi}, [gi, oi] { accumulate_grad(gi, ops::gelu_gate_fused_backward(oi->grad, gi->value)); });
+  }
+  return out;
+}
+
+Var softcap(const Var& x, double cap) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::softcap(x.value(), cap), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    const Tensor y = out.value();
+    record({oi}, [xi, oi, y, cap] { accumulate_grad(xi, ops::softcap_backward(oi->grad, y, cap)); });
+  }
+  return out;
+}
+
+Var softmax_lastdim(const Var& x) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::softmax_lastdim(x.value()), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    const Tensor y = out.value();
+    record({oi}, [xi, oi, y] { accumulate_grad(xi, ops::softmax_lastdim_backward(oi->grad, y)); });
+  }
+  return out;
+}
+
+Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index) {
+  const bool rec = should_record({&logits});
+  const Tensor flat = logits.value().reshape({-1, logits.value().size(-1)});
+  const Tensor tflat = targets.reshape({-1});
+  const ops::CrossEntropyResult r = ops::cross_entropy(flat, tflat, ignore_index);
+  const double mean = r.count > 0 ? r.loss_sum / static_cast<double>(r.count) : 0.0;
+  Var out = result(Tensor::scalar(mean, logits.value().dtype()), rec);
+  if (rec) {
+    auto li = logits.impl(), oi = out.impl();
+    const int64_t count = r.count;
+    record({oi}, [li, oi, tflat, ignore_index, count] {
+      if (count == 0) return;
+      const double g = oi->grad.item() / static_cast<double>(count);
+      const Tensor lflat = li->value.reshape({-1, li->value.size(-1)});
+      Tensor d = ops::cross_entropy_backward(lflat, tflat, g, ignore_index);
+      accumulate_grad(li, d.reshape(li->value.shape()));
+    });
+  }
+  return out;
+}
+
+Var router_topk(const Var& probs, int64_t k, Tensor& indices) {
+  const bool rec = should_record({&probs});
+  Tensor weights;
+  ops::router_topk(probs.value(), k, weights, indices);
+  Var out = result(weights, rec);
+  if (rec) {
+    auto pi = probs.impl(), oi = out.impl();
+    const Tensor idx = indices;
+    record({oi}, [pi, oi, idx] { accumulate_grad(pi, ops::router_topk_backward(oi->grad, pi->value, idx)); });
+  }
+  return out;
+}
+
+Var moe_permute(const Var& x, const ops::MoePlan& plan) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::moe_permute(x.value(), plan), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    auto p = std::make_shared<ops::MoePlan>(plan);
+    record({oi}, [xi, oi, p] { accumulate_grad(xi, ops::moe_permute_backward(oi->grad, *p)); });
+  }
+  return out;
+}
+
+Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets) {
+  const bool rec = should_record({&xs, &w});
+  Var out = result(ops::grouped_matmul(xs.value(), w.value(), offsets), rec);
+  if (rec) {
+    auto xi = xs.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi, offsets] {
+      Tensor dxs, dw;
+      ops::grouped_matmul_backward(oi->grad, xi->value, wi->value, offsets, dxs, dw);
+      accumulate_grad(xi, dxs);
+      accumulate_grad(wi, dw);
+    });
+  }
+  return out;
+}
+
+Var moe_unpermute(const Var& ys, const Var& weights, const ops::MoePlan& plan) {
+  const bool rec = should_record({&ys, &weights});
+  Var out = result(ops::moe_unpermute(ys.value(), weights.value(), plan), rec);
+  if (rec) {
+    auto yi = ys.impl(), wi = weights.impl(), oi = out.impl();
+    auto p = std::make_shared<ops::MoePlan>(plan);
+    record({oi}, [yi, wi, oi, p] {
+      Tensor dys, dweights;
+      ops::moe_unpermute_backward(oi->grad, yi->value, wi->value, *p, dys, dweights);
+      accumulate_grad(yi, dys);
+      accumulate_grad(wi, dweights);
+    });
+  }
+  return out;
+}
+
+}  // namespace g4::ag

@@ -1,0 +1,39 @@
+// Differentiable versions of the ops the model uses. Each computes the forward with src/ops and,
+// when recording, captures what its backward needs. Shapes follow the ops headers.
+#pragma once
+#include <vector>
+
+#include "autograd/variable.h"
+#include "ops/attention.h"
+#include "ops/moe.h"
+
+namespace g4::ag {
+
+Var add(const Var& a, const Var& b);
+Var mul(const Var& a, const Var& b);
+Var scale(const Var& a, double s);
+Var reshape(const Var& x, const Shape& shape);
+Var narrow(const Var& x, int64_t dim, int64_t start, int64_t len);
+Var concat(const std::vector<Var>& xs, int64_t dim);
+
+Var linear(const Var& x, const Var& w);  // x · wᵀ, w [out, in]
+Var rmsnorm(const Var& x, const Var& w, double eps);  // w may be an undefined Var (no weight)
+Var rope(const Var& x, const Tensor& positions, const Tensor& inv_freq);
+Var attention(const Var& q, const Var& k, const Var& v, const ops::AttentionMask& mask, double scale);
+Var embedding(const Var& weight, const Tensor& ids, int64_t padding_idx);
+Var gelu_tanh(const Var& x);
+Var gelu_gate(const Var& g, const Var& u);
+Var gelu_gate_fused(const Var& gu);
+Var softcap(const Var& x, double cap);
+Var softmax_lastdim(const Var& x);
+
+// Mean cross-entropy over targets != ignore_index (0 when none counts), as a [] Var.
+Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index = -100);
+
+// Top-k of router probabilities: renormalised weights (differentiable) and expert ids.
+Var router_topk(const Var& probs, int64_t k, Tensor& indices);
+Var moe_permute(const Var& x, const ops::MoePlan& plan);
+Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets);
+Var moe_unpermute(const Var& ys, const Var& weights, const ops::MoePlan& plan);
+
+}  // namespace g4::ag

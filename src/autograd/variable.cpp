@@ -1,0 +1,86 @@
+#include "autograd/variable.h"
+
+#include "ops/elementwise.h"
+
+namespace g4::ag {
+
+namespace {
+struct Node {
+  std::vector<std::shared_ptr<VarImpl>> outputs;
+  std::function<void()> backward;
+};
+struct Tape {
+  std::vector<Node> nodes;
+  bool grad_mode = true;
+};
+thread_local Tape g_tape;
+}  // namespace
+
+Var::Var(Tensor value, bool requires_grad) : impl_(std::make_shared<VarImpl>()) {
+  impl_->value = std::move(value);
+  impl_->requires_grad = requires_grad;
+}
+
+Tensor& Var::owned_grad() {
+  if (impl_->grad.defined() && !impl_->grad_owned) {
+    impl_->grad = impl_->grad.clone();
+    impl_->grad_owned = true;
+  }
+  return impl_->grad;
+}
+
+void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g) {
+  if (!v || !v->requires_grad || !g.defined()) return;
+  G4_CHECK(g.shape() == v->value.shape(), "autograd: gradient ", g.describe(), " for a value ", v->value.describe());
+  if (!v->grad.defined()) {
+    v->grad = g;
+    v->grad_owned = false;
+    return;
+  }
+  if (!v->grad_owned) {
+    v->grad = v->grad.clone();
+    v->grad_owned = true;
+  }
+  ops::add_(v->grad, g);
+}
+
+void record(std::vector<std::shared_ptr<VarImpl>> outputs, std::function<void()> backward) {
+  g_tape.nodes.push_back(Node{std::move(outputs), std::move(backward)});
+}
+
+bool grad_enabled() { return g_tape.grad_mode; }
+
+bool should_record(std::initializer_list<const Var*> inputs) {
+  if (!g_tape.grad_mode) return false;
+  for (const Var* v : inputs)
+    if (v && v->requires_grad()) return true;
+  return false;
+}
+
+void backward(const Var& loss, double seed) {
+  G4_CHECK(loss.defined() && loss.value().numel() == 1, "backward() needs a one-element loss, got ",
+           loss.defined() ? loss.value().describe() : "undefined");
+  G4_CHECK(loss.requires_grad(), "backward(): the loss does not depend on any value that requires a gradient");
+  Tensor g = Tensor::full(loss.value().shape(), seed, loss.value().dtype());
+  accumulate_grad(loss.impl(), g);
+  // Nodes may free their captured tensors as soon as they ran.
+  std::vector<Node> nodes = std::move(g_tape.nodes);
+  g_tape.nodes.clear();
+  for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+    bool any = false;
+    for (const auto& o : it->outputs) any = any || (o && o->grad.defined());
+    if (any) it->backward();
+    it->backward = nullptr;
+    // Intermediate gradients are not needed once consumed; leaves (parameters) keep theirs.
+    for (const auto& o : it->outputs)
+      if (o) o->grad = Tensor();
+  }
+}
+
+void clear_tape() { g_tape.nodes.clear(); }
+size_t tape_size() { return g_tape.nodes.size(); }
+
+NoGrad::NoGrad() : previous_(g_tape.grad_mode) { g_tape.grad_mode = false; }
+NoGrad::~NoGrad() { g_tape.grad_mode = previous_; }
+
+}  // namespace g4::ag

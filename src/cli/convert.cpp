@@ -1,0 +1,38 @@
+// g4 convert IN_DIR OUT_DIR: Hugging Face -> native -> Hugging Face (sharded when large), with
+// the tokenizer and generation files copied alongside.
+#include <filesystem>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "model/state_dict_adapter.h"
+
+namespace g4::cli {
+
+void add_convert(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("convert", "Load a Hugging Face checkpoint and write it back (round trip)");
+  struct Opts {
+    std::string in, out;
+    double max_shard_gb = 5.0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("in_dir", o->in, "Hugging Face model directory")->required();
+  cmd->add_option("out_dir", o->out, "output directory (created)")->required();
+  cmd->add_option("--max-shard-gb", o->max_shard_gb, "largest safetensors shard, GiB")->check(CLI::PositiveNumber);
+  cmd->callback([&action, o] {
+    action = [o] {
+      namespace fs = std::filesystem;
+      G4_CHECK(fs::weakly_canonical(o->in) != fs::weakly_canonical(o->out),
+               "convert: output directory is the input directory; refusing to overwrite ", o->in);
+      auto model = model::load_hf_model(o->in);
+      model::save_hf_checkpoint(*model, o->out, static_cast<size_t>(o->max_shard_gb * double(size_t(1) << 30)));
+      for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                            "special_tokens_map.json", "chat_template.jinja"}) {
+        const fs::path src = fs::path(o->in) / f;
+        if (fs::exists(src)) fs::copy_file(src, fs::path(o->out) / f, fs::copy_options::overwrite_existing);
+      }
+      std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters)\n";
+    };
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,64 @@
+// g4 generate MODEL_DIR --prompt-ids 5,17,... --max-new-tokens N [--greedy | sampling options]
+#include <iostream>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "generate/generator.h"
+#include "model/state_dict_adapter.h"
+
+namespace g4::cli {
+
+namespace {
+std::vector<int64_t> parse_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoll(item, &used));
+      G4_CHECK(used == item.size(), "");
+    } catch (...) {
+      G4_FAIL("--prompt-ids: '", item, "' is not an integer token id");
+    }
+  }
+  G4_CHECK(!ids.empty(), "--prompt-ids is empty");
+  return ids;
+}
+}  // namespace
+
+void add_generate(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("generate", "Generate tokens with the KV cache");
+  struct Opts {
+    std::string model, prompt;
+    gen::GenerateOptions gen;
+    bool greedy = false;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("--prompt-ids", o->prompt, "comma-separated prompt token ids")->required();
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
+  cmd->add_flag("--greedy", o->greedy, "argmax decoding (default when no sampling option is given)");
+  cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = all)");
+  cmd->add_option("--top-p", o->gen.sampling.top_p, "nucleus sampling mass in (0, 1]");
+  cmd->add_option("--seed", o->gen.sampling.seed, "random seed for sampling");
+  cmd->add_option("--stop-ids", o->gen.stop_ids, "stop a row after one of these ids")->delimiter(',');
+  cmd->callback([&action, o, cmd] {
+    const bool sampling = cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") > 0;
+    G4_CHECK(!(sampling && o->greedy), "--greedy cannot be combined with sampling options");
+    o->gen.sampling.greedy = !sampling;
+    action = [o] {
+      auto model = model::load_hf_model(o->model);
+      const std::vector<int64_t> prompt = parse_ids(o->prompt);
+      for (int64_t id : prompt)
+        G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,
+                 " is outside the vocabulary [0, ", model->config().vocab_size, ")");
+      const auto out = gen::generate(*model, {prompt}, o->gen);
+      for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
+      std::cout << "\n";
+    };
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,56 @@
+// g4 inspect MODEL_DIR: what a checkpoint is, layer by layer.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "io/hf_config.h"
+#include "model/params.h"
+
+namespace g4::cli {
+
+namespace {
+std::string variant(const io::ModelConfig& c) {
+  std::string v = c.enable_moe_block ? "MoE (dense MLP + " + std::to_string(c.num_experts) + " experts, top-" +
+                                           std::to_string(c.top_k_experts) + ")"
+                                     : "dense";
+  if (c.hidden_size_per_layer_input > 0) v += ", per-layer embeddings";
+  if (c.num_kv_shared_layers > 0) v += ", KV sharing (last " + std::to_string(c.num_kv_shared_layers) + " layers)";
+  if (c.attention_k_eq_v) v += ", K=V on full layers";
+  return v;
+}
+}  // namespace
+
+void add_inspect(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("inspect", "Print a model's variant, layer table and parameter count");
+  auto dir = std::make_shared<std::string>();
+  cmd->add_option("model_dir", *dir, "Hugging Face model directory (config.json + safetensors)")->required();
+  cmd->callback([&action, dir] {
+    action = [dir] {
+      const io::ModelConfig c = io::load_model_config((std::filesystem::path(*dir) / "config.json").string());
+      int64_t params = 0;
+      for (const auto& s : model::native_param_specs(c)) params += shape_numel(s.shape);
+      std::printf("model      %s (%s)\n", dir->c_str(), c.architecture.c_str());
+      std::printf("variant    %s\n", variant(c).c_str());
+      std::printf("sizes      hidden %lld, heads %lld, vocab %lld, layers %lld, sliding window %lld\n",
+                  (long long)c.hidden_size, (long long)c.num_heads, (long long)c.vocab_size, (long long)c.num_layers,
+                  (long long)c.sliding_window);
+      std::printf("parameters %lld (text decoder)\n\n", (long long)params);
+      std::printf("layer  type     head_dim  kv_heads  mlp     rope                 extras\n");
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        const io::LayerSpec& s = c.layers[static_cast<size_t>(l)];
+        std::string extras;
+        if (s.moe) extras += "moe ";
+        if (s.k_eq_v) extras += "k=v ";
+        if (s.kv_shared) extras += "shares kv of " + std::to_string(s.kv_source) + " ";
+        if (c.hidden_size_per_layer_input > 0) extras += "ple ";
+        char rope[64];
+        std::snprintf(rope, sizeof rope, "%s %.0f", s.rope.type.c_str(), s.rope.theta);
+        std::printf("%5lld  %-7s  %8lld  %8lld  %-6lld  %-19s  %s\n", (long long)l, s.sliding ? "sliding" : "full",
+                    (long long)s.head_dim, (long long)s.num_kv_heads, (long long)s.intermediate, rope, extras.c_str());
+      }
+    };
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,30 @@
+// g4: run, inspect and convert Gemma 4 models. `g4 --help` lists the subcommands.
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"g4: Gemma 4 in C++ - inspect, run, generate and convert Hugging Face checkpoints"};
+  app.require_subcommand(1);
+  g4::cli::Action action;
+  g4::cli::add_inspect(app, action);
+  g4::cli::add_forward(app, action);
+  g4::cli::add_generate(app, action);
+  g4::cli::add_convert(app, action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    action();
+  } catch (const g4::Error& e) {
+    std::cerr << "g4: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "g4: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,258 @@
+#include "model/gemma4.h"
+
+#include <cmath>
+
+#include "autograd/functions.h"
+#include "core/philox.h"
+#include "model/rope_freqs.h"
+#include "ops/elementwise.h"
+
+namespace g4::model {
+
+// What one forward pass shares between layers: positions, masks and the K/V each layer
+// produced (KV-shared layers read their source's entry).
+struct Gemma4::Context {
+  Tensor positions;   // [B, S] i64
+  Tensor key_valid;   // optional [B, Sk]
+  Tensor docs;        // optional [B, S] i32
+  KVCache* cache = nullptr;
+  int64_t q_start = 0;
+  struct KV {
+    ag::Var k, v;
+    int64_t k_start = 0;
+  };
+  std::vector<KV> kv;
+};
+
+Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts) : cfg_(std::move(config)), experts_(experts) {
+  G4_CHECK(static_cast<int64_t>(cfg_.layers.size()) == cfg_.num_layers, "model config has ", cfg_.layers.size(),
+           " resolved layers for num_hidden_layers ", cfg_.num_layers);
+  if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
+  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, DType::F32));
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    params_.buffers[layer_prefix(l) + "layer_scalar"] = Tensor::full({1}, 1.0);
+    inv_freq_.push_back(rope_inv_freq(cfg_.layers[static_cast<size_t>(l)].rope,
+                                      cfg_.layers[static_cast<size_t>(l)].head_dim));
+  }
+}
+
+void Gemma4::init_weights(uint64_t seed, double std) {
+  const std::vector<ParamSpec> specs = native_param_specs(cfg_, experts_);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Tensor& t = params_.at(specs[i].name).mutable_value();
+    float* d = t.data<float>();
+    const bool random = specs[i].kind == ParamSpec::kMatrix || specs[i].kind == ParamSpec::kEmbedding ||
+                        specs[i].kind == ParamSpec::kExperts;
+    for (int64_t j = 0; j < t.numel(); ++j)
+      d[j] = random ? static_cast<float>(std * philox_normal(seed, i, static_cast<uint64_t>(j))) : 1.0f;
+    if (specs[i].kind == ParamSpec::kEmbedding && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0))
+      std::fill(d + cfg_.pad_token_id * t.size(1), d + (cfg_.pad_token_id + 1) * t.size(1), 0.0f);
+  }
+  for (auto& [name, b] : params_.buffers) b.fill(1.0);
+}
+
+Tensor shift_labels(const Tensor& labels) {
+  G4_CHECK(labels.dim() == 2, "labels must be [B, S], got ", labels.describe());
+  const int64_t B = labels.size(0), S = labels.size(1);
+  Tensor t = Tensor::empty({B, S}, DType::I64);
+  int64_t* o = t.data<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) o[b * S + s] = s + 1 < S ? element_as_int(labels, b * S + s + 1) : -100;
+  return t;
+}
+
+Tensor document_ids_from_positions(const Tensor& pos) {
+  G4_CHECK(pos.dim() == 2, "position_ids must be [B, S], got ", pos.describe());
+  const int64_t B = pos.size(0), S = pos.size(1);
+  Tensor t = Tensor::empty({B, S}, DType::I32);
+  int32_t* o = t.data<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t doc = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      if (s > 0 && element_as_int(pos, b * S + s) != element_as_int(pos, b * S + s - 1) + 1) ++doc;
+      o[b * S + s] = doc;
+    }
+  }
+  return t;
+}
+
+namespace {
+Tensor arange_positions(int64_t B, int64_t S, int64_t start) {
+  Tensor t = Tensor::empty({B, S}, DType::I64);
+  int64_t* p = t.data<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) p[b * S + s] = start + s;
+  return t;
+}
+}  // namespace
+
+ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
+  G4_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be [B, S], got ",
+           in.input_ids.describe());
+  const int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
+  for (const Tensor* t : {&in.attention_mask, &in.position_ids, &in.labels})
+    if (t->defined())
+      G4_CHECK(t->shape() == in.input_ids.shape(), "attention_mask/position_ids/labels must match input_ids ",
+               shape_str(in.input_ids.shape()), ", got ", t->describe());
+  Context ctx;
+  ctx.positions = in.position_ids.defined() ? in.position_ids.to(DType::I64) : arange_positions(B, S, 0);
+  if (in.attention_mask.defined()) ctx.key_valid = in.attention_mask;
+  if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
+  ForwardOutputs out;
+  out.logits = run(in.input_ids, ctx.positions, ctx);
+  if (in.labels.defined()) {
+    const Tensor targets = shift_labels(in.labels);
+    for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
+    out.loss = ag::cross_entropy_mean(out.logits, targets);
+  }
+  return out;
+}
+
+KVCache Gemma4::new_cache() const {
+  KVCache c;
+  c.layers.resize(static_cast<size_t>(cfg_.num_layers));
+  return c;
+}
+
+Tensor Gemma4::forward_cached(const Tensor& ids, KVCache& cache) const {
+  G4_CHECK(ids.dim() == 2, "decode ids must be [B, n], got ", ids.describe());
+  G4_CHECK(static_cast<int64_t>(cache.layers.size()) == cfg_.num_layers, "KV cache was made for another model");
+  ag::NoGrad no_grad;
+  Context ctx;
+  ctx.cache = &cache;
+  ctx.q_start = cache.length;
+  ctx.positions = arange_positions(ids.size(0), ids.size(1), cache.length);
+  Tensor logits = run(ids, ctx.positions, ctx).value();
+  cache.length += ids.size(1);
+  return logits;
+}
+
+ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) const {
+  const int64_t B = ids.size(0), S = ids.size(1), H = cfg_.hidden_size, L = cfg_.num_layers;
+  const int64_t P = cfg_.hidden_size_per_layer_input;
+  ctx.kv.assign(static_cast<size_t>(L), {});
+  // The embedding scale is a weight-dtype number (bf16 rounds sqrt(3072) to 55.5); fp32 here.
+  const double embed_scale = static_cast<float>(std::sqrt(static_cast<double>(H)));
+  ag::Var h = ag::scale(ag::embedding(p("model.embed_tokens.weight"), ids, cfg_.pad_token_id), embed_scale);
+
+  ag::Var ple;
+  if (P > 0) {
+    const double tok_scale = static_cast<float>(std::sqrt(static_cast<double>(P)));
+    ag::Var tok = ag::scale(ag::embedding(p("model.embed_tokens_per_layer.weight"), ids, cfg_.pad_token_id), tok_scale);
+    ag::Var proj = ag::scale(ag::linear(h, p("model.per_layer_model_projection.weight")), std::pow(H, -0.5));
+    proj = ag::rmsnorm(ag::reshape(proj, {B, S, L, P}), p("model.per_layer_projection_norm.weight"), cfg_.rms_norm_eps);
+    ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
+  }
+  for (int64_t l = 0; l < L; ++l) h = layer(l, h, ple, ctx);
+  h = ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
+  ag::Var logits = ag::linear(h, cfg_.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight"));
+  if (cfg_.final_logit_softcapping) logits = ag::softcap(logits, *cfg_.final_logit_softcapping);
+  return logits;
+}
+
+ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Context& ctx) const {
+  const std::string pre = layer_prefix(l);
+  const double eps = cfg_.rms_norm_eps;
+  const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
+  ag::Var x = ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
+  ag::Var a = attention_block(l, x, ctx);
+  ag::Var h = ag::add(h_in, ag::rmsnorm(a, p(pre + "post_attention_layernorm.weight"), eps));
+
+  const ag::Var residual = h;
+  ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
+  m = ag::linear(ag::gelu_gate(ag::linear(m, p(pre + "mlp.gate_proj.weight")), ag::linear(m, p(pre + "mlp.up_proj.weight"))),
+                 p(pre + "mlp.down_proj.weight"));
+  if (ls.moe) {
+    ag::Var dense = ag::rmsnorm(m, p(pre + "post_feedforward_layernorm_1.weight"), eps);
+    ag::Var routed = ag::rmsnorm(moe_block(l, residual), p(pre + "post_feedforward_layernorm_2.weight"), eps);
+    m = ag::add(dense, routed);
+  }
+  h = ag::add(residual, ag::rmsnorm(m, p(pre + "post_feedforward_layernorm.weight"), eps));
+
+  if (ple.defined()) {
+    const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
+    ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});
+    ag::Var g = ag::mul(ag::gelu_tanh(ag::linear(h, p(pre + "per_layer_input_gate.weight"))), ple_l);
+    g = ag::rmsnorm(ag::linear(g, p(pre + "per_layer_projection.weight")), p(pre + "post_per_layer_input_norm.weight"), eps);
+    h = ag::add(h, g);
+  }
+  const double layer_scalar = params_.buffers.at(pre + "layer_scalar").item();
+  return layer_scalar == 1.0 ? h : ag::scale(h, layer_scalar);
+}
+
+ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const {
+  const std::string pre = layer_prefix(l) + "self_attn.";
+  const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
+  const int64_t B = x.shape()[0], S = x.shape()[1], d = ls.head_dim, nkv = ls.num_kv_heads;
+  const double eps = cfg_.rms_norm_eps;
+  const Tensor& inv_freq = inv_freq_[static_cast<size_t>(l)];
+
+  ag::Var q = ag::reshape(ag::linear(x, p(pre + "q_proj.weight")), {B, S, cfg_.num_heads, d});
+  q = ag::rope(ag::rmsnorm(q, p(pre + "q_norm.weight"), eps), ctx.positions, inv_freq);
+
+  Context::KV& kv = ctx.kv[static_cast<size_t>(l)];
+  if (ls.kv_shared) {
+    kv = ctx.kv[static_cast<size_t>(ls.kv_source)];
+  } else {
+    ag::Var k_raw = ag::reshape(ag::linear(x, p(pre + "k_proj.weight")), {B, S, nkv, d});
+    ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(ag::linear(x, p(pre + "v_proj.weight")), {B, S, nkv, d});
+    kv.k = ag::rope(ag::rmsnorm(k_raw, p(pre + "k_norm.weight"), eps), ctx.positions, inv_freq);
+    kv.v = ag::rmsnorm(v_raw, ag::Var(), eps);
+    kv.k_start = ctx.q_start;
+    if (ctx.cache) {
+      LayerKV& held = ctx.cache->layers[static_cast<size_t>(l)];
+      if (held.k.defined()) {
+        kv.k = ag::Var(ops::concat({held.k, kv.k.value()}, 1));
+        kv.v = ag::Var(ops::concat({held.v, kv.v.value()}, 1));
+        kv.k_start = held.start;
+      }
+      // Sliding layers keep only what a later query can still see.
+      const int64_t total = kv.k.shape()[1];
+      const int64_t keep = ls.sliding && cfg_.sliding_window > 0 ? std::min(total, cfg_.sliding_window - 1) : total;
+      held.k = ops::narrow(kv.k.value(), 1, total - keep, keep);
+      held.v = ops::narrow(kv.v.value(), 1, total - keep, keep);
+      held.start = kv.k_start + total - keep;
+    }
+  }
+
+  ops::AttentionMask mask;
+  mask.causal = cfg_.bidirectional != "all";
+  if (ls.sliding && cfg_.sliding_window > 0)
+    mask.window = mask.causal ? cfg_.sliding_window : cfg_.sliding_window / 2 + 1;
+  mask.q_start = ctx.q_start;
+  mask.k_start = kv.k_start;
+  if (!ctx.cache) {
+    mask.key_valid = ctx.key_valid;
+    mask.q_doc = ctx.docs;
+    mask.k_doc = ctx.docs;
+  }
+  // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
+  ag::Var o = ag::attention(q, kv.k, kv.v, mask, 1.0);
+  return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
+}
+
+ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual) const {
+  const std::string pre = layer_prefix(l);
+  const int64_t H = cfg_.hidden_size;
+  const double eps = cfg_.rms_norm_eps;
+  const Shape shape = residual.shape();
+  ag::Var flat = ag::reshape(residual, {-1, H});
+
+  // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
+  ag::Var z = ag::scale(ag::rmsnorm(flat, p(pre + "moe.gate.scale"), eps), std::pow(static_cast<double>(H), -0.5));
+  ag::Var probs = ag::softmax_lastdim(ag::linear(z, p(pre + "moe.gate.proj.weight")));
+  Tensor indices;
+  ag::Var weights = ag::router_topk(probs, cfg_.top_k_experts, indices);
+  G4_CHECK(experts_.begin == 0 && experts_.count == cfg_.num_experts,
+           "this forward holds experts [", experts_.begin, ", ", experts_.begin + experts_.count,
+           ") only; tokens for other experts need the expert-parallel dispatch");
+  const ops::MoePlan plan = ops::moe_plan(indices, cfg_.num_experts);
+
+  ag::Var xe = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
+  ag::Var xs = ag::moe_permute(xe, plan);
+  ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, p(pre + "moe.experts.gate_and_up_projs"), plan.offsets));
+  ag::Var ys = ag::grouped_matmul(act, p(pre + "moe.experts.down_projs"), plan.offsets);
+  return ag::reshape(ag::moe_unpermute(ys, weights, plan), shape);
+}
+
+}  // namespace g4::model

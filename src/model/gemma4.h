@@ -1,0 +1,67 @@
+// The Gemma 4 text decoder (dense, per-layer embeddings, KV sharing, K=V attention, routed
+// experts) computed exactly as Hugging Face transformers does; see docs/gemma4.md.
+#pragma once
+#include <vector>
+
+#include "autograd/variable.h"
+#include "io/hf_config.h"
+#include "model/kv_cache.h"
+#include "model/params.h"
+
+namespace g4::model {
+
+struct ForwardInputs {
+  Tensor input_ids;       // [B, S] integer ids
+  Tensor attention_mask;  // optional [B, S]: 0 = padding (masked as a key)
+  Tensor position_ids;    // optional [B, S]; positions restarting mark packed documents
+  Tensor labels;          // optional [B, S]; shifted left inside; -100 = ignored
+};
+
+struct ForwardOutputs {
+  ag::Var logits;  // [B, S, V]
+  ag::Var loss;    // [] mean cross-entropy over counted tokens (defined when labels given)
+  int64_t counted_tokens = 0;
+};
+
+class Gemma4 {
+ public:
+  // Parameters are allocated (zeros) in the native layout; load them with the state-dict
+  // adapter or initialise them with init_weights().
+  explicit Gemma4(io::ModelConfig config, ExpertRange experts = {});
+
+  const io::ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+  ExpertRange experts() const { return experts_; }
+
+  // Full-sequence forward; records the tape when grad mode is on.
+  ForwardOutputs forward(const ForwardInputs& in) const;
+  // Incremental forward of `ids` [B, n] after the cache's positions (no tape). Returns logits [B, n, V].
+  Tensor forward_cached(const Tensor& ids, KVCache& cache) const;
+  KVCache new_cache() const;
+
+  // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
+  // ones for norms and scales, layer scalars 1.
+  void init_weights(uint64_t seed, double std = 0.02);
+
+ private:
+  struct Context;
+  ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
+  ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
+  ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
+  ag::Var moe_block(int64_t l, const ag::Var& residual) const;
+  const ag::Var& p(const std::string& name) const { return params_.at(name); }
+
+  io::ModelConfig cfg_;
+  ExpertRange experts_;
+  ParamStore params_;
+  std::vector<Tensor> inv_freq_;  // per layer
+};
+
+// Labels shifted left by one, -100 in the last column (what the loss compares logits with).
+Tensor shift_labels(const Tensor& labels);
+// Document ids [B, S] i32 from position ids: a new document starts where a position does not
+// follow its predecessor by exactly 1 (as transformers detects packed sequences).
+Tensor document_ids_from_positions(const Tensor& position_ids);
+
+}  // namespace g4::model

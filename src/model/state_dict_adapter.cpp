@@ -1,0 +1,216 @@
+#include "model/state_dict_adapter.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "core/log.h"
+#include "ops/elementwise.h"
+
+namespace g4::model {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Native MoE names and their Hugging Face counterparts (relative to the layer prefix).
+const std::pair<const char*, const char*> kMoeRenames[] = {
+    {"moe.gate.proj.weight", "router.proj.weight"},
+    {"moe.gate.scale", "router.scale"},
+    {"moe.experts.gate_and_up_projs", "experts.gate_up_proj"},
+    {"moe.experts.down_projs", "experts.down_proj"},
+};
+
+std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
+  if (native == "lm_head.weight") return native;
+  G4_CHECK(starts_with(native, "model."), "not a native parameter name: ", native);
+  std::string rest = native.substr(6);
+  for (const auto& [from, to] : kMoeRenames) {
+    if (ends_with(rest, from)) {
+      rest = rest.substr(0, rest.size() - std::string(from).size()) + to;
+      break;
+    }
+  }
+  return hf_text_prefix(cfg) + rest;
+}
+
+// [E, A, B] -> [E, B, A]
+Tensor transpose_last2(const Tensor& t) {
+  const int64_t E = t.size(0), A = t.size(1), B = t.size(2);
+  Tensor out = Tensor::empty({E, B, A}, DType::F32);
+  const float* s = t.data<float>();
+  float* d = out.data<float>();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t b = 0; b < B; ++b) d[(e * B + b) * A + a] = s[(e * A + a) * B + b];
+  return out;
+}
+
+// Reads `key` as f32 with the expected shape; for experts only rows [begin, begin+count).
+Tensor read_experts(const io::SafetensorsReader& r, const std::string& key, const Shape& full_shape,
+                    const ExpertRange& range) {
+  Tensor all = r.get_f32(key, full_shape);
+  if (range.begin == 0 && range.count == full_shape[0]) return all;
+  return all.slice0(range.begin, range.count).clone();
+}
+
+}  // namespace
+
+std::string hf_text_prefix(const io::ModelConfig& cfg) { return cfg.conditional ? "model.language_model." : "model."; }
+
+void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
+  const io::ModelConfig& cfg = model.config();
+  const ExpertRange range = model.experts();
+  const std::string prefix = hf_text_prefix(cfg);
+  std::set<std::string> consumed;
+  auto take = [&](const std::string& key) {
+    G4_CHECK(reader.has(key), "checkpoint ", reader.path(), " has no tensor '", key, "'");
+    consumed.insert(key);
+    return key;
+  };
+
+  for (const ParamSpec& spec : native_param_specs(cfg, range)) {
+    Tensor& dst = model.params().at(spec.name).mutable_value();
+    const std::string key = take(hf_name(cfg, spec.name));
+    if (ends_with(spec.name, "moe.experts.gate_and_up_projs")) {
+      const Shape hf_shape = {cfg.num_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size};
+      dst.copy_from(transpose_last2(read_experts(reader, key, hf_shape, range)));
+    } else if (ends_with(spec.name, "moe.experts.down_projs")) {
+      const Shape hf_shape = {cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size};
+      Tensor down = transpose_last2(read_experts(reader, key, hf_shape, range));  // [E, I, H]
+      const std::string layer = spec.name.substr(0, spec.name.size() - std::string("moe.experts.down_projs").size());
+      const std::string scale_key = take(hf_name(cfg, layer + "router.per_expert_scale"));
+      Tensor scale = read_experts(reader, scale_key, {cfg.num_experts}, range);
+      // Fold the per-expert scale into down (the router then returns plain top-k weights).
+      const int64_t per = down.numel() / down.size(0);
+      for (int64_t e = 0; e < down.size(0); ++e) {
+        const float s = scale.data<float>()[e];
+        float* d = down.data<float>() + e * per;
+        for (int64_t i = 0; i < per; ++i) d[i] *= s;
+      }
+      dst.copy_from(down);
+      model.params().buffers[layer + "router.per_expert_scale"] = scale;
+    } else {
+      dst.copy_from(reader.get_f32(key, spec.shape));
+    }
+  }
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    const std::string key = prefix + "layers." + std::to_string(l) + ".layer_scalar";
+    // Older exports may lack the buffer; transformers then keeps its initial value 1.
+    if (reader.has(key)) model.params().buffers[layer_prefix(l) + "layer_scalar"] = reader.get_f32(take(key), {1});
+  }
+
+  int64_t skipped_towers = 0;
+  for (const std::string& key : reader.names()) {
+    if (consumed.count(key)) continue;
+    if (key == "lm_head.weight" && cfg.tie_word_embeddings) continue;  // tied: the embedding is the head
+    if (starts_with(key, prefix + "layers.")) {
+      // K/V weights of KV-shared layers are unused (transformers ignores them too).
+      const std::string rest = key.substr((prefix + "layers.").size());
+      const int64_t l = std::stoll(rest.substr(0, rest.find('.')));
+      const bool kv_key = rest.find(".self_attn.k_") != std::string::npos ||
+                          rest.find(".self_attn.v_") != std::string::npos;
+      if (l >= 0 && l < cfg.num_layers && cfg.layers[static_cast<size_t>(l)].kv_shared && kv_key) continue;
+    }
+    const bool tower = starts_with(key, "model.vision_tower.") || starts_with(key, "model.audio_tower.") ||
+                       starts_with(key, "model.embed_vision.") || starts_with(key, "model.embed_audio.");
+    if (tower) {
+      ++skipped_towers;
+      continue;
+    }
+    G4_FAIL("checkpoint ", reader.path(), " has an unexpected tensor '", key,
+            "' (not part of the Gemma 4 text decoder this config describes)");
+  }
+  if (skipped_towers > 0)
+    G4_LOG("skipped ", skipped_towers, " vision/audio tower tensors in ", reader.path(),
+           " (only the text decoder is loaded)");
+}
+
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank, int64_t ep_size) {
+  const fs::path config_path = fs::path(dir) / "config.json";
+  G4_CHECK(fs::exists(config_path), "model directory ", dir, " has no config.json");
+  io::ModelConfig cfg = io::load_model_config(config_path.string());
+  const ExpertRange range = expert_range_for_rank(cfg, ep_rank, ep_size);
+  auto model = std::make_unique<Gemma4>(std::move(cfg), range);
+  load_hf_weights(*model, io::SafetensorsReader::open(dir));
+  return model;
+}
+
+NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& value) {
+  const std::string key = hf_name(cfg, native_name);
+  if (ends_with(native_name, "moe.experts.gate_and_up_projs")) return {{key, transpose_last2(value)}};
+  if (ends_with(native_name, "moe.experts.down_projs")) {
+    const std::string layer = key.substr(0, key.size() - std::string("experts.down_proj").size());
+    return {{key, transpose_last2(value)}, {layer + "router.per_expert_scale", Tensor::full({value.size(0)}, 1.0)}};
+  }
+  return {{key, value}};
+}
+
+NamedTensors export_hf_state_dict(const Gemma4& model) {
+  const io::ModelConfig& cfg = model.config();
+  G4_CHECK(model.experts().count == cfg.num_experts || !cfg.enable_moe_block,
+           "export needs every expert; gather the expert-parallel shards first");
+  NamedTensors out;
+  for (const std::string& name : model.params().order)
+    for (auto& kv : export_hf_tensor(cfg, name, model.params().at(name).value())) out.push_back(std::move(kv));
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    out.emplace_back(hf_text_prefix(cfg) + "layers." + std::to_string(l) + ".layer_scalar",
+                     model.params().buffers.at(layer_prefix(l) + "layer_scalar"));
+  return out;
+}
+
+void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes) {
+  fs::create_directories(dir);
+  io::SafetensorsWriter writer(dir, max_shard_bytes);
+  writer.set_metadata("format", "pt");
+  for (auto& [name, t] : export_hf_state_dict(model)) writer.add(name, t);
+  writer.finish();
+  const std::string tmp = (fs::path(dir) / "config.json.tmp").string();
+  {
+    std::ofstream f(tmp);
+    G4_CHECK(f.good(), "cannot write ", tmp);
+    f << io::model_config_to_json(model.config()).dump(2) << "\n";
+    G4_CHECK(f.good(), "writing ", tmp, " failed");
+  }
+  fs::rename(tmp, fs::path(dir) / "config.json");
+}
+
+NamedTensors hf_gradients(const Gemma4& model) {
+  const io::ModelConfig& cfg = model.config();
+  NamedTensors out;
+  for (const std::string& name : model.params().order) {
+    const ag::Var& v = model.params().at(name);
+    const Tensor g = v.grad().defined() ? v.grad() : Tensor::zeros(v.value().shape(), DType::F32);
+    if (!ends_with(name, "moe.experts.down_projs")) {
+      for (auto& kv : export_hf_tensor(cfg, name, g)) out.push_back(std::move(kv));
+      continue;
+    }
+    // Native D[e] = s_e * down_e^T. So dL/d down_e = s_e * dD[e]^T and dL/ds_e = sum(D[e] * dD[e]) / s_e.
+    const std::string layer = name.substr(0, name.size() - std::string("moe.experts.down_projs").size());
+    const Tensor& s = model.params().buffers.at(layer + "router.per_expert_scale");
+    const Tensor& D = v.value();
+    const int64_t E = D.size(0), per = D.numel() / E;
+    Tensor scaled = g.clone();
+    Tensor ds = Tensor::zeros({E}, DType::F32);
+    for (int64_t e = 0; e < E; ++e) {
+      const float se = s.data<float>()[e];
+      double acc = 0;
+      for (int64_t i = 0; i < per; ++i) {
+        acc += static_cast<double>(D.data<float>()[e * per + i]) * g.data<float>()[e * per + i];
+        scaled.data<float>()[e * per + i] *= se;
+      }
+      ds.data<float>()[e] = static_cast<float>(acc / se);
+    }
+    const std::string key = hf_name(cfg, name);
+    out.emplace_back(key, transpose_last2(scaled));
+    out.emplace_back(key.substr(0, key.size() - std::string("experts.down_proj").size()) + "router.per_expert_scale", ds);
+  }
+  return out;
+}
+
+}  // namespace g4::model

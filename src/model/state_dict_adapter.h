@@ -1,0 +1,44 @@
+// Hugging Face <-> native state dicts. Names: HF keys live under `model.` (Gemma4ForCausalLM) or
+// `model.language_model.` (Gemma4ForConditionalGeneration); native keys always under `model.`.
+// Layouts: experts.gate_up_proj [E, 2I, H] <-> moe.experts.gate_and_up_projs [E, H, 2I];
+// experts.down_proj [E, H, I] <-> moe.experts.down_projs [E, I, H] with router.per_expert_scale
+// folded in on load and written as ones on export; router.{proj.weight,scale} <-> moe.gate.*.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/gemma4.h"
+
+namespace g4::model {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+std::string hf_text_prefix(const io::ModelConfig& cfg);  // "model." or "model.language_model."
+
+// Fills the model's parameters and buffers from a checkpoint (upcast to f32). Only the model's
+// expert range is read. Missing tensors and wrong shapes are errors naming the key and the
+// checkpoint; K/V weights of KV-shared layers are ignored (as transformers does); vision and
+// audio tower weights are skipped with a logged note; any other unexpected key is an error.
+void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader);
+
+// Reads config.json and the weights of a Hugging Face model directory.
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank = 0, int64_t ep_size = 1);
+
+// One native tensor -> its Hugging Face tensor(s), for streaming weights without a full state
+// dict. down_projs also yields router.per_expert_scale (ones, the scale lives in down).
+NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& value);
+
+// The whole model in Hugging Face layout (parameters and layer_scalar buffers).
+NamedTensors export_hf_state_dict(const Gemma4& model);
+
+// Writes config.json + safetensors (sharded above max_shard_bytes) into dir.
+void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes = size_t(5) << 30);
+
+// Gradients of the parameters expressed for Hugging Face's parameterisation (names as in the
+// checkpoint; per_expert_scale gets the gradient the unfolded model would have).
+NamedTensors hf_gradients(const Gemma4& model);
+
+}  // namespace g4::model

@@ -1,0 +1,119 @@
+// The `g4` command as users and other tools drive it: outputs, exit codes and error messages.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "io/safetensors.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kData = G4_TEST_DATA;
+
+struct Result {
+  int code;
+  std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(G4_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  Result r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), p)) r.output += buf.data();
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("g4_cli_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+TEST(Cli, InspectDescribesTheModel) {
+  const Result r = run("inspect " + kData + "/hf-gemma4/tiny-moe");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("MoE"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("full"), std::string::npos);
+  EXPECT_NE(r.output.find("parameters"), std::string::npos);
+}
+
+TEST(Cli, ForwardWritesLogitsLossAndHfGradients) {
+  const fs::path dir = temp_dir("forward");
+  const std::string fixture = kData + "/hf-gemma4/tiny-dense-keqv";
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+  io::save_safetensors((dir / "in.safetensors").string(), {{"input_ids", ref.get("input_ids").clone()},
+                                                           {"attention_mask", ref.get("attention_mask").clone()},
+                                                           {"labels", ref.get("labels").clone()}});
+  const Result r = run("forward " + fixture + " --inputs " + (dir / "in.safetensors").string() + " --out " +
+                       (dir / "out.safetensors").string() + " --grads");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const io::SafetensorsReader out = io::SafetensorsReader::open((dir / "out.safetensors").string());
+  EXPECT_NEAR(out.get_f32("loss", {1}).data<float>()[0], ref.get_f32("loss", {1}).data<float>()[0], 1e-5);
+  EXPECT_TRUE(out.has("logits"));
+  EXPECT_TRUE(out.has("grad.model.layers.2.self_attn.k_proj.weight"));
+  EXPECT_FALSE(out.has("grad.model.layers.2.self_attn.v_proj.weight"));  // K=V layer: no v_proj
+  fs::remove_all(dir);
+}
+
+TEST(Cli, GenerateIsGreedyByDefault) {
+  const std::string fixture = kData + "/hf-gemma4/tiny-moe";
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+  const Tensor prompt = ref.get("generate.prompt"), want = ref.get("generate.output");
+  std::string ids, expected;
+  for (int64_t i = 0; i < prompt.numel(); ++i) ids += (i ? "," : "") + std::to_string(element_as_int(prompt, i));
+  for (int64_t i = prompt.numel(); i < want.numel(); ++i)
+    expected += (i > prompt.numel() ? "," : "") + std::to_string(element_as_int(want, i));
+  const Result r = run("generate " + fixture + " --prompt-ids " + ids + " --max-new-tokens 10");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output, expected + "\n");
+}
+
+TEST(Cli, SamplingIsReproducibleBySeed) {
+  const std::string fixture = kData + "/hf-gemma4/tiny-dense-ple";
+  const std::string args = "generate " + fixture + " --prompt-ids 5,6,7 --max-new-tokens 6 --temperature 1.0 --top-p 0.9";
+  const Result a = run(args + " --seed 7"), b = run(args + " --seed 7");
+  ASSERT_EQ(a.code, 0) << a.output;
+  EXPECT_EQ(a.output, b.output);
+}
+
+TEST(Cli, ConvertRoundTrips) {
+  const fs::path dir = temp_dir("convert");
+  const std::string fixture = kData + "/hf-gemma4/tiny-moe";
+  const Result r = run("convert " + fixture + " " + (dir / "out").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir / "out" / "config.json"));
+  EXPECT_TRUE(fs::exists(dir / "out" / "generation_config.json"));
+  const Result g1 = run("generate " + fixture + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
+  const Result g2 = run("generate " + (dir / "out").string() + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
+  EXPECT_EQ(g1.output, g2.output);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, BadInputsGiveClearErrors) {
+  const std::string fixture = kData + "/hf-gemma4/tiny-moe";
+  Result r = run("generate " + fixture + " --prompt-ids 5,300 --max-new-tokens 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("300"), std::string::npos) << r.output;
+  r = run("generate " + fixture + " --prompt-ids 5,x --max-new-tokens 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("'x'"), std::string::npos) << r.output;
+  r = run("inspect /nonexistent/model");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/model"), std::string::npos) << r.output;
+  r = run("forward " + fixture + " --inputs /nonexistent/in.safetensors --out /tmp/x.safetensors");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/in.safetensors"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace g4
