@@ -1,0 +1,17 @@
+// Random tensors drawn from the Philox stream, so a (seed, shape) pair gives the same numbers on
+// every machine and every run: tests and random initialisation are reproducible.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace g4 {
+
+// Normal(0, std²) entries; element i is philox_normal(seed, 0, i) * std.
+Tensor randn(const Shape& shape, uint64_t seed, DType dtype = DType::F32, double std = 1.0);
+// Uniform entries in (lo, hi].
+Tensor rand_uniform(const Shape& shape, uint64_t seed, double lo, double hi, DType dtype = DType::F32);
+// Uniform integers in [lo, hi) (dtype i32 or i64).
+Tensor randint(const Shape& shape, uint64_t seed, int64_t lo, int64_t hi, DType dtype = DType::I64);
+
+}  // namespace g4

@@ -1,0 +1,97 @@
+// narrow / concat (declared in ops/elementwise.h). They only move bytes, so they work for every
+// dtype: a tensor is viewed as [outer, dim, inner] and whole [inner] blocks are copied.
+#include <cstring>
+
+#include "ops/cpu/common.h"
+#include "ops/elementwise.h"
+
+namespace g4::ops {
+
+namespace {
+int64_t normalize_dim(const char* op, const Shape& shape, int64_t dim) {
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  const int64_t d = dim < 0 ? dim + rank : dim;
+  G4_CHECK(d >= 0 && d < rank, op, ": dimension ", dim, " out of range for shape ", shape_str(shape));
+  return d;
+}
+
+// Elements before / after dimension d.
+int64_t outer_size(const Shape& s, int64_t d) {
+  int64_t n = 1;
+  for (int64_t i = 0; i < d; ++i) n *= s[i];
+  return n;
+}
+int64_t inner_size(const Shape& s, int64_t d) {
+  int64_t n = 1;
+  for (size_t i = static_cast<size_t>(d) + 1; i < s.size(); ++i) n *= s[i];
+  return n;
+}
+
+// Copies the [outer, len, inner] block between a tensor with `src_len` rows along the dimension
+// (starting at src_start) and one with `dst_len` rows (starting at dst_start).
+void copy_blocks(const char* src, int64_t src_len, int64_t src_start, char* dst, int64_t dst_len, int64_t dst_start,
+                 int64_t outer, int64_t len, int64_t inner_bytes) {
+  for (int64_t o = 0; o < outer; ++o) {
+    std::memcpy(dst + (o * dst_len + dst_start) * inner_bytes, src + (o * src_len + src_start) * inner_bytes,
+                static_cast<size_t>(len * inner_bytes));
+  }
+}
+}  // namespace
+
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
+  cpu::check_defined("narrow", "x", x);
+  const int64_t d = normalize_dim("narrow", x.shape(), dim);
+  G4_CHECK(start >= 0 && len >= 0 && start + len <= x.size(d), "narrow: [", start, ", ", start + len,
+           ") out of range for dimension ", d, " of ", x.describe());
+  Shape out_shape = x.shape();
+  out_shape[d] = len;
+  Tensor y = Tensor::empty(out_shape, x.dtype());
+  const int64_t inner_bytes = inner_size(x.shape(), d) * static_cast<int64_t>(dtype_size(x.dtype()));
+  copy_blocks(static_cast<const char*>(x.raw()), x.size(d), start, static_cast<char*>(y.raw()), len, 0,
+              outer_size(x.shape(), d), len, inner_bytes);
+  return y;
+}
+
+Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, int64_t start) {
+  cpu::check_defined("narrow_backward", "dy", dy);
+  const int64_t d = normalize_dim("narrow_backward", input_shape, dim);
+  Shape expect = input_shape;
+  if (dy.dim() == static_cast<int64_t>(input_shape.size())) expect[d] = dy.size(d);
+  G4_CHECK(dy.shape() == expect && start >= 0 && start + dy.size(d) <= input_shape[d], "narrow_backward: dy ",
+           dy.describe(), " at offset ", start, " along dimension ", d, " does not fit input shape ",
+           shape_str(input_shape));
+  Tensor dx = Tensor::zeros(input_shape, dy.dtype());
+  const int64_t inner_bytes = inner_size(input_shape, d) * static_cast<int64_t>(dtype_size(dy.dtype()));
+  copy_blocks(static_cast<const char*>(dy.raw()), dy.size(d), 0, static_cast<char*>(dx.raw()), input_shape[d], start,
+              outer_size(input_shape, d), dy.size(d), inner_bytes);
+  return dx;
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
+  G4_CHECK(!xs.empty(), "concat: no tensors given");
+  cpu::check_defined("concat", "xs[0]", xs[0]);
+  const int64_t d = normalize_dim("concat", xs[0].shape(), dim);
+  Shape out_shape = xs[0].shape();
+  out_shape[d] = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    cpu::check_defined("concat", "input", xs[i]);
+    Shape a = xs[i].shape(), b = xs[0].shape();
+    const bool same_rank = a.size() == b.size();
+    if (same_rank) a[d] = b[d] = 0;
+    G4_CHECK(same_rank && a == b && xs[i].dtype() == xs[0].dtype(), "concat: input ", i, " ", xs[i].describe(),
+             " does not match input 0 ", xs[0].describe(), " outside dimension ", d);
+    out_shape[d] += xs[i].size(d);
+  }
+  Tensor y = Tensor::empty(out_shape, xs[0].dtype());
+  const int64_t inner_bytes = inner_size(out_shape, d) * static_cast<int64_t>(dtype_size(y.dtype()));
+  const int64_t outer = outer_size(out_shape, d);
+  int64_t offset = 0;
+  for (const Tensor& x : xs) {
+    copy_blocks(static_cast<const char*>(x.raw()), x.size(d), 0, static_cast<char*>(y.raw()), out_shape[d], offset,
+                outer, x.size(d), inner_bytes);
+    offset += x.size(d);
+  }
+  return y;
+}
+
+}  // namespace g4::ops
