@@ -3,6 +3,7 @@
 // Gemma4ForConditionalGeneration), and both dialects for full-attention layers: published
 // `global_head_dim` / `num_global_key_value_heads`, and transformers 5.x `per_layer_config`.
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,7 +16,8 @@ struct RopeSpec {
   std::string type = "default";  // "default" | "proportional" | "linear"
   double theta = 10000.0;
   double partial_rotary_factor = 1.0;
-  double factor = 1.0;
+  double factor = 1.0;  // linear / proportional: inv_freq is divided by it
+  bool operator==(const RopeSpec&) const = default;
 };
 
 // Everything one decoder layer needs, resolved from the config.
@@ -29,6 +31,14 @@ struct LayerSpec {
   int64_t intermediate = 0;     // dense MLP width (doubled on shared layers with use_double_wide_mlp)
   bool moe = false;             // routed experts beside the dense MLP
   RopeSpec rope;
+  bool operator==(const LayerSpec&) const = default;
+};
+
+// A per_layer_config entry that departs from what the scalar fields give (0 = not overridden).
+struct LayerOverride {
+  int64_t head_dim = 0;
+  int64_t num_kv_heads = 0;
+  bool operator==(const LayerOverride&) const = default;
 };
 
 struct ModelConfig {
@@ -52,23 +62,33 @@ struct ModelConfig {
   int64_t pad_token_id = 0, bos_token_id = 2;
   std::vector<int64_t> eos_token_ids;
   std::vector<std::string> layer_types;
-  int64_t max_position_embeddings = 0;
+  int64_t max_position_embeddings = 0;  // 0 = not given
+
+  // Inputs of resolve_layers beyond the scalars above.
+  std::vector<int64_t> intermediate_sizes;  // per layer when the config lists them, else empty
+  RopeSpec rope_sliding{"default", 10000.0, 1.0, 1.0};
+  RopeSpec rope_full{"proportional", 1000000.0, 0.25, 1.0};
+  // per_layer_config entries, keyed by layer, kept only where they change the resolved value
+  // (an entry repeating global_head_dim etc. is dropped), so both dialects compare equal.
+  std::map<int64_t, LayerOverride> layer_overrides;
 
   std::vector<LayerSpec> layers;  // one per decoder layer, resolved
   nlohmann::json raw;             // the file as read, written back on export
 
   int64_t first_kv_shared_layer() const { return num_layers - num_kv_shared_layers; }
+  bool operator==(const ModelConfig&) const = default;  // compares raw too; clear it to compare models
 };
 
 // Parses and validates. Unsupported values (activation other than gelu_pytorch_tanh,
 // attention_bias, unknown rope_type or layer type, inconsistent sizes) are errors naming
 // `source` and the key.
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
-ModelConfig load_model_config(const std::string& config_json_path);
+ModelConfig load_model_config(const std::string& config_json_path);  // or the directory holding it
 // Re-derives `layers` from the scalar fields (after a built-in config is edited by hand).
 void resolve_layers(ModelConfig& c, const std::string& source);
 // A config.json for this model: `raw` when the config was read from a file, else a
-// Gemma4TextConfig-style document built from the fields.
+// Gemma4TextConfig-style document built from the fields (nested in a text_config when
+// `conditional`) that parse_model_config reads back to an equal ModelConfig.
 nlohmann::json model_config_to_json(const ModelConfig& c);
 
 }  // namespace g4::io

@@ -13,15 +13,18 @@ namespace g4::io {
 
 struct TensorInfo {
   std::string name;
-  DType dtype;
+  DType dtype;  // what get() returns (I8/I16/U16 widen to I32, U32 to I64)
   Shape shape;
   std::string file;  // path of the file that holds it
+  std::string stored_dtype;  // the dtype as spelled in the file: "BF16", "F8_E4M3", ...
+  bool supported = true;  // false: a valid safetensors dtype g4 cannot hold; get() errors
 };
 
 // A checkpoint opened for reading: one .safetensors file, or a directory holding either
-// model.safetensors or model.safetensors.index.json + shards. Every header is validated on
-// open (offsets in range and consistent with dtype x shape, known dtype, no overlaps), so a
-// truncated or corrupt file fails here with the file and key named.
+// model.safetensors or model.safetensors.index.json + shards (model.safetensors wins when both
+// exist, as in transformers). Every header is validated on open (offsets in range and
+// consistent with dtype x shape, known dtype, no overlaps), so a truncated or corrupt file
+// fails here with the file and key named.
 class SafetensorsReader {
  public:
   static SafetensorsReader open(const std::string& path);  // file or directory
@@ -29,7 +32,10 @@ class SafetensorsReader {
   std::vector<std::string> names() const;  // sorted
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // error names the key and the checkpoint
-  // Zero-copy view of the stored tensor in its stored dtype (F64/F32/BF16/F16/I64/I32/I16->I32?/U8/BOOL).
+  // Zero-copy view of the stored tensor in its stored dtype (F64/F32/BF16/F16/I64/I32/U8/BOOL).
+  // Copies instead where a view is impossible: I8/I16/U16 widen to I32 and U32 to I64, and
+  // data not aligned to its element size in the file is copied to aligned memory. Views are
+  // copy-on-write private mappings: writing into one never changes the file.
   Tensor get(const std::string& name) const;
   // The tensor converted to f32 (a copy), checked against an expected shape; a mismatch is an
   // error naming the key, the expected and the actual shape.
@@ -62,7 +68,8 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-// Writes one .safetensors file (atomically) with these tensors.
+// Writes one .safetensors file (atomically) with these tensors. Adds {"format": "pt"} to the
+// metadata unless it names a format: transformers refuses safetensors files without one.
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 

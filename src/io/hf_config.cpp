@@ -1,0 +1,497 @@
+// Gemma 4 config.json -> ModelConfig, following transformers 5.17's Gemma4TextConfig: which key
+// wins, which default applies, and how the per-layer table (head dims, KV heads, KV sharing,
+// MLP widths, RoPE) is derived. Anything g4 does not implement is an error, never ignored.
+#include "io/hf_config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace g4::io {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kSliding = "sliding_attention";
+constexpr const char* kFull = "full_attention";
+
+// Typed, null-aware access to one JSON object of a config. `prefix` is the path of that object
+// ("text_config." in nested configs), so every error names the key as it appears in the file.
+class Fields {
+ public:
+  Fields(const json& j, std::string source, std::string prefix)
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
+
+  // transformers treats an explicit null like an absent key: the default applies.
+  const json* find(const std::string& key) const {
+    auto it = j_.find(key);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  bool has(const std::string& key) const { return find(key) != nullptr; }
+  std::string name(const std::string& key) const { return prefix_ + key; }
+
+  template <class... Args>
+  [[noreturn]] void fail(const std::string& key, const Args&... args) const {
+    G4_FAIL("config ", source_, ": key '", name(key), "' ", args...);
+  }
+
+  int64_t to_int(const json& v, const std::string& key) const {
+    if (v.is_number_integer()) return v.get<int64_t>();
+    // Python writes ints, but a hand-edited file may say 64.0; accept integral floats only.
+    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
+      return static_cast<int64_t>(v.get<double>());
+    fail(key, "must be an integer, got ", v.dump());
+  }
+  int64_t req_int(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) fail(key, "is missing (required)");
+    return to_int(*v, key);
+  }
+  int64_t opt_int(const std::string& key, int64_t def) const {
+    const json* v = find(key);
+    return v ? to_int(*v, key) : def;
+  }
+  double opt_double(const std::string& key, double def) const {
+    const json* v = find(key);
+    if (!v) return def;
+    if (!v->is_number()) fail(key, "must be a number, got ", v->dump());
+    return v->get<double>();
+  }
+  bool opt_bool(const std::string& key, bool def) const {
+    const json* v = find(key);
+    if (!v) return def;
+    if (!v->is_boolean()) fail(key, "must be true or false, got ", v->dump());
+    return v->get<bool>();
+  }
+  std::optional<std::string> opt_string(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) fail(key, "must be a string, got ", v->dump());
+    return v->get<std::string>();
+  }
+  // An int or a list of ints (token ids, per-layer sizes); null/absent gives an empty list.
+  std::vector<int64_t> int_or_list(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return {};
+    if (!v->is_array()) return {to_int(*v, key)};
+    std::vector<int64_t> out;
+    for (const json& e : *v) out.push_back(to_int(e, key));
+    return out;
+  }
+
+  const json& j() const { return j_; }
+  const std::string& source() const { return source_; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  const json& j_;
+  std::string source_, prefix_;
+};
+
+// One entry of rope_parameters: {"rope_type", "rope_theta", "partial_rotary_factor", "factor"}.
+RopeSpec parse_rope(const Fields& f, const std::string& layer_type, double default_theta) {
+  const std::string key = "rope_parameters." + layer_type;
+  const json& v = f.j()["rope_parameters"];
+  if (!v.contains(layer_type) || v[layer_type].is_null()) f.fail(key, "is missing (", layer_type, " layers exist)");
+  if (!v[layer_type].is_object()) f.fail(key, "must be an object, got ", v[layer_type].dump());
+  Fields r(v[layer_type], f.source(), f.name(key) + ".");
+  RopeSpec s;
+  // "type" is the pre-5.x spelling of "rope_type".
+  s.type = r.opt_string("rope_type").value_or(r.opt_string("type").value_or("default"));
+  s.theta = r.opt_double("rope_theta", default_theta);
+  s.partial_rotary_factor = r.opt_double("partial_rotary_factor", 1.0);
+  s.factor = r.opt_double("factor", 1.0);
+  if (s.type != "default" && s.type != "proportional" && s.type != "linear")
+    r.fail("rope_type", "is '", s.type, "': unsupported rope_type (g4 supports default, proportional, linear)");
+  if (s.type == "default") s.factor = 1.0;  // transformers' default rope ignores `factor`
+  if (!(s.theta > 0)) r.fail("rope_theta", "must be positive, got ", s.theta);
+  if (!(s.partial_rotary_factor > 0 && s.partial_rotary_factor <= 1))
+    r.fail("partial_rotary_factor", "must be in (0, 1], got ", s.partial_rotary_factor);
+  if (!(s.factor > 0)) r.fail("factor", "must be positive, got ", s.factor);
+  return s;
+}
+
+void parse_rope_specs(const Fields& f, ModelConfig& c, bool has_sliding, bool has_full) {
+  if (f.has("rope_parameters")) {
+    if (!f.j()["rope_parameters"].is_object()) f.fail("rope_parameters", "must be an object");
+    if (has_sliding) c.rope_sliding = parse_rope(f, kSliding, 10000.0);
+    if (has_full) c.rope_full = parse_rope(f, kFull, 1000000.0);
+    return;
+  }
+  // Older configs: one theta per attention kind, proportional RoPE implied on full layers.
+  if (f.has("rope_scaling")) f.fail("rope_scaling", "is not supported (unsupported rope_type); use rope_parameters");
+  c.rope_sliding = {"default", f.opt_double("rope_local_base_freq", 10000.0), 1.0, 1.0};
+  c.rope_full = {"proportional", f.opt_double("rope_theta", 1000000.0), f.opt_double("partial_rotary_factor", 0.25),
+                 1.0};
+  if (!(c.rope_sliding.theta > 0)) f.fail("rope_local_base_freq", "must be positive");
+  if (!(c.rope_full.theta > 0)) f.fail("rope_theta", "must be positive");
+  const double prf = c.rope_full.partial_rotary_factor;
+  if (!(prf > 0 && prf <= 1)) f.fail("partial_rotary_factor", "must be in (0, 1], got ", prf);
+}
+
+std::vector<std::string> parse_layer_types(const Fields& f, int64_t num_layers) {
+  std::vector<std::string> types;
+  if (const json* v = f.find("layer_types")) {
+    if (!v->is_array()) f.fail("layer_types", "must be a list");
+    for (const json& t : *v) {
+      if (!t.is_string()) f.fail("layer_types", "has a non-string entry ", t.dump());
+      types.push_back(t.get<std::string>());
+    }
+    return types;  // checked (length, values) by resolve
+  }
+  if (!f.has("sliding_window_pattern")) f.fail("layer_types", "is missing and there is no sliding_window_pattern");
+  const int64_t pattern = f.req_int("sliding_window_pattern");
+  if (pattern <= 0) f.fail("sliding_window_pattern", "must be positive, got ", pattern);
+  for (int64_t i = 0; i < num_layers; ++i) types.push_back((i + 1) % pattern == 0 ? kFull : kSliding);
+  if (num_layers > 0) types.back() = kFull;  // the last layer is always global
+  return types;
+}
+
+// The value the scalar fields give, before any per_layer_config entry.
+int64_t default_head_dim(const ModelConfig& c, bool sliding) {
+  return !sliding && c.global_head_dim > 0 ? c.global_head_dim : c.head_dim;
+}
+int64_t default_kv_heads(const ModelConfig& c, bool sliding) {
+  if (!sliding && c.attention_k_eq_v && c.num_global_kv_heads > 0) return c.num_global_kv_heads;
+  return c.num_kv_heads;
+}
+
+// per_layer_config = {"<layer>": {"head_dim": d, "num_key_value_heads": n}}, fields optional.
+// Entries are kept only where they change the result, so that the per_layer_config dialect and
+// the global_head_dim dialect give equal ModelConfigs.
+void parse_layer_overrides(const Fields& f, ModelConfig& c) {
+  const json* v = f.find("per_layer_config");
+  if (!v) return;
+  if (!v->is_object()) f.fail("per_layer_config", "must be an object keyed by layer index");
+  for (const auto& [key, entry] : v->items()) {
+    const std::string k = "per_layer_config." + key;
+    int64_t layer = -1;
+    try {
+      size_t used = 0;
+      layer = std::stoll(key, &used);
+      if (used != key.size()) layer = -1;
+    } catch (const std::exception&) {
+    }
+    if (layer < 0 || layer >= c.num_layers) f.fail(k, "is not a layer index in [0, ", c.num_layers, ")");
+    if (!entry.is_object()) f.fail(k, "must be an object");
+    Fields e(entry, f.source(), f.name(k) + ".");
+    for (const auto& field : entry.items())
+      if (field.key() != "head_dim" && field.key() != "num_key_value_heads")
+        e.fail(field.key(), "is not supported in per_layer_config (only head_dim, num_key_value_heads)");
+
+    const bool sliding = c.layer_types[layer] == kSliding;
+    LayerOverride o;
+    if (e.has("head_dim")) {
+      const int64_t d = e.req_int("head_dim");
+      if (d <= 0) e.fail("head_dim", "must be positive, got ", d);
+      if (!sliding && d != default_head_dim(c, false)) o.head_dim = d;
+      // transformers sizes sliding layers from head_dim alone; say so rather than surprise.
+      if (sliding && d != c.head_dim)
+        G4_LOG("config ", f.source(), ": ", e.name("head_dim"), " = ", d, " on a sliding layer is ignored (head_dim ",
+               c.head_dim, " applies)");
+    }
+    if (e.has("num_key_value_heads")) {
+      const int64_t n = e.req_int("num_key_value_heads");
+      if (n <= 0) e.fail("num_key_value_heads", "must be positive, got ", n);
+      if (n != default_kv_heads(c, sliding)) o.num_kv_heads = n;
+    }
+    if (o.head_dim != 0 || o.num_kv_heads != 0) c.layer_overrides[layer] = o;
+  }
+}
+
+void resolve_impl(ModelConfig& c, const std::string& source, const std::string& prefix) {
+  auto fail = [&](const std::string& key, const auto&... args) {
+    G4_FAIL("config ", source, ": key '", prefix, key, "' ", args...);
+  };
+  auto positive = [&](const char* key, int64_t v) {
+    if (v <= 0) fail(key, "must be positive, got ", v);
+  };
+  positive("vocab_size", c.vocab_size);
+  positive("hidden_size", c.hidden_size);
+  positive("num_hidden_layers", c.num_layers);
+  positive("num_attention_heads", c.num_heads);
+  positive("num_key_value_heads", c.num_kv_heads);
+  positive("head_dim", c.head_dim);
+  if (c.global_head_dim < 0) fail("global_head_dim", "must be positive, got ", c.global_head_dim);
+  if (c.num_global_kv_heads < 0) fail("num_global_key_value_heads", "must be positive, got ", c.num_global_kv_heads);
+  if (c.hidden_size_per_layer_input < 0)
+    fail("hidden_size_per_layer_input", "must not be negative, got ", c.hidden_size_per_layer_input);
+  if (c.hidden_size_per_layer_input > 0) positive("vocab_size_per_layer_input", c.vocab_size_per_layer_input);
+  if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive, got ", c.rms_norm_eps);
+  if (c.final_logit_softcapping && !(*c.final_logit_softcapping > 0))
+    fail("final_logit_softcapping", "must be positive or null, got ", *c.final_logit_softcapping);
+  if (!c.bidirectional.empty() && c.bidirectional != "vision" && c.bidirectional != "all")
+    fail("use_bidirectional_attention", "is '", c.bidirectional, "': expected null, \"vision\" or \"all\"");
+
+  const int64_t L = c.num_layers;
+  if (static_cast<int64_t>(c.layer_types.size()) != L)
+    fail("layer_types", "has ", c.layer_types.size(), " entries but num_hidden_layers is ", L);
+  bool any_sliding = false;
+  for (const std::string& t : c.layer_types) {
+    if (t != kSliding && t != kFull)
+      fail("layer_types", "has unsupported layer type '", t, "' (expected sliding_attention or full_attention)");
+    any_sliding |= t == kSliding;
+  }
+  if (any_sliding) positive("sliding_window", c.sliding_window);
+
+  if (c.intermediate_sizes.empty()) {
+    positive("intermediate_size", c.intermediate_size);
+  } else {
+    if (static_cast<int64_t>(c.intermediate_sizes.size()) != L)
+      fail("intermediate_size", "lists ", c.intermediate_sizes.size(), " sizes but num_hidden_layers is ", L);
+    for (int64_t v : c.intermediate_sizes) positive("intermediate_size", v);
+  }
+
+  if (c.num_kv_shared_layers < 0 || c.num_kv_shared_layers > L)
+    fail("num_kv_shared_layers", "must be in [0, ", L, "], got ", c.num_kv_shared_layers);
+
+  if (c.enable_moe_block) {
+    for (auto [key, v] : {std::pair{"num_experts", c.num_experts}, std::pair{"top_k_experts", c.top_k_experts},
+                          std::pair{"moe_intermediate_size", c.moe_intermediate_size}})
+      if (v <= 0)
+        fail(key, "must be positive when enable_moe_block is true, got ", v == 0 ? "null/0" : std::to_string(v));
+    if (c.top_k_experts > c.num_experts)
+      fail("top_k_experts", "is ", c.top_k_experts, ", more than num_experts (", c.num_experts, ")");
+  }
+  for (const auto& [l, o] : c.layer_overrides)
+    if (l < 0 || l >= L) fail("per_layer_config", "names layer ", l, ", outside [0, ", L, ")");
+
+  const int64_t first = c.first_kv_shared_layer();
+  c.layers.assign(static_cast<size_t>(L), LayerSpec{});
+  for (int64_t l = 0; l < L; ++l) {
+    LayerSpec& s = c.layers[static_cast<size_t>(l)];
+    s.sliding = c.layer_types[static_cast<size_t>(l)] == kSliding;
+    auto ov = c.layer_overrides.find(l);
+    const LayerOverride o = ov == c.layer_overrides.end() ? LayerOverride{} : ov->second;
+    s.head_dim = o.head_dim > 0 && !s.sliding ? o.head_dim : default_head_dim(c, s.sliding);
+    s.num_kv_heads = o.num_kv_heads > 0 ? o.num_kv_heads : default_kv_heads(c, s.sliding);
+    if (c.num_heads % s.num_kv_heads != 0)
+      fail("num_attention_heads", "(", c.num_heads, ") is not divisible by the ", s.num_kv_heads,
+           " key/value heads of layer ", l);
+    s.k_eq_v = c.attention_k_eq_v && !s.sliding;
+    s.kv_shared = l >= first;
+    if (s.kv_shared) {
+      for (int64_t src = first - 1; src >= 0 && s.kv_source < 0; --src)
+        if (c.layer_types[static_cast<size_t>(src)] == c.layer_types[static_cast<size_t>(l)]) s.kv_source = src;
+      if (s.kv_source < 0)
+        fail("num_kv_shared_layers", "makes layer ", l, " share K/V, but no earlier layer has type ",
+             c.layer_types[static_cast<size_t>(l)]);
+      const LayerSpec& src = c.layers[static_cast<size_t>(s.kv_source)];
+      if (src.head_dim != s.head_dim || src.num_kv_heads != s.num_kv_heads)
+        fail("per_layer_config", "gives layer ", l, " K/V of ", s.num_kv_heads, "x", s.head_dim,
+             " but it shares K/V with layer ", s.kv_source, " (", src.num_kv_heads, "x", src.head_dim, ")");
+    }
+    s.intermediate = c.intermediate_sizes.empty() ? c.intermediate_size : c.intermediate_sizes[static_cast<size_t>(l)];
+    if (c.use_double_wide_mlp && s.kv_shared && first > 0) s.intermediate *= 2;
+    s.moe = c.enable_moe_block;
+    s.rope = s.sliding ? c.rope_sliding : c.rope_full;
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  G4_CHECK(j.is_object(), "config ", source, " is not a JSON object");
+  ModelConfig c;
+  c.raw = j;
+  const Fields top(j, source, "");
+  const std::string model_type = top.opt_string("model_type").value_or("");
+  const json* text = &j;
+  std::string prefix;
+  if (model_type == "gemma4") {
+    if (!top.has("text_config") || !j["text_config"].is_object())
+      top.fail("text_config", "is missing: a gemma4 config nests the text decoder config there");
+    c.conditional = true;
+    text = &j["text_config"];
+    prefix = "text_config.";
+    c.has_vision = top.has("vision_config");
+    c.has_audio = top.has("audio_config");
+  } else if (model_type != "gemma4_text") {
+    G4_FAIL("config ", source, ": not a Gemma 4 config (model_type '", model_type,
+            "'; expected gemma4 or gemma4_text)");
+  }
+  const Fields f(*text, source, prefix);
+  if (c.conditional) {
+    const std::string inner = f.opt_string("model_type").value_or("gemma4_text");
+    if (inner != "gemma4_text") f.fail("model_type", "is '", inner, "': not a Gemma 4 text config");
+  }
+
+  c.architecture = c.conditional ? "Gemma4ForConditionalGeneration" : "Gemma4ForCausalLM";
+  if (const json* a = top.find("architectures")) {
+    if (!a->is_array() || (!a->empty() && !(*a)[0].is_string()))
+      top.fail("architectures", "must be a list of class names");
+    if (!a->empty()) c.architecture = (*a)[0].get<std::string>();
+  }
+
+  // Features g4 does not implement: refuse rather than compute something else.
+  std::string act = "gelu_pytorch_tanh";  // the Gemma 4 default
+  if (auto a = f.opt_string("hidden_activation"))
+    act = *a;
+  else if (auto b = f.opt_string("hidden_act"))
+    act = *b;
+  if (act != "gelu_pytorch_tanh")
+    f.fail(f.has("hidden_activation") ? "hidden_activation" : "hidden_act", "is '", act,
+           "': only gelu_pytorch_tanh is supported");
+  if (f.opt_bool("attention_bias", false)) f.fail("attention_bias", "is true: attention biases are not supported");
+
+  c.vocab_size = f.req_int("vocab_size");
+  c.hidden_size = f.req_int("hidden_size");
+  c.num_layers = f.req_int("num_hidden_layers");
+  c.num_heads = f.req_int("num_attention_heads");
+  c.num_kv_heads = f.req_int("num_key_value_heads");
+  c.head_dim = f.req_int("head_dim");
+  if (!f.has("intermediate_size")) f.fail("intermediate_size", "is missing (required)");
+  if (f.find("intermediate_size")->is_array()) {
+    c.intermediate_sizes = f.int_or_list("intermediate_size");
+    c.intermediate_size = c.intermediate_sizes.empty() ? 0 : c.intermediate_sizes[0];
+  } else {
+    c.intermediate_size = f.req_int("intermediate_size");
+  }
+  c.global_head_dim = f.opt_int("global_head_dim", 0);
+  c.num_global_kv_heads = f.opt_int("num_global_key_value_heads", 0);
+  c.hidden_size_per_layer_input = f.opt_int("hidden_size_per_layer_input", 0);
+  c.vocab_size_per_layer_input = f.opt_int("vocab_size_per_layer_input", c.vocab_size);
+  c.num_kv_shared_layers = f.opt_int("num_kv_shared_layers", 0);
+  c.use_double_wide_mlp = f.opt_bool("use_double_wide_mlp", false);
+  c.attention_k_eq_v = f.opt_bool("attention_k_eq_v", false);
+  c.enable_moe_block = f.opt_bool("enable_moe_block", false);
+  c.num_experts = f.opt_int("num_experts", 0);
+  c.top_k_experts = f.opt_int("top_k_experts", 0);
+  c.moe_intermediate_size = f.opt_int("moe_intermediate_size", 0);
+  c.sliding_window = f.opt_int("sliding_window", 0);
+  c.rms_norm_eps = f.opt_double("rms_norm_eps", 1e-6);
+  if (f.has("final_logit_softcapping")) c.final_logit_softcapping = f.opt_double("final_logit_softcapping", 0);
+  // Nested configs: the top-level tie_word_embeddings applies when the text config is silent.
+  c.tie_word_embeddings = f.opt_bool("tie_word_embeddings", top.opt_bool("tie_word_embeddings", true));
+  if (const json* b = f.find("use_bidirectional_attention")) {
+    if (b->is_boolean() && !b->get<bool>()) {
+      // false: the Gemma 3 spelling of "off".
+    } else if (b->is_string()) {
+      c.bidirectional = b->get<std::string>();
+    } else {
+      f.fail("use_bidirectional_attention", "is ", b->dump(), ": expected null, \"vision\" or \"all\"");
+    }
+  }
+  c.pad_token_id = f.opt_int("pad_token_id", c.pad_token_id);
+  c.bos_token_id = f.opt_int("bos_token_id", c.bos_token_id);
+  c.eos_token_ids = f.int_or_list("eos_token_id");
+  c.max_position_embeddings = f.opt_int("max_position_embeddings", 0);
+
+  if (c.num_layers <= 0) f.fail("num_hidden_layers", "must be positive, got ", c.num_layers);
+  c.layer_types = parse_layer_types(f, c.num_layers);
+  if (static_cast<int64_t>(c.layer_types.size()) != c.num_layers)
+    f.fail("layer_types", "has ", c.layer_types.size(), " entries but num_hidden_layers is ", c.num_layers);
+  bool has_sliding = false, has_full = false;
+  for (const std::string& t : c.layer_types) {
+    has_sliding |= t == kSliding;
+    has_full |= t == kFull;
+  }
+  parse_rope_specs(f, c, has_sliding, has_full);
+  parse_layer_overrides(f, c);
+  resolve_impl(c, source, prefix);
+  return c;
+}
+
+ModelConfig load_model_config(const std::string& config_json_path) {
+  std::string path = config_json_path;
+  if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "config.json").string();
+  std::ifstream in(path);
+  G4_CHECK(in, "cannot open config file ", path);
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& ex) {
+    G4_FAIL("config ", path, " is not valid JSON (", ex.what(), ")");
+  }
+  return parse_model_config(j, path);
+}
+
+void resolve_layers(ModelConfig& c, const std::string& source) {
+  resolve_impl(c, source, "");
+}
+
+namespace {
+json rope_to_json(const RopeSpec& r) {
+  json j = {{"rope_type", r.type}, {"rope_theta", r.theta}};
+  if (r.partial_rotary_factor != 1.0) j["partial_rotary_factor"] = r.partial_rotary_factor;
+  if (r.factor != 1.0) j["factor"] = r.factor;
+  return j;
+}
+json int_or_null(int64_t v) {
+  return v > 0 ? json(v) : json(nullptr);
+}
+}  // namespace
+
+json model_config_to_json(const ModelConfig& config) {
+  if (!config.raw.empty()) return config.raw;
+  ModelConfig c = config;
+  resolve_layers(c, "model_config_to_json");  // the per-layer table always matches the scalars
+
+  json t;
+  t["model_type"] = "gemma4_text";
+  t["vocab_size"] = c.vocab_size;
+  t["hidden_size"] = c.hidden_size;
+  t["intermediate_size"] = c.intermediate_sizes.empty() ? json(c.intermediate_size) : json(c.intermediate_sizes);
+  t["num_hidden_layers"] = c.num_layers;
+  t["num_attention_heads"] = c.num_heads;
+  t["num_key_value_heads"] = c.num_kv_heads;
+  t["head_dim"] = c.head_dim;
+  t["global_head_dim"] = int_or_null(c.global_head_dim);
+  t["num_global_key_value_heads"] = int_or_null(c.num_global_kv_heads);
+  t["hidden_size_per_layer_input"] = c.hidden_size_per_layer_input;
+  t["vocab_size_per_layer_input"] = c.vocab_size_per_layer_input;
+  t["num_kv_shared_layers"] = c.num_kv_shared_layers;
+  t["use_double_wide_mlp"] = c.use_double_wide_mlp;
+  t["attention_k_eq_v"] = c.attention_k_eq_v;
+  t["enable_moe_block"] = c.enable_moe_block;
+  t["num_experts"] = int_or_null(c.num_experts);
+  t["top_k_experts"] = int_or_null(c.top_k_experts);
+  t["moe_intermediate_size"] = int_or_null(c.moe_intermediate_size);
+  t["sliding_window"] = c.sliding_window;
+  t["rms_norm_eps"] = c.rms_norm_eps;
+  t["final_logit_softcapping"] = c.final_logit_softcapping ? json(*c.final_logit_softcapping) : json(nullptr);
+  t["tie_word_embeddings"] = c.tie_word_embeddings;
+  t["use_bidirectional_attention"] = c.bidirectional.empty() ? json(nullptr) : json(c.bidirectional);
+  t["pad_token_id"] = c.pad_token_id;
+  t["bos_token_id"] = c.bos_token_id;
+  t["eos_token_id"] = c.eos_token_ids.size() == 1 ? json(c.eos_token_ids[0])
+                      : c.eos_token_ids.empty()   ? json(nullptr)
+                                                  : json(c.eos_token_ids);
+  if (c.max_position_embeddings > 0) t["max_position_embeddings"] = c.max_position_embeddings;
+  t["hidden_activation"] = "gelu_pytorch_tanh";
+  t["attention_bias"] = false;
+  t["layer_types"] = c.layer_types;
+  t["rope_parameters"] = {{kSliding, rope_to_json(c.rope_sliding)}, {kFull, rope_to_json(c.rope_full)}};
+  // transformers 5.x dialect: the resolved shape of every full-attention layer, plus the KV
+  // head count of any sliding layer that overrides it.
+  json per_layer = json::object();
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerSpec& s = c.layers[static_cast<size_t>(l)];
+    if (!s.sliding)
+      per_layer[std::to_string(l)] = {{"head_dim", s.head_dim}, {"num_key_value_heads", s.num_kv_heads}};
+    else if (c.layer_overrides.count(l))
+      per_layer[std::to_string(l)] = {{"num_key_value_heads", s.num_kv_heads}};
+  }
+  t["per_layer_config"] = per_layer;
+
+  if (!c.conditional) {
+    t["architectures"] = {c.architecture.empty() ? "Gemma4ForCausalLM" : c.architecture};
+    return t;
+  }
+  // Vision/audio towers have no fields here to rebuild their configs from.
+  G4_CHECK(!c.has_vision && !c.has_audio,
+           "model_config_to_json: cannot write the vision/audio config of a model not read from a config.json");
+  return {{"architectures", {c.architecture.empty() ? "Gemma4ForConditionalGeneration" : c.architecture}},
+          {"model_type", "gemma4"},
+          {"text_config", t},
+          {"vision_config", nullptr},
+          {"audio_config", nullptr},
+          {"tie_word_embeddings", c.tie_word_embeddings}};
+}
+
+}  // namespace g4::io

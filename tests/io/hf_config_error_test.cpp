@@ -1,0 +1,160 @@
+// Configs g4 must refuse: each error names the config file and the offending key.
+#include "io/hf_config.h"
+#include "io/io_test_util.h"
+
+namespace g4::io {
+namespace {
+
+using nlohmann::json;
+
+json flat() {
+  return json::parse(test::read_bytes(test::fixture_dir("tiny-dense-keqv") + "/config.json"));
+}
+json nested() {
+  return json::parse(test::read_bytes(test::fixture_dir("tiny-moe") + "/config.json"));
+}
+
+const char* kSrc = "some/dir/config.json";
+
+TEST(HfConfigErrors, MissingRequiredKeys) {
+  for (const char* key : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "head_dim", "intermediate_size"}) {
+    json j = flat();
+    j.erase(key);
+    EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, std::string("'") + key + "'", "missing");
+    json n = nested();  // nested keys are named with their path
+    n["text_config"][key] = nullptr;
+    EXPECT_G4_ERROR(parse_model_config(n, kSrc), kSrc, std::string("'text_config.") + key + "'", "missing");
+  }
+}
+
+TEST(HfConfigErrors, NonPositiveAndMistypedSizes) {
+  for (const char* key : {"vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                          "intermediate_size", "sliding_window"}) {
+    json j = flat();
+    j[key] = 0;
+    EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, std::string("'") + key + "'", "positive");
+  }
+  json j = flat();
+  j["hidden_size"] = "64";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'hidden_size'", "integer");
+  j = flat();
+  j["num_hidden_layers"] = 0;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_hidden_layers'", "positive");
+  j = flat();
+  j["intermediate_size"] = {96, 96};
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'intermediate_size'", "num_hidden_layers is 6");
+  j = flat();
+  j["per_layer_config"]["2"]["head_dim"] = -32;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.2.head_dim'", "positive");
+}
+
+TEST(HfConfigErrors, HeadsNotDivisibleByKvHeads) {
+  json j = flat();
+  j["per_layer_config"]["5"]["num_key_value_heads"] = 3;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "num_attention_heads", "3 key/value heads of layer 5");
+  j = flat();
+  j["num_key_value_heads"] = 3;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "num_attention_heads", "layer 0");
+}
+
+TEST(HfConfigErrors, UnsupportedFeatures) {
+  json j = flat();
+  j["hidden_activation"] = "gelu";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'hidden_activation'", "gelu_pytorch_tanh");
+  j = flat();
+  j.erase("hidden_activation");
+  j["hidden_act"] = "silu";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'hidden_act'", "silu");
+  j = flat();
+  j["attention_bias"] = true;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'attention_bias'", "not supported");
+  j = flat();
+  j["use_bidirectional_attention"] = "some";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'use_bidirectional_attention'", "some");
+  j = flat();
+  j["per_layer_config"]["2"]["sliding_window"] = 4;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.2.sliding_window'", "not supported");
+  j = flat();
+  j["per_layer_config"]["9"] = {{"head_dim", 32}};
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.9'");
+}
+
+TEST(HfConfigErrors, RopeTypes) {
+  for (const char* type : {"yarn", "llama3", "dynamic", "longrope"}) {
+    json j = flat();
+    j["rope_parameters"]["full_attention"]["rope_type"] = type;
+    EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'rope_parameters.full_attention.rope_type'",
+                    "unsupported rope_type", type);
+  }
+  json j = flat();
+  j["rope_parameters"].erase("sliding_attention");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'rope_parameters.sliding_attention'", "missing");
+  j = nested();
+  j["text_config"]["rope_parameters"]["sliding_attention"]["rope_theta"] = -1;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.rope_parameters.sliding_attention.rope_theta'");
+  j = flat();
+  j.erase("rope_parameters");
+  j["rope_scaling"] = {{"rope_type", "yarn"}};
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'rope_scaling'", "unsupported rope_type");
+}
+
+TEST(HfConfigErrors, LayerTypes) {
+  json j = flat();
+  j["layer_types"].push_back("full_attention");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'layer_types'", "7 entries", "num_hidden_layers is 6");
+  j = flat();
+  j["layer_types"][1] = "chunked_attention";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'layer_types'", "chunked_attention");
+  j = flat();
+  j.erase("layer_types");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'layer_types'", "sliding_window_pattern");
+}
+
+TEST(HfConfigErrors, ModelType) {
+  json j = flat();
+  j["model_type"] = "gemma3_text";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "not a Gemma 4 config", "gemma3_text");
+  j.erase("model_type");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "not a Gemma 4 config");
+  j = nested();
+  j.erase("text_config");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config'");
+  EXPECT_G4_ERROR(parse_model_config(json::array(), kSrc), kSrc, "not a JSON object");
+}
+
+TEST(HfConfigErrors, MoeSettings) {
+  json j = nested();
+  j["text_config"]["top_k_experts"] = 9;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.top_k_experts'", "num_experts");
+  j = nested();
+  j["text_config"]["num_experts"] = nullptr;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.num_experts'");
+  j = nested();
+  j["text_config"]["moe_intermediate_size"] = 0;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.moe_intermediate_size'");
+}
+
+TEST(HfConfigErrors, KvSharingWithoutSource) {
+  json j = flat();
+  j["num_kv_shared_layers"] = 6;  // first shared layer 0: nothing earlier to share from
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_kv_shared_layers'", "layer 0");
+  j["num_kv_shared_layers"] = 4;  // layers 2..5 shared; layer 2 (full) has no full layer before it
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_kv_shared_layers'", "layer 2", "full_attention");
+  j["num_kv_shared_layers"] = 7;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_kv_shared_layers'");
+}
+
+TEST(HfConfigErrors, Files) {
+  test::TempDir tmp;
+  EXPECT_G4_ERROR(load_model_config(tmp / "config.json"), tmp / "config.json", "cannot open");
+  test::write_text(tmp / "config.json", "{\"model_type\": ");
+  EXPECT_G4_ERROR(load_model_config(tmp / "config.json"), tmp / "config.json", "not valid JSON");
+  json j = flat();
+  j["attention_bias"] = true;
+  test::write_text(tmp / "config.json", j.dump());
+  EXPECT_G4_ERROR(load_model_config(tmp.str()), tmp / "config.json", "'attention_bias'");
+}
+
+}  // namespace
+}  // namespace g4::io
