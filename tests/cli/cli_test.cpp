@@ -32,6 +32,16 @@ Result run(const std::string& args) {
   return r;
 }
 
+// Elements [begin, end) of an integer tensor as "a,b,c".
+std::string join_ids(const Tensor& t, int64_t begin, int64_t end) {
+  std::string s;
+  for (int64_t i = begin; i < end; ++i) {
+    if (i > begin) s.push_back(',');
+    s.append(std::to_string(element_as_int(t, i)));
+  }
+  return s;
+}
+
 fs::path temp_dir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("g4_cli_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
@@ -69,10 +79,8 @@ TEST(Cli, GenerateIsGreedyByDefault) {
   const std::string fixture = kData + "/hf-gemma4/tiny-moe";
   const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
   const Tensor prompt = ref.get("generate.prompt"), want = ref.get("generate.output");
-  std::string ids, expected;
-  for (int64_t i = 0; i < prompt.numel(); ++i) ids += (i ? "," : "") + std::to_string(element_as_int(prompt, i));
-  for (int64_t i = prompt.numel(); i < want.numel(); ++i)
-    expected += (i > prompt.numel() ? "," : "") + std::to_string(element_as_int(want, i));
+  const std::string ids = join_ids(prompt, 0, prompt.numel());
+  const std::string expected = join_ids(want, prompt.numel(), want.numel());
   const Result r = run("generate " + fixture + " --prompt-ids " + ids + " --max-new-tokens 10");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output, expected + "\n");

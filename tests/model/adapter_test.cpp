@@ -47,9 +47,10 @@ TEST(Adapter, ExpertsAreTransposedAndScaleFolded) {
     for (int64_t h : {0, 7, 63})
       for (int64_t j : {0, 31, 32, 63}) {
         EXPECT_EQ(ngu.data<float>()[(e * 64 + h) * 64 + j], gu.data<float>()[(e * 64 + j) * 64 + h]);
-        if (j < 32)
+        if (j < 32) {
           EXPECT_FLOAT_EQ(nd.data<float>()[(e * 32 + j) * 64 + h],
                           down.data<float>()[(e * 64 + h) * 32 + j] * s.data<float>()[e]);
+        }
       }
 }
 
