@@ -60,10 +60,14 @@ bool should_record(std::initializer_list<const Var*> inputs) {
 void backward(const Var& loss, double seed) {
   G4_CHECK(loss.defined() && loss.value().numel() == 1, "backward() needs a one-element loss, got ",
            loss.defined() ? loss.value().describe() : "undefined");
-  G4_CHECK(loss.requires_grad(), "backward(): the loss does not depend on any value that requires a gradient");
-  Tensor g = Tensor::full(loss.value().shape(), seed, loss.value().dtype());
-  accumulate_grad(loss.impl(), g);
-  // Nodes may free their captured tensors as soon as they ran.
+  backward(loss, Tensor::full(loss.value().shape(), seed, loss.value().dtype()));
+}
+
+void backward(const Var& output, const Tensor& grad) {
+  G4_CHECK(output.requires_grad(), "backward(): the output does not depend on any value that requires a gradient");
+  accumulate_grad(output.impl(), grad);
+  // Taking the nodes off the tape first lets a node's backward record and run a tape of its
+  // own (activation recompute); nodes also free their captured tensors as soon as they ran.
   std::vector<Node> nodes = std::move(g_tape.nodes);
   g_tape.nodes.clear();
   for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {

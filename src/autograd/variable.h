@@ -56,6 +56,8 @@ bool should_record(std::initializer_list<const Var*> inputs);
 // Runs the tape backwards from `loss` (a one-element Var) seeded with d(loss) = seed, then
 // clears the tape. Gradients accumulate into Vars' grad() (call zero_grad() between steps).
 void backward(const Var& loss, double seed = 1.0);
+// Same from any Var, seeded with a gradient of its shape.
+void backward(const Var& output, const Tensor& grad);
 // Drops every recorded node (e.g. after an evaluation forward that recorded by mistake).
 void clear_tape();
 size_t tape_size();

@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -21,14 +22,27 @@ int64_t shape_numel(const Shape& s) {
 }
 
 namespace {
+std::atomic<int64_t> g_current{0}, g_peak{0};
+
 // 64-byte alignment suits AVX-512 loads and BLAS.
 std::shared_ptr<void> cpu_alloc(size_t bytes) {
   const size_t rounded = ((bytes + 63) / 64) * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  const size_t size = rounded == 0 ? 64 : rounded;
+  void* p = std::aligned_alloc(64, size);
   G4_CHECK(p != nullptr, "out of host memory allocating ", bytes, " bytes");
-  return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  const int64_t now = g_current.fetch_add(static_cast<int64_t>(size)) + static_cast<int64_t>(size);
+  int64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return std::shared_ptr<void>(p, [size](void* q) {
+    std::free(q);
+    g_current.fetch_sub(static_cast<int64_t>(size));
+  });
 }
 }  // namespace
+
+MemoryStats host_memory_stats() { return MemoryStats{g_current.load(), g_peak.load()}; }
+void reset_host_memory_peak() { g_peak.store(g_current.load()); }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) G4_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));

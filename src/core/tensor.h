@@ -85,6 +85,15 @@ class Tensor {
   Device device_ = Device::CPU;
 };
 
+// Host memory held by tensors (bytes): now and the peak since the last reset. Used to report
+// what activation recompute saves.
+struct MemoryStats {
+  int64_t current = 0;
+  int64_t peak = 0;
+};
+MemoryStats host_memory_stats();
+void reset_host_memory_peak();
+
 // Reads any numeric tensor element as double / int64 (slow; for tests, checks and small tensors).
 double element_as_double(const Tensor& t, int64_t flat_index);
 int64_t element_as_int(const Tensor& t, int64_t flat_index);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "core/philox.h"
 #include "model/rope_freqs.h"
@@ -29,6 +30,9 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts) : cfg_(std::move(con
            " resolved layers for num_hidden_layers ", cfg_.num_layers);
   if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
   for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, DType::F32));
+  kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
+  for (const io::LayerSpec& ls : cfg_.layers)
+    if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     params_.buffers[layer_prefix(l) + "layer_scalar"] = Tensor::full({1}, 1.0);
     inv_freq_.push_back(rope_inv_freq(cfg_.layers[static_cast<size_t>(l)].rope,
@@ -143,7 +147,17 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     proj = ag::rmsnorm(ag::reshape(proj, {B, S, L, P}), p("model.per_layer_projection_norm.weight"), cfg_.rms_norm_eps);
     ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
   }
-  for (int64_t l = 0; l < L; ++l) h = layer(l, h, ple, ctx);
+  for (int64_t l = 0; l < L; ++l) {
+    if (recompute_ && !ctx.cache && !kv_source_[static_cast<size_t>(l)]) {
+      // The recomputation runs during backward, after this frame is gone: it gets its own copy
+      // of the context (positions and masks; this layer's K/V slot is rewritten).
+      auto saved = std::make_shared<Context>(ctx);
+      h = ag::checkpoint([this, l, saved](const std::vector<ag::Var>& in) { return layer(l, in[0], in[1], *saved); },
+                         {h, ple});
+    } else {
+      h = layer(l, h, ple, ctx);
+    }
+  }
   h = ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
   ag::Var logits = ag::linear(h, cfg_.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight"));
   if (cfg_.final_logit_softcapping) logits = ag::softcap(logits, *cfg_.final_logit_softcapping);

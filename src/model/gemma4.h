@@ -40,6 +40,11 @@ class Gemma4 {
   Tensor forward_cached(const Tensor& ids, KVCache& cache) const;
   KVCache new_cache() const;
 
+  // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
+  // graph so KV-shared layers can send gradients back into them).
+  void set_recompute(bool on) { recompute_ = on; }
+  bool recompute() const { return recompute_; }
+
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
   void init_weights(uint64_t seed, double std = 0.02);
@@ -56,6 +61,8 @@ class Gemma4 {
   ExpertRange experts_;
   ParamStore params_;
   std::vector<Tensor> inv_freq_;  // per layer
+  std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
+  bool recompute_ = false;
 };
 
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).
