@@ -12,5 +12,7 @@ void add_inspect(CLI::App& app, Action& action);
 void add_forward(CLI::App& app, Action& action);
 void add_generate(CLI::App& app, Action& action);
 void add_convert(CLI::App& app, Action& action);
+void add_train(CLI::App& app, Action& action);
+void add_eval(CLI::App& app, Action& action);
 
 }  // namespace g4::cli

@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   g4::cli::add_forward(app, action);
   g4::cli::add_generate(app, action);
   g4::cli::add_convert(app, action);
+  g4::cli::add_train(app, action);
+  g4::cli::add_eval(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

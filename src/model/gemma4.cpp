@@ -25,11 +25,13 @@ struct Gemma4::Context {
   std::vector<KV> kv;
 };
 
-Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts) : cfg_(std::move(config)), experts_(experts) {
+Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype)
+    : cfg_(std::move(config)), experts_(experts), dtype_(dtype) {
+  G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   G4_CHECK(static_cast<int64_t>(cfg_.layers.size()) == cfg_.num_layers, "model config has ", cfg_.layers.size(),
            " resolved layers for num_hidden_layers ", cfg_.num_layers);
   if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
-  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, DType::F32));
+  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, dtype_));
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
   for (const io::LayerSpec& ls : cfg_.layers)
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
@@ -43,7 +45,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts) : cfg_(std::move(con
 void Gemma4::init_weights(uint64_t seed, double std) {
   const std::vector<ParamSpec> specs = native_param_specs(cfg_, experts_);
   for (size_t i = 0; i < specs.size(); ++i) {
-    Tensor& t = params_.at(specs[i].name).mutable_value();
+    Tensor t = Tensor::empty(specs[i].shape, DType::F32);
     float* d = t.data<float>();
     const bool random = specs[i].kind == ParamSpec::kMatrix || specs[i].kind == ParamSpec::kEmbedding ||
                         specs[i].kind == ParamSpec::kExperts;
@@ -51,6 +53,7 @@ void Gemma4::init_weights(uint64_t seed, double std) {
       d[j] = random ? static_cast<float>(std * philox_normal(seed, i, static_cast<uint64_t>(j))) : 1.0f;
     if (specs[i].kind == ParamSpec::kEmbedding && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0))
       std::fill(d + cfg_.pad_token_id * t.size(1), d + (cfg_.pad_token_id + 1) * t.size(1), 0.0f);
+    params_.at(specs[i].name).mutable_value().copy_from(t.to(dtype_));
   }
   for (auto& [name, b] : params_.buffers) b.fill(1.0);
 }

@@ -27,12 +27,14 @@ class Gemma4 {
  public:
   // Parameters are allocated (zeros) in the native layout; load them with the state-dict
   // adapter or initialise them with init_weights().
-  explicit Gemma4(io::ModelConfig config, ExpertRange experts = {});
+  // dtype: F32 (training masters, the CPU default) or F64 (double-precision reference runs).
+  explicit Gemma4(io::ModelConfig config, ExpertRange experts = {}, DType dtype = DType::F32);
 
   const io::ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
   ExpertRange experts() const { return experts_; }
+  DType dtype() const { return dtype_; }
 
   // Full-sequence forward; records the tape when grad mode is on.
   ForwardOutputs forward(const ForwardInputs& in) const;
@@ -59,6 +61,7 @@ class Gemma4 {
 
   io::ModelConfig cfg_;
   ExpertRange experts_;
+  DType dtype_;
   ParamStore params_;
   std::vector<Tensor> inv_freq_;  // per layer
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V

@@ -39,8 +39,9 @@ std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
   return hf_text_prefix(cfg) + rest;
 }
 
-// [E, A, B] -> [E, B, A]
-Tensor transpose_last2(const Tensor& t) {
+// [E, A, B] -> [E, B, A] (as f32)
+Tensor transpose_last2(const Tensor& in) {
+  const Tensor t = in.dtype() == DType::F32 ? in : in.to(DType::F32);
   const int64_t E = t.size(0), A = t.size(1), B = t.size(2);
   Tensor out = Tensor::empty({E, B, A}, DType::F32);
   const float* s = t.data<float>();
@@ -79,7 +80,7 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     const std::string key = take(hf_name(cfg, spec.name));
     if (ends_with(spec.name, "moe.experts.gate_and_up_projs")) {
       const Shape hf_shape = {cfg.num_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size};
-      dst.copy_from(transpose_last2(read_experts(reader, key, hf_shape, range)));
+      dst.copy_from(transpose_last2(read_experts(reader, key, hf_shape, range)).to(dst.dtype()));
     } else if (ends_with(spec.name, "moe.experts.down_projs")) {
       const Shape hf_shape = {cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size};
       Tensor down = transpose_last2(read_experts(reader, key, hf_shape, range));  // [E, I, H]
@@ -93,10 +94,10 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
         float* d = down.data<float>() + e * per;
         for (int64_t i = 0; i < per; ++i) d[i] *= s;
       }
-      dst.copy_from(down);
+      dst.copy_from(down.to(dst.dtype()));
       model.params().buffers[layer + "router.per_expert_scale"] = scale;
     } else {
-      dst.copy_from(reader.get_f32(key, spec.shape));
+      dst.copy_from(reader.get_f32(key, spec.shape).to(dst.dtype()));
     }
   }
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
@@ -131,17 +132,19 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
            " (only the text decoder is loaded)");
 }
 
-std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank, int64_t ep_size) {
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank, int64_t ep_size, DType dtype) {
   const fs::path config_path = fs::path(dir) / "config.json";
   G4_CHECK(fs::exists(config_path), "model directory ", dir, " has no config.json");
   io::ModelConfig cfg = io::load_model_config(config_path.string());
   const ExpertRange range = expert_range_for_rank(cfg, ep_rank, ep_size);
-  auto model = std::make_unique<Gemma4>(std::move(cfg), range);
+  auto model = std::make_unique<Gemma4>(std::move(cfg), range, dtype);
   load_hf_weights(*model, io::SafetensorsReader::open(dir));
   return model;
 }
 
-NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& value) {
+NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& in) {
+  // Checkpoints hold f32 (an f64 reference model is written as f32 too).
+  const Tensor value = in.dtype() == DType::F32 ? in : in.to(DType::F32);
   const std::string key = hf_name(cfg, native_name);
   if (ends_with(native_name, "moe.experts.gate_and_up_projs")) return {{key, transpose_last2(value)}};
   if (ends_with(native_name, "moe.experts.down_projs")) {
@@ -185,7 +188,7 @@ NamedTensors hf_gradients(const Gemma4& model) {
   NamedTensors out;
   for (const std::string& name : model.params().order) {
     const ag::Var& v = model.params().at(name);
-    const Tensor g = v.grad().defined() ? v.grad() : Tensor::zeros(v.value().shape(), DType::F32);
+    const Tensor g = v.grad().defined() ? v.grad().to(DType::F32) : Tensor::zeros(v.value().shape(), DType::F32);
     if (!ends_with(name, "moe.experts.down_projs")) {
       for (auto& kv : export_hf_tensor(cfg, name, g)) out.push_back(std::move(kv));
       continue;
@@ -193,7 +196,7 @@ NamedTensors hf_gradients(const Gemma4& model) {
     // Native D[e] = s_e * down_e^T. So dL/d down_e = s_e * dD[e]^T and dL/ds_e = sum(D[e] * dD[e]) / s_e.
     const std::string layer = name.substr(0, name.size() - std::string("moe.experts.down_projs").size());
     const Tensor& s = model.params().buffers.at(layer + "router.per_expert_scale");
-    const Tensor& D = v.value();
+    const Tensor D = v.value().to(DType::F32);
     const int64_t E = D.size(0), per = D.numel() / E;
     Tensor scaled = g.clone();
     Tensor ds = Tensor::zeros({E}, DType::F32);

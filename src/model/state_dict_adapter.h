@@ -25,7 +25,8 @@ std::string hf_text_prefix(const io::ModelConfig& cfg);  // "model." or "model.l
 void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader);
 
 // Reads config.json and the weights of a Hugging Face model directory.
-std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank = 0, int64_t ep_size = 1);
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank = 0, int64_t ep_size = 1,
+                                      DType dtype = DType::F32);
 
 // One native tensor -> its Hugging Face tensor(s), for streaming weights without a full state
 // dict. down_projs also yields router.per_expert_scale (ones, the scale lives in down).
@@ -37,7 +38,7 @@ NamedTensors export_hf_state_dict(const Gemma4& model);
 // Writes config.json + safetensors (sharded above max_shard_bytes) into dir.
 void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes = size_t(5) << 30);
 
-// Gradients of the parameters expressed for Hugging Face's parameterisation (names as in the
+// Gradients (as f32) of the parameters expressed for Hugging Face's parameterisation (names as in the
 // checkpoint; per_expert_scale gets the gradient the unfolded model would have).
 NamedTensors hf_gradients(const Gemma4& model);
 

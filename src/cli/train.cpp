@@ -1,0 +1,65 @@
+// g4 train RECIPE.yaml [key.path=value ...] [--resume]   and   g4 eval MODEL_DIR --data FILE...
+#include <cmath>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "model/state_dict_adapter.h"
+#include "train/trainer.h"
+
+namespace g4::cli {
+
+void add_train(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("train", "Train or fine-tune from a YAML recipe (see recipes/)");
+  struct Opts {
+    std::string recipe;
+    std::vector<std::string> overrides;
+    bool resume = false;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("recipe", o->recipe, "recipe YAML file")->required();
+  cmd->add_option("overrides", o->overrides, "recipe overrides, e.g. train.steps=20 optimizer.lr=3e-4");
+  cmd->add_flag("--resume", o->resume, "continue from the newest complete checkpoint of this run");
+  cmd->callback([&action, o] {
+    action = [o] { train::run_training(train::load_recipe(o->recipe, o->overrides), o->resume); };
+  });
+}
+
+void add_eval(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("eval", "Loss and perplexity of a checkpoint on text or JSONL data");
+  struct Opts {
+    std::string model, tokenizer, format = "auto", split = "paragraph";
+    std::vector<std::string> data;
+    int64_t seq_len = 256, batch_size = 4;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("--data", o->data, "data files (.txt, .jsonl)")->required();
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
+  cmd->add_option("--format", o->format, "auto | text | jsonl | chat");
+  cmd->add_option("--text-split", o->split, "plain text documents: paragraph | line | file");
+  cmd->add_option("--seq-len", o->seq_len, "packed row length")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", o->batch_size, "rows per forward pass")->check(CLI::PositiveNumber);
+  cmd->callback([&action, o] {
+    action = [o] {
+      auto model = model::load_hf_model(o->model);
+      const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
+      data::DataOptions d;
+      d.files = o->data;
+      d.format = o->format;
+      d.text_split = o->split;
+      d.seq_len = o->seq_len;
+      d.validation_fraction = 0;
+      const data::PackedDataset ds(d, *tok);
+      // One pass over every row, in order of the first epoch.
+      std::vector<data::Batch> batches;
+      for (int64_t i = 0; i < ds.train_rows(); ++i) batches.push_back(ds.train_batch(1, i));
+      int64_t tokens = 0;
+      const double loss = train::evaluate_loss(*model, batches, &tokens);
+      std::printf("loss %.4f  perplexity %.3f  over %lld tokens (%lld rows of %lld)\n", loss, std::exp(loss),
+                  static_cast<long long>(tokens), static_cast<long long>(ds.train_rows()),
+                  static_cast<long long>(o->seq_len));
+    };
+  });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,49 @@
+// AdamW on fp32 master weights with fp32 moments, computed as torch.optim.AdamW does
+// (decoupled weight decay, bias-corrected moments), plus global-norm gradient clipping as
+// torch.nn.utils.clip_grad_norm_ computes it.
+#pragma once
+#include <set>
+#include <string>
+#include <vector>
+
+#include "model/params.h"
+
+namespace g4::train {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  // `trainable` lists the parameters to update; `no_decay` those exempt from weight decay.
+  AdamW(model::ParamStore& params, std::vector<std::string> trainable, std::set<std::string> no_decay,
+        AdamWOptions options);
+
+  // One update with learning rate lr from the parameters' current gradients (undefined
+  // gradients count as zero).
+  void step(double lr);
+  int64_t steps_taken() const { return step_; }
+  const std::vector<std::string>& trainable() const { return names_; }
+
+  // Moments as named tensors ("exp_avg.<param>", "exp_avg_sq.<param>") and back.
+  std::vector<std::pair<std::string, Tensor>> state() const;
+  void load_state(const std::vector<std::pair<std::string, Tensor>>& state, int64_t steps_taken);
+
+ private:
+  model::ParamStore& params_;
+  std::vector<std::string> names_;
+  std::set<std::string> no_decay_;
+  AdamWOptions opt_;
+  std::vector<Tensor> m_, v_;
+  int64_t step_ = 0;
+};
+
+// Scales the gradients of `names` so their global L2 norm is at most max_norm (when max_norm > 0);
+// returns the norm before clipping.
+double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm);
+
+// Which parameters take weight decay: matrices and experts; not norms, scales or embeddings.
+std::set<std::string> no_weight_decay(const model::ParamStore& params, const io::ModelConfig& cfg);
+
+}  // namespace g4::train

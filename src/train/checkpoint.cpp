@@ -1,0 +1,125 @@
+#include "train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "io/safetensors.h"
+#include "model/state_dict_adapter.h"
+
+namespace g4::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+void write_file_atomic(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp);
+    G4_CHECK(f.good(), "cannot write ", tmp.string());
+    f << text;
+    f.flush();
+    G4_CHECK(f.good(), "writing ", tmp.string(), " failed (disk full?)");
+  }
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+void maybe_fault(const char* where, int64_t step) {
+  const char* spec = std::getenv("G4_FAULT_KILL");
+  if (!spec) return;
+  const std::string want = std::string(where) + ":" + std::to_string(step);
+  if (want == spec) ::kill(::getpid(), SIGKILL);
+}
+
+std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep) {
+  fs::create_directories(dir);
+  const fs::path final_dir = fs::path(dir) / step_name(state.step);
+  const fs::path tmp = fs::path(dir) / ("." + step_name(state.step) + ".tmp." + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  model::save_hf_checkpoint(model, tmp.string());
+  maybe_fault("checkpoint", state.step);
+  io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
+  if (!tokenizer_path.empty()) {
+    const fs::path t(tokenizer_path);
+    if (fs::is_directory(t)) {
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
+        if (fs::exists(t / f)) fs::copy_file(t / f, tmp / f);
+    } else if (fs::exists(t)) {
+      fs::copy_file(t, tmp / t.filename());
+    }
+  }
+  nlohmann::json j = {{"step", state.step},
+                      {"data_index", state.data_index},
+                      {"optimizer_steps", opt.steps_taken()},
+                      {"elapsed_s", state.elapsed_s},
+                      {"recipe", state.recipe}};
+  write_file_atomic(tmp / "trainer_state.json", j.dump(2) + "\n");
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  write_file_atomic(fs::path(dir) / "latest", step_name(state.step) + "\n");
+
+  if (keep > 0) {
+    std::set<std::string> steps;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0)
+        steps.insert(e.path().filename().string());
+    while (static_cast<int64_t>(steps.size()) > keep) {
+      fs::remove_all(fs::path(dir) / *steps.begin());
+      steps.erase(steps.begin());
+    }
+  }
+  return final_dir.string();
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& dir) {
+  if (!fs::is_directory(dir)) return std::nullopt;
+  // Renamed step directories are complete by construction; take the newest.
+  std::string best;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("step-", 0) == 0 && fs::exists(e.path() / "trainer_state.json") &&
+        name > best)
+      best = name;
+  }
+  if (best.empty()) return std::nullopt;
+  return (fs::path(dir) / best).string();
+}
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt) {
+  const fs::path d(checkpoint_dir);
+  std::ifstream f(d / "trainer_state.json");
+  G4_CHECK(f.good(), "checkpoint ", checkpoint_dir, " has no trainer_state.json");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    G4_FAIL("checkpoint ", checkpoint_dir, ": trainer_state.json is not valid JSON: ", e.what());
+  }
+  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
+  const io::SafetensorsReader ostate = io::SafetensorsReader::open((d / "optimizer.safetensors").string());
+  std::vector<std::pair<std::string, Tensor>> named;
+  for (const std::string& n : ostate.names()) named.emplace_back(n, ostate.get(n));
+  opt.load_state(named, j.at("optimizer_steps").get<int64_t>());
+  TrainerState s;
+  s.step = j.at("step").get<int64_t>();
+  s.data_index = j.at("data_index").get<int64_t>();
+  s.elapsed_s = j.value("elapsed_s", 0.0);
+  s.recipe = j.value("recipe", nlohmann::json());
+  return s;
+}
+
+}  // namespace g4::train

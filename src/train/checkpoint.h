@@ -1,0 +1,38 @@
+// Training checkpoints. Each is a directory `step-NNNNNNNN/` holding a Hugging Face checkpoint
+// (config.json + safetensors that transformers loads), the tokenizer files, the optimizer's
+// moments (optimizer.safetensors) and trainer_state.json. A checkpoint is written under a
+// temporary name and renamed when complete, and `latest` is replaced atomically after it, so a
+// run killed at any moment resumes from the last complete checkpoint.
+#pragma once
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "model/gemma4.h"
+#include "train/adamw.h"
+
+namespace g4::train {
+
+struct TrainerState {
+  int64_t step = 0;        // optimizer steps completed
+  int64_t data_index = 0;  // micro-batches consumed
+  double elapsed_s = 0;
+  nlohmann::json recipe;
+};
+
+// Writes checkpoint `step` into dir; removes all but the newest `keep` (keep <= 0: keep all).
+std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep);
+
+// The newest complete checkpoint under dir, if any (half-written ones are ignored).
+std::optional<std::string> latest_checkpoint(const std::string& dir);
+
+// Restores weights, optimizer moments and returns the trainer state.
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt);
+
+// Test hook: G4_FAULT_KILL=checkpoint:N kills the process (SIGKILL) halfway through writing
+// checkpoint N; G4_FAULT_KILL=step:N right after step N. Lets tests crash a run on purpose.
+void maybe_fault(const char* where, int64_t step);
+
+}  // namespace g4::train

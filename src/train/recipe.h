@@ -1,0 +1,56 @@
+// Training recipes: YAML files (plus `key.path=value` overrides from the command line) turned
+// into typed options. Every key has a default; an unknown key or a value of the wrong type is
+// an error naming the key path and the file.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/dataset.h"
+
+namespace g4::train {
+
+struct Recipe {
+  std::string source;  // file the recipe came from
+
+  // model
+  std::string model_name;          // built-in shape (model.name), or
+  std::string model_path;          // Hugging Face checkpoint directory (model.path)
+  nlohmann::json model_overrides;  // model.config: config.json keys over the built-in shape
+  uint64_t init_seed = 0;
+  std::string tokenizer;           // tokenizer file or directory (default: model.path)
+
+  data::DataOptions data;
+
+  // optimizer and schedule
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, grad_clip = 1.0;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.0;
+
+  // training
+  int64_t steps = 100, batch_size = 8, grad_accumulation = 1;
+  bool recompute = false;
+  std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) kept fixed
+  double router_aux_loss = 0.0;
+
+  // checkpoints and logs
+  std::string output_dir = "runs/default";
+  int64_t checkpoint_every = 0;  // 0 = only at the end
+  int64_t keep_checkpoints = 2;
+  int64_t log_every = 1, validation_every = 50, validation_batches = 8;
+  int64_t samples = 3, sample_tokens = 48;
+  std::string sample_prompt = "";
+
+  nlohmann::json resolved;  // the whole recipe after defaults and overrides (saved with checkpoints)
+};
+
+// Reads a recipe file and applies overrides ("train.steps=20", "optimizer.lr=3e-4", ...).
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+Recipe recipe_from_json(const nlohmann::json& j, const std::string& source);
+
+// Shell-style wildcard match (`*` any run, `?` one character) for freeze patterns.
+bool wildcard_match(const std::string& pattern, const std::string& text);
+
+}  // namespace g4::train

@@ -1,0 +1,221 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+
+#include "autograd/variable.h"
+#include "core/log.h"
+#include "generate/generator.h"
+#include "model/named_configs.h"
+#include "model/state_dict_adapter.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/lr_schedule.h"
+#include "train/metrics.h"
+
+namespace g4::train {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::unique_ptr<model::Gemma4> build_model(const Recipe& r) {
+  if (!r.model_path.empty()) {
+    G4_CHECK(r.model_overrides.empty(), r.source, ": 'model.config' overrides apply to built-in models only");
+    return model::load_hf_model(r.model_path);
+  }
+  const nlohmann::json cfg_json = model::named_config(r.model_name, r.model_overrides);
+  io::ModelConfig cfg = io::parse_model_config(cfg_json, "built-in model '" + r.model_name + "'");
+  cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
+  auto m = std::make_unique<model::Gemma4>(std::move(cfg));
+  m->init_weights(r.init_seed, cfg_json.value("initializer_range", 0.02));
+  return m;
+}
+
+double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens) {
+  ag::NoGrad no_grad;
+  double sum = 0;
+  int64_t count = 0;
+  for (const data::Batch& b : batches) {
+    model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+    const model::ForwardOutputs out = model.forward(in);
+    sum += out.loss.value().item() * static_cast<double>(out.counted_tokens);
+    count += out.counted_tokens;
+  }
+  if (tokens) *tokens = count;
+  return count > 0 ? sum / static_cast<double>(count) : std::nan("");
+}
+
+namespace {
+
+std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
+  std::vector<std::string> names;
+  for (const std::string& n : m.params().order) {
+    bool frozen = false;
+    // Patterns may name either the native or the Hugging Face parameter.
+    const auto hf = model::export_hf_tensor(m.config(), n, m.params().at(n).value());
+    for (const std::string& p : freeze) frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf[0].first);
+    if (!frozen) names.push_back(n);
+  }
+  return names;
+}
+
+std::string render_samples(const model::Gemma4& m, const io::Tokenizer& tok, const Recipe& r) {
+  std::string out;
+  std::vector<int32_t> prompt_ids = tok.encode(r.sample_prompt);
+  for (int64_t i = 0; i < r.samples; ++i) {
+    std::vector<int64_t> prompt = {tok.bos_id};
+    prompt.insert(prompt.end(), prompt_ids.begin(), prompt_ids.end());
+    gen::GenerateOptions opt;
+    opt.max_new_tokens = r.sample_tokens;
+    opt.sampling.greedy = false;
+    opt.sampling.temperature = 0.8;
+    opt.sampling.top_p = 0.95;
+    opt.sampling.seed = static_cast<uint64_t>(i + 1);
+    opt.stop_ids = {tok.eos_id};
+    const auto ids = gen::generate(m, {prompt}, opt)[0];
+    std::vector<int32_t> gen_ids(ids.begin() + 1, ids.end());
+    if (!gen_ids.empty() && gen_ids.back() == tok.eos_id) gen_ids.pop_back();
+    std::string text = tok.decode(gen_ids, /*skip_special=*/true);
+    for (char& c : text)
+      if (c == '\n') c = ' ';
+    out += "  " + std::to_string(i + 1) + ". " + text + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+TrainResult run_training(const Recipe& r, bool resume) {
+  const auto t_start = Clock::now();
+  std::unique_ptr<model::Gemma4> model = build_model(r);
+  model->set_recompute(r.recompute);
+  const std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(r.tokenizer);
+  G4_CHECK(tok->vocab_size() <= model->config().vocab_size, "tokenizer ", r.tokenizer, " has ", tok->vocab_size(),
+           " tokens but the model's vocabulary is ", model->config().vocab_size);
+  const data::PackedDataset data(r.data, *tok);
+  G4_CHECK(data.train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
+
+  const std::vector<std::string> names = trainable_names(*model, r.freeze);
+  AdamW opt(model->params(), names, no_weight_decay(model->params(), model->config()),
+            AdamWOptions{r.beta1, r.beta2, r.eps, r.weight_decay});
+
+  TrainerState state;
+  state.recipe = r.resolved;
+  const std::string ckpt_dir = (fs::path(r.output_dir) / "checkpoints").string();
+  if (resume) {
+    const auto latest = latest_checkpoint(ckpt_dir);
+    if (latest) {
+      state = load_checkpoint(*latest, *model, opt);
+      state.recipe = r.resolved;
+      std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
+    } else {
+      std::cerr << "no checkpoint in " << ckpt_dir << "; starting from scratch\n";
+    }
+  }
+  MetricsLog log((fs::path(r.output_dir) / "metrics.jsonl").string(), state.step);
+
+  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len;
+  std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
+              r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
+              static_cast<long long>(model->params().numel()), names.size(),
+              static_cast<long long>(model->config().num_layers));
+  std::printf("data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n",
+              static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
+              static_cast<long long>(data.train_rows()), static_cast<long long>(data.validation_rows()),
+              static_cast<long long>(r.data.seq_len));
+  std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
+  std::printf("training   %lld steps x %lld tokens, lr %.2e (%s), recompute %s\n", static_cast<long long>(r.steps),
+              static_cast<long long>(tokens_per_step), r.lr, r.schedule.c_str(), r.recompute ? "on" : "off");
+  std::fflush(stdout);
+
+  const std::vector<data::Batch> val_batches =
+      data.validation_rows() > 0 ? data.validation_batches(r.batch_size, r.validation_batches) : std::vector<data::Batch>{};
+  ProgressBar bar(r.steps);
+  TrainResult result;
+  result.unigram_entropy = data.unigram_entropy();
+  const double elapsed_before = state.elapsed_s;
+  const auto t_loop = Clock::now();
+  const int64_t first_step = state.step;
+
+  while (state.step < r.steps) {
+    const auto t0 = Clock::now();
+    std::vector<data::Batch> micro;
+    int64_t counted = 0;
+    for (int64_t a = 0; a < r.grad_accumulation; ++a) {
+      micro.push_back(data.train_batch(r.batch_size, state.data_index++));
+      counted += micro.back().trained_tokens;
+    }
+    double loss_sum = 0;
+    for (const data::Batch& b : micro) {
+      model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+      model::ForwardOutputs out = model->forward(in);
+      if (out.counted_tokens == 0) {
+        ag::clear_tape();
+        continue;
+      }
+      // The step's loss is the mean over every trained token of all micro-batches.
+      const double weight = static_cast<double>(out.counted_tokens) / static_cast<double>(counted);
+      loss_sum += out.loss.value().item() * weight;
+      ag::backward(out.loss, weight);
+    }
+    const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip);
+    const double lr = learning_rate(r.schedule, r.lr, state.step, r.steps, r.warmup_steps, r.min_lr_ratio);
+    opt.step(lr);
+    model->params().zero_grad();
+    ++state.step;
+    result.last_train_loss = loss_sum;
+
+    const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double loop_s = std::chrono::duration<double>(Clock::now() - t_loop).count();
+    state.elapsed_s = elapsed_before + loop_s;
+    const double tps = static_cast<double>(tokens_per_step) / step_s;
+    const double eta = loop_s / static_cast<double>(state.step - first_step) * static_cast<double>(r.steps - state.step);
+    if (state.step % r.log_every == 0 || state.step == r.steps) {
+      log.write({{"step", state.step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
+                 {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}});
+      bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);
+    }
+    const bool validate = !val_batches.empty() && r.validation_every > 0 &&
+                          (state.step % r.validation_every == 0 || state.step == r.steps);
+    if (validate) {
+      result.last_validation_loss = evaluate_loss(*model, val_batches);
+      log.write({{"step", state.step}, {"validation_loss", result.last_validation_loss},
+                 {"validation_perplexity", std::exp(result.last_validation_loss)}});
+    }
+    maybe_fault("step", state.step);
+    const bool save = state.step == r.steps || (r.checkpoint_every > 0 && state.step % r.checkpoint_every == 0);
+    if (save) result.checkpoint = save_checkpoint(ckpt_dir, *model, opt, state, r.tokenizer, r.keep_checkpoints);
+  }
+  bar.finish();
+  result.steps = state.step;
+
+  // The loss picture, from the whole log (earlier runs of a resumed training included).
+  std::vector<CurvePoint> train_pts, val_pts;
+  for (const auto& rec : log.read_all()) {
+    if (rec.contains("loss")) train_pts.push_back({rec["step"].get<double>(), rec["loss"].get<double>()});
+    if (rec.contains("validation_loss"))
+      val_pts.push_back({rec["step"].get<double>(), rec["validation_loss"].get<double>()});
+  }
+  const std::string svg = (fs::path(r.output_dir) / "loss.svg").string();
+  write_loss_svg(svg, train_pts, val_pts, "g4 training loss");
+  if (val_pts.empty() && !val_batches.empty()) result.last_validation_loss = evaluate_loss(*model, val_batches);
+
+  const double total_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+  std::printf("\n== summary ==\n");
+  std::printf("steps            %lld (%lld tokens)\n", static_cast<long long>(result.steps),
+              static_cast<long long>(result.steps * tokens_per_step));
+  std::printf("train loss       %.4f\n", result.last_train_loss);
+  if (!val_batches.empty())
+    std::printf("validation loss  %.4f (perplexity %.2f); unigram entropy %.4f\n", result.last_validation_loss,
+                std::exp(result.last_validation_loss), result.unigram_entropy);
+  std::printf("time             %s this run\n", format_duration(total_s).c_str());
+  std::printf("checkpoint       %s\n", result.checkpoint.c_str());
+  std::printf("metrics          %s\nloss curve       %s\n", log.path().c_str(), svg.c_str());
+  if (r.samples > 0) std::printf("samples:\n%s", render_samples(*model, *tok, r).c_str());
+  std::fflush(stdout);
+  return result;
+}
+
+}  // namespace g4::train

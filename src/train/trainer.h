@@ -1,0 +1,31 @@
+// Supervised training from a recipe: builds or loads the model, packs the data, runs AdamW steps
+// with gradient accumulation and clipping, validates, checkpoints (with exact resume), and at
+// the end writes the loss curve, samples text and prints a summary.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "model/gemma4.h"
+#include "train/recipe.h"
+
+namespace g4::train {
+
+struct TrainResult {
+  int64_t steps = 0;
+  double last_train_loss = 0, last_validation_loss = 0, unigram_entropy = 0;
+  std::string checkpoint;  // final checkpoint directory
+};
+
+// `resume`: continue from the newest complete checkpoint in the recipe's output directory.
+TrainResult run_training(const Recipe& recipe, bool resume);
+
+// The model a recipe names: a Hugging Face checkpoint, or a built-in shape initialised as
+// transformers initialises Gemma 4.
+std::unique_ptr<model::Gemma4> build_model(const Recipe& recipe);
+
+// Mean cross-entropy over the trained tokens of these batches (no tape).
+double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens = nullptr);
+
+}  // namespace g4::train
