@@ -1,0 +1,67 @@
+// Recipes: defaults, overrides, and errors that name the key.
+#include <gtest/gtest.h>
+
+#include "train/lr_schedule.h"
+#include "train/recipe.h"
+
+namespace g4 {
+namespace {
+
+nlohmann::json minimal() {
+  return {{"model", {{"name", "tiny-moe"}}}, {"tokenizer", "tok"}, {"data", {{"train", {"a.txt"}}}}};
+}
+
+TEST(Recipe, DefaultsAndValues) {
+  auto j = minimal();
+  j["train"] = {{"steps", 7}, {"freeze", {"*router*"}}};
+  const train::Recipe r = train::recipe_from_json(j, "test.yaml");
+  EXPECT_EQ(r.steps, 7);
+  EXPECT_EQ(r.batch_size, 8);
+  EXPECT_EQ(r.freeze, std::vector<std::string>{"*router*"});
+  EXPECT_EQ(r.data.files, std::vector<std::string>{"a.txt"});
+}
+
+TEST(Recipe, ErrorsNameTheKey) {
+  auto expect_error = [](nlohmann::json j, const std::string& needle) {
+    try {
+      train::recipe_from_json(j, "test.yaml");
+      FAIL() << "expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("test.yaml"), std::string::npos) << e.what();
+    }
+  };
+  auto j = minimal();
+  j["optimizer"] = {{"learning_rate", 1}};
+  expect_error(j, "optimizer.learning_rate");
+  j = minimal();
+  j["train"] = {{"steps", "many"}};
+  expect_error(j, "train.steps");
+  j = minimal();
+  j["train"] = {{"steps", -1}};
+  expect_error(j, "train.steps");
+  j = minimal();
+  j["schedule"] = {{"kind", "exponential"}};
+  expect_error(j, "schedule.kind");
+  j = minimal();
+  j["model"]["path"] = "x";
+  expect_error(j, "model.name");
+}
+
+TEST(Recipe, Wildcards) {
+  EXPECT_TRUE(train::wildcard_match("*router*", "model.layers.3.router.proj.weight"));
+  EXPECT_TRUE(train::wildcard_match("model.layers.?.mlp.*", "model.layers.3.mlp.up_proj.weight"));
+  EXPECT_FALSE(train::wildcard_match("model.layers.?.mlp.*", "model.layers.13.mlp.up_proj.weight"));
+}
+
+TEST(LrSchedule, WarmupThenCosineToTheFloor) {
+  EXPECT_DOUBLE_EQ(train::learning_rate("cosine", 1.0, 0, 100, 10, 0.1), 0.0);
+  EXPECT_DOUBLE_EQ(train::learning_rate("cosine", 1.0, 5, 100, 10, 0.1), 0.5);
+  EXPECT_DOUBLE_EQ(train::learning_rate("cosine", 1.0, 10, 100, 10, 0.1), 1.0);
+  EXPECT_NEAR(train::learning_rate("cosine", 1.0, 100, 100, 10, 0.1), 0.1, 1e-12);
+  EXPECT_NEAR(train::learning_rate("linear", 1.0, 55, 100, 10, 0.0), 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(train::learning_rate("constant", 2.0, 50, 100, 10, 0.0), 2.0);
+}
+
+}  // namespace
+}  // namespace g4

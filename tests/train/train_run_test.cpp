@@ -1,0 +1,151 @@
+// `g4 train` end to end on a tiny model: the loss falls, the log and picture are written, and a
+// run killed between checkpoints or in the middle of writing one resumes to exactly the loss
+// curve of the uninterrupted run.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result run(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " + std::string(G4_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  Result r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), p)) r.output += buf.data();
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : (WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1);
+  return r;
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("g4_train_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// A small MoE that trains in a couple of seconds.
+std::string write_recipe(const fs::path& dir) {
+  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
+  const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
+  const fs::path path = dir / "recipe.yaml";
+  std::ofstream f(path);
+  f << "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
+       " num_experts: 4, moe_intermediate_size: 32, head_dim: 16, global_head_dim: 32, sliding_window: 16}\n"
+    << "tokenizer: " << tok << "\n"
+    << "data:\n  train: [" << data << "]\n  seq_len: 64\n  validation_fraction: 0.2\n"
+    << "optimizer:\n  lr: 3.0e-3\n  betas: [0.9, 0.95]\n  weight_decay: 0.1\n"
+    << "schedule:\n  kind: cosine\n  warmup_steps: 2\n"
+    << "train:\n  steps: 8\n  batch_size: 2\n"
+    << "checkpoint:\n  dir: " << (dir / "run").string() << "\n  every: 4\n  keep: 3\n"
+    << "log:\n  validation_every: 4\n  validation_batches: 2\n  samples: 1\n  sample_tokens: 8\n";
+  return path.string();
+}
+
+std::vector<std::string> loss_lines(const fs::path& run_dir) {
+  std::vector<std::string> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    // Everything but timings must repeat exactly.
+    if (j.contains("loss"))
+      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["grad_norm"].dump() +
+                      " " + j["lr"].dump());
+    if (j.contains("validation_loss")) lines.push_back("val " + j["validation_loss"].dump());
+  }
+  return lines;
+}
+
+TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
+  const fs::path dir = temp_dir("resume");
+  const std::string recipe = write_recipe(dir);
+  const Result full = run("train " + recipe + " checkpoint.dir=" + (dir / "full").string());
+  ASSERT_EQ(full.code, 0) << full.output;
+  EXPECT_TRUE(fs::exists(dir / "full" / "loss.svg"));
+  EXPECT_TRUE(fs::exists(dir / "full" / "checkpoints" / "step-00000008" / "model.safetensors"));
+  const auto want = loss_lines(dir / "full");
+  ASSERT_EQ(want.size(), 8u + 2u);
+
+  // Killed after step 6: resumes from the step-4 checkpoint.
+  const std::string killed = "train " + recipe + " checkpoint.dir=" + (dir / "killed").string();
+  Result r = run(killed, "G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  r = run(killed + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "killed"), want);
+
+  // Killed halfway through writing the step-8 checkpoint: the half-written one is ignored.
+  const std::string torn = "train " + recipe + " checkpoint.dir=" + (dir / "torn").string();
+  r = run(torn, "G4_FAULT_KILL=checkpoint:8");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "torn" / "checkpoints" / "step-00000008"));
+  r = run(torn + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step 4"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "torn"), want);
+  fs::remove_all(dir);
+}
+
+TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
+  const fs::path dir = temp_dir("falls");
+  const std::string recipe = write_recipe(dir);
+  const Result r = run("train " + recipe + " train.steps=30 log.validation_every=10");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::vector<double> train, val;
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) train.push_back(j["loss"].get<double>());
+    if (j.contains("validation_loss")) val.push_back(j["validation_loss"].get<double>());
+  }
+  ASSERT_EQ(train.size(), 30u);
+  ASSERT_GE(val.size(), 3u);
+  EXPECT_LT(train.back(), train.front() - 1.0);
+  EXPECT_LT(val.back(), val.front());
+  const Result e = run("eval " + (dir / "run" / "checkpoints" / "step-00000030").string() + " --data " +
+                       std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
+  ASSERT_EQ(e.code, 0) << e.output;
+  EXPECT_NE(e.output.find("perplexity"), std::string::npos) << e.output;
+  fs::remove_all(dir);
+}
+
+TEST(TrainRun, BadRecipesAreClearErrors) {
+  const fs::path dir = temp_dir("bad");
+  const std::string recipe = write_recipe(dir);
+  Result r = run("train " + recipe + " train.stepz=3");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("train.stepz"), std::string::npos) << r.output;
+  r = run("train " + recipe + " optimizer.lr=fast");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("optimizer.lr"), std::string::npos) << r.output;
+  r = run("train " + recipe + " data.train=/nonexistent/corpus.txt");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/corpus.txt"), std::string::npos) << r.output;
+  r = run("train /nonexistent/recipe.yaml");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/recipe.yaml"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4
