@@ -1,13 +1,11 @@
 // The `g4` command as users and other tools drive it: outputs, exit codes and error messages.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "io/safetensors.h"
+#include "support/g4_process.h"
 
 namespace g4 {
 namespace {
@@ -15,42 +13,13 @@ namespace {
 namespace fs = std::filesystem;
 const std::string kData = G4_TEST_DATA;
 
-struct Result {
-  int code;
-  std::string output;  // stdout and stderr together
-};
+using test::ProcessResult;
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(G4_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r{-1, ""};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), p)) r.output += buf.data();
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-// Elements [begin, end) of an integer tensor as "a,b,c".
-std::string join_ids(const Tensor& t, int64_t begin, int64_t end) {
-  std::string s;
-  for (int64_t i = begin; i < end; ++i) {
-    if (i > begin) s.push_back(',');
-    s.append(std::to_string(element_as_int(t, i)));
-  }
-  return s;
-}
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("g4_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
+fs::path temp_dir(const std::string& name) { return test::scratch_dir("cli_" + name); }
 
 TEST(Cli, InspectDescribesTheModel) {
-  const Result r = run("inspect " + kData + "/hf-gemma4/tiny-moe");
+  const ProcessResult r = run("inspect " + kData + "/hf-gemma4/tiny-moe");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("MoE"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("full"), std::string::npos);
@@ -64,7 +33,7 @@ TEST(Cli, ForwardWritesLogitsLossAndHfGradients) {
   io::save_safetensors((dir / "in.safetensors").string(), {{"input_ids", ref.get("input_ids").clone()},
                                                            {"attention_mask", ref.get("attention_mask").clone()},
                                                            {"labels", ref.get("labels").clone()}});
-  const Result r = run("forward " + fixture + " --inputs " + (dir / "in.safetensors").string() + " --out " +
+  const ProcessResult r = run("forward " + fixture + " --inputs " + (dir / "in.safetensors").string() + " --out " +
                        (dir / "out.safetensors").string() + " --grads");
   ASSERT_EQ(r.code, 0) << r.output;
   const io::SafetensorsReader out = io::SafetensorsReader::open((dir / "out.safetensors").string());
@@ -81,7 +50,7 @@ TEST(Cli, GenerateIsGreedyByDefault) {
   const Tensor prompt = ref.get("generate.prompt"), want = ref.get("generate.output");
   const std::string ids = join_ids(prompt, 0, prompt.numel());
   const std::string expected = join_ids(want, prompt.numel(), want.numel());
-  const Result r = run("generate " + fixture + " --prompt-ids " + ids + " --max-new-tokens 10");
+  const ProcessResult r = run("generate " + fixture + " --prompt-ids " + ids + " --max-new-tokens 10");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output, expected + "\n");
 }
@@ -89,7 +58,7 @@ TEST(Cli, GenerateIsGreedyByDefault) {
 TEST(Cli, SamplingIsReproducibleBySeed) {
   const std::string fixture = kData + "/hf-gemma4/tiny-dense-ple";
   const std::string args = "generate " + fixture + " --prompt-ids 5,6,7 --max-new-tokens 6 --temperature 1.0 --top-p 0.9";
-  const Result a = run(args + " --seed 7"), b = run(args + " --seed 7");
+  const ProcessResult a = run(args + " --seed 7"), b = run(args + " --seed 7");
   ASSERT_EQ(a.code, 0) << a.output;
   EXPECT_EQ(a.output, b.output);
 }
@@ -97,19 +66,19 @@ TEST(Cli, SamplingIsReproducibleBySeed) {
 TEST(Cli, ConvertRoundTrips) {
   const fs::path dir = temp_dir("convert");
   const std::string fixture = kData + "/hf-gemma4/tiny-moe";
-  const Result r = run("convert " + fixture + " " + (dir / "out").string());
+  const ProcessResult r = run("convert " + fixture + " " + (dir / "out").string());
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir / "out" / "config.json"));
   EXPECT_TRUE(fs::exists(dir / "out" / "generation_config.json"));
-  const Result g1 = run("generate " + fixture + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
-  const Result g2 = run("generate " + (dir / "out").string() + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
+  const ProcessResult g1 = run("generate " + fixture + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
+  const ProcessResult g2 = run("generate " + (dir / "out").string() + " --prompt-ids 9,8,7,6 --max-new-tokens 5");
   EXPECT_EQ(g1.output, g2.output);
   fs::remove_all(dir);
 }
 
 TEST(Cli, BadInputsGiveClearErrors) {
   const std::string fixture = kData + "/hf-gemma4/tiny-moe";
-  Result r = run("generate " + fixture + " --prompt-ids 5,300 --max-new-tokens 2");
+  ProcessResult r = run("generate " + fixture + " --prompt-ids 5,300 --max-new-tokens 2");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("300"), std::string::npos) << r.output;
   r = run("generate " + fixture + " --prompt-ids 5,x --max-new-tokens 2");

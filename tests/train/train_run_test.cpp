@@ -2,44 +2,24 @@
 // run killed between checkpoints or in the middle of writing one resumes to exactly the loss
 // curve of the uninterrupted run.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "support/g4_process.h"
+
 namespace g4 {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code;
-  std::string output;
-};
+using test::ProcessResult;
 
-Result run(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + " " + std::string(G4_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r{-1, ""};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), p)) r.output += buf.data();
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : (WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1);
-  return r;
-}
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("g4_train_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
+fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
 
 // A small MoE that trains in a couple of seconds.
 std::string write_recipe(const fs::path& dir) {
@@ -77,7 +57,7 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
 TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
   const fs::path dir = temp_dir("resume");
   const std::string recipe = write_recipe(dir);
-  const Result full = run("train " + recipe + " checkpoint.dir=" + (dir / "full").string());
+  const ProcessResult full = run("train " + recipe + " checkpoint.dir=" + (dir / "full").string());
   ASSERT_EQ(full.code, 0) << full.output;
   EXPECT_TRUE(fs::exists(dir / "full" / "loss.svg"));
   EXPECT_TRUE(fs::exists(dir / "full" / "checkpoints" / "step-00000008" / "model.safetensors"));
@@ -86,7 +66,7 @@ TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
 
   // Killed after step 6: resumes from the step-4 checkpoint.
   const std::string killed = "train " + recipe + " checkpoint.dir=" + (dir / "killed").string();
-  Result r = run(killed, "G4_FAULT_KILL=step:6");
+  ProcessResult r = run(killed, "G4_FAULT_KILL=step:6");
   EXPECT_EQ(r.code, 128 + 9) << r.output;
   r = run(killed + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -108,7 +88,7 @@ TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
 TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
   const fs::path dir = temp_dir("falls");
   const std::string recipe = write_recipe(dir);
-  const Result r = run("train " + recipe + " train.steps=30 log.validation_every=10");
+  const ProcessResult r = run("train " + recipe + " train.steps=30 log.validation_every=10");
   ASSERT_EQ(r.code, 0) << r.output;
   std::vector<double> train, val;
   std::ifstream in(dir / "run" / "metrics.jsonl");
@@ -122,7 +102,7 @@ TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
   ASSERT_GE(val.size(), 3u);
   EXPECT_LT(train.back(), train.front() - 1.0);
   EXPECT_LT(val.back(), val.front());
-  const Result e = run("eval " + (dir / "run" / "checkpoints" / "step-00000030").string() + " --data " +
+  const ProcessResult e = run("eval " + (dir / "run" / "checkpoints" / "step-00000030").string() + " --data " +
                        std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("perplexity"), std::string::npos) << e.output;
@@ -132,7 +112,7 @@ TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
 TEST(TrainRun, BadRecipesAreClearErrors) {
   const fs::path dir = temp_dir("bad");
   const std::string recipe = write_recipe(dir);
-  Result r = run("train " + recipe + " train.stepz=3");
+  ProcessResult r = run("train " + recipe + " train.stepz=3");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("train.stepz"), std::string::npos) << r.output;
   r = run("train " + recipe + " optimizer.lr=fast");

@@ -1,0 +1,41 @@
+// Helpers for tests that drive the `g4` command: run it, capture its output and exit status,
+// and make scratch directories.
+#pragma once
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace g4::test {
+
+struct ProcessResult {
+  int code;            // exit status, or 128 + signal when killed
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `g4 <args>` with `env` assignments ("A=1 B=2") in front.
+inline ProcessResult run_g4(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " + std::string(G4_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ProcessResult r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), p)) r.output += buf.data();
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : (WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1);
+  return r;
+}
+
+// A fresh, empty directory under the system temp dir, unique to this process.
+inline std::filesystem::path scratch_dir(const std::string& name) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::temp_directory_path() / ("g4_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+}  // namespace g4::test
