@@ -226,6 +226,16 @@ Var softmax_lastdim(const Var& x) {
   return out;
 }
 
+Var sum_all(const Var& x) {
+  const bool rec = should_record({&x});
+  Var out = result(ops::sum_all(x.value()), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi] { accumulate_grad(xi, Tensor::full(xi->value.shape(), oi->grad.item(), xi->value.dtype())); });
+  }
+  return out;
+}
+
 Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index) {
   const bool rec = should_record({&logits});
   const Tensor flat = logits.value().reshape({-1, logits.value().size(-1)});

@@ -26,6 +26,7 @@ Var gelu_gate(const Var& g, const Var& u);
 Var gelu_gate_fused(const Var& gu);
 Var softcap(const Var& x, double cap);
 Var softmax_lastdim(const Var& x);
+Var sum_all(const Var& x);  // [] Var
 
 // Mean cross-entropy over targets != ignore_index (0 when none counts), as a [] Var.
 Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index = -100);

@@ -23,6 +23,7 @@ struct Gemma4::Context {
     int64_t k_start = 0;
   };
   std::vector<KV> kv;
+  std::vector<ag::Var> router_aux;  // per MoE layer, when the aux loss is on
 };
 
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype)
@@ -111,6 +112,14 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     const Tensor targets = shift_labels(in.labels);
     for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
     out.loss = ag::cross_entropy_mean(out.logits, targets);
+    out.cross_entropy = out.loss.value().item();
+    if (!ctx.router_aux.empty()) {
+      ag::Var aux = ctx.router_aux[0];
+      for (size_t i = 1; i < ctx.router_aux.size(); ++i) aux = ag::add(aux, ctx.router_aux[i]);
+      aux = ag::scale(aux, 1.0 / static_cast<double>(ctx.router_aux.size()));
+      out.router_aux = aux.value().item();
+      out.loss = ag::add(out.loss, ag::scale(aux, router_aux_coef_));
+    }
   }
   return out;
 }
@@ -151,7 +160,10 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
   }
   for (int64_t l = 0; l < L; ++l) {
-    if (recompute_ && !ctx.cache && !kv_source_[static_cast<size_t>(l)]) {
+    // Layers whose K/V later layers reuse, or whose router feeds the aux loss, keep their graph.
+    const bool keeps_graph = kv_source_[static_cast<size_t>(l)] ||
+                             (router_aux_coef_ > 0 && cfg_.layers[static_cast<size_t>(l)].moe);
+    if (recompute_ && !ctx.cache && !keeps_graph) {
       // The recomputation runs during backward, after this frame is gone: it gets its own copy
       // of the context (positions and masks; this layer's K/V slot is rewritten).
       auto saved = std::make_shared<Context>(ctx);
@@ -181,7 +193,7 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
                  p(pre + "mlp.down_proj.weight"));
   if (ls.moe) {
     ag::Var dense = ag::rmsnorm(m, p(pre + "post_feedforward_layernorm_1.weight"), eps);
-    ag::Var routed = ag::rmsnorm(moe_block(l, residual), p(pre + "post_feedforward_layernorm_2.weight"), eps);
+    ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), p(pre + "post_feedforward_layernorm_2.weight"), eps);
     m = ag::add(dense, routed);
   }
   h = ag::add(residual, ag::rmsnorm(m, p(pre + "post_feedforward_layernorm.weight"), eps));
@@ -248,7 +260,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
 }
 
-ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual) const {
+ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) const {
   const std::string pre = layer_prefix(l);
   const int64_t H = cfg_.hidden_size;
   const double eps = cfg_.rms_norm_eps;
@@ -264,6 +276,17 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual) const {
            "this forward holds experts [", experts_.begin, ", ", experts_.begin + experts_.count,
            ") only; tokens for other experts need the expert-parallel dispatch");
   const ops::MoePlan plan = ops::moe_plan(indices, cfg_.num_experts);
+  if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) {
+    // E * sum_e f_e * mean_t p[t, e]: f is a constant (counts), P carries the gradient.
+    const int64_t T = probs.shape()[0], E = cfg_.num_experts;
+    Tensor f = Tensor::zeros({1, E}, probs.value().dtype());
+    for (int64_t e = 0; e < E; ++e) {
+      const double frac = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(plan.order.size());
+      if (f.dtype() == DType::F64) f.data<double>()[e] = frac; else f.data<float>()[e] = static_cast<float>(frac);
+    }
+    ctx.router_aux.push_back(
+        ag::scale(ag::sum_all(ag::linear(probs, ag::Var(f))), static_cast<double>(E) / static_cast<double>(T)));
+  }
 
   ag::Var xe = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
   ag::Var xs = ag::moe_permute(xe, plan);

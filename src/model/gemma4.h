@@ -19,7 +19,9 @@ struct ForwardInputs {
 
 struct ForwardOutputs {
   ag::Var logits;  // [B, S, V]
-  ag::Var loss;    // [] mean cross-entropy over counted tokens (defined when labels given)
+  ag::Var loss;    // [] mean cross-entropy over counted tokens (+ router aux loss) when labels given
+  double cross_entropy = 0;  // the language-model part of loss
+  double router_aux = 0;     // the load-balancing term (before its coefficient; training only)
   int64_t counted_tokens = 0;
 };
 
@@ -45,6 +47,10 @@ class Gemma4 {
   // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
   // graph so KV-shared layers can send gradients back into them).
   void set_recompute(bool on) { recompute_ = on; }
+  // Adds coef * (load-balancing loss averaged over MoE layers) to the training loss: per layer
+  // E * sum_e f_e * P_e, f_e the fraction of top-k assignments to expert e, P_e its mean router
+  // probability (Switch Transformer's auxiliary loss). 0 (the default) disables it.
+  void set_router_aux_loss(double coef) { router_aux_coef_ = coef; }
   bool recompute() const { return recompute_; }
 
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
@@ -56,7 +62,7 @@ class Gemma4 {
   ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
-  ag::Var moe_block(int64_t l, const ag::Var& residual) const;
+  ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx) const;
   const ag::Var& p(const std::string& name) const { return params_.at(name); }
 
   io::ModelConfig cfg_;
@@ -66,6 +72,7 @@ class Gemma4 {
   std::vector<Tensor> inv_freq_;  // per layer
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
+  double router_aux_coef_ = 0;
 };
 
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).

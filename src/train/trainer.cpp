@@ -91,6 +91,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const auto t_start = Clock::now();
   std::unique_ptr<model::Gemma4> model = build_model(r);
   model->set_recompute(r.recompute);
+  model->set_router_aux_loss(r.router_aux_loss);
   const std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(r.tokenizer);
   G4_CHECK(tok->vocab_size() <= model->config().vocab_size, "tokenizer ", r.tokenizer, " has ", tok->vocab_size(),
            " tokens but the model's vocabulary is ", model->config().vocab_size);
@@ -147,7 +148,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
       micro.push_back(data.train_batch(r.batch_size, state.data_index++));
       counted += micro.back().trained_tokens;
     }
-    double loss_sum = 0;
+    double loss_sum = 0, aux_sum = 0;
     for (const data::Batch& b : micro) {
       model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
       model::ForwardOutputs out = model->forward(in);
@@ -157,7 +158,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
       }
       // The step's loss is the mean over every trained token of all micro-batches.
       const double weight = static_cast<double>(out.counted_tokens) / static_cast<double>(counted);
-      loss_sum += out.loss.value().item() * weight;
+      loss_sum += out.cross_entropy * weight;
+      aux_sum += out.router_aux * weight;
       ag::backward(out.loss, weight);
     }
     const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip);
@@ -173,8 +175,10 @@ TrainResult run_training(const Recipe& r, bool resume) {
     const double tps = static_cast<double>(tokens_per_step) / step_s;
     const double eta = loop_s / static_cast<double>(state.step - first_step) * static_cast<double>(r.steps - state.step);
     if (state.step % r.log_every == 0 || state.step == r.steps) {
-      log.write({{"step", state.step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
-                 {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}});
+      nlohmann::json rec = {{"step", state.step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
+                            {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}};
+      if (r.router_aux_loss > 0) rec["router_aux_loss"] = aux_sum;
+      log.write(rec);
       bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);
     }
     const bool validate = !val_batches.empty() && r.validation_every > 0 &&
