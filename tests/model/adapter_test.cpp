@@ -143,6 +143,23 @@ TEST(Adapter, MissingOrMisshapenTensorsAreNamed) {
   fs::remove_all(dir);
 }
 
+TEST(Adapter, VisionAndAudioTowersAreSkippedWithANote) {
+  auto m = model::load_hf_model(kMoe);
+  const fs::path dir = temp_dir("towers");
+  fs::copy_file(fs::path(kMoe) / "config.json", dir / "config.json");
+  auto tensors = model::export_hf_state_dict(*m);
+  tensors.emplace_back("model.vision_tower.encoder.layers.0.mlp.weight", Tensor::zeros({4, 4}, DType::F32));
+  tensors.emplace_back("model.embed_audio.embedding_projection.weight", Tensor::zeros({4, 4}, DType::F32));
+  io::save_safetensors((dir / "model.safetensors").string(), tensors);
+  testing::internal::CaptureStderr();
+  auto back = model::load_hf_model(dir.string());
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("skipped 2 vision/audio tower tensors"), std::string::npos) << log;
+  const Tensor a = logits_of(*m), b = logits_of(*back);
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]);
+  fs::remove_all(dir);
+}
+
 TEST(Adapter, TokenIdsOutsideTheVocabularyAreAnError) {
   auto m = model::load_hf_model(kPle);
   model::ForwardInputs in;
