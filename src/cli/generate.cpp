@@ -1,9 +1,12 @@
-// g4 generate MODEL_DIR --prompt-ids 5,17,... --max-new-tokens N [--greedy | sampling options]
+// g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT) --max-new-tokens N [--greedy | sampling]
+// Prints the new token ids, and their text when the model directory (or --tokenizer) has a tokenizer.
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "generate/generator.h"
+#include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -30,13 +33,16 @@ std::vector<int64_t> parse_ids(const std::string& s) {
 void add_generate(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("generate", "Generate tokens with the KV cache");
   struct Opts {
-    std::string model, prompt;
+    std::string model, prompt, text, tokenizer;
     gen::GenerateOptions gen;
     bool greedy = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
-  cmd->add_option("--prompt-ids", o->prompt, "comma-separated prompt token ids")->required();
+  auto* ids_opt = cmd->add_option("--prompt-ids", o->prompt, "comma-separated prompt token ids");
+  auto* text_opt = cmd->add_option("--prompt", o->text, "prompt text (needs a tokenizer; BOS is added)");
+  ids_opt->excludes(text_opt);
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
   cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_flag("--greedy", o->greedy, "argmax decoding (default when no sampling option is given)");
   cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature")->check(CLI::NonNegativeNumber);
@@ -48,15 +54,33 @@ void add_generate(CLI::App& app, Action& action) {
     const bool sampling = cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") > 0;
     G4_CHECK(!(sampling && o->greedy), "--greedy cannot be combined with sampling options");
     o->gen.sampling.greedy = !sampling;
+    G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
     action = [o] {
       auto model = model::load_hf_model(o->model);
-      const std::vector<int64_t> prompt = parse_ids(o->prompt);
+      namespace fs = std::filesystem;
+      const std::string tok_path = o->tokenizer.empty() ? o->model : o->tokenizer;
+      const bool has_tokenizer = !o->tokenizer.empty() || fs::exists(fs::path(o->model) / "tokenizer.json") ||
+                                 fs::exists(fs::path(o->model) / "tokenizer.model");
+      std::unique_ptr<io::Tokenizer> tok;
+      if (has_tokenizer) tok = io::load_tokenizer(tok_path);
+      std::vector<int64_t> prompt;
+      if (!o->text.empty()) {
+        G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");
+        prompt.push_back(tok->bos_id);
+        for (int32_t id : tok->encode(o->text)) prompt.push_back(id);
+      } else {
+        prompt = parse_ids(o->prompt);
+      }
       for (int64_t id : prompt)
         G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,
                  " is outside the vocabulary [0, ", model->config().vocab_size, ")");
       const auto out = gen::generate(*model, {prompt}, o->gen);
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
+      if (tok) {
+        const std::vector<int32_t> fresh(out[0].begin() + static_cast<std::ptrdiff_t>(prompt.size()), out[0].end());
+        std::cout << tok->decode(fresh) << "\n";
+      }
     };
   });
 }
