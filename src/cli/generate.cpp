@@ -52,10 +52,10 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--stop-ids", o->gen.stop_ids, "stop a row after one of these ids")->delimiter(',');
   cmd->callback([&action, o, cmd] {
     const bool sampling = cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") > 0;
-    G4_CHECK(!(sampling && o->greedy), "--greedy cannot be combined with sampling options");
+    if (sampling && o->greedy) throw CLI::ValidationError("--greedy cannot be combined with sampling options");
     o->gen.sampling.greedy = !sampling;
-    G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
     action = [o] {
+      G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
       auto model = model::load_hf_model(o->model);
       namespace fs = std::filesystem;
       const std::string tok_path = o->tokenizer.empty() ? o->model : o->tokenizer;
