@@ -2,7 +2,7 @@
 # Installs the Debian packages g4 builds against. Safe to run repeatedly; skips what is present.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config libopenblas-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-      libgtest-dev libopenmpi-dev openmpi-bin)
+      libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev bible-kjv-text bible-kjv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
