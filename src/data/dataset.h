@@ -2,6 +2,22 @@
 // packed into fixed-length rows whose documents never attend to each other, shuffled by seed, and
 // split into training and validation sets. The loader's position is a small state that
 // checkpoints save, so a resumed run sees exactly the batches the uninterrupted run would.
+//
+// The pipeline, in order (each step is a function below, so tools and tests can run it piecewise):
+//  1. load_documents: every file is read (format per DataOptions::format, "auto" by extension and
+//     the first JSON line's keys) and each document tokenised. Plain text gets BOS/EOS per
+//     add_bos/add_eos and every token is trained; chat is rendered with the Gemma 4 template (which
+//     writes its own <bos>, so add_bos/add_eos do not apply) and only assistant replies and the
+//     <turn|> closing each reply are trained. Empty documents, and conversations without an
+//     assistant reply (nothing to learn), are skipped.
+//  2. The validation split takes round(validation_fraction * documents) whole documents, chosen by
+//     a permutation seeded by `seed` (at least one document always stays in training).
+//  3. fit_documents: documents longer than seq_len are split into seq_len pieces (each its own
+//     document, positions from 0), truncated to seq_len, or refused, per `overlong`.
+//  4. pack_documents: documents are placed whole into rows by best-fit decreasing (longest first,
+//     each into the row whose free space fits it most tightly), as TRL's "bfd" packing does, so a
+//     conversation is never cut from its prompt. Free space left in a row is padding.
+//  5. Each epoch visits the training rows in a permutation seeded by (seed, epoch).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -17,6 +33,7 @@ namespace g4::data {
 struct Document {
   std::vector<int32_t> ids;
   std::vector<uint8_t> trained;  // same length as ids
+  std::string source;            // "file:line" where the document starts, for messages
 };
 
 struct DataOptions {
@@ -24,11 +41,14 @@ struct DataOptions {
   std::string format = "auto";     // "auto" | "text" | "jsonl" | "chat"
   std::string text_split = "paragraph";  // plain text: "paragraph" (blank lines) | "line" | "file"
   int64_t seq_len = 256;           // row length
-  bool add_bos = true, add_eos = true;
+  bool add_bos = true, add_eos = true;  // plain-text documents only (chat has the template's)
   std::string overlong = "split";  // documents longer than seq_len: "split" | "truncate" | "error"
   double validation_fraction = 0.05;  // of documents, chosen by seed
   uint64_t seed = 0;
 };
+
+// Throws g4::Error naming the option whose value is not one of those above.
+void check_options(const DataOptions& opt);
 
 // A batch of packed rows: ids, labels (-100 where not trained and at document ends, as consumed
 // by the model's shift-left loss) and per-document position ids (restart at 0).
@@ -39,6 +59,21 @@ struct Batch {
   int64_t trained_tokens = 0;
 };
 
+// Rows of seq_len tokens, row-major. labels[t] is ids[t] where trained, else -100; the first token
+// of every document is -100 too, because the model's loss makes label[t+1] the target of position t
+// and a document's first token must not be learned from the end of the previous one. Padding
+// (pad_id, label -100) fills the end of a row as one more document, its positions from 0.
+struct PackedRows {
+  int64_t seq_len = 0;
+  std::vector<int32_t> ids, labels, positions;
+  int64_t rows() const { return seq_len > 0 ? static_cast<int64_t>(ids.size()) / seq_len : 0; }
+};
+
+// Steps 1, 3 and 4 of the pipeline (see the top of this file); errors name the file and line.
+std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer& tok);
+std::vector<Document> fit_documents(std::vector<Document> docs, const DataOptions& opt);
+PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, int32_t pad_id);
+
 // Reads, tokenises and packs everything up front (the corpora g4 trains on from the CPU are
 // small; the GPU backend streams).
 class PackedDataset {
@@ -48,20 +83,58 @@ class PackedDataset {
   int64_t train_rows() const;
   int64_t validation_rows() const;
   // Rows of an epoch in seeded shuffled order; batch `index` of the infinite stream of epochs.
+  // Batches run straight across epoch ends (row k of the stream is row k % R of epoch k / R), so
+  // the batch is a pure function of (data, options, batch_size, index).
   Batch train_batch(int64_t batch_size, int64_t index) const;
-  // Validation batches in fixed order; `count` of them (all when count <= 0 or too large).
+  // Validation batches in fixed order; `count` of them (all when count <= 0 or too large). The
+  // last one holds the remaining rows when they do not fill batch_size.
   std::vector<Batch> validation_batches(int64_t batch_size, int64_t count = 0) const;
-  // Statistics for logs: documents, tokens, unigram entropy of the training tokens (nats).
+  // Statistics for logs: documents and tokens kept (both splits; tokens after `overlong`, without
+  // padding), and the unigram entropy (nats) of the trained target tokens of the training rows:
+  // the loss of a model that knows only token frequencies, for comparison with the real loss.
   int64_t documents() const;
   int64_t tokens() const;
   double unigram_entropy() const;
+
+ private:
+  static Batch make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order);
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
+
+  uint64_t seed_ = 0;
+  PackedRows train_, validation_;
+  int64_t documents_ = 0, tokens_ = 0;
+  double unigram_entropy_ = 0.0;
 };
 
 // The Gemma 4 chat template: renders {role, content} messages exactly as the tokenizer config's
 // template does (byte for byte), marking which characters belong to assistant replies.
+// Roles: "system", "user", "assistant" (rendered as "model"); "developer" only as the first message
+// (the template treats it as the system prompt). Anything else throws g4::Error naming the message.
 struct ChatMessage {
   std::string role, content;
 };
-std::string render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt = false);
+
+// Gemma 4 checkpoints ship two templates that differ only in the generation prompt (thinking off):
+// E2B/E4B end it at "<|turn>model\n"; 26B-A4B and 31B add an empty thought channel after it.
+enum class ChatVariant { Small, Large };
+
+// One rendered conversation; replies[i] locates assistant message i's turn: `header` is where
+// "model\n" starts (right after <|turn>), [begin, end) is the reply and its closing <turn|>.
+struct RenderedChat {
+  struct Reply {
+    size_t header = 0, begin = 0, end = 0;
+  };
+  std::string text;
+  std::vector<Reply> replies;
+};
+
+RenderedChat render_chat_marked(const std::vector<ChatMessage>& messages, bool add_generation_prompt = false,
+                                ChatVariant variant = ChatVariant::Small);
+std::string render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt = false,
+                        ChatVariant variant = ChatVariant::Small);
+
+// Tokenises a rendered conversation as Hugging Face tokenises the whole string, marking trained the
+// tokens that overlap a reply (so a token merged across "model\n" and the reply counts as trained).
+Document chat_document(const RenderedChat& chat, const io::Tokenizer& tok);
 
 }  // namespace g4::data

@@ -1,0 +1,96 @@
+// Steps 3 and 4 of the data pipeline: documents fitted to seq_len, then packed whole into rows.
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "data/dataset.h"
+
+namespace g4::data {
+
+std::vector<Document> fit_documents(std::vector<Document> docs, const DataOptions& opt) {
+  check_options(opt);
+  const auto n = static_cast<size_t>(opt.seq_len);
+  std::vector<Document> out;
+  out.reserve(docs.size());
+  for (Document& doc : docs) {
+    if (doc.ids.size() <= n) {
+      out.push_back(std::move(doc));
+    } else if (opt.overlong == "truncate") {
+      doc.ids.resize(n);
+      doc.trained.resize(n);
+      out.push_back(std::move(doc));
+    } else if (opt.overlong == "split") {
+      // Each piece is a document of its own: it cannot attend to the piece before it.
+      for (size_t start = 0, piece = 1; start < doc.ids.size(); start += n, ++piece) {
+        const auto begin = static_cast<long>(start), end = static_cast<long>(std::min(start + n, doc.ids.size()));
+        out.push_back({std::vector<int32_t>(doc.ids.begin() + begin, doc.ids.begin() + end),
+                       std::vector<uint8_t>(doc.trained.begin() + begin, doc.trained.begin() + end),
+                       doc.source + " (piece " + std::to_string(piece) + ")"});
+      }
+    } else {
+      G4_FAIL(doc.source, ": document of ", doc.ids.size(), " tokens is longer than seq_len ", opt.seq_len,
+              " (data option overlong is '", opt.overlong, "'; 'split' or 'truncate' would keep it)");
+    }
+  }
+  return out;
+}
+
+PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, int32_t pad_id) {
+  G4_CHECK(seq_len > 0, "pack_documents: seq_len must be positive, not ", seq_len);
+  // Best-fit decreasing: longest documents first (ties in input order); each goes to the row with
+  // the least free space that still holds it (ties: the earliest row), else to a new row.
+  std::vector<size_t> order(docs.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return docs[a].ids.size() > docs[b].ids.size(); });
+  std::vector<std::vector<size_t>> row_docs;
+  std::set<std::pair<int64_t, size_t>> open;  // (free tokens, row) of rows with room left
+  for (size_t d : order) {
+    const auto len = static_cast<int64_t>(docs[d].ids.size());
+    G4_CHECK(len <= seq_len, docs[d].source, ": document of ", len, " tokens does not fit seq_len ", seq_len,
+             " (fit_documents first)");
+    G4_CHECK(docs[d].trained.size() == docs[d].ids.size(), docs[d].source, ": document has ", len, " ids but ",
+             docs[d].trained.size(), " trained flags");
+    if (len == 0) continue;
+    auto it = open.lower_bound({len, size_t{0}});
+    size_t row;
+    int64_t free_after;
+    if (it == open.end()) {
+      row = row_docs.size();
+      row_docs.emplace_back();
+      free_after = seq_len - len;
+    } else {
+      row = it->second;
+      free_after = it->first - len;
+      open.erase(it);
+    }
+    row_docs[row].push_back(d);
+    if (free_after > 0) open.insert({free_after, row});
+  }
+
+  PackedRows out;
+  out.seq_len = seq_len;
+  const size_t total = row_docs.size() * static_cast<size_t>(seq_len);
+  out.ids.reserve(total);
+  out.labels.reserve(total);
+  out.positions.reserve(total);
+  for (const std::vector<size_t>& row : row_docs) {
+    for (size_t d : row) {
+      const Document& doc = docs[d];
+      for (size_t k = 0; k < doc.ids.size(); ++k) {
+        out.ids.push_back(doc.ids[k]);
+        out.labels.push_back(doc.trained[k] && k > 0 ? doc.ids[k] : -100);
+        out.positions.push_back(static_cast<int32_t>(k));
+      }
+    }
+    for (int32_t k = 0; out.ids.size() % static_cast<size_t>(seq_len) != 0; ++k) {  // padding document
+      out.ids.push_back(pad_id);
+      out.labels.push_back(-100);
+      out.positions.push_back(k);
+    }
+  }
+  return out;
+}
+
+}  // namespace g4::data

@@ -1,0 +1,233 @@
+// Step 1 of the data pipeline: files -> tokenised documents. Every error names the file and the
+// line where the offending document starts.
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/dataset.h"
+
+namespace g4::data {
+namespace {
+
+using nlohmann::json;
+
+struct Line {
+  std::string text;  // without the line break (and without a '\r' before it)
+  int64_t number;    // 1-based
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  G4_CHECK(in.good(), path, ": cannot open data file (does it exist?)");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.rfind("\xEF\xBB\xBF", 0) == 0) bytes.erase(0, 3);  // a UTF-8 byte order mark is not text
+  return bytes;
+}
+
+// Lines with "\n" or "\r\n" endings; a final line without a break counts too.
+std::vector<Line> split_lines(const std::string& bytes) {
+  std::vector<Line> lines;
+  size_t pos = 0;
+  for (int64_t number = 1; pos < bytes.size(); ++number) {
+    size_t end = bytes.find('\n', pos);
+    if (end == std::string::npos) end = bytes.size();
+    std::string text = bytes.substr(pos, end - pos);
+    if (!text.empty() && text.back() == '\r') text.pop_back();
+    lines.push_back({std::move(text), number});
+    pos = end + 1;
+  }
+  return lines;
+}
+
+bool is_blank(const std::string& s) {
+  return s.find_first_not_of(" \t\r\n\f\v") == std::string::npos;
+}
+
+// Plain text is handed to the tokenizer as bytes, so refuse what is not UTF-8 (as Hugging Face's
+// readers do) instead of training on mojibake.
+void check_utf8(const std::string& path, const Line& line) {
+  const std::string& s = line.text;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    G4_CHECK(ok, path, ":", line.number, ": not valid UTF-8 (byte ", i + 1, " of the line)");
+    i += n;
+  }
+}
+
+// A document before tokenisation: plain text or a conversation.
+struct RawDoc {
+  std::string source;
+  bool is_chat = false;
+  std::string text;
+  std::vector<ChatMessage> messages;
+};
+
+void read_plain_text(const std::string& path, const std::string& bytes, const std::string& split,
+                     std::vector<RawDoc>& out) {
+  const std::vector<Line> lines = split_lines(bytes);
+  for (const Line& l : lines) check_utf8(path, l);
+  const auto add = [&](int64_t line, std::string text) {
+    out.push_back({path + ":" + std::to_string(line), false, std::move(text), {}});
+  };
+  if (split == "file") {
+    std::string text;  // the whole file, line breaks as "\n", without a final one
+    for (size_t i = 0; i < lines.size(); ++i) text += lines[i].text + (i + 1 < lines.size() ? "\n" : "");
+    if (!is_blank(text)) add(1, text);
+  } else if (split == "line") {
+    for (const Line& l : lines)
+      if (!is_blank(l.text)) add(l.number, l.text);
+  } else {  // paragraph: runs of non-blank lines, joined by "\n"
+    for (size_t i = 0; i < lines.size();) {
+      if (is_blank(lines[i].text)) {
+        ++i;
+        continue;
+      }
+      const int64_t start = lines[i].number;
+      std::string text = lines[i++].text;
+      while (i < lines.size() && !is_blank(lines[i].text)) text += "\n" + lines[i++].text;
+      add(start, text);
+    }
+  }
+}
+
+const char* json_type(const json& j) { return j.type_name(); }
+
+json parse_json_line(const std::string& path, const Line& line) {
+  try {
+    return json::parse(line.text);
+  } catch (const json::parse_error& e) {
+    // nlohmann says "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; the
+    // line is ours, so keep from the column on.
+    std::string what = e.what();
+    if (const size_t p = what.find("column "); p != std::string::npos) what.erase(0, p);
+    G4_FAIL(path, ":", line.number, ": invalid JSON (data files hold one JSON object per line): ", what);
+  }
+}
+
+std::string string_field(const json& obj, const std::string& key, const std::string& where) {
+  const auto it = obj.find(key);
+  G4_CHECK(it != obj.end(), where, ": missing key '", key, "'");
+  G4_CHECK(it->is_string(), where, ": '", key, "' must be a string, not ", json_type(*it));
+  return it->get<std::string>();
+}
+
+std::vector<ChatMessage> read_messages(const json& obj, const std::string& where) {
+  const auto it = obj.find("messages");
+  G4_CHECK(it != obj.end(), where, ": missing key 'messages'");
+  G4_CHECK(it->is_array(), where, ": 'messages' must be an array of {role, content} objects, not ", json_type(*it));
+  G4_CHECK(!it->empty(), where, ": 'messages' is empty");
+  std::vector<ChatMessage> messages;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string at = where + ": messages[" + std::to_string(i) + "]";
+    G4_CHECK(m.is_object(), at, " must be a {role, content} object, not ", json_type(m));
+    const auto content = m.find("content");
+    G4_CHECK(content == m.end() || content->is_string(), at, ": 'content' must be a string, not ",
+             json_type(*content), " (content parts, images and tool calls are not supported)");
+    messages.push_back({string_field(m, "role", at), string_field(m, "content", at)});
+  }
+  return messages;
+}
+
+// Format "auto": plain text or JSON lines by the extension ...
+bool has_text_extension(const std::string& path) {
+  const size_t dot = path.find_last_of('.'), slash = path.find_last_of('/');
+  const std::string ext =
+      dot == std::string::npos || (slash != std::string::npos && dot < slash) ? "" : path.substr(dot);
+  if (ext == ".txt" || ext == ".text" || ext == ".md") return true;
+  G4_CHECK(ext == ".jsonl" || ext == ".json" || ext == ".ndjson", path, ": cannot tell the data format from the ",
+           ext.empty() ? "missing extension" : "extension '" + ext + "'",
+           " (auto knows .txt/.text/.md and .jsonl/.json/.ndjson); set the data format to text, jsonl or chat");
+  return false;
+}
+
+// ... and JSON lines as "chat" or "jsonl" by the first object's keys.
+std::string json_lines_format(const std::string& path, const std::vector<Line>& lines) {
+  for (const Line& l : lines) {
+    if (is_blank(l.text)) continue;
+    const json j = parse_json_line(path, l);
+    G4_CHECK(j.is_object(), path, ":", l.number, ": expected a JSON object, not ", json_type(j));
+    if (j.contains("messages")) return "chat";
+    if (j.contains("text")) return "jsonl";
+    G4_FAIL(path, ":", l.number, ": cannot tell the data format: the first object has neither 'text' nor ",
+            "'messages'; set the data format to jsonl or chat");
+  }
+  return "jsonl";  // no objects at all: the file contributes nothing either way
+}
+
+void read_file_docs(const std::string& path, const DataOptions& opt, std::vector<RawDoc>& out) {
+  const std::string bytes = read_file(path);
+  std::string format = opt.format;
+  if (format == "auto" && has_text_extension(path)) format = "text";
+  if (format == "text") {
+    read_plain_text(path, bytes, opt.text_split, out);
+    return;
+  }
+  const std::vector<Line> lines = split_lines(bytes);
+  if (format == "auto") format = json_lines_format(path, lines);
+  for (const Line& l : lines) {
+    if (is_blank(l.text)) continue;
+    const std::string where = path + ":" + std::to_string(l.number);
+    const json j = parse_json_line(path, l);
+    G4_CHECK(j.is_object(), where, ": expected a JSON object, not ", json_type(j));
+    if (format == "chat") {
+      out.push_back({where, true, "", read_messages(j, where)});
+    } else {
+      G4_CHECK(j.contains("text") || !j.contains("messages"), where,
+               ": missing key 'text' (this object has 'messages': set the data format to chat)");
+      out.push_back({where, false, string_field(j, "text", where), {}});
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer& tok) {
+  check_options(opt);
+  G4_CHECK(!opt.files.empty(), "data: no files given");
+  std::vector<RawDoc> raw;
+  for (const std::string& path : opt.files) read_file_docs(path, opt, raw);
+
+  std::vector<Document> docs;
+  int64_t skipped_empty = 0, skipped_no_reply = 0;
+  for (RawDoc& r : raw) {
+    Document doc;
+    if (r.is_chat) {
+      RenderedChat chat;
+      try {
+        chat = render_chat_marked(r.messages);
+      } catch (const Error& e) {
+        G4_FAIL(r.source, ": ", e.what());
+      }
+      if (chat.replies.empty()) {
+        ++skipped_no_reply;
+        continue;
+      }
+      doc = chat_document(chat, tok);
+    } else {
+      if (r.text.empty()) {
+        ++skipped_empty;
+        continue;
+      }
+      if (opt.add_bos) doc.ids.push_back(tok.bos_id);
+      const std::vector<int32_t> ids = tok.encode(r.text);
+      doc.ids.insert(doc.ids.end(), ids.begin(), ids.end());
+      if (opt.add_eos) doc.ids.push_back(tok.eos_id);
+      doc.trained.assign(doc.ids.size(), 1);
+    }
+    doc.source = std::move(r.source);
+    docs.push_back(std::move(doc));
+  }
+  if (skipped_empty + skipped_no_reply > 0) {
+    G4_LOG("data: skipped ", skipped_empty, " empty document(s) and ", skipped_no_reply,
+           " conversation(s) without an assistant reply");
+  }
+  return docs;
+}
+
+}  // namespace g4::data
