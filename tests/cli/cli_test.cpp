@@ -18,6 +18,16 @@ using test::ProcessResult;
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("cli_" + name); }
 
+// Elements [begin, end) of an integer tensor as "a,b,c".
+std::string join_ids(const Tensor& t, int64_t begin, int64_t end) {
+  std::string s;
+  for (int64_t i = begin; i < end; ++i) {
+    if (i > begin) s.push_back(',');
+    s.append(std::to_string(element_as_int(t, i)));
+  }
+  return s;
+}
+
 TEST(Cli, InspectDescribesTheModel) {
   const ProcessResult r = run("inspect " + kData + "/hf-gemma4/tiny-moe");
   ASSERT_EQ(r.code, 0) << r.output;
