@@ -215,6 +215,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
     std::printf("validation loss  %.4f (perplexity %.2f); unigram entropy %.4f\n", result.last_validation_loss,
                 std::exp(result.last_validation_loss), result.unigram_entropy);
   std::printf("time             %s this run\n", format_duration(total_s).c_str());
+  std::printf("peak memory      %.1f MiB of tensors (activation recompute %s)\n",
+              static_cast<double>(host_memory_stats().peak) / (1 << 20), r.recompute ? "on" : "off");
   std::printf("checkpoint       %s\n", result.checkpoint.c_str());
   std::printf("metrics          %s\nloss curve       %s\n", log.path().c_str(), svg.c_str());
   if (r.samples > 0) std::printf("samples:\n%s", render_samples(*model, *tok, r).c_str());
