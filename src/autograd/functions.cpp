@@ -247,7 +247,13 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
     auto li = logits.impl(), oi = out.impl();
     const int64_t count = r.count;
     record({oi}, [li, oi, tflat, ignore_index, count] {
-      if (count == 0) return;
+      // No counted token: the loss is the constant 0. Its gradient is zero rather than absent, so
+      // the backward of everything before it still runs (a data-parallel rank with no labels
+      // must still take part in its peers' exchanges).
+      if (count == 0) {
+        accumulate_grad(li, Tensor::zeros(li->value.shape(), li->value.dtype()));
+        return;
+      }
       const double g = oi->grad.item() / static_cast<double>(count);
       const Tensor lflat = li->value.reshape({-1, li->value.size(-1)});
       Tensor d = ops::cross_entropy_backward(lflat, tflat, g, ignore_index);

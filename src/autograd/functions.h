@@ -28,7 +28,7 @@ Var softcap(const Var& x, double cap);
 Var softmax_lastdim(const Var& x);
 Var sum_all(const Var& x);  // [] Var
 
-// Mean cross-entropy over targets != ignore_index (0 when none counts), as a [] Var.
+// Mean cross-entropy over targets != ignore_index, as a [] Var (0 with a zero gradient when none counts).
 Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index = -100);
 
 // Top-k of router probabilities: renormalised weights (differentiable) and expert ids.

@@ -8,6 +8,7 @@ namespace {
 struct Node {
   std::vector<std::shared_ptr<VarImpl>> outputs;
   std::function<void()> backward;
+  bool always_run = false;  // a collective: runs even without output gradients
 };
 struct Tape {
   std::vector<Node> nodes;
@@ -45,7 +46,11 @@ void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g) {
 }
 
 void record(std::vector<std::shared_ptr<VarImpl>> outputs, std::function<void()> backward) {
-  g_tape.nodes.push_back(Node{std::move(outputs), std::move(backward)});
+  g_tape.nodes.push_back(Node{std::move(outputs), std::move(backward), false});
+}
+
+void record_collective(std::vector<std::shared_ptr<VarImpl>> outputs, std::function<void()> backward) {
+  g_tape.nodes.push_back(Node{std::move(outputs), std::move(backward), true});
 }
 
 bool grad_enabled() { return g_tape.grad_mode; }
@@ -71,7 +76,7 @@ void backward(const Var& output, const Tensor& grad) {
   std::vector<Node> nodes = std::move(g_tape.nodes);
   g_tape.nodes.clear();
   for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
-    bool any = false;
+    bool any = it->always_run;
     for (const auto& o : it->outputs) any = any || (o && o->grad.defined());
     if (any) it->backward();
     it->backward = nullptr;

@@ -48,6 +48,10 @@ void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g);
 // Records a node: `backward` reads the gradients of `outputs` and accumulates into inputs.
 // It runs only if at least one output received a gradient.
 void record(std::vector<std::shared_ptr<VarImpl>> outputs, std::function<void()> backward);
+// Records a node that runs during backward even when no gradient reached its outputs (`backward`
+// must then read them as zeros). Collectives are recorded this way: every rank has to take part
+// in the backward exchange, whether or not its own loss depends on the exchanged values.
+void record_collective(std::vector<std::shared_ptr<VarImpl>> outputs, std::function<void()> backward);
 
 // True when ops should record (grad mode on and some input requires a gradient).
 bool grad_enabled();

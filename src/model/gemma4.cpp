@@ -24,6 +24,10 @@ struct Gemma4::Context {
   };
   std::vector<KV> kv;
   std::vector<ag::Var> router_aux;  // per MoE layer, when the aux loss is on
+  // Per MoE layer, the rows each held expert processed. Shared with the copies recomputed layers
+  // get, so their counts reach the outputs too (a recomputation writes the same values again).
+  std::shared_ptr<std::map<int64_t, std::vector<int64_t>>> expert_tokens =
+      std::make_shared<std::map<int64_t, std::vector<int64_t>>>();
 };
 
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype)
@@ -108,6 +112,7 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
   ForwardOutputs out;
   out.logits = run(in.input_ids, ctx.positions, ctx);
+  out.expert_tokens = *ctx.expert_tokens;
   if (in.labels.defined()) {
     const Tensor targets = shift_labels(in.labels);
     for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
@@ -272,10 +277,11 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   ag::Var probs = ag::softmax_lastdim(ag::linear(z, p(pre + "moe.gate.proj.weight")));
   Tensor indices;
   ag::Var weights = ag::router_topk(probs, cfg_.top_k_experts, indices);
-  G4_CHECK(experts_.begin == 0 && experts_.count == cfg_.num_experts,
-           "this forward holds experts [", experts_.begin, ", ", experts_.begin + experts_.count,
-           ") only; tokens for other experts need the expert-parallel dispatch");
-  const ops::MoePlan plan = ops::moe_plan(indices, cfg_.num_experts);
+  G4_CHECK(dispatch_ || (experts_.begin == 0 && experts_.count == cfg_.num_experts), "this model holds experts [",
+           experts_.begin, ", ", experts_.begin + experts_.count, ") of ", cfg_.num_experts,
+           " only; tokens routed to the others need expert parallelism (parallel::enable_expert_parallel with the "
+           "expert-parallel group)");
+  ops::MoePlan plan = ops::moe_plan(indices, cfg_.num_experts);
   if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) {
     // E * sum_e f_e * mean_t p[t, e]: f is a constant (counts), P carries the gradient.
     const int64_t T = probs.shape()[0], E = cfg_.num_experts;
@@ -289,10 +295,20 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   }
 
   ag::Var xe = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
-  ag::Var xs = ag::moe_permute(xe, plan);
-  ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, p(pre + "moe.experts.gate_and_up_projs"), plan.offsets));
-  ag::Var ys = ag::grouped_matmul(act, p(pre + "moe.experts.down_projs"), plan.offsets);
-  return ag::reshape(ag::moe_unpermute(ys, weights, plan), shape);
+  const ag::Var& gate_up = p(pre + "moe.experts.gate_and_up_projs");
+  const ag::Var& down = p(pre + "moe.experts.down_projs");
+  std::vector<int64_t> counts;
+  ag::Var routed;
+  if (dispatch_) {
+    routed = dispatch_->run({l, xe, weights, std::move(plan), gate_up, down, experts_}, counts);
+  } else {
+    ag::Var xs = ag::moe_permute(xe, plan);
+    ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, gate_up, plan.offsets));
+    routed = ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets), weights, plan);
+    for (int64_t e = 0; e < cfg_.num_experts; ++e) counts.push_back(plan.offsets[e + 1] - plan.offsets[e]);
+  }
+  (*ctx.expert_tokens)[l] = std::move(counts);
+  return ag::reshape(routed, shape);
 }
 
 }  // namespace g4::model

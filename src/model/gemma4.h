@@ -1,12 +1,15 @@
 // The Gemma 4 text decoder (dense, per-layer embeddings, KV sharing, K=V attention, routed
 // experts) computed exactly as Hugging Face transformers does; see docs/gemma4.md.
 #pragma once
+#include <map>
+#include <memory>
 #include <vector>
 
 #include "autograd/variable.h"
 #include "io/hf_config.h"
 #include "model/kv_cache.h"
 #include "model/params.h"
+#include "ops/moe.h"
 
 namespace g4::model {
 
@@ -23,6 +26,30 @@ struct ForwardOutputs {
   double cross_entropy = 0;  // the language-model part of loss
   double router_aux = 0;     // the load-balancing term (before its coefficient; training only)
   int64_t counted_tokens = 0;
+  // Per MoE layer: how many token copies (T*K in all) each expert this model holds processed,
+  // indexed from experts().begin. With expert parallelism these are the rows the local experts
+  // received from every rank of the group.
+  std::map<int64_t, std::vector<int64_t>> expert_tokens;
+};
+
+// Runs the routed experts of a model that holds only some of them: expert parallelism, where
+// tokens travel to the ranks that hold their experts (parallel/expert_parallel.h implements it).
+// Every rank of the group runs each MoE layer through its dispatch in the same order.
+class ExpertDispatch {
+ public:
+  struct Inputs {
+    int64_t layer = 0;
+    ag::Var tokens;        // [T, H] expert inputs (after pre_feedforward_layernorm_2)
+    ag::Var weights;       // [T, K] routing weights
+    ops::MoePlan plan;     // this rank's token copies sorted by global expert id
+    ag::Var gate_up;       // [E_local, H, 2I] the experts this model holds
+    ag::Var down;          // [E_local, I, H]
+    ExpertRange experts;   // which ones
+  };
+  virtual ~ExpertDispatch() = default;
+  // Returns [T, H]: sum_k weights[t, k] * expert_{e(t, k)}(tokens[t]) in this rank's token order,
+  // and how many rows each local expert processed.
+  virtual ag::Var run(const Inputs& in, std::vector<int64_t>& local_expert_tokens) = 0;
 };
 
 class Gemma4 {
@@ -52,6 +79,11 @@ class Gemma4 {
   // probability (Switch Transformer's auxiliary loss). 0 (the default) disables it.
   void set_router_aux_loss(double coef) { router_aux_coef_ = coef; }
   bool recompute() const { return recompute_; }
+  // Expert parallelism: MoE layers send their tokens through `dispatch` (see
+  // parallel::enable_expert_parallel). Without one (nullptr, the default) the experts run
+  // locally, and the model must hold all of them.
+  void set_expert_dispatch(std::shared_ptr<ExpertDispatch> dispatch) { dispatch_ = std::move(dispatch); }
+  const std::shared_ptr<ExpertDispatch>& expert_dispatch() const { return dispatch_; }
 
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
@@ -73,6 +105,7 @@ class Gemma4 {
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
   double router_aux_coef_ = 0;
+  std::shared_ptr<ExpertDispatch> dispatch_;
 };
 
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).

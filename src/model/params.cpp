@@ -13,6 +13,10 @@ ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, i
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
+bool is_expert_parameter(const std::string& native_name) {
+  return native_name.find(".moe.experts.") != std::string::npos;
+}
+
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange experts) {
   std::vector<ParamSpec> s;
   const int64_t H = c.hidden_size, L = c.num_layers, P = c.hidden_size_per_layer_input;

@@ -28,6 +28,9 @@ struct ParamSpec {
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& cfg, ExpertRange experts = {});
 
 std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
+// True for the routed experts' weights (moe.experts.*), which expert parallelism splits over
+// ranks; every other parameter is replicated.
+bool is_expert_parameter(const std::string& native_name);
 
 // Parameters (trainable, fp32 masters on the CPU) and buffers (not trained: layer scalars, the
 // per_expert_scale the checkpoint had, kept to express gradients in Hugging Face's layout).

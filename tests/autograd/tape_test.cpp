@@ -55,5 +55,34 @@ TEST(Tape, BackwardNeedsAScalarThatRequiresGrad) {
   EXPECT_THROW(ag::backward(c), Error);
 }
 
+
+TEST(Tape, CollectiveNodeRunsWithoutOutputGradient) {
+  ag::Var x(Tensor::from_vector<double>({1, 2}, {2}), true);
+  ag::Var unused(Tensor::from_vector<double>({0, 0}, {2}), true);
+  int plain_runs = 0, collective_runs = 0;
+  bool saw_gradient = true;
+  auto ui = unused.impl();
+  ag::record({ui}, [&] { ++plain_runs; });
+  ag::record_collective({ui}, [&] {
+    ++collective_runs;
+    saw_gradient = ui->grad.defined();
+  });
+  ag::backward(ag::sum_all(ag::mul(x, x)));
+  EXPECT_EQ(plain_runs, 0);  // nothing reached `unused`: an ordinary node is skipped
+  EXPECT_EQ(collective_runs, 1);
+  EXPECT_FALSE(saw_gradient);
+  EXPECT_DOUBLE_EQ(x.grad().data<double>()[1], 4.0);
+}
+
+TEST(Tape, CrossEntropyWithNoCountedTokenPassesAZeroGradient) {
+  ag::Var logits(Tensor::from_vector<double>({0.5, -1, 2, 0}, {2, 2}), true);
+  const Tensor targets = Tensor::from_vector<int64_t>({-100, -100}, {2});
+  ag::Var loss = ag::cross_entropy_mean(logits, targets);
+  EXPECT_EQ(loss.value().item(), 0.0);
+  ag::backward(loss);
+  ASSERT_TRUE(logits.grad().defined());
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(logits.grad().data<double>()[i], 0.0);
+}
+
 }  // namespace
 }  // namespace g4

@@ -53,8 +53,12 @@ void run_ranks(int ranks) {
                     "multi-rank tests";
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   // --oversubscribe: more ranks than cores (CI has 2); --timeout: a deadlock fails instead of hanging.
+  // One thread per rank (OpenMP, OpenBLAS): the ranks already fill the cores, and threads that
+  // spin-wait for cores other ranks hold make the model tests several times slower.
   const std::string command =
-      std::string(testing::kMpiChildVariable) + "=1 mpirun --oversubscribe --allow-run-as-root --timeout 120 -np " +
+      std::string(testing::kMpiChildVariable) +
+      "=1 mpirun --oversubscribe --allow-run-as-root --timeout 120 "
+      "-x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 -np " +
       std::to_string(ranks) + " '" + self + "' --gtest_filter='MpiRanks.*' --gtest_brief=1 --gtest_color=no";
   const Run r = run(command);
   EXPECT_EQ(r.code, 0) << command << "\n" << r.output;
