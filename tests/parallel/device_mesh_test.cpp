@@ -1,5 +1,6 @@
 // Mesh shapes, the rank layout, and the errors for meshes a job or model cannot have. The
 // multi-rank groups are checked in mpi_ranks_test.cpp.
+#include "support/error_message.h"
 #include "parallel/device_mesh.h"
 
 #include <gtest/gtest.h>
@@ -9,15 +10,7 @@
 namespace g4::parallel {
 namespace {
 
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using ::g4::test::error_of;
 
 TEST(MeshShape, LayoutHasContextFastestThenExpertThenData) {
   const MeshShape s{.dp_shard = 2, .ep = 3, .cp = 2};

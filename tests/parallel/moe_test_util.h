@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "support/error_message.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -68,15 +69,6 @@ inline ::testing::AssertionResult close_to(const Tensor& got, const Tensor& want
   return ::testing::AssertionSuccess();
 }
 
-// The message of the g4::Error fn throws ("" when it does not throw).
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using ::g4::test::error_of;
 
 }  // namespace g4::parallel::testing

@@ -1,5 +1,6 @@
 // The one-process communicator: every collective is the identity or a copy, and the argument
 // checks every backend shares give errors naming what is wrong.
+#include "support/error_message.h"
 #include "parallel/single_communicator.h"
 
 #include <gtest/gtest.h>
@@ -16,16 +17,7 @@ using testing::kAllDTypes;
 using testing::rank_values;
 using testing::same_values;
 
-// Runs `fn` and returns the g4::Error message it throws ("" if it throws none).
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using ::g4::test::error_of;
 
 TEST(SingleCommunicator, CollectivesAreIdentityOrCopies) {
   SingleCommunicator comm;
