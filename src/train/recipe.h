@@ -35,6 +35,10 @@ struct Recipe {
   std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) kept fixed
   double router_aux_loss = 0.0;
 
+  // parallelism: data-parallel replicas (0 = as many as launched ranks). Each replica trains on
+  // its own micro-batches; gradients are summed so the step equals one rank's step on them all.
+  int64_t data_parallel = 0;
+
   // checkpoints and logs
   std::string output_dir = "runs/default";
   int64_t checkpoint_every = 0;  // 0 = only at the end

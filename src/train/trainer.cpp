@@ -4,12 +4,15 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "autograd/variable.h"
 #include "core/log.h"
 #include "generate/generator.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
+#include "parallel/data_parallel.h"
+#include "parallel/world.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/lr_schedule.h"
@@ -89,6 +92,14 @@ std::string render_samples(const model::Gemma4& m, const io::Tokenizer& tok, con
 
 TrainResult run_training(const Recipe& r, bool resume) {
   const auto t_start = Clock::now();
+  // One process per replica (mpirun / srun); a plain launch is one rank.
+  const std::unique_ptr<parallel::Communicator> world = parallel::make_world_communicator();
+  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world->size();
+  G4_CHECK(replicas == world->size(), r.source, ": parallel.data_parallel is ", replicas, " but ", world->size(),
+           " ranks were launched");
+  parallel::DeviceMesh mesh(*world, parallel::MeshShape{static_cast<int>(replicas), 1, 1});
+  const int64_t rank = world->rank();
+  const bool main_rank = rank == 0;  // the one that logs, samples and writes checkpoints
   std::unique_ptr<model::Gemma4> model = build_model(r);
   model->set_recompute(r.recompute);
   model->set_router_aux_loss(r.router_aux_loss);
@@ -110,25 +121,29 @@ TrainResult run_training(const Recipe& r, bool resume) {
     if (latest) {
       state = load_checkpoint(*latest, *model, opt);
       state.recipe = r.resolved;
-      std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
-    } else {
+      if (main_rank) std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
+    } else if (main_rank) {
       std::cerr << "no checkpoint in " << ckpt_dir << "; starting from scratch\n";
     }
   }
-  MetricsLog log((fs::path(r.output_dir) / "metrics.jsonl").string(), state.step);
+  std::optional<MetricsLog> log;
+  if (main_rank) log.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), state.step);
 
-  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len;
-  std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
+  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * replicas;
+  if (main_rank) std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
               r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
               static_cast<long long>(model->params().numel()), names.size(),
               static_cast<long long>(model->config().num_layers));
-  std::printf("data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n",
+  if (main_rank) std::printf("data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n",
               static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
               static_cast<long long>(data.train_rows()), static_cast<long long>(data.validation_rows()),
               static_cast<long long>(r.data.seq_len));
-  std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
-  std::printf("training   %lld steps x %lld tokens, lr %.2e (%s), recompute %s\n", static_cast<long long>(r.steps),
-              static_cast<long long>(tokens_per_step), r.lr, r.schedule.c_str(), r.recompute ? "on" : "off");
+  if (main_rank) std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
+  if (main_rank)
+    std::printf("training   %lld steps x %lld tokens (%lld data-parallel replica%s), lr %.2e (%s), recompute %s\n",
+                static_cast<long long>(r.steps), static_cast<long long>(tokens_per_step),
+                static_cast<long long>(replicas), replicas > 1 ? "s" : "", r.lr, r.schedule.c_str(),
+                r.recompute ? "on" : "off");
   std::fflush(stdout);
 
   const std::vector<data::Batch> val_batches =
@@ -142,25 +157,34 @@ TrainResult run_training(const Recipe& r, bool resume) {
 
   while (state.step < r.steps) {
     const auto t0 = Clock::now();
+    // Replica `rank` takes micro-batch data_index * replicas + rank: together the replicas see
+    // exactly the rows one rank with replicas x batch_size would.
     std::vector<data::Batch> micro;
     int64_t counted = 0;
     for (int64_t a = 0; a < r.grad_accumulation; ++a) {
-      micro.push_back(data.train_batch(r.batch_size, state.data_index++));
-      counted += micro.back().trained_tokens;
+      micro.push_back(data.train_batch(r.batch_size, state.data_index++ * replicas + rank));
+      counted += parallel::global_token_count(micro.back().labels, *world);
     }
     double loss_sum = 0, aux_sum = 0;
     for (const data::Batch& b : micro) {
       model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
       model::ForwardOutputs out = model->forward(in);
-      if (out.counted_tokens == 0) {
+      if (out.counted_tokens == 0 || counted == 0) {
         ag::clear_tape();
         continue;
       }
-      // The step's loss is the mean over every trained token of all micro-batches.
+      // The step's loss is the mean over every trained token of all micro-batches and replicas.
       const double weight = static_cast<double>(out.counted_tokens) / static_cast<double>(counted);
       loss_sum += out.cross_entropy * weight;
       aux_sum += out.router_aux * weight;
       ag::backward(out.loss, weight);
+    }
+    if (replicas > 1) {
+      parallel::reduce_gradients(model->params(), mesh);
+      Tensor sums = Tensor::from_vector<double>({loss_sum, aux_sum}, {2});
+      world->all_reduce(sums);
+      loss_sum = sums.data<double>()[0];
+      aux_sum = sums.data<double>()[1];
     }
     const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip);
     const double lr = learning_rate(r.schedule, r.lr, state.step, r.steps, r.warmup_steps, r.min_lr_ratio);
@@ -178,26 +202,33 @@ TrainResult run_training(const Recipe& r, bool resume) {
       nlohmann::json rec = {{"step", state.step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
                             {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}};
       if (r.router_aux_loss > 0) rec["router_aux_loss"] = aux_sum;
-      log.write(rec);
-      bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);
+      if (main_rank) {
+        log->write(rec);
+        bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);
+      }
     }
     const bool validate = !val_batches.empty() && r.validation_every > 0 &&
                           (state.step % r.validation_every == 0 || state.step == r.steps);
     if (validate) {
       result.last_validation_loss = evaluate_loss(*model, val_batches);
-      log.write({{"step", state.step}, {"validation_loss", result.last_validation_loss},
-                 {"validation_perplexity", std::exp(result.last_validation_loss)}});
+      if (main_rank)
+        log->write({{"step", state.step}, {"validation_loss", result.last_validation_loss},
+                    {"validation_perplexity", std::exp(result.last_validation_loss)}});
     }
     maybe_fault("step", state.step);
     const bool save = state.step == r.steps || (r.checkpoint_every > 0 && state.step % r.checkpoint_every == 0);
-    if (save) result.checkpoint = save_checkpoint(ckpt_dir, *model, opt, state, r.tokenizer, r.keep_checkpoints);
+    if (save && main_rank)
+      result.checkpoint = save_checkpoint(ckpt_dir, *model, opt, state, r.tokenizer, r.keep_checkpoints);
+    // Replicas do not race ahead of a checkpoint they might resume from.
+    if (save) world->barrier();
   }
-  bar.finish();
   result.steps = state.step;
+  if (!main_rank) return result;
+  bar.finish();
 
   // The loss picture, from the whole log (earlier runs of a resumed training included).
   std::vector<CurvePoint> train_pts, val_pts;
-  for (const auto& rec : log.read_all()) {
+  for (const auto& rec : log->read_all()) {
     if (rec.contains("loss")) train_pts.push_back({rec["step"].get<double>(), rec["loss"].get<double>()});
     if (rec.contains("validation_loss"))
       val_pts.push_back({rec["step"].get<double>(), rec["validation_loss"].get<double>()});
@@ -218,7 +249,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   std::printf("peak memory      %.1f MiB of tensors (activation recompute %s)\n",
               static_cast<double>(host_memory_stats().peak) / (1 << 20), r.recompute ? "on" : "off");
   std::printf("checkpoint       %s\n", result.checkpoint.c_str());
-  std::printf("metrics          %s\nloss curve       %s\n", log.path().c_str(), svg.c_str());
+  std::printf("metrics          %s\nloss curve       %s\n", log->path().c_str(), svg.c_str());
   if (r.samples > 0) std::printf("samples:\n%s", render_samples(*model, *tok, r).c_str());
   std::fflush(stdout);
   return result;

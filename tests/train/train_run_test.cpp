@@ -3,6 +3,7 @@
 // curve of the uninterrupted run.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -106,6 +107,36 @@ TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
                        std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("perplexity"), std::string::npos) << e.output;
+  fs::remove_all(dir);
+}
+
+TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = temp_dir("dp");
+  const std::string recipe = write_recipe(dir);
+  const ProcessResult one = run("train " + recipe + " train.batch_size=4 log.samples=0 checkpoint.dir=" +
+                                (dir / "one").string());
+  ASSERT_EQ(one.code, 0) << one.output;
+  // Two replicas with half the rows each (mpirun runs g4 through the same shell line).
+  const std::string mpirun = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2";
+  const ProcessResult two = run("train " + recipe + " train.batch_size=2 log.samples=0 checkpoint.dir=" +
+                                (dir / "two").string(), mpirun);
+  ASSERT_EQ(two.code, 0) << two.output;
+  auto losses = [](const fs::path& run_dir) {
+    std::vector<double> l;
+    std::ifstream in(run_dir / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) l.push_back(j["loss"].get<double>());
+    }
+    return l;
+  };
+  const auto a = losses(dir / "one"), b = losses(dir / "two");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+  EXPECT_TRUE(fs::exists(dir / "two" / "checkpoints" / "step-00000008" / "model.safetensors"));
   fs::remove_all(dir);
 }
 
