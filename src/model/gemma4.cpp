@@ -102,19 +102,29 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   G4_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be [B, S], got ",
            in.input_ids.describe());
   const int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
-  for (const Tensor* t : {&in.attention_mask, &in.position_ids, &in.labels})
+  for (const Tensor* t : {&in.attention_mask, &in.position_ids, &in.labels, &in.targets})
     if (t->defined())
-      G4_CHECK(t->shape() == in.input_ids.shape(), "attention_mask/position_ids/labels must match input_ids ",
+      G4_CHECK(t->shape() == in.input_ids.shape(), "attention_mask/position_ids/labels/targets must match input_ids ",
                shape_str(in.input_ids.shape()), ", got ", t->describe());
+  G4_CHECK(!(in.labels.defined() && in.targets.defined()), "give labels or targets (labels already shifted), not both");
   Context ctx;
-  ctx.positions = in.position_ids.defined() ? in.position_ids.to(DType::I64) : arange_positions(B, S, 0);
+  if (context_) {
+    G4_CHECK(in.position_ids.defined(), "context parallelism: forward needs the global position_ids of its slice");
+    G4_CHECK(!in.labels.defined(), "context parallelism: pass targets (labels shifted over the whole sequence "
+             "before sharding, parallel::shard_batch), not labels");
+    ctx.q_start = context_->slice_start(S);
+    ctx.positions = in.position_ids.to(DType::I64);
+    ctx.docs = context_->document_ids(ctx.positions);
+  } else {
+    ctx.positions = in.position_ids.defined() ? in.position_ids.to(DType::I64) : arange_positions(B, S, 0);
+    if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
+  }
   if (in.attention_mask.defined()) ctx.key_valid = in.attention_mask;
-  if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
   ForwardOutputs out;
   out.logits = run(in.input_ids, ctx.positions, ctx);
   out.expert_tokens = *ctx.expert_tokens;
-  if (in.labels.defined()) {
-    const Tensor targets = shift_labels(in.labels);
+  if (in.labels.defined() || in.targets.defined()) {
+    const Tensor targets = in.targets.defined() ? in.targets.to(DType::I64) : shift_labels(in.labels);
     for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
     out.loss = ag::cross_entropy_mean(out.logits, targets);
     out.cross_entropy = out.loss.value().item();
@@ -138,6 +148,7 @@ KVCache Gemma4::new_cache() const {
 Tensor Gemma4::forward_cached(const Tensor& ids, KVCache& cache) const {
   G4_CHECK(ids.dim() == 2, "decode ids must be [B, n], got ", ids.describe());
   G4_CHECK(static_cast<int64_t>(cache.layers.size()) == cfg_.num_layers, "KV cache was made for another model");
+  G4_CHECK(!context_, "context parallelism is for training forwards; decoding with a KV cache runs on one rank");
   ag::NoGrad no_grad;
   Context ctx;
   ctx.cache = &cache;
@@ -261,7 +272,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
     mask.k_doc = ctx.docs;
   }
   // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
-  ag::Var o = ag::attention(q, kv.k, kv.v, mask, 1.0);
+  ag::Var o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
 }
 

@@ -9,6 +9,7 @@
 #include "io/hf_config.h"
 #include "model/kv_cache.h"
 #include "model/params.h"
+#include "ops/attention.h"
 #include "ops/moe.h"
 
 namespace g4::model {
@@ -18,6 +19,10 @@ struct ForwardInputs {
   Tensor attention_mask;  // optional [B, S]: 0 = padding (masked as a key)
   Tensor position_ids;    // optional [B, S]; positions restarting mark packed documents
   Tensor labels;          // optional [B, S]; shifted left inside; -100 = ignored
+  // optional [B, S]: labels already shifted (what the loss compares logits with), instead of
+  // labels. Context parallelism needs them: the shift crosses shard boundaries, so it is done on
+  // the whole sequence before sharding.
+  Tensor targets{};
 };
 
 struct ForwardOutputs {
@@ -50,6 +55,22 @@ class ExpertDispatch {
   // Returns [T, H]: sum_k weights[t, k] * expert_{e(t, k)}(tokens[t]) in this rank's token order,
   // and how many rows each local expert processed.
   virtual ag::Var run(const Inputs& in, std::vector<int64_t>& local_expert_tokens) = 0;
+};
+
+// Context parallelism: the model's input is one contiguous slice of each sequence, and attention
+// reaches the keys of the other slices through this interface (parallel/context_parallel.h
+// implements it as a ring). Every rank of the group calls it for each attention layer in order.
+class ContextAttention {
+ public:
+  virtual ~ContextAttention() = default;
+  // Absolute index of this slice's first token, for a slice of `local_len` tokens.
+  virtual int64_t slice_start(int64_t local_len) const = 0;
+  // Document ids [B, local_len] i32 of this slice, consistent over the whole sequence, from its
+  // global position ids (a document may start on another slice).
+  virtual Tensor document_ids(const Tensor& local_positions) = 0;
+  // Attention of the local q over the keys of every slice; mask describes the local slice.
+  virtual ag::Var attend(const ag::Var& q, const ag::Var& k, const ag::Var& v, const ops::AttentionMask& mask,
+                         double scale) = 0;
 };
 
 class Gemma4 {
@@ -85,6 +106,12 @@ class Gemma4 {
   void set_expert_dispatch(std::shared_ptr<ExpertDispatch> dispatch) { dispatch_ = std::move(dispatch); }
   const std::shared_ptr<ExpertDispatch>& expert_dispatch() const { return dispatch_; }
 
+  // Context parallelism (see parallel::enable_context_parallel): forward gets one slice of each
+  // sequence, with its global position_ids (required) and pre-shifted targets. nullptr (the
+  // default): the whole sequence.
+  void set_context_attention(std::shared_ptr<ContextAttention> cp) { context_ = std::move(cp); }
+  const std::shared_ptr<ContextAttention>& context_attention() const { return context_; }
+
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
   void init_weights(uint64_t seed, double std = 0.02);
@@ -106,6 +133,7 @@ class Gemma4 {
   bool recompute_ = false;
   double router_aux_coef_ = 0;
   std::shared_ptr<ExpertDispatch> dispatch_;
+  std::shared_ptr<ContextAttention> context_;
 };
 
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).

@@ -74,14 +74,14 @@ ag::Var global_loss_share(const model::ForwardOutputs& out, int64_t global_token
 }
 
 void reduce_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket_bytes) {
-  G4_CHECK(mesh.shape().cp == 1, "reduce_gradients: the mesh ", mesh.shape().str(),
-           " has cp > 1; context parallelism is not implemented yet");
   G4_CHECK(bucket_bytes > 0, "reduce_gradients: bucket_bytes must be positive");
   std::vector<std::string> replicated, experts;
   for (const std::string& name : params.order)
     (model::is_expert_parameter(name) ? experts : replicated).push_back(name);
   sum_gradients(mesh.world(), params, replicated, bucket_bytes);
+  // Experts: over every rank holding the same slice, i.e. the same ep coordinate (dp x cp).
   sum_gradients(mesh.dp_group(), params, experts, bucket_bytes);
+  sum_gradients(mesh.cp_group(), params, experts, bucket_bytes);
 }
 
 }  // namespace g4::parallel

@@ -11,8 +11,10 @@
 // Because each share is already divided by the global N, gradients are summed, not averaged:
 //   - replicated parameters (everything but the routed experts) over every rank of the mesh
 //     (dp x ep: every rank saw different tokens, and EP ranks differ in their tokens too);
-//   - expert weights over the dp group only: within an EP group each rank holds different experts,
-//     and their gradients already include every EP peer's tokens (they came by all-to-all).
+//   - expert weights over the ranks with the same ep coordinate (dp x cp): within an EP group each
+//     rank holds different experts, and their gradients already include every EP peer's tokens
+//     (they came by all-to-all); cp ranks hold the same experts but different sequence slices.
+// Context-parallel ranks (different slices of the same rows) count as ranks with different tokens.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -33,8 +35,7 @@ ag::Var global_loss_share(const model::ForwardOutputs& out, int64_t global_token
 
 // Sums gradients as described above (collective over the mesh's world and dp group; every rank
 // calls it with the same parameter names). A parameter without a gradient counts as zeros and
-// has one afterwards. Gradients travel in buckets of up to bucket_bytes. Meshes with cp > 1 are
-// rejected (context parallelism is not implemented yet).
+// has one afterwards. Gradients travel in buckets of up to bucket_bytes.
 void reduce_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket_bytes = size_t(32) << 20);
 
 }  // namespace g4::parallel

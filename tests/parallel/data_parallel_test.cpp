@@ -166,17 +166,5 @@ TEST(MpiRanks, EveryMeshTrainsLikeOneRank) {
   }
 }
 
-TEST(MpiRanks, ReduceGradientsRejectsContextParallelMeshes) {
-  G4_SKIP_UNLESS_MPI_CHILD();
-  Communicator& world = mpi_world();
-  DeviceMesh mesh(world, {.cp = world.size()});
-  model::ParamStore params;
-  params.add("model.norm.weight", Tensor::zeros({4}, DType::F32));
-  EXPECT_NE(error_of([&] { reduce_gradients(params, mesh); })
-                .find("reduce_gradients: the mesh dp_shard 1 x ep 1 x cp " + std::to_string(world.size()) +
-                      " has cp > 1; context parallelism is not implemented yet"),
-            std::string::npos);
-}
-
 }  // namespace
 }  // namespace g4::parallel

@@ -1,0 +1,54 @@
+// Context parallelism: the ranks of a cp group each hold one contiguous, equal slice of every
+// sequence (rank r holds positions [r*S/cp, (r+1)*S/cp)). Everything per-token runs on the local
+// slice; attention is a ring over the group (ring_attention below).
+#pragma once
+#include <cstdint>
+
+#include "autograd/variable.h"
+#include "model/gemma4.h"
+#include "ops/attention.h"
+#include "parallel/communicator.h"
+
+namespace g4::parallel {
+
+// Attention of this rank's queries over the keys of every rank of `cp`.
+// q [B, Sl, nH, d], k [B, Sl, nKV, d], v [B, Sl, nKV, dv] are this rank's slices (Sl = S/cp on
+// every rank). `mask` describes this rank's slice: q_start == k_start is the absolute index of its
+// first token (rank * Sl for a whole sequence), and q_doc, k_doc, key_valid (optional) are [B, Sl]
+// for its own tokens; the other ranks' document ids and key_valid are all-gathered once.
+//
+// Forward: cp - 1 send_recv steps pass the K/V blocks around the ring (rank r sends to r+1 and
+// receives from r-1). Each block is attended with its owner's absolute offset, and the partial
+// results are merged by log-sum-exp. Blocks no query can see (causal future, outside the window)
+// are not computed, but every rank still takes part in every step.
+// Backward: each rank keeps the blocks it received, computes dK/dV for every block against the
+// merged output and lse, and a reduce_scatter returns each block's summed gradient to its owner.
+// Equals ops::attention on the full sequence up to summation order. Collective: every rank of
+// `cp` calls it, and its backward, in the same order.
+ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, const ag::Var& v,
+                       const ops::AttentionMask& mask, double scale);
+
+// Rank `rank`'s slice of a [B, S, ...] tensor along dim 1 (S must divide by cp).
+Tensor sequence_shard(const Tensor& t, int rank, int cp);
+
+// One cp rank's part of a batch. targets are the labels already shifted left over the whole
+// sequence (model::shift_labels) before slicing, so the target of a slice's last token is the
+// first label of the next slice. position_ids are the global ones.
+struct ContextShard {
+  Tensor input_ids;     // [B, S/cp]
+  Tensor position_ids;  // [B, S/cp] (arange when the batch has none)
+  Tensor targets;       // [B, S/cp], -100 = not counted (undefined without labels)
+};
+ContextShard shard_batch(const Tensor& input_ids, const Tensor& position_ids, const Tensor& labels, int rank, int cp);
+
+// Connects the model to its context-parallel group (mesh.cp_group()): its forward then takes one
+// shard_batch slice of each sequence, with targets and global position ids, and its attention
+// layers run ring_attention over `cp`. `cp` must outlive the model's use of it. A group of one
+// rank is allowed (the ring is then the ordinary attention).
+void enable_context_parallel(model::Gemma4& model, Communicator& cp);
+
+// Counted targets (!= -100) in this rank's pre-shifted targets [B, S_local], summed over `group`
+// (collective; use the mesh's world). The N of global_loss_share under context parallelism.
+int64_t global_target_count(const Tensor& targets, Communicator& group);
+
+}  // namespace g4::parallel

@@ -1,0 +1,244 @@
+// Context parallelism: ring attention over the ranks of a cp group (MpiRanks.*: cp = 2 and 4,
+// the whole world) gives each rank its slice of ops::attention on the full sequence, forward and
+// backward, for causal, sliding-window (narrower and wider than a shard), bidirectional,
+// packed-document and padded batches with grouped KV heads; plus sharding a batch and its errors.
+#include "parallel/context_parallel.h"
+
+#include <gtest/gtest.h>
+
+#include "core/random.h"
+#include "model/gemma4.h"
+#include "model/state_dict_adapter.h"
+#include "parallel/data_parallel.h"
+#include "parallel/device_mesh.h"
+#include "parallel/expert_parallel.h"
+#include "moe_test_util.h"
+#include "parallel/single_communicator.h"
+#include "parallel_test_util.h"
+
+namespace g4::parallel {
+namespace {
+
+using testing::close_to;
+using testing::error_of;
+using testing::mpi_world;
+using testing::Batch;
+using testing::packed_batch;
+
+constexpr double kRel = 1e-10;
+constexpr int64_t B = 2, S = 16, kHeads = 4, kKvHeads = 2, kDim = 8;
+
+struct Case {
+  const char* name;
+  bool causal = true;
+  int64_t window = 0;
+  bool docs = false;     // packed documents crossing the shard boundaries
+  bool padding = false;  // key_valid with padded keys
+};
+
+const Case kCases[] = {
+    {"causal"},
+    {"causal window 3", true, 3},
+    {"causal window 11", true, 11},
+    {"bidirectional", false},
+    {"bidirectional window 3", false, 3},
+    {"packed documents", true, 0, true},
+    {"packed documents, window 6, padding", true, 6, true, true},
+};
+
+// Document ids [B, S]: row 0 starts documents at 5 and 13, row 1 at 3 and 9 (each crosses a
+// boundary of 2 and of 4 shards of 16 positions).
+Tensor doc_ids() {
+  Tensor t = Tensor::empty({B, S}, DType::I32);
+  for (int64_t s = 0; s < S; ++s) {
+    t.data<int32_t>()[s] = (s >= 5) + (s >= 13);
+    t.data<int32_t>()[S + s] = (s >= 3) + (s >= 9);
+  }
+  return t;
+}
+Tensor key_valid() {
+  Tensor t = Tensor::full({B, S}, 1, DType::U8);
+  for (int64_t s : {2, 7, 8, 15}) t.data<uint8_t>()[s] = 0;
+  t.data<uint8_t>()[S + 10] = 0;
+  return t;
+}
+
+ops::AttentionMask full_mask(const Case& c) {
+  ops::AttentionMask m;
+  m.causal = c.causal;
+  m.window = c.window;
+  if (c.docs) m.q_doc = m.k_doc = doc_ids();
+  if (c.padding) m.key_valid = key_valid();
+  return m;
+}
+
+// This rank's part of the full mask.
+ops::AttentionMask shard_mask(const Case& c, int rank, int cp) {
+  ops::AttentionMask full = full_mask(c), m;
+  m.causal = c.causal;
+  m.window = c.window;
+  m.q_start = m.k_start = rank * (S / cp);
+  if (c.docs) m.q_doc = m.k_doc = sequence_shard(full.q_doc, rank, cp);
+  if (c.padding) m.key_valid = sequence_shard(full.key_valid, rank, cp);
+  return m;
+}
+
+// Every rank's slice of outputs and q/k/v gradients equals the full-sequence op's.
+void check_ring(Communicator& cp, const Case& c) {
+  const int r = cp.rank(), n = cp.size();
+  SCOPED_TRACE(std::string(c.name) + ", rank " + std::to_string(r) + " of " + std::to_string(n));
+  const Tensor q = randn({B, S, kHeads, kDim}, 1, DType::F64), k = randn({B, S, kKvHeads, kDim}, 2, DType::F64),
+               v = randn({B, S, kKvHeads, kDim}, 3, DType::F64), dout = randn({B, S, kHeads, kDim}, 4, DType::F64);
+  Tensor lse, dq, dk, dv;
+  const Tensor want = ops::attention(q, k, v, full_mask(c), 0.3, &lse);
+  ops::attention_backward(dout, q, k, v, want, lse, full_mask(c), 0.3, dq, dk, dv);
+
+  ag::Var ql(sequence_shard(q, r, n), true), kl(sequence_shard(k, r, n), true), vl(sequence_shard(v, r, n), true);
+  const ag::Var out = ring_attention(cp, ql, kl, vl, shard_mask(c, r, n), 0.3);
+  EXPECT_TRUE(close_to(out.value(), sequence_shard(want, r, n), kRel));
+  ag::backward(out, sequence_shard(dout, r, n));
+  EXPECT_TRUE(close_to(ql.grad(), sequence_shard(dq, r, n), kRel));
+  EXPECT_TRUE(close_to(kl.grad(), sequence_shard(dk, r, n), kRel));
+  EXPECT_TRUE(close_to(vl.grad(), sequence_shard(dv, r, n), kRel));
+}
+
+TEST(ContextParallel, OneRankRingIsTheOp) {
+  SingleCommunicator one;
+  for (const Case& c : kCases) check_ring(one, c);
+}
+
+TEST(MpiRanks, RingAttentionEqualsFullSequence) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  for (const Case& c : kCases) check_ring(mpi_world(), c);
+}
+
+TEST(ContextParallel, ShardBatchShiftsLabelsBeforeSlicing) {
+  const Tensor ids = Tensor::from_vector<int64_t>({10, 11, 12, 13, 14, 15, 16, 17}, {1, 8});
+  const Tensor pos = Tensor::from_vector<int64_t>({0, 1, 2, 0, 1, 2, 3, 4}, {1, 8});
+  const Tensor labels = Tensor::from_vector<int64_t>({20, 21, 22, 23, -100, 25, 26, 27}, {1, 8});
+  const ContextShard s1 = shard_batch(ids, pos, labels, 1, 4);
+  EXPECT_EQ(s1.input_ids.data<int64_t>()[0], 12);
+  EXPECT_EQ(s1.position_ids.data<int64_t>()[0], 2);
+  EXPECT_EQ(s1.targets.data<int64_t>()[0], 23);  // the target of token 2 is label 3, on the next shard
+  EXPECT_EQ(s1.targets.data<int64_t>()[1], -100);
+  const ContextShard s3 = shard_batch(ids, Tensor(), labels, 3, 4);
+  EXPECT_EQ(s3.position_ids.data<int64_t>()[1], 7);  // global arange
+  EXPECT_EQ(s3.targets.data<int64_t>()[0], 27);
+  EXPECT_EQ(s3.targets.data<int64_t>()[1], -100);
+}
+
+TEST(ContextParallel, SequenceMustSplitEvenly) {
+  const Tensor ids = Tensor::zeros({2, 10}, DType::I64);
+  const std::string e = error_of([&] { shard_batch(ids, Tensor(), Tensor(), 0, 4); });
+  EXPECT_NE(e.find("the sequence length 10 does not split into 4 equal contiguous shards"), std::string::npos) << e;
+}
+
+// --- The whole model over cp (and dp, ep) meshes -----------------------------------------------
+
+std::string fixture(const char* name) {
+  return std::string(G4_TEST_DATA) + "/hf-gemma4/" + name;
+}
+
+struct Reference {
+  double loss = 0;
+  int64_t counted = 0;
+  std::map<std::string, Tensor> grads;
+};
+
+Reference reference_run(const std::string& dir, const Batch& b) {
+  auto m = model::load_hf_model(dir, 0, 1, DType::F64);
+  const model::ForwardOutputs out = m->forward({b.ids, Tensor(), b.positions, b.labels});
+  ag::backward(out.loss);
+  Reference r{out.loss.value().item(), out.counted_tokens, {}};
+  for (const std::string& name : m->params().order) r.grads[name] = m->params().at(name).grad();
+  return r;
+}
+
+struct CpCase {
+  const char* model;
+  MeshShape shape;
+  bool recompute = false;
+};
+
+// Each (dp, ep) pair of the mesh trains its own rows; the cp ranks of that pair each take one
+// slice of those rows. The global loss and every gradient equal one rank on the whole batch.
+void check_cp_mesh(const CpCase& cc, const Batch& batch, const Reference& want) {
+  const MeshShape& shape = cc.shape;
+  Communicator& world = mpi_world();
+  DeviceMesh mesh(world, shape);
+  const MeshCoord c = mesh.coord();
+  auto m = model::load_hf_model(fixture(cc.model), c.ep, shape.ep, DType::F64);
+  mesh.validate_for_model(m->config().num_experts, batch.ids.size(1));
+  if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
+  enable_context_parallel(*m, mesh.cp_group());
+  m->set_recompute(cc.recompute);
+
+  const int64_t rows = batch.rows() / (shape.dp_shard * shape.ep);
+  const Batch mine = batch.slice((c.dp * shape.ep + c.ep) * rows, rows);
+  const ContextShard shard = shard_batch(mine.ids, mine.positions, mine.labels, c.cp, shape.cp);
+  const int64_t N = global_target_count(shard.targets, world);
+  EXPECT_EQ(N, want.counted);
+  const model::ForwardOutputs out =
+      m->forward({shard.input_ids, Tensor(), shard.position_ids, Tensor(), shard.targets});
+  const ag::Var share = global_loss_share(out, N);
+  ag::backward(share);
+  reduce_gradients(m->params(), mesh);
+
+  Tensor loss = Tensor::scalar(share.value().item(), DType::F64);
+  world.all_reduce(loss);
+  EXPECT_NEAR(loss.item(), want.loss, kRel * want.loss);
+  const model::ExpertRange held = m->experts();
+  for (const std::string& name : m->params().order) {
+    const Tensor& w = want.grads.at(name);
+    const Tensor slice = model::is_expert_parameter(name) ? w.slice0(held.begin, held.count) : w;
+    EXPECT_TRUE(close_to(m->params().at(name).grad(), slice, 1e-9)) << name;
+  }
+}
+
+TEST(ContextParallel, OneRankGroupIsTheOrdinaryModel) {
+  SingleCommunicator one;
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), 0, 1, DType::F64);
+  const Batch b = packed_batch();
+  const Reference want = reference_run(fixture("tiny-dense-ple"), b);
+  enable_context_parallel(*m, one);
+  const ContextShard shard = shard_batch(b.ids, b.positions, b.labels, 0, 1);
+  const model::ForwardOutputs out = m->forward({shard.input_ids, Tensor(), shard.position_ids, Tensor(), shard.targets});
+  EXPECT_NEAR(out.loss.value().item(), want.loss, 1e-12 * want.loss);
+  ag::backward(out.loss);
+  for (const auto& [name, g] : want.grads) EXPECT_TRUE(close_to(m->params().at(name).grad(), g, 1e-10)) << name;
+}
+
+TEST(ContextParallel, ModelErrors) {
+  SingleCommunicator one;
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), 0, 1, DType::F64);
+  enable_context_parallel(*m, one);
+  const Batch b = packed_batch();
+  std::string e = error_of([&] { m->forward({b.ids, Tensor(), Tensor(), Tensor(), Tensor()}); });
+  EXPECT_NE(e.find("context parallelism: forward needs the global position_ids of its slice"), std::string::npos) << e;
+  e = error_of([&] { m->forward({b.ids, Tensor(), b.positions, b.labels}); });
+  EXPECT_NE(e.find("pass targets"), std::string::npos) << e;
+  ag::clear_tape();
+}
+
+TEST(MpiRanks, ContextParallelModelTrainsLikeOneRank) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  const int n = mpi_world().size();
+  const Batch batch = packed_batch();  // S = 32: documents cross the boundaries of 2 and 4 slices
+  for (const char* name : {"tiny-moe", "tiny-dense-ple"}) {
+    const Reference want = reference_run(fixture(name), batch);
+    std::vector<CpCase> cases;
+    if (n == 2) {
+      cases = {{name, {.cp = 2}}, {name, {.cp = 2}, true}};
+    } else {
+      cases = {{name, {.cp = 4}}, {name, {.dp_shard = 2, .cp = 2}}};
+      if (std::string(name) == "tiny-moe") cases.push_back({name, {.ep = 2, .cp = 2}});
+    }
+    for (const CpCase& c : cases) {
+      SCOPED_TRACE(std::string(name) + ", " + c.shape.str() + (c.recompute ? ", recompute" : ""));
+      check_cp_mesh(c, batch, want);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace g4::parallel
