@@ -133,6 +133,23 @@ TEST(ContextParallel, SequenceMustSplitEvenly) {
   EXPECT_NE(e.find("the sequence length 10 does not split into 4 equal contiguous shards"), std::string::npos) << e;
 }
 
+TEST(ContextParallel, RingAttentionErrors) {
+  SingleCommunicator one;
+  const ag::Var q(randn({1, 4, 2, 8}, 1, DType::F64)), k(randn({1, 4, 1, 8}, 2, DType::F64)),
+      short_k(randn({1, 3, 1, 8}, 2, DType::F64));
+  std::string e = error_of([&] { ring_attention(one, q, short_k, short_k, {}, 1.0); });
+  EXPECT_NE(e.find("every rank holds an equal slice of queries and keys; q has 4 positions, k 3"), std::string::npos)
+      << e;
+  ops::AttentionMask m;
+  m.q_start = 4;
+  e = error_of([&] { ring_attention(one, q, k, k, m, 1.0); });
+  EXPECT_NE(e.find("q_start 4 != k_start 0"), std::string::npos) << e;
+  m.q_start = 0;
+  m.q_doc = Tensor::zeros({1, 4}, DType::I32);
+  e = error_of([&] { ring_attention(one, q, k, k, m, 1.0); });
+  EXPECT_NE(e.find("give both q_doc and k_doc, or neither"), std::string::npos) << e;
+}
+
 // --- The whole model over cp (and dp, ep) meshes -----------------------------------------------
 
 std::string fixture(const char* name) {
