@@ -3,6 +3,8 @@
 #include <cmath>
 #include <map>
 
+#include "parallel/communicator.h"
+
 namespace g4::train {
 
 AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std::set<std::string> no_decay,
@@ -94,17 +96,27 @@ void scale_in_place(Tensor& g, T coef) {
 }
 }  // namespace
 
-double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm) {
+double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                      parallel::Communicator* expert_group) {
   // torch: the norm of the per-tensor norms, each rounded to the gradient's dtype.
-  double total_sq = 0;
+  double total_sq = 0, expert_sq = 0;
   bool f64 = false;
   for (const std::string& n : names) {
     const Tensor& g = params.at(n).grad();
     if (!g.defined()) continue;
     f64 = g.dtype() == DType::F64;
-    const double norm = std::sqrt(f64 ? sum_squares<double>(g) : sum_squares<float>(g));
-    const double rounded = f64 ? norm : static_cast<float>(norm);
+    const double sq = f64 ? sum_squares<double>(g) : sum_squares<float>(g);
+    if (expert_group && model::is_expert_parameter(n)) {
+      expert_sq += sq;  // a slice of an expert tensor: its square is summed over the group below
+      continue;
+    }
+    const double rounded = f64 ? std::sqrt(sq) : static_cast<float>(std::sqrt(sq));
     total_sq += rounded * rounded;
+  }
+  if (expert_group) {
+    Tensor t = Tensor::from_vector<double>({expert_sq}, {1});
+    expert_group->all_reduce(t);
+    total_sq += t.data<double>()[0];
   }
   const double total = f64 ? std::sqrt(total_sq) : static_cast<float>(std::sqrt(total_sq));
   if (max_norm > 0) {

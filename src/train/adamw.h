@@ -8,6 +8,10 @@
 
 #include "model/params.h"
 
+namespace g4::parallel {
+class Communicator;
+}
+
 namespace g4::train {
 
 struct AdamWOptions {
@@ -40,8 +44,11 @@ class AdamW {
 };
 
 // Scales the gradients of `names` so their global L2 norm is at most max_norm (when max_norm > 0);
-// returns the norm before clipping.
-double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm);
+// returns the norm before clipping. With expert_group (expert parallelism; collective over it),
+// the expert tensors are slices whose squared norms are summed over the group, so every rank gets
+// the norm of the whole model.
+double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                      parallel::Communicator* expert_group = nullptr);
 
 // Which parameters take weight decay: matrices and experts; not norms, scales or embeddings.
 std::set<std::string> no_weight_decay(const model::ParamStore& params, const io::ModelConfig& cfg);

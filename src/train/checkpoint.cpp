@@ -10,6 +10,7 @@
 
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "parallel/single_communicator.h"
 
 namespace g4::train {
 
@@ -44,28 +45,56 @@ void maybe_fault(const char* where, int64_t step) {
   if (want == spec) ::kill(::getpid(), SIGKILL);
 }
 
+std::string optimizer_shard_name(int64_t rank, int64_t world_size) {
+  return "optimizer-rank" + std::to_string(rank) + "-of" + std::to_string(world_size) + ".safetensors";
+}
+
 std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
                             const TrainerState& state, const std::string& tokenizer_path, int64_t keep) {
-  fs::create_directories(dir);
+  parallel::SingleCommunicator single;
+  return save_checkpoint(dir, &model, opt, state, tokenizer_path, keep, single, false);
+}
+
+std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const AdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                            parallel::Communicator& world, bool per_rank_optimizer) {
+  const bool main_rank = world.rank() == 0;
   const fs::path final_dir = fs::path(dir) / step_name(state.step);
-  const fs::path tmp = fs::path(dir) / ("." + step_name(state.step) + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp);
-  model::save_hf_checkpoint(model, tmp.string());
-  maybe_fault("checkpoint", state.step);
-  io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
-  if (!tokenizer_path.empty()) {
-    const fs::path t(tokenizer_path);
-    if (fs::is_directory(t)) {
-      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
-        if (fs::exists(t / f)) fs::copy_file(t / f, tmp / f);
-    } else if (fs::exists(t)) {
-      fs::copy_file(t, tmp / t.filename());
+  // Every rank writes into the same temporary directory, so its name is agreed (rank 0's pid).
+  Tensor pid = Tensor::from_vector<int64_t>({main_rank ? static_cast<int64_t>(::getpid()) : 0}, {1});
+  world.broadcast(pid, 0);
+  const fs::path tmp =
+      fs::path(dir) / ("." + step_name(state.step) + ".tmp." + std::to_string(pid.data<int64_t>()[0]));
+  if (main_rank) {
+    G4_CHECK(export_model, "save_checkpoint: rank 0 needs the model to export");
+    fs::create_directories(dir);
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+  }
+  world.barrier();
+  if (per_rank_optimizer)
+    io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), opt.state());
+  if (main_rank) {
+    model::save_hf_checkpoint(*export_model, tmp.string());
+    maybe_fault("checkpoint", state.step);
+    if (!per_rank_optimizer) io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
+    if (!tokenizer_path.empty()) {
+      const fs::path t(tokenizer_path);
+      if (fs::is_directory(t)) {
+        for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
+          if (fs::exists(t / f)) fs::copy_file(t / f, tmp / f);
+      } else if (fs::exists(t)) {
+        fs::copy_file(t, tmp / t.filename());
+      }
     }
   }
+  world.barrier();  // every shard is written before the directory becomes a checkpoint
+  if (!main_rank) return final_dir.string();
   nlohmann::json j = {{"step", state.step},
                       {"data_index", state.data_index},
                       {"optimizer_steps", opt.steps_taken()},
                       {"elapsed_s", state.elapsed_s},
+                      {"ranks", world.size()},
                       {"recipe", state.recipe}};
   write_file_atomic(tmp / "trainer_state.json", j.dump(2) + "\n");
   fs::remove_all(final_dir);
@@ -100,6 +129,11 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
 }
 
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt) {
+  return load_checkpoint(checkpoint_dir, model, opt, 0, 1);
+}
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
+                             int64_t world_size) {
   const fs::path d(checkpoint_dir);
   std::ifstream f(d / "trainer_state.json");
   G4_CHECK(f.good(), "checkpoint ", checkpoint_dir, " has no trainer_state.json");
@@ -110,7 +144,15 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& m
     G4_FAIL("checkpoint ", checkpoint_dir, ": trainer_state.json is not valid JSON: ", e.what());
   }
   model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
-  const io::SafetensorsReader ostate = io::SafetensorsReader::open((d / "optimizer.safetensors").string());
+  fs::path opt_file = d / "optimizer.safetensors";
+  if (!fs::exists(opt_file)) {
+    const int64_t saved_ranks = j.value("ranks", int64_t{1});
+    G4_CHECK(saved_ranks == world_size, "checkpoint ", checkpoint_dir, " holds optimizer state sharded over ",
+             saved_ranks, " ranks, but this run has ", world_size, "; resume with ", saved_ranks, " ranks");
+    opt_file = d / optimizer_shard_name(rank, world_size);
+    G4_CHECK(fs::exists(opt_file), "checkpoint ", checkpoint_dir, " has no ", opt_file.filename().string());
+  }
+  const io::SafetensorsReader ostate = io::SafetensorsReader::open(opt_file.string());
   std::vector<std::pair<std::string, Tensor>> named;
   for (const std::string& n : ostate.names()) named.emplace_back(n, ostate.get(n));
   opt.load_state(named, j.at("optimizer_steps").get<int64_t>());

@@ -3,6 +3,11 @@
 // moments (optimizer.safetensors) and trainer_state.json. A checkpoint is written under a
 // temporary name and renamed when complete, and `latest` is replaced atomically after it, so a
 // run killed at any moment resumes from the last complete checkpoint.
+//
+// Multi-rank runs (expert parallel) keep different optimizer moments on every rank: each rank then
+// writes its own `optimizer-rank<r>-of<n>.safetensors` into the same step directory, and a resume
+// reads the file of its rank (a different number of ranks is an error). Replicated runs write the
+// single optimizer.safetensors from rank 0.
 #pragma once
 #include <optional>
 #include <string>
@@ -10,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/gemma4.h"
+#include "parallel/communicator.h"
 #include "train/adamw.h"
 
 namespace g4::train {
@@ -25,11 +31,25 @@ struct TrainerState {
 std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
                             const TrainerState& state, const std::string& tokenizer_path, int64_t keep);
 
+// Collective over `world`: rank 0 writes export_model (the whole model; ignored on other ranks)
+// and the trainer state; with per_rank_optimizer every rank writes its optimizer shard, otherwise
+// rank 0 writes optimizer.safetensors. Returns the step directory.
+std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const AdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                            parallel::Communicator& world, bool per_rank_optimizer);
+
 // The newest complete checkpoint under dir, if any (half-written ones are ignored).
 std::optional<std::string> latest_checkpoint(const std::string& dir);
 
 // Restores weights, optimizer moments and returns the trainer state.
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt);
+// The same for rank `rank` of `world_size`: reads optimizer-rank<rank>-of<world_size>.safetensors
+// when the checkpoint has per-rank optimizer files, optimizer.safetensors otherwise.
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
+                             int64_t world_size);
+
+// "optimizer-rank<r>-of<n>.safetensors"
+std::string optimizer_shard_name(int64_t rank, int64_t world_size);
 
 // Test hook: G4_FAULT_KILL=checkpoint:N kills the process (SIGKILL) halfway through writing
 // checkpoint N; G4_FAULT_KILL=step:N right after step N. Lets tests crash a run on purpose.

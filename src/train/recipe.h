@@ -38,6 +38,9 @@ struct Recipe {
   // parallelism: data-parallel replicas (0 = as many as launched ranks). Each replica trains on
   // its own micro-batches; gradients are summed so the step equals one rank's step on them all.
   int64_t data_parallel = 0;
+  // Expert parallelism: the routed experts are split over groups of this many ranks (1 = off);
+  // data-parallel replicas = launched ranks / expert_parallel.
+  int64_t expert_parallel = 1;
 
   // checkpoints and logs
   std::string output_dir = "runs/default";

@@ -12,6 +12,7 @@
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/data_parallel.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/world.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
@@ -23,17 +24,47 @@ namespace g4::train {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-std::unique_ptr<model::Gemma4> build_model(const Recipe& r) {
+namespace {
+
+// A model holding experts `range` of `full` (the other parameters and buffers copied).
+std::unique_ptr<model::Gemma4> keep_experts(const model::Gemma4& full, model::ExpertRange range) {
+  auto m = std::make_unique<model::Gemma4>(full.config(), range);
+  for (const std::string& n : m->params().order) {
+    const Tensor& v = full.params().at(n).value();
+    m->params().at(n).mutable_value().copy_from(model::is_expert_parameter(n) ? v.slice0(range.begin, range.count) : v);
+  }
+  for (const auto& [n, b] : full.params().buffers)
+    if (n.find("per_expert_scale") == std::string::npos) m->params().buffers[n] = b.clone();
+  return m;
+}
+
+// Collective over `ep`: the whole model (every expert), gathered from the EP group's slices.
+std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::Communicator& ep) {
+  auto full = std::make_unique<model::Gemma4>(m.config());
+  for (const std::string& n : m.params().order) {
+    const Tensor& v = m.params().at(n).value();
+    full->params().at(n).mutable_value().copy_from(model::is_expert_parameter(n) ? ep.all_gather(v) : v);
+  }
+  for (const auto& [n, b] : m.params().buffers)
+    if (n.find("per_expert_scale") == std::string::npos) full->params().buffers[n] = b.clone();
+  return full;
+}
+
+}  // namespace
+
+std::unique_ptr<model::Gemma4> build_model(const Recipe& r, int64_t ep_rank, int64_t ep_size) {
   if (!r.model_path.empty()) {
     G4_CHECK(r.model_overrides.empty(), r.source, ": 'model.config' overrides apply to built-in models only");
-    return model::load_hf_model(r.model_path);
+    return model::load_hf_model(r.model_path, ep_rank, ep_size);
   }
   const nlohmann::json cfg_json = model::named_config(r.model_name, r.model_overrides);
   io::ModelConfig cfg = io::parse_model_config(cfg_json, "built-in model '" + r.model_name + "'");
   cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
   auto m = std::make_unique<model::Gemma4>(std::move(cfg));
+  // The whole model is initialised, then sliced, so every EP size starts from the same weights.
   m->init_weights(r.init_seed, cfg_json.value("initializer_range", 0.02));
-  return m;
+  if (ep_size == 1) return m;
+  return keep_experts(*m, model::expert_range_for_rank(m->config(), ep_rank, ep_size));
 }
 
 double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens) {
@@ -94,13 +125,19 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const auto t_start = Clock::now();
   // One process per replica (mpirun / srun); a plain launch is one rank.
   const std::unique_ptr<parallel::Communicator> world = parallel::make_world_communicator();
-  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world->size();
-  G4_CHECK(replicas == world->size(), r.source, ": parallel.data_parallel is ", replicas, " but ", world->size(),
-           " ranks were launched");
-  parallel::DeviceMesh mesh(*world, parallel::MeshShape{static_cast<int>(replicas), 1, 1});
-  const int64_t rank = world->rank();
+  const int64_t ep = r.expert_parallel;
+  G4_CHECK(world->size() % ep == 0, r.source, ": parallel.expert_parallel is ", ep, " but ", world->size(),
+           " ranks were launched (the ranks must split into groups of ", ep, ")");
+  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world->size() / ep;
+  G4_CHECK(replicas * ep == world->size(), r.source, ": parallel.data_parallel is ", replicas,
+           " and parallel.expert_parallel ", ep, ", which needs ", replicas * ep, " ranks, but ", world->size(),
+           " were launched");
+  parallel::DeviceMesh mesh(*world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep), 1});
+  const int64_t rank = world->rank(), ranks = world->size();
   const bool main_rank = rank == 0;  // the one that logs, samples and writes checkpoints
-  std::unique_ptr<model::Gemma4> model = build_model(r);
+  std::unique_ptr<model::Gemma4> model = build_model(r, mesh.coord().ep, ep);
+  mesh.validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, r.data.seq_len);
+  if (ep > 1) parallel::enable_expert_parallel(*model, mesh.ep_group());
   model->set_recompute(r.recompute);
   model->set_router_aux_loss(r.router_aux_loss);
   const std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(r.tokenizer);
@@ -119,7 +156,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   if (resume) {
     const auto latest = latest_checkpoint(ckpt_dir);
     if (latest) {
-      state = load_checkpoint(*latest, *model, opt);
+      state = load_checkpoint(*latest, *model, opt, rank, ranks);
       state.recipe = r.resolved;
       if (main_rank) std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
     } else if (main_rank) {
@@ -129,7 +166,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   std::optional<MetricsLog> log;
   if (main_rank) log.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), state.step);
 
-  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * replicas;
+  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * ranks;
   if (main_rank) std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
               r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
               static_cast<long long>(model->params().numel()), names.size(),
@@ -140,9 +177,9 @@ TrainResult run_training(const Recipe& r, bool resume) {
               static_cast<long long>(r.data.seq_len));
   if (main_rank) std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
   if (main_rank)
-    std::printf("training   %lld steps x %lld tokens (%lld data-parallel replica%s), lr %.2e (%s), recompute %s\n",
+    std::printf("training   %lld steps x %lld tokens (%lld data-parallel replica%s x %lld expert-parallel), lr %.2e (%s), recompute %s\n",
                 static_cast<long long>(r.steps), static_cast<long long>(tokens_per_step),
-                static_cast<long long>(replicas), replicas > 1 ? "s" : "", r.lr, r.schedule.c_str(),
+                static_cast<long long>(replicas), replicas > 1 ? "s" : "", static_cast<long long>(ep), r.lr, r.schedule.c_str(),
                 r.recompute ? "on" : "off");
   std::fflush(stdout);
 
@@ -157,12 +194,12 @@ TrainResult run_training(const Recipe& r, bool resume) {
 
   while (state.step < r.steps) {
     const auto t0 = Clock::now();
-    // Replica `rank` takes micro-batch data_index * replicas + rank: together the replicas see
-    // exactly the rows one rank with replicas x batch_size would.
+    // Rank `rank` (every rank, EP peers included) takes micro-batch data_index * ranks + rank:
+    // together the ranks see exactly the rows one rank with ranks x batch_size would.
     std::vector<data::Batch> micro;
     int64_t counted = 0;
     for (int64_t a = 0; a < r.grad_accumulation; ++a) {
-      micro.push_back(data.train_batch(r.batch_size, state.data_index++ * replicas + rank));
+      micro.push_back(data.train_batch(r.batch_size, state.data_index++ * ranks + rank));
       counted += parallel::global_token_count(micro.back().labels, *world);
     }
     double loss_sum = 0, aux_sum = 0;
@@ -179,14 +216,14 @@ TrainResult run_training(const Recipe& r, bool resume) {
       aux_sum += out.router_aux * weight;
       ag::backward(out.loss, weight);
     }
-    if (replicas > 1) {
+    if (ranks > 1) {
       parallel::reduce_gradients(model->params(), mesh);
       Tensor sums = Tensor::from_vector<double>({loss_sum, aux_sum}, {2});
       world->all_reduce(sums);
       loss_sum = sums.data<double>()[0];
       aux_sum = sums.data<double>()[1];
     }
-    const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip);
+    const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip, ep > 1 ? &mesh.ep_group() : nullptr);
     const double lr = learning_rate(r.schedule, r.lr, state.step, r.steps, r.warmup_steps, r.min_lr_ratio);
     opt.step(lr);
     model->params().zero_grad();
@@ -217,13 +254,23 @@ TrainResult run_training(const Recipe& r, bool resume) {
     }
     maybe_fault("step", state.step);
     const bool save = state.step == r.steps || (r.checkpoint_every > 0 && state.step % r.checkpoint_every == 0);
-    if (save && main_rank)
-      result.checkpoint = save_checkpoint(ckpt_dir, *model, opt, state, r.tokenizer, r.keep_checkpoints);
-    // Replicas do not race ahead of a checkpoint they might resume from.
-    if (save) world->barrier();
+    if (save) {
+      // Under EP the first EP group gathers its slices so rank 0 writes every expert; each rank
+      // then keeps its own optimizer moments in its own file.
+      std::unique_ptr<model::Gemma4> full;
+      if (ep > 1 && mesh.coord().dp == 0) full = gather_experts(*model, mesh.ep_group());
+      result.checkpoint = save_checkpoint(ckpt_dir, full ? full.get() : model.get(), opt, state, r.tokenizer,
+                                          r.keep_checkpoints, *world, /*per_rank_optimizer=*/ep > 1);
+      // Ranks do not race ahead of a checkpoint they might resume from.
+      world->barrier();
+    }
   }
   result.steps = state.step;
+  // Rank 0 alone evaluates and samples below; under EP it does so on the gathered whole model.
+  std::unique_ptr<model::Gemma4> gathered;
+  if (ep > 1 && mesh.coord().dp == 0) gathered = gather_experts(*model, mesh.ep_group());
   if (!main_rank) return result;
+  if (gathered) model = std::move(gathered);
   bar.finish();
 
   // The loss picture, from the whole log (earlier runs of a resumed training included).

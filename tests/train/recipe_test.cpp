@@ -19,6 +19,9 @@ TEST(Recipe, DefaultsAndValues) {
   EXPECT_EQ(r.batch_size, 8);
   EXPECT_EQ(r.freeze, std::vector<std::string>{"*router*"});
   EXPECT_EQ(r.data.files, std::vector<std::string>{"a.txt"});
+  EXPECT_EQ(r.expert_parallel, 1);
+  j["parallel"] = {{"expert_parallel", 2}};
+  EXPECT_EQ(train::recipe_from_json(j, "test.yaml").expert_parallel, 2);
 }
 
 TEST(Recipe, ErrorsNameTheKey) {
@@ -46,6 +49,9 @@ TEST(Recipe, ErrorsNameTheKey) {
   j = minimal();
   j["model"]["path"] = "x";
   expect_error(j, "model.name");
+  j = minimal();
+  j["parallel"] = {{"expert_parallel", 0}};
+  expect_error(j, "parallel.expert_parallel");
 }
 
 TEST(Recipe, Wildcards) {

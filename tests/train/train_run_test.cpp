@@ -55,6 +55,20 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
   return lines;
 }
 
+// Per-step training losses of a run.
+std::vector<double> step_losses(const fs::path& run_dir) {
+  std::vector<double> l;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) l.push_back(j["loss"].get<double>());
+  }
+  return l;
+}
+
+const char* kMpirun = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2";
+
 TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
   const fs::path dir = temp_dir("resume");
   const std::string recipe = write_recipe(dir);
@@ -118,25 +132,63 @@ TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
                                 (dir / "one").string());
   ASSERT_EQ(one.code, 0) << one.output;
   // Two replicas with half the rows each (mpirun runs g4 through the same shell line).
-  const std::string mpirun = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2";
   const ProcessResult two = run("train " + recipe + " train.batch_size=2 log.samples=0 checkpoint.dir=" +
-                                (dir / "two").string(), mpirun);
+                                (dir / "two").string(), kMpirun);
   ASSERT_EQ(two.code, 0) << two.output;
-  auto losses = [](const fs::path& run_dir) {
-    std::vector<double> l;
-    std::ifstream in(run_dir / "metrics.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss")) l.push_back(j["loss"].get<double>());
-    }
-    return l;
-  };
-  const auto a = losses(dir / "one"), b = losses(dir / "two");
+  const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
   EXPECT_TRUE(fs::exists(dir / "two" / "checkpoints" / "step-00000008" / "model.safetensors"));
+  fs::remove_all(dir);
+}
+
+TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = temp_dir("ep");
+  const std::string recipe = write_recipe(dir);
+  const ProcessResult one = run("train " + recipe + " train.batch_size=4 log.samples=0 checkpoint.dir=" +
+                                (dir / "one").string());
+  ASSERT_EQ(one.code, 0) << one.output;
+  // Two ranks, each holding 2 of the 4 experts and training on its own 2 rows; rank 0 samples on
+  // the gathered model.
+  const std::string ep = "train " + recipe + " train.batch_size=2 parallel.expert_parallel=2 checkpoint.dir=";
+  const ProcessResult two = run(ep + (dir / "two").string(), kMpirun);
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_NE(two.output.find("samples:"), std::string::npos) << two.output;
+  const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+  const fs::path ckpt = dir / "two" / "checkpoints" / "step-00000008";
+  for (const char* f : {"optimizer-rank0-of2.safetensors", "optimizer-rank1-of2.safetensors"})
+    EXPECT_TRUE(fs::exists(ckpt / f)) << f;
+
+  // The checkpoint holds every expert: one rank evaluates it, as it does the one-rank checkpoint.
+  auto eval = [](const fs::path& c) {
+    const ProcessResult e =
+        run("eval " + c.string() + " --data " + std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
+    EXPECT_EQ(e.code, 0) << e.output;
+    const size_t at = e.output.find("loss ");
+    return at == std::string::npos ? -1.0 : std::stod(e.output.substr(at + 5));
+  };
+  const double e1 = eval(dir / "one" / "checkpoints" / "step-00000008"), e2 = eval(ckpt);
+  EXPECT_GT(e1, 0);
+  EXPECT_NEAR(e1, e2, 1e-4 * e1);
+
+  // Killed after step 6 under mpirun: resuming on two ranks gives the same curve.
+  const std::string killed = ep + (dir / "killed").string() + " log.samples=0";
+  ProcessResult r = run(killed, std::string("G4_FAULT_KILL=step:6 ") + kMpirun);
+  EXPECT_NE(r.code, 0) << r.output;
+  r = run(killed + " --resume", kMpirun);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "killed"), loss_lines(dir / "two"));
+
+  // Resuming per-rank optimizer shards on another number of ranks is a clear error.
+  r = run("train " + recipe + " checkpoint.dir=" + (dir / "two").string() + " train.steps=9 --resume");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("sharded over 2 ranks"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
 
