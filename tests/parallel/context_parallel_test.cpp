@@ -20,6 +20,7 @@ namespace g4::parallel {
 namespace {
 
 using testing::close_to;
+using testing::expect_matches_single_rank;
 using testing::error_of;
 using testing::mpi_world;
 using testing::Batch;
@@ -201,15 +202,7 @@ void check_cp_mesh(const CpCase& cc, const Batch& batch, const Reference& want) 
   ag::backward(share);
   reduce_gradients(m->params(), mesh);
 
-  Tensor loss = Tensor::scalar(share.value().item(), DType::F64);
-  world.all_reduce(loss);
-  EXPECT_NEAR(loss.item(), want.loss, kRel * want.loss);
-  const model::ExpertRange held = m->experts();
-  for (const std::string& name : m->params().order) {
-    const Tensor& w = want.grads.at(name);
-    const Tensor slice = model::is_expert_parameter(name) ? w.slice0(held.begin, held.count) : w;
-    EXPECT_TRUE(close_to(m->params().at(name).grad(), slice, 1e-9)) << name;
-  }
+  expect_matches_single_rank(world, share.value().item(), *m, want.loss, want.grads, kRel, 1e-9);
 }
 
 TEST(ContextParallel, OneRankGroupIsTheOrdinaryModel) {

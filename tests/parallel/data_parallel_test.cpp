@@ -18,6 +18,7 @@ namespace {
 
 using testing::Batch;
 using testing::close_to;
+using testing::expect_matches_single_rank;
 using testing::error_of;
 using testing::mpi_world;
 using testing::packed_batch;
@@ -117,15 +118,7 @@ void check_mesh(const MeshCase& mc, const Batch& batch, const Reference& want) {
   ag::backward(share);
   reduce_gradients(m->params(), mesh, mc.bucket_bytes);
 
-  Tensor loss = Tensor::scalar(share.value().item(), DType::F64);
-  world.all_reduce(loss);
-  EXPECT_NEAR(loss.item(), want.loss, kRel * want.loss);
-  const model::ExpertRange held = m->experts();
-  for (const std::string& name : m->params().order) {
-    const Tensor& w = want.grads.at(name);
-    const Tensor slice = model::is_expert_parameter(name) ? w.slice0(held.begin, held.count) : w;
-    EXPECT_TRUE(close_to(m->params().at(name).grad(), slice, kRel)) << name;
-  }
+  expect_matches_single_rank(world, share.value().item(), *m, want.loss, want.grads, kRel, kRel);
   // Rows per expert: this rank's experts saw its EP group's tokens; adding the dp replicas and
   // putting the EP ranks' experts side by side gives the counts of the whole batch.
   ASSERT_EQ(out.expert_tokens.size(), want.expert_tokens.size());

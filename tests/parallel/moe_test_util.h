@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "support/error_message.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "model/gemma4.h"
+#include "parallel/communicator.h"
 
 namespace g4::parallel::testing {
 
@@ -70,5 +73,21 @@ inline ::testing::AssertionResult close_to(const Tensor& got, const Tensor& want
 }
 
 using ::g4::test::error_of;
+
+// After backward from this rank's loss share and reduce_gradients: the global loss (the sum of the
+// ranks' shares) and every gradient (this rank's slice of expert tensors) equal one rank's run.
+inline void expect_matches_single_rank(Communicator& world, double my_share, const model::Gemma4& m, double want_loss,
+                                       const std::map<std::string, Tensor>& want_grads, double loss_rel,
+                                       double grad_rel) {
+  Tensor loss = Tensor::scalar(my_share, DType::F64);
+  world.all_reduce(loss);
+  EXPECT_NEAR(loss.item(), want_loss, loss_rel * want_loss);
+  const model::ExpertRange held = m.experts();
+  for (const std::string& name : m.params().order) {
+    const Tensor& w = want_grads.at(name);
+    const Tensor slice = model::is_expert_parameter(name) ? w.slice0(held.begin, held.count) : w;
+    EXPECT_TRUE(close_to(m.params().at(name).grad(), slice, grad_rel)) << name;
+  }
+}
 
 }  // namespace g4::parallel::testing
