@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/device_memory.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +41,29 @@ std::shared_ptr<void> cpu_alloc(size_t bytes) {
     g_current.fetch_sub(static_cast<int64_t>(size));
   });
 }
+
+std::shared_ptr<void> device_storage(size_t bytes) {
+#ifdef G4_WITH_CUDA
+  return detail::device_alloc(bytes);
+#else
+  (void)bytes;
+  G4_FAIL("this build of g4 has no CUDA backend (built without nvcc): cannot create a GPU tensor");
+#endif
+}
+
+// Copies between any devices; compiled to plain memcpy without the CUDA backend (where no tensor
+// can live on a GPU).
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+#ifdef G4_WITH_CUDA
+  if (dst_device == Device::CUDA || src_device == Device::CUDA) {
+    detail::device_copy(dst, dst_device, src, src_device, bytes);
+    return;
+  }
+#endif
+  (void)dst_device;
+  (void)src_device;
+  if (bytes) std::memcpy(dst, src, bytes);
+}
 }  // namespace
 
 MemoryStats host_memory_stats() { return MemoryStats{g_current.load(), g_peak.load()}; }
@@ -46,18 +71,23 @@ void reset_host_memory_peak() { g_peak.store(g_current.load()); }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) G4_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
-  G4_CHECK(device == Device::CPU, "Tensor::empty: CUDA tensors are created by the CUDA backend");
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;
-  t.storage_ = cpu_alloc(t.nbytes());
+  t.storage_ = device == Device::CUDA ? device_storage(t.nbytes()) : cpu_alloc(t.nbytes());
   return t;
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.raw(), 0, t.nbytes());
+  if (device == Device::CUDA) {
+#ifdef G4_WITH_CUDA
+    detail::device_zero(t.raw(), t.nbytes());
+#endif
+  } else {
+    std::memset(t.raw(), 0, t.nbytes());
+  }
   return t;
 }
 
@@ -130,16 +160,24 @@ Tensor Tensor::select0(int64_t index) const {
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape_, dtype_, device_);
-  std::memcpy(t.raw(), raw(), nbytes());
+  copy_bytes(t.raw(), device_, raw(), device_, nbytes());
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  G4_CHECK(defined(), "to(): undefined tensor");
+  Tensor t = empty(shape_, dtype_, device);
+  copy_bytes(t.raw(), device, raw(), device_, nbytes());
   return t;
 }
 
 void Tensor::copy_from(const Tensor& src) {
   G4_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_, "copy_from: ", src.describe(), " into ", describe());
-  std::memcpy(raw(), src.raw(), nbytes());
+  copy_bytes(raw(), device_, src.raw(), src.device_, nbytes());
 }
 
 double element_as_double(const Tensor& t, int64_t i) {
+  G4_CHECK(t.device() == Device::CPU, "reading elements of ", t.describe(), " on the GPU: copy it to the CPU first");
   const void* p = t.raw();
   switch (t.dtype()) {
     case DType::F32: return static_cast<const float*>(p)[i];
@@ -155,6 +193,7 @@ double element_as_double(const Tensor& t, int64_t i) {
 }
 
 int64_t element_as_int(const Tensor& t, int64_t i) {
+  G4_CHECK(t.device() == Device::CPU, "reading elements of ", t.describe(), " on the GPU: copy it to the CPU first");
   switch (t.dtype()) {
     case DType::I32: return static_cast<const int32_t*>(t.raw())[i];
     case DType::I64: return static_cast<const int64_t*>(t.raw())[i];
@@ -184,6 +223,12 @@ Tensor Tensor::to(DType dtype) const {
   G4_CHECK(defined(), "to(): undefined tensor");
   if (dtype == dtype_) return clone();
   Tensor t = empty(shape_, dtype, device_);
+  if (device_ == Device::CUDA) {
+#ifdef G4_WITH_CUDA
+    detail::device_convert(*this, t);
+#endif
+    return t;
+  }
   const int64_t n = numel();
   if (dtype_ == DType::I64 && dtype == DType::I32) {
     const int64_t* s = data<int64_t>();
@@ -206,18 +251,25 @@ Tensor Tensor::to(DType dtype) const {
 }
 
 void Tensor::fill(double value) {
+  if (device_ == Device::CUDA) {
+    Tensor host = empty(shape_, dtype_);
+    host.fill(value);
+    copy_from(host);
+    return;
+  }
   const int64_t n = numel();
   for (int64_t i = 0; i < n; ++i) set_element(*this, i, value);
 }
 
 double Tensor::item() const {
   G4_CHECK(numel() == 1, "item() of ", describe(), ": needs exactly one element");
+  if (device_ == Device::CUDA) return element_as_double(to(Device::CPU), 0);
   return element_as_double(*this, 0);
 }
 
 std::string Tensor::describe() const {
   if (!defined()) return "undefined";
-  return std::string(dtype_name(dtype_)) + shape_str(shape_);
+  return std::string(dtype_name(dtype_)) + shape_str(shape_) + (device_ == Device::CUDA ? "@cuda" : "");
 }
 
 }  // namespace g4

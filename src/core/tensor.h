@@ -68,13 +68,14 @@ class Tensor {
 
   // Copies.
   Tensor clone() const;
-  Tensor to(DType dtype) const;  // converts (f32<->f64<->bf16, f16->f32, ints<->floats)
-  void copy_from(const Tensor& src);  // same shape and dtype
+  Tensor to(DType dtype) const;  // converts (f32<->f64<->bf16, f16->f32, ints<->floats), same device
+  Tensor to(Device device) const;  // copies to the CPU or the GPU
+  void copy_from(const Tensor& src);  // same shape and dtype, any devices
   void fill(double value);
 
   double item() const;  // value of a one-element tensor, as double
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_; }
-  std::string describe() const;  // "f32[2, 3]"
+  std::string describe() const;  // "f32[2, 3]", "bf16[4, 8]@cuda"
 
  private:
   void check_type(DType want) const;

@@ -1,0 +1,69 @@
+// Elementwise dtype conversion of GPU tensors (Tensor::to on the device).
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/cuda/runtime.h"
+#include "core/device_memory.h"
+
+namespace g4::detail {
+
+namespace {
+
+template <class To, class From>
+__device__ To convert_one(From x) {
+  if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return __float2bfloat16(static_cast<float>(x));
+  } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
+    return static_cast<To>(__bfloat162float(x));
+  } else {
+    return static_cast<To>(x);
+  }
+}
+
+template <class To, class From>
+__global__ void convert_kernel(To* dst, const From* src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = convert_one<To>(src[i]);
+  }
+}
+
+template <class From>
+void convert_from(const Tensor& src, Tensor& dst) {
+  const int64_t n = src.numel();
+  const unsigned blocks = cuda::blocks_for(n < (int64_t{1} << 24) ? n : (int64_t{1} << 24), 256);
+  const auto* s = static_cast<const From*>(src.raw());
+  auto launch = [&](auto* d) { convert_kernel<<<blocks, 256, 0, cuda::stream()>>>(d, s, n); };
+  switch (dst.dtype()) {
+    case DType::F32: launch(static_cast<float*>(dst.raw())); break;
+    case DType::F64: launch(static_cast<double*>(dst.raw())); break;
+    case DType::BF16: launch(static_cast<__nv_bfloat16*>(dst.raw())); break;
+    case DType::I32: launch(static_cast<int32_t*>(dst.raw())); break;
+    case DType::I64: launch(static_cast<int64_t*>(dst.raw())); break;
+    case DType::U8:
+    case DType::Bool: launch(static_cast<uint8_t*>(dst.raw())); break;
+    default: G4_FAIL("to(): cannot convert ", src.describe(), " to ", dtype_name(dst.dtype()), " on the GPU");
+  }
+  G4_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void device_convert(const Tensor& src, Tensor& dst) {
+  G4_CHECK(src.device() == Device::CUDA && dst.device() == Device::CUDA && src.shape() == dst.shape(),
+           "device_convert: ", src.describe(), " -> ", dst.describe());
+  if (src.numel() == 0) return;
+  switch (src.dtype()) {
+    case DType::F32: convert_from<float>(src, dst); break;
+    case DType::F64: convert_from<double>(src, dst); break;
+    case DType::BF16: convert_from<__nv_bfloat16>(src, dst); break;
+    case DType::I32: convert_from<int32_t>(src, dst); break;
+    case DType::I64: convert_from<int64_t>(src, dst); break;
+    case DType::U8:
+    case DType::Bool: convert_from<uint8_t>(src, dst); break;
+    default: G4_FAIL("to(): cannot convert ", src.describe(), " on the GPU");
+  }
+}
+
+}  // namespace g4::detail

@@ -1,0 +1,48 @@
+// The CUDA runtime state one process uses: its compute stream, the cuBLASLt handle and workspace,
+// and the error check every CUDA call goes through. Only CUDA code (.cu files, cuda/ folders)
+// includes this header.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace g4::cuda {
+
+// Every kernel, copy and library call of g4 goes on this one stream, so work is ordered without
+// host synchronisation and freed memory can be reused at once by the next allocation.
+cudaStream_t stream();
+int device_sm_count();
+cublasLtHandle_t blaslt_handle();
+// A workspace for cuBLASLt (32 MiB, allocated once).
+void* blaslt_workspace();
+size_t blaslt_workspace_bytes();
+
+[[noreturn]] void fail(cudaError_t err, const char* expr, const char* file, int line);
+[[noreturn]] void fail_cublas(int status, const char* expr, const char* file, int line);
+
+// Grid size for a 1-D loop over n elements with `threads` threads per block.
+inline unsigned blocks_for(long long n, int threads) {
+  long long b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 2147483647LL) b = 2147483647LL;
+  return static_cast<unsigned>(b);
+}
+
+}  // namespace g4::cuda
+
+#define G4_CUDA_CHECK(expr)                                                      \
+  do {                                                                           \
+    cudaError_t g4_err_ = (expr);                                                \
+    if (g4_err_ != cudaSuccess) ::g4::cuda::fail(g4_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+#define G4_CUBLAS_CHECK(expr)                                                                   \
+  do {                                                                                          \
+    cublasStatus_t g4_st_ = (expr);                                                             \
+    if (g4_st_ != CUBLAS_STATUS_SUCCESS)                                                        \
+      ::g4::cuda::fail_cublas(static_cast<int>(g4_st_), #expr, __FILE__, __LINE__);             \
+  } while (0)
+
+// Checks the last kernel launch (launch errors only; faults surface at the next synchronisation).
+#define G4_CUDA_CHECK_LAUNCH() G4_CUDA_CHECK(cudaGetLastError())

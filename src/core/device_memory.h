@@ -1,0 +1,38 @@
+// GPU memory as the rest of the library sees it: allocation through a caching allocator, copies
+// between host and device, and memory statistics. Declared without CUDA headers so that core code
+// (Tensor) can use it; the implementation lives in core/cuda/ and exists only in CUDA builds.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace g4 {
+
+// True when this build has the CUDA backend and a GPU is visible.
+bool cuda_available();
+
+// Bytes held by live CUDA tensors (current, peak since the last reset) and bytes the caching
+// allocator holds from the driver (reserved, which includes freed blocks kept for reuse).
+struct DeviceMemoryStats {
+  int64_t current = 0;
+  int64_t peak = 0;
+  int64_t reserved = 0;
+};
+DeviceMemoryStats device_memory_stats();
+void reset_device_memory_peak();
+// Waits for all queued GPU work (the host blocks). Used at step boundaries and in benchmarks.
+void device_synchronize();
+
+namespace detail {
+std::shared_ptr<void> device_alloc(size_t bytes);
+void device_zero(void* p, size_t bytes);
+// Copies `bytes` between any two of host and device memory (queued on the compute stream; a copy
+// to the host waits for it).
+void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// dst = src converted elementwise (dtypes as Tensor::to allows); both on the GPU, same shape.
+void device_convert(const Tensor& src, Tensor& dst);
+}  // namespace detail
+
+}  // namespace g4
