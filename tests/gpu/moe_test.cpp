@@ -206,9 +206,12 @@ void check_grouped(const std::vector<int64_t>& counts, int64_t kd, int64_t nd, b
     expect_close_scaled(dxs, dxs_ref, 0, rtol, "grouped_matmul_backward dxs " + what);
     expect_close_scaled(dw, dw_ref, 0, rtol, "grouped_matmul_backward dw " + what);
     const Tensor dw_host = host_f32(dw);
-    for (int64_t e = 0; e < experts; ++e)
-      if (counts[static_cast<size_t>(e)] == 0)
-        for (int64_t i = 0; i < kd * nd; ++i) ASSERT_EQ(dw_host.data<float>()[e * kd * nd + i], 0.0f) << what;
+    for (int64_t e = 0; e < experts; ++e) {
+      if (counts[static_cast<size_t>(e)] != 0) continue;
+      for (int64_t i = 0; i < kd * nd; ++i) {
+        ASSERT_EQ(dw_host.data<float>()[e * kd * nd + i], 0.0f) << what << ": expert " << e << " has no rows";
+      }
+    }
   }
 }
 
