@@ -41,6 +41,10 @@ struct Recipe {
   // Expert parallelism: the routed experts are split over groups of this many ranks (1 = off);
   // data-parallel replicas = launched ranks / expert_parallel.
   int64_t expert_parallel = 1;
+  // Context parallelism: each sequence is split into this many contiguous slices, one per rank of a
+  // cp group, and attention runs as a ring over the group (1 = off). Rows are padded to a multiple
+  // of it. Data-parallel replicas = launched ranks / (expert_parallel * context_parallel).
+  int64_t context_parallel = 1;
 
   // checkpoints and logs
   std::string output_dir = "runs/default";
