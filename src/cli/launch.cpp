@@ -124,12 +124,13 @@ int run_rank(const parallel::LaunchInfo& info, const std::vector<std::string>& a
 }  // namespace
 
 void add_launch(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand(
-      "launch",
-      "Run a g4 command as N local ranks: g4 launch -n N train RECIPE.yaml ... Each line of output is prefixed "
-      "with its rank; the exit status is non-zero when any rank fails (the others are then stopped). For N > 1 "
-      "the ranks are started by Open MPI's mpirun, which must be on PATH (MPI carries the ranks' traffic, and only "
-      "an MPI launcher can start an MPI job); on a cluster, use srun or mpirun directly");
+  auto* cmd = app.add_subcommand("launch", "Run a g4 command as N local ranks (N > 1 under mpirun)");
+  cmd->footer(
+      "g4 launch -n N <g4 command...>, e.g. g4 launch -n 2 train recipe.yaml parallel.context_parallel=2\n"
+      "Each line of output is prefixed with its rank ([rank r]); the exit status is non-zero when any rank\n"
+      "fails, and the other ranks are then stopped. Each rank sees RANK, WORLD_SIZE and LOCAL_RANK.\n"
+      "For N > 1 the ranks are started by Open MPI's mpirun, which must be on PATH: they talk over MPI,\n"
+      "and only an MPI launcher can start an MPI job. On a cluster, use srun or mpirun directly.");
   struct Opts {
     int ranks = 1;
   };
