@@ -78,9 +78,10 @@ TEST(CommunicatorErrors, UnsupportedOrMisplacedTensors) {
   // A tensor that claims to live on the GPU is refused before anything touches its memory.
   Tensor host = Tensor::zeros({4}, DType::F32);
   Tensor on_gpu = Tensor::wrap(std::shared_ptr<void>(), host.raw(), {4}, DType::F32, Device::CUDA);
-  EXPECT_NE(error_of([&] {
-              comm.all_reduce(on_gpu);
-            }).find("tensor f32[4] is a CUDA tensor; the single communicator moves CPU tensors"),
+  // describe() marks the device: f32[4]@cuda.
+  EXPECT_NE(error_of([&] { comm.all_reduce(on_gpu); })
+                .find("single all_reduce: tensor f32[4]@cuda is a CUDA tensor; the single communicator moves "
+                      "CPU tensors"),
             std::string::npos);
 }
 
