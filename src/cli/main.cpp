@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   g4::cli::add_convert(app, action);
   g4::cli::add_train(app, action);
   g4::cli::add_eval(app, action);
+  g4::cli::add_launch(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -85,62 +85,70 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   };
   auto visible = [=](int r) { return block_visible(mask, mask.q_start, origin + r * Sl, Sl); };
 
-  // The ring: at step s this rank holds the block of rank - s.
-  std::vector<Tensor> ks(static_cast<size_t>(n)), vs(static_cast<size_t>(n));
+  // The ring: at step s this rank holds the block of rank - s, and receives the next one while it
+  // attends to it; no other remote block is kept (the backward pass runs the ring again).
+  const int next = (rank + 1) % n, prev = (rank - 1 + n) % n;
   Tensor cur_k = k.value(), cur_v = v.value();
   const int64_t nH = qv.size(2), dv = v.shape()[3];
   Tensor out = Tensor::zeros({B, Sl, nH, dv}, dt);
   Tensor lse = Tensor::full({B, nH, Sl}, -INFINITY, dt);
   for (int s = 0; s < n; ++s) {
     const int src = (rank - s + n) % n;
-    ks[static_cast<size_t>(src)] = cur_k;
-    vs[static_cast<size_t>(src)] = cur_v;
-    if (s + 1 < n) {  // pass the block on while attending to it (CPU: sequentially)
-      Tensor next_k = Tensor::empty(cur_k.shape(), cur_k.dtype()), next_v = Tensor::empty(cur_v.shape(), cur_v.dtype());
-      cp.send_recv(cur_k, (rank + 1) % n, next_k, (rank - 1 + n) % n);
-      cp.send_recv(cur_v, (rank + 1) % n, next_v, (rank - 1 + n) % n);
-      cur_k = next_k;
-      cur_v = next_v;
+    Tensor next_k, next_v;
+    if (s + 1 < n) {  // pass the block on (CPU: before attending to it, sequentially)
+      next_k = Tensor::empty(cur_k.shape(), cur_k.dtype());
+      next_v = Tensor::empty(cur_v.shape(), cur_v.dtype());
+      cp.send_recv(cur_k, next, next_k, prev);
+      cp.send_recv(cur_v, next, next_v, prev);
     }
-    if (!visible(src)) continue;
-    Tensor lse_b;
-    const Tensor out_b = ops::attention(qv, ks[static_cast<size_t>(src)], vs[static_cast<size_t>(src)],
-                                        block_mask(src), scale, &lse_b);
-    if (dt == DType::F64) merge_block<double>(out, lse, out_b, lse_b);
-    else merge_block<float>(out, lse, out_b, lse_b);
+    if (visible(src)) {
+      Tensor lse_b;
+      const Tensor out_b = ops::attention(qv, cur_k, cur_v, block_mask(src), scale, &lse_b);
+      if (dt == DType::F64) merge_block<double>(out, lse, out_b, lse_b);
+      else merge_block<float>(out, lse, out_b, lse_b);
+    }
+    cur_k = next_k;
+    cur_v = next_v;
   }
 
   const bool rec = ag::should_record({&q, &k, &v});
   ag::Var result(out, rec);
   if (rec) {
     auto qi = q.impl(), ki = k.impl(), vi = v.impl(), oi = result.impl();
-    ag::record_collective({oi}, [&cp, n, qi, ki, vi, oi, out, lse, ks, vs, block_mask, visible, scale] {
+    ag::record_collective({oi}, [&cp, n, next, prev, qi, ki, vi, oi, out, lse, block_mask, visible, scale] {
       const Tensor dout = oi->grad.defined() ? oi->grad : Tensor::zeros(out.shape(), out.dtype());
-      const Shape kshape = ki->value.shape(), vshape = vi->value.shape();
+      // The ring again: each K/V block travels with its dK/dV accumulators, to which every rank
+      // adds its queries' share; after n steps the accumulators have met every rank and one more
+      // step hands them to the block's owner. Each rank holds its block in hand and the one
+      // arriving: two blocks, however many ranks the ring has.
       Tensor dq = Tensor::zeros(qi->value.shape(), qi->value.dtype());
-      // Row r of the concatenations: this rank's gradient for rank r's block.
-      Shape one_k{1}, one_v{1};  // [1, ...]: concatenated into [cp, ...] for reduce_scatter
-      one_k.insert(one_k.end(), kshape.begin(), kshape.end());
-      one_v.insert(one_v.end(), vshape.begin(), vshape.end());
-      std::vector<Tensor> dks, dvs;
-      for (int r = 0; r < n; ++r) {
-        Tensor dq_b, dk_b, dv_b;
-        if (visible(r)) {
-          ops::attention_backward(dout, qi->value, ks[static_cast<size_t>(r)], vs[static_cast<size_t>(r)], out, lse,
-                                  block_mask(r), scale, dq_b, dk_b, dv_b);
+      Tensor cur_k = ki->value, cur_v = vi->value;
+      Tensor cur_dk = Tensor::zeros(cur_k.shape(), cur_k.dtype()), cur_dv = Tensor::zeros(cur_v.shape(), cur_v.dtype());
+      auto pass = [&](Tensor& t) {
+        Tensor in = Tensor::empty(t.shape(), t.dtype());
+        cp.send_recv(t, next, in, prev);
+        t = in;
+      };
+      for (int s = 0; s < n; ++s) {
+        const int src = (cp.rank() - s + n) % n;
+        if (visible(src)) {
+          Tensor dq_b, dk_b, dv_b;
+          ops::attention_backward(dout, qi->value, cur_k, cur_v, out, lse, block_mask(src), scale, dq_b, dk_b, dv_b);
           ops::add_(dq, dq_b);
-        } else {
-          dk_b = Tensor::zeros(kshape, ki->value.dtype());
-          dv_b = Tensor::zeros(vshape, vi->value.dtype());
+          ops::add_(cur_dk, dk_b);
+          ops::add_(cur_dv, dv_b);
         }
-        dks.push_back(dk_b.reshape(one_k));
-        dvs.push_back(dv_b.reshape(one_v));
+        if (n == 1) break;
+        if (s + 1 < n) {  // the block moves on with its accumulators
+          pass(cur_k);
+          pass(cur_v);
+        }
+        pass(cur_dk);  // after the last step: to the owner, and ours arrives
+        pass(cur_dv);
       }
-      const Tensor dk = cp.reduce_scatter(ops::concat(dks, 0)).reshape(kshape);
-      const Tensor dv = cp.reduce_scatter(ops::concat(dvs, 0)).reshape(vshape);
       ag::accumulate_grad(qi, dq);
-      ag::accumulate_grad(ki, dk);
-      ag::accumulate_grad(vi, dv);
+      ag::accumulate_grad(ki, cur_dk);
+      ag::accumulate_grad(vi, cur_dv);
     });
   }
   return result;
@@ -213,6 +221,35 @@ ContextShard shard_batch(const Tensor& input_ids, const Tensor& position_ids, co
   shard.position_ids = sequence_shard(pos, rank, cp);
   if (labels.defined()) shard.targets = sequence_shard(model::shift_labels(labels), rank, cp);
   return shard;
+}
+
+int64_t padded_length(int64_t S, int cp) {
+  G4_CHECK(cp >= 1, "context parallelism: a group of ", cp, " ranks");
+  return (S + cp - 1) / cp * cp;
+}
+
+PaddedRows pad_to_multiple(const Tensor& input_ids, const Tensor& position_ids, const Tensor& labels, int cp,
+                           int64_t pad_id) {
+  G4_CHECK(input_ids.defined() && input_ids.dim() == 2, "pad_to_multiple: input_ids must be [B, S], got ",
+           input_ids.describe());
+  const int64_t B = input_ids.size(0), S = input_ids.size(1), P = padded_length(S, cp);
+  for (const Tensor* t : {&position_ids, &labels})
+    G4_CHECK(!t->defined() || t->shape() == input_ids.shape(), "pad_to_multiple: position_ids and labels must match ",
+             "input_ids ", input_ids.describe(), ", got ", t->describe());
+  PaddedRows out;
+  out.input_ids = Tensor::empty({B, P}, DType::I64);
+  out.position_ids = Tensor::empty({B, P}, DType::I64);
+  if (labels.defined()) out.labels = Tensor::empty({B, P}, DType::I64);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < P; ++s) {
+      const int64_t i = b * P + s, src = b * S + s;
+      const bool real = s < S;
+      out.input_ids.data<int64_t>()[i] = real ? element_as_int(input_ids, src) : pad_id;
+      out.position_ids.data<int64_t>()[i] =
+          !real ? s - S : (position_ids.defined() ? element_as_int(position_ids, src) : s);
+      if (labels.defined()) out.labels.data<int64_t>()[i] = real ? element_as_int(labels, src) : -100;
+    }
+  return out;
 }
 
 }  // namespace g4::parallel

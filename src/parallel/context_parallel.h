@@ -21,8 +21,10 @@ namespace g4::parallel {
 // receives from r-1). Each block is attended with its owner's absolute offset, and the partial
 // results are merged by log-sum-exp. Blocks no query can see (causal future, outside the window)
 // are not computed, but every rank still takes part in every step.
-// Backward: each rank keeps the blocks it received, computes dK/dV for every block against the
-// merged output and lse, and a reduce_scatter returns each block's summed gradient to its owner.
+// Backward: a second ring. Each K/V block travels again with its dK/dV accumulators; every rank
+// adds its queries' share (against the merged output and lse) and accumulates dQ, and a last step
+// hands the summed dK/dV to the block's owner. A rank holds at most its current block and the one
+// arriving, forward and backward, whatever the size of the group.
 // Equals ops::attention on the full sequence up to summation order. Collective: every rank of
 // `cp` calls it, and its backward, in the same order.
 ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, const ag::Var& v,
@@ -40,6 +42,18 @@ struct ContextShard {
   Tensor targets;       // [B, S/cp], -100 = not counted (undefined without labels)
 };
 ContextShard shard_batch(const Tensor& input_ids, const Tensor& position_ids, const Tensor& labels, int rank, int cp);
+
+// Rows [B, S] padded on the right to the next multiple of cp, so they split into cp equal
+// slices: input ids with pad_id, labels -100, and positions that start one more document at 0,
+// so no real token attends to a padded one and none is a target. Rows without position ids are
+// one document each (an arange). Unchanged (but with positions) when S already divides. i64.
+struct PaddedRows {
+  Tensor input_ids, position_ids, labels;  // labels undefined when none were given
+};
+PaddedRows pad_to_multiple(const Tensor& input_ids, const Tensor& position_ids, const Tensor& labels, int cp,
+                           int64_t pad_id);
+// The sequence length after pad_to_multiple: S rounded up to a multiple of cp.
+int64_t padded_length(int64_t S, int cp);
 
 // Connects the model to its context-parallel group (mesh.cp_group()): its forward then takes one
 // shard_batch slice of each sequence, with targets and global position ids, and its attention

@@ -22,12 +22,13 @@ int parse_int(const char* name, const char* value) {
 }  // namespace
 
 LaunchInfo detect_launch(const EnvLookup& env) {
-  static constexpr const char* kVariables[][2] = {
-      {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-      {"PMI_RANK", "PMI_SIZE"},
-      {"SLURM_PROCID", "SLURM_NTASKS"},
+  static constexpr const char* kVariables[][3] = {
+      {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
+      {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"},
+      {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+      {"RANK", "WORLD_SIZE", "LOCAL_RANK"},
   };
-  for (const auto& [rank_var, size_var] : kVariables) {
+  for (const auto& [rank_var, size_var, local_var] : kVariables) {
     const char* rank = env(rank_var);
     const char* size = env(size_var);
     if (!rank || !size) continue;
@@ -38,6 +39,11 @@ LaunchInfo detect_launch(const EnvLookup& env) {
     G4_CHECK(info.size >= 1, "launch: ", size_var, "=", info.size, " is not a number of processes");
     G4_CHECK(info.rank >= 0 && info.rank < info.size, "launch: ", rank_var, "=", info.rank, " is not a rank of ",
              size_var, "=", info.size);
+    if (const char* local = env(local_var)) {
+      info.local_rank = parse_int(local_var, local);
+      G4_CHECK(info.local_rank >= 0 && info.local_rank < info.size, "launch: ", local_var, "=", info.local_rank,
+               " is not a local rank of ", size_var, "=", info.size);
+    }
     return info;
   }
   return LaunchInfo{};
@@ -49,8 +55,8 @@ std::unique_ptr<Communicator> make_world_communicator() {
   std::unique_ptr<Communicator> world = make_mpi_world_communicator();
   G4_CHECK(world->size() == launch.size && world->rank() == launch.rank, "launch: ", launch.launcher, " say rank ",
            launch.rank, " of ", launch.size, " but MPI started rank ", world->rank(), " of ", world->size(),
-           "; start every rank with mpirun or srun (under Slurm, an Open MPI built with Slurm/PMIx support:"
-           " srun --mpi=pmix)");
+           "; start every rank with mpirun, g4 launch or srun (under Slurm, an Open MPI built with Slurm/PMIx"
+           " support: srun --mpi=pmix)");
   return world;
 }
 

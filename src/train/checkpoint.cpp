@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
+#include "parallel/world.h"
 #include "train/optimizer_state.h"
 
 namespace g4::train {
@@ -44,6 +45,9 @@ void maybe_fault(const char* where, int64_t step) {
   const char* spec = std::getenv("G4_FAULT_KILL");
   if (!spec) return;
   const std::string want = std::string(where) + ":" + std::to_string(step);
+  // G4_FAULT_RANK=r: only that rank of a multi-rank job dies (its peers must be stopped by the launcher).
+  const char* only = std::getenv("G4_FAULT_RANK");
+  if (only && std::to_string(parallel::detect_launch().rank) != only) return;
   if (want == spec) ::kill(::getpid(), SIGKILL);
 }
 

@@ -41,8 +41,13 @@ struct Recipe {
   // Expert parallelism: the routed experts are split over groups of this many ranks (1 = off);
   // data-parallel replicas = launched ranks / expert_parallel.
   int64_t expert_parallel = 1;
+  // Context parallelism: each sequence is split into this many contiguous slices, one per rank of a
+  // cp group, and attention runs as a ring over the group (1 = off). Rows are padded to a multiple
+  // of it. Data-parallel replicas = launched ranks / (expert_parallel * context_parallel).
+  int64_t context_parallel = 1;
   // Sharded data parallelism (ZeRO-3 / FSDP): each data-parallel rank keeps only its 1/dp slice
   // of the replicated parameters' master weights, gradients and AdamW moments (parallel/fsdp.h).
+  // Its expert- and context-parallel peers (the same dp coordinate) hold the same slice.
   bool fsdp = false;
 
   // checkpoints and logs

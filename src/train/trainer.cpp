@@ -11,6 +11,7 @@
 #include "generate/generator.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
+#include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/world.h"
@@ -119,25 +120,71 @@ std::string render_samples(const model::Gemma4& m, const io::Tokenizer& tok, con
   return out;
 }
 
+// One micro-batch as this rank feeds it to the model. Under context parallelism (cp > 1) the rows
+// are padded to a multiple of cp and the rank keeps its contiguous slice, with the labels shifted
+// over the whole row first (targets) and global position ids.
+struct RankBatch {
+  model::ForwardInputs inputs;
+  Tensor targets;  // shifted labels of this rank's tokens: what its loss counts
+};
+
+RankBatch rank_batch(const data::Batch& b, int cp_rank, int cp, int64_t pad_id) {
+  RankBatch rb;
+  if (cp == 1) {
+    rb.inputs = {b.input_ids, Tensor(), b.position_ids, b.labels};
+    rb.targets = model::shift_labels(b.labels);
+    return rb;
+  }
+  const parallel::PaddedRows rows = parallel::pad_to_multiple(b.input_ids, b.position_ids, b.labels, cp, pad_id);
+  const parallel::ContextShard s = parallel::shard_batch(rows.input_ids, rows.position_ids, rows.labels, cp_rank, cp);
+  rb.inputs = {s.input_ids, Tensor(), s.position_ids, Tensor(), s.targets};
+  rb.targets = s.targets;
+  return rb;
+}
+
+// Mean validation loss over `batches`, each split over the cp group (collective over `cp`).
+double evaluate_loss_cp(const model::Gemma4& model, const std::vector<data::Batch>& batches,
+                        parallel::Communicator& cp, int64_t pad_id) {
+  ag::NoGrad no_grad;
+  Tensor sums = Tensor::zeros({2}, DType::F64);  // loss * tokens, tokens
+  for (const data::Batch& b : batches) {
+    const model::ForwardOutputs out = model.forward(rank_batch(b, cp.rank(), cp.size(), pad_id).inputs);
+    sums.data<double>()[0] += out.loss.value().item() * static_cast<double>(out.counted_tokens);
+    sums.data<double>()[1] += static_cast<double>(out.counted_tokens);
+  }
+  cp.all_reduce(sums);
+  return sums.data<double>()[1] > 0 ? sums.data<double>()[0] / sums.data<double>()[1] : std::nan("");
+}
+
 }  // namespace
 
 TrainResult run_training(const Recipe& r, bool resume) {
   const auto t_start = Clock::now();
   // One process per replica (mpirun / srun); a plain launch is one rank.
   const std::unique_ptr<parallel::Communicator> world = parallel::make_world_communicator();
-  const int64_t ep = r.expert_parallel;
-  G4_CHECK(world->size() % ep == 0, r.source, ": parallel.expert_parallel is ", ep, " but ", world->size(),
-           " ranks were launched (the ranks must split into groups of ", ep, ")");
-  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world->size() / ep;
-  G4_CHECK(replicas * ep == world->size(), r.source, ": parallel.data_parallel is ", replicas,
-           " and parallel.expert_parallel ", ep, ", which needs ", replicas * ep, " ranks, but ", world->size(),
-           " were launched");
-  parallel::DeviceMesh mesh(*world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep), 1});
+  const int64_t ep = r.expert_parallel, cp = r.context_parallel;
+  // Each cp rank holds one contiguous slice of every row; rows are padded to a multiple of cp.
+  G4_CHECK(r.data.seq_len >= cp, r.source, ": data.seq_len ", r.data.seq_len, " is shorter than ",
+           "parallel.context_parallel ", cp, ": every rank of a cp group needs at least one token of each row");
+  G4_CHECK(world->size() % (ep * cp) == 0, r.source, ": parallel.expert_parallel is ", ep,
+           " and parallel.context_parallel ", cp, " but ", world->size(),
+           " ranks were launched (the ranks must split into groups of ", ep, " x ", cp, " = ", ep * cp, ")");
+  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world->size() / (ep * cp);
+  G4_CHECK(replicas * ep * cp == world->size(), r.source, ": parallel.data_parallel is ", replicas,
+           ", parallel.expert_parallel ", ep, " and parallel.context_parallel ", cp, ", which needs ",
+           replicas * ep * cp, " ranks, but ", world->size(), " were launched");
+  const int64_t padded_len = parallel::padded_length(r.data.seq_len, static_cast<int>(cp));
+  parallel::DeviceMesh mesh(*world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep),
+                                                        static_cast<int>(cp)});
   const int64_t rank = world->rank(), ranks = world->size();
+  // The cp ranks of one (dp, ep) pair share their rows: rank / cp numbers the row streams.
+  const int64_t data_rank = rank / cp, data_ranks = ranks / cp;
+  const int cp_rank = mesh.coord().cp;
   const bool main_rank = rank == 0;  // the one that logs, samples and writes checkpoints
   std::unique_ptr<model::Gemma4> model = build_model(r, mesh.coord().ep, ep);
-  mesh.validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, r.data.seq_len);
+  mesh.validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, padded_len);
   if (ep > 1) parallel::enable_expert_parallel(*model, mesh.ep_group());
+  if (cp > 1) parallel::enable_context_parallel(*model, mesh.cp_group());
   model->set_recompute(r.recompute);
   model->set_router_aux_loss(r.router_aux_loss);
   const std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(r.tokenizer);
@@ -180,7 +227,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   std::optional<MetricsLog> log;
   if (main_rank) log.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), state.step);
 
-  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * ranks;
+  const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * data_ranks;
   if (main_rank) std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
               r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
               static_cast<long long>(model_numel), names.size(),
@@ -191,10 +238,16 @@ TrainResult run_training(const Recipe& r, bool resume) {
               static_cast<long long>(r.data.seq_len));
   if (main_rank) std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
   if (main_rank)
-    std::printf("training   %lld steps x %lld tokens (%lld data-parallel %s%s x %lld expert-parallel), lr %.2e (%s), recompute %s\n",
+    std::printf("training   %lld steps x %lld tokens (%lld data-parallel %s%s x %lld expert-parallel x %lld "
+                "context-parallel), lr %.2e (%s), recompute %s\n",
                 static_cast<long long>(r.steps), static_cast<long long>(tokens_per_step),
                 static_cast<long long>(replicas), r.fsdp ? "shard" : "replica", replicas > 1 ? "s" : "",
-                static_cast<long long>(ep), r.lr, r.schedule.c_str(), r.recompute ? "on" : "off");
+                static_cast<long long>(ep), static_cast<long long>(cp), r.lr, r.schedule.c_str(),
+                r.recompute ? "on" : "off");
+  if (main_rank && padded_len != r.data.seq_len)
+    std::printf("context    rows of %lld tokens padded to %lld for %lld slices of %lld\n",
+                static_cast<long long>(r.data.seq_len), static_cast<long long>(padded_len), static_cast<long long>(cp),
+                static_cast<long long>(padded_len / cp));
   std::fflush(stdout);
 
   const std::vector<data::Batch> val_batches =
@@ -208,20 +261,24 @@ TrainResult run_training(const Recipe& r, bool resume) {
 
   while (state.step < r.steps) {
     const auto t0 = Clock::now();
-    // Rank `rank` (every rank, EP peers included) takes micro-batch data_index * ranks + rank:
-    // together the ranks see exactly the rows one rank with ranks x batch_size would.
-    std::vector<data::Batch> micro;
+    // Row stream `data_rank` (every (dp, ep) pair of the mesh; its cp ranks share the rows, one
+    // slice each) takes micro-batch data_index * data_ranks + data_rank: together the ranks see
+    // exactly the rows one rank with data_ranks x batch_size would.
+    std::vector<RankBatch> micro;
     int64_t counted = 0;
     for (int64_t a = 0; a < r.grad_accumulation; ++a) {
-      micro.push_back(data.train_batch(r.batch_size, state.data_index++ * ranks + rank));
-      counted += parallel::global_token_count(micro.back().labels, *world);
+      const data::Batch b = data.train_batch(r.batch_size, state.data_index++ * data_ranks + data_rank);
+      micro.push_back(rank_batch(b, cp_rank, static_cast<int>(cp), tok->pad_id));
+      counted += parallel::global_target_count(micro.back().targets, *world);
     }
     double loss_sum = 0, aux_sum = 0;
     gather();
-    for (const data::Batch& b : micro) {
-      model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
-      model::ForwardOutputs out = model->forward(in);
-      if (out.counted_tokens == 0 || counted == 0) {
+    for (const RankBatch& b : micro) {
+      model::ForwardOutputs out = model->forward(b.inputs);
+      // Only a micro-batch without a counted token anywhere is skipped, by every rank alike: a rank
+      // whose own rows or slice count none still runs the backward (with weight 0), because its
+      // EP and CP peers' backward exchanges need it.
+      if (counted == 0) {
         ag::clear_tape();
         continue;
       }
@@ -269,7 +326,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
                           (state.step % r.validation_every == 0 || state.step == r.steps);
     if (validate) {
       gather();
-      result.last_validation_loss = evaluate_loss(*model, val_batches);
+      result.last_validation_loss = cp > 1 ? evaluate_loss_cp(*model, val_batches, mesh.cp_group(), tok->pad_id)
+                                           : evaluate_loss(*model, val_batches);
       if (main_rank)
         log->write({{"step", state.step}, {"validation_loss", result.last_validation_loss},
                     {"validation_perplexity", std::exp(result.last_validation_loss)}});
@@ -281,7 +339,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
       // then keeps its own optimizer moments in its own file.
       gather();
       std::unique_ptr<model::Gemma4> full;
-      if (ep > 1 && mesh.coord().dp == 0) full = gather_experts(*model, mesh.ep_group());
+      if (ep > 1 && mesh.coord().dp == 0 && cp_rank == 0) full = gather_experts(*model, mesh.ep_group());
       const model::Gemma4* export_model = full ? full.get() : model.get();
       result.checkpoint =
           sharded ? save_checkpoint(ckpt_dir, export_model, *sharded, state, r.tokenizer, r.keep_checkpoints, *world)
@@ -295,9 +353,11 @@ TrainResult run_training(const Recipe& r, bool resume) {
   gather();
   // Rank 0 alone evaluates and samples below; under EP it does so on the gathered whole model.
   std::unique_ptr<model::Gemma4> gathered;
-  if (ep > 1 && mesh.coord().dp == 0) gathered = gather_experts(*model, mesh.ep_group());
+  if (ep > 1 && mesh.coord().dp == 0 && cp_rank == 0) gathered = gather_experts(*model, mesh.ep_group());
   if (!main_rank) return result;
   if (gathered) model = std::move(gathered);
+  // Alone now: whole sequences on this rank (decoding refuses a context-parallel model).
+  model->set_context_attention(nullptr);
   bar.finish();
 
   // The loss picture, from the whole log (earlier runs of a resumed training included).

@@ -1,6 +1,7 @@
 // Sharded data parallelism (parallel.fsdp): the flat layout, the sharded AdamW step on one rank,
-// and, on 2 and 4 ranks (MpiRanks.*), training of the tiny MoE fixture on dp-shard and
-// dp-shard x ep meshes against one rank with the ordinary AdamW (f64: the loss of every step,
+// and, on 2 and 4 ranks (MpiRanks.*), training of the tiny MoE fixture on dp-shard, dp-shard x ep
+// and (with context parallelism) cp, dp-shard x cp and ep x cp meshes against one rank with the
+// ordinary AdamW (f64: the loss of every step,
 // the gradients of step 1, the grad norms, every parameter and the moments after the last
 // step). Also sharded checkpoints: written by 2 and 4 ranks, read back on the same mesh, on 1
 // rank and (from 4) on 2 ranks as other meshes, with the moments re-split.
@@ -13,6 +14,7 @@
 
 #include "model/state_dict_adapter.h"
 #include "moe_test_util.h"
+#include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/single_communicator.h"
@@ -167,13 +169,16 @@ TEST(Fsdp, OneRankShardedStepIsTheAdamWStep) {
 
 // --- 2 and 4 ranks ----------------------------------------------------------------------------
 
-// Trains kSteps sharded steps on the case's mesh, each rank on its rows, and compares with one rank.
+// Trains kSteps sharded steps on the case's mesh, each (dp, ep) pair on its rows (split over its
+// cp ranks, one contiguous slice each, when cp > 1), and compares with one rank. The flat slices
+// are split over dp only: the ep and cp peers of a rank hold the same slice.
 void check_sharded_training(const MeshShape& shape) {
   Communicator& world = mpi_world();
   DeviceMesh mesh(world, shape);
   const MeshCoord c = mesh.coord();
   auto m = model::load_hf_model(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
   if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
+  if (shape.cp > 1) enable_context_parallel(*m, mesh.cp_group());
   train::ShardedAdamW opt(m->params(), mesh, m->params().order, train::no_weight_decay(m->params(), m->config()),
                           kAdamW);
   const Reference& want = reference();
@@ -195,10 +200,19 @@ void check_sharded_training(const MeshShape& shape) {
     SCOPED_TRACE("step " + std::to_string(s + 1));
     opt.gather_parameters();
     const Batch batch = batch_of_step(s);
-    const int64_t rows = batch.rows() / world.size();
-    const Batch mine = batch.slice(world.rank() * rows, rows);
-    const int64_t N = global_token_count(mine.labels, world);
-    const model::ForwardOutputs out = m->forward({mine.ids, Tensor(), mine.positions, mine.labels});
+    // Row stream (dp, ep) = rank / cp (the mesh's layout); its cp ranks share the rows.
+    const int64_t rows = batch.rows() / (shape.dp_shard * shape.ep);
+    const Batch mine = batch.slice((c.dp * shape.ep + c.ep) * rows, rows);
+    int64_t N = 0;
+    model::ForwardOutputs out;
+    if (shape.cp > 1) {
+      const ContextShard shard = shard_batch(mine.ids, mine.positions, mine.labels, c.cp, shape.cp);
+      N = global_target_count(shard.targets, world);
+      out = m->forward({shard.input_ids, Tensor(), shard.position_ids, Tensor(), shard.targets});
+    } else {
+      N = global_token_count(mine.labels, world);
+      out = m->forward({mine.ids, Tensor(), mine.positions, mine.labels});
+    }
     const ag::Var share = global_loss_share(out, N);
     ag::backward(share);
     Tensor loss = Tensor::scalar(share.value().item(), DType::F64);
@@ -256,8 +270,10 @@ void check_sharded_training(const MeshShape& shape) {
 TEST(MpiRanks, ShardedDataParallelTrainsLikeOneRank) {
   G4_SKIP_UNLESS_MPI_CHILD();
   const int n = mpi_world().size();
-  const std::vector<MeshShape> shapes = n == 2 ? std::vector<MeshShape>{{.dp_shard = 2}, {.ep = 2}}
-                                               : std::vector<MeshShape>{{.dp_shard = 4}, {.dp_shard = 2, .ep = 2}};
+  const std::vector<MeshShape> shapes =
+      n == 2 ? std::vector<MeshShape>{{.dp_shard = 2}, {.ep = 2}, {.cp = 2}}
+             : std::vector<MeshShape>{{.dp_shard = 4}, {.dp_shard = 2, .ep = 2}, {.dp_shard = 2, .cp = 2},
+                                      {.ep = 2, .cp = 2}};
   for (const MeshShape& s : shapes) {
     SCOPED_TRACE(s.str());
     check_sharded_training(s);

@@ -78,9 +78,10 @@ TEST(CommunicatorErrors, UnsupportedOrMisplacedTensors) {
   // A tensor that claims to live on the GPU is refused before anything touches its memory.
   Tensor host = Tensor::zeros({4}, DType::F32);
   Tensor on_gpu = Tensor::wrap(std::shared_ptr<void>(), host.raw(), {4}, DType::F32, Device::CUDA);
-  EXPECT_NE(error_of([&] {
-              comm.all_reduce(on_gpu);
-            }).find("tensor f32[4] is a CUDA tensor; the single communicator moves CPU tensors"),
+  // describe() marks the device: f32[4]@cuda.
+  EXPECT_NE(error_of([&] { comm.all_reduce(on_gpu); })
+                .find("single all_reduce: tensor f32[4]@cuda is a CUDA tensor; the single communicator moves "
+                      "CPU tensors"),
             std::string::npos);
 }
 
@@ -153,6 +154,23 @@ TEST(LaunchDetection, ReadsTheLaunchersVariables) {
   EXPECT_EQ(slurm.rank, 5);
   EXPECT_EQ(slurm.size, 8);
   EXPECT_EQ(slurm.launcher, "SLURM_PROCID/SLURM_NTASKS");
+  EXPECT_EQ(slurm.local_rank, 0);
+  EXPECT_EQ(detect({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"}}).local_rank, 1);
+  EXPECT_EQ(detect({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}})
+                .local_rank,
+            3);
+
+  // torchrun-style variables (g4 launch sets them too); a launcher's own variables come first.
+  LaunchInfo torchrun = detect({{"RANK", "2"}, {"WORLD_SIZE", "3"}, {"LOCAL_RANK", "2"}});
+  EXPECT_EQ(torchrun.rank, 2);
+  EXPECT_EQ(torchrun.size, 3);
+  EXPECT_EQ(torchrun.local_rank, 2);
+  EXPECT_EQ(torchrun.launcher, "RANK/WORLD_SIZE");
+  EXPECT_EQ(detect({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}}).rank, 1);
+  EXPECT_NE(error_of([&] {
+              detect({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "x"}});
+            }).find("LOCAL_RANK='x' is not a whole number"),
+            std::string::npos);
 
   // A rank without a size (a Slurm batch script has SLURM_PROCID alone) is not a launch.
   EXPECT_EQ(detect({{"SLURM_PROCID", "0"}}).size, 1);

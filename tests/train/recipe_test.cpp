@@ -22,6 +22,9 @@ TEST(Recipe, DefaultsAndValues) {
   EXPECT_EQ(r.expert_parallel, 1);
   j["parallel"] = {{"expert_parallel", 2}};
   EXPECT_EQ(train::recipe_from_json(j, "test.yaml").expert_parallel, 2);
+  EXPECT_EQ(r.context_parallel, 1);
+  j["parallel"] = {{"context_parallel", 4}};
+  EXPECT_EQ(train::recipe_from_json(j, "test.yaml").context_parallel, 4);
 }
 
 TEST(Recipe, ErrorsNameTheKey) {
@@ -52,6 +55,8 @@ TEST(Recipe, ErrorsNameTheKey) {
   j = minimal();
   j["parallel"] = {{"expert_parallel", 0}};
   expect_error(j, "parallel.expert_parallel");
+  j["parallel"] = {{"context_parallel", 0}};
+  expect_error(j, "parallel.context_parallel");
 }
 
 TEST(Recipe, Wildcards) {
