@@ -1,8 +1,10 @@
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
+#include "ops/optim.h"
 #include "parallel/communicator.h"
 
 namespace g4::train {
@@ -14,72 +16,43 @@ AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std:
     const Tensor& p = params_.at(n).value();
     G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64,
              "AdamW keeps f32 (or f64) master weights; parameter ", n, " is ", p.describe());
-    m_.push_back(Tensor::zeros(p.shape(), p.dtype()));
-    v_.push_back(Tensor::zeros(p.shape(), p.dtype()));
+    m_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
+    v_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
   }
 }
 
 namespace {
-// One tensor's update, in the parameter's precision, in torch's operation order.
-// decay_mask (optional): element j takes weight decay only where decay_mask[j] is nonzero.
-template <class T>
-void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double lr, double decay, double b1, double b2, double eps,
-                  double step_size, double bc2_sqrt, const uint8_t* decay_mask = nullptr) {
-  const T tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2), teps = static_cast<T>(eps);
-  const T tstep = static_cast<T>(step_size), tc2 = static_cast<T>(bc2_sqrt), tdecay = static_cast<T>(decay);
-#pragma omp parallel for if (n > 65536)
-  for (int64_t j = 0; j < n; ++j) {
-    const T gj = g ? g[j] : T(0);
-    p[j] *= (!decay_mask || decay_mask[j]) ? tdecay : T(1);
-    m[j] += (gj - m[j]) * (T(1) - tb1);  // torch's lerp form
-    v[j] = v[j] * tb2 + (T(1) - tb2) * gj * gj;
-    const T denom = std::sqrt(v[j]) / tc2 + teps;
-    p[j] -= tstep * m[j] / denom;
-  }
+ops::AdamWHyper hyper(const AdamWOptions& opt, double lr, int64_t step) {
+  ops::AdamWHyper h;
+  h.lr = lr;
+  h.beta1 = opt.beta1;
+  h.beta2 = opt.beta2;
+  h.eps = opt.eps;
+  h.weight_decay = opt.weight_decay;
+  h.step = step;
+  return h;
 }
 }  // namespace
 
 void AdamW::step(double lr) {
   ++step_;
-  const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(step_));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt_.beta2, static_cast<double>(step_)));
+  const ops::AdamWHyper h = hyper(opt_, lr, step_);
   for (size_t i = 0; i < names_.size(); ++i) {
     ag::Var& var = params_.at(names_[i]);
-    const Tensor& g = var.grad();
-    const int64_t n = var.value().numel();
-    const double decay = no_decay_.count(names_[i]) ? 1.0 : 1.0 - lr * opt_.weight_decay;
-    if (var.value().dtype() == DType::F64)
-      adamw_update(var.mutable_value().data<double>(), m_[i].data<double>(), v_[i].data<double>(),
-                   g.defined() ? g.data<double>() : nullptr, n, lr, decay, opt_.beta1, opt_.beta2, opt_.eps, lr / bc1,
-                   bc2_sqrt);
-    else
-      adamw_update(var.mutable_value().data<float>(), m_[i].data<float>(), v_[i].data<float>(),
-                   g.defined() ? g.data<float>() : nullptr, n, lr, decay, opt_.beta1, opt_.beta2, opt_.eps, lr / bc1,
-                   bc2_sqrt);
+    // An undefined gradient counts as zero (the op's contract).
+    ops::adamw_step(var.mutable_value(), var.grad(), m_[i], v_[i], h, no_decay_.count(names_[i]) == 0);
   }
 }
 
 void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
                        double lr, const AdamWOptions& opt, int64_t step) {
   const int64_t n = p.numel();
-  G4_CHECK(step >= 1, "adamw_update_flat: step counts from 1, got ", step);
-  G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64, "adamw_update_flat: weights are ", p.describe());
-  for (const Tensor* t : {&m, &v})
-    G4_CHECK(t->dtype() == p.dtype() && t->numel() == n, "adamw_update_flat: moment ", t->describe(),
-             " does not match weights ", p.describe());
-  G4_CHECK(!g.defined() || (g.dtype() == p.dtype() && g.numel() == n), "adamw_update_flat: gradient ", g.describe(),
-           " does not match weights ", p.describe());
   G4_CHECK(static_cast<int64_t>(decay_mask.size()) == n, "adamw_update_flat: the weight-decay mask has ",
            decay_mask.size(), " elements, the weights ", n);
-  const double bc1 = 1.0 - std::pow(opt.beta1, static_cast<double>(step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, static_cast<double>(step)));
-  const double decay = 1.0 - lr * opt.weight_decay;
-  if (p.dtype() == DType::F64)
-    adamw_update(p.data<double>(), m.data<double>(), v.data<double>(), g.defined() ? g.data<double>() : nullptr, n,
-                 lr, decay, opt.beta1, opt.beta2, opt.eps, lr / bc1, bc2_sqrt, decay_mask.data());
-  else
-    adamw_update(p.data<float>(), m.data<float>(), v.data<float>(), g.defined() ? g.data<float>() : nullptr, n, lr,
-                 decay, opt.beta1, opt.beta2, opt.eps, lr / bc1, bc2_sqrt, decay_mask.data());
+  Tensor mask = Tensor::empty(p.shape(), DType::U8);
+  std::copy(decay_mask.begin(), decay_mask.end(), mask.data<uint8_t>());
+  if (p.device() != Device::CPU) mask = mask.to(p.device());
+  ops::adamw_step(p, g, m, v, hyper(opt, lr, step), /*decay=*/true, mask);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {

@@ -57,5 +57,21 @@ TEST(Embedding, OutOfRangeIdNamesIdPositionAndVocab) {
                {"f32[3, 5]", "i64[2]"});
 }
 
+TEST(Embedding, BackwardAccumulatesIntoAnExistingBuffer) {
+  const Tensor ids = Tensor::from_vector<int64_t>({1, 4, 1, 0, 5, 1}, {2, 3});
+  const Tensor dy = randn({2, 3, 3}, 5);
+  const Tensor once = ops::embedding_backward(dy, ids, 6, 4);
+  Tensor dw = Tensor::zeros({6, 3}, DType::F32);
+  ops::embedding_backward_accumulate(dw, dy, ids, 4);
+  ops::embedding_backward_accumulate(dw, dy, ids, 4);
+  Tensor twice = once.clone();
+  for (int64_t i = 0; i < twice.numel(); ++i) twice.data<float>()[i] *= 2;
+  test::expect_close(dw, twice, 1e-6, "accumulated twice");  // a repeated id's sums round differently
+  Tensor wrong = Tensor::zeros({6, 4}, DType::F32);
+  expect_error([&] { ops::embedding_backward_accumulate(wrong, dy, ids, -1); }, {"dw", "f32[6, 4]"});
+  Tensor small = Tensor::zeros({3, 3}, DType::F32);
+  expect_error([&] { ops::embedding_backward_accumulate(small, dy, ids, -1); }, {"id 4", "position 1", "[0, 3)"});
+}
+
 }  // namespace
 }  // namespace g4

@@ -4,6 +4,10 @@
 #include <cstring>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/embedding.h"
+#endif
 
 namespace g4::ops {
 
@@ -20,6 +24,7 @@ std::vector<int64_t> checked_ids(const char* op, const Tensor& ids, int64_t voca
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  G4_FORWARD_TO_CUDA(weight, embedding(weight, ids));
   cpu::check_rank("embedding", "weight", weight, 2, "[V, D]");
   const int64_t vocab = weight.size(0), d = weight.size(1);
   const std::vector<int64_t> v = checked_ids("embedding", ids, vocab);
@@ -34,17 +39,29 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t vocab, int64_t padding_idx) {
+  G4_FORWARD_TO_CUDA(dy, embedding_backward(dy, ids, vocab, padding_idx));
+  cpu::check_defined("embedding_backward", "dy", dy);
+  const int64_t d = dy.dim() > 0 ? dy.size(-1) : 0;
+  Tensor dw = Tensor::zeros({vocab, d}, dy.dtype());
+  embedding_backward_accumulate(dw, dy, ids, padding_idx);
+  return dw;
+}
+
+void embedding_backward_accumulate(Tensor& dw, const Tensor& dy, const Tensor& ids, int64_t padding_idx) {
+  G4_FORWARD_TO_CUDA(dy, embedding_backward_accumulate(dw, dy, ids, padding_idx));
   const char* op = "embedding_backward";
   cpu::check_defined(op, "dy", dy);
   cpu::check_defined(op, "ids", ids);
   Shape want = ids.shape();
   want.push_back(dy.dim() > 0 ? dy.size(-1) : 0);
   G4_CHECK(dy.shape() == want, op, ": dy ", dy.describe(), " must be [ids..., D] for ids ", ids.describe());
-  const std::vector<int64_t> v = checked_ids(op, ids, vocab);
-  return cpu::dispatch_float(op, dy, [&](auto tag) {
+  cpu::check_rank(op, "dw", dw, 2, "[V, D]");
+  G4_CHECK(dw.size(1) == want.back() && dw.dtype() == dy.dtype(), op, ": dw ", dw.describe(), " must be [V, ",
+           want.back(), "] of dy's dtype (dy ", dy.describe(), ")");
+  const std::vector<int64_t> v = checked_ids(op, ids, dw.size(0));
+  cpu::dispatch_float(op, dy, [&](auto tag) {
     using T = decltype(tag);
     const int64_t d = dy.size(-1);
-    Tensor dw = Tensor::zeros({vocab, d}, dy.dtype());
     const T* pdy = dy.data<T>();
     T* pdw = dw.data<T>();
     // Serial on purpose: repeated ids would race, and the fixed order keeps results reproducible.
@@ -52,7 +69,6 @@ Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t vocab, in
       if (v[i] == padding_idx) continue;
       for (int64_t c = 0; c < d; ++c) pdw[v[i] * d + c] += pdy[i * d + c];
     }
-    return dw;
   });
 }
 

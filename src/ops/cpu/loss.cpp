@@ -4,6 +4,10 @@
 #include <cmath>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/loss.h"
+#endif
 
 namespace g4::ops {
 
@@ -26,6 +30,12 @@ std::vector<int64_t> check_targets(const char* op, const Tensor& logits, const T
   return t;
 }
 
+std::vector<double> read_floats(const Tensor& t) {
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = element_as_double(t, static_cast<int64_t>(i));
+  return out;
+}
+
 // max and log(Σ exp(x - max)) of one row.
 template <class T>
 double log_sum_exp(const T* x, int64_t v) {
@@ -38,6 +48,7 @@ double log_sum_exp(const T* x, int64_t v) {
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
+  G4_FORWARD_TO_CUDA(logits, cross_entropy(logits, targets, ignore_index));
   const std::vector<int64_t> t = check_targets("cross_entropy", logits, targets, ignore_index);
   return cpu::dispatch_float("cross_entropy", logits, [&](auto tag) {
     using T = decltype(tag);
@@ -56,6 +67,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
 }
 
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_scale, int64_t ignore_index) {
+  G4_FORWARD_TO_CUDA(logits, cross_entropy_backward(logits, targets, grad_scale, ignore_index));
   const std::vector<int64_t> t = check_targets("cross_entropy_backward", logits, targets, ignore_index);
   return cpu::dispatch_float("cross_entropy_backward", logits, [&](auto tag) {
     using T = decltype(tag);
@@ -73,6 +85,81 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, doubl
       }
     }
     return grad;
+  });
+}
+
+namespace {
+// The logit the loss sees: softcap * tanh(x / softcap), or x itself without a cap.
+double capped(double x, double softcap) { return softcap > 0 ? softcap * std::tanh(x / softcap) : x; }
+
+// A per-row tensor (loss, lse, grad_rows) must have the targets' shape and a float dtype.
+void check_row_tensor(const char* op, const char* name, const Tensor& t, const Tensor& targets) {
+  cpu::check_defined(op, name, t);
+  G4_CHECK(t.shape() == targets.shape() && (t.dtype() == DType::F32 || t.dtype() == DType::F64), op, ": ", name,
+           " must be f32/f64 of the targets' shape ", shape_str(targets.shape()), ", got ", t.describe());
+}
+}  // namespace
+
+CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index) {
+  G4_FORWARD_TO_CUDA(logits, cross_entropy_rows(logits, targets, softcap, ignore_index));
+  const char* op = "cross_entropy_rows";
+  const std::vector<int64_t> t = check_targets(op, logits, targets, ignore_index);
+  G4_CHECK(softcap >= 0, op, ": softcap must be >= 0 (0 = none), got ", softcap);
+  return cpu::dispatch_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
+    const T* p = logits.data<T>();
+    CrossEntropyRows out{Tensor::zeros(targets.shape(), logits.dtype()), Tensor::zeros(targets.shape(), logits.dtype())};
+    T* loss = out.loss.data<T>();
+    T* lse = out.lse.data<T>();
+#pragma omp parallel for if (n * v > (1 << 15))
+    for (int64_t r = 0; r < n; ++r) {
+      if (t[r] == ignore_index) continue;
+      const T* x = p + r * v;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < v; ++j) mx = std::max(mx, capped(static_cast<double>(x[j]), softcap));
+      double s = 0;
+      for (int64_t j = 0; j < v; ++j) s += std::exp(capped(static_cast<double>(x[j]), softcap) - mx);
+      const double l = mx + std::log(s);
+      lse[r] = static_cast<T>(l);
+      loss[r] = static_cast<T>(l - capped(static_cast<double>(x[t[r]]), softcap));
+    }
+    return out;
+  });
+}
+
+Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
+                                   const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits) {
+  G4_FORWARD_TO_CUDA(logits,
+                     cross_entropy_rows_backward(logits, targets, lse, softcap, grad_rows, ignore_index, dlogits));
+  const char* op = "cross_entropy_rows_backward";
+  const std::vector<int64_t> t = check_targets(op, logits, targets, ignore_index);
+  G4_CHECK(softcap >= 0, op, ": softcap must be >= 0 (0 = none), got ", softcap);
+  check_row_tensor(op, "lse", lse, targets);
+  check_row_tensor(op, "grad_rows", grad_rows, targets);
+  if (dlogits.defined()) cpu::check_same_shape(op, "dlogits", dlogits, "logits", logits);
+  return cpu::dispatch_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
+    const std::vector<double> l = read_floats(lse), g = read_floats(grad_rows);
+    Tensor out = dlogits.defined() ? dlogits : Tensor::empty(logits.shape(), logits.dtype());
+    const T* p = logits.data<T>();
+    T* d = out.data<T>();
+#pragma omp parallel for if (n * v > (1 << 15))
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < v; ++j) {
+        const double x = static_cast<double>(p[r * v + j]);
+        double grad = 0;
+        if (t[r] != ignore_index) {
+          const double th = softcap > 0 ? std::tanh(x / softcap) : 0;
+          const double z = softcap > 0 ? softcap * th : x;
+          const double dz = softcap > 0 ? 1 - th * th : 1;
+          grad = g[r] * (std::exp(z - l[r]) - (j == t[r] ? 1.0 : 0.0)) * dz;
+        }
+        d[r * v + j] = static_cast<T>(grad);  // after reading p[r * v + j]: dlogits may be logits
+      }
+    }
+    return out;
   });
 }
 
