@@ -161,12 +161,12 @@ TEST(GpuElementwise, RowVectorAndSums) {
   check_both("sum_all f32[4194304]", {big}, [](const std::vector<Tensor>& t) { return ops::sum_all(t[0]); }, 2e-2);
 }
 
-// Rows of 128 (the router), odd widths, and rows too long for registers; masked (-inf) entries and
-// a fully masked row, which gives zeros.
+// Rows of 128 (the router), odd widths, rows of 32768 (1024 threads a row), and rows too long for
+// registers; masked (-inf) entries and a fully masked row, which gives zeros.
 TEST(GpuElementwise, Softmax) {
   G4_REQUIRE_GPU();
   uint64_t seed = 700;
-  for (const Shape& s : std::vector<Shape>{{64, 128}, {3, 5, 257}, {4, 2816}, {2, 40000}, {3, 1}, {2, 9000}}) {
+  for (const Shape& s : std::vector<Shape>{{64, 128}, {3, 5, 257}, {4, 2816}, {2, 40000}, {3, 1}, {2, 9000}, {2, 32768}}) {
     Tensor x = randn_bf16_exact(s, ++seed, 3.0);
     float* px = x.data<float>();
     const int64_t d = s.back(), rows = x.numel() / d;

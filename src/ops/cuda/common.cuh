@@ -4,7 +4,9 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
+#include <unordered_map>
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
@@ -155,23 +157,44 @@ struct RowPlan {
   unsigned grid = 1;
 };
 
-// `vec` is the pack width wanted (1 when pointers or d do not allow packs); `threads_per_sm` bounds
-// the grid (the kernels loop over rows).
-inline RowPlan plan_rows(const char* op, int64_t rows, int64_t d, int vec, int threads_per_sm = 2048) {
+// Most threads per block a kernel can be launched with (its register use bounds it), cached per
+// kernel.
+inline int max_block_threads(const void* kernel) {
+  static std::mutex mu;
+  static std::unordered_map<const void*, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(kernel);
+  if (it != cache.end()) return it->second;
+  cudaFuncAttributes attr{};
+  G4_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  cache.emplace(kernel, attr.maxThreadsPerBlock);
+  return attr.maxThreadsPerBlock;
+}
+
+// `vec` is the pack width (1, or 16 bytes' worth when pointers and d allow packs: d % vec == 0);
+// max_cached / max_uncached are the block limits of the two kernel variants; `threads_per_sm`
+// bounds the grid (the kernels loop over rows).
+inline RowPlan plan_rows(const char* op, int64_t rows, int64_t d, int vec, int max_cached, int max_uncached,
+                         int threads_per_sm = 2048) {
   G4_CHECK(d < (int64_t{1} << 31), op, ": last dimension ", d, " too large");
+  G4_CHECK(d % vec == 0, op, ": internal error, pack width ", vec, " for rows of ", d);
+  auto floor32 = [](int n) { n = n < 1024 ? n : 1024; return n < 32 ? 32 : n / 32 * 32; };
   RowPlan p;
-  p.vec = (vec > 1 && d % vec == 0) ? vec : 1;
-  p.nvec = static_cast<int>(d / p.vec);
+  p.vec = vec;
+  p.nvec = static_cast<int>(d / vec);
   const int per = (p.nvec + kRowCache - 1) / kRowCache;
-  int tpr = (per + 31) / 32 * 32;
-  p.tpr = tpr < 32 ? 32 : (tpr > 1024 ? 1024 : tpr);
-  p.cached = p.nvec <= kRowCache * p.tpr;
-  p.rows_per_block = p.tpr < 256 ? 256 / p.tpr : 1;
+  const int want = per < 32 ? 32 : (per + 31) / 32 * 32;
+  const int cap_cached = floor32(max_cached);
+  p.cached = want <= cap_cached;
+  p.tpr = p.cached ? want : floor32(max_uncached);
+  const int cap = p.cached ? cap_cached : floor32(max_uncached);
+  const int small = cap < 256 ? cap : 256;
+  p.rows_per_block = p.tpr < small ? small / p.tpr : 1;
   p.block = p.rows_per_block * p.tpr;
   const int64_t groups = (rows + p.rows_per_block - 1) / p.rows_per_block;
   const int per_sm = threads_per_sm / p.block < 1 ? 1 : threads_per_sm / p.block;
-  const int64_t cap = int64_t{g4::cuda::device_sm_count()} * per_sm;
-  p.grid = static_cast<unsigned>(groups < 1 ? 1 : (groups < cap ? groups : cap));
+  const int64_t grid_cap = int64_t{g4::cuda::device_sm_count()} * per_sm;
+  p.grid = static_cast<unsigned>(groups < 1 ? 1 : (groups < grid_cap ? groups : grid_cap));
   return p;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/elementwise.h"
@@ -572,20 +573,19 @@ Tensor softmax_lastdim(const Tensor& x) {
     using T = decltype(tag);
     const T* px = static_cast<const T*>(x.raw());
     T* py = static_cast<T*>(y.raw());
-    const bool al = aligned16(px) && aligned16(py);
-    const RowPlan p = plan_rows("softmax_lastdim", rows, d, al ? kVec<T> : 1);
-    cudaStream_t st = g4::cuda::stream();
-    constexpr int K = kRowCache, V = kVec<T>;
-    if (p.vec == V) {
-      if (p.cached) {
-        softmax_kernel<T, V, K, true><<<p.grid, p.block, 0, st>>>(px, py, rows, p.nvec, p.tpr);
-      } else {
-        softmax_kernel<T, V, K, false><<<p.grid, p.block, 0, st>>>(px, py, rows, p.nvec, p.tpr);
-      }
-    } else if (p.cached) {
-      softmax_kernel<T, 1, K, true><<<p.grid, p.block, 0, st>>>(px, py, rows, p.nvec, p.tpr);
+    const bool vec = aligned16(px) && aligned16(py) && d % kVec<T> == 0;
+    auto launch = [&](auto vtag) {
+      constexpr int V = decltype(vtag)::value;
+      auto* kc = softmax_kernel<T, V, kRowCache, true>;
+      auto* ku = softmax_kernel<T, V, kRowCache, false>;
+      const RowPlan p = plan_rows("softmax_lastdim", rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
+                                  max_block_threads(reinterpret_cast<const void*>(ku)));
+      (p.cached ? kc : ku)<<<p.grid, p.block, 0, g4::cuda::stream()>>>(px, py, rows, p.nvec, p.tpr);
+    };
+    if (vec) {
+      launch(std::integral_constant<int, kVec<T>>{});
     } else {
-      softmax_kernel<T, 1, K, false><<<p.grid, p.block, 0, st>>>(px, py, rows, p.nvec, p.tpr);
+      launch(std::integral_constant<int, 1>{});
     }
     G4_CUDA_CHECK_LAUNCH();
   });
@@ -603,20 +603,20 @@ Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
     const T* pdy = static_cast<const T*>(dy.raw());
     const T* py = static_cast<const T*>(y.raw());
     T* pdx = static_cast<T*>(dx.raw());
-    const bool al = aligned16(pdy) && aligned16(py) && aligned16(pdx);
-    const RowPlan p = plan_rows("softmax_lastdim_backward", rows, d, al ? kVec<T> : 1);
-    cudaStream_t st = g4::cuda::stream();
-    constexpr int K = kRowCache, V = kVec<T>;
-    if (p.vec == V) {
-      if (p.cached) {
-        softmax_backward_kernel<T, V, K, true><<<p.grid, p.block, 0, st>>>(pdy, py, pdx, rows, p.nvec, p.tpr);
-      } else {
-        softmax_backward_kernel<T, V, K, false><<<p.grid, p.block, 0, st>>>(pdy, py, pdx, rows, p.nvec, p.tpr);
-      }
-    } else if (p.cached) {
-      softmax_backward_kernel<T, 1, K, true><<<p.grid, p.block, 0, st>>>(pdy, py, pdx, rows, p.nvec, p.tpr);
+    const bool vec = aligned16(pdy) && aligned16(py) && aligned16(pdx) && d % kVec<T> == 0;
+    auto launch = [&](auto vtag) {
+      constexpr int V = decltype(vtag)::value;
+      auto* kc = softmax_backward_kernel<T, V, kRowCache, true>;
+      auto* ku = softmax_backward_kernel<T, V, kRowCache, false>;
+      const RowPlan p =
+          plan_rows("softmax_lastdim_backward", rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
+                    max_block_threads(reinterpret_cast<const void*>(ku)));
+      (p.cached ? kc : ku)<<<p.grid, p.block, 0, g4::cuda::stream()>>>(pdy, py, pdx, rows, p.nvec, p.tpr);
+    };
+    if (vec) {
+      launch(std::integral_constant<int, kVec<T>>{});
     } else {
-      softmax_backward_kernel<T, 1, K, false><<<p.grid, p.block, 0, st>>>(pdy, py, pdx, rows, p.nvec, p.tpr);
+      launch(std::integral_constant<int, 1>{});
     }
     G4_CUDA_CHECK_LAUNCH();
   });

@@ -5,6 +5,7 @@
 // in registers across the rows a thread visits, combined per block into one partial row, and the
 // partial rows are added by column_reduce: no atomics, deterministic.
 #include <initializer_list>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/norm.h"
@@ -223,21 +224,20 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
     const T* px = static_cast<const T*>(x.raw());
     const T* pw = w.defined() ? static_cast<const T*>(w.raw()) : nullptr;
     T* py = static_cast<T*>(y.raw());
-    const bool al = all_aligned({px, pw, py});
-    const RowPlan p = plan_rows("rmsnorm", rows, d, al ? kVec<T> : 1);
-    constexpr int K = kRowCache, V = kVec<T>;
-    cudaStream_t st = g4::cuda::stream();
-    const float fe = static_cast<float>(eps);
-    if (p.vec == V) {
-      if (p.cached) {
-        rmsnorm_kernel<T, V, K, true><<<p.grid, p.block, 0, st>>>(px, pw, py, rows, p.nvec, p.tpr, fe);
-      } else {
-        rmsnorm_kernel<T, V, K, false><<<p.grid, p.block, 0, st>>>(px, pw, py, rows, p.nvec, p.tpr, fe);
-      }
-    } else if (p.cached) {
-      rmsnorm_kernel<T, 1, K, true><<<p.grid, p.block, 0, st>>>(px, pw, py, rows, p.nvec, p.tpr, fe);
+    const bool vec = all_aligned({px, pw, py}) && d % kVec<T> == 0;
+    auto launch = [&](auto vtag) {
+      constexpr int V = decltype(vtag)::value;
+      auto* kc = rmsnorm_kernel<T, V, kRowCache, true>;
+      auto* ku = rmsnorm_kernel<T, V, kRowCache, false>;
+      const RowPlan p = plan_rows("rmsnorm", rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
+                                  max_block_threads(reinterpret_cast<const void*>(ku)));
+      (p.cached ? kc : ku)<<<p.grid, p.block, 0, g4::cuda::stream()>>>(px, pw, py, rows, p.nvec, p.tpr,
+                                                                        static_cast<float>(eps));
+    };
+    if (vec) {
+      launch(std::integral_constant<int, kVec<T>>{});
     } else {
-      rmsnorm_kernel<T, 1, K, false><<<p.grid, p.block, 0, st>>>(px, pw, py, rows, p.nvec, p.tpr, fe);
+      launch(std::integral_constant<int, 1>{});
     }
     G4_CUDA_CHECK_LAUNCH();
   });
@@ -263,49 +263,44 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, double
     const T* pdy = static_cast<const T*>(dy.raw());
     const T* pw = has_w ? static_cast<const T*>(w.raw()) : nullptr;
     T* pdx = static_cast<T*>(dx.raw());
-    const bool al = all_aligned({px, pdy, pw, pdx});
-    // A quarter of the blocks of a forward (the cached kernel needs ~150 registers a thread): bounds
-    // the partial rows of dw (grid x d floats).
-    const RowPlan p = plan_rows(op, rows, d, al ? kVec<T> : 1, 512);
-    constexpr int K = kRowCache, V = kVec<T>;
-    cudaStream_t st = g4::cuda::stream();
-    const float fe = static_cast<float>(eps);
-    Tensor partial, inv;
-    float* pp = nullptr;
-    float* pinv = nullptr;
-    size_t smem_bytes = 0;
-    if (has_w && p.cached) {
-      partial = Tensor::empty({static_cast<int64_t>(p.grid), d}, DType::F32, Device::CUDA);
-      pp = partial.data<float>();
-      // rows_per_block > 1 only when tpr < 256, and a cached row has d <= kRowCache * tpr * 8, so
-      // rows_per_block * d <= 256 * kRowCache * 8 floats = 32 KiB (within the default 48 KiB).
-      if (p.rows_per_block > 1) smem_bytes = static_cast<size_t>(p.rows_per_block) * static_cast<size_t>(d) * 4;
-    } else if (has_w) {
-      inv = Tensor::empty({rows}, DType::F32, Device::CUDA);
-      pinv = inv.data<float>();
-    }
-    G4_CHECK(smem_bytes <= 48 * 1024, op, ": internal error, ", smem_bytes, " bytes of shared memory for ",
-             x.describe());
-    if (p.vec == V) {
-      if (p.cached) {
-        rmsnorm_backward_kernel<T, V, K, true>
-            <<<p.grid, p.block, smem_bytes, st>>>(pdy, px, pw, pdx, pp, pinv, rows, p.nvec, p.tpr, fe);
-      } else {
-        rmsnorm_backward_kernel<T, V, K, false>
-            <<<p.grid, p.block, smem_bytes, st>>>(pdy, px, pw, pdx, pp, pinv, rows, p.nvec, p.tpr, fe);
+    const bool vec = all_aligned({px, pdy, pw, pdx}) && d % kVec<T> == 0;
+    auto launch = [&](auto vtag) {
+      constexpr int V = decltype(vtag)::value;
+      auto* kc = rmsnorm_backward_kernel<T, V, kRowCache, true>;
+      auto* ku = rmsnorm_backward_kernel<T, V, kRowCache, false>;
+      // A quarter of the threads of a forward (the cached kernel needs ~150 registers a thread):
+      // bounds the partial rows of dw (grid x d floats).
+      const RowPlan p = plan_rows(op, rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
+                                  max_block_threads(reinterpret_cast<const void*>(ku)), 512);
+      Tensor partial, inv;
+      float* pp = nullptr;
+      float* pinv = nullptr;
+      size_t smem_bytes = 0;
+      if (has_w && p.cached) {
+        partial = Tensor::empty({static_cast<int64_t>(p.grid), d}, DType::F32, Device::CUDA);
+        pp = partial.data<float>();
+        // rows_per_block > 1 only when tpr < 256 and the block has <= 256 threads; a cached row has
+        // d <= kRowCache * tpr * 8, so rows_per_block * d <= 256 * kRowCache * 8 floats = 32 KiB.
+        if (p.rows_per_block > 1) smem_bytes = static_cast<size_t>(p.rows_per_block) * static_cast<size_t>(d) * 4;
+      } else if (has_w) {
+        inv = Tensor::empty({rows}, DType::F32, Device::CUDA);
+        pinv = inv.data<float>();
       }
-    } else if (p.cached) {
-      rmsnorm_backward_kernel<T, 1, K, true>
-          <<<p.grid, p.block, smem_bytes, st>>>(pdy, px, pw, pdx, pp, pinv, rows, p.nvec, p.tpr, fe);
+      G4_CHECK(smem_bytes <= 48 * 1024, op, ": internal error, ", smem_bytes, " bytes of shared memory for ",
+               x.describe());
+      (p.cached ? kc : ku)<<<p.grid, p.block, smem_bytes, g4::cuda::stream()>>>(pdy, px, pw, pdx, pp, pinv, rows,
+                                                                                 p.nvec, p.tpr, static_cast<float>(eps));
+      G4_CUDA_CHECK_LAUNCH();
+      if (has_w && p.cached) {
+        column_reduce(partial, nullptr, nullptr, static_cast<int64_t>(p.grid), d, dw);
+      } else if (has_w) {
+        column_reduce(dy, &x, pinv, rows, d, dw);
+      }
+    };
+    if (vec) {
+      launch(std::integral_constant<int, kVec<T>>{});
     } else {
-      rmsnorm_backward_kernel<T, 1, K, false>
-          <<<p.grid, p.block, smem_bytes, st>>>(pdy, px, pw, pdx, pp, pinv, rows, p.nvec, p.tpr, fe);
-    }
-    G4_CUDA_CHECK_LAUNCH();
-    if (has_w && p.cached) {
-      column_reduce(partial, nullptr, nullptr, static_cast<int64_t>(p.grid), d, dw);
-    } else if (has_w) {
-      column_reduce(dy, &x, pinv, rows, d, dw);
+      launch(std::integral_constant<int, 1>{});
     }
   });
 }
