@@ -287,14 +287,14 @@ Var moe_permute(const Var& x, const ops::MoePlan& plan) {
   return out;
 }
 
-Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets) {
+Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
   const bool rec = should_record({&xs, &w});
-  Var out = result(ops::grouped_matmul(xs.value(), w.value(), offsets), rec);
+  Var out = result(ops::grouped_matmul(xs.value(), w.value(), offsets, device_offsets), rec);
   if (rec) {
     auto xi = xs.impl(), wi = w.impl(), oi = out.impl();
-    record({oi}, [xi, wi, oi, offsets] {
+    record({oi}, [xi, wi, oi, offsets, device_offsets] {
       Tensor dxs, dw;
-      ops::grouped_matmul_backward(oi->grad, xi->value, wi->value, offsets, dxs, dw);
+      ops::grouped_matmul_backward(oi->grad, xi->value, wi->value, offsets, dxs, dw, device_offsets);
       accumulate_grad(xi, dxs);
       accumulate_grad(wi, dw);
     });

@@ -34,7 +34,8 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
 // Top-k of router probabilities: renormalised weights (differentiable) and expert ids.
 Var router_topk(const Var& probs, int64_t k, Tensor& indices);
 Var moe_permute(const Var& x, const ops::MoePlan& plan);
-Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets);
+Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offsets,
+                   const Tensor& device_offsets = Tensor());
 Var moe_unpermute(const Var& ys, const Var& weights, const ops::MoePlan& plan);
 
 }  // namespace g4::ag

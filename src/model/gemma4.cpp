@@ -298,7 +298,7 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
     const int64_t T = probs.shape()[0], E = cfg_.num_experts;
     Tensor f = Tensor::zeros({1, E}, probs.value().dtype());
     for (int64_t e = 0; e < E; ++e) {
-      const double frac = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(plan.order.size());
+      const double frac = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(plan.rows());
       if (f.dtype() == DType::F64) f.data<double>()[e] = frac; else f.data<float>()[e] = static_cast<float>(frac);
     }
     ctx.router_aux.push_back(
@@ -314,8 +314,8 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
     routed = dispatch_->run({l, xe, weights, std::move(plan), gate_up, down, experts_}, counts);
   } else {
     ag::Var xs = ag::moe_permute(xe, plan);
-    ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, gate_up, plan.offsets));
-    routed = ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets), weights, plan);
+    ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, gate_up, plan.offsets, plan.device_offsets));
+    routed = ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets, plan.device_offsets), weights, plan);
     for (int64_t e = 0; e < cfg_.num_experts; ++e) counts.push_back(plan.offsets[e + 1] - plan.offsets[e]);
   }
   (*ctx.expert_tokens)[l] = std::move(counts);

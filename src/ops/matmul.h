@@ -7,10 +7,12 @@ namespace g4::ops {
 
 // C = op(A) · op(B), with op(X) = Xᵀ when the flag is set. A: [M,K] (or [K,M] if trans_a),
 // B: [K,N] (or [N,K] if trans_b). Leading dims of A are flattened into M; B must be 2-D.
-// Result shape: A's leading dims + [N] when !trans_a, else [M, N]. f32 or f64, same dtype.
+// Result shape: A's leading dims + [N] when !trans_a, else [M, N]. f32 or f64 on the CPU; bf16 or
+// f32 on the GPU (cuBLASLt, fp32 accumulation, no TF32). A and B share one dtype.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
-// C += alpha · op(A) · op(B) into an existing [M,N] tensor (accumulating weight gradients).
+// C += alpha · op(A) · op(B) into an existing [M,N] tensor (accumulating weight gradients). On the
+// GPU, C may be f32 while A and B are bf16 (fp32 gradient accumulation).
 void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha = 1.0);
 
 // y = x · Wᵀ for a weight W [out, in] in Hugging Face's Linear layout: x [..., in] -> y [..., out].

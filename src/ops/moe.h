@@ -12,11 +12,16 @@ void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indice
 // Gradient of the renormalised top-k weights with respect to probs ([T, E], zero off the top-k).
 Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices);
 
-// Assignment r = t*K + k (token t's k-th choice) sorted by expert, stable in r.
+// Assignment r = t*K + k (token t's k-th choice) sorted by expert, stable in r. The tensors live on
+// the device of the indices the plan was made from; the row counts are also kept on the host,
+// because launching the grouped matmul (and expert-parallel dispatch) needs them there.
 struct MoePlan {
   int64_t tokens = 0, top_k = 0, experts = 0;
-  std::vector<int32_t> order;    // [T*K]: sorted row -> assignment r
-  std::vector<int64_t> offsets;  // [E+1]: rows of expert e are [offsets[e], offsets[e+1])
+  Tensor order;                  // i32 [T*K]: sorted row -> assignment r
+  Tensor row_of;                 // i32 [T*K]: assignment r -> sorted row (the inverse of order)
+  Tensor device_offsets;         // i64 [E+1]: the offsets below, on the plan's device
+  std::vector<int64_t> offsets;  // [E+1] on the host: rows of expert e are [offsets[e], offsets[e+1])
+  int64_t rows() const { return tokens * top_k; }
 };
 MoePlan moe_plan(const Tensor& indices, int64_t num_experts);
 
@@ -31,9 +36,12 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
                             Tensor& dys, Tensor& dweights);
 
 // xs [N, Kd] rows sorted by expert, w [E, Kd, Nd] -> [N, Nd]: rows of expert e times w[e].
-Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets);
+// `offsets` [E+1] are on the host; on the GPU, `device_offsets` (i64 [E+1], the same values, e.g.
+// MoePlan::device_offsets) saves uploading them; when undefined they are uploaded.
+Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
+                      const Tensor& device_offsets = Tensor());
 // dxs = dy · w[e]ᵀ per group; dw[e] = xs_eᵀ · dy_e (zero for experts with no rows).
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw);
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets = Tensor());
 
 }  // namespace g4::ops

@@ -84,4 +84,13 @@ void reduce_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket
   sum_gradients(mesh.cp_group(), params, experts, bucket_bytes);
 }
 
+void reduce_expert_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket_bytes) {
+  G4_CHECK(bucket_bytes > 0, "reduce_expert_gradients: bucket_bytes must be positive");
+  std::vector<std::string> experts;
+  for (const std::string& name : params.order)
+    if (model::is_expert_parameter(name)) experts.push_back(name);
+  sum_gradients(mesh.dp_group(), params, experts, bucket_bytes);
+  sum_gradients(mesh.cp_group(), params, experts, bucket_bytes);
+}
+
 }  // namespace g4::parallel

@@ -38,4 +38,9 @@ ag::Var global_loss_share(const model::ForwardOutputs& out, int64_t global_token
 // has one afterwards. Gradients travel in buckets of up to bucket_bytes.
 void reduce_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket_bytes = size_t(32) << 20);
 
+// The expert half of reduce_gradients alone: sums the routed experts' gradients over the ranks
+// holding the same slice (dp, then cp). Sharded data parallelism (fsdp.h) reduce-scatters the
+// replicated gradients itself and calls this for the experts.
+void reduce_expert_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket_bytes = size_t(32) << 20);
+
 }  // namespace g4::parallel

@@ -21,15 +21,16 @@ AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std:
 
 namespace {
 // One tensor's update, in the parameter's precision, in torch's operation order.
+// decay_mask (optional): element j takes weight decay only where decay_mask[j] is nonzero.
 template <class T>
 void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double lr, double decay, double b1, double b2, double eps,
-                  double step_size, double bc2_sqrt) {
+                  double step_size, double bc2_sqrt, const uint8_t* decay_mask = nullptr) {
   const T tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2), teps = static_cast<T>(eps);
   const T tstep = static_cast<T>(step_size), tc2 = static_cast<T>(bc2_sqrt), tdecay = static_cast<T>(decay);
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
     const T gj = g ? g[j] : T(0);
-    p[j] *= tdecay;
+    p[j] *= (!decay_mask || decay_mask[j]) ? tdecay : T(1);
     m[j] += (gj - m[j]) * (T(1) - tb1);  // torch's lerp form
     v[j] = v[j] * tb2 + (T(1) - tb2) * gj * gj;
     const T denom = std::sqrt(v[j]) / tc2 + teps;
@@ -56,6 +57,29 @@ void AdamW::step(double lr) {
                    g.defined() ? g.data<float>() : nullptr, n, lr, decay, opt_.beta1, opt_.beta2, opt_.eps, lr / bc1,
                    bc2_sqrt);
   }
+}
+
+void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
+                       double lr, const AdamWOptions& opt, int64_t step) {
+  const int64_t n = p.numel();
+  G4_CHECK(step >= 1, "adamw_update_flat: step counts from 1, got ", step);
+  G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64, "adamw_update_flat: weights are ", p.describe());
+  for (const Tensor* t : {&m, &v})
+    G4_CHECK(t->dtype() == p.dtype() && t->numel() == n, "adamw_update_flat: moment ", t->describe(),
+             " does not match weights ", p.describe());
+  G4_CHECK(!g.defined() || (g.dtype() == p.dtype() && g.numel() == n), "adamw_update_flat: gradient ", g.describe(),
+           " does not match weights ", p.describe());
+  G4_CHECK(static_cast<int64_t>(decay_mask.size()) == n, "adamw_update_flat: the weight-decay mask has ",
+           decay_mask.size(), " elements, the weights ", n);
+  const double bc1 = 1.0 - std::pow(opt.beta1, static_cast<double>(step));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, static_cast<double>(step)));
+  const double decay = 1.0 - lr * opt.weight_decay;
+  if (p.dtype() == DType::F64)
+    adamw_update(p.data<double>(), m.data<double>(), v.data<double>(), g.defined() ? g.data<double>() : nullptr, n,
+                 lr, decay, opt.beta1, opt.beta2, opt.eps, lr / bc1, bc2_sqrt, decay_mask.data());
+  else
+    adamw_update(p.data<float>(), m.data<float>(), v.data<float>(), g.defined() ? g.data<float>() : nullptr, n, lr,
+                 decay, opt.beta1, opt.beta2, opt.eps, lr / bc1, bc2_sqrt, decay_mask.data());
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {

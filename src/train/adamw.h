@@ -43,6 +43,12 @@ class AdamW {
   int64_t step_ = 0;
 };
 
+// The same update on flat tensors (a shard of many parameters, see parallel/fsdp.h): weights p,
+// moments m, v and gradient g (undefined = zeros) of one length, at optimizer step `step`
+// (counted from 1). Element j takes weight decay only where decay_mask[j] != 0.
+void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
+                       double lr, const AdamWOptions& opt, int64_t step);
+
 // Scales the gradients of `names` so their global L2 norm is at most max_norm (when max_norm > 0);
 // returns the norm before clipping. With expert_group (expert parallelism; collective over it),
 // the expert tensors are slices whose squared norms are summed over the group, so every rank gets

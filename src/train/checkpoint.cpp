@@ -6,11 +6,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
+#include "train/optimizer_state.h"
 
 namespace g4::train {
 
@@ -55,9 +57,14 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, 
   return save_checkpoint(dir, &model, opt, state, tokenizer_path, keep, single, false);
 }
 
-std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const AdamW& opt,
-                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
-                            parallel::Communicator& world, bool per_rank_optimizer) {
+namespace {
+
+// The checkpoint writing shared by every optimizer: write_optimizer(tmp) writes this rank's
+// optimizer files into the temporary directory (after rank 0 created it).
+std::string save_checkpoint_impl(const std::string& dir, const model::Gemma4* export_model, int64_t optimizer_steps,
+                                 const std::function<void(const fs::path&)>& write_optimizer,
+                                 const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                                 parallel::Communicator& world) {
   const bool main_rank = world.rank() == 0;
   const fs::path final_dir = fs::path(dir) / step_name(state.step);
   // Every rank writes into the same temporary directory, so its name is agreed (rank 0's pid).
@@ -72,12 +79,10 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_
     fs::create_directories(tmp);
   }
   world.barrier();
-  if (per_rank_optimizer)
-    io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), opt.state());
+  write_optimizer(tmp);
   if (main_rank) {
     model::save_hf_checkpoint(*export_model, tmp.string());
     maybe_fault("checkpoint", state.step);
-    if (!per_rank_optimizer) io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
     if (!tokenizer_path.empty()) {
       const fs::path t(tokenizer_path);
       if (fs::is_directory(t)) {
@@ -92,7 +97,7 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_
   if (!main_rank) return final_dir.string();
   nlohmann::json j = {{"step", state.step},
                       {"data_index", state.data_index},
-                      {"optimizer_steps", opt.steps_taken()},
+                      {"optimizer_steps", optimizer_steps},
                       {"elapsed_s", state.elapsed_s},
                       {"ranks", world.size()},
                       {"recipe", state.recipe}};
@@ -114,6 +119,32 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_
   return final_dir.string();
 }
 
+}  // namespace
+
+std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const AdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                            parallel::Communicator& world, bool per_rank_optimizer) {
+  auto write = [&](const fs::path& tmp) {
+    if (per_rank_optimizer)
+      io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), opt.state());
+    else if (world.rank() == 0)
+      io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
+  };
+  return save_checkpoint_impl(dir, export_model, opt.steps_taken(), write, state, tokenizer_path, keep, world);
+}
+
+std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const ShardedAdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                            parallel::Communicator& world) {
+  auto write = [&](const fs::path& tmp) {
+    const auto tensors = opt.checkpoint_tensors();
+    if (tensors.empty()) return;  // another rank writes the same slices
+    io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), tensors,
+                         {{kOptimizerMetadataKey, opt.checkpoint_metadata()}});
+  };
+  return save_checkpoint_impl(dir, export_model, opt.steps_taken(), write, state, tokenizer_path, keep, world);
+}
+
 std::optional<std::string> latest_checkpoint(const std::string& dir) {
   if (!fs::is_directory(dir)) return std::nullopt;
   // Renamed step directories are complete by construction; take the newest.
@@ -132,36 +163,58 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& m
   return load_checkpoint(checkpoint_dir, model, opt, 0, 1);
 }
 
-TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
-                             int64_t world_size) {
-  const fs::path d(checkpoint_dir);
-  std::ifstream f(d / "trainer_state.json");
+namespace {
+
+nlohmann::json read_trainer_state(const std::string& checkpoint_dir) {
+  std::ifstream f(fs::path(checkpoint_dir) / "trainer_state.json");
   G4_CHECK(f.good(), "checkpoint ", checkpoint_dir, " has no trainer_state.json");
-  nlohmann::json j;
   try {
-    j = nlohmann::json::parse(f);
+    return nlohmann::json::parse(f);
   } catch (const std::exception& e) {
     G4_FAIL("checkpoint ", checkpoint_dir, ": trainer_state.json is not valid JSON: ", e.what());
   }
-  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
-  fs::path opt_file = d / "optimizer.safetensors";
-  if (!fs::exists(opt_file)) {
-    const int64_t saved_ranks = j.value("ranks", int64_t{1});
-    G4_CHECK(saved_ranks == world_size, "checkpoint ", checkpoint_dir, " holds optimizer state sharded over ",
-             saved_ranks, " ranks, but this run has ", world_size, "; resume with ", saved_ranks, " ranks");
-    opt_file = d / optimizer_shard_name(rank, world_size);
-    G4_CHECK(fs::exists(opt_file), "checkpoint ", checkpoint_dir, " has no ", opt_file.filename().string());
-  }
-  const io::SafetensorsReader ostate = io::SafetensorsReader::open(opt_file.string());
-  std::vector<std::pair<std::string, Tensor>> named;
-  for (const std::string& n : ostate.names()) named.emplace_back(n, ostate.get(n));
-  opt.load_state(named, j.at("optimizer_steps").get<int64_t>());
+}
+
+TrainerState trainer_state_from(const nlohmann::json& j) {
   TrainerState s;
   s.step = j.at("step").get<int64_t>();
   s.data_index = j.at("data_index").get<int64_t>();
   s.elapsed_s = j.value("elapsed_s", 0.0);
   s.recipe = j.value("recipe", nlohmann::json());
   return s;
+}
+
+}  // namespace
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
+                             int64_t world_size) {
+  const nlohmann::json j = read_trainer_state(checkpoint_dir);
+  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
+  const OptimizerStateReader reader(checkpoint_dir, j.value("ranks", int64_t{1}), rank, world_size);
+  // Whole replicated moments and this rank's expert slices, from whichever layout was saved.
+  std::vector<std::pair<std::string, Tensor>> named;
+  const model::ExpertRange held = model.experts();
+  for (const std::string& n : opt.trainable()) {
+    const Tensor& v = model.params().at(n).value();
+    for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+      Tensor t = model::is_expert_parameter(n)
+                     ? reader.experts(kind, n, held.begin, v.size(0))
+                     : reader.replicated(kind, n, 0, v.numel()).reshape(v.shape());
+      named.emplace_back(std::string(kind) + "." + n, std::move(t));
+    }
+  }
+  opt.load_state(named, j.at("optimizer_steps").get<int64_t>());
+  return trainer_state_from(j);
+}
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, ShardedAdamW& opt,
+                             int64_t rank, int64_t world_size) {
+  const nlohmann::json j = read_trainer_state(checkpoint_dir);
+  opt.gather_parameters();  // the weights load into the whole parameters, then the slice is taken
+  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
+  const OptimizerStateReader reader(checkpoint_dir, j.value("ranks", int64_t{1}), rank, world_size);
+  opt.load_state(reader, j.at("optimizer_steps").get<int64_t>());
+  return trainer_state_from(j);
 }
 
 }  // namespace g4::train

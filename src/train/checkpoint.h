@@ -6,8 +6,9 @@
 //
 // Multi-rank runs (expert parallel) keep different optimizer moments on every rank: each rank then
 // writes its own `optimizer-rank<r>-of<n>.safetensors` into the same step directory, and a resume
-// reads the file of its rank (a different number of ranks is an error). Replicated runs write the
-// single optimizer.safetensors from rank 0.
+// reads the file of its rank (a different number of ranks is an error). Sharded (fsdp) runs add
+// layout metadata to those files, so they resume on any number of ranks. Replicated runs write
+// the single optimizer.safetensors from rank 0.
 #pragma once
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "model/gemma4.h"
 #include "parallel/communicator.h"
 #include "train/adamw.h"
+#include "train/sharded_adamw.h"
 
 namespace g4::train {
 
@@ -38,15 +40,28 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_
                             const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
                             parallel::Communicator& world, bool per_rank_optimizer);
 
+// The same for sharded data parallelism (parallel.fsdp): the ranks that hold distinct slices
+// write optimizer-rank<r>-of<n>.safetensors with the layout metadata that lets any other mesh
+// re-split them (optimizer_state.h); rank 0 writes export_model (gathered whole).
+std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const ShardedAdamW& opt,
+                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
+                            parallel::Communicator& world);
+
 // The newest complete checkpoint under dir, if any (half-written ones are ignored).
 std::optional<std::string> latest_checkpoint(const std::string& dir);
 
 // Restores weights, optimizer moments and returns the trainer state.
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt);
-// The same for rank `rank` of `world_size`: reads optimizer-rank<rank>-of<world_size>.safetensors
-// when the checkpoint has per-rank optimizer files, optimizer.safetensors otherwise.
+// The same for rank `rank` of `world_size`. The moments come from optimizer.safetensors, from a
+// sharded (fsdp) checkpoint of any mesh, re-split for this rank, or from this rank's own
+// optimizer-rank<rank>-of<world_size>.safetensors (expert parallelism without fsdp: the same
+// number of ranks only).
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
                              int64_t world_size);
+// Into a sharded optimizer (collective over its dp group): the whole weights are loaded, then
+// each rank keeps its slice; moments are re-split from any layout.
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, ShardedAdamW& opt,
+                             int64_t rank, int64_t world_size);
 
 // "optimizer-rank<r>-of<n>.safetensors"
 std::string optimizer_shard_name(int64_t rank, int64_t world_size);

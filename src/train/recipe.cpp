@@ -37,7 +37,7 @@ json defaults() {
         {"recompute", false},
         {"freeze", json::array()},
         {"router_aux_loss", 0.0}}},
-      {"parallel", {{"data_parallel", 0}, {"expert_parallel", 1}}},
+      {"parallel", {{"data_parallel", 0}, {"expert_parallel", 1}, {"fsdp", false}}},
       {"checkpoint", {{"dir", "runs/default"}, {"every", 0}, {"keep", 2}}},
       {"log",
        {{"every", 1},
@@ -229,6 +229,10 @@ Recipe recipe_from_json(const json& user, const std::string& source) {
   G4_CHECK(r.data_parallel >= 0, source, ": 'parallel.data_parallel' must be >= 0 (0 = every launched rank)");
   r.expert_parallel = get<int64_t>(j, "parallel.expert_parallel", source);
   G4_CHECK(r.expert_parallel >= 1, source, ": 'parallel.expert_parallel' must be >= 1 (1 = off)");
+  r.fsdp = get<bool>(j, "parallel.fsdp", source);
+  G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
+           ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
+           "nothing to shard over; drop one of the two keys");
   r.output_dir = get<std::string>(j, "checkpoint.dir", source);
   r.checkpoint_every = get<int64_t>(j, "checkpoint.every", source);
   r.keep_checkpoints = get<int64_t>(j, "checkpoint.keep", source);

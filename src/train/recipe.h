@@ -41,6 +41,9 @@ struct Recipe {
   // Expert parallelism: the routed experts are split over groups of this many ranks (1 = off);
   // data-parallel replicas = launched ranks / expert_parallel.
   int64_t expert_parallel = 1;
+  // Sharded data parallelism (ZeRO-3 / FSDP): each data-parallel rank keeps only its 1/dp slice
+  // of the replicated parameters' master weights, gradients and AdamW moments (parallel/fsdp.h).
+  bool fsdp = false;
 
   // checkpoints and logs
   std::string output_dir = "runs/default";

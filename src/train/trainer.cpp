@@ -147,8 +147,21 @@ TrainResult run_training(const Recipe& r, bool resume) {
   G4_CHECK(data.train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
 
   const std::vector<std::string> names = trainable_names(*model, r.freeze);
-  AdamW opt(model->params(), names, no_weight_decay(model->params(), model->config()),
-            AdamWOptions{r.beta1, r.beta2, r.eps, r.weight_decay});
+  const int64_t model_numel = model->params().numel();
+  // One of the two optimizers: replicated AdamW, or sharded over the dp group (parallel.fsdp).
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<ShardedAdamW> sharded;
+  const AdamWOptions adamw_options{r.beta1, r.beta2, r.eps, r.weight_decay};
+  if (r.fsdp)
+    sharded = std::make_unique<ShardedAdamW>(model->params(), mesh, names,
+                                             no_weight_decay(model->params(), model->config()), adamw_options);
+  else
+    opt = std::make_unique<AdamW>(model->params(), names, no_weight_decay(model->params(), model->config()),
+                                  adamw_options);
+  // The whole parameters, for code that reads them between steps (validation, checkpoints).
+  auto gather = [&] {
+    if (sharded) sharded->gather_parameters();
+  };
 
   TrainerState state;
   state.recipe = r.resolved;
@@ -156,7 +169,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
   if (resume) {
     const auto latest = latest_checkpoint(ckpt_dir);
     if (latest) {
-      state = load_checkpoint(*latest, *model, opt, rank, ranks);
+      state = sharded ? load_checkpoint(*latest, *model, *sharded, rank, ranks)
+                      : load_checkpoint(*latest, *model, *opt, rank, ranks);
       state.recipe = r.resolved;
       if (main_rank) std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
     } else if (main_rank) {
@@ -169,7 +183,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const int64_t tokens_per_step = r.batch_size * r.grad_accumulation * r.data.seq_len * ranks;
   if (main_rank) std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
               r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
-              static_cast<long long>(model->params().numel()), names.size(),
+              static_cast<long long>(model_numel), names.size(),
               static_cast<long long>(model->config().num_layers));
   if (main_rank) std::printf("data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n",
               static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
@@ -177,10 +191,10 @@ TrainResult run_training(const Recipe& r, bool resume) {
               static_cast<long long>(r.data.seq_len));
   if (main_rank) std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
   if (main_rank)
-    std::printf("training   %lld steps x %lld tokens (%lld data-parallel replica%s x %lld expert-parallel), lr %.2e (%s), recompute %s\n",
+    std::printf("training   %lld steps x %lld tokens (%lld data-parallel %s%s x %lld expert-parallel), lr %.2e (%s), recompute %s\n",
                 static_cast<long long>(r.steps), static_cast<long long>(tokens_per_step),
-                static_cast<long long>(replicas), replicas > 1 ? "s" : "", static_cast<long long>(ep), r.lr, r.schedule.c_str(),
-                r.recompute ? "on" : "off");
+                static_cast<long long>(replicas), r.fsdp ? "shard" : "replica", replicas > 1 ? "s" : "",
+                static_cast<long long>(ep), r.lr, r.schedule.c_str(), r.recompute ? "on" : "off");
   std::fflush(stdout);
 
   const std::vector<data::Batch> val_batches =
@@ -203,6 +217,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
       counted += parallel::global_token_count(micro.back().labels, *world);
     }
     double loss_sum = 0, aux_sum = 0;
+    gather();
     for (const data::Batch& b : micro) {
       model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
       model::ForwardOutputs out = model->forward(in);
@@ -216,16 +231,22 @@ TrainResult run_training(const Recipe& r, bool resume) {
       aux_sum += out.router_aux * weight;
       ag::backward(out.loss, weight);
     }
+    if (sharded) sharded->reduce_gradients();  // also frees the whole replicated parameters
     if (ranks > 1) {
-      parallel::reduce_gradients(model->params(), mesh);
+      if (!sharded) parallel::reduce_gradients(model->params(), mesh);
       Tensor sums = Tensor::from_vector<double>({loss_sum, aux_sum}, {2});
       world->all_reduce(sums);
       loss_sum = sums.data<double>()[0];
       aux_sum = sums.data<double>()[1];
     }
-    const double grad_norm = clip_grad_norm(model->params(), names, r.grad_clip, ep > 1 ? &mesh.ep_group() : nullptr);
+    const double grad_norm = sharded ? sharded->clip_grad_norm(r.grad_clip)
+                                     : clip_grad_norm(model->params(), names, r.grad_clip,
+                                                      ep > 1 ? &mesh.ep_group() : nullptr);
     const double lr = learning_rate(r.schedule, r.lr, state.step, r.steps, r.warmup_steps, r.min_lr_ratio);
-    opt.step(lr);
+    if (sharded)
+      sharded->step(lr);
+    else
+      opt->step(lr);
     model->params().zero_grad();
     ++state.step;
     result.last_train_loss = loss_sum;
@@ -247,6 +268,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
     const bool validate = !val_batches.empty() && r.validation_every > 0 &&
                           (state.step % r.validation_every == 0 || state.step == r.steps);
     if (validate) {
+      gather();
       result.last_validation_loss = evaluate_loss(*model, val_batches);
       if (main_rank)
         log->write({{"step", state.step}, {"validation_loss", result.last_validation_loss},
@@ -257,15 +279,20 @@ TrainResult run_training(const Recipe& r, bool resume) {
     if (save) {
       // Under EP the first EP group gathers its slices so rank 0 writes every expert; each rank
       // then keeps its own optimizer moments in its own file.
+      gather();
       std::unique_ptr<model::Gemma4> full;
       if (ep > 1 && mesh.coord().dp == 0) full = gather_experts(*model, mesh.ep_group());
-      result.checkpoint = save_checkpoint(ckpt_dir, full ? full.get() : model.get(), opt, state, r.tokenizer,
-                                          r.keep_checkpoints, *world, /*per_rank_optimizer=*/ep > 1);
+      const model::Gemma4* export_model = full ? full.get() : model.get();
+      result.checkpoint =
+          sharded ? save_checkpoint(ckpt_dir, export_model, *sharded, state, r.tokenizer, r.keep_checkpoints, *world)
+                  : save_checkpoint(ckpt_dir, export_model, *opt, state, r.tokenizer, r.keep_checkpoints, *world,
+                                    /*per_rank_optimizer=*/ep > 1);
       // Ranks do not race ahead of a checkpoint they might resume from.
       world->barrier();
     }
   }
   result.steps = state.step;
+  gather();
   // Rank 0 alone evaluates and samples below; under EP it does so on the gathered whole model.
   std::unique_ptr<model::Gemma4> gathered;
   if (ep > 1 && mesh.coord().dp == 0) gathered = gather_experts(*model, mesh.ep_group());

@@ -77,9 +77,13 @@ TEST(MoePlan, StableCountingSort) {
   EXPECT_EQ(plan.tokens, 4);
   EXPECT_EQ(plan.top_k, 2);
   EXPECT_EQ(plan.offsets, std::vector<int64_t>({0, 2, 3, 6, 6, 8}));
-  EXPECT_EQ(plan.order, std::vector<int32_t>({1, 2, 5, 0, 4, 7, 3, 6}));
+  const auto values = [](const Tensor& t) {
+    return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
+  };
+  EXPECT_EQ(values(plan.order), std::vector<int32_t>({1, 2, 5, 0, 4, 7, 3, 6}));
+  EXPECT_EQ(values(plan.row_of), std::vector<int32_t>({3, 0, 1, 6, 4, 2, 7, 5}));  // the inverse of order
   // Same plan from i64 indices.
-  EXPECT_EQ(ops::moe_plan(idx.to(DType::I64), 5).order, plan.order);
+  EXPECT_EQ(values(ops::moe_plan(idx.to(DType::I64), 5).order), values(plan.order));
 }
 
 struct MoeSetup {

@@ -192,6 +192,45 @@ TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   fs::remove_all(dir);
 }
 
+TEST(TrainRun, ShardedDataParallelTrainsLikeOneRankAndResumesOnOneRank) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = temp_dir("fsdp");
+  const std::string recipe = write_recipe(dir);
+  const std::string base = "train " + recipe + " log.samples=0 train.steps=4 checkpoint.every=0 checkpoint.dir=";
+  const ProcessResult one = run(base + (dir / "one").string() + " train.batch_size=4");
+  ASSERT_EQ(one.code, 0) << one.output;
+  // Two ranks, each holding half of the replicated parameters' master weights and moments.
+  const ProcessResult two = run(base + (dir / "two").string() + " train.batch_size=2 parallel.fsdp=true", kMpirun);
+  ASSERT_EQ(two.code, 0) << two.output;
+  EXPECT_NE(two.output.find("2 data-parallel shards"), std::string::npos) << two.output;
+  const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+  const fs::path ckpt = dir / "two" / "checkpoints" / "step-00000004";
+  for (const char* f : {"optimizer-rank0-of2.safetensors", "optimizer-rank1-of2.safetensors", "model.safetensors"})
+    EXPECT_TRUE(fs::exists(ckpt / f)) << f;
+
+  // The two-rank sharded checkpoint resumes on one rank (re-split moments), and its next step
+  // is the one-rank run's next step.
+  const std::string more = " train.steps=5 train.batch_size=4 --resume";
+  ProcessResult r = run(base + (dir / "two").string() + more);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run(base + (dir / "one").string() + more);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto a5 = step_losses(dir / "one"), b5 = step_losses(dir / "two");
+  ASSERT_EQ(a5.size(), 5u);
+  ASSERT_EQ(b5.size(), 5u);
+  EXPECT_NEAR(a5[4], b5[4], 1e-5 * a5[4]);
+
+  // Nothing to shard over is a clear error naming both keys.
+  r = run(base + (dir / "bad").string() + " parallel.fsdp=true parallel.data_parallel=1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("'parallel.fsdp'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("'parallel.data_parallel' is 1"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(TrainRun, BadRecipesAreClearErrors) {
   const fs::path dir = temp_dir("bad");
   const std::string recipe = write_recipe(dir);

@@ -7,6 +7,10 @@
 #include <cstdlib>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/attention.h"
+#endif
 
 namespace g4::ops {
 
@@ -184,6 +188,7 @@ void backward_impl(const Tensor& dout, const Tensor& q, const Tensor& k, const T
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse) {
+  G4_FORWARD_TO_CUDA(q, attention(q, k, v, mask, scale, lse));
   const Dims dm = check_qkv("attention", q, k, v);
   const MaskRule rule = make_rule("attention", mask, dm);
   return cpu::dispatch_float("attention", q, [&](auto tag) {
@@ -199,6 +204,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
                         Tensor& dv) {
+  G4_FORWARD_TO_CUDA(q, attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv));
   const char* op = "attention_backward";
   const Dims dm = check_qkv(op, q, k, v);
   const MaskRule rule = make_rule(op, mask, dm);

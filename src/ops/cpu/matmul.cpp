@@ -3,6 +3,10 @@
 
 #include "ops/cpu/blas.h"
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/matmul.h"
+#endif
 
 namespace g4::ops {
 
@@ -49,10 +53,12 @@ Tensor matmul_impl(const char* op, const Tensor& a, const Tensor& b, bool trans_
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  G4_FORWARD_TO_CUDA(a, matmul(a, b, trans_a, trans_b));
   return matmul_impl("matmul", a, b, trans_a, trans_b);
 }
 
 void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha) {
+  G4_FORWARD_TO_CUDA(a, matmul_acc(a, b, trans_a, trans_b, c, alpha));
   const GemmShape g = plan_gemm("matmul_acc", a, b, trans_a, trans_b);
   cpu::check_same_dtype("matmul_acc", "A", a, "C", c);
   // C may carry A's leading dims (e.g. [B, S, N]) as long as it is [M, N] once flattened.
@@ -66,6 +72,7 @@ void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Te
 }
 
 Tensor linear(const Tensor& x, const Tensor& w) {
+  G4_FORWARD_TO_CUDA(x, linear(x, w));
   cpu::check_defined("linear", "x", x);
   G4_CHECK(x.dim() >= 1, "linear: x must be [..., in], got ", x.describe());
   G4_CHECK(w.defined() && w.dim() == 2, "linear: weight must be [out, in], got ", w.describe());
@@ -78,6 +85,7 @@ Tensor linear(const Tensor& x, const Tensor& w) {
 }
 
 Tensor linear_backward_input(const Tensor& dy, const Tensor& w) {
+  G4_FORWARD_TO_CUDA(dy, linear_backward_input(dy, w));
   cpu::check_defined("linear_backward_input", "dy", dy);
   G4_CHECK(w.defined() && w.dim() == 2, "linear_backward_input: weight must be [out, in], got ", w.describe());
   G4_CHECK(dy.dim() >= 1 && dy.size(-1) == w.size(0), "linear_backward_input: dy ", dy.describe(),
@@ -88,6 +96,7 @@ Tensor linear_backward_input(const Tensor& dy, const Tensor& w) {
 }
 
 Tensor linear_backward_weight(const Tensor& dy, const Tensor& x) {
+  G4_FORWARD_TO_CUDA(dy, linear_backward_weight(dy, x));
   cpu::check_defined("linear_backward_weight", "dy", dy);
   cpu::check_defined("linear_backward_weight", "x", x);
   G4_CHECK(dy.dim() >= 1 && x.dim() >= 1 && cpu::leading_rows(dy) == cpu::leading_rows(x),

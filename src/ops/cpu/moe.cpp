@@ -9,21 +9,28 @@
 
 #include "ops/cpu/blas.h"
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/moe.h"
+#endif
 
 namespace g4::ops {
 
 namespace {
 void check_plan(const char* op, const MoePlan& plan) {
-  G4_CHECK(static_cast<int64_t>(plan.order.size()) == plan.tokens * plan.top_k &&
+  G4_CHECK(plan.order.defined() && plan.order.dtype() == DType::I32 && plan.order.numel() == plan.tokens * plan.top_k &&
                static_cast<int64_t>(plan.offsets.size()) == plan.experts + 1,
            op, ": malformed MoePlan (tokens ", plan.tokens, ", top_k ", plan.top_k, ", experts ", plan.experts,
-           ", ", plan.order.size(), " order entries, ", plan.offsets.size(), " offsets)");
+           ", order ", plan.order.describe(), ", ", plan.offsets.size(), " offsets)");
+  G4_CHECK(plan.order.device() == Device::CPU, op, ": the MoePlan lives on the GPU (order ", plan.order.describe(),
+           ") but the op's tensors are on the CPU");
 }
 
 // Inverse of plan.order: the sorted row that holds assignment r = t*K + k.
 std::vector<int64_t> row_of_assignment(const MoePlan& plan) {
-  std::vector<int64_t> row(plan.order.size());
-  for (size_t i = 0; i < plan.order.size(); ++i) row[static_cast<size_t>(plan.order[i])] = static_cast<int64_t>(i);
+  const int32_t* order = plan.order.data<int32_t>();
+  std::vector<int64_t> row(static_cast<size_t>(plan.order.numel()));
+  for (size_t i = 0; i < row.size(); ++i) row[static_cast<size_t>(order[i])] = static_cast<int64_t>(i);
   return row;
 }
 
@@ -38,6 +45,7 @@ void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t 
 }  // namespace
 
 void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
+  G4_FORWARD_TO_CUDA(probs, router_topk(probs, k, weights, indices));
   cpu::check_rank("router_topk", "probs", probs, 2, "[T, E]");
   const int64_t tokens = probs.size(0), experts = probs.size(1);
   G4_CHECK(k >= 1 && k <= experts, "router_topk: k = ", k, " must be in [1, ", experts, "] for probs ",
@@ -74,6 +82,7 @@ void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indice
 }
 
 Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices) {
+  G4_FORWARD_TO_CUDA(dweights, router_topk_backward(dweights, probs, indices));
   const char* op = "router_topk_backward";
   cpu::check_rank(op, "probs", probs, 2, "[T, E]");
   cpu::check_same_dtype(op, "dweights", dweights, "probs", probs);
@@ -107,6 +116,7 @@ Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const T
 }
 
 MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
+  G4_FORWARD_TO_CUDA(indices, moe_plan(indices, num_experts));
   cpu::check_rank("moe_plan", "indices", indices, 2, "[T, K]");
   G4_CHECK(num_experts >= 1, "moe_plan: num_experts must be positive, got ", num_experts);
   const std::vector<int64_t> idx = cpu::read_indices("moe_plan", "indices", indices);
@@ -125,12 +135,22 @@ MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
   }
   for (int64_t e = 0; e < num_experts; ++e) plan.offsets[e + 1] += plan.offsets[e];
   std::vector<int64_t> next(plan.offsets.begin(), plan.offsets.end() - 1);
-  plan.order.resize(idx.size());
-  for (size_t r = 0; r < idx.size(); ++r) plan.order[next[idx[r]]++] = static_cast<int32_t>(r);
+  const int64_t rows = static_cast<int64_t>(idx.size());
+  plan.order = Tensor::empty({rows}, DType::I32);
+  plan.row_of = Tensor::empty({rows}, DType::I32);
+  int32_t* order = plan.order.data<int32_t>();
+  int32_t* row_of = plan.row_of.data<int32_t>();
+  for (size_t r = 0; r < idx.size(); ++r) {
+    const int64_t row = next[idx[r]]++;
+    order[row] = static_cast<int32_t>(r);
+    row_of[r] = static_cast<int32_t>(row);
+  }
+  plan.device_offsets = Tensor::from_vector(plan.offsets, {num_experts + 1});
   return plan;
 }
 
 Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
+  G4_FORWARD_TO_CUDA(x, moe_permute(x, plan));
   check_plan("moe_permute", plan);
   cpu::check_rank("moe_permute", "x", x, 2, "[T, H]");
   G4_CHECK(x.size(0) == plan.tokens, "moe_permute: x ", x.describe(), " has not the plan's ", plan.tokens, " tokens");
@@ -139,12 +159,14 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
   const size_t row_bytes = static_cast<size_t>(x.size(1)) * dtype_size(x.dtype());
   const char* src = static_cast<const char*>(x.raw());
   char* dst = static_cast<char*>(xs.raw());
+  const int32_t* order = plan.order.data<int32_t>();
   for (int64_t row = 0; row < rows; ++row)
-    std::memcpy(dst + row * row_bytes, src + (plan.order[row] / plan.top_k) * row_bytes, row_bytes);
+    std::memcpy(dst + row * row_bytes, src + (order[row] / plan.top_k) * row_bytes, row_bytes);
   return xs;
 }
 
 Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan) {
+  G4_FORWARD_TO_CUDA(dxs, moe_permute_backward(dxs, plan));
   check_plan("moe_permute_backward", plan);
   cpu::check_rank("moe_permute_backward", "dxs", dxs, 2, "[T*K, H]");
   G4_CHECK(dxs.size(0) == plan.tokens * plan.top_k, "moe_permute_backward: dxs ", dxs.describe(),
@@ -166,6 +188,7 @@ Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan) {
 }
 
 Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& plan) {
+  G4_FORWARD_TO_CUDA(ys, moe_unpermute(ys, weights, plan));
   const char* op = "moe_unpermute";
   check_plan(op, plan);
   cpu::check_rank(op, "ys", ys, 2, "[T*K, H]");
@@ -194,6 +217,7 @@ Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& pla
 
 void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& weights, const MoePlan& plan,
                             Tensor& dys, Tensor& dweights) {
+  G4_FORWARD_TO_CUDA(dout, moe_unpermute_backward(dout, ys, weights, plan, dys, dweights));
   const char* op = "moe_unpermute_backward";
   check_plan(op, plan);
   cpu::check_rank(op, "ys", ys, 2, "[T*K, H]");
@@ -228,7 +252,9 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
   });
 }
 
-Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets) {
+Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
+                      const Tensor& device_offsets) {
+  G4_FORWARD_TO_CUDA(xs, grouped_matmul(xs, w, offsets, device_offsets));
   const char* op = "grouped_matmul";
   cpu::check_rank(op, "xs", xs, 2, "[N, Kd]");
   cpu::check_rank(op, "w", w, 3, "[E, Kd, Nd]");
@@ -251,7 +277,8 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
 }
 
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw) {
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets) {
+  G4_FORWARD_TO_CUDA(dy, grouped_matmul_backward(dy, xs, w, offsets, dxs, dw, device_offsets));
   const char* op = "grouped_matmul_backward";
   cpu::check_rank(op, "xs", xs, 2, "[N, Kd]");
   cpu::check_rank(op, "w", w, 3, "[E, Kd, Nd]");

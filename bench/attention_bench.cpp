@@ -1,0 +1,88 @@
+// Times the CUDA flash attention, forward and forward + backward, on Gemma 4 shapes and prints
+// TFLOP/s. FLOP convention (FlashAttention's benchmarks, also used by tools/bench_torch_attention.py):
+// forward = 4 · pairs · d · nH per batch row, where pairs = S²/2 for causal and the exact number of
+// visible (query, key) pairs for a sliding window; backward = 2.5 × forward, so forward + backward
+// = 3.5 × forward. Ratios between implementations do not depend on the convention.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+
+#include "core/cuda/runtime.h"
+#include "core/device_memory.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "ops/attention.h"
+
+namespace {
+
+using g4::DType;
+using g4::Device;
+using g4::Tensor;
+
+Tensor random_gpu(const g4::Shape& shape, uint64_t seed, double std) {
+  return g4::randn(shape, seed, DType::F32, std).to(DType::BF16).to(Device::CUDA);
+}
+
+// Mean milliseconds of fn over iters runs after warm-up, timed with events on g4's stream.
+double time_ms(const std::function<void()>& fn, int iters) {
+  for (int i = 0; i < 2; ++i) fn();
+  cudaEvent_t start, stop;
+  G4_CUDA_CHECK(cudaEventCreate(&start));
+  G4_CUDA_CHECK(cudaEventCreate(&stop));
+  G4_CUDA_CHECK(cudaEventRecord(start, g4::cuda::stream()));
+  for (int i = 0; i < iters; ++i) fn();
+  G4_CUDA_CHECK(cudaEventRecord(stop, g4::cuda::stream()));
+  G4_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  G4_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  G4_CUDA_CHECK(cudaEventDestroy(start));
+  G4_CUDA_CHECK(cudaEventDestroy(stop));
+  return ms / iters;
+}
+
+void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int iters) {
+  const int64_t B = 1;
+  g4::ops::AttentionMask mask;
+  mask.causal = true;
+  mask.window = window;
+  double pairs = 0.5 * static_cast<double>(S) * static_cast<double>(S);
+  if (window > 0) {
+    pairs = 0;
+    for (int64_t i = 0; i < S; ++i) pairs += static_cast<double>(i + 1 < window ? i + 1 : window);
+  }
+  const double fwd_flops = 4.0 * pairs * static_cast<double>(d) * static_cast<double>(nH * B);
+  // Gemma 4: scale 1 on RMS-normed q and k; std d^-1/4 keeps the scores O(1).
+  const double std_qk = 1.0 / std::sqrt(std::sqrt(static_cast<double>(d)));
+  const Tensor q = random_gpu({B, S, nH, d}, 1, std_qk), k = random_gpu({B, S, nKV, d}, 2, std_qk),
+               v = random_gpu({B, S, nKV, d}, 3, 1.0), dout = random_gpu({B, S, nH, d}, 4, 1.0);
+  Tensor lse, out, dq, dk, dv;
+  const double fwd_ms = time_ms([&] { out = g4::ops::attention(q, k, v, mask, 1.0, &lse); }, iters);
+  const double bwd_ms = time_ms(
+      [&] { g4::ops::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv); }, iters);
+  const std::string what = window > 0 ? "window " + std::to_string(window) : std::string("causal");
+  std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f | "
+              "fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
+              static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
+              static_cast<long long>(d), what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms,
+              2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms, 3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!g4::cuda_available()) {
+    std::printf("bench_attention: no CUDA device\n");
+    return 1;
+  }
+  const int iters = argc > 1 ? std::atoi(argv[1]) : 10;
+  for (int64_t S : {4096, 8192}) {
+    bench(S, 16, 8, 256, 0, iters);
+    bench(S, 16, 8, 256, 1024, iters);
+    bench(S, 16, 2, 512, 0, iters);
+  }
+  return 0;
+}

@@ -1,0 +1,145 @@
+// GPU timings of the MoE path and the dense GEMMs at Gemma 4 26B-A4B sizes: the grouped expert
+// GEMMs forward and backward through both back ends (cuBLAS grouped GEMM, one cuBLASLt call per
+// expert), the routing/permute kernels, and dense cuBLASLt products. Prints TFLOP/s; compare with
+// tools/bench_torch_moe.py on the same machine.
+//   bench_moe [tokens=4096]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/device_memory.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "ops/cuda/moe.h"
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
+#include "ops/moe.h"
+
+using namespace g4;
+
+namespace {
+
+// Median milliseconds per call of fn over `reps` timed calls (after warm-up), synchronising around
+// each call so that host-side work (the plan's offsets copy) is counted too.
+double time_ms(const std::function<void()>& fn, int reps = 20) {
+  for (int i = 0; i < 3; ++i) fn();
+  device_synchronize();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    device_synchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void report(const std::string& what, double ms, double flops) {
+  if (flops > 0) {
+    std::printf("  %-58s %9.3f ms  %7.1f TFLOP/s\n", what.c_str(), ms, flops / (ms * 1e-3) / 1e12);
+  } else {
+    std::printf("  %-58s %9.3f ms\n", what.c_str(), ms);
+  }
+}
+
+Tensor gpu_randn(const Shape& shape, uint64_t seed, double std) {
+  return randn(shape, seed, DType::F32, std).to(Device::CUDA).to(DType::BF16);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_available()) {
+    std::printf("bench_moe: no CUDA device\n");
+    return 0;
+  }
+  const int64_t T = argc > 1 ? std::atoll(argv[1]) : 4096;
+  const int64_t K = 8, E = 128, H = 2816, I = 704;
+  std::printf("Gemma 4 26B-A4B MoE layer: T=%lld tokens, top-%lld of %lld experts, H=%lld, I=%lld (bf16)\n",
+              static_cast<long long>(T), static_cast<long long>(K), static_cast<long long>(E),
+              static_cast<long long>(H), static_cast<long long>(I));
+
+  // Routing from random logits (softmax on the CPU, the rest on the GPU).
+  const Tensor probs = ops::softmax_lastdim(randn({T, E}, 1)).to(Device::CUDA);
+  Tensor weights, indices;
+  ops::router_topk(probs, K, weights, indices);
+  const ops::MoePlan plan = ops::moe_plan(indices, E);
+  int64_t lo = plan.rows(), hi = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    lo = std::min(lo, plan.offsets[e + 1] - plan.offsets[e]);
+    hi = std::max(hi, plan.offsets[e + 1] - plan.offsets[e]);
+  }
+  std::printf("rows per expert: min %lld, max %lld, mean %lld\n", static_cast<long long>(lo),
+              static_cast<long long>(hi), static_cast<long long>(plan.rows() / E));
+
+  const Tensor x = gpu_randn({T, H}, 2, 1.0);
+  const Tensor gate_up = gpu_randn({E, H, 2 * I}, 3, 0.02);
+  const Tensor down = gpu_randn({E, I, H}, 4, 0.02);
+  const Tensor xs = ops::moe_permute(x, plan);
+  const Tensor act = gpu_randn({plan.rows(), I}, 5, 1.0);
+  const Tensor dy_up = gpu_randn({plan.rows(), 2 * I}, 6, 1.0);
+  const Tensor dy_down = gpu_randn({plan.rows(), H}, 7, 1.0);
+  const double N = static_cast<double>(plan.rows());
+  const double f_up = 2.0 * N * H * 2 * I, f_down = 2.0 * N * I * H;
+
+  using ops::cuda::GroupedGemmBackend;
+  for (const GroupedGemmBackend b : {GroupedGemmBackend::Grouped, GroupedGemmBackend::Loop}) {
+    ops::cuda::set_grouped_gemm_backend(b);
+    const std::string tag = b == GroupedGemmBackend::Grouped ? "[cuBLAS grouped] " : "[per-expert Lt] ";
+    std::printf("grouped GEMMs %s\n", tag.c_str());
+    const double t_up = time_ms([&] { ops::grouped_matmul(xs, gate_up, plan.offsets, plan.device_offsets); });
+    report("gate_up fwd  [N,2816] x [E,2816,1408]", t_up, f_up);
+    const double t_down = time_ms([&] { ops::grouped_matmul(act, down, plan.offsets, plan.device_offsets); });
+    report("down fwd     [N,704] x [E,704,2816]", t_down, f_down);
+    Tensor dxs, dw;
+    const double t_up_b = time_ms(
+        [&] { ops::grouped_matmul_backward(dy_up, xs, gate_up, plan.offsets, dxs, dw, plan.device_offsets); });
+    report("gate_up bwd  (dxs + dw)", t_up_b, 2 * f_up);
+    const double t_down_b = time_ms(
+        [&] { ops::grouped_matmul_backward(dy_down, act, down, plan.offsets, dxs, dw, plan.device_offsets); });
+    report("down bwd     (dxs + dw)", t_down_b, 2 * f_down);
+    report("expert GEMMs fwd + bwd", t_up + t_down + t_up_b + t_down_b, 3 * (f_up + f_down));
+  }
+  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Auto);
+
+  std::printf("routing and data movement\n");
+  report("router_topk [T,128] -> top-8",
+         time_ms([&] {
+           Tensor w, i;
+           ops::router_topk(probs, K, w, i);
+         }),
+         0);
+  report("moe_plan (sort + offsets to the host)", time_ms([&] { ops::moe_plan(indices, E); }), 0);
+  report("moe_permute [T,2816] -> [T*K,2816]", time_ms([&] { ops::moe_permute(x, plan); }), 0);
+  report("moe_permute_backward", time_ms([&] { ops::moe_permute_backward(dy_down, plan); }), 0);
+  report("moe_unpermute [T*K,2816] -> [T,2816]", time_ms([&] { ops::moe_unpermute(dy_down, weights, plan); }), 0);
+  const Tensor dout = gpu_randn({T, H}, 8, 1.0);
+  report("moe_unpermute_backward", time_ms([&] {
+           Tensor dys, dwt;
+           ops::moe_unpermute_backward(dout, dy_down, weights, plan, dys, dwt);
+         }),
+         0);
+
+  std::printf("dense GEMMs (bf16, fp32 accumulate)\n");
+  struct Dense {
+    int64_t m, k, n;
+  };
+  for (const Dense d : {Dense{T, 2816, 2112}, Dense{T, 2816, 4096}, Dense{T, 4096, 2816}, Dense{T, 2816, 2816}}) {
+    const Tensor a = gpu_randn({d.m, d.k}, 9, 1.0);
+    const Tensor w = gpu_randn({d.n, d.k}, 10, 0.02);  // Linear layout [out, in]
+    const Tensor g = gpu_randn({d.m, d.n}, 11, 1.0);
+    const double f = 2.0 * d.m * d.k * d.n;
+    const std::string shape = "[" + std::to_string(d.m) + "," + std::to_string(d.k) + "] x [" + std::to_string(d.k) +
+                              "," + std::to_string(d.n) + "]";
+    report("linear " + shape, time_ms([&] { ops::linear(a, w); }), f);
+    report("  backward input", time_ms([&] { ops::linear_backward_input(g, w); }), f);
+    Tensor acc = Tensor::zeros({d.n, d.k}, DType::F32, Device::CUDA);
+    report("  backward weight, f32 accumulate", time_ms([&] { ops::matmul_acc(g, a, true, false, acc, 1.0); }), f);
+  }
+  return 0;
+}

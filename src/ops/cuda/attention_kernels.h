@@ -1,0 +1,52 @@
+// Arguments of the flash-attention kernels (attention_fwd.cu, attention_bwd.cu), filled by the
+// host entry points in attention.cu after the shapes, dtypes and devices have been checked.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace g4::ops::cuda::attn {
+
+using bf16 = __nv_bfloat16;
+
+// AttentionMask with its optional tensors as i32 device pointers (nullptr when absent).
+struct MaskDev {
+  int causal;
+  long long window, q_start, k_start;
+  const int32_t* key_valid;  // [B, Sk]
+  const int32_t* q_doc;      // [B, Sq]
+  const int32_t* k_doc;      // [B, Sk]
+};
+
+struct Dims {
+  int batch, sq, sk, heads, kv_heads, d, dv, group;  // group = heads / kv_heads
+};
+
+struct FwdArgs {
+  const bf16 *q, *k, *v;  // [B, Sq, nH, d], [B, Sk, nKV, d], [B, Sk, nKV, dv]
+  bf16* out;              // [B, Sq, nH, dv]
+  float* lse;             // [B, nH, Sq] or nullptr
+  Dims dims;
+  MaskDev mask;
+  float scale_log2;  // scale * log2(e)
+};
+
+struct BwdArgs {
+  const bf16 *q, *k, *v, *dout;  // dout [B, Sq, nH, dv]
+  const float* lse;              // [B, nH, Sq]
+  const float* dsum;             // [B, nH, Sq]: rowsum(dout * out)
+  float* dq_accum;               // [B, Sq, nH, d] f32, zeroed, scaled by `scale` afterwards
+  bf16 *dk, *dv;                 // [B, Sk, nKV, d], [B, Sk, nKV, dv]
+  Dims dims;
+  MaskDev mask;
+  float scale, scale_log2;
+};
+
+void forward(const FwdArgs& a);
+// dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
+void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
+void backward(const BwdArgs& a);
+// dq = scale * dq_accum, converted to bf16.
+void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float scale);
+
+}  // namespace g4::ops::cuda::attn

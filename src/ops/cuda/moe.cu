@@ -1,0 +1,750 @@
+// Mixture-of-experts blocks on the GPU. Everything is deterministic: no floating-point atomics, and
+// reductions run in a fixed order, so two runs give the same bits.
+#include "ops/cuda/moe.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <type_traits>
+
+#include "core/cuda/runtime.h"
+#include "core/device_memory.h"
+#include "ops/cuda/gemm.h"
+
+namespace g4::ops::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f(float x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return __float2bfloat16(x);
+  } else {
+    return x;
+  }
+}
+// Weights may be f32 while the rows are bf16 (router weights kept in fp32).
+__device__ __forceinline__ float load_weight(const void* w, bool w_f32, int64_t i) {
+  return w_f32 ? static_cast<const float*>(w)[i] : __bfloat162float(static_cast<const bf16*>(w)[i]);
+}
+
+// Typed pointers for T = float or bf16 (Tensor::data knows no CUDA types); callers have checked the dtype.
+template <class T>
+const T* typed(const Tensor& t) {
+  return static_cast<const T*>(t.raw());
+}
+template <class T>
+T* typed(Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+// Calls fn(T{}) with T = float or bf16 for `t`'s dtype.
+template <class Fn>
+void dispatch(const char* op, const Tensor& t, Fn&& fn) {
+  switch (t.dtype()) {
+    case DType::F32: fn(float{}); break;
+    case DType::BF16: fn(bf16{}); break;
+    default: G4_FAIL(op, ": unsupported dtype ", t.describe(), " (the GPU op takes bf16 or f32)");
+  }
+}
+
+void check_gpu(const char* op, const char* name, const Tensor& t) {
+  G4_CHECK(t.defined(), op, ": ", name, " is undefined");
+  G4_CHECK(t.device() == Device::CUDA, op, ": ", name, " ", t.describe(), " is not on the GPU");
+}
+
+void check_gpu_float(const char* op, const char* name, const Tensor& t) {
+  check_gpu(op, name, t);
+  G4_CHECK(t.dtype() == DType::BF16 || t.dtype() == DType::F32, op, ": ", name, " ", t.describe(),
+           " must be bf16 or f32");
+}
+
+void check_plan(const char* op, const MoePlan& plan) {
+  G4_CHECK(plan.order.defined() && plan.row_of.defined() && plan.device_offsets.defined() &&
+               plan.order.dtype() == DType::I32 && plan.row_of.dtype() == DType::I32 &&
+               plan.order.numel() == plan.rows() && plan.row_of.numel() == plan.rows() &&
+               plan.device_offsets.dtype() == DType::I64 && plan.device_offsets.numel() == plan.experts + 1 &&
+               static_cast<int64_t>(plan.offsets.size()) == plan.experts + 1,
+           op, ": malformed MoePlan (tokens ", plan.tokens, ", top_k ", plan.top_k, ", experts ", plan.experts,
+           ", order ", plan.order.describe(), ", row_of ", plan.row_of.describe(), ", ", plan.offsets.size(),
+           " host offsets)");
+  G4_CHECK(plan.order.device() == Device::CUDA && plan.row_of.device() == Device::CUDA &&
+               plan.device_offsets.device() == Device::CUDA,
+           op, ": the MoePlan lives on the CPU (order ", plan.order.describe(), ") but the op's tensors are on the GPU");
+}
+
+void check_int_range(const char* op, const char* what, int64_t v) {
+  G4_CHECK(v >= 0 && v <= INT_MAX, op, ": ", what, " = ", v, " exceeds the 32-bit range the GPU kernels use");
+}
+
+// ---------------------------------------------------------------------------------------------
+// router_topk: one warp per token. Lane l owns experts l, l+32, ...; each of the K rounds takes the
+// warp-wide best (largest probability, lower id on ties: a total order, so every lane agrees).
+
+constexpr int kWarp = 32;
+constexpr int kTopkWarpsPerBlock = 8;
+constexpr int kMaxTopkExperts = 64 * kWarp;  // the per-lane `taken` mask has 64 bits
+
+__device__ __forceinline__ bool better(float va, int ia, float vb, int ib) { return va > vb || (va == vb && ia < ib); }
+
+template <class T>
+__global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, int experts, int k,
+                                   T* __restrict__ weights, int32_t* __restrict__ indices) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t t = blockIdx.x * int64_t{kTopkWarpsPerBlock} + threadIdx.x / kWarp;
+  if (t >= tokens) return;  // whole warps leave together
+  const T* p = probs + t * experts;
+  uint64_t taken = 0;
+  float sum = 0.0f, my_v = 0.0f;
+  int my_id = 0;
+  for (int j = 0; j < k; ++j) {
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
+      if (taken >> s & 1) continue;
+      const float v = to_f(p[e]);
+      if (better(v, e, bv, bi)) {
+        bv = v;
+        bi = e;
+      }
+    }
+    for (int off = kWarp / 2; off > 0; off /= 2) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+      if (better(ov, oi, bv, bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (bi % kWarp == lane) taken |= uint64_t{1} << (bi / kWarp);
+    sum += bv;  // in choice order, as the CPU sums
+    if (lane == j) {
+      my_v = bv;
+      my_id = bi;
+    }
+  }
+  if (lane < k) {
+    weights[t * k + lane] = from_f<T>(my_v / sum);
+    indices[t * k + lane] = my_id;
+  }
+}
+
+// dL/dp_j = (dw_j - Σ_i dw_i w_i) / S for the chosen experts (w_i = p_i / S); one thread per token.
+template <class T>
+__global__ void router_topk_backward_kernel(const T* __restrict__ dweights, const T* __restrict__ probs,
+                                            const int32_t* __restrict__ indices, int64_t tokens, int experts, int k,
+                                            T* __restrict__ dprobs) {
+  const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (t >= tokens) return;
+  const T* p = probs + t * experts;
+  const int32_t* id = indices + t * k;
+  float sum = 0.0f, dot = 0.0f;
+  for (int j = 0; j < k; ++j)
+    if (id[j] >= 0 && id[j] < experts) sum += to_f(p[id[j]]);
+  for (int j = 0; j < k; ++j)
+    if (id[j] >= 0 && id[j] < experts) dot += to_f(dweights[t * k + j]) * to_f(p[id[j]]) / sum;
+  for (int j = 0; j < k; ++j)
+    if (id[j] >= 0 && id[j] < experts) {
+      T& d = dprobs[t * experts + id[j]];
+      d = from_f<T>(to_f(d) + (to_f(dweights[t * k + j]) - dot) / sum);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// moe_plan: histogram -> exclusive scan -> stable scatter (one block per expert walks the
+// assignments in r order, ranking its matches with warp ballots).
+
+constexpr int kScatterThreads = 1024;
+
+__global__ void plan_histogram_kernel(const int32_t* __restrict__ idx, int64_t n, int experts,
+                                      unsigned* __restrict__ counts, unsigned long long* __restrict__ bad) {
+  extern __shared__ unsigned hist[];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < n; r += int64_t{gridDim.x} * blockDim.x) {
+    const int32_t e = idx[r];
+    if (e >= 0 && e < experts) {
+      atomicAdd(&hist[e], 1u);
+    } else {
+      atomicAdd(bad, 1ull);
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    if (hist[e] != 0) atomicAdd(&counts[e], hist[e]);
+}
+
+// One block: offsets[0] = 0, offsets[e+1] = offsets[e] + counts[e].
+__global__ void plan_offsets_kernel(const unsigned* __restrict__ counts, int experts, int64_t* __restrict__ offsets) {
+  extern __shared__ int64_t scan[];  // experts + 1
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) scan[e + 1] = counts[e];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    scan[0] = 0;
+    for (int e = 0; e < experts; ++e) scan[e + 1] += scan[e];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e <= experts; e += blockDim.x) offsets[e] = scan[e];
+}
+
+__global__ void plan_scatter_kernel(const int32_t* __restrict__ idx, int64_t n, const int64_t* __restrict__ offsets,
+                                    int32_t* __restrict__ order, int32_t* __restrict__ row_of) {
+  __shared__ int warp_base[kScatterThreads / kWarp];
+  __shared__ int chunk_total;
+  const int e = blockIdx.x;
+  const int64_t base = offsets[e], count = offsets[e + 1] - base;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  int64_t placed = 0;  // block-uniform
+  for (int64_t start = 0; start < n && placed < count; start += kScatterThreads) {
+    const int64_t r = start + threadIdx.x;
+    const bool mine = r < n && idx[r] == e;
+    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_base[warp] = __popc(ballot);
+    __syncthreads();
+    if (warp == 0) {
+      // Exclusive scan of the per-warp counts (kScatterThreads / 32 = 32 warps, one per lane).
+      const int c = warp_base[lane];
+      int incl = c;
+      for (int off = 1; off < kWarp; off *= 2) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      warp_base[lane] = incl - c;
+      if (lane == kWarp - 1) chunk_total = incl;
+    }
+    __syncthreads();
+    if (mine) {
+      const int64_t row = base + placed + warp_base[warp] + __popc(ballot & ((1u << lane) - 1u));
+      order[row] = static_cast<int32_t>(r);
+      row_of[r] = static_cast<int32_t>(row);
+    }
+    placed += chunk_total;
+    __syncthreads();  // warp_base and chunk_total are rewritten by the next chunk
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row gathers and combines. One block per output row; the fp32 sums run in k order.
+
+template <class U>
+__global__ void permute_rows_kernel(const U* __restrict__ x, U* __restrict__ xs, const int32_t* __restrict__ order,
+                                    int k, int64_t units) {
+  const int64_t row = blockIdx.x;
+  const int64_t src = order[row] / k;
+  for (int64_t c = threadIdx.x; c < units; c += blockDim.x) xs[row * units + c] = x[src * units + c];
+}
+
+template <class T>
+__global__ void permute_backward_kernel(const T* __restrict__ dxs, T* __restrict__ dx,
+                                        const int32_t* __restrict__ row_of, int k, int64_t h) {
+  const int64_t t = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) acc += to_f(dxs[row_of[t * k + j] * h + c]);
+    dx[t * h + c] = from_f<T>(acc);
+  }
+}
+
+template <class T>
+__global__ void unpermute_kernel(const T* __restrict__ ys, const void* __restrict__ weights, bool w_f32,
+                                 T* __restrict__ out, const int32_t* __restrict__ row_of, int k, int64_t h) {
+  const int64_t t = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) acc += load_weight(weights, w_f32, t * k + j) * to_f(ys[row_of[t * k + j] * h + c]);
+    out[t * h + c] = from_f<T>(acc);
+  }
+}
+
+constexpr int kRowThreads = 256;
+
+// One block per assignment r = t*K + j: dys[row] = w[r] · dout[t], dweights[r] = dout[t] · ys[row].
+template <class T>
+__global__ void unpermute_backward_kernel(const T* __restrict__ dout, const T* __restrict__ ys,
+                                          const void* __restrict__ weights, bool w_f32, T* __restrict__ dys,
+                                          void* __restrict__ dweights, const int32_t* __restrict__ row_of, int k,
+                                          int64_t h) {
+  __shared__ float partial[kRowThreads / kWarp];
+  const int64_t r = blockIdx.x, t = r / k, row = row_of[r];
+  const float w = load_weight(weights, w_f32, r);
+  float dot = 0.0f;
+  for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+    const float g = to_f(dout[t * h + c]);
+    dys[row * h + c] = from_f<T>(w * g);
+    dot += g * to_f(ys[row * h + c]);
+  }
+  for (int off = kWarp / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.0f;
+    for (int i = 0; i < kRowThreads / kWarp; ++i) s += partial[i];
+    if (w_f32) {
+      static_cast<float*>(dweights)[r] = s;
+    } else {
+      static_cast<bf16*>(dweights)[r] = __float2bfloat16(s);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped GEMM plumbing.
+
+// Where operand X of expert e starts: base + e * expert_stride + offsets[e] * row_stride (bytes).
+struct Operand {
+  const char* base;
+  int64_t expert_stride, row_stride;
+};
+
+// One block: the pointer arrays of the non-empty experts, in expert order (the same compaction the
+// host makes from its copy of the offsets).
+__global__ void build_pointers_kernel(const int64_t* __restrict__ offsets, int experts, Operand a, Operand b,
+                                      Operand c, const void** __restrict__ pa, const void** __restrict__ pb,
+                                      void** __restrict__ pc) {
+  extern __shared__ int slot[];  // experts: compact index of expert e, or -1 when it has no rows
+  if (threadIdx.x == 0) {
+    int next = 0;
+    for (int e = 0; e < experts; ++e) slot[e] = offsets[e + 1] > offsets[e] ? next++ : -1;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    const int s = slot[e];
+    if (s < 0) continue;
+    const int64_t off = offsets[e];
+    pa[s] = a.base + e * a.expert_stride + off * a.row_stride;
+    pb[s] = b.base + e * b.expert_stride + off * b.row_stride;
+    pc[s] = const_cast<char*>(c.base) + e * c.expert_stride + off * c.row_stride;
+  }
+}
+
+GroupedGemmBackend initial_backend() {
+  const char* env = std::getenv("G4_GROUPED_GEMM");
+  if (env == nullptr || std::string(env).empty()) return GroupedGemmBackend::Auto;
+  const std::string v(env);
+  if (v == "grouped") return GroupedGemmBackend::Grouped;
+  if (v == "loop") return GroupedGemmBackend::Loop;
+  G4_CHECK(v == "auto", "G4_GROUPED_GEMM must be auto, grouped or loop, got '", v, "'");
+  return GroupedGemmBackend::Auto;
+}
+
+GroupedGemmBackend& backend_setting() {
+  static GroupedGemmBackend b = initial_backend();
+  return b;
+}
+bool& grouped_rejected() {  // Auto: cuBLAS refused the grouped call once; use the loop from then on
+  static bool r = false;
+  return r;
+}
+
+cublasHandle_t cublas_handle() {
+  // Created on first use and never destroyed (see core/cuda/runtime.cpp). It shares the compute
+  // stream and the cuBLASLt workspace: work on one stream never overlaps, so one workspace serves both.
+  static cublasHandle_t h = [] {
+    cublasHandle_t handle = nullptr;
+    G4_CUBLAS_CHECK(cublasCreate(&handle));
+    G4_CUBLAS_CHECK(cublasSetStream(handle, g4::cuda::stream()));
+    G4_CUBLAS_CHECK(cublasSetWorkspace(handle, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes()));
+    return handle;
+  }();
+  return h;
+}
+
+// One row-major problem per expert with rows: C_e = op(A_e) · op(B_e), where the expert's row count
+// is m (vary_k false) or k (vary_k true); the other sizes are fixed. Strides as in gemm_rowmajor.
+struct GroupedProblem {
+  bool trans_a, trans_b, vary_k;
+  int64_t m, n, k;  // the varying one is ignored
+  Operand a, b, c;
+  int64_t lda, ldb, ldc;
+  DType dtype;
+};
+
+void run_loop(const GroupedProblem& g, const std::vector<int64_t>& offsets) {
+  const int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t rows = offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    const auto at = [&](const Operand& o) { return o.base + e * o.expert_stride + offsets[e] * o.row_stride; };
+    gemm_rowmajor(g.trans_a, g.trans_b, g.vary_k ? g.m : rows, g.n, g.vary_k ? rows : g.k, 1.0f, at(g.a), g.lda,
+                  at(g.b), g.ldb, g.dtype, 0.0f, const_cast<char*>(at(g.c)), g.ldc, g.dtype);
+  }
+}
+
+// cublasGemmGroupedBatchedEx with one group per non-empty expert. Returns false when cuBLAS
+// rejects the problem (nothing was computed then).
+bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
+  const int experts = static_cast<int>(offsets.size()) - 1;
+  // Host arrays in cuBLAS's column-major terms: C_eᵀ = op(B_e)ᵀ · op(A_e)ᵀ (see gemm.cpp).
+  std::vector<cublasOperation_t> op_a, op_b;
+  std::vector<int> m, n, k, lda, ldb, ldc, group_size;
+  std::vector<float> alpha, beta;
+  for (int e = 0; e < experts; ++e) {
+    const int64_t rows = offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    const int64_t gm = g.vary_k ? g.m : rows, gk = g.vary_k ? rows : g.k;
+    op_a.push_back(g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    op_b.push_back(g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    m.push_back(static_cast<int>(g.n));
+    n.push_back(static_cast<int>(gm));
+    k.push_back(static_cast<int>(gk));
+    lda.push_back(static_cast<int>(g.ldb));
+    ldb.push_back(static_cast<int>(g.lda));
+    ldc.push_back(static_cast<int>(g.ldc));
+    group_size.push_back(1);
+    alpha.push_back(1.0f);
+    beta.push_back(0.0f);
+  }
+  const int groups = static_cast<int>(group_size.size());
+  if (groups == 0) return true;
+  Tensor ptrs = Tensor::empty({3 * int64_t{groups}}, DType::I64, Device::CUDA);
+  auto** p = static_cast<void**>(ptrs.raw());
+  build_pointers_kernel<<<1, 256, static_cast<size_t>(experts) * sizeof(int), g4::cuda::stream()>>>(
+      device_offsets.data<int64_t>(), experts, g.a, g.b, g.c, const_cast<const void**>(p),
+      const_cast<const void**>(p + groups), p + 2 * groups);
+  G4_CUDA_CHECK_LAUNCH();
+  const cudaDataType_t t = g.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  // cuBLAS's A is our B (pointers p + groups), its B our A (pointers p).
+  const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      cublas_handle(), op_a.data(), op_b.data(), m.data(), n.data(), k.data(), alpha.data(),
+      const_cast<const void* const*>(p + groups), t, lda.data(), const_cast<const void* const*>(p), t, ldb.data(),
+      beta.data(), p + 2 * groups, t, ldc.data(), groups, group_size.data(), CUBLAS_COMPUTE_32F);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
+  G4_CUBLAS_CHECK(st);
+  return true;
+}
+
+void run_grouped_problem(const GroupedProblem& g, const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
+  GroupedGemmBackend b = backend_setting();
+  if (b == GroupedGemmBackend::Auto && grouped_rejected()) b = GroupedGemmBackend::Loop;
+  // Degenerate fixed sizes (an empty sum or an empty output) go through gemm_rowmajor's special cases.
+  if (g.n == 0 || (g.vary_k ? g.m == 0 : g.k == 0)) b = GroupedGemmBackend::Loop;
+  if (b == GroupedGemmBackend::Loop) return run_loop(g, offsets);
+  if (run_grouped(g, offsets, device_offsets)) return;
+  G4_CHECK(b == GroupedGemmBackend::Auto, "grouped_matmul: cuBLAS rejected the grouped GEMM (",
+           dtype_name(g.dtype), ") and G4_GROUPED_GEMM=grouped forbids the per-expert fallback");
+  grouped_rejected() = true;
+  run_loop(g, offsets);
+}
+
+void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t experts, int64_t rows) {
+  G4_CHECK(static_cast<int64_t>(offsets.size()) == experts + 1, op, ": ", offsets.size(), " offsets for ", experts,
+           " experts (need experts + 1)");
+  G4_CHECK(offsets.front() == 0 && offsets.back() == rows, op, ": offsets must run from 0 to the ", rows,
+           " rows of xs, got ", offsets.front(), " .. ", offsets.back());
+  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+    G4_CHECK(offsets[e] <= offsets[e + 1], op, ": offsets decrease at expert ", e);
+}
+
+// The offsets on the device: the caller's copy, or an upload of the host offsets.
+Tensor device_offsets_for(const char* op, const std::vector<int64_t>& offsets, const Tensor& given) {
+  if (!given.defined()) return Tensor::from_vector(offsets, {static_cast<int64_t>(offsets.size())}).to(Device::CUDA);
+  G4_CHECK(given.device() == Device::CUDA && given.dtype() == DType::I64 &&
+               given.numel() == static_cast<int64_t>(offsets.size()),
+           op, ": device_offsets ", given.describe(), " must be i64[", offsets.size(), "] on the GPU");
+  return given;
+}
+
+void check_grouped_shapes(const char* op, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets) {
+  check_gpu_float(op, "xs", xs);
+  check_gpu_float(op, "w", w);
+  G4_CHECK(xs.dim() == 2, op, ": xs must be [N, Kd], got ", xs.describe());
+  G4_CHECK(w.dim() == 3, op, ": w must be [E, Kd, Nd], got ", w.describe());
+  G4_CHECK(xs.dtype() == w.dtype(), op, ": dtypes differ: xs ", xs.describe(), " vs w ", w.describe());
+  G4_CHECK(xs.size(1) == w.size(1), op, ": xs ", xs.describe(), " does not match w ", w.describe(),
+           " (xs dim 1 must equal w dim 1)");
+  check_offsets(op, offsets, w.size(0), xs.size(0));
+  check_int_range(op, "rows", xs.size(0));
+  check_int_range(op, "Kd", w.size(1));
+  check_int_range(op, "Nd", w.size(2));
+  check_int_range(op, "experts", w.size(0));
+}
+
+Operand operand(const Tensor& t, int64_t expert_stride_elems, int64_t row_stride_elems) {
+  const auto es = static_cast<int64_t>(dtype_size(t.dtype()));
+  return {static_cast<const char*>(t.raw()), expert_stride_elems * es, row_stride_elems * es};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
+  const char* op = "router_topk";
+  check_gpu_float(op, "probs", probs);
+  G4_CHECK(probs.dim() == 2, op, ": probs must be [T, E], got ", probs.describe());
+  const int64_t tokens = probs.size(0), experts = probs.size(1);
+  G4_CHECK(k >= 1 && k <= experts, op, ": k = ", k, " must be in [1, ", experts, "] for probs ", probs.describe());
+  G4_CHECK(k <= kWarp && experts <= kMaxTopkExperts, op, ": the GPU kernel takes k <= ", kWarp, " and at most ",
+           kMaxTopkExperts, " experts, got k = ", k, " and ", probs.describe());
+  // NaN probabilities are not detected on the GPU (that would need a synchronisation); they order
+  // below every number here, where the CPU op raises an error.
+  weights = Tensor::empty({tokens, k}, probs.dtype(), Device::CUDA);
+  indices = Tensor::empty({tokens, k}, DType::I32, Device::CUDA);
+  if (tokens == 0) return;
+  const unsigned blocks = g4::cuda::blocks_for(tokens, kTopkWarpsPerBlock);
+  dispatch(op, probs, [&](auto tag) {
+    using T = decltype(tag);
+    router_topk_kernel<T><<<blocks, kTopkWarpsPerBlock * kWarp, 0, g4::cuda::stream()>>>(
+        typed<T>(probs), tokens, static_cast<int>(experts), static_cast<int>(k), typed<T>(weights),
+        indices.data<int32_t>());
+  });
+  G4_CUDA_CHECK_LAUNCH();
+}
+
+Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices) {
+  const char* op = "router_topk_backward";
+  check_gpu_float(op, "probs", probs);
+  check_gpu_float(op, "dweights", dweights);
+  check_gpu(op, "indices", indices);
+  G4_CHECK(probs.dim() == 2, op, ": probs must be [T, E], got ", probs.describe());
+  G4_CHECK(dweights.dtype() == probs.dtype(), op, ": dtypes differ: dweights ", dweights.describe(), " vs probs ",
+           probs.describe());
+  const int64_t tokens = probs.size(0), experts = probs.size(1);
+  G4_CHECK(dweights.dim() == 2 && dweights.size(0) == tokens && indices.shape() == dweights.shape(), op,
+           ": dweights ", dweights.describe(), " and indices ", indices.describe(), " must both be [T, K] for probs ",
+           probs.describe());
+  G4_CHECK(indices.dtype() == DType::I32 || indices.dtype() == DType::I64, op, ": indices must be i32 or i64, got ",
+           indices.describe());
+  check_int_range(op, "experts", experts);
+  const Tensor idx = indices.dtype() == DType::I32 ? indices : indices.to(DType::I32);
+  const int64_t k = dweights.size(1);
+  Tensor dp = Tensor::zeros(probs.shape(), probs.dtype(), Device::CUDA);
+  if (tokens == 0) return dp;
+  dispatch(op, probs, [&](auto tag) {
+    using T = decltype(tag);
+    router_topk_backward_kernel<T><<<g4::cuda::blocks_for(tokens, 128), 128, 0, g4::cuda::stream()>>>(
+        typed<T>(dweights), typed<T>(probs), idx.data<int32_t>(), tokens, static_cast<int>(experts),
+        static_cast<int>(k), typed<T>(dp));
+  });
+  G4_CUDA_CHECK_LAUNCH();
+  return dp;
+}
+
+MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
+  const char* op = "moe_plan";
+  check_gpu(op, "indices", indices);
+  G4_CHECK(indices.dim() == 2, op, ": indices must be [T, K], got ", indices.describe());
+  G4_CHECK(indices.dtype() == DType::I32 || indices.dtype() == DType::I64, op, ": indices must be i32 or i64, got ",
+           indices.describe());
+  G4_CHECK(num_experts >= 1, op, ": num_experts must be positive, got ", num_experts);
+  G4_CHECK(num_experts <= 4096, op, ": at most 4096 experts on the GPU, got ", num_experts);
+  const int64_t n = indices.numel();
+  check_int_range(op, "tokens * top_k", n);
+  const Tensor idx = indices.dtype() == DType::I32 ? indices : indices.to(DType::I32);
+  const int experts = static_cast<int>(num_experts);
+
+  MoePlan plan;
+  plan.tokens = indices.size(0);
+  plan.top_k = indices.size(1);
+  plan.experts = num_experts;
+  plan.order = Tensor::empty({n}, DType::I32, Device::CUDA);
+  plan.row_of = Tensor::empty({n}, DType::I32, Device::CUDA);
+  // offsets [E+1] followed by the count of out-of-range expert ids: one copy brings both back.
+  Tensor meta = Tensor::zeros({num_experts + 2}, DType::I64, Device::CUDA);
+  Tensor counts = Tensor::zeros({num_experts}, DType::I32, Device::CUDA);
+  auto* bad = reinterpret_cast<unsigned long long*>(meta.data<int64_t>() + num_experts + 1);
+  auto* cnt = reinterpret_cast<unsigned*>(counts.data<int32_t>());
+  const cudaStream_t s = g4::cuda::stream();
+  if (n > 0) {
+    const unsigned hist_blocks = g4::cuda::blocks_for(n < (int64_t{1} << 20) ? n : (int64_t{1} << 20), 256);
+    plan_histogram_kernel<<<hist_blocks, 256, static_cast<size_t>(experts) * sizeof(unsigned), s>>>(
+        idx.data<int32_t>(), n, experts, cnt, bad);
+    G4_CUDA_CHECK_LAUNCH();
+  }
+  plan_offsets_kernel<<<1, 256, static_cast<size_t>(experts + 1) * sizeof(int64_t), s>>>(cnt, experts,
+                                                                                         meta.data<int64_t>());
+  G4_CUDA_CHECK_LAUNCH();
+  if (n > 0) {
+    plan_scatter_kernel<<<static_cast<unsigned>(experts), kScatterThreads, 0, s>>>(
+        idx.data<int32_t>(), n, meta.data<int64_t>(), plan.order.data<int32_t>(), plan.row_of.data<int32_t>());
+    G4_CUDA_CHECK_LAUNCH();
+  }
+  // The one device-to-host copy of an MoE layer: the grouped GEMM launches (and expert-parallel
+  // dispatch) need each expert's row count on the host. E+2 values; the host waits here.
+  std::vector<int64_t> host(static_cast<size_t>(num_experts + 2));
+  detail::device_copy(host.data(), Device::CPU, meta.raw(), Device::CUDA, host.size() * sizeof(int64_t));
+  G4_CHECK(host.back() == 0, op, ": ", host.back(), " expert ids of indices ", indices.describe(),
+           " are outside [0, ", num_experts, ")");
+  host.pop_back();
+  plan.offsets = std::move(host);
+  plan.device_offsets = meta.slice0(0, num_experts + 1);
+  return plan;
+}
+
+Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
+  const char* op = "moe_permute";
+  check_plan(op, plan);
+  check_gpu(op, "x", x);
+  G4_CHECK(x.dim() == 2, op, ": x must be [T, H], got ", x.describe());
+  G4_CHECK(x.size(0) == plan.tokens, op, ": x ", x.describe(), " has not the plan's ", plan.tokens, " tokens");
+  const int64_t rows = plan.rows();
+  Tensor xs = Tensor::empty({rows, x.size(1)}, x.dtype(), Device::CUDA);
+  const int64_t row_bytes = x.size(1) * static_cast<int64_t>(dtype_size(x.dtype()));
+  if (rows == 0 || row_bytes == 0) return xs;
+  // Copy in the widest unit that divides the row and both base addresses.
+  const auto aligned = [&](int64_t unit) {
+    return row_bytes % unit == 0 && reinterpret_cast<uintptr_t>(x.raw()) % unit == 0 &&
+           reinterpret_cast<uintptr_t>(xs.raw()) % unit == 0;
+  };
+  const auto launch = [&](auto unit_tag) {
+    using U = decltype(unit_tag);
+    const int64_t units = row_bytes / static_cast<int64_t>(sizeof(U));
+    const int threads = units >= 256 ? 256 : (units >= 64 ? 64 : 32);
+    permute_rows_kernel<U><<<static_cast<unsigned>(rows), threads, 0, g4::cuda::stream()>>>(
+        static_cast<const U*>(x.raw()), static_cast<U*>(xs.raw()), plan.order.data<int32_t>(),
+        static_cast<int>(plan.top_k), units);
+  };
+  check_int_range(op, "tokens * top_k", rows);
+  if (aligned(16)) {
+    launch(uint4{});
+  } else if (aligned(4)) {
+    launch(uint32_t{});
+  } else if (aligned(2)) {
+    launch(uint16_t{});
+  } else {
+    launch(uint8_t{});
+  }
+  G4_CUDA_CHECK_LAUNCH();
+  return xs;
+}
+
+Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan) {
+  const char* op = "moe_permute_backward";
+  check_plan(op, plan);
+  check_gpu_float(op, "dxs", dxs);
+  G4_CHECK(dxs.dim() == 2 && dxs.size(0) == plan.rows(), op, ": dxs ", dxs.describe(),
+           " must be [tokens * top_k = ", plan.rows(), ", H]");
+  const int64_t h = dxs.size(1);
+  Tensor dx = Tensor::empty({plan.tokens, h}, dxs.dtype(), Device::CUDA);
+  if (plan.tokens == 0 || h == 0) return dx;
+  check_int_range(op, "tokens", plan.tokens);
+  dispatch(op, dxs, [&](auto tag) {
+    using T = decltype(tag);
+    permute_backward_kernel<T><<<static_cast<unsigned>(plan.tokens), kRowThreads, 0, g4::cuda::stream()>>>(
+        typed<T>(dxs), typed<T>(dx), plan.row_of.data<int32_t>(), static_cast<int>(plan.top_k), h);
+  });
+  G4_CUDA_CHECK_LAUNCH();
+  return dx;
+}
+
+namespace {
+void check_weights(const char* op, const Tensor& weights, const Tensor& ys, const MoePlan& plan) {
+  check_gpu_float(op, "weights", weights);
+  G4_CHECK(weights.dtype() == ys.dtype() || weights.dtype() == DType::F32, op, ": weights ", weights.describe(),
+           " must have ys's dtype or be f32 (ys ", ys.describe(), ")");
+  G4_CHECK(ys.dim() == 2 && ys.size(0) == plan.rows() && weights.shape() == Shape({plan.tokens, plan.top_k}), op,
+           ": ys ", ys.describe(), " and weights ", weights.describe(), " do not match the plan's tokens ",
+           plan.tokens, " and top_k ", plan.top_k);
+}
+}  // namespace
+
+Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& plan) {
+  const char* op = "moe_unpermute";
+  check_plan(op, plan);
+  check_gpu_float(op, "ys", ys);
+  check_weights(op, weights, ys, plan);
+  const int64_t h = ys.size(1);
+  Tensor out = Tensor::empty({plan.tokens, h}, ys.dtype(), Device::CUDA);
+  if (plan.tokens == 0 || h == 0) return out;
+  check_int_range(op, "tokens", plan.tokens);
+  dispatch(op, ys, [&](auto tag) {
+    using T = decltype(tag);
+    unpermute_kernel<T><<<static_cast<unsigned>(plan.tokens), kRowThreads, 0, g4::cuda::stream()>>>(
+        typed<T>(ys), weights.raw(), weights.dtype() == DType::F32, typed<T>(out), plan.row_of.data<int32_t>(),
+        static_cast<int>(plan.top_k), h);
+  });
+  G4_CUDA_CHECK_LAUNCH();
+  return out;
+}
+
+void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& weights, const MoePlan& plan,
+                            Tensor& dys, Tensor& dweights) {
+  const char* op = "moe_unpermute_backward";
+  check_plan(op, plan);
+  check_gpu_float(op, "ys", ys);
+  check_gpu_float(op, "dout", dout);
+  check_weights(op, weights, ys, plan);
+  G4_CHECK(dout.dtype() == ys.dtype() && dout.shape() == Shape({plan.tokens, ys.size(1)}), op, ": dout ",
+           dout.describe(), " must be [", plan.tokens, ", ", ys.size(1), "] with ys's dtype (ys ", ys.describe(), ")");
+  const int64_t h = ys.size(1);
+  dys = Tensor::empty(ys.shape(), ys.dtype(), Device::CUDA);
+  dweights = Tensor::empty(weights.shape(), weights.dtype(), Device::CUDA);
+  if (plan.rows() == 0) return;
+  check_int_range(op, "tokens * top_k", plan.rows());
+  if (h == 0) {
+    dweights.fill(0.0);
+    return;
+  }
+  dispatch(op, ys, [&](auto tag) {
+    using T = decltype(tag);
+    unpermute_backward_kernel<T><<<static_cast<unsigned>(plan.rows()), kRowThreads, 0, g4::cuda::stream()>>>(
+        typed<T>(dout), typed<T>(ys), weights.raw(), weights.dtype() == DType::F32, typed<T>(dys), dweights.raw(),
+        plan.row_of.data<int32_t>(), static_cast<int>(plan.top_k), h);
+  });
+  G4_CUDA_CHECK_LAUNCH();
+}
+
+Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
+                      const Tensor& device_offsets) {
+  const char* op = "grouped_matmul";
+  check_grouped_shapes(op, xs, w, offsets);
+  const int64_t kd = w.size(1), nd = w.size(2);
+  Tensor y = Tensor::empty({xs.size(0), nd}, xs.dtype(), Device::CUDA);
+  if (xs.size(0) == 0 || nd == 0) return y;
+  const Tensor dev = device_offsets_for(op, offsets, device_offsets);
+  // y_e [n_e, Nd] = xs_e [n_e, Kd] · w_e [Kd, Nd].
+  const GroupedProblem g{false, false, false, 0, nd, kd, operand(xs, 0, kd), operand(w, kd * nd, 0),
+                         operand(y, 0, nd), kd, nd, nd, xs.dtype()};
+  run_grouped_problem(g, offsets, dev);
+  return y;
+}
+
+void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets) {
+  const char* op = "grouped_matmul_backward";
+  check_grouped_shapes(op, xs, w, offsets);
+  check_gpu_float(op, "dy", dy);
+  G4_CHECK(dy.dtype() == xs.dtype() && dy.shape() == Shape({xs.size(0), w.size(2)}), op, ": dy ", dy.describe(),
+           ", xs ", xs.describe(), " and w ", w.describe(), " do not fit [N, Nd], [N, Kd], [E, Kd, Nd]");
+  const int64_t kd = w.size(1), nd = w.size(2);
+  dxs = Tensor::empty(xs.shape(), xs.dtype(), Device::CUDA);
+  dw = Tensor::empty(w.shape(), w.dtype(), Device::CUDA);
+  // Experts without rows get no GEMM: their weight gradient is zero.
+  const size_t expert_bytes = static_cast<size_t>(kd * nd) * dtype_size(w.dtype());
+  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+    if (offsets[e + 1] == offsets[e] && expert_bytes > 0)
+      G4_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(dw.raw()) + e * expert_bytes, 0, expert_bytes,
+                                    g4::cuda::stream()));
+  if (xs.size(0) == 0) return;
+  const Tensor dev = device_offsets_for(op, offsets, device_offsets);
+  // dxs_e [n_e, Kd] = dy_e [n_e, Nd] · w_eᵀ.
+  if (kd > 0) {
+    const GroupedProblem gx{false, true, false, 0, kd, nd, operand(dy, 0, nd), operand(w, kd * nd, 0),
+                            operand(dxs, 0, kd), nd, nd, kd, xs.dtype()};
+    run_grouped_problem(gx, offsets, dev);
+  }
+  // dw_e [Kd, Nd] = xs_eᵀ [Kd, n_e] · dy_e [n_e, Nd].
+  if (kd > 0 && nd > 0) {
+    const GroupedProblem gw{true, false, true, kd, nd, 0, operand(xs, 0, kd), operand(dy, 0, nd),
+                            operand(dw, kd * nd, 0), kd, nd, nd, xs.dtype()};
+    run_grouped_problem(gw, offsets, dev);
+  }
+}
+
+void set_grouped_gemm_backend(GroupedGemmBackend backend) {
+  backend_setting() = backend;
+  grouped_rejected() = false;
+}
+
+GroupedGemmBackend grouped_gemm_backend() { return backend_setting(); }
+
+}  // namespace g4::ops::cuda

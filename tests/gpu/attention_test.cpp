@@ -1,0 +1,217 @@
+// The CUDA flash attention (forward: out and lse; backward: dq, dk, dv) against the CPU reference
+// on bf16-exact random inputs. Tolerances (max |error| <= atol + rtol * max |reference|):
+//   out: atol 2e-3, rtol 1e-2 — P is rounded to bf16 before P·V and out is stored in bf16;
+//   lse: atol 1e-3, rtol 1e-4 — fp32 scores from exact bf16 inputs, -inf rows must match exactly;
+//   dq, dk, dv: atol 1e-3, rtol 2e-2 — P and dS are rounded to bf16 before their products, the
+//   gradients are stored in bf16, and the GPU backward uses its own bf16 out.
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "gpu_test.h"
+#include "ops/attention.h"
+
+namespace g4 {
+namespace {
+
+using ops::AttentionMask;
+
+struct Case {
+  std::string name;
+  int64_t batch, sq, sk, heads, kv_heads, d, dv;
+  AttentionMask mask;
+  double scale = 0;       // 0: 1 / sqrt(d)
+  double std = 1.0;       // of q and k
+  bool same_kv = false;   // pass k as v (d == dv)
+};
+
+AttentionMask causal(int64_t window = 0) {
+  AttentionMask m;
+  m.causal = true;
+  m.window = window;
+  return m;
+}
+AttentionMask bidirectional(int64_t window = 0) {
+  AttentionMask m;
+  m.causal = false;
+  m.window = window;
+  return m;
+}
+
+// Compares lse with -inf entries compared exactly (the tolerance check cannot subtract them).
+void expect_lse_close(const Tensor& gpu_lse, const Tensor& ref_lse, const std::string& what) {
+  Tensor g = test::host_f32(gpu_lse), r = ref_lse.to(DType::F32).clone();
+  ASSERT_EQ(g.shape(), r.shape()) << what;
+  int64_t inf_rows = 0;
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    float& gv = g.data<float>()[i];
+    float& rv = r.data<float>()[i];
+    if (std::isinf(rv) || std::isinf(gv)) {
+      EXPECT_EQ(gv, rv) << what << ": lse at " << i;
+      gv = rv = 0;
+      ++inf_rows;
+    }
+  }
+  test::expect_close_scaled(g, r, 1e-3, 1e-4, what + " lse (" + std::to_string(inf_rows) + " -inf rows)");
+}
+
+void run_case(const Case& c, uint64_t seed = 1) {
+  std::printf("[%s] B=%lld Sq=%lld Sk=%lld nH=%lld nKV=%lld d=%lld dv=%lld\n", c.name.c_str(),
+              static_cast<long long>(c.batch), static_cast<long long>(c.sq), static_cast<long long>(c.sk),
+              static_cast<long long>(c.heads), static_cast<long long>(c.kv_heads), static_cast<long long>(c.d),
+              static_cast<long long>(c.dv));
+  const double scale = c.scale != 0 ? c.scale : 1.0 / std::sqrt(static_cast<double>(c.d));
+  const Tensor q = test::randn_bf16_exact({c.batch, c.sq, c.heads, c.d}, seed, c.std);
+  const Tensor k = test::randn_bf16_exact({c.batch, c.sk, c.kv_heads, c.d}, seed + 1, c.std);
+  const Tensor v = c.same_kv ? k : test::randn_bf16_exact({c.batch, c.sk, c.kv_heads, c.dv}, seed + 2);
+  const Tensor dout = test::randn_bf16_exact({c.batch, c.sq, c.heads, c.dv}, seed + 3);
+
+  Tensor ref_lse;
+  const Tensor ref_out = ops::attention(q, k, v, c.mask, scale, &ref_lse);
+  Tensor ref_dq, ref_dk, ref_dv;
+  ops::attention_backward(dout, q, k, v, ref_out, ref_lse, c.mask, scale, ref_dq, ref_dk, ref_dv);
+
+  const Tensor gq = test::gpu_bf16(q), gk = test::gpu_bf16(k), gdout = test::gpu_bf16(dout);
+  const Tensor gv = c.same_kv ? gk : test::gpu_bf16(v);
+  Tensor lse;
+  const Tensor out = ops::attention(gq, gk, gv, c.mask, scale, &lse);
+  EXPECT_EQ(out.device(), Device::CUDA);
+  EXPECT_EQ(lse.dtype(), DType::F32);
+  test::expect_close_scaled(out, ref_out, 2e-3, 1e-2, c.name + " out");
+  expect_lse_close(lse, ref_lse, c.name);
+
+  Tensor dq, dk, dv;
+  ops::attention_backward(gdout, gq, gk, gv, out, lse, c.mask, scale, dq, dk, dv);
+  test::expect_close_scaled(dq, ref_dq, 1e-3, 2e-2, c.name + " dq");
+  test::expect_close_scaled(dk, ref_dk, 1e-3, 2e-2, c.name + " dk");
+  test::expect_close_scaled(dv, ref_dv, 1e-3, 2e-2, c.name + " dv");
+}
+
+TEST(GpuAttention, CausalHeadDim256Gqa2) { run_case({"d256 causal gqa2", 2, 300, 300, 4, 2, 256, 256, causal()}); }
+
+TEST(GpuAttention, CausalHeadDim512Gqa4) { run_case({"d512 causal gqa4", 1, 200, 200, 4, 1, 512, 512, causal()}); }
+
+TEST(GpuAttention, SlidingWindowHeadDim512Gqa8) {
+  run_case({"d512 window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
+}
+
+TEST(GpuAttention, SlidingWindowHeadDim64Gqa8) {
+  run_case({"d64 window100 gqa8", 2, 300, 300, 8, 1, 64, 64, causal(100)});
+}
+
+TEST(GpuAttention, SlidingWindowHeadDim256) {
+  run_case({"d256 window100 gqa1", 1, 300, 300, 2, 2, 256, 256, causal(100)});
+}
+
+TEST(GpuAttention, BidirectionalHeadDim16) {
+  run_case({"d16 bidirectional", 2, 70, 90, 2, 2, 16, 16, bidirectional()});
+}
+
+TEST(GpuAttention, BidirectionalWindowHeadDim256) {
+  run_case({"d256 bidirectional window50", 1, 260, 260, 4, 2, 256, 256, bidirectional(50)});
+}
+
+TEST(GpuAttention, BidirectionalWindowHeadDim512) {
+  run_case({"d512 bidirectional window70", 1, 150, 180, 2, 1, 512, 512, bidirectional(70)});
+}
+
+TEST(GpuAttention, OddHeadDims) { run_case({"d40 dv24 causal gqa2", 2, 77, 77, 4, 2, 40, 24, causal()}); }
+
+TEST(GpuAttention, PackedDocuments) {
+  AttentionMask m = causal();
+  const int64_t S = 200;
+  std::vector<int32_t> doc(2 * S);
+  for (int64_t i = 0; i < S; ++i) {
+    doc[i] = i < 37 ? 0 : i < 150 ? 1 : 2;      // row 0: three documents
+    doc[S + i] = i < 100 ? 4 : 5;               // row 1: two
+  }
+  m.q_doc = Tensor::from_vector<int32_t>(doc, {2, S});
+  m.k_doc = m.q_doc;
+  run_case({"d64 packed documents", 2, S, S, 4, 2, 64, 64, m});
+  AttentionMask m256 = m;
+  run_case({"d256 packed documents", 2, S, S, 2, 1, 256, 256, m256});
+  AttentionMask bi = bidirectional();
+  bi.q_doc = m.q_doc;
+  bi.k_doc = m.k_doc;
+  run_case({"d512 packed documents bidirectional", 2, S, S, 2, 2, 512, 512, bi});
+}
+
+TEST(GpuAttention, KeyPaddingAndRowsWithoutKeys) {
+  const int64_t S = 130;
+  std::vector<uint8_t> valid(2 * S, 1);
+  for (int64_t j = 0; j < 20; ++j) valid[j] = 0;           // row 0: left padding (its first queries see nothing)
+  for (int64_t j = 100; j < S; ++j) valid[S + j] = 0;      // row 1: right padding
+  AttentionMask m = causal();
+  m.key_valid = Tensor::from_vector<uint8_t>(valid, {2, S}).to(DType::Bool);
+  run_case({"d256 key_valid causal", 2, S, S, 4, 2, 256, 256, m});
+  run_case({"d16 key_valid causal", 2, S, S, 4, 4, 16, 16, m});
+  AttentionMask bi = bidirectional();
+  std::vector<int64_t> none(2 * S, 1);
+  for (int64_t j = 0; j < S; ++j) none[S + j] = 0;  // batch row 1 has no valid key at all
+  bi.key_valid = Tensor::from_vector<int64_t>(none, {2, S});
+  run_case({"d512 key_valid, a batch row without keys", 2, S, S, 2, 1, 512, 512, bi});
+}
+
+TEST(GpuAttention, QueriesBeforeTheirFirstKey) {
+  AttentionMask m = causal();
+  m.k_start = 5;  // queries 0..4 see no key: out 0, lse -inf, zero gradients
+  run_case({"d64 k_start 5", 1, 40, 40, 2, 1, 64, 64, m});
+}
+
+TEST(GpuAttention, DecodeAgainstACache) {
+  for (int64_t sq = 1; sq <= 3; ++sq) {
+    AttentionMask m = causal();
+    m.q_start = 200 - sq;
+    run_case({"d256 decode sq=" + std::to_string(sq), 2, sq, 200, 8, 4, 256, 256, m});
+    run_case({"d512 decode sq=" + std::to_string(sq), 1, sq, 200, 8, 1, 512, 512, m});
+    AttentionMask w = causal(64);
+    w.q_start = 200 - sq;
+    run_case({"d256 decode window64 sq=" + std::to_string(sq), 1, sq, 200, 4, 2, 256, 256, w});
+  }
+}
+
+TEST(GpuAttention, ContextParallelShardOffsets) {
+  AttentionMask m = causal(90);
+  m.q_start = 256;
+  m.k_start = 128;
+  run_case({"d256 shard q_start 256 k_start 128 window 90", 1, 128, 256, 4, 2, 256, 256, m});
+}
+
+TEST(GpuAttention, KeysEqualValues) {
+  Case c{"d256 k = v (one tensor)", 1, 150, 150, 4, 2, 256, 256, causal()};
+  c.same_kv = true;
+  run_case(c);
+  Case c512{"d512 k = v (one tensor)", 1, 100, 100, 2, 1, 512, 512, causal()};
+  c512.same_kv = true;
+  run_case(c512);
+}
+
+TEST(GpuAttention, GemmaScaleOne) {
+  // Gemma 4 uses scale 1 on RMS-normed q and k: inputs with std d^-1/4 keep the scores O(1).
+  Case c{"d512 scale 1", 1, 160, 160, 4, 2, 512, 512, causal()};
+  c.scale = 1.0;
+  c.std = std::pow(512.0, -0.25);
+  run_case(c);
+  Case c256{"d256 scale 1 window 64", 1, 160, 160, 4, 2, 256, 256, causal(64)};
+  c256.scale = 1.0;
+  c256.std = std::pow(256.0, -0.25);
+  run_case(c256);
+}
+
+TEST(GpuAttention, RejectsBadArguments) {
+  G4_REQUIRE_GPU();
+  const Tensor q = Tensor::zeros({1, 4, 2, 16}, DType::BF16, Device::CUDA);
+  const Tensor k = Tensor::zeros({1, 4, 1, 16}, DType::BF16, Device::CUDA);
+  const Tensor k3 = Tensor::zeros({1, 4, 3, 16}, DType::BF16, Device::CUDA);
+  const Tensor k12 = Tensor::zeros({1, 4, 1, 12}, DType::BF16, Device::CUDA);
+  const Tensor qf = Tensor::zeros({1, 4, 2, 16}, DType::F32, Device::CUDA);
+  EXPECT_THROW(ops::attention(q, k3, k3, causal(), 1.0), Error);
+  EXPECT_THROW(ops::attention(qf, k, k, causal(), 1.0), Error);
+  EXPECT_THROW(ops::attention(q, k12, k12, causal(), 1.0), Error);
+  AttentionMask m = causal();
+  m.key_valid = Tensor::zeros({1, 5}, DType::I32);
+  EXPECT_THROW(ops::attention(q, k, k, m, 1.0), Error);
+}
+
+}  // namespace
+}  // namespace g4

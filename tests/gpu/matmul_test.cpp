@@ -1,0 +1,138 @@
+// Dense GEMMs on the GPU (cuBLASLt) against the CPU reference: f32 with tight tolerances (fp32
+// compute, no TF32), bf16 with a tolerance for the bf16 rounding of the result.
+#include "gpu_test.h"
+#include "ops/matmul.h"
+
+namespace g4 {
+namespace {
+
+using test::expect_close_scaled;
+using test::gpu_bf16;
+using test::gpu_f32;
+using test::randn_bf16_exact;
+
+// f32: products of bf16-exact inputs are exact in fp32; only the summation order differs.
+constexpr double kF32Rtol = 1e-5;
+// bf16 outputs: one rounding (2^-9 relative) plus fp32 sums; relative to the largest |value|.
+constexpr double kBf16Rtol = 8e-3;
+
+Shape mat_shape(bool trans, int64_t rows, int64_t cols) { return trans ? Shape{cols, rows} : Shape{rows, cols}; }
+
+TEST(GpuMatmul, F32AllTransposesMatchTheCpu) {
+  G4_REQUIRE_GPU();
+  const int64_t m = 37, k = 53, n = 29;  // nothing a multiple of a tile
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const Tensor a = randn_bf16_exact(mat_shape(ta, m, k), 10 + ta);
+      const Tensor b = randn_bf16_exact(mat_shape(tb, k, n), 20 + tb);
+      const Tensor want = ops::matmul(a, b, ta, tb);
+      const Tensor got = ops::matmul(gpu_f32(a), gpu_f32(b), ta, tb);
+      EXPECT_EQ(got.device(), Device::CUDA);
+      EXPECT_EQ(got.dtype(), DType::F32);
+      expect_close_scaled(got, want, 0, kF32Rtol, "f32 matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+    }
+}
+
+TEST(GpuMatmul, Bf16AllTransposesMatchTheCpu) {
+  G4_REQUIRE_GPU();
+  const int64_t m = 300, k = 1000, n = 129;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const Tensor a = randn_bf16_exact(mat_shape(ta, m, k), 30 + ta);
+      const Tensor b = randn_bf16_exact(mat_shape(tb, k, n), 40 + tb);
+      const Tensor want = ops::matmul(a, b, ta, tb);
+      const Tensor got = ops::matmul(gpu_bf16(a), gpu_bf16(b), ta, tb);
+      EXPECT_EQ(got.dtype(), DType::BF16);
+      expect_close_scaled(got, want, 0, kBf16Rtol, "bf16 matmul ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+    }
+}
+
+TEST(GpuMatmul, LeadingDimsFlattenAndDenseModelShape) {
+  G4_REQUIRE_GPU();
+  const Tensor a = randn_bf16_exact({2, 5, 24}, 1);
+  const Tensor b = randn_bf16_exact({24, 7}, 2);
+  const Tensor got = ops::matmul(gpu_f32(a), gpu_f32(b));
+  EXPECT_EQ(got.shape(), Shape({2, 5, 7}));
+  expect_close_scaled(got, ops::matmul(a, b), 0, kF32Rtol, "f32 [2,5,24] x [24,7]");
+  // A Gemma 4 26B-A4B-sized product (tokens x hidden times hidden x 2112).
+  const Tensor x = randn_bf16_exact({512, 2816}, 3, 0.5);
+  const Tensor w = randn_bf16_exact({2816, 2112}, 4, 0.05);
+  expect_close_scaled(ops::matmul(gpu_bf16(x), gpu_bf16(w)), ops::matmul(x, w), 0, kBf16Rtol,
+                      "bf16 [512,2816] x [2816,2112]");
+}
+
+TEST(GpuMatmul, AccumulatesBf16ProductsIntoF32) {
+  G4_REQUIRE_GPU();
+  // A weight-gradient accumulation: C[in, out] += 0.5 * xᵀ · dy with x [rows, in], dy [rows, out].
+  const Tensor x = randn_bf16_exact({77, 45}, 5);
+  const Tensor dy = randn_bf16_exact({77, 31}, 6);
+  const Tensor c0 = randn_bf16_exact({45, 31}, 7);
+  Tensor want = c0.clone();
+  ops::matmul_acc(x, dy, true, false, want, 0.5);
+  Tensor got = gpu_f32(c0);
+  ops::matmul_acc(gpu_bf16(x), gpu_bf16(dy), true, false, got, 0.5);
+  EXPECT_EQ(got.dtype(), DType::F32);
+  expect_close_scaled(got, want, 0, kF32Rtol, "matmul_acc bf16 -> f32 C");
+  Tensor got32 = gpu_f32(c0);
+  ops::matmul_acc(gpu_f32(x), gpu_f32(dy), true, false, got32, 0.5);
+  expect_close_scaled(got32, want, 0, kF32Rtol, "matmul_acc f32");
+  Tensor got16 = gpu_bf16(c0);
+  ops::matmul_acc(gpu_bf16(x), gpu_bf16(dy), true, false, got16, 0.5);
+  expect_close_scaled(got16, want, 0, kBf16Rtol, "matmul_acc bf16 C");
+  // A C carrying leading dims, B transposed.
+  const Tensor a = randn_bf16_exact({3, 4, 16}, 8);
+  const Tensor b = randn_bf16_exact({9, 16}, 9);
+  const Tensor c3 = randn_bf16_exact({3, 4, 9}, 10);
+  Tensor want3 = c3.clone();
+  ops::matmul_acc(a, b, false, true, want3, -1.0);
+  Tensor got3 = gpu_f32(c3);
+  ops::matmul_acc(gpu_f32(a), gpu_f32(b), false, true, got3, -1.0);
+  expect_close_scaled(got3, want3, 0, kF32Rtol, "matmul_acc [3,4,16] x [9,16]^T");
+}
+
+TEST(GpuMatmul, LinearAndItsGradients) {
+  G4_REQUIRE_GPU();
+  const Tensor x = randn_bf16_exact({2, 13, 40}, 11);
+  const Tensor w = randn_bf16_exact({24, 40}, 12);
+  const Tensor dy = randn_bf16_exact({2, 13, 24}, 13);
+  expect_close_scaled(ops::linear(gpu_f32(x), gpu_f32(w)), ops::linear(x, w), 0, kF32Rtol, "linear f32");
+  expect_close_scaled(ops::linear_backward_input(gpu_f32(dy), gpu_f32(w)), ops::linear_backward_input(dy, w), 0,
+                      kF32Rtol, "linear_backward_input f32");
+  expect_close_scaled(ops::linear_backward_weight(gpu_f32(dy), gpu_f32(x)), ops::linear_backward_weight(dy, x), 0,
+                      kF32Rtol, "linear_backward_weight f32");
+  expect_close_scaled(ops::linear(gpu_bf16(x), gpu_bf16(w)), ops::linear(x, w), 0, kBf16Rtol, "linear bf16");
+  expect_close_scaled(ops::linear_backward_input(gpu_bf16(dy), gpu_bf16(w)), ops::linear_backward_input(dy, w), 0,
+                      kBf16Rtol, "linear_backward_input bf16");
+  expect_close_scaled(ops::linear_backward_weight(gpu_bf16(dy), gpu_bf16(x)), ops::linear_backward_weight(dy, x), 0,
+                      kBf16Rtol, "linear_backward_weight bf16");
+  // A single vector.
+  const Tensor v = randn_bf16_exact({40}, 14);
+  const Tensor got = ops::linear(gpu_f32(v), gpu_f32(w));
+  EXPECT_EQ(got.shape(), Shape({24}));
+  expect_close_scaled(got, ops::linear(v, w), 0, kF32Rtol, "linear of a vector");
+}
+
+TEST(GpuMatmul, EmptyInnerDimensionGivesZeros) {
+  G4_REQUIRE_GPU();
+  const Tensor a = Tensor::zeros({5, 0}, DType::F32);
+  const Tensor b = Tensor::zeros({0, 3}, DType::F32);
+  expect_close_scaled(ops::matmul(gpu_f32(a), gpu_f32(b)), Tensor::zeros({5, 3}, DType::F32), 0, 0, "k = 0");
+}
+
+TEST(GpuMatmul, BadArgumentsNameTheOp) {
+  G4_REQUIRE_GPU();
+  const Tensor a = gpu_f32(randn_bf16_exact({4, 6}, 1));
+  const Tensor b16 = gpu_bf16(randn_bf16_exact({6, 3}, 2));
+  EXPECT_THROW(ops::matmul(a, b16), Error);  // mixed dtypes
+  EXPECT_THROW(ops::matmul(a, gpu_f32(randn_bf16_exact({5, 3}, 3))), Error);  // inner dims
+  EXPECT_THROW(ops::matmul(a, randn_bf16_exact({6, 3}, 4)), Error);  // B on the CPU
+  EXPECT_THROW(ops::matmul(a.to(DType::F64), gpu_f32(randn_bf16_exact({6, 3}, 5)).to(DType::F64)), Error);
+  try {
+    ops::matmul(a, b16);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("matmul"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace g4

@@ -1,0 +1,253 @@
+// MoE ops on the GPU against the CPU reference: routing (ties included), the plan (the same order
+// as the CPU's stable sort), permute/unpermute and their gradients, and the grouped matmul with
+// empty experts through both GEMM back ends.
+#include <string>
+#include <vector>
+
+#include "gpu_test.h"
+#include "ops/cuda/moe.h"
+#include "ops/elementwise.h"
+#include "ops/moe.h"
+
+namespace g4 {
+namespace {
+
+using test::expect_close_scaled;
+using test::gpu_bf16;
+using test::gpu_f32;
+using test::host_f32;
+using test::randn_bf16_exact;
+
+constexpr double kF32Rtol = 1e-5;
+constexpr double kBf16Rtol = 8e-3;
+
+std::vector<int64_t> ints(const Tensor& t) {
+  const Tensor h = t.to(Device::CPU);
+  std::vector<int64_t> v(static_cast<size_t>(h.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = element_as_int(h, static_cast<int64_t>(i));
+  return v;
+}
+
+// Router probabilities with many exact ties: softmax outputs rounded to multiples of 1/256.
+Tensor tied_probs(int64_t tokens, int64_t experts, uint64_t seed) {
+  Tensor p = ops::softmax_lastdim(randn({tokens, experts}, seed, DType::F32, 0.5));
+  float* v = p.data<float>();
+  for (int64_t i = 0; i < p.numel(); ++i) v[i] = std::round(v[i] * 256.0f) / 256.0f + 1.0f / 512.0f;
+  return p;
+}
+
+// Expert ids [T, K] drawn per token without repeats from [0, E) minus `skip` (an empty expert).
+Tensor random_indices(int64_t tokens, int64_t k, int64_t experts, int64_t skip, uint64_t seed) {
+  Tensor probs = ops::softmax_lastdim(randn({tokens, experts}, seed));
+  float* p = probs.data<float>();
+  for (int64_t t = 0; t < tokens; ++t) p[t * experts + skip] = -1.0f;
+  Tensor w, idx;
+  ops::router_topk(probs, k, w, idx);
+  return idx;
+}
+
+TEST(GpuRouterTopk, MatchesTheCpuWithTies) {
+  G4_REQUIRE_GPU();
+  const int64_t T = 1001, E = 128, K = 8;
+  const Tensor probs = tied_probs(T, E, 1);
+  Tensor w_ref, idx_ref;
+  ops::router_topk(probs, K, w_ref, idx_ref);
+  Tensor w, idx;
+  ops::router_topk(gpu_f32(probs), K, w, idx);
+  EXPECT_EQ(idx.dtype(), DType::I32);
+  EXPECT_EQ(ints(idx), ints(idx_ref)) << "expert choices (ties: lower id first)";
+  expect_close_scaled(w, w_ref, 0, 1e-6, "router_topk f32 weights");
+  // bf16 probabilities: same choices as the CPU on the same (rounded) values.
+  const Tensor p16 = probs.to(DType::BF16).to(DType::F32);
+  ops::router_topk(p16, K, w_ref, idx_ref);
+  ops::router_topk(gpu_bf16(p16), K, w, idx);
+  EXPECT_EQ(ints(idx), ints(idx_ref)) << "bf16 expert choices";
+  expect_close_scaled(w, w_ref, 0, kBf16Rtol, "router_topk bf16 weights");
+  // E not a multiple of the warp, K = E.
+  const Tensor small = tied_probs(37, 13, 2);
+  ops::router_topk(small, 13, w_ref, idx_ref);
+  ops::router_topk(gpu_f32(small), 13, w, idx);
+  EXPECT_EQ(ints(idx), ints(idx_ref)) << "E = 13, K = 13";
+  expect_close_scaled(w, w_ref, 0, 1e-6, "router_topk E=13 weights");
+}
+
+TEST(GpuRouterTopk, Backward) {
+  G4_REQUIRE_GPU();
+  const int64_t T = 300, E = 40, K = 6;
+  const Tensor probs = ops::softmax_lastdim(randn({T, E}, 3));
+  Tensor w, idx;
+  ops::router_topk(probs, K, w, idx);
+  const Tensor dw = randn_bf16_exact({T, K}, 4);
+  const Tensor want = ops::router_topk_backward(dw, probs, idx);
+  const Tensor got = ops::router_topk_backward(gpu_f32(dw), gpu_f32(probs), idx.to(Device::CUDA));
+  expect_close_scaled(got, want, 0, 1e-5, "router_topk_backward f32");
+}
+
+TEST(GpuMoePlan, SameOrderAsTheCpu) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t tokens, k, experts, skip;
+  };
+  // E not a multiple of anything, T not a multiple of a block, an empty expert; and the 26B-A4B shape.
+  for (const Case c : {Case{1001, 3, 13, 5}, Case{4096, 8, 128, 127}, Case{7, 2, 300, 0}}) {
+    const Tensor idx = random_indices(c.tokens, c.k, c.experts, c.skip, 5);
+    const ops::MoePlan want = ops::moe_plan(idx, c.experts);
+    for (const DType dt : {DType::I32, DType::I64}) {
+      const ops::MoePlan got = ops::moe_plan(idx.to(dt).to(Device::CUDA), c.experts);
+      const std::string what = "T=" + std::to_string(c.tokens) + " E=" + std::to_string(c.experts);
+      EXPECT_EQ(got.tokens, want.tokens);
+      EXPECT_EQ(got.top_k, want.top_k);
+      EXPECT_EQ(got.experts, want.experts);
+      EXPECT_EQ(got.offsets, want.offsets) << what;
+      EXPECT_EQ(ints(got.device_offsets), want.offsets) << what;
+      EXPECT_EQ(ints(got.order), ints(want.order)) << what;
+      EXPECT_EQ(ints(got.row_of), ints(want.row_of)) << what;
+      EXPECT_EQ(got.order.device(), Device::CUDA);
+    }
+    EXPECT_EQ(want.offsets[static_cast<size_t>(c.skip)], want.offsets[static_cast<size_t>(c.skip) + 1]);
+  }
+}
+
+TEST(GpuMoePlan, RejectsOutOfRangeExperts) {
+  G4_REQUIRE_GPU();
+  const Tensor idx = Tensor::from_vector<int32_t>({0, 1, 5, 2}, {2, 2}).to(Device::CUDA);
+  EXPECT_THROW(ops::moe_plan(idx, 4), Error);
+  const ops::MoePlan ok = ops::moe_plan(idx, 6);  // the stream is still usable
+  EXPECT_EQ(ok.offsets.back(), 4);
+}
+
+struct MoeCase {
+  int64_t tokens, k, experts, hidden;
+  Tensor idx;
+  ops::MoePlan cpu, gpu;
+};
+
+MoeCase make_setup(int64_t tokens, int64_t k, int64_t experts, int64_t hidden, uint64_t seed) {
+  MoeCase s{tokens, k, experts, hidden, random_indices(tokens, k, experts, experts / 2, seed), {}, {}};
+  s.cpu = ops::moe_plan(s.idx, experts);
+  s.gpu = ops::moe_plan(s.idx.to(Device::CUDA), experts);
+  return s;
+}
+
+TEST(GpuMoePermute, GathersAndSumsBack) {
+  G4_REQUIRE_GPU();
+  for (const int64_t h : {int64_t{64}, int64_t{7}}) {  // 16-byte rows, and odd rows (2-byte copies)
+    const MoeCase s = make_setup(301, 4, 11, h, 6);
+    const Tensor x = randn_bf16_exact({s.tokens, h}, 7);
+    const Tensor want = ops::moe_permute(x, s.cpu);
+    expect_close_scaled(ops::moe_permute(gpu_f32(x), s.gpu), want, 0, 0, "moe_permute f32 H=" + std::to_string(h));
+    expect_close_scaled(ops::moe_permute(gpu_bf16(x), s.gpu), want, 0, 0, "moe_permute bf16 H=" + std::to_string(h));
+    const Tensor dxs = randn_bf16_exact({s.tokens * s.k, h}, 8);
+    const Tensor dwant = ops::moe_permute_backward(dxs, s.cpu);
+    expect_close_scaled(ops::moe_permute_backward(gpu_f32(dxs), s.gpu), dwant, 0, kF32Rtol,
+                        "moe_permute_backward f32 H=" + std::to_string(h));
+    expect_close_scaled(ops::moe_permute_backward(gpu_bf16(dxs), s.gpu), dwant, 0, kBf16Rtol,
+                        "moe_permute_backward bf16 H=" + std::to_string(h));
+  }
+}
+
+TEST(GpuMoeUnpermute, WeightedCombineAndGradients) {
+  G4_REQUIRE_GPU();
+  const MoeCase s = make_setup(257, 8, 128, 96, 9);
+  const Tensor ys = randn_bf16_exact({s.tokens * s.k, s.hidden}, 10);
+  const Tensor w = randn_bf16_exact({s.tokens, s.k}, 11, 0.3);
+  const Tensor dout = randn_bf16_exact({s.tokens, s.hidden}, 12);
+  const Tensor want = ops::moe_unpermute(ys, w, s.cpu);
+  Tensor dys_ref, dw_ref;
+  ops::moe_unpermute_backward(dout, ys, w, s.cpu, dys_ref, dw_ref);
+  struct Variant {
+    const char* name;
+    bool ys_bf16, w_bf16;
+    double rtol;
+  };
+  for (const Variant v : {Variant{"f32", false, false, kF32Rtol}, Variant{"bf16 rows, f32 weights", true, false, kBf16Rtol},
+                          Variant{"bf16", true, true, kBf16Rtol}}) {
+    const Tensor gys = v.ys_bf16 ? gpu_bf16(ys) : gpu_f32(ys);
+    const Tensor gw = v.w_bf16 ? gpu_bf16(w) : gpu_f32(w);
+    const Tensor gdout = v.ys_bf16 ? gpu_bf16(dout) : gpu_f32(dout);
+    expect_close_scaled(ops::moe_unpermute(gys, gw, s.gpu), want, 0, v.rtol, std::string("moe_unpermute ") + v.name);
+    Tensor dys, dw;
+    ops::moe_unpermute_backward(gdout, gys, gw, s.gpu, dys, dw);
+    EXPECT_EQ(dw.dtype(), gw.dtype());
+    expect_close_scaled(dys, dys_ref, 0, v.rtol, std::string("moe_unpermute_backward dys ") + v.name);
+    // dweights are dot products of length H: fp32 sums, rounded once when bf16.
+    expect_close_scaled(dw, dw_ref, 0, v.w_bf16 ? kBf16Rtol : 1e-5,
+                        std::string("moe_unpermute_backward dweights ") + v.name);
+  }
+}
+
+// Offsets with empty experts at both ends and in the middle.
+std::vector<int64_t> offsets_from_counts(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> o{0};
+  for (const int64_t c : counts) o.push_back(o.back() + c);
+  return o;
+}
+
+void check_grouped(const std::vector<int64_t>& counts, int64_t kd, int64_t nd, bool bf16, uint64_t seed,
+                   const std::string& tag) {
+  const std::vector<int64_t> offsets = offsets_from_counts(counts);
+  const int64_t n = offsets.back(), experts = static_cast<int64_t>(counts.size());
+  const Tensor xs = randn_bf16_exact({n, kd}, seed, 0.5);
+  const Tensor w = randn_bf16_exact({experts, kd, nd}, seed + 1, 0.1);
+  const Tensor dy = randn_bf16_exact({n, nd}, seed + 2);
+  const Tensor want = ops::grouped_matmul(xs, w, offsets);
+  Tensor dxs_ref, dw_ref;
+  ops::grouped_matmul_backward(dy, xs, w, offsets, dxs_ref, dw_ref);
+  const auto up = [&](const Tensor& t) { return bf16 ? gpu_bf16(t) : gpu_f32(t); };
+  const double rtol = bf16 ? kBf16Rtol : kF32Rtol;
+  const Tensor dev_offsets = Tensor::from_vector(offsets, {experts + 1}).to(Device::CUDA);
+  for (const bool with_device_offsets : {true, false}) {
+    const Tensor d = with_device_offsets ? dev_offsets : Tensor();
+    const std::string what = tag + (with_device_offsets ? "" : " (offsets uploaded)");
+    expect_close_scaled(ops::grouped_matmul(up(xs), up(w), offsets, d), want, 0, rtol, "grouped_matmul " + what);
+    Tensor dxs, dw;
+    // dw must come out zero for empty experts even where the buffer held garbage before.
+    ops::grouped_matmul_backward(up(dy), up(xs), up(w), offsets, dxs, dw, d);
+    expect_close_scaled(dxs, dxs_ref, 0, rtol, "grouped_matmul_backward dxs " + what);
+    expect_close_scaled(dw, dw_ref, 0, rtol, "grouped_matmul_backward dw " + what);
+    const Tensor dw_host = host_f32(dw);
+    for (int64_t e = 0; e < experts; ++e) {
+      if (counts[static_cast<size_t>(e)] != 0) continue;
+      for (int64_t i = 0; i < kd * nd; ++i) {
+        ASSERT_EQ(dw_host.data<float>()[e * kd * nd + i], 0.0f) << what << ": expert " << e << " has no rows";
+      }
+    }
+  }
+}
+
+TEST(GpuGroupedMatmul, BothBackendsMatchTheCpu) {
+  G4_REQUIRE_GPU();
+  using ops::cuda::GroupedGemmBackend;
+  const GroupedGemmBackend saved = ops::cuda::grouped_gemm_backend();
+  for (const GroupedGemmBackend b : {GroupedGemmBackend::Grouped, GroupedGemmBackend::Loop}) {
+    ops::cuda::set_grouped_gemm_backend(b);
+    const std::string name = b == GroupedGemmBackend::Grouped ? "[grouped]" : "[loop]";
+    check_grouped({0, 5, 17, 0, 1, 33, 0}, 40, 24, false, 20, "f32 " + name);
+    check_grouped({0, 64, 3, 0, 129, 250, 1, 0}, 256, 192, true, 30, "bf16 " + name);
+  }
+  ops::cuda::set_grouped_gemm_backend(saved);
+}
+
+TEST(GpuGroupedMatmul, EveryExpertEmptyAndUnevenDims) {
+  G4_REQUIRE_GPU();
+  check_grouped({0, 0, 0}, 8, 8, false, 40, "no rows at all");
+  check_grouped({3, 0, 2}, 1, 5, false, 50, "Kd = 1");
+  check_grouped({3, 0, 2}, 5, 1, true, 60, "Nd = 1");
+}
+
+TEST(GpuGroupedMatmul, ComposedMoeMatchesTheCpu) {
+  G4_REQUIRE_GPU();
+  // permute -> grouped matmul -> unpermute with the plan made on the GPU, 26B-A4B-like ratios.
+  const MoeCase s = make_setup(200, 8, 16, 64, 70);
+  const Tensor x = randn_bf16_exact({s.tokens, s.hidden}, 71);
+  const Tensor w = randn_bf16_exact({s.experts, s.hidden, 48}, 72, 0.1);
+  const Tensor wts = randn_bf16_exact({s.tokens, s.k}, 73, 0.3);
+  const Tensor ys_ref = ops::grouped_matmul(ops::moe_permute(x, s.cpu), w, s.cpu.offsets);
+  const Tensor ref = ops::moe_unpermute(ys_ref, wts, s.cpu);
+  const Tensor ys = ops::grouped_matmul(ops::moe_permute(gpu_f32(x), s.gpu), gpu_f32(w), s.gpu.offsets,
+                                        s.gpu.device_offsets);
+  expect_close_scaled(ops::moe_unpermute(ys, gpu_f32(wts), s.gpu), ref, 0, kF32Rtol, "composed MoE f32");
+}
+
+}  // namespace
+}  // namespace g4

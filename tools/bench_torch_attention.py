@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Times PyTorch's scaled_dot_product_attention (each backend that accepts the shape: flash,
+cuDNN, efficient, math) on the shapes of bench/attention_bench.cpp, with the same FLOP convention:
+forward = 4 * pairs * d * nH (pairs = S^2/2 causal, the visible pairs for a sliding window),
+backward = 2.5 x forward, forward + backward = 3.5 x forward. GQA is run by expanding k and v to
+nH heads (every backend accepts that); a sliding window needs a boolean mask (flash refuses masks).
+Usage: python3 tools/bench_torch_attention.py [iters]"""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+            ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", SDPBackend.MATH)]
+
+
+def time_ms(fn, iters):
+    for _ in range(2):
+        fn()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / iters
+
+
+def bench(S, nH, nKV, d, window, iters):
+    dev, dt = "cuda", torch.bfloat16
+    pairs = S * S / 2 if window == 0 else sum(min(i + 1, window) for i in range(S))
+    fwd_flops = 4.0 * pairs * d * nH
+    std_qk = d ** -0.25
+    q = (torch.randn(1, S, nH, d, device=dev) * std_qk).to(dt).transpose(1, 2)
+    k = (torch.randn(1, S, nKV, d, device=dev) * std_qk).to(dt).transpose(1, 2)
+    v = torch.randn(1, S, nKV, d, device=dev).to(dt).transpose(1, 2)
+    k = k.repeat_interleave(nH // nKV, dim=1)
+    v = v.repeat_interleave(nH // nKV, dim=1)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    dout = torch.randn(1, nH, S, d, device=dev, dtype=dt)
+    mask = None
+    if window > 0:
+        i = torch.arange(S, device=dev)
+        mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+    what = f"window {window}" if window else "causal"
+    for name, backend in BACKENDS:
+        if name == "math" and S * S * nH * 4 > 8 << 30:
+            continue  # the S x S scores would not fit
+        try:
+            with sdpa_kernel(backend):
+                def fwd():
+                    with torch.no_grad():
+                        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                              scale=1.0)
+
+                def fwd_bwd():
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0)
+                    torch.autograd.grad(out, (q, k, v), dout)
+
+                f_ms = time_ms(fwd, iters)
+                fb_ms = time_ms(fwd_bwd, iters)
+        except RuntimeError as e:
+            print(f"torch {name:9s} S={S:<5d} nH={nH:<2d} d={d:<3d} {what:12s} not supported: {str(e).splitlines()[0][:80]}")
+            torch.cuda.empty_cache()
+            continue
+        print(f"torch {name:9s} S={S:<5d} nH={nH:<2d} nKV={nKV:<2d} d={d:<3d} {what:12s} fwd {f_ms:8.3f} ms "
+              f"{fwd_flops / f_ms * 1e-9:6.1f} TFLOP/s | fwd+bwd {fb_ms:8.3f} ms {3.5 * fwd_flops / fb_ms * 1e-9:6.1f} TFLOP/s")
+        torch.cuda.empty_cache()
+
+
+def main():
+    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    for S in (4096, 8192):
+        bench(S, 16, 8, 256, 0, iters)
+        bench(S, 16, 8, 256, 1024, iters)
+        bench(S, 16, 2, 512, 0, iters)
+
+
+if __name__ == "__main__":
+    main()
