@@ -1,5 +1,6 @@
-// Pointwise arithmetic and small shape ops. Float ops take f32 or f64 and return the same dtype;
-// binary ops need equal shapes unless stated.
+// Pointwise arithmetic and small shape ops. Float ops take f32 or f64 on the CPU, bf16 or f32 on
+// the GPU (fp32 arithmetic), and return the input dtype; binary ops need equal shapes and dtypes
+// unless stated.
 #pragma once
 #include "core/tensor.h"
 
@@ -9,7 +10,9 @@ Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& a, double s);  // a * s
-void add_(Tensor& acc, const Tensor& x, double alpha = 1.0);  // acc += alpha * x, in place
+// acc += alpha * x, in place. On the GPU acc may be wider than x: an f32 acc accumulates a bf16 or
+// f32 x (gradient accumulation into fp32 buffers); a bf16 acc takes a bf16 x.
+void add_(Tensor& acc, const Tensor& x, double alpha = 1.0);
 void scale_(Tensor& a, double s);
 
 // x [..., D] * v [D] (v broadcast over rows), and its gradients.
@@ -32,7 +35,8 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu);
 Tensor softcap(const Tensor& x, double cap);
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap);  // uses the output y
 
-// Softmax over the last dimension, accumulated in the input precision (f32 on the CPU).
+// Softmax over the last dimension, accumulated in the input precision (f32 on the CPU, fp32 on the
+// GPU). A row that is entirely -inf gives zeros.
 Tensor softmax_lastdim(const Tensor& x);
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y);
 
@@ -43,7 +47,8 @@ Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, 
 // Concatenation along `dim` (all other dims equal).
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 
-// Sum of all elements (accumulated in double), returned as a [] tensor of x's dtype.
+// Sum of all elements (accumulated in double on the CPU, fp32 on the GPU), returned as a [] tensor
+// of x's dtype on x's device (no host synchronisation).
 Tensor sum_all(const Tensor& x);
 
 }  // namespace g4::ops

@@ -5,6 +5,10 @@
 #include <cmath>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/elementwise.h"
+#endif
 
 namespace g4::ops {
 
@@ -73,22 +77,27 @@ void check_rowvec(const char* op, const Tensor& x, const Tensor& v) {
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
+  G4_FORWARD_TO_CUDA(a, add(a, b));
   return map2("add", "a", a, "b", b, [](auto x, auto y) { return x + y; });
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
+  G4_FORWARD_TO_CUDA(a, sub(a, b));
   return map2("sub", "a", a, "b", b, [](auto x, auto y) { return x - y; });
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
+  G4_FORWARD_TO_CUDA(a, mul(a, b));
   return map2("mul", "a", a, "b", b, [](auto x, auto y) { return x * y; });
 }
 
 Tensor scale(const Tensor& a, double s) {
+  G4_FORWARD_TO_CUDA(a, scale(a, s));
   return map1("scale", a, [s](auto x) { return x * static_cast<decltype(x)>(s); });
 }
 
 void add_(Tensor& acc, const Tensor& x, double alpha) {
+  G4_FORWARD_TO_CUDA(acc, add_(acc, x, alpha));
   cpu::check_same_shape("add_", "acc", acc, "x", x);
   dispatch_float("add_", acc, [&](auto tag) {
     using T = decltype(tag);
@@ -102,6 +111,7 @@ void add_(Tensor& acc, const Tensor& x, double alpha) {
 }
 
 void scale_(Tensor& a, double s) {
+  G4_FORWARD_TO_CUDA(a, scale_(a, s));
   dispatch_float("scale_", a, [&](auto tag) {
     using T = decltype(tag);
     T* p = a.data<T>();
@@ -113,6 +123,7 @@ void scale_(Tensor& a, double s) {
 }
 
 Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
+  G4_FORWARD_TO_CUDA(x, mul_rowvec(x, v));
   check_rowvec("mul_rowvec", x, v);
   return dispatch_float("mul_rowvec", x, [&](auto tag) {
     using T = decltype(tag);
@@ -129,6 +140,7 @@ Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
 }
 
 Tensor sum_rows(const Tensor& x) {
+  G4_FORWARD_TO_CUDA(x, sum_rows(x));
   return dispatch_float("sum_rows", x, [&](auto tag) {
     using T = decltype(tag);
     G4_CHECK(x.dim() >= 1, "sum_rows: x must be [..., D], got ", x.describe());
@@ -144,18 +156,22 @@ Tensor sum_rows(const Tensor& x) {
 }
 
 Tensor gelu_tanh(const Tensor& x) {
+  G4_FORWARD_TO_CUDA(x, gelu_tanh(x));
   return map1("gelu_tanh", x, [](auto v) { return gelu_value(v); });
 }
 
 Tensor gelu_tanh_backward(const Tensor& dy, const Tensor& x) {
+  G4_FORWARD_TO_CUDA(dy, gelu_tanh_backward(dy, x));
   return map2("gelu_tanh_backward", "dy", dy, "x", x, [](auto g, auto v) { return g * gelu_derivative(v); });
 }
 
 Tensor gelu_gate(const Tensor& g, const Tensor& u) {
+  G4_FORWARD_TO_CUDA(g, gelu_gate(g, u));
   return map2("gelu_gate", "g", g, "u", u, [](auto a, auto b) { return gelu_value(a) * b; });
 }
 
 void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
+  G4_FORWARD_TO_CUDA(dy, gelu_gate_backward(dy, g, u, dg, du));
   cpu::check_same_shape("gelu_gate_backward", "g", g, "u", u);
   cpu::check_same_shape("gelu_gate_backward", "dy", dy, "g", g);
   dispatch_float("gelu_gate_backward", g, [&](auto tag) {
@@ -177,6 +193,7 @@ void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tens
 }
 
 Tensor gelu_gate_fused(const Tensor& gu) {
+  G4_FORWARD_TO_CUDA(gu, gelu_gate_fused(gu));
   return dispatch_float("gelu_gate_fused", gu, [&](auto tag) {
     using T = decltype(tag);
     G4_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0, "gelu_gate_fused: gu must be [..., 2I], got ", gu.describe());
@@ -197,6 +214,7 @@ Tensor gelu_gate_fused(const Tensor& gu) {
 }
 
 Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
+  G4_FORWARD_TO_CUDA(dy, gelu_gate_fused_backward(dy, gu));
   cpu::check_same_dtype("gelu_gate_fused_backward", "dy", dy, "gu", gu);
   G4_CHECK(gu.dim() >= 1 && dy.dim() == gu.dim() && gu.size(-1) == 2 * dy.size(-1) &&
                cpu::leading_rows(gu) == cpu::leading_rows(dy),
@@ -223,6 +241,7 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
 }
 
 Tensor softcap(const Tensor& x, double cap) {
+  G4_FORWARD_TO_CUDA(x, softcap(x, cap));
   G4_CHECK(cap > 0, "softcap: cap must be positive, got ", cap);
   return map1("softcap", x, [cap](auto v) {
     using T = decltype(v);
@@ -232,6 +251,7 @@ Tensor softcap(const Tensor& x, double cap) {
 }
 
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
+  G4_FORWARD_TO_CUDA(dy, softcap_backward(dy, y, cap));
   G4_CHECK(cap > 0, "softcap_backward: cap must be positive, got ", cap);
   // d/dx c·tanh(x/c) = 1 - tanh² = 1 - (y/c)².
   return map2("softcap_backward", "dy", dy, "y", y, [cap](auto d, auto v) {
@@ -242,6 +262,7 @@ Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
 }
 
 Tensor softmax_lastdim(const Tensor& x) {
+  G4_FORWARD_TO_CUDA(x, softmax_lastdim(x));
   return dispatch_float("softmax_lastdim", x, [&](auto tag) {
     using T = decltype(tag);
     G4_CHECK(x.dim() >= 1, "softmax_lastdim: x must have at least one dimension, got ", x.describe());
@@ -272,6 +293,7 @@ Tensor softmax_lastdim(const Tensor& x) {
 }
 
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
+  G4_FORWARD_TO_CUDA(dy, softmax_lastdim_backward(dy, y));
   cpu::check_same_shape("softmax_lastdim_backward", "dy", dy, "y", y);
   return dispatch_float("softmax_lastdim_backward", y, [&](auto tag) {
     using T = decltype(tag);
@@ -293,6 +315,7 @@ Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
 }
 
 Tensor sum_all(const Tensor& x) {
+  G4_FORWARD_TO_CUDA(x, sum_all(x));
   return dispatch_float("sum_all", x, [&](auto tag) {
     using T = decltype(tag);
     const T* p = x.data<T>();

@@ -6,6 +6,10 @@
 #include <cmath>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/norm.h"
+#endif
 
 namespace g4::ops {
 
@@ -31,6 +35,7 @@ T inv_rms(const T* x, int64_t d, double eps) {
 }  // namespace
 
 Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
+  G4_FORWARD_TO_CUDA(x, rmsnorm(x, w, eps));
   check_args("rmsnorm", x, w);
   return cpu::dispatch_float("rmsnorm", x, [&](auto tag) {
     using T = decltype(tag);
@@ -50,6 +55,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, double eps, Tensor& dx, Tensor& dw) {
+  G4_FORWARD_TO_CUDA(dy, rmsnorm_backward(dy, x, w, eps, dx, dw));
   check_args("rmsnorm_backward", x, w);
   cpu::check_same_shape("rmsnorm_backward", "dy", dy, "x", x);
   cpu::dispatch_float("rmsnorm_backward", x, [&](auto tag) {

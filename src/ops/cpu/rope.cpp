@@ -6,6 +6,10 @@
 #include <cmath>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/rope.h"
+#endif
 
 namespace g4::ops {
 
@@ -51,10 +55,12 @@ Tensor rotate(const char* op, const Tensor& x, const Tensor& positions, const Te
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+  G4_FORWARD_TO_CUDA(x, rope(x, positions, inv_freq));
   return rotate("rope", x, positions, inv_freq, 1.0f);
 }
 
 Tensor rope_backward(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq) {
+  G4_FORWARD_TO_CUDA(dy, rope_backward(dy, positions, inv_freq));
   return rotate("rope_backward", dy, positions, inv_freq, -1.0f);
 }
 

@@ -3,6 +3,10 @@
 #include <cstring>
 
 #include "ops/cpu/common.h"
+#include "ops/device_dispatch.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/elementwise.h"
+#endif
 #include "ops/elementwise.h"
 
 namespace g4::ops {
@@ -39,6 +43,7 @@ void copy_blocks(const char* src, int64_t src_len, int64_t src_start, char* dst,
 }  // namespace
 
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
+  G4_FORWARD_TO_CUDA(x, narrow(x, dim, start, len));
   cpu::check_defined("narrow", "x", x);
   const int64_t d = normalize_dim("narrow", x.shape(), dim);
   G4_CHECK(start >= 0 && len >= 0 && start + len <= x.size(d), "narrow: [", start, ", ", start + len,
@@ -53,6 +58,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
 }
 
 Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, int64_t start) {
+  G4_FORWARD_TO_CUDA(dy, narrow_backward(dy, input_shape, dim, start));
   cpu::check_defined("narrow_backward", "dy", dy);
   const int64_t d = normalize_dim("narrow_backward", input_shape, dim);
   Shape expect = input_shape;
@@ -69,6 +75,7 @@ Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, 
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   G4_CHECK(!xs.empty(), "concat: no tensors given");
+  G4_FORWARD_TO_CUDA(xs[0], concat(xs, dim));
   cpu::check_defined("concat", "xs[0]", xs[0]);
   const int64_t d = normalize_dim("concat", xs[0].shape(), dim);
   Shape out_shape = xs[0].shape();

@@ -1,0 +1,143 @@
+// narrow / narrow_backward / concat on the GPU. Like the CPU versions they only move bytes (any
+// dtype): a tensor is seen as [outer, dim, inner] and each op is a pitched copy of `outer` rows of
+// len * inner bytes, done by one kernel in the widest unit (16, 8, 4, 2 or 1 bytes) that divides
+// every address, pitch and width involved.
+#include <vector>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/elementwise.h"
+
+namespace g4::ops::cuda {
+
+namespace {
+
+template <class U>
+__global__ void pitched_copy_kernel(const U* __restrict__ src, int64_t src_pitch, U* __restrict__ dst,
+                                    int64_t dst_pitch, int64_t width, int64_t rows) {
+  const int64_t total = rows * width;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const bool small = total <= 0xffffffffLL;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += stride) {
+    int64_t r, k;
+    if (small) {
+      const uint32_t ui = static_cast<uint32_t>(i), uw = static_cast<uint32_t>(width);
+      r = ui / uw;
+      k = ui - static_cast<uint32_t>(r) * uw;
+    } else {
+      r = i / width;
+      k = i - r * width;
+    }
+    dst[r * dst_pitch + k] = src[r * src_pitch + k];
+  }
+}
+
+// Copies `rows` rows of `width` bytes from src (rows `src_pitch` bytes apart) to dst (rows
+// `dst_pitch` bytes apart), on the compute stream.
+void pitched_copy(const char* src, int64_t src_pitch, char* dst, int64_t dst_pitch, int64_t width, int64_t rows) {
+  if (rows == 0 || width == 0) return;
+  const uint64_t bits = reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
+                        static_cast<uint64_t>(src_pitch) | static_cast<uint64_t>(dst_pitch) |
+                        static_cast<uint64_t>(width);
+  cudaStream_t st = g4::cuda::stream();
+  auto launch = [&](auto tag) {
+    using U = decltype(tag);
+    constexpr int64_t u = sizeof(U);
+    const int64_t w = width / u;
+    pitched_copy_kernel<U><<<grid_for(rows * w, 256), 256, 0, st>>>(
+        reinterpret_cast<const U*>(src), src_pitch / u, reinterpret_cast<U*>(dst), dst_pitch / u, w, rows);
+    G4_CUDA_CHECK_LAUNCH();
+  };
+  if ((bits & 15u) == 0) {
+    launch(uint4{});
+  } else if ((bits & 7u) == 0) {
+    launch(uint2{});
+  } else if ((bits & 3u) == 0) {
+    launch(uint32_t{});
+  } else if ((bits & 1u) == 0) {
+    launch(uint16_t{});
+  } else {
+    launch(uint8_t{});
+  }
+}
+
+int64_t normalize_dim(const char* op, const Shape& shape, int64_t dim) {
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  const int64_t d = dim < 0 ? dim + rank : dim;
+  G4_CHECK(d >= 0 && d < rank, op, ": dimension ", dim, " out of range for shape ", shape_str(shape));
+  return d;
+}
+
+int64_t outer_size(const Shape& s, int64_t d) {
+  int64_t n = 1;
+  for (int64_t i = 0; i < d; ++i) n *= s[i];
+  return n;
+}
+int64_t inner_size(const Shape& s, int64_t d) {
+  int64_t n = 1;
+  for (size_t i = static_cast<size_t>(d) + 1; i < s.size(); ++i) n *= s[i];
+  return n;
+}
+
+}  // namespace
+
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
+  check_gpu("narrow", "x", x);
+  const int64_t d = normalize_dim("narrow", x.shape(), dim);
+  G4_CHECK(start >= 0 && len >= 0 && start + len <= x.size(d), "narrow: [", start, ", ", start + len,
+           ") out of range for dimension ", d, " of ", x.describe());
+  Shape out_shape = x.shape();
+  out_shape[d] = len;
+  Tensor y = Tensor::empty(out_shape, x.dtype(), Device::CUDA);
+  const int64_t inner_bytes = inner_size(x.shape(), d) * static_cast<int64_t>(dtype_size(x.dtype()));
+  pitched_copy(static_cast<const char*>(x.raw()) + start * inner_bytes, x.size(d) * inner_bytes,
+               static_cast<char*>(y.raw()), len * inner_bytes, len * inner_bytes, outer_size(x.shape(), d));
+  return y;
+}
+
+Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, int64_t start) {
+  check_gpu("narrow_backward", "dy", dy);
+  const int64_t d = normalize_dim("narrow_backward", input_shape, dim);
+  Shape expect = input_shape;
+  if (dy.dim() == static_cast<int64_t>(input_shape.size())) expect[d] = dy.size(d);
+  G4_CHECK(dy.shape() == expect && start >= 0 && start + dy.size(d) <= input_shape[d], "narrow_backward: dy ",
+           dy.describe(), " at offset ", start, " along dimension ", d, " does not fit input shape ",
+           shape_str(input_shape));
+  Tensor dx = Tensor::zeros(input_shape, dy.dtype(), Device::CUDA);
+  const int64_t inner_bytes = inner_size(input_shape, d) * static_cast<int64_t>(dtype_size(dy.dtype()));
+  const int64_t len = dy.size(d);
+  pitched_copy(static_cast<const char*>(dy.raw()), len * inner_bytes,
+               static_cast<char*>(dx.raw()) + start * inner_bytes, input_shape[d] * inner_bytes, len * inner_bytes,
+               outer_size(input_shape, d));
+  return dx;
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
+  G4_CHECK(!xs.empty(), "concat: no tensors given");
+  check_gpu("concat", "xs[0]", xs[0]);
+  const int64_t d = normalize_dim("concat", xs[0].shape(), dim);
+  Shape out_shape = xs[0].shape();
+  out_shape[d] = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_gpu("concat", "input", xs[i]);
+    Shape a = xs[i].shape(), b = xs[0].shape();
+    const bool same_rank = a.size() == b.size();
+    if (same_rank) a[d] = b[d] = 0;
+    G4_CHECK(same_rank && a == b && xs[i].dtype() == xs[0].dtype(), "concat: input ", i, " ", xs[i].describe(),
+             " does not match input 0 ", xs[0].describe(), " outside dimension ", d);
+    out_shape[d] += xs[i].size(d);
+  }
+  Tensor y = Tensor::empty(out_shape, xs[0].dtype(), Device::CUDA);
+  const int64_t inner_bytes = inner_size(out_shape, d) * static_cast<int64_t>(dtype_size(y.dtype()));
+  const int64_t outer = outer_size(out_shape, d);
+  int64_t offset = 0;
+  for (const Tensor& x : xs) {
+    const int64_t len = x.size(d);
+    pitched_copy(static_cast<const char*>(x.raw()), len * inner_bytes,
+                 static_cast<char*>(y.raw()) + offset * inner_bytes, out_shape[d] * inner_bytes, len * inner_bytes,
+                 outer);
+    offset += len;
+  }
+  return y;
+}
+
+}  // namespace g4::ops::cuda
