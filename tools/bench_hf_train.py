@@ -61,10 +61,13 @@ def make_config(shape, layers, seq, tiny):
                             max_position_embeddings=max(seq, 8192), **kw)
 
 
-def packed_batch(seq, vocab, seed, doc_min, doc_max):
-    """B=1 x seq tokens: documents of seeded uniform lengths, the last one truncated to fit."""
+def packed_batch(seq, vocab, seed, doc_min, doc_max, given=None):
+    """B=1 x seq tokens: documents of seeded uniform lengths, the last one truncated to fit (or the
+    lengths `g4 bench train` used, so both sides train on the same document layout)."""
     rng = random.Random(seed)
-    lengths = []
+    lengths = list(given or [])
+    if given and sum(lengths) != seq:
+        sys.exit(f"--documents add up to {sum(lengths)} tokens, not --seq {seq}")
     while sum(lengths) < seq:
         lengths.append(min(rng.randint(doc_min, doc_max), seq - sum(lengths)))
     g = torch.Generator().manual_seed(seed)
@@ -198,6 +201,7 @@ def main():
     # batched_mm is left out by default: it gathers a copy of the expert weights per (token, expert) pair, meant
     # for decoding; at 4096 x 8 pairs of 26B-A4B that is hundreds of GB.
     ap.add_argument("--experts", default="grouped_mm,eager", help="MoE experts implementations to try, in order")
+    ap.add_argument("--documents", help="comma-separated document lengths (overrides --doc-min/--doc-max)")
     ap.add_argument("--check-only", action="store_true", help="tiny widths on the CPU, correctness asserts, 2 steps")
     a = ap.parse_args()
     if a.check_only:
@@ -213,7 +217,8 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
-    ids, pos, labels, lengths = packed_batch(a.seq, cfg.vocab_size, a.seed, a.doc_min, a.doc_max)
+    given = [int(n) for n in a.documents.split(",")] if a.documents else None
+    ids, pos, labels, lengths = packed_batch(a.seq, cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
     flops = train_flops_per_step(cfg, lengths)
     base = dict(shape=a.shape, layers=a.layers, seq=a.seq, precision=a.precision, check_only=a.check_only,
                 layer_types=cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,

@@ -1,5 +1,6 @@
 #include "autograd/functions.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "ops/elementwise.h"
@@ -163,6 +164,14 @@ Var embedding(const Var& weight, const Tensor& ids, int64_t padding_idx) {
   if (rec) {
     auto wi = weight.impl(), oi = out.impl();
     record({oi}, [wi, oi, ids, padding_idx] {
+      // A tied embedding already holds the LM head's [V, D] gradient: add into it rather than
+      // allocating a second [V, D] buffer (on the GPU, where it is f32, that is 3 GB at Gemma 4's size).
+      Tensor& g = wi->grad;
+      const DType want = wi->fp32_grad ? DType::F32 : wi->value.dtype();
+      if (g.defined() && g.dtype() == want && g.device() == oi->grad.device()) {
+        ops::embedding_backward_accumulate(owned_grad(wi), oi->grad, ids, padding_idx);
+        return;
+      }
       accumulate_grad(wi, ops::embedding_backward(oi->grad, ids, wi->value.size(0), padding_idx));
     });
   }
@@ -231,7 +240,7 @@ Var sum_all(const Var& x) {
   Var out = result(ops::sum_all(x.value()), rec);
   if (rec) {
     auto xi = x.impl(), oi = out.impl();
-    record({oi}, [xi, oi] { accumulate_grad(xi, Tensor::full(xi->value.shape(), oi->grad.item(), xi->value.dtype())); });
+    record({oi}, [xi, oi] { accumulate_grad(xi, Tensor::full(xi->value.shape(), oi->grad.item(), xi->value.dtype(), xi->value.device())); });
   }
   return out;
 }
@@ -242,7 +251,9 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
   const Tensor tflat = targets.reshape({-1});
   const ops::CrossEntropyResult r = ops::cross_entropy(flat, tflat, ignore_index);
   const double mean = r.count > 0 ? r.loss_sum / static_cast<double>(r.count) : 0.0;
-  Var out = result(Tensor::scalar(mean, logits.value().dtype()), rec);
+  // On the GPU the sum came back to the host (a synchronisation); the fused
+  // linear_cross_entropy below avoids it.
+  Var out = result(Tensor::scalar(mean, logits.value().dtype(), logits.value().device()), rec);
   if (rec) {
     auto li = logits.impl(), oi = out.impl();
     const int64_t count = r.count;
@@ -251,13 +262,72 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
       // the backward of everything before it still runs (a data-parallel rank with no labels
       // must still take part in its peers' exchanges).
       if (count == 0) {
-        accumulate_grad(li, Tensor::zeros(li->value.shape(), li->value.dtype()));
+        accumulate_grad(li, Tensor::zeros(li->value.shape(), li->value.dtype(), li->value.device()));
         return;
       }
       const double g = oi->grad.item() / static_cast<double>(count);
       const Tensor lflat = li->value.reshape({-1, li->value.size(-1)});
       Tensor d = ops::cross_entropy_backward(lflat, tflat, g, ignore_index);
       accumulate_grad(li, d.reshape(li->value.shape()));
+    });
+  }
+  return out;
+}
+
+Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int64_t count, double softcap,
+                         int64_t chunk_rows, int64_t ignore_index) {
+  const Tensor& xv = x.value();
+  const Tensor& wv = w.value();
+  const int64_t H = xv.size(-1), V = wv.size(0);
+  G4_CHECK(wv.dim() == 2 && wv.size(1) == H, "linear_cross_entropy: weight ", wv.describe(), " for hidden states ",
+           xv.describe());
+  const Tensor x2 = xv.reshape({-1, H});
+  const Tensor t1 = targets.reshape({-1});
+  const int64_t N = x2.size(0);
+  G4_CHECK(t1.numel() == N, "linear_cross_entropy: ", targets.describe(), " targets for ", N, " rows");
+  // About 256 MiB of logits per chunk (512 rows of a 262 144-token vocabulary in bf16).
+  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t{128} << 20) / std::max<int64_t>(V, 1));
+  const bool rec = should_record({&x, &w});
+  const DType acc = xv.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const Device dev = xv.device();
+  Tensor loss_sum = Tensor::zeros({}, acc, dev);
+  Tensor dx = rec && x.requires_grad() ? Tensor::empty(x2.shape(), xv.dtype(), dev) : Tensor();
+  Tensor dw = rec && w.requires_grad() ? Tensor::zeros(wv.shape(), acc, dev) : Tensor();
+  // d(mean)/d(row loss) for counted rows; the kernels zero it for ignored ones.
+  const double inv_count = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, N - r0);
+    const Tensor xc = x2.slice0(r0, n), tc = t1.slice0(r0, n);
+    const Tensor logits = ops::matmul(xc, wv, false, true);  // [n, V]
+    const ops::CrossEntropyRows ce = ops::cross_entropy_rows(logits, tc, softcap, ignore_index);
+    ops::add_(loss_sum, ops::sum_all(ce.loss));
+    if (!rec || count == 0) continue;
+    const Tensor grad_rows = Tensor::full({n}, inv_count, acc, dev);
+    // The gradient overwrites the chunk's logits in place: one [n, V] buffer per chunk.
+    const Tensor dlogits =
+        ops::cross_entropy_rows_backward(logits, tc, ce.lse, softcap, grad_rows, ignore_index, logits);
+    if (dx.defined()) dx.slice0(r0, n).copy_from(ops::matmul(dlogits, wv));
+    if (dw.defined()) ops::matmul_acc(dlogits, xc, true, false, dw);
+  }
+  Var out = result(ops::scale(loss_sum, inv_count), rec);
+  if (rec) {
+    auto xi = x.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi, dx, dw, count]() mutable {
+      if (count == 0) {  // the constant 0: zero gradients, so the backward of what precedes still runs
+        if (xi->requires_grad) accumulate_grad(xi, Tensor::zeros(xi->value.shape(), xi->value.dtype(), xi->value.device()));
+        return;
+      }
+      const double g = oi->grad.item();
+      if (g != 1.0) {
+        if (dx.defined()) ops::scale_(dx, g);
+        if (dw.defined()) ops::scale_(dw, g);
+      }
+      if (dx.defined()) accumulate_grad(xi, dx.reshape(xi->value.shape()));
+      if (dw.defined()) {
+        // dw is this node's own buffer (f32, or f64 for f64 models): handed over without a copy.
+        const bool keep = dw.dtype() == wi->value.dtype() || (wi->fp32_grad && dw.dtype() == DType::F32);
+        accumulate_grad(wi, keep ? dw : dw.to(wi->value.dtype()), keep);
+      }
     });
   }
   return out;

@@ -31,6 +31,15 @@ Var sum_all(const Var& x);  // [] Var
 // Mean cross-entropy over targets != ignore_index, as a [] Var (0 with a zero gradient when none counts).
 Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_index = -100);
 
+// The LM head and the loss fused: mean cross-entropy of softcap(x · wᵀ) (softcap 0 = none) over
+// targets != ignore_index, `count` of them (known on the host from the batch). It runs chunk_rows
+// rows at a time and each chunk's logits live only while its loss and gradients are computed, so
+// the [N, V] logits are never stored. The gradients of x and w are computed in the forward, since
+// the loss is a scalar; backward only scales them by the gradient that arrives. Equals
+// cross_entropy_mean(softcap(linear(x, w))) up to summation order. The loss is [] f32 (f64 for f64).
+Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int64_t count, double softcap = 0,
+                         int64_t chunk_rows = 0, int64_t ignore_index = -100);
+
 // Top-k of router probabilities: renormalised weights (differentiable) and expert ids.
 Var router_topk(const Var& probs, int64_t k, Tensor& indices);
 Var moe_permute(const Var& x, const ops::MoePlan& plan);

@@ -22,20 +22,35 @@ Var::Var(Tensor value, bool requires_grad) : impl_(std::make_shared<VarImpl>()) 
   impl_->requires_grad = requires_grad;
 }
 
-Tensor& Var::owned_grad() {
-  if (impl_->grad.defined() && !impl_->grad_owned) {
-    impl_->grad = impl_->grad.clone();
-    impl_->grad_owned = true;
+Tensor& owned_grad(const std::shared_ptr<VarImpl>& v) {
+  if (v->grad.defined() && !v->grad_owned) {
+    v->grad = v->grad.clone();
+    v->grad_owned = true;
   }
-  return impl_->grad;
+  return v->grad;
 }
 
-void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g) {
+Tensor& Var::owned_grad() { return g4::ag::owned_grad(impl_); }
+
+void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g, bool exclusive) {
   if (!v || !v->requires_grad || !g.defined()) return;
   G4_CHECK(g.shape() == v->value.shape(), "autograd: gradient ", g.describe(), " for a value ", v->value.describe());
+  if (v->fp32_grad && g.dtype() != DType::F32) {
+    if (!v->grad.defined()) {
+      v->grad = g.to(DType::F32);
+      v->grad_owned = true;
+    } else {
+      if (!v->grad_owned) {
+        v->grad = v->grad.clone();
+        v->grad_owned = true;
+      }
+      ops::add_(v->grad, g);  // f32 += bf16
+    }
+    return;
+  }
   if (!v->grad.defined()) {
     v->grad = g;
-    v->grad_owned = false;
+    v->grad_owned = exclusive;
     return;
   }
   if (!v->grad_owned) {
@@ -65,7 +80,7 @@ bool should_record(std::initializer_list<const Var*> inputs) {
 void backward(const Var& loss, double seed) {
   G4_CHECK(loss.defined() && loss.value().numel() == 1, "backward() needs a one-element loss, got ",
            loss.defined() ? loss.value().describe() : "undefined");
-  backward(loss, Tensor::full(loss.value().shape(), seed, loss.value().dtype()));
+  backward(loss, Tensor::full(loss.value().shape(), seed, loss.value().dtype(), loss.value().device()));
 }
 
 void backward(const Var& output, const Tensor& grad) {

@@ -19,6 +19,9 @@ struct VarImpl {
   // The first gradient is stored without a copy and may alias another tensor; it is copied
   // before anything is accumulated into it in place.
   bool grad_owned = false;
+  // Parameters stored in bf16 (the GPU's compute copies) accumulate their gradient in f32, so
+  // that summing many contributions (micro-batches, tied weights) loses nothing to rounding.
+  bool fp32_grad = false;
 };
 
 class Var {
@@ -42,8 +45,12 @@ class Var {
   std::shared_ptr<VarImpl> impl_;
 };
 
+// v's gradient as a tensor v owns exclusively (copied first if it aliases another), for in-place updates.
+Tensor& owned_grad(const std::shared_ptr<VarImpl>& v);
 // Adds g into v's gradient (allocating it on first use). No-op when v needs no gradient.
-void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g);
+// `exclusive`: the caller hands over a tensor nothing else references, so the first gradient may
+// later be updated in place without a copy.
+void accumulate_grad(const std::shared_ptr<VarImpl>& v, const Tensor& g, bool exclusive = false);
 
 // Records a node: `backward` reads the gradients of `outputs` and accumulates into inputs.
 // It runs only if at least one output received a gradient.

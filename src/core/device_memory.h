@@ -22,6 +22,8 @@ struct DeviceMemoryStats {
 };
 DeviceMemoryStats device_memory_stats();
 void reset_device_memory_peak();
+// Returns the allocator's cached free blocks to the driver (for another process on the same GPU).
+void release_cached_device_memory();
 // Waits for all queued GPU work (the host blocks). Used at step boundaries and in benchmarks.
 void device_synchronize();
 
@@ -31,6 +33,8 @@ void device_zero(void* p, size_t bytes);
 // Copies `bytes` between any two of host and device memory (queued on the compute stream; a copy
 // to the host waits for it).
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// t[i] = bf16/f32/f64(float(std * philox_normal(seed, stream, i))) (see core/random.h).
+void device_fill_philox_normal(Tensor& t, uint64_t seed, uint64_t stream, double std);
 // dst = src converted elementwise (dtypes as Tensor::to allows); both on the GPU, same shape.
 void device_convert(const Tensor& src, Tensor& dst);
 }  // namespace detail

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/device_memory.h"
 #include "core/philox.h"
 
 namespace g4 {
@@ -57,6 +58,32 @@ Tensor randint(const Shape& shape, uint64_t seed, int64_t lo, int64_t hi, DType 
     }
   }
   return t;
+}
+
+}  // namespace g4
+
+namespace g4 {
+
+void fill_philox_normal(Tensor& t, uint64_t seed, uint64_t stream, double std) {
+  G4_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64 || t.dtype() == DType::BF16,
+           "fill_philox_normal: ", t.describe(), " is not f32, f64 or bf16");
+  if (t.device() == Device::CUDA) {
+#ifdef G4_WITH_CUDA
+    detail::device_fill_philox_normal(t, seed, stream, std);
+#endif
+    return;
+  }
+  // Each value is rounded to f32 first, then to the tensor's dtype: the same numbers as a model
+  // initialised in f32 and converted.
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(std * philox_normal(seed, stream, static_cast<uint64_t>(i)));
+    switch (t.dtype()) {
+      case DType::F32: t.data<float>()[i] = v; break;
+      case DType::F64: t.data<double>()[i] = v; break;
+      default: t.data<bf16>()[i] = bf16::from_float(v); break;
+    }
+  }
 }
 
 }  // namespace g4

@@ -91,10 +91,10 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   return t;
 }
 
-Tensor Tensor::full(const Shape& shape, double value, DType dtype) {
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
   Tensor t = empty(shape, dtype);
   t.fill(value);
-  return t;
+  return device == Device::CPU ? t : t.to(device);
 }
 
 Tensor Tensor::wrap(std::shared_ptr<void> owner, void* data, const Shape& shape, DType dtype, Device device) {
@@ -273,3 +273,14 @@ std::string Tensor::describe() const {
 }
 
 }  // namespace g4
+
+#ifndef G4_WITH_CUDA
+// Without the CUDA backend there is no GPU: nothing to count, wait for or release.
+namespace g4 {
+bool cuda_available() { return false; }
+DeviceMemoryStats device_memory_stats() { return {}; }
+void reset_device_memory_peak() {}
+void device_synchronize() {}
+void release_cached_device_memory() {}
+}  // namespace g4
+#endif

@@ -25,7 +25,7 @@ class Tensor {
 
   static Tensor empty(const Shape& shape, DType dtype, Device device = Device::CPU);
   static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::CPU);
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32, Device device = Device::CPU);
   // Wraps memory owned elsewhere (an mmap'ed file); `owner` keeps it alive.
   static Tensor wrap(std::shared_ptr<void> owner, void* data, const Shape& shape, DType dtype,
                      Device device = Device::CPU);
@@ -37,7 +37,9 @@ class Tensor {
     std::copy(values.begin(), values.end(), t.data<T>());
     return t;
   }
-  static Tensor scalar(double value, DType dtype = DType::F32) { return full({}, value, dtype); }
+  static Tensor scalar(double value, DType dtype = DType::F32, Device device = Device::CPU) {
+    return full({}, value, dtype, device);
+  }
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }

@@ -4,7 +4,7 @@
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
-#include "core/philox.h"
+#include "core/random.h"
 #include "model/rope_freqs.h"
 #include "ops/elementwise.h"
 
@@ -30,37 +30,56 @@ struct Gemma4::Context {
       std::make_shared<std::map<int64_t, std::vector<int64_t>>>();
 };
 
-Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype)
-    : cfg_(std::move(config)), experts_(experts), dtype_(dtype) {
-  G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
+Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device)
+    : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
+  if (device == Device::CPU)
+    G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
+  else
+    G4_CHECK(dtype == DType::BF16 || dtype == DType::F32, "the GPU model computes in bf16 or f32, not ",
+             dtype_name(dtype));
   G4_CHECK(static_cast<int64_t>(cfg_.layers.size()) == cfg_.num_layers, "model config has ", cfg_.layers.size(),
            " resolved layers for num_hidden_layers ", cfg_.num_layers);
   if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
-  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, dtype_));
+  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, dtype_, device_));
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
   for (const io::LayerSpec& ls : cfg_.layers)
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     params_.buffers[layer_prefix(l) + "layer_scalar"] = Tensor::full({1}, 1.0);
     inv_freq_.push_back(rope_inv_freq(cfg_.layers[static_cast<size_t>(l)].rope,
-                                      cfg_.layers[static_cast<size_t>(l)].head_dim));
+                                      cfg_.layers[static_cast<size_t>(l)].head_dim)
+                            .to(device_));
   }
 }
 
 void Gemma4::init_weights(uint64_t seed, double std) {
   const std::vector<ParamSpec> specs = native_param_specs(cfg_, experts_);
   for (size_t i = 0; i < specs.size(); ++i) {
-    Tensor t = Tensor::empty(specs[i].shape, DType::F32);
-    float* d = t.data<float>();
+    Tensor& t = params_.at(specs[i].name).mutable_value();
     const bool random = specs[i].kind == ParamSpec::kMatrix || specs[i].kind == ParamSpec::kEmbedding ||
                         specs[i].kind == ParamSpec::kExperts;
-    for (int64_t j = 0; j < t.numel(); ++j)
-      d[j] = random ? static_cast<float>(std * philox_normal(seed, i, static_cast<uint64_t>(j))) : 1.0f;
-    if (specs[i].kind == ParamSpec::kEmbedding && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0))
-      std::fill(d + cfg_.pad_token_id * t.size(1), d + (cfg_.pad_token_id + 1) * t.size(1), 0.0f);
-    params_.at(specs[i].name).mutable_value().copy_from(t.to(dtype_));
+    if (!random) {
+      t.fill(1.0);
+      continue;
+    }
+    // Drawn on the parameter's own device, element j of stream i, as f32 then rounded to dtype.
+    fill_philox_normal(t, seed, i, std);
+    if (specs[i].kind == ParamSpec::kEmbedding && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0)) {
+      Tensor pad_row = t.slice0(cfg_.pad_token_id, 1);
+      pad_row.copy_from(Tensor::zeros(pad_row.shape(), t.dtype()));
+    }
   }
   for (auto& [name, b] : params_.buffers) b.fill(1.0);
+}
+
+std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
+  auto m = std::make_unique<Gemma4>(cfg_, experts_, dtype, device);
+  for (const std::string& name : params_.order)
+    m->params_.at(name).mutable_value().copy_from(params_.at(name).value().to(dtype));
+  m->params_.buffers = params_.buffers;
+  m->recompute_ = recompute_;
+  m->router_aux_coef_ = router_aux_coef_;
+  return m;
 }
 
 Tensor shift_labels(const Tensor& labels) {
@@ -120,13 +139,28 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
   }
   if (in.attention_mask.defined()) ctx.key_valid = in.attention_mask;
+  // The batch is prepared on the host (positions, document ids, counts) and uploaded once.
+  if (device_ != Device::CPU) {
+    ctx.positions = ctx.positions.to(device_);
+    if (ctx.docs.defined()) ctx.docs = ctx.docs.to(device_);
+    if (ctx.key_valid.defined()) ctx.key_valid = ctx.key_valid.to(device_);
+  }
   ForwardOutputs out;
-  out.logits = run(in.input_ids, ctx.positions, ctx);
+  const ag::Var hidden = run(in.input_ids.to(device_), ctx.positions, ctx);
   out.expert_tokens = *ctx.expert_tokens;
-  if (in.labels.defined() || in.targets.defined()) {
+  const bool has_targets = in.labels.defined() || in.targets.defined();
+  if (in.return_logits || !has_targets) out.logits = logits_of(hidden);
+  if (has_targets) {
     const Tensor targets = in.targets.defined() ? in.targets.to(DType::I64) : shift_labels(in.labels);
     for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
-    out.loss = ag::cross_entropy_mean(out.logits, targets);
+    // On the GPU the loss always takes the fused path: softcap and cross-entropy in fp32 from the
+    // bf16 matmul, never from rounded bf16 logits (the logits returned are for the caller).
+    if (out.logits.defined() && device_ == Device::CPU) {
+      out.loss = ag::cross_entropy_mean(out.logits, targets.to(device_));
+    } else {
+      out.loss = ag::linear_cross_entropy(hidden, lm_head(), targets.to(device_), out.counted_tokens,
+                                          cfg_.final_logit_softcapping.value_or(0.0));
+    }
     out.cross_entropy = out.loss.value().item();
     if (!ctx.router_aux.empty()) {
       ag::Var aux = ctx.router_aux[0];
@@ -153,8 +187,8 @@ Tensor Gemma4::forward_cached(const Tensor& ids, KVCache& cache) const {
   Context ctx;
   ctx.cache = &cache;
   ctx.q_start = cache.length;
-  ctx.positions = arange_positions(ids.size(0), ids.size(1), cache.length);
-  Tensor logits = run(ids, ctx.positions, ctx).value();
+  ctx.positions = arange_positions(ids.size(0), ids.size(1), cache.length).to(device_);
+  Tensor logits = logits_of(run(ids.to(device_), ctx.positions, ctx)).value();
   cache.length += ids.size(1);
   return logits;
 }
@@ -189,8 +223,15 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
       h = layer(l, h, ple, ctx);
     }
   }
-  h = ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
-  ag::Var logits = ag::linear(h, cfg_.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight"));
+  return ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
+}
+
+const ag::Var& Gemma4::lm_head() const {
+  return cfg_.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
+}
+
+ag::Var Gemma4::logits_of(const ag::Var& hidden) const {
+  ag::Var logits = ag::linear(hidden, lm_head());
   if (cfg_.final_logit_softcapping) logits = ag::softcap(logits, *cfg_.final_logit_softcapping);
   return logits;
 }
@@ -296,11 +337,10 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) {
     // E * sum_e f_e * mean_t p[t, e]: f is a constant (counts), P carries the gradient.
     const int64_t T = probs.shape()[0], E = cfg_.num_experts;
-    Tensor f = Tensor::zeros({1, E}, probs.value().dtype());
-    for (int64_t e = 0; e < E; ++e) {
-      const double frac = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(plan.rows());
-      if (f.dtype() == DType::F64) f.data<double>()[e] = frac; else f.data<float>()[e] = static_cast<float>(frac);
-    }
+    Tensor f = Tensor::zeros({1, E}, DType::F64);
+    for (int64_t e = 0; e < E; ++e)
+      f.data<double>()[e] = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(T * cfg_.top_k_experts);
+    f = f.to(probs.value().dtype()).to(probs.value().device());
     ctx.router_aux.push_back(
         ag::scale(ag::sum_all(ag::linear(probs, ag::Var(f))), static_cast<double>(E) / static_cast<double>(T)));
   }

@@ -23,6 +23,10 @@ struct ForwardInputs {
   // labels. Context parallelism needs them: the shift crosses shard boundaries, so it is done on
   // the whole sequence before sharding.
   Tensor targets{};
+  // false: training only needs the loss. The LM head and the cross-entropy then run fused, chunk
+  // by chunk (ag::linear_cross_entropy), and ForwardOutputs::logits stays undefined; the full
+  // [B, S, V] logits (262 144 columns for Gemma 4) are never stored.
+  bool return_logits = true;
 };
 
 struct ForwardOutputs {
@@ -77,14 +81,18 @@ class Gemma4 {
  public:
   // Parameters are allocated (zeros) in the native layout; load them with the state-dict
   // adapter or initialise them with init_weights().
-  // dtype: F32 (training masters, the CPU default) or F64 (double-precision reference runs).
-  explicit Gemma4(io::ModelConfig config, ExpertRange experts = {}, DType dtype = DType::F32);
+  // On the CPU dtype is F32 (training masters, the default) or F64 (double-precision reference
+  // runs). On the GPU (device CUDA) it is BF16 (compute copies of fp32 masters the optimizer
+  // holds; gradients accumulate in f32) or F32.
+  explicit Gemma4(io::ModelConfig config, ExpertRange experts = {}, DType dtype = DType::F32,
+                  Device device = Device::CPU);
 
   const io::ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
   ExpertRange experts() const { return experts_; }
   DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
 
   // Full-sequence forward; records the tape when grad mode is on.
   ForwardOutputs forward(const ForwardInputs& in) const;
@@ -112,13 +120,20 @@ class Gemma4 {
   void set_context_attention(std::shared_ptr<ContextAttention> cp) { context_ = std::move(cp); }
   const std::shared_ptr<ContextAttention>& context_attention() const { return context_; }
 
+  // A copy of this model (parameters converted, buffers copied) on `device` in `dtype`, for
+  // moving a loaded checkpoint to the GPU. Hooks (expert dispatch, context attention) are not copied.
+  std::unique_ptr<Gemma4> copy_to(Device device, DType dtype) const;
+
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
   void init_weights(uint64_t seed, double std = 0.02);
 
  private:
   struct Context;
+  // The decoder up to the final norm: hidden states [B, S, H].
   ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
+  const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight
+  ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
   ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx) const;
@@ -127,6 +142,7 @@ class Gemma4 {
   io::ModelConfig cfg_;
   ExpertRange experts_;
   DType dtype_;
+  Device device_;
   ParamStore params_;
   std::vector<Tensor> inv_freq_;  // per layer
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V

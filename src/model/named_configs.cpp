@@ -41,11 +41,46 @@ nlohmann::json base(int64_t vocab) {
 }
 }  // namespace
 
-std::vector<std::string> named_config_names() { return {"tiny-dense", "tiny-moe"}; }
+// The released models' text widths (config.json of google/gemma-4-26B-A4B and gemma-4-E4B), for
+// benchmarks and training from scratch at real size; num_hidden_layers is usually overridden.
+nlohmann::json real_shape(const std::string& name) {
+  nlohmann::json j = base(262144);
+  j["max_position_embeddings"] = 131072;
+  j["head_dim"] = 256;
+  j["global_head_dim"] = 512;
+  j["num_global_key_value_heads"] = 2;
+  if (name == "gemma-4-26b-a4b") {
+    j["hidden_size"] = 2816;
+    j["intermediate_size"] = 2112;
+    j["num_hidden_layers"] = 30;
+    j["num_attention_heads"] = 16;
+    j["num_key_value_heads"] = 8;
+    j["sliding_window"] = 1024;
+    j["attention_k_eq_v"] = true;
+    j["enable_moe_block"] = true;
+    j["num_experts"] = 128;
+    j["top_k_experts"] = 8;
+    j["moe_intermediate_size"] = 704;
+  } else {  // gemma-4-e4b
+    j["hidden_size"] = 2560;
+    j["intermediate_size"] = 10240;
+    j["num_hidden_layers"] = 42;
+    j["num_attention_heads"] = 8;
+    j["num_key_value_heads"] = 2;
+    j["sliding_window"] = 512;
+    j["hidden_size_per_layer_input"] = 256;
+    j["num_kv_shared_layers"] = 18;
+  }
+  return j;
+}
+
+bool is_real_shape(const std::string& name) { return name == "gemma-4-26b-a4b" || name == "gemma-4-e4b"; }
+std::vector<std::string> named_config_names() { return {"tiny-dense", "tiny-moe", "gemma-4-26b-a4b", "gemma-4-e4b"}; }
 
 nlohmann::json named_config(const std::string& name, const nlohmann::json& overrides) {
-  nlohmann::json j = base(2048);
-  if (name == "tiny-moe") {
+  nlohmann::json j = is_real_shape(name) ? real_shape(name) : base(2048);
+  if (is_real_shape(name)) {
+  } else if (name == "tiny-moe") {
     // 26B-A4B in miniature: dense MLP beside routed experts, K=V on full layers.
     j["enable_moe_block"] = true;
     j["num_experts"] = 8;
@@ -60,13 +95,18 @@ nlohmann::json named_config(const std::string& name, const nlohmann::json& overr
   }
   G4_CHECK(overrides.is_object(), "model.config overrides must be a mapping of config.json keys");
   for (auto it = overrides.begin(); it != overrides.end(); ++it) j[it.key()] = it.value();
-  if (overrides.contains("num_hidden_layers") && !overrides.contains("layer_types")) {
-    // Gemma 4's pattern: full attention every fourth layer and always last.
+  if (is_real_shape(name) || (overrides.contains("num_hidden_layers") && !overrides.contains("layer_types"))) {
+    // Gemma 4's pattern: full attention every sixth layer (every fourth in the tiny shapes) and
+    // always last, so a short stack still has a full-attention (head dim 512) layer.
     const int64_t L = j["num_hidden_layers"].get<int64_t>();
+    const int64_t every = is_real_shape(name) ? 6 : 4;
     nlohmann::json types = nlohmann::json::array();
     for (int64_t l = 0; l < L; ++l)
-      types.push_back((l % 4 == 3 || l == L - 1) ? "full_attention" : "sliding_attention");
+      types.push_back((l % every == every - 1 || l == L - 1) ? "full_attention" : "sliding_attention");
     j["layer_types"] = types;
+    // E4B's last 18 of 42 layers reuse earlier K/V; a shorter stack (benchmarks) shares none.
+    if (name == "gemma-4-e4b" && !overrides.contains("num_kv_shared_layers"))
+      j["num_kv_shared_layers"] = L >= 42 ? 18 : 0;
   }
   return j;
 }

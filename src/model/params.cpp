@@ -82,7 +82,9 @@ const ag::Var& ParamStore::at(const std::string& name) const {
 void ParamStore::add(const std::string& name, Tensor value) {
   G4_CHECK(!params.count(name), "parameter ", name, " added twice");
   order.push_back(name);
-  params.emplace(name, ag::Var(std::move(value), true));
+  const bool bf16 = value.dtype() == DType::BF16;
+  auto it = params.emplace(name, ag::Var(std::move(value), true)).first;
+  it->second.impl()->fp32_grad = bf16;
 }
 
 int64_t ParamStore::numel() const {

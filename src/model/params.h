@@ -32,7 +32,8 @@ std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
 // ranks; every other parameter is replicated.
 bool is_expert_parameter(const std::string& native_name);
 
-// Parameters (trainable, fp32 masters on the CPU) and buffers (not trained: layer scalars, the
+// Parameters (trainable: fp32 on the CPU, bf16 compute copies with f32 gradients on the GPU, whose
+// fp32 masters the optimizer holds) and buffers (not trained: layer scalars, the
 // per_expert_scale the checkpoint had, kept to express gradients in Hugging Face's layout).
 struct ParamStore {
   std::vector<std::string> order;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "ops/elementwise.h"
 #include "ops/optim.h"
 #include "parallel/communicator.h"
 
@@ -14,11 +15,20 @@ AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std:
     : params_(params), names_(std::move(trainable)), no_decay_(std::move(no_decay)), opt_(options) {
   for (const std::string& n : names_) {
     const Tensor& p = params_.at(n).value();
-    G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64,
-             "AdamW keeps f32 (or f64) master weights; parameter ", n, " is ", p.describe());
-    m_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
-    v_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
+    G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64 || p.dtype() == DType::BF16,
+             "AdamW updates f32 (or f64) parameters, or bf16 ones through f32 masters; parameter ", n, " is ",
+             p.describe());
+    const DType state = p.dtype() == DType::BF16 ? DType::F32 : p.dtype();
+    // A bf16 parameter's master starts as its exact f32 value: the copy it came from was rounded
+    // once, so nothing is lost that the model ever had.
+    master_.push_back(p.dtype() == DType::BF16 ? p.to(DType::F32) : Tensor());
+    m_.push_back(Tensor::zeros(p.shape(), state, p.device()));
+    v_.push_back(Tensor::zeros(p.shape(), state, p.device()));
   }
+}
+
+const Tensor& AdamW::master(size_t i) const {
+  return master_[i].defined() ? master_[i] : params_.at(names_[i]).value();
 }
 
 namespace {
@@ -40,7 +50,11 @@ void AdamW::step(double lr) {
   for (size_t i = 0; i < names_.size(); ++i) {
     ag::Var& var = params_.at(names_[i]);
     // An undefined gradient counts as zero (the op's contract).
-    ops::adamw_step(var.mutable_value(), var.grad(), m_[i], v_[i], h, no_decay_.count(names_[i]) == 0);
+    const bool decay = no_decay_.count(names_[i]) == 0;
+    if (master_[i].defined())
+      ops::adamw_step(master_[i], var.grad(), m_[i], v_[i], h, decay, {}, {}, &var.mutable_value());
+    else
+      ops::adamw_step(var.mutable_value(), var.grad(), m_[i], v_[i], h, decay);
   }
 }
 
@@ -93,8 +107,45 @@ void scale_in_place(Tensor& g, T coef) {
 }
 }  // namespace
 
+namespace {
+// On the GPU: the squared norms are summed on the device and the total comes back once (the one
+// synchronisation of the optimizer step: the clipping coefficient is needed on the host).
+double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                             parallel::Communicator* expert_group) {
+  Tensor replicated, experts;
+  for (const std::string& n : names) {
+    const Tensor& g = params.at(n).grad();
+    if (!g.defined()) continue;
+    Tensor& acc = expert_group && model::is_expert_parameter(n) ? experts : replicated;
+    if (acc.defined())
+      ops::add_(acc, ops::squared_norm(g));
+    else
+      acc = ops::squared_norm(g);
+  }
+  double total_sq = replicated.defined() ? replicated.item() : 0.0;
+  if (expert_group) {
+    Tensor t = Tensor::from_vector<double>({experts.defined() ? experts.item() : 0.0}, {1});
+    expert_group->all_reduce(t);
+    total_sq += t.data<double>()[0];
+  }
+  const double total = std::sqrt(total_sq);
+  if (max_norm > 0) {
+    const double coef = std::min(1.0, max_norm / (total + 1e-6));
+    if (coef < 1.0)
+      for (const std::string& n : names)
+        if (params.at(n).grad().defined()) ops::scale_(params.at(n).owned_grad(), coef);
+  }
+  return total;
+}
+}  // namespace
+
 double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
                       parallel::Communicator* expert_group) {
+  for (const std::string& n : names) {
+    const Tensor& g = params.at(n).grad();
+    if (g.defined() && g.device() == Device::CUDA) return clip_grad_norm_device(params, names, max_norm, expert_group);
+    if (g.defined()) break;
+  }
   // torch: the norm of the per-tensor norms, each rounded to the gradient's dtype.
   double total_sq = 0, expert_sq = 0;
   bool f64 = false;

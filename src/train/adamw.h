@@ -28,6 +28,8 @@ class AdamW {
   // gradients count as zero).
   void step(double lr);
   int64_t steps_taken() const { return step_; }
+  // The fp32 master of trainable parameter i (the parameter itself unless it is stored in bf16).
+  const Tensor& master(size_t i) const;
   const std::vector<std::string>& trainable() const { return names_; }
 
   // Moments as named tensors ("exp_avg.<param>", "exp_avg_sq.<param>") and back.
@@ -40,6 +42,9 @@ class AdamW {
   std::set<std::string> no_decay_;
   AdamWOptions opt_;
   std::vector<Tensor> m_, v_;
+  // fp32 masters of parameters stored in bf16 (the GPU model's compute copies); undefined where
+  // the parameter is its own f32/f64 master. Each step updates the master and rewrites the copy.
+  std::vector<Tensor> master_;
   int64_t step_ = 0;
 };
 

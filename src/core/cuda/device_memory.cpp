@@ -17,14 +17,13 @@ namespace g4 {
 
 namespace {
 
-// Small blocks round to 512 bytes; large ones to 1/8 of their power of two (at most 12.5% waste),
-// so that blocks of nearly equal size share a free list.
+// Small blocks round to 512 bytes, large ones to 2 MiB (as PyTorch's allocator does): a training
+// step asks for the same sizes every step, so exact size classes are reused, and the waste on the
+// gigabyte-sized weights and optimizer states stays negligible.
 size_t round_size(size_t bytes) {
   if (bytes == 0) bytes = 1;
   if (bytes <= (size_t{1} << 20)) return (bytes + 511) / 512 * 512;
-  size_t pow2 = size_t{1} << 20;
-  while (pow2 < bytes) pow2 <<= 1;
-  const size_t step = pow2 / 8;
+  const size_t step = size_t{2} << 20;
   return (bytes + step - 1) / step * step;
 }
 
@@ -67,6 +66,10 @@ class CachingAllocator {
   DeviceMemoryStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
     return DeviceMemoryStats{current_, peak_, reserved_};
+  }
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    release_cached_locked();
   }
   void reset_peak() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -114,6 +117,7 @@ bool cuda_available() {
 
 DeviceMemoryStats device_memory_stats() { return allocator().stats(); }
 void reset_device_memory_peak() { allocator().reset_peak(); }
+void release_cached_device_memory() { allocator().release_cached(); }
 void device_synchronize() { G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream())); }
 
 namespace detail {

@@ -14,7 +14,12 @@ void check_gpu_float(const char* op, const char* name, const Tensor& t) {
            " must be bf16 or f32 on the GPU");
 }
 
-int64_t leading_rows(const Tensor& t) { return t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
+// Product of every dimension but the last (not numel / last: that is 0 / 0 for an empty last one).
+int64_t leading_rows(const Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return rows;
+}
 
 struct GemmShape {
   int64_t m, n, k;

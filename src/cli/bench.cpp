@@ -1,0 +1,218 @@
+// g4 bench train: the speed of one training step (forward, backward, clipping, AdamW) at the real
+// widths of a Gemma 4 model on the GPU, and, with --hf, the same step in Hugging Face transformers
+// (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio.
+#include <chrono>
+#include <cstdlib>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/variable.h"
+#include "cli/commands.h"
+#include "core/device_memory.h"
+#include "core/philox.h"
+#include "model/gemma4.h"
+#include "model/named_configs.h"
+#include "train/adamw.h"
+#include "train/flops.h"
+
+namespace g4::cli {
+
+namespace {
+
+struct BenchOptions {
+  std::string model = "gemma-4-26b-a4b";
+  int64_t layers = 3, seq = 4096, steps = 10, warmup = 3;
+  int64_t min_doc = 256, max_doc = 2048;
+  double peak_tflops = 800;  // H100 SXM dense bf16, the MFU denominator
+  bool recompute = false;
+  bool hf = false;
+  std::string hf_script = "tools/bench_hf_train.py";
+  std::vector<std::string> hf_precisions{"fp32-autocast", "bf16"};
+  std::string json;
+  uint64_t seed = 1234;
+};
+
+// One packed row of `seq` tokens: documents of seeded random lengths (the last one cut to fit),
+// random ids, positions restarting per document, no loss on each document's first token.
+struct PackedRow {
+  Tensor input_ids, position_ids, labels;
+  std::vector<int64_t> documents;
+};
+
+PackedRow make_row(const BenchOptions& o, int64_t vocab) {
+  PackedRow r;
+  r.input_ids = Tensor::empty({1, o.seq}, DType::I64);
+  r.position_ids = Tensor::empty({1, o.seq}, DType::I64);
+  r.labels = Tensor::empty({1, o.seq}, DType::I64);
+  int64_t* ids = r.input_ids.data<int64_t>();
+  int64_t* pos = r.position_ids.data<int64_t>();
+  int64_t* lab = r.labels.data<int64_t>();
+  uint64_t draw = 0;
+  for (int64_t s = 0; s < o.seq;) {
+    const double u = philox_uniform(o.seed, 7, draw++);
+    int64_t n = o.min_doc + static_cast<int64_t>(u * static_cast<double>(o.max_doc - o.min_doc));
+    n = std::min(n, o.seq - s);
+    r.documents.push_back(n);
+    for (int64_t i = 0; i < n; ++i, ++s) {
+      ids[s] = 3 + static_cast<int64_t>(philox_uniform(o.seed, 8, static_cast<uint64_t>(s)) *
+                                        static_cast<double>(vocab - 4));
+      pos[s] = i;
+      lab[s] = i == 0 ? -100 : ids[s];
+    }
+  }
+  return r;
+}
+
+struct Result {
+  double step_ms = 0, tokens_per_s = 0, mfu = 0;
+  int64_t peak_bytes = 0, reserved_bytes = 0;
+  double loss_first = 0, loss_last = 0;
+};
+
+Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
+  G4_CHECK(cuda_available(), "g4 bench train needs a CUDA GPU (this build or machine has none)");
+  Result res;
+  {
+    model::Gemma4 model(cfg, {}, DType::BF16, Device::CUDA);
+    model.init_weights(o.seed);
+    model.set_recompute(o.recompute);
+    auto& params = model.params();
+    train::AdamWOptions ao;
+    ao.beta2 = 0.95;
+    ao.weight_decay = 0.01;
+    train::AdamW opt(params, params.order, train::no_weight_decay(params, cfg), ao);
+    model::ForwardInputs in;
+    in.input_ids = row.input_ids;
+    in.position_ids = row.position_ids;
+    in.labels = row.labels;
+    in.return_logits = false;
+    auto step = [&] {
+      model::ForwardOutputs out = model.forward(in);
+      ag::backward(out.loss);
+      train::clip_grad_norm(params, params.order, 1.0);
+      opt.step(1e-5);
+      params.zero_grad();
+      return out.cross_entropy;
+    };
+    for (int64_t i = 0; i < o.warmup; ++i) {
+      const double l = step();
+      if (i == 0) res.loss_first = l;
+    }
+    device_synchronize();
+    reset_device_memory_peak();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o.steps; ++i) res.loss_last = step();
+    device_synchronize();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    res.step_ms = 1e3 * secs / static_cast<double>(o.steps);
+    res.tokens_per_s = static_cast<double>(o.seq) * static_cast<double>(o.steps) / secs;
+    res.mfu = flops / (secs / static_cast<double>(o.steps)) / (o.peak_tflops * 1e12);
+    const DeviceMemoryStats m = device_memory_stats();
+    res.peak_bytes = m.peak;
+    res.reserved_bytes = m.reserved;
+  }
+  release_cached_device_memory();  // hand the memory back before the competitor runs
+  return res;
+}
+
+nlohmann::json run_hf(const BenchOptions& o, const std::string& precision, const std::vector<int64_t>& docs) {
+  std::string documents;
+  for (int64_t n : docs) documents += (documents.empty() ? "" : ",") + std::to_string(n);
+  const std::string out = "/tmp/g4_bench_hf_" + precision + ".json";
+  std::remove(out.c_str());
+  const std::string shape = o.model == "gemma-4-26b-a4b" ? "26b-a4b" : "e4b";
+  // Under scripts/device_run.sh the g4 binaries run with bundled libraries that Python must not load.
+  const std::string env = std::getenv("G4_PYTHON_LD_LIBRARY_PATH")
+                              ? "LD_LIBRARY_PATH=\"$G4_PYTHON_LD_LIBRARY_PATH\" "
+                              : "";
+  const std::string cmd = env + "python3 " + o.hf_script + " --shape " + shape + " --layers " + std::to_string(o.layers) +
+                          " --seq " + std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
+                          std::to_string(o.warmup) + " --precision " + precision + " --seed " +
+                          std::to_string(o.seed) + " --documents " + documents + " --json " + out;
+  std::printf("running: %s\n", cmd.c_str());
+  std::fflush(stdout);
+  const int rc = std::system(cmd.c_str());
+  std::ifstream f(out);
+  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
+  return nlohmann::json::parse(f);
+}
+
+void print_row(const char* name, double tps, double ms, double mfu, double peak_gib) {
+  std::printf("  %-34s %12.0f %10.1f %7.1f%% %10.2f\n", name, tps, ms, 100 * mfu, peak_gib);
+}
+
+void bench_train(const BenchOptions& o) {
+  const nlohmann::json cj = model::named_config(o.model, {{"num_hidden_layers", o.layers}});
+  const io::ModelConfig cfg = io::parse_model_config(cj, "built-in " + o.model);
+  const PackedRow row = make_row(o, cfg.vocab_size);
+  const train::StepFlops fl = train::forward_flops(cfg, row.documents);
+  int64_t full = 0;
+  for (const auto& ls : cfg.layers) full += !ls.sliding;
+  std::printf("g4 bench train: %s widths, %lld layers (%lld sliding, %lld full attention), seq %lld packed from %zu "
+              "documents, %lld steps after %lld warm-up\n",
+              o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.layers - full),
+              static_cast<long long>(full), static_cast<long long>(o.seq), row.documents.size(),
+              static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
+  std::printf("model FLOPs per step %.3f TFLOP (matmuls %.3f, attention %.3f; training = 3 x forward); MFU "
+              "against %.0f TFLOP/s\n",
+              fl.training() / 1e12, 3 * fl.matmul / 1e12, 3 * fl.attention / 1e12, o.peak_tflops);
+  const Result g = run_g4(o, cfg, row, fl.training());
+  nlohmann::json report = {{"model", o.model},         {"layers", o.layers},
+                           {"seq", o.seq},             {"documents", row.documents},
+                           {"flops_per_step", fl.training()},
+                           {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
+                                   {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
+                                   {"loss_first", g.loss_first}, {"loss_last", g.loss_last}}}};
+  std::vector<std::pair<std::string, nlohmann::json>> hf;
+  if (o.hf)
+    for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, p, row.documents));
+  std::printf("\n  %-34s %12s %10s %8s %10s\n", "", "tokens/s", "step ms", "MFU", "peak GiB");
+  print_row("g4 (bf16 compute, fp32 master)", g.tokens_per_s, g.step_ms, g.mfu, static_cast<double>(g.peak_bytes) / (1 << 30));
+  for (const auto& [p, r] : hf) {
+    report["hf_" + p] = r;
+    const std::string name = "HF transformers (" + p + ")";
+    if (r.contains("error") || r.value("oom", false)) {
+      std::printf("  %-34s %s\n", name.c_str(), r.contains("error") ? r["error"].get<std::string>().c_str() : "out of memory");
+      continue;
+    }
+    print_row(name.c_str(), r["tokens_per_s"].get<double>(), r["step_ms"].get<double>(), r["mfu"].get<double>(),
+              r["peak_alloc_bytes"].get<double>() / (1 << 30));
+    std::printf("  %-34s %11.2fx %21s %9.2fx\n", ("  g4 / HF (" + p + ")").c_str(),
+                g.tokens_per_s / r["tokens_per_s"].get<double>(), "",
+                static_cast<double>(g.peak_bytes) / r["peak_alloc_bytes"].get<double>());
+  }
+  std::printf("  losses: g4 first %.4f last %.4f\n", g.loss_first, g.loss_last);
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    f << report.dump(2) << "\n";
+  }
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app, Action& action) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks on the GPU");
+  bench->require_subcommand(1);
+  auto* cmd = bench->add_subcommand("train", "Training-step speed at a real Gemma 4 shape, optionally against "
+                                              "Hugging Face transformers");
+  auto o = std::make_shared<BenchOptions>();
+  cmd->add_option("--model", o->model, "gemma-4-26b-a4b | gemma-4-e4b (real widths)");
+  cmd->add_option("--layers", o->layers, "decoder layers (as many as fit; the last is full attention)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o->steps, "timed steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--peak-tflops", o->peak_tflops, "the MFU denominator (H100 SXM dense bf16: 800)");
+  cmd->add_flag("--recompute", o->recompute, "activation recompute");
+  cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");
+  cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
+  cmd->add_option("--hf-precision", o->hf_precisions, "fp32-autocast and/or bf16");
+  cmd->add_option("--json", o->json, "write the results as JSON");
+  cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
+  cmd->callback([&action, o] { action = [o] { bench_train(*o); }; });
+}
+
+}  // namespace g4::cli
