@@ -92,8 +92,8 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     auto step = [&] {
       model::ForwardOutputs out = model.forward(in);
       ag::backward(out.loss);
-      train::clip_grad_norm(params, params.order, 1.0);
-      opt.step(1e-5);
+      const train::GradNorm gn = train::grad_norm_and_scale(params, params.order, 1.0);
+      opt.step(1e-5, gn.scale);
       params.zero_grad();
       return out.cross_entropy;
     };

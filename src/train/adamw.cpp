@@ -44,9 +44,10 @@ ops::AdamWHyper hyper(const AdamWOptions& opt, double lr, int64_t step) {
 }
 }  // namespace
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   ++step_;
-  const ops::AdamWHyper h = hyper(opt_, lr, step_);
+  ops::AdamWHyper h = hyper(opt_, lr, step_);
+  h.grad_scale = grad_scale;
   for (size_t i = 0; i < names_.size(); ++i) {
     ag::Var& var = params_.at(names_[i]);
     // An undefined gradient counts as zero (the op's contract).
@@ -110,8 +111,8 @@ void scale_in_place(Tensor& g, T coef) {
 namespace {
 // On the GPU: the squared norms are summed on the device and the total comes back once (the one
 // synchronisation of the optimizer step: the clipping coefficient is needed on the host).
-double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
-                             parallel::Communicator* expert_group) {
+double device_grad_norm(model::ParamStore& params, const std::vector<std::string>& names,
+                        parallel::Communicator* expert_group) {
   Tensor replicated, experts;
   for (const std::string& n : names) {
     const Tensor& g = params.at(n).grad();
@@ -128,7 +129,12 @@ double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::s
     expert_group->all_reduce(t);
     total_sq += t.data<double>()[0];
   }
-  const double total = std::sqrt(total_sq);
+  return std::sqrt(total_sq);
+}
+
+double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                             parallel::Communicator* expert_group) {
+  const double total = device_grad_norm(params, names, expert_group);
   if (max_norm > 0) {
     const double coef = std::min(1.0, max_norm / (total + 1e-6));
     if (coef < 1.0)
@@ -138,6 +144,14 @@ double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::s
   return total;
 }
 }  // namespace
+
+GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm) {
+  G4_CHECK(!names.empty(), "grad_norm_and_scale: no parameters");
+  GradNorm r;
+  r.norm = device_grad_norm(params, names, nullptr);
+  if (max_norm > 0) r.scale = std::min(1.0, max_norm / (r.norm + 1e-6));
+  return r;
+}
 
 double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
                       parallel::Communicator* expert_group) {

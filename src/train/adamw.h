@@ -26,7 +26,9 @@ class AdamW {
 
   // One update with learning rate lr from the parameters' current gradients (undefined
   // gradients count as zero).
-  void step(double lr);
+  // grad_scale multiplies every gradient first (a clipping coefficient from grad_norm_and_scale:
+  // applied inside the update, it costs no pass of its own over the gradients).
+  void step(double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return step_; }
   // The fp32 master of trainable parameter i (the parameter itself unless it is stored in bf16).
   const Tensor& master(size_t i) const;
@@ -58,6 +60,14 @@ void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const s
 // returns the norm before clipping. With expert_group (expert parallelism; collective over it),
 // the expert tensors are slices whose squared norms are summed over the group, so every rank gets
 // the norm of the whole model.
+// The global gradient norm (as clip_grad_norm computes it) and the coefficient clipping to max_norm
+// would scale by, without scaling: pass the coefficient to AdamW::step. On the GPU this is the
+// optimizer step's one synchronisation (the norm comes back to the host).
+struct GradNorm {
+  double norm = 0, scale = 1;
+};
+GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm);
+
 double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
                       parallel::Communicator* expert_group = nullptr);
 
