@@ -17,14 +17,10 @@
 #include "gpu_test.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/hf_fixtures.h"
 
 namespace g4 {
 namespace {
-
-std::string fixture_dir(const std::string& name) {
-  const std::string sub = name.rfind("var-", 0) == 0 ? "/hf-gemma4-varied/" : "/hf-gemma4/";
-  return std::string(G4_TEST_DATA) + sub + name;
-}
 
 double rel_l2(const Tensor& a_any, const Tensor& b_any, double* norm_out = nullptr) {
   const Tensor a = a_any.to(Device::CPU).to(DType::F64), b = b_any.to(Device::CPU).to(DType::F64);
@@ -53,14 +49,11 @@ class GpuFixture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuFixture, Bf16ModelMatchesTransformersAndTheCpu) {
   G4_REQUIRE_GPU();
-  const std::string dir = fixture_dir(GetParam());
+  const std::string dir = test::hf_fixture_dir(GetParam());
   auto cpu = model::load_hf_model(dir);
   auto gpu = cpu->copy_to(Device::CUDA, DType::BF16);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
-  model::ForwardInputs in;
-  in.input_ids = ref.get("input_ids").clone();
-  in.attention_mask = ref.get("attention_mask").clone();
-  in.labels = ref.get("labels").clone();
+  model::ForwardInputs in = test::hf_reference_inputs(ref);
 
   model::ForwardOutputs c = cpu->forward(in);
   ag::backward(c.loss);
@@ -115,13 +108,10 @@ TEST_P(GpuFixture, Bf16ModelMatchesTransformersAndTheCpu) {
 
 TEST_P(GpuFixture, TrainingForwardWithoutLogitsGivesTheSameLossAndGradients) {
   G4_REQUIRE_GPU();
-  const std::string dir = fixture_dir(GetParam());
+  const std::string dir = test::hf_fixture_dir(GetParam());
   auto gpu = model::load_hf_model(dir)->copy_to(Device::CUDA, DType::BF16);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
-  model::ForwardInputs in;
-  in.input_ids = ref.get("input_ids").clone();
-  in.attention_mask = ref.get("attention_mask").clone();
-  in.labels = ref.get("labels").clone();
+  model::ForwardInputs in = test::hf_reference_inputs(ref);
   model::ForwardOutputs a = gpu->forward(in);
   ag::backward(a.loss);
   std::map<std::string, Tensor> grads;

@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/hf_fixtures.h"
 
 namespace g4 {
 namespace {
@@ -25,13 +26,10 @@ double max_rel(const Tensor& a, const Tensor& b) {
 
 TEST(FusedLoss, ModelTrainingForwardMatchesTheLogitsPath) {
   for (const char* name : {"tiny-moe", "tiny-dense-ple"}) {
-    const std::string dir = std::string(G4_TEST_DATA) + "/hf-gemma4/" + name;
+    const std::string dir = test::hf_fixture_dir(name);
     auto m = model::load_hf_model(dir, 0, 1, DType::F64);
     const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
-    model::ForwardInputs in;
-    in.input_ids = ref.get("input_ids").clone();
-    in.attention_mask = ref.get("attention_mask").clone();
-    in.labels = ref.get("labels").clone();
+    model::ForwardInputs in = test::hf_reference_inputs(ref);
     model::ForwardOutputs a = m->forward(in);
     ag::backward(a.loss);
     std::map<std::string, Tensor> grads;

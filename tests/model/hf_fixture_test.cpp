@@ -10,16 +10,12 @@
 #include "generate/generator.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/hf_fixtures.h"
 
 namespace g4 {
 namespace {
 
-// The three public fixtures live in hf-gemma4/; hf-gemma4-varied/ holds shapes the engine was not
-// written against (tools/make_hf_fixtures.py made them on the GPU machine).
-std::string fixture_dir(const std::string& name) {
-  const std::string sub = name.rfind("var-", 0) == 0 ? "/hf-gemma4-varied/" : "/hf-gemma4/";
-  return std::string(G4_TEST_DATA) + sub + name;
-}
+using test::hf_fixture_dir;
 
 // ‖g − g_hf‖ ≤ 1e-4 ‖g_hf‖, with an absolute floor of 1e-7 for gradients that are exactly zero in
 // exact arithmetic (top-1 routing renormalises its single weight to 1, so the router's gradient
@@ -29,14 +25,11 @@ double grad_tolerance(double ref_norm_squared) { return std::max(1e-4 * std::sqr
 class HfFixture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfFixture, LogitsLossAndGradientsMatchTransformers) {
-  const std::string dir = fixture_dir(GetParam());
+  const std::string dir = hf_fixture_dir(GetParam());
   auto model = model::load_hf_model(dir);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
 
-  model::ForwardInputs in;
-  in.input_ids = ref.get("input_ids").clone();
-  in.attention_mask = ref.get("attention_mask").clone();
-  in.labels = ref.get("labels").clone();
+  model::ForwardInputs in = test::hf_reference_inputs(ref);
   model->params().zero_grad();
   model::ForwardOutputs out = model->forward(in);
   ag::backward(out.loss);
@@ -79,7 +72,7 @@ TEST_P(HfFixture, LogitsLossAndGradientsMatchTransformers) {
 }
 
 TEST_P(HfFixture, GreedyGenerationMatchesTransformers) {
-  const std::string dir = fixture_dir(GetParam());
+  const std::string dir = hf_fixture_dir(GetParam());
   auto model = model::load_hf_model(dir);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   const Tensor prompt = ref.get("generate.prompt");
@@ -96,7 +89,7 @@ TEST_P(HfFixture, GreedyGenerationMatchesTransformers) {
 
 TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
   // Every step of incremental decoding must give the logits of a full forward over the prefix.
-  auto model = model::load_hf_model(fixture_dir(GetParam()));
+  auto model = model::load_hf_model(hf_fixture_dir(GetParam()));
   const int64_t S = 19;  // longer than the sliding window, decoded in uneven chunks
   Tensor ids = Tensor::empty({2, S}, DType::I64);
   for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 3 + (i * 37) % 250;
@@ -128,8 +121,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixture,
 TEST(HfPackedFixture, PackedDocumentsMatchDocumentsRunAlone) {
   // Three documents in one row with restarting position ids: logits equal each document run on
   // its own; loss and gradients equal transformers' packed forward.
-  auto model = model::load_hf_model(fixture_dir("var-ple-shared"));
-  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture_dir("var-ple-shared-packed") + "/reference.safetensors");
+  auto model = model::load_hf_model(hf_fixture_dir("var-ple-shared"));
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(hf_fixture_dir("var-ple-shared-packed") + "/reference.safetensors");
   model::ForwardInputs in;
   in.input_ids = ref.get("input_ids").clone();
   in.position_ids = ref.get("position_ids").clone();

@@ -1,0 +1,26 @@
+// Where the Hugging Face fixtures live and the batch each was made with: the public fixtures in
+// tests/data/hf-gemma4/, the ones tools/make_hf_fixtures.py made in shapes the engine was not
+// written against (names starting "var-") in tests/data/hf-gemma4-varied/.
+#pragma once
+#include <string>
+
+#include "io/safetensors.h"
+#include "model/gemma4.h"
+
+namespace g4::test {
+
+inline std::string hf_fixture_dir(const std::string& name) {
+  const std::string sub = name.rfind("var-", 0) == 0 ? "/hf-gemma4-varied/" : "/hf-gemma4/";
+  return std::string(G4_TEST_DATA) + sub + name;
+}
+
+// input_ids, attention_mask and labels of a fixture's reference.safetensors.
+inline model::ForwardInputs hf_reference_inputs(const io::SafetensorsReader& ref) {
+  model::ForwardInputs in;
+  in.input_ids = ref.get("input_ids").clone();
+  in.attention_mask = ref.get("attention_mask").clone();
+  in.labels = ref.get("labels").clone();
+  return in;
+}
+
+}  // namespace g4::test
