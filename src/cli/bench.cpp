@@ -70,6 +70,7 @@ struct Result {
   double step_ms = 0, tokens_per_s = 0, mfu = 0;
   int64_t peak_bytes = 0, reserved_bytes = 0;
   double loss_first = 0, loss_last = 0;
+  double phase_ms[3] = {0, 0, 0};  // forward (with the loss), backward, clipping + AdamW
 };
 
 Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
@@ -89,12 +90,26 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     in.position_ids = row.position_ids;
     in.labels = row.labels;
     in.return_logits = false;
-    auto step = [&] {
+    // `phase` (optional) receives the milliseconds of forward, backward and optimizer, each
+    // closed by a device synchronisation: only for the separate profiling steps below, since the
+    // synchronisations themselves cost time.
+    using Clock = std::chrono::steady_clock;
+    auto step = [&](double* phase = nullptr) {
+      auto mark = [&, t = Clock::now()](int i) mutable {
+        if (!phase) return;
+        device_synchronize();
+        const auto now = Clock::now();
+        phase[i] += 1e3 * std::chrono::duration<double>(now - t).count();
+        t = now;
+      };
       model::ForwardOutputs out = model.forward(in);
+      mark(0);
       ag::backward(out.loss);
+      mark(1);
       const train::GradNorm gn = train::grad_norm_and_scale(params, params.order, 1.0);
       opt.step(1e-5, gn.scale);
       params.zero_grad();
+      mark(2);
       return out.cross_entropy;
     };
     for (int64_t i = 0; i < o.warmup; ++i) {
@@ -113,6 +128,9 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     const DeviceMemoryStats m = device_memory_stats();
     res.peak_bytes = m.peak;
     res.reserved_bytes = m.reserved;
+    device_synchronize();
+    for (int64_t i = 0; i < 2; ++i) step(res.phase_ms);
+    for (double& ms : res.phase_ms) ms /= 2;
   }
   release_cached_device_memory();  // hand the memory back before the competitor runs
   return res;
@@ -165,7 +183,9 @@ void bench_train(const BenchOptions& o) {
                            {"flops_per_step", fl.training()},
                            {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
                                    {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
-                                   {"loss_first", g.loss_first}, {"loss_last", g.loss_last}}}};
+                                   {"loss_first", g.loss_first}, {"loss_last", g.loss_last},
+                                   {"forward_ms", g.phase_ms[0]}, {"backward_ms", g.phase_ms[1]},
+                                   {"optimizer_ms", g.phase_ms[2]}}}};
   std::vector<std::pair<std::string, nlohmann::json>> hf;
   if (o.hf)
     for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, p, row.documents));
@@ -185,6 +205,9 @@ void bench_train(const BenchOptions& o) {
                 static_cast<double>(g.peak_bytes) / r["peak_alloc_bytes"].get<double>());
   }
   std::printf("  losses: g4 first %.4f last %.4f\n", g.loss_first, g.loss_last);
+  std::printf("  g4 phases (2 extra steps, each phase closed by a synchronisation): forward %.1f ms, backward %.1f "
+              "ms, clipping + AdamW %.1f ms\n",
+              g.phase_ms[0], g.phase_ms[1], g.phase_ms[2]);
   if (!o.json.empty()) {
     std::ofstream f(o.json);
     f << report.dump(2) << "\n";
