@@ -295,6 +295,8 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
   Tensor dw = rec && w.requires_grad() ? Tensor::zeros(wv.shape(), acc, dev) : Tensor();
   // d(mean)/d(row loss) for counted rows; the kernels zero it for ignored ones.
   const double inv_count = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+  // Made once (on the GPU a host fill and an upload) and sliced for each chunk.
+  const Tensor grad_rows = rec && count > 0 ? Tensor::full({std::min(chunk_rows, N)}, inv_count, acc, dev) : Tensor();
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t n = std::min(chunk_rows, N - r0);
     const Tensor xc = x2.slice0(r0, n), tc = t1.slice0(r0, n);
@@ -302,10 +304,9 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
     const ops::CrossEntropyRows ce = ops::cross_entropy_rows(logits, tc, softcap, ignore_index);
     ops::add_(loss_sum, ops::sum_all(ce.loss));
     if (!rec || count == 0) continue;
-    const Tensor grad_rows = Tensor::full({n}, inv_count, acc, dev);
     // The gradient overwrites the chunk's logits in place: one [n, V] buffer per chunk.
     const Tensor dlogits =
-        ops::cross_entropy_rows_backward(logits, tc, ce.lse, softcap, grad_rows, ignore_index, logits);
+        ops::cross_entropy_rows_backward(logits, tc, ce.lse, softcap, grad_rows.slice0(0, n), ignore_index, logits);
     if (dx.defined()) dx.slice0(r0, n).copy_from(ops::matmul(dlogits, wv));
     if (dw.defined()) ops::matmul_acc(dlogits, xc, true, false, dw);
   }

@@ -18,6 +18,11 @@ enum class Device : uint8_t { CPU, CUDA };
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
+// `dim` counted from the end when negative; out of range is an error naming `op` and the shape.
+int64_t normalize_dim(const char* op, const Shape& shape, int64_t dim);
+// Elements before / after dimension d (a [outer, s[d], inner] view of the shape).
+int64_t outer_size(const Shape& s, int64_t d);
+int64_t inner_size(const Shape& s, int64_t d);
 
 class Tensor {
  public:

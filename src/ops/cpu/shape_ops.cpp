@@ -12,24 +12,6 @@
 namespace g4::ops {
 
 namespace {
-int64_t normalize_dim(const char* op, const Shape& shape, int64_t dim) {
-  const int64_t rank = static_cast<int64_t>(shape.size());
-  const int64_t d = dim < 0 ? dim + rank : dim;
-  G4_CHECK(d >= 0 && d < rank, op, ": dimension ", dim, " out of range for shape ", shape_str(shape));
-  return d;
-}
-
-// Elements before / after dimension d.
-int64_t outer_size(const Shape& s, int64_t d) {
-  int64_t n = 1;
-  for (int64_t i = 0; i < d; ++i) n *= s[i];
-  return n;
-}
-int64_t inner_size(const Shape& s, int64_t d) {
-  int64_t n = 1;
-  for (size_t i = static_cast<size_t>(d) + 1; i < s.size(); ++i) n *= s[i];
-  return n;
-}
 
 // Copies the [outer, len, inner] block between a tensor with `src_len` rows along the dimension
 // (starting at src_start) and one with `dst_len` rows (starting at dst_start).

@@ -1,18 +1,12 @@
 // Dense products on the GPU: every variant is one cuBLASLt call (ops/cuda/gemm.h).
 #include "ops/cuda/matmul.h"
 
+#include "ops/cuda/checks.h"
 #include "ops/cuda/gemm.h"
 
 namespace g4::ops::cuda {
 
 namespace {
-
-void check_gpu_float(const char* op, const char* name, const Tensor& t) {
-  G4_CHECK(t.defined(), op, ": ", name, " is undefined");
-  G4_CHECK(t.device() == Device::CUDA, op, ": ", name, " ", t.describe(), " is not on the GPU");
-  G4_CHECK(t.dtype() == DType::BF16 || t.dtype() == DType::F32, op, ": ", name, " ", t.describe(),
-           " must be bf16 or f32 on the GPU");
-}
 
 // Product of every dimension but the last (not numel / last: that is 0 / 0 for an empty last one).
 int64_t leading_rows(const Tensor& t) {

@@ -14,6 +14,7 @@
 
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
+#include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 
 namespace g4::ops::cuda {
@@ -22,16 +23,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_f(float x) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return __float2bfloat16(x);
-  } else {
-    return x;
-  }
-}
 // Weights may be f32 while the rows are bf16 (router weights kept in fp32).
 __device__ __forceinline__ float load_weight(const void* w, bool w_f32, int64_t i) {
   return w_f32 ? static_cast<const float*>(w)[i] : __bfloat162float(static_cast<const bf16*>(w)[i]);
@@ -55,17 +46,6 @@ void dispatch(const char* op, const Tensor& t, Fn&& fn) {
     case DType::BF16: fn(bf16{}); break;
     default: G4_FAIL(op, ": unsupported dtype ", t.describe(), " (the GPU op takes bf16 or f32)");
   }
-}
-
-void check_gpu(const char* op, const char* name, const Tensor& t) {
-  G4_CHECK(t.defined(), op, ": ", name, " is undefined");
-  G4_CHECK(t.device() == Device::CUDA, op, ": ", name, " ", t.describe(), " is not on the GPU");
-}
-
-void check_gpu_float(const char* op, const char* name, const Tensor& t) {
-  check_gpu(op, name, t);
-  G4_CHECK(t.dtype() == DType::BF16 || t.dtype() == DType::F32, op, ": ", name, " ", t.describe(),
-           " must be bf16 or f32");
 }
 
 void check_plan(const char* op, const MoePlan& plan) {
@@ -111,7 +91,7 @@ __global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, 
     int bi = INT_MAX;
     for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
       if (taken >> s & 1) continue;
-      const float v = to_f(p[e]);
+      const float v = to_f32(p[e]);
       if (better(v, e, bv, bi)) {
         bv = v;
         bi = e;
@@ -133,7 +113,7 @@ __global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, 
     }
   }
   if (lane < k) {
-    weights[t * k + lane] = from_f<T>(my_v / sum);
+    weights[t * k + lane] = from_f32<T>(my_v / sum);
     indices[t * k + lane] = my_id;
   }
 }
@@ -149,13 +129,13 @@ __global__ void router_topk_backward_kernel(const T* __restrict__ dweights, cons
   const int32_t* id = indices + t * k;
   float sum = 0.0f, dot = 0.0f;
   for (int j = 0; j < k; ++j)
-    if (id[j] >= 0 && id[j] < experts) sum += to_f(p[id[j]]);
+    if (id[j] >= 0 && id[j] < experts) sum += to_f32(p[id[j]]);
   for (int j = 0; j < k; ++j)
-    if (id[j] >= 0 && id[j] < experts) dot += to_f(dweights[t * k + j]) * to_f(p[id[j]]) / sum;
+    if (id[j] >= 0 && id[j] < experts) dot += to_f32(dweights[t * k + j]) * to_f32(p[id[j]]) / sum;
   for (int j = 0; j < k; ++j)
     if (id[j] >= 0 && id[j] < experts) {
       T& d = dprobs[t * experts + id[j]];
-      d = from_f<T>(to_f(d) + (to_f(dweights[t * k + j]) - dot) / sum);
+      d = from_f32<T>(to_f32(d) + (to_f32(dweights[t * k + j]) - dot) / sum);
     }
 }
 
@@ -249,8 +229,8 @@ __global__ void permute_backward_kernel(const T* __restrict__ dxs, T* __restrict
   const int64_t t = blockIdx.x;
   for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
     float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc += to_f(dxs[row_of[t * k + j] * h + c]);
-    dx[t * h + c] = from_f<T>(acc);
+    for (int j = 0; j < k; ++j) acc += to_f32(dxs[row_of[t * k + j] * h + c]);
+    dx[t * h + c] = from_f32<T>(acc);
   }
 }
 
@@ -260,8 +240,8 @@ __global__ void unpermute_kernel(const T* __restrict__ ys, const void* __restric
   const int64_t t = blockIdx.x;
   for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
     float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc += load_weight(weights, w_f32, t * k + j) * to_f(ys[row_of[t * k + j] * h + c]);
-    out[t * h + c] = from_f<T>(acc);
+    for (int j = 0; j < k; ++j) acc += load_weight(weights, w_f32, t * k + j) * to_f32(ys[row_of[t * k + j] * h + c]);
+    out[t * h + c] = from_f32<T>(acc);
   }
 }
 
@@ -278,9 +258,9 @@ __global__ void unpermute_backward_kernel(const T* __restrict__ dout, const T* _
   const float w = load_weight(weights, w_f32, r);
   float dot = 0.0f;
   for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
-    const float g = to_f(dout[t * h + c]);
-    dys[row * h + c] = from_f<T>(w * g);
-    dot += g * to_f(ys[row * h + c]);
+    const float g = to_f32(dout[t * h + c]);
+    dys[row * h + c] = from_f32<T>(w * g);
+    dot += g * to_f32(ys[row * h + c]);
   }
   for (int off = kWarp / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
   if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = dot;
