@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
@@ -44,7 +45,9 @@ double time_ms(const std::function<void()>& fn, int iters) {
   return ms / iters;
 }
 
-void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int iters) {
+// `docs` (lengths adding up to S): a packed row, causal within each document and none across.
+void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int iters,
+           const std::vector<int64_t>& docs = {}) {
   const int64_t B = 1;
   g4::ops::AttentionMask mask;
   mask.causal = true;
@@ -53,6 +56,16 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   if (window > 0) {
     pairs = 0;
     for (int64_t i = 0; i < S; ++i) pairs += static_cast<double>(i + 1 < window ? i + 1 : window);
+  }
+  if (!docs.empty()) {
+    std::vector<int32_t> ids;
+    pairs = 0;
+    for (size_t n = 0; n < docs.size(); ++n) {
+      ids.insert(ids.end(), static_cast<size_t>(docs[n]), static_cast<int32_t>(n));
+      pairs += 0.5 * static_cast<double>(docs[n]) * static_cast<double>(docs[n] + 1);
+    }
+    mask.q_doc = Tensor::from_vector<int32_t>(ids, {1, S}).to(g4::Device::CUDA);
+    mask.k_doc = mask.q_doc;
   }
   const double fwd_flops = 4.0 * pairs * static_cast<double>(d) * static_cast<double>(nH * B);
   // Gemma 4: scale 1 on RMS-normed q and k; std d^-1/4 keeps the scores O(1).
@@ -63,7 +76,9 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   const double fwd_ms = time_ms([&] { out = g4::ops::attention(q, k, v, mask, 1.0, &lse); }, iters);
   const double bwd_ms = time_ms(
       [&] { g4::ops::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv); }, iters);
-  const std::string what = window > 0 ? "window " + std::to_string(window) : std::string("causal");
+  const std::string what = window > 0    ? "window " + std::to_string(window)
+                           : docs.empty() ? std::string("causal")
+                                          : std::to_string(docs.size()) + " documents";
   std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f | "
               "fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
               static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
@@ -84,5 +99,6 @@ int main(int argc, char** argv) {
     bench(S, 16, 8, 256, 1024, iters);
     bench(S, 16, 2, 512, 0, iters);
   }
+  bench(4096, 16, 2, 512, 0, iters, {1024, 512, 1536, 768, 256});  // tools/bench_torch_attention.py's DOCS_4096
   return 0;
 }

@@ -27,9 +27,15 @@ def time_ms(fn, iters):
     return start.elapsed_time(stop) / iters
 
 
-def bench(S, nH, nKV, d, window, iters):
+# Packed-row case: documents of these lengths (causal within each, none across).
+DOCS_4096 = [1024, 512, 1536, 768, 256]
+
+
+def bench(S, nH, nKV, d, window, iters, docs=None):
     dev, dt = "cuda", torch.bfloat16
     pairs = S * S / 2 if window == 0 else sum(min(i + 1, window) for i in range(S))
+    if docs:
+        pairs = sum(n * (n + 1) / 2 for n in docs)
     fwd_flops = 4.0 * pairs * d * nH
     std_qk = d ** -0.25
     q = (torch.randn(1, S, nH, d, device=dev) * std_qk).to(dt).transpose(1, 2)
@@ -43,7 +49,11 @@ def bench(S, nH, nKV, d, window, iters):
     if window > 0:
         i = torch.arange(S, device=dev)
         mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
-    what = f"window {window}" if window else "causal"
+    if docs:
+        doc = torch.repeat_interleave(torch.arange(len(docs), device=dev), torch.tensor(docs, device=dev))
+        i = torch.arange(S, device=dev)
+        mask = (i[None, :] <= i[:, None]) & (doc[None, :] == doc[:, None])
+    what = f"window {window}" if window else f"{len(docs)} documents" if docs else "causal"
     for name, backend in BACKENDS:
         if name == "math" and S * S * nH * 4 > 8 << 30:
             continue  # the S x S scores would not fit
@@ -76,6 +86,7 @@ def main():
         bench(S, 16, 8, 256, 0, iters)
         bench(S, 16, 8, 256, 1024, iters)
         bench(S, 16, 2, 512, 0, iters)
+    bench(4096, 16, 2, 512, 0, iters, DOCS_4096)
 
 
 if __name__ == "__main__":

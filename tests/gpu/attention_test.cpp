@@ -136,6 +136,45 @@ TEST(GpuAttention, PackedDocuments) {
   run_case({"d512 packed documents bidirectional", 2, S, S, 2, 2, 512, 512, bi});
 }
 
+// Long packed rows, where sorted document ids let the kernels skip other documents' tiles (a
+// document shorter than a tile, one spanning several, boundaries inside and on tile edges), and
+// the same ids out of order, where every tile is visited and masked element by element.
+TEST(GpuAttention, PackedDocumentsSkipOtherDocumentsTiles) {
+  const int64_t S = 700;
+  const std::vector<int64_t> ends = {5, 64, 200, 256, 262, 530, 700};
+  std::vector<int32_t> sorted(2 * S), shuffled(2 * S);
+  for (int64_t i = 0; i < S; ++i) {
+    int32_t d = 0;
+    while (i >= ends[static_cast<size_t>(d)]) ++d;
+    sorted[i] = d;
+    sorted[S + i] = i < 350 ? 10 : 11;
+    shuffled[i] = static_cast<int32_t>((i / 45) % 3);  // documents interleaved: not contiguous runs
+    shuffled[S + i] = static_cast<int32_t>((i * 7) % 5);
+  }
+  for (const auto& [ids, tag] : {std::pair{sorted, "sorted"}, std::pair{shuffled, "unsorted"}}) {
+    AttentionMask m = causal();
+    m.q_doc = Tensor::from_vector<int32_t>(ids, {2, S});
+    m.k_doc = m.q_doc;
+    run_case({std::string("d256 packed documents causal, ") + tag + " ids", 2, S, S, 4, 2, 256, 256, m});
+    run_case({std::string("d512 packed documents causal, ") + tag + " ids", 2, S, S, 2, 1, 512, 512, m});
+    AttentionMask w = causal(100);
+    w.q_doc = m.q_doc;
+    w.k_doc = m.k_doc;
+    run_case({std::string("d256 packed documents window 100, ") + tag + " ids", 2, S, S, 2, 1, 256, 256, w});
+    AttentionMask bi = bidirectional();
+    bi.q_doc = m.q_doc;
+    bi.k_doc = m.k_doc;
+    run_case({std::string("d512 packed documents bidirectional, ") + tag + " ids", 2, S, S, 2, 1, 512, 512, bi});
+  }
+  // A context-parallel shard: queries 300..499 of the row against all of its keys.
+  AttentionMask shard = causal();
+  shard.q_start = 300;
+  std::vector<int32_t> qd(sorted.begin() + 300, sorted.begin() + 500);
+  shard.q_doc = Tensor::from_vector<int32_t>(qd, {1, 200});
+  shard.k_doc = Tensor::from_vector<int32_t>(std::vector<int32_t>(sorted.begin(), sorted.begin() + S), {1, S});
+  run_case({"d256 packed documents, shard q_start 300", 1, 200, S, 4, 2, 256, 256, shard});
+}
+
 TEST(GpuAttention, KeyPaddingAndRowsWithoutKeys) {
   const int64_t S = 130;
   std::vector<uint8_t> valid(2 * S, 1);

@@ -63,8 +63,21 @@ Tensor mask_tensor(const char* op, const char* name, const Tensor& t, const Shap
   return g.dtype() == DType::I32 ? g : g.to(DType::I32);
 }
 
+// sorted[b] = 1 when q_doc[b, :] and k_doc[b, :] are both non-decreasing (MaskDev::docs_sorted).
+__global__ void docs_sorted_kernel(const int32_t* __restrict__ q_doc, const int32_t* __restrict__ k_doc, int sq, int sk,
+                                   int32_t* __restrict__ sorted) {
+  const int b = blockIdx.x;
+  const int32_t* qd = q_doc + static_cast<long long>(b) * sq;
+  const int32_t* kd = k_doc + static_cast<long long>(b) * sk;
+  int out_of_order = 0;
+  for (int i = threadIdx.x; i + 1 < sq; i += blockDim.x) out_of_order |= qd[i] > qd[i + 1];
+  for (int j = threadIdx.x; j + 1 < sk; j += blockDim.x) out_of_order |= kd[j] > kd[j + 1];
+  out_of_order = __syncthreads_or(out_of_order);
+  if (threadIdx.x == 0) sorted[b] = out_of_order ? 0 : 1;
+}
+
 // The device view of `m`; `keep` holds the converted tensors alive until the launches are queued.
-attn::MaskDev make_mask(const char* op, const AttentionMask& m, const attn::Dims& dm, Tensor (&keep)[3]) {
+attn::MaskDev make_mask(const char* op, const AttentionMask& m, const attn::Dims& dm, Tensor (&keep)[4]) {
   G4_CHECK(m.window >= 0, op, ": mask.window must be >= 0, got ", m.window);
   attn::MaskDev md{};
   md.causal = m.causal ? 1 : 0;
@@ -82,6 +95,13 @@ attn::MaskDev make_mask(const char* op, const AttentionMask& m, const attn::Dims
     keep[2] = mask_tensor(op, "k_doc", m.k_doc, {dm.batch, dm.sk});
     md.q_doc = keep[1].data<int32_t>();
     md.k_doc = keep[2].data<int32_t>();
+    keep[3] = Tensor::empty({dm.batch}, DType::I32, Device::CUDA);
+    md.docs_sorted = keep[3].data<int32_t>();
+    if (dm.batch > 0) {
+      docs_sorted_kernel<<<static_cast<unsigned>(dm.batch), 256, 0, g4::cuda::stream()>>>(md.q_doc, md.k_doc, dm.sq,
+                                                                                           dm.sk, keep[3].data<int32_t>());
+      G4_CUDA_CHECK_LAUNCH();
+    }
   }
   return md;
 }
@@ -101,7 +121,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
                  Tensor* lse) {
   const char* op = "attention";
   const attn::Dims dm = check_qkv(op, q, k, v);
-  Tensor keep[3];
+  Tensor keep[4];
   attn::FwdArgs a{};
   a.mask = make_mask(op, mask, dm, keep);
   a.dims = dm;
@@ -136,7 +156,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
            q.describe(), " and v ", v.describe());
   G4_CHECK(dout.shape() == out_shape, op, ": dout ", dout.describe(), " must have out's shape ", shape_str(out_shape));
   G4_CHECK(lse.shape() == lse_shape, op, ": lse ", lse.describe(), " must be [B, nH, Sq] = ", shape_str(lse_shape));
-  Tensor keep[3];
+  Tensor keep[4];
   attn::BwdArgs a{};
   a.mask = make_mask(op, mask, dm, keep);
   a.dims = dm;

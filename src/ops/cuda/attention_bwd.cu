@@ -65,6 +65,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
 
   int qlo, qhi;
   query_range(a.mask, dm, k0, k_last, &qlo, &qhi);
+  doc_query_range(a.mask, dm, b, k0, k_last, &qlo, &qhi);
   const int qt_begin = qlo <= qhi ? qlo / BM : 0, n_qt = qlo <= qhi ? qhi / BM + 1 - qt_begin : 0;
   const int items = n_qt * dm.group;
   const bool elem_mask_always = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr;

@@ -65,6 +65,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
 
   int klo, khi;
   key_range(a.mask, dm, q0, q_last, &klo, &khi);
+  doc_key_range(a.mask, dm, b, q0, q_last, &klo, &khi);
   const int jt_begin = klo <= khi ? klo / BN : 0, jt_end = klo <= khi ? khi / BN + 1 : 0;
   const bool elem_mask_always = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr;
 

@@ -16,6 +16,11 @@ struct MaskDev {
   const int32_t* key_valid;  // [B, Sk]
   const int32_t* q_doc;      // [B, Sq]
   const int32_t* k_doc;      // [B, Sk]
+  // [B] with q_doc: 1 where row b's q_doc and k_doc are both non-decreasing, so every document is
+  // one contiguous run of queries and of keys and the kernels skip the tiles of other documents
+  // (packed rows: most of a causal mask's tiles). 0 (or a row out of order): every tile is
+  // visited and masked element by element, which is correct for any ids.
+  const int32_t* docs_sorted;
 };
 
 struct Dims {

@@ -68,6 +68,40 @@ __device__ __forceinline__ void query_range(const MaskDev& m, const Dims& dm, in
   *hi = static_cast<int>(max(h, -1LL));
 }
 
+// First index in [0, n) whose id is >= (upper: >) d, in non-decreasing ids; n when none.
+__device__ __forceinline__ int doc_bound(const int32_t* ids, int n, int32_t d, bool upper) {
+  int l = 0, r = n;
+  while (l < r) {
+    const int mid = (l + r) / 2;
+    if (upper ? ids[mid] <= d : ids[mid] < d)
+      l = mid + 1;
+    else
+      r = mid;
+  }
+  return l;
+}
+
+// Narrows [*lo, *hi] to the keys of the documents of queries [i0, i1] of batch row b, when the
+// row's document ids are sorted (MaskDev::docs_sorted); otherwise leaves it.
+__device__ __forceinline__ void doc_key_range(const MaskDev& m, const Dims& dm, int b, int i0, int i1, int* lo,
+                                              int* hi) {
+  if (m.q_doc == nullptr || m.docs_sorted[b] == 0) return;
+  const int32_t* qd = m.q_doc + static_cast<long long>(b) * dm.sq;
+  const int32_t* kd = m.k_doc + static_cast<long long>(b) * dm.sk;
+  *lo = max(*lo, doc_bound(kd, dm.sk, qd[i0], false));
+  *hi = min(*hi, doc_bound(kd, dm.sk, qd[i1], true) - 1);
+}
+
+// The same for the queries that keys [j0, j1] of batch row b may be seen by.
+__device__ __forceinline__ void doc_query_range(const MaskDev& m, const Dims& dm, int b, int j0, int j1, int* lo,
+                                                int* hi) {
+  if (m.q_doc == nullptr || m.docs_sorted[b] == 0) return;
+  const int32_t* qd = m.q_doc + static_cast<long long>(b) * dm.sq;
+  const int32_t* kd = m.k_doc + static_cast<long long>(b) * dm.sk;
+  *lo = max(*lo, doc_bound(qd, dm.sq, kd[j0], false));
+  *hi = min(*hi, doc_bound(qd, dm.sq, kd[j1], true) - 1);
+}
+
 // ---- shared-memory tile loads -------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
