@@ -190,6 +190,7 @@ def main():
     ap.add_argument("--seq", type=int, default=None, help="tokens in the packed batch (default 4096; 256 check)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches (the same packed row) per optimizer step")
     ap.add_argument("--precision", choices=["bf16", "fp32-autocast"], default="fp32-autocast")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", help="write the result object here")
@@ -219,7 +220,7 @@ def main():
     cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
     given = [int(n) for n in a.documents.split(",")] if a.documents else None
     ids, pos, labels, lengths = packed_batch(a.seq, cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
-    flops = train_flops_per_step(cfg, lengths)
+    flops = train_flops_per_step(cfg, lengths) * a.accum
     base = dict(shape=a.shape, layers=a.layers, seq=a.seq, precision=a.precision, check_only=a.check_only,
                 layer_types=cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
                 torch_version=torch.__version__, transformers_version=transformers.__version__,
@@ -290,12 +291,15 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
         opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, betas=(0.9, 0.95), foreach=True)
 
     def step():
-        loss = loss_fn()
-        loss.backward()
+        loss = 0
+        for _ in range(a.accum):  # gradient accumulation: the mean over the micro-batches
+            micro = loss_fn() / a.accum
+            micro.backward()
+            loss = loss + micro.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss.detach()  # no .item(): a host sync per step would understate HF
+        return loss  # no .item(): a host sync per step would understate HF
 
     losses = [step() for _ in range(a.warmup)]
     if cuda:
@@ -310,7 +314,7 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
              params=n_params, tf32=cuda,
-             tokens_per_s=a.seq / dt, step_ms=dt * 1e3, mfu=flops / dt / H100_PEAK_FLOPS, mfu_peak_flops=H100_PEAK_FLOPS,
+             tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / H100_PEAK_FLOPS, mfu_peak_flops=H100_PEAK_FLOPS,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,
              loss_first=losses[0], loss_last=losses[-1], losses=losses, skipped=dict(attn_errors, **experts_errors))

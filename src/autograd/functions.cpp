@@ -99,6 +99,26 @@ Var concat(const std::vector<Var>& xs, int64_t dim) {
   return out;
 }
 
+namespace {
+
+// True when w keeps an f32 gradient for a lower-precision value (a bf16 model's weights): its
+// weight-gradient GEMMs then write or add into that f32 gradient directly, with no product in the
+// value's dtype and no conversion pass.
+bool gemm_into_fp32_grad(const VarImpl& w) { return w.requires_grad && w.fp32_grad && w.value.dtype() != DType::F32; }
+
+// w's f32 gradient as a GEMM output, and the beta to use: 0 writes a new gradient, 1 adds to the
+// one already there.
+Tensor& fp32_grad_target(const std::shared_ptr<VarImpl>& w, double& beta) {
+  beta = w->grad.defined() ? 1.0 : 0.0;
+  if (!w->grad.defined()) {
+    w->grad = Tensor::empty(w->value.shape(), DType::F32, w->value.device());
+    w->grad_owned = true;
+  }
+  return owned_grad(w);
+}
+
+}  // namespace
+
 Var linear(const Var& x, const Var& w) {
   const bool rec = should_record({&x, &w});
   Var out = result(ops::linear(x.value(), w.value()), rec);
@@ -106,7 +126,15 @@ Var linear(const Var& x, const Var& w) {
     auto xi = x.impl(), wi = w.impl(), oi = out.impl();
     record({oi}, [xi, wi, oi] {
       if (xi->requires_grad) accumulate_grad(xi, ops::linear_backward_input(oi->grad, wi->value));
-      if (wi->requires_grad) accumulate_grad(wi, ops::linear_backward_weight(oi->grad, xi->value));
+      if (gemm_into_fp32_grad(*wi)) {
+        // dW [out, in] = dyᵀ · x over all leading rows.
+        const auto rows = [](const Tensor& t) { return t.reshape({t.numel() / std::max<int64_t>(t.size(-1), 1), t.size(-1)}); };
+        double beta = 0;
+        Tensor& g = fp32_grad_target(wi, beta);
+        ops::matmul_acc(rows(oi->grad), rows(xi->value), true, false, g, 1.0, beta);
+      } else if (wi->requires_grad) {
+        accumulate_grad(wi, ops::linear_backward_weight(oi->grad, xi->value));
+      }
     });
   }
   return out;
@@ -285,14 +313,17 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
   const Tensor t1 = targets.reshape({-1});
   const int64_t N = x2.size(0);
   G4_CHECK(t1.numel() == N, "linear_cross_entropy: ", targets.describe(), " targets for ", N, " rows");
-  // About 256 MiB of logits per chunk (512 rows of a 262 144-token vocabulary in bf16).
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t{128} << 20) / std::max<int64_t>(V, 1));
+  // About 2 GiB of bf16 logits per chunk (4096 rows of a 262 144-token vocabulary). Each chunk's
+  // weight-gradient GEMM reads and writes the whole f32 [V, H] gradient, so small chunks turn it
+  // memory-bound (512-row chunks ran the 26B-A4B LM head's dW at a third of the GEMM rate).
+  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t{1} << 30) / std::max<int64_t>(V, 1));
   const bool rec = should_record({&x, &w});
   const DType acc = xv.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const Device dev = xv.device();
   Tensor loss_sum = Tensor::zeros({}, acc, dev);
   Tensor dx = rec && x.requires_grad() ? Tensor::empty(x2.shape(), xv.dtype(), dev) : Tensor();
-  Tensor dw = rec && w.requires_grad() ? Tensor::zeros(wv.shape(), acc, dev) : Tensor();
+  // Written by the first chunk's GEMM (beta 0), accumulated by the others.
+  Tensor dw = rec && w.requires_grad() ? Tensor::empty(wv.shape(), acc, dev) : Tensor();
   // d(mean)/d(row loss) for counted rows; the kernels zero it for ignored ones.
   const double inv_count = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
   // Made once (on the GPU a host fill and an upload) and sliced for each chunk.
@@ -308,8 +339,9 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
     const Tensor dlogits =
         ops::cross_entropy_rows_backward(logits, tc, ce.lse, softcap, grad_rows.slice0(0, n), ignore_index, logits);
     if (dx.defined()) dx.slice0(r0, n).copy_from(ops::matmul(dlogits, wv));
-    if (dw.defined()) ops::matmul_acc(dlogits, xc, true, false, dw);
+    if (dw.defined()) ops::matmul_acc(dlogits, xc, true, false, dw, 1.0, r0 == 0 ? 0.0 : 1.0);
   }
+  if (dw.defined() && (N == 0 || count == 0)) dw.fill(0.0);  // no chunk wrote it
   Var out = result(ops::scale(loss_sum, inv_count), rec);
   if (rec) {
     auto xi = x.impl(), wi = w.impl(), oi = out.impl();
@@ -319,15 +351,18 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
         return;
       }
       const double g = oi->grad.item();
-      if (g != 1.0) {
-        if (dx.defined()) ops::scale_(dx, g);
-        if (dw.defined()) ops::scale_(dw, g);
-      }
+      if (g != 1.0 && dx.defined()) ops::scale_(dx, g);
       if (dx.defined()) accumulate_grad(xi, dx.reshape(xi->value.shape()));
       if (dw.defined()) {
-        // dw is this node's own buffer (f32, or f64 for f64 models): handed over without a copy.
+        // dw is this node's own buffer (f32, or f64 for f64 models): handed over without a copy, or
+        // added to a gradient already there (gradient accumulation) with g folded into that one pass.
         const bool keep = dw.dtype() == wi->value.dtype() || (wi->fp32_grad && dw.dtype() == DType::F32);
-        accumulate_grad(wi, keep ? dw : dw.to(wi->value.dtype()), keep);
+        if (keep && wi->grad.defined()) {
+          ops::add_(owned_grad(wi), dw, g);
+        } else {
+          if (g != 1.0) ops::scale_(dw, g);
+          accumulate_grad(wi, keep ? dw : dw.to(wi->value.dtype()), keep);
+        }
       }
     });
   }
@@ -365,9 +400,12 @@ Var grouped_matmul(const Var& xs, const Var& w, const std::vector<int64_t>& offs
     auto xi = xs.impl(), wi = w.impl(), oi = out.impl();
     record({oi}, [xi, wi, oi, offsets, device_offsets] {
       Tensor dxs, dw;
-      ops::grouped_matmul_backward(oi->grad, xi->value, wi->value, offsets, dxs, dw, device_offsets);
+      double beta = 0;
+      const bool into_grad = gemm_into_fp32_grad(*wi);
+      if (into_grad) dw = fp32_grad_target(wi, beta);  // shares the gradient's storage
+      ops::grouped_matmul_backward(oi->grad, xi->value, wi->value, offsets, dxs, dw, device_offsets, beta);
       accumulate_grad(xi, dxs);
-      accumulate_grad(wi, dw);
+      if (!into_grad) accumulate_grad(wi, dw);
     });
   }
   return out;

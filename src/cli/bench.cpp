@@ -12,6 +12,7 @@
 #include "autograd/variable.h"
 #include "cli/commands.h"
 #include "core/device_memory.h"
+#include "core/kernel_profile.h"
 #include "core/philox.h"
 #include "model/gemma4.h"
 #include "model/named_configs.h"
@@ -25,9 +26,11 @@ namespace {
 struct BenchOptions {
   std::string model = "gemma-4-26b-a4b";
   int64_t layers = 3, seq = 4096, steps = 10, warmup = 3;
+  int64_t accum = 1;  // micro-batches (the same packed row) per optimizer step
   int64_t min_doc = 256, max_doc = 2048;
   double peak_tflops = 800;  // H100 SXM dense bf16, the MFU denominator
   bool recompute = false;
+  bool profile = false;  // a kernel table (CUPTI) of two extra steps
   bool hf = false;
   std::string hf_script = "tools/bench_hf_train.py";
   std::vector<std::string> hf_precisions{"fp32-autocast", "bf16"};
@@ -71,6 +74,7 @@ struct Result {
   int64_t peak_bytes = 0, reserved_bytes = 0;
   double loss_first = 0, loss_last = 0;
   double phase_ms[3] = {0, 0, 0};  // forward (with the loss), backward, clipping + AdamW
+  KernelProfile profile;            // of two steps, with --profile
 };
 
 Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
@@ -102,15 +106,19 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
         phase[i] += 1e3 * std::chrono::duration<double>(now - t).count();
         t = now;
       };
-      model::ForwardOutputs out = model.forward(in);
-      mark(0);
-      ag::backward(out.loss);
-      mark(1);
+      double loss = 0;
+      for (int64_t a = 0; a < o.accum; ++a) {  // gradient accumulation: the mean over the micro-batches
+        model::ForwardOutputs out = model.forward(in);
+        mark(0);
+        ag::backward(out.loss, 1.0 / static_cast<double>(o.accum));
+        mark(1);
+        loss += out.cross_entropy / static_cast<double>(o.accum);
+      }
       const train::GradNorm gn = train::grad_norm_and_scale(params, params.order, 1.0);
       opt.step(1e-5, gn.scale);
       params.zero_grad();
       mark(2);
-      return out.cross_entropy;
+      return loss;
     };
     for (int64_t i = 0; i < o.warmup; ++i) {
       const double l = step();
@@ -123,7 +131,7 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     device_synchronize();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     res.step_ms = 1e3 * secs / static_cast<double>(o.steps);
-    res.tokens_per_s = static_cast<double>(o.seq) * static_cast<double>(o.steps) / secs;
+    res.tokens_per_s = static_cast<double>(o.seq * o.accum) * static_cast<double>(o.steps) / secs;
     res.mfu = flops / (secs / static_cast<double>(o.steps)) / (o.peak_tflops * 1e12);
     const DeviceMemoryStats m = device_memory_stats();
     res.peak_bytes = m.peak;
@@ -131,6 +139,11 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     device_synchronize();
     for (int64_t i = 0; i < 2; ++i) step(res.phase_ms);
     for (double& ms : res.phase_ms) ms /= 2;
+    if (o.profile) {
+      profile_start();
+      for (int64_t i = 0; i < 2; ++i) step();
+      res.profile = profile_stop();
+    }
   }
   release_cached_device_memory();  // hand the memory back before the competitor runs
   return res;
@@ -148,7 +161,7 @@ nlohmann::json run_hf(const BenchOptions& o, const std::string& precision, const
                               : "";
   const std::string cmd = env + "python3 " + o.hf_script + " --shape " + shape + " --layers " + std::to_string(o.layers) +
                           " --seq " + std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
-                          std::to_string(o.warmup) + " --precision " + precision + " --seed " +
+                          std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " + precision + " --seed " +
                           std::to_string(o.seed) + " --documents " + documents + " --json " + out;
   std::printf("running: %s\n", cmd.c_str());
   std::fflush(stdout);
@@ -162,25 +175,47 @@ void print_row(const char* name, double tps, double ms, double mfu, double peak_
   std::printf("  %-34s %12.0f %10.1f %7.1f%% %10.2f\n", name, tps, ms, 100 * mfu, peak_gib);
 }
 
+// The kernels of `steps` profiled steps, per step, largest first, with the GPU's idle time (launch
+// gaps and host synchronisations).
+void print_profile(const KernelProfile& p, int steps) {
+  const double per = 1.0 / steps, window = p.window_ms * per;
+  std::printf("\n  kernel profile (CUPTI, %d steps): %.1f ms per step, GPU busy %.1f ms, idle %.1f ms (%.0f%%)\n", steps,
+              window, p.busy_ms * per, window - p.busy_ms * per, 100 * (1 - p.busy_ms / p.window_ms));
+  std::printf("  %9s %6s %6s  %s\n", "ms/step", "%", "calls", "kernel");
+  double shown = 0;
+  for (size_t i = 0; i < p.kernels.size(); ++i) {
+    const KernelTime& k = p.kernels[i];
+    if (i >= 40) {
+      std::printf("  %9.2f %5.1f%% %6s  (%zu more kernels)\n", (p.busy_ms - shown) * per,
+                  100 * (p.busy_ms - shown) / p.window_ms, "", p.kernels.size() - i);
+      break;
+    }
+    shown += k.total_ms;
+    std::printf("  %9.2f %5.1f%% %6lld  %s\n", k.total_ms * per, 100 * k.total_ms / p.window_ms,
+                static_cast<long long>(k.count / steps), k.name.c_str());
+  }
+}
+
 void bench_train(const BenchOptions& o) {
   const nlohmann::json cj = model::named_config(o.model, {{"num_hidden_layers", o.layers}});
   const io::ModelConfig cfg = io::parse_model_config(cj, "built-in " + o.model);
   const PackedRow row = make_row(o, cfg.vocab_size);
   const train::StepFlops fl = train::forward_flops(cfg, row.documents);
+  const double step_flops = fl.training() * static_cast<double>(o.accum);
   int64_t full = 0;
   for (const auto& ls : cfg.layers) full += !ls.sliding;
   std::printf("g4 bench train: %s widths, %lld layers (%lld sliding, %lld full attention), seq %lld packed from %zu "
-              "documents, %lld steps after %lld warm-up\n",
+              "documents, %lld micro-batch%s per step, %lld steps after %lld warm-up\n",
               o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.layers - full),
               static_cast<long long>(full), static_cast<long long>(o.seq), row.documents.size(),
-              static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
+              static_cast<long long>(o.accum), o.accum > 1 ? "es" : "", static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
   std::printf("model FLOPs per step %.3f TFLOP (matmuls %.3f, attention %.3f; training = 3 x forward); MFU "
               "against %.0f TFLOP/s\n",
-              fl.training() / 1e12, 3 * fl.matmul / 1e12, 3 * fl.attention / 1e12, o.peak_tflops);
-  const Result g = run_g4(o, cfg, row, fl.training());
+              step_flops / 1e12, 3 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12, o.peak_tflops);
+  const Result g = run_g4(o, cfg, row, step_flops);
   nlohmann::json report = {{"model", o.model},         {"layers", o.layers},
                            {"seq", o.seq},             {"documents", row.documents},
-                           {"flops_per_step", fl.training()},
+                           {"accum", o.accum}, {"flops_per_step", step_flops},
                            {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
                                    {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
                                    {"loss_first", g.loss_first}, {"loss_last", g.loss_last},
@@ -208,6 +243,7 @@ void bench_train(const BenchOptions& o) {
   std::printf("  g4 phases (2 extra steps, each phase closed by a synchronisation): forward %.1f ms, backward %.1f "
               "ms, clipping + AdamW %.1f ms\n",
               g.phase_ms[0], g.phase_ms[1], g.phase_ms[2]);
+  if (o.profile) print_profile(g.profile, 2);
   if (!o.json.empty()) {
     std::ofstream f(o.json);
     f << report.dump(2) << "\n";
@@ -227,9 +263,12 @@ void add_bench(CLI::App& app, Action& action) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "timed steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--accum", o->accum, "micro-batches per optimizer step (gradient accumulation over the same row)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   cmd->add_option("--peak-tflops", o->peak_tflops, "the MFU denominator (H100 SXM dense bf16: 800)");
   cmd->add_flag("--recompute", o->recompute, "activation recompute");
+  cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over two extra steps (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--hf-precision", o->hf_precisions, "fp32-autocast and/or bf16");

@@ -2,9 +2,11 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "core/blas_kernels.h"
 #include "core/error.h"
 
 int main(int argc, char** argv) {
+  g4::select_blas_kernels(argv);
   CLI::App app{"g4: Gemma 4 in C++ - inspect, run, generate and convert Hugging Face checkpoints"};
   app.require_subcommand(1);
   g4::cli::Action action;

@@ -11,9 +11,11 @@ namespace g4::ops {
 // f32 on the GPU (cuBLASLt, fp32 accumulation, no TF32). A and B share one dtype.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
-// C += alpha · op(A) · op(B) into an existing [M,N] tensor (accumulating weight gradients). On the
-// GPU, C may be f32 while A and B are bf16 (fp32 gradient accumulation).
-void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha = 1.0);
+// C = alpha · op(A) · op(B) + beta · C into an existing [M,N] tensor (accumulating weight
+// gradients; beta = 0 overwrites C, ignoring what it held). On the GPU, C may be f32 while A and B
+// are bf16 (fp32 gradient accumulation).
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha = 1.0,
+                double beta = 1.0);
 
 // y = x · Wᵀ for a weight W [out, in] in Hugging Face's Linear layout: x [..., in] -> y [..., out].
 Tensor linear(const Tensor& x, const Tensor& w);

@@ -41,7 +41,10 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
 Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
                       const Tensor& device_offsets = Tensor());
 // dxs = dy · w[e]ᵀ per group; dw[e] = xs_eᵀ · dy_e (zero for experts with no rows).
+// dw undefined on entry: a new tensor of w's dtype. dw defined on entry (w's shape; w's dtype, or
+// f32 for bf16 w on the GPU): the product goes into it as dw = product + dw_beta · dw, so a bf16
+// model's f32 weight gradient is written (dw_beta 0) or accumulated (dw_beta 1) by the GEMM itself.
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets = Tensor());
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets = Tensor(), double dw_beta = 0);
 
 }  // namespace g4::ops

@@ -1,6 +1,7 @@
 // Dense GEMMs on the GPU (cuBLASLt) against the CPU reference: f32 with tight tolerances (fp32
 // compute, no TF32), bf16 with a tolerance for the bf16 rounding of the result.
 #include "gpu_test.h"
+#include "ops/elementwise.h"
 #include "ops/matmul.h"
 
 namespace g4 {
@@ -76,6 +77,10 @@ TEST(GpuMatmul, AccumulatesBf16ProductsIntoF32) {
   Tensor got32 = gpu_f32(c0);
   ops::matmul_acc(gpu_f32(x), gpu_f32(dy), true, false, got32, 0.5);
   expect_close_scaled(got32, want, 0, kF32Rtol, "matmul_acc f32");
+  // beta 0 overwrites: C's old contents (NaN here) are ignored.
+  Tensor fresh = Tensor::full(c0.shape(), std::nan(""), DType::F32, Device::CUDA);
+  ops::matmul_acc(gpu_bf16(x), gpu_bf16(dy), true, false, fresh, 0.5, 0.0);
+  expect_close_scaled(fresh, ops::scale(ops::matmul(x, dy, true, false), 0.5), 0, kF32Rtol, "matmul_acc beta 0");
   Tensor got16 = gpu_bf16(c0);
   ops::matmul_acc(gpu_bf16(x), gpu_bf16(dy), true, false, got16, 0.5);
   expect_close_scaled(got16, want, 0, kBf16Rtol, "matmul_acc bf16 C");

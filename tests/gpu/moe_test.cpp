@@ -212,6 +212,15 @@ void check_grouped(const std::vector<int64_t>& counts, int64_t kd, int64_t nd, b
         ASSERT_EQ(dw_host.data<float>()[e * kd * nd + i], 0.0f) << what << ": expert " << e << " has no rows";
       }
     }
+    // A bf16 model's f32 weight gradient: written (beta 0, over NaNs) then accumulated (beta 1) by
+    // the GEMM itself, to fp32 accuracy (one bf16 product rounding fewer than dw above).
+    if (!bf16) continue;
+    Tensor dw32 = Tensor::full(w.shape(), std::nan(""), DType::F32, Device::CUDA);
+    ops::grouped_matmul_backward(up(dy), up(xs), up(w), offsets, dxs, dw32, d, 0.0);
+    EXPECT_EQ(dw32.dtype(), DType::F32);
+    expect_close_scaled(dw32, dw_ref, 0, kF32Rtol, "grouped_matmul_backward into f32 dw " + what);
+    ops::grouped_matmul_backward(up(dy), up(xs), up(w), offsets, dxs, dw32, d, 1.0);
+    expect_close_scaled(dw32, ops::scale(dw_ref, 2.0), 0, kF32Rtol, "grouped_matmul_backward added into f32 dw " + what);
   }
 }
 

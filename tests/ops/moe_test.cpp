@@ -164,6 +164,27 @@ TEST(Moe, GroupedMatmulGradients) {
   for (int64_t i = 0; i < block; ++i) EXPECT_EQ(dw_seen.data<double>()[3 * block + i], 0.0);  // empty expert
 }
 
+TEST(Moe, GroupedMatmulBackwardWritesOrAddsIntoAGivenGradient) {
+  const MoeSetup s = make_setup(42);
+  const Tensor xs = ops::moe_permute(s.x, s.plan);
+  const Tensor dy = randn({xs.size(0), s.w.size(2)}, 43, DType::F64);
+  Tensor dxs, dw_new;
+  ops::grouped_matmul_backward(dy, xs, s.w, s.plan.offsets, dxs, dw_new);
+  // beta 0: what the buffer held (NaN here) is ignored, empty experts come out zero.
+  Tensor dw = Tensor::full(s.w.shape(), std::nan(""), DType::F64);
+  ops::grouped_matmul_backward(dy, xs, s.w, s.plan.offsets, dxs, dw, Tensor(), 0.0);
+  for (int64_t i = 0; i < dw.numel(); ++i) ASSERT_EQ(dw.data<double>()[i], dw_new.data<double>()[i]) << i;
+  // beta 1: added to what is there, empty experts keep it.
+  const Tensor before = randn(s.w.shape(), 44, DType::F64);
+  Tensor acc = before.clone();
+  ops::grouped_matmul_backward(dy, xs, s.w, s.plan.offsets, dxs, acc, Tensor(), 1.0);
+  for (int64_t i = 0; i < acc.numel(); ++i)
+    ASSERT_NEAR(acc.data<double>()[i], before.data<double>()[i] + dw_new.data<double>()[i], 1e-12) << i;
+  Tensor wrong = Tensor::zeros({s.w.size(0), s.w.size(1), s.w.size(2) + 1}, DType::F64);
+  expect_error([&] { ops::grouped_matmul_backward(dy, xs, s.w, s.plan.offsets, dxs, wrong, Tensor(), 1.0); },
+               {"grouped_matmul_backward", "dw"});
+}
+
 TEST(Moe, Errors) {
   expect_error([&] { ops::moe_plan(Tensor::from_vector<int32_t>({0, 1, 5, 2}, {2, 2}), 4); },
                {"expert id 5", "token 1", "[0, 4)"});

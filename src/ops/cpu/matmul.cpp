@@ -57,8 +57,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return matmul_impl("matmul", a, b, trans_a, trans_b);
 }
 
-void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha) {
-  G4_FORWARD_TO_CUDA(a, matmul_acc(a, b, trans_a, trans_b, c, alpha));
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha, double beta) {
+  G4_FORWARD_TO_CUDA(a, matmul_acc(a, b, trans_a, trans_b, c, alpha, beta));
   const GemmShape g = plan_gemm("matmul_acc", a, b, trans_a, trans_b);
   cpu::check_same_dtype("matmul_acc", "A", a, "C", c);
   // C may carry A's leading dims (e.g. [B, S, N]) as long as it is [M, N] once flattened.
@@ -67,7 +67,7 @@ void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Te
   cpu::dispatch_float("matmul_acc", a, [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(trans_a, trans_b, g.m, g.n, g.k, static_cast<T>(alpha), a.data<T>(), g.a_cols, b.data<T>(), g.b_cols,
-            T(1), c.data<T>(), g.n);
+            static_cast<T>(beta), c.data<T>(), g.n);
   });
 }
 

@@ -277,8 +277,8 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
 }
 
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets) {
-  G4_FORWARD_TO_CUDA(dy, grouped_matmul_backward(dy, xs, w, offsets, dxs, dw, device_offsets));
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets, double dw_beta) {
+  G4_FORWARD_TO_CUDA(dy, grouped_matmul_backward(dy, xs, w, offsets, dxs, dw, device_offsets, dw_beta));
   const char* op = "grouped_matmul_backward";
   cpu::check_rank(op, "xs", xs, 2, "[N, Kd]");
   cpu::check_rank(op, "w", w, 3, "[E, Kd, Nd]");
@@ -287,20 +287,30 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   G4_CHECK(xs.size(1) == w.size(1) && dy.shape() == Shape({xs.size(0), w.size(2)}), op, ": dy ", dy.describe(),
            ", xs ", xs.describe(), " and w ", w.describe(), " do not fit [N, Nd], [N, Kd], [E, Kd, Nd]");
   check_offsets(op, offsets, w.size(0), xs.size(0));
+  const bool into = dw.defined();
+  if (into) {
+    cpu::check_same_dtype(op, "w", w, "dw", dw);
+    G4_CHECK(dw.shape() == w.shape(), op, ": dw ", dw.describe(), " must have w's shape ", w.describe());
+  }
   cpu::dispatch_float(op, xs, [&](auto tag) {
     using T = decltype(tag);
     const int64_t kd = w.size(1), nd = w.size(2);
+    const T beta = into ? static_cast<T>(dw_beta) : T(0);
     dxs = Tensor::empty(xs.shape(), xs.dtype());
-    dw = Tensor::zeros(w.shape(), w.dtype());
+    if (!into) dw = Tensor::zeros(w.shape(), w.dtype());
     for (int64_t e = 0; e < w.size(0); ++e) {
       const int64_t n_e = offsets[e + 1] - offsets[e];
-      if (n_e == 0) continue;
+      T* dw_e = dw.data<T>() + e * kd * nd;
+      if (n_e == 0) {  // no rows: the product is zero
+        for (int64_t i = 0; i < kd * nd; ++i) dw_e[i] = beta == T(0) ? T(0) : beta * dw_e[i];
+        continue;
+      }
       const T* dy_e = dy.data<T>() + offsets[e] * nd;
       const T* x_e = xs.data<T>() + offsets[e] * kd;
       const T* w_e = w.data<T>() + e * kd * nd;
       // dxs_e [n_e, Kd] = dy_e [n_e, Nd] · w_eᵀ;  dw_e [Kd, Nd] = x_eᵀ · dy_e.
       cpu::gemm<T>(false, true, n_e, kd, nd, T(1), dy_e, nd, w_e, nd, T(0), dxs.data<T>() + offsets[e] * kd, kd);
-      cpu::gemm<T>(true, false, kd, nd, n_e, T(1), x_e, kd, dy_e, nd, T(0), dw.data<T>() + e * kd * nd, nd);
+      cpu::gemm<T>(true, false, kd, nd, n_e, T(1), x_e, kd, dy_e, nd, beta, dw_e, nd);
     }
   });
 }

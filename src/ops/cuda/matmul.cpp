@@ -54,7 +54,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return matmul_impl("matmul", a, b, trans_a, trans_b);
 }
 
-void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha) {
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha, double beta) {
   const GemmShape g = plan_gemm("matmul_acc", a, b, trans_a, trans_b);
   check_gpu_float("matmul_acc", "C", c);
   G4_CHECK(c.dtype() == a.dtype() || c.dtype() == DType::F32, "matmul_acc: C ", c.describe(),
@@ -62,7 +62,7 @@ void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Te
   G4_CHECK(c.dim() >= 1 && c.size(-1) == g.n && c.numel() == g.m * g.n, "matmul_acc: C ", c.describe(),
            " does not match the product of A ", a.describe(), " and B ", b.describe(), " ([", g.m, ", ", g.n, "])");
   gemm_rowmajor(trans_a, trans_b, g.m, g.n, g.k, static_cast<float>(alpha), a.raw(), g.a_cols, b.raw(), g.b_cols,
-                a.dtype(), 1.0f, c.raw(), g.n, c.dtype());
+                a.dtype(), static_cast<float>(beta), c.raw(), g.n, c.dtype());
 }
 
 Tensor linear(const Tensor& x, const Tensor& w) {

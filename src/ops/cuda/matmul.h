@@ -6,7 +6,7 @@
 namespace g4::ops::cuda {
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
-void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha);
+void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha, double beta);
 Tensor linear(const Tensor& x, const Tensor& w);
 Tensor linear_backward_input(const Tensor& dy, const Tensor& w);
 Tensor linear_backward_weight(const Tensor& dy, const Tensor& x);

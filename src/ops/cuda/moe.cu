@@ -345,7 +345,9 @@ struct GroupedProblem {
   int64_t m, n, k;  // the varying one is ignored
   Operand a, b, c;
   int64_t lda, ldb, ldc;
-  DType dtype;
+  DType dtype;            // of A and B
+  DType c_dtype = dtype;  // C: A's dtype, or f32 with bf16 A and B
+  float beta = 0;         // C = op(A)·op(B) + beta·C
 };
 
 void run_loop(const GroupedProblem& g, const std::vector<int64_t>& offsets) {
@@ -355,7 +357,7 @@ void run_loop(const GroupedProblem& g, const std::vector<int64_t>& offsets) {
     if (rows == 0) continue;
     const auto at = [&](const Operand& o) { return o.base + e * o.expert_stride + offsets[e] * o.row_stride; };
     gemm_rowmajor(g.trans_a, g.trans_b, g.vary_k ? g.m : rows, g.n, g.vary_k ? rows : g.k, 1.0f, at(g.a), g.lda,
-                  at(g.b), g.ldb, g.dtype, 0.0f, const_cast<char*>(at(g.c)), g.ldc, g.dtype);
+                  at(g.b), g.ldb, g.dtype, g.beta, const_cast<char*>(at(g.c)), g.ldc, g.c_dtype);
   }
 }
 
@@ -381,7 +383,7 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
     ldc.push_back(static_cast<int>(g.ldc));
     group_size.push_back(1);
     alpha.push_back(1.0f);
-    beta.push_back(0.0f);
+    beta.push_back(g.beta);
   }
   const int groups = static_cast<int>(group_size.size());
   if (groups == 0) return true;
@@ -392,11 +394,12 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
       const_cast<const void**>(p + groups), p + 2 * groups);
   G4_CUDA_CHECK_LAUNCH();
   const cudaDataType_t t = g.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t tc = g.c_dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
   // cuBLAS's A is our B (pointers p + groups), its B our A (pointers p).
   const cublasStatus_t st = cublasGemmGroupedBatchedEx(
       cublas_handle(), op_a.data(), op_b.data(), m.data(), n.data(), k.data(), alpha.data(),
       const_cast<const void* const*>(p + groups), t, lda.data(), const_cast<const void* const*>(p), t, ldb.data(),
-      beta.data(), p + 2 * groups, t, ldc.data(), groups, group_size.data(), CUBLAS_COMPUTE_32F);
+      beta.data(), p + 2 * groups, tc, ldc.data(), groups, group_size.data(), CUBLAS_COMPUTE_32F);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
   G4_CUBLAS_CHECK(st);
   return true;
@@ -406,7 +409,10 @@ void run_grouped_problem(const GroupedProblem& g, const std::vector<int64_t>& of
   GroupedGemmBackend b = backend_setting();
   if (b == GroupedGemmBackend::Auto && grouped_rejected()) b = GroupedGemmBackend::Loop;
   // Degenerate fixed sizes (an empty sum or an empty output) go through gemm_rowmajor's special cases.
-  if (g.n == 0 || (g.vary_k ? g.m == 0 : g.k == 0)) b = GroupedGemmBackend::Loop;
+  // cuBLAS's grouped GEMM has no bf16 x bf16 -> f32 form (CUDA 13.1 rejects it): a bf16 model's f32
+  // expert weight gradients take one cuBLASLt call per expert, whose outputs are large enough
+  // ([Kd, Nd] per expert) to keep those calls efficient.
+  if (g.n == 0 || (g.vary_k ? g.m == 0 : g.k == 0) || g.c_dtype != g.dtype) b = GroupedGemmBackend::Loop;
   if (b == GroupedGemmBackend::Loop) return run_loop(g, offsets);
   if (run_grouped(g, offsets, device_offsets)) return;
   G4_CHECK(b == GroupedGemmBackend::Auto, "grouped_matmul: cuBLAS rejected the grouped GEMM (",
@@ -689,18 +695,26 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
 }
 
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets) {
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets, double dw_beta) {
   const char* op = "grouped_matmul_backward";
   check_grouped_shapes(op, xs, w, offsets);
   check_gpu_float(op, "dy", dy);
   G4_CHECK(dy.dtype() == xs.dtype() && dy.shape() == Shape({xs.size(0), w.size(2)}), op, ": dy ", dy.describe(),
            ", xs ", xs.describe(), " and w ", w.describe(), " do not fit [N, Nd], [N, Kd], [E, Kd, Nd]");
   const int64_t kd = w.size(1), nd = w.size(2);
+  const bool into = dw.defined();
+  if (into) {
+    check_gpu_float(op, "dw", dw);
+    G4_CHECK(dw.shape() == w.shape() && (dw.dtype() == w.dtype() || dw.dtype() == DType::F32), op, ": dw ",
+             dw.describe(), " must have w's shape and dtype, or be f32 (w ", w.describe(), ")");
+    G4_CHECK(dw_beta == 0 || dw_beta == 1, op, ": dw_beta must be 0 or 1 on the GPU, got ", dw_beta);
+  }
+  const float beta = into ? static_cast<float>(dw_beta) : 0.0f;
   dxs = Tensor::empty(xs.shape(), xs.dtype(), Device::CUDA);
-  dw = Tensor::empty(w.shape(), w.dtype(), Device::CUDA);
-  // Experts without rows get no GEMM: their weight gradient is zero.
-  const size_t expert_bytes = static_cast<size_t>(kd * nd) * dtype_size(w.dtype());
-  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+  if (!into) dw = Tensor::empty(w.shape(), w.dtype(), Device::CUDA);
+  // Experts without rows get no GEMM: their weight gradient is zero (or, accumulating, unchanged).
+  const size_t expert_bytes = static_cast<size_t>(kd * nd) * dtype_size(dw.dtype());
+  for (size_t e = 0; e + 1 < offsets.size() && beta == 0.0f; ++e)
     if (offsets[e + 1] == offsets[e] && expert_bytes > 0)
       G4_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(dw.raw()) + e * expert_bytes, 0, expert_bytes,
                                     g4::cuda::stream()));
@@ -715,7 +729,7 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   // dw_e [Kd, Nd] = xs_eᵀ [Kd, n_e] · dy_e [n_e, Nd].
   if (kd > 0 && nd > 0) {
     const GroupedProblem gw{true, false, true, kd, nd, 0, operand(xs, 0, kd), operand(dy, 0, nd),
-                            operand(dw, kd * nd, 0), kd, nd, nd, xs.dtype()};
+                            operand(dw, kd * nd, 0), kd, nd, nd, xs.dtype(), dw.dtype(), beta};
     run_grouped_problem(gw, offsets, dev);
   }
 }

@@ -21,12 +21,13 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
 Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
                       const Tensor& device_offsets);
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets);
+                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets, double dw_beta);
 
 // How grouped_matmul issues its GEMMs: Auto (the default) uses cuBLAS's grouped GEMM
 // (cublasGemmGroupedBatchedEx, one launch for all experts) and falls back to Loop (one cuBLASLt
 // call per non-empty expert) if cuBLAS rejects the problem. The environment variable
-// G4_GROUPED_GEMM=grouped|loop sets the initial choice; benchmarks switch explicitly.
+// G4_GROUPED_GEMM=grouped|loop sets the initial choice; benchmarks switch explicitly. Weight
+// gradients written in f32 from bf16 operands always take the loop (cuBLAS has no grouped form).
 enum class GroupedGemmBackend { Auto, Grouped, Loop };
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 GroupedGemmBackend grouped_gemm_backend();

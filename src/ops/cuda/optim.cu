@@ -33,8 +33,16 @@ __device__ inline void adamw_one(float& p, float& m, float& v, float g, bool dec
 
 __device__ inline float grad_at(const float* g, int64_t j) { return g[j]; }
 __device__ inline float grad_at(const __nv_bfloat16* g, int64_t j) { return __bfloat162float(g[j]); }
+// Elements 4i .. 4i+3 in one 16-byte (f32) or 8-byte (bf16) load.
+__device__ inline float4 grad4_at(const float* g, int64_t i) { return reinterpret_cast<const float4*>(g)[i]; }
+__device__ inline float4 grad4_at(const __nv_bfloat16* g, int64_t i) {
+  const uint2 u = reinterpret_cast<const uint2*>(g)[i];
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
 
-// vec: every pointer allows 4-element vector access (16 bytes for f32, 8 for bf16). g may be null
+// vec: every pointer (g included) allows 4-element vector access (16 bytes for f32, 8 for bf16). g may be null
 // (a zero gradient); extra (a one-element device factor) and mask (per-element decay) may be null.
 template <class G>
 __global__ void __launch_bounds__(kThreads)
@@ -42,7 +50,8 @@ __global__ void __launch_bounds__(kThreads)
                  int64_t n, AdamWScalars s, const float* __restrict__ extra, const uint8_t* __restrict__ mask,
                  __nv_bfloat16* __restrict__ out, bool vec) {
   const float gextra = extra ? *extra : 1.f;
-  const auto grad = [&](int64_t j) { return g ? __fmul_rn(__fmul_rn(grad_at(g, j), s.gscale), gextra) : 0.f; };
+  const auto scaled = [&](float x) { return __fmul_rn(__fmul_rn(x, s.gscale), gextra); };
+  const auto grad = [&](int64_t j) { return g ? scaled(grad_at(g, j)) : 0.f; };
   const auto decays = [&](int64_t j) { return !mask || mask[j] != 0; };
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -53,10 +62,12 @@ __global__ void __launch_bounds__(kThreads)
       float4 pp = reinterpret_cast<const float4*>(p)[i];
       float4 mm = reinterpret_cast<const float4*>(m)[i];
       float4 vv = reinterpret_cast<const float4*>(v)[i];
-      adamw_one(pp.x, mm.x, vv.x, grad(4 * i), decays(4 * i), s);
-      adamw_one(pp.y, mm.y, vv.y, grad(4 * i + 1), decays(4 * i + 1), s);
-      adamw_one(pp.z, mm.z, vv.z, grad(4 * i + 2), decays(4 * i + 2), s);
-      adamw_one(pp.w, mm.w, vv.w, grad(4 * i + 3), decays(4 * i + 3), s);
+      float4 gg = g ? grad4_at(g, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      if (g) gg = make_float4(scaled(gg.x), scaled(gg.y), scaled(gg.z), scaled(gg.w));
+      adamw_one(pp.x, mm.x, vv.x, gg.x, decays(4 * i), s);
+      adamw_one(pp.y, mm.y, vv.y, gg.y, decays(4 * i + 1), s);
+      adamw_one(pp.z, mm.z, vv.z, gg.z, decays(4 * i + 2), s);
+      adamw_one(pp.w, mm.w, vv.w, gg.w, decays(4 * i + 3), s);
       reinterpret_cast<float4*>(p)[i] = pp;
       reinterpret_cast<float4*>(m)[i] = mm;
       reinterpret_cast<float4*>(v)[i] = vv;
@@ -199,10 +210,12 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
   const bool vec_common = aligned(p, 16) && aligned(m, 16) && aligned(v, 16) && (!out || aligned(out, 8));
   if (grad.defined() && grad.dtype() == DType::BF16) {
     const auto* g = static_cast<const __nv_bfloat16*>(grad.raw());
-    adamw_kernel<__nv_bfloat16><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out, vec_common);
+    adamw_kernel<__nv_bfloat16><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out,
+                                                                               vec_common && aligned(g, 8));
   } else {
     const float* g = grad.defined() ? grad.data<float>() : nullptr;
-    adamw_kernel<float><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out, vec_common);
+    adamw_kernel<float><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out,
+                                                                       vec_common && (!g || aligned(g, 16)));
   }
   G4_CUDA_CHECK_LAUNCH();
 }
