@@ -31,6 +31,37 @@ const Tensor& AdamW::master(size_t i) const {
   return master_[i].defined() ? master_[i] : params_.at(names_[i]).value();
 }
 
+void AdamW::load_parameters(const model::ParamStore& source) {
+  for (const std::string& n : params_.order) {
+    G4_CHECK(source.has(n), "load_parameters: the source has no parameter '", n, "'");
+    const Tensor& src = source.at(n).value();
+    Tensor& dst = params_.at(n).mutable_value();
+    G4_CHECK(src.shape() == dst.shape(), "load_parameters: '", n, "' is ", src.describe(), " in the source but ",
+             dst.describe(), " in the model");
+    G4_CHECK(src.device() == Device::CPU && (src.dtype() == DType::F32 || src.dtype() == DType::F64),
+             "load_parameters: the source of '", n, "' must be an f32 or f64 CPU tensor, got ", src.describe());
+    // Converted on the host, then copied: bf16 rounding is round-to-nearest-even on both devices,
+    // so a copy set here equals the one AdamW's kernel writes from the same master.
+    dst.copy_from(src.to(dst.dtype()));
+  }
+  for (size_t i = 0; i < names_.size(); ++i)
+    if (master_[i].defined()) master_[i].copy_from(source.at(names_[i]).value().to(DType::F32));
+  params_.buffers.clear();
+  for (const auto& [n, b] : source.buffers) params_.buffers[n] = b.clone();
+}
+
+void AdamW::copy_masters_to(model::ParamStore& dest) const {
+  for (size_t i = 0; i < names_.size(); ++i) {
+    G4_CHECK(dest.has(names_[i]), "copy_masters_to: the destination has no parameter '", names_[i], "'");
+    Tensor& dst = dest.at(names_[i]).mutable_value();
+    const Tensor& m = master(i);
+    G4_CHECK(dst.device() == Device::CPU && dst.shape() == m.shape() && dst.dtype() == m.dtype(),
+             "copy_masters_to: '", names_[i], "' is ", dst.describe(), " in the destination, but the master is ",
+             m.describe(), " (the destination must be a CPU store of the master's dtype)");
+    dst.copy_from(m);
+  }
+}
+
 namespace {
 ops::AdamWHyper hyper(const AdamWOptions& opt, double lr, int64_t step) {
   ops::AdamWHyper h;

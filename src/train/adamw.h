@@ -34,6 +34,18 @@ class AdamW {
   const Tensor& master(size_t i) const;
   const std::vector<std::string>& trainable() const { return names_; }
 
+  // Sets every parameter and buffer of the optimizer's store from `source` (a CPU f32 store with
+  // the same names and shapes, e.g. a model loaded from a checkpoint): the fp32 masters of bf16
+  // parameters exactly, the parameters themselves converted to their dtype and device. A bf16
+  // model made from an f32 one starts training from the f32 values this way, not from their bf16
+  // rounding (which is what the constructor takes).
+  void load_parameters(const model::ParamStore& source);
+  // Writes the fp32 value of every trainable parameter (its master, or the parameter itself when
+  // it is f32/f64, from any device) into the same-named parameter of `dest` (a CPU store of that
+  // dtype): what a checkpoint of a bf16 model exports. Parameters it does not train are left as
+  // they are in dest: their bf16 copies hold less than the originals dest keeps.
+  void copy_masters_to(model::ParamStore& dest) const;
+
   // Moments as named tensors ("exp_avg.<param>", "exp_avg_sq.<param>") and back.
   std::vector<std::pair<std::string, Tensor>> state() const;
   void load_state(const std::vector<std::pair<std::string, Tensor>>& state, int64_t steps_taken);

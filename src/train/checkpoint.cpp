@@ -63,6 +63,14 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, 
 
 namespace {
 
+// The moments of a GPU optimizer copied to the host (the safetensors writer reads host memory);
+// CPU tensors are passed through without a copy.
+std::vector<std::pair<std::string, Tensor>> on_host(std::vector<std::pair<std::string, Tensor>> named) {
+  for (auto& [name, t] : named)
+    if (t.device() != Device::CPU) t = t.to(Device::CPU);
+  return named;
+}
+
 // The checkpoint writing shared by every optimizer: write_optimizer(tmp) writes this rank's
 // optimizer files into the temporary directory (after rank 0 created it).
 std::string save_checkpoint_impl(const std::string& dir, const model::Gemma4* export_model, int64_t optimizer_steps,
@@ -130,9 +138,9 @@ std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_
                             parallel::Communicator& world, bool per_rank_optimizer) {
   auto write = [&](const fs::path& tmp) {
     if (per_rank_optimizer)
-      io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), opt.state());
+      io::save_safetensors((tmp / optimizer_shard_name(world.rank(), world.size())).string(), on_host(opt.state()));
     else if (world.rank() == 0)
-      io::save_safetensors((tmp / "optimizer.safetensors").string(), opt.state());
+      io::save_safetensors((tmp / "optimizer.safetensors").string(), on_host(opt.state()));
   };
   return save_checkpoint_impl(dir, export_model, opt.steps_taken(), write, state, tokenizer_path, keep, world);
 }
@@ -188,18 +196,15 @@ TrainerState trainer_state_from(const nlohmann::json& j) {
   return s;
 }
 
-}  // namespace
-
-TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
-                             int64_t world_size) {
-  const nlohmann::json j = read_trainer_state(checkpoint_dir);
-  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
+// The moments (whole replicated ones and this rank's expert slices, from whichever layout was
+// saved) and the step count into opt; `shapes` is a model of the parameters' shapes and experts.
+void load_moments(const std::string& checkpoint_dir, const nlohmann::json& j, const model::Gemma4& shapes, AdamW& opt,
+                  int64_t rank, int64_t world_size) {
   const OptimizerStateReader reader(checkpoint_dir, j.value("ranks", int64_t{1}), rank, world_size);
-  // Whole replicated moments and this rank's expert slices, from whichever layout was saved.
   std::vector<std::pair<std::string, Tensor>> named;
-  const model::ExpertRange held = model.experts();
+  const model::ExpertRange held = shapes.experts();
   for (const std::string& n : opt.trainable()) {
-    const Tensor& v = model.params().at(n).value();
+    const Tensor& v = shapes.params().at(n).value();
     for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
       Tensor t = model::is_expert_parameter(n)
                      ? reader.experts(kind, n, held.begin, v.size(0))
@@ -208,6 +213,32 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& m
     }
   }
   opt.load_state(named, j.at("optimizer_steps").get<int64_t>());
+}
+
+}  // namespace
+
+TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
+                             int64_t world_size) {
+  // A bf16 (or GPU) model: the weights go through an f32 host copy into opt's masters, so the
+  // fp32 values the checkpoint holds are not rounded on the way in.
+  if (model.device() != Device::CPU || model.dtype() == DType::BF16) {
+    model::Gemma4 host(model.config(), model.experts());
+    return load_checkpoint_with_masters(checkpoint_dir, host, opt, rank, world_size);
+  }
+  const nlohmann::json j = read_trainer_state(checkpoint_dir);
+  model::load_hf_weights(model, io::SafetensorsReader::open(checkpoint_dir));
+  load_moments(checkpoint_dir, j, model, opt, rank, world_size);
+  return trainer_state_from(j);
+}
+
+TrainerState load_checkpoint_with_masters(const std::string& checkpoint_dir, model::Gemma4& host, AdamW& opt,
+                                          int64_t rank, int64_t world_size) {
+  G4_CHECK(host.device() == Device::CPU && host.dtype() == DType::F32, "load_checkpoint_with_masters: the host model ",
+           "must be an f32 CPU model (it receives the checkpoint's exact values)");
+  const nlohmann::json j = read_trainer_state(checkpoint_dir);
+  model::load_hf_weights(host, io::SafetensorsReader::open(checkpoint_dir));
+  opt.load_parameters(host.params());
+  load_moments(checkpoint_dir, j, host, opt, rank, world_size);
   return trainer_state_from(j);
 }
 

@@ -30,6 +30,9 @@ struct TrainerState {
 };
 
 // Writes checkpoint `step` into dir; removes all but the newest `keep` (keep <= 0: keep all).
+// The exported weights are `model`'s values, so a model trained in bf16 is saved from an f32 CPU
+// model holding its masters (AdamW::copy_masters_to), never from the rounded copies; the moments
+// may live on the GPU.
 std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
                             const TrainerState& state, const std::string& tokenizer_path, int64_t keep);
 
@@ -58,6 +61,14 @@ TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& m
 // number of ranks only).
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
                              int64_t world_size);
+// A model that trains through fp32 masters (bf16 compute copies, or any model on the GPU) takes
+// its weights this way: they are read exactly into `host`, an f32 CPU model of the same shape and
+// experts, and from it into opt's masters (exactly) and into every parameter and buffer of opt's
+// store (converted; the bf16 copies are the masters rounded as AdamW rounds them); then the
+// moments and step as above. The trainer keeps `host` for checkpoints and samples; the overload
+// above does the same through a temporary host model when handed a bf16 or GPU model.
+TrainerState load_checkpoint_with_masters(const std::string& checkpoint_dir, model::Gemma4& host, AdamW& opt,
+                                          int64_t rank = 0, int64_t world_size = 1);
 // Into a sharded optimizer (collective over its dp group): the whole weights are loaded, then
 // each rank keeps its slice; moments are re-split from any layout.
 TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, ShardedAdamW& opt,

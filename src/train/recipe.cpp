@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "core/device_memory.h"
 #include "core/error.h"
 
 namespace g4::train {
@@ -36,7 +37,8 @@ json defaults() {
         {"grad_accumulation", 1},
         {"recompute", false},
         {"freeze", json::array()},
-        {"router_aux_loss", 0.0}}},
+        {"router_aux_loss", 0.0},
+        {"device", "cpu"}}},
       {"parallel", {{"data_parallel", 0}, {"expert_parallel", 1}, {"context_parallel", 1}, {"fsdp", false}}},
       {"checkpoint", {{"dir", "runs/default"}, {"every", 0}, {"keep", 2}}},
       {"log",
@@ -134,6 +136,34 @@ T get(const json& j, const std::string& path, const std::string& source) {
 
 void check_positive(int64_t v, const char* key, const std::string& source) {
   G4_CHECK(v > 0, source, ": recipe key '", key, "' must be positive, got ", v);
+}
+
+// train.device, after the parallel keys (which the GPU trainer does not support yet).
+void parse_device(const json& j, const std::string& source, Recipe& r) {
+  const std::string device = get<std::string>(j, "train.device", source);
+  G4_CHECK(device == "cpu" || device == "cuda", source, ": recipe key 'train.device' must be cpu or cuda, got '", device,
+           "'");
+  if (device == "cpu") {
+    r.device = Device::CPU;
+    return;
+  }
+  r.device = Device::CUDA;
+  // One process on one GPU for now: the parallel trainer's collectives (gradient reduction, FSDP
+  // shards, expert and context exchanges) run over MPI on host tensors.
+  const char* multi = r.fsdp                    ? "parallel.fsdp"
+                      : r.data_parallel > 1     ? "parallel.data_parallel"
+                      : r.expert_parallel > 1   ? "parallel.expert_parallel"
+                      : r.context_parallel > 1  ? "parallel.context_parallel"
+                                                : nullptr;
+  G4_CHECK(!multi, source, ": recipe key '", multi, "' is for multi-rank training, but 'train.device' is cuda, "
+           "which trains on one GPU only: multi-GPU training is not supported yet (use train.device: cpu for "
+           "multi-rank runs)");
+#ifdef G4_WITH_CUDA
+  const char* why = "no CUDA GPU is visible on this machine";
+#else
+  const char* why = "this g4 was built without the CUDA backend (no nvcc at build time)";
+#endif
+  G4_CHECK(cuda_available(), source, ": recipe key 'train.device' is cuda, but ", why);
 }
 
 }  // namespace
@@ -235,6 +265,7 @@ Recipe recipe_from_json(const json& user, const std::string& source) {
   G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
            ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
            "nothing to shard over; drop one of the two keys");
+  parse_device(j, source, r);
   r.output_dir = get<std::string>(j, "checkpoint.dir", source);
   r.checkpoint_every = get<int64_t>(j, "checkpoint.every", source);
   r.keep_checkpoints = get<int64_t>(j, "checkpoint.keep", source);

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/tensor.h"
 #include "data/dataset.h"
 
 namespace g4::train {
@@ -34,6 +35,10 @@ struct Recipe {
   bool recompute = false;
   std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) kept fixed
   double router_aux_loss = 0.0;
+  // Where the steps run (train.device): the CPU in f32, or one CUDA GPU in bf16 with fp32 masters,
+  // gradients and AdamW moments (bf16 only: the GPU attention kernels take bf16). Checkpoints
+  // hold f32 weights either way.
+  Device device = Device::CPU;
 
   // parallelism: data-parallel replicas (0 = as many as launched ranks). Each replica trains on
   // its own micro-batches; gradients are summed so the step equals one rank's step on them all.

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "autograd/variable.h"
+#include "core/device_memory.h"
 #include "core/log.h"
 #include "generate/generator.h"
 #include "model/named_configs.h"
@@ -74,6 +75,9 @@ double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>&
   int64_t count = 0;
   for (const data::Batch& b : batches) {
     model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+    // The GPU computes its loss by the fused LM head + loss either way; asking for no logits
+    // spares the [B, S, V] tensor. The CPU keeps its reference path (logits, then the loss).
+    in.return_logits = model.device() == Device::CPU;
     const model::ForwardOutputs out = model.forward(in);
     sum += out.loss.value().item() * static_cast<double>(out.counted_tokens);
     count += out.counted_tokens;
@@ -160,6 +164,12 @@ double evaluate_loss_cp(const model::Gemma4& model, const std::vector<data::Batc
 
 TrainResult run_training(const Recipe& r, bool resume) {
   const auto t_start = Clock::now();
+  const bool gpu = r.device == Device::CUDA;
+  // The recipe refuses the parallel keys with cuda; this catches a plain `mpirun -np N` (or
+  // g4 launch -n N) of a cuda recipe, before MPI is started for it.
+  const int launched = parallel::detect_launch().size;
+  G4_CHECK(!gpu || launched == 1, r.source, ": 'train.device' is cuda but ", launched, " ranks were launched: "
+           "multi-GPU training is not supported yet (g4 train runs on one GPU, in one process)");
   // One process per replica (mpirun / srun); a plain launch is one rank.
   const std::unique_ptr<parallel::Communicator> world = parallel::make_world_communicator();
   const int64_t ep = r.expert_parallel, cp = r.context_parallel;
@@ -182,6 +192,15 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const int cp_rank = mesh.coord().cp;
   const bool main_rank = rank == 0;  // the one that logs, samples and writes checkpoints
   std::unique_ptr<model::Gemma4> model = build_model(r, mesh.coord().ep, ep);
+  // On the GPU, `host` keeps the model as built or loaded (CPU, f32) and `model` becomes its GPU
+  // copy. AdamW's masters start from host's f32 values, checkpoints export host after the masters
+  // are copied back into it (never the bf16 copies), and samples are drawn from it: the generator
+  // reads f32 logits on the host.
+  std::unique_ptr<model::Gemma4> host;
+  if (gpu) {
+    host = std::move(model);
+    model = host->copy_to(Device::CUDA, DType::BF16);
+  }
   mesh.validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, padded_len);
   if (ep > 1) parallel::enable_expert_parallel(*model, mesh.ep_group());
   if (cp > 1) parallel::enable_context_parallel(*model, mesh.cp_group());
@@ -193,7 +212,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const data::PackedDataset data(r.data, *tok);
   G4_CHECK(data.train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
 
-  const std::vector<std::string> names = trainable_names(*model, r.freeze);
+  const std::vector<std::string> names = trainable_names(host ? *host : *model, r.freeze);
   const int64_t model_numel = model->params().numel();
   // One of the two optimizers: replicated AdamW, or sharded over the dp group (parallel.fsdp).
   std::unique_ptr<AdamW> opt;
@@ -205,6 +224,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   else
     opt = std::make_unique<AdamW>(model->params(), names, no_weight_decay(model->params(), model->config()),
                                   adamw_options);
+  if (host) opt->load_parameters(host->params());  // the masters take the f32 values, not their rounding
   // The whole parameters, for code that reads them between steps (checkpoints, rank 0 alone);
   // released again, the model gathers block by block as it runs (training, validation).
   auto gather = [&] {
@@ -220,7 +240,9 @@ TrainResult run_training(const Recipe& r, bool resume) {
   if (resume) {
     const auto latest = latest_checkpoint(ckpt_dir);
     if (latest) {
+      // On the GPU the checkpoint's f32 weights go into host, the masters and the GPU copies.
       state = sharded ? load_checkpoint(*latest, *model, *sharded, rank, ranks)
+              : host  ? load_checkpoint_with_masters(*latest, *host, *opt, rank, ranks)
                       : load_checkpoint(*latest, *model, *opt, rank, ranks);
       state.recipe = r.resolved;
       if (main_rank) std::cerr << "resuming from " << *latest << " (step " << state.step << ")\n";
@@ -248,6 +270,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
                 static_cast<long long>(replicas), r.fsdp ? "shard" : "replica", replicas > 1 ? "s" : "",
                 static_cast<long long>(ep), static_cast<long long>(cp), r.lr, r.schedule.c_str(),
                 r.recompute ? "on" : "off");
+  if (main_rank && gpu)
+    std::printf("device     cuda: bf16 compute, fp32 master weights, gradients and AdamW moments\n");
   if (main_rank && padded_len != r.data.seq_len)
     std::printf("context    rows of %lld tokens padded to %lld for %lld slices of %lld\n",
                 static_cast<long long>(r.data.seq_len), static_cast<long long>(padded_len), static_cast<long long>(cp),
@@ -260,8 +284,16 @@ TrainResult run_training(const Recipe& r, bool resume) {
   TrainResult result;
   result.unigram_entropy = data.unigram_entropy();
   const double elapsed_before = state.elapsed_s;
+  if (gpu) {
+    device_synchronize();
+    reset_device_memory_peak();  // the training loop's peak, not the loading's
+  }
   const auto t_loop = Clock::now();
   const int64_t first_step = state.step;
+  // Seconds spent in steps (validation and checkpoints excluded), for the summary's throughput. On
+  // the GPU a step's time ends at the host's last wait on it (its losses and gradient norm); its
+  // AdamW update finishes under the next step's clock.
+  double train_s = 0;
 
   while (state.step < r.steps) {
     const auto t0 = Clock::now();
@@ -273,6 +305,10 @@ TrainResult run_training(const Recipe& r, bool resume) {
     for (int64_t a = 0; a < r.grad_accumulation; ++a) {
       const data::Batch b = data.train_batch(r.batch_size, state.data_index++ * data_ranks + data_rank);
       micro.push_back(rank_batch(b, cp_rank, static_cast<int>(cp), tok->pad_id));
+      // The GPU trains on the fused LM head + loss: logits exist one chunk at a time, never as
+      // [B, S, V]. The batch stays on the host: forward shifts the labels and derives document ids
+      // there, then uploads ids, positions and targets once.
+      micro.back().inputs.return_logits = !gpu;
       counted += parallel::global_target_count(micro.back().targets, *world);
     }
     double loss_sum = 0, aux_sum = 0;
@@ -300,19 +336,27 @@ TrainResult run_training(const Recipe& r, bool resume) {
       loss_sum = sums.data<double>()[0];
       aux_sum = sums.data<double>()[1];
     }
-    const double grad_norm = sharded ? sharded->clip_grad_norm(r.grad_clip)
-                                     : clip_grad_norm(model->params(), names, r.grad_clip,
-                                                      ep > 1 ? &mesh.ep_group() : nullptr);
     const double lr = learning_rate(r.schedule, r.lr, state.step, r.steps, r.warmup_steps, r.min_lr_ratio);
-    if (sharded)
+    double grad_norm = 0;
+    if (gpu) {
+      // The norm comes back to the host once (the step's one synchronisation besides the losses);
+      // the clipping coefficient is applied inside the AdamW update, not by a pass of its own.
+      const GradNorm gn = grad_norm_and_scale(model->params(), names, r.grad_clip);
+      grad_norm = gn.norm;
+      opt->step(lr, gn.scale);
+    } else if (sharded) {
+      grad_norm = sharded->clip_grad_norm(r.grad_clip);
       sharded->step(lr);
-    else
+    } else {
+      grad_norm = clip_grad_norm(model->params(), names, r.grad_clip, ep > 1 ? &mesh.ep_group() : nullptr);
       opt->step(lr);
+    }
     model->params().zero_grad();
     ++state.step;
     result.last_train_loss = loss_sum;
 
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    train_s += step_s;
     const double loop_s = std::chrono::duration<double>(Clock::now() - t_loop).count();
     state.elapsed_s = elapsed_before + loop_s;
     const double tps = static_cast<double>(tokens_per_step) / step_s;
@@ -321,6 +365,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
       nlohmann::json rec = {{"step", state.step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
                             {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}};
       if (r.router_aux_loss > 0) rec["router_aux_loss"] = aux_sum;
+      if (gpu) rec["device_peak_mib"] = static_cast<double>(device_memory_stats().peak) / (1 << 20);
       if (main_rank) {
         log->write(rec);
         bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);
@@ -344,7 +389,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
       gather();
       std::unique_ptr<model::Gemma4> full;
       if (ep > 1 && mesh.coord().dp == 0 && cp_rank == 0) full = gather_experts(*model, mesh.ep_group());
-      const model::Gemma4* export_model = full ? full.get() : model.get();
+      if (host) opt->copy_masters_to(host->params());  // the fp32 masters are what a checkpoint keeps
+      const model::Gemma4* export_model = full ? full.get() : host ? host.get() : model.get();
       result.checkpoint =
           sharded ? save_checkpoint(ckpt_dir, export_model, *sharded, state, r.tokenizer, r.keep_checkpoints, *world)
                   : save_checkpoint(ckpt_dir, export_model, *opt, state, r.tokenizer, r.keep_checkpoints, *world,
@@ -354,6 +400,8 @@ TrainResult run_training(const Recipe& r, bool resume) {
     }
   }
   result.steps = state.step;
+  result.tokens_per_s = train_s > 0 ? static_cast<double>((state.step - first_step) * tokens_per_step) / train_s : 0.0;
+  if (gpu) result.device_peak_bytes = device_memory_stats().peak;
   gather();
   // Rank 0 alone evaluates and samples below; under EP it does so on the gathered whole model.
   std::unique_ptr<model::Gemma4> gathered;
@@ -384,11 +432,26 @@ TrainResult run_training(const Recipe& r, bool resume) {
     std::printf("validation loss  %.4f (perplexity %.2f); unigram entropy %.4f\n", result.last_validation_loss,
                 std::exp(result.last_validation_loss), result.unigram_entropy);
   std::printf("time             %s this run\n", format_duration(total_s).c_str());
-  std::printf("peak memory      %.1f MiB of tensors (activation recompute %s)\n",
-              static_cast<double>(host_memory_stats().peak) / (1 << 20), r.recompute ? "on" : "off");
+  if (state.step > first_step)
+    std::printf("throughput       %.0f tokens/s (this run's %lld steps, validation and checkpoints not counted)\n",
+                result.tokens_per_s, static_cast<long long>(state.step - first_step));
+  if (gpu)
+    std::printf("peak memory      %.1f MiB of tensors on the GPU during training (%.1f MiB reserved), %.1f MiB on "
+                "the host (activation recompute %s)\n",
+                static_cast<double>(result.device_peak_bytes) / (1 << 20),
+                static_cast<double>(device_memory_stats().reserved) / (1 << 20),
+                static_cast<double>(host_memory_stats().peak) / (1 << 20), r.recompute ? "on" : "off");
+  else
+    std::printf("peak memory      %.1f MiB of tensors (activation recompute %s)\n",
+                static_cast<double>(host_memory_stats().peak) / (1 << 20), r.recompute ? "on" : "off");
   std::printf("checkpoint       %s\n", result.checkpoint.c_str());
   std::printf("metrics          %s\nloss curve       %s\n", log->path().c_str(), svg.c_str());
-  if (r.samples > 0) std::printf("samples:\n%s", render_samples(*model, *tok, r).c_str());
+  if (r.samples > 0) {
+    // The generator reads f32 logits on the host, so on the GPU it samples from host, which takes
+    // the trained masters first.
+    if (host) opt->copy_masters_to(host->params());
+    std::printf("samples:\n%s", render_samples(host ? *host : *model, *tok, r).c_str());
+  }
   std::fflush(stdout);
   return result;
 }

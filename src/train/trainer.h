@@ -1,6 +1,7 @@
 // Supervised training from a recipe: builds or loads the model, packs the data, runs AdamW steps
 // with gradient accumulation and clipping, validates, checkpoints (with exact resume), and at
-// the end writes the loss curve, samples text and prints a summary.
+// the end writes the loss curve, samples text and prints a summary. Runs on the CPU ranks, or on
+// one GPU (recipe key train.device: cuda) in bf16 with fp32 masters.
 #pragma once
 #include <memory>
 #include <string>
@@ -16,6 +17,8 @@ struct TrainResult {
   int64_t steps = 0;
   double last_train_loss = 0, last_validation_loss = 0, unigram_entropy = 0;
   std::string checkpoint;  // final checkpoint directory
+  double tokens_per_s = 0;    // trained tokens per second of this run's training loop
+  int64_t device_peak_bytes = 0;  // GPU runs: peak bytes of tensors on the GPU during the loop
 };
 
 // `resume`: continue from the newest complete checkpoint in the recipe's output directory.

@@ -1,6 +1,8 @@
 // Recipes: defaults, overrides, and errors that name the key.
 #include <gtest/gtest.h>
 
+#include "core/device_memory.h"
+#include "support/error_message.h"
 #include "train/lr_schedule.h"
 #include "train/recipe.h"
 
@@ -57,6 +59,47 @@ TEST(Recipe, ErrorsNameTheKey) {
   expect_error(j, "parallel.expert_parallel");
   j["parallel"] = {{"context_parallel", 0}};
   expect_error(j, "parallel.context_parallel");
+}
+
+TEST(Recipe, Device) {
+  auto j = minimal();
+  train::Recipe r = train::recipe_from_json(j, "test.yaml");
+  EXPECT_EQ(r.device, Device::CPU);  // the default
+  EXPECT_EQ(r.resolved["train"]["device"], "cpu");
+  j["train"] = {{"device", "cpu"}};
+  EXPECT_EQ(train::recipe_from_json(j, "test.yaml").device, Device::CPU);
+
+  // Every error names the file and the key.
+  auto error = [](const nlohmann::json& train_keys, const nlohmann::json& parallel_keys = nullptr) {
+    auto rj = minimal();
+    rj["train"] = train_keys;
+    if (!parallel_keys.is_null()) rj["parallel"] = parallel_keys;
+    const std::string e = test::error_of([&] { train::recipe_from_json(rj, "test.yaml"); });
+    EXPECT_NE(e.find("test.yaml"), std::string::npos) << e;
+    return e;
+  };
+  std::string e = error({{"device", "gpu"}});
+  EXPECT_NE(e.find("'train.device' must be cpu or cuda, got 'gpu'"), std::string::npos) << e;
+  e = error({{"device", 1}});
+  EXPECT_NE(e.find("'train.device' has the wrong type"), std::string::npos) << e;
+  // One GPU only: each multi-rank key is refused by name, with or without a GPU on this machine.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"fsdp", true}, {"data_parallel", 2}, {"expert_parallel", 2}, {"context_parallel", 2}}) {
+    e = error({{"device", "cuda"}}, {{key, value}});
+    EXPECT_NE(e.find("'parallel." + key + "' is for multi-rank training"), std::string::npos) << e;
+    EXPECT_NE(e.find("multi-GPU training is not supported yet"), std::string::npos) << e;
+  }
+
+  j["train"] = {{"device", "cuda"}};
+  if (cuda_available()) {
+    EXPECT_EQ(train::recipe_from_json(j, "test.yaml").device, Device::CUDA);
+  } else {
+    e = error({{"device", "cuda"}});
+    EXPECT_NE(e.find("'train.device' is cuda, but"), std::string::npos) << e;
+    EXPECT_TRUE(e.find("no CUDA GPU is visible") != std::string::npos ||
+                e.find("built without the CUDA backend") != std::string::npos)
+        << e;
+  }
 }
 
 TEST(Recipe, Wildcards) {

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/device_memory.h"
 #include "support/g4_process.h"
 
 namespace g4 {
@@ -449,6 +450,30 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   r = run("train /nonexistent/recipe.yaml");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/nonexistent/recipe.yaml"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// train.device: the value, the multi-rank keys with cuda, and (without a GPU) cuda itself are
+// errors naming the recipe and the key, before anything is built.
+TEST(TrainRun, DeviceErrors) {
+  const fs::path dir = temp_dir("device");
+  const std::string recipe = write_recipe(dir);
+  ProcessResult r = run("train " + recipe + " train.device=tpu");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find(recipe + ": recipe key 'train.device' must be cpu or cuda, got 'tpu'"), std::string::npos)
+      << r.output;
+  r = run("train " + recipe + " train.device=cuda parallel.expert_parallel=2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("'parallel.expert_parallel' is for multi-rank training, but 'train.device' is cuda"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("multi-GPU training is not supported yet"), std::string::npos) << r.output;
+  if (!cuda_available()) {
+    r = run("train " + recipe + " train.device=cuda");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.output.find(recipe + ": recipe key 'train.device' is cuda, but"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
+  }
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,307 @@
+// Training on the GPU: checkpoints of the bf16 model hold its fp32 masters and resume the
+// optimizer bit for bit (in process, with real forward/backward steps), and `g4 train` with
+// train.device: cuda trains like the CPU run (within bf16 tolerance), reports GPU memory and
+// throughput, and resumes after a kill.
+//
+// Determinism, which the exact comparisons below rely on: the GPU forward has no floating-point
+// atomics (the MoE plan counts with integer atomics and scatters stably; matmuls, attention, norms
+// and the fused loss reduce in fixed orders), so equal weights give equal losses bit for bit. The
+// backward does not: the embedding gradient and attention's dQ accumulate with fp32 atomics, so two
+// runs of the same steps differ in the last bits of their gradients, and whole training runs are
+// compared to a tolerance.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/variable.h"
+#include "core/random.h"
+#include "gpu_test.h"
+#include "io/safetensors.h"
+#include "model/named_configs.h"
+#include "model/state_dict_adapter.h"
+#include "support/g4_process.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(Device::CPU), y = b.to(Device::CPU);
+  return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0;
+}
+
+io::ModelConfig tiny_moe() {
+  const nlohmann::json j = model::named_config(
+      "tiny-moe", {{"hidden_size", 64}, {"intermediate_size", 64}, {"num_hidden_layers", 2}, {"num_experts", 4},
+                   {"moe_intermediate_size", 32}, {"head_dim", 16}, {"global_head_dim", 32}, {"sliding_window", 16}});
+  io::ModelConfig cfg = io::parse_model_config(j, "tiny-moe (test)");
+  cfg.raw = nlohmann::json();
+  return cfg;
+}
+
+// Two rows of 32 tokens, two packed documents in the second.
+model::ForwardInputs batch(int64_t vocab, uint64_t seed) {
+  model::ForwardInputs in;
+  in.input_ids = randint({2, 32}, seed, 3, vocab, DType::I64);
+  in.position_ids = Tensor::empty({2, 32}, DType::I64);
+  for (int64_t s = 0; s < 32; ++s) {
+    in.position_ids.data<int64_t>()[s] = s;
+    in.position_ids.data<int64_t>()[32 + s] = s < 20 ? s : s - 20;
+  }
+  in.labels = in.input_ids.clone();
+  in.return_logits = false;
+  return in;
+}
+
+TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_ckpt_masters");
+  const io::ModelConfig cfg = tiny_moe();
+  model::Gemma4 host(cfg);
+  host.init_weights(21);
+  auto gpu = host.copy_to(Device::CUDA, DType::BF16);
+  const std::vector<std::string>& names = gpu->params().order;
+  const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  train::AdamW opt(gpu->params(), names, train::no_weight_decay(gpu->params(), cfg), o);
+  opt.load_parameters(host.params());
+  for (size_t i = 0; i < names.size(); ++i)
+    ASSERT_TRUE(same_bits(opt.master(i), host.params().at(names[i]).value())) << "master of " << names[i];
+  for (uint64_t step = 0; step < 3; ++step) {
+    const model::ForwardOutputs out = gpu->forward(batch(cfg.vocab_size, 40 + step));
+    ag::backward(out.loss);
+    const train::GradNorm gn = train::grad_norm_and_scale(gpu->params(), names, 0.5);
+    opt.step(3e-3, gn.scale);
+    gpu->params().zero_grad();
+  }
+  int64_t unrounded = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Tensor m = opt.master(i).to(Device::CPU);
+    const Tensor r = m.to(DType::BF16).to(DType::F32);
+    for (int64_t j = 0; j < m.numel(); ++j) unrounded += m.data<float>()[j] != r.data<float>()[j];
+  }
+  ASSERT_GT(unrounded, 0) << "the masters must carry bits the bf16 copies lose, or this test proves nothing";
+
+  opt.copy_masters_to(host.params());
+  train::TrainerState state;
+  state.step = 3;
+  state.data_index = 3;
+  const std::string ckpt = train::save_checkpoint((dir / "ckpt").string(), host, opt, state, "", 0);
+  // The checkpoint's weights are the masters, in f32.
+  const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt);
+  for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
+  model::Gemma4 back(cfg);
+  model::load_hf_weights(back, reader);
+  for (size_t i = 0; i < names.size(); ++i)
+    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.master(i))) << names[i];
+
+  // A fresh bf16 GPU model and optimizer: load_checkpoint sets masters and bf16 copies.
+  model::Gemma4 gpu2(cfg, {}, DType::BF16, Device::CUDA);
+  train::AdamW opt2(gpu2.params(), names, train::no_weight_decay(gpu2.params(), cfg), o);
+  const train::TrainerState s2 = train::load_checkpoint(ckpt, gpu2, opt2, 0, 1);
+  EXPECT_EQ(s2.step, 3);
+  EXPECT_EQ(opt2.steps_taken(), 3);
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << "master of " << names[i];
+    EXPECT_TRUE(same_bits(gpu2.params().at(names[i]).value(), gpu->params().at(names[i]).value()))
+        << "bf16 copy of " << names[i];
+  }
+  const auto m1 = opt.state(), m2 = opt2.state();
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) EXPECT_TRUE(same_bits(m1[i].second, m2[i].second)) << m1[i].first;
+
+  // The same weights give the same loss (the forward is deterministic), and the same gradients
+  // the same update, bit for bit.
+  const model::ForwardInputs in = batch(cfg.vocab_size, 99);
+  const model::ForwardOutputs a = gpu->forward(in);
+  ag::backward(a.loss);
+  const model::ForwardOutputs b = gpu2.forward(in);
+  ag::clear_tape();
+  EXPECT_EQ(a.loss.value().item(), b.loss.value().item());
+  for (const std::string& n : names) {
+    ag::Var& v = gpu2.params().at(n);
+    v.impl()->grad = gpu->params().at(n).grad().defined() ? gpu->params().at(n).grad().clone() : Tensor();
+    v.impl()->grad_owned = true;
+  }
+  const train::GradNorm g1 = train::grad_norm_and_scale(gpu->params(), names, 0.5);
+  const train::GradNorm g2 = train::grad_norm_and_scale(gpu2.params(), names, 0.5);
+  EXPECT_EQ(g1.norm, g2.norm);
+  opt.step(3e-3, g1.scale);
+  opt2.step(3e-3, g2.scale);
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << "master of " << names[i] << " after the next step";
+    EXPECT_TRUE(same_bits(gpu2.params().at(names[i]).value(), gpu->params().at(names[i]).value()))
+        << "bf16 copy of " << names[i] << " after the next step";
+  }
+  fs::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// g4 train on the GPU (the recipe of tests/train/train_run_test.cpp: 8 steps of 2 rows of 64).
+
+using test::ProcessResult;
+
+std::string write_recipe(const fs::path& dir, bool dense) {
+  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
+  const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
+  const fs::path path = dir / "recipe.yaml";
+  std::ofstream f(path);
+  f << (dense ? "model:\n  name: tiny-dense\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
+              : "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
+                " num_experts: 4, moe_intermediate_size: 32,")
+    << " head_dim: 16, global_head_dim: 32, sliding_window: 16}\n"
+    << "tokenizer: " << tok << "\n"
+    << "data:\n  train: [" << data << "]\n  seq_len: 64\n  validation_fraction: 0.2\n"
+    << "optimizer:\n  lr: 3.0e-3\n  betas: [0.9, 0.95]\n  weight_decay: 0.1\n"
+    << "schedule:\n  kind: cosine\n  warmup_steps: 2\n"
+    << "train:\n  steps: 8\n  batch_size: 2\n"
+    << "checkpoint:\n  dir: " << (dir / "run").string() << "\n  every: 4\n  keep: 3\n"
+    << "log:\n  validation_every: 4\n  validation_batches: 2\n  samples: 0\n  sample_tokens: 8\n";
+  return path.string();
+}
+
+std::vector<nlohmann::json> records(const fs::path& run_dir, const char* key) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains(key)) out.push_back(j);
+  }
+  return out;
+}
+
+std::vector<double> values(const fs::path& run_dir, const char* key) {
+  std::vector<double> v;
+  for (const auto& j : records(run_dir, key)) v.push_back(j[key].get<double>());
+  return v;
+}
+
+// |a - b| <= rtol * |b| for every entry; prints the largest relative difference.
+void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rtol, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i], b[i], rtol * std::abs(b[i])) << what << " " << i + 1;
+    worst = std::max(worst, std::abs(a[i] - b[i]) / std::abs(b[i]));
+  }
+  std::printf("  %-44s largest relative difference %.3e (tolerance %.1e)\n", what.c_str(), worst, rtol);
+}
+
+// bf16 tolerance of a whole training run against the f32 CPU run: every weight and activation is
+// rounded to 8 significant bits (relative 2^-9 = 2e-3 per rounding), and Adam's first updates
+// move each weight by about +-lr whatever the gradient's size, so elements whose gradients are
+// near zero may move the other way; 2% of the loss bounds both on this recipe's 8 steps.
+constexpr double kBf16RunTolerance = 2e-2;
+
+TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_train_vs_cpu");
+  // The dense recipe: a near-tied MoE routing choice flipped by bf16 rounding would send a token to
+  // another expert, a difference that is not rounding error.
+  const std::string recipe = write_recipe(dir, /*dense=*/true);
+  const std::string common = "train " + recipe + " checkpoint.dir=";
+  const ProcessResult cpu = test::run_g4(common + (dir / "cpu").string());
+  ASSERT_EQ(cpu.code, 0) << cpu.output;
+  const ProcessResult gpu = test::run_g4(common + (dir / "gpu").string() + " train.device=cuda log.samples=1");
+  ASSERT_EQ(gpu.code, 0) << gpu.output;
+  for (const char* want : {"device     cuda: bf16 compute, fp32 master weights", "on the GPU during training",
+                           "throughput ", "samples:\n  1. "})
+    EXPECT_NE(gpu.output.find(want), std::string::npos) << want << "\n" << gpu.output;
+
+  const auto cpu_loss = values(dir / "cpu", "loss"), gpu_loss = values(dir / "gpu", "loss");
+  ASSERT_EQ(cpu_loss.size(), 8u);
+  expect_close(gpu_loss, cpu_loss, kBf16RunTolerance, "bf16 GPU vs f32 CPU training loss, step");
+  expect_close(values(dir / "gpu", "validation_loss"), values(dir / "cpu", "validation_loss"), kBf16RunTolerance,
+               "bf16 GPU vs f32 CPU validation loss");
+  EXPECT_LT(gpu_loss.back(), gpu_loss.front());
+  for (const auto& j : records(dir / "gpu", "loss")) {
+    ASSERT_TRUE(j.contains("device_peak_mib")) << j.dump();
+    EXPECT_GT(j["device_peak_mib"].get<double>(), 0) << j.dump();
+    EXPECT_GT(j["tokens_per_s"].get<double>(), 0) << j.dump();
+  }
+  EXPECT_FALSE(records(dir / "cpu", "loss")[0].contains("device_peak_mib"));
+  // The checkpoint holds f32 weights (the masters) that the CPU evaluates.
+  const fs::path ckpt = dir / "gpu" / "checkpoints" / "step-00000008";
+  const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt.string());
+  for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
+  const ProcessResult e = test::run_g4("eval " + ckpt.string() + " --data " + std::string(G4_TEST_DATA) +
+                                       "/text/genesis.txt --seq-len 64");
+  EXPECT_EQ(e.code, 0) << e.output;
+
+  fs::remove_all(dir);
+}
+
+TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_train_resume");
+  const std::string recipe = write_recipe(dir, /*dense=*/false);
+  const std::string common = "train " + recipe + " train.device=cuda checkpoint.dir=";
+  const ProcessResult full = test::run_g4(common + (dir / "full").string());
+  ASSERT_EQ(full.code, 0) << full.output;
+  const auto want = values(dir / "full", "loss");
+  ASSERT_EQ(want.size(), 8u);
+
+  // Killed after step 6; the resumed run restarts from the step-4 checkpoint.
+  const std::string killed = common + (dir / "killed").string();
+  ProcessResult r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  // Step 5 as the killed run computed it from its in-memory state (the resume drops it from the log).
+  const auto before = values(dir / "killed", "loss");
+  ASSERT_EQ(before.size(), 6u);
+  r = test::run_g4(killed + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
+  const auto after = values(dir / "killed", "loss");
+  ASSERT_EQ(after.size(), 8u);
+  // The restored weights equal the killed run's bit for bit, and the forward is deterministic, so
+  // the first resumed step's loss is exactly the one the killed run logged.
+  EXPECT_EQ(after[4], before[4]) << "step 5: the resumed run's loss differs from the killed run's";
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(after[i], before[i]) << "step " << i + 1 << " (kept from the first run)";
+  // From then on the backward's fp32 atomics make each run's gradients differ in their last bits.
+  expect_close(after, want, kBf16RunTolerance, "resumed vs uninterrupted GPU training loss, step");
+
+  // Killed while writing the step-8 checkpoint: the torn one is ignored, the run resumes at 4.
+  const std::string torn = common + (dir / "torn").string();
+  r = test::run_g4(torn, "G4_FAULT_KILL=checkpoint:8");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "torn" / "checkpoints" / "step-00000008"));
+  r = test::run_g4(torn + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
+  expect_close(values(dir / "torn", "loss"), want, kBf16RunTolerance, "torn-checkpoint resume vs uninterrupted, step");
+
+  // A CPU checkpoint resumes on the GPU (the same f32 weights and moments).
+  const ProcessResult cpu = test::run_g4("train " + recipe + " train.steps=4 checkpoint.dir=" + (dir / "x").string());
+  ASSERT_EQ(cpu.code, 0) << cpu.output;
+  r = test::run_g4(common + (dir / "x").string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
+  EXPECT_EQ(values(dir / "x", "loss").size(), 8u);
+  fs::remove_all(dir);
+}
+
+// More than one rank with train.device: cuda is refused before MPI starts (the launcher's rank
+// variables say how many were launched; torchrun-style ones, as g4 launch sets, need no mpirun).
+TEST(GpuTrain, MoreThanOneRankIsAClearError) {
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_train_ranks");
+  const std::string recipe = write_recipe(dir, /*dense=*/true);
+  const ProcessResult r =
+      test::run_g4("train " + recipe + " train.device=cuda", "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("'train.device' is cuda but 2 ranks were launched: multi-GPU training is not supported yet"),
+            std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4

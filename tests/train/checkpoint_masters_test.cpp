@@ -1,0 +1,165 @@
+// A model trained through fp32 masters (bf16 compute copies, as on the GPU) checkpoints the masters,
+// not the copies, and resumes with masters, copies, moments and step restored bit for bit. The
+// compute copies live in a bf16 CPU parameter store here: AdamW's bf16 path (master update plus
+// rounded copy) runs on the CPU as on the GPU, while the CPU model itself computes only in f32,
+// so this test drives the optimizer with given gradients instead of a forward pass (tests/gpu
+// train_test.cpp does the same with the GPU model and real steps).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/random.h"
+#include "io/safetensors.h"
+#include "model/named_configs.h"
+#include "model/state_dict_adapter.h"
+#include "support/error_message.h"
+#include "support/g4_process.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+io::ModelConfig tiny_moe() {
+  const nlohmann::json j = model::named_config(
+      "tiny-moe", {{"hidden_size", 32}, {"intermediate_size", 32}, {"num_hidden_layers", 2}, {"num_experts", 4},
+                   {"moe_intermediate_size", 16}, {"head_dim", 8}, {"global_head_dim", 16}, {"vocab_size", 64}});
+  io::ModelConfig cfg = io::parse_model_config(j, "tiny-moe (test)");
+  cfg.raw = nlohmann::json();
+  return cfg;
+}
+
+// The bf16 compute copies of `m`'s parameters (what Gemma4::copy_to(.., BF16) holds), on the CPU.
+model::ParamStore bf16_store(const model::Gemma4& m) {
+  model::ParamStore s;
+  for (const std::string& n : m.params().order) {
+    s.add(n, m.params().at(n).value().to(DType::BF16));
+    s.at(n).impl()->fp32_grad = true;
+  }
+  for (const auto& [n, b] : m.params().buffers) s.buffers[n] = b.clone();
+  return s;
+}
+
+// f32 gradients, the same for the same seed.
+void set_grads(model::ParamStore& p, uint64_t seed) {
+  for (const std::string& n : p.order) {
+    p.at(n).impl()->grad = randn(p.at(n).value().shape(), seed++, DType::F32, 0.1);
+    p.at(n).impl()->grad_owned = true;
+  }
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(Device::CPU), y = b.to(Device::CPU);
+  return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0;
+}
+
+// How many elements of an f32 tensor bf16 cannot hold (they differ from their rounding).
+int64_t not_bf16(const Tensor& f32) {
+  const Tensor r = f32.to(DType::BF16).to(DType::F32);
+  int64_t n = 0;
+  for (int64_t i = 0; i < f32.numel(); ++i) n += f32.data<float>()[i] != r.data<float>()[i];
+  return n;
+}
+
+TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
+  const fs::path dir = test::scratch_dir("ckpt_masters");
+  const io::ModelConfig cfg = tiny_moe();
+  model::Gemma4 host(cfg);
+  host.init_weights(11);
+  model::ParamStore store = bf16_store(host);
+  // One random matrix stays frozen: the checkpoint must hold its f32 original, which host keeps.
+  std::string frozen;
+  std::vector<std::string> names;
+  for (const std::string& n : store.order) {
+    if (frozen.empty() && n.find("q_proj") != std::string::npos)
+      frozen = n;
+    else
+      names.push_back(n);
+  }
+  ASSERT_FALSE(frozen.empty());
+  const Tensor frozen_f32 = host.params().at(frozen).value().clone();
+  ASSERT_GT(not_bf16(frozen_f32), 0);
+  const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  train::AdamW opt(store, names, train::no_weight_decay(store, cfg), o);
+  // The constructor's masters are the bf16 values widened; load_parameters gives the f32 ones.
+  opt.load_parameters(host.params());
+  for (size_t i = 0; i < names.size(); ++i) ASSERT_TRUE(same_bits(opt.master(i), host.params().at(names[i]).value()));
+  for (int step = 0; step < 3; ++step) {
+    set_grads(store, 100 + 10 * static_cast<uint64_t>(step));
+    opt.step(1e-2, step == 1 ? 0.5 : 1.0);
+  }
+  int64_t unrounded = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    unrounded += not_bf16(opt.master(i));
+    // The copies are the masters rounded.
+    ASSERT_TRUE(same_bits(store.at(names[i]).value(), opt.master(i).to(DType::BF16))) << names[i];
+  }
+  ASSERT_GT(unrounded, 0) << "the masters must carry bits that bf16 copies lose, or this test proves nothing";
+
+  opt.copy_masters_to(host.params());
+  train::TrainerState state;
+  state.step = 3;
+  state.data_index = 3;
+  const std::string ckpt = train::save_checkpoint((dir / "ckpt").string(), host, opt, state, "", 0);
+
+  // The exported weights are the masters (and the frozen f32 original), stored as f32.
+  const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt);
+  for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
+  model::Gemma4 back(cfg);
+  model::load_hf_weights(back, reader);
+  for (size_t i = 0; i < names.size(); ++i)
+    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.master(i))) << names[i];
+  EXPECT_TRUE(same_bits(back.params().at(frozen).value(), frozen_f32));
+
+  // Resume into zeros: masters, copies (frozen one included), moments and step come back exactly.
+  model::Gemma4 host2(cfg);
+  model::ParamStore store2 = bf16_store(host2);
+  train::AdamW opt2(store2, names, train::no_weight_decay(store2, cfg), o);
+  const train::TrainerState s2 = train::load_checkpoint_with_masters(ckpt, host2, opt2);
+  EXPECT_EQ(s2.step, 3);
+  EXPECT_EQ(s2.data_index, 3);
+  EXPECT_EQ(opt2.steps_taken(), opt.steps_taken());
+  for (size_t i = 0; i < names.size(); ++i) EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << names[i];
+  for (const std::string& n : store.order)
+    EXPECT_TRUE(same_bits(store2.at(n).value(), store.at(n).value())) << n;
+  EXPECT_TRUE(same_bits(host2.params().at(frozen).value(), frozen_f32));
+  const auto m1 = opt.state(), m2 = opt2.state();
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) EXPECT_TRUE(same_bits(m1[i].second, m2[i].second)) << m1[i].first;
+
+  // And the next update is the same bit for bit.
+  set_grads(store, 500);
+  set_grads(store2, 500);
+  opt.step(1e-2);
+  opt2.step(1e-2);
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << names[i];
+    EXPECT_TRUE(same_bits(store2.at(names[i]).value(), store.at(names[i]).value())) << names[i];
+  }
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointMasters, ParameterErrorsNameTheParameter) {
+  const io::ModelConfig cfg = tiny_moe();
+  model::Gemma4 host(cfg);
+  model::ParamStore store = bf16_store(host);
+  train::AdamW opt(store, store.order, {}, {});
+  model::ParamStore partial;
+  partial.add(store.order[0], host.params().at(store.order[0]).value().clone());
+  std::string e = test::error_of([&] { opt.load_parameters(partial); });
+  EXPECT_NE(e.find("has no parameter '" + store.order[1] + "'"), std::string::npos) << e;
+  e = test::error_of([&] { opt.copy_masters_to(partial); });
+  EXPECT_NE(e.find("has no parameter '" + store.order[1] + "'"), std::string::npos) << e;
+  model::ParamStore wrong;
+  for (const std::string& n : store.order) wrong.add(n, store.at(n).value().clone());  // bf16, not f32
+  e = test::error_of([&] { opt.load_parameters(wrong); });
+  EXPECT_NE(e.find("must be an f32 or f64 CPU tensor"), std::string::npos) << e;
+  e = test::error_of([&] { opt.copy_masters_to(wrong); });
+  EXPECT_NE(e.find("the destination must be a CPU store of the master's dtype"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace g4
