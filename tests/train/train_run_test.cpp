@@ -23,15 +23,14 @@ using test::ProcessResult;
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
 
-// A small MoE (or, with `dense`, the same shapes without experts) that trains in a couple of seconds.
-std::string write_recipe(const fs::path& dir, bool dense = false) {
+// A small MoE that trains in a couple of seconds.
+std::string write_recipe(const fs::path& dir) {
   const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
   const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
   const fs::path path = dir / "recipe.yaml";
   std::ofstream f(path);
-  f << (dense ? "model:\n  name: tiny-dense\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
-               : "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
-                 " num_experts: 4, moe_intermediate_size: 32,")
+  f << "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
+       " num_experts: 4, moe_intermediate_size: 32,"
     << " head_dim: 16, global_head_dim: 32, sliding_window: 16}\n"
     << "tokenizer: " << tok << "\n"
     << "data:\n  train: [" << data << "]\n  seq_len: 64\n  validation_fraction: 0.2\n"
