@@ -82,6 +82,24 @@ std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
   return m;
 }
 
+std::vector<std::vector<std::string>> Gemma4::parameter_blocks() const {
+  const int64_t L = cfg_.num_layers;
+  std::vector<std::vector<std::string>> blocks(static_cast<size_t>(L + 2));
+  for (const std::string& name : params_.order) {
+    if (name.rfind("model.layers.", 0) == 0) {
+      const int64_t l = std::stoll(name.substr(13));
+      blocks[static_cast<size_t>(1 + l)].push_back(name);
+    } else if (name == "model.norm.weight" || name == "lm_head.weight") {
+      blocks[static_cast<size_t>(L + 1)].push_back(name);
+    } else {
+      blocks[0].push_back(name);
+      if (name == "model.embed_tokens.weight" && cfg_.tie_word_embeddings)
+        blocks[static_cast<size_t>(L + 1)].push_back(name);  // the LM head
+    }
+  }
+  return blocks;
+}
+
 Tensor shift_labels(const Tensor& labels) {
   G4_CHECK(labels.dim() == 2, "labels must be [B, S], got ", labels.describe());
   const int64_t B = labels.size(0), S = labels.size(1);
@@ -170,6 +188,7 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
       out.loss = ag::add(out.loss, ag::scale(aux, router_aux_coef_));
     }
   }
+  exit_block(cfg_.num_layers + 1);
   return out;
 }
 
@@ -189,6 +208,7 @@ Tensor Gemma4::forward_cached(const Tensor& ids, KVCache& cache) const {
   ctx.q_start = cache.length;
   ctx.positions = arange_positions(ids.size(0), ids.size(1), cache.length).to(device_);
   Tensor logits = logits_of(run(ids.to(device_), ctx.positions, ctx)).value();
+  exit_block(cfg_.num_layers + 1);
   cache.length += ids.size(1);
   return logits;
 }
@@ -199,6 +219,7 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   ctx.kv.assign(static_cast<size_t>(L), {});
   // The embedding scale is a weight-dtype number (bf16 rounds sqrt(3072) to 55.5); fp32 here.
   const double embed_scale = static_cast<float>(std::sqrt(static_cast<double>(H)));
+  enter_block(0);
   ag::Var h = ag::scale(ag::embedding(p("model.embed_tokens.weight"), ids, cfg_.pad_token_id), embed_scale);
 
   ag::Var ple;
@@ -209,7 +230,9 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     proj = ag::rmsnorm(ag::reshape(proj, {B, S, L, P}), p("model.per_layer_projection_norm.weight"), cfg_.rms_norm_eps);
     ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
   }
+  exit_block(0);
   for (int64_t l = 0; l < L; ++l) {
+    enter_block(1 + l);
     // Layers whose K/V later layers reuse, or whose router feeds the aux loss, keep their graph.
     const bool keeps_graph = kv_source_[static_cast<size_t>(l)] ||
                              (router_aux_coef_ > 0 && cfg_.layers[static_cast<size_t>(l)].moe);
@@ -222,7 +245,10 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     } else {
       h = layer(l, h, ple, ctx);
     }
+    exit_block(1 + l);
   }
+  // The epilogue block ends in forward / forward_cached, after the LM head and the loss.
+  enter_block(L + 1);
   return ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
 }
 

@@ -77,6 +77,21 @@ class ContextAttention {
                          double scale) = 0;
 };
 
+// Hooks around the blocks of parameters a forward pass reads in turn, so that sharded data
+// parallelism (parallel::enable_sharded_parameters) can gather a block's weights just before it
+// runs and free them after. Block 0 is the prologue (embeddings, per-layer inputs), block 1 + l
+// decoder layer l, block L + 1 the epilogue (final norm, LM head, loss); Gemma4::parameter_blocks()
+// says which parameters each reads. Every forward calls enter(b) and exit(b) for b = 0 .. L + 1
+// in order, outside activation recompute, so a hook that records tape nodes at enter and exit
+// sees them run in backward just after and just before the block's own backward (with the
+// recomputation of a recomputed layer between them).
+class ParameterHooks {
+ public:
+  virtual ~ParameterHooks() = default;
+  virtual void enter(int64_t block) = 0;
+  virtual void exit(int64_t block) = 0;
+};
+
 class Gemma4 {
  public:
   // Parameters are allocated (zeros) in the native layout; load them with the state-dict
@@ -120,6 +135,14 @@ class Gemma4 {
   void set_context_attention(std::shared_ptr<ContextAttention> cp) { context_ = std::move(cp); }
   const std::shared_ptr<ContextAttention>& context_attention() const { return context_; }
 
+  // Sharded parameters (see ParameterHooks). nullptr (the default): the parameters are always
+  // present and forward calls nothing.
+  void set_parameter_hooks(std::shared_ptr<ParameterHooks> hooks) { hooks_ = std::move(hooks); }
+  const std::shared_ptr<ParameterHooks>& parameter_hooks() const { return hooks_; }
+  // The parameters each block reads (ParameterHooks), in the order of params().order. A tied
+  // embedding is read by the prologue and the epilogue; every parameter is in some block.
+  std::vector<std::vector<std::string>> parameter_blocks() const;
+
   // A copy of this model (parameters converted, buffers copied) on `device` in `dtype`, for
   // moving a loaded checkpoint to the GPU. Hooks (expert dispatch, context attention) are not copied.
   std::unique_ptr<Gemma4> copy_to(Device device, DType dtype) const;
@@ -137,6 +160,12 @@ class Gemma4 {
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
   ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx) const;
+  void enter_block(int64_t b) const {
+    if (hooks_) hooks_->enter(b);
+  }
+  void exit_block(int64_t b) const {
+    if (hooks_) hooks_->exit(b);
+  }
   const ag::Var& p(const std::string& name) const { return params_.at(name); }
 
   io::ModelConfig cfg_;
@@ -150,6 +179,7 @@ class Gemma4 {
   double router_aux_coef_ = 0;
   std::shared_ptr<ExpertDispatch> dispatch_;
   std::shared_ptr<ContextAttention> context_;
+  std::shared_ptr<ParameterHooks> hooks_;
 };
 
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).

@@ -80,7 +80,7 @@ void Communicator::all_reduce(Tensor& t, ReduceOp op) {
   do_all_reduce(t, op);
 }
 
-void Communicator::all_gather(const Tensor& in, Tensor& out) {
+void Communicator::check_all_gather(const Tensor& in, const Tensor& out) const {
   check_tensor("all_gather", "in", in);
   check_tensor("all_gather", "out", out);
   G4_CHECK(in.dim() >= 1, backend(), " all_gather: in ", in.describe(), " has no rows (dim 0) to gather");
@@ -88,10 +88,9 @@ void Communicator::all_gather(const Tensor& in, Tensor& out) {
   G4_CHECK(out.shape() == want && out.dtype() == in.dtype(), backend(), " all_gather: out is ", out.describe(),
            ", expected ", dtype_name(in.dtype()), shape_str(want), " (", size(), " ranks x in ", in.describe(), ")");
   G4_CHECK(!overlaps(in, out), backend(), " all_gather: in and out overlap; pass separate buffers");
-  do_all_gather(in, out);
 }
 
-void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+void Communicator::check_reduce_scatter(const Tensor& in, const Tensor& out) const {
   check_tensor("reduce_scatter", "in", in);
   check_tensor("reduce_scatter", "out", out);
   G4_CHECK(in.dim() >= 1, backend(), " reduce_scatter: in ", in.describe(), " has no rows (dim 0) to scatter");
@@ -101,7 +100,44 @@ void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
   G4_CHECK(out.shape() == want && out.dtype() == in.dtype(), backend(), " reduce_scatter: out is ", out.describe(),
            ", expected ", dtype_name(in.dtype()), shape_str(want), " (in ", in.describe(), " / ", size(), " ranks)");
   G4_CHECK(!overlaps(in, out), backend(), " reduce_scatter: in and out overlap; pass separate buffers");
+}
+
+void Communicator::all_gather(const Tensor& in, Tensor& out) {
+  check_all_gather(in, out);
+  do_all_gather(in, out);
+}
+
+void Communicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  check_reduce_scatter(in, out);
   do_reduce_scatter(in, out, op);
+}
+
+CollectiveHandle Communicator::all_gather_async(const Tensor& in, Tensor& out) {
+  check_all_gather(in, out);
+  return do_all_gather_async(in, out);
+}
+
+CollectiveHandle Communicator::reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) {
+  check_reduce_scatter(in, out);
+  return do_reduce_scatter_async(in, out, op);
+}
+
+namespace {
+// The handle of a collective that finished before its start function returned.
+class Finished final : public PendingCollective {
+ public:
+  void wait() override {}
+};
+}  // namespace
+
+CollectiveHandle Communicator::do_all_gather_async(const Tensor& in, Tensor& out) {
+  do_all_gather(in, out);
+  return std::make_unique<Finished>();
+}
+
+CollectiveHandle Communicator::do_reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) {
+  do_reduce_scatter(in, out, op);
+  return std::make_unique<Finished>();
 }
 
 void Communicator::all_to_all(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,

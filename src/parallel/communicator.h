@@ -14,6 +14,20 @@ namespace g4::parallel {
 enum class ReduceOp : uint8_t { Sum, Max };
 const char* reduce_op_name(ReduceOp op);
 
+// A collective started by an *_async call and not yet known to be finished. wait() returns once
+// its output may be read (on NCCL: once the compute stream is ordered after it, without blocking
+// the host). The handle keeps its tensors alive until then; destroying a handle that was not
+// waited for waits, so a buffer is never freed under a transfer.
+class PendingCollective {
+ public:
+  PendingCollective() = default;
+  PendingCollective(const PendingCollective&) = delete;
+  PendingCollective& operator=(const PendingCollective&) = delete;
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+using CollectiveHandle = std::unique_ptr<PendingCollective>;
+
 // Every rank of a communicator calls each collective in the same order with matching shapes and
 // dtypes (f32, f64, bf16, i32, i64, u8). Arguments are checked on each rank before anything is
 // sent, so a bad call fails the same way everywhere instead of leaving peers waiting.
@@ -60,6 +74,16 @@ class Communicator {
   // Waits until every operation issued so far has finished (a no-op for the CPU backends).
   virtual void synchronize() {}
 
+  // Asynchronous forms of all_gather and reduce_scatter, for overlapping communication with
+  // compute (sharded data parallelism gathers the next layer while this one runs). Same checks
+  // and results as the blocking forms; `in` must not be written and `out` not read until the
+  // handle's wait(). They count as issued collectives: every rank starts them in the same order
+  // as its other collectives on this communicator. MPI: MPI_Iallgather / MPI_Ireduce_scatter_block
+  // (how much overlaps depends on the MPI library's progress); NCCL: the communicator's stream,
+  // ordered after the compute stream's work so far; single rank: done at once.
+  CollectiveHandle all_gather_async(const Tensor& in, Tensor& out);
+  CollectiveHandle reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::Sum);
+
   // Allocating forms of the row collectives (CPU communicators: device tensors are allocated by
   // the caller and passed to the forms above).
   Tensor all_gather(const Tensor& in);
@@ -83,12 +107,17 @@ class Communicator {
   virtual void do_send_recv(const Tensor& to_send, int dst, Tensor& to_recv, int src) = 0;
   virtual void do_barrier() = 0;
   virtual std::unique_ptr<Communicator> do_split(int color, int key) = 0;
+  // Default: the blocking operation, returned as already finished (SingleCommunicator).
+  virtual CollectiveHandle do_all_gather_async(const Tensor& in, Tensor& out);
+  virtual CollectiveHandle do_reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op);
 
  private:
   // Checks that t is defined, of a supported dtype and on device(); `what` names it in errors.
   void check_tensor(const char* op, const char* what, const Tensor& t) const;
   void check_peer(const char* op, const char* what, int peer) const;
   void check_counts(const char* op, const char* what, const std::vector<int64_t>& counts, int64_t rows) const;
+  void check_all_gather(const Tensor& in, const Tensor& out) const;
+  void check_reduce_scatter(const Tensor& in, const Tensor& out) const;
 };
 
 }  // namespace g4::parallel

@@ -112,6 +112,30 @@ void element_layout(const std::vector<int64_t>& rows, int64_t row, std::vector<i
 
 constexpr int kTag = 0;
 
+// A nonblocking MPI collective. It holds (shares) its tensors' storage until MPI is done with
+// them. Open MPI progresses such a request inside MPI calls, so the transfer overlaps compute as
+// far as the library moves data on its own (shared-memory eager sizes) and completes at wait().
+class MpiPending final : public PendingCollective {
+ public:
+  MpiPending(MPI_Request request, Tensor in, Tensor out, const char* op)
+      : request_(request), in_(std::move(in)), out_(std::move(out)), op_(op) {}
+  ~MpiPending() override {
+    // Never free a buffer MPI may still write: wait, and leave errors to whoever waited first.
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (request_ == MPI_REQUEST_NULL) return;
+    check_mpi(MPI_Wait(&request_, MPI_STATUS_IGNORE), op_);
+    in_ = Tensor();
+    out_ = Tensor();
+  }
+
+ private:
+  MPI_Request request_;
+  Tensor in_, out_;
+  const char* op_;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -150,6 +174,24 @@ class MpiCommunicator final : public Communicator {
     check_mpi(MPI_Reduce_scatter_block(in.raw(), out.raw(), to_count(out.numel(), "reduce_scatter"),
                                        mpi_type(in.dtype()), mpi_op(op, in.dtype()), comm_),
               "reduce_scatter");
+  }
+
+  CollectiveHandle do_all_gather_async(const Tensor& in, Tensor& out) override {
+    const int n = to_count(in.numel(), "all_gather_async");
+    to_count(out.numel(), "all_gather_async");
+    const MPI_Datatype type = mpi_type(in.dtype());
+    MPI_Request request = MPI_REQUEST_NULL;
+    check_mpi(MPI_Iallgather(in.raw(), n, type, out.raw(), n, type, comm_, &request), "all_gather_async");
+    return std::make_unique<MpiPending>(request, in, out, "all_gather_async");
+  }
+
+  CollectiveHandle do_reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
+    to_count(in.numel(), "reduce_scatter_async");
+    MPI_Request request = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ireduce_scatter_block(in.raw(), out.raw(), to_count(out.numel(), "reduce_scatter_async"),
+                                        mpi_type(in.dtype()), mpi_op(op, in.dtype()), comm_, &request),
+              "reduce_scatter_async");
+    return std::make_unique<MpiPending>(request, in, out, "reduce_scatter_async");
   }
 
   void do_all_to_all(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,

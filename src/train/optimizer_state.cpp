@@ -35,8 +35,9 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
   const std::string what = first.string();
   try {
     meta_ = nlohmann::json::parse(it->second);
-    G4_CHECK(meta_.at("format").get<std::string>() == kShardedOptimizerFormat, what, ": optimizer format '",
-             meta_.at("format").get<std::string>(), "', expected '", kShardedOptimizerFormat, "'");
+    const std::string format = meta_.at("format").get<std::string>();
+    G4_CHECK(format == kShardedOptimizerFormat || format == kShardedOptimizerFormatV1, what, ": optimizer format '",
+             format, "', expected '", kShardedOptimizerFormat, "' (or '", kShardedOptimizerFormatV1, "')");
     mesh_ = parallel::MeshShape{meta_.at("mesh").at("dp").get<int>(), meta_.at("mesh").at("ep").get<int>(),
                                 meta_.at("mesh").at("cp").get<int>()};
   } catch (const nlohmann::json::exception& e) {
@@ -47,6 +48,13 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
   flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
   G4_CHECK(flat_.shards == mesh_.dp_shard, what, ": the flat layout has ", flat_.shards, " shards but dp is ",
            mesh_.dp_shard);
+  if (meta_.at("experts").contains("flat")) {
+    expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
+    G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
+             " shards but dp is ", mesh_.dp_shard);
+    G4_CHECK(mesh_.ep >= 1 && meta_.at("experts").at("num_experts").get<int64_t>() % mesh_.ep == 0, what, ": ",
+             meta_.at("experts").at("num_experts").get<int64_t>(), " experts do not split over ep ", mesh_.ep);
+  }
 }
 
 const io::SafetensorsReader& OptimizerStateReader::file(int64_t rank) const {
@@ -64,6 +72,27 @@ Tensor OptimizerStateReader::whole(const io::SafetensorsReader& f, const std::st
   return f.get(tensor);
 }
 
+Tensor OptimizerStateReader::read_flat(const parallel::FlatLayout& layout, const std::string& tensor, int ep,
+                                       int64_t flat_begin, int64_t count) const {
+  // Flat positions [flat_begin, + count), which may cross the saved shards (and units).
+  Tensor out;
+  const int64_t S = layout.shard_size();
+  for (int64_t at = flat_begin, end = flat_begin + count; at < end;) {
+    const parallel::FlatLayout::Location where = layout.locate(at);
+    const int64_t stop = std::min(end, at + where.run);
+    const Tensor shard = whole(file(mesh_.rank_of({static_cast<int>(where.shard), ep, 0})), tensor);
+    G4_CHECK(shard.dim() == 1 && shard.size(0) == S, "optimizer shard ", where.shard, " '", tensor, "' is ",
+             shard.describe(), ", expected ", S, " elements");
+    if (!out.defined()) out = Tensor::empty({count}, shard.dtype());
+    const size_t es = dtype_size(out.dtype());
+    std::memcpy(static_cast<char*>(out.raw()) + static_cast<size_t>(at - flat_begin) * es,
+                static_cast<const char*>(shard.raw()) + static_cast<size_t>(where.index) * es,
+                static_cast<size_t>(stop - at) * es);
+    at = stop;
+  }
+  return out;
+}
+
 Tensor OptimizerStateReader::replicated(const std::string& kind, const std::string& name, int64_t begin,
                                         int64_t count) const {
   if (!sharded()) {
@@ -78,21 +107,7 @@ Tensor OptimizerStateReader::replicated(const std::string& kind, const std::stri
            " (was it frozen or an expert when the checkpoint was written?)");
   G4_CHECK(begin >= 0 && begin + count <= p->numel, "optimizer state of ", name, " has ", p->numel,
            " elements; elements [", begin, ", ", begin + count, ") were asked for");
-  // Flat positions [p->offset + begin, + count), which may cross the saved shards.
-  Tensor out;
-  const int64_t S = flat_.shard_size();
-  for (int64_t at = p->offset + begin, end = p->offset + begin + count; at < end;) {
-    const int64_t d = at / S, stop = std::min(end, (d + 1) * S);
-    const Tensor shard = whole(file(mesh_.rank_of({static_cast<int>(d), 0, 0})), "flat." + kind);
-    G4_CHECK(shard.dim() == 1 && shard.size(0) == S, "optimizer shard ", d, " '", "flat.", kind, "' is ",
-             shard.describe(), ", expected ", S, " elements");
-    if (!out.defined()) out = Tensor::empty({count}, shard.dtype());
-    const size_t es = dtype_size(out.dtype());
-    std::memcpy(static_cast<char*>(out.raw()) + static_cast<size_t>(at - p->offset - begin) * es,
-                static_cast<const char*>(shard.raw()) + static_cast<size_t>(at - d * S) * es,
-                static_cast<size_t>(stop - at) * es);
-    at = stop;
-  }
+  Tensor out = read_flat(flat_, "flat." + kind, 0, p->offset + begin, count);
   if (!out.defined()) out = Tensor::empty({0}, DType::F32);
   return out;
 }
@@ -113,6 +128,27 @@ Tensor OptimizerStateReader::experts(const std::string& kind, const std::string&
   const int64_t per = E / mesh_.ep;
   G4_CHECK(first >= 0 && first + count <= E, "optimizer state '", key, "' has ", E, " experts; [", first, ", ",
            first + count, ") were asked for");
+  if (expert_flat_) {
+    // Each saved EP rank's slice is a flat buffer sharded over the saved dp ranks.
+    const parallel::FlatParam* p = expert_flat_->find(name);
+    G4_CHECK(p, "checkpoint ", dir_, ": the sharded optimizer state has no expert parameter ", name);
+    G4_CHECK(p->shape.size() >= 1 && p->shape[0] == per, "checkpoint ", dir_, ": expert parameter ", name, " is ",
+             shape_str(p->shape), " per EP rank, expected ", per, " experts");
+    const int64_t row = p->numel / per;
+    Shape s = p->shape;
+    s[0] = count;
+    Tensor out;
+    for (int64_t e = first; e < first + count;) {
+      const int64_t owner = e / per, stop = std::min(first + count, (owner + 1) * per);
+      const Tensor part = read_flat(*expert_flat_, "experts." + kind, static_cast<int>(owner),
+                                    p->offset + (e - owner * per) * row, (stop - e) * row);
+      if (!out.defined()) out = Tensor::empty(s, part.dtype());
+      std::memcpy(static_cast<char*>(out.raw()) + static_cast<size_t>((e - first) * row) * dtype_size(out.dtype()),
+                  part.raw(), part.nbytes());
+      e = stop;
+    }
+    return out;
+  }
   Tensor out;
   for (int64_t e = first; e < first + count;) {
     const int64_t owner = e / per, stop = std::min(first + count, (owner + 1) * per);

@@ -219,15 +219,19 @@ TrainResult run_training(const Recipe& r, bool resume) {
   std::unique_ptr<ShardedAdamW> sharded;
   const AdamWOptions adamw_options{r.beta1, r.beta2, r.eps, r.weight_decay};
   if (r.fsdp)
-    sharded = std::make_unique<ShardedAdamW>(model->params(), mesh, names,
+    sharded = std::make_unique<ShardedAdamW>(*model, mesh, names,
                                              no_weight_decay(model->params(), model->config()), adamw_options);
   else
     opt = std::make_unique<AdamW>(model->params(), names, no_weight_decay(model->params(), model->config()),
                                   adamw_options);
   if (host) opt->load_parameters(host->params());  // the masters take the f32 values, not their rounding
-  // The whole parameters, for code that reads them between steps (validation, checkpoints).
+  // The whole parameters, for code that reads them between steps (checkpoints, rank 0 alone);
+  // released again, the model gathers block by block as it runs (training, validation).
   auto gather = [&] {
     if (sharded) sharded->gather_parameters();
+  };
+  auto release = [&] {
+    if (sharded) sharded->release_parameters();
   };
 
   TrainerState state;
@@ -308,7 +312,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
       counted += parallel::global_target_count(micro.back().targets, *world);
     }
     double loss_sum = 0, aux_sum = 0;
-    gather();
+    release();
     for (const RankBatch& b : micro) {
       model::ForwardOutputs out = model->forward(b.inputs);
       // Only a micro-batch without a counted token anywhere is skipped, by every rank alike: a rank
@@ -370,7 +374,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
     const bool validate = !val_batches.empty() && r.validation_every > 0 &&
                           (state.step % r.validation_every == 0 || state.step == r.steps);
     if (validate) {
-      gather();
+      release();
       result.last_validation_loss = cp > 1 ? evaluate_loss_cp(*model, val_batches, mesh.cp_group(), tok->pad_id)
                                            : evaluate_loss(*model, val_batches);
       if (main_rank)

@@ -133,6 +133,53 @@ TEST(Fsdp, FlatLayoutPadsToTheShardsAndRoundTrips) {
             std::string::npos);
 }
 
+// Units: each padded to the shards on its own; a shard's tensor is its slice of every unit.
+TEST(Fsdp, FlatLayoutUnitsSplitEachUnitOverTheShards) {
+  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1);
+  const FlatLayout l =
+      FlatLayout::build_units(m->params(), {{"model.norm.weight"}, {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"}}, 3);
+  ASSERT_EQ(l.units.size(), 2u);
+  EXPECT_EQ(l.units[0].begin, 0);
+  EXPECT_EQ(l.units[0].padded, 66);  // 64 -> 3 x 22
+  EXPECT_EQ(l.units[1].begin, 66);
+  EXPECT_EQ(l.units[1].padded, 16449);  // 16384 + 64 -> 3 x 5483
+  EXPECT_EQ(l.numel, 64 + 16384 + 64);
+  EXPECT_EQ(l.padded, 66 + 16449);
+  EXPECT_EQ(l.find("model.embed_tokens.weight")->offset, 66);
+  EXPECT_EQ(l.find("model.layers.0.input_layernorm.weight")->offset, 66 + 16384);
+  // Shard 1 holds unit 0's [22, 44) at its index 0 and unit 1's [5483, 10966) from index 22.
+  EXPECT_EQ(l.shard_size(), 22 + 5483);
+  const FlatLayout::Location a = l.locate(30), b = l.locate(66 + 5483 + 7);
+  EXPECT_EQ(a.shard, 1);
+  EXPECT_EQ(a.index, 8);
+  EXPECT_EQ(a.run, 14);
+  EXPECT_EQ(b.shard, 1);
+  EXPECT_EQ(b.index, 22 + 7);
+  EXPECT_EQ(b.run, 5483 - 7);
+  // Every element of every parameter is owned exactly once, where locate() says.
+  int64_t owned = 0;
+  for (int64_t d = 0; d < 3; ++d)
+    l.for_each_owned(d, [&](const FlatParam& p, int64_t first, int64_t count, int64_t local) {
+      owned += count;
+      EXPECT_GE(first, p.offset);
+      EXPECT_LE(first + count, p.offset + p.numel);
+      EXPECT_EQ(l.locate(first).shard, d);
+      EXPECT_EQ(l.locate(first).index, local);
+    });
+  EXPECT_EQ(owned, l.numel);
+  EXPECT_EQ(FlatLayout::from_json(l.to_json(), "test").to_json(), l.to_json());
+  // Format 1 (no units) is one unit.
+  nlohmann::json v1 = FlatLayout::build(m->params(), {"model.norm.weight"}, 2).to_json();
+  v1.erase("units");
+  const FlatLayout one = FlatLayout::from_json(v1, "test");
+  ASSERT_EQ(one.units.size(), 1u);
+  EXPECT_EQ(one.units[0].padded, 64);
+  nlohmann::json bad = l.to_json();
+  bad["units"][1]["begin"] = 60;
+  EXPECT_NE(error_of([&] { FlatLayout::from_json(bad, "opt.safetensors"); }).find("does not follow at 66"),
+            std::string::npos);
+}
+
 TEST(Fsdp, ExpertParametersAreNotFlatSharded) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
@@ -167,21 +214,112 @@ TEST(Fsdp, OneRankShardedStepIsTheAdamWStep) {
   for (const auto& [n, w] : reference().params) EXPECT_TRUE(close_to(m->params().at(n).value(), w, 1e-12)) << n;
 }
 
+// Block by block on one rank (also with activation recompute): still the AdamW step, bit for bit
+// in the loss; the whole parameters are never all present during forward and backward.
+TEST(Fsdp, OneRankBlockByBlockStepIsTheAdamWStep) {
+  for (const bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "recompute" : "no recompute");
+    SingleCommunicator one;
+    DeviceMesh mesh(one, {});
+    auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+    m->set_recompute(recompute);
+    train::ShardedAdamW opt(*m, mesh, m->params().order, train::no_weight_decay(m->params(), m->config()), kAdamW);
+    EXPECT_EQ(opt.shards().num_blocks(), m->config().num_layers + 2);
+    EXPECT_EQ(opt.shards().layout().units.size(), static_cast<size_t>(m->config().num_layers + 2));
+    for (int s = 0; s < kSteps; ++s) {
+      opt.release_parameters();
+      opt.shards().reset_whole_elements_peak();
+      const Batch b = batch_of_step(s);
+      const model::ForwardOutputs out = m->forward({b.ids, Tensor(), b.positions, b.labels});
+      ag::backward(out.loss);
+      EXPECT_EQ(out.loss.value().item(), reference().losses[static_cast<size_t>(s)]);
+      EXPECT_LT(opt.shards().whole_elements_peak(), opt.shards().layout().padded / 2);
+      EXPECT_EQ(opt.shards().whole_elements(), 0) << "every block is freed after its backward";
+      opt.reduce_gradients();
+      EXPECT_NEAR(opt.clip_grad_norm(kMaxNorm), reference().norms[static_cast<size_t>(s)],
+                  1e-12 * reference().norms[static_cast<size_t>(s)]);
+      opt.step(kLr);
+      m->params().zero_grad();
+    }
+    opt.gather_parameters();
+    for (const auto& [n, w] : reference().params) EXPECT_TRUE(close_to(m->params().at(n).value(), w, 1e-12)) << n;
+    // Evaluation forwards (no tape) also run block by block, and free every block.
+    opt.release_parameters();
+    {
+      ag::NoGrad no_grad;
+      const Batch b = packed_batch();
+      m->forward({b.ids, Tensor(), b.positions, b.labels});
+    }
+    EXPECT_EQ(opt.shards().whole_elements(), 0);
+  }
+}
+
+// Gradient accumulation block by block (what g4 train does with several micro-batches): each
+// micro-batch's backward reduce-scatters into the slices, which add up to the whole batch's
+// gradient. Two micro-batches of 2 rows against the reference's 4-row batch, to summation order.
+TEST(Fsdp, BlockByBlockAccumulatesMicroBatches) {
+  SingleCommunicator one;
+  DeviceMesh mesh(one, {});
+  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  train::ShardedAdamW opt(*m, mesh, m->params().order, train::no_weight_decay(m->params(), m->config()), kAdamW);
+  opt.release_parameters();
+  const Batch b = batch_of_step(0);
+  const int64_t N = global_token_count(b.labels, one);
+  double loss = 0;
+  for (int64_t first : {0, 2}) {
+    const Batch half = b.slice(first, 2);
+    const ag::Var share = global_loss_share(m->forward({half.ids, Tensor(), half.positions, half.labels}), N);
+    loss += share.value().item();
+    ag::backward(share);
+    EXPECT_EQ(opt.shards().whole_elements(), 0);
+  }
+  EXPECT_NEAR(loss, reference().losses[0], 1e-12 * reference().losses[0]);
+  opt.reduce_gradients();
+  const Tensor flat = opt.shards().gather_flat(opt.shards().grad());
+  for (const FlatParam& p : opt.shards().layout().params)
+    EXPECT_TRUE(close_to(flat.slice0(p.offset, p.numel).reshape(p.shape), reference().step1_grads.at(p.name), 1e-10))
+        << p.name;
+  ShardedParameters& es = *opt.expert_shards();
+  const Tensor ef = es.gather_flat(es.grad());
+  for (const FlatParam& p : es.layout().params)
+    EXPECT_TRUE(close_to(ef.slice0(p.offset, p.numel).reshape(p.shape), reference().step1_grads.at(p.name), 1e-10))
+        << p.name;
+}
+
 // --- 2 and 4 ranks ----------------------------------------------------------------------------
+
+// How a case gathers the replicated parameters: block by block through the model's hooks (the
+// default, what g4 train does), optionally with activation recompute, or the whole model at once.
+struct Gathering {
+  bool block_by_block = true;
+  bool recompute = false;
+  std::string str() const {
+    return std::string(block_by_block ? "block by block" : "whole model") + (recompute ? ", recompute" : "");
+  }
+};
+
+// Peak whole parameters and host memory of step 1, for the report.
+struct StepMemory {
+  int64_t whole_elements = 0, padded = 0, host_bytes = 0;
+};
 
 // Trains kSteps sharded steps on the case's mesh, each (dp, ep) pair on its rows (split over its
 // cp ranks, one contiguous slice each, when cp > 1), and compares with one rank. The flat slices
 // are split over dp only: the ep and cp peers of a rank hold the same slice.
-void check_sharded_training(const MeshShape& shape) {
+StepMemory check_sharded_training(const MeshShape& shape, Gathering how = {}) {
   Communicator& world = mpi_world();
   DeviceMesh mesh(world, shape);
   const MeshCoord c = mesh.coord();
   auto m = model::load_hf_model(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
   if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
   if (shape.cp > 1) enable_context_parallel(*m, mesh.cp_group());
-  train::ShardedAdamW opt(m->params(), mesh, m->params().order, train::no_weight_decay(m->params(), m->config()),
-                          kAdamW);
+  m->set_recompute(how.recompute);
+  const std::set<std::string> no_decay = train::no_weight_decay(m->params(), m->config());
+  train::ShardedAdamW opt = how.block_by_block
+                                ? train::ShardedAdamW(*m, mesh, m->params().order, no_decay, kAdamW)
+                                : train::ShardedAdamW(m->params(), mesh, m->params().order, no_decay, kAdamW);
   const Reference& want = reference();
+  StepMemory memory;
 
   // Memory: this rank holds 1/dp of the replicated optimizer state (plus its experts' moments).
   const FlatLayout& l = opt.shards().layout();
@@ -190,15 +328,33 @@ void check_sharded_training(const MeshShape& shape) {
     (model::is_expert_parameter(n) ? experts : replicated) += m->params().at(n).value().numel();
   EXPECT_EQ(l.numel, replicated);
   EXPECT_EQ(l.shards, shape.dp_shard);
-  EXPECT_EQ(l.padded, (replicated + shape.dp_shard - 1) / shape.dp_shard * shape.dp_shard);
+  EXPECT_EQ(l.units.size(), how.block_by_block ? static_cast<size_t>(m->config().num_layers + 2) : 1u);
+  // Each unit is padded to the shards on its own, by less than one element per shard.
+  std::vector<bool> covered(static_cast<size_t>(l.padded), false);
+  for (const FlatParam& p : l.params) std::fill_n(covered.begin() + p.offset, p.numel, true);
+  for (const FlatUnit& u : l.units) {
+    EXPECT_EQ(u.padded % shape.dp_shard, 0);
+    EXPECT_LT(std::count(covered.begin() + u.begin, covered.begin() + u.begin + u.padded, false), shape.dp_shard);
+  }
   EXPECT_EQ(opt.shards().master().numel(), l.padded / shape.dp_shard);
   EXPECT_EQ(opt.exp_avg().numel(), l.padded / shape.dp_shard);
   EXPECT_EQ(opt.exp_avg_sq().numel(), l.padded / shape.dp_shard);
-  EXPECT_EQ(opt.state_numel(), 3 * (l.padded / shape.dp_shard) + 2 * experts);
+  // The experts this rank holds (its EP slice) are a flat buffer of their own, also split over dp.
+  ShardedParameters& es = *opt.expert_shards();
+  const FlatLayout& le = es.layout();
+  EXPECT_EQ(le.numel, experts);
+  EXPECT_EQ(le.shards, shape.dp_shard);
+  EXPECT_EQ(opt.state_numel(), 3 * (l.padded / shape.dp_shard) + 3 * (le.padded / shape.dp_shard));
 
   for (int s = 0; s < kSteps; ++s) {
     SCOPED_TRACE("step " + std::to_string(s + 1));
-    opt.gather_parameters();
+    if (how.block_by_block)
+      opt.release_parameters();
+    else
+      opt.gather_parameters();
+    opt.shards().reset_whole_elements_peak();
+    es.reset_whole_elements_peak();
+    reset_host_memory_peak();
     const Batch batch = batch_of_step(s);
     // Row stream (dp, ep) = rank / cp (the mesh's layout); its cp ranks share the rows.
     const int64_t rows = batch.rows() / (shape.dp_shard * shape.ep);
@@ -215,6 +371,15 @@ void check_sharded_training(const MeshShape& shape) {
     }
     const ag::Var share = global_loss_share(out, N);
     ag::backward(share);
+    if (s == 0)
+      memory = {opt.shards().whole_elements_peak() + es.whole_elements_peak(), l.padded + le.padded,
+                host_memory_stats().peak};
+    if (how.block_by_block) {
+      // Never the whole model: at most the blocks in use and in flight.
+      EXPECT_LT(opt.shards().whole_elements_peak(), l.padded / 2);
+      EXPECT_LT(es.whole_elements_peak(), le.padded / 2);
+      EXPECT_EQ(opt.shards().whole_elements() + es.whole_elements(), 0) << "every block is freed after its backward";
+    }
     Tensor loss = Tensor::scalar(share.value().item(), DType::F64);
     world.all_reduce(loss);
     EXPECT_NEAR(loss.item(), want.losses[static_cast<size_t>(s)], kRel * want.losses[static_cast<size_t>(s)]);
@@ -226,13 +391,17 @@ void check_sharded_training(const MeshShape& shape) {
       for (const FlatParam& p : l.params)
         EXPECT_TRUE(close_to(flat.slice0(p.offset, p.numel).reshape(p.shape), want.step1_grads.at(p.name), kRel))
             << p.name;
-      for (int64_t i = l.numel; i < l.padded; ++i) EXPECT_EQ(flat.data<double>()[i], 0.0) << "padding";
-      const model::ExpertRange held = m->experts();
-      for (const std::string& n : m->params().order) {
-        if (!model::is_expert_parameter(n)) continue;
-        EXPECT_TRUE(close_to(m->params().at(n).grad(), want.step1_grads.at(n).slice0(held.begin, held.count), kRel))
-            << n;
+      for (int64_t i = 0; i < l.padded; ++i) {
+        if (!covered[static_cast<size_t>(i)]) {
+          EXPECT_EQ(flat.data<double>()[i], 0.0) << "padding at " << i;
+        }
       }
+      const model::ExpertRange held = m->experts();
+      const Tensor eflat = es.gather_flat(es.grad());
+      for (const FlatParam& p : le.params)
+        EXPECT_TRUE(close_to(eflat.slice0(p.offset, p.numel).reshape(p.shape),
+                             want.step1_grads.at(p.name).slice0(held.begin, held.count), kRel))
+            << p.name;
     }
     const double norm = opt.clip_grad_norm(kMaxNorm);
     EXPECT_NEAR(norm, want.norms[static_cast<size_t>(s)], kRel * want.norms[static_cast<size_t>(s)]);
@@ -262,22 +431,56 @@ void check_sharded_training(const MeshShape& shape) {
       EXPECT_LT(e, 10 * kRel) << kind << p.name;  // v is squared gradients: twice their error
       worst = std::max(worst, e);
     }
+  const Tensor em = es.gather_flat(opt.expert_exp_avg()), ev = es.gather_flat(opt.expert_exp_avg_sq());
+  for (const FlatParam& p : le.params)
+    for (const auto& [kind, t] : {std::pair<std::string, const Tensor*>{"exp_avg.", &em}, {"exp_avg_sq.", &ev}}) {
+      const double e = scaled_error(t->slice0(p.offset, p.numel).reshape(p.shape),
+                                    want.state.at(kind + p.name).slice0(held.begin, held.count));
+      EXPECT_LT(e, 10 * kRel) << kind << p.name;
+      worst = std::max(worst, e);
+    }
   if (world.rank() == 0)
-    std::printf("%s, %d steps: worst parameter error %.3g, moment error %.3g of the tensor's scale\n",
-                shape.str().c_str(), kSteps, worst_param, worst);
+    std::printf("%s, %s, %d steps: worst parameter error %.3g, moment error %.3g of the tensor's scale\n",
+                shape.str().c_str(), how.str().c_str(), kSteps, worst_param, worst);
+  return memory;
 }
 
 TEST(MpiRanks, ShardedDataParallelTrainsLikeOneRank) {
   G4_SKIP_UNLESS_MPI_CHILD();
   const int n = mpi_world().size();
-  const std::vector<MeshShape> shapes =
-      n == 2 ? std::vector<MeshShape>{{.dp_shard = 2}, {.ep = 2}, {.cp = 2}}
-             : std::vector<MeshShape>{{.dp_shard = 4}, {.dp_shard = 2, .ep = 2}, {.dp_shard = 2, .cp = 2},
-                                      {.ep = 2, .cp = 2}};
-  for (const MeshShape& s : shapes) {
-    SCOPED_TRACE(s.str());
-    check_sharded_training(s);
+  // The whole-model gather (dp 2, dp 4) runs in ShardedBlockByBlockHoldsFewerWholeParameters.
+  const Gathering recompute{.recompute = true};
+  const std::vector<std::pair<MeshShape, Gathering>> cases =
+      n == 2 ? std::vector<std::pair<MeshShape, Gathering>>{{{.dp_shard = 2}, {}},
+                                                            {{.ep = 2}, {}},
+                                                            {{.cp = 2}, {}},
+                                                            {{.dp_shard = 2}, recompute}}
+             : std::vector<std::pair<MeshShape, Gathering>>{{{.dp_shard = 4}, {}},
+                                                            {{.dp_shard = 2, .ep = 2}, recompute},
+                                                            {{.dp_shard = 2, .cp = 2}, {}},
+                                                            {{.ep = 2, .cp = 2}, {}}};
+  for (const auto& [shape, how] : cases) {
+    SCOPED_TRACE(shape.str() + ", " + how.str());
+    check_sharded_training(shape, how);
   }
+}
+
+// The point of gathering block by block: the peak of whole parameters on dp 2 and dp 4 (the
+// whole world), against gathering the whole model for the step.
+TEST(MpiRanks, ShardedBlockByBlockHoldsFewerWholeParameters) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  const int n = mpi_world().size();
+  const StepMemory blocks = check_sharded_training({.dp_shard = n});
+  const StepMemory whole = check_sharded_training({.dp_shard = n}, {.block_by_block = false});
+  EXPECT_EQ(whole.whole_elements, whole.padded);
+  EXPECT_LT(3 * blocks.whole_elements, whole.whole_elements);
+  EXPECT_LT(blocks.host_bytes, whole.host_bytes);
+  if (mpi_world().rank() == 0)
+    std::printf("dp %d, step 1: whole parameters at most %lld elements block by block (%.1f%% of the %lld the whole "
+                "model gather holds); host peak %.3f MiB vs %.3f MiB\n",
+                n, static_cast<long long>(blocks.whole_elements), 100.0 * blocks.whole_elements / whole.whole_elements,
+                static_cast<long long>(whole.whole_elements), blocks.host_bytes / 1048576.0,
+                whole.host_bytes / 1048576.0);
 }
 
 // --- Sharded checkpoints ----------------------------------------------------------------------
@@ -296,7 +499,7 @@ std::unique_ptr<model::Gemma4> whole_model(const model::Gemma4& m, Communicator&
 
 // One sharded step of the rank's rows of `b` (the mesh's world trains on the whole batch).
 void sharded_step(model::Gemma4& m, train::ShardedAdamW& opt, DeviceMesh& mesh, const Batch& b) {
-  opt.gather_parameters();
+  opt.release_parameters();  // the forward gathers block by block
   const int64_t rows = b.rows() / mesh.world().size();
   const Batch mine = b.slice(mesh.world().rank() * rows, rows);
   const int64_t N = global_token_count(mine.labels, mesh.world());
@@ -308,7 +511,8 @@ void sharded_step(model::Gemma4& m, train::ShardedAdamW& opt, DeviceMesh& mesh, 
   opt.gather_parameters();
 }
 
-// A model on `mesh` (f32, as g4 train keeps it) with its sharded optimizer.
+// A model on `mesh` (f32, as g4 train keeps it) with its sharded optimizer, block by block (so the
+// checkpoints have one flat unit per block, as g4 train writes them).
 struct ShardedRun {
   std::unique_ptr<model::Gemma4> model;
   std::unique_ptr<DeviceMesh> mesh;
@@ -319,7 +523,7 @@ ShardedRun make_run(Communicator& world, MeshShape shape, const std::string& dir
   r.mesh = std::make_unique<DeviceMesh>(world, shape);
   r.model = model::load_hf_model(dir, r.mesh->coord().ep, shape.ep);
   if (shape.ep > 1) enable_expert_parallel(*r.model, r.mesh->ep_group());
-  r.opt = std::make_unique<train::ShardedAdamW>(r.model->params(), *r.mesh, r.model->params().order,
+  r.opt = std::make_unique<train::ShardedAdamW>(*r.model, *r.mesh, r.model->params().order,
                                                 train::no_weight_decay(r.model->params(), r.model->config()), kAdamW);
   return r;
 }
@@ -333,7 +537,13 @@ std::map<std::string, Tensor> whole_moments(ShardedRun& r) {
     out["exp_avg." + p.name] = m.slice0(p.offset, p.numel).reshape(p.shape).clone();
     out["exp_avg_sq." + p.name] = v.slice0(p.offset, p.numel).reshape(p.shape).clone();
   }
-  for (const auto& [n, t] : r.opt->experts().state()) out[n] = r.mesh->ep_group().all_gather(t);
+  // Experts: this rank's EP slice gathered over dp, then every slice over ep.
+  ShardedParameters& es = *r.opt->expert_shards();
+  const Tensor em = es.gather_flat(r.opt->expert_exp_avg()), ev = es.gather_flat(r.opt->expert_exp_avg_sq());
+  for (const FlatParam& p : es.layout().params) {
+    out["exp_avg." + p.name] = r.mesh->ep_group().all_gather(em.slice0(p.offset, p.numel).reshape(p.shape).clone());
+    out["exp_avg_sq." + p.name] = r.mesh->ep_group().all_gather(ev.slice0(p.offset, p.numel).reshape(p.shape).clone());
+  }
   return out;
 }
 
@@ -368,11 +578,16 @@ TEST(MpiRanks, ShardedCheckpointsLoadOnOtherRankCounts) {
         train::save_checkpoint(dir.string(), whole ? whole.get() : w.model.get(), *w.opt, state, "", 0, world);
     EXPECT_EQ(fs::path(step_dir), dir / "step-00000002");
     const std::map<std::string, Tensor> want_moments = whole_moments(w);
-    // Only the ranks holding distinct slices wrote optimizer files: those with ep 0 (a flat
-    // slice each) and those with dp 0 (an expert slice each).
+    // Only the ranks holding distinct slices wrote optimizer files, each with what it alone holds:
+    // the flat slices on ep 0, and on every rank (cp is 1) a distinct dp slice of an EP slice of
+    // the experts.
     for (int r = 0; r < n; ++r) {
       const MeshCoord c = writer.coord_of(r);
-      EXPECT_EQ(fs::exists(fs::path(step_dir) / train::optimizer_shard_name(r, n)), c.ep == 0 || c.dp == 0) << r;
+      const fs::path f = fs::path(step_dir) / train::optimizer_shard_name(r, n);
+      ASSERT_TRUE(fs::exists(f)) << r;
+      const io::SafetensorsReader saved = io::SafetensorsReader::open(f.string());
+      EXPECT_EQ(saved.has("flat.exp_avg"), c.ep == 0) << r;
+      EXPECT_TRUE(saved.has("experts.exp_avg_sq")) << r;
     }
     // The whole model, for logits and parameters to compare against.
     if (!whole) whole = whole_model(*w.model, w.mesh->ep_group());  // dp 1 ranks gather too

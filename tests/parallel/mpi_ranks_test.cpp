@@ -80,6 +80,45 @@ TEST(MpiRanks, ReduceScatterKeepsThisRanksRows) {
   }
 }
 
+// Asynchronous all-gathers and reduce-scatters, several in flight at once and interleaved with a
+// blocking collective on the same communicator, waited for out of order: the results of the
+// blocking forms, in every dtype. A handle dropped unwaited waits by itself.
+TEST(MpiRanks, AsyncCollectivesInFlightTogether) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  Communicator& world = mpi_world();
+  const int n = world.size();
+  for (DType dtype : kAllDTypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor g_in = rank_values(world.rank(), {2, 3}, dtype, 21);
+    Tensor g_out = Tensor::empty({2 * n, 3}, dtype);
+    const Tensor r_in = rank_values(world.rank(), {3 * n, 2}, dtype, 22);
+    Tensor r_out = Tensor::empty({3, 2}, dtype);
+    CollectiveHandle gather = world.all_gather_async(g_in, g_out);
+    CollectiveHandle scatter = world.reduce_scatter_async(r_in, r_out);
+    Tensor both = rank_values(world.rank(), {4}, dtype, 23);
+    world.all_reduce(both);  // blocking, issued while the two are in flight
+    scatter->wait();
+    gather->wait();
+    gather->wait();  // waiting twice is harmless
+    EXPECT_TRUE(same_values(both, reduce_locally(n, {4}, dtype, 23, ReduceOp::Sum)));
+    for (int r = 0; r < n; ++r) EXPECT_TRUE(same_values(g_out.slice0(2 * r, 2), rank_values(r, {2, 3}, dtype, 21)));
+    EXPECT_TRUE(same_values(r_out, reduce_locally(n, {3 * n, 2}, dtype, 22, ReduceOp::Sum).slice0(3 * world.rank(), 3)));
+    Tensor dropped = Tensor::empty({2 * n, 3}, dtype);
+    world.all_gather_async(g_in, dropped).reset();  // the destructor waits
+    for (int r = 0; r < n; ++r) EXPECT_TRUE(same_values(dropped.slice0(2 * r, 2), rank_values(r, {2, 3}, dtype, 21)));
+  }
+  // The blocking forms' argument checks, before anything is sent.
+  Tensor odd = Tensor::zeros({2 * n + 1, 4}, DType::F32), out = Tensor::zeros({2, 4}, DType::F32);
+  try {
+    world.reduce_scatter_async(odd, out);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not divisible by the " + std::to_string(n) + " ranks"), std::string::npos)
+        << e.what();
+  }
+  world.barrier();
+}
+
 TEST(MpiRanks, ReduceScatterOfIndivisibleRowsIsAnErrorOnEveryRank) {
   G4_SKIP_UNLESS_MPI_CHILD();
   Communicator& world = mpi_world();

@@ -37,6 +37,13 @@ TEST(SingleCommunicator, CollectivesAreIdentityOrCopies) {
     EXPECT_FALSE(gathered.same_storage(x));
     EXPECT_TRUE(same_values(gathered, x));
     EXPECT_TRUE(same_values(comm.reduce_scatter(x), x));
+    // The asynchronous forms are done when they return.
+    Tensor async_gathered = Tensor::empty({4, 3}, dtype), async_scattered = Tensor::empty({4, 3}, dtype);
+    CollectiveHandle g = comm.all_gather_async(x, async_gathered);
+    EXPECT_TRUE(same_values(async_gathered, x));
+    comm.reduce_scatter_async(x, async_scattered)->wait();
+    g->wait();
+    EXPECT_TRUE(same_values(async_scattered, x));
 
     std::vector<int64_t> recv_counts;
     EXPECT_TRUE(same_values(comm.all_to_all(x, {4}, &recv_counts), x));

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <string>
 
+#include "core/cuda/runtime.h"
+
 namespace g4::parallel {
 
 namespace {
@@ -65,6 +67,32 @@ void keep_nvls_off() {
            ": g4 keeps NVLink multicast (NVLS) off; unset it or set it to 0");
 }
 
+// An asynchronous collective on the communicator's stream. wait() orders g4's compute stream
+// after it (cudaStreamWaitEvent): the host does not block, and the tensors it holds may be freed
+// afterwards because the caching allocator reuses memory in compute-stream order.
+class NcclPending final : public PendingCollective {
+ public:
+  NcclPending(cudaEvent_t done, Tensor in, Tensor out) : done_(done), in_(std::move(in)), out_(std::move(out)) {}
+  ~NcclPending() override {
+    if (done_) {
+      cudaStreamWaitEvent(g4::cuda::stream(), done_, 0);
+      cudaEventDestroy(done_);
+    }
+  }
+  void wait() override {
+    if (!done_) return;
+    check_cuda(cudaStreamWaitEvent(g4::cuda::stream(), done_, 0), "wait");
+    check_cuda(cudaEventDestroy(done_), "wait");
+    done_ = nullptr;
+    in_ = Tensor();
+    out_ = Tensor();
+  }
+
+ private:
+  cudaEvent_t done_;
+  Tensor in_, out_;
+};
+
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(ncclComm_t comm, int cuda_device) : comm_(comm), device_(cuda_device) {
@@ -99,6 +127,20 @@ class NcclCommunicator final : public Communicator {
   void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
     check_nccl(ncclReduceScatter(in.raw(), out.raw(), count(out), nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
                "reduce_scatter", comm_);
+  }
+
+  CollectiveHandle do_all_gather_async(const Tensor& in, Tensor& out) override {
+    after_compute("all_gather_async");
+    check_nccl(ncclAllGather(in.raw(), out.raw(), count(in), nccl_type(in.dtype()), comm_, stream_),
+               "all_gather_async", comm_);
+    return std::make_unique<NcclPending>(record_done("all_gather_async"), in, out);
+  }
+
+  CollectiveHandle do_reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
+    after_compute("reduce_scatter_async");
+    check_nccl(ncclReduceScatter(in.raw(), out.raw(), count(out), nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
+               "reduce_scatter_async", comm_);
+    return std::make_unique<NcclPending>(record_done("reduce_scatter_async"), in, out);
   }
 
   // NCCL has no all-to-all with counts: it is a group of sends and receives, one pair per rank.
@@ -184,6 +226,21 @@ class NcclCommunicator final : public Communicator {
       check_cuda(cudaMemsetAsync(scratch_, 0, bytes, stream_), "scratch alloc");
     }
     return static_cast<int64_t*>(scratch_);
+  }
+
+  // The communicator's stream waits for the compute stream's work so far (the input is written).
+  void after_compute(const char* op) {
+    cudaEvent_t ready = nullptr;
+    check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), op);
+    check_cuda(cudaEventRecord(ready, g4::cuda::stream()), op);
+    check_cuda(cudaStreamWaitEvent(stream_, ready, 0), op);
+    check_cuda(cudaEventDestroy(ready), op);  // released once it has completed
+  }
+  cudaEvent_t record_done(const char* op) {
+    cudaEvent_t done = nullptr;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), op);
+    check_cuda(cudaEventRecord(done, stream_), op);
+    return done;
   }
 
   ncclComm_t comm_;
