@@ -24,6 +24,8 @@
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "support/g4_process.h"
+#include "support/masters_checkpoint.h"
+#include "support/train_recipe.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 
@@ -32,10 +34,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.to(Device::CPU), y = b.to(Device::CPU);
-  return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0;
-}
+using test::same_bits;
 
 io::ModelConfig tiny_moe() {
   const nlohmann::json j = model::named_config(
@@ -81,25 +80,10 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
     gpu->params().zero_grad();
   }
   int64_t unrounded = 0;
-  for (size_t i = 0; i < names.size(); ++i) {
-    const Tensor m = opt.master(i).to(Device::CPU);
-    const Tensor r = m.to(DType::BF16).to(DType::F32);
-    for (int64_t j = 0; j < m.numel(); ++j) unrounded += m.data<float>()[j] != r.data<float>()[j];
-  }
+  for (size_t i = 0; i < names.size(); ++i) unrounded += test::not_bf16(opt.master(i));
   ASSERT_GT(unrounded, 0) << "the masters must carry bits the bf16 copies lose, or this test proves nothing";
-
-  opt.copy_masters_to(host.params());
-  train::TrainerState state;
-  state.step = 3;
-  state.data_index = 3;
-  const std::string ckpt = train::save_checkpoint((dir / "ckpt").string(), host, opt, state, "", 0);
   // The checkpoint's weights are the masters, in f32.
-  const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt);
-  for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
-  model::Gemma4 back(cfg);
-  model::load_hf_weights(back, reader);
-  for (size_t i = 0; i < names.size(); ++i)
-    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.master(i))) << names[i];
+  const std::string ckpt = test::save_masters_checkpoint(dir, host, opt, names);
 
   // A fresh bf16 GPU model and optimizer: load_checkpoint sets masters and bf16 copies.
   model::Gemma4 gpu2(cfg, {}, DType::BF16, Device::CUDA);
@@ -112,9 +96,7 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
     EXPECT_TRUE(same_bits(gpu2.params().at(names[i]).value(), gpu->params().at(names[i]).value()))
         << "bf16 copy of " << names[i];
   }
-  const auto m1 = opt.state(), m2 = opt2.state();
-  ASSERT_EQ(m1.size(), m2.size());
-  for (size_t i = 0; i < m1.size(); ++i) EXPECT_TRUE(same_bits(m1[i].second, m2[i].second)) << m1[i].first;
+  test::expect_same_moments(opt, opt2);
 
   // The same weights give the same loss (the forward is deterministic), and the same gradients
   // the same update, bit for bit.
@@ -147,24 +129,6 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
 
 using test::ProcessResult;
 
-std::string write_recipe(const fs::path& dir, bool dense) {
-  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
-  const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
-  const fs::path path = dir / "recipe.yaml";
-  std::ofstream f(path);
-  f << (dense ? "model:\n  name: tiny-dense\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
-              : "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
-                " num_experts: 4, moe_intermediate_size: 32,")
-    << " head_dim: 16, global_head_dim: 32, sliding_window: 16}\n"
-    << "tokenizer: " << tok << "\n"
-    << "data:\n  train: [" << data << "]\n  seq_len: 64\n  validation_fraction: 0.2\n"
-    << "optimizer:\n  lr: 3.0e-3\n  betas: [0.9, 0.95]\n  weight_decay: 0.1\n"
-    << "schedule:\n  kind: cosine\n  warmup_steps: 2\n"
-    << "train:\n  steps: 8\n  batch_size: 2\n"
-    << "checkpoint:\n  dir: " << (dir / "run").string() << "\n  every: 4\n  keep: 3\n"
-    << "log:\n  validation_every: 4\n  validation_batches: 2\n  samples: 0\n  sample_tokens: 8\n";
-  return path.string();
-}
 
 std::vector<nlohmann::json> records(const fs::path& run_dir, const char* key) {
   std::vector<nlohmann::json> out;
@@ -205,7 +169,7 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
   const fs::path dir = test::scratch_dir("gpu_train_vs_cpu");
   // The dense recipe: a near-tied MoE routing choice flipped by bf16 rounding would send a token to
   // another expert, a difference that is not rounding error.
-  const std::string recipe = write_recipe(dir, /*dense=*/true);
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/true, /*samples=*/0);
   const std::string common = "train " + recipe + " checkpoint.dir=";
   const ProcessResult cpu = test::run_g4(common + (dir / "cpu").string());
   ASSERT_EQ(cpu.code, 0) << cpu.output;
@@ -241,7 +205,7 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
 TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
   G4_REQUIRE_GPU();
   const fs::path dir = test::scratch_dir("gpu_train_resume");
-  const std::string recipe = write_recipe(dir, /*dense=*/false);
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/false, /*samples=*/0);
   const std::string common = "train " + recipe + " train.device=cuda checkpoint.dir=";
   const ProcessResult full = test::run_g4(common + (dir / "full").string());
   ASSERT_EQ(full.code, 0) << full.output;
@@ -293,7 +257,7 @@ TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
 TEST(GpuTrain, MoreThanOneRankIsAClearError) {
   G4_REQUIRE_GPU();
   const fs::path dir = test::scratch_dir("gpu_train_ranks");
-  const std::string recipe = write_recipe(dir, /*dense=*/true);
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/true, /*samples=*/0);
   const ProcessResult r =
       test::run_g4("train " + recipe + " train.device=cuda", "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0");
   EXPECT_EQ(r.code, 1) << r.output;

@@ -15,6 +15,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/masters_checkpoint.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 
@@ -51,18 +52,8 @@ void set_grads(model::ParamStore& p, uint64_t seed) {
   }
 }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.to(Device::CPU), y = b.to(Device::CPU);
-  return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.raw(), y.raw(), x.nbytes()) == 0;
-}
-
-// How many elements of an f32 tensor bf16 cannot hold (they differ from their rounding).
-int64_t not_bf16(const Tensor& f32) {
-  const Tensor r = f32.to(DType::BF16).to(DType::F32);
-  int64_t n = 0;
-  for (int64_t i = 0; i < f32.numel(); ++i) n += f32.data<float>()[i] != r.data<float>()[i];
-  return n;
-}
+using test::not_bf16;
+using test::same_bits;
 
 TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
   const fs::path dir = test::scratch_dir("ckpt_masters");
@@ -99,19 +90,10 @@ TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
   }
   ASSERT_GT(unrounded, 0) << "the masters must carry bits that bf16 copies lose, or this test proves nothing";
 
-  opt.copy_masters_to(host.params());
-  train::TrainerState state;
-  state.step = 3;
-  state.data_index = 3;
-  const std::string ckpt = train::save_checkpoint((dir / "ckpt").string(), host, opt, state, "", 0);
-
   // The exported weights are the masters (and the frozen f32 original), stored as f32.
-  const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt);
-  for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
+  const std::string ckpt = test::save_masters_checkpoint(dir, host, opt, names);
   model::Gemma4 back(cfg);
-  model::load_hf_weights(back, reader);
-  for (size_t i = 0; i < names.size(); ++i)
-    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.master(i))) << names[i];
+  model::load_hf_weights(back, io::SafetensorsReader::open(ckpt));
   EXPECT_TRUE(same_bits(back.params().at(frozen).value(), frozen_f32));
 
   // Resume into zeros: masters, copies (frozen one included), moments and step come back exactly.
@@ -126,9 +108,7 @@ TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
   for (const std::string& n : store.order)
     EXPECT_TRUE(same_bits(store2.at(n).value(), store.at(n).value())) << n;
   EXPECT_TRUE(same_bits(host2.params().at(frozen).value(), frozen_f32));
-  const auto m1 = opt.state(), m2 = opt2.state();
-  ASSERT_EQ(m1.size(), m2.size());
-  for (size_t i = 0; i < m1.size(); ++i) EXPECT_TRUE(same_bits(m1[i].second, m2[i].second)) << m1[i].first;
+  test::expect_same_moments(opt, opt2);
 
   // And the next update is the same bit for bit.
   set_grads(store, 500);

@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/device_memory.h"
 #include "support/g4_process.h"
+#include "support/train_recipe.h"
 
 namespace g4 {
 namespace {
@@ -23,24 +25,6 @@ using test::ProcessResult;
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
 
-// A small MoE that trains in a couple of seconds.
-std::string write_recipe(const fs::path& dir) {
-  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
-  const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
-  const fs::path path = dir / "recipe.yaml";
-  std::ofstream f(path);
-  f << "model:\n  name: tiny-moe\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"
-       " num_experts: 4, moe_intermediate_size: 32,"
-    << " head_dim: 16, global_head_dim: 32, sliding_window: 16}\n"
-    << "tokenizer: " << tok << "\n"
-    << "data:\n  train: [" << data << "]\n  seq_len: 64\n  validation_fraction: 0.2\n"
-    << "optimizer:\n  lr: 3.0e-3\n  betas: [0.9, 0.95]\n  weight_decay: 0.1\n"
-    << "schedule:\n  kind: cosine\n  warmup_steps: 2\n"
-    << "train:\n  steps: 8\n  batch_size: 2\n"
-    << "checkpoint:\n  dir: " << (dir / "run").string() << "\n  every: 4\n  keep: 3\n"
-    << "log:\n  validation_every: 4\n  validation_batches: 2\n  samples: 1\n  sample_tokens: 8\n";
-  return path.string();
-}
 
 std::vector<std::string> loss_lines(const fs::path& run_dir) {
   std::vector<std::string> lines;
@@ -77,7 +61,7 @@ const char* kOneThread = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1";
 
 TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
   const fs::path dir = temp_dir("resume");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const ProcessResult full = run("train " + recipe + " checkpoint.dir=" + (dir / "full").string());
   ASSERT_EQ(full.code, 0) << full.output;
   EXPECT_TRUE(fs::exists(dir / "full" / "loss.svg"));
@@ -108,7 +92,7 @@ TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
 
 TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
   const fs::path dir = temp_dir("falls");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const ProcessResult r = run("train " + recipe + " train.steps=30 log.validation_every=10");
   ASSERT_EQ(r.code, 0) << r.output;
   std::vector<double> train, val;
@@ -133,7 +117,7 @@ TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
 TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("dp");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const ProcessResult one = run("train " + recipe + " train.batch_size=4 log.samples=0 checkpoint.dir=" +
                                 (dir / "one").string());
   ASSERT_EQ(one.code, 0) << one.output;
@@ -152,7 +136,7 @@ TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
 TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("ep");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const ProcessResult one = run("train " + recipe + " train.batch_size=4 log.samples=0 checkpoint.dir=" +
                                 (dir / "one").string());
   ASSERT_EQ(one.code, 0) << one.output;
@@ -201,7 +185,7 @@ TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
 TEST(TrainRun, ShardedDataParallelTrainsLikeOneRankAndResumesOnOneRank) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("fsdp");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const std::string base = "train " + recipe + " log.samples=0 train.steps=4 checkpoint.every=0 checkpoint.dir=";
   const ProcessResult one = run(base + (dir / "one").string() + " train.batch_size=4");
   ASSERT_EQ(one.code, 0) << one.output;
@@ -281,7 +265,7 @@ void expect_same_curves(const fs::path& a_dir, const fs::path& b_dir, bool valid
 TEST(TrainRun, ContextParallelRanksTrainLikeOneRank) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("cp");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   for (const char* seq_len : {"64", "63"}) {
     SCOPED_TRACE(std::string("seq_len ") + seq_len);
     const std::string common = "train " + recipe + " data.seq_len=" + seq_len + " train.batch_size=2 checkpoint.dir=";
@@ -302,24 +286,34 @@ TEST(TrainRun, ContextParallelRanksTrainLikeOneRank) {
   fs::remove_all(dir);
 }
 
+// Runs `common` + a checkpoint dir on one rank with 4 rows (dir/one), then on 4 ranks with 2 rows
+// each and cp 2, as dp 2 (dir/four-dp) and as ep 2 (dir/four-ep), with the `extra` overrides, and
+// expects the 4-rank step losses to be the one-rank ones. Returns the 4-rank outputs, dp first.
+std::vector<std::string> cp_meshes_train_like_one_rank(const fs::path& dir, const std::string& common,
+                                                       const std::string& extra) {
+  std::vector<std::string> outputs;
+  const ProcessResult one = run(common + (dir / "one").string() + " train.batch_size=4");
+  EXPECT_EQ(one.code, 0) << one.output;
+  for (const char* mesh : {"parallel.data_parallel=2", "parallel.expert_parallel=2"}) {
+    SCOPED_TRACE(mesh);
+    const fs::path out = dir / (std::string("four-") + (mesh[9] == 'd' ? "dp" : "ep"));
+    const ProcessResult four =
+        run(common + out.string() + " train.batch_size=2 parallel.context_parallel=2 " + extra + mesh, kMpirun4);
+    EXPECT_EQ(four.code, 0) << four.output;
+    // Validation batches follow the batch size (4 rows against 2), so only the steps compare.
+    if (one.code == 0 && four.code == 0) expect_same_curves(dir / "one", out, /*validation=*/false);
+    outputs.push_back(four.output);
+  }
+  return outputs;
+}
+
 // cp 2 with 2 data-parallel replicas, and with 2 expert-parallel ranks (2 of 4 experts each), on
 // 4 ranks: two row streams of 2 rows, each split over a cp pair, train like one rank on 4 rows.
 TEST(TrainRun, ContextParallelCombinesWithDataAndExpertParallel) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("cp_mesh");
-  const std::string recipe = write_recipe(dir);
-  const std::string common = "train " + recipe + " log.samples=0 checkpoint.dir=";
-  const ProcessResult one = run(common + (dir / "one").string() + " train.batch_size=4");
-  ASSERT_EQ(one.code, 0) << one.output;
-  for (const char* mesh : {"parallel.data_parallel=2", "parallel.expert_parallel=2"}) {
-    SCOPED_TRACE(mesh);
-    const fs::path out = dir / (std::string("four-") + (mesh[9] == 'd' ? "dp" : "ep"));
-    const ProcessResult four =
-        run(common + out.string() + " train.batch_size=2 parallel.context_parallel=2 " + mesh, kMpirun4);
-    ASSERT_EQ(four.code, 0) << four.output;
-    // Validation batches follow the batch size (4 rows against 2), so only the steps compare.
-    expect_same_curves(dir / "one", out, /*validation=*/false);
-  }
+  const std::string recipe = test::write_train_recipe(dir);
+  cp_meshes_train_like_one_rank(dir, "train " + recipe + " log.samples=0 checkpoint.dir=", "");
   fs::remove_all(dir);
 }
 
@@ -331,24 +325,14 @@ TEST(TrainRun, ContextParallelCombinesWithDataAndExpertParallel) {
 TEST(TrainRun, ShardedDataParallelCombinesWithContextParallel) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("fsdp_cp");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const std::string common = "train " + recipe + " log.samples=0 checkpoint.dir=";
-  const ProcessResult one = run(common + (dir / "one").string() + " train.batch_size=4");
-  ASSERT_EQ(one.code, 0) << one.output;
-  for (const char* mesh : {"parallel.data_parallel=2", "parallel.expert_parallel=2"}) {
-    SCOPED_TRACE(mesh);
-    const bool dp = mesh[9] == 'd';
-    const fs::path out = dir / (std::string("four-") + (dp ? "dp" : "ep"));
-    const ProcessResult four = run(
-        common + out.string() + " train.batch_size=2 parallel.fsdp=true parallel.context_parallel=2 " + mesh, kMpirun4);
-    ASSERT_EQ(four.code, 0) << four.output;
-    EXPECT_NE(four.output.find(dp ? "2 data-parallel shards x 1 expert-parallel x 2 context-parallel"
-                                  : "1 data-parallel shard x 2 expert-parallel x 2 context-parallel"),
-              std::string::npos)
-        << four.output;
-    // Validation batches follow the batch size (4 rows against 2), so only the steps compare.
-    expect_same_curves(dir / "one", out, /*validation=*/false);
-  }
+  const std::vector<std::string> four = cp_meshes_train_like_one_rank(dir, common, "parallel.fsdp=true ");
+  ASSERT_EQ(four.size(), 2u);
+  EXPECT_NE(four[0].find("2 data-parallel shards x 1 expert-parallel x 2 context-parallel"), std::string::npos)
+      << four[0];
+  EXPECT_NE(four[1].find("1 data-parallel shard x 2 expert-parallel x 2 context-parallel"), std::string::npos)
+      << four[1];
   // dp 2 x cp 2: the cp-0 ranks (0 and 2) write the two distinct slices; their cp peers write none.
   const fs::path ckpt = dir / "four-dp" / "checkpoints" / "step-00000008";
   for (const char* f : {"optimizer-rank0-of4.safetensors", "optimizer-rank2-of4.safetensors", "model.safetensors"})
@@ -369,7 +353,7 @@ TEST(TrainRun, ShardedDataParallelCombinesWithContextParallel) {
 
 TEST(TrainRun, ContextParallelShapeErrors) {
   const fs::path dir = temp_dir("cp_errors");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   ProcessResult r = run("train " + recipe + " parallel.context_parallel=2");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("parallel.expert_parallel is 1 and parallel.context_parallel 2 but 1 ranks were launched"),
@@ -397,7 +381,7 @@ TEST(TrainRun, ContextParallelShapeErrors) {
 TEST(Launch, TwoRanksTrainTogether) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("launch");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   const std::string args = recipe + " train.steps=2 log.samples=0 log.validation_every=0 checkpoint.dir=";
   const ProcessResult r = run("launch -n 2 train " + args + (dir / "a").string() + " parallel.context_parallel=2");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -436,7 +420,7 @@ TEST(Launch, OneRankAndErrors) {
 
 TEST(TrainRun, BadRecipesAreClearErrors) {
   const fs::path dir = temp_dir("bad");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   ProcessResult r = run("train " + recipe + " train.stepz=3");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("train.stepz"), std::string::npos) << r.output;
@@ -456,7 +440,7 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
 // errors naming the recipe and the key, before anything is built.
 TEST(TrainRun, DeviceErrors) {
   const fs::path dir = temp_dir("device");
-  const std::string recipe = write_recipe(dir);
+  const std::string recipe = test::write_train_recipe(dir);
   ProcessResult r = run("train " + recipe + " train.device=tpu");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find(recipe + ": recipe key 'train.device' must be cpu or cuda, got 'tpu'"), std::string::npos)
