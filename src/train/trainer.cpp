@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <set>
 
 #include "autograd/variable.h"
 #include "core/device_memory.h"
@@ -213,6 +214,13 @@ TrainResult run_training(const Recipe& r, bool resume) {
   G4_CHECK(data.train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
 
   const std::vector<std::string> names = trainable_names(host ? *host : *model, r.freeze);
+  {
+    // Frozen weights take no gradient at all: no gradient buffer (4 bytes per parameter on the GPU)
+    // and no weight-gradient products; the activations' gradients still flow through them.
+    const std::set<std::string> trainable(names.begin(), names.end());
+    for (const std::string& n : model->params().order)
+      model->params().at(n).set_requires_grad(trainable.count(n) > 0);
+  }
   const int64_t model_numel = model->params().numel();
   // One of the two optimizers: replicated AdamW, or sharded over the dp group (parallel.fsdp).
   std::unique_ptr<AdamW> opt;

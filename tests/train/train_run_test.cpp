@@ -4,14 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/device_memory.h"
+#include "io/safetensors.h"
 #include "support/g4_process.h"
 #include "support/train_recipe.h"
 
@@ -348,6 +351,48 @@ TEST(TrainRun, ShardedDataParallelCombinesWithContextParallel) {
   ASSERT_EQ(a9.size(), 9u);
   ASSERT_EQ(b9.size(), 9u);
   EXPECT_NEAR(a9[8], b9[8], 1e-5 * a9[8]);
+  fs::remove_all(dir);
+}
+
+// train.freeze: the frozen weights (every q_proj, and the tied embedding / LM head) are the same bits
+// in every checkpoint while the others train, on one rank and sharded over two.
+TEST(TrainRun, FrozenWeightsStayAsTheyStarted) {
+  const fs::path dir = temp_dir("freeze");
+  const std::string recipe = test::write_train_recipe(dir);
+  {
+    std::ifstream in(recipe);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string at = "train:\n  steps: 8\n";
+    ASSERT_NE(text.find(at), std::string::npos);
+    text.replace(text.find(at), at.size(), at + "  freeze: ['*q_proj*', '*embed_tokens*']\n");
+    std::ofstream(recipe) << text;
+  }
+  const bool mpi = std::system("command -v mpirun > /dev/null 2>&1") == 0;
+  for (const bool sharded : {false, true}) {
+    if (sharded && !mpi) continue;
+    SCOPED_TRACE(sharded ? "fsdp on 2 ranks" : "one rank");
+    const fs::path out = dir / (sharded ? "fsdp" : "one");
+    const ProcessResult r = run("train " + recipe + " log.samples=0 checkpoint.dir=" + out.string() +
+                                    (sharded ? " parallel.fsdp=true" : ""),
+                                sharded ? kMpirun : "");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto early = io::SafetensorsReader::open((out / "checkpoints" / "step-00000004").string());
+    const auto late = io::SafetensorsReader::open((out / "checkpoints" / "step-00000008").string());
+    int frozen = 0, trained = 0;
+    for (const std::string& n : late.names()) {
+      const Tensor a = early.get(n), b = late.get(n);
+      const bool same = a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+      if (n.find("q_proj") != std::string::npos || n.find("embed_tokens") != std::string::npos) {
+        EXPECT_TRUE(same) << n << " is frozen but changed";
+        ++frozen;
+      } else if (n.find("o_proj") != std::string::npos || n.find("experts") != std::string::npos) {
+        EXPECT_FALSE(same) << n << " is trained but did not change";
+        ++trained;
+      }
+    }
+    EXPECT_GE(frozen, 3);  // two q_proj and the embedding
+    EXPECT_GT(trained, 0);
+  }
   fs::remove_all(dir);
 }
 
