@@ -1,5 +1,7 @@
 #include <cmath>
 
+#include "core/philox.h"
+#include "core/random.h"
 #include "gradcheck.h"
 
 namespace g4 {
@@ -19,6 +21,20 @@ TEST(Random, ReproducibleAndRoughlyNormal) {
   EXPECT_GT(diff, 1.0);  // another seed, other numbers
   // f32 holds the same draws rounded.
   test::expect_close(randn({16}, 7, DType::F32, 2.0), test::to_f32({randn({16}, 7, DType::F64, 2.0)})[0], 0);
+}
+
+// The weights' initialiser fills large tensors on several threads: every element is still the draw
+// of its own index, in each dtype (f64 and bf16 hold the f32 value).
+TEST(Random, PhiloxFillIsTheDrawOfEachIndex) {
+  const int64_t n = 300001;  // past the threading threshold, and odd
+  Tensor f32 = Tensor::empty({n}, DType::F32), f64 = Tensor::empty({n}, DType::F64), b16 = Tensor::empty({n}, DType::BF16);
+  for (Tensor* t : {&f32, &f64, &b16}) fill_philox_normal(*t, 11, 3, 0.02);
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = static_cast<float>(0.02 * philox_normal(11, 3, static_cast<uint64_t>(i)));
+    ASSERT_EQ(f32.data<float>()[i], want) << i;
+    ASSERT_EQ(f64.data<double>()[i], static_cast<double>(want)) << i;
+    ASSERT_EQ(b16.data<bf16>()[i].bits, bf16::from_float(want).bits) << i;
+  }
 }
 
 TEST(Random, UniformAndIntRanges) {
