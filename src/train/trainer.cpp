@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 
@@ -159,6 +160,42 @@ double evaluate_loss_cp(const model::Gemma4& model, const std::vector<data::Batc
   }
   cp.all_reduce(sums);
   return sums.data<double>()[1] > 0 ? sums.data<double>()[0] / sums.data<double>()[1] : std::nan("");
+}
+
+// Collective over `world`: the step's token rows per expert of every MoE layer, summed over all
+// ranks (a rank counts the rows its own experts processed: under expert parallelism those came
+// from its whole EP group, otherwise from its own tokens), into rec["expert_tokens"] =
+// {layer: [rows of expert 0, 1, ...]} and rec["expert_load_max"] = the busiest expert's rows over
+// the mean (1 is perfect balance; top-k routing sends every token to k experts).
+void add_expert_load(nlohmann::json& rec, const std::map<int64_t, std::vector<int64_t>>& rows,
+                     const model::Gemma4& model, parallel::Communicator& world) {
+  const int64_t E = model.config().num_experts, first = model.experts().begin;
+  Tensor all = Tensor::zeros({static_cast<int64_t>(rows.size()), E}, DType::F64);
+  int64_t i = 0;
+  for (const auto& [layer, counts] : rows) {
+    for (size_t e = 0; e < counts.size(); ++e)
+      all.data<double>()[i * E + first + static_cast<int64_t>(e)] = static_cast<double>(counts[e]);
+    ++i;
+  }
+  if (world.size() > 1) world.all_reduce(all);
+  nlohmann::json per_layer = nlohmann::json::object();
+  double worst = 0;
+  i = 0;
+  for (const auto& [layer, counts] : rows) {
+    std::vector<int64_t> total(static_cast<size_t>(E));
+    double sum = 0, max = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double v = all.data<double>()[i * E + e];
+      total[static_cast<size_t>(e)] = static_cast<int64_t>(v);
+      sum += v;
+      max = std::max(max, v);
+    }
+    if (sum > 0) worst = std::max(worst, max / (sum / static_cast<double>(E)));
+    per_layer[std::to_string(layer)] = total;
+    ++i;
+  }
+  rec["expert_tokens"] = per_layer;
+  rec["expert_load_max"] = worst;
 }
 
 }  // namespace
@@ -320,9 +357,16 @@ TrainResult run_training(const Recipe& r, bool resume) {
       counted += parallel::global_target_count(micro.back().targets, *world);
     }
     double loss_sum = 0, aux_sum = 0;
+    // Rows each of this rank's experts processed this step, per MoE layer (over the micro-batches).
+    std::map<int64_t, std::vector<int64_t>> expert_rows;
     release();
     for (const RankBatch& b : micro) {
       model::ForwardOutputs out = model->forward(b.inputs);
+      for (const auto& [layer, counts] : out.expert_tokens) {
+        std::vector<int64_t>& acc = expert_rows[layer];
+        acc.resize(counts.size(), 0);
+        for (size_t e = 0; e < counts.size(); ++e) acc[e] += counts[e];
+      }
       // Only a micro-batch without a counted token anywhere is skipped, by every rank alike: a rank
       // whose own rows or slice count none still runs the backward (with weight 0), because its
       // EP and CP peers' backward exchanges need it.
@@ -374,6 +418,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
                             {"tokens", state.step * tokens_per_step}, {"tokens_per_s", tps}, {"step_s", step_s}};
       if (r.router_aux_loss > 0) rec["router_aux_loss"] = aux_sum;
       if (gpu) rec["device_peak_mib"] = static_cast<double>(device_memory_stats().peak) / (1 << 20);
+      if (!expert_rows.empty()) add_expert_load(rec, expert_rows, *model, *world);
       if (main_rank) {
         log->write(rec);
         bar.update(state.step, loss_sum, lr, grad_norm, tps, eta);

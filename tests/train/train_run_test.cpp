@@ -129,6 +129,28 @@ TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
                                 (dir / "two").string(), kMpirun);
   ASSERT_EQ(two.code, 0) << two.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  // Every logged step counts each expert's rows over both ranks: per layer they add up to the
+  // step's 4 rows x 64 tokens x top-2, whether one rank holds all 4 experts or two hold 2 each.
+  for (const fs::path& run_dir : {dir / "one", dir / "two"}) {
+    SCOPED_TRACE(run_dir.string());
+    int steps = 0;
+    std::ifstream in(run_dir / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (!j.contains("loss")) continue;
+      ++steps;
+      ASSERT_TRUE(j.contains("expert_tokens")) << line;
+      ASSERT_EQ(j["expert_tokens"].size(), 2u) << line;  // both layers are MoE
+      for (const auto& [layer, counts] : j["expert_tokens"].items()) {
+        ASSERT_EQ(counts.size(), 4u) << line;
+        int64_t sum = 0;
+        for (const auto& c : counts) sum += c.get<int64_t>();
+        EXPECT_EQ(sum, 4 * 64 * 2) << "layer " << layer << ": " << line;
+      }
+      EXPECT_GE(j["expert_load_max"].get<double>(), 1.0);
+    }
+    EXPECT_EQ(steps, 8);
+  }
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
@@ -150,6 +172,28 @@ TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("samples:"), std::string::npos) << two.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  // Every logged step counts each expert's rows over both ranks: per layer they add up to the
+  // step's 4 rows x 64 tokens x top-2, whether one rank holds all 4 experts or two hold 2 each.
+  for (const fs::path& run_dir : {dir / "one", dir / "two"}) {
+    SCOPED_TRACE(run_dir.string());
+    int steps = 0;
+    std::ifstream in(run_dir / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (!j.contains("loss")) continue;
+      ++steps;
+      ASSERT_TRUE(j.contains("expert_tokens")) << line;
+      ASSERT_EQ(j["expert_tokens"].size(), 2u) << line;  // both layers are MoE
+      for (const auto& [layer, counts] : j["expert_tokens"].items()) {
+        ASSERT_EQ(counts.size(), 4u) << line;
+        int64_t sum = 0;
+        for (const auto& c : counts) sum += c.get<int64_t>();
+        EXPECT_EQ(sum, 4 * 64 * 2) << "layer " << layer << ": " << line;
+      }
+      EXPECT_GE(j["expert_load_max"].get<double>(), 1.0);
+    }
+    EXPECT_EQ(steps, 8);
+  }
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
