@@ -17,7 +17,7 @@ using test::gpu_f32;
 using test::randn_bf16_exact;
 
 constexpr double kBf16Rtol = 1e-2;
-constexpr double kF32Rtol = 1e-5;
+using test::kF32Rtol;
 
 // Shapes with awkward tails (257 columns: no 16-byte packs), model widths, and a single element.
 const std::vector<Shape> kShapes = {{3, 5, 257}, {4, 2816}, {2, 2560}, {1}, {7, 33}};

@@ -27,6 +27,9 @@ inline Tensor randn_bf16_exact(const Shape& shape, uint64_t seed, double std = 1
 // f32 CPU tensor -> bf16 GPU tensor (or f32 on the GPU with keep_f32).
 inline Tensor gpu_bf16(const Tensor& cpu_f32) { return cpu_f32.to(DType::BF16).to(Device::CUDA); }
 inline Tensor gpu_f32(const Tensor& cpu_f32) { return cpu_f32.to(DType::F32).to(Device::CUDA); }
+// fp32 GPU results against the CPU reference differ by summation order only.
+constexpr double kF32Rtol = 1e-5;
+
 // Any GPU tensor -> f32 CPU tensor.
 inline Tensor host_f32(const Tensor& gpu) { return gpu.to(Device::CPU).to(DType::F32); }
 

@@ -13,7 +13,7 @@ using test::gpu_f32;
 using test::randn_bf16_exact;
 
 // f32: products of bf16-exact inputs are exact in fp32; only the summation order differs.
-constexpr double kF32Rtol = 1e-5;
+using test::kF32Rtol;
 // bf16 outputs: one rounding (2^-9 relative) plus fp32 sums; relative to the largest |value|.
 constexpr double kBf16Rtol = 8e-3;
 

@@ -18,7 +18,7 @@ using test::gpu_f32;
 using test::host_f32;
 using test::randn_bf16_exact;
 
-constexpr double kF32Rtol = 1e-5;
+using test::kF32Rtol;
 constexpr double kBf16Rtol = 8e-3;
 
 std::vector<int64_t> ints(const Tensor& t) {

@@ -20,7 +20,7 @@ using test::gpu_f32;
 using test::randn_bf16_exact;
 
 constexpr double kBf16Rtol = 1e-2;
-constexpr double kF32Rtol = 1e-5;
+using test::kF32Rtol;
 constexpr double kEps = 1e-6;
 
 // Odd widths (no 16-byte packs), head dims (several rows per block), hidden sizes, and a row too

@@ -56,6 +56,30 @@ std::vector<double> step_losses(const fs::path& run_dir) {
   return l;
 }
 
+// Every logged step of a test-recipe run (8 steps of 4 rows x 64 tokens over all ranks) counts
+// each expert's rows: per layer they add up to 4 x 64 x top-2, however the ranks split the rows or
+// the experts.
+void expect_expert_rows_logged(const fs::path& run_dir) {
+  SCOPED_TRACE(run_dir.string());
+  int steps = 0;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    ++steps;
+    ASSERT_TRUE(j.contains("expert_tokens")) << line;
+    ASSERT_EQ(j["expert_tokens"].size(), 2u) << line;  // both layers are MoE
+    for (const auto& [layer, counts] : j["expert_tokens"].items()) {
+      ASSERT_EQ(counts.size(), 4u) << line;
+      int64_t sum = 0;
+      for (const auto& c : counts) sum += c.get<int64_t>();
+      EXPECT_EQ(sum, 4 * 64 * 2) << "layer " << layer << ": " << line;
+    }
+    EXPECT_GE(j["expert_load_max"].get<double>(), 1.0);
+  }
+  EXPECT_EQ(steps, 8);
+}
+
 const char* kMpirun = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2";
 const char* kMpirun4 = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 4";
 // One rank with the arithmetic of one MPI rank (one thread): the reference where only the
@@ -129,28 +153,8 @@ TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
                                 (dir / "two").string(), kMpirun);
   ASSERT_EQ(two.code, 0) << two.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
-  // Every logged step counts each expert's rows over both ranks: per layer they add up to the
-  // step's 4 rows x 64 tokens x top-2, whether one rank holds all 4 experts or two hold 2 each.
-  for (const fs::path& run_dir : {dir / "one", dir / "two"}) {
-    SCOPED_TRACE(run_dir.string());
-    int steps = 0;
-    std::ifstream in(run_dir / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const auto j = nlohmann::json::parse(line);
-      if (!j.contains("loss")) continue;
-      ++steps;
-      ASSERT_TRUE(j.contains("expert_tokens")) << line;
-      ASSERT_EQ(j["expert_tokens"].size(), 2u) << line;  // both layers are MoE
-      for (const auto& [layer, counts] : j["expert_tokens"].items()) {
-        ASSERT_EQ(counts.size(), 4u) << line;
-        int64_t sum = 0;
-        for (const auto& c : counts) sum += c.get<int64_t>();
-        EXPECT_EQ(sum, 4 * 64 * 2) << "layer " << layer << ": " << line;
-      }
-      EXPECT_GE(j["expert_load_max"].get<double>(), 1.0);
-    }
-    EXPECT_EQ(steps, 8);
-  }
+  // The expert rows of every logged step are counted over both ranks, as on one rank.
+  for (const fs::path& run_dir : {dir / "one", dir / "two"}) expect_expert_rows_logged(run_dir);
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
@@ -172,28 +176,8 @@ TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   ASSERT_EQ(two.code, 0) << two.output;
   EXPECT_NE(two.output.find("samples:"), std::string::npos) << two.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
-  // Every logged step counts each expert's rows over both ranks: per layer they add up to the
-  // step's 4 rows x 64 tokens x top-2, whether one rank holds all 4 experts or two hold 2 each.
-  for (const fs::path& run_dir : {dir / "one", dir / "two"}) {
-    SCOPED_TRACE(run_dir.string());
-    int steps = 0;
-    std::ifstream in(run_dir / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const auto j = nlohmann::json::parse(line);
-      if (!j.contains("loss")) continue;
-      ++steps;
-      ASSERT_TRUE(j.contains("expert_tokens")) << line;
-      ASSERT_EQ(j["expert_tokens"].size(), 2u) << line;  // both layers are MoE
-      for (const auto& [layer, counts] : j["expert_tokens"].items()) {
-        ASSERT_EQ(counts.size(), 4u) << line;
-        int64_t sum = 0;
-        for (const auto& c : counts) sum += c.get<int64_t>();
-        EXPECT_EQ(sum, 4 * 64 * 2) << "layer " << layer << ": " << line;
-      }
-      EXPECT_GE(j["expert_load_max"].get<double>(), 1.0);
-    }
-    EXPECT_EQ(steps, 8);
-  }
+  // The expert rows of every logged step are counted over both ranks, as on one rank.
+  for (const fs::path& run_dir : {dir / "one", dir / "two"}) expect_expert_rows_logged(run_dir);
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
