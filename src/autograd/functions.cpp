@@ -128,7 +128,7 @@ Var linear(const Var& x, const Var& w) {
       if (xi->requires_grad) accumulate_grad(xi, ops::linear_backward_input(oi->grad, wi->value));
       if (gemm_into_fp32_grad(*wi)) {
         // dW [out, in] = dyᵀ · x over all leading rows.
-        const auto rows = [](const Tensor& t) { return t.reshape({t.numel() / std::max<int64_t>(t.size(-1), 1), t.size(-1)}); };
+        const auto rows = [](const Tensor& t) { return t.reshape({outer_size(t.shape(), t.dim() - 1), t.size(-1)}); };
         double beta = 0;
         Tensor& g = fp32_grad_target(wi, beta);
         ops::matmul_acc(rows(oi->grad), rows(xi->value), true, false, g, 1.0, beta);
