@@ -14,9 +14,11 @@
 
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
+#include "core/kernel_profile.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "ops/attention.h"
+#include "ops/cuda/attention.h"
 
 namespace {
 
@@ -45,9 +47,23 @@ double time_ms(const std::function<void()>& fn, int iters) {
   return ms / iters;
 }
 
+bool g_profile = false;  // --profile: the kernels of one backward, from CUPTI
+int64_t g_only_d = 0;    // --d N: only the cases with head dim N
+
+void print_profile(const std::function<void()>& fn) {
+  g4::profile_start();
+  fn();
+  const g4::KernelProfile prof = g4::profile_stop();
+  std::printf("      profile of one backward: %.3f ms, GPU busy %.3f ms\n", prof.window_ms, prof.busy_ms);
+  for (size_t i = 0; i < prof.kernels.size() && i < 6; ++i)
+    std::printf("        %8.3f ms %5lld x  %.90s\n", prof.kernels[i].total_ms,
+                static_cast<long long>(prof.kernels[i].count), prof.kernels[i].name.c_str());
+}
+
 // `docs` (lengths adding up to S): a packed row, causal within each document and none across.
 void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int iters,
            const std::vector<int64_t>& docs = {}) {
+  if (g_only_d != 0 && d != g_only_d) return;
   const int64_t B = 1;
   g4::ops::AttentionMask mask;
   mask.causal = true;
@@ -74,16 +90,25 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
                v = random_gpu({B, S, nKV, d}, 3, 1.0), dout = random_gpu({B, S, nH, d}, 4, 1.0);
   Tensor lse, out, dq, dk, dv;
   const double fwd_ms = time_ms([&] { out = g4::ops::attention(q, k, v, mask, 1.0, &lse); }, iters);
-  const double bwd_ms = time_ms(
-      [&] { g4::ops::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv); }, iters);
   const std::string what = window > 0    ? "window " + std::to_string(window)
                            : docs.empty() ? std::string("causal")
                                           : std::to_string(docs.size()) + " documents";
-  std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f | "
-              "fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
-              static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
-              static_cast<long long>(d), what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms,
-              2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms, 3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
+  // Both backward kernels; the op's automatic choice is marked with '*'.
+  using g4::ops::cuda::BackwardKernel;
+  const BackwardKernel chosen = d > 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+  for (const BackwardKernel kernel : {BackwardKernel::flash, BackwardKernel::key_chunked}) {
+    const double bwd_ms = time_ms(
+        [&] { g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel); }, iters);
+    if (g_profile) print_profile([&] {
+      g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel);
+    });
+    std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd %8.3f ms %6.1f TFLOP/s | bwd %-7s%s %8.3f ms "
+                "%6.1f | fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
+                static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
+                static_cast<long long>(d), what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9,
+                kernel == BackwardKernel::flash ? "flash" : "chunked", kernel == chosen ? "*" : " ", bwd_ms,
+                2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms, 3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
+  }
 }
 
 }  // namespace
@@ -93,7 +118,15 @@ int main(int argc, char** argv) {
     std::printf("bench_attention: no CUDA device\n");
     return 1;
   }
-  const int iters = argc > 1 ? std::atoi(argv[1]) : 10;
+  int iters = 10;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--profile")
+      g_profile = true;
+    else if (std::string(argv[i]) == "--d" && i + 1 < argc)
+      g_only_d = std::atoll(argv[++i]);
+    else
+      iters = std::atoi(argv[i]);
+  }
   for (int64_t S : {4096, 8192}) {
     bench(S, 16, 8, 256, 0, iters);
     bench(S, 16, 8, 256, 1024, iters);

@@ -2,14 +2,15 @@
 // on bf16-exact random inputs. Tolerances (max |error| <= atol + rtol * max |reference|):
 //   out: atol 2e-3, rtol 1e-2 — P is rounded to bf16 before P·V and out is stored in bf16;
 //   lse: atol 1e-3, rtol 1e-4 — fp32 scores from exact bf16 inputs, -inf rows must match exactly;
-//   dq, dk, dv: atol 1e-3, rtol 2e-2 — P and dS are rounded to bf16 before their products, the
-//   gradients are stored in bf16, and the GPU backward uses its own bf16 out.
+//   dq, dk, dv (each backward kernel): atol 1e-3, rtol 2e-2 — P and dS are rounded to bf16 before
+//   their products, the gradients are stored in bf16, and the GPU backward uses its own bf16 out.
 #include <cmath>
 #include <cstdio>
 #include <string>
 
 #include "gpu_test.h"
 #include "ops/attention.h"
+#include "ops/cuda/attention.h"
 
 namespace g4 {
 namespace {
@@ -80,11 +81,25 @@ void run_case(const Case& c, uint64_t seed = 1) {
   test::expect_close_scaled(out, ref_out, 2e-3, 1e-2, c.name + " out");
   expect_lse_close(lse, ref_lse, c.name);
 
-  Tensor dq, dk, dv;
-  ops::attention_backward(gdout, gq, gk, gv, out, lse, c.mask, scale, dq, dk, dv);
-  test::expect_close_scaled(dq, ref_dq, 1e-3, 2e-2, c.name + " dq");
-  test::expect_close_scaled(dk, ref_dk, 1e-3, 2e-2, c.name + " dk");
-  test::expect_close_scaled(dv, ref_dv, 1e-3, 2e-2, c.name + " dv");
+  // Every backward kernel: the one the op picks, the flash one, and the chunked one with its
+  // smallest chunk (128 keys), so that the cases span several chunks.
+  using ops::cuda::BackwardKernel;
+  const struct {
+    const char* name;
+    BackwardKernel kernel;
+    int key_chunk;
+  } kernels[] = {{"automatic", BackwardKernel::automatic, 0},
+                 {"flash", BackwardKernel::flash, 0},
+                 {"key-chunked", BackwardKernel::key_chunked, 128}};
+  for (const auto& kern : kernels) {
+    Tensor dq, dk, dv;
+    ops::cuda::attention_backward(gdout, gq, gk, gv, out, lse, c.mask, scale, dq, dk, dv, kern.kernel,
+                                  kern.key_chunk);
+    const std::string what = c.name + " (" + kern.name + " backward)";
+    test::expect_close_scaled(dq, ref_dq, 1e-3, 2e-2, what + " dq");
+    test::expect_close_scaled(dk, ref_dk, 1e-3, 2e-2, what + " dk");
+    test::expect_close_scaled(dv, ref_dv, 1e-3, 2e-2, what + " dv");
+  }
 }
 
 TEST(GpuAttention, CausalHeadDim256Gqa2) { run_case({"d256 causal gqa2", 2, 300, 300, 4, 2, 256, 256, causal()}); }
@@ -250,6 +265,11 @@ TEST(GpuAttention, RejectsBadArguments) {
   AttentionMask m = causal();
   m.key_valid = Tensor::zeros({1, 5}, DType::I32);
   EXPECT_THROW(ops::attention(q, k, k, m, 1.0), Error);
+  Tensor lse, dq, dk, dv;
+  const Tensor out = ops::attention(q, k, k, causal(), 1.0, &lse);
+  EXPECT_THROW(ops::cuda::attention_backward(out, q, k, k, out, lse, causal(), 1.0, dq, dk, dv,
+                                             ops::cuda::BackwardKernel::key_chunked, 100),
+               Error);  // chunks come in multiples of 128 keys
 }
 
 }  // namespace

@@ -145,7 +145,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
-                        Tensor& dv) {
+                        Tensor& dv, BackwardKernel kernel, int key_chunk) {
   const char* op = "attention_backward";
   const attn::Dims dm = check_qkv(op, q, k, v);
   check_gpu(op, "dout", dout, DType::BF16);
@@ -182,7 +182,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     a.dv = ptr<attn::bf16>(dv_new);
     a.scale = static_cast<float>(scale);
     a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-    attn::backward(a);
+    attn::backward(a, kernel, key_chunk);
     attn::backward_dq_convert(ptr<float>(dq_accum), ptr<attn::bf16>(dq_new), dq_accum.numel(), a.scale);
   } else if (q.numel() > 0) {  // queries but no keys
     dq_new = Tensor::zeros(q.shape(), DType::BF16, Device::CUDA);

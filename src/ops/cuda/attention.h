@@ -8,8 +8,13 @@ namespace g4::ops::cuda {
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse = nullptr);
 
+// Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
+// products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,
+// 0 for the default). automatic: the chunked one for head dims above 256, where it is faster.
+enum class BackwardKernel { automatic, flash, key_chunked };
+
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
-                        Tensor& dv);
+                        Tensor& dv, BackwardKernel kernel = BackwardKernel::automatic, int key_chunk = 0);
 
 }  // namespace g4::ops::cuda

@@ -253,7 +253,17 @@ void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& d
   G4_CUDA_CHECK_LAUNCH();
 }
 
-void backward(const BwdArgs& a) {
+void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk) {
+  const int hd = a.dims.d > a.dims.dv ? a.dims.d : a.dims.dv;
+  if (kernel == BackwardKernel::automatic) kernel = hd > 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+  if (kernel == BackwardKernel::key_chunked) {
+    backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims));
+  } else {
+    backward_flash(a);
+  }
+}
+
+void backward_flash(const BwdArgs& a) {
   const int hd = a.dims.d > a.dims.dv ? a.dims.d : a.dims.dv;
   if (hd <= 64) {
     launch_bwd<BwdCfg<64, 64, 64, 2>>(a);

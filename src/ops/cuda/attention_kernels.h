@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "ops/cuda/attention.h"
+
 namespace g4::ops::cuda::attn {
 
 using bf16 = __nv_bfloat16;
@@ -50,7 +52,15 @@ struct BwdArgs {
 void forward(const FwdArgs& a);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
 void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
-void backward(const BwdArgs& a);
+// Runs the backward `kernel` names (key_chunk 0: default_key_chunk).
+void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk);
+// The flash backward (one fused kernel, dQ through f32 atomics).
+void backward_flash(const BwdArgs& a);
+// The backward over chunks of `key_chunk` keys (a multiple of 128): P and dS in bf16 workspaces,
+// the three products on cuBLASLt. Adds into dq_accum (zeroed by the caller) and writes dk, dv.
+void backward_chunked(const BwdArgs& a, int key_chunk);
+// The chunk that keeps backward_chunked's P and dS workspace near 256 MiB.
+int default_key_chunk(const Dims& dims);
 // dq = scale * dq_accum, converted to bf16.
 void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float scale);
 

@@ -38,34 +38,37 @@ __device__ __forceinline__ bool rect_fully_visible(const MaskDev& m, int i0, int
   return qa1 - ka0 < m.window && ka1 - qa0 < m.window;
 }
 
+__host__ __device__ constexpr long long min_ll(long long x, long long y) { return x < y ? x : y; }
+__host__ __device__ constexpr long long max_ll(long long x, long long y) { return x > y ? x : y; }
+
 // Keys [*lo, *hi] (clamped to the call) that queries [i0, i1] may see by position; empty when lo > hi.
-__device__ __forceinline__ void key_range(const MaskDev& m, const Dims& dm, int i0, int i1, int* lo, int* hi) {
+__host__ __device__ __forceinline__ void key_range(const MaskDev& m, const Dims& dm, int i0, int i1, int* lo, int* hi) {
   const long long qa0 = m.q_start + i0, qa1 = m.q_start + i1;
   long long l = 0, h = dm.sk - 1;
   if (m.causal) {
-    h = min(h, qa1 - m.k_start);
-    if (m.window > 0) l = max(l, qa0 - m.window + 1 - m.k_start);
+    h = min_ll(h, qa1 - m.k_start);
+    if (m.window > 0) l = max_ll(l, qa0 - m.window + 1 - m.k_start);
   } else if (m.window > 0) {
-    l = max(l, qa0 - m.window + 1 - m.k_start);
-    h = min(h, qa1 + m.window - 1 - m.k_start);
+    l = max_ll(l, qa0 - m.window + 1 - m.k_start);
+    h = min_ll(h, qa1 + m.window - 1 - m.k_start);
   }
-  *lo = static_cast<int>(min(l, static_cast<long long>(dm.sk)));
-  *hi = static_cast<int>(max(h, -1LL));
+  *lo = static_cast<int>(min_ll(l, static_cast<long long>(dm.sk)));
+  *hi = static_cast<int>(max_ll(h, -1LL));
 }
 
 // Queries [*lo, *hi] that may see keys [j0, j1] by position; empty when lo > hi.
-__device__ __forceinline__ void query_range(const MaskDev& m, const Dims& dm, int j0, int j1, int* lo, int* hi) {
+__host__ __device__ __forceinline__ void query_range(const MaskDev& m, const Dims& dm, int j0, int j1, int* lo, int* hi) {
   const long long ka0 = m.k_start + j0, ka1 = m.k_start + j1;
   long long l = 0, h = dm.sq - 1;
   if (m.causal) {
-    l = max(l, ka0 - m.q_start);
-    if (m.window > 0) h = min(h, ka1 + m.window - 1 - m.q_start);
+    l = max_ll(l, ka0 - m.q_start);
+    if (m.window > 0) h = min_ll(h, ka1 + m.window - 1 - m.q_start);
   } else if (m.window > 0) {
-    l = max(l, ka0 - m.window + 1 - m.q_start);
-    h = min(h, ka1 + m.window - 1 - m.q_start);
+    l = max_ll(l, ka0 - m.window + 1 - m.q_start);
+    h = min_ll(h, ka1 + m.window - 1 - m.q_start);
   }
-  *lo = static_cast<int>(min(l, static_cast<long long>(dm.sq)));
-  *hi = static_cast<int>(max(h, -1LL));
+  *lo = static_cast<int>(min_ll(l, static_cast<long long>(dm.sq)));
+  *hi = static_cast<int>(max_ll(h, -1LL));
 }
 
 // First index in [0, n) whose id is >= (upper: >) d, in non-decreasing ids; n when none.

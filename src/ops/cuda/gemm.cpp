@@ -4,6 +4,7 @@
 
 #include <cublasLt.h>
 
+#include <limits>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -25,8 +26,9 @@ cudaDataType_t cuda_type(DType t) {
 
 // The largest power of two (at most 256) dividing the address: cuBLASLt's heuristic assumes
 // 256-byte aligned buffers unless told otherwise, and row slices of a tensor often are not.
-uint32_t alignment(const void* p) {
-  const auto v = reinterpret_cast<uintptr_t>(p);
+// With batches, every operand's start counts: the stride (in bytes) is or-ed in.
+uint32_t alignment(const void* p, int64_t stride_bytes) {
+  const auto v = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(stride_bytes);
   uint32_t a = 256;
   while (a > 1 && v % a != 0) a /= 2;
   return a;
@@ -38,8 +40,10 @@ struct Key {
   DType ab, c;
   uint32_t align_a, align_b, align_c;
   bool accumulate;
+  int64_t batch, stride_a, stride_b, stride_c;
   auto tie() const {
-    return std::tie(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c, align_a, align_b, align_c, accumulate);
+    return std::tie(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c, align_a, align_b, align_c, accumulate, batch,
+                    stride_a, stride_b, stride_c);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -66,6 +70,18 @@ Plan make_plan(const Key& key) {
   G4_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, ab, u(key.trans_a ? key.m : key.k), u(key.trans_a ? key.k : key.m),
                                              key.lda));
   G4_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, u(key.n), u(key.m), key.ldc));
+  if (key.batch > 1) {
+    const auto set_batch = [&](cublasLtMatrixLayout_t layout, int64_t stride) {
+      const int32_t count = static_cast<int32_t>(key.batch);
+      G4_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      G4_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                       sizeof(stride)));
+    };
+    set_batch(p.a, key.stride_b);  // cuBLAS's A is our B
+    set_batch(p.b, key.stride_a);
+    set_batch(p.c, key.stride_c);
+  }
 
   cublasLtMatmulPreference_t pref = nullptr;
   G4_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -108,6 +124,18 @@ const Plan& plan_for(const Key& key) {
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
                    int64_t lda, const void* b, int64_t ldb, DType ab_dtype, float beta, void* c, int64_t ldc,
                    DType c_dtype) {
+  gemm_rowmajor_batched(trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, ab_dtype, beta, c, ldc, 0, c_dtype, 1);
+}
+
+void gemm_rowmajor_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
+                           int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+                           DType ab_dtype, float beta, void* c, int64_t ldc, int64_t stride_c, DType c_dtype,
+                           int64_t batch) {
+  G4_CHECK(batch >= 0 && batch <= std::numeric_limits<int32_t>::max(), "gemm: batch count ", batch, " out of range");
+  G4_CHECK(batch <= 1 || (stride_a >= 0 && stride_b >= 0 && stride_c > 0), "gemm: batch strides a ", stride_a, ", b ",
+           stride_b, ", c ", stride_c, " must be >= 0 (c > 0)");
+  if (batch == 0) return;
+  if (batch == 1) stride_a = stride_b = stride_c = 0;
   G4_CHECK(m >= 0 && n >= 0 && k >= 0, "gemm: negative size [", m, ", ", k, "] x [", k, ", ", n, "]");
   G4_CHECK(c_dtype == ab_dtype || (ab_dtype == DType::BF16 && c_dtype == DType::F32), "gemm: ", dtype_name(ab_dtype),
            " inputs cannot produce ", dtype_name(c_dtype), " (C takes the inputs' dtype, or f32 with bf16 inputs)");
@@ -116,15 +144,17 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
     // An empty sum: C = beta·C. cuBLASLt does not take k = 0.
     G4_CHECK(beta == 0.0f || beta == 1.0f, "gemm: k = 0 with beta ", beta, " is not supported");
     if (beta == 0.0f)
-      G4_CUDA_CHECK(cudaMemset2DAsync(c, static_cast<size_t>(ldc) * dtype_size(c_dtype), 0,
-                                      static_cast<size_t>(n) * dtype_size(c_dtype), static_cast<size_t>(m),
-                                      g4::cuda::stream()));
+      for (int64_t i = 0; i < batch; ++i)
+        G4_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(c) + i * stride_c * dtype_size(c_dtype),
+                                        static_cast<size_t>(ldc) * dtype_size(c_dtype), 0,
+                                        static_cast<size_t>(n) * dtype_size(c_dtype), static_cast<size_t>(m),
+                                        g4::cuda::stream()));
     return;
   }
   G4_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n, "gemm: row strides lda ", lda, ", ldb ",
            ldb, ", ldc ", ldc, " too small for [", m, ", ", k, "] x [", k, ", ", n, "]");
-  const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, ab_dtype, c_dtype, alignment(a), alignment(b),
-                alignment(c), beta != 0.0f};
+  const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, ab_dtype, c_dtype, alignment(a, stride_a * dtype_size(ab_dtype)),
+                alignment(b, stride_b * dtype_size(ab_dtype)), alignment(c, stride_c * dtype_size(c_dtype)), beta != 0.0f, batch, stride_a, stride_b, stride_c};
   const Plan& p = plan_for(key);
   G4_CUBLAS_CHECK(cublasLtMatmul(g4::cuda::blaslt_handle(), p.op, &alpha, b, p.a, a, p.b, &beta, c, p.c, c, p.c,
                                  &p.algo, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes(),

@@ -17,4 +17,11 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                    int64_t lda, const void* b, int64_t ldb, DType ab_dtype, float beta, void* c, int64_t ldc,
                    DType c_dtype);
 
+// `batch` independent products of the same shape: operand i starts at a + i·stride_a (b, c likewise;
+// strides in elements). One cuBLASLt launch; stride 0 is not allowed for c.
+void gemm_rowmajor_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
+                           int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+                           DType ab_dtype, float beta, void* c, int64_t ldc, int64_t stride_c, DType c_dtype,
+                           int64_t batch);
+
 }  // namespace g4::ops::cuda

@@ -1,0 +1,77 @@
+// Hopper warpgroup MMA (wgmma) building blocks: shared-memory matrix descriptors for tiles stored
+// K-major with the 128-byte swizzle, the fences wgmma needs, and the bf16 m64n128k16 product with
+// an fp32 accumulator. A warpgroup is 4 consecutive warps (128 threads); each wgmma computes a
+// 64 x 128 tile, warp w of the group owning rows [16w, 16w + 16).
+//
+// Tile layout ("SW128"): rows of 64 bf16 (128 bytes); the 16-byte chunk c of row r is stored at
+// chunk c ^ (r % 8) of that row, and a tile starts on a 1024-byte boundary. One such tile holds a
+// 64-wide K slice; the k16 steps inside it are 32 bytes apart.
+//
+// Accumulator layout of d[64] (g = lane / 4, c = lane % 4 within warp w of the group): d[4n + e]
+// holds row 16w + g + 8 (e / 2), column 8n + 2c + (e % 2) — mma.sync's m16n8 C fragment,
+// repeated for the 16 n8 tiles.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace g4::ops::cuda::wgmma {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Descriptor of an SW128 K-major tile starting at `tile` (1024-byte aligned): 8-row groups are
+// 1024 bytes apart (stride byte offset); the leading byte offset is unused for this layout.
+__device__ __forceinline__ uint64_t sw128_desc(const void* tile) {
+  const uint64_t addr = smem_addr(tile);
+  return ((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+// The same descriptor advanced by `bytes` along K (a multiple of 16, inside the 128-byte row).
+__device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
+// Row r, 16-byte chunk c (8 bf16) of an SW128 tile, in elements from the tile start.
+__device__ __forceinline__ int sw128_offset(int r, int c) { return r * 64 + ((c ^ (r & 7)) << 3); }
+
+// Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to wgmma.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Orders register accesses to the accumulators before the wgmma that follow.
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// d (64 x 128, fp32) += A (64 x 16) · Bᵀ with A and B (128 x 16) K-major bf16 in shared memory.
+__device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63 "
+      "}, "
+      "%64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+}  // namespace g4::ops::cuda::wgmma
