@@ -112,7 +112,7 @@ __device__ __forceinline__ void store_scores(const ScoreArgs& a, const float (&s
 // One CTA: queries [i0, i0 + 128) x keys [j0, j0 + 128) of one query head; the key tiles of the
 // chunk that share a query tile are neighbours in the grid, so they run together and all but the
 // first read that tile's Q and dO from L2 (a CTA that walked the key tiles itself re-read them
-// after L2 had evicted them: 20% slower). Two warpgroups, each 64 query rows of S and
+// after L2 had evicted them, and was no faster). Two warpgroups, each 64 query rows of S and
 // of dP (wgmma m64n128k16, 2 x 64 fp32 registers per thread); the head dim streams through a
 // 3-stage cp.async pipeline in 64-column steps. Tiles the mask hides entirely (by position or
 // document) are written as zeros, not computed.
