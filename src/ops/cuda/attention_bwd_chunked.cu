@@ -8,7 +8,8 @@
 // products that need the head dim become ordinary tensor-core GEMMs:
 //
 //   score kernel:  S = Q Kᵀ and dP = dO Vᵀ per 128 x 128 tile on wgmma (the head dim streamed
-//                  through shared memory in 64-column steps), P = exp(scale·S - lse), dS = P ∘ (dP - D),
+//                  through shared memory in 64-column steps by TMA), P = exp(scale·S - lse),
+//                  dS = P ∘ (dP - D),
 //                  written for the chunk's keys against every query that may see them by position;
 //                  tiles the mask hides entirely (by position or by document) are written as zeros
 //                  without being computed;
@@ -29,6 +30,7 @@
 #include "ops/cuda/attention_kernels.h"
 #include "ops/cuda/attention_tiles.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace g4::ops::cuda::attn {
@@ -39,7 +41,8 @@ constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
 constexpr size_t kTileBytes = size_t(kBM) * kBK * 2;  // one SW128 tile: 128 rows x 64 columns
 static_assert(kBM == kBN, "the four tiles of a stage share one size");
 constexpr size_t kStageBytes = 4 * kTileBytes;          // Q, K, dO, V
-constexpr size_t kScoreSmem = kStages * kStageBytes + 1024;  // + slack to align the stages to 1024 B
+// + the stages' mbarriers, and slack to align the stages to 1024 B
+constexpr size_t kScoreSmem = kStages * kStageBytes + 64 + 1024;
 static_assert(kScoreSmem <= 227 * 1024, "score kernel shared memory");
 
 struct ScoreArgs {
@@ -51,18 +54,6 @@ struct ScoreArgs {
   MaskDev mask;
   float scale_log2;
 };
-
-// Rows [r0, r0 + 128) x columns [c0, c0 + 64) of one head of a [B, S, heads, dim] bf16 tensor into
-// an SW128 tile (wgmma.cuh); rows >= S and columns >= dim are zero-filled.
-__device__ __forceinline__ void load_sw128(bf16* tile, const bf16* src, int b, int r0, int S, int heads, int head,
-                                           int dim, int c0) {
-  for (int idx = threadIdx.x; idx < kBM * 8; idx += kThreads) {
-    const int r = idx / 8, c = idx % 8;
-    const bool ok = r0 + r < S && c0 + 8 * c < dim;
-    const bf16* g = ok ? src + ((static_cast<long long>(b) * S + r0 + r) * heads + head) * dim + c0 + 8 * c : src;
-    cp_async16(tile + wgmma::sw128_offset(r, c), g, ok);
-  }
-}
 
 // Zeros for the tile at rows [i0, i_last] x keys [j0, j0 + 128) of one head's P and dS, so that
 // the GEMMs may read tiles the mask hides.
@@ -109,17 +100,22 @@ __device__ __forceinline__ void store_scores(const ScoreArgs& a, const float (&s
   }
 }
 
-// One CTA: queries [i0, i0 + 128) x keys [j0, j0 + 128) of one query head; the key tiles of the
-// chunk that share a query tile are neighbours in the grid, so they run together and all but the
-// first read that tile's Q and dO from L2 (a CTA that walked the key tiles itself re-read them
-// after L2 had evicted them, and was no faster). Two warpgroups, each 64 query rows of S and
-// of dP (wgmma m64n128k16, 2 x 64 fp32 registers per thread); the head dim streams through a
-// 3-stage cp.async pipeline in 64-column steps. Tiles the mask hides entirely (by position or
-// document) are written as zeros, not computed.
-__global__ void __launch_bounds__(kThreads, 1) score_kernel(ScoreArgs a) {
+struct ScoreMaps {
+  CUtensorMap q, k, v, dout;  // boxes of 128 rows x 64 columns: one tile
+};
+
+// One CTA: queries [i0, i0 + 128) x keys [j0, j0 + 128) of one query head. Two warpgroups, each
+// 64 query rows of S and of dP (wgmma m64n128k16, 2 x 64 fp32 registers per thread); the head dim
+// streams through 3 stages of 64 columns, each stage's four tiles loaded by four TMA copies that
+// complete on one mbarrier. (Loading the same tiles with cp.async, 4 096 16-byte copies per stage,
+// took 7.1 ms instead of 3.8 on S 8192; sharing each load between two CTAs of a 2 x 2 cluster
+// with TMA multicast took 5.6: its per-step cluster barrier costs more than the halved L2 reads
+// save.) Tiles the mask hides entirely are written as zeros without a load.
+__global__ void __launch_bounds__(kThreads, 1) score_kernel(const __grid_constant__ ScoreMaps maps, ScoreArgs a) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   const Dims& dm = a.dims;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
   const int wg = warp / 4, wq = warp % 4;
@@ -137,29 +133,33 @@ __global__ void __launch_bounds__(kThreads, 1) score_kernel(ScoreArgs a) {
     return;
   }
 
-  // Stage buffer: Q, K, dO, V tiles, each SW128; step t covers head-dim columns [64 t, 64 t + 64).
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) tma::mbar_init(&full[s]);
+    tma::fence_mbar_init();
+  }
+  __syncthreads();
+
   auto tile = [&](int buf, int which) {
     return reinterpret_cast<bf16*>(smem + buf * kStageBytes + which * kTileBytes);
   };
-  auto load_step = [&](int t, int buf) {
+  auto issue = [&](int t, int buf) {  // step t: head-dim columns [64 t, 64 t + 64)
+    if (tid != 0) return;
     const int c0 = t * kBK;
-    if (c0 < dm.d) {
-      load_sw128(tile(buf, 0), a.q, b, i0, dm.sq, dm.heads, h, dm.d, c0);
-      load_sw128(tile(buf, 1), a.k, b, j0, dm.sk, dm.kv_heads, kvh, dm.d, c0);
+    const bool s_step = c0 < dm.d, dp_step = c0 < dm.dv;
+    tma::mbar_expect_bytes(&full[buf], (s_step + dp_step) * 2 * static_cast<uint32_t>(kTileBytes));
+    if (s_step) {
+      tma::load(tile(buf, 0), maps.q, c0, h, i0, b, &full[buf]);
+      tma::load(tile(buf, 1), maps.k, c0, kvh, j0, b, &full[buf]);
     }
-    if (c0 < dm.dv) {
-      load_sw128(tile(buf, 2), a.dout, b, i0, dm.sq, dm.heads, h, dm.dv, c0);
-      load_sw128(tile(buf, 3), a.v, b, j0, dm.sk, dm.kv_heads, kvh, dm.dv, c0);
+    if (dp_step) {
+      tma::load(tile(buf, 2), maps.dout, c0, h, i0, b, &full[buf]);
+      tma::load(tile(buf, 3), maps.v, c0, kvh, j0, b, &full[buf]);
     }
   };
   const int n_steps = ((dm.d > dm.dv ? dm.d : dm.dv) + kBK - 1) / kBK;
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_steps) load_step(s, s);
-    cp_async_commit();
-  }
+  for (int s = 0; s < kStages - 1 && s < n_steps; ++s) issue(s, s);
 
-  // Softmax statistics of this thread's two rows (loaded while the first stages land).
+  // Softmax statistics of this thread's two rows (read while the first stages land).
   const int a_row0 = wg * 64, row0 = i0 + a_row0 + wq * 16 + g;
   const long long lse_row0 = (static_cast<long long>(b) * dm.heads + h) * dm.sq;
   float lse2[2], dsum[2];
@@ -177,12 +177,11 @@ __global__ void __launch_bounds__(kThreads, 1) score_kernel(ScoreArgs a) {
   for (int e = 0; e < 64; ++e) s_acc[e] = dp_acc[e] = 0.f;
 #pragma unroll 1
   for (int t = 0; t < n_steps; ++t) {
-    cp_async_wait<kStages - 2>();
-    wgmma::fence_async_shared();
-    __syncthreads();  // step t landed everywhere; step t - 1's products are done, so its buffer is refilled next
-    if (t + kStages - 1 < n_steps) load_step(t + kStages - 1, (t + kStages - 1) % kStages);
-    cp_async_commit();
+    // Every warp is done with step t - 1, so its buffer may be refilled for step t + kStages - 1.
+    if (t > 0) __syncthreads();
+    if (t + kStages - 1 < n_steps) issue(t + kStages - 1, (t + kStages - 1) % kStages);
     const int buf = t % kStages;
+    tma::mbar_wait(&full[buf], static_cast<uint32_t>((t / kStages) & 1));
     wgmma::fence();
     if (t * kBK < dm.d) {
       const uint64_t dq = wgmma::sw128_desc(tile(buf, 0) + a_row0 * kBK), dk = wgmma::sw128_desc(tile(buf, 1));
@@ -199,7 +198,6 @@ __global__ void __launch_bounds__(kThreads, 1) score_kernel(ScoreArgs a) {
     wgmma::commit();
     wgmma::wait<0>();
   }
-  cp_async_wait<0>();
 
   const bool need_mask = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr || j0 + kBN > dm.sk ||
                          !rect_fully_visible(a.mask, i0, i_last, j0, j_last);
@@ -266,8 +264,10 @@ void repeat_kv_heads(const bf16* k, bf16* dst, const Dims& dm) {
 }  // namespace
 
 int default_key_chunk(const Dims& dm) {
-  // P and dS together take heads x Sq x chunk x 4 bytes: about 256 MiB, in 128-key steps.
-  const long long budget = 256LL << 20, per_key = 4LL * dm.heads * (dm.sq > 0 ? dm.sq : 1);
+  // P and dS together take heads x Sq x chunk x 4 bytes: up to 512 MiB, in 128-key steps, at most
+  // 1024 keys. Every chunk reads and writes the f32 dq_accum rows its keys reach, so halving the
+  // chunk doubles that traffic (S 8192, 16 heads: 1024-key chunks 7.5 ms, 512-key chunks 8.9 ms).
+  const long long budget = 512LL << 20, per_key = 4LL * dm.heads * (dm.sq > 0 ? dm.sq : 1);
   long long kc = budget / per_key / kBN * kBN;
   if (kc < kBN) kc = kBN;
   if (kc > 1024) kc = 1024;
@@ -286,6 +286,11 @@ void backward_chunked(const BwdArgs& a, int key_chunk) {
         cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kScoreSmem)));
     configured = true;
   }
+  ScoreMaps maps;
+  maps.q = tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, dm.d, kBM);
+  maps.k = tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, dm.d, kBN);
+  maps.v = tma::head_rows_map(a.v, dm.batch, dm.sk, dm.kv_heads, dm.dv, kBN);
+  maps.dout = tma::head_rows_map(a.dout, dm.batch, dm.sq, dm.heads, dm.dv, kBM);
   const int kc = key_chunk, G = dm.group;
   Tensor p_ws = Tensor::empty({static_cast<int64_t>(dm.heads) * dm.sq * kc}, DType::BF16, Device::CUDA);
   Tensor ds_ws = Tensor::empty(p_ws.shape(), DType::BF16, Device::CUDA);
@@ -333,7 +338,7 @@ void backward_chunked(const BwdArgs& a, int key_chunk) {
         s.mask = a.mask;
         s.scale_log2 = a.scale_log2;
         const dim3 grid((n_k + kBN - 1) / kBN, (n_q + kBM - 1) / kBM, dm.heads);
-        score_kernel<<<grid, kThreads, kScoreSmem, g4::cuda::stream()>>>(s);
+        score_kernel<<<grid, kThreads, kScoreSmem, g4::cuda::stream()>>>(maps, s);
         G4_CUDA_CHECK_LAUNCH();
 
         const long long head_ws = static_cast<long long>(n_q) * kc;  // P / dS elements per query head

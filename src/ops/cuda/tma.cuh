@@ -1,0 +1,83 @@
+// Hopper tensor-memory-accelerator (TMA) loads for the wgmma kernels: a host helper that describes
+// one head of a [B, S, heads, dim] bf16 tensor as a TMA tensor map whose boxes land in shared
+// memory in the SW128 layout of wgmma.cuh, and the device side: mbarriers that count the arriving
+// bytes and the bulk tensor load.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/cuda/runtime.h"
+#include "core/error.h"
+
+namespace g4::ops::cuda::tma {
+
+// [B, S, heads, dim] bf16 at `base` as a 4-D map (dim, heads, S, B) with boxes of 64 columns x
+// `box_rows` rows of one head, swizzled 128B; rows past S and columns past dim read as zeros.
+inline CUtensorMap head_rows_map(const void* base, int64_t batch, int64_t seq, int64_t heads, int64_t dim,
+                                 uint32_t box_rows) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    G4_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    G4_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
+             "tma: the driver has no cuTensorMapEncodeTiled (TMA needs a Hopper driver)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap map{};
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(seq), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(dim * 2), static_cast<cuuint64_t>(heads * dim * 2),
+                                 static_cast<cuuint64_t>(seq * heads * dim * 2)};
+  const cuuint32_t box[4] = {64, 1, box_rows, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(base), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  G4_CHECK(r == CUDA_SUCCESS, "tma: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for [", batch,
+           ", ", seq, ", ", heads, ", ", dim, "] bf16 with ", box_rows, "-row boxes");
+  return map;
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// One arrival (with the expected bytes) completes a phase of these barriers.
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Makes the initialisations visible to the TMA unit's completions.
+__device__ __forceinline__ void fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_bytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+// Waits until the phase with this parity (0, 1, 0, ... for successive uses) has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// The box at (col, head, row, batch) of `map` into `dst`, completing its bytes on `bar`.
+__device__ __forceinline__ void load(void* dst, const CUtensorMap& map, int col, int head, int row, int batch,
+                                     uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(smem_addr(bar))
+      : "memory");
+}
+
+}  // namespace g4::ops::cuda::tma
