@@ -107,6 +107,19 @@ const Reference& reference() {
   return r;
 }
 
+// The end of reference step s once the gradients are reduced: the clip norm, then the update.
+void clip_and_step_like_reference(train::ShardedAdamW& opt, model::Gemma4& m, int s) {
+  const double norm = reference().norms[static_cast<size_t>(s)];
+  EXPECT_NEAR(opt.clip_grad_norm(kMaxNorm), norm, 1e-12 * norm);
+  opt.step(kLr);
+  m.params().zero_grad();
+}
+
+// Every parameter of `m` (gathered) is the reference run's after its last step.
+void expect_reference_parameters(const model::Gemma4& m) {
+  for (const auto& [n, w] : reference().params) EXPECT_TRUE(close_to(m.params().at(n).value(), w, 1e-12)) << n;
+}
+
 // --- One rank ---------------------------------------------------------------------------------
 
 TEST(Fsdp, FlatLayoutPadsToTheShardsAndRoundTrips) {
@@ -205,13 +218,10 @@ TEST(Fsdp, OneRankShardedStepIsTheAdamWStep) {
     EXPECT_EQ(out.loss.value().item(), reference().losses[static_cast<size_t>(s)]);
     opt.reduce_gradients();
     EXPECT_FALSE(m->params().at("model.norm.weight").value().defined());
-    EXPECT_NEAR(opt.clip_grad_norm(kMaxNorm), reference().norms[static_cast<size_t>(s)],
-                1e-12 * reference().norms[static_cast<size_t>(s)]);
-    opt.step(kLr);
-    m->params().zero_grad();
+    clip_and_step_like_reference(opt, *m, s);
   }
   opt.gather_parameters();
-  for (const auto& [n, w] : reference().params) EXPECT_TRUE(close_to(m->params().at(n).value(), w, 1e-12)) << n;
+  expect_reference_parameters(*m);
 }
 
 // Block by block on one rank (also with activation recompute): still the AdamW step, bit for bit
@@ -236,13 +246,10 @@ TEST(Fsdp, OneRankBlockByBlockStepIsTheAdamWStep) {
       EXPECT_LT(opt.shards().whole_elements_peak(), opt.shards().layout().padded / 2);
       EXPECT_EQ(opt.shards().whole_elements(), 0) << "every block is freed after its backward";
       opt.reduce_gradients();
-      EXPECT_NEAR(opt.clip_grad_norm(kMaxNorm), reference().norms[static_cast<size_t>(s)],
-                  1e-12 * reference().norms[static_cast<size_t>(s)]);
-      opt.step(kLr);
-      m->params().zero_grad();
+      clip_and_step_like_reference(opt, *m, s);
     }
     opt.gather_parameters();
-    for (const auto& [n, w] : reference().params) EXPECT_TRUE(close_to(m->params().at(n).value(), w, 1e-12)) << n;
+    expect_reference_parameters(*m);
     // Evaluation forwards (no tape) also run block by block, and free every block.
     opt.release_parameters();
     {
