@@ -13,6 +13,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 // 0 for the default). automatic: the chunked one for head dims above 256, where it is faster.
 enum class BackwardKernel { automatic, flash, key_chunked };
 
+// The kernel `automatic` stands for with head dims d (q, k) and dv (v).
+BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv);
+
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
                         Tensor& dv, BackwardKernel kernel = BackwardKernel::automatic, int key_chunk = 0);

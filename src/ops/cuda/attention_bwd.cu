@@ -254,8 +254,7 @@ void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& d
 }
 
 void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk) {
-  const int hd = a.dims.d > a.dims.dv ? a.dims.d : a.dims.dv;
-  if (kernel == BackwardKernel::automatic) kernel = hd > 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+  if (kernel == BackwardKernel::automatic) kernel = automatic_backward_kernel(a.dims.d, a.dims.dv);
   if (kernel == BackwardKernel::key_chunked) {
     backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims));
   } else {
@@ -284,3 +283,13 @@ void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float sca
 }
 
 }  // namespace g4::ops::cuda::attn
+
+namespace g4::ops::cuda {
+
+// Above 256 the flash backward's dK/dV tiles no longer fit the registers (docs/performance.md:
+// d 512 at S 8192, 27.6 against 7.6 ms); at 256 and below it wins on training steps.
+BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv) {
+  return (d > dv ? d : dv) > 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+}
+
+}  // namespace g4::ops::cuda

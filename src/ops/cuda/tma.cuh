@@ -11,6 +11,7 @@
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
+#include "ops/cuda/wgmma.cuh"
 
 namespace g4::ops::cuda::tma {
 
@@ -41,20 +42,16 @@ inline CUtensorMap head_rows_map(const void* base, int64_t batch, int64_t seq, i
   return map;
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // One arrival (with the expected bytes) completes a phase of these barriers.
 __device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(wgmma::smem_addr(bar)) : "memory");
 }
 // Makes the initialisations visible to the TMA unit's completions.
 __device__ __forceinline__ void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 __device__ __forceinline__ void mbar_expect_bytes(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(wgmma::smem_addr(bar)), "r"(bytes)
                : "memory");
 }
 // Waits until the phase with this parity (0, 1, 0, ... for successive uses) has completed.
@@ -65,7 +62,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       "WAIT_%=:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(smem_addr(bar)),
+      "}\n" ::"r"(wgmma::smem_addr(bar)),
       "r"(parity)
       : "memory");
 }
@@ -75,8 +72,8 @@ __device__ __forceinline__ void load(void* dst, const CUtensorMap& map, int col,
                                      uint64_t* bar) {
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem_addr(dst)),
-      "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(smem_addr(bar))
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(wgmma::smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(wgmma::smem_addr(bar))
       : "memory");
 }
 

@@ -31,11 +31,6 @@ __device__ __forceinline__ uint64_t sw128_desc(const void* tile) {
 // The same descriptor advanced by `bytes` along K (a multiple of 16, inside the 128-byte row).
 __device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
-// Row r, 16-byte chunk c (8 bf16) of an SW128 tile, in elements from the tile start.
-__device__ __forceinline__ int sw128_offset(int r, int c) { return r * 64 + ((c ^ (r & 7)) << 3); }
-
-// Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to wgmma.
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Orders register accesses to the accumulators before the wgmma that follow.
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
