@@ -16,8 +16,10 @@
 #include "core/philox.h"
 #include "model/gemma4.h"
 #include "model/named_configs.h"
-#include "train/adamw.h"
+#include "parallel/single_communicator.h"
 #include "train/flops.h"
+#include "train/sft.h"
+#include "train/train_step.h"
 
 namespace g4::cli {
 
@@ -28,7 +30,7 @@ struct BenchOptions {
   int64_t layers = 3, seq = 4096, steps = 10, warmup = 3;
   int64_t accum = 1;  // micro-batches (the same packed row) per optimizer step
   int64_t min_doc = 256, max_doc = 2048;
-  double peak_tflops = 800;  // H100 SXM dense bf16, the MFU denominator
+  double peak_tflops = 989;  // H100/H200 SXM dense bf16 (datasheet), the MFU denominator
   bool recompute = false;
   bool profile = false;  // a kernel table (CUPTI) of two extra steps
   bool hf = false;
@@ -77,48 +79,60 @@ struct Result {
   KernelProfile profile;            // of two steps, with --profile
 };
 
+// The batch every step trains on: the same packed row.
+class FixedRow final : public train::BatchSource {
+ public:
+  explicit FixedRow(const PackedRow& row) : row_(row) {}
+  data::Batch batch(int64_t, int64_t) const override {
+    data::Batch b;
+    b.input_ids = row_.input_ids;
+    b.position_ids = row_.position_ids;
+    b.labels = row_.labels;
+    return b;
+  }
+
+ private:
+  const PackedRow& row_;
+};
+
+// g4's training step, as g4 train runs it (train::train_step with the SFT objective and the
+// replicated AdamW on fp32 masters), on a bf16 GPU model.
 Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
   G4_CHECK(cuda_available(), "g4 bench train needs a CUDA GPU (this build or machine has none)");
   Result res;
   {
+    parallel::SingleCommunicator world;
+    parallel::DeviceMesh mesh(world, parallel::MeshShape{});
     model::Gemma4 model(cfg, {}, DType::BF16, Device::CUDA);
     model.init_weights(o.seed);
     model.set_recompute(o.recompute);
-    auto& params = model.params();
-    train::AdamWOptions ao;
-    ao.beta2 = 0.95;
-    ao.weight_decay = 0.01;
-    train::AdamW opt(params, params.order, train::no_weight_decay(params, cfg), ao);
-    model::ForwardInputs in;
-    in.input_ids = row.input_ids;
-    in.position_ids = row.position_ids;
-    in.labels = row.labels;
-    in.return_logits = false;
+    train::SftOptions so;
+    so.grad_accumulation = o.accum;  // the mean over the micro-batches
+    train::SftObjective objective(std::make_unique<FixedRow>(row), so, mesh);
+    objective.configure(model);
+    train::OptimizerSetup os;
+    os.model = &model;
+    os.mesh = &mesh;
+    os.trainable = model.params().order;
+    os.adamw.beta2 = 0.95;
+    os.adamw.weight_decay = 0.01;
+    const std::unique_ptr<train::Optimizer> opt = train::make_optimizer(std::move(os));
     // `phase` (optional) receives the milliseconds of forward, backward and optimizer, each
     // closed by a device synchronisation: only for the separate profiling steps below, since the
     // synchronisations themselves cost time.
     using Clock = std::chrono::steady_clock;
     auto step = [&](double* phase = nullptr) {
-      auto mark = [&, t = Clock::now()](int i) mutable {
-        if (!phase) return;
-        device_synchronize();
-        const auto now = Clock::now();
-        phase[i] += 1e3 * std::chrono::duration<double>(now - t).count();
-        t = now;
-      };
-      double loss = 0;
-      for (int64_t a = 0; a < o.accum; ++a) {  // gradient accumulation: the mean over the micro-batches
-        model::ForwardOutputs out = model.forward(in);
-        mark(0);
-        ag::backward(out.loss, 1.0 / static_cast<double>(o.accum));
-        mark(1);
-        loss += out.cross_entropy / static_cast<double>(o.accum);
-      }
-      const train::GradNorm gn = train::grad_norm_and_scale(params, params.order, 1.0);
-      opt.step(1e-5, gn.scale);
-      params.zero_grad();
-      mark(2);
-      return loss;
+      train::PhaseMark mark;
+      Clock::time_point t = Clock::now();
+      if (phase)
+        mark = [&](train::StepPhase p) {
+          device_synchronize();
+          const auto now = Clock::now();
+          phase[static_cast<int>(p)] += 1e3 * std::chrono::duration<double>(now - t).count();
+          t = now;
+        };
+      const auto batch = objective.next_batch();
+      return train::train_step(model, objective, *opt, *batch, 1e-5, 1.0, world, mark).metrics.at("loss");
     };
     for (int64_t i = 0; i < o.warmup; ++i) {
       const double l = step();
@@ -266,7 +280,7 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_option("--accum", o->accum, "micro-batches per optimizer step (gradient accumulation over the same row)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", o->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--peak-tflops", o->peak_tflops, "the MFU denominator (H100 SXM dense bf16: 800)");
+  cmd->add_option("--peak-tflops", o->peak_tflops, "the MFU denominator (H100/H200 SXM dense bf16 datasheet peak: 989)");
   cmd->add_flag("--recompute", o->recompute, "activation recompute");
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over two extra steps (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");

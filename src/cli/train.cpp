@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "model/state_dict_adapter.h"
+#include "train/sft.h"
 #include "train/trainer.h"
 
 namespace g4::cli {

@@ -132,14 +132,7 @@ double sum_squares(const Tensor& g) {
   for (int64_t i = 0; i < g.numel(); ++i) sq += static_cast<double>(d[i]) * static_cast<double>(d[i]);
   return sq;
 }
-template <class T>
-void scale_in_place(Tensor& g, T coef) {
-  T* d = g.data<T>();
-  for (int64_t i = 0; i < g.numel(); ++i) d[i] *= coef;
-}
-}  // namespace
 
-namespace {
 // On the GPU: the squared norms are summed on the device and the total comes back once (the one
 // synchronisation of the optimizer step: the clipping coefficient is needed on the host).
 double device_grad_norm(model::ParamStore& params, const std::vector<std::string>& names,
@@ -163,37 +156,11 @@ double device_grad_norm(model::ParamStore& params, const std::vector<std::string
   return std::sqrt(total_sq);
 }
 
-double clip_grad_norm_device(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
-                             parallel::Communicator* expert_group) {
-  const double total = device_grad_norm(params, names, expert_group);
-  if (max_norm > 0) {
-    const double coef = std::min(1.0, max_norm / (total + 1e-6));
-    if (coef < 1.0)
-      for (const std::string& n : names)
-        if (params.at(n).grad().defined()) ops::scale_(params.at(n).owned_grad(), coef);
-  }
-  return total;
-}
-}  // namespace
-
-GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm) {
-  G4_CHECK(!names.empty(), "grad_norm_and_scale: no parameters");
-  GradNorm r;
-  r.norm = device_grad_norm(params, names, nullptr);
-  if (max_norm > 0) r.scale = std::min(1.0, max_norm / (r.norm + 1e-6));
-  return r;
-}
-
-double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
-                      parallel::Communicator* expert_group) {
-  for (const std::string& n : names) {
-    const Tensor& g = params.at(n).grad();
-    if (g.defined() && g.device() == Device::CUDA) return clip_grad_norm_device(params, names, max_norm, expert_group);
-    if (g.defined()) break;
-  }
-  // torch: the norm of the per-tensor norms, each rounded to the gradient's dtype.
+// On the CPU, torch's arithmetic: the norm of the per-tensor norms, each rounded to the
+// gradient's dtype.
+double host_grad_norm(model::ParamStore& params, const std::vector<std::string>& names,
+                      parallel::Communicator* expert_group, bool& f64) {
   double total_sq = 0, expert_sq = 0;
-  bool f64 = false;
   for (const std::string& n : names) {
     const Tensor& g = params.at(n).grad();
     if (!g.defined()) continue;
@@ -203,28 +170,66 @@ double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>&
       expert_sq += sq;  // a slice of an expert tensor: its square is summed over the group below
       continue;
     }
-    const double rounded = f64 ? std::sqrt(sq) : static_cast<float>(std::sqrt(sq));
-    total_sq += rounded * rounded;
+    total_sq += rounded_square(sq, f64);
   }
   if (expert_group) {
     Tensor t = Tensor::from_vector<double>({expert_sq}, {1});
     expert_group->all_reduce(t);
     total_sq += t.data<double>()[0];
   }
-  const double total = f64 ? std::sqrt(total_sq) : static_cast<float>(std::sqrt(total_sq));
-  if (max_norm > 0) {
-    const double coef = std::min(1.0, max_norm / (total + 1e-6));
-    for (const std::string& n : names) {
-      ag::Var& v = params.at(n);
-      if (!v.grad().defined()) continue;
-      Tensor& g = v.owned_grad();
-      if (g.dtype() == DType::F64)
-        scale_in_place<double>(g, coef);
-      else
-        scale_in_place<float>(g, static_cast<float>(std::min(1.0f, static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f))));
-    }
+  return f64 ? std::sqrt(total_sq) : static_cast<float>(std::sqrt(total_sq));
+}
+}  // namespace
+
+double rounded_square(double sq, bool f64) {
+  const double r = f64 ? std::sqrt(sq) : static_cast<float>(std::sqrt(sq));
+  return r * r;
+}
+
+double clip_coefficient(double norm, double max_norm, bool f32) {
+  if (max_norm <= 0) return 1.0;
+  if (f32) return std::min(1.0f, static_cast<float>(max_norm) / (static_cast<float>(norm) + 1e-6f));
+  return std::min(1.0, max_norm / (norm + 1e-6));
+}
+
+void scale_gradient(Tensor& g, double coef) {
+  if (g.device() != Device::CPU) {
+    ops::scale_(g, coef);
+  } else if (g.dtype() == DType::F64) {
+    double* d = g.data<double>();
+    for (int64_t i = 0; i < g.numel(); ++i) d[i] *= coef;
+  } else {
+    float* d = g.data<float>();
+    const float c = static_cast<float>(coef);
+    for (int64_t i = 0; i < g.numel(); ++i) d[i] *= c;
   }
-  return total;
+}
+
+GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                             parallel::Communicator* expert_group) {
+  G4_CHECK(!names.empty(), "grad_norm_and_scale: no parameters");
+  bool on_device = false;
+  for (const std::string& n : names) {
+    const Tensor& g = params.at(n).grad();
+    if (!g.defined()) continue;
+    on_device = g.device() != Device::CPU;
+    break;
+  }
+  GradNorm r;
+  // The GPU sums in f64 whatever the gradients' dtype; the CPU rounds as torch does.
+  bool f64 = on_device;
+  r.norm = on_device ? device_grad_norm(params, names, expert_group) : host_grad_norm(params, names, expert_group, f64);
+  r.scale = clip_coefficient(r.norm, max_norm, /*f32=*/!f64);
+  return r;
+}
+
+double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                      parallel::Communicator* expert_group) {
+  const GradNorm gn = grad_norm_and_scale(params, names, max_norm, expert_group);
+  if (gn.scale < 1.0)
+    for (const std::string& n : names)
+      if (params.at(n).grad().defined()) scale_gradient(params.at(n).owned_grad(), gn.scale);
+  return gn.norm;
 }
 
 std::set<std::string> no_weight_decay(const model::ParamStore& params, const io::ModelConfig& cfg) {

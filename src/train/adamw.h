@@ -68,20 +68,28 @@ class AdamW {
 void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
                        double lr, const AdamWOptions& opt, int64_t step);
 
-// Scales the gradients of `names` so their global L2 norm is at most max_norm (when max_norm > 0);
-// returns the norm before clipping. With expert_group (expert parallelism; collective over it),
-// the expert tensors are slices whose squared norms are summed over the group, so every rank gets
-// the norm of the whole model.
-// The global gradient norm (as clip_grad_norm computes it) and the coefficient clipping to max_norm
-// would scale by, without scaling: pass the coefficient to AdamW::step. On the GPU this is the
-// optimizer step's one synchronisation (the norm comes back to the host).
+// Global-norm gradient clipping with torch.nn.utils.clip_grad_norm_'s arithmetic, for every
+// optimizer. On the CPU the norm is the norm of the per-tensor norms, each rounded to the
+// gradient's dtype, and an f32 coefficient is computed in f32; on the GPU the squared norms are
+// summed on the device in f64 and come back to the host once (the optimizer step's one
+// synchronisation). With expert_group (expert parallelism; collective over it) the expert tensors
+// are slices whose squared norms are summed over the group, so every rank gets the norm of the
+// whole model.
 struct GradNorm {
-  double norm = 0, scale = 1;
+  double norm = 0;   // before clipping
+  double scale = 1;  // the clipping coefficient: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0
 };
-GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm);
-
+// The norm and coefficient, without scaling: pass the coefficient to AdamW::step (free on the GPU).
+GradNorm grad_norm_and_scale(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
+                             parallel::Communicator* expert_group = nullptr);
+// The same, then scales the gradients by the coefficient; returns the norm before clipping.
 double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>& names, double max_norm,
                       parallel::Communicator* expert_group = nullptr);
+// The pieces, for optimizers that sum squared norms themselves (ShardedAdamW): a squared norm
+// rounded as its tensor's norm is (f64 or f32), the coefficient, and the scaling of one gradient.
+double rounded_square(double squared_norm, bool f64);
+double clip_coefficient(double norm, double max_norm, bool f32);
+void scale_gradient(Tensor& grad, double coef);
 
 // Which parameters take weight decay: matrices and experts; not norms, scales or embeddings.
 std::set<std::string> no_weight_decay(const model::ParamStore& params, const io::ModelConfig& cfg);

@@ -1,78 +1,72 @@
-// Training checkpoints. Each is a directory `step-NNNNNNNN/` holding a Hugging Face checkpoint
-// (config.json + safetensors that transformers loads), the tokenizer files, the optimizer's
-// moments (optimizer.safetensors) and trainer_state.json. A checkpoint is written under a
-// temporary name and renamed when complete, and `latest` is replaced atomically after it, so a
-// run killed at any moment resumes from the last complete checkpoint.
+// Training checkpoints, written and read by one CheckpointManager over the stateful parts of a
+// run (weights, optimizer, data position, objective state, progress), each a CheckpointPart.
 //
-// Multi-rank runs (expert parallel) keep different optimizer moments on every rank: each rank then
-// writes its own `optimizer-rank<r>-of<n>.safetensors` into the same step directory, and a resume
-// reads the file of its rank (a different number of ranks is an error). Sharded (fsdp) runs add
-// layout metadata to those files, so they resume on any number of ranks. Replicated runs write
-// the single optimizer.safetensors from rank 0.
+// A checkpoint is a directory `step-NNNNNNNN/` holding a Hugging Face checkpoint (config.json +
+// safetensors that transformers loads), the tokenizer files, the optimizer's moments and
+// trainer_state.json (one JSON object; each part writes its own keys: "step", "data_index",
+// "optimizer_steps", "elapsed_s", "ranks", "recipe" ...). It is written under a temporary name and
+// renamed when complete, and `latest` is replaced atomically after it, so a run killed at any
+// moment resumes from the last complete checkpoint.
+//
+// Optimizer files: replicated runs write one optimizer.safetensors from rank 0; expert-parallel
+// runs without fsdp keep different moments on every rank and write
+// `optimizer-rank<r>-of<n>.safetensors` each (resumed on the same number of ranks); sharded
+// (fsdp) runs add layout metadata to those files, so they resume on any number of ranks.
 #pragma once
+#include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "model/gemma4.h"
 #include "parallel/communicator.h"
-#include "train/adamw.h"
-#include "train/sharded_adamw.h"
 
 namespace g4::train {
 
-struct TrainerState {
-  int64_t step = 0;        // optimizer steps completed
-  int64_t data_index = 0;  // micro-batches consumed
-  double elapsed_s = 0;
-  nlohmann::json recipe;
+// One stateful part of a training run. Every rank calls save and load, in the same order.
+class CheckpointPart {
+ public:
+  virtual ~CheckpointPart() = default;
+  // Writes this rank's share of the part into `dir` (a fresh directory every rank sees) and, on
+  // rank 0, its entries of trainer_state.json into `state`.
+  virtual void save(const std::filesystem::path& dir, nlohmann::json& state) = 0;
+  // Restores the part from the complete checkpoint `dir` and its trainer_state.json.
+  virtual void load(const std::filesystem::path& dir, const nlohmann::json& state) = 0;
 };
 
-// Writes checkpoint `step` into dir; removes all but the newest `keep` (keep <= 0: keep all).
-// The exported weights are `model`'s values, so a model trained in bf16 is saved from an f32 CPU
-// model holding its masters (AdamW::copy_masters_to), never from the rounded copies; the moments
-// may live on the GPU.
-std::string save_checkpoint(const std::string& dir, const model::Gemma4& model, const AdamW& opt,
-                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep);
+class CheckpointManager {
+ public:
+  // Checkpoints go to `dir`/step-N; all but the newest `keep` are removed (keep <= 0: keep all).
+  CheckpointManager(std::string dir, int64_t keep, parallel::Communicator& world);
 
-// Collective over `world`: rank 0 writes export_model (the whole model; ignored on other ranks)
-// and the trainer state; with per_rank_optimizer every rank writes its optimizer shard, otherwise
-// rank 0 writes optimizer.safetensors. Returns the step directory.
-std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const AdamW& opt,
-                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
-                            parallel::Communicator& world, bool per_rank_optimizer);
+  // Parts are saved and loaded in the order they are added; the manager does not own them.
+  void add(CheckpointPart& part) { parts_.push_back(&part); }
 
-// The same for sharded data parallelism (parallel.fsdp): the ranks that hold distinct slices
-// write optimizer-rank<r>-of<n>.safetensors with the layout metadata that lets any other mesh
-// re-split them (optimizer_state.h); rank 0 writes export_model (gathered whole).
-std::string save_checkpoint(const std::string& dir, const model::Gemma4* export_model, const ShardedAdamW& opt,
-                            const TrainerState& state, const std::string& tokenizer_path, int64_t keep,
-                            parallel::Communicator& world);
+  // Collective over the world: writes checkpoint `step`; returns its directory.
+  std::string save(int64_t step);
+  // The newest complete checkpoint under the directory, if any (half-written ones are ignored).
+  std::optional<std::string> latest() const;
+  // Collective: restores every part from `checkpoint_dir`; returns its trainer_state.json.
+  nlohmann::json load(const std::string& checkpoint_dir);
 
-// The newest complete checkpoint under dir, if any (half-written ones are ignored).
+  const std::string& dir() const { return dir_; }
+
+ private:
+  // Rank 0: trainer_state.json, the rename to step-N, `latest`, and the pruning of old ones.
+  void publish(const std::filesystem::path& tmp, const std::filesystem::path& final_dir, const nlohmann::json& state);
+
+  std::string dir_;
+  int64_t keep_;
+  parallel::Communicator& world_;
+  std::vector<CheckpointPart*> parts_;
+};
+
+// trainer_state.json of a checkpoint directory (a clear error when missing or not JSON).
+nlohmann::json read_trainer_state(const std::string& checkpoint_dir);
+
+// The newest complete checkpoint under dir, if any.
 std::optional<std::string> latest_checkpoint(const std::string& dir);
-
-// Restores weights, optimizer moments and returns the trainer state.
-TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt);
-// The same for rank `rank` of `world_size`. The moments come from optimizer.safetensors, from a
-// sharded (fsdp) checkpoint of any mesh, re-split for this rank, or from this rank's own
-// optimizer-rank<rank>-of<world_size>.safetensors (expert parallelism without fsdp: the same
-// number of ranks only).
-TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, AdamW& opt, int64_t rank,
-                             int64_t world_size);
-// A model that trains through fp32 masters (bf16 compute copies, or any model on the GPU) takes
-// its weights this way: they are read exactly into `host`, an f32 CPU model of the same shape and
-// experts, and from it into opt's masters (exactly) and into every parameter and buffer of opt's
-// store (converted; the bf16 copies are the masters rounded as AdamW rounds them); then the
-// moments and step as above. The trainer keeps `host` for checkpoints and samples; the overload
-// above does the same through a temporary host model when handed a bf16 or GPU model.
-TrainerState load_checkpoint_with_masters(const std::string& checkpoint_dir, model::Gemma4& host, AdamW& opt,
-                                          int64_t rank = 0, int64_t world_size = 1);
-// Into a sharded optimizer (collective over its dp group): the whole weights are loaded, then
-// each rank keeps its slice; moments are re-split from any layout.
-TrainerState load_checkpoint(const std::string& checkpoint_dir, model::Gemma4& model, ShardedAdamW& opt,
-                             int64_t rank, int64_t world_size);
 
 // "optimizer-rank<r>-of<n>.safetensors"
 std::string optimizer_shard_name(int64_t rank, int64_t world_size);

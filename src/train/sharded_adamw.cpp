@@ -76,15 +76,6 @@ double sum_squares(const Tensor& t, int64_t begin, int64_t count) {
   return t.dtype() == DType::F64 ? sum_squares(t.data<double>() + begin, count)
                                  : sum_squares(t.data<float>() + begin, count);
 }
-void scale(Tensor& t, double coef64, float coef32) {
-  if (t.dtype() == DType::F64) {
-    double* d = t.data<double>();
-    for (int64_t i = 0; i < t.numel(); ++i) d[i] *= coef64;
-  } else {
-    float* d = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) d[i] *= coef32;
-  }
-}
 }  // namespace
 
 double ShardedAdamW::clip_grad_norm(double max_norm) {
@@ -110,12 +101,8 @@ double ShardedAdamW::clip_grad_norm(double max_norm) {
     });
   }
   if (mesh_.dp_group().size() > 1) mesh_.dp_group().all_reduce(per_param);
-  auto rounded_sq = [f64](double s) {
-    const double r = f64 ? std::sqrt(s) : static_cast<float>(std::sqrt(s));
-    return r * r;
-  };
   double total_sq = 0;
-  for (size_t i = 0; i < nf; ++i) total_sq += rounded_sq(sq[i]);
+  for (size_t i = 0; i < nf; ++i) total_sq += rounded_square(sq[i], f64);
   const bool ep = mesh_.ep_group().size() > 1;
   if (ep) {
     double expert_sq = 0;
@@ -124,14 +111,13 @@ double ShardedAdamW::clip_grad_norm(double max_norm) {
     mesh_.ep_group().all_reduce(t);
     total_sq += t.data<double>()[0];
   } else {
-    for (size_t i = 0; i < ne; ++i) total_sq += rounded_sq(sq[nf + i]);
+    for (size_t i = 0; i < ne; ++i) total_sq += rounded_square(sq[nf + i], f64);
   }
   const double total = f64 ? std::sqrt(total_sq) : static_cast<float>(std::sqrt(total_sq));
-  if (max_norm > 0) {
-    const double coef64 = std::min(1.0, max_norm / (total + 1e-6));
-    const float coef32 = std::min(1.0f, static_cast<float>(max_norm) / (static_cast<float>(total) + 1e-6f));
-    scale(flat_.shards->grad(), coef64, coef32);
-    if (experts_.shards) scale(experts_.shards->grad(), coef64, coef32);
+  const double coef = clip_coefficient(total, max_norm, /*f32=*/!f64);
+  if (coef < 1.0) {
+    scale_gradient(flat_.shards->grad(), coef);
+    if (experts_.shards) scale_gradient(experts_.shards->grad(), coef);
   }
   return total;
 }

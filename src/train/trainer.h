@@ -1,13 +1,14 @@
-// Supervised training from a recipe: builds or loads the model, packs the data, runs AdamW steps
-// with gradient accumulation and clipping, validates, checkpoints (with exact resume), and at
-// the end writes the loss curve, samples text and prints a summary. Runs on the CPU ranks, or on
-// one GPU (recipe key train.device: cuda) in bf16 with fp32 masters.
+// `g4 train`: supervised training from a recipe. The run is made of parts (train/*.h): the
+// model, the device mesh, an Objective (SFT here) that owns its batches and loss, an Optimizer
+// (replicated or sharded AdamW with the fp32 masters), a CheckpointManager over the stateful
+// parts, and train_step, which every objective shares. This file sets them up from the recipe,
+// runs the loop and reports. Runs on the CPU ranks, or on one GPU (recipe key train.device:
+// cuda) in bf16 with fp32 masters.
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "data/dataset.h"
 #include "model/gemma4.h"
 #include "train/recipe.h"
 
@@ -28,8 +29,5 @@ TrainResult run_training(const Recipe& recipe, bool resume);
 // transformers initialises Gemma 4.
 // ep_rank/ep_size: keep only that expert-parallel slice of the routed experts.
 std::unique_ptr<model::Gemma4> build_model(const Recipe& recipe, int64_t ep_rank = 0, int64_t ep_size = 1);
-
-// Mean cross-entropy over the trained tokens of these batches (no tape).
-double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens = nullptr);
 
 }  // namespace g4::train

@@ -26,8 +26,8 @@
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
 #include "support/train_recipe.h"
-#include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/optimizer.h"
 
 namespace g4 {
 namespace {
@@ -68,35 +68,36 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
   auto gpu = host.copy_to(Device::CUDA, DType::BF16);
   const std::vector<std::string>& names = gpu->params().order;
   const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
-  train::AdamW opt(gpu->params(), names, train::no_weight_decay(gpu->params(), cfg), o);
-  opt.load_parameters(host.params());
+  // The masters start from host's f32 values (its copy, which the optimizer keeps for export).
+  train::ReplicatedAdamW opt(gpu->params(), cfg, {}, host.copy_to(Device::CPU, DType::F32), nullptr, names, o,
+                             gpu.get());
   for (size_t i = 0; i < names.size(); ++i)
-    ASSERT_TRUE(same_bits(opt.master(i), host.params().at(names[i]).value())) << "master of " << names[i];
+    ASSERT_TRUE(same_bits(opt.adamw().master(i), host.params().at(names[i]).value())) << "master of " << names[i];
   for (uint64_t step = 0; step < 3; ++step) {
     const model::ForwardOutputs out = gpu->forward(batch(cfg.vocab_size, 40 + step));
     ag::backward(out.loss);
-    const train::GradNorm gn = train::grad_norm_and_scale(gpu->params(), names, 0.5);
-    opt.step(3e-3, gn.scale);
-    gpu->params().zero_grad();
+    opt.clip_grad_norm(0.5);
+    opt.step(3e-3);
   }
   int64_t unrounded = 0;
-  for (size_t i = 0; i < names.size(); ++i) unrounded += test::not_bf16(opt.master(i));
+  for (size_t i = 0; i < names.size(); ++i) unrounded += test::not_bf16(opt.adamw().master(i));
   ASSERT_GT(unrounded, 0) << "the masters must carry bits the bf16 copies lose, or this test proves nothing";
   // The checkpoint's weights are the masters, in f32.
-  const std::string ckpt = test::save_masters_checkpoint(dir, host, opt, names);
+  const std::string ckpt = test::save_masters_checkpoint(dir, opt, names);
 
-  // A fresh bf16 GPU model and optimizer: load_checkpoint sets masters and bf16 copies.
+  // A fresh bf16 GPU model and optimizer: loading sets masters and bf16 copies.
   model::Gemma4 gpu2(cfg, {}, DType::BF16, Device::CUDA);
-  train::AdamW opt2(gpu2.params(), names, train::no_weight_decay(gpu2.params(), cfg), o);
-  const train::TrainerState s2 = train::load_checkpoint(ckpt, gpu2, opt2, 0, 1);
-  EXPECT_EQ(s2.step, 3);
+  train::ReplicatedAdamW opt2(gpu2.params(), cfg, {}, nullptr, nullptr, names, o, &gpu2);
+  test::OneRankCheckpoints resumed(dir / "ckpt", opt2);
+  const nlohmann::json s2 = resumed.manager.load(ckpt);
+  EXPECT_EQ(s2.at("step"), 3);
   EXPECT_EQ(opt2.steps_taken(), 3);
   for (size_t i = 0; i < names.size(); ++i) {
-    EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << "master of " << names[i];
+    EXPECT_TRUE(same_bits(opt2.adamw().master(i), opt.adamw().master(i))) << "master of " << names[i];
     EXPECT_TRUE(same_bits(gpu2.params().at(names[i]).value(), gpu->params().at(names[i]).value()))
         << "bf16 copy of " << names[i];
   }
-  test::expect_same_moments(opt, opt2);
+  test::expect_same_moments(opt.adamw(), opt2.adamw());
 
   // The same weights give the same loss (the forward is deterministic), and the same gradients
   // the same update, bit for bit.
@@ -111,13 +112,14 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
     v.impl()->grad = gpu->params().at(n).grad().defined() ? gpu->params().at(n).grad().clone() : Tensor();
     v.impl()->grad_owned = true;
   }
-  const train::GradNorm g1 = train::grad_norm_and_scale(gpu->params(), names, 0.5);
-  const train::GradNorm g2 = train::grad_norm_and_scale(gpu2.params(), names, 0.5);
-  EXPECT_EQ(g1.norm, g2.norm);
-  opt.step(3e-3, g1.scale);
-  opt2.step(3e-3, g2.scale);
+  const double g1 = opt.clip_grad_norm(0.5);
+  const double g2 = opt2.clip_grad_norm(0.5);
+  EXPECT_EQ(g1, g2);
+  opt.step(3e-3);
+  opt2.step(3e-3);
   for (size_t i = 0; i < names.size(); ++i) {
-    EXPECT_TRUE(same_bits(opt2.master(i), opt.master(i))) << "master of " << names[i] << " after the next step";
+    EXPECT_TRUE(same_bits(opt2.adamw().master(i), opt.adamw().master(i)))
+        << "master of " << names[i] << " after the next step";
     EXPECT_TRUE(same_bits(gpu2.params().at(names[i]).value(), gpu->params().at(names[i]).value()))
         << "bf16 copy of " << names[i] << " after the next step";
   }

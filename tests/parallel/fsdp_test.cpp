@@ -20,7 +20,9 @@
 #include "parallel/single_communicator.h"
 #include "parallel_test_util.h"
 #include "train/checkpoint.h"
+#include "train/optimizer.h"
 #include "train/sharded_adamw.h"
+#include "train/weights_checkpoint.h"
 
 namespace g4::parallel {
 namespace {
@@ -523,30 +525,40 @@ void sharded_step(model::Gemma4& m, train::ShardedAdamW& opt, DeviceMesh& mesh, 
 struct ShardedRun {
   std::unique_ptr<model::Gemma4> model;
   std::unique_ptr<DeviceMesh> mesh;
-  std::unique_ptr<train::ShardedAdamW> opt;
+  std::unique_ptr<train::ShardedOptimizer> opt;
 };
 ShardedRun make_run(Communicator& world, MeshShape shape, const std::string& dir) {
   ShardedRun r;
   r.mesh = std::make_unique<DeviceMesh>(world, shape);
   r.model = model::load_hf_model(dir, r.mesh->coord().ep, shape.ep);
   if (shape.ep > 1) enable_expert_parallel(*r.model, r.mesh->ep_group());
-  r.opt = std::make_unique<train::ShardedAdamW>(*r.model, *r.mesh, r.model->params().order,
-                                                train::no_weight_decay(r.model->params(), r.model->config()), kAdamW);
+  r.opt = std::make_unique<train::ShardedOptimizer>(*r.model, *r.mesh, r.model->params().order, kAdamW);
   return r;
+}
+
+// Restores opt (and its weights) from the checkpoint step_dir, as g4 train resumes; collective
+// over the mesh. Returns trainer_state.json.
+nlohmann::json load_run(const std::string& step_dir, train::Optimizer& opt, DeviceMesh& mesh) {
+  train::WeightsCheckpoint weights(opt, mesh, "");
+  train::CheckpointManager manager(fs::path(step_dir).parent_path().string(), 0, mesh.world());
+  manager.add(weights);
+  manager.add(opt);
+  return manager.load(step_dir);
 }
 
 // The whole moments of every parameter, as named tensors (experts gathered over ep); collective.
 std::map<std::string, Tensor> whole_moments(ShardedRun& r) {
   std::map<std::string, Tensor> out;
-  const FlatLayout& l = r.opt->shards().layout();
-  const Tensor m = r.opt->shards().gather_flat(r.opt->exp_avg()), v = r.opt->shards().gather_flat(r.opt->exp_avg_sq());
+  train::ShardedAdamW& opt = r.opt->adamw();
+  const FlatLayout& l = opt.shards().layout();
+  const Tensor m = opt.shards().gather_flat(opt.exp_avg()), v = opt.shards().gather_flat(opt.exp_avg_sq());
   for (const FlatParam& p : l.params) {
     out["exp_avg." + p.name] = m.slice0(p.offset, p.numel).reshape(p.shape).clone();
     out["exp_avg_sq." + p.name] = v.slice0(p.offset, p.numel).reshape(p.shape).clone();
   }
   // Experts: this rank's EP slice gathered over dp, then every slice over ep.
-  ShardedParameters& es = *r.opt->expert_shards();
-  const Tensor em = es.gather_flat(r.opt->expert_exp_avg()), ev = es.gather_flat(r.opt->expert_exp_avg_sq());
+  ShardedParameters& es = *opt.expert_shards();
+  const Tensor em = es.gather_flat(opt.expert_exp_avg()), ev = es.gather_flat(opt.expert_exp_avg_sq());
   for (const FlatParam& p : es.layout().params) {
     out["exp_avg." + p.name] = r.mesh->ep_group().all_gather(em.slice0(p.offset, p.numel).reshape(p.shape).clone());
     out["exp_avg_sq." + p.name] = r.mesh->ep_group().all_gather(ev.slice0(p.offset, p.numel).reshape(p.shape).clone());
@@ -574,15 +586,17 @@ TEST(MpiRanks, ShardedCheckpointsLoadOnOtherRankCounts) {
     SCOPED_TRACE("written by " + writer.str());
     // Two steps on 4 ranks, then a checkpoint.
     ShardedRun w = make_run(world, writer, tiny_moe_dir());
-    sharded_step(*w.model, *w.opt, *w.mesh, b);
-    sharded_step(*w.model, *w.opt, *w.mesh, packed_batch());
-    std::unique_ptr<model::Gemma4> whole;
-    if (w.mesh->coord().dp == 0) whole = whole_model(*w.model, w.mesh->ep_group());
+    sharded_step(*w.model, w.opt->adamw(), *w.mesh, b);
+    sharded_step(*w.model, w.opt->adamw(), *w.mesh, packed_batch());
     const fs::path dir = base / ("dp" + std::to_string(writer.dp_shard) + "xep" + std::to_string(writer.ep));
-    train::TrainerState state;
-    state.step = 2;
-    const std::string step_dir =
-        train::save_checkpoint(dir.string(), whole ? whole.get() : w.model.get(), *w.opt, state, "", 0, world);
+    std::string step_dir;
+    {
+      train::WeightsCheckpoint weights(*w.opt, *w.mesh, "");
+      train::CheckpointManager manager(dir.string(), 0, world);
+      manager.add(weights);
+      manager.add(*w.opt);
+      step_dir = manager.save(2);
+    }
     EXPECT_EQ(fs::path(step_dir), dir / "step-00000002");
     const std::map<std::string, Tensor> want_moments = whole_moments(w);
     // Only the ranks holding distinct slices wrote optimizer files, each with what it alone holds:
@@ -597,18 +611,18 @@ TEST(MpiRanks, ShardedCheckpointsLoadOnOtherRankCounts) {
       EXPECT_TRUE(saved.has("experts.exp_avg_sq")) << r;
     }
     // The whole model, for logits and parameters to compare against.
-    if (!whole) whole = whole_model(*w.model, w.mesh->ep_group());  // dp 1 ranks gather too
+    const std::unique_ptr<model::Gemma4> whole = whole_model(*w.model, w.mesh->ep_group());
     const Tensor want_logits = logits_of(*whole, b);
 
     // Resume on the same mesh: continued training is bit for bit the uninterrupted run.
     {
       ShardedRun again = make_run(world, writer, tiny_moe_dir());
-      const train::TrainerState s = train::load_checkpoint(step_dir, *again.model, *again.opt, world.rank(), n);
-      EXPECT_EQ(s.step, 2);
+      const nlohmann::json s = load_run(step_dir, *again.opt, *again.mesh);
+      EXPECT_EQ(s.at("step"), 2);
       EXPECT_EQ(again.opt->steps_taken(), 2);
-      EXPECT_TRUE(same_values(again.opt->shards().master(), w.opt->shards().master()));
-      sharded_step(*again.model, *again.opt, *again.mesh, b);
-      sharded_step(*w.model, *w.opt, *w.mesh, b);
+      EXPECT_TRUE(same_values(again.opt->adamw().shards().master(), w.opt->adamw().shards().master()));
+      sharded_step(*again.model, again.opt->adamw(), *again.mesh, b);
+      sharded_step(*w.model, w.opt->adamw(), *w.mesh, b);
       for (const std::string& n : w.model->params().order)
         EXPECT_TRUE(same_values(again.model->params().at(n).value(), w.model->params().at(n).value())) << n;
     }
@@ -616,13 +630,16 @@ TEST(MpiRanks, ShardedCheckpointsLoadOnOtherRankCounts) {
     // On one rank (every rank on its own): the plain AdamW and a one-rank sharded AdamW.
     {
       SingleCommunicator one;
+      DeviceMesh one_mesh(one, MeshShape{});
       auto m1 = model::load_hf_model(step_dir);
-      train::AdamW plain(m1->params(), m1->params().order, train::no_weight_decay(m1->params(), m1->config()), kAdamW);
-      train::load_checkpoint(step_dir, *m1, plain, 0, 1);
+      train::ReplicatedAdamW plain(m1->params(), m1->config(), m1->experts(), nullptr, &one_mesh,
+                                   m1->params().order, kAdamW, m1.get());
+      load_run(step_dir, plain, one_mesh);
       EXPECT_TRUE(same_values(logits_of(*m1, b), want_logits));
-      for (const auto& [n, t] : plain.state()) EXPECT_TRUE(same_values(t, want_moments.at(n))) << "1 rank, " << n;
+      for (const auto& [n, t] : plain.adamw().state())
+        EXPECT_TRUE(same_values(t, want_moments.at(n))) << "1 rank, " << n;
       ShardedRun s1 = make_run(one, {}, step_dir);
-      train::load_checkpoint(step_dir, *s1.model, *s1.opt, 0, 1);
+      load_run(step_dir, *s1.opt, *s1.mesh);
       for (const auto& [n, t] : whole_moments(s1)) EXPECT_TRUE(same_values(t, want_moments.at(n))) << "1 shard, " << n;
     }
 
@@ -632,7 +649,7 @@ TEST(MpiRanks, ShardedCheckpointsLoadOnOtherRankCounts) {
     for (const MeshShape& reader : {MeshShape{.dp_shard = 2}, MeshShape{.ep = 2}}) {
       SCOPED_TRACE("read by " + reader.str());
       ShardedRun r2 = make_run(*pair, reader, step_dir);
-      train::load_checkpoint(step_dir, *r2.model, *r2.opt, pair->rank(), 2);
+      load_run(step_dir, *r2.opt, *r2.mesh);
       for (const auto& [n, t] : whole_moments(r2)) EXPECT_TRUE(same_values(t, want_moments.at(n))) << n;
       const std::unique_ptr<model::Gemma4> whole2 = whole_model(*r2.model, r2.mesh->ep_group());
       EXPECT_TRUE(same_values(logits_of(*whole2, b), want_logits));

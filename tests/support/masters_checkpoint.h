@@ -1,6 +1,6 @@
 // Shared by the CPU and GPU tests of bf16 training checkpoints (tests/train/checkpoint_masters_test.cpp,
-// tests/gpu/train_test.cpp): bit comparisons, and writing a checkpoint of an optimizer's fp32
-// masters with the check that it holds exactly them.
+// tests/gpu/train_test.cpp): bit comparisons, and checkpoints of an optimizer's fp32 masters
+// (written with the check that they hold exactly them).
 #pragma once
 #include <gtest/gtest.h>
 
@@ -12,8 +12,11 @@
 #include "io/safetensors.h"
 #include "model/gemma4.h"
 #include "model/state_dict_adapter.h"
+#include "parallel/single_communicator.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/weights_checkpoint.h"
 
 namespace g4::test {
 
@@ -32,22 +35,44 @@ inline int64_t not_bf16(const Tensor& f32) {
   return n;
 }
 
-// Copies opt's masters into `host` (the f32 model a checkpoint exports), writes checkpoint step 3
-// under dir/ckpt, and checks that its weights are exactly the masters of `names`, stored as f32.
-// Returns the checkpoint directory.
-inline std::string save_masters_checkpoint(const std::filesystem::path& dir, model::Gemma4& host,
-                                           const train::AdamW& opt, const std::vector<std::string>& names) {
-  opt.copy_masters_to(host.params());
-  train::TrainerState state;
-  state.step = 3;
-  state.data_index = 3;
-  const std::string ckpt = train::save_checkpoint((dir / "ckpt").string(), host, opt, state, "", 0);
+// A data position as an objective keeps one ("data_index" in trainer_state.json).
+struct DataPosition final : train::CheckpointPart {
+  int64_t data_index = 0;
+  void save(const std::filesystem::path&, nlohmann::json& state) override { state["data_index"] = data_index; }
+  void load(const std::filesystem::path&, const nlohmann::json& state) override {
+    data_index = state.at("data_index").get<int64_t>();
+  }
+};
+
+// One rank's checkpoints under `dir` of an optimizer's weights and state and a data position, as
+// g4 train writes them.
+struct OneRankCheckpoints {
+  parallel::SingleCommunicator world;
+  parallel::DeviceMesh mesh{world, parallel::MeshShape{}};
+  train::WeightsCheckpoint weights;
+  DataPosition position;
+  train::CheckpointManager manager;
+  OneRankCheckpoints(const std::filesystem::path& dir, train::Optimizer& opt)
+      : weights(opt, mesh, ""), manager(dir.string(), 0, world) {
+    manager.add(weights);
+    manager.add(opt);
+    manager.add(position);
+  }
+};
+
+// Writes checkpoint step 3 (data position 3) of opt under dir/ckpt, and checks that its weights
+// are exactly the masters of `names`, stored as f32. Returns the checkpoint directory.
+inline std::string save_masters_checkpoint(const std::filesystem::path& dir, train::ReplicatedAdamW& opt,
+                                           const std::vector<std::string>& names) {
+  OneRankCheckpoints c(dir / "ckpt", opt);
+  c.position.data_index = 3;
+  const std::string ckpt = c.manager.save(3);
   const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt);
   for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
-  model::Gemma4 back(host.config());
+  model::Gemma4 back(opt.export_weights().config());
   model::load_hf_weights(back, reader);
   for (size_t i = 0; i < names.size(); ++i)
-    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.master(i))) << names[i];
+    EXPECT_TRUE(same_bits(back.params().at(names[i]).value(), opt.adamw().master(i))) << names[i];
   return ckpt;
 }
 

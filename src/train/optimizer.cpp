@@ -1,0 +1,155 @@
+#include "train/optimizer.h"
+
+#include "io/safetensors.h"
+#include "model/state_dict_adapter.h"
+#include "parallel/data_parallel.h"
+#include "train/optimizer_state.h"
+
+namespace g4::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A GPU optimizer's moments copied to the host (the safetensors writer reads host memory).
+std::vector<std::pair<std::string, Tensor>> on_host(std::vector<std::pair<std::string, Tensor>> named) {
+  for (auto& [name, t] : named)
+    if (t.device() != Device::CPU) t = t.to(Device::CPU);
+  return named;
+}
+
+}  // namespace
+
+ReplicatedAdamW::ReplicatedAdamW(model::ParamStore& params, io::ModelConfig config, model::ExpertRange experts,
+                                 std::unique_ptr<model::Gemma4> host, parallel::DeviceMesh* mesh,
+                                 std::vector<std::string> trainable, AdamWOptions options, model::Gemma4* model)
+    : params_(params),
+      config_(std::move(config)),
+      experts_(experts),
+      host_(std::move(host)),
+      model_(model),
+      mesh_(mesh),
+      adamw_(params_, std::move(trainable), no_weight_decay(params_, config_), options) {
+  // The masters take the f32 values, not their rounding.
+  if (host_) adamw_.load_parameters(host_->params());
+}
+
+bool ReplicatedAdamW::on_device() const {
+  return !params_.order.empty() && params_.at(params_.order.front()).value().device() != Device::CPU;
+}
+
+bool ReplicatedAdamW::trains_through_masters() const {
+  return on_device() || (!params_.order.empty() && params_.at(params_.order.front()).value().dtype() == DType::BF16);
+}
+
+void ReplicatedAdamW::reduce_gradients() {
+  if (mesh_ && mesh_->world().size() > 1) parallel::reduce_gradients(params_, *mesh_);
+}
+
+double ReplicatedAdamW::clip_grad_norm(double max_norm) {
+  parallel::Communicator* ep = mesh_ && mesh_->shape().ep > 1 ? &mesh_->ep_group() : nullptr;
+  if (!on_device()) return train::clip_grad_norm(params_, adamw_.trainable(), max_norm, ep);
+  // On the GPU the coefficient is applied inside the AdamW update, not by a pass of its own.
+  const GradNorm gn = grad_norm_and_scale(params_, adamw_.trainable(), max_norm, ep);
+  grad_scale_ = gn.scale;
+  return gn.norm;
+}
+
+void ReplicatedAdamW::step(double lr) {
+  adamw_.step(lr, grad_scale_);
+  grad_scale_ = 1.0;
+  params_.zero_grad();
+}
+
+model::Gemma4& ReplicatedAdamW::export_weights() {
+  if (host_) {
+    adamw_.copy_masters_to(host_->params());
+    return *host_;
+  }
+  G4_CHECK(model_ && !trains_through_masters(), "these weights cannot be exported: a model trained through fp32 ",
+           "masters needs its f32 host model (OptimizerSetup::host)");
+  return *model_;
+}
+
+void ReplicatedAdamW::load_weights(const std::string& dir) {
+  if (!trains_through_masters()) {
+    G4_CHECK(model_, "ReplicatedAdamW::load_weights: no model to load into");
+    model::load_hf_weights(*model_, io::SafetensorsReader::open(dir));
+    return;
+  }
+  // The checkpoint's exact f32 values go into the host model, the masters and (rounded) the copies.
+  if (!host_) host_ = std::make_unique<model::Gemma4>(config_, experts_);
+  model::load_hf_weights(*host_, io::SafetensorsReader::open(dir));
+  adamw_.load_parameters(host_->params());
+}
+
+void ReplicatedAdamW::save(const fs::path& dir, nlohmann::json& state) {
+  state["optimizer_steps"] = adamw_.steps_taken();
+  // Under expert parallelism every rank holds the moments of other experts: one file per rank.
+  if (mesh_ && mesh_->shape().ep > 1)
+    io::save_safetensors((dir / optimizer_shard_name(rank(), ranks())).string(), on_host(adamw_.state()));
+  else if (rank() == 0)
+    io::save_safetensors((dir / "optimizer.safetensors").string(), on_host(adamw_.state()));
+}
+
+void ReplicatedAdamW::load(const fs::path& dir, const nlohmann::json& state) {
+  // The moments, whole for replicated parameters and this rank's slices of the experts, from
+  // whichever layout was saved (any optimizer's checkpoint).
+  const OptimizerStateReader reader(dir.string(), state.value("ranks", int64_t{1}), rank(), ranks());
+  std::vector<std::pair<std::string, Tensor>> named;
+  for (const std::string& n : adamw_.trainable()) {
+    const Shape& shape = params_.at(n).value().shape();
+    for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+      Tensor t = model::is_expert_parameter(n) ? reader.experts(kind, n, experts_.begin, shape[0])
+                                               : reader.replicated(kind, n, 0, shape_numel(shape)).reshape(shape);
+      named.emplace_back(std::string(kind) + "." + n, std::move(t));
+    }
+  }
+  adamw_.load_state(named, state.at("optimizer_steps").get<int64_t>());
+}
+
+ShardedOptimizer::ShardedOptimizer(model::Gemma4& model, parallel::DeviceMesh& mesh,
+                                   const std::vector<std::string>& trainable, AdamWOptions options)
+    : model_(model), mesh_(mesh), adamw_(model, mesh, trainable, no_weight_decay(model.params(), model.config()), options) {
+  G4_CHECK(model.device() == Device::CPU && model.dtype() != DType::BF16,
+           "the sharded optimizer (parallel.fsdp) trains f32 CPU models only, not a ", dtype_name(model.dtype()),
+           model.device() == Device::CPU ? " model" : " GPU model");
+}
+
+void ShardedOptimizer::step(double lr) {
+  adamw_.step(lr);
+  model_.params().zero_grad();
+}
+
+void ShardedOptimizer::load_weights(const std::string& dir) {
+  adamw_.gather_parameters();  // the weights load into the whole parameters; load() takes the slices
+  model::load_hf_weights(model_, io::SafetensorsReader::open(dir));
+}
+
+void ShardedOptimizer::save(const fs::path& dir, nlohmann::json& state) {
+  state["optimizer_steps"] = adamw_.steps_taken();
+  const auto tensors = adamw_.checkpoint_tensors();
+  if (tensors.empty()) return;  // another rank writes the same slices
+  io::save_safetensors((dir / optimizer_shard_name(mesh_.world().rank(), mesh_.world().size())).string(), tensors,
+                       {{kOptimizerMetadataKey, adamw_.checkpoint_metadata()}});
+}
+
+void ShardedOptimizer::load(const fs::path& dir, const nlohmann::json& state) {
+  const OptimizerStateReader reader(dir.string(), state.value("ranks", int64_t{1}), mesh_.world().rank(),
+                                    mesh_.world().size());
+  adamw_.load_state(reader, state.at("optimizer_steps").get<int64_t>());
+}
+
+std::unique_ptr<Optimizer> make_optimizer(OptimizerSetup setup) {
+  G4_CHECK(setup.model, "make_optimizer: no model");
+  G4_CHECK(!setup.sharded || setup.mesh, "make_optimizer: a sharded optimizer needs a device mesh");
+  if (setup.sharded) {
+    G4_CHECK(!setup.host, "make_optimizer: a sharded optimizer takes no host model (it trains f32 CPU models)");
+    return std::make_unique<ShardedOptimizer>(*setup.model, *setup.mesh, setup.trainable, setup.adamw);
+  }
+  model::Gemma4& m = *setup.model;
+  return std::make_unique<ReplicatedAdamW>(m.params(), m.config(), m.experts(), std::move(setup.host), setup.mesh,
+                                           std::move(setup.trainable), setup.adamw, &m);
+}
+
+}  // namespace g4::train
