@@ -304,7 +304,7 @@ TrainResult Trainer::finish() {
   opt_->gather_parameters();
   // Rank 0 alone samples below; under EP from the whole model its EP group gathers.
   model::Gemma4& weights = opt_->export_weights();
-  std::unique_ptr<model::Gemma4> whole = gather_experts(weights, *mesh_);
+  std::unique_ptr<model::Gemma4> whole = gather_experts_for_rank0(weights, *mesh_);
   if (!main_rank()) return result_;
   bar_->finish();
   bool logged_validation = false;

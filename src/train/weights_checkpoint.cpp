@@ -6,9 +6,12 @@ namespace g4::train {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<model::Gemma4> gather_experts(model::Gemma4& m, parallel::DeviceMesh& mesh) {
+std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& m, parallel::DeviceMesh& mesh) {
   if (mesh.shape().ep == 1 || mesh.coord().dp != 0 || mesh.coord().cp != 0) return nullptr;
-  parallel::Communicator& ep = mesh.ep_group();
+  return gather_experts(m, mesh.ep_group());
+}
+
+std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::Communicator& ep) {
   auto full = std::make_unique<model::Gemma4>(m.config());
   for (const std::string& n : m.params().order) {
     const Tensor& v = m.params().at(n).value();
@@ -22,7 +25,7 @@ std::unique_ptr<model::Gemma4> gather_experts(model::Gemma4& m, parallel::Device
 void WeightsCheckpoint::save(const fs::path& dir, nlohmann::json&) {
   optimizer_.gather_parameters();
   model::Gemma4& weights = optimizer_.export_weights();
-  const std::unique_ptr<model::Gemma4> full = gather_experts(weights, mesh_);
+  const std::unique_ptr<model::Gemma4> full = gather_experts_for_rank0(weights, mesh_);
   if (mesh_.world().rank() != 0) return;
   model::save_hf_checkpoint(full ? *full : weights, dir.string());
   if (tokenizer_path_.empty()) return;

@@ -27,9 +27,12 @@ class WeightsCheckpoint final : public CheckpointPart {
   std::string tokenizer_path_;
 };
 
-// Collective over `mesh`: the whole model (every expert) on rank 0 of the world, which is also
-// rank 0 of the first EP group: the model itself without expert parallelism, or a model gathered
-// from that group's expert slices (nullptr on the ranks that receive no model).
-std::unique_ptr<model::Gemma4> gather_experts(model::Gemma4& model, parallel::DeviceMesh& mesh);
+// Collective over `ep`: the whole model (every expert) from the expert slices the group's ranks hold.
+std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& model, parallel::Communicator& ep);
+
+// Collective over `mesh`: what rank 0 of the world exports or samples from. Under expert
+// parallelism the first EP group (which holds rank 0) gathers the whole model and this returns it
+// there; otherwise (and on the other ranks) nullptr: `model` itself is whole.
+std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& model, parallel::DeviceMesh& mesh);
 
 }  // namespace g4::train

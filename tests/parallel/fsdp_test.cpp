@@ -496,14 +496,7 @@ TEST(MpiRanks, ShardedBlockByBlockHoldsFewerWholeParameters) {
 
 // The whole model (every expert) from the EP group's slices; collective over ep.
 std::unique_ptr<model::Gemma4> whole_model(const model::Gemma4& m, Communicator& ep) {
-  auto full = std::make_unique<model::Gemma4>(m.config());
-  for (const std::string& n : m.params().order) {
-    const Tensor& v = m.params().at(n).value();
-    full->params().at(n).mutable_value().copy_from(model::is_expert_parameter(n) ? ep.all_gather(v) : v);
-  }
-  for (const auto& [n, b] : m.params().buffers)
-    if (n.find("per_expert_scale") == std::string::npos) full->params().buffers[n] = b.clone();
-  return full;
+  return train::gather_experts(m, ep);
 }
 
 // One sharded step of the rank's rows of `b` (the mesh's world trains on the whole batch).
