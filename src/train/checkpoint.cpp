@@ -206,7 +206,7 @@ void load_moments(const std::string& checkpoint_dir, const nlohmann::json& j, co
   for (const std::string& n : opt.trainable()) {
     const Tensor& v = shapes.params().at(n).value();
     for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
-      Tensor t = model::is_expert_parameter(n)
+      Tensor t = model::split_by_expert(shapes.params().kind(n))
                      ? reader.experts(kind, n, held.begin, v.size(0))
                      : reader.replicated(kind, n, 0, v.numel()).reshape(v.shape());
       named.emplace_back(std::string(kind) + "." + n, std::move(t));

@@ -37,10 +37,10 @@ io::ModelConfig tiny_moe() {
 model::ParamStore bf16_store(const model::Gemma4& m) {
   model::ParamStore s;
   for (const std::string& n : m.params().order) {
-    s.add(n, m.params().at(n).value().to(DType::BF16));
+    s.add(n, m.params().kind(n), m.params().at(n).value().to(DType::BF16));
     s.at(n).impl()->fp32_grad = true;
   }
-  for (const auto& [n, b] : m.params().buffers) s.buffers[n] = b.clone();
+  for (const auto& [n, b] : m.params().buffers) s.set_buffer(n, b.kind, b.value.clone());
   return s;
 }
 
