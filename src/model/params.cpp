@@ -1,5 +1,7 @@
 #include "model/params.h"
 
+#include <iterator>
+
 namespace g4::model {
 
 ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, int64_t ep_size) {
@@ -13,38 +15,31 @@ ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, i
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
+namespace {
+// Indexed by ParamKind.
+constexpr const char* kKindNames[] = {
+    "token_embedding",
+    "per_layer_embedding",
+    "per_layer_model_projection",
+    "per_layer_input",
+    "norm",
+    "attention",
+    "mlp",
+    "router",
+    "router_scale",
+    "expert_gate_up",
+    "expert_down",
+    "lm_head",
+    "layer_scalar",
+    "per_expert_scale",
+};
+static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
+}  // namespace
+
 const char* param_kind_name(ParamKind kind) {
-  switch (kind) {
-    case ParamKind::kTokenEmbedding:
-      return "token_embedding";
-    case ParamKind::kPerLayerEmbedding:
-      return "per_layer_embedding";
-    case ParamKind::kPerLayerModelProjection:
-      return "per_layer_model_projection";
-    case ParamKind::kPerLayerInput:
-      return "per_layer_input";
-    case ParamKind::kNorm:
-      return "norm";
-    case ParamKind::kAttention:
-      return "attention";
-    case ParamKind::kMlp:
-      return "mlp";
-    case ParamKind::kRouter:
-      return "router";
-    case ParamKind::kRouterScale:
-      return "router_scale";
-    case ParamKind::kExpertGateUp:
-      return "expert_gate_up";
-    case ParamKind::kExpertDown:
-      return "expert_down";
-    case ParamKind::kLmHead:
-      return "lm_head";
-    case ParamKind::kLayerScalar:
-      return "layer_scalar";
-    case ParamKind::kPerExpertScale:
-      return "per_expert_scale";
-  }
-  G4_FAIL("unknown parameter kind ", static_cast<int>(kind));
+  const auto i = static_cast<size_t>(kind);
+  G4_CHECK(i < std::size(kKindNames), "unknown parameter kind ", i);
+  return kKindNames[i];
 }
 
 bool split_by_expert(ParamKind kind) {

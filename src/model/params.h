@@ -37,6 +37,7 @@ enum class ParamKind {
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
 };
+// Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kTokenEmbedding,
     ParamKind::kPerLayerEmbedding,
