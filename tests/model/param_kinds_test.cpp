@@ -152,7 +152,7 @@ TEST(ParamKinds, SplitByExpertIsWhatTheNameRulePicked) {
 
 TEST(ParamKinds, StoreErrorsNameTheParameter) {
   model::ParamStore s;
-  s.add("w", ParamKind::kMlp, Tensor::zeros({2, 3}));
+  s.add("w", ParamKind::kMlp, Tensor::zeros({2, 3}, DType::F32));
   s.set_buffer("b", ParamKind::kLayerScalar, Tensor::full({1}, 1.0));
   EXPECT_EQ(s.kind("w"), ParamKind::kMlp);
   EXPECT_EQ(s.kind("b"), ParamKind::kLayerScalar);
@@ -160,10 +160,12 @@ TEST(ParamKinds, StoreErrorsNameTheParameter) {
   EXPECT_EQ(s.buffer("b").item(), 2.0);
   EXPECT_NE(test::error_of([&] { s.kind("nope"); }).find("no parameter or buffer named nope"), std::string::npos);
   EXPECT_NE(test::error_of([&] { s.buffer("w"); }).find("no buffer named w"), std::string::npos);
-  EXPECT_NE(test::error_of([&] { s.add("w", ParamKind::kMlp, Tensor::zeros({1})); }).find("parameter w added twice"),
+  EXPECT_NE(test::error_of([&] {
+              s.add("w", ParamKind::kMlp, Tensor::zeros({1}, DType::F32));
+            }).find("parameter w added twice"),
             std::string::npos);
   EXPECT_NE(test::error_of([&] {
-              s.set_buffer("w", ParamKind::kNorm, Tensor::zeros({1}));
+              s.set_buffer("w", ParamKind::kNorm, Tensor::zeros({1}, DType::F32));
             }).find("buffer w has the name of a parameter"),
             std::string::npos);
 }

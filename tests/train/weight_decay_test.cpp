@@ -44,7 +44,7 @@ TEST(WeightDecay, ExemptionsByKindEqualTheOldRuleOnEveryNamedConfig) {
     const io::ModelConfig cfg = io::parse_model_config(model::named_config(name), name);
     model::ParamStore store;
     for (const model::ParamSpec& s : model::native_param_specs(cfg))
-      store.add(s.name, s.kind, Tensor::zeros(Shape(s.shape.size(), 1)));
+      store.add(s.name, s.kind, Tensor::zeros(Shape(s.shape.size(), 1), DType::F32));
     EXPECT_EQ(train::no_weight_decay(store, cfg), old_rule(store));
   }
 }
