@@ -40,12 +40,13 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
   G4_CHECK(static_cast<int64_t>(cfg_.layers.size()) == cfg_.num_layers, "model config has ", cfg_.layers.size(),
            " resolved layers for num_hidden_layers ", cfg_.num_layers);
   if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
-  for (const ParamSpec& s : native_param_specs(cfg_, experts_)) params_.add(s.name, Tensor::zeros(s.shape, dtype_, device_));
+  for (const ParamSpec& s : native_param_specs(cfg_, experts_))
+    params_.add(s.name, s.kind, Tensor::zeros(s.shape, dtype_, device_));
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
   for (const io::LayerSpec& ls : cfg_.layers)
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    params_.buffers[layer_prefix(l) + "layer_scalar"] = Tensor::full({1}, 1.0);
+    params_.set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar, Tensor::full({1}, 1.0));
     inv_freq_.push_back(rope_inv_freq(cfg_.layers[static_cast<size_t>(l)].rope,
                                       cfg_.layers[static_cast<size_t>(l)].head_dim)
                             .to(device_));
@@ -56,20 +57,18 @@ void Gemma4::init_weights(uint64_t seed, double std) {
   const std::vector<ParamSpec> specs = native_param_specs(cfg_, experts_);
   for (size_t i = 0; i < specs.size(); ++i) {
     Tensor& t = params_.at(specs[i].name).mutable_value();
-    const bool random = specs[i].kind == ParamSpec::kMatrix || specs[i].kind == ParamSpec::kEmbedding ||
-                        specs[i].kind == ParamSpec::kExperts;
-    if (!random) {
+    if (specs[i].kind == ParamKind::kNorm || specs[i].kind == ParamKind::kRouterScale) {
       t.fill(1.0);
       continue;
     }
     // Drawn on the parameter's own device, element j of stream i, as f32 then rounded to dtype.
     fill_philox_normal(t, seed, i, std);
-    if (specs[i].kind == ParamSpec::kEmbedding && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0)) {
+    if (is_embedding(specs[i].kind) && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < t.size(0)) {
       Tensor pad_row = t.slice0(cfg_.pad_token_id, 1);
       pad_row.copy_from(Tensor::zeros(pad_row.shape(), t.dtype()));
     }
   }
-  for (auto& [name, b] : params_.buffers) b.fill(1.0);
+  for (auto& [name, b] : params_.buffers) b.value.fill(1.0);
 }
 
 std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
@@ -288,7 +287,7 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     g = ag::rmsnorm(ag::linear(g, p(pre + "per_layer_projection.weight")), p(pre + "post_per_layer_input_norm.weight"), eps);
     h = ag::add(h, g);
   }
-  const double layer_scalar = params_.buffers.at(pre + "layer_scalar").item();
+  const double layer_scalar = params_.buffer(pre + "layer_scalar").item();
   return layer_scalar == 1.0 ? h : ag::scale(h, layer_scalar);
 }
 

@@ -1,5 +1,7 @@
 #include "model/params.h"
 
+#include <iterator>
+
 namespace g4::model {
 
 ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, int64_t ep_size) {
@@ -13,57 +15,89 @@ ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, i
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
-bool is_expert_parameter(const std::string& native_name) {
-  return native_name.find(".moe.experts.") != std::string::npos;
+namespace {
+// Indexed by ParamKind.
+constexpr const char* kKindNames[] = {
+    "token_embedding",
+    "per_layer_embedding",
+    "per_layer_model_projection",
+    "per_layer_input",
+    "norm",
+    "attention",
+    "mlp",
+    "router",
+    "router_scale",
+    "expert_gate_up",
+    "expert_down",
+    "lm_head",
+    "layer_scalar",
+    "per_expert_scale",
+};
+static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
+}  // namespace
+
+const char* param_kind_name(ParamKind kind) {
+  const auto i = static_cast<size_t>(kind);
+  G4_CHECK(i < std::size(kKindNames), "unknown parameter kind ", i);
+  return kKindNames[i];
+}
+
+bool split_by_expert(ParamKind kind) {
+  return kind == ParamKind::kExpertGateUp || kind == ParamKind::kExpertDown || kind == ParamKind::kPerExpertScale;
+}
+
+bool is_embedding(ParamKind kind) {
+  return kind == ParamKind::kTokenEmbedding || kind == ParamKind::kPerLayerEmbedding;
 }
 
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange experts) {
   std::vector<ParamSpec> s;
   const int64_t H = c.hidden_size, L = c.num_layers, P = c.hidden_size_per_layer_input;
-  s.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, ParamSpec::kEmbedding});
+  s.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, ParamKind::kTokenEmbedding});
   if (P > 0) {
-    s.push_back({"model.embed_tokens_per_layer.weight", {c.vocab_size_per_layer_input, L * P}, ParamSpec::kEmbedding});
-    s.push_back({"model.per_layer_model_projection.weight", {L * P, H}, ParamSpec::kMatrix});
-    s.push_back({"model.per_layer_projection_norm.weight", {P}, ParamSpec::kNormWeight});
+    s.push_back(
+        {"model.embed_tokens_per_layer.weight", {c.vocab_size_per_layer_input, L * P}, ParamKind::kPerLayerEmbedding});
+    s.push_back({"model.per_layer_model_projection.weight", {L * P, H}, ParamKind::kPerLayerModelProjection});
+    s.push_back({"model.per_layer_projection_norm.weight", {P}, ParamKind::kNorm});
   }
   const int64_t E = experts.count > 0 ? experts.count : c.num_experts;
   for (int64_t l = 0; l < L; ++l) {
     const io::LayerSpec& ls = c.layers[static_cast<size_t>(l)];
     const std::string p = layer_prefix(l);
     const int64_t d = ls.head_dim, nkv = ls.num_kv_heads;
-    s.push_back({p + "input_layernorm.weight", {H}, ParamSpec::kNormWeight});
-    s.push_back({p + "self_attn.q_proj.weight", {c.num_heads * d, H}, ParamSpec::kMatrix});
-    s.push_back({p + "self_attn.q_norm.weight", {d}, ParamSpec::kNormWeight});
+    s.push_back({p + "input_layernorm.weight", {H}, ParamKind::kNorm});
+    s.push_back({p + "self_attn.q_proj.weight", {c.num_heads * d, H}, ParamKind::kAttention});
+    s.push_back({p + "self_attn.q_norm.weight", {d}, ParamKind::kNorm});
     if (!ls.kv_shared) {
-      s.push_back({p + "self_attn.k_proj.weight", {nkv * d, H}, ParamSpec::kMatrix});
-      if (!ls.k_eq_v) s.push_back({p + "self_attn.v_proj.weight", {nkv * d, H}, ParamSpec::kMatrix});
-      s.push_back({p + "self_attn.k_norm.weight", {d}, ParamSpec::kNormWeight});
+      s.push_back({p + "self_attn.k_proj.weight", {nkv * d, H}, ParamKind::kAttention});
+      if (!ls.k_eq_v) s.push_back({p + "self_attn.v_proj.weight", {nkv * d, H}, ParamKind::kAttention});
+      s.push_back({p + "self_attn.k_norm.weight", {d}, ParamKind::kNorm});
     }
-    s.push_back({p + "self_attn.o_proj.weight", {H, c.num_heads * d}, ParamSpec::kMatrix});
-    s.push_back({p + "post_attention_layernorm.weight", {H}, ParamSpec::kNormWeight});
-    s.push_back({p + "pre_feedforward_layernorm.weight", {H}, ParamSpec::kNormWeight});
-    s.push_back({p + "mlp.gate_proj.weight", {ls.intermediate, H}, ParamSpec::kMatrix});
-    s.push_back({p + "mlp.up_proj.weight", {ls.intermediate, H}, ParamSpec::kMatrix});
-    s.push_back({p + "mlp.down_proj.weight", {H, ls.intermediate}, ParamSpec::kMatrix});
-    s.push_back({p + "post_feedforward_layernorm.weight", {H}, ParamSpec::kNormWeight});
+    s.push_back({p + "self_attn.o_proj.weight", {H, c.num_heads * d}, ParamKind::kAttention});
+    s.push_back({p + "post_attention_layernorm.weight", {H}, ParamKind::kNorm});
+    s.push_back({p + "pre_feedforward_layernorm.weight", {H}, ParamKind::kNorm});
+    s.push_back({p + "mlp.gate_proj.weight", {ls.intermediate, H}, ParamKind::kMlp});
+    s.push_back({p + "mlp.up_proj.weight", {ls.intermediate, H}, ParamKind::kMlp});
+    s.push_back({p + "mlp.down_proj.weight", {H, ls.intermediate}, ParamKind::kMlp});
+    s.push_back({p + "post_feedforward_layernorm.weight", {H}, ParamKind::kNorm});
     if (ls.moe) {
       const int64_t I = c.moe_intermediate_size;
-      s.push_back({p + "post_feedforward_layernorm_1.weight", {H}, ParamSpec::kNormWeight});
-      s.push_back({p + "post_feedforward_layernorm_2.weight", {H}, ParamSpec::kNormWeight});
-      s.push_back({p + "pre_feedforward_layernorm_2.weight", {H}, ParamSpec::kNormWeight});
-      s.push_back({p + "moe.gate.proj.weight", {c.num_experts, H}, ParamSpec::kMatrix});
-      s.push_back({p + "moe.gate.scale", {H}, ParamSpec::kScale});
-      s.push_back({p + "moe.experts.gate_and_up_projs", {E, H, 2 * I}, ParamSpec::kExperts});
-      s.push_back({p + "moe.experts.down_projs", {E, I, H}, ParamSpec::kExperts});
+      s.push_back({p + "post_feedforward_layernorm_1.weight", {H}, ParamKind::kNorm});
+      s.push_back({p + "post_feedforward_layernorm_2.weight", {H}, ParamKind::kNorm});
+      s.push_back({p + "pre_feedforward_layernorm_2.weight", {H}, ParamKind::kNorm});
+      s.push_back({p + "moe.gate.proj.weight", {c.num_experts, H}, ParamKind::kRouter});
+      s.push_back({p + "moe.gate.scale", {H}, ParamKind::kRouterScale});
+      s.push_back({p + "moe.experts.gate_and_up_projs", {E, H, 2 * I}, ParamKind::kExpertGateUp});
+      s.push_back({p + "moe.experts.down_projs", {E, I, H}, ParamKind::kExpertDown});
     }
     if (P > 0) {
-      s.push_back({p + "per_layer_input_gate.weight", {P, H}, ParamSpec::kMatrix});
-      s.push_back({p + "per_layer_projection.weight", {H, P}, ParamSpec::kMatrix});
-      s.push_back({p + "post_per_layer_input_norm.weight", {H}, ParamSpec::kNormWeight});
+      s.push_back({p + "per_layer_input_gate.weight", {P, H}, ParamKind::kPerLayerInput});
+      s.push_back({p + "per_layer_projection.weight", {H, P}, ParamKind::kPerLayerInput});
+      s.push_back({p + "post_per_layer_input_norm.weight", {H}, ParamKind::kNorm});
     }
   }
-  s.push_back({"model.norm.weight", {H}, ParamSpec::kNormWeight});
-  if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.vocab_size, H}, ParamSpec::kMatrix});
+  s.push_back({"model.norm.weight", {H}, ParamKind::kNorm});
+  if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.vocab_size, H}, ParamKind::kLmHead});
   return s;
 }
 
@@ -79,12 +113,31 @@ const ag::Var& ParamStore::at(const std::string& name) const {
   return it->second;
 }
 
-void ParamStore::add(const std::string& name, Tensor value) {
+void ParamStore::add(const std::string& name, ParamKind kind, Tensor value) {
   G4_CHECK(!params.count(name), "parameter ", name, " added twice");
   order.push_back(name);
+  kinds_[name] = kind;
   const bool bf16 = value.dtype() == DType::BF16;
   auto it = params.emplace(name, ag::Var(std::move(value), true)).first;
   it->second.impl()->fp32_grad = bf16;
+}
+
+void ParamStore::set_buffer(const std::string& name, ParamKind kind, Tensor value) {
+  G4_CHECK(!params.count(name), "buffer ", name, " has the name of a parameter");
+  buffers.insert_or_assign(name, Buffer{std::move(value), kind});
+}
+
+const Tensor& ParamStore::buffer(const std::string& name) const {
+  auto it = buffers.find(name);
+  G4_CHECK(it != buffers.end(), "no buffer named ", name);
+  return it->second.value;
+}
+
+ParamKind ParamStore::kind(const std::string& name) const {
+  if (auto it = kinds_.find(name); it != kinds_.end()) return it->second;
+  auto b = buffers.find(name);
+  G4_CHECK(b != buffers.end(), "no parameter or buffer named ", name);
+  return b->second.kind;
 }
 
 int64_t ParamStore::numel() const {

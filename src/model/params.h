@@ -18,34 +18,90 @@ struct ExpertRange {
 };
 ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, int64_t ep_size);
 
+// What a parameter or buffer is, stored with it in ParamStore: loading, export, weight decay,
+// freezing and expert parallelism ask the kind, never the name.
+enum class ParamKind {
+  kTokenEmbedding,           // model.embed_tokens (also the LM head when tied)
+  kPerLayerEmbedding,        // model.embed_tokens_per_layer: the per-layer embedding (PLE) table
+  kPerLayerModelProjection,  // model.per_layer_model_projection: hidden states -> per-layer inputs
+  kPerLayerInput,            // per layer: per_layer_input_gate and per_layer_projection
+  kNorm,                     // every RMSNorm weight (layer norms, q/k norms, PLE norms, the final norm)
+  kAttention,                // q/k/v/o projections
+  kMlp,                      // the dense MLP's gate/up/down projections
+  kRouter,                   // moe.gate.proj: the router's projection to expert logits
+  kRouterScale,              // moe.gate.scale: the router's per-channel input scale
+  kExpertGateUp,             // moe.experts.gate_and_up_projs [E, H, 2I]
+  kExpertDown,               // moe.experts.down_projs [E, I, H], per_expert_scale folded in
+  kLmHead,                   // lm_head (untied models only)
+  // Buffers.
+  kLayerScalar,     // per layer: the scalar its output is multiplied by
+  kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
+};
+// Every kind, in the enum's order.
+inline constexpr ParamKind kAllParamKinds[] = {
+    ParamKind::kTokenEmbedding,
+    ParamKind::kPerLayerEmbedding,
+    ParamKind::kPerLayerModelProjection,
+    ParamKind::kPerLayerInput,
+    ParamKind::kNorm,
+    ParamKind::kAttention,
+    ParamKind::kMlp,
+    ParamKind::kRouter,
+    ParamKind::kRouterScale,
+    ParamKind::kExpertGateUp,
+    ParamKind::kExpertDown,
+    ParamKind::kLmHead,
+    ParamKind::kLayerScalar,
+    ParamKind::kPerExpertScale,
+};
+// "token_embedding", "norm", "expert_down", ... (for messages and recipes).
+const char* param_kind_name(ParamKind kind);
+// True for the kinds whose dim 0 indexes the routed experts: a model holding an expert range holds
+// only those rows, and expert parallelism splits them over ranks. Every other kind is replicated.
+bool split_by_expert(ParamKind kind);
+// True for the embedding tables (token and per-layer): rows indexed by token id.
+bool is_embedding(ParamKind kind);
+
 struct ParamSpec {
   std::string name;
   Shape shape;
-  enum Kind { kMatrix, kNormWeight, kEmbedding, kExperts, kScale } kind;
+  ParamKind kind;
 };
 
 // Every trainable parameter of the text decoder, in a fixed order.
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& cfg, ExpertRange experts = {});
 
 std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
-// True for the routed experts' weights (moe.experts.*), which expert parallelism splits over
-// ranks; every other parameter is replicated.
-bool is_expert_parameter(const std::string& native_name);
+
+// A tensor the model reads but does not train.
+struct Buffer {
+  Tensor value;
+  ParamKind kind;
+};
 
 // Parameters (trainable: fp32 on the CPU, bf16 compute copies with f32 gradients on the GPU, whose
 // fp32 masters the optimizer holds) and buffers (not trained: layer scalars, the
-// per_expert_scale the checkpoint had, kept to express gradients in Hugging Face's layout).
+// per_expert_scale the checkpoint had, kept to express gradients in Hugging Face's layout), each
+// with its kind.
 struct ParamStore {
   std::vector<std::string> order;
   std::map<std::string, ag::Var> params;
-  std::map<std::string, Tensor> buffers;
+  std::map<std::string, Buffer> buffers;
 
   ag::Var& at(const std::string& name);
   const ag::Var& at(const std::string& name) const;
   bool has(const std::string& name) const { return params.count(name) > 0; }
-  void add(const std::string& name, Tensor value);
+  void add(const std::string& name, ParamKind kind, Tensor value);
+  // Adds or replaces a buffer.
+  void set_buffer(const std::string& name, ParamKind kind, Tensor value);
+  const Tensor& buffer(const std::string& name) const;
+  // The kind of a parameter or a buffer.
+  ParamKind kind(const std::string& name) const;
   int64_t numel() const;
   void zero_grad();
+
+ private:
+  std::map<std::string, ParamKind> kinds_;  // of the parameters
 };
 
 }  // namespace g4::model

@@ -60,6 +60,19 @@ Tensor read_experts(const io::SafetensorsReader& r, const std::string& key, cons
   return all.slice0(range.begin, range.count).clone();
 }
 
+// The per-expert scale that belongs with a layer's down projection: native name from the
+// native down_projs name, Hugging Face key from the experts.down_proj key.
+std::string native_scale_name(const std::string& down_name) {
+  const std::string down = "moe.experts.down_projs";
+  G4_CHECK(ends_with(down_name, down), "not a native expert down projection: ", down_name);
+  return down_name.substr(0, down_name.size() - down.size()) + "router.per_expert_scale";
+}
+std::string hf_scale_key(const std::string& down_key) {
+  const std::string down = "experts.down_proj";
+  G4_CHECK(ends_with(down_key, down), "not a Hugging Face expert down projection: ", down_key);
+  return down_key.substr(0, down_key.size() - down.size()) + "router.per_expert_scale";
+}
+
 }  // namespace
 
 std::string hf_text_prefix(const io::ModelConfig& cfg) { return cfg.conditional ? "model.language_model." : "model."; }
@@ -78,14 +91,13 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
   for (const ParamSpec& spec : native_param_specs(cfg, range)) {
     Tensor& dst = model.params().at(spec.name).mutable_value();
     const std::string key = take(hf_name(cfg, spec.name));
-    if (ends_with(spec.name, "moe.experts.gate_and_up_projs")) {
+    if (spec.kind == ParamKind::kExpertGateUp) {
       const Shape hf_shape = {cfg.num_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size};
       dst.copy_from(transpose_last2(read_experts(reader, key, hf_shape, range)).to(dst.dtype()));
-    } else if (ends_with(spec.name, "moe.experts.down_projs")) {
+    } else if (spec.kind == ParamKind::kExpertDown) {
       const Shape hf_shape = {cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size};
       Tensor down = transpose_last2(read_experts(reader, key, hf_shape, range));  // [E, I, H]
-      const std::string layer = spec.name.substr(0, spec.name.size() - std::string("moe.experts.down_projs").size());
-      const std::string scale_key = take(hf_name(cfg, layer + "router.per_expert_scale"));
+      const std::string scale_key = take(hf_scale_key(key));
       Tensor scale = read_experts(reader, scale_key, {cfg.num_experts}, range);
       // Fold the per-expert scale into down (the router then returns plain top-k weights).
       const int64_t per = down.numel() / down.size(0);
@@ -95,7 +107,7 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
         for (int64_t i = 0; i < per; ++i) d[i] *= s;
       }
       dst.copy_from(down.to(dst.dtype()));
-      model.params().buffers[layer + "router.per_expert_scale"] = scale;
+      model.params().set_buffer(native_scale_name(spec.name), ParamKind::kPerExpertScale, scale);
     } else {
       dst.copy_from(reader.get_f32(key, spec.shape).to(dst.dtype()));
     }
@@ -103,7 +115,9 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     const std::string key = prefix + "layers." + std::to_string(l) + ".layer_scalar";
     // Older exports may lack the buffer; transformers then keeps its initial value 1.
-    if (reader.has(key)) model.params().buffers[layer_prefix(l) + "layer_scalar"] = reader.get_f32(take(key), {1});
+    if (reader.has(key))
+      model.params().set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar,
+                                reader.get_f32(take(key), {1}));
   }
 
   int64_t skipped_towers = 0;
@@ -142,15 +156,14 @@ std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank, i
   return model;
 }
 
-NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& in) {
+NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, ParamKind kind,
+                              const Tensor& in) {
   // Checkpoints hold f32 (an f64 reference model is written as f32 too).
   const Tensor value = in.dtype() == DType::F32 ? in : in.to(DType::F32);
   const std::string key = hf_name(cfg, native_name);
-  if (ends_with(native_name, "moe.experts.gate_and_up_projs")) return {{key, transpose_last2(value)}};
-  if (ends_with(native_name, "moe.experts.down_projs")) {
-    const std::string layer = key.substr(0, key.size() - std::string("experts.down_proj").size());
-    return {{key, transpose_last2(value)}, {layer + "router.per_expert_scale", Tensor::full({value.size(0)}, 1.0)}};
-  }
+  if (kind == ParamKind::kExpertGateUp) return {{key, transpose_last2(value)}};
+  if (kind == ParamKind::kExpertDown)
+    return {{key, transpose_last2(value)}, {hf_scale_key(key), Tensor::full({value.size(0)}, 1.0)}};
   return {{key, value}};
 }
 
@@ -160,10 +173,11 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
            "export needs every expert; gather the expert-parallel shards first");
   NamedTensors out;
   for (const std::string& name : model.params().order)
-    for (auto& kv : export_hf_tensor(cfg, name, model.params().at(name).value())) out.push_back(std::move(kv));
+    for (auto& kv : export_hf_tensor(cfg, name, model.params().kind(name), model.params().at(name).value()))
+      out.push_back(std::move(kv));
   for (int64_t l = 0; l < cfg.num_layers; ++l)
     out.emplace_back(hf_text_prefix(cfg) + "layers." + std::to_string(l) + ".layer_scalar",
-                     model.params().buffers.at(layer_prefix(l) + "layer_scalar"));
+                     model.params().buffer(layer_prefix(l) + "layer_scalar"));
   return out;
 }
 
@@ -189,13 +203,13 @@ NamedTensors hf_gradients(const Gemma4& model) {
   for (const std::string& name : model.params().order) {
     const ag::Var& v = model.params().at(name);
     const Tensor g = v.grad().defined() ? v.grad().to(DType::F32) : Tensor::zeros(v.value().shape(), DType::F32);
-    if (!ends_with(name, "moe.experts.down_projs")) {
-      for (auto& kv : export_hf_tensor(cfg, name, g)) out.push_back(std::move(kv));
+    const ParamKind kind = model.params().kind(name);
+    if (kind != ParamKind::kExpertDown) {
+      for (auto& kv : export_hf_tensor(cfg, name, kind, g)) out.push_back(std::move(kv));
       continue;
     }
     // Native D[e] = s_e * down_e^T. So dL/d down_e = s_e * dD[e]^T and dL/ds_e = sum(D[e] * dD[e]) / s_e.
-    const std::string layer = name.substr(0, name.size() - std::string("moe.experts.down_projs").size());
-    const Tensor& s = model.params().buffers.at(layer + "router.per_expert_scale");
+    const Tensor& s = model.params().buffer(native_scale_name(name));
     const Tensor D = v.value().to(DType::F32);
     const int64_t E = D.size(0), per = D.numel() / E;
     Tensor scaled = g.clone();
@@ -211,7 +225,7 @@ NamedTensors hf_gradients(const Gemma4& model) {
     }
     const std::string key = hf_name(cfg, name);
     out.emplace_back(key, transpose_last2(scaled));
-    out.emplace_back(key.substr(0, key.size() - std::string("experts.down_proj").size()) + "router.per_expert_scale", ds);
+    out.emplace_back(hf_scale_key(key), ds);
   }
   return out;
 }

@@ -29,8 +29,10 @@ std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank = 
                                       DType dtype = DType::F32);
 
 // One native tensor -> its Hugging Face tensor(s), for streaming weights without a full state
-// dict. down_projs also yields router.per_expert_scale (ones, the scale lives in down).
-NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, const Tensor& value);
+// dict. The kind picks the layout: an expert down projection also yields router.per_expert_scale
+// (ones, the scale lives in down).
+NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& native_name, ParamKind kind,
+                              const Tensor& value);
 
 // The whole model in Hugging Face layout (parameters and layer_scalar buffers).
 NamedTensors export_hf_state_dict(const Gemma4& model);

@@ -77,7 +77,7 @@ void reduce_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t bucket
   G4_CHECK(bucket_bytes > 0, "reduce_gradients: bucket_bytes must be positive");
   std::vector<std::string> replicated, experts;
   for (const std::string& name : params.order)
-    (model::is_expert_parameter(name) ? experts : replicated).push_back(name);
+    (model::split_by_expert(params.kind(name)) ? experts : replicated).push_back(name);
   sum_gradients(mesh.world(), params, replicated, bucket_bytes);
   // Experts: over every rank holding the same slice, i.e. the same ep coordinate (dp x cp).
   sum_gradients(mesh.dp_group(), params, experts, bucket_bytes);
@@ -88,7 +88,7 @@ void reduce_expert_gradients(model::ParamStore& params, DeviceMesh& mesh, size_t
   G4_CHECK(bucket_bytes > 0, "reduce_expert_gradients: bucket_bytes must be positive");
   std::vector<std::string> experts;
   for (const std::string& name : params.order)
-    if (model::is_expert_parameter(name)) experts.push_back(name);
+    if (model::split_by_expert(params.kind(name))) experts.push_back(name);
   sum_gradients(mesh.dp_group(), params, experts, bucket_bytes);
   sum_gradients(mesh.cp_group(), params, experts, bucket_bytes);
 }

@@ -122,11 +122,11 @@ ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std:
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string& n = names[i];
     if (kind == Kind::Replicated)
-      G4_CHECK(!model::is_expert_parameter(n), "ShardedParameters: ", n,
+      G4_CHECK(!model::split_by_expert(params.kind(n)), "ShardedParameters: ", n,
                " is an expert parameter; experts are split by expert parallelism and sharded on their own "
                "(Kind::Experts), not with the replicated parameters");
     else
-      G4_CHECK(model::is_expert_parameter(n), "ShardedParameters: ", n,
+      G4_CHECK(model::split_by_expert(params.kind(n)), "ShardedParameters: ", n,
                " is not an expert parameter, but these sharded parameters are the experts");
     const Tensor& v = params.at(n).value();
     G4_CHECK(v.dtype() == DType::F32 || v.dtype() == DType::F64, "ShardedParameters: parameter ", n, " is ",

@@ -47,7 +47,7 @@ void AdamW::load_parameters(const model::ParamStore& source) {
   for (size_t i = 0; i < names_.size(); ++i)
     if (master_[i].defined()) master_[i].copy_from(source.at(names_[i]).value().to(DType::F32));
   params_.buffers.clear();
-  for (const auto& [n, b] : source.buffers) params_.buffers[n] = b.clone();
+  for (const auto& [n, b] : source.buffers) params_.set_buffer(n, b.kind, b.value.clone());
 }
 
 void AdamW::copy_masters_to(model::ParamStore& dest) const {
@@ -141,7 +141,7 @@ double device_grad_norm(model::ParamStore& params, const std::vector<std::string
   for (const std::string& n : names) {
     const Tensor& g = params.at(n).grad();
     if (!g.defined()) continue;
-    Tensor& acc = expert_group && model::is_expert_parameter(n) ? experts : replicated;
+    Tensor& acc = expert_group && model::split_by_expert(params.kind(n)) ? experts : replicated;
     if (acc.defined())
       ops::add_(acc, ops::squared_norm(g));
     else
@@ -166,7 +166,7 @@ double host_grad_norm(model::ParamStore& params, const std::vector<std::string>&
     if (!g.defined()) continue;
     f64 = g.dtype() == DType::F64;
     const double sq = f64 ? sum_squares<double>(g) : sum_squares<float>(g);
-    if (expert_group && model::is_expert_parameter(n)) {
+    if (expert_group && model::split_by_expert(params.kind(n))) {
       expert_sq += sq;  // a slice of an expert tensor: its square is summed over the group below
       continue;
     }
@@ -235,9 +235,8 @@ double clip_grad_norm(model::ParamStore& params, const std::vector<std::string>&
 std::set<std::string> no_weight_decay(const model::ParamStore& params, const io::ModelConfig& cfg) {
   std::set<std::string> out;
   for (const std::string& n : params.order) {
-    const bool embedding = n.find("embed_tokens") != std::string::npos;
-    const bool vector = params.at(n).value().dim() == 1;  // norms, router scale
-    if (embedding || vector) out.insert(n);
+    const model::ParamKind k = params.kind(n);
+    if (model::is_embedding(k) || k == model::ParamKind::kNorm || k == model::ParamKind::kRouterScale) out.insert(n);
   }
   return out;
 }

@@ -100,7 +100,7 @@ void ReplicatedAdamW::load(const fs::path& dir, const nlohmann::json& state) {
   for (const std::string& n : adamw_.trainable()) {
     const Shape& shape = params_.at(n).value().shape();
     for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
-      Tensor t = model::is_expert_parameter(n) ? reader.experts(kind, n, experts_.begin, shape[0])
+      Tensor t = model::split_by_expert(params_.kind(n)) ? reader.experts(kind, n, experts_.begin, shape[0])
                                                : reader.replicated(kind, n, 0, shape_numel(shape)).reshape(shape);
       named.emplace_back(std::string(kind) + "." + n, std::move(t));
     }

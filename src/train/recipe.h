@@ -33,7 +33,7 @@ struct Recipe {
   // training
   int64_t steps = 100, batch_size = 8, grad_accumulation = 1;
   bool recompute = false;
-  std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) kept fixed
+  std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) or kind names kept fixed
   double router_aux_loss = 0.0;
   // Where the steps run (train.device): the CPU in f32, or one CUDA GPU in bf16 with fp32 masters,
   // gradients and AdamW moments (bf16 only: the GPU attention kernels take bf16). Checkpoints

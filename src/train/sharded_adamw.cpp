@@ -38,7 +38,7 @@ void ShardedAdamW::Family::init(const std::set<std::string>& no_decay, int64_t d
 void ShardedAdamW::init(const std::vector<std::string>& trainable, const std::set<std::string>& no_decay,
                         const std::vector<std::vector<std::string>>& blocks) {
   std::vector<std::string> flat;
-  for (const std::string& n : trainable) (model::is_expert_parameter(n) ? expert_names_ : flat).push_back(n);
+  for (const std::string& n : trainable) (model::split_by_expert(params_.kind(n)) ? expert_names_ : flat).push_back(n);
   flat_.shards = std::make_unique<parallel::ShardedParameters>(params_, flat, mesh_, blocks);
   flat_.init(no_decay, mesh_.dp_group().rank());
   if (!expert_names_.empty()) {

@@ -34,10 +34,11 @@ std::unique_ptr<model::Gemma4> keep_experts(const model::Gemma4& full, model::Ex
   auto m = std::make_unique<model::Gemma4>(full.config(), range);
   for (const std::string& n : m->params().order) {
     const Tensor& v = full.params().at(n).value();
-    m->params().at(n).mutable_value().copy_from(model::is_expert_parameter(n) ? v.slice0(range.begin, range.count) : v);
+    m->params().at(n).mutable_value().copy_from(
+        model::split_by_expert(m->params().kind(n)) ? v.slice0(range.begin, range.count) : v);
   }
   for (const auto& [n, b] : full.params().buffers)
-    if (n.find("per_expert_scale") == std::string::npos) m->params().buffers[n] = b.clone();
+    if (!model::split_by_expert(b.kind)) m->params().set_buffer(n, b.kind, b.value.clone());
   return m;
 }
 
@@ -77,14 +78,16 @@ std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Commu
       world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep), static_cast<int>(cp)});
 }
 
-// The parameters the recipe trains: all but those matching a train.freeze pattern, which may
-// name either the native or the Hugging Face parameter.
+// The parameters the recipe trains: all but those matching a train.freeze pattern.
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
   std::vector<std::string> names;
   for (const std::string& n : m.params().order) {
     bool frozen = false;
-    const auto hf = model::export_hf_tensor(m.config(), n, m.params().at(n).value());
-    for (const std::string& p : freeze) frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf[0].first);
+    // Patterns may name the native or the Hugging Face parameter, or be its kind ("norm", "router", ...).
+    const model::ParamKind kind = m.params().kind(n);
+    const auto hf = model::export_hf_tensor(m.config(), n, kind, m.params().at(n).value());
+    for (const std::string& p : freeze)
+      frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf[0].first) || p == model::param_kind_name(kind);
     if (!frozen) names.push_back(n);
   }
   return names;

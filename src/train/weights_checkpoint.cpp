@@ -15,10 +15,10 @@ std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::
   auto full = std::make_unique<model::Gemma4>(m.config());
   for (const std::string& n : m.params().order) {
     const Tensor& v = m.params().at(n).value();
-    full->params().at(n).mutable_value().copy_from(model::is_expert_parameter(n) ? ep.all_gather(v) : v);
+    full->params().at(n).mutable_value().copy_from(model::split_by_expert(m.params().kind(n)) ? ep.all_gather(v) : v);
   }
   for (const auto& [n, b] : m.params().buffers)
-    if (n.find("per_expert_scale") == std::string::npos) full->params().buffers[n] = b.clone();
+    if (!model::split_by_expert(b.kind)) full->params().set_buffer(n, b.kind, b.value.clone());
   return full;
 }
 

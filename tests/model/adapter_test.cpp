@@ -91,7 +91,8 @@ TEST(Adapter, SingleTensorExportMatchesFullExport) {
   std::map<std::string, Tensor> full;
   for (auto& [k, t] : model::export_hf_state_dict(*m)) full[k] = t;
   for (const std::string& name : m->params().order)
-    for (auto& [k, t] : model::export_hf_tensor(m->config(), name, m->params().at(name).value())) {
+    for (auto& [k, t] :
+         model::export_hf_tensor(m->config(), name, m->params().kind(name), m->params().at(name).value())) {
       ASSERT_TRUE(full.count(k)) << k;
       ASSERT_EQ(full[k].shape(), t.shape()) << k;
       for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(full[k].data<float>()[i], t.data<float>()[i]) << k;

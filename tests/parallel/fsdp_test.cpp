@@ -334,7 +334,7 @@ StepMemory check_sharded_training(const MeshShape& shape, Gathering how = {}) {
   const FlatLayout& l = opt.shards().layout();
   int64_t replicated = 0, experts = 0;
   for (const std::string& n : m->params().order)
-    (model::is_expert_parameter(n) ? experts : replicated) += m->params().at(n).value().numel();
+    (model::split_by_expert(m->params().kind(n)) ? experts : replicated) += m->params().at(n).value().numel();
   EXPECT_EQ(l.numel, replicated);
   EXPECT_EQ(l.shards, shape.dp_shard);
   EXPECT_EQ(l.units.size(), how.block_by_block ? static_cast<size_t>(m->config().num_layers + 2) : 1u);
@@ -426,8 +426,8 @@ StepMemory check_sharded_training(const MeshShape& shape, Gathering how = {}) {
   double worst_param = 0;
   for (const std::string& n : m->params().order) {
     const Tensor& w = want.params.at(n);
-    const double e =
-        scaled_error(m->params().at(n).value(), model::is_expert_parameter(n) ? w.slice0(held.begin, held.count) : w);
+    const double e = scaled_error(m->params().at(n).value(),
+                                  model::split_by_expert(m->params().kind(n)) ? w.slice0(held.begin, held.count) : w);
     EXPECT_LT(e, kRel) << n;
     worst_param = std::max(worst_param, e);
   }

@@ -85,7 +85,7 @@ inline void expect_matches_single_rank(Communicator& world, double my_share, con
   const model::ExpertRange held = m.experts();
   for (const std::string& name : m.params().order) {
     const Tensor& w = want_grads.at(name);
-    const Tensor slice = model::is_expert_parameter(name) ? w.slice0(held.begin, held.count) : w;
+    const Tensor slice = model::split_by_expert(m.params().kind(name)) ? w.slice0(held.begin, held.count) : w;
     EXPECT_TRUE(close_to(m.params().at(name).grad(), slice, grad_rel)) << name;
   }
 }

@@ -12,8 +12,8 @@ namespace {
 
 model::ParamStore make_params(uint64_t seed) {
   model::ParamStore p;
-  p.add("a.weight", randn({7, 5}, seed, DType::F64));
-  p.add("b.weight", randn({11}, seed + 1, DType::F64));
+  p.add("a.weight", model::ParamKind::kMlp, randn({7, 5}, seed, DType::F64));
+  p.add("b.weight", model::ParamKind::kNorm, randn({11}, seed + 1, DType::F64));
   return p;
 }
 

@@ -37,10 +37,10 @@ io::ModelConfig tiny_moe() {
 model::ParamStore bf16_store(const model::Gemma4& m) {
   model::ParamStore s;
   for (const std::string& n : m.params().order) {
-    s.add(n, m.params().at(n).value().to(DType::BF16));
+    s.add(n, m.params().kind(n), m.params().at(n).value().to(DType::BF16));
     s.at(n).impl()->fp32_grad = true;
   }
-  for (const auto& [n, b] : m.params().buffers) s.buffers[n] = b.clone();
+  for (const auto& [n, b] : m.params().buffers) s.set_buffer(n, b.kind, b.value.clone());
   return s;
 }
 
@@ -133,13 +133,13 @@ TEST(CheckpointMasters, ParameterErrorsNameTheParameter) {
   model::ParamStore store = bf16_store(host);
   train::AdamW opt(store, store.order, {}, {});
   model::ParamStore partial;
-  partial.add(store.order[0], host.params().at(store.order[0]).value().clone());
+  partial.add(store.order[0], store.kind(store.order[0]), host.params().at(store.order[0]).value().clone());
   std::string e = test::error_of([&] { opt.load_parameters(partial); });
   EXPECT_NE(e.find("has no parameter '" + store.order[1] + "'"), std::string::npos) << e;
   e = test::error_of([&] { opt.copy_masters_to(partial); });
   EXPECT_NE(e.find("has no parameter '" + store.order[1] + "'"), std::string::npos) << e;
   model::ParamStore wrong;
-  for (const std::string& n : store.order) wrong.add(n, store.at(n).value().clone());  // bf16, not f32
+  for (const std::string& n : store.order) wrong.add(n, store.kind(n), store.at(n).value().clone());  // bf16, not f32
   e = test::error_of([&] { opt.load_parameters(wrong); });
   EXPECT_NE(e.find("must be an f32 or f64 CPU tensor"), std::string::npos) << e;
   e = test::error_of([&] { opt.copy_masters_to(wrong); });

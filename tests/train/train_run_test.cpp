@@ -8,10 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/device_memory.h"
 #include "io/safetensors.h"
@@ -382,19 +382,34 @@ TEST(TrainRun, ShardedDataParallelCombinesWithContextParallel) {
   fs::remove_all(dir);
 }
 
+// Adds `train.freeze: <patterns>` (a YAML list) to the test recipe.
+void set_freeze(const std::string& recipe, const std::string& patterns) {
+  std::ifstream in(recipe);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string at = "train:\n  steps: 8\n";
+  ASSERT_NE(text.find(at), std::string::npos);
+  text.replace(text.find(at), at.size(), at + "  freeze: " + patterns + "\n");
+  std::ofstream(recipe) << text;
+}
+
+// Which tensors of the checkpoints of steps 4 and 8 under run_dir kept their bits.
+std::map<std::string, bool> unchanged_tensors(const fs::path& run_dir) {
+  const auto early = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000004").string());
+  const auto late = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000008").string());
+  std::map<std::string, bool> out;
+  for (const std::string& n : late.names()) {
+    const Tensor a = early.get(n), b = late.get(n);
+    out[n] = a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  }
+  return out;
+}
+
 // train.freeze: the frozen weights (every q_proj, and the tied embedding / LM head) are the same bits
 // in every checkpoint while the others train, on one rank and sharded over two.
 TEST(TrainRun, FrozenWeightsStayAsTheyStarted) {
   const fs::path dir = temp_dir("freeze");
   const std::string recipe = test::write_train_recipe(dir);
-  {
-    std::ifstream in(recipe);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::string at = "train:\n  steps: 8\n";
-    ASSERT_NE(text.find(at), std::string::npos);
-    text.replace(text.find(at), at.size(), at + "  freeze: ['*q_proj*', '*embed_tokens*']\n");
-    std::ofstream(recipe) << text;
-  }
+  set_freeze(recipe, "['*q_proj*', '*embed_tokens*']");
   const bool mpi = std::system("command -v mpirun > /dev/null 2>&1") == 0;
   for (const bool sharded : {false, true}) {
     if (sharded && !mpi) continue;
@@ -404,12 +419,8 @@ TEST(TrainRun, FrozenWeightsStayAsTheyStarted) {
                                     (sharded ? " parallel.fsdp=true" : ""),
                                 sharded ? kMpirun : "");
     ASSERT_EQ(r.code, 0) << r.output;
-    const auto early = io::SafetensorsReader::open((out / "checkpoints" / "step-00000004").string());
-    const auto late = io::SafetensorsReader::open((out / "checkpoints" / "step-00000008").string());
     int frozen = 0, trained = 0;
-    for (const std::string& n : late.names()) {
-      const Tensor a = early.get(n), b = late.get(n);
-      const bool same = a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+    for (const auto& [n, same] : unchanged_tensors(out)) {
       if (n.find("q_proj") != std::string::npos || n.find("embed_tokens") != std::string::npos) {
         EXPECT_TRUE(same) << n << " is frozen but changed";
         ++frozen;
@@ -422,6 +433,25 @@ TEST(TrainRun, FrozenWeightsStayAsTheyStarted) {
     EXPECT_GT(trained, 0);
   }
   fs::remove_all(dir);
+}
+
+// A freeze entry may name a parameter kind: `norm` and `router` keep every RMSNorm weight and the
+// routers' projections fixed (not the router scale, a kind of its own) while the rest trains.
+TEST(TrainRun, FreezingByKind) {
+  const fs::path dir = temp_dir("freeze_kind");
+  const std::string recipe = test::write_train_recipe(dir);
+  set_freeze(recipe, "[norm, router]");
+  const ProcessResult r = run("train " + recipe + " log.samples=0 checkpoint.dir=" + (dir / "out").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  int frozen = 0, trained = 0;
+  for (const auto& [n, same] : unchanged_tensors(dir / "out")) {
+    const bool norm = n.find("norm") != std::string::npos, router = n.find("router.proj") != std::string::npos;
+    if (n.find("layer_scalar") != std::string::npos || n.find("per_expert_scale") != std::string::npos) continue;
+    EXPECT_EQ(same, norm || router) << n;
+    (same ? frozen : trained) += 1;
+  }
+  EXPECT_EQ(frozen, 2 * 10 + 1);  // per layer 9 norms (q_norm and k_norm among them) and the router; the final norm
+  EXPECT_GT(trained, 0);
 }
 
 TEST(TrainRun, ContextParallelShapeErrors) {
