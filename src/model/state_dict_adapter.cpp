@@ -26,6 +26,8 @@ const std::pair<const char*, const char*> kMoeRenames[] = {
     {"moe.experts.down_projs", "experts.down_proj"},
 };
 
+}  // namespace
+
 std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
   if (native == "lm_head.weight") return native;
   G4_CHECK(starts_with(native, "model."), "not a native parameter name: ", native);
@@ -38,6 +40,8 @@ std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
   }
   return hf_text_prefix(cfg) + rest;
 }
+
+namespace {
 
 // [E, A, B] -> [E, B, A] (as f32)
 Tensor transpose_last2(const Tensor& in) {

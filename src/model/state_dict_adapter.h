@@ -17,6 +17,8 @@ namespace g4::model {
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 std::string hf_text_prefix(const io::ModelConfig& cfg);  // "model." or "model.language_model."
+// The Hugging Face key of a native parameter (as export_hf_tensor names it, without the tensor).
+std::string hf_name(const io::ModelConfig& cfg, const std::string& native_name);
 
 // Fills the model's parameters and buffers from a checkpoint (upcast to f32). Only the model's
 // expert range is read. Missing tensors and wrong shapes are errors naming the key and the

@@ -85,9 +85,9 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
     bool frozen = false;
     // Patterns may name the native or the Hugging Face parameter, or be its kind ("norm", "router", ...).
     const model::ParamKind kind = m.params().kind(n);
-    const auto hf = model::export_hf_tensor(m.config(), n, kind, m.params().at(n).value());
+    const std::string hf = model::hf_name(m.config(), n);
     for (const std::string& p : freeze)
-      frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf[0].first) || p == model::param_kind_name(kind);
+      frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf) || p == model::param_kind_name(kind);
     if (!frozen) names.push_back(n);
   }
   return names;
