@@ -18,14 +18,28 @@ namespace {
 using json = nlohmann::json;
 
 template <class T>
+constexpr bool kAlwaysFalse = false;
+
+// The key type of a Recipe field's C++ type; a field of another type needs a custom schema entry.
+template <class T>
 constexpr KeyType key_type() {
-  if constexpr (std::is_same_v<T, int64_t>) return KeyType::Int;
-  if constexpr (std::is_same_v<T, uint64_t>) return KeyType::UInt;
-  if constexpr (std::is_same_v<T, double>) return KeyType::Float;
-  if constexpr (std::is_same_v<T, bool>) return KeyType::Bool;
-  if constexpr (std::is_same_v<T, std::string>) return KeyType::String;
-  if constexpr (std::is_same_v<T, std::vector<std::string>>) return KeyType::StringList;
-  if constexpr (std::is_same_v<T, json>) return KeyType::Mapping;
+  if constexpr (std::is_same_v<T, int64_t>) {
+    return KeyType::Int;
+  } else if constexpr (std::is_same_v<T, uint64_t>) {
+    return KeyType::UInt;
+  } else if constexpr (std::is_same_v<T, double>) {
+    return KeyType::Float;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return KeyType::Bool;
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return KeyType::String;
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    return KeyType::StringList;
+  } else if constexpr (std::is_same_v<T, json>) {
+    return KeyType::Mapping;
+  } else {
+    static_assert(kAlwaysFalse<T>, "no recipe key type for this field type");
+  }
 }
 
 // A key stored as-is in the Recipe field `slot` returns (a generic lambda, so it serves const and
@@ -33,7 +47,11 @@ constexpr KeyType key_type() {
 template <class Slot>
 RecipeKey field(const char* path, Slot slot, const char* doc, Range range = {}, std::vector<std::string> choices = {}) {
   using T = std::remove_cvref_t<decltype(slot(std::declval<Recipe&>()))>;
-  return {path, key_type<T>(), doc, range, std::move(choices),
+  return {path,
+          key_type<T>(),
+          doc,
+          range,
+          std::move(choices),
           [slot](Recipe& r, const json& v) {
             if constexpr (std::is_same_v<T, std::vector<std::string>>) {
               slot(r) = v.is_string() ? T{v.get<std::string>()} : v.get<T>();
@@ -44,6 +62,7 @@ RecipeKey field(const char* path, Slot slot, const char* doc, Range range = {}, 
           [slot](const Recipe& r) { return json(slot(r)); }};
 }
 
+// clang-format off
 #define G4_SLOT(member) [](auto& r) -> auto& { return r.member; }
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -94,7 +113,8 @@ std::vector<RecipeKey> make_schema() {
       field("train.steps", G4_SLOT(steps), "optimizer steps", kPositive),
       field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive),
       field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive),
-      field("train.recompute", G4_SLOT(recompute), "recompute each layer in the backward pass: less memory, same gradients"),
+      field("train.recompute", G4_SLOT(recompute),
+            "recompute each layer in the backward pass: less memory, same gradients"),
       field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
       field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)"),
       {"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
@@ -120,6 +140,7 @@ std::vector<RecipeKey> make_schema() {
   };
   return s;
 }
+// clang-format on
 
 #undef G4_SLOT
 
@@ -137,14 +158,22 @@ bool is_section(const std::string& path) {
 
 std::string type_name(KeyType t) {
   switch (t) {
-    case KeyType::Int: return "int";
-    case KeyType::UInt: return "uint";
-    case KeyType::Float: return "float";
-    case KeyType::Bool: return "bool";
-    case KeyType::String: return "string";
-    case KeyType::StringList: return "list of strings";
-    case KeyType::FloatPair: return "two floats";
-    case KeyType::Mapping: return "mapping";
+    case KeyType::Int:
+      return "int";
+    case KeyType::UInt:
+      return "uint";
+    case KeyType::Float:
+      return "float";
+    case KeyType::Bool:
+      return "bool";
+    case KeyType::String:
+      return "string";
+    case KeyType::StringList:
+      return "list of strings";
+    case KeyType::FloatPair:
+      return "two floats";
+    case KeyType::Mapping:
+      return "mapping";
   }
   return "";
 }
@@ -152,15 +181,23 @@ std::string type_name(KeyType t) {
 bool has_type(KeyType t, const json& v) {
   const auto number = [](const json& x) { return x.is_number(); };
   switch (t) {
-    case KeyType::Int: return v.is_number_integer();
-    case KeyType::UInt: return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
-    case KeyType::Float: return number(v);
-    case KeyType::Bool: return v.is_boolean();
-    case KeyType::String: return v.is_string();
+    case KeyType::Int:
+      return v.is_number_integer();
+    case KeyType::UInt:
+      return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+    case KeyType::Float:
+      return number(v);
+    case KeyType::Bool:
+      return v.is_boolean();
+    case KeyType::String:
+      return v.is_string();
     case KeyType::StringList:
-      return v.is_string() || (v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); }));
-    case KeyType::FloatPair: return v.is_array() && v.size() == 2 && number(v[0]) && number(v[1]);
-    case KeyType::Mapping: return v.is_object();
+      return v.is_string() ||
+             (v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); }));
+    case KeyType::FloatPair:
+      return v.is_array() && v.size() == 2 && number(v[0]) && number(v[1]);
+    case KeyType::Mapping:
+      return v.is_object();
   }
   return false;
 }
@@ -215,7 +252,8 @@ void set_path(json& root, const std::string& path, json value) {
 json yaml_to_json(const YAML::Node& n) {
   switch (n.Type()) {
     case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
+    case YAML::NodeType::Undefined:
+      return nullptr;
     case YAML::NodeType::Sequence: {
       json a = json::array();
       for (const auto& e : n) a.push_back(yaml_to_json(e));
@@ -254,12 +292,13 @@ json yaml_to_json(const YAML::Node& n) {
 void check_cuda_device(const Recipe& r, const std::string& source) {
   // One process on one GPU for now: the parallel trainer's collectives (gradient reduction, FSDP
   // shards, expert and context exchanges) run over MPI on host tensors.
-  const char* multi = r.fsdp                    ? "parallel.fsdp"
-                      : r.data_parallel > 1     ? "parallel.data_parallel"
-                      : r.expert_parallel > 1   ? "parallel.expert_parallel"
-                      : r.context_parallel > 1  ? "parallel.context_parallel"
-                                                : nullptr;
-  G4_CHECK(!multi, source, ": recipe key '", multi, "' is for multi-rank training, but 'train.device' is cuda, "
+  const char* multi = r.fsdp                   ? "parallel.fsdp"
+                      : r.data_parallel > 1    ? "parallel.data_parallel"
+                      : r.expert_parallel > 1  ? "parallel.expert_parallel"
+                      : r.context_parallel > 1 ? "parallel.context_parallel"
+                                               : nullptr;
+  G4_CHECK(!multi, source, ": recipe key '", multi,
+           "' is for multi-rank training, but 'train.device' is cuda, "
            "which trains on one GPU only: multi-GPU training is not supported yet (use train.device: cpu for "
            "multi-rank runs)");
 #ifdef G4_WITH_CUDA

@@ -6,10 +6,9 @@
 #pragma once
 #include <functional>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
 #include "data/dataset.h"
@@ -20,11 +19,11 @@ struct Recipe {
   std::string source;  // file the recipe came from
 
   // model
-  std::string model_name;          // built-in shape (model.name), or
-  std::string model_path;          // Hugging Face checkpoint directory (model.path)
+  std::string model_name;                                     // built-in shape (model.name), or
+  std::string model_path;                                     // Hugging Face checkpoint directory (model.path)
   nlohmann::json model_overrides = nlohmann::json::object();  // model.config: config.json keys over the built-in shape
   uint64_t init_seed = 0;
-  std::string tokenizer;           // tokenizer file or directory (default: model.path)
+  std::string tokenizer;  // tokenizer file or directory (default: model.path)
 
   data::DataOptions data;
 

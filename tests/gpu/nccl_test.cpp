@@ -53,9 +53,12 @@ Tensor random_values(const Shape& shape, DType dtype, uint64_t stream) {
   switch (dtype) {
     case DType::F32:
     case DType::F64:
-    case DType::BF16: return randn(shape, seed, DType::F32).to(dtype);
-    case DType::U8: return randint(shape, seed, 0, 256, DType::I64).to(dtype);
-    default: return randint(shape, seed, -1000000, 1000000, DType::I64).to(dtype);
+    case DType::BF16:
+      return randn(shape, seed, DType::F32).to(dtype);
+    case DType::U8:
+      return randint(shape, seed, 0, 256, DType::I64).to(dtype);
+    default:
+      return randint(shape, seed, -1000000, 1000000, DType::I64).to(dtype);
   }
 }
 
@@ -280,17 +283,6 @@ Tensor rank_on_gpu(int rank, const Shape& shape, DType dtype, uint64_t seed) {
   return on_gpu(testing::rank_values(rank, shape, dtype, seed));
 }
 
-Tensor reduce_over_ranks(int ranks, const Shape& shape, DType dtype, uint64_t seed, ReduceOp op) {
-  Tensor acc = testing::rank_values(0, shape, dtype, seed).to(DType::F64);
-  for (int r = 1; r < ranks; ++r) {
-    const Tensor x = testing::rank_values(r, shape, dtype, seed);
-    double* a = acc.data<double>();
-    for (int64_t i = 0; i < acc.numel(); ++i)
-      a[i] = op == ReduceOp::Sum ? a[i] + element_as_double(x, i) : std::max(a[i], element_as_double(x, i));
-  }
-  return acc.to(dtype);
-}
-
 TEST(NcclRanks, Collectives) {
   G4_SKIP_UNLESS_MPI_CHILD();
   Communicator& comm = nccl_world();
@@ -301,7 +293,8 @@ TEST(NcclRanks, Collectives) {
     for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
       Tensor t = rank_on_gpu(rank, {3, 5}, dtype, 21);
       comm.all_reduce(t, op);
-      EXPECT_TRUE(same_values(result(comm, t), reduce_over_ranks(n, {3, 5}, dtype, 21, op))) << reduce_op_name(op);
+      EXPECT_TRUE(same_values(result(comm, t), testing::reduce_locally(n, {3, 5}, dtype, 21, op)))
+          << reduce_op_name(op);
     }
     Tensor b = rank_on_gpu(rank, {4}, dtype, 22);
     comm.broadcast(b, 1);
@@ -317,7 +310,7 @@ TEST(NcclRanks, Collectives) {
     const Tensor full_in = rank_on_gpu(rank, {3 * n, 2}, dtype, 24);
     Tensor part = gpu_zeros({3, 2}, dtype);
     comm.reduce_scatter(full_in, part, ReduceOp::Sum);
-    const Tensor want = reduce_over_ranks(n, {3 * n, 2}, dtype, 24, ReduceOp::Sum);
+    const Tensor want = testing::reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Sum);
     EXPECT_TRUE(same_values(result(comm, part), want.slice0(3 * rank, 3)));
 
     Tensor gathered_async = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);

@@ -1,4 +1,6 @@
 // Recipes: defaults, overrides, and errors that name the key.
+#include "train/recipe.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -7,7 +9,6 @@
 #include "core/device_memory.h"
 #include "support/error_message.h"
 #include "train/lr_schedule.h"
-#include "train/recipe.h"
 
 namespace g4 {
 namespace {
@@ -113,17 +114,24 @@ nlohmann::json non_default(const train::RecipeKey& k) {
       if (c != d) return c;
   }
   switch (k.type) {
-    case train::KeyType::Int: return d.get<int64_t>() + 3;
-    case train::KeyType::UInt: return d.get<uint64_t>() + 3;
+    case train::KeyType::Int:
+      return d.get<int64_t>() + 3;
+    case train::KeyType::UInt:
+      return d.get<uint64_t>() + 3;
     case train::KeyType::Float: {
       const double v = d.get<double>() + 0.25;
       return k.range.contains(v) ? v : d.get<double>() / 2;
     }
-    case train::KeyType::Bool: return !d.get<bool>();
-    case train::KeyType::String: return d.get<std::string>() + "x_value";
-    case train::KeyType::StringList: return {"first*", "second?"};
-    case train::KeyType::FloatPair: return {0.5, 0.25};
-    case train::KeyType::Mapping: return {{"num_hidden_layers", 2}};
+    case train::KeyType::Bool:
+      return !d.get<bool>();
+    case train::KeyType::String:
+      return d.get<std::string>() + "x_value";
+    case train::KeyType::StringList:
+      return {"first*", "second?"};
+    case train::KeyType::FloatPair:
+      return {0.5, 0.25};
+    case train::KeyType::Mapping:
+      return {{"num_hidden_layers", 2}};
   }
   return nullptr;
 }
