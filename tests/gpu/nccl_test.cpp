@@ -83,7 +83,7 @@ Tensor result(Communicator& comm, const Tensor& gpu) {
   return gpu.to(Device::CPU);
 }
 
-struct OneRank : ::testing::Test {
+struct NcclOneRank : ::testing::Test {
   void SetUp() override {
     G4_REQUIRE_GPU();
     comm = make_nccl_communicator(bootstrap, 0);
@@ -92,14 +92,14 @@ struct OneRank : ::testing::Test {
   std::unique_ptr<Communicator> comm;
 };
 
-TEST_F(OneRank, Identity) {
+TEST_F(NcclOneRank, Identity) {
   EXPECT_EQ(comm->rank(), 0);
   EXPECT_EQ(comm->size(), 1);
   EXPECT_STREQ(comm->backend(), "nccl");
   EXPECT_EQ(comm->device(), Device::CUDA);
 }
 
-TEST_F(OneRank, AllReduceSumAndMaxKeepTheInput) {
+TEST_F(NcclOneRank, AllReduceSumAndMaxKeepTheInput) {
   for (DType dtype : kAllDTypes) {
     for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
       SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + reduce_op_name(op));
@@ -111,7 +111,7 @@ TEST_F(OneRank, AllReduceSumAndMaxKeepTheInput) {
   }
 }
 
-TEST_F(OneRank, BroadcastFromRankZero) {
+TEST_F(NcclOneRank, BroadcastFromRankZero) {
   for (DType dtype : kAllDTypes) {
     SCOPED_TRACE(dtype_name(dtype));
     const Tensor x = random_values({5, 7, 3}, dtype, 2);
@@ -121,7 +121,7 @@ TEST_F(OneRank, BroadcastFromRankZero) {
   }
 }
 
-TEST_F(OneRank, AllGatherAndReduceScatterCopyTheRows) {
+TEST_F(NcclOneRank, AllGatherAndReduceScatterCopyTheRows) {
   for (DType dtype : kAllDTypes) {
     SCOPED_TRACE(dtype_name(dtype));
     const Tensor x = random_values({6, 10}, dtype, 3);
@@ -137,7 +137,7 @@ TEST_F(OneRank, AllGatherAndReduceScatterCopyTheRows) {
 
 // The async forms are ordered after the compute stream and make it wait for them: no explicit
 // synchronisation of the inputs, and the result read on the compute stream after wait().
-TEST_F(OneRank, AsyncFormsMatchTheBlockingOnes) {
+TEST_F(NcclOneRank, AsyncFormsMatchTheBlockingOnes) {
   for (DType dtype : {DType::F32, DType::BF16, DType::F64}) {
     SCOPED_TRACE(dtype_name(dtype));
     const Tensor x = random_values({8, 12}, dtype, 4);
@@ -153,7 +153,7 @@ TEST_F(OneRank, AsyncFormsMatchTheBlockingOnes) {
   }
 }
 
-TEST_F(OneRank, AllToAllAndCountsStayHere) {
+TEST_F(NcclOneRank, AllToAllAndCountsStayHere) {
   EXPECT_EQ(comm->exchange_counts({9}), std::vector<int64_t>{9});
   EXPECT_EQ(comm->exchange_counts({0}), std::vector<int64_t>{0});
   for (DType dtype : kAllDTypes) {
@@ -166,7 +166,7 @@ TEST_F(OneRank, AllToAllAndCountsStayHere) {
   }
 }
 
-TEST_F(OneRank, BarrierAndSplit) {
+TEST_F(NcclOneRank, BarrierAndSplit) {
   comm->barrier();
   comm->barrier();
   std::unique_ptr<Communicator> sub = comm->split(0, 0);
@@ -179,7 +179,7 @@ TEST_F(OneRank, BarrierAndSplit) {
   sub->barrier();
 }
 
-TEST_F(OneRank, BadCallsAreClearErrors) {
+TEST_F(NcclOneRank, BadCallsAreClearErrors) {
   Tensor cpu = Tensor::zeros({4}, DType::F32);
   std::string e = test::error_of([&] { comm->all_reduce(cpu); });
   EXPECT_NE(e.find("nccl all_reduce: tensor"), std::string::npos) << e;
@@ -215,7 +215,7 @@ TEST_F(OneRank, BadCallsAreClearErrors) {
 }
 
 // NVLink multicast stays off: any NCCL_NVLS_ENABLE other than 0 is refused before NCCL starts.
-TEST_F(OneRank, RefusesNvlinkMulticast) {
+TEST_F(NcclOneRank, RefusesNvlinkMulticast) {
   const char* before = std::getenv("NCCL_NVLS_ENABLE");
   const std::string saved = before ? before : "";
   setenv("NCCL_NVLS_ENABLE", "1", 1);
