@@ -156,26 +156,13 @@ bool is_section(const std::string& path) {
   return false;
 }
 
+// Indexed by KeyType, in its order.
+constexpr const char* kTypeNames[] = {"int",        "uint",   "float", "bool", "string", "list of strings",
+                                      "two floats", "mapping"};
+static_assert(std::size(kTypeNames) == static_cast<size_t>(KeyType::Mapping) + 1);
+
 std::string type_name(KeyType t) {
-  switch (t) {
-    case KeyType::Int:
-      return "int";
-    case KeyType::UInt:
-      return "uint";
-    case KeyType::Float:
-      return "float";
-    case KeyType::Bool:
-      return "bool";
-    case KeyType::String:
-      return "string";
-    case KeyType::StringList:
-      return "list of strings";
-    case KeyType::FloatPair:
-      return "two floats";
-    case KeyType::Mapping:
-      return "mapping";
-  }
-  return "";
+  return kTypeNames[static_cast<size_t>(t)];
 }
 
 bool has_type(KeyType t, const json& v) {
