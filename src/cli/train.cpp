@@ -1,9 +1,10 @@
-// g4 train RECIPE.yaml [key.path=value ...] [--resume]   and   g4 eval MODEL_DIR --data FILE...
+// g4 train RECIPE.yaml [key.path=value ...] [--resume]   g4 train --list-keys   and   g4 eval MODEL_DIR --data FILE...
 #include <cmath>
 #include <iostream>
 
 #include "cli/commands.h"
 #include "model/state_dict_adapter.h"
+#include "train/recipe.h"
 #include "train/sft.h"
 #include "train/trainer.h"
 
@@ -14,13 +15,19 @@ void add_train(CLI::App& app, Action& action) {
   struct Opts {
     std::string recipe;
     std::vector<std::string> overrides;
-    bool resume = false;
+    bool resume = false, list_keys = false;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("recipe", o->recipe, "recipe YAML file")->required();
+  cmd->add_option("recipe", o->recipe, "recipe YAML file");
   cmd->add_option("overrides", o->overrides, "recipe overrides, e.g. train.steps=20 optimizer.lr=3e-4");
   cmd->add_flag("--resume", o->resume, "continue from the newest complete checkpoint of this run");
+  cmd->add_flag("--list-keys", o->list_keys, "print every recipe key with its type, default and meaning, and exit");
   cmd->callback([&action, o] {
+    if (o->list_keys) {
+      action = [] { std::cout << train::recipe_key_listing(); };
+      return;
+    }
+    if (o->recipe.empty()) throw CLI::RequiredError("recipe (or --list-keys)");
     action = [o] { train::run_training(train::load_recipe(o->recipe, o->overrides), o->resume); };
   });
 }

@@ -2,7 +2,11 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <limits>
+#include <map>
+#include <sstream>
 
 #include "core/device_memory.h"
 #include "core/error.h"
@@ -13,49 +17,230 @@ namespace {
 
 using json = nlohmann::json;
 
-// Every key a recipe may set, with its default. `model.config` is free-form (config.json keys).
-json defaults() {
-  return {
-      {"model", {{"name", ""}, {"path", ""}, {"config", json::object()}, {"init_seed", 0}}},
-      {"tokenizer", ""},
-      {"data",
-       {{"train", json::array()},
-        {"format", "auto"},
-        {"text_split", "paragraph"},
-        {"seq_len", 256},
-        {"add_bos", true},
-        {"add_eos", true},
-        {"overlong", "split"},
-        {"validation_fraction", 0.05},
-        {"seed", 0}}},
-      {"optimizer",
-       {{"lr", 1e-3}, {"betas", {0.9, 0.999}}, {"eps", 1e-8}, {"weight_decay", 0.0}, {"grad_clip", 1.0}}},
-      {"schedule", {{"kind", "cosine"}, {"warmup_steps", 0}, {"min_lr_ratio", 0.0}}},
-      {"train",
-       {{"steps", 100},
-        {"batch_size", 8},
-        {"grad_accumulation", 1},
-        {"recompute", false},
-        {"freeze", json::array()},
-        {"router_aux_loss", 0.0},
-        {"device", "cpu"}}},
-      {"parallel", {{"data_parallel", 0}, {"expert_parallel", 1}, {"context_parallel", 1}, {"fsdp", false}}},
-      {"checkpoint", {{"dir", "runs/default"}, {"every", 0}, {"keep", 2}}},
-      {"log",
-       {{"every", 1},
-        {"validation_every", 50},
-        {"validation_batches", 8},
-        {"samples", 3},
-        {"sample_tokens", 48},
-        {"sample_prompt", ""}}},
+template <class T>
+constexpr bool kAlwaysFalse = false;
+
+// The key type of a Recipe field's C++ type; a field of another type needs a custom schema entry.
+template <class T>
+constexpr KeyType key_type() {
+  if constexpr (std::is_same_v<T, int64_t>) {
+    return KeyType::Int;
+  } else if constexpr (std::is_same_v<T, uint64_t>) {
+    return KeyType::UInt;
+  } else if constexpr (std::is_same_v<T, double>) {
+    return KeyType::Float;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return KeyType::Bool;
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return KeyType::String;
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    return KeyType::StringList;
+  } else if constexpr (std::is_same_v<T, json>) {
+    return KeyType::Mapping;
+  } else {
+    static_assert(kAlwaysFalse<T>, "no recipe key type for this field type");
+  }
+}
+
+// A key stored as-is in the Recipe field `slot` returns (a generic lambda, so it serves const and
+// non-const recipes alike); the field's type gives the key's type.
+template <class Slot>
+RecipeKey field(const char* path, Slot slot, const char* doc, Range range = {}, std::vector<std::string> choices = {}) {
+  using T = std::remove_cvref_t<decltype(slot(std::declval<Recipe&>()))>;
+  return {path,
+          key_type<T>(),
+          doc,
+          range,
+          std::move(choices),
+          [slot](Recipe& r, const json& v) {
+            if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+              slot(r) = v.is_string() ? T{v.get<std::string>()} : v.get<T>();
+            } else {
+              slot(r) = v.get<T>();
+            }
+          },
+          [slot](const Recipe& r) { return json(slot(r)); }};
+}
+
+// clang-format off
+#define G4_SLOT(member) [](auto& r) -> auto& { return r.member; }
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr Range kPositive{0, kInf, true, false};
+constexpr Range kNonNegative{0, kInf, false, false};
+constexpr Range kAtLeastOne{1, kInf, false, false};
+constexpr Range kUnit{0, 1, false, true};  // [0, 1)
+
+// The schema. A new key is one line here (and its field, with its default, in Recipe). Rules that
+// join several keys are in check_combinations below.
+std::vector<RecipeKey> make_schema() {
+  std::vector<RecipeKey> s = {
+      field("model.name", G4_SLOT(model_name),
+            "built-in shape (tiny-dense, tiny-moe, gemma-4-26b-a4b, gemma-4-e4b); set this or model.path"),
+      field("model.path", G4_SLOT(model_path),
+            "Hugging Face checkpoint directory (config.json + safetensors); set this or model.name"),
+      field("model.config", G4_SLOT(model_overrides), "config.json keys over the built-in shape (model.name only)"),
+      field("model.init_seed", G4_SLOT(init_seed), "seed of a built-in model's random initialisation"),
+      field("tokenizer", G4_SLOT(tokenizer), "tokenizer file or directory (empty: model.path)"),
+      field("data.train", G4_SLOT(data.files), "training files (.txt, .jsonl): one path or a list"),
+      field("data.format", G4_SLOT(data.format), "file format; auto: by extension and the first JSON line's keys", {},
+            {"auto", "text", "jsonl", "chat"}),
+      field("data.text_split", G4_SLOT(data.text_split),
+            "plain text: one document per paragraph (blank lines), line or file", {}, {"paragraph", "line", "file"}),
+      field("data.seq_len", G4_SLOT(data.seq_len), "tokens per packed row", kPositive),
+      field("data.add_bos", G4_SLOT(data.add_bos), "plain text: BOS before each document (chat has its template's)"),
+      field("data.add_eos", G4_SLOT(data.add_eos), "plain text: EOS after each document"),
+      field("data.overlong", G4_SLOT(data.overlong), "documents longer than data.seq_len: split, truncate or refuse",
+            {}, {"split", "truncate", "error"}),
+      field("data.validation_fraction", G4_SLOT(data.validation_fraction),
+            "share of whole documents held out for validation", kUnit),
+      field("data.seed", G4_SLOT(data.seed), "seed of the validation split and of each epoch's row order"),
+      field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW)", kPositive),
+      {"optimizer.betas", KeyType::FloatPair, "AdamW beta1 and beta2", kUnit, {},
+       [](Recipe& r, const json& v) {
+         r.beta1 = v[0].get<double>();
+         r.beta2 = v[1].get<double>();
+       },
+       [](const Recipe& r) { return json::array({r.beta1, r.beta2}); }},
+      field("optimizer.eps", G4_SLOT(eps), "AdamW epsilon"),
+      field("optimizer.weight_decay", G4_SLOT(weight_decay),
+            "decoupled weight decay of matrices and experts (never norms, scales or embeddings)"),
+      field("optimizer.grad_clip", G4_SLOT(grad_clip), "maximum global gradient L2 norm (0 = no clipping)"),
+      field("schedule.kind", G4_SLOT(schedule), "learning-rate decay after the warmup", {},
+            {"cosine", "linear", "constant"}),
+      field("schedule.warmup_steps", G4_SLOT(warmup_steps), "steps of linear warmup from 0 to optimizer.lr"),
+      field("schedule.min_lr_ratio", G4_SLOT(min_lr_ratio), "where the decay ends, as a fraction of optimizer.lr"),
+      field("train.steps", G4_SLOT(steps), "optimizer steps", kPositive),
+      field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive),
+      field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive),
+      field("train.recompute", G4_SLOT(recompute),
+            "recompute each layer in the backward pass: less memory, same gradients"),
+      field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
+      field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)"),
+      {"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
+       {"cpu", "cuda"}, [](Recipe& r, const json& v) { r.device = v == "cuda" ? Device::CUDA : Device::CPU; },
+       [](const Recipe& r) { return json(r.device == Device::CUDA ? "cuda" : "cpu"); }},
+      field("parallel.data_parallel", G4_SLOT(data_parallel),
+            "data-parallel replicas (0 = launched ranks / (expert_parallel * context_parallel))", kNonNegative),
+      field("parallel.expert_parallel", G4_SLOT(expert_parallel), "ranks per expert-parallel group (1 = off)",
+            kAtLeastOne),
+      field("parallel.context_parallel", G4_SLOT(context_parallel),
+            "ranks per context-parallel group, each taking a slice of every row (1 = off)", kAtLeastOne),
+      field("parallel.fsdp", G4_SLOT(fsdp),
+            "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
+      field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
+      field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)"),
+      field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),
+      field("log.every", G4_SLOT(log_every), "steps between metric lines", kPositive),
+      field("log.validation_every", G4_SLOT(validation_every), "steps between validation losses (0 = never)"),
+      field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss"),
+      field("log.samples", G4_SLOT(samples), "sampled continuations printed after training"),
+      field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation"),
+      field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)"),
   };
+  return s;
+}
+// clang-format on
+
+#undef G4_SLOT
+
+const RecipeKey* find_key(const std::string& path) {
+  for (const RecipeKey& k : recipe_schema())
+    if (k.path == path) return &k;
+  return nullptr;
+}
+
+bool is_section(const std::string& path) {
+  for (const RecipeKey& k : recipe_schema())
+    if (k.path.starts_with(path + ".")) return true;
+  return false;
+}
+
+// Indexed by KeyType, in its order.
+constexpr const char* kTypeNames[] = {"int",        "uint",   "float", "bool", "string", "list of strings",
+                                      "two floats", "mapping"};
+static_assert(std::size(kTypeNames) == static_cast<size_t>(KeyType::Mapping) + 1);
+
+std::string type_name(KeyType t) {
+  return kTypeNames[static_cast<size_t>(t)];
+}
+
+bool has_type(KeyType t, const json& v) {
+  const auto number = [](const json& x) { return x.is_number(); };
+  switch (t) {
+    case KeyType::Int:
+      return v.is_number_integer();
+    case KeyType::UInt:
+      return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+    case KeyType::Float:
+      return number(v);
+    case KeyType::Bool:
+      return v.is_boolean();
+    case KeyType::String:
+      return v.is_string();
+    case KeyType::StringList:
+      return v.is_string() ||
+             (v.is_array() && std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); }));
+    case KeyType::FloatPair:
+      return v.is_array() && v.size() == 2 && number(v[0]) && number(v[1]);
+    case KeyType::Mapping:
+      return v.is_object();
+  }
+  return false;
+}
+
+std::string join_choices(const std::vector<std::string>& c, const char* sep, const char* last) {
+  std::string s;
+  for (size_t i = 0; i < c.size(); ++i) s += (i == 0 ? "" : i + 1 == c.size() ? last : sep) + c[i];
+  return s;
+}
+
+// Checks one user value against its key; errors name the file and the key path.
+void check_value(const RecipeKey& k, const json& v, const std::string& source) {
+  G4_CHECK(has_type(k.type, v), source, ": recipe key '", k.path, "' has the wrong type (value ", v.dump(),
+           "; expected ", type_name(k.type), ")");
+  if (!k.choices.empty()) {
+    const auto s = v.get<std::string>();
+    G4_CHECK(std::find(k.choices.begin(), k.choices.end(), s) != k.choices.end(), source, ": recipe key '", k.path,
+             "' must be ", join_choices(k.choices, ", ", " or "), ", got '", s, "'");
+  }
+  if (k.type == KeyType::Int || k.type == KeyType::UInt || k.type == KeyType::Float || k.type == KeyType::FloatPair) {
+    for (const json& x : v.is_array() ? v : json::array({v}))
+      G4_CHECK(k.range.contains(x.get<double>()), source, ": recipe key '", k.path, "' must be ", k.range.text(),
+               ", got ", x.dump(), " (", k.doc, ")");
+  }
+}
+
+// Walks the user's tree: every leaf must be a schema key, every inner node a section of them.
+void collect(const json& node, const std::string& path, const std::string& source,
+             std::map<std::string, const json*>& values) {
+  G4_CHECK(node.is_object(), source, ": '", path.empty() ? "(top level)" : path, "' must be a mapping");
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = path.empty() ? it.key() : path + "." + it.key();
+    if (const RecipeKey* k = find_key(key)) {
+      check_value(*k, it.value(), source);
+      values[key] = &it.value();
+    } else {
+      G4_CHECK(is_section(key), source, ": unknown recipe key '", key, "' (g4 train --list-keys lists them)");
+      collect(it.value(), key, source, values);
+    }
+  }
+}
+
+void set_path(json& root, const std::string& path, json value) {
+  json* node = &root;
+  size_t start = 0;
+  for (size_t dot; (dot = path.find('.', start)) != std::string::npos; start = dot + 1)
+    node = &(*node)[path.substr(start, dot - start)];
+  (*node)[path.substr(start)] = std::move(value);
 }
 
 // YAML node -> JSON, keeping scalars typed (int, float, bool, string) as YAML reads them.
 json yaml_to_json(const YAML::Node& n) {
   switch (n.Type()) {
     case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
+    case YAML::NodeType::Undefined:
+      return nullptr;
     case YAML::NodeType::Sequence: {
       json a = json::array();
       for (const auto& e : n) a.push_back(yaml_to_json(e));
@@ -90,72 +275,17 @@ json yaml_to_json(const YAML::Node& n) {
   return nullptr;
 }
 
-// Merges `user` into `base`, rejecting keys `base` does not have (except inside model.config).
-void merge(json& base, const json& user, const std::string& path, const std::string& source) {
-  G4_CHECK(user.is_object(), source, ": '", path.empty() ? "(top level)" : path, "' must be a mapping");
-  for (auto it = user.begin(); it != user.end(); ++it) {
-    const std::string key = path.empty() ? it.key() : path + "." + it.key();
-    G4_CHECK(base.contains(it.key()), source, ": unknown recipe key '", key, "'");
-    json& slot = base[it.key()];
-    if (key == "model.config") {
-      G4_CHECK(it.value().is_object(), source, ": 'model.config' must be a mapping of config.json keys");
-      for (auto c = it.value().begin(); c != it.value().end(); ++c) slot[c.key()] = c.value();
-    } else if (slot.is_object()) {
-      merge(slot, it.value(), key, source);
-    } else {
-      slot = it.value();
-    }
-  }
-}
-
-template <class T>
-T get(const json& j, const std::string& path, const std::string& source) {
-  const json* node = &j;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = path.find('.', start);
-    node = &(*node)[path.substr(start, dot - start)];
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  try {
-    if constexpr (std::is_same_v<T, double>) {
-      G4_CHECK(node->is_number(), "");
-    } else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, uint64_t>) {
-      G4_CHECK(node->is_number_integer(), "");
-    } else if constexpr (std::is_same_v<T, bool>) {
-      G4_CHECK(node->is_boolean(), "");
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      G4_CHECK(node->is_string(), "");
-    }
-    return node->get<T>();
-  } catch (...) {
-    G4_FAIL(source, ": recipe key '", path, "' has the wrong type (value ", node->dump(), ")");
-  }
-}
-
-void check_positive(int64_t v, const char* key, const std::string& source) {
-  G4_CHECK(v > 0, source, ": recipe key '", key, "' must be positive, got ", v);
-}
-
-// train.device, after the parallel keys (which the GPU trainer does not support yet).
-void parse_device(const json& j, const std::string& source, Recipe& r) {
-  const std::string device = get<std::string>(j, "train.device", source);
-  G4_CHECK(device == "cpu" || device == "cuda", source, ": recipe key 'train.device' must be cpu or cuda, got '", device,
-           "'");
-  if (device == "cpu") {
-    r.device = Device::CPU;
-    return;
-  }
-  r.device = Device::CUDA;
+// train.device: cuda, after the parallel keys (which the GPU trainer does not support yet).
+void check_cuda_device(const Recipe& r, const std::string& source) {
   // One process on one GPU for now: the parallel trainer's collectives (gradient reduction, FSDP
   // shards, expert and context exchanges) run over MPI on host tensors.
-  const char* multi = r.fsdp                    ? "parallel.fsdp"
-                      : r.data_parallel > 1     ? "parallel.data_parallel"
-                      : r.expert_parallel > 1   ? "parallel.expert_parallel"
-                      : r.context_parallel > 1  ? "parallel.context_parallel"
-                                                : nullptr;
-  G4_CHECK(!multi, source, ": recipe key '", multi, "' is for multi-rank training, but 'train.device' is cuda, "
+  const char* multi = r.fsdp                   ? "parallel.fsdp"
+                      : r.data_parallel > 1    ? "parallel.data_parallel"
+                      : r.expert_parallel > 1  ? "parallel.expert_parallel"
+                      : r.context_parallel > 1 ? "parallel.context_parallel"
+                                               : nullptr;
+  G4_CHECK(!multi, source, ": recipe key '", multi,
+           "' is for multi-rank training, but 'train.device' is cuda, "
            "which trains on one GPU only: multi-GPU training is not supported yet (use train.device: cpu for "
            "multi-rank runs)");
 #ifdef G4_WITH_CUDA
@@ -166,7 +296,70 @@ void parse_device(const json& j, const std::string& source, Recipe& r) {
   G4_CHECK(cuda_available(), source, ": recipe key 'train.device' is cuda, but ", why);
 }
 
+// The rules that join several keys; each key alone has passed its schema line.
+void check_combinations(Recipe& r, const std::string& source) {
+  G4_CHECK(r.model_name.empty() != r.model_path.empty(), source,
+           ": set exactly one of 'model.name' (a built-in shape) and 'model.path' (a Hugging Face checkpoint)");
+  if (r.tokenizer.empty()) r.tokenizer = r.model_path;
+  G4_CHECK(!r.tokenizer.empty(), source, ": 'tokenizer' is required when training a built-in model");
+  G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
+  G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
+           ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
+           "nothing to shard over; drop one of the two keys");
+  if (r.device == Device::CUDA) check_cuda_device(r, source);
+}
+
+std::string number_text(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
 }  // namespace
+
+bool Range::contains(double v) const {
+  return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+}
+
+std::string Range::text() const {
+  const bool low = lo > -kInf, high = hi < kInf;
+  if (low && high)
+    return "in " + std::string(lo_open ? "(" : "[") + number_text(lo) + ", " + number_text(hi) + (hi_open ? ")" : "]");
+  if (low) return (lo_open ? "> " : ">= ") + number_text(lo);
+  if (high) return (hi_open ? "< " : "<= ") + number_text(hi);
+  return "";
+}
+
+std::string RecipeKey::type_text() const {
+  if (!choices.empty()) return join_choices(choices, "|", "|");
+  const std::string r = range.text();
+  return type_name(type) + (r.empty() ? "" : " " + r);
+}
+
+const std::vector<RecipeKey>& recipe_schema() {
+  static const std::vector<RecipeKey> schema = make_schema();
+  return schema;
+}
+
+std::string recipe_key_listing() {
+  size_t wk = 3, wt = 4, wd = 7;
+  for (const RecipeKey& k : recipe_schema()) {
+    wk = std::max(wk, k.path.size());
+    wt = std::max(wt, k.type_text().size());
+    wd = std::max(wd, k.default_value().dump().size());
+  }
+  auto row = [&](const std::string& key, const std::string& type, const std::string& def, const std::string& doc) {
+    std::string line = key + std::string(wk + 2 - key.size(), ' ') + type + std::string(wt + 2 - type.size(), ' ') +
+                       def + std::string(wd + 2 - def.size(), ' ') + doc;
+    return line + "\n";
+  };
+  std::string out =
+      "Recipe keys: nested in the YAML file (optimizer: {lr: 3.0e-4}) or overridden on the command line "
+      "(optimizer.lr=3e-4).\n\n";
+  out += row("key", "type", "default", "meaning");
+  for (const RecipeKey& k : recipe_schema()) out += row(k.path, k.type_text(), k.default_value().dump(), k.doc);
+  return out;
+}
 
 bool wildcard_match(const std::string& p, const std::string& t) {
   size_t pi = 0, ti = 0, star = std::string::npos, mark = 0;
@@ -189,93 +382,15 @@ bool wildcard_match(const std::string& p, const std::string& t) {
 }
 
 Recipe recipe_from_json(const json& user, const std::string& source) {
-  json j = defaults();
-  merge(j, user, "", source);
+  std::map<std::string, const json*> values;
+  collect(user, "", source, values);
   Recipe r;
   r.source = source;
-  r.resolved = j;
-  r.model_name = get<std::string>(j, "model.name", source);
-  r.model_path = get<std::string>(j, "model.path", source);
-  G4_CHECK(r.model_name.empty() != r.model_path.empty(), source,
-           ": set exactly one of 'model.name' (a built-in shape) and 'model.path' (a Hugging Face checkpoint)");
-  r.model_overrides = j["model"]["config"];
-  r.init_seed = get<uint64_t>(j, "model.init_seed", source);
-  r.tokenizer = get<std::string>(j, "tokenizer", source);
-  if (r.tokenizer.empty()) r.tokenizer = r.model_path;
-  G4_CHECK(!r.tokenizer.empty(), source, ": 'tokenizer' is required when training a built-in model");
-
-  G4_CHECK(j["data"]["train"].is_array() || j["data"]["train"].is_string(), source,
-           ": 'data.train' must be a file or a list of files");
-  if (j["data"]["train"].is_string()) j["data"]["train"] = json::array({j["data"]["train"]});
-  for (const auto& f : j["data"]["train"]) {
-    G4_CHECK(f.is_string(), source, ": 'data.train' entries must be file paths");
-    r.data.files.push_back(f.get<std::string>());
+  for (const RecipeKey& k : recipe_schema()) {
+    if (const auto it = values.find(k.path); it != values.end()) k.set(r, *it->second);
+    set_path(r.resolved, k.path, k.get(r));
   }
-  G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
-  r.data.format = get<std::string>(j, "data.format", source);
-  r.data.text_split = get<std::string>(j, "data.text_split", source);
-  r.data.seq_len = get<int64_t>(j, "data.seq_len", source);
-  r.data.add_bos = get<bool>(j, "data.add_bos", source);
-  r.data.add_eos = get<bool>(j, "data.add_eos", source);
-  r.data.overlong = get<std::string>(j, "data.overlong", source);
-  r.data.validation_fraction = get<double>(j, "data.validation_fraction", source);
-  r.data.seed = get<uint64_t>(j, "data.seed", source);
-  check_positive(r.data.seq_len, "data.seq_len", source);
-  G4_CHECK(r.data.validation_fraction >= 0 && r.data.validation_fraction < 1, source,
-           ": 'data.validation_fraction' must be in [0, 1)");
-
-  r.lr = get<double>(j, "optimizer.lr", source);
-  const json& betas = j["optimizer"]["betas"];
-  G4_CHECK(betas.is_array() && betas.size() == 2 && betas[0].is_number() && betas[1].is_number(), source,
-           ": 'optimizer.betas' must be two numbers");
-  r.beta1 = betas[0].get<double>();
-  r.beta2 = betas[1].get<double>();
-  r.eps = get<double>(j, "optimizer.eps", source);
-  r.weight_decay = get<double>(j, "optimizer.weight_decay", source);
-  r.grad_clip = get<double>(j, "optimizer.grad_clip", source);
-  G4_CHECK(r.lr > 0, source, ": 'optimizer.lr' must be positive");
-  G4_CHECK(r.beta1 >= 0 && r.beta1 < 1 && r.beta2 >= 0 && r.beta2 < 1, source, ": 'optimizer.betas' must be in [0, 1)");
-
-  r.schedule = get<std::string>(j, "schedule.kind", source);
-  G4_CHECK(r.schedule == "cosine" || r.schedule == "linear" || r.schedule == "constant", source,
-           ": 'schedule.kind' must be cosine, linear or constant, got '", r.schedule, "'");
-  r.warmup_steps = get<int64_t>(j, "schedule.warmup_steps", source);
-  r.min_lr_ratio = get<double>(j, "schedule.min_lr_ratio", source);
-
-  r.steps = get<int64_t>(j, "train.steps", source);
-  r.batch_size = get<int64_t>(j, "train.batch_size", source);
-  r.grad_accumulation = get<int64_t>(j, "train.grad_accumulation", source);
-  check_positive(r.steps, "train.steps", source);
-  check_positive(r.batch_size, "train.batch_size", source);
-  check_positive(r.grad_accumulation, "train.grad_accumulation", source);
-  r.recompute = get<bool>(j, "train.recompute", source);
-  for (const auto& f : j["train"]["freeze"]) {
-    G4_CHECK(f.is_string(), source, ": 'train.freeze' entries must be name patterns");
-    r.freeze.push_back(f.get<std::string>());
-  }
-  r.router_aux_loss = get<double>(j, "train.router_aux_loss", source);
-
-  r.data_parallel = get<int64_t>(j, "parallel.data_parallel", source);
-  G4_CHECK(r.data_parallel >= 0, source, ": 'parallel.data_parallel' must be >= 0 (0 = every launched rank)");
-  r.expert_parallel = get<int64_t>(j, "parallel.expert_parallel", source);
-  G4_CHECK(r.expert_parallel >= 1, source, ": 'parallel.expert_parallel' must be >= 1 (1 = off)");
-  r.context_parallel = get<int64_t>(j, "parallel.context_parallel", source);
-  G4_CHECK(r.context_parallel >= 1, source, ": 'parallel.context_parallel' must be >= 1 (1 = off)");
-  r.fsdp = get<bool>(j, "parallel.fsdp", source);
-  G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
-           ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
-           "nothing to shard over; drop one of the two keys");
-  parse_device(j, source, r);
-  r.output_dir = get<std::string>(j, "checkpoint.dir", source);
-  r.checkpoint_every = get<int64_t>(j, "checkpoint.every", source);
-  r.keep_checkpoints = get<int64_t>(j, "checkpoint.keep", source);
-  r.log_every = get<int64_t>(j, "log.every", source);
-  r.validation_every = get<int64_t>(j, "log.validation_every", source);
-  r.validation_batches = get<int64_t>(j, "log.validation_batches", source);
-  r.samples = get<int64_t>(j, "log.samples", source);
-  r.sample_tokens = get<int64_t>(j, "log.sample_tokens", source);
-  r.sample_prompt = get<std::string>(j, "log.sample_prompt", source);
-  check_positive(r.log_every, "log.every", source);
+  check_combinations(r, source);
   return r;
 }
 

@@ -1,11 +1,14 @@
 // Training recipes: YAML files (plus `key.path=value` overrides from the command line) turned
-// into typed options. Every key has a default; an unknown key or a value of the wrong type is
-// an error naming the key path and the file.
+// into typed options. Every key is one line of the schema (recipe.cpp, `recipe_schema()`): its
+// path, the Recipe field it fills, its constraint and a one-line doc; its default is that field's
+// initial value below. An unknown key or a value of the wrong type or range is an error naming the
+// key path and the file. `g4 train --list-keys` prints the schema.
 #pragma once
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
 #include "data/dataset.h"
@@ -16,11 +19,11 @@ struct Recipe {
   std::string source;  // file the recipe came from
 
   // model
-  std::string model_name;          // built-in shape (model.name), or
-  std::string model_path;          // Hugging Face checkpoint directory (model.path)
-  nlohmann::json model_overrides;  // model.config: config.json keys over the built-in shape
+  std::string model_name;                                     // built-in shape (model.name), or
+  std::string model_path;                                     // Hugging Face checkpoint directory (model.path)
+  nlohmann::json model_overrides = nlohmann::json::object();  // model.config: config.json keys over the built-in shape
   uint64_t init_seed = 0;
-  std::string tokenizer;           // tokenizer file or directory (default: model.path)
+  std::string tokenizer;  // tokenizer file or directory (default: model.path)
 
   data::DataOptions data;
 
@@ -65,6 +68,36 @@ struct Recipe {
 
   nlohmann::json resolved;  // the whole recipe after defaults and overrides (saved with checkpoints)
 };
+
+// What a key holds. Float keys take integers too; string lists take a single string.
+enum class KeyType { Int, UInt, Float, Bool, String, StringList, FloatPair, Mapping };
+
+// An interval a number (each number, for FloatPair) must lie in.
+struct Range {
+  double lo = -std::numeric_limits<double>::infinity(), hi = std::numeric_limits<double>::infinity();
+  bool lo_open = false, hi_open = false;
+  bool contains(double v) const;
+  std::string text() const;  // "> 0", ">= 1", "in [0, 1)"; empty when unbounded
+};
+
+struct RecipeKey {
+  std::string path;  // "optimizer.lr": YAML nesting, or the left side of an override
+  KeyType type;
+  std::string doc;
+  Range range;
+  std::vector<std::string> choices;  // String keys: the allowed values (empty: any)
+  // Fill the Recipe field from a value already checked against type, range and choices; read it back.
+  std::function<void(Recipe&, const nlohmann::json&)> set;
+  std::function<nlohmann::json(const Recipe&)> get;
+
+  nlohmann::json default_value() const { return get(Recipe{}); }
+  std::string type_text() const;  // "int > 0", "cosine|linear|constant", ...
+};
+
+// Every key a recipe may set, in listing order.
+const std::vector<RecipeKey>& recipe_schema();
+// One line per key: path, type, default, doc (what `g4 train --list-keys` prints).
+std::string recipe_key_listing();
 
 // Reads a recipe file and applies overrides ("train.steps=20", "optimizer.lr=3e-4", ...).
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});

@@ -36,6 +36,16 @@ TEST(Cli, InspectDescribesTheModel) {
   EXPECT_NE(r.output.find("parameters"), std::string::npos);
 }
 
+TEST(Cli, TrainListsRecipeKeysWithoutARecipe) {
+  const ProcessResult r = run("train --list-keys");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("optimizer.lr"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parallel.fsdp"), std::string::npos) << r.output;
+  const ProcessResult none = run("train");
+  EXPECT_NE(none.code, 0) << none.output;
+  EXPECT_NE(none.output.find("--list-keys"), std::string::npos) << none.output;
+}
+
 TEST(Cli, ForwardWritesLogitsLossAndHfGradients) {
   const fs::path dir = temp_dir("forward");
   const std::string fixture = kData + "/hf-gemma4/tiny-dense-keqv";

@@ -15,19 +15,8 @@ namespace {
 using testing::kAllDTypes;
 using testing::mpi_world;
 using testing::rank_values;
+using testing::reduce_locally;
 using testing::same_values;
-
-// Every rank's tensor for `seed`, reduced elementwise as the collective should.
-Tensor reduce_locally(int ranks, const Shape& shape, DType dtype, uint64_t seed, ReduceOp op) {
-  Tensor acc = rank_values(0, shape, dtype, seed).to(DType::F64);
-  for (int r = 1; r < ranks; ++r) {
-    const Tensor x = rank_values(r, shape, dtype, seed);
-    double* a = acc.data<double>();
-    for (int64_t i = 0; i < acc.numel(); ++i)
-      a[i] = op == ReduceOp::Sum ? a[i] + element_as_double(x, i) : std::max(a[i], element_as_double(x, i));
-  }
-  return acc.to(dtype);
-}
 
 TEST(MpiRanks, WorldMatchesTheLauncher) {
   G4_SKIP_UNLESS_MPI_CHILD();

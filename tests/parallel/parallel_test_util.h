@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -29,6 +30,18 @@ inline Communicator& mpi_world() {
 inline Tensor rank_values(int rank, const Shape& shape, DType dtype, uint64_t seed) {
   const int64_t lo = dtype == DType::U8 ? 0 : -60;
   return randint(shape, seed * 1000 + static_cast<uint64_t>(rank), lo, 60, DType::I64).to(dtype);
+}
+
+// Every rank's tensor for `seed`, reduced elementwise as the collective should.
+inline Tensor reduce_locally(int ranks, const Shape& shape, DType dtype, uint64_t seed, ReduceOp op) {
+  Tensor acc = rank_values(0, shape, dtype, seed).to(DType::F64);
+  for (int r = 1; r < ranks; ++r) {
+    const Tensor x = rank_values(r, shape, dtype, seed);
+    double* a = acc.data<double>();
+    for (int64_t i = 0; i < acc.numel(); ++i)
+      a[i] = op == ReduceOp::Sum ? a[i] + element_as_double(x, i) : std::max(a[i], element_as_double(x, i));
+  }
+  return acc.to(dtype);
 }
 
 inline const DType kAllDTypes[] = {DType::F32, DType::F64, DType::BF16, DType::I32, DType::I64, DType::U8};

@@ -1,10 +1,14 @@
 // Recipes: defaults, overrides, and errors that name the key.
+#include "train/recipe.h"
+
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "core/device_memory.h"
 #include "support/error_message.h"
 #include "train/lr_schedule.h"
-#include "train/recipe.h"
 
 namespace g4 {
 namespace {
@@ -100,6 +104,164 @@ TEST(Recipe, Device) {
                 e.find("built without the CUDA backend") != std::string::npos)
         << e;
   }
+}
+
+// A value of `k`'s type and constraint that differs from its default.
+nlohmann::json non_default(const train::RecipeKey& k) {
+  const nlohmann::json d = k.default_value();
+  if (!k.choices.empty()) {
+    for (const std::string& c : k.choices)
+      if (c != d) return c;
+  }
+  switch (k.type) {
+    case train::KeyType::Int:
+      return d.get<int64_t>() + 3;
+    case train::KeyType::UInt:
+      return d.get<uint64_t>() + 3;
+    case train::KeyType::Float: {
+      const double v = d.get<double>() + 0.25;
+      return k.range.contains(v) ? v : d.get<double>() / 2;
+    }
+    case train::KeyType::Bool:
+      return !d.get<bool>();
+    case train::KeyType::String:
+      return d.get<std::string>() + "x_value";
+    case train::KeyType::StringList:
+      return {"first*", "second?"};
+    case train::KeyType::FloatPair:
+      return {0.5, 0.25};
+    case train::KeyType::Mapping:
+      return {{"num_hidden_layers", 2}};
+  }
+  return nullptr;
+}
+
+// Every schema key, set through a command-line override to a value other than its default, reads
+// back from the Recipe field it fills (and lands in `resolved`).
+TEST(Recipe, EveryKeyRoundTripsThroughAnOverride) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "g4_recipe_roundtrip";
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "r.yaml").string();
+  std::ofstream(file) << "model: {name: tiny-moe}\ntokenizer: tok\ndata: {train: [a.txt]}\n";
+  ASSERT_GE(train::recipe_schema().size(), 40u);
+  for (const train::RecipeKey& k : train::recipe_schema()) {
+    SCOPED_TRACE(k.path);
+    nlohmann::json value = non_default(k);
+    // Without a GPU a cuda device is refused (Recipe.Device covers that): set cpu explicitly.
+    if (k.path == "train.device" && !cuda_available()) value = "cpu";
+    if (k.path != "train.device") {
+      EXPECT_NE(value, k.default_value());
+    }
+    std::vector<std::string> overrides = {k.path + "=" + value.dump()};
+    if (k.path == "model.path") overrides.push_back("model.name=''");  // the two exclude each other
+    const train::Recipe r = train::load_recipe(file, overrides);
+    EXPECT_EQ(k.get(r), value);
+    const nlohmann::json* node = &r.resolved;
+    for (size_t start = 0, dot = 0; dot != std::string::npos; start = dot + 1) {
+      dot = k.path.find('.', start);
+      node = &(*node)[k.path.substr(start, dot - start)];
+    }
+    EXPECT_EQ(*node, value);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Recipe, ListingNamesEveryKeyWithTypeAndDefault) {
+  const std::string listing = train::recipe_key_listing();
+  for (const train::RecipeKey& k : train::recipe_schema()) {
+    const size_t at = listing.find("\n" + k.path + " ");
+    ASSERT_NE(at, std::string::npos) << k.path;
+    const std::string line = listing.substr(at + 1, listing.find('\n', at + 1) - at - 1);
+    EXPECT_NE(line.find(k.type_text()), std::string::npos) << line;
+    EXPECT_NE(line.find(k.default_value().dump()), std::string::npos) << line;
+    EXPECT_NE(line.find(k.doc), std::string::npos) << line;
+  }
+  EXPECT_NE(listing.find("schedule.kind  "), std::string::npos);
+  EXPECT_NE(listing.find("cosine|linear|constant"), std::string::npos);
+  EXPECT_NE(listing.find("float in [0, 1)"), std::string::npos);  // data.validation_fraction
+}
+
+TEST(Recipe, TypeAndRangeErrorsNameKeyAndFile) {
+  auto error = [](const std::string& section, const nlohmann::json& keys) {
+    auto j = minimal();
+    j[section] = keys;
+    const std::string e = test::error_of([&] { train::recipe_from_json(j, "bad.yaml"); });
+    EXPECT_NE(e.find("bad.yaml"), std::string::npos) << e;
+    return e;
+  };
+  std::string e = error("optimizer", {{"lr", "fast"}});
+  EXPECT_NE(e.find("recipe key 'optimizer.lr' has the wrong type (value \"fast\"; expected float)"), std::string::npos)
+      << e;
+  e = error("optimizer", {{"lr", 0}});
+  EXPECT_NE(e.find("recipe key 'optimizer.lr' must be > 0, got 0"), std::string::npos) << e;
+  e = error("optimizer", {{"betas", {0.9}}});
+  EXPECT_NE(e.find("'optimizer.betas' has the wrong type"), std::string::npos) << e;
+  e = error("optimizer", {{"betas", {0.9, 1.0}}});
+  EXPECT_NE(e.find("'optimizer.betas' must be in [0, 1), got 1.0"), std::string::npos) << e;
+  e = error("train", {{"freeze", {"*router*", 3}}});
+  EXPECT_NE(e.find("'train.freeze' has the wrong type"), std::string::npos) << e;
+  e = error("train", {{"recompute", "yes"}});
+  EXPECT_NE(e.find("'train.recompute' has the wrong type"), std::string::npos) << e;
+  e = error("data", {{"train", {"a.txt"}}, {"validation_fraction", 1.0}});
+  EXPECT_NE(e.find("'data.validation_fraction' must be in [0, 1)"), std::string::npos) << e;
+  e = error("data", {{"train", {"a.txt"}}, {"format", "csv"}});
+  EXPECT_NE(e.find("'data.format' must be auto, text, jsonl or chat, got 'csv'"), std::string::npos) << e;
+  e = error("data", {{"train", {"a.txt"}}, {"seed", -1}});
+  EXPECT_NE(e.find("'data.seed' has the wrong type"), std::string::npos) << e;
+  e = error("parallel", {{"data_parallel", -1}});
+  EXPECT_NE(e.find("'parallel.data_parallel' must be >= 0, got -1"), std::string::npos) << e;
+  e = error("parallel", {{"fsdp", true}, {"data_parallel", 1}});
+  EXPECT_NE(e.find("'parallel.fsdp' shards over the data-parallel ranks"), std::string::npos) << e;
+  e = error("log", {{"every", 0}});
+  EXPECT_NE(e.find("'log.every' must be > 0"), std::string::npos) << e;
+  // Unknown keys, at the top level and in a section, and sections that are not mappings.
+  e = error("checkpoints", {{"dir", "x"}});
+  EXPECT_NE(e.find("unknown recipe key 'checkpoints'"), std::string::npos) << e;
+  e = error("log", {{"sample_prompt", "a"}, {"sample_temperature", 0.5}});
+  EXPECT_NE(e.find("unknown recipe key 'log.sample_temperature'"), std::string::npos) << e;
+  e = error("schedule", 3);
+  EXPECT_NE(e.find("'schedule' must be a mapping"), std::string::npos) << e;
+  e = error("data", {{"train", nlohmann::json::array()}});
+  EXPECT_NE(e.find("'data.train' names no file"), std::string::npos) << e;
+}
+
+TEST(Recipe, SingleStringsAndFreeFormConfig) {
+  auto j = minimal();
+  j["data"]["train"] = "one.txt";
+  j["train"] = {{"freeze", "*router*"}};
+  j["model"]["config"] = {{"num_hidden_layers", 2}, {"hidden_size", 64}};
+  const train::Recipe r = train::recipe_from_json(j, "test.yaml");
+  EXPECT_EQ(r.data.files, std::vector<std::string>{"one.txt"});
+  EXPECT_EQ(r.freeze, std::vector<std::string>{"*router*"});
+  EXPECT_EQ(r.resolved["data"]["train"], nlohmann::json::array({"one.txt"}));
+  EXPECT_EQ(r.model_overrides["num_hidden_layers"], 2);
+  EXPECT_EQ(r.resolved["model"]["config"]["hidden_size"], 64);
+  EXPECT_EQ(r.tokenizer, "tok");
+  // The tokenizer defaults to the checkpoint directory; `resolved` keeps what the recipe said.
+  j = minimal();
+  j.erase("tokenizer");
+  j["model"] = {{"path", "ckpt/dir"}};
+  const train::Recipe hf = train::recipe_from_json(j, "test.yaml");
+  EXPECT_EQ(hf.tokenizer, "ckpt/dir");
+  EXPECT_EQ(hf.resolved["tokenizer"], "");
+}
+
+// Every recipe shipped in recipes/ stays valid.
+TEST(Recipe, ShippedRecipesLoad) {
+  const std::filesystem::path recipes = std::filesystem::path(G4_TEST_DATA) / ".." / ".." / "recipes";
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(recipes)) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    // A cuda recipe is refused on a machine without a GPU; the rest of it must still parse.
+    const std::vector<std::string> overrides =
+        cuda_available() ? std::vector<std::string>{} : std::vector<std::string>{"train.device=cpu"};
+    const train::Recipe r = train::load_recipe(entry.path().string(), overrides);
+    EXPECT_FALSE(r.data.files.empty());
+    EXPECT_FALSE(r.tokenizer.empty());
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 4);
 }
 
 TEST(Recipe, Wildcards) {
