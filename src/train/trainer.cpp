@@ -56,19 +56,24 @@ std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::
 
 }  // namespace
 
-std::unique_ptr<model::Gemma4> build_model(const Recipe& r, int64_t ep_rank, int64_t ep_size) {
+io::ModelConfig model_config(const Recipe& r) {
+  if (!r.model_path.empty()) return model::load_hf_config(r.model_path);
+  io::ModelConfig cfg = io::parse_model_config(model::named_config(r.model_name, r.model_overrides),
+                                               "built-in model '" + r.model_name + "'");
+  cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
+  return cfg;
+}
+
+std::unique_ptr<model::Gemma4> build_model(const Recipe& r, model::ExpertRange experts) {
   if (!r.model_path.empty()) {
     G4_CHECK(r.model_overrides.empty(), r.source, ": 'model.config' overrides apply to built-in models only");
-    return model::load_hf_model(r.model_path, ep_rank, ep_size);
+    return model::load_hf_model(r.model_path, experts);
   }
-  const nlohmann::json cfg_json = model::named_config(r.model_name, r.model_overrides);
-  io::ModelConfig cfg = io::parse_model_config(cfg_json, "built-in model '" + r.model_name + "'");
-  cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
-  auto m = std::make_unique<model::Gemma4>(std::move(cfg));
+  auto m = std::make_unique<model::Gemma4>(model_config(r));
   // The whole model is initialised, then sliced, so every EP size starts from the same weights.
-  m->init_weights(r.init_seed, cfg_json.value("initializer_range", 0.02));
-  if (ep_size == 1) return m;
-  return keep_experts(*m, model::expert_range_for_rank(m->config(), ep_rank, ep_size));
+  m->init_weights(r.init_seed, model::named_config(r.model_name, r.model_overrides).value("initializer_range", 0.02));
+  if (experts.count == 0 || experts.count == m->config().num_experts) return m;
+  return keep_experts(*m, experts);
 }
 
 double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens) {
@@ -229,7 +234,7 @@ TrainResult run_training(const Recipe& r, bool resume) {
   const int64_t data_rank = rank / cp, data_ranks = ranks / cp;
   const int cp_rank = mesh.coord().cp;
   const bool main_rank = rank == 0;  // the one that logs, samples and writes checkpoints
-  std::unique_ptr<model::Gemma4> model = build_model(r, mesh.coord().ep, ep);
+  std::unique_ptr<model::Gemma4> model = build_model(r, mesh.local_experts(model_config(r)));
   // On the GPU, `host` keeps the model as built or loaded (CPU, f32) and `model` becomes its GPU
   // copy. AdamW's masters start from host's f32 values, checkpoints export host after the masters
   // are copied back into it (never the bf16 copies), and samples are drawn from it: the generator
