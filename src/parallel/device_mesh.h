@@ -19,8 +19,10 @@ namespace g4::parallel {
 
 // The routed experts rank ep_rank of an ep_size-rank expert-parallel group holds: an equal,
 // contiguous share, [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size). Everything that splits
-// experts over ranks asks this function; it is an error when they do not divide evenly.
-model::ExpertRange expert_range(int64_t num_experts, int ep_rank, int ep_size);
+// experts over ranks asks this function; it is an error when they do not divide evenly. `what`
+// begins the error message (the mesh or checkpoint being checked).
+model::ExpertRange expert_range(int64_t num_experts, int ep_rank, int ep_size,
+                                const std::string& what = "expert parallelism");
 // The share of a model with this config; a dense model holds no experts (the empty range).
 model::ExpertRange expert_range(const io::ModelConfig& cfg, int ep_rank, int ep_size);
 
