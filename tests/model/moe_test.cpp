@@ -29,21 +29,16 @@ class CountingDispatcher final : public model::TokenDispatcher {
   int combines = 0;
 };
 
-model::ForwardInputs batch() {
-  model::ForwardInputs in;
-  in.input_ids = Tensor::empty({2, 10}, DType::I64);
-  for (int64_t i = 0; i < 20; ++i) in.input_ids.data<int64_t>()[i] = 5 + (i * 31) % 240;
-  in.labels = in.input_ids.clone();
-  return in;
-}
-
 TEST(Moe, ModelRunsEachMoeLayerThroughItsDispatcher) {
   auto m = model::load_hf_model(std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe", {}, DType::F64);
+  Tensor ids = Tensor::empty({2, 10}, DType::I64);
+  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 5 + (i * 31) % 240;
+  const model::ForwardInputs in{ids, Tensor(), Tensor(), ids};
   ag::NoGrad no_grad;
-  const model::ForwardOutputs local = m->forward(batch());
+  const model::ForwardOutputs local = m->forward(in);
   auto counting = std::make_shared<CountingDispatcher>();
   m->set_token_dispatcher(counting);
-  const model::ForwardOutputs through = m->forward(batch());
+  const model::ForwardOutputs through = m->forward(in);
   EXPECT_EQ(counting->layers, (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
   EXPECT_EQ(counting->combines, 6);
   EXPECT_EQ(through.loss.value().item(), local.loss.value().item());
