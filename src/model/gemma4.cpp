@@ -40,6 +40,10 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
   G4_CHECK(static_cast<int64_t>(cfg_.layers.size()) == cfg_.num_layers, "model config has ", cfg_.layers.size(),
            " resolved layers for num_hidden_layers ", cfg_.num_layers);
   if (experts_.count == 0) experts_ = ExpertRange{0, cfg_.num_experts};
+  G4_CHECK(experts_.begin >= 0 && experts_.count >= 0 && experts_.begin + experts_.count <= cfg_.num_experts &&
+               (cfg_.enable_moe_block || experts.count == 0),
+           "the model holds experts [", experts_.begin, ", ", experts_.begin + experts_.count, "), but its config has ",
+           cfg_.enable_moe_block ? cfg_.num_experts : 0, " routed experts");
   for (const ParamSpec& s : native_param_specs(cfg_, experts_))
     params_.add(s.name, s.kind, Tensor::zeros(s.shape, dtype_, device_));
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
@@ -344,45 +348,19 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
 
 ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) const {
   const std::string pre = layer_prefix(l);
-  const int64_t H = cfg_.hidden_size;
   const double eps = cfg_.rms_norm_eps;
   const Shape shape = residual.shape();
-  ag::Var flat = ag::reshape(residual, {-1, H});
+  ag::Var flat = ag::reshape(residual, {-1, cfg_.hidden_size});
 
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
-  ag::Var z = ag::scale(ag::rmsnorm(flat, p(pre + "moe.gate.scale"), eps), std::pow(static_cast<double>(H), -0.5));
-  ag::Var probs = ag::softmax_lastdim(ag::linear(z, p(pre + "moe.gate.proj.weight")));
-  Tensor indices;
-  ag::Var weights = ag::router_topk(probs, cfg_.top_k_experts, indices);
-  G4_CHECK(dispatch_ || (experts_.begin == 0 && experts_.count == cfg_.num_experts), "this model holds experts [",
-           experts_.begin, ", ", experts_.begin + experts_.count, ") of ", cfg_.num_experts,
-           " only; tokens routed to the others need expert parallelism (parallel::enable_expert_parallel with the "
-           "expert-parallel group)");
-  ops::MoePlan plan = ops::moe_plan(indices, cfg_.num_experts);
-  if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) {
-    // E * sum_e f_e * mean_t p[t, e]: f is a constant (counts), P carries the gradient.
-    const int64_t T = probs.shape()[0], E = cfg_.num_experts;
-    Tensor f = Tensor::zeros({1, E}, DType::F64);
-    for (int64_t e = 0; e < E; ++e)
-      f.data<double>()[e] = static_cast<double>(plan.offsets[e + 1] - plan.offsets[e]) / static_cast<double>(T * cfg_.top_k_experts);
-    f = f.to(probs.value().dtype()).to(probs.value().device());
-    ctx.router_aux.push_back(
-        ag::scale(ag::sum_all(ag::linear(probs, ag::Var(f))), static_cast<double>(E) / static_cast<double>(T)));
-  }
-
-  ag::Var xe = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
-  const ag::Var& gate_up = p(pre + "moe.experts.gate_and_up_projs");
-  const ag::Var& down = p(pre + "moe.experts.down_projs");
+  Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps);
+  if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) ctx.router_aux.push_back(load_balancing_loss(routing));
+  const TokenDispatcher::Inputs in{l, ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps),
+                                   routing.weights, std::move(routing.plan), experts_};
+  LocalDispatcher local;
   std::vector<int64_t> counts;
-  ag::Var routed;
-  if (dispatch_) {
-    routed = dispatch_->run({l, xe, weights, std::move(plan), gate_up, down, experts_}, counts);
-  } else {
-    ag::Var xs = ag::moe_permute(xe, plan);
-    ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(xs, gate_up, plan.offsets, plan.device_offsets));
-    routed = ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets, plan.device_offsets), weights, plan);
-    for (int64_t e = 0; e < cfg_.num_experts; ++e) counts.push_back(plan.offsets[e + 1] - plan.offsets[e]);
-  }
+  const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, p(pre + "moe.experts.gate_and_up_projs"),
+                                        p(pre + "moe.experts.down_projs"), &counts);
   (*ctx.expert_tokens)[l] = std::move(counts);
   return ag::reshape(routed, shape);
 }

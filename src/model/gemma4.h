@@ -8,9 +8,9 @@
 #include "autograd/variable.h"
 #include "io/hf_config.h"
 #include "model/kv_cache.h"
+#include "model/moe.h"
 #include "model/params.h"
 #include "ops/attention.h"
-#include "ops/moe.h"
 
 namespace g4::model {
 
@@ -39,26 +39,6 @@ struct ForwardOutputs {
   // indexed from experts().begin. With expert parallelism these are the rows the local experts
   // received from every rank of the group.
   std::map<int64_t, std::vector<int64_t>> expert_tokens;
-};
-
-// Runs the routed experts of a model that holds only some of them: expert parallelism, where
-// tokens travel to the ranks that hold their experts (parallel/expert_parallel.h implements it).
-// Every rank of the group runs each MoE layer through its dispatch in the same order.
-class ExpertDispatch {
- public:
-  struct Inputs {
-    int64_t layer = 0;
-    ag::Var tokens;        // [T, H] expert inputs (after pre_feedforward_layernorm_2)
-    ag::Var weights;       // [T, K] routing weights
-    ops::MoePlan plan;     // this rank's token copies sorted by global expert id
-    ag::Var gate_up;       // [E_local, H, 2I] the experts this model holds
-    ag::Var down;          // [E_local, I, H]
-    ExpertRange experts;   // which ones
-  };
-  virtual ~ExpertDispatch() = default;
-  // Returns [T, H]: sum_k weights[t, k] * expert_{e(t, k)}(tokens[t]) in this rank's token order,
-  // and how many rows each local expert processed.
-  virtual ag::Var run(const Inputs& in, std::vector<int64_t>& local_expert_tokens) = 0;
 };
 
 // Context parallelism: the model's input is one contiguous slice of each sequence, and attention
@@ -95,7 +75,9 @@ class ParameterHooks {
 class Gemma4 {
  public:
   // Parameters are allocated (zeros) in the native layout; load them with the state-dict
-  // adapter or initialise them with init_weights().
+  // adapter or initialise them with init_weights(). experts: the routed experts this model holds
+  // (the empty range: all of them); expert parallelism gives each rank its share
+  // (parallel::expert_range).
   // On the CPU dtype is F32 (training masters, the default) or F64 (double-precision reference
   // runs). On the GPU (device CUDA) it is BF16 (compute copies of fp32 masters the optimizer
   // holds; gradients accumulate in f32) or F32.
@@ -123,11 +105,11 @@ class Gemma4 {
   // probability (Switch Transformer's auxiliary loss). 0 (the default) disables it.
   void set_router_aux_loss(double coef) { router_aux_coef_ = coef; }
   bool recompute() const { return recompute_; }
-  // Expert parallelism: MoE layers send their tokens through `dispatch` (see
-  // parallel::enable_expert_parallel). Without one (nullptr, the default) the experts run
-  // locally, and the model must hold all of them.
-  void set_expert_dispatch(std::shared_ptr<ExpertDispatch> dispatch) { dispatch_ = std::move(dispatch); }
-  const std::shared_ptr<ExpertDispatch>& expert_dispatch() const { return dispatch_; }
+  // How MoE layers bring tokens to the experts this model holds (model/moe.h). nullptr (the
+  // default): the identity dispatcher, LocalDispatcher, and the model must hold every expert.
+  // Expert parallelism sets its own (parallel::enable_expert_parallel).
+  void set_token_dispatcher(std::shared_ptr<TokenDispatcher> d) { dispatcher_ = std::move(d); }
+  const std::shared_ptr<TokenDispatcher>& token_dispatcher() const { return dispatcher_; }
 
   // Context parallelism (see parallel::enable_context_parallel): forward gets one slice of each
   // sequence, with its global position_ids (required) and pre-shifted targets. nullptr (the
@@ -144,7 +126,7 @@ class Gemma4 {
   std::vector<std::vector<std::string>> parameter_blocks() const;
 
   // A copy of this model (parameters converted, buffers copied) on `device` in `dtype`, for
-  // moving a loaded checkpoint to the GPU. Hooks (expert dispatch, context attention) are not copied.
+  // moving a loaded checkpoint to the GPU. Hooks (token dispatcher, context attention) are not copied.
   std::unique_ptr<Gemma4> copy_to(Device device, DType dtype) const;
 
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
@@ -177,7 +159,7 @@ class Gemma4 {
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
   double router_aux_coef_ = 0;
-  std::shared_ptr<ExpertDispatch> dispatch_;
+  std::shared_ptr<TokenDispatcher> dispatcher_;
   std::shared_ptr<ContextAttention> context_;
   std::shared_ptr<ParameterHooks> hooks_;
 };

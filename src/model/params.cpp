@@ -4,15 +4,6 @@
 
 namespace g4::model {
 
-ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, int64_t ep_size) {
-  G4_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size, "expert-parallel rank ", ep_rank, " of ", ep_size);
-  if (!cfg.enable_moe_block) return {};
-  G4_CHECK(cfg.num_experts % ep_size == 0, "num_experts (", cfg.num_experts, ") is not divisible by the expert-parallel size ",
-           ep_size);
-  const int64_t per = cfg.num_experts / ep_size;
-  return ExpertRange{ep_rank * per, per};
-}
-
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
 
 namespace {

@@ -11,12 +11,11 @@
 
 namespace g4::model {
 
-// The experts this rank holds: [begin, begin + count) of num_experts.
+// The routed experts a model holds: [begin, begin + count) of num_experts.
 struct ExpertRange {
   int64_t begin = 0;
   int64_t count = 0;  // 0 = all experts
 };
-ExpertRange expert_range_for_rank(const io::ModelConfig& cfg, int64_t ep_rank, int64_t ep_size);
 
 // What a parameter or buffer is, stored with it in ParamStore: loading, export, weight decay,
 // freezing and expert parallelism ask the kind, never the name.

@@ -150,12 +150,14 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
            " (only the text decoder is loaded)");
 }
 
-std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank, int64_t ep_size, DType dtype) {
+io::ModelConfig load_hf_config(const std::string& dir) {
   const fs::path config_path = fs::path(dir) / "config.json";
   G4_CHECK(fs::exists(config_path), "model directory ", dir, " has no config.json");
-  io::ModelConfig cfg = io::load_model_config(config_path.string());
-  const ExpertRange range = expert_range_for_rank(cfg, ep_rank, ep_size);
-  auto model = std::make_unique<Gemma4>(std::move(cfg), range, dtype);
+  return io::load_model_config(config_path.string());
+}
+
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, ExpertRange experts, DType dtype) {
+  auto model = std::make_unique<Gemma4>(load_hf_config(dir), experts, dtype);
   load_hf_weights(*model, io::SafetensorsReader::open(dir));
   return model;
 }

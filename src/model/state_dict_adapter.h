@@ -26,9 +26,11 @@ std::string hf_name(const io::ModelConfig& cfg, const std::string& native_name);
 // audio tower weights are skipped with a logged note; any other unexpected key is an error.
 void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader);
 
-// Reads config.json and the weights of a Hugging Face model directory.
-std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, int64_t ep_rank = 0, int64_t ep_size = 1,
-                                      DType dtype = DType::F32);
+// The config.json of a Hugging Face model directory.
+io::ModelConfig load_hf_config(const std::string& dir);
+// Reads config.json and the weights of a Hugging Face model directory; of the routed experts only
+// `experts` (the empty range: all of them).
+std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, ExpertRange experts = {}, DType dtype = DType::F32);
 
 // One native tensor -> its Hugging Face tensor(s), for streaming weights without a full state
 // dict. The kind picks the layout: an expert down projection also yields router.per_expert_scale

@@ -6,6 +6,19 @@ std::string MeshShape::str() const {
   return detail::concat("dp_shard ", dp_shard, " x ep ", ep, " x cp ", cp);
 }
 
+model::ExpertRange expert_range(int64_t num_experts, int ep_rank, int ep_size, const std::string& what) {
+  G4_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size, what, ": rank ", ep_rank,
+           " is not a rank of an expert-parallel group of ", ep_size);
+  G4_CHECK(num_experts >= 0 && num_experts % ep_size == 0, what, ": the model's ", num_experts,
+           " experts do not divide evenly over ep ", ep_size);
+  const int64_t per = num_experts / ep_size;
+  return model::ExpertRange{ep_rank * per, per};
+}
+
+model::ExpertRange expert_range(const io::ModelConfig& cfg, int ep_rank, int ep_size) {
+  return expert_range(cfg.enable_moe_block ? cfg.num_experts : 0, ep_rank, ep_size);
+}
+
 namespace {
 void check_degrees(const MeshShape& s) {
   G4_CHECK(s.dp_shard >= 1 && s.ep >= 1 && s.cp >= 1, "device mesh ", s.str(), ": every degree must be at least 1");
@@ -23,8 +36,7 @@ void MeshShape::validate_for_model(int64_t num_experts, int64_t seq_len) const {
   G4_CHECK(num_experts >= 0, "device mesh ", str(), ": num_experts ", num_experts, " is negative");
   G4_CHECK(num_experts > 0 || ep == 1, "device mesh ", str(), ": expert parallelism (ep ", ep,
            ") needs a mixture-of-experts model, and this model is dense");
-  G4_CHECK(num_experts == 0 || num_experts % ep == 0, "device mesh ", str(), ": the model's ", num_experts,
-           " experts do not divide evenly over ep ", ep);
+  if (num_experts > 0) expert_range(num_experts, 0, ep, "device mesh " + str());
   G4_CHECK(seq_len >= 1, "device mesh ", str(), ": seq_len ", seq_len, " is not a sequence length");
   G4_CHECK(seq_len % cp == 0, "device mesh ", str(), ": seq_len ", seq_len, " does not split into ", cp,
            " equal context-parallel shards");

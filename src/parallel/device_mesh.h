@@ -11,9 +11,20 @@
 #include <memory>
 #include <string>
 
+#include "io/hf_config.h"
+#include "model/params.h"
 #include "parallel/communicator.h"
 
 namespace g4::parallel {
+
+// The routed experts rank ep_rank of an ep_size-rank expert-parallel group holds: an equal,
+// contiguous share, [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size). Everything that splits
+// experts over ranks asks this function; it is an error when they do not divide evenly. `what`
+// begins the error message (the mesh or checkpoint being checked).
+model::ExpertRange expert_range(int64_t num_experts, int ep_rank, int ep_size,
+                                const std::string& what = "expert parallelism");
+// The share of a model with this config; a dense model holds no experts (the empty range).
+model::ExpertRange expert_range(const io::ModelConfig& cfg, int ep_rank, int ep_size);
 
 struct MeshCoord {
   int dp = 0;
@@ -55,6 +66,10 @@ class DeviceMesh {
 
   void validate_for_model(int64_t num_experts, int64_t seq_len) const {
     shape_.validate_for_model(num_experts, seq_len);
+  }
+  // The experts this rank's model holds (expert_range at its ep coordinate).
+  model::ExpertRange local_experts(const io::ModelConfig& cfg) const {
+    return expert_range(cfg, coord().ep, shape_.ep);
   }
 
  private:

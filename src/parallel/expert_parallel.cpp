@@ -1,5 +1,6 @@
 #include "parallel/expert_parallel.h"
 
+#include <any>
 #include <cstring>
 #include <numeric>
 
@@ -112,62 +113,50 @@ ag::Var all_to_all(Communicator& comm, const ag::Var& x, const std::vector<int64
 
 ag::Var expert_parallel_moe(Communicator& ep, const ag::Var& tokens, const ag::Var& weights, const ops::MoePlan& plan,
                             const ag::Var& gate_up, const ag::Var& down, std::vector<int64_t>* local_expert_tokens) {
-  const int64_t G = ep.size();
-  G4_CHECK(plan.experts % G == 0, "expert parallelism: ", plan.experts, " experts do not divide over the ", G,
-           " ranks of the expert-parallel group");
-  const int64_t El = plan.experts / G;
-  G4_CHECK(gate_up.value().dim() == 3 && gate_up.shape()[0] == El && down.value().dim() == 3 && down.shape()[0] == El,
-           "expert parallelism: rank ", ep.rank(), " of ", G, " should hold ", El, " of the ", plan.experts,
-           " experts, but its expert weights are ", gate_up.value().describe(), " and ", down.value().describe());
-  const DispatchPlan d = plan_dispatch(ep, plan);
-  if (local_expert_tokens) {
-    local_expert_tokens->clear();
-    for (int64_t j = 0; j < El; ++j) local_expert_tokens->push_back(d.offsets[j + 1] - d.offsets[j]);
-  }
-
-  // Token copies sorted by global expert id are sorted by owning rank too: send them there.
-  const ag::Var sent = ag::moe_permute(tokens, plan);
-  const ag::Var received = all_to_all(ep, sent, d.send_counts, d.recv_counts);
-  // The local experts on their rows.
-  const ag::Var rows = permute_rows(received, d.expert_order);
-  const ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(rows, gate_up, d.offsets));
-  const ag::Var out_rows = ag::grouped_matmul(act, down, d.offsets);
-  // Results back to the ranks the tokens came from, in the order they were sent.
-  std::vector<int64_t> arrival_order(d.expert_order.size());
-  for (size_t i = 0; i < d.expert_order.size(); ++i)
-    arrival_order[static_cast<size_t>(d.expert_order[i])] = static_cast<int64_t>(i);
-  const ag::Var returned =
-      all_to_all(ep, permute_rows(out_rows, std::move(arrival_order)), d.recv_counts, d.send_counts);
-  return ag::moe_unpermute(returned, weights, plan);
+  ExpertParallel dispatcher(ep, plan.experts);
+  return model::routed_experts(dispatcher, {0, tokens, weights, plan, dispatcher.local_experts()}, gate_up, down,
+                               local_expert_tokens);
 }
 
-ExpertParallel::ExpertParallel(Communicator& ep, int64_t num_experts) : ep_(ep), num_experts_(num_experts) {
-  G4_CHECK(num_experts > 0 && num_experts % ep.size() == 0, "expert parallelism: num_experts (", num_experts,
-           ") is not divisible by the expert-parallel group size ", ep.size());
-  const int64_t per = num_experts / ep.size();
-  local_ = model::ExpertRange{ep.rank() * per, per};
-}
+ExpertParallel::ExpertParallel(Communicator& ep, int64_t num_experts)
+    : ep_(ep), num_experts_(num_experts), local_(expert_range(num_experts, ep.rank(), ep.size())) {}
 
-ag::Var ExpertParallel::run(const Inputs& in, std::vector<int64_t>& local_expert_tokens) {
+model::TokenDispatcher::Rows ExpertParallel::dispatch(const Inputs& in) {
+  // Checked before anything is sent, so every rank fails alike and none waits.
   G4_CHECK(in.plan.experts == num_experts_, "expert parallelism: layer ", in.layer, " routes over ", in.plan.experts,
            " experts, the dispatch was made for ", num_experts_);
   G4_CHECK(in.experts.begin == local_.begin && in.experts.count == local_.count, "expert parallelism: layer ", in.layer,
            " holds experts [", in.experts.begin, ", ", in.experts.begin + in.experts.count, "), but rank ", ep_.rank(),
            " of the ", ep_.size(), "-rank group owns [", local_.begin, ", ", local_.begin + local_.count, ")");
-  return expert_parallel_moe(ep_, in.tokens, in.weights, in.plan, in.gate_up, in.down, &local_expert_tokens);
+  DispatchPlan d = plan_dispatch(ep_, in.plan);
+  // Token copies sorted by global expert id are sorted by owning rank too: send them there.
+  const ag::Var received = all_to_all(ep_, ag::moe_permute(in.tokens, in.plan), d.send_counts, d.recv_counts);
+  Rows rows{permute_rows(received, d.expert_order), d.offsets, Tensor(), {}};
+  rows.route = std::move(d);
+  return rows;
+}
+
+ag::Var ExpertParallel::combine(const Inputs& in, const Rows& rows, const ag::Var& out) {
+  const auto& d = std::any_cast<const DispatchPlan&>(rows.route);
+  // Results back to the ranks the tokens came from, in the order they were sent.
+  std::vector<int64_t> arrival_order(d.expert_order.size());
+  for (size_t i = 0; i < d.expert_order.size(); ++i)
+    arrival_order[static_cast<size_t>(d.expert_order[i])] = static_cast<int64_t>(i);
+  const ag::Var returned = all_to_all(ep_, permute_rows(out, std::move(arrival_order)), d.recv_counts, d.send_counts);
+  return ag::moe_unpermute(returned, in.weights, in.plan);
 }
 
 void enable_expert_parallel(model::Gemma4& model, Communicator& ep) {
   const io::ModelConfig& cfg = model.config();
   G4_CHECK(cfg.enable_moe_block && cfg.num_experts > 0,
            "expert parallelism needs an MoE model; this config has no routed experts");
-  auto dispatch = std::make_shared<ExpertParallel>(ep, cfg.num_experts);
-  const model::ExpertRange want = dispatch->local_experts(), held = model.experts();
+  auto dispatcher = std::make_shared<ExpertParallel>(ep, cfg.num_experts);
+  const model::ExpertRange want = dispatcher->local_experts(), held = model.experts();
   G4_CHECK(held.begin == want.begin && held.count == want.count, "expert parallelism: the model holds experts [",
            held.begin, ", ", held.begin + held.count, ") but rank ", ep.rank(), " of a ", ep.size(),
            "-rank expert-parallel group owns [", want.begin, ", ", want.begin + want.count,
-           "); load it with load_hf_model(dir, ", ep.rank(), ", ", ep.size(), ")");
-  model.set_expert_dispatch(std::move(dispatch));
+           "); load it with load_hf_model(dir, expert_range(config, ", ep.rank(), ", ", ep.size(), "))");
+  model.set_token_dispatcher(std::move(dispatcher));
 }
 
 }  // namespace g4::parallel

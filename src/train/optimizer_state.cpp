@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "parallel/device_mesh.h"
 #include "train/checkpoint.h"
 
 namespace g4::train {
@@ -52,8 +53,7 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
     expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
     G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
              " shards but dp is ", mesh_.dp_shard);
-    G4_CHECK(mesh_.ep >= 1 && meta_.at("experts").at("num_experts").get<int64_t>() % mesh_.ep == 0, what, ": ",
-             meta_.at("experts").at("num_experts").get<int64_t>(), " experts do not split over ep ", mesh_.ep);
+    parallel::expert_range(meta_.at("experts").at("num_experts").get<int64_t>(), 0, mesh_.ep, what);
   }
 }
 

@@ -44,19 +44,24 @@ std::unique_ptr<model::Gemma4> keep_experts(const model::Gemma4& full, model::Ex
 
 }  // namespace
 
-std::unique_ptr<model::Gemma4> build_model(const Recipe& r, int64_t ep_rank, int64_t ep_size) {
+io::ModelConfig model_config(const Recipe& r) {
+  if (!r.model_path.empty()) return model::load_hf_config(r.model_path);
+  io::ModelConfig cfg = io::parse_model_config(model::named_config(r.model_name, r.model_overrides),
+                                               "built-in model '" + r.model_name + "'");
+  cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
+  return cfg;
+}
+
+std::unique_ptr<model::Gemma4> build_model(const Recipe& r, model::ExpertRange experts) {
   if (!r.model_path.empty()) {
     G4_CHECK(r.model_overrides.empty(), r.source, ": 'model.config' overrides apply to built-in models only");
-    return model::load_hf_model(r.model_path, ep_rank, ep_size);
+    return model::load_hf_model(r.model_path, experts);
   }
-  const nlohmann::json cfg_json = model::named_config(r.model_name, r.model_overrides);
-  io::ModelConfig cfg = io::parse_model_config(cfg_json, "built-in model '" + r.model_name + "'");
-  cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
-  auto m = std::make_unique<model::Gemma4>(std::move(cfg));
+  auto m = std::make_unique<model::Gemma4>(model_config(r));
   // The whole model is initialised, then sliced, so every EP size starts from the same weights.
-  m->init_weights(r.init_seed, cfg_json.value("initializer_range", 0.02));
-  if (ep_size == 1) return m;
-  return keep_experts(*m, model::expert_range_for_rank(m->config(), ep_rank, ep_size));
+  m->init_weights(r.init_seed, model::named_config(r.model_name, r.model_overrides).value("initializer_range", 0.02));
+  if (experts.count == 0 || experts.count == m->config().num_experts) return m;
+  return keep_experts(*m, experts);
 }
 
 namespace {
@@ -172,8 +177,7 @@ Trainer::Trainer(const Recipe& r, bool resume) : r_(r) {
 
 
 void Trainer::set_up_model() {
-  const parallel::MeshCoord at = mesh_->coord();
-  model_ = build_model(r_, at.ep, mesh_->shape().ep);
+  model_ = build_model(r_, mesh_->local_experts(model_config(r_)));
   // On the GPU, `host_` keeps the model as built or loaded (CPU, f32) for the optimizer's masters
   // and `model_` becomes its bf16 GPU copy.
   if (r_.device == Device::CUDA) {

@@ -27,7 +27,10 @@ TrainResult run_training(const Recipe& recipe, bool resume);
 
 // The model a recipe names: a Hugging Face checkpoint, or a built-in shape initialised as
 // transformers initialises Gemma 4.
-// ep_rank/ep_size: keep only that expert-parallel slice of the routed experts.
-std::unique_ptr<model::Gemma4> build_model(const Recipe& recipe, int64_t ep_rank = 0, int64_t ep_size = 1);
+// experts: keep only these routed experts (the empty range: all; parallel::expert_range gives an
+// expert-parallel rank's share).
+std::unique_ptr<model::Gemma4> build_model(const Recipe& recipe, model::ExpertRange experts = {});
+// The config of the model a recipe names.
+io::ModelConfig model_config(const Recipe& recipe);
 
 }  // namespace g4::train

@@ -75,7 +75,7 @@ TEST(Adapter, ExportRoundTripReloadsWithIdenticalLogits) {
 
 TEST(Adapter, ExpertParallelRankLoadsOnlyItsSlice) {
   auto full = model::load_hf_model(kMoe);
-  auto part = model::load_hf_model(kMoe, /*ep_rank=*/1, /*ep_size=*/4);
+  auto part = model::load_hf_model(kMoe, model::ExpertRange{2, 2});
   EXPECT_EQ(part->experts().begin, 2);
   EXPECT_EQ(part->experts().count, 2);
   const Tensor& a = full->params().at("model.layers.3.moe.experts.down_projs").value();
@@ -83,7 +83,7 @@ TEST(Adapter, ExpertParallelRankLoadsOnlyItsSlice) {
   ASSERT_EQ(b.shape(), (Shape{2, 32, 64}));
   const int64_t per = 32 * 64;
   for (int64_t i = 0; i < 2 * per; ++i) ASSERT_EQ(b.data<float>()[i], a.data<float>()[2 * per + i]);
-  EXPECT_THROW(model::load_hf_model(kMoe, 0, 3), Error);  // 8 experts do not split over 3 ranks
+  EXPECT_THROW(model::load_hf_model(kMoe, model::ExpertRange{6, 3}), Error);  // experts 6..8 of 0..7
 }
 
 TEST(Adapter, SingleTensorExportMatchesFullExport) {

@@ -27,7 +27,7 @@ double max_rel(const Tensor& a, const Tensor& b) {
 TEST(FusedLoss, ModelTrainingForwardMatchesTheLogitsPath) {
   for (const char* name : {"tiny-moe", "tiny-dense-ple"}) {
     const std::string dir = test::hf_fixture_dir(name);
-    auto m = model::load_hf_model(dir, 0, 1, DType::F64);
+    auto m = model::load_hf_model(dir, {}, DType::F64);
     const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
     model::ForwardInputs in = test::hf_reference_inputs(ref);
     model::ForwardOutputs a = m->forward(in);

@@ -205,7 +205,7 @@ struct Reference {
 };
 
 Reference reference_run(const std::string& dir, const Batch& b) {
-  auto m = model::load_hf_model(dir, 0, 1, DType::F64);
+  auto m = model::load_hf_model(dir, {}, DType::F64);
   const model::ForwardOutputs out = m->forward({b.ids, Tensor(), b.positions, b.labels});
   ag::backward(out.loss);
   Reference r{out.loss.value().item(), out.counted_tokens, {}};
@@ -226,7 +226,7 @@ void check_cp_mesh(const CpCase& cc, const Batch& batch, const Reference& want) 
   Communicator& world = mpi_world();
   DeviceMesh mesh(world, shape);
   const MeshCoord c = mesh.coord();
-  auto m = model::load_hf_model(fixture(cc.model), c.ep, shape.ep, DType::F64);
+  auto m = testing::load_ep_rank(fixture(cc.model), c.ep, shape.ep, DType::F64);
   mesh.validate_for_model(m->config().num_experts, batch.ids.size(1));
   if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
   enable_context_parallel(*m, mesh.cp_group());
@@ -248,7 +248,7 @@ void check_cp_mesh(const CpCase& cc, const Batch& batch, const Reference& want) 
 
 TEST(ContextParallel, OneRankGroupIsTheOrdinaryModel) {
   SingleCommunicator one;
-  auto m = model::load_hf_model(fixture("tiny-dense-ple"), 0, 1, DType::F64);
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), {}, DType::F64);
   const Batch b = packed_batch();
   const Reference want = reference_run(fixture("tiny-dense-ple"), b);
   enable_context_parallel(*m, one);
@@ -286,7 +286,7 @@ TEST(ContextParallel, PaddedBatchTrainsLikeTheBatch) {
   const Reference want = reference_run(fixture("tiny-dense-ple"), b);
   const PaddedRows p = pad_to_multiple(b.ids, b.positions, b.labels, 5, 0);
   ASSERT_EQ(p.input_ids.size(1), 35);
-  auto m = model::load_hf_model(fixture("tiny-dense-ple"), 0, 1, DType::F64);
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), {}, DType::F64);
   const model::ForwardOutputs out = m->forward({p.input_ids, Tensor(), p.position_ids, p.labels});
   EXPECT_EQ(out.counted_tokens, want.counted);
   EXPECT_NEAR(out.loss.value().item(), want.loss, 1e-12 * want.loss);
@@ -296,7 +296,7 @@ TEST(ContextParallel, PaddedBatchTrainsLikeTheBatch) {
 
 TEST(ContextParallel, ModelErrors) {
   SingleCommunicator one;
-  auto m = model::load_hf_model(fixture("tiny-dense-ple"), 0, 1, DType::F64);
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), {}, DType::F64);
   enable_context_parallel(*m, one);
   const Batch b = packed_batch();
   std::string e = error_of([&] { m->forward({b.ids, Tensor(), Tensor(), Tensor(), Tensor()}); });

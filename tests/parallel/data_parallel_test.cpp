@@ -36,7 +36,7 @@ struct Reference {
 };
 
 Reference reference_run(const Batch& b) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   const model::ForwardOutputs out = m->forward({b.ids, Tensor(), b.positions, b.labels});
   ag::backward(out.loss);
   Reference r{out.loss.value().item(), out.counted_tokens, {}, out.expert_tokens};
@@ -47,7 +47,7 @@ Reference reference_run(const Batch& b) {
 TEST(DataParallel, OneRankMeshIsTheOrdinaryStep) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   const Batch b = packed_batch();
   const Reference want = reference_run(b);
 
@@ -64,7 +64,7 @@ TEST(DataParallel, OneRankMeshIsTheOrdinaryStep) {
 TEST(DataParallel, ParameterWithoutGradientGetsZeros) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   reduce_gradients(m->params(), mesh);
   const Tensor& g = m->params().at("model.norm.weight").grad();
   ASSERT_TRUE(g.defined());
@@ -72,7 +72,7 @@ TEST(DataParallel, ParameterWithoutGradientGetsZeros) {
 }
 
 TEST(DataParallel, LossShareErrors) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   const Batch b = packed_batch();
   {
     ag::NoGrad no_grad;
@@ -104,7 +104,7 @@ void check_mesh(const MeshCase& mc, const Batch& batch, const Reference& want) {
   DeviceMesh mesh(world, shape);
   mesh.validate_for_model(8, batch.ids.size(1));
   const MeshCoord c = mesh.coord();
-  auto m = model::load_hf_model(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
+  auto m = testing::load_ep_rank(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
   if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
   m->set_recompute(mc.recompute);
 

@@ -45,6 +45,22 @@ TEST(MeshShape, ProductMustBeTheWorldSize) {
             std::string::npos);
 }
 
+TEST(ExpertRange, EachEpRankHoldsAnEqualContiguousShare) {
+  for (int r = 0; r < 4; ++r) {
+    const model::ExpertRange e = expert_range(8, r, 4);
+    EXPECT_EQ(e.begin, 2 * r);
+    EXPECT_EQ(e.count, 2);
+  }
+  io::ModelConfig dense;
+  EXPECT_EQ(expert_range(dense, 1, 2).count, 0);  // a dense model holds no experts on any rank
+  EXPECT_NE(error_of([] {
+              expert_range(8, 0, 3, "checkpoint out/step-2");
+            }).find("checkpoint out/step-2: the model's 8 experts do not divide evenly over ep 3"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { expert_range(8, 2, 2); }).find("rank 2 is not a rank of an expert-parallel group of 2"),
+            std::string::npos);
+}
+
 TEST(MeshShape, ModelMustSplitOverTheMesh) {
   EXPECT_NO_THROW((MeshShape{1, 4, 2}.validate_for_model(128, 4096)));
   EXPECT_NO_THROW((MeshShape{4, 1, 1}.validate_for_model(0, 7)));  // dense model, data parallel only

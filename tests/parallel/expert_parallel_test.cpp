@@ -41,13 +41,13 @@ StepResult train_step(model::Gemma4& m, const testing::Batch& b) {
 }
 
 TEST(ExpertParallel, OneRankGroupGivesExactlyTheLocalResult) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   const testing::Batch batch = packed_batch();
   const StepResult local = train_step(*m, batch);
 
   SingleCommunicator one;
   enable_expert_parallel(*m, one);
-  ASSERT_NE(m->expert_dispatch(), nullptr);
+  ASSERT_NE(m->token_dispatcher(), nullptr);
   const StepResult dispatched = train_step(*m, batch);
 
   EXPECT_EQ(dispatched.loss, local.loss);
@@ -64,7 +64,7 @@ TEST(ExpertParallel, OneRankGroupGivesExactlyTheLocalResult) {
 }
 
 TEST(ExpertParallel, ModelHoldingASliceNeedsTheGroup) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 1, 2, DType::F64);
+  auto m = testing::load_ep_rank(tiny_moe_dir(), 1, 2, DType::F64);
   const testing::Batch b = packed_batch();
   const std::string e = error_of([&] { m->forward({b.ids, Tensor(), b.positions, b.labels}); });
   EXPECT_NE(e.find("this model holds experts [4, 8) of 8 only"), std::string::npos) << e;
@@ -73,14 +73,14 @@ TEST(ExpertParallel, ModelHoldingASliceNeedsTheGroup) {
 }
 
 TEST(ExpertParallel, ModelAndGroupMustAgreeOnTheSlice) {
-  auto sliced = model::load_hf_model(tiny_moe_dir(), 0, 2, DType::F64);
+  auto sliced = testing::load_ep_rank(tiny_moe_dir(), 0, 2, DType::F64);
   SingleCommunicator one;
   const std::string e = error_of([&] { enable_expert_parallel(*sliced, one); });
   EXPECT_NE(e.find("the model holds experts [0, 4) but rank 0 of a 1-rank expert-parallel group owns [0, 8); "
-                   "load it with load_hf_model(dir, 0, 1)"),
+                   "load it with load_hf_model(dir, expert_range(config, 0, 1))"),
             std::string::npos)
       << e;
-  EXPECT_EQ(sliced->expert_dispatch(), nullptr);
+  EXPECT_EQ(sliced->token_dispatcher(), nullptr);
 
   auto dense = model::load_hf_model(std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-dense-ple");
   EXPECT_NE(error_of([&] { enable_expert_parallel(*dense, one); }).find("expert parallelism needs an MoE model"),
@@ -89,8 +89,8 @@ TEST(ExpertParallel, ModelAndGroupMustAgreeOnTheSlice) {
 
 TEST(ExpertParallel, GroupSizeMustDivideTheExperts) {
   EXPECT_NE(error_of([] {
-              model::load_hf_model(tiny_moe_dir(), 0, 3);
-            }).find("num_experts (8) is not divisible by the expert-parallel size 3"),
+              expert_range(model::load_hf_config(tiny_moe_dir()), 0, 3);
+            }).find("the model's 8 experts do not divide evenly over ep 3"),
             std::string::npos);
   EXPECT_NE(error_of([] {
               MeshShape{.ep = 3}.validate_for_model(8, 32);
@@ -189,7 +189,7 @@ TEST(MpiRanks, ExpertParallelGroupSizeNotDividingTheExpertsIsAnError) {
   Communicator& world = mpi_world();
   const int64_t E = 2 * world.size() + 1;
   EXPECT_NE(error_of([&] { ExpertParallel(world, E); })
-                .find("num_experts (" + std::to_string(E) + ") is not divisible by the expert-parallel group size " +
+                .find("the model's " + std::to_string(E) + " experts do not divide evenly over ep " +
                       std::to_string(world.size())),
             std::string::npos);
   // The op checks before it sends anything, so every rank fails alike and none waits.
@@ -198,7 +198,8 @@ TEST(MpiRanks, ExpertParallelGroupSizeNotDividingTheExpertsIsAnError) {
   ag::Var gate_up(Tensor::zeros({2, kH, 2 * kI}, DType::F64)), down(Tensor::zeros({2, kI, kH}, DType::F64));
   EXPECT_NE(error_of([&] {
               expert_parallel_moe(world, x, w, ops::moe_plan(indices, E), gate_up, down);
-            }).find(std::to_string(E) + " experts do not divide over the " + std::to_string(world.size()) + " ranks"),
+            }).find("the model's " + std::to_string(E) + " experts do not divide evenly over ep " +
+                    std::to_string(world.size())),
             std::string::npos);
   world.barrier();
 }

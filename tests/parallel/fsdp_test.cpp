@@ -73,7 +73,7 @@ struct Reference {
 };
 
 Reference reference_run() {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   const std::vector<std::string> names = m->params().order;
   train::AdamW opt(m->params(), names, train::no_weight_decay(m->params(), m->config()), kAdamW);
   Reference r;
@@ -125,7 +125,7 @@ void expect_reference_parameters(const model::Gemma4& m) {
 // --- One rank ---------------------------------------------------------------------------------
 
 TEST(Fsdp, FlatLayoutPadsToTheShardsAndRoundTrips) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1);
+  auto m = model::load_hf_model(tiny_moe_dir());
   const std::vector<std::string> names = {"model.norm.weight", "model.embed_tokens.weight"};
   const FlatLayout l = FlatLayout::build(m->params(), names, 3);
   EXPECT_EQ(l.numel, 64 + 256 * 64);
@@ -150,7 +150,7 @@ TEST(Fsdp, FlatLayoutPadsToTheShardsAndRoundTrips) {
 
 // Units: each padded to the shards on its own; a shard's tensor is its slice of every unit.
 TEST(Fsdp, FlatLayoutUnitsSplitEachUnitOverTheShards) {
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1);
+  auto m = model::load_hf_model(tiny_moe_dir());
   const FlatLayout l =
       FlatLayout::build_units(m->params(), {{"model.norm.weight"}, {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"}}, 3);
   ASSERT_EQ(l.units.size(), 2u);
@@ -198,7 +198,7 @@ TEST(Fsdp, FlatLayoutUnitsSplitEachUnitOverTheShards) {
 TEST(Fsdp, ExpertParametersAreNotFlatSharded) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1);
+  auto m = model::load_hf_model(tiny_moe_dir());
   EXPECT_NE(error_of([&] { ShardedParameters(m->params(), {"model.layers.0.moe.experts.down_projs"}, mesh); })
                 .find("is an expert parameter"),
             std::string::npos);
@@ -209,7 +209,7 @@ TEST(Fsdp, ExpertParametersAreNotFlatSharded) {
 TEST(Fsdp, OneRankShardedStepIsTheAdamWStep) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   train::ShardedAdamW opt(m->params(), mesh, m->params().order, train::no_weight_decay(m->params(), m->config()),
                           kAdamW);
   for (int s = 0; s < kSteps; ++s) {
@@ -233,7 +233,7 @@ TEST(Fsdp, OneRankBlockByBlockStepIsTheAdamWStep) {
     SCOPED_TRACE(recompute ? "recompute" : "no recompute");
     SingleCommunicator one;
     DeviceMesh mesh(one, {});
-    auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+    auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
     m->set_recompute(recompute);
     train::ShardedAdamW opt(*m, mesh, m->params().order, train::no_weight_decay(m->params(), m->config()), kAdamW);
     EXPECT_EQ(opt.shards().num_blocks(), m->config().num_layers + 2);
@@ -269,7 +269,7 @@ TEST(Fsdp, OneRankBlockByBlockStepIsTheAdamWStep) {
 TEST(Fsdp, BlockByBlockAccumulatesMicroBatches) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});
-  auto m = model::load_hf_model(tiny_moe_dir(), 0, 1, DType::F64);
+  auto m = model::load_hf_model(tiny_moe_dir(), {}, DType::F64);
   train::ShardedAdamW opt(*m, mesh, m->params().order, train::no_weight_decay(m->params(), m->config()), kAdamW);
   opt.release_parameters();
   const Batch b = batch_of_step(0);
@@ -319,7 +319,7 @@ StepMemory check_sharded_training(const MeshShape& shape, Gathering how = {}) {
   Communicator& world = mpi_world();
   DeviceMesh mesh(world, shape);
   const MeshCoord c = mesh.coord();
-  auto m = model::load_hf_model(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
+  auto m = testing::load_ep_rank(tiny_moe_dir(), c.ep, shape.ep, DType::F64);
   if (shape.ep > 1) enable_expert_parallel(*m, mesh.ep_group());
   if (shape.cp > 1) enable_context_parallel(*m, mesh.cp_group());
   m->set_recompute(how.recompute);
@@ -523,7 +523,7 @@ struct ShardedRun {
 ShardedRun make_run(Communicator& world, MeshShape shape, const std::string& dir) {
   ShardedRun r;
   r.mesh = std::make_unique<DeviceMesh>(world, shape);
-  r.model = model::load_hf_model(dir, r.mesh->coord().ep, shape.ep);
+  r.model = testing::load_ep_rank(dir, r.mesh->coord().ep, shape.ep);
   if (shape.ep > 1) enable_expert_parallel(*r.model, r.mesh->ep_group());
   r.opt = std::make_unique<train::ShardedOptimizer>(*r.model, *r.mesh, r.model->params().order, kAdamW);
   return r;

@@ -12,13 +12,21 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "model/gemma4.h"
+#include "model/state_dict_adapter.h"
 #include "parallel/communicator.h"
+#include "parallel/device_mesh.h"
 
 namespace g4::parallel::testing {
 
 // 8 experts, top-2, 6 layers, hidden 64, vocabulary 256 (tests/data/hf-gemma4/tiny-moe).
 inline std::string tiny_moe_dir() {
   return std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe";
+}
+
+// The model in dir as rank ep_rank of an ep_size-rank expert-parallel group holds it.
+inline std::unique_ptr<model::Gemma4> load_ep_rank(const std::string& dir, int ep_rank, int ep_size,
+                                                   DType dtype = DType::F32) {
+  return model::load_hf_model(dir, expert_range(model::load_hf_config(dir), ep_rank, ep_size), dtype);
 }
 
 // A packed training batch [B, S]: documents of varied lengths, position ids restarting at each,

@@ -21,7 +21,7 @@ double loss_tolerance(const std::string& name) { return name.find("moe") != std:
 
 void check_loss_sequence(const std::string& name, DType dtype) {
   const std::string dir = std::string(G4_TEST_DATA) + "/finetune/" + name;
-  auto m = model::load_hf_model(dir, 0, 1, dtype);
+  auto m = model::load_hf_model(dir, {}, dtype);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   const Tensor losses = ref.get_f32("losses", {6});
   train::AdamW opt(m->params(), m->params().order, train::no_weight_decay(m->params(), m->config()),
