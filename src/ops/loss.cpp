@@ -1,4 +1,4 @@
-// The one entry point of every op in ops/loss.h (loss): arguments are checked here,
+// The one entry point of every op in ops/loss.h: arguments are checked here,
 // then the call goes to the backend of the device the tensors live on.
 #include "ops/loss.h"
 

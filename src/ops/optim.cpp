@@ -1,4 +1,4 @@
-// The one entry point of every op in ops/optim.h (optim): arguments are checked here,
+// The one entry point of every op in ops/optim.h: arguments are checked here,
 // then the call goes to the backend of the device the tensors live on.
 #include "ops/optim.h"
 

@@ -1,5 +1,5 @@
-// The CPU reference of ops/attention.h (attention): readable loops and OpenBLAS in f32 or
-// f64. Called by the dispatcher (ops/attention.cpp) after it has validated the arguments.
+// The CPU reference of ops/attention.h (one (batch, head, query) row at a time in f32 or f64),
+// called by ops/attention.cpp once it has checked the arguments.
 #pragma once
 #include "ops/attention.h"
 

@@ -1,5 +1,5 @@
-// The CPU reference of ops/elementwise.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/elementwise.cpp once it has checked the arguments.
+// The CPU reference of ops/elementwise.h (loops in f32 or f64), called by ops/elementwise.cpp once
+// it has checked the arguments.
 #pragma once
 #include "ops/elementwise.h"
 

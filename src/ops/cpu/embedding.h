@@ -1,4 +1,4 @@
-// The CPU reference of ops/embedding.h: plain loops (and OpenBLAS for products) in f32 or f64,
+// The CPU reference of ops/embedding.h (a row gather (any dtype) and a scatter-add in f32 or f64),
 // called by ops/embedding.cpp once it has checked the arguments.
 #pragma once
 #include "ops/embedding.h"

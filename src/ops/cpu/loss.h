@@ -1,5 +1,5 @@
-// The CPU reference of ops/loss.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/loss.cpp once it has checked the arguments.
+// The CPU reference of ops/loss.h (row by row in double), called by ops/loss.cpp once it has
+// checked the arguments.
 #pragma once
 #include "ops/loss.h"
 

@@ -1,5 +1,5 @@
-// The CPU reference of ops/matmul.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/matmul.cpp once it has checked the arguments.
+// The CPU reference of ops/matmul.h (one OpenBLAS gemm per product, f32 or f64), called by
+// ops/matmul.cpp once it has checked the arguments.
 #pragma once
 #include "ops/matmul.h"
 

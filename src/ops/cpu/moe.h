@@ -1,4 +1,4 @@
-// The CPU reference of ops/moe.h: plain loops (and OpenBLAS for products) in f32 or f64,
+// The CPU reference of ops/moe.h (loops, and one OpenBLAS gemm per expert group, in f32 or f64),
 // called by ops/moe.cpp once it has checked the arguments.
 #pragma once
 #include "ops/moe.h"

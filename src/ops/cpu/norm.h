@@ -1,5 +1,5 @@
-// The CPU reference of ops/norm.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/norm.cpp once it has checked the arguments.
+// The CPU reference of ops/norm.h (loops in f32 or f64), called by ops/norm.cpp once it has checked
+// the arguments.
 #pragma once
 #include "ops/norm.h"
 

@@ -1,5 +1,5 @@
-// The CPU reference of ops/optim.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/optim.cpp once it has checked the arguments.
+// The CPU reference of ops/optim.h (loops in the master's precision), called by ops/optim.cpp once
+// it has checked the arguments.
 #pragma once
 #include "ops/optim.h"
 

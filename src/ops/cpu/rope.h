@@ -1,5 +1,5 @@
-// The CPU reference of ops/rope.h: plain loops (and OpenBLAS for products) in f32 or f64,
-// called by ops/rope.cpp once it has checked the arguments.
+// The CPU reference of ops/rope.h (loops in f32 or f64), called by ops/rope.cpp once it has checked
+// the arguments.
 #pragma once
 #include "ops/rope.h"
 
