@@ -1,18 +1,14 @@
 // Attention on the CPU: one pass per (batch, head, query) row. The mask is a predicate evaluated
 // per (query, key) pair, so memory stays O(Sk) per thread whatever the sequence length; scores,
 // softmax and the output accumulate in the input precision (fp32 for fp32, as the header says).
-#include "ops/attention.h"
+#include "ops/cpu/attention.h"
 
 #include <cmath>
 #include <cstdlib>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/attention.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 
@@ -21,20 +17,8 @@ struct Dims {
   int64_t group() const { return heads / kv_heads; }  // query heads per kv head
 };
 
-Dims check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
-  cpu::check_rank(op, "q", q, 4, "[B, Sq, nH, d]");
-  cpu::check_rank(op, "k", k, 4, "[B, Sk, nKV, d]");
-  cpu::check_rank(op, "v", v, 4, "[B, Sk, nKV, dv]");
-  cpu::check_same_dtype(op, "q", q, "k", k);
-  cpu::check_same_dtype(op, "q", q, "v", v);
-  const Dims dm{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
-  G4_CHECK(k.size(0) == dm.batch && k.size(3) == dm.d, op, ": k ", k.describe(), " does not match q ", q.describe(),
-           " (batch and head dim must agree)");
-  G4_CHECK(v.size(0) == dm.batch && v.size(1) == dm.sk && v.size(2) == dm.kv_heads, op, ": v ", v.describe(),
-           " does not match k ", k.describe(), " (batch, keys and kv heads must agree)");
-  G4_CHECK(dm.kv_heads > 0 && dm.heads % dm.kv_heads == 0, op, ": query heads of q ", q.describe(),
-           " are not a multiple of the kv heads of k ", k.describe());
-  return dm;
+Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
 }
 
 // The mask description with its optional tensors read once into flat arrays.
@@ -56,23 +40,18 @@ struct MaskRule {
   }
 };
 
-std::vector<int64_t> read_mask_tensor(const char* op, const char* name, const Tensor& t, const Shape& want) {
-  G4_CHECK(t.shape() == want, op, ": mask.", name, " ", t.describe(), " must be ", shape_str(want));
-  G4_CHECK(!is_floating(t.dtype()), op, ": mask.", name, " must be an integer or bool tensor, got ", t.describe());
+std::vector<int64_t> read_mask_tensor(const Tensor& t) {
   std::vector<int64_t> out(static_cast<size_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) out[i] = element_as_int(t, i);
   return out;
 }
 
-MaskRule make_rule(const char* op, const AttentionMask& m, const Dims& dm) {
-  G4_CHECK(m.window >= 0, op, ": mask.window must be >= 0, got ", m.window);
+MaskRule make_rule(const AttentionMask& m, const Dims& dm) {
   MaskRule r{m.causal, m.window, m.q_start, m.k_start, dm.sq, dm.sk, {}, {}, {}};
-  if (m.key_valid.defined()) r.key_valid = read_mask_tensor(op, "key_valid", m.key_valid, {dm.batch, dm.sk});
-  G4_CHECK(m.q_doc.defined() == m.k_doc.defined(), op, ": mask.q_doc and mask.k_doc must be given together (q_doc ",
-           m.q_doc.describe(), ", k_doc ", m.k_doc.describe(), ")");
+  if (m.key_valid.defined()) r.key_valid = read_mask_tensor(m.key_valid);
   if (m.q_doc.defined()) {
-    r.q_doc = read_mask_tensor(op, "q_doc", m.q_doc, {dm.batch, dm.sq});
-    r.k_doc = read_mask_tensor(op, "k_doc", m.k_doc, {dm.batch, dm.sk});
+    r.q_doc = read_mask_tensor(m.q_doc);
+    r.k_doc = read_mask_tensor(m.k_doc);
   }
   return r;
 }
@@ -188,9 +167,8 @@ void backward_impl(const Tensor& dout, const Tensor& q, const Tensor& k, const T
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse) {
-  G4_FORWARD_TO_CUDA(q, attention(q, k, v, mask, scale, lse));
-  const Dims dm = check_qkv("attention", q, k, v);
-  const MaskRule rule = make_rule("attention", mask, dm);
+  const Dims dm = dims_of(q, k, v);
+  const MaskRule rule = make_rule(mask, dm);
   return cpu::dispatch_float("attention", q, [&](auto tag) {
     using T = decltype(tag);
     Tensor out = Tensor::empty({dm.batch, dm.sq, dm.heads, dm.dv}, q.dtype());
@@ -204,18 +182,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
                         Tensor& dv) {
-  G4_FORWARD_TO_CUDA(q, attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv));
-  const char* op = "attention_backward";
-  const Dims dm = check_qkv(op, q, k, v);
-  const MaskRule rule = make_rule(op, mask, dm);
-  const Shape out_shape{dm.batch, dm.sq, dm.heads, dm.dv}, lse_shape{dm.batch, dm.heads, dm.sq};
-  cpu::check_same_dtype(op, "q", q, "out", out);
-  cpu::check_same_shape(op, "dout", dout, "out", out);
-  G4_CHECK(out.shape() == out_shape, op, ": out ", out.describe(), " must be ", shape_str(out_shape), " for q ",
-           q.describe(), " and v ", v.describe());
-  cpu::check_same_dtype(op, "q", q, "lse", lse);
-  G4_CHECK(lse.shape() == lse_shape, op, ": lse ", lse.describe(), " must be [B, nH, Sq] = ", shape_str(lse_shape));
-  cpu::dispatch_float(op, q, [&](auto tag) {
+  const Dims dm = dims_of(q, k, v);
+  const MaskRule rule = make_rule(mask, dm);
+  cpu::dispatch_float("attention_backward", q, [&](auto tag) {
     using T = decltype(tag);
     dq = Tensor::zeros(q.shape(), q.dtype());
     dk = Tensor::zeros(k.shape(), k.dtype());
@@ -224,4 +193,4 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

@@ -1,16 +1,12 @@
 // Pointwise arithmetic, activations, softmax and reductions on the CPU. Each op computes in its
 // input precision (as PyTorch's fp32 kernels do), except sums, which accumulate in double.
-#include "ops/elementwise.h"
+#include "ops/cpu/elementwise.h"
 
 #include <cmath>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/elementwise.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 using cpu::dispatch_float;
@@ -35,8 +31,7 @@ Tensor map1(const char* op, const Tensor& x, F f) {
 
 // y[i] = f(a[i], b[i]) for two float tensors of equal shape and dtype.
 template <class F>
-Tensor map2(const char* op, const char* name_a, const Tensor& a, const char* name_b, const Tensor& b, F f) {
-  cpu::check_same_shape(op, name_a, a, name_b, b);
+Tensor map2(const char* op, const Tensor& a, const Tensor& b, F f) {
   return dispatch_float(op, a, [&](auto tag) {
     using T = decltype(tag);
     Tensor y = Tensor::empty(a.shape(), a.dtype());
@@ -68,37 +63,25 @@ T gelu_derivative(T x) {
   return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner;
 }
 
-// Checks x [..., D] against a row vector v [D].
-void check_rowvec(const char* op, const Tensor& x, const Tensor& v) {
-  cpu::check_same_dtype(op, "x", x, "v", v);
-  G4_CHECK(x.dim() >= 1 && v.dim() == 1 && v.size(0) == x.size(-1), op, ": v ", v.describe(),
-           " must be [D] for x ", x.describe());
-}
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  G4_FORWARD_TO_CUDA(a, add(a, b));
-  return map2("add", "a", a, "b", b, [](auto x, auto y) { return x + y; });
+  return map2("add", a, b, [](auto x, auto y) { return x + y; });
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
-  G4_FORWARD_TO_CUDA(a, sub(a, b));
-  return map2("sub", "a", a, "b", b, [](auto x, auto y) { return x - y; });
+  return map2("sub", a, b, [](auto x, auto y) { return x - y; });
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  G4_FORWARD_TO_CUDA(a, mul(a, b));
-  return map2("mul", "a", a, "b", b, [](auto x, auto y) { return x * y; });
+  return map2("mul", a, b, [](auto x, auto y) { return x * y; });
 }
 
 Tensor scale(const Tensor& a, double s) {
-  G4_FORWARD_TO_CUDA(a, scale(a, s));
   return map1("scale", a, [s](auto x) { return x * static_cast<decltype(x)>(s); });
 }
 
 void add_(Tensor& acc, const Tensor& x, double alpha) {
-  G4_FORWARD_TO_CUDA(acc, add_(acc, x, alpha));
-  cpu::check_same_shape("add_", "acc", acc, "x", x);
   dispatch_float("add_", acc, [&](auto tag) {
     using T = decltype(tag);
     T* pa = acc.data<T>();
@@ -111,7 +94,6 @@ void add_(Tensor& acc, const Tensor& x, double alpha) {
 }
 
 void scale_(Tensor& a, double s) {
-  G4_FORWARD_TO_CUDA(a, scale_(a, s));
   dispatch_float("scale_", a, [&](auto tag) {
     using T = decltype(tag);
     T* p = a.data<T>();
@@ -123,8 +105,6 @@ void scale_(Tensor& a, double s) {
 }
 
 Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
-  G4_FORWARD_TO_CUDA(x, mul_rowvec(x, v));
-  check_rowvec("mul_rowvec", x, v);
   return dispatch_float("mul_rowvec", x, [&](auto tag) {
     using T = decltype(tag);
     Tensor y = Tensor::empty(x.shape(), x.dtype());
@@ -140,10 +120,8 @@ Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
 }
 
 Tensor sum_rows(const Tensor& x) {
-  G4_FORWARD_TO_CUDA(x, sum_rows(x));
   return dispatch_float("sum_rows", x, [&](auto tag) {
     using T = decltype(tag);
-    G4_CHECK(x.dim() >= 1, "sum_rows: x must be [..., D], got ", x.describe());
     const int64_t rows = cpu::leading_rows(x), d = x.size(-1);
     const T* px = x.data<T>();
     std::vector<double> acc(static_cast<size_t>(d), 0.0);
@@ -156,24 +134,18 @@ Tensor sum_rows(const Tensor& x) {
 }
 
 Tensor gelu_tanh(const Tensor& x) {
-  G4_FORWARD_TO_CUDA(x, gelu_tanh(x));
   return map1("gelu_tanh", x, [](auto v) { return gelu_value(v); });
 }
 
 Tensor gelu_tanh_backward(const Tensor& dy, const Tensor& x) {
-  G4_FORWARD_TO_CUDA(dy, gelu_tanh_backward(dy, x));
-  return map2("gelu_tanh_backward", "dy", dy, "x", x, [](auto g, auto v) { return g * gelu_derivative(v); });
+  return map2("gelu_tanh_backward", dy, x, [](auto g, auto v) { return g * gelu_derivative(v); });
 }
 
 Tensor gelu_gate(const Tensor& g, const Tensor& u) {
-  G4_FORWARD_TO_CUDA(g, gelu_gate(g, u));
-  return map2("gelu_gate", "g", g, "u", u, [](auto a, auto b) { return gelu_value(a) * b; });
+  return map2("gelu_gate", g, u, [](auto a, auto b) { return gelu_value(a) * b; });
 }
 
 void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
-  G4_FORWARD_TO_CUDA(dy, gelu_gate_backward(dy, g, u, dg, du));
-  cpu::check_same_shape("gelu_gate_backward", "g", g, "u", u);
-  cpu::check_same_shape("gelu_gate_backward", "dy", dy, "g", g);
   dispatch_float("gelu_gate_backward", g, [&](auto tag) {
     using T = decltype(tag);
     dg = Tensor::empty(g.shape(), g.dtype());
@@ -193,10 +165,8 @@ void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tens
 }
 
 Tensor gelu_gate_fused(const Tensor& gu) {
-  G4_FORWARD_TO_CUDA(gu, gelu_gate_fused(gu));
   return dispatch_float("gelu_gate_fused", gu, [&](auto tag) {
     using T = decltype(tag);
-    G4_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0, "gelu_gate_fused: gu must be [..., 2I], got ", gu.describe());
     const int64_t rows = cpu::leading_rows(gu), inter = gu.size(-1) / 2;
     Shape out_shape = gu.shape();
     out_shape.back() = inter;
@@ -214,11 +184,6 @@ Tensor gelu_gate_fused(const Tensor& gu) {
 }
 
 Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
-  G4_FORWARD_TO_CUDA(dy, gelu_gate_fused_backward(dy, gu));
-  cpu::check_same_dtype("gelu_gate_fused_backward", "dy", dy, "gu", gu);
-  G4_CHECK(gu.dim() >= 1 && dy.dim() == gu.dim() && gu.size(-1) == 2 * dy.size(-1) &&
-               cpu::leading_rows(gu) == cpu::leading_rows(dy),
-           "gelu_gate_fused_backward: dy ", dy.describe(), " must be [..., I] for gu ", gu.describe(), " [..., 2I]");
   return dispatch_float("gelu_gate_fused_backward", gu, [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = cpu::leading_rows(gu), inter = dy.size(-1);
@@ -241,8 +206,6 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
 }
 
 Tensor softcap(const Tensor& x, double cap) {
-  G4_FORWARD_TO_CUDA(x, softcap(x, cap));
-  G4_CHECK(cap > 0, "softcap: cap must be positive, got ", cap);
   return map1("softcap", x, [cap](auto v) {
     using T = decltype(v);
     const T c = static_cast<T>(cap);
@@ -251,10 +214,8 @@ Tensor softcap(const Tensor& x, double cap) {
 }
 
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
-  G4_FORWARD_TO_CUDA(dy, softcap_backward(dy, y, cap));
-  G4_CHECK(cap > 0, "softcap_backward: cap must be positive, got ", cap);
   // d/dx c·tanh(x/c) = 1 - tanh² = 1 - (y/c)².
-  return map2("softcap_backward", "dy", dy, "y", y, [cap](auto d, auto v) {
+  return map2("softcap_backward", dy, y, [cap](auto d, auto v) {
     using T = decltype(v);
     const T t = v / static_cast<T>(cap);
     return d * (T(1) - t * t);
@@ -262,10 +223,8 @@ Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
 }
 
 Tensor softmax_lastdim(const Tensor& x) {
-  G4_FORWARD_TO_CUDA(x, softmax_lastdim(x));
   return dispatch_float("softmax_lastdim", x, [&](auto tag) {
     using T = decltype(tag);
-    G4_CHECK(x.dim() >= 1, "softmax_lastdim: x must have at least one dimension, got ", x.describe());
     const int64_t rows = cpu::leading_rows(x), d = x.size(-1);
     Tensor y = Tensor::empty(x.shape(), x.dtype());
     const T* px = x.data<T>();
@@ -293,11 +252,8 @@ Tensor softmax_lastdim(const Tensor& x) {
 }
 
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
-  G4_FORWARD_TO_CUDA(dy, softmax_lastdim_backward(dy, y));
-  cpu::check_same_shape("softmax_lastdim_backward", "dy", dy, "y", y);
   return dispatch_float("softmax_lastdim_backward", y, [&](auto tag) {
     using T = decltype(tag);
-    G4_CHECK(y.dim() >= 1, "softmax_lastdim_backward: y must have at least one dimension, got ", y.describe());
     const int64_t rows = cpu::leading_rows(y), d = y.size(-1);
     Tensor dx = Tensor::empty(y.shape(), y.dtype());
     const T* pdy = dy.data<T>();
@@ -315,7 +271,6 @@ Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
 }
 
 Tensor sum_all(const Tensor& x) {
-  G4_FORWARD_TO_CUDA(x, sum_all(x));
   return dispatch_float("sum_all", x, [&](auto tag) {
     using T = decltype(tag);
     const T* p = x.data<T>();
@@ -325,4 +280,4 @@ Tensor sum_all(const Tensor& x) {
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

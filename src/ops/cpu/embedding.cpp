@@ -1,20 +1,16 @@
 // Embedding lookup (a row gather, so any weight dtype works) and its scatter-add gradient.
-#include "ops/embedding.h"
+#include "ops/cpu/embedding.h"
 
 #include <cstring>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/embedding.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 // Reads the ids and rejects any outside [0, vocab) with the id, its flat position and V.
 std::vector<int64_t> checked_ids(const char* op, const Tensor& ids, int64_t vocab) {
-  const std::vector<int64_t> v = cpu::read_indices(op, "ids", ids);
+  const std::vector<int64_t> v = cpu::read_indices(ids);
   for (size_t i = 0; i < v.size(); ++i) {
     G4_CHECK(v[i] >= 0 && v[i] < vocab, op, ": id ", v[i], " at flat position ", i, " of ids ", ids.describe(),
              " is outside the vocabulary [0, ", vocab, ")");
@@ -24,8 +20,6 @@ std::vector<int64_t> checked_ids(const char* op, const Tensor& ids, int64_t voca
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
-  G4_FORWARD_TO_CUDA(weight, embedding(weight, ids));
-  cpu::check_rank("embedding", "weight", weight, 2, "[V, D]");
   const int64_t vocab = weight.size(0), d = weight.size(1);
   const std::vector<int64_t> v = checked_ids("embedding", ids, vocab);
   Shape out_shape = ids.shape();
@@ -39,8 +33,6 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t vocab, int64_t padding_idx) {
-  G4_FORWARD_TO_CUDA(dy, embedding_backward(dy, ids, vocab, padding_idx));
-  cpu::check_defined("embedding_backward", "dy", dy);
   const int64_t d = dy.dim() > 0 ? dy.size(-1) : 0;
   Tensor dw = Tensor::zeros({vocab, d}, dy.dtype());
   embedding_backward_accumulate(dw, dy, ids, padding_idx);
@@ -48,16 +40,7 @@ Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t vocab, in
 }
 
 void embedding_backward_accumulate(Tensor& dw, const Tensor& dy, const Tensor& ids, int64_t padding_idx) {
-  G4_FORWARD_TO_CUDA(dy, embedding_backward_accumulate(dw, dy, ids, padding_idx));
   const char* op = "embedding_backward";
-  cpu::check_defined(op, "dy", dy);
-  cpu::check_defined(op, "ids", ids);
-  Shape want = ids.shape();
-  want.push_back(dy.dim() > 0 ? dy.size(-1) : 0);
-  G4_CHECK(dy.shape() == want, op, ": dy ", dy.describe(), " must be [ids..., D] for ids ", ids.describe());
-  cpu::check_rank(op, "dw", dw, 2, "[V, D]");
-  G4_CHECK(dw.size(1) == want.back() && dw.dtype() == dy.dtype(), op, ": dw ", dw.describe(), " must be [V, ",
-           want.back(), "] of dy's dtype (dy ", dy.describe(), ")");
   const std::vector<int64_t> v = checked_ids(op, ids, dw.size(0));
   cpu::dispatch_float(op, dy, [&](auto tag) {
     using T = decltype(tag);
@@ -72,4 +55,4 @@ void embedding_backward_accumulate(Tensor& dw, const Tensor& dy, const Tensor& i
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

@@ -1,27 +1,17 @@
 // Cross-entropy on the CPU, row by row in double: log-sum-exp with the max subtracted.
-#include "ops/loss.h"
+#include "ops/cpu/loss.h"
 
 #include <cmath>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/loss.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
-// logits [..., V] and targets [...]; returns the targets as int64 after range checks.
-std::vector<int64_t> check_targets(const char* op, const Tensor& logits, const Tensor& targets,
-                                   int64_t ignore_index) {
-  cpu::check_defined(op, "logits", logits);
-  cpu::check_defined(op, "targets", targets);
-  G4_CHECK(logits.dim() >= 2, op, ": logits must be [N, V], got ", logits.describe());
-  const Shape rows(logits.shape().begin(), logits.shape().end() - 1);
-  G4_CHECK(targets.shape() == rows, op, ": targets ", targets.describe(), " must be ", shape_str(rows),
-           " for logits ", logits.describe());
-  const std::vector<int64_t> t = cpu::read_indices(op, "targets", targets);
+// The targets as int64, each inside [0, V) or ignore_index.
+std::vector<int64_t> read_targets(const char* op, const Tensor& logits, const Tensor& targets,
+                                  int64_t ignore_index) {
+  const std::vector<int64_t> t = cpu::read_indices(targets);
   const int64_t vocab = logits.size(-1);
   for (size_t n = 0; n < t.size(); ++n) {
     G4_CHECK(t[n] == ignore_index || (t[n] >= 0 && t[n] < vocab), op, ": target ", t[n], " of row ", n,
@@ -48,8 +38,7 @@ double log_sum_exp(const T* x, int64_t v) {
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  G4_FORWARD_TO_CUDA(logits, cross_entropy(logits, targets, ignore_index));
-  const std::vector<int64_t> t = check_targets("cross_entropy", logits, targets, ignore_index);
+  const std::vector<int64_t> t = read_targets("cross_entropy", logits, targets, ignore_index);
   return cpu::dispatch_float("cross_entropy", logits, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
@@ -67,8 +56,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
 }
 
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_scale, int64_t ignore_index) {
-  G4_FORWARD_TO_CUDA(logits, cross_entropy_backward(logits, targets, grad_scale, ignore_index));
-  const std::vector<int64_t> t = check_targets("cross_entropy_backward", logits, targets, ignore_index);
+  const std::vector<int64_t> t = read_targets("cross_entropy_backward", logits, targets, ignore_index);
   return cpu::dispatch_float("cross_entropy_backward", logits, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
@@ -91,20 +79,11 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, doubl
 namespace {
 // The logit the loss sees: softcap * tanh(x / softcap), or x itself without a cap.
 double capped(double x, double softcap) { return softcap > 0 ? softcap * std::tanh(x / softcap) : x; }
-
-// A per-row tensor (loss, lse, grad_rows) must have the targets' shape and a float dtype.
-void check_row_tensor(const char* op, const char* name, const Tensor& t, const Tensor& targets) {
-  cpu::check_defined(op, name, t);
-  G4_CHECK(t.shape() == targets.shape() && (t.dtype() == DType::F32 || t.dtype() == DType::F64), op, ": ", name,
-           " must be f32/f64 of the targets' shape ", shape_str(targets.shape()), ", got ", t.describe());
-}
 }  // namespace
 
 CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index) {
-  G4_FORWARD_TO_CUDA(logits, cross_entropy_rows(logits, targets, softcap, ignore_index));
   const char* op = "cross_entropy_rows";
-  const std::vector<int64_t> t = check_targets(op, logits, targets, ignore_index);
-  G4_CHECK(softcap >= 0, op, ": softcap must be >= 0 (0 = none), got ", softcap);
+  const std::vector<int64_t> t = read_targets(op, logits, targets, ignore_index);
   return cpu::dispatch_float(op, logits, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
@@ -130,14 +109,8 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
 
 Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
                                    const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits) {
-  G4_FORWARD_TO_CUDA(logits,
-                     cross_entropy_rows_backward(logits, targets, lse, softcap, grad_rows, ignore_index, dlogits));
   const char* op = "cross_entropy_rows_backward";
-  const std::vector<int64_t> t = check_targets(op, logits, targets, ignore_index);
-  G4_CHECK(softcap >= 0, op, ": softcap must be >= 0 (0 = none), got ", softcap);
-  check_row_tensor(op, "lse", lse, targets);
-  check_row_tensor(op, "grad_rows", grad_rows, targets);
-  if (dlogits.defined()) cpu::check_same_shape(op, "dlogits", dlogits, "logits", logits);
+  const std::vector<int64_t> t = read_targets(op, logits, targets, ignore_index);
   return cpu::dispatch_float(op, logits, [&](auto tag) {
     using T = decltype(tag);
     const int64_t n = cpu::leading_rows(logits), v = logits.size(-1);
@@ -163,4 +136,4 @@ Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, 
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

@@ -1,35 +1,26 @@
 // Dense products on the CPU: every variant reduces to one row-major BLAS gemm.
-#include "ops/matmul.h"
+#include "ops/cpu/matmul.h"
 
 #include "ops/cpu/blas.h"
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/matmul.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 using cpu::gemm;
 
-// op(A)·op(B) as a gemm problem. A is seen as the matrix [rows, cols] with all leading dims
-// flattened into rows; B must be 2-D.
+// op(A)·op(B) (checked by ops/matmul.cpp) as a gemm problem. A is seen as the matrix [rows, cols]
+// with all leading dims flattened into rows; B is 2-D.
 struct GemmShape {
   int64_t m, n, k;
   int64_t a_cols, b_cols;  // leading dimensions as stored
 };
 
-GemmShape plan_gemm(const char* op, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  cpu::check_same_dtype(op, "A", a, "B", b);
-  G4_CHECK(a.dim() >= 2, op, ": A must have at least 2 dimensions, got ", a.describe());
-  G4_CHECK(b.dim() == 2, op, ": B must be 2-D, got ", b.describe());
+GemmShape plan_gemm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const int64_t a_rows = cpu::leading_rows(a), a_cols = a.size(-1);
   const int64_t b_rows = b.size(0), b_cols = b.size(1);
   const int64_t m = trans_a ? a_cols : a_rows, k = trans_a ? a_rows : a_cols;
-  const int64_t k_b = trans_b ? b_cols : b_rows, n = trans_b ? b_rows : b_cols;
-  G4_CHECK(k == k_b, op, ": inner dimensions differ: A ", a.describe(), (trans_a ? " (transposed)" : ""), " and B ",
-           b.describe(), (trans_b ? " (transposed)" : ""));
+  const int64_t n = trans_b ? b_rows : b_cols;
   return {m, n, k, a_cols, b_cols};
 }
 
@@ -41,7 +32,7 @@ Shape result_shape(const Tensor& a, const GemmShape& g, bool trans_a) {
 }
 
 Tensor matmul_impl(const char* op, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  const GemmShape g = plan_gemm(op, a, b, trans_a, trans_b);
+  const GemmShape g = plan_gemm(a, b, trans_a, trans_b);
   return cpu::dispatch_float(op, a, [&](auto tag) {
     using T = decltype(tag);
     Tensor c = Tensor::empty(result_shape(a, g, trans_a), a.dtype());
@@ -53,17 +44,11 @@ Tensor matmul_impl(const char* op, const Tensor& a, const Tensor& b, bool trans_
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  G4_FORWARD_TO_CUDA(a, matmul(a, b, trans_a, trans_b));
   return matmul_impl("matmul", a, b, trans_a, trans_b);
 }
 
 void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Tensor& c, double alpha, double beta) {
-  G4_FORWARD_TO_CUDA(a, matmul_acc(a, b, trans_a, trans_b, c, alpha, beta));
-  const GemmShape g = plan_gemm("matmul_acc", a, b, trans_a, trans_b);
-  cpu::check_same_dtype("matmul_acc", "A", a, "C", c);
-  // C may carry A's leading dims (e.g. [B, S, N]) as long as it is [M, N] once flattened.
-  G4_CHECK(c.dim() >= 1 && c.size(-1) == g.n && c.numel() == g.m * g.n, "matmul_acc: C ", c.describe(),
-           " does not match the product of A ", a.describe(), " and B ", b.describe(), " ([", g.m, ", ", g.n, "])");
+  const GemmShape g = plan_gemm(a, b, trans_a, trans_b);
   cpu::dispatch_float("matmul_acc", a, [&](auto tag) {
     using T = decltype(tag);
     gemm<T>(trans_a, trans_b, g.m, g.n, g.k, static_cast<T>(alpha), a.data<T>(), g.a_cols, b.data<T>(), g.b_cols,
@@ -72,12 +57,6 @@ void matmul_acc(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, Te
 }
 
 Tensor linear(const Tensor& x, const Tensor& w) {
-  G4_FORWARD_TO_CUDA(x, linear(x, w));
-  cpu::check_defined("linear", "x", x);
-  G4_CHECK(x.dim() >= 1, "linear: x must be [..., in], got ", x.describe());
-  G4_CHECK(w.defined() && w.dim() == 2, "linear: weight must be [out, in], got ", w.describe());
-  G4_CHECK(x.size(-1) == w.size(1), "linear: x ", x.describe(), " does not match weight ", w.describe(),
-           " (x's last dim must equal in = weight dim 1)");
   // A 1-D x is one row; the matmul needs a matrix.
   const Tensor x2 = x.dim() == 1 ? x.reshape({1, x.size(0)}) : x;
   Tensor y = matmul_impl("linear", x2, w, false, true);
@@ -85,26 +64,16 @@ Tensor linear(const Tensor& x, const Tensor& w) {
 }
 
 Tensor linear_backward_input(const Tensor& dy, const Tensor& w) {
-  G4_FORWARD_TO_CUDA(dy, linear_backward_input(dy, w));
-  cpu::check_defined("linear_backward_input", "dy", dy);
-  G4_CHECK(w.defined() && w.dim() == 2, "linear_backward_input: weight must be [out, in], got ", w.describe());
-  G4_CHECK(dy.dim() >= 1 && dy.size(-1) == w.size(0), "linear_backward_input: dy ", dy.describe(),
-           " does not match weight ", w.describe(), " (dy's last dim must equal out = weight dim 0)");
   const Tensor dy2 = dy.dim() == 1 ? dy.reshape({1, dy.size(0)}) : dy;
   Tensor dx = matmul_impl("linear_backward_input", dy2, w, false, false);
   return dy.dim() == 1 ? dx.reshape({w.size(1)}) : dx;
 }
 
 Tensor linear_backward_weight(const Tensor& dy, const Tensor& x) {
-  G4_FORWARD_TO_CUDA(dy, linear_backward_weight(dy, x));
-  cpu::check_defined("linear_backward_weight", "dy", dy);
-  cpu::check_defined("linear_backward_weight", "x", x);
-  G4_CHECK(dy.dim() >= 1 && x.dim() >= 1 && cpu::leading_rows(dy) == cpu::leading_rows(x),
-           "linear_backward_weight: dy ", dy.describe(), " and x ", x.describe(), " must have the same rows");
   // dW[out, in] = dyᵀ · x: both flattened to [rows, ·] matrices.
   const Tensor dy2 = dy.reshape({cpu::leading_rows(dy), dy.size(-1)});
   const Tensor x2 = x.reshape({cpu::leading_rows(x), x.size(-1)});
   return matmul_impl("linear_backward_weight", dy2, x2, true, false);
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

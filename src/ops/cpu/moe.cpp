@@ -1,6 +1,6 @@
 // Mixture-of-experts blocks on the CPU: routing, the expert-sorted plan, permute/unpermute
 // gathers, and a grouped matmul that issues one BLAS gemm per non-empty expert group.
-#include "ops/moe.h"
+#include "ops/cpu/moe.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,23 +9,10 @@
 
 #include "ops/cpu/blas.h"
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/moe.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
-void check_plan(const char* op, const MoePlan& plan) {
-  G4_CHECK(plan.order.defined() && plan.order.dtype() == DType::I32 && plan.order.numel() == plan.tokens * plan.top_k &&
-               static_cast<int64_t>(plan.offsets.size()) == plan.experts + 1,
-           op, ": malformed MoePlan (tokens ", plan.tokens, ", top_k ", plan.top_k, ", experts ", plan.experts,
-           ", order ", plan.order.describe(), ", ", plan.offsets.size(), " offsets)");
-  G4_CHECK(plan.order.device() == Device::CPU, op, ": the MoePlan lives on the GPU (order ", plan.order.describe(),
-           ") but the op's tensors are on the CPU");
-}
-
 // Inverse of plan.order: the sorted row that holds assignment r = t*K + k.
 std::vector<int64_t> row_of_assignment(const MoePlan& plan) {
   const int32_t* order = plan.order.data<int32_t>();
@@ -33,23 +20,10 @@ std::vector<int64_t> row_of_assignment(const MoePlan& plan) {
   for (size_t i = 0; i < row.size(); ++i) row[static_cast<size_t>(order[i])] = static_cast<int64_t>(i);
   return row;
 }
-
-void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t experts, int64_t rows) {
-  G4_CHECK(static_cast<int64_t>(offsets.size()) == experts + 1, op, ": ", offsets.size(), " offsets for ", experts,
-           " experts (need experts + 1)");
-  G4_CHECK(offsets.front() == 0 && offsets.back() == rows, op, ": offsets must run from 0 to the ", rows,
-           " rows of xs, got ", offsets.front(), " .. ", offsets.back());
-  for (size_t e = 0; e + 1 < offsets.size(); ++e)
-    G4_CHECK(offsets[e] <= offsets[e + 1], op, ": offsets decrease at expert ", e);
-}
 }  // namespace
 
 void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
-  G4_FORWARD_TO_CUDA(probs, router_topk(probs, k, weights, indices));
-  cpu::check_rank("router_topk", "probs", probs, 2, "[T, E]");
   const int64_t tokens = probs.size(0), experts = probs.size(1);
-  G4_CHECK(k >= 1 && k <= experts, "router_topk: k = ", k, " must be in [1, ", experts, "] for probs ",
-           probs.describe());
   cpu::dispatch_float("router_topk", probs, [&](auto tag) {
     using T = decltype(tag);
     const T* p = probs.data<T>();
@@ -82,16 +56,10 @@ void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indice
 }
 
 Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices) {
-  G4_FORWARD_TO_CUDA(dweights, router_topk_backward(dweights, probs, indices));
   const char* op = "router_topk_backward";
-  cpu::check_rank(op, "probs", probs, 2, "[T, E]");
-  cpu::check_same_dtype(op, "dweights", dweights, "probs", probs);
   const int64_t tokens = probs.size(0), experts = probs.size(1);
-  G4_CHECK(dweights.dim() == 2 && dweights.size(0) == tokens && indices.shape() == dweights.shape(), op,
-           ": dweights ", dweights.describe(), " and indices ", indices.describe(), " must both be [T, K] for probs ",
-           probs.describe());
   const int64_t k = dweights.size(1);
-  const std::vector<int64_t> idx = cpu::read_indices(op, "indices", indices);
+  const std::vector<int64_t> idx = cpu::read_indices(indices);
   for (size_t i = 0; i < idx.size(); ++i)
     G4_CHECK(idx[i] >= 0 && idx[i] < experts, op, ": expert id ", idx[i], " at position ", i, " outside [0, ",
              experts, ")");
@@ -116,10 +84,7 @@ Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const T
 }
 
 MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
-  G4_FORWARD_TO_CUDA(indices, moe_plan(indices, num_experts));
-  cpu::check_rank("moe_plan", "indices", indices, 2, "[T, K]");
-  G4_CHECK(num_experts >= 1, "moe_plan: num_experts must be positive, got ", num_experts);
-  const std::vector<int64_t> idx = cpu::read_indices("moe_plan", "indices", indices);
+  const std::vector<int64_t> idx = cpu::read_indices(indices);
   MoePlan plan;
   plan.tokens = indices.size(0);
   plan.top_k = indices.size(1);
@@ -150,10 +115,6 @@ MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
 }
 
 Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
-  G4_FORWARD_TO_CUDA(x, moe_permute(x, plan));
-  check_plan("moe_permute", plan);
-  cpu::check_rank("moe_permute", "x", x, 2, "[T, H]");
-  G4_CHECK(x.size(0) == plan.tokens, "moe_permute: x ", x.describe(), " has not the plan's ", plan.tokens, " tokens");
   const int64_t rows = plan.tokens * plan.top_k;
   Tensor xs = Tensor::empty({rows, x.size(1)}, x.dtype());
   const size_t row_bytes = static_cast<size_t>(x.size(1)) * dtype_size(x.dtype());
@@ -166,11 +127,6 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
 }
 
 Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan) {
-  G4_FORWARD_TO_CUDA(dxs, moe_permute_backward(dxs, plan));
-  check_plan("moe_permute_backward", plan);
-  cpu::check_rank("moe_permute_backward", "dxs", dxs, 2, "[T*K, H]");
-  G4_CHECK(dxs.size(0) == plan.tokens * plan.top_k, "moe_permute_backward: dxs ", dxs.describe(),
-           " must have tokens * top_k = ", plan.tokens * plan.top_k, " rows");
   const std::vector<int64_t> row = row_of_assignment(plan);
   return cpu::dispatch_float("moe_permute_backward", dxs, [&](auto tag) {
     using T = decltype(tag);
@@ -188,16 +144,8 @@ Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan) {
 }
 
 Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& plan) {
-  G4_FORWARD_TO_CUDA(ys, moe_unpermute(ys, weights, plan));
-  const char* op = "moe_unpermute";
-  check_plan(op, plan);
-  cpu::check_rank(op, "ys", ys, 2, "[T*K, H]");
-  cpu::check_same_dtype(op, "ys", ys, "weights", weights);
-  G4_CHECK(ys.size(0) == plan.tokens * plan.top_k && weights.shape() == Shape({plan.tokens, plan.top_k}), op, ": ys ",
-           ys.describe(), " and weights ", weights.describe(), " do not match the plan's tokens ", plan.tokens,
-           " and top_k ", plan.top_k);
   const std::vector<int64_t> row = row_of_assignment(plan);
-  return cpu::dispatch_float(op, ys, [&](auto tag) {
+  return cpu::dispatch_float("moe_unpermute", ys, [&](auto tag) {
     using T = decltype(tag);
     const int64_t h = ys.size(1), k = plan.top_k;
     Tensor out = Tensor::zeros({plan.tokens, h}, ys.dtype());
@@ -217,18 +165,8 @@ Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& pla
 
 void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& weights, const MoePlan& plan,
                             Tensor& dys, Tensor& dweights) {
-  G4_FORWARD_TO_CUDA(dout, moe_unpermute_backward(dout, ys, weights, plan, dys, dweights));
-  const char* op = "moe_unpermute_backward";
-  check_plan(op, plan);
-  cpu::check_rank(op, "ys", ys, 2, "[T*K, H]");
-  cpu::check_same_dtype(op, "ys", ys, "weights", weights);
-  cpu::check_same_dtype(op, "ys", ys, "dout", dout);
-  G4_CHECK(ys.size(0) == plan.tokens * plan.top_k && weights.shape() == Shape({plan.tokens, plan.top_k}) &&
-               dout.shape() == Shape({plan.tokens, ys.size(1)}),
-           op, ": dout ", dout.describe(), ", ys ", ys.describe(), " and weights ", weights.describe(),
-           " do not match the plan's tokens ", plan.tokens, " and top_k ", plan.top_k);
   const std::vector<int64_t> row = row_of_assignment(plan);
-  cpu::dispatch_float(op, ys, [&](auto tag) {
+  cpu::dispatch_float("moe_unpermute_backward", ys, [&](auto tag) {
     using T = decltype(tag);
     const int64_t h = ys.size(1), k = plan.top_k;
     dys = Tensor::empty(ys.shape(), ys.dtype());
@@ -254,15 +192,7 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
 
 Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
                       const Tensor& device_offsets) {
-  G4_FORWARD_TO_CUDA(xs, grouped_matmul(xs, w, offsets, device_offsets));
-  const char* op = "grouped_matmul";
-  cpu::check_rank(op, "xs", xs, 2, "[N, Kd]");
-  cpu::check_rank(op, "w", w, 3, "[E, Kd, Nd]");
-  cpu::check_same_dtype(op, "xs", xs, "w", w);
-  G4_CHECK(xs.size(1) == w.size(1), op, ": xs ", xs.describe(), " does not match w ", w.describe(),
-           " (xs dim 1 must equal w dim 1)");
-  check_offsets(op, offsets, w.size(0), xs.size(0));
-  return cpu::dispatch_float(op, xs, [&](auto tag) {
+  return cpu::dispatch_float("grouped_matmul", xs, [&](auto tag) {
     using T = decltype(tag);
     const int64_t kd = w.size(1), nd = w.size(2);
     Tensor y = Tensor::empty({xs.size(0), nd}, xs.dtype());
@@ -278,21 +208,8 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
 
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
                              Tensor& dxs, Tensor& dw, const Tensor& device_offsets, double dw_beta) {
-  G4_FORWARD_TO_CUDA(dy, grouped_matmul_backward(dy, xs, w, offsets, dxs, dw, device_offsets, dw_beta));
-  const char* op = "grouped_matmul_backward";
-  cpu::check_rank(op, "xs", xs, 2, "[N, Kd]");
-  cpu::check_rank(op, "w", w, 3, "[E, Kd, Nd]");
-  cpu::check_same_dtype(op, "xs", xs, "w", w);
-  cpu::check_same_dtype(op, "xs", xs, "dy", dy);
-  G4_CHECK(xs.size(1) == w.size(1) && dy.shape() == Shape({xs.size(0), w.size(2)}), op, ": dy ", dy.describe(),
-           ", xs ", xs.describe(), " and w ", w.describe(), " do not fit [N, Nd], [N, Kd], [E, Kd, Nd]");
-  check_offsets(op, offsets, w.size(0), xs.size(0));
   const bool into = dw.defined();
-  if (into) {
-    cpu::check_same_dtype(op, "w", w, "dw", dw);
-    G4_CHECK(dw.shape() == w.shape(), op, ": dw ", dw.describe(), " must have w's shape ", w.describe());
-  }
-  cpu::dispatch_float(op, xs, [&](auto tag) {
+  cpu::dispatch_float("grouped_matmul_backward", xs, [&](auto tag) {
     using T = decltype(tag);
     const int64_t kd = w.size(1), nd = w.size(2);
     const T beta = into ? static_cast<T>(dw_beta) : T(0);
@@ -315,4 +232,4 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

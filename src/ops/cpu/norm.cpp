@@ -1,29 +1,15 @@
 // RMSNorm on the CPU. The forward rounds like PyTorch's fp32 code for
 // `x * torch.pow(x.pow(2).mean(-1) + eps, -0.5) * w`: the mean is accumulated in double and
 // rounded once to the input precision, everything after it is computed in the input precision.
-#include "ops/norm.h"
+#include "ops/cpu/norm.h"
 
 #include <cmath>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/norm.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
-void check_args(const char* op, const Tensor& x, const Tensor& w) {
-  cpu::check_defined(op, "x", x);
-  G4_CHECK(x.dim() >= 1, op, ": x must be [..., D], got ", x.describe());
-  if (w.defined()) {
-    cpu::check_same_dtype(op, "x", x, "w", w);
-    G4_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": weight ", w.describe(), " must be [D] for x ",
-             x.describe());
-  }
-}
-
 // (mean(x²) + eps)^-1/2 of one row, rounded to T.
 template <class T>
 T inv_rms(const T* x, int64_t d, double eps) {
@@ -35,8 +21,6 @@ T inv_rms(const T* x, int64_t d, double eps) {
 }  // namespace
 
 Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
-  G4_FORWARD_TO_CUDA(x, rmsnorm(x, w, eps));
-  check_args("rmsnorm", x, w);
   return cpu::dispatch_float("rmsnorm", x, [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = cpu::leading_rows(x), d = x.size(-1);
@@ -55,9 +39,6 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, double eps, Tensor& dx, Tensor& dw) {
-  G4_FORWARD_TO_CUDA(dy, rmsnorm_backward(dy, x, w, eps, dx, dw));
-  check_args("rmsnorm_backward", x, w);
-  cpu::check_same_shape("rmsnorm_backward", "dy", dy, "x", x);
   cpu::dispatch_float("rmsnorm_backward", x, [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = cpu::leading_rows(x), d = x.size(-1);
@@ -96,4 +77,4 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, double
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

@@ -1,15 +1,11 @@
 // AdamW and the squared norm on the CPU: plain loops in the master's precision.
-#include "ops/optim.h"
+#include "ops/cpu/optim.h"
 
 #include <cmath>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/optim.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 // One tensor's update in torch's operation order (each line one rounding in T, as torch's
@@ -32,35 +28,8 @@ void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, T gscale, T gextra, T
 
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay, const Tensor& decay_mask, const Tensor& grad_scale_tensor, Tensor* param_bf16_out) {
-  G4_FORWARD_TO_CUDA(master, adamw_step(master, grad, exp_avg, exp_avg_sq, h, decay, decay_mask, grad_scale_tensor,
-                                        param_bf16_out));
   const char* op = "adamw_step";
-  cpu::check_same_shape(op, "master", master, "exp_avg", exp_avg);
-  cpu::check_same_shape(op, "master", master, "exp_avg_sq", exp_avg_sq);
-  G4_CHECK(h.step >= 1, op, ": step must be >= 1 (the bias corrections divide by 1 - beta^step), got ", h.step);
-  Tensor g;
-  if (grad.defined()) {
-    cpu::check_defined(op, "grad", grad);
-    G4_CHECK(grad.shape() == master.shape() && is_floating(grad.dtype()), op, ": grad ", grad.describe(),
-             " must be a float tensor of the master's shape ", master.describe());
-    g = grad.dtype() == master.dtype() ? grad : grad.to(master.dtype());
-  }
-  if (decay_mask.defined()) {
-    cpu::check_defined(op, "decay_mask", decay_mask);
-    G4_CHECK(decay_mask.dtype() == DType::U8 && decay_mask.shape() == master.shape(), op,
-             ": decay_mask must be u8 of the master's shape ", master.describe(), ", got ", decay_mask.describe());
-  }
-  if (grad_scale_tensor.defined()) {
-    cpu::check_defined(op, "grad_scale_tensor", grad_scale_tensor);
-    G4_CHECK(grad_scale_tensor.numel() == 1, op, ": grad_scale_tensor must have one element, got ",
-             grad_scale_tensor.describe());
-  }
-  if (param_bf16_out) {
-    cpu::check_defined(op, "param_bf16_out", *param_bf16_out);
-    G4_CHECK(param_bf16_out->dtype() == DType::BF16 && param_bf16_out->shape() == master.shape(), op,
-             ": param_bf16_out must be bf16 of the master's shape ", master.describe(), ", got ",
-             param_bf16_out->describe());
-  }
+  const Tensor g = !grad.defined() || grad.dtype() == master.dtype() ? grad : grad.to(master.dtype());
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
   const double decay_factor = decay ? 1.0 - h.lr * h.weight_decay : 1.0;
@@ -77,8 +46,6 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
 }
 
 Tensor squared_norm(const Tensor& g) {
-  G4_FORWARD_TO_CUDA(g, squared_norm(g));
-  cpu::check_defined("squared_norm", "g", g);
   double sq = 0;
   if (g.dtype() == DType::BF16) {
     const bf16* d = g.data<bf16>();
@@ -93,4 +60,4 @@ Tensor squared_norm(const Tensor& g) {
   });
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

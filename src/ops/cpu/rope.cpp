@@ -1,32 +1,20 @@
 // Rotary embedding on the CPU. Hugging Face computes the angle table as
 // float32(position) * inv_freq in float32 and takes cos/sin of that float, then casts them to the
 // activation dtype; we do the same per element so fp32 results match bit for bit where possible.
-#include "ops/rope.h"
+#include "ops/cpu/rope.h"
 
 #include <cmath>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/rope.h"
-#endif
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 // Rotates each pair (x[i], x[i + d/2]) by `sign` times its angle; sign = -1 is the inverse
 // rotation (the backward pass, since a rotation's transpose is its inverse).
 Tensor rotate(const char* op, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float sign) {
-  cpu::check_rank(op, "x", x, 4, "[B, S, nH, d]");
-  G4_CHECK(x.size(3) % 2 == 0, op, ": head dim of x ", x.describe(), " must be even");
   const int64_t batch = x.size(0), seq = x.size(1), heads = x.size(2), d = x.size(3), half = d / 2;
-  cpu::check_defined(op, "positions", positions);
-  G4_CHECK(positions.shape() == Shape({batch, seq}), op, ": positions ", positions.describe(), " must be [B, S] for x ",
-           x.describe());
-  cpu::check_defined(op, "inv_freq", inv_freq);
-  G4_CHECK(inv_freq.dtype() == DType::F32 && inv_freq.shape() == Shape({half}), op, ": inv_freq ",
-           inv_freq.describe(), " must be f32[d/2] for x ", x.describe());
-  const std::vector<int64_t> pos = cpu::read_indices(op, "positions", positions);
+  const std::vector<int64_t> pos = cpu::read_indices(positions);
   const float* freq = inv_freq.data<float>();
 
   return cpu::dispatch_float(op, x, [&](auto tag) {
@@ -55,13 +43,11 @@ Tensor rotate(const char* op, const Tensor& x, const Tensor& positions, const Te
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
-  G4_FORWARD_TO_CUDA(x, rope(x, positions, inv_freq));
   return rotate("rope", x, positions, inv_freq, 1.0f);
 }
 
 Tensor rope_backward(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq) {
-  G4_FORWARD_TO_CUDA(dy, rope_backward(dy, positions, inv_freq));
   return rotate("rope_backward", dy, positions, inv_freq, -1.0f);
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

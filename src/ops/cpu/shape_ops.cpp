@@ -3,13 +3,9 @@
 #include <cstring>
 
 #include "ops/cpu/common.h"
-#include "ops/device_dispatch.h"
-#ifdef G4_WITH_CUDA
-#include "ops/cuda/elementwise.h"
-#endif
-#include "ops/elementwise.h"
+#include "ops/cpu/shape_ops.h"
 
-namespace g4::ops {
+namespace g4::ops::cpu {
 
 namespace {
 
@@ -25,11 +21,7 @@ void copy_blocks(const char* src, int64_t src_len, int64_t src_start, char* dst,
 }  // namespace
 
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
-  G4_FORWARD_TO_CUDA(x, narrow(x, dim, start, len));
-  cpu::check_defined("narrow", "x", x);
   const int64_t d = normalize_dim("narrow", x.shape(), dim);
-  G4_CHECK(start >= 0 && len >= 0 && start + len <= x.size(d), "narrow: [", start, ", ", start + len,
-           ") out of range for dimension ", d, " of ", x.describe());
   Shape out_shape = x.shape();
   out_shape[d] = len;
   Tensor y = Tensor::empty(out_shape, x.dtype());
@@ -40,14 +32,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t len) {
 }
 
 Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, int64_t start) {
-  G4_FORWARD_TO_CUDA(dy, narrow_backward(dy, input_shape, dim, start));
-  cpu::check_defined("narrow_backward", "dy", dy);
   const int64_t d = normalize_dim("narrow_backward", input_shape, dim);
-  Shape expect = input_shape;
-  if (dy.dim() == static_cast<int64_t>(input_shape.size())) expect[d] = dy.size(d);
-  G4_CHECK(dy.shape() == expect && start >= 0 && start + dy.size(d) <= input_shape[d], "narrow_backward: dy ",
-           dy.describe(), " at offset ", start, " along dimension ", d, " does not fit input shape ",
-           shape_str(input_shape));
   Tensor dx = Tensor::zeros(input_shape, dy.dtype());
   const int64_t inner_bytes = inner_size(input_shape, d) * static_cast<int64_t>(dtype_size(dy.dtype()));
   copy_blocks(static_cast<const char*>(dy.raw()), dy.size(d), 0, static_cast<char*>(dx.raw()), input_shape[d], start,
@@ -56,21 +41,10 @@ Tensor narrow_backward(const Tensor& dy, const Shape& input_shape, int64_t dim, 
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
-  G4_CHECK(!xs.empty(), "concat: no tensors given");
-  G4_FORWARD_TO_CUDA(xs[0], concat(xs, dim));
-  cpu::check_defined("concat", "xs[0]", xs[0]);
   const int64_t d = normalize_dim("concat", xs[0].shape(), dim);
   Shape out_shape = xs[0].shape();
   out_shape[d] = 0;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    cpu::check_defined("concat", "input", xs[i]);
-    Shape a = xs[i].shape(), b = xs[0].shape();
-    const bool same_rank = a.size() == b.size();
-    if (same_rank) a[d] = b[d] = 0;
-    G4_CHECK(same_rank && a == b && xs[i].dtype() == xs[0].dtype(), "concat: input ", i, " ", xs[i].describe(),
-             " does not match input 0 ", xs[0].describe(), " outside dimension ", d);
-    out_shape[d] += xs[i].size(d);
-  }
+  for (const Tensor& x : xs) out_shape[d] += x.size(d);
   Tensor y = Tensor::empty(out_shape, xs[0].dtype());
   const int64_t inner_bytes = inner_size(out_shape, d) * static_cast<int64_t>(dtype_size(y.dtype()));
   const int64_t outer = outer_size(out_shape, d);
@@ -83,4 +57,4 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   return y;
 }
 
-}  // namespace g4::ops
+}  // namespace g4::ops::cpu

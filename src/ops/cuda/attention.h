@@ -1,5 +1,6 @@
 // CUDA attention (flash-style, bf16 in, fp32 accumulate): the GPU definitions of ops/attention.h,
-// reached through G4_FORWARD_TO_CUDA when q lives on the GPU. lse is f32; gradients are bf16.
+// called by ops/attention.cpp (which checks the arguments) when q lives on the GPU. lse is f32;
+// gradients are bf16.
 #pragma once
 #include "ops/attention.h"
 

@@ -1,5 +1,5 @@
-// Shared plumbing of the CUDA ops: argument checks with the op's name, dtype dispatch (bf16, f32),
-// packed 16-byte loads, fp32 conversions and warp/row reductions. Included by .cu files only.
+// Shared plumbing of the CUDA ops: dtype dispatch (bf16, f32), packed 16-byte loads, fp32
+// conversions and warp/row reductions. Included by .cu files only.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -11,16 +11,14 @@
 #include "core/cuda/runtime.h"
 #include "core/error.h"
 #include "core/tensor.h"
-#include "ops/cuda/checks.h"
 
 namespace g4::ops::cuda {
 
 using bf16_t = __nv_bfloat16;
 
-// Calls fn(T{}) with T = float or bf16_t for `t`'s dtype.
+// Calls fn(T{}) with T = float or bf16_t for `t`'s dtype (checked by the op's dispatcher).
 template <class Fn>
 decltype(auto) dispatch_float(const char* op, const Tensor& t, Fn&& fn) {
-  check_gpu_float(op, "input", t);
   if (t.dtype() == DType::F32) return fn(float{});
   return fn(bf16_t{});
 }

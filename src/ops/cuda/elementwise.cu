@@ -82,7 +82,6 @@ void launch_map(const std::array<const Tensor*, NI>& ins, const std::array<Tenso
 // y = f(x) for a new tensor y shaped like x.
 template <class F>
 Tensor unary(const char* op, const Tensor& x, F f) {
-  check_gpu_float(op, "x", x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   dispatch_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -92,8 +91,7 @@ Tensor unary(const char* op, const Tensor& x, F f) {
 }
 
 template <class F>
-Tensor binary(const char* op, const char* name_a, const Tensor& a, const char* name_b, const Tensor& b, F f) {
-  check_same_shape(op, name_a, a, name_b, b);
+Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
   Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::CUDA);
   dispatch_float(op, a, [&](auto tag) {
     using T = decltype(tag);
@@ -448,31 +446,24 @@ __global__ void sum_final_kernel(const float* __restrict__ partial, int count, T
 
 // ---- public ops -----------------------------------------------------------------------------------
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary("add", "a", a, "b", b, AddF{}); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", "a", a, "b", b, SubF{}); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", "a", a, "b", b, MulF{}); }
+Tensor add(const Tensor& a, const Tensor& b) { return binary("add", a, b, AddF{}); }
+Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", a, b, SubF{}); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", a, b, MulF{}); }
 
 Tensor scale(const Tensor& a, double s) { return unary("scale", a, ScaleF{static_cast<float>(s)}); }
 
 void add_(Tensor& acc, const Tensor& x, double alpha) {
-  check_gpu_float("add_", "acc", acc);
-  check_gpu_float("add_", "x", x);
-  G4_CHECK(acc.shape() == x.shape(), "add_: shapes differ: acc ", acc.describe(), " vs x ", x.describe());
   const float al = static_cast<float>(alpha);
   if (acc.dtype() == DType::F32 && x.dtype() == DType::F32) {
     launch_add_inplace<float, float>(acc, x, al);
   } else if (acc.dtype() == DType::F32 && x.dtype() == DType::BF16) {
     launch_add_inplace<float, bf16_t>(acc, x, al);
-  } else if (acc.dtype() == DType::BF16 && x.dtype() == DType::BF16) {
+  } else {  // bf16 += bf16, the one other pair ops/elementwise.cpp lets through
     launch_add_inplace<bf16_t, bf16_t>(acc, x, al);
-  } else {
-    G4_FAIL("add_: acc ", acc.describe(), " cannot accumulate x ", x.describe(),
-            " (the GPU takes f32 += f32 or bf16, bf16 += bf16)");
   }
 }
 
 void scale_(Tensor& a, double s) {
-  check_gpu_float("scale_", "a", a);
   dispatch_float("scale_", a, [&](auto tag) {
     using T = decltype(tag);
     launch_map<T, 1, 1>({&a}, {&a}, a.numel(), ScaleF{static_cast<float>(s)});
@@ -480,9 +471,6 @@ void scale_(Tensor& a, double s) {
 }
 
 Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
-  check_same_dtype("mul_rowvec", "x", x, "v", v);
-  G4_CHECK(x.dim() >= 1 && v.dim() == 1 && v.size(0) == x.size(-1), "mul_rowvec: v ", v.describe(),
-           " must be [D] for x ", x.describe());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   const int64_t n = x.numel(), d = x.size(-1);
   if (n == 0) return y;
@@ -504,8 +492,6 @@ Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
 }
 
 Tensor sum_rows(const Tensor& x) {
-  check_gpu_float("sum_rows", "x", x);
-  G4_CHECK(x.dim() >= 1, "sum_rows: x must be [..., D], got ", x.describe());
   const int64_t d = x.size(-1), rows = leading_rows(x);
   Tensor y = Tensor::empty({d}, x.dtype(), Device::CUDA);
   column_reduce(x, nullptr, nullptr, rows, d, y);
@@ -515,14 +501,12 @@ Tensor sum_rows(const Tensor& x) {
 Tensor gelu_tanh(const Tensor& x) { return unary("gelu_tanh", x, GeluF{}); }
 
 Tensor gelu_tanh_backward(const Tensor& dy, const Tensor& x) {
-  return binary("gelu_tanh_backward", "dy", dy, "x", x, GeluBackwardF{});
+  return binary("gelu_tanh_backward", dy, x, GeluBackwardF{});
 }
 
-Tensor gelu_gate(const Tensor& g, const Tensor& u) { return binary("gelu_gate", "g", g, "u", u, GeluGateF{}); }
+Tensor gelu_gate(const Tensor& g, const Tensor& u) { return binary("gelu_gate", g, u, GeluGateF{}); }
 
 void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
-  check_same_shape("gelu_gate_backward", "g", g, "u", u);
-  check_same_shape("gelu_gate_backward", "dy", dy, "g", g);
   dg = Tensor::empty(g.shape(), g.dtype(), Device::CUDA);
   du = Tensor::empty(g.shape(), g.dtype(), Device::CUDA);
   dispatch_float("gelu_gate_backward", g, [&](auto tag) {
@@ -532,8 +516,6 @@ void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tens
 }
 
 Tensor gelu_gate_fused(const Tensor& gu) {
-  check_gpu_float("gelu_gate_fused", "gu", gu);
-  G4_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0, "gelu_gate_fused: gu must be [..., 2I], got ", gu.describe());
   const int64_t rows = leading_rows(gu), inter = gu.size(-1) / 2;
   Shape out_shape = gu.shape();
   out_shape.back() = inter;
@@ -543,10 +525,6 @@ Tensor gelu_gate_fused(const Tensor& gu) {
 }
 
 Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
-  check_same_dtype("gelu_gate_fused_backward", "dy", dy, "gu", gu);
-  G4_CHECK(gu.dim() >= 1 && dy.dim() == gu.dim() && gu.size(-1) == 2 * dy.size(-1) &&
-               leading_rows(gu) == leading_rows(dy),
-           "gelu_gate_fused_backward: dy ", dy.describe(), " must be [..., I] for gu ", gu.describe(), " [..., 2I]");
   const int64_t rows = leading_rows(gu), inter = dy.size(-1);
   Tensor dgu = Tensor::empty(gu.shape(), gu.dtype(), Device::CUDA);
   launch_gelu_gate_fused<true>("gelu_gate_fused_backward", gu, &dy, dgu, rows, inter);
@@ -554,18 +532,14 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
 }
 
 Tensor softcap(const Tensor& x, double cap) {
-  G4_CHECK(cap > 0, "softcap: cap must be positive, got ", cap);
   return unary("softcap", x, SoftcapF{static_cast<float>(cap)});
 }
 
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
-  G4_CHECK(cap > 0, "softcap_backward: cap must be positive, got ", cap);
-  return binary("softcap_backward", "dy", dy, "y", y, SoftcapBackwardF{static_cast<float>(cap)});
+  return binary("softcap_backward", dy, y, SoftcapBackwardF{static_cast<float>(cap)});
 }
 
 Tensor softmax_lastdim(const Tensor& x) {
-  check_gpu_float("softmax_lastdim", "x", x);
-  G4_CHECK(x.dim() >= 1, "softmax_lastdim: x must have at least one dimension, got ", x.describe());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   const int64_t rows = leading_rows(x), d = x.size(-1);
   if (rows == 0 || d == 0) return y;
@@ -593,8 +567,6 @@ Tensor softmax_lastdim(const Tensor& x) {
 }
 
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
-  check_same_shape("softmax_lastdim_backward", "dy", dy, "y", y);
-  G4_CHECK(y.dim() >= 1, "softmax_lastdim_backward: y must have at least one dimension, got ", y.describe());
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), Device::CUDA);
   const int64_t rows = leading_rows(y), d = y.size(-1);
   if (rows == 0 || d == 0) return dx;
@@ -624,7 +596,6 @@ Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
 }
 
 Tensor sum_all(const Tensor& x) {
-  check_gpu_float("sum_all", "x", x);
   Tensor out = Tensor::empty({}, x.dtype(), Device::CUDA);
   const int64_t n = x.numel();
   dispatch_float("sum_all", x, [&](auto tag) {

@@ -3,9 +3,5 @@
 #include "ops/embedding.h"
 
 namespace g4::ops::cuda {
-
-Tensor embedding(const Tensor& weight, const Tensor& ids);
-Tensor embedding_backward(const Tensor& dy, const Tensor& ids, int64_t vocab, int64_t padding_idx);
-void embedding_backward_accumulate(Tensor& dw, const Tensor& dy, const Tensor& ids, int64_t padding_idx);
-
+#include "ops/backend/embedding.inc"
 }  // namespace g4::ops::cuda

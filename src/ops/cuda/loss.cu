@@ -190,18 +190,8 @@ struct RowsArgs {
   int64_t n = 0, v = 0;
 };
 
-RowsArgs check_args(const char* op, const Tensor& logits, const Tensor& targets, double softcap) {
-  G4_CHECK(logits.defined() && targets.defined(), op, ": undefined logits or targets");
-  G4_CHECK(logits.device() == Device::CUDA, op, ": logits ", logits.describe(), " are not on the GPU");
-  G4_CHECK(logits.dtype() == DType::BF16 || logits.dtype() == DType::F32, op, ": logits must be bf16 or f32, got ",
-           logits.describe());
-  G4_CHECK(logits.dim() >= 2, op, ": logits must be [N, V], got ", logits.describe());
-  const Shape rows(logits.shape().begin(), logits.shape().end() - 1);
-  G4_CHECK(targets.shape() == rows, op, ": targets ", targets.describe(), " must be ", shape_str(rows),
-           " for logits ", logits.describe());
-  G4_CHECK(targets.dtype() == DType::I32 || targets.dtype() == DType::I64, op, ": targets must be i32 or i64, got ",
-           targets.describe());
-  G4_CHECK(softcap >= 0, op, ": softcap must be >= 0 (0 = none), got ", softcap);
+// The targets (checked by ops/loss.cpp, on either device) as flat i64 on the GPU.
+RowsArgs rows_args(const Tensor& logits, const Tensor& targets) {
   RowsArgs a;
   const Tensor on_gpu = targets.device() == Device::CUDA ? targets : targets.to(Device::CUDA);
   a.targets = (on_gpu.dtype() == DType::I64 ? on_gpu : on_gpu.to(DType::I64)).reshape({-1});
@@ -215,10 +205,7 @@ Cap make_cap(double softcap) {
 }
 
 // A per-row f32 tensor on the GPU (lse, grad_rows), converted or copied there when needed.
-Tensor row_tensor(const char* op, const char* name, const Tensor& t, const Tensor& targets) {
-  G4_CHECK(t.defined() && t.shape() == targets.shape() && is_floating(t.dtype()), op, ": ", name,
-           " must be a float tensor of the targets' shape ", shape_str(targets.shape()), ", got ",
-           t.defined() ? t.describe() : std::string("undefined"));
+Tensor row_tensor(const Tensor& t) {
   const Tensor g = t.device() == Device::CUDA ? t : t.to(Device::CUDA);
   return g.dtype() == DType::F32 ? g : g.to(DType::F32);
 }
@@ -226,9 +213,8 @@ Tensor row_tensor(const char* op, const char* name, const Tensor& t, const Tenso
 }  // namespace
 
 CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index) {
-  const char* op = "cross_entropy_rows";
   raise_index_errors(/*wait=*/false);
-  const RowsArgs a = check_args(op, logits, targets, softcap);
+  const RowsArgs a = rows_args(logits, targets);
   CrossEntropyRows out{Tensor::empty(targets.shape(), DType::F32, Device::CUDA),
                        Tensor::empty(targets.shape(), DType::F32, Device::CUDA)};
   if (a.n == 0) return out;
@@ -251,19 +237,11 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
 
 Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
                                    const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits) {
-  const char* op = "cross_entropy_rows_backward";
   raise_index_errors(/*wait=*/false);
-  const RowsArgs a = check_args(op, logits, targets, softcap);
-  const Tensor l = row_tensor(op, "lse", lse, targets);
-  const Tensor g = row_tensor(op, "grad_rows", grad_rows, targets);
-  if (dlogits.defined()) {
-    G4_CHECK(dlogits.device() == Device::CUDA && dlogits.dtype() == logits.dtype() &&
-                 dlogits.shape() == logits.shape(),
-             op, ": dlogits ", dlogits.describe(), " must have the logits' shape, dtype and device (",
-             logits.describe(), ")");
-  } else {
-    dlogits = Tensor::empty(logits.shape(), logits.dtype(), Device::CUDA);
-  }
+  const RowsArgs a = rows_args(logits, targets);
+  const Tensor l = row_tensor(lse);
+  const Tensor g = row_tensor(grad_rows);
+  if (!dlogits.defined()) dlogits = Tensor::empty(logits.shape(), logits.dtype(), Device::CUDA);
   if (a.n == 0 || a.v == 0) return dlogits;
   const IndexErrorSink sink = index_error_sink(IndexOp::CrossEntropyRowsBackward);
   auto launch = [&](auto* p, auto* d) {
@@ -288,7 +266,7 @@ Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, 
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   const CrossEntropyRows rows = cross_entropy_rows(logits, targets, 0.0, ignore_index);
-  const RowsArgs a = check_args("cross_entropy", logits, targets, 0.0);
+  const RowsArgs a = rows_args(logits, targets);
   Tensor sums = Tensor::zeros({2}, DType::F64, Device::CUDA);
   if (a.n > 0) {
     sum_rows_kernel<<<1, 1024, 0, g4::cuda::stream()>>>(rows.loss.data<float>(), a.targets.data<int64_t>(), a.n,

@@ -9,19 +9,7 @@
 #include "ops/moe.h"
 
 namespace g4::ops::cuda {
-
-void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices);
-Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices);
-MoePlan moe_plan(const Tensor& indices, int64_t num_experts);
-Tensor moe_permute(const Tensor& x, const MoePlan& plan);
-Tensor moe_permute_backward(const Tensor& dxs, const MoePlan& plan);
-Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& plan);
-void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& weights, const MoePlan& plan,
-                            Tensor& dys, Tensor& dweights);
-Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                      const Tensor& device_offsets);
-void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
-                             Tensor& dxs, Tensor& dw, const Tensor& device_offsets, double dw_beta);
+#include "ops/backend/moe.inc"
 
 // How grouped_matmul issues its GEMMs: Auto (the default) uses cuBLAS's grouped GEMM
 // (cublasGemmGroupedBatchedEx, one launch for all experts) and falls back to Loop (one cuBLASLt

@@ -1,11 +1,8 @@
 // CUDA implementation of ops/rope.h (x bf16 or f32; positions i32 or i64; inv_freq f32; all on
 // the GPU).
 #pragma once
-#include "core/tensor.h"
+#include "ops/rope.h"
 
 namespace g4::ops::cuda {
-
-Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq);
-Tensor rope_backward(const Tensor& dy, const Tensor& positions, const Tensor& inv_freq);
-
+#include "ops/backend/rope.inc"
 }  // namespace g4::ops::cuda
