@@ -63,6 +63,8 @@ void add_eval(CLI::App& app, Action& action) {
       for (int64_t i = 0; i < ds.train_rows(); ++i) batches.push_back(ds.train_batch(1, i));
       int64_t tokens = 0;
       const double loss = train::evaluate_loss(*model, batches, &tokens);
+      G4_CHECK(std::isfinite(loss), "the loss of ", o->model, " on the data is ", loss,
+               ": the model's weights or outputs are not finite (NaN or infinite)");
       std::printf("loss %.4f  perplexity %.3f  over %lld tokens (%lld rows of %lld)\n", loss, std::exp(loss),
                   static_cast<long long>(tokens), static_cast<long long>(ds.train_rows()),
                   static_cast<long long>(o->seq_len));

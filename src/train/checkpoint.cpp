@@ -51,7 +51,16 @@ std::string optimizer_shard_name(int64_t rank, int64_t world_size) {
 }
 
 CheckpointManager::CheckpointManager(std::string dir, int64_t keep, parallel::Communicator& world)
-    : dir_(std::move(dir)), keep_(keep), world_(world) {}
+    : dir_(std::move(dir)), keep_(keep), world_(world) {
+  // A run killed while writing a checkpoint leaves its temporary directory (named after that
+  // run's pid, which no later run shares): nothing will complete it, so it goes.
+  if (world_.rank() != 0 || !fs::is_directory(dir_)) return;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind(".step-", 0) == 0 && name.find(".tmp.") != std::string::npos)
+      fs::remove_all(e.path());
+  }
+}
 
 std::string CheckpointManager::save(int64_t step) {
   const bool main_rank = world_.rank() == 0;

@@ -38,6 +38,7 @@ class CheckpointPart {
 class CheckpointManager {
  public:
   // Checkpoints go to `dir`/step-N; all but the newest `keep` are removed (keep <= 0: keep all).
+  // Temporary directories of checkpoints a killed run left half-written are removed (rank 0).
   CheckpointManager(std::string dir, int64_t keep, parallel::Communicator& world);
 
   // Parts are saved and loaded in the order they are added; the manager does not own them.

@@ -61,6 +61,11 @@ void ReplicatedAdamW::step(double lr) {
   params_.zero_grad();
 }
 
+void ReplicatedAdamW::skip_step() {
+  grad_scale_ = 1.0;
+  params_.zero_grad();
+}
+
 model::Gemma4& ReplicatedAdamW::export_weights() {
   if (host_) {
     adamw_.copy_masters_to(host_->params());
@@ -118,6 +123,11 @@ ShardedOptimizer::ShardedOptimizer(model::Gemma4& model, parallel::DeviceMesh& m
 
 void ShardedOptimizer::step(double lr) {
   adamw_.step(lr);
+  model_.params().zero_grad();
+}
+
+void ShardedOptimizer::skip_step() {
+  adamw_.discard_gradients();
   model_.params().zero_grad();
 }
 

@@ -31,6 +31,8 @@ class Optimizer : public CheckpointPart {
   virtual double clip_grad_norm(double max_norm) = 0;
   // One update at learning rate lr; the gradients are zero afterwards.
   virtual void step(double lr) = 0;
+  // No update: the gradients (e.g. non-finite ones) are dropped and the step count stays.
+  virtual void skip_step() = 0;
   virtual int64_t steps_taken() const = 0;
 
   // The whole parameters, for code that reads them between steps (checkpoints, validation on one
@@ -74,6 +76,7 @@ class ReplicatedAdamW final : public Optimizer {
   void reduce_gradients() override;
   double clip_grad_norm(double max_norm) override;
   void step(double lr) override;
+  void skip_step() override;
   int64_t steps_taken() const override { return adamw_.steps_taken(); }
   model::Gemma4& export_weights() override;
   void load_weights(const std::string& dir) override;
@@ -111,6 +114,7 @@ class ShardedOptimizer final : public Optimizer {
   void reduce_gradients() override { adamw_.reduce_gradients(); }
   double clip_grad_norm(double max_norm) override { return adamw_.clip_grad_norm(max_norm); }
   void step(double lr) override;
+  void skip_step() override;
   int64_t steps_taken() const override { return adamw_.steps_taken(); }
   void gather_parameters() override { adamw_.gather_parameters(); }
   void release_parameters() override { adamw_.release_parameters(); }

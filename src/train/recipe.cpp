@@ -70,6 +70,7 @@ constexpr Range kPositive{0, kInf, true, false};
 constexpr Range kNonNegative{0, kInf, false, false};
 constexpr Range kAtLeastOne{1, kInf, false, false};
 constexpr Range kUnit{0, 1, false, true};  // [0, 1)
+constexpr Range kFraction{0, 1, false, false};  // [0, 1]
 
 // The schema. A new key is one line here (and its field, with its default, in Recipe). Rules that
 // join several keys are in check_combinations below.
@@ -102,21 +103,24 @@ std::vector<RecipeKey> make_schema() {
          r.beta2 = v[1].get<double>();
        },
        [](const Recipe& r) { return json::array({r.beta1, r.beta2}); }},
-      field("optimizer.eps", G4_SLOT(eps), "AdamW epsilon"),
+      field("optimizer.eps", G4_SLOT(eps), "AdamW epsilon", kPositive),
       field("optimizer.weight_decay", G4_SLOT(weight_decay),
-            "decoupled weight decay of matrices and experts (never norms, scales or embeddings)"),
-      field("optimizer.grad_clip", G4_SLOT(grad_clip), "maximum global gradient L2 norm (0 = no clipping)"),
+            "decoupled weight decay of matrices and experts (never norms, scales or embeddings)", kNonNegative),
+      field("optimizer.grad_clip", G4_SLOT(grad_clip), "maximum global gradient L2 norm (0 = no clipping)", kNonNegative),
       field("schedule.kind", G4_SLOT(schedule), "learning-rate decay after the warmup", {},
             {"cosine", "linear", "constant"}),
-      field("schedule.warmup_steps", G4_SLOT(warmup_steps), "steps of linear warmup from 0 to optimizer.lr"),
-      field("schedule.min_lr_ratio", G4_SLOT(min_lr_ratio), "where the decay ends, as a fraction of optimizer.lr"),
+      field("schedule.warmup_steps", G4_SLOT(warmup_steps), "steps of linear warmup from 0 to optimizer.lr", kNonNegative),
+      field("schedule.min_lr_ratio", G4_SLOT(min_lr_ratio), "where the decay ends, as a fraction of optimizer.lr", kFraction),
       field("train.steps", G4_SLOT(steps), "optimizer steps", kPositive),
       field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive),
       field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive),
       field("train.recompute", G4_SLOT(recompute),
             "recompute each layer in the backward pass: less memory, same gradients"),
       field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
-      field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)"),
+      field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
+            kNonNegative),
+      field("train.skip_nonfinite_steps", G4_SLOT(skip_nonfinite_steps),
+            "skip (and count) a step whose loss or gradient norm is NaN/inf instead of stopping"),
       {"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
        {"cpu", "cuda"}, [](Recipe& r, const json& v) { r.device = v == "cuda" ? Device::CUDA : Device::CPU; },
        [](const Recipe& r) { return json(r.device == Device::CUDA ? "cuda" : "cpu"); }},
@@ -129,13 +133,13 @@ std::vector<RecipeKey> make_schema() {
       field("parallel.fsdp", G4_SLOT(fsdp),
             "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
       field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
-      field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)"),
+      field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)", kNonNegative),
       field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),
       field("log.every", G4_SLOT(log_every), "steps between metric lines", kPositive),
-      field("log.validation_every", G4_SLOT(validation_every), "steps between validation losses (0 = never)"),
-      field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss"),
-      field("log.samples", G4_SLOT(samples), "sampled continuations printed after training"),
-      field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation"),
+      field("log.validation_every", G4_SLOT(validation_every), "steps between validation losses (0 = never)", kNonNegative),
+      field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss", kNonNegative),
+      field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative),
+      field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative),
       field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)"),
   };
   return s;

@@ -38,6 +38,9 @@ struct Recipe {
   bool recompute = false;
   std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) or kind names kept fixed
   double router_aux_loss = 0.0;
+  // A step whose loss or gradient norm is not finite never updates the weights; by default the
+  // run stops there with an error, with this it skips the step and counts it ("skipped_steps").
+  bool skip_nonfinite_steps = false;
   // Where the steps run (train.device): the CPU in f32, or one CUDA GPU in bf16 with fp32 masters,
   // gradients and AdamW moments (bf16 only: the GPU attention kernels take bf16). Checkpoints
   // hold f32 weights either way.

@@ -131,6 +131,11 @@ void ShardedAdamW::step(double lr) {
   }
 }
 
+void ShardedAdamW::discard_gradients() {
+  for (Family* f : {&flat_, &experts_})
+    if (f->shards) f->shards->grad() = Tensor();
+}
+
 int64_t ShardedAdamW::state_numel() const {
   int64_t n = 0;
   for (const Family* f : {&flat_, &experts_})

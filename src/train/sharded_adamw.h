@@ -53,6 +53,8 @@ class ShardedAdamW {
   // Updates this rank's slice and experts; the parameters are gathered again by the next
   // gather_parameters().
   void step(double lr);
+  // Drops the reduced gradients without an update.
+  void discard_gradients();
   int64_t steps_taken() const { return step_; }
 
   parallel::ShardedParameters& shards() { return *flat_.shards; }

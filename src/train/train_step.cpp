@@ -1,5 +1,7 @@
 #include "train/train_step.h"
 
+#include <cmath>
+
 namespace g4::train {
 
 namespace {
@@ -40,7 +42,13 @@ StepResult train_step(model::Gemma4& model, Objective& objective, Optimizer& opt
   optimizer.reduce_gradients();
   sum_over_ranks(r.metrics, world);
   r.grad_norm = optimizer.clip_grad_norm(max_grad_norm);
-  optimizer.step(lr);
+  // Every rank has the same norm and summed metrics, so every rank decides alike.
+  r.finite = std::isfinite(r.grad_norm);
+  for (const auto& [name, value] : r.metrics) r.finite = r.finite && std::isfinite(value);
+  if (r.finite)
+    optimizer.step(lr);
+  else
+    optimizer.skip_step();
   if (mark) mark(StepPhase::Update);
   return r;
 }

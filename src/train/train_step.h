@@ -15,6 +15,9 @@ namespace g4::train {
 struct StepResult {
   Metrics metrics;         // the objective's, summed over micro-batches and ranks
   double grad_norm = 0;    // before clipping
+  // false: a metric or the gradient norm is NaN or infinite, and the update was skipped (the
+  // weights are as before the step).
+  bool finite = true;
   // Per MoE layer, rows each expert this rank holds processed over the step's micro-batches.
   std::map<int64_t, std::vector<int64_t>> expert_tokens;
 };

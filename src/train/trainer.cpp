@@ -101,14 +101,17 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
 // The run's progress as a checkpoint part: steps done, training time, the recipe.
 struct Progress final : CheckpointPart {
   int64_t step = 0;
+  int64_t skipped_steps = 0;  // steps without an update (non-finite loss or gradient norm)
   double elapsed_s = 0;
   nlohmann::json recipe;
   void save(const fs::path&, nlohmann::json& state) override {
     state["elapsed_s"] = elapsed_s;
+    state["skipped_steps"] = skipped_steps;
     state["recipe"] = recipe;
   }
   void load(const fs::path&, const nlohmann::json& state) override {
     step = state.at("step").get<int64_t>();
+    skipped_steps = state.value("skipped_steps", int64_t{0});
     elapsed_s = state.value("elapsed_s", 0.0);
   }
 };
@@ -123,6 +126,7 @@ class Trainer {
   void set_up_objective_and_optimizer();
   void resume_if_asked(bool resume);
   void after_step(const StepResult& s, double lr, double step_s);
+  void check_finite(const StepResult& s);
   TrainResult finish();
   bool main_rank() const { return world_->rank() == 0; }
 
@@ -263,6 +267,7 @@ TrainResult Trainer::run() {
 
 // Logging, validation and checkpoints after each step, as the recipe asks.
 void Trainer::after_step(const StepResult& s, double lr, double step_s) {
+  check_finite(s);
   const int64_t step = progress_.step;
   const double loss = s.metrics.at("loss");
   result_.last_train_loss = loss;
@@ -273,6 +278,7 @@ void Trainer::after_step(const StepResult& s, double lr, double step_s) {
     nlohmann::json rec = {{"step", step},         {"lr", lr},         {"grad_norm", s.grad_norm},
                           {"tokens", step * tokens_per_step_}, {"tokens_per_s", tps}, {"step_s", step_s}};
     for (const auto& [name, value] : s.metrics) rec[name] = value;
+    if (progress_.skipped_steps > 0) rec["skipped_steps"] = progress_.skipped_steps;
     if (r_.device == Device::CUDA) rec["device_peak_mib"] = static_cast<double>(device_memory_stats().peak) / (1 << 20);
     if (!s.expert_tokens.empty()) add_expert_load(rec, s.expert_tokens, *model_, *world_);
     if (main_rank()) {
@@ -295,6 +301,27 @@ void Trainer::after_step(const StepResult& s, double lr, double step_s) {
   if (step == r_.steps || (r_.checkpoint_every > 0 && step % r_.checkpoint_every == 0)) {
     result_.checkpoint = checkpoints_->save(step);
   }
+}
+
+// A step whose loss or gradient norm is NaN or infinite updated nothing (train_step); the run
+// stops there, or counts it and goes on when the recipe says so. Either way no checkpoint holds
+// weights such a step produced.
+void Trainer::check_finite(const StepResult& s) {
+  if (s.finite) return;
+  if (r_.skip_nonfinite_steps) {
+    ++progress_.skipped_steps;
+    if (main_rank()) std::cerr << "step " << progress_.step << ": skipped (non-finite loss or gradient norm)\n";
+    return;
+  }
+  std::string what;
+  for (const auto& [name, value] : s.metrics)
+    if (!std::isfinite(value)) what += name + " " + std::to_string(value) + ", ";
+  if (!std::isfinite(s.grad_norm)) what += "gradient norm " + std::to_string(s.grad_norm) + ", ";
+  const auto last = checkpoints_->latest();
+  G4_FAIL(r_.source, ": step ", progress_.step, " has a non-finite ", what.substr(0, what.size() - 2),
+          "; stopped before its update. The newest checkpoint (", last ? *last : std::string("none"),
+          ") is intact. Lower optimizer.lr or raise schedule.warmup_steps, or set train.skip_nonfinite_steps: true "
+          "to skip such steps");
 }
 
 TrainResult Trainer::finish() {

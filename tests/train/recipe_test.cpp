@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <iterator>
+
+#include <sstream>
+
 #include <filesystem>
 #include <fstream>
 
@@ -179,6 +183,36 @@ TEST(Recipe, ListingNamesEveryKeyWithTypeAndDefault) {
   EXPECT_NE(listing.find("schedule.kind  "), std::string::npos);
   EXPECT_NE(listing.find("cosine|linear|constant"), std::string::npos);
   EXPECT_NE(listing.find("float in [0, 1)"), std::string::npos);  // data.validation_fraction
+}
+
+// Values that would train silently wrong (a negative learning-rate floor, negative epsilon, weight
+// decay, clipping or intervals) are refused by name.
+TEST(Recipe, ValuesThatWouldTrainWronglyAreRefused) {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"schedule.min_lr_ratio=-5", "'schedule.min_lr_ratio' must be in [0, 1]"},
+      {"schedule.min_lr_ratio=1.5", "'schedule.min_lr_ratio' must be in [0, 1]"},
+      {"optimizer.eps=-1e-8", "'optimizer.eps' must be > 0"},
+      {"optimizer.weight_decay=-0.1", "'optimizer.weight_decay' must be >= 0"},
+      {"optimizer.grad_clip=-1", "'optimizer.grad_clip' must be >= 0"},
+      {"schedule.warmup_steps=-2", "'schedule.warmup_steps' must be >= 0"},
+      {"checkpoint.every=-1", "'checkpoint.every' must be >= 0"},
+      {"log.validation_every=-4", "'log.validation_every' must be >= 0"},
+  };
+  const std::string path = std::string(G4_TEST_DATA) + "/../../recipes/tiny-moe-kjv.yaml";
+  for (const auto& [override_, want] : bad) {
+    const std::string e = test::error_of([&] { train::load_recipe(path, {override_}); });
+    EXPECT_NE(e.find(want), std::string::npos) << override_ << ": " << e;
+  }
+}
+
+// docs/recipes.md carries a copy of the listing: it must stay the listing.
+TEST(Recipe, TheDocsListEveryKeyAsTheListingDoes) {
+  std::ifstream f(std::string(G4_TEST_DATA) + "/../../docs/recipes.md");
+  ASSERT_TRUE(f.good());
+  const std::string docs((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream listing(train::recipe_key_listing());
+  for (std::string line; std::getline(listing, line);)
+    EXPECT_NE(docs.find(line), std::string::npos) << "docs/recipes.md lacks: " << line;
 }
 
 TEST(Recipe, TypeAndRangeErrorsNameKeyAndFile) {

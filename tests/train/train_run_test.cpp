@@ -152,6 +152,53 @@ TEST(TrainRun, ResumesACheckpointOfTheEarlierTrainer) {
   fs::remove_all(dir);
 }
 
+// A step with a non-finite loss or gradient norm (an absurd learning rate) stops the run with a
+// clear error before its update: the newest checkpoint survives and no later one is written. With
+// train.skip_nonfinite_steps the run skips such steps and counts them. `g4 eval` refuses a model
+// with NaN weights, and a checkpoint directory a killed run left half-written is removed.
+TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
+  const fs::path dir = temp_dir("nonfinite");
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/false, /*samples=*/0);
+  ProcessResult r = run("train " + recipe);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const fs::path ckpts = dir / "run" / "checkpoints";
+  fs::create_directories(ckpts / ".step-00000010.tmp.99999");
+  const std::string absurd = "train " + recipe + " train.steps=12 optimizer.lr=1e30 --resume";
+  r = run(absurd);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step-00000008) is intact"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(ckpts / ".step-00000010.tmp.99999"));
+  EXPECT_FALSE(fs::exists(ckpts / "step-00000012"));
+  std::ifstream latest(ckpts / "latest");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(latest), {}), "step-00000008\n");
+
+  r = run(absurd + " train.skip_nonfinite_steps=true");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped"), std::string::npos) << r.output;
+  int64_t skipped = 0;
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) skipped = j.value("skipped_steps", int64_t{0});
+  }
+  EXPECT_GT(skipped, 0);
+
+  // A copy of the step-8 checkpoint with one NaN weight.
+  const fs::path bad = dir / "bad";
+  fs::copy(ckpts / "step-00000008", bad, fs::copy_options::recursive);
+  const io::SafetensorsReader reader = io::SafetensorsReader::open((bad / "model.safetensors").string());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& n : reader.names()) tensors.emplace_back(n, reader.get(n).clone());
+  tensors[0].second.data<float>()[0] = std::nanf("");
+  io::save_safetensors((bad / "model.safetensors").string(), tensors);
+  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
+  r = run("eval " + bad.string() + " --data " + data + " --seq-len 64");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not finite"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
   const fs::path dir = temp_dir("falls");
   const std::string recipe = test::write_train_recipe(dir);
