@@ -32,7 +32,8 @@ using CollectiveHandle = std::unique_ptr<PendingCollective>;
 // dtypes (f32, f64, bf16, i32, i64, u8). Arguments are checked on each rank before anything is
 // sent, so a bad call fails the same way everywhere instead of leaving peers waiting.
 // Tensors live on the backend's device (see device()). CPU backends have finished when a call
-// returns; NCCL calls are ordered on the communicator's CUDA stream (synchronize() waits).
+// returns; NCCL calls run on the communicator's CUDA stream, ordered after the compute stream's work
+// so far and before its later work (without blocking the host; synchronize() waits for them).
 // "Rows" are slices along dim 0. A communicator is used from one thread at a time.
 class Communicator {
  public:

@@ -115,18 +115,24 @@ class NcclCommunicator final : public Communicator {
 
  protected:
   void do_all_reduce(Tensor& t, ReduceOp op) override {
+    after_compute("all_reduce");
     check_nccl(ncclAllReduce(t.raw(), t.raw(), count(t), nccl_type(t.dtype()), nccl_op(op), comm_, stream_),
                "all_reduce", comm_);
+    compute_after("all_reduce");
   }
 
   void do_all_gather(const Tensor& in, Tensor& out) override {
+    after_compute("all_gather");
     check_nccl(ncclAllGather(in.raw(), out.raw(), count(in), nccl_type(in.dtype()), comm_, stream_), "all_gather",
                comm_);
+    compute_after("all_gather");
   }
 
   void do_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
+    after_compute("reduce_scatter");
     check_nccl(ncclReduceScatter(in.raw(), out.raw(), count(out), nccl_type(in.dtype()), nccl_op(op), comm_, stream_),
                "reduce_scatter", comm_);
+    compute_after("reduce_scatter");
   }
 
   CollectiveHandle do_all_gather_async(const Tensor& in, Tensor& out) override {
@@ -146,6 +152,7 @@ class NcclCommunicator final : public Communicator {
   // NCCL has no all-to-all with counts: it is a group of sends and receives, one pair per rank.
   void do_all_to_all(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
                      const std::vector<int64_t>& recv_counts) override {
+    after_compute("all_to_all");
     const size_t row_bytes = static_cast<size_t>(row_elements(in)) * dtype_size(in.dtype());
     const size_t row = static_cast<size_t>(row_elements(in));
     const ncclDataType_t type = nccl_type(in.dtype());
@@ -162,6 +169,7 @@ class NcclCommunicator final : public Communicator {
       recv_offset += nr * row_bytes;
     }
     check_nccl(ncclGroupEnd(), "all_to_all", comm_);
+    compute_after("all_to_all");
   }
 
   // Counts live on the host; they travel through a small device buffer and are back when this returns.
@@ -184,25 +192,33 @@ class NcclCommunicator final : public Communicator {
   }
 
   void do_broadcast(Tensor& t, int root) override {
+    after_compute("broadcast");
     check_nccl(ncclBroadcast(t.raw(), t.raw(), count(t), nccl_type(t.dtype()), root, comm_, stream_), "broadcast",
                comm_);
+    compute_after("broadcast");
   }
 
   void do_send(const Tensor& t, int peer) override {
+    after_compute("send");
     check_nccl(ncclSend(t.raw(), count(t), nccl_type(t.dtype()), peer, comm_, stream_), "send", comm_);
+    compute_after("send");
   }
 
   void do_recv(Tensor& t, int peer) override {
+    after_compute("recv");
     check_nccl(ncclRecv(t.raw(), count(t), nccl_type(t.dtype()), peer, comm_, stream_), "recv", comm_);
+    compute_after("recv");
   }
 
   void do_send_recv(const Tensor& to_send, int dst, Tensor& to_recv, int src) override {
+    after_compute("send_recv");
     check_nccl(ncclGroupStart(), "send_recv");
     check_nccl(ncclSend(to_send.raw(), count(to_send), nccl_type(to_send.dtype()), dst, comm_, stream_), "send_recv",
                comm_);
     check_nccl(ncclRecv(to_recv.raw(), count(to_recv), nccl_type(to_recv.dtype()), src, comm_, stream_), "send_recv",
                comm_);
     check_nccl(ncclGroupEnd(), "send_recv", comm_);
+    compute_after("send_recv");
   }
 
   // NCCL has no barrier: a one-element all-reduce, waited for, is one.
@@ -235,6 +251,12 @@ class NcclCommunicator final : public Communicator {
     check_cuda(cudaEventRecord(ready, g4::cuda::stream()), op);
     check_cuda(cudaStreamWaitEvent(stream_, ready, 0), op);
     check_cuda(cudaEventDestroy(ready), op);  // released once it has completed
+  }
+  // The compute stream waits for what the communicator's stream has queued (the output is written).
+  void compute_after(const char* op) {
+    cudaEvent_t done = record_done(op);
+    check_cuda(cudaStreamWaitEvent(g4::cuda::stream(), done, 0), op);
+    check_cuda(cudaEventDestroy(done), op);
   }
   cudaEvent_t record_done(const char* op) {
     cudaEvent_t done = nullptr;
