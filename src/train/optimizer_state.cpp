@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "io/json_input.h"
 #include "train/checkpoint.h"
 
 namespace g4::train {
@@ -33,27 +34,31 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
     return;
   }
   const std::string what = first.string();
+  const std::string where = what + ": metadata '" + kOptimizerMetadataKey + "'";
+  meta_ = io::parse_json(it->second, where, io::kMaxSafetensorsHeaderBytes);
+  // Every field read below and in experts() is reached here first, so a malformed layout is
+  // reported once, naming the file, instead of as a library exception later.
   try {
-    meta_ = nlohmann::json::parse(it->second);
+    io::json_int(meta_.at("experts"), "num_experts", where);
     const std::string format = meta_.at("format").get<std::string>();
     G4_CHECK(format == kShardedOptimizerFormat || format == kShardedOptimizerFormatV1, what, ": optimizer format '",
              format, "', expected '", kShardedOptimizerFormat, "' (or '", kShardedOptimizerFormatV1, "')");
     mesh_ = parallel::MeshShape{meta_.at("mesh").at("dp").get<int>(), meta_.at("mesh").at("ep").get<int>(),
                                 meta_.at("mesh").at("cp").get<int>()};
+    G4_CHECK(mesh_.world_size() == saved_ranks, what, ": the optimizer was saved on mesh ", mesh_.str(), " (",
+             mesh_.world_size(), " ranks), but trainer_state.json says ", saved_ranks, " ranks");
+    flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
+    G4_CHECK(flat_.shards == mesh_.dp_shard, what, ": the flat layout has ", flat_.shards, " shards but dp is ",
+             mesh_.dp_shard);
+    if (meta_.at("experts").contains("flat")) {
+      expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
+      G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
+               " shards but dp is ", mesh_.dp_shard);
+      G4_CHECK(mesh_.ep >= 1 && meta_.at("experts").at("num_experts").get<int64_t>() % mesh_.ep == 0, what, ": ",
+               meta_.at("experts").at("num_experts").get<int64_t>(), " experts do not split over ep ", mesh_.ep);
+    }
   } catch (const nlohmann::json::exception& e) {
-    G4_FAIL(what, ": metadata '", kOptimizerMetadataKey, "' is malformed: ", e.what());
-  }
-  G4_CHECK(mesh_.world_size() == saved_ranks, what, ": the optimizer was saved on mesh ", mesh_.str(), " (",
-           mesh_.world_size(), " ranks), but trainer_state.json says ", saved_ranks, " ranks");
-  flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
-  G4_CHECK(flat_.shards == mesh_.dp_shard, what, ": the flat layout has ", flat_.shards, " shards but dp is ",
-           mesh_.dp_shard);
-  if (meta_.at("experts").contains("flat")) {
-    expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
-    G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
-             " shards but dp is ", mesh_.dp_shard);
-    G4_CHECK(mesh_.ep >= 1 && meta_.at("experts").at("num_experts").get<int64_t>() % mesh_.ep == 0, what, ": ",
-             meta_.at("experts").at("num_experts").get<int64_t>(), " experts do not split over ep ", mesh_.ep);
+    G4_FAIL(where, " is malformed (", io::json_error_text(e), ")");
   }
 }
 

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/device_memory.h"
+#include "io/json_input.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/context_parallel.h"
@@ -54,7 +55,7 @@ std::unique_ptr<model::Gemma4> build_model(const Recipe& r, int64_t ep_rank, int
   cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
   auto m = std::make_unique<model::Gemma4>(std::move(cfg));
   // The whole model is initialised, then sliced, so every EP size starts from the same weights.
-  m->init_weights(r.init_seed, cfg_json.value("initializer_range", 0.02));
+  m->init_weights(r.init_seed, io::json_number(cfg_json, "initializer_range", r.source + ": model.config", 0.02));
   if (ep_size == 1) return m;
   return keep_experts(*m, model::expert_range_for_rank(m->config(), ep_rank, ep_size));
 }
@@ -102,9 +103,9 @@ struct Progress final : CheckpointPart {
     state["elapsed_s"] = elapsed_s;
     state["recipe"] = recipe;
   }
-  void load(const fs::path&, const nlohmann::json& state) override {
-    step = state.at("step").get<int64_t>();
-    elapsed_s = state.value("elapsed_s", 0.0);
+  void load(const fs::path& dir, const nlohmann::json& state) override {
+    step = io::json_int(state, "step", trainer_state_path(dir));
+    elapsed_s = io::json_number(state, "elapsed_s", trainer_state_path(dir), 0.0);
   }
 };
 
