@@ -400,8 +400,8 @@ HfTokenizer::HfTokenizer(const json& doc, const std::string& source) : source_(s
     const std::string content = t["content"].str();
     if (content.empty()) t["content"].fail("must not be empty");
     const int64_t id = t["id"].integer();
-    G4_CHECK(id <= kMaxTokenId, "tokenizer ", source_, ": added_tokens[", i, "].id ", id,
-             " is too large (ids up to ", kMaxTokenId, " are accepted)");
+    G4_CHECK(id <= kMaxTokenId, "tokenizer ", source_, ": added_tokens[", i, "].id ", id, " is too large (ids up to ",
+             kMaxTokenId, " are accepted)");
     for (const char* key : {"single_word", "lstrip", "rstrip"})
       if (t[key].flag(false)) t[key].fail("is true; g4 supports only false (as in Gemma's added tokens)");
     if (auto in_vocab = model_id(content); in_vocab && *in_vocab != id)

@@ -94,8 +94,7 @@ std::string read_regular_file(const std::string& path, const std::string& what, 
     G4_CHECK(!S_ISDIR(st.st_mode), what, " ", path, " is a directory, expected a file");
     G4_CHECK(S_ISREG(st.st_mode), what, " ", path, " is not a regular file (a FIFO, socket or device?)");
     const size_t size = static_cast<size_t>(st.st_size);
-    G4_CHECK(size <= max_bytes, what, " ", path, " is ", size, " bytes, more than the limit of ",
-             limit_str(max_bytes));
+    G4_CHECK(size <= max_bytes, what, " ", path, " is ", size, " bytes, more than the limit of ", limit_str(max_bytes));
     try {
       bytes.resize(size);
     } catch (const std::exception&) {  // bad_alloc, or length_error past max_size()

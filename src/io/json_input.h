@@ -6,10 +6,9 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 namespace g4::io {
 
@@ -27,8 +26,7 @@ constexpr size_t kMaxJsonLineBytes = 64 * kMiB;            // one line of a .jso
 
 // Refuses `text` (called `what` in the message, e.g. "config /m/config.json") when it is larger
 // than max_bytes or nests arrays/objects deeper than max_depth.
-void check_json_limits(std::string_view text, const std::string& what, size_t max_bytes,
-                       int max_depth = kMaxJsonDepth);
+void check_json_limits(std::string_view text, const std::string& what, size_t max_bytes, int max_depth = kMaxJsonDepth);
 
 // nlohmann's message without its "[json.exception.parse_error.101] " tag.
 std::string json_error_text(const nlohmann::json::exception& e);
