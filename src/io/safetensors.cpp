@@ -363,10 +363,8 @@ Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected
   G4_CHECK(ti.shape == expected_shape, "tensor '", name, "' in ", ti.file, " has shape ", shape_str(ti.shape),
            ", expected ", shape_str(expected_shape));
   // Integers or booleans converted to weights would load silently as garbage.
-  const bool floating =
-      ti.dtype == DType::F32 || ti.dtype == DType::BF16 || ti.dtype == DType::F16 || ti.dtype == DType::F64;
-  G4_CHECK(floating || !ti.supported, "tensor '", name, "' in ", ti.file, " is stored as ", ti.stored_dtype,
-           ", expected a floating-point dtype (F32, BF16, F16 or F64)");
+  G4_CHECK(is_floating(ti.dtype) || !ti.supported, "tensor '", name, "' in ", ti.file, " is stored as ",
+           ti.stored_dtype, ", expected a floating-point dtype (F32, BF16, F16 or F64)");
   return get(name).to(DType::F32);
 }
 

@@ -40,11 +40,13 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
   // reported once, naming the file, instead of as a library exception later.
   try {
     io::json_int(meta_.at("experts"), "num_experts", where);
-    const std::string format = meta_.at("format").get<std::string>();
+    const std::string format = io::json_string(meta_, "format", where);
     G4_CHECK(format == kShardedOptimizerFormat || format == kShardedOptimizerFormatV1, what, ": optimizer format '",
              format, "', expected '", kShardedOptimizerFormat, "' (or '", kShardedOptimizerFormatV1, "')");
-    mesh_ = parallel::MeshShape{meta_.at("mesh").at("dp").get<int>(), meta_.at("mesh").at("ep").get<int>(),
-                                meta_.at("mesh").at("cp").get<int>()};
+    const nlohmann::json& mesh = meta_.at("mesh");
+    mesh_ = parallel::MeshShape{static_cast<int>(io::json_int(mesh, "dp", where + " mesh")),
+                                static_cast<int>(io::json_int(mesh, "ep", where + " mesh")),
+                                static_cast<int>(io::json_int(mesh, "cp", where + " mesh"))};
     G4_CHECK(mesh_.world_size() == saved_ranks, what, ": the optimizer was saved on mesh ", mesh_.str(), " (",
              mesh_.world_size(), " ranks), but trainer_state.json says ", saved_ranks, " ranks");
     flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
@@ -74,6 +76,8 @@ const io::SafetensorsReader& OptimizerStateReader::file(int64_t rank) const {
 
 Tensor OptimizerStateReader::whole(const io::SafetensorsReader& f, const std::string& tensor) const {
   G4_CHECK(f.has(tensor), "optimizer state ", f.path(), " has no '", tensor, "'");
+  G4_CHECK(is_floating(f.info(tensor).dtype), "optimizer state '", tensor, "' in ", f.info(tensor).file,
+           " is stored as ", f.info(tensor).stored_dtype, ", expected a floating-point dtype");
   return f.get(tensor);
 }
 

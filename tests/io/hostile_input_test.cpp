@@ -13,6 +13,7 @@
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 #include "train/checkpoint.h"
+#include "train/optimizer_state.h"
 
 namespace g4::io {
 namespace {
@@ -144,6 +145,9 @@ TEST(HostileInput, FifoInsteadOfFileIsRefused) {
   const std::string tok = tmp / "tokenizer.json";
   ASSERT_EQ(::mkfifo(tok.c_str(), 0600), 0);
   EXPECT_CLEAN_ERROR(load_tokenizer(tmp.str()), tok, "not a regular file");
+  const std::string sp = tmp / "tokenizer.model";
+  ASSERT_EQ(::mkfifo(sp.c_str(), 0600), 0);
+  EXPECT_CLEAN_ERROR(load_tokenizer(sp), sp, "not a regular file");
 }
 
 TEST(HostileInput, DirectoryInsteadOfFileIsRefused) {
@@ -184,6 +188,27 @@ TEST(HostileInput, IntegerTensorIsNotAWeight) {
   const SafetensorsReader r = SafetensorsReader::open(path);
   EXPECT_CLEAN_ERROR(r.get_f32("w", {2, 2}), path, "'w'", "I64", "floating-point");
   EXPECT_EQ(r.get("w").dtype(), DType::I64);  // read as what it is, it is fine
+}
+
+TEST(HostileInput, OptimizerStateOfTheWrongKind) {
+  TempDir tmp;
+  Tensor ints = Tensor::empty({4}, DType::I32);
+  for (int64_t i = 0; i < 4; ++i) ints.data<int32_t>()[i] = 1;
+  save_safetensors(tmp / "optimizer.safetensors", {{"exp_avg.w", ints}});
+  const train::OptimizerStateReader moments(tmp.str(), 1, 0, 1);
+  EXPECT_CLEAN_ERROR(moments.replicated("exp_avg", "w", 0, 4), tmp / "optimizer.safetensors", "'exp_avg.w'", "I32",
+                     "floating-point");
+
+  // A sharded layout whose fields have the wrong type.
+  TempDir sharded;
+  const std::string file = sharded / train::optimizer_shard_name(0, 1);
+  save_safetensors(file, {{"x", Tensor::full({1}, 0.0)}},
+                   {{train::kOptimizerMetadataKey, R"({"format": 2, "experts": {"num_experts": 0}})"}});
+  EXPECT_CLEAN_ERROR(train::OptimizerStateReader(sharded.str(), 1, 0, 1), file, "'format' must be a string, got 2");
+  save_safetensors(file, {{"x", Tensor::full({1}, 0.0)}},
+                   {{train::kOptimizerMetadataKey, R"({"format": "g4-sharded-adamw-2", "experts": {"num_experts": 0},
+                     "mesh": {"dp": null}})"}});
+  EXPECT_CLEAN_ERROR(train::OptimizerStateReader(sharded.str(), 1, 0, 1), file, "'dp' must be an integer, got null");
 }
 
 // transformers saves layer_scalar (a persistent buffer) with the weights; a checkpoint without
