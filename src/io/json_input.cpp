@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -124,6 +125,12 @@ json read_json_file(const std::string& path, const std::string& what, size_t max
 int64_t json_int(const json& obj, const std::string& key, const std::string& where) {
   const json* v = field(obj, key, where);
   G4_CHECK(v, where, ": '", key, "' is missing (an integer is required)");
+  // An integral float (4.0, as a hand edit may write) is an integer, as in the config reader.
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    G4_CHECK(std::floor(d) == d && std::fabs(d) < 9.0e15, where, ": '", key, "' must be an integer, got ", preview(*v));
+    return static_cast<int64_t>(d);
+  }
   G4_CHECK(v->is_number_integer(), where, ": '", key, "' must be an integer, got ", preview(*v));
   G4_CHECK(!v->is_number_unsigned() || v->get<uint64_t>() <= uint64_t(INT64_MAX), where, ": '", key, "' is ",
            preview(*v), ", more than the largest integer g4 takes (", INT64_MAX, ")");

@@ -119,6 +119,8 @@ TEST(HostileInput, WrongTypeFieldsNameFileAndKey) {
   EXPECT_CLEAN_ERROR(json_number(state, "elapsed_s", where, 0), where, "'elapsed_s' must be a number");
   EXPECT_CLEAN_ERROR(json_int(state, "optimizer_steps", where), where, "'optimizer_steps' is missing");
   EXPECT_EQ(json_int(state, "ranks", where, 1), 1);
+  EXPECT_EQ(json_int(json{{"n", 4.0}}, "n", where), 4);  // integral floats are integers
+  EXPECT_CLEAN_ERROR(json_int(json{{"n", 4.5}}, "n", where), where, "'n' must be an integer, got 4.5");
 
   test::write_text(ckpt + "/trainer_state.json", "[1, 2]");
   EXPECT_CLEAN_ERROR(train::read_trainer_state(ckpt), ckpt + "/trainer_state.json", "must be a JSON object");
