@@ -17,7 +17,7 @@ constexpr int kMaxJsonDepth = 128;
 
 // Size limits per kind of input (docs/reliability.md lists them).
 constexpr size_t kMiB = size_t(1) << 20;
-constexpr size_t kMaxSafetensorsHeaderBytes = 100 * kMiB;  // the safetensors format's own limit
+constexpr size_t kMaxSafetensorsHeaderBytes = 100 * kMiB;  // the safetensors library stops at 100 MB
 constexpr size_t kMaxConfigBytes = 16 * kMiB;              // config.json, tokenizer_config.json, ...
 constexpr size_t kMaxIndexBytes = 64 * kMiB;               // model.safetensors.index.json
 constexpr size_t kMaxTokenizerBytes = 512 * kMiB;          // tokenizer.json (Gemma's is ~32 MiB)
