@@ -14,6 +14,7 @@
 #include "core/device_memory.h"
 #include "core/kernel_profile.h"
 #include "core/philox.h"
+#include "io/json_input.h"
 #include "model/gemma4.h"
 #include "model/named_configs.h"
 #include "parallel/single_communicator.h"
@@ -182,7 +183,7 @@ nlohmann::json run_hf(const BenchOptions& o, const std::string& precision, const
   const int rc = std::system(cmd.c_str());
   std::ifstream f(out);
   if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
-  return nlohmann::json::parse(f);
+  return io::read_json_file(out, "Hugging Face benchmark output", io::kMaxConfigBytes);
 }
 
 void print_row(const char* name, double tps, double ms, double mfu, double peak_gib) {

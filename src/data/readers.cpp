@@ -1,12 +1,11 @@
 // Step 1 of the data pipeline: files -> tokenised documents. Every error names the file and the
 // line where the offending document starts.
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "data/dataset.h"
+#include "io/json_input.h"
 
 namespace g4::data {
 namespace {
@@ -19,9 +18,8 @@ struct Line {
 };
 
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  G4_CHECK(in.good(), path, ": cannot open data file (does it exist?)");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // No size limit beyond memory: datasets are as large as they are.
+  std::string bytes = io::read_regular_file(path, "data file", SIZE_MAX);
   if (bytes.rfind("\xEF\xBB\xBF", 0) == 0) bytes.erase(0, 3);  // a UTF-8 byte order mark is not text
   return bytes;
 }
@@ -98,12 +96,13 @@ void read_plain_text(const std::string& path, const std::string& bytes, const st
 const char* json_type(const json& j) { return j.type_name(); }
 
 json parse_json_line(const std::string& path, const Line& line) {
+  io::check_json_limits(line.text, path + ":" + std::to_string(line.number), io::kMaxJsonLineBytes);
   try {
     return json::parse(line.text);
   } catch (const json::parse_error& e) {
     // nlohmann says "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; the
     // line is ours, so keep from the column on.
-    std::string what = e.what();
+    std::string what = io::json_error_text(e);
     if (const size_t p = what.find("column "); p != std::string::npos) what.erase(0, p);
     G4_FAIL(path, ":", line.number, ": invalid JSON (data files hold one JSON object per line): ", what);
   }

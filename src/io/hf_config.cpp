@@ -5,11 +5,11 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "io/json_input.h"
 
 namespace g4::io {
 
@@ -400,15 +400,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
 ModelConfig load_model_config(const std::string& config_json_path) {
   std::string path = config_json_path;
   if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "config.json").string();
-  std::ifstream in(path);
-  G4_CHECK(in, "cannot open config file ", path);
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& ex) {
-    G4_FAIL("config ", path, " is not valid JSON (", ex.what(), ")");
-  }
-  return parse_model_config(j, path);
+  return parse_model_config(read_json_file(path, "config", kMaxConfigBytes), path);
 }
 
 void resolve_layers(ModelConfig& c, const std::string& source) {

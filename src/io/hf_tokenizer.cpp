@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <queue>
 
 #include "core/error.h"
+#include "io/json_input.h"
 #include "io/utf8.h"
 
 namespace g4::io {
@@ -18,6 +18,10 @@ namespace g4::io {
 using nlohmann::json;
 
 namespace {
+
+// The id -> token table is dense, so a huge id would allocate a table of that many strings;
+// real vocabularies are far smaller (Gemma's has 262,144 ids).
+constexpr int64_t kMaxTokenId = (int64_t(1) << 24) - 1;
 
 // A JSON value and its path in the file ("normalizer.normalizers[1]"), so that every error names
 // the file and the exact component.
@@ -342,7 +346,8 @@ HfTokenizer::HfTokenizer(const json& doc, const std::string& source) : source_(s
   for (const auto& item : vocab.value().items()) {
     const std::string& token = item.key();
     const int64_t v = vocab[token].integer();
-    G4_CHECK(v <= INT32_MAX, "tokenizer ", source_, ": model.vocab id ", v, " of '", token, "' is too large");
+    G4_CHECK(v <= kMaxTokenId, "tokenizer ", source_, ": model.vocab id ", v, " of '", token,
+             "' is too large (ids up to ", kMaxTokenId, " are accepted)");
     vocab_[token] = static_cast<int32_t>(v);
     add_token(token, static_cast<int32_t>(v), kNormal);
   }
@@ -395,7 +400,8 @@ HfTokenizer::HfTokenizer(const json& doc, const std::string& source) : source_(s
     const std::string content = t["content"].str();
     if (content.empty()) t["content"].fail("must not be empty");
     const int64_t id = t["id"].integer();
-    G4_CHECK(id <= INT32_MAX, "tokenizer ", source_, ": added_tokens[", i, "].id ", id, " is too large");
+    G4_CHECK(id <= kMaxTokenId, "tokenizer ", source_, ": added_tokens[", i, "].id ", id, " is too large (ids up to ",
+             kMaxTokenId, " are accepted)");
     for (const char* key : {"single_word", "lstrip", "rstrip"})
       if (t[key].flag(false)) t[key].fail("is true; g4 supports only false (as in Gemma's added tokens)");
     if (auto in_vocab = model_id(content); in_vocab && *in_vocab != id)
@@ -419,15 +425,7 @@ HfTokenizer::HfTokenizer(const json& doc, const std::string& source) : source_(s
 }
 
 std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  G4_CHECK(in, "cannot open tokenizer file ", path);
-  json doc;
-  try {
-    doc = json::parse(in);
-  } catch (const json::exception& ex) {
-    G4_FAIL("tokenizer ", path, " is not valid JSON (", ex.what(), ")");
-  }
-  return std::make_unique<HfTokenizer>(doc, path);
+  return std::make_unique<HfTokenizer>(read_json_file(path, "tokenizer", kMaxTokenizerBytes), path);
 }
 
 // ---------------------------------------------------------------------------------------------

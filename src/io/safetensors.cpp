@@ -14,10 +14,11 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+
+#include "io/json_input.h"
 
 namespace g4::io {
 
@@ -99,12 +100,14 @@ struct MappedFile {
   size_t size = 0;
 
   explicit MappedFile(std::string p) : path(std::move(p)) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Non-blocking: a FIFO in place of the file must be refused, not wait for a writer.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     G4_CHECK(fd >= 0, "cannot open safetensors file ", path, ": ", std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
       ::close(fd);
-      G4_FAIL("safetensors path ", path, " is not a regular file");
+      G4_FAIL("safetensors path ", path, " is not a regular file",
+              S_ISDIR(st.st_mode) ? " (it is a directory)" : " (a FIFO, socket or device?)");
     }
     size = static_cast<size_t>(st.st_size);
     if (size > 0) {  // mmap of length 0 fails; the header check below reports such files
@@ -196,12 +199,8 @@ void read_file_header(const std::string& path, std::map<std::string, Entry>& out
   G4_CHECK(n <= file->size - 8, "safetensors file ", path, ": header length ", n, " is larger than the ",
            file->size - 8, " bytes after the length field (file truncated or not safetensors)");
 
-  json header;
-  try {
-    header = json::parse(file->base + 8, file->base + 8 + n);
-  } catch (const json::exception& ex) {
-    G4_FAIL("safetensors file ", path, ": header is not valid JSON (", ex.what(), ")");
-  }
+  const json header = parse_json(std::string_view(file->base + 8, static_cast<size_t>(n)),
+                                 "safetensors file " + path + ": header", kMaxSafetensorsHeaderBytes);
   G4_CHECK(header.is_object(), "safetensors file ", path, ": header is not a JSON object");
 
   const size_t data_start = 8 + static_cast<size_t>(n);
@@ -239,16 +238,7 @@ void read_file_header(const std::string& path, std::map<std::string, Entry>& out
 void read_index(const std::string& dir, std::map<std::string, Entry>& out,
                 std::map<std::string, std::string>& metadata) {
   const std::string index_path = (fs::path(dir) / kIndexFile).string();
-  json index;
-  {
-    std::ifstream in(index_path);
-    G4_CHECK(in, "cannot open ", index_path);
-    try {
-      index = json::parse(in);
-    } catch (const json::exception& ex) {
-      G4_FAIL("index ", index_path, " is not valid JSON (", ex.what(), ")");
-    }
-  }
+  const json index = read_json_file(index_path, "index", kMaxIndexBytes);
   G4_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(), "index ", index_path,
            " has no 'weight_map' object");
   const json& weight_map = index["weight_map"];
@@ -258,6 +248,15 @@ void read_index(const std::string& dir, std::map<std::string, Entry>& out,
   for (const auto& [key, v] : weight_map.items()) {
     G4_CHECK(v.is_string(), "index ", index_path, ": weight_map entry for '", key, "' is not a file name");
     const std::string shard = v.get<std::string>();
+    // Shards live in the model directory: an entry must not lead the reader elsewhere. (Symlinks
+    // inside the directory are fine; the Hugging Face cache links every shard to a blob.)
+    const fs::path rel(shard);
+    G4_CHECK(!shard.empty() && rel.is_relative() && !rel.has_root_name(), "index ", index_path,
+             ": weight_map entry for '", key, "' is '", shard,
+             "'; shard names must be relative to the model directory");
+    for (const fs::path& part : rel)
+      G4_CHECK(part != "..", "index ", index_path, ": weight_map entry for '", key, "' is '", shard,
+               "', which leads outside the model directory ('..' is not allowed)");
     if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
   }
   for (const std::string& shard : shards) {
@@ -363,6 +362,9 @@ Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected
   const TensorInfo& ti = info(name);
   G4_CHECK(ti.shape == expected_shape, "tensor '", name, "' in ", ti.file, " has shape ", shape_str(ti.shape),
            ", expected ", shape_str(expected_shape));
+  // Integers or booleans converted to weights would load silently as garbage.
+  G4_CHECK(is_floating(ti.dtype) || !ti.supported, "tensor '", name, "' in ", ti.file, " is stored as ",
+           ti.stored_dtype, ", expected a floating-point dtype (F32, BF16, F16 or F64)");
   return get(name).to(DType::F32);
 }
 

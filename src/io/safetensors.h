@@ -37,8 +37,8 @@ class SafetensorsReader {
   // data not aligned to its element size in the file is copied to aligned memory. Views are
   // copy-on-write private mappings: writing into one never changes the file.
   Tensor get(const std::string& name) const;
-  // The tensor converted to f32 (a copy), checked against an expected shape; a mismatch is an
-  // error naming the key, the expected and the actual shape.
+  // The tensor converted to f32 (a copy), checked against an expected shape and a floating-point
+  // stored dtype; a mismatch is an error naming the key, the expected and the actual value.
   Tensor get_f32(const std::string& name, const Shape& expected_shape) const;
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }

@@ -4,17 +4,17 @@
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
-#include <filesystem>
 
 #include "core/error.h"
+#include "io/json_input.h"
 #include "io/utf8.h"
 
 namespace g4::io {
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
     : source_(model_path), sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
-  G4_CHECK(std::filesystem::is_regular_file(model_path), "tokenizer file ", model_path, " does not exist");
-  const auto status = sp_->Load(model_path);
+  // Read by g4 (regular files only, size-limited), so a FIFO or directory is refused, not waited on.
+  const auto status = sp_->LoadFromSerializedProto(read_regular_file(model_path, "tokenizer", kMaxTokenizerBytes));
   G4_CHECK(status.ok(), "tokenizer ", model_path, " is not a valid SentencePiece model (", status.ToString(), ")");
   for (int id = 0; id < sp_->GetPieceSize(); ++id)
     if (sp_->IsControl(id)) controls_.emplace_back(sp_->IdToPiece(id), id);

@@ -2,11 +2,11 @@
 // the tokenizer's own <bos>/<eos>/<pad> tokens, overridden by tokenizer_config.json, overridden
 // in turn by special_tokens_map.json (transformers lets the map win over the config).
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/hf_tokenizer.h"
+#include "io/json_input.h"
 #include "io/sentencepiece_tokenizer.h"
 
 namespace g4::io {
@@ -19,14 +19,7 @@ namespace fs = std::filesystem;
 // Values are a token string or {"content": token, ...}; null leaves the id as it is.
 void read_special_tokens(Tokenizer& tok, const fs::path& file) {
   if (!fs::exists(file)) return;
-  std::ifstream in(file);
-  G4_CHECK(in, "cannot open ", file.string());
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& ex) {
-    G4_FAIL(file.string(), " is not valid JSON (", ex.what(), ")");
-  }
+  const nlohmann::json j = read_json_file(file.string(), "tokenizer config", kMaxConfigBytes);
   G4_CHECK(j.is_object(), file.string(), " must be a JSON object");
   const std::pair<const char*, int32_t*> keys[] = {
       {"bos_token", &tok.bos_id}, {"eos_token", &tok.eos_id}, {"pad_token", &tok.pad_id}};

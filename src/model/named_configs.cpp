@@ -1,6 +1,7 @@
 #include "model/named_configs.h"
 
 #include "core/error.h"
+#include "io/json_input.h"
 
 namespace g4::model {
 
@@ -98,7 +99,7 @@ nlohmann::json named_config(const std::string& name, const nlohmann::json& overr
   if (is_real_shape(name) || (overrides.contains("num_hidden_layers") && !overrides.contains("layer_types"))) {
     // Gemma 4's pattern: full attention every sixth layer (every fourth in the tiny shapes) and
     // always last, so a short stack still has a full-attention (head dim 512) layer.
-    const int64_t L = j["num_hidden_layers"].get<int64_t>();
+    const int64_t L = io::json_int(j, "num_hidden_layers", "model.config");
     const int64_t every = is_real_shape(name) ? 6 : 4;
     nlohmann::json types = nlohmann::json::array();
     for (int64_t l = 0; l < L; ++l)

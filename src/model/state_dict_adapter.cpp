@@ -118,10 +118,13 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
   }
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     const std::string key = prefix + "layers." + std::to_string(l) + ".layer_scalar";
-    // Older exports may lack the buffer; transformers then keeps its initial value 1.
-    if (reader.has(key))
-      model.params().set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar,
-                                reader.get_f32(take(key), {1}));
+    // transformers registers it as a persistent buffer, so every checkpoint it (or g4) writes
+    // holds it; released weights scale layers by 0.005 to 0.99, so assuming 1 would compute
+    // another model.
+    G4_CHECK(reader.has(key), "checkpoint ", reader.path(), " has no tensor '", key,
+             "' (the layer's output scale, saved with the weights by transformers)");
+    model.params().set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar,
+                              reader.get_f32(take(key), {1}));
   }
 
   int64_t skipped_towers = 0;

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "autograd/variable.h"
+#include "io/json_input.h"
 #include "ops/elementwise.h"
 
 namespace g4::parallel {
@@ -74,7 +75,7 @@ FlatLayout FlatLayout::from_json(const nlohmann::json& j, const std::string& wha
       l.units.push_back({0, l.padded});  // format 1: one buffer
     }
   } catch (const nlohmann::json::exception& e) {
-    G4_FAIL(what, ": the flat parameter layout is malformed: ", e.what());
+    G4_FAIL(what, ": the flat parameter layout is malformed: ", io::json_error_text(e));
   }
   G4_CHECK(l.shards >= 1 && l.padded % l.shards == 0 && l.padded >= l.numel, what, ": the flat layout pads ",
            l.numel, " elements to ", l.padded, ", which does not split into ", l.shards, " shards");

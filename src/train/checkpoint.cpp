@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 
+#include "io/json_input.h"
 #include "parallel/world.h"
 
 namespace g4::train {
@@ -128,13 +129,15 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
 }
 
 nlohmann::json read_trainer_state(const std::string& checkpoint_dir) {
-  std::ifstream f(fs::path(checkpoint_dir) / "trainer_state.json");
-  G4_CHECK(f.good(), "checkpoint ", checkpoint_dir, " has no trainer_state.json");
-  try {
-    return nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    G4_FAIL("checkpoint ", checkpoint_dir, ": trainer_state.json is not valid JSON: ", e.what());
-  }
+  const std::string path = trainer_state_path(checkpoint_dir);
+  G4_CHECK(fs::exists(path), "checkpoint ", checkpoint_dir, " has no trainer_state.json");
+  const nlohmann::json state = io::read_json_file(path, "trainer state", io::kMaxStateBytes);
+  G4_CHECK(state.is_object(), "trainer state ", path, " must be a JSON object");
+  return state;
+}
+
+std::string trainer_state_path(const std::filesystem::path& checkpoint_dir) {
+  return (checkpoint_dir / "trainer_state.json").string();
 }
 
 }  // namespace g4::train

@@ -65,6 +65,8 @@ class CheckpointManager {
 
 // trainer_state.json of a checkpoint directory (a clear error when missing or not JSON).
 nlohmann::json read_trainer_state(const std::string& checkpoint_dir);
+// Its path, which parts name in errors about its fields (io::json_int(state, "step", path)).
+std::string trainer_state_path(const std::filesystem::path& checkpoint_dir);
 
 // The newest complete checkpoint under dir, if any.
 std::optional<std::string> latest_checkpoint(const std::string& dir);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_input.h"
 
 namespace g4::train {
 
@@ -27,7 +28,8 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       try {
-        if (nlohmann::json::parse(line).value("step", int64_t{0}) <= resume_step) keep.push_back(line);
+        if (io::json_int(io::parse_json(line, path, io::kMaxJsonLineBytes), "step", path, 0) <= resume_step)
+          keep.push_back(line);
       } catch (...) {
         // A line cut by a crash is dropped.
       }
@@ -52,7 +54,7 @@ std::vector<nlohmann::json> MetricsLog::read_all() const {
   std::ifstream in(path_);
   std::string line;
   while (std::getline(in, line))
-    if (!line.empty()) all.push_back(nlohmann::json::parse(line));
+    if (!line.empty()) all.push_back(io::parse_json(line, path_, io::kMaxJsonLineBytes));
   return all;
 }
 

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include "io/json_input.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/data_parallel.h"
@@ -100,7 +101,8 @@ void ReplicatedAdamW::save(const fs::path& dir, nlohmann::json& state) {
 void ReplicatedAdamW::load(const fs::path& dir, const nlohmann::json& state) {
   // The moments, whole for replicated parameters and this rank's slices of the experts, from
   // whichever layout was saved (any optimizer's checkpoint).
-  const OptimizerStateReader reader(dir.string(), state.value("ranks", int64_t{1}), rank(), ranks());
+  const std::string where = trainer_state_path(dir);
+  const OptimizerStateReader reader(dir.string(), io::json_int(state, "ranks", where, 1), rank(), ranks());
   std::vector<std::pair<std::string, Tensor>> named;
   for (const std::string& n : adamw_.trainable()) {
     const Shape& shape = params_.at(n).value().shape();
@@ -110,7 +112,7 @@ void ReplicatedAdamW::load(const fs::path& dir, const nlohmann::json& state) {
       named.emplace_back(std::string(kind) + "." + n, std::move(t));
     }
   }
-  adamw_.load_state(named, state.at("optimizer_steps").get<int64_t>());
+  adamw_.load_state(named, io::json_int(state, "optimizer_steps", where));
 }
 
 ShardedOptimizer::ShardedOptimizer(model::Gemma4& model, parallel::DeviceMesh& mesh,
@@ -145,9 +147,10 @@ void ShardedOptimizer::save(const fs::path& dir, nlohmann::json& state) {
 }
 
 void ShardedOptimizer::load(const fs::path& dir, const nlohmann::json& state) {
-  const OptimizerStateReader reader(dir.string(), state.value("ranks", int64_t{1}), mesh_.world().rank(),
+  const std::string where = trainer_state_path(dir);
+  const OptimizerStateReader reader(dir.string(), io::json_int(state, "ranks", where, 1), mesh_.world().rank(),
                                     mesh_.world().size());
-  adamw_.load_state(reader, state.at("optimizer_steps").get<int64_t>());
+  adamw_.load_state(reader, io::json_int(state, "optimizer_steps", where));
 }
 
 std::unique_ptr<Optimizer> make_optimizer(OptimizerSetup setup) {

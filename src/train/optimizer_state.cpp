@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "io/json_input.h"
 #include "parallel/device_mesh.h"
 #include "train/checkpoint.h"
 
@@ -34,26 +35,32 @@ OptimizerStateReader::OptimizerStateReader(const std::string& checkpoint_dir, in
     return;
   }
   const std::string what = first.string();
+  const std::string where = what + ": metadata '" + kOptimizerMetadataKey + "'";
+  meta_ = io::parse_json(it->second, where, io::kMaxSafetensorsHeaderBytes);
+  // Every field read below and in experts() is reached here first, so a malformed layout is
+  // reported once, naming the file, instead of as a library exception later.
   try {
-    meta_ = nlohmann::json::parse(it->second);
-    const std::string format = meta_.at("format").get<std::string>();
+    io::json_int(meta_.at("experts"), "num_experts", where);
+    const std::string format = io::json_string(meta_, "format", where);
     G4_CHECK(format == kShardedOptimizerFormat || format == kShardedOptimizerFormatV1, what, ": optimizer format '",
              format, "', expected '", kShardedOptimizerFormat, "' (or '", kShardedOptimizerFormatV1, "')");
-    mesh_ = parallel::MeshShape{meta_.at("mesh").at("dp").get<int>(), meta_.at("mesh").at("ep").get<int>(),
-                                meta_.at("mesh").at("cp").get<int>()};
+    const nlohmann::json& mesh = meta_.at("mesh");
+    mesh_ = parallel::MeshShape{static_cast<int>(io::json_int(mesh, "dp", where + " mesh")),
+                                static_cast<int>(io::json_int(mesh, "ep", where + " mesh")),
+                                static_cast<int>(io::json_int(mesh, "cp", where + " mesh"))};
+    G4_CHECK(mesh_.world_size() == saved_ranks, what, ": the optimizer was saved on mesh ", mesh_.str(), " (",
+             mesh_.world_size(), " ranks), but trainer_state.json says ", saved_ranks, " ranks");
+    flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
+    G4_CHECK(flat_.shards == mesh_.dp_shard, what, ": the flat layout has ", flat_.shards, " shards but dp is ",
+             mesh_.dp_shard);
+    if (meta_.at("experts").contains("flat")) {
+      expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
+      G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
+               " shards but dp is ", mesh_.dp_shard);
+      parallel::expert_range(meta_.at("experts").at("num_experts").get<int64_t>(), 0, mesh_.ep, what);
+    }
   } catch (const nlohmann::json::exception& e) {
-    G4_FAIL(what, ": metadata '", kOptimizerMetadataKey, "' is malformed: ", e.what());
-  }
-  G4_CHECK(mesh_.world_size() == saved_ranks, what, ": the optimizer was saved on mesh ", mesh_.str(), " (",
-           mesh_.world_size(), " ranks), but trainer_state.json says ", saved_ranks, " ranks");
-  flat_ = parallel::FlatLayout::from_json(meta_.at("flat"), what);
-  G4_CHECK(flat_.shards == mesh_.dp_shard, what, ": the flat layout has ", flat_.shards, " shards but dp is ",
-           mesh_.dp_shard);
-  if (meta_.at("experts").contains("flat")) {
-    expert_flat_ = parallel::FlatLayout::from_json(meta_.at("experts").at("flat"), what + " (experts)");
-    G4_CHECK(expert_flat_->shards == mesh_.dp_shard, what, ": the experts' flat layout has ", expert_flat_->shards,
-             " shards but dp is ", mesh_.dp_shard);
-    parallel::expert_range(meta_.at("experts").at("num_experts").get<int64_t>(), 0, mesh_.ep, what);
+    G4_FAIL(where, " is malformed (", io::json_error_text(e), ")");
   }
 }
 
@@ -69,6 +76,8 @@ const io::SafetensorsReader& OptimizerStateReader::file(int64_t rank) const {
 
 Tensor OptimizerStateReader::whole(const io::SafetensorsReader& f, const std::string& tensor) const {
   G4_CHECK(f.has(tensor), "optimizer state ", f.path(), " has no '", tensor, "'");
+  G4_CHECK(is_floating(f.info(tensor).dtype), "optimizer state '", tensor, "' in ", f.info(tensor).file,
+           " is stored as ", f.info(tensor).stored_dtype, ", expected a floating-point dtype");
   return f.get(tensor);
 }
 

@@ -2,7 +2,9 @@
 
 #include <cmath>
 
+#include "io/json_input.h"
 #include "parallel/context_parallel.h"
+#include "train/checkpoint.h"
 
 namespace g4::train {
 
@@ -95,8 +97,8 @@ Metrics SftObjective::validate(const model::Gemma4& model) {
 
 void SftObjective::save(const std::filesystem::path&, nlohmann::json& state) { state["data_index"] = data_index_; }
 
-void SftObjective::load(const std::filesystem::path&, const nlohmann::json& state) {
-  data_index_ = state.at("data_index").get<int64_t>();
+void SftObjective::load(const std::filesystem::path& dir, const nlohmann::json& state) {
+  data_index_ = io::json_int(state, "data_index", trainer_state_path(dir));
 }
 
 double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens) {

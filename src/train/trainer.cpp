@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/device_memory.h"
+#include "io/json_input.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/context_parallel.h"
@@ -59,7 +60,8 @@ std::unique_ptr<model::Gemma4> build_model(const Recipe& r, model::ExpertRange e
   }
   auto m = std::make_unique<model::Gemma4>(model_config(r));
   // The whole model is initialised, then sliced, so every EP size starts from the same weights.
-  m->init_weights(r.init_seed, model::named_config(r.model_name, r.model_overrides).value("initializer_range", 0.02));
+  const nlohmann::json cfg_json = model::named_config(r.model_name, r.model_overrides);
+  m->init_weights(r.init_seed, io::json_number(cfg_json, "initializer_range", r.source + ": model.config", 0.02));
   if (experts.count == 0 || experts.count == m->config().num_experts) return m;
   return keep_experts(*m, experts);
 }
@@ -109,10 +111,10 @@ struct Progress final : CheckpointPart {
     state["skipped_steps"] = skipped_steps;
     state["recipe"] = recipe;
   }
-  void load(const fs::path&, const nlohmann::json& state) override {
-    step = state.at("step").get<int64_t>();
-    skipped_steps = state.value("skipped_steps", int64_t{0});
-    elapsed_s = state.value("elapsed_s", 0.0);
+  void load(const fs::path& dir, const nlohmann::json& state) override {
+    step = io::json_int(state, "step", trainer_state_path(dir));
+    skipped_steps = io::json_int(state, "skipped_steps", trainer_state_path(dir), 0);
+    elapsed_s = io::json_number(state, "elapsed_s", trainer_state_path(dir), 0.0);
   }
 };
 

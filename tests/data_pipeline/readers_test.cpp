@@ -1,6 +1,9 @@
 // Reading files into documents: plain-text splitting, JSONL text and chat, format detection, and the
 // errors for bad input (each naming the file and line).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
 
 #include "data/dataset.h"
 #include "data_pipeline/test_tokenizer.h"
@@ -204,6 +207,22 @@ TEST(DataErrors, OverlongErrorNamesTheLine) {
   o.overlong = "error";
   o.validation_fraction = 0;
   EXPECT_G4_ERROR(PackedDataset(o, ByteTokenizer()), dir / "a.txt:3", "30 tokens", "seq_len 8");
+}
+
+// Issue 19: a deeply nested line is refused before parsing (nlohmann's recursive parts would
+// overflow the stack), and a FIFO or directory named as a data file is refused without blocking.
+TEST(HostileData, DeepNestingFifoAndDirectory) {
+  const std::string ok = "{\"text\": \"fine\"}\n";
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  expect_jsonl_error(ok + "{\"text\": \"a\", \"meta\": " + deep + "}\n", "jsonl", "deeper than the limit of 128");
+
+  test::TempDir dir;
+  const std::string fifo = dir / "pipe.jsonl";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_G4_ERROR(load_documents(options_for(fifo), ByteTokenizer()), fifo, "not a regular file");
+  std::filesystem::create_directories(dir / "folder.jsonl");
+  EXPECT_G4_ERROR(load_documents(options_for(dir / "folder.jsonl"), ByteTokenizer()), dir / "folder.jsonl",
+                  "is a directory");
 }
 
 }  // namespace

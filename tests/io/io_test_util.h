@@ -103,22 +103,23 @@ inline RawSafetensors parse_raw_safetensors(const std::string& path) {
   return r;
 }
 
-// Runs `fn`; it must throw g4::Error whose message contains every one of `parts`.
-// G4_PRINT_ERRORS=1 prints each message, to review how they read.
+// Runs `fn`; it must throw g4::Error whose message contains every one of `parts`. Returns the
+// message ("" on failure). G4_PRINT_ERRORS=1 prints each message, to review how they read.
 template <class Fn>
-void expect_g4_error(Fn&& fn, std::initializer_list<std::string> parts) {
+std::string expect_g4_error(Fn&& fn, std::initializer_list<std::string> parts) {
   try {
     fn();
   } catch (const g4::Error& e) {
     const std::string msg = e.what();
     if (std::getenv("G4_PRINT_ERRORS")) std::cout << "  error: " << msg << "\n";  // to review wording
     for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
+    return msg;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "threw a non-g4 exception: " << e.what();
-    return;
+    return "";
   }
   ADD_FAILURE() << "no exception thrown";
+  return "";
 }
 
 }  // namespace g4::test

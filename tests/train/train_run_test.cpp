@@ -147,7 +147,9 @@ TEST(TrainRun, ResumesACheckpointOfTheEarlierTrainer) {
       const double w = want[i][key].get<double>();
       EXPECT_NEAR(got[i][key].get<double>(), w, 1e-4 * std::abs(w)) << key << " at step " << want[i]["step"];
     }
-    if (want[i].contains("lr")) EXPECT_EQ(got[i]["lr"], want[i]["lr"]) << i;
+    if (want[i].contains("lr")) {
+      EXPECT_EQ(got[i]["lr"], want[i]["lr"]) << i;
+    }
   }
   fs::remove_all(dir);
 }

@@ -1,0 +1,158 @@
+#include "io/json_input.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+namespace g4::io {
+
+using nlohmann::json;
+
+namespace {
+
+// A value as it appears in the file, cut short: the message must stay readable when a field
+// holds a whole document.
+std::string preview(const json& v) {
+  std::string s = v.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+std::string limit_str(size_t bytes) {
+  return bytes % kMiB == 0 ? std::to_string(bytes / kMiB) + " MiB" : std::to_string(bytes) + " bytes";
+}
+
+const json* field(const json& obj, const std::string& key, const std::string& where) {
+  G4_CHECK(obj.is_object(), where, " must be a JSON object, got ", preview(obj));
+  auto it = obj.find(key);
+  return it == obj.end() ? nullptr : &*it;
+}
+
+}  // namespace
+
+void check_json_limits(std::string_view text, const std::string& what, size_t max_bytes, int max_depth) {
+  G4_CHECK(text.size() <= max_bytes, what, " is ", text.size(), " bytes, more than the limit of ",
+           limit_str(max_bytes));
+  // Brackets inside strings do not nest; anything malformed is left to the parser to report.
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      G4_CHECK(++depth <= max_depth, what, " nests JSON arrays/objects deeper than the limit of ", max_depth,
+               " levels (at byte ", i, ")");
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+}
+
+std::string json_error_text(const json::exception& e) {
+  std::string s = e.what();
+  if (s.rfind("[json.exception.", 0) == 0)
+    if (const size_t end = s.find("] "); end != std::string::npos) s.erase(0, end + 2);
+  return s;
+}
+
+json parse_json(std::string_view text, const std::string& what, size_t max_bytes, int max_depth) {
+  check_json_limits(text, what, max_bytes, max_depth);
+  try {
+    return json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    G4_FAIL(what, " is not valid JSON (", json_error_text(e), ")");
+  } catch (const std::bad_alloc&) {
+    G4_FAIL(what, ": out of memory parsing ", text.size(), " bytes of JSON");
+  }
+}
+
+std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes) {
+  // Non-blocking, so that opening a FIFO returns at once instead of waiting for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  G4_CHECK(fd >= 0, "cannot open ", what, " ", path, ": ", std::strerror(errno));
+  struct stat st {};
+  const bool stat_ok = ::fstat(fd, &st) == 0;
+  const int stat_err = errno;
+  std::string bytes;
+  try {
+    G4_CHECK(stat_ok, "cannot stat ", what, " ", path, ": ", std::strerror(stat_err));
+    G4_CHECK(!S_ISDIR(st.st_mode), what, " ", path, " is a directory, expected a file");
+    G4_CHECK(S_ISREG(st.st_mode), what, " ", path, " is not a regular file (a FIFO, socket or device?)");
+    const size_t size = static_cast<size_t>(st.st_size);
+    G4_CHECK(size <= max_bytes, what, " ", path, " is ", size, " bytes, more than the limit of ", limit_str(max_bytes));
+    try {
+      bytes.resize(size);
+    } catch (const std::exception&) {  // bad_alloc, or length_error past max_size()
+      G4_FAIL("cannot allocate ", size, " bytes to read ", what, " ", path);
+    }
+    size_t got = 0;
+    while (got < size) {
+      const ssize_t n = ::read(fd, bytes.data() + got, size - got);
+      if (n < 0 && errno == EINTR) continue;
+      G4_CHECK(n >= 0, "reading ", what, " ", path, " failed: ", std::strerror(errno));
+      if (n == 0) break;  // shrank while we read: take what is there
+      got += static_cast<size_t>(n);
+    }
+    bytes.resize(got);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return bytes;
+}
+
+json read_json_file(const std::string& path, const std::string& what, size_t max_bytes, int max_depth) {
+  return parse_json(read_regular_file(path, what, max_bytes), what + " " + path, max_bytes, max_depth);
+}
+
+int64_t json_int(const json& obj, const std::string& key, const std::string& where) {
+  const json* v = field(obj, key, where);
+  G4_CHECK(v, where, ": '", key, "' is missing (an integer is required)");
+  // An integral float (4.0, as a hand edit may write) is an integer, as in the config reader.
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    G4_CHECK(std::floor(d) == d && std::fabs(d) < 9.0e15, where, ": '", key, "' must be an integer, got ", preview(*v));
+    return static_cast<int64_t>(d);
+  }
+  G4_CHECK(v->is_number_integer(), where, ": '", key, "' must be an integer, got ", preview(*v));
+  G4_CHECK(!v->is_number_unsigned() || v->get<uint64_t>() <= uint64_t(INT64_MAX), where, ": '", key, "' is ",
+           preview(*v), ", more than the largest integer g4 takes (", INT64_MAX, ")");
+  return v->get<int64_t>();
+}
+
+int64_t json_int(const json& obj, const std::string& key, const std::string& where, int64_t def) {
+  return field(obj, key, where) ? json_int(obj, key, where) : def;
+}
+
+double json_number(const json& obj, const std::string& key, const std::string& where, double def) {
+  const json* v = field(obj, key, where);
+  if (!v) return def;
+  G4_CHECK(v->is_number(), where, ": '", key, "' must be a number, got ", preview(*v));
+  return v->get<double>();
+}
+
+std::string json_string(const json& obj, const std::string& key, const std::string& where) {
+  const json* v = field(obj, key, where);
+  G4_CHECK(v, where, ": '", key, "' is missing (a string is required)");
+  G4_CHECK(v->is_string(), where, ": '", key, "' must be a string, got ", preview(*v));
+  return v->get<std::string>();
+}
+
+}  // namespace g4::io
