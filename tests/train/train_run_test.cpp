@@ -29,13 +29,17 @@ using test::ProcessResult;
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
 
+// Every record of a run's metrics.jsonl.
+std::vector<nlohmann::json> records(const fs::path& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
 
 std::vector<std::string> loss_lines(const fs::path& run_dir) {
   std::vector<std::string> lines;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
+  for (const nlohmann::json& j : records(run_dir)) {
     // Everything but timings must repeat exactly.
     if (j.contains("loss"))
       lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["grad_norm"].dump() +
@@ -48,12 +52,8 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
 // Per-step training losses of a run.
 std::vector<double> step_losses(const fs::path& run_dir) {
   std::vector<double> l;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
+  for (const nlohmann::json& j : records(run_dir))
     if (j.contains("loss")) l.push_back(j["loss"].get<double>());
-  }
   return l;
 }
 
@@ -132,12 +132,6 @@ TEST(TrainRun, ResumesACheckpointOfTheEarlierTrainer) {
   r = run("train " + recipe + " checkpoint.dir=" + (dir / "old").string() + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
-  auto records = [](const fs::path& run_dir) {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(run_dir / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-    return out;
-  };
   const auto want = records(dir / "run"), got = records(dir / "old");
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -179,11 +173,8 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("skipped"), std::string::npos) << r.output;
   int64_t skipped = 0;
-  std::ifstream in(dir / "run" / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
+  for (const nlohmann::json& j : records(dir / "run"))
     if (j.contains("loss")) skipped = j.value("skipped_steps", int64_t{0});
-  }
   EXPECT_GT(skipped, 0);
 
   // A copy of the step-8 checkpoint with one NaN weight.
