@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "core/blas_kernels.h"
 #include "core/error.h"
+#include "parallel/world.h"
 
 int main(int argc, char** argv) {
   g4::select_blas_kernels(argv);
@@ -25,11 +26,10 @@ int main(int argc, char** argv) {
   }
   try {
     action();
-  } catch (const g4::Error& e) {
-    std::cerr << "g4: error: " << e.what() << "\n";
-    return 1;
   } catch (const std::exception& e) {
-    std::cerr << "g4: error: " << e.what() << "\n";
+    std::cerr << "g4: error: " << e.what() << std::endl;
+    // One rank of several: its peers may be waiting for it in a collective; end the whole job.
+    g4::parallel::abort_job_if_ranks(1);
     return 1;
   }
   return 0;

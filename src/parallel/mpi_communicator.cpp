@@ -51,6 +51,21 @@ void finalize_mpi() {
   MPI_Finalize();
 }
 
+}  // namespace
+
+void abort_mpi_job_if_ranks(int exit_code) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) return;
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  // MPI_Finalize at exit would wait for peers that are waiting for this rank in a collective.
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
+}
+
+namespace {
+
 void ensure_mpi() {
   int finalized = 0;
   MPI_Finalized(&finalized);

@@ -60,4 +60,6 @@ std::unique_ptr<Communicator> make_world_communicator() {
   return world;
 }
 
+void abort_job_if_ranks(int exit_code) { abort_mpi_job_if_ranks(exit_code); }
+
 }  // namespace g4::parallel

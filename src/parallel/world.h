@@ -30,4 +30,9 @@ LaunchInfo detect_launch(const EnvLookup& env = [](const char* name) { return st
 // MPI agrees with the launcher's variables (a mismatch means MPI was not started by that launcher).
 std::unique_ptr<Communicator> make_world_communicator();
 
+// After a fatal error on this rank: when MPI runs this process as one of several ranks, ends the
+// whole job (MPI_Abort) so that no peer waits for this rank for ever, and does not return;
+// otherwise returns (a lone process just exits with its error).
+void abort_job_if_ranks(int exit_code);
+
 }  // namespace g4::parallel

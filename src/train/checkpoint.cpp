@@ -38,13 +38,15 @@ void write_file_atomic(const fs::path& path, const std::string& text) {
 }  // namespace
 
 void maybe_fault(const char* where, int64_t step) {
-  const char* spec = std::getenv("G4_FAULT_KILL");
-  if (!spec) return;
-  const std::string want = std::string(where) + ":" + std::to_string(step);
-  // G4_FAULT_RANK=r: only that rank of a multi-rank job dies (its peers must be stopped by the launcher).
+  const char* kill_at = std::getenv("G4_FAULT_KILL");
+  const char* fail_at = std::getenv("G4_FAULT_ERROR");
+  if (!kill_at && !fail_at) return;
+  const std::string here = std::string(where) + ":" + std::to_string(step);
+  // G4_FAULT_RANK=r: only that rank of a multi-rank job faults (its peers must be stopped by the launcher).
   const char* only = std::getenv("G4_FAULT_RANK");
   if (only && std::to_string(parallel::detect_launch().rank) != only) return;
-  if (want == spec) ::kill(::getpid(), SIGKILL);
+  if (kill_at && here == kill_at) ::kill(::getpid(), SIGKILL);
+  G4_CHECK(!fail_at || here != fail_at, "G4_FAULT_ERROR: the failure asked for at ", here);
 }
 
 std::string optimizer_shard_name(int64_t rank, int64_t world_size) {

@@ -75,8 +75,9 @@ std::optional<std::string> latest_checkpoint(const std::string& dir);
 std::string optimizer_shard_name(int64_t rank, int64_t world_size);
 
 // Test hook: G4_FAULT_KILL=checkpoint:N kills the process (SIGKILL) halfway through writing
-// checkpoint N; G4_FAULT_KILL=step:N right after step N; with G4_FAULT_RANK=r, only rank r of a
-// multi-rank job. Lets tests crash a run (or one rank of it) on purpose.
+// checkpoint N; G4_FAULT_KILL=step:N right after step N; G4_FAULT_ERROR=<where>:N raises an error
+// there instead (an ordinary failure); with G4_FAULT_RANK=r, only rank r of a multi-rank job. Lets
+// tests crash or fail a run (or one rank of it) on purpose.
 void maybe_fault(const char* where, int64_t step);
 
 }  // namespace g4::train

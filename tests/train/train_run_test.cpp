@@ -3,6 +3,7 @@
 // curve of the uninterrupted run.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -577,6 +578,31 @@ TEST(Launch, TwoRanksTrainTogether) {
       run("launch -n 2 train " + args + (dir / "c").string(), "G4_FAULT_KILL=step:1 G4_FAULT_RANK=1");
   EXPECT_NE(killed.code, 0) << killed.output;
   EXPECT_FALSE(fs::exists(dir / "c" / "checkpoints" / "step-00000002")) << killed.output;
+  fs::remove_all(dir);
+}
+
+// A rank that fails with an error (not a crash) while its peers wait for it in a collective ends
+// the whole job: the failing rank aborts MPI instead of waiting in MPI_Finalize, so mpirun stops
+// the others. `timeout` turns a hang into exit code 124.
+TEST(Launch, AFailingRankStopsTheWholeJob) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = temp_dir("launch_fail");
+  const std::string recipe = test::write_train_recipe(dir);
+  for (const int n : {2, 4}) {
+    SCOPED_TRACE(std::to_string(n) + " ranks");
+    const std::string last = std::to_string(n - 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    const ProcessResult r =
+        run("launch -n " + std::to_string(n) + " train " + recipe + " train.steps=3 log.samples=0 checkpoint.dir=" +
+                (dir / std::to_string(n)).string(),
+            "OMP_NUM_THREADS=1 G4_FAULT_ERROR=step:1 G4_FAULT_RANK=" + last + " timeout 120");
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("  %d ranks: the job ended %.1f s after it started\n", n, s);
+    EXPECT_NE(r.code, 0) << r.output;
+    EXPECT_NE(r.code, 124) << "the job hung: " << r.output;
+    EXPECT_NE(r.output.find("[rank " + last + "] g4: error: G4_FAULT_ERROR"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / std::to_string(n) / "checkpoints" / "step-00000003")) << r.output;
+  }
   fs::remove_all(dir);
 }
 
