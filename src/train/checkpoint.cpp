@@ -1,6 +1,13 @@
 #include "train/checkpoint.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
 
 #include <csignal>
 #include <cstdlib>
@@ -116,18 +123,70 @@ nlohmann::json CheckpointManager::load(const std::string& checkpoint_dir) {
   return state;
 }
 
-std::optional<std::string> latest_checkpoint(const std::string& dir) {
-  if (!fs::is_directory(dir)) return std::nullopt;
-  // Renamed step directories are complete by construction; take the newest.
-  std::string best;
+std::vector<std::string> complete_checkpoints(const std::string& dir) {
+  std::vector<std::string> names;
+  if (!fs::is_directory(dir)) return names;
+  // Renamed step directories are complete by construction.
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind("step-", 0) == 0 && fs::exists(e.path() / "trainer_state.json") &&
-        name > best)
-      best = name;
+    if (e.is_directory() && name.rfind("step-", 0) == 0 && fs::exists(e.path() / "trainer_state.json"))
+      names.push_back(name);
   }
-  if (best.empty()) return std::nullopt;
-  return (fs::path(dir) / best).string();
+  std::sort(names.rbegin(), names.rend());
+  for (std::string& n : names) n = (fs::path(dir) / n).string();
+  return names;
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& dir) {
+  const std::vector<std::string> all = complete_checkpoints(dir);
+  if (all.empty()) return std::nullopt;
+  return all.front();
+}
+
+std::optional<std::string> CheckpointManager::resume() {
+  const std::vector<std::string> candidates = complete_checkpoints(dir_);
+  std::string failures;
+  for (const std::string& c : candidates) {
+    std::string error;
+    try {
+      load(c);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    // Every rank takes the same checkpoint: one rank's damaged shard sends all of them back.
+    Tensor failed = Tensor::from_vector<double>({error.empty() ? 0.0 : 1.0}, {1});
+    if (world_.size() > 1) world_.all_reduce(failed);
+    if (failed.data<double>()[0] == 0) return c;
+    const std::string why = error.empty() ? "another rank could not read it" : error;
+    if (world_.rank() == 0 || !error.empty())
+      std::cerr << "checkpoint " << c << " cannot be resumed (" << why << "); trying the one before\n";
+    failures += "\n  " + c + ": " + why;
+  }
+  G4_CHECK(candidates.empty(), "no checkpoint in ", dir_, " can be resumed:", failures);
+  return std::nullopt;
+}
+
+DirectoryLock::DirectoryLock(const std::string& dir) {
+  fs::create_directories(dir);
+  const std::string path = (fs::path(dir) / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  G4_CHECK(fd_ >= 0, "cannot open the lock file ", path, ": ", std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    const ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    G4_FAIL("another g4 run (pid ", n > 0 ? std::string(pid, static_cast<size_t>(n)) : std::string("?"),
+            ") is writing checkpoints to ", dir, "; two runs must not share checkpoint.dir");
+  }
+  const std::string mine = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, mine.data(), mine.size(), 0) < 0) {
+    // The pid is only for the message of a refused run; the lock itself holds.
+  }
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
 }
 
 nlohmann::json read_trainer_state(const std::string& checkpoint_dir) {

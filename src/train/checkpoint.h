@@ -50,6 +50,10 @@ class CheckpointManager {
   std::optional<std::string> latest() const;
   // Collective: restores every part from `checkpoint_dir`; returns its trainer_state.json.
   nlohmann::json load(const std::string& checkpoint_dir);
+  // Collective: restores the newest checkpoint every rank reads without error, falling back to
+  // older ones (saying so on stderr) when the newest is damaged; returns its directory, or
+  // nothing when there is none. An error when every checkpoint is damaged.
+  std::optional<std::string> resume();
 
   const std::string& dir() const { return dir_; }
 
@@ -70,6 +74,22 @@ std::string trainer_state_path(const std::filesystem::path& checkpoint_dir);
 
 // The newest complete checkpoint under dir, if any.
 std::optional<std::string> latest_checkpoint(const std::string& dir);
+// Every complete checkpoint under dir, newest first.
+std::vector<std::string> complete_checkpoints(const std::string& dir);
+
+// Holds `dir`/.lock (flock) for as long as it lives, so that two runs never write one checkpoint
+// directory: a second one is refused with an error naming the directory and the holder's pid. The
+// lock goes with the process, also when it is killed.
+class DirectoryLock {
+ public:
+  explicit DirectoryLock(const std::string& dir);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 // "optimizer-rank<r>-of<n>.safetensors"
 std::string optimizer_shard_name(int64_t rank, int64_t world_size);

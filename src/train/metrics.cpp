@@ -47,6 +47,8 @@ void MetricsLog::write(const nlohmann::json& record) {
   std::ofstream out(path_, std::ios::app);
   G4_CHECK(out.good(), "cannot append to metrics log ", path_);
   out << record.dump() << "\n";
+  out.flush();
+  G4_CHECK(out.good(), "writing to metrics log ", path_, " failed (disk full?)");
 }
 
 std::vector<nlohmann::json> MetricsLog::read_all() const {

@@ -135,6 +135,7 @@ class Trainer {
   const Recipe& r_;
   const Clock::time_point t_start_ = Clock::now();
   std::unique_ptr<parallel::Communicator> world_;
+  std::unique_ptr<DirectoryLock> lock_;  // rank 0: this run alone writes r_.output_dir
   std::unique_ptr<parallel::DeviceMesh> mesh_;
   std::unique_ptr<model::Gemma4> model_;
   std::unique_ptr<model::Gemma4> host_;  // a GPU model's f32 original, until the optimizer takes it
@@ -164,6 +165,7 @@ Trainer::Trainer(const Recipe& r, bool resume) : r_(r) {
            "multi-GPU training is not supported yet (g4 train runs on one GPU, in one process)");
   // One process per replica (mpirun / srun); a plain launch is one rank.
   world_ = parallel::make_world_communicator();
+  if (main_rank()) lock_ = std::make_unique<DirectoryLock>(r.output_dir);
   mesh_ = make_mesh(r, *world_);
   set_up_model();
   tok_ = io::load_tokenizer(r.tokenizer);
@@ -233,9 +235,8 @@ void Trainer::set_up_objective_and_optimizer() {
 
 void Trainer::resume_if_asked(bool resume) {
   if (!resume) return;
-  if (const auto latest = checkpoints_->latest()) {
-    checkpoints_->load(*latest);
-    if (main_rank()) std::cerr << "resuming from " << *latest << " (step " << progress_.step << ")\n";
+  if (const auto from = checkpoints_->resume()) {
+    if (main_rank()) std::cerr << "resuming from " << *from << " (step " << progress_.step << ")\n";
   } else if (main_rank()) {
     std::cerr << "no checkpoint in " << checkpoints_->dir() << "; starting from scratch\n";
   }

@@ -2,6 +2,9 @@
 // run killed between checkpoints or in the middle of writing one resumes to exactly the loss
 // curve of the uninterrupted run.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -190,6 +193,33 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   r = run("eval " + bad.string() + " --data " + data + " --seq-len 64");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("not finite"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// A damaged newest checkpoint (a truncated weights file) does not end the run's life: --resume
+// says so and continues from the one before, reproducing the uninterrupted curve. Two runs never
+// share a run directory: the second is refused while the first holds its lock.
+TEST(TrainRun, ResumeFallsBackFromADamagedCheckpointAndRunsDoNotShareADirectory) {
+  const fs::path dir = temp_dir("damaged");
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/false, /*samples=*/0);
+  ProcessResult r = run("train " + recipe);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto want = loss_lines(dir / "run");
+  const fs::path weights = dir / "run" / "checkpoints" / "step-00000008" / "model.safetensors";
+  fs::resize_file(weights, fs::file_size(weights) / 2);
+  r = run("train " + recipe + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("step-00000008 cannot be resumed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "run"), want);
+
+  const int fd = ::open((dir / "run" / ".lock").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);  // as a running trainer holds it
+  r = run("train " + recipe + " --resume");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is writing checkpoints to"), std::string::npos) << r.output;
+  ::close(fd);
   fs::remove_all(dir);
 }
 
