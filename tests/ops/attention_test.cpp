@@ -221,3 +221,26 @@ TEST(Attention, Errors) {
 
 }  // namespace
 }  // namespace g4
+
+namespace g4 {
+namespace {
+
+// A NaN in a query row makes that row's output and lse NaN, as in PyTorch, instead of a finite
+// row (or "no visible key"); the other rows are untouched.
+TEST(Attention, NanScoresPropagate) {
+  Tensor q = randn({1, 4, 2, 8}, 41, DType::F32);
+  const Tensor k = randn({1, 4, 2, 8}, 42, DType::F32), v = randn({1, 4, 2, 8}, 43, DType::F32);
+  q.data<float>()[(2 * 2 + 0) * 8 + 3] = std::nanf("");  // query 2, head 0
+  Tensor lse;
+  const Tensor out = ops::attention(q, k, v, causal(), 1.0 / std::sqrt(8.0), &lse);
+  for (int64_t i = 0; i < 4; ++i)
+    for (int64_t h = 0; h < 2; ++h) {
+      const bool poisoned = i == 2 && h == 0;
+      EXPECT_EQ(std::isnan(lse.data<float>()[h * 4 + i]), poisoned) << i << " " << h;
+      for (int64_t c = 0; c < 8; ++c)
+        EXPECT_EQ(std::isnan(out.data<float>()[(i * 2 + h) * 8 + c]), poisoned) << i << " " << h << " " << c;
+    }
+}
+
+}  // namespace
+}  // namespace g4

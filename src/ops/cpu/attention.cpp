@@ -92,10 +92,17 @@ void forward_impl(const Tensor& q, const Tensor& k, const Tensor& v, const MaskR
           T mx = -INFINITY;
           for (int64_t j = 0; j < dm.sk; ++j) {
             p[j] = rule.allowed(b, i, j) ? dot(qi, K.row(b, j, kvh), dm.d) * scale : T(-INFINITY);
-            mx = std::max(mx, p[j]);
+            // A NaN score makes the row NaN, as in PyTorch (std::max would drop it and turn a row
+            // of NaN scores into one with no visible key).
+            mx = std::isnan(p[j]) ? p[j] : std::max(mx, p[j]);
           }
           for (int64_t c = 0; c < dm.dv; ++c) oi[c] = 0;
           T& lse_i = L[(b * dm.heads + h) * dm.sq + i];
+          if (std::isnan(mx)) {
+            for (int64_t c = 0; c < dm.dv; ++c) oi[c] = mx;
+            L[(b * dm.heads + h) * dm.sq + i] = mx;
+            continue;
+          }
           if (mx == T(-INFINITY)) {  // no visible key: output 0, lse -inf
             lse_i = -INFINITY;
             continue;
