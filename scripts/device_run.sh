@@ -8,8 +8,9 @@ bundle=/tmp/g4-bundle
 if [ ! -x "$bundle/bin/g4" ]; then
   mkdir -p "$bundle" && tar -C "$bundle" -xJf .device/bundle.tar.xz || exit 1
 fi
-# The tests look for their data where they were built (/work/main/tests/data).
-if [ ! -e /work/main/tests ] && [ "$root" != /work/main ]; then mkdir -p /work && ln -sfn "$root" /work/main; fi
+# The tests read their fixtures and run g4 from here, not from the paths compiled in where they were built.
+export G4_TEST_DATA="$root/tests/data"
+export G4_BINARY="$bundle/bin/g4"
 nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) + "/lib")' 2>/dev/null || true)
 # Python (the Hugging Face side of the benchmarks) must not see the bundle's libraries.
 export G4_PYTHON_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"

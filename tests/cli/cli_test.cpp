@@ -6,12 +6,13 @@
 
 #include "io/safetensors.h"
 #include "support/g4_process.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kData = G4_TEST_DATA;
+const std::string kData = test::data_dir();
 
 using test::ProcessResult;
 

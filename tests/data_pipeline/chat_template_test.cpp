@@ -7,6 +7,7 @@
 #include "data/dataset.h"
 #include "data_pipeline/test_tokenizer.h"
 #include "io/io_test_util.h"
+#include "support/test_paths.h"
 
 namespace g4::data {
 namespace {
@@ -17,7 +18,7 @@ using test::ByteTokenizer;
 const std::string kThought = "<|channel>thought\n<channel|>";
 
 json reference_cases() {
-  const auto bytes = test::read_bytes(std::string(G4_TEST_DATA) + "/../data_pipeline/chat_template_cases.json");
+  const auto bytes = test::read_bytes(test::source_dir() + "/tests/data_pipeline/chat_template_cases.json");
   return json::parse(bytes.begin(), bytes.end());
 }
 

@@ -28,6 +28,7 @@
 #include "support/train_recipe.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -197,7 +198,7 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
   const fs::path ckpt = dir / "gpu" / "checkpoints" / "step-00000008";
   const io::SafetensorsReader reader = io::SafetensorsReader::open(ckpt.string());
   for (const std::string& n : reader.names()) EXPECT_EQ(reader.get(n).dtype(), DType::F32) << n;
-  const ProcessResult e = test::run_g4("eval " + ckpt.string() + " --data " + std::string(G4_TEST_DATA) +
+  const ProcessResult e = test::run_g4("eval " + ckpt.string() + " --data " + test::data_dir() +
                                        "/text/genesis.txt --seq-len 64");
   EXPECT_EQ(e.code, 0) << e.output;
 

@@ -17,13 +17,14 @@
 #include <vector>
 
 #include "core/error.h"
+#include "support/test_paths.h"
 
 namespace g4::test {
 
 namespace fs = std::filesystem;
 
 inline std::string fixture_dir(const std::string& name) {
-  return std::string(G4_TEST_DATA) + "/hf-gemma4/" + name;
+  return data_dir() + "/hf-gemma4/" + name;
 }
 
 // A fresh directory under the system temp dir, removed with everything in it at scope end.

@@ -7,6 +7,7 @@
 
 #include "io/hf_tokenizer.h"
 #include "io/io_test_util.h"
+#include "support/test_paths.h"
 
 namespace g4::io {
 namespace {
@@ -15,10 +16,10 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 std::string repo_path(const std::string& relative) {
-  return std::string(G4_TEST_DATA) + "/../../" + relative;
+  return test::source_dir() + "/" + relative;
 }
 std::string data_path(const std::string& name) {
-  return std::string(G4_TEST_DATA) + "/tokenizers/" + name;
+  return test::data_dir() + "/tokenizers/" + name;
 }
 const std::string kKjvDir = repo_path("recipes/data/kjv-tokenizer");
 

@@ -9,13 +9,14 @@
 #include "autograd/variable.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kMoe = std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe";
-const std::string kPle = std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-dense-ple";
+const std::string kMoe = test::data_dir() + "/hf-gemma4/tiny-moe";
+const std::string kPle = test::data_dir() + "/hf-gemma4/tiny-dense-ple";
 
 fs::path temp_dir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("g4_adapter_" + name + "_" + std::to_string(::getpid()));

@@ -9,6 +9,7 @@
 #include "core/random.h"
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -30,7 +31,7 @@ class CountingDispatcher final : public model::TokenDispatcher {
 };
 
 TEST(Moe, ModelRunsEachMoeLayerThroughItsDispatcher) {
-  auto m = model::load_hf_model(std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe", {}, DType::F64);
+  auto m = model::load_hf_model(test::data_dir() + "/hf-gemma4/tiny-moe", {}, DType::F64);
   Tensor ids = Tensor::empty({2, 10}, DType::I64);
   for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 5 + (i * 31) % 240;
   const model::ForwardInputs in{ids, Tensor(), Tensor(), ids};

@@ -7,6 +7,7 @@
 
 #include "autograd/variable.h"
 #include "model/state_dict_adapter.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -21,7 +22,7 @@ std::map<std::string, Tensor> grads_of(model::Gemma4& m) {
 class Packing : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Packing, PackedRowEqualsDocumentsAlone) {
-  auto m = model::load_hf_model(std::string(G4_TEST_DATA) + "/" + GetParam(), {}, DType::F64);
+  auto m = model::load_hf_model(test::data_dir() + "/" + GetParam(), {}, DType::F64);
   const std::vector<int64_t> lengths = {9, 14, 6};  // the middle one is longer than the window
   int64_t S = 0;
   for (int64_t n : lengths) S += n;

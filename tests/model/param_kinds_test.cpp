@@ -12,6 +12,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/hf_fixtures.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -49,7 +50,7 @@ ParamKind kind_from_name(const std::string& n) {
 std::vector<std::string> fixture_names() {
   std::vector<std::string> out;
   for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied"})
-    for (const auto& e : fs::directory_iterator(std::string(G4_TEST_DATA) + sub))
+    for (const auto& e : fs::directory_iterator(test::data_dir() + sub))
       if (fs::exists(e.path() / "config.json")) out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;

@@ -4,6 +4,7 @@
 #include "autograd/variable.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -28,7 +29,7 @@ StepResult train_step(model::Gemma4& m, const model::ForwardInputs& in) {
 class Recompute : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Recompute, SameLossAndGradientsLessMemory) {
-  auto m = model::load_hf_model(std::string(G4_TEST_DATA) + "/" + GetParam());
+  auto m = model::load_hf_model(test::data_dir() + "/" + GetParam());
   model::ForwardInputs in;
   in.input_ids = Tensor::empty({2, 64}, DType::I64);
   for (int64_t i = 0; i < in.input_ids.numel(); ++i) in.input_ids.data<int64_t>()[i] = 3 + (i * 131) % 200;

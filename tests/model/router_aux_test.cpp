@@ -3,6 +3,7 @@
 
 #include "autograd/variable.h"
 #include "model/state_dict_adapter.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -16,7 +17,7 @@ model::ForwardInputs batch() {
 }
 
 TEST(RouterAux, AddsCoefficientTimesBalanceLossWithExactGradient) {
-  auto m = model::load_hf_model(std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe", {}, DType::F64);
+  auto m = model::load_hf_model(test::data_dir() + "/hf-gemma4/tiny-moe", {}, DType::F64);
   const double coef = 0.5;
   m->set_router_aux_loss(coef);
   model::ForwardOutputs out = m->forward(batch());

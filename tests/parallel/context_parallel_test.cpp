@@ -15,6 +15,7 @@
 #include "moe_test_util.h"
 #include "parallel/single_communicator.h"
 #include "parallel_test_util.h"
+#include "support/test_paths.h"
 
 namespace g4::parallel {
 namespace {
@@ -195,7 +196,7 @@ TEST(ContextParallel, RingAttentionErrors) {
 // --- The whole model over cp (and dp, ep) meshes -----------------------------------------------
 
 std::string fixture(const char* name) {
-  return std::string(G4_TEST_DATA) + "/hf-gemma4/" + name;
+  return test::data_dir() + "/hf-gemma4/" + name;
 }
 
 struct Reference {

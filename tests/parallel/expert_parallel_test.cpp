@@ -14,6 +14,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/single_communicator.h"
 #include "parallel_test_util.h"
+#include "support/test_paths.h"
 
 namespace g4::parallel {
 namespace {
@@ -82,7 +83,7 @@ TEST(ExpertParallel, ModelAndGroupMustAgreeOnTheSlice) {
       << e;
   EXPECT_EQ(sliced->token_dispatcher(), nullptr);
 
-  auto dense = model::load_hf_model(std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-dense-ple");
+  auto dense = model::load_hf_model(test::data_dir() + "/hf-gemma4/tiny-dense-ple");
   EXPECT_NE(error_of([&] { enable_expert_parallel(*dense, one); }).find("expert parallelism needs an MoE model"),
             std::string::npos);
 }

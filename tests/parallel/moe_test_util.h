@@ -15,12 +15,13 @@
 #include "model/state_dict_adapter.h"
 #include "parallel/communicator.h"
 #include "parallel/device_mesh.h"
+#include "support/test_paths.h"
 
 namespace g4::parallel::testing {
 
 // 8 experts, top-2, 6 layers, hidden 64, vocabulary 256 (tests/data/hf-gemma4/tiny-moe).
 inline std::string tiny_moe_dir() {
-  return std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe";
+  return test::data_dir() + "/hf-gemma4/tiny-moe";
 }
 
 // The model in dir as rank ep_rank of an ep_size-rank expert-parallel group holds it.

@@ -9,18 +9,14 @@
 #include <filesystem>
 #include <string>
 
+#include "support/test_paths.h"
+
 namespace g4::test {
 
 struct ProcessResult {
   int code;            // exit status, or 128 + signal when killed
   std::string output;  // stdout and stderr together
 };
-
-// The g4 binary built beside the tests; where that path does not exist (the tests carried to a GPU
-// machine by scripts/device_bundle.sh, whose device_run.sh puts the bundle's g4 on PATH), `g4`.
-inline std::string g4_binary() {
-  return std::filesystem::exists(G4_BINARY) ? std::string(G4_BINARY) : std::string("g4");
-}
 
 // Runs `g4 <args>` with `env` assignments ("A=1 B=2") in front.
 inline ProcessResult run_g4(const std::string& args, const std::string& env = "") {

@@ -6,12 +6,13 @@
 
 #include "io/safetensors.h"
 #include "model/gemma4.h"
+#include "support/test_paths.h"
 
 namespace g4::test {
 
 inline std::string hf_fixture_dir(const std::string& name) {
   const std::string sub = name.rfind("var-", 0) == 0 ? "/hf-gemma4-varied/" : "/hf-gemma4/";
-  return std::string(G4_TEST_DATA) + sub + name;
+  return data_dir() + sub + name;
 }
 
 // input_ids, attention_mask and labels of a fixture's reference.safetensors.

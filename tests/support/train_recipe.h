@@ -7,11 +7,13 @@
 #include <fstream>
 #include <string>
 
+#include "support/test_paths.h"
+
 namespace g4::test {
 
 inline std::string write_train_recipe(const std::filesystem::path& dir, bool dense = false, int samples = 1) {
-  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
-  const std::string tok = std::string(G4_TEST_DATA) + "/../../recipes/data/kjv-tokenizer";
+  const std::string data = data_dir() + "/text/genesis.txt";
+  const std::string tok = source_dir() + "/recipes/data/kjv-tokenizer";
   const std::filesystem::path path = dir / "recipe.yaml";
   std::ofstream f(path);
   f << (dense ? "model:\n  name: tiny-dense\n  config: {hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2,"

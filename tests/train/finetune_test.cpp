@@ -7,6 +7,7 @@
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "train/adamw.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -20,7 +21,7 @@ class Finetune : public ::testing::TestWithParam<std::string> {};
 double loss_tolerance(const std::string& name) { return name.find("moe") != std::string::npos ? 5e-5 : 1e-5; }
 
 void check_loss_sequence(const std::string& name, DType dtype) {
-  const std::string dir = std::string(G4_TEST_DATA) + "/finetune/" + name;
+  const std::string dir = test::data_dir() + "/finetune/" + name;
   auto m = model::load_hf_model(dir, {}, dtype);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   const Tensor losses = ref.get_f32("losses", {6});

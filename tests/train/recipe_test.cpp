@@ -13,6 +13,7 @@
 #include "core/device_memory.h"
 #include "support/error_message.h"
 #include "train/lr_schedule.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -198,7 +199,7 @@ TEST(Recipe, ValuesThatWouldTrainWronglyAreRefused) {
       {"checkpoint.every=-1", "'checkpoint.every' must be >= 0"},
       {"log.validation_every=-4", "'log.validation_every' must be >= 0"},
   };
-  const std::string path = std::string(G4_TEST_DATA) + "/../../recipes/tiny-moe-kjv.yaml";
+  const std::string path = test::source_dir() + "/recipes/tiny-moe-kjv.yaml";
   for (const auto& [override_, want] : bad) {
     const std::string e = test::error_of([&] { train::load_recipe(path, {override_}); });
     EXPECT_NE(e.find(want), std::string::npos) << override_ << ": " << e;
@@ -207,7 +208,7 @@ TEST(Recipe, ValuesThatWouldTrainWronglyAreRefused) {
 
 // docs/recipes.md carries a copy of the listing: it must stay the listing.
 TEST(Recipe, TheDocsListEveryKeyAsTheListingDoes) {
-  std::ifstream f(std::string(G4_TEST_DATA) + "/../../docs/recipes.md");
+  std::ifstream f(test::source_dir() + "/docs/recipes.md");
   ASSERT_TRUE(f.good());
   const std::string docs((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   std::istringstream listing(train::recipe_key_listing());
@@ -282,7 +283,7 @@ TEST(Recipe, SingleStringsAndFreeFormConfig) {
 
 // Every recipe shipped in recipes/ stays valid.
 TEST(Recipe, ShippedRecipesLoad) {
-  const std::filesystem::path recipes = std::filesystem::path(G4_TEST_DATA) / ".." / ".." / "recipes";
+  const std::filesystem::path recipes = std::filesystem::path(test::source_dir()) / "recipes";
   int loaded = 0;
   for (const auto& entry : std::filesystem::directory_iterator(recipes)) {
     if (entry.path().extension() != ".yaml") continue;

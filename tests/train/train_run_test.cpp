@@ -22,6 +22,7 @@
 #include "io/safetensors.h"
 #include "support/g4_process.h"
 #include "support/train_recipe.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -132,7 +133,7 @@ TEST(TrainRun, ResumesACheckpointOfTheEarlierTrainer) {
   const std::string recipe = test::write_train_recipe(dir, /*dense=*/false, /*samples=*/0);
   ProcessResult r = run("train " + recipe);
   ASSERT_EQ(r.code, 0) << r.output;
-  fs::copy(fs::path(G4_TEST_DATA) / "train-checkpoint-v1", dir / "old", fs::copy_options::recursive);
+  fs::copy(fs::path(test::data_dir()) / "train-checkpoint-v1", dir / "old", fs::copy_options::recursive);
   r = run("train " + recipe + " checkpoint.dir=" + (dir / "old").string() + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
@@ -189,7 +190,7 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   for (const std::string& n : reader.names()) tensors.emplace_back(n, reader.get(n).clone());
   tensors[0].second.data<float>()[0] = std::nanf("");
   io::save_safetensors((bad / "model.safetensors").string(), tensors);
-  const std::string data = std::string(G4_TEST_DATA) + "/text/genesis.txt";
+  const std::string data = test::data_dir() + "/text/genesis.txt";
   r = run("eval " + bad.string() + " --data " + data + " --seq-len 64");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("not finite"), std::string::npos) << r.output;
@@ -241,7 +242,7 @@ TEST(TrainRun, LossFallsAndEvalReadsTheCheckpoint) {
   EXPECT_LT(train.back(), train.front() - 1.0);
   EXPECT_LT(val.back(), val.front());
   const ProcessResult e = run("eval " + (dir / "run" / "checkpoints" / "step-00000030").string() + " --data " +
-                       std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
+                       test::data_dir() + "/text/genesis.txt --seq-len 64");
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find("perplexity"), std::string::npos) << e.output;
   fs::remove_all(dir);
@@ -294,7 +295,7 @@ TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   // The checkpoint holds every expert: one rank evaluates it, as it does the one-rank checkpoint.
   auto eval = [](const fs::path& c) {
     const ProcessResult e =
-        run("eval " + c.string() + " --data " + std::string(G4_TEST_DATA) + "/text/genesis.txt --seq-len 64");
+        run("eval " + c.string() + " --data " + test::data_dir() + "/text/genesis.txt --seq-len 64");
     EXPECT_EQ(e.code, 0) << e.output;
     const size_t at = e.output.find("loss ");
     return at == std::string::npos ? -1.0 : std::stod(e.output.substr(at + 5));
@@ -637,7 +638,7 @@ TEST(Launch, AFailingRankStopsTheWholeJob) {
 }
 
 TEST(Launch, OneRankAndErrors) {
-  const ProcessResult one = run("launch -n 1 inspect " + std::string(G4_TEST_DATA) + "/hf-gemma4/tiny-moe");
+  const ProcessResult one = run("launch -n 1 inspect " + test::data_dir() + "/hf-gemma4/tiny-moe");
   ASSERT_EQ(one.code, 0) << one.output;
   EXPECT_NE(one.output.find("[rank 0] "), std::string::npos) << one.output;
   const ProcessResult failed = run("launch -n 1 inspect /nonexistent/model");

@@ -8,6 +8,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/hf_fixtures.h"
 #include "train/adamw.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -24,7 +25,7 @@ std::set<std::string> old_rule(const model::ParamStore& params) {
 TEST(WeightDecay, ExemptionsByKindEqualTheOldRuleOnEveryFixture) {
   int checked = 0;
   for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied"})
-    for (const auto& e : fs::directory_iterator(std::string(G4_TEST_DATA) + sub)) {
+    for (const auto& e : fs::directory_iterator(test::data_dir() + sub)) {
       if (!fs::exists(e.path() / "config.json")) continue;
       SCOPED_TRACE(e.path().string());
       const auto m = model::load_hf_model(e.path().string());
