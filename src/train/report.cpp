@@ -69,8 +69,7 @@ void add_expert_load(nlohmann::json& rec, const std::map<int64_t, std::vector<in
   rec["expert_load_max"] = worst;
 }
 
-std::string write_loss_picture(const std::string& output_dir, const std::vector<nlohmann::json>& log,
-                               bool* validated) {
+std::string write_loss_picture(const std::string& output_dir, const std::vector<nlohmann::json>& log) {
   std::vector<CurvePoint> train_pts, val_pts;
   for (const auto& rec : log) {
     if (rec.contains("loss")) train_pts.push_back({rec["step"].get<double>(), rec["loss"].get<double>()});
@@ -79,7 +78,6 @@ std::string write_loss_picture(const std::string& output_dir, const std::vector<
   }
   const std::string svg = (fs::path(output_dir) / "loss.svg").string();
   write_loss_svg(svg, train_pts, val_pts, "g4 training loss");
-  if (validated) *validated = !val_pts.empty();
   return svg;
 }
 

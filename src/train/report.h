@@ -30,8 +30,8 @@ void add_expert_load(nlohmann::json& rec, const std::map<int64_t, std::vector<in
                      const model::Gemma4& model, parallel::Communicator& world);
 
 // loss.svg from every record of the metrics log (earlier runs of a resumed training included).
-// Returns the SVG's path and whether the log has a validation point.
-std::string write_loss_picture(const std::string& output_dir, const std::vector<nlohmann::json>& log, bool* validated);
+// Returns the SVG's path.
+std::string write_loss_picture(const std::string& output_dir, const std::vector<nlohmann::json>& log);
 
 struct SummaryFacts {
   double total_s = 0;

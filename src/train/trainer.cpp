@@ -338,27 +338,30 @@ TrainResult Trainer::finish() {
     const Metrics v = objective_->validate(*model_);
     if (!v.empty()) result_.last_validation_loss = v.at("validation_loss");
   }
-  opt_->gather_parameters();
-  // Rank 0 alone samples below; under EP from the whole model its EP group gathers.
-  model::Gemma4& weights = opt_->export_weights();
-  std::unique_ptr<model::Gemma4> whole = gather_experts_for_rank0(weights, *mesh_);
+  // Samples come from the exported f32 weights (the generator reads f32 logits on the host), on
+  // rank 0, which under EP its EP group first gathers the whole model for. Every rank knows
+  // r_.samples, so all take part in the gathers or none.
+  model::Gemma4* sampler = nullptr;
+  std::unique_ptr<model::Gemma4> whole;
+  if (r_.samples > 0) {
+    opt_->gather_parameters();
+    sampler = &opt_->export_weights();
+    whole = gather_experts_for_rank0(*sampler, *mesh_);
+    if (whole) sampler = whole.get();
+  }
   if (!main_rank()) return result_;
   bar_->finish();
-  bool logged_validation = false;
   SummaryFacts facts;
-  facts.svg_path = write_loss_picture(r_.output_dir, log_->read_all(), &logged_validation);
+  facts.svg_path = write_loss_picture(r_.output_dir, log_->read_all());
   facts.total_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
   facts.steps_this_run = steps_this_run;
   facts.tokens_per_step = tokens_per_step_;
   facts.has_validation = data_->validation_rows() > 0;
   facts.metrics_path = log_->path();
   print_summary(r_, result_, facts);
-  if (r_.samples > 0) {
-    // The generator reads f32 logits on the host: it samples from the exported f32 weights, which
-    // decode whole sequences on this rank (no context-parallel hook).
-    model::Gemma4& sampler = whole ? *whole : weights;
-    sampler.set_context_attention(nullptr);
-    std::printf("samples:\n%s", render_samples(sampler, *tok_, r_).c_str());
+  if (sampler) {
+    sampler->set_context_attention(nullptr);  // whole sequences on this rank
+    std::printf("samples:\n%s", render_samples(*sampler, *tok_, r_).c_str());
   }
   std::fflush(stdout);
   return result_;
