@@ -31,7 +31,11 @@ void add_convert(CLI::App& app, Action& action) {
       for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                             "special_tokens_map.json", "chat_template.jinja"}) {
         const fs::path src = fs::path(o->in) / f;
-        if (fs::exists(src)) fs::copy_file(src, fs::path(o->out) / f, fs::copy_options::overwrite_existing);
+        const fs::path dst = fs::path(o->out) / f;
+        if (fs::exists(src))
+          fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
+        else if (o->overwrite)
+          fs::remove(dst);  // the replaced model's, which need not match this one
       }
       std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters)\n";
     };

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "io/safetensors.h"
@@ -190,9 +191,14 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
   EXPECT_EQ(run("convert " + dense + " " + (dir / "empty").string()).code, 0);
   // The input itself: never, even by another spelling of its path and with --overwrite.
   expect_error(run("convert " + out + " " + out + "/../out --overwrite"), {"input model directory", "even with"});
-  // Asked for: the old model is replaced, and the result is the new model.
+  // Asked for: the old model is replaced, and the result is the new model, with nothing of the
+  // old one (a shard, an index, a tokenizer the new model's input lacks) left to mix in.
+  for (const char* stale : {"model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"})
+    std::ofstream(dir / "out" / stale) << "{}";
   const ProcessResult r = run("convert " + dense + " " + out + " --overwrite");
   ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* stale : {"model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"})
+    EXPECT_FALSE(fs::exists(dir / "out" / stale)) << stale;
   const std::string prompt = " --prompt-ids 9,8,7,6 --max-new-tokens 5";
   EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
   fs::remove_all(dir);
