@@ -1,6 +1,7 @@
 // The subcommands of `g4`. Each registers its options on the app and returns the action to run.
 #pragma once
 #include <functional>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -16,5 +17,17 @@ void add_train(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
+
+// Throws a g4::Error naming `option` when the file `out` exists in a model directory (one with a
+// config.json) and `overwrite` is false, or when it is a file of `input_model` at all.
+void check_output_file(const std::string& out, const std::string& option, bool overwrite,
+                       const std::string& input_model);
+// Throws a g4::Error naming `what` when the directory `out` is `input_model`, or already holds a
+// model (config.json or *.safetensors) and `overwrite` is false.
+void check_output_model_dir(const std::string& out, const std::string& what, bool overwrite,
+                            const std::string& input_model);
+// Removes the weights, shard index and config of the model in `dir` (for --overwrite), so that no
+// shard of the old model is read with the new one's index or config.
+void remove_model_files(const std::string& dir);
 
 }  // namespace g4::cli

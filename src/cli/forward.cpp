@@ -1,4 +1,4 @@
-// g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads]
+// g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
 // position_ids. Outputs: logits [B,S,V] f32, loss [1] when labels are given, and with --grads
 // grad.<HF name> for every parameter in Hugging Face layout.
@@ -16,7 +16,7 @@ void add_forward(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("forward", "Run one forward (and backward) pass on given inputs");
   struct Opts {
     std::string model, inputs, out;
-    bool grads = false;
+    bool grads = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
@@ -24,8 +24,10 @@ void add_forward(CLI::App& app, Action& action) {
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
+  cmd->add_flag("--overwrite", o->overwrite, "replace --out even when it is a file in a model directory");
   cmd->callback([&action, o] {
     action = [o] {
+      check_output_file(o->out, "--out", o->overwrite, o->model);
       auto model = model::load_hf_model(o->model);
       const io::SafetensorsReader in = io::SafetensorsReader::open(o->inputs);
       G4_CHECK(in.has("input_ids"), "inputs file ", o->inputs, " has no 'input_ids' tensor");

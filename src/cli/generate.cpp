@@ -43,9 +43,9 @@ void add_generate(CLI::App& app, Action& action) {
   auto* text_opt = cmd->add_option("--prompt", o->text, "prompt text (needs a tokenizer; BOS is added)");
   ids_opt->excludes(text_opt);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
-  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate (prompt + N at most the model's context length)");
   cmd->add_flag("--greedy", o->greedy, "argmax decoding (default when no sampling option is given)");
-  cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature (finite, >= 0)");
   cmd->add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = all)");
   cmd->add_option("--top-p", o->gen.sampling.top_p, "nucleus sampling mass in (0, 1]");
   cmd->add_option("--seed", o->gen.sampling.seed, "random seed for sampling");
@@ -56,6 +56,9 @@ void add_generate(CLI::App& app, Action& action) {
     o->gen.sampling.greedy = !sampling;
     action = [o] {
       G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
+      // Out-of-range options are reported before a large model is loaded; the context length
+      // is checked once the model and the prompt are known.
+      gen::validate(o->gen, 0, 0, gen::OptionStyle::Flag);
       auto model = model::load_hf_model(o->model);
       namespace fs = std::filesystem;
       const std::string tok_path = o->tokenizer.empty() ? o->model : o->tokenizer;
@@ -74,6 +77,8 @@ void add_generate(CLI::App& app, Action& action) {
       for (int64_t id : prompt)
         G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,
                  " is outside the vocabulary [0, ", model->config().vocab_size, ")");
+      gen::validate(o->gen, static_cast<int64_t>(prompt.size()), model->config().max_position_embeddings,
+                    gen::OptionStyle::Flag);
       const auto out = gen::generate(*model, {prompt}, o->gen);
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";

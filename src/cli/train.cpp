@@ -49,6 +49,9 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->add_option("--batch-size", o->batch_size, "rows per forward pass")->check(CLI::PositiveNumber);
   cmd->callback([&action, o] {
     action = [o] {
+      const int64_t context = model::load_hf_config(o->model).max_position_embeddings;  // 0 = not given
+      G4_CHECK(context <= 0 || o->seq_len <= context, "--seq-len ", o->seq_len, " exceeds the context length of ",
+               o->model, " (max_position_embeddings ", context, ")");
       auto model = model::load_hf_model(o->model);
       const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
       data::DataOptions d;

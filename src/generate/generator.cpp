@@ -4,6 +4,17 @@
 
 namespace g4::gen {
 
+void validate(const GenerateOptions& opt, int64_t prompt_len, int64_t context_len, OptionStyle style) {
+  validate(opt.sampling, style);
+  const std::string max_new = option_name("max_new_tokens", style);
+  G4_CHECK(opt.max_new_tokens >= 0, max_new, " must be >= 0, got ", opt.max_new_tokens);
+  // Positions past the context length were never trained (and the KV cache would grow without
+  // bound), so a request that long is refused rather than run.
+  G4_CHECK(context_len <= 0 || opt.max_new_tokens <= context_len - prompt_len, max_new, " ", opt.max_new_tokens,
+           " with a prompt of ", prompt_len, " tokens exceeds the model's context length (max_position_embeddings ",
+           context_len, "): at most ", std::max<int64_t>(context_len - prompt_len, 0), " new tokens fit");
+}
+
 std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& opt) {
   G4_CHECK(!prompts.empty(), "generate: no prompt");
@@ -13,6 +24,7 @@ std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std
   for (const auto& p : prompts)
     G4_CHECK(static_cast<int64_t>(p.size()) == S, "generate: prompts of different lengths (", p.size(), " vs ", S,
              ") are not supported yet");
+  validate(opt, S, model.config().max_position_embeddings);
   const int64_t V = model.config().vocab_size;
 
   std::vector<std::vector<int64_t>> out = prompts;

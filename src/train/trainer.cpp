@@ -185,7 +185,12 @@ Trainer::Trainer(const Recipe& r, bool resume) : r_(r) {
 
 
 void Trainer::set_up_model() {
-  model_ = build_model(r_, mesh_->local_experts(model_config(r_)));
+  // Checked before a large model is loaded: positions past the context length were never trained.
+  const io::ModelConfig config = model_config(r_);
+  const int64_t context = config.max_position_embeddings;  // 0 = not given
+  G4_CHECK(context <= 0 || r_.data.seq_len <= context, r_.source, ": data.seq_len ", r_.data.seq_len,
+           " exceeds the model's context length (max_position_embeddings ", context, ")");
+  model_ = build_model(r_, mesh_->local_experts(config));
   // On the GPU, `host_` keeps the model as built or loaded (CPU, f32) for the optimizer's masters
   // and `model_` becomes its bf16 GPU copy.
   if (r_.device == Device::CUDA) {

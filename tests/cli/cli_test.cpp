@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "io/safetensors.h"
 #include "support/g4_process.h"
 #include "support/test_paths.h"
+#include "support/train_recipe.h"
 
 namespace g4 {
 namespace {
@@ -111,6 +113,96 @@ TEST(Cli, BadInputsGiveClearErrors) {
   r = run("forward " + fixture + " --inputs /nonexistent/in.safetensors --out /tmp/x.safetensors");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/nonexistent/in.safetensors"), std::string::npos) << r.output;
+}
+
+// Exit code 1 and a message holding every one of `parts`.
+void expect_error(const ProcessResult& r, std::initializer_list<std::string> parts) {
+  EXPECT_EQ(r.code, 1) << r.output;
+  for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << " in: " << r.output;
+}
+
+TEST(Cli, GenerationOptionsOutOfRangeNameTheOption) {
+  const std::string gen = "generate " + kData + "/hf-gemma4/tiny-moe --prompt-ids 5,6,7 ";
+  expect_error(run(gen + "--max-new-tokens 1000000000"),
+               {"--max-new-tokens 1000000000", "max_position_embeddings 4096", "at most 4093 new tokens"});
+  expect_error(run(gen + "--max-new-tokens 4094"), {"--max-new-tokens 4094", "max_position_embeddings 4096"});
+  expect_error(run(gen + "--max-new-tokens -5"), {"--max-new-tokens must be >= 0, got -5"});
+  for (const char* t : {"nan", "-1", "inf"})
+    expect_error(run(gen + "--max-new-tokens 2 --temperature " + t), {"--temperature must be a finite number >= 0"});
+  expect_error(run(gen + "--max-new-tokens 2 --top-k -3"), {"--top-k must be >= 0", "-3"});
+  for (const char* p : {"0", "1.5", "nan"})
+    expect_error(run(gen + "--max-new-tokens 2 --top-p " + p), {"--top-p must be in (0, 1]"});
+  // The boundary itself fits: prompt + new tokens = the context length is allowed (only checked,
+  // not run: 4093 tokens take long), and temperature 0 is argmax.
+  const ProcessResult ok = run(gen + "--max-new-tokens 2 --temperature 0 --top-k 0 --top-p 1");
+  EXPECT_EQ(ok.code, 0) << ok.output;
+}
+
+TEST(Cli, SequenceLengthsPastTheContextAreRefused) {
+  const fs::path dir = temp_dir("seq_len");
+  const std::string recipe = test::write_train_recipe(dir);
+  expect_error(run("train " + recipe + " data.seq_len=4097"),
+               {"data.seq_len 4097", "max_position_embeddings 4096", "recipe.yaml"});
+  EXPECT_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
+  expect_error(run("eval " + kData + "/hf-gemma4/tiny-moe --data " + kData + "/text/genesis.txt --seq-len 4097"),
+               {"--seq-len 4097", "max_position_embeddings 4096"});
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ForwardNeverOverwritesAModelFileUnasked) {
+  const fs::path dir = temp_dir("forward_overwrite");
+  const std::string fixture = kData + "/hf-gemma4/tiny-dense-keqv";
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+  const std::string in = (dir / "in.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", ref.get("input_ids").clone()}});
+  ASSERT_EQ(run("convert " + fixture + " " + (dir / "other").string()).code, 0);
+  const fs::path weights = dir / "other" / "model.safetensors";
+  const auto size = fs::file_size(weights);
+
+  const std::string forward = "forward " + fixture + " --inputs " + in + " --out ";
+  expect_error(run(forward + weights.string()), {"--out", weights.string(), "--overwrite"});
+  expect_error(run(forward + (dir / "other" / "config.json").string()), {"--out", "config.json", "--overwrite"});
+  EXPECT_EQ(fs::file_size(weights), size);
+  // The input model's own files: not even with --overwrite.
+  expect_error(run(forward + fixture + "/model.safetensors --overwrite"), {"--out", "input model", "even with"});
+  // Asked for: replaced. A new file, or an existing one outside a model directory: written as before.
+  ProcessResult r = run(forward + weights.string() + " --overwrite");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(io::SafetensorsReader::open(weights.string()).has("logits"));
+  r = run(forward + (dir / "out.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run(forward + (dir / "out.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
+  const fs::path dir = temp_dir("convert_overwrite");
+  const std::string moe = kData + "/hf-gemma4/tiny-moe", dense = kData + "/hf-gemma4/tiny-dense-ple";
+  const std::string out = (dir / "out").string();
+  ASSERT_EQ(run("convert " + moe + " " + out).code, 0);
+  expect_error(run("convert " + dense + " " + out), {"OUT_DIR", out, "already holds a model", "--overwrite"});
+  // Weights alone (no config.json) are a model too.
+  const fs::path bare = dir / "bare";
+  fs::create_directories(bare);
+  fs::copy_file(dir / "out" / "model.safetensors", bare / "model.safetensors");
+  expect_error(run("convert " + dense + " " + bare.string()), {"model.safetensors", "--overwrite"});
+  // An existing empty directory, or one without a model, is fine.
+  fs::create_directories(dir / "empty");
+  EXPECT_EQ(run("convert " + dense + " " + (dir / "empty").string()).code, 0);
+  // The input itself: never, even by another spelling of its path and with --overwrite.
+  expect_error(run("convert " + out + " " + out + "/../out --overwrite"), {"input model directory", "even with"});
+  // Asked for: the old model is replaced, and the result is the new model, with nothing of the
+  // old one (a shard, an index, a tokenizer the new model's input lacks) left to mix in.
+  for (const char* stale : {"model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"})
+    std::ofstream(dir / "out" / stale) << "{}";
+  const ProcessResult r = run("convert " + dense + " " + out + " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* stale : {"model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"})
+    EXPECT_FALSE(fs::exists(dir / "out" / stale)) << stale;
+  const std::string prompt = " --prompt-ids 9,8,7,6 --max-new-tokens 5";
+  EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
+  fs::remove_all(dir);
 }
 
 }  // namespace
