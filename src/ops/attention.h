@@ -19,8 +19,8 @@ struct AttentionMask {
 // q [B, Sq, nH, d], k [B, Sk, nKV, d], v [B, Sk, nKV, dv]; nH % nKV == 0 (query head h uses kv
 // head h / (nH / nKV)). Returns out [B, Sq, nH, dv]; if lse != nullptr also writes the
 // log-sum-exp of the scaled scores, [B, nH, Sq] f32 (f64 for f64 inputs), needed by backward.
-// A query that sees no key gets output 0 and lse = -inf; a NaN score makes its row NaN (CPU; the
-// CUDA kernels do not propagate it yet).
+// A query that sees no key gets output 0 and lse = -inf; a NaN score makes its row NaN (output and
+// lse), as in PyTorch.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse = nullptr);
 

@@ -272,5 +272,26 @@ TEST(GpuAttention, RejectsBadArguments) {
                Error);  // chunks come in multiples of 128 keys
 }
 
+// A NaN in one key makes every query that sees it NaN (as PyTorch and the CPU reference do); the
+// queries before it stay finite. fmaxf in the row maximum used to drop it and give a finite row.
+TEST(GpuAttention, NanScorePropagates) {
+  for (const int64_t d : {64, 256, 512}) {
+    const int64_t S = 96, nan_key = 40;
+    Tensor k = test::randn_bf16_exact({1, S, 1, d}, 11);
+    k.data<float>()[nan_key * d + 3] = NAN;
+    const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, S, 2, d}, 12));
+    const Tensor v = test::gpu_bf16(test::randn_bf16_exact({1, S, 1, d}, 13));
+    Tensor lse;
+    const Tensor out = test::host_f32(ops::attention(q, test::gpu_bf16(k), v, causal(), 1.0 / std::sqrt(d), &lse));
+    const Tensor l = test::host_f32(lse);
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t h = 0; h < 2; ++h) {
+        const float o = out.data<float>()[(i * 2 + h) * d], li = l.data<float>()[h * S + i];
+        EXPECT_EQ(std::isnan(o), i >= nan_key) << "d " << d << " query " << i << " head " << h << " out " << o;
+        EXPECT_EQ(std::isnan(li), i >= nan_key) << "d " << d << " query " << i << " head " << h << " lse " << li;
+      }
+  }
+}
+
 }  // namespace
 }  // namespace g4

@@ -18,6 +18,7 @@
 //    Splitting d across two CTAs instead would double the K/V traffic and need a cross-CTA
 //    softmax; splitting the warps keeps one CTA per tile and costs one extra barrier per tile.
 #include "ops/cuda/attention_kernels.h"
+#include "ops/cuda/common.cuh"
 
 #include <cmath>
 
@@ -103,13 +104,13 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
           if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
         }
         s[0][nt][e] = x;
-        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
+        tile_max[e >> 1] = max_nan(tile_max[e >> 1], x);
       }
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      tile_max[r] = max_nan(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = max_nan(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
     }
     if constexpr (WN > 1) {
       if (cq == 0) {
@@ -119,14 +120,14 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
       __syncthreads();
 #pragma unroll
       for (int w = 0; w < WN; ++w) {
-        tile_max[0] = fmaxf(tile_max[0], sRed[w * BM + r_local]);
-        tile_max[1] = fmaxf(tile_max[1], sRed[w * BM + r_local + 8]);
+        tile_max[0] = max_nan(tile_max[0], sRed[w * BM + r_local]);
+        tile_max[1] = max_nan(tile_max[1], sRed[w * BM + r_local + 8]);
       }
     }
     float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(row_max[r], tile_max[r]);
+      const float m_new = max_nan(row_max[r], tile_max[r]);
       m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet: keep p = 0
       const float alpha = exp2f(row_max[r] - m_use[r]);
       row_max[r] = m_new;

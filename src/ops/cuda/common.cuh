@@ -41,6 +41,14 @@ inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 8) {
 
 // ---- device-side helpers ----------------------------------------------------------------------
 
+// max that returns NaN when either input is NaN (PTX max.NaN, sm_80+), as torch.max does: fmaxf
+// returns the other input, which would turn a row of NaN scores into one with no visible key.
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16_t x) { return __bfloat162float(x); }
 
