@@ -104,6 +104,23 @@ int64_t PackedDataset::documents() const { return documents_; }
 int64_t PackedDataset::tokens() const { return tokens_; }
 double PackedDataset::unigram_entropy() const { return unigram_entropy_; }
 
+uint64_t PackedDataset::fingerprint() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over 64-bit words
+  auto mix = [&h](uint64_t x) {
+    h ^= x;
+    h *= 1099511628211ull;
+  };
+  mix(seed_);
+  for (const PackedRows* rows : {&train_, &validation_}) {
+    mix(static_cast<uint64_t>(rows->seq_len));
+    for (const std::vector<int32_t>* v : {&rows->ids, &rows->labels, &rows->positions}) {
+      mix(v->size());
+      for (int32_t x : *v) mix(static_cast<uint32_t>(x));
+    }
+  }
+  return h;
+}
+
 std::vector<int64_t> PackedDataset::epoch_order(int64_t epoch) const {
   return seeded_permutation(train_rows(), seed_, epoch_stream(epoch));
 }

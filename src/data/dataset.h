@@ -95,6 +95,9 @@ class PackedDataset {
   int64_t documents() const;
   int64_t tokens() const;
   double unigram_entropy() const;
+  // A hash of both splits' rows (ids, labels, positions) and the shuffle seed: ranks of one job
+  // compare it to find out that they read different data (a different copy of a file, say).
+  uint64_t fingerprint() const;
 
  private:
   static Batch make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order);

@@ -125,6 +125,7 @@ class Trainer {
 
  private:
   void set_up_model();
+  void check_same_data_on_every_rank();
   void set_up_objective_and_optimizer();
   void resume_if_asked(bool resume);
   void after_step(const StepResult& s, double lr, double step_s);
@@ -173,6 +174,7 @@ Trainer::Trainer(const Recipe& r, bool resume) : r_(r) {
            " tokens but the model's vocabulary is ", model_->config().vocab_size);
   data_ = std::make_unique<data::PackedDataset>(r.data, *tok_);
   G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
+  check_same_data_on_every_rank();
   const int64_t parameters = model_->params().numel();  // before a sharded optimizer takes slices
   set_up_objective_and_optimizer();
   resume_if_asked(resume);
@@ -183,6 +185,22 @@ Trainer::Trainer(const Recipe& r, bool resume) : r_(r) {
                parallel::padded_length(r.data.seq_len, mesh_->shape().cp));
 }
 
+
+// Every rank reads the data files itself and takes its rows of each step by rank; ranks that read
+// different bytes (another copy of a file on another node) would train on an inconsistent batch
+// without anyone noticing. The ranks compare a fingerprint of the packed rows.
+void Trainer::check_same_data_on_every_rank() {
+  if (world_->size() == 1) return;
+  Tensor mine = Tensor::empty({1}, DType::I64);
+  mine.data<int64_t>()[0] = static_cast<int64_t>(data_->fingerprint());
+  Tensor all = Tensor::empty({world_->size()}, DType::I64);
+  world_->all_gather(mine, all);
+  for (int rank = 1; rank < world_->size(); ++rank)
+    G4_CHECK(all.data<int64_t>()[rank] == all.data<int64_t>()[0], r_.source, ": rank ", rank,
+             " read different training data than rank 0 from data.train (", r_.data.files[0],
+             "...): every rank must see the same files (fingerprints ", all.data<int64_t>()[0], " and ",
+             all.data<int64_t>()[rank], ")");
+}
 
 void Trainer::set_up_model() {
   // Checked before a large model is loaded: positions past the context length were never trained.

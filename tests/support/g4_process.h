@@ -18,9 +18,8 @@ struct ProcessResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs `g4 <args>` with `env` assignments ("A=1 B=2") in front.
-inline ProcessResult run_g4(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + " " + g4_binary() + " " + args + " 2>&1";
+// Runs a shell command line, capturing what it prints (add 2>&1 for stderr too).
+inline ProcessResult run_shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   ProcessResult r{-1, ""};
   if (!p) return r;
@@ -29,6 +28,11 @@ inline ProcessResult run_g4(const std::string& args, const std::string& env = ""
   const int status = pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : (WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1);
   return r;
+}
+
+// Runs `g4 <args>` with `env` assignments ("A=1 B=2") in front.
+inline ProcessResult run_g4(const std::string& args, const std::string& env = "") {
+  return run_shell(env + " " + g4_binary() + " " + args + " 2>&1");
 }
 
 // A fresh, empty directory under the system temp dir, unique to this process.

@@ -269,6 +269,32 @@ TEST(TrainRun, DataParallelReplicasTrainLikeOneRankOnTheirRowsTogether) {
   fs::remove_all(dir);
 }
 
+// Ranks that read different bytes for the same data.train entry (another copy of the file on
+// another node) stop with an error naming the rank instead of training on an inconsistent batch.
+TEST(TrainRun, RanksThatReadDifferentDataAreRefused) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = temp_dir("dp_data");
+  const std::string recipe = test::write_train_recipe(dir);
+  std::ifstream in(test::data_dir() + "/text/genesis.txt");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ofstream(dir / "copy0.txt") << text;
+  std::ofstream(dir / "copy1.txt") << text.substr(0, text.size() - 200);  // rank 1's copy is shorter
+  // Each rank names its own copy through the launcher's rank variable.
+  const std::string per_rank = "data.train=[" + (dir / "copy").string() + "$OMPI_COMM_WORLD_RANK.txt]";
+  const std::string cmd = std::string(kMpirun) + " bash -c '" + test::g4_binary() + " train " + recipe + " " + per_rank +
+                          " log.samples=0 checkpoint.dir=" + (dir / "run").string() + "' 2>&1";
+  const ProcessResult r = test::run_shell(cmd);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 read different training data than rank 0"), std::string::npos) << r.output;
+  // The same file on both ranks trains.
+  const std::string same = std::string(kMpirun) + " bash -c '" + test::g4_binary() + " train " + recipe + " data.train=[" +
+                           (dir / "copy0.txt").string() + "] train.steps=1 log.samples=0 checkpoint.dir=" +
+                           (dir / "same").string() + "' 2>&1";
+  const ProcessResult ok = test::run_shell(same);
+  EXPECT_EQ(ok.code, 0) << ok.output;
+  fs::remove_all(dir);
+}
+
 TEST(TrainRun, ExpertParallelRanksTrainLikeOneRankAndWriteEveryExpert) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = temp_dir("ep");
