@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "core/cuda/runtime.h"
@@ -102,9 +103,16 @@ class NcclCommunicator final : public Communicator {
     check_nccl(ncclCommCount(comm_, &size_), "comm_count", comm_);
   }
   ~NcclCommunicator() override {
+    // Unwinding from an error: peers may never post the collectives this rank's queued work waits
+    // for, and ncclCommDestroy would wait with them; abort instead, so the error reaches main and
+    // the job is ended (parallel::abort_job_if_ranks).
+    if (std::uncaught_exceptions() > 0) {
+      ncclCommAbort(comm_);
+    } else {
+      ncclCommDestroy(comm_);
+    }
     if (scratch_) cudaFree(scratch_);
     cudaStreamDestroy(stream_);
-    ncclCommDestroy(comm_);
   }
 
   int rank() const override { return rank_; }
