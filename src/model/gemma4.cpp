@@ -7,6 +7,7 @@
 #include "core/random.h"
 #include "model/rope_freqs.h"
 #include "ops/elementwise.h"
+#include "ops/moe.h"
 
 namespace g4::model {
 
@@ -352,8 +353,20 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   const Shape shape = residual.shape();
   ag::Var flat = ag::reshape(residual, {-1, cfg_.hidden_size});
 
+  // Inference on the GPU at decode sizes: the routed experts in one op that keeps the routing on
+  // the device (no host synchronisation per layer), streaming each picked expert's weights once.
+  const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
+                            flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
-  Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps);
+  Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
+                          /*make_plan=*/!decode_sized);
+  if (decode_sized) {
+    const Tensor x = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps).value();
+    const Tensor out = ops::moe_experts(x, routing.weights.value(), routing.indices,
+                                        p(pre + "moe.experts.gate_and_up_projs").value(),
+                                        p(pre + "moe.experts.down_projs").value());
+    return ag::reshape(ag::Var(out), shape);
+  }
   if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) ctx.router_aux.push_back(load_balancing_loss(routing));
   const TokenDispatcher::Inputs in{l, ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps),
                                    routing.weights, std::move(routing.plan), experts_};

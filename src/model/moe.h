@@ -19,12 +19,15 @@ namespace g4::model {
 struct Routing {
   ag::Var probs;      // [T, E] router probabilities (the load-balancing loss reads them)
   ag::Var weights;    // [T, K] the K largest probabilities, renormalised to sum 1
-  ops::MoePlan plan;  // the T*K token copies sorted by expert id
+  Tensor indices;     // [T, K] i32 their expert ids
+  ops::MoePlan plan;  // the T*K token copies sorted by expert id (when asked for)
 };
 
 // Gemma 4's router on x [T, H] (the raw residual): softmax(proj · (rmsnorm(x) * scale * H^-1/2))
-// and its top-k. proj [E, H], scale [H].
-Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64_t top_k, double eps);
+// and its top-k. proj [E, H], scale [H]. make_plan false leaves `plan` empty: making it copies row
+// counts to the host, which ops::moe_experts (inference at decode sizes) does not need.
+Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64_t top_k, double eps,
+              bool make_plan = true);
 
 // Switch Transformer's load-balancing loss of one layer: E * sum_e f_e * mean_t probs[t, e], f_e
 // the fraction of the T*K copies routed to expert e. f is a constant (counts); the gradient flows

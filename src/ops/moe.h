@@ -47,4 +47,15 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
 void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,
                              Tensor& dxs, Tensor& dw, const Tensor& device_offsets = Tensor(), double dw_beta = 0);
 
+// The routed experts of a few tokens in one call, for inference at decode sizes (T <=
+// kMoeExpertsMaxTokens): out [T, H] = sum_k weights[t,k] * down_e(gelu(gate_e x_t) * up_e x_t), with
+// e = indices[t,k] (i32 [T, K], as router_topk gives them), gate_up [E, H, 2I] (gate | up), down
+// [E, I, H]. The same arithmetic as moe_permute -> grouped_matmul -> gelu_gate_fused ->
+// grouped_matmul -> moe_unpermute, rounding where they round, but with nothing sized by the
+// routing on the host: no synchronisation (moe_plan copies row counts to the host), so a decode step
+// can be captured in a CUDA graph. No gradient.
+constexpr int64_t kMoeExpertsMaxTokens = 256;
+Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
+                   const Tensor& down);
+
 }  // namespace g4::ops

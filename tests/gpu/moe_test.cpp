@@ -258,5 +258,36 @@ TEST(GpuGroupedMatmul, ComposedMoeMatchesTheCpu) {
   expect_close_scaled(ops::moe_unpermute(ys, gpu_f32(wts), s.gpu), ref, 0, kF32Rtol, "composed MoE f32");
 }
 
+// The decode-size experts op against the CPU reference (the training path composed, in f32 from
+// the same bf16-exact inputs) and against the GPU's own composed path, which rounds at the same
+// points: the two GPU results differ only by fp32 summation order. Token counts from one (batch-1
+// decode) to the op's maximum, an expert nobody picks, H and I not multiples of the tiles.
+TEST(GpuMoeExperts, MatchesTheComposedPath) {
+  G4_REQUIRE_GPU();
+  struct Shape5 {
+    int64_t tokens, k, experts, hidden, inter;
+  };
+  for (const Shape5 c : {Shape5{1, 8, 128, 2816, 704}, Shape5{16, 2, 8, 96, 40}, Shape5{256, 4, 16, 130, 62}}) {
+    SCOPED_TRACE("T " + std::to_string(c.tokens) + " K " + std::to_string(c.k) + " E " + std::to_string(c.experts));
+    const Tensor idx = random_indices(c.tokens, c.k, c.experts, c.experts - 1, 90 + c.tokens);
+    const Tensor x = randn_bf16_exact({c.tokens, c.hidden}, 91);
+    const Tensor wts = randn_bf16_exact({c.tokens, c.k}, 92, 0.3);
+    const Tensor gate_up = randn_bf16_exact({c.experts, c.hidden, 2 * c.inter}, 93, 0.05);
+    const Tensor down = randn_bf16_exact({c.experts, c.inter, c.hidden}, 94, 0.05);
+    const Tensor gidx = idx.to(DType::I32).to(Device::CUDA);
+    const Tensor got = ops::moe_experts(gpu_bf16(x), gpu_bf16(wts), gidx, gpu_bf16(gate_up), gpu_bf16(down));
+    const Tensor ref = ops::moe_experts(x, wts, idx.to(DType::I32), gate_up, down);
+    // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
+    expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU");
+    const ops::MoePlan plan = ops::moe_plan(gidx, c.experts);
+    const Tensor act = ops::gelu_gate_fused(
+        ops::grouped_matmul(ops::moe_permute(gpu_bf16(x), plan), gpu_bf16(gate_up), plan.offsets, plan.device_offsets));
+    const Tensor composed =
+        host_f32(ops::moe_unpermute(ops::grouped_matmul(act, gpu_bf16(down), plan.offsets, plan.device_offsets),
+                                    gpu_bf16(wts), plan));
+    expect_close_scaled(got, composed, 0, kBf16Rtol, "moe_experts against the GPU's composed path");
+  }
+}
+
 }  // namespace
 }  // namespace g4

@@ -9,6 +9,7 @@
 
 #include "ops/cpu/blas.h"
 #include "ops/cpu/common.h"
+#include "ops/cpu/elementwise.h"
 
 namespace g4::ops::cpu {
 
@@ -230,6 +231,15 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
       cpu::gemm<T>(true, false, kd, nd, n_e, T(1), x_e, kd, dy_e, nd, beta, dw_e, nd);
     }
   });
+}
+
+// The reference is the training path composed: plan, permute, grouped matmuls, unpermute.
+Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
+                   const Tensor& down) {
+  const MoePlan plan = cpu::moe_plan(indices, gate_up.size(0));
+  const Tensor hidden = cpu::grouped_matmul(cpu::moe_permute(x, plan), gate_up, plan.offsets, Tensor());
+  const Tensor act = cpu::gelu_gate_fused(hidden);
+  return cpu::moe_unpermute(cpu::grouped_matmul(act, down, plan.offsets, Tensor()), weights, plan);
 }
 
 }  // namespace g4::ops::cpu

@@ -49,6 +49,13 @@ __device__ __forceinline__ float max_nan(float a, float b) {
   return r;
 }
 
+// gelu with the tanh approximation, in PyTorch's order of operations.
+__device__ __forceinline__ float gelu_value(float x) {
+  const float beta = 0.7978845608028654f, kappa = 0.044715f;
+  const float inner = beta * (x + kappa * x * x * x);
+  return 0.5f * x * (1.f + tanhf(inner));
+}
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16_t x) { return __bfloat162float(x); }
 

@@ -102,13 +102,6 @@ Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
 
 // ---- the functions ------------------------------------------------------------------------------
 
-// gelu with the tanh approximation, in PyTorch's order of operations.
-__device__ __forceinline__ float gelu_value(float x) {
-  const float beta = 0.7978845608028654f, kappa = 0.044715f;
-  const float inner = beta * (x + kappa * x * x * x);
-  return 0.5f * x * (1.f + tanhf(inner));
-}
-
 __device__ __forceinline__ float gelu_derivative(float x) {
   const float beta = 0.7978845608028654f, kappa = 0.044715f;
   const float t = tanhf(beta * (x + kappa * x * x * x));

@@ -1,0 +1,227 @@
+// The routed experts at decode sizes (ops::moe_experts) in three kernels and no host
+// synchronisation. At a few tokens per step the expert weights dominate the bytes, so each kernel
+// streams the weights of the experts that were picked exactly once, in tiles that spread over the
+// GPU, and multiplies them by every token that picked the expert:
+//   1. gate_up: CTA (column tile, expert e) finds the assignments r = t*K + k routed to e (a scan of
+//      the [T, K] indices; nothing leaves the device), computes gate and up for its 32 columns of
+//      each of them (fp32 accumulation, rounded to bf16 as the grouped GEMM stores them) and writes
+//      act[r] = bf16(gelu(gate) * up), as gelu_gate_fused does. Experts nobody picked exit at once.
+//   2. down: the same over down [E, I, H], 128 output columns per CTA: ys[r] = bf16(act[r] · down_e).
+//   3. combine: out[t] = bf16(sum_k weights[t,k] * ys[t*K + k]) in fp32, k in order (moe_unpermute).
+// The order in which a CTA finds its assignments does not matter: each one is computed on its own.
+#include <cuda_bf16.h>
+
+#include "core/cuda/runtime.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/moe.h"
+
+namespace g4::ops::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+using bf162 = __nv_bfloat162;
+
+constexpr int kMaxTokens = static_cast<int>(kMoeExpertsMaxTokens);
+constexpr int kThreads = 256;
+constexpr int kChunk = 8;  // assignments multiplied per pass over a weight tile
+
+__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// The assignments routed to expert e, into list (unordered); returns their count. An expert
+// appears at most once in a token's K choices, so there are at most T of them.
+__device__ int find_assignments(const int32_t* __restrict__ indices, int assignments, int e, int* list, int* count) {
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  for (int r = threadIdx.x; r < assignments; r += blockDim.x)
+    if (indices[r] == e) {
+      const int at = atomicAdd(count, 1);
+      if (at < kMaxTokens) list[at] = r;
+    }
+  __syncthreads();
+  return min(*count, kMaxTokens);
+}
+
+// Copies rows (of `width` bf16) of `src` into shared memory: row j of the chunk is src row
+// row_of(list[j0 + j]).
+template <class RowOf>
+__device__ void load_rows(const bf16* __restrict__ src, int width, const int* list, int j0, int n, bf16* dst,
+                          RowOf row_of) {
+  const int pairs = width / 2;
+  for (int i = threadIdx.x; i < n * pairs; i += blockDim.x) {
+    const int j = i / pairs, p = i - j * pairs;
+    reinterpret_cast<bf162*>(dst)[j * pairs + p] =
+        reinterpret_cast<const bf162*>(src + static_cast<int64_t>(row_of(list[j0 + j])) * width)[p];
+  }
+}
+
+// Kernel 1. Warp `part` of 8 walks rows h = part, part + 8, ... of the weight tile; lanes 0-15 own
+// gate columns c0 + 2 lane (+1), lanes 16-31 the matching up columns I + c0 + 2 (lane - 16) (+1).
+__global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices,
+                                                           int assignments, int top_k, int H, int I,
+                                                           const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
+  constexpr int kParts = kThreads / 32, kCols = 32;
+  __shared__ int list[kMaxTokens];
+  __shared__ int count;
+  __shared__ float red[kParts][kChunk][2 * kCols];
+  extern __shared__ __align__(16) unsigned char dynamic_smem[];
+  bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][H]
+  const int e = blockIdx.y, c0 = blockIdx.x * kCols;
+  const int n = find_assignments(indices, assignments, e, list, &count);
+  if (n == 0) return;
+  const int lane = threadIdx.x % 32, part = threadIdx.x / 32;
+  const bool is_up = lane >= 16;
+  const int local = 2 * (lane % 16);  // first of this lane's two columns within the tile's half
+  const bool valid = c0 + local < I;  // I is even, so both columns are in range together
+  const bf16* w = gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local;
+  for (int j0 = 0; j0 < n; j0 += kChunk) {
+    const int nt = min(kChunk, n - j0);
+    __syncthreads();  // the previous chunk is done with xs and red
+    load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
+    __syncthreads();
+    float acc[kChunk][2];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
+    if (valid) {
+#pragma unroll 4
+      for (int h = part; h < H; h += kParts) {
+        const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + static_cast<int64_t>(h) * 2 * I));
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) {
+          const float xv = __bfloat162float(xs[j * H + h]);  // rows past nt hold stale values, never stored
+          acc[j][0] += xv * wv.x;
+          acc[j][1] += xv * wv.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      red[part][j][(is_up ? kCols : 0) + local] = acc[j][0];
+      red[part][j][(is_up ? kCols : 0) + local + 1] = acc[j][1];
+    }
+    __syncthreads();
+    for (int o = threadIdx.x; o < nt * kCols; o += blockDim.x) {
+      const int j = o / kCols, c = o % kCols;
+      if (c0 + c >= I) continue;
+      float g = 0.f, u = 0.f;
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) {
+        g += red[p][j][c];
+        u += red[p][j][kCols + c];
+      }
+      act[static_cast<int64_t>(list[j0 + j]) * I + c0 + c] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
+    }
+  }
+}
+
+// Kernel 2. Two warps per part (64 lanes, two columns each: 128 output columns), 4 parts over I.
+__global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices,
+                                                        int assignments, int I, int H, const bf16* __restrict__ down,
+                                                        bf16* __restrict__ ys) {
+  constexpr int kLanes = 64, kParts = kThreads / kLanes, kCols = 2 * kLanes;
+  __shared__ int list[kMaxTokens];
+  __shared__ int count;
+  __shared__ float red[kParts][kChunk][kCols];
+  extern __shared__ __align__(16) unsigned char dynamic_smem[];
+  bf16* as = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][I]
+  const int e = blockIdx.y, c0 = blockIdx.x * kCols;
+  const int n = find_assignments(indices, assignments, e, list, &count);
+  if (n == 0) return;
+  const int lane = threadIdx.x % kLanes, part = threadIdx.x / kLanes;
+  const int col = c0 + 2 * lane;
+  const bool valid = col < H;  // H is even
+  const bf16* w = down + static_cast<int64_t>(e) * I * H + col;
+  for (int j0 = 0; j0 < n; j0 += kChunk) {
+    const int nt = min(kChunk, n - j0);
+    __syncthreads();
+    load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
+    __syncthreads();
+    float acc[kChunk][2];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
+    if (valid) {
+#pragma unroll 4
+      for (int i = part; i < I; i += kParts) {
+        const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + static_cast<int64_t>(i) * H));
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) {
+          const float av = __bfloat162float(as[j * I + i]);
+          acc[j][0] += av * wv.x;
+          acc[j][1] += av * wv.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      red[part][j][2 * lane] = acc[j][0];
+      red[part][j][2 * lane + 1] = acc[j][1];
+    }
+    __syncthreads();
+    for (int o = threadIdx.x; o < nt * kCols; o += blockDim.x) {
+      const int j = o / kCols, c = o % kCols;
+      if (c0 + c >= H) continue;
+      float y = 0.f;
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) y += red[p][j][c];
+      ys[static_cast<int64_t>(list[j0 + j]) * H + c0 + c] = __float2bfloat16_rn(y);
+    }
+  }
+}
+
+template <class W>
+__global__ void combine_kernel(const bf16* __restrict__ ys, const W* __restrict__ weights, int tokens, int top_k, int H,
+                               bf16* __restrict__ out) {
+  const int64_t total = static_cast<int64_t>(tokens) * H;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int t = static_cast<int>(i / H), c = static_cast<int>(i % H);
+    float s = 0.f;
+    for (int k = 0; k < top_k; ++k)
+      s += to_f32(weights[t * top_k + k]) * __bfloat162float(ys[(static_cast<int64_t>(t) * top_k + k) * H + c]);
+    out[i] = __float2bfloat16_rn(s);
+  }
+}
+
+}  // namespace
+
+Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
+                   const Tensor& down) {
+  const int T = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1)), K = static_cast<int>(indices.size(1));
+  const int E = static_cast<int>(gate_up.size(0)), I = static_cast<int>(down.size(1));
+  Tensor out = Tensor::empty({T, H}, DType::BF16, Device::CUDA);
+  if (T == 0) return out;
+  Tensor act = Tensor::empty({int64_t{T} * K, I}, DType::BF16, Device::CUDA);
+  Tensor ys = Tensor::empty({int64_t{T} * K, H}, DType::BF16, Device::CUDA);
+  cudaStream_t st = g4::cuda::stream();
+  const auto* idx = static_cast<const int32_t*>(indices.raw());
+  const size_t gate_smem = sizeof(bf16) * kChunk * H, down_smem = sizeof(bf16) * kChunk * I;
+  // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
+  static const bool attributes_set = [] {
+    constexpr int bytes = static_cast<int>(sizeof(bf16) * kChunk * 8192);
+    G4_CUDA_CHECK(cudaFuncSetAttribute(gate_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    G4_CUDA_CHECK(cudaFuncSetAttribute(down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return true;
+  }();
+  (void)attributes_set;
+  G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
+           " is above the 8192 the GPU op takes");
+  gate_up_kernel<<<dim3((I + 31) / 32, E), kThreads, gate_smem, st>>>(
+      static_cast<const bf16*>(x.raw()), idx, T * K, K, H, I, static_cast<const bf16*>(gate_up.raw()),
+      static_cast<bf16*>(act.raw()));
+  down_kernel<<<dim3((H + 127) / 128, E), kThreads, down_smem, st>>>(static_cast<const bf16*>(act.raw()), idx, T * K, I,
+                                                                     H, static_cast<const bf16*>(down.raw()),
+                                                                     static_cast<bf16*>(ys.raw()));
+  const unsigned blocks = grid_for(int64_t{T} * H, kThreads);
+  if (weights.dtype() == DType::F32)
+    combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),
+                                                static_cast<const float*>(weights.raw()), T, K, H,
+                                                static_cast<bf16*>(out.raw()));
+  else
+    combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),
+                                                static_cast<const bf16*>(weights.raw()), T, K, H,
+                                                static_cast<bf16*>(out.raw()));
+  G4_CUDA_CHECK_LAUNCH();
+  return out;
+}
+
+}  // namespace g4::ops::cuda
