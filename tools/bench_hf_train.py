@@ -22,12 +22,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 H100_PEAK_FLOPS = 800e12  # the agreed H100 dense bf16 peak for MFU (both g4 and this script use it)
 
-# Text-decoder widths of google/gemma-4-26B-A4B and google/gemma-4-E4B (config.json "text_config").
+# Text-decoder widths of google/gemma-4-26B-A4B, gemma-4-31B and gemma-4-E4B (config.json "text_config").
 SHAPES = {
     "26b-a4b": dict(hidden_size=2816, intermediate_size=2112, num_attention_heads=16, num_key_value_heads=8,
                     head_dim=256, global_head_dim=512, num_global_key_value_heads=2, attention_k_eq_v=True,
                     enable_moe_block=True, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
                     vocab_size=262144, hidden_size_per_layer_input=0, sliding_window=1024),
+    "31b": dict(hidden_size=5376, intermediate_size=21504, num_attention_heads=32, num_key_value_heads=16,
+                head_dim=256, global_head_dim=512, num_global_key_value_heads=4, attention_k_eq_v=True,
+                enable_moe_block=False, vocab_size=262144, hidden_size_per_layer_input=0, sliding_window=1024),
     "e4b": dict(hidden_size=2560, intermediate_size=10240, num_attention_heads=8, num_key_value_heads=2,
                 head_dim=256, global_head_dim=512, attention_k_eq_v=False, enable_moe_block=False,
                 vocab_size=262144, vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256,

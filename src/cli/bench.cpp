@@ -290,6 +290,7 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_option("--json", o->json, "write the results as JSON");
   cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
   cmd->callback([&action, o] { action = [o] { bench_train(*o); }; });
+  add_bench_generate(*bench, action);
 }
 
 }  // namespace g4::cli

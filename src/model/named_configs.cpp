@@ -42,7 +42,8 @@ nlohmann::json base(int64_t vocab) {
 }
 }  // namespace
 
-// The released models' text widths (config.json of google/gemma-4-26B-A4B and gemma-4-E4B), for
+// The released models' text widths (config.json of google/gemma-4-26B-A4B, gemma-4-E4B and
+// gemma-4-31B; ../shared/specs/CONFIGS.md), for
 // benchmarks and training from scratch at real size; num_hidden_layers is usually overridden.
 nlohmann::json real_shape(const std::string& name) {
   nlohmann::json j = base(262144);
@@ -62,6 +63,15 @@ nlohmann::json real_shape(const std::string& name) {
     j["num_experts"] = 128;
     j["top_k_experts"] = 8;
     j["moe_intermediate_size"] = 704;
+  } else if (name == "gemma-4-31b") {
+    j["hidden_size"] = 5376;
+    j["intermediate_size"] = 21504;
+    j["num_hidden_layers"] = 60;
+    j["num_attention_heads"] = 32;
+    j["num_key_value_heads"] = 16;
+    j["num_global_key_value_heads"] = 4;
+    j["sliding_window"] = 1024;
+    j["attention_k_eq_v"] = true;
   } else {  // gemma-4-e4b
     j["hidden_size"] = 2560;
     j["intermediate_size"] = 10240;
@@ -75,8 +85,12 @@ nlohmann::json real_shape(const std::string& name) {
   return j;
 }
 
-bool is_real_shape(const std::string& name) { return name == "gemma-4-26b-a4b" || name == "gemma-4-e4b"; }
-std::vector<std::string> named_config_names() { return {"tiny-dense", "tiny-moe", "gemma-4-26b-a4b", "gemma-4-e4b"}; }
+bool is_real_shape(const std::string& name) {
+  return name == "gemma-4-26b-a4b" || name == "gemma-4-e4b" || name == "gemma-4-31b";
+}
+std::vector<std::string> named_config_names() {
+  return {"tiny-dense", "tiny-moe", "gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b"};
+}
 
 nlohmann::json named_config(const std::string& name, const nlohmann::json& overrides) {
   nlohmann::json j = is_real_shape(name) ? real_shape(name) : base(2048);

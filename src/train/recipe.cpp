@@ -77,7 +77,7 @@ constexpr Range kFraction{0, 1, false, false};  // [0, 1]
 std::vector<RecipeKey> make_schema() {
   std::vector<RecipeKey> s = {
       field("model.name", G4_SLOT(model_name),
-            "built-in shape (tiny-dense, tiny-moe, gemma-4-26b-a4b, gemma-4-e4b); set this or model.path"),
+            "built-in shape (tiny-dense, tiny-moe, gemma-4-26b-a4b, gemma-4-e4b, gemma-4-31b); set this or model.path"),
       field("model.path", G4_SLOT(model_path),
             "Hugging Face checkpoint directory (config.json + safetensors); set this or model.name"),
       field("model.config", G4_SLOT(model_overrides), "config.json keys over the built-in shape (model.name only)"),

@@ -1,0 +1,262 @@
+// g4 bench generate: decode speed of the generation engine on the GPU at the real widths of a
+// Gemma 4 model (full depth by default, random weights), for several batch sizes, and with --hf
+// the same generation in Hugging Face transformers (tools/bench_hf_generate.py) in the same run.
+//
+// Reported per batch size: decode tokens/s (all sequences, after every sequence has its first
+// token), time to first token, time per output token, peak memory; at batch 1 also the bandwidth
+// roofline: the bytes one decode step must read (the weights a token uses, the whole tied LM head,
+// and the KV cache at the mean context) divided by the measured device-to-device copy bandwidth.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/device_memory.h"
+#include "core/philox.h"
+#include "generate/engine.h"
+#include "io/json_input.h"
+#include "model/named_configs.h"
+
+namespace g4::cli {
+
+namespace {
+
+struct GenBenchOptions {
+  std::string model = "gemma-4-26b-a4b";
+  int64_t layers = 0;  // 0 = the model's full depth
+  std::vector<int64_t> batches{1, 16, 64, 256};
+  int64_t prompt_len = 512, new_tokens = 128;
+  int64_t page_size = 16;
+  bool hf = false;
+  std::string hf_script = "tools/bench_hf_generate.py";
+  std::string json;
+  uint64_t seed = 1234;
+};
+
+struct RunResult {
+  int64_t batch = 0;
+  double decode_tokens_per_s = 0, ttft_ms = 0, tpot_ms = 0, total_s = 0;
+  int64_t peak_bytes = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Device-to-device copy bandwidth (bytes read + bytes written per second) over a 1 GiB buffer:
+// what a memory-bound kernel can hope for on this GPU.
+double copy_bandwidth() {
+  const int64_t n = int64_t{1} << 29;  // bf16 elements = 1 GiB
+  Tensor a = Tensor::zeros({n}, DType::BF16, Device::CUDA), b = Tensor::zeros({n}, DType::BF16, Device::CUDA);
+  b.copy_from(a);
+  device_synchronize();
+  const int reps = 20;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) b.copy_from(a);
+  device_synchronize();
+  return 2.0 * static_cast<double>(n) * 2 * reps / seconds_since(t0);
+}
+
+// Bytes one decode step of one sequence reads at `context` tokens: every weight a token uses
+// (routed experts: top_k of num_experts; per-layer embeddings: one row), the whole LM head, and
+// the keys and values of every attention layer (KV-shared layers read their source's again).
+double decode_bytes(const model::Gemma4& m, int64_t context) {
+  const io::ModelConfig& c = m.config();
+  double bytes = 0;
+  for (const std::string& name : m.params().order) {
+    const Tensor& t = m.params().at(name).value();
+    double b = static_cast<double>(t.numel()) * static_cast<double>(dtype_size(t.dtype()));
+    if (name.find("moe.experts.") != std::string::npos) b *= static_cast<double>(c.top_k_experts) / c.num_experts;
+    if (name == "model.embed_tokens_per_layer.weight") b /= static_cast<double>(t.size(0));
+    bytes += b;
+  }
+  for (const io::LayerSpec& ls : c.layers) {
+    const int64_t seen = ls.sliding && c.sliding_window > 0 ? std::min(context, c.sliding_window) : context;
+    bytes += 2.0 * static_cast<double>(seen * ls.num_kv_heads * ls.head_dim) * 2;  // k and v, bf16
+  }
+  return bytes;
+}
+
+std::vector<int64_t> random_prompt(const GenBenchOptions& o, int64_t vocab, uint64_t stream) {
+  std::vector<int64_t> p(static_cast<size_t>(o.prompt_len));
+  for (size_t i = 0; i < p.size(); ++i)
+    p[i] = 3 + static_cast<int64_t>(philox_uniform(o.seed, 100 + stream, i) * static_cast<double>(vocab - 4));
+  return p;
+}
+
+RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t batch) {
+  gen::EngineOptions eo;
+  eo.page_size = o.page_size;
+  eo.max_running = batch;
+  eo.max_step_tokens = std::max<int64_t>(8192, o.prompt_len);
+  eo.eos_ids = {};  // random weights: run every sequence to new_tokens
+  gen::Engine engine(m, eo);
+  std::vector<gen::Request> reqs;
+  for (int64_t b = 0; b < batch; ++b) {
+    gen::Request r;
+    r.prompt = random_prompt(o, m.config().vocab_size, static_cast<uint64_t>(b));
+    r.options.max_tokens = o.new_tokens;
+    r.options.sampling.temperature = 0;
+    r.options.ignore_eos = true;
+    reqs.push_back(std::move(r));
+  }
+  device_synchronize();
+  reset_device_memory_peak();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (gen::Request& r : reqs) engine.submit(std::move(r));
+  // Decode throughput is timed from the step at which every sequence has its first token.
+  std::set<uint64_t> started;
+  int64_t tokens_after = 0;
+  double t_all_started = -1;
+  while (!engine.idle()) {
+    for (const gen::Event& e : engine.step()) {
+      if (e.tokens.empty()) continue;
+      if (t_all_started >= 0) tokens_after += static_cast<int64_t>(e.tokens.size());
+      started.insert(e.request);
+    }
+    if (t_all_started < 0 && static_cast<int64_t>(started.size()) == batch) t_all_started = seconds_since(t0);
+  }
+  device_synchronize();
+  RunResult res;
+  res.batch = batch;
+  res.total_s = seconds_since(t0);
+  const double decode_s = res.total_s - t_all_started;
+  res.decode_tokens_per_s = decode_s > 0 ? static_cast<double>(tokens_after) / decode_s : 0;
+  std::vector<double> ttft, tpot;
+  for (const gen::Completion& c : engine.take_completions()) {
+    ttft.push_back(1e3 * c.timings.first_token_s);
+    if (c.tokens.size() > 1)
+      tpot.push_back(1e3 * (c.timings.total_s - c.timings.first_token_s) / static_cast<double>(c.tokens.size() - 1));
+  }
+  res.ttft_ms = median(ttft);
+  res.tpot_ms = median(tpot);
+  res.peak_bytes = device_memory_stats().peak;
+  return res;
+}
+
+nlohmann::json run_hf(const GenBenchOptions& o, int64_t layers) {
+  const std::string out = "/tmp/g4_bench_hf_generate.json";
+  std::remove(out.c_str());
+  std::string batches;
+  for (int64_t b : o.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
+  // Under scripts/device_run.sh the g4 binaries run with bundled libraries that Python must not load.
+  const std::string env = std::getenv("G4_PYTHON_LD_LIBRARY_PATH") ? "LD_LIBRARY_PATH=\"$G4_PYTHON_LD_LIBRARY_PATH\" " : "";
+  const std::string cmd = env + "python3 " + o.hf_script + " --model " + o.model + " --layers " + std::to_string(layers) +
+                          " --batch " + batches + " --prompt-len " + std::to_string(o.prompt_len) + " --new-tokens " +
+                          std::to_string(o.new_tokens) + " --seed " + std::to_string(o.seed) + " --json " + out;
+  std::printf("running: %s\n", cmd.c_str());
+  std::fflush(stdout);
+  const int rc = std::system(cmd.c_str());
+  std::ifstream f(out);
+  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
+  return io::read_json_file(out, "Hugging Face benchmark output", io::kMaxConfigBytes);
+}
+
+void bench_generate(const GenBenchOptions& o) {
+  G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
+  nlohmann::json overrides = nlohmann::json::object();
+  if (o.layers > 0) overrides["num_hidden_layers"] = o.layers;
+  overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
+  const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
+  std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
+              "random weights\n",
+              o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
+              static_cast<long long>(o.new_tokens));
+  const double bw = copy_bandwidth();
+  std::vector<RunResult> ours;
+  double step_bytes = 0;
+  {
+    model::Gemma4 m(cfg, {}, DType::BF16, Device::CUDA);
+    m.init_weights(o.seed);
+    step_bytes = decode_bytes(m, o.prompt_len + o.new_tokens / 2);
+    {  // warm-up: kernels loaded, cuBLAS handles made, the allocator primed
+      GenBenchOptions w = o;
+      w.prompt_len = std::min<int64_t>(o.prompt_len, 64);
+      w.new_tokens = 4;
+      run_batch(w, m, 1);
+    }
+    for (int64_t b : o.batches) {
+      ours.push_back(run_batch(o, m, b));
+      const RunResult& r = ours.back();
+      std::printf("  g4 batch %4lld: decode %9.0f tokens/s, TTFT %8.1f ms, TPOT %7.2f ms, peak %.1f GiB\n",
+                  static_cast<long long>(b), r.decode_tokens_per_s, r.ttft_ms, r.tpot_ms,
+                  static_cast<double>(r.peak_bytes) / (1 << 30));
+      std::fflush(stdout);
+    }
+  }
+  release_cached_device_memory();  // hand the memory back before the competitor runs
+  const double roofline = bw / step_bytes;
+  std::printf("\n  copy bandwidth %.0f GB/s; one batch-1 decode step reads %.2f GB -> roofline %.0f tokens/s\n",
+              bw / 1e9, step_bytes / 1e9, roofline);
+  nlohmann::json report = {{"model", o.model},
+                           {"layers", cfg.num_layers},
+                           {"prompt_len", o.prompt_len},
+                           {"new_tokens", o.new_tokens},
+                           {"copy_bandwidth_bytes_per_s", bw},
+                           {"batch1_step_bytes", step_bytes},
+                           {"batch1_roofline_tokens_per_s", roofline}};
+  nlohmann::json hf;
+  if (o.hf) hf = run_hf(o, cfg.num_layers);
+  std::printf("\n  %6s %14s %10s %10s %10s %14s %8s\n", "batch", "g4 tokens/s", "TTFT ms", "TPOT ms", "peak GiB",
+              "HF tokens/s", "g4/HF");
+  for (const RunResult& r : ours) {
+    nlohmann::json row = {{"batch", r.batch},       {"decode_tokens_per_s", r.decode_tokens_per_s},
+                          {"ttft_ms", r.ttft_ms},   {"tpot_ms", r.tpot_ms},
+                          {"peak_bytes", r.peak_bytes}, {"total_s", r.total_s}};
+    if (r.batch == 1) row["roofline_share"] = r.decode_tokens_per_s / roofline;
+    double hf_tps = 0;
+    if (hf.contains("runs"))
+      for (const auto& h : hf["runs"])
+        if (h.value("batch", int64_t{-1}) == r.batch) hf_tps = h.value("decode_tokens_per_s", 0.0);
+    std::printf("  %6lld %14.0f %10.1f %10.2f %10.1f %14s %8s", static_cast<long long>(r.batch), r.decode_tokens_per_s,
+                r.ttft_ms, r.tpot_ms, static_cast<double>(r.peak_bytes) / (1 << 30),
+                hf_tps > 0 ? std::to_string(static_cast<int64_t>(hf_tps)).c_str() : "-",
+                hf_tps > 0 ? (std::to_string(r.decode_tokens_per_s / hf_tps).substr(0, 5) + "x").c_str() : "-");
+    if (r.batch == 1) std::printf("   (%.0f%% of the roofline)", 100 * r.decode_tokens_per_s / roofline);
+    std::printf("\n");
+    report["g4"].push_back(row);
+  }
+  if (o.hf) {
+    report["hf"] = hf;
+    if (hf.contains("error")) std::printf("  HF: %s\n", hf["error"].get<std::string>().c_str());
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    f << report.dump(2) << "\n";
+  }
+}
+
+}  // namespace
+
+void add_bench_generate(CLI::App& bench, Action& action) {
+  auto* cmd = bench.add_subcommand("generate", "Generation speed at a real Gemma 4 shape, optionally against "
+                                               "Hugging Face transformers' generate");
+  auto o = std::make_shared<GenBenchOptions>();
+  cmd->add_option("--model", o->model, "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b (real widths)")
+      ->check(CLI::IsMember({"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b"}));
+  cmd->add_option("--layers", o->layers, "decoder layers (default: the full depth)")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", o->batches, "concurrent sequences, e.g. 1,16,64,256")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(CLI::PositiveNumber);
+  cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence")->check(CLI::PositiveNumber);
+  cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
+  cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
+  cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
+  cmd->add_option("--json", o->json, "write the results as JSON");
+  cmd->add_option("--seed", o->seed, "seed of the weights and the prompts");
+  cmd->callback([&action, o] { action = [o] { bench_generate(*o); }; });
+}
+
+}  // namespace g4::cli

@@ -1,0 +1,136 @@
+// The generation engine: many requests at once over one paged KV cache, on the CPU or the GPU
+// (the same scheduler and pages; only the kernels differ).
+//
+// - Continuous batching: requests join and leave at every step; prompts of any length, packed
+//   with no padding (a long prompt is prefilled in chunks of at most max_step_tokens).
+// - Paged KV cache (generate/page_pool.h): fixed-size pages from one pool per attention kind
+//   (full / sliding); sliding layers give back pages that fell out of the window; KV-shared
+//   layers read their source layer's pages.
+// - Prefix sharing: the n samples of a request, and requests whose prompts start with the same
+//   whole pages as a live one, share those pages (reference counted; a shared page that is
+//   written to is copied first).
+// - Preemption: when the pool runs out, the most recently admitted request gives back its pages
+//   and waits; it is recomputed (prompt + tokens so far) when pages are free again. Nothing is lost
+//   and its sampled tokens do not change (draws are counted per request).
+//
+// Not thread-safe: one thread calls submit / cancel / step (the server wraps it in a queue).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "generate/sampling.h"
+#include "io/tokenizer.h"
+#include "model/gemma4.h"
+
+namespace g4::gen {
+
+enum class FinishReason {
+  kNone,       // still running
+  kStop,       // an end-of-sequence id, a stop id or a stop string
+  kLength,     // max_tokens, or the model's context (max_position_embeddings) is full
+  kCancelled,  // cancel()
+};
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled" ("" for kNone)
+
+struct RequestOptions {
+  SamplingParams sampling;
+  int64_t max_tokens = 16;
+  std::vector<int64_t> stop_ids;          // besides EngineOptions::eos_ids
+  std::vector<std::string> stop_strings;  // need EngineOptions::tokenizer; not part of the text
+  bool ignore_eos = false;                // do not stop on EngineOptions::eos_ids
+  int64_t logprobs = -1;                  // -1: none; 0: the sampled token's; N > 0: and N alternatives
+  LogprobMode logprob_mode = LogprobMode::kRaw;
+  int64_t n = 1;                          // samples of the prompt (sample k uses seed + k)
+};
+
+struct Request {
+  std::vector<int64_t> prompt;  // token ids (non-empty, within the vocabulary)
+  RequestOptions options;
+};
+
+struct GeneratedToken {
+  int64_t id = 0;
+  float logprob = 0;  // when logprobs >= 0
+  std::vector<int64_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+
+// What one step did to one sample of one request.
+struct Event {
+  uint64_t request = 0;
+  int64_t sample = 0;                  // 0 .. n - 1
+  std::vector<GeneratedToken> tokens;  // tokens generated this step (0 or 1)
+  std::string text_delta;              // new text (with a tokenizer; held back while a stop
+                                       // string or a UTF-8 character may still be incomplete)
+  FinishReason finish = FinishReason::kNone;
+};
+
+struct SampleTimings {
+  double queued_s = 0;       // submit -> first scheduled
+  double first_token_s = 0;  // submit -> first generated token
+  double total_s = 0;        // submit -> finished
+};
+
+// A finished sample, whole.
+struct Completion {
+  uint64_t request = 0;
+  int64_t sample = 0;
+  std::vector<GeneratedToken> tokens;
+  std::string text;  // with a tokenizer, cut before a matched stop string
+  FinishReason finish = FinishReason::kNone;
+  int64_t prompt_tokens = 0;
+  SampleTimings timings;
+};
+
+struct EngineOptions {
+  int64_t page_size = 16;          // tokens per page
+  int64_t num_pages = 0;           // per attention kind; 0 = sized from free memory (GPU) or
+                                   // enough for max_running sequences of the model's context (CPU)
+  double memory_fraction = 0.85;   // of the GPU memory free after the weights, for the pages
+  int64_t max_running = 256;       // sequences in one decode step
+  int64_t max_step_tokens = 4096;  // tokens in one forward (prefill chunks + decode rows)
+  std::vector<int64_t> eos_ids;    // default: the model config's eos_token_ids
+  const io::Tokenizer* tokenizer = nullptr;  // for text_delta, Completion::text, stop strings
+};
+
+struct PoolStats {
+  int64_t full_pages = 0, full_free = 0;        // pool of the full-attention layers
+  int64_t sliding_pages = 0, sliding_free = 0;  // pool of the sliding layers (0 when none)
+  int64_t running = 0, waiting = 0, preempted_total = 0;
+};
+
+class Engine {
+ public:
+  // The model must outlive the engine; its dtype and device decide the kernels.
+  Engine(const model::Gemma4& model, EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request; returns its id. Bad options or prompts throw a g4::Error naming the field.
+  uint64_t submit(Request request);
+  // Ends every sample of the request at the next step (finish kCancelled) and frees its pages.
+  // Unknown or finished ids are ignored.
+  void cancel(uint64_t request);
+  // One scheduler iteration: admits waiting requests, runs one forward over prefill chunks and
+  // decode rows, samples, and reports what happened to every sample it touched.
+  std::vector<Event> step();
+  bool idle() const;  // nothing waiting or running
+  // Finished samples not yet taken, in finishing order.
+  std::vector<Completion> take_completions();
+
+  // Convenience: submits every request, steps until idle, returns completions in request order
+  // (sample k of request i at index sum of earlier n + k).
+  std::vector<Completion> generate(std::vector<Request> requests);
+
+  PoolStats stats() const;
+  const EngineOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace g4::gen
