@@ -9,6 +9,9 @@
 
 #include "core/error.h"
 #include "generate/sampling_math.h"
+#ifdef G4_WITH_CUDA
+#include "generate/cuda/sampling.h"
+#endif
 
 namespace g4::gen {
 
@@ -83,14 +86,14 @@ SampledToken sample_row(const float* x, int64_t V, const RowSampling& rs, int64_
   SampledToken out;
   out.top_ids = top_ids(x, V, std::min(rs.top_logprobs, V));
   const SamplingParams& p = rs.params;
-  if (p.temperature == 0.0) {
+  const float t = static_cast<float>(p.temperature);
+  if (!(t > 0.0f)) {  // 0, or so small that it rounds to 0 in fp32
     out.token = argmax;
     out.logprob = raw(argmax);
     for (int64_t id : out.top_ids) out.top_logprobs.push_back(raw(id));
     return out;
   }
 
-  const float t = static_cast<float>(p.temperature);
   std::vector<float> z(static_cast<size_t>(V));
   for (int64_t i = 0; i < V; ++i) z[i] = (x[i] - m) / t;
   float floor = kNegInf;  // keep z >= floor
@@ -145,7 +148,9 @@ std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<R
              ": top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ", rows[r].top_logprobs);
   }
   if (R == 0) return {};
-  G4_CHECK(logits.device() == Device::CPU, "sample_batch: the GPU sampler is not built yet");
+#ifdef G4_WITH_CUDA
+  if (logits.device() == Device::CUDA) return cuda::sample_batch(logits, rows);
+#endif
   std::vector<SampledToken> out;
   out.reserve(static_cast<size_t>(R));
   const float* x = logits.data<float>();

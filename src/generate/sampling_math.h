@@ -44,8 +44,10 @@ G4_HD inline float bits_float(uint32_t u) {
 }
 
 // Unsigned key with the order of the floats (-inf lowest, +inf highest; NaNs are refused earlier).
+// -0 gets the key of +0, so that keys are equal exactly when the floats compare equal.
 G4_HD inline uint32_t order_key(float x) {
-  const uint32_t u = float_bits(x);
+  uint32_t u = float_bits(x);
+  if (u == 0x80000000u) u = 0;
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 G4_HD inline float key_float(uint32_t k) { return bits_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k); }
