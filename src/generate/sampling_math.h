@@ -23,25 +23,16 @@ constexpr uint64_t kNoiseTag = 0x53414D50ull << 32;  // "SAMP"
 // additions, so the CPU and the GPU draw the nucleus boundary at the same token.
 constexpr int kMassBits = 40;
 
-G4_HD inline uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return u;
-#endif
+// The bits of a float as an integer and back (memcpy is the portable bit cast on both sides).
+template <class To, class From>
+G4_HD inline To bit_cast_hd(From x) {
+  static_assert(sizeof(To) == sizeof(From));
+  To y;
+  memcpy(&y, &x, sizeof y);
+  return y;
 }
-
-G4_HD inline float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-#endif
-}
+G4_HD inline uint32_t float_bits(float x) { return bit_cast_hd<uint32_t>(x); }
+G4_HD inline float bits_float(uint32_t u) { return bit_cast_hd<float>(u); }
 
 // Unsigned key with the order of the floats (-inf lowest, +inf highest; NaNs are refused earlier).
 // -0 gets the key of +0, so that keys are equal exactly when the floats compare equal.

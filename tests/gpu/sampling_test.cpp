@@ -100,6 +100,7 @@ TEST(SamplingGpu, MatchesTheCpuReferenceInEveryMode) {
   const std::vector<Case> cases = {
       {48, kVocab, false, 2.0, "V 262144, f32 logits"},
       {24, kVocab, true, 3.0, "V 262144, bf16-rounded logits (ties)"},
+      {24, kVocab, false, 8.0, "V 262144, peaked logits (std 8)"},
       {24, 1001, false, 1.0, "V 1001 (unvectorised)"},
       {12, 7, true, 1.0, "V 7"},
   };

@@ -34,8 +34,10 @@ using gen::detail::race_noise;
 constexpr int kChunk = 4096;  // tokens per block of the streaming kernels (a multiple of 4)
 constexpr int kStreamThreads = 256;
 constexpr int kSelectThreads = 1024;
-constexpr int kFinalThreads = 256;
+constexpr int kFinalThreads = 1024;
 constexpr unsigned kFull = 0xffffffffu;
+// Bound on a race score's noise -ln(E): E >= -ln(1 - 2^-33) > 1.1e-10, so -ln(E) < 22.9.
+constexpr float kMaxRaceBoost = 23.0f;
 
 struct RowParams {
   uint64_t seed, draw;
@@ -196,21 +198,46 @@ struct SelectSmem {
   unsigned long long mass[256];
   uint32_t digit;
   uint32_t remaining;
-  unsigned long long above, total;
+  unsigned long long above;
+  double target;
   Stat stat[32];
 };
 
-// The order key of the k-th largest logit of the row (1 <= k <= V).
-__device__ uint32_t kth_largest_key(const float* x, int64_t V, int64_t k, SelectSmem& sm) {
+// Adds 1 to count[bin] for every lane of the warp with bin < 256 (all 32 lanes call it). Lanes with
+// the same bin add once together: logits crowd into a few top-digit bins, and one atomic per lane
+// would serialise on them.
+__device__ inline void count_bin(uint32_t* count, uint32_t bin) {
+  const unsigned peers = __match_any_sync(kFull, bin);
+  if (bin < 256u && static_cast<int>(threadIdx.x & 31) == __ffs(static_cast<int>(peers)) - 1)
+    atomicAdd(&count[bin], static_cast<uint32_t>(__popc(peers)));
+}
+
+// Calls fn(value, present) for the 4 tokens of each group a thread owns; every thread of the block
+// runs the same number of iterations (count_bin needs whole warps).
+template <class Fn>
+__device__ inline void for_row_groups(const float* x, int64_t V, bool vec, Fn fn) {
+  const int64_t groups = (V + 3) / 4;
+  const int64_t span = (groups + blockDim.x - 1) / blockDim.x * blockDim.x;
+  for (int64_t g = threadIdx.x; g < span; g += blockDim.x) {
+    float v[4] = {neg_inf(), neg_inf(), neg_inf(), neg_inf()};
+    const int n = g < groups ? load4(x, V, g, vec, v) : 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) fn(v[j], j < n);
+  }
+}
+
+// The order key of the k-th largest logit of the row (1 <= k <= V): a most-significant-digit-
+// first radix select, 8 bits per pass.
+__device__ uint32_t kth_largest_key(const float* x, int64_t V, bool vec, int64_t k, SelectSmem& sm) {
   uint32_t prefix = 0, mask = 0;
   if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sm.count[b] = 0;
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-      const uint32_t key = order_key(x[i]);
-      if ((key & mask) == prefix) atomicAdd(&sm.count[(key >> shift) & 255u], 1u);
-    }
+    for_row_groups(x, V, vec, [&](float v, bool present) {
+      const uint32_t key = order_key(v);
+      count_bin(sm.count, present && (key & mask) == prefix ? (key >> shift) & 255u : 256u);
+    });
     __syncthreads();
     if (threadIdx.x == 0) {
       uint32_t rem = sm.remaining, b = 255;
@@ -229,21 +256,12 @@ __device__ uint32_t kth_largest_key(const float* x, int64_t V, int64_t k, Select
 }
 
 // The smallest z that top-p keeps among the tokens with z >= floor (see top_p_cut in
-// sampling.cpp): the lowest key whose strictly larger kept keys hold less than top_p of the mass.
-__device__ float top_p_cut(const float* x, int64_t V, float m, float t, float floor, double top_p, SelectSmem& sm) {
-  if (threadIdx.x == 0) {
-    sm.total = 0;
-    sm.above = 0;
-  }
-  __syncthreads();
-  unsigned long long local = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float z = (x[i] - m) / t;
-    if (z >= floor) local += det_mass(z);
-  }
-  atomicAdd(&sm.total, local);
-  __syncthreads();
-  const double target = top_p * static_cast<double>(sm.total);
+// sampling.cpp): the lowest key whose strictly larger kept keys hold less than top_p of the mass,
+// found digit by digit. The first pass's bins hold every kept token, so their masses also give the
+// total.
+__device__ float top_p_cut(const float* x, int64_t V, bool vec, float m, float t, float floor, double top_p,
+                           SelectSmem& sm) {
+  if (threadIdx.x == 0) sm.above = 0;
   uint32_t prefix = 0, mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) {
@@ -251,17 +269,23 @@ __device__ float top_p_cut(const float* x, int64_t V, float m, float t, float fl
       sm.mass[b] = 0;
     }
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-      const float z = (x[i] - m) / t;
-      if (!(z >= floor)) continue;
+    for_row_groups(x, V, vec, [&](float v, bool present) {
+      const float z = (v - m) / t;
       const uint32_t key = order_key(z);
-      if ((key & mask) != prefix) continue;
-      const uint32_t b = (key >> shift) & 255u;
-      atomicAdd(&sm.count[b], 1u);
-      atomicAdd(&sm.mass[b], static_cast<unsigned long long>(det_mass(z)));
-    }
+      const bool in = present && z >= floor && (key & mask) == prefix;
+      const uint32_t bin = in ? (key >> shift) & 255u : 256u;
+      count_bin(sm.count, bin);
+      const uint64_t w = in ? det_mass(z) : 0;
+      if (w != 0) atomicAdd(&sm.mass[bin], static_cast<unsigned long long>(w));
+    });
     __syncthreads();
     if (threadIdx.x == 0) {
+      if (shift == 24) {
+        unsigned long long total = 0;
+        for (int b = 0; b < 256; ++b) total += sm.mass[b];
+        sm.target = top_p * static_cast<double>(total);
+      }
+      const double target = sm.target;
       unsigned long long run = sm.above, chosen_above = sm.above;
       uint32_t chosen = 255;
       for (int b = 255; b >= 0; --b) {
@@ -282,7 +306,7 @@ __device__ float top_p_cut(const float* x, int64_t V, float m, float t, float fl
 }
 
 __global__ void __launch_bounds__(kSelectThreads)
-    select_kernel(const float* __restrict__ logits, int64_t V, int C, const RowParams* __restrict__ params,
+    select_kernel(const float* __restrict__ logits, int64_t V, int C, bool vec, const RowParams* __restrict__ params,
                   const Stat* __restrict__ stats, RowInfo* __restrict__ info) {
   __shared__ SelectSmem sm;
   __shared__ float s_max;
@@ -302,11 +326,11 @@ __global__ void __launch_bounds__(kSelectThreads)
     if (p.temperature > 0.f) {
       const float t = p.temperature;
       float floor = neg_inf();
-      if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(x, V, p.top_k, sm)) - m) / t;
-      if (p.top_p < 1.0) floor = fmaxf(floor, top_p_cut(x, V, m, t, floor, p.top_p, sm));
+      if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(x, V, vec, p.top_k, sm)) - m) / t;
+      if (p.top_p < 1.0) floor = fmaxf(floor, top_p_cut(x, V, vec, m, t, floor, p.top_p, sm));
       out.floor = fmaxf(floor, p.min_p_log);
     }
-    if (p.top_n > 0) out.top_key = kth_largest_key(x, V, p.top_n, sm);
+    if (p.top_n > 0) out.top_key = kth_largest_key(x, V, vec, p.top_n, sm);
   }
   if (threadIdx.x == 0) info[r] = out;
 }
@@ -325,17 +349,20 @@ __global__ void __launch_bounds__(kStreamThreads)
   for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
     float v[4], z[4];
     const int n = load4(x, V, g, vec, v);
-    bool any = false;
-    for (int j = 0; j < 4; ++j) {
+    float top = neg_inf();
+    for (int j = 0; j < n; ++j) {
       z[j] = (v[j] - ri.max) / p.temperature;
-      any |= j < n && z[j] >= ri.floor;
+      if (!(z[j] >= ri.floor)) continue;
+      d.kept_sum += expf(z[j]);
+      top = fmaxf(top, z[j]);
     }
-    if (!any) continue;
+    // -ln(E) <= kMaxRaceBoost: a group whose best z is further than that below the best score so
+    // far cannot win, and skipping its noise changes nothing.
+    if (top == neg_inf() || top + kMaxRaceBoost < d.score) continue;
     float noise[4];
     race_noise(p.seed, p.draw, static_cast<uint64_t>(g), noise);
     for (int j = 0; j < n; ++j) {
       if (!(z[j] >= ri.floor)) continue;
-      d.kept_sum += expf(z[j]);
       const float score = z[j] - noise[j];
       const int32_t id = static_cast<int32_t>(g * 4 + j);
       if (score > d.score || (score == d.score && id < d.token)) {
@@ -507,7 +534,7 @@ std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<R
   const dim3 chunks(static_cast<unsigned>(C), static_cast<unsigned>(R));
   stats_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, stats);
   G4_CUDA_CHECK_LAUNCH();
-  select_kernel<<<static_cast<unsigned>(R), kSelectThreads, 0, s>>>(x, V, C, dp, stats, info);
+  select_kernel<<<static_cast<unsigned>(R), kSelectThreads, 0, s>>>(x, V, C, vec, dp, stats, info);
   G4_CUDA_CHECK_LAUNCH();
   draw_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, dp, info, draws);
   G4_CUDA_CHECK_LAUNCH();
