@@ -38,6 +38,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The ids of the n largest values, largest first, lower id on ties.
 std::vector<int64_t> top_ids(const float* x, int64_t V, int64_t n) {
+  if (n == 0) return {};
   std::vector<int64_t> ids(static_cast<size_t>(V));
   std::iota(ids.begin(), ids.end(), 0);
   std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),

@@ -25,7 +25,7 @@
 namespace g4::gen {
 
 struct SamplingParams {
-  double temperature = 1.0;  // 0 = greedy
+  double temperature = 1.0;  // 0 (or below fp32's smallest) = greedy
   int64_t top_k = 0;         // 0 = no top-k cut
   double top_p = 1.0;        // in (0, 1]; 1 = no nucleus cut
   double min_p = 0.0;        // in [0, 1]; keep tokens with p >= min_p * p_max
@@ -42,7 +42,8 @@ constexpr int64_t kMaxTopLogprobs = 64;
 
 struct RowSampling {
   SamplingParams params;
-  uint64_t draw = 0;              // the request's token index (0 for its first generated token)
+  uint64_t draw = 0;              // the request's token index (0 for its first generated token;
+                                  // its low 32 bits key the noise)
   int64_t top_logprobs = 0;       // alternatives to report, 0 .. kMaxTopLogprobs
   LogprobMode logprob_mode = LogprobMode::kRaw;
 };

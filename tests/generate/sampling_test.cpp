@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/random.h"
 #include "generate/sampling.h"
 #include "generate/sampling_math.h"
 #include "support/error_message.h"
@@ -51,9 +52,10 @@ SampledToken sample_one(const std::vector<float>& logits, const RowSampling& r) 
   return gen::sample_batch(rows_of({logits}), {r}).at(0);
 }
 
-// The tokens the row's filters keep: those with a finite processed log-prob.
+// The tokens the row's filters keep among the 64 most likely: those with a finite processed
+// log-prob.
 std::vector<int64_t> kept_tokens(const std::vector<float>& logits, RowSampling r) {
-  r.top_logprobs = static_cast<int64_t>(logits.size());
+  r.top_logprobs = std::min<int64_t>(static_cast<int64_t>(logits.size()), gen::kMaxTopLogprobs);
   r.logprob_mode = LogprobMode::kProcessed;
   const SampledToken t = sample_one(logits, r);
   std::vector<int64_t> kept;
@@ -129,6 +131,64 @@ TEST(Sampling, MinPKeepsTokensAtLeastMinPTimesTheMostLikely) {
   EXPECT_EQ(kept_tokens(x, sampled(2.0, 0, 1.0, 0.42)), (std::vector<int64_t>{1, 2, 3, 4}));
   // With the other filters: the intersection.
   EXPECT_EQ(kept_tokens(x, sampled(1.0, 2, 1.0, 0.19)), (std::vector<int64_t>{1, 2}));
+}
+
+// The filters against a direct reading of their rules, in double, on random rows.
+TEST(Sampling, FiltersMatchTheirRulesOnRandomRows) {
+  struct Setting {
+    double temperature;
+    int64_t top_k;
+    double top_p, min_p;
+  };
+  const std::vector<Setting> settings = {
+      {1.0, 37, 1.0, 0.0}, {0.6, 0, 0.8, 0.0}, {1.4, 0, 1.0, 0.02}, {0.9, 120, 0.9, 0.01}, {2.0, 5, 0.3, 0.5}};
+  int64_t checked = 0;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    const int64_t V = 50 + static_cast<int64_t>(seed) * 47;
+    const Tensor t = randn({1, V}, seed, DType::F32, 2.0);
+    const std::vector<float> x(t.data<float>(), t.data<float>() + V);
+    const float m = *std::max_element(x.begin(), x.end());
+    for (const Setting& s : settings) {
+      const float temp = static_cast<float>(s.temperature);
+      std::vector<float> z;
+      for (float v : x) z.push_back((v - m) / temp);
+      std::vector<float> sorted = z;
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      const float kth = s.top_k > 0 && s.top_k < V ? sorted[static_cast<size_t>(s.top_k - 1)] : -kInf;
+      double total = 0;
+      for (float v : z)
+        if (v >= kth) total += std::exp(static_cast<double>(v));
+      // kept_tokens sees the 64 most likely; the rules keep a most-likely-first prefix anyway.
+      const float z64 = sorted[63];
+      std::vector<int64_t> expected;
+      int64_t beyond = 0;  // kept tokens past the first 64
+      for (int64_t i = 0; i < V; ++i) {
+        if (!(z[i] >= kth)) continue;
+        double above = 0;
+        for (float v : z)
+          if (v >= kth && v > z[i]) above += std::exp(static_cast<double>(v)) / total;
+        if (!(above < s.top_p && std::exp(static_cast<double>(z[i])) >= s.min_p)) continue;
+        if (z[i] > z64) {
+          expected.push_back(i);
+        } else {
+          ++beyond;
+        }
+      }
+      const std::vector<int64_t> got = kept_tokens(x, sampled(s.temperature, s.top_k, s.top_p, s.min_p));
+      const std::string what = "V " + std::to_string(V) + " T " + std::to_string(s.temperature) + " k " +
+                               std::to_string(s.top_k) + " p " + std::to_string(s.top_p) + " min_p " +
+                               std::to_string(s.min_p);
+      if (beyond == 0) {
+        EXPECT_EQ(got, expected) << what;
+        ++checked;
+      } else {
+        // The cut lies past the 64 reported: at least everything above the 64th is kept.
+        EXPECT_GE(got.size(), expected.size()) << what;
+      }
+    }
+  }
+  std::printf("  %lld of 60 cuts within the 64 most likely, checked exactly\n", static_cast<long long>(checked));
+  EXPECT_GE(checked, 30);
 }
 
 TEST(Sampling, RawAndProcessedLogprobs) {
