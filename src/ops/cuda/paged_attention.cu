@@ -431,6 +431,9 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   Tensor out = Tensor::empty({rows, heads, dv}, DType::BF16, Device::CUDA);
   const int64_t n = layout.page_table.size(0);
   if (out.numel() == 0 || n == 0) return out;
+  G4_CHECK(aligned16(q.raw()) && aligned16(k_pages.raw()) && aligned16(v_pages.raw()),
+           "paged_attention: the CUDA kernels read q ", q.describe(), ", k_pages ", k_pages.describe(), " and v_pages ",
+           v_pages.describe(), " in 16-byte units, but one of them starts at an address that is not 16-byte aligned");
   const Tensor cu_q = as_i32(layout.cu_q), kv_len = as_i32(layout.kv_len), table = as_i32(layout.page_table);
   const Tensor kv_start = layout.kv_start.defined() ? as_i32(layout.kv_start) : Tensor();
 
