@@ -81,7 +81,8 @@ struct Cfg {
   static_assert(NT_S >= 1 && NT_O % 2 == 0 && BN % 16 == 0, "tile shape");
   static constexpr size_t kSmemQ = size_t(BM) * LD * 2, kSmemTile = size_t(BN) * LD * 2;
   static constexpr size_t kSmemP = size_t(BM) * LDP * 2, kSmemRed = size_t(WN) * BM * 4;
-  static constexpr size_t kSmem = kSmemQ + 2 * STAGES * kSmemTile + kSmemP + kSmemRed;
+  static constexpr size_t kSmemRows = size_t(STAGES) * BN * 8;
+  static constexpr size_t kSmem = kSmemQ + 2 * STAGES * kSmemTile + kSmemP + kSmemRed + kSmemRows;
 };
 
 // max that keeps a NaN (fmaxf drops it): a NaN score must make its row NaN, as on the CPU.
@@ -92,32 +93,48 @@ __device__ __forceinline__ long long first_slot(const int32_t* cu_q, int i, int 
   return i + static_cast<long long>(cu_q[i]) * group / bm;
 }
 
-// Gathers keys j0 .. j0 + BN - 1 (those <= j_hi; others zero-filled) of kv head kvh into sK / sV.
+// The page of key j as the page table gives it: -1 when j is past j_hi (not needed), else the
+// table entry (-1 for a key past the table).
+__device__ __forceinline__ int lookup_page(const PagedArgs& a, const int32_t* table_row, int j, int j_hi, int* p) {
+  if (j > j_hi) return -1;
+  *p = j / a.page_size;
+  return *p < a.max_pages ? table_row[*p] : -1;
+}
+
+// Pool row of key j of kv head kvh from its page, or -1 (read as zeros); a needed key on a missing
+// page is reported.
+__device__ __forceinline__ long long key_row(const PagedArgs& a, int seq, int kvh, int j, int j_hi, int p, int phys) {
+  if (j > j_hi) return -1;
+  if (phys < 0 || phys >= a.num_pages) {
+    report_index_error(a.sink, phys, seq, a.num_pages);
+    return -1;
+  }
+  return (static_cast<long long>(phys) * a.page_size + (j - p * a.page_size)) * a.kv_heads + kvh;
+}
+
+// cp.async of 16 bytes (zero-filled when !valid) that asks L2 to fetch the whole 256-byte sector
+// group: a key row is 512 or 1024 contiguous bytes, read by neighbouring threads.
+__device__ __forceinline__ void cp_async16_l2(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(attn::smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+// Gathers the BN keys whose pool rows are rows[0 .. BN) (-1: zero-filled) into sK / sV.
 template <class C>
-__device__ __forceinline__ void load_kv_tile(const PagedArgs& a, const int32_t* table_row, int seq, int kvh, int j0,
-                                             int j_hi, bf16* sK, bf16* sV) {
+__device__ __forceinline__ void load_kv_tile(const PagedArgs& a, const long long* rows, bf16* sK, bf16* sV) {
   constexpr int CH = C::HD / 8;
   constexpr int kIters = (C::BN * CH + C::kThreads - 1) / C::kThreads;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
     const int idx = threadIdx.x + it * C::kThreads;
     if ((C::BN * CH) % C::kThreads != 0 && idx >= C::BN * CH) break;
-    const int r = idx / CH, c = (idx % CH) * 8, j = j0 + r;
-    long long row = -1;
-    if (j <= j_hi) {
-      const int p = j / a.page_size;
-      const int phys = p < a.max_pages ? table_row[p] : -1;
-      if (phys >= 0 && phys < a.num_pages) {
-        row = (static_cast<long long>(phys) * a.page_size + (j - p * a.page_size)) * a.kv_heads + kvh;
-      } else if (c == 0) {
-        report_index_error(a.sink, phys, seq, a.num_pages);
-      }
-    }
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const long long row = rows[r];
     const bool k_ok = row >= 0 && c < a.d;
-    cp_async16(sK + r * C::LD + c, k_ok ? a.k + row * a.d + c : a.k, k_ok);
+    cp_async16_l2(sK + r * C::LD + c, k_ok ? a.k + row * a.d + c : a.k, k_ok);
     if (!a.kv_same) {
       const bool v_ok = row >= 0 && c < a.dv;
-      cp_async16(sV + r * C::LD + c, v_ok ? a.v + row * a.dv + c : a.v, v_ok);
+      cp_async16_l2(sV + r * C::LD + c, v_ok ? a.v + row * a.dv + c : a.v, v_ok);
     }
   }
 }
@@ -152,10 +169,13 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   bf16* sKV = sQ + BM * LD;  // stage s: K at sKV + 2s·BN·LD, V after it
   bf16* sP = sKV + 2 * S * BN * LD;
   float* sRed = reinterpret_cast<float*>(sP + BM * LDP);
+  long long* sRows = reinterpret_cast<long long*>(sRed + WN * BM);  // [S][BN]: pool rows of a stage's keys
   __shared__ int s_seq;
 
   const int tid = threadIdx.x;
-  const int slot = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  // The kv heads of one tile are neighbours in the grid: running together, they read the
+  // neighbouring pieces of the same pages.
+  const int slot = blockIdx.x / a.kv_heads, kvh = blockIdx.x % a.kv_heads, split = blockIdx.y;
 
   // The sequence that owns this slot: the one i with first_slot(i) <= slot < first_slot(i + 1).
   if (tid == 0) s_seq = -1;
@@ -204,9 +224,17 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   const int32_t* table_row = a.table + static_cast<long long>(seq) * a.max_pages;
   auto stage_k = [&](int t) { return sKV + 2 * (t % S) * BN * LD; };
   auto stage_v = [&](int t) { return a.kv_same ? stage_k(t) : stage_k(t) + BN * LD; };
+  // Pool rows of the first S tiles; later ones are looked up one iteration before their loads.
+  for (int idx = tid; idx < S * BN; idx += C::kThreads) {
+    const int j = split_lo + idx, u = idx / BN;
+    int p = 0;
+    const int phys = u < n_tiles ? lookup_page(a, table_row, j, split_hi, &p) : -1;
+    if (u < n_tiles) sRows[idx] = key_row(a, seq, kvh, j, split_hi, p, phys);
+  }
+  __syncthreads();
 #pragma unroll
   for (int t = 0; t < S - 1; ++t) {
-    if (t < n_tiles) load_kv_tile<C>(a, table_row, seq, kvh, split_lo + t * BN, split_hi, stage_k(t), stage_v(t));
+    if (t < n_tiles) load_kv_tile<C>(a, sRows + t * BN, stage_k(t), stage_v(t));
     cp_async_commit();
   }
 
@@ -231,10 +259,14 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   for (int t = 0; t < n_tiles; ++t) {
     cp_async_wait<S - 2>();
     __syncthreads();  // tile t (and Q) visible to all; every warp is done with tile t - 1's stage
-    if (t + S - 1 < n_tiles)
-      load_kv_tile<C>(a, table_row, seq, kvh, split_lo + (t + S - 1) * BN, split_hi, stage_k(t + S - 1),
-                      stage_v(t + S - 1));
+    if (t + S - 1 < n_tiles) load_kv_tile<C>(a, sRows + ((t + S - 1) % S) * BN, stage_k(t + S - 1), stage_v(t + S - 1));
     cp_async_commit();
+    // Page lookup for tile t + S: issued now, its latency hidden behind this tile's arithmetic; the
+    // row is stored at the end of the iteration into the slot of tile t, whose loads went out long ago.
+    const int u = t + S, j_u = split_lo + u * BN + tid;
+    const bool look = tid < BN && u < n_tiles;
+    int p_u = 0;
+    const int phys_u = look ? lookup_page(a, table_row, j_u, split_hi, &p_u) : -1;
     const bf16* sK = stage_k(t);
     const bf16* sV = stage_v(t);
     const int k0 = split_lo + t * BN;
@@ -298,6 +330,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
     }
     __syncthreads();  // P complete
     attn::warp_gemm<1, NT_O, BN, false, true>(o, sP, LDP, wm * 16, sV, LD, o_col0, 0);
+    if (look) sRows[(u % S) * BN + tid] = key_row(a, seq, kvh, j_u, split_hi, p_u, phys_u);
   }
   cp_async_wait<0>();
 
@@ -392,7 +425,7 @@ void launch_paged(PagedArgs a, int64_t slots) {
     configured = true;
   }
   a.min_split_tiles = (kMinSplitKeys + C::BN - 1) / C::BN;
-  const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(a.splits));
+  const dim3 grid(static_cast<unsigned>(slots * a.kv_heads), static_cast<unsigned>(a.splits));
   paged_kernel<C><<<grid, C::kThreads, C::kSmem, g4::cuda::stream()>>>(a);
   G4_CUDA_CHECK_LAUNCH();
 }
@@ -403,7 +436,7 @@ void launch_class(const PagedArgs& a, int hd, int64_t slots) {
   if constexpr (Decode) {
     if (hd <= 64) return launch_paged<Cfg<64, 64, 1, 4, 3>>(a, slots);
     if (hd <= 128) return launch_paged<Cfg<128, 64, 1, 4, 3>>(a, slots);
-    if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 4, 3>>(a, slots);
+    if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 8, 3>>(a, slots);
     return launch_paged<Cfg<512, 32, 1, 4, 3>>(a, slots);
   } else {
     if (hd <= 64) return launch_paged<Cfg<64, 64, 4, 2, 2>>(a, slots);
@@ -465,7 +498,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   const bool decode = rows <= 2 * n;
   const int bm = decode ? 16 : 64;
   const int64_t slots = n + rows * a.group / bm;
-  checked_int("tile slots", slots);
+  checked_int("tile slots x kv heads", slots * a.kv_heads);
   // Enough CTAs for two per multiprocessor: split the keys when the tiles alone are fewer.
   const int64_t tiles = std::max<int64_t>(n, (rows * a.group + bm - 1) / bm) * a.kv_heads;
   const int64_t want = 2 * int64_t{g4::cuda::device_sm_count()};
