@@ -182,7 +182,7 @@ TEST(PagedAttentionGpu, NanScoresPropagateToTheirRows) {
   G4_REQUIRE_GPU();
   for (const bool split : {true, false}) {
     SCOPED_TRACE(split ? "few sequences (split keys)" : "many sequences");
-    const Case c{"nan", 16, 2, 512, 512, 16, 0, decode_batch(std::vector<int64_t>(split ? 2 : 140, split ? 1500 : 300))};
+    const Case c{"nan", 16, 2, 512, 512, 16, 0, decode_batch(std::vector<int64_t>(split ? 2 : 132, split ? 1500 : 300))};
     Inputs in = make_inputs(c, split ? 77 : 78);
     // Query row 1, head 3 (kv head 0): its scores are all NaN.
     in.q.data<float>()[(1 * c.heads + 3) * c.d + 5] = std::numeric_limits<float>::quiet_NaN();

@@ -416,33 +416,60 @@ __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ 
   }
 }
 
+// The fewest key splits that keep at least 80% of the GPU busy over a whole number of waves
+// (`wave` CTAs run at once); the tiles alone when they do.
+int choose_splits(int64_t tiles, int64_t wave) {
+  for (int s = 1; s < kMaxSplits; ++s) {
+    const int64_t ctas = tiles * s, waves = (ctas + wave - 1) / wave;
+    if (ctas * 5 >= waves * wave * 4) return s;
+  }
+  return kMaxSplits;
+}
+
+// Launches configuration C over `slots` tile slots per kv head (`tiles` of them used, at most),
+// splitting the keys when the tiles do not fill the GPU, then merges the splits into a.out.
 template <class C>
-void launch_paged(PagedArgs a, int64_t slots) {
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
+void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
+  static int per_sm = 0;  // CTAs of this kernel per multiprocessor; the attribute is per kernel and process
+  if (per_sm == 0) {
     G4_CUDA_CHECK(cudaFuncSetAttribute(paged_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(C::kSmem)));
-    configured = true;
+    G4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_kernel<C>, C::kThreads, C::kSmem));
+    per_sm = std::max(per_sm, 1);
   }
   a.min_split_tiles = (kMinSplitKeys + C::BN - 1) / C::BN;
+  a.splits = choose_splits(tiles * a.kv_heads, int64_t{per_sm} * g4::cuda::device_sm_count());
+  const int64_t row_heads = int64_t{a.rows_total} * a.heads;
+  Tensor part_o, part_lse;  // freed after the launches are queued: the caching allocator is stream-ordered
+  if (a.splits > 1) {
+    part_o = Tensor::empty({a.splits, row_heads, a.dv}, DType::F32, Device::CUDA);
+    part_lse = Tensor::empty({a.splits, row_heads}, DType::F32, Device::CUDA);
+    a.part_o = part_o.data<float>();
+    a.part_lse = part_lse.data<float>();
+  }
   const dim3 grid(static_cast<unsigned>(slots * a.kv_heads), static_cast<unsigned>(a.splits));
   paged_kernel<C><<<grid, C::kThreads, C::kSmem, g4::cuda::stream()>>>(a);
   G4_CUDA_CHECK_LAUNCH();
+  if (a.splits > 1) {
+    combine_kernel<<<static_cast<unsigned>(row_heads), 128, 0, g4::cuda::stream()>>>(a.part_o, a.part_lse, a.out,
+                                                                                      row_heads, a.dv, a.splits);
+    G4_CUDA_CHECK_LAUNCH();
+  }
 }
 
 // The configuration of head-dim class hd: 16 rows per CTA for decode steps, else 64.
 template <bool Decode>
-void launch_class(const PagedArgs& a, int hd, int64_t slots) {
+void launch_class(const PagedArgs& a, int hd, int64_t slots, int64_t tiles) {
   if constexpr (Decode) {
-    if (hd <= 64) return launch_paged<Cfg<64, 64, 1, 4, 3>>(a, slots);
-    if (hd <= 128) return launch_paged<Cfg<128, 64, 1, 4, 3>>(a, slots);
-    if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 8, 3>>(a, slots);
-    return launch_paged<Cfg<512, 32, 1, 4, 3>>(a, slots);
+    if (hd <= 64) return launch_paged<Cfg<64, 64, 1, 4, 3>>(a, slots, tiles);
+    if (hd <= 128) return launch_paged<Cfg<128, 64, 1, 4, 3>>(a, slots, tiles);
+    if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 8, 3>>(a, slots, tiles);
+    return launch_paged<Cfg<512, 32, 1, 4, 3>>(a, slots, tiles);
   } else {
-    if (hd <= 64) return launch_paged<Cfg<64, 64, 4, 2, 2>>(a, slots);
-    if (hd <= 128) return launch_paged<Cfg<128, 64, 4, 2, 2>>(a, slots);
-    if (hd <= 256) return launch_paged<Cfg<256, 64, 4, 2, 2>>(a, slots);
-    return launch_paged<Cfg<512, 32, 4, 2, 2>>(a, slots);
+    if (hd <= 64) return launch_paged<Cfg<64, 64, 4, 2, 2>>(a, slots, tiles);
+    if (hd <= 128) return launch_paged<Cfg<128, 64, 4, 2, 2>>(a, slots, tiles);
+    if (hd <= 256) return launch_paged<Cfg<256, 64, 4, 2, 2>>(a, slots, tiles);
+    return launch_paged<Cfg<512, 32, 4, 2, 2>>(a, slots, tiles);
   }
 }
 
@@ -499,27 +526,12 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   const int bm = decode ? 16 : 64;
   const int64_t slots = n + rows * a.group / bm;
   checked_int("tile slots x kv heads", slots * a.kv_heads);
-  // Enough CTAs for two per multiprocessor: split the keys when the tiles alone are fewer.
-  const int64_t tiles = std::max<int64_t>(n, (rows * a.group + bm - 1) / bm) * a.kv_heads;
-  const int64_t want = 2 * int64_t{g4::cuda::device_sm_count()};
-  a.splits = static_cast<int>(std::clamp<int64_t>((want + tiles - 1) / tiles, 1, kMaxSplits));
-  Tensor part_o, part_lse;
-  if (a.splits > 1) {
-    part_o = Tensor::empty({a.splits, rows, heads, dv}, DType::F32, Device::CUDA);
-    part_lse = Tensor::empty({a.splits, rows, heads}, DType::F32, Device::CUDA);
-    a.part_o = part_o.data<float>();
-    a.part_lse = part_lse.data<float>();
-  }
+  const int64_t tiles = std::max<int64_t>(n, (rows * a.group + bm - 1) / bm);  // used slots, at most
   const int hd = std::max(a.d, a.dv);
   if (decode) {
-    launch_class<true>(a, hd, slots);
+    launch_class<true>(a, hd, slots, tiles);
   } else {
-    launch_class<false>(a, hd, slots);
-  }
-  if (a.splits > 1) {
-    combine_kernel<<<static_cast<unsigned>(rows * heads), 128, 0, g4::cuda::stream()>>>(a.part_o, a.part_lse, a.out,
-                                                                                         rows * heads, a.dv, a.splits);
-    G4_CUDA_CHECK_LAUNCH();
+    launch_class<false>(a, hd, slots, tiles);
   }
   return out;
 }
