@@ -27,9 +27,12 @@
 // page is reported through ops/device_checks.h and reads as zeros. When k_pages and v_pages are one
 // tensor (K=V layers), each tile is loaded once and serves as both.
 //
-// Two configurations per head-dim class, chosen from shapes: BM = 16 rows and 4 warps splitting the
-// keys of S and the columns of O (decode: T <= 2N), or BM = 64 rows, 8 warps (prefill-heavy steps,
-// fewer re-reads of the keys per query row). Both are correct for any mix of rows per sequence.
+// Two configurations per head-dim class, chosen from shapes: BM = 16 rows with the warps (8 for
+// head dim 256, 4 for 512, where the K/V ring leaves no room for larger tiles) splitting the keys of
+// S and the columns of O (decode: T <= 2N), or BM = 64 rows, 8 warps (prefill-heavy steps, fewer
+// re-reads of the keys per query row). Both are correct for any mix of rows per sequence. The page
+// table is read one tile ahead into shared memory, so the copy loop has no dependent global load.
+// docs/performance.md has the measured rates.
 #include "ops/cuda/paged_attention.h"
 
 #include <algorithm>
