@@ -106,37 +106,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
         tile_max[e >> 1] = fmaxf(tile_max[e >> 1], x);
       }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    }
-    if constexpr (WN > 1) {
-      if (cq == 0) {
-        sRed[wn * BM + r_local] = tile_max[0];
-        sRed[wn * BM + r_local + 8] = tile_max[1];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int w = 0; w < WN; ++w) {
-        tile_max[0] = fmaxf(tile_max[0], sRed[w * BM + r_local]);
-        tile_max[1] = fmaxf(tile_max[1], sRed[w * BM + r_local + 8]);
-      }
-    }
     float m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(row_max[r], tile_max[r]);
-      m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet: keep p = 0
-      const float alpha = exp2f(row_max[r] - m_use[r]);
-      row_max[r] = m_new;
-      row_sum[r] *= alpha;
-#pragma unroll
-      for (int nt = 0; nt < NT_O; ++nt) {
-        o[0][nt][2 * r] *= alpha;
-        o[0][nt][2 * r + 1] *= alpha;
-      }
-    }
+    online_softmax_step<WN, BM>(tile_max, row_max, row_sum, o, m_use, sRed, wn, r_local, cq, DropNaN{});
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt) {
 #pragma unroll

@@ -88,9 +88,6 @@ struct Cfg {
   static constexpr size_t kSmem = kSmemQ + 2 * STAGES * kSmemTile + kSmemP + kSmemRed + kSmemRows;
 };
 
-// max that keeps a NaN (fmaxf drops it): a NaN score must make its row NaN, as on the CPU.
-__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
-
 // First slot of sequence i (see the file comment).
 __device__ __forceinline__ long long first_slot(const int32_t* cu_q, int i, int group, int bm) {
   return i + static_cast<long long>(cu_q[i]) * group / bm;
@@ -289,38 +286,11 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
         const int j = k0 + s_col0 + nt * 8 + 2 * cq + (e & 1), r = e >> 1;
         const float x = j >= row_lo[r] && j <= row_hi[r] ? s[0][nt][e] * a.scale_log2 : -INFINITY;
         s[0][nt][e] = x;
-        tile_max[r] = nan_max(tile_max[r], x);
+        tile_max[r] = attn::KeepNaN{}(tile_max[r], x);
       }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = nan_max(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = nan_max(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    }
-    if (cq == 0) {
-      sRed[wn * BM + r_local] = tile_max[0];
-      sRed[wn * BM + r_local + 8] = tile_max[1];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < WN; ++w) {
-      tile_max[0] = nan_max(tile_max[0], sRed[w * BM + r_local]);
-      tile_max[1] = nan_max(tile_max[1], sRed[w * BM + r_local + 8]);
     }
     float m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = nan_max(row_max[r], tile_max[r]);
-      m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: keep p = 0
-      const float alpha = exp2f(row_max[r] - m_use[r]);
-      row_max[r] = m_new;
-      row_sum[r] *= alpha;
-#pragma unroll
-      for (int nt = 0; nt < NT_O; ++nt) {
-        o[0][nt][2 * r] *= alpha;
-        o[0][nt][2 * r + 1] *= alpha;
-      }
-    }
+    attn::online_softmax_step<WN, BM>(tile_max, row_max, row_sum, o, m_use, sRed, wn, r_local, cq, attn::KeepNaN{});
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt) {
       const float p0 = exp2f(s[0][nt][0] - m_use[0]), p1 = exp2f(s[0][nt][1] - m_use[0]);
@@ -395,8 +365,8 @@ __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ 
                                                       const float* __restrict__ part_lse, bf16* __restrict__ out,
                                                       long long row_heads, int dv, int splits) {
   const long long rh = blockIdx.x;
-  float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = nan_max(m, part_lse[s * row_heads + rh]);
+  float m = -INFINITY;  // a NaN split makes the row NaN
+  for (int s = 0; s < splits; ++s) m = attn::KeepNaN{}(m, part_lse[s * row_heads + rh]);
   for (int c = threadIdx.x * 4; c < dv; c += blockDim.x * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
     if (m != -INFINITY) {
