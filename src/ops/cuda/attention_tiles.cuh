@@ -275,4 +275,31 @@ __device__ __forceinline__ void online_softmax_step(float (&tile_max)[2], float 
   }
 }
 
+// The full softmax sums of a thread's two rows once the key loop is done: row_sum holds this
+// thread's columns only; they are added over the quad and, when WN warps share the rows, over them
+// through sRed (every thread must call; the leading barrier lets the loop's last reads of sRed
+// finish first).
+template <int WN, int BM>
+__device__ __forceinline__ void total_row_sums(float (&row_sum)[2], float* sRed, int wn, int r_local, int cq) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+  if constexpr (WN > 1) {
+    __syncthreads();
+    if (cq == 0) {
+      sRed[wn * BM + r_local] = row_sum[0];
+      sRed[wn * BM + r_local + 8] = row_sum[1];
+    }
+    __syncthreads();
+    row_sum[0] = row_sum[1] = 0.f;
+#pragma unroll
+    for (int w = 0; w < WN; ++w) {
+      row_sum[0] += sRed[w * BM + r_local];
+      row_sum[1] += sRed[w * BM + r_local + 8];
+    }
+  }
+}
+
 }  // namespace g4::ops::cuda::attn

@@ -307,23 +307,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   }
   cp_async_wait<0>();
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-  }
-  // Every warp is past the loop's last barrier, so sRed's maxima have all been read.
-  if (cq == 0) {
-    sRed[wn * BM + r_local] = row_sum[0];
-    sRed[wn * BM + r_local + 8] = row_sum[1];
-  }
-  __syncthreads();
-  row_sum[0] = row_sum[1] = 0.f;
-#pragma unroll
-  for (int w = 0; w < WN; ++w) {
-    row_sum[0] += sRed[w * BM + r_local];
-    row_sum[1] += sRed[w * BM + r_local + 8];
-  }
+  attn::total_row_sums<WN, BM>(row_sum, sRed, wn, r_local, cq);
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
