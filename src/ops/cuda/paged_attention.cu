@@ -11,7 +11,7 @@
 // head-dim-512, group-8 decode is 8 FLOP per byte of KV, too much for fp32 FMAs at 4.8 TB/s).
 //
 // Grid from shapes only (no host read of the layout, so a decode step can be captured in a CUDA
-// graph): x enumerates "tile slots", y the kv head, z the split. Sequence i owns the slots
+// graph): x enumerates (tile slot, kv head) pairs, y the split. Sequence i owns the slots
 // [i + A_i / BM, i + 1 + A_{i+1} / BM) with A_i = cu_q[i] * group (integer division), at least as
 // many as its ceil(q_len * group / BM) tiles, so N + T * group / BM slots cover every sequence; a
 // CTA finds its sequence with one parallel scan of cu_q and exits when its slot or split is unused.
