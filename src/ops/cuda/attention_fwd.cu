@@ -18,7 +18,6 @@
 //    Splitting d across two CTAs instead would double the K/V traffic and need a cross-CTA
 //    softmax; splitting the warps keeps one CTA per tile and costs one extra barrier per tile.
 #include "ops/cuda/attention_kernels.h"
-#include "ops/cuda/common.cuh"
 
 #include <cmath>
 
@@ -104,40 +103,11 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
           if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
         }
         s[0][nt][e] = x;
-        tile_max[e >> 1] = max_nan(tile_max[e >> 1], x);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = max_nan(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = max_nan(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    }
-    if constexpr (WN > 1) {
-      if (cq == 0) {
-        sRed[wn * BM + r_local] = tile_max[0];
-        sRed[wn * BM + r_local + 8] = tile_max[1];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int w = 0; w < WN; ++w) {
-        tile_max[0] = max_nan(tile_max[0], sRed[w * BM + r_local]);
-        tile_max[1] = max_nan(tile_max[1], sRed[w * BM + r_local + 8]);
+        tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
       }
     }
     float m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = max_nan(row_max[r], tile_max[r]);
-      m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet: keep p = 0
-      const float alpha = exp2f(row_max[r] - m_use[r]);
-      row_max[r] = m_new;
-      row_sum[r] *= alpha;
-#pragma unroll
-      for (int nt = 0; nt < NT_O; ++nt) {
-        o[0][nt][2 * r] *= alpha;
-        o[0][nt][2 * r + 1] *= alpha;
-      }
-    }
+    online_softmax_step<WN, BM>(tile_max, row_max, row_sum, o, m_use, sRed, wn, r_local, cq, KeepNaN{});
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt) {
 #pragma unroll
@@ -182,25 +152,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
   }
   cp_async_wait<0>();
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-  }
-  if constexpr (WN > 1) {
-    __syncthreads();  // sRed's last maxima have been read
-    if (cq == 0) {
-      sRed[wn * BM + r_local] = row_sum[0];
-      sRed[wn * BM + r_local + 8] = row_sum[1];
-    }
-    __syncthreads();
-    row_sum[0] = row_sum[1] = 0.f;
-#pragma unroll
-    for (int w = 0; w < WN; ++w) {
-      row_sum[0] += sRed[w * BM + r_local];
-      row_sum[1] += sRed[w * BM + r_local + 8];
-    }
-  }
+  total_row_sums<WN, BM>(row_sum, sRed, wn, r_local, cq);
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

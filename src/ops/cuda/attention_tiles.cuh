@@ -223,4 +223,81 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
       for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 }
 
+// ---- online softmax ------------------------------------------------------------------------------
+
+// The maximum for the online softmax: a NaN score makes its row NaN, as in PyTorch (fmaxf would drop
+// it and turn a row of NaN scores into one with no visible key).
+struct KeepNaN {
+  __device__ __forceinline__ float operator()(float a, float b) const { return (a > b || a != a) ? a : b; }
+};
+
+// One online-softmax step (FlashAttention-2) for a thread's two accumulator rows (g and g + 8 of
+// its warp's 16 rows, CTA rows r_local and r_local + 8; cq = lane % 4): tile_max, the thread's maxima of the
+// tile's scores, becomes the rows' maxima over the quad and, when WN warps share the rows, over
+// them through sRed ([WN][BM] floats; one barrier, every thread must call); the running maxima and
+// sums and the output accumulators are rescaled, and m_use gets what to subtract from the tile's
+// scores (0 for a row with nothing visible yet, so that its weights stay 0).
+template <int WN, int BM, int NT, class Max>
+__device__ __forceinline__ void online_softmax_step(float (&tile_max)[2], float (&row_max)[2], float (&row_sum)[2],
+                                                    float (&o)[1][NT][4], float (&m_use)[2], float* sRed, int wn,
+                                                    int r_local, int cq, Max mx) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    tile_max[r] = mx(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+    tile_max[r] = mx(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+  }
+  if constexpr (WN > 1) {
+    if (cq == 0) {
+      sRed[wn * BM + r_local] = tile_max[0];
+      sRed[wn * BM + r_local + 8] = tile_max[1];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < WN; ++w) {
+      tile_max[0] = mx(tile_max[0], sRed[w * BM + r_local]);
+      tile_max[1] = mx(tile_max[1], sRed[w * BM + r_local + 8]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float m_new = mx(row_max[r], tile_max[r]);
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(row_max[r] - m_use[r]);
+    row_max[r] = m_new;
+    row_sum[r] *= alpha;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      o[0][nt][2 * r] *= alpha;
+      o[0][nt][2 * r + 1] *= alpha;
+    }
+  }
+}
+
+// The full softmax sums of a thread's two rows once the key loop is done: row_sum holds this
+// thread's columns only; they are added over the quad and, when WN warps share the rows, over them
+// through sRed (every thread must call; the leading barrier lets the loop's last reads of sRed
+// finish first).
+template <int WN, int BM>
+__device__ __forceinline__ void total_row_sums(float (&row_sum)[2], float* sRed, int wn, int r_local, int cq) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+  if constexpr (WN > 1) {
+    __syncthreads();
+    if (cq == 0) {
+      sRed[wn * BM + r_local] = row_sum[0];
+      sRed[wn * BM + r_local + 8] = row_sum[1];
+    }
+    __syncthreads();
+    row_sum[0] = row_sum[1] = 0.f;
+#pragma unroll
+    for (int w = 0; w < WN; ++w) {
+      row_sum[0] += sRed[w * BM + r_local];
+      row_sum[1] += sRed[w * BM + r_local + 8];
+    }
+  }
+}
+
 }  // namespace g4::ops::cuda::attn

@@ -41,14 +41,6 @@ inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 8) {
 
 // ---- device-side helpers ----------------------------------------------------------------------
 
-// max that returns NaN when either input is NaN (PTX max.NaN, sm_80+), as torch.max does: fmaxf
-// returns the other input, which would turn a row of NaN scores into one with no visible key.
-__device__ __forceinline__ float max_nan(float a, float b) {
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
 // gelu with the tanh approximation, in PyTorch's order of operations.
 __device__ __forceinline__ float gelu_value(float x) {
   const float beta = 0.7978845608028654f, kappa = 0.044715f;

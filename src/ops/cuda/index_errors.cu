@@ -25,6 +25,8 @@ const char* describe_op(int op) {
     case IndexOp::EmbeddingBackward: return "embedding_backward: id";
     case IndexOp::CrossEntropyRows: return "cross_entropy_rows: target";
     case IndexOp::CrossEntropyRowsBackward: return "cross_entropy_rows_backward: target";
+    case IndexOp::PagedAttentionPage: return "paged_attention: page";
+    case IndexOp::WriteKvSlot: return "write_kv_pages: slot";
   }
   return "unknown op: index";
 }
@@ -59,6 +61,13 @@ void raise_index_errors(bool wait) {
   // Clear: the host field now, the claim in stream order (no kernel can claim before it runs).
   r->set = 0;
   G4_CUDA_CHECK(cudaMemsetAsync(s->claim, 0, sizeof(int), g4::cuda::stream()));
+  if (rec.op == static_cast<int>(IndexOp::PagedAttentionPage))
+    G4_FAIL("paged_attention: sequence ", rec.position, " sees keys on page ", rec.value, ", outside the pool [0, ",
+            rec.limit, ") (a page of -1, or kv_len beyond its page table; found on the GPU, reported at a later "
+            "synchronisation point)");
+  if (rec.op == static_cast<int>(IndexOp::WriteKvSlot))
+    G4_FAIL("write_kv_pages: token ", rec.position, " goes to slot ", rec.value, " of a pool of ", rec.limit,
+            " rows (found on the GPU; reported at a later synchronisation point)");
   const bool row = rec.op == static_cast<int>(IndexOp::CrossEntropyRows) ||
                    rec.op == static_cast<int>(IndexOp::CrossEntropyRowsBackward);
   G4_FAIL(describe_op(rec.op), " ", rec.value, row ? " of row " : " at flat position ", rec.position,

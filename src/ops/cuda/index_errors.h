@@ -11,7 +11,14 @@
 namespace g4::ops::cuda {
 
 // Which op and which kind of index; the host turns it into the message.
-enum class IndexOp : int { Embedding = 1, EmbeddingBackward, CrossEntropyRows, CrossEntropyRowsBackward };
+enum class IndexOp : int {
+  Embedding = 1,
+  EmbeddingBackward,
+  CrossEntropyRows,
+  CrossEntropyRowsBackward,
+  PagedAttentionPage,  // value: the page (-1 when missing), position: the sequence, limit: the pool's pages
+  WriteKvSlot,         // value: the slot, position: the token, limit: the pool's rows
+};
 
 struct IndexErrorRecord {
   int set;  // written last, after a system fence
