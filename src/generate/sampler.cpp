@@ -9,20 +9,12 @@
 
 namespace g4::gen {
 
-std::string option_name(const char* field, OptionStyle style) {
-  std::string name = field;
-  if (style == OptionStyle::Field) return name;
-  for (char& c : name)
-    if (c == '_') c = '-';
-  return "--" + name;
-}
-
 void validate(const SamplingOptions& opt, OptionStyle style) {
-  // Temperature 0 is argmax; NaN would make every probability NaN and infinity every token equal.
-  G4_CHECK(std::isfinite(opt.temperature) && opt.temperature >= 0.0, option_name("temperature", style),
-           " must be a finite number >= 0, got ", opt.temperature);
-  G4_CHECK(opt.top_k >= 0, option_name("top_k", style), " must be >= 0 (0 keeps every token), got ", opt.top_k);
-  G4_CHECK(opt.top_p > 0.0 && opt.top_p <= 1.0, option_name("top_p", style), " must be in (0, 1], got ", opt.top_p);
+  SamplingParams p;
+  p.temperature = opt.temperature;
+  p.top_k = opt.top_k;
+  p.top_p = opt.top_p;
+  validate(p, style);
 }
 
 int64_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& opt, uint64_t draw) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "generate/sampling.h"
+
 namespace g4::gen {
 
 struct SamplingOptions {
@@ -15,13 +17,7 @@ struct SamplingOptions {
   uint64_t seed = 0;
 };
 
-// How a validation error names an option: as the struct field ("top_k") for library callers, or
-// as the flag ("--top-k") when the values came from the command line.
-enum class OptionStyle { Field, Flag };
-std::string option_name(const char* field, OptionStyle style);
-
-// Throws a g4::Error naming the option when a value is out of range: a temperature that is
-// negative or not finite, a negative top_k, a top_p outside (0, 1].
+// The checks of validate(SamplingParams) on the same values.
 void validate(const SamplingOptions& opt, OptionStyle style = OptionStyle::Field);
 
 // `opt` must have passed validate(). `draw` selects the random number (e.g. step * batch + row),
