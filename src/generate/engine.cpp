@@ -165,9 +165,10 @@ struct Engine::Impl {
     }
   }
   // Takes the longest run of whole pages of s's tokens that live sequences hold (leaving at least
-  // its last token to compute, whose logits it samples from). A sliding-kind hit also needs the
-  // sliding pages its first computed token can see; when they were given back, fewer pages are
-  // taken.
+  // its last token to compute, whose logits it samples from). The sliding layers also need the
+  // keys of the window before the first token computed, and those cannot be recomputed alone
+  // (each layer's keys depend on the window of the layer below, back to the first token): the run
+  // is shortened until the holder still has every sliding page that window touches.
   void match_prefix(Seq& s) {
     std::vector<PrefixCache::Hit> hits;
     std::vector<uint64_t> keys;
@@ -182,27 +183,26 @@ struct Engine::Impl {
       hits.push_back(hit);
       keys.push_back(key);
     }
+    const auto first_visible = [&](int64_t k) { return std::max<int64_t>(0, k * ps - window + 1) / ps; };
     int64_t k = static_cast<int64_t>(hits.size());
-    auto first_visible_page = [&](int64_t k) { return std::max<int64_t>(0, k * ps - window + 1) / ps; };
-    if (sliding)
-      for (; k > 0; --k) {
-        bool ok = true;
-        for (int64_t j = first_visible_page(k); j < k && ok; ++j) ok = hits[static_cast<size_t>(j)].sliding_page >= 0;
-        if (ok) break;
-      }
+    for (; sliding && k > 0; --k) {
+      bool live = true;
+      for (int64_t j = first_visible(k); j < k; ++j) live &= hits[static_cast<size_t>(j)].sliding_page >= 0;
+      if (live) break;
+    }
     if (k == 0) return;
     for (int64_t j = 0; j < k; ++j) {
       const PrefixCache::Hit& h = hits[static_cast<size_t>(j)];
       pools[kFull].retain(h.full_page);
       s.pages[kFull].push_back(h.full_page);
       if (!sliding) continue;
-      const bool visible = j >= first_visible_page(k);
+      const bool visible = j >= first_visible(k);
       if (visible) pools[kSliding].retain(h.sliding_page);
       s.pages[kSliding].push_back(visible ? h.sliding_page : -1);
     }
     s.computed = k * ps;
     s.registered = k;
-    s.sliding_released = sliding ? first_visible_page(k) : 0;
+    s.sliding_released = sliding ? first_visible(k) : 0;
     s.last_key = keys[static_cast<size_t>(k - 1)];
   }
 
@@ -298,7 +298,8 @@ uint64_t Engine::Impl::submit(Request request) {
   G4_CHECK(o.n > 0, "Request: n must be > 0, got ", o.n);
   G4_CHECK(o.n <= opt.max_running, "Request: n ", o.n, " exceeds the engine's max_running ", opt.max_running);
   G4_CHECK(o.logprobs >= -1, "Request: logprobs must be -1 (none), 0 or the number of alternatives, got ", o.logprobs);
-  G4_CHECK(o.logprobs <= cfg.vocab_size, "Request: logprobs ", o.logprobs, " exceeds the vocabulary of ", cfg.vocab_size);
+  G4_CHECK(o.logprobs <= kMaxTopLogprobs, "Request: logprobs must be at most ", kMaxTopLogprobs, " alternatives, got ",
+           o.logprobs);
   for (int64_t id : o.stop_ids)
     G4_CHECK(id >= 0 && id < cfg.vocab_size, "Request: stop id ", id, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
   G4_CHECK(o.stop_strings.empty() || opt.tokenizer, "Request: stop_strings need a tokenizer (EngineOptions::tokenizer)");
