@@ -76,7 +76,6 @@ struct Engine::Impl {
     int64_t sliding_released = 0;  // leading sliding pages given back
     int64_t registered = 0;        // whole prompt pages offered to the prefix cache
     uint64_t last_key = 0;         // prefix key of page registered - 1
-    uint64_t admitted = 0;         // admission order (forks share their group's)
     bool running = false;
     int64_t samples() const { return sample < 0 ? static_cast<int64_t>(req->samples.size()) : 1; }
     int64_t len() const { return static_cast<int64_t>(tokens.size()); }
@@ -93,10 +92,10 @@ struct Engine::Impl {
 
   std::map<uint64_t, std::unique_ptr<Req>> requests;
   std::deque<std::unique_ptr<Seq>> waiting;
-  std::vector<std::unique_ptr<Seq>> running;  // in admission order
+  std::vector<std::unique_ptr<Seq>> running;  // in admission order (forks take their group's place)
   std::vector<uint64_t> cancelled;             // reported at the next step
   std::vector<Completion> completions;
-  uint64_t next_id = 1, admissions = 0;
+  uint64_t next_id = 1;
   int64_t preempted_total = 0;
 
   Impl(const model::Gemma4& m, EngineOptions o);
@@ -386,7 +385,6 @@ std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
     Req& r = *s.req;
     if (r.queued_s < 0) r.queued_s = seconds(r.submitted, Clock::now());
     s.running = true;
-    s.admitted = ++admissions;
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
     add(s, chunk);
