@@ -31,7 +31,7 @@ std::vector<int64_t> parse_ids(const std::string& s) {
 }  // namespace
 
 void add_generate(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand("generate", "Generate tokens with the KV cache");
+  auto* cmd = app.add_subcommand("generate", "Generate tokens with the paged KV cache engine");
   struct Opts {
     std::string model, prompt, text, tokenizer;
     gen::GenerateOptions gen;
@@ -53,7 +53,8 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->callback([&action, o, cmd] {
     const bool sampling = cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") > 0;
     if (sampling && o->greedy) throw CLI::ValidationError("--greedy cannot be combined with sampling options");
-    o->gen.sampling.greedy = !sampling;
+    // GenerateOptions default to greedy (temperature 0); a sampling option alone samples at 1.
+    if (sampling && cmd->count("--temperature") == 0) o->gen.sampling.temperature = 1.0;
     action = [o] {
       G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
       // Out-of-range options are reported before a large model is loaded; the context length
