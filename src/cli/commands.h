@@ -17,6 +17,7 @@ void add_train(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
+void add_serve(CLI::App& app, Action& action);
 
 // Throws a g4::Error naming `option` when the file `out` exists in a model directory (one with a
 // config.json) and `overwrite` is false, or when it is a file of `input_model` at all.
