@@ -23,7 +23,11 @@ constexpr int64_t kMaxStopIds = 64;
   throw RequestError(400, param, message);
 }
 
-std::string type_of(const json& v) { return v.is_number_float() ? "a float" : std::string("a ") + v.type_name(); }
+std::string type_of(const json& v) {
+  if (v.is_number_float()) return "a float";
+  const std::string name = v.type_name();
+  return (name == "array" || name == "object" ? "an " : "a ") + name;
+}
 
 // A field that is absent or null reads as "not given", as in the OpenAI API.
 const json* field(const json& body, const char* key) {

@@ -110,6 +110,9 @@ def main():
         print(__doc__)
         return 2
     g4, data, venv = sys.argv[1:4]
+    # As the C++ tests (tests/support/test_paths.h): a relocated tree names its copies.
+    g4 = os.environ.get("G4_BINARY") or g4
+    data = os.environ.get("G4_TEST_DATA") or data
     import_openai(venv)
     import openai
 
