@@ -36,7 +36,6 @@ std::vector<int64_t> parse_ids(const std::string& s) {
 struct FileOpts {
   std::string prompts, out;
   bool chat = false, overwrite = false;
-  double min_p = 0;
   int64_t n = 1, logprobs = -1;
   EngineSetup setup;
 };
@@ -48,7 +47,6 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   // as a mistake of the first line.
   gen::validate(g, 0, 0, gen::OptionStyle::Flag);
   G4_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be >= 1 with --prompts, got ", g.max_new_tokens);
-  G4_CHECK(f.min_p >= 0 && f.min_p <= 1, "--min-p must be in [0, 1], got ", f.min_p);
   G4_CHECK(f.n >= 1, "--n must be >= 1, got ", f.n);
   G4_CHECK(f.logprobs >= -1, "--logprobs must be >= -1 (-1: none), got ", f.logprobs);
   G4_CHECK(f.overwrite || !std::filesystem::exists(f.out), "--out ", f.out,
@@ -59,11 +57,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   defaults.random_seed = false;
   gen::RequestOptions& d = defaults.options;
   d.max_tokens = g.max_new_tokens;
-  d.sampling.temperature = g.sampling.greedy ? 0.0 : g.sampling.temperature;
-  d.sampling.top_k = g.sampling.top_k;
-  d.sampling.top_p = g.sampling.top_p;
-  d.sampling.min_p = f.min_p;
-  d.sampling.seed = g.sampling.seed;
+  d.sampling = g.sampling;
   d.stop_ids = g.stop_ids;
   d.n = f.n;
   d.logprobs = f.logprobs;
@@ -80,7 +74,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
 }  // namespace
 
 void add_generate(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand("generate", "Generate tokens with the KV cache (one prompt, or a --prompts file)");
+  auto* cmd = app.add_subcommand("generate", "Generate tokens with the paged KV cache engine (one prompt, or a --prompts file)");
   struct Opts {
     std::string model, prompt, text, tokenizer;
     gen::GenerateOptions gen;
@@ -107,7 +101,7 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--out", o->file.out, "JSONL file the --prompts results are written to")->needs(prompts_opt);
   cmd->add_flag("--chat", o->file.chat, "--prompts lines hold chat messages (the Gemma 4 chat template)")->needs(prompts_opt);
   cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
-  cmd->add_option("--min-p", o->file.min_p, "--prompts: keep tokens with p >= min_p * p_max")->needs(prompts_opt);
+  cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
   cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
   cmd->add_option("--logprobs", o->file.logprobs,
                   "--prompts: report each token's log-prob and this many alternatives (-1: none)")
@@ -117,7 +111,8 @@ void add_generate(CLI::App& app, Action& action) {
     const bool sampling =
         cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") + cmd->count("--min-p") > 0;
     if (sampling && o->greedy) throw CLI::ValidationError("--greedy cannot be combined with sampling options");
-    o->gen.sampling.greedy = !sampling;
+    // GenerateOptions default to greedy (temperature 0); a sampling option alone samples at 1.
+    if (sampling && cmd->count("--temperature") == 0) o->gen.sampling.temperature = 1.0;
     if (!o->file.prompts.empty()) {
       o->file.setup.model_dir = o->model;
       o->file.setup.tokenizer = o->tokenizer;

@@ -22,6 +22,9 @@ struct DeviceMemoryStats {
 };
 DeviceMemoryStats device_memory_stats();
 void reset_device_memory_peak();
+// Bytes new tensors can still get: what the driver has free plus the allocator's cached free
+// blocks (0 without a GPU). For sizing caches that fill the memory left (the KV pages).
+int64_t device_free_bytes();
 // Returns the allocator's cached free blocks to the driver (for another process on the same GPU).
 void release_cached_device_memory();
 // Waits for all queued GPU work (the host blocks). Used at step boundaries and in benchmarks.

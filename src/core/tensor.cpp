@@ -297,6 +297,7 @@ std::string Tensor::describe() const {
 namespace g4 {
 bool cuda_available() { return false; }
 DeviceMemoryStats device_memory_stats() { return {}; }
+int64_t device_free_bytes() { return 0; }
 void reset_device_memory_peak() {}
 void device_synchronize() {}
 void release_cached_device_memory() {}

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "generate/engine.h"
+
 namespace g4::gen {
 
 void validate(const GenerateOptions& opt, int64_t prompt_len, int64_t context_len, OptionStyle style) {
@@ -18,37 +20,36 @@ void validate(const GenerateOptions& opt, int64_t prompt_len, int64_t context_le
 std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& opt) {
   G4_CHECK(!prompts.empty(), "generate: no prompt");
-  const int64_t B = static_cast<int64_t>(prompts.size());
-  const int64_t S = static_cast<int64_t>(prompts[0].size());
-  G4_CHECK(S > 0, "generate: empty prompt");
-  for (const auto& p : prompts)
-    G4_CHECK(static_cast<int64_t>(p.size()) == S, "generate: prompts of different lengths (", p.size(), " vs ", S,
-             ") are not supported yet");
-  validate(opt, S, model.config().max_position_embeddings);
-  const int64_t V = model.config().vocab_size;
-
-  std::vector<std::vector<int64_t>> out = prompts;
-  std::vector<bool> done(static_cast<size_t>(B), false);
-  model::KVCache cache = model.new_cache();
-  Tensor ids = Tensor::empty({B, S}, DType::I64);
-  for (int64_t b = 0; b < B; ++b) std::copy(prompts[b].begin(), prompts[b].end(), ids.data<int64_t>() + b * S);
-
-  for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
-    const Tensor logits = model.forward_cached(ids, cache);  // [B, n, V]
-    const int64_t n = logits.size(1);
-    Tensor next = Tensor::empty({B, 1}, DType::I64);
-    for (int64_t b = 0; b < B; ++b) {
-      const float* row = logits.data<float>() + (b * n + n - 1) * V;
-      const int64_t tok = done[b] ? out[b].back() : sample_token(row, V, opt.sampling, static_cast<uint64_t>(step * B + b));
-      next.data<int64_t>()[b] = tok;
-      if (!done[b]) {
-        out[b].push_back(tok);
-        done[b] = std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end();
-      }
-    }
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-    ids = next;
+  const io::ModelConfig& cfg = model.config();
+  for (const auto& p : prompts) {
+    G4_CHECK(!p.empty(), "generate: empty prompt");
+    validate(opt, static_cast<int64_t>(p.size()), cfg.max_position_embeddings);
   }
+  if (opt.max_new_tokens == 0) return prompts;
+
+  // Pages for every row at its longest, plus a sliding window and a chunk, so nothing waits.
+  EngineOptions eo;
+  eo.max_running = static_cast<int64_t>(prompts.size());
+  eo.max_step_tokens = 1024;
+  const auto pages_of = [&](int64_t tokens) { return (tokens + eo.page_size - 1) / eo.page_size; };
+  for (const auto& p : prompts) eo.num_pages += pages_of(static_cast<int64_t>(p.size()) + opt.max_new_tokens);
+  eo.num_pages += pages_of(cfg.sliding_window + eo.max_step_tokens) + 2;
+  Engine engine(model, eo);
+  std::vector<Request> requests;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Request r;
+    r.prompt = prompts[i];
+    r.options.sampling = opt.sampling;
+    r.options.sampling.seed = opt.sampling.seed + i;
+    r.options.max_tokens = opt.max_new_tokens;
+    r.options.stop_ids = opt.stop_ids;
+    r.options.ignore_eos = true;
+    requests.push_back(std::move(r));
+  }
+  std::vector<std::vector<int64_t>> out = prompts;
+  const std::vector<Completion> done = engine.generate(std::move(requests));
+  for (size_t i = 0; i < done.size(); ++i)
+    for (const GeneratedToken& t : done[i].tokens) out[i].push_back(t.id);
   return out;
 }
 

@@ -7,6 +7,9 @@
 #include "core/random.h"
 #include "model/rope_freqs.h"
 #include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/matmul.h"
+#include "ops/paged_attention.h"
 
 namespace g4::model {
 
@@ -16,7 +19,9 @@ struct Gemma4::Context {
   Tensor positions;   // [B, S] i64
   Tensor key_valid;   // optional [B, Sk]
   Tensor docs;        // optional [B, S] i32
-  KVCache* cache = nullptr;
+  // Generation (forward_paged): keys and values go through the pages instead of kv below.
+  const PagedStep* step = nullptr;
+  PagedKV* pages = nullptr;
   int64_t q_start = 0;
   struct KV {
     ag::Var k, v;
@@ -195,24 +200,28 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   return out;
 }
 
-KVCache Gemma4::new_cache() const {
-  KVCache c;
-  c.layers.resize(static_cast<size_t>(cfg_.num_layers));
-  return c;
-}
-
-Tensor Gemma4::forward_cached(const Tensor& ids, KVCache& cache) const {
-  G4_CHECK(ids.dim() == 2, "decode ids must be [B, n], got ", ids.describe());
-  G4_CHECK(static_cast<int64_t>(cache.layers.size()) == cfg_.num_layers, "KV cache was made for another model");
-  G4_CHECK(!context_, "context parallelism is for training forwards; decoding with a KV cache runs on one rank");
+Tensor Gemma4::forward_paged(const PagedStep& step, PagedKV& kv) const {
+  G4_CHECK(step.ids.defined() && step.ids.dim() == 1, "forward_paged: ids must be [T], got ", step.ids.describe());
+  const int64_t T = step.ids.size(0);
+  G4_CHECK(step.positions.defined() && step.positions.shape() == step.ids.shape(), "forward_paged: positions ",
+           step.positions.describe(), " must match ids ", step.ids.describe());
+  G4_CHECK(static_cast<int64_t>(kv.k.size()) == cfg_.num_layers, "forward_paged: the paged KV was made for another model");
+  G4_CHECK(!context_, "context parallelism is for training forwards; generation runs on one rank");
+  G4_CHECK(cfg_.bidirectional != "all", "forward_paged: a model with bidirectional attention over all tokens cannot "
+           "be decoded incrementally");
   ag::NoGrad no_grad;
   Context ctx;
-  ctx.cache = &cache;
-  ctx.q_start = cache.length;
-  ctx.positions = arange_positions(ids.size(0), ids.size(1), cache.length).to(device_);
-  Tensor logits = logits_of(run(ids.to(device_), ctx.positions, ctx)).value();
+  ctx.step = &step;
+  ctx.pages = &kv;
+  ctx.positions = step.positions.reshape({1, T});
+  const Tensor hidden = run(step.ids.reshape({1, T}), ctx.positions, ctx).value().reshape({T, cfg_.hidden_size});
+  Tensor logits = ops::linear(ops::embedding(hidden, step.logit_rows), lm_head().value());  // [R, V]
+  // bf16 products are widened before the softcap (the training loss's arithmetic); f64 stays f64
+  // through it.
+  if (logits.dtype() == DType::BF16) logits = logits.to(DType::F32);
+  if (cfg_.final_logit_softcapping) logits = ops::softcap(logits, *cfg_.final_logit_softcapping);
+  if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
   exit_block(cfg_.num_layers + 1);
-  cache.length += ids.size(1);
   return logits;
 }
 
@@ -239,7 +248,7 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     // Layers whose K/V later layers reuse, or whose router feeds the aux loss, keep their graph.
     const bool keeps_graph = kv_source_[static_cast<size_t>(l)] ||
                              (router_aux_coef_ > 0 && cfg_.layers[static_cast<size_t>(l)].moe);
-    if (recompute_ && !ctx.cache && !keeps_graph) {
+    if (recompute_ && !ctx.step && !keeps_graph) {
       // The recomputation runs during backward, after this frame is gone: it gets its own copy
       // of the context (positions and masks; this layer's K/V slot is rewritten).
       auto saved = std::make_shared<Context>(ctx);
@@ -250,7 +259,7 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     }
     exit_block(1 + l);
   }
-  // The epilogue block ends in forward / forward_cached, after the LM head and the loss.
+  // The epilogue block ends in forward / forward_paged, after the LM head and the loss.
   enter_block(L + 1);
   return ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
 }
@@ -305,45 +314,52 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   ag::Var q = ag::reshape(ag::linear(x, p(pre + "q_proj.weight")), {B, S, cfg_.num_heads, d});
   q = ag::rope(ag::rmsnorm(q, p(pre + "q_norm.weight"), eps), ctx.positions, inv_freq);
 
-  Context::KV& kv = ctx.kv[static_cast<size_t>(l)];
+  // This step's keys and values (a KV-shared layer reads its source's, or its source's pages).
+  Context::KV own;
+  Context::KV& kv = ctx.step ? own : ctx.kv[static_cast<size_t>(l)];
   if (ls.kv_shared) {
-    kv = ctx.kv[static_cast<size_t>(ls.kv_source)];
+    if (!ctx.step) kv = ctx.kv[static_cast<size_t>(ls.kv_source)];
   } else {
     ag::Var k_raw = ag::reshape(ag::linear(x, p(pre + "k_proj.weight")), {B, S, nkv, d});
     ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(ag::linear(x, p(pre + "v_proj.weight")), {B, S, nkv, d});
     kv.k = ag::rope(ag::rmsnorm(k_raw, p(pre + "k_norm.weight"), eps), ctx.positions, inv_freq);
     kv.v = ag::rmsnorm(v_raw, ag::Var(), eps);
     kv.k_start = ctx.q_start;
-    if (ctx.cache) {
-      LayerKV& held = ctx.cache->layers[static_cast<size_t>(l)];
-      if (held.k.defined()) {
-        kv.k = ag::Var(ops::concat({held.k, kv.k.value()}, 1));
-        kv.v = ag::Var(ops::concat({held.v, kv.v.value()}, 1));
-        kv.k_start = held.start;
-      }
-      // Sliding layers keep only what a later query can still see.
-      const int64_t total = kv.k.shape()[1];
-      const int64_t keep = ls.sliding && cfg_.sliding_window > 0 ? std::min(total, cfg_.sliding_window - 1) : total;
-      held.k = ops::narrow(kv.k.value(), 1, total - keep, keep);
-      held.v = ops::narrow(kv.v.value(), 1, total - keep, keep);
-      held.start = kv.k_start + total - keep;
-    }
   }
 
-  ops::AttentionMask mask;
-  mask.causal = cfg_.bidirectional != "all";
-  if (ls.sliding && cfg_.sliding_window > 0)
-    mask.window = mask.causal ? cfg_.sliding_window : cfg_.sliding_window / 2 + 1;
-  mask.q_start = ctx.q_start;
-  mask.k_start = kv.k_start;
-  if (!ctx.cache) {
+  ag::Var o;
+  if (ctx.step) {
+    o = ls.kv_shared ? ag::Var(paged_attention(l, q.value(), Tensor(), Tensor(), ctx))
+                     : ag::Var(paged_attention(l, q.value(), kv.k.value(), kv.v.value(), ctx));
+  } else {
+    ops::AttentionMask mask;
+    mask.causal = cfg_.bidirectional != "all";
+    if (ls.sliding && cfg_.sliding_window > 0)
+      mask.window = mask.causal ? cfg_.sliding_window : cfg_.sliding_window / 2 + 1;
+    mask.q_start = ctx.q_start;
+    mask.k_start = kv.k_start;
     mask.key_valid = ctx.key_valid;
     mask.q_doc = ctx.docs;
     mask.k_doc = ctx.docs;
+    // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
+    o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   }
-  // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
-  ag::Var o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
+}
+
+Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, const Tensor& v, const Context& ctx) const {
+  const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
+  const int64_t T = q.size(1), owner = ls.kv_shared ? ls.kv_source : l;
+  const AttnKind kind = layer_kind(cfg_, l);
+  Tensor& k_pages = ctx.pages->k[static_cast<size_t>(owner)];
+  Tensor& v_pages = ctx.pages->v[static_cast<size_t>(owner)];
+  if (!ls.kv_shared)
+    ops::write_kv_pages(k.reshape({T, ls.num_kv_heads, ls.head_dim}), v.reshape({T, ls.num_kv_heads, ls.head_dim}),
+                        k_pages, v_pages,
+                        ctx.step->slots[static_cast<size_t>(kind)]);
+  ops::PagedLayout layout = ctx.step->layout[static_cast<size_t>(kind)];
+  layout.window = kind == AttnKind::kSliding ? cfg_.sliding_window : 0;
+  return ops::paged_attention(q.reshape({T, cfg_.num_heads, ls.head_dim}), k_pages, v_pages, layout, 1.0);
 }
 
 ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) const {
@@ -354,7 +370,7 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
 
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps);
-  if (router_aux_coef_ > 0 && !ctx.cache && ag::grad_enabled()) ctx.router_aux.push_back(load_balancing_loss(routing));
+  if (router_aux_coef_ > 0 && !ctx.step && ag::grad_enabled()) ctx.router_aux.push_back(load_balancing_loss(routing));
   const TokenDispatcher::Inputs in{l, ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps),
                                    routing.weights, std::move(routing.plan), experts_};
   LocalDispatcher local;

@@ -7,8 +7,8 @@
 
 #include "autograd/variable.h"
 #include "io/hf_config.h"
-#include "model/kv_cache.h"
 #include "model/moe.h"
+#include "model/paged_kv.h"
 #include "model/params.h"
 #include "ops/attention.h"
 
@@ -93,9 +93,12 @@ class Gemma4 {
 
   // Full-sequence forward; records the tape when grad mode is on.
   ForwardOutputs forward(const ForwardInputs& in) const;
-  // Incremental forward of `ids` [B, n] after the cache's positions (no tape). Returns logits [B, n, V].
-  Tensor forward_cached(const Tensor& ids, KVCache& cache) const;
-  KVCache new_cache() const;
+  // One generation step over paged K/V (no tape): the step's tokens of every sequence packed as
+  // one row, each non-shared layer writing its k/v into its kind's pages and attending through
+  // them (model/paged_kv.h). Causal models only. Returns the logits of step.logit_rows [R, V] in
+  // f32, after the final softcap; on bf16 the LM head's bf16 product is softcapped in fp32, as the
+  // training loss does, so reported log-probs are the training forward's.
+  Tensor forward_paged(const PagedStep& step, PagedKV& kv) const;
 
   // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
   // graph so KV-shared layers can send gradients back into them).
@@ -141,6 +144,9 @@ class Gemma4 {
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
+  // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] (undefined for a
+  // KV-shared layer) into the pages, q [1, T, nH, d] over them; returns [T, nH, d].
+  Tensor paged_attention(int64_t l, const Tensor& q, const Tensor& k, const Tensor& v, const Context& ctx) const;
   ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx) const;
   void enter_block(int64_t b) const {
     if (hooks_) hooks_->enter(b);

@@ -115,7 +115,6 @@ std::string render_samples(const model::Gemma4& m, const io::Tokenizer& tok, con
     prompt.insert(prompt.end(), prompt_ids.begin(), prompt_ids.end());
     gen::GenerateOptions opt;
     opt.max_new_tokens = r.sample_tokens;
-    opt.sampling.greedy = false;
     opt.sampling.temperature = 0.8;
     opt.sampling.top_p = 0.95;
     opt.sampling.seed = static_cast<uint64_t>(i + 1);

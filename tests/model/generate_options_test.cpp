@@ -18,23 +18,23 @@ using test::error_of;
 TEST(GenerateOptions, OutOfRangeSamplingValuesNameTheOption) {
   const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
   for (double t : {nan, inf, -0.5}) {
-    gen::SamplingOptions s;
+    gen::SamplingParams s;
     s.temperature = t;
     EXPECT_NE(error_of([&] { gen::validate(s); }).find("temperature must be a finite number >= 0"),
               std::string::npos)
         << t;
     EXPECT_NE(error_of([&] { gen::validate(s, gen::OptionStyle::Flag); }).find("--temperature"), std::string::npos);
   }
-  gen::SamplingOptions s;
+  gen::SamplingParams s;
   s.top_k = -3;
   EXPECT_NE(error_of([&] { gen::validate(s); }).find("top_k must be >= 0"), std::string::npos);
   EXPECT_NE(error_of([&] { gen::validate(s, gen::OptionStyle::Flag); }).find("--top-k"), std::string::npos);
   for (double p : {0.0, -1.0, 1.5, nan}) {
-    gen::SamplingOptions q;
+    gen::SamplingParams q;
     q.top_p = p;
     EXPECT_NE(error_of([&] { gen::validate(q); }).find("top_p must be in (0, 1]"), std::string::npos) << p;
   }
-  gen::SamplingOptions fine;
+  gen::SamplingParams fine;
   fine.temperature = 0;  // argmax
   fine.top_k = 0;
   fine.top_p = 1;
@@ -67,7 +67,6 @@ TEST(GenerateOptions, GenerateRefusesARunPastTheContext) {
   EXPECT_NE(e.find("max_new_tokens 1000000000"), std::string::npos) << e;
   EXPECT_NE(e.find("max_position_embeddings " + std::to_string(context)), std::string::npos) << e;
   o.max_new_tokens = 2;
-  o.sampling.greedy = false;
   o.sampling.temperature = std::numeric_limits<double>::quiet_NaN();
   e = error_of([&] { gen::generate(*model, {{5, 6, 7}}, o); });
   EXPECT_NE(e.find("temperature"), std::string::npos) << e;

@@ -1,6 +1,6 @@
 // The engine against Hugging Face transformers' own numbers (tests/data/hf-gemma4/*, made by
 // transformers 5.17 in fp32 with eager attention): logits, loss, every parameter gradient and a
-// greedy generation with the KV cache.
+// greedy generation with the paged KV cache.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -87,8 +87,41 @@ TEST_P(HfFixture, GreedyGenerationMatchesTransformers) {
   EXPECT_EQ(out[0], want);
 }
 
+// A paged step's layout for sequences that each own pages b * max_pages .. (b + 1) * max_pages - 1
+// of both kinds, feeding tokens [pos, pos + chunk) of every sequence.
+model::PagedStep paged_step(const Tensor& ids, int64_t pos, int64_t chunk, int64_t page, int64_t max_pages) {
+  const int64_t B = ids.size(0), S = ids.size(1);
+  Tensor step_ids = Tensor::empty({B * chunk}, DType::I64), positions = Tensor::empty({B * chunk}, DType::I64);
+  Tensor slots = Tensor::empty({B * chunk}, DType::I64), rows = Tensor::empty({B * chunk}, DType::I64);
+  Tensor cu_q = Tensor::empty({B + 1}, DType::I32), kv_len = Tensor::empty({B}, DType::I32);
+  Tensor table = Tensor::empty({B, max_pages}, DType::I32);
+  cu_q.data<int32_t>()[0] = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t s = 0; s < chunk; ++s) {
+      const int64_t t = b * chunk + s, p = pos + s;
+      step_ids.data<int64_t>()[t] = ids.data<int64_t>()[b * S + p];
+      positions.data<int64_t>()[t] = p;
+      slots.data<int64_t>()[t] = (b * max_pages + p / page) * page + p % page;
+      rows.data<int64_t>()[t] = t;
+    }
+    cu_q.data<int32_t>()[b + 1] = static_cast<int32_t>((b + 1) * chunk);
+    kv_len.data<int32_t>()[b] = static_cast<int32_t>(pos + chunk);
+    for (int64_t p = 0; p < max_pages; ++p) table.data<int32_t>()[b * max_pages + p] = static_cast<int32_t>(b * max_pages + p);
+  }
+  model::PagedStep st;
+  st.ids = step_ids;
+  st.positions = positions;
+  st.logit_rows = rows;
+  for (size_t kind = 0; kind < model::kAttnKinds; ++kind) {
+    st.layout[kind] = ops::PagedLayout{cu_q, kv_len, table, Tensor(), 0};
+    st.slots[kind] = slots;
+  }
+  return st;
+}
+
 TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
-  // Every step of incremental decoding must give the logits of a full forward over the prefix.
+  // Every step of incremental decoding over the paged KV must give the logits of a full forward
+  // over the prefix.
   auto model = model::load_hf_model(hf_fixture_dir(GetParam()));
   const int64_t S = 19;  // longer than the sliding window, decoded in uneven chunks
   Tensor ids = Tensor::empty({2, S}, DType::I64);
@@ -97,14 +130,13 @@ TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
   model::ForwardInputs in;
   in.input_ids = ids;
   const Tensor full = model->forward(in).logits.value();
-  model::KVCache cache = model->new_cache();
+  const int64_t page = 4, max_pages = (S + page - 1) / page;
+  model::PagedKV kv = model::allocate_paged_kv(model->config(), model->dtype(), model->device(),
+                                               {2 * max_pages, 2 * max_pages}, page);
   const int64_t V = full.size(2);
   int64_t pos = 0;
   for (int64_t chunk : {5, 1, 3, 1, 1, 8}) {
-    Tensor part = Tensor::empty({2, chunk}, DType::I64);
-    for (int64_t b = 0; b < 2; ++b)
-      for (int64_t s = 0; s < chunk; ++s) part.data<int64_t>()[b * chunk + s] = ids.data<int64_t>()[b * S + pos + s];
-    const Tensor logits = model->forward_cached(part, cache);
+    const Tensor logits = model->forward_paged(paged_step(ids, pos, chunk, page, max_pages), kv);
     for (int64_t b = 0; b < 2; ++b)
       for (int64_t s = 0; s < chunk; ++s)
         for (int64_t v = 0; v < V; ++v)

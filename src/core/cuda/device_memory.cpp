@@ -116,6 +116,12 @@ bool cuda_available() {
 }
 
 DeviceMemoryStats device_memory_stats() { return allocator().stats(); }
+int64_t device_free_bytes() {
+  size_t free = 0, total = 0;
+  G4_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  const DeviceMemoryStats s = allocator().stats();
+  return static_cast<int64_t>(free) + s.reserved - s.current;
+}
 void reset_device_memory_peak() { allocator().reset_peak(); }
 void release_cached_device_memory() { allocator().release_cached(); }
 void device_synchronize() { G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream())); }

@@ -1,0 +1,538 @@
+// gen::sample_batch on the GPU: four kernels over logits [R, V] f32 and one copy of the results to
+// the host (the only synchronisation).
+//   1. stats    (chunks x rows): per chunk of kChunk tokens, the largest logit, its first id and
+//                Σ exp(x - max), and whether a NaN or +inf was seen.
+//   2. select   (one block per row): the row's max; for rows that need them, the cuts of top-k
+//                (the k-th largest logit) and top-p (a most-significant-digit-first search over the
+//                fp32 keys of z, with exact fixed-point masses), and the N-th largest logit for the
+//                top-N alternatives. Radix steps of 8 bits over shared-memory histograms.
+//   3. draw     (chunks x rows): per chunk, the exponential-race winner among the kept tokens and
+//                Σ exp(z) over them.
+//   4. finalize (one block per row): merges the chunks, computes the log-probs and gathers the
+//                top-N (ties by lower id, by an ordered compaction), into one result buffer.
+// Every decision uses generate/sampling_math.h as the CPU reference does, so both pick the same
+// tokens; the log-probs differ from the reference by fp32 summation order only.
+#include "generate/cuda/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/cuda/runtime.h"
+#include "core/device_memory.h"
+#include "generate/sampling_math.h"
+
+namespace g4::gen::cuda {
+
+namespace {
+
+using gen::detail::det_mass;
+using gen::detail::key_float;
+using gen::detail::order_key;
+using gen::detail::race_noise;
+
+constexpr int kChunk = 4096;  // tokens per block of the streaming kernels (a multiple of 4)
+constexpr int kStreamThreads = 256;
+constexpr int kSelectThreads = 1024;
+constexpr int kFinalThreads = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+struct RowParams {
+  uint64_t seed, draw;
+  double top_p;     // 1: no cut
+  float temperature;  // 0: greedy
+  float min_p_log;  // ln(min_p) in fp32; -inf: no cut
+  int32_t top_k;    // 0: no cut
+  int32_t top_n;    // alternatives to gather (already min(top_logprobs, V))
+  int32_t processed;
+  int32_t pad;
+};
+
+struct Stat {  // a running (max, Σ exp(x - max)) with the first id of the max
+  float max, sum;
+  int32_t argmax, bad;
+};
+
+struct Draw {  // the best race score so far, its token and Σ exp(z) over kept tokens
+  float score;
+  int32_t token;
+  float kept_sum;
+  int32_t pad;
+};
+
+struct RowInfo {
+  float max;
+  float floor;       // keep z >= floor
+  uint32_t top_key;  // order key of the N-th largest logit
+  int32_t pad;
+};
+
+struct RowResult {
+  int32_t token;
+  float logprob;
+  int32_t status;  // 0 ok, 1 a NaN or +inf logit, 2 no finite logit
+  int32_t top_n;
+};
+
+struct TopEntry {
+  int32_t token;
+  float logprob;
+};
+
+__device__ inline float neg_inf() { return -INFINITY; }
+
+__device__ inline Stat stat_identity() { return Stat{neg_inf(), 0.f, -1, 0}; }
+__device__ inline Draw draw_identity() { return Draw{neg_inf(), INT32_MAX, 0.f, 0}; }
+
+__device__ inline void stat_add(Stat& s, float x, int32_t id) {
+  if (x > s.max) {
+    s.sum = (s.max == neg_inf() ? 0.f : s.sum * expf(s.max - x)) + 1.f;
+    s.max = x;
+    s.argmax = id;
+  } else if (x > neg_inf()) {
+    s.sum += expf(x - s.max);
+  }
+  s.bad |= (isnan(x) || x == INFINITY) ? 1 : 0;
+}
+
+struct StatMerge {
+  __device__ Stat operator()(const Stat& p, const Stat& q) const;
+};
+struct DrawMerge {
+  __device__ Draw operator()(const Draw& p, const Draw& q) const;
+};
+
+__device__ inline Stat StatMerge::operator()(const Stat& p, const Stat& q) const {
+  Stat r;
+  r.max = fmaxf(p.max, q.max);
+  const float a = p.max == neg_inf() ? 0.f : p.sum * expf(p.max - r.max);
+  const float b = q.max == neg_inf() ? 0.f : q.sum * expf(q.max - r.max);
+  r.sum = a + b;
+  r.argmax = p.max > q.max ? p.argmax : (q.max > p.max ? q.argmax : min(p.argmax, q.argmax));
+  r.bad = p.bad | q.bad;
+  return r;
+}
+
+__device__ inline Draw DrawMerge::operator()(const Draw& p, const Draw& q) const {
+  Draw r = (q.score > p.score || (q.score == p.score && q.token < p.token)) ? q : p;
+  r.kept_sum = p.kept_sum + q.kept_sum;
+  return r;
+}
+
+__device__ inline Stat shfl(const Stat& v, int o) {
+  return Stat{__shfl_xor_sync(kFull, v.max, o), __shfl_xor_sync(kFull, v.sum, o), __shfl_xor_sync(kFull, v.argmax, o),
+              __shfl_xor_sync(kFull, v.bad, o)};
+}
+__device__ inline Draw shfl(const Draw& v, int o) {
+  return Draw{__shfl_xor_sync(kFull, v.score, o), __shfl_xor_sync(kFull, v.token, o),
+              __shfl_xor_sync(kFull, v.kept_sum, o), 0};
+}
+
+// Merges every thread's value; the result is valid in thread 0. `smem` holds 32 values.
+template <class T, class Merge>
+__device__ T block_reduce(T v, Merge merge, T identity, T* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl(v, o));
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x >> 5) ? smem[lane] : identity;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl(v, o));
+  }
+  __syncthreads();
+  return v;
+}
+
+// The 4 logits of tokens 4g .. 4g+3 (-inf past the end); returns how many exist.
+__device__ inline int load4(const float* x, int64_t V, int64_t g, bool vec, float v[4]) {
+  const int64_t i = g * 4;
+  if (vec) {
+    const float4 f = *reinterpret_cast<const float4*>(x + i);
+    v[0] = f.x;
+    v[1] = f.y;
+    v[2] = f.z;
+    v[3] = f.w;
+    return 4;
+  }
+  const int n = V - i < 4 ? static_cast<int>(V - i) : 4;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = j < n ? x[i + j] : neg_inf();
+  return n;
+}
+
+// One past the last group of 4 tokens of the chunk starting at group g0.
+__device__ inline int64_t chunk_end(int64_t g0, int64_t V) {
+  const int64_t end = g0 + kChunk / 4, groups = (V + 3) / 4;
+  return end < groups ? end : groups;
+}
+
+// The row's stats from its chunks' (any thread count).
+__device__ Stat row_stat(const Stat* chunks, int C, Stat* smem) {
+  Stat s = stat_identity();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) s = StatMerge{}(s, chunks[c]);
+  return block_reduce(s, StatMerge{}, stat_identity(), smem);
+}
+
+__global__ void __launch_bounds__(kStreamThreads)
+    stats_kernel(const float* __restrict__ logits, int64_t V, bool vec, Stat* __restrict__ stats) {
+  __shared__ Stat smem[32];
+  const int64_t r = blockIdx.y;
+  const float* x = logits + r * V;
+  const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
+  Stat s = stat_identity();
+  for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
+    float v[4];
+    const int n = load4(x, V, g, vec, v);
+    for (int j = 0; j < n; ++j) stat_add(s, v[j], static_cast<int32_t>(g * 4 + j));
+  }
+  s = block_reduce(s, StatMerge{}, stat_identity(), smem);
+  if (threadIdx.x == 0) stats[r * gridDim.x + blockIdx.x] = s;
+}
+
+struct SelectSmem {
+  uint32_t count[256];
+  unsigned long long mass[256];
+  uint32_t digit;
+  uint32_t remaining;
+  unsigned long long above, total;
+  Stat stat[32];
+};
+
+// The order key of the k-th largest logit of the row (1 <= k <= V).
+__device__ uint32_t kth_largest_key(const float* x, int64_t V, int64_t k, SelectSmem& sm) {
+  uint32_t prefix = 0, mask = 0;
+  if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) sm.count[b] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+      const uint32_t key = order_key(x[i]);
+      if ((key & mask) == prefix) atomicAdd(&sm.count[(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      uint32_t rem = sm.remaining, b = 255;
+      for (;; --b) {
+        if (rem <= sm.count[b] || b == 0) break;
+        rem -= sm.count[b];
+      }
+      sm.digit = b;
+      sm.remaining = rem;
+    }
+    __syncthreads();
+    prefix |= sm.digit << shift;
+    mask |= 255u << shift;
+  }
+  return prefix;
+}
+
+// The smallest z that top-p keeps among the tokens with z >= floor (see top_p_cut in
+// sampling.cpp): the lowest key whose strictly larger kept keys hold less than top_p of the mass.
+__device__ float top_p_cut(const float* x, int64_t V, float m, float t, float floor, double top_p, SelectSmem& sm) {
+  if (threadIdx.x == 0) {
+    sm.total = 0;
+    sm.above = 0;
+  }
+  __syncthreads();
+  unsigned long long local = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float z = (x[i] - m) / t;
+    if (z >= floor) local += det_mass(z);
+  }
+  atomicAdd(&sm.total, local);
+  __syncthreads();
+  const double target = top_p * static_cast<double>(sm.total);
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+      sm.count[b] = 0;
+      sm.mass[b] = 0;
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+      const float z = (x[i] - m) / t;
+      if (!(z >= floor)) continue;
+      const uint32_t key = order_key(z);
+      if ((key & mask) != prefix) continue;
+      const uint32_t b = (key >> shift) & 255u;
+      atomicAdd(&sm.count[b], 1u);
+      atomicAdd(&sm.mass[b], static_cast<unsigned long long>(det_mass(z)));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned long long run = sm.above, chosen_above = sm.above;
+      uint32_t chosen = 255;
+      for (int b = 255; b >= 0; --b) {
+        if (sm.count[b] == 0) continue;
+        if (!(static_cast<double>(run) < target)) break;
+        chosen = static_cast<uint32_t>(b);
+        chosen_above = run;
+        run += sm.mass[b];
+      }
+      sm.digit = chosen;
+      sm.above = chosen_above;
+    }
+    __syncthreads();
+    prefix |= sm.digit << shift;
+    mask |= 255u << shift;
+  }
+  return key_float(prefix);
+}
+
+__global__ void __launch_bounds__(kSelectThreads)
+    select_kernel(const float* __restrict__ logits, int64_t V, int C, const RowParams* __restrict__ params,
+                  const Stat* __restrict__ stats, RowInfo* __restrict__ info) {
+  __shared__ SelectSmem sm;
+  __shared__ float s_max;
+  __shared__ int s_skip;
+  const int64_t r = blockIdx.x;
+  const RowParams p = params[r];
+  const Stat st = row_stat(stats + r * C, C, sm.stat);
+  if (threadIdx.x == 0) {
+    s_max = st.max;
+    s_skip = st.bad || st.argmax < 0;
+  }
+  __syncthreads();
+  RowInfo out{s_max, neg_inf(), 0u, 0};
+  if (!s_skip) {
+    const float* x = logits + r * V;
+    const float m = s_max;
+    if (p.temperature > 0.f) {
+      const float t = p.temperature;
+      float floor = neg_inf();
+      if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(x, V, p.top_k, sm)) - m) / t;
+      if (p.top_p < 1.0) floor = fmaxf(floor, top_p_cut(x, V, m, t, floor, p.top_p, sm));
+      out.floor = fmaxf(floor, p.min_p_log);
+    }
+    if (p.top_n > 0) out.top_key = kth_largest_key(x, V, p.top_n, sm);
+  }
+  if (threadIdx.x == 0) info[r] = out;
+}
+
+__global__ void __launch_bounds__(kStreamThreads)
+    draw_kernel(const float* __restrict__ logits, int64_t V, bool vec, const RowParams* __restrict__ params,
+                const RowInfo* __restrict__ info, Draw* __restrict__ draws) {
+  __shared__ Draw smem[32];
+  const int64_t r = blockIdx.y;
+  const RowParams p = params[r];
+  if (!(p.temperature > 0.f)) return;  // greedy: finalize needs no draw
+  const RowInfo ri = info[r];
+  const float* x = logits + r * V;
+  const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
+  Draw d = draw_identity();
+  for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
+    float v[4], z[4];
+    const int n = load4(x, V, g, vec, v);
+    bool any = false;
+    for (int j = 0; j < 4; ++j) {
+      z[j] = (v[j] - ri.max) / p.temperature;
+      any |= j < n && z[j] >= ri.floor;
+    }
+    if (!any) continue;
+    float noise[4];
+    race_noise(p.seed, p.draw, static_cast<uint64_t>(g), noise);
+    for (int j = 0; j < n; ++j) {
+      if (!(z[j] >= ri.floor)) continue;
+      d.kept_sum += expf(z[j]);
+      const float score = z[j] - noise[j];
+      const int32_t id = static_cast<int32_t>(g * 4 + j);
+      if (score > d.score || (score == d.score && id < d.token)) {
+        d.score = score;
+        d.token = id;
+      }
+    }
+  }
+  d = block_reduce(d, DrawMerge{}, draw_identity(), smem);
+  if (threadIdx.x == 0) draws[r * gridDim.x + blockIdx.x] = d;
+}
+
+struct FinalSmem {
+  Stat stat[32];
+  Draw draw[32];
+  int32_t gt[kMaxTopLogprobs];  // ids with a key above the N-th largest (fewer than N)
+  int32_t eq[kMaxTopLogprobs];  // the first N ids whose key equals it, in id order
+  int32_t warp_eq[kFinalThreads / 32];
+  int32_t n_gt, n_eq;
+  float max, log_sum, log_kept;
+  int32_t argmax, status, token;
+};
+
+__global__ void __launch_bounds__(kFinalThreads)
+    finalize_kernel(const float* __restrict__ logits, int64_t V, int C, bool vec, const RowParams* __restrict__ params,
+                    const Stat* __restrict__ stats, const RowInfo* __restrict__ info, const Draw* __restrict__ draws,
+                    RowResult* __restrict__ results, TopEntry* __restrict__ tops, int top_stride) {
+  __shared__ FinalSmem sm;
+  const int64_t r = blockIdx.x;
+  const RowParams p = params[r];
+  const bool greedy = !(p.temperature > 0.f);
+  const Stat st = row_stat(stats + r * C, C, sm.stat);
+  Draw d = draw_identity();
+  if (!greedy) {
+    for (int c = threadIdx.x; c < C; c += blockDim.x) d = DrawMerge{}(d, draws[r * C + c]);
+  }
+  d = block_reduce(d, DrawMerge{}, draw_identity(), sm.draw);
+  if (threadIdx.x == 0) {
+    sm.max = st.max;
+    sm.status = st.bad ? 1 : (st.argmax < 0 ? 2 : 0);
+    sm.log_sum = logf(st.sum);
+    sm.log_kept = logf(d.kept_sum);
+    sm.token = greedy ? st.argmax : d.token;
+    sm.n_gt = 0;
+    sm.n_eq = 0;
+  }
+  __syncthreads();
+  const float* x = logits + r * V;
+  const float m = sm.max, floor = info[r].floor;
+  const bool raw_mode = greedy || !p.processed;
+  auto logprob = [&](int32_t id) {
+    if (raw_mode) return (x[id] - m) - sm.log_sum;
+    const float z = (x[id] - m) / p.temperature;
+    return z >= floor ? z - sm.log_kept : neg_inf();
+  };
+  const int n_top = sm.status == 0 ? p.top_n : 0;
+  if (n_top > 0) {
+    // Ids above the N-th largest go anywhere (they are sorted below); ties with it keep id order:
+    // each thread takes 4 consecutive ids and the block counts ties before it.
+    const uint32_t kn = info[r].top_key;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int64_t g0 = 0; g0 * 4 < V; g0 += blockDim.x) {
+      const int64_t g = g0 + threadIdx.x;
+      float v[4];
+      const int n = g * 4 < V ? load4(x, V, g, vec, v) : 0;
+      int ties = 0;
+      for (int j = 0; j < n; ++j) {
+        const uint32_t key = order_key(v[j]);
+        if (key > kn) sm.gt[atomicAdd(&sm.n_gt, 1)] = static_cast<int32_t>(g * 4 + j);
+        ties += key == kn;
+      }
+      int before = ties;  // inclusive scan over the warp
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(kFull, before, o);
+        if (lane >= o) before += y;
+      }
+      if (lane == 31) sm.warp_eq[warp] = before;
+      __syncthreads();
+      before += sm.n_eq - ties;
+      for (int w = 0; w < warp; ++w) before += sm.warp_eq[w];
+      for (int j = 0; j < n; ++j) {
+        if (order_key(v[j]) != kn) continue;
+        if (before < n_top) sm.eq[before] = static_cast<int32_t>(g * 4 + j);
+        ++before;
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        int total = 0;
+        for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) total += sm.warp_eq[w];
+        sm.n_eq += total;
+      }
+      __syncthreads();
+    }
+  }
+  if (threadIdx.x != 0) return;
+  RowResult res{sm.token, 0.f, sm.status, n_top};
+  if (sm.status == 0) res.logprob = logprob(sm.token);
+  results[r] = res;
+  if (n_top == 0) return;
+  // Largest first, lower id on ties: insertion sort of the few ids above the N-th largest.
+  const int n_gt = sm.n_gt;
+  for (int i = 1; i < n_gt; ++i) {
+    const int32_t id = sm.gt[i];
+    const uint32_t key = order_key(x[id]);
+    int j = i - 1;
+    for (; j >= 0; --j) {
+      const uint32_t kj = order_key(x[sm.gt[j]]);
+      if (kj > key || (kj == key && sm.gt[j] < id)) break;
+      sm.gt[j + 1] = sm.gt[j];
+    }
+    sm.gt[j + 1] = id;
+  }
+  TopEntry* out = tops + r * top_stride;
+  for (int i = 0; i < n_top; ++i) {
+    const int32_t id = i < n_gt ? sm.gt[i] : sm.eq[i - n_gt];
+    out[i] = TopEntry{id, logprob(id)};
+  }
+}
+
+size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<RowSampling>& rows) {
+  const int64_t R = logits.size(0), V = logits.size(1);
+  G4_CHECK(R <= 65535, "sample_batch: at most 65535 rows on the GPU, got logits ", logits.describe());
+  const int C = static_cast<int>((V + kChunk - 1) / kChunk);
+  std::vector<RowParams> params(static_cast<size_t>(R));
+  int top_stride = 1;
+  for (int64_t r = 0; r < R; ++r) {
+    const SamplingParams& sp = rows[r].params;
+    RowParams& p = params[r];
+    std::memset(&p, 0, sizeof p);
+    p.seed = sp.seed;
+    p.draw = rows[r].draw;
+    p.top_p = sp.top_p;
+    p.temperature = static_cast<float>(sp.temperature);
+    p.min_p_log = sp.min_p > 0.0 ? static_cast<float>(std::log(sp.min_p)) : -INFINITY;
+    p.top_k = static_cast<int32_t>(std::min<int64_t>(sp.top_k, V));
+    p.top_n = static_cast<int32_t>(std::min(rows[r].top_logprobs, V));
+    p.processed = rows[r].logprob_mode == LogprobMode::kProcessed;
+    top_stride = std::max(top_stride, p.top_n);
+  }
+
+  // One workspace: parameters, per-chunk and per-row intermediates, then the results (copied back
+  // in one piece).
+  const size_t params_at = 0;
+  const size_t stats_at = params_at + align16(sizeof(RowParams) * R);
+  const size_t info_at = stats_at + align16(sizeof(Stat) * R * C);
+  const size_t draws_at = info_at + align16(sizeof(RowInfo) * R);
+  const size_t results_at = draws_at + align16(sizeof(Draw) * R * C);
+  const size_t tops_at = results_at + align16(sizeof(RowResult) * R);
+  const size_t result_bytes = tops_at - results_at + sizeof(TopEntry) * R * top_stride;
+  Tensor work = Tensor::empty({static_cast<int64_t>(results_at + result_bytes)}, DType::U8, Device::CUDA);
+  char* base = static_cast<char*>(work.raw());
+  auto at = [&](size_t off) { return base + off; };
+  g4::detail::device_copy(at(params_at), Device::CUDA, params.data(), Device::CPU, sizeof(RowParams) * R);
+
+  const float* x = logits.data<float>();
+  const bool vec = V % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  const auto* dp = reinterpret_cast<const RowParams*>(at(params_at));
+  auto* stats = reinterpret_cast<Stat*>(at(stats_at));
+  auto* info = reinterpret_cast<RowInfo*>(at(info_at));
+  auto* draws = reinterpret_cast<Draw*>(at(draws_at));
+  auto* results = reinterpret_cast<RowResult*>(at(results_at));
+  auto* tops = reinterpret_cast<TopEntry*>(at(tops_at));
+  cudaStream_t s = g4::cuda::stream();
+  const dim3 chunks(static_cast<unsigned>(C), static_cast<unsigned>(R));
+  stats_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, stats);
+  G4_CUDA_CHECK_LAUNCH();
+  select_kernel<<<static_cast<unsigned>(R), kSelectThreads, 0, s>>>(x, V, C, dp, stats, info);
+  G4_CUDA_CHECK_LAUNCH();
+  draw_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, dp, info, draws);
+  G4_CUDA_CHECK_LAUNCH();
+  finalize_kernel<<<static_cast<unsigned>(R), kFinalThreads, 0, s>>>(x, V, C, vec, dp, stats, info, draws, results,
+                                                                     tops, top_stride);
+  G4_CUDA_CHECK_LAUNCH();
+
+  std::vector<char> host(result_bytes);
+  g4::detail::device_copy(host.data(), Device::CPU, at(results_at), Device::CUDA, result_bytes);
+  std::vector<SampledToken> out(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    RowResult res;
+    std::memcpy(&res, host.data() + sizeof(RowResult) * r, sizeof res);
+    G4_CHECK(res.status != 1, "sample_batch: row ", r, " has a NaN or +inf logit");
+    G4_CHECK(res.status != 2, "sample_batch: row ", r, " has no finite logit");
+    out[r].token = res.token;
+    out[r].logprob = res.logprob;
+    for (int i = 0; i < res.top_n; ++i) {
+      TopEntry e;
+      std::memcpy(&e, host.data() + (tops_at - results_at) + sizeof(TopEntry) * (r * top_stride + i), sizeof e);
+      out[r].top_ids.push_back(e.token);
+      out[r].top_logprobs.push_back(e.logprob);
+    }
+  }
+  return out;
+}
+
+}  // namespace g4::gen::cuda

@@ -1,0 +1,624 @@
+// The engine's scheduler: requests, sequences and their pages (docs/architecture.md, "The
+// generation engine", states the rules).
+//
+// A sequence is what holds pages: a request's prompt before it is forked into its n samples (a
+// "group"), then one per sample. Its `tokens` are all tokens whose keys it will hold (prompt, then
+// the sample's tokens); `computed` of them have their keys in the pages. Each step feeds every
+// running sequence tokens [computed, computed + chunk); a sequence whose chunk reaches its last
+// token samples its next one from that row's logits.
+#include "generate/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <map>
+
+#include "core/device_memory.h"
+#include "generate/page_pool.h"
+#include "generate/prefix_cache.h"
+#include "generate/text_stream.h"
+
+namespace g4::gen {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kNone: break;
+  }
+  return "";
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr size_t kFull = static_cast<size_t>(model::AttnKind::kFull);
+constexpr size_t kSliding = static_cast<size_t>(model::AttnKind::kSliding);
+
+double seconds(Clock::time_point from, Clock::time_point to) { return std::chrono::duration<double>(to - from).count(); }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+Tensor index_tensor(const std::vector<int64_t>& v, DType dtype, Device device) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, dtype);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dtype == DType::I32)
+      t.data<int32_t>()[i] = static_cast<int32_t>(v[i]);
+    else
+      t.data<int64_t>()[i] = v[i];
+  }
+  return device == Device::CPU ? t : t.to(device);
+}
+}  // namespace
+
+struct Engine::Impl {
+  struct Sample {
+    std::vector<GeneratedToken> tokens;
+    TextStream text;
+    FinishReason finish = FinishReason::kNone;
+    double first_token_s = 0;
+  };
+  struct Req {
+    uint64_t id = 0;
+    std::vector<int64_t> prompt;
+    RequestOptions o;
+    std::vector<Sample> samples;
+    Clock::time_point submitted;
+    double queued_s = -1;  // -1: not scheduled yet
+    int64_t unfinished = 0;
+    bool cancelled = false;
+  };
+  struct Seq {
+    Req* req = nullptr;
+    int64_t sample = -1;  // -1: the request's prompt before the fork (all its samples)
+    std::vector<int64_t> tokens;
+    int64_t computed = 0;
+    std::array<std::vector<int64_t>, model::kAttnKinds> pages;  // -1: a sliding page given back
+    int64_t sliding_released = 0;  // leading sliding pages given back
+    int64_t registered = 0;        // whole prompt pages offered to the prefix cache
+    uint64_t last_key = 0;         // prefix key of page registered - 1
+    uint64_t admitted = 0;         // admission order (forks share their group's)
+    bool running = false;
+    int64_t samples() const { return sample < 0 ? static_cast<int64_t>(req->samples.size()) : 1; }
+    int64_t len() const { return static_cast<int64_t>(tokens.size()); }
+  };
+
+  const model::Gemma4& model;
+  const io::ModelConfig& cfg;
+  EngineOptions opt;
+  int64_t ps = 0, window = 0, context = 0, max_chunk = 0;
+  bool sliding = false;  // a sliding kind with its own pages
+  model::PagedKV kv;
+  std::vector<PagePool> pools;
+  PrefixCache prefix;
+
+  std::map<uint64_t, std::unique_ptr<Req>> requests;
+  std::deque<std::unique_ptr<Seq>> waiting;
+  std::vector<std::unique_ptr<Seq>> running;  // in admission order
+  std::vector<uint64_t> cancelled;             // reported at the next step
+  std::vector<Completion> completions;
+  uint64_t next_id = 1, admissions = 0;
+  int64_t preempted_total = 0;
+
+  Impl(const model::Gemma4& m, EngineOptions o);
+
+  // --- pages
+  void release_page(size_t kind, int64_t page) {
+    const uint64_t key = pools[kind].key(page);
+    if (pools[kind].release(page) && kind == kFull && key != 0) prefix.erase(key);
+  }
+  void release_pages(Seq& s) {
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      for (int64_t p : s.pages[kind])
+        if (p >= 0) release_page(kind, p);
+      s.pages[kind].clear();
+    }
+    s.computed = s.sliding_released = s.registered = 0;
+    s.last_key = 0;
+  }
+  // Pages to take before tokens up to `end` can be written: new ones, and a copy of a shared page
+  // that will be written.
+  int64_t pages_needed(const Seq& s, size_t kind, int64_t end) const {
+    const auto& table = s.pages[kind];
+    int64_t n = std::max<int64_t>(0, ceil_div(end, ps) - static_cast<int64_t>(table.size()));
+    const int64_t first = s.computed / ps;
+    if (first < static_cast<int64_t>(table.size()) && pools[kind].refs(table[static_cast<size_t>(first)]) > 1) ++n;
+    return n;
+  }
+  bool fits(const Seq& s, int64_t end) const {
+    for (size_t kind = 0; kind < pools.size(); ++kind)
+      if (pages_needed(s, kind, end) > pools[kind].free()) return false;
+    return true;
+  }
+  void allocate(Seq& s, int64_t end) {
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      auto& table = s.pages[kind];
+      const size_t first = static_cast<size_t>(s.computed / ps);
+      if (first < table.size() && pools[kind].refs(table[first]) > 1) {  // copy on write
+        const int64_t copy = pools[kind].take();
+        kv.copy_page(static_cast<model::AttnKind>(kind), table[first], copy, cfg);
+        release_page(kind, table[first]);
+        table[first] = copy;
+      }
+      while (static_cast<int64_t>(table.size()) < ceil_div(end, ps)) table.push_back(pools[kind].take());
+    }
+  }
+  // Sliding pages no later query of the sequence can see (all keys before computed - window + 1).
+  void release_out_of_window(Seq& s) {
+    if (!sliding) return;
+    auto& table = s.pages[kSliding];
+    for (; (s.sliding_released + 1) * ps <= s.computed - window + 1; ++s.sliding_released) {
+      int64_t& p = table[static_cast<size_t>(s.sliding_released)];
+      if (p >= 0) release_page(kSliding, p);
+      p = -1;
+    }
+  }
+
+  // --- prefix sharing
+  void register_prompt_pages(Seq& s) {
+    const int64_t whole = std::min<int64_t>(s.computed, static_cast<int64_t>(s.req->prompt.size())) / ps;
+    for (; s.registered < whole; ++s.registered) {
+      const size_t j = static_cast<size_t>(s.registered);
+      const int64_t* tokens = s.tokens.data() + s.registered * ps;
+      s.last_key = PrefixCache::chain(s.last_key, tokens, ps);
+      prefix.add(s.last_key, s.pages[kFull][j], sliding ? s.pages[kSliding][j] : -1,
+                 j > 0 ? s.pages[kFull][j - 1] : -1, tokens, ps, pools[kFull], sliding ? &pools[kSliding] : nullptr);
+    }
+  }
+  // Takes the longest run of whole pages of s's tokens that live sequences hold (leaving at least
+  // its last token to compute, whose logits it samples from). A sliding-kind hit also needs the
+  // sliding pages its first computed token can see; when they were given back, fewer pages are
+  // taken.
+  void match_prefix(Seq& s) {
+    std::vector<PrefixCache::Hit> hits;
+    std::vector<uint64_t> keys;
+    uint64_t key = 0;
+    for (int64_t j = 0; (j + 1) * ps <= s.len() - 1; ++j) {
+      const int64_t* tokens = s.tokens.data() + j * ps;
+      key = PrefixCache::chain(key, tokens, ps);
+      PrefixCache::Hit hit;
+      if (!prefix.find(key, hits.empty() ? -1 : hits.back().full_page, tokens, ps, pools[kFull],
+                       sliding ? &pools[kSliding] : nullptr, hit))
+        break;
+      hits.push_back(hit);
+      keys.push_back(key);
+    }
+    int64_t k = static_cast<int64_t>(hits.size());
+    auto first_visible_page = [&](int64_t k) { return std::max<int64_t>(0, k * ps - window + 1) / ps; };
+    if (sliding)
+      for (; k > 0; --k) {
+        bool ok = true;
+        for (int64_t j = first_visible_page(k); j < k && ok; ++j) ok = hits[static_cast<size_t>(j)].sliding_page >= 0;
+        if (ok) break;
+      }
+    if (k == 0) return;
+    for (int64_t j = 0; j < k; ++j) {
+      const PrefixCache::Hit& h = hits[static_cast<size_t>(j)];
+      pools[kFull].retain(h.full_page);
+      s.pages[kFull].push_back(h.full_page);
+      if (!sliding) continue;
+      const bool visible = j >= first_visible_page(k);
+      if (visible) pools[kSliding].retain(h.sliding_page);
+      s.pages[kSliding].push_back(visible ? h.sliding_page : -1);
+    }
+    s.computed = k * ps;
+    s.registered = k;
+    s.sliding_released = sliding ? first_visible_page(k) : 0;
+    s.last_key = keys[static_cast<size_t>(k - 1)];
+  }
+
+  // --- scheduling
+  void preempt(Seq* victim) {
+    auto it = std::find_if(running.begin(), running.end(), [&](const auto& p) { return p.get() == victim; });
+    std::unique_ptr<Seq> s = std::move(*it);
+    running.erase(it);
+    release_pages(*s);
+    s->running = false;
+    waiting.push_front(std::move(s));
+    ++preempted_total;
+  }
+  int64_t running_samples() const {
+    int64_t n = 0;
+    for (const auto& s : running) n += s->samples();
+    return n;
+  }
+  struct Chunk {
+    Seq* seq;
+    int64_t len;
+  };
+  std::vector<Chunk> schedule();
+  Completion complete(Req& r, int64_t k, FinishReason finish, Event* event);
+  void finish_request_if_done(uint64_t id);
+  std::vector<Event> step();
+  uint64_t submit(Request request);
+  void cancel(uint64_t id);
+};
+
+Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.config()), opt(std::move(o)) {
+  G4_CHECK(opt.page_size > 0, "EngineOptions: page_size must be > 0, got ", opt.page_size);
+  G4_CHECK(opt.num_pages >= 0, "EngineOptions: num_pages must be >= 0 (0 = sized automatically), got ", opt.num_pages);
+  G4_CHECK(opt.max_running > 0, "EngineOptions: max_running must be > 0, got ", opt.max_running);
+  G4_CHECK(opt.max_step_tokens > 0, "EngineOptions: max_step_tokens must be > 0, got ", opt.max_step_tokens);
+  G4_CHECK(opt.memory_fraction > 0 && opt.memory_fraction <= 1, "EngineOptions: memory_fraction must be in (0, 1], got ",
+           opt.memory_fraction);
+  G4_CHECK(cfg.bidirectional != "all", "Engine: a model with bidirectional attention over all tokens cannot generate");
+  if (opt.eos_ids.empty()) opt.eos_ids = cfg.eos_token_ids;
+  for (int64_t id : opt.eos_ids)
+    G4_CHECK(id >= 0 && id < cfg.vocab_size, "EngineOptions: eos id ", id, " is outside the vocabulary [0, ",
+             cfg.vocab_size, ")");
+  ps = opt.page_size;
+  context = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : (int64_t{1} << 40);
+  for (int64_t l = 0; l < cfg.num_layers; ++l) sliding |= model::layer_kind(cfg, l) == model::AttnKind::kSliding;
+  window = sliding ? cfg.sliding_window : 0;
+
+  // A sequence holds at most the pages of one window plus one chunk in the sliding pool, a whole
+  // context in the full one.
+  const int64_t seq_pages = ceil_div(std::min<int64_t>(context, int64_t{1} << 20), ps);
+  const int64_t window_pages = ceil_div(std::max<int64_t>(window - 1, 0), ps) + 1;
+  std::array<int64_t, model::kAttnKinds> n{};
+  const int64_t full_bytes = std::max<int64_t>(model::page_bytes(cfg, m.dtype(), model::AttnKind::kFull, ps), 1);
+  const int64_t sliding_bytes = model::page_bytes(cfg, m.dtype(), model::AttnKind::kSliding, ps);
+  if (opt.num_pages > 0) {
+    n = {opt.num_pages, sliding ? opt.num_pages : 0};
+  } else {
+    n[kSliding] = sliding ? opt.max_running * (window_pages + 1) + ceil_div(opt.max_step_tokens, ps) : 0;
+    if (m.device() == Device::CPU) {
+      // Host memory is not measured: max_running whole contexts, within 4 GiB unless one context
+      // needs more.
+      n[kFull] = std::min(opt.max_running * seq_pages, std::max(seq_pages, (int64_t{4} << 30) / full_bytes));
+    } else {
+      const auto budget = static_cast<int64_t>(static_cast<double>(device_free_bytes()) * opt.memory_fraction);
+      n[kFull] = (budget - n[kSliding] * sliding_bytes) / full_bytes;
+      G4_CHECK(n[kFull] > 0, "Engine: ", budget >> 20, " MiB of GPU memory for the KV pages is not enough for one page "
+               "(memory_fraction ", opt.memory_fraction, ")");
+    }
+    n[kSliding] = std::min(n[kSliding], n[kFull]);
+  }
+  if (sliding) {
+    max_chunk = (n[kSliding] - window_pages) * ps;
+    G4_CHECK(max_chunk > 0, "EngineOptions: num_pages ", n[kSliding], " of ", ps,
+             " tokens cannot hold a sliding window of ", window, " tokens and one more page");
+  } else {
+    max_chunk = opt.max_step_tokens;
+  }
+  max_chunk = std::min(max_chunk, opt.max_step_tokens);
+  kv = model::allocate_paged_kv(cfg, m.dtype(), m.device(), n, ps);
+  pools.emplace_back(n[kFull]);
+  if (sliding) pools.emplace_back(n[kSliding]);
+}
+
+uint64_t Engine::Impl::submit(Request request) {
+  const RequestOptions& o = request.options;
+  const int64_t len = static_cast<int64_t>(request.prompt.size());
+  G4_CHECK(len > 0, "Request: the prompt is empty");
+  for (size_t i = 0; i < request.prompt.size(); ++i)
+    G4_CHECK(request.prompt[i] >= 0 && request.prompt[i] < cfg.vocab_size, "Request: prompt token ", i, " is id ",
+             request.prompt[i], ", outside the vocabulary [0, ", cfg.vocab_size, ")");
+  validate(o.sampling);
+  G4_CHECK(o.max_tokens > 0, "Request: max_tokens must be > 0, got ", o.max_tokens);
+  G4_CHECK(o.n > 0, "Request: n must be > 0, got ", o.n);
+  G4_CHECK(o.n <= opt.max_running, "Request: n ", o.n, " exceeds the engine's max_running ", opt.max_running);
+  G4_CHECK(o.logprobs >= -1, "Request: logprobs must be -1 (none), 0 or the number of alternatives, got ", o.logprobs);
+  G4_CHECK(o.logprobs <= cfg.vocab_size, "Request: logprobs ", o.logprobs, " exceeds the vocabulary of ", cfg.vocab_size);
+  for (int64_t id : o.stop_ids)
+    G4_CHECK(id >= 0 && id < cfg.vocab_size, "Request: stop id ", id, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
+  G4_CHECK(o.stop_strings.empty() || opt.tokenizer, "Request: stop_strings need a tokenizer (EngineOptions::tokenizer)");
+  for (const std::string& s : o.stop_strings) G4_CHECK(!s.empty(), "Request: a stop string is empty");
+  G4_CHECK(len < context, "Request: the prompt of ", len, " tokens leaves no room in the model's context "
+           "(max_position_embeddings ", context, ")");
+  // Alone with the whole pool, every sequence must fit (the last token sampled is never fed).
+  const int64_t longest = std::min(len + o.max_tokens, context) - 1;
+  G4_CHECK(ceil_div(longest, ps) <= pools[kFull].size(), "Request: a prompt of ", len, " tokens with max_tokens ",
+           o.max_tokens, " needs ", ceil_div(longest, ps), " pages of ", ps, " tokens; the pool has ",
+           pools[kFull].size());
+
+  auto r = std::make_unique<Req>();
+  r->id = next_id++;
+  r->prompt = std::move(request.prompt);
+  r->o = std::move(request.options);
+  r->submitted = Clock::now();
+  r->unfinished = r->o.n;
+  for (int64_t k = 0; k < r->o.n; ++k) r->samples.push_back(Sample{{}, TextStream(opt.tokenizer, &r->o.stop_strings)});
+  auto s = std::make_unique<Seq>();
+  s->req = r.get();
+  s->tokens = r->prompt;
+  waiting.push_back(std::move(s));
+  const uint64_t id = r->id;
+  requests[id] = std::move(r);
+  return id;
+}
+
+void Engine::Impl::cancel(uint64_t id) {
+  auto it = requests.find(id);
+  if (it == requests.end() || it->second->cancelled) return;
+  it->second->cancelled = true;
+  const auto mine = [&](const std::unique_ptr<Seq>& s) {
+    if (s->req->id != id) return false;
+    release_pages(*s);
+    return true;
+  };
+  running.erase(std::remove_if(running.begin(), running.end(), mine), running.end());
+  waiting.erase(std::remove_if(waiting.begin(), waiting.end(), mine), waiting.end());
+  cancelled.push_back(id);
+}
+
+std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
+  std::vector<Chunk> plan;
+  int64_t budget = opt.max_step_tokens;
+  const auto chunk_of = [&](const Seq& s) { return std::min({s.len() - s.computed, budget, max_chunk}); };
+  const auto add = [&](Seq& s, int64_t chunk) {
+    allocate(s, s.computed + chunk);
+    plan.push_back({&s, chunk});
+    budget -= chunk;
+  };
+  // Decode rows first (one token each), then the chunks of prompts being prefilled; oldest first.
+  std::vector<Seq*> order;
+  for (const auto& s : running)
+    if (s->len() - s->computed == 1) order.push_back(s.get());
+  for (const auto& s : running)
+    if (s->len() - s->computed > 1) order.push_back(s.get());
+  for (Seq* s : order) {
+    if (!s->running || budget == 0) continue;
+    const int64_t chunk = chunk_of(*s);
+    // Out of pages: the most recently admitted sequence gives its pages back and waits.
+    while (!fits(*s, s->computed + chunk)) {
+      Seq* victim = running.back().get();
+      auto in_plan = std::find_if(plan.begin(), plan.end(), [&](const Chunk& c) { return c.seq == victim; });
+      if (in_plan != plan.end()) {
+        budget += in_plan->len;
+        plan.erase(in_plan);
+      }
+      preempt(victim);
+      if (victim == s) break;
+    }
+    if (s->running) add(*s, chunk);
+  }
+  // Admission, in queue order, while pages, tokens and rows remain (never preempting for it).
+  while (!waiting.empty() && budget > 0) {
+    Seq& s = *waiting.front();
+    if (!running.empty() && running_samples() + s.samples() > opt.max_running) break;
+    if (s.computed == 0) match_prefix(s);
+    const int64_t chunk = chunk_of(s);
+    if (!fits(s, s.computed + chunk)) {
+      release_pages(s);
+      break;
+    }
+    Req& r = *s.req;
+    if (r.queued_s < 0) r.queued_s = seconds(r.submitted, Clock::now());
+    s.running = true;
+    s.admitted = ++admissions;
+    running.push_back(std::move(waiting.front()));
+    waiting.pop_front();
+    add(s, chunk);
+  }
+  return plan;
+}
+
+Completion Engine::Impl::complete(Req& r, int64_t k, FinishReason finish, Event* event) {
+  Sample& smp = r.samples[static_cast<size_t>(k)];
+  smp.finish = finish;
+  const std::string rest = smp.text.take(true);
+  if (event) {
+    event->text_delta += rest;
+    event->finish = finish;
+  }
+  --r.unfinished;
+  Completion c;
+  c.request = r.id;
+  c.sample = k;
+  c.tokens = smp.tokens;
+  c.text = smp.text.text();
+  c.finish = finish;
+  c.prompt_tokens = static_cast<int64_t>(r.prompt.size());
+  c.timings.queued_s = std::max(r.queued_s, 0.0);
+  c.timings.first_token_s = smp.first_token_s;
+  c.timings.total_s = seconds(r.submitted, Clock::now());
+  return c;
+}
+
+void Engine::Impl::finish_request_if_done(uint64_t id) {
+  auto it = requests.find(id);
+  if (it != requests.end() && it->second->unfinished == 0) requests.erase(it);
+}
+
+std::vector<Event> Engine::Impl::step() {
+  std::vector<Event> events;
+  for (uint64_t id : cancelled) {
+    Req& r = *requests.at(id);
+    for (int64_t k = 0; k < r.o.n; ++k) {
+      if (r.samples[static_cast<size_t>(k)].finish != FinishReason::kNone) continue;
+      Event e;
+      e.request = id;
+      e.sample = k;
+      completions.push_back(complete(r, k, FinishReason::kCancelled, &e));
+      events.push_back(std::move(e));
+    }
+    finish_request_if_done(id);
+  }
+  cancelled.clear();
+
+  const std::vector<Chunk> plan = schedule();
+  if (plan.empty()) return events;
+
+  // The step's layout, built on the host and uploaded once.
+  const Device dev = model.device();
+  std::vector<int64_t> ids, positions, rows, cu_q{0}, kv_len;
+  std::array<std::vector<int64_t>, model::kAttnKinds> slots, tables;
+  std::array<int64_t, model::kAttnKinds> width{};
+  for (const Chunk& c : plan)
+    for (size_t kind = 0; kind < pools.size(); ++kind)
+      width[kind] = std::max<int64_t>(width[kind], static_cast<int64_t>(c.seq->pages[kind].size()));
+  std::vector<RowSampling> sampling;
+  std::vector<std::pair<Seq*, int64_t>> sampled;  // (sequence, sample) of each logits row
+  for (const Chunk& c : plan) {
+    Seq& s = *c.seq;
+    for (int64_t pos = s.computed; pos < s.computed + c.len; ++pos) {
+      ids.push_back(s.tokens[static_cast<size_t>(pos)]);
+      positions.push_back(pos);
+      for (size_t kind = 0; kind < pools.size(); ++kind)
+        slots[kind].push_back(s.pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps);
+    }
+    cu_q.push_back(static_cast<int64_t>(ids.size()));
+    kv_len.push_back(s.computed + c.len);
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      auto& t = tables[kind];
+      t.insert(t.end(), s.pages[kind].begin(), s.pages[kind].end());
+      t.resize(t.size() + static_cast<size_t>(width[kind]) - s.pages[kind].size(), -1);
+    }
+    if (s.computed + c.len < s.len()) continue;
+    const Req& r = *s.req;
+    for (int64_t k = s.sample < 0 ? 0 : s.sample; k < (s.sample < 0 ? r.o.n : s.sample + 1); ++k) {
+      RowSampling row;
+      row.params = r.o.sampling;
+      row.params.seed = r.o.sampling.seed + static_cast<uint64_t>(k);
+      row.draw = r.samples[static_cast<size_t>(k)].tokens.size();
+      row.top_logprobs = std::max<int64_t>(r.o.logprobs, 0);
+      row.logprob_mode = r.o.logprob_mode;
+      sampling.push_back(row);
+      rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+      sampled.emplace_back(&s, k);
+    }
+  }
+  model::PagedStep st;
+  st.ids = index_tensor(ids, DType::I64, dev);
+  st.positions = index_tensor(positions, DType::I64, dev);
+  st.logit_rows = index_tensor(rows, DType::I64, dev);
+  const int64_t n_seq = static_cast<int64_t>(plan.size());
+  for (size_t kind = 0; kind < pools.size(); ++kind) {
+    st.slots[kind] = index_tensor(slots[kind], DType::I64, dev);
+    st.layout[kind].cu_q = index_tensor(cu_q, DType::I32, dev);
+    st.layout[kind].kv_len = index_tensor(kv_len, DType::I32, dev);
+    st.layout[kind].page_table = index_tensor(tables[kind], DType::I32, dev).reshape({n_seq, width[kind]});
+  }
+  const Tensor logits = model.forward_paged(st, kv);
+  const std::vector<SampledToken> drawn =
+      sampled.empty() ? std::vector<SampledToken>{} : sample_batch(logits, sampling);
+
+  for (const Chunk& c : plan) {
+    c.seq->computed += c.len;
+    register_prompt_pages(*c.seq);
+    release_out_of_window(*c.seq);
+  }
+
+  // What each sample drew; groups fork into one sequence per unfinished sample.
+  const auto now = Clock::now();
+  std::vector<Seq*> ended;
+  std::vector<std::unique_ptr<Seq>> forks;
+  for (size_t i = 0; i < drawn.size(); ++i) {
+    Seq& s = *sampled[i].first;
+    Req& r = *s.req;
+    const int64_t k = sampled[i].second;
+    Sample& smp = r.samples[static_cast<size_t>(k)];
+    const SampledToken& d = drawn[i];
+    GeneratedToken g;
+    g.id = d.token;
+    if (r.o.logprobs >= 0) {
+      g.logprob = d.logprob;
+      g.top_ids = d.top_ids;
+      g.top_logprobs = d.top_logprobs;
+    }
+    if (smp.tokens.empty()) smp.first_token_s = seconds(r.submitted, now);
+    smp.tokens.push_back(g);
+    Event e;
+    e.request = r.id;
+    e.sample = k;
+    e.tokens.push_back(g);
+    const bool eos = !r.o.ignore_eos && std::find(opt.eos_ids.begin(), opt.eos_ids.end(), d.token) != opt.eos_ids.end();
+    const bool stop_id = std::find(r.o.stop_ids.begin(), r.o.stop_ids.end(), d.token) != r.o.stop_ids.end();
+    FinishReason finish = FinishReason::kNone;
+    if (eos || stop_id || smp.text.push(d.token))
+      finish = FinishReason::kStop;
+    else if (static_cast<int64_t>(smp.tokens.size()) >= r.o.max_tokens || s.len() + 1 >= context)
+      finish = FinishReason::kLength;
+    if (finish != FinishReason::kNone) {
+      completions.push_back(complete(r, k, finish, &e));
+    } else {
+      e.text_delta = smp.text.take(false);
+      if (s.sample < 0) {
+        auto f = std::make_unique<Seq>(s);
+        f->sample = k;
+        for (size_t kind = 0; kind < pools.size(); ++kind)
+          for (int64_t p : f->pages[kind])
+            if (p >= 0) pools[kind].retain(p);
+        f->tokens.push_back(d.token);
+        forks.push_back(std::move(f));
+      } else {
+        s.tokens.push_back(d.token);
+      }
+    }
+    if (finish != FinishReason::kNone || s.sample < 0) ended.push_back(&s);
+    events.push_back(std::move(e));
+  }
+  // Finished samples and forked groups give their pages back; forks take their group's place.
+  for (Seq* s : ended) {
+    auto it = std::find_if(running.begin(), running.end(), [&](const auto& p) { return p.get() == s; });
+    if (it == running.end()) continue;  // a group already handled
+    release_pages(*s);
+    const uint64_t id = s->req->id;
+    std::vector<std::unique_ptr<Seq>> mine;
+    for (auto& f : forks)
+      if (f && f->req == s->req) mine.push_back(std::move(f));
+    const auto pos = running.erase(it);
+    running.insert(pos, std::make_move_iterator(mine.begin()), std::make_move_iterator(mine.end()));
+    finish_request_if_done(id);
+  }
+  return events;
+}
+
+Engine::Engine(const model::Gemma4& model, EngineOptions options)
+    : impl_(std::make_unique<Impl>(model, std::move(options))) {}
+Engine::~Engine() = default;
+
+uint64_t Engine::submit(Request request) { return impl_->submit(std::move(request)); }
+void Engine::cancel(uint64_t request) { impl_->cancel(request); }
+std::vector<Event> Engine::step() { return impl_->step(); }
+bool Engine::idle() const { return impl_->waiting.empty() && impl_->running.empty() && impl_->cancelled.empty(); }
+
+std::vector<Completion> Engine::take_completions() {
+  std::vector<Completion> out;
+  out.swap(impl_->completions);
+  return out;
+}
+
+std::vector<Completion> Engine::generate(std::vector<Request> requests) {
+  std::vector<uint64_t> ids;
+  std::vector<int64_t> first{0};
+  for (Request& r : requests) {
+    first.push_back(first.back() + r.options.n);
+    ids.push_back(submit(std::move(r)));
+  }
+  std::map<uint64_t, size_t> index;
+  for (size_t i = 0; i < ids.size(); ++i) index[ids[i]] = i;
+  std::vector<Completion> out(static_cast<size_t>(first.back()));
+  std::vector<Completion> others;  // of requests submitted before this call
+  while (!idle()) step();
+  for (Completion& c : take_completions()) {
+    auto it = index.find(c.request);
+    if (it == index.end()) {
+      others.push_back(std::move(c));
+      continue;
+    }
+    const size_t at = static_cast<size_t>(first[it->second] + c.sample);
+    out[at] = std::move(c);
+  }
+  impl_->completions = std::move(others);
+  return out;
+}
+
+PoolStats Engine::stats() const {
+  const Impl& m = *impl_;
+  PoolStats s;
+  s.full_pages = m.pools[kFull].size();
+  s.full_free = m.pools[kFull].free();
+  if (m.sliding) {
+    s.sliding_pages = m.pools[kSliding].size();
+    s.sliding_free = m.pools[kSliding].free();
+  }
+  s.running = static_cast<int64_t>(m.running.size());
+  for (const auto& w : m.waiting) s.waiting += w->samples();
+  s.preempted_total = m.preempted_total;
+  return s;
+}
+
+const EngineOptions& Engine::options() const { return impl_->opt; }
+
+}  // namespace g4::gen

@@ -1,0 +1,55 @@
+// What Gemma4::forward_paged reads and writes: one step of many sequences packed as one row, and
+// the paged K/V pools of the layers (generate/page_pool.h keeps the page bookkeeping).
+//
+// Layers are of two kinds: full attention and sliding attention (sliding layers of a config with
+// sliding_window 0 see everything and count as full). Each kind has its own pages, so a sliding
+// page can be given back once it fell out of the window while the full pages stay. Every layer
+// that owns K/V holds one k and one v pool [pages, page_size, nKV, d] of its kind's page count;
+// a KV-shared layer reads its source layer's pools. K=V layers store k and v as two pools too
+// (v is the unroped, unscaled-norm copy of the same projection); one pool for both is a possible
+// saving, not done yet.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/hf_config.h"
+#include "ops/paged_attention.h"
+
+namespace g4::model {
+
+enum class AttnKind { kFull = 0, kSliding = 1 };
+constexpr int kAttnKinds = 2;
+
+// The kind whose pages layer l reads (a KV-shared layer: its source's kind, checked equal).
+AttnKind layer_kind(const io::ModelConfig& cfg, int64_t l);
+
+// One step: T tokens of N sequences, one sequence after another. All tensors are on the model's
+// device (the engine builds them on the host and uploads each once per step).
+struct PagedStep {
+  Tensor ids;        // [T] i64
+  Tensor positions;  // [T] i64: each token's position in its sequence
+  // Per kind (index AttnKind): where each sequence's keys are (window is set by the model) and
+  // the pool row each token's k/v goes to (page * page_size + offset).
+  std::array<ops::PagedLayout, kAttnKinds> layout;
+  std::array<Tensor, kAttnKinds> slots;  // [T] i64
+  Tensor logit_rows;                     // [R] i64: the tokens whose next-token logits are returned
+};
+
+// The pools of every layer that owns K/V (undefined tensors for KV-shared layers).
+struct PagedKV {
+  int64_t page_size = 0;
+  std::array<int64_t, kAttnKinds> pages{};  // per kind
+  std::vector<Tensor> k, v;                 // per layer
+  // Copies page `src` to page `dst` in every pool of `kind` (copy on write of a shared page).
+  void copy_page(AttnKind kind, int64_t src, int64_t dst, const io::ModelConfig& cfg);
+};
+
+// Bytes one page of `kind` takes over all layers owning K/V of that kind (0 when none).
+int64_t page_bytes(const io::ModelConfig& cfg, DType dtype, AttnKind kind, int64_t page_size);
+// Pools of pages[kind] pages each (a kind with no layer gets none), uninitialised.
+PagedKV allocate_paged_kv(const io::ModelConfig& cfg, DType dtype, Device device, std::array<int64_t, kAttnKinds> pages,
+                          int64_t page_size);
+
+}  // namespace g4::model
