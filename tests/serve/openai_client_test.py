@@ -278,6 +278,8 @@ def main():
             got += 1
             if got == 3:
                 break
+        busy = server.get("/health")[1]
+        assert busy["requests"] == 1 and not pool_whole(busy), f"the stream holds no pages: {busy}"
         stream.close()  # the client goes away mid-stream
         h = server.wait_idle(timeout=60)
         assert pool_whole(h), f"pages leaked after the disconnect: {h}"
