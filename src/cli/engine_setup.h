@@ -1,10 +1,9 @@
 // What `g4 serve` and `g4 generate --prompts` share: the options of the generation engine, and
 // loading the model (on the chosen device) with its tokenizer.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "generate/engine.h"
 #include "io/tokenizer.h"

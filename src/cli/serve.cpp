@@ -55,7 +55,8 @@ class SignalStop {
   SignalStop& operator=(const SignalStop&) = delete;
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {
+  }, old_term_{};
   std::thread thread_;
 };
 
@@ -72,7 +73,8 @@ void add_serve(CLI::App& app, Action& action) {
   cmd->add_option("--host", o->server.host, "address to listen on");
   cmd->add_option("--port", o->server.port, "port to listen on (0: any free port, printed at start)")
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--served-model-name", o->server.model_name, "the model's name in the API (default: the directory name)");
+  cmd->add_option("--served-model-name", o->server.model_name,
+                  "the model's name in the API (default: the directory name)");
   cmd->add_option("--http-threads", o->server.threads, "HTTP worker threads (each open stream holds one)")
       ->check(CLI::Range(2, 4096));
   cmd->add_option("--tokenizer", o->setup.tokenizer, "tokenizer file or directory (default: the model directory)");
@@ -82,7 +84,8 @@ void add_serve(CLI::App& app, Action& action) {
       if (o->server.model_name.empty())
         o->server.model_name = std::filesystem::path(o->setup.model_dir).lexically_normal().filename().string();
       if (o->server.model_name.empty() || o->server.model_name == ".")
-        o->server.model_name = std::filesystem::absolute(o->setup.model_dir).lexically_normal().parent_path().filename().string();
+        o->server.model_name =
+            std::filesystem::absolute(o->setup.model_dir).lexically_normal().parent_path().filename().string();
       LoadedModel loaded = load_for_generation(o->setup);
       gen::EngineOptions engine_options = o->setup.engine;
       engine_options.tokenizer = loaded.tokenizer.get();

@@ -19,7 +19,8 @@ std::vector<gen::Event> Channel::wait(int timeout_ms, bool& done) {
 std::vector<gen::Completion> Channel::completions() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<gen::Completion> out = completions_;
-  std::sort(out.begin(), out.end(), [](const gen::Completion& a, const gen::Completion& b) { return a.sample < b.sample; });
+  std::sort(out.begin(), out.end(),
+            [](const gen::Completion& a, const gen::Completion& b) { return a.sample < b.sample; });
   return out;
 }
 
@@ -174,10 +175,11 @@ void EngineLoop::run() {
     }
     apply(submits, cancels);
     std::string error;
+    std::vector<gen::Event> events;
     const bool step = !engine_.idle();
     if (step) {
       try {
-        route(engine_.step());
+        events = engine_.step();
       } catch (const std::exception& e) {
         // The engine's state after a failed step is unknown: end every request it holds.
         error = e.what();
@@ -189,12 +191,16 @@ void EngineLoop::run() {
         live_.clear();
       }
     }
+    {
+      // Before the events go out, so that a client that has seen a token sees the pages it took.
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.pool = engine_.stats();
+      if (step) ++stats_.steps;
+      if (!error.empty()) stats_.error = error;
+    }
+    route(std::move(events));
     std::lock_guard<std::mutex> lock(mu_);
-    stats_.pool = engine_.stats();
-    int64_t queued = static_cast<int64_t>(submits_.size());
-    stats_.requests = queued + static_cast<int64_t>(live_.size());
-    if (step) ++stats_.steps;
-    if (!error.empty()) stats_.error = error;
+    stats_.requests = static_cast<int64_t>(submits_.size() + live_.size());
   }
 }
 

@@ -43,7 +43,7 @@ class Channel {
   bool done_ = false;
   std::string error_;
   int error_status_ = 0;
-  uint64_t id_ = 0;       // the engine's id once submitted (loop thread only)
+  uint64_t id_ = 0;  // the engine's id once submitted (loop thread only)
   bool submitted_ = false, cancelled_ = false;
 };
 
@@ -66,7 +66,7 @@ class EngineLoop {
     gen::PoolStats pool;
     int64_t requests = 0;  // submitted and not yet finished (includes those still queued)
     int64_t steps = 0;
-    std::string error;     // the last failure of Engine::step ("" when none)
+    std::string error;  // the last failure of Engine::step ("" when none)
   };
   Stats stats() const;
 

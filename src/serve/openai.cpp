@@ -11,7 +11,9 @@ using nlohmann::json;
 
 namespace {
 
-json or_null(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+json or_null(const std::string& s) {
+  return s.empty() ? json(nullptr) : json(s);
+}
 
 std::string error_type(int status) {
   if (status == 404) return "invalid_request_error";
@@ -79,7 +81,10 @@ json envelope(const ResponseHead& head, const char* object) {
 
 json error_body(const RequestError& e) {
   return {{"error",
-           {{"message", e.what()}, {"type", error_type(e.status())}, {"param", or_null(e.param())}, {"code", or_null(e.code())}}}};
+           {{"message", e.what()},
+            {"type", error_type(e.status())},
+            {"param", or_null(e.param())},
+            {"code", or_null(e.code())}}}};
 }
 
 json error_body(int status, const std::string& message) {
@@ -94,7 +99,8 @@ ResponseHead new_head(bool chat, const std::string& model, int64_t logprobs) {
   std::ostringstream id;
   id << (chat ? "chatcmpl-" : "cmpl-") << std::hex << salt << "-" << std::dec << counter++;
   h.id = id.str();
-  h.created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  h.created =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   h.model = model;
   h.chat = chat;
   h.logprobs = logprobs;
@@ -116,10 +122,13 @@ json completion_body(const ResponseHead& head, const std::vector<gen::Completion
   json choices = json::array();
   int64_t generated = 0;
   for (const gen::Completion& c : samples) {
-    json choice = {{"index", c.sample}, {"logprobs", logprobs_of(head, c.tokens, tok, true)},
+    json choice = {{"index", c.sample},
+                   {"logprobs", logprobs_of(head, c.tokens, tok, true)},
                    {"finish_reason", finish_name(c.finish)}};
-    if (head.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
-    else choice["text"] = c.text;
+    if (head.chat)
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    else
+      choice["text"] = c.text;
     choices.push_back(choice);
     generated += static_cast<int64_t>(c.tokens.size());
   }
@@ -133,7 +142,8 @@ json chunk_body(const ResponseHead& head, const gen::Event& event, bool first, c
   const bool finished = event.finish != gen::FinishReason::kNone;
   if (!first && !finished && event.text_delta.empty() && (head.logprobs < 0 || event.tokens.empty())) return nullptr;
   json out = envelope(head, head.chat ? "chat.completion.chunk" : "text_completion");
-  json choice = {{"index", event.sample}, {"logprobs", logprobs_of(head, event.tokens, tok, false)},
+  json choice = {{"index", event.sample},
+                 {"logprobs", logprobs_of(head, event.tokens, tok, false)},
                  {"finish_reason", finished ? json(finish_name(event.finish)) : json(nullptr)}};
   if (head.chat) {
     json delta = {{"content", event.text_delta}};

@@ -18,11 +18,11 @@ nlohmann::json error_body(int status, const std::string& message);
 
 // One response (or one stream): its id, creation time and what it answers.
 struct ResponseHead {
-  std::string id;          // "cmpl-..." or "chatcmpl-..."
-  int64_t created = 0;     // Unix seconds
+  std::string id;       // "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;  // Unix seconds
   std::string model;
   bool chat = false;
-  int64_t logprobs = -1;   // as in RequestOptions: -1 none, else the number of alternatives
+  int64_t logprobs = -1;  // as in RequestOptions: -1 none, else the number of alternatives
 };
 
 ResponseHead new_head(bool chat, const std::string& model, int64_t logprobs);

@@ -51,7 +51,8 @@ json output_line(int64_t index, const gen::RequestOptions& options, const gen::C
     ids.push_back(t.id);
     lps.push_back(t.logprob);
     json alts = json::array();
-    for (size_t i = 0; i < t.top_ids.size(); ++i) alts.push_back({{"id", t.top_ids[i]}, {"logprob", t.top_logprobs[i]}});
+    for (size_t i = 0; i < t.top_ids.size(); ++i)
+      alts.push_back({{"id", t.top_ids[i]}, {"logprob", t.top_logprobs[i]}});
     tops.push_back(alts);
   }
   json out = {{"index", index}};
@@ -62,8 +63,8 @@ json output_line(int64_t index, const gen::RequestOptions& options, const gen::C
   if (options.logprobs > 0) out["top_logprobs"] = tops;
   out["finish_reason"] = gen::finish_reason_name(c.finish);
   out["prompt_tokens"] = c.prompt_tokens;
-  out["timings"] = {{"queued_s", c.timings.queued_s}, {"first_token_s", c.timings.first_token_s},
-                    {"total_s", c.timings.total_s}};
+  out["timings"] = {
+      {"queued_s", c.timings.queued_s}, {"first_token_s", c.timings.first_token_s}, {"total_s", c.timings.total_s}};
   return out;
 }
 

@@ -44,7 +44,8 @@ std::optional<int64_t> int_field(const json& body, const char* key) {
     if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 9e15) return static_cast<int64_t>(d);
   }
   if (!v->is_number_integer()) bad(key, std::string("'") + key + "' must be an integer, got " + type_of(*v));
-  if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) bad(key, std::string("'") + key + "' is too large");
+  if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX))
+    bad(key, std::string("'") + key + "' is too large");
   return v->get<int64_t>();
 }
 
@@ -75,9 +76,9 @@ void check_range(const char* key, double v, double lo, double hi, bool lo_open =
 
 // The keys a line of a prompts file may hold.
 const std::set<std::string>& file_keys() {
-  static const std::set<std::string> keys = {"prompt", "prompt_ids", "messages", "max_tokens", "temperature",
-                                             "top_p", "top_k", "min_p", "seed", "n", "stop", "stop_token_ids",
-                                             "ignore_eos", "logprobs", "logprobs_mode"};
+  static const std::set<std::string> keys = {"prompt", "prompt_ids",     "messages",   "max_tokens", "temperature",
+                                             "top_p",  "top_k",          "min_p",      "seed",       "n",
+                                             "stop",   "stop_token_ids", "ignore_eos", "logprobs",   "logprobs_mode"};
   return keys;
 }
 
@@ -117,8 +118,9 @@ std::vector<std::string> read_stop(const json& body, const ModelInfo& model) {
   } else {
     bad("stop", "'stop' must be a string or a list of strings, got " + type_of(*v));
   }
-  if (stops.size() > kMaxStops) bad("stop", "'stop' holds " + std::to_string(stops.size()) + " strings; at most " +
-                                       std::to_string(kMaxStops) + " are allowed");
+  if (stops.size() > kMaxStops)
+    bad("stop", "'stop' holds " + std::to_string(stops.size()) + " strings; at most " + std::to_string(kMaxStops) +
+                    " are allowed");
   for (const std::string& s : stops)
     if (s.empty()) bad("stop", "'stop' strings must not be empty");
   if (!stops.empty() && !model.tokenizer) bad("stop", "'stop' strings need a tokenizer; the model has none");
@@ -130,7 +132,8 @@ std::vector<int64_t> read_ids(const json& list, const char* param, const std::st
   ids.reserve(list.size());
   for (size_t i = 0; i < list.size(); ++i) {
     const json& v = list[i];
-    if (!v.is_number_integer()) bad(param, what + "[" + std::to_string(i) + "] must be an integer token id, got " + type_of(v));
+    if (!v.is_number_integer())
+      bad(param, what + "[" + std::to_string(i) + "] must be an integer token id, got " + type_of(v));
     const int64_t id = v.get<int64_t>();
     if (id < 0 || (model.vocab_size > 0 && id >= model.vocab_size))
       bad(param, what + "[" + std::to_string(i) + "] = " + std::to_string(id) + " is outside the vocabulary [0, " +
@@ -141,7 +144,8 @@ std::vector<int64_t> read_ids(const json& list, const char* param, const std::st
 }
 
 std::vector<int64_t> encode_text(const std::string& text, const ModelInfo& model, const char* param, bool add_bos) {
-  if (!model.tokenizer) bad(param, std::string("a text '") + param + "' needs a tokenizer; the model has none (send token ids)");
+  if (!model.tokenizer)
+    bad(param, std::string("a text '") + param + "' needs a tokenizer; the model has none (send token ids)");
   std::vector<int64_t> ids;
   if (add_bos) ids.push_back(model.tokenizer->bos_id);
   for (int32_t id : model.tokenizer->encode(text)) ids.push_back(id);
@@ -222,7 +226,8 @@ std::vector<int64_t> read_prompt(const json& body, Api api, const ModelInfo& mod
   if (given != 1) bad("prompt", "a line needs exactly one of 'prompt', 'prompt_ids' or 'messages'");
   if (field(body, "messages")) return read_messages(body, model, true);
   if (const json* p = field(body, "prompt")) {
-    if (!p->is_string()) bad("prompt", "'prompt' must be a string, got " + type_of(*p) + " (token ids go in 'prompt_ids')");
+    if (!p->is_string())
+      bad("prompt", "'prompt' must be a string, got " + type_of(*p) + " (token ids go in 'prompt_ids')");
     return encode_text(p->get<std::string>(), model, "prompt", true);
   }
   const json& ids = *field(body, "prompt_ids");
@@ -243,17 +248,21 @@ void read_logprobs(const json& body, Api api, gen::RequestOptions& o) {
     return;
   }
   if (const json* v = field(body, "logprobs"); v && v->is_boolean())
-    bad("logprobs", "'logprobs' must be an integer (the number of alternatives, 0 for the sampled token only) for "
-                    "completions; true/false with top_logprobs is the chat form");
+    bad("logprobs",
+        "'logprobs' must be an integer (the number of alternatives, 0 for the sampled token only) for "
+        "completions; true/false with top_logprobs is the chat form");
   if (const auto n = int_field(body, "logprobs")) {
     check_range("logprobs", double(*n), 0, kMaxLogprobs);
     o.logprobs = *n;
   }
   if (const json* m = field(body, "logprobs_mode")) {
     const std::string mode = m->is_string() ? m->get<std::string>() : "";
-    if (mode == "raw") o.logprob_mode = gen::LogprobMode::kRaw;
-    else if (mode == "processed") o.logprob_mode = gen::LogprobMode::kProcessed;
-    else bad("logprobs_mode", "'logprobs_mode' must be \"raw\" or \"processed\"");
+    if (mode == "raw")
+      o.logprob_mode = gen::LogprobMode::kRaw;
+    else if (mode == "processed")
+      o.logprob_mode = gen::LogprobMode::kProcessed;
+    else
+      bad("logprobs_mode", "'logprobs_mode' must be \"raw\" or \"processed\"");
   }
 }
 
@@ -360,11 +369,13 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
     if (options.max_tokens == 0) {
       options.max_tokens = model.context_len - len;
     } else if (len + options.max_tokens > model.context_len) {
-      const char* param = api == Api::Chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+      const char* param =
+          api == Api::Chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
       throw RequestError(400, param,
-                         "the model's context is " + std::to_string(model.context_len) + " tokens; the request asks for " +
-                             std::to_string(len + options.max_tokens) + " (" + std::to_string(len) + " in the prompt, " +
-                             std::to_string(options.max_tokens) + " to generate)",
+                         "the model's context is " + std::to_string(model.context_len) +
+                             " tokens; the request asks for " + std::to_string(len + options.max_tokens) + " (" +
+                             std::to_string(len) + " in the prompt, " + std::to_string(options.max_tokens) +
+                             " to generate)",
                          "context_length_exceeded");
     }
   } else if (options.max_tokens == 0) {

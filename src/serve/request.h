@@ -54,10 +54,10 @@ Defaults api_defaults(Api api);
 
 struct ParsedRequest {
   gen::Request request;
-  std::string model;            // "model" as sent ("" when absent)
+  std::string model;  // "model" as sent ("" when absent)
   bool stream = false;
-  bool include_usage = false;   // stream_options.include_usage
-  bool chat = false;            // the prompt came from messages
+  bool include_usage = false;  // stream_options.include_usage
+  bool chat = false;           // the prompt came from messages
 };
 
 // Reads a whole request: prompt (or messages), options, stream flags. Checks the lengths against

@@ -25,9 +25,13 @@ constexpr int kPollMs = 100;
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 void reply_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -41,11 +45,16 @@ void log_line(const std::string& line) {
   std::cerr << "[g4] serve: " << line << std::endl;
 }
 
-std::string request_line(const httplib::Request& req, int status, double seconds, const std::string& detail) {
+std::string fixed3(double v) {
   std::ostringstream os;
-  os << req.method << " " << req.path << " " << status << " " << std::fixed << std::setprecision(3) << seconds << "s";
-  if (!detail.empty()) os << " " << detail;
+  os << std::fixed << std::setprecision(3) << v;
   return os.str();
+}
+
+std::string request_line(const std::string& method, const std::string& path, int status, double seconds,
+                         const std::string& detail) {
+  return method + " " + path + " " + std::to_string(status) + " " + fixed3(seconds) + "s" +
+         (detail.empty() ? "" : " " + detail);
 }
 
 std::string counts(int64_t prompt, int64_t completion, int64_t n, bool stream) {
@@ -83,7 +92,10 @@ struct Server::Impl {
   Impl(EngineLoop& l, ModelInfo m, ServerOptions o) : loop(l), model(std::move(m)), options(std::move(o)) {}
 
   json model_card() const {
-    return {{"id", options.model_name}, {"object", "model"}, {"created", started}, {"owned_by", "g4"},
+    return {{"id", options.model_name},
+            {"object", "model"},
+            {"created", started},
+            {"owned_by", "g4"},
             {"max_model_len", model.context_len}};
   }
 
@@ -121,10 +133,10 @@ struct Server::Impl {
     // OpenAI error shape too.
     http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
-      const std::string message = res.status == 404 ? "no route " + req.method + " " + req.path
-                                                    : "HTTP error " + std::to_string(res.status);
+      const std::string message =
+          res.status == 404 ? "no route " + req.method + " " + req.path : "HTTP error " + std::to_string(res.status);
       res.set_content(dump(error_body(res.status, message)), "application/json");
-      log_line(request_line(req, res.status, 0, ""));
+      log_line(request_line(req.method, req.path, res.status, 0, ""));
     });
     http.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
       std::string message = "internal error";
@@ -135,13 +147,14 @@ struct Server::Impl {
       } catch (...) {
       }
       reply_json(res, 500, error_body(500, message));
-      log_line(request_line(req, 500, 0, message));
+      log_line(request_line(req.method, req.path, 500, 0, message));
     });
   }
 
   RequestError unknown_model(const std::string& name) const {
-    return RequestError(404, "model", "the model '" + name + "' does not exist; this server serves '" +
-                                          options.model_name + "'", "model_not_found");
+    return RequestError(404, "model",
+                        "the model '" + name + "' does not exist; this server serves '" + options.model_name + "'",
+                        "model_not_found");
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, Api api) {
@@ -159,7 +172,7 @@ struct Server::Impl {
       if (!p.model.empty() && p.model != options.model_name) throw unknown_model(p.model);
     } catch (const RequestError& e) {
       reply_json(res, e.status(), error_body(e));
-      log_line(request_line(req, e.status(), seconds_since(t0), "error: " + std::string(e.what())));
+      log_line(request_line(req.method, req.path, e.status(), seconds_since(t0), "error: " + std::string(e.what())));
       return;
     }
     const ResponseHead head = new_head(api == Api::Chat, options.model_name, p.request.options.logprobs);
@@ -176,17 +189,15 @@ struct Server::Impl {
     state->n = n;
     state->started.assign(static_cast<size_t>(n), false);
     state->t0 = state->last_write = t0;
-    const std::string line_prefix = request_line(req, 200, 0, "");
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, state](size_t, httplib::DataSink& sink) { return stream_some(*state, sink); },
+        "text/event-stream", [this, state](size_t, httplib::DataSink& sink) { return stream_some(*state, sink); },
         [this, state, method = req.method, path = req.path](bool success) {
           if (success && state->finished) return;
           // The client went away (or a write failed): stop generating for it.
           loop.cancel(state->channel);
-          log_line(method + " " + path + " client disconnected after " +
-                   std::to_string(state->completion_tokens) + " tokens; request cancelled");
+          log_line(method + " " + path + " client disconnected after " + std::to_string(state->completion_tokens) +
+                   " tokens; request cancelled");
         });
   }
 
@@ -197,12 +208,13 @@ struct Server::Impl {
     if (const std::string error = channel->error(); !error.empty()) {
       const int status = channel->error_status();
       reply_json(res, status, error_body(status, error));
-      log_line(request_line(req, status, seconds_since(t0), "error: " + error));
+      log_line(request_line(req.method, req.path, status, seconds_since(t0), "error: " + error));
       return;
     }
     const std::vector<gen::Completion> samples = channel->completions();
     reply_json(res, 200, completion_body(head, samples, model.tokenizer));
-    log_line(request_line(req, 200, seconds_since(t0), counts(prompt_tokens, generated_tokens(samples), n, false)));
+    log_line(request_line(req.method, req.path, 200, seconds_since(t0),
+                          counts(prompt_tokens, generated_tokens(samples), n, false)));
   }
 
   // One call of a stream's content provider: sends what arrived; false ends the response.
@@ -233,24 +245,19 @@ struct Server::Impl {
       if (!write("data: [DONE]\n\n")) return false;
       s.finished = true;
       sink.done();
-      log_line(std::string("POST ") + (s.head.chat ? "/v1/chat/completions " : "/v1/completions ") +
-               std::to_string(status) + " " + fixed3(seconds_since(s.t0)) + "s " + detail);
+      log_line(request_line("POST", s.head.chat ? "/v1/chat/completions" : "/v1/completions", status,
+                            seconds_since(s.t0), detail));
       return true;
     }
     if (seconds_since(s.last_write) * 1000 >= kKeepAliveMs) return write(": keep-alive\n\n");
     return true;
   }
-
-  static std::string fixed3(double v) {
-    std::ostringstream os;
-    os << std::fixed << std::setprecision(3) << v;
-    return os.str();
-  }
 };
 
 Server::Server(EngineLoop& loop, ModelInfo model, ServerOptions options)
     : impl_(std::make_unique<Impl>(loop, std::move(model), std::move(options))) {
-  impl_->started = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  impl_->started =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   const int threads = std::max(impl_->options.threads, 2);
   impl_->http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   impl_->http.set_payload_max_length(kMaxBodyBytes);
@@ -271,8 +278,12 @@ int Server::bind() {
   return o.port;
 }
 
-void Server::listen() { impl_->http.listen_after_bind(); }
+void Server::listen() {
+  impl_->http.listen_after_bind();
+}
 
-void Server::stop() { impl_->http.stop(); }
+void Server::stop() {
+  impl_->http.stop();
+}
 
 }  // namespace g4::serve

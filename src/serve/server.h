@@ -16,9 +16,9 @@ namespace g4::serve {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;           // 0: any free port (bind() tells which)
-  std::string model_name;    // the name clients send as "model"
-  int threads = 64;          // HTTP worker threads: each open stream holds one
+  int port = 8000;         // 0: any free port (bind() tells which)
+  std::string model_name;  // the name clients send as "model"
+  int threads = 64;        // HTTP worker threads: each open stream holds one
 };
 
 class Server {

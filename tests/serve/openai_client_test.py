@@ -32,7 +32,8 @@ def import_openai(venv):
     except ImportError:
         pass
     python = os.path.join(venv, "bin", "python")
-    if os.path.exists(python) and os.path.realpath(sys.executable) != os.path.realpath(python) \
+    # The venv's python is a link to the same interpreter: tell them apart by sys.prefix.
+    if os.path.exists(python) and os.path.realpath(sys.prefix) != os.path.realpath(venv) \
             and not os.environ.get("G4_OPENAI_REEXEC"):
         os.environ["G4_OPENAI_REEXEC"] = "1"
         os.execv(python, [python] + sys.argv)

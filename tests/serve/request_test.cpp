@@ -1,5 +1,7 @@
 // The request reader shared by `g4 serve` and `g4 generate --prompts`, and the OpenAI response
 // and error shapes. The server itself is driven end to end by openai_client_test.py.
+#include "serve/request.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -7,7 +9,6 @@
 
 #include "serve/openai.h"
 #include "serve/prompts_file.h"
-#include "serve/request.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
 #include "support/test_paths.h"
@@ -53,7 +54,8 @@ TEST_F(RequestTest, CompletionPromptsAsTextIdsOrABatchOfOne) {
   EXPECT_EQ(parse(R"({"prompt": [5, 6, 7]})").request.prompt, (std::vector<int64_t>{5, 6, 7}));
   EXPECT_EQ(parse(R"({"prompt": [[5, 6]]})").request.prompt, (std::vector<int64_t>{5, 6}));
   EXPECT_EQ(parse(R"({"prompt": ["In the beginning"]})").request.prompt, text.request.prompt);
-  EXPECT_NE(refusal(R"({"prompt": ["a", "b"]})").find("prompt|400||'prompt' holds 2 prompts; batches"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": ["a", "b"]})").find("prompt|400||'prompt' holds 2 prompts; batches"),
+            std::string::npos);
   EXPECT_NE(refusal(R"({"prompt": [1, 9999]})").find("prompt[1] = 9999 is outside the vocabulary"), std::string::npos);
   EXPECT_EQ(refusal(R"({"prompt": []})"), "prompt|400||'prompt' is empty");
   EXPECT_EQ(refusal(R"({"prompt": 5})"), "prompt|400||'prompt' must be a string or a list of token ids, got a number");
@@ -80,8 +82,10 @@ TEST_F(RequestTest, SamplingFieldsAndTheirRanges) {
   EXPECT_EQ(parse(R"({"prompt": "a", "temperature": null})").request.options.sampling.temperature, 1.0);
   EXPECT_EQ(parse(R"({"prompt": "a"})").request.options.logprobs, -1);
 
-  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": "hot"})"), "temperature|400||'temperature' must be a number, got a string");
-  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": -1})"), "temperature|400||'temperature' must be in [0, 100], got -1");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": "hot"})"),
+            "temperature|400||'temperature' must be a number, got a string");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": -1})"),
+            "temperature|400||'temperature' must be in [0, 100], got -1");
   EXPECT_EQ(refusal(R"({"prompt": "a", "top_p": 0})"), "top_p|400||'top_p' must be in (0, 1], got 0");
   EXPECT_EQ(refusal(R"({"prompt": "a", "top_k": -2})"), "top_k|400||'top_k' must be >= 0 (or -1 for no cut), got -2");
   EXPECT_EQ(refusal(R"({"prompt": "a", "min_p": 1.5})"), "min_p|400||'min_p' must be in [0, 1], got 1.5");
@@ -98,7 +102,8 @@ TEST_F(RequestTest, SamplingFieldsAndTheirRanges) {
 
 TEST_F(RequestTest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(refusal(R"({"prompt": "a", "echo": true})"), "echo|400||'echo' is not supported");
-  EXPECT_EQ(refusal(R"({"prompt": "a", "presence_penalty": 0.5})"), "presence_penalty|400||'presence_penalty' is not supported");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "presence_penalty": 0.5})"),
+            "presence_penalty|400||'presence_penalty' is not supported");
   EXPECT_EQ(refusal(R"({"prompt": "a", "best_of": 3})"), "best_of|400||'best_of' other than n is not supported");
   EXPECT_EQ(refusal(R"({"prompt": "a", "logit_bias": {"5": 1}})"), "logit_bias|400||'logit_bias' is not supported");
   // Neutral values and unknown fields (clients send extras such as "user") are accepted.
@@ -121,14 +126,16 @@ TEST_F(RequestTest, ChatMessagesTemplateLogprobsAndLengths) {
   EXPECT_EQ(p.request.options.max_tokens, 5);  // max_completion_tokens wins over the older max_tokens
   EXPECT_EQ(p.request.options.stop_ids, (std::vector<int64_t>{tok_->eos_id}));  // the end of turn
   // Chat's default length is the rest of the context.
-  const ParsedRequest d = parse(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})", Api::Chat);
+  const ParsedRequest d =
+      parse(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})", Api::Chat);
   EXPECT_EQ(d.request.options.max_tokens, 64 - static_cast<int64_t>(d.request.prompt.size()));
   EXPECT_EQ(d.request.options.logprobs, -1);
 
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})", Api::Chat),
             "top_logprobs|400||'top_logprobs' needs 'logprobs': true");
   EXPECT_EQ(refusal(R"({"messages": []})", Api::Chat), "messages|400||'messages' is empty");
-  EXPECT_NE(refusal(R"({"messages": [{"role": "wizard", "content": "a"}]})", Api::Chat).find("messages|400||messages[0]: unknown role 'wizard'"),
+  EXPECT_NE(refusal(R"({"messages": [{"role": "wizard", "content": "a"}]})", Api::Chat)
+                .find("messages|400||messages[0]: unknown role 'wizard'"),
             std::string::npos);
   EXPECT_NE(refusal(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", Api::Chat)
                 .find("images, audio and files are not supported"),
@@ -147,7 +154,8 @@ TEST_F(RequestTest, LengthsAreCheckedAgainstTheContext) {
 }
 
 TEST_F(RequestTest, StreamOptionsAndModel) {
-  const ParsedRequest p = parse(R"({"prompt": "a", "model": "m", "stream": true, "stream_options": {"include_usage": true}})");
+  const ParsedRequest p =
+      parse(R"({"prompt": "a", "model": "m", "stream": true, "stream_options": {"include_usage": true}})");
   EXPECT_TRUE(p.stream);
   EXPECT_TRUE(p.include_usage);
   EXPECT_EQ(p.model, "m");
@@ -168,7 +176,8 @@ TEST_F(RequestTest, WithoutATokenizerOnlyTokenIdsWork) {
   EXPECT_EQ(parse(R"({"prompt": [5]})").request.prompt, (std::vector<int64_t>{5}));
   EXPECT_EQ(refusal(R"({"prompt": "text"})"),
             "prompt|400||a text 'prompt' needs a tokenizer; the model has none (send token ids)");
-  EXPECT_EQ(refusal(R"({"prompt": [5], "stop": "x"})"), "stop|400||'stop' strings need a tokenizer; the model has none");
+  EXPECT_EQ(refusal(R"({"prompt": [5], "stop": "x"})"),
+            "stop|400||'stop' strings need a tokenizer; the model has none");
 }
 
 TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
@@ -177,7 +186,8 @@ TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
             "prompt|400||a line needs exactly one of 'prompt', 'prompt_ids' or 'messages'");
   EXPECT_EQ(refusal(R"({"prompt": [5]})", Api::File),
             "prompt|400||'prompt' must be a string, got an array (token ids go in 'prompt_ids')");
-  EXPECT_EQ(refusal(R"({"prompt_ids": [5], "stream": true})", Api::File).substr(0, 32), "stream|400||unknown key 'stream'");
+  EXPECT_EQ(refusal(R"({"prompt_ids": [5], "stream": true})", Api::File).substr(0, 32),
+            "stream|400||unknown key 'stream'");
 
   namespace fs = std::filesystem;
   const fs::path dir = test::scratch_dir("serve_prompts");
@@ -242,7 +252,8 @@ TEST(OpenAIShapes, ErrorsCompletionsAndChunks) {
   EXPECT_EQ(body["choices"][1]["finish_reason"], "stop");
   EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"], json::parse(R"(["token_id:7", "token_id:8"])"));
   EXPECT_EQ(body["choices"][0]["logprobs"]["token_logprobs"], json::parse("[-0.5, -0.25]"));
-  EXPECT_EQ(body["choices"][0]["logprobs"]["top_logprobs"][0], json::parse(R"({"token_id:7": -0.5, "token_id:8": -1.5})"));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["top_logprobs"][0],
+            json::parse(R"({"token_id:7": -0.5, "token_id:8": -1.5})"));
   EXPECT_EQ(body["choices"][0]["logprobs"]["text_offset"], json::parse("[0, 10]"));
 
   ResponseHead chat = new_head(true, "tiny", -1);
