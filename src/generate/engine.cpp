@@ -76,7 +76,6 @@ struct Engine::Impl {
     int64_t sliding_released = 0;  // leading sliding pages given back
     int64_t registered = 0;        // whole prompt pages offered to the prefix cache
     uint64_t last_key = 0;         // prefix key of page registered - 1
-    uint64_t admitted = 0;         // admission order (forks share their group's)
     bool running = false;
     int64_t samples() const { return sample < 0 ? static_cast<int64_t>(req->samples.size()) : 1; }
     int64_t len() const { return static_cast<int64_t>(tokens.size()); }
@@ -93,10 +92,10 @@ struct Engine::Impl {
 
   std::map<uint64_t, std::unique_ptr<Req>> requests;
   std::deque<std::unique_ptr<Seq>> waiting;
-  std::vector<std::unique_ptr<Seq>> running;  // in admission order
+  std::vector<std::unique_ptr<Seq>> running;  // in admission order (forks take their group's place)
   std::vector<uint64_t> cancelled;             // reported at the next step
   std::vector<Completion> completions;
-  uint64_t next_id = 1, admissions = 0;
+  uint64_t next_id = 1;
   int64_t preempted_total = 0;
 
   Impl(const model::Gemma4& m, EngineOptions o);
@@ -165,9 +164,10 @@ struct Engine::Impl {
     }
   }
   // Takes the longest run of whole pages of s's tokens that live sequences hold (leaving at least
-  // its last token to compute, whose logits it samples from). A sliding-kind hit also needs the
-  // sliding pages its first computed token can see; when they were given back, fewer pages are
-  // taken.
+  // its last token to compute, whose logits it samples from). The sliding layers also need the
+  // keys of the window before the first token computed, and those cannot be recomputed alone
+  // (each layer's keys depend on the window of the layer below, back to the first token): the run
+  // is shortened until the holder still has every sliding page that window touches.
   void match_prefix(Seq& s) {
     std::vector<PrefixCache::Hit> hits;
     std::vector<uint64_t> keys;
@@ -182,27 +182,26 @@ struct Engine::Impl {
       hits.push_back(hit);
       keys.push_back(key);
     }
+    const auto first_visible = [&](int64_t k) { return std::max<int64_t>(0, k * ps - window + 1) / ps; };
     int64_t k = static_cast<int64_t>(hits.size());
-    auto first_visible_page = [&](int64_t k) { return std::max<int64_t>(0, k * ps - window + 1) / ps; };
-    if (sliding)
-      for (; k > 0; --k) {
-        bool ok = true;
-        for (int64_t j = first_visible_page(k); j < k && ok; ++j) ok = hits[static_cast<size_t>(j)].sliding_page >= 0;
-        if (ok) break;
-      }
+    for (; sliding && k > 0; --k) {
+      bool live = true;
+      for (int64_t j = first_visible(k); j < k; ++j) live &= hits[static_cast<size_t>(j)].sliding_page >= 0;
+      if (live) break;
+    }
     if (k == 0) return;
     for (int64_t j = 0; j < k; ++j) {
       const PrefixCache::Hit& h = hits[static_cast<size_t>(j)];
       pools[kFull].retain(h.full_page);
       s.pages[kFull].push_back(h.full_page);
       if (!sliding) continue;
-      const bool visible = j >= first_visible_page(k);
+      const bool visible = j >= first_visible(k);
       if (visible) pools[kSliding].retain(h.sliding_page);
       s.pages[kSliding].push_back(visible ? h.sliding_page : -1);
     }
     s.computed = k * ps;
     s.registered = k;
-    s.sliding_released = sliding ? first_visible_page(k) : 0;
+    s.sliding_released = sliding ? first_visible(k) : 0;
     s.last_key = keys[static_cast<size_t>(k - 1)];
   }
 
@@ -298,7 +297,8 @@ uint64_t Engine::Impl::submit(Request request) {
   G4_CHECK(o.n > 0, "Request: n must be > 0, got ", o.n);
   G4_CHECK(o.n <= opt.max_running, "Request: n ", o.n, " exceeds the engine's max_running ", opt.max_running);
   G4_CHECK(o.logprobs >= -1, "Request: logprobs must be -1 (none), 0 or the number of alternatives, got ", o.logprobs);
-  G4_CHECK(o.logprobs <= cfg.vocab_size, "Request: logprobs ", o.logprobs, " exceeds the vocabulary of ", cfg.vocab_size);
+  G4_CHECK(o.logprobs <= kMaxTopLogprobs, "Request: logprobs must be at most ", kMaxTopLogprobs, " alternatives, got ",
+           o.logprobs);
   for (int64_t id : o.stop_ids)
     G4_CHECK(id >= 0 && id < cfg.vocab_size, "Request: stop id ", id, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
   G4_CHECK(o.stop_strings.empty() || opt.tokenizer, "Request: stop_strings need a tokenizer (EngineOptions::tokenizer)");
@@ -385,7 +385,6 @@ std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
     Req& r = *s.req;
     if (r.queued_s < 0) r.queued_s = seconds(r.submitted, Clock::now());
     s.running = true;
-    s.admitted = ++admissions;
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
     add(s, chunk);

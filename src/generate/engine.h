@@ -87,7 +87,9 @@ struct Completion {
 struct EngineOptions {
   int64_t page_size = 16;          // tokens per page
   int64_t num_pages = 0;           // per attention kind; 0 = sized from free memory (GPU) or
-                                   // enough for max_running sequences of the model's context (CPU)
+                                   // enough for max_running sequences of the model's context within
+                                   // 4 GiB (CPU); the sliding kind by default holds max_running
+                                   // windows and one step's tokens
   double memory_fraction = 0.85;   // of the GPU memory free after the weights, for the pages
   int64_t max_running = 256;       // sequences in one decode step
   int64_t max_step_tokens = 4096;  // tokens in one forward (prefill chunks + decode rows)

@@ -215,6 +215,10 @@ Tensor Gemma4::forward_paged(const PagedStep& step, PagedKV& kv) const {
   ctx.pages = &kv;
   ctx.positions = step.positions.reshape({1, T});
   const Tensor hidden = run(step.ids.reshape({1, T}), ctx.positions, ctx).value().reshape({T, cfg_.hidden_size});
+  if (step.logit_rows.numel() == 0) {  // a step of prompt chunks only: no product of no rows
+    exit_block(cfg_.num_layers + 1);
+    return Tensor::empty({0, cfg_.vocab_size}, DType::F32, device_);
+  }
   Tensor logits = ops::linear(ops::embedding(hidden, step.logit_rows), lm_head().value());  // [R, V]
   // bf16 products are widened before the softcap (the training loss's arithmetic); f64 stays f64
   // through it.

@@ -34,12 +34,15 @@ void attend(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const
   const T* K = k_pages.data<T>();
   const T* V = v_pages.data<T>();
   T* O = out.data<T>();
+  // Every page a query can see must be present (checked here: a throw inside the parallel loop
+  // would end the process). seq_of[row]: the sequence of each query row.
+  std::vector<int64_t> seq_of(static_cast<size_t>(q.size(0)), -1);
   for (int64_t i = 0; i < seqs.count(); ++i) {
     const int64_t q_len = seqs.cu_q[i + 1] - seqs.cu_q[i], first_pos = seqs.kv_len[i] - q_len;
     G4_CHECK(first_pos >= 0, "paged_attention: sequence ", i, " has ", q_len, " query rows but kv_len ",
              seqs.kv_len[i]);
-    // Every page a query of this sequence can see must be present (checked here: a throw inside
-    // the parallel loop would end the process).
+    G4_CHECK(seqs.cu_q[i + 1] <= q.size(0), "paged_attention: sequence ", i, " has query rows up to ", seqs.cu_q[i + 1],
+             " of ", q.size(0));
     const int64_t first_seen = std::max(seqs.kv_start[i], window > 0 ? first_pos - window + 1 : int64_t{0});
     for (int64_t p = first_seen / page; q_len > 0 && p * page < seqs.kv_len[i]; ++p) {
       G4_CHECK(p < seqs.max_pages, "paged_attention: sequence ", i, " holds ", seqs.kv_len[i], " keys but its page table has ",
@@ -48,37 +51,42 @@ void attend(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const
       G4_CHECK(phys >= 0 && phys < k_pages.size(0), "paged_attention: sequence ", i, " sees keys on page slot ", p,
                ", which holds page ", phys, " (pool of ", k_pages.size(0), " pages)");
     }
-#pragma omp parallel for collapse(2)
-    for (int64_t r = 0; r < q_len; ++r) {
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t pos = first_pos + r, row = seqs.cu_q[i] + r, kvh = h / group;
-        const int64_t lo = std::max(seqs.kv_start[i], window > 0 ? pos - window + 1 : int64_t{0});
-        const T* qi = Q + (row * heads + h) * d;
-        T* oi = O + (row * heads + h) * dv;
-        std::fill(oi, oi + dv, T(0));
-        if (lo > pos) continue;  // no visible key
-        // Row of key j (kv head kvh) in the pools.
-        auto key_row = [&](int64_t j) { return (seqs.table[i * seqs.max_pages + j / page] * page + j % page) * kv_heads + kvh; };
-        std::vector<T> p(static_cast<size_t>(pos - lo + 1));
-        T mx = -INFINITY;
-        for (int64_t j = lo; j <= pos; ++j) {
-          const T* kj = K + key_row(j) * d;
-          T s = 0;
-          for (int64_t c = 0; c < d; ++c) s += qi[c] * kj[c];
-          p[j - lo] = s * scale;
-          mx = std::isnan(p[j - lo]) ? p[j - lo] : std::max(mx, p[j - lo]);
-        }
-        if (std::isnan(mx)) {
-          std::fill(oi, oi + dv, mx);
-          continue;
-        }
-        T sum = 0;
-        for (T& x : p) sum += (x = std::exp(x - mx));
-        for (int64_t j = lo; j <= pos; ++j) {
-          const T w = p[j - lo] / sum;
-          const T* vj = V + key_row(j) * dv;
-          for (int64_t c = 0; c < dv; ++c) oi[c] += w * vj[c];
-        }
+    for (int64_t r = seqs.cu_q[i]; r < seqs.cu_q[i + 1]; ++r) seq_of[static_cast<size_t>(r)] = i;
+  }
+  const int64_t rows = q.size(0);
+  // One parallel loop over the rows of all sequences: a decode step has one row per sequence.
+#pragma omp parallel for collapse(2) if (rows * heads > 16)
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t h = 0; h < heads; ++h) {
+      T* oi = O + (row * heads + h) * dv;
+      std::fill(oi, oi + dv, T(0));
+      const int64_t i = seq_of[static_cast<size_t>(row)];
+      if (i < 0) continue;  // a row no sequence owns
+      const int64_t pos = seqs.kv_len[i] - (seqs.cu_q[i + 1] - row), kvh = h / group;
+      const int64_t lo = std::max(seqs.kv_start[i], window > 0 ? pos - window + 1 : int64_t{0});
+      const T* qi = Q + (row * heads + h) * d;
+      if (lo > pos) continue;  // no visible key
+      // Row of key j (kv head kvh) in the pools.
+      auto key_row = [&](int64_t j) { return (seqs.table[i * seqs.max_pages + j / page] * page + j % page) * kv_heads + kvh; };
+      std::vector<T> p(static_cast<size_t>(pos - lo + 1));
+      T mx = -INFINITY;
+      for (int64_t j = lo; j <= pos; ++j) {
+        const T* kj = K + key_row(j) * d;
+        T s = 0;
+        for (int64_t c = 0; c < d; ++c) s += qi[c] * kj[c];
+        p[j - lo] = s * scale;
+        mx = std::isnan(p[j - lo]) ? p[j - lo] : std::max(mx, p[j - lo]);
+      }
+      if (std::isnan(mx)) {
+        std::fill(oi, oi + dv, mx);
+        continue;
+      }
+      T sum = 0;
+      for (T& x : p) sum += (x = std::exp(x - mx));
+      for (int64_t j = lo; j <= pos; ++j) {
+        const T w = p[j - lo] / sum;
+        const T* vj = V + key_row(j) * dv;
+        for (int64_t c = 0; c < dv; ++c) oi[c] += w * vj[c];
       }
     }
   }

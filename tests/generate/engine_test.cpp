@@ -1,0 +1,586 @@
+// The generation engine against the model's own full forward (which equals Hugging Face's): greedy
+// tokens and log-probs of many prompts of different lengths in one batch, prefix sharing and copy
+// on write, sliding pages given back, preemption, stop strings, cancellation, no page leaks, and
+// errors for bad input.
+#include "generate/engine.h"
+
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "autograd/variable.h"
+#include "generate/generator.h"
+#include "generate/text_stream.h"
+#include "io/safetensors.h"
+#include "model/named_configs.h"
+#include "model/state_dict_adapter.h"
+#include "support/error_message.h"
+#include "support/hf_fixtures.h"
+
+namespace g4 {
+namespace {
+
+using gen::Completion;
+using gen::Engine;
+using gen::EngineOptions;
+using gen::FinishReason;
+using gen::Request;
+using test::error_of;
+
+// Logits [S, V] of a full forward over `ids`.
+Tensor full_logits(const model::Gemma4& m, const std::vector<int64_t>& ids) {
+  ag::NoGrad no_grad;
+  model::ForwardInputs in;
+  in.input_ids = Tensor::from_vector(ids, {1, static_cast<int64_t>(ids.size())});
+  in.return_logits = true;
+  return m.forward(in).logits.value().reshape({static_cast<int64_t>(ids.size()), -1});
+}
+
+// Greedy continuation by repeated full forwards (the lowest id wins ties, as the sampler's argmax).
+std::vector<int64_t> greedy_reference(const model::Gemma4& m, std::vector<int64_t> ids, int64_t n) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor logits = full_logits(m, ids);
+    const int64_t V = logits.size(1);
+    const float* row = logits.data<float>() + (logits.size(0) - 1) * V;
+    const int64_t next = std::max_element(row, row + V) - row;
+    out.push_back(next);
+    ids.push_back(next);
+  }
+  return out;
+}
+
+// The argmax of one full forward at the position before each generated token: equal to `gen`
+// exactly when gen is the greedy continuation of prompt.
+std::vector<int64_t> teacher_forced_argmax(const model::Gemma4& m, const std::vector<int64_t>& prompt,
+                                           const std::vector<int64_t>& gen) {
+  std::vector<int64_t> ids = prompt;
+  ids.insert(ids.end(), gen.begin(), gen.end() - (gen.empty() ? 0 : 1));
+  const Tensor logits = full_logits(m, ids);
+  const int64_t V = logits.size(1), P = static_cast<int64_t>(prompt.size());
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < gen.size(); ++i) {
+    const float* row = logits.data<float>() + (P - 1 + static_cast<int64_t>(i)) * V;
+    out.push_back(std::max_element(row, row + V) - row);
+  }
+  return out;
+}
+
+// log_softmax of the full forward's logits at the position before each generated token, in f64.
+std::vector<double> reference_logprobs(const model::Gemma4& m, const std::vector<int64_t>& prompt,
+                                       const std::vector<gen::GeneratedToken>& gen) {
+  std::vector<int64_t> ids = prompt;
+  for (size_t i = 0; i + 1 < gen.size(); ++i) ids.push_back(gen[i].id);
+  const Tensor logits = full_logits(m, ids);
+  const int64_t V = logits.size(1), P = static_cast<int64_t>(prompt.size());
+  std::vector<double> out;
+  for (size_t i = 0; i < gen.size(); ++i) {
+    const float* row = logits.data<float>() + (P - 1 + static_cast<int64_t>(i)) * V;
+    double mx = -INFINITY, sum = 0;
+    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, double(row[v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
+    out.push_back(double(row[gen[i].id]) - mx - std::log(sum));
+  }
+  return out;
+}
+
+std::vector<int64_t> ids_of(const Completion& c) {
+  std::vector<int64_t> out;
+  for (const auto& t : c.tokens) out.push_back(t.id);
+  return out;
+}
+
+std::vector<int64_t> some_prompt(int64_t len, int64_t vocab, int64_t salt) {
+  std::vector<int64_t> p;
+  for (int64_t i = 0; i < len; ++i) p.push_back(3 + (i * 37 + salt * 11 + i * i) % (vocab - 3));
+  return p;
+}
+
+Request greedy_request(std::vector<int64_t> prompt, int64_t max_tokens) {
+  Request r;
+  r.prompt = std::move(prompt);
+  r.options.sampling.temperature = 0;
+  r.options.max_tokens = max_tokens;
+  r.options.ignore_eos = true;
+  r.options.logprobs = 0;
+  return r;
+}
+
+int64_t used_full(const Engine& e) { return e.stats().full_pages - e.stats().full_free; }
+int64_t used_sliding(const Engine& e) { return e.stats().sliding_pages - e.stats().sliding_free; }
+
+void expect_pool_whole(const Engine& e) {
+  const gen::PoolStats s = e.stats();
+  EXPECT_EQ(s.full_free, s.full_pages);
+  EXPECT_EQ(s.sliding_free, s.sliding_pages);
+  EXPECT_EQ(s.running, 0);
+  EXPECT_EQ(s.waiting, 0);
+}
+
+// The test models' ops are far too small to share between threads: on a busy machine, threads
+// waiting for each other would take most of the time.
+class OneThread {
+ public:
+  OneThread() : threads_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneThread() { omp_set_num_threads(threads_); }
+
+ private:
+  int threads_;
+};
+
+class EngineTest : public ::testing::Test {
+  OneThread one_thread_;
+};
+
+class EngineFixture : public ::testing::TestWithParam<std::string> {
+  OneThread one_thread_;
+};
+
+TEST_P(EngineFixture, GreedyBatchOfPromptsOfDifferentLengthsMatchesTheFullForward) {
+  const std::string dir = test::hf_fixture_dir(GetParam());
+  auto model = model::load_hf_model(dir);
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  const Tensor prompt = ref.get("generate.prompt"), expected = ref.get("generate.output");
+  std::vector<int64_t> fixture_prompt, want;
+  for (int64_t i = 0; i < prompt.numel(); ++i) fixture_prompt.push_back(element_as_int(prompt, i));
+  for (int64_t i = prompt.numel(); i < expected.numel(); ++i) want.push_back(element_as_int(expected, i));
+
+  // Small pages and steps: prompts span several pages and are prefilled in chunks beside decodes.
+  EngineOptions eo;
+  eo.page_size = 4;
+  eo.max_step_tokens = 16;
+  Engine engine(*model, eo);
+  const int64_t V = model->config().vocab_size;
+  std::vector<Request> requests{greedy_request(fixture_prompt, static_cast<int64_t>(want.size()))};
+  for (int64_t len : {1, 6, 13, 27}) requests.push_back(greedy_request(some_prompt(len, V, len), 7));
+  const std::vector<Request> asked = requests;
+  const std::vector<Completion> done = engine.generate(std::move(requests));
+  ASSERT_EQ(done.size(), asked.size());
+  EXPECT_EQ(ids_of(done[0]), want) << "Hugging Face's greedy generation";
+  double worst = 0;
+  for (size_t i = 0; i < done.size(); ++i) {
+    EXPECT_EQ(done[i].finish, FinishReason::kLength);
+    EXPECT_EQ(done[i].prompt_tokens, static_cast<int64_t>(asked[i].prompt.size()));
+    if (i > 0) {
+      EXPECT_EQ(done[i].tokens.size(), 7u);
+      EXPECT_EQ(ids_of(done[i]), teacher_forced_argmax(*model, asked[i].prompt, ids_of(done[i]))) << "prompt " << i;
+    }
+    const std::vector<double> lp = reference_logprobs(*model, asked[i].prompt, done[i].tokens);
+    for (size_t t = 0; t < lp.size(); ++t) worst = std::max(worst, std::abs(lp[t] - done[i].tokens[t].logprob));
+  }
+  EXPECT_LT(worst, 1e-4) << "log-probs against log_softmax of the full forward";
+  expect_pool_whole(engine);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
+                         ::testing::Values("tiny-dense-ple", "tiny-dense-keqv", "tiny-moe", "var-moe-untied",
+                                           "var-ple-shared", "var-moe-top1"));
+
+// Peak pages of the full pool over a run to completion.
+int64_t run_peak(Engine& e) {
+  int64_t peak = 0;
+  while (!e.idle()) {
+    e.step();
+    peak = std::max(peak, used_full(e));
+  }
+  return peak;
+}
+
+TEST_F(EngineTest, SamplesOfOnePromptShareItsPagesAndDrawAsAlone) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
+  EngineOptions eo;
+  eo.page_size = 4;
+  Request r;
+  r.prompt = some_prompt(30, model->config().vocab_size, 1);  // the last page is partial: copied on write
+  r.options.sampling.temperature = 1.5;
+  r.options.sampling.seed = 7;
+  r.options.max_tokens = 12;
+  r.options.ignore_eos = true;
+  r.options.logprobs = 0;
+  r.options.n = 4;
+  Engine shared(*model, eo);
+  shared.submit(r);
+  const int64_t peak_shared = run_peak(shared);
+  std::vector<Completion> together = shared.take_completions();
+  ASSERT_EQ(together.size(), 4u);
+  std::sort(together.begin(), together.end(), [](const auto& a, const auto& b) { return a.sample < b.sample; });
+  expect_pool_whole(shared);
+
+  int64_t peak_alone = 0;
+  std::set<std::vector<int64_t>> distinct;
+  for (int64_t k = 0; k < 4; ++k) {
+    Engine alone(*model, eo);
+    Request one = r;
+    one.options.n = 1;
+    one.options.sampling.seed = 7 + static_cast<uint64_t>(k);
+    alone.submit(one);
+    peak_alone += run_peak(alone);
+    const std::vector<Completion> c = alone.take_completions();
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(ids_of(c[0]), ids_of(together[static_cast<size_t>(k)])) << "sample " << k;
+    for (size_t t = 0; t < c[0].tokens.size(); ++t)
+      EXPECT_NEAR(c[0].tokens[t].logprob, together[static_cast<size_t>(k)].tokens[t].logprob, 1e-4);
+    distinct.insert(ids_of(c[0]));
+  }
+  EXPECT_GT(distinct.size(), 1u) << "the samples should differ (seed + k)";
+  EXPECT_LT(peak_shared, peak_alone);
+  EXPECT_LE(peak_shared, 8 + 4 * 4) << "8 shared prompt pages, then about 4 pages per sample";
+}
+
+TEST_F(EngineTest, ANewPromptReusesTheWholePagesOfALiveOne) {
+  // tiny-dense-ple has sliding layers (window 8): a reused prefix also needs the sliding keys of
+  // the window before it, so it is reused only while the holder has them.
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
+  const int64_t V = model->config().vocab_size;
+  EngineOptions eo;
+  eo.page_size = 4;
+  Engine engine(*model, eo);
+  const std::vector<int64_t> prompt = some_prompt(40, V, 2);
+  engine.submit(greedy_request(prompt, 6));
+  engine.step();  // the whole prompt, and the first token
+  const int64_t alone = used_full(engine);
+  EXPECT_EQ(alone, 10);
+  std::vector<int64_t> mine(prompt.begin(), prompt.begin() + 37);
+  for (int64_t t : {5, 9, 11, 13}) mine.push_back(t);
+  // b continues a's prompt: it shares a's 10 pages and the sliding pages of the window before
+  // position 40, which a still holds. c departs on page 9: 9 pages match, but a gave back the
+  // sliding pages of the window before position 36, so c shares nothing.
+  engine.step();  // a's second token
+  const std::vector<int64_t> b_prompt = [&] {
+    std::vector<int64_t> p = prompt;
+    p.push_back(greedy_reference(*model, prompt, 1)[0]);
+    return p;
+  }();
+  const uint64_t b = engine.submit(greedy_request(b_prompt, 4));
+  const uint64_t c = engine.submit(greedy_request(mine, 4));
+  engine.step();
+  EXPECT_EQ(used_full(engine), alone + 1 + 1 + 11) << "a: one more page (its second token); b: one; c: 11";
+  while (!engine.idle()) engine.step();
+  std::vector<Completion> done = engine.take_completions();
+  ASSERT_EQ(done.size(), 3u);
+  for (const Completion& d : done) {
+    const std::vector<int64_t>& asked = d.request == b ? b_prompt : d.request == c ? mine : prompt;
+    EXPECT_EQ(ids_of(d), teacher_forced_argmax(*model, asked, ids_of(d))) << d.request;
+    EXPECT_EQ(d.tokens.size(), d.request == b || d.request == c ? 4u : 6u);
+  }
+  expect_pool_whole(engine);
+}
+
+TEST_F(EngineTest, SlidingPagesOutOfTheWindowAreGivenBack) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-keqv"));  // window 8
+  EngineOptions eo;
+  eo.page_size = 4;
+  Engine engine(*model, eo);
+  const std::vector<int64_t> prompt = some_prompt(5, model->config().vocab_size, 3);
+  engine.submit(greedy_request(prompt, 120));
+  int64_t sliding_peak = 0;
+  while (!engine.idle()) {
+    engine.step();
+    sliding_peak = std::max(sliding_peak, used_sliding(engine));
+  }
+  // Keys p - 7 .. p: at most three pages of 4, and one more while a page fills.
+  EXPECT_LE(sliding_peak, 4);
+  const std::vector<Completion> done = engine.take_completions();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].tokens.size(), 120u);
+  EXPECT_EQ(ids_of(done[0]), teacher_forced_argmax(*model, prompt, ids_of(done[0])));
+  expect_pool_whole(engine);
+}
+
+TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-moe"));
+  const int64_t V = model->config().vocab_size;
+  std::vector<Request> requests;
+  for (int64_t i = 0; i < 6; ++i) {
+    Request r;
+    r.prompt = some_prompt(5 + 5 * i, V, 10 + i);
+    r.options.sampling.temperature = 1.0;
+    r.options.sampling.seed = 100 + static_cast<uint64_t>(i);
+    r.options.max_tokens = 20;
+    r.options.ignore_eos = true;
+    r.options.logprobs = 2;
+    r.options.n = i == 2 ? 3 : 1;
+    requests.push_back(r);
+  }
+  EngineOptions big;
+  big.page_size = 4;
+  Engine roomy(*model, big);
+  const std::vector<Completion> want = roomy.generate(requests);
+  EXPECT_EQ(roomy.stats().preempted_total, 0);
+
+  EngineOptions small = big;
+  small.num_pages = 16;  // one request at its longest (13 pages) fits, not two
+  Engine tight(*model, small);
+  const std::vector<Completion> got = tight.generate(requests);
+  EXPECT_GT(tight.stats().preempted_total, 0);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(ids_of(got[i]), ids_of(want[i])) << "completion " << i;
+    ASSERT_EQ(got[i].tokens.size(), want[i].tokens.size());
+    for (size_t t = 0; t < got[i].tokens.size(); ++t) {
+      EXPECT_NEAR(got[i].tokens[t].logprob, want[i].tokens[t].logprob, 1e-4);
+      EXPECT_EQ(got[i].tokens[t].top_ids, want[i].tokens[t].top_ids);
+    }
+  }
+  expect_pool_whole(tight);
+}
+
+// One character per id: ids below 128 are that ASCII character, ids 128 .. 255 raw bytes (so a
+// multi-byte character spans tokens); like Hugging Face, an unfinished character decodes to U+FFFD.
+class ByteTokenizer : public io::Tokenizer {
+ public:
+  std::vector<int32_t> encode(const std::string& text) const override {
+    std::vector<int32_t> ids;
+    for (unsigned char c : text) ids.push_back(c);
+    return ids;
+  }
+  std::string decode(const std::vector<int32_t>& ids, bool) const override {
+    std::string s;
+    for (int32_t id : ids) s += static_cast<char>(id);
+    // Cut an unfinished trailing character.
+    size_t start = s.size();
+    while (start > 0 && (static_cast<unsigned char>(s[start - 1]) & 0xC0) == 0x80) --start;
+    if (start > 0 && static_cast<unsigned char>(s[start - 1]) >= 0xC0) {
+      const unsigned char lead = static_cast<unsigned char>(s[start - 1]);
+      const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+      if (s.size() - (start - 1) < need) s = s.substr(0, start - 1) + "\xEF\xBF\xBD";
+    }
+    return s;
+  }
+  int64_t vocab_size() const override { return 256; }
+  std::optional<int32_t> token_to_id(const std::string&) const override { return std::nullopt; }
+  std::string id_to_token(int32_t id) const override { return std::string(1, static_cast<char>(id)); }
+};
+
+TEST_F(EngineTest, StopStringsCutTheTextAndTextDeltasAddUpToIt) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
+  const std::vector<int64_t> prompt = some_prompt(9, model->config().vocab_size, 4);
+  const std::vector<int64_t> ref = greedy_reference(*model, prompt, 24);
+  ByteTokenizer tok;
+  std::string full;
+  for (int64_t id : ref) full += static_cast<char>(id);
+  const std::string stop = full.substr(10, 3);
+  const size_t cut = full.find(stop);
+
+  EngineOptions eo;
+  eo.tokenizer = &tok;
+  Engine engine(*model, eo);
+  Request r = greedy_request(prompt, 24);
+  r.options.stop_strings = {"never there \x01\x02", stop};
+  engine.submit(r);
+  std::string streamed;
+  FinishReason finish = FinishReason::kNone;
+  while (!engine.idle())
+    for (const gen::Event& e : engine.step()) {
+      streamed += e.text_delta;
+      if (e.finish != FinishReason::kNone) finish = e.finish;
+    }
+  const std::vector<Completion> done = engine.take_completions();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(finish, FinishReason::kStop);
+  EXPECT_EQ(done[0].finish, FinishReason::kStop);
+  // Generation stops at the token completing the stop string; the text ends before it.
+  EXPECT_EQ(done[0].text, full.substr(0, cut));
+  EXPECT_EQ(streamed, done[0].text);
+  EXPECT_EQ(ids_of(done[0]), std::vector<int64_t>(ref.begin(), ref.begin() + static_cast<std::ptrdiff_t>(cut + 3)));
+}
+
+TEST_F(EngineTest, TextHoldsBackAnUnfinishedCharacter) {
+  ByteTokenizer tok;
+  const std::vector<std::string> stops;
+  gen::TextStream text(&tok, &stops);
+  std::string out;
+  for (int64_t id : std::vector<int64_t>{'a', 0xE2, 0x82, 0xAC, 'b'}) {  // "a€b", the euro sign in three tokens
+    text.push(id);
+    const std::string d = text.take(false);
+    EXPECT_EQ(d.find("\xEF\xBF\xBD"), std::string::npos);
+    out += d;
+  }
+  out += text.take(true);
+  EXPECT_EQ(out, "a\xE2\x82\xAC" "b");
+}
+
+TEST_F(EngineTest, EosAndStopIdsEndASample) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
+  const std::vector<int64_t> prompt = some_prompt(6, model->config().vocab_size, 5);
+  const std::vector<int64_t> ref = greedy_reference(*model, prompt, 10);
+  EngineOptions eo;
+  eo.eos_ids = {ref[3]};
+  Engine engine(*model, eo);
+  Request r = greedy_request(prompt, 10);
+  r.options.ignore_eos = false;
+  Request s = greedy_request(prompt, 10);
+  s.options.stop_ids = {ref[5]};
+  const std::vector<Completion> done = engine.generate({r, s});
+  const size_t first_eos = static_cast<size_t>(std::find(ref.begin(), ref.end(), ref[3]) - ref.begin());
+  EXPECT_EQ(ids_of(done[0]), std::vector<int64_t>(ref.begin(), ref.begin() + static_cast<std::ptrdiff_t>(first_eos + 1)));
+  EXPECT_EQ(done[0].finish, FinishReason::kStop);
+  const size_t first_stop = static_cast<size_t>(std::find(ref.begin(), ref.end(), ref[5]) - ref.begin());
+  EXPECT_EQ(ids_of(done[1]), std::vector<int64_t>(ref.begin(), ref.begin() + static_cast<std::ptrdiff_t>(first_stop + 1)));
+  EXPECT_EQ(done[1].finish, FinishReason::kStop);
+}
+
+// A model small enough for thousands of requests: vocabulary 32, two layers (sliding, full).
+std::unique_ptr<model::Gemma4> tiny_random_model(int64_t context) {
+  const nlohmann::json o = {{"vocab_size", 32}, {"vocab_size_per_layer_input", 32}, {"hidden_size", 16},
+                            {"intermediate_size", 16}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
+                            {"num_key_value_heads", 1}, {"head_dim", 8}, {"global_head_dim", 8},
+                            {"num_global_key_value_heads", 1}, {"sliding_window", 6},
+                            {"layer_types", {"sliding_attention", "full_attention"}},
+                            {"max_position_embeddings", context}};
+  auto m = std::make_unique<model::Gemma4>(io::parse_model_config(model::named_config("tiny-dense", o), "tiny model"));
+  m->init_weights(5, 0.5);
+  return m;
+}
+
+TEST_F(EngineTest, TheContextLengthEndsASample) {
+  auto model = tiny_random_model(24);
+  Engine engine(*model, {});
+  const std::vector<Completion> done = engine.generate({greedy_request(some_prompt(20, 32, 6), 10)});
+  EXPECT_EQ(done[0].tokens.size(), 4u);
+  EXPECT_EQ(done[0].finish, FinishReason::kLength);
+  EXPECT_NE(error_of([&] { engine.submit(greedy_request(some_prompt(24, 32, 6), 1)); })
+                .find("leaves no room in the model's context (max_position_embeddings 24)"),
+            std::string::npos);
+}
+
+TEST_F(EngineTest, CancelEndsEverySampleAndFreesThePages) {
+  auto model = tiny_random_model(64);
+  EngineOptions eo;
+  eo.page_size = 4;
+  Engine engine(*model, eo);
+  Request r = greedy_request(some_prompt(10, 32, 7), 30);
+  r.options.n = 3;
+  r.options.sampling.temperature = 1;
+  const uint64_t id = engine.submit(r);
+  engine.step();
+  engine.step();
+  EXPECT_GT(used_full(engine), 0);
+  engine.cancel(id);
+  engine.cancel(id);      // twice: ignored
+  engine.cancel(id + 9);  // unknown: ignored
+  EXPECT_EQ(used_full(engine), 0);
+  const std::vector<gen::Event> events = engine.step();
+  ASSERT_EQ(events.size(), 3u);
+  for (const gen::Event& e : events) EXPECT_EQ(e.finish, FinishReason::kCancelled);
+  EXPECT_TRUE(engine.idle());
+  const std::vector<Completion> done = engine.take_completions();
+  ASSERT_EQ(done.size(), 3u);
+  for (const Completion& c : done) {
+    EXPECT_EQ(c.finish, FinishReason::kCancelled);
+    EXPECT_EQ(c.tokens.size(), 2u);
+    EXPECT_STREQ(gen::finish_reason_name(c.finish), "cancelled");
+  }
+  expect_pool_whole(engine);
+}
+
+TEST_F(EngineTest, TenThousandRandomRequestsWithCancellationsLeaveThePoolWhole) {
+  auto model = tiny_random_model(64);
+  EngineOptions eo;
+  eo.page_size = 4;
+  eo.num_pages = 40;  // tight: preemption happens
+  eo.max_running = 24;
+  eo.max_step_tokens = 64;
+  Engine engine(*model, eo);
+  std::mt19937_64 rng(11);
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  std::vector<uint64_t> live;
+  int64_t submitted = 0, finished = 0, cancelled = 0, samples = 0;
+  // A few shared prompt starts, so that prefix sharing happens too.
+  const std::vector<std::vector<int64_t>> starts = {some_prompt(12, 32, 1), some_prompt(9, 32, 2)};
+  while (submitted < 10000 || !engine.idle()) {
+    for (int64_t k = uniform(0, 12); k > 0 && submitted < 10000; --k, ++submitted) {
+      Request r;
+      if (uniform(0, 2) == 0) r.prompt = starts[static_cast<size_t>(uniform(0, 1))];
+      for (int64_t n = uniform(r.prompt.empty() ? 1 : 0, 12); n > 0; --n) r.prompt.push_back(uniform(0, 31));
+      r.options.max_tokens = uniform(1, 12);
+      r.options.sampling.temperature = uniform(0, 1) ? 1.0 : 0.0;
+      r.options.sampling.seed = static_cast<uint64_t>(submitted);
+      r.options.n = uniform(0, 5) == 0 ? uniform(2, 4) : 1;
+      r.options.stop_ids = {uniform(0, 31)};
+      samples += r.options.n;
+      live.push_back(engine.submit(r));
+    }
+    if (!live.empty() && uniform(0, 3) == 0) {
+      const size_t i = static_cast<size_t>(uniform(0, static_cast<int64_t>(live.size()) - 1));
+      engine.cancel(live[i]);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    engine.step();
+    for (const Completion& c : engine.take_completions()) {
+      ++finished;
+      cancelled += c.finish == FinishReason::kCancelled;
+      EXPECT_LE(static_cast<int64_t>(c.tokens.size()), 12);
+    }
+    if (live.size() > 200) live.erase(live.begin(), live.begin() + 100);  // long finished, mostly
+  }
+  EXPECT_EQ(finished, samples);
+  EXPECT_GT(cancelled, 0);
+  EXPECT_GT(engine.stats().preempted_total, 0);
+  expect_pool_whole(engine);
+}
+
+TEST_F(EngineTest, BadInputIsAnErrorNamingIt) {
+  auto model = tiny_random_model(64);
+  Engine engine(*model, {});
+  auto err = [&](auto edit) {
+    Request r = greedy_request({1, 2, 3}, 4);
+    edit(r);
+    return error_of([&] { engine.submit(r); });
+  };
+  EXPECT_NE(err([](Request& r) { r.prompt.clear(); }).find("the prompt is empty"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt[1] = 32; }).find("prompt token 1 is id 32, outside the vocabulary [0, 32)"),
+            std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt[0] = -1; }).find("outside the vocabulary"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.max_tokens = 0; }).find("max_tokens must be > 0"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.n = 0; }).find("n must be > 0"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.sampling.temperature = -1; }).find("temperature"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.sampling.top_p = 0; }).find("top_p"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.logprobs = -2; }).find("logprobs"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.logprobs = 1000; }).find("logprobs"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.stop_ids = {40}; }).find("stop id 40"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.options.stop_strings = {"x"}; }).find("stop_strings need a tokenizer"),
+            std::string::npos);
+  EngineOptions bad;
+  bad.page_size = 0;
+  EXPECT_NE(error_of([&] { Engine e(*model, bad); }).find("page_size must be > 0"), std::string::npos);
+  bad = {};
+  bad.max_running = 0;
+  EXPECT_NE(error_of([&] { Engine e(*model, bad); }).find("max_running must be > 0"), std::string::npos);
+  bad = {};
+  bad.eos_ids = {99};
+  EXPECT_NE(error_of([&] { Engine e(*model, bad); }).find("eos id 99"), std::string::npos);
+  bad = {};
+  bad.num_pages = 2;
+  EXPECT_NE(error_of([&] { Engine e(*model, bad); }).find("num_pages 2"), std::string::npos);
+  bad.num_pages = 3;
+  Engine small(*model, bad);
+  EXPECT_NE(error_of([&] { small.submit(greedy_request(some_prompt(40, 32, 1), 20)); }).find("needs 4 pages of 16 tokens; the pool has 3"),
+            std::string::npos);
+  EXPECT_EQ(small.stats().waiting, 0);
+}
+
+TEST_F(EngineTest, GenerateKeepsItsContract) {
+  // gen::generate: prompts of different lengths together, each row its prompt then its tokens.
+  auto model = model::load_hf_model(test::hf_fixture_dir("var-ple-shared"));
+  const int64_t V = model->config().vocab_size;
+  const std::vector<std::vector<int64_t>> prompts = {some_prompt(3, V, 1), some_prompt(11, V, 2)};
+  gen::GenerateOptions o;
+  o.max_new_tokens = 5;
+  const auto out = gen::generate(*model, prompts, o);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(out[i].size(), prompts[i].size() + 5);
+    const std::vector<int64_t> gen(out[i].begin() + static_cast<std::ptrdiff_t>(prompts[i].size()), out[i].end());
+    EXPECT_EQ(std::vector<int64_t>(out[i].begin(), out[i].begin() + static_cast<std::ptrdiff_t>(prompts[i].size())),
+              prompts[i]);
+    EXPECT_EQ(gen, teacher_forced_argmax(*model, prompts[i], gen));
+  }
+  o.max_new_tokens = 0;
+  EXPECT_EQ(gen::generate(*model, prompts, o), prompts);
+}
+
+}  // namespace
+}  // namespace g4
