@@ -3,7 +3,8 @@
 
 Starts the server on 127.0.0.1 (any free port) on a tiny fixture model given a 256-token tokenizer
 made here, then checks completions, chat, streaming, n > 1, logprobs, seeds, stop strings, bad
-requests, a client that disconnects mid-stream (the pool is whole again) and SIGTERM.
+requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again) and
+SIGTERM.
 
 Run by CTest (label cpu): openai_client_test.py G4_BINARY TEST_DATA_DIR VENV_DIR. Without the
 `openai` package (scripts/python_venv.sh makes VENV_DIR) it skips (exit 77) unless
@@ -268,6 +269,32 @@ def main():
         status, body = server.post_raw("/v1/embeddings", b"{}")
         assert status == 404 and "error" in body, body
         assert server.get("/health")[1]["status"] == "ok"
+
+    @check
+    def concurrent_requests():
+        """Requests of different lengths, streamed and whole, at once: each gets its own answer."""
+        results, errors = {}, []
+
+        def one(k):
+            try:
+                kw = dict(prompt=[2] + list(range(10, 10 + 3 * k)), max_tokens=4 + k, temperature=0,
+                          extra_body={"ignore_eos": True})
+                if k % 2:
+                    chunks = list(complete(stream=True, stream_options={"include_usage": True}, **kw))
+                    results[k] = chunks[-1].usage.completion_tokens
+                else:
+                    results[k] = complete(**kw).usage.completion_tokens
+            except Exception as e:  # reported below, with the request it belongs to
+                errors.append((k, repr(e)))
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        assert results == {k: 4 + k for k in range(8)}, results
+        assert pool_whole(server.wait_idle())
 
     @check
     def disconnect_mid_stream():
