@@ -16,6 +16,20 @@ std::vector<gen::Event> Channel::wait(int timeout_ms, bool& done) {
   return out;
 }
 
+bool Channel::wait_accepted() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return accepted_ || done_; });
+  return accepted_;
+}
+
+void Channel::accept() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    accepted_ = true;
+  }
+  cv_.notify_all();
+}
+
 std::vector<gen::Completion> Channel::completions() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<gen::Completion> out = completions_;
@@ -117,6 +131,7 @@ void EngineLoop::apply(std::deque<std::pair<gen::Request, std::shared_ptr<Channe
       channel->id_ = engine_.submit(std::move(request));
       channel->submitted_ = true;
       live_[channel->id_] = channel;
+      channel->accept();
     } catch (const std::exception& e) {
       channel->fail(400, e.what());  // the engine names the field it refuses
     }

@@ -23,6 +23,8 @@ class Channel {
   // Waits at most `timeout_ms` for something new: events (when streaming) or the end.
   // Returns the events taken; `done` tells whether the request has ended (completions or error).
   std::vector<gen::Event> wait(int timeout_ms, bool& done);
+  // Waits until the engine has taken the request (true) or refused it (false: error() says why).
+  bool wait_accepted();
   // After done: the completions in sample order, or the error that ended the request.
   std::vector<gen::Completion> completions() const;
   std::string error() const;  // "" when none
@@ -33,6 +35,7 @@ class Channel {
   void push(std::vector<gen::Event> events);
   void push(gen::Completion completion);
   void fail(int status, const std::string& message);
+  void accept();
 
   const bool stream_;
   mutable std::mutex mu_;
@@ -40,7 +43,7 @@ class Channel {
   std::vector<gen::Event> events_;
   std::vector<gen::Completion> completions_;
   int64_t expected_ = 0;  // samples (the request's n)
-  bool done_ = false;
+  bool done_ = false, accepted_ = false;
   std::string error_;
   int error_status_ = 0;
   uint64_t id_ = 0;  // the engine's id once submitted (loop thread only)

@@ -179,6 +179,14 @@ struct Server::Impl {
     const int64_t prompt_tokens = static_cast<int64_t>(p.request.prompt.size());
     const int64_t n = p.request.options.n;
     auto channel = loop.submit(std::move(p.request), p.stream);
+    // A refusal (the request cannot fit the page pool, ...) is still a status code, not an event
+    // in a stream that has already answered 200.
+    if (!channel->wait_accepted()) {
+      const int status = channel->error_status();
+      reply_json(res, status, error_body(status, channel->error()));
+      log_line(request_line(req.method, req.path, status, seconds_since(t0), "error: " + channel->error()));
+      return;
+    }
     if (!p.stream) return reply_whole(req, res, head, channel, t0, prompt_tokens, n);
 
     auto state = std::make_shared<StreamState>();

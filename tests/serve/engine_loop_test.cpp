@@ -55,6 +55,7 @@ TEST(EngineLoop, ResultsCancelsRefusalsAndShutdown) {
   // A whole request with two samples, and a stream beside it.
   auto whole = loop.submit(request({2, 10, 11, 12}, 6, 2), false);
   auto stream = loop.submit(request({2, 30}, 5), true);
+  EXPECT_TRUE(stream->wait_accepted());
   drain(*whole);
   EXPECT_EQ(whole->error(), "");
   const std::vector<gen::Completion> samples = whole->completions();
@@ -85,7 +86,8 @@ TEST(EngineLoop, ResultsCancelsRefusalsAndShutdown) {
   EXPECT_EQ(idle.error, "");
 
   // The engine refuses a request: its channel ends with a 400 and the engine's message.
-  auto refused = loop.submit(request({2, 999}, 3), false);
+  auto refused = loop.submit(request({2, 999}, 3), true);
+  EXPECT_FALSE(refused->wait_accepted());
   drain(*refused);
   EXPECT_EQ(refused->error_status(), 400);
   EXPECT_NE(refused->error().find("999"), std::string::npos) << refused->error();

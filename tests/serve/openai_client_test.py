@@ -70,7 +70,8 @@ def make_model_dir(data, out):
 class Server:
     def __init__(self, g4, model_dir, log_path):
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([g4, "serve", model_dir, "--port", "0", "--served-model-name", "tiny"],
+        self.proc = subprocess.Popen([g4, "serve", model_dir, "--port", "0", "--served-model-name", "tiny",
+                                      "--max-running", "16"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # "g4 serve: tiny on http://127.0.0.1:PORT"
         if "http://" not in line:
@@ -264,6 +265,9 @@ def main():
         expect(bad, "top_logprobs", lambda: chat(top_logprobs=2))
         expect(bad, "stop", lambda: complete(stop=[""]))
         expect(openai.NotFoundError, "model", lambda: complete(model="gpt-4"), "gpt-4")
+        # Refused by the engine (n above --max-running): still a 400, also for a stream.
+        expect(bad, None, lambda: complete(n=20), "max_running")
+        expect(bad, None, lambda: list(complete(n=20, stream=True)), "max_running")
         status, body = server.post_raw("/v1/completions", b"{not json")
         assert status == 400 and body["error"]["type"] == "invalid_request_error", body
         status, body = server.post_raw("/v1/embeddings", b"{}")
