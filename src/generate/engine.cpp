@@ -261,9 +261,13 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
   } else {
     n[kSliding] = sliding ? opt.max_running * (window_pages + 1) + ceil_div(opt.max_step_tokens, ps) : 0;
     if (m.device() == Device::CPU) {
-      // Host memory is not measured: max_running whole contexts, within 4 GiB unless one context
-      // needs more.
-      n[kFull] = std::min(opt.max_running * seq_pages, std::max(seq_pages, (int64_t{4} << 30) / full_bytes));
+      // Host memory is not measured: max_running whole contexts (windows), each pool within
+      // 4 GiB unless one sequence needs more.
+      const int64_t cap = int64_t{4} << 30;
+      n[kFull] = std::min(opt.max_running * seq_pages, std::max(seq_pages, cap / full_bytes));
+      if (sliding)
+        n[kSliding] = std::min(n[kSliding], std::max(window_pages + ceil_div(opt.max_step_tokens, ps),
+                                                      cap / std::max<int64_t>(sliding_bytes, 1)));
     } else {
       const auto budget = static_cast<int64_t>(static_cast<double>(device_free_bytes()) * opt.memory_fraction);
       n[kFull] = (budget - n[kSliding] * sliding_bytes) / full_bytes;

@@ -168,11 +168,44 @@ TEST_P(EngineFixture, GreedyBatchOfPromptsOfDifferentLengthsMatchesTheFullForwar
       EXPECT_EQ(done[i].tokens.size(), 7u);
       EXPECT_EQ(ids_of(done[i]), teacher_forced_argmax(*model, asked[i].prompt, ids_of(done[i]))) << "prompt " << i;
     }
+    const gen::SampleTimings& t = done[i].timings;
+    EXPECT_TRUE(0 <= t.queued_s && t.queued_s <= t.first_token_s && t.first_token_s <= t.total_s) << i;
     const std::vector<double> lp = reference_logprobs(*model, asked[i].prompt, done[i].tokens);
     for (size_t t = 0; t < lp.size(); ++t) worst = std::max(worst, std::abs(lp[t] - done[i].tokens[t].logprob));
   }
   EXPECT_LT(worst, 1e-4) << "log-probs against log_softmax of the full forward";
   expect_pool_whole(engine);
+}
+
+TEST_P(EngineFixture, F64LogprobsAreTheFullForwardsToFloatPrecision) {
+  // A double-precision model: the engine's f32 log-probs are log_softmax of the f64 forward's
+  // logits, rounded once.
+  auto model = model::load_hf_model(test::hf_fixture_dir(GetParam()))->copy_to(Device::CPU, DType::F64);
+  EngineOptions eo;
+  eo.page_size = 4;
+  Engine engine(*model, eo);
+  const int64_t V = model->config().vocab_size;
+  std::vector<Request> requests;
+  for (int64_t len : {3, 14}) requests.push_back(greedy_request(some_prompt(len, V, len), 5));
+  const std::vector<Completion> done = engine.generate(requests);
+  for (size_t i = 0; i < done.size(); ++i) {
+    std::vector<int64_t> ids = requests[i].prompt;
+    for (size_t t = 0; t + 1 < done[i].tokens.size(); ++t) ids.push_back(done[i].tokens[t].id);
+    ag::NoGrad no_grad;
+    model::ForwardInputs in;
+    in.input_ids = Tensor::from_vector(ids, {1, static_cast<int64_t>(ids.size())});
+    const Tensor logits = model->forward(in).logits.value();
+    const int64_t P = static_cast<int64_t>(requests[i].prompt.size());
+    for (size_t t = 0; t < done[i].tokens.size(); ++t) {
+      const double* row = logits.data<double>() + (P - 1 + static_cast<int64_t>(t)) * V;
+      double mx = -INFINITY, sum = 0;
+      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+      const double want = row[done[i].tokens[t].id] - mx - std::log(sum);
+      EXPECT_NEAR(done[i].tokens[t].logprob, want, 1e-5 * std::max(1.0, std::abs(want)));
+      EXPECT_EQ(done[i].tokens[t].id, std::max_element(row, row + V) - row);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
