@@ -6,19 +6,26 @@
 
 namespace g4::cli {
 
-void add_engine_options(CLI::App* cmd, EngineSetup& s) {
-  cmd->add_option("--device", s.device, "where the model runs: cpu (f32) or cuda (bf16)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--page-size", s.engine.page_size, "tokens per KV-cache page")->check(CLI::PositiveNumber);
-  cmd->add_option("--num-pages", s.engine.num_pages,
-                  "KV-cache pages per attention kind (0 = sized from free GPU memory, or for --max-running "
-                  "full-context sequences on the CPU)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--memory-fraction", s.engine.memory_fraction, "share of the free GPU memory given to the pages")
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--max-running", s.engine.max_running, "sequences in one decode step")->check(CLI::PositiveNumber);
-  cmd->add_option("--max-step-tokens", s.engine.max_step_tokens, "tokens in one forward (prefill chunks + decode rows)")
-      ->check(CLI::PositiveNumber);
+std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& s) {
+  std::vector<CLI::Option*> added;
+  added.push_back(cmd->add_option("--device", s.device, "where the model runs: cpu (f32) or cuda (bf16)")
+                      ->check(CLI::IsMember({"cpu", "cuda"})));
+  added.push_back(
+      cmd->add_option("--page-size", s.engine.page_size, "tokens per KV-cache page")->check(CLI::PositiveNumber));
+  added.push_back(
+      cmd->add_option("--num-pages", s.engine.num_pages,
+                      "KV-cache pages per attention kind (0 = sized from free GPU memory, or for --max-running "
+                      "full-context sequences within 4 GiB on the CPU)")
+          ->check(CLI::NonNegativeNumber));
+  added.push_back(
+      cmd->add_option("--memory-fraction", s.engine.memory_fraction, "share of the free GPU memory given to the pages")
+          ->check(CLI::Range(0.0, 1.0)));
+  added.push_back(cmd->add_option("--max-running", s.engine.max_running, "sequences in one decode step")
+                      ->check(CLI::PositiveNumber));
+  added.push_back(cmd->add_option("--max-step-tokens", s.engine.max_step_tokens,
+                                  "tokens in one forward (prefill chunks + decode rows)")
+                      ->check(CLI::PositiveNumber));
+  return added;
 }
 
 std::unique_ptr<io::Tokenizer> model_tokenizer(const std::string& model_dir, const std::string& tokenizer) {

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "generate/engine.h"
 #include "io/tokenizer.h"
@@ -17,7 +18,7 @@ struct EngineSetup {
 };
 
 // --device, --page-size, --num-pages, --memory-fraction, --max-running, --max-step-tokens
-void add_engine_options(CLI::App* cmd, EngineSetup& setup);
+std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& setup);
 
 // The tokenizer of `model_dir` (or the file/directory `tokenizer` when given); null when the model
 // directory has none and none was given.

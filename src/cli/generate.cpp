@@ -106,7 +106,7 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--logprobs", o->file.logprobs,
                   "--prompts: report each token's log-prob and this many alternatives (-1: none)")
       ->needs(prompts_opt);
-  add_engine_options(cmd, o->file.setup);
+  for (CLI::Option* opt : add_engine_options(cmd, o->file.setup)) opt->needs(prompts_opt);
   cmd->callback([&action, o, cmd] {
     const bool sampling =
         cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") + cmd->count("--min-p") > 0;
