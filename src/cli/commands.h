@@ -18,6 +18,7 @@ void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
 void add_bench_generate(CLI::App& bench, Action& action);  // `g4 bench generate`, under add_bench's "bench"
+void add_serve(CLI::App& app, Action& action);
 
 // Throws a g4::Error naming `option` when the file `out` exists in a model directory (one with a
 // config.json) and `overwrite` is false, or when it is a file of `input_model` at all.

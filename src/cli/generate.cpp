@@ -1,13 +1,17 @@
 // g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT) --max-new-tokens N [--greedy | sampling]
 // Prints the new token ids, and their text when the model directory (or --tokenizer) has a tokenizer.
+// g4 generate MODEL_DIR --prompts IN.jsonl --out OUT.jsonl [--chat] [sampling options] [engine options]
+// runs one request per line on the batching engine (serve/prompts_file.h, docs/serving.md).
 #include <filesystem>
 #include <iostream>
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/engine_setup.h"
 #include "generate/generator.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
+#include "serve/prompts_file.h"
 
 namespace g4::cli {
 
@@ -28,14 +32,54 @@ std::vector<int64_t> parse_ids(const std::string& s) {
   G4_CHECK(!ids.empty(), "--prompt-ids is empty");
   return ids;
 }
+
+struct FileOpts {
+  std::string prompts, out;
+  bool chat = false, overwrite = false;
+  int64_t n = 1, logprobs = -1;
+  EngineSetup setup;
+};
+
+// The command line's sampling options are the defaults of every line, which may override them.
+void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
+  G4_CHECK(!f.out.empty(), "--prompts needs --out");
+  // The flags are every line's defaults: checked once here, so that a bad flag is not reported
+  // as a mistake of the first line.
+  gen::validate(g, 0, 0, gen::OptionStyle::Flag);
+  G4_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be >= 1 with --prompts, got ", g.max_new_tokens);
+  G4_CHECK(f.n >= 1, "--n must be >= 1, got ", f.n);
+  G4_CHECK(f.logprobs >= -1, "--logprobs must be >= -1 (-1: none), got ", f.logprobs);
+  G4_CHECK(f.overwrite || !std::filesystem::exists(f.out), "--out ", f.out,
+           " already exists; pass --overwrite to replace it");
+  check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
+  LoadedModel loaded = load_for_generation(f.setup);
+  serve::Defaults defaults;
+  defaults.random_seed = false;
+  gen::RequestOptions& d = defaults.options;
+  d.max_tokens = g.max_new_tokens;
+  d.sampling = g.sampling;
+  d.stop_ids = g.stop_ids;
+  d.n = f.n;
+  d.logprobs = f.logprobs;
+  const serve::ModelInfo info = serve::model_info(loaded.model->config(), loaded.tokenizer.get());
+  const auto requests = serve::read_prompts_file(f.prompts, f.chat, info, defaults);
+  gen::EngineOptions engine_options = f.setup.engine;
+  engine_options.tokenizer = loaded.tokenizer.get();
+  gen::Engine engine(*loaded.model, engine_options);
+  const serve::RunTotals t = serve::run_prompts(engine, requests, f.prompts, f.out, loaded.tokenizer.get());
+  std::cerr << "g4 generate: " << t.requests << " requests, " << t.samples << " samples, " << t.prompt_tokens
+            << " prompt tokens, " << t.generated_tokens << " generated in " << t.seconds << " s ("
+            << (t.seconds > 0 ? double(t.generated_tokens) / t.seconds : 0.0) << " tokens/s) -> " << f.out << "\n";
+}
 }  // namespace
 
 void add_generate(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand("generate", "Generate tokens with the paged KV cache engine");
+  auto* cmd = app.add_subcommand("generate", "Generate tokens with the paged KV cache engine (one prompt, or a --prompts file)");
   struct Opts {
     std::string model, prompt, text, tokenizer;
     gen::GenerateOptions gen;
     bool greedy = false;
+    FileOpts file;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
@@ -50,23 +94,38 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--top-p", o->gen.sampling.top_p, "nucleus sampling mass in (0, 1]");
   cmd->add_option("--seed", o->gen.sampling.seed, "random seed for sampling");
   cmd->add_option("--stop-ids", o->gen.stop_ids, "stop a row after one of these ids")->delimiter(',');
+  auto* prompts_opt = cmd->add_option("--prompts", o->file.prompts,
+                                      "JSONL file of requests, one per line (prompt, prompt_ids or messages, with "
+                                      "per-request options as in the OpenAI API)");
+  prompts_opt->excludes(ids_opt)->excludes(text_opt);
+  cmd->add_option("--out", o->file.out, "JSONL file the --prompts results are written to")->needs(prompts_opt);
+  cmd->add_flag("--chat", o->file.chat, "--prompts lines hold chat messages (the Gemma 4 chat template)")->needs(prompts_opt);
+  cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
+  cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
+  cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
+  cmd->add_option("--logprobs", o->file.logprobs,
+                  "--prompts: report each token's log-prob and this many alternatives (-1: none)")
+      ->needs(prompts_opt);
+  for (CLI::Option* opt : add_engine_options(cmd, o->file.setup)) opt->needs(prompts_opt);
   cmd->callback([&action, o, cmd] {
-    const bool sampling = cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") > 0;
+    const bool sampling =
+        cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") + cmd->count("--min-p") > 0;
     if (sampling && o->greedy) throw CLI::ValidationError("--greedy cannot be combined with sampling options");
     // GenerateOptions default to greedy (temperature 0); a sampling option alone samples at 1.
     if (sampling && cmd->count("--temperature") == 0) o->gen.sampling.temperature = 1.0;
+    if (!o->file.prompts.empty()) {
+      o->file.setup.model_dir = o->model;
+      o->file.setup.tokenizer = o->tokenizer;
+      action = [o] { run_prompts_file(o->file, o->gen); };
+      return;
+    }
     action = [o] {
       G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
       // Out-of-range options are reported before a large model is loaded; the context length
       // is checked once the model and the prompt are known.
       gen::validate(o->gen, 0, 0, gen::OptionStyle::Flag);
       auto model = model::load_hf_model(o->model);
-      namespace fs = std::filesystem;
-      const std::string tok_path = o->tokenizer.empty() ? o->model : o->tokenizer;
-      const bool has_tokenizer = !o->tokenizer.empty() || fs::exists(fs::path(o->model) / "tokenizer.json") ||
-                                 fs::exists(fs::path(o->model) / "tokenizer.model");
-      std::unique_ptr<io::Tokenizer> tok;
-      if (has_tokenizer) tok = io::load_tokenizer(tok_path);
+      const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o->model, o->tokenizer);
       std::vector<int64_t> prompt;
       if (!o->text.empty()) {
         G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");

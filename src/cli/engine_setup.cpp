@@ -1,0 +1,47 @@
+#include "cli/engine_setup.h"
+
+#include <filesystem>
+
+#include "model/state_dict_adapter.h"
+
+namespace g4::cli {
+
+std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& s) {
+  std::vector<CLI::Option*> added;
+  added.push_back(cmd->add_option("--device", s.device, "where the model runs: cpu (f32) or cuda (bf16)")
+                      ->check(CLI::IsMember({"cpu", "cuda"})));
+  added.push_back(
+      cmd->add_option("--page-size", s.engine.page_size, "tokens per KV-cache page")->check(CLI::PositiveNumber));
+  added.push_back(
+      cmd->add_option("--num-pages", s.engine.num_pages,
+                      "KV-cache pages per attention kind (0 = sized from free GPU memory, or for --max-running "
+                      "full-context sequences within 4 GiB on the CPU)")
+          ->check(CLI::NonNegativeNumber));
+  added.push_back(
+      cmd->add_option("--memory-fraction", s.engine.memory_fraction, "share of the free GPU memory given to the pages")
+          ->check(CLI::Range(0.0, 1.0)));
+  added.push_back(cmd->add_option("--max-running", s.engine.max_running, "sequences in one decode step")
+                      ->check(CLI::PositiveNumber));
+  added.push_back(cmd->add_option("--max-step-tokens", s.engine.max_step_tokens,
+                                  "tokens in one forward (prefill chunks + decode rows)")
+                      ->check(CLI::PositiveNumber));
+  return added;
+}
+
+std::unique_ptr<io::Tokenizer> model_tokenizer(const std::string& model_dir, const std::string& tokenizer) {
+  namespace fs = std::filesystem;
+  if (!tokenizer.empty()) return io::load_tokenizer(tokenizer);
+  if (fs::exists(fs::path(model_dir) / "tokenizer.json") || fs::exists(fs::path(model_dir) / "tokenizer.model"))
+    return io::load_tokenizer(model_dir);
+  return nullptr;
+}
+
+LoadedModel load_for_generation(const EngineSetup& s) {
+  LoadedModel out;
+  out.tokenizer = model_tokenizer(s.model_dir, s.tokenizer);
+  out.model = model::load_hf_model(s.model_dir);
+  if (s.device == "cuda") out.model = out.model->copy_to(Device::CUDA, DType::BF16);
+  return out;
+}
+
+}  // namespace g4::cli

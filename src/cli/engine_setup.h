@@ -1,0 +1,35 @@
+// What `g4 serve` and `g4 generate --prompts` share: the options of the generation engine, and
+// loading the model (on the chosen device) with its tokenizer.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "generate/engine.h"
+#include "io/tokenizer.h"
+#include "model/gemma4.h"
+
+namespace g4::cli {
+
+struct EngineSetup {
+  std::string model_dir, tokenizer, device = "cpu";
+  gen::EngineOptions engine;
+};
+
+// --device, --page-size, --num-pages, --memory-fraction, --max-running, --max-step-tokens
+std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& setup);
+
+// The tokenizer of `model_dir` (or the file/directory `tokenizer` when given); null when the model
+// directory has none and none was given.
+std::unique_ptr<io::Tokenizer> model_tokenizer(const std::string& model_dir, const std::string& tokenizer);
+
+struct LoadedModel {
+  std::unique_ptr<model::Gemma4> model;
+  std::unique_ptr<io::Tokenizer> tokenizer;
+};
+
+// Loads the model (bf16 on the GPU for --device cuda) and its tokenizer.
+LoadedModel load_for_generation(const EngineSetup& setup);
+
+}  // namespace g4::cli

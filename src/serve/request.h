@@ -1,0 +1,72 @@
+// Requests as JSON (the OpenAI API's bodies, and the lines of `g4 generate --prompts`) read into
+// engine requests. One reader for both, so a field means the same thing everywhere; every
+// mistake is a RequestError naming the field.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "data/dataset.h"
+#include "generate/engine.h"
+#include "io/hf_config.h"
+#include "io/tokenizer.h"
+
+namespace g4::serve {
+
+// A request the client got wrong: the HTTP status to answer with, and the OpenAI error's `param`
+// (the field at fault, "" when none) and `code` ("" when none).
+class RequestError : public Error {
+ public:
+  RequestError(int status, std::string param, const std::string& message, std::string code = "")
+      : Error(message), status_(status), param_(std::move(param)), code_(std::move(code)) {}
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const std::string& code() const { return code_; }
+
+ private:
+  int status_;
+  std::string param_, code_;
+};
+
+// Where a request comes from. The API ignores fields it does not know (clients send extras such
+// as "user"); a prompts file is ours, so an unknown key there is a mistake and refused.
+enum class Api { Completions, Chat, File };
+
+// What the reader needs to know of the model.
+struct ModelInfo {
+  const io::Tokenizer* tokenizer = nullptr;  // null: text prompts, messages and stop strings are refused
+  int64_t vocab_size = 0;
+  int64_t context_len = 0;  // max_position_embeddings (0 = unknown, unchecked)
+  data::ChatVariant chat_variant = data::ChatVariant::Small;
+  std::vector<int64_t> chat_stop_ids;  // ends a chat reply besides the model's eos ids ("<turn|>")
+};
+
+// Values for the fields a request leaves out.
+struct Defaults {
+  gen::RequestOptions options;  // options.max_tokens 0: up to the model's context
+  bool random_seed = true;      // a request without a seed gets a fresh random one (else options' seed)
+};
+
+// The OpenAI defaults: 16 tokens for completions, up to the context for chat, an unseeded draw.
+Defaults api_defaults(Api api);
+
+struct ParsedRequest {
+  gen::Request request;
+  std::string model;  // "model" as sent ("" when absent)
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool chat = false;           // the prompt came from messages
+};
+
+// Reads a whole request: prompt (or messages), options, stream flags. Checks the lengths against
+// the model's context and the ids against its vocabulary.
+ParsedRequest parse_request(const nlohmann::json& body, Api api, const ModelInfo& model, const Defaults& defaults);
+
+// The model facts for a loaded model: its tokenizer (may be null), vocabulary, context, the chat
+// template variant (the generation prompt of the large checkpoints opens an empty thought channel)
+// and the end-of-turn id.
+ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokenizer);
+
+}  // namespace g4::serve

@@ -1,0 +1,326 @@
+// The request reader shared by `g4 serve` and `g4 generate --prompts`, and the OpenAI response
+// and error shapes. The server itself is driven end to end by openai_client_test.py.
+#include "serve/request.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "serve/openai.h"
+#include "serve/prompts_file.h"
+#include "support/error_message.h"
+#include "support/g4_process.h"
+#include "support/test_paths.h"
+
+namespace g4::serve {
+namespace {
+
+using nlohmann::json;
+
+class RequestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tok_ = io::load_tokenizer(test::data_dir() + "/tokenizers/plain.json");
+    info_.tokenizer = tok_.get();
+    info_.vocab_size = tok_->vocab_size();
+    info_.context_len = 64;
+    info_.chat_stop_ids = {tok_->eos_id};
+  }
+
+  ParsedRequest parse(const std::string& body, Api api = Api::Completions) {
+    return parse_request(json::parse(body), api, info_, api_defaults(api));
+  }
+
+  // The RequestError a body gets: "param|status|code|message".
+  std::string refusal(const std::string& body, Api api = Api::Completions) {
+    try {
+      parse(body, api);
+    } catch (const RequestError& e) {
+      return e.param() + "|" + std::to_string(e.status()) + "|" + e.code() + "|" + e.what();
+    }
+    return "accepted";
+  }
+
+  std::unique_ptr<io::Tokenizer> tok_;
+  ModelInfo info_;
+};
+
+TEST_F(RequestTest, CompletionPromptsAsTextIdsOrABatchOfOne) {
+  const ParsedRequest text = parse(R"({"prompt": "In the beginning"})");
+  ASSERT_GT(text.request.prompt.size(), 1u);
+  EXPECT_EQ(text.request.prompt[0], tok_->bos_id);
+  EXPECT_EQ(text.request.options.max_tokens, 16);  // OpenAI's default for completions
+  EXPECT_EQ(parse(R"({"prompt": [5, 6, 7]})").request.prompt, (std::vector<int64_t>{5, 6, 7}));
+  EXPECT_EQ(parse(R"({"prompt": [[5, 6]]})").request.prompt, (std::vector<int64_t>{5, 6}));
+  EXPECT_EQ(parse(R"({"prompt": ["In the beginning"]})").request.prompt, text.request.prompt);
+  EXPECT_NE(refusal(R"({"prompt": ["a", "b"]})").find("prompt|400||'prompt' holds 2 prompts; batches"),
+            std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": [1, 9999]})").find("prompt[1] = 9999 is outside the vocabulary"), std::string::npos);
+  EXPECT_EQ(refusal(R"({"prompt": []})"), "prompt|400||'prompt' is empty");
+  EXPECT_EQ(refusal(R"({"prompt": 5})"), "prompt|400||'prompt' must be a string or a list of token ids, got a number");
+  EXPECT_EQ(refusal(R"({})"), "prompt|400||missing 'prompt'");
+}
+
+TEST_F(RequestTest, SamplingFieldsAndTheirRanges) {
+  const gen::RequestOptions o =
+      parse(R"({"prompt": "a", "temperature": 0.5, "top_p": 0.9, "top_k": 40, "min_p": 0.1, "seed": 42, "n": 3.0,
+                "max_tokens": 7, "stop": "x", "stop_token_ids": [9], "ignore_eos": true, "logprobs": 2})")
+          .request.options;
+  EXPECT_DOUBLE_EQ(o.sampling.temperature, 0.5);
+  EXPECT_DOUBLE_EQ(o.sampling.top_p, 0.9);
+  EXPECT_EQ(o.sampling.top_k, 40);
+  EXPECT_DOUBLE_EQ(o.sampling.min_p, 0.1);
+  EXPECT_EQ(o.sampling.seed, 42u);
+  EXPECT_EQ(o.n, 3);
+  EXPECT_EQ(o.max_tokens, 7);
+  EXPECT_EQ(o.stop_strings, (std::vector<std::string>{"x"}));
+  EXPECT_EQ(o.stop_ids, (std::vector<int64_t>{9}));
+  EXPECT_TRUE(o.ignore_eos);
+  EXPECT_EQ(o.logprobs, 2);
+  EXPECT_EQ(parse(R"({"prompt": "a", "top_k": -1})").request.options.sampling.top_k, 0);  // vLLM's "no cut"
+  EXPECT_EQ(parse(R"({"prompt": "a", "temperature": null})").request.options.sampling.temperature, 1.0);
+  EXPECT_EQ(parse(R"({"prompt": "a"})").request.options.logprobs, -1);
+
+  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": "hot"})"),
+            "temperature|400||'temperature' must be a number, got a string");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "temperature": -1})"),
+            "temperature|400||'temperature' must be in [0, 100], got -1");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "top_p": 0})"), "top_p|400||'top_p' must be in (0, 1], got 0");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "top_k": -2})"), "top_k|400||'top_k' must be >= 0 (or -1 for no cut), got -2");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "min_p": 1.5})"), "min_p|400||'min_p' must be in [0, 1], got 1.5");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "n": 2.5})"), "n|400||'n' must be an integer, got a float");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "n": 0})"), "n|400||'n' must be in [1, 128], got 0");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "max_tokens": 0})"), "max_tokens|400||'max_tokens' must be >= 1, got 0");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "seed": true})"), "seed|400||'seed' must be an integer, got a boolean");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "stop": [1]})"),
+            "stop|400||'stop' must be a string or a list of strings, got a list holding a number");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "stop": [""]})"), "stop|400||'stop' strings must not be empty");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "logprobs": 21})"), "logprobs|400||'logprobs' must be in [0, 20], got 21");
+  EXPECT_NE(refusal(R"({"prompt": "a", "logprobs": true})").find("chat form"), std::string::npos);
+}
+
+TEST_F(RequestTest, UnsupportedParametersAreRefusedNotIgnored) {
+  EXPECT_EQ(refusal(R"({"prompt": "a", "echo": true})"), "echo|400||'echo' is not supported");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "presence_penalty": 0.5})"),
+            "presence_penalty|400||'presence_penalty' is not supported");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "best_of": 3})"), "best_of|400||'best_of' other than n is not supported");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "logit_bias": {"5": 1}})"), "logit_bias|400||'logit_bias' is not supported");
+  // Neutral values and unknown fields (clients send extras such as "user") are accepted.
+  EXPECT_EQ(refusal(R"({"prompt": "a", "echo": false, "presence_penalty": 0, "user": "u", "best_of": 1})"), "accepted");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]})", Api::Chat),
+            "tools|400||'tools' (tool calling) is not supported");
+}
+
+TEST_F(RequestTest, ChatMessagesTemplateLogprobsAndLengths) {
+  const ParsedRequest p = parse(R"({"messages": [{"role": "user", "content": "Hello"}], "logprobs": true,
+                                    "top_logprobs": 3, "max_completion_tokens": 5, "max_tokens": 9})",
+                                Api::Chat);
+  EXPECT_TRUE(p.chat);
+  EXPECT_EQ(p.request.prompt, [&] {
+    std::vector<int64_t> ids;
+    for (int32_t id : tok_->encode(data::render_chat({{"user", "Hello"}}, true))) ids.push_back(id);
+    return ids;
+  }());
+  EXPECT_EQ(p.request.options.logprobs, 3);
+  EXPECT_EQ(p.request.options.max_tokens, 5);  // max_completion_tokens wins over the older max_tokens
+  EXPECT_EQ(p.request.options.stop_ids, (std::vector<int64_t>{tok_->eos_id}));  // the end of turn
+  // Chat's default length is the rest of the context.
+  const ParsedRequest d =
+      parse(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})", Api::Chat);
+  EXPECT_EQ(d.request.options.max_tokens, 64 - static_cast<int64_t>(d.request.prompt.size()));
+  EXPECT_EQ(d.request.options.logprobs, -1);
+
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})", Api::Chat),
+            "top_logprobs|400||'top_logprobs' needs 'logprobs': true");
+  EXPECT_EQ(refusal(R"({"messages": []})", Api::Chat), "messages|400||'messages' is empty");
+  EXPECT_NE(refusal(R"({"messages": [{"role": "wizard", "content": "a"}]})", Api::Chat)
+                .find("messages|400||messages[0]: unknown role 'wizard'"),
+            std::string::npos);
+  EXPECT_NE(refusal(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", Api::Chat)
+                .find("images, audio and files are not supported"),
+            std::string::npos);
+}
+
+TEST_F(RequestTest, LengthsAreCheckedAgainstTheContext) {
+  const json long_prompt = {{"prompt", std::vector<int64_t>(64, 1)}};
+  EXPECT_EQ(refusal(long_prompt.dump()),
+            "prompt|400|context_length_exceeded|the prompt has 64 tokens; the model's context is 64 tokens, so it "
+            "leaves no room for a new token");
+  EXPECT_EQ(refusal(R"({"prompt": [1, 2, 3, 4], "max_tokens": 61})"),
+            "max_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for 65 (4 in "
+            "the prompt, 61 to generate)");
+  EXPECT_EQ(parse(R"({"prompt": [1, 2, 3, 4], "max_tokens": 60})").request.options.max_tokens, 60);
+}
+
+TEST_F(RequestTest, StreamOptionsAndModel) {
+  const ParsedRequest p =
+      parse(R"({"prompt": "a", "model": "m", "stream": true, "stream_options": {"include_usage": true}})");
+  EXPECT_TRUE(p.stream);
+  EXPECT_TRUE(p.include_usage);
+  EXPECT_EQ(p.model, "m");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "stream_options": {"include_usage": true}})"),
+            "stream_options|400||'stream_options' needs 'stream': true");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "model": 3})"), "model|400||'model' must be a string, got a number");
+}
+
+TEST_F(RequestTest, SeedsAreRandomOnlyWhenNotGiven) {
+  const uint64_t a = parse(R"({"prompt": "a"})").request.options.sampling.seed;
+  const uint64_t b = parse(R"({"prompt": "a"})").request.options.sampling.seed;
+  EXPECT_NE(a, b);
+  EXPECT_EQ(parse(R"({"prompt": "a", "seed": -1})").request.options.sampling.seed, ~uint64_t(0));
+}
+
+TEST_F(RequestTest, WithoutATokenizerOnlyTokenIdsWork) {
+  info_.tokenizer = nullptr;
+  EXPECT_EQ(parse(R"({"prompt": [5]})").request.prompt, (std::vector<int64_t>{5}));
+  EXPECT_EQ(refusal(R"({"prompt": "text"})"),
+            "prompt|400||a text 'prompt' needs a tokenizer; the model has none (send token ids)");
+  EXPECT_EQ(refusal(R"({"prompt": [5], "stop": "x"})"),
+            "stop|400||'stop' strings need a tokenizer; the model has none");
+}
+
+TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
+  EXPECT_EQ(refusal(R"({"prompt_ids": [5], "user": "u"})", Api::File).substr(0, 30), "user|400||unknown key 'user' (");
+  EXPECT_EQ(refusal(R"({"prompt_ids": [5], "prompt": "a"})", Api::File),
+            "prompt|400||a line needs exactly one of 'prompt', 'prompt_ids' or 'messages'");
+  EXPECT_EQ(refusal(R"({"prompt": [5]})", Api::File),
+            "prompt|400||'prompt' must be a string, got an array (token ids go in 'prompt_ids')");
+  EXPECT_EQ(refusal(R"({"prompt_ids": [5], "stream": true})", Api::File).substr(0, 32),
+            "stream|400||unknown key 'stream'");
+
+  namespace fs = std::filesystem;
+  const fs::path dir = test::scratch_dir("serve_prompts");
+  const std::string path = (dir / "in.jsonl").string();
+  const auto write = [&](const std::string& text) { std::ofstream(path) << text; };
+  Defaults d;
+  d.random_seed = false;
+  d.options.max_tokens = 4;
+  d.options.sampling.seed = 11;
+  write("{\"prompt_ids\": [5, 6]}\n\n{\"prompt\": \"a\", \"max_tokens\": 2, \"seed\": 3}\n");
+  const auto requests = read_prompts_file(path, false, info_, d);
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].line, 1);
+  EXPECT_EQ(requests[0].request.options.max_tokens, 4);
+  EXPECT_EQ(requests[0].request.options.sampling.seed, 11u);
+  EXPECT_EQ(requests[1].line, 3);
+  EXPECT_EQ(requests[1].request.options.max_tokens, 2);
+  EXPECT_EQ(requests[1].request.options.sampling.seed, 3u);
+
+  write("{\"prompt_ids\": [5]}\n\n{\"prompt_ids\": [5], \"n\": 0}\n");
+  EXPECT_EQ(test::error_of([&] { read_prompts_file(path, false, info_, d); }),
+            path + ":3: 'n' must be in [1, 128], got 0");
+  write("{\"prompt_ids\": [5]}\n{\"prompt_ids\": [5\n");
+  EXPECT_EQ(test::error_of([&] { read_prompts_file(path, false, info_, d); }).substr(0, path.size() + 22),
+            path + ":2 is not valid JSON (");
+  write("{\"prompt_ids\": [5]}\n");
+  EXPECT_EQ(test::error_of([&] { read_prompts_file(path, true, info_, d); }),
+            path + ":1: --chat expects \"messages\" on every line");
+  write("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n");
+  EXPECT_EQ(test::error_of([&] { read_prompts_file(path, false, info_, d); }), path + ":1: \"messages\" needs --chat");
+  write("\n\n");
+  EXPECT_EQ(test::error_of([&] { read_prompts_file(path, false, info_, d); }),
+            "prompts file " + path + " holds no request (one JSON object per line)");
+  fs::remove_all(dir);
+}
+
+TEST(OpenAIShapes, ErrorsCompletionsAndChunks) {
+  const json e = error_body(RequestError(400, "temperature", "'temperature' must be a number"));
+  EXPECT_EQ(e, json::parse(R"({"error": {"message": "'temperature' must be a number", "type": "invalid_request_error",
+                                         "param": "temperature", "code": null}})"));
+  EXPECT_EQ(error_body(500, "boom")["error"]["type"], "server_error");
+  EXPECT_TRUE(error_body(RequestError(404, "", "x"))["error"]["param"].is_null());
+
+  ResponseHead head = new_head(false, "tiny", 1);
+  EXPECT_EQ(head.id.rfind("cmpl-", 0), 0u);
+  EXPECT_NE(new_head(false, "tiny", 1).id, head.id);
+  gen::Completion a, b;
+  a.sample = 0;
+  a.text = "ab";
+  a.tokens = {{7, -0.5f, {7, 8}, {-0.5f, -1.5f}}, {8, -0.25f, {8}, {-0.25f}}};
+  a.finish = gen::FinishReason::kLength;
+  a.prompt_tokens = 5;
+  b = a;
+  b.sample = 1;
+  b.tokens.resize(1);
+  b.finish = gen::FinishReason::kStop;
+  const json body = completion_body(head, {a, b}, nullptr);
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["usage"], json::parse(R"({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})"));
+  EXPECT_EQ(body["choices"][0]["text"], "ab");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["choices"][1]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"], json::parse(R"(["token_id:7", "token_id:8"])"));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["token_logprobs"], json::parse("[-0.5, -0.25]"));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["top_logprobs"][0],
+            json::parse(R"({"token_id:7": -0.5, "token_id:8": -1.5})"));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["text_offset"], json::parse("[0, 10]"));
+
+  ResponseHead chat = new_head(true, "tiny", -1);
+  gen::Event ev;
+  ev.sample = 1;
+  ev.text_delta = "hi";
+  const json first = chunk_body(chat, ev, true, nullptr, true);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"], json::parse(R"({"role": "assistant", "content": "hi"})"));
+  EXPECT_EQ(first["choices"][0]["index"], 1);
+  EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
+  EXPECT_TRUE(first["usage"].is_null());
+  ev.text_delta.clear();
+  EXPECT_TRUE(chunk_body(chat, ev, false, nullptr, false).is_null());  // nothing to send
+  ev.finish = gen::FinishReason::kStop;
+  EXPECT_EQ(chunk_body(chat, ev, false, nullptr, false)["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(usage_chunk(chat, 3, 4)["usage"]["total_tokens"], 7);
+  EXPECT_EQ(sse(json{{"a", 1}}), "data: {\"a\":1}\n\n");
+  // Bytes that are not UTF-8 (a piece of a character) reach the client as U+FFFD, not an exception.
+  EXPECT_EQ(sse(json{{"a", std::string("\xC3")}}), "data: {\"a\":\"\xEF\xBF\xBD\"}\n\n");
+}
+
+// The command line over a fixture without a tokenizer: token-id prompts, one line per sample,
+// errors naming the file and line, and --overwrite.
+TEST(GeneratePrompts, WritesOneLinePerSampleInInputOrder) {
+  namespace fs = std::filesystem;
+  const fs::path dir = test::scratch_dir("serve_generate");
+  const std::string model = test::data_dir() + "/hf-gemma4/tiny-moe";
+  const std::string in = (dir / "in.jsonl").string(), out = (dir / "out.jsonl").string();
+  std::ofstream(in) << "{\"prompt_ids\": [2, 10, 11, 12], \"max_tokens\": 3}\n"
+                    << "{\"prompt_ids\": [2, 20], \"n\": 2, \"temperature\": 1.0, \"seed\": 4, \"logprobs\": 1}\n";
+  const auto r = test::run_g4("generate " + model + " --prompts " + in + " --out " + out + " --max-new-tokens 5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(out);
+  std::vector<json> lines;
+  for (std::string line; std::getline(f, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["index"], 0);
+  EXPECT_FALSE(lines[0].contains("sample"));
+  EXPECT_EQ(lines[0]["token_ids"].size(), 3u);
+  EXPECT_EQ(lines[0]["finish_reason"], "length");
+  EXPECT_EQ(lines[0]["prompt_tokens"], 4);
+  EXPECT_TRUE(lines[0]["text"].is_null());
+  EXPECT_TRUE(lines[0]["logprobs"].is_null());
+  for (int k = 0; k < 2; ++k) {
+    const json& l = lines[1 + k];
+    EXPECT_EQ(l["index"], 1);
+    EXPECT_EQ(l["sample"], k);
+    EXPECT_EQ(l["logprobs"].size(), l["token_ids"].size());
+    EXPECT_EQ(l["top_logprobs"][0].size(), 1u);
+    EXPECT_GE(l["timings"]["total_s"].get<double>(), l["timings"]["first_token_s"].get<double>());
+  }
+  EXPECT_FALSE(fs::exists(out + ".tmp"));
+
+  const auto again = test::run_g4("generate " + model + " --prompts " + in + " --out " + out);
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.output.find("already exists; pass --overwrite"), std::string::npos) << again.output;
+
+  std::ofstream(in, std::ios::app) << "{\"prompt_ids\": [2, 999]}\n";
+  const std::string out2 = (dir / "out2.jsonl").string();
+  const auto bad = test::run_g4("generate " + model + " --prompts " + in + " --out " + out2);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find(in + ":3: prompt_ids[1] = 999 is outside the vocabulary [0, 256)"), std::string::npos)
+      << bad.output;
+  EXPECT_FALSE(fs::exists(out2));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4::serve
