@@ -167,23 +167,12 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
 nlohmann::json run_hf(const BenchOptions& o, const std::string& precision, const std::vector<int64_t>& docs) {
   std::string documents;
   for (int64_t n : docs) documents += (documents.empty() ? "" : ",") + std::to_string(n);
-  const std::string out = "/tmp/g4_bench_hf_" + precision + ".json";
-  std::remove(out.c_str());
   const std::string shape = o.model == "gemma-4-26b-a4b" ? "26b-a4b" : "e4b";
-  // Under scripts/device_run.sh the g4 binaries run with bundled libraries that Python must not load.
-  const std::string env = std::getenv("G4_PYTHON_LD_LIBRARY_PATH")
-                              ? "LD_LIBRARY_PATH=\"$G4_PYTHON_LD_LIBRARY_PATH\" "
-                              : "";
-  const std::string cmd = env + "python3 " + o.hf_script + " --shape " + shape + " --layers " + std::to_string(o.layers) +
-                          " --seq " + std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
-                          std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " + precision + " --seed " +
-                          std::to_string(o.seed) + " --documents " + documents + " --json " + out;
-  std::printf("running: %s\n", cmd.c_str());
-  std::fflush(stdout);
-  const int rc = std::system(cmd.c_str());
-  std::ifstream f(out);
-  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
-  return io::read_json_file(out, "Hugging Face benchmark output", io::kMaxConfigBytes);
+  return run_python_benchmark(o.hf_script + " --shape " + shape + " --layers " + std::to_string(o.layers) + " --seq " +
+                                  std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
+                                  std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
+                                  precision + " --seed " + std::to_string(o.seed) + " --documents " + documents,
+                              "/tmp/g4_bench_hf_" + precision + ".json");
 }
 
 void print_row(const char* name, double tps, double ms, double mfu, double peak_gib) {
@@ -266,6 +255,19 @@ void bench_train(const BenchOptions& o) {
 }
 
 }  // namespace
+
+nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json) {
+  std::remove(out_json.c_str());
+  // Under scripts/device_run.sh the g4 binaries run with bundled libraries that Python must not load.
+  const std::string env = std::getenv("G4_PYTHON_LD_LIBRARY_PATH") ? "LD_LIBRARY_PATH=\"$G4_PYTHON_LD_LIBRARY_PATH\" " : "";
+  const std::string cmd = env + "python3 " + script_and_args + " --json " + out_json;
+  std::printf("running: %s\n", cmd.c_str());
+  std::fflush(stdout);
+  const int rc = std::system(cmd.c_str());
+  std::ifstream f(out_json);
+  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
+  return io::read_json_file(out_json, "Hugging Face benchmark output", io::kMaxConfigBytes);
+}
 
 void add_bench(CLI::App& app, Action& action) {
   auto* bench = app.add_subcommand("bench", "Benchmarks on the GPU");

@@ -19,7 +19,6 @@
 #include "core/device_memory.h"
 #include "core/philox.h"
 #include "generate/engine.h"
-#include "io/json_input.h"
 #include "model/named_configs.h"
 
 namespace g4::cli {
@@ -146,21 +145,12 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
 }
 
 nlohmann::json run_hf(const GenBenchOptions& o, int64_t layers) {
-  const std::string out = "/tmp/g4_bench_hf_generate.json";
-  std::remove(out.c_str());
   std::string batches;
   for (int64_t b : o.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
-  // Under scripts/device_run.sh the g4 binaries run with bundled libraries that Python must not load.
-  const std::string env = std::getenv("G4_PYTHON_LD_LIBRARY_PATH") ? "LD_LIBRARY_PATH=\"$G4_PYTHON_LD_LIBRARY_PATH\" " : "";
-  const std::string cmd = env + "python3 " + o.hf_script + " --model " + o.model + " --layers " + std::to_string(layers) +
-                          " --batch " + batches + " --prompt-len " + std::to_string(o.prompt_len) + " --new-tokens " +
-                          std::to_string(o.new_tokens) + " --seed " + std::to_string(o.seed) + " --json " + out;
-  std::printf("running: %s\n", cmd.c_str());
-  std::fflush(stdout);
-  const int rc = std::system(cmd.c_str());
-  std::ifstream f(out);
-  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
-  return io::read_json_file(out, "Hugging Face benchmark output", io::kMaxConfigBytes);
+  return run_python_benchmark(o.hf_script + " --model " + o.model + " --layers " + std::to_string(layers) + " --batch " +
+                                  batches + " --prompt-len " + std::to_string(o.prompt_len) + " --new-tokens " +
+                                  std::to_string(o.new_tokens) + " --seed " + std::to_string(o.seed),
+                              "/tmp/g4_bench_hf_generate.json");
 }
 
 void bench_generate(const GenBenchOptions& o) {

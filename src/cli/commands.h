@@ -4,6 +4,7 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 namespace g4::cli {
 
@@ -18,6 +19,9 @@ void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
 void add_bench_generate(CLI::App& bench, Action& action);  // `g4 bench generate`, under add_bench's "bench"
+// Runs `python3 SCRIPT ARGS --json OUT_JSON` (the competitor's side of a benchmark) and returns what
+// it wrote, or {"error": ...} when it failed.
+nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json);
 void add_serve(CLI::App& app, Action& action);
 
 // Throws a g4::Error naming `option` when the file `out` exists in a model directory (one with a

@@ -55,6 +55,27 @@ __device__ void load_rows(const bf16* __restrict__ src, int width, const int* li
   }
 }
 
+// acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's two weight
+// columns at w (rows `stride` apart), over the rows part, part + kParts, ... (0 when !valid; rows
+// of the chunk past its count hold stale values that are never stored).
+template <int kParts>
+__device__ __forceinline__ void column_pair_products(float (&acc)[kChunk][2], const bf16* __restrict__ w, int64_t stride,
+                                                     const bf16* rows, int width, int part, bool valid) {
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
+  if (!valid) return;
+#pragma unroll 4
+  for (int i = part; i < width; i += kParts) {
+    const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + i * stride));
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) {
+      const float v = __bfloat162float(rows[j * width + i]);
+      acc[j][0] += v * wv.x;
+      acc[j][1] += v * wv.y;
+    }
+  }
+}
+
 // Kernel 1. Warp `part` of 8 walks rows h = part, part + 8, ... of the weight tile; lanes 0-15 own
 // gate columns c0 + 2 lane (+1), lanes 16-31 the matching up columns I + c0 + 2 (lane - 16) (+1).
 __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices,
@@ -80,20 +101,7 @@ __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restric
     load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
     __syncthreads();
     float acc[kChunk][2];
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
-    if (valid) {
-#pragma unroll 4
-      for (int h = part; h < H; h += kParts) {
-        const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + static_cast<int64_t>(h) * 2 * I));
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) {
-          const float xv = __bfloat162float(xs[j * H + h]);  // rows past nt hold stale values, never stored
-          acc[j][0] += xv * wv.x;
-          acc[j][1] += xv * wv.y;
-        }
-      }
-    }
+    column_pair_products<kParts>(acc, w, int64_t{2} * I, xs, H, part, valid);
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
       red[part][j][(is_up ? kCols : 0) + local] = acc[j][0];
@@ -137,20 +145,7 @@ __global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__
     load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
     __syncthreads();
     float acc[kChunk][2];
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
-    if (valid) {
-#pragma unroll 4
-      for (int i = part; i < I; i += kParts) {
-        const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + static_cast<int64_t>(i) * H));
-#pragma unroll
-        for (int j = 0; j < kChunk; ++j) {
-          const float av = __bfloat162float(as[j * I + i]);
-          acc[j][0] += av * wv.x;
-          acc[j][1] += av * wv.y;
-        }
-      }
-    }
+    column_pair_products<kParts>(acc, w, H, as, I, part, valid);
 #pragma unroll
     for (int j = 0; j < kChunk; ++j) {
       red[part][j][2 * lane] = acc[j][0];

@@ -4,9 +4,5 @@
 #include "ops/paged_attention.h"
 
 namespace g4::ops::cuda {
-
-Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const PagedLayout& layout,
-                       double scale);
-void write_kv_pages(const Tensor& k, const Tensor& v, Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
-
+#include "ops/backend/paged_attention.inc"
 }  // namespace g4::ops::cuda
