@@ -9,6 +9,7 @@
 #include "autograd/variable.h"
 #include "generate/engine.h"
 #include "gpu_test.h"
+#include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "support/hf_fixtures.h"
 
@@ -35,15 +36,14 @@ double training_logprob(const model::Gemma4& m, const std::vector<int64_t>& ids,
   return -m.forward(in).cross_entropy;
 }
 
-class GpuEngine : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(GpuEngine, GreedyTokensAndLogprobsMatchTheTrainingForward) {
-  G4_REQUIRE_GPU();
-  auto cpu = model::load_hf_model(test::hf_fixture_dir(GetParam()));
-  auto gpu = cpu->copy_to(Device::CUDA, DType::BF16);
+// Greedy generation of four prompts (in chunks beside decode rows) checked token by token against
+// the full forward of the same GPU model, and its log-probs against the training forward's.
+void check_against_training_forward(const model::Gemma4& model, const std::string& name) {
+  const model::Gemma4* gpu = &model;
   const int64_t V = gpu->config().vocab_size;
   gen::EngineOptions eo;
   eo.max_step_tokens = 32;  // prompts in chunks beside decode rows
+  eo.num_pages = 256;       // not most of the GPU, as the default would take
   gen::Engine engine(*gpu, eo);
   std::vector<gen::Request> requests;
   for (int64_t len : {1, 7, 20, 45}) {
@@ -85,7 +85,7 @@ TEST_P(GpuEngine, GreedyTokensAndLogprobsMatchTheTrainingForward) {
   double mean = 0;
   for (double r : ratio) mean += r / static_cast<double>(ratio.size());
   std::printf("  %s: token_mult_prob_error %.6f (median %.6f, max %.6f); argmax equal %ld, within a bf16 step %ld\n",
-              GetParam().c_str(), mean, ratio[ratio.size() / 2], ratio.back(), static_cast<long>(argmax_equal),
+              name.c_str(), mean, ratio[ratio.size() / 2], ratio.back(), static_cast<long>(argmax_equal),
               static_cast<long>(near_ties));
   EXPECT_LE(mean, 1.001);
   const gen::PoolStats s = engine.stats();
@@ -93,7 +93,28 @@ TEST_P(GpuEngine, GreedyTokensAndLogprobsMatchTheTrainingForward) {
   EXPECT_EQ(s.sliding_free, s.sliding_pages);
 }
 
+class GpuEngine : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuEngine, GreedyTokensAndLogprobsMatchTheTrainingForward) {
+  G4_REQUIRE_GPU();
+  auto gpu = model::load_hf_model(test::hf_fixture_dir(GetParam()))->copy_to(Device::CUDA, DType::BF16);
+  check_against_training_forward(*gpu, GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuEngine, ::testing::Values("tiny-dense-ple", "tiny-moe", "var-ple-shared"));
+
+// The same at the released widths (262144-token vocabulary, head dims 256 and 512, 128 experts of
+// 26B-A4B, E4B's per-layer inputs), two layers (one sliding, one full), random weights.
+TEST(GpuEngineRealWidths, GreedyTokensAndLogprobsMatchTheTrainingForward) {
+  G4_REQUIRE_GPU();
+  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) {
+    const io::ModelConfig cfg =
+        io::parse_model_config(model::named_config(name, {{"num_hidden_layers", 2}}), std::string("built-in ") + name);
+    model::Gemma4 gpu(cfg, {}, DType::BF16, Device::CUDA);
+    gpu.init_weights(7);
+    check_against_training_forward(gpu, name);
+  }
+}
 
 TEST(GpuEngineBatch, ASeededRequestDrawsTheSameAloneAndInABatchOf64) {
   G4_REQUIRE_GPU();
