@@ -2,7 +2,8 @@
 # Installs the Debian packages g4 builds against. Safe to run repeatedly; skips what is present.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config libopenblas-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-      libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev bible-kjv-text bible-kjv)
+      libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev bible-kjv-text bible-kjv
+      clang libclang-rt-dev)  # clang + libFuzzer: scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

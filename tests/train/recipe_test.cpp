@@ -331,6 +331,9 @@ TEST(Recipe, HostileYamlIsAClearError) {
   // A top level that is not a mapping, with an override to apply over it.
   expect_error("5\n", "r.yaml: '(top level)' must be a mapping", {"train.steps=3"});
   expect_error("model: {name: tiny-moe}\n", "override 'train.steps=[' is not valid YAML", {"train.steps=["});
+  // Bytes that are not UTF-8 used to reach nlohmann, whose dump() then threw type_error.316.
+  expect_error("data: {train: \"a\xff.txt\"}\n", "recipe r.yaml: line 1, column 15: the value is not valid UTF-8");
+  expect_error("model: {name: tiny-moe}\n", "the value is not valid UTF-8", {"optimizer.betas=[0\xcc\xc3, 1]"});
   // The wrong type with a huge value: the message shows the start of it.
   const std::string e = test::error_of([] {
     train::recipe_from_yaml("train: {steps: [" + std::string(10000, '1') + "]}\n", "r.yaml");
