@@ -1,5 +1,6 @@
 #include "train/recipe.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -339,6 +340,9 @@ json parse_yaml(std::string_view text, const std::string& what) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(text));
+  } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours; it says "bad file"
+    G4_FAIL(what, " nests YAML mappings/sequences deeper than the limit of ", io::kMaxJsonDepth, " levels (",
+            yaml_place(e.mark), "...)");
   } catch (const YAML::Exception& e) {
     G4_FAIL(what, " is not valid YAML (", yaml_place(e.mark), e.msg, ")");
   }
