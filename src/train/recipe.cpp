@@ -275,7 +275,7 @@ class YamlToJson {
     G4_CHECK(++nodes_ <= kMaxRecipeNodes, what_, " expands to more than ", kMaxRecipeNodes,
              " YAML values (aliases of aliases?); a recipe holds a few dozen");
     G4_CHECK(depth <= io::kMaxJsonDepth, what_, " nests YAML mappings/sequences deeper than the limit of ",
-             io::kMaxJsonDepth, " levels (", yaml_place(n.Mark()), "...)");
+             io::kMaxJsonDepth, " levels (", yaml_place(n.Mark()), "the value that goes too deep)");
     switch (n.Type()) {
       case YAML::NodeType::Null:
       case YAML::NodeType::Undefined:
@@ -342,7 +342,7 @@ json parse_yaml(std::string_view text, const std::string& what) {
     root = YAML::Load(std::string(text));
   } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours; it says "bad file"
     G4_FAIL(what, " nests YAML mappings/sequences deeper than the limit of ", io::kMaxJsonDepth, " levels (",
-            yaml_place(e.mark), "...)");
+            yaml_place(e.mark), "the value that goes too deep)");
   } catch (const YAML::Exception& e) {
     G4_FAIL(what, " is not valid YAML (", yaml_place(e.mark), e.msg, ")");
   }
