@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 runs=${1:-3000}
 shift || true
 jobs=${JOBS:-$(nproc)}
+extra=()
+[ "${CI:-}" = "true" ] && extra+=(-DG4_WERROR=ON)
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DG4_FUZZ=ON \
-  -DG4_CUDA=OFF -DG4_BUILD_TESTS=OFF >/dev/null
+  -DG4_CUDA=OFF -DG4_BUILD_TESTS=OFF "${extra[@]}" >/dev/null
 cmake --build build-fuzz -j "$jobs" --target fuzz_targets
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
