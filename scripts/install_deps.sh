@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config libopenblas-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
       libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev libcpp-httplib-dev
-      python3-venv bible-kjv-text bible-kjv)
+      python3-venv bible-kjv-text bible-kjv
+      clang libclang-rt-dev)  # clang + libFuzzer: scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -99,9 +99,10 @@ json parse_json_line(const std::string& path, const Line& line) {
   io::check_json_limits(line.text, path + ":" + std::to_string(line.number), io::kMaxJsonLineBytes);
   try {
     return json::parse(line.text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     // nlohmann says "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; the
-    // line is ours, so keep from the column on.
+    // line is ours, so keep from the column on. A number too large for a double (1e309) is an
+    // out_of_range error, not a parse_error.
     std::string what = io::json_error_text(e);
     if (const size_t p = what.find("column "); p != std::string::npos) what.erase(0, p);
     G4_FAIL(path, ":", line.number, ": invalid JSON (data files hold one JSON object per line): ", what);

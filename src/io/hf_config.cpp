@@ -4,8 +4,10 @@
 #include "io/hf_config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <sstream>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -19,6 +21,10 @@ namespace {
 
 constexpr const char* kSliding = "sliding_attention";
 constexpr const char* kFull = "full_attention";
+// Bounds far above any real model (Gemma 4 has at most 60 layers, widths below 2^19), so that
+// building the layer table and multiplying widths (int64) can never run away or overflow.
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxWidth = (int64_t(1) << 31) - 1;
 
 // Typed, null-aware access to one JSON object of a config. `prefix` is the path of that object
 // ("text_config." in nested configs), so every error names the key as it appears in the file.
@@ -41,9 +47,12 @@ class Fields {
   }
 
   int64_t to_int(const json& v, const std::string& key) const {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+      fail(key, "is ", v.dump(), ", more than the largest integer g4 takes (", INT64_MAX, ")");
     if (v.is_number_integer()) return v.get<int64_t>();
-    // Python writes ints, but a hand-edited file may say 64.0; accept integral floats only.
-    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
+    // Python writes ints, but a hand-edited file may say 64.0; accept integral floats only, and
+    // only where a double holds every integer exactly (a cast of 1e300 would be undefined).
+    if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) < 9.0e15)
       return static_cast<int64_t>(v.get<double>());
     fail(key, "must be an integer, got ", v.dump());
   }
@@ -189,6 +198,7 @@ void parse_layer_overrides(const Fields& f, ModelConfig& c) {
     if (e.has("head_dim")) {
       const int64_t d = e.req_int("head_dim");
       if (d <= 0) e.fail("head_dim", "must be positive, got ", d);
+      if (d > kMaxWidth) e.fail("head_dim", "is ", d, ", more than g4 supports (", kMaxWidth, ")");
       if (!sliding && d != default_head_dim(c, false)) o.head_dim = d;
       // transformers sizes sliding layers from head_dim alone; say so rather than surprise.
       if (sliding && d != c.head_dim)
@@ -198,6 +208,7 @@ void parse_layer_overrides(const Fields& f, ModelConfig& c) {
     if (e.has("num_key_value_heads")) {
       const int64_t n = e.req_int("num_key_value_heads");
       if (n <= 0) e.fail("num_key_value_heads", "must be positive, got ", n);
+      if (n > kMaxWidth) e.fail("num_key_value_heads", "is ", n, ", more than g4 supports (", kMaxWidth, ")");
       if (n != default_kv_heads(c, sliding)) o.num_kv_heads = n;
     }
     if (o.head_dim != 0 || o.num_kv_heads != 0) c.layer_overrides[layer] = o;
@@ -208,8 +219,12 @@ void resolve_impl(ModelConfig& c, const std::string& source, const std::string& 
   auto fail = [&](const std::string& key, const auto&... args) {
     G4_FAIL("config ", source, ": key '", prefix, key, "' ", args...);
   };
+  auto at_most = [&](const char* key, int64_t v, int64_t limit) {
+    if (v > limit) fail(key, "is ", v, ", more than g4 supports (", limit, ")");
+  };
   auto positive = [&](const char* key, int64_t v) {
     if (v <= 0) fail(key, "must be positive, got ", v);
+    at_most(key, v, key == std::string_view("num_hidden_layers") ? kMaxLayers : kMaxWidth);
   };
   positive("vocab_size", c.vocab_size);
   positive("hidden_size", c.hidden_size);
@@ -221,6 +236,14 @@ void resolve_impl(ModelConfig& c, const std::string& source, const std::string& 
   if (c.num_global_kv_heads < 0) fail("num_global_key_value_heads", "must be positive, got ", c.num_global_kv_heads);
   if (c.hidden_size_per_layer_input < 0)
     fail("hidden_size_per_layer_input", "must not be negative, got ", c.hidden_size_per_layer_input);
+  for (auto [key, v] : {std::pair{"global_head_dim", c.global_head_dim},
+                        std::pair{"num_global_key_value_heads", c.num_global_kv_heads},
+                        std::pair{"hidden_size_per_layer_input", c.hidden_size_per_layer_input},
+                        std::pair{"vocab_size_per_layer_input", c.vocab_size_per_layer_input},
+                        std::pair{"num_experts", c.num_experts}, std::pair{"top_k_experts", c.top_k_experts},
+                        std::pair{"moe_intermediate_size", c.moe_intermediate_size},
+                        std::pair{"sliding_window", c.sliding_window}})
+    at_most(key, v, kMaxWidth);
   if (c.hidden_size_per_layer_input > 0) positive("vocab_size_per_layer_input", c.vocab_size_per_layer_input);
   if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive, got ", c.rms_norm_eps);
   if (c.final_logit_softcapping && !(*c.final_logit_softcapping > 0))
@@ -383,6 +406,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.max_position_embeddings = f.opt_int("max_position_embeddings", 0);
 
   if (c.num_layers <= 0) f.fail("num_hidden_layers", "must be positive, got ", c.num_layers);
+  // Checked before the layer table is built from it (sliding_window_pattern makes one per layer).
+  if (c.num_layers > kMaxLayers)
+    f.fail("num_hidden_layers", "is ", c.num_layers, ", more than g4 supports (", kMaxLayers, ")");
   c.layer_types = parse_layer_types(f, c.num_layers);
   if (static_cast<int64_t>(c.layer_types.size()) != c.num_layers)
     f.fail("layer_types", "has ", c.layer_types.size(), " entries but num_hidden_layers is ", c.num_layers);

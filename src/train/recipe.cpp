@@ -1,5 +1,6 @@
 #include "train/recipe.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 
 #include "core/device_memory.h"
 #include "core/error.h"
+#include "io/json_input.h"
+#include "io/utf8.h"
 
 namespace g4::train {
 
@@ -18,7 +21,7 @@ namespace {
 using json = nlohmann::json;
 
 template <class T>
-constexpr bool kAlwaysFalse = false;
+[[maybe_unused]] constexpr bool kAlwaysFalse = false;  // clang: used only in a discarded branch
 
 // The key type of a Recipe field's C++ type; a field of another type needs a custom schema entry.
 template <class T>
@@ -199,9 +202,16 @@ std::string join_choices(const std::vector<std::string>& c, const char* sep, con
   return s;
 }
 
+// A value for a message, cut short: a mistyped key may hold a whole document.
+std::string shown(const json& v) {
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
 // Checks one user value against its key; errors name the file and the key path.
 void check_value(const RecipeKey& k, const json& v, const std::string& source) {
-  G4_CHECK(has_type(k.type, v), source, ": recipe key '", k.path, "' has the wrong type (value ", v.dump(),
+  G4_CHECK(has_type(k.type, v), source, ": recipe key '", k.path, "' has the wrong type (value ", shown(v),
            "; expected ", type_name(k.type), ")");
   if (!k.choices.empty()) {
     const auto s = v.get<std::string>();
@@ -239,44 +249,104 @@ void set_path(json& root, const std::string& path, json value) {
   (*node)[path.substr(start)] = std::move(value);
 }
 
-// YAML node -> JSON, keeping scalars typed (int, float, bool, string) as YAML reads them.
-json yaml_to_json(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      return nullptr;
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& e : n) a.push_back(yaml_to_json(e));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
-      return o;
-    }
-    case YAML::NodeType::Scalar: {
-      const std::string s = n.Scalar();
-      if (n.Tag() == "!") return s;  // quoted
-      if (s == "true" || s == "True") return true;
-      if (s == "false" || s == "False") return false;
-      if (s == "null" || s == "~") return nullptr;
-      try {
-        size_t used = 0;
-        const long long i = std::stoll(s, &used);
-        if (used == s.size()) return i;
-      } catch (...) {
+// Limits on a recipe and on what its YAML expands to. yaml-cpp keeps an alias (*a) as a second
+// reference to the anchored node, so a few lines of nested aliases ("billion laughs") stand for
+// billions of nodes once converted: the conversion counts every node it makes and stops at the
+// limit. Real recipes are a few hundred bytes of < 100 values, nesting 3 deep.
+constexpr size_t kMaxRecipeBytes = 1 << 20;
+constexpr int64_t kMaxRecipeNodes = 100000;
+
+// The line/column yaml-cpp reports, as "line L, column C: " (1-based), or "" when it has none.
+std::string yaml_place(const YAML::Mark& m) {
+  if (m.is_null()) return "";
+  return "line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1) + ": ";
+}
+
+// YAML node -> JSON, keeping scalars typed (int, float, bool, string) as YAML reads them. `what`
+// names the recipe (or the override) in errors.
+class YamlToJson {
+ public:
+  explicit YamlToJson(std::string what) : what_(std::move(what)) {}
+
+  json operator()(const YAML::Node& n) { return convert(n, 0); }
+
+ private:
+  json convert(const YAML::Node& n, int depth) {
+    G4_CHECK(++nodes_ <= kMaxRecipeNodes, what_, " expands to more than ", kMaxRecipeNodes,
+             " YAML values (aliases of aliases?); a recipe holds a few dozen");
+    G4_CHECK(depth <= io::kMaxJsonDepth, what_, " nests YAML mappings/sequences deeper than the limit of ",
+             io::kMaxJsonDepth, " levels (", yaml_place(n.Mark()), "the value that goes too deep)");
+    switch (n.Type()) {
+      case YAML::NodeType::Null:
+      case YAML::NodeType::Undefined:
+        return nullptr;
+      case YAML::NodeType::Sequence: {
+        json a = json::array();
+        for (const auto& e : n) a.push_back(convert(e, depth + 1));
+        return a;
       }
-      try {
-        size_t used = 0;
-        const double d = std::stod(s, &used);
-        if (used == s.size()) return d;
-      } catch (...) {
+      case YAML::NodeType::Map: {
+        json o = json::object();
+        for (const auto& kv : n) {
+          G4_CHECK(kv.first.IsScalar(), what_, ": ", yaml_place(kv.first.Mark()),
+                   "a mapping key must be a plain name, not a list or mapping");
+          o[utf8(kv.first)] = convert(kv.second, depth + 1);
+        }
+        return o;
       }
-      return s;
+      case YAML::NodeType::Scalar:
+        return scalar(n);
     }
+    return nullptr;
   }
-  return nullptr;
+
+  // YAML text is Unicode, and every string of a recipe ends up in JSON (the resolved recipe saved
+  // with each checkpoint, model.config in config.json), which cannot hold other bytes.
+  const std::string& utf8(const YAML::Node& n) const {
+    const std::string& s = n.Scalar();
+    const size_t bad = io::utf8_error_offset(s);
+    G4_CHECK(bad == s.size(), what_, ": ", yaml_place(n.Mark()), "the value is not valid UTF-8 (byte ", bad + 1,
+             " of it)");
+    return s;
+  }
+
+  json scalar(const YAML::Node& n) const {
+    const std::string& s = utf8(n);
+    if (n.Tag() == "!") return s;  // quoted
+    if (s == "true" || s == "True") return true;
+    if (s == "false" || s == "False") return false;
+    if (s == "null" || s == "~") return nullptr;
+    try {
+      size_t used = 0;
+      const long long i = std::stoll(s, &used);
+      if (used == s.size()) return i;
+    } catch (...) {
+    }
+    try {
+      size_t used = 0;
+      const double d = std::stod(s, &used);
+      if (used == s.size()) return d;
+    } catch (...) {
+    }
+    return s;
+  }
+
+  std::string what_;
+  int64_t nodes_ = 0;
+};
+
+// Parses YAML text into JSON; a syntax error names `what` and the place, in our words.
+json parse_yaml(std::string_view text, const std::string& what) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours; it says "bad file"
+    G4_FAIL(what, " nests YAML mappings/sequences deeper than the limit of ", io::kMaxJsonDepth, " levels (",
+            yaml_place(e.mark), "the value that goes too deep)");
+  } catch (const YAML::Exception& e) {
+    G4_FAIL(what, " is not valid YAML (", yaml_place(e.mark), e.msg, ")");
+  }
+  return YamlToJson(what)(root);
 }
 
 // train.device: cuda, after the parallel keys (which the GPU trainer does not support yet).
@@ -400,18 +470,20 @@ Recipe recipe_from_json(const json& user, const std::string& source) {
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   G4_CHECK(std::filesystem::exists(path), "recipe file ", path, " does not exist");
-  json user;
-  try {
-    user = yaml_to_json(YAML::LoadFile(path));
-  } catch (const YAML::Exception& e) {
-    G4_FAIL("recipe ", path, " is not valid YAML: ", e.what());
-  }
+  return recipe_from_yaml(io::read_regular_file(path, "recipe", kMaxRecipeBytes), path, overrides);
+}
+
+Recipe recipe_from_yaml(std::string_view text, const std::string& source, const std::vector<std::string>& overrides) {
+  G4_CHECK(text.size() <= kMaxRecipeBytes, "recipe ", source, " is ", text.size(), " bytes, more than the limit of ",
+           kMaxRecipeBytes, " (a recipe is a few hundred)");
+  json user = parse_yaml(text, "recipe " + source);
   if (user.is_null()) user = json::object();
+  G4_CHECK(user.is_object(), source, ": '(top level)' must be a mapping");
   for (const std::string& o : overrides) {
     const size_t eq = o.find('=');
     G4_CHECK(eq != std::string::npos && eq > 0, "override '", o, "' must look like key.path=value");
     const std::string key = o.substr(0, eq);
-    json value = yaml_to_json(YAML::Load(o.substr(eq + 1)));
+    json value = parse_yaml(o.substr(eq + 1), "override '" + o + "'");
     json* node = &user;
     size_t start = 0;
     while (true) {
@@ -427,7 +499,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     }
   }
   // Paths inside a recipe are relative to the working directory, like every path on the command line.
-  return recipe_from_json(user, path);
+  return recipe_from_json(user, source);
 }
 
 }  // namespace g4::train

@@ -8,6 +8,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/tensor.h"
@@ -104,6 +105,10 @@ std::string recipe_key_listing();
 
 // Reads a recipe file and applies overrides ("train.steps=20", "optimizer.lr=3e-4", ...).
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from the recipe's text (`source` names it in errors). YAML is converted with limits
+// (size, nesting, and the node count aliases expand to), so a hostile recipe is a clear error.
+Recipe recipe_from_yaml(std::string_view text, const std::string& source,
+                        const std::vector<std::string>& overrides = {});
 Recipe recipe_from_json(const nlohmann::json& j, const std::string& source);
 
 // Shell-style wildcard match (`*` any run, `?` one character) for freeze patterns.

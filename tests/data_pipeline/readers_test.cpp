@@ -151,6 +151,11 @@ TEST(JsonlErrors, NameFileLineAndKey) {
   expect_jsonl_error(ok + "{\"text\": 5}\n", "jsonl", "'text' must be a string", "number");
   expect_jsonl_error(ok + "{\"text\": null}\n", "auto", "'text' must be a string", "null");
   expect_jsonl_error(ok + "{\"text\": \"\xff\"}\n", "jsonl", "invalid JSON");  // not UTF-8
+  // Found by fuzz/data_lines.cpp: nlohmann reports a number past a double's range as out_of_range,
+  // which escaped as "[json.exception.out_of_range.406] ...".
+  expect_jsonl_error(ok + "{\"text\": \"a\", \"n\": 1e309}\n", "jsonl", "invalid JSON",
+                     "number overflow parsing '1e309'");
+  expect_jsonl_error(ok + "{\"text\": \"a\", \"n\": -1e400}\n", "auto", "invalid JSON");
 }
 
 TEST(JsonlErrors, ChatMessagesAreChecked) {

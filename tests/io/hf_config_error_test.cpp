@@ -145,6 +145,32 @@ TEST(HfConfigErrors, KvSharingWithoutSource) {
   EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_kv_shared_layers'");
 }
 
+// Found by fuzz/model_config.cpp: sizes that used to run away (a layer table of 10^12 entries from
+// sliding_window_pattern), overflow (a doubled MLP width past INT64_MAX) or reach an undefined
+// double -> int64 cast (1e300) are errors naming the key.
+TEST(HfConfigErrors, AbsurdSizesAreRefusedBeforeUse) {
+  json j = flat();
+  j["vocab_size"] = 1e300;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'vocab_size'", "must be an integer, got 1e+300");
+  j = flat();
+  j["hidden_size"] = 18446744073709551615ull;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'hidden_size'", "more than the largest integer");
+  j = flat();
+  j.erase("layer_types");
+  j["sliding_window_pattern"] = 2;
+  j["num_hidden_layers"] = 1000000000000;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'num_hidden_layers'", "more than g4 supports (4096)");
+  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "head_dim", "sliding_window",
+                          "global_head_dim"}) {
+    j = flat();
+    j[key] = int64_t(1) << 62;
+    EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, std::string("'") + key + "'", "more than g4 supports");
+  }
+  j = flat();
+  j["per_layer_config"]["2"]["head_dim"] = int64_t(1) << 40;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.2.head_dim'", "more than g4 supports");
+}
+
 TEST(HfConfigErrors, Files) {
   test::TempDir tmp;
   EXPECT_G4_ERROR(load_model_config(tmp / "config.json"), tmp / "config.json", "cannot open");

@@ -2,6 +2,7 @@
 #include "train/recipe.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <iterator>
 
@@ -303,6 +304,55 @@ TEST(Recipe, Wildcards) {
   EXPECT_TRUE(train::wildcard_match("*router*", "model.layers.3.router.proj.weight"));
   EXPECT_TRUE(train::wildcard_match("model.layers.?.mlp.*", "model.layers.3.mlp.up_proj.weight"));
   EXPECT_FALSE(train::wildcard_match("model.layers.?.mlp.*", "model.layers.13.mlp.up_proj.weight"));
+}
+
+// Hostile recipes (issue 19, found by fuzz/recipe_yaml.cpp): each is a g4::Error naming the recipe
+// and what is wrong, never a crash, an exhausted memory or yaml-cpp's / nlohmann's own text.
+TEST(Recipe, HostileYamlIsAClearError) {
+  const auto expect_error = [](const std::string& yaml, const std::string& want,
+                               const std::vector<std::string>& overrides = {}) {
+    SCOPED_TRACE(yaml.substr(0, 80));
+    const std::string e = test::error_of([&] { train::recipe_from_yaml(yaml, "r.yaml", overrides); });
+    EXPECT_NE(e.find(want), std::string::npos) << e;
+    EXPECT_EQ(e.find("yaml-cpp"), std::string::npos) << e;
+    EXPECT_EQ(e.find("json.exception"), std::string::npos) << e;
+  };
+  // Nine levels of nine aliases: 9^10 values once expanded, from 500 bytes.
+  std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b', prev = 'a'; c <= 'j'; prev = c++) {
+    bomb += std::string(1, c) + ": &" + c + " [";
+    for (int i = 0; i < 9; ++i) bomb += std::string(i ? ", *" : "*") + prev;
+    bomb += "]\n";
+  }
+  expect_error(bomb, "recipe r.yaml expands to more than 100000 YAML values");
+  // Deeper than 128 fails in the conversion, deeper than yaml-cpp's own guard (~450) in its parser.
+  for (size_t depth : {200, 5000}) {
+    expect_error("model: " + std::string(depth, '[') + "1" + std::string(depth, ']') + "\n",
+                 "recipe r.yaml nests YAML mappings/sequences deeper than the limit of 128 levels (line 1, column ");
+  }
+  expect_error("model: {name: [unclosed\n", "recipe r.yaml is not valid YAML (line ");
+  expect_error("? [a, b]\n: 1\n", "r.yaml: line 1, column 3: a mapping key must be a plain name");
+  // A top level that is not a mapping, with an override to apply over it.
+  expect_error("5\n", "r.yaml: '(top level)' must be a mapping", {"train.steps=3"});
+  expect_error("model: {name: tiny-moe}\n", "override 'train.steps=[' is not valid YAML", {"train.steps=["});
+  // Bytes that are not UTF-8 used to reach nlohmann, whose dump() then threw type_error.316.
+  expect_error("data: {train: \"a\xff.txt\"}\n", "recipe r.yaml: line 1, column 15: the value is not valid UTF-8");
+  expect_error("model: {name: tiny-moe}\n", "the value is not valid UTF-8", {"optimizer.betas=[0\xcc\xc3, 1]"});
+  // The wrong type with a huge value: the message shows the start of it.
+  const std::string e = test::error_of([] {
+    train::recipe_from_yaml("train: {steps: [" + std::string(10000, '1') + "]}\n", "r.yaml");
+  });
+  EXPECT_NE(e.find("'train.steps' has the wrong type (value [\"111"), std::string::npos) << e;
+  EXPECT_LT(e.size(), 400u) << e;
+}
+
+TEST(Recipe, AFifoIsNotARecipe) {
+  const std::filesystem::path fifo = std::filesystem::temp_directory_path() / "g4_recipe_fifo.yaml";
+  std::filesystem::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string e = test::error_of([&] { train::load_recipe(fifo.string()); });
+  EXPECT_NE(e.find("recipe " + fifo.string() + " is not a regular file"), std::string::npos) << e;
+  std::filesystem::remove(fifo);
 }
 
 TEST(LrSchedule, WarmupThenCosineToTheFloor) {
