@@ -552,18 +552,21 @@ std::vector<Event> Engine::Impl::step() {
     events.push_back(std::move(e));
   }
   // Finished samples and forked groups give their pages back; forks take their group's place.
+  // Requests are dropped only after the loop: two samples of one request may both end in this step,
+  // and the second still points at the request.
+  std::vector<uint64_t> touched;
   for (Seq* s : ended) {
     auto it = std::find_if(running.begin(), running.end(), [&](const auto& p) { return p.get() == s; });
     if (it == running.end()) continue;  // a group already handled
     release_pages(*s);
-    const uint64_t id = s->req->id;
+    touched.push_back(s->req->id);
     std::vector<std::unique_ptr<Seq>> mine;
     for (auto& f : forks)
       if (f && f->req == s->req) mine.push_back(std::move(f));
     const auto pos = running.erase(it);
     running.insert(pos, std::make_move_iterator(mine.begin()), std::make_move_iterator(mine.end()));
-    finish_request_if_done(id);
   }
+  for (uint64_t id : touched) finish_request_if_done(id);
   return events;
 }
 
