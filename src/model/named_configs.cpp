@@ -43,45 +43,26 @@ nlohmann::json base(int64_t vocab) {
 }  // namespace
 
 // The released models' text widths (config.json of google/gemma-4-26B-A4B, gemma-4-E4B and
-// gemma-4-31B; ../shared/specs/CONFIGS.md), for
-// benchmarks and training from scratch at real size; num_hidden_layers is usually overridden.
+// gemma-4-31B), for benchmarks and training from scratch at real size; num_hidden_layers is
+// usually overridden. Each model's keys over what all three share.
 nlohmann::json real_shape(const std::string& name) {
   nlohmann::json j = base(262144);
-  j["max_position_embeddings"] = 131072;
-  j["head_dim"] = 256;
-  j["global_head_dim"] = 512;
-  j["num_global_key_value_heads"] = 2;
-  if (name == "gemma-4-26b-a4b") {
-    j["hidden_size"] = 2816;
-    j["intermediate_size"] = 2112;
-    j["num_hidden_layers"] = 30;
-    j["num_attention_heads"] = 16;
-    j["num_key_value_heads"] = 8;
-    j["sliding_window"] = 1024;
-    j["attention_k_eq_v"] = true;
-    j["enable_moe_block"] = true;
-    j["num_experts"] = 128;
-    j["top_k_experts"] = 8;
-    j["moe_intermediate_size"] = 704;
-  } else if (name == "gemma-4-31b") {
-    j["hidden_size"] = 5376;
-    j["intermediate_size"] = 21504;
-    j["num_hidden_layers"] = 60;
-    j["num_attention_heads"] = 32;
-    j["num_key_value_heads"] = 16;
-    j["num_global_key_value_heads"] = 4;
-    j["sliding_window"] = 1024;
-    j["attention_k_eq_v"] = true;
-  } else {  // gemma-4-e4b
-    j["hidden_size"] = 2560;
-    j["intermediate_size"] = 10240;
-    j["num_hidden_layers"] = 42;
-    j["num_attention_heads"] = 8;
-    j["num_key_value_heads"] = 2;
-    j["sliding_window"] = 512;
-    j["hidden_size_per_layer_input"] = 256;
-    j["num_kv_shared_layers"] = 18;
-  }
+  j.update({{"max_position_embeddings", 131072}, {"head_dim", 256}, {"global_head_dim", 512},
+            {"num_global_key_value_heads", 2}});
+  using W = nlohmann::json;
+  if (name == "gemma-4-26b-a4b")
+    j.update(W{{"hidden_size", 2816}, {"intermediate_size", 2112}, {"num_hidden_layers", 30},
+               {"num_attention_heads", 16}, {"num_key_value_heads", 8}, {"sliding_window", 1024},
+               {"attention_k_eq_v", true}, {"enable_moe_block", true}, {"num_experts", 128},
+               {"top_k_experts", 8}, {"moe_intermediate_size", 704}});
+  else if (name == "gemma-4-31b")
+    j.update(W{{"hidden_size", 5376}, {"intermediate_size", 21504}, {"num_hidden_layers", 60},
+               {"num_attention_heads", 32}, {"num_key_value_heads", 16}, {"num_global_key_value_heads", 4},
+               {"sliding_window", 1024}, {"attention_k_eq_v", true}});
+  else  // gemma-4-e4b
+    j.update(W{{"hidden_size", 2560}, {"intermediate_size", 10240}, {"num_hidden_layers", 42},
+               {"num_attention_heads", 8}, {"num_key_value_heads", 2}, {"sliding_window", 512},
+               {"hidden_size_per_layer_input", 256}, {"num_kv_shared_layers", 18}});
   return j;
 }
 
