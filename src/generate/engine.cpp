@@ -486,10 +486,12 @@ std::vector<Event> Engine::Impl::step() {
   st.positions = index_tensor(positions, DType::I64, dev);
   st.logit_rows = index_tensor(rows, DType::I64, dev);
   const int64_t n_seq = static_cast<int64_t>(plan.size());
+  // The query rows and key counts are the same for both kinds: uploaded once.
+  const Tensor cu_q_t = index_tensor(cu_q, DType::I32, dev), kv_len_t = index_tensor(kv_len, DType::I32, dev);
   for (size_t kind = 0; kind < pools.size(); ++kind) {
     st.slots[kind] = index_tensor(slots[kind], DType::I64, dev);
-    st.layout[kind].cu_q = index_tensor(cu_q, DType::I32, dev);
-    st.layout[kind].kv_len = index_tensor(kv_len, DType::I32, dev);
+    st.layout[kind].cu_q = cu_q_t;
+    st.layout[kind].kv_len = kv_len_t;
     st.layout[kind].page_table = index_tensor(tables[kind], DType::I32, dev).reshape({n_seq, width[kind]});
   }
   const Tensor logits = model.forward_paged(st, kv);
