@@ -40,6 +40,14 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
 Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int64_t count, double softcap = 0,
                          int64_t chunk_rows = 0, int64_t ignore_index = -100);
 
+// The LM head's log-probabilities of given tokens, fused and chunked like linear_cross_entropy:
+// log softmax(softcap(x · wᵀ) / temperature)[target] per row (x [..., H], w [V, H], targets [...]),
+// 0 where target == ignore_index. The result is [...] f32 (f64 for f64 x). The [N, V] logits are
+// never stored: the backward recomputes each chunk's logits from x and w (one more LM-head GEMM)
+// and feeds the per-row gradient through softmax - onehot. RL's losses are functions of these.
+Var linear_token_logprobs(const Var& x, const Var& w, const Tensor& targets, double softcap = 0,
+                          double temperature = 1.0, int64_t chunk_rows = 0, int64_t ignore_index = -100);
+
 // Top-k of router probabilities: renormalised weights (differentiable) and expert ids.
 Var router_topk(const Var& probs, int64_t k, Tensor& indices);
 Var moe_permute(const Var& x, const ops::MoePlan& plan);

@@ -27,6 +27,10 @@ struct ForwardInputs {
   // by chunk (ag::linear_cross_entropy), and ForwardOutputs::logits stays undefined; the full
   // [B, S, V] logits (262 144 columns for Gemma 4) are never stored.
   bool return_logits = true;
+  // true: ForwardOutputs::token_logprobs instead of the loss (RL: log-probs of the targets, from the
+  // fused LM head, differentiable; no cross-entropy is computed). Needs labels or targets.
+  bool return_token_logprobs = false;
+  double logprob_temperature = 1.0;  // the logits (after the final softcap) are divided by it
 };
 
 struct ForwardOutputs {
@@ -35,6 +39,8 @@ struct ForwardOutputs {
   double cross_entropy = 0;  // the language-model part of loss
   double router_aux = 0;     // the load-balancing term (before its coefficient; training only)
   int64_t counted_tokens = 0;
+  // [B, S] f32 log p(target) under the model (0 where the target is ignored), when asked for.
+  ag::Var token_logprobs;
   // Per MoE layer: how many token copies (T*K in all) each expert this model holds processed,
   // indexed from experts().begin. With expert parallelism these are the rows the local experts
   // received from every rank of the group.
