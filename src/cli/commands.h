@@ -15,6 +15,7 @@ void add_forward(CLI::App& app, Action& action);
 void add_generate(CLI::App& app, Action& action);
 void add_convert(CLI::App& app, Action& action);
 void add_train(CLI::App& app, Action& action);
+void add_rl(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);

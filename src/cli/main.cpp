@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   g4::cli::add_generate(app, action);
   g4::cli::add_convert(app, action);
   g4::cli::add_train(app, action);
+  g4::cli::add_rl(app, action);
   g4::cli::add_eval(app, action);
   g4::cli::add_launch(app, action);
   g4::cli::add_bench(app, action);

@@ -75,10 +75,20 @@ constexpr Range kAtLeastOne{1, kInf, false, false};
 constexpr Range kUnit{0, 1, false, true};  // [0, 1)
 constexpr Range kFraction{0, 1, false, false};  // [0, 1]
 
+// Which commands read a key.
+enum Scope { kBoth, kTrainOnly, kRlOnly };
+struct ScopedKey {
+  ScopedKey(RecipeKey k, Scope s = kBoth) : scope(s), key(std::move(k)) {}  // NOLINT: a plain key is for both
+  Scope scope;
+  RecipeKey key;
+};
+ScopedKey train_only(RecipeKey k) { return {std::move(k), kTrainOnly}; }
+ScopedKey rl_only(RecipeKey k) { return {std::move(k), kRlOnly}; }
+
 // The schema. A new key is one line here (and its field, with its default, in Recipe). Rules that
 // join several keys are in check_combinations below.
-std::vector<RecipeKey> make_schema() {
-  std::vector<RecipeKey> s = {
+std::vector<ScopedKey> make_schema() {
+  std::vector<ScopedKey> s = {
       field("model.name", G4_SLOT(model_name),
             "built-in shape (tiny-dense, tiny-moe, gemma-4-26b-a4b, gemma-4-e4b, gemma-4-31b); set this or model.path"),
       field("model.path", G4_SLOT(model_path),
@@ -86,21 +96,21 @@ std::vector<RecipeKey> make_schema() {
       field("model.config", G4_SLOT(model_overrides), "config.json keys over the built-in shape (model.name only)"),
       field("model.init_seed", G4_SLOT(init_seed), "seed of a built-in model's random initialisation"),
       field("tokenizer", G4_SLOT(tokenizer), "tokenizer file or directory (empty: model.path)"),
-      field("data.train", G4_SLOT(data.files), "training files (.txt, .jsonl): one path or a list"),
-      field("data.format", G4_SLOT(data.format), "file format; auto: by extension and the first JSON line's keys", {},
-            {"auto", "text", "jsonl", "chat"}),
-      field("data.text_split", G4_SLOT(data.text_split),
-            "plain text: one document per paragraph (blank lines), line or file", {}, {"paragraph", "line", "file"}),
-      field("data.seq_len", G4_SLOT(data.seq_len), "tokens per packed row", kPositive),
-      field("data.add_bos", G4_SLOT(data.add_bos), "plain text: BOS before each document (chat has its template's)"),
-      field("data.add_eos", G4_SLOT(data.add_eos), "plain text: EOS after each document"),
-      field("data.overlong", G4_SLOT(data.overlong), "documents longer than data.seq_len: split, truncate or refuse",
-            {}, {"split", "truncate", "error"}),
-      field("data.validation_fraction", G4_SLOT(data.validation_fraction),
-            "share of whole documents held out for validation", kUnit),
-      field("data.seed", G4_SLOT(data.seed), "seed of the validation split and of each epoch's row order"),
+      train_only(field("data.train", G4_SLOT(data.files), "training files (.txt, .jsonl): one path or a list")),
+      train_only(field("data.format", G4_SLOT(data.format), "file format; auto: by extension and the first JSON line's keys", {},
+            {"auto", "text", "jsonl", "chat"})),
+      train_only(field("data.text_split", G4_SLOT(data.text_split),
+            "plain text: one document per paragraph (blank lines), line or file", {}, {"paragraph", "line", "file"})),
+      train_only(field("data.seq_len", G4_SLOT(data.seq_len), "tokens per packed row", kPositive)),
+      train_only(field("data.add_bos", G4_SLOT(data.add_bos), "plain text: BOS before each document (chat has its template's)")),
+      train_only(field("data.add_eos", G4_SLOT(data.add_eos), "plain text: EOS after each document")),
+      train_only(field("data.overlong", G4_SLOT(data.overlong), "documents longer than data.seq_len: split, truncate or refuse",
+            {}, {"split", "truncate", "error"})),
+      train_only(field("data.validation_fraction", G4_SLOT(data.validation_fraction),
+            "share of whole documents held out for validation", kUnit)),
+      train_only(field("data.seed", G4_SLOT(data.seed), "seed of the validation split and of each epoch's row order")),
       field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW)", kPositive),
-      {"optimizer.betas", KeyType::FloatPair, "AdamW beta1 and beta2", kUnit, {},
+      RecipeKey{"optimizer.betas", KeyType::FloatPair, "AdamW beta1 and beta2", kUnit, {},
        [](Recipe& r, const json& v) {
          r.beta1 = v[0].get<double>();
          r.beta2 = v[1].get<double>();
@@ -114,36 +124,131 @@ std::vector<RecipeKey> make_schema() {
             {"cosine", "linear", "constant"}),
       field("schedule.warmup_steps", G4_SLOT(warmup_steps), "steps of linear warmup from 0 to optimizer.lr", kNonNegative),
       field("schedule.min_lr_ratio", G4_SLOT(min_lr_ratio), "where the decay ends, as a fraction of optimizer.lr", kFraction),
-      field("train.steps", G4_SLOT(steps), "optimizer steps", kPositive),
-      field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive),
-      field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive),
+      field("train.steps", G4_SLOT(steps), "training steps (g4 rl: GRPO steps)", kPositive),
+      train_only(field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive)),
+      train_only(field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive)),
       field("train.recompute", G4_SLOT(recompute),
             "recompute each layer in the backward pass: less memory, same gradients"),
       field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
-      field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
-            kNonNegative),
+      train_only(field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
+            kNonNegative)),
       field("train.skip_nonfinite_steps", G4_SLOT(skip_nonfinite_steps),
             "skip (and count) a step whose loss or gradient norm is NaN/inf instead of stopping"),
-      {"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
+      RecipeKey{"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
        {"cpu", "cuda"}, [](Recipe& r, const json& v) { r.device = v == "cuda" ? Device::CUDA : Device::CPU; },
        [](const Recipe& r) { return json(r.device == Device::CUDA ? "cuda" : "cpu"); }},
       field("parallel.data_parallel", G4_SLOT(data_parallel),
             "data-parallel replicas (0 = launched ranks / (expert_parallel * context_parallel))", kNonNegative),
-      field("parallel.expert_parallel", G4_SLOT(expert_parallel), "ranks per expert-parallel group (1 = off)",
-            kAtLeastOne),
-      field("parallel.context_parallel", G4_SLOT(context_parallel),
-            "ranks per context-parallel group, each taking a slice of every row (1 = off)", kAtLeastOne),
+      train_only(field("parallel.expert_parallel", G4_SLOT(expert_parallel), "ranks per expert-parallel group (1 = off)",
+            kAtLeastOne)),
+      train_only(field("parallel.context_parallel", G4_SLOT(context_parallel),
+            "ranks per context-parallel group, each taking a slice of every row (1 = off)", kAtLeastOne)),
       field("parallel.fsdp", G4_SLOT(fsdp),
             "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
       field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
       field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)", kNonNegative),
       field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),
       field("log.every", G4_SLOT(log_every), "steps between metric lines", kPositive),
-      field("log.validation_every", G4_SLOT(validation_every), "steps between validation losses (0 = never)", kNonNegative),
-      field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss", kNonNegative),
-      field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative),
-      field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative),
-      field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)"),
+      field("log.validation_every", G4_SLOT(validation_every), "steps between validations (0 = never)", kNonNegative),
+      train_only(field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss", kNonNegative)),
+      train_only(field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative)),
+      train_only(field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative)),
+      train_only(field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)")),
+      // g4 rl: NeMo-RL's GRPO/DAPO keys (../shared/specs/RL.md §6).
+      rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
+      rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
+            "samples of each prompt (one GRPO group)", kPositive)),
+      rl_only(field("grpo.normalize_rewards", G4_SLOT(rl.normalize_rewards),
+            "divide advantages by the group's reward std (+1e-6) where it is not 0")),
+      rl_only(field("grpo.use_leave_one_out_baseline", G4_SLOT(rl.leave_one_out_baseline),
+            "baseline and std of each sample from the group's other samples")),
+      rl_only(field("grpo.use_dynamic_sampling", G4_SLOT(rl.dynamic_sampling),
+            "DAPO: train only on groups whose rewards differ, generating more rounds until the step is full")),
+      rl_only(field("grpo.batch_multiplier", G4_SLOT(rl.batch_multiplier),
+            "dynamic sampling: prompts generated per round, as a multiple of num_prompts_per_step", kAtLeastOne)),
+      rl_only(field("grpo.dynamic_sampling_max_gen_batches", G4_SLOT(rl.dynamic_sampling_max_rounds),
+            "dynamic sampling: generation rounds per step before it is an error", kPositive)),
+      rl_only(field("grpo.reward_scaling.enabled", G4_SLOT(rl.reward_scaling),
+            "map rewards clamped to [source_min, source_max] linearly onto [target_min, target_max]")),
+      rl_only(field("grpo.reward_scaling.source_min", G4_SLOT(rl.scaling_source_min), "reward scaling: source low end")),
+      rl_only(field("grpo.reward_scaling.source_max", G4_SLOT(rl.scaling_source_max), "reward scaling: source high end")),
+      rl_only(field("grpo.reward_scaling.target_min", G4_SLOT(rl.scaling_target_min), "reward scaling: target low end")),
+      rl_only(field("grpo.reward_scaling.target_max", G4_SLOT(rl.scaling_target_max), "reward scaling: target high end")),
+      rl_only(field("grpo.reward_shaping.enabled", G4_SLOT(rl.overlong_shaping),
+            "DAPO overlong penalty: responses longer than max_response_length - overlong_buffer_length lose reward")),
+      rl_only(field("grpo.reward_shaping.overlong_buffer_length", G4_SLOT(rl.overlong_buffer_length),
+            "overlong penalty: tokens over which it grows to its full size", kNonNegative)),
+      rl_only(field("grpo.reward_shaping.overlong_buffer_penalty", G4_SLOT(rl.overlong_penalty),
+            "overlong penalty: its full size", kNonNegative)),
+      rl_only(field("grpo.reward_shaping.max_response_length", G4_SLOT(rl.max_response_length),
+            "overlong penalty: response length of the full penalty (0: generation.max_new_tokens)", kNonNegative)),
+      rl_only(field("grpo.seed", G4_SLOT(rl.seed), "seed of the prompt order and of every sampling draw")),
+      rl_only(field("grpo.val_samples_per_prompt", G4_SLOT(rl.val_samples_per_prompt),
+            "samples per validation prompt (validation accuracy is avg@k)", kPositive)),
+      rl_only(field("grpo.max_val_prompts", G4_SLOT(rl.max_val_prompts),
+            "validation prompts used (0: all)", kNonNegative)),
+      rl_only(field("loss_fn.ratio_clip_min", G4_SLOT(rl.ratio_clip_min), "PPO clip: r >= 1 - ratio_clip_min", kNonNegative)),
+      rl_only(field("loss_fn.ratio_clip_max", G4_SLOT(rl.ratio_clip_max), "PPO clip: r <= 1 + ratio_clip_max", kNonNegative)),
+      rl_only(field("loss_fn.ratio_clip_c", G4_SLOT(rl.ratio_clip_c),
+            "dual clip: the loss of a negative-advantage token is at most c |A| (0: off; else > 1)", kNonNegative)),
+      rl_only(field("loss_fn.reference_policy_kl_penalty", G4_SLOT(rl.kl_penalty),
+            "KL penalty weight against the initial model (0: no reference model is kept)", kNonNegative)),
+      rl_only(field("loss_fn.reference_policy_kl_type", G4_SLOT(rl.kl_type), "KL estimator", {}, {"k1", "k2", "k3"})),
+      rl_only(field("loss_fn.kl_input_clamp_value", G4_SLOT(rl.kl_input_clamp),
+            "KL: log-ratio clamped to +-this", kPositive)),
+      rl_only(field("loss_fn.kl_output_clamp_value", G4_SLOT(rl.kl_output_clamp),
+            "KL: each token's estimate clamped to +-this", kPositive)),
+      rl_only(field("loss_fn.use_on_policy_kl_approximation", G4_SLOT(rl.on_policy_kl_approximation),
+            "weight the KL by exp(lp_curr - lp_gen) (no gradient through the weight)")),
+      rl_only(field("loss_fn.use_importance_sampling_correction", G4_SLOT(rl.importance_sampling_correction),
+            "weight each token by exp(lp_prev - lp_gen): training over generation probability")),
+      rl_only(field("loss_fn.truncated_importance_sampling_type", G4_SLOT(rl.truncation),
+            "truncation of the importance weight", {}, {"none", "tis", "icepop", "seq-mask-tis"})),
+      rl_only(field("loss_fn.truncated_importance_sampling_ratio", G4_SLOT(rl.truncation_ratio),
+            "truncation: upper bound R", kPositive)),
+      rl_only(field("loss_fn.truncated_importance_sampling_ratio_min", G4_SLOT(rl.truncation_ratio_min),
+            "truncation: lower bound (icepop, seq-mask-tis)", kNonNegative)),
+      rl_only(field("loss_fn.token_level_loss", G4_SLOT(rl.token_level_loss),
+            "mean over every token of the step (false: per sequence, then over sequences)")),
+      rl_only(field("generation.max_new_tokens", G4_SLOT(rl.max_new_tokens), "tokens generated per response at most",
+            kPositive)),
+      rl_only(field("generation.max_total_sequence_length", G4_SLOT(rl.max_total_sequence_length),
+            "prompt + response tokens at most (0: the model's context)", kNonNegative)),
+      rl_only(field("generation.temperature", G4_SLOT(rl.temperature),
+            "sampling temperature (the training log-probs use it too)", kPositive)),
+      rl_only(field("generation.top_p", G4_SLOT(rl.top_p), "nucleus sampling mass (1: off)", Range{0, 1, true, false})),
+      rl_only(field("generation.top_k", G4_SLOT(rl.top_k), "sample among the k most likely tokens (0: off)",
+            kNonNegative)),
+      rl_only(field("generation.stop_strings", G4_SLOT(rl.stop_strings),
+            "texts that end a response (their tokens are kept and trained on)")),
+      rl_only(field("generation.memory_fraction", G4_SLOT(rl.memory_fraction),
+            "GPU: share of the free memory given to the KV pages during rollouts", Range{0, 1, true, false})),
+      rl_only(field("generation.page_size", G4_SLOT(rl.page_size), "tokens per KV page", kPositive)),
+      rl_only(field("generation.max_running", G4_SLOT(rl.max_running), "sequences decoded together at most", kPositive)),
+      rl_only(field("prompts.train", G4_SLOT(rl.prompts_train),
+            "JSONL prompt set (DAPO-Math or {prompt, answer} lines); or set prompts.task")),
+      rl_only(field("prompts.validation", G4_SLOT(rl.prompts_validation),
+            "JSONL validation prompts (with prompts.task: empty = held-out problems of the task)")),
+      rl_only(field("prompts.task", G4_SLOT(rl.task),
+            "built-in task of generated problems (arithmetic, countdown; see g4 task)")),
+      rl_only(field("prompts.task_difficulty", G4_SLOT(rl.task_difficulty), "built-in task: difficulty", kNonNegative)),
+      rl_only(field("prompts.task_validation_prompts", G4_SLOT(rl.task_validation_prompts),
+            "built-in task: held-out problems for validation", kNonNegative)),
+      rl_only(field("prompts.system_prompt", G4_SLOT(rl.system_prompt), "system turn before each prompt (empty: none)")),
+      rl_only(field("prompts.max_input_seq_length", G4_SLOT(rl.max_input_seq_length),
+            "prompts with more tokens are skipped (and counted) when the prompt set is read", kPositive)),
+      rl_only(field("reward.kind", G4_SLOT(rl.reward), "how a response is scored", {},
+            {"dapo_math", "exact", "regex", "countdown", "command"})),
+      rl_only(field("reward.pattern", G4_SLOT(rl.reward_pattern),
+            "regex reward: pattern ({answer} is the escaped ground truth)")),
+      rl_only(field("reward.command", G4_SLOT(rl.reward_command),
+            "command reward: shell command reading JSONL rollouts on stdin, writing one reward per line")),
+      rl_only(field("reward.timeout_s", G4_SLOT(rl.reward_timeout_s), "command reward: seconds before it is killed",
+            kPositive)),
+      rl_only(field("train.global_batch_size", G4_SLOT(rl.global_batch_size),
+            "samples per optimizer step (0: all of a GRPO step's, one update per step)", kNonNegative)),
+      rl_only(field("train.micro_batch_tokens", G4_SLOT(rl.micro_batch_tokens),
+            "tokens per packed row of the training forward (rollouts packed up to it)", kPositive)),
   };
   return s;
 }
@@ -151,17 +256,19 @@ std::vector<RecipeKey> make_schema() {
 
 #undef G4_SLOT
 
-const RecipeKey* find_key(const std::string& path) {
-  for (const RecipeKey& k : recipe_schema())
+const RecipeKey* find_key(const std::string& path, Command c) {
+  for (const RecipeKey& k : recipe_schema(c))
     if (k.path == path) return &k;
   return nullptr;
 }
 
-bool is_section(const std::string& path) {
-  for (const RecipeKey& k : recipe_schema())
+bool is_section(const std::string& path, Command c) {
+  for (const RecipeKey& k : recipe_schema(c))
     if (k.path.starts_with(path + ".")) return true;
   return false;
 }
+
+Command other(Command c) { return c == Command::kTrain ? Command::kRl : Command::kTrain; }
 
 // Indexed by KeyType, in its order.
 constexpr const char* kTypeNames[] = {"int",        "uint",   "float", "bool", "string", "list of strings",
@@ -226,17 +333,21 @@ void check_value(const RecipeKey& k, const json& v, const std::string& source) {
 }
 
 // Walks the user's tree: every leaf must be a schema key, every inner node a section of them.
-void collect(const json& node, const std::string& path, const std::string& source,
+void collect(const json& node, const std::string& path, const std::string& source, Command c,
              std::map<std::string, const json*>& values) {
   G4_CHECK(node.is_object(), source, ": '", path.empty() ? "(top level)" : path, "' must be a mapping");
   for (auto it = node.begin(); it != node.end(); ++it) {
     const std::string key = path.empty() ? it.key() : path + "." + it.key();
-    if (const RecipeKey* k = find_key(key)) {
+    if (const RecipeKey* k = find_key(key, c)) {
       check_value(*k, it.value(), source);
       values[key] = &it.value();
+    } else if (is_section(key, c)) {
+      collect(it.value(), key, source, c, values);
     } else {
-      G4_CHECK(is_section(key), source, ": unknown recipe key '", key, "' (g4 train --list-keys lists them)");
-      collect(it.value(), key, source, values);
+      const bool theirs = find_key(key, other(c)) || is_section(key, other(c));
+      G4_CHECK(!theirs, source, ": recipe key '", key, "' is for g4 ", command_name(other(c)), ", not g4 ",
+               command_name(c), " (g4 ", command_name(c), " --list-keys lists its keys)");
+      G4_FAIL(source, ": unknown recipe key '", key, "' (g4 ", command_name(c), " --list-keys lists them)");
     }
   }
 }
@@ -370,13 +481,40 @@ void check_cuda_device(const Recipe& r, const std::string& source) {
   G4_CHECK(cuda_available(), source, ": recipe key 'train.device' is cuda, but ", why);
 }
 
+// g4 rl's rules that join several keys (the loss options are checked again, with the same names,
+// by rl::check when the run starts).
+void check_rl(Recipe& r, const std::string& source) {
+  RlSettings& rl = r.rl;
+  G4_CHECK(rl.prompts_train.empty() != rl.task.empty(), source,
+           ": set exactly one of 'prompts.train' (a JSONL prompt set) and 'prompts.task' (a built-in task)");
+  G4_CHECK(rl.dynamic_sampling || rl.batch_multiplier == 1.0, source, ": 'grpo.batch_multiplier' is ",
+           rl.batch_multiplier, " but 'grpo.use_dynamic_sampling' is false (more prompts per round only serve "
+           "dynamic sampling)");
+  const int64_t samples = rl.prompts_per_step * rl.generations_per_prompt;
+  G4_CHECK(rl.global_batch_size == 0 || samples % rl.global_batch_size == 0, source, ": 'train.global_batch_size' ",
+           rl.global_batch_size, " must divide the samples of a step (grpo.num_prompts_per_step x "
+           "grpo.num_generations_per_prompt = ", samples, ")");
+  if (rl.max_response_length == 0) rl.max_response_length = rl.max_new_tokens;
+  G4_CHECK(!rl.overlong_shaping || rl.overlong_buffer_length > 0, source,
+           ": 'grpo.reward_shaping.enabled' needs 'grpo.reward_shaping.overlong_buffer_length' > 0");
+  G4_CHECK(!rl.overlong_shaping || rl.overlong_buffer_length <= rl.max_response_length, source,
+           ": 'grpo.reward_shaping.overlong_buffer_length' ", rl.overlong_buffer_length,
+           " exceeds 'grpo.reward_shaping.max_response_length' ", rl.max_response_length);
+  G4_CHECK(!rl.reward_scaling || rl.scaling_source_max > rl.scaling_source_min, source,
+           ": 'grpo.reward_scaling.source_max' must exceed 'grpo.reward_scaling.source_min'");
+  G4_CHECK(rl.reward != "regex" || !rl.reward_pattern.empty(), source, ": 'reward.kind' regex needs 'reward.pattern'");
+  G4_CHECK(rl.reward != "command" || !rl.reward_command.empty(), source,
+           ": 'reward.kind' command needs 'reward.command'");
+}
+
 // The rules that join several keys; each key alone has passed its schema line.
 void check_combinations(Recipe& r, const std::string& source) {
   G4_CHECK(r.model_name.empty() != r.model_path.empty(), source,
            ": set exactly one of 'model.name' (a built-in shape) and 'model.path' (a Hugging Face checkpoint)");
   if (r.tokenizer.empty()) r.tokenizer = r.model_path;
   G4_CHECK(!r.tokenizer.empty(), source, ": 'tokenizer' is required when training a built-in model");
-  G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
+  if (r.command == Command::kTrain) G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
+  if (r.command == Command::kRl) check_rl(r, source);
   G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
            ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
            "nothing to shard over; drop one of the two keys");
@@ -410,14 +548,23 @@ std::string RecipeKey::type_text() const {
   return type_name(type) + (r.empty() ? "" : " " + r);
 }
 
-const std::vector<RecipeKey>& recipe_schema() {
-  static const std::vector<RecipeKey> schema = make_schema();
-  return schema;
+const char* command_name(Command c) { return c == Command::kTrain ? "train" : "rl"; }
+
+const std::vector<RecipeKey>& recipe_schema(Command c) {
+  static const auto schemas = [] {
+    std::pair<std::vector<RecipeKey>, std::vector<RecipeKey>> train_rl;
+    for (ScopedKey& k : make_schema()) {
+      if (k.scope != kRlOnly) train_rl.first.push_back(k.key);
+      if (k.scope != kTrainOnly) train_rl.second.push_back(std::move(k.key));
+    }
+    return train_rl;
+  }();
+  return c == Command::kTrain ? schemas.first : schemas.second;
 }
 
-std::string recipe_key_listing() {
+std::string recipe_key_listing(Command c) {
   size_t wk = 3, wt = 4, wd = 7;
-  for (const RecipeKey& k : recipe_schema()) {
+  for (const RecipeKey& k : recipe_schema(c)) {
     wk = std::max(wk, k.path.size());
     wt = std::max(wt, k.type_text().size());
     wd = std::max(wd, k.default_value().dump().size());
@@ -431,7 +578,7 @@ std::string recipe_key_listing() {
       "Recipe keys: nested in the YAML file (optimizer: {lr: 3.0e-4}) or overridden on the command line "
       "(optimizer.lr=3e-4).\n\n";
   out += row("key", "type", "default", "meaning");
-  for (const RecipeKey& k : recipe_schema()) out += row(k.path, k.type_text(), k.default_value().dump(), k.doc);
+  for (const RecipeKey& k : recipe_schema(c)) out += row(k.path, k.type_text(), k.default_value().dump(), k.doc);
   return out;
 }
 
@@ -455,12 +602,13 @@ bool wildcard_match(const std::string& p, const std::string& t) {
   return pi == p.size();
 }
 
-Recipe recipe_from_json(const json& user, const std::string& source) {
+Recipe recipe_from_json(const json& user, const std::string& source, Command c) {
   std::map<std::string, const json*> values;
-  collect(user, "", source, values);
+  collect(user, "", source, c, values);
   Recipe r;
   r.source = source;
-  for (const RecipeKey& k : recipe_schema()) {
+  r.command = c;
+  for (const RecipeKey& k : recipe_schema(c)) {
     if (const auto it = values.find(k.path); it != values.end()) k.set(r, *it->second);
     set_path(r.resolved, k.path, k.get(r));
   }
@@ -468,12 +616,13 @@ Recipe recipe_from_json(const json& user, const std::string& source) {
   return r;
 }
 
-Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides, Command c) {
   G4_CHECK(std::filesystem::exists(path), "recipe file ", path, " does not exist");
-  return recipe_from_yaml(io::read_regular_file(path, "recipe", kMaxRecipeBytes), path, overrides);
+  return recipe_from_yaml(io::read_regular_file(path, "recipe", kMaxRecipeBytes), path, overrides, c);
 }
 
-Recipe recipe_from_yaml(std::string_view text, const std::string& source, const std::vector<std::string>& overrides) {
+Recipe recipe_from_yaml(std::string_view text, const std::string& source, const std::vector<std::string>& overrides,
+                        Command c) {
   G4_CHECK(text.size() <= kMaxRecipeBytes, "recipe ", source, " is ", text.size(), " bytes, more than the limit of ",
            kMaxRecipeBytes, " (a recipe is a few hundred)");
   json user = parse_yaml(text, "recipe " + source);
@@ -499,7 +648,7 @@ Recipe recipe_from_yaml(std::string_view text, const std::string& source, const 
     }
   }
   // Paths inside a recipe are relative to the working directory, like every path on the command line.
-  return recipe_from_json(user, source);
+  return recipe_from_json(user, source, c);
 }
 
 }  // namespace g4::train

@@ -16,8 +16,63 @@
 
 namespace g4::train {
 
+// What `g4 rl` reads beyond the shared keys (NeMo-RL's GRPO/DAPO names; ../shared/specs/RL.md §6).
+// Plain values: the rl layer turns them into its own types.
+struct RlSettings {
+  // grpo.*
+  int64_t prompts_per_step = 8, generations_per_prompt = 8;
+  bool normalize_rewards = true, leave_one_out_baseline = false;
+  bool dynamic_sampling = false;
+  double batch_multiplier = 1.0;
+  int64_t dynamic_sampling_max_rounds = 10;
+  bool reward_scaling = false;
+  double scaling_source_min = 0, scaling_source_max = 1, scaling_target_min = 0, scaling_target_max = 1;
+  bool overlong_shaping = false;
+  int64_t overlong_buffer_length = 0, max_response_length = 0;
+  double overlong_penalty = 1.0;
+  uint64_t seed = 0;                      // prompt order and sampling draws
+  int64_t val_samples_per_prompt = 1;     // k of the validation accuracy avg@k
+  int64_t max_val_prompts = 0;            // 0: every validation prompt
+  // loss_fn.*
+  double ratio_clip_min = 0.2, ratio_clip_max = 0.2, ratio_clip_c = 0;  // c 0: no dual clip
+  double kl_penalty = 0;
+  std::string kl_type = "k3";
+  double kl_input_clamp = 20, kl_output_clamp = 10;
+  bool on_policy_kl_approximation = false, importance_sampling_correction = false;
+  std::string truncation = "none";        // none | tis | icepop | seq-mask-tis
+  double truncation_ratio = 2.0, truncation_ratio_min = 0.0;
+  bool token_level_loss = true;
+  // generation.*
+  int64_t max_new_tokens = 64;
+  int64_t max_total_sequence_length = 0;  // prompt + response; 0: the model's context
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0;                      // 0: off
+  std::vector<std::string> stop_strings;
+  double memory_fraction = 0.5;           // of the free GPU memory, for the KV pages of a rollout
+  int64_t page_size = 16, max_running = 256;
+  // prompts.*
+  std::string prompts_train, prompts_validation;  // JSONL prompt sets, or
+  std::string task;                               // a built-in task (g4 task)
+  int64_t task_difficulty = 2, task_validation_prompts = 64;
+  std::string system_prompt;
+  int64_t max_input_seq_length = 2048;
+  // reward.*
+  std::string reward = "dapo_math", reward_pattern, reward_command;
+  double reward_timeout_s = 600;
+  // train.* (rl)
+  int64_t global_batch_size = 0;      // samples per optimizer step (0: the whole step's, one update)
+  int64_t micro_batch_tokens = 4096;  // tokens per packed training row
+};
+
+// Which command a recipe is for: `g4 train` and `g4 rl` share the model, optimizer, schedule,
+// checkpoint and device keys; data.* and the SFT batch keys are train's, grpo.* / loss_fn.* /
+// generation.* / prompts.* / reward.* are rl's.
+enum class Command { kTrain, kRl };
+const char* command_name(Command c);  // "train", "rl"
+
 struct Recipe {
   std::string source;  // file the recipe came from
+  Command command = Command::kTrain;
 
   // model
   std::string model_name;                                     // built-in shape (model.name), or
@@ -70,6 +125,8 @@ struct Recipe {
   int64_t samples = 3, sample_tokens = 48;
   std::string sample_prompt = "";
 
+  RlSettings rl;
+
   nlohmann::json resolved;  // the whole recipe after defaults and overrides (saved with checkpoints)
 };
 
@@ -98,18 +155,19 @@ struct RecipeKey {
   std::string type_text() const;  // "int > 0", "cosine|linear|constant", ...
 };
 
-// Every key a recipe may set, in listing order.
-const std::vector<RecipeKey>& recipe_schema();
-// One line per key: path, type, default, doc (what `g4 train --list-keys` prints).
-std::string recipe_key_listing();
+// Every key a recipe for `command` may set, in listing order.
+const std::vector<RecipeKey>& recipe_schema(Command command = Command::kTrain);
+// One line per key: path, type, default, doc (what `g4 train --list-keys` / `g4 rl --list-keys` print).
+std::string recipe_key_listing(Command command = Command::kTrain);
 
 // Reads a recipe file and applies overrides ("train.steps=20", "optimizer.lr=3e-4", ...).
-Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {},
+                   Command command = Command::kTrain);
 // The same from the recipe's text (`source` names it in errors). YAML is converted with limits
 // (size, nesting, and the node count aliases expand to), so a hostile recipe is a clear error.
 Recipe recipe_from_yaml(std::string_view text, const std::string& source,
-                        const std::vector<std::string>& overrides = {});
-Recipe recipe_from_json(const nlohmann::json& j, const std::string& source);
+                        const std::vector<std::string>& overrides = {}, Command command = Command::kTrain);
+Recipe recipe_from_json(const nlohmann::json& j, const std::string& source, Command command = Command::kTrain);
 
 // Shell-style wildcard match (`*` any run, `?` one character) for freeze patterns.
 bool wildcard_match(const std::string& pattern, const std::string& text);

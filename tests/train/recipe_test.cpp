@@ -366,3 +366,91 @@ TEST(LrSchedule, WarmupThenCosineToTheFloor) {
 
 }  // namespace
 }  // namespace g4
+
+namespace {
+
+const char* kMinimalRl = "model: {name: tiny-dense}\ntokenizer: tok\nprompts: {task: arithmetic}\n"
+                         "grpo: {num_prompts_per_step: 4, num_generations_per_prompt: 3}\n";
+
+}  // namespace
+
+// g4 rl's keys round-trip like g4 train's (each with the keys it needs beside it).
+TEST(Recipe, EveryRlKeyRoundTripsThroughAnOverride) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "g4_rl_recipe_roundtrip";
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "r.yaml").string();
+  std::ofstream(file) << kMinimalRl;
+  const auto& schema = train::recipe_schema(train::Command::kRl);
+  ASSERT_GE(schema.size(), 80u);
+  for (const train::RecipeKey& k : schema) {
+    SCOPED_TRACE(k.path);
+    nlohmann::json value = non_default(k);
+    if (k.path == "train.device" && !cuda_available()) value = "cpu";
+    std::vector<std::string> overrides = {k.path + "=" + value.dump()};
+    if (k.path == "model.path") overrides.push_back("model.name=''");
+    if (k.path == "prompts.train") overrides.push_back("prompts.task=''");
+    if (k.path == "grpo.batch_multiplier") overrides.push_back("grpo.use_dynamic_sampling=true");
+    if (k.path == "grpo.reward_shaping.enabled") overrides.push_back("grpo.reward_shaping.overlong_buffer_length=8");
+    const train::Recipe r = train::load_recipe(file, overrides, train::Command::kRl);
+    EXPECT_EQ(r.command, train::Command::kRl);
+    EXPECT_EQ(k.get(r), value);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// A key of the other command is named as such, not as unknown.
+TEST(Recipe, KeysOfTheOtherCommandSayWhichCommandTheyAreFor) {
+  std::string e = test::error_of([] {
+    train::recipe_from_yaml("model: {name: tiny-dense}\ntokenizer: t\ndata: {train: a.txt}\ngrpo: {seed: 3}\n", "s.yaml");
+  });
+  EXPECT_NE(e.find("s.yaml: recipe key 'grpo.seed' is for g4 rl, not g4 train"), std::string::npos) << e;
+  e = test::error_of([] {
+    train::recipe_from_yaml(std::string(kMinimalRl) + "data: {seq_len: 64}\n", "r.yaml", {}, train::Command::kRl);
+  });
+  EXPECT_NE(e.find("r.yaml: recipe key 'data.seq_len' is for g4 train, not g4 rl"), std::string::npos) << e;
+  e = test::error_of([] {
+    train::recipe_from_yaml(std::string(kMinimalRl) + "grpo: {num_prompts: 4}\n", "r.yaml", {}, train::Command::kRl);
+  });
+  EXPECT_NE(e.find("unknown recipe key"), std::string::npos) << e;
+}
+
+TEST(Recipe, RlCombinationsThatCannotWorkAreRefused) {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"prompts.train=p.jsonl", "set exactly one of 'prompts.train'"},
+      {"grpo.batch_multiplier=3", "'grpo.batch_multiplier' is 3 but 'grpo.use_dynamic_sampling' is false"},
+      {"train.global_batch_size=5", "'train.global_batch_size' 5 must divide the samples of a step"},
+      {"grpo.reward_shaping.enabled=true", "needs 'grpo.reward_shaping.overlong_buffer_length' > 0"},
+      {"reward.kind=command", "'reward.kind' command needs 'reward.command'"},
+      {"generation.top_p=0", "'generation.top_p' must be in (0, 1]"},
+  };
+  for (const auto& [override_, want] : bad) {
+    const std::string e =
+        test::error_of([&] { train::recipe_from_yaml(kMinimalRl, "r.yaml", {override_}, train::Command::kRl); });
+    EXPECT_NE(e.find(want), std::string::npos) << override_ << ": " << e;
+  }
+}
+
+// docs/rl.md carries a copy of g4 rl's listing.
+TEST(Recipe, TheRlDocsListEveryRlKeyAsTheListingDoes) {
+  std::ifstream f(test::source_dir() + "/docs/rl.md");
+  ASSERT_TRUE(f.good());
+  const std::string docs((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream listing(train::recipe_key_listing(train::Command::kRl));
+  for (std::string line; std::getline(listing, line);)
+    EXPECT_NE(docs.find(line), std::string::npos) << "docs/rl.md lacks: " << line;
+}
+
+// recipes/rl/ holds both commands' recipes: *-sft.yaml for g4 train, the rest for g4 rl.
+TEST(Recipe, ShippedRlRecipesLoad) {
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(test::source_dir() + "/recipes/rl")) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const bool sft = entry.path().stem().string().ends_with("-sft");
+    const std::vector<std::string> overrides =
+        cuda_available() ? std::vector<std::string>{} : std::vector<std::string>{"train.device=cpu"};
+    train::load_recipe(entry.path().string(), overrides, sft ? train::Command::kTrain : train::Command::kRl);
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 2);
+}

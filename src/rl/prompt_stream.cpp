@@ -1,0 +1,85 @@
+#include "rl/prompt_stream.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+
+namespace g4::rl {
+
+namespace {
+
+// Task problems are numbered from 0 for training; the validation problems come from another seed.
+constexpr uint64_t kValidationSeedSalt = 0x9e3779b97f4a7c15ull;
+// A training draw whose problem is a validation one takes the problem this far further on instead.
+constexpr int64_t kHeldOutStride = int64_t{1} << 40;
+
+TaskOptions task_options(const train::RlSettings& rl, uint64_t seed) {
+  TaskOptions t;
+  t.task = rl.task;
+  t.difficulty = rl.task_difficulty;
+  t.seed = seed;
+  return t;
+}
+
+}  // namespace
+
+PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok) : rl_(r.rl), tok_(tok) {
+  const auto fits = [&](const PromptExample& p) {
+    if (static_cast<int64_t>(p.ids.size()) <= rl_.max_input_seq_length) return true;
+    ++skipped_;
+    return false;
+  };
+  const auto keep_fitting = [&](std::vector<PromptExample> all) {
+    std::vector<PromptExample> kept;
+    for (PromptExample& p : all)
+      if (fits(p)) kept.push_back(std::move(p));
+    return kept;
+  };
+  if (!rl_.task.empty()) {
+    const auto& names = task_names();
+    G4_CHECK(std::find(names.begin(), names.end(), rl_.task) != names.end(), r.source, ": 'prompts.task' ", rl_.task,
+             " is not a built-in task (g4 task lists them)");
+    if (rl_.prompts_validation.empty())
+      validation_ = make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0, rl_.task_validation_prompts,
+                                      tok, rl_.system_prompt);
+  } else {
+    train_ = keep_fitting(load_prompts(rl_.prompts_train, tok, rl_.system_prompt));
+    G4_CHECK(!train_.empty(), r.source, ": 'prompts.train' (", rl_.prompts_train, ") holds no prompt of at most ",
+             rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length)");
+  }
+  if (!rl_.prompts_validation.empty()) validation_ = load_prompts(rl_.prompts_validation, tok, rl_.system_prompt);
+  if (rl_.max_val_prompts > 0 && static_cast<int64_t>(validation_.size()) > rl_.max_val_prompts)
+    validation_.resize(static_cast<size_t>(rl_.max_val_prompts));
+  if (!rl_.task.empty())
+    for (const PromptExample& p : validation_) held_out_.insert(p.prompt);
+}
+
+PromptExample PromptStream::draw(int64_t d) {
+  if (!rl_.task.empty()) {
+    for (int64_t index = d;; index += kHeldOutStride) {
+      PromptExample p = make_task_prompts(task_options(rl_, rl_.seed), index, 1, tok_, rl_.system_prompt).at(0);
+      if (!held_out_.count(p.prompt)) return p;
+    }
+  }
+  const int64_t n = size();
+  const int64_t epoch = d / n;
+  if (epoch != order_epoch_) {
+    order_.resize(static_cast<size_t>(n));
+    std::iota(order_.begin(), order_.end(), 0);
+    std::mt19937_64 rng(rl_.seed + static_cast<uint64_t>(epoch) * 0x2545f4914f6cdd1dull);
+    std::shuffle(order_.begin(), order_.end(), rng);
+    order_epoch_ = epoch;
+  }
+  return train_[static_cast<size_t>(order_[static_cast<size_t>(d % n)])];
+}
+
+std::vector<PromptExample> PromptStream::next(int64_t count) {
+  std::vector<PromptExample> out;
+  out.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) out.push_back(draw(position_++));
+  return out;
+}
+
+}  // namespace g4::rl

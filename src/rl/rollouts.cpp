@@ -1,0 +1,144 @@
+#include "rl/rollouts.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "generate/engine.h"
+
+namespace g4::rl {
+
+uint64_t rollout_seed(uint64_t run_seed, int64_t draw) {
+  // splitmix64 of the pair: neighbouring draws get unrelated seeds (k = 0 .. n-1 is added to them).
+  uint64_t z = run_seed + 0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(draw) + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tokenizer& tok,
+                                       const std::vector<PromptExample>& prompts, const std::vector<int64_t>& draws,
+                                       int64_t n, const RolloutOptions& o, Reward& reward) {
+  G4_CHECK(prompts.size() == draws.size(), "generate_rollouts: ", prompts.size(), " prompts but ", draws.size(),
+           " draw positions");
+  if (prompts.empty()) return {};
+  const int64_t context = model.config().max_position_embeddings;
+  const int64_t limit = o.max_total_len > 0 ? (context > 0 ? std::min(o.max_total_len, context) : o.max_total_len)
+                                            : context;
+  std::vector<gen::Request> requests;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    gen::Request q;
+    q.prompt = prompts[i].ids;
+    const int64_t len = static_cast<int64_t>(q.prompt.size());
+    // NeMo-RL's vLLM runs with max_model_len = max_total_sequence_length: a long prompt leaves fewer
+    // new tokens.
+    q.options.max_tokens = limit > 0 ? std::min(o.max_new_tokens, limit - len) : o.max_new_tokens;
+    G4_CHECK(q.options.max_tokens > 0, "prompt of draw ", draws[i], " has ", len,
+             " tokens: no room for a response within generation.max_total_sequence_length / the model's context (",
+             limit, ")");
+    q.options.sampling.temperature = o.temperature;
+    q.options.sampling.top_p = o.top_p;
+    q.options.sampling.top_k = o.top_k;
+    q.options.sampling.seed = rollout_seed(o.seed, draws[i]);
+    q.options.stop_strings = o.stop_strings;
+    q.options.logprobs = 0;
+    // The distribution the tokens were drawn from (after temperature and filters), as NeMo-RL's
+    // vLLM reports them (logprobs_mode processed_logprobs).
+    q.options.logprob_mode = gen::LogprobMode::kProcessed;
+    q.options.n = n;
+    requests.push_back(std::move(q));
+  }
+  gen::EngineOptions eo;
+  eo.page_size = o.page_size;
+  eo.max_running = o.max_running;
+  eo.memory_fraction = o.memory_fraction;
+  eo.tokenizer = &tok;
+  std::vector<gen::Completion> done;
+  {
+    gen::Engine engine(model, eo);  // its KV pages are freed when it goes
+    done = engine.generate(std::move(requests));
+  }
+  std::vector<Rollout> out;
+  std::vector<RewardInput> inputs;
+  out.reserve(done.size());
+  for (size_t j = 0; j < done.size(); ++j) {
+    const size_t i = j / static_cast<size_t>(n);
+    const gen::Completion& c = done[j];
+    Rollout r;
+    r.draw = draws[i];
+    r.sample = static_cast<int64_t>(j % static_cast<size_t>(n));
+    r.prompt_ids = prompts[i].ids;
+    std::vector<int32_t> ids;
+    for (const gen::GeneratedToken& t : c.tokens) {
+      r.response_ids.push_back(t.id);
+      r.gen_logprobs.push_back(t.logprob);
+      ids.push_back(static_cast<int32_t>(t.id));
+    }
+    r.truncated = c.finish == gen::FinishReason::kLength;
+    RewardInput in;
+    in.prompt = prompts[i].prompt;
+    in.response = tok.decode(ids, /*skip_special=*/true);
+    in.answer = prompts[i].answer;
+    in.extra = prompts[i].extra;
+    inputs.push_back(std::move(in));
+    out.push_back(std::move(r));
+  }
+  const std::vector<double> rewards = reward.score(inputs);
+  G4_CHECK(rewards.size() == out.size(), "the reward returned ", rewards.size(), " scores for ", out.size(), " responses");
+  for (size_t j = 0; j < out.size(); ++j) out[j].env_reward = rewards[j];
+  return out;
+}
+
+namespace {
+
+nlohmann::json to_json(const Rollout& r) {
+  return {{"d", r.draw}, {"k", r.sample}, {"p", r.prompt_ids}, {"r", r.response_ids},
+          {"l", r.gen_logprobs}, {"t", r.truncated}, {"e", r.env_reward}};
+}
+
+Rollout from_json(const nlohmann::json& j) {
+  Rollout r;
+  r.draw = j.at("d").get<int64_t>();
+  r.sample = j.at("k").get<int64_t>();
+  r.prompt_ids = j.at("p").get<std::vector<int64_t>>();
+  r.response_ids = j.at("r").get<std::vector<int64_t>>();
+  r.gen_logprobs = j.at("l").get<std::vector<double>>();
+  r.truncated = j.at("t").get<bool>();
+  r.env_reward = j.at("e").get<double>();
+  return r;
+}
+
+}  // namespace
+
+std::vector<Rollout> gather_rollouts(const std::vector<Rollout>& mine, parallel::Communicator& world) {
+  std::vector<Rollout> all;
+  if (world.size() == 1) {
+    all = mine;
+  } else {
+    // Variable-length records travel as CBOR bytes padded to the longest rank's.
+    nlohmann::json a = nlohmann::json::array();
+    for (const Rollout& r : mine) a.push_back(to_json(r));
+    const std::vector<uint8_t> bytes = nlohmann::json::to_cbor(a);
+    Tensor len = Tensor::empty({1}, DType::I64);
+    len.data<int64_t>()[0] = static_cast<int64_t>(bytes.size());
+    Tensor lens = Tensor::empty({world.size()}, DType::I64);
+    world.all_gather(len, lens);
+    int64_t longest = 0;
+    for (int r = 0; r < world.size(); ++r) longest = std::max(longest, lens.data<int64_t>()[r]);
+    Tensor buf = Tensor::zeros({longest}, DType::U8);
+    std::copy(bytes.begin(), bytes.end(), buf.data<uint8_t>());
+    Tensor gathered = Tensor::empty({longest * world.size()}, DType::U8);
+    world.all_gather(buf, gathered);
+    for (int r = 0; r < world.size(); ++r) {
+      const uint8_t* p = gathered.data<uint8_t>() + r * longest;
+      const nlohmann::json part =
+          nlohmann::json::from_cbor(std::vector<uint8_t>(p, p + lens.data<int64_t>()[r]));
+      for (const nlohmann::json& j : part) all.push_back(from_json(j));
+    }
+  }
+  std::sort(all.begin(), all.end(), [](const Rollout& a, const Rollout& b) {
+    return a.draw != b.draw ? a.draw < b.draw : a.sample < b.sample;
+  });
+  return all;
+}
+
+}  // namespace g4::rl

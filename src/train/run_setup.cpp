@@ -1,0 +1,155 @@
+#include "train/run_setup.h"
+
+#include <cmath>
+#include <iostream>
+#include <set>
+
+#include "io/json_input.h"
+#include "model/state_dict_adapter.h"
+#include "parallel/context_parallel.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/world.h"
+#include "train/trainer.h"
+
+namespace g4::train {
+
+namespace fs = std::filesystem;
+
+void Progress::save(const fs::path&, nlohmann::json& state) {
+  state["elapsed_s"] = elapsed_s;
+  state["skipped_steps"] = skipped_steps;
+  state["recipe"] = recipe;
+}
+
+void Progress::load(const fs::path& dir, const nlohmann::json& state) {
+  step = io::json_int(state, "step", trainer_state_path(dir));
+  skipped_steps = io::json_int(state, "skipped_steps", trainer_state_path(dir), 0);
+  elapsed_s = io::json_number(state, "elapsed_s", trainer_state_path(dir), 0.0);
+}
+
+std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
+  std::vector<std::string> names;
+  for (const std::string& n : m.params().order) {
+    bool frozen = false;
+    const model::ParamKind kind = m.params().kind(n);
+    const std::string hf = model::hf_name(m.config(), n);
+    for (const std::string& p : freeze)
+      frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf) || p == model::param_kind_name(kind);
+    if (!frozen) names.push_back(n);
+  }
+  return names;
+}
+
+namespace {
+
+// The device mesh of the launched ranks, checked against the recipe's parallel degrees.
+std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Communicator& world, int64_t row_len) {
+  const int64_t ep = r.expert_parallel, cp = r.context_parallel;
+  // Each cp rank holds one contiguous slice of every row; rows are padded to a multiple of cp.
+  G4_CHECK(row_len <= 0 || row_len >= cp, r.source, ": data.seq_len ", row_len, " is shorter than ",
+           "parallel.context_parallel ", cp, ": every rank of a cp group needs at least one token of each row");
+  G4_CHECK(world.size() % (ep * cp) == 0, r.source, ": parallel.expert_parallel is ", ep,
+           " and parallel.context_parallel ", cp, " but ", world.size(),
+           " ranks were launched (the ranks must split into groups of ", ep, " x ", cp, " = ", ep * cp, ")");
+  const int64_t replicas = r.data_parallel > 0 ? r.data_parallel : world.size() / (ep * cp);
+  G4_CHECK(replicas * ep * cp == world.size(), r.source, ": parallel.data_parallel is ", replicas,
+           ", parallel.expert_parallel ", ep, " and parallel.context_parallel ", cp, ", which needs ",
+           replicas * ep * cp, " ranks, but ", world.size(), " were launched");
+  return std::make_unique<parallel::DeviceMesh>(
+      world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep), static_cast<int>(cp)});
+}
+
+}  // namespace
+
+RunParts::RunParts(const Recipe& recipe, int64_t row_len) : r(recipe) {
+  const bool gpu = r.device == Device::CUDA;
+  // The recipe refuses the parallel keys with cuda; this catches a plain `mpirun -np N` (or
+  // g4 launch -n N) of a cuda recipe, before MPI is started for it.
+  const int launched = parallel::detect_launch().size;
+  G4_CHECK(!gpu || launched == 1, r.source, ": 'train.device' is cuda but ", launched, " ranks were launched: "
+           "multi-GPU training is not supported yet (g4 ", command_name(r.command), " runs on one GPU, in one process)");
+  // One process per replica (mpirun / srun); a plain launch is one rank.
+  world = parallel::make_world_communicator();
+  if (main_rank()) lock = std::make_unique<DirectoryLock>(r.output_dir);
+  mesh = make_mesh(r, *world, row_len);
+  set_up_model(row_len);
+  parameters = model->params().numel();
+  tok = io::load_tokenizer(r.tokenizer);
+  G4_CHECK(tok->vocab_size() <= model->config().vocab_size, "tokenizer ", r.tokenizer, " has ", tok->vocab_size(),
+           " tokens but the model's vocabulary is ", model->config().vocab_size);
+}
+
+void RunParts::set_up_model(int64_t row_len) {
+  // Checked before a large model is loaded: positions past the context length were never trained.
+  const io::ModelConfig config = model_config(r);
+  const int64_t context = config.max_position_embeddings;  // 0 = not given
+  G4_CHECK(context <= 0 || row_len <= context, r.source, ": data.seq_len ", row_len,
+           " exceeds the model's context length (max_position_embeddings ", context, ")");
+  model = build_model(r, mesh->local_experts(config));
+  // On the GPU, `host` keeps the model as built or loaded (CPU, f32) for the optimizer's masters
+  // and `model` becomes its bf16 GPU copy.
+  if (r.device == Device::CUDA) {
+    host = std::move(model);
+    model = host->copy_to(Device::CUDA, DType::BF16);
+  }
+  if (row_len > 0) {
+    const int64_t padded_len = parallel::padded_length(row_len, mesh->shape().cp);
+    mesh->validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, padded_len);
+  }
+  if (mesh->shape().ep > 1) parallel::enable_expert_parallel(*model, mesh->ep_group());
+  if (mesh->shape().cp > 1) parallel::enable_context_parallel(*model, mesh->cp_group());
+  model->set_recompute(r.recompute);
+}
+
+void RunParts::set_up_training(CheckpointPart& objective) {
+  OptimizerSetup os;
+  os.trainable = trainable_names(host ? *host : *model, r.freeze);
+  trainable_tensors = os.trainable.size();
+  // Frozen weights take no gradient at all: no gradient buffer (4 bytes per parameter on the GPU)
+  // and no weight-gradient products; the activations' gradients still flow through them.
+  const std::set<std::string> trainable(os.trainable.begin(), os.trainable.end());
+  for (const std::string& n : model->params().order) model->params().at(n).set_requires_grad(trainable.count(n) > 0);
+  os.model = model.get();
+  os.host = std::move(host);
+  os.mesh = mesh.get();
+  os.adamw = {r.beta1, r.beta2, r.eps, r.weight_decay};
+  os.sharded = r.fsdp;
+  opt = make_optimizer(std::move(os));
+
+  weights = std::make_unique<WeightsCheckpoint>(*opt, *mesh, r.tokenizer);
+  progress.recipe = r.resolved;
+  checkpoints = std::make_unique<CheckpointManager>((fs::path(r.output_dir) / "checkpoints").string(),
+                                                    r.keep_checkpoints, *world);
+  // Weights before the optimizer: its state (a sharded optimizer's master slices) reads them.
+  for (CheckpointPart* part : std::initializer_list<CheckpointPart*>{weights.get(), opt.get(), &objective, &progress})
+    checkpoints->add(*part);
+}
+
+void RunParts::resume_if_asked(bool resume) {
+  if (!resume) return;
+  if (const auto from = checkpoints->resume()) {
+    if (main_rank()) std::cerr << "resuming from " << *from << " (step " << progress.step << ")\n";
+  } else if (main_rank()) {
+    std::cerr << "no checkpoint in " << checkpoints->dir() << "; starting from scratch\n";
+  }
+}
+
+void RunParts::check_finite(const StepResult& s) {
+  if (s.finite) return;
+  if (r.skip_nonfinite_steps) {
+    ++progress.skipped_steps;
+    if (main_rank()) std::cerr << "step " << progress.step << ": skipped (non-finite loss or gradient norm)\n";
+    return;
+  }
+  std::string what;
+  for (const auto& [name, value] : s.metrics)
+    if (!std::isfinite(value)) what += name + " " + std::to_string(value) + ", ";
+  if (!std::isfinite(s.grad_norm)) what += "gradient norm " + std::to_string(s.grad_norm) + ", ";
+  const auto last = checkpoints->latest();
+  G4_FAIL(r.source, ": step ", progress.step, " has a non-finite ", what.substr(0, what.size() - 2),
+          "; stopped before its update. The newest checkpoint (", last ? *last : std::string("none"),
+          ") is intact. Lower optimizer.lr or raise schedule.warmup_steps, or set train.skip_nonfinite_steps: true "
+          "to skip such steps");
+}
+
+}  // namespace g4::train

@@ -1,0 +1,73 @@
+// The parts of a training run that `g4 train` (SFT) and `g4 rl` set up alike from a recipe: the
+// ranks and their mesh, the model (on the GPU a bf16 copy of the f32 original the optimizer keeps
+// for its masters), the tokenizer, the optimizer over the trainable parameters, the checkpoints of
+// the weights, the optimizer, the objective and the run's progress, and what a non-finite step does.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.h"
+#include "model/gemma4.h"
+#include "parallel/communicator.h"
+#include "parallel/device_mesh.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/recipe.h"
+#include "train/train_step.h"
+#include "train/weights_checkpoint.h"
+
+namespace g4::train {
+
+// The run's progress as a checkpoint part: steps done, training time, the recipe.
+struct Progress final : CheckpointPart {
+  int64_t step = 0;
+  int64_t skipped_steps = 0;  // steps without an update (non-finite loss or gradient norm)
+  double elapsed_s = 0;
+  nlohmann::json recipe;
+  void save(const std::filesystem::path&, nlohmann::json& state) override;
+  void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
+};
+
+// The parameters the recipe trains: all but those matching a train.freeze pattern (native or
+// Hugging Face name, or a kind: "norm", "router", ...).
+std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze);
+
+class RunParts {
+ public:
+  // Starts the ranks (refusing several with train.device cuda), locks the output directory
+  // (rank 0), builds the mesh and the model, and loads the tokenizer. `row_len` > 0: the tokens of
+  // one training row, checked against the model's context before it is loaded (and against the
+  // mesh's context-parallel split).
+  RunParts(const Recipe& r, int64_t row_len);
+  // The optimizer over the trainable parameters (frozen ones take no gradient at all), and the
+  // checkpoint manager over the weights, the optimizer, `objective` and the progress.
+  void set_up_training(CheckpointPart& objective);
+  // Continues from the newest complete checkpoint when asked (and one exists).
+  void resume_if_asked(bool resume);
+  // A step whose loss or gradient norm is NaN or infinite updated nothing (train_step); the run
+  // stops there with an error, or counts it and goes on when the recipe says so. Either way no
+  // checkpoint holds weights such a step produced.
+  void check_finite(const StepResult& s);
+  bool main_rank() const { return world->rank() == 0; }
+
+  const Recipe& r;
+  std::unique_ptr<parallel::Communicator> world;
+  std::unique_ptr<DirectoryLock> lock;  // rank 0: this run alone writes r.output_dir
+  std::unique_ptr<parallel::DeviceMesh> mesh;
+  std::unique_ptr<model::Gemma4> model;
+  std::unique_ptr<model::Gemma4> host;  // a GPU model's f32 original, until the optimizer takes it
+  std::unique_ptr<io::Tokenizer> tok;
+  std::unique_ptr<Optimizer> opt;
+  std::unique_ptr<WeightsCheckpoint> weights;
+  Progress progress;
+  std::unique_ptr<CheckpointManager> checkpoints;
+  int64_t parameters = 0;        // of the model (before a sharded optimizer takes slices)
+  size_t trainable_tensors = 0;
+
+ private:
+  void set_up_model(int64_t row_len);
+};
+
+}  // namespace g4::train
