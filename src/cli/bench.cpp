@@ -293,6 +293,7 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
   cmd->callback([&action, o] { action = [o] { bench_train(*o); }; });
   add_bench_generate(*bench, action);
+  add_bench_rl(*bench, action);
 }
 
 }  // namespace g4::cli

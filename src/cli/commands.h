@@ -20,6 +20,7 @@ void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
 void add_bench_generate(CLI::App& bench, Action& action);  // `g4 bench generate`, under add_bench's "bench"
+void add_bench_rl(CLI::App& bench, Action& action);        // `g4 bench rl`
 // Runs `python3 SCRIPT ARGS --json OUT_JSON` (the competitor's side of a benchmark) and returns what
 // it wrote, or {"error": ...} when it failed.
 nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json);

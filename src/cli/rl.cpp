@@ -25,7 +25,7 @@ void add_rl(CLI::App& app, Action& action) {
       return;
     }
     if (o->recipe.empty()) throw CLI::RequiredError("recipe (or --list-keys)");
-    action = [o] { rl::run_rl(train::load_recipe(o->recipe, o->overrides, train::Command::kRl), o->resume); };
+    action = [o] { rl::run_rl(train::load_recipe(o->recipe, o->overrides, train::Command::kRl), {.resume = o->resume}); };
   });
 }
 

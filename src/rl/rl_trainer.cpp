@@ -37,7 +37,7 @@ void write_reward_picture(const std::string& dir, const std::vector<nlohmann::js
 
 class RlTrainer {
  public:
-  RlTrainer(const train::Recipe& r, bool resume);
+  RlTrainer(const train::Recipe& r, const RlRunOptions& options);
   RlResult run();
 
  private:
@@ -46,13 +46,14 @@ class RlTrainer {
   bool main_rank() const { return p_.main_rank(); }
 
   const train::Recipe& r_;
+  const RlRunOptions options_;
   train::RunParts p_;
   std::unique_ptr<GrpoObjective> objective_;
   std::optional<train::MetricsLog> log_;
   RlResult result_;
 };
 
-RlTrainer::RlTrainer(const train::Recipe& r, bool resume) : r_(r), p_(r, 0) {
+RlTrainer::RlTrainer(const train::Recipe& r, const RlRunOptions& options) : r_(r), options_(options), p_(r, 0) {
   G4_CHECK(r.command == train::Command::kRl, r.source, ": the recipe was read for g4 ", train::command_name(r.command));
   // The frozen reference of the KL term: the initial policy, in the policy's dtype and device.
   std::unique_ptr<model::Gemma4> reference;
@@ -60,7 +61,7 @@ RlTrainer::RlTrainer(const train::Recipe& r, bool resume) : r_(r), p_(r, 0) {
   objective_ = std::make_unique<GrpoObjective>(r, *p_.tok, *p_.mesh, std::move(reference));
   p_.set_up_training(*objective_);
   objective_->set_parameter_hooks([this] { p_.opt->gather_parameters(); }, [this] { p_.opt->release_parameters(); });
-  p_.resume_if_asked(resume);
+  p_.resume_if_asked(options.resume);
   if (main_rank()) log_.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), p_.progress.step);
   if (main_rank()) print_plan();
 }
@@ -148,6 +149,7 @@ RlResult RlTrainer::run() {
       rec["other_s"] = std::max(0.0, step_s - gen_s - lp_s - train_s);
       if (p_.progress.skipped_steps > 0) rec["skipped_steps"] = p_.progress.skipped_steps;
       if (r_.device == Device::CUDA) rec["device_peak_mib"] = static_cast<double>(device_memory_stats().peak) / (1 << 20);
+      result_.last_step = rec;
       if (main_rank()) {
         log_->write(rec);
         const auto tmpe = prep.metrics.find("token_mult_prob_error_median");
@@ -164,7 +166,7 @@ RlResult RlTrainer::run() {
     }
     if (validating && (step % r_.validation_every == 0 || step == r_.steps)) validate();
     train::maybe_fault("step", step);
-    if (step == r_.steps || (r_.checkpoint_every > 0 && step % r_.checkpoint_every == 0)) {
+    if ((step == r_.steps && options_.final_checkpoint) || (r_.checkpoint_every > 0 && step % r_.checkpoint_every == 0)) {
       result_.checkpoint = p_.checkpoints->save(step);
     }
   }
@@ -185,6 +187,6 @@ RlResult RlTrainer::run() {
 
 }  // namespace
 
-RlResult run_rl(const train::Recipe& recipe, bool resume) { return RlTrainer(recipe, resume).run(); }
+RlResult run_rl(const train::Recipe& recipe, const RlRunOptions& options) { return RlTrainer(recipe, options).run(); }
 
 }  // namespace g4::rl

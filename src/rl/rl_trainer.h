@@ -5,6 +5,8 @@
 #pragma once
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "train/recipe.h"
 
 namespace g4::rl {
@@ -14,10 +16,15 @@ struct RlResult {
   double first_validation_accuracy = -1, last_validation_accuracy = -1;  // -1: no validation
   double last_reward = 0;
   std::string checkpoint;  // final checkpoint directory
+  nlohmann::json last_step;  // the last step's metrics record (what metrics.jsonl holds)
 };
 
-// The recipe must have been read for Command::kRl. `resume`: continue from the newest complete
-// checkpoint in the recipe's output directory.
-RlResult run_rl(const train::Recipe& recipe, bool resume);
+struct RlRunOptions {
+  bool resume = false;  // continue from the newest complete checkpoint in the output directory
+  bool final_checkpoint = true;  // false (benchmarks): no checkpoint at the end
+};
+
+// The recipe must have been read for Command::kRl.
+RlResult run_rl(const train::Recipe& recipe, const RlRunOptions& options = {});
 
 }  // namespace g4::rl

@@ -1,0 +1,84 @@
+// g4 bench rl: one GRPO step of `g4 rl` on the GPU at the real widths of a Gemma 4 model (random
+// weights, --layers decoder layers, the built-in arithmetic prompts), split into its stages:
+// generation (the engine on the policy's weights), log-probs (the training forward over the
+// rollouts), training (forward, backward and update) and the rest, with tokens/s of each, beside
+// the shares other RL stacks publish. There is no weight-transfer stage: the engine reads the
+// weights being trained.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "rl/rl_trainer.h"
+#include "train/recipe.h"
+
+namespace g4::cli {
+
+namespace {
+
+struct RlBenchOptions {
+  std::string model = "gemma-4-e4b";
+  int64_t layers = 4, prompts = 8, generations = 8, new_tokens = 256;
+  std::string tokenizer = "recipes/data/kjv-tokenizer";
+  uint64_t seed = 1234;
+};
+
+void bench_rl(const RlBenchOptions& o) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "g4-bench-rl").string();
+  std::filesystem::remove_all(dir);
+  // Step 1 warms up (kernels, allocator); step 2 is the one reported.
+  const std::vector<std::string> keys = {
+      "model.name=" + o.model,
+      "model.config={num_hidden_layers: " + std::to_string(o.layers) + "}",
+      "model.init_seed=" + std::to_string(o.seed),
+      "tokenizer=" + o.tokenizer,
+      "prompts.task=arithmetic",
+      "grpo.num_prompts_per_step=" + std::to_string(o.prompts),
+      "grpo.num_generations_per_prompt=" + std::to_string(o.generations),
+      "generation.max_new_tokens=" + std::to_string(o.new_tokens),
+      "train.micro_batch_tokens=8192",
+      "train.device=cuda",
+      "train.steps=2",
+      "optimizer.lr=1e-6",
+      "log.validation_every=0",
+      "checkpoint.dir=" + dir,
+  };
+  const train::Recipe r = train::recipe_from_yaml("{}", "g4 bench rl", keys, train::Command::kRl);
+  const rl::RlResult res = rl::run_rl(r, {.final_checkpoint = false});
+  std::filesystem::remove_all(dir);
+  const nlohmann::json& s = res.last_step;
+  const double gen = s.at("generation_s"), lp = s.at("logprobs_s"), tr = s.at("training_s");
+  const double total = s.at("step_s"), other = total - gen - lp - tr;
+  std::printf("\n== g4 bench rl: %s, %lld layers, %lld prompts x %lld samples, %lld new tokens, one H200 ==\n",
+              o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.prompts),
+              static_cast<long long>(o.generations), static_cast<long long>(o.new_tokens));
+  std::printf("%-16s %9s %7s %14s\n", "stage", "seconds", "share", "tokens/s");
+  auto row = [&](const char* name, double sec, double tps) {
+    std::printf("%-16s %9.3f %6.1f%% %14.0f\n", name, sec, 100 * sec / total, tps);
+  };
+  row("generation", gen, s.at("generation_tokens_per_s").get<double>());
+  row("log-probs", lp, s.at("logprobs_tokens_per_s").get<double>());
+  row("training", tr, s.at("training_tokens_per_s").get<double>());
+  row("weight transfer", 0, 0);
+  row("other", other, 0);
+  std::printf("%-16s %9.3f\n", "step", total);
+  std::printf("published splits: NeMo-RL async GRPO (RL#1052) generation 48.9%%, training 37.6%%, log-probs 7.2%%, "
+              "weight sync 0.2%%; verl + SGLang (verl#1208) generation 77%%; refit of a 30B MoE 0.48-0.67 s (RL#2808)\n");
+}
+
+}  // namespace
+
+void add_bench_rl(CLI::App& bench, Action& action) {
+  auto* cmd = bench.add_subcommand("rl", "One GRPO step's time split (generation, log-probs, training) on the GPU");
+  auto o = std::make_shared<RlBenchOptions>();
+  cmd->add_option("--model", o->model, "gemma-4-e4b | gemma-4-26b-a4b | gemma-4-31b (real widths)");
+  cmd->add_option("--layers", o->layers, "decoder layers")->check(CLI::PositiveNumber);
+  cmd->add_option("--prompts", o->prompts, "prompts per step")->check(CLI::PositiveNumber);
+  cmd->add_option("--generations", o->generations, "samples per prompt")->check(CLI::PositiveNumber);
+  cmd->add_option("--new-tokens", o->new_tokens, "tokens per response (random weights rarely stop early)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer of the prompts");
+  cmd->add_option("--seed", o->seed, "seed of the weights");
+  cmd->callback([&action, o] { action = [o] { bench_rl(*o); }; });
+}
+
+}  // namespace g4::cli
