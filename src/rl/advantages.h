@@ -51,8 +51,9 @@ class DynamicSampling {
  public:
   DynamicSampling(int64_t target, int64_t max_rounds);
   // One round's samples by their std: returns the indices (into this round) kept, appending them
-  // to the cache count. Throws g4::Error (naming grpo.dynamic_sampling_max_gen_batches) when this
-  // is round max_rounds + 1.
+  // to the cache count. Throws g4::Error (naming grpo.dynamic_sampling_max_gen_batches) when a
+  // round after round max_rounds still leaves the cache short (NeMo-RL checks rounds <= max, so
+  // round max_rounds + 1 may complete the step), and when called on a complete cache.
   std::vector<int64_t> add_round(const std::vector<double>& std);
   bool complete() const { return cached_ >= target_; }
   int64_t rounds() const { return rounds_; }
