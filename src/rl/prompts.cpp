@@ -2,7 +2,7 @@
 #include "rl/prompts.h"
 
 #include <algorithm>
-#include <string_view>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/philox.h"
@@ -213,16 +213,12 @@ PromptExample countdown_problem(int64_t difficulty, Draws& d) {
 
 std::vector<PromptExample> load_prompts(const std::string& path, const io::Tokenizer& tok,
                                         const std::string& system_prompt, data::ChatVariant variant) {
-  const std::string bytes = io::read_regular_file(path, "prompt file", SIZE_MAX);
+  std::istringstream lines(io::read_regular_file(path, "prompt file", SIZE_MAX));
   std::vector<PromptExample> out;
-  size_t pos = 0;
-  for (int64_t number = 1; pos < bytes.size(); ++number) {
-    size_t end = bytes.find('\n', pos);
-    if (end == std::string::npos) end = bytes.size();
-    const std::string_view line(bytes.data() + pos, end - pos);
-    pos = end + 1;
-    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    const std::string where = path + ":" + std::to_string(number);
+  int64_t number = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const std::string where = path + ":" + std::to_string(++number);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     out.push_back(read_prompt_line(io::parse_json(line, where, io::kMaxJsonLineBytes), where, system_prompt, tok, variant));
   }
   G4_CHECK(!out.empty(), "prompt file ", path, " holds no prompts (one JSON object per line expected)");

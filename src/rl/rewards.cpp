@@ -184,54 +184,45 @@ Text keep_first_math_span(const Text& s) {
   return out;
 }
 
-// re.sub(r"(\\cmd\{)(.*?)(\})", "\\2", s) (lazy: up to the first '}') or with (.*) (greedy: up to
-// the last '}'), never across a '\n'. Where no '}' closes an opening on its line, the opening stays
-// and the search goes on after its first character, as re.sub's scan does.
-Text unwrap_command(const Text& s, std::u32string_view open, bool greedy) {
+// re.sub's scan for a pattern that starts with the literal `lead`: at each occurrence, `match`
+// gives the end of the match and its replacement, or nothing, and the scan then goes on from the
+// occurrence's next character.
+template <class Match>
+Text substitute(const Text& s, std::u32string_view lead, Match match) {
   Text out;
   size_t pos = 0;
-  for (size_t hit; (hit = s.find(open, pos)) != Text::npos;) {
-    const size_t body = hit + open.size();
-    size_t line_end = s.find(U'\n', body);
-    if (line_end == Text::npos) line_end = s.size();
-    const std::u32string_view rest(s.data() + body, line_end - body);
-    const size_t close = greedy ? rest.rfind(U'}') : rest.find(U'}');
-    if (close == rest.npos) {
-      out.append(s, pos, hit + 1 - pos);
-      pos = hit + 1;
-      continue;
-    }
-    out.append(s, pos, hit - pos);
-    out.append(rest.substr(0, close));
-    pos = body + close + 1;
+  for (size_t hit; (hit = s.find(lead, pos)) != Text::npos;) {
+    const std::optional<std::pair<size_t, Text>> m = match(hit + lead.size());
+    const size_t next = m ? m->first : hit + 1;
+    out.append(s, pos, (m ? hit : next) - pos);
+    if (m) out.append(m->second);
+    pos = next;
   }
   out.append(s, pos);
   return out;
 }
 
+// re.sub(r"(\\cmd\{)(.*?)(\})", "\\2", s) (lazy: up to the first '}') or with (.*) (greedy: up to
+// the last '}'), never across a '\n'.
+Text unwrap_command(const Text& s, std::u32string_view open, bool greedy) {
+  return substitute(s, open, [&](size_t body) -> std::optional<std::pair<size_t, Text>> {
+    const size_t line_end = std::min(s.find(U'\n', body), s.size());
+    const std::u32string_view rest(s.data() + body, line_end - body);
+    const size_t close = greedy ? rest.rfind(U'}') : rest.find(U'}');
+    if (close == rest.npos) return std::nullopt;
+    return std::make_pair(body + close + 1, Text(rest.substr(0, close)));
+  });
+}
+
 // re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s) (args = 2) and re.sub(r"(sqrt)([^{])",
 // "sqrt{\\2}", s) (args = 1): [^{] takes any character but '{', '\n' included; `.` any but '\n'.
-Text brace_shorthand(const Text& s, std::u32string_view name, int args) {
-  Text out;
-  size_t pos = 0;
-  for (size_t hit; (hit = s.find(name, pos)) != Text::npos;) {
-    const size_t a = hit + name.size();
-    const bool matched = a + static_cast<size_t>(args) <= s.size() && s[a] != U'{' && (args == 1 || s[a + 1] != U'\n');
-    if (!matched) {
-      out.append(s, pos, hit + 1 - pos);
-      pos = hit + 1;
-      continue;
-    }
-    out.append(s, pos, a - pos);
-    for (int k = 0; k < args; ++k) {
-      out.push_back(U'{');
-      out.push_back(s[a + static_cast<size_t>(k)]);
-      out.push_back(U'}');
-    }
-    pos = a + static_cast<size_t>(args);
-  }
-  out.append(s, pos);
-  return out;
+Text brace_shorthand(const Text& s, std::u32string_view name, size_t args) {
+  return substitute(s, name, [&](size_t a) -> std::optional<std::pair<size_t, Text>> {
+    if (a + args > s.size() || s[a] == U'{' || (args == 2 && s[a + 1] == U'\n')) return std::nullopt;
+    Text r(name);
+    for (size_t k = 0; k < args; ++k) r += {U'{', s[a + k], U'}'};
+    return std::make_pair(a + args, std::move(r));
+  });
 }
 
 Text normalize(Text s) {
