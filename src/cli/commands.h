@@ -25,6 +25,7 @@ void add_bench_rl(CLI::App& bench, Action& action);        // `g4 bench rl`
 // it wrote, or {"error": ...} when it failed.
 nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json);
 void add_serve(CLI::App& app, Action& action);
+void add_task(CLI::App& app, Action& action);
 
 // Throws a g4::Error naming `option` when the file `out` exists in a model directory (one with a
 // config.json) and `overwrite` is false, or when it is a file of `input_model` at all.

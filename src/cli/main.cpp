@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   g4::cli::add_launch(app, action);
   g4::cli::add_bench(app, action);
   g4::cli::add_serve(app, action);
+  g4::cli::add_task(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

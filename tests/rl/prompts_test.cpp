@@ -1,0 +1,226 @@
+// Prompt sets: both JSONL layouts and their errors, the chat rendering of prompts, and the built-in
+// tasks (determinism, answers checked by an independent evaluation, reference responses).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "data_pipeline/test_tokenizer.h"
+#include "rl/prompts.h"
+#include "rl/rewards.h"
+#include "support/error_message.h"
+#include "support/g4_process.h"
+
+namespace g4::rl {
+namespace {
+
+namespace fs = std::filesystem;
+using test::error_of;
+
+std::string write_file(const std::string& name, const std::string& text) {
+  static const fs::path dir = test::scratch_dir("rl_prompts");
+  const fs::path p = dir / name;
+  std::ofstream(p, std::ios::binary) << text;
+  return p.string();
+}
+
+std::string decode(const std::vector<int64_t>& ids, const io::Tokenizer& tok) {
+  return tok.decode(std::vector<int32_t>(ids.begin(), ids.end()));
+}
+
+TEST(Prompts, ChatPromptIdsRenderTheTemplateWithBosFirst) {
+  const test::ByteTokenizer tok;
+  const std::vector<int64_t> ids = chat_prompt_ids("Hi there", "", tok);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], tok.bos_id);
+  EXPECT_EQ(decode(ids, tok), "<bos><|turn>user\nHi there<turn|>\n<|turn>model\n");
+  EXPECT_EQ(decode(chat_prompt_ids("Hi", "Be brief.", tok), tok),
+            "<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n");
+  EXPECT_EQ(decode(chat_prompt_ids("Hi", "", tok, data::ChatVariant::Large), tok),
+            "<bos><|turn>user\nHi<turn|>\n<|turn>model\n<|channel>thought\n<channel|>");
+}
+
+TEST(Prompts, LoadsBothLayouts) {
+  const test::ByteTokenizer tok;
+  const std::string path = write_file(
+      "both.jsonl",
+      R"({"data_source": "math_dapo", "prompt": [{"role": "user", "content": "Solve 1+1.\n\nRemember to put your answer on its own line after \"Answer:\"."}], "ability": "MATH", "reward_model": {"ground_truth": "2", "style": "rule-math-reasoning"}, "extra_info": {"index": "a1"}})"
+      "\n\n   \n"
+      R"({"prompt": "What is 6*7?", "answer": "42", "id": 7})" "\r\n"
+      R"({"messages": [{"role": "system", "content": "Terse."}, {"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}], "ground_truth": 5})"
+      "\n"
+      R"({"prompt": "no answer"})");
+  const std::vector<PromptExample> p = load_prompts(path, tok, "Think.");
+  ASSERT_EQ(p.size(), 4u);
+  EXPECT_EQ(p[0].prompt, "Solve 1+1.\n\nRemember to put your answer on its own line after \"Answer:\".");
+  EXPECT_EQ(p[0].answer, "2");
+  EXPECT_EQ(p[0].extra, (nlohmann::json{{"data_source", "math_dapo"}, {"ability", "MATH"}, {"extra_info", {{"index", "a1"}}}}));
+  EXPECT_EQ(decode(p[0].ids, tok), "<bos><|turn>system\nThink.<turn|>\n<|turn>user\n" + p[0].prompt +
+                                       "<turn|>\n<|turn>model\n");
+  EXPECT_EQ(p[1].prompt, "What is 6*7?");
+  EXPECT_EQ(p[1].answer, "42");
+  EXPECT_EQ(p[1].extra, (nlohmann::json{{"id", 7}}));
+  // The line's own system turn stays; the last user message is the prompt; a number answer is text.
+  EXPECT_EQ(p[2].prompt, "second");
+  EXPECT_EQ(p[2].answer, "5");
+  EXPECT_EQ(decode(p[2].ids, tok),
+            "<bos><|turn>system\nTerse.<turn|>\n<|turn>user\nfirst<turn|>\n<|turn>model\nok<turn|>\n"
+            "<|turn>user\nsecond<turn|>\n<|turn>model\n");
+  EXPECT_EQ(p[3].answer, "");
+  EXPECT_EQ(p[3].ids[0], tok.bos_id);
+}
+
+TEST(Prompts, BadLinesNameTheFileLineAndKey) {
+  const test::ByteTokenizer tok;
+  const auto error = [&](const std::string& second_line) {
+    const std::string path = write_file("bad.jsonl", R"({"prompt": "fine", "answer": "1"})" "\n" + second_line + "\n");
+    const std::string e = error_of([&] { load_prompts(path, tok); });
+    EXPECT_NE(e.find(path + ":2"), std::string::npos) << e;
+    return e;
+  };
+  EXPECT_NE(error("{\"prompt\": ").find("JSON"), std::string::npos);
+  EXPECT_NE(error("[1, 2]").find("JSON object"), std::string::npos);
+  EXPECT_NE(error(R"({"answer": "1"})").find("missing 'prompt'"), std::string::npos);
+  EXPECT_NE(error(R"({"prompt": "a", "messages": []})").find("not both"), std::string::npos);
+  EXPECT_NE(error(R"({"prompt": 5})").find("'prompt'"), std::string::npos);
+  EXPECT_NE(error(R"({"prompt": [{"role": "user"}]})").find("'prompt[0].content'"), std::string::npos);
+  EXPECT_NE(error(R"({"messages": [{"role": "assistant", "content": "x"}]})").find("no user message"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"prompt": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]})").find("unknown role 'robot'"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"prompt": "a", "answer": "1", "ground_truth": "1"})").find("both 'answer' and 'ground_truth'"),
+            std::string::npos);
+  EXPECT_NE(error(R"({"prompt": "a", "answer": [1]})").find("'answer' must be a string or a number"), std::string::npos);
+  EXPECT_NE(error(R"({"prompt": [{"role": "user", "content": "a"}], "reward_model": {}})").find("'ground_truth'"),
+            std::string::npos);
+  const std::string empty = write_file("empty.jsonl", "\n\n");
+  EXPECT_NE(error_of([&] { load_prompts(empty, tok); }).find("no prompts"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_prompts(empty + ".missing", tok); }).find(".missing"), std::string::npos);
+}
+
+// An independent evaluation of "a op b op c ..." (a value may be negative: "-7 + 4") by the
+// shunting-yard method, in double arithmetic.
+double evaluate(const std::string& expr) {
+  std::vector<double> values;
+  std::vector<char> ops;
+  const auto prec = [](char op) { return op == '*' ? 2 : 1; };
+  const auto apply = [&] {
+    const double b = values.back();
+    values.pop_back();
+    const char op = ops.back();
+    ops.pop_back();
+    values.back() = op == '+' ? values.back() + b : op == '-' ? values.back() - b : values.back() * b;
+  };
+  bool want_value = true;
+  for (size_t i = 0; i < expr.size();) {
+    const char c = expr[i];
+    if (c == ' ') {
+      ++i;
+    } else if (want_value) {
+      size_t n = 0;
+      values.push_back(std::stod(expr.substr(i), &n));
+      i += n;
+      want_value = false;
+    } else {
+      want_value = true;
+      while (!ops.empty() && prec(ops.back()) >= prec(c)) apply();
+      ops.push_back(c);
+      ++i;
+    }
+  }
+  while (!ops.empty()) apply();
+  return values.at(0);
+}
+
+TEST(Tasks, ArithmeticIsDeterministicAndItsAnswersAreRight) {
+  for (int64_t difficulty : {0, 1, 2, 5, 8}) {
+    const TaskOptions o{"arithmetic", difficulty, 17};
+    const std::vector<PromptExample> a = task_problems(o, 0, 60);
+    // Problem i depends on (seed, i) only, not on the range asked for.
+    const std::vector<PromptExample> b = task_problems(o, 25, 10);
+    std::set<std::string> distinct;
+    for (int64_t i = 0; i < 60; ++i) {
+      const PromptExample& p = a[static_cast<size_t>(i)];
+      const std::string expr = p.extra.at("expression").get<std::string>();
+      EXPECT_EQ(p.extra.at("task"), "arithmetic");
+      EXPECT_EQ(p.prompt, "Compute " + expr + ". End with a line Answer: <number>.");
+      EXPECT_EQ(static_cast<size_t>(std::count(expr.begin(), expr.end(), ' ')), 2 * static_cast<size_t>(difficulty));
+      EXPECT_EQ(std::stod(p.answer), evaluate(expr)) << expr;
+      if (difficulty <= 1) {
+        EXPECT_LE(expr.size(), 5u) << "single digits: " << expr;
+      }
+      distinct.insert(expr);
+      // The reference response ends with the answer line and scores 1 with the DAPO verifier; each
+      // worked step is true.
+      const std::string response = task_reference_response(p);
+      EXPECT_EQ(dapo_math_score(response, p.answer), 1.0) << response;
+      std::istringstream lines(response);
+      for (std::string line; std::getline(lines, line);) {
+        if (line.rfind("Answer: ", 0) == 0) continue;
+        const size_t eq = line.find(" = ");
+        ASSERT_NE(eq, std::string::npos) << line;
+        EXPECT_EQ(evaluate(line.substr(0, eq)), std::stod(line.substr(eq + 3))) << line;
+      }
+      if (i >= 25 && i < 35) {
+        EXPECT_EQ(b[static_cast<size_t>(i - 25)].prompt, p.prompt);
+        EXPECT_EQ(b[static_cast<size_t>(i - 25)].answer, p.answer);
+      }
+    }
+    EXPECT_GT(distinct.size(), difficulty == 0 ? 5u : 20u);
+  }
+  EXPECT_EQ(task_reference_response({"", "13", {{"task", "arithmetic"}, {"expression", "3 + 5 * 2"}}, {}}),
+            "5 * 2 = 10\n3 + 10 = 13\nAnswer: 13");
+  EXPECT_NE(task_problems({"arithmetic", 2, 1}, 0, 5)[0].prompt, task_problems({"arithmetic", 2, 2}, 0, 5)[0].prompt);
+}
+
+TEST(Tasks, CountdownHasASolutionByConstruction) {
+  RewardOptions ro;
+  ro.kind = "countdown";
+  const auto reward = make_reward(ro);
+  for (int64_t difficulty : {0, 2, 4, 8}) {
+    const std::vector<PromptExample> a = task_problems({"countdown", difficulty, 3}, 100, 50);
+    for (const PromptExample& p : a) {
+      const auto numbers = p.extra.at("numbers").get<std::vector<int64_t>>();
+      const int64_t target = p.extra.at("target").get<int64_t>();
+      ASSERT_EQ(numbers.size(), static_cast<size_t>(difficulty) + 2);
+      EXPECT_GT(target, 0);
+      EXPECT_EQ(evaluate(p.answer), static_cast<double>(target)) << p.answer;
+      std::string listed;
+      for (int64_t x : numbers) listed += (listed.empty() ? "" : " ") + std::to_string(x);
+      EXPECT_EQ(p.prompt, "Make " + std::to_string(target) + " from " + listed +
+                              " using + - * and each number at most once. End with a line Answer: <expression>.");
+      const std::string response = task_reference_response(p);
+      EXPECT_EQ(reward->score({{p.prompt, response, p.answer, p.extra}}), std::vector<double>{1}) << response;
+    }
+    const std::vector<PromptExample> again = task_problems({"countdown", difficulty, 3}, 110, 1);
+    EXPECT_EQ(again[0].prompt, a[10].prompt);
+    EXPECT_EQ(again[0].answer, a[10].answer);
+  }
+}
+
+TEST(Tasks, MakeTaskPromptsTokenisesTheChatPrompt) {
+  const test::ByteTokenizer tok;
+  const std::vector<PromptExample> p = make_task_prompts({"arithmetic", 1, 5}, 3, 2, tok, "Sys.");
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[1].prompt, task_problems({"arithmetic", 1, 5}, 4, 1)[0].prompt);
+  EXPECT_EQ(p[1].ids, chat_prompt_ids(p[1].prompt, "Sys.", tok));
+  EXPECT_EQ(p[1].ids[0], tok.bos_id);
+}
+
+TEST(Tasks, BadOptionsAreErrors) {
+  EXPECT_NE(error_of([] { task_problems({"sudoku", 2, 0}, 0, 1); }).find("task 'sudoku'"), std::string::npos);
+  EXPECT_NE(error_of([] { task_problems({"arithmetic", 9, 0}, 0, 1); }).find("difficulty"), std::string::npos);
+  EXPECT_NE(error_of([] { task_problems({"arithmetic", -1, 0}, 0, 1); }).find("difficulty"), std::string::npos);
+  EXPECT_NE(error_of([] { task_problems({"arithmetic", 2, 0}, -1, 1); }).find("begin"), std::string::npos);
+  EXPECT_EQ(task_names(), (std::vector<std::string>{"arithmetic", "countdown"}));
+  EXPECT_NE(error_of([] { task_reference_response({"x", "1", {}, {}}); }).find("not a built-in task"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace g4::rl
