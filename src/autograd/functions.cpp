@@ -1,6 +1,7 @@
 #include "autograd/functions.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 
 #include "ops/elementwise.h"
@@ -302,21 +303,39 @@ Var cross_entropy_mean(const Var& logits, const Tensor& targets, int64_t ignore_
   return out;
 }
 
+namespace {
+// The fused LM head's operands: hidden states as [N, H] rows, their targets as [N] on the
+// hidden states' device, and the rows per chunk.
+struct HeadRows {
+  Tensor x2, t1;
+  int64_t n = 0, chunk_rows = 0;
+};
+
+HeadRows head_rows(const char* op, const Tensor& xv, const Tensor& wv, const Tensor& targets, int64_t chunk_rows) {
+  const int64_t H = xv.size(-1), V = wv.size(0);
+  G4_CHECK(wv.dim() == 2 && wv.size(1) == H, op, ": weight ", wv.describe(), " for hidden states ", xv.describe());
+  HeadRows r;
+  r.x2 = xv.reshape({-1, H});
+  r.n = r.x2.size(0);
+  G4_CHECK(targets.numel() == r.n, op, ": ", targets.describe(), " targets for ", r.n, " rows");
+  r.t1 = targets.reshape({-1});
+  if (r.t1.device() != xv.device()) r.t1 = r.t1.to(xv.device());  // uploaded once, not per chunk
+  // About 2 GiB of bf16 logits per chunk (4096 rows of a 262 144-token vocabulary). Each chunk's
+  // weight-gradient GEMM reads and writes the whole f32 [V, H] gradient, so small chunks turn it
+  // memory-bound (512-row chunks ran the 26B-A4B LM head's dW at a third of the GEMM rate).
+  r.chunk_rows = chunk_rows > 0 ? chunk_rows : std::max<int64_t>(1, (int64_t{1} << 30) / std::max<int64_t>(V, 1));
+  return r;
+}
+}  // namespace
+
 Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int64_t count, double softcap,
                          int64_t chunk_rows, int64_t ignore_index) {
   const Tensor& xv = x.value();
   const Tensor& wv = w.value();
-  const int64_t H = xv.size(-1), V = wv.size(0);
-  G4_CHECK(wv.dim() == 2 && wv.size(1) == H, "linear_cross_entropy: weight ", wv.describe(), " for hidden states ",
-           xv.describe());
-  const Tensor x2 = xv.reshape({-1, H});
-  const Tensor t1 = targets.reshape({-1});
-  const int64_t N = x2.size(0);
-  G4_CHECK(t1.numel() == N, "linear_cross_entropy: ", targets.describe(), " targets for ", N, " rows");
-  // About 2 GiB of bf16 logits per chunk (4096 rows of a 262 144-token vocabulary). Each chunk's
-  // weight-gradient GEMM reads and writes the whole f32 [V, H] gradient, so small chunks turn it
-  // memory-bound (512-row chunks ran the 26B-A4B LM head's dW at a third of the GEMM rate).
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, (int64_t{1} << 30) / std::max<int64_t>(V, 1));
+  const HeadRows hr = head_rows("linear_cross_entropy", xv, wv, targets, chunk_rows);
+  const Tensor &x2 = hr.x2, &t1 = hr.t1;
+  const int64_t N = hr.n;
+  chunk_rows = hr.chunk_rows;
   const bool rec = should_record({&x, &w});
   const DType acc = xv.dtype() == DType::F64 ? DType::F64 : DType::F32;
   const Device dev = xv.device();
@@ -364,6 +383,67 @@ Var linear_cross_entropy(const Var& x, const Var& w, const Tensor& targets, int6
           accumulate_grad(wi, keep ? dw : dw.to(wi->value.dtype()), keep);
         }
       }
+    });
+  }
+  return out;
+}
+
+Var linear_token_logprobs(const Var& x, const Var& w, const Tensor& targets, double softcap, double temperature,
+                          int64_t chunk_rows, int64_t ignore_index) {
+  const char* op = "linear_token_logprobs";
+  const Tensor& xv = x.value();
+  const HeadRows hr = head_rows(op, xv, w.value(), targets, chunk_rows);
+  G4_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
+           temperature);
+  const bool rec = should_record({&x, &w});
+  const DType acc = xv.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const Device dev = xv.device();
+  Tensor loss = Tensor::empty({hr.n}, acc, dev);
+  // The backward's softmax needs each row's log-sum-exp: [N] floats kept instead of [N, V] logits.
+  Tensor lse = rec ? Tensor::empty({hr.n}, acc, dev) : Tensor();
+  for (int64_t r0 = 0; r0 < hr.n; r0 += hr.chunk_rows) {
+    const int64_t n = std::min(hr.chunk_rows, hr.n - r0);
+    const Tensor logits = ops::matmul(hr.x2.slice0(r0, n), w.value(), false, true);  // [n, V]
+    const ops::CrossEntropyRows ce =
+        ops::cross_entropy_rows(logits, hr.t1.slice0(r0, n), softcap, ignore_index, temperature);
+    loss.slice0(r0, n).copy_from(ce.loss);
+    if (rec) lse.slice0(r0, n).copy_from(ce.lse);
+  }
+  Var out = result(ops::scale(loss, -1.0).reshape(targets.shape()), rec);
+  if (rec) {
+    auto xi = x.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi, hr, lse, softcap, temperature, ignore_index, acc] {
+      const Tensor& wv = wi->value;
+      const Tensor grad_rows = ops::scale(oi->grad.reshape({-1}), -1.0);  // d log p = -d loss
+      Tensor dx = xi->requires_grad ? Tensor::empty(hr.x2.shape(), hr.x2.dtype(), hr.x2.device()) : Tensor();
+      // dw accumulates over chunks in f32 (f64 for f64 models), straight into the weight's gradient
+      // where that one has the accumulation dtype, else into a new buffer handed over at the end.
+      Tensor dw;
+      double beta = 0;
+      bool hand_over = false;
+      if (gemm_into_fp32_grad(*wi)) {
+        dw = fp32_grad_target(wi, beta);
+      } else if (wi->requires_grad && wi->grad.defined() && wi->grad.dtype() == acc) {
+        dw = owned_grad(wi);
+        beta = 1;
+      } else if (wi->requires_grad) {
+        dw = Tensor::empty(wv.shape(), acc, wv.device());
+        hand_over = true;
+      }
+      for (int64_t r0 = 0; r0 < hr.n; r0 += hr.chunk_rows) {
+        const int64_t n = std::min(hr.chunk_rows, hr.n - r0);
+        const Tensor xc = hr.x2.slice0(r0, n);
+        const Tensor logits = ops::matmul(xc, wv, false, true);  // recomputed: the forward kept none
+        // In place: one [n, V] buffer per chunk, as in the forward.
+        const Tensor dlogits = ops::cross_entropy_rows_backward(logits, hr.t1.slice0(r0, n), lse.slice0(r0, n), softcap,
+                                                                grad_rows.slice0(r0, n), ignore_index, logits,
+                                                                temperature);
+        if (dx.defined()) dx.slice0(r0, n).copy_from(ops::matmul(dlogits, wv));
+        if (dw.defined()) ops::matmul_acc(dlogits, xc, true, false, dw, 1.0, r0 == 0 ? beta : 1.0);
+      }
+      if (dw.defined() && hr.n == 0 && beta == 0) dw.fill(0.0);  // no chunk wrote it
+      if (dx.defined()) accumulate_grad(xi, dx.reshape(xi->value.shape()), /*exclusive=*/true);
+      if (hand_over) accumulate_grad(wi, dw.dtype() == wv.dtype() ? dw : dw.to(wv.dtype()), /*exclusive=*/true);
     });
   }
   return out;

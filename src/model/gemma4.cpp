@@ -153,6 +153,8 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
       G4_CHECK(t->shape() == in.input_ids.shape(), "attention_mask/position_ids/labels/targets must match input_ids ",
                shape_str(in.input_ids.shape()), ", got ", t->describe());
   G4_CHECK(!(in.labels.defined() && in.targets.defined()), "give labels or targets (labels already shifted), not both");
+  G4_CHECK(!in.return_token_logprobs || in.labels.defined() || in.targets.defined(),
+           "return_token_logprobs: the log-probs are of the targets; give labels or targets");
   Context ctx;
   if (context_) {
     G4_CHECK(in.position_ids.defined(), "context parallelism: forward needs the global position_ids of its slice");
@@ -180,21 +182,26 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   if (has_targets) {
     const Tensor targets = in.targets.defined() ? in.targets.to(DType::I64) : shift_labels(in.labels);
     for (int64_t i = 0; i < targets.numel(); ++i) out.counted_tokens += targets.data<int64_t>()[i] != -100;
-    // On the GPU the loss always takes the fused path: softcap and cross-entropy in fp32 from the
-    // bf16 matmul, never from rounded bf16 logits (the logits returned are for the caller).
-    if (out.logits.defined() && device_ == Device::CPU) {
+    const double softcap = cfg_.final_logit_softcapping.value_or(0.0);
+    if (in.return_token_logprobs) {
+      // Always the fused LM head, on every device: the RL losses take only these log-probs, so
+      // there is no loss here (out.loss undefined, and no router aux term is added to anything).
+      out.token_logprobs = ag::reshape(
+          ag::linear_token_logprobs(hidden, lm_head(), targets.to(device_), softcap, in.logprob_temperature), {B, S});
+    } else if (out.logits.defined() && device_ == Device::CPU) {
       out.loss = ag::cross_entropy_mean(out.logits, targets.to(device_));
     } else {
-      out.loss = ag::linear_cross_entropy(hidden, lm_head(), targets.to(device_), out.counted_tokens,
-                                          cfg_.final_logit_softcapping.value_or(0.0));
+      // On the GPU the loss always takes the fused path: softcap and cross-entropy in fp32 from the
+      // bf16 matmul, never from rounded bf16 logits (the logits returned are for the caller).
+      out.loss = ag::linear_cross_entropy(hidden, lm_head(), targets.to(device_), out.counted_tokens, softcap);
     }
-    out.cross_entropy = out.loss.value().item();
+    if (out.loss.defined()) out.cross_entropy = out.loss.value().item();
     if (!ctx.router_aux.empty()) {
       ag::Var aux = ctx.router_aux[0];
       for (size_t i = 1; i < ctx.router_aux.size(); ++i) aux = ag::add(aux, ctx.router_aux[i]);
       aux = ag::scale(aux, 1.0 / static_cast<double>(ctx.router_aux.size()));
-      out.router_aux = aux.value().item();
-      out.loss = ag::add(out.loss, ag::scale(aux, router_aux_coef_));
+      out.router_aux = aux.value().item();  // reported either way
+      if (out.loss.defined()) out.loss = ag::add(out.loss, ag::scale(aux, router_aux_coef_));
     }
   }
   exit_block(cfg_.num_layers + 1);

@@ -28,18 +28,23 @@ struct ForwardInputs {
   // [B, S, V] logits (262 144 columns for Gemma 4) are never stored.
   bool return_logits = true;
   // true: ForwardOutputs::token_logprobs instead of the loss (RL: log-probs of the targets, from the
-  // fused LM head, differentiable; no cross-entropy is computed). Needs labels or targets.
+  // fused LM head, differentiable; no cross-entropy is computed: loss stays undefined, and the router
+  // aux loss is only reported in router_aux). Needs labels or targets. The logits still follow
+  // return_logits (set it false so that [B, S, V] is never stored).
   bool return_token_logprobs = false;
   double logprob_temperature = 1.0;  // the logits (after the final softcap) are divided by it
 };
 
 struct ForwardOutputs {
   ag::Var logits;  // [B, S, V]
-  ag::Var loss;    // [] mean cross-entropy over counted tokens (+ router aux loss) when labels given
+  // [] mean cross-entropy over counted tokens (+ router aux loss) when labels or targets are given,
+  // unless return_token_logprobs
+  ag::Var loss;
   double cross_entropy = 0;  // the language-model part of loss
   double router_aux = 0;     // the load-balancing term (before its coefficient; training only)
   int64_t counted_tokens = 0;
-  // [B, S] f32 log p(target) under the model (0 where the target is ignored), when asked for.
+  // [B, S] f32 (f64 for f64 models) log p(target) under the model (0 where the target is ignored),
+  // when asked for. With context parallelism, of the local slice's rows.
   ag::Var token_logprobs;
   // Per MoE layer: how many token copies (T*K in all) each expert this model holds processed,
   // indexed from experts().begin. With expert parallelism these are the rows the local experts

@@ -21,25 +21,29 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_scale,
                               int64_t ignore_index = -100);
 
-// Per-row losses that stay on the device. With softcap > 0 the logits are first mapped through
-// softcap * tanh(x / softcap) (Gemma's final_logit_softcapping), inside the op.
+// Per-row losses that stay on the device. The loss sees z = softcap(x) / temperature: with
+// softcap > 0 the logits are first mapped through softcap * tanh(x / softcap) (Gemma's
+// final_logit_softcapping), then divided by the sampling temperature (RL's log-probs of sampled
+// tokens; 1 = none), both inside the op.
 struct CrossEntropyRows {
   Tensor loss;  // [N] -log softmax(z)[target]; 0 on ignored rows
-  Tensor lse;   // [N] log Σ exp(z) of each row (z: the softcapped logits); 0 on ignored rows
+  Tensor lse;   // [N] log Σ exp(z) of each row; 0 on ignored rows
 };
-// logits [..., V] (CPU: f32/f64; GPU: bf16/f32), targets [...] i32/i64. Outputs have the targets'
-// shape and are f32 (f64 for f64 logits on the CPU, for gradient checks). On the CPU a bad
-// target is an error at once; on the GPU it makes that row's loss and lse NaN and is raised later
-// (ops/device_checks.h).
+// logits [..., V] (CPU: f32/f64; GPU: bf16/f32), targets [...] i32/i64, temperature finite and
+// > 0. Outputs have the targets' shape and are f32 (f64 for f64 logits on the CPU, for gradient
+// checks). On the CPU a bad target is an error at once; on the GPU it makes that row's loss and
+// lse NaN and is raised later (ops/device_checks.h).
 CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap = 0,
-                                    int64_t ignore_index = -100);
+                                    int64_t ignore_index = -100, double temperature = 1.0);
 // dlogits = grad_rows[r] * (softmax(z) - onehot(target)) * dz/dlogits on counted rows, 0 on ignored
-// rows, with z as above (dz/dx = 1 - tanh²(x / softcap) when softcapped, else 1). lse is the
-// forward's, grad_rows [...] f32 (f64 with f64 logits) is d total / d loss[r]. The result has the
-// logits' dtype and shape. When `dlogits` is given (same shape, dtype and device as the logits) it
-// is written in place and returned, so a chunked caller can reuse one buffer; it may even be the
-// logits tensor itself (each element is read before it is overwritten).
+// rows, with z as above (dz/dx = (1 - tanh²(x / softcap)) / temperature when softcapped, else
+// 1 / temperature). lse is the forward's (same softcap and temperature), grad_rows [...] f32 (f64
+// with f64 logits) is d total / d loss[r]. The result has the logits' dtype and shape. When
+// `dlogits` is given (same shape, dtype and device as the logits) it is written in place and
+// returned, so a chunked caller can reuse one buffer; it may even be the logits tensor itself
+// (each element is read before it is overwritten).
 Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
-                                   const Tensor& grad_rows, int64_t ignore_index = -100, Tensor dlogits = {});
+                                   const Tensor& grad_rows, int64_t ignore_index = -100, Tensor dlogits = {},
+                                   double temperature = 1.0);
 
 }  // namespace g4::ops

@@ -1,6 +1,7 @@
 // Cross-entropy on the GPU against the CPU reference: Gemma's 262 144-token vocabulary, small and
-// odd vocabularies (the unvectorised path), ignored rows, softcap on and off, in-place backward,
-// and a bad target raised at the next synchronisation point.
+// odd vocabularies (the unvectorised path), ignored rows, softcap on and off, temperatures other
+// than 1 (RL's log-probs), in-place backward, and a bad target raised at the next synchronisation
+// point.
 #include <cmath>
 
 #include "gpu_test.h"
@@ -36,6 +37,7 @@ void expect_close_each(const Tensor& actual_gpu, const Tensor& expected, double 
 struct Case {
   int64_t n, v;
   double softcap, std;
+  double temperature = 1.0;
 };
 
 Tensor make_targets(int64_t n, int64_t v, uint64_t seed) {
@@ -48,16 +50,19 @@ Tensor make_targets(int64_t n, int64_t v, uint64_t seed) {
 TEST(GpuCrossEntropy, RowsMatchCpu) {
   G4_REQUIRE_GPU();
   for (const Case c : {Case{7, 262144, 0.0, 3.0}, Case{7, 262144, 30.0, 20.0}, Case{5, 1000, 30.0, 40.0},
-                       Case{9, 13, 0.0, 2.0}, Case{3, 37, 5.0, 10.0}}) {
+                       Case{9, 13, 0.0, 2.0}, Case{3, 37, 5.0, 10.0}, Case{7, 262144, 30.0, 20.0, 0.7},
+                       Case{5, 1000, 0.0, 4.0, 1.6}, Case{3, 37, 5.0, 10.0, 0.5}}) {
     const std::string tag = "N=" + std::to_string(c.n) + " V=" + std::to_string(c.v) +
-                            " cap=" + std::to_string(static_cast<int>(c.softcap));
+                            " cap=" + std::to_string(static_cast<int>(c.softcap)) +
+                            (c.temperature != 1.0 ? " T=" + std::to_string(c.temperature) : "");
+    const double t = c.temperature;
     const Tensor logits = test::randn_bf16_exact({c.n, c.v}, 100 + static_cast<uint64_t>(c.v), c.std);
     const Tensor targets = make_targets(c.n, c.v, 7);
-    const ops::CrossEntropyRows want = ops::cross_entropy_rows(logits, targets, c.softcap);
+    const ops::CrossEntropyRows want = ops::cross_entropy_rows(logits, targets, c.softcap, -100, t);
     for (DType dt : {DType::BF16, DType::F32}) {
       const std::string what = tag + (dt == DType::BF16 ? " bf16" : " f32");
       const Tensor lg = logits.to(dt).to(Device::CUDA);
-      const ops::CrossEntropyRows got = ops::cross_entropy_rows(lg, targets.to(Device::CUDA), c.softcap);
+      const ops::CrossEntropyRows got = ops::cross_entropy_rows(lg, targets.to(Device::CUDA), c.softcap, -100, t);
       EXPECT_EQ(got.loss.device(), Device::CUDA);
       test::expect_close_scaled(got.loss, want.loss, 1e-4, 1e-5, what + " loss");
       test::expect_close_scaled(got.lse, want.lse, 1e-4, 1e-5, what + " lse");
@@ -65,8 +70,9 @@ TEST(GpuCrossEntropy, RowsMatchCpu) {
       EXPECT_EQ(loss.data<float>()[1], 0.0f) << "ignored row";
 
       const Tensor grad_rows = randn({c.n}, 9);
-      const Tensor dwant = ops::cross_entropy_rows_backward(logits, targets, want.lse, c.softcap, grad_rows);
-      const Tensor dgot = ops::cross_entropy_rows_backward(lg, targets, got.lse, c.softcap, grad_rows.to(Device::CUDA));
+      const Tensor dwant = ops::cross_entropy_rows_backward(logits, targets, want.lse, c.softcap, grad_rows, -100, {}, t);
+      const Tensor dgot =
+          ops::cross_entropy_rows_backward(lg, targets, got.lse, c.softcap, grad_rows.to(Device::CUDA), -100, {}, t);
       EXPECT_EQ(dgot.dtype(), dt);
       // bf16 output: one rounding (2^-9 relative) plus fp32 exp/tanh error.
       expect_close_each(dgot, dwant, dt == DType::BF16 ? 8e-3 : 5e-5, 1e-6, what + " dlogits");
@@ -76,7 +82,7 @@ TEST(GpuCrossEntropy, RowsMatchCpu) {
       // In place into the logits' own buffer: the same bits.
       Tensor buf = lg.clone();
       const Tensor inplace =
-          ops::cross_entropy_rows_backward(buf, targets, got.lse, c.softcap, grad_rows.to(Device::CUDA), -100, buf);
+          ops::cross_entropy_rows_backward(buf, targets, got.lse, c.softcap, grad_rows.to(Device::CUDA), -100, buf, t);
       EXPECT_TRUE(inplace.same_storage(buf));
       test::expect_close_scaled(inplace, test::host_f32(dgot), 0, 0, what + " in place");
     }

@@ -108,6 +108,42 @@ TEST(CrossEntropyRows, GradientWithAndWithoutSoftcap) {
                      ops::cross_entropy_backward(logits, targets, 0.25), 1e-12);
 }
 
+// The temperature divides the (softcapped) logits: the same rows as on logits softcapped and
+// divided beforehand, and the gradient carries the 1 / T of the chain rule.
+TEST(CrossEntropyRows, TemperatureDividesTheCappedLogits) {
+  const double cap = 30;
+  const Tensor logits = randn({5, 13}, 12, DType::F64, 40.0);
+  const Tensor targets = Tensor::from_vector<int64_t>({12, -100, 3, 0, 7}, {5});
+  for (const double temp : {0.6, 1.0, 1.7}) {
+    for (const double c : {0.0, cap}) {
+      const std::string what = "T " + std::to_string(temp) + " cap " + std::to_string(c);
+      Tensor z = logits.clone();
+      for (int64_t i = 0; i < z.numel(); ++i) {
+        const double x = z.data<double>()[i];
+        z.data<double>()[i] = (c > 0 ? c * std::tanh(x / c) : x) / temp;
+      }
+      const ops::CrossEntropyRows rows = ops::cross_entropy_rows(logits, targets, c, -100, temp);
+      const ops::CrossEntropyRows want = ops::cross_entropy_rows(z, targets);
+      test::expect_close(rows.loss, want.loss, 1e-12, what + " loss");
+      test::expect_close(rows.lse, want.lse, 1e-12, what + " lse");
+      const auto f = [&](const std::vector<Tensor>& in) {
+        return ops::cross_entropy_rows(in[0], targets, c, -100, temp).loss;
+      };
+      test::expect_gradients(f, {logits}, 13, [&](const Tensor& dout) {
+        return std::vector<Tensor>{ops::cross_entropy_rows_backward(logits, targets, rows.lse, c, dout, -100, {}, temp)};
+      });
+    }
+  }
+  // f32 logits against the f64 reference.
+  const ops::CrossEntropyRows r64 = ops::cross_entropy_rows(logits, targets, cap, -100, 0.6);
+  const ops::CrossEntropyRows r32 = ops::cross_entropy_rows(logits.to(DType::F32), targets, cap, -100, 0.6);
+  test::expect_close(r32.loss, r64.loss, 1e-6, "f32 loss");
+  const Tensor g = randn({5}, 14, DType::F64);
+  test::expect_close(ops::cross_entropy_rows_backward(logits.to(DType::F32), targets, r32.lse, cap, g, -100, {}, 0.6),
+                     ops::cross_entropy_rows_backward(logits, targets, r64.lse, cap, g, -100, {}, 0.6), 1e-6,
+                     "f32 dlogits");
+}
+
 TEST(CrossEntropyRows, BackwardInPlace) {
   const Tensor logits = randn({3, 8}, 10, DType::F32, 5.0);
   const Tensor targets = Tensor::from_vector<int64_t>({7, -100, 1}, {3});
@@ -126,6 +162,11 @@ TEST(CrossEntropyRows, Errors) {
   expect_error([&] { ops::cross_entropy_rows(logits, Tensor::from_vector<int64_t>({1, 5, 0}, {3})); },
                {"cross_entropy_rows", "target 5", "row 1", "[0, 5)"});
   expect_error([&] { ops::cross_entropy_rows(logits, targets, -1); }, {"softcap", "-1"});
+  for (const double t : {0.0, -0.5, std::nan("")})
+    expect_error([&] { ops::cross_entropy_rows(logits, targets, 0, -100, t); }, {"cross_entropy_rows", "temperature"});
+  expect_error([&] { ops::cross_entropy_rows_backward(logits, targets, Tensor::zeros({3}, DType::F32), 0,
+                                                      Tensor::zeros({3}, DType::F32), -100, {}, 0.0); },
+               {"cross_entropy_rows_backward", "temperature", "0"});
   const Tensor lse = Tensor::zeros({3}, DType::F32);
   expect_error([&] { ops::cross_entropy_rows_backward(logits, targets, Tensor::zeros({2}, DType::F32), 0, lse); },
                {"lse", "f32[2]"});

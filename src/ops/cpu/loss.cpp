@@ -77,11 +77,15 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, doubl
 }
 
 namespace {
-// The logit the loss sees: softcap * tanh(x / softcap), or x itself without a cap.
-double capped(double x, double softcap) { return softcap > 0 ? softcap * std::tanh(x / softcap) : x; }
+// The logit the loss sees: softcap * tanh(x / softcap) (or x itself without a cap) over the
+// temperature.
+double capped(double x, double softcap, double temperature) {
+  return (softcap > 0 ? softcap * std::tanh(x / softcap) : x) / temperature;
+}
 }  // namespace
 
-CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index) {
+CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index,
+                                    double temperature) {
   const char* op = "cross_entropy_rows";
   const std::vector<int64_t> t = read_targets(op, logits, targets, ignore_index);
   return cpu::dispatch_float(op, logits, [&](auto tag) {
@@ -96,19 +100,19 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
       if (t[r] == ignore_index) continue;
       const T* x = p + r * v;
       double mx = -INFINITY;
-      for (int64_t j = 0; j < v; ++j) mx = std::max(mx, capped(static_cast<double>(x[j]), softcap));
+      for (int64_t j = 0; j < v; ++j) mx = std::max(mx, capped(static_cast<double>(x[j]), softcap, temperature));
       double s = 0;
-      for (int64_t j = 0; j < v; ++j) s += std::exp(capped(static_cast<double>(x[j]), softcap) - mx);
+      for (int64_t j = 0; j < v; ++j) s += std::exp(capped(static_cast<double>(x[j]), softcap, temperature) - mx);
       const double l = mx + std::log(s);
       lse[r] = static_cast<T>(l);
-      loss[r] = static_cast<T>(l - capped(static_cast<double>(x[t[r]]), softcap));
+      loss[r] = static_cast<T>(l - capped(static_cast<double>(x[t[r]]), softcap, temperature));
     }
     return out;
   });
 }
 
 Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
-                                   const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits) {
+                                   const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits, double temperature) {
   const char* op = "cross_entropy_rows_backward";
   const std::vector<int64_t> t = read_targets(op, logits, targets, ignore_index);
   return cpu::dispatch_float(op, logits, [&](auto tag) {
@@ -125,8 +129,8 @@ Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, 
         double grad = 0;
         if (t[r] != ignore_index) {
           const double th = softcap > 0 ? std::tanh(x / softcap) : 0;
-          const double z = softcap > 0 ? softcap * th : x;
-          const double dz = softcap > 0 ? 1 - th * th : 1;
+          const double z = (softcap > 0 ? softcap * th : x) / temperature;
+          const double dz = (softcap > 0 ? 1 - th * th : 1) / temperature;
           grad = g[r] * (std::exp(z - l[r]) - (j == t[r] ? 1.0 : 0.0)) * dz;
         }
         d[r * v + j] = static_cast<T>(grad);  // after reading p[r * v + j]: dlogits may be logits

@@ -2,7 +2,8 @@
 // online (max, Σexp) pair per thread in fp32, merged across the block at the end; the softcap is
 // applied in registers, so neither fp32 nor softcapped logits are ever stored. The backward
 // recomputes softmax from the saved log-sum-exp, with rows on blockIdx.x and column chunks on
-// blockIdx.y so that few rows still fill the GPU.
+// blockIdx.y so that few rows still fill the GPU. The temperature is a multiplication by its
+// reciprocal after the softcap (exactly the identity at temperature 1).
 #include "ops/cuda/loss.h"
 
 #include <cuda_bf16.h>
@@ -20,10 +21,12 @@ namespace {
 
 constexpr int kThreads = 512;
 
+// The logit the loss sees: softcap(x) / temperature.
 struct Cap {
   float cap;  // 0: no softcap
   float inv;
-  __device__ float apply(float x) const { return cap > 0.f ? cap * tanhf(x * inv) : x; }
+  float inv_temperature;
+  __device__ float apply(float x) const { return (cap > 0.f ? cap * tanhf(x * inv) : x) * inv_temperature; }
 };
 
 __device__ inline float quiet_nan() { return __int_as_float(0x7fc00000); }
@@ -132,6 +135,8 @@ __global__ void __launch_bounds__(kThreads)
         z = cap.cap * th;
         dz = 1.f - th * th;
       }
+      z *= cap.inv_temperature;
+      dz *= cap.inv_temperature;
       return (__expf(z - l) - (j == t ? 1.f : 0.f)) * g * dz;
     };
     const T* x = logits + r * v;
@@ -200,8 +205,9 @@ RowsArgs rows_args(const Tensor& logits, const Tensor& targets) {
   return a;
 }
 
-Cap make_cap(double softcap) {
-  return Cap{static_cast<float>(softcap), softcap > 0 ? static_cast<float>(1.0 / softcap) : 0.f};
+Cap make_cap(double softcap, double temperature) {
+  return Cap{static_cast<float>(softcap), softcap > 0 ? static_cast<float>(1.0 / softcap) : 0.f,
+             static_cast<float>(1.0 / temperature)};
 }
 
 // A per-row f32 tensor on the GPU (lse, grad_rows), converted or copied there when needed.
@@ -212,7 +218,8 @@ Tensor row_tensor(const Tensor& t) {
 
 }  // namespace
 
-CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index) {
+CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets, double softcap, int64_t ignore_index,
+                                    double temperature) {
   raise_index_errors(/*wait=*/false);
   const RowsArgs a = rows_args(logits, targets);
   CrossEntropyRows out{Tensor::empty(targets.shape(), DType::F32, Device::CUDA),
@@ -224,7 +231,7 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
     using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
     const bool vec = aligned16(p) && a.v % Vec16<T>::kCount == 0;
     ce_rows_kernel<T><<<grid, kThreads, 0, g4::cuda::stream()>>>(p, a.targets.data<int64_t>(), a.n, a.v,
-                                                                 make_cap(softcap), ignore_index, vec,
+                                                                 make_cap(softcap, temperature), ignore_index, vec,
                                                                  out.loss.data<float>(), out.lse.data<float>(), sink);
     G4_CUDA_CHECK_LAUNCH();
   };
@@ -236,7 +243,7 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
 }
 
 Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, double softcap,
-                                   const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits) {
+                                   const Tensor& grad_rows, int64_t ignore_index, Tensor dlogits, double temperature) {
   raise_index_errors(/*wait=*/false);
   const RowsArgs a = rows_args(logits, targets);
   const Tensor l = row_tensor(lse);
@@ -253,8 +260,8 @@ Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, 
     chunks = chunks < 1 ? 1 : (chunks > 65535 ? 65535 : chunks);
     const dim3 grid(static_cast<unsigned>(a.n < 2147483647LL ? a.n : 2147483647LL), static_cast<unsigned>(chunks));
     ce_rows_backward_kernel<T><<<grid, kThreads, 0, g4::cuda::stream()>>>(
-        p, a.targets.data<int64_t>(), l.data<float>(), g.data<float>(), d, a.n, a.v, make_cap(softcap), ignore_index,
-        vec, sink);
+        p, a.targets.data<int64_t>(), l.data<float>(), g.data<float>(), d, a.n, a.v, make_cap(softcap, temperature),
+        ignore_index, vec, sink);
     G4_CUDA_CHECK_LAUNCH();
   };
   if (logits.dtype() == DType::BF16)
@@ -265,7 +272,7 @@ Tensor cross_entropy_rows_backward(const Tensor& logits, const Tensor& targets, 
 }
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  const CrossEntropyRows rows = cross_entropy_rows(logits, targets, 0.0, ignore_index);
+  const CrossEntropyRows rows = cross_entropy_rows(logits, targets, 0.0, ignore_index, 1.0);
   const RowsArgs a = rows_args(logits, targets);
   Tensor sums = Tensor::zeros({2}, DType::F64, Device::CUDA);
   if (a.n > 0) {
@@ -279,10 +286,10 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
 }
 
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_scale, int64_t ignore_index) {
-  const CrossEntropyRows rows = cross_entropy_rows(logits, targets, 0.0, ignore_index);
+  const CrossEntropyRows rows = cross_entropy_rows(logits, targets, 0.0, ignore_index, 1.0);
   Tensor g = Tensor::empty(targets.shape(), DType::F32, Device::CUDA);
   g.fill(grad_scale);
-  return cross_entropy_rows_backward(logits, targets, rows.lse, 0.0, g, ignore_index, Tensor());
+  return cross_entropy_rows_backward(logits, targets, rows.lse, 0.0, g, ignore_index, Tensor(), 1.0);
 }
 
 }  // namespace g4::ops::cuda
