@@ -34,8 +34,7 @@ void add_task(CLI::App& app, Action& action) {
   cmd->callback([&action, o] {
     action = [o] {
       namespace fs = std::filesystem;
-      G4_CHECK(o->overwrite || !fs::exists(o->out), "task: --out ", o->out,
-               " exists; pass --overwrite to replace it");
+      G4_CHECK(o->overwrite || !fs::exists(o->out), "task: --out ", o->out, " exists; pass --overwrite to replace it");
       const std::vector<rl::PromptExample> problems =
           rl::task_problems({o->task, o->difficulty, o->seed}, o->begin, o->count);
       // Written beside the target and renamed over it, so a failed run leaves no half file.
@@ -58,8 +57,8 @@ void add_task(CLI::App& app, Action& action) {
         G4_CHECK(f.flush(), "task: cannot write ", tmp);
       }
       fs::rename(tmp, o->out);
-      std::cout << "wrote " << problems.size() << (o->sft ? " SFT conversations" : " prompts") << " of task "
-                << o->task << " to " << o->out << "\n";
+      std::cout << "wrote " << problems.size() << (o->sft ? " SFT conversations" : " prompts") << " of task " << o->task
+                << " to " << o->out << "\n";
     };
   });
 }

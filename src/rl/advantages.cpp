@@ -18,7 +18,8 @@ void scale_rewards(std::vector<double>& rewards, const RewardScaling& s) {
   }
 }
 
-void shape_rewards(std::vector<double>& rewards, const std::vector<int64_t>& response_lengths, const OverlongShaping& s) {
+void shape_rewards(std::vector<double>& rewards, const std::vector<int64_t>& response_lengths,
+                   const OverlongShaping& s) {
   if (!s.enabled) return;
   G4_CHECK(s.overlong_buffer_length > 0, "grpo.reward_shaping.overlong_buffer_length must be > 0, got ",
            s.overlong_buffer_length);

@@ -98,8 +98,8 @@ void check(const LossConfig& c) {
   G4_CHECK(c.truncation_ratio > 0 && std::isfinite(c.truncation_ratio),
            "loss_fn.truncated_importance_sampling_ratio must be > 0, got ", c.truncation_ratio);
   G4_CHECK(c.truncation_ratio_min >= 0 && c.truncation_ratio_min <= c.truncation_ratio,
-           "loss_fn.truncated_importance_sampling_ratio_min must lie in [0, loss_fn.truncated_importance_sampling_ratio = ",
-           c.truncation_ratio, "], got ", c.truncation_ratio_min);
+           "loss_fn.truncated_importance_sampling_ratio_min must lie in [0, ",
+           "loss_fn.truncated_importance_sampling_ratio = ", c.truncation_ratio, "], got ", c.truncation_ratio_min);
 }
 
 LossResult policy_loss(const std::vector<double>& lp_curr, const LossTokens& t, const LossConfig& config,
@@ -143,8 +143,9 @@ LossResult policy_loss(const std::vector<double>& lp_curr, const LossTokens& t, 
     const double m = t.token_mask[i] * t.sample_mask[b];
     if (m == 0) continue;
     // The weight of this token's term in the reduced loss.
-    const double coef = config.token_level_loss ? m / tok_norm
-                                                : t.sample_mask[b] * t.token_mask[i] / (seq_tokens[b] + kMaskedMeanEps) / seq_norm;
+    const double coef = config.token_level_loss
+                            ? m / tok_norm
+                            : t.sample_mask[b] * t.token_mask[i] / (seq_tokens[b] + kMaskedMeanEps) / seq_norm;
     const double A = t.advantage[i], lc = lp_curr[i], lp = t.lp_prev[i], lg = t.lp_gen[i];
 
     // PPO surrogate (loss sign), with d/dr of the branch torch's autograd takes.
@@ -157,7 +158,7 @@ LossResult policy_loss(const std::vector<double>& lp_curr, const LossTokens& t, 
     bool was_clipped = loss2 > loss1;
     if (config.ratio_clip_c && A < 0) {
       const double loss3 = -A * *config.ratio_clip_c;
-      const double keep = larger_share(loss3, ell);  // min(ell, loss3): ell's share is loss3's "larger" share
+      const double keep = larger_share(loss3, ell);  // min(ell, loss3) passes ell's gradient where loss3 is larger
       was_clipped = was_clipped || ell > loss3;
       ell = std::min(ell, loss3);
       d_ell_dr *= keep;

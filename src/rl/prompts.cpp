@@ -82,7 +82,8 @@ PromptExample read_prompt_line(const json& line, const std::string& where, const
   ex.prompt = user->content;
   ex.answer = read_answer(line, where);
   for (const auto& [k, v] : line.items()) {
-    if (k != "prompt" && k != "messages" && k != "answer" && k != "ground_truth" && k != "reward_model") ex.extra[k] = v;
+    if (k != "prompt" && k != "messages" && k != "answer" && k != "ground_truth" && k != "reward_model")
+      ex.extra[k] = v;
   }
   try {
     ex.ids = tokenize_chat(with_system(std::move(messages), system_prompt), tok, variant);
@@ -136,7 +137,8 @@ struct Expression {
       }
     }
     int64_t v = terms[0];
-    for (size_t i = 0; i < signs.size(); ++i) v = step(v, signs[i], terms[i + 1], signs[i] == '+' ? v + terms[i + 1] : v - terms[i + 1]);
+    for (size_t i = 0; i < signs.size(); ++i)
+      v = step(v, signs[i], terms[i + 1], signs[i] == '+' ? v + terms[i + 1] : v - terms[i + 1]);
     return v;
   }
 };
@@ -167,9 +169,13 @@ constexpr int64_t kMaxDifficulty = 8;
 
 // Operands stay single digits up to difficulty 3, then go up to 19 (products of 10 such stay far
 // inside int64).
-int64_t operand_bound(int64_t difficulty) { return difficulty <= 3 ? 9 : 19; }
+int64_t operand_bound(int64_t difficulty) {
+  return difficulty <= 3 ? 9 : 19;
+}
 
-char draw_op(Draws& d) { return "+-*"[d.uniform(0, 2)]; }
+char draw_op(Draws& d) {
+  return "+-*"[d.uniform(0, 2)];
+}
 
 PromptExample arithmetic_problem(int64_t difficulty, Draws& d) {
   Expression e;
@@ -192,7 +198,8 @@ PromptExample countdown_problem(int64_t difficulty, Draws& d) {
   // again until the target is positive (all '+' always is).
   Expression solution;
   solution.operands = numbers;
-  for (size_t i = n - 1; i > 0; --i) std::swap(solution.operands[i], solution.operands[static_cast<size_t>(d.uniform(0, static_cast<int64_t>(i)))]);
+  for (size_t i = n - 1; i > 0; --i)
+    std::swap(solution.operands[i], solution.operands[static_cast<size_t>(d.uniform(0, static_cast<int64_t>(i)))]);
   for (int attempt = 0; attempt < 16 && (solution.ops.empty() || solution.evaluate() <= 0); ++attempt) {
     solution.ops.clear();
     for (size_t i = 1; i < n; ++i) solution.ops.push_back(draw_op(d));
@@ -219,7 +226,8 @@ std::vector<PromptExample> load_prompts(const std::string& path, const io::Token
   for (std::string line; std::getline(lines, line);) {
     const std::string where = path + ":" + std::to_string(++number);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    out.push_back(read_prompt_line(io::parse_json(line, where, io::kMaxJsonLineBytes), where, system_prompt, tok, variant));
+    out.push_back(
+        read_prompt_line(io::parse_json(line, where, io::kMaxJsonLineBytes), where, system_prompt, tok, variant));
   }
   G4_CHECK(!out.empty(), "prompt file ", path, " holds no prompts (one JSON object per line expected)");
   return out;

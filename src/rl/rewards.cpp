@@ -49,9 +49,11 @@ Text to_text(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
     const unsigned char lead = byte(i);
-    const size_t n = lead < 0x80 ? 1 : lead >= 0xC2 && lead < 0xE0 ? 2 : lead >= 0xE0 && lead < 0xF0 ? 3
-                                   : lead >= 0xF0 && lead < 0xF5   ? 4
-                                                                   : 0;
+    const size_t n = lead < 0x80                   ? 1
+                     : lead >= 0xC2 && lead < 0xE0 ? 2
+                     : lead >= 0xE0 && lead < 0xF0 ? 3
+                     : lead >= 0xF0 && lead < 0xF5 ? 4
+                                                   : 0;
     char32_t cp = n == 1 ? lead : lead & (0x7F >> n);
     bool ok = n > 0 && i + n <= s.size();
     for (size_t k = 1; ok && k < n; ++k) {
@@ -59,7 +61,8 @@ Text to_text(std::string_view s) {
       cp = (cp << 6) | (byte(i + k) & 0x3F);
     }
     // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8 either.
-    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) && !(n == 4 && (cp < 0x10000 || cp > 0x10FFFF));
+    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) &&
+         !(n == 4 && (cp < 0x10000 || cp > 0x10FFFF));
     if (ok) {
       t.push_back(cp);
       i += n;
@@ -95,7 +98,14 @@ std::string to_utf8(const Text& t) {
 // str.isspace(), which is also what re's \s matches in a str pattern.
 bool py_isspace(char32_t c) {
   switch (c) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || (c >= 0x2000 && c <= 0x200A);
@@ -106,22 +116,23 @@ bool py_isspace(char32_t c) {
 // as listed by Python 3.11's unicodedata.
 bool py_isdigit(char32_t c) {
   static constexpr std::pair<char32_t, char32_t> kRanges[] = {
-      {0x30, 0x39}, {0xB2, 0xB3}, {0xB9, 0xB9}, {0x660, 0x669}, {0x6F0, 0x6F9}, {0x7C0, 0x7C9}, {0x966, 0x96F},
-      {0x9E6, 0x9EF}, {0xA66, 0xA6F}, {0xAE6, 0xAEF}, {0xB66, 0xB6F}, {0xBE6, 0xBEF}, {0xC66, 0xC6F},
-      {0xCE6, 0xCEF}, {0xD66, 0xD6F}, {0xDE6, 0xDEF}, {0xE50, 0xE59}, {0xED0, 0xED9}, {0xF20, 0xF29},
-      {0x1040, 0x1049}, {0x1090, 0x1099}, {0x1369, 0x1371}, {0x17E0, 0x17E9}, {0x1810, 0x1819},
-      {0x1946, 0x194F}, {0x19D0, 0x19DA}, {0x1A80, 0x1A89}, {0x1A90, 0x1A99}, {0x1B50, 0x1B59},
-      {0x1BB0, 0x1BB9}, {0x1C40, 0x1C49}, {0x1C50, 0x1C59}, {0x2070, 0x2070}, {0x2074, 0x2079},
-      {0x2080, 0x2089}, {0x2460, 0x2468}, {0x2474, 0x247C}, {0x2488, 0x2490}, {0x24EA, 0x24EA},
-      {0x24F5, 0x24FD}, {0x24FF, 0x24FF}, {0x2776, 0x277E}, {0x2780, 0x2788}, {0x278A, 0x2792},
-      {0xA620, 0xA629}, {0xA8D0, 0xA8D9}, {0xA900, 0xA909}, {0xA9D0, 0xA9D9}, {0xA9F0, 0xA9F9},
-      {0xAA50, 0xAA59}, {0xABF0, 0xABF9}, {0xFF10, 0xFF19}, {0x104A0, 0x104A9}, {0x10A40, 0x10A43},
-      {0x10D30, 0x10D39}, {0x10E60, 0x10E68}, {0x11052, 0x1105A}, {0x11066, 0x1106F}, {0x110F0, 0x110F9},
-      {0x11136, 0x1113F}, {0x111D0, 0x111D9}, {0x112F0, 0x112F9}, {0x11450, 0x11459}, {0x114D0, 0x114D9},
-      {0x11650, 0x11659}, {0x116C0, 0x116C9}, {0x11730, 0x11739}, {0x118E0, 0x118E9}, {0x11950, 0x11959},
-      {0x11C50, 0x11C59}, {0x11D50, 0x11D59}, {0x11DA0, 0x11DA9}, {0x16A60, 0x16A69}, {0x16AC0, 0x16AC9},
-      {0x16B50, 0x16B59}, {0x1D7CE, 0x1D7FF}, {0x1E140, 0x1E149}, {0x1E2F0, 0x1E2F9}, {0x1E950, 0x1E959},
-      {0x1F100, 0x1F10A}, {0x1FBF0, 0x1FBF9}};
+      {0x30, 0x39},       {0xB2, 0xB3},       {0xB9, 0xB9},       {0x660, 0x669},     {0x6F0, 0x6F9},
+      {0x7C0, 0x7C9},     {0x966, 0x96F},     {0x9E6, 0x9EF},     {0xA66, 0xA6F},     {0xAE6, 0xAEF},
+      {0xB66, 0xB6F},     {0xBE6, 0xBEF},     {0xC66, 0xC6F},     {0xCE6, 0xCEF},     {0xD66, 0xD6F},
+      {0xDE6, 0xDEF},     {0xE50, 0xE59},     {0xED0, 0xED9},     {0xF20, 0xF29},     {0x1040, 0x1049},
+      {0x1090, 0x1099},   {0x1369, 0x1371},   {0x17E0, 0x17E9},   {0x1810, 0x1819},   {0x1946, 0x194F},
+      {0x19D0, 0x19DA},   {0x1A80, 0x1A89},   {0x1A90, 0x1A99},   {0x1B50, 0x1B59},   {0x1BB0, 0x1BB9},
+      {0x1C40, 0x1C49},   {0x1C50, 0x1C59},   {0x2070, 0x2070},   {0x2074, 0x2079},   {0x2080, 0x2089},
+      {0x2460, 0x2468},   {0x2474, 0x247C},   {0x2488, 0x2490},   {0x24EA, 0x24EA},   {0x24F5, 0x24FD},
+      {0x24FF, 0x24FF},   {0x2776, 0x277E},   {0x2780, 0x2788},   {0x278A, 0x2792},   {0xA620, 0xA629},
+      {0xA8D0, 0xA8D9},   {0xA900, 0xA909},   {0xA9D0, 0xA9D9},   {0xA9F0, 0xA9F9},   {0xAA50, 0xAA59},
+      {0xABF0, 0xABF9},   {0xFF10, 0xFF19},   {0x104A0, 0x104A9}, {0x10A40, 0x10A43}, {0x10D30, 0x10D39},
+      {0x10E60, 0x10E68}, {0x11052, 0x1105A}, {0x11066, 0x1106F}, {0x110F0, 0x110F9}, {0x11136, 0x1113F},
+      {0x111D0, 0x111D9}, {0x112F0, 0x112F9}, {0x11450, 0x11459}, {0x114D0, 0x114D9}, {0x11650, 0x11659},
+      {0x116C0, 0x116C9}, {0x11730, 0x11739}, {0x118E0, 0x118E9}, {0x11950, 0x11959}, {0x11C50, 0x11C59},
+      {0x11D50, 0x11D59}, {0x11DA0, 0x11DA9}, {0x16A60, 0x16A69}, {0x16AC0, 0x16AC9}, {0x16B50, 0x16B59},
+      {0x1D7CE, 0x1D7FF}, {0x1E140, 0x1E149}, {0x1E2F0, 0x1E2F9}, {0x1E950, 0x1E959}, {0x1F100, 0x1F10A},
+      {0x1FBF0, 0x1FBF9}};
   const auto* it = std::upper_bound(std::begin(kRanges), std::end(kRanges), c,
                                     [](char32_t v, const std::pair<char32_t, char32_t>& r) { return v < r.first; });
   return it != std::begin(kRanges) && c <= (it - 1)->second;
@@ -151,14 +162,18 @@ void replace_all(Text& s, std::u32string_view from, std::u32string_view to) {
 
 // math_dapo.py's SUBSTITUTIONS and REMOVED_EXPRESSIONS, in their order.
 constexpr std::pair<std::u32string_view, std::u32string_view> kSubstitutions[] = {
-    {U"an ", U""},    {U"a ", U""},  {U".$", U"$"},        {U"\\$", U""},           {U"\\ ", U""},
-    {U" ", U""},      {U"mbox", U"text"}, {U",\\text{and}", U","}, {U"\\text{and}", U","}, {U"\\text{m}", U"\\text{}"}};
+    {U"an ", U""}, {U"a ", U""},       {U".$", U"$"},           {U"\\$", U""},          {U"\\ ", U""},
+    {U" ", U""},   {U"mbox", U"text"}, {U",\\text{and}", U","}, {U"\\text{and}", U","}, {U"\\text{m}", U"\\text{}"}};
 constexpr std::u32string_view kRemovedExpressions[] = {
-    U"square", U"ways", U"integers", U"dollars", U"mph", U"inches", U"hours", U"km", U"units", U"\\ldots",
-    U"sue", U"points", U"feet", U"minutes", U"digits", U"cents", U"degrees", U"cm", U"gm", U"pounds",
-    U"meters", U"meals", U"edges", U"students", U"childrentickets", U"multiples", U"\\text{s}", U"\\text{.}",
-    U"\\text{\ns}", U"\\text{}^2", U"\\text{}^3", U"\\text{\n}", U"\\text{}", U"\\mathrm{th}", U"^\\circ",
-    U"^{\\circ}", U"\\;", U",\\!", U"{,}", U"\"", U"\\dots"};
+    U"square",     U"ways",       U"integers",  U"dollars",      U"mph",
+    U"inches",     U"hours",      U"km",        U"units",        U"\\ldots",
+    U"sue",        U"points",     U"feet",      U"minutes",      U"digits",
+    U"cents",      U"degrees",    U"cm",        U"gm",           U"pounds",
+    U"meters",     U"meals",      U"edges",     U"students",     U"childrentickets",
+    U"multiples",  U"\\text{s}",  U"\\text{.}", U"\\text{\ns}",  U"\\text{}^2",
+    U"\\text{}^3", U"\\text{\n}", U"\\text{}",  U"\\mathrm{th}", U"^\\circ",
+    U"^{\\circ}",  U"\\;",        U",\\!",      U"{,}",          U"\"",
+    U"\\dots"};
 
 // re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s): `.` stops at '\n', so each line holding two '$'
 // becomes "$" + what lies between its first two '$' + "$"; other lines stay.
@@ -329,7 +344,8 @@ class CountdownParser {
       if (!plus && !eat('-')) break;
       const std::optional<int64_t> rhs = product();
       int64_t r = 0;
-      if (!rhs || (plus ? __builtin_add_overflow(*v, *rhs, &r) : __builtin_sub_overflow(*v, *rhs, &r))) return std::nullopt;
+      if (!rhs || (plus ? __builtin_add_overflow(*v, *rhs, &r) : __builtin_sub_overflow(*v, *rhs, &r)))
+        return std::nullopt;
       v = r;
     }
     return v;
@@ -374,11 +390,13 @@ class CountdownParser {
 // The problem's numbers and target from the prompt's extra fields; a data error, not a bad response.
 std::pair<std::vector<int64_t>, int64_t> countdown_problem(const RewardInput& in) {
   const json& x = in.extra;
-  const bool ok = x.is_object() && x.contains("numbers") && x["numbers"].is_array() && x.contains("target") &&
-                  x["target"].is_number_integer() &&
-                  std::all_of(x["numbers"].begin(), x["numbers"].end(), [](const json& n) { return n.is_number_integer(); });
+  const bool ok =
+      x.is_object() && x.contains("numbers") && x["numbers"].is_array() && x.contains("target") &&
+      x["target"].is_number_integer() &&
+      std::all_of(x["numbers"].begin(), x["numbers"].end(), [](const json& n) { return n.is_number_integer(); });
   G4_CHECK(ok, "reward.kind countdown needs the prompt's fields 'numbers' (a list of integers) and 'target' (an ",
-           "integer); the prompt '", in.prompt.substr(0, 80), "' has ", x.dump(-1, ' ', false, json::error_handler_t::replace));
+           "integer); the prompt '", in.prompt.substr(0, 80), "' has ",
+           x.dump(-1, ' ', false, json::error_handler_t::replace));
   return {x["numbers"].get<std::vector<int64_t>>(), x["target"].get<int64_t>()};
 }
 
@@ -508,7 +526,8 @@ class Fd {
 CommandRun run_command(const std::string& command, const std::string& input, double timeout_s) {
   const std::string what = "reward.command '" + command + "'";
   int in_pair[2], out_pipe[2], err_pipe[2];
-  G4_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pair) == 0, what, ": socketpair: ", std::strerror(errno));
+  G4_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pair) == 0, what,
+           ": socketpair: ", std::strerror(errno));
   Fd in(in_pair[0]), child_in(in_pair[1]);
   G4_CHECK(::pipe2(out_pipe, O_CLOEXEC) == 0, what, ": pipe: ", std::strerror(errno));
   Fd out(out_pipe[0]), child_out(out_pipe[1]);
@@ -537,7 +556,8 @@ CommandRun run_command(const std::string& command, const std::string& input, dou
   for (int fd : {in.get(), out.get(), err.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
 
   using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  const auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
   const auto ms_left = [&] {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     return static_cast<int>(std::clamp<int64_t>(left, 0, 1000));
@@ -643,7 +663,9 @@ class CommandReward : public Reward {
 
 }  // namespace
 
-std::string normalize_final_answer(std::string_view answer) { return to_utf8(normalize(to_text(answer))); }
+std::string normalize_final_answer(std::string_view answer) {
+  return to_utf8(normalize(to_text(answer)));
+}
 
 double dapo_math_score(std::string_view response, std::string_view ground_truth) {
   Text r = to_text(response);
@@ -655,8 +677,8 @@ double dapo_math_score(std::string_view response, std::string_view ground_truth)
 std::unique_ptr<Reward> make_reward(const RewardOptions& o) {
   G4_CHECK(o.kind == "regex" || o.pattern.empty(), "reward.pattern is only read by reward.kind regex (the kind is '",
            o.kind, "')");
-  G4_CHECK(o.kind == "command" || o.command.empty(), "reward.command is only read by reward.kind command (the kind is '",
-           o.kind, "')");
+  G4_CHECK(o.kind == "command" || o.command.empty(),
+           "reward.command is only read by reward.kind command (the kind is '", o.kind, "')");
   if (o.kind == "dapo_math") {
     return per_input([](const RewardInput& in) { return dapo_math_score(in.response, in.answer); });
   }
@@ -673,8 +695,8 @@ std::unique_ptr<Reward> make_reward(const RewardOptions& o) {
   }
   if (o.kind == "command") {
     G4_CHECK(!o.command.empty(), "reward.kind command needs reward.command (a shell command line)");
-    G4_CHECK(std::isfinite(o.timeout_s) && o.timeout_s > 0, "reward.timeout_s must be a positive number of seconds, got ",
-             o.timeout_s);
+    G4_CHECK(std::isfinite(o.timeout_s) && o.timeout_s > 0,
+             "reward.timeout_s must be a positive number of seconds, got ", o.timeout_s);
     return std::make_unique<CommandReward>(o.command, o.timeout_s);
   }
   G4_FAIL("reward.kind '", o.kind, "' is not one of dapo_math, exact, regex, countdown, command");

@@ -4,10 +4,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
 #include "data_pipeline/test_tokenizer.h"
@@ -30,8 +29,7 @@ std::vector<json> read_lines(const fs::path& p) {
 TEST(CliTask, WritesPromptsAndSftData) {
   const fs::path dir = test::scratch_dir("cli_task");
   const std::string prompts = (dir / "countdown.jsonl").string();
-  test::ProcessResult r =
-      test::run_g4("task countdown --count 7 --begin 3 --seed 11 --difficulty 1 --out " + prompts);
+  test::ProcessResult r = test::run_g4("task countdown --count 7 --begin 3 --seed 11 --difficulty 1 --out " + prompts);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("wrote 7 prompts"), std::string::npos) << r.output;
   const std::vector<json> lines = read_lines(prompts);

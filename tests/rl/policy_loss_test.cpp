@@ -37,7 +37,7 @@ Batch random_batch(uint32_t seed, int sequences = 16) {
   double tokens = 0, seqs = 0;
   for (int s = 0; s < sequences; ++s) {
     const int n = len(rng);
-    b.cur.emplace_back(), b.prev.emplace_back(), b.gen.emplace_back(), b.ref.emplace_back(), b.token_mask.emplace_back();
+    for (Rows* rows : {&b.cur, &b.prev, &b.gen, &b.ref, &b.token_mask}) rows->emplace_back();
     for (int t = 0; t < n; ++t) {
       const double prev = -0.05 - 3.0 * u(rng);
       b.prev.back().push_back(prev);

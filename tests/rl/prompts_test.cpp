@@ -1,5 +1,7 @@
 // Prompt sets: both JSONL layouts and their errors, the chat rendering of prompts, and the built-in
 // tasks (determinism, answers checked by an independent evaluation, reference responses).
+#include "rl/prompts.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "data_pipeline/test_tokenizer.h"
-#include "rl/prompts.h"
 #include "rl/rewards.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
@@ -51,7 +52,8 @@ TEST(Prompts, LoadsBothLayouts) {
       "both.jsonl",
       R"({"data_source": "math_dapo", "prompt": [{"role": "user", "content": "Solve 1+1.\n\nRemember to put your answer on its own line after \"Answer:\"."}], "ability": "MATH", "reward_model": {"ground_truth": "2", "style": "rule-math-reasoning"}, "extra_info": {"index": "a1"}})"
       "\n\n   \n"
-      R"({"prompt": "What is 6*7?", "answer": "42", "id": 7})" "\r\n"
+      R"({"prompt": "What is 6*7?", "answer": "42", "id": 7})"
+      "\r\n"
       R"({"messages": [{"role": "system", "content": "Terse."}, {"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}], "ground_truth": 5})"
       "\n"
       R"({"prompt": "no answer"})");
@@ -59,9 +61,10 @@ TEST(Prompts, LoadsBothLayouts) {
   ASSERT_EQ(p.size(), 4u);
   EXPECT_EQ(p[0].prompt, "Solve 1+1.\n\nRemember to put your answer on its own line after \"Answer:\".");
   EXPECT_EQ(p[0].answer, "2");
-  EXPECT_EQ(p[0].extra, (nlohmann::json{{"data_source", "math_dapo"}, {"ability", "MATH"}, {"extra_info", {{"index", "a1"}}}}));
-  EXPECT_EQ(decode(p[0].ids, tok), "<bos><|turn>system\nThink.<turn|>\n<|turn>user\n" + p[0].prompt +
-                                       "<turn|>\n<|turn>model\n");
+  EXPECT_EQ(p[0].extra,
+            (nlohmann::json{{"data_source", "math_dapo"}, {"ability", "MATH"}, {"extra_info", {{"index", "a1"}}}}));
+  EXPECT_EQ(decode(p[0].ids, tok),
+            "<bos><|turn>system\nThink.<turn|>\n<|turn>user\n" + p[0].prompt + "<turn|>\n<|turn>model\n");
   EXPECT_EQ(p[1].prompt, "What is 6*7?");
   EXPECT_EQ(p[1].answer, "42");
   EXPECT_EQ(p[1].extra, (nlohmann::json{{"id", 7}}));
@@ -78,7 +81,9 @@ TEST(Prompts, LoadsBothLayouts) {
 TEST(Prompts, BadLinesNameTheFileLineAndKey) {
   const test::ByteTokenizer tok;
   const auto error = [&](const std::string& second_line) {
-    const std::string path = write_file("bad.jsonl", R"({"prompt": "fine", "answer": "1"})" "\n" + second_line + "\n");
+    const std::string path = write_file("bad.jsonl", R"({"prompt": "fine", "answer": "1"})"
+                                                     "\n" +
+                                                         second_line + "\n");
     const std::string e = error_of([&] { load_prompts(path, tok); });
     EXPECT_NE(e.find(path + ":2"), std::string::npos) << e;
     return e;
@@ -91,11 +96,13 @@ TEST(Prompts, BadLinesNameTheFileLineAndKey) {
   EXPECT_NE(error(R"({"prompt": [{"role": "user"}]})").find("'prompt[0].content'"), std::string::npos);
   EXPECT_NE(error(R"({"messages": [{"role": "assistant", "content": "x"}]})").find("no user message"),
             std::string::npos);
-  EXPECT_NE(error(R"({"prompt": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]})").find("unknown role 'robot'"),
+  EXPECT_NE(error(R"({"prompt": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]})")
+                .find("unknown role 'robot'"),
             std::string::npos);
   EXPECT_NE(error(R"({"prompt": "a", "answer": "1", "ground_truth": "1"})").find("both 'answer' and 'ground_truth'"),
             std::string::npos);
-  EXPECT_NE(error(R"({"prompt": "a", "answer": [1]})").find("'answer' must be a string or a number"), std::string::npos);
+  EXPECT_NE(error(R"({"prompt": "a", "answer": [1]})").find("'answer' must be a string or a number"),
+            std::string::npos);
   EXPECT_NE(error(R"({"prompt": [{"role": "user", "content": "a"}], "reward_model": {}})").find("'ground_truth'"),
             std::string::npos);
   const std::string empty = write_file("empty.jsonl", "\n\n");
@@ -218,7 +225,9 @@ TEST(Tasks, BadOptionsAreErrors) {
   EXPECT_NE(error_of([] { task_problems({"arithmetic", -1, 0}, 0, 1); }).find("difficulty"), std::string::npos);
   EXPECT_NE(error_of([] { task_problems({"arithmetic", 2, 0}, -1, 1); }).find("begin"), std::string::npos);
   EXPECT_EQ(task_names(), (std::vector<std::string>{"arithmetic", "countdown"}));
-  EXPECT_NE(error_of([] { task_reference_response({"x", "1", {}, {}}); }).find("not a built-in task"),
+  EXPECT_NE(error_of([] {
+              task_reference_response({"x", "1", {}, {}});
+            }).find("not a built-in task"),
             std::string::npos);
 }
 

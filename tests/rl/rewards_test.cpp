@@ -1,5 +1,7 @@
 // Rewards: the DAPO verifier against the outputs of NeMo-RL's dapo_math_verifier.py (run on these
 // inputs with Python 3.11), and the exact, regex, countdown and command rewards.
+#include "rl/rewards.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -8,7 +10,6 @@
 #include <utility>
 #include <vector>
 
-#include "rl/rewards.h"
 #include "support/error_message.h"
 
 namespace g4::rl {
@@ -140,7 +141,9 @@ TEST(DapoVerifier, BytesThatAreNotUtf8CountAsOneCharacterEach) {
   const std::string bad(289, '\xff');
   EXPECT_EQ(dapo_math_score("Answer: 13\n" + bad, "13"), 1.0);
   EXPECT_EQ(dapo_math_score("Answer: 13\n" + bad + "\xff", "13"), 0.0);
-  EXPECT_EQ(normalize_final_answer("\xff 5"), "\xff" "5");
+  EXPECT_EQ(normalize_final_answer("\xff 5"),
+            "\xff"
+            "5");
 }
 
 std::vector<RewardInput> inputs(const std::vector<std::pair<std::string, std::string>>& response_answer) {
@@ -175,8 +178,15 @@ TEST(Rewards, RegexWithTheEscapedAnswer) {
   o.kind = "regex";
   o.pattern = "Answer: {answer}$";
   const auto r = make_reward(o);
-  EXPECT_EQ(r->score(inputs({{"Answer: 1+1", "1+1"}, {"Answer: 11", "1+1"}, {"Answer: (x)", "(x)"}, {"Answer: 13 ", "13"}})),
-            (std::vector<double>{1, 0, 1, 0}));
+  EXPECT_EQ(r->score(inputs({{"Answer: 1+1", "1+1"},
+                             {"Answer: 11", "1+1"},
+                             {"Answer: (x)", "(x)"},
+                             {"Answer: 13 ", "13"},
+                             {"Answer: \\frac{1}{2}", "\\frac{1}{2}"},
+                             {"Answer: 1/2", "1/2"},
+                             {"Answer: a|b", "a|b"},
+                             {"Answer: b", "a|b"}})),
+            (std::vector<double>{1, 0, 1, 0, 1, 1, 1, 0}));
   o.pattern = "(?i)the answer is \\d+";
   EXPECT_EQ(make_reward(o)->score(inputs({{"THE ANSWER IS 4", ""}, {"the answer is four", ""}})),
             (std::vector<double>{1, 0}));
@@ -192,22 +202,22 @@ TEST(Rewards, CountdownChecksNumbersAndValue) {
   const auto r = make_reward(o);
   const nlohmann::json problem = {{"numbers", {3, 7, 2, 7}}, {"target", 23}};
   const std::vector<std::string> responses = {
-      "Answer: 3 * 7 + 2",        // valid
-      "Answer: (7 - 2) * 3 + 7 + 1",  // 1 is not given
-      "Answer: 7 * 3 + 2.",       // valid, final period
-      "Answer: 3 * 7 + 3 - 1",    // reuses 3
-      "Answer: 7 + 7 + 3 * 2 + 3",  // 3 used twice
-      "Answer: 3 * 7 + 7 - 7 + 2",  // 7 three times
-      "Answer: 2 * (7 + 7) - 3 - 2",  // wrong: 2 used twice
-      "Answer: 3 * 7 + 2 * 1",    // 1 not given
-      "Answer: 7 + 7 + 3 + 2",    // wrong value (19)
-      "Answer: 23",                // 23 is not given
-      "Answer: 3*(7)+2",          // valid, no spaces, parentheses
-      "Answer: 3 7 + 2",          // garbage
-      "Answer: -3 + 26",          // unary minus is not allowed
-      "Answer: 3 * 7 + 2 = 23",   // only the expression
-      "3 * 7 + 2",                // no answer line
-      "Answer: ((((3 * 7 + 2",    // unbalanced
+      "Answer: 3 * 7 + 2",                                    // valid
+      "Answer: (7 - 2) * 3 + 7 + 1",                          // 1 is not given
+      "Answer: 7 * 3 + 2.",                                   // valid, final period
+      "Answer: 3 * 7 + 3 - 1",                                // reuses 3
+      "Answer: 7 + 7 + 3 * 2 + 3",                            // 3 used twice
+      "Answer: 3 * 7 + 7 - 7 + 2",                            // 7 three times
+      "Answer: 2 * (7 + 7) - 3 - 2",                          // wrong: 2 used twice
+      "Answer: 3 * 7 + 2 * 1",                                // 1 not given
+      "Answer: 7 + 7 + 3 + 2",                                // wrong value (19)
+      "Answer: 23",                                           // 23 is not given
+      "Answer: 3*(7)+2",                                      // valid, no spaces, parentheses
+      "Answer: 3 7 + 2",                                      // garbage
+      "Answer: -3 + 26",                                      // unary minus is not allowed
+      "Answer: 3 * 7 + 2 = 23",                               // only the expression
+      "3 * 7 + 2",                                            // no answer line
+      "Answer: ((((3 * 7 + 2",                                // unbalanced
       "Answer: 99999999999999999999 - 99999999999999999976",  // overflow
   };
   std::vector<RewardInput> in;
@@ -256,8 +266,9 @@ RewardOptions command(const std::string& cmd, double timeout_s = 60) {
 
 TEST(CommandReward, ReadsJsonLinesAndWritesOneRewardPerLine) {
   // awk sees one JSON object per line; the reward is 1 where the response holds the answer.
-  const auto r = make_reward(command(
-      "awk '{ a = $0; sub(/.*\"answer\":\"/, \"\", a); sub(/\".*/, \"\", a); print (index($0, \"\\\"response\\\":\\\"Answer: \" a) ? 1 : 0.25) }'"));
+  const auto r =
+      make_reward(command("awk '{ a = $0; sub(/.*\"answer\":\"/, \"\", a); sub(/\".*/, \"\", a); print (index($0, "
+                          "\"\\\"response\\\":\\\"Answer: \" a) ? 1 : 0.25) }'"));
   std::vector<RewardInput> in = {{"p1", "Answer: 5", "5", {{"id", 1}}}, {"p2", "Answer: 6", "5", {}}};
   EXPECT_EQ(r->score(in), (std::vector<double>{1, 0.25}));
   EXPECT_TRUE(r->score({}).empty());
@@ -266,13 +277,14 @@ TEST(CommandReward, ReadsJsonLinesAndWritesOneRewardPerLine) {
 TEST(CommandReward, SeesEveryFieldAndLargeOutputsDoNotDeadlock) {
   // 3000 inputs of 4 KiB each: far more than a pipe holds in either direction at once.
   std::vector<RewardInput> in;
-  for (int i = 0; i < 3000; ++i) in.push_back({"p", std::string(4096, 'a' + i % 26), std::to_string(i), {{"k", i * 2}}});
-  const auto r = make_reward(command(
-      "python3 -c 'import sys, json\n"
-      "for l in sys.stdin:\n"
-      "  d = json.loads(l)\n"
-      "  assert d[\"prompt\"] == \"p\" and len(d[\"response\"]) == 4096\n"
-      "  print(d[\"k\"] / 2 - int(d[\"answer\"]) + 0.5, \" \" * 5000)'"));
+  for (int i = 0; i < 3000; ++i)
+    in.push_back({"p", std::string(4096, 'a' + i % 26), std::to_string(i), {{"k", i * 2}}});
+  const auto r =
+      make_reward(command("python3 -c 'import sys, json\n"
+                          "for l in sys.stdin:\n"
+                          "  d = json.loads(l)\n"
+                          "  assert d[\"prompt\"] == \"p\" and len(d[\"response\"]) == 4096\n"
+                          "  print(d[\"k\"] / 2 - int(d[\"answer\"]) + 0.5, \" \" * 5000)'"));
   const std::vector<double> out = r->score(in);
   ASSERT_EQ(out.size(), in.size());
   for (double v : out) EXPECT_EQ(v, 0.5);
