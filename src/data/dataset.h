@@ -120,6 +120,10 @@ struct ChatMessage {
 // Gemma 4 checkpoints ship two templates that differ only in the generation prompt (thinking off):
 // E2B/E4B end it at "<|turn>model\n"; 26B-A4B and 31B add an empty thought channel after it.
 enum class ChatVariant { Small, Large };
+// The template a model's checkpoint ships: the small models are those with per-layer inputs.
+inline ChatVariant chat_variant_for(int64_t hidden_size_per_layer_input) {
+  return hidden_size_per_layer_input > 0 ? ChatVariant::Small : ChatVariant::Large;
+}
 
 // One rendered conversation; replies[i] locates assistant message i's turn: `header` is where
 // "model\n" starts (right after <|turn>), [begin, end) is the reply and its closing <turn|>.

@@ -221,10 +221,10 @@ struct GrpoObjective::Impl {
   }
 };
 
-GrpoObjective::GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, parallel::DeviceMesh& mesh,
-                             std::unique_ptr<model::Gemma4> reference)
+GrpoObjective::GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, const io::ModelConfig& config,
+                             parallel::DeviceMesh& mesh, std::unique_ptr<model::Gemma4> reference)
     : impl_(new Impl{recipe, recipe.rl, tok, mesh, std::move(reference), nullptr, {}, {}, {}, {}, {}, 0}),
-      prompts_(recipe, tok) {
+      prompts_(recipe, tok, data::chat_variant_for(config.hidden_size_per_layer_input)) {
   impl_->loss = loss_config(recipe.rl);
   check(impl_->loss);
   G4_CHECK(impl_->loss.kl_penalty == 0 || impl_->reference, "GrpoObjective: the KL term needs a reference model");

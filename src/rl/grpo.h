@@ -33,8 +33,8 @@ class GrpoObjective final : public train::Objective {
  public:
   // The mesh (its world: data-parallel ranks) and the tokenizer must outlive the objective.
   // `reference`: the frozen initial policy for the KL term (nullptr when loss_fn's KL is off).
-  GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, parallel::DeviceMesh& mesh,
-                std::unique_ptr<model::Gemma4> reference);
+  GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, const io::ModelConfig& config,
+                parallel::DeviceMesh& mesh, std::unique_ptr<model::Gemma4> reference);
   ~GrpoObjective() override;
 
   // A sharded optimizer's whole parameters around the rollouts (the engine reads every weight at

@@ -25,7 +25,8 @@ TaskOptions task_options(const train::RlSettings& rl, uint64_t seed) {
 
 }  // namespace
 
-PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok) : rl_(r.rl), tok_(tok) {
+PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant)
+    : rl_(r.rl), tok_(tok), variant_(variant) {
   const auto fits = [&](const PromptExample& p) {
     if (static_cast<int64_t>(p.ids.size()) <= rl_.max_input_seq_length) return true;
     ++skipped_;
@@ -43,13 +44,13 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok) : r
              " is not a built-in task (g4 task lists them)");
     if (rl_.prompts_validation.empty())
       validation_ = make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0, rl_.task_validation_prompts,
-                                      tok, rl_.system_prompt);
+                                      tok, rl_.system_prompt, variant);
   } else {
-    train_ = keep_fitting(load_prompts(rl_.prompts_train, tok, rl_.system_prompt));
+    train_ = keep_fitting(load_prompts(rl_.prompts_train, tok, rl_.system_prompt, variant));
     G4_CHECK(!train_.empty(), r.source, ": 'prompts.train' (", rl_.prompts_train, ") holds no prompt of at most ",
              rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length)");
   }
-  if (!rl_.prompts_validation.empty()) validation_ = load_prompts(rl_.prompts_validation, tok, rl_.system_prompt);
+  if (!rl_.prompts_validation.empty()) validation_ = load_prompts(rl_.prompts_validation, tok, rl_.system_prompt, variant);
   if (rl_.max_val_prompts > 0 && static_cast<int64_t>(validation_.size()) > rl_.max_val_prompts)
     validation_.resize(static_cast<size_t>(rl_.max_val_prompts));
   if (!rl_.task.empty())
@@ -59,7 +60,7 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok) : r
 PromptExample PromptStream::draw(int64_t d) {
   if (!rl_.task.empty()) {
     for (int64_t index = d;; index += kHeldOutStride) {
-      PromptExample p = make_task_prompts(task_options(rl_, rl_.seed), index, 1, tok_, rl_.system_prompt).at(0);
+      PromptExample p = make_task_prompts(task_options(rl_, rl_.seed), index, 1, tok_, rl_.system_prompt, variant_).at(0);
       if (!held_out_.count(p.prompt)) return p;
     }
   }

@@ -20,7 +20,8 @@ class PromptStream {
  public:
   // Reads (or generates) the prompts; prompts of more than prompts.max_input_seq_length tokens
   // are skipped and counted. Errors name the recipe key and file.
-  PromptStream(const train::Recipe& r, const io::Tokenizer& tok);
+  // `variant`: the chat template of the policy's checkpoint.
+  PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant);
 
   // Draws position() .. position() + count - 1.
   std::vector<PromptExample> next(int64_t count);
@@ -38,6 +39,7 @@ class PromptStream {
 
   const train::RlSettings& rl_;
   const io::Tokenizer& tok_;
+  data::ChatVariant variant_;
   std::vector<PromptExample> train_, validation_;
   std::set<std::string> held_out_;  // task: validation prompts, never trained on
   int64_t position_ = 0, skipped_ = 0;

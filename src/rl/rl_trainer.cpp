@@ -58,7 +58,7 @@ RlTrainer::RlTrainer(const train::Recipe& r, const RlRunOptions& options) : r_(r
   // The frozen reference of the KL term: the initial policy, in the policy's dtype and device.
   std::unique_ptr<model::Gemma4> reference;
   if (r.rl.kl_penalty > 0) reference = p_.model->copy_to(p_.model->device(), p_.model->dtype());
-  objective_ = std::make_unique<GrpoObjective>(r, *p_.tok, *p_.mesh, std::move(reference));
+  objective_ = std::make_unique<GrpoObjective>(r, *p_.tok, p_.model->config(), *p_.mesh, std::move(reference));
   p_.set_up_training(*objective_);
   objective_->set_parameter_hooks([this] { p_.opt->gather_parameters(); }, [this] { p_.opt->release_parameters(); });
   p_.resume_if_asked(options.resume);

@@ -393,7 +393,7 @@ ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokeniz
   m.context_len = config.max_position_embeddings;
   // E2B/E4B (the checkpoints with per-layer inputs) ship the small template; 26B-A4B and 31B the
   // large one, whose generation prompt adds an empty thought channel.
-  m.chat_variant = config.hidden_size_per_layer_input > 0 ? data::ChatVariant::Small : data::ChatVariant::Large;
+  m.chat_variant = data::chat_variant_for(config.hidden_size_per_layer_input);
   if (tokenizer)
     if (auto id = tokenizer->token_to_id("<turn|>")) m.chat_stop_ids.push_back(*id);
   return m;

@@ -364,15 +364,9 @@ TEST(LrSchedule, WarmupThenCosineToTheFloor) {
   EXPECT_DOUBLE_EQ(train::learning_rate("constant", 2.0, 50, 100, 10, 0.0), 2.0);
 }
 
-}  // namespace
-}  // namespace g4
-
-namespace {
 
 const char* kMinimalRl = "model: {name: tiny-dense}\ntokenizer: tok\nprompts: {task: arithmetic}\n"
                          "grpo: {num_prompts_per_step: 4, num_generations_per_prompt: 3}\n";
-
-}  // namespace
 
 // g4 rl's keys round-trip like g4 train's (each with the keys it needs beside it).
 TEST(Recipe, EveryRlKeyRoundTripsThroughAnOverride) {
@@ -454,3 +448,6 @@ TEST(Recipe, ShippedRlRecipesLoad) {
   }
   EXPECT_GE(loaded, 2);
 }
+
+}  // namespace
+}  // namespace g4
