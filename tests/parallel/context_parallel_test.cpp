@@ -1,7 +1,8 @@
 // Context parallelism: ring attention over the ranks of a cp group (MpiRanks.*: cp = 2 and 4,
 // the whole world) gives each rank its slice of ops::attention on the full sequence, forward and
 // backward, for causal, sliding-window (narrower and wider than a shard), bidirectional,
-// packed-document and padded batches with grouped KV heads; plus sharding a batch and its errors.
+// packed-document and padded batches with grouped KV heads; plus sharding a batch and its errors,
+// and the whole model's loss, gradients and RL token log-probs over cp (and dp, ep) meshes.
 #include "parallel/context_parallel.h"
 
 #include <gtest/gtest.h>
@@ -325,6 +326,37 @@ TEST(MpiRanks, ContextParallelModelTrainsLikeOneRank) {
       check_cp_mesh(c, batch, want);
     }
   }
+}
+
+// RL's token log-probs under context parallelism: each rank's log-probs are its slice of one
+// rank's on the whole batch, and the gradients of Σ c·log p (c sliced alike), summed over the
+// ranks, are the whole batch's.
+TEST(MpiRanks, ContextParallelTokenLogprobsAreTheLocalSlice) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  Communicator& world = mpi_world();
+  const int r = world.rank(), n = world.size();
+  const Batch batch = packed_batch();
+  const Tensor c = randn(batch.ids.shape(), 81, DType::F64);
+  auto whole = model::load_hf_model(fixture("tiny-dense-ple"), {}, DType::F64);
+  model::ForwardInputs in{batch.ids, Tensor(), batch.positions, batch.labels};
+  in.return_logits = false;
+  in.return_token_logprobs = true;
+  const model::ForwardOutputs want = whole->forward(in);
+  ag::backward(want.token_logprobs, c);
+
+  auto m = model::load_hf_model(fixture("tiny-dense-ple"), {}, DType::F64);
+  DeviceMesh mesh(world, {.cp = n});
+  enable_context_parallel(*m, mesh.cp_group());
+  const ContextShard shard = shard_batch(batch.ids, batch.positions, batch.labels, r, n);
+  model::ForwardInputs local{shard.input_ids, Tensor(), shard.position_ids, Tensor(), shard.targets};
+  local.return_logits = false;
+  local.return_token_logprobs = true;
+  const model::ForwardOutputs got = m->forward(local);
+  EXPECT_TRUE(close_to(got.token_logprobs.value(), sequence_shard(want.token_logprobs.value(), r, n), kRel));
+  ag::backward(got.token_logprobs, sequence_shard(c, r, n));
+  reduce_gradients(m->params(), mesh);
+  for (const std::string& name : whole->params().order)
+    EXPECT_TRUE(close_to(m->params().at(name).grad(), whole->params().at(name).grad(), 1e-9)) << name;
 }
 
 }  // namespace
