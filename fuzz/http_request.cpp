@@ -38,8 +38,10 @@ const g4::io::Tokenizer& tokenizer() {
 }
 
 std::vector<ModelInfo> models() {
-  g4::io::ModelConfig small;                        // an E2B-like config: per-layer inputs, so the small template
-  small.vocab_size = tokenizer().vocab_size() + 8;  // embedding rows past the tokenizer's ids, as Gemma's have
+  // An E2B-like config (per-layer inputs: the small template) with embedding rows past the
+  // tokenizer's ids, as Gemma's have.
+  g4::io::ModelConfig small;
+  small.vocab_size = tokenizer().vocab_size() + 8;
   small.max_position_embeddings = 96;
   small.hidden_size_per_layer_input = 8;
   g4::io::ModelConfig large = small;
