@@ -35,6 +35,13 @@ const json* field(const json& body, const char* key) {
   return it == body.end() || it->is_null() ? nullptr : &*it;
 }
 
+// obj[key] when it is a string, else "" (nlohmann's value() throws its own exception when the
+// key holds another type).
+std::string string_member(const json& obj, const char* key) {
+  const auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 std::optional<int64_t> int_field(const json& body, const char* key) {
   const json* v = field(body, key);
   if (!v) return std::nullopt;
@@ -99,7 +106,7 @@ void refuse_unsupported(const json& body, Api api) {
     for (const char* key : {"tools", "functions"})
       if (const json* v = field(body, key); v && !(v->is_array() && v->empty()))
         bad(key, std::string("'") + key + "' (tool calling) is not supported");
-    if (const json* v = field(body, "response_format"); v && !(v->is_object() && v->value("type", "") == "text"))
+    if (const json* v = field(body, "response_format"); v && !(v->is_object() && string_member(*v, "type") == "text"))
       bad("response_format", "'response_format' other than {\"type\": \"text\"} is not supported");
   }
 }
@@ -136,7 +143,7 @@ std::vector<int64_t> read_ids(const json& list, const char* param, const std::st
       bad(param, what + "[" + std::to_string(i) + "] must be an integer token id, got " + type_of(v));
     const int64_t id = v.get<int64_t>();
     if (id < 0 || (model.vocab_size > 0 && id >= model.vocab_size))
-      bad(param, what + "[" + std::to_string(i) + "] = " + std::to_string(id) + " is outside the vocabulary [0, " +
+      bad(param, what + "[" + std::to_string(i) + "] = " + v.dump() + " is outside the vocabulary [0, " +
                      std::to_string(model.vocab_size) + ")");
     ids.push_back(id);
   }
@@ -181,7 +188,8 @@ std::string message_content(const json& m, const std::string& at) {
   for (size_t i = 0; i < c->size(); ++i) {
     const json& part = (*c)[i];
     const std::string pat = at + ".content[" + std::to_string(i) + "]";
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+    if (!part.is_object() || string_member(part, "type") != "text" || !part.contains("text") ||
+        !part["text"].is_string())
       bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}; images, audio and files are not supported");
     if (!text.empty()) text += "\n";
     text += part["text"].get<std::string>();
@@ -368,14 +376,14 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
                          "context_length_exceeded");
     if (options.max_tokens == 0) {
       options.max_tokens = model.context_len - len;
-    } else if (len + options.max_tokens > model.context_len) {
+    } else if (options.max_tokens > model.context_len - len) {  // len + max_tokens may overflow
       const char* param =
           api == Api::Chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
       throw RequestError(400, param,
                          "the model's context is " + std::to_string(model.context_len) +
-                             " tokens; the request asks for " + std::to_string(len + options.max_tokens) + " (" +
-                             std::to_string(len) + " in the prompt, " + std::to_string(options.max_tokens) +
-                             " to generate)",
+                             " tokens; the request asks for " +
+                             std::to_string(uint64_t(len) + uint64_t(options.max_tokens)) + " (" + std::to_string(len) +
+                             " in the prompt, " + std::to_string(options.max_tokens) + " to generate)",
                          "context_length_exceeded");
     }
   } else if (options.max_tokens == 0) {

@@ -180,6 +180,30 @@ TEST_F(RequestTest, WithoutATokenizerOnlyTokenIdsWork) {
             "stop|400||'stop' strings need a tokenizer; the model has none");
 }
 
+// Inputs fuzz/http_request found (kept in fuzz/corpus/http_request/found_*): each was nlohmann's
+// exception or undefined behaviour (signed overflow) instead of a 400 naming the field.
+TEST_F(RequestTest, FuzzFindingsAreRequestErrors) {
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": 5}})", Api::Chat),
+            R"(response_format|400||'response_format' other than {"type": "text"} is not supported)");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", Api::Chat),
+            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}; images, audio and files )"
+            "are not supported");
+  EXPECT_EQ(refusal(R"({"prompt": [5], "max_tokens": 9223372036854775807})"),
+            "max_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for "
+            "9223372036854775808 (1 in the prompt, 9223372036854775807 to generate)");
+  const std::string chat = R"({"messages": [{"role": "user", "content": "a"}])";
+  const uint64_t len = parse(chat + "}", Api::Chat).request.prompt.size();
+  EXPECT_EQ(
+      refusal(chat + R"(, "max_completion_tokens": 9223372036854775807})", Api::Chat),
+      "max_completion_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for " +
+          std::to_string(uint64_t(INT64_MAX) + len) + " (" + std::to_string(len) +
+          " in the prompt, 9223372036854775807 to generate)");
+  // An id past int64 was reported as the negative number it wrapped to.
+  EXPECT_EQ(refusal(R"({"prompt": [5, 18446744073709551615]})"),
+            "prompt|400||prompt[1] = 18446744073709551615 is outside the vocabulary [0, " +
+                std::to_string(tok_->vocab_size()) + ")");
+}
+
 TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
   EXPECT_EQ(refusal(R"({"prompt_ids": [5], "user": "u"})", Api::File).substr(0, 30), "user|400||unknown key 'user' (");
   EXPECT_EQ(refusal(R"({"prompt_ids": [5], "prompt": "a"})", Api::File),
