@@ -18,7 +18,7 @@ namespace {
 struct RlBenchOptions {
   std::string model = "gemma-4-e4b";
   int64_t layers = 4, prompts = 8, generations = 8, new_tokens = 256;
-  std::string tokenizer = "recipes/data/kjv-tokenizer";
+  std::string tokenizer = "recipes/data/kjv-chat-tokenizer";
   uint64_t seed = 1234;
 };
 

@@ -1,6 +1,7 @@
 #include "rl/rollouts.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "core/error.h"
 #include "generate/engine.h"
@@ -24,6 +25,8 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   const int64_t context = model.config().max_position_embeddings;
   const int64_t limit = o.max_total_len > 0 ? (context > 0 ? std::min(o.max_total_len, context) : o.max_total_len)
                                             : context;
+  // A chat reply ends with the template's end of turn; NeMo-RL's vLLM stops there as at EOS.
+  const std::optional<int32_t> end_of_turn = tok.token_to_id("<turn|>");
   std::vector<gen::Request> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     gen::Request q;
@@ -40,6 +43,7 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     q.options.sampling.top_k = o.top_k;
     q.options.sampling.seed = rollout_seed(o.seed, draws[i]);
     q.options.stop_strings = o.stop_strings;
+    if (end_of_turn) q.options.stop_ids.push_back(*end_of_turn);
     q.options.logprobs = 0;
     // The distribution the tokens were drawn from (after temperature and filters), as NeMo-RL's
     // vLLM reports them (logprobs_mode processed_logprobs).

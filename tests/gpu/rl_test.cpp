@@ -23,7 +23,7 @@ TEST(GpuRl, RolloutLogprobsEqualTheTrainingForwardAtRealWidths) {
     const std::vector<std::string> keys = {
         std::string("model.name=") + name,
         "model.config={num_hidden_layers: 2}",
-        "tokenizer=" + test::source_dir() + "/recipes/data/kjv-tokenizer",
+        "tokenizer=" + test::source_dir() + "/recipes/data/kjv-chat-tokenizer",
         "prompts.task=arithmetic",
         "grpo.num_prompts_per_step=4",
         "grpo.num_generations_per_prompt=4",

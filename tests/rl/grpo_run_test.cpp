@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 std::string tiny_rl_recipe(const fs::path& dir) {
   const std::string path = (dir / "rl.yaml").string();
   std::ofstream(path) << "model: {name: tiny-dense, init_seed: 3, config: {num_hidden_layers: 2}}\n"
-                      << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-tokenizer\n"
+                      << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-chat-tokenizer\n"
                       << "prompts: {task: arithmetic, task_difficulty: 1, task_validation_prompts: 4}\n"
                       << "grpo: {num_prompts_per_step: 3, num_generations_per_prompt: 4, seed: 5,\n"
                       << "       reward_scaling: {enabled: true, target_min: -1.0}}\n"
