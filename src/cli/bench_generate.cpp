@@ -32,6 +32,7 @@ struct GenBenchOptions {
   int64_t prompt_len = 512, new_tokens = 128;
   int64_t page_size = 16;
   bool hf = false;
+  bool no_cuda_graphs = false;
   std::string hf_script = "tools/bench_hf_generate.py";
   std::string json;
   uint64_t seed = 1234;
@@ -100,6 +101,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   eo.max_running = batch;
   eo.max_step_tokens = std::max<int64_t>(8192, o.prompt_len);
   eo.eos_ids = {};  // random weights: run every sequence to new_tokens
+  eo.cuda_graphs = !o.no_cuda_graphs;
   gen::Engine engine(m, eo);
   std::vector<gen::Request> reqs;
   for (int64_t b = 0; b < batch; ++b) {
@@ -160,9 +162,9 @@ void bench_generate(const GenBenchOptions& o) {
   overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
   const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
-              "random weights\n",
+              "random weights, CUDA graphs %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(o.new_tokens));
+              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -190,6 +192,7 @@ void bench_generate(const GenBenchOptions& o) {
   std::printf("\n  copy bandwidth %.0f GB/s; one batch-1 decode step reads %.2f GB -> roofline %.0f tokens/s\n",
               bw / 1e9, step_bytes / 1e9, roofline);
   nlohmann::json report = {{"model", o.model},
+                           {"cuda_graphs", !o.no_cuda_graphs},
                            {"layers", cfg.num_layers},
                            {"prompt_len", o.prompt_len},
                            {"new_tokens", o.new_tokens},
@@ -242,6 +245,7 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--json", o->json, "write the results as JSON");
