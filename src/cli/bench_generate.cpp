@@ -33,15 +33,19 @@ struct GenBenchOptions {
   int64_t page_size = 16;
   bool hf = false;
   bool no_cuda_graphs = false;
+  bool profile = false;  // a kernel table (CUPTI) of kProfileSteps decode steps per batch size
   std::string hf_script = "tools/bench_hf_generate.py";
   std::string json;
   uint64_t seed = 1234;
 };
 
+constexpr int kProfileSteps = 8;
+
 struct RunResult {
   int64_t batch = 0;
   double decode_tokens_per_s = 0, ttft_ms = 0, tpot_ms = 0, total_s = 0;
   int64_t peak_bytes = 0;
+  KernelProfile profile;  // with --profile
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -120,8 +124,16 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   std::set<uint64_t> started;
   int64_t tokens_after = 0;
   double t_all_started = -1;
+  RunResult res;
+  int64_t decode_steps = 0;  // after every sequence started
   while (!engine.idle()) {
-    for (const gen::Event& e : engine.step()) {
+    // Profiled: kProfileSteps decode steps from the fourth on (each CUDA graph bucket captured).
+    const bool profiled = o.profile && t_all_started >= 0 && decode_steps >= 4 && decode_steps < 4 + kProfileSteps;
+    if (profiled && decode_steps == 4) profile_start();
+    const std::vector<gen::Event> events = engine.step();
+    if (profiled && decode_steps == 3 + kProfileSteps) res.profile = profile_stop();
+    if (t_all_started >= 0) ++decode_steps;
+    for (const gen::Event& e : events) {
       if (e.tokens.empty()) continue;
       if (t_all_started >= 0) tokens_after += static_cast<int64_t>(e.tokens.size());
       started.insert(e.request);
@@ -129,7 +141,6 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
     if (t_all_started < 0 && static_cast<int64_t>(started.size()) == batch) t_all_started = seconds_since(t0);
   }
   device_synchronize();
-  RunResult res;
   res.batch = batch;
   res.total_s = seconds_since(t0);
   const double decode_s = res.total_s - t_all_started;
@@ -184,6 +195,7 @@ void bench_generate(const GenBenchOptions& o) {
       std::printf("  g4 batch %4lld: decode %9.0f tokens/s, TTFT %8.1f ms, TPOT %7.2f ms, peak %.1f GiB\n",
                   static_cast<long long>(b), r.decode_tokens_per_s, r.ttft_ms, r.tpot_ms,
                   static_cast<double>(r.peak_bytes) / (1 << 30));
+      if (o.profile) print_profile(r.profile, kProfileSteps);
       std::fflush(stdout);
     }
   }
@@ -246,6 +258,7 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
   cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
+  cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--json", o->json, "write the results as JSON");
