@@ -6,6 +6,7 @@
 // keep their own free lists, for the memory CUDA graphs replay into.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -41,7 +42,9 @@ struct FreeLists {
     return p;
   }
   // Frees every cached block (after the stream has finished with them); returns the bytes freed.
+  // Touches no CUDA state when there is none (a pool that never allocated, as on a machine without GPU).
   int64_t release() {
+    if (std::all_of(blocks.begin(), blocks.end(), [](const auto& kv) { return kv.second.empty(); })) return 0;
     G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
     int64_t bytes = 0;
     for (auto& [size, list] : blocks) {
