@@ -107,7 +107,7 @@ struct Engine::Impl {
   int64_t preempted_total = 0;
 
 #ifdef G4_WITH_CUDA
-  // A captured decode step of `rows` sequences (its bucket). Rows past the live ones are padding:
+  // The captured decode step of one bucket of rows. Rows past the live sequences are padding:
   // no visible key, slot -1 (nothing written), logits ignored. Page tables are `width` wide.
   struct DecodeGraph {
     std::array<int64_t, model::kAttnKinds> width{};
