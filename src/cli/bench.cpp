@@ -179,27 +179,6 @@ void print_row(const char* name, double tps, double ms, double mfu, double peak_
   std::printf("  %-34s %12.0f %10.1f %7.1f%% %10.2f\n", name, tps, ms, 100 * mfu, peak_gib);
 }
 
-// The kernels of `steps` profiled steps, per step, largest first, with the GPU's idle time (launch
-// gaps and host synchronisations).
-void print_profile(const KernelProfile& p, int steps) {
-  const double per = 1.0 / steps, window = p.window_ms * per;
-  std::printf("\n  kernel profile (CUPTI, %d steps): %.1f ms per step, GPU busy %.1f ms, idle %.1f ms (%.0f%%)\n", steps,
-              window, p.busy_ms * per, window - p.busy_ms * per, 100 * (1 - p.busy_ms / p.window_ms));
-  std::printf("  %9s %6s %6s  %s\n", "ms/step", "%", "calls", "kernel");
-  double shown = 0;
-  for (size_t i = 0; i < p.kernels.size(); ++i) {
-    const KernelTime& k = p.kernels[i];
-    if (i >= 40) {
-      std::printf("  %9.2f %5.1f%% %6s  (%zu more kernels)\n", (p.busy_ms - shown) * per,
-                  100 * (p.busy_ms - shown) / p.window_ms, "", p.kernels.size() - i);
-      break;
-    }
-    shown += k.total_ms;
-    std::printf("  %9.2f %5.1f%% %6lld  %s\n", k.total_ms * per, 100 * k.total_ms / p.window_ms,
-                static_cast<long long>(k.count / steps), k.name.c_str());
-  }
-}
-
 void bench_train(const BenchOptions& o) {
   const nlohmann::json cj = model::named_config(o.model, {{"num_hidden_layers", o.layers}});
   const io::ModelConfig cfg = io::parse_model_config(cj, "built-in " + o.model);
@@ -255,6 +234,27 @@ void bench_train(const BenchOptions& o) {
 }
 
 }  // namespace
+
+// The kernels of `steps` profiled steps, per step, largest first, with the GPU's idle time (launch
+// gaps and host synchronisations).
+void print_profile(const KernelProfile& p, int steps) {
+  const double per = 1.0 / steps, window = p.window_ms * per;
+  std::printf("\n  kernel profile (CUPTI, %d steps): %.1f ms per step, GPU busy %.1f ms, idle %.1f ms (%.0f%%)\n", steps,
+              window, p.busy_ms * per, window - p.busy_ms * per, 100 * (1 - p.busy_ms / p.window_ms));
+  std::printf("  %9s %6s %6s  %s\n", "ms/step", "%", "calls", "kernel");
+  double shown = 0;
+  for (size_t i = 0; i < p.kernels.size(); ++i) {
+    const KernelTime& k = p.kernels[i];
+    if (i >= 40) {
+      std::printf("  %9.2f %5.1f%% %6s  (%zu more kernels)\n", (p.busy_ms - shown) * per,
+                  100 * (p.busy_ms - shown) / p.window_ms, "", p.kernels.size() - i);
+      break;
+    }
+    shown += k.total_ms;
+    std::printf("  %9.2f %5.1f%% %6lld  %s\n", k.total_ms * per, 100 * k.total_ms / p.window_ms,
+                static_cast<long long>(k.count / steps), k.name.c_str());
+  }
+}
 
 nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json) {
   std::remove(out_json.c_str());

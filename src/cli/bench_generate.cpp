@@ -32,15 +32,20 @@ struct GenBenchOptions {
   int64_t prompt_len = 512, new_tokens = 128;
   int64_t page_size = 16;
   bool hf = false;
+  bool no_cuda_graphs = false;
+  bool profile = false;  // a kernel table (CUPTI) of kProfileSteps decode steps per batch size
   std::string hf_script = "tools/bench_hf_generate.py";
   std::string json;
   uint64_t seed = 1234;
 };
 
+constexpr int kProfileSteps = 8;
+
 struct RunResult {
   int64_t batch = 0;
   double decode_tokens_per_s = 0, ttft_ms = 0, tpot_ms = 0, total_s = 0;
   int64_t peak_bytes = 0;
+  KernelProfile profile;  // with --profile
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -100,6 +105,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   eo.max_running = batch;
   eo.max_step_tokens = std::max<int64_t>(8192, o.prompt_len);
   eo.eos_ids = {};  // random weights: run every sequence to new_tokens
+  eo.cuda_graphs = !o.no_cuda_graphs;
   gen::Engine engine(m, eo);
   std::vector<gen::Request> reqs;
   for (int64_t b = 0; b < batch; ++b) {
@@ -118,8 +124,16 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   std::set<uint64_t> started;
   int64_t tokens_after = 0;
   double t_all_started = -1;
+  RunResult res;
+  int64_t decode_steps = 0;  // after every sequence started
   while (!engine.idle()) {
-    for (const gen::Event& e : engine.step()) {
+    // Profiled: kProfileSteps decode steps from the fourth on (each CUDA graph bucket captured).
+    const bool profiled = o.profile && t_all_started >= 0 && decode_steps >= 4 && decode_steps < 4 + kProfileSteps;
+    if (profiled && decode_steps == 4) profile_start();
+    const std::vector<gen::Event> events = engine.step();
+    if (profiled && decode_steps == 3 + kProfileSteps) res.profile = profile_stop();
+    if (t_all_started >= 0) ++decode_steps;
+    for (const gen::Event& e : events) {
       if (e.tokens.empty()) continue;
       if (t_all_started >= 0) tokens_after += static_cast<int64_t>(e.tokens.size());
       started.insert(e.request);
@@ -127,7 +141,6 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
     if (t_all_started < 0 && static_cast<int64_t>(started.size()) == batch) t_all_started = seconds_since(t0);
   }
   device_synchronize();
-  RunResult res;
   res.batch = batch;
   res.total_s = seconds_since(t0);
   const double decode_s = res.total_s - t_all_started;
@@ -160,9 +173,9 @@ void bench_generate(const GenBenchOptions& o) {
   overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
   const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
-              "random weights\n",
+              "random weights, CUDA graphs %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(o.new_tokens));
+              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -182,6 +195,7 @@ void bench_generate(const GenBenchOptions& o) {
       std::printf("  g4 batch %4lld: decode %9.0f tokens/s, TTFT %8.1f ms, TPOT %7.2f ms, peak %.1f GiB\n",
                   static_cast<long long>(b), r.decode_tokens_per_s, r.ttft_ms, r.tpot_ms,
                   static_cast<double>(r.peak_bytes) / (1 << 30));
+      if (o.profile) print_profile(r.profile, kProfileSteps);
       std::fflush(stdout);
     }
   }
@@ -190,6 +204,7 @@ void bench_generate(const GenBenchOptions& o) {
   std::printf("\n  copy bandwidth %.0f GB/s; one batch-1 decode step reads %.2f GB -> roofline %.0f tokens/s\n",
               bw / 1e9, step_bytes / 1e9, roofline);
   nlohmann::json report = {{"model", o.model},
+                           {"cuda_graphs", !o.no_cuda_graphs},
                            {"layers", cfg.num_layers},
                            {"prompt_len", o.prompt_len},
                            {"new_tokens", o.new_tokens},
@@ -242,6 +257,8 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence")->check(CLI::PositiveNumber);
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
+  cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--json", o->json, "write the results as JSON");

@@ -6,6 +6,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "core/kernel_profile.h"
+
 namespace g4::cli {
 
 using Action = std::function<void()>;
@@ -21,6 +23,8 @@ void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);
 void add_bench_generate(CLI::App& bench, Action& action);  // `g4 bench generate`, under add_bench's "bench"
 void add_bench_rl(CLI::App& bench, Action& action);        // `g4 bench rl`
+// The kernels of a profile (core/kernel_profile.h) of `steps` steps, per step, largest first.
+void print_profile(const KernelProfile& p, int steps);
 // Runs `python3 SCRIPT ARGS --json OUT_JSON` (the competitor's side of a benchmark) and returns what
 // it wrote, or {"error": ...} when it failed.
 nlohmann::json run_python_benchmark(const std::string& script_and_args, const std::string& out_json);

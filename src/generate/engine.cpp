@@ -17,6 +17,9 @@
 #include "generate/page_pool.h"
 #include "generate/prefix_cache.h"
 #include "generate/text_stream.h"
+#ifdef G4_WITH_CUDA
+#include "generate/cuda/step_graph.h"
+#endif
 
 namespace g4::gen {
 
@@ -48,6 +51,11 @@ Tensor index_tensor(const std::vector<int64_t>& v, DType dtype, Device device) {
   }
   return device == Device::CPU ? t : t.to(device);
 }
+
+#ifdef G4_WITH_CUDA
+// Batch sizes a decode step is padded up to, one CUDA graph each (issue 13).
+constexpr std::array<int64_t, 9> kGraphBuckets{1, 2, 4, 8, 16, 32, 64, 128, 256};
+#endif
 }  // namespace
 
 struct Engine::Impl {
@@ -97,6 +105,30 @@ struct Engine::Impl {
   std::vector<Completion> completions;
   uint64_t next_id = 1;
   int64_t preempted_total = 0;
+
+#ifdef G4_WITH_CUDA
+  // The captured decode step of one bucket of rows. Rows past the live sequences are padding:
+  // no visible key, slot -1 (nothing written), logits ignored. Page tables are `width` wide.
+  struct DecodeGraph {
+    std::array<int64_t, model::kAttnKinds> width{};
+    uint64_t weights = 0;  // weights_key() at the capture
+    // The inputs on the device (the step's tensors are views of them) and their host staging.
+    Tensor i64, i32;
+    cuda::PinnedBuffer host64, host32;
+    model::PagedStep step;
+    std::unique_ptr<cuda::StepGraph> graph;
+  };
+  DevicePool graph_pool;                  // every tensor the graphs create, kept from other work
+  std::map<int64_t, DecodeGraph> graphs;  // by bucket
+  // Logits [n, V] of a decode step (n = ids.size() sequences, one row each) through its bucket's graph.
+  Tensor decode_graph_step(const std::vector<int64_t>& ids, const std::vector<int64_t>& positions,
+                           const std::array<std::vector<int64_t>, model::kAttnKinds>& slots,
+                           const std::array<std::vector<int64_t>, model::kAttnKinds>& tables,
+                           const std::array<int64_t, model::kAttnKinds>& width, const std::vector<int64_t>& kv_len);
+  // The addresses of the model's weights and buffers: a graph reads the tensors it was captured
+  // with, so one that was replaced (a weight update that assigns new tensors) means a new capture.
+  uint64_t weights_key() const;
+#endif
 
   Impl(const model::Gemma4& m, EngineOptions o);
 
@@ -396,6 +428,93 @@ std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
   return plan;
 }
 
+#ifdef G4_WITH_CUDA
+uint64_t Engine::Impl::weights_key() const {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a over the addresses
+  const auto mix = [&](const void* p) { h = (h ^ reinterpret_cast<uintptr_t>(p)) * 1099511628211ULL; };
+  for (const auto& [name, var] : model.params().params) mix(var.value().raw());
+  for (const auto& [name, buffer] : model.params().buffers) mix(buffer.value.raw());
+  return h;
+}
+
+Tensor Engine::Impl::decode_graph_step(const std::vector<int64_t>& ids, const std::vector<int64_t>& positions,
+                                       const std::array<std::vector<int64_t>, model::kAttnKinds>& slots,
+                                       const std::array<std::vector<int64_t>, model::kAttnKinds>& tables,
+                                       const std::array<int64_t, model::kAttnKinds>& width,
+                                       const std::vector<int64_t>& kv_len) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t B = *std::lower_bound(kGraphBuckets.begin(), kGraphBuckets.end(), n);
+  const size_t kinds = pools.size();
+  DecodeGraph& g = graphs[B];
+  const uint64_t key = weights_key();
+  bool fresh = !g.graph || g.weights != key;
+  for (size_t kind = 0; kind < kinds; ++kind) fresh |= width[kind] > g.width[kind];
+  if (fresh) {
+    g.graph.reset();
+    g.weights = key;
+    // Tables widen in powers of two from 16 pages: a growing context recaptures rarely.
+    int64_t n32 = 2 * B + 1;
+    for (size_t kind = 0; kind < kinds; ++kind) {
+      int64_t w = std::max<int64_t>(16, g.width[kind]);
+      while (w < width[kind]) w *= 2;
+      g.width[kind] = w;
+      n32 += B * w;
+    }
+    const int64_t n64 = B * (3 + static_cast<int64_t>(kinds));
+    g.i64 = Tensor::empty({n64}, DType::I64, Device::CUDA);
+    g.i32 = Tensor::empty({n32}, DType::I32, Device::CUDA);
+    g.host64 = cuda::PinnedBuffer(static_cast<size_t>(n64) * sizeof(int64_t));
+    g.host32 = cuda::PinnedBuffer(static_cast<size_t>(n32) * sizeof(int32_t));
+    g.step = model::PagedStep{};
+    g.step.ids = g.i64.slice0(0, B);
+    g.step.positions = g.i64.slice0(B, B);
+    g.step.logit_rows = g.i64.slice0(2 * B, B);
+    const Tensor cu_q = g.i32.slice0(0, B + 1), kv_len_t = g.i32.slice0(B + 1, B);
+    int64_t at = 2 * B + 1;
+    for (size_t kind = 0; kind < kinds; ++kind) {
+      g.step.slots[kind] = g.i64.slice0((3 + static_cast<int64_t>(kind)) * B, B);
+      g.step.layout[kind].cu_q = cu_q;
+      g.step.layout[kind].kv_len = kv_len_t;
+      g.step.layout[kind].page_table = g.i32.slice0(at, B * g.width[kind]).reshape({B, g.width[kind]});
+      at += B * g.width[kind];
+    }
+  }
+  // Same order as the views above.
+  auto* h64 = static_cast<int64_t*>(g.host64.data());
+  auto* h32 = static_cast<int32_t*>(g.host32.data());
+  for (int64_t i = 0; i < B; ++i) {
+    const bool live = i < n;
+    const size_t li = static_cast<size_t>(i);
+    h64[i] = live ? ids[li] : 0;
+    h64[B + i] = live ? positions[li] : 0;
+    h64[2 * B + i] = i;
+    for (size_t kind = 0; kind < kinds; ++kind) h64[(3 + static_cast<int64_t>(kind)) * B + i] = live ? slots[kind][li] : -1;
+    h32[B + 1 + i] = live ? static_cast<int32_t>(kv_len[li]) : 0;
+  }
+  for (int64_t i = 0; i <= B; ++i) h32[i] = static_cast<int32_t>(i);
+  int32_t* table = h32 + 2 * B + 1;
+  for (size_t kind = 0; kind < kinds; ++kind) {
+    const int64_t w = g.width[kind];
+    for (int64_t i = 0; i < B; ++i)
+      for (int64_t j = 0; j < w; ++j)
+        table[i * w + j] = i < n && j < width[kind] ? static_cast<int32_t>(tables[kind][static_cast<size_t>(i * width[kind] + j)]) : -1;
+    table += B * w;
+  }
+  g.host64.upload(g.i64);
+  g.host32.upload(g.i32);
+  if (g.graph) return g.graph->replay().slice0(0, n);
+  // A new capture: this step runs eagerly first (its logits are the step's; lazy initialisations
+  // happen outside the capture), then the same forward is captured for the next steps.
+  Tensor logits;
+  {
+    DevicePoolScope scope(graph_pool);
+    logits = model.forward_paged(g.step, kv);
+  }
+  g.graph = std::make_unique<cuda::StepGraph>([&] { return model.forward_paged(g.step, kv); }, graph_pool);
+  return logits.slice0(0, n);
+}
+#endif
+
 Completion Engine::Impl::complete(Req& r, int64_t k, FinishReason finish, Event* event) {
   Sample& smp = r.samples[static_cast<size_t>(k)];
   smp.finish = finish;
@@ -481,20 +600,30 @@ std::vector<Event> Engine::Impl::step() {
       sampled.emplace_back(&s, k);
     }
   }
-  model::PagedStep st;
-  st.ids = index_tensor(ids, DType::I64, dev);
-  st.positions = index_tensor(positions, DType::I64, dev);
-  st.logit_rows = index_tensor(rows, DType::I64, dev);
   const int64_t n_seq = static_cast<int64_t>(plan.size());
-  // The query rows and key counts are the same for both kinds: uploaded once.
-  const Tensor cu_q_t = index_tensor(cu_q, DType::I32, dev), kv_len_t = index_tensor(kv_len, DType::I32, dev);
-  for (size_t kind = 0; kind < pools.size(); ++kind) {
-    st.slots[kind] = index_tensor(slots[kind], DType::I64, dev);
-    st.layout[kind].cu_q = cu_q_t;
-    st.layout[kind].kv_len = kv_len_t;
-    st.layout[kind].page_table = index_tensor(tables[kind], DType::I32, dev).reshape({n_seq, width[kind]});
+  Tensor logits;
+#ifdef G4_WITH_CUDA
+  // A decode step (one token of each sequence, each sampled once) replays its bucket's graph.
+  if (opt.cuda_graphs && dev == Device::CUDA && !model.parameter_hooks() &&
+      static_cast<int64_t>(ids.size()) == n_seq && static_cast<int64_t>(rows.size()) == n_seq &&
+      n_seq <= kGraphBuckets.back())
+    logits = decode_graph_step(ids, positions, slots, tables, width, kv_len);
+#endif
+  if (!logits.defined()) {
+    model::PagedStep st;
+    st.ids = index_tensor(ids, DType::I64, dev);
+    st.positions = index_tensor(positions, DType::I64, dev);
+    st.logit_rows = index_tensor(rows, DType::I64, dev);
+    // The query rows and key counts are the same for both kinds: uploaded once.
+    const Tensor cu_q_t = index_tensor(cu_q, DType::I32, dev), kv_len_t = index_tensor(kv_len, DType::I32, dev);
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      st.slots[kind] = index_tensor(slots[kind], DType::I64, dev);
+      st.layout[kind].cu_q = cu_q_t;
+      st.layout[kind].kv_len = kv_len_t;
+      st.layout[kind].page_table = index_tensor(tables[kind], DType::I32, dev).reshape({n_seq, width[kind]});
+    }
+    logits = model.forward_paged(st, kv);
   }
-  const Tensor logits = model.forward_paged(st, kv);
   const std::vector<SampledToken> drawn =
       sampled.empty() ? std::vector<SampledToken>{} : sample_batch(logits, sampling);
 

@@ -95,6 +95,9 @@ struct EngineOptions {
   int64_t max_step_tokens = 4096;  // tokens in one forward (prefill chunks + decode rows)
   std::vector<int64_t> eos_ids;    // default: the model config's eos_token_ids
   const io::Tokenizer* tokenizer = nullptr;  // for text_delta, Completion::text, stop strings
+  // GPU: a step of decode rows only (one token per sequence, each sampled) replays a CUDA graph of
+  // the whole forward, one per batch bucket (docs/architecture.md); the CPU ignores it.
+  bool cuda_graphs = true;
 };
 
 struct PoolStats {

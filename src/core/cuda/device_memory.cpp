@@ -2,9 +2,11 @@
 // microseconds, far too much for the thousands of activations a training step creates and drops.
 // Freed blocks go to a free list keyed by their (rounded) size and are handed out again. All work
 // runs on one stream, so a block freed by the host may be reused by the next kernel at once: the
-// stream orders that kernel after every earlier use of the block.
+// stream orders that kernel after every earlier use of the block. Private pools (core/device_pool.h)
+// keep their own free lists, for the memory CUDA graphs replay into.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -12,6 +14,7 @@
 
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
+#include "core/device_pool.h"
 
 namespace g4 {
 
@@ -27,17 +30,42 @@ size_t round_size(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
+// Cached blocks by rounded size, returned to the driver on demand.
+struct FreeLists {
+  std::map<size_t, std::vector<void*>> blocks;
+
+  void* take(size_t size) {
+    auto it = blocks.find(size);
+    if (it == blocks.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
+  // Frees every cached block (after the stream has finished with them); returns the bytes freed.
+  // Touches no CUDA state when there is none (a pool that never allocated, as on a machine without GPU).
+  int64_t release() {
+    if (std::all_of(blocks.begin(), blocks.end(), [](const auto& kv) { return kv.second.empty(); })) return 0;
+    G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    int64_t bytes = 0;
+    for (auto& [size, list] : blocks) {
+      for (void* p : list) {
+        G4_CUDA_CHECK(cudaFree(p));
+        bytes += static_cast<int64_t>(size);
+      }
+      list.clear();
+    }
+    return bytes;
+  }
+};
+
 class CachingAllocator {
  public:
-  void* allocate(size_t bytes) {
+  // From `pool`'s free list when given, else from the shared one; new blocks from the driver.
+  void* allocate(size_t bytes, FreeLists* pool) {
     const size_t size = round_size(bytes);
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.find(size);
-    void* p = nullptr;
-    if (it != free_.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-    } else {
+    void* p = (pool ? pool : &free_)->take(size);
+    if (!p) {
       cudaError_t err = cudaMalloc(&p, size);
       if (err == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError();
@@ -56,11 +84,16 @@ class CachingAllocator {
     return p;
   }
 
-  void release(void* p, size_t bytes) {
+  void release(void* p, size_t bytes, FreeLists* pool) {
     const size_t size = round_size(bytes);
     std::lock_guard<std::mutex> lock(mu_);
-    free_[size].push_back(p);
+    (pool ? pool : &free_)->blocks[size].push_back(p);
     current_ -= static_cast<int64_t>(size);
+  }
+  // A private pool's blocks back to the driver (the pool is gone).
+  void drop_pool(FreeLists& pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reserved_ -= pool.release();
   }
 
   DeviceMemoryStats stats() {
@@ -77,20 +110,10 @@ class CachingAllocator {
   }
 
  private:
-  // Returns every cached block to the driver (after the stream has finished with them).
-  void release_cached_locked() {
-    G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
-    for (auto& [size, blocks] : free_) {
-      for (void* p : blocks) {
-        G4_CUDA_CHECK(cudaFree(p));
-        reserved_ -= static_cast<int64_t>(size);
-      }
-      blocks.clear();
-    }
-  }
+  void release_cached_locked() { reserved_ -= free_.release(); }
 
   std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;
+  FreeLists free_;
   int64_t current_ = 0, peak_ = 0, reserved_ = 0;
 };
 
@@ -98,6 +121,9 @@ CachingAllocator& allocator() {
   static auto* a = new CachingAllocator;  // never destroyed (see runtime.cpp)
   return *a;
 }
+
+// The pool of the innermost DevicePoolScope of this thread (null: the shared free lists).
+thread_local std::shared_ptr<DevicePool::State> current_pool;
 
 cudaMemcpyKind copy_kind(Device dst, Device src) {
   if (dst == Device::CUDA) return src == Device::CUDA ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice;
@@ -126,11 +152,26 @@ void reset_device_memory_peak() { allocator().reset_peak(); }
 void release_cached_device_memory() { allocator().release_cached(); }
 void device_synchronize() { G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream())); }
 
+struct DevicePool::State {
+  FreeLists lists;
+  ~State() { allocator().drop_pool(lists); }
+};
+
+DevicePool::DevicePool() : state_(std::make_shared<State>()) {}
+
+DevicePoolScope::DevicePoolScope(const DevicePool& pool) : previous_(std::move(current_pool)) {
+  current_pool = pool.state();
+}
+DevicePoolScope::~DevicePoolScope() { current_pool = std::move(previous_); }
+
 namespace detail {
 
 std::shared_ptr<void> device_alloc(size_t bytes) {
-  void* p = allocator().allocate(bytes);
-  return std::shared_ptr<void>(p, [bytes](void* q) { allocator().release(q, bytes); });
+  // A block of a private pool holds the pool, so the pool outlives what it handed out.
+  std::shared_ptr<DevicePool::State> pool = current_pool;
+  FreeLists* lists = pool ? &pool->lists : nullptr;
+  void* p = allocator().allocate(bytes, lists);
+  return std::shared_ptr<void>(p, [bytes, pool = std::move(pool), lists](void* q) { allocator().release(q, bytes, lists); });
 }
 
 void device_zero(void* p, size_t bytes) {

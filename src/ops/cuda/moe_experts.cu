@@ -9,7 +9,12 @@
 //   2. down: the same over down [E, I, H], 128 output columns per CTA: ys[r] = bf16(act[r] · down_e).
 //   3. combine: out[t] = bf16(sum_k weights[t,k] * ys[t*K + k]) in fp32, k in order (moe_unpermute).
 // The order in which a CTA finds its assignments does not matter: each one is computed on its own.
+// A thread reads 8 neighbouring weight columns with one 16-byte load when the widths allow (2 with
+// a 4-byte load otherwise), and multiplies them by only as many chunk rows as hold assignments:
+// at batch 1 each picked expert has one token, and the loads, not the FMAs, must be the bound.
 #include <cuda_bf16.h>
+
+#include <type_traits>
 
 #include "core/cuda/runtime.h"
 #include "ops/cuda/common.cuh"
@@ -55,57 +60,109 @@ __device__ void load_rows(const bf16* __restrict__ src, int width, const int* li
   }
 }
 
-// acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's two weight
-// columns at w (rows `stride` apart), over the rows part, part + kParts, ... (0 when !valid; rows
-// of the chunk past its count hold stale values that are never stored).
-template <int kParts>
-__device__ __forceinline__ void column_pair_products(float (&acc)[kChunk][2], const bf16* __restrict__ w, int64_t stride,
-                                                     const bf16* rows, int width, int part, bool valid) {
+// V consecutive bf16 weights as floats: one 16-byte load for V = 8, one 4-byte load for V = 2.
+template <int V>
+__device__ __forceinline__ void load_columns(const bf16* __restrict__ w, float (&out)[V]) {
+  static_assert(V == 2 || V == 8, "2 or 8 columns per thread");
+  if constexpr (V == 8) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w));
+    const bf162* p = reinterpret_cast<const bf162*>(&raw);
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) acc[j][0] = acc[j][1] = 0.f;
+    for (int q = 0; q < 4; ++q) {
+      const float2 f = __bfloat1622float2(p[q]);
+      out[2 * q] = f.x;
+      out[2 * q + 1] = f.y;
+    }
+  } else {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const bf162*>(w));
+    out[0] = f.x;
+    out[1] = f.y;
+  }
+}
+
+// acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's V weight columns
+// at w (rows `stride` apart), over the rows group, group + kGroups, ..., for the first R rows of
+// the chunk (0 when !valid; rows past the chunk's count hold stale values that are never stored).
+template <int V, int kGroups, int R>
+__device__ __forceinline__ void column_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
+                                                const bf16* rows, int width, int group, bool valid) {
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+    for (int c = 0; c < V; ++c) acc[j][c] = 0.f;
   if (!valid) return;
 #pragma unroll 4
-  for (int i = part; i < width; i += kParts) {
-    const float2 wv = __bfloat1622float2(*reinterpret_cast<const bf162*>(w + i * stride));
+  for (int i = group; i < width; i += kGroups) {
+    float wv[V];
+    load_columns<V>(w + i * stride, wv);
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
+    for (int j = 0; j < R; ++j) {
       const float v = __bfloat162float(rows[j * width + i]);
-      acc[j][0] += v * wv.x;
-      acc[j][1] += v * wv.y;
+#pragma unroll
+      for (int c = 0; c < V; ++c) acc[j][c] += v * wv[c];
     }
   }
 }
 
-// Kernel 1. Warp `part` of 8 walks rows h = part, part + 8, ... of the weight tile; lanes 0-15 own
-// gate columns c0 + 2 lane (+1), lanes 16-31 the matching up columns I + c0 + 2 (lane - 16) (+1).
+// column_products over as few chunk rows as cover its nt assignments: at decode sizes most picked
+// experts have one token, and multiplying all kChunk rows would make the kernels issue-bound.
+template <int V, int kGroups>
+__device__ __forceinline__ void chunk_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
+                                               const bf16* rows, int width, int group, bool valid, int nt) {
+  if (nt == 1) return column_products<V, kGroups, 1>(acc, w, stride, rows, width, group, valid);
+  if (nt == 2) return column_products<V, kGroups, 2>(acc, w, stride, rows, width, group, valid);
+  if (nt <= 4) return column_products<V, kGroups, 4>(acc, w, stride, rows, width, group, valid);
+  column_products<V, kGroups, kChunk>(acc, w, stride, rows, width, group, valid);
+}
+
+// Sums acc over the threads of a warp that hold the same columns of different rows (lanes `span`,
+// 2·span, ... apart); nothing when a row's threads fill the warp.
+template <int V, int span>
+__device__ __forceinline__ void warp_row_sum(float (&acc)[kChunk][V]) {
+#pragma unroll
+  for (int o = span; o < 32; o <<= 1)
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+      for (int c = 0; c < V; ++c) acc[j][c] += __shfl_xor_sync(0xffffffffu, acc[j][c], o);
+}
+
+// V columns per thread (8: 16-byte loads, when the widths allow; else 2). A row of the tile is
+// 2·kCols/V threads (gate columns, then up columns), so a warp reads 32·V/(2·kCols) rows at once.
+template <int V>
 __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices,
                                                            int assignments, int top_k, int H, int I,
                                                            const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
-  constexpr int kParts = kThreads / 32, kCols = 32;
+  constexpr int kCols = 32, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kRowLanes <= 32, "a tile row within one warp");
   __shared__ int list[kMaxTokens];
   __shared__ int count;
-  __shared__ float red[kParts][kChunk][2 * kCols];
+  __shared__ float red[kWarps][kChunk][2 * kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][H]
   const int e = blockIdx.y, c0 = blockIdx.x * kCols;
   const int n = find_assignments(indices, assignments, e, list, &count);
   if (n == 0) return;
-  const int lane = threadIdx.x % 32, part = threadIdx.x / 32;
-  const bool is_up = lane >= 16;
-  const int local = 2 * (lane % 16);  // first of this lane's two columns within the tile's half
-  const bool valid = c0 + local < I;  // I is even, so both columns are in range together
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int in_row = threadIdx.x % kRowLanes, group = threadIdx.x / kRowLanes;
+  const bool is_up = in_row >= kHalf;
+  const int local = V * (in_row % kHalf);  // first of this thread's columns within the tile's half
+  const bool valid = c0 + local < I;       // I is a multiple of V, so all V columns are in range together
   const bf16* w = gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local;
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     __syncthreads();  // the previous chunk is done with xs and red
     load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
     __syncthreads();
-    float acc[kChunk][2];
-    column_pair_products<kParts>(acc, w, int64_t{2} * I, xs, H, part, valid);
+    float acc[kChunk][V];
+    chunk_products<V, kGroups>(acc, w, int64_t{2} * I, xs, H, group, valid, nt);
+    warp_row_sum<V, kRowLanes>(acc);
+    if (lane < kRowLanes) {
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
-      red[part][j][(is_up ? kCols : 0) + local] = acc[j][0];
-      red[part][j][(is_up ? kCols : 0) + local + 1] = acc[j][1];
+      for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+        for (int c = 0; c < V; ++c) red[warp][j][(is_up ? kCols : 0) + local + c] = acc[j][c];
     }
     __syncthreads();
     for (int o = threadIdx.x; o < nt * kCols; o += blockDim.x) {
@@ -113,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restric
       if (c0 + c >= I) continue;
       float g = 0.f, u = 0.f;
 #pragma unroll
-      for (int p = 0; p < kParts; ++p) {
+      for (int p = 0; p < kWarps; ++p) {
         g += red[p][j][c];
         u += red[p][j][kCols + c];
       }
@@ -122,11 +179,15 @@ __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restric
   }
 }
 
-// Kernel 2. Two warps per part (64 lanes, two columns each: 128 output columns), 4 parts over I.
+// kCols output columns per CTA, V per thread: a row of the tile is kCols/V threads (part of a warp
+// for V = 8, two warps for V = 2).
+template <int V>
 __global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices,
                                                         int assignments, int I, int H, const bf16* __restrict__ down,
                                                         bf16* __restrict__ ys) {
-  constexpr int kLanes = 64, kParts = kThreads / kLanes, kCols = 2 * kLanes;
+  constexpr int kCols = 128, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
+  // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
+  constexpr int kParts = kRowLanes < 32 ? kThreads / 32 : kGroups;
   __shared__ int list[kMaxTokens];
   __shared__ int count;
   __shared__ float red[kParts][kChunk][kCols];
@@ -135,21 +196,24 @@ __global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__
   const int e = blockIdx.y, c0 = blockIdx.x * kCols;
   const int n = find_assignments(indices, assignments, e, list, &count);
   if (n == 0) return;
-  const int lane = threadIdx.x % kLanes, part = threadIdx.x / kLanes;
-  const int col = c0 + 2 * lane;
-  const bool valid = col < H;  // H is even
+  const int lane = threadIdx.x % 32, in_row = threadIdx.x % kRowLanes, group = threadIdx.x / kRowLanes;
+  const int col = c0 + V * in_row;
+  const bool valid = col < H;  // H is a multiple of V
   const bf16* w = down + static_cast<int64_t>(e) * I * H + col;
+  const int part = kRowLanes < 32 ? static_cast<int>(threadIdx.x / 32) : group;
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     __syncthreads();
     load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
     __syncthreads();
-    float acc[kChunk][2];
-    column_pair_products<kParts>(acc, w, H, as, I, part, valid);
+    float acc[kChunk][V];
+    chunk_products<V, kGroups>(acc, w, H, as, I, group, valid, nt);
+    if constexpr (kRowLanes < 32) warp_row_sum<V, kRowLanes>(acc);
+    if (kRowLanes >= 32 || lane < kRowLanes) {
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) {
-      red[part][j][2 * lane] = acc[j][0];
-      red[part][j][2 * lane + 1] = acc[j][1];
+      for (int j = 0; j < kChunk; ++j)
+#pragma unroll
+        for (int c = 0; c < V; ++c) red[part][j][V * in_row + c] = acc[j][c];
     }
     __syncthreads();
     for (int o = threadIdx.x; o < nt * kCols; o += blockDim.x) {
@@ -191,21 +255,30 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   const auto* idx = static_cast<const int32_t*>(indices.raw());
   const size_t gate_smem = sizeof(bf16) * kChunk * H, down_smem = sizeof(bf16) * kChunk * I;
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
-  static const bool attributes_set = [] {
-    constexpr int bytes = static_cast<int>(sizeof(bf16) * kChunk * 8192);
-    G4_CUDA_CHECK(cudaFuncSetAttribute(gate_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    G4_CUDA_CHECK(cudaFuncSetAttribute(down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    return true;
-  }();
-  (void)attributes_set;
   G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
            " is above the 8192 the GPU op takes");
-  gate_up_kernel<<<dim3((I + 31) / 32, E), kThreads, gate_smem, st>>>(
-      static_cast<const bf16*>(x.raw()), idx, T * K, K, H, I, static_cast<const bf16*>(gate_up.raw()),
-      static_cast<bf16*>(act.raw()));
-  down_kernel<<<dim3((H + 127) / 128, E), kThreads, down_smem, st>>>(static_cast<const bf16*>(act.raw()), idx, T * K, I,
-                                                                     H, static_cast<const bf16*>(down.raw()),
-                                                                     static_cast<bf16*>(ys.raw()));
+  // 16-byte weight loads when every row of both tensors starts 16-byte aligned.
+  const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
+  const auto launch = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    static const bool attributes_set = [] {
+      constexpr int bytes = static_cast<int>(sizeof(bf16) * kChunk * 8192);
+      G4_CUDA_CHECK(cudaFuncSetAttribute(gate_up_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      G4_CUDA_CHECK(cudaFuncSetAttribute(down_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      return true;
+    }();
+    (void)attributes_set;
+    gate_up_kernel<V><<<dim3((I + 31) / 32, E), kThreads, gate_smem, st>>>(
+        static_cast<const bf16*>(x.raw()), idx, T * K, K, H, I, static_cast<const bf16*>(gate_up.raw()),
+        static_cast<bf16*>(act.raw()));
+    down_kernel<V><<<dim3((H + 127) / 128, E), kThreads, down_smem, st>>>(
+        static_cast<const bf16*>(act.raw()), idx, T * K, I, H, static_cast<const bf16*>(down.raw()),
+        static_cast<bf16*>(ys.raw()));
+  };
+  if (wide)
+    launch(std::integral_constant<int, 8>{});
+  else
+    launch(std::integral_constant<int, 2>{});
   const unsigned blocks = grid_for(int64_t{T} * H, kThreads);
   if (weights.dtype() == DType::F32)
     combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),

@@ -36,6 +36,7 @@
 #include "ops/cuda/paged_attention.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -483,7 +484,11 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   const int bm = decode ? 16 : 64;
   const int64_t slots = n + rows * a.group / bm;
   checked_int("tile slots x kv heads", slots * a.kv_heads);
-  const int64_t tiles = std::max<int64_t>(n, (rows * a.group + bm - 1) / bm);  // used slots, at most
+  // Used slots, at most; in a decode step counted as if the batch were padded to a power of two
+  // (the engine's CUDA graph buckets), so that a sequence's splits, and with them its rounding,
+  // are the same in a padded graph replay and in an eager step of the live rows alone.
+  const int64_t tile_n = decode ? static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(n))) : n;
+  const int64_t tiles = std::max<int64_t>(tile_n, ((rows + tile_n - n) * a.group + bm - 1) / bm);
   const int hd = std::max(a.d, a.dv);
   if (decode) {
     launch_class<true>(a, hd, slots, tiles);
