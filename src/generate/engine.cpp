@@ -342,7 +342,7 @@ uint64_t Engine::Impl::submit(Request request) {
   G4_CHECK(len < context, "Request: the prompt of ", len, " tokens leaves no room in the model's context "
            "(max_position_embeddings ", context, ")");
   // Alone with the whole pool, every sequence must fit (the last token sampled is never fed).
-  const int64_t longest = std::min(len + o.max_tokens, context) - 1;
+  const int64_t longest = len + std::min(o.max_tokens, context - len) - 1;  // no overflow near INT64_MAX
   G4_CHECK(ceil_div(longest, ps) <= pools[kFull].size(), "Request: a prompt of ", len, " tokens with max_tokens ",
            o.max_tokens, " needs ", ceil_div(longest, ps), " pages of ", ps, " tokens; the pool has ",
            pools[kFull].size());
