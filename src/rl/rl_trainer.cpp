@@ -86,10 +86,11 @@ void RlTrainer::print_plan() const {
               static_cast<long long>(rl.prompts_per_step), static_cast<long long>(rl.generations_per_prompt),
               rl.dynamic_sampling ? " (dynamic sampling)" : "", static_cast<long long>(rl.max_new_tokens),
               rl.temperature, rl.reward.c_str());
+  char dual[48] = "";
+  if (rl.ratio_clip_c > 0) std::snprintf(dual, sizeof dual, ", dual clip %g", rl.ratio_clip_c);
   std::printf("loss       clip [%g, %g]%s, importance correction %s (%s), KL %g, %s-level; %lld steps, lr %g, "
               "%d rank(s)\n",
-              1 - rl.ratio_clip_min, 1 + rl.ratio_clip_max,
-              rl.ratio_clip_c > 0 ? (", dual clip " + std::to_string(rl.ratio_clip_c)).c_str() : "",
+              1 - rl.ratio_clip_min, 1 + rl.ratio_clip_max, dual,
               rl.importance_sampling_correction ? "on" : "off", rl.truncation.c_str(), rl.kl_penalty,
               rl.token_level_loss ? "token" : "sequence", static_cast<long long>(r_.steps), r_.lr, p_.world->size());
   std::fflush(stdout);

@@ -29,7 +29,7 @@ TEST(GpuRl, RolloutLogprobsEqualTheTrainingForwardAtRealWidths) {
         "grpo.num_generations_per_prompt=4",
         "generation.max_new_tokens=32",
         "reward.kind=regex",
-        "reward.pattern='[aeiou]'",
+        "reward.pattern='th'",
         "loss_fn.use_importance_sampling_correction=true",
         "loss_fn.truncated_importance_sampling_type=tis",
         "optimizer.lr=1e-5",

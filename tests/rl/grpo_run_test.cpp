@@ -19,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // A tiny random policy on the built-in arithmetic task. Its responses are random text, so the
-// reward is a regex that about half of them match (a vowel), which gives groups with mixed rewards.
+// reward is a regex that about a third of them match ("th"), which gives groups with mixed rewards.
 std::string tiny_rl_recipe(const fs::path& dir) {
   const std::string path = (dir / "rl.yaml").string();
   std::ofstream(path) << "model: {name: tiny-dense, init_seed: 3, config: {num_hidden_layers: 2}}\n"
@@ -30,7 +30,7 @@ std::string tiny_rl_recipe(const fs::path& dir) {
                       << "loss_fn: {ratio_clip_max: 0.28, ratio_clip_c: 10, use_importance_sampling_correction: true,\n"
                       << "          truncated_importance_sampling_type: tis}\n"
                       << "generation: {max_new_tokens: 6}\n"
-                      << "reward: {kind: regex, pattern: '[aeiou]'}\n"
+                      << "reward: {kind: regex, pattern: 'th'}\n"
                       << "optimizer: {lr: 1.0e-3}\n"
                       << "schedule: {kind: constant}\n"
                       << "train: {steps: 3, micro_batch_tokens: 96}\n"
