@@ -371,6 +371,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   mt["groups_generated"] = static_cast<double>(groups_generated);
   mt["groups_kept"] = static_cast<double>(kept.size()) / static_cast<double>(G);
   mt["samples_trained"] = static_cast<double>(kept.size());
+  mt["samples_generated"] = static_cast<double>(env.size());
   if (rl.dynamic_sampling) {
     mt["dynamic_sampling_num_gen_batches"] = static_cast<double>(ds.rounds());
     mt["dynamic_sampling_num_discarded_valid_samples"] = static_cast<double>(ds.discarded());

@@ -155,10 +155,10 @@ RlResult RlTrainer::run() {
         log_->write(rec);
         const auto tmpe = prep.metrics.find("token_mult_prob_error_median");
         std::fprintf(stderr,
-                     "step %lld/%lld  reward %+.3f  accuracy %.3f  kept %.0f/%.0f groups  length %.1f  "
+                     "step %lld/%lld  reward %+.3f  accuracy %.3f  trained %.0f/%.0f samples  length %.1f  "
                      "tmpe %.5f (max %.4f)  gen %.1fs  logprobs %.1fs  train %.1fs\n",
                      static_cast<long long>(step), static_cast<long long>(r_.steps), prep.metrics.at("reward"),
-                     prep.metrics.at("accuracy"), prep.metrics.at("groups_kept"), prep.metrics.at("groups_generated"),
+                     prep.metrics.at("accuracy"), prep.metrics.at("samples_trained"), prep.metrics.at("samples_generated"),
                      prep.metrics.at("response_length_mean"),
                      tmpe == prep.metrics.end() ? 1.0 : tmpe->second,
                      tmpe == prep.metrics.end() ? 1.0 : prep.metrics.at("token_mult_prob_error_max"), gen_s, lp_s,
