@@ -109,7 +109,10 @@ std::vector<ScopedKey> make_schema() {
       train_only(field("data.validation_fraction", G4_SLOT(data.validation_fraction),
             "share of whole documents held out for validation", kUnit)),
       train_only(field("data.seed", G4_SLOT(data.seed), "seed of the validation split and of each epoch's row order")),
-      field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW)", kPositive),
+      train_only(field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW)", kPositive)),
+      // g4 rl accepts 0: rollouts, rewards and metrics of the unchanged policy, the baseline a run is judged by.
+      rl_only(field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW; 0: a control run, the weights never change)",
+            kNonNegative)),
       RecipeKey{"optimizer.betas", KeyType::FloatPair, "AdamW beta1 and beta2", kUnit, {},
        [](Recipe& r, const json& v) {
          r.beta1 = v[0].get<double>();
