@@ -75,7 +75,9 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     for (const gen::GeneratedToken& t : c.tokens) {
       r.response_ids.push_back(t.id);
       r.gen_logprobs.push_back(t.logprob);
-      ids.push_back(static_cast<int32_t>(t.id));
+      // A model's vocabulary may be wider than its tokenizer's; ids past the tokenizer (which only
+      // an untrained model samples) have no text.
+      if (t.id < tok.vocab_size()) ids.push_back(static_cast<int32_t>(t.id));
     }
     r.truncated = c.finish == gen::FinishReason::kLength;
     RewardInput in;
