@@ -17,6 +17,9 @@ std::string TextStream::decode(size_t begin, size_t end) const {
 
 bool TextStream::push(int64_t id) {
   if (!tok_ || stopped_) return stopped_;
+  // A model's vocabulary may be wider than its tokenizer's: ids past the tokenizer (which only an
+  // untrained model samples) have no text.
+  if (id >= tok_->vocab_size()) return false;
   ids_.push_back(static_cast<int32_t>(id));
   // Decoding from a few tokens back keeps what a tokenizer does at the seam (spaces, byte runs)
   // identical to decoding everything.

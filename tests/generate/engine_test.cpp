@@ -436,6 +436,16 @@ TEST_F(EngineTest, TextHoldsBackAnUnfinishedCharacter) {
   EXPECT_EQ(out, "a\xE2\x82\xAC" "b");
 }
 
+// A model's vocabulary may be wider than its tokenizer's; an untrained model samples ids past the
+// tokenizer, which have no text (and must not stop the run).
+TEST_F(EngineTest, IdsPastTheTokenizerHaveNoText) {
+  ByteTokenizer tok;
+  const std::vector<std::string> stops;
+  gen::TextStream text(&tok, &stops);
+  for (int64_t id : std::vector<int64_t>{'a', tok.vocab_size(), tok.vocab_size() + 1000, 'b'}) EXPECT_FALSE(text.push(id));
+  EXPECT_EQ(text.take(true), "ab");
+}
+
 TEST_F(EngineTest, EosAndStopIdsEndASample) {
   auto model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
   const std::vector<int64_t> prompt = some_prompt(6, model->config().vocab_size, 5);
