@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/kernel_profile.h"
+#include "train/recipe.h"
 
 namespace g4::cli {
 
@@ -18,6 +19,10 @@ void add_generate(CLI::App& app, Action& action);
 void add_convert(CLI::App& app, Action& action);
 void add_train(CLI::App& app, Action& action);
 void add_rl(CLI::App& app, Action& action);
+// A command that runs a recipe (`g4 train`, `g4 rl`): RECIPE.yaml [key.path=value ...] [--resume],
+// or --list-keys for `command`'s keys.
+void add_recipe_command(CLI::App& app, Action& action, const std::string& name, const std::string& description,
+                        train::Command command, std::function<void(const train::Recipe&, bool resume)> run);
 void add_eval(CLI::App& app, Action& action);
 void add_launch(CLI::App& app, Action& action);
 void add_bench(CLI::App& app, Action& action);

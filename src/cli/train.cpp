@@ -1,4 +1,5 @@
 // g4 train RECIPE.yaml [key.path=value ...] [--resume]   g4 train --list-keys   and   g4 eval MODEL_DIR --data FILE...
+// (add_recipe_command also serves g4 rl)
 #include <cmath>
 #include <iostream>
 
@@ -10,8 +11,9 @@
 
 namespace g4::cli {
 
-void add_train(CLI::App& app, Action& action) {
-  auto* cmd = app.add_subcommand("train", "Train or fine-tune from a YAML recipe (see recipes/)");
+void add_recipe_command(CLI::App& app, Action& action, const std::string& name, const std::string& description,
+                        train::Command command, std::function<void(const train::Recipe&, bool resume)> run) {
+  auto* cmd = app.add_subcommand(name, description);
   struct Opts {
     std::string recipe;
     std::vector<std::string> overrides;
@@ -22,14 +24,19 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_option("overrides", o->overrides, "recipe overrides, e.g. train.steps=20 optimizer.lr=3e-4");
   cmd->add_flag("--resume", o->resume, "continue from the newest complete checkpoint of this run");
   cmd->add_flag("--list-keys", o->list_keys, "print every recipe key with its type, default and meaning, and exit");
-  cmd->callback([&action, o] {
+  cmd->callback([&action, o, command, run] {
     if (o->list_keys) {
-      action = [] { std::cout << train::recipe_key_listing(); };
+      action = [command] { std::cout << train::recipe_key_listing(command); };
       return;
     }
     if (o->recipe.empty()) throw CLI::RequiredError("recipe (or --list-keys)");
-    action = [o] { train::run_training(train::load_recipe(o->recipe, o->overrides), o->resume); };
+    action = [o, command, run] { run(train::load_recipe(o->recipe, o->overrides, command), o->resume); };
   });
+}
+
+void add_train(CLI::App& app, Action& action) {
+  add_recipe_command(app, action, "train", "Train or fine-tune from a YAML recipe (see recipes/)", train::Command::kTrain,
+                     [](const train::Recipe& r, bool resume) { train::run_training(r, resume); });
 }
 
 void add_eval(CLI::App& app, Action& action) {

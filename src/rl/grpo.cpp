@@ -171,20 +171,11 @@ double mean(const std::vector<double>& v) {
 
 // Every rank's values, concatenated in rank order (collective).
 std::vector<double> gather_values(const std::vector<double>& mine, parallel::Communicator& world) {
-  if (world.size() == 1) return mine;
-  Tensor n = Tensor::empty({1}, DType::I64);
-  n.data<int64_t>()[0] = static_cast<int64_t>(mine.size());
-  Tensor counts = Tensor::empty({world.size()}, DType::I64);
-  world.all_gather(n, counts);
-  int64_t longest = 1;
-  for (int r = 0; r < world.size(); ++r) longest = std::max(longest, counts.data<int64_t>()[r]);
-  Tensor buf = Tensor::zeros({longest}, DType::F64);
-  std::copy(mine.begin(), mine.end(), buf.data<double>());
-  Tensor all = Tensor::empty({longest * world.size()}, DType::F64);
-  world.all_gather(buf, all);
   std::vector<double> out;
-  for (int r = 0; r < world.size(); ++r)
-    out.insert(out.end(), all.data<double>() + r * longest, all.data<double>() + r * longest + counts.data<int64_t>()[r]);
+  for (const std::vector<uint8_t>& part : all_gather_bytes(nlohmann::json::to_cbor(nlohmann::json(mine)), world)) {
+    const std::vector<double> v = nlohmann::json::from_cbor(part).get<std::vector<double>>();
+    out.insert(out.end(), v.begin(), v.end());
+  }
   return out;
 }
 

@@ -115,32 +115,33 @@ Rollout from_json(const nlohmann::json& j) {
 
 }  // namespace
 
-std::vector<Rollout> gather_rollouts(const std::vector<Rollout>& mine, parallel::Communicator& world) {
-  std::vector<Rollout> all;
-  if (world.size() == 1) {
-    all = mine;
-  } else {
-    // Variable-length records travel as CBOR bytes padded to the longest rank's.
-    nlohmann::json a = nlohmann::json::array();
-    for (const Rollout& r : mine) a.push_back(to_json(r));
-    const std::vector<uint8_t> bytes = nlohmann::json::to_cbor(a);
-    Tensor len = Tensor::empty({1}, DType::I64);
-    len.data<int64_t>()[0] = static_cast<int64_t>(bytes.size());
-    Tensor lens = Tensor::empty({world.size()}, DType::I64);
-    world.all_gather(len, lens);
-    int64_t longest = 0;
-    for (int r = 0; r < world.size(); ++r) longest = std::max(longest, lens.data<int64_t>()[r]);
-    Tensor buf = Tensor::zeros({longest}, DType::U8);
-    std::copy(bytes.begin(), bytes.end(), buf.data<uint8_t>());
-    Tensor gathered = Tensor::empty({longest * world.size()}, DType::U8);
-    world.all_gather(buf, gathered);
-    for (int r = 0; r < world.size(); ++r) {
-      const uint8_t* p = gathered.data<uint8_t>() + r * longest;
-      const nlohmann::json part =
-          nlohmann::json::from_cbor(std::vector<uint8_t>(p, p + lens.data<int64_t>()[r]));
-      for (const nlohmann::json& j : part) all.push_back(from_json(j));
-    }
+std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine, parallel::Communicator& world) {
+  if (world.size() == 1) return {mine};
+  // Variable lengths: the lengths first, then every rank's bytes padded to the longest.
+  Tensor len = Tensor::empty({1}, DType::I64);
+  len.data<int64_t>()[0] = static_cast<int64_t>(mine.size());
+  Tensor lens = Tensor::empty({world.size()}, DType::I64);
+  world.all_gather(len, lens);
+  int64_t longest = 1;
+  for (int r = 0; r < world.size(); ++r) longest = std::max(longest, lens.data<int64_t>()[r]);
+  Tensor buf = Tensor::zeros({longest}, DType::U8);
+  std::copy(mine.begin(), mine.end(), buf.data<uint8_t>());
+  Tensor gathered = Tensor::empty({longest * world.size()}, DType::U8);
+  world.all_gather(buf, gathered);
+  std::vector<std::vector<uint8_t>> out;
+  for (int r = 0; r < world.size(); ++r) {
+    const uint8_t* p = gathered.data<uint8_t>() + r * longest;
+    out.emplace_back(p, p + lens.data<int64_t>()[r]);
   }
+  return out;
+}
+
+std::vector<Rollout> gather_rollouts(const std::vector<Rollout>& mine, parallel::Communicator& world) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const Rollout& r : mine) a.push_back(to_json(r));
+  std::vector<Rollout> all;
+  for (const std::vector<uint8_t>& part : all_gather_bytes(nlohmann::json::to_cbor(a), world))
+    for (const nlohmann::json& j : nlohmann::json::from_cbor(part)) all.push_back(from_json(j));
   std::sort(all.begin(), all.end(), [](const Rollout& a, const Rollout& b) {
     return a.draw != b.draw ? a.draw < b.draw : a.sample < b.sample;
   });

@@ -44,6 +44,9 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
                                        const std::vector<PromptExample>& prompts, const std::vector<int64_t>& draws,
                                        int64_t n, const RolloutOptions& options, Reward& reward);
 
+// Every rank's bytes, on every rank, in rank order (collective; a one-rank world copies).
+std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine, parallel::Communicator& world);
+
 // Every rank's rollouts, on every rank, in (draw, sample) order (collective).
 std::vector<Rollout> gather_rollouts(const std::vector<Rollout>& mine, parallel::Communicator& world);
 

@@ -348,7 +348,12 @@ void collect(const json& node, const std::string& path, const std::string& sourc
       collect(it.value(), key, source, c, values);
     } else {
       const bool theirs = find_key(key, other(c)) || is_section(key, other(c));
-      G4_CHECK(!theirs, source, ": recipe key '", key, "' is for g4 ", command_name(other(c)), ", not g4 ",
+      // A whole section of the other command is named by its first key, the one the user wrote.
+      std::string named = key;
+      for (const json* v = &it.value(); is_section(named, other(c)) && v->is_object() && !v->empty();
+           v = &v->begin().value())
+        named += "." + v->begin().key();
+      G4_CHECK(!theirs, source, ": recipe key '", named, "' is for g4 ", command_name(other(c)), ", not g4 ",
                command_name(c), " (g4 ", command_name(c), " --list-keys lists its keys)");
       G4_FAIL(source, ": unknown recipe key '", key, "' (g4 ", command_name(c), " --list-keys lists them)");
     }
