@@ -1,4 +1,4 @@
-// From rewards to advantages, as NeMo-RL's GRPO/DAPO step does it (../shared/specs/RL.md §1-§3):
+// From rewards to advantages, as NeMo-RL's GRPO/DAPO step does it (docs/rl.md):
 // reward scaling, DAPO's overlong shaping, groups of samples of one prompt, the GRPO baseline and
 // std (optionally leave-one-out), and DAPO's dynamic-sampling filter. Pure functions on the host.
 #pragma once

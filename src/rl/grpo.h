@@ -1,4 +1,4 @@
-// GRPO / DAPO as a training objective (NeMo-RL's grpo_train step, ../shared/specs/RL.md §1).
+// GRPO / DAPO as a training objective (NeMo-RL's grpo_train step; docs/rl.md).
 //
 // prepare_step(): draw prompts -> rollouts by the generation engine on the policy's current
 // weights -> rewards -> scaling and overlong shaping -> baselines -> DAPO's dynamic-sampling

@@ -1,4 +1,4 @@
-// NeMo-RL's clipped policy-gradient loss (ClippedPGLossFn; ../shared/specs/RL.md §2, §5): the PPO
+// NeMo-RL's clipped policy-gradient loss (ClippedPGLossFn; docs/rl.md): the PPO
 // ratio against the trainer's own pre-update log-probs, dual clip, the train/inference importance
 // weight with its truncation (tis / icepop / seq-mask-tis), the KL penalty against a frozen
 // reference (k1 / k2 / k3), token- or sequence-level reduction over the *global* batch, and the

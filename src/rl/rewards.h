@@ -1,5 +1,5 @@
 // Rewards of RL rollouts: DAPO's math verifier exactly as NeMo-RL runs it (dapo_math_verify;
-// ../shared/specs/RL.md §4), exact-match and regex rewards, and an external reward program for
+// docs/rl.md), exact-match and regex rewards, and an external reward program for
 // user tasks.
 #pragma once
 #include <memory>

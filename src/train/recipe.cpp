@@ -157,7 +157,7 @@ std::vector<ScopedKey> make_schema() {
       train_only(field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative)),
       train_only(field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative)),
       train_only(field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)")),
-      // g4 rl: NeMo-RL's GRPO/DAPO keys (../shared/specs/RL.md §6).
+      // g4 rl: NeMo-RL's GRPO/DAPO keys (docs/rl.md).
       rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
       rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
             "samples of each prompt (one GRPO group)", kPositive)),

@@ -16,7 +16,7 @@
 
 namespace g4::train {
 
-// What `g4 rl` reads beyond the shared keys (NeMo-RL's GRPO/DAPO names; ../shared/specs/RL.md §6).
+// What `g4 rl` reads beyond the shared keys (NeMo-RL's GRPO/DAPO names; docs/rl.md).
 // Plain values: the rl layer turns them into its own types.
 struct RlSettings {
   // grpo.*
