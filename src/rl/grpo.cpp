@@ -252,7 +252,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
     std::vector<Rollout> round = m.rollouts(policy, prompts, draws, G, m.rollout);
     gen_s += since(t_gen);
     const size_t n = round.size();
-    std::vector<double> rewards(n), len(n);
+    std::vector<double> rewards(n);
     std::vector<int64_t> lens(n);
     std::vector<std::vector<int64_t>> prompt_rows(n);
     for (size_t i = 0; i < n; ++i) {

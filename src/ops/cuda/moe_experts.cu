@@ -60,24 +60,13 @@ __device__ void load_rows(const bf16* __restrict__ src, int width, const int* li
   }
 }
 
-// V consecutive bf16 weights as floats: one 16-byte load for V = 8, one 4-byte load for V = 2.
+// V consecutive bf16 weights as floats, in one aligned load (16 bytes for V = 8, 4 for V = 2).
 template <int V>
 __device__ __forceinline__ void load_columns(const bf16* __restrict__ w, float (&out)[V]) {
   static_assert(V == 2 || V == 8, "2 or 8 columns per thread");
-  if constexpr (V == 8) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w));
-    const bf162* p = reinterpret_cast<const bf162*>(&raw);
+  const Pack<bf16, V> p = load_pack<bf16, V>(w);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float2 f = __bfloat1622float2(p[q]);
-      out[2 * q] = f.x;
-      out[2 * q + 1] = f.y;
-    }
-  } else {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const bf162*>(w));
-    out[0] = f.x;
-    out[1] = f.y;
-  }
+  for (int c = 0; c < V; ++c) out[c] = to_f32(p.v[c]);
 }
 
 // acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's V weight columns
