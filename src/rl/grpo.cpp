@@ -88,8 +88,8 @@ struct GlobalBatch final : train::StepBatch {
 };
 
 // Packs `samples` (in order) into rows of at most `budget` tokens (a longer sequence gets a row
-// of its own).
-std::vector<PackedRow> pack(const std::vector<const Sample*>& samples, int64_t budget) {
+// of its own), whose forward returns the targets' log-probs at `temperature`.
+std::vector<PackedRow> pack(const std::vector<const Sample*>& samples, int64_t budget, double temperature) {
   std::vector<std::vector<const Sample*>> groups;
   int64_t used = 0;
   for (const Sample* s : samples) {
@@ -134,6 +134,9 @@ std::vector<PackedRow> pack(const std::vector<const Sample*>& samples, int64_t b
     row.inputs.input_ids = Tensor::from_vector(ids, {1, L});
     row.inputs.position_ids = Tensor::from_vector(pos, {1, L});
     row.inputs.labels = Tensor::from_vector(labels, {1, L});
+    row.inputs.return_logits = false;
+    row.inputs.return_token_logprobs = true;
+    row.inputs.logprob_temperature = temperature;
     rows.push_back(std::move(row));
   }
   return rows;
@@ -143,6 +146,8 @@ std::vector<PackedRow> pack(const std::vector<const Sample*>& samples, int64_t b
 // runs as many forwards and backwards (a sharded model gathers its blocks collectively).
 PackedRow empty_row(int64_t bos) {
   PackedRow row;
+  row.inputs.return_logits = false;
+  row.inputs.return_token_logprobs = true;
   row.inputs.input_ids = Tensor::from_vector(std::vector<int64_t>{bos}, {1, 1});
   row.inputs.position_ids = Tensor::from_vector(std::vector<int64_t>{0}, {1, 1});
   row.inputs.labels = Tensor::from_vector(std::vector<int64_t>{-100}, {1, 1});
@@ -155,13 +160,9 @@ PackedRow empty_row(int64_t bos) {
 }
 
 // Log-probs of every position's target under `model`, no tape (the row's length).
-std::vector<double> row_logprobs(const model::Gemma4& model, const PackedRow& row, double temperature) {
+std::vector<double> row_logprobs(const model::Gemma4& model, const PackedRow& row) {
   ag::NoGrad no_grad;
-  model::ForwardInputs in = row.inputs;
-  in.return_logits = false;
-  in.return_token_logprobs = true;
-  in.logprob_temperature = temperature;
-  const Tensor lp = model.forward(in).token_logprobs.value().to(Device::CPU).to(DType::F64);
+  const Tensor lp = model.forward(row.inputs).token_logprobs.value().to(Device::CPU).to(DType::F64);
   return std::vector<double>(lp.data<double>(), lp.data<double>() + lp.numel());
 }
 
@@ -321,14 +322,14 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
     }
     size_t most_rows = 0;
     for (int r = 0; r < ranks; ++r) {
-      std::vector<PackedRow> rows = pack(by_rank[static_cast<size_t>(r)], rl.micro_batch_tokens);
+      std::vector<PackedRow> rows = pack(by_rank[static_cast<size_t>(r)], rl.micro_batch_tokens, rl.temperature);
       most_rows = std::max(most_rows, rows.size());
       if (r == rank) batch->rows = std::move(rows);
     }
     while (batch->rows.size() < most_rows) batch->rows.push_back(empty_row(m.tok.bos_id));
     for (PackedRow& row : batch->rows) {
-      row.tokens.lp_prev = row_logprobs(policy, row, rl.temperature);
-      if (m.loss.kl_penalty > 0) row.tokens.lp_ref = row_logprobs(*m.reference, row, rl.temperature);
+      row.tokens.lp_prev = row_logprobs(policy, row);
+      if (m.loss.kl_penalty > 0) row.tokens.lp_ref = row_logprobs(*m.reference, row);
       forwarded += row.inputs.input_ids.numel();
       for (size_t t = 0; t < row.tokens.seq.size(); ++t)
         if (row.tokens.token_mask[t] > 0)
@@ -400,11 +401,7 @@ std::unique_ptr<train::StepBatch> GrpoObjective::next_batch() {
 train::MicroLoss GrpoObjective::forward(const model::Gemma4& model, const train::StepBatch& batch, int64_t i) {
   const auto& b = static_cast<const GlobalBatch&>(batch);
   const PackedRow& row = b.rows[static_cast<size_t>(i)];
-  model::ForwardInputs in = row.inputs;
-  in.return_logits = false;
-  in.return_token_logprobs = true;
-  in.logprob_temperature = impl_->rl.temperature;
-  model::ForwardOutputs out = model.forward(in);
+  model::ForwardOutputs out = model.forward(row.inputs);
   train::MicroLoss r;
   r.expert_tokens = std::move(out.expert_tokens);
   const ag::Var lp = ag::reshape(out.token_logprobs, {out.token_logprobs.value().numel()});

@@ -82,6 +82,8 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     r.truncated = c.finish == gen::FinishReason::kLength;
     RewardInput in;
     in.prompt = prompts[i].prompt;
+    // Decoded whole rather than the engine's Completion::text, which ends before a matched stop
+    // string: NeMo-RL's rewards see the stop string too (include_stop_str_in_output).
     in.response = tok.decode(ids, /*skip_special=*/true);
     in.answer = prompts[i].answer;
     in.extra = prompts[i].extra;
