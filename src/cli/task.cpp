@@ -1,11 +1,11 @@
 // g4 task NAME --out FILE: problems of a built-in RL task as a JSONL prompt file for `g4 rl`, or with
 // --sft as chat lines (the problem and its reference response) for `g4 train` with data.format chat.
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/json_input.h"
 #include "rl/prompts.h"
 
 namespace g4::cli {
@@ -37,26 +37,20 @@ void add_task(CLI::App& app, Action& action) {
       G4_CHECK(o->overwrite || !fs::exists(o->out), "task: --out ", o->out, " exists; pass --overwrite to replace it");
       const std::vector<rl::PromptExample> problems =
           rl::task_problems({o->task, o->difficulty, o->seed}, o->begin, o->count);
-      // Written beside the target and renamed over it, so a failed run leaves no half file.
-      const std::string tmp = o->out + ".tmp";
-      {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        G4_CHECK(f, "task: cannot write ", tmp);
-        for (const rl::PromptExample& p : problems) {
-          nlohmann::json line;
-          if (o->sft) {
-            line["messages"] = {{{"role", "user"}, {"content", p.prompt}},
-                                {{"role", "assistant"}, {"content", rl::task_reference_response(p)}}};
-          } else {
-            line = p.extra;
-            line["prompt"] = p.prompt;
-            line["answer"] = p.answer;
-          }
-          f << line.dump() << '\n';
+      std::string text;
+      for (const rl::PromptExample& p : problems) {
+        nlohmann::json line;
+        if (o->sft) {
+          line["messages"] = {{{"role", "user"}, {"content", p.prompt}},
+                              {{"role", "assistant"}, {"content", rl::task_reference_response(p)}}};
+        } else {
+          line = p.extra;
+          line["prompt"] = p.prompt;
+          line["answer"] = p.answer;
         }
-        G4_CHECK(f.flush(), "task: cannot write ", tmp);
+        text += line.dump() + '\n';
       }
-      fs::rename(tmp, o->out);
+      io::write_file_atomic(o->out, text);
       std::cout << "wrote " << problems.size() << (o->sft ? " SFT conversations" : " prompts") << " of task " << o->task
                 << " to " << o->out << "\n";
     };

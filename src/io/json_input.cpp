@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <new>
 
 #include "core/error.h"
@@ -80,6 +82,20 @@ json parse_json(std::string_view text, const std::string& what, size_t max_bytes
   } catch (const std::bad_alloc&) {
     G4_FAIL(what, ": out of memory parsing ", text.size(), " bytes of JSON");
   }
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    G4_CHECK(f.good(), "cannot write ", tmp);
+    f << text;
+    f.flush();
+    G4_CHECK(f.good(), "writing ", tmp, " failed (disk full?)");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  G4_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
 }
 
 std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes) {

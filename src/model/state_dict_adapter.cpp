@@ -1,10 +1,10 @@
 #include "model/state_dict_adapter.h"
 
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 #include "core/log.h"
+#include "io/json_input.h"
 #include "ops/elementwise.h"
 
 namespace g4::model {
@@ -196,14 +196,7 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
   writer.set_metadata("format", "pt");
   for (auto& [name, t] : export_hf_state_dict(model)) writer.add(name, t);
   writer.finish();
-  const std::string tmp = (fs::path(dir) / "config.json.tmp").string();
-  {
-    std::ofstream f(tmp);
-    G4_CHECK(f.good(), "cannot write ", tmp);
-    f << io::model_config_to_json(model.config()).dump(2) << "\n";
-    G4_CHECK(f.good(), "writing ", tmp, " failed");
-  }
-  fs::rename(tmp, fs::path(dir) / "config.json");
+  io::write_file_atomic((fs::path(dir) / "config.json").string(), io::model_config_to_json(model.config()).dump(2) + "\n");
 }
 
 NamedTensors hf_gradients(const Gemma4& model) {

@@ -30,18 +30,6 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-void write_file_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp);
-    G4_CHECK(f.good(), "cannot write ", tmp.string());
-    f << text;
-    f.flush();
-    G4_CHECK(f.good(), "writing ", tmp.string(), " failed (disk full?)");
-  }
-  fs::rename(tmp, path);
-}
-
 }  // namespace
 
 void maybe_fault(const char* where, int64_t step) {
@@ -98,10 +86,10 @@ std::string CheckpointManager::save(int64_t step) {
 }
 
 void CheckpointManager::publish(const fs::path& tmp, const fs::path& final_dir, const nlohmann::json& state) {
-  write_file_atomic(tmp / "trainer_state.json", state.dump(2) + "\n");
+  io::write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
-  write_file_atomic(fs::path(dir_) / "latest", final_dir.filename().string() + "\n");
+  io::write_file_atomic((fs::path(dir_) / "latest").string(), final_dir.filename().string() + "\n");
 
   if (keep_ > 0) {
     std::set<std::string> steps;

@@ -35,12 +35,9 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
       }
     }
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    for (const auto& l : keep) out << l << "\n";
-  }
-  fs::rename(tmp, path);
+  std::string text;
+  for (const auto& l : keep) text += l + "\n";
+  io::write_file_atomic(path, text);
 }
 
 void MetricsLog::write(const nlohmann::json& record) {
