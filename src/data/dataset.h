@@ -20,6 +20,7 @@
 //  5. Each epoch visits the training rows in a permutation seeded by (seed, epoch).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -124,6 +125,9 @@ enum class ChatVariant { Small, Large };
 inline ChatVariant chat_variant_for(int64_t hidden_size_per_layer_input) {
   return hidden_size_per_layer_input > 0 ? ChatVariant::Small : ChatVariant::Large;
 }
+// The id that closes a model turn ("<turn|>"), where the tokenizer has it as a token: generation
+// of a chat reply stops there, as at the model's eos ids.
+inline std::optional<int32_t> chat_end_of_turn_id(const io::Tokenizer& tok) { return tok.token_to_id("<turn|>"); }
 
 // One rendered conversation; replies[i] locates assistant message i's turn: `header` is where
 // "model\n" starts (right after <|turn>), [begin, end) is the reply and its closing <turn|>.

@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "data/dataset.h"
 #include "generate/engine.h"
 
 namespace g4::rl {
@@ -26,7 +27,7 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   const int64_t limit = o.max_total_len > 0 ? (context > 0 ? std::min(o.max_total_len, context) : o.max_total_len)
                                             : context;
   // A chat reply ends with the template's end of turn; NeMo-RL's vLLM stops there as at EOS.
-  const std::optional<int32_t> end_of_turn = tok.token_to_id("<turn|>");
+  const std::optional<int32_t> end_of_turn = data::chat_end_of_turn_id(tok);
   std::vector<gen::Request> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     gen::Request q;

@@ -403,7 +403,7 @@ ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokeniz
   // large one, whose generation prompt adds an empty thought channel.
   m.chat_variant = data::chat_variant_for(config.hidden_size_per_layer_input);
   if (tokenizer)
-    if (auto id = tokenizer->token_to_id("<turn|>")) m.chat_stop_ids.push_back(*id);
+    if (auto id = data::chat_end_of_turn_id(*tokenizer)) m.chat_stop_ids.push_back(*id);
   return m;
 }
 
