@@ -141,6 +141,28 @@ Var linear(const Var& x, const Var& w) {
   return out;
 }
 
+Var matmul(const Var& x, const Var& w) {
+  const bool rec = should_record({&x, &w});
+  Var out = result(ops::matmul(x.value(), w.value()), rec);
+  if (rec) {
+    auto xi = x.impl(), wi = w.impl(), oi = out.impl();
+    record({oi}, [xi, wi, oi] {
+      if (xi->requires_grad) accumulate_grad(xi, ops::matmul(oi->grad, wi->value, false, true));  // dy · wᵀ
+      if (!wi->requires_grad) return;
+      // dW [K, N] = xᵀ · dy over all leading rows.
+      const auto rows = [](const Tensor& t) { return t.reshape({outer_size(t.shape(), t.dim() - 1), t.size(-1)}); };
+      if (gemm_into_fp32_grad(*wi)) {
+        double beta = 0;
+        Tensor& g = fp32_grad_target(wi, beta);
+        ops::matmul_acc(rows(xi->value), rows(oi->grad), true, false, g, 1.0, beta);
+      } else {
+        accumulate_grad(wi, ops::matmul(rows(xi->value), rows(oi->grad), true, false));
+      }
+    });
+  }
+  return out;
+}
+
 Var rmsnorm(const Var& x, const Var& w, double eps) {
   const bool rec = should_record({&x, w.defined() ? &w : nullptr});
   const Tensor wv = w.defined() ? w.value() : Tensor();

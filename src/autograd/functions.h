@@ -17,6 +17,7 @@ Var narrow(const Var& x, int64_t dim, int64_t start, int64_t len);
 Var concat(const std::vector<Var>& xs, int64_t dim);
 
 Var linear(const Var& x, const Var& w);  // x · wᵀ, w [out, in]
+Var matmul(const Var& x, const Var& w);  // x · w, x [..., K], w [K, N] (e.g. probabilities times an embedding table)
 Var rmsnorm(const Var& x, const Var& w, double eps);  // w may be an undefined Var (no weight)
 Var rope(const Var& x, const Tensor& positions, const Tensor& inv_freq);
 Var attention(const Var& q, const Var& k, const Var& v, const ops::AttentionMask& mask, double scale);

@@ -316,6 +316,36 @@ void resolve_impl(ModelConfig& c, const std::string& source, const std::string& 
   }
 }
 
+// DiffusionGemmaTextConfig fixes what Gemma4TextConfig leaves to keys (DIFFUSION.md §A): every
+// layer has the routed experts, full layers take their values from k_proj (no v_proj) with
+// num_global_key_value_heads heads, full layers' head dim defaults to 512, the softcap to 30, and
+// there are no per-layer inputs and no KV sharing. Keys that would say otherwise are refused.
+void parse_diffusion_fields(const Fields& top, const Fields& f, ModelConfig& c) {
+  c.canvas_length = top.opt_int("canvas_length", 256);
+  if (c.canvas_length <= 0 || c.canvas_length > kMaxWidth)
+    top.fail("canvas_length", "must be in [1, ", kMaxWidth, "], got ", c.canvas_length);
+  c.image_token_id = top.opt_int("image_token_id", 258880);
+  if (!top.opt_bool("tie_word_embeddings", true) || !f.opt_bool("tie_word_embeddings", true))
+    top.fail("tie_word_embeddings", "is false: a diffusion_gemma model shares its embedding, encoder and decoder "
+             "(NeMo Automodel refuses untied ones too)");
+  if (!f.opt_bool("attention_k_eq_v", true))
+    f.fail("attention_k_eq_v", "is false: diffusion_gemma's full-attention layers have no v_proj");
+  c.attention_k_eq_v = true;
+  c.enable_moe_block = true;
+  for (const char* key : {"num_experts", "top_k_experts", "moe_intermediate_size"})
+    if (!f.has(key)) f.fail(key, "is missing: every diffusion_gemma layer has routed experts");
+  if (c.hidden_size_per_layer_input != 0)
+    f.fail("hidden_size_per_layer_input", "is ", c.hidden_size_per_layer_input,
+           ": diffusion_gemma has no per-layer inputs");
+  if (c.num_kv_shared_layers != 0)
+    f.fail("num_kv_shared_layers", "is ", c.num_kv_shared_layers, ": diffusion_gemma shares no K/V between layers");
+  if (c.bidirectional == "all")
+    f.fail("use_bidirectional_attention", "is \"all\": a bidirectional encoder is not supported (nor by Automodel)");
+  // With per_layer_config the full layers' shapes are listed there; without it the class default applies.
+  if (!f.has("global_head_dim") && !f.has("per_layer_config")) c.global_head_dim = 512;
+  if (!c.final_logit_softcapping) c.final_logit_softcapping = 30.0;  // a class attribute, absent from the file at 30
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -326,25 +356,29 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   const std::string model_type = top.opt_string("model_type").value_or("");
   const json* text = &j;
   std::string prefix;
-  if (model_type == "gemma4") {
+  if (model_type == "gemma4" || model_type == "diffusion_gemma") {
     if (!top.has("text_config") || !j["text_config"].is_object())
-      top.fail("text_config", "is missing: a gemma4 config nests the text decoder config there");
-    c.conditional = true;
+      top.fail("text_config", "is missing: a ", model_type, " config nests the text decoder config there");
+    c.conditional = model_type == "gemma4";
+    c.diffusion = model_type == "diffusion_gemma";
     text = &j["text_config"];
     prefix = "text_config.";
     c.has_vision = top.has("vision_config");
     c.has_audio = top.has("audio_config");
   } else if (model_type != "gemma4_text") {
     G4_FAIL("config ", source, ": not a Gemma 4 config (model_type '", model_type,
-            "'; expected gemma4 or gemma4_text)");
+            "'; expected gemma4, gemma4_text or diffusion_gemma)");
   }
   const Fields f(*text, source, prefix);
-  if (c.conditional) {
-    const std::string inner = f.opt_string("model_type").value_or("gemma4_text");
-    if (inner != "gemma4_text") f.fail("model_type", "is '", inner, "': not a Gemma 4 text config");
+  if (text != &j) {
+    const std::string want = c.diffusion ? "diffusion_gemma_text" : "gemma4_text";
+    const std::string inner = f.opt_string("model_type").value_or(want);
+    if (inner != want) f.fail("model_type", "is '", inner, "': not a ", want, " config");
   }
 
-  c.architecture = c.conditional ? "Gemma4ForConditionalGeneration" : "Gemma4ForCausalLM";
+  c.architecture = c.diffusion     ? "DiffusionGemmaForBlockDiffusion"
+                   : c.conditional ? "Gemma4ForConditionalGeneration"
+                                   : "Gemma4ForCausalLM";
   if (const json* a = top.find("architectures")) {
     if (!a->is_array() || (!a->empty() && !(*a)[0].is_string()))
       top.fail("architectures", "must be a list of class names");
@@ -404,6 +438,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.bos_token_id = f.opt_int("bos_token_id", c.bos_token_id);
   c.eos_token_ids = f.int_or_list("eos_token_id");
   c.max_position_embeddings = f.opt_int("max_position_embeddings", 0);
+
+  if (c.diffusion) parse_diffusion_fields(top, f, c);
 
   if (c.num_layers <= 0) f.fail("num_hidden_layers", "must be positive, got ", c.num_layers);
   // Checked before the layer table is built from it (sliding_window_pattern makes one per layer).

@@ -1,6 +1,7 @@
 // Hugging Face config.json -> ModelConfig for Gemma 4 text decoders. Accepts the flat
-// Gemma4TextConfig (Gemma4ForCausalLM) and the nested Gemma4Config (text_config inside,
-// Gemma4ForConditionalGeneration), and both dialects for full-attention layers: published
+// Gemma4TextConfig (Gemma4ForCausalLM), the nested Gemma4Config (text_config inside,
+// Gemma4ForConditionalGeneration) and DiffusionGemmaConfig (block diffusion, text_config inside),
+// and both dialects for full-attention layers: published
 // `global_head_dim` / `num_global_key_value_heads`, and transformers 5.x `per_layer_config`.
 #pragma once
 #include <map>
@@ -44,6 +45,11 @@ struct LayerOverride {
 struct ModelConfig {
   std::string architecture;      // "Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", ...
   bool conditional = false;      // text weights live under model.language_model.*
+  // A DiffusionGemmaForBlockDiffusion (model_type diffusion_gemma): one MoE stack run as a causal
+  // encoder and a bidirectional denoiser (docs/diffusion.md); text weights under model.decoder.*.
+  bool diffusion = false;
+  int64_t canvas_length = 0;     // diffusion: the denoised block's length C
+  int64_t image_token_id = -1;   // diffusion: replaced by pad_token_id before the encoder's embedding
   bool has_vision = false, has_audio = false;
 
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
@@ -74,6 +80,9 @@ struct ModelConfig {
 
   std::vector<LayerSpec> layers;  // one per decoder layer, resolved
   nlohmann::json raw;             // the file as read, written back on export
+  // Diffusion models: generation_config.json as read beside config.json (null: none), written back
+  // on export; the sampler takes its defaults from it (diffusion/generation_config.h).
+  nlohmann::json generation_config;
 
   int64_t first_kv_shared_layer() const { return num_layers - num_kv_shared_layers; }
   bool operator==(const ModelConfig&) const = default;  // compares raw too; clear it to compare models

@@ -24,6 +24,9 @@ struct Gemma4::Context {
   const PagedStep* step = nullptr;
   PagedKV* pages = nullptr;
   int64_t q_start = 0;
+  // Block diffusion (run_stack): what attention sees, and which copy of the layer scalars applies.
+  const StackAttention* stack = nullptr;
+  bool encoder = false;
   struct KV {
     ag::Var k, v;
     int64_t k_start = 0;
@@ -57,6 +60,8 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     params_.set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar, Tensor::full({1}, 1.0));
+    if (cfg_.diffusion)
+      params_.set_buffer(encoder_layer_scalar_name(l), ParamKind::kLayerScalar, Tensor::full({1}, 1.0));
     inv_freq_.push_back(rope_inv_freq(cfg_.layers[static_cast<size_t>(l)].rope,
                                       cfg_.layers[static_cast<size_t>(l)].head_dim)
                             .to(device_));
@@ -156,6 +161,7 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   G4_CHECK(!in.return_token_logprobs || in.labels.defined() || in.targets.defined(),
            "return_token_logprobs: the log-probs are of the targets; give labels or targets");
   Context ctx;
+  ctx.encoder = cfg_.diffusion;  // a diffusion model's plain forward is its causal encoder (AR logits)
   if (context_) {
     G4_CHECK(in.position_ids.defined(), "context parallelism: forward needs the global position_ids of its slice");
     G4_CHECK(!in.labels.defined(), "context parallelism: pass targets (labels shifted over the whole sequence "
@@ -241,10 +247,8 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   const int64_t B = ids.size(0), S = ids.size(1), H = cfg_.hidden_size, L = cfg_.num_layers;
   const int64_t P = cfg_.hidden_size_per_layer_input;
   ctx.kv.assign(static_cast<size_t>(L), {});
-  // The embedding scale is a weight-dtype number (bf16 rounds sqrt(3072) to 55.5); fp32 here.
-  const double embed_scale = static_cast<float>(std::sqrt(static_cast<double>(H)));
   enter_block(0);
-  ag::Var h = ag::scale(ag::embedding(p("model.embed_tokens.weight"), ids, cfg_.pad_token_id), embed_scale);
+  ag::Var h = embed(ids);
 
   ag::Var ple;
   if (P > 0) {
@@ -255,10 +259,16 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
     ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
   }
   exit_block(0);
+  return run_layers(h, ple, ctx);
+}
+
+ag::Var Gemma4::run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const {
+  const int64_t L = cfg_.num_layers;
   for (int64_t l = 0; l < L; ++l) {
     enter_block(1 + l);
-    // Layers whose K/V later layers reuse, or whose router feeds the aux loss, keep their graph.
-    const bool keeps_graph = kv_source_[static_cast<size_t>(l)] ||
+    // Layers whose K/V later layers reuse, or whose router feeds the aux loss, keep their graph;
+    // so do block-diffusion calls, whose keys a later call reads.
+    const bool keeps_graph = kv_source_[static_cast<size_t>(l)] || ctx.stack ||
                              (router_aux_coef_ > 0 && cfg_.layers[static_cast<size_t>(l)].moe);
     if (recompute_ && !ctx.step && !keeps_graph) {
       // The recomputation runs during backward, after this frame is gone: it gets its own copy
@@ -274,6 +284,46 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   // The epilogue block ends in forward / forward_paged, after the LM head and the loss.
   enter_block(L + 1);
   return ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
+}
+
+ag::Var Gemma4::embed(const Tensor& ids) const {
+  G4_CHECK(ids.defined() && ids.dim() == 2, "embed: ids must be [B, n], got ", ids.describe());
+  // The embedding scale is a weight-dtype number (bf16 rounds sqrt(3072) to 55.5); fp32 here.
+  const double embed_scale = static_cast<float>(std::sqrt(static_cast<double>(cfg_.hidden_size)));
+  return ag::scale(ag::embedding(p("model.embed_tokens.weight"), ids.to(device_), cfg_.pad_token_id), embed_scale);
+}
+
+ag::Var Gemma4::run_stack(const ag::Var& x, const Tensor& positions, const StackAttention& attn, bool encoder,
+                          std::vector<LayerKV>* kv_out) const {
+  G4_CHECK(x.defined() && x.shape().size() == 3 && x.shape()[2] == cfg_.hidden_size, "run_stack: x must be [B, n, ",
+           cfg_.hidden_size, "], got ", shape_str(x.shape()));
+  const int64_t B = x.shape()[0], n = x.shape()[1];
+  G4_CHECK(positions.defined() && positions.shape() == Shape({B, n}), "run_stack: positions ", positions.describe(),
+           " must be [", B, ", ", n, "]");
+  G4_CHECK(cfg_.hidden_size_per_layer_input == 0 && cfg_.num_kv_shared_layers == 0,
+           "run_stack: models with per-layer inputs or KV sharing are not run this way");
+  G4_CHECK(!context_ && !hooks_, "run_stack: context parallelism and sharded parameters are not supported here");
+  G4_CHECK(attn.prefix.empty() || static_cast<int64_t>(attn.prefix.size()) == cfg_.num_layers, "run_stack: ",
+           attn.prefix.size(), " prefix layers for a model of ", cfg_.num_layers);
+  int64_t next = 0;
+  for (const StackAttention::Block& b : attn.blocks) {
+    G4_CHECK(b.begin == next && b.end > b.begin && b.end <= n, "run_stack: query blocks must cover [0, ", n,
+             ") in order; got [", b.begin, ", ", b.end, ") after ", next);
+    next = b.end;
+  }
+  G4_CHECK(next == n, "run_stack: the query blocks cover [0, ", next, ") of ", n, " rows");
+  G4_CHECK(!attn.causal || attn.blocks.size() == 1, "run_stack: a causal call has one query block");
+  Context ctx;
+  ctx.stack = &attn;
+  ctx.encoder = encoder;
+  ctx.positions = positions.to(DType::I64).to(device_);
+  ctx.kv.assign(static_cast<size_t>(cfg_.num_layers), {});
+  const ag::Var hidden = run_layers(x, ag::Var(), ctx);
+  if (kv_out) {
+    kv_out->clear();
+    for (const Context::KV& kv : ctx.kv) kv_out->push_back({kv.k, kv.v, attn.q_start});
+  }
+  return hidden;
 }
 
 const ag::Var& Gemma4::lm_head() const {
@@ -312,7 +362,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     g = ag::rmsnorm(ag::linear(g, p(pre + "per_layer_projection.weight")), p(pre + "post_per_layer_input_norm.weight"), eps);
     h = ag::add(h, g);
   }
-  const double layer_scalar = params_.buffer(pre + "layer_scalar").item();
+  const double layer_scalar =
+      params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
   return layer_scalar == 1.0 ? h : ag::scale(h, layer_scalar);
 }
 
@@ -340,7 +391,9 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   }
 
   ag::Var o;
-  if (ctx.step) {
+  if (ctx.stack) {
+    o = stack_attention(l, q, kv.k, kv.v, ctx);
+  } else if (ctx.step) {
     o = ls.kv_shared ? ag::Var(paged_attention(l, q.value(), Tensor(), Tensor(), ctx))
                      : ag::Var(paged_attention(l, q.value(), kv.k.value(), kv.v.value(), ctx));
   } else {
@@ -357,6 +410,35 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
     o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   }
   return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
+}
+
+ag::Var Gemma4::stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v,
+                                const Context& ctx) const {
+  const StackAttention& attn = *ctx.stack;
+  const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
+  const AttnKind kind = layer_kind(cfg_, l);
+  const LayerKV* prefix = attn.prefix.empty() ? nullptr : &attn.prefix[static_cast<size_t>(l)];
+  const int64_t rows = q.shape()[1];
+  std::vector<ag::Var> outs;
+  for (const StackAttention::Block& b : attn.blocks) {
+    auto rows_of = [&](const ag::Var& t) {
+      return b.begin == 0 && b.end == rows ? t : ag::narrow(t, 1, b.begin, b.end - b.begin);
+    };
+    ag::Var kb = rows_of(k), vb = rows_of(v);
+    if (prefix) {
+      kb = ag::concat({prefix->k, kb}, 1);
+      vb = ag::concat({prefix->v, vb}, 1);
+    }
+    ops::AttentionMask mask;
+    mask.causal = attn.causal;
+    if (attn.causal && ls.sliding && cfg_.sliding_window > 0) mask.window = cfg_.sliding_window;
+    mask.q_start = attn.q_start + b.begin;
+    mask.k_start = prefix ? prefix->start : mask.q_start;
+    mask.key_valid = b.key_valid[static_cast<size_t>(kind)];
+    if (mask.key_valid.defined() && device_ != Device::CPU) mask.key_valid = mask.key_valid.to(device_);
+    outs.push_back(ag::attention(rows_of(q), kb, vb, mask, 1.0));
+  }
+  return outs.size() == 1 ? outs[0] : ag::concat(outs, 1);
 }
 
 Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, const Tensor& v, const Context& ctx) const {

@@ -83,6 +83,35 @@ class ParameterHooks {
   virtual void exit(int64_t block) = 0;
 };
 
+// Block diffusion (diffusion/model.h) runs the stack in two more ways, over keys an earlier call
+// produced. One layer's keys and values: k [B, n, nKV, d] after RoPE, v after its norm, of the
+// absolute positions [start, start + n).
+struct LayerKV {
+  ag::Var k, v;
+  int64_t start = 0;
+};
+
+// What the attention of a Gemma4::run_stack call sees.
+struct StackAttention {
+  // Per layer, keys seen before the call's own (empty: none). All layers of one kind
+  // (full / sliding) hold the same number of keys.
+  std::vector<LayerKV> prefix;
+  // true (the causal encoder): query i sits at absolute position q_start + i and sees keys at
+  // positions up to its own, within the window on sliding layers. false (the denoiser): queries
+  // see every key the block's key_valid allows (bidirectional, no window: a sliding layer's prefix
+  // already holds only the keys its window keeps).
+  bool causal = true;
+  int64_t q_start = 0;
+  // The queries in blocks of rows [begin, end) that cover the call's rows in order; each block
+  // attends over [prefix ; its own rows' keys], the keys allowed by key_valid[kind]
+  // ([B, prefix length + end - begin], nonzero = visible; undefined = all).
+  struct Block {
+    int64_t begin = 0, end = 0;
+    std::array<Tensor, kAttnKinds> key_valid;
+  };
+  std::vector<Block> blocks;
+};
+
 class Gemma4 {
  public:
   // Parameters are allocated (zeros) in the native layout; load them with the state-dict
@@ -110,6 +139,17 @@ class Gemma4 {
   // f32, after the final softcap; on bf16 the LM head's bf16 product is softcapped in fp32, as the
   // training loss does, so reported log-probs are the training forward's.
   Tensor forward_paged(const PagedStep& step, PagedKV& kv) const;
+
+  // The stack alone, for block diffusion: the scaled token embedding of ids [B, n]; the layers
+  // and the final norm over x [B, n, H] at positions [B, n] (i64) with the attention `attn`
+  // describes, returning the normed hidden states and, in kv_out (if given), every layer's own
+  // keys and values at those positions (with their graph: gradients flow back through a later
+  // call that reads them as its prefix). `encoder` picks the encoder's copy of the layer scalars.
+  // No activation recompute, sharding hooks or context parallelism on this path.
+  ag::Var embed(const Tensor& ids) const;
+  ag::Var run_stack(const ag::Var& x, const Tensor& positions, const StackAttention& attn, bool encoder,
+                    std::vector<LayerKV>* kv_out) const;
+  ag::Var logits(const ag::Var& hidden) const { return logits_of(hidden); }  // LM head and final softcap
 
   // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
   // graph so KV-shared layers can send gradients back into them).
@@ -151,6 +191,8 @@ class Gemma4 {
   struct Context;
   // The decoder up to the final norm: hidden states [B, S, H].
   ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
+  ag::Var run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const;  // layers + final norm
+  ag::Var stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v, const Context& ctx) const;
   const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;

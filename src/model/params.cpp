@@ -5,6 +5,7 @@
 namespace g4::model {
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+std::string encoder_layer_scalar_name(int64_t layer) { return layer_prefix(layer) + "encoder_layer_scalar"; }
 
 namespace {
 // Indexed by ParamKind.
@@ -21,8 +22,10 @@ constexpr const char* kKindNames[] = {
     "expert_gate_up",
     "expert_down",
     "lm_head",
+    "self_conditioning",
     "layer_scalar",
     "per_expert_scale",
+    "pass_through",
 };
 static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
 }  // namespace
@@ -88,6 +91,14 @@ std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange 
     }
   }
   s.push_back({"model.norm.weight", {H}, ParamKind::kNorm});
+  if (c.diffusion) {
+    // The denoiser's input MLP over the expected embedding of the previous step's logits.
+    const int64_t I = c.intermediate_size;
+    s.push_back({"model.self_conditioning.pre_norm.weight", {H}, ParamKind::kNorm});
+    s.push_back({"model.self_conditioning.gate_proj.weight", {I, H}, ParamKind::kSelfConditioning});
+    s.push_back({"model.self_conditioning.up_proj.weight", {I, H}, ParamKind::kSelfConditioning});
+    s.push_back({"model.self_conditioning.down_proj.weight", {H, I}, ParamKind::kSelfConditioning});
+  }
   if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.vocab_size, H}, ParamKind::kLmHead});
   return s;
 }

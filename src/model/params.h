@@ -32,9 +32,11 @@ enum class ParamKind {
   kExpertGateUp,             // moe.experts.gate_and_up_projs [E, H, 2I]
   kExpertDown,               // moe.experts.down_projs [E, I, H], per_expert_scale folded in
   kLmHead,                   // lm_head (untied models only)
+  kSelfConditioning,         // diffusion: the self-conditioning MLP's gate/up/down projections
   // Buffers.
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
+  kPassThrough,     // a checkpoint tensor g4 does not compute with, written back as read (a vision tower)
 };
 // Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
@@ -50,8 +52,10 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kExpertGateUp,
     ParamKind::kExpertDown,
     ParamKind::kLmHead,
+    ParamKind::kSelfConditioning,
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
+    ParamKind::kPassThrough,
 };
 // "token_embedding", "norm", "expert_down", ... (for messages and recipes).
 const char* param_kind_name(ParamKind kind);
@@ -71,6 +75,9 @@ struct ParamSpec {
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& cfg, ExpertRange experts = {});
 
 std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
+// Diffusion models: the encoder's copy of layer l's output scale (the one text buffer the
+// checkpoint stores twice; the decoder's is layer_prefix(l) + "layer_scalar").
+std::string encoder_layer_scalar_name(int64_t layer);
 
 // A tensor the model reads but does not train.
 struct Buffer {

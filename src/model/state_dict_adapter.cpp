@@ -79,7 +79,24 @@ std::string hf_scale_key(const std::string& down_key) {
 
 }  // namespace
 
-std::string hf_text_prefix(const io::ModelConfig& cfg) { return cfg.conditional ? "model.language_model." : "model."; }
+std::string hf_text_prefix(const io::ModelConfig& cfg) {
+  if (cfg.diffusion) return "model.decoder.";
+  return cfg.conditional ? "model.language_model." : "model.";
+}
+
+namespace {
+// DiffusionGemma stores the encoder's layer scalars apart from the decoder's (the one text state
+// that is not tied); every other encoder weight is the decoder's.
+std::string hf_encoder_scalar_key(int64_t l) {
+  return "model.encoder.language_model.layers." + std::to_string(l) + ".layer_scalar";
+}
+bool is_tower_key(const io::ModelConfig& cfg, const std::string& key) {
+  const std::string base = cfg.diffusion ? "model.encoder." : "model.";
+  for (const char* t : {"vision_tower.", "audio_tower.", "embed_vision.", "embed_audio."})
+    if (starts_with(key, base + t)) return true;
+  return false;
+}
+}  // namespace
 
 void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
   const io::ModelConfig& cfg = model.config();
@@ -125,6 +142,19 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
              "' (the layer's output scale, saved with the weights by transformers)");
     model.params().set_buffer(layer_prefix(l) + "layer_scalar", ParamKind::kLayerScalar,
                               reader.get_f32(take(key), {1}));
+    if (!cfg.diffusion) continue;
+    const std::string enc = hf_encoder_scalar_key(l);
+    if (reader.has(enc)) {
+      model.params().set_buffer(encoder_layer_scalar_name(l), ParamKind::kLayerScalar, reader.get_f32(take(enc), {1}));
+    } else {
+      // NeMo Automodel's exporter drops these keys (transformers then runs its encoder with
+      // uninitialised scalars); the two copies are equal in every model trained as one stack.
+      if (l == 0)
+        G4_LOG("checkpoint ", reader.path(), " has no ", hf_encoder_scalar_key(0),
+               " (nor the other encoder layer scalars): the encoder uses the decoder's, as Automodel trained them");
+      model.params().set_buffer(encoder_layer_scalar_name(l), ParamKind::kLayerScalar,
+                                model.params().buffer(layer_prefix(l) + "layer_scalar").clone());
+    }
   }
 
   int64_t skipped_towers = 0;
@@ -139,10 +169,11 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
                           rest.find(".self_attn.v_") != std::string::npos;
       if (l >= 0 && l < cfg.num_layers && cfg.layers[static_cast<size_t>(l)].kv_shared && kv_key) continue;
     }
-    const bool tower = starts_with(key, "model.vision_tower.") || starts_with(key, "model.audio_tower.") ||
-                       starts_with(key, "model.embed_vision.") || starts_with(key, "model.embed_audio.");
-    if (tower) {
-      ++skipped_towers;
+    if (is_tower_key(cfg, key)) {
+      // A diffusion checkpoint's vision tower is written back as read (g4 does not run it, but a
+      // checkpoint g4 saves must load in transformers, which cannot build the model without it).
+      if (cfg.diffusion) model.params().set_buffer(key, ParamKind::kPassThrough, reader.get(key).clone());
+      else ++skipped_towers;
       continue;
     }
     G4_FAIL("checkpoint ", reader.path(), " has an unexpected tensor '", key,
@@ -156,7 +187,11 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
 io::ModelConfig load_hf_config(const std::string& dir) {
   const fs::path config_path = fs::path(dir) / "config.json";
   G4_CHECK(fs::exists(config_path), "model directory ", dir, " has no config.json");
-  return io::load_model_config(config_path.string());
+  io::ModelConfig cfg = io::load_model_config(config_path.string());
+  const fs::path generation = fs::path(dir) / "generation_config.json";
+  if (cfg.diffusion && fs::exists(generation))
+    cfg.generation_config = io::read_json_file(generation.string(), "generation config", 1 << 20);
+  return cfg;
 }
 
 std::unique_ptr<Gemma4> load_hf_model(const std::string& dir, ExpertRange experts, DType dtype) {
@@ -184,9 +219,14 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
   for (const std::string& name : model.params().order)
     for (auto& kv : export_hf_tensor(cfg, name, model.params().kind(name), model.params().at(name).value()))
       out.push_back(std::move(kv));
-  for (int64_t l = 0; l < cfg.num_layers; ++l)
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
     out.emplace_back(hf_text_prefix(cfg) + "layers." + std::to_string(l) + ".layer_scalar",
                      model.params().buffer(layer_prefix(l) + "layer_scalar"));
+    // Written even where the source lacked them: transformers leaves absent ones uninitialised.
+    if (cfg.diffusion) out.emplace_back(hf_encoder_scalar_key(l), model.params().buffer(encoder_layer_scalar_name(l)));
+  }
+  for (const auto& [name, b] : model.params().buffers)
+    if (b.kind == ParamKind::kPassThrough) out.emplace_back(name, b.value);
   return out;
 }
 
@@ -197,6 +237,9 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
   for (auto& [name, t] : export_hf_state_dict(model)) writer.add(name, t);
   writer.finish();
   io::write_file_atomic((fs::path(dir) / "config.json").string(), io::model_config_to_json(model.config()).dump(2) + "\n");
+  if (!model.config().generation_config.is_null())
+    io::write_file_atomic((fs::path(dir) / "generation_config.json").string(),
+                          model.config().generation_config.dump(2) + "\n");
 }
 
 NamedTensors hf_gradients(const Gemma4& model) {
