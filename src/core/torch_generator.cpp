@@ -73,8 +73,7 @@ int64_t sample_argmax_ratio(const float* p, const float* q, int64_t n) {
 }
 
 uint64_t automodel_corruption_seed(uint64_t base_seed, int64_t step, int64_t dp_rank, int64_t dp_size,
-                                   int64_t local_batch_size, int64_t grad_acc_steps, int64_t microbatch,
-                                   int64_t row) {
+                                   int64_t local_batch_size, int64_t grad_acc_steps, int64_t microbatch, int64_t row) {
   G4_CHECK(step >= 0 && dp_size > 0 && dp_rank >= 0 && dp_rank < dp_size && local_batch_size > 0 &&
                grad_acc_steps > 0 && microbatch >= 0 && microbatch < grad_acc_steps && row >= 0 &&
                row < local_batch_size,
@@ -99,8 +98,8 @@ uint64_t automodel_selection_seed(uint64_t base_seed, int64_t step, int64_t micr
 }
 
 AutomodelCorruptionDraws automodel_corruption_draws(uint64_t seed, int64_t seq_len, int64_t vocab_size, double eps) {
-  G4_CHECK(seq_len > 0 && vocab_size > 0, "automodel_corruption_draws: sequence length ", seq_len,
-           ", vocab size ", vocab_size, " (both must be positive)");
+  G4_CHECK(seq_len > 0 && vocab_size > 0, "automodel_corruption_draws: sequence length ", seq_len, ", vocab size ",
+           vocab_size, " (both must be positive)");
   TorchGenerator gen(seed);
   AutomodelCorruptionDraws d;
   // `eps + (1 - eps) * rand` on a float tensor: torch rounds both Python scalars to float and

@@ -65,8 +65,7 @@ int64_t sample_argmax_ratio(const float* p, const float* q, int64_t n);
 // gidx = step·gbs + dp_rank + (microbatch·local_batch_size + row)·dp_size with
 // gbs = local_batch_size·dp_size·grad_acc_steps; seed = (base + 2^43 + 2654435761·gidx) mod 2^63.
 uint64_t automodel_corruption_seed(uint64_t base_seed, int64_t step, int64_t dp_rank, int64_t dp_size,
-                                   int64_t local_batch_size, int64_t grad_acc_steps, int64_t microbatch,
-                                   int64_t row);
+                                   int64_t local_batch_size, int64_t grad_acc_steps, int64_t microbatch, int64_t row);
 // Self-conditioning coins of a micro-batch: base + 7919·step + microbatch (one rand per row).
 uint64_t automodel_coin_seed(uint64_t base_seed, int64_t step, int64_t microbatch);
 // Block selection of a micro-batch: the coin seed + 2^42 (one rand per row).

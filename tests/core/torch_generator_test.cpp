@@ -171,16 +171,17 @@ TEST(AutomodelSeeds, FormulasKeepTheFullValue) {
   const uint64_t base = 1234567;
   const unsigned __int128 gidx = static_cast<unsigned __int128>(step) * (local_bs * dp_size * grad_acc) + dp_rank +
                                  (mb * local_bs + row) * dp_size;
-  const unsigned __int128 want =
-      (base + (static_cast<unsigned __int128>(1) << 43) + gidx * 2654435761u) % (static_cast<unsigned __int128>(1) << 63);
+  const unsigned __int128 want = (base + (static_cast<unsigned __int128>(1) << 43) + gidx * 2654435761u) %
+                                 (static_cast<unsigned __int128>(1) << 63);
   EXPECT_EQ(automodel_corruption_seed(base, step, dp_rank, dp_size, local_bs, grad_acc, mb, row),
             static_cast<uint64_t>(want));
   EXPECT_EQ(automodel_coin_seed(base, 5, 2), base + 5 * 7919 + 2);
   EXPECT_EQ(automodel_selection_seed(base, 5, 2), base + 5 * 7919 + 2 + (uint64_t(1) << 42));
   EXPECT_NE(test::error_of([] { automodel_corruption_seed(42, 1, 1, 1, 2, 1, 0, 0); }).find("dp rank 1 of 1"),
             std::string::npos);
-  EXPECT_NE(test::error_of([] { automodel_corruption_seed(42, 1, 0, 1, 2, 1, 0, 2); }).find("row 2 of a local batch of 2"),
-            std::string::npos);
+  EXPECT_NE(
+      test::error_of([] { automodel_corruption_seed(42, 1, 0, 1, 2, 1, 0, 2); }).find("row 2 of a local batch of 2"),
+      std::string::npos);
 }
 
 // ---- The fixtures: every recorded torch draw, rebuilt from the recorded seeds ----------------
