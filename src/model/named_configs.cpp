@@ -70,10 +70,28 @@ bool is_real_shape(const std::string& name) {
   return name == "gemma-4-26b-a4b" || name == "gemma-4-e4b" || name == "gemma-4-31b";
 }
 std::vector<std::string> named_config_names() {
-  return {"tiny-dense", "tiny-moe", "gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b"};
+  return {"tiny-dense", "tiny-moe", "gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b", "diffusiongemma-26b-a4b"};
 }
 
+namespace {
+// DiffusionGemma 26B-A4B (DIFFUSION.md §A): the 26B-A4B text stack as a diffusion_gemma_text config
+// with a 256-token canvas. The overrides apply to the text config.
+nlohmann::json diffusion_26b_a4b(const nlohmann::json& overrides) {
+  nlohmann::json text = named_config("gemma-4-26b-a4b", overrides);
+  for (const char* k : {"architectures", "enable_moe_block", "attention_k_eq_v", "hidden_size_per_layer_input",
+                        "vocab_size_per_layer_input", "num_kv_shared_layers"})
+    text.erase(k);
+  text["model_type"] = "diffusion_gemma_text";
+  return {{"architectures", {"DiffusionGemmaForBlockDiffusion"}},
+          {"model_type", "diffusion_gemma"},
+          {"canvas_length", 256},
+          {"tie_word_embeddings", true},
+          {"text_config", text}};
+}
+}  // namespace
+
 nlohmann::json named_config(const std::string& name, const nlohmann::json& overrides) {
+  if (name == "diffusiongemma-26b-a4b") return diffusion_26b_a4b(overrides);
   nlohmann::json j = is_real_shape(name) ? real_shape(name) : base(2048);
   if (is_real_shape(name)) {
   } else if (name == "tiny-moe") {
