@@ -464,8 +464,9 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
 
   // Inference on the GPU at decode sizes: the routed experts in one op that keeps the routing on
   // the device (no host synchronisation per layer), streaming each picked expert's weights once.
+  // Block diffusion's canvases (run_stack) are hundreds of tokens per row: the grouped GEMMs serve them better.
   const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
-                            flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
+                            !ctx.stack && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
                           /*make_plan=*/!decode_sized);
