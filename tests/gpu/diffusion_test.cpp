@@ -98,11 +98,7 @@ TEST_P(GpuDiffusionFixture, Bf16EncoderAndDenoiserFollowTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuDiffusionFixture, ::testing::Values("tiny-dg-a", "tiny-dg-b"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::fixture_param_name);
 
 }  // namespace
 }  // namespace g4

@@ -30,6 +30,13 @@ inline Tensor gpu_f32(const Tensor& cpu_f32) { return cpu_f32.to(DType::F32).to(
 // fp32 GPU results against the CPU reference differ by summation order only.
 constexpr double kF32Rtol = 1e-5;
 
+// A fixture name as a test name ("tiny-moe" -> "tiny_moe"), for INSTANTIATE_TEST_SUITE_P.
+inline std::string fixture_param_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
+
 // Any GPU tensor -> f32 CPU tensor.
 inline Tensor host_f32(const Tensor& gpu) { return gpu.to(Device::CPU).to(DType::F32); }
 

@@ -133,11 +133,7 @@ TEST_P(GpuFixture, TrainingForwardWithoutLogitsGivesTheSameLossAndGradients) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuFixture,
                          ::testing::Values("tiny-dense-ple", "tiny-dense-keqv", "tiny-moe", "var-moe-untied",
                                            "var-ple-shared", "var-moe-top1"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::fixture_param_name);
 
 }  // namespace
 }  // namespace g4
