@@ -36,8 +36,8 @@ const FieldFlag kFieldFlags[] = {
 };
 
 // Flags `generate` has for both kinds of model.
-const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prompt",    "--tokenizer", "--max-new-tokens",
-                                            "--seed",    "--prompts",    "--out",       "--overwrite", "--help"};
+const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prompt", "--tokenizer", "--max-new-tokens",
+                                            "--seed",    "--prompts",    "--out",    "--overwrite", "--help"};
 
 std::vector<int64_t> parse_id_list(const std::string& s) {
   std::vector<int64_t> ids;
@@ -90,7 +90,9 @@ std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io
   return prompts;
 }
 
-std::vector<int32_t> narrow_ids(const std::vector<int64_t>& ids) { return {ids.begin(), ids.end()}; }
+std::vector<int32_t> narrow_ids(const std::vector<int64_t>& ids) {
+  return {ids.begin(), ids.end()};
+}
 
 }  // namespace
 
@@ -101,12 +103,14 @@ std::shared_ptr<DiffusionGenerateOptions> add_diffusion_generate_options(CLI::Ap
   generate->add_option("--t-min", o->t_min, "temperature at the last step")->group(group);
   generate->add_option("--t-max", o->t_max, "temperature at the first step")->group(group);
   generate->add_option("--entropy-bound", o->entropy_bound, "entropy-bound sampler's bound (> 0)")->group(group);
-  generate->add_option("--stability-threshold", o->stability_threshold, "adaptive stopping: stable steps")->group(group);
+  generate->add_option("--stability-threshold", o->stability_threshold, "adaptive stopping: stable steps")
+      ->group(group);
   generate->add_option("--confidence-threshold", o->confidence_threshold, "adaptive stopping: mean entropy below")
       ->group(group);
   generate->add_option("--eos-token-id", o->eos_token_id, "EOS id(s), comma-separated")->group(group);
   generate->add_option("--pad-token-id", o->pad_token_id, "pad id of finished rows")->group(group);
-  generate->add_option("--rng", o->rng, "philox (g4's, per-row seeds seed + row) or torch-cpu (transformers' CPU draws)")
+  generate
+      ->add_option("--rng", o->rng, "philox (g4's, per-row seeds seed + row) or torch-cpu (transformers' CPU draws)")
       ->check(CLI::IsMember({"philox", "torch-cpu"}))
       ->group(group);
   return o;
@@ -114,8 +118,8 @@ std::shared_ptr<DiffusionGenerateOptions> add_diffusion_generate_options(CLI::Ap
 
 bool is_diffusion_model(const std::string& model_dir) {
   try {
-    const json j = io::read_json_file((std::filesystem::path(model_dir) / "config.json").string(), "config",
-                                      io::kMaxConfigBytes);
+    const json j =
+        io::read_json_file((std::filesystem::path(model_dir) / "config.json").string(), "config", io::kMaxConfigBytes);
     return j.is_object() && j.value("model_type", "") == "diffusion_gemma";
   } catch (const std::exception&) {
     return false;
@@ -129,16 +133,17 @@ void check_generate_flags(const CLI::App* generate, bool diffusion) {
     const bool diffusion_only = name == "--rng" || std::any_of(std::begin(kFieldFlags), std::end(kFieldFlags),
                                                                [&](const FieldFlag& f) { return name == f.flag; });
     if (diffusion && !diffusion_only && !kSharedFlags.count(name))
-      throw CLI::ValidationError(name, "does not apply to a diffusion_gemma checkpoint (its sampler takes "
-                                       "--t-min/--t-max, --entropy-bound, ...)");
-    if (!diffusion && diffusion_only)
-      throw CLI::ValidationError(name, "applies only to diffusion_gemma checkpoints");
+      throw CLI::ValidationError(name,
+                                 "does not apply to a diffusion_gemma checkpoint (its sampler takes "
+                                 "--t-min/--t-max, --entropy-bound, ...)");
+    if (!diffusion && diffusion_only) throw CLI::ValidationError(name, "applies only to diffusion_gemma checkpoints");
   }
 }
 
 void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   const bool from_file = !o.prompts.empty();
-  G4_CHECK(from_file || !o.prompt_ids.empty() || !o.prompt.empty(), "generate needs --prompt-ids, --prompt or --prompts");
+  G4_CHECK(from_file || !o.prompt_ids.empty() || !o.prompt.empty(),
+           "generate needs --prompt-ids, --prompt or --prompts");
   json overrides = json::object();
   if (o.max_new_tokens) overrides["max_new_tokens"] = *o.max_new_tokens;
   for (const FieldFlag& f : kFieldFlags) {
@@ -194,8 +199,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     draws = std::make_unique<diffusion::PhiloxDraws>(std::move(seeds));
   }
   const Tensor padded = Tensor::from_vector(ids, {B, P});
-  const diffusion::GenerateOutput out =
-      diffusion::generate(*m, padded, Tensor::from_vector(mask, {B, P}), cfg, *draws);
+  const diffusion::GenerateOutput out = diffusion::generate(*m, padded, Tensor::from_vector(mask, {B, P}), cfg, *draws);
 
   const int64_t L = out.sequences.size(1);
   std::string jsonl;

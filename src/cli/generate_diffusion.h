@@ -2,18 +2,17 @@
 // (diffusion/sampler.h) with flags named like DiffusionGemmaGenerationConfig's fields, defaults
 // from the checkpoint's generation_config.json (docs/diffusion.md, "Sampling").
 #pragma once
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 namespace g4::cli {
 
 struct DiffusionGenerateOptions {
   // Flag text as given ("none" disables where transformers' None does); empty: not given.
-  std::string max_denoising_steps, t_min, t_max, entropy_bound, stability_threshold, confidence_threshold,
-      eos_token_id, pad_token_id;
+  std::string max_denoising_steps, t_min, t_max, entropy_bound, stability_threshold, confidence_threshold, eos_token_id,
+      pad_token_id;
   std::string rng = "philox";  // philox | torch-cpu
   // Shared with the autoregressive command's options.
   std::string model, tokenizer, prompt_ids, prompt, prompts, out;

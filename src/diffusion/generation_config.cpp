@@ -17,19 +17,20 @@ constexpr const char* kSamplerClass = "EntropyBoundSamplerConfig";
 
 // transformers' ALL_CACHE_IMPLEMENTATIONS (generation/configuration_utils.py, 5.17).
 constexpr std::array<const char*, 11> kCacheImplementations = {
-    "static", "offloaded_static", "sliding_window", "hybrid", "hybrid_chunked", "offloaded_hybrid",
-    "offloaded_hybrid_chunked", "dynamic", "dynamic_full", "offloaded", "quantized"};
+    "static",           "offloaded_static",         "sliding_window", "hybrid",       "hybrid_chunked",
+    "offloaded_hybrid", "offloaded_hybrid_chunked", "dynamic",        "dynamic_full", "offloaded",
+    "quantized"};
 
 // Keys the class stores but the sampler does not read: transformers' metadata and output/compile
 // switches. Accepted with any value, as transformers does not validate them either.
-constexpr std::array<const char*, 6> kIgnoredKeys = {"transformers_version", "_from_model_config", "_commit_hash",
-                                                     "return_dict_in_generate", "cache_config", "disable_compile"};
+constexpr std::array<const char*, 6> kIgnoredKeys = {"transformers_version", "_from_model_config",
+                                                     "_commit_hash",         "return_dict_in_generate",
+                                                     "cache_config",         "disable_compile"};
 
-constexpr std::array<const char*, 13> kFieldKeys = {"max_new_tokens",  "max_length",          "max_denoising_steps",
-                                                    "sampler_config",  "t_min",               "t_max",
-                                                    "stability_threshold", "confidence_threshold", "eos_token_id",
-                                                    "pad_token_id",    "bos_token_id",        "cache_implementation",
-                                                    "entropy_bound"};
+constexpr std::array<const char*, 13> kFieldKeys = {
+    "max_new_tokens", "max_length",           "max_denoising_steps",  "sampler_config", "t_min",
+    "t_max",          "stability_threshold",  "confidence_threshold", "eos_token_id",   "pad_token_id",
+    "bos_token_id",   "cache_implementation", "entropy_bound"};
 
 template <size_t N>
 bool one_of(const std::string& key, const std::array<const char*, N>& keys) {
@@ -94,7 +95,8 @@ void validate(const GenerationConfig& c, const std::string& where) {
            *c.confidence_threshold);
   G4_CHECK(!c.pad_token_id || *c.pad_token_id >= 0, where, ": 'pad_token_id' must be >= 0, got ", *c.pad_token_id);
   G4_CHECK(!c.cache_implementation || one_of(*c.cache_implementation, kCacheImplementations), where,
-           ": 'cache_implementation' '", *c.cache_implementation, "' is not one of transformers' cache implementations");
+           ": 'cache_implementation' '", *c.cache_implementation,
+           "' is not one of transformers' cache implementations");
 }
 
 }  // namespace
@@ -104,9 +106,9 @@ GenerationConfig parse_generation_config(const json& j, const std::string& where
   if (j.is_null()) return c;
   G4_CHECK(j.is_object(), where, ": a generation config must be a JSON object, got ", j.type_name());
   for (const auto& [key, value] : j.items())
-    G4_CHECK((one_of(key, kFieldKeys) && key != "entropy_bound") || one_of(key, kIgnoredKeys), where,
-             ": unknown key '", key,
-             "' (transformers' DiffusionGemmaGenerationConfig refuses unexpected keys; known: ", known_keys(), ")");
+    G4_CHECK((one_of(key, kFieldKeys) && key != "entropy_bound") || one_of(key, kIgnoredKeys), where, ": unknown key '",
+             key, "' (transformers' DiffusionGemmaGenerationConfig refuses unexpected keys; known: ", known_keys(),
+             ")");
   c.max_new_tokens = get_int(j, "max_new_tokens", where);
   c.max_length = get_int(j, "max_length", where);
   c.max_denoising_steps = get_int(j, "max_denoising_steps", where);
@@ -190,8 +192,8 @@ GenerationConfig resolve_generation_config(const json& model_file, const std::st
   G4_CHECK(c.entropy_bound.has_value(), both, ": the sampler's entropy_bound cannot be none");
   if (c.max_length && *c.max_new_tokens == 256) {
     c.max_new_tokens = *c.max_length - prompt_length;
-    G4_CHECK(*c.max_new_tokens > 0, both, ": max_length ", *c.max_length, " leaves no room after the ",
-             prompt_length, "-token prompt");
+    G4_CHECK(*c.max_new_tokens > 0, both, ": max_length ", *c.max_length, " leaves no room after the ", prompt_length,
+             "-token prompt");
   }
   return c;
 }

@@ -15,8 +15,8 @@ struct GenerationConfig {
   std::optional<int64_t> max_new_tokens;  // blocks = ceil(max_new_tokens / C); output not truncated
   std::optional<int64_t> max_length;      // adds MaxLengthCriteria (and sets max_new_tokens, see below)
   std::optional<int64_t> max_denoising_steps;
-  std::optional<double> entropy_bound;  // sampler_config {"_cls_name": "EntropyBoundSamplerConfig", ...}
-  std::optional<double> t_min, t_max;   // temperature schedule; none: no temperature at all
+  std::optional<double> entropy_bound;         // sampler_config {"_cls_name": "EntropyBoundSamplerConfig", ...}
+  std::optional<double> t_min, t_max;          // temperature schedule; none: no temperature at all
   std::optional<int64_t> stability_threshold;  // adaptive stopping needs both of these
   std::optional<double> confidence_threshold;
   std::optional<std::vector<int64_t>> eos_token_id;  // int or list in JSON

@@ -76,8 +76,8 @@ void finalize_block(std::vector<int64_t>& ids, int64_t batch, int64_t C, const G
                     std::vector<uint8_t>& finished) {
   const int64_t L = static_cast<int64_t>(ids.size()) / batch;
   auto is_eos = [&](int64_t id) {
-    return cfg.eos_token_id && std::find(cfg.eos_token_id->begin(), cfg.eos_token_id->end(), id) !=
-                                   cfg.eos_token_id->end();
+    return cfg.eos_token_id &&
+           std::find(cfg.eos_token_id->begin(), cfg.eos_token_id->end(), id) != cfg.eos_token_id->end();
   };
   const bool at_max_length = cfg.max_length && L >= *cfg.max_length;
   const std::vector<uint8_t> before = finished;
@@ -132,12 +132,14 @@ constexpr uint64_t kInitialKind = 0x4449, kRenoiseKind = 0x4452, kExpKind = 0x44
 
 uint64_t philox_stream(uint64_t kind, int64_t block, int64_t step) {
   constexpr int64_t kMax = int64_t(1) << 24;
-  G4_CHECK(block >= 0 && block < kMax && step >= 0 && step < kMax, "diffusion sampler: block ", block, " / step ",
-           step, " past the Philox stream layout's 2^24");
+  G4_CHECK(block >= 0 && block < kMax && step >= 0 && step < kMax, "diffusion sampler: block ", block, " / step ", step,
+           " past the Philox stream layout's 2^24");
   return (kind << 48) | (static_cast<uint64_t>(block) << 24) | static_cast<uint64_t>(step);
 }
 
-uint64_t join64(uint32_t hi, uint32_t lo) { return (static_cast<uint64_t>(hi) << 32) | lo; }
+uint64_t join64(uint32_t hi, uint32_t lo) {
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
 
 void check_seeds(const std::vector<uint64_t>& seeds, int64_t batch) {
   G4_CHECK(static_cast<int64_t>(seeds.size()) == batch, "PhiloxDraws: ", seeds.size(), " row seeds for a batch of ",
@@ -250,7 +252,8 @@ void denoise_step(const float* logits, int64_t block, int64_t cur_step, const Ge
         stable = std::equal(&argmax[b * C], &argmax[b * C] + C, &s.history[(h * B + b) * C]);
       double sum = 0;
       for (int64_t j = 0; j < C; ++j) sum += frozen_entropy[b * C + j];
-      const bool confident = static_cast<float>(sum / static_cast<double>(C)) < static_cast<float>(*cfg.confidence_threshold);
+      const bool confident =
+          static_cast<float>(sum / static_cast<double>(C)) < static_cast<float>(*cfg.confidence_threshold);
       s.finished[b] = s.finished[b] || (stable && confident);
     }
     if (stab > 0) {
@@ -309,8 +312,7 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
       for (int64_t b = 0; b < B; ++b) passes[b] += !(s.finished[b] || finished_seq[b]);
       Tensor sc;
       if (!s.sc.empty()) sc = Tensor::from_vector(s.sc, {B, C, V}).to(m.dtype());
-      const Tensor logits =
-          denoise(m, Tensor::from_vector(s.canvas, {B, C}).to(m.device()), cache, sc).to(Device::CPU);
+      const Tensor logits = denoise(m, Tensor::from_vector(s.canvas, {B, C}).to(m.device()), cache, sc).to(Device::CPU);
       StepTrace* st = nullptr;
       if (trace) st = &trace->emplace_back();
       denoise_step(logits.data<float>(), block, cur_step, cfg, sc_bf16, draws, s, st);
@@ -332,7 +334,8 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
   out.sequences = Tensor::from_vector(seq, {B, L});
   for (int64_t b = 0; b < B; ++b) {
     int64_t valid = L - P;
-    if (cfg.pad_token_id) valid = std::count_if(&seq[b * L + P], &seq[b * L + L], [&](int64_t id) { return id != *cfg.pad_token_id; });
+    if (cfg.pad_token_id)
+      valid = std::count_if(&seq[b * L + P], &seq[b * L + L], [&](int64_t id) { return id != *cfg.pad_token_id; });
     out.tokens_per_forward.push_back(static_cast<float>(valid) / static_cast<float>(passes[b]));
   }
   return out;

@@ -34,10 +34,11 @@ TEST(CliDiffusion, GenerateWithTorchDrawsReproducesTransformers) {
     std::ofstream f(in);
     for (int64_t b = 0; b < 2; ++b) f << json{{"prompt_ids", row(prompt, b, 0, P)}}.dump() << "\n";
   }
-  const test::ProcessResult r = test::run_g4(
-      "generate " + fixture + " --prompts " + in + " --out " + out +
-      " --rng torch-cpu --seed 121 --max-new-tokens 16 --max-denoising-steps 4 --t-min 0.0 --t-max 1e-6"
-      " --entropy-bound 0.1 --stability-threshold none --confidence-threshold none --eos-token-id none --pad-token-id 0");
+  const test::ProcessResult r =
+      test::run_g4("generate " + fixture + " --prompts " + in + " --out " + out +
+                   " --rng torch-cpu --seed 121 --max-new-tokens 16 --max-denoising-steps 4 --t-min 0.0 --t-max 1e-6"
+                   " --entropy-bound 0.1 --stability-threshold none --confidence-threshold none --eos-token-id none "
+                   "--pad-token-id 0");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string text = io::read_regular_file(out, "output", 1 << 20);
   std::istringstream lines(text);

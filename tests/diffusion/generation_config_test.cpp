@@ -22,7 +22,8 @@ GenerationConfig resolve(const json& file, const json& overrides, int64_t prompt
 
 TEST(GenerationConfig, ReadsTheFixturesFile) {
   const std::string path = test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a/generation_config.json";
-  const GenerationConfig c = diffusion::parse_generation_config(io::read_json_file(path, "generation config", 1 << 20), path);
+  const GenerationConfig c =
+      diffusion::parse_generation_config(io::read_json_file(path, "generation config", 1 << 20), path);
   EXPECT_EQ(c.max_denoising_steps, 48);
   EXPECT_EQ(c.entropy_bound, 0.1);
   EXPECT_EQ(c.t_min, 0.4);
@@ -54,8 +55,8 @@ TEST(GenerationConfig, GlobalDefaultsFillWhatTheFileLeavesUnset) {
 }
 
 TEST(GenerationConfig, OptionsOverrideTheFileWhichOverridesTheDefaults) {
-  const json file = {{"max_denoising_steps", 20}, {"t_min", 0.1}, {"eos_token_id", json::array({1, 106})},
-                     {"pad_token_id", 0}};
+  const json file = {
+      {"max_denoising_steps", 20}, {"t_min", 0.1}, {"eos_token_id", json::array({1, 106})}, {"pad_token_id", 0}};
   const GenerationConfig from_file = resolve(file, nullptr);
   EXPECT_EQ(from_file.max_denoising_steps, 20);
   EXPECT_EQ(from_file.t_min, 0.1);
@@ -67,8 +68,8 @@ TEST(GenerationConfig, OptionsOverrideTheFileWhichOverridesTheDefaults) {
   EXPECT_EQ(c.eos_token_id, std::vector<int64_t>{3});
   EXPECT_EQ(c.t_min, 0.1);
   // An explicit null (None) disables: no adaptive stopping, no EOS, no temperature.
-  const GenerationConfig off = resolve(file, {{"stability_threshold", nullptr}, {"eos_token_id", nullptr},
-                                              {"t_min", nullptr}});
+  const GenerationConfig off =
+      resolve(file, {{"stability_threshold", nullptr}, {"eos_token_id", nullptr}, {"t_min", nullptr}});
   EXPECT_FALSE(off.stability_threshold.has_value());
   EXPECT_FALSE(off.adaptive_stopping());
   EXPECT_FALSE(off.eos_token_id.has_value());
@@ -96,8 +97,9 @@ TEST(GenerationConfig, CommandLineValues) {
   const auto [key, sampler] = generation_option("entropy_bound", "0.25", "--entropy-bound");
   EXPECT_EQ(key, "sampler_config");
   EXPECT_EQ(resolve(nullptr, {{key, sampler}}).entropy_bound, 0.25);
-  EXPECT_NE(error_of([] { generation_option("t_min", "warm", "--t-min"); }).find("--t-min: 'warm' is not a finite number"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([] { generation_option("t_min", "warm", "--t-min"); }).find("--t-min: 'warm' is not a finite number"),
+      std::string::npos);
   EXPECT_NE(error_of([] { generation_option("pad_token_id", "1.5", "--pad-token-id"); }).find("--pad-token-id"),
             std::string::npos);
 }
@@ -107,13 +109,16 @@ TEST(GenerationConfig, BadValuesNameTheSourceAndTheKey) {
     return error_of([&] { diffusion::parse_generation_config(j, "/m/generation_config.json"); });
   };
   auto has = [](const std::string& msg, const std::string& part) {
-    return msg.find(part) != std::string::npos ? ::testing::AssertionSuccess()
-                                               : ::testing::AssertionFailure() << "'" << msg << "' lacks '" << part << "'";
+    return msg.find(part) != std::string::npos
+               ? ::testing::AssertionSuccess()
+               : ::testing::AssertionFailure() << "'" << msg << "' lacks '" << part << "'";
   };
   // Unknown keys are refused, as the class's constructor does; what transformers writes itself is not.
   EXPECT_TRUE(has(file_error({{"top_k", 5}}), "/m/generation_config.json: unknown key 'top_k'"));
-  EXPECT_EQ(file_error({{"transformers_version", "5.17.0"}, {"_from_model_config", true},
-                        {"return_dict_in_generate", true}, {"cache_implementation", "dynamic"}}),
+  EXPECT_EQ(file_error({{"transformers_version", "5.17.0"},
+                        {"_from_model_config", true},
+                        {"return_dict_in_generate", true},
+                        {"cache_implementation", "dynamic"}}),
             "");
   EXPECT_TRUE(has(file_error({{"max_denoising_steps", 0}}), "'max_denoising_steps' must be a positive integer"));
   EXPECT_TRUE(has(file_error({{"max_denoising_steps", 4.5}}), "'max_denoising_steps' must be an integer"));
@@ -132,9 +137,13 @@ TEST(GenerationConfig, BadValuesNameTheSourceAndTheKey) {
                   "unknown key 'bound'"));
   EXPECT_TRUE(has(file_error(json::array({1})), "must be a JSON object"));
   // Merged values are checked together, naming both sources.
-  EXPECT_TRUE(has(error_of([] { resolve({{"t_min", 0.6}}, {{"t_max", 0.5}}); }),
+  EXPECT_TRUE(has(error_of([] {
+                    resolve({{"t_min", 0.6}}, {{"t_max", 0.5}});
+                  }),
                   "generation_config.json with options: 't_max' (0.5) must be above 't_min' (0.6)"));
-  EXPECT_TRUE(has(error_of([] { resolve(nullptr, {{"max_denoising_steps", nullptr}}); }),
+  EXPECT_TRUE(has(error_of([] {
+                    resolve(nullptr, {{"max_denoising_steps", nullptr}});
+                  }),
                   "'max_denoising_steps' cannot be none"));
   EXPECT_TRUE(has(error_of([] { resolve(nullptr, {{"sampler_config", nullptr}}); }), "entropy_bound cannot be none"));
 }

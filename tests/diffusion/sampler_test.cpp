@@ -22,7 +22,9 @@ namespace {
 
 using nlohmann::json;
 
-std::string fixture(const std::string& name) { return test::data_dir() + "/hf-diffusion-gemma/" + name; }
+std::string fixture(const std::string& name) {
+  return test::data_dir() + "/hf-diffusion-gemma/" + name;
+}
 
 std::vector<int64_t> ints(const Tensor& t) {
   std::vector<int64_t> v(static_cast<size_t>(t.numel()));
@@ -37,7 +39,9 @@ std::vector<int64_t> slice(const Tensor& t, int64_t first, int64_t n) {
   return v;
 }
 
-std::vector<int64_t> widen(const std::vector<uint8_t>& v) { return {v.begin(), v.end()}; }
+std::vector<int64_t> widen(const std::vector<uint8_t>& v) {
+  return {v.begin(), v.end()};
+}
 
 // generate()'s keyword arguments of a recorded run, as overrides of the model's generation_config.json.
 json run_overrides(const json& settings) {
@@ -48,7 +52,8 @@ json run_overrides(const json& settings) {
   // JSON integers where transformers got Python floats (t_min 0.0 is written as 0).
   for (const char* key : {"t_min", "t_max", "confidence_threshold"})
     if (o[key].is_number()) o[key] = o[key].get<double>();
-  o["sampler_config"] = {{"_cls_name", "EntropyBoundSamplerConfig"}, {"entropy_bound", settings.at("entropy_bound").get<double>()}};
+  o["sampler_config"] = {{"_cls_name", "EntropyBoundSamplerConfig"},
+                         {"entropy_bound", settings.at("entropy_bound").get<double>()}};
   return o;
 }
 
@@ -100,7 +105,8 @@ TEST_P(RecordedRun, MatchesTransformersTokenForToken) {
     // to 8.1e-4 by the last step of tiny-dg-b's blocks (adding 1e-5 of noise to every step's logits
     // of g4's own run moves it by 1.4e-3 there). Every decision above stays exact.
     const double tol = s.cur_step == *cfg.max_denoising_steps ? 5e-5 : 2e-3;
-    for (int64_t i = 0; i < BC; ++i) EXPECT_NEAR(s.entropy[i], entropy.data<float>()[t * BC + i], tol) << "position " << i;
+    for (int64_t i = 0; i < BC; ++i)
+      EXPECT_NEAR(s.entropy[i], entropy.data<float>()[t * BC + i], tol) << "position " << i;
   }
   EXPECT_EQ(ints(out.sequences), ints(ref.get(pre + "output")));
   EXPECT_EQ(out.sequences.shape(), ref.get(pre + "output").shape());
@@ -268,7 +274,8 @@ TEST(PhiloxDraws, ARowsTokensDoNotDependOnTheBatch) {
   const int64_t P = 9, V = m->config().vocab_size;
   const Tensor prompts = randint({3, P}, 4103, 3, V);
   const std::vector<int64_t> all = ints(prompts);
-  const json over = {{"max_new_tokens", 16}, {"max_denoising_steps", 6}, {"confidence_threshold", 0.5}, {"eos_token_id", nullptr}};
+  const json over = {
+      {"max_new_tokens", 16}, {"max_denoising_steps", 6}, {"confidence_threshold", 0.5}, {"eos_token_id", nullptr}};
   const diffusion::GenerationConfig cfg =
       diffusion::resolve_generation_config(m->config().generation_config, "generation_config.json", over, "test", P);
   auto rows = [&](std::vector<int64_t> which, std::vector<uint64_t> seeds) {
