@@ -140,52 +140,37 @@ GenerationConfig parse_generation_config(const json& j, const std::string& where
   return c;
 }
 
+// _get_default_generation_params(), in generation_config.json's form.
+json default_generation_json() {
+  return {{"max_new_tokens", 256},
+          {"max_denoising_steps", 48},
+          {"sampler_config", {{"_cls_name", kSamplerClass}, {"entropy_bound", 0.1}}},
+          {"t_min", 0.4},
+          {"t_max", 0.8},
+          {"stability_threshold", 1},
+          {"confidence_threshold", 0.005}};
+}
+
 GenerationConfig default_generation_config() {
-  GenerationConfig d;
-  d.max_new_tokens = 256;
-  d.max_denoising_steps = 48;
-  d.entropy_bound = 0.1;
-  d.t_min = 0.4;
-  d.t_max = 0.8;
-  d.stability_threshold = 1;
-  d.confidence_threshold = 0.005;
-  return d;
+  return parse_generation_config(default_generation_json(), "the global defaults");
 }
 
 GenerationConfig resolve_generation_config(const json& model_file, const std::string& model_where,
                                            const json& overrides, const std::string& overrides_where,
                                            int64_t prompt_length) {
   // Each source is checked on its own first, so that an error names the file or the option.
-  GenerationConfig c = parse_generation_config(model_file, model_where);
-  const GenerationConfig o = parse_generation_config(overrides, overrides_where);
-  const GenerationConfig d = default_generation_config();
-  auto fill = [](auto& field, const auto& def) {
-    if (!field) field = def;
-  };
-  fill(c.max_new_tokens, d.max_new_tokens);
-  fill(c.max_denoising_steps, d.max_denoising_steps);
-  fill(c.entropy_bound, d.entropy_bound);
-  fill(c.t_min, d.t_min);
-  fill(c.t_max, d.t_max);
-  fill(c.stability_threshold, d.stability_threshold);
-  fill(c.confidence_threshold, d.confidence_threshold);
-  if (!overrides.is_null()) {
-    auto given = [&](const char* key) { return overrides.contains(key); };
-    if (given("max_new_tokens")) c.max_new_tokens = o.max_new_tokens;
-    if (given("max_length")) c.max_length = o.max_length;
-    if (given("max_denoising_steps")) c.max_denoising_steps = o.max_denoising_steps;
-    if (given("sampler_config")) c.entropy_bound = o.entropy_bound;
-    if (given("t_min")) c.t_min = o.t_min;
-    if (given("t_max")) c.t_max = o.t_max;
-    if (given("stability_threshold")) c.stability_threshold = o.stability_threshold;
-    if (given("confidence_threshold")) c.confidence_threshold = o.confidence_threshold;
-    if (given("eos_token_id")) c.eos_token_id = o.eos_token_id;
-    if (given("pad_token_id")) c.pad_token_id = o.pad_token_id;
-    if (given("bos_token_id")) c.bos_token_id = o.bos_token_id;
-    if (given("cache_implementation")) c.cache_implementation = o.cache_implementation;
-  }
+  parse_generation_config(model_file, model_where);
+  parse_generation_config(overrides, overrides_where);
+  // The defaults fill what the file leaves unset (null included); then the overrides replace
+  // whatever they name, a null with None.
+  json merged = model_file.is_null() ? json::object() : model_file;
+  const json defaults = default_generation_json();
+  for (const auto& [key, value] : defaults.items())
+    if (!merged.contains(key) || merged.at(key).is_null()) merged[key] = value;
+  if (!overrides.is_null())
+    for (const auto& [key, value] : overrides.items()) merged[key] = value;
   const std::string both = model_where + " with " + overrides_where;
-  validate(c, both);
+  GenerationConfig c = parse_generation_config(merged, both);
   // None here would crash transformers' loop (range(None), math.ceil(None / C), None.entropy_bound).
   G4_CHECK(c.max_new_tokens.has_value(), both, ": 'max_new_tokens' cannot be none");
   G4_CHECK(c.max_denoising_steps.has_value(), both, ": 'max_denoising_steps' cannot be none");

@@ -24,28 +24,23 @@ TEST(GenerationConfig, ReadsTheFixturesFile) {
   const std::string path = test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a/generation_config.json";
   const GenerationConfig c =
       diffusion::parse_generation_config(io::read_json_file(path, "generation config", 1 << 20), path);
-  EXPECT_EQ(c.max_denoising_steps, 48);
-  EXPECT_EQ(c.entropy_bound, 0.1);
-  EXPECT_EQ(c.t_min, 0.4);
-  EXPECT_EQ(c.t_max, 0.8);
-  EXPECT_EQ(c.stability_threshold, 1);
-  EXPECT_EQ(c.confidence_threshold, 0.005);
-  EXPECT_EQ(c.eos_token_id, std::vector<int64_t>{1});
-  EXPECT_EQ(c.pad_token_id, 0);
-  EXPECT_EQ(c.bos_token_id, 2);
-  EXPECT_FALSE(c.max_new_tokens.has_value());  // not in the file: the global default applies later
+  // The global defaults, plus the special tokens, less max_new_tokens (unset: the default applies later).
+  GenerationConfig want = diffusion::default_generation_config();
+  want.max_new_tokens.reset();
+  want.eos_token_id = std::vector<int64_t>{1};
+  want.pad_token_id = 0;
+  want.bos_token_id = 2;
+  EXPECT_EQ(c, want);
 }
 
 TEST(GenerationConfig, GlobalDefaultsFillWhatTheFileLeavesUnset) {
   const GenerationConfig c = resolve(nullptr, nullptr);
   EXPECT_EQ(c, diffusion::default_generation_config());
-  EXPECT_EQ(c.max_new_tokens, 256);
-  EXPECT_EQ(c.max_denoising_steps, 48);
-  EXPECT_EQ(c.entropy_bound, 0.1);
-  EXPECT_EQ(c.t_min, 0.4);
-  EXPECT_EQ(c.t_max, 0.8);
-  EXPECT_EQ(c.stability_threshold, 1);
-  EXPECT_EQ(c.confidence_threshold, 0.005);
+  // transformers' _get_default_generation_params().
+  const json defaults = json::parse(R"({"max_new_tokens": 256, "max_denoising_steps": 48, "t_min": 0.4, "t_max": 0.8,
+      "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
+      "stability_threshold": 1, "confidence_threshold": 0.005})");
+  EXPECT_EQ(c, diffusion::parse_generation_config(defaults, "transformers' defaults"));
   EXPECT_TRUE(c.adaptive_stopping());
   // eos and pad have no global default (a checkpoint without them never stops on EOS).
   EXPECT_FALSE(c.eos_token_id.has_value());
