@@ -60,6 +60,7 @@ json run_overrides(const json& settings) {
 struct Case {
   std::string fixture, run;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.fixture << " " << c.run; }
 
 class RecordedRun : public ::testing::TestWithParam<Case> {};
 
