@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
+#include "cli/generate_diffusion.h"
 #include "generate/generator.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -107,7 +108,24 @@ void add_generate(CLI::App& app, Action& action) {
                   "--prompts: report each token's log-prob and this many alternatives (-1: none)")
       ->needs(prompts_opt);
   for (CLI::Option* opt : add_engine_options(cmd, o->file.setup)) opt->needs(prompts_opt);
-  cmd->callback([&action, o, cmd] {
+  auto diffusion = add_diffusion_generate_options(cmd);
+  cmd->callback([&action, o, cmd, diffusion] {
+    const bool is_diffusion = is_diffusion_model(o->model);
+    check_generate_flags(cmd, is_diffusion);
+    if (is_diffusion) {
+      DiffusionGenerateOptions& d = *diffusion;
+      d.model = o->model;
+      d.tokenizer = o->tokenizer;
+      d.prompt_ids = o->prompt;
+      d.prompt = o->text;
+      d.prompts = o->file.prompts;
+      d.out = o->file.out;
+      d.overwrite = o->file.overwrite;
+      if (cmd->count("--max-new-tokens")) d.max_new_tokens = o->gen.max_new_tokens;
+      d.seed = o->gen.sampling.seed;
+      action = [diffusion] { run_diffusion_generate(*diffusion); };
+      return;
+    }
     const bool sampling =
         cmd->count("--temperature") + cmd->count("--top-k") + cmd->count("--top-p") + cmd->count("--min-p") > 0;
     if (sampling && o->greedy) throw CLI::ValidationError("--greedy cannot be combined with sampling options");
