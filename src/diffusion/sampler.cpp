@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "core/philox.h"
 #include "diffusion/model.h"
+#include "diffusion/step_stats.h"
 
 namespace g4::diffusion {
 
@@ -125,10 +126,9 @@ void TorchCpuDraws::renoise(int64_t, int64_t, int64_t batch, int64_t C, int64_t 
 
 namespace {
 
-// Philox counter_hi of a draw: its kind in the top 16 bits ("DI" initial canvas, "DR" renoise,
-// "DE" Exp(1)), the block in the next 24, the step in the low 24. counter_lo is the position (times
-// V plus the token, halved, for the Exp draws: one Philox block gives two 64-bit draws).
-constexpr uint64_t kInitialKind = 0x4449, kRenoiseKind = 0x4452, kExpKind = 0x4445;
+// Philox counter_hi of a token draw: its kind in the top 16 bits ("DI" initial canvas, "DR"
+// renoise), the block in the next 24, the step in the low 24. counter_lo is the position.
+constexpr uint64_t kInitialKind = 0x4449, kRenoiseKind = 0x4452;
 
 uint64_t philox_stream(uint64_t kind, int64_t block, int64_t step) {
   constexpr int64_t kMax = int64_t(1) << 24;
@@ -169,23 +169,27 @@ void PhiloxDraws::renoise(int64_t block, int64_t step, int64_t batch, int64_t C,
   tokens(kRenoiseKind, block, step, batch, C, V, out);
 }
 
-void PhiloxDraws::sample(int64_t block, int64_t step, const float* p, int64_t rows, int64_t V, int64_t* out) {
-  const int64_t batch = static_cast<int64_t>(seeds_.size());
-  G4_CHECK(batch > 0 && rows % batch == 0, "PhiloxDraws: ", rows, " rows for a batch of ", batch);
-  const int64_t C = rows / batch;
-  const uint64_t stream = philox_stream(kExpKind, block, step);
-  std::vector<float> q(static_cast<size_t>(V));
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint64_t seed = seeds_[r / C], first = static_cast<uint64_t>((r % C) * V);
-    for (int64_t v = 0; v < V; ++v) {
-      const uint64_t index = first + static_cast<uint64_t>(v);
-      const Philox4 x = philox4x32(seed, index / 2, stream);
-      const int w = static_cast<int>(index % 2) * 2;
-      const double u = static_cast<double>(join64(x.v[w], x.v[w + 1]) & ((uint64_t(1) << 53) - 1)) * 0x1p-53;
-      q[v] = static_cast<float>(-std::log1p(-u));
+bool PhiloxDraws::race_keys(int64_t block, int64_t step, int64_t steps, int64_t batch, int64_t C,
+                            std::vector<uint64_t>& seeds, std::vector<uint64_t>& draws) {
+  check_seeds(seeds_, batch);
+  // The race's draw index is 32 bits (gen::detail::race_noise): every (block, step, position) of a
+  // row gets its own while blocks * steps * C stays below 2^32 (350 thousand 256-token blocks of 48 steps).
+  const uint64_t first = (static_cast<uint64_t>(block) * static_cast<uint64_t>(steps) + static_cast<uint64_t>(step)) *
+                         static_cast<uint64_t>(C);
+  G4_CHECK(first + static_cast<uint64_t>(C) <= (uint64_t(1) << 32), "diffusion sampler: block ", block,
+           " is past the 2^32 race draws of a row (", steps, " steps of ", C, " positions per block)");
+  seeds.resize(static_cast<size_t>(batch * C));
+  draws.resize(seeds.size());
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < C; ++j) {
+      seeds[b * C + j] = seeds_[b];
+      draws[b * C + j] = first + static_cast<uint64_t>(j);
     }
-    out[r] = sample_argmax_ratio(p + r * V, q.data(), V);
-  }
+  return true;
+}
+
+void CanvasDraws::sample(int64_t, int64_t, const float*, int64_t, int64_t, int64_t*) {
+  G4_FAIL("diffusion sampler: these draws sample by race (race_keys), not from host probabilities");
 }
 
 // ---- the sampler ----
@@ -204,23 +208,44 @@ BlockState start_block(const GenerationConfig& cfg, CanvasDraws& draws, int64_t 
   return s;
 }
 
-void denoise_step(const float* logits, int64_t block, int64_t cur_step, const GenerationConfig& cfg, bool sc_bf16,
+void denoise_step(const Tensor& logits, int64_t block, int64_t cur_step, const GenerationConfig& cfg, DType sc_dtype,
                   CanvasDraws& draws, BlockState& s, StepTrace* trace) {
   const int64_t B = s.batch, C = s.C, V = s.V, rows = B * C, N = *cfg.max_denoising_steps;
+  G4_CHECK(logits.defined() && logits.dtype() == DType::F32 && logits.numel() == rows * V,
+           "denoise_step: logits must be [", B, ", ", C, ", ", V, "] f32, got ", logits.describe());
   const int64_t step = N - cur_step;
   const bool tempered = cfg.t_min && cfg.t_max;
   const float T = tempered ? schedule_temperature(*cfg.t_min, *cfg.t_max, cur_step, N) : 1.0f;
-  std::vector<float> proc(static_cast<size_t>(rows * V)), p(proc.size()), entropy(static_cast<size_t>(rows));
-  std::vector<int64_t> argmax(static_cast<size_t>(rows)), sampled(argmax.size()), noise(argmax.size());
-  for (int64_t i = 0; i < rows * V; ++i) proc[i] = tempered ? logits[i] / T : logits[i];
-  for (int64_t r = 0; r < rows; ++r) {
-    softmax_row(&proc[r * V], V, &p[r * V]);
-    argmax[r] = argmax_first(&proc[r * V], V);
-    entropy[r] = categorical_entropy(&proc[r * V], V);
+  std::vector<int64_t> argmax, sampled;
+  std::vector<float> entropy;
+  Tensor proc;  // [rows, V]: the next step's self-conditioning logits
+  std::vector<uint64_t> seeds, keys;
+  if (draws.race_keys(block, step, N, B, C, seeds, keys)) {
+    StepStats st = step_stats(logits.reshape({rows, V}), T, seeds, keys, sc_dtype);
+    argmax = std::move(st.argmax);
+    entropy = std::move(st.entropy);
+    sampled = std::move(st.sample);
+    proc = std::move(st.processed);
+  } else {
+    // torch's arithmetic on the host, row by row, as transformers' CPU generate does it.
+    const Tensor host = logits.to(Device::CPU);
+    std::vector<float> z(host.data<float>(), host.data<float>() + rows * V), p(z.size());
+    if (tempered)
+      for (float& x : z) x = x / T;
+    argmax.resize(static_cast<size_t>(rows));
+    entropy.resize(static_cast<size_t>(rows));
+    sampled.resize(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      softmax_row(&z[r * V], V, &p[r * V]);
+      argmax[r] = argmax_first(&z[r * V], V);
+      entropy[r] = categorical_entropy(&z[r * V], V);
+    }
+    draws.sample(block, step, p.data(), rows, V, sampled.data());
+    proc = Tensor::from_vector(z, {rows, V}).to(sc_dtype).to(logits.device());
   }
-  draws.sample(block, step, p.data(), rows, V, sampled.data());
   std::vector<uint8_t> accept(static_cast<size_t>(rows));
   for (int64_t b = 0; b < B; ++b) entropy_bound_accept(&entropy[b * C], C, *cfg.entropy_bound, &accept[b * C]);
+  std::vector<int64_t> noise(static_cast<size_t>(rows));
   draws.renoise(block, step, B, C, V, noise.data());
   // The current canvas is never carried over: every position is the sample if accepted, else noise.
   std::vector<int64_t> canvas(static_cast<size_t>(rows));
@@ -237,32 +262,30 @@ void denoise_step(const float* logits, int64_t block, int64_t cur_step, const Ge
   }
   if (cfg.adaptive_stopping()) {
     const int64_t stab = *cfg.stability_threshold;
-    std::vector<float> frozen_entropy = entropy;
     for (int64_t b = 0; b < B; ++b) {
       if (!s.finished[b]) continue;
-      // A finished row keeps its canvas and argmax; its logits are the self-conditioning ones.
+      // A finished row keeps its canvas and argmax; its logits are the self-conditioning ones. (The
+      // entropy of those frozen logits decides nothing: a finished row stays finished.)
       std::copy_n(&s.argmax[b * C], C, &argmax[b * C]);
       std::copy_n(&s.canvas[b * C], C, &canvas[b * C]);
-      std::copy_n(&s.sc[b * C * V], C * V, &proc[b * C * V]);
-      for (int64_t j = 0; j < C; ++j) frozen_entropy[b * C + j] = categorical_entropy(&proc[(b * C + j) * V], V);
+      proc.slice0(b * C, C).copy_from(s.sc.slice0(b * C, C));
     }
     for (int64_t b = 0; b < B; ++b) {
+      if (s.finished[b]) continue;
       bool stable = true;
       for (int64_t h = 0; h < stab && stable; ++h)
         stable = std::equal(&argmax[b * C], &argmax[b * C] + C, &s.history[(h * B + b) * C]);
       double sum = 0;
-      for (int64_t j = 0; j < C; ++j) sum += frozen_entropy[b * C + j];
+      for (int64_t j = 0; j < C; ++j) sum += entropy[b * C + j];
       const bool confident =
           static_cast<float>(sum / static_cast<double>(C)) < static_cast<float>(*cfg.confidence_threshold);
-      s.finished[b] = s.finished[b] || (stable && confident);
+      s.finished[b] = stable && confident;
     }
     if (stab > 0) {
       std::rotate(s.history.begin(), s.history.begin() + B * C, s.history.end());
       std::copy(argmax.begin(), argmax.end(), s.history.end() - B * C);
     }
   }
-  if (sc_bf16)
-    for (float& x : proc) x = bf16::from_float(x).to_float();
   s.sc = std::move(proc);
   s.canvas = std::move(canvas);
   s.argmax = std::move(argmax);
@@ -291,7 +314,7 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
              " must be [", B, ", ", P, "] like input_ids");
     mask = attention_mask.to(Device::CPU).to(DType::I64);
   }
-  const bool sc_bf16 = m.dtype() == DType::BF16;
+  const DType sc_dtype = m.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
   EncoderCache cache;
   std::vector<uint8_t> finished_seq(static_cast<size_t>(B), 0);
   std::vector<int64_t> passes(static_cast<size_t>(B), 0);
@@ -310,12 +333,11 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
     int64_t steps = 0;
     for (int64_t cur_step = N; cur_step >= 1; --cur_step) {
       for (int64_t b = 0; b < B; ++b) passes[b] += !(s.finished[b] || finished_seq[b]);
-      Tensor sc;
-      if (!s.sc.empty()) sc = Tensor::from_vector(s.sc, {B, C, V}).to(m.dtype());
-      const Tensor logits = denoise(m, Tensor::from_vector(s.canvas, {B, C}).to(m.device()), cache, sc).to(Device::CPU);
+      const Tensor sc = s.sc.defined() ? s.sc.reshape({B, C, V}) : Tensor();
+      const Tensor logits = denoise(m, Tensor::from_vector(s.canvas, {B, C}).to(m.device()), cache, sc);
       StepTrace* st = nullptr;
       if (trace) st = &trace->emplace_back();
-      denoise_step(logits.data<float>(), block, cur_step, cfg, sc_bf16, draws, s, st);
+      denoise_step(logits, block, cur_step, cfg, sc_dtype, draws, s, st);
       ++steps;
       if (std::all_of(s.finished.begin(), s.finished.end(), [](uint8_t f) { return f != 0; })) break;
     }

@@ -49,8 +49,15 @@ class CanvasDraws {
   virtual ~CanvasDraws() = default;
   // A block's initial canvas: out [B, C] tokens in [0, V).
   virtual void initial_canvas(int64_t block, int64_t batch, int64_t C, int64_t V, int64_t* out) = 0;
-  // torch.multinomial(p, 1) of every canvas position: p [B*C, V] probabilities, out [B*C].
-  virtual void sample(int64_t block, int64_t step, const float* p, int64_t rows, int64_t V, int64_t* out) = 0;
+  // How a step samples its tokens. g4's draws race on the processed logits wherever they live
+  // (diffusion::step_stats, on the CPU or the GPU): race_keys fills each canvas position's seed and
+  // draw index and returns true. torch's draws return false and sample instead: torch.multinomial(p, 1)
+  // of every position over host probabilities p [B*C, V], out [B*C].
+  virtual bool race_keys(int64_t block, int64_t step, int64_t steps, int64_t batch, int64_t C,
+                         std::vector<uint64_t>& seeds, std::vector<uint64_t>& draws) {
+    return false;
+  }
+  virtual void sample(int64_t block, int64_t step, const float* p, int64_t rows, int64_t V, int64_t* out);
   // The renoise tokens of a step: out [B, C] in [0, V).
   virtual void renoise(int64_t block, int64_t step, int64_t batch, int64_t C, int64_t V, int64_t* out) = 0;
 };
@@ -70,13 +77,15 @@ class TorchCpuDraws : public CanvasDraws {
 };
 
 // g4's default: Philox (core/philox.h) keyed by each row's own seed, the counter naming the draw
-// (kind, block, step, position, token), so a row's draws depend on nothing else in the batch.
-// Tokens: the high 64 bits of u64 * V; Exp(1): -log1p(-u) with u 53 random bits, as torch's.
+// (kind, block, step, position), so a row's draws depend on nothing else in the batch. Tokens:
+// the high 64 bits of u64 * V. Samples: the exponential race of generate/sampling_math.h (token t
+// wins where processed_t - ln E_t is largest, E_t ~ Exp(1)), the same on the CPU and the GPU.
 class PhiloxDraws : public CanvasDraws {
  public:
   explicit PhiloxDraws(std::vector<uint64_t> row_seeds) : seeds_(std::move(row_seeds)) {}
   void initial_canvas(int64_t block, int64_t batch, int64_t C, int64_t V, int64_t* out) override;
-  void sample(int64_t block, int64_t step, const float* p, int64_t rows, int64_t V, int64_t* out) override;
+  bool race_keys(int64_t block, int64_t step, int64_t steps, int64_t batch, int64_t C, std::vector<uint64_t>& seeds,
+                 std::vector<uint64_t>& draws) override;
   void renoise(int64_t block, int64_t step, int64_t batch, int64_t C, int64_t V, int64_t* out) override;
 
  private:
@@ -100,7 +109,7 @@ struct StepTrace {
 struct BlockState {
   int64_t batch = 0, C = 0, V = 0;
   std::vector<int64_t> canvas, argmax;  // [B, C]
-  std::vector<float> sc;                // [B, C, V] the previous step's processed logits; empty: none
+  Tensor sc;  // [B * C, V] the previous step's processed logits (on the logits' device); undefined: none
   std::vector<uint8_t> finished;        // [B] finished denoising
   std::vector<int64_t> history;         // [stability_threshold, B, C] argmax canvases, -1 at first
 };
@@ -108,11 +117,13 @@ struct BlockState {
 // Starts a block: the initial canvas from `draws`, nothing finished, the history cleared.
 BlockState start_block(const GenerationConfig& cfg, CanvasDraws& draws, int64_t block, int64_t batch, int64_t C,
                        int64_t V);
-// One step of E.1 (steps 9-15) given the denoiser's logits [B, C, V] (host f32) at remaining step
-// cur_step: temperature, sample, argmax, entropy-bound acceptance, renoise, adaptive stopping with
-// finished rows frozen, and the next self-conditioning logits (rounded to bf16 when `sc_bf16`,
-// as transformers casts them to a bf16 model's embedding dtype). `trace` (optional) is filled.
-void denoise_step(const float* logits, int64_t block, int64_t cur_step, const GenerationConfig& cfg, bool sc_bf16,
+// One step of E.1 (steps 9-15) given the denoiser's logits [B, C, V] (f32, on the CPU or the GPU)
+// at remaining step cur_step: temperature, sample, argmax, entropy-bound acceptance, renoise,
+// adaptive stopping with finished rows frozen, and the next self-conditioning logits in sc_dtype
+// (bf16 for a bf16 model: transformers casts them to the embedding's dtype). With g4's draws the
+// vocabulary-wide work stays on the logits' device and only B*C numbers of each kind reach the host;
+// torch's draws copy the logits to the host. `trace` (optional) is filled.
+void denoise_step(const Tensor& logits, int64_t block, int64_t cur_step, const GenerationConfig& cfg, DType sc_dtype,
                   CanvasDraws& draws, BlockState& s, StepTrace* trace = nullptr);
 
 struct GenerateOutput {
@@ -123,9 +134,8 @@ struct GenerateOutput {
 
 // generate() of E.1 for prompts ids [B, P] with attention_mask [B, P] (optional; 0 = padding, left
 // padding as transformers pads; positions are not shifted for it). cfg must be resolved
-// (resolve_generation_config). The logits come from diffusion::denoise; on a GPU model they are
-// copied to the host for the step (the step's arithmetic runs on the CPU for now). `trace`
-// (optional) receives every step.
+// (resolve_generation_config). The logits come from diffusion::denoise on the model's device and
+// stay there with g4's draws (denoise_step). `trace` (optional) receives every step.
 GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor& attention_mask,
                         const GenerationConfig& cfg, CanvasDraws& draws, std::vector<StepTrace>* trace = nullptr);
 

@@ -42,6 +42,7 @@ StepStats step_stats(const Tensor& logits, float temperature, const std::vector<
     double s = 0, w = 0;
     for (int64_t v = 0; v < V; ++v) {
       const double d = p[v] - m, e = std::exp(d);
+      if (e == 0) continue;  // a -inf logit (or one e^-745 below the max) adds nothing, not -inf * 0
       s += e;
       w += d * e;
     }

@@ -3,6 +3,7 @@
 // seeds, every step's trace compared; then the step's rules on small hand-made inputs, and the
 // Philox draws' independence from the rest of the batch.
 #include "diffusion/sampler.h"
+#include "diffusion/step_stats.h"
 
 #include <gtest/gtest.h>
 
@@ -245,10 +246,17 @@ TEST(PhiloxDraws, ARowsDrawsDependOnlyOnItsSeed) {
     for (int64_t v = 0; v < V; ++v) sum += p[r * V + v];
     for (int64_t v = 0; v < V; ++v) p[r * V + v] /= sum;
   }
-  std::vector<int64_t> sp(2 * C), so(2 * C), sa(C);
-  pair.sample(1, 4, p.data(), 2 * C, V, sp.data());
-  other.sample(1, 4, p.data(), 2 * C, V, so.data());
-  alone.sample(1, 4, p.data(), C, V, sa.data());
+  // Samples: the exponential race on the processed logits (log p here), keyed per row.
+  std::vector<float> logp(p.size());
+  for (size_t i = 0; i < p.size(); ++i) logp[i] = std::log(p[i]);
+  const Tensor z2 = Tensor::from_vector(logp, {2 * C, V});
+  const Tensor z1 = Tensor::from_vector(std::vector<float>(logp.begin(), logp.begin() + C * V), {C, V});
+  auto race = [&](diffusion::PhiloxDraws& d, const Tensor& z, int64_t batch) {
+    std::vector<uint64_t> seeds, draws;
+    EXPECT_TRUE(d.race_keys(1, 4, 6, batch, C, seeds, draws));
+    return diffusion::step_stats(z, 1.0f, seeds, draws).sample;
+  };
+  const std::vector<int64_t> sp = race(pair, z2, 2), so = race(other, z2, 2), sa = race(alone, z1, 1);
   EXPECT_EQ(std::vector<int64_t>(sp.begin(), sp.begin() + C), sa);
   EXPECT_EQ(std::vector<int64_t>(so.begin(), so.begin() + C), sa);
 }
@@ -258,8 +266,12 @@ TEST(PhiloxDraws, SamplesFollowTheProbabilities) {
   const int64_t C = 4000, V = 4;
   std::vector<float> p;
   for (int64_t j = 0; j < C; ++j) p.insert(p.end(), {0.6f, 0.3f, 0.1f, 0.0f});
-  std::vector<int64_t> s(C);
-  diffusion::PhiloxDraws({20260}).sample(0, 0, p.data(), C, V, s.data());
+  std::vector<float> logp;
+  for (float x : p) logp.push_back(std::log(x));  // log 0 = -inf: never drawn
+  diffusion::PhiloxDraws draws({20260});
+  std::vector<uint64_t> seeds, keys;
+  ASSERT_TRUE(draws.race_keys(0, 0, 1, 1, C, seeds, keys));
+  const std::vector<int64_t> s = diffusion::step_stats(Tensor::from_vector(logp, {C, V}), 1.0f, seeds, keys).sample;
   std::vector<double> freq(V, 0);
   for (int64_t t : s) freq[t] += 1.0 / C;
   EXPECT_NEAR(freq[0], 0.6, 0.03);
