@@ -31,9 +31,9 @@ void add_convert(CLI::App& app, Action& action) {
                      ->check(CLI::PositiveNumber);
   auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init");
   cmd->callback([&action, o, canvas, seed] {
-    G4_CHECK(o->to_diffusion || (canvas->count() == 0 && seed->count() == 0),
-             "convert: --canvas-length and --seed only apply with --to-diffusion");
-    action = [o] {
+    const bool adapt_options = canvas->count() > 0 || seed->count() > 0;
+    action = [o, adapt_options] {
+      G4_CHECK(o->to_diffusion || !adapt_options, "convert: --canvas-length and --seed only apply with --to-diffusion");
       namespace fs = std::filesystem;
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
       auto model = model::load_hf_model(o->in);

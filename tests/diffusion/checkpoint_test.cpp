@@ -15,6 +15,7 @@
 #include "diffusion/model.h"
 #include "io/json_input.h"
 #include "io/safetensors.h"
+#include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
@@ -228,6 +229,23 @@ TEST(AdaptAutoregressive, EncoderIsTheSourceModelAndTheDenoiserRuns) {
   const Tensor sc = randn({B, 8, V}, 9, DType::F32, 3.0);
   EXPECT_EQ(max_abs_diff(diffusion::denoise(*back, canvas, c2, sc), plain), 0.0);
   fs::remove_all(dir);
+}
+
+TEST(AdaptAutoregressive, TheKjvJobsShapeAdaptsWhole) {
+  // recipes/tiny-moe-kjv.yaml trains the built-in tiny-moe: every layer MoE and K=V full layers, so
+  // nothing is dropped and the adapted encoder is that model.
+  model::Gemma4 ar(io::parse_model_config(model::named_config("tiny-moe"), "tiny-moe"));
+  ar.init_weights(2);
+  ::testing::internal::CaptureStderr();
+  const auto dg = diffusion::adapt_autoregressive(ar, 16, 3);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  const Tensor ids = random_ids(1, 20, ar.config().vocab_size, 12);
+  ag::NoGrad no_grad;
+  model::ForwardInputs fi;
+  fi.input_ids = ids;
+  diffusion::EncoderCache cache;
+  EXPECT_LT(max_abs_diff(dg->logits(diffusion::encode(*dg, ids, {}, cache)).value(), ar.forward(fi).logits.value()),
+            1e-5);
 }
 
 TEST(AdaptAutoregressive, FullLayersVProjIsDropped) {
