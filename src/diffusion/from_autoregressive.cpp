@@ -34,8 +34,7 @@ json ids_json(const std::vector<int64_t>& ids) {
 }  // namespace
 
 io::ModelConfig diffusion_config_from(const io::ModelConfig& ar, int64_t canvas_length) {
-  if (const char* why = refusal(ar))
-    G4_FAIL("cannot adapt ", ar.architecture, " into a diffusion_gemma model: ", why);
+  if (const char* why = refusal(ar)) G4_FAIL("cannot adapt ", ar.architecture, " into a diffusion_gemma model: ", why);
   G4_CHECK(canvas_length > 0, "--canvas-length must be positive, got ", canvas_length);
   io::ModelConfig c = ar;
   c.raw = json();

@@ -520,9 +520,9 @@ json stub_vision_config() {
 // sharing), and per_layer_config already gives the full layers' shapes.
 json diffusion_config_json(const ModelConfig& c, json t) {
   t["model_type"] = "diffusion_gemma_text";
-  for (const char* key : {"global_head_dim", "num_global_key_value_heads", "hidden_size_per_layer_input",
-                          "vocab_size_per_layer_input", "num_kv_shared_layers", "use_double_wide_mlp",
-                          "attention_k_eq_v", "enable_moe_block"})
+  for (const char* key :
+       {"global_head_dim", "num_global_key_value_heads", "hidden_size_per_layer_input", "vocab_size_per_layer_input",
+        "num_kv_shared_layers", "use_double_wide_mlp", "attention_k_eq_v", "enable_moe_block"})
     t.erase(key);
   return {{"architectures", {c.architecture.empty() ? "DiffusionGemmaForBlockDiffusion" : c.architecture}},
           {"model_type", "diffusion_gemma"},

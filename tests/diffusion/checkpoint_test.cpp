@@ -27,8 +27,12 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string fixture(const std::string& name) { return test::data_dir() + "/hf-diffusion-gemma/" + name; }
-json read_json(const fs::path& p) { return io::read_json_file(p.string(), "test json", 1 << 20); }
+std::string fixture(const std::string& name) {
+  return test::data_dir() + "/hf-diffusion-gemma/" + name;
+}
+json read_json(const fs::path& p) {
+  return io::read_json_file(p.string(), "test json", 1 << 20);
+}
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
@@ -53,7 +57,9 @@ Tensor scaled_down(const Tensor& down, const Tensor& scale) {
 }
 
 // Random token ids in [1, V) (never the pad id 0).
-Tensor random_ids(int64_t B, int64_t S, int64_t V, uint64_t seed) { return randint({B, S}, seed, 1, V); }
+Tensor random_ids(int64_t B, int64_t S, int64_t V, uint64_t seed) {
+  return randint({B, S}, seed, 1, V);
+}
 
 // A copy of a checkpoint directory with `edit` applied to its tensors.
 void write_edited_copy(const std::string& src, const fs::path& dst,
@@ -188,7 +194,9 @@ TEST(DiffusionCheckpointErrors, ConfigNotFromAFileCannotDescribeAKeptVisionTower
 // ---------------------------------------------------------------------------------------------
 // An autoregressive Gemma 4 MoE adapted into a diffusion model.
 
-std::string ar_fixture(const std::string& name) { return test::data_dir() + "/hf-gemma4/" + name; }
+std::string ar_fixture(const std::string& name) {
+  return test::data_dir() + "/hf-gemma4/" + name;
+}
 
 TEST(AdaptAutoregressive, EncoderIsTheSourceModelAndTheDenoiserRuns) {
   // tiny-moe: every layer MoE, K=V full layers (no v_proj to drop), no per-layer inputs or KV sharing.

@@ -193,8 +193,7 @@ TEST(HfConfigErrors, DiffusionGemma) {
   }
   j = diffusion();
   j["text_config"]["model_type"] = "gemma4_text";
-  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.model_type'", "gemma4_text",
-                  "diffusion_gemma_text");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.model_type'", "gemma4_text", "diffusion_gemma_text");
   j = diffusion();
   j["model_type"] = "gemma4";  // a Gemma 4 config must not hold a diffusion text config either
   EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.model_type'", "diffusion_gemma_text");

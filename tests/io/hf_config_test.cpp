@@ -141,11 +141,12 @@ TEST(HfConfig, DiffusionHeadDimDialects) {
     edit(j["text_config"]);
     return parse_model_config(j, "dg.json").layers;
   };
-  EXPECT_EQ(layers_of(a, [](json& t) {
-              t.erase("per_layer_config");
-              t["global_head_dim"] = 32;
-              t["num_global_key_value_heads"] = 1;
-            }),
+  EXPECT_EQ(layers_of(a,
+                      [](json& t) {
+                        t.erase("per_layer_config");
+                        t["global_head_dim"] = 32;
+                        t["num_global_key_value_heads"] = 1;
+                      }),
             want.layers);
   const auto neither = layers_of(a, [](json& t) { t.erase("per_layer_config"); });
   for (int64_t l : {2, 4}) {
@@ -153,10 +154,11 @@ TEST(HfConfig, DiffusionHeadDimDialects) {
     EXPECT_EQ(neither[l].num_kv_heads, 2);
   }
   EXPECT_EQ(neither[0].head_dim, 16);
-  EXPECT_EQ(layers_of(a, [](json& t) {
-              t["global_head_dim"] = 64;
-              t["num_global_key_value_heads"] = 2;
-            }),
+  EXPECT_EQ(layers_of(a,
+                      [](json& t) {
+                        t["global_head_dim"] = 64;
+                        t["num_global_key_value_heads"] = 2;
+                      }),
             want.layers);
   const auto partial = layers_of(a, [](json& t) {
     t["per_layer_config"].erase("4");
