@@ -9,6 +9,7 @@
 #include "core/random.h"
 #include "io/safetensors.h"
 #include "support/g4_process.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 #include "support/train_recipe.h"
 
@@ -207,18 +208,7 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
   fs::remove_all(dir);
 }
 
-// max |a - b| over the rows [.., V] whose entry of `rows` ([B, n], if given) is nonzero.
-double max_row_diff(const Tensor& a, const Tensor& b, const Tensor& rows = {}) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const int64_t V = a.size(-1), R = a.numel() / V;
-  double m = 0;
-  for (int64_t r = 0; r < R; ++r) {
-    if (rows.defined() && element_as_int(rows, r) == 0) continue;
-    for (int64_t v = 0; v < V; ++v)
-      m = std::max(m, std::abs(double(a.data<float>()[r * V + v]) - double(b.data<float>()[r * V + v])));
-  }
-  return m;
-}
+using test::max_diff;
 
 TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
   const fs::path dir = temp_dir("forward_diffusion");
@@ -236,8 +226,8 @@ TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
   {
     const io::SafetensorsReader o = io::SafetensorsReader::open(out);
     const Tensor logits = o.get_f32("logits", {2, 8, 256}), enc = o.get_f32("encoder_logits", {2, 13, 256});
-    EXPECT_LT(max_row_diff(logits, ref.get_f32("fwd.logits_sc_masked", logits.shape())), 1e-4);
-    EXPECT_LT(max_row_diff(enc, ref.get_f32("fwd.encoder_logits", enc.shape())), 1e-4);
+    EXPECT_LT(max_diff(logits, ref.get_f32("fwd.logits_sc_masked", logits.shape())), 1e-4);
+    EXPECT_LT(max_diff(enc, ref.get_f32("fwd.encoder_logits", enc.shape())), 1e-4);
     // encoder_loss: the mean next-token cross-entropy of transformers' encoder logits.
     const Tensor want = ref.get_f32("fwd.encoder_logits", enc.shape());
     double sum = 0;
@@ -266,8 +256,8 @@ TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
   {
     const io::SafetensorsReader o = io::SafetensorsReader::open(out);
     const Tensor logits = o.get_f32("logits", {2, 8, 256}), enc = o.get_f32("encoder_logits", {2, 13, 256});
-    EXPECT_LT(max_row_diff(logits, ref.get_f32("fwdpad.logits", logits.shape())), 1e-4);
-    EXPECT_LT(max_row_diff(enc, ref.get_f32("fwdpad.encoder_logits", enc.shape()), ref.get("fwdpad.attention_mask")),
+    EXPECT_LT(max_diff(logits, ref.get_f32("fwdpad.logits", logits.shape())), 1e-4);
+    EXPECT_LT(max_diff(enc, ref.get_f32("fwdpad.encoder_logits", enc.shape()), ref.get("fwdpad.attention_mask")),
               1e-4);
     EXPECT_FALSE(o.has("encoder_loss"));
   }

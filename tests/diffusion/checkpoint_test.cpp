@@ -19,6 +19,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
 namespace g4 {
@@ -37,15 +38,7 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-// |a - b| elementwise, at most.
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const Tensor x = a.to(DType::F32), y = b.to(DType::F32);
-  double m = 0;
-  for (int64_t i = 0; i < x.numel(); ++i)
-    m = std::max(m, std::abs(double(x.data<float>()[i]) - double(y.data<float>()[i])));
-  return m;
-}
+using test::max_diff;
 
 // down [E, H, I] times scale [E] per expert, in f32 as the loader folds it.
 Tensor scaled_down(const Tensor& down, const Tensor& scale) {
@@ -95,11 +88,11 @@ TEST_P(DiffusionCheckpoint, RoundTripKeepsEveryTensorAndConfig) {
       // The scale lives in down_proj after the round trip: down · scale is what is kept.
       const std::string scale = key.substr(0, key.size() - 17) + "router.per_expert_scale";
       const Tensor want = scaled_down(a.get(key), a.get_f32(scale, {a.get(key).size(0)}));
-      EXPECT_EQ(max_abs_diff(b.get(key), want), 0.0);
+      EXPECT_EQ(max_diff(b.get(key), want), 0.0);
       ++downs;
     } else {
       EXPECT_EQ(b.get(key).dtype(), a.get(key).dtype());
-      EXPECT_EQ(max_abs_diff(b.get(key), a.get(key)), 0.0);
+      EXPECT_EQ(max_diff(b.get(key), a.get(key)), 0.0);
     }
     vision += key.rfind("model.encoder.vision_tower.", 0) == 0 || key.rfind("model.encoder.embed_vision.", 0) == 0;
     encoder_scalars += key.rfind("model.encoder.language_model.", 0) == 0;
@@ -114,8 +107,8 @@ TEST_P(DiffusionCheckpoint, RoundTripKeepsEveryTensorAndConfig) {
   const auto back = model::load_hf_model(out.string());
   const Tensor ids = random_ids(2, 11, m->config().vocab_size, 5);
   diffusion::EncoderCache c1, c2;
-  EXPECT_EQ(max_abs_diff(m->logits(diffusion::encode(*m, ids, {}, c1)).value(),
-                         back->logits(diffusion::encode(*back, ids, {}, c2)).value()),
+  EXPECT_EQ(max_diff(m->logits(diffusion::encode(*m, ids, {}, c1)).value(),
+                     back->logits(diffusion::encode(*back, ids, {}, c2)).value()),
             0.0);
   fs::remove_all(out);
 }
@@ -216,7 +209,7 @@ TEST(AdaptAutoregressive, EncoderIsTheSourceModelAndTheDenoiserRuns) {
   const Tensor want = ar->forward(fi).logits.value();
   diffusion::EncoderCache cache;
   const Tensor got = dg->logits(diffusion::encode(*dg, ids, {}, cache)).value();
-  EXPECT_LT(max_abs_diff(got, want), 1e-5);
+  EXPECT_LT(max_diff(got, want), 1e-5);
 
   // Saved and loaded back, it denoises; the self-conditioning MLP starts at exactly 0.
   const fs::path dir = test::scratch_dir("dg_adapted");
@@ -235,7 +228,7 @@ TEST(AdaptAutoregressive, EncoderIsTheSourceModelAndTheDenoiserRuns) {
   EXPECT_EQ(plain.shape(), Shape({B, 8, V}));
   for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_TRUE(std::isfinite(plain.data<float>()[i]));
   const Tensor sc = randn({B, 8, V}, 9, DType::F32, 3.0);
-  EXPECT_EQ(max_abs_diff(diffusion::denoise(*back, canvas, c2, sc), plain), 0.0);
+  EXPECT_EQ(max_diff(diffusion::denoise(*back, canvas, c2, sc), plain), 0.0);
   fs::remove_all(dir);
 }
 
@@ -252,8 +245,7 @@ TEST(AdaptAutoregressive, TheKjvJobsShapeAdaptsWhole) {
   model::ForwardInputs fi;
   fi.input_ids = ids;
   diffusion::EncoderCache cache;
-  EXPECT_LT(max_abs_diff(dg->logits(diffusion::encode(*dg, ids, {}, cache)).value(), ar.forward(fi).logits.value()),
-            1e-5);
+  EXPECT_LT(max_diff(dg->logits(diffusion::encode(*dg, ids, {}, cache)).value(), ar.forward(fi).logits.value()), 1e-5);
 }
 
 TEST(AdaptAutoregressive, FullLayersVProjIsDropped) {
@@ -271,7 +263,7 @@ TEST(AdaptAutoregressive, FullLayersVProjIsDropped) {
   EXPECT_TRUE(dg->params().has("model.layers.1.self_attn.v_proj.weight"));  // sliding layers keep theirs
   for (const std::string& name : dg->params().order) {
     if (!ar.params().has(name)) continue;
-    EXPECT_EQ(max_abs_diff(dg->params().at(name).value(), ar.params().at(name).value()), 0.0) << name;
+    EXPECT_EQ(max_diff(dg->params().at(name).value(), ar.params().at(name).value()), 0.0) << name;
   }
   EXPECT_EQ(dg->config().layers[2].num_kv_heads, ar.config().layers[2].num_kv_heads);
 }
