@@ -27,7 +27,8 @@ void add_convert(CLI::App& app, Action& action) {
   cmd->add_flag("--overwrite", o->overwrite, "replace the model already in OUT_DIR (never IN_DIR itself)");
   cmd->add_flag("--to-diffusion", o->to_diffusion,
                 "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
-  auto* canvas = cmd->add_option("--canvas-length", o->canvas_length, "--to-diffusion: the canvas (block) length")
+  auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
+                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)")
                      ->check(CLI::PositiveNumber);
   auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init");
   cmd->callback([&action, o, canvas, seed] {
