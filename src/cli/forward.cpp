@@ -40,9 +40,8 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   G4_CHECK(in.has("canvas_ids"), "inputs file ", file, " has no 'canvas_ids' tensor (", m.config().architecture,
            " denoises a canvas [B, C] after the context input_ids)");
   const Tensor canvas = in.get("canvas_ids").clone();
-  G4_CHECK(!in.has("position_ids"), "position_ids in ", file,
-           " are not taken by a diffusion model (the encoder's "
-           "positions are 0..S-1 and the canvas's S..S+C-1, as in transformers)");
+  G4_CHECK(!in.has("position_ids"), "position_ids in ", file, " are not taken by a diffusion model (the encoder's",
+           " positions are 0..S-1 and the canvas's S..S+C-1, as in transformers)");
   const int64_t B = ids.size(0), S = ids.size(1);
   G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, "canvas_ids in ", file, " must be [", B, ", C], got ",
            canvas.describe());
