@@ -1,9 +1,12 @@
 // g4 convert IN_DIR OUT_DIR [--overwrite]: Hugging Face -> native -> Hugging Face (sharded when large), with
-// the tokenizer and generation files copied alongside.
+// the tokenizer and generation files copied alongside. --to-diffusion adapts an autoregressive Gemma 4 MoE
+// checkpoint into a diffusion_gemma one (diffusion/from_autoregressive.h).
 #include <filesystem>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "diffusion/from_autoregressive.h"
+#include "io/json_input.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -13,23 +16,41 @@ void add_convert(CLI::App& app, Action& action) {
   struct Opts {
     std::string in, out;
     double max_shard_gb = 5.0;
-    bool overwrite = false;
+    bool overwrite = false, to_diffusion = false;
+    int64_t canvas_length = 256;
+    uint64_t seed = 0;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("in_dir", o->in, "Hugging Face model directory")->required();
   cmd->add_option("out_dir", o->out, "output directory (created)")->required();
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "largest safetensors shard, GiB")->check(CLI::PositiveNumber);
   cmd->add_flag("--overwrite", o->overwrite, "replace the model already in OUT_DIR (never IN_DIR itself)");
-  cmd->callback([&action, o] {
-    action = [o] {
+  cmd->add_flag("--to-diffusion", o->to_diffusion,
+                "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
+  auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
+                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)")
+                     ->check(CLI::PositiveNumber);
+  auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init");
+  cmd->callback([&action, o, canvas, seed] {
+    const bool adapt_options = canvas->count() > 0 || seed->count() > 0;
+    action = [o, adapt_options] {
+      G4_CHECK(o->to_diffusion || !adapt_options, "convert: --canvas-length and --seed only apply with --to-diffusion");
       namespace fs = std::filesystem;
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
       auto model = model::load_hf_model(o->in);
+      const fs::path generation = fs::path(o->in) / "generation_config.json";
+      if (o->to_diffusion) {
+        const nlohmann::json ar_generation =
+            fs::exists(generation) ? io::read_json_file(generation.string(), "generation config", 1 << 20) : nullptr;
+        model = diffusion::adapt_autoregressive(*model, o->canvas_length, o->seed, ar_generation);
+      }
       // Only once the input has loaded, so a bad IN_DIR leaves the old output as it was.
       if (o->overwrite) remove_model_files(o->out);
       model::save_hf_checkpoint(*model, o->out, static_cast<size_t>(o->max_shard_gb * double(size_t(1) << 30)));
+      // An adapted model's generation_config.json is its own (save_hf_checkpoint wrote it).
       for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                             "special_tokens_map.json", "chat_template.jinja"}) {
+        if (o->to_diffusion && fs::path(f) == generation.filename()) continue;
         const fs::path src = fs::path(o->in) / f;
         const fs::path dst = fs::path(o->out) / f;
         if (fs::exists(src))
@@ -37,7 +58,8 @@ void add_convert(CLI::App& app, Action& action) {
         else if (o->overwrite)
           fs::remove(dst);  // the replaced model's, which need not match this one
       }
-      std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters)\n";
+      std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters"
+                << (o->to_diffusion ? ", diffusion_gemma, canvas " + std::to_string(o->canvas_length) : "") << ")\n";
     };
   });
 }

@@ -2,15 +2,105 @@
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
 // position_ids. Outputs: logits [B,S,V] f32, loss [1] when labels are given, and with --grads
 // grad.<HF name> for every parameter in Hugging Face layout.
+// A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
+// [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]; it writes the denoiser's
+// logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss (see forward_diffusion).
 #include <iostream>
 #include <optional>
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
+#include "diffusion/model.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
+
+namespace {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+Tensor optional_input(const io::SafetensorsReader& in, const std::string& name) {
+  return in.has(name) ? in.get(name).clone() : Tensor();
+}
+
+void check_shape(const Tensor& t, const Shape& want, const char* name, const std::string& file) {
+  if (t.defined())
+    G4_CHECK(t.shape() == want, name, " in ", file, " must be ", shape_str(want), ", got ", t.describe());
+}
+
+// The block-diffusion forward as transformers' DiffusionGemmaForBlockDiffusion.forward: the causal
+// encoder over input_ids fills the cache, the denoiser runs once over canvas_ids. With labels,
+// encoder_loss is the encoder's next-token cross-entropy (labels shifted inside, -100 ignored: the
+// autoregressive term of Automodel's training loss) and --grads differentiates it; the denoiser's
+// logits are computed without a tape, so no gradient of a canvas loss is offered.
+NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsReader& in, const std::string& file,
+                               bool grads) {
+  const Tensor ids = in.get("input_ids").clone();
+  G4_CHECK(in.has("canvas_ids"), "inputs file ", file, " has no 'canvas_ids' tensor (", m.config().architecture,
+           " denoises a canvas [B, C] after the context input_ids)");
+  const Tensor canvas = in.get("canvas_ids").clone();
+  G4_CHECK(!in.has("position_ids"), "position_ids in ", file, " are not taken by a diffusion model (the encoder's",
+           " positions are 0..S-1 and the canvas's S..S+C-1, as in transformers)");
+  const int64_t B = ids.size(0), S = ids.size(1);
+  G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, "canvas_ids in ", file, " must be [", B, ", C], got ",
+           canvas.describe());
+  const int64_t C = canvas.size(1), V = m.config().vocab_size;
+  const Tensor mask = optional_input(in, "attention_mask"), dec_mask = optional_input(in, "decoder_attention_mask");
+  const Tensor sc = optional_input(in, "self_conditioning_logits"),
+               sc_mask = optional_input(in, "self_conditioning_mask");
+  const Tensor labels = optional_input(in, "labels");
+  check_shape(mask, {B, S}, "attention_mask", file);
+  check_shape(labels, {B, S}, "labels", file);
+  check_shape(dec_mask, {B, S + C}, "decoder_attention_mask", file);
+  check_shape(sc, {B, C, V}, "self_conditioning_logits", file);
+  if (sc_mask.defined()) check_shape(sc_mask.reshape({sc_mask.numel()}), {B}, "self_conditioning_mask", file);
+  G4_CHECK(!grads || labels.defined(), "--grads on a diffusion model needs 'labels' in ", file,
+           " (the gradients are of the encoder's next-token loss)");
+
+  // The cache keeps one validity per encoded key, so the decoder's mask over the context keys must
+  // be the encoder's; its last C columns mask canvas keys.
+  Tensor canvas_valid;
+  if (dec_mask.defined()) {
+    canvas_valid = Tensor::empty({B, C}, DType::I64);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < S; ++j) {
+        const int64_t want = mask.defined() ? element_as_int(mask, b * S + j) != 0 : 1;
+        G4_CHECK((element_as_int(dec_mask, b * (S + C) + j) != 0) == want, "decoder_attention_mask in ", file,
+                 " differs from attention_mask at [", b, ", ", j, "]: its first S columns must be the encoder's mask");
+      }
+      for (int64_t j = 0; j < C; ++j)
+        canvas_valid.data<int64_t>()[b * C + j] = element_as_int(dec_mask, b * (S + C) + S + j) != 0;
+    }
+  }
+
+  diffusion::EncoderCache cache;
+  const Tensor encoder_logits = m.logits(diffusion::encode(m, ids, mask, cache)).value();
+  const Tensor logits = diffusion::denoise(m, canvas, cache, sc, sc_mask, canvas_valid);
+  NamedTensors out = {{"logits", logits}, {"encoder_logits", encoder_logits}};
+  if (!labels.defined()) return out;
+
+  std::optional<ag::NoGrad> no_grad;
+  if (!grads) no_grad.emplace();
+  model::ForwardInputs fi;
+  fi.input_ids = ids.to(DType::I64).clone();
+  for (int64_t i = 0; i < fi.input_ids.numel(); ++i)  // as the encoder embeds them
+    if (fi.input_ids.data<int64_t>()[i] == m.config().image_token_id)
+      fi.input_ids.data<int64_t>()[i] = m.config().pad_token_id;
+  fi.attention_mask = mask;
+  fi.labels = labels;
+  fi.return_logits = false;
+  const model::ForwardOutputs f = m.forward(fi);
+  out.emplace_back("encoder_loss", f.loss.value().reshape({1}));
+  std::cout << "encoder_loss " << f.loss.value().item() << " over " << f.counted_tokens << " tokens\n";
+  if (grads) {
+    ag::backward(f.loss);
+    for (auto& [name, g] : model::hf_gradients(m)) out.emplace_back("grad." + name, g);
+  }
+  return out;
+}
+
+}  // namespace
 
 void add_forward(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("forward", "Run one forward (and backward) pass on given inputs");
@@ -20,7 +110,9 @@ void add_forward(CLI::App& app, Action& action) {
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
-  cmd->add_option("--inputs", o->inputs, "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids)")
+  cmd->add_option("--inputs", o->inputs,
+                  "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids; diffusion models: "
+                  "canvas_ids [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
@@ -35,6 +127,12 @@ void add_forward(CLI::App& app, Action& action) {
       fi.input_ids = in.get("input_ids").clone();
       G4_CHECK(fi.input_ids.dim() == 2 && !is_floating(fi.input_ids.dtype()), "input_ids in ", o->inputs,
                " must be an integer [B, S] tensor, got ", fi.input_ids.describe());
+      if (model->config().diffusion) {
+        const NamedTensors tensors = forward_diffusion(*model, in, o->inputs, o->grads);
+        io::save_safetensors(o->out, tensors);
+        std::cout << "wrote " << tensors.size() << " tensors to " << o->out << "\n";
+        return;
+      }
       if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
       if (in.has("labels")) fi.labels = in.get("labels").clone();
       if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();

@@ -5,12 +5,28 @@
 
 #include "cli/commands.h"
 #include "io/hf_config.h"
+#include "io/safetensors.h"
 #include "model/params.h"
 
 namespace g4::cli {
 
 namespace {
+// A diffusion checkpoint's vision tower: g4 does not run it but writes its tensors back as read.
+std::string vision_tower(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(fs::path(dir) / "model.safetensors") && !fs::exists(fs::path(dir) / "model.safetensors.index.json"))
+    return "no weights here to look at";
+  int64_t n = 0;
+  for (const std::string& name : io::SafetensorsReader::open(dir).names())
+    n += name.rfind("model.encoder.vision_tower.", 0) == 0 || name.rfind("model.encoder.embed_vision.", 0) == 0;
+  return n > 0 ? std::to_string(n) + " tensors, kept as read (g4 does not run it)" : "none (no image inputs)";
+}
+
 std::string variant(const io::ModelConfig& c) {
+  if (c.diffusion)
+    return "block diffusion (causal encoder + bidirectional denoiser over one stack, canvas " +
+           std::to_string(c.canvas_length) + " tokens, self-conditioning), MoE (dense MLP + " +
+           std::to_string(c.num_experts) + " experts, top-" + std::to_string(c.top_k_experts) + ")";
   std::string v = c.enable_moe_block ? "MoE (dense MLP + " + std::to_string(c.num_experts) + " experts, top-" +
                                            std::to_string(c.top_k_experts) + ")"
                                      : "dense";
@@ -32,10 +48,12 @@ void add_inspect(CLI::App& app, Action& action) {
       for (const auto& s : model::native_param_specs(c)) params += shape_numel(s.shape);
       std::printf("model      %s (%s)\n", dir->c_str(), c.architecture.c_str());
       std::printf("variant    %s\n", variant(c).c_str());
+      if (c.diffusion) std::printf("vision     %s\n", vision_tower(*dir).c_str());
       std::printf("sizes      hidden %lld, heads %lld, vocab %lld, layers %lld, sliding window %lld\n",
                   (long long)c.hidden_size, (long long)c.num_heads, (long long)c.vocab_size, (long long)c.num_layers,
                   (long long)c.sliding_window);
-      std::printf("parameters %lld (text decoder)\n\n", (long long)params);
+      std::printf("parameters %lld (%s)\n\n", (long long)params,
+                  c.diffusion ? "text stack, shared by encoder and denoiser, + self-conditioning MLP" : "text decoder");
       std::printf("layer  type     head_dim  kv_heads  mlp     rope                 extras\n");
       for (int64_t l = 0; l < c.num_layers; ++l) {
         const io::LayerSpec& s = c.layers[static_cast<size_t>(l)];

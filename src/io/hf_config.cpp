@@ -341,8 +341,23 @@ void parse_diffusion_fields(const Fields& top, const Fields& f, ModelConfig& c) 
     f.fail("num_kv_shared_layers", "is ", c.num_kv_shared_layers, ": diffusion_gemma shares no K/V between layers");
   if (c.bidirectional == "all")
     f.fail("use_bidirectional_attention", "is \"all\": a bidirectional encoder is not supported (nor by Automodel)");
-  // With per_layer_config the full layers' shapes are listed there; without it the class default applies.
-  if (!f.has("global_head_dim") && !f.has("per_layer_config")) c.global_head_dim = 512;
+  // DiffusionGemmaTextConfig.__post_init__ pops global_head_dim (default 512) and
+  // num_global_key_value_heads and turns them into per_layer_config entries for the full layers,
+  // but only when the file has no per_layer_config key at all. With one (even null) it drops the two
+  // keys, and full layers without an entry keep head_dim / num_key_value_heads. (DIFFUSION.md §A.2
+  // reads as if global_head_dim still applied beside per_layer_config; transformers' code wins.)
+  // The kv-head override is gated on getattr(self, "attention_k_eq_v", True), read before any
+  // extra key is set, so it always applies; a false attention_k_eq_v is refused above.
+  if (f.j().contains("per_layer_config")) {
+    for (const char* key : {"global_head_dim", "num_global_key_value_heads"})
+      if (f.has(key))
+        G4_LOG("config ", f.source(), ": ", f.name(key),
+               " is ignored: per_layer_config gives the full layers' shapes (as in transformers)");
+    c.global_head_dim = 0;
+    c.num_global_kv_heads = 0;
+  } else if (!f.has("global_head_dim")) {
+    c.global_head_dim = 512;
+  }
   if (!c.final_logit_softcapping) c.final_logit_softcapping = 30.0;  // a class attribute, absent from the file at 30
 }
 
@@ -479,6 +494,46 @@ json rope_to_json(const RopeSpec& r) {
 json int_or_null(int64_t v) {
   return v > 0 ? json(v) : json(nullptr);
 }
+
+// The smallest gemma4_vision config (the fixtures' tower). transformers 5.17 cannot build a
+// DiffusionGemmaForBlockDiffusion without a vision_config, so a diffusion config g4 writes from
+// scratch carries this one: transformers then initialises that tiny tower at random (and says
+// so), which text never reaches.
+json stub_vision_config() {
+  return {{"model_type", "gemma4_vision"},
+          {"hidden_size", 8},
+          {"intermediate_size", 8},
+          {"num_hidden_layers", 1},
+          {"num_attention_heads", 1},
+          {"num_key_value_heads", 1},
+          {"head_dim", 8},
+          {"patch_size", 2},
+          {"pooling_kernel_size", 1},
+          {"position_embedding_size", 4},
+          {"rope_parameters", {{"rope_type", "axial"}, {"rope_theta", 100.0}}},
+          {"standardize", false},
+          {"use_clipped_linears", false}};
+}
+
+// DiffusionGemmaConfig around a text config t written for Gemma 4: DiffusionGemmaTextConfig has
+// none of Gemma 4's switches (every layer is MoE with K=V full layers, no per-layer inputs, no KV
+// sharing), and per_layer_config already gives the full layers' shapes.
+json diffusion_config_json(const ModelConfig& c, json t) {
+  t["model_type"] = "diffusion_gemma_text";
+  for (const char* key :
+       {"global_head_dim", "num_global_key_value_heads", "hidden_size_per_layer_input", "vocab_size_per_layer_input",
+        "num_kv_shared_layers", "use_double_wide_mlp", "attention_k_eq_v", "enable_moe_block"})
+    t.erase(key);
+  return {{"architectures", {c.architecture.empty() ? "DiffusionGemmaForBlockDiffusion" : c.architecture}},
+          {"model_type", "diffusion_gemma"},
+          {"text_config", t},
+          {"vision_config", stub_vision_config()},
+          {"canvas_length", c.canvas_length},
+          {"boi_token_id", 255999},
+          {"eoi_token_id", 258882},
+          {"image_token_id", c.image_token_id},
+          {"tie_word_embeddings", true}};
+}
 }  // namespace
 
 json model_config_to_json(const ModelConfig& config) {
@@ -533,6 +588,10 @@ json model_config_to_json(const ModelConfig& config) {
   }
   t["per_layer_config"] = per_layer;
 
+  if (c.diffusion) {
+    G4_CHECK(!c.has_audio, "model_config_to_json: a diffusion_gemma model has no audio tower");
+    return diffusion_config_json(c, t);
+  }
   if (!c.conditional) {
     t["architectures"] = {c.architecture.empty() ? "Gemma4ForCausalLM" : c.architecture};
     return t;

@@ -97,7 +97,9 @@ ModelConfig load_model_config(const std::string& config_json_path);  // or the d
 void resolve_layers(ModelConfig& c, const std::string& source);
 // A config.json for this model: `raw` when the config was read from a file, else a
 // Gemma4TextConfig-style document built from the fields (nested in a text_config when
-// `conditional`) that parse_model_config reads back to an equal ModelConfig.
+// `conditional`; for `diffusion` a DiffusionGemmaConfig with a stub vision_config, so that
+// transformers can build the model) that parse_model_config reads back to an equal ModelConfig
+// (has_vision then true for a diffusion one).
 nlohmann::json model_config_to_json(const ModelConfig& c);
 
 }  // namespace g4::io

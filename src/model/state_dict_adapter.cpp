@@ -231,6 +231,11 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
 }
 
 void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes) {
+  // A config built from fields gets a stub vision_config that describes no real tower's weights.
+  if (model.config().raw.empty())
+    for (const auto& [name, b] : model.params().buffers)
+      G4_CHECK(b.kind != ParamKind::kPassThrough, "save_hf_checkpoint: the model keeps the vision tower tensor '", name,
+               "' but its config was not read from a file, so the vision_config describing it is unknown");
   fs::create_directories(dir);
   io::SafetensorsWriter writer(dir, max_shard_bytes);
   writer.set_metadata("format", "pt");

@@ -41,7 +41,9 @@ NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& nat
 // The whole model in Hugging Face layout (parameters and layer_scalar buffers).
 NamedTensors export_hf_state_dict(const Gemma4& model);
 
-// Writes config.json + safetensors (sharded above max_shard_bytes) into dir.
+// Writes config.json + safetensors (sharded above max_shard_bytes) into dir, and for diffusion
+// models generation_config.json when the config holds one. Diffusion checkpoints get the encoder
+// layer scalars and the vision tower's tensors as read.
 void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes = size_t(5) << 30);
 
 // Gradients (as f32) of the parameters expressed for Hugging Face's parameterisation (names as in the

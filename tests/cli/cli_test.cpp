@@ -1,12 +1,15 @@
 // The `g4` command as users and other tools drive it: outputs, exit codes and error messages.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "core/random.h"
 #include "io/safetensors.h"
 #include "support/g4_process.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 #include "support/train_recipe.h"
 
@@ -202,6 +205,106 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
     EXPECT_FALSE(fs::exists(dir / "out" / stale)) << stale;
   const std::string prompt = " --prompt-ids 9,8,7,6 --max-new-tokens 5";
   EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
+  fs::remove_all(dir);
+}
+
+using test::max_diff;
+
+TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
+  const fs::path dir = temp_dir("forward_diffusion");
+  const std::string fixture = kData + "/hf-diffusion-gemma/tiny-dg-a";
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+  const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
+  const Tensor ids = ref.get("fwd.input_ids").clone();
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"canvas_ids", ref.get("fwd.canvas_ids").clone()},
+                            {"self_conditioning_logits", ref.get("fwd.sc_logits").clone()},
+                            {"self_conditioning_mask", ref.get("fwd.sc_mask").clone()},
+                            {"labels", ids}});
+  ProcessResult r = run("forward " + fixture + " --inputs " + in + " --out " + out + " --grads");
+  ASSERT_EQ(r.code, 0) << r.output;
+  {
+    const io::SafetensorsReader o = io::SafetensorsReader::open(out);
+    const Tensor logits = o.get_f32("logits", {2, 8, 256}), enc = o.get_f32("encoder_logits", {2, 13, 256});
+    EXPECT_LT(max_diff(logits, ref.get_f32("fwd.logits_sc_masked", logits.shape())), 1e-4);
+    EXPECT_LT(max_diff(enc, ref.get_f32("fwd.encoder_logits", enc.shape())), 1e-4);
+    // encoder_loss: the mean next-token cross-entropy of transformers' encoder logits.
+    const Tensor want = ref.get_f32("fwd.encoder_logits", enc.shape());
+    double sum = 0;
+    int64_t n = 0;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t + 1 < 13; ++t, ++n) {
+        const float* row = want.data<float>() + (b * 13 + t) * 256;
+        double mx = row[0], z = 0;
+        for (int64_t v = 0; v < 256; ++v) mx = std::max(mx, double(row[v]));
+        for (int64_t v = 0; v < 256; ++v) z += std::exp(double(row[v]) - mx);
+        sum += mx + std::log(z) - row[element_as_int(ids, b * 13 + t + 1)];
+      }
+    EXPECT_NEAR(o.get_f32("encoder_loss", {1}).item(), sum / double(n), 1e-5);
+    EXPECT_TRUE(o.has("grad.model.decoder.layers.0.self_attn.q_proj.weight"));
+    EXPECT_TRUE(o.has("grad.model.decoder.layers.4.experts.down_proj"));
+    EXPECT_FALSE(o.has("grad.model.decoder.layers.4.self_attn.v_proj.weight"));
+  }
+
+  // Left padding: the encoder's mask, and the decoder's over [context ; canvas].
+  io::save_safetensors(in, {{"input_ids", ref.get("fwdpad.input_ids").clone()},
+                            {"canvas_ids", ref.get("fwd.canvas_ids").clone()},
+                            {"attention_mask", ref.get("fwdpad.attention_mask").clone()},
+                            {"decoder_attention_mask", ref.get("fwdpad.decoder_attention_mask").clone()}});
+  r = run("forward " + fixture + " --inputs " + in + " --out " + out + " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  {
+    const io::SafetensorsReader o = io::SafetensorsReader::open(out);
+    const Tensor logits = o.get_f32("logits", {2, 8, 256}), enc = o.get_f32("encoder_logits", {2, 13, 256});
+    EXPECT_LT(max_diff(logits, ref.get_f32("fwdpad.logits", logits.shape())), 1e-4);
+    EXPECT_LT(max_diff(enc, ref.get_f32("fwdpad.encoder_logits", enc.shape()), ref.get("fwdpad.attention_mask")),
+              1e-4);
+    EXPECT_FALSE(o.has("encoder_loss"));
+  }
+
+  // What it needs, and what it refuses.
+  io::save_safetensors(in, {{"input_ids", ids}});
+  expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out), {"canvas_ids", in});
+  io::save_safetensors(in, {{"input_ids", ids}, {"canvas_ids", ref.get("fwd.canvas_ids").clone()}});
+  expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out + " --grads"), {"--grads", "labels"});
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"canvas_ids", ref.get("fwd.canvas_ids").clone()},
+                            {"decoder_attention_mask", ref.get("fwdpad.decoder_attention_mask").clone()}});
+  expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out),
+               {"decoder_attention_mask", "attention_mask", "first S columns"});
+  fs::remove_all(dir);
+}
+
+TEST(Cli, InspectAndConvertKnowDiffusionModels) {
+  const fs::path dir = temp_dir("convert_diffusion");
+  const std::string fixture = kData + "/hf-diffusion-gemma/tiny-dg-b";
+  ProcessResult r = run("inspect " + fixture);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* part : {"block diffusion", "canvas 6 tokens", "6 experts", "vision", "kept as read"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << " in: " << r.output;
+
+  const std::string out = (dir / "out").string();
+  r = run("convert " + fixture + " " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(test::run_shell("cmp " + fixture + "/generation_config.json " + out + "/generation_config.json").code, 0);
+  r = run("inspect " + out);
+  EXPECT_NE(r.output.find("kept as read"), std::string::npos) << r.output;  // the vision tower came along
+
+  // An autoregressive MoE adapted: a diffusion model that forward runs.
+  const std::string adapted = (dir / "adapted").string();
+  r = run("convert " + kData + "/hf-gemma4/tiny-moe " + adapted + " --to-diffusion --canvas-length 4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("inspect " + adapted);
+  EXPECT_NE(r.output.find("canvas 4 tokens"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir / "adapted" / "generation_config.json"));
+  const std::string in = (dir / "in.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", randint({1, 5}, 3, 1, 256)}, {"canvas_ids", randint({1, 4}, 4, 1, 256)}});
+  r = run("forward " + adapted + " --inputs " + in + " --out " + (dir / "o.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  expect_error(run("convert " + kData + "/hf-gemma4/tiny-dense-ple " + (dir / "x").string() + " --to-diffusion"),
+               {"cannot adapt", "routed experts"});
+  expect_error(run("convert " + fixture + " " + (dir / "y").string() + " --canvas-length 4"),
+               {"--canvas-length", "--to-diffusion"});
   fs::remove_all(dir);
 }
 

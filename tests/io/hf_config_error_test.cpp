@@ -171,6 +171,49 @@ TEST(HfConfigErrors, AbsurdSizesAreRefusedBeforeUse) {
   EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.2.head_dim'", "more than g4 supports");
 }
 
+json diffusion() {
+  return json::parse(test::read_bytes(test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a/config.json"));
+}
+
+// What DiffusionGemma fixes (DIFFUSION.md §A): keys that say otherwise are refused by name.
+TEST(HfConfigErrors, DiffusionGemma) {
+  json j = diffusion();
+  j["tie_word_embeddings"] = false;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'tie_word_embeddings'", "is false");
+  j = diffusion();
+  j["text_config"]["tie_word_embeddings"] = false;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "tie_word_embeddings", "is false");
+  j = diffusion();
+  j["text_config"]["attention_k_eq_v"] = false;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.attention_k_eq_v'", "no v_proj");
+  for (const char* key : {"num_experts", "top_k_experts", "moe_intermediate_size"}) {
+    j = diffusion();
+    j["text_config"].erase(key);
+    EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, std::string("'text_config.") + key + "'", "missing");
+  }
+  j = diffusion();
+  j["text_config"]["model_type"] = "gemma4_text";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.model_type'", "gemma4_text", "diffusion_gemma_text");
+  j = diffusion();
+  j["model_type"] = "gemma4";  // a Gemma 4 config must not hold a diffusion text config either
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.model_type'", "diffusion_gemma_text");
+  j = diffusion();
+  j.erase("text_config");
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config'", "diffusion_gemma");
+  j = diffusion();
+  j["canvas_length"] = 0;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'canvas_length'", "got 0");
+  j = diffusion();
+  j["text_config"]["hidden_size_per_layer_input"] = 16;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.hidden_size_per_layer_input'", "per-layer");
+  j = diffusion();
+  j["text_config"]["num_kv_shared_layers"] = 2;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.num_kv_shared_layers'", "shares no K/V");
+  j = diffusion();
+  j["text_config"]["use_bidirectional_attention"] = "all";
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'text_config.use_bidirectional_attention'", "\"all\"");
+}
+
 TEST(HfConfigErrors, Files) {
   test::TempDir tmp;
   EXPECT_G4_ERROR(load_model_config(tmp / "config.json"), tmp / "config.json", "cannot open");

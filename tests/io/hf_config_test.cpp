@@ -2,6 +2,8 @@
 // and the export/import round trip.
 #include "io/hf_config.h"
 
+#include <functional>
+
 #include "io/io_test_util.h"
 
 namespace g4::io {
@@ -100,6 +102,97 @@ TEST(HfConfig, MoeConditional) {
     EXPECT_EQ(s.intermediate, 96);
     EXPECT_EQ(s.k_eq_v, !s.sliding);
     EXPECT_EQ(s.num_kv_heads, s.sliding ? 2 : 1);
+  }
+}
+
+json diffusion_json(const std::string& name) {
+  return json::parse(test::read_bytes(test::data_dir() + "/hf-diffusion-gemma/" + name + "/config.json"));
+}
+
+TEST(HfConfig, DiffusionGemma) {
+  const ModelConfig c = parse_model_config(diffusion_json("tiny-dg-a"), "dg.json");
+  EXPECT_TRUE(c.diffusion);
+  EXPECT_FALSE(c.conditional);
+  EXPECT_TRUE(c.has_vision);
+  EXPECT_EQ(c.architecture, "DiffusionGemmaForBlockDiffusion");
+  EXPECT_EQ(c.canvas_length, 8);
+  EXPECT_EQ(c.image_token_id, 258880);
+  EXPECT_EQ(c.final_logit_softcapping, 30.0);  // a class attribute: absent from the file at 30
+  EXPECT_EQ(c.bidirectional, "vision");
+  for (const LayerSpec& s : c.layers) {
+    EXPECT_TRUE(s.moe);
+    EXPECT_EQ(s.k_eq_v, !s.sliding);
+    EXPECT_EQ(s.head_dim, s.sliding ? 16 : 32);
+    EXPECT_EQ(s.num_kv_heads, s.sliding ? 2 : 1);
+  }
+  const ModelConfig b = parse_model_config(diffusion_json("tiny-dg-b"), "dg.json");
+  EXPECT_EQ(b.final_logit_softcapping, 20.0);
+  EXPECT_EQ(b.layers[1].head_dim, 32);
+  EXPECT_EQ(b.layers[1].num_kv_heads, 2);  // no num_global_key_value_heads: num_key_value_heads
+}
+
+// DiffusionGemmaTextConfig.__post_init__ (transformers 5.17): without a per_layer_config key,
+// global_head_dim (default 512) and num_global_key_value_heads become the full layers' entries;
+// with one, even null, both keys are dropped and unlisted full layers keep head_dim.
+TEST(HfConfig, DiffusionHeadDimDialects) {
+  const json a = diffusion_json("tiny-dg-a");
+  const ModelConfig want = parse_model_config(a, "dg.json");
+  auto layers_of = [](json j, const std::function<void(json&)>& edit) {
+    edit(j["text_config"]);
+    return parse_model_config(j, "dg.json").layers;
+  };
+  EXPECT_EQ(layers_of(a,
+                      [](json& t) {
+                        t.erase("per_layer_config");
+                        t["global_head_dim"] = 32;
+                        t["num_global_key_value_heads"] = 1;
+                      }),
+            want.layers);
+  const auto neither = layers_of(a, [](json& t) { t.erase("per_layer_config"); });
+  for (int64_t l : {2, 4}) {
+    EXPECT_EQ(neither[l].head_dim, 512);
+    EXPECT_EQ(neither[l].num_kv_heads, 2);
+  }
+  EXPECT_EQ(neither[0].head_dim, 16);
+  EXPECT_EQ(layers_of(a,
+                      [](json& t) {
+                        t["global_head_dim"] = 64;
+                        t["num_global_key_value_heads"] = 2;
+                      }),
+            want.layers);
+  const auto partial = layers_of(a, [](json& t) {
+    t["per_layer_config"].erase("4");
+    t["global_head_dim"] = 64;
+  });
+  EXPECT_EQ(partial[2].head_dim, 32);
+  EXPECT_EQ(partial[4].head_dim, 16);
+  EXPECT_EQ(partial[4].num_kv_heads, 2);
+  const auto null = layers_of(a, [](json& t) {
+    t["per_layer_config"] = nullptr;
+    t["global_head_dim"] = 64;
+  });
+  EXPECT_EQ(null[2].head_dim, 16);
+  EXPECT_EQ(null[4].head_dim, 16);
+}
+
+TEST(HfConfig, DiffusionExportRoundTrip) {
+  for (const char* name : {"tiny-dg-a", "tiny-dg-b"}) {
+    SCOPED_TRACE(name);
+    ModelConfig c = parse_model_config(diffusion_json(name), "dg.json");
+    EXPECT_EQ(model_config_to_json(c), diffusion_json(name));  // read from a file: written back verbatim
+    c.raw = json();
+    const json j = model_config_to_json(c);
+    EXPECT_EQ(j["model_type"], "diffusion_gemma");
+    EXPECT_EQ(j["architectures"], json({"DiffusionGemmaForBlockDiffusion"}));
+    EXPECT_EQ(j["text_config"]["model_type"], "diffusion_gemma_text");
+    EXPECT_EQ(j["canvas_length"], c.canvas_length);
+    EXPECT_EQ(j["vision_config"]["model_type"], "gemma4_vision");
+    for (const char* gemma4_only : {"attention_k_eq_v", "enable_moe_block", "num_kv_shared_layers",
+                                    "hidden_size_per_layer_input", "global_head_dim"})
+      EXPECT_FALSE(j["text_config"].contains(gemma4_only)) << gemma4_only;
+    ModelConfig back = parse_model_config(j, "export.json");
+    back.raw = json();
+    EXPECT_TRUE(back == c) << j.dump(2);
   }
 }
 
