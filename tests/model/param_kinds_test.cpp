@@ -38,8 +38,11 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.layers\.\d+\.moe\.experts\.gate_and_up_projs)", ParamKind::kExpertGateUp},
       {R"(model\.layers\.\d+\.moe\.experts\.down_projs)", ParamKind::kExpertDown},
       {R"(lm_head\.weight)", ParamKind::kLmHead},
-      {R"(model\.layers\.\d+\.layer_scalar)", ParamKind::kLayerScalar},
+      {R"(model\.layers\.\d+\.(encoder_)?layer_scalar)", ParamKind::kLayerScalar},
       {R"(model\.layers\.\d+\.router\.per_expert_scale)", ParamKind::kPerExpertScale},
+      {R"(model\.self_conditioning\.pre_norm\.weight)", ParamKind::kNorm},
+      {R"(model\.self_conditioning\.(gate|up|down)_proj\.weight)", ParamKind::kSelfConditioning},
+      {R"(model\.encoder\.(vision_tower|embed_vision)\..*)", ParamKind::kPassThrough},
   };
   for (const auto& [pattern, kind] : rules)
     if (std::regex_match(n, std::regex(pattern))) return kind;
@@ -47,11 +50,12 @@ ParamKind kind_from_name(const std::string& n) {
   return ParamKind::kNorm;
 }
 
-std::vector<std::string> fixture_names() {
+// Every fixture model directory (autoregressive and diffusion).
+std::vector<std::string> fixture_dirs() {
   std::vector<std::string> out;
-  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied"})
+  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied", "/hf-diffusion-gemma"})
     for (const auto& e : fs::directory_iterator(test::data_dir() + sub))
-      if (fs::exists(e.path() / "config.json")) out.push_back(e.path().filename().string());
+      if (fs::exists(e.path() / "config.json")) out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -74,16 +78,16 @@ TEST(ParamKinds, EveryKindHasItsOwnName) {
 // and of every built-in config has a kind, the one its name says; every kind occurs somewhere.
 TEST(ParamKinds, EveryParameterOfEveryConfigHasTheKindItsNameSays) {
   std::set<ParamKind> seen;
-  const std::vector<std::string> fixtures = fixture_names();
+  const std::vector<std::string> fixtures = fixture_dirs();
   ASSERT_GE(fixtures.size(), 6u);
   for (const std::string& f : fixtures) {
     SCOPED_TRACE(f);
-    const io::ModelConfig cfg = io::load_model_config(test::hf_fixture_dir(f));
+    const io::ModelConfig cfg = io::load_model_config(f);
     for (const int64_t ep_size : {int64_t{1}, int64_t{2}}) {
       if (ep_size > 1 && !cfg.enable_moe_block) continue;
       // The second half of the experts, as the last of ep_size ranks holds them.
       const int64_t share = cfg.num_experts / ep_size;
-      const auto m = model::load_hf_model(test::hf_fixture_dir(f), model::ExpertRange{(ep_size - 1) * share, share});
+      const auto m = model::load_hf_model(f, model::ExpertRange{(ep_size - 1) * share, share});
       const model::ParamStore& p = m->params();
       for (const std::string& n : p.order) {
         EXPECT_EQ(p.kind(n), kind_from_name(n)) << n;
@@ -142,9 +146,9 @@ TEST(ParamKinds, KnownNamesHaveTheirKinds) {
 // Expert parallelism splits the kinds that index experts: exactly the names the old rule picked
 // (".moe.experts." among parameters, "per_expert_scale" among buffers).
 TEST(ParamKinds, SplitByExpertIsWhatTheNameRulePicked) {
-  for (const std::string& f : fixture_names()) {
+  for (const std::string& f : fixture_dirs()) {
     SCOPED_TRACE(f);
-    const auto m = model::load_hf_model(test::hf_fixture_dir(f));
+    const auto m = model::load_hf_model(f);
     const model::ParamStore& p = m->params();
     for (const std::string& n : p.order)
       EXPECT_EQ(model::split_by_expert(p.kind(n)), n.find(".moe.experts.") != std::string::npos) << n;
