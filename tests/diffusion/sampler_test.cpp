@@ -15,6 +15,7 @@
 #include "core/random.h"
 #include "io/json_input.h"
 #include "io/safetensors.h"
+#include "support/diffusion_fixtures.h"
 #include "model/state_dict_adapter.h"
 #include "support/test_paths.h"
 
@@ -45,19 +46,6 @@ std::vector<int64_t> widen(const std::vector<uint8_t>& v) {
 }
 
 // generate()'s keyword arguments of a recorded run, as overrides of the model's generation_config.json.
-json run_overrides(const json& settings) {
-  json o = json::object();
-  for (const char* key : {"max_new_tokens", "max_denoising_steps", "t_min", "t_max", "stability_threshold",
-                          "confidence_threshold", "eos_token_id", "pad_token_id"})
-    o[key] = settings.at(key);
-  // JSON integers where transformers got Python floats (t_min 0.0 is written as 0).
-  for (const char* key : {"t_min", "t_max", "confidence_threshold"})
-    if (o[key].is_number()) o[key] = o[key].get<double>();
-  o["sampler_config"] = {{"_cls_name", "EntropyBoundSamplerConfig"},
-                         {"entropy_bound", settings.at("entropy_bound").get<double>()}};
-  return o;
-}
-
 struct Case {
   std::string fixture, run;
 };
@@ -76,7 +64,7 @@ TEST_P(RecordedRun, MatchesTransformersTokenForToken) {
   const int64_t B = prompt.size(0), P = prompt.size(1), C = m->config().canvas_length;
   const Tensor mask = ref.has(pre + "attention_mask") ? ref.get(pre + "attention_mask").clone() : Tensor();
   const diffusion::GenerationConfig cfg = diffusion::resolve_generation_config(
-      m->config().generation_config, "generation_config.json", run_overrides(run.at("settings")), "run settings", P);
+      m->config().generation_config, "generation_config.json", test::diffusion_run_overrides(run.at("settings")), "run settings", P);
 
   diffusion::TorchCpuDraws draws(run.at("seed").get<uint64_t>());
   std::vector<diffusion::StepTrace> trace;
