@@ -41,8 +41,8 @@ void add_recipe_command(CLI::App& app, Action& action, const std::string& name, 
 }
 
 void add_train(CLI::App& app, Action& action) {
-  add_recipe_command(app, action, "train", "Train or fine-tune from a YAML recipe (see recipes/)", train::Command::kTrain,
-                     [](const train::Recipe& r, bool resume) {
+  add_recipe_command(app, action, "train", "Train or fine-tune from a YAML recipe (see recipes/)",
+                     train::Command::kTrain, [](const train::Recipe& r, bool resume) {
                        train::run_training(r, resume,
                                            r.command == train::Command::kDiffusion ? diffusion::recipe_objective
                                                                                    : train::ObjectiveFactory());

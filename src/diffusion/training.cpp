@@ -36,8 +36,10 @@ std::vector<DllmExample> examples_of(const data::Document& d, int64_t prompt_tok
       out.push_back({std::vector<int64_t>(d.ids.begin() + k, d.ids.begin() + k + len), prompt_tokens});
     return out;
   }
-  G4_CHECK(runs == 1, d.source, ": block-diffusion training takes single-turn conversations (one assistant reply), "
-           "this one has ", runs);
+  G4_CHECK(runs == 1, d.source,
+           ": block-diffusion training takes single-turn conversations (one assistant reply), "
+           "this one has ",
+           runs);
   out.push_back({std::vector<int64_t>(d.ids.begin(), d.ids.begin() + last + 1), first});
   return out;
 }
@@ -77,8 +79,10 @@ DllmExamples load_examples(const data::DataOptions& opt, const io::Tokenizer& to
   }
   if (out.skipped > 0)
     G4_LOG("data: skipped ", out.skipped, " example(s) with no response token within data.seq_len ", opt.seq_len);
-  G4_CHECK(!out.train.empty(), "data: ", opt.files[0], "... yields no training example (plain text needs documents of "
-           "at least data.prompt_tokens + data.continuation_tokens = ", prompt_tokens + continuation_tokens, " tokens)");
+  G4_CHECK(!out.train.empty(), "data: ", opt.files[0],
+           "... yields no training example (plain text needs documents of "
+           "at least data.prompt_tokens + data.continuation_tokens = ",
+           prompt_tokens + continuation_tokens, " tokens)");
   shuffle(out.train, opt.seed + 1);
   for (const auto& [id, c] : counts) {
     const double p = static_cast<double>(c) / static_cast<double>(total);
@@ -93,7 +97,8 @@ train::CustomObjective recipe_objective(const train::Recipe& r, const io::Tokeni
            ": block diffusion trains with data parallelism only (no expert or context parallelism)");
   const io::ModelConfig cfg = train::model_config(r);
   G4_CHECK(cfg.diffusion, r.source, ": a block-diffusion recipe (dllm section) needs a diffusion_gemma model; ",
-           r.model_path.empty() ? r.model_name : r.model_path, " is not one (g4 convert --to-diffusion adapts an "
+           r.model_path.empty() ? r.model_name : r.model_path,
+           " is not one (g4 convert --to-diffusion adapts an "
            "autoregressive checkpoint)");
   DiffusionOptions o;
   o.block_size = d.block_size > 0 ? d.block_size : cfg.canvas_length;
@@ -112,8 +117,8 @@ train::CustomObjective recipe_objective(const train::Recipe& r, const io::Tokeni
   o.validation_batches = r.validation_batches;
   data::DataOptions data = r.data;
   data.add_eos = false;  // a continuation ends where its window ends
-  DllmExamples ex = load_examples(data, tok, d.prompt_tokens, d.continuation_tokens > 0 ? d.continuation_tokens
-                                                                                          : o.block_size);
+  DllmExamples ex =
+      load_examples(data, tok, d.prompt_tokens, d.continuation_tokens > 0 ? d.continuation_tokens : o.block_size);
   int64_t tokens = 0;
   for (const DllmExample& e : ex.train) tokens += std::min<int64_t>(static_cast<int64_t>(e.ids.size()), r.data.seq_len);
   char lines[512];
@@ -125,8 +130,8 @@ train::CustomObjective recipe_objective(const train::Recipe& r, const io::Tokeni
                 static_cast<long long>(r.data.seq_len), ex.unigram_entropy);
   train::CustomObjective c;
   c.data_lines = lines;
-  c.tokens_per_step = tokens / static_cast<int64_t>(ex.train.size()) * r.batch_size * r.grad_accumulation *
-                      mesh.world().size();
+  c.tokens_per_step =
+      tokens / static_cast<int64_t>(ex.train.size()) * r.batch_size * r.grad_accumulation * mesh.world().size();
   c.unigram_entropy = ex.unigram_entropy;
   c.has_validation = !ex.validation.empty();
   o.train = std::move(ex.train);

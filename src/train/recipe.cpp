@@ -164,28 +164,6 @@ std::vector<ScopedKey> make_schema() {
       sft_only(field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative)),
       sft_only(field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative)),
       sft_only(field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)")),
-      // Block diffusion (a recipe with a dllm section): NeMo Automodel's names (docs/diffusion.md).
-      dllm_only(field("dllm.mode", G4_SLOT(dllm.mode), "the diffusion objective (Automodel's dllm.mode)", {},
-            {"block_diffusion"})),
-      dllm_only(field("dllm.block_size", G4_SLOT(dllm.block_size),
-            "tokens per denoised block (0: the model's canvas_length)", kNonNegative)),
-      dllm_only(field("dllm.eps", G4_SLOT(dllm.eps), "lowest corruption level t (t = eps + (1 - eps) u)", kUnit)),
-      dllm_only(field("dllm.self_conditioning_p", G4_SLOT(dllm.self_conditioning_p),
-            "chance that an example's second pass is self-conditioned on the first", kFraction)),
-      dllm_only(field("dllm.encoder_loss_weight", G4_SLOT(dllm.encoder_loss_weight),
-            "weight of the encoder's next-token (AR) loss", kNonNegative)),
-      dllm_only(field("dllm.supervise_padding", G4_SLOT(dllm.supervise_padding),
-            "the pad tail of each row counts as supervised")),
-      dllm_only(field("dllm.pad_block_size", G4_SLOT(dllm.pad_block_size),
-            "responses are filled with EOS to whole blocks of this (0: dllm.block_size)", kNonNegative)),
-      dllm_only(field("dllm.pad_seq_len_divisible", G4_SLOT(dllm.pad_seq_len_divisible),
-            "rows are padded to a multiple of lcm(this, dllm.pad_block_size) (0: dllm.pad_block_size)",
-            kNonNegative)),
-      dllm_only(field("seed", G4_SLOT(dllm.seed), "base seed of the corruption, block-selection and coin draws")),
-      dllm_only(field("data.prompt_tokens", G4_SLOT(dllm.prompt_tokens),
-            "plain text: prompt tokens of each (prompt, continuation) example", kPositive)),
-      dllm_only(field("data.continuation_tokens", G4_SLOT(dllm.continuation_tokens),
-            "plain text: continuation tokens of each example (0: dllm.block_size)", kNonNegative)),
       // g4 rl: NeMo-RL's GRPO/DAPO keys (docs/rl.md).
       rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
       rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
@@ -282,6 +260,31 @@ std::vector<ScopedKey> make_schema() {
       rl_only(field("train.micro_batch_tokens", G4_SLOT(rl.micro_batch_tokens),
             "tokens per packed row of the training forward (rollouts packed up to it)", kPositive)),
   };
+  // Block diffusion (a recipe with a dllm section): NeMo Automodel's names (docs/diffusion.md).
+  for (RecipeKey& k : std::vector<RecipeKey>{
+           field("dllm.mode", G4_SLOT(dllm.mode), "the diffusion objective (Automodel's dllm.mode)", {},
+                 {"block_diffusion"}),
+           field("dllm.block_size", G4_SLOT(dllm.block_size),
+                 "tokens per denoised block (0: the model's canvas_length)", kNonNegative),
+           field("dllm.eps", G4_SLOT(dllm.eps), "lowest corruption level t (t = eps + (1 - eps) u)", kUnit),
+           field("dllm.self_conditioning_p", G4_SLOT(dllm.self_conditioning_p),
+                 "chance that an example's second pass is self-conditioned on the first", kFraction),
+           field("dllm.encoder_loss_weight", G4_SLOT(dllm.encoder_loss_weight),
+                 "weight of the encoder's next-token (AR) loss", kNonNegative),
+           field("dllm.supervise_padding", G4_SLOT(dllm.supervise_padding),
+                 "the pad tail of each row counts as supervised"),
+           field("dllm.pad_block_size", G4_SLOT(dllm.pad_block_size),
+                 "responses are filled with EOS to whole blocks of this (0: dllm.block_size)", kNonNegative),
+           field("dllm.pad_seq_len_divisible", G4_SLOT(dllm.pad_seq_len_divisible),
+                 "rows are padded to a multiple of lcm(this, dllm.pad_block_size) (0: dllm.pad_block_size)",
+                 kNonNegative),
+           field("seed", G4_SLOT(dllm.seed), "base seed of the corruption, block-selection and coin draws"),
+           field("data.prompt_tokens", G4_SLOT(dllm.prompt_tokens),
+                 "plain text: prompt tokens of each (prompt, continuation) example", kPositive),
+           field("data.continuation_tokens", G4_SLOT(dllm.continuation_tokens),
+                 "plain text: continuation tokens of each example (0: dllm.block_size)", kNonNegative),
+       })
+    s.push_back(dllm_only(std::move(k)));
   return s;
 }
 // clang-format on
@@ -595,7 +598,9 @@ std::string RecipeKey::type_text() const {
   return type_name(type) + (r.empty() ? "" : " " + r);
 }
 
-const char* command_name(Command c) { return c == Command::kRl ? "rl" : "train"; }
+const char* command_name(Command c) {
+  return c == Command::kRl ? "rl" : "train";
+}
 
 const std::vector<RecipeKey>& recipe_schema(Command c) {
   static const auto schemas = [] {

@@ -30,14 +30,13 @@ struct TrainResult {
 // block diffusion's from src/diffusion for a kDiffusion recipe), with what the run reports of it.
 struct CustomObjective {
   std::unique_ptr<Objective> objective;
-  std::string data_lines;        // the plan's lines about the data, each ending in a newline
-  int64_t tokens_per_step = 0;   // tokens a step trains on, over every rank (throughput)
-  double unigram_entropy = 0;    // of the trained tokens: the baseline loss in the summary
+  std::string data_lines;       // the plan's lines about the data, each ending in a newline
+  int64_t tokens_per_step = 0;  // tokens a step trains on, over every rank (throughput)
+  double unigram_entropy = 0;   // of the trained tokens: the baseline loss in the summary
   bool has_validation = false;
 };
 // Called once the model, tokenizer and mesh exist (the objective's configure() comes after).
-using ObjectiveFactory =
-    std::function<CustomObjective(const Recipe&, const io::Tokenizer&, parallel::DeviceMesh&)>;
+using ObjectiveFactory = std::function<CustomObjective(const Recipe&, const io::Tokenizer&, parallel::DeviceMesh&)>;
 
 // `resume`: continue from the newest complete checkpoint in the recipe's output directory.
 // `custom` (if set) supplies the objective; otherwise SFT over the recipe's packed data.

@@ -11,6 +11,7 @@
 #include "diffusion/model.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "support/logit_diff.h"
 #include "support/test_paths.h"
 
 namespace g4 {
@@ -18,18 +19,7 @@ namespace {
 
 std::string fixture(const std::string& name) { return test::data_dir() + "/hf-diffusion-gemma/" + name; }
 
-// max |a - b| over rows [.., n, V] whose row mask (if given, [B, n]) is nonzero.
-double max_diff(const Tensor& a, const Tensor& b, const Tensor& rows = {}) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const int64_t V = a.size(-1), R = a.numel() / V;
-  double m = 0;
-  for (int64_t r = 0; r < R; ++r) {
-    if (rows.defined() && element_as_int(rows, r) == 0) continue;
-    for (int64_t v = 0; v < V; ++v)
-      m = std::max(m, std::abs(double(a.data<float>()[r * V + v]) - double(b.data<float>()[r * V + v])));
-  }
-  return m;
-}
+using test::max_diff;
 
 class DiffusionForward : public ::testing::TestWithParam<std::string> {};
 

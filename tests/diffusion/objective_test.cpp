@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
+#include "support/logit_diff.h"
 #include "support/test_paths.h"
 
 namespace g4 {
@@ -31,18 +32,7 @@ std::vector<int64_t> ints(const Tensor& t) {
   return v;
 }
 
-// max |a - b| over rows [B, n, V] whose row mask [B, n] (if given) is nonzero.
-double max_diff(const Tensor& a, const Tensor& b, const Tensor& rows = {}) {
-  EXPECT_EQ(a.shape(), b.shape());
-  const int64_t V = a.size(-1), R = a.numel() / V;
-  double m = 0;
-  for (int64_t r = 0; r < R; ++r) {
-    if (rows.defined() && element_as_int(rows, r) == 0) continue;
-    for (int64_t v = 0; v < V; ++v)
-      m = std::max(m, std::abs(double(a.data<float>()[r * V + v]) - double(b.data<float>()[r * V + v])));
-  }
-  return m;
-}
+using test::max_diff;
 
 // The fixture's training step: its settings, its examples (rebuilt from the collated rows), its model.
 struct Replay {

@@ -59,8 +59,8 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
   for (std::string line; std::getline(in, line);) {
     const auto j = nlohmann::json::parse(line);
     if (j.contains("loss"))
-      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " +
-                      j["diffusion_loss"].dump() + " " + j["ar_loss"].dump() + " " + j["grad_norm"].dump());
+      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["diffusion_loss"].dump() +
+                      " " + j["ar_loss"].dump() + " " + j["grad_norm"].dump());
     if (j.contains("validation_loss")) lines.push_back("val " + j["validation_loss"].dump());
   }
   return lines;
@@ -69,7 +69,8 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
 TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
   const fs::path dir = test::scratch_dir("dllm_run");
   const std::string recipe = write_recipe(dir);
-  const test::ProcessResult full = test::run_g4("train " + recipe + " train.steps=16 checkpoint.dir=" + (dir / "full").string());
+  const test::ProcessResult full =
+      test::run_g4("train " + recipe + " train.steps=16 checkpoint.dir=" + (dir / "full").string());
   ASSERT_EQ(full.code, 0) << full.output;
   EXPECT_NE(full.output.find("block diffusion, blocks of 8"), std::string::npos) << full.output;
   std::vector<double> loss;
@@ -105,23 +106,23 @@ TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
   EXPECT_EQ(r.dllm.seed, 42u);
   EXPECT_NE(std::find(r.freeze.begin(), r.freeze.end(), "router"), r.freeze.end()) << "the router is frozen";
   std::string e = test::error_of([&] { train::recipe_from_yaml(base + "log: {samples: 2}\n", "d.yaml"); });
-  EXPECT_NE(e.find("d.yaml: recipe key 'log.samples' is for g4 train, not a block-diffusion recipe"),
-            std::string::npos) << e;
+  EXPECT_NE(e.find("d.yaml: recipe key 'log.samples' is for g4 train, not a block-diffusion recipe"), std::string::npos)
+      << e;
   e = test::error_of([&] { train::recipe_from_yaml(base + "train: {recompute: true}\n", "d.yaml"); });
   EXPECT_NE(e.find("'train.recompute' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
   e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {"dllm.eps=1.5"}); });
   EXPECT_NE(e.find("'dllm.eps' must be in [0, 1)"), std::string::npos) << e;
-  e = test::error_of([&] {
-    train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt], prompt_tokens: 8}\n", "s.yaml");
-  });
+  e = test::error_of(
+      [&] { train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt], prompt_tokens: 8}\n", "s.yaml"); });
   EXPECT_NE(e.find("s.yaml: recipe key 'data.prompt_tokens' is for a block-diffusion recipe (dllm.mode: "
                    "block_diffusion), not g4 train"),
-            std::string::npos) << e;
+            std::string::npos)
+      << e;
   // An override makes an SFT recipe a diffusion one.
-  EXPECT_EQ(train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt]}\n", "s.yaml",
-                                    {"dllm.mode=block_diffusion"})
-                .command,
-            train::Command::kDiffusion);
+  EXPECT_EQ(
+      train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt]}\n", "s.yaml", {"dllm.mode=block_diffusion"})
+          .command,
+      train::Command::kDiffusion);
 }
 
 TEST(DiffusionRecipe, ShippedRecipesLoadAndTheDocsListTheKeys) {
@@ -171,7 +172,8 @@ TEST(DiffusionData, ChatRepliesAndTextWindowsBecomeExamples) {
   EXPECT_EQ(e.ids.back(), *chat_tok->token_to_id("<turn|>"));
   std::ofstream(dir / "two.jsonl")
       << R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, )"
-      << R"({"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})" << "\n";
+      << R"({"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})"
+      << "\n";
   d.files = {(dir / "two.jsonl").string()};
   const std::string err = test::error_of([&] { diffusion::load_examples(d, *chat_tok, 10, 6); });
   EXPECT_NE(err.find("two.jsonl:1: block-diffusion training takes single-turn conversations"), std::string::npos)
