@@ -25,8 +25,9 @@ int64_t& at(Tensor& t, int64_t b, int64_t j) {
 
 DllmBatch collate(const std::vector<DllmExample>& examples, const CollateOptions& opt) {
   G4_CHECK(!examples.empty(), "collate: no examples");
-  G4_CHECK(opt.pad_block_size > 0 && opt.pad_seq_len_divisible > 0 && opt.max_seq_len > 0,
-           "collate: dllm.pad_block_size, dllm.pad_seq_len_divisible and the sequence length must be positive");
+  G4_CHECK(opt.pad_block_size > 0 && opt.pad_seq_len_divisible >= 0 && opt.max_seq_len > 0,
+           "collate: dllm.pad_block_size and the sequence length must be positive, dllm.pad_seq_len_divisible not "
+           "negative");
   const int64_t B = static_cast<int64_t>(examples.size()), pb = opt.pad_block_size;
   std::vector<int64_t> content(examples.size()), fill_end(examples.size());
   for (size_t b = 0; b < examples.size(); ++b) {
@@ -38,7 +39,8 @@ DllmBatch collate(const std::vector<DllmExample>& examples, const CollateOptions
     const int64_t resp = std::max<int64_t>(content[b] - e.prompt, 0);
     fill_end[b] = resp > 0 ? e.prompt + round_up(resp, pb) : content[b];
   }
-  const int64_t multiple = std::lcm(pb, opt.pad_seq_len_divisible);
+  // Automodel aligns only for a divisor above 1 (None, 0 and 1: the longest fill end).
+  const int64_t multiple = opt.pad_seq_len_divisible > 1 ? std::lcm(pb, opt.pad_seq_len_divisible) : 1;
   const int64_t S = std::min(round_up(*std::max_element(fill_end.begin(), fill_end.end()), multiple), opt.max_seq_len);
   DllmBatch out{Tensor::empty({B, S}, DType::I64), Tensor::empty({B, S}, DType::I64),
                 Tensor::empty({B, S}, DType::I64)};

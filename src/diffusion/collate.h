@@ -22,7 +22,7 @@ struct DllmExample {
 // Automodel's DLLMCollator(response_window=True) settings (dllm.* and dataset.seq_length).
 struct CollateOptions {
   int64_t pad_block_size = 256;         // responses are filled with EOS up to whole blocks of this
-  int64_t pad_seq_len_divisible = 256;  // rows are padded to a multiple of lcm(this, pad_block_size)
+  int64_t pad_seq_len_divisible = 256;  // rows are padded to a multiple of lcm(this, pad_block_size); <= 1: not
   int64_t max_seq_len = 1024;           // content is cut here, and so is the padded length
   bool supervise_padding = false;       // the pad tail counts in loss_mask too
   int64_t eos_id = 1, pad_id = 0;

@@ -131,7 +131,6 @@ void DiffusionObjective::configure(model::Gemma4& model) {
   vocab_ = cfg.vocab_size;
   if (opt_.block_size == 0) opt_.block_size = cfg.canvas_length;
   if (opt_.collate.pad_block_size == 0) opt_.collate.pad_block_size = opt_.block_size;
-  if (opt_.collate.pad_seq_len_divisible == 0) opt_.collate.pad_seq_len_divisible = opt_.collate.pad_block_size;
   G4_CHECK(opt_.block_size > 0, "diffusion training: dllm.block_size must be positive, got ", opt_.block_size);
 }
 

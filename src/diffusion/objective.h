@@ -46,7 +46,7 @@ DllmForward dllm_forward(const model::Gemma4& m, const DllmStep& s, double n_dif
 struct DiffusionOptions {
   int64_t block_size = 0;  // dllm.block_size; 0: the model's canvas_length
   double eps = 1e-3, self_conditioning_p = 0.5, encoder_loss_weight = 1.0;
-  CollateOptions collate;  // pad_block_size / pad_seq_len_divisible 0: the block size
+  CollateOptions collate;  // pad_block_size 0: the block size
   uint64_t seed = 42;      // Automodel's base seed of every draw
   int64_t batch_size = 1, grad_accumulation = 1;
   std::vector<DllmExample> train, validation;

@@ -106,7 +106,7 @@ train::CustomObjective recipe_objective(const train::Recipe& r, const io::Tokeni
   o.self_conditioning_p = d.self_conditioning_p;
   o.encoder_loss_weight = d.encoder_loss_weight;
   o.collate.pad_block_size = d.pad_block_size > 0 ? d.pad_block_size : o.block_size;
-  o.collate.pad_seq_len_divisible = d.pad_seq_len_divisible > 0 ? d.pad_seq_len_divisible : o.collate.pad_block_size;
+  o.collate.pad_seq_len_divisible = d.pad_seq_len_divisible;
   o.collate.max_seq_len = r.data.seq_len;
   o.collate.supervise_padding = d.supervise_padding;
   o.collate.eos_id = tok.eos_id;

@@ -276,7 +276,7 @@ std::vector<ScopedKey> make_schema() {
            field("dllm.pad_block_size", G4_SLOT(dllm.pad_block_size),
                  "responses are filled with EOS to whole blocks of this (0: dllm.block_size)", kNonNegative),
            field("dllm.pad_seq_len_divisible", G4_SLOT(dllm.pad_seq_len_divisible),
-                 "rows are padded to a multiple of lcm(this, dllm.pad_block_size) (0: dllm.pad_block_size)",
+                 "rows are padded to a multiple of lcm(this, dllm.pad_block_size) (0 or 1: not)",
                  kNonNegative),
            field("seed", G4_SLOT(dllm.seed), "base seed of the corruption, block-selection and coin draws"),
            field("data.prompt_tokens", G4_SLOT(dllm.prompt_tokens),

@@ -72,7 +72,8 @@ struct DllmSettings {
   int64_t block_size = 0;  // 0: the model's canvas_length
   double eps = 1e-3, self_conditioning_p = 0.5, encoder_loss_weight = 1.0;
   bool supervise_padding = false;
-  int64_t pad_block_size = 0, pad_seq_len_divisible = 0;  // 0: the block size, the pad block size
+  int64_t pad_block_size = 0;         // 0: the block size
+  int64_t pad_seq_len_divisible = 0;  // 0 or 1: rows end at their longest fill
   uint64_t seed = 42;                                     // Automodel's top-level `seed`
   // Plain text is cut into (prompt, continuation) examples of these many tokens.
   int64_t prompt_tokens = 64, continuation_tokens = 0;  // continuation 0: the block size
