@@ -81,7 +81,8 @@ constexpr Range kFraction{0, 1, false, false};  // [0, 1]
 constexpr unsigned bit(Command c) { return 1u << static_cast<unsigned>(c); }
 constexpr unsigned kSft = bit(Command::kTrain), kRl = bit(Command::kRl), kDllm = bit(Command::kDiffusion);
 struct ScopedKey {
-  ScopedKey(RecipeKey k, unsigned s = kSft | kRl | kDllm) : scope(s), key(std::move(k)) {}  // NOLINT: a plain key is for all
+  // NOLINTNEXTLINE: a plain key is for every command
+  ScopedKey(RecipeKey k, unsigned s = kSft | kRl | kDllm) : scope(s), key(std::move(k)) {}
   unsigned scope;
   RecipeKey key;
 };

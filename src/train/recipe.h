@@ -74,7 +74,7 @@ struct DllmSettings {
   bool supervise_padding = false;
   int64_t pad_block_size = 0;         // 0: the block size
   int64_t pad_seq_len_divisible = 0;  // 0 or 1: rows end at their longest fill
-  uint64_t seed = 42;                                     // Automodel's top-level `seed`
+  uint64_t seed = 42;                 // Automodel's top-level `seed`
   // Plain text is cut into (prompt, continuation) examples of these many tokens.
   int64_t prompt_tokens = 64, continuation_tokens = 0;  // continuation 0: the block size
 };

@@ -1,9 +1,9 @@
 // `g4 train`: supervised training from a recipe. The run is made of parts (train/*.h): the
-// model, the device mesh, an Objective (SFT here) that owns its batches and loss, an Optimizer
-// (replicated or sharded AdamW with the fp32 masters), a CheckpointManager over the stateful
-// parts, and train_step, which every objective shares. This file sets them up from the recipe,
-// runs the loop and reports. Runs on the CPU ranks, or on one GPU (recipe key train.device:
-// cuda) in bf16 with fp32 masters.
+// model, the device mesh, an Objective (SFT, or one the caller supplies) that owns its batches
+// and loss, an Optimizer (replicated or sharded AdamW with the fp32 masters), a CheckpointManager
+// over the stateful parts, and train_step, which every objective shares. This file sets them up
+// from the recipe, runs the loop and reports. Runs on the CPU ranks, or on one GPU (recipe key
+// train.device: cuda) in bf16 with fp32 masters.
 #pragma once
 #include <functional>
 #include <memory>

@@ -66,6 +66,14 @@ std::vector<std::string> loss_lines(const fs::path& run_dir) {
   return lines;
 }
 
+std::vector<double> step_losses(const fs::path& run_dir) {
+  std::vector<double> loss;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (const auto j = nlohmann::json::parse(line); j.contains("loss")) loss.push_back(j["loss"].get<double>());
+  return loss;
+}
+
 TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
   const fs::path dir = test::scratch_dir("dllm_run");
   const std::string recipe = write_recipe(dir);
@@ -73,10 +81,7 @@ TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
       test::run_g4("train " + recipe + " train.steps=16 checkpoint.dir=" + (dir / "full").string());
   ASSERT_EQ(full.code, 0) << full.output;
   EXPECT_NE(full.output.find("block diffusion, blocks of 8"), std::string::npos) << full.output;
-  std::vector<double> loss;
-  std::ifstream in(dir / "full" / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (const auto j = nlohmann::json::parse(line); j.contains("loss")) loss.push_back(j["loss"].get<double>());
+  const std::vector<double> loss = step_losses(dir / "full");
   ASSERT_EQ(loss.size(), 16u);
   EXPECT_LT(loss.back(), loss.front() - 1.0);
   const auto m = model::load_hf_model((dir / "full" / "checkpoints" / "step-00000016").string());
@@ -93,6 +98,29 @@ TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "killed"), want);
+  fs::remove_all(dir);
+}
+
+// Two data-parallel ranks of one example each train as one rank of two: the same samples and
+// corruption (seeded by the global sample index), the step's denominators summed over the ranks.
+// One-block continuations and no self-conditioning leave the per-micro-batch block-selection and
+// coin draws (which differ between the layouts, as in Automodel) without effect.
+TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
+  const fs::path dir = test::scratch_dir("dllm_dp");
+  const std::string recipe = write_recipe(dir) +
+                             " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
+                             "train.steps=4 log.validation_every=0";
+  const char* env = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1";
+  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), env);
+  ASSERT_EQ(one.code, 0) << one.output;
+  const test::ProcessResult two = test::run_shell(
+      std::string(env) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " + recipe +
+      " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
+  ASSERT_EQ(two.code, 0) << two.output;
+  const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
   fs::remove_all(dir);
 }
 
