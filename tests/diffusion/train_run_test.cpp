@@ -25,6 +25,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// One thread per run: the runs are tiny, and threads only contend on a busy machine.
+const char* kEnv = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1";
+
 // tiny-dg-a's shape with the KJV tokenizer's 2048 tokens, randomly initialised.
 std::string write_model(const fs::path& dir) {
   std::ifstream f(test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a/config.json");
@@ -88,13 +91,13 @@ TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
   EXPECT_TRUE(m->config().diffusion);
 
   const std::string straight = "train " + recipe + " checkpoint.dir=" + (dir / "straight").string();
-  ASSERT_EQ(test::run_g4(straight).code, 0);
+  ASSERT_EQ(test::run_g4(straight, kEnv).code, 0);
   const std::vector<std::string> want = loss_lines(dir / "straight");
   ASSERT_EQ(want.size(), 8u + 2u);
   const std::string killed = "train " + recipe + " checkpoint.dir=" + (dir / "killed").string();
-  test::ProcessResult r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
+  test::ProcessResult r = test::run_g4(killed, std::string(kEnv) + " G4_FAULT_KILL=step:6");
   EXPECT_EQ(r.code, 128 + 9) << r.output;
-  r = test::run_g4(killed + " --resume");
+  r = test::run_g4(killed + " --resume", kEnv);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "killed"), want);
@@ -110,12 +113,11 @@ TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
   const std::string recipe = write_recipe(dir) +
                              " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
                              "train.steps=4 log.validation_every=0";
-  const char* env = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1";
-  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), env);
+  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
   ASSERT_EQ(one.code, 0) << one.output;
   const test::ProcessResult two = test::run_shell(
-      std::string(env) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " + recipe +
-      " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
+      std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
+      recipe + " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
   ASSERT_EQ(two.code, 0) << two.output;
   const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
   ASSERT_EQ(a.size(), 4u);
