@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "diffusion/training.h"
 #include "model/state_dict_adapter.h"
 #include "train/recipe.h"
 #include "train/sft.h"
@@ -26,7 +27,12 @@ void add_recipe_command(CLI::App& app, Action& action, const std::string& name, 
   cmd->add_flag("--list-keys", o->list_keys, "print every recipe key with its type, default and meaning, and exit");
   cmd->callback([&action, o, command, run] {
     if (o->list_keys) {
-      action = [command] { std::cout << train::recipe_key_listing(command); };
+      action = [command] {
+        std::cout << train::recipe_key_listing(command);
+        if (command == train::Command::kTrain)
+          std::cout << "\nA recipe with a dllm section trains block diffusion (docs/diffusion.md); its keys:\n\n"
+                    << train::recipe_key_listing(train::Command::kDiffusion);
+      };
       return;
     }
     if (o->recipe.empty()) throw CLI::RequiredError("recipe (or --list-keys)");
@@ -35,8 +41,12 @@ void add_recipe_command(CLI::App& app, Action& action, const std::string& name, 
 }
 
 void add_train(CLI::App& app, Action& action) {
-  add_recipe_command(app, action, "train", "Train or fine-tune from a YAML recipe (see recipes/)", train::Command::kTrain,
-                     [](const train::Recipe& r, bool resume) { train::run_training(r, resume); });
+  add_recipe_command(app, action, "train", "Train or fine-tune from a YAML recipe (see recipes/)",
+                     train::Command::kTrain, [](const train::Recipe& r, bool resume) {
+                       train::run_training(r, resume,
+                                           r.command == train::Command::kDiffusion ? diffusion::recipe_objective
+                                                                                   : train::ObjectiveFactory());
+                     });
 }
 
 void add_eval(CLI::App& app, Action& action) {

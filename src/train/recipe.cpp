@@ -4,9 +4,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "core/device_memory.h"
@@ -75,15 +77,20 @@ constexpr Range kAtLeastOne{1, kInf, false, false};
 constexpr Range kUnit{0, 1, false, true};  // [0, 1)
 constexpr Range kFraction{0, 1, false, false};  // [0, 1]
 
-// Which commands read a key.
-enum Scope { kBoth, kTrainOnly, kRlOnly };
+// Which commands read a key: a set of Command bits.
+constexpr unsigned bit(Command c) { return 1u << static_cast<unsigned>(c); }
+constexpr unsigned kSft = bit(Command::kTrain), kRl = bit(Command::kRl), kDllm = bit(Command::kDiffusion);
 struct ScopedKey {
-  ScopedKey(RecipeKey k, Scope s = kBoth) : scope(s), key(std::move(k)) {}  // NOLINT: a plain key is for both
-  Scope scope;
+  // NOLINTNEXTLINE: a plain key is for every command
+  ScopedKey(RecipeKey k, unsigned s = kSft | kRl | kDllm) : scope(s), key(std::move(k)) {}
+  unsigned scope;
   RecipeKey key;
 };
-ScopedKey train_only(RecipeKey k) { return {std::move(k), kTrainOnly}; }
-ScopedKey rl_only(RecipeKey k) { return {std::move(k), kRlOnly}; }
+// g4 train's keys: SFT's and block diffusion's (the data and batch keys), or SFT's alone.
+ScopedKey train_only(RecipeKey k) { return {std::move(k), kSft | kDllm}; }
+ScopedKey sft_only(RecipeKey k) { return {std::move(k), kSft}; }
+ScopedKey rl_only(RecipeKey k) { return {std::move(k), kRl}; }
+ScopedKey dllm_only(RecipeKey k) { return {std::move(k), kDllm}; }
 
 // The schema. A new key is one line here (and its field, with its default, in Recipe). Rules that
 // join several keys are in check_combinations below.
@@ -103,8 +110,8 @@ std::vector<ScopedKey> make_schema() {
             "plain text: one document per paragraph (blank lines), line or file", {}, {"paragraph", "line", "file"})),
       train_only(field("data.seq_len", G4_SLOT(data.seq_len), "tokens per packed row", kPositive)),
       train_only(field("data.add_bos", G4_SLOT(data.add_bos), "plain text: BOS before each document (chat has its template's)")),
-      train_only(field("data.add_eos", G4_SLOT(data.add_eos), "plain text: EOS after each document")),
-      train_only(field("data.overlong", G4_SLOT(data.overlong), "documents longer than data.seq_len: split, truncate or refuse",
+      sft_only(field("data.add_eos", G4_SLOT(data.add_eos), "plain text: EOS after each document")),
+      sft_only(field("data.overlong", G4_SLOT(data.overlong), "documents longer than data.seq_len: split, truncate or refuse",
             {}, {"split", "truncate", "error"})),
       train_only(field("data.validation_fraction", G4_SLOT(data.validation_fraction),
             "share of whole documents held out for validation", kUnit)),
@@ -130,10 +137,10 @@ std::vector<ScopedKey> make_schema() {
       field("train.steps", G4_SLOT(steps), "training steps (g4 rl: GRPO steps)", kPositive),
       train_only(field("train.batch_size", G4_SLOT(batch_size), "rows per micro-batch (per data-parallel replica)", kPositive)),
       train_only(field("train.grad_accumulation", G4_SLOT(grad_accumulation), "micro-batches per optimizer step", kPositive)),
-      field("train.recompute", G4_SLOT(recompute),
-            "recompute each layer in the backward pass: less memory, same gradients"),
+      {field("train.recompute", G4_SLOT(recompute),
+            "recompute each layer in the backward pass: less memory, same gradients"), kSft | kRl},
       field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
-      train_only(field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
+      sft_only(field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
             kNonNegative)),
       field("train.skip_nonfinite_steps", G4_SLOT(skip_nonfinite_steps),
             "skip (and count) a step whose loss or gradient norm is NaN/inf instead of stopping"),
@@ -142,21 +149,22 @@ std::vector<ScopedKey> make_schema() {
        [](const Recipe& r) { return json(r.device == Device::CUDA ? "cuda" : "cpu"); }},
       field("parallel.data_parallel", G4_SLOT(data_parallel),
             "data-parallel replicas (0 = launched ranks / (expert_parallel * context_parallel))", kNonNegative),
-      train_only(field("parallel.expert_parallel", G4_SLOT(expert_parallel), "ranks per expert-parallel group (1 = off)",
+      sft_only(field("parallel.expert_parallel", G4_SLOT(expert_parallel), "ranks per expert-parallel group (1 = off)",
             kAtLeastOne)),
-      train_only(field("parallel.context_parallel", G4_SLOT(context_parallel),
+      sft_only(field("parallel.context_parallel", G4_SLOT(context_parallel),
             "ranks per context-parallel group, each taking a slice of every row (1 = off)", kAtLeastOne)),
-      field("parallel.fsdp", G4_SLOT(fsdp),
-            "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
+      // Block diffusion runs the stack without the sharding hooks and recompute of the SFT forward.
+      {field("parallel.fsdp", G4_SLOT(fsdp),
+            "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"), kSft | kRl},
       field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
       field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)", kNonNegative),
       field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),
       field("log.every", G4_SLOT(log_every), "steps between metric lines", kPositive),
       field("log.validation_every", G4_SLOT(validation_every), "steps between validations (0 = never)", kNonNegative),
       train_only(field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss", kNonNegative)),
-      train_only(field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative)),
-      train_only(field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative)),
-      train_only(field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)")),
+      sft_only(field("log.samples", G4_SLOT(samples), "sampled continuations printed after training", kNonNegative)),
+      sft_only(field("log.sample_tokens", G4_SLOT(sample_tokens), "tokens per sampled continuation", kNonNegative)),
+      sft_only(field("log.sample_prompt", G4_SLOT(sample_prompt), "prompt of the samples (after BOS)")),
       // g4 rl: NeMo-RL's GRPO/DAPO keys (docs/rl.md).
       rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
       rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
@@ -253,6 +261,31 @@ std::vector<ScopedKey> make_schema() {
       rl_only(field("train.micro_batch_tokens", G4_SLOT(rl.micro_batch_tokens),
             "tokens per packed row of the training forward (rollouts packed up to it)", kPositive)),
   };
+  // Block diffusion (a recipe with a dllm section): NeMo Automodel's names (docs/diffusion.md).
+  for (RecipeKey& k : std::vector<RecipeKey>{
+           field("dllm.mode", G4_SLOT(dllm.mode), "the diffusion objective (Automodel's dllm.mode)", {},
+                 {"block_diffusion"}),
+           field("dllm.block_size", G4_SLOT(dllm.block_size),
+                 "tokens per denoised block (0: the model's canvas_length)", kNonNegative),
+           field("dllm.eps", G4_SLOT(dllm.eps), "lowest corruption level t (t = eps + (1 - eps) u)", kUnit),
+           field("dllm.self_conditioning_p", G4_SLOT(dllm.self_conditioning_p),
+                 "chance that an example's second pass is self-conditioned on the first", kFraction),
+           field("dllm.encoder_loss_weight", G4_SLOT(dllm.encoder_loss_weight),
+                 "weight of the encoder's next-token (AR) loss", kNonNegative),
+           field("dllm.supervise_padding", G4_SLOT(dllm.supervise_padding),
+                 "the pad tail of each row counts as supervised"),
+           field("dllm.pad_block_size", G4_SLOT(dllm.pad_block_size),
+                 "responses are filled with EOS to whole blocks of this (0: dllm.block_size)", kNonNegative),
+           field("dllm.pad_seq_len_divisible", G4_SLOT(dllm.pad_seq_len_divisible),
+                 "rows are padded to a multiple of lcm(this, dllm.pad_block_size) (0 or 1: not)",
+                 kNonNegative),
+           field("seed", G4_SLOT(dllm.seed), "base seed of the corruption, block-selection and coin draws"),
+           field("data.prompt_tokens", G4_SLOT(dllm.prompt_tokens),
+                 "plain text: prompt tokens of each (prompt, continuation) example", kPositive),
+           field("data.continuation_tokens", G4_SLOT(dllm.continuation_tokens),
+                 "plain text: continuation tokens of each example (0: dllm.block_size)", kNonNegative),
+       })
+    s.push_back(dllm_only(std::move(k)));
   return s;
 }
 // clang-format on
@@ -271,7 +304,11 @@ bool is_section(const std::string& path, Command c) {
   return false;
 }
 
-Command other(Command c) { return c == Command::kTrain ? Command::kRl : Command::kTrain; }
+// What a recipe for `c` is, in messages.
+std::string recipe_kind(Command c) {
+  return c == Command::kDiffusion ? "a block-diffusion recipe (dllm.mode: block_diffusion)"
+                                  : std::string("g4 ") + command_name(c);
+}
 
 // Indexed by KeyType, in its order.
 constexpr const char* kTypeNames[] = {"int",        "uint",   "float", "bool", "string", "list of strings",
@@ -347,14 +384,18 @@ void collect(const json& node, const std::string& path, const std::string& sourc
     } else if (is_section(key, c)) {
       collect(it.value(), key, source, c, values);
     } else {
-      const bool theirs = find_key(key, other(c)) || is_section(key, other(c));
-      // A whole section of the other command is named by its first key, the one the user wrote.
-      std::string named = key;
-      for (const json* v = &it.value(); is_section(named, other(c)) && v->is_object() && !v->empty();
-           v = &v->begin().value())
-        named += "." + v->begin().key();
-      G4_CHECK(!theirs, source, ": recipe key '", named, "' is for g4 ", command_name(other(c)), ", not g4 ",
-               command_name(c), " (g4 ", command_name(c), " --list-keys lists its keys)");
+      std::optional<Command> theirs;
+      for (Command o : kCommands)
+        if (!theirs && o != c && (find_key(key, o) || is_section(key, o))) theirs = o;
+      if (theirs) {
+        // A whole section of the other command is named by its first key, the one the user wrote.
+        std::string named = key;
+        for (const json* v = &it.value(); is_section(named, *theirs) && v->is_object() && !v->empty();
+             v = &v->begin().value())
+          named += "." + v->begin().key();
+        G4_FAIL(source, ": recipe key '", named, "' is for ", recipe_kind(*theirs), ", not ", recipe_kind(c), " (g4 ",
+                command_name(c), " --list-keys lists its keys)");
+      }
       G4_FAIL(source, ": unknown recipe key '", key, "' (g4 ", command_name(c), " --list-keys lists them)");
     }
   }
@@ -521,7 +562,9 @@ void check_combinations(Recipe& r, const std::string& source) {
            ": set exactly one of 'model.name' (a built-in shape) and 'model.path' (a Hugging Face checkpoint)");
   if (r.tokenizer.empty()) r.tokenizer = r.model_path;
   G4_CHECK(!r.tokenizer.empty(), source, ": 'tokenizer' is required when training a built-in model");
-  if (r.command == Command::kTrain) G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
+  if (r.command != Command::kRl) G4_CHECK(!r.data.files.empty(), source, ": 'data.train' names no file");
+  // Automodel trains block diffusion with the router frozen (freeze_router).
+  if (r.command == Command::kDiffusion) r.freeze.insert(r.freeze.end(), {"router", "router_scale"});
   if (r.command == Command::kRl) check_rl(r, source);
   G4_CHECK(!(r.fsdp && r.data_parallel == 1), source,
            ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
@@ -556,18 +599,19 @@ std::string RecipeKey::type_text() const {
   return type_name(type) + (r.empty() ? "" : " " + r);
 }
 
-const char* command_name(Command c) { return c == Command::kTrain ? "train" : "rl"; }
+const char* command_name(Command c) {
+  return c == Command::kRl ? "rl" : "train";
+}
 
 const std::vector<RecipeKey>& recipe_schema(Command c) {
   static const auto schemas = [] {
-    std::pair<std::vector<RecipeKey>, std::vector<RecipeKey>> train_rl;
-    for (ScopedKey& k : make_schema()) {
-      if (k.scope != kRlOnly) train_rl.first.push_back(k.key);
-      if (k.scope != kTrainOnly) train_rl.second.push_back(std::move(k.key));
-    }
-    return train_rl;
+    std::array<std::vector<RecipeKey>, kCommands.size()> by_command;
+    for (const ScopedKey& k : make_schema())
+      for (Command cmd : kCommands)
+        if (k.scope & bit(cmd)) by_command[static_cast<size_t>(cmd)].push_back(k.key);
+    return by_command;
   }();
-  return c == Command::kTrain ? schemas.first : schemas.second;
+  return schemas[static_cast<size_t>(c)];
 }
 
 std::string recipe_key_listing(Command c) {
@@ -611,6 +655,7 @@ bool wildcard_match(const std::string& p, const std::string& t) {
 }
 
 Recipe recipe_from_json(const json& user, const std::string& source, Command c) {
+  if (c == Command::kTrain && user.contains("dllm")) c = Command::kDiffusion;
   std::map<std::string, const json*> values;
   collect(user, "", source, c, values);
   Recipe r;

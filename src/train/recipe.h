@@ -4,6 +4,7 @@
 // initial value below. An unknown key or a value of the wrong type or range is an error naming the
 // key path and the file. `g4 train --list-keys` prints the schema.
 #pragma once
+#include <array>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -64,11 +65,29 @@ struct RlSettings {
   int64_t micro_batch_tokens = 4096;  // tokens per packed training row
 };
 
+// What a block-diffusion recipe reads beyond the shared keys: NeMo Automodel's dllm.* names
+// (docs/diffusion.md "Training"). Plain values: the diffusion layer turns them into its options.
+struct DllmSettings {
+  std::string mode = "block_diffusion";
+  int64_t block_size = 0;  // 0: the model's canvas_length
+  double eps = 1e-3, self_conditioning_p = 0.5, encoder_loss_weight = 1.0;
+  bool supervise_padding = false;
+  int64_t pad_block_size = 0;         // 0: the block size
+  int64_t pad_seq_len_divisible = 0;  // 0 or 1: rows end at their longest fill
+  uint64_t seed = 42;                 // Automodel's top-level `seed`
+  // Plain text is cut into (prompt, continuation) examples of these many tokens.
+  int64_t prompt_tokens = 64, continuation_tokens = 0;  // continuation 0: the block size
+};
+
 // Which command a recipe is for: `g4 train` and `g4 rl` share the model, optimizer, schedule,
 // checkpoint and device keys; data.* and the SFT batch keys are train's, grpo.* / loss_fn.* /
-// generation.* / prompts.* / reward.* are rl's.
-enum class Command { kTrain, kRl };
-const char* command_name(Command c);  // "train", "rl"
+// generation.* / prompts.* / reward.* are rl's. A `g4 train` recipe with a dllm section is a
+// block-diffusion recipe (kDiffusion): it shares train's data and batch keys, not its SFT-only
+// ones (packing, router aux loss, samples, expert/context parallelism, recompute, fsdp), and adds
+// dllm.*, seed and data.prompt_tokens / data.continuation_tokens.
+enum class Command { kTrain, kRl, kDiffusion };
+inline constexpr std::array<Command, 3> kCommands = {Command::kTrain, Command::kRl, Command::kDiffusion};
+const char* command_name(Command c);  // "train", "rl" ("train" for kDiffusion)
 
 struct Recipe {
   std::string source;  // file the recipe came from
@@ -126,6 +145,7 @@ struct Recipe {
   std::string sample_prompt = "";
 
   RlSettings rl;
+  DllmSettings dllm;
 
   nlohmann::json resolved;  // the whole recipe after defaults and overrides (saved with checkpoints)
 };

@@ -12,17 +12,25 @@ namespace g4::train {
 
 namespace fs = std::filesystem;
 
-void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters, size_t trainable_tensors, const data::PackedDataset& data,
-                const parallel::MeshShape& mesh, int64_t tokens_per_step, int64_t padded_len) {
+std::string describe_data(const data::PackedDataset& data, int64_t seq_len) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n"
+                "baseline   unigram entropy of the training tokens: %.4f nats\n",
+                static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
+                static_cast<long long>(data.train_rows()), static_cast<long long>(data.validation_rows()),
+                static_cast<long long>(seq_len), data.unigram_entropy());
+  return buf;
+}
+
+void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters, size_t trainable_tensors,
+                const std::string& data_lines, const parallel::MeshShape& mesh, int64_t tokens_per_step,
+                int64_t padded_len) {
   std::printf("model      %s: %lld parameters (%zu trainable tensors), %lld layers\n",
               r.model_path.empty() ? r.model_name.c_str() : r.model_path.c_str(),
               static_cast<long long>(parameters), trainable_tensors,
               static_cast<long long>(model.config().num_layers));
-  std::printf("data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n",
-              static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
-              static_cast<long long>(data.train_rows()), static_cast<long long>(data.validation_rows()),
-              static_cast<long long>(r.data.seq_len));
-  std::printf("baseline   unigram entropy of the training tokens: %.4f nats\n", data.unigram_entropy());
+  std::printf("%s", data_lines.c_str());
   std::printf("training   %lld steps x %lld tokens (%lld data-parallel %s%s x %lld expert-parallel x %lld "
               "context-parallel), lr %.2e (%s), recompute %s\n",
               static_cast<long long>(r.steps), static_cast<long long>(tokens_per_step),

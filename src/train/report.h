@@ -16,10 +16,14 @@
 
 namespace g4::train {
 
-// The lines printed before training (model, data, baseline, steps and parallel layout, device).
-// `parameters`: the model's whole count (a sharded model's own store holds slices).
-void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters, size_t trainable_tensors, const data::PackedDataset& data,
-                const parallel::MeshShape& mesh, int64_t tokens_per_step, int64_t padded_len);
+// The lines printed before training (model, data, steps and parallel layout, device).
+// `parameters`: the model's whole count (a sharded model's own store holds slices); `data_lines`:
+// what the objective says of its data (describe_data for SFT's packed rows).
+void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters, size_t trainable_tensors,
+                const std::string& data_lines, const parallel::MeshShape& mesh, int64_t tokens_per_step,
+                int64_t padded_len);
+// Packed data's plan lines: documents, tokens, rows, and the unigram-entropy baseline.
+std::string describe_data(const data::PackedDataset& data, int64_t seq_len);
 
 // Collective over `world`: the step's token rows per expert of every MoE layer, summed over all
 // ranks (a rank counts the rows its own experts processed: under expert parallelism those came

@@ -64,7 +64,7 @@ namespace {
 
 class Trainer {
  public:
-  Trainer(const Recipe& r, bool resume);
+  Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom);
   TrainResult run();
 
  private:
@@ -78,27 +78,42 @@ class Trainer {
   const Clock::time_point t_start_ = Clock::now();
   RunParts p_;
   std::unique_ptr<data::PackedDataset> data_;
-  std::unique_ptr<SftObjective> objective_;
+  std::unique_ptr<Objective> objective_;
   std::optional<MetricsLog> log_;
   std::optional<ProgressBar> bar_;
   TrainResult result_;
   int64_t tokens_per_step_ = 0, first_step_ = 0;
+  bool has_validation_ = false;
   double train_s_ = 0;  // seconds in steps (validation and checkpoints excluded)
   Clock::time_point t_loop_;
   bool validated_ = false;
 };
 
-Trainer::Trainer(const Recipe& r, bool resume) : r_(r), p_(r, r.data.seq_len) {
-  data_ = std::make_unique<data::PackedDataset>(r.data, *p_.tok);
-  G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
-  check_same_data_on_every_rank();
-  set_up_objective();
+Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) : r_(r), p_(r, r.data.seq_len) {
+  std::string data_lines;
+  if (custom) {
+    CustomObjective c = custom(r, *p_.tok, *p_.mesh);
+    objective_ = std::move(c.objective);
+    data_lines = std::move(c.data_lines);
+    tokens_per_step_ = c.tokens_per_step;
+    result_.unigram_entropy = c.unigram_entropy;
+    has_validation_ = c.has_validation;
+  } else {
+    data_ = std::make_unique<data::PackedDataset>(r.data, *p_.tok);
+    G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
+    check_same_data_on_every_rank();
+    set_up_objective();
+    data_lines = describe_data(*data_, r.data.seq_len);
+    tokens_per_step_ = r.batch_size * r.grad_accumulation * r.data.seq_len * (p_.world->size() / p_.mesh->shape().cp);
+    result_.unigram_entropy = data_->unigram_entropy();
+    has_validation_ = data_->validation_rows() > 0;
+  }
+  objective_->configure(*p_.model);
   p_.set_up_training(*objective_);
   p_.resume_if_asked(resume);
   if (main_rank()) log_.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), p_.progress.step);
-  tokens_per_step_ = r.batch_size * r.grad_accumulation * r.data.seq_len * (p_.world->size() / p_.mesh->shape().cp);
   if (main_rank())
-    print_plan(r, *p_.model, p_.parameters, p_.trainable_tensors, *data_, p_.mesh->shape(), tokens_per_step_,
+    print_plan(r, *p_.model, p_.parameters, p_.trainable_tensors, data_lines, p_.mesh->shape(), tokens_per_step_,
                parallel::padded_length(r.data.seq_len, p_.mesh->shape().cp));
 }
 
@@ -127,11 +142,9 @@ void Trainer::set_up_objective() {
   so.pad_id = p_.tok->pad_id;
   if (data_->validation_rows() > 0) so.validation = data_->validation_batches(r_.batch_size, r_.validation_batches);
   objective_ = std::make_unique<SftObjective>(std::make_unique<PackedDataSource>(*data_), std::move(so), *p_.mesh);
-  objective_->configure(*p_.model);
 }
 
 TrainResult Trainer::run() {
-  result_.unigram_entropy = data_->unigram_entropy();
   if (main_rank()) bar_.emplace(r_.steps);
   if (r_.device == Device::CUDA) {
     device_synchronize();
@@ -210,7 +223,8 @@ TrainResult Trainer::finish() {
   // r_.samples, so all take part in the gathers or none.
   model::Gemma4* sampler = nullptr;
   std::unique_ptr<model::Gemma4> whole;
-  if (r_.samples > 0) {
+  // Text samples are the autoregressive generator's: SFT runs only.
+  if (r_.samples > 0 && data_) {
     p_.opt->gather_parameters();
     sampler = &p_.opt->export_weights();
     whole = gather_experts_for_rank0(*sampler, *p_.mesh);
@@ -223,7 +237,7 @@ TrainResult Trainer::finish() {
   facts.total_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
   facts.steps_this_run = steps_this_run;
   facts.tokens_per_step = tokens_per_step_;
-  facts.has_validation = data_->validation_rows() > 0;
+  facts.has_validation = has_validation_;
   facts.metrics_path = log_->path();
   print_summary(r_, result_, facts);
   if (sampler) {
@@ -236,6 +250,8 @@ TrainResult Trainer::finish() {
 
 }  // namespace
 
-TrainResult run_training(const Recipe& r, bool resume) { return Trainer(r, resume).run(); }
+TrainResult run_training(const Recipe& r, bool resume, const ObjectiveFactory& custom) {
+  return Trainer(r, resume, custom).run();
+}
 
 }  // namespace g4::train

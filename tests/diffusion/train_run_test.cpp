@@ -1,0 +1,215 @@
+// `g4 train` on a block-diffusion recipe: a few CPU steps of a tiny random diffusion_gemma on
+// Genesis continuations (the loss falls, checkpoints are diffusion checkpoints, a killed run
+// resumes to the same curve), the recipe's key scoping, and the shipped diffusion recipes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/device_memory.h"
+#include "diffusion/training.h"
+#include "io/hf_config.h"
+#include "model/state_dict_adapter.h"
+#include "support/error_message.h"
+#include "support/g4_process.h"
+#include "support/test_paths.h"
+#include "train/recipe.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+// One thread per run: the runs are tiny, and threads only contend on a busy machine.
+const char* kEnv = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1";
+
+// tiny-dg-a's shape with the KJV tokenizer's 2048 tokens, randomly initialised.
+std::string write_model(const fs::path& dir) {
+  std::ifstream f(test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a/config.json");
+  nlohmann::json j = nlohmann::json::parse(f);
+  j["text_config"]["vocab_size"] = 2048;
+  model::Gemma4 m(io::parse_model_config(j, "tiny diffusion config"));
+  m.init_weights(7);
+  const fs::path out = dir / "model";
+  model::save_hf_checkpoint(m, out.string());
+  return out.string();
+}
+
+std::string write_recipe(const fs::path& dir) {
+  const fs::path path = dir / "recipe.yaml";
+  std::ofstream f(path);
+  f << "model: {path: " << write_model(dir) << "}\n"
+    << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-tokenizer\n"
+    << "data:\n  train: [" << test::data_dir() << "/text/genesis.txt]\n  seq_len: 32\n  prompt_tokens: 12\n"
+    << "  continuation_tokens: 12\n  validation_fraction: 0.2\n"
+    << "dllm: {mode: block_diffusion}\n"
+    << "optimizer: {lr: 3.0e-3, weight_decay: 0.01}\n"
+    << "schedule: {kind: cosine, warmup_steps: 2}\n"
+    << "train: {steps: 8, batch_size: 2}\n"
+    << "checkpoint: {dir: " << (dir / "run").string() << ", every: 4, keep: 3}\n"
+    << "log: {validation_every: 4, validation_batches: 2}\n";
+  return path.string();
+}
+
+std::vector<std::string> loss_lines(const fs::path& run_dir) {
+  std::vector<std::string> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss"))
+      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["diffusion_loss"].dump() +
+                      " " + j["ar_loss"].dump() + " " + j["grad_norm"].dump());
+    if (j.contains("validation_loss")) lines.push_back("val " + j["validation_loss"].dump());
+  }
+  return lines;
+}
+
+std::vector<double> step_losses(const fs::path& run_dir) {
+  std::vector<double> loss;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (const auto j = nlohmann::json::parse(line); j.contains("loss")) loss.push_back(j["loss"].get<double>());
+  return loss;
+}
+
+TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
+  const fs::path dir = test::scratch_dir("dllm_run");
+  const std::string recipe = write_recipe(dir);
+  const test::ProcessResult full =
+      test::run_g4("train " + recipe + " train.steps=16 checkpoint.dir=" + (dir / "full").string());
+  ASSERT_EQ(full.code, 0) << full.output;
+  EXPECT_NE(full.output.find("block diffusion, blocks of 8"), std::string::npos) << full.output;
+  const std::vector<double> loss = step_losses(dir / "full");
+  ASSERT_EQ(loss.size(), 16u);
+  EXPECT_LT(loss.back(), loss.front() - 1.0);
+  const auto m = model::load_hf_model((dir / "full" / "checkpoints" / "step-00000016").string());
+  EXPECT_TRUE(m->config().diffusion);
+
+  const std::string straight = "train " + recipe + " checkpoint.dir=" + (dir / "straight").string();
+  ASSERT_EQ(test::run_g4(straight, kEnv).code, 0);
+  const std::vector<std::string> want = loss_lines(dir / "straight");
+  ASSERT_EQ(want.size(), 8u + 2u);
+  const std::string killed = "train " + recipe + " checkpoint.dir=" + (dir / "killed").string();
+  test::ProcessResult r = test::run_g4(killed, std::string(kEnv) + " G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  r = test::run_g4(killed + " --resume", kEnv);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "killed"), want);
+  fs::remove_all(dir);
+}
+
+// Two data-parallel ranks of one example each train as one rank of two: the same samples and
+// corruption (seeded by the global sample index), the step's denominators summed over the ranks.
+// One-block continuations and no self-conditioning leave the per-micro-batch block-selection and
+// coin draws (which differ between the layouts, as in Automodel) without effect.
+TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
+  const fs::path dir = test::scratch_dir("dllm_dp");
+  const std::string recipe = write_recipe(dir) +
+                             " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
+                             "train.steps=4 log.validation_every=0";
+  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
+  ASSERT_EQ(one.code, 0) << one.output;
+  const test::ProcessResult two = test::run_shell(
+      std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
+      recipe + " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
+  ASSERT_EQ(two.code, 0) << two.output;
+  const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
+  fs::remove_all(dir);
+}
+
+TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
+  const std::string base =
+      "model: {path: m}\ndata: {train: [a.txt]}\ndllm: {mode: block_diffusion, block_size: 16, eps: 0.01}\n";
+  const train::Recipe r = train::recipe_from_yaml(base, "d.yaml");
+  EXPECT_EQ(r.command, train::Command::kDiffusion);
+  EXPECT_EQ(r.dllm.block_size, 16);
+  EXPECT_EQ(r.dllm.eps, 0.01);
+  EXPECT_EQ(r.dllm.seed, 42u);
+  EXPECT_NE(std::find(r.freeze.begin(), r.freeze.end(), "router"), r.freeze.end()) << "the router is frozen";
+  std::string e = test::error_of([&] { train::recipe_from_yaml(base + "log: {samples: 2}\n", "d.yaml"); });
+  EXPECT_NE(e.find("d.yaml: recipe key 'log.samples' is for g4 train, not a block-diffusion recipe"), std::string::npos)
+      << e;
+  e = test::error_of([&] { train::recipe_from_yaml(base + "train: {recompute: true}\n", "d.yaml"); });
+  EXPECT_NE(e.find("'train.recompute' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
+  e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {"dllm.eps=1.5"}); });
+  EXPECT_NE(e.find("'dllm.eps' must be in [0, 1)"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt], prompt_tokens: 8}\n", "s.yaml"); });
+  EXPECT_NE(e.find("s.yaml: recipe key 'data.prompt_tokens' is for a block-diffusion recipe (dllm.mode: "
+                   "block_diffusion), not g4 train"),
+            std::string::npos)
+      << e;
+  // An override makes an SFT recipe a diffusion one.
+  EXPECT_EQ(
+      train::recipe_from_yaml("model: {path: m}\ndata: {train: [a.txt]}\n", "s.yaml", {"dllm.mode=block_diffusion"})
+          .command,
+      train::Command::kDiffusion);
+}
+
+TEST(DiffusionRecipe, ShippedRecipesLoadAndTheDocsListTheKeys) {
+  int loaded = 0;
+  for (const auto& entry : fs::directory_iterator(test::source_dir() + "/recipes/diffusion")) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const std::vector<std::string> overrides =
+        cuda_available() ? std::vector<std::string>{} : std::vector<std::string>{"train.device=cpu"};
+    EXPECT_EQ(train::load_recipe(entry.path().string(), overrides).command, train::Command::kDiffusion);
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 2);
+  std::ifstream f(test::source_dir() + "/docs/diffusion.md");
+  const std::string docs((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream listing(train::recipe_key_listing(train::Command::kDiffusion));
+  for (std::string line; std::getline(listing, line);)
+    EXPECT_NE(docs.find(line), std::string::npos) << "docs/diffusion.md lacks: " << line;
+}
+
+TEST(DiffusionData, ChatRepliesAndTextWindowsBecomeExamples) {
+  const fs::path dir = test::scratch_dir("dllm_data");
+  const auto tok = io::load_tokenizer(test::source_dir() + "/recipes/data/kjv-tokenizer");
+  data::DataOptions d;
+  d.files = {test::data_dir() + "/text/genesis.txt"};
+  d.seq_len = 64;
+  d.add_eos = false;
+  d.validation_fraction = 0;
+  const diffusion::DllmExamples text = diffusion::load_examples(d, *tok, 10, 6);
+  ASSERT_FALSE(text.train.empty());
+  for (const diffusion::DllmExample& e : text.train) {
+    EXPECT_EQ(e.ids.size(), 16u);
+    EXPECT_EQ(e.prompt, 10);
+  }
+  std::ofstream(dir / "chat.jsonl")
+      << R"({"messages": [{"role": "user", "content": "Who made the light?"}, {"role": "assistant", "content": "God."}]})"
+      << "\n";
+  const auto chat_tok = io::load_tokenizer(test::source_dir() + "/recipes/data/kjv-chat-tokenizer");
+  d.files = {(dir / "chat.jsonl").string()};
+  d.format = "chat";
+  const diffusion::DllmExamples chat = diffusion::load_examples(d, *chat_tok, 10, 6);
+  ASSERT_EQ(chat.train.size(), 1u);
+  const diffusion::DllmExample& e = chat.train[0];
+  EXPECT_GT(e.prompt, 0);
+  EXPECT_LT(e.prompt, static_cast<int64_t>(e.ids.size()));
+  // The response ends with the reply's closing <turn|>.
+  EXPECT_EQ(e.ids.back(), *chat_tok->token_to_id("<turn|>"));
+  std::ofstream(dir / "two.jsonl")
+      << R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, )"
+      << R"({"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})"
+      << "\n";
+  d.files = {(dir / "two.jsonl").string()};
+  const std::string err = test::error_of([&] { diffusion::load_examples(d, *chat_tok, 10, 6); });
+  EXPECT_NE(err.find("two.jsonl:1: block-diffusion training takes single-turn conversations"), std::string::npos)
+      << err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4
