@@ -1,6 +1,9 @@
 // g4 bench generate: decode speed of the generation engine on the GPU at the real widths of a
 // Gemma 4 model (full depth by default, random weights), for several batch sizes, and with --hf
 // the same generation in Hugging Face transformers (tools/bench_hf_generate.py) in the same run.
+// With --model diffusiongemma-26b-a4b: block-diffusion sampling at those widths instead, beside our
+// autoregressive engine on the same widths and transformers' DiffusionGemma generate
+// (tools/bench_hf_diffusion.py); see bench_diffusion below.
 //
 // Reported per batch size: decode tokens/s (all sequences, after every sequence has its first
 // token), time to first token, time per output token, peak memory; at batch 1 also the bandwidth
@@ -18,6 +21,7 @@
 #include "cli/commands.h"
 #include "core/device_memory.h"
 #include "core/philox.h"
+#include "diffusion/sampler.h"
 #include "generate/engine.h"
 #include "model/named_configs.h"
 
@@ -37,7 +41,10 @@ struct GenBenchOptions {
   std::string hf_script = "tools/bench_hf_generate.py";
   std::string json;
   uint64_t seed = 1234;
+  int64_t denoising_steps = 48;  // diffusion: steps per block (adaptive stopping off: the same work every run)
 };
+
+bool is_diffusion(const std::string& model) { return model.rfind("diffusiongemma", 0) == 0; }
 
 constexpr int kProfileSteps = 8;
 
@@ -166,8 +173,147 @@ nlohmann::json run_hf(const GenBenchOptions& o, int64_t layers) {
                               "/tmp/g4_bench_hf_generate.json");
 }
 
+struct DiffusionResult {
+  int64_t batch = 0;
+  double tokens_per_s = 0, seconds = 0, ms_per_block = 0, passes_per_token = 0;
+  int64_t peak_bytes = 0;
+};
+
+// One batch of `batch` random prompts sampled block by block (g4's draws, the step on the GPU),
+// every block running all its denoising steps: no EOS, no adaptive stopping.
+DiffusionResult run_diffusion_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t batch) {
+  const int64_t C = m.config().canvas_length;
+  const nlohmann::json settings = {{"max_new_tokens", o.new_tokens}, {"max_denoising_steps", o.denoising_steps},
+                                   {"stability_threshold", nullptr}, {"eos_token_id", nullptr}};
+  const diffusion::GenerationConfig cfg = diffusion::resolve_generation_config(
+      nlohmann::json(), "the model (none)", settings, "g4 bench generate", o.prompt_len);
+  std::vector<int64_t> ids;
+  std::vector<uint64_t> seeds;
+  for (int64_t b = 0; b < batch; ++b) {
+    const std::vector<int64_t> p = random_prompt(o, m.config().vocab_size, static_cast<uint64_t>(b));
+    ids.insert(ids.end(), p.begin(), p.end());
+    seeds.push_back(o.seed + static_cast<uint64_t>(b));
+  }
+  diffusion::PhiloxDraws draws(seeds);
+  device_synchronize();
+  reset_device_memory_peak();
+  const auto t0 = std::chrono::steady_clock::now();
+  const diffusion::GenerateOutput out =
+      diffusion::generate(m, Tensor::from_vector(ids, {batch, o.prompt_len}), {}, cfg, draws);
+  device_synchronize();
+  DiffusionResult r;
+  r.batch = batch;
+  r.seconds = seconds_since(t0);
+  const int64_t blocks = static_cast<int64_t>(out.steps_per_block.size());
+  int64_t steps = 0;
+  for (int64_t s : out.steps_per_block) steps += s;
+  r.tokens_per_s = static_cast<double>(batch * blocks * C) / r.seconds;
+  r.ms_per_block = 1e3 * r.seconds / static_cast<double>(blocks);
+  r.passes_per_token = static_cast<double>(steps) / static_cast<double>(blocks * C);
+  r.peak_bytes = device_memory_stats().peak;
+  return r;
+}
+
+// Block diffusion at the DiffusionGemma 26B-A4B widths: tokens/s, decoder passes per token and time
+// per block per batch size; our autoregressive engine on the same text widths and prompts (decode
+// tokens/s, new tokens = the blocks' tokens); with --hf transformers' DiffusionGemma generate with
+// the same settings.
+void bench_diffusion(const GenBenchOptions& o) {
+  nlohmann::json overrides = nlohmann::json::object();
+  if (o.layers > 0) overrides["num_hidden_layers"] = o.layers;
+  const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
+  const int64_t C = cfg.canvas_length, blocks = (o.new_tokens + C - 1) / C;
+  std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld blocks of %lld tokens, %lld "
+              "denoising steps per block (no early stop), bf16, random weights\n",
+              o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
+              static_cast<long long>(blocks), static_cast<long long>(C), static_cast<long long>(o.denoising_steps));
+  std::vector<DiffusionResult> ours;
+  {
+    model::Gemma4 m(cfg, {}, DType::BF16, Device::CUDA);
+    m.init_weights(o.seed);
+    GenBenchOptions warm = o;
+    warm.prompt_len = 16;
+    warm.new_tokens = C;
+    warm.denoising_steps = 2;
+    run_diffusion_batch(warm, m, 1);
+    for (int64_t b : o.batches) {
+      ours.push_back(run_diffusion_batch(o, m, b));
+      const DiffusionResult& r = ours.back();
+      std::printf("  g4 diffusion batch %4lld: %9.0f tokens/s, %8.1f ms per block, %.3f decoder passes per token, "
+                  "peak %.1f GiB\n",
+                  static_cast<long long>(b), r.tokens_per_s, r.ms_per_block, r.passes_per_token,
+                  static_cast<double>(r.peak_bytes) / (1 << 30));
+      std::fflush(stdout);
+    }
+  }
+  release_cached_device_memory();
+  // The autoregressive engine on the same text stack (the 26B-A4B it was adapted from).
+  std::vector<RunResult> ar;
+  {
+    GenBenchOptions a = o;
+    a.model = "gemma-4-26b-a4b";
+    a.new_tokens = blocks * C;
+    nlohmann::json ar_over = overrides;
+    ar_over["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + a.new_tokens);
+    const io::ModelConfig ar_cfg = io::parse_model_config(model::named_config(a.model, ar_over), "built-in " + a.model);
+    model::Gemma4 m(ar_cfg, {}, DType::BF16, Device::CUDA);
+    m.init_weights(o.seed);
+    GenBenchOptions warm = a;
+    warm.prompt_len = 16;
+    warm.new_tokens = 4;
+    run_batch(warm, m, 1);
+    for (int64_t b : o.batches) {
+      ar.push_back(run_batch(a, m, b));
+      std::printf("  g4 autoregressive batch %4lld: decode %9.0f tokens/s\n", static_cast<long long>(b),
+                  ar.back().decode_tokens_per_s);
+      std::fflush(stdout);
+    }
+  }
+  release_cached_device_memory();
+  nlohmann::json hf;
+  if (o.hf) {
+    std::string batches;
+    for (int64_t b : o.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
+    hf = run_python_benchmark("tools/bench_hf_diffusion.py --layers " + std::to_string(cfg.num_layers) + " --batch " +
+                                  batches + " --prompt-len " + std::to_string(o.prompt_len) + " --canvas " +
+                                  std::to_string(C) + " --blocks " + std::to_string(blocks) + " --steps " +
+                                  std::to_string(o.denoising_steps) + " --seed " + std::to_string(o.seed),
+                              "/tmp/g4_bench_hf_diffusion.json");
+    if (hf.contains("error")) std::printf("  HF: %s\n", hf["error"].get<std::string>().c_str());
+  }
+  std::printf("\n  %6s %16s %12s %14s %8s %16s %8s\n", "batch", "g4 diff tok/s", "ms/block", "HF diff tok/s", "g4/HF",
+              "g4 AR tok/s", "diff/AR");
+  nlohmann::json report = {{"model", o.model},          {"layers", cfg.num_layers}, {"prompt_len", o.prompt_len},
+                           {"canvas", C},                {"blocks", blocks},
+                           {"denoising_steps", o.denoising_steps}};
+  for (size_t i = 0; i < ours.size(); ++i) {
+    const DiffusionResult& r = ours[i];
+    double hf_tps = 0;
+    if (hf.contains("runs"))
+      for (const auto& h : hf["runs"])
+        if (h.value("batch", int64_t{-1}) == r.batch) hf_tps = h.value("tokens_per_s", 0.0);
+    const double ar_tps = ar[i].decode_tokens_per_s;
+    std::printf("  %6lld %16.0f %12.1f %14s %8s %16.0f %7.2fx\n", static_cast<long long>(r.batch), r.tokens_per_s,
+                r.ms_per_block, hf_tps > 0 ? std::to_string(static_cast<int64_t>(hf_tps)).c_str() : "-",
+                hf_tps > 0 ? (std::to_string(r.tokens_per_s / hf_tps).substr(0, 5) + "x").c_str() : "-", ar_tps,
+                r.tokens_per_s / ar_tps);
+    report["g4"].push_back({{"batch", r.batch},
+                            {"tokens_per_s", r.tokens_per_s},
+                            {"ms_per_block", r.ms_per_block},
+                            {"passes_per_token", r.passes_per_token},
+                            {"peak_bytes", r.peak_bytes},
+                            {"autoregressive_decode_tokens_per_s", ar_tps}});
+  }
+  if (o.hf) report["hf"] = hf;
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    f << report.dump(2) << "\n";
+  }
+}
+
 void bench_generate(const GenBenchOptions& o) {
   G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
+  if (is_diffusion(o.model)) return bench_diffusion(o);
   nlohmann::json overrides = nlohmann::json::object();
   if (o.layers > 0) overrides["num_hidden_layers"] = o.layers;
   overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
@@ -248,14 +394,18 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   auto* cmd = bench.add_subcommand("generate", "Generation speed at a real Gemma 4 shape, optionally against "
                                                "Hugging Face transformers' generate");
   auto o = std::make_shared<GenBenchOptions>();
-  cmd->add_option("--model", o->model, "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b (real widths)")
-      ->check(CLI::IsMember({"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b"}));
+  cmd->add_option("--model", o->model,
+                  "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b | diffusiongemma-26b-a4b (real widths)")
+      ->check(CLI::IsMember({"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b", "diffusiongemma-26b-a4b"}));
   cmd->add_option("--layers", o->layers, "decoder layers (default: the full depth)")->check(CLI::PositiveNumber);
   cmd->add_option("--batch", o->batches, "concurrent sequences, e.g. 1,16,64,256")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
   cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(CLI::PositiveNumber);
-  cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence")->check(CLI::PositiveNumber);
+  cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence (diffusion: rounded up to whole blocks)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--denoising-steps", o->denoising_steps, "diffusion: denoising steps per block (all of them run)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
   cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
