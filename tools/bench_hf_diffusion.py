@@ -9,14 +9,14 @@ and reports tokens/s, decoder passes per token and time per block.
 
   python3 tools/bench_hf_diffusion.py --layers 30 --batch 1,8 --prompt-len 256 --blocks 2 --steps 48 --json hf.json
 """
-import argparse, json, os, sys, time
+import argparse, os, sys, time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU host has no network
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import transformers
 
-from bench_hf_train import COMMON, SHAPES, layer_types
+from bench_hf_train import COMMON, SHAPES, layer_types, record_oom, write_json
 
 TINY_VISION = dict(model_type="gemma4_vision", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                    num_attention_heads=1, num_key_value_heads=1, head_dim=8, patch_size=2, pooling_kernel_size=1,
@@ -78,9 +78,7 @@ def main():
             try:
                 t = timed(model, ids, a.blocks * a.canvas, a.steps)
             except torch.cuda.OutOfMemoryError as e:
-                result["runs"].append(dict(batch=b, oom=True, error=str(e).splitlines()[0][:200]))
-                print(f"  HF batch {b:4d}: out of memory", flush=True)
-                torch.cuda.empty_cache()
+                record_oom(result, b, e)
                 continue
             tokens = b * a.blocks * a.canvas
             run = dict(batch=b, tokens_per_s=tokens / t, seconds=t, ms_per_block=1e3 * t / a.blocks,
@@ -88,9 +86,7 @@ def main():
             result["runs"].append(run)
             print(f"  HF batch {b:4d}: {run['tokens_per_s']:9.1f} tokens/s, {run['ms_per_block']:9.1f} ms per block, "
                   f"peak {run['peak_bytes'] / 2**30:.1f} GiB", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(a.json, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ size runs greedy generation of random prompts and reports decode tokens/s, time 
 Decode tokens/s = batch x (new_tokens - 1) / (time of generate(new_tokens) - time of generate(1 token)): the
 prefill and the first token are timed separately (time to first token), as `g4 bench generate` does.
 """
-import argparse, json, os, sys, time
+import argparse, os, sys, time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU host has no network
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Gemma4TextConfig
 
-from bench_hf_train import COMMON, SHAPES, layer_types
+from bench_hf_train import COMMON, SHAPES, layer_types, record_oom, write_json
 
 MODELS = {"gemma-4-26b-a4b": ("26b-a4b", 30), "gemma-4-e4b": ("e4b", 42), "gemma-4-31b": ("31b", 60)}
 
@@ -74,9 +74,7 @@ def main():
                 t1 = timed_generate(model, ids, 1)
                 tn = timed_generate(model, ids, a.new_tokens)
             except torch.cuda.OutOfMemoryError as e:
-                result["runs"].append(dict(batch=b, oom=True, error=str(e).splitlines()[0][:200]))
-                print(f"  HF batch {b:4d}: out of memory", flush=True)
-                torch.cuda.empty_cache()
+                record_oom(result, b, e)
                 continue
             decode = b * (a.new_tokens - 1) / max(tn - t1, 1e-9)
             run = dict(batch=b, decode_tokens_per_s=decode, ttft_ms=1e3 * t1,
@@ -85,9 +83,7 @@ def main():
             result["runs"].append(run)
             print(f"  HF batch {b:4d}: decode {decode:9.0f} tokens/s, TTFT {run['ttft_ms']:8.1f} ms, "
                   f"TPOT {run['tpot_ms']:7.2f} ms, peak {run['peak_bytes'] / 2**30:.1f} GiB", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(a.json, result)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,19 @@ TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key
             moe_intermediate_size=32, vocab_size=512, vocab_size_per_layer_input=512, sliding_window=48)
 
 
+def record_oom(result, batch, err):
+    """A batch size that did not fit: recorded and said instead of a number, so the others still run."""
+    result["runs"].append(dict(batch=batch, oom=True, error=str(err).splitlines()[0][:200]))
+    print(f"  HF batch {batch:4d}: out of memory", flush=True)
+    torch.cuda.empty_cache()
+
+
+def write_json(path, result):
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def layer_types(n):
     # 5 sliding then 1 full, and the last layer always full: transformers forces that itself (with a warning),
     # and for n < 6 it guarantees a head-dim-512 layer in the stack.
