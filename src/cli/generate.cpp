@@ -107,7 +107,9 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--logprobs", o->file.logprobs,
                   "--prompts: report each token's log-prob and this many alternatives (-1: none)")
       ->needs(prompts_opt);
-  for (CLI::Option* opt : add_engine_options(cmd, o->file.setup)) opt->needs(prompts_opt);
+  // The engine's options shape the batching of --prompts; --device applies to every way of prompting.
+  for (CLI::Option* opt : add_engine_options(cmd, o->file.setup))
+    if (opt->get_name() != "--device") opt->needs(prompts_opt);
   auto diffusion = add_diffusion_generate_options(cmd);
   cmd->callback([&action, o, cmd, diffusion] {
     const bool is_diffusion = is_diffusion_model(o->model);
@@ -123,6 +125,7 @@ void add_generate(CLI::App& app, Action& action) {
       d.overwrite = o->file.overwrite;
       if (cmd->count("--max-new-tokens")) d.max_new_tokens = o->gen.max_new_tokens;
       d.seed = o->gen.sampling.seed;
+      d.device = o->file.setup.device;
       action = [diffusion] { run_diffusion_generate(*diffusion); };
       return;
     }
@@ -142,7 +145,8 @@ void add_generate(CLI::App& app, Action& action) {
       // Out-of-range options are reported before a large model is loaded; the context length
       // is checked once the model and the prompt are known.
       gen::validate(o->gen, 0, 0, gen::OptionStyle::Flag);
-      auto model = model::load_hf_model(o->model);
+      std::unique_ptr<model::Gemma4> model = model::load_hf_model(o->model);
+      if (o->file.setup.device == "cuda") model = model->copy_to(Device::CUDA, DType::BF16);
       const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o->model, o->tokenizer);
       std::vector<int64_t> prompt;
       if (!o->text.empty()) {

@@ -36,8 +36,9 @@ const FieldFlag kFieldFlags[] = {
 };
 
 // Flags `generate` has for both kinds of model.
-const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prompt", "--tokenizer", "--max-new-tokens",
-                                            "--seed",    "--prompts",    "--out",    "--overwrite", "--help"};
+const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prompt",    "--tokenizer",
+                                            "--max-new-tokens", "--seed", "--prompts", "--out",
+                                            "--overwrite", "--device", "--help"};
 
 std::vector<int64_t> parse_id_list(const std::string& s) {
   std::vector<int64_t> ids;
@@ -158,7 +159,9 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   G4_CHECK(o.out.empty() || o.overwrite || !std::filesystem::exists(o.out), "--out ", o.out,
            " already exists; pass --overwrite to replace it");
 
-  const auto m = model::load_hf_model(o.model);
+  std::unique_ptr<model::Gemma4> m = model::load_hf_model(o.model);
+  // On the GPU the model computes in bf16 and each step's vocabulary-wide work stays there.
+  if (o.device == "cuda") m = m->copy_to(Device::CUDA, DType::BF16);
   const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o.model, o.tokenizer);
   std::vector<std::vector<int64_t>> prompts;
   if (from_file) {

@@ -16,6 +16,7 @@ struct DiffusionGenerateOptions {
   std::string rng = "philox";  // philox | torch-cpu
   // Shared with the autoregressive command's options.
   std::string model, tokenizer, prompt_ids, prompt, prompts, out;
+  std::string device = "cpu";  // cpu (f32) | cuda (bf16)
   bool overwrite = false;
   std::optional<int64_t> max_new_tokens;
   uint64_t seed = 0;
