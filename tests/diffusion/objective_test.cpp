@@ -16,15 +16,12 @@
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
+#include "support/diffusion_fixtures.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
 namespace g4 {
 namespace {
-
-std::string fixture(const std::string& name) {
-  return test::data_dir() + "/hf-diffusion-gemma/" + name;
-}
 
 std::vector<int64_t> ints(const Tensor& t) {
   std::vector<int64_t> v(static_cast<size_t>(t.numel()));
@@ -34,42 +31,7 @@ std::vector<int64_t> ints(const Tensor& t) {
 
 using test::max_diff;
 
-// The fixture's training step: its settings, its examples (rebuilt from the collated rows), its model.
-struct Replay {
-  explicit Replay(const std::string& name)
-      : dir(fixture(name)), ref(io::SafetensorsReader::open(dir + "/reference.safetensors")) {
-    std::ifstream f(dir + "/reference.json");
-    am = nlohmann::json::parse(f)["automodel"];
-    const Tensor ids = ref.get("train.input_ids");
-    const int64_t S = ids.size(1);
-    for (size_t b = 0; b < am["examples"].size(); ++b) {
-      const int64_t prompt = am["examples"][b]["prompt"], response = am["examples"][b]["response"];
-      diffusion::DllmExample e;
-      e.prompt = prompt;
-      for (int64_t k = 0; k < prompt + response; ++k) e.ids.push_back(element_as_int(ids, int64_t(b) * S + k));
-      examples.push_back(e);
-    }
-    block = am["block_size"];
-    place = {am["step"],           am["dp_rank"],       am["dp_size"], am["local_batch_size"],
-             am["grad_acc_steps"], am["microbatch_idx"]};
-    // The fixture's rows are padded to a multiple of 8 with blocks of `block`.
-    copt.pad_block_size = block;
-    copt.pad_seq_len_divisible = 8;
-    m = model::load_hf_model(dir);
-  }
-  diffusion::DllmStep step() const {
-    return diffusion::prepare_step(diffusion::collate(examples, copt), am["base_seed"], place, m->config().vocab_size,
-                                   block, am["eps"], am["self_conditioning_p"]);
-  }
-  std::string dir;
-  io::SafetensorsReader ref;
-  nlohmann::json am;
-  std::vector<diffusion::DllmExample> examples;
-  int64_t block = 0;
-  diffusion::SamplePlace place;
-  diffusion::CollateOptions copt;
-  std::unique_ptr<model::Gemma4> m;
-};
+using test::Replay;
 
 class DiffusionTraining : public ::testing::TestWithParam<std::string> {};
 
