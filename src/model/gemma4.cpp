@@ -387,8 +387,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
 
   const ag::Var residual = h;
   ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
-  m = proj(ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx)),
-           pre + "mlp.down_proj", ctx);
+  m = proj(ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx)), pre + "mlp.down_proj",
+           ctx);
   if (ls.moe) {
     ag::Var dense = ag::rmsnorm(m, p(pre + "post_feedforward_layernorm_1.weight"), eps);
     ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), p(pre + "post_feedforward_layernorm_2.weight"), eps);

@@ -46,7 +46,9 @@ bool is_embedding(ParamKind kind) {
   return kind == ParamKind::kTokenEmbedding || kind == ParamKind::kPerLayerEmbedding;
 }
 
-bool is_lora(ParamKind kind) { return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB; }
+bool is_lora(ParamKind kind) {
+  return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB;
+}
 
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange experts) {
   std::vector<ParamSpec> s;

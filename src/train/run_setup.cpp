@@ -27,7 +27,8 @@ void Progress::load(const fs::path& dir, const nlohmann::json& state) {
   skipped_steps = io::json_int(state, "skipped_steps", trainer_state_path(dir), 0);
   elapsed_s = io::json_number(state, "elapsed_s", trainer_state_path(dir), 0.0);
   if (lora_model)
-    lora_model->set_lora_calls(static_cast<uint64_t>(io::json_int(state, "lora_dropout_calls", trainer_state_path(dir), 0)));
+    lora_model->set_lora_calls(
+        static_cast<uint64_t>(io::json_int(state, "lora_dropout_calls", trainer_state_path(dir), 0)));
 }
 
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
