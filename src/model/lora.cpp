@@ -55,6 +55,20 @@ bool targeted(const LoraConfig& lora, const std::string& hf_module) {
   return false;
 }
 
+// adapter_config.json's target_modules. A list matches by suffix anywhere in the model, which in a
+// Gemma4ForConditionalGeneration includes the vision tower's projections; so outside
+// Gemma4ForCausalLM the list becomes a regex held to the text decoder's layers.
+json peft_target_modules(const io::ModelConfig& cfg, const LoraConfig& lora) {
+  if (!lora.target_regex.empty()) return lora.target_regex;
+  const std::string prefix = hf_text_prefix(cfg);
+  if (prefix == "model.") return list_targets(lora);
+  const std::regex special(R"([.^$|()\[\]{}*+?\\])");
+  std::string names;
+  for (const std::string& t : list_targets(lora))
+    names += (names.empty() ? "" : "|") + std::regex_replace(t, special, R"(\$&)");
+  return std::regex_replace(prefix, special, R"(\$&)") + R"(layers\.(?:.*\.)?(?:)" + names + ")";
+}
+
 // The PEFT key of a native adapter parameter: PeftModel wraps the transformers model as base_model.model.
 std::string peft_key(const io::ModelConfig& cfg, const std::string& native) {
   return "base_model.model." + hf_name(cfg, native);
@@ -138,7 +152,7 @@ void save_peft_adapter(const Gemma4& model, const std::string& dir) {
             {"layers_pattern", nullptr},
             {"rank_pattern", json::object()},
             {"alpha_pattern", json::object()}};
-  c["target_modules"] = lora.target_regex.empty() ? json(list_targets(lora)) : json(lora.target_regex);
+  c["target_modules"] = peft_target_modules(cfg, lora);
   io::write_file_atomic((fs::path(dir) / "adapter_config.json").string(), c.dump(2) + "\n");
 }
 
@@ -188,13 +202,18 @@ void load_peft_adapter(Gemma4& model, const std::string& dir) {
   G4_CHECK(model.lora(), "load_peft_adapter: enable LoRA on the model first");
   const LoraConfig file = read_peft_config(dir);
   const LoraConfig& lora = *model.lora();
-  G4_CHECK(file.rank == lora.rank && file.alpha == lora.alpha && list_targets(file) == list_targets(lora) &&
-               file.target_regex == lora.target_regex,
-           "PEFT adapter ", dir, " has r ", file.rank, ", lora_alpha ", file.alpha,
-           " or target_modules other than the model's adapters (r ", lora.rank, ", alpha ", lora.alpha, ")");
+  const io::ModelConfig& cfg = model.config();
+  // The same projections, however the targets are spelled (a list, or the regex a conditional model's is written as).
+  auto names = [&](const LoraConfig& c) {
+    std::vector<std::string> out;
+    for (const LoraModule& m : lora_modules(cfg, c)) out.push_back(m.name);
+    return out;
+  };
+  G4_CHECK(file.rank == lora.rank && file.alpha == lora.alpha && names(file) == names(lora), "PEFT adapter ", dir,
+           " has r ", file.rank, ", lora_alpha ", file.alpha, " or target_modules other than the model's adapters (r ",
+           lora.rank, ", alpha ", lora.alpha, ")");
   const io::SafetensorsReader reader =
       io::SafetensorsReader::open((fs::path(dir) / "adapter_model.safetensors").string());
-  const io::ModelConfig& cfg = model.config();
   std::set<std::string> consumed;
   for (const LoraModule& m : lora_modules(cfg, lora)) {
     for (const std::string& n : {lora_a_name(m.name), lora_b_name(m.name)}) {

@@ -276,6 +276,29 @@ TEST(Lora, PeftFilesRoundTripAndTheMergedModelComputesTheAdaptedOne) {
   fs::remove_all(dir);
 }
 
+// A Gemma4ForConditionalGeneration's adapter: keys under model.language_model., and the targets held to
+// the text decoder by a regex (a list would also select the vision tower's projections in PEFT).
+TEST(Lora, ConditionalCheckpointsNameTheLanguageModel) {
+  const fs::path dir = test::scratch_dir("lora_conditional");
+  auto m = model::load_hf_model(test::hf_fixture_dir("var-moe-untied"));
+  LoraConfig c = lora_config();
+  c.targets = {"q_proj", "mlp.down_proj"};
+  m->enable_lora(c);
+  randomise_b(*m, 500);
+  model::save_peft_adapter(*m, dir.string());
+  const nlohmann::json cfg = io::read_json_file((dir / "adapter_config.json").string(), "test", 1 << 20);
+  EXPECT_EQ(cfg["target_modules"], R"(model\.language_model\.layers\.(?:.*\.)?(?:q_proj|mlp\.down_proj))");
+  const io::SafetensorsReader r = io::SafetensorsReader::open((dir / "adapter_model.safetensors").string());
+  EXPECT_TRUE(r.has("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight"));
+  EXPECT_TRUE(r.has("base_model.model.model.language_model.layers.1.mlp.down_proj.lora_A.weight"));
+  EXPECT_EQ(r.names().size(), 2 * model::lora_modules(m->config(), c).size());
+  auto loaded = model::load_hf_model(test::hf_fixture_dir("var-moe-untied"));
+  model::apply_peft_adapter(*loaded, dir.string());
+  const model::ForwardInputs in = random_batch(17, m->config().vocab_size);
+  EXPECT_EQ(max_abs_diff(logits_of(*loaded, in), logits_of(*m, in)), 0.0);
+  fs::remove_all(dir);
+}
+
 TEST(Lora, BadAdaptersAreClearErrors) {
   const fs::path dir = test::scratch_dir("lora_bad");
   auto m = model::load_hf_model(test::hf_fixture_dir(kFixture));
