@@ -1,6 +1,7 @@
 // g4 convert IN_DIR OUT_DIR [--overwrite]: Hugging Face -> native -> Hugging Face (sharded when large), with
 // the tokenizer and generation files copied alongside. --to-diffusion adapts an autoregressive Gemma 4 MoE
-// checkpoint into a diffusion_gemma one (diffusion/from_autoregressive.h).
+// checkpoint into a diffusion_gemma one (diffusion/from_autoregressive.h). --merge-lora ADAPTER_DIR writes the
+// base with a PEFT LoRA adapter merged in (W + alpha/r·B·A; model/lora.h).
 #include <filesystem>
 #include <iostream>
 
@@ -14,7 +15,7 @@ namespace g4::cli {
 void add_convert(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("convert", "Load a Hugging Face checkpoint and write it back (round trip)");
   struct Opts {
-    std::string in, out;
+    std::string in, out, merge_lora;
     double max_shard_gb = 5.0;
     bool overwrite = false, to_diffusion = false;
     int64_t canvas_length = 256;
@@ -25,6 +26,8 @@ void add_convert(CLI::App& app, Action& action) {
   cmd->add_option("out_dir", o->out, "output directory (created)")->required();
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "largest safetensors shard, GiB")->check(CLI::PositiveNumber);
   cmd->add_flag("--overwrite", o->overwrite, "replace the model already in OUT_DIR (never IN_DIR itself)");
+  cmd->add_option("--merge-lora", o->merge_lora,
+                  "a PEFT LoRA adapter directory (a g4 LoRA checkpoint's adapter/) merged into IN_DIR's weights");
   cmd->add_flag("--to-diffusion", o->to_diffusion,
                 "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
   auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
@@ -38,6 +41,10 @@ void add_convert(CLI::App& app, Action& action) {
       namespace fs = std::filesystem;
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
       auto model = model::load_hf_model(o->in);
+      if (!o->merge_lora.empty()) {
+        model::apply_peft_adapter(*model, o->merge_lora);
+        model = model::merge_lora(*model);
+      }
       const fs::path generation = fs::path(o->in) / "generation_config.json";
       if (o->to_diffusion) {
         const nlohmann::json ar_generation =
@@ -59,7 +66,8 @@ void add_convert(CLI::App& app, Action& action) {
           fs::remove(dst);  // the replaced model's, which need not match this one
       }
       std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters"
-                << (o->to_diffusion ? ", diffusion_gemma, canvas " + std::to_string(o->canvas_length) : "") << ")\n";
+                << (o->to_diffusion ? ", diffusion_gemma, canvas " + std::to_string(o->canvas_length) : "")
+                << (o->merge_lora.empty() ? "" : ", LoRA " + o->merge_lora + " merged") << ")\n";
     };
   });
 }

@@ -27,6 +27,9 @@ struct Gemma4::Context {
   // Block diffusion (run_stack): what attention sees, and which copy of the layer scalars applies.
   const StackAttention* stack = nullptr;
   bool encoder = false;
+  // LoRA dropout: on in training forwards, with this forward's call number (model/lora.h).
+  bool lora_dropout = false;
+  uint64_t lora_call = 0;
   struct KV {
     ag::Var k, v;
     int64_t k_start = 0;
@@ -88,12 +91,48 @@ void Gemma4::init_weights(uint64_t seed, double std) {
 
 std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
   auto m = std::make_unique<Gemma4>(cfg_, experts_, dtype, device);
+  if (lora_) m->enable_lora(*lora_);
   for (const std::string& name : params_.order)
     m->params_.at(name).mutable_value().copy_from(params_.at(name).value().to(dtype));
   m->params_.buffers = params_.buffers;
+  m->lora_calls_ = lora_calls_;
   m->recompute_ = recompute_;
   m->router_aux_coef_ = router_aux_coef_;
   return m;
+}
+
+void Gemma4::enable_lora(const LoraConfig& lora) {
+  G4_CHECK(!lora_, "enable_lora: the model already has LoRA adapters");
+  validate_lora(lora, "LoRA");
+  const std::vector<LoraModule> modules = lora_modules(cfg_, lora);
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const LoraModule& m = modules[i];
+    // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
+    const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
+    const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
+    params_.add(lora_a_name(m.name), ParamKind::kLoraA,
+                rand_uniform({lora.rank, m.in}, seed, -bound, bound).to(dtype_).to(device_));
+    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros({m.out, lora.rank}, dtype_, device_));
+  }
+  lora_ = lora;
+}
+
+void Gemma4::start_lora_dropout(Context& ctx) const {
+  if (!lora_ || lora_->dropout == 0 || !ag::grad_enabled()) return;
+  ctx.lora_dropout = true;
+  ctx.lora_call = lora_calls_++;
+}
+
+ag::Var Gemma4::proj(const ag::Var& x, const std::string& module, const Context& ctx) const {
+  ag::Var y = ag::linear(x, p(module + ".weight"));
+  if (!lora_) return y;
+  const std::string a = lora_a_name(module);
+  if (!params_.has(a)) return y;
+  ag::Var in = x;
+  if (ctx.lora_dropout)
+    in = ag::mul(x, ag::Var(lora_dropout_mask(x.shape(), lora_->dropout, lora_->seed, ctx.lora_call, module,
+                                              x.value().dtype(), device_)));
+  return ag::add(y, ag::scale(ag::linear(ag::linear(in, p(a)), p(lora_b_name(module))), lora_->scaling()));
 }
 
 std::vector<std::vector<std::string>> Gemma4::parameter_blocks() const {
@@ -162,6 +201,7 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
            "return_token_logprobs: the log-probs are of the targets; give labels or targets");
   Context ctx;
   ctx.encoder = cfg_.diffusion;  // a diffusion model's plain forward is its causal encoder (AR logits)
+  start_lora_dropout(ctx);
   if (context_) {
     G4_CHECK(in.position_ids.defined(), "context parallelism: forward needs the global position_ids of its slice");
     G4_CHECK(!in.labels.defined(), "context parallelism: pass targets (labels shifted over the whole sequence "
@@ -316,6 +356,7 @@ ag::Var Gemma4::run_stack(const ag::Var& x, const Tensor& positions, const Stack
   Context ctx;
   ctx.stack = &attn;
   ctx.encoder = encoder;
+  start_lora_dropout(ctx);
   ctx.positions = positions.to(DType::I64).to(device_);
   ctx.kv.assign(static_cast<size_t>(cfg_.num_layers), {});
   const ag::Var hidden = run_layers(x, ag::Var(), ctx);
@@ -346,8 +387,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
 
   const ag::Var residual = h;
   ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
-  m = ag::linear(ag::gelu_gate(ag::linear(m, p(pre + "mlp.gate_proj.weight")), ag::linear(m, p(pre + "mlp.up_proj.weight"))),
-                 p(pre + "mlp.down_proj.weight"));
+  m = proj(ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx)), pre + "mlp.down_proj",
+           ctx);
   if (ls.moe) {
     ag::Var dense = ag::rmsnorm(m, p(pre + "post_feedforward_layernorm_1.weight"), eps);
     ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), p(pre + "post_feedforward_layernorm_2.weight"), eps);
@@ -374,7 +415,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   const double eps = cfg_.rms_norm_eps;
   const Tensor& inv_freq = inv_freq_[static_cast<size_t>(l)];
 
-  ag::Var q = ag::reshape(ag::linear(x, p(pre + "q_proj.weight")), {B, S, cfg_.num_heads, d});
+  ag::Var q = ag::reshape(proj(x, pre + "q_proj", ctx), {B, S, cfg_.num_heads, d});
   q = ag::rope(ag::rmsnorm(q, p(pre + "q_norm.weight"), eps), ctx.positions, inv_freq);
 
   // This step's keys and values (a KV-shared layer reads its source's, or its source's pages).
@@ -383,8 +424,8 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   if (ls.kv_shared) {
     if (!ctx.step) kv = ctx.kv[static_cast<size_t>(ls.kv_source)];
   } else {
-    ag::Var k_raw = ag::reshape(ag::linear(x, p(pre + "k_proj.weight")), {B, S, nkv, d});
-    ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(ag::linear(x, p(pre + "v_proj.weight")), {B, S, nkv, d});
+    ag::Var k_raw = ag::reshape(proj(x, pre + "k_proj", ctx), {B, S, nkv, d});
+    ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(proj(x, pre + "v_proj", ctx), {B, S, nkv, d});
     kv.k = ag::rope(ag::rmsnorm(k_raw, p(pre + "k_norm.weight"), eps), ctx.positions, inv_freq);
     kv.v = ag::rmsnorm(v_raw, ag::Var(), eps);
     kv.k_start = ctx.q_start;
@@ -409,7 +450,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
     // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
     o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   }
-  return ag::linear(ag::reshape(o, {B, S, cfg_.num_heads * d}), p(pre + "o_proj.weight"));
+  return proj(ag::reshape(o, {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
 }
 
 ag::Var Gemma4::stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v,

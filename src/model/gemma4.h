@@ -3,10 +3,12 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "autograd/variable.h"
 #include "io/hf_config.h"
+#include "model/lora.h"
 #include "model/moe.h"
 #include "model/paged_kv.h"
 #include "model/params.h"
@@ -183,6 +185,16 @@ class Gemma4 {
   // moving a loaded checkpoint to the GPU. Hooks (token dispatcher, context attention) are not copied.
   std::unique_ptr<Gemma4> copy_to(Device device, DType dtype) const;
 
+  // LoRA (model/lora.h): adds adapters on the projections lora.targets selects, A drawn as PEFT
+  // draws it (U(-1/sqrt(in), 1/sqrt(in)), Philox from lora.seed) and B zeros, so the model still
+  // computes the base's function. Once per model.
+  void enable_lora(const LoraConfig& lora);
+  const std::optional<LoraConfig>& lora() const { return lora_; }
+  // Training forwards drawn so far: each draws its LoRA dropout masks from its own call number,
+  // which checkpoints keep so a resumed run draws the masks the uninterrupted one would.
+  uint64_t lora_calls() const { return lora_calls_; }
+  void set_lora_calls(uint64_t calls) { lora_calls_ = calls; }
+
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
   void init_weights(uint64_t seed, double std = 0.02);
@@ -208,6 +220,10 @@ class Gemma4 {
     if (hooks_) hooks_->exit(b);
   }
   const ag::Var& p(const std::string& name) const { return params_.at(name); }
+  // Training forwards (grad mode on) of a model with LoRA dropout take the next call number.
+  void start_lora_dropout(Context& ctx) const;
+  // x·Wᵀ of a dense projection ("model.layers.0.mlp.up_proj"), plus its LoRA adapter if it has one.
+  ag::Var proj(const ag::Var& x, const std::string& module, const Context& ctx) const;
 
   io::ModelConfig cfg_;
   ExpertRange experts_;
@@ -218,6 +234,8 @@ class Gemma4 {
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
   double router_aux_coef_ = 0;
+  std::optional<LoraConfig> lora_;
+  mutable uint64_t lora_calls_ = 0;
   std::shared_ptr<TokenDispatcher> dispatcher_;
   std::shared_ptr<ContextAttention> context_;
   std::shared_ptr<ParameterHooks> hooks_;

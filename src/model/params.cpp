@@ -23,6 +23,8 @@ constexpr const char* kKindNames[] = {
     "expert_down",
     "lm_head",
     "self_conditioning",
+    "lora_a",
+    "lora_b",
     "layer_scalar",
     "per_expert_scale",
     "pass_through",
@@ -42,6 +44,10 @@ bool split_by_expert(ParamKind kind) {
 
 bool is_embedding(ParamKind kind) {
   return kind == ParamKind::kTokenEmbedding || kind == ParamKind::kPerLayerEmbedding;
+}
+
+bool is_lora(ParamKind kind) {
+  return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB;
 }
 
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange experts) {

@@ -33,6 +33,8 @@ enum class ParamKind {
   kExpertDown,               // moe.experts.down_projs [E, I, H], per_expert_scale folded in
   kLmHead,                   // lm_head (untied models only)
   kSelfConditioning,         // diffusion: the self-conditioning MLP's gate/up/down projections
+  kLoraA,                    // a LoRA adapter's down projection A [r, in] (model/lora.h)
+  kLoraB,                    // a LoRA adapter's up projection B [out, r]
   // Buffers.
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
@@ -53,6 +55,8 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kExpertDown,
     ParamKind::kLmHead,
     ParamKind::kSelfConditioning,
+    ParamKind::kLoraA,
+    ParamKind::kLoraB,
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
     ParamKind::kPassThrough,
@@ -64,6 +68,8 @@ const char* param_kind_name(ParamKind kind);
 bool split_by_expert(ParamKind kind);
 // True for the embedding tables (token and per-layer): rows indexed by token id.
 bool is_embedding(ParamKind kind);
+// True for LoRA adapters: with them the model trains nothing else, and checkpoints keep them apart.
+bool is_lora(ParamKind kind);
 
 struct ParamSpec {
   std::string name;

@@ -216,9 +216,11 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
   G4_CHECK(model.experts().count == cfg.num_experts || !cfg.enable_moe_block,
            "export needs every expert; gather the expert-parallel shards first");
   NamedTensors out;
-  for (const std::string& name : model.params().order)
+  for (const std::string& name : model.params().order) {
+    if (is_lora(model.params().kind(name))) continue;  // the adapter is PEFT's files (save_peft_adapter)
     for (auto& kv : export_hf_tensor(cfg, name, model.params().kind(name), model.params().at(name).value()))
       out.push_back(std::move(kv));
+  }
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     out.emplace_back(hf_text_prefix(cfg) + "layers." + std::to_string(l) + ".layer_scalar",
                      model.params().buffer(layer_prefix(l) + "layer_scalar"));
@@ -245,6 +247,12 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
   if (!model.config().generation_config.is_null())
     io::write_file_atomic((fs::path(dir) / "generation_config.json").string(),
                           model.config().generation_config.dump(2) + "\n");
+  if (model.lora()) save_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
+}
+
+void load_checkpoint_weights(Gemma4& model, const std::string& dir) {
+  load_hf_weights(model, io::SafetensorsReader::open(dir));
+  if (model.lora()) load_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
 }
 
 NamedTensors hf_gradients(const Gemma4& model) {

@@ -41,10 +41,17 @@ NamedTensors export_hf_tensor(const io::ModelConfig& cfg, const std::string& nat
 // The whole model in Hugging Face layout (parameters and layer_scalar buffers).
 NamedTensors export_hf_state_dict(const Gemma4& model);
 
+// Where a LoRA model's checkpoint keeps its adapter in PEFT's format, beside the frozen base.
+inline constexpr const char* kLoraAdapterDir = "adapter";
+
 // Writes config.json + safetensors (sharded above max_shard_bytes) into dir, and for diffusion
 // models generation_config.json when the config holds one. Diffusion checkpoints get the encoder
-// layer scalars and the vision tower's tensors as read.
+// layer scalars and the vision tower's tensors as read. A LoRA model writes its base there and its
+// adapter into dir/adapter (save_peft_adapter).
 void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes = size_t(5) << 30);
+
+// What save_hf_checkpoint wrote, into a model built alike (with LoRA: the base and dir/adapter).
+void load_checkpoint_weights(Gemma4& model, const std::string& dir);
 
 // Gradients (as f32) of the parameters expressed for Hugging Face's parameterisation (names as in the
 // checkpoint; per_expert_scale gets the gradient the unfolded model would have).

@@ -80,12 +80,15 @@ model::Gemma4& ReplicatedAdamW::export_weights() {
 void ReplicatedAdamW::load_weights(const std::string& dir) {
   if (!trains_through_masters()) {
     G4_CHECK(model_, "ReplicatedAdamW::load_weights: no model to load into");
-    model::load_hf_weights(*model_, io::SafetensorsReader::open(dir));
+    model::load_checkpoint_weights(*model_, dir);
     return;
   }
   // The checkpoint's exact f32 values go into the host model, the masters and (rounded) the copies.
-  if (!host_) host_ = std::make_unique<model::Gemma4>(config_, experts_);
-  model::load_hf_weights(*host_, io::SafetensorsReader::open(dir));
+  if (!host_) {
+    host_ = std::make_unique<model::Gemma4>(config_, experts_);
+    if (model_ && model_->lora()) host_->enable_lora(*model_->lora());
+  }
+  model::load_checkpoint_weights(*host_, dir);
   adamw_.load_parameters(host_->params());
 }
 
@@ -135,7 +138,7 @@ void ShardedOptimizer::skip_step() {
 
 void ShardedOptimizer::load_weights(const std::string& dir) {
   adamw_.gather_parameters();  // the weights load into the whole parameters; load() takes the slices
-  model::load_hf_weights(model_, io::SafetensorsReader::open(dir));
+  model::load_checkpoint_weights(model_, dir);
 }
 
 void ShardedOptimizer::save(const fs::path& dir, nlohmann::json& state) {

@@ -142,6 +142,18 @@ std::vector<ScopedKey> make_schema() {
       field("train.freeze", G4_SLOT(freeze), "parameter-name patterns (* and ? wildcards) kept fixed"),
       sft_only(field("train.router_aux_loss", G4_SLOT(router_aux_loss), "weight of the router load-balancing loss (0 = off)",
             kNonNegative)),
+      // Block diffusion trains without LoRA for now (its checkpoints' adapter names are unchecked).
+      {field("lora.rank", G4_SLOT(lora.rank), "LoRA rank r (0 = off: every weight trains); with it only the adapters train",
+            kNonNegative), kSft | kRl},
+      {field("lora.alpha", G4_SLOT(lora.alpha), "LoRA alpha: the adapter's output is scaled by alpha / rank",
+            kPositive), kSft | kRl},
+      {field("lora.dropout", G4_SLOT(lora.dropout), "dropout on the adapters' input (training forwards only)",
+            kUnit), kSft | kRl},
+      {field("lora.targets", G4_SLOT(lora.targets),
+            "module-name suffixes of the projections adapted (empty: q/k/v/o_proj, gate/up/down_proj)"), kSft | kRl},
+      {field("lora.target_regex", G4_SLOT(lora.target_regex),
+            "a regex the whole Hugging Face module name must match, instead of lora.targets"), kSft | kRl},
+      {field("lora.seed", G4_SLOT(lora.seed), "seed of the adapters' initialisation and dropout masks"), kSft | kRl},
       field("train.skip_nonfinite_steps", G4_SLOT(skip_nonfinite_steps),
             "skip (and count) a step whose loss or gradient norm is NaN/inf instead of stopping"),
       RecipeKey{"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
@@ -556,6 +568,13 @@ void check_rl(Recipe& r, const std::string& source) {
            ": 'reward.kind' command needs 'reward.command'");
 }
 
+void check_lora(Recipe& r, const std::string& source) {
+  model::validate_lora(r.lora, source);
+  G4_CHECK(!r.fsdp && r.expert_parallel == 1, source, ": LoRA ('lora.rank' > 0) does not run with ",
+           r.fsdp ? "'parallel.fsdp'" : "'parallel.expert_parallel' > 1", " yet");
+  r.lora.base_model = r.model_path.empty() ? r.model_name : r.model_path;
+}
+
 // The rules that join several keys; each key alone has passed its schema line.
 void check_combinations(Recipe& r, const std::string& source) {
   G4_CHECK(r.model_name.empty() != r.model_path.empty(), source,
@@ -570,6 +589,7 @@ void check_combinations(Recipe& r, const std::string& source) {
            ": 'parallel.fsdp' shards over the data-parallel ranks, but 'parallel.data_parallel' is 1, so there is "
            "nothing to shard over; drop one of the two keys");
   if (r.device == Device::CUDA) check_cuda_device(r, source);
+  if (r.lora.rank > 0) check_lora(r, source);
 }
 
 std::string number_text(double v) {

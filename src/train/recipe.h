@@ -14,6 +14,7 @@
 
 #include "core/tensor.h"
 #include "data/dataset.h"
+#include "model/lora.h"
 
 namespace g4::train {
 
@@ -112,6 +113,8 @@ struct Recipe {
   int64_t steps = 100, batch_size = 8, grad_accumulation = 1;
   bool recompute = false;
   std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) or kind names kept fixed
+  // LoRA adapters (lora.*; rank 0 = off): only they train, the base weights stay frozen.
+  model::LoraConfig lora;
   double router_aux_loss = 0.0;
   // A step whose loss or gradient norm is not finite never updates the weights; by default the
   // run stops there with an error, with this it skips the step and counts it ("skipped_steps").

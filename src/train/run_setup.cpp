@@ -18,6 +18,7 @@ namespace fs = std::filesystem;
 void Progress::save(const fs::path&, nlohmann::json& state) {
   state["elapsed_s"] = elapsed_s;
   state["skipped_steps"] = skipped_steps;
+  if (lora_model) state["lora_dropout_calls"] = lora_model->lora_calls();
   state["recipe"] = recipe;
 }
 
@@ -25,13 +26,16 @@ void Progress::load(const fs::path& dir, const nlohmann::json& state) {
   step = io::json_int(state, "step", trainer_state_path(dir));
   skipped_steps = io::json_int(state, "skipped_steps", trainer_state_path(dir), 0);
   elapsed_s = io::json_number(state, "elapsed_s", trainer_state_path(dir), 0.0);
+  if (lora_model)
+    lora_model->set_lora_calls(
+        static_cast<uint64_t>(io::json_int(state, "lora_dropout_calls", trainer_state_path(dir), 0)));
 }
 
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
   std::vector<std::string> names;
   for (const std::string& n : m.params().order) {
-    bool frozen = false;
     const model::ParamKind kind = m.params().kind(n);
+    bool frozen = m.lora() && !model::is_lora(kind);
     const std::string hf = model::hf_name(m.config(), n);
     for (const std::string& p : freeze)
       frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf) || p == model::param_kind_name(kind);
@@ -86,11 +90,16 @@ void RunParts::set_up_model(int64_t row_len) {
   G4_CHECK(context <= 0 || row_len <= context, r.source, ": data.seq_len ", row_len,
            " exceeds the model's context length (max_position_embeddings ", context, ")");
   model = build_model(r, mesh->local_experts(config));
+  if (r.lora.rank > 0) {
+    model->enable_lora(r.lora);
+    progress.lora_model = model.get();
+  }
   // On the GPU, `host` keeps the model as built or loaded (CPU, f32) for the optimizer's masters
   // and `model` becomes its bf16 GPU copy.
   if (r.device == Device::CUDA) {
     host = std::move(model);
     model = host->copy_to(Device::CUDA, DType::BF16);
+    if (progress.lora_model) progress.lora_model = model.get();
   }
   if (row_len > 0) {
     const int64_t padded_len = parallel::padded_length(row_len, mesh->shape().cp);

@@ -26,12 +26,14 @@ struct Progress final : CheckpointPart {
   int64_t skipped_steps = 0;  // steps without an update (non-finite loss or gradient norm)
   double elapsed_s = 0;
   nlohmann::json recipe;
+  // A LoRA model's count of training forwards (its dropout masks' call numbers), kept for resume.
+  model::Gemma4* lora_model = nullptr;
   void save(const std::filesystem::path&, nlohmann::json& state) override;
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
 };
 
 // The parameters the recipe trains: all but those matching a train.freeze pattern (native or
-// Hugging Face name, or a kind: "norm", "router", ...).
+// Hugging Face name, or a kind: "norm", "router", ...); of a model with LoRA adapters, only those.
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze);
 
 class RunParts {

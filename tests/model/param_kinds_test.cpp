@@ -43,6 +43,8 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.self_conditioning\.pre_norm\.weight)", ParamKind::kNorm},
       {R"(model\.self_conditioning\.(gate|up|down)_proj\.weight)", ParamKind::kSelfConditioning},
       {R"(model\.encoder\.(vision_tower|embed_vision)\..*)", ParamKind::kPassThrough},
+      {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_A\.weight)", ParamKind::kLoraA},
+      {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_B\.weight)", ParamKind::kLoraB},
   };
   for (const auto& [pattern, kind] : rules)
     if (std::regex_match(n, std::regex(pattern))) return kind;
@@ -74,8 +76,9 @@ TEST(ParamKinds, EveryKindHasItsOwnName) {
   EXPECT_EQ(std::string(model::param_kind_name(ParamKind::kExpertDown)), "expert_down");
 }
 
-// Every parameter and buffer of every fixture (loaded, with every expert and with half of them)
-// and of every built-in config has a kind, the one its name says; every kind occurs somewhere.
+// Every parameter and buffer of every fixture (loaded, with every expert and with LoRA adapters,
+// and with half of the experts) and of every built-in config has a kind, the one its name says;
+// every kind occurs somewhere.
 TEST(ParamKinds, EveryParameterOfEveryConfigHasTheKindItsNameSays) {
   std::set<ParamKind> seen;
   const std::vector<std::string> fixtures = fixture_dirs();
@@ -88,6 +91,11 @@ TEST(ParamKinds, EveryParameterOfEveryConfigHasTheKindItsNameSays) {
       // The second half of the experts, as the last of ep_size ranks holds them.
       const int64_t share = cfg.num_experts / ep_size;
       const auto m = model::load_hf_model(f, model::ExpertRange{(ep_size - 1) * share, share});
+      if (ep_size == 1) {
+        model::LoraConfig lora;
+        lora.rank = 2;
+        m->enable_lora(lora);
+      }
       const model::ParamStore& p = m->params();
       for (const std::string& n : p.order) {
         EXPECT_EQ(p.kind(n), kind_from_name(n)) << n;
