@@ -40,12 +40,33 @@ ag::Var add_bias(const ag::Var& x, const ag::Var& b) {
 }  // namespace
 
 AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfig& c, int64_t text_hidden) {
+  return build(
+      c, text_hidden, [&](const std::string& name, const Shape& shape) { return r.get_f32(name, shape); },
+      [&](const std::string& name) { return r.has(name); });
+}
+
+AudioTower AudioTower::from_buffers(const ParamStore& store, const io::ModelConfig& cfg) {
+  G4_CHECK(cfg.has_audio, "audio tower: the model's config has no audio_config");
+  auto get = [&](const std::string& name, const Shape& shape) {
+    auto it = store.buffers.find(name);
+    G4_CHECK(it != store.buffers.end() && it->second.kind == ParamKind::kAudioTower, "audio tower: the model holds no '",
+             name, "' (its checkpoint had no audio tower weights)");
+    G4_CHECK(it->second.value.shape() == shape, "audio tower: '", name, "' is ", it->second.value.describe(),
+             ", expected shape ", shape_str(shape));
+    return it->second.value;
+  };
+  return build(cfg.audio, cfg.hidden_size, get, [&](const std::string& name) { return store.buffers.count(name) > 0; });
+}
+
+AudioTower AudioTower::build(const io::AudioConfig& c, int64_t text_hidden,
+                             const std::function<Tensor(const std::string&, const Shape&)>& get,
+                             const std::function<bool(const std::string&)>& has) {
   AudioTower t;
   t.config_ = c;
   t.text_hidden_ = text_hidden;
   const int64_t H = c.hidden_size, D = H / c.num_heads;
   auto add = [&](const std::string& name, const Shape& shape) {
-    t.params_[kTower + name] = ag::Var(r.get_f32(kTower + name, shape), true);
+    t.params_[kTower + name] = ag::Var(get(kTower + name, shape), true);
   };
   auto add_clipped = [&](const std::string& name, const Shape& shape) {
     add(name + ".linear.weight", shape);
@@ -55,7 +76,7 @@ AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfi
       // Absent bounds are transformers' initial ±inf buffers.
       auto bound = [&](const char* which, double& out) {
         const std::string key = kTower + name + "." + which;
-        if (r.has(key)) out = element_as_double(r.get_f32(key, {}), 0);
+        if (has(key)) out = element_as_double(get(key, {}), 0);
       };
       bound("input_min", clip.in_min), bound("input_max", clip.in_max);
       bound("output_min", clip.out_min), bound("output_max", clip.out_max);
@@ -88,7 +109,7 @@ AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfi
   }
   add("output_proj.weight", {c.output_proj_dims, H});
   add("output_proj.bias", {c.output_proj_dims});
-  t.params_[kEmbed] = ag::Var(r.get_f32(kEmbed, {text_hidden, c.output_proj_dims}), true);
+  t.params_[kEmbed] = ag::Var(get(kEmbed, {text_hidden, c.output_proj_dims}), true);
   return t;
 }
 

@@ -2,6 +2,7 @@
 // into the text model (model.embed_audio), built from ag:: ops so the backward exists.
 // MULTIMODAL.md 7; docs/multimodal.md "Audio".
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 
@@ -9,6 +10,7 @@
 #include "core/tensor.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "model/params.h"
 
 namespace g4::model {
 
@@ -18,6 +20,8 @@ class AudioTower {
   // (model.audio_tower.*, model.embed_audio.*) as f32 leaves that require gradients.
   // `text_hidden` is the text model's hidden size (embed_audio's output).
   static AudioTower load(const io::SafetensorsReader& reader, const io::AudioConfig& config, int64_t text_hidden);
+  // The same tensors from a loaded model's kAudioTower buffers (load_hf_weights keeps them there).
+  static AudioTower from_buffers(const ParamStore& store, const io::ModelConfig& config);
 
   struct Output {
     ag::Var hidden;  // last_hidden_state [B, T4, output_proj_dims]
@@ -39,6 +43,10 @@ class AudioTower {
   struct Clip {
     double in_min, in_max, out_min, out_max;
   };
+  // Reads every tensor by HF name through `get` (required, shape-checked) and `has` (clip bounds).
+  static AudioTower build(const io::AudioConfig& config, int64_t text_hidden,
+                          const std::function<Tensor(const std::string&, const Shape&)>& get,
+                          const std::function<bool(const std::string&)>& has);
   const ag::Var& p(const std::string& name) const;
   ag::Var clipped_linear(const ag::Var& x, const std::string& name) const;
   ag::Var conv_block(const ag::Var& x, const Tensor& mask, int64_t layer) const;

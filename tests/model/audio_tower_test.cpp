@@ -17,6 +17,7 @@
 #include "io/hf_config.h"
 #include "io/safetensors.h"
 #include "model/audio_tower.h"
+#include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
@@ -47,6 +48,40 @@ TEST_P(AudioTowerFixture, OutputsEqualTransformers) {
   for (int64_t i = 0; i < want_mask.numel(); ++i) ASSERT_EQ(element_as_int(out.mask, i), element_as_int(want_mask, i)) << i;
   expect_close_where(out.hidden.value(), ref.get("audio.last_hidden_state"), want_mask, 1e-4, "last_hidden_state");
   expect_close_where(tower.embed(out.hidden).value(), ref.get("audio.projected"), want_mask, 1e-4, "embed_audio");
+}
+
+// load_hf_model keeps the audio tower's tensors (and skips only the vision tower's); the tower
+// built from them computes what the checkpoint's does, and export writes them back as read.
+TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
+  const std::string dir = fixture(GetParam());
+  const auto reader = io::SafetensorsReader::open(dir + "/model.safetensors");
+  int64_t audio = 0, vision = 0;
+  for (const std::string& n : reader.names()) {
+    audio += n.rfind("model.audio_tower.", 0) == 0 || n.rfind("model.embed_audio.", 0) == 0;
+    vision += n.rfind("model.vision_tower.", 0) == 0 || n.rfind("model.embed_vision.", 0) == 0;
+  }
+  testing::internal::CaptureStderr();
+  const auto m = model::load_hf_model(dir);
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("skipped " + std::to_string(vision) + " vision/audio tower tensors"), std::string::npos) << log;
+  int64_t kept = 0;
+  for (const auto& [name, b] : m->params().buffers) kept += b.kind == model::ParamKind::kAudioTower;
+  EXPECT_EQ(kept, audio);
+
+  const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  ag::NoGrad no_grad;
+  const Tensor f = ref.get("input_features"), mask = ref.get("input_features_mask");
+  const Tensor a = model::AudioTower::from_buffers(m->params(), m->config()).forward(f, mask).hidden.value();
+  const Tensor b = model::AudioTower::load(reader, m->config().audio, m->config().hidden_size).forward(f, mask).hidden.value();
+  EXPECT_EQ(test::max_diff(a, b), 0.0);
+
+  int64_t exported = 0;
+  for (const auto& [name, t] : model::export_hf_state_dict(*m)) {
+    if (name.rfind("model.audio_tower.", 0) != 0 && name.rfind("model.embed_audio.", 0) != 0) continue;
+    ++exported;
+    EXPECT_EQ(test::max_diff(t.reshape({-1}), reader.get_f32(name, reader.info(name).shape).reshape({-1})), 0.0) << name;
+  }
+  EXPECT_EQ(exported, audio);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, AudioTowerFixture, ::testing::Values("tiny-mm-e", "tiny-mm-bidir"));
