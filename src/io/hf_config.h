@@ -52,6 +52,7 @@ struct AudioConfig {
   double rms_norm_eps = 1e-6, gradient_clipping = 1e10;
   bool use_clipped_linears = true;
   int64_t output_proj_dims = 1536;
+  bool operator==(const AudioConfig&) const = default;
 };
 
 struct ModelConfig {

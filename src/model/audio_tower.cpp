@@ -14,6 +14,10 @@ namespace {
 
 constexpr const char* kTower = "model.audio_tower.";
 constexpr const char* kEmbed = "model.embed_audio.embedding_projection.weight";
+// transformers builds the feed-forward norms and the layer's three norms with Gemma4RMSNorm's
+// default eps, not rms_norm_eps (which the subsampler's LayerNorm, the light conv's norms and
+// embed_audio take); the published configs set both to 1e-6.
+constexpr double kDefaultNormEps = 1e-6;
 
 // A constant (no gradient) from f64 values, in `dtype`.
 ag::Var constant(const std::vector<double>& v, const Shape& shape, DType dtype) {
@@ -180,9 +184,9 @@ ag::Var AudioTower::conv_block(const ag::Var& x, const Tensor& mask, int64_t lay
 
 ag::Var AudioTower::feed_forward(const ag::Var& x, const std::string& f) const {
   const double gc = config_.gradient_clipping;
-  ag::Var y = ag::rmsnorm(ag::clamp(x, -gc, gc), p(f + "pre_layer_norm.weight"), config_.rms_norm_eps);
+  ag::Var y = ag::rmsnorm(ag::clamp(x, -gc, gc), p(f + "pre_layer_norm.weight"), kDefaultNormEps);
   y = clipped_linear(ag::activation(clipped_linear(y, f + "ffw_layer_1"), ops::Activation::kSilu), f + "ffw_layer_2");
-  y = ag::rmsnorm(ag::clamp(y, -gc, gc), p(f + "post_layer_norm.weight"), config_.rms_norm_eps);
+  y = ag::rmsnorm(ag::clamp(y, -gc, gc), p(f + "post_layer_norm.weight"), kDefaultNormEps);
   return ag::add(x, ag::scale(y, config_.residual_weight));
 }
 
@@ -294,12 +298,12 @@ AudioTower::Output AudioTower::forward(const Tensor& features, const Tensor& fea
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const std::string L = "layers." + std::to_string(l) + ".";
     h = feed_forward(h, L + "feed_forward1.");
-    ag::Var y = ag::rmsnorm(ag::clamp(h, -gc, gc), p(L + "norm_pre_attn.weight"), config_.rms_norm_eps);
+    ag::Var y = ag::rmsnorm(ag::clamp(h, -gc, gc), p(L + "norm_pre_attn.weight"), kDefaultNormEps);
     y = attention(y, mask4, L + "self_attn.");
-    h = ag::add(h, ag::rmsnorm(ag::clamp(y, -gc, gc), p(L + "norm_post_attn.weight"), config_.rms_norm_eps));
+    h = ag::add(h, ag::rmsnorm(ag::clamp(y, -gc, gc), p(L + "norm_post_attn.weight"), kDefaultNormEps));
     h = light_conv(h, L + "lconv1d.");
     h = feed_forward(h, L + "feed_forward2.");
-    h = ag::rmsnorm(ag::clamp(h, -gc, gc), p(L + "norm_out.weight"), config_.rms_norm_eps);
+    h = ag::rmsnorm(ag::clamp(h, -gc, gc), p(L + "norm_out.weight"), kDefaultNormEps);
   }
   return {add_bias(ag::linear(h, p("output_proj.weight")), p("output_proj.bias")), mask4};
 }
