@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <utility>
 
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -272,6 +273,43 @@ Var softcap(const Var& x, double cap) {
     const Tensor y = out.value();
     record({oi}, [xi, oi, y, cap] { accumulate_grad(xi, ops::softcap_backward(oi->grad, y, cap)); });
   }
+  return out;
+}
+
+namespace {
+// A pointwise op whose gradient is a function of (dy, x).
+template <class Backward>
+Var pointwise_of_input(const Var& x, Tensor y, Backward backward) {
+  const bool rec = should_record({&x});
+  Var out = result(std::move(y), rec);
+  if (rec) {
+    auto xi = x.impl(), oi = out.impl();
+    record({oi}, [xi, oi, backward] { accumulate_grad(xi, backward(oi->grad, xi->value)); });
+  }
+  return out;
+}
+}  // namespace
+
+Var activation(const Var& x, ops::Activation act) {
+  return pointwise_of_input(x, ops::activation(x.value(), act),
+                            [act](const Tensor& dy, const Tensor& xv) { return ops::activation_backward(dy, xv, act); });
+}
+
+Var clamp(const Var& x, double lo, double hi) {
+  return pointwise_of_input(x, ops::clamp(x.value(), lo, hi),
+                            [lo, hi](const Tensor& dy, const Tensor& xv) { return ops::clamp_backward(dy, xv, lo, hi); });
+}
+
+Var mul_rowvec(const Var& x, const Var& v) {
+  const bool rec = should_record({&x, &v});
+  Var out = result(ops::mul_rowvec(x.value(), v.value()), rec);
+  if (!rec) return out;
+  auto xi = x.impl(), vi = v.impl(), oi = out.impl();
+  record({oi}, [xi, vi, oi] {
+    const Tensor& dy = oi->grad;
+    if (xi->requires_grad) accumulate_grad(xi, ops::mul_rowvec(dy, vi->value));
+    if (vi->requires_grad) accumulate_grad(vi, ops::sum_rows(ops::mul(dy, xi->value)));  // dv = Σ_rows dy ∘ x
+  });
   return out;
 }
 

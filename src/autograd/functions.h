@@ -5,6 +5,7 @@
 
 #include "autograd/variable.h"
 #include "ops/attention.h"
+#include "ops/elementwise.h"
 #include "ops/moe.h"
 
 namespace g4::ag {
@@ -27,6 +28,9 @@ Var gelu_gate(const Var& g, const Var& u);
 Var gelu_gate_fused(const Var& gu);
 Var softcap(const Var& x, double cap);
 Var softmax_lastdim(const Var& x);
+Var activation(const Var& x, ops::Activation act);
+Var clamp(const Var& x, double lo, double hi);
+Var mul_rowvec(const Var& x, const Var& v);  // x [..., D] * v [D]
 Var sum_all(const Var& x);  // [] Var
 
 // Mean cross-entropy over targets != ignore_index, as a [] Var (0 with a zero gradient when none counts).

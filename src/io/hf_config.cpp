@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <sstream>
 #include <string_view>
+#include <utility>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -361,6 +362,41 @@ void parse_diffusion_fields(const Fields& top, const Fields& f, ModelConfig& c) 
   if (!c.final_logit_softcapping) c.final_logit_softcapping = 30.0;  // a class attribute, absent from the file at 30
 }
 
+AudioConfig parse_audio_config(const Fields& f) {
+  AudioConfig a;
+  a.hidden_size = f.opt_int("hidden_size", a.hidden_size);
+  a.num_layers = f.opt_int("num_hidden_layers", a.num_layers);
+  a.num_heads = f.opt_int("num_attention_heads", a.num_heads);
+  const std::vector<int64_t> ch = f.int_or_list("subsampling_conv_channels");
+  if (!ch.empty() && ch.size() != 2) f.fail("subsampling_conv_channels", "must list 2 channel counts");
+  if (!ch.empty()) a.conv_channels0 = ch[0], a.conv_channels1 = ch[1];
+  a.conv_kernel_size = f.opt_int("conv_kernel_size", a.conv_kernel_size);
+  a.chunk_size = f.opt_int("attention_chunk_size", a.chunk_size);
+  a.context_left = f.opt_int("attention_context_left", a.context_left);
+  a.logit_cap = f.opt_double("attention_logit_cap", a.logit_cap);
+  a.invalid_logit = f.opt_double("attention_invalid_logits_value", a.invalid_logit);
+  a.residual_weight = f.opt_double("residual_weight", a.residual_weight);
+  a.rms_norm_eps = f.opt_double("rms_norm_eps", a.rms_norm_eps);
+  a.gradient_clipping = f.opt_double("gradient_clipping", a.gradient_clipping);
+  a.use_clipped_linears = f.opt_bool("use_clipped_linears", a.use_clipped_linears);
+  a.output_proj_dims = f.opt_int("output_proj_dims", a.output_proj_dims);
+  for (const auto& [key, v] : {std::pair<const char*, int64_t>{"hidden_size", a.hidden_size}, {"num_hidden_layers", a.num_layers},
+                               {"num_attention_heads", a.num_heads}, {"conv_kernel_size", a.conv_kernel_size},
+                               {"attention_chunk_size", a.chunk_size}, {"attention_context_left", a.context_left},
+                               {"output_proj_dims", a.output_proj_dims}, {"subsampling_conv_channels", a.conv_channels1}})
+    if (v < 1 || v > kMaxWidth) f.fail(key, "is ", v, ": must be between 1 and ", kMaxWidth);
+  if (a.hidden_size % a.num_heads != 0)
+    f.fail("hidden_size", "is ", a.hidden_size, ": not a multiple of num_attention_heads (", a.num_heads, ")");
+  // The subsampler's projection input is (channels[0] / 4) * channels[1], which is the reduced mel
+  // count times channels[1] only when channels[0] equals the 128 mel bins.
+  if (a.conv_channels0 != 128)
+    f.fail("subsampling_conv_channels", "starts with ", a.conv_channels0, ": must equal the 128 mel bins");
+  if (f.opt_int("attention_context_right", 0) != 0) f.fail("attention_context_right", "must be 0 (g4's audio attention is causal)");
+  if (f.opt_string("hidden_act").value_or("silu") != "silu") f.fail("hidden_act", "must be silu");
+  if (!(a.logit_cap > 0)) f.fail("attention_logit_cap", "must be positive");
+  return a;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -380,6 +416,10 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     prefix = "text_config.";
     c.has_vision = top.has("vision_config");
     c.has_audio = top.has("audio_config");
+    if (c.has_audio) {
+      if (!j["audio_config"].is_object()) top.fail("audio_config", "must be an object");
+      c.audio = parse_audio_config(Fields(j["audio_config"], source, "audio_config."));
+    }
   } else if (model_type != "gemma4_text") {
     G4_FAIL("config ", source, ": not a Gemma 4 config (model_type '", model_type,
             "'; expected gemma4, gemma4_text or diffusion_gemma)");

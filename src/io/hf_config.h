@@ -42,6 +42,19 @@ struct LayerOverride {
   bool operator==(const LayerOverride&) const = default;
 };
 
+// Gemma4AudioConfig (audio_config of a gemma4 config; MULTIMODAL.md 7.1), defaults as transformers'.
+struct AudioConfig {
+  int64_t hidden_size = 1024, num_layers = 12, num_heads = 8;
+  int64_t conv_channels0 = 128, conv_channels1 = 32;  // subsampling_conv_channels
+  int64_t conv_kernel_size = 5;
+  int64_t chunk_size = 12, context_left = 13;  // attention_chunk_size, attention_context_left
+  double logit_cap = 50.0, invalid_logit = -1e9, residual_weight = 0.5;
+  double rms_norm_eps = 1e-6, gradient_clipping = 1e10;
+  bool use_clipped_linears = true;
+  int64_t output_proj_dims = 1536;
+  bool operator==(const AudioConfig&) const = default;
+};
+
 struct ModelConfig {
   std::string architecture;      // "Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", ...
   bool conditional = false;      // text weights live under model.language_model.*
@@ -51,6 +64,7 @@ struct ModelConfig {
   int64_t canvas_length = 0;     // diffusion: the denoised block's length C
   int64_t image_token_id = -1;   // diffusion: replaced by pad_token_id before the encoder's embedding
   bool has_vision = false, has_audio = false;
+  AudioConfig audio;  // meaningful when has_audio
 
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;

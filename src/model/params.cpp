@@ -28,6 +28,7 @@ constexpr const char* kKindNames[] = {
     "layer_scalar",
     "per_expert_scale",
     "pass_through",
+    "audio_tower",
 };
 static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
 }  // namespace

@@ -39,6 +39,8 @@ enum class ParamKind {
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
   kPassThrough,     // a checkpoint tensor g4 does not compute with, written back as read (a vision tower)
+  kAudioTower,      // model.audio_tower.* / model.embed_audio.* by their HF names, as read: AudioTower
+                    // computes with them; not trained until its soft tokens join the text forward
 };
 // Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
@@ -60,6 +62,7 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
     ParamKind::kPassThrough,
+    ParamKind::kAudioTower,
 };
 // "token_embedding", "norm", "expert_down", ... (for messages and recipes).
 const char* param_kind_name(ParamKind kind);

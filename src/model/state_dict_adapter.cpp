@@ -90,6 +90,9 @@ namespace {
 std::string hf_encoder_scalar_key(int64_t l) {
   return "model.encoder.language_model.layers." + std::to_string(l) + ".layer_scalar";
 }
+bool is_audio_key(const io::ModelConfig& cfg, const std::string& key) {
+  return !cfg.diffusion && cfg.has_audio && (starts_with(key, "model.audio_tower.") || starts_with(key, "model.embed_audio."));
+}
 bool is_tower_key(const io::ModelConfig& cfg, const std::string& key) {
   const std::string base = cfg.diffusion ? "model.encoder." : "model.";
   for (const char* t : {"vision_tower.", "audio_tower.", "embed_vision.", "embed_audio."})
@@ -172,7 +175,9 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     if (is_tower_key(cfg, key)) {
       // A diffusion checkpoint's vision tower is written back as read (g4 does not run it, but a
       // checkpoint g4 saves must load in transformers, which cannot build the model without it).
+      // The audio tower's tensors are kept (f32, by HF name) for model::AudioTower to compute with.
       if (cfg.diffusion) model.params().set_buffer(key, ParamKind::kPassThrough, reader.get(key).clone());
+      else if (is_audio_key(cfg, key)) model.params().set_buffer(key, ParamKind::kAudioTower, reader.get_f32(key, reader.info(key).shape));
       else ++skipped_towers;
       continue;
     }
@@ -181,7 +186,7 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
   }
   if (skipped_towers > 0)
     G4_LOG("skipped ", skipped_towers, " vision/audio tower tensors in ", reader.path(),
-           " (only the text decoder is loaded)");
+           cfg.has_audio ? " (the text decoder and the audio tower are loaded)" : " (only the text decoder is loaded)");
 }
 
 io::ModelConfig load_hf_config(const std::string& dir) {
@@ -228,7 +233,7 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
     if (cfg.diffusion) out.emplace_back(hf_encoder_scalar_key(l), model.params().buffer(encoder_layer_scalar_name(l)));
   }
   for (const auto& [name, b] : model.params().buffers)
-    if (b.kind == ParamKind::kPassThrough) out.emplace_back(name, b.value);
+    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kAudioTower) out.emplace_back(name, b.value);
   return out;
 }
 

@@ -114,6 +114,27 @@ Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
   return G4_DISPATCH(dy, softcap_backward(dy, y, cap));
 }
 
+Tensor activation(const Tensor& x, Activation act) {
+  check_float("activation", "x", x);
+  return G4_DISPATCH(x, activation(x, act));
+}
+
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act) {
+  pointwise("activation_backward", "dy", dy, "x", x);
+  return G4_DISPATCH(dy, activation_backward(dy, x, act));
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  G4_CHECK(lo <= hi, "clamp: lower bound ", lo, " above upper bound ", hi);
+  check_float("clamp", "x", x);
+  return G4_DISPATCH(x, clamp(x, lo, hi));
+}
+
+Tensor clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi) {
+  pointwise("clamp_backward", "dy", dy, "x", x);
+  return G4_DISPATCH(dy, clamp_backward(dy, x, lo, hi));
+}
+
 Tensor softmax_lastdim(const Tensor& x) {
   check_rows("softmax_lastdim", "x", x);
   return G4_DISPATCH(x, softmax_lastdim(x));

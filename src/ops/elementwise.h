@@ -35,6 +35,16 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu);
 Tensor softcap(const Tensor& x, double cap);
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap);  // uses the output y
 
+// Pointwise activations of the audio tower (torch's definitions; softplus is torch's with beta 1
+// and threshold 20: x above 20 passes through) and their gradients from the input x.
+enum class Activation { kRelu, kSilu, kSigmoid, kSoftplus };
+Tensor activation(const Tensor& x, Activation act);
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act);
+
+// torch.clamp(x, lo, hi) and its gradient: dy where lo <= x <= hi, else 0 (bounds may be infinite).
+Tensor clamp(const Tensor& x, double lo, double hi);
+Tensor clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi);
+
 // Softmax over the last dimension, accumulated in the input precision (f32 on the CPU, fp32 on the
 // GPU). A row that is entirely -inf gives zeros.
 Tensor softmax_lastdim(const Tensor& x);

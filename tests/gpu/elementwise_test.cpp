@@ -130,6 +130,25 @@ TEST(GpuElementwise, Activations) {
   }
 }
 
+// The audio tower's activations and clip bounds (x up to ~25 reaches softplus's pass-through).
+TEST(GpuElementwise, AudioActivationsAndClamp) {
+  G4_REQUIRE_GPU();
+  uint64_t seed = 450;
+  for (const Shape& s : kShapes) {
+    const Tensor x = randn_bf16_exact(s, ++seed, 8.0), dy = randn_bf16_exact(s, ++seed);
+    for (const ops::Activation act : {ops::Activation::kRelu, ops::Activation::kSilu, ops::Activation::kSigmoid,
+                                      ops::Activation::kSoftplus}) {
+      const std::string a = std::to_string(static_cast<int>(act));
+      check_both(name("activation " + a, s, ""), {x}, [act](const std::vector<Tensor>& t) { return ops::activation(t[0], act); });
+      check_both(name("activation_backward " + a, s, ""), {dy, x},
+                 [act](const std::vector<Tensor>& t) { return ops::activation_backward(t[0], t[1], act); });
+    }
+    check_both(name("clamp", s, ""), {x}, [](const std::vector<Tensor>& t) { return ops::clamp(t[0], -1.5, 2.0); });
+    check_both(name("clamp_backward", s, ""), {dy, x},
+               [](const std::vector<Tensor>& t) { return ops::clamp_backward(t[0], t[1], -1.5, 2.0); });
+  }
+}
+
 TEST(GpuElementwise, GeluGateFused) {
   G4_REQUIRE_GPU();
   uint64_t seed = 500;

@@ -45,6 +45,7 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.encoder\.(vision_tower|embed_vision)\..*)", ParamKind::kPassThrough},
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_A\.weight)", ParamKind::kLoraA},
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_B\.weight)", ParamKind::kLoraB},
+      {R"(model\.(audio_tower|embed_audio)\..*)", ParamKind::kAudioTower},
   };
   for (const auto& [pattern, kind] : rules)
     if (std::regex_match(n, std::regex(pattern))) return kind;
@@ -55,7 +56,7 @@ ParamKind kind_from_name(const std::string& n) {
 // Every fixture model directory (autoregressive and diffusion).
 std::vector<std::string> fixture_dirs() {
   std::vector<std::string> out;
-  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied", "/hf-diffusion-gemma"})
+  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied", "/hf-diffusion-gemma", "/hf-gemma4-mm"})
     for (const auto& e : fs::directory_iterator(test::data_dir() + sub))
       if (fs::exists(e.path() / "config.json")) out.push_back(e.path().string());
   std::sort(out.begin(), out.end());

@@ -1,6 +1,8 @@
 #include "ops/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "gradcheck.h"
 
@@ -109,6 +111,34 @@ TEST(Elementwise, Softcap) {
   expect_gradients(f, {x}, 13, [&](const Tensor& dy) {
     return std::vector<Tensor>{ops::softcap_backward(dy, ops::softcap(x, 30.0), 30.0)};
   });
+}
+
+TEST(Elementwise, ActivationsAndClamp) {
+  // Scale 8 reaches softplus's pass-through above 20 (and the rare exact zero of relu is avoided).
+  const Tensor x = randn({4, 9}, 31, F64, 8.0);
+  const auto sig = [](double v) { return 1 / (1 + std::exp(-v)); };
+  struct Case { ops::Activation act; std::function<double(double)> ref; };
+  const Case cases[] = {{ops::Activation::kRelu, [](double v) { return v > 0 ? v : 0.0; }},
+                        {ops::Activation::kSilu, [&](double v) { return v * sig(v); }},
+                        {ops::Activation::kSigmoid, sig},
+                        {ops::Activation::kSoftplus, [](double v) { return v > 20 ? v : std::log(1 + std::exp(v)); }}};
+  for (const Case& c : cases) {
+    expect_close(ops::activation(x, c.act), naive_map(x, c.ref), 1e-15);
+    expect_close(ops::activation(x.to(DType::F32), c.act), ops::activation(x, c.act), 1e-6);
+    const auto f = [&](const std::vector<Tensor>& in) { return ops::activation(in[0], c.act); };
+    expect_gradients(f, {x}, 32, [&](const Tensor& dy) {
+      return std::vector<Tensor>{ops::activation_backward(dy, x, c.act)};
+    });
+  }
+  expect_close(ops::clamp(x, -3.0, 2.5), naive_map(x, [](double v) { return std::min(std::max(v, -3.0), 2.5); }), 0);
+  expect_close(ops::clamp(x, -INFINITY, INFINITY), x, 0);
+  const auto f = [](const std::vector<Tensor>& in) { return ops::clamp(in[0], -3.0, 2.5); };
+  expect_gradients(f, {x}, 33, [&](const Tensor& dy) {
+    return std::vector<Tensor>{ops::clamp_backward(dy, x, -3.0, 2.5)};
+  });
+  expect_error([&] { ops::clamp(x, 1.0, -1.0); }, {"clamp", "lower bound 1 above upper bound -1"});
+  expect_error([&] { ops::activation_backward(x, randn({4, 8}, 34, F64), ops::Activation::kSilu); },
+               {"activation_backward"});
 }
 
 TEST(Elementwise, Softmax) {

@@ -2,6 +2,7 @@
 // input precision (as PyTorch's fp32 kernels do), except sums, which accumulate in double.
 #include "ops/cpu/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/cpu/common.h"
@@ -219,6 +220,47 @@ Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
     using T = decltype(v);
     const T t = v / static_cast<T>(cap);
     return d * (T(1) - t * t);
+  });
+}
+
+Tensor activation(const Tensor& x, Activation act) {
+  return map1("activation", x, [act](auto v) {
+    using T = decltype(v);
+    switch (act) {
+      case Activation::kRelu: return v > T(0) ? v : T(0);
+      case Activation::kSilu: return v / (T(1) + std::exp(-v));
+      case Activation::kSigmoid: return T(1) / (T(1) + std::exp(-v));
+      case Activation::kSoftplus: return v > T(20) ? v : std::log1p(std::exp(v));
+    }
+    return v;
+  });
+}
+
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act) {
+  return map2("activation_backward", dy, x, [act](auto d, auto v) {
+    using T = decltype(v);
+    const T s = T(1) / (T(1) + std::exp(-v));
+    switch (act) {
+      case Activation::kRelu: return v > T(0) ? d : T(0);
+      case Activation::kSilu: return d * s * (T(1) + v * (T(1) - s));
+      case Activation::kSigmoid: return d * s * (T(1) - s);
+      case Activation::kSoftplus: return v > T(20) ? d : d * s;
+    }
+    return d;
+  });
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  return map1("clamp", x, [lo, hi](auto v) {
+    using T = decltype(v);
+    return std::min(std::max(v, static_cast<T>(lo)), static_cast<T>(hi));
+  });
+}
+
+Tensor clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi) {
+  return map2("clamp_backward", dy, x, [lo, hi](auto d, auto v) {
+    using T = decltype(v);
+    return v >= static_cast<T>(lo) && v <= static_cast<T>(hi) ? d : T(0);
   });
 }
 

@@ -149,6 +149,39 @@ struct SoftcapBackwardF {  // (dy, y): d/dx c·tanh(x/c) = 1 - (y/c)²
   }
 };
 
+struct ActivationF {
+  Activation act;
+  __device__ void operator()(const float* x, float* y) const {
+    const float v = x[0];
+    switch (act) {
+      case Activation::kRelu: y[0] = v > 0.f ? v : 0.f; break;
+      case Activation::kSilu: y[0] = v / (1.f + expf(-v)); break;
+      case Activation::kSigmoid: y[0] = 1.f / (1.f + expf(-v)); break;
+      case Activation::kSoftplus: y[0] = v > 20.f ? v : log1pf(expf(v)); break;
+    }
+  }
+};
+struct ActivationBackwardF {  // (dy, x)
+  Activation act;
+  __device__ void operator()(const float* x, float* y) const {
+    const float d = x[0], v = x[1], s = 1.f / (1.f + expf(-v));
+    switch (act) {
+      case Activation::kRelu: y[0] = v > 0.f ? d : 0.f; break;
+      case Activation::kSilu: y[0] = d * s * (1.f + v * (1.f - s)); break;
+      case Activation::kSigmoid: y[0] = d * s * (1.f - s); break;
+      case Activation::kSoftplus: y[0] = v > 20.f ? d : d * s; break;
+    }
+  }
+};
+struct ClampF {
+  float lo, hi;
+  __device__ void operator()(const float* x, float* y) const { y[0] = fminf(fmaxf(x[0], lo), hi); }
+};
+struct ClampBackwardF {  // (dy, x)
+  float lo, hi;
+  __device__ void operator()(const float* x, float* y) const { y[0] = x[1] >= lo && x[1] <= hi ? x[0] : 0.f; }
+};
+
 // ---- add_ with a possibly wider accumulator -----------------------------------------------------
 
 template <class TA, class TX, int V>
@@ -530,6 +563,20 @@ Tensor softcap(const Tensor& x, double cap) {
 
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
   return binary("softcap_backward", dy, y, SoftcapBackwardF{static_cast<float>(cap)});
+}
+
+Tensor activation(const Tensor& x, Activation act) { return unary("activation", x, ActivationF{act}); }
+
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Activation act) {
+  return binary("activation_backward", dy, x, ActivationBackwardF{act});
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  return unary("clamp", x, ClampF{static_cast<float>(lo), static_cast<float>(hi)});
+}
+
+Tensor clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi) {
+  return binary("clamp_backward", dy, x, ClampBackwardF{static_cast<float>(lo), static_cast<float>(hi)});
 }
 
 Tensor softmax_lastdim(const Tensor& x) {

@@ -1,0 +1,117 @@
+#include "io/wav.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "core/error.h"
+#include "io/json_input.h"
+
+namespace g4::io {
+
+namespace {
+
+constexpr size_t kMaxWavBytes = size_t(1) << 30;
+constexpr uint16_t kFormatPcm = 1, kFormatFloat = 3, kFormatExtensible = 0xFFFE;
+
+uint32_t le32(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+uint16_t le16(const unsigned char* p) { return uint16_t(p[0] | p[1] << 8); }
+
+double sample_value(const unsigned char* p, uint16_t format, int bits) {
+  if (format == kFormatFloat) {
+    if (bits == 32) {
+      float f;
+      uint32_t u = le32(p);
+      std::memcpy(&f, &u, 4);
+      return f;
+    }
+    uint64_t u = uint64_t(le32(p)) | uint64_t(le32(p + 4)) << 32;
+    double d;
+    std::memcpy(&d, &u, 8);
+    return d;
+  }
+  switch (bits) {
+    case 8: return (double(p[0]) - 128.0) / 128.0;
+    case 16: return double(int16_t(le16(p))) / 32768.0;
+    case 24: return double(int32_t(uint32_t(p[0]) << 8 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 24) >> 8) / 8388608.0;
+    default: return double(int32_t(le32(p))) / 2147483648.0;
+  }
+}
+
+}  // namespace
+
+Waveform parse_wav(std::string_view bytes, const std::string& what) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  G4_CHECK(bytes.size() >= 12 && std::memcmp(b, "RIFF", 4) == 0 && std::memcmp(b + 8, "WAVE", 4) == 0, what,
+           ": not a WAV file (no RIFF/WAVE header)");
+  bool have_fmt = false;
+  uint16_t format = 0, channels = 0, bits = 0, block_align = 0;
+  uint32_t rate = 0;
+  std::string_view data;
+  bool have_data = false;
+  size_t pos = 12;
+  while (pos + 8 <= bytes.size()) {
+    const unsigned char* c = b + pos;
+    const uint64_t size = le32(c + 4);
+    const size_t body = pos + 8;
+    // A data chunk whose size runs past the end (streams written before their length was known)
+    // is cut to the bytes present, as soundfile does; any other overlong chunk is corruption.
+    const bool is_data = std::memcmp(c, "data", 4) == 0;
+    G4_CHECK(is_data || body + size <= bytes.size(), what, ": chunk '", std::string(reinterpret_cast<const char*>(c), 4),
+             "' of ", size, " bytes runs past the end of the file (", bytes.size(), " bytes)");
+    const uint64_t avail = std::min<uint64_t>(size, bytes.size() - body);
+    if (std::memcmp(c, "fmt ", 4) == 0) {
+      G4_CHECK(size >= 16, what, ": fmt chunk of ", size, " bytes (at least 16 expected)");
+      format = le16(b + body);
+      channels = le16(b + body + 2);
+      rate = le32(b + body + 4);
+      block_align = le16(b + body + 12);
+      bits = le16(b + body + 14);
+      if (format == kFormatExtensible) {
+        G4_CHECK(size >= 40, what, ": WAVE_FORMAT_EXTENSIBLE fmt chunk of ", size, " bytes (40 expected)");
+        format = le16(b + body + 24);  // the first two bytes of the sub-format GUID
+      }
+      have_fmt = true;
+    } else if (is_data) {
+      data = bytes.substr(body, avail);
+      have_data = true;
+    }
+    pos = body + avail + (avail & 1);
+  }
+  G4_CHECK(have_fmt, what, ": no fmt chunk");
+  G4_CHECK(have_data, what, ": no data chunk");
+  G4_CHECK(format == kFormatPcm || format == kFormatFloat, what, ": unsupported WAV sample format ", format,
+           " (PCM (1) and IEEE float (3) are read)");
+  const bool bits_ok = format == kFormatPcm ? (bits == 8 || bits == 16 || bits == 24 || bits == 32) : (bits == 32 || bits == 64);
+  G4_CHECK(bits_ok, what, ": unsupported ", bits, "-bit ", format == kFormatPcm ? "PCM" : "float", " samples");
+  G4_CHECK(channels >= 1, what, ": 0 channels");
+  G4_CHECK(rate >= 1, what, ": sample rate 0");
+  const size_t frame_bytes = size_t(channels) * (bits / 8);
+  G4_CHECK(block_align == frame_bytes, what, ": block align ", block_align, " does not match ", channels, " channels of ",
+           bits, "-bit samples (", frame_bytes, " bytes)");
+  Waveform w;
+  w.sample_rate = int(rate);
+  w.channels = channels;
+  const size_t frames = data.size() / frame_bytes;
+  w.samples.resize(frames);
+  const auto* d = reinterpret_cast<const unsigned char*>(data.data());
+  for (size_t i = 0; i < frames; ++i) {
+    double sum = 0;
+    for (int ch = 0; ch < channels; ++ch) sum += sample_value(d + i * frame_bytes + size_t(ch) * (bits / 8), format, bits);
+    w.samples[i] = float(sum / channels);
+  }
+  return w;
+}
+
+Waveform read_wav(const std::string& path) {
+  return parse_wav(read_regular_file(path, "WAV file", kMaxWavBytes), "WAV file " + path);
+}
+
+std::vector<float> read_wav_16k(const std::string& path) {
+  Waveform w = read_wav(path);
+  G4_CHECK(w.sample_rate == 16000, "WAV file ", path, ": sample rate ", w.sample_rate,
+           " Hz; the Gemma 4 audio feature extractor takes 16000 Hz (resample it first, e.g. sox in.wav -r 16000 out.wav)");
+  return std::move(w.samples);
+}
+
+}  // namespace g4::io
