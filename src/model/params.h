@@ -33,10 +33,14 @@ enum class ParamKind {
   kExpertDown,               // moe.experts.down_projs [E, I, H], per_expert_scale folded in
   kLmHead,                   // lm_head (untied models only)
   kSelfConditioning,         // diffusion: the self-conditioning MLP's gate/up/down projections
+  kVisionTower,              // model.vision_tower: patch projection, position table, attention and MLP matrices
+  kVisionEmbedding,          // model.embed_vision.embedding_projection: vision soft tokens -> text hidden
   // Buffers.
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
   kPassThrough,     // a checkpoint tensor g4 does not compute with, written back as read (a vision tower)
+  kVisionClip,      // a clipped vision linear's scalar bound (input_min/input_max/output_min/output_max)
+  kVisionStandardize,  // vision_tower.std_bias / std_scale
 };
 // Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
@@ -53,9 +57,13 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kExpertDown,
     ParamKind::kLmHead,
     ParamKind::kSelfConditioning,
+    ParamKind::kVisionTower,
+    ParamKind::kVisionEmbedding,
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
     ParamKind::kPassThrough,
+    ParamKind::kVisionClip,
+    ParamKind::kVisionStandardize,
 };
 // "token_embedding", "norm", "expert_down", ... (for messages and recipes).
 const char* param_kind_name(ParamKind kind);
@@ -75,6 +83,16 @@ struct ParamSpec {
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& cfg, ExpertRange experts = {});
 
 std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
+
+// The vision tower's and embed_vision's parameters (native names are the Hugging Face keys).
+std::vector<ParamSpec> vision_param_specs(const io::VisionConfig& v, int64_t text_hidden);
+inline const std::string kVisionPrefix = "model.vision_tower.";
+inline const std::string kVisionEmbedPrefix = "model.embed_vision.";
+std::string vision_layer_prefix(int64_t layer);  // "model.vision_tower.encoder.layers.<l>."
+// The four scalar bounds of each clipped linear (buffers, when use_clipped_linears), by the
+// linear's prefix ("...self_attn.q_proj."); the weight is at prefix + "linear.weight".
+std::vector<std::string> vision_clipped_linears(const io::VisionConfig& v);
+inline constexpr const char* kClipBounds[] = {"input_min", "input_max", "output_min", "output_max"};
 // Diffusion models: the encoder's copy of layer l's output scale (the one text buffer the
 // checkpoint stores twice; the decoder's is layer_prefix(l) + "layer_scalar").
 std::string encoder_layer_scalar_name(int64_t layer);

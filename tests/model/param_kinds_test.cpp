@@ -43,6 +43,14 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.self_conditioning\.pre_norm\.weight)", ParamKind::kNorm},
       {R"(model\.self_conditioning\.(gate|up|down)_proj\.weight)", ParamKind::kSelfConditioning},
       {R"(model\.encoder\.(vision_tower|embed_vision)\..*)", ParamKind::kPassThrough},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(\w+_layernorm|self_attn\.[qk]_norm)\.weight)", ParamKind::kNorm},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.linear\.weight)",
+       ParamKind::kVisionTower},
+      {R"(model\.vision_tower\.patch_embedder\.(input_proj\.weight|position_embedding_table))", ParamKind::kVisionTower},
+      {R"(model\.embed_vision\.embedding_projection\.weight)", ParamKind::kVisionEmbedding},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.(in|out)put_(min|max))",
+       ParamKind::kVisionClip},
+      {R"(model\.vision_tower\.std_(bias|scale))", ParamKind::kVisionStandardize},
   };
   for (const auto& [pattern, kind] : rules)
     if (std::regex_match(n, std::regex(pattern))) return kind;
@@ -53,7 +61,7 @@ ParamKind kind_from_name(const std::string& n) {
 // Every fixture model directory (autoregressive and diffusion).
 std::vector<std::string> fixture_dirs() {
   std::vector<std::string> out;
-  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied", "/hf-diffusion-gemma"})
+  for (const char* sub : {"/hf-gemma4", "/hf-gemma4-varied", "/hf-diffusion-gemma", "/hf-gemma4-mm"})
     for (const auto& e : fs::directory_iterator(test::data_dir() + sub))
       if (fs::exists(e.path() / "config.json")) out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
