@@ -13,6 +13,7 @@
 #include "model/state_dict_adapter.h"
 #include "model/vision_tower.h"
 #include "autograd/functions.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
 namespace g4 {
@@ -87,18 +88,8 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   const model::ForwardOutputs out = model->forward(in);
   ag::backward(out.loss);
 
-  const Tensor logits = out.logits.value().to(DType::F32);
-  const Tensor want = ref.get_f32("logits", logits.shape());
-  const int64_t B = logits.size(0), S = logits.size(1), V = logits.size(2);
-  double max_err = 0;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s) {
-      if (element_as_int(in.attention_mask, b * S + s) == 0) continue;
-      for (int64_t v = 0; v < V; ++v) {
-        const int64_t i = (b * S + s) * V + v;
-        max_err = std::max(max_err, std::abs(double(logits.data<float>()[i]) - want.data<float>()[i]));
-      }
-    }
+  const Tensor logits = out.logits.value();
+  const double max_err = test::max_diff(logits, ref.get_f32("logits", logits.shape()), in.attention_mask);
   EXPECT_LT(max_err, 1e-4) << "max |logit - hf| at valid positions";
   EXPECT_NEAR(out.loss.value().item(), ref.get_f32("loss", {1}).data<float>()[0], 1e-5);
 
@@ -110,14 +101,8 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   for (const auto& [name, g] : model::hf_gradients(*model)) {
     const std::string key = "grad." + name;
     ASSERT_TRUE(ref.has(key)) << "transformers has no gradient for " << name;
-    const Tensor w = ref.get_f32(key, g.shape());
-    double diff = 0, norm = 0;
-    for (int64_t i = 0; i < g.numel(); ++i) {
-      const double d = double(g.data<float>()[i]) - w.data<float>()[i];
-      diff += d * d;
-      norm += double(w.data<float>()[i]) * w.data<float>()[i];
-    }
-    EXPECT_LE(std::sqrt(diff), std::max(grad_tol * std::sqrt(norm), 1e-7)) << name;
+    const test::L2Error e = test::l2_error(g, ref.get_f32(key, g.shape()));
+    EXPECT_LE(e.diff, std::max(grad_tol * e.norm, 1e-7)) << name;
     vision_grads += name.find("vision") != std::string::npos;
   }
   EXPECT_EQ(vision_grads, static_cast<int64_t>(model::vision_param_specs(*model->config().vision, H).size()));
