@@ -13,6 +13,8 @@
 #include "model/state_dict_adapter.h"
 #include "model/vision_tower.h"
 #include "autograd/functions.h"
+#include "io/json_input.h"
+#include "support/error_message.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
@@ -134,6 +136,48 @@ TEST_P(VisionFixture, MergedEmbeddingsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, VisionFixture, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"));
+
+TEST(VisionTower, ConfigErrorsNameTheKey) {
+  const nlohmann::json base = io::read_json_file(mm_dir("tiny-mm-bidir") + "/config.json", "config", 1 << 20);
+  const io::ModelConfig ok = io::parse_model_config(base, "base");
+  ASSERT_TRUE(ok.vision.has_value());
+  EXPECT_EQ(ok.vision->patch_size, 4);
+  EXPECT_TRUE(ok.vision->standardize);
+  EXPECT_EQ(ok.vision->image_token_id, 304);
+  EXPECT_EQ(ok.audio_token_id, 305);
+  const std::pair<const char*, nlohmann::json> bad[] = {
+      {"vision_config.head_dim", 18},
+      {"vision_config.num_key_value_heads", 1},
+      {"vision_config.hidden_activation", "silu"},
+      {"vision_config.patch_size", 0},
+  };
+  for (const auto& [key, value] : bad) {
+    nlohmann::json j = base;
+    j["vision_config"][std::string(key).substr(std::string("vision_config.").size())] = value;
+    const std::string msg = test::error_of([&] { io::parse_model_config(j, "edited"); });
+    EXPECT_NE(msg.find(key), std::string::npos) << key << ": " << msg;
+  }
+}
+
+TEST(VisionTower, InputErrors) {
+  auto model = model::load_hf_model(mm_dir("tiny-mm-bidir"));
+  const io::VisionConfig& vc = *model->config().vision;
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(mm_dir("tiny-mm-bidir") + "/reference.safetensors");
+  const Tensor pv = ref.get("pixel_values").clone();
+  Tensor pos = ref.get("image_position_ids").to(DType::I64);
+  ag::NoGrad no_grad;
+  const auto run = [&](const Tensor& p, const Tensor& q) {
+    return test::error_of([&] { model::vision_forward(model->params(), vc, {p, q}, DType::F32, Device::CPU); });
+  };
+  EXPECT_NE(run(pv.reshape({pv.size(0) * pv.size(1), pv.size(2)}), pos).find("pixel_values"), std::string::npos);
+  EXPECT_NE(run(pv, pos.slice0(0, 1)).find("image_position_ids"), std::string::npos);
+  pos.data<int64_t>()[0] = 500;  // beyond position_embedding_size
+  EXPECT_NE(run(pv, pos).find("position_embedding_size"), std::string::npos);
+  model::ForwardInputs in;
+  in.input_ids = ref.get("input_ids").clone();
+  in.pixel_values = pv;
+  EXPECT_NE(test::error_of([&] { model->forward(in); }).find("together"), std::string::npos);
+}
 
 TEST(VisionTower, LoadsEveryVisionTensorAndExportsThem) {
   auto model = model::load_hf_model(mm_dir("tiny-mm-e"));
