@@ -90,7 +90,8 @@ void Gemma4::init_weights(uint64_t seed, double std) {
     }
   }
   for (auto& [name, b] : params_.buffers)
-    if (b.kind == ParamKind::kLayerScalar || b.kind == ParamKind::kPerExpertScale) b.value.fill(1.0);
+    if (b.kind != ParamKind::kVisionClip && b.kind != ParamKind::kVisionStandardize) b.value.fill(1.0);
+  // Unbounded clips and the identity standardisation, as transformers initialises them.
   if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
 }
 

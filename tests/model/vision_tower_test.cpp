@@ -179,6 +179,20 @@ TEST(VisionTower, InputErrors) {
   EXPECT_NE(test::error_of([&] { model->forward(in); }).find("together"), std::string::npos);
 }
 
+// A fresh model (init_weights) clips nothing and standardises as the identity.
+TEST(VisionTower, FreshModelHasNeutralBuffers) {
+  for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
+    model::Gemma4 m(model::load_hf_config(mm_dir(name)));
+    m.init_weights(7);
+    for (const auto& [n, b] : m.params().buffers) {
+      double want = 1.0;
+      if (b.kind == model::ParamKind::kVisionClip) want = n.find("min") != std::string::npos ? -INFINITY : INFINITY;
+      if (b.kind == model::ParamKind::kVisionStandardize) want = n.find("scale") != std::string::npos ? 1.0 : 0.0;
+      EXPECT_EQ(element_as_double(b.value, 0), want) << n;
+    }
+  }
+}
+
 TEST(VisionTower, LoadsEveryVisionTensorAndExportsThem) {
   auto model = model::load_hf_model(mm_dir("tiny-mm-e"));
   const io::SafetensorsReader ckpt = io::SafetensorsReader::open(mm_dir("tiny-mm-e"));
