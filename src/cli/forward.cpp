@@ -1,7 +1,8 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
-// position_ids. Outputs: logits [B,S,V] f32, loss [1] when labels are given, and with --grads
-// grad.<HF name> for every parameter in Hugging Face layout.
+// position_ids, and for images pixel_values, image_position_ids, mm_token_type_ids. Outputs:
+// logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
+// parameter in Hugging Face layout.
 // A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
 // [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]; it writes the denoiser's
 // logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss (see forward_diffusion).
@@ -111,7 +112,8 @@ void add_forward(CLI::App& app, Action& action) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
   cmd->add_option("--inputs", o->inputs,
-                  "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids; diffusion models: "
+                  "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
+                  "mm_token_type_ids; diffusion models: "
                   "canvas_ids [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
@@ -136,6 +138,10 @@ void add_forward(CLI::App& app, Action& action) {
       if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
       if (in.has("labels")) fi.labels = in.get("labels").clone();
       if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();
+      // Images, under transformers' names (the model checks them).
+      if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
+      if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
+      if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
       G4_CHECK(!o->grads || fi.labels.defined(), "--grads needs 'labels' in ", o->inputs);
 
       std::optional<ag::NoGrad> no_grad;

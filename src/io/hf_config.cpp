@@ -321,6 +321,58 @@ void resolve_impl(ModelConfig& c, const std::string& source, const std::string& 
 // layer has the routed experts, full layers take their values from k_proj (no v_proj) with
 // num_global_key_value_heads heads, full layers' head dim defaults to 512, the softcap to 30, and
 // there are no per-layer inputs and no KV sharing. Keys that would say otherwise are refused.
+// Gemma4VisionConfig as transformers 5.17 reads it; anything g4's tower would compute differently
+// is refused.
+VisionConfig parse_vision_config(const Fields& top) {
+  if (!top.j()["vision_config"].is_object()) top.fail("vision_config", "must be an object");
+  const Fields v(top.j()["vision_config"], top.source(), "vision_config.");
+  VisionConfig c;
+  const std::string type = v.opt_string("model_type").value_or("gemma4_vision");
+  if (type != "gemma4_vision") v.fail("model_type", "is '", type, "': not a gemma4_vision config");
+  const std::string act = v.opt_string("hidden_activation").value_or("gelu_pytorch_tanh");
+  if (act != "gelu_pytorch_tanh") v.fail("hidden_activation", "is '", act, "': only gelu_pytorch_tanh is supported");
+  if (v.opt_bool("attention_bias", false)) v.fail("attention_bias", "is true: attention biases are not supported");
+  c.hidden_size = v.opt_int("hidden_size", c.hidden_size);
+  c.intermediate_size = v.opt_int("intermediate_size", c.intermediate_size);
+  c.num_layers = v.opt_int("num_hidden_layers", c.num_layers);
+  c.num_heads = v.opt_int("num_attention_heads", c.num_heads);
+  c.head_dim = v.opt_int("head_dim", c.head_dim);
+  c.patch_size = v.opt_int("patch_size", c.patch_size);
+  c.pooling_kernel_size = v.opt_int("pooling_kernel_size", c.pooling_kernel_size);
+  c.position_embedding_size = v.opt_int("position_embedding_size", c.position_embedding_size);
+  c.rms_norm_eps = v.opt_double("rms_norm_eps", c.rms_norm_eps);
+  c.use_clipped_linears = v.opt_bool("use_clipped_linears", false);
+  c.standardize = v.opt_bool("standardize", false);
+  const int64_t kv = v.opt_int("num_key_value_heads", c.num_heads);
+  if (kv != c.num_heads)
+    v.fail("num_key_value_heads", "is ", kv, " but num_attention_heads is ", c.num_heads,
+           ": the vision tower has no grouped KV heads");
+  if (v.has("rope_parameters")) {
+    if (!v.j()["rope_parameters"].is_object()) v.fail("rope_parameters", "must be an object");
+    const Fields r(v.j()["rope_parameters"], top.source(), "vision_config.rope_parameters.");
+    // transformers rewrites "default" to "axial" (RotaryEmbeddingConfigMixin.standardize_rope_params).
+    const std::string rt = r.opt_string("rope_type").value_or("axial");
+    if (rt != "axial" && rt != "default") r.fail("rope_type", "is '", rt, "': the vision tower uses axial 2-D RoPE");
+    c.rope_theta = r.opt_double("rope_theta", c.rope_theta);
+  }
+  const std::pair<const char*, int64_t> sizes[] = {{"hidden_size", c.hidden_size},
+                                                   {"intermediate_size", c.intermediate_size},
+                                                   {"num_hidden_layers", c.num_layers},
+                                                   {"num_attention_heads", c.num_heads},
+                                                   {"head_dim", c.head_dim},
+                                                   {"patch_size", c.patch_size},
+                                                   {"pooling_kernel_size", c.pooling_kernel_size},
+                                                   {"position_embedding_size", c.position_embedding_size}};
+  for (const auto& [key, value] : sizes)
+    if (value <= 0 || value > kMaxWidth) v.fail(key, "must be in [1, ", kMaxWidth, "], got ", value);
+  // 2-D RoPE splits each head into an x and a y half, each rotated pairwise.
+  if (c.head_dim % 4 != 0) v.fail("head_dim", "is ", c.head_dim, ": 2-D RoPE needs a multiple of 4");
+  if (!(c.rope_theta > 0)) v.fail("rope_parameters.rope_theta", "must be positive, got ", c.rope_theta);
+  c.image_token_id = top.opt_int("image_token_id", c.image_token_id);
+  c.video_token_id = top.opt_int("video_token_id", c.video_token_id);
+  return c;
+}
+
 void parse_diffusion_fields(const Fields& top, const Fields& f, ModelConfig& c) {
   c.canvas_length = top.opt_int("canvas_length", 256);
   if (c.canvas_length <= 0 || c.canvas_length > kMaxWidth)
@@ -420,6 +472,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       if (!j["audio_config"].is_object()) top.fail("audio_config", "must be an object");
       c.audio = parse_audio_config(Fields(j["audio_config"], source, "audio_config."));
     }
+    if (c.conditional && c.has_vision) c.vision = parse_vision_config(top);
+    if (c.conditional && c.has_audio) c.audio_token_id = top.opt_int("audio_token_id", c.audio_token_id);
   } else if (model_type != "gemma4_text") {
     G4_FAIL("config ", source, ": not a Gemma 4 config (model_type '", model_type,
             "'; expected gemma4, gemma4_text or diffusion_gemma)");

@@ -55,6 +55,20 @@ struct AudioConfig {
   bool operator==(const AudioConfig&) const = default;
 };
 
+// Gemma4VisionConfig (the vision_config of a gemma4 config) and the image token ids of the
+// enclosing Gemma4Config: what the vision tower and the soft-token merge need.
+struct VisionConfig {
+  int64_t hidden_size = 768, intermediate_size = 3072, num_layers = 16, num_heads = 12, head_dim = 64;
+  int64_t patch_size = 16, pooling_kernel_size = 3, position_embedding_size = 10240;
+  double rope_theta = 100.0;
+  double rms_norm_eps = 1e-6;
+  bool use_clipped_linears = false;  // every q/k/v/o/gate/up/down clamps its input and output
+  bool standardize = false;          // (h - std_bias) * std_scale after pooling
+  int64_t image_token_id = 258880, video_token_id = 258884;
+  int64_t patch_dim() const { return 3 * patch_size * patch_size; }
+  bool operator==(const VisionConfig&) const = default;
+};
+
 struct ModelConfig {
   std::string architecture;      // "Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", ...
   bool conditional = false;      // text weights live under model.language_model.*
@@ -65,6 +79,9 @@ struct ModelConfig {
   int64_t image_token_id = -1;   // diffusion: replaced by pad_token_id before the encoder's embedding
   bool has_vision = false, has_audio = false;
   AudioConfig audio;  // meaningful when has_audio
+  // gemma4 (not diffusion) configs with a vision_config: the tower g4 runs.
+  std::optional<VisionConfig> vision;
+  int64_t audio_token_id = 258881;  // gemma4 with an audio_config: the audio soft-token placeholder
 
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;

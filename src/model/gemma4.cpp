@@ -1,11 +1,13 @@
 #include "model/gemma4.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "core/random.h"
 #include "model/rope_freqs.h"
+#include "model/vision_tower.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/matmul.h"
@@ -20,6 +22,9 @@ struct Gemma4::Context {
   Tensor positions;   // [B, S] i64
   Tensor key_valid;   // optional [B, Sk]
   Tensor docs;        // optional [B, S] i32
+  Tensor blocks;      // optional [B, S] i32: image blocks of sliding layers (vision_block_ids)
+  // The multimodal inputs of a forward (run embeds them inside the prologue block).
+  const ForwardInputs* mm = nullptr;
   // Generation (forward_paged): keys and values go through the pages instead of kv below.
   const PagedStep* step = nullptr;
   PagedKV* pages = nullptr;
@@ -69,6 +74,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                                       cfg_.layers[static_cast<size_t>(l)].head_dim)
                             .to(device_));
   }
+  if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
 }
 
 void Gemma4::init_weights(uint64_t seed, double std) {
@@ -86,7 +92,10 @@ void Gemma4::init_weights(uint64_t seed, double std) {
       pad_row.copy_from(Tensor::zeros(pad_row.shape(), t.dtype()));
     }
   }
-  for (auto& [name, b] : params_.buffers) b.value.fill(1.0);
+  for (auto& [name, b] : params_.buffers)
+    if (b.kind != ParamKind::kVisionClip && b.kind != ParamKind::kVisionStandardize) b.value.fill(1.0);
+  // Unbounded clips and the identity standardisation, as transformers initialises them.
+  if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
 }
 
 std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
@@ -214,6 +223,18 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
   }
   if (in.attention_mask.defined()) ctx.key_valid = in.attention_mask;
+  if (in.mm_token_type_ids.defined()) {
+    G4_CHECK(in.mm_token_type_ids.shape() == in.input_ids.shape(), "mm_token_type_ids ",
+             in.mm_token_type_ids.describe(), " must match input_ids ", shape_str(in.input_ids.shape()));
+    // transformers' create_masks_for_vision_model: only "vision" models, only sliding layers.
+    if (cfg_.bidirectional == "vision") ctx.blocks = vision_block_ids(in.mm_token_type_ids);
+  }
+  G4_CHECK(in.pixel_values.defined() == in.image_position_ids.defined(),
+           "give pixel_values and image_position_ids together");
+  G4_CHECK(!in.pixel_values.defined() || cfg_.vision, "pixel_values given, but the model has no vision tower");
+  G4_CHECK(!in.audio_soft_tokens.defined() || (cfg_.conditional && cfg_.has_audio),
+           "audio_soft_tokens given, but the model has no audio tower");
+  ctx.mm = &in;
   // The batch is prepared on the host (positions, document ids, counts) and uploaded once.
   if (device_ != Device::CPU) {
     ctx.positions = ctx.positions.to(device_);
@@ -288,18 +309,54 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   const int64_t P = cfg_.hidden_size_per_layer_input;
   ctx.kv.assign(static_cast<size_t>(L), {});
   enter_block(0);
-  ag::Var h = embed(ids);
+  const Tensor llm_ids = text_ids(ids);
+  ag::Var h = embed(llm_ids);
+  if (ctx.mm) h = merge_multimodal(h, ids, *ctx.mm);
 
   ag::Var ple;
   if (P > 0) {
+    // The token half from the placeholder-free ids, the projection from the merged embeddings
+    // (transformers' project_per_layer_inputs runs on the merged inputs_embeds).
     const double tok_scale = static_cast<float>(std::sqrt(static_cast<double>(P)));
-    ag::Var tok = ag::scale(ag::embedding(p("model.embed_tokens_per_layer.weight"), ids, cfg_.pad_token_id), tok_scale);
+    ag::Var tok =
+        ag::scale(ag::embedding(p("model.embed_tokens_per_layer.weight"), llm_ids, cfg_.pad_token_id), tok_scale);
     ag::Var proj = ag::scale(ag::linear(h, p("model.per_layer_model_projection.weight")), std::pow(H, -0.5));
     proj = ag::rmsnorm(ag::reshape(proj, {B, S, L, P}), p("model.per_layer_projection_norm.weight"), cfg_.rms_norm_eps);
     ple = ag::scale(ag::add(proj, ag::reshape(tok, {B, S, L, P})), std::pow(2.0, -0.5));
   }
   exit_block(0);
   return run_layers(h, ple, ctx);
+}
+
+Tensor Gemma4::text_ids(const Tensor& ids) const {
+  if (!cfg_.vision && !(cfg_.conditional && cfg_.has_audio)) return ids;
+  // Gemma4Model.forward embeds every multimodal placeholder as the pad token before the merge.
+  std::vector<int64_t> mm_ids;
+  if (cfg_.vision) mm_ids = {cfg_.vision->image_token_id, cfg_.vision->video_token_id};
+  if (cfg_.conditional && cfg_.has_audio) mm_ids.push_back(cfg_.audio_token_id);
+  Tensor host = ids.to(Device::CPU).to(DType::I64);
+  bool changed = false;
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    int64_t& id = host.data<int64_t>()[i];
+    if (std::find(mm_ids.begin(), mm_ids.end(), id) != mm_ids.end()) {
+      id = cfg_.pad_token_id;
+      changed = true;
+    }
+  }
+  return changed ? host.to(ids.device()) : ids;
+}
+
+ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const {
+  ag::Var out = h;
+  const Tensor host_ids = ids.to(Device::CPU);
+  if (in.pixel_values.defined()) {
+    const VisionOutputs v =
+        vision_forward(params_, *cfg_.vision, {in.pixel_values, in.image_position_ids}, dtype_, device_);
+    out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, v.projected);
+  }
+  if (in.audio_soft_tokens.defined())
+    out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id, ag::Var(in.audio_soft_tokens.to(dtype_), false));
+  return out;
 }
 
 ag::Var Gemma4::run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const {
@@ -447,6 +504,10 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
     mask.key_valid = ctx.key_valid;
     mask.q_doc = ctx.docs;
     mask.k_doc = ctx.docs;
+    if (ls.sliding && ctx.blocks.defined()) {
+      mask.q_block = ctx.blocks;
+      mask.k_block = ctx.blocks;
+    }
     // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
     o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   }

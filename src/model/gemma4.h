@@ -35,6 +35,16 @@ struct ForwardInputs {
   // return_logits (set it false so that [B, S, V] is never stored).
   bool return_token_logprobs = false;
   double logprob_temperature = 1.0;  // the logits (after the final softcap) are divided by it
+  // Multimodal inputs (Gemma4ForConditionalGeneration), under transformers' names. Images: the
+  // image processor's pixel_values [N, P, 3·patch²] and image_position_ids [N, P, 2]; their soft
+  // tokens replace the image_token_id placeholders of input_ids in order (CPU only for now).
+  Tensor pixel_values{}, image_position_ids{};
+  // optional [B, S]: 0 text, 1 image, 2 video, 3 audio. On a use_bidirectional_attention "vision"
+  // model each run of image/video tokens attends both ways on sliding layers (window permitting).
+  Tensor mm_token_type_ids{};
+  // optional [n, H]: embed_audio's output for the audio_token_id placeholders, until g4 runs the
+  // audio tower itself (tests feed transformers' recorded values).
+  Tensor audio_soft_tokens{};
 };
 
 struct ForwardOutputs {
@@ -204,6 +214,10 @@ class Gemma4 {
   // The decoder up to the final norm: hidden states [B, S, H].
   ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
   ag::Var run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const;  // layers + final norm
+  // ids with the multimodal placeholders replaced by the pad token (what the embeddings look up).
+  Tensor text_ids(const Tensor& ids) const;
+  // The embeddings h [B, S, H] with the images' (and given audio) soft tokens at their placeholders.
+  ag::Var merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const;
   ag::Var stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v, const Context& ctx) const;
   const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap

@@ -25,10 +25,14 @@ constexpr const char* kKindNames[] = {
     "self_conditioning",
     "lora_a",
     "lora_b",
+    "vision_tower",
+    "vision_embedding",
     "layer_scalar",
     "per_expert_scale",
     "pass_through",
     "audio_tower",
+    "vision_clip",
+    "vision_standardize",
 };
 static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
 }  // namespace
@@ -107,6 +111,48 @@ std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange 
     s.push_back({"model.self_conditioning.down_proj.weight", {H, I}, ParamKind::kSelfConditioning});
   }
   if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", {c.vocab_size, H}, ParamKind::kLmHead});
+  if (c.vision) {
+    const std::vector<ParamSpec> v = vision_param_specs(*c.vision, H);
+    s.insert(s.end(), v.begin(), v.end());
+  }
+  return s;
+}
+
+std::string vision_layer_prefix(int64_t layer) {
+  return kVisionPrefix + "encoder.layers." + std::to_string(layer) + ".";
+}
+
+std::vector<std::string> vision_clipped_linears(const io::VisionConfig& v) {
+  std::vector<std::string> out;
+  for (int64_t l = 0; l < v.num_layers; ++l)
+    for (const char* m : {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
+                          "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj."})
+      out.push_back(vision_layer_prefix(l) + m);
+  return out;
+}
+
+std::vector<ParamSpec> vision_param_specs(const io::VisionConfig& v, int64_t text_hidden) {
+  const int64_t Hv = v.hidden_size, Iv = v.intermediate_size, d = v.head_dim, HD = v.num_heads * v.head_dim;
+  std::vector<ParamSpec> s;
+  s.push_back({kVisionPrefix + "patch_embedder.input_proj.weight", {Hv, v.patch_dim()}, ParamKind::kVisionTower});
+  s.push_back({kVisionPrefix + "patch_embedder.position_embedding_table", {2, v.position_embedding_size, Hv},
+               ParamKind::kVisionTower});
+  for (int64_t l = 0; l < v.num_layers; ++l) {
+    const std::string p = vision_layer_prefix(l);
+    for (const char* n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                          "post_feedforward_layernorm"})
+      s.push_back({p + n + ".weight", {Hv}, ParamKind::kNorm});
+    s.push_back({p + "self_attn.q_proj.linear.weight", {HD, Hv}, ParamKind::kVisionTower});
+    s.push_back({p + "self_attn.k_proj.linear.weight", {HD, Hv}, ParamKind::kVisionTower});
+    s.push_back({p + "self_attn.v_proj.linear.weight", {HD, Hv}, ParamKind::kVisionTower});
+    s.push_back({p + "self_attn.o_proj.linear.weight", {Hv, HD}, ParamKind::kVisionTower});
+    s.push_back({p + "self_attn.q_norm.weight", {d}, ParamKind::kNorm});
+    s.push_back({p + "self_attn.k_norm.weight", {d}, ParamKind::kNorm});
+    s.push_back({p + "mlp.gate_proj.linear.weight", {Iv, Hv}, ParamKind::kVisionTower});
+    s.push_back({p + "mlp.up_proj.linear.weight", {Iv, Hv}, ParamKind::kVisionTower});
+    s.push_back({p + "mlp.down_proj.linear.weight", {Hv, Iv}, ParamKind::kVisionTower});
+  }
+  s.push_back({kVisionEmbedPrefix + "embedding_projection.weight", {text_hidden, Hv}, ParamKind::kVisionEmbedding});
   return s;
 }
 

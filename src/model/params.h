@@ -35,12 +35,16 @@ enum class ParamKind {
   kSelfConditioning,         // diffusion: the self-conditioning MLP's gate/up/down projections
   kLoraA,                    // a LoRA adapter's down projection A [r, in] (model/lora.h)
   kLoraB,                    // a LoRA adapter's up projection B [out, r]
+  kVisionTower,              // model.vision_tower: patch projection, position table, attention and MLP matrices
+  kVisionEmbedding,          // model.embed_vision.embedding_projection: vision soft tokens -> text hidden
   // Buffers.
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
   kPassThrough,     // a checkpoint tensor g4 does not compute with, written back as read (a vision tower)
   kAudioTower,      // model.audio_tower.* / model.embed_audio.* by their HF names, as read: AudioTower
                     // computes with them; not trained until its soft tokens join the text forward
+  kVisionClip,      // a clipped vision linear's scalar bound (input_min/input_max/output_min/output_max)
+  kVisionStandardize,  // vision_tower.std_bias / std_scale
 };
 // Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
@@ -59,10 +63,14 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kSelfConditioning,
     ParamKind::kLoraA,
     ParamKind::kLoraB,
+    ParamKind::kVisionTower,
+    ParamKind::kVisionEmbedding,
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
     ParamKind::kPassThrough,
     ParamKind::kAudioTower,
+    ParamKind::kVisionClip,
+    ParamKind::kVisionStandardize,
 };
 // "token_embedding", "norm", "expert_down", ... (for messages and recipes).
 const char* param_kind_name(ParamKind kind);
@@ -84,6 +92,16 @@ struct ParamSpec {
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& cfg, ExpertRange experts = {});
 
 std::string layer_prefix(int64_t layer);  // "model.layers.<l>."
+
+// The vision tower's and embed_vision's parameters (native names are the Hugging Face keys).
+std::vector<ParamSpec> vision_param_specs(const io::VisionConfig& v, int64_t text_hidden);
+inline const std::string kVisionPrefix = "model.vision_tower.";
+inline const std::string kVisionEmbedPrefix = "model.embed_vision.";
+std::string vision_layer_prefix(int64_t layer);  // "model.vision_tower.encoder.layers.<l>."
+// The four scalar bounds of each clipped linear (buffers, when use_clipped_linears), by the
+// linear's prefix ("...self_attn.q_proj."); the weight is at prefix + "linear.weight".
+std::vector<std::string> vision_clipped_linears(const io::VisionConfig& v);
+inline constexpr const char* kClipBounds[] = {"input_min", "input_max", "output_min", "output_max"};
 // Diffusion models: the encoder's copy of layer l's output scale (the one text buffer the
 // checkpoint stores twice; the decoder's is layer_prefix(l) + "layer_scalar").
 std::string encoder_layer_scalar_name(int64_t layer);

@@ -5,6 +5,7 @@
 
 #include "core/log.h"
 #include "io/json_input.h"
+#include "model/vision_tower.h"
 #include "ops/elementwise.h"
 
 namespace g4::model {
@@ -29,7 +30,9 @@ const std::pair<const char*, const char*> kMoeRenames[] = {
 }  // namespace
 
 std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
-  if (native == "lm_head.weight") return native;
+  // Vision tower tensors keep their Hugging Face names natively.
+  if (native == "lm_head.weight" || starts_with(native, kVisionPrefix) || starts_with(native, kVisionEmbedPrefix))
+    return native;
   G4_CHECK(starts_with(native, "model."), "not a native parameter name: ", native);
   std::string rest = native.substr(6);
   for (const auto& [from, to] : kMoeRenames) {
@@ -160,6 +163,10 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     }
   }
 
+  for (auto& [name, b] : model.params().buffers)
+    if (b.kind == ParamKind::kVisionClip || b.kind == ParamKind::kVisionStandardize)
+      b.value = reader.get_f32(take(name), b.value.shape());
+
   int64_t skipped_towers = 0;
   for (const std::string& key : reader.names()) {
     if (consumed.count(key)) continue;
@@ -175,7 +182,8 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     if (is_tower_key(cfg, key)) {
       // A diffusion checkpoint's vision tower is written back as read (g4 does not run it, but a
       // checkpoint g4 saves must load in transformers, which cannot build the model without it).
-      // The audio tower's tensors are kept (f32, by HF name) for model::AudioTower to compute with.
+      // A gemma4 model's vision tower was read above; its audio tower's tensors are kept (f32, by HF
+      // name) for model::AudioTower to compute with.
       if (cfg.diffusion) model.params().set_buffer(key, ParamKind::kPassThrough, reader.get(key).clone());
       else if (is_audio_key(cfg, key)) model.params().set_buffer(key, ParamKind::kAudioTower, reader.get_f32(key, reader.info(key).shape));
       else ++skipped_towers;
@@ -185,8 +193,7 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
             "' (not part of the Gemma 4 text decoder this config describes)");
   }
   if (skipped_towers > 0)
-    G4_LOG("skipped ", skipped_towers, " vision/audio tower tensors in ", reader.path(),
-           cfg.has_audio ? " (the text decoder and the audio tower are loaded)" : " (only the text decoder is loaded)");
+    G4_LOG("skipped ", skipped_towers, " tower tensors in ", reader.path(), " (not loaded yet)");
 }
 
 io::ModelConfig load_hf_config(const std::string& dir) {
@@ -233,7 +240,9 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
     if (cfg.diffusion) out.emplace_back(hf_encoder_scalar_key(l), model.params().buffer(encoder_layer_scalar_name(l)));
   }
   for (const auto& [name, b] : model.params().buffers)
-    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kAudioTower) out.emplace_back(name, b.value);
+    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kAudioTower || b.kind == ParamKind::kVisionClip ||
+        b.kind == ParamKind::kVisionStandardize)
+      out.emplace_back(name, b.value);
   return out;
 }
 

@@ -14,6 +14,12 @@ struct AttentionMask {
   int64_t k_start = 0;
   Tensor key_valid;         // optional [B, Sk] (any int/bool dtype): 0 = padding key, never seen
   Tensor q_doc, k_doc;      // optional [B, Sq] / [B, Sk] i32 document ids: only same-document keys
+  // Optional [B, Sq] / [B, Sk] integer block ids, -1 = in no block (Gemma 4's images on sliding
+  // layers of a use_bidirectional_attention "vision" model): with causal, a query also sees the
+  // later keys of its own block. The window still applies, one-sided (q - k < window), after that
+  // OR: transformers clips a block by the window but never hides a future key of the block.
+  // CPU only for now.
+  Tensor q_block, k_block;
 };
 
 // q [B, Sq, nH, d], k [B, Sk, nKV, d], v [B, Sk, nKV, dv]; nH % nKV == 0 (query head h uses kv

@@ -65,6 +65,8 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   G4_CHECK(mask.q_start == mask.k_start, "ring_attention: the local queries and keys are the same slice, but q_start ",
            mask.q_start, " != k_start ", mask.k_start);
   G4_CHECK(mask.q_doc.defined() == mask.k_doc.defined(), "ring_attention: give both q_doc and k_doc, or neither");
+  G4_CHECK(!mask.q_block.defined(), "ring_attention: bidirectional image blocks (mask.q_block) are not supported with "
+           "context parallelism yet");
   const DType dt = qv.dtype();
   G4_CHECK(dt == DType::F32 || dt == DType::F64, "ring_attention: f32 or f64, got ", dtype_name(dt));
 

@@ -46,6 +46,14 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_A\.weight)", ParamKind::kLoraA},
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_B\.weight)", ParamKind::kLoraB},
       {R"(model\.(audio_tower|embed_audio)\..*)", ParamKind::kAudioTower},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(\w+_layernorm|self_attn\.[qk]_norm)\.weight)", ParamKind::kNorm},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.linear\.weight)",
+       ParamKind::kVisionTower},
+      {R"(model\.vision_tower\.patch_embedder\.(input_proj\.weight|position_embedding_table))", ParamKind::kVisionTower},
+      {R"(model\.embed_vision\.embedding_projection\.weight)", ParamKind::kVisionEmbedding},
+      {R"(model\.vision_tower\.encoder\.layers\.\d+\.(self_attn\.[qkvo]|mlp\.(gate|up|down))_proj\.(in|out)put_(min|max))",
+       ParamKind::kVisionClip},
+      {R"(model\.vision_tower\.std_(bias|scale))", ParamKind::kVisionStandardize},
   };
   for (const auto& [pattern, kind] : rules)
     if (std::regex_match(n, std::regex(pattern))) return kind;

@@ -24,7 +24,11 @@ bool visible(const AttentionMask& m, int64_t b, int64_t i, int64_t j) {
   const int64_t qpos = m.q_start + i, kpos = m.k_start + j;
   bool ok = true;
   if (m.causal) {
-    ok = kpos <= qpos && (m.window == 0 || kpos > qpos - m.window);
+    // transformers' vision rule: (causal OR same image block) AND the one-sided window.
+    const bool same_block = m.q_block.defined() && element_as_int(m.q_block, b * m.q_block.size(1) + i) >= 0 &&
+                            element_as_int(m.q_block, b * m.q_block.size(1) + i) ==
+                                element_as_int(m.k_block, b * m.k_block.size(1) + j);
+    ok = (kpos <= qpos || same_block) && (m.window == 0 || kpos > qpos - m.window);
   } else if (m.window > 0) {
     ok = kpos > qpos - m.window && kpos < qpos + m.window;
   }
@@ -178,6 +182,21 @@ TEST(Attention, PackedDocuments) {
   bi.q_doc = Tensor::from_vector<int32_t>({5, 5, 7, 7, 7, 9}, {1, 6});
   bi.k_doc = bi.q_doc;
   run_case({"documents bidirectional", 1, 6, 6, 2, 2, 16, 16, bi, 0});
+}
+
+TEST(Attention, ImageBlocks) {
+  // Two images in one row (a block of 6 longer than the window 3, then one of 2) and key padding.
+  AttentionMask m = causal(3);
+  m.q_block = Tensor::from_vector<int32_t>({-1, -1, 0, 0, 0, 0, 0, 0, -1, -1, 1, 1}, {1, 12});
+  m.k_block = m.q_block;
+  run_case({"image blocks window 3", 1, 12, 12, 2, 1, 16, 16, m, 0});
+  AttentionMask packed = causal();
+  packed.q_block = Tensor::from_vector<int64_t>({-1, 0, 0, 0, -1, 1, 1, -1, 0, 0, -1, 2, 2, 2}, {2, 7});
+  packed.k_block = packed.q_block;
+  packed.q_doc = Tensor::from_vector<int32_t>({0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0}, {2, 7});
+  packed.k_doc = packed.q_doc;
+  packed.key_valid = Tensor::from_vector<int32_t>({1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0}, {2, 7});
+  run_case({"image blocks, documents and padding", 2, 7, 7, 4, 2, 16, 8, packed, 0});
 }
 
 TEST(Attention, FullyMaskedRowGivesZerosNotNaN) {

@@ -24,4 +24,23 @@ inline double max_diff(const Tensor& a, const Tensor& b, const Tensor& rows = {}
   return m;
 }
 
+// ‖a − b‖ and ‖b‖ (L2 over every element, in double): gradients are compared relative to the
+// reference's norm.
+struct L2Error {
+  double diff = 0, norm = 0;
+};
+inline L2Error l2_error(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  const Tensor x = a.to(DType::F64), y = b.to(DType::F64);
+  L2Error e;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const double d = x.data<double>()[i] - y.data<double>()[i];
+    e.diff += d * d;
+    e.norm += y.data<double>()[i] * y.data<double>()[i];
+  }
+  e.diff = std::sqrt(e.diff);
+  e.norm = std::sqrt(e.norm);
+  return e;
+}
+
 }  // namespace g4::test

@@ -25,12 +25,17 @@ Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
 struct MaskRule {
   bool causal;
   int64_t window, q_start, k_start, sq, sk;
-  std::vector<int64_t> key_valid, q_doc, k_doc;  // empty when not given
+  std::vector<int64_t> key_valid, q_doc, k_doc, q_block, k_block;  // empty when not given
 
+  bool same_block(int64_t b, int64_t i, int64_t j) const {
+    if (q_block.empty()) return false;
+    const int64_t qb = q_block[b * sq + i];
+    return qb >= 0 && qb == k_block[b * sk + j];
+  }
   bool allowed(int64_t b, int64_t i, int64_t j) const {
     const int64_t qp = q_start + i, kp = k_start + j;
     if (causal) {
-      if (kp > qp || (window > 0 && qp - kp >= window)) return false;
+      if ((kp > qp && !same_block(b, i, j)) || (window > 0 && qp - kp >= window)) return false;
     } else if (window > 0 && std::llabs(qp - kp) >= window) {
       return false;
     }
@@ -47,11 +52,15 @@ std::vector<int64_t> read_mask_tensor(const Tensor& t) {
 }
 
 MaskRule make_rule(const AttentionMask& m, const Dims& dm) {
-  MaskRule r{m.causal, m.window, m.q_start, m.k_start, dm.sq, dm.sk, {}, {}, {}};
+  MaskRule r{m.causal, m.window, m.q_start, m.k_start, dm.sq, dm.sk, {}, {}, {}, {}, {}};
   if (m.key_valid.defined()) r.key_valid = read_mask_tensor(m.key_valid);
   if (m.q_doc.defined()) {
     r.q_doc = read_mask_tensor(m.q_doc);
     r.k_doc = read_mask_tensor(m.k_doc);
+  }
+  if (m.q_block.defined()) {
+    r.q_block = read_mask_tensor(m.q_block);
+    r.k_block = read_mask_tensor(m.k_block);
   }
   return r;
 }
