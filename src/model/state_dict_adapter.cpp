@@ -193,7 +193,8 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
             "' (not part of the Gemma 4 text decoder this config describes)");
   }
   if (skipped_towers > 0)
-    G4_LOG("skipped ", skipped_towers, " tower tensors in ", reader.path(), " (not loaded yet)");
+    G4_LOG("skipped ", skipped_towers, " vision/audio tower tensors in ", reader.path(),
+           " (its config.json describes no tower for them)");
 }
 
 io::ModelConfig load_hf_config(const std::string& dir) {

@@ -15,23 +15,6 @@ ag::Var constant(const std::vector<float>& values, const Shape& shape, DType dty
   return ag::Var(Tensor::from_vector(values, shape).to(dtype), false);
 }
 
-// torch.clamp(x, lo, hi) as x·inside + outside: forward bit-exact (x·1 + 0 = x, x·0 + bound =
-// bound), and the gradient is 1 where lo <= x <= hi (bounds included, as torch's clamp backward)
-// and 0 elsewhere. Host-side masks: the CPU reference; a GPU tower wants a fused clamp op.
-ag::Var clamp(const ag::Var& x, double lo, double hi) {
-  const Tensor v = x.value().to(DType::F64);
-  const int64_t n = v.numel();
-  std::vector<float> inside(static_cast<size_t>(n)), outside(static_cast<size_t>(n));
-  const double* p = v.data<double>();
-  for (int64_t i = 0; i < n; ++i) {
-    const bool in = p[i] >= lo && p[i] <= hi;
-    inside[i] = in ? 1.0f : 0.0f;
-    outside[i] = in ? 0.0f : static_cast<float>(p[i] < lo ? lo : hi);
-  }
-  const DType dt = x.value().dtype();
-  return ag::add(ag::mul(x, constant(inside, v.shape(), dt)), constant(outside, v.shape(), dt));
-}
-
 struct Tower {
   const ParamStore& params;
   const io::VisionConfig& cfg;
@@ -44,9 +27,9 @@ struct Tower {
   // Gemma4ClippableLinear: clamp the input, linear, clamp the output (when configured).
   ag::Var linear(const std::string& prefix, const ag::Var& x) const {
     if (!cfg.use_clipped_linears) return ag::linear(x, p(prefix + "linear.weight"));
-    ag::Var y = ag::linear(clamp(x, bound(prefix + "input_min"), bound(prefix + "input_max")),
+    ag::Var y = ag::linear(ag::clamp(x, bound(prefix + "input_min"), bound(prefix + "input_max")),
                            p(prefix + "linear.weight"));
-    return clamp(y, bound(prefix + "output_min"), bound(prefix + "output_max"));
+    return ag::clamp(y, bound(prefix + "output_min"), bound(prefix + "output_max"));
   }
 
   // x [1, n, nH, d]: the first half of each head rotated by the x positions, the second by y.
