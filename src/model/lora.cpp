@@ -76,20 +76,6 @@ std::string peft_key(const io::ModelConfig& cfg, const std::string& native) {
 
 }  // namespace
 
-void validate_lora(const LoraConfig& lora, const std::string& where) {
-  G4_CHECK(lora.rank > 0, where, ": LoRA rank must be > 0, got ", lora.rank);
-  G4_CHECK(std::isfinite(lora.alpha) && lora.alpha > 0, where, ": LoRA alpha must be > 0, got ", lora.alpha);
-  G4_CHECK(lora.dropout >= 0 && lora.dropout < 1, where, ": LoRA dropout must be in [0, 1), got ", lora.dropout);
-  if (!lora.target_regex.empty()) {
-    try {
-      (void)std::regex(lora.target_regex);
-    } catch (const std::regex_error& e) {
-      G4_FAIL(where, ": LoRA target regex '", lora.target_regex, "' is not a valid regular expression (", e.what(),
-              ")");
-    }
-  }
-}
-
 std::string lora_a_name(const std::string& module) {
   return module + ".lora_A.weight";
 }

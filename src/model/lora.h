@@ -10,32 +10,11 @@
 
 #include "core/tensor.h"
 #include "io/hf_config.h"
+#include "model/lora_config.h"
 
 namespace g4::model {
 
 class Gemma4;
-
-// Every projection LoRA can adapt: attention q/k/v/o and the dense MLP's gate/up/down.
-inline const std::vector<std::string> kDefaultLoraTargets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"};
-
-struct LoraConfig {
-  int64_t rank = 0;  // r; 0 = no adapters
-  double alpha = 16;
-  // On the adapter's input, in training forwards only (grad mode on), drawn from Philox.
-  double dropout = 0;
-  // PEFT's target_modules as a list: a module is adapted when its Hugging Face name equals an
-  // entry or ends with "." + entry ("q_proj", "mlp.down_proj", ...). Empty: kDefaultLoraTargets.
-  std::vector<std::string> targets;
-  // PEFT's target_modules as a string: a regular expression the whole module name must match.
-  // Non-empty: used instead of targets.
-  std::string target_regex;
-  uint64_t seed = 0;  // of A's initialisation and of the dropout masks
-  // adapter_config.json's base_model_name_or_path.
-  std::string base_model;
-
-  double scaling() const { return alpha / static_cast<double>(rank); }
-};
 
 // An adapted projection: its native module name ("model.layers.0.self_attn.q_proj") and W's shape.
 struct LoraModule {
@@ -43,8 +22,6 @@ struct LoraModule {
   int64_t out = 0, in = 0;
 };
 
-// Checks rank, alpha and dropout (`where` names the source in errors).
-void validate_lora(const LoraConfig& lora, const std::string& where);
 // The attention q/k/v/o and dense MLP gate/up/down projections the targets select, in parameter
 // order; an error when they select none. Routed experts are not adapted.
 std::vector<LoraModule> lora_modules(const io::ModelConfig& cfg, const LoraConfig& lora);

@@ -14,7 +14,7 @@
 
 #include "core/tensor.h"
 #include "data/dataset.h"
-#include "model/lora.h"
+#include "model/lora_config.h"
 
 namespace g4::train {
 
