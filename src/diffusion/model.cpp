@@ -5,21 +5,12 @@
 
 #include "autograd/functions.h"
 #include "ops/elementwise.h"
-#include "ops/matmul.h"
 
 namespace g4::diffusion {
 
 namespace {
 
 constexpr const char* kEmbedding = "model.embed_tokens.weight";
-
-// [B, n] positions first, first + 1, ... for every row.
-Tensor positions_from(int64_t batch, int64_t n, int64_t first) {
-  Tensor t = Tensor::empty({batch, n}, DType::I64);
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t j = 0; j < n; ++j) t.data<int64_t>()[b * n + j] = first + j;
-  return t;
-}
 
 // The rows' validity as 0/1 bytes ([B, n] of any integer dtype; undefined: all valid).
 std::vector<std::vector<uint8_t>> valid_rows(const Tensor& valid, int64_t batch, int64_t n, const char* what) {
@@ -147,7 +138,7 @@ ag::Var encode(const model::Gemma4& m, const Tensor& ids, const Tensor& valid, E
         cache.length() > 0 ? cache.key_valid(kind, own) : own.to(DType::I64);
   attn.blocks = {block};
   std::vector<model::LayerKV> kv;
-  const ag::Var hidden = m.run_stack(m.embed(text), positions_from(B, n, cache.length()), attn, true, &kv);
+  const ag::Var hidden = m.run_stack(m.embed(text), model::arange_positions(B, n, cache.length()), attn, true, &kv);
   cache.append(kv, own, m);
   return hidden;
 }
@@ -168,12 +159,8 @@ Tensor denoise(const model::Gemma4& m, const Tensor& canvas, const EncoderCache&
     block.key_valid[static_cast<size_t>(kind)] = cache.key_valid(kind, own);
   attn.blocks = {block};
   const ag::Var x0 = canvas_input(m, canvas, sc_logits, sc_mask);
-  const Tensor hidden = m.run_stack(x0, positions_from(B, C, cache.length()), attn, false, nullptr).value();
-  // The LM head's product widened to fp32 before the softcap (the bf16 training loss's arithmetic).
-  Tensor logits = ops::linear(hidden, m.params().at(kEmbedding).value());
-  if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
-  if (m.config().final_logit_softcapping) logits = ops::softcap(logits, *m.config().final_logit_softcapping);
-  return logits;
+  const Tensor hidden = m.run_stack(x0, model::arange_positions(B, C, cache.length()), attn, false, nullptr).value();
+  return m.head_logits(hidden);
 }
 
 }  // namespace g4::diffusion

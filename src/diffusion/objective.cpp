@@ -14,12 +14,6 @@ namespace {
 
 constexpr const char* kEmbedding = "model.embed_tokens.weight";
 
-Tensor arange_rows(int64_t rows, int64_t n) {
-  Tensor t = Tensor::empty({rows, n}, DType::I64);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<int64_t>()[i] = i % n;
-  return t;
-}
-
 // Mean CE of the LM head over `hidden` against targets (-100: ignored; `count` counted), times
 // count / denominator: this micro-batch's share of a step-wide mean. The GPU runs the head and the
 // loss fused (no [N, V] logits); the CPU, or a caller that wants the logits, materialises them.
@@ -71,7 +65,7 @@ DllmForward dllm_forward(const model::Gemma4& m, const DllmStep& s, double n_dif
   all.key_valid = {s.batch.attention_mask, s.batch.attention_mask};
   enc.blocks = {all};
   std::vector<model::LayerKV> kv;
-  const ag::Var enc_hidden = m.run_stack(m.embed(s.batch.input_ids), arange_rows(B, S), enc, true, &kv);
+  const ag::Var enc_hidden = m.run_stack(m.embed(s.batch.input_ids), model::arange_positions(B, S, 0), enc, true, &kv);
 
   model::StackAttention dec;
   dec.causal = false;

@@ -187,7 +187,6 @@ Tensor document_ids_from_positions(const Tensor& pos) {
   return t;
 }
 
-namespace {
 Tensor arange_positions(int64_t B, int64_t S, int64_t start) {
   Tensor t = Tensor::empty({B, S}, DType::I64);
   int64_t* p = t.data<int64_t>();
@@ -195,7 +194,6 @@ Tensor arange_positions(int64_t B, int64_t S, int64_t start) {
     for (int64_t s = 0; s < S; ++s) p[b * S + s] = start + s;
   return t;
 }
-}  // namespace
 
 ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   G4_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be [B, S], got ",
@@ -294,13 +292,18 @@ Tensor Gemma4::forward_paged(const PagedStep& step, PagedKV& kv) const {
     exit_block(cfg_.num_layers + 1);
     return Tensor::empty({0, cfg_.vocab_size}, DType::F32, device_);
   }
-  Tensor logits = ops::linear(ops::embedding(hidden, step.logit_rows), lm_head().value());  // [R, V]
+  const Tensor logits = head_logits(ops::embedding(hidden, step.logit_rows));
+  exit_block(cfg_.num_layers + 1);
+  return logits;
+}
+
+Tensor Gemma4::head_logits(const Tensor& hidden) const {
+  Tensor logits = ops::linear(hidden, lm_head().value());
   // bf16 products are widened before the softcap (the training loss's arithmetic); f64 stays f64
   // through it.
   if (logits.dtype() == DType::BF16) logits = logits.to(DType::F32);
   if (cfg_.final_logit_softcapping) logits = ops::softcap(logits, *cfg_.final_logit_softcapping);
   if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
-  exit_block(cfg_.num_layers + 1);
   return logits;
 }
 

@@ -162,6 +162,9 @@ class Gemma4 {
   ag::Var run_stack(const ag::Var& x, const Tensor& positions, const StackAttention& attn, bool encoder,
                     std::vector<LayerKV>* kv_out) const;
   ag::Var logits(const ag::Var& hidden) const { return logits_of(hidden); }  // LM head and final softcap
+  // Inference logits of hidden states [..., H] (no tape): f32, the LM head's bf16 product widened
+  // before the softcap, as the training loss computes it.
+  Tensor head_logits(const Tensor& hidden) const;
 
   // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
   // graph so KV-shared layers can send gradients back into them).
@@ -255,6 +258,8 @@ class Gemma4 {
   std::shared_ptr<ParameterHooks> hooks_;
 };
 
+// Positions [B, S] i64: start, start + 1, ... in every row.
+Tensor arange_positions(int64_t B, int64_t S, int64_t start);
 // Labels shifted left by one, -100 in the last column (what the loss compares logits with).
 Tensor shift_labels(const Tensor& labels);
 // Document ids [B, S] i32 from position ids: a new document starts where a position does not
