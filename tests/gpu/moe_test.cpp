@@ -237,6 +237,23 @@ TEST(GpuGroupedMatmul, BothBackendsMatchTheCpu) {
   ops::cuda::set_grouped_gemm_backend(saved);
 }
 
+// The wgmma kernels that read the offsets on the device: partial row, column and K tiles (Kd and Nd
+// multiples of 8 but not of 64, Nd below one 64-wide box), experts whose rows end one past a 64-row
+// reduction chunk, empty experts anywhere, and no rows at all.
+TEST(GpuGroupedMatmul, DeviceKernelsMatchTheCpu) {
+  G4_REQUIRE_GPU();
+  using ops::cuda::GroupedGemmBackend;
+  const GroupedGemmBackend saved = ops::cuda::grouped_gemm_backend();
+  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Device);
+  check_grouped({0, 64, 3, 0, 129, 250, 1, 0}, 256, 192, true, 70, "bf16 [device]");
+  check_grouped({7, 0, 300, 65, 1}, 72, 40, true, 80, "Kd 72, Nd 40 [device]");
+  std::vector<int64_t> counts;
+  for (int e = 0; e < 40; ++e) counts.push_back(e % 7 == 3 ? 0 : (e * 37 + 11) % 200);
+  check_grouped(counts, 136, 264, true, 90, "40 experts [device]");
+  check_grouped({0, 0, 0}, 64, 64, true, 100, "no rows at all [device]");
+  ops::cuda::set_grouped_gemm_backend(saved);
+}
+
 TEST(GpuGroupedMatmul, EveryExpertEmptyAndUnevenDims) {
   G4_REQUIRE_GPU();
   check_grouped({0, 0, 0}, 8, 8, false, 40, "no rows at all");

@@ -16,6 +16,7 @@
 #include "core/device_memory.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/grouped_gemm.h"
 
 namespace g4::ops::cuda {
 
@@ -296,9 +297,10 @@ GroupedGemmBackend initial_backend() {
   const char* env = std::getenv("G4_GROUPED_GEMM");
   if (env == nullptr || std::string(env).empty()) return GroupedGemmBackend::Auto;
   const std::string v(env);
+  if (v == "device") return GroupedGemmBackend::Device;
   if (v == "grouped") return GroupedGemmBackend::Grouped;
   if (v == "loop") return GroupedGemmBackend::Loop;
-  G4_CHECK(v == "auto", "G4_GROUPED_GEMM must be auto, grouped or loop, got '", v, "'");
+  G4_CHECK(v == "auto", "G4_GROUPED_GEMM must be auto, device, grouped or loop, got '", v, "'");
   return GroupedGemmBackend::Auto;
 }
 
@@ -389,6 +391,17 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return false;
   G4_CUBLAS_CHECK(st);
   return true;
+}
+
+// Whether this call takes the device-offset kernels: only when chosen (Device), until they have
+// been checked on a GPU (they were written in a session without one); then an error where they do
+// not apply. `other` (dy in the backward) must suit them too when defined.
+bool use_device_kernels(const char* op, const Tensor& rows, const Tensor& w, const Tensor& other = Tensor()) {
+  if (backend_setting() != GroupedGemmBackend::Device) return false;
+  const bool ok = device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w));
+  G4_CHECK(ok, op, ": G4_GROUPED_GEMM=device, but the device kernels do not take ", rows.describe(), " and ",
+           w.describe(), " (they need bf16 and widths that are multiples of 8)");
+  return ok;
 }
 
 void run_grouped_problem(const GroupedProblem& g, const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
@@ -607,6 +620,10 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
   Tensor y = Tensor::empty({xs.size(0), nd}, xs.dtype(), Device::CUDA);
   if (xs.size(0) == 0 || nd == 0) return y;
   const Tensor dev = device_offsets_for(offsets, device_offsets);
+  if (kd > 0 && use_device_kernels(op, xs, w)) {
+    device_grouped_forward(xs, w, dev, y);
+    return y;
+  }
   // y_e [n_e, Nd] = xs_e [n_e, Kd] · w_e [Kd, Nd].
   const GroupedProblem g{false, false, false, 0, nd, kd, operand(xs, 0, kd), operand(w, kd * nd, 0),
                          operand(y, 0, nd), kd, nd, nd, xs.dtype()};
@@ -623,6 +640,17 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   const float beta = into ? static_cast<float>(dw_beta) : 0.0f;
   dxs = Tensor::empty(xs.shape(), xs.dtype(), Device::CUDA);
   if (!into) dw = Tensor::empty(w.shape(), w.dtype(), Device::CUDA);
+  if (kd > 0 && nd > 0 && use_device_kernels(op, xs, w, dy)) {
+    if (xs.size(0) == 0) {
+      if (beta == 0.0f) dw.fill(0.0);
+      return;
+    }
+    // Experts without rows get beta·dw from the kernel itself; nothing is read on the host.
+    const Tensor dev = device_offsets_for(offsets, device_offsets);
+    device_grouped_input_grad(dy, w, dev, dxs);
+    device_grouped_weight_grad(xs, dy, dev, dw, beta);
+    return;
+  }
   // Experts without rows get no GEMM: their weight gradient is zero (or, accumulating, unchanged).
   const size_t expert_bytes = static_cast<size_t>(kd * nd) * dtype_size(dw.dtype());
   for (size_t e = 0; e + 1 < offsets.size() && beta == 0.0f; ++e)

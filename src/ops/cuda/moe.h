@@ -1,7 +1,7 @@
 // CUDA implementations of ops/moe.h: routing, the expert-sorted plan (a stable counting sort on the
 // device, one small copy of the row counts to the host), permute/unpermute gathers that sum in
-// fp32 without atomics, and the grouped matmul over expert row groups (cuBLAS grouped GEMM, or one
-// cuBLASLt call per expert). bf16 or f32 tensors.
+// fp32 without atomics, and the grouped matmul over expert row groups (wgmma kernels reading the
+// offsets on the device, cuBLAS's grouped GEMM, or one cuBLASLt call per expert). bf16 or f32.
 #pragma once
 #include <vector>
 
@@ -11,12 +11,15 @@
 namespace g4::ops::cuda {
 #include "ops/backend/moe.inc"
 
-// How grouped_matmul issues its GEMMs: Auto (the default) uses cuBLAS's grouped GEMM
+// How grouped_matmul issues its GEMMs. Auto (the default) uses cuBLAS's grouped GEMM
 // (cublasGemmGroupedBatchedEx, one launch for all experts) and falls back to Loop (one cuBLASLt
-// call per non-empty expert) if cuBLAS rejects the problem. The environment variable
-// G4_GROUPED_GEMM=grouped|loop sets the initial choice; benchmarks switch explicitly. Weight
-// gradients written in f32 from bf16 operands always take the loop (cuBLAS has no grouped form).
-enum class GroupedGemmBackend { Auto, Grouped, Loop };
+// call per non-empty expert) if cuBLAS rejects the problem. Device takes the wgmma kernels of
+// grouped_gemm.h, which read the expert offsets on the device (bf16, widths multiples of 8; an
+// error otherwise); it is opt-in until `test_gpu --gtest_filter=GpuGroupedMatmul.DeviceKernels*`
+// has passed on a GPU. The environment variable G4_GROUPED_GEMM=auto|device|grouped|loop sets the
+// initial choice; benchmarks switch explicitly. On the cuBLAS paths, weight gradients written in
+// f32 from bf16 operands always take the loop (cuBLAS has no grouped form).
+enum class GroupedGemmBackend { Auto, Device, Grouped, Loop };
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 GroupedGemmBackend grouped_gemm_backend();
 

@@ -1,7 +1,7 @@
-// Hopper tensor-memory-accelerator (TMA) loads for the wgmma kernels: a host helper that describes
-// one head of a [B, S, heads, dim] bf16 tensor as a TMA tensor map whose boxes land in shared
-// memory in the SW128 layout of wgmma.cuh, and the device side: mbarriers that count the arriving
-// bytes and the bulk tensor load.
+// Hopper tensor-memory-accelerator (TMA) loads for the wgmma kernels: host helpers that describe a
+// bf16 tensor as a TMA tensor map whose boxes land in shared memory in the SW128 layout of
+// wgmma.cuh, and the device side: mbarriers that count the arriving bytes (or the consumers that
+// released a buffer) and the bulk tensor loads.
 #pragma once
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -15,10 +15,11 @@
 
 namespace g4::ops::cuda::tma {
 
-// [B, S, heads, dim] bf16 at `base` as a 4-D map (dim, heads, S, B) with boxes of 64 columns x
-// `box_rows` rows of one head, swizzled 128B; rows past S and columns past dim read as zeros.
-inline CUtensorMap head_rows_map(const void* base, int64_t batch, int64_t seq, int64_t heads, int64_t dim,
-                                 uint32_t box_rows) {
+// A bf16 tensor of `rank` dimensions (innermost first, `dims`), `strides` bytes apart for
+// dimensions 1.. (multiples of 16), read in `box` boxes swizzled 128B (the innermost box extent is
+// 64 elements: one 128-byte row); elements outside `dims` read as zeros.
+inline CUtensorMap bf16_map(const void* base, uint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
+                            const cuuint32_t* box) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -28,23 +29,34 @@ inline CUtensorMap head_rows_map(const void* base, int64_t batch, int64_t seq, i
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
   CUtensorMap map{};
+  const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  G4_CHECK(r == CUDA_SUCCESS, "tma: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a rank-", rank,
+           " bf16 tensor with innermost extent ", dims[0], " and a ", box[0], " x ", box[1], " box");
+  return map;
+}
+
+// [B, S, heads, dim] bf16 at `base` as a 4-D map (dim, heads, S, B) with boxes of 64 columns x
+// `box_rows` rows of one head, swizzled 128B; rows past S and columns past dim read as zeros.
+inline CUtensorMap head_rows_map(const void* base, int64_t batch, int64_t seq, int64_t heads, int64_t dim,
+                                 uint32_t box_rows) {
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(seq), static_cast<cuuint64_t>(batch)};
   const cuuint64_t strides[3] = {static_cast<cuuint64_t>(dim * 2), static_cast<cuuint64_t>(heads * dim * 2),
                                  static_cast<cuuint64_t>(seq * heads * dim * 2)};
   const cuuint32_t box[4] = {64, 1, box_rows, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(base), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  G4_CHECK(r == CUDA_SUCCESS, "tma: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for [", batch,
-           ", ", seq, ", ", heads, ", ", dim, "] bf16 with ", box_rows, "-row boxes");
-  return map;
+  return bf16_map(base, 4, dims, strides, box);
 }
 
-// One arrival (with the expected bytes) completes a phase of these barriers.
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(wgmma::smem_addr(bar)) : "memory");
+// `arrivals` arrivals (one with the expected bytes, for TMA-filled buffers) complete a phase.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals = 1) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(wgmma::smem_addr(bar)), "r"(arrivals) : "memory");
+}
+// A plain arrival (a consumer releasing a buffer).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(wgmma::smem_addr(bar)) : "memory");
 }
 // Makes the initialisations visible to the TMA unit's completions.
 __device__ __forceinline__ void fence_mbar_init() {
@@ -74,6 +86,22 @@ __device__ __forceinline__ void load(void* dst, const CUtensorMap& map, int col,
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(wgmma::smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(wgmma::smem_addr(bar))
+      : "memory");
+}
+
+// The box at (x, y) / (x, y, z) of a 2-D / 3-D map into `dst`, completing its bytes on `bar`.
+__device__ __forceinline__ void load_2d(void* dst, const CUtensorMap& map, int x, int y, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(wgmma::smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(x), "r"(y), "r"(wgmma::smem_addr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void load_3d(void* dst, const CUtensorMap& map, int x, int y, int z, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(wgmma::smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(x), "r"(y), "r"(z), "r"(wgmma::smem_addr(bar))
       : "memory");
 }
 

@@ -39,8 +39,20 @@ __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// d (64 x 128, fp32) += A (64 x 16) · Bᵀ with A and B (128 x 16) K-major bf16 in shared memory.
-__device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+// Descriptor of an SW128 tile stored MN-major (M-major A, N-major B): 64-element rows along M or N,
+// one row per K index, in 1024-byte atoms of 8 K rows; consecutive 64-wide M/N chunks are
+// `chunk_bytes` apart (the leading byte offset), 8-row K groups 1024 bytes apart (the stride byte
+// offset). A k16 step advances 16 rows: 2048 bytes, which keeps the swizzle phase.
+__device__ __forceinline__ uint64_t sw128_mn_desc(const void* tile, uint32_t chunk_bytes) {
+  const uint64_t addr = smem_addr(tile);
+  return ((addr & 0x3FFFF) >> 4) | (uint64_t{(chunk_bytes >> 4) & 0x3FFF} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+// d (64 x 128, fp32) += A (64 x 16) · B (16 x 128), bf16 operands in shared memory. kTransA /
+// kTransB = 0: A / B stored K-major (the sw128_desc layout); 1: M-major A / N-major B (sw128_mn_desc).
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void mma_m64n128k16_t(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -56,7 +68,7 @@ __device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, 
       "%48, %49, %50, %51, %52, %53, %54, %55, "
       "%56, %57, %58, %59, %60, %61, %62, %63 "
       "}, "
-      "%64, %65, p, 1, 1, 0, 0;\n"
+      "%64, %65, p, 1, 1, %67, %68;\n"
       "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
@@ -66,7 +78,12 @@ __device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, 
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA), "n"(kTransB));
+}
+
+// d (64 x 128, fp32) += A (64 x 16) · Bᵀ with A and B (128 x 16) K-major bf16 in shared memory.
+__device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  mma_m64n128k16_t<0, 0>(d, desc_a, desc_b);
 }
 
 }  // namespace g4::ops::cuda::wgmma
