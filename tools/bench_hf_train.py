@@ -3,7 +3,8 @@
 
 Builds a text-only Gemma 4 (transformers' own Gemma4TextConfig / Gemma4ForCausalLM, random init) with the
 real widths of a released model and N layers, trains it on one packed batch (B=1, several documents whose
-position_ids restart at 0) and reports tokens/s, step time, peak memory and MFU against 800 TFLOP/s.
+position_ids restart at 0) and reports tokens/s, step time, peak memory and MFU against --peak-tflops (default
+989, the H100/H200 SXM datasheet dense bf16 peak; `g4 bench train` computes both engines' MFU itself).
 
   python3 tools/bench_hf_train.py --shape 26b-a4b --layers 4 --seq 4096 --steps 10 --warmup 3 \
       --precision fp32-autocast --json hf.json
@@ -19,8 +20,6 @@ import transformers
 from transformers import AutoModelForCausalLM, Gemma4TextConfig
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from torch.utils.flop_counter import FlopCounterMode
-
-H100_PEAK_FLOPS = 800e12  # the agreed H100 dense bf16 peak for MFU (both g4 and this script use it)
 
 # Text-decoder widths of google/gemma-4-26B-A4B, gemma-4-31B and gemma-4-E4B (config.json "text_config").
 SHAPES = {
@@ -211,6 +210,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", help="write the result object here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="MFU denominator (datasheet dense bf16 peak)")
     ap.add_argument("--doc-min", type=int, default=256)
     ap.add_argument("--doc-max", type=int, default=2048)
     ap.add_argument("--attn", default="flash_attention_3,flash_attention_2,sdpa,flex_attention",
@@ -330,12 +330,12 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
              params=n_params, tf32=cuda,
-             tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / H100_PEAK_FLOPS, mfu_peak_flops=H100_PEAK_FLOPS,
+             tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12), mfu_peak_flops=a.peak_tflops * 1e12,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,
              loss_first=losses[0], loss_last=losses[-1], losses=losses, skipped=dict(attn_errors, **experts_errors))
     print(f"step {r['step_ms']:.1f} ms  {r['tokens_per_s']:.0f} tokens/s  MFU {100 * r['mfu']:.1f}% "
-          f"(of {H100_PEAK_FLOPS / 1e12:.0f} TFLOP/s)  peak alloc {r['peak_alloc_bytes'] / 2**30:.2f} GiB  "
+          f"(of {a.peak_tflops:.0f} TFLOP/s)  peak alloc {r['peak_alloc_bytes'] / 2**30:.2f} GiB  "
           f"reserved {r['peak_reserved_bytes'] / 2**30:.2f} GiB  loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return r
 

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -12,6 +13,8 @@ namespace g4 {
 
 // True when this build has the CUDA backend and a GPU is visible.
 bool cuda_available();
+// The current GPU's name as the runtime reports it ("NVIDIA H200"); empty without a GPU.
+std::string cuda_device_name();
 
 // Bytes held by live CUDA tensors (current, peak since the last reset) and bytes the caching
 // allocator holds from the driver (reserved, which includes freed blocks kept for reuse).

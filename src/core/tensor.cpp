@@ -296,6 +296,7 @@ std::string Tensor::describe() const {
 // Without the CUDA backend there is no GPU: nothing to count, wait for or release.
 namespace g4 {
 bool cuda_available() { return false; }
+std::string cuda_device_name() { return {}; }
 DeviceMemoryStats device_memory_stats() { return {}; }
 int64_t device_free_bytes() { return 0; }
 void reset_device_memory_peak() {}

@@ -141,6 +141,15 @@ bool cuda_available() {
   return count > 0;
 }
 
+std::string cuda_device_name() {
+  if (!cuda_available()) return {};
+  int device = 0;
+  G4_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  G4_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
 DeviceMemoryStats device_memory_stats() { return allocator().stats(); }
 int64_t device_free_bytes() {
   size_t free = 0, total = 0;
