@@ -23,6 +23,7 @@ constexpr size_t kMaxBodyBytes = 64 * io::kMiB;
 constexpr int kKeepAliveMs = 1000;
 constexpr int kPollMs = 100;
 
+
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
@@ -212,17 +213,62 @@ struct Server::Impl {
   void reply_whole(const httplib::Request& req, httplib::Response& res, const ResponseHead& head,
                    const std::shared_ptr<Channel>& channel, Clock::time_point t0, int64_t prompt_tokens, int64_t n) {
     bool done = false;
-    while (!done) channel->wait(kKeepAliveMs, done);
-    if (const std::string error = channel->error(); !error.empty()) {
-      const int status = channel->error_status();
-      reply_json(res, status, error_body(status, error));
-      log_line(request_line(req.method, req.path, status, seconds_since(t0), "error: " + error));
+    // A whole reply not ready within the patience is sent chunked: its status line goes out, then a
+    // space (which JSON ignores) every kKeepAliveMs until the body; a failed write tells that the
+    // client left, so the request is cancelled and its pages freed, as for a stream. Replies that
+    // finish sooner keep an exact status code.
+    while (!done && seconds_since(t0) * 1000 < options.whole_reply_patience_ms) channel->wait(kPollMs, done);
+    if (done) {
+      int status = 200;
+      const json body = whole_body(channel, head, status);
+      reply_json(res, status, body);
+      log_line(request_line(req.method, req.path, status, seconds_since(t0), whole_detail(channel, prompt_tokens, n)));
       return;
     }
-    const std::vector<gen::Completion> samples = channel->completions();
-    reply_json(res, 200, completion_body(head, samples, model.tokenizer));
-    log_line(request_line(req.method, req.path, 200, seconds_since(t0),
-                          counts(prompt_tokens, generated_tokens(samples), n, false)));
+    auto last_write = std::make_shared<Clock::time_point>(Clock::now());
+    auto finished = std::make_shared<bool>(false);
+    res.set_chunked_content_provider(
+        "application/json",
+        [this, channel, head, last_write, finished, prompt_tokens, n, t0, method = req.method, path = req.path](
+            size_t offset, httplib::DataSink& sink) {
+          const auto write = [&](const std::string& text) {
+            *last_write = Clock::now();
+            return sink.write(text.data(), text.size());
+          };
+          if (offset == 0 && !write(" ")) return false;  // the status line and headers go out now
+          bool over = false;
+          channel->wait(kPollMs, over);
+          if (over) {
+            int status = 200;  // an error now travels in the body: the status line has gone out
+            if (!write(dump(whole_body(channel, head, status)))) return false;
+            *finished = true;
+            sink.done();
+            log_line(request_line(method, path, status, seconds_since(t0), whole_detail(channel, prompt_tokens, n)));
+            return true;
+          }
+          if (seconds_since(*last_write) * 1000 >= kKeepAliveMs) return write(" ");
+          return true;
+        },
+        [this, channel, finished, method = req.method, path = req.path](bool success) {
+          if (success && *finished) return;
+          loop.cancel(channel);
+          log_line(method + " " + path + " client disconnected before the whole reply; request cancelled");
+        });
+  }
+
+  // The JSON of a finished whole reply: the completions, or the error with its status.
+  json whole_body(const std::shared_ptr<Channel>& channel, const ResponseHead& head, int& status) const {
+    if (const std::string error = channel->error(); !error.empty()) {
+      status = channel->error_status();
+      return error_body(status, error);
+    }
+    status = 200;
+    return completion_body(head, channel->completions(), model.tokenizer);
+  }
+
+  std::string whole_detail(const std::shared_ptr<Channel>& channel, int64_t prompt_tokens, int64_t n) const {
+    if (const std::string error = channel->error(); !error.empty()) return "error: " + error;
+    return counts(prompt_tokens, generated_tokens(channel->completions()), n, false);
   }
 
   // One call of a stream's content provider: sends what arrived; false ends the response.

@@ -19,6 +19,9 @@ struct ServerOptions {
   int port = 8000;         // 0: any free port (bind() tells which)
   std::string model_name;  // the name clients send as "model"
   int threads = 64;        // HTTP worker threads: each open stream holds one
+  // A non-streamed reply not ready after this long is sent chunked (status 200 committed, a space
+  // every second until the body), so that a client that leaves is noticed and its request cancelled.
+  int whole_reply_patience_ms = 5000;
 };
 
 class Server {

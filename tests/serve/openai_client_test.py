@@ -10,6 +10,7 @@ Run by CTest (label cpu): openai_client_test.py G4_BINARY TEST_DATA_DIR VENV_DIR
 `openai` package (scripts/python_venv.sh makes VENV_DIR) it skips (exit 77) unless
 G4_REQUIRE_OPENAI=1, as scripts/test.sh sets.
 """
+import http.client
 import json
 import os
 import shutil
@@ -70,8 +71,10 @@ def make_model_dir(data, out):
 class Server:
     def __init__(self, g4, model_dir, log_path):
         self.log = open(log_path, "w")
+        # Non-streamed replies go chunked after 1 s (the default is 5 s), so that the whole-reply
+        # checks below need not run long; refusals and bad requests answer at once with their codes.
         self.proc = subprocess.Popen([g4, "serve", model_dir, "--port", "0", "--served-model-name", "tiny",
-                                      "--max-running", "16"],
+                                      "--max-running", "16", "--whole-reply-patience-ms", "1000"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # "g4 serve: tiny on http://127.0.0.1:PORT"
         if "http://" not in line:
@@ -320,6 +323,46 @@ def main():
         assert r.usage.completion_tokens >= 1
         log = open(os.path.join(scratch, "serve.log")).read()
         assert "client disconnected" in log, log[-2000:]
+
+    @check
+    def disconnect_whole_reply():
+        # A non-streamed request whose client leaves once the reply has started (the status line
+        # and keep-alive spaces): the request is cancelled and the pool is whole again.
+        server.wait_idle()
+        host, port = server.base.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 4000, "temperature": 1.0, "seed": 3,
+                           "ignore_eos": True})
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()  # after the patience: 200, chunked
+        assert r.status == 200 and r.getheader("Transfer-Encoding") == "chunked", (r.status, r.getheaders())
+        assert r.read(1) == b" "
+        busy = server.get("/health")[1]
+        assert busy["requests"] == 1 and not pool_whole(busy), f"the request holds no pages: {busy}"
+        conn.close()
+        h = server.wait_idle(timeout=60)
+        assert pool_whole(h), f"pages leaked after the disconnect: {h}"
+        log = open(os.path.join(scratch, "serve.log")).read()
+        assert "client disconnected before the whole reply" in log, log[-2000:]
+
+    @check
+    def slow_whole_reply_is_still_json():
+        # A reply that outlives the patience (2000 tokens take about 3 s on CI's CPU) is chunked and
+        # still parses as a completion: its leading spaces are JSON whitespace.
+        host, port = server.base.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 2000, "temperature": 0,
+                           "ignore_eos": True})
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200, r.status
+        raw = r.read()
+        conn.close()
+        reply = json.loads(raw)
+        assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] == 2000, reply["usage"]
+        assert reply["choices"][0]["text"] == complete(max_tokens=2000, temperature=0,
+                                                       extra_body={"ignore_eos": True}).choices[0].text
+        assert pool_whole(server.wait_idle())
 
     @check
     def generate_prompts_file():
