@@ -17,7 +17,8 @@ void check_plan(const char* op, const MoePlan& plan, Device device) {
                plan.order.dtype() == DType::I32 && plan.row_of.dtype() == DType::I32 &&
                plan.order.numel() == plan.rows() && plan.row_of.numel() == plan.rows() &&
                plan.device_offsets.dtype() == DType::I64 && plan.device_offsets.numel() == plan.experts + 1 &&
-               static_cast<int64_t>(plan.offsets.size()) == plan.experts + 1,
+               (static_cast<int64_t>(plan.offsets.size()) == plan.experts + 1 ||
+                (plan.offsets.empty() && device == Device::CUDA)),
            op, ": malformed MoePlan (tokens ", plan.tokens, ", top_k ", plan.top_k, ", experts ", plan.experts,
            ", order ", plan.order.describe(), ", row_of ", plan.row_of.describe(), ", ", plan.offsets.size(),
            " host offsets)");
@@ -48,6 +49,15 @@ void check_grouped(const char* op, const Tensor& xs, const Tensor& w, const std:
   G4_CHECK(xs.size(1) == w.size(1), op, ": xs ", xs.describe(), " does not match w ", w.describe(),
            " (xs dim 1 must equal w dim 1)");
   const int64_t experts = w.size(0), rows = xs.size(0);
+  if (offsets.empty()) {
+    G4_CHECK(grouped_matmul_takes_device_offsets(xs, w) && device_offsets.defined(), op,
+             ": no host offsets; only the GPU kernels that read device_offsets run without them (xs ", xs.describe(),
+             ", w ", w.describe(), ", device_offsets ", device_offsets.describe(), ")");
+    G4_CHECK(device_offsets.device() == Device::CUDA && device_offsets.dtype() == DType::I64 &&
+                 device_offsets.numel() == experts + 1,
+             op, ": device_offsets ", device_offsets.describe(), " must be i64[", experts + 1, "] on the GPU");
+    return;
+  }
   G4_CHECK(static_cast<int64_t>(offsets.size()) == experts + 1, op, ": ", offsets.size(), " offsets for ", experts,
            " experts (need experts + 1)");
   G4_CHECK(offsets.front() == 0 && offsets.back() == rows, op, ": offsets must run from 0 to the ", rows,
@@ -81,11 +91,11 @@ Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const T
   return G4_DISPATCH(dweights, router_topk_backward(dweights, probs, indices));
 }
 
-MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
+MoePlan moe_plan(const Tensor& indices, int64_t num_experts, bool host_offsets) {
   check_rank("moe_plan", "indices", indices, 2, "[T, K]");
   check_indices("moe_plan", "indices", indices, indices.device());
   G4_CHECK(num_experts >= 1, "moe_plan: num_experts must be positive, got ", num_experts);
-  return G4_DISPATCH(indices, moe_plan(indices, num_experts));
+  return G4_DISPATCH(indices, moe_plan(indices, num_experts, host_offsets));
 }
 
 Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
@@ -115,6 +125,14 @@ void moe_unpermute_backward(const Tensor& dout, const Tensor& ys, const Tensor& 
   G4_CHECK(dout.shape() == Shape({plan.tokens, ys.size(1)}), "moe_unpermute_backward: dout ", dout.describe(),
            " must be [", plan.tokens, ", ", ys.size(1), "] (ys ", ys.describe(), ")");
   return G4_DISPATCH(dout, moe_unpermute_backward(dout, ys, weights, plan, dys, dweights));
+}
+
+bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w) {
+#ifdef G4_WITH_CUDA
+  if (rows.device() == Device::CUDA && w.device() == Device::CUDA)
+    return cuda::grouped_matmul_takes_device_offsets(rows, w);
+#endif
+  return false;
 }
 
 Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64_t>& offsets,

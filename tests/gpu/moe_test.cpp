@@ -254,6 +254,39 @@ TEST(GpuGroupedMatmul, DeviceKernelsMatchTheCpu) {
   ops::cuda::set_grouped_gemm_backend(saved);
 }
 
+// A plan made without the host copy of the offsets (no synchronisation): permute, the grouped
+// matmuls forward and backward and unpermute give the bits the plan with host offsets gives.
+TEST(GpuGroupedMatmul, PlanWithoutHostOffsets) {
+  G4_REQUIRE_GPU();
+  using ops::cuda::GroupedGemmBackend;
+  const GroupedGemmBackend saved = ops::cuda::grouped_gemm_backend();
+  const int64_t T = 300, K = 4, E = 16, H = 128, N = 96;
+  const Tensor idx = random_indices(T, K, E, E / 2, 110).to(Device::CUDA);
+  const Tensor x = gpu_bf16(randn_bf16_exact({T, H}, 111));
+  const Tensor w = gpu_bf16(randn_bf16_exact({E, H, N}, 112, 0.1));
+  const Tensor dy = gpu_bf16(randn_bf16_exact({T * K, N}, 113));
+  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Device);
+  const ops::MoePlan with = ops::moe_plan(idx, E), without = ops::moe_plan(idx, E, /*host_offsets=*/false);
+  EXPECT_TRUE(with.has_host_offsets());
+  EXPECT_FALSE(without.has_host_offsets());
+  EXPECT_TRUE(ops::grouped_matmul_takes_device_offsets(x, w));
+  expect_close_scaled(without.device_offsets, with.device_offsets, 0, 0, "device offsets");
+  const Tensor xs = ops::moe_permute(x, without);
+  expect_close_scaled(xs, ops::moe_permute(x, with), 0, 0, "moe_permute");
+  const Tensor y = ops::grouped_matmul(xs, w, {}, without.device_offsets);
+  expect_close_scaled(y, ops::grouped_matmul(xs, w, with.offsets, with.device_offsets), 0, 0, "grouped_matmul");
+  Tensor dxs, dw, dxs_ref, dw_ref;
+  ops::grouped_matmul_backward(dy, xs, w, {}, dxs, dw, without.device_offsets);
+  ops::grouped_matmul_backward(dy, xs, w, with.offsets, dxs_ref, dw_ref, with.device_offsets);
+  expect_close_scaled(dxs, dxs_ref, 0, 0, "grouped_matmul_backward dxs");
+  expect_close_scaled(dw, dw_ref, 0, 0, "grouped_matmul_backward dw");
+  // The cuBLAS paths need the host offsets: a clear error, not a wrong answer.
+  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Auto);
+  EXPECT_FALSE(ops::grouped_matmul_takes_device_offsets(x, w));
+  EXPECT_THROW(ops::grouped_matmul(xs, w, {}, without.device_offsets), Error);
+  ops::cuda::set_grouped_gemm_backend(saved);
+}
+
 TEST(GpuGroupedMatmul, EveryExpertEmptyAndUnevenDims) {
   G4_REQUIRE_GPU();
   check_grouped({0, 0, 0}, 8, 8, false, 40, "no rows at all");

@@ -193,6 +193,9 @@ TEST(Moe, Errors) {
   const Tensor xs = randn({4, 6}, 2), ew = randn({2, 6, 3}, 3);
   expect_error([&] { ops::grouped_matmul(xs, ew, {0, 2, 3}); }, {"grouped_matmul", "4 rows", "0 .. 3"});
   expect_error([&] { ops::grouped_matmul(xs, randn({2, 5, 3}, 4), {0, 2, 4}); }, {"f32[4, 6]", "f32[2, 5, 3]"});
+  // Without host offsets only the GPU kernels that read device offsets run.
+  expect_error([&] { ops::grouped_matmul(xs, ew, {}, Tensor::from_vector<int64_t>({0, 2, 4}, {3})); },
+               {"grouped_matmul", "no host offsets", "f32[4, 6]"});
   const ops::MoePlan plan = ops::moe_plan(Tensor::from_vector<int32_t>({0, 1, 1, 0}, {2, 2}), 2);
   expect_error([&] { ops::moe_permute(randn({3, 6}, 5), plan); }, {"moe_permute", "f32[3, 6]"});
 }

@@ -84,7 +84,7 @@ Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const T
   });
 }
 
-MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
+MoePlan moe_plan(const Tensor& indices, int64_t num_experts, bool /*host_offsets: always made on the CPU*/) {
   const std::vector<int64_t> idx = cpu::read_indices(indices);
   MoePlan plan;
   plan.tokens = indices.size(0);
@@ -236,7 +236,7 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
 // The reference is the training path composed: plan, permute, grouped matmuls, unpermute.
 Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
                    const Tensor& down) {
-  const MoePlan plan = cpu::moe_plan(indices, gate_up.size(0));
+  const MoePlan plan = cpu::moe_plan(indices, gate_up.size(0), true);
   const Tensor hidden = cpu::grouped_matmul(cpu::moe_permute(x, plan), gate_up, plan.offsets, Tensor());
   const Tensor act = cpu::gelu_gate_fused(hidden);
   return cpu::moe_unpermute(cpu::grouped_matmul(act, down, plan.offsets, Tensor()), weights, plan);

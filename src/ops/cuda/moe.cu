@@ -481,7 +481,7 @@ Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const T
   return dp;
 }
 
-MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
+MoePlan moe_plan(const Tensor& indices, int64_t num_experts, bool host_offsets) {
   const char* op = "moe_plan";
   G4_CHECK(num_experts <= 4096, op, ": at most 4096 experts on the GPU, got ", num_experts);
   const int64_t n = indices.numel();
@@ -515,15 +515,16 @@ MoePlan moe_plan(const Tensor& indices, int64_t num_experts) {
         idx.data<int32_t>(), n, meta.data<int64_t>(), plan.order.data<int32_t>(), plan.row_of.data<int32_t>());
     G4_CUDA_CHECK_LAUNCH();
   }
-  // The one device-to-host copy of an MoE layer: the grouped GEMM launches (and expert-parallel
-  // dispatch) need each expert's row count on the host. E+2 values; the host waits here.
+  plan.device_offsets = meta.slice0(0, num_experts + 1);
+  if (!host_offsets) return plan;
+  // The one device-to-host copy of an MoE layer: the cuBLAS grouped GEMM launches (and
+  // expert-parallel dispatch) need each expert's row count on the host. E+2 values; the host waits.
   std::vector<int64_t> host(static_cast<size_t>(num_experts + 2));
   detail::device_copy(host.data(), Device::CPU, meta.raw(), Device::CUDA, host.size() * sizeof(int64_t));
   G4_CHECK(host.back() == 0, op, ": ", host.back(), " expert ids of indices ", indices.describe(),
            " are outside [0, ", num_experts, ")");
   host.pop_back();
   plan.offsets = std::move(host);
-  plan.device_offsets = meta.slice0(0, num_experts + 1);
   return plan;
 }
 
@@ -620,7 +621,9 @@ Tensor grouped_matmul(const Tensor& xs, const Tensor& w, const std::vector<int64
   Tensor y = Tensor::empty({xs.size(0), nd}, xs.dtype(), Device::CUDA);
   if (xs.size(0) == 0 || nd == 0) return y;
   const Tensor dev = device_offsets_for(offsets, device_offsets);
-  if (kd > 0 && use_device_kernels(op, xs, w)) {
+  const bool device_kernels = kd > 0 && use_device_kernels(op, xs, w);
+  G4_CHECK(device_kernels || !offsets.empty(), op, ": no host offsets, and the device kernels do not run here");
+  if (device_kernels) {
     device_grouped_forward(xs, w, dev, y);
     return y;
   }
@@ -640,7 +643,9 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   const float beta = into ? static_cast<float>(dw_beta) : 0.0f;
   dxs = Tensor::empty(xs.shape(), xs.dtype(), Device::CUDA);
   if (!into) dw = Tensor::empty(w.shape(), w.dtype(), Device::CUDA);
-  if (kd > 0 && nd > 0 && use_device_kernels(op, xs, w, dy)) {
+  const bool device_kernels = kd > 0 && nd > 0 && use_device_kernels(op, xs, w, dy);
+  G4_CHECK(device_kernels || !offsets.empty(), op, ": no host offsets, and the device kernels do not run here");
+  if (device_kernels) {
     if (xs.size(0) == 0) {
       if (beta == 0.0f) dw.fill(0.0);
       return;
@@ -679,5 +684,9 @@ void set_grouped_gemm_backend(GroupedGemmBackend backend) {
 }
 
 GroupedGemmBackend grouped_gemm_backend() { return backend_setting(); }
+
+bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w) {
+  return backend_setting() == GroupedGemmBackend::Device && device_grouped_gemm_supported(rows, w);
+}
 
 }  // namespace g4::ops::cuda

@@ -21,6 +21,8 @@ namespace g4::ops::cuda {
 // f32 from bf16 operands always take the loop (cuBLAS has no grouped form).
 enum class GroupedGemmBackend { Auto, Device, Grouped, Loop };
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
+// ops::grouped_matmul_takes_device_offsets for GPU tensors: Device chosen and the kernels take them.
+bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w);
 GroupedGemmBackend grouped_gemm_backend();
 
 }  // namespace g4::ops::cuda
