@@ -50,9 +50,9 @@ TEST_P(AudioTowerFixture, OutputsEqualTransformers) {
   expect_close_where(tower.embed(out.hidden).value(), ref.get("audio.projected"), want_mask, 1e-4, "embed_audio");
 }
 
-// load_hf_model keeps the audio tower's tensors (and loads the vision tower's, model/vision_tower.h:
-// nothing is skipped); the tower built from them computes what the checkpoint's does, and export
-// writes them back as read.
+// load_hf_model loads the audio tower's tensors as parameters and clip-bound buffers (and the vision
+// tower's, model/vision_tower.h: nothing is skipped); the tower on the model's parameters computes
+// what the checkpoint's does, and export writes them back as read.
 TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
   const std::string dir = fixture(GetParam());
   const auto reader = io::SafetensorsReader::open(dir + "/model.safetensors");
@@ -69,18 +69,27 @@ TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
   auto is_vision = [](const std::string& n) {
     return n.rfind("model.vision_tower.", 0) == 0 || n.rfind("model.embed_vision.", 0) == 0;
   };
+  auto is_audio = [](const std::string& n) {
+    return n.rfind("model.audio_tower.", 0) == 0 || n.rfind("model.embed_audio.", 0) == 0;
+  };
   for (const auto& [name, b] : m->params().buffers) {
-    kept += b.kind == model::ParamKind::kAudioTower;
+    kept += is_audio(name);
+    if (is_audio(name)) {
+      EXPECT_EQ(b.kind, model::ParamKind::kAudioClip) << name;
+    }
     vision_loaded += is_vision(name);
   }
-  for (const std::string& n : m->params().order) vision_loaded += is_vision(n);
+  for (const std::string& n : m->params().order) {
+    kept += is_audio(n);
+    vision_loaded += is_vision(n);
+  }
   EXPECT_EQ(kept, audio);
   EXPECT_EQ(vision_loaded, vision);
 
   const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   ag::NoGrad no_grad;
   const Tensor f = ref.get("input_features"), mask = ref.get("input_features_mask");
-  const Tensor a = model::AudioTower::from_buffers(m->params(), m->config()).forward(f, mask).hidden.value();
+  const Tensor a = model::AudioTower::from_params(m->params(), m->config()).forward(f, mask).hidden.value();
   const Tensor b = model::AudioTower::load(reader, m->config().audio, m->config().hidden_size).forward(f, mask).hidden.value();
   EXPECT_EQ(test::max_diff(a, b), 0.0);
 
