@@ -1,9 +1,10 @@
 #include "model/audio_tower.h"
 
 #include <cmath>
-#include <limits>
 #include <iterator>
+#include <limits>
 #include <numbers>
+#include <optional>
 #include <vector>
 
 #include "autograd/functions.h"

@@ -244,6 +244,7 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     ctx.positions = ctx.positions.to(device_);
     if (ctx.docs.defined()) ctx.docs = ctx.docs.to(device_);
     if (ctx.key_valid.defined()) ctx.key_valid = ctx.key_valid.to(device_);
+    if (ctx.blocks.defined()) ctx.blocks = ctx.blocks.to(device_);
   }
   ForwardOutputs out;
   const ag::Var hidden = run(in.input_ids.to(device_), ctx.positions, ctx);
