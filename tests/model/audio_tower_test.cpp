@@ -102,6 +102,32 @@ TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
   EXPECT_EQ(exported, audio);
 }
 
+// The forward's audio inputs: features and mask together, as many soft tokens as placeholders, and
+// a model with an audio tower.
+TEST(AudioTower, ForwardInputErrorsNameTheInput) {
+  const std::string dir = fixture("tiny-mm-e");
+  const auto m = model::load_hf_model(dir);
+  const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  model::ForwardInputs in;
+  in.input_ids = ref.get("input_ids").clone();
+  in.input_features = ref.get("input_features").clone();
+  ag::NoGrad no_grad;
+  EXPECT_NE(test::error_of([&] { m->forward(in); }).find("input_features_mask"), std::string::npos);
+  // The first clip only: 40 soft tokens for the 63 placeholders of both clips.
+  in.input_features = ref.get("input_features").slice0(0, 1).clone();
+  in.input_features_mask = ref.get("input_features_mask").slice0(0, 1).clone();
+  const std::string msg = test::error_of([&] { m->forward(in); });
+  EXPECT_NE(msg.find("placeholder tokens"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[40, 32]"), std::string::npos) << msg;
+
+  const auto text_only = model::load_hf_model(test::data_dir() + "/hf-gemma4/tiny-dense-ple");
+  model::ForwardInputs t;
+  t.input_ids = Tensor::zeros({1, 4}, DType::I64);
+  t.input_features = randn({1, 8, 128}, 3);
+  t.input_features_mask = Tensor::zeros({1, 8}, DType::Bool);
+  EXPECT_NE(test::error_of([&] { text_only->forward(t); }).find("no audio tower"), std::string::npos);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, AudioTowerFixture, ::testing::Values("tiny-mm-e", "tiny-mm-bidir"));
 
 // A tiny random tower written as a checkpoint (every parameter fresh random, finite clip bounds).

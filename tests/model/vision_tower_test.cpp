@@ -11,6 +11,7 @@
 
 #include "autograd/variable.h"
 #include "io/safetensors.h"
+#include "model/audio_tower.h"
 #include "model/state_dict_adapter.h"
 #include "model/vision_tower.h"
 #include "autograd/functions.h"
@@ -120,7 +121,8 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
 }
 
 // The text model's input: placeholders embedded as the pad token, then image and audio soft tokens
-// scattered in (transformers' inputs_embeds, recorded by a pre-hook on the language model).
+// (both towers run on the fixture's inputs) scattered in (transformers' inputs_embeds, recorded by a
+// pre-hook on the language model).
 TEST_P(VisionFixture, MergedEmbeddingsMatchTransformers) {
   const std::string dir = mm_dir(GetParam());
   auto model = model::load_hf_model(dir);
@@ -137,7 +139,10 @@ TEST_P(VisionFixture, MergedEmbeddingsMatchTransformers) {
       model->params(), *c.vision, {ref.get("pixel_values").clone(), ref.get("image_position_ids").clone()},
       DType::F32, Device::CPU);
   ag::Var e = model::merge_soft_tokens(model->embed(text), ids, c.vision->image_token_id, v.projected);
-  e = model::merge_soft_tokens(e, ids, c.audio_token_id, ag::Var(ref.get("audio.projected_valid").to(DType::F32), false));
+  const ag::Var audio = model::AudioTower::from_params(model->params(), c)
+                            .soft_tokens(ref.get("input_features").clone(), ref.get("input_features_mask").clone());
+  EXPECT_LT(rel_diff(audio.value(), ref.get_f32("audio.projected_valid", audio.value().shape())), 2e-5);
+  e = model::merge_soft_tokens(e, ids, c.audio_token_id, audio);
   EXPECT_LT(rel_diff(e.value(), ref.get_f32("text.inputs_embeds", e.value().shape())), 2e-5);
   EXPECT_THROW(model::merge_soft_tokens(model->embed(text), ids, c.vision->image_token_id,
                                         ag::narrow(v.projected, 0, 1, v.projected.value().size(0) - 1)),
