@@ -1,6 +1,7 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
-// position_ids, and for images pixel_values, image_position_ids, mm_token_type_ids. Outputs:
+// position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
+// input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
 // A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
@@ -113,7 +114,7 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
   cmd->add_option("--inputs", o->inputs,
                   "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
-                  "mm_token_type_ids; diffusion models: "
+                  "mm_token_type_ids, input_features, input_features_mask; diffusion models: "
                   "canvas_ids [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
@@ -142,6 +143,9 @@ void add_forward(CLI::App& app, Action& action) {
       if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
       if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
       if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
+      // Audio: the feature extractor's output (the model checks it).
+      if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
+      if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();
       G4_CHECK(!o->grads || fi.labels.defined(), "--grads needs 'labels' in ", o->inputs);
 
       std::optional<ag::NoGrad> no_grad;

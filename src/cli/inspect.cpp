@@ -52,8 +52,12 @@ void add_inspect(CLI::App& app, Action& action) {
       std::printf("sizes      hidden %lld, heads %lld, vocab %lld, layers %lld, sliding window %lld\n",
                   (long long)c.hidden_size, (long long)c.num_heads, (long long)c.vocab_size, (long long)c.num_layers,
                   (long long)c.sliding_window);
-      std::printf("parameters %lld (%s)\n\n", (long long)params,
-                  c.diffusion ? "text stack, shared by encoder and denoiser, + self-conditioning MLP" : "text decoder");
+      const char* what = c.diffusion              ? "text stack, shared by encoder and denoiser, + self-conditioning MLP"
+                         : c.vision && c.has_audio ? "text decoder, vision and audio towers"
+                         : c.vision                ? "text decoder and vision tower"
+                         : c.has_audio             ? "text decoder and audio tower"
+                                                   : "text decoder";
+      std::printf("parameters %lld (%s)\n\n", (long long)params, what);
       std::printf("layer  type     head_dim  kv_heads  mlp     rope                 extras\n");
       for (int64_t l = 0; l < c.num_layers; ++l) {
         const io::LayerSpec& s = c.layers[static_cast<size_t>(l)];

@@ -1,8 +1,10 @@
 #include "model/audio_tower.h"
 
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <numbers>
+#include <optional>
 #include <vector>
 
 #include "autograd/functions.h"
@@ -12,108 +14,73 @@ namespace g4::model {
 
 namespace {
 
-constexpr const char* kTower = "model.audio_tower.";
 constexpr const char* kEmbed = "model.embed_audio.embedding_projection.weight";
 // transformers builds the feed-forward norms and the layer's three norms with Gemma4RMSNorm's
 // default eps, not rms_norm_eps (which the subsampler's LayerNorm, the light conv's norms and
 // embed_audio take); the published configs set both to 1e-6.
 constexpr double kDefaultNormEps = 1e-6;
 
-// A constant (no gradient) from f64 values, in `dtype`.
-ag::Var constant(const std::vector<double>& v, const Shape& shape, DType dtype) {
-  return ag::Var(Tensor::from_vector(v, shape).to(dtype));
-}
-
 bool flag(const Tensor& mask, int64_t i) { return element_as_int(mask, i) != 0; }
 
-// Rows of `table` [N, D] picked by ids (N itself picks a zero row): the differentiable gather the
-// convolutions and the relative-position shift are made of.
-ag::Var gather_rows(const ag::Var& table, const std::vector<int64_t>& ids, const Shape& id_shape) {
-  const int64_t d = table.value().size(-1);
-  const ag::Var zero(Tensor::zeros({1, d}, table.value().dtype()));
-  return ag::embedding(ag::concat({table, zero}, 0), Tensor::from_vector(ids, id_shape), -1);
-}
-
-// x + b (b [N] broadcast over the rows of x [..., N]).
-ag::Var add_bias(const ag::Var& x, const ag::Var& b) {
-  const int64_t n = b.value().numel(), rows = x.value().numel() / n;
-  const ag::Var rowsb = gather_rows(ag::reshape(b, {1, n}), std::vector<int64_t>(size_t(rows), 0), {rows});
-  return ag::add(x, ag::reshape(rowsb, x.value().shape()));
+// "model.audio_tower.layers.0.self_attn.q_proj." -> "layers.0.self_attn.q_proj" (the tower's own names).
+std::string linear_name(const std::string& prefix) {
+  return prefix.substr(kAudioPrefix.size(), prefix.size() - kAudioPrefix.size() - 1);
 }
 
 }  // namespace
 
-AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfig& c, int64_t text_hidden) {
-  return build(
-      c, text_hidden, [&](const std::string& name, const Shape& shape) { return r.get_f32(name, shape); },
-      [&](const std::string& name) { return r.has(name); });
+void set_default_audio_buffers(ParamStore& params, const io::AudioConfig& a) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  if (!a.use_clipped_linears) return;
+  for (const std::string& lin : audio_clipped_linears(a))
+    for (const char* b : kClipBounds)
+      params.set_buffer(lin + b, ParamKind::kAudioClip,
+                        Tensor::full({}, std::string(b).find("min") != std::string::npos ? -inf : inf));
 }
 
-AudioTower AudioTower::from_buffers(const ParamStore& store, const io::ModelConfig& cfg) {
-  G4_CHECK(cfg.has_audio, "audio tower: the model's config has no audio_config");
+AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfig& c, int64_t text_hidden) {
+  return build(
+      c, text_hidden,
+      [&](const std::string& name, const Shape& shape) { return ag::Var(r.get_f32(name, shape), true); },
+      [&](const std::string& name) -> std::optional<double> {
+        if (!r.has(name)) return std::nullopt;
+        return element_as_double(r.get_f32(name, {}), 0);
+      });
+}
+
+AudioTower AudioTower::from_params(const ParamStore& store, const io::ModelConfig& cfg) {
+  G4_CHECK(cfg.has_audio && !cfg.diffusion, "audio tower: the model's config has no audio_config");
   auto get = [&](const std::string& name, const Shape& shape) {
-    auto it = store.buffers.find(name);
-    G4_CHECK(it != store.buffers.end() && it->second.kind == ParamKind::kAudioTower, "audio tower: the model holds no '",
-             name, "' (its checkpoint had no audio tower weights)");
-    G4_CHECK(it->second.value.shape() == shape, "audio tower: '", name, "' is ", it->second.value.describe(),
-             ", expected shape ", shape_str(shape));
-    return it->second.value;
+    const ag::Var& v = store.at(name);
+    G4_CHECK(v.value().shape() == shape, "audio tower: '", name, "' is ", v.value().describe(), ", expected shape ",
+             shape_str(shape));
+    return v;
   };
-  return build(cfg.audio, cfg.hidden_size, get, [&](const std::string& name) { return store.buffers.count(name) > 0; });
+  auto bound = [&](const std::string& name) -> std::optional<double> {
+    auto it = store.buffers.find(name);
+    if (it == store.buffers.end()) return std::nullopt;
+    return element_as_double(it->second.value.to(Device::CPU), 0);
+  };
+  return build(cfg.audio, cfg.hidden_size, get, bound);
 }
 
 AudioTower AudioTower::build(const io::AudioConfig& c, int64_t text_hidden,
-                             const std::function<Tensor(const std::string&, const Shape&)>& get,
-                             const std::function<bool(const std::string&)>& has) {
+                             const std::function<ag::Var(const std::string&, const Shape&)>& get,
+                             const std::function<std::optional<double>(const std::string&)>& bound) {
   AudioTower t;
   t.config_ = c;
   t.text_hidden_ = text_hidden;
-  const int64_t H = c.hidden_size, D = H / c.num_heads;
-  auto add = [&](const std::string& name, const Shape& shape) {
-    t.params_[kTower + name] = ag::Var(get(kTower + name, shape), true);
-  };
-  auto add_clipped = [&](const std::string& name, const Shape& shape) {
-    add(name + ".linear.weight", shape);
-    const double inf = std::numeric_limits<double>::infinity();
+  for (const ParamSpec& s : audio_param_specs(c, text_hidden)) t.params_[s.name] = get(s.name, s.shape);
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const std::string& lin : audio_clipped_linears(c)) {
     Clip clip{-inf, inf, -inf, inf};
     if (c.use_clipped_linears) {
-      // Absent bounds are transformers' initial ±inf buffers.
-      auto bound = [&](const char* which, double& out) {
-        const std::string key = kTower + name + "." + which;
-        if (has(key)) out = element_as_double(get(key, {}), 0);
-      };
-      bound("input_min", clip.in_min), bound("input_max", clip.in_max);
-      bound("output_min", clip.out_min), bound("output_max", clip.out_max);
+      double* out[] = {&clip.in_min, &clip.in_max, &clip.out_min, &clip.out_max};
+      for (size_t i = 0; i < std::size(kClipBounds); ++i)
+        if (const std::optional<double> v = bound(lin + kClipBounds[i])) *out[i] = *v;
     }
-    t.clips_[name] = clip;
-  };
-  const std::string sub = "subsample_conv_projection.";
-  add(sub + "layer0.conv.weight", {c.conv_channels0, 1, 3, 3});
-  add(sub + "layer0.norm.weight", {c.conv_channels0});
-  add(sub + "layer1.conv.weight", {c.conv_channels1, c.conv_channels0, 3, 3});
-  add(sub + "layer1.norm.weight", {c.conv_channels1});
-  add(sub + "input_proj_linear.weight", {H, c.conv_channels0 / 4 * c.conv_channels1});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string L = "layers." + std::to_string(l) + ".";
-    for (const char* ff : {"feed_forward1.", "feed_forward2."}) {
-      add_clipped(L + ff + "ffw_layer_1", {4 * H, H});
-      add_clipped(L + ff + "ffw_layer_2", {H, 4 * H});
-      add(L + ff + "pre_layer_norm.weight", {H});
-      add(L + ff + "post_layer_norm.weight", {H});
-    }
-    for (const char* proj : {"q_proj", "k_proj", "v_proj", "post"}) add_clipped(L + "self_attn." + proj, {H, H});
-    add(L + "self_attn.relative_k_proj.weight", {H, H});
-    add(L + "self_attn.per_dim_scale", {D});
-    add_clipped(L + "lconv1d.linear_start", {2 * H, H});
-    add_clipped(L + "lconv1d.linear_end", {H, H});
-    add(L + "lconv1d.depthwise_conv1d.weight", {H, 1, c.conv_kernel_size});
-    add(L + "lconv1d.pre_layer_norm.weight", {H});
-    add(L + "lconv1d.conv_norm.weight", {H});
-    for (const char* n : {"norm_pre_attn", "norm_post_attn", "norm_out"}) add(L + n + ".weight", {H});
+    t.clips_[linear_name(lin)] = clip;
   }
-  add("output_proj.weight", {c.output_proj_dims, H});
-  add("output_proj.bias", {c.output_proj_dims});
-  t.params_[kEmbed] = ag::Var(get(kEmbed, {text_hidden, c.output_proj_dims}), true);
   return t;
 }
 
@@ -123,8 +90,32 @@ AudioTower AudioTower::to_f64() const {
   return t;
 }
 
+ag::Var AudioTower::constant(const std::vector<double>& v, const Shape& shape) const {
+  const Tensor& w = p("output_proj.weight").value();
+  return ag::Var(Tensor::from_vector(v, shape).to(w.dtype()).to(w.device()));
+}
+
+Tensor AudioTower::ids(const std::vector<int64_t>& v, const Shape& shape) const {
+  return Tensor::from_vector(v, shape).to(p("output_proj.weight").value().device());
+}
+
+// Rows of `table` [N, D] picked by ids (N itself picks a zero row): the differentiable gather the
+// convolutions and the relative-position shift are made of.
+ag::Var AudioTower::gather_rows(const ag::Var& table, const std::vector<int64_t>& v, const Shape& id_shape) const {
+  const int64_t d = table.value().size(-1);
+  const ag::Var zero(Tensor::zeros({1, d}, table.value().dtype(), table.value().device()));
+  return ag::embedding(ag::concat({table, zero}, 0), ids(v, id_shape), -1);
+}
+
+// x + b (b [N] broadcast over the rows of x [..., N]).
+ag::Var AudioTower::add_bias(const ag::Var& x, const ag::Var& b) const {
+  const int64_t n = b.value().numel(), rows = x.value().numel() / n;
+  const ag::Var rowsb = gather_rows(ag::reshape(b, {1, n}), std::vector<int64_t>(size_t(rows), 0), {rows});
+  return ag::add(x, ag::reshape(rowsb, x.value().shape()));
+}
+
 const ag::Var& AudioTower::p(const std::string& name) const {
-  auto it = params_.find(kTower + name);
+  auto it = params_.find(kAudioPrefix + name);
   if (it == params_.end()) it = params_.find(name);
   G4_CHECK(it != params_.end(), "audio tower: no parameter ", name);
   return it->second;
@@ -144,12 +135,11 @@ ag::Var AudioTower::clipped_linear(const ag::Var& x, const std::string& name) co
 ag::Var AudioTower::conv_block(const ag::Var& x, const Tensor& mask, int64_t layer) const {
   const Tensor& xv = x.value();
   const int64_t B = xv.size(0), T = xv.size(1), W = xv.size(2), C = xv.size(3);
-  const DType dt = xv.dtype();
   std::vector<double> keep(size_t(B * T * W * C));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       std::fill_n(keep.begin() + (b * T + t) * W * C, W * C, flag(mask, b * T + t) ? 1.0 : 0.0);
-  const ag::Var masked = ag::mul(x, constant(keep, xv.shape(), dt));
+  const ag::Var masked = ag::mul(x, constant(keep, xv.shape()));
 
   const int64_t To = (T - 1) / 2 + 1, Wo = (W - 1) / 2 + 1, zero_row = B * T * W;
   std::vector<int64_t> ids;
@@ -177,7 +167,7 @@ ag::Var AudioTower::conv_block(const ag::Var& x, const Tensor& mask, int64_t lay
 
   std::vector<double> centre(size_t(Co * Co), -1.0 / double(Co));
   for (int64_t i = 0; i < Co; ++i) centre[size_t(i * Co + i)] += 1.0;
-  const ag::Var centred = ag::linear(y, constant(centre, {Co, Co}, dt));
+  const ag::Var centred = ag::linear(y, constant(centre, {Co, Co}));
   const ag::Var normed = ag::rmsnorm(centred, p(name + "norm.weight"), config_.rms_norm_eps);
   return ag::reshape(ag::activation(normed, ops::Activation::kRelu), {B, To, Wo, Co});
 }
@@ -199,7 +189,6 @@ ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const st
   const Tensor& xv = x.value();
   const int64_t B = xv.size(0), T = xv.size(1), H = config_.hidden_size, N = config_.num_heads, D = H / N;
   const int64_t P = config_.context_left - 1, R = P + 1;  // R relative distances 0..P
-  const DType dt = xv.dtype();
   const double q_scale = std::pow(double(D), -0.5) / std::numbers::ln2;
   const double k_scale = std::log1p(std::numbers::e) / std::numbers::ln2;
 
@@ -218,7 +207,7 @@ ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const st
       pe[size_t(j * H + i)] = std::sin(ts);
       pe[size_t(j * H + half + i)] = std::cos(ts);
     }
-  const ag::Var relk = ag::reshape(ag::linear(constant(pe, {R, H}, dt), p(a + "relative_k_proj.weight")), {R, N, D});
+  const ag::Var relk = ag::reshape(ag::linear(constant(pe, {R, H}), p(a + "relative_k_proj.weight")), {R, N, D});
 
   std::vector<int64_t> shift(size_t(T * T));
   for (int64_t t = 0; t < T; ++t)
@@ -230,7 +219,7 @@ ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const st
     for (int64_t t = 0; t < T; ++t)
       for (int64_t s = std::max<int64_t>(0, t - P + 1); s <= t; ++s)
         if (flag(key_mask, b * T + s)) keep[size_t(t * T + s)] = 1.0, fill[size_t(t * T + s)] = 0.0;
-    const ag::Var keep_v = constant(keep, {T, T}, dt), fill_v = constant(fill, {T, T}, dt);
+    const ag::Var keep_v = constant(keep, {T, T}), fill_v = constant(fill, {T, T});
     auto head = [&](const ag::Var& z, int64_t h) { return ag::reshape(ag::narrow(ag::narrow(z, 0, b, 1), 2, h, 1), {T, D}); };
     std::vector<ag::Var> heads;
     for (int64_t h = 0; h < N; ++h) {
@@ -270,15 +259,18 @@ ag::Var AudioTower::light_conv(const ag::Var& x, const std::string& l) const {
   return ag::add(x, z);
 }
 
-AudioTower::Output AudioTower::forward(const Tensor& features, const Tensor& features_mask) const {
+AudioTower::Output AudioTower::forward(const Tensor& features, const Tensor& mask_in) const {
   G4_CHECK(features.dim() == 3 && features.size(2) == 128, "audio tower: input_features ", features.describe(),
            " must be [B, T, 128]");
-  G4_CHECK(features_mask.dim() == 2 && features_mask.size(0) == features.size(0) && features_mask.size(1) == features.size(1),
-           "audio tower: input_features_mask ", features_mask.describe(), " must be [B, T] for input_features ",
+  G4_CHECK(mask_in.dim() == 2 && mask_in.size(0) == features.size(0) && mask_in.size(1) == features.size(1),
+           "audio tower: input_features_mask ", mask_in.describe(), " must be [B, T] for input_features ",
            features.describe());
+  G4_CHECK(is_floating(features.dtype()), "audio tower: input_features must be floating point, got ",
+           features.describe());
+  const Tensor features_mask = mask_in.to(Device::CPU);  // read on the host to build the gathers
   const int64_t B = features.size(0), T = features.size(1);
   G4_CHECK(T >= 1, "audio tower: no frames");
-  const DType dt = p("output_proj.weight").value().dtype();
+  const Tensor& w = p("output_proj.weight").value();
   auto halve = [](const Tensor& m) {  // mask[:, ::2]
     const int64_t b = m.size(0), t = m.size(1), to = (t + 1) / 2;
     Tensor out = Tensor::zeros({b, to}, DType::Bool);
@@ -286,7 +278,7 @@ AudioTower::Output AudioTower::forward(const Tensor& features, const Tensor& fea
       for (int64_t j = 0; j < to; ++j) out.data<uint8_t>()[i * to + j] = flag(m, i * t + 2 * j) ? 1 : 0;
     return out;
   };
-  ag::Var h = ag::Var(features.to(dt).reshape({B, T, 128, 1}));
+  ag::Var h = ag::Var(features.to(w.device()).to(w.dtype()).reshape({B, T, 128, 1}));
   h = conv_block(h, features_mask, 0);
   const Tensor mask2 = halve(features_mask);
   h = conv_block(h, mask2, 1);
@@ -312,4 +304,16 @@ ag::Var AudioTower::embed(const ag::Var& hidden) const {
   return ag::linear(ag::rmsnorm(hidden, ag::Var(), config_.rms_norm_eps), p(kEmbed));
 }
 
+ag::Var AudioTower::soft_tokens(const Tensor& features, const Tensor& features_mask) const {
+  const Output out = forward(features, features_mask);
+  const ag::Var e = embed(out.hidden);
+  const int64_t rows = out.mask.numel();
+  std::vector<int64_t> valid;
+  for (int64_t i = 0; i < rows; ++i)
+    if (flag(out.mask, i)) valid.push_back(i);
+  const int64_t n = static_cast<int64_t>(valid.size());
+  return ag::reshape(gather_rows(ag::reshape(e, {rows, text_hidden_}), valid, {n}), {n, text_hidden_});
+}
+
 }  // namespace g4::model
+

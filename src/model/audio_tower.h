@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "autograd/variable.h"
@@ -14,24 +15,33 @@
 
 namespace g4::model {
 
+// Unbounded clips (±inf, transformers' initial buffers) for every clipped linear of the tower when
+// the config clips: what a fresh model holds, and what a checkpoint without bounds keeps.
+void set_default_audio_buffers(ParamStore& params, const io::AudioConfig& a);
+
 class AudioTower {
  public:
   // The tower's and embed_audio's tensors from a Gemma4ForConditionalGeneration checkpoint
   // (model.audio_tower.*, model.embed_audio.*) as f32 leaves that require gradients.
   // `text_hidden` is the text model's hidden size (embed_audio's output).
   static AudioTower load(const io::SafetensorsReader& reader, const io::AudioConfig& config, int64_t text_hidden);
-  // The same tensors from a loaded model's kAudioTower buffers (load_hf_weights keeps them there).
-  static AudioTower from_buffers(const ParamStore& store, const io::ModelConfig& config);
+  // The tower on a model's own parameters (audio_param_specs: gradients reach them) and clip-bound
+  // buffers, in the model's dtype and on its device.
+  static AudioTower from_params(const ParamStore& store, const io::ModelConfig& config);
 
   struct Output {
     ag::Var hidden;  // last_hidden_state [B, T4, output_proj_dims]
-    Tensor mask;     // bool [B, T4]: the frame mask after the two stride-2 convolutions
+    Tensor mask;     // bool [B, T4] on the host: the frame mask after the two stride-2 convolutions
   };
-  // input_features [B, T, 128] (f32, or f64 where the parameters are f64), input_features_mask
-  // bool [B, T] (valid frames a prefix of each row). Outputs at invalid frames are not meaningful.
+  // input_features [B, T, 128] (floats; converted to the parameters' dtype and device),
+  // input_features_mask bool [B, T] (valid frames a prefix of each row). Outputs at invalid frames
+  // are not meaningful.
   Output forward(const Tensor& input_features, const Tensor& input_features_mask) const;
   // embed_audio: Linear(RMSNorm without scale(hidden)) -> [..., text_hidden].
   ag::Var embed(const ag::Var& hidden) const;
+  // What replaces the audio placeholders: embed_audio's rows where the output mask is true, in
+  // (clip, frame) order [n, text_hidden].
+  ag::Var soft_tokens(const Tensor& input_features, const Tensor& input_features_mask) const;
 
   // Every parameter by its Hugging Face name (clip bounds are buffers and not listed).
   const std::map<std::string, ag::Var>& parameters() const { return params_; }
@@ -43,11 +53,17 @@ class AudioTower {
   struct Clip {
     double in_min, in_max, out_min, out_max;
   };
-  // Reads every tensor by HF name through `get` (required, shape-checked) and `has` (clip bounds).
+  // Takes every parameter of audio_param_specs through `get` (shape-checked by the caller) and each
+  // clip bound through `bound` (absent: unbounded).
   static AudioTower build(const io::AudioConfig& config, int64_t text_hidden,
-                          const std::function<Tensor(const std::string&, const Shape&)>& get,
-                          const std::function<bool(const std::string&)>& has);
+                          const std::function<ag::Var(const std::string&, const Shape&)>& get,
+                          const std::function<std::optional<double>(const std::string&)>& bound);
   const ag::Var& p(const std::string& name) const;
+  // A constant (no gradient) or an index tensor where the parameters live.
+  ag::Var constant(const std::vector<double>& v, const Shape& shape) const;
+  Tensor ids(const std::vector<int64_t>& v, const Shape& shape) const;
+  ag::Var gather_rows(const ag::Var& table, const std::vector<int64_t>& ids, const Shape& id_shape) const;
+  ag::Var add_bias(const ag::Var& x, const ag::Var& b) const;
   ag::Var clipped_linear(const ag::Var& x, const std::string& name) const;
   ag::Var conv_block(const ag::Var& x, const Tensor& mask, int64_t layer) const;
   ag::Var feed_forward(const ag::Var& x, const std::string& prefix) const;

@@ -6,6 +6,7 @@
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "core/random.h"
+#include "model/audio_tower.h"
 #include "model/rope_freqs.h"
 #include "model/vision_tower.h"
 #include "ops/elementwise.h"
@@ -75,6 +76,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                             .to(device_));
   }
   if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
+  if (cfg_.has_audio && !cfg_.diffusion) set_default_audio_buffers(params_, cfg_.audio);
 }
 
 void Gemma4::init_weights(uint64_t seed, double std) {
@@ -93,9 +95,11 @@ void Gemma4::init_weights(uint64_t seed, double std) {
     }
   }
   for (auto& [name, b] : params_.buffers)
-    if (b.kind != ParamKind::kVisionClip && b.kind != ParamKind::kVisionStandardize) b.value.fill(1.0);
+    if (b.kind != ParamKind::kVisionClip && b.kind != ParamKind::kVisionStandardize && b.kind != ParamKind::kAudioClip)
+      b.value.fill(1.0);
   // Unbounded clips and the identity standardisation, as transformers initialises them.
   if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
+  if (cfg_.has_audio && !cfg_.diffusion) set_default_audio_buffers(params_, cfg_.audio);
 }
 
 std::unique_ptr<Gemma4> Gemma4::copy_to(Device device, DType dtype) const {
@@ -230,14 +234,17 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
   G4_CHECK(in.pixel_values.defined() == in.image_position_ids.defined(),
            "give pixel_values and image_position_ids together");
   G4_CHECK(!in.pixel_values.defined() || cfg_.vision, "pixel_values given, but the model has no vision tower");
-  G4_CHECK(!in.audio_soft_tokens.defined() || (cfg_.conditional && cfg_.has_audio),
-           "audio_soft_tokens given, but the model has no audio tower");
+  G4_CHECK(in.input_features.defined() == in.input_features_mask.defined(),
+           "give input_features and input_features_mask together");
+  G4_CHECK(!in.input_features.defined() || (cfg_.conditional && cfg_.has_audio),
+           "input_features given, but the model has no audio tower");
   ctx.mm = &in;
   // The batch is prepared on the host (positions, document ids, counts) and uploaded once.
   if (device_ != Device::CPU) {
     ctx.positions = ctx.positions.to(device_);
     if (ctx.docs.defined()) ctx.docs = ctx.docs.to(device_);
     if (ctx.key_valid.defined()) ctx.key_valid = ctx.key_valid.to(device_);
+    if (ctx.blocks.defined()) ctx.blocks = ctx.blocks.to(device_);
   }
   ForwardOutputs out;
   const ag::Var hidden = run(in.input_ids.to(device_), ctx.positions, ctx);
@@ -357,8 +364,9 @@ ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const Forw
         vision_forward(params_, *cfg_.vision, {in.pixel_values, in.image_position_ids}, dtype_, device_);
     out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, v.projected);
   }
-  if (in.audio_soft_tokens.defined())
-    out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id, ag::Var(in.audio_soft_tokens.to(dtype_), false));
+  if (in.input_features.defined())
+    out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id,
+                            AudioTower::from_params(params_, cfg_).soft_tokens(in.input_features, in.input_features_mask));
   return out;
 }
 

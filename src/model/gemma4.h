@@ -37,14 +37,15 @@ struct ForwardInputs {
   double logprob_temperature = 1.0;  // the logits (after the final softcap) are divided by it
   // Multimodal inputs (Gemma4ForConditionalGeneration), under transformers' names. Images: the
   // image processor's pixel_values [N, P, 3·patch²] and image_position_ids [N, P, 2]; their soft
-  // tokens replace the image_token_id placeholders of input_ids in order (CPU only for now).
+  // tokens replace the image_token_id placeholders of input_ids in order.
   Tensor pixel_values{}, image_position_ids{};
   // optional [B, S]: 0 text, 1 image, 2 video, 3 audio. On a use_bidirectional_attention "vision"
   // model each run of image/video tokens attends both ways on sliding layers (window permitting).
   Tensor mm_token_type_ids{};
-  // optional [n, H]: embed_audio's output for the audio_token_id placeholders, until g4 runs the
-  // audio tower itself (tests feed transformers' recorded values).
-  Tensor audio_soft_tokens{};
+  // Audio: the feature extractor's input_features [clips, frames, 128] and input_features_mask
+  // [clips, frames] (bool, valid frames first). The tower's soft tokens where its output mask is
+  // true, in (clip, frame) order, replace the audio_token_id placeholders of input_ids.
+  Tensor input_features{}, input_features_mask{};
 };
 
 struct ForwardOutputs {
@@ -219,7 +220,7 @@ class Gemma4 {
   ag::Var run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const;  // layers + final norm
   // ids with the multimodal placeholders replaced by the pad token (what the embeddings look up).
   Tensor text_ids(const Tensor& ids) const;
-  // The embeddings h [B, S, H] with the images' (and given audio) soft tokens at their placeholders.
+  // The embeddings h [B, S, H] with the images' and audio clips' soft tokens at their placeholders.
   ag::Var merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const;
   ag::Var stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v, const Context& ctx) const;
   const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight

@@ -27,12 +27,14 @@ constexpr const char* kKindNames[] = {
     "lora_b",
     "vision_tower",
     "vision_embedding",
+    "audio_tower",
+    "audio_embedding",
     "layer_scalar",
     "per_expert_scale",
     "pass_through",
-    "audio_tower",
     "vision_clip",
     "vision_standardize",
+    "audio_clip",
 };
 static_assert(std::size(kKindNames) == std::size(kAllParamKinds), "one name per kind");
 }  // namespace
@@ -115,6 +117,11 @@ std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange 
     const std::vector<ParamSpec> v = vision_param_specs(*c.vision, H);
     s.insert(s.end(), v.begin(), v.end());
   }
+  // A gemma4 checkpoint's audio tower (a diffusion model's config never keeps one).
+  if (c.has_audio && !c.diffusion) {
+    const std::vector<ParamSpec> a = audio_param_specs(c.audio, H);
+    s.insert(s.end(), a.begin(), a.end());
+  }
   return s;
 }
 
@@ -153,6 +160,58 @@ std::vector<ParamSpec> vision_param_specs(const io::VisionConfig& v, int64_t tex
     s.push_back({p + "mlp.down_proj.linear.weight", {Hv, Iv}, ParamKind::kVisionTower});
   }
   s.push_back({kVisionEmbedPrefix + "embedding_projection.weight", {text_hidden, Hv}, ParamKind::kVisionEmbedding});
+  return s;
+}
+
+std::vector<std::string> audio_clipped_linears(const io::AudioConfig& a) {
+  std::vector<std::string> out;
+  for (int64_t l = 0; l < a.num_layers; ++l) {
+    const std::string L = kAudioPrefix + "layers." + std::to_string(l) + ".";
+    for (const char* m : {"feed_forward1.ffw_layer_1.", "feed_forward1.ffw_layer_2.", "feed_forward2.ffw_layer_1.",
+                          "feed_forward2.ffw_layer_2.", "self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.",
+                          "self_attn.post.", "lconv1d.linear_start.", "lconv1d.linear_end."})
+      out.push_back(L + m);
+  }
+  return out;
+}
+
+std::vector<ParamSpec> audio_param_specs(const io::AudioConfig& a, int64_t text_hidden) {
+  const int64_t H = a.hidden_size, D = H / a.num_heads, C0 = a.conv_channels0, C1 = a.conv_channels1;
+  std::vector<ParamSpec> s;
+  auto tower = [&](const std::string& name, const Shape& shape) {
+    s.push_back({kAudioPrefix + name, shape, ParamKind::kAudioTower});
+  };
+  auto norm = [&](const std::string& name, int64_t n) { s.push_back({kAudioPrefix + name, {n}, ParamKind::kNorm}); };
+  const std::string sub = "subsample_conv_projection.";
+  tower(sub + "layer0.conv.weight", {C0, 1, 3, 3});
+  norm(sub + "layer0.norm.weight", C0);
+  tower(sub + "layer1.conv.weight", {C1, C0, 3, 3});
+  norm(sub + "layer1.norm.weight", C1);
+  // The two stride-2 convolutions leave ceil(ceil(128 / 2) / 2) = 32 mel columns of C1 channels.
+  tower(sub + "input_proj_linear.weight", {H, C0 / 4 * C1});
+  for (int64_t l = 0; l < a.num_layers; ++l) {
+    const std::string L = "layers." + std::to_string(l) + ".";
+    for (const char* ff : {"feed_forward1.", "feed_forward2."}) {
+      tower(L + ff + "ffw_layer_1.linear.weight", {4 * H, H});
+      tower(L + ff + "ffw_layer_2.linear.weight", {H, 4 * H});
+      norm(L + ff + "pre_layer_norm.weight", H);
+      norm(L + ff + "post_layer_norm.weight", H);
+    }
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "post"})
+      tower(L + "self_attn." + proj + ".linear.weight", {H, H});
+    tower(L + "self_attn.relative_k_proj.weight", {H, H});
+    tower(L + "self_attn.per_dim_scale", {D});
+    tower(L + "lconv1d.linear_start.linear.weight", {2 * H, H});
+    tower(L + "lconv1d.linear_end.linear.weight", {H, H});
+    tower(L + "lconv1d.depthwise_conv1d.weight", {H, 1, a.conv_kernel_size});
+    norm(L + "lconv1d.pre_layer_norm.weight", H);
+    norm(L + "lconv1d.conv_norm.weight", H);
+    for (const char* n : {"norm_pre_attn", "norm_post_attn", "norm_out"}) norm(L + n + ".weight", H);
+  }
+  tower("output_proj.weight", {a.output_proj_dims, H});
+  tower("output_proj.bias", {a.output_proj_dims});
+  s.push_back({kAudioEmbedPrefix + "embedding_projection.weight", {text_hidden, a.output_proj_dims},
+               ParamKind::kAudioEmbedding});
   return s;
 }
 

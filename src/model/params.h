@@ -37,14 +37,15 @@ enum class ParamKind {
   kLoraB,                    // a LoRA adapter's up projection B [out, r]
   kVisionTower,              // model.vision_tower: patch projection, position table, attention and MLP matrices
   kVisionEmbedding,          // model.embed_vision.embedding_projection: vision soft tokens -> text hidden
+  kAudioTower,               // model.audio_tower: convolutions, projections, attention, conv and scale weights
+  kAudioEmbedding,           // model.embed_audio.embedding_projection: audio soft tokens -> text hidden
   // Buffers.
   kLayerScalar,     // per layer: the scalar its output is multiplied by
   kPerExpertScale,  // router.per_expert_scale as the checkpoint had it [E]
   kPassThrough,     // a checkpoint tensor g4 does not compute with, written back as read (a vision tower)
-  kAudioTower,      // model.audio_tower.* / model.embed_audio.* by their HF names, as read: AudioTower
-                    // computes with them; not trained until its soft tokens join the text forward
   kVisionClip,      // a clipped vision linear's scalar bound (input_min/input_max/output_min/output_max)
   kVisionStandardize,  // vision_tower.std_bias / std_scale
+  kAudioClip,          // a clipped audio linear's scalar bound (input_min/input_max/output_min/output_max)
 };
 // Every kind, in the enum's order.
 inline constexpr ParamKind kAllParamKinds[] = {
@@ -65,12 +66,14 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kLoraB,
     ParamKind::kVisionTower,
     ParamKind::kVisionEmbedding,
+    ParamKind::kAudioTower,
+    ParamKind::kAudioEmbedding,
     ParamKind::kLayerScalar,
     ParamKind::kPerExpertScale,
     ParamKind::kPassThrough,
-    ParamKind::kAudioTower,
     ParamKind::kVisionClip,
     ParamKind::kVisionStandardize,
+    ParamKind::kAudioClip,
 };
 // "token_embedding", "norm", "expert_down", ... (for messages and recipes).
 const char* param_kind_name(ParamKind kind);
@@ -102,6 +105,14 @@ std::string vision_layer_prefix(int64_t layer);  // "model.vision_tower.encoder.
 // linear's prefix ("...self_attn.q_proj."); the weight is at prefix + "linear.weight".
 std::vector<std::string> vision_clipped_linears(const io::VisionConfig& v);
 inline constexpr const char* kClipBounds[] = {"input_min", "input_max", "output_min", "output_max"};
+// The audio tower's and embed_audio's parameters (native names are the Hugging Face keys): the
+// norms are kNorm, embed_audio's projection kAudioEmbedding, every other weight kAudioTower.
+std::vector<ParamSpec> audio_param_specs(const io::AudioConfig& a, int64_t text_hidden);
+inline const std::string kAudioPrefix = "model.audio_tower.";
+inline const std::string kAudioEmbedPrefix = "model.embed_audio.";
+// The prefixes of the audio tower's clipped linears (buffers at prefix + kClipBounds[i] when
+// use_clipped_linears), e.g. "model.audio_tower.layers.0.self_attn.q_proj.".
+std::vector<std::string> audio_clipped_linears(const io::AudioConfig& a);
 // Diffusion models: the encoder's copy of layer l's output scale (the one text buffer the
 // checkpoint stores twice; the decoder's is layer_prefix(l) + "layer_scalar").
 std::string encoder_layer_scalar_name(int64_t layer);

@@ -30,9 +30,10 @@ const std::pair<const char*, const char*> kMoeRenames[] = {
 }  // namespace
 
 std::string hf_name(const io::ModelConfig& cfg, const std::string& native) {
-  // Vision tower tensors keep their Hugging Face names natively.
-  if (native == "lm_head.weight" || starts_with(native, kVisionPrefix) || starts_with(native, kVisionEmbedPrefix))
-    return native;
+  // Tower tensors keep their Hugging Face names natively.
+  if (native == "lm_head.weight") return native;
+  for (const std::string* tower : {&kVisionPrefix, &kVisionEmbedPrefix, &kAudioPrefix, &kAudioEmbedPrefix})
+    if (starts_with(native, *tower)) return native;
   G4_CHECK(starts_with(native, "model."), "not a native parameter name: ", native);
   std::string rest = native.substr(6);
   for (const auto& [from, to] : kMoeRenames) {
@@ -92,9 +93,6 @@ namespace {
 // that is not tied); every other encoder weight is the decoder's.
 std::string hf_encoder_scalar_key(int64_t l) {
   return "model.encoder.language_model.layers." + std::to_string(l) + ".layer_scalar";
-}
-bool is_audio_key(const io::ModelConfig& cfg, const std::string& key) {
-  return !cfg.diffusion && cfg.has_audio && (starts_with(key, "model.audio_tower.") || starts_with(key, "model.embed_audio."));
 }
 bool is_tower_key(const io::ModelConfig& cfg, const std::string& key) {
   const std::string base = cfg.diffusion ? "model.encoder." : "model.";
@@ -163,9 +161,12 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     }
   }
 
-  for (auto& [name, b] : model.params().buffers)
+  for (auto& [name, b] : model.params().buffers) {
     if (b.kind == ParamKind::kVisionClip || b.kind == ParamKind::kVisionStandardize)
       b.value = reader.get_f32(take(name), b.value.shape());
+    // An audio checkpoint without bounds keeps the unbounded ones (transformers' initial buffers).
+    if (b.kind == ParamKind::kAudioClip && reader.has(name)) b.value = reader.get_f32(take(name), b.value.shape());
+  }
 
   int64_t skipped_towers = 0;
   for (const std::string& key : reader.names()) {
@@ -182,10 +183,8 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     if (is_tower_key(cfg, key)) {
       // A diffusion checkpoint's vision tower is written back as read (g4 does not run it, but a
       // checkpoint g4 saves must load in transformers, which cannot build the model without it).
-      // A gemma4 model's vision tower was read above; its audio tower's tensors are kept (f32, by HF
-      // name) for model::AudioTower to compute with.
+      // A gemma4 model's towers were read above when its config describes them.
       if (cfg.diffusion) model.params().set_buffer(key, ParamKind::kPassThrough, reader.get(key).clone());
-      else if (is_audio_key(cfg, key)) model.params().set_buffer(key, ParamKind::kAudioTower, reader.get_f32(key, reader.info(key).shape));
       else ++skipped_towers;
       continue;
     }
@@ -241,8 +240,8 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
     if (cfg.diffusion) out.emplace_back(hf_encoder_scalar_key(l), model.params().buffer(encoder_layer_scalar_name(l)));
   }
   for (const auto& [name, b] : model.params().buffers)
-    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kAudioTower || b.kind == ParamKind::kVisionClip ||
-        b.kind == ParamKind::kVisionStandardize)
+    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kVisionClip ||
+        b.kind == ParamKind::kVisionStandardize || b.kind == ParamKind::kAudioClip)
       out.emplace_back(name, b.value);
   return out;
 }

@@ -22,9 +22,9 @@ std::string hf_name(const io::ModelConfig& cfg, const std::string& native_name);
 
 // Fills the model's parameters and buffers from a checkpoint (upcast to f32). Only the model's
 // expert range is read. Missing tensors and wrong shapes are errors naming the key and the
-// checkpoint; K/V weights of KV-shared layers are ignored (as transformers does); audio tower
-// tensors are kept as kAudioTower buffers when the config has an audio_config (written back by
-// export), vision tower weights are skipped with a logged note; any other unexpected key is an error.
+// checkpoint; K/V weights of KV-shared layers are ignored (as transformers does); vision and audio
+// tower tensors load as parameters (clip bounds and standardisation as buffers) when the config
+// describes the tower, and are skipped with a logged note otherwise; any other unexpected key is an error.
 void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader);
 
 // The config.json of a Hugging Face model directory.

@@ -10,19 +10,20 @@ namespace g4::model {
 
 namespace {
 
-// A constant (no gradient) of the model's dtype from host floats.
-ag::Var constant(const std::vector<float>& values, const Shape& shape, DType dtype) {
-  return ag::Var(Tensor::from_vector(values, shape).to(dtype), false);
-}
-
 struct Tower {
   const ParamStore& params;
   const io::VisionConfig& cfg;
   DType dtype;
+  Device device;
   Tensor inv_freq;  // [head_dim / 4]: one half of a head is rotated by x, the other by y
 
+  // A constant (no gradient) of the model's dtype, on its device, from host floats.
+  ag::Var constant(const std::vector<float>& values, const Shape& shape) const {
+    return ag::Var(Tensor::from_vector(values, shape).to(dtype).to(device), false);
+  }
+
   const ag::Var& p(const std::string& name) const { return params.at(name); }
-  double bound(const std::string& name) const { return element_as_double(params.buffer(name), 0); }
+  double bound(const std::string& name) const { return element_as_double(params.buffer(name).to(Device::CPU), 0); }
 
   // Gemma4ClippableLinear: clamp the input, linear, clamp the output (when configured).
   ag::Var linear(const std::string& prefix, const ag::Var& x) const {
@@ -85,17 +86,17 @@ void set_default_vision_buffers(ParamStore& params, const io::VisionConfig& v, D
 
 VisionOutputs vision_forward(const ParamStore& params, const io::VisionConfig& v, const VisionInputs& in, DType dtype,
                              Device device) {
-  G4_CHECK(device == Device::CPU, "the vision tower runs on the CPU only for now");
-  const Tensor& pv = in.pixel_values;
-  const Tensor& pos = in.image_position_ids;
+  // The patches are gathered and the pooling weights built on the host.
+  const Tensor pv = in.pixel_values.to(Device::CPU);
+  const Tensor pos = in.image_position_ids.to(Device::CPU);
   G4_CHECK(pv.dim() == 3 && pv.size(2) == v.patch_dim(), "pixel_values ", pv.describe(), " must be [N, P, ",
            v.patch_dim(), "] (3 x patch_size² = 3 x ", v.patch_size, "²)");
   G4_CHECK(pos.dim() == 3 && pos.size(0) == pv.size(0) && pos.size(1) == pv.size(1) && pos.size(2) == 2,
            "image_position_ids ", pos.describe(), " must be [N, P, 2] for pixel_values ", pv.describe());
   G4_CHECK(is_floating(pv.dtype()), "pixel_values must be floating point, got ", pv.describe());
   const int64_t N = pv.size(0), P = pv.size(1), D = pv.size(2), Hv = v.hidden_size, k = v.pooling_kernel_size;
-  const Tower tower{params, v, dtype,
-                    rope_inv_freq(io::RopeSpec{"default", v.rope_theta, 1.0, 1.0}, v.head_dim / 2)};
+  const Tower tower{params, v, dtype, device,
+                    rope_inv_freq(io::RopeSpec{"default", v.rope_theta, 1.0, 1.0}, v.head_dim / 2).to(device)};
   const ag::Var& table = params.at(kVisionPrefix + "patch_embedder.position_embedding_table");
   const int64_t E = v.position_embedding_size;
   const ag::Var table_x = ag::reshape(ag::narrow(table, 0, 0, 1), {E, Hv});
@@ -124,8 +125,8 @@ VisionOutputs vision_forward(const ParamStore& params, const io::VisionConfig& v
     const int64_t n = static_cast<int64_t>(xs.size());
     G4_CHECK(n > 0 && n % (k * k) == 0 && max_x % k == 0, "image ", i, " has ", n, " valid patches over ", max_x,
              " columns: the pooler needs a whole number of ", k, "x", k, " blocks");
-    const Tensor px = Tensor::from_vector(xs, {n}), py = Tensor::from_vector(ys, {n});
-    ag::Var h = ag::linear(constant(x, {n, D}, dtype), params.at(kVisionPrefix + "patch_embedder.input_proj.weight"));
+    const Tensor px = Tensor::from_vector(xs, {n}).to(device), py = Tensor::from_vector(ys, {n}).to(device);
+    ag::Var h = ag::linear(tower.constant(x, {n, D}), params.at(kVisionPrefix + "patch_embedder.input_proj.weight"));
     h = ag::add(h, ag::add(ag::embedding(table_x, px, -1), ag::embedding(table_y, py, -1)));
     const Tensor rx = px.reshape({1, n}), ry = py.reshape({1, n});
     for (int64_t l = 0; l < v.num_layers; ++l) h = tower.layer(l, h, rx, ry);
@@ -139,21 +140,21 @@ VisionOutputs vision_forward(const ParamStore& params, const io::VisionConfig& v
       G4_CHECK(cell < m, "image ", i, ": patch (", xs[j], ", ", ys[j], ") falls outside its ", m, " pooled cells");
       w[cell * n + j] = 1.0f / static_cast<float>(k * k);
     }
-    pooled.push_back(ag::matmul(constant(w, {m, n}, dtype), h));
+    pooled.push_back(ag::matmul(tower.constant(w, {m, n}), h));
     out.tokens_per_image.push_back(m);
   }
   ag::Var soft = ag::scale(ag::concat(pooled, 0), std::sqrt(static_cast<double>(Hv)));
   if (v.standardize) {
     const int64_t rows = soft.value().size(0);
-    const Tensor bias = params.buffer(kVisionPrefix + "std_bias").to(DType::F32);
-    const Tensor scale = params.buffer(kVisionPrefix + "std_scale").to(DType::F32);
+    const Tensor bias = params.buffer(kVisionPrefix + "std_bias").to(Device::CPU).to(DType::F32);
+    const Tensor scale = params.buffer(kVisionPrefix + "std_scale").to(Device::CPU).to(DType::F32);
     std::vector<float> neg_bias(static_cast<size_t>(rows * Hv)), scales(static_cast<size_t>(rows * Hv));
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < Hv; ++c) {
         neg_bias[r * Hv + c] = -bias.data<float>()[c];
         scales[r * Hv + c] = scale.data<float>()[c];
       }
-    soft = ag::mul(ag::add(soft, constant(neg_bias, {rows, Hv}, dtype)), constant(scales, {rows, Hv}, dtype));
+    soft = ag::mul(ag::add(soft, tower.constant(neg_bias, {rows, Hv})), tower.constant(scales, {rows, Hv}));
   }
   out.soft_tokens = soft;
   // Gemma4MultimodalEmbedder: projection of the weightless RMSNorm (no √H scaling).

@@ -57,7 +57,6 @@ void check_mask(const char* op, const AttentionMask& m, const Tensor& q, const T
            ": mask.q_block and mask.k_block must be given together (q_block ", m.q_block.describe(), ", k_block ",
            m.k_block.describe(), ")");
   if (m.q_block.defined()) {
-    G4_CHECK(!on_gpu(q), op, ": mask.q_block/k_block (bidirectional image blocks) are not implemented on the GPU yet");
     check_mask_tensor(op, "q_block", m.q_block, q, {batch, sq});
     check_mask_tensor(op, "k_block", m.k_block, q, {batch, sk});
   }

@@ -1,10 +1,13 @@
 // The `g4` command as users and other tools drive it: outputs, exit codes and error messages.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/random.h"
 #include "io/safetensors.h"
@@ -209,6 +212,48 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
 }
 
 using test::max_diff;
+
+// Images and audio from the processors' outputs: logits, loss and every gradient transformers
+// recorded (text, vision tower, audio tower) through `g4 forward --grads`.
+TEST(Cli, ForwardOnAMultimodalModelMatchesTransformers) {
+  const fs::path dir = temp_dir("forward_mm");
+  for (const std::string name : {"tiny-mm-bidir", "tiny-mm-e"}) {
+    SCOPED_TRACE(name);
+    const std::string fixture = kData + "/hf-gemma4-mm/" + name;
+    const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+    std::vector<std::pair<std::string, Tensor>> inputs;
+    for (const char* key : {"input_ids", "attention_mask", "labels", "mm_token_type_ids", "pixel_values",
+                            "image_position_ids", "input_features", "input_features_mask"})
+      inputs.emplace_back(key, ref.get(key).clone());
+    const std::string in = (dir / "in.safetensors").string(), out = (dir / (name + ".safetensors")).string();
+    io::save_safetensors(in, inputs);
+    const ProcessResult r = run("forward " + fixture + " --inputs " + in + " --out " + out + " --grads --overwrite");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const io::SafetensorsReader o = io::SafetensorsReader::open(out);
+    const Tensor logits = o.get("logits").clone();
+    EXPECT_LT(max_diff(logits, ref.get_f32("logits", logits.shape()), ref.get("attention_mask")), 1e-4);
+    EXPECT_NEAR(o.get_f32("loss", {1}).item(), ref.get_f32("loss", {1}).item(), 1e-5);
+    // tiny-mm-e's recorded fp32 gradients are noisier (docs/multimodal.md): 2e-4 of the norm there.
+    const double tol = name == "tiny-mm-e" ? 2e-4 : 1e-4;
+    int64_t recorded = 0, audio = 0, vision = 0;
+    for (const std::string& key : ref.names()) {
+      if (key.rfind("grad.", 0) != 0) continue;
+      ++recorded;
+      ASSERT_TRUE(o.has(key)) << "g4 forward wrote no " << key;
+      const Tensor g = o.get("grad." + key.substr(5)).clone();
+      const test::L2Error e = test::l2_error(g, ref.get_f32(key, g.shape()));
+      EXPECT_LE(e.diff, std::max(tol * e.norm, 1e-7)) << key;
+      audio += key.find("audio") != std::string::npos;
+      vision += key.find("vision") != std::string::npos;
+    }
+    EXPECT_GT(audio, 0);
+    EXPECT_GT(vision, 0);
+    int64_t written = 0;
+    for (const std::string& key : o.names()) written += key.rfind("grad.", 0) == 0;
+    EXPECT_EQ(written, recorded);
+  }
+  fs::remove_all(dir);
+}
 
 TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
   const fs::path dir = temp_dir("forward_diffusion");

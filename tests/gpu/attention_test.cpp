@@ -151,6 +151,40 @@ TEST(GpuAttention, PackedDocuments) {
   run_case({"d512 packed documents bidirectional", 2, S, S, 2, 2, 512, 512, bi});
 }
 
+// Gemma 4's image blocks on sliding layers (causal, window, block ids): blocks longer than a tile
+// and than the window, blocks on tile edges, two rows with packed documents and key padding; the
+// same ids on a bidirectional mask, which ignores them as the CPU does.
+TEST(GpuAttention, ImageBlocks) {
+  const int64_t S = 300;
+  std::vector<int32_t> block(2 * S, -1), doc(2 * S), valid(2 * S, 1);
+  for (int64_t i = 0; i < S; ++i) {
+    if (i >= 10 && i < 170) block[i] = 0;    // longer than two 64-query tiles
+    if (i >= 192 && i < 256) block[i] = 1;   // exactly one tile
+    if (i >= 40 && i < 49) block[S + i] = 0;
+    if (i >= 120 && i < 250) block[S + i] = 1;
+    doc[i] = 0;
+    doc[S + i] = i < 100 ? 3 : 4;            // block 1 of row 1 lies in the second document
+    valid[S + i] = i < 280;                  // right padding
+  }
+  AttentionMask m = causal(48);  // shorter than the long blocks: the window clips them
+  m.q_block = Tensor::from_vector<int32_t>(block, {2, S});
+  m.k_block = m.q_block;
+  run_case({"d64 image blocks, window 48", 2, S, S, 4, 2, 64, 64, m});
+  AttentionMask packed = m;
+  packed.window = 512;
+  packed.q_doc = Tensor::from_vector<int32_t>(doc, {2, S});
+  packed.k_doc = packed.q_doc;
+  packed.key_valid = Tensor::from_vector<int32_t>(valid, {2, S});
+  run_case({"d256 image blocks, documents, padding", 2, S, S, 2, 1, 256, 256, packed});
+  AttentionMask no_window = m;
+  no_window.window = 0;
+  run_case({"d16 image blocks, no window", 2, S, S, 2, 2, 16, 16, no_window});
+  AttentionMask bi = bidirectional(40);
+  bi.q_block = m.q_block;
+  bi.k_block = m.k_block;
+  run_case({"d64 bidirectional ignores blocks", 2, S, S, 2, 2, 64, 64, bi});
+}
+
 // Long packed rows, where sorted document ids let the kernels skip other documents' tiles (a
 // document shorter than a tile, one spanning several, boundaries inside and on tile edges), and
 // the same ids out of order, where every tile is visited and masked element by element.

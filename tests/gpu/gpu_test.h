@@ -40,6 +40,19 @@ inline std::string fixture_param_name(const ::testing::TestParamInfo<std::string
 // Any GPU tensor -> f32 CPU tensor.
 inline Tensor host_f32(const Tensor& gpu) { return gpu.to(Device::CPU).to(DType::F32); }
 
+// ||a - b|| (L2, in f64) of two tensors on any device; *norm_out (if given) gets ||b||.
+inline double l2_diff(const Tensor& a_any, const Tensor& b_any, double* norm_out = nullptr) {
+  const Tensor a = a_any.to(Device::CPU).to(DType::F64), b = b_any.to(Device::CPU).to(DType::F64);
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.data<double>()[i], y = b.data<double>()[i];
+    diff += (x - y) * (x - y);
+    norm += y * y;
+  }
+  if (norm_out) *norm_out = std::sqrt(norm);
+  return std::sqrt(diff);
+}
+
 // Largest |actual - expected| must be <= atol + rtol * max|expected|; prints the worst error so a
 // passing run still reports how close it was.
 inline double expect_close_scaled(const Tensor& actual_any, const Tensor& expected_any, double atol, double rtol,

@@ -22,18 +22,6 @@
 namespace g4 {
 namespace {
 
-double rel_l2(const Tensor& a_any, const Tensor& b_any, double* norm_out = nullptr) {
-  const Tensor a = a_any.to(Device::CPU).to(DType::F64), b = b_any.to(Device::CPU).to(DType::F64);
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double x = a.data<double>()[i], y = b.data<double>()[i];
-    diff += (x - y) * (x - y);
-    norm += y * y;
-  }
-  if (norm_out) *norm_out = std::sqrt(norm);
-  return std::sqrt(diff);
-}
-
 // transformers in bf16 vs fp32: max |logit error| at valid positions, |loss error|, and the worst
 // relative L2 error over the parameter gradients.
 struct Bf16Reference {
@@ -95,7 +83,7 @@ TEST_P(GpuFixture, Bf16ModelMatchesTransformersAndTheCpu) {
     ASSERT_TRUE(got.defined()) << "no GPU gradient for " << name;
     EXPECT_EQ(got.dtype(), DType::F32) << name << ": bf16 parameters accumulate f32 gradients";
     double norm = 0;
-    const double err = rel_l2(got, want, &norm);
+    const double err = test::l2_diff(got, want, &norm);
     EXPECT_LE(err, 2 * hf16.grad * norm + 1e-6) << "gradient of " << name;
     if (norm > 0 && err / norm > worst) {
       worst = err / norm;
@@ -125,7 +113,7 @@ TEST_P(GpuFixture, TrainingForwardWithoutLogitsGivesTheSameLossAndGradients) {
   EXPECT_NEAR(b.loss.value().item(), a.loss.value().item(), 1e-6 * std::abs(a.loss.value().item()));
   for (const auto& name : gpu->params().order) {
     double norm = 0;
-    const double err = rel_l2(gpu->params().at(name).grad(), grads[name], &norm);
+    const double err = test::l2_diff(gpu->params().at(name).grad(), grads[name], &norm);
     EXPECT_LE(err, 1e-2 * norm + 1e-7) << name;
   }
 }

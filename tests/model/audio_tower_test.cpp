@@ -50,9 +50,9 @@ TEST_P(AudioTowerFixture, OutputsEqualTransformers) {
   expect_close_where(tower.embed(out.hidden).value(), ref.get("audio.projected"), want_mask, 1e-4, "embed_audio");
 }
 
-// load_hf_model keeps the audio tower's tensors (and loads the vision tower's, model/vision_tower.h:
-// nothing is skipped); the tower built from them computes what the checkpoint's does, and export
-// writes them back as read.
+// load_hf_model loads the audio tower's tensors as parameters and clip-bound buffers (and the vision
+// tower's, model/vision_tower.h: nothing is skipped); the tower on the model's parameters computes
+// what the checkpoint's does, and export writes them back as read.
 TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
   const std::string dir = fixture(GetParam());
   const auto reader = io::SafetensorsReader::open(dir + "/model.safetensors");
@@ -69,18 +69,27 @@ TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
   auto is_vision = [](const std::string& n) {
     return n.rfind("model.vision_tower.", 0) == 0 || n.rfind("model.embed_vision.", 0) == 0;
   };
+  auto is_audio = [](const std::string& n) {
+    return n.rfind("model.audio_tower.", 0) == 0 || n.rfind("model.embed_audio.", 0) == 0;
+  };
   for (const auto& [name, b] : m->params().buffers) {
-    kept += b.kind == model::ParamKind::kAudioTower;
+    kept += is_audio(name);
+    if (is_audio(name)) {
+      EXPECT_EQ(b.kind, model::ParamKind::kAudioClip) << name;
+    }
     vision_loaded += is_vision(name);
   }
-  for (const std::string& n : m->params().order) vision_loaded += is_vision(n);
+  for (const std::string& n : m->params().order) {
+    kept += is_audio(n);
+    vision_loaded += is_vision(n);
+  }
   EXPECT_EQ(kept, audio);
   EXPECT_EQ(vision_loaded, vision);
 
   const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   ag::NoGrad no_grad;
   const Tensor f = ref.get("input_features"), mask = ref.get("input_features_mask");
-  const Tensor a = model::AudioTower::from_buffers(m->params(), m->config()).forward(f, mask).hidden.value();
+  const Tensor a = model::AudioTower::from_params(m->params(), m->config()).forward(f, mask).hidden.value();
   const Tensor b = model::AudioTower::load(reader, m->config().audio, m->config().hidden_size).forward(f, mask).hidden.value();
   EXPECT_EQ(test::max_diff(a, b), 0.0);
 
@@ -91,6 +100,32 @@ TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
     EXPECT_EQ(test::max_diff(t.reshape({-1}), reader.get_f32(name, reader.info(name).shape).reshape({-1})), 0.0) << name;
   }
   EXPECT_EQ(exported, audio);
+}
+
+// The forward's audio inputs: features and mask together, as many soft tokens as placeholders, and
+// a model with an audio tower.
+TEST(AudioTower, ForwardInputErrorsNameTheInput) {
+  const std::string dir = fixture("tiny-mm-e");
+  const auto m = model::load_hf_model(dir);
+  const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  model::ForwardInputs in;
+  in.input_ids = ref.get("input_ids").clone();
+  in.input_features = ref.get("input_features").clone();
+  ag::NoGrad no_grad;
+  EXPECT_NE(test::error_of([&] { m->forward(in); }).find("input_features_mask"), std::string::npos);
+  // The first clip only: 40 soft tokens for the 63 placeholders of both clips.
+  in.input_features = ref.get("input_features").slice0(0, 1).clone();
+  in.input_features_mask = ref.get("input_features_mask").slice0(0, 1).clone();
+  const std::string msg = test::error_of([&] { m->forward(in); });
+  EXPECT_NE(msg.find("placeholder tokens"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[40, 32]"), std::string::npos) << msg;
+
+  const auto text_only = model::load_hf_model(test::data_dir() + "/hf-gemma4/tiny-dense-ple");
+  model::ForwardInputs t;
+  t.input_ids = Tensor::zeros({1, 4}, DType::I64);
+  t.input_features = randn({1, 8, 128}, 3);
+  t.input_features_mask = Tensor::zeros({1, 8}, DType::Bool);
+  EXPECT_NE(test::error_of([&] { text_only->forward(t); }).find("no audio tower"), std::string::npos);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, AudioTowerFixture, ::testing::Values("tiny-mm-e", "tiny-mm-bidir"));

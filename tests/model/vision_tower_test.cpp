@@ -1,15 +1,17 @@
 // The vision tower, embed_vision and the soft-token merge against transformers' recorded values
 // (tests/data/hf-gemma4-mm: tiny-mm-bidir standardises, tiny-mm-e clips its linears), and the
-// whole multimodal forward (logits, loss, every text and vision gradient) with the fixtures' audio
-// soft tokens fed in as recorded, since g4 has no audio tower yet.
+// whole multimodal forward from the fixtures' pixel_values and input_features (logits, loss, every
+// text, vision and audio gradient).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "autograd/variable.h"
 #include "io/safetensors.h"
+#include "model/audio_tower.h"
 #include "model/state_dict_adapter.h"
 #include "model/vision_tower.h"
 #include "autograd/functions.h"
@@ -70,8 +72,8 @@ TEST_P(VisionFixture, TowerOutputsMatchTransformers) {
   EXPECT_LT(rel_diff(out.projected.value(), ref.get_f32("vision.projected", {total, H})), 2e-5) << "embed_vision";
 }
 
-// Logits, loss and gradients of the full multimodal forward; the audio placeholders get the
-// recorded embed_audio output.
+// Logits, loss and gradients of the full multimodal forward: images through the vision tower,
+// audio clips through the audio tower.
 TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   const std::string dir = mm_dir(GetParam());
   auto model = model::load_hf_model(dir);
@@ -83,9 +85,9 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   in.mm_token_type_ids = ref.get("mm_token_type_ids").clone();
   in.pixel_values = ref.get("pixel_values").clone();
   in.image_position_ids = ref.get("image_position_ids").clone();
+  in.input_features = ref.get("input_features").clone();
+  in.input_features_mask = ref.get("input_features_mask").clone();
   const int64_t H = model->config().hidden_size;
-  in.audio_soft_tokens = ref.get("audio.projected_valid").to(DType::F32);
-  ASSERT_EQ(in.audio_soft_tokens.size(1), H);
   model->params().zero_grad();
   const model::ForwardOutputs out = model->forward(in);
   ag::backward(out.loss);
@@ -99,19 +101,28 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   // from them by up to 1.7e-4 of the norm (vision layer 0 post_attention_layernorm), g4 in f32
   // by 1.2e-4 (text layer 0 pre_feedforward_layernorm); tiny-mm-bidir stays within 1e-4.
   const double grad_tol = GetParam() == "tiny-mm-e" ? 2e-4 : 1e-4;
-  int64_t vision_grads = 0;
+  int64_t vision_grads = 0, audio_grads = 0;
+  double worst = 0;
+  std::string worst_name;
   for (const auto& [name, g] : model::hf_gradients(*model)) {
     const std::string key = "grad." + name;
     ASSERT_TRUE(ref.has(key)) << "transformers has no gradient for " << name;
     const test::L2Error e = test::l2_error(g, ref.get_f32(key, g.shape()));
     EXPECT_LE(e.diff, std::max(grad_tol * e.norm, 1e-7)) << name;
+    if (e.norm > 0 && e.diff / e.norm > worst) worst = e.diff / e.norm, worst_name = name;
     vision_grads += name.find("vision") != std::string::npos;
+    audio_grads += name.find("audio") != std::string::npos;
   }
   EXPECT_EQ(vision_grads, static_cast<int64_t>(model::vision_param_specs(*model->config().vision, H).size()));
+  EXPECT_EQ(audio_grads, static_cast<int64_t>(model::audio_param_specs(model->config().audio, H).size()));
+  std::printf("  %s: logits max|g4 - hf| %.2e, loss off by %.2e, worst gradient |diff|/|hf| %.2e (%s)\n",
+              GetParam().c_str(), max_err, std::abs(out.loss.value().item() - ref.get_f32("loss", {1}).data<float>()[0]),
+              worst, worst_name.c_str());
 }
 
 // The text model's input: placeholders embedded as the pad token, then image and audio soft tokens
-// scattered in (transformers' inputs_embeds, recorded by a pre-hook on the language model).
+// (both towers run on the fixture's inputs) scattered in (transformers' inputs_embeds, recorded by a
+// pre-hook on the language model).
 TEST_P(VisionFixture, MergedEmbeddingsMatchTransformers) {
   const std::string dir = mm_dir(GetParam());
   auto model = model::load_hf_model(dir);
@@ -128,7 +139,10 @@ TEST_P(VisionFixture, MergedEmbeddingsMatchTransformers) {
       model->params(), *c.vision, {ref.get("pixel_values").clone(), ref.get("image_position_ids").clone()},
       DType::F32, Device::CPU);
   ag::Var e = model::merge_soft_tokens(model->embed(text), ids, c.vision->image_token_id, v.projected);
-  e = model::merge_soft_tokens(e, ids, c.audio_token_id, ag::Var(ref.get("audio.projected_valid").to(DType::F32), false));
+  const ag::Var audio = model::AudioTower::from_params(model->params(), c)
+                            .soft_tokens(ref.get("input_features").clone(), ref.get("input_features_mask").clone());
+  EXPECT_LT(rel_diff(audio.value(), ref.get_f32("audio.projected_valid", audio.value().shape())), 2e-5);
+  e = model::merge_soft_tokens(e, ids, c.audio_token_id, audio);
   EXPECT_LT(rel_diff(e.value(), ref.get_f32("text.inputs_embeds", e.value().shape())), 2e-5);
   EXPECT_THROW(model::merge_soft_tokens(model->embed(text), ids, c.vision->image_token_id,
                                         ag::narrow(v.projected, 0, 1, v.projected.value().size(0) - 1)),
@@ -179,14 +193,14 @@ TEST(VisionTower, InputErrors) {
   EXPECT_NE(test::error_of([&] { model->forward(in); }).find("together"), std::string::npos);
 }
 
-// A fresh model (init_weights) clips nothing and standardises as the identity.
+// A fresh model (init_weights) clips nothing (vision and audio) and standardises as the identity.
 TEST(VisionTower, FreshModelHasNeutralBuffers) {
   for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
     model::Gemma4 m(model::load_hf_config(mm_dir(name)));
     m.init_weights(7);
     for (const auto& [n, b] : m.params().buffers) {
       double want = 1.0;
-      if (b.kind == model::ParamKind::kVisionClip) want = n.find("min") != std::string::npos ? -INFINITY : INFINITY;
+      if (b.kind == model::ParamKind::kVisionClip || b.kind == model::ParamKind::kAudioClip) want = n.find("min") != std::string::npos ? -INFINITY : INFINITY;
       if (b.kind == model::ParamKind::kVisionStandardize) want = n.find("scale") != std::string::npos ? 1.0 : 0.0;
       EXPECT_EQ(element_as_double(b.value, 0), want) << n;
     }

@@ -53,7 +53,7 @@ __global__ void docs_sorted_kernel(const int32_t* __restrict__ q_doc, const int3
 }
 
 // The device view of `m`; `keep` holds the converted tensors alive until the launches are queued.
-attn::MaskDev make_mask(const AttentionMask& m, const attn::Dims& dm, Tensor (&keep)[4]) {
+attn::MaskDev make_mask(const AttentionMask& m, const attn::Dims& dm, Tensor (&keep)[6]) {
   attn::MaskDev md{};
   md.causal = m.causal ? 1 : 0;
   md.window = m.window;
@@ -76,6 +76,13 @@ attn::MaskDev make_mask(const AttentionMask& m, const attn::Dims& dm, Tensor (&k
       G4_CUDA_CHECK_LAUNCH();
     }
   }
+  // The CPU reference applies block ids on causal masks only; so do the kernels.
+  if (m.q_block.defined() && m.causal) {
+    keep[4] = mask_tensor(m.q_block);
+    keep[5] = mask_tensor(m.k_block);
+    md.q_block = keep[4].data<int32_t>();
+    md.k_block = keep[5].data<int32_t>();
+  }
   return md;
 }
 
@@ -93,7 +100,7 @@ const T* cptr(const Tensor& t) {
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse) {
   const attn::Dims dm = dims_of("attention", q, k, v);
-  Tensor keep[4];
+  Tensor keep[6];
   attn::FwdArgs a{};
   a.mask = make_mask(mask, dm, keep);
   a.dims = dm;
@@ -120,7 +127,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         Tensor& dv, BackwardKernel kernel, int key_chunk) {
   const attn::Dims dm = dims_of("attention_backward", q, k, v);
   const Shape lse_shape{q.size(0), q.size(2), q.size(1)};
-  Tensor keep[4];
+  Tensor keep[6];
   attn::BwdArgs a{};
   a.mask = make_mask(mask, dm, keep);
   a.dims = dm;

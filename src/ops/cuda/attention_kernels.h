@@ -23,6 +23,10 @@ struct MaskDev {
   // (packed rows: most of a causal mask's tiles). 0 (or a row out of order): every tile is
   // visited and masked element by element, which is correct for any ids.
   const int32_t* docs_sorted;
+  // [B, Sq] / [B, Sk] block ids (-1: none), causal masks only: a query also sees the later keys of
+  // its own block (bidirectional image blocks); the window still bounds how far back it looks.
+  const int32_t* q_block;
+  const int32_t* k_block;
 };
 
 struct Dims {

@@ -13,12 +13,19 @@ namespace g4::ops::cuda::attn {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Query i and key j of batch row b belong to the same block (MaskDev::q_block).
+__device__ __forceinline__ bool same_block(const MaskDev& m, const Dims& dm, int b, int i, int j) {
+  if (m.q_block == nullptr) return false;
+  const int32_t qb = m.q_block[static_cast<long long>(b) * dm.sq + i];
+  return qb >= 0 && qb == m.k_block[static_cast<long long>(b) * dm.sk + j];
+}
+
 // Visibility of key j for query i (both indices within the call) of batch row b.
 __device__ __forceinline__ bool visible(const MaskDev& m, const Dims& dm, int b, int i, int j) {
   if (i >= dm.sq || j >= dm.sk) return false;
   const long long qp = m.q_start + i, kp = m.k_start + j;
   if (m.causal) {
-    if (kp > qp || (m.window > 0 && qp - kp >= m.window)) return false;
+    if ((kp > qp && !same_block(m, dm, b, i, j)) || (m.window > 0 && qp - kp >= m.window)) return false;
   } else if (m.window > 0 && (qp - kp >= m.window || kp - qp >= m.window)) {
     return false;
   }
@@ -31,6 +38,7 @@ __device__ __forceinline__ bool visible(const MaskDev& m, const Dims& dm, int b,
 
 // True when every (query, key) pair of the rectangle [i0, i1] x [j0, j1] (valid indices, i1 < Sq,
 // j1 < Sk) passes the positional part of the mask; key_valid and document ids are not covered.
+// Blocks only add visible pairs, so a rectangle the causal band covers stays fully visible.
 __device__ __forceinline__ bool rect_fully_visible(const MaskDev& m, int i0, int i1, int j0, int j1) {
   const long long qa0 = m.q_start + i0, qa1 = m.q_start + i1, ka0 = m.k_start + j0, ka1 = m.k_start + j1;
   if (m.causal) return ka1 <= qa0 && (m.window == 0 || qa1 - ka0 < m.window);
@@ -46,7 +54,8 @@ __host__ __device__ __forceinline__ void key_range(const MaskDev& m, const Dims&
   const long long qa0 = m.q_start + i0, qa1 = m.q_start + i1;
   long long l = 0, h = dm.sk - 1;
   if (m.causal) {
-    h = min_ll(h, qa1 - m.k_start);
+    // With blocks a query may see later keys of its block, anywhere after it.
+    if (m.q_block == nullptr) h = min_ll(h, qa1 - m.k_start);
     if (m.window > 0) l = max_ll(l, qa0 - m.window + 1 - m.k_start);
   } else if (m.window > 0) {
     l = max_ll(l, qa0 - m.window + 1 - m.k_start);
@@ -61,7 +70,8 @@ __host__ __device__ __forceinline__ void query_range(const MaskDev& m, const Dim
   const long long ka0 = m.k_start + j0, ka1 = m.k_start + j1;
   long long l = 0, h = dm.sq - 1;
   if (m.causal) {
-    l = max_ll(l, ka0 - m.q_start);
+    // With blocks a key may be seen by earlier queries of its block.
+    if (m.q_block == nullptr) l = max_ll(l, ka0 - m.q_start);
     if (m.window > 0) h = min_ll(h, ka1 + m.window - 1 - m.q_start);
   } else if (m.window > 0) {
     l = max_ll(l, ka0 - m.window + 1 - m.q_start);

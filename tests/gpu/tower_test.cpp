@@ -1,0 +1,147 @@
+// The vision and audio towers on the GPU in bf16 against the same towers in f32 on the CPU, on the
+// multimodal fixtures (tests/data/hf-gemma4-mm): soft tokens and every tower parameter's gradient
+// of a random projection of them, and the whole multimodal forward.
+//
+// bf16 tolerances: every op rounds to bf16 (8 bits of mantissa, 0.4% relative), through two
+// encoder layers, clipped linears (a value near a bound may clamp on one side only) and softmax;
+// a tower's outputs within 5% of their largest magnitude, each gradient within 10% of its L2 norm.
+// The whole model adds six bf16 text layers: logits within 10%, tower gradients within 25%.
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "autograd/variable.h"
+#include "gpu_test.h"
+#include "io/safetensors.h"
+#include "model/audio_tower.h"
+#include "model/state_dict_adapter.h"
+#include "model/vision_tower.h"
+#include "support/test_paths.h"
+
+namespace g4 {
+namespace {
+
+constexpr double kOutputRtol = 5e-2;
+constexpr double kGradRelL2 = 1e-1;
+
+std::string mm_dir(const std::string& name) { return test::data_dir() + "/hf-gemma4-mm/" + name; }
+
+// A fixture's model in f32 on the CPU and in bf16 on the GPU, and transformers' recorded inputs.
+class MultimodalOnBoth : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    G4_REQUIRE_GPU();
+    const std::string dir = mm_dir(GetParam());
+    cpu = model::load_hf_model(dir);
+    gpu = cpu->copy_to(Device::CUDA, DType::BF16);
+    ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  }
+  std::unique_ptr<model::Gemma4> cpu, gpu;
+  std::optional<io::SafetensorsReader> ref;
+};
+
+// sum(out ∘ w): a loss whose gradient with respect to out is w (bf16-exact values, the same on both sides).
+ag::Var project(const ag::Var& out, const Tensor& w_cpu) {
+  const Tensor& v = out.value();
+  return ag::sum_all(ag::mul(out, ag::Var(w_cpu.to(v.dtype()).to(v.device()))));
+}
+
+// Every parameter under one of `prefixes`: the GPU gradient (f32 accumulators of bf16 weights)
+// within `tol` (relative L2) of the CPU's.
+void expect_tower_gradients_close(const model::Gemma4& cpu, const model::Gemma4& gpu,
+                                  const std::vector<std::string>& prefixes, double tol = kGradRelL2) {
+  double worst = 0;
+  std::string worst_name;
+  int64_t checked = 0;
+  for (const std::string& name : cpu.params().order) {
+    bool tower = false;
+    for (const std::string& p : prefixes) tower = tower || name.rfind(p, 0) == 0;
+    if (!tower) continue;
+    const Tensor& want = cpu.params().at(name).grad();
+    const Tensor& got = gpu.params().at(name).grad();
+    ASSERT_TRUE(want.defined()) << "no CPU gradient for " << name;
+    ASSERT_TRUE(got.defined()) << "no GPU gradient for " << name;
+    EXPECT_EQ(got.dtype(), DType::F32) << name;
+    double norm = 0;
+    const double diff = test::l2_diff(got, want, &norm);
+    const double e = norm > 0 ? diff / norm : diff;
+    EXPECT_LE(e, tol) << "gradient of " << name;
+    if (e > worst) worst = e, worst_name = name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+  std::printf("  %lld tower gradients, worst relative L2 error %.3e (%s)\n", static_cast<long long>(checked), worst,
+              worst_name.c_str());
+}
+
+class GpuVisionTower : public MultimodalOnBoth {};
+
+TEST_P(GpuVisionTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
+  const model::VisionInputs in{ref->get("pixel_values").clone(), ref->get("image_position_ids").clone()};
+  const io::VisionConfig& vc = *cpu->config().vision;
+  const model::VisionOutputs c = model::vision_forward(cpu->params(), vc, in, DType::F32, Device::CPU);
+  const model::VisionOutputs g = model::vision_forward(gpu->params(), vc, in, DType::BF16, Device::CUDA);
+  EXPECT_EQ(g.tokens_per_image, c.tokens_per_image);
+  EXPECT_EQ(g.projected.value().device(), Device::CUDA);
+  test::expect_close_scaled(g.soft_tokens.value(), c.soft_tokens.value(), 0, kOutputRtol, "vision soft tokens");
+  test::expect_close_scaled(g.projected.value(), c.projected.value(), 0, kOutputRtol, "embed_vision");
+
+  const Tensor w = test::randn_bf16_exact(c.projected.value().shape(), 11);
+  ag::backward(project(c.projected, w));
+  ag::backward(project(g.projected, w));
+  expect_tower_gradients_close(*cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix});
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GpuVisionTower, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
+                         test::fixture_param_name);
+
+class GpuAudioTower : public MultimodalOnBoth {};
+
+TEST_P(GpuAudioTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
+  const Tensor f = ref->get("input_features").clone(), mask = ref->get("input_features_mask").clone();
+  const ag::Var c = model::AudioTower::from_params(cpu->params(), cpu->config()).soft_tokens(f, mask);
+  const ag::Var g = model::AudioTower::from_params(gpu->params(), gpu->config()).soft_tokens(f, mask);
+  EXPECT_EQ(g.value().device(), Device::CUDA);
+  EXPECT_EQ(g.value().dtype(), DType::BF16);
+  test::expect_close_scaled(g.value(), c.value(), 0, kOutputRtol, "audio soft tokens (embed_audio)");
+
+  const Tensor w = test::randn_bf16_exact(c.value().shape(), 12);
+  ag::backward(project(c, w));
+  ag::backward(project(g, w));
+  expect_tower_gradients_close(*cpu, *gpu, {model::kAudioPrefix, model::kAudioEmbedPrefix});
+}
+
+// The whole forward with images and audio on the GPU (tiny-mm-bidir's sliding layers attend both
+// ways within each image: block ids in the CUDA attention): logits and loss near the CPU's, and
+// every tower's gradient of the loss.
+TEST_P(GpuAudioTower, WholeMultimodalForwardMatchesTheCpu) {
+  model::ForwardInputs in;
+  for (auto [key, t] : {std::pair<const char*, Tensor*>{"input_ids", &in.input_ids},
+                        {"attention_mask", &in.attention_mask},
+                        {"labels", &in.labels},
+                        {"mm_token_type_ids", &in.mm_token_type_ids},
+                        {"pixel_values", &in.pixel_values},
+                        {"image_position_ids", &in.image_position_ids},
+                        {"input_features", &in.input_features},
+                        {"input_features_mask", &in.input_features_mask}})
+    *t = ref->get(key).clone();
+  const model::ForwardOutputs c = cpu->forward(in);
+  ag::backward(c.loss);
+  const model::ForwardOutputs g = gpu->forward(in);
+  ag::backward(g.loss);
+  test::expect_close_scaled(g.logits.value(), c.logits.value(), 0, 2 * kOutputRtol, "logits");
+  EXPECT_NEAR(g.loss.value().item(), c.loss.value().item(), 1e-2 * std::abs(c.loss.value().item()));
+  expect_tower_gradients_close(
+      *cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix, model::kAudioPrefix, model::kAudioEmbedPrefix},
+      2.5 * kGradRelL2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GpuAudioTower, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
+                         test::fixture_param_name);
+
+}  // namespace
+}  // namespace g4
