@@ -7,6 +7,7 @@
 // clang-format on
 #include <png.h>
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstring>
 
@@ -113,7 +114,7 @@ extern "C" void jpeg_on_message(j_common_ptr cinfo, int level) {
 struct JpegResult {
   int64_t height = 0, width = 0;
   int orientation = 1;
-  bool cmyk = false;
+  bool cmyk = false, adobe = false;
 };
 
 // Returns false with err.message set on a libjpeg error. Only libjpeg's frames lie between the
@@ -140,28 +141,43 @@ bool jpeg_decode(const uint8_t* data, size_t n, JpegError& err, JpegResult& res,
     }
   res.height = cinfo.image_height;
   res.width = cinfo.image_width;
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
-    res.cmyk = true;
-    jpeg_destroy_decompress(&cinfo);
-    return true;
-  }
+  res.cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  res.adobe = cinfo.saw_Adobe_marker;
   if (res.height <= 0 || res.width <= 0 || res.height * res.width > max_pixels) {
     jpeg_destroy_decompress(&cinfo);
     return true;  // the caller refuses the size
   }
-  // Pillow's defaults: RGB output (grey replicated), the accurate integer IDCT, fancy upsampling.
-  cinfo.out_color_space = JCS_RGB;
+  // Pillow's defaults: RGB output (grey replicated) or CMYK as stored, the accurate integer IDCT,
+  // fancy upsampling.
+  const size_t channels = res.cmyk ? 4 : 3;
+  cinfo.out_color_space = res.cmyk ? JCS_CMYK : JCS_RGB;
   cinfo.dct_method = JDCT_ISLOW;
   cinfo.do_fancy_upsampling = TRUE;
   jpeg_start_decompress(&cinfo);
-  pixels.resize(size_t(res.height * res.width * 3));
+  pixels.resize(size_t(res.height * res.width) * channels);
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = pixels.data() + size_t(cinfo.output_scanline) * size_t(res.width) * 3;
+    JSAMPROW row = pixels.data() + size_t(cinfo.output_scanline) * size_t(res.width) * channels;
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
   return true;
+}
+
+// Pillow reads an Adobe CMYK JPEG as inverted CMYK ("CMYK;I"), then convert("RGB") computes
+// (255 - k) - c * (255 - k) / 255 per channel with its rounded integer division by 255.
+void cmyk_to_rgb(std::vector<uint8_t>& px, bool inverted) {
+  const size_t n = px.size() / 4;
+  for (size_t i = 0; i < n; ++i) {
+    int v[4];
+    for (int c = 0; c < 4; ++c) v[c] = inverted ? 255 - px[4 * i + size_t(c)] : px[4 * i + size_t(c)];
+    const int nk = 255 - v[3];
+    for (int c = 0; c < 3; ++c) {
+      const int t = v[c] * nk + 128;
+      px[3 * i + size_t(c)] = static_cast<uint8_t>(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+    }
+  }
+  px.resize(n * 3);
 }
 
 RgbImage decode_jpeg(std::string_view bytes, const std::string& what) {
@@ -171,11 +187,11 @@ RgbImage decode_jpeg(std::string_view bytes, const std::string& what) {
   if (!jpeg_decode(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), err, res, img.pixels,
                    kMaxImagePixels))
     G4_FAIL("JPEG image ", what, " cannot be decoded: ", err.message);
-  G4_CHECK(!res.cmyk, "JPEG image ", what, " is CMYK, which g4 does not convert to RGB (convert it to RGB first)");
   check_size(res.height, res.width, what);
   G4_CHECK(!err.truncated, "JPEG image ", what, " is truncated (its data ends before the image does)");
   img.height = res.height;
   img.width = res.width;
+  if (res.cmyk) cmyk_to_rgb(img.pixels, res.adobe);
   return apply_orientation(std::move(img), res.orientation);
 }
 

@@ -18,8 +18,8 @@ struct RgbImage {
 // Conversions follow Pillow's convert("RGB"): alpha is dropped, not composited (checked on the
 // processor fixture's RGBA image); grey is replicated; palettes are looked up; 16-bit RGB keeps
 // the high byte of each sample while 16-bit grey (Pillow's mode I;16) is clipped to 255. An EXIF
-// orientation (JPEG APP1, PNG eXIf) is applied as exif_transpose applies it. CMYK JPEGs and other
-// formats are refused. Errors name `what` (the file).
+// orientation (JPEG APP1, PNG eXIf) is applied as exif_transpose applies it; CMYK JPEGs convert
+// with Pillow's formula. Other formats are refused. Errors name `what` (the file).
 RgbImage decode_image(std::string_view bytes, const std::string& what);
 RgbImage read_image(const std::string& path);
 

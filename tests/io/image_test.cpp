@@ -277,6 +277,44 @@ TEST(ImageDecode, JpegGreyAndExifOrientation) {
   }
 }
 
+// An Adobe CMYK JPEG (as libjpeg writes CMYK) of one flat colour, which survives compression at
+// quality 100 within a code: Pillow reads it as inverted CMYK and converts with
+// (255 - k) - c(255 - k)/255.
+TEST(ImageDecode, CmykJpegConvertsAsPillow) {
+  const int cmyk[4] = {40, 130, 220, 70};
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&c, &buf, &size);
+  c.image_width = 16;
+  c.image_height = 8;
+  c.input_components = 4;
+  c.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, 100, TRUE);
+  jpeg_start_compress(&c, TRUE);
+  std::vector<uint8_t> row(16 * 4);
+  for (size_t i = 0; i < row.size(); ++i) row[i] = uint8_t(cmyk[i % 4]);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW r = row.data();
+    jpeg_write_scanlines(&c, &r, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  const io::RgbImage img = decode(std::vector<char>(buf, buf + size));
+  std::free(buf);
+  ASSERT_EQ(img.height, 8);
+  ASSERT_EQ(img.width, 16);
+  const double nk = 255.0 - (255 - cmyk[3]);
+  for (int ch = 0; ch < 3; ++ch) {
+    const double want = nk - (255 - cmyk[ch]) * nk / 255.0;
+    for (int64_t i = 0; i < 8 * 16; ++i) EXPECT_NEAR(img.pixels[size_t(i * 3 + ch)], want, 1.5) << ch;
+  }
+}
+
 TEST(ImageDecode, BadFilesNameTheFile) {
   test::TempDir dir;
   const std::vector<char> jpg = test::read_bytes(processor_dir() + "/scene_1200x280.jpg");
