@@ -202,14 +202,15 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
   cmd->add_flag("--overwrite", o->overwrite, "replace --out even when it is a file in a model directory");
-  cmd->callback([&action, o] {
-    action = [o] {
+  cmd->callback([&action, o, prompt_opt] {
+    const bool from_prompt = prompt_opt->count() > 0;  // an empty --prompt '' is still a prompt
+    action = [o, from_prompt] {
       check_output_file(o->out, "--out", o->overwrite, o->model);
-      G4_CHECK(!o->inputs.empty() || !o->prompt.text.empty(), "g4 forward needs --inputs or --prompt");
+      G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
       auto model = model::load_hf_model(o->model);
       model::ForwardInputs fi;
       NamedTensors prompt_tensors;
-      if (!o->inputs.empty()) {
+      if (!from_prompt) {
         const io::SafetensorsReader in = io::SafetensorsReader::open(o->inputs);
         G4_CHECK(in.has("input_ids"), "inputs file ", o->inputs, " has no 'input_ids' tensor");
         fi.input_ids = in.get("input_ids").clone();

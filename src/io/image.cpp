@@ -18,9 +18,10 @@ namespace g4::io {
 
 namespace {
 
-// Larger than any image the processor is meant for (the budget is at most 1120 soft tokens); a
-// header claiming more is refused before anything is allocated.
-constexpr int64_t kMaxImagePixels = int64_t(1) << 28;
+// 67 M pixels: more than camera photos have (the processor shrinks them to at most 1120 soft
+// tokens anyway); a header claiming more is refused before anything is allocated, which keeps one
+// decode under 0.5 GB (the fuzz targets' allocation limit).
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;
 constexpr size_t kMaxImageFileBytes = 512 * kMiB;
 
 void check_size(int64_t height, int64_t width, const std::string& what) {

@@ -85,6 +85,16 @@ TEST(CliForwardImage, PromptAndImageGiveTheSameLogitsAsTheirTensors) {
                    " --max-soft-tokens 140 --out " + out + " --overwrite");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("97x150 -> 162x252, 126 soft tokens"), std::string::npos) << r.output;
+
+  // An empty prompt with an image: <bos>, then the image's tokens.
+  r = test::run_g4("forward " + dir.string() + " --prompt '' --image " + fixture_image() + " --out " + out +
+                   " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor only = io::SafetensorsReader::open(out).get("input_ids");
+  ASSERT_EQ(only.numel(), 1 + 62);
+  EXPECT_EQ(only.data<int64_t>()[0], 2);
+  EXPECT_EQ(only.data<int64_t>()[1], 300);
+  EXPECT_EQ(only.data<int64_t>()[62], 301);
   fs::remove_all(dir);
   fs::remove_all(outs);
 }
