@@ -216,8 +216,10 @@ TEST(ImageDecode, ExifOrientationIsApplied) {
     }
 }
 
-// A baseline JPEG from libjpeg, with an EXIF APP1 block when orientation > 0.
-std::vector<char> write_jpeg(const io::RgbImage& img, int orientation, bool grey = false) {
+// libjpeg's baseline JPEG of `raw` (height rows of width * components samples in `space`), with
+// `app1` as an APP1 marker when it is not empty.
+std::vector<char> encode_jpeg(const std::vector<uint8_t>& raw, int height, int width, int components,
+                              J_COLOR_SPACE space, int quality, const std::vector<uint8_t>& app1 = {}) {
   jpeg_compress_struct c;
   jpeg_error_mgr err;
   c.err = jpeg_std_error(&err);
@@ -225,27 +227,16 @@ std::vector<char> write_jpeg(const io::RgbImage& img, int orientation, bool grey
   unsigned char* buf = nullptr;
   unsigned long size = 0;
   jpeg_mem_dest(&c, &buf, &size);
-  c.image_width = JDIMENSION(img.width);
-  c.image_height = JDIMENSION(img.height);
-  c.input_components = grey ? 1 : 3;
-  c.in_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  c.image_width = JDIMENSION(width);
+  c.image_height = JDIMENSION(height);
+  c.input_components = components;
+  c.in_color_space = space;
   jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 95, TRUE);
+  jpeg_set_quality(&c, quality, TRUE);
   jpeg_start_compress(&c, TRUE);
-  if (orientation > 0) {
-    std::vector<uint8_t> app1 = {'E', 'x', 'i', 'f', 0, 0};
-    const std::vector<uint8_t> tiff = exif_orientation_block(orientation, true);
-    app1.insert(app1.end(), tiff.begin(), tiff.end());
-    jpeg_write_marker(&c, JPEG_APP0 + 1, app1.data(), unsigned(app1.size()));
-  }
-  std::vector<uint8_t> row(size_t(img.width * 3));
+  if (!app1.empty()) jpeg_write_marker(&c, JPEG_APP0 + 1, app1.data(), unsigned(app1.size()));
   while (c.next_scanline < c.image_height) {
-    const uint8_t* src = &img.pixels[size_t(c.next_scanline) * size_t(img.width) * 3];
-    if (grey)
-      for (int64_t x = 0; x < img.width; ++x) row[size_t(x)] = src[x * 3];
-    else
-      std::copy(src, src + img.width * 3, row.begin());
-    JSAMPROW r = row.data();
+    JSAMPROW r = const_cast<JSAMPROW>(&raw[size_t(c.next_scanline) * size_t(width * components)]);
     jpeg_write_scanlines(&c, &r, 1);
   }
   jpeg_finish_compress(&c);
@@ -253,6 +244,20 @@ std::vector<char> write_jpeg(const io::RgbImage& img, int orientation, bool grey
   std::vector<char> out(buf, buf + size);
   std::free(buf);
   return out;
+}
+
+// An RGB (or, with grey, its red channel as greyscale) JPEG with an EXIF orientation when > 0.
+std::vector<char> write_jpeg(const io::RgbImage& img, int orientation, bool grey = false) {
+  std::vector<uint8_t> app1;
+  if (orientation > 0) {
+    app1 = {'E', 'x', 'i', 'f', 0, 0};
+    const std::vector<uint8_t> tiff = exif_orientation_block(orientation, true);
+    app1.insert(app1.end(), tiff.begin(), tiff.end());
+  }
+  if (!grey) return encode_jpeg(img.pixels, int(img.height), int(img.width), 3, JCS_RGB, 95, app1);
+  std::vector<uint8_t> red(size_t(img.height * img.width));
+  for (size_t i = 0; i < red.size(); ++i) red[i] = img.pixels[i * 3];
+  return encode_jpeg(red, int(img.height), int(img.width), 1, JCS_GRAYSCALE, 95, app1);
 }
 
 TEST(ImageDecode, JpegGreyAndExifOrientation) {
@@ -282,30 +287,9 @@ TEST(ImageDecode, JpegGreyAndExifOrientation) {
 // (255 - k) - c(255 - k)/255.
 TEST(ImageDecode, CmykJpegConvertsAsPillow) {
   const int cmyk[4] = {40, 130, 220, 70};
-  jpeg_compress_struct c;
-  jpeg_error_mgr err;
-  c.err = jpeg_std_error(&err);
-  jpeg_create_compress(&c);
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&c, &buf, &size);
-  c.image_width = 16;
-  c.image_height = 8;
-  c.input_components = 4;
-  c.in_color_space = JCS_CMYK;
-  jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 100, TRUE);
-  jpeg_start_compress(&c, TRUE);
-  std::vector<uint8_t> row(16 * 4);
-  for (size_t i = 0; i < row.size(); ++i) row[i] = uint8_t(cmyk[i % 4]);
-  while (c.next_scanline < c.image_height) {
-    JSAMPROW r = row.data();
-    jpeg_write_scanlines(&c, &r, 1);
-  }
-  jpeg_finish_compress(&c);
-  jpeg_destroy_compress(&c);
-  const io::RgbImage img = decode(std::vector<char>(buf, buf + size));
-  std::free(buf);
+  std::vector<uint8_t> raw(8 * 16 * 4);
+  for (size_t i = 0; i < raw.size(); ++i) raw[i] = uint8_t(cmyk[i % 4]);
+  const io::RgbImage img = decode(encode_jpeg(raw, 8, 16, 4, JCS_CMYK, 100));
   ASSERT_EQ(img.height, 8);
   ASSERT_EQ(img.width, 16);
   const double nk = 255.0 - (255 - cmyk[3]);
