@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config libopenblas-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
       libgtest-dev libopenmpi-dev openmpi-bin libsentencepiece-dev libcpp-httplib-dev
+      libjpeg62-turbo-dev libpng-dev  # image files (io/image.h)
       python3-venv bible-kjv-text bible-kjv
       clang libclang-rt-dev)  # clang + libFuzzer: scripts/fuzz.sh
 missing=()

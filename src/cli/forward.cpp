@@ -1,9 +1,17 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
+// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--chat] [--max-soft-tokens N] --out OUT.safetensors
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
 // position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
 // input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
+// With --prompt the inputs are made as transformers' Gemma4Processor makes them: the images are
+// decoded and processed (io/image_processor.h, the budget from the model directory's
+// processor_config.json unless --max-soft-tokens), each "<|image|>" of the text expanded to the
+// image's soft tokens (data/multimodal.h) and the text tokenised; the output file also holds the
+// input_ids and mm_token_type_ids used. Without --chat the text is taken as it is (<bos> put first
+// when missing; the images' placeholders put before it when it has none); with --chat it is one user
+// turn of the Gemma 4 chat template, images first, then the generation prompt.
 // A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
 // [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]; it writes the denoiser's
 // logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss (see forward_diffusion).
@@ -12,8 +20,12 @@
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
+#include "data/dataset.h"
+#include "data/multimodal.h"
 #include "diffusion/model.h"
+#include "io/image_processor.h"
 #include "io/safetensors.h"
+#include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -102,6 +114,64 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   return out;
 }
 
+struct PromptOptions {
+  std::string text, tokenizer;
+  std::vector<std::string> images;
+  bool chat = false;
+  int64_t max_soft_tokens = 0;
+};
+
+// The model inputs for one prompt with images, as Gemma4Processor makes them (see the top of the
+// file); `extra` gets the input_ids and mm_token_type_ids for the output file.
+model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& model_dir, const PromptOptions& p,
+                                   NamedTensors& extra) {
+  const auto tok = io::load_tokenizer(p.tokenizer.empty() ? model_dir : p.tokenizer);
+  model::ForwardInputs fi;
+  std::vector<int64_t> soft_tokens;
+  if (!p.images.empty()) {
+    G4_CHECK(m.config().vision.has_value(), "--image: the model in ", model_dir, " has no vision tower");
+    const io::ImageProcessorOptions opt = io::load_image_processor_options(model_dir, p.max_soft_tokens);
+    G4_CHECK(opt.patch_size == m.config().vision->patch_size &&
+                 opt.pooling_kernel_size == m.config().vision->pooling_kernel_size,
+             "the image processor of ", model_dir, " (patch_size ", opt.patch_size, ", pooling_kernel_size ",
+             opt.pooling_kernel_size, ") does not match the model's vision_config (", m.config().vision->patch_size,
+             ", ", m.config().vision->pooling_kernel_size, ")");
+    std::vector<io::RgbImage> images;
+    for (const std::string& f : p.images) images.push_back(io::read_image(f));
+    io::ProcessedImages processed = io::process_images(images, opt, p.images);
+    for (size_t i = 0; i < p.images.size(); ++i)
+      std::cout << "image " << p.images[i] << ": " << images[i].width << "x" << images[i].height << " -> "
+                << processed.resized_hw[i].second << "x" << processed.resized_hw[i].first << ", "
+                << processed.num_soft_tokens[i] << " soft tokens\n";
+    fi.pixel_values = processed.pixel_values;
+    fi.image_position_ids = processed.image_position_ids;
+    soft_tokens = processed.num_soft_tokens;
+  }
+  std::string text;
+  if (p.chat) {
+    data::ChatMessage user{"user", "", {}};
+    for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
+    user.parts.push_back({data::ChatPart::Kind::Text, p.text});
+    text = data::render_chat({user}, true, data::chat_variant_for(m.config().hidden_size_per_layer_input));
+  } else {
+    text = p.text;
+    if (text.find(data::kImagePlaceholder) == std::string::npos)
+      for (size_t i = 0; i < p.images.size(); ++i) text.insert(0, data::kImagePlaceholder);
+    if (text.rfind("<bos>", 0) != 0) text.insert(0, "<bos>");
+  }
+  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, {}, *tok, "--prompt");
+  if (!p.images.empty())
+    G4_CHECK(*tok->token_to_id(data::kImagePlaceholder) == m.config().vision->image_token_id, "the tokenizer's ",
+             data::kImagePlaceholder, " is id ", *tok->token_to_id(data::kImagePlaceholder), " but the model's ",
+             "image_token_id is ", m.config().vision->image_token_id);
+  const int64_t S = static_cast<int64_t>(ids.input_ids.size());
+  std::vector<int64_t> wide(ids.input_ids.begin(), ids.input_ids.end());
+  fi.input_ids = Tensor::from_vector(wide, {1, S});
+  fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});
+  extra = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
+  return fi;
+}
+
 }  // namespace
 
 void add_forward(CLI::App& app, Action& action) {
@@ -109,44 +179,67 @@ void add_forward(CLI::App& app, Action& action) {
   struct Opts {
     std::string model, inputs, out;
     bool grads = false, overwrite = false;
+    PromptOptions prompt;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
-  cmd->add_option("--inputs", o->inputs,
-                  "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
-                  "mm_token_type_ids, input_features, input_features_mask; diffusion models: "
-                  "canvas_ids [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
-      ->required();
+  auto* inputs_opt =
+      cmd->add_option("--inputs", o->inputs,
+                      "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, "
+                      "image_position_ids, mm_token_type_ids, input_features, input_features_mask; diffusion "
+                       "models: canvas_ids [B,C] + "
+                      "self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)");
+  auto* prompt_opt = cmd->add_option("--prompt", o->prompt.text,
+                                     "prompt text instead of --inputs; each <|image|> in it takes the next --image");
+  inputs_opt->excludes(prompt_opt);
+  cmd->add_option("--image", o->prompt.images, "JPEG or PNG image for --prompt (repeatable, in prompt order)")
+      ->needs(prompt_opt);
+  cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (images first)")
+      ->needs(prompt_opt);
+  cmd->add_option("--max-soft-tokens", o->prompt.max_soft_tokens,
+                  "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
+      ->needs(prompt_opt);
+  cmd->add_option("--tokenizer", o->prompt.tokenizer, "tokenizer for --prompt (default: the model directory)")
+      ->needs(prompt_opt);
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
   cmd->add_flag("--overwrite", o->overwrite, "replace --out even when it is a file in a model directory");
-  cmd->callback([&action, o] {
-    action = [o] {
+  cmd->callback([&action, o, prompt_opt] {
+    const bool from_prompt = prompt_opt->count() > 0;  // an empty --prompt '' is still a prompt
+    action = [o, from_prompt] {
       check_output_file(o->out, "--out", o->overwrite, o->model);
+      G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
       auto model = model::load_hf_model(o->model);
-      const io::SafetensorsReader in = io::SafetensorsReader::open(o->inputs);
-      G4_CHECK(in.has("input_ids"), "inputs file ", o->inputs, " has no 'input_ids' tensor");
       model::ForwardInputs fi;
-      fi.input_ids = in.get("input_ids").clone();
-      G4_CHECK(fi.input_ids.dim() == 2 && !is_floating(fi.input_ids.dtype()), "input_ids in ", o->inputs,
-               " must be an integer [B, S] tensor, got ", fi.input_ids.describe());
-      if (model->config().diffusion) {
-        const NamedTensors tensors = forward_diffusion(*model, in, o->inputs, o->grads);
-        io::save_safetensors(o->out, tensors);
-        std::cout << "wrote " << tensors.size() << " tensors to " << o->out << "\n";
-        return;
+      NamedTensors prompt_tensors;
+      if (!from_prompt) {
+        const io::SafetensorsReader in = io::SafetensorsReader::open(o->inputs);
+        G4_CHECK(in.has("input_ids"), "inputs file ", o->inputs, " has no 'input_ids' tensor");
+        fi.input_ids = in.get("input_ids").clone();
+        G4_CHECK(fi.input_ids.dim() == 2 && !is_floating(fi.input_ids.dtype()), "input_ids in ", o->inputs,
+                 " must be an integer [B, S] tensor, got ", fi.input_ids.describe());
+        if (model->config().diffusion) {
+          const NamedTensors tensors = forward_diffusion(*model, in, o->inputs, o->grads);
+          io::save_safetensors(o->out, tensors);
+          std::cout << "wrote " << tensors.size() << " tensors to " << o->out << "\n";
+          return;
+        }
+        if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
+        if (in.has("labels")) fi.labels = in.get("labels").clone();
+        if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();
+        // Images, under transformers' names (the model checks them).
+        if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
+        if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
+        if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
+        // Audio: the feature extractor's output (the model checks it).
+        if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
+        if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();
+        G4_CHECK(!o->grads || fi.labels.defined(), "--grads needs 'labels' in ", o->inputs);
+      } else {
+        G4_CHECK(!model->config().diffusion, "--prompt: ", o->model, " is a diffusion model; give it --inputs");
+        G4_CHECK(!o->grads, "--grads needs labels, which only --inputs provides");
+        fi = prompt_inputs(*model, o->model, o->prompt, prompt_tensors);
       }
-      if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
-      if (in.has("labels")) fi.labels = in.get("labels").clone();
-      if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();
-      // Images, under transformers' names (the model checks them).
-      if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
-      if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
-      if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
-      // Audio: the feature extractor's output (the model checks it).
-      if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
-      if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();
-      G4_CHECK(!o->grads || fi.labels.defined(), "--grads needs 'labels' in ", o->inputs);
 
       std::optional<ag::NoGrad> no_grad;
       if (!o->grads) no_grad.emplace();
@@ -160,6 +253,7 @@ void add_forward(CLI::App& app, Action& action) {
         ag::backward(out.loss);
         for (auto& [name, g] : model::hf_gradients(*model)) tensors.emplace_back("grad." + name, g);
       }
+      tensors.insert(tensors.end(), prompt_tensors.begin(), prompt_tensors.end());
       io::save_safetensors(o->out, tensors);
       std::cout << "wrote " << tensors.size() << " tensors to " << o->out << "\n";
     };

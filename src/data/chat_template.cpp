@@ -19,8 +19,12 @@
 // tests/data_pipeline/chat_template_cases.json holds renderings of the real template made with
 // jinja2 (tools/render_chat_reference.py); the tests compare against them byte for byte.
 //
-// Not rendered (refused or not representable in ChatMessage): tools, tool calls, multimodal content
-// parts, enable_thinking. Two assistant messages in a row are refused: template revisions disagree
+// Content parts (ChatMessage::parts) render as the same template renders a content list: text
+// parts trimmed (assistant text through strip_thinking), images as "\n\n<|image|>\n\n", audio as
+// "<|audio|>", nothing between parts.
+//
+// Not rendered (refused or not representable in ChatMessage): tools, tool calls, video parts,
+// enable_thinking. Two assistant messages in a row are refused: template revisions disagree
 // on them (newer ones merge them into one model turn).
 #include <algorithm>
 
@@ -87,6 +91,20 @@ std::string strip_thinking(const std::string& text) {
   return python_strip(result);
 }
 
+// A message's body: its trimmed string content, or its parts rendered one after another.
+std::string message_body(const ChatMessage& m, bool assistant) {
+  if (m.parts.empty()) return assistant ? strip_thinking(m.content) : python_strip(m.content);
+  std::string body;
+  for (const ChatPart& p : m.parts) {
+    switch (p.kind) {
+      case ChatPart::Kind::Text: body += assistant ? strip_thinking(p.text) : python_strip(p.text); break;
+      case ChatPart::Kind::Image: body += "\n\n<|image|>\n\n"; break;
+      case ChatPart::Kind::Audio: body += "<|audio|>"; break;
+    }
+  }
+  return body;
+}
+
 }  // namespace
 
 RenderedChat render_chat_marked(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
@@ -96,6 +114,8 @@ RenderedChat render_chat_marked(const std::vector<ChatMessage>& messages, bool a
   out.text = "<bos>";
   size_t first = 0;
   if (messages[0].role == "system" || messages[0].role == "developer") {
+    G4_CHECK(messages[0].parts.empty(), "messages[0]: the ", messages[0].role,
+             " message must have string content (the template trims it as a string)");
     out.text += "<|turn>system\n" + python_strip(messages[0].content) + "<turn|>\n";
     first = 1;
   }
@@ -115,12 +135,12 @@ RenderedChat render_chat_marked(const std::vector<ChatMessage>& messages, bool a
       reply.header = out.text.size();
       out.text += "model\n";
       reply.begin = out.text.size();
-      out.text += strip_thinking(messages[i].content) + "<turn|>";
+      out.text += message_body(messages[i], true) + "<turn|>";
       reply.end = out.text.size();
       out.text += "\n";
       out.replies.push_back(reply);
     } else {
-      out.text += role + "\n" + python_strip(messages[i].content) + "<turn|>\n";
+      out.text += role + "\n" + message_body(messages[i], false) + "<turn|>\n";
     }
   }
   if (add_generation_prompt) {

@@ -114,8 +114,17 @@ class PackedDataset {
 // template does (byte for byte), marking which characters belong to assistant replies.
 // Roles: "system", "user", "assistant" (rendered as "model"); "developer" only as the first message
 // (the template treats it as the system prompt). Anything else throws g4::Error naming the message.
+// A message's content is either the string `content` or, when `parts` is not empty, a list of
+// parts as the template renders them: text trimmed (an assistant's thoughts stripped),
+// "\n\n<|image|>\n\n" per image and "<|audio|>" per audio clip (the placeholders the processor
+// expands, data/multimodal.h). The system message takes a string only.
+struct ChatPart {
+  enum class Kind { Text, Image, Audio } kind = Kind::Text;
+  std::string text;  // Text parts only
+};
 struct ChatMessage {
   std::string role, content;
+  std::vector<ChatPart> parts{};
 };
 
 // Gemma 4 checkpoints ship two templates that differ only in the generation prompt (thinking off):

@@ -1,0 +1,83 @@
+#include "data/multimodal.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace g4::data {
+
+namespace {
+
+size_t count_of(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+std::string repeat(const std::string& s, int64_t n) {
+  std::string out;
+  out.reserve(s.size() * size_t(n));
+  for (int64_t i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+}  // namespace
+
+std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where) {
+  const std::string image = kImagePlaceholder, audio = kAudioPlaceholder;
+  const size_t n_image = count_of(text, image), n_audio = count_of(text, audio);
+  G4_CHECK(n_image == image_soft_tokens.size(), where, " has ", n_image, " image placeholder(s) ", image, " for ",
+           image_soft_tokens.size(), " image(s): each image needs exactly one");
+  G4_CHECK(n_audio == audio_soft_tokens.size(), where, " has ", n_audio, " audio placeholder(s) ", audio, " for ",
+           audio_soft_tokens.size(), " audio clip(s): each clip needs exactly one");
+  for (int64_t n : image_soft_tokens) G4_CHECK(n > 0, where, ": an image has ", n, " soft tokens");
+  for (int64_t n : audio_soft_tokens) G4_CHECK(n > 0, where, ": an audio clip has ", n, " soft tokens");
+  // One left-to-right scan; the placeholders cannot overlap each other.
+  std::string out;
+  size_t pos = 0, next_image = 0, next_audio = 0;
+  while (pos < text.size()) {
+    const size_t i = text.find(image, pos), a = text.find(audio, pos);
+    const size_t at = std::min(i, a);
+    if (at == std::string::npos) break;
+    out.append(text, pos, at - pos);
+    if (at == i) {
+      out += "<|image>" + repeat(image, image_soft_tokens[next_image++]) + "<image|>";
+      pos = at + image.size();
+    } else {
+      out += "<|audio>" + repeat(audio, audio_soft_tokens[next_audio++]) + "<audio|>";
+      pos = at + audio.size();
+    }
+  }
+  out.append(text, pos, std::string::npos);
+  return out;
+}
+
+std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok) {
+  const std::optional<int32_t> image = tok.token_to_id(kImagePlaceholder), video = tok.token_to_id("<|video|>"),
+                               audio = tok.token_to_id(kAudioPlaceholder);
+  std::vector<int64_t> types(ids.size(), 0);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    if (image && ids[t] == *image) types[t] = 1;
+    else if (video && ids[t] == *video) types[t] = 2;
+    else if (audio && ids[t] == *audio) types[t] = 3;
+  }
+  return types;
+}
+
+MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
+                                  const std::string& where) {
+  std::vector<const char*> needed;
+  if (!image_soft_tokens.empty()) needed.insert(needed.end(), {"<|image>", kImagePlaceholder, "<image|>"});
+  if (!audio_soft_tokens.empty()) needed.insert(needed.end(), {"<|audio>", kAudioPlaceholder, "<audio|>"});
+  for (const char* token : needed)
+    G4_CHECK(tok.token_to_id(token).has_value(), where, ": the tokenizer has no '", token,
+             "' token (a Gemma 4 multimodal tokenizer has it)");
+  MultimodalIds out;
+  out.input_ids = tok.encode(expand_media_placeholders(text, image_soft_tokens, audio_soft_tokens, where));
+  out.mm_token_type_ids = mm_token_types(out.input_ids, tok);
+  return out;
+}
+
+}  // namespace g4::data

@@ -1,0 +1,41 @@
+// The text side of Gemma 4's processor (transformers' Gemma4Processor): each image placeholder of a
+// rendered prompt becomes "<|image>" + "<|image|>" x n + "<image|>" and each audio placeholder
+// "<|audio>" + "<|audio|>" x m + "<audio|>", n and m the soft-token counts the image processor and
+// the audio feature extractor computed (io/image_processor.h, io/audio_features.h); the expanded text
+// is tokenised whole, and mm_token_type_ids marks the soft tokens. MULTIMODAL.md 4.1-4.2;
+// docs/multimodal.md "Images".
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.h"
+
+namespace g4::data {
+
+inline constexpr const char* kImagePlaceholder = "<|image|>";
+inline constexpr const char* kAudioPlaceholder = "<|audio|>";
+
+// The i-th "<|image|>" of `text` (reading order) takes image_soft_tokens[i], likewise for audio.
+// The number of placeholders must equal the number of counts (transformers checks it too); the
+// error says which differs. `where` names the prompt in errors.
+std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                      const std::vector<int64_t>& audio_soft_tokens,
+                                      const std::string& where = "prompt");
+
+struct MultimodalIds {
+  std::vector<int32_t> input_ids;
+  std::vector<int64_t> mm_token_type_ids;  // 1 image soft token, 2 video, 3 audio, 0 otherwise
+};
+
+// expand_media_placeholders, then the tokenizer on the whole text (no special tokens added: a
+// rendered chat already starts with <bos>), then the token types. The tokenizer must know the
+// placeholder and boundary tokens of the media present.
+MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
+                                  const std::string& where = "prompt");
+
+// mm_token_type_ids for ids: the tokenizer's ids of "<|image|>", "<|video|>", "<|audio|>" give 1, 2, 3.
+std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok);
+
+}  // namespace g4::data

@@ -1,0 +1,52 @@
+// Gemma 4's image processor (transformers' Gemma4ImageProcessor, the default torchvision backend):
+// RGB8 images -> pixel_values [N, max_patches, 3*16*16], image_position_ids [N, max_patches, 2]
+// and the number of soft tokens each image expands to in the prompt. MULTIMODAL.md section 2;
+// docs/multimodal.md "Images".
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/image.h"
+
+namespace g4::io {
+
+struct ImageProcessorOptions {
+  int64_t max_soft_tokens = 280;  // one of 70, 140, 280, 560, 1120
+  int64_t patch_size = 16;
+  int64_t pooling_kernel_size = 3;
+  int64_t max_patches() const { return max_soft_tokens * pooling_kernel_size * pooling_kernel_size; }
+};
+
+// The checked options: the "image_processor" object of a model directory's processor_config.json
+// (or a preprocessor_config.json holding the keys directly) when there is one, else the defaults;
+// max_soft_tokens > 0 overrides the file. Unsupported values are errors naming the file and key.
+ImageProcessorOptions load_image_processor_options(const std::string& model_dir, int64_t max_soft_tokens = 0);
+void check_image_processor_options(const ImageProcessorOptions& opt, const std::string& where);
+
+// get_aspect_ratio_preserving_size: the size (height, width) an h x w image is resized to, both
+// multiples of patch_size * pooling_kernel_size, as close to the patch budget as the aspect ratio
+// allows. Errors (an image too thin for the budget) name `what`.
+std::pair<int64_t, int64_t> image_target_size(int64_t height, int64_t width, const ImageProcessorOptions& opt,
+                                              const std::string& what = "image");
+
+// torchvision's resize(uint8 tensor, BICUBIC, antialias=True) on the CPU: PIL-style separable
+// filtering (Keys cubic, a = -0.5, support widened by the downscale factor), weights in int16
+// fixed point, the horizontal pass first, each pass rounded and clamped to uint8.
+RgbImage resize_bicubic_antialias(const RgbImage& in, int64_t height, int64_t width);
+
+struct ProcessedImages {
+  Tensor pixel_values;        // f32 [N, max_patches, 3*p*p], in [0, 1]; padding rows 0
+  Tensor image_position_ids;  // i64 [N, max_patches, 2] = (x, y) per patch; padding (-1, -1)
+  std::vector<int64_t> num_soft_tokens;                  // per image: (th/p)*(tw/p)/k^2
+  std::vector<std::pair<int64_t, int64_t>> resized_hw;  // per image
+};
+
+// Resize (skipped when the size already fits), rescale by 1/255 in f32 (torch's uint8 * float),
+// patchify (patches row-major, (dy*p + dx)*3 + c within a patch), pad to max_patches.
+// `names` (optional, one per image) name the images in errors.
+ProcessedImages process_images(const std::vector<RgbImage>& images, const ImageProcessorOptions& opt,
+                               const std::vector<std::string>& names = {});
+
+}  // namespace g4::io

@@ -1,0 +1,124 @@
+// `g4 forward MODEL --prompt TEXT --image FILE`: the inputs it makes (input_ids with the image's
+// soft tokens, pixel_values) give the same logits as those tensors passed through --inputs; bad
+// images and mismatched placeholders are errors naming what is wrong.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "io/image_processor.h"
+#include "io/safetensors.h"
+#include "support/g4_process.h"
+#include "support/tensor_compare.h"
+#include "support/test_paths.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::ProcessResult;
+
+void write_file(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+// tiny-mm-e (vision patch 6, image ids 300/301/304 in a 320-token vocabulary) with a processor
+// config for its patch size and the plain test tokenizer plus the image tokens at those ids.
+fs::path make_model_dir() {
+  const fs::path dir = test::scratch_dir("cli_forward_image");
+  const std::string src = test::data_dir() + "/hf-gemma4-mm/tiny-mm-e";
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(src + "/" + f, dir / f);
+  write_file(dir / "processor_config.json",
+             R"({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70}})");
+  std::ifstream in(test::data_dir() + "/tokenizers/plain.json");
+  nlohmann::json tok = nlohmann::json::parse(in);
+  for (const auto& [id, content] : std::vector<std::pair<int, std::string>>{{300, "<|image>"}, {301, "<image|>"},
+                                                                              {304, "<|image|>"}})
+    tok["added_tokens"].push_back({{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false},
+                                   {"rstrip", false}, {"normalized", false}, {"special", true}});
+  write_file(dir / "tokenizer.json", tok.dump());
+  return dir;
+}
+
+// The processor fixture's 97x150 RGBA image: at patch 6 its patch grid stays within the tiny
+// tower's 128 positions.
+std::string fixture_image() { return test::data_dir() + "/hf-gemma4-mm/processor/rgba_97x150.png"; }
+
+TEST(CliForwardImage, PromptAndImageGiveTheSameLogitsAsTheirTensors) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_forward_image_out");
+  const std::string out = (outs / "out.safetensors").string();
+  ProcessResult r = test::run_g4("forward " + dir.string() + " --prompt 'a b <|image|> c' --image " +
+                                 fixture_image() + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("97x150 -> 108x180, 60 soft tokens"), std::string::npos) << r.output;
+  const io::SafetensorsReader got = io::SafetensorsReader::open(out);
+  const Tensor ids = got.get("input_ids"), types = got.get("mm_token_type_ids");
+  ASSERT_EQ(ids.dim(), 2);
+  int64_t image_tokens = 0, boi = -1;
+  for (int64_t t = 0; t < ids.numel(); ++t) {
+    const int64_t id = ids.data<int64_t>()[t];
+    image_tokens += id == 304;
+    if (id == 300) boi = t;
+    EXPECT_EQ(types.data<int64_t>()[t], id == 304 ? 1 : 0) << t;
+  }
+  EXPECT_EQ(ids.data<int64_t>()[0], 2);  // <bos> put first
+  EXPECT_EQ(image_tokens, 60);
+  ASSERT_GE(boi, 0);
+  EXPECT_EQ(ids.data<int64_t>()[boi + 61], 301);
+
+  // The same tensors through --inputs.
+  io::ImageProcessorOptions opt;
+  opt.patch_size = 6;
+  opt.max_soft_tokens = 70;
+  const io::ProcessedImages img = io::process_images({io::read_image(fixture_image())}, opt);
+  const std::string in = (outs / "in.safetensors").string(), out2 = (outs / "out2.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", ids.clone()},
+                            {"mm_token_type_ids", types.clone()},
+                            {"pixel_values", img.pixel_values},
+                            {"image_position_ids", img.image_position_ids}});
+  r = test::run_g4("forward " + dir.string() + " --inputs " + in + " --out " + out2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(test::max_diff(got.get("logits"), io::SafetensorsReader::open(out2).get("logits")), 0.0);
+
+  // --chat: one user turn, the image first; the budget from the command line.
+  r = test::run_g4("forward " + dir.string() + " --chat --prompt ' c ' --image " + fixture_image() +
+                   " --max-soft-tokens 140 --out " + out + " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("97x150 -> 162x252, 126 soft tokens"), std::string::npos) << r.output;
+
+  // An empty prompt with an image: <bos>, then the image's tokens.
+  r = test::run_g4("forward " + dir.string() + " --prompt '' --image " + fixture_image() + " --out " + out +
+                   " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor only = io::SafetensorsReader::open(out).get("input_ids");
+  ASSERT_EQ(only.numel(), 1 + 62);
+  EXPECT_EQ(only.data<int64_t>()[0], 2);
+  EXPECT_EQ(only.data<int64_t>()[1], 300);
+  EXPECT_EQ(only.data<int64_t>()[62], 301);
+  fs::remove_all(dir);
+  fs::remove_all(outs);
+}
+
+TEST(CliForwardImage, BadInputsAreNamed) {
+  const fs::path dir = make_model_dir();
+  const std::string out = (dir / "out.safetensors").string(), bad = (dir / "bad.png").string();
+  write_file(bad, "\x89PNG\r\n\x1a\n but not really");
+  ProcessResult r = test::run_g4("forward " + dir.string() + " --prompt x --image " + bad + " --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find(bad), std::string::npos) << r.output;
+  r = test::run_g4("forward " + dir.string() + " --prompt '<|image|><|image|>' --image " + fixture_image() +
+                   " --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--prompt has 2 image placeholder(s)"), std::string::npos) << r.output;
+  r = test::run_g4("forward " + dir.string() + " --prompt x --image " + fixture_image() +
+                   " --max-soft-tokens 100 --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("max_soft_tokens"), std::string::npos) << r.output;
+  r = test::run_g4("forward " + dir.string() + " --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--inputs or --prompt"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4

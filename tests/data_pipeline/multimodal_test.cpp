@@ -1,0 +1,91 @@
+// The processor's text side against transformers' Gemma4Processor: the processor fixture's prompt
+// (one image, one audio clip, expanded and tokenised with the fixture's stand-in tokenizer) and
+// chat messages with image and audio parts.
+#include <gtest/gtest.h>
+
+#include "data/dataset.h"
+#include "data/multimodal.h"
+#include "io/audio_features.h"
+#include "io/image_processor.h"
+#include "io/safetensors.h"
+#include "io/tokenizer.h"
+#include "io/wav.h"
+#include "support/error_message.h"
+#include "support/test_paths.h"
+
+namespace g4::data {
+namespace {
+
+std::string processor_dir() { return test::data_dir() + "/hf-gemma4-mm/processor"; }
+
+// Image, then text, then audio, then text, as reference.json records the messages; the fixture's
+// reduced template renders parts without the newlines around the image that the real one adds.
+const std::string kFixtureText =
+    "<bos><|turn>user\n<|image|>What is in this picture?<|audio|>Transcribe the clip.<turn|>\n<|turn>model\n";
+
+TEST(MultimodalPrompt, FixturePromptEqualsTransformers) {
+  const io::SafetensorsReader ref =
+      io::SafetensorsReader::open(processor_dir() + "/reference-audio.safetensors");
+  const auto tok = io::load_tokenizer(processor_dir() + "/tokenizer.json");
+
+  // The soft-token counts come from g4's own processors on the fixture's files.
+  const io::ProcessedImages images =
+      io::process_images({io::read_image(processor_dir() + "/scene_1200x280.jpg")}, io::ImageProcessorOptions{});
+  const io::AudioFeatures audio = io::extract_audio_features({io::read_wav_16k(processor_dir() + "/speech_16k.wav")});
+  ASSERT_EQ(images.num_soft_tokens, (std::vector<int64_t>{272}));
+  ASSERT_EQ(audio.num_soft_tokens, (std::vector<int64_t>{96}));
+
+  const MultimodalIds got = tokenize_multimodal(kFixtureText, images.num_soft_tokens, audio.num_soft_tokens, *tok);
+  const Tensor ids = ref.get("prompt.input_ids"), types = ref.get("prompt.mm_token_type_ids");
+  ASSERT_EQ(int64_t(got.input_ids.size()), ids.numel());
+  for (int64_t t = 0; t < ids.numel(); ++t) {
+    ASSERT_EQ(got.input_ids[size_t(t)], ids.data<int64_t>()[t]) << "token " << t;
+    ASSERT_EQ(got.mm_token_type_ids[size_t(t)], types.data<int64_t>()[t]) << "token " << t;
+  }
+  const Tensor pos = ref.get("prompt.image_position_ids");
+  ASSERT_EQ(pos.numel(), images.image_position_ids.numel());
+  for (int64_t i = 0; i < pos.numel(); ++i)
+    ASSERT_EQ(images.image_position_ids.data<int64_t>()[i], pos.data<int64_t>()[i]) << i;
+}
+
+TEST(MultimodalPrompt, ExpansionLayoutAndCountErrors) {
+  EXPECT_EQ(expand_media_placeholders("a<|image|>b<|audio|>c<|image|>", {2, 1}, {3}),
+            "a<|image><|image|><|image|><image|>b<|audio><|audio|><|audio|><|audio|><audio|>c"
+            "<|image><|image|><image|>");
+  EXPECT_EQ(expand_media_placeholders("plain text", {}, {}), "plain text");
+  std::string e = test::error_of([] { expand_media_placeholders("<|image|><|image|>", {5}, {}, "prompt.txt"); });
+  EXPECT_NE(e.find("prompt.txt has 2 image placeholder(s)"), std::string::npos) << e;
+  EXPECT_NE(e.find("1 image(s)"), std::string::npos) << e;
+  e = test::error_of([] { expand_media_placeholders("no audio here", {}, {7}); });
+  EXPECT_NE(e.find("0 audio placeholder(s)"), std::string::npos) << e;
+}
+
+TEST(MultimodalPrompt, ChatPartsRenderAsTheGemma4Template) {
+  ChatMessage user{"user", "", {}};
+  user.parts = {{ChatPart::Kind::Image, ""}, {ChatPart::Kind::Text, "  What is this? "}, {ChatPart::Kind::Audio, ""},
+                {ChatPart::Kind::Text, "\nAnd this?"}};
+  ChatMessage reply{"assistant", "", {}};
+  reply.parts = {{ChatPart::Kind::Text, "<|channel>thought\nhm<channel|>A cat."}};
+  EXPECT_EQ(render_chat({user, reply}, true),
+            "<bos><|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|>And this?<turn|>\n"
+            "<|turn>model\nA cat.<turn|>\n<|turn>model\n");
+  ChatMessage system{"system", "", {}};
+  system.parts = {{ChatPart::Kind::Image, ""}};
+  EXPECT_NE(test::error_of([&] { render_chat({system, user}); }).find("string content"), std::string::npos);
+
+  // Expanded and tokenised with the fixture's tokenizer: the soft tokens sit between boi and eoi.
+  const auto tok = io::load_tokenizer(processor_dir() + "/tokenizer.json");
+  const MultimodalIds ids = tokenize_multimodal(render_chat({user}, true), {4}, {2}, *tok);
+  const int32_t boi = *tok->token_to_id("<|image>"), eoi = *tok->token_to_id("<image|>");
+  const auto at = std::find(ids.input_ids.begin(), ids.input_ids.end(), boi) - ids.input_ids.begin();
+  ASSERT_LT(size_t(at + 5), ids.input_ids.size());
+  EXPECT_EQ(ids.input_ids[size_t(at + 5)], eoi);
+  int64_t images = 0, audio = 0;
+  for (int64_t t : ids.mm_token_type_ids) images += t == 1, audio += t == 3;
+  EXPECT_EQ(images, 4);
+  EXPECT_EQ(audio, 2);
+  EXPECT_EQ(ids.mm_token_type_ids[size_t(at)], 0);  // boi is text
+}
+
+}  // namespace
+}  // namespace g4::data
