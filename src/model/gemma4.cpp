@@ -46,6 +46,10 @@ struct Gemma4::Context {
   // get, so their counts reach the outputs too (a recomputation writes the same values again).
   std::shared_ptr<std::map<int64_t, std::vector<int64_t>>> expert_tokens =
       std::make_shared<std::map<int64_t, std::vector<int64_t>>>();
+  // Per MoE layer whose plan skipped the host copy: its row offsets, still on the device; read into
+  // expert_tokens once the forward has synchronised anyway (forward's loss).
+  std::shared_ptr<std::map<int64_t, Tensor>> expert_offsets =
+      std::make_shared<std::map<int64_t, Tensor>>();
 };
 
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device)
@@ -275,6 +279,13 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
       out.router_aux = aux.value().item();  // reported either way
       if (out.loss.defined()) out.loss = ag::add(out.loss, ag::scale(aux, router_aux_coef_));
     }
+  }
+  for (const auto& [layer, offsets] : *ctx.expert_offsets) {
+    const Tensor host = offsets.to(Device::CPU);
+    std::vector<int64_t>& counts = out.expert_tokens[layer];
+    counts.clear();
+    for (int64_t e = 0; e + 1 < host.numel(); ++e)
+      counts.push_back(host.data<int64_t>()[e + 1] - host.data<int64_t>()[e]);
   }
   exit_block(cfg_.num_layers + 1);
   return out;
@@ -580,9 +591,19 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   // Block diffusion's canvases (run_stack) are hundreds of tokens per row: the grouped GEMMs serve them better.
   const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
                             !ctx.stack && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
+  // Nothing needs the experts' row counts on the host while the layer runs when the grouped
+  // matmuls read them on the device, unless expert parallelism (which sizes its exchanges by them)
+  // or the load-balancing loss (a constant made from them) does: the plan then skips its copy, the
+  // layer's one host synchronisation, and the counts for the report are read after the forward.
+  const bool aux_loss = router_aux_coef_ > 0 && !ctx.step && ag::grad_enabled();
+  const ag::Var& gate_up = p(pre + "moe.experts.gate_and_up_projs");
+  const ag::Var& down = p(pre + "moe.experts.down_projs");
+  const bool host_offsets = dispatcher_ || aux_loss ||
+                            !ops::grouped_matmul_takes_device_offsets(flat.value(), gate_up.value()) ||
+                            !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
-                          /*make_plan=*/!decode_sized);
+                          /*make_plan=*/!decode_sized, host_offsets);
   if (decode_sized) {
     const Tensor x = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps).value();
     const Tensor out = ops::moe_experts(x, routing.weights.value(), routing.indices,
@@ -590,14 +611,18 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
                                         p(pre + "moe.experts.down_projs").value());
     return ag::reshape(ag::Var(out), shape);
   }
-  if (router_aux_coef_ > 0 && !ctx.step && ag::grad_enabled()) ctx.router_aux.push_back(load_balancing_loss(routing));
+  if (aux_loss) ctx.router_aux.push_back(load_balancing_loss(routing));
+  const Tensor device_offsets = routing.plan.device_offsets;
   const TokenDispatcher::Inputs in{l, ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps),
                                    routing.weights, std::move(routing.plan), experts_};
   LocalDispatcher local;
   std::vector<int64_t> counts;
-  const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, p(pre + "moe.experts.gate_and_up_projs"),
-                                        p(pre + "moe.experts.down_projs"), &counts);
-  (*ctx.expert_tokens)[l] = std::move(counts);
+  const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, gate_up, down, &counts);
+  if (host_offsets) {
+    (*ctx.expert_tokens)[l] = std::move(counts);
+  } else {
+    (*ctx.expert_offsets)[l] = device_offsets;
+  }
   return ag::reshape(routed, shape);
 }
 

@@ -26,8 +26,10 @@ struct Routing {
 // Gemma 4's router on x [T, H] (the raw residual): softmax(proj · (rmsnorm(x) * scale * H^-1/2))
 // and its top-k. proj [E, H], scale [H]. make_plan false leaves `plan` empty: making it copies row
 // counts to the host, which ops::moe_experts (inference at decode sizes) does not need.
+// host_offsets false makes the plan without that copy (ops::moe_plan), for callers whose grouped
+// matmuls read the offsets on the device.
 Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64_t top_k, double eps,
-              bool make_plan = true);
+              bool make_plan = true, bool host_offsets = true);
 
 // Switch Transformer's load-balancing loss of one layer: E * sum_e f_e * mean_t probs[t, e], f_e
 // the fraction of the T*K copies routed to expert e. f is a constant (counts); the gradient flows

@@ -17,6 +17,7 @@
 #include "gpu_test.h"
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
+#include "ops/cuda/moe.h"
 #include "support/hf_fixtures.h"
 
 namespace g4 {
@@ -115,6 +116,40 @@ TEST_P(GpuFixture, TrainingForwardWithoutLogitsGivesTheSameLossAndGradients) {
     double norm = 0;
     const double err = test::l2_diff(gpu->params().at(name).grad(), grads[name], &norm);
     EXPECT_LE(err, 1e-2 * norm + 1e-7) << name;
+  }
+}
+
+// The MoE layers with grouped GEMMs that read the expert offsets on the device
+// (G4_GROUPED_GEMM=device: the plan skips its host copy, no synchronisation per layer): the loss,
+// every gradient and the expert counts of the cuBLAS path (host offsets), to bf16 noise.
+TEST(GpuMoeDeviceOffsets, TrainingStepMatchesTheCublasPath) {
+  G4_REQUIRE_GPU();
+  using ops::cuda::GroupedGemmBackend;
+  const GroupedGemmBackend saved = ops::cuda::grouped_gemm_backend();
+  const std::string dir = test::hf_fixture_dir("tiny-moe");
+  auto gpu = model::load_hf_model(dir)->copy_to(Device::CUDA, DType::BF16);
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  model::ForwardInputs in = test::hf_reference_inputs(ref);
+  in.return_logits = false;
+  const auto step = [&](GroupedGemmBackend b, std::map<std::string, Tensor>& grads) {
+    ops::cuda::set_grouped_gemm_backend(b);
+    gpu->params().zero_grad();
+    model::ForwardOutputs o = gpu->forward(in);
+    ag::backward(o.loss);
+    for (const auto& name : gpu->params().order) grads[name] = gpu->params().at(name).grad().clone();
+    return o;
+  };
+  std::map<std::string, Tensor> cublas_grads, device_grads;
+  const model::ForwardOutputs a = step(GroupedGemmBackend::Auto, cublas_grads);
+  const model::ForwardOutputs d = step(GroupedGemmBackend::Device, device_grads);
+  ops::cuda::set_grouped_gemm_backend(saved);
+  EXPECT_FALSE(d.expert_tokens.empty());
+  EXPECT_EQ(d.expert_tokens, a.expert_tokens);
+  EXPECT_NEAR(d.loss.value().item(), a.loss.value().item(), 2e-3 * std::abs(a.loss.value().item()));
+  for (const auto& name : gpu->params().order) {
+    double norm = 0;
+    const double err = test::l2_diff(device_grads[name], cublas_grads[name], &norm);
+    EXPECT_LE(err, 2e-2 * norm + 1e-7) << name;
   }
 }
 
