@@ -3,7 +3,7 @@
 // position_ids, and for images pixel_values, image_position_ids, mm_token_type_ids. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
-// A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
+// A diffusion_gemma model also takes decoder_input_ids (or canvas_ids) [B,C] and optional self_conditioning_logits
 // [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]; it writes the denoiser's
 // logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss (see forward_diffusion).
 #include <iostream>
@@ -38,13 +38,16 @@ void check_shape(const Tensor& t, const Shape& want, const char* name, const std
 NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsReader& in, const std::string& file,
                                bool grads) {
   const Tensor ids = in.get("input_ids").clone();
-  G4_CHECK(in.has("canvas_ids"), "inputs file ", file, " has no 'canvas_ids' tensor (", m.config().architecture,
+  // transformers' forward names the canvas decoder_input_ids; canvas_ids is g4's own name for it.
+  G4_CHECK(in.has("decoder_input_ids") != in.has("canvas_ids"), "inputs file ", file,
+           " must hold exactly one of 'decoder_input_ids' and 'canvas_ids' (", m.config().architecture,
            " denoises a canvas [B, C] after the context input_ids)");
-  const Tensor canvas = in.get("canvas_ids").clone();
+  const char* canvas_name = in.has("decoder_input_ids") ? "decoder_input_ids" : "canvas_ids";
+  const Tensor canvas = in.get(canvas_name).clone();
   G4_CHECK(!in.has("position_ids"), "position_ids in ", file, " are not taken by a diffusion model (the encoder's",
            " positions are 0..S-1 and the canvas's S..S+C-1, as in transformers)");
   const int64_t B = ids.size(0), S = ids.size(1);
-  G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, "canvas_ids in ", file, " must be [", B, ", C], got ",
+  G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, canvas_name, " in ", file, " must be [", B, ", C], got ",
            canvas.describe());
   const int64_t C = canvas.size(1), V = m.config().vocab_size;
   const Tensor mask = optional_input(in, "attention_mask"), dec_mask = optional_input(in, "decoder_attention_mask");
@@ -114,7 +117,7 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->add_option("--inputs", o->inputs,
                   "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
                   "mm_token_type_ids; diffusion models: "
-                  "canvas_ids [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
+                  "decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)")
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
