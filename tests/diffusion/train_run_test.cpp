@@ -140,6 +140,12 @@ TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
       << e;
   e = test::error_of([&] { train::recipe_from_yaml(base + "train: {recompute: true}\n", "d.yaml"); });
   EXPECT_NE(e.find("'train.recompute' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
+  // Block diffusion trains with data parallelism only: sharding, experts and context are refused by key.
+  for (const char* key : {"parallel.fsdp=true", "parallel.expert_parallel=2", "parallel.context_parallel=2"}) {
+    const std::string name = std::string(key).substr(0, std::string(key).find('='));
+    e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {key}); });
+    EXPECT_NE(e.find("'" + name + "' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
+  }
   e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {"dllm.eps=1.5"}); });
   EXPECT_NE(e.find("'dllm.eps' must be in [0, 1)"), std::string::npos) << e;
   e = test::error_of(
