@@ -17,6 +17,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 #include "train/recipe.h"
 
@@ -126,6 +127,37 @@ TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
   fs::remove_all(dir);
 }
 
+// Sharded (parallel.fsdp) ranks train as replicated ones and as one rank: the step gathers the
+// whole model for the objective's passes, and the optimizer state and gradients stay sharded.
+// Validation and checkpoints gather as well.
+TEST(DiffusionTrainRun, ShardedRanksTrainLikeReplicatedOnes) {
+  const fs::path dir = test::scratch_dir("dllm_fsdp");
+  const std::string recipe = write_recipe(dir) +
+                             " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
+                             "train.steps=4 log.validation_every=2 checkpoint.every=0";
+  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
+  ASSERT_EQ(one.code, 0) << one.output;
+  auto two_ranks = [&](const std::string& name, const std::string& extra) {
+    const test::ProcessResult r = test::run_shell(std::string(kEnv) +
+                                                  " mpirun --oversubscribe --allow-run-as-root -np 2 " +
+                                                  test::g4_binary() + " train " + recipe + " train.batch_size=1 " +
+                                                  extra + " checkpoint.dir=" + (dir / name).string() + " 2>&1");
+    EXPECT_EQ(r.code, 0) << r.output;
+    return loss_lines(dir / name);
+  };
+  const std::vector<std::string> replicated = two_ranks("replicated", ""), sharded = two_ranks("sharded", "parallel.fsdp=true");
+  ASSERT_EQ(replicated.size(), 4u + 2u);
+  EXPECT_EQ(sharded, replicated) << "the same sums of the same gradients, printed alike";
+  const std::vector<double> la = step_losses(dir / "one"), lb = step_losses(dir / "sharded");
+  ASSERT_EQ(lb.size(), la.size());
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(lb[i], la[i], 1e-5 * la[i]) << "step " << i + 1;
+  const auto wa = model::load_hf_model((dir / "replicated" / "checkpoints" / "step-00000004").string());
+  const auto wb = model::load_hf_model((dir / "sharded" / "checkpoints" / "step-00000004").string());
+  for (const std::string& n : wa->params().order)
+    EXPECT_LT(test::max_diff(wa->params().at(n).value(), wb->params().at(n).value()), 1e-6) << n;
+  fs::remove_all(dir);
+}
+
 TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
   const std::string base =
       "model: {path: m}\ndata: {train: [a.txt]}\ndllm: {mode: block_diffusion, block_size: 16, eps: 0.01}\n";
@@ -140,8 +172,9 @@ TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
       << e;
   e = test::error_of([&] { train::recipe_from_yaml(base + "train: {recompute: true}\n", "d.yaml"); });
   EXPECT_NE(e.find("'train.recompute' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
-  // Block diffusion trains with data parallelism only: sharding, experts and context are refused by key.
-  for (const char* key : {"parallel.fsdp=true", "parallel.expert_parallel=2", "parallel.context_parallel=2"}) {
+  // Block diffusion trains with data parallelism (replicated or sharded) only: expert and context
+  // parallelism are refused by key.
+  for (const char* key : {"parallel.expert_parallel=2", "parallel.context_parallel=2"}) {
     const std::string name = std::string(key).substr(0, std::string(key).find('='));
     e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {key}); });
     EXPECT_NE(e.find("'" + name + "' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
