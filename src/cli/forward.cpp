@@ -158,8 +158,8 @@ NamedTensors forward_dllm_step(const model::Gemma4& m, const io::SafetensorsRead
   if (!grads) no_grad.emplace();
   const diffusion::DllmForward f = diffusion::dllm_forward(m, step, n_diff, n_ar, 1.0, true, true);
   const double total = f.loss.value().to(DType::F64).item();
-  std::cout << "loss " << total << " = diffusion " << f.diffusion << " over " << step.window.scored()
-            << " tokens + ar " << f.ar << " over " << ar_count(batch) << " pairs\n";
+  std::cout << "loss " << total << " = diffusion " << f.diffusion << " over " << step.window.scored() << " tokens + ar "
+            << f.ar << " over " << ar_count(batch) << " pairs\n";
   NamedTensors out = {{"loss", f.loss.value().to(DType::F32).reshape({1})},
                       {"diffusion_loss", Tensor::full({1}, f.diffusion, DType::F32)},
                       {"ar_loss", Tensor::full({1}, f.ar, DType::F32)},
@@ -183,11 +183,13 @@ void add_forward(CLI::App& app, Action& action) {
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
-  cmd->add_option("--inputs", o->inputs,
-                  "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
-                  "mm_token_type_ids; diffusion models: "
-                  "decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, self_conditioning_mask, decoder_attention_mask; "
-                  "or Automodel's step: loss_mask, noisy_input_ids, selected_block, self_conditioning_mask)")
+  cmd->add_option(
+         "--inputs", o->inputs,
+         "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, image_position_ids, "
+         "mm_token_type_ids; diffusion models: "
+         "decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, self_conditioning_mask, "
+         "decoder_attention_mask; "
+         "or Automodel's step: loss_mask, noisy_input_ids, selected_block, self_conditioning_mask)")
       ->required();
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");

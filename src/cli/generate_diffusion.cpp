@@ -42,7 +42,7 @@ const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prom
                                             "--overwrite", "--device", "--help"};
 
 // Diffusion-only flags that are not generation-config fields.
-const std::set<std::string> kSeedFlags = {"--rng", "--decoder-input-ids", "--self-conditioning-logits"};
+const std::set<std::string> kDiffusionOnlyFlags = {"--rng", "--decoder-input-ids", "--self-conditioning-logits"};
 
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag) {
   std::vector<int64_t> ids;
@@ -143,8 +143,9 @@ void check_generate_flags(const CLI::App* generate, bool diffusion) {
   for (const CLI::Option* opt : generate->get_options()) {
     if (opt->count() == 0) continue;
     const std::string name = opt->get_name();
-    const bool diffusion_only = kSeedFlags.count(name) || std::any_of(std::begin(kFieldFlags), std::end(kFieldFlags),
-                                                               [&](const FieldFlag& f) { return name == f.flag; });
+    const bool diffusion_only =
+        kDiffusionOnlyFlags.count(name) ||
+        std::any_of(std::begin(kFieldFlags), std::end(kFieldFlags), [&](const FieldFlag& f) { return name == f.flag; });
     if (diffusion && !diffusion_only && !kSharedFlags.count(name))
       throw CLI::ValidationError(name,
                                  "does not apply to a diffusion_gemma checkpoint (its sampler takes "
@@ -219,8 +220,8 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   if (!o.decoder_input_ids.empty()) {
     std::vector<int64_t> canvas = parse_id_list(o.decoder_input_ids, "--decoder-input-ids");
     const int64_t n = static_cast<int64_t>(canvas.size());
-    G4_CHECK(n == C || n == B * C, "--decoder-input-ids holds ", n, " ids: give C = ", C, " (every row) or B * C = ",
-             B * C, " (row by row)");
+    G4_CHECK(n == C || n == B * C, "--decoder-input-ids holds ", n, " ids: give C = ", C,
+             " (every row) or B * C = ", B * C, " (row by row)");
     for (int64_t id : canvas)
       G4_CHECK(id >= 0 && id < mc.vocab_size, "--decoder-input-ids: token id ", id, " is outside the vocabulary [0, ",
                mc.vocab_size, ")");

@@ -403,7 +403,8 @@ ag::Var Gemma4::run_stack(const ag::Var& x, const Tensor& positions, const Stack
   G4_CHECK(cfg_.hidden_size_per_layer_input == 0 && cfg_.num_kv_shared_layers == 0,
            "run_stack: models with per-layer inputs or KV sharing are not run this way");
   G4_CHECK(!context_, "run_stack: context parallelism is not supported here");
-  G4_CHECK(!hooks_ || hooks_->whole(), "run_stack: the sharded parameters must be gathered first (the hooks that "
+  G4_CHECK(!hooks_ || hooks_->whole(),
+           "run_stack: the sharded parameters must be gathered first (the hooks that "
            "gather them block by block are not called here)");
   G4_CHECK(attn.prefix.empty() || static_cast<int64_t>(attn.prefix.size()) == cfg_.num_layers, "run_stack: ",
            attn.prefix.size(), " prefix layers for a model of ", cfg_.num_layers);

@@ -12,8 +12,8 @@
 #include "diffusion/model.h"
 #include "io/json_input.h"
 #include "io/safetensors.h"
-#include "support/g4_process.h"
 #include "model/state_dict_adapter.h"
+#include "support/g4_process.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
@@ -160,14 +160,16 @@ TEST_P(DiffusionForward, GradsOfAutomodelsStepMatchItsRecordedGradients) {
   io::save_safetensors(in, {{"input_ids", ref.get("train.input_ids").clone()},
                             {"loss_mask", ref.get("train.loss_mask").clone()},
                             {"noisy_input_ids", ref.get("train.noisy_ids").clone()}});
-  const test::ProcessResult missing = test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
+  const test::ProcessResult missing =
+      test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
   EXPECT_NE(missing.code, 0);
   EXPECT_NE(missing.output.find("selected_block"), std::string::npos) << missing.output;
   io::save_safetensors(in, {{"input_ids", ref.get("train.input_ids").clone()},
                             {"loss_mask", ref.get("train.loss_mask").clone()},
                             {"noisy_input_ids", ref.get("train.noisy_ids").clone()},
                             {"selected_block", Tensor::full({ref.get("train.sel_block").numel()}, 7.0, DType::I64)}});
-  const test::ProcessResult beyond = test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
+  const test::ProcessResult beyond =
+      test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
   EXPECT_NE(beyond.code, 0);
   EXPECT_NE(beyond.output.find("selected_block[0] = 7"), std::string::npos) << beyond.output;
   std::filesystem::remove_all(tmp);
@@ -184,10 +186,10 @@ TEST(DiffusionForwardCommand, TakesTheCanvasUnderTransformersName) {
   ASSERT_EQ(r.code, 0) << r.output;
   const Tensor logits = io::SafetensorsReader::open(out).get("logits").clone();
   EXPECT_LT(max_diff(logits, ref.get_f32("fwd.logits", logits.shape())), 1e-4);
-  io::save_safetensors(in, {{"input_ids", ref.get("fwd.input_ids").clone()},
-                            {"decoder_input_ids", canvas},
-                            {"canvas_ids", canvas}});
-  const test::ProcessResult both = test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
+  io::save_safetensors(
+      in, {{"input_ids", ref.get("fwd.input_ids").clone()}, {"decoder_input_ids", canvas}, {"canvas_ids", canvas}});
+  const test::ProcessResult both =
+      test::run_g4("forward " + dir + " --inputs " + in + " --out " + out + " --overwrite");
   EXPECT_NE(both.code, 0);
   EXPECT_NE(both.output.find("exactly one of 'decoder_input_ids' and 'canvas_ids'"), std::string::npos) << both.output;
   std::filesystem::remove_all(tmp);

@@ -42,7 +42,8 @@ TEST(SeededFirstBlock, TheRecordedInitialCanvasGivesTheRecordedRun) {
   const json run = io::read_json_file(dir + "/reference.json", "reference", 1 << 24).at("generate").at("gen_sample");
   const Tensor prompt = ref.get("gen_sample.prompt").clone();
   const int64_t B = prompt.size(0), C = m->config().canvas_length;
-  const diffusion::GenerationConfig cfg = settings(*m, test::diffusion_run_overrides(run.at("settings")), prompt.size(1));
+  const diffusion::GenerationConfig cfg =
+      settings(*m, test::diffusion_run_overrides(run.at("settings")), prompt.size(1));
   const Tensor init = ref.get("gen_sample.init_canvas");
   diffusion::GenerateInputs in;
   in.decoder_input_ids = Tensor::from_vector(ints(init, 0, B * C), {B, C});
@@ -88,8 +89,11 @@ TEST(SeededFirstBlock, TheStateOfStepKContinuesTheUnseededRun) {
   const auto m = model::load_hf_model(test::diffusion_fixture_dir("tiny-dg-a"));
   const int64_t B = 2, P = 9, N = 6, k = 2, C = m->config().canvas_length, V = m->config().vocab_size;
   const Tensor prompt = randint({B, P}, 5101, 3, V);
-  json over = {{"max_new_tokens", C},          {"max_denoising_steps", N}, {"t_min", nullptr},
-               {"stability_threshold", nullptr}, {"eos_token_id", nullptr},
+  json over = {{"max_new_tokens", C},
+               {"max_denoising_steps", N},
+               {"t_min", nullptr},
+               {"stability_threshold", nullptr},
+               {"eos_token_id", nullptr},
                {"sampler_config", {{"_cls_name", "EntropyBoundSamplerConfig"}, {"entropy_bound", 0.5}}}};
   diffusion::PhiloxDraws draws({31, 32});
   std::vector<diffusion::StepTrace> full;
@@ -100,7 +104,8 @@ TEST(SeededFirstBlock, TheStateOfStepKContinuesTheUnseededRun) {
   diffusion::EncoderCache cache;
   diffusion::encode(*m, prompt, {}, cache);
   Tensor sc;
-  for (int64_t t = 0; t < k; ++t) sc = diffusion::denoise(*m, Tensor::from_vector(full[t].canvas_in, {B, C}), cache, sc);
+  for (int64_t t = 0; t < k; ++t)
+    sc = diffusion::denoise(*m, Tensor::from_vector(full[t].canvas_in, {B, C}), cache, sc);
   diffusion::GenerateInputs in;
   in.decoder_input_ids = Tensor::from_vector(full[k - 1].canvas_out, {B, C});
   in.self_conditioning_logits = sc;
@@ -157,8 +162,11 @@ TEST(MultiTurn, TheSecondTurnOnTheFirstTurnsCacheEqualsRecomputing) {
     first[P + j] = m->config().pad_token_id;
     mask[P + j] = 0;
   }
-  const json over = {{"max_new_tokens", 2 * C},       {"max_denoising_steps", 5}, {"confidence_threshold", 0.5},
-                     {"eos_token_id", nullptr},       {"pad_token_id", 0}};
+  const json over = {{"max_new_tokens", 2 * C},
+                     {"max_denoising_steps", 5},
+                     {"confidence_threshold", 0.5},
+                     {"eos_token_id", nullptr},
+                     {"pad_token_id", 0}};
   diffusion::EncoderCache cache;
   diffusion::GenerateInputs in1;
   in1.attention_mask = Tensor::from_vector(mask, {B, P});
@@ -186,8 +194,8 @@ TEST(MultiTurn, TheSecondTurnOnTheFirstTurnsCacheEqualsRecomputing) {
   in2.past_key_values = &cache;
   diffusion::PhiloxDraws d2({21, 22});
   std::vector<diffusion::StepTrace> cached_trace;
-  const diffusion::GenerateOutput cached = diffusion::generate(*m, Tensor::from_vector(next, {B, C + T}), in2,
-                                                               settings(*m, over, W), d2, &cached_trace);
+  const diffusion::GenerateOutput cached =
+      diffusion::generate(*m, Tensor::from_vector(next, {B, C + T}), in2, settings(*m, over, W), d2, &cached_trace);
 
   diffusion::EncoderCache scratch_cache;
   diffusion::GenerateInputs in3;

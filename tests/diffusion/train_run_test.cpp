@@ -138,14 +138,14 @@ TEST(DiffusionTrainRun, ShardedRanksTrainLikeReplicatedOnes) {
   const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
   ASSERT_EQ(one.code, 0) << one.output;
   auto two_ranks = [&](const std::string& name, const std::string& extra) {
-    const test::ProcessResult r = test::run_shell(std::string(kEnv) +
-                                                  " mpirun --oversubscribe --allow-run-as-root -np 2 " +
-                                                  test::g4_binary() + " train " + recipe + " train.batch_size=1 " +
-                                                  extra + " checkpoint.dir=" + (dir / name).string() + " 2>&1");
+    const test::ProcessResult r = test::run_shell(
+        std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
+        recipe + " train.batch_size=1 " + extra + " checkpoint.dir=" + (dir / name).string() + " 2>&1");
     EXPECT_EQ(r.code, 0) << r.output;
     return loss_lines(dir / name);
   };
-  const std::vector<std::string> replicated = two_ranks("replicated", ""), sharded = two_ranks("sharded", "parallel.fsdp=true");
+  const std::vector<std::string> replicated = two_ranks("replicated", ""),
+                                 sharded = two_ranks("sharded", "parallel.fsdp=true");
   ASSERT_EQ(replicated.size(), 4u + 2u);
   EXPECT_EQ(sharded, replicated) << "the same sums of the same gradients, printed alike";
   const std::vector<double> la = step_losses(dir / "one"), lb = step_losses(dir / "sharded");
