@@ -404,8 +404,7 @@ ag::Var Gemma4::run_stack(const ag::Var& x, const Tensor& positions, const Stack
            "run_stack: models with per-layer inputs or KV sharing are not run this way");
   G4_CHECK(!context_, "run_stack: context parallelism is not supported here");
   G4_CHECK(!hooks_ || hooks_->whole(),
-           "run_stack: the sharded parameters must be gathered first (the hooks that "
-           "gather them block by block are not called here)");
+           "run_stack: gather the sharded parameters first (the hooks that gather block by block are not called here)");
   G4_CHECK(attn.prefix.empty() || static_cast<int64_t>(attn.prefix.size()) == cfg_.num_layers, "run_stack: ",
            attn.prefix.size(), " prefix layers for a model of ", cfg_.num_layers);
   int64_t next = 0;
