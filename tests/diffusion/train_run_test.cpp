@@ -108,30 +108,12 @@ TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
 // Two data-parallel ranks of one example each train as one rank of two: the same samples and
 // corruption (seeded by the global sample index), the step's denominators summed over the ranks.
 // One-block continuations and no self-conditioning leave the per-micro-batch block-selection and
-// coin draws (which differ between the layouts, as in Automodel) without effect.
+// coin draws (which differ between the layouts, as in Automodel) without effect. Sharded ranks
+// (parallel.fsdp) train as replicated ones: the step gathers the whole model for the objective's
+// passes, and the optimizer state and gradients stay sharded; validation and checkpoints gather
+// as well.
 TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
   const fs::path dir = test::scratch_dir("dllm_dp");
-  const std::string recipe = write_recipe(dir) +
-                             " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
-                             "train.steps=4 log.validation_every=0";
-  const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
-  ASSERT_EQ(one.code, 0) << one.output;
-  const test::ProcessResult two = test::run_shell(
-      std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
-      recipe + " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
-  ASSERT_EQ(two.code, 0) << two.output;
-  const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
-  ASSERT_EQ(a.size(), 4u);
-  ASSERT_EQ(b.size(), 4u);
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
-  fs::remove_all(dir);
-}
-
-// Sharded (parallel.fsdp) ranks train as replicated ones and as one rank: the step gathers the
-// whole model for the objective's passes, and the optimizer state and gradients stay sharded.
-// Validation and checkpoints gather as well.
-TEST(DiffusionTrainRun, ShardedRanksTrainLikeReplicatedOnes) {
-  const fs::path dir = test::scratch_dir("dllm_fsdp");
   const std::string recipe = write_recipe(dir) +
                              " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
                              "train.steps=4 log.validation_every=2 checkpoint.every=0";
@@ -144,14 +126,16 @@ TEST(DiffusionTrainRun, ShardedRanksTrainLikeReplicatedOnes) {
     EXPECT_EQ(r.code, 0) << r.output;
     return loss_lines(dir / name);
   };
-  const std::vector<std::string> replicated = two_ranks("replicated", ""),
+  const std::vector<std::string> replicated = two_ranks("two", ""),
                                  sharded = two_ranks("sharded", "parallel.fsdp=true");
+  const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
+
   ASSERT_EQ(replicated.size(), 4u + 2u);
   EXPECT_EQ(sharded, replicated) << "the same sums of the same gradients, printed alike";
-  const std::vector<double> la = step_losses(dir / "one"), lb = step_losses(dir / "sharded");
-  ASSERT_EQ(lb.size(), la.size());
-  for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(lb[i], la[i], 1e-5 * la[i]) << "step " << i + 1;
-  const auto wa = model::load_hf_model((dir / "replicated" / "checkpoints" / "step-00000004").string());
+  const auto wa = model::load_hf_model((dir / "two" / "checkpoints" / "step-00000004").string());
   const auto wb = model::load_hf_model((dir / "sharded" / "checkpoints" / "step-00000004").string());
   for (const std::string& n : wa->params().order)
     EXPECT_LT(test::max_diff(wa->params().at(n).value(), wb->params().at(n).value()), 1e-6) << n;
