@@ -12,9 +12,12 @@
 // input_ids and mm_token_type_ids used. Without --chat the text is taken as it is (<bos> put first
 // when missing; the images' placeholders put before it when it has none); with --chat it is one user
 // turn of the Gemma 4 chat template, images first, then the generation prompt.
-// A diffusion_gemma model also takes canvas_ids [B,C] and optional self_conditioning_logits
-// [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]; it writes the denoiser's
-// logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss (see forward_diffusion).
+// A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
+// - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
+//   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
+//   it writes the denoiser's logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss
+//   (see forward_diffusion);
+// - Automodel's training step, when the file has loss_mask (see forward_dllm_step).
 #include <iostream>
 #include <optional>
 
@@ -23,6 +26,7 @@
 #include "data/dataset.h"
 #include "data/multimodal.h"
 #include "diffusion/model.h"
+#include "diffusion/objective.h"
 #include "io/image_processor.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
@@ -47,17 +51,20 @@ void check_shape(const Tensor& t, const Shape& want, const char* name, const std
 // encoder over input_ids fills the cache, the denoiser runs once over canvas_ids. With labels,
 // encoder_loss is the encoder's next-token cross-entropy (labels shifted inside, -100 ignored: the
 // autoregressive term of Automodel's training loss) and --grads differentiates it; the denoiser's
-// logits are computed without a tape, so no gradient of a canvas loss is offered.
+// logits are computed without a tape (the canvas loss and its gradients are forward_dllm_step's).
 NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsReader& in, const std::string& file,
                                bool grads) {
   const Tensor ids = in.get("input_ids").clone();
-  G4_CHECK(in.has("canvas_ids"), "inputs file ", file, " has no 'canvas_ids' tensor (", m.config().architecture,
+  // transformers' forward names the canvas decoder_input_ids; canvas_ids is g4's own name for it.
+  G4_CHECK(in.has("decoder_input_ids") != in.has("canvas_ids"), "inputs file ", file,
+           " must hold exactly one of 'decoder_input_ids' and 'canvas_ids' (", m.config().architecture,
            " denoises a canvas [B, C] after the context input_ids)");
-  const Tensor canvas = in.get("canvas_ids").clone();
+  const char* canvas_name = in.has("decoder_input_ids") ? "decoder_input_ids" : "canvas_ids";
+  const Tensor canvas = in.get(canvas_name).clone();
   G4_CHECK(!in.has("position_ids"), "position_ids in ", file, " are not taken by a diffusion model (the encoder's",
            " positions are 0..S-1 and the canvas's S..S+C-1, as in transformers)");
   const int64_t B = ids.size(0), S = ids.size(1);
-  G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, "canvas_ids in ", file, " must be [", B, ", C], got ",
+  G4_CHECK(canvas.dim() == 2 && canvas.size(0) == B, canvas_name, " in ", file, " must be [", B, ", C], got ",
            canvas.describe());
   const int64_t C = canvas.size(1), V = m.config().vocab_size;
   const Tensor mask = optional_input(in, "attention_mask"), dec_mask = optional_input(in, "decoder_attention_mask");
@@ -70,7 +77,8 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   check_shape(sc, {B, C, V}, "self_conditioning_logits", file);
   if (sc_mask.defined()) check_shape(sc_mask.reshape({sc_mask.numel()}), {B}, "self_conditioning_mask", file);
   G4_CHECK(!grads || labels.defined(), "--grads on a diffusion model needs 'labels' in ", file,
-           " (the gradients are of the encoder's next-token loss)");
+           " (the gradients of the encoder's next-token loss) or Automodel's batch with 'loss_mask' (the gradients of",
+           " its training loss)");
 
   // The cache keeps one validity per encoded key, so the decoder's mask over the context keys must
   // be the encoder's; its last C columns mask canvas keys.
@@ -170,6 +178,69 @@ model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& mo
   fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});
   extra = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
   return fi;
+
+// NeMo Automodel 0.7.0's block-diffusion step on a batch whose draws are given (DIFFUSION.md
+// §D.4-D.7, diffusion::dllm_forward): the collated clean rows input_ids, attention_mask (optional:
+// all attended) and loss_mask [B,S]; their corruption noisy_input_ids [B,S]; each row's scored
+// block selected_block [B]; and the self-conditioning coins self_conditioning_mask [B] (optional:
+// none). The block size is the model's canvas_length, the AR weight 1 (Automodel's defaults), the
+// denominators this batch's own (one micro-batch on one rank). Writes loss (the total),
+// diffusion_loss, ar_loss, the pass-2 logits [B,R,V], sc_logits (pass 1) and encoder_logits
+// [B,S,V]; --grads differentiates the total, the router included (Automodel freezes it).
+NamedTensors forward_dllm_step(const model::Gemma4& m, const io::SafetensorsReader& in, const std::string& file,
+                               bool grads) {
+  for (const char* other : {"decoder_input_ids", "canvas_ids", "self_conditioning_logits", "decoder_attention_mask",
+                            "labels", "position_ids"})
+    G4_CHECK(!in.has(other), "inputs file ", file, " has loss_mask (Automodel's training step) and '", other,
+             "', which belongs to transformers' forward; give one or the other");
+  for (const char* needed : {"noisy_input_ids", "selected_block"})
+    G4_CHECK(in.has(needed), "inputs file ", file, " has loss_mask but no '", needed,
+             "' (Automodel's step takes the corrupted rows and each row's scored block)");
+  diffusion::DllmBatch batch;
+  batch.input_ids = in.get("input_ids").to(DType::I64).clone();
+  const int64_t B = batch.rows(), S = batch.length();
+  // Masks may be floats, as Automodel's loss_mask is (nonzero: 1); token ids must be integers.
+  auto rows = [&](const char* name, bool ids) {
+    if (!ids && !in.has(name)) return Tensor::full({B, S}, 1.0, DType::I64);
+    const Tensor t = in.get(name);
+    check_shape(t, {B, S}, name, file);
+    G4_CHECK(!ids || !is_floating(t.dtype()), name, " in ", file, " must hold token ids, got ", t.describe());
+    Tensor r = Tensor::empty({B, S}, DType::I64);
+    const Tensor host = ids ? t.to(DType::I64) : t.to(DType::F64);
+    for (int64_t i = 0; i < B * S; ++i)
+      r.data<int64_t>()[i] = ids ? host.data<int64_t>()[i] : host.data<double>()[i] != 0;
+    return r;
+  };
+  batch.loss_mask = rows("loss_mask", false);
+  batch.attention_mask = rows("attention_mask", false);
+  const Tensor noisy = rows("noisy_input_ids", true);
+  const Tensor selected = in.get("selected_block").clone();
+  diffusion::DllmStep step{batch, diffusion::response_window_at(batch, noisy, m.config().canvas_length, selected),
+                           Tensor::zeros({B}, DType::I64)};
+  if (in.has("self_conditioning_mask")) {
+    const Tensor coins = in.get("self_conditioning_mask");
+    G4_CHECK(coins.numel() == B, "self_conditioning_mask in ", file, " must be [", B, "], got ", coins.describe());
+    for (int64_t b = 0; b < B; ++b) step.coins.data<int64_t>()[b] = element_as_int(coins, b) != 0;
+  }
+  const double n_diff = std::max<int64_t>(1, step.window.scored()), n_ar = std::max<int64_t>(1, ar_count(batch));
+
+  std::optional<ag::NoGrad> no_grad;
+  if (!grads) no_grad.emplace();
+  const diffusion::DllmForward f = diffusion::dllm_forward(m, step, n_diff, n_ar, 1.0, true, true);
+  const double total = f.loss.value().to(DType::F64).item();
+  std::cout << "loss " << total << " = diffusion " << f.diffusion << " over " << step.window.scored() << " tokens + ar "
+            << f.ar << " over " << ar_count(batch) << " pairs\n";
+  NamedTensors out = {{"loss", f.loss.value().to(DType::F32).reshape({1})},
+                      {"diffusion_loss", Tensor::full({1}, f.diffusion, DType::F32)},
+                      {"ar_loss", Tensor::full({1}, f.ar, DType::F32)},
+                      {"logits", f.logits},
+                      {"sc_logits", f.sc_logits},
+                      {"encoder_logits", f.encoder_logits}};
+  if (grads) {
+    ag::backward(f.loss);
+    for (auto& [name, g] : model::hf_gradients(m)) out.emplace_back("grad." + name, g);
+  }
+  return out;
 }
 
 }  // namespace
@@ -187,8 +258,9 @@ void add_forward(CLI::App& app, Action& action) {
       cmd->add_option("--inputs", o->inputs,
                       "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, "
                       "image_position_ids, mm_token_type_ids, input_features, input_features_mask; diffusion "
-                       "models: canvas_ids [B,C] + "
-                      "self_conditioning_logits, self_conditioning_mask, decoder_attention_mask)");
+                      "models: decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, "
+                      "self_conditioning_mask, decoder_attention_mask; or Automodel's step: loss_mask, "
+                      "noisy_input_ids, selected_block, self_conditioning_mask)");
   auto* prompt_opt = cmd->add_option("--prompt", o->prompt.text,
                                      "prompt text instead of --inputs; each <|image|> in it takes the next --image");
   inputs_opt->excludes(prompt_opt);
@@ -201,6 +273,7 @@ void add_forward(CLI::App& app, Action& action) {
       ->needs(prompt_opt);
   cmd->add_option("--tokenizer", o->prompt.tokenizer, "tokenizer for --prompt (default: the model directory)")
       ->needs(prompt_opt);
+
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
   cmd->add_flag("--overwrite", o->overwrite, "replace --out even when it is a file in a model directory");
@@ -219,7 +292,8 @@ void add_forward(CLI::App& app, Action& action) {
         G4_CHECK(fi.input_ids.dim() == 2 && !is_floating(fi.input_ids.dtype()), "input_ids in ", o->inputs,
                  " must be an integer [B, S] tensor, got ", fi.input_ids.describe());
         if (model->config().diffusion) {
-          const NamedTensors tensors = forward_diffusion(*model, in, o->inputs, o->grads);
+          const NamedTensors tensors = in.has("loss_mask") ? forward_dllm_step(*model, in, o->inputs, o->grads)
+                                                           : forward_diffusion(*model, in, o->inputs, o->grads);
           io::save_safetensors(o->out, tensors);
           std::cout << "wrote " << tensors.size() << " tensors to " << o->out << "\n";
           return;

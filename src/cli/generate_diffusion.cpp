@@ -10,6 +10,7 @@
 #include "cli/engine_setup.h"
 #include "diffusion/sampler.h"
 #include "io/json_input.h"
+#include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -40,7 +41,10 @@ const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prom
                                             "--max-new-tokens", "--seed", "--prompts", "--out",
                                             "--overwrite", "--device", "--help"};
 
-std::vector<int64_t> parse_id_list(const std::string& s) {
+// Diffusion-only flags that are not generation-config fields.
+const std::set<std::string> kDiffusionOnlyFlags = {"--rng", "--decoder-input-ids", "--self-conditioning-logits"};
+
+std::vector<int64_t> parse_id_list(const std::string& s, const char* flag) {
   std::vector<int64_t> ids;
   std::stringstream ss(s);
   std::string item;
@@ -52,10 +56,10 @@ std::vector<int64_t> parse_id_list(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    G4_CHECK(used == item.size() && used > 0, "--prompt-ids: '", item, "' is not an integer token id");
+    G4_CHECK(used == item.size() && used > 0, flag, ": '", item, "' is not an integer token id");
     ids.push_back(id);
   }
-  G4_CHECK(!ids.empty(), "--prompt-ids is empty");
+  G4_CHECK(!ids.empty(), flag, " is empty");
   return ids;
 }
 
@@ -114,6 +118,14 @@ std::shared_ptr<DiffusionGenerateOptions> add_diffusion_generate_options(CLI::Ap
       ->add_option("--rng", o->rng, "philox (g4's, per-row seeds seed + row) or torch-cpu (transformers' CPU draws)")
       ->check(CLI::IsMember({"philox", "torch-cpu"}))
       ->group(group);
+  generate
+      ->add_option("--decoder-input-ids", o->decoder_input_ids,
+                   "the first block's starting canvas instead of random tokens: C ids for every row, or B*C row by row")
+      ->group(group);
+  generate
+      ->add_option("--self-conditioning-logits", o->self_conditioning_logits,
+                   "safetensors file with self_conditioning_logits [B,C,V]: the first step's self-conditioning input")
+      ->group(group);
   return o;
 }
 
@@ -131,8 +143,9 @@ void check_generate_flags(const CLI::App* generate, bool diffusion) {
   for (const CLI::Option* opt : generate->get_options()) {
     if (opt->count() == 0) continue;
     const std::string name = opt->get_name();
-    const bool diffusion_only = name == "--rng" || std::any_of(std::begin(kFieldFlags), std::end(kFieldFlags),
-                                                               [&](const FieldFlag& f) { return name == f.flag; });
+    const bool diffusion_only =
+        kDiffusionOnlyFlags.count(name) ||
+        std::any_of(std::begin(kFieldFlags), std::end(kFieldFlags), [&](const FieldFlag& f) { return name == f.flag; });
     if (diffusion && !diffusion_only && !kSharedFlags.count(name))
       throw CLI::ValidationError(name,
                                  "does not apply to a diffusion_gemma checkpoint (its sampler takes "
@@ -171,7 +184,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     prompts.push_back({tok->bos_id});
     for (int32_t id : tok->encode(o.prompt)) prompts[0].push_back(id);
   } else {
-    prompts.push_back(parse_id_list(o.prompt_ids));
+    prompts.push_back(parse_id_list(o.prompt_ids, "--prompt-ids"));
   }
   const io::ModelConfig& mc = m->config();
   for (const auto& p : prompts)
@@ -201,8 +214,28 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     for (int64_t b = 0; b < B; ++b) seeds.push_back(o.seed + static_cast<uint64_t>(b));
     draws = std::make_unique<diffusion::PhiloxDraws>(std::move(seeds));
   }
-  const Tensor padded = Tensor::from_vector(ids, {B, P});
-  const diffusion::GenerateOutput out = diffusion::generate(*m, padded, Tensor::from_vector(mask, {B, P}), cfg, *draws);
+  diffusion::GenerateInputs inputs;
+  inputs.attention_mask = Tensor::from_vector(mask, {B, P});
+  const int64_t C = mc.canvas_length;
+  if (!o.decoder_input_ids.empty()) {
+    std::vector<int64_t> canvas = parse_id_list(o.decoder_input_ids, "--decoder-input-ids");
+    const int64_t n = static_cast<int64_t>(canvas.size());
+    G4_CHECK(n == C || n == B * C, "--decoder-input-ids holds ", n, " ids: give C = ", C,
+             " (every row) or B * C = ", B * C, " (row by row)");
+    for (int64_t id : canvas)
+      G4_CHECK(id >= 0 && id < mc.vocab_size, "--decoder-input-ids: token id ", id, " is outside the vocabulary [0, ",
+               mc.vocab_size, ")");
+    if (n == C)
+      for (int64_t b = 1; b < B; ++b) canvas.insert(canvas.end(), canvas.begin(), canvas.begin() + C);
+    inputs.decoder_input_ids = Tensor::from_vector(canvas, {B, C});
+  }
+  if (!o.self_conditioning_logits.empty()) {
+    const io::SafetensorsReader f = io::SafetensorsReader::open(o.self_conditioning_logits);
+    G4_CHECK(f.has("self_conditioning_logits"), "--self-conditioning-logits: ", o.self_conditioning_logits,
+             " has no 'self_conditioning_logits' tensor");
+    inputs.self_conditioning_logits = f.get_f32("self_conditioning_logits", {B, C, mc.vocab_size});
+  }
+  const diffusion::GenerateOutput out = diffusion::generate(*m, Tensor::from_vector(ids, {B, P}), inputs, cfg, *draws);
 
   const int64_t L = out.sequences.size(1);
   std::string jsonl;

@@ -14,6 +14,10 @@ struct DiffusionGenerateOptions {
   std::string max_denoising_steps, t_min, t_max, entropy_bound, stability_threshold, confidence_threshold, eos_token_id,
       pad_token_id;
   std::string rng = "philox";  // philox | torch-cpu
+  // The first block's seeds (transformers' decoder_input_ids and self_conditioning_logits): a comma
+  // list of C ids (every row) or B * C ids (row by row); a safetensors file holding
+  // self_conditioning_logits [B, C, V].
+  std::string decoder_input_ids, self_conditioning_logits;
   // Shared with the autoregressive command's options.
   std::string model, tokenizer, prompt_ids, prompt, prompts, out;
   std::string device = "cpu";  // cpu (f32) | cuda (bf16)

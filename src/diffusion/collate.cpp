@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "core/error.h"
@@ -100,11 +101,13 @@ int64_t ResponseWindow::scored() const {
   return std::accumulate(p, p + loss_sel.numel(), int64_t{0});
 }
 
-ResponseWindow response_window(const DllmBatch& batch, const Tensor& noisy, int64_t block_size, const Tensor& sel_u) {
+namespace {
+
+// The window with row b scoring block pick(b, blocks of row b).
+ResponseWindow window(const DllmBatch& batch, const Tensor& noisy, int64_t block_size,
+                      const std::function<int64_t(int64_t, int64_t)>& pick) {
   const int64_t B = batch.rows(), S = batch.length();
   G4_CHECK(block_size > 0, "response_window: dllm.block_size must be positive, got ", block_size);
-  G4_CHECK(sel_u.numel() == B && sel_u.dtype() == DType::F32, "response_window: sel_u ", sel_u.describe(), " must be [",
-           B, "] f32");
   ResponseWindow w;
   w.block_size = block_size;
   int64_t R = 1;
@@ -122,8 +125,7 @@ ResponseWindow response_window(const DllmBatch& batch, const Tensor& noisy, int6
   for (int64_t b = 0; b < B; ++b) {
     const int64_t resp = w.response[static_cast<size_t>(b)], prefix = w.prefix[static_cast<size_t>(b)];
     const int64_t blocks = std::max<int64_t>(1, (resp - 1) / block_size + 1);
-    // Automodel multiplies in float32 and truncates.
-    const auto sel = static_cast<int64_t>(std::floor(sel_u.data<float>()[b] * static_cast<float>(blocks)));
+    const int64_t sel = pick(b, blocks);
     w.selected.push_back(sel);
     for (int64_t j = 0; j < R; ++j) {
       const int64_t a = prefix + j, g = std::min(a, S - 1);
@@ -136,6 +138,31 @@ ResponseWindow response_window(const DllmBatch& batch, const Tensor& noisy, int6
     }
   }
   return w;
+}
+
+}  // namespace
+
+ResponseWindow response_window(const DllmBatch& batch, const Tensor& noisy, int64_t block_size, const Tensor& sel_u) {
+  const int64_t B = batch.rows();
+  G4_CHECK(sel_u.numel() == B && sel_u.dtype() == DType::F32, "response_window: sel_u ", sel_u.describe(), " must be [",
+           B, "] f32");
+  return window(batch, noisy, block_size, [&](int64_t b, int64_t blocks) {
+    // Automodel multiplies in float32 and truncates.
+    return static_cast<int64_t>(std::floor(sel_u.data<float>()[b] * static_cast<float>(blocks)));
+  });
+}
+
+ResponseWindow response_window_at(const DllmBatch& batch, const Tensor& noisy, int64_t block_size,
+                                  const Tensor& selected) {
+  const int64_t B = batch.rows();
+  G4_CHECK(selected.numel() == B && !is_floating(selected.dtype()), "selected_block ", selected.describe(),
+           " must be [", B, "] integers (one scored block per row)");
+  return window(batch, noisy, block_size, [&](int64_t b, int64_t blocks) {
+    const int64_t sel = element_as_int(selected, b);
+    G4_CHECK(sel >= 0 && sel < blocks, "selected_block[", b, "] = ", sel, " is not one of the row's ", blocks,
+             " response blocks of ", block_size);
+    return sel;
+  });
 }
 
 int64_t ar_count(const DllmBatch& batch) {

@@ -64,6 +64,9 @@ struct ResponseWindow {
 
 // sel_u [B] f32: the block-selection uniforms; row b scores block floor(sel_u[b] · blocks_b).
 ResponseWindow response_window(const DllmBatch& batch, const Tensor& noisy, int64_t block_size, const Tensor& sel_u);
+// The same window with each row's scored block given: selected [B] integers in [0, blocks of the row).
+ResponseWindow response_window_at(const DllmBatch& batch, const Tensor& noisy, int64_t block_size,
+                                  const Tensor& selected);
 
 // Next-token pairs (t, t + 1) with both attended: the encoder's AR loss terms (§D.7).
 int64_t ar_count(const DllmBatch& batch);

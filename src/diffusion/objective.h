@@ -56,7 +56,7 @@ struct DiffusionOptions {
 // Sample i of Automodel's global order (SamplePlace::global_index) is train[i mod size]. The step
 // number is the objective's state: it drives every seed, so a resumed run draws what an
 // uninterrupted one would. Data parallelism: the world's ranks are Automodel's dp ranks (no
-// context parallelism).
+// context parallelism), replicas or shards (parallel.fsdp).
 class DiffusionObjective final : public train::Objective {
  public:
   DiffusionObjective(DiffusionOptions options, parallel::Communicator& world);
@@ -69,6 +69,9 @@ class DiffusionObjective final : public train::Objective {
   // {"validation_loss"}: the diffusion loss of the validation examples, one denoiser pass without
   // self-conditioning, drawn as step 0 of a run with one micro-batch per validation batch.
   train::Metrics validate(const model::Gemma4& model) override;
+  // The passes run Gemma4::run_stack, which has no sharding hooks: under parallel.fsdp the step
+  // gathers the whole model, and the optimizer state and gradients stay sharded.
+  bool needs_whole_parameters() const override { return true; }
 
   void save(const std::filesystem::path& dir, nlohmann::json& state) override;  // "diffusion_step"
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;

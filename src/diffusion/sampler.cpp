@@ -296,7 +296,7 @@ void denoise_step(const Tensor& logits, int64_t block, int64_t cur_step, const G
   }
 }
 
-GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor& attention_mask,
+GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const GenerateInputs& inputs,
                         const GenerationConfig& cfg, CanvasDraws& draws, std::vector<StepTrace>* trace) {
   const io::ModelConfig& mc = m.config();
   G4_CHECK(mc.diffusion, "diffusion generate: not a diffusion_gemma model");
@@ -309,13 +309,27 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
   const Tensor prompt = ids.to(Device::CPU).to(DType::I64);
   std::vector<int64_t> seq(prompt.data<int64_t>(), prompt.data<int64_t>() + B * P);
   Tensor mask;
-  if (attention_mask.defined()) {
-    G4_CHECK(attention_mask.shape() == Shape({B, P}), "diffusion generate: attention_mask ", attention_mask.describe(),
-             " must be [", B, ", ", P, "] like input_ids");
-    mask = attention_mask.to(Device::CPU).to(DType::I64);
+  if (inputs.attention_mask.defined()) {
+    G4_CHECK(inputs.attention_mask.shape() == Shape({B, P}), "diffusion generate: attention_mask ",
+             inputs.attention_mask.describe(), " must be [", B, ", ", P,
+             "] like input_ids (the uncached tokens; the cache keeps its own)");
+    mask = inputs.attention_mask.to(Device::CPU).to(DType::I64);
   }
+  const Tensor& first_canvas = inputs.decoder_input_ids;
+  if (first_canvas.defined())
+    G4_CHECK(first_canvas.shape() == Shape({B, C}) && !is_floating(first_canvas.dtype()),
+             "diffusion generate: decoder_input_ids ", first_canvas.describe(), " must be [", B, ", ", C,
+             "] token ids (one canvas_length block per row)");
+  const Tensor& first_sc = inputs.self_conditioning_logits;
+  if (first_sc.defined())
+    G4_CHECK(first_sc.shape() == Shape({B, C, V}) && is_floating(first_sc.dtype()),
+             "diffusion generate: self_conditioning_logits ", first_sc.describe(), " must be [", B, ", ", C, ", ", V,
+             "] floats");
+  EncoderCache fresh;
+  EncoderCache& cache = inputs.past_key_values ? *inputs.past_key_values : fresh;
+  G4_CHECK(cache.length() == 0 || cache.batch() == B, "diffusion generate: ", B,
+           " rows of input_ids for a past_key_values cache of ", cache.batch());
   const DType sc_dtype = m.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
-  EncoderCache cache;
   std::vector<uint8_t> finished_seq(static_cast<size_t>(B), 0);
   std::vector<int64_t> passes(static_cast<size_t>(B), 0);
   GenerateOutput out;
@@ -330,6 +344,12 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor&
       encode(m, Tensor::from_vector(last, {B, C}), {}, cache);
     }
     BlockState s = start_block(cfg, draws, block, B, C, V);
+    if (block == 0 && first_canvas.defined()) {
+      const Tensor given = first_canvas.to(Device::CPU).to(DType::I64);
+      s.canvas.assign(given.data<int64_t>(), given.data<int64_t>() + B * C);
+      s.argmax = s.canvas;
+    }
+    if (block == 0 && first_sc.defined()) s.sc = first_sc.to(m.device()).reshape({B * C, V});
     int64_t steps = 0;
     for (int64_t cur_step = N; cur_step >= 1; --cur_step) {
       for (int64_t b = 0; b < B; ++b) passes[b] += !(s.finished[b] || finished_seq[b]);

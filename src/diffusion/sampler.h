@@ -11,6 +11,7 @@
 
 #include "core/torch_generator.h"
 #include "diffusion/generation_config.h"
+#include "diffusion/model.h"
 #include "model/gemma4.h"
 
 namespace g4::diffusion {
@@ -132,11 +133,31 @@ struct GenerateOutput {
   std::vector<int64_t> steps_per_block;   // denoising steps run per block
 };
 
-// generate() of E.1 for prompts ids [B, P] with attention_mask [B, P] (optional; 0 = padding, left
-// padding as transformers pads; positions are not shifted for it). cfg must be resolved
-// (resolve_generation_config). The logits come from diffusion::denoise on the model's device and
-// stay there with g4's draws (denoise_step). `trace` (optional) receives every step.
-GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Tensor& attention_mask,
+// generate()'s inputs beside input_ids, under transformers' keyword names.
+struct GenerateInputs {
+  // [B, P] over the uncached ids (optional; 0 = padding, left padding as transformers pads; positions
+  // are not shifted for it). Cached positions keep the validity they were encoded with.
+  Tensor attention_mask;
+  // [B, C]: the first block's starting canvas instead of random tokens. Its random canvas is drawn
+  // all the same (transformers evaluates the default of model_kwargs.pop), so the draws that follow
+  // are the unseeded run's. Later blocks start from random tokens.
+  Tensor decoder_input_ids;
+  // [B, C, V]: the self-conditioning input of the first block's first step (later steps take the
+  // previous step's processed logits). Undefined: no signal, as at every block's first step.
+  Tensor self_conditioning_logits;
+  // A conversation's cache (transformers' past_key_values, a DynamicCache): the ids are then only
+  // the uncached tokens, encoded at positions cache->length() onwards, and the cache grows by every
+  // block but the last (never encoded), as the one transformers returns. The next turn passes the
+  // same cache with the last block's tokens followed by its own. Null: a fresh cache.
+  EncoderCache* past_key_values = nullptr;
+};
+
+// generate() of E.1 for ids [B, P]. cfg must be resolved (resolve_generation_config, with the
+// cached length plus P as the prompt length, as transformers' cur_len). As transformers'
+// MaxLengthCriteria, max_length is compared with the length of ids plus the new tokens, not
+// counting the cache. The logits come from diffusion::denoise on the model's device and stay there
+// with g4's draws (denoise_step). `trace` (optional) receives every step.
+GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const GenerateInputs& inputs,
                         const GenerationConfig& cfg, CanvasDraws& draws, std::vector<StepTrace>* trace = nullptr);
 
 }  // namespace g4::diffusion

@@ -421,7 +421,9 @@ ag::Var Gemma4::run_stack(const ag::Var& x, const Tensor& positions, const Stack
            " must be [", B, ", ", n, "]");
   G4_CHECK(cfg_.hidden_size_per_layer_input == 0 && cfg_.num_kv_shared_layers == 0,
            "run_stack: models with per-layer inputs or KV sharing are not run this way");
-  G4_CHECK(!context_ && !hooks_, "run_stack: context parallelism and sharded parameters are not supported here");
+  G4_CHECK(!context_, "run_stack: context parallelism is not supported here");
+  G4_CHECK(!hooks_ || hooks_->whole(),
+           "run_stack: gather the sharded parameters first (the hooks that gather block by block are not called here)");
   G4_CHECK(attn.prefix.empty() || static_cast<int64_t>(attn.prefix.size()) == cfg_.num_layers, "run_stack: ",
            attn.prefix.size(), " prefix layers for a model of ", cfg_.num_layers);
   int64_t next = 0;

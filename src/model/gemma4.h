@@ -94,6 +94,9 @@ class ParameterHooks {
   virtual ~ParameterHooks() = default;
   virtual void enter(int64_t block) = 0;
   virtual void exit(int64_t block) = 0;
+  // Whether every parameter is whole now (gathered: the hooks do nothing), so that a pass which
+  // calls no hooks (run_stack) may read them.
+  virtual bool whole() const = 0;
 };
 
 // Block diffusion (diffusion/model.h) runs the stack in two more ways, over keys an earlier call
@@ -158,7 +161,8 @@ class Gemma4 {
   // describes, returning the normed hidden states and, in kv_out (if given), every layer's own
   // keys and values at those positions (with their graph: gradients flow back through a later
   // call that reads them as its prefix). `encoder` picks the encoder's copy of the layer scalars.
-  // No activation recompute, sharding hooks or context parallelism on this path.
+  // No activation recompute, sharding hooks or context parallelism on this path: sharded
+  // parameters must be gathered first.
   ag::Var embed(const Tensor& ids) const;
   ag::Var run_stack(const ag::Var& x, const Tensor& positions, const StackAttention& attn, bool encoder,
                     std::vector<LayerKV>* kv_out) const;

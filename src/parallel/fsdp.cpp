@@ -376,6 +376,8 @@ class ShardedParameterHooks final : public model::ParameterHooks {
     for (const Handle& h : s_) get(h).end_block(b, last ? -1 : b + 1);
   }
 
+  bool whole() const override { return all_gathered(); }
+
  private:
   static ShardedParameters& get(const Handle& s) {
     G4_CHECK(*s, "the model's sharded parameters (enable_sharded_parameters) were destroyed; its parameters "

@@ -50,6 +50,10 @@ class Objective : public CheckpointPart {
   virtual MicroLoss forward(const model::Gemma4& model, const StepBatch& batch, int64_t i) = 0;
   // Held-out metrics of the model as it is (no tape; collective like forward); empty: none.
   virtual Metrics validate(const model::Gemma4& model) { return {}; }
+  // Whether forward and validate run the model without its parameter hooks (Gemma4::run_stack):
+  // they then get the whole parameters, gathered when sharded (parallel.fsdp), and only the
+  // optimizer state and the reduced gradients stay sharded.
+  virtual bool needs_whole_parameters() const { return false; }
 };
 
 }  // namespace g4::train

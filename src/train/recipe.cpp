@@ -165,9 +165,8 @@ std::vector<ScopedKey> make_schema() {
             kAtLeastOne)),
       sft_only(field("parallel.context_parallel", G4_SLOT(context_parallel),
             "ranks per context-parallel group, each taking a slice of every row (1 = off)", kAtLeastOne)),
-      // Block diffusion runs the stack without the sharding hooks and recompute of the SFT forward.
-      {field("parallel.fsdp", G4_SLOT(fsdp),
-            "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"), kSft | kRl},
+      field("parallel.fsdp", G4_SLOT(fsdp),
+            "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
       field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
       field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)", kNonNegative),
       field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),

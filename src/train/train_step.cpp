@@ -19,11 +19,19 @@ void sum_over_ranks(Metrics& m, parallel::Communicator& world) {
 
 }  // namespace
 
+void parameters_for(const Objective& objective, Optimizer& optimizer) {
+  // A sharded model gathers block by block as it runs, not the whole parameters at once, unless
+  // the objective runs it without the hooks that gather.
+  if (objective.needs_whole_parameters())
+    optimizer.gather_parameters();
+  else
+    optimizer.release_parameters();
+}
+
 StepResult train_step(model::Gemma4& model, Objective& objective, Optimizer& optimizer, const StepBatch& batch,
                       double lr, double max_grad_norm, parallel::Communicator& world, const PhaseMark& mark) {
   StepResult r;
-  // A sharded model gathers block by block as it runs, not the whole parameters at once.
-  optimizer.release_parameters();
+  parameters_for(objective, optimizer);
   for (int64_t i = 0; i < batch.micro_batches(); ++i) {
     MicroLoss micro = objective.forward(model, batch, i);
     if (mark) mark(StepPhase::Forward);

@@ -27,6 +27,11 @@ struct StepResult {
 enum class StepPhase { Forward, Backward, Update };
 using PhaseMark = std::function<void(StepPhase)>;
 
+// Readies the parameters for the objective's forward or validation: released to gather block by
+// block as the model runs, or whole (Objective::needs_whole_parameters). Collective over dp when
+// sharded; a no-op otherwise.
+void parameters_for(const Objective& objective, Optimizer& optimizer);
+
 // Collective over `world` (the mesh's world; a one-rank communicator on one rank).
 StepResult train_step(model::Gemma4& model, Objective& objective, Optimizer& optimizer, const StepBatch& batch,
                       double lr, double max_grad_norm, parallel::Communicator& world, const PhaseMark& mark = {});

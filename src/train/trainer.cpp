@@ -16,6 +16,7 @@
 #include "train/report.h"
 #include "train/run_setup.h"
 #include "train/sft.h"
+#include "train/train_step.h"
 
 namespace g4::train {
 
@@ -191,7 +192,7 @@ void Trainer::after_step(const StepResult& s, double lr, double step_s) {
     }
   }
   if (r_.validation_every > 0 && (step % r_.validation_every == 0 || step == r_.steps)) {
-    p_.opt->release_parameters();
+    parameters_for(*objective_, *p_.opt);
     const Metrics v = objective_->validate(*p_.model);
     if (!v.empty()) {
       validated_ = true;
@@ -214,7 +215,7 @@ TrainResult Trainer::finish() {
   if (r_.device == Device::CUDA) result_.device_peak_bytes = device_memory_stats().peak;
   // Validation for the summary when the loop logged none (every rank takes part).
   if (!validated_) {
-    p_.opt->release_parameters();
+    parameters_for(*objective_, *p_.opt);
     const Metrics v = objective_->validate(*p_.model);
     if (!v.empty()) result_.last_validation_loss = v.at("validation_loss");
   }

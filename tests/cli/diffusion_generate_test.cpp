@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/random.h"
 #include "io/json_input.h"
 #include "io/safetensors.h"
 #include "support/g4_process.h"
@@ -71,6 +72,40 @@ TEST(CliDiffusion, GenerateWithTorchDrawsReproducesTransformers) {
          "--seed 221 --max-new-tokens 24 --max-denoising-steps 10 --t-min 0.0 --t-max 1e-6 --entropy-bound 0.1 "
          "--stability-threshold 2 --confidence-threshold 0.005 --eos-token-id none --pad-token-id 0",
          json::array({9, 8, 7}));
+}
+
+TEST(CliDiffusion, TheFirstBlockCanBeSeeded) {
+  // Seeded with the initial canvas transformers drew, the run is the recorded one: the command
+  // still makes that draw, as transformers does (tests/diffusion/seeded_generate_test.cpp has the
+  // library's properties).
+  const std::string fixture = test::data_dir() + "/hf-diffusion-gemma/tiny-dg-a";
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture + "/reference.safetensors");
+  const Tensor init = ref.get("gen_argmax.init_canvas");
+  const int64_t BC = 2 * 8;
+  std::string ids;
+  for (int64_t i = 0; i < BC; ++i) ids += (i ? "," : "") + std::to_string(element_as_int(init, i));
+  const std::string flags =
+      "--seed 121 --max-new-tokens 16 --max-denoising-steps 4 --t-min 0.0 --t-max 1e-6 --entropy-bound 0.1 "
+      "--stability-threshold none --confidence-threshold none --eos-token-id none --pad-token-id 0";
+  replay("gen_argmax", flags + " --decoder-input-ids " + ids, json::array({4, 4}));
+
+  const std::filesystem::path dir = test::scratch_dir("cli_diffusion_seeded");
+  const std::string base = "generate " + fixture + " --prompt-ids 5,6,7 --max-new-tokens 8 --max-denoising-steps 2";
+  test::ProcessResult r = test::run_g4(base + " --decoder-input-ids 1,2,3");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--decoder-input-ids holds 3 ids: give C = 8"), std::string::npos) << r.output;
+  const std::string sc = (dir / "sc.safetensors").string();
+  io::save_safetensors(sc, {{"self_conditioning_logits", randn({1, 8, 255}, 6101)}});
+  r = test::run_g4(base + " --self-conditioning-logits " + sc);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("self_conditioning_logits"), std::string::npos) << r.output;
+  io::save_safetensors(sc, {{"self_conditioning_logits", randn({1, 8, 256}, 6101, DType::F32, 4.0)}});
+  const test::ProcessResult seeded = test::run_g4(base + " --self-conditioning-logits " + sc + " --seed 3");
+  const test::ProcessResult plain = test::run_g4(base + " --seed 3");
+  ASSERT_EQ(seeded.code, 0) << seeded.output;
+  ASSERT_EQ(plain.code, 0) << plain.output;
+  EXPECT_NE(seeded.output, plain.output) << "the first step's self-conditioning input changes the run";
+  std::filesystem::remove_all(dir);
 }
 
 TEST(CliDiffusion, FlagsOfTheOtherSamplerAreRefused) {

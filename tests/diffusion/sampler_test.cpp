@@ -68,7 +68,9 @@ TEST_P(RecordedRun, MatchesTransformersTokenForToken) {
 
   diffusion::TorchCpuDraws draws(run.at("seed").get<uint64_t>());
   std::vector<diffusion::StepTrace> trace;
-  const diffusion::GenerateOutput out = diffusion::generate(*m, prompt, mask, cfg, draws, &trace);
+  diffusion::GenerateInputs inputs;
+  inputs.attention_mask = mask;
+  const diffusion::GenerateOutput out = diffusion::generate(*m, prompt, inputs, cfg, draws, &trace);
 
   const Tensor want_steps = ref.get(pre + "steps_per_block");
   EXPECT_EQ(out.steps_per_block, ints(want_steps));

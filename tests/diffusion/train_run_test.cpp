@@ -17,6 +17,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 #include "train/recipe.h"
 
@@ -107,22 +108,37 @@ TEST(DiffusionTrainRun, LossFallsCheckpointsAreDiffusionAndResumeIsExact) {
 // Two data-parallel ranks of one example each train as one rank of two: the same samples and
 // corruption (seeded by the global sample index), the step's denominators summed over the ranks.
 // One-block continuations and no self-conditioning leave the per-micro-batch block-selection and
-// coin draws (which differ between the layouts, as in Automodel) without effect.
+// coin draws (which differ between the layouts, as in Automodel) without effect. Sharded ranks
+// (parallel.fsdp) train as replicated ones: the step gathers the whole model for the objective's
+// passes, and the optimizer state and gradients stay sharded; validation and checkpoints gather
+// as well.
 TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
   const fs::path dir = test::scratch_dir("dllm_dp");
   const std::string recipe = write_recipe(dir) +
                              " data.continuation_tokens=8 dllm.self_conditioning_p=0 "
-                             "train.steps=4 log.validation_every=0";
+                             "train.steps=4 log.validation_every=2 checkpoint.every=0";
   const test::ProcessResult one = test::run_g4("train " + recipe + " checkpoint.dir=" + (dir / "one").string(), kEnv);
   ASSERT_EQ(one.code, 0) << one.output;
-  const test::ProcessResult two = test::run_shell(
-      std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
-      recipe + " train.batch_size=1" + " checkpoint.dir=" + (dir / "two").string() + " 2>&1");
-  ASSERT_EQ(two.code, 0) << two.output;
+  auto two_ranks = [&](const std::string& name, const std::string& extra) {
+    const test::ProcessResult r = test::run_shell(
+        std::string(kEnv) + " mpirun --oversubscribe --allow-run-as-root -np 2 " + test::g4_binary() + " train " +
+        recipe + " train.batch_size=1 " + extra + " checkpoint.dir=" + (dir / name).string() + " 2>&1");
+    EXPECT_EQ(r.code, 0) << r.output;
+    return loss_lines(dir / name);
+  };
+  const std::vector<std::string> replicated = two_ranks("two", ""),
+                                 sharded = two_ranks("sharded", "parallel.fsdp=true");
   const std::vector<double> a = step_losses(dir / "one"), b = step_losses(dir / "two");
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * a[i]) << "step " << i + 1;
+
+  ASSERT_EQ(replicated.size(), 4u + 2u);
+  EXPECT_EQ(sharded, replicated) << "the same sums of the same gradients, printed alike";
+  const auto wa = model::load_hf_model((dir / "two" / "checkpoints" / "step-00000004").string());
+  const auto wb = model::load_hf_model((dir / "sharded" / "checkpoints" / "step-00000004").string());
+  for (const std::string& n : wa->params().order)
+    EXPECT_LT(test::max_diff(wa->params().at(n).value(), wb->params().at(n).value()), 1e-6) << n;
   fs::remove_all(dir);
 }
 
@@ -140,6 +156,13 @@ TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
       << e;
   e = test::error_of([&] { train::recipe_from_yaml(base + "train: {recompute: true}\n", "d.yaml"); });
   EXPECT_NE(e.find("'train.recompute' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
+  // Block diffusion trains with data parallelism (replicated or sharded) only: expert and context
+  // parallelism are refused by key.
+  for (const char* key : {"parallel.expert_parallel=2", "parallel.context_parallel=2"}) {
+    const std::string name = std::string(key).substr(0, std::string(key).find('='));
+    e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {key}); });
+    EXPECT_NE(e.find("'" + name + "' is for g4 train, not a block-diffusion recipe"), std::string::npos) << e;
+  }
   e = test::error_of([&] { train::recipe_from_yaml(base, "d.yaml", {"dllm.eps=1.5"}); });
   EXPECT_NE(e.find("'dllm.eps' must be in [0, 1)"), std::string::npos) << e;
   e = test::error_of(
