@@ -116,12 +116,17 @@ void Gemma4::enable_lora(const LoraConfig& lora) {
   const std::vector<LoraModule> modules = lora_modules(cfg_, lora);
   for (size_t i = 0; i < modules.size(); ++i) {
     const LoraModule& m = modules[i];
-    // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
+    G4_CHECK(m.experts == 0 || experts_.count == cfg_.num_experts, "LoRA on ", m.name,
+             " needs every expert on this model; it holds [", experts_.begin, ", ", experts_.begin + experts_.count,
+             ") (expert parallelism does not run with LoRA)");
+    // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in); an
+    // expert weight's A is PEFT's [E·r, in], drawn alike. Expert weights are [E, in, out]: A [E, in, r], B [E, r, out].
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
     const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
-    params_.add(lora_a_name(m.name), ParamKind::kLoraA,
-                rand_uniform({lora.rank, m.in}, seed, -bound, bound).to(dtype_).to(device_));
-    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros({m.out, lora.rank}, dtype_, device_));
+    const Shape a = m.experts ? Shape{m.experts, m.in, lora.rank} : Shape{lora.rank, m.in};
+    const Shape b = m.experts ? Shape{m.experts, lora.rank, m.out} : Shape{m.out, lora.rank};
+    params_.add(lora_a_name(m.name), ParamKind::kLoraA, rand_uniform(a, seed, -bound, bound).to(dtype_).to(device_));
+    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros(b, dtype_, device_));
   }
   lora_ = lora;
 }
@@ -570,8 +575,11 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   // Inference on the GPU at decode sizes: the routed experts in one op that keeps the routing on
   // the device (no host synchronisation per layer), streaming each picked expert's weights once.
   // Block diffusion's canvases (run_stack) are hundreds of tokens per row: the grouped GEMMs serve them better.
+  // Expert LoRA adapters run through the grouped GEMMs too (ops::moe_experts has no adapter).
+  const ExpertLora adapters =
+      expert_lora(*this, l, ctx.lora_dropout ? std::optional<uint64_t>(ctx.lora_call) : std::nullopt);
   const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
-                            !ctx.stack && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
+                            !ctx.stack && !adapters.active() && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
                           /*make_plan=*/!decode_sized);
@@ -588,7 +596,7 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   LocalDispatcher local;
   std::vector<int64_t> counts;
   const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, p(pre + "moe.experts.gate_and_up_projs"),
-                                        p(pre + "moe.experts.down_projs"), &counts);
+                                        p(pre + "moe.experts.down_projs"), &counts, adapters);
   (*ctx.expert_tokens)[l] = std::move(counts);
   return ag::reshape(routed, shape);
 }
