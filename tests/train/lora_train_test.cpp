@@ -139,7 +139,9 @@ std::string base_on_disk(const fs::path& dir, const fs::path& base) {
 TEST(LoraTrain, ExpertAdaptersInAdapterOnlyCheckpointsResumeExactly) {
   const fs::path dir = test::scratch_dir("train_lora_experts");
   const std::string recipe = base_on_disk(dir, dir / "base");
-  const std::string lora = std::string(kLora) + " lora.targets=[q_proj,experts.gate_up_proj,experts.down_proj]";
+  const std::string lora = std::string(kLora) +
+                           " lora.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
+                           "experts.gate_up_proj,experts.down_proj]";
   const std::string full = "train " + recipe + lora + " checkpoint.dir=" + (dir / "full").string();
   test::ProcessResult r = test::run_g4(full);
   ASSERT_EQ(r.code, 0) << r.output;
