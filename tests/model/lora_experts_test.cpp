@@ -15,8 +15,10 @@
 #include "model/lora.h"
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
+#include "support/finite_difference.h"
 #include "support/g4_process.h"
 #include "support/hf_fixtures.h"
+#include "support/lora_model.h"
 #include "support/tensor_compare.h"
 
 namespace g4 {
@@ -42,27 +44,8 @@ std::unique_ptr<model::Gemma4> fixture(DType dtype = DType::F32) {
   return model::load_hf_model(test::hf_fixture_dir(kFixture), {}, dtype);
 }
 
-model::ForwardInputs random_batch(uint64_t seed, int64_t vocab) {
-  model::ForwardInputs in;
-  in.input_ids = randint({2, 9}, seed, 0, vocab);
-  in.labels = randint({2, 9}, seed + 1, 0, vocab);
-  return in;
-}
-
-void randomise_b(model::Gemma4& m, uint64_t seed) {
-  uint64_t i = 0;
-  for (const model::LoraModule& mod : model::lora_modules(m.config(), *m.lora())) {
-    Tensor& b = m.params().at(model::lora_b_name(mod.name)).mutable_value();
-    b.copy_from(randn(b.shape(), seed + i++, DType::F32, 0.05).to(b.dtype()));
-  }
-}
-
-Tensor logits_of(const model::Gemma4& m, const model::ForwardInputs& in) {
-  ag::NoGrad no_grad;
-  model::ForwardInputs x = in;
-  x.labels = Tensor();
-  return m.forward(x).logits.value();
-}
+model::ForwardInputs random_batch(uint64_t seed, int64_t vocab) { return test::random_lm_batch(seed, vocab, 2, 9); }
+Tensor logits_of(const model::Gemma4& m, const model::ForwardInputs& in) { return test::eval_logits(m, in); }
 
 double at(const Tensor& t, int64_t i) { return t.to(DType::F64).data<double>()[i]; }
 
@@ -112,7 +95,7 @@ TEST(LoraExperts, ForwardIsTheBaseWithTheScaledPerExpertProduct) {
   auto m = fixture(DType::F64);
   auto by_hand = fixture(DType::F64);
   m->enable_lora(expert_lora({"experts.gate_up_proj", "experts.down_proj", "q_proj"}));
-  randomise_b(*m, 100);
+  test::randomise_lora_b(*m, 100);
   const double s = 5.0 / 3.0;
   for (const model::LoraModule& mod : model::lora_modules(m->config(), *m->lora())) {
     const double* a = m->params().at(model::lora_a_name(mod.name)).value().data<double>();
@@ -150,7 +133,7 @@ TEST(LoraExperts, GradientsOfAAndBMatchFiniteDifferences) {
   LoraConfig c = expert_lora({"experts.gate_up_proj", "experts.down_proj"}, 2, 6);
   c.dropout = 0.25;
   m->enable_lora(c);
-  randomise_b(*m, 200);
+  test::randomise_lora_b(*m, 200);
   for (const std::string& n : m->params().order)
     m->params().at(n).set_requires_grad(model::is_lora(m->params().kind(n)));
   model::ForwardInputs in;
@@ -175,13 +158,7 @@ TEST(LoraExperts, GradientsOfAAndBMatchFiniteDifferences) {
     for (int64_t i = 0; i < g.numel(); ++i)
       if (std::abs(g.data<double>()[i]) == largest) big = i;
     for (const int64_t i : {big, p.numel() - 1}) {
-      const double x0 = p.data<double>()[i], h = 1e-6;
-      p.data<double>()[i] = x0 + h;
-      const double up = loss().value().item();
-      p.data<double>()[i] = x0 - h;
-      const double down = loss().value().item();
-      p.data<double>()[i] = x0;
-      const double fd = (up - down) / (2 * h);
+      const double fd = test::central_difference(p, i, [&] { return loss().value().item(); });
       EXPECT_NEAR(g.data<double>()[i], fd, 1e-8 + 1e-6 * std::abs(fd)) << name << "[" << i << "]";
       ++checked;
     }
@@ -199,7 +176,7 @@ TEST(LoraExperts, PeftFilesHoldParamWrapperLayoutAndTheMergeComputesTheAdaptedMo
   LoraConfig c = expert_lora({"q_proj", "experts.gate_up_proj", "experts.down_proj"}, 2, 4);
   c.dropout = 0.1;
   m->enable_lora(c);
-  randomise_b(*m, 300);
+  test::randomise_lora_b(*m, 300);
   model::save_peft_adapter(*m, dir.string());
   const nlohmann::json cfg = io::read_json_file((dir / "adapter_config.json").string(), "test", 1 << 20);
   EXPECT_EQ(cfg["target_parameters"], nlohmann::json({"experts.gate_up_proj", "experts.down_proj"}));
@@ -255,7 +232,7 @@ TEST(LoraExperts, AnAdapterBesideAnExportedBaseCarriesThePerExpertScale) {
   const fs::path dir = test::scratch_dir("lora_experts_folded");
   auto m = fixture();
   m->enable_lora(expert_lora({"experts.gate_up_proj", "experts.down_proj"}));
-  randomise_b(*m, 400);
+  test::randomise_lora_b(*m, 400);
   model::save_hf_checkpoint(*m, dir.string());
   auto back = model::load_hf_model(dir.string());
   model::apply_peft_adapter(*back, (dir / model::kLoraAdapterDir).string());

@@ -47,6 +47,23 @@ std::vector<std::string> loss_lines(const fs::path& run_dir, std::vector<double>
   return lines;
 }
 
+// `g4 convert BASE OUT --merge-lora ADAPTER` writes a plain checkpoint computing base + adapter's logits.
+void expect_merge_computes_the_adapted_model(const fs::path& base, const fs::path& adapter, const fs::path& out) {
+  const test::ProcessResult r =
+      test::run_g4("convert " + base.string() + " " + out.string() + " --merge-lora " + adapter.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(out / model::kLoraAdapterDir));
+  auto adapted = model::load_hf_model(base.string());
+  model::apply_peft_adapter(*adapted, adapter.string());
+  const auto merged = model::load_hf_model(out.string());
+  model::ForwardInputs in;
+  in.input_ids = randint({2, 16}, 5, 0, adapted->config().vocab_size);
+  ag::NoGrad no_grad;
+  const Tensor want_logits = adapted->forward(in).logits.value();
+  EXPECT_LT(test::max_diff(merged->forward(in).logits.value(), want_logits), 1e-5);
+  EXPECT_GT(test::max_diff(model::load_hf_model(base.string())->forward(in).logits.value(), want_logits), 1e-4);
+}
+
 TEST(LoraTrain, OnlyTheAdaptersTrainResumeIsExactAndTheMergeComputesTheAdaptedModel) {
   const fs::path dir = test::scratch_dir("train_lora");
   const std::string recipe = test::write_train_recipe(dir);
@@ -95,19 +112,7 @@ TEST(LoraTrain, OnlyTheAdaptersTrainResumeIsExactAndTheMergeComputesTheAdaptedMo
   EXPECT_EQ(loss_lines(dir / "killed"), want);
 
   // The merged checkpoint computes the adapted model's logits.
-  r = test::run_g4("convert " + ckpt8.string() + " " + (dir / "merged").string() + " --merge-lora " +
-                   adapter8.string());
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_FALSE(fs::exists(dir / "merged" / model::kLoraAdapterDir));
-  auto adapted = model::load_hf_model(ckpt8.string());
-  model::apply_peft_adapter(*adapted, adapter8.string());
-  const auto merged = model::load_hf_model((dir / "merged").string());
-  model::ForwardInputs in;
-  in.input_ids = randint({2, 16}, 5, 0, adapted->config().vocab_size);
-  ag::NoGrad no_grad;
-  const Tensor want_logits = adapted->forward(in).logits.value();
-  EXPECT_LT(test::max_diff(merged->forward(in).logits.value(), want_logits), 1e-5);
-  EXPECT_GT(test::max_diff(model::load_hf_model(ckpt8.string())->forward(in).logits.value(), want_logits), 1e-4);
+  expect_merge_computes_the_adapted_model(ckpt8, adapter8, dir / "merged");
   fs::remove_all(dir);
 }
 
@@ -193,20 +198,7 @@ TEST(LoraTrain, ExpertAdaptersInAdapterOnlyCheckpointsResumeExactly) {
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "killed"), want);
 
-  const fs::path adapter8 = ckpt8 / model::kLoraAdapterDir;
-  r = test::run_g4("convert " + (dir / "base").string() + " " + (dir / "merged").string() + " --merge-lora " +
-                   adapter8.string());
-  ASSERT_EQ(r.code, 0) << r.output;
-  auto adapted = model::load_hf_model((dir / "base").string());
-  model::apply_peft_adapter(*adapted, adapter8.string());
-  const auto merged = model::load_hf_model((dir / "merged").string());
-  model::ForwardInputs in;
-  in.input_ids = randint({2, 16}, 5, 0, adapted->config().vocab_size);
-  ag::NoGrad no_grad;
-  const Tensor want_logits = adapted->forward(in).logits.value();
-  EXPECT_LT(test::max_diff(merged->forward(in).logits.value(), want_logits), 1e-5);
-  EXPECT_GT(test::max_diff(model::load_hf_model((dir / "base").string())->forward(in).logits.value(), want_logits),
-            1e-4);
+  expect_merge_computes_the_adapted_model(dir / "base", ckpt8 / model::kLoraAdapterDir, dir / "merged");
   fs::remove_all(dir);
 }
 
