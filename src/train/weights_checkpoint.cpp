@@ -62,14 +62,18 @@ std::string lora_base_fingerprint(const model::Gemma4& m) {
   auto mix = [&h](const void* p, size_t n) {
     for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 0x100000001B3ull;
   };
-  for (const std::string& n : m.params().order) {
-    if (model::is_lora(m.params().kind(n))) continue;
-    const Tensor t = m.params().at(n).value().to(Device::CPU).to(DType::F32);
+  auto tensor = [&](const std::string& n, const Tensor& value) {
+    const Tensor t = value.to(Device::CPU).to(DType::F32);
     mix(n.data(), n.size());
     for (const int64_t d : t.shape()) mix(&d, sizeof d);
     const int64_t count = std::min<int64_t>(256, t.numel());
     for (int64_t k = 0; k < count; ++k) mix(&t.data<float>()[k * t.numel() / count], sizeof(float));
-  }
+  };
+  for (const std::string& n : m.params().order)
+    if (!model::is_lora(m.params().kind(n))) tensor(n, m.params().at(n).value());
+  // The buffers too: a base written by g4 has the same folded expert weights as the checkpoint it
+  // came from, but per_expert_scale ones, which scale the down adapters differently.
+  for (const auto& [n, b] : m.params().buffers) tensor(n, b.value);
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return hex;

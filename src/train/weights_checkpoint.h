@@ -37,8 +37,8 @@ class WeightsCheckpoint final : public CheckpointPart {
   bool adapter_only_;
 };
 
-// A fingerprint of a model's frozen base (every parameter but the LoRA adapters): names, shapes and
-// 256 evenly spaced values of each, hashed. A base fine-tuned, merged or initialised otherwise
+// A fingerprint of a model's frozen base (every parameter but the LoRA adapters, and the buffers):
+// names, shapes and 256 evenly spaced values of each, hashed. A base fine-tuned, merged or initialised otherwise
 // differs in it with near certainty; it reads a few values per tensor, so every checkpoint can.
 std::string lora_base_fingerprint(const model::Gemma4& model);
 
