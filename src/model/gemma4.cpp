@@ -119,8 +119,8 @@ void Gemma4::enable_lora(const LoraConfig& lora) {
     G4_CHECK(m.experts == 0 || experts_.count == cfg_.num_experts, "LoRA on ", m.name,
              " needs every expert on this model; it holds [", experts_.begin, ", ", experts_.begin + experts_.count,
              ") (expert parallelism does not run with LoRA)");
-    // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in); an
-    // expert weight's A is PEFT's [E·r, in], drawn alike. Expert weights are [E, in, out]: A [E, in, r], B [E, r, out].
+    // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
+    // An expert weight [E, in, out] gets A [E, in, r] and B [E, r, out]; its A is PEFT's [E·r, in], drawn alike.
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
     const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
     const Shape a = m.experts ? Shape{m.experts, m.in, lora.rank} : Shape{lora.rank, m.in};

@@ -49,6 +49,13 @@ const std::vector<std::string>& list_targets(const LoraConfig& lora) {
 // The target regex of an adapter whose target_modules is an empty list: it matches no module name.
 const std::string kNoModules = "$^";
 
+// The expert weights' native names within a layer.
+const std::string kGateUp = "moe.experts.gate_and_up_projs", kDown = "moe.experts.down_projs";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 // PEFT's check: a string target is a full regex match, a list entry the name or a dotted suffix.
 bool targeted(const LoraConfig& lora, const std::string& hf_module) {
   if (!lora.target_regex.empty()) return std::regex_match(hf_module, std::regex(lora.target_regex));
@@ -105,9 +112,7 @@ std::vector<PeftTensor> peft_tensors(const io::ModelConfig& cfg, const std::vect
     if (m.experts > 0) {
       const std::string hf = hf_name(cfg, m.name);  // ".../experts.gate_up_proj"
       module = "base_model.model." + hf.substr(0, hf.rfind('.'));
-      const std::string gate_up = "moe.experts.gate_and_up_projs", down = "moe.experts.down_projs";
-      if (m.name.size() > gate_up.size() && m.name.compare(m.name.size() - gate_up.size(), gate_up.size(), gate_up) == 0 &&
-          adapted.count(m.name.substr(0, m.name.size() - gate_up.size()) + down))
+      if (ends_with(m.name, kGateUp) && adapted.count(m.name.substr(0, m.name.size() - kGateUp.size()) + kDown))
         module += ".base_layer";
     }
     out.push_back({lora_a_name(m.name), module + ".lora_A.weight", &m, true});
@@ -151,17 +156,12 @@ Shape peft_shape(const Shape& native, const LoraModule& m, bool is_a) {
 
 // A layer's per_expert_scale [E] as f32 on the host (undefined when the base had none).
 Tensor expert_scale(const Gemma4& model, const std::string& down_name) {
-  const std::string name = down_name.substr(0, down_name.size() - std::string("moe.experts.down_projs").size()) +
-                           "router.per_expert_scale";
+  const std::string name = down_name.substr(0, down_name.size() - kDown.size()) + "router.per_expert_scale";
   const auto it = model.params().buffers.find(name);
   return it == model.params().buffers.end() ? Tensor() : it->second.value.to(Device::CPU).to(DType::F32);
 }
 
-bool is_expert_down(const LoraModule& m) {
-  const std::string down = "moe.experts.down_projs";
-  return m.experts > 0 && m.name.size() > down.size() &&
-         m.name.compare(m.name.size() - down.size(), down.size(), down) == 0;
-}
+bool is_expert_down(const LoraModule& m) { return m.experts > 0 && ends_with(m.name, kDown); }
 
 // A tensor of b's shape [E, ...] (dtype, device) holding scale[e] throughout expert e's slice.
 Tensor per_expert(const Tensor& b, const Tensor& scale) {
@@ -224,8 +224,8 @@ void save_peft_adapter(const Gemma4& model, const std::string& dir, bool folded_
     Tensor v = model.params().at(t.native).value().to(Device::CPU).to(DType::F32);
     if (t.module->experts > 0) {
       experts = true;
-      const Tensor scale = folded_expert_scale && !t.is_a && is_expert_down(*t.module) ? expert_scale(model, t.module->name)
-                                                                                       : Tensor();
+      const Tensor scale =
+          folded_expert_scale && !t.is_a && is_expert_down(*t.module) ? expert_scale(model, t.module->name) : Tensor();
       if (scale.defined()) v = ops::mul(v, per_expert(v, scale));
       v = expert_to_peft(v, t.is_a);
     }
@@ -366,7 +366,8 @@ std::unique_ptr<Gemma4> merge_lora(const Gemma4& model) {
     Tensor& w = merged->params().at(m.name).mutable_value();  // [E, in, out]
     for (int64_t e = 0; e < m.experts; ++e) {
       Tensor we = w.slice0(e, 1).reshape({m.in, m.out});
-      const Tensor ab = ops::matmul(a.slice0(e, 1).reshape({m.in, a.size(2)}), b.slice0(e, 1).reshape({b.size(1), m.out}));
+      const Tensor ab =
+          ops::matmul(a.slice0(e, 1).reshape({m.in, a.size(2)}), b.slice0(e, 1).reshape({b.size(1), m.out}));
       we.copy_from(ops::add(we, ops::scale(ab, s)));
     }
   }
@@ -377,9 +378,9 @@ ExpertLora expert_lora(const Gemma4& model, int64_t layer, std::optional<uint64_
   ExpertLora out;
   if (!model.lora()) return out;
   const LoraConfig& lora = *model.lora();
-  const std::string pre = layer_prefix(layer) + "moe.experts.";
+  const std::string pre = layer_prefix(layer);
   for (const bool down : {false, true}) {
-    const std::string w = pre + (down ? "down_projs" : "gate_and_up_projs");
+    const std::string w = pre + (down ? kDown : kGateUp);
     if (!model.params().has(lora_a_name(w))) continue;
     ExpertLora::Pair& pair = down ? out.down : out.gate_up;
     pair.a = model.params().at(lora_a_name(w));
@@ -390,9 +391,9 @@ ExpertLora expert_lora(const Gemma4& model, int64_t layer, std::optional<uint64_
   out.scaling = lora.scaling();
   if (dropout_call && out.active())
     out.dropout = [&lora, pre, call = *dropout_call, device = model.device()](const ag::Var& x, bool down) {
-      const std::string module = pre + (down ? "down_projs" : "gate_and_up_projs");
-      return ag::mul(x, ag::Var(lora_dropout_mask(x.shape(), lora.dropout, lora.seed, call, module, x.value().dtype(),
-                                                  device)));
+      const std::string module = pre + (down ? kDown : kGateUp);
+      return ag::mul(
+          x, ag::Var(lora_dropout_mask(x.shape(), lora.dropout, lora.seed, call, module, x.value().dtype(), device)));
     };
   return out;
 }

@@ -18,8 +18,9 @@ inline const std::vector<std::string> kDefaultLoraTargets = {"q_proj",    "k_pro
 
 // PEFT's rule for a list entry: the name equals it or ends with "." + entry.
 inline bool peft_suffix_match(const std::string& name, const std::string& entry) {
-  return name == entry || (name.size() > entry.size() && name.compare(name.size() - entry.size(), entry.size(), entry) == 0 &&
-                           name[name.size() - entry.size() - 1] == '.');
+  return name == entry ||
+         (name.size() > entry.size() && name.compare(name.size() - entry.size(), entry.size(), entry) == 0 &&
+          name[name.size() - entry.size() - 1] == '.');
 }
 
 struct LoraConfig {

@@ -267,7 +267,8 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
 }
 
 void load_checkpoint_weights(Gemma4& model, const std::string& dir) {
-  if (!model.lora() || !fs::exists(fs::path(dir) / kLoraBaseFile)) load_hf_weights(model, io::SafetensorsReader::open(dir));
+  if (!model.lora() || !fs::exists(fs::path(dir) / kLoraBaseFile))
+    load_hf_weights(model, io::SafetensorsReader::open(dir));
   if (model.lora()) load_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
 }
 

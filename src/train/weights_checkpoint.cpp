@@ -1,8 +1,8 @@
 #include "train/weights_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 
 #include "io/json_input.h"
 #include "model/lora.h"
