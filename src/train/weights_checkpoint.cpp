@@ -63,7 +63,9 @@ std::string lora_base_fingerprint(const model::Gemma4& m) {
     for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 0x100000001B3ull;
   };
   auto tensor = [&](const std::string& n, const Tensor& value) {
-    const Tensor t = value.to(Device::CPU).to(DType::F32);
+    // The optimizer's f32 host weights are read in place: a copy would cost the whole model.
+    const Tensor t =
+        value.device() == Device::CPU && value.dtype() == DType::F32 ? value : value.to(Device::CPU).to(DType::F32);
     mix(n.data(), n.size());
     for (const int64_t d : t.shape()) mix(&d, sizeof d);
     const int64_t count = std::min<int64_t>(256, t.numel());
