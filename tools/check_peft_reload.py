@@ -3,14 +3,16 @@
 
 Usage: python3 tools/check_peft_reload.py BASE ADAPTER INPUTS.safetensors G4_OUT.safetensors [--tol 1e-4]
 
-BASE: the Hugging Face base model directory (a g4 LoRA checkpoint directory holds it: config.json and
-model.safetensors). ADAPTER: the PEFT adapter directory (the checkpoint's adapter/: adapter_config.json +
-adapter_model.safetensors). INPUTS: input_ids [B, S] (+ optional attention_mask), as `g4 forward --inputs`
-reads them. G4_OUT: what g4 computed on those inputs, with `logits` [B, S, V], e.g.
+BASE: the Hugging Face base model directory: a g4 LoRA checkpoint directory when it holds the base
+(lora.save_base true, or a run on a built-in shape: config.json and model.safetensors there), else the
+run's model.path (an adapter-only checkpoint's lora_base.json names it). ADAPTER: the PEFT adapter
+directory (the checkpoint's adapter/: adapter_config.json + adapter_model.safetensors; adapters on the
+routed experts are PEFT's target_parameters). INPUTS: input_ids [B, S] (+ optional attention_mask), as
+`g4 forward --inputs` reads them. G4_OUT: what g4 computed on those inputs, with `logits` [B, S, V], e.g.
 
-  g4 convert CKPT merged --merge-lora CKPT/adapter
+  g4 convert BASE merged --merge-lora CKPT/adapter
   g4 forward merged --inputs in.safetensors --out g4.safetensors
-  python3 tools/check_peft_reload.py CKPT CKPT/adapter in.safetensors g4.safetensors
+  python3 tools/check_peft_reload.py BASE CKPT/adapter in.safetensors g4.safetensors
 
 Loads BASE in fp32 with the class config.json names, applies ADAPTER with peft.PeftModel.from_pretrained
 (which refuses keys it cannot place, so the names are checked too), runs INPUTS on the CPU and prints the
@@ -38,6 +40,7 @@ def main():
     cls = getattr(transformers, cfg.architectures[0])
     base = cls.from_pretrained(a.base, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, a.adapter, is_trainable=False).eval()
+    # lora.Linear modules and ParamWrappers (one per adapted expert weight, nested where a layer adapts both).
     adapted = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
     inputs = load_file(a.inputs)
     want = load_file(a.g4_out)["logits"].float()

@@ -124,12 +124,17 @@ void Gemma4::enable_lora(const LoraConfig& lora) {
   const std::vector<LoraModule> modules = lora_modules(cfg_, lora);
   for (size_t i = 0; i < modules.size(); ++i) {
     const LoraModule& m = modules[i];
+    G4_CHECK(m.experts == 0 || experts_.count == cfg_.num_experts, "LoRA on ", m.name,
+             " needs every expert on this model; it holds [", experts_.begin, ", ", experts_.begin + experts_.count,
+             ") (expert parallelism does not run with LoRA)");
     // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
+    // An expert weight [E, in, out] gets A [E, in, r] and B [E, r, out]; its A is PEFT's [E·r, in], drawn alike.
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
     const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
-    params_.add(lora_a_name(m.name), ParamKind::kLoraA,
-                rand_uniform({lora.rank, m.in}, seed, -bound, bound).to(dtype_).to(device_));
-    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros({m.out, lora.rank}, dtype_, device_));
+    const Shape a = m.experts ? Shape{m.experts, m.in, lora.rank} : Shape{lora.rank, m.in};
+    const Shape b = m.experts ? Shape{m.experts, lora.rank, m.out} : Shape{m.out, lora.rank};
+    params_.add(lora_a_name(m.name), ParamKind::kLoraA, rand_uniform(a, seed, -bound, bound).to(dtype_).to(device_));
+    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros(b, dtype_, device_));
   }
   lora_ = lora;
 }
@@ -591,8 +596,11 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   // Inference on the GPU at decode sizes: the routed experts in one op that keeps the routing on
   // the device (no host synchronisation per layer), streaming each picked expert's weights once.
   // Block diffusion's canvases (run_stack) are hundreds of tokens per row: the grouped GEMMs serve them better.
+  // Expert LoRA adapters run through the grouped GEMMs too (ops::moe_experts has no adapter).
+  const ExpertLora adapters =
+      expert_lora(*this, l, ctx.lora_dropout ? std::optional<uint64_t>(ctx.lora_call) : std::nullopt);
   const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
-                            !ctx.stack && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
+                            !ctx.stack && !adapters.active() && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
   // Nothing needs the experts' row counts on the host while the layer runs when the grouped
   // matmuls read them on the device, unless expert parallelism (which sizes its exchanges by them)
   // or the load-balancing loss (a constant made from them) does: the plan then skips its copy, the
@@ -600,7 +608,8 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   const bool aux_loss = router_aux_coef_ > 0 && !ctx.step && ag::grad_enabled();
   const ag::Var& gate_up = p(pre + "moe.experts.gate_and_up_projs");
   const ag::Var& down = p(pre + "moe.experts.down_projs");
-  const bool host_offsets = dispatcher_ || aux_loss ||
+  // (Expert LoRA adapters keep the copy: their rank need not suit the device kernels.)
+  const bool host_offsets = dispatcher_ || aux_loss || adapters.active() ||
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), gate_up.value()) ||
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
@@ -619,7 +628,7 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
                                    routing.weights, std::move(routing.plan), experts_};
   LocalDispatcher local;
   std::vector<int64_t> counts;
-  const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, gate_up, down, &counts);
+  const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, gate_up, down, &counts, adapters);
   if (host_offsets) {
     (*ctx.expert_tokens)[l] = std::move(counts);
   } else {

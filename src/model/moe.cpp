@@ -28,9 +28,16 @@ ag::Var load_balancing_loss(const Routing& r) {
 }
 
 ag::Var expert_mlp(const ag::Var& rows, const ag::Var& gate_up, const ag::Var& down,
-                   const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
-  const ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(rows, gate_up, offsets, device_offsets));
-  return ag::grouped_matmul(act, down, offsets, device_offsets);
+                   const std::vector<int64_t>& offsets, const Tensor& device_offsets, const ExpertLora& lora) {
+  auto grouped = [&](const ag::Var& x, const ag::Var& w) { return ag::grouped_matmul(x, w, offsets, device_offsets); };
+  auto adapted = [&](const ag::Var& x, const ag::Var& w, const ExpertLora::Pair& ab, bool is_down) {
+    const ag::Var y = grouped(x, w);
+    if (!ab.a.defined()) return y;
+    const ag::Var in = lora.dropout ? lora.dropout(x, is_down) : x;
+    return ag::add(y, ag::scale(grouped(grouped(in, ab.a), ab.b), lora.scaling));
+  };
+  const ag::Var act = ag::gelu_gate_fused(adapted(rows, gate_up, lora.gate_up, false));
+  return adapted(act, down, lora.down, true);
 }
 
 TokenDispatcher::Rows LocalDispatcher::dispatch(const Inputs& in) {
@@ -47,7 +54,7 @@ ag::Var LocalDispatcher::combine(const Inputs& in, const Rows&, const ag::Var& o
 }
 
 ag::Var routed_experts(TokenDispatcher& dispatcher, const TokenDispatcher::Inputs& in, const ag::Var& gate_up,
-                       const ag::Var& down, std::vector<int64_t>* expert_tokens) {
+                       const ag::Var& down, std::vector<int64_t>* expert_tokens, const ExpertLora& lora) {
   // Checked before dispatching: a collective dispatcher must fail on every rank alike, not wait.
   const int64_t held = in.experts.count;
   G4_CHECK(gate_up.value().dim() == 3 && gate_up.shape()[0] == held && down.value().dim() == 3 &&
@@ -59,7 +66,7 @@ ag::Var routed_experts(TokenDispatcher& dispatcher, const TokenDispatcher::Input
     expert_tokens->clear();
     for (size_t j = 0; j + 1 < rows.offsets.size(); ++j) expert_tokens->push_back(rows.offsets[j + 1] - rows.offsets[j]);
   }
-  return dispatcher.combine(in, rows, expert_mlp(rows.rows, gate_up, down, rows.offsets, rows.device_offsets));
+  return dispatcher.combine(in, rows, expert_mlp(rows.rows, gate_up, down, rows.offsets, rows.device_offsets, lora));
 }
 
 }  // namespace g4::model

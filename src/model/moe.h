@@ -7,6 +7,7 @@
 #pragma once
 #include <any>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "autograd/variable.h"
@@ -36,11 +37,27 @@ Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64
 // through probs.
 ag::Var load_balancing_loss(const Routing& routing);
 
+// LoRA on the expert weights (model/lora.h): an adapted W [E, in, out] computes, for expert e's rows,
+// x·W_e + scaling·dropout(x)·A_e·B_e with A [E, in, r] and B [E, r, out], through the grouped GEMMs
+// of the same offsets.
+struct ExpertLora {
+  struct Pair {
+    ag::Var a, b;  // undefined: the weight is not adapted
+  };
+  Pair gate_up, down;
+  double scaling = 1;
+  // The adapter's input after LoRA dropout (of the down projection's input when `down`); empty: none.
+  std::function<ag::Var(const ag::Var& x, bool down)> dropout;
+  bool active() const { return gate_up.a.defined() || down.a.defined(); }
+};
+
 // The expert MLP, over rows grouped by expert (expert j's rows are [offsets[j], offsets[j + 1])):
-// down_j(gelu(gate_j · x) * up_j · x), gate_up [E, H, 2I] (gate | up), down [E, I, H].
+// down_j(gelu(gate_j · x) * up_j · x), gate_up [E, H, 2I] (gate | up), down [E, I, H], with the
+// LoRA adapters `lora` holds.
 // device_offsets: the offsets on the rows' device, when the caller has them (saves an upload).
 ag::Var expert_mlp(const ag::Var& rows, const ag::Var& gate_up, const ag::Var& down,
-                   const std::vector<int64_t>& offsets, const Tensor& device_offsets = Tensor());
+                   const std::vector<int64_t>& offsets, const Tensor& device_offsets = Tensor(),
+                   const ExpertLora& lora = {});
 
 // Brings one MoE layer's token copies to the experts this model holds and their results back. A
 // dispatcher that exchanges rows between ranks is collective: every rank of its group runs each
@@ -78,9 +95,10 @@ class LocalDispatcher final : public TokenDispatcher {
 };
 
 // One MoE layer's routed experts: dispatch, the expert MLP on the held experts (gate_up, down:
-// in.experts.count of them), combine. expert_tokens, if given, receives how many rows each held
-// expert processed.
+// in.experts.count of them, with `lora`'s adapters), combine. expert_tokens, if given, receives how
+// many rows each held expert processed.
 ag::Var routed_experts(TokenDispatcher& dispatcher, const TokenDispatcher::Inputs& in, const ag::Var& gate_up,
-                       const ag::Var& down, std::vector<int64_t>* expert_tokens = nullptr);
+                       const ag::Var& down, std::vector<int64_t>* expert_tokens = nullptr,
+                       const ExpertLora& lora = {});
 
 }  // namespace g4::model

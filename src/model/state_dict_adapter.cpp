@@ -261,11 +261,13 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
   if (!model.config().generation_config.is_null())
     io::write_file_atomic((fs::path(dir) / "generation_config.json").string(),
                           model.config().generation_config.dump(2) + "\n");
-  if (model.lora()) save_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
+  // Beside this base, whose per_expert_scale is written as ones.
+  if (model.lora()) save_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string(), /*folded_expert_scale=*/true);
 }
 
 void load_checkpoint_weights(Gemma4& model, const std::string& dir) {
-  load_hf_weights(model, io::SafetensorsReader::open(dir));
+  if (!model.lora() || !fs::exists(fs::path(dir) / kLoraBaseFile))
+    load_hf_weights(model, io::SafetensorsReader::open(dir));
   if (model.lora()) load_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
 }
 

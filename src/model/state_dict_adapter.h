@@ -44,6 +44,8 @@ NamedTensors export_hf_state_dict(const Gemma4& model);
 
 // Where a LoRA model's checkpoint keeps its adapter in PEFT's format, beside the frozen base.
 inline constexpr const char* kLoraAdapterDir = "adapter";
+// An adapter-only LoRA checkpoint (no base weights) names the base it goes with in this file.
+inline constexpr const char* kLoraBaseFile = "lora_base.json";
 
 // Writes config.json + safetensors (sharded above max_shard_bytes) into dir, and for diffusion
 // models generation_config.json when the config holds one. Diffusion checkpoints get the encoder
@@ -52,6 +54,7 @@ inline constexpr const char* kLoraAdapterDir = "adapter";
 void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_shard_bytes = size_t(5) << 30);
 
 // What save_hf_checkpoint wrote, into a model built alike (with LoRA: the base and dir/adapter).
+// An adapter-only checkpoint (dir/lora_base.json) loads its adapter alone: the model holds the base.
 void load_checkpoint_weights(Gemma4& model, const std::string& dir);
 
 // Gradients (as f32) of the parameters expressed for Hugging Face's parameterisation (names as in the

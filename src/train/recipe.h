@@ -115,6 +115,10 @@ struct Recipe {
   std::vector<std::string> freeze;  // parameter-name patterns (* wildcards) or kind names kept fixed
   // LoRA adapters (lora.*; rank 0 = off): only they train, the base weights stay frozen.
   model::LoraConfig lora;
+  // lora.save_base: LoRA checkpoints also hold the frozen base. Off (the default), a run on
+  // model.path writes only the adapter and resumes onto model.path's weights; a built-in shape's
+  // random base (model.name) exists nowhere else and is always saved.
+  bool lora_save_base = false;
   double router_aux_loss = 0.0;
   // A step whose loss or gradient norm is not finite never updates the weights; by default the
   // run stops there with an error, with this it skips the step and counts it ("skipped_steps").

@@ -125,7 +125,10 @@ void RunParts::set_up_training(CheckpointPart& objective) {
   os.sharded = r.fsdp;
   opt = make_optimizer(std::move(os));
 
-  weights = std::make_unique<WeightsCheckpoint>(*opt, *mesh, r.tokenizer);
+  // A built-in shape's random base (model.name) is on no disk: its LoRA checkpoints keep it.
+  const std::string lora_base = r.lora.rank > 0 ? r.model_path : "";
+  weights = std::make_unique<WeightsCheckpoint>(*opt, *mesh, r.tokenizer, lora_base,
+                                                !lora_base.empty() && !r.lora_save_base);
   progress.recipe = r.resolved;
   checkpoints = std::make_unique<CheckpointManager>((fs::path(r.output_dir) / "checkpoints").string(),
                                                     r.keep_checkpoints, *world);

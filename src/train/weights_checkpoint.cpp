@@ -1,7 +1,11 @@
 #include "train/weights_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 
+#include "io/json_input.h"
+#include "model/lora.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::train {
@@ -40,7 +44,42 @@ std::string first_nonfinite(const model::Gemma4& m) {
   return "";
 }
 
+void copy_tokenizer(const std::string& tokenizer_path, const fs::path& dir) {
+  if (tokenizer_path.empty()) return;
+  const fs::path t(tokenizer_path);
+  if (fs::is_directory(t)) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
+      if (fs::exists(t / f)) fs::copy_file(t / f, dir / f);
+  } else if (fs::exists(t)) {
+    fs::copy_file(t, dir / t.filename());
+  }
+}
+
 }  // namespace
+
+std::string lora_base_fingerprint(const model::Gemma4& m) {
+  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a
+  auto mix = [&h](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 0x100000001B3ull;
+  };
+  auto tensor = [&](const std::string& n, const Tensor& value) {
+    // The optimizer's f32 host weights are read in place: a copy would cost the whole model.
+    const Tensor t =
+        value.device() == Device::CPU && value.dtype() == DType::F32 ? value : value.to(Device::CPU).to(DType::F32);
+    mix(n.data(), n.size());
+    for (const int64_t d : t.shape()) mix(&d, sizeof d);
+    const int64_t count = std::min<int64_t>(256, t.numel());
+    for (int64_t k = 0; k < count; ++k) mix(&t.data<float>()[k * t.numel() / count], sizeof(float));
+  };
+  for (const std::string& n : m.params().order)
+    if (!model::is_lora(m.params().kind(n))) tensor(n, m.params().at(n).value());
+  // The buffers too: a base written by g4 has the same folded expert weights as the checkpoint it
+  // came from, but per_expert_scale ones, which scale the down adapters differently.
+  for (const auto& [n, b] : m.params().buffers) tensor(n, b.value);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
 
 void WeightsCheckpoint::save(const fs::path& dir, nlohmann::json& state) {
   optimizer_.gather_parameters();
@@ -53,19 +92,35 @@ void WeightsCheckpoint::save(const fs::path& dir, nlohmann::json& state) {
   G4_CHECK(any.data<double>()[0] == 0, "refusing to write checkpoint step ", state.value("step", int64_t{-1}), ": ",
            bad.empty() ? std::string("another rank's weights are") : "parameter " + bad + " is",
            " not finite (NaN or infinite); the earlier checkpoints are kept");
+  if (adapter_only_ && weights.lora()) {
+    // LoRA runs refuse expert parallelism: rank 0 holds the whole adapter.
+    if (mesh_.world().rank() != 0) return;
+    model::save_peft_adapter(weights, (dir / model::kLoraAdapterDir).string());
+    const nlohmann::json base = {{"base_model", lora_base_}, {"fingerprint", lora_base_fingerprint(weights)}};
+    io::write_file_atomic((dir / model::kLoraBaseFile).string(), base.dump(2) + "\n");
+    copy_tokenizer(tokenizer_path_, dir);
+    return;
+  }
   const std::unique_ptr<model::Gemma4> full = gather_experts_for_rank0(weights, mesh_);
   if (mesh_.world().rank() != 0) return;
   model::save_hf_checkpoint(full ? *full : weights, dir.string());
-  if (tokenizer_path_.empty()) return;
-  const fs::path t(tokenizer_path_);
-  if (fs::is_directory(t)) {
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
-      if (fs::exists(t / f)) fs::copy_file(t / f, dir / f);
-  } else if (fs::exists(t)) {
-    fs::copy_file(t, dir / t.filename());
-  }
+  copy_tokenizer(tokenizer_path_, dir);
 }
 
-void WeightsCheckpoint::load(const fs::path& dir, const nlohmann::json&) { optimizer_.load_weights(dir.string()); }
+void WeightsCheckpoint::load(const fs::path& dir, const nlohmann::json&) {
+  const fs::path record = dir / model::kLoraBaseFile;
+  if (fs::exists(record)) {
+    // Only the adapter was saved: the base this run loaded must be the one it was trained on.
+    const nlohmann::json base = io::read_json_file(record.string(), "LoRA base record", 1 << 20);
+    const std::string was = base.value("base_model", std::string()), print = base.value("fingerprint", std::string());
+    G4_CHECK(!lora_base_.empty(), "checkpoint ", dir.string(), " holds only a LoRA adapter (for the base ", was,
+             "); resume it with LoRA on and model.path set to that base");
+    const std::string now = lora_base_fingerprint(optimizer_.export_weights());
+    G4_CHECK(now == print, "checkpoint ", dir.string(), " holds only a LoRA adapter, trained on the base ", was,
+             " (fingerprint ", print, "), but this run's base ", lora_base_, " has fingerprint ", now,
+             ": resume with model.path set to the base the adapter was trained on");
+  }
+  optimizer_.load_weights(dir.string());
+}
 
 }  // namespace g4::train

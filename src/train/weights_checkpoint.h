@@ -1,7 +1,8 @@
 // The checkpoint part of the trained weights: a Hugging Face checkpoint (config.json +
 // safetensors that transformers loads) and the tokenizer's files, written by rank 0 from the
 // optimizer's f32 weights (the fp32 masters, never bf16 copies). Under expert parallelism the
-// first EP group gathers its expert slices first, so rank 0 writes every expert.
+// first EP group gathers its expert slices first, so rank 0 writes every expert. A LoRA run may
+// write its adapter alone (adapter/ and lora_base.json naming the frozen base and its fingerprint).
 #pragma once
 #include <memory>
 #include <string>
@@ -14,9 +15,16 @@ namespace g4::train {
 class WeightsCheckpoint final : public CheckpointPart {
  public:
   // The optimizer and mesh must outlive the part. tokenizer_path: a tokenizer file or directory
-  // whose files are copied into every checkpoint ("" = none).
-  WeightsCheckpoint(Optimizer& optimizer, parallel::DeviceMesh& mesh, std::string tokenizer_path)
-      : optimizer_(optimizer), mesh_(mesh), tokenizer_path_(std::move(tokenizer_path)) {}
+  // whose files are copied into every checkpoint ("" = none). lora_base: a LoRA run's base
+  // directory (model.path), which resuming an adapter-only checkpoint checks; adapter_only: the
+  // checkpoints of a LoRA model hold its adapter alone.
+  WeightsCheckpoint(Optimizer& optimizer, parallel::DeviceMesh& mesh, std::string tokenizer_path,
+                    std::string lora_base = "", bool adapter_only = false)
+      : optimizer_(optimizer),
+        mesh_(mesh),
+        tokenizer_path_(std::move(tokenizer_path)),
+        lora_base_(std::move(lora_base)),
+        adapter_only_(adapter_only) {}
 
   void save(const std::filesystem::path& dir, nlohmann::json& state) override;
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
@@ -25,7 +33,14 @@ class WeightsCheckpoint final : public CheckpointPart {
   Optimizer& optimizer_;
   parallel::DeviceMesh& mesh_;
   std::string tokenizer_path_;
+  std::string lora_base_;
+  bool adapter_only_;
 };
+
+// A fingerprint of a model's frozen base (every parameter but the LoRA adapters, and the buffers):
+// names, shapes and 256 evenly spaced values of each, hashed. A base fine-tuned, merged or initialised otherwise
+// differs in it with near certainty; it reads a few values per tensor, so every checkpoint can.
+std::string lora_base_fingerprint(const model::Gemma4& model);
 
 // Collective over `ep`: the whole model (every expert) from the expert slices the group's ranks hold.
 std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& model, parallel::Communicator& ep);

@@ -15,8 +15,10 @@
 #include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
+#include "support/finite_difference.h"
 #include "support/g4_process.h"
 #include "support/hf_fixtures.h"
+#include "support/lora_model.h"
 #include "support/tensor_compare.h"
 
 namespace g4 {
@@ -35,21 +37,8 @@ LoraConfig lora_config(int64_t rank = 4, double alpha = 8) {
   return c;
 }
 
-model::ForwardInputs random_batch(uint64_t seed, int64_t vocab) {
-  model::ForwardInputs in;
-  in.input_ids = randint({2, 7}, seed, 0, vocab);
-  in.labels = randint({2, 7}, seed + 1, 0, vocab);
-  return in;
-}
-
-// Every B (zeros after enable_lora) drawn at random, so the adapters change the function.
-void randomise_b(model::Gemma4& m, uint64_t seed) {
-  uint64_t i = 0;
-  for (const model::LoraModule& mod : model::lora_modules(m.config(), *m.lora())) {
-    Tensor& b = m.params().at(model::lora_b_name(mod.name)).mutable_value();
-    b.copy_from(randn(b.shape(), seed + i++, DType::F32, 0.05).to(b.dtype()));
-  }
-}
+model::ForwardInputs random_batch(uint64_t seed, int64_t vocab) { return test::random_lm_batch(seed, vocab, 2, 7); }
+using test::randomise_lora_b;
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.shape(), b.shape());
@@ -59,12 +48,7 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
-Tensor logits_of(const model::Gemma4& m, const model::ForwardInputs& in) {
-  ag::NoGrad no_grad;
-  model::ForwardInputs x = in;
-  x.labels = Tensor();
-  return m.forward(x).logits.value();
-}
+Tensor logits_of(const model::Gemma4& m, const model::ForwardInputs& in) { return test::eval_logits(m, in); }
 
 TEST(Lora, TargetsFollowPeftSuffixAndRegexRules) {
   const io::ModelConfig cfg = model::load_hf_config(test::hf_fixture_dir(kFixture));
@@ -133,7 +117,7 @@ TEST(Lora, ForwardIsTheBasePlusTheScaledAdapter) {
   auto m = model::load_hf_model(test::hf_fixture_dir(kFixture), {}, DType::F64);
   auto by_hand = model::load_hf_model(test::hf_fixture_dir(kFixture), {}, DType::F64);
   m->enable_lora(lora_config(3, 5));
-  randomise_b(*m, 100);
+  randomise_lora_b(*m, 100);
   const double s = 5.0 / 3.0;
   for (const model::LoraModule& mod : model::lora_modules(m->config(), *m->lora())) {
     const Tensor a = m->params().at(model::lora_a_name(mod.name)).value();
@@ -162,7 +146,7 @@ TEST(Lora, GradientsOfAAndBMatchFiniteDifferences) {
   c.dropout = 0.25;
   c.targets = {"q_proj", "o_proj", "up_proj", "down_proj"};
   m->enable_lora(c);
-  randomise_b(*m, 200);
+  randomise_lora_b(*m, 200);
   for (const std::string& n : m->params().order)
     m->params().at(n).set_requires_grad(model::is_lora(m->params().kind(n)));
   const model::ForwardInputs in = random_batch(7, m->config().vocab_size);
@@ -180,13 +164,7 @@ TEST(Lora, GradientsOfAAndBMatchFiniteDifferences) {
     const Tensor g = m->params().at(name).grad().clone();
     for (const int64_t i : {int64_t{0}, p.numel() / 2, p.numel() - 1}) {
       // In grad mode: NoGrad would switch the dropout off.
-      const double x0 = p.data<double>()[i], h = 1e-6;
-      p.data<double>()[i] = x0 + h;
-      const double up = loss().value().item();
-      p.data<double>()[i] = x0 - h;
-      const double down = loss().value().item();
-      p.data<double>()[i] = x0;
-      const double fd = (up - down) / (2 * h);
+      const double fd = test::central_difference(p, i, [&] { return loss().value().item(); });
       EXPECT_NEAR(g.data<double>()[i], fd, 1e-7 + 1e-6 * std::abs(fd)) << name << "[" << i << "]";
       ++checked;
     }
@@ -201,7 +179,7 @@ TEST(Lora, DropoutIsForTrainingForwardsAndReplaysByCallNumber) {
   LoraConfig c = lora_config();
   c.dropout = 0.5;
   m->enable_lora(c);
-  randomise_b(*m, 300);
+  randomise_lora_b(*m, 300);
   const model::ForwardInputs in = random_batch(9, m->config().vocab_size);
   auto off = model::load_hf_model(test::hf_fixture_dir(kFixture));
   off->enable_lora(lora_config());
@@ -240,7 +218,7 @@ TEST(Lora, PeftFilesRoundTripAndTheMergedModelComputesTheAdaptedOne) {
   c.dropout = 0.1;
   c.base_model = "google/some-base";
   m->enable_lora(c);
-  randomise_b(*m, 400);
+  randomise_lora_b(*m, 400);
   model::save_hf_checkpoint(*m, dir.string());
   EXPECT_FALSE(io::SafetensorsReader::open(dir.string()).has("model.layers.0.self_attn.q_proj.lora_A.weight"));
   const fs::path adapter = dir / model::kLoraAdapterDir;
@@ -284,7 +262,7 @@ TEST(Lora, ConditionalCheckpointsNameTheLanguageModel) {
   LoraConfig c = lora_config();
   c.targets = {"q_proj", "mlp.down_proj"};
   m->enable_lora(c);
-  randomise_b(*m, 500);
+  randomise_lora_b(*m, 500);
   model::save_peft_adapter(*m, dir.string());
   const nlohmann::json cfg = io::read_json_file((dir / "adapter_config.json").string(), "test", 1 << 20);
   EXPECT_EQ(cfg["target_modules"], R"(model\.language_model\.layers\.(?:.*\.)?(?:q_proj|mlp\.down_proj))");

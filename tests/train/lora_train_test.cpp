@@ -1,6 +1,7 @@
 // `g4 train` with LoRA adapters (lora.* keys) on the tiny test model: only the adapters change and the
-// loss falls, checkpoints hold the frozen base plus the adapter in PEFT's format, a killed run resumes
-// to the same losses (dropout on), and `g4 convert --merge-lora` writes a model computing the same logits.
+// loss falls, checkpoints hold the frozen base plus the adapter in PEFT's format (a built-in shape) or
+// the adapter alone (a base on disk, model.path), a killed run resumes to the same losses (dropout on),
+// and `g4 convert --merge-lora` writes a model computing the same logits.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -18,6 +19,7 @@
 #include "support/tensor_compare.h"
 #include "support/train_recipe.h"
 #include "train/recipe.h"
+#include "train/trainer.h"
 
 namespace g4 {
 namespace {
@@ -43,6 +45,23 @@ std::vector<std::string> loss_lines(const fs::path& run_dir, std::vector<double>
     }
   }
   return lines;
+}
+
+// `g4 convert BASE OUT --merge-lora ADAPTER` writes a plain checkpoint computing base + adapter's logits.
+void expect_merge_computes_the_adapted_model(const fs::path& base, const fs::path& adapter, const fs::path& out) {
+  const test::ProcessResult r =
+      test::run_g4("convert " + base.string() + " " + out.string() + " --merge-lora " + adapter.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(out / model::kLoraAdapterDir));
+  auto adapted = model::load_hf_model(base.string());
+  model::apply_peft_adapter(*adapted, adapter.string());
+  const auto merged = model::load_hf_model(out.string());
+  model::ForwardInputs in;
+  in.input_ids = randint({2, 16}, 5, 0, adapted->config().vocab_size);
+  ag::NoGrad no_grad;
+  const Tensor want_logits = adapted->forward(in).logits.value();
+  EXPECT_LT(test::max_diff(merged->forward(in).logits.value(), want_logits), 1e-5);
+  EXPECT_GT(test::max_diff(model::load_hf_model(base.string())->forward(in).logits.value(), want_logits), 1e-4);
 }
 
 TEST(LoraTrain, OnlyTheAdaptersTrainResumeIsExactAndTheMergeComputesTheAdaptedModel) {
@@ -93,19 +112,93 @@ TEST(LoraTrain, OnlyTheAdaptersTrainResumeIsExactAndTheMergeComputesTheAdaptedMo
   EXPECT_EQ(loss_lines(dir / "killed"), want);
 
   // The merged checkpoint computes the adapted model's logits.
-  r = test::run_g4("convert " + ckpt8.string() + " " + (dir / "merged").string() + " --merge-lora " +
-                   adapter8.string());
+  expect_merge_computes_the_adapted_model(ckpt8, adapter8, dir / "merged");
+  fs::remove_all(dir);
+}
+
+// The recipe's tiny MoE as a Hugging Face base on disk (base/), with per_expert_scale drawn away from
+// ones, and the recipe training it from there (model.path).
+std::string base_on_disk(const fs::path& dir, const fs::path& base) {
+  const std::string named = test::write_train_recipe(dir);
+  model::save_hf_checkpoint(*train::build_model(train::load_recipe(named)), base.string());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  {
+    const io::SafetensorsReader r = io::SafetensorsReader::open(base.string());
+    for (const std::string& n : r.names())
+      tensors.emplace_back(n, n.find("per_expert_scale") == std::string::npos
+                                  ? r.get(n).clone()
+                                  : rand_uniform(r.get(n).shape(), 41, 0.7, 1.3, DType::F32));
+  }
+  io::save_safetensors((base / "model.safetensors").string(), tensors);
+  std::ifstream in(named);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text = "model:\n  path: " + base.string() + "\n" + text.substr(text.find("tokenizer:"));
+  const fs::path path = dir / "recipe_path.yaml";
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+// With experts adapted and the base on disk, checkpoints hold only the adapter (adapter/ and the
+// base's record), a killed run resumes from them to the same losses, resuming onto another base or a
+// missing one is refused, and the base plus the adapter merge into a model computing the adapted logits.
+TEST(LoraTrain, ExpertAdaptersInAdapterOnlyCheckpointsResumeExactly) {
+  const fs::path dir = test::scratch_dir("train_lora_experts");
+  const std::string recipe = base_on_disk(dir, dir / "base");
+  const std::string lora = std::string(kLora) +
+                           " lora.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
+                           "experts.gate_up_proj,experts.down_proj]";
+  const std::string full = "train " + recipe + lora + " checkpoint.dir=" + (dir / "full").string();
+  test::ProcessResult r = test::run_g4(full);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_FALSE(fs::exists(dir / "merged" / model::kLoraAdapterDir));
-  auto adapted = model::load_hf_model(ckpt8.string());
-  model::apply_peft_adapter(*adapted, adapter8.string());
-  const auto merged = model::load_hf_model((dir / "merged").string());
-  model::ForwardInputs in;
-  in.input_ids = randint({2, 16}, 5, 0, adapted->config().vocab_size);
-  ag::NoGrad no_grad;
-  const Tensor want_logits = adapted->forward(in).logits.value();
-  EXPECT_LT(test::max_diff(merged->forward(in).logits.value(), want_logits), 1e-5);
-  EXPECT_GT(test::max_diff(model::load_hf_model(ckpt8.string())->forward(in).logits.value(), want_logits), 1e-4);
+  std::vector<double> validation;
+  const auto want = loss_lines(dir / "full", &validation);
+  ASSERT_EQ(validation.size(), 2u);
+  EXPECT_LT(validation[1], validation[0] - 0.01);
+
+  const fs::path ckpt4 = dir / "full" / "checkpoints" / "step-00000004";
+  const fs::path ckpt8 = dir / "full" / "checkpoints" / "step-00000008";
+  for (const fs::path& c : {ckpt4, ckpt8}) {
+    EXPECT_FALSE(fs::exists(c / "model.safetensors")) << c;
+    EXPECT_FALSE(fs::exists(c / "config.json")) << c;
+    EXPECT_TRUE(fs::exists(c / "optimizer.safetensors")) << c;
+  }
+  const nlohmann::json base = io::read_json_file((ckpt8 / model::kLoraBaseFile).string(), "test", 1 << 20);
+  EXPECT_EQ(base["base_model"], (dir / "base").string());
+  const auto a4 = io::SafetensorsReader::open((ckpt4 / model::kLoraAdapterDir / "adapter_model.safetensors").string());
+  const auto a8 = io::SafetensorsReader::open((ckpt8 / model::kLoraAdapterDir / "adapter_model.safetensors").string());
+  const std::string experts = "base_model.model.model.layers.1.experts.";
+  for (const std::string& n : {experts + "lora_B.weight", experts + "base_layer.lora_B.weight"}) {
+    ASSERT_TRUE(a8.has(n)) << n;
+    EXPECT_FALSE(same_bits(a4.get(n), a8.get(n))) << n << " is an adapter but did not change";
+  }
+
+  const std::string killed = "train " + recipe + lora + " checkpoint.dir=" + (dir / "killed").string();
+  r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  // Another base (one weight changed) and a missing one are refused; the checkpoint stays usable.
+  fs::copy(dir / "base", dir / "other");
+  {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    const io::SafetensorsReader o = io::SafetensorsReader::open((dir / "other").string());
+    for (const std::string& n : o.names())
+      tensors.emplace_back(n, n == "model.norm.weight" ? rand_uniform(o.get(n).shape(), 43, 0.5, 1.5, DType::F32)
+                                                       : o.get(n).clone());
+    io::save_safetensors((dir / "other" / "model.safetensors").string(), tensors);
+  }
+  r = test::run_g4(killed + " --resume model.path=" + (dir / "other").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("holds only a LoRA adapter, trained on the base " + (dir / "base").string()),
+            std::string::npos)
+      << r.output;
+  r = test::run_g4(killed + " --resume model.path=" + (dir / "missing").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find((dir / "missing").string()), std::string::npos) << r.output;
+  r = test::run_g4(killed + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "killed"), want);
+
+  expect_merge_computes_the_adapted_model(dir / "base", ckpt8 / model::kLoraAdapterDir, dir / "merged");
   fs::remove_all(dir);
 }
 
@@ -132,6 +225,8 @@ TEST(LoraTrain, RecipeErrorsNameTheKey) {
   const train::Recipe ok = train::load_recipe(recipe, {"lora.rank=4", "lora.targets=[q_proj, mlp.up_proj]"});
   EXPECT_EQ(ok.lora.targets, (std::vector<std::string>{"q_proj", "mlp.up_proj"}));
   EXPECT_EQ(ok.lora.base_model, "tiny-moe");
+  EXPECT_FALSE(ok.lora_save_base);
+  EXPECT_TRUE(train::load_recipe(recipe, {"lora.rank=4", "lora.save_base=true"}).lora_save_base);
   const test::ProcessResult r = test::run_g4("train " + recipe + " lora.rank=4 lora.targets=[experts]");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("LoRA targets [experts] select none"), std::string::npos) << r.output;
