@@ -178,6 +178,7 @@ model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& mo
   fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});
   extra = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
   return fi;
+}
 
 // NeMo Automodel 0.7.0's block-diffusion step on a batch whose draws are given (DIFFUSION.md
 // §D.4-D.7, diffusion::dllm_forward): the collated clean rows input_ids, attention_mask (optional:
