@@ -14,7 +14,10 @@ namespace {
 // are padded to a multiple of cp and the rank keeps its contiguous slice, with the labels shifted
 // over the whole row first (targets) and global position ids.
 model::ForwardInputs rank_inputs(const data::Batch& b, int cp_rank, int cp, int64_t pad_id) {
-  if (cp == 1) return {b.input_ids, Tensor(), b.position_ids, b.labels};
+  if (cp == 1) return batch_inputs(b);
+  // A slice of a row may hold part of an image's soft tokens, and the towers run on whole media.
+  G4_CHECK(!b.mm_token_type_ids.defined(), "parallel.context_parallel ", cp,
+           ": training on images or audio is not supported with context parallelism (the rows are cut across ranks)");
   const parallel::PaddedRows rows = parallel::pad_to_multiple(b.input_ids, b.position_ids, b.labels, cp, pad_id);
   const parallel::ContextShard s = parallel::shard_batch(rows.input_ids, rows.position_ids, rows.labels, cp_rank, cp);
   return {s.input_ids, Tensor(), s.position_ids, Tensor(), s.targets};
@@ -27,6 +30,16 @@ struct SftBatch final : StepBatch {
 };
 
 }  // namespace
+
+model::ForwardInputs batch_inputs(const data::Batch& b) {
+  model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+  in.mm_token_type_ids = b.mm_token_type_ids;
+  in.pixel_values = b.pixel_values;
+  in.image_position_ids = b.image_position_ids;
+  in.input_features = b.input_features;
+  in.input_features_mask = b.input_features_mask;
+  return in;
+}
 
 SftObjective::SftObjective(std::unique_ptr<BatchSource> source, SftOptions options, parallel::DeviceMesh& mesh)
     : source_(std::move(source)), opt_(std::move(options)), mesh_(mesh) {}
@@ -106,7 +119,7 @@ double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>&
   double sum = 0;
   int64_t count = 0;
   for (const data::Batch& b : batches) {
-    model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+    model::ForwardInputs in = batch_inputs(b);
     // The GPU computes its loss by the fused LM head + loss either way; asking for no logits
     // spares the [B, S, V] tensor.
     in.return_logits = model.device() == Device::CPU;
