@@ -1,6 +1,7 @@
 #include "train/sft.h"
 
 #include <cmath>
+#include <utility>
 
 #include "io/json_input.h"
 #include "parallel/context_parallel.h"
@@ -33,11 +34,15 @@ struct SftBatch final : StepBatch {
 
 model::ForwardInputs batch_inputs(const data::Batch& b) {
   model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
-  in.mm_token_type_ids = b.mm_token_type_ids;
-  in.pixel_values = b.pixel_values;
-  in.image_position_ids = b.image_position_ids;
-  in.input_features = b.input_features;
-  in.input_features_mask = b.input_features_mask;
+  // The media keep their names from the batch to the model.
+  using In = model::ForwardInputs;
+  using B = data::Batch;
+  for (const auto& [to, from] : {std::pair{&In::pixel_values, &B::pixel_values},
+                                 std::pair{&In::image_position_ids, &B::image_position_ids},
+                                 std::pair{&In::mm_token_type_ids, &B::mm_token_type_ids},
+                                 std::pair{&In::input_features, &B::input_features},
+                                 std::pair{&In::input_features_mask, &B::input_features_mask}})
+    in.*to = b.*from;
   return in;
 }
 

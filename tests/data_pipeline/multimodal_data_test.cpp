@@ -5,7 +5,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <random>
 
 #include "data/dataset.h"
 #include "io/audio_features.h"
@@ -13,6 +12,7 @@
 #include "io/io_test_util.h"
 #include "io/wav.h"
 #include "support/error_message.h"
+#include "support/wav_file.h"
 
 namespace g4::data {
 namespace {
@@ -52,19 +52,8 @@ std::string chat_line(const std::string& user_parts, const std::string& reply) {
          R"(]}, {"role": "assistant", "content": ")" + reply + R"("}]})";
 }
 
-// A 16-bit PCM mono WAV at 16 kHz of random samples.
 std::vector<float> write_wav(const std::string& path, size_t samples, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(-20000, 20000);
-  std::vector<int16_t> pcm(samples);
-  for (int16_t& s : pcm) s = static_cast<int16_t>(d(rng));
-  const auto u32 = [](uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); };
-  const auto u16 = [](uint16_t v) { return std::string(reinterpret_cast<const char*>(&v), 2); };
-  const uint32_t bytes = static_cast<uint32_t>(samples * 2);
-  std::string f = "RIFF" + u32(36 + bytes) + "WAVEfmt " + u32(16) + u16(1) + u16(1) + u32(16000) + u32(32000) +
-                  u16(2) + u16(16) + "data" + u32(bytes);
-  f.append(reinterpret_cast<const char*>(pcm.data()), bytes);
-  test::write_text(path, f);
+  test::write_random_wav(path, samples, seed);
   return io::read_wav_16k(path);
 }
 

@@ -1,26 +1,30 @@
 // `g4 train` on image + text chat data: recipes/multimodal/tiny-image-sft.yaml (tiny-mm-e on the
 // example dataset) lowers the training loss, trains the vision tower, resumes to exactly the curve of
-// the uninterrupted run, keeps towers frozen by pattern, and refuses context parallelism.
+// the uninterrupted run and refuses context parallelism; audio parts train the audio tower; towers
+// frozen by pattern stay as they were.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "io/safetensors.h"
 #include "support/g4_process.h"
+#include "support/run_metrics.h"
+#include "support/wav_file.h"
 #include "support/test_paths.h"
 
 namespace g4 {
 namespace {
 
 namespace fs = std::filesystem;
+using test::loss_lines;
 using test::ProcessResult;
+using test::records;
+using test::unchanged_tensors;
 
 // The example recipe with absolute paths (tests run anywhere), 8 steps, checkpoints at 4 and 8.
 std::string recipe_args(const fs::path& out) {
@@ -28,36 +32,6 @@ std::string recipe_args(const fs::path& out) {
   return "train " + src + "/recipes/multimodal/tiny-image-sft.yaml model.path=" + test::data_dir() +
          "/hf-gemma4-mm/tiny-mm-e tokenizer=" + data + "/tokenizer.json data.train=" + data +
          "/images.jsonl train.steps=8 checkpoint.every=4 log.validation_every=4 checkpoint.dir=" + out.string();
-}
-
-std::vector<nlohmann::json> records(const fs::path& run_dir) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-// Everything but timings, which must repeat exactly.
-std::vector<std::string> loss_lines(const fs::path& run_dir) {
-  std::vector<std::string> lines;
-  for (const nlohmann::json& j : records(run_dir)) {
-    if (j.contains("loss"))
-      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["grad_norm"].dump());
-    if (j.contains("validation_loss")) lines.push_back("val " + j["validation_loss"].dump());
-  }
-  return lines;
-}
-
-// Per tensor of the step-8 checkpoint: whether it has the bits of the step-4 one.
-std::map<std::string, bool> unchanged_tensors(const fs::path& run_dir) {
-  const auto early = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000004").string());
-  const auto late = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000008").string());
-  std::map<std::string, bool> out;
-  for (const std::string& n : late.names()) {
-    const Tensor a = early.get(n), b = late.get(n);
-    out[n] = a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-  }
-  return out;
 }
 
 // (tensors unchanged, tensors changed) among those whose name holds `part`.
@@ -97,11 +71,37 @@ TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "killed"), loss_lines(dir / "full"));
 
-  // Freezing the vision tower and its projection by pattern keeps every one of their tensors.
-  r = test::run_g4(recipe_args(dir / "frozen") + " \"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
+  fs::remove_all(dir);
+}
+
+// Audio parts: clips of different lengths train the audio tower through the same path; the vision
+// tower and its projection, frozen by pattern, keep every one of their tensors.
+TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
+  const fs::path dir = test::scratch_dir("mm_train_audio");
+  std::ofstream data(dir / "audio.jsonl");
+  for (int i = 0; i < 6; ++i) {
+    const std::string clip = "clip" + std::to_string(i) + ".wav";
+    test::write_random_wav((dir / clip).string(), 2400 + 800 * static_cast<size_t>(i), static_cast<uint32_t>(i + 1));
+    data << R"({"messages": [{"role": "user", "content": [{"type": "audio", "path": ")" << clip
+         << R"("}, {"type": "text", "text": "How long is it?"}]}, {"role": "assistant", "content": "It is )" << i
+         << R"(."}]})" << "\n";
+  }
+  data.close();
+  const ProcessResult r = test::run_g4(recipe_args(dir / "run") + " data.train=" + (dir / "audio.jsonl").string() +
+                                       " data.validation_fraction=0 "
+                                       "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
   ASSERT_EQ(r.code, 0) << r.output;
+  int steps = 0;
+  for (const nlohmann::json& j : records(dir / "run")) {
+    if (!j.contains("loss")) continue;
+    ++steps;
+    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
+  }
+  EXPECT_EQ(steps, 8);
+  const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
+  EXPECT_GT(audio_changed, 0);
   for (const char* part : {"vision_tower", "embed_vision"}) {
-    const auto [same, changed] = count_unchanged(dir / "frozen", part);
+    const auto [same, changed] = count_unchanged(dir / "run", part);
     EXPECT_GT(same, 0) << part;
     EXPECT_EQ(changed, 0) << part;
   }
