@@ -188,8 +188,8 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
       if (!first_image) first_image = m;
       G4_CHECK(m->pixel_values.shape().at(1) == first_image->pixel_values.shape().at(1) &&
                    m->pixel_values.shape().at(2) == first_image->pixel_values.shape().at(2),
-               "data: images processed with different options in one batch: pixel_values ",
-               m->pixel_values.describe(), " and ", first_image->pixel_values.describe());
+               "data: images processed with different options in one batch: pixel_values ", m->pixel_values.describe(),
+               " and ", first_image->pixel_values.describe());
       images += m->pixel_values.size(0);
     }
     if (m->input_features.defined()) {

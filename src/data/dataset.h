@@ -85,9 +85,9 @@ struct Batch {
   Tensor labels;        // [B, S] i64
   Tensor position_ids;  // [B, S] i64
   int64_t trained_tokens = 0;
-  Tensor mm_token_type_ids{};                        // [B, S] i64
-  Tensor pixel_values{}, image_position_ids{};       // [images, max_patches, 3*p*p], [images, max_patches, 2]
-  Tensor input_features{}, input_features_mask{};    // [clips, max frames, 128], [clips, max frames]
+  Tensor mm_token_type_ids{};                      // [B, S] i64
+  Tensor pixel_values{}, image_position_ids{};     // [images, max_patches, 3*p*p], [images, max_patches, 2]
+  Tensor input_features{}, input_features_mask{};  // [clips, max frames, 128], [clips, max frames]
 };
 
 // Rows of seq_len tokens, row-major. labels[t] is ids[t] where trained, else -100; the first token
@@ -133,8 +133,8 @@ class PackedDataset {
   int64_t documents() const;
   int64_t tokens() const;
   double unigram_entropy() const;
-  // A hash of both splits' rows (ids, labels, positions, token types, media hashes) and the shuffle seed: ranks of one job
-  // compare it to find out that they read different data (a different copy of a file, say).
+  // A hash of both splits' rows (ids, labels, positions, token types, media hashes) and the shuffle seed: ranks of one
+  // job compare it to find out that they read different data (a different copy of a file, say).
   uint64_t fingerprint() const;
 
  private:

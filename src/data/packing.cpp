@@ -92,8 +92,10 @@ PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, in
       if (!media) continue;
       G4_CHECK(doc.mm_types.empty() || doc.mm_types.size() == doc.ids.size(), doc.source, ": document has ",
                doc.ids.size(), " ids but ", doc.mm_types.size(), " token types");
-      if (doc.mm_types.empty()) out.mm_types.resize(out.ids.size(), 0);
-      else out.mm_types.insert(out.mm_types.end(), doc.mm_types.begin(), doc.mm_types.end());
+      if (doc.mm_types.empty())
+        out.mm_types.resize(out.ids.size(), 0);
+      else
+        out.mm_types.insert(out.mm_types.end(), doc.mm_types.begin(), doc.mm_types.end());
       if (doc.media) out.row_media[r].push_back(doc.media);
     }
     for (int32_t k = 0; out.ids.size() % static_cast<size_t>(seq_len) != 0; ++k) {  // padding document

@@ -137,8 +137,9 @@ std::vector<ChatPart> read_parts(const json& content, const std::string& at, con
       parts.push_back({ChatPart::Kind::Text, string_field(part, "text", where)});
       continue;
     }
-    G4_CHECK(type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
-             R"({"type": "text", "text": ...}, {"type": "image", "path": FILE} and {"type": "audio", "path": FILE.wav}))");
+    G4_CHECK(
+        type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
+        R"({"type": "text", "text": ...}, {"type": "image", "path": FILE} and {"type": "audio", "path": FILE.wav}))");
     const std::filesystem::path file = string_field(part, "path", where);
     G4_CHECK(!file.empty(), where, ": 'path' is empty");
     const std::string resolved = (file.is_absolute() ? file : folder / file).string();
@@ -270,10 +271,10 @@ Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& o
   }
   media->hash = hash_media(*media);
   std::vector<size_t> marks;
-  for (const RenderedChat::Reply& reply : chat.replies) marks.insert(marks.end(), {reply.header, reply.begin, reply.end});
+  for (const RenderedChat::Reply& reply : chat.replies)
+    marks.insert(marks.end(), {reply.header, reply.begin, reply.end});
   chat.text = expand_media_placeholders(chat.text, image_tokens, audio_tokens, r.source, &marks);
-  for (size_t i = 0; i < chat.replies.size(); ++i)
-    chat.replies[i] = {marks[3 * i], marks[3 * i + 1], marks[3 * i + 2]};
+  for (size_t i = 0; i < chat.replies.size(); ++i) chat.replies[i] = {marks[3 * i], marks[3 * i + 1], marks[3 * i + 2]};
   Document doc = chat_document(chat, tok);
   const std::vector<int64_t> types = mm_token_types(doc.ids, tok);
   std::vector<int32_t> boundaries;

@@ -37,11 +37,10 @@ model::ForwardInputs batch_inputs(const data::Batch& b) {
   // The media keep their names from the batch to the model.
   using In = model::ForwardInputs;
   using B = data::Batch;
-  for (const auto& [to, from] : {std::pair{&In::pixel_values, &B::pixel_values},
-                                 std::pair{&In::image_position_ids, &B::image_position_ids},
-                                 std::pair{&In::mm_token_type_ids, &B::mm_token_type_ids},
-                                 std::pair{&In::input_features, &B::input_features},
-                                 std::pair{&In::input_features_mask, &B::input_features_mask}})
+  for (const auto& [to, from] :
+       {std::pair{&In::pixel_values, &B::pixel_values}, std::pair{&In::image_position_ids, &B::image_position_ids},
+        std::pair{&In::mm_token_type_ids, &B::mm_token_type_ids}, std::pair{&In::input_features, &B::input_features},
+        std::pair{&In::input_features_mask, &B::input_features_mask}})
     in.*to = b.*from;
   return in;
 }

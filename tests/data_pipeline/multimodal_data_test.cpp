@@ -25,7 +25,9 @@ const io::Tokenizer& tokenizer() {
   return *tok;
 }
 
-std::string processor_file(const std::string& name) { return test::data_dir() + "/hf-gemma4-mm/processor/" + name; }
+std::string processor_file(const std::string& name) {
+  return test::data_dir() + "/hf-gemma4-mm/processor/" + name;
+}
 
 // tiny-mm-e's tower: patch 6, pooling 3; 70 soft tokens at most.
 io::ImageProcessorOptions tiny_options() {
@@ -45,11 +47,15 @@ DataOptions options_for(const std::string& file, int64_t seq_len = 512) {
   return o;
 }
 
-std::string image_part(const std::string& path) { return R"({"type": "image", "path": ")" + path + R"("})"; }
-std::string text_part(const std::string& text) { return R"({"type": "text", "text": ")" + text + R"("})"; }
+std::string image_part(const std::string& path) {
+  return R"({"type": "image", "path": ")" + path + R"("})";
+}
+std::string text_part(const std::string& text) {
+  return R"({"type": "text", "text": ")" + text + R"("})";
+}
 std::string chat_line(const std::string& user_parts, const std::string& reply) {
-  return R"({"messages": [{"role": "user", "content": [)" + user_parts +
-         R"(]}, {"role": "assistant", "content": ")" + reply + R"("}]})";
+  return R"({"messages": [{"role": "user", "content": [)" + user_parts + R"(]}, {"role": "assistant", "content": ")" +
+         reply + R"("}]})";
 }
 
 std::vector<float> write_wav(const std::string& path, size_t samples, uint32_t seed) {
@@ -108,7 +114,8 @@ TEST(MultimodalData, ReaderErrorsNameTheLineAndThePart) {
   const std::string f = dir / "chat.jsonl";
   const auto error_for = [&](const std::string& line) {
     test::write_text(f, R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]})"
-                        "\n" + line + "\n");
+                        "\n" +
+                            line + "\n");
     return test::error_of([&] { load_documents(options_for(f), tokenizer()); });
   };
   std::string e = error_for(chat_line(R"({"type": "image_url", "image_url": {"url": "x.png"}})", "a"));
@@ -136,7 +143,8 @@ TEST(MultimodalData, DocumentIdsLabelsAndTokenTypes) {
   test::write_text(dir / "chat.jsonl",
                    chat_line(image_part(image) + ", " + text_part("What is it?"), "A cat.") + "\n" +
                        R"({"messages": [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": )"
-                       R"([{"type": "text", "text": "A cat."}, )" + image_part(image) + "]}]}\n");
+                       R"([{"type": "text", "text": "A cat."}, )" +
+                       image_part(image) + "]}]}\n");
   const std::vector<Document> docs = load_documents(options_for(dir / "chat.jsonl"), tokenizer());
   ASSERT_EQ(docs.size(), 2u);
   const io::ProcessedImages want = io::process_images({io::read_image(image)}, tiny_options());
@@ -180,7 +188,8 @@ TEST(MultimodalData, DocumentIdsLabelsAndTokenTypes) {
     if (docs[1].trained[t]) trained_reply.push_back(docs[1].ids[t]);
   const std::vector<int32_t> reply = tok.encode("A cat.");
   ASSERT_GT(trained_reply.size(), reply.size());
-  EXPECT_EQ(std::vector<int32_t>(trained_reply.begin(), trained_reply.begin() + static_cast<long>(reply.size())), reply);
+  EXPECT_EQ(std::vector<int32_t>(trained_reply.begin(), trained_reply.begin() + static_cast<long>(reply.size())),
+            reply);
   for (int32_t id : trained_reply) EXPECT_TRUE(id != soft && id != boi && id != eoi);
 }
 

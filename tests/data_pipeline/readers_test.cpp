@@ -170,8 +170,8 @@ TEST(JsonlErrors, ChatMessagesAreChecked) {
   // Content lists are parts (multimodal_data_test.cpp); a bad part or another type is refused.
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}\n", "auto",
                      "messages[0].content[0]", "missing key 'text'");
-  expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n", "auto",
-                     "messages[0]", "'content' must be a string or a list of parts", "number");
+  expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n", "auto", "messages[0]",
+                     "'content' must be a string or a list of parts", "number");
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
                           "{\"role\": \"bot\", \"content\": \"b\"}]}\n",
                      "chat", "messages[1]", "unknown role 'bot'");

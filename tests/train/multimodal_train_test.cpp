@@ -14,17 +14,13 @@
 
 #include "support/g4_process.h"
 #include "support/run_metrics.h"
-#include "support/wav_file.h"
 #include "support/test_paths.h"
+#include "support/wav_file.h"
 
 namespace g4 {
 namespace {
 
 namespace fs = std::filesystem;
-using test::loss_lines;
-using test::ProcessResult;
-using test::records;
-using test::unchanged_tensors;
 
 // The example recipe with absolute paths (tests run anywhere), 8 steps, checkpoints at 4 and 8.
 std::string recipe_args(const fs::path& out) {
@@ -37,17 +33,17 @@ std::string recipe_args(const fs::path& out) {
 // (tensors unchanged, tensors changed) among those whose name holds `part`.
 std::pair<int, int> count_unchanged(const fs::path& run_dir, const std::string& part) {
   std::pair<int, int> n{0, 0};
-  for (const auto& [name, same] : unchanged_tensors(run_dir))
+  for (const auto& [name, same] : test::unchanged_tensors(run_dir))
     if (name.find(part) != std::string::npos) ++(same ? n.first : n.second);
   return n;
 }
 
 TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
   const fs::path dir = test::scratch_dir("mm_train");
-  const ProcessResult full = test::run_g4(recipe_args(dir / "full"));
+  const test::ProcessResult full = test::run_g4(recipe_args(dir / "full"));
   ASSERT_EQ(full.code, 0) << full.output;
   std::vector<double> loss, val;
-  for (const nlohmann::json& j : records(dir / "full")) {
+  for (const nlohmann::json& j : test::records(dir / "full")) {
     if (j.contains("loss")) loss.push_back(j["loss"].get<double>());
     if (j.contains("validation_loss")) val.push_back(j["validation_loss"].get<double>());
   }
@@ -64,12 +60,12 @@ TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
 
   // Killed after step 6: resumes from the step-4 checkpoint to the same curve.
   const std::string killed = recipe_args(dir / "killed");
-  ProcessResult r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
+  test::ProcessResult r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
   EXPECT_EQ(r.code, 128 + 9) << r.output;
   r = test::run_g4(killed + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
-  EXPECT_EQ(loss_lines(dir / "killed"), loss_lines(dir / "full"));
+  EXPECT_EQ(test::loss_lines(dir / "killed"), test::loss_lines(dir / "full"));
 
   fs::remove_all(dir);
 }
@@ -84,15 +80,17 @@ TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
     test::write_random_wav((dir / clip).string(), 2400 + 800 * static_cast<size_t>(i), static_cast<uint32_t>(i + 1));
     data << R"({"messages": [{"role": "user", "content": [{"type": "audio", "path": ")" << clip
          << R"("}, {"type": "text", "text": "How long is it?"}]}, {"role": "assistant", "content": "It is )" << i
-         << R"(."}]})" << "\n";
+         << R"(."}]})"
+         << "\n";
   }
   data.close();
-  const ProcessResult r = test::run_g4(recipe_args(dir / "run") + " data.train=" + (dir / "audio.jsonl").string() +
-                                       " data.validation_fraction=0 "
-                                       "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
+  const test::ProcessResult r =
+      test::run_g4(recipe_args(dir / "run") + " data.train=" + (dir / "audio.jsonl").string() +
+                   " data.validation_fraction=0 "
+                   "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
   ASSERT_EQ(r.code, 0) << r.output;
   int steps = 0;
-  for (const nlohmann::json& j : records(dir / "run")) {
+  for (const nlohmann::json& j : test::records(dir / "run")) {
     if (!j.contains("loss")) continue;
     ++steps;
     EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
@@ -111,7 +109,7 @@ TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
 TEST(MultimodalTrain, ContextParallelismIsRefused) {
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
   const fs::path dir = test::scratch_dir("mm_train_cp");
-  const ProcessResult r =
+  const test::ProcessResult r =
       test::run_g4(recipe_args(dir / "cp") + " parallel.context_parallel=2",
                    "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2");
   EXPECT_NE(r.code, 0);
