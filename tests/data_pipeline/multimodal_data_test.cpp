@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "data/dataset.h"
+#include "data/multimodal.h"
 #include "io/audio_features.h"
 #include "io/image_processor.h"
 #include "io/io_test_util.h"
@@ -258,6 +259,45 @@ TEST(MultimodalData, BatchMediaEqualTheProcessors) {
   EXPECT_EQ(PackedDataset(all, tokenizer()).fingerprint(), before);
   all.max_soft_tokens = 140;
   EXPECT_NE(PackedDataset(all, tokenizer()).fingerprint(), before);
+}
+
+// Offsets move with the expansion: past a placeholder by its expansion's extra length, before it not.
+TEST(MultimodalData, ExpansionMovesOffsets) {
+  const std::string text = "ab<|image|>cd<|audio|>e";
+  std::vector<size_t> offsets = {0, 2, 11, 12, 13, 22, 23};
+  const std::string out = expand_media_placeholders(text, {2}, {1}, "prompt", &offsets);
+  ASSERT_EQ(out, "ab<|image><|image|><|image|><image|>cd<|audio><|audio|><audio|>e");
+  const size_t image = std::string("<|image><|image|><|image|><image|>").size(),
+               audio = std::string("<|audio><|audio|><audio|>").size();
+  EXPECT_EQ(offsets,
+            (std::vector<size_t>{0, 2, 2 + image, 3 + image, 4 + image, 4 + image + audio, 5 + image + audio}));
+  EXPECT_EQ(out.substr(offsets[3], 2), "d<");
+  std::vector<size_t> past = {text.size() + 1};
+  const std::string e = test::error_of([&] { expand_media_placeholders(text, {2}, {1}, "prompt", &past); });
+  EXPECT_NE(e.find("prompt: offset 24 is past the end of the text"), std::string::npos) << e;
+}
+
+// Two turns, each with an image: both replies trained exactly as without the images.
+TEST(MultimodalData, RepliesOfEveryTurnStayTrained) {
+  test::TempDir dir;
+  const std::string image = processor_file("rgba_97x150.png");
+  const std::string user = R"({"role": "user", "content": [)" + image_part(image) + ", " + text_part("Q?") + "]}";
+  test::write_text(dir / "chat.jsonl", R"({"messages": [)" + user + R"(, {"role": "assistant", "content": "One."}, )" +
+                                           user + R"(, {"role": "assistant", "content": "Two."}]})" + "\n");
+  const std::vector<Document> docs = load_documents(options_for(dir / "chat.jsonl"), tokenizer());
+  ASSERT_EQ(docs.size(), 1u);
+  const Document text = chat_document(
+      render_chat_marked({{"user", "Q?"}, {"assistant", "One."}, {"user", "Q?"}, {"assistant", "Two."}}), tokenizer());
+  std::vector<int32_t> got, want;
+  for (size_t t = 0; t < docs[0].ids.size(); ++t)
+    if (docs[0].trained[t]) got.push_back(docs[0].ids[t]);
+  for (size_t t = 0; t < text.ids.size(); ++t)
+    if (text.trained[t]) want.push_back(text.ids[t]);
+  EXPECT_EQ(got, want);
+  int64_t soft = 0;
+  for (uint8_t type : docs[0].mm_types) soft += type == 1;
+  EXPECT_EQ(soft, 120);
+  EXPECT_EQ(docs[0].media->pixel_values.size(0), 2);
 }
 
 TEST(MultimodalData, TextOnlyBatchesHaveNoMedia) {
