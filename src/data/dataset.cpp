@@ -75,8 +75,9 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) :
            " (the files are empty, or hold only empty texts and conversations without an assistant reply)");
   documents_ = static_cast<int64_t>(docs.size());
   for (const Document& d : docs) {
-    has_images_ = has_images_ || (d.media && d.media->pixel_values.defined());
-    has_audio_ = has_audio_ || (d.media && d.media->input_features.defined());
+    if (!d.media) continue;
+    if (d.media->pixel_values.defined()) images_ += d.media->pixel_values.size(0);
+    if (d.media->input_features.defined()) audio_clips_ += d.media->input_features.size(0);
   }
 
   // Validation split over whole documents, so no document is partly seen in training.

@@ -117,9 +117,9 @@ class PackedDataset {
 
   int64_t train_rows() const;
   int64_t validation_rows() const;
-  // Whether some document holds images / audio clips.
-  bool has_images() const { return has_images_; }
-  bool has_audio() const { return has_audio_; }
+  // Images and audio clips of all documents (both splits).
+  int64_t images() const { return images_; }
+  int64_t audio_clips() const { return audio_clips_; }
   // Rows of an epoch in seeded shuffled order; batch `index` of the infinite stream of epochs.
   // Batches run straight across epoch ends (row k of the stream is row k % R of epoch k / R), so
   // the batch is a pure function of (data, options, batch_size, index).
@@ -146,7 +146,7 @@ class PackedDataset {
   PackedRows train_, validation_;
   int64_t documents_ = 0, tokens_ = 0;
   double unigram_entropy_ = 0.0;
-  bool has_images_ = false, has_audio_ = false;
+  int64_t images_ = 0, audio_clips_ = 0;
 };
 
 // The Gemma 4 chat template: renders {role, content} messages exactly as the tokenizer config's

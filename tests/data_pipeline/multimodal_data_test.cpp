@@ -217,8 +217,8 @@ TEST(MultimodalData, BatchMediaEqualTheProcessors) {
   // Rows of 300 tokens (BFD decides which documents share one): every batch of one row holds the
   // images its soft-token runs stand for, in their order; there are 3 images and 2 clips in all.
   const PackedDataset rows(options_for(dir / "chat.jsonl", 300), tokenizer());
-  EXPECT_TRUE(rows.has_images());
-  EXPECT_TRUE(rows.has_audio());
+  EXPECT_EQ(rows.images(), 3);
+  EXPECT_EQ(rows.audio_clips(), 2);
   int64_t images = 0, clip_count = 0;
   for (int64_t i = 0; i < rows.train_rows(); ++i) {
     const Batch b = rows.train_batch(1, i);
@@ -304,7 +304,7 @@ TEST(MultimodalData, TextOnlyBatchesHaveNoMedia) {
   test::TempDir dir;
   test::write_text(dir / "chat.jsonl", chat_line(text_part("a?"), "b") + "\n");
   const PackedDataset ds(options_for(dir / "chat.jsonl"), tokenizer());
-  EXPECT_FALSE(ds.has_images() || ds.has_audio());
+  EXPECT_EQ(ds.images() + ds.audio_clips(), 0);
   const Batch b = ds.train_batch(1, 0);
   EXPECT_FALSE(b.mm_token_type_ids.defined() || b.pixel_values.defined() || b.image_position_ids.defined() ||
                b.input_features.defined() || b.input_features_mask.defined());
