@@ -76,7 +76,7 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) :
   documents_ = static_cast<int64_t>(docs.size());
   for (const Document& d : docs) {
     if (!d.media) continue;
-    if (d.media->pixel_values.defined()) images_ += d.media->pixel_values.size(0);
+    if (d.media->pixel_codes.defined()) images_ += d.media->pixel_codes.size(0);
     if (d.media->input_features.defined()) audio_clips_ += d.media->input_features.size(0);
   }
 
@@ -185,13 +185,13 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
   int64_t images = 0, clips = 0, frames = 0;
   const DocumentMedia* first_image = nullptr;
   for (const DocumentMedia* m : media) {
-    if (m->pixel_values.defined()) {
+    if (m->pixel_codes.defined()) {
       if (!first_image) first_image = m;
-      G4_CHECK(m->pixel_values.shape().at(1) == first_image->pixel_values.shape().at(1) &&
-                   m->pixel_values.shape().at(2) == first_image->pixel_values.shape().at(2),
-               "data: images processed with different options in one batch: pixel_values ", m->pixel_values.describe(),
-               " and ", first_image->pixel_values.describe());
-      images += m->pixel_values.size(0);
+      G4_CHECK(m->pixel_codes.size(1) == first_image->pixel_codes.size(1) &&
+                   m->pixel_codes.size(2) == first_image->pixel_codes.size(2),
+               "data: images processed with different options in one batch: pixel_values ", m->pixel_codes.describe(),
+               " and ", first_image->pixel_codes.describe());
+      images += m->pixel_codes.size(0);
     }
     if (m->input_features.defined()) {
       clips += m->input_features.size(0);
@@ -199,16 +199,16 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
     }
   }
   if (images > 0) {
-    const int64_t patches = first_image->pixel_values.size(1), dim = first_image->pixel_values.size(2);
+    const int64_t patches = first_image->pixel_codes.size(1), dim = first_image->pixel_codes.size(2);
     batch.pixel_values = Tensor::empty({images, patches, dim}, DType::F32);
     batch.image_position_ids = Tensor::empty({images, patches, 2}, DType::I64);
-    auto* pv = static_cast<char*>(batch.pixel_values.raw());
+    float* pv = batch.pixel_values.data<float>();
     auto* pos = static_cast<char*>(batch.image_position_ids.raw());
     for (const DocumentMedia* m : media) {
-      if (!m->pixel_values.defined()) continue;
-      std::memcpy(pv, m->pixel_values.raw(), m->pixel_values.nbytes());
+      if (!m->pixel_codes.defined()) continue;
+      const uint8_t* codes = m->pixel_codes.data<uint8_t>();
+      for (int64_t i = 0; i < m->pixel_codes.numel(); ++i) *pv++ = pixel_value(codes[i]);
       std::memcpy(pos, m->image_position_ids.raw(), m->image_position_ids.nbytes());
-      pv += m->pixel_values.nbytes();
       pos += m->image_position_ids.nbytes();
     }
   }

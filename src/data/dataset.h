@@ -34,11 +34,19 @@
 
 namespace g4::data {
 
+// A pixel value from its uint8 code as the image processor computes it: in f32, times float(1/255).
+inline float pixel_value(uint8_t code) {
+  return static_cast<float>(code) * static_cast<float>(1.0 / 255.0);
+}
+
 // The processed media of one multimodal document, in the order of its placeholders: what the
 // Gemma 4 processor gives for that conversation alone. A batch concatenates its documents' media
 // in row-major order, the order in which the model's merge consumes the soft tokens.
 struct DocumentMedia {
-  Tensor pixel_values;         // f32 [images, max_patches, 3*p*p]; undefined without images
+  // The processor's pixel_values as their uint8 codes (each value is code * float(1/255), so the
+  // codes give the same floats back at a quarter of the memory): u8 [images, max_patches, 3*p*p];
+  // undefined without images.
+  Tensor pixel_codes;
   Tensor image_position_ids;   // i64 [images, max_patches, 2]
   Tensor input_features;       // f32 [clips, frames, 128]; undefined without audio
   Tensor input_features_mask;  // bool [clips, frames]

@@ -1,6 +1,7 @@
 // Step 1 of the data pipeline: files -> tokenised documents. Every error names the file and the
 // line where the offending document starts.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -225,13 +226,25 @@ void read_file_docs(const std::string& path, const DataOptions& opt, std::vector
   }
 }
 
+// The uint8 codes of the processor's pixel values (code * float(1/255), io/image_processor.cpp).
+Tensor pixel_codes(const Tensor& pixel_values) {
+  Tensor codes = Tensor::empty(pixel_values.shape(), DType::U8);
+  const float* v = pixel_values.data<float>();
+  uint8_t* c = codes.data<uint8_t>();
+  for (int64_t i = 0; i < pixel_values.numel(); ++i) {
+    c[i] = static_cast<uint8_t>(std::lround(v[i] * 255.0f));
+    G4_CHECK(pixel_value(c[i]) == v[i], "pixel value ", v[i], " is not a code / 255");
+  }
+  return codes;
+}
+
 uint64_t hash_media(const DocumentMedia& m) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a over the shapes and bytes
   const auto mix = [&h](const void* data, size_t n) {
     const auto* b = static_cast<const unsigned char*>(data);
     for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
   };
-  for (const Tensor* t : {&m.pixel_values, &m.image_position_ids, &m.input_features, &m.input_features_mask}) {
+  for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask}) {
     if (!t->defined()) continue;
     for (int64_t d : t->shape()) mix(&d, sizeof d);
     mix(t->raw(), t->nbytes());
@@ -254,7 +267,7 @@ Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& o
       std::vector<io::RgbImage> images;
       for (const std::string& f : r.images) images.push_back(io::read_image(f));
       io::ProcessedImages p = io::process_images(images, o, r.images);
-      media->pixel_values = std::move(p.pixel_values);
+      media->pixel_codes = pixel_codes(p.pixel_values);
       media->image_position_ids = std::move(p.image_position_ids);
       image_tokens = std::move(p.num_soft_tokens);
     }
