@@ -7,6 +7,7 @@
 #include "diffusion/training.h"
 #include "model/state_dict_adapter.h"
 #include "train/recipe.h"
+#include "train/run_setup.h"
 #include "train/sft.h"
 #include "train/trainer.h"
 
@@ -77,6 +78,7 @@ void add_eval(CLI::App& app, Action& action) {
       d.text_split = o->split;
       d.seq_len = o->seq_len;
       d.validation_fraction = 0;
+      d.image_processor = train::data_image_processor(o->model, model->config());
       const data::PackedDataset ds(d, *tok);
       // One pass over every row, in order of the first epoch.
       std::vector<data::Batch> batches;

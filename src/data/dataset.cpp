@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "io/audio_features.h"
 
 namespace g4::data {
 namespace {
@@ -53,6 +55,10 @@ void check_options(const DataOptions& opt) {
   one_of("overlong", opt.overlong, {"split", "truncate", "error"});
   G4_CHECK(opt.seq_len >= 2, "data option seq_len: ", opt.seq_len,
            " is too small (a row needs 2 tokens to train on one)");
+  G4_CHECK(opt.max_soft_tokens == 0 || opt.max_soft_tokens == 70 || opt.max_soft_tokens == 140 ||
+               opt.max_soft_tokens == 280 || opt.max_soft_tokens == 560 || opt.max_soft_tokens == 1120,
+           "data option max_soft_tokens: ", opt.max_soft_tokens,
+           " is not one of 70, 140, 280, 560, 1120 (or 0: the model's processor_config.json)");
   G4_CHECK(opt.validation_fraction >= 0.0 && opt.validation_fraction < 1.0,
            "data option validation_fraction: ", opt.validation_fraction, " is not in [0, 1)");
 }
@@ -68,6 +74,11 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) :
   G4_CHECK(!docs.empty(), "data: no documents in ", names,
            " (the files are empty, or hold only empty texts and conversations without an assistant reply)");
   documents_ = static_cast<int64_t>(docs.size());
+  for (const Document& d : docs) {
+    if (!d.media) continue;
+    if (d.media->pixel_codes.defined()) images_ += d.media->pixel_codes.size(0);
+    if (d.media->input_features.defined()) audio_clips_ += d.media->input_features.size(0);
+  }
 
   // Validation split over whole documents, so no document is partly seen in training.
   const auto n = static_cast<int64_t>(docs.size());
@@ -117,6 +128,12 @@ uint64_t PackedDataset::fingerprint() const {
       mix(v->size());
       for (int32_t x : *v) mix(static_cast<uint32_t>(x));
     }
+    mix(rows->mm_types.size());
+    for (uint8_t x : rows->mm_types) mix(x);
+    for (const auto& row : rows->row_media) {
+      mix(row.size());
+      for (const auto& m : row) mix(m->hash);
+    }
   }
   return h;
 }
@@ -144,7 +161,74 @@ Batch PackedDataset::make_batch(const PackedRows& rows, const std::vector<int64_
   batch.input_ids = Tensor::from_vector(ids, {b, s});
   batch.labels = Tensor::from_vector(labels, {b, s});
   batch.position_ids = Tensor::from_vector(positions, {b, s});
+  if (!rows.row_media.empty()) add_media(rows, row_order, batch);
   return batch;
+}
+
+// The media of the batch's rows in row-major order. Images are concatenated (every one is padded
+// to the same max_patches); clips are right-padded with invalid frames to the longest, which is
+// what the feature extractor gives for the batch of all of them (a valid frame depends only on its
+// own clip's samples).
+void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch) {
+  std::vector<const DocumentMedia*> media;
+  for (int64_t r : row_order)
+    for (const auto& m : rows.row_media[static_cast<size_t>(r)]) media.push_back(m.get());
+  if (media.empty()) return;
+  const int64_t b = static_cast<int64_t>(row_order.size()), s = rows.seq_len;
+  std::vector<int64_t> types;
+  types.reserve(static_cast<size_t>(b * s));
+  for (int64_t r : row_order)
+    types.insert(types.end(), rows.mm_types.begin() + static_cast<long>(r * s),
+                 rows.mm_types.begin() + static_cast<long>((r + 1) * s));
+  batch.mm_token_type_ids = Tensor::from_vector(types, {b, s});
+
+  int64_t images = 0, clips = 0, frames = 0;
+  const DocumentMedia* first_image = nullptr;
+  for (const DocumentMedia* m : media) {
+    if (m->pixel_codes.defined()) {
+      if (!first_image) first_image = m;
+      G4_CHECK(m->pixel_codes.size(1) == first_image->pixel_codes.size(1) &&
+                   m->pixel_codes.size(2) == first_image->pixel_codes.size(2),
+               "data: images processed with different options in one batch: pixel_values ", m->pixel_codes.describe(),
+               " and ", first_image->pixel_codes.describe());
+      images += m->pixel_codes.size(0);
+    }
+    if (m->input_features.defined()) {
+      clips += m->input_features.size(0);
+      frames = std::max(frames, m->input_features.size(1));
+    }
+  }
+  if (images > 0) {
+    const int64_t patches = first_image->pixel_codes.size(1), dim = first_image->pixel_codes.size(2);
+    batch.pixel_values = Tensor::empty({images, patches, dim}, DType::F32);
+    batch.image_position_ids = Tensor::empty({images, patches, 2}, DType::I64);
+    float* pv = batch.pixel_values.data<float>();
+    auto* pos = static_cast<char*>(batch.image_position_ids.raw());
+    for (const DocumentMedia* m : media) {
+      if (!m->pixel_codes.defined()) continue;
+      const uint8_t* codes = m->pixel_codes.data<uint8_t>();
+      for (int64_t i = 0; i < m->pixel_codes.numel(); ++i) *pv++ = pixel_value(codes[i]);
+      std::memcpy(pos, m->image_position_ids.raw(), m->image_position_ids.nbytes());
+      pos += m->image_position_ids.nbytes();
+    }
+  }
+  if (clips > 0) {
+    const int64_t bins = io::kAudioMelBins;
+    batch.input_features = Tensor::zeros({clips, frames, bins}, DType::F32);
+    batch.input_features_mask = Tensor::zeros({clips, frames}, DType::Bool);
+    float* f = batch.input_features.data<float>();
+    uint8_t* mask = batch.input_features_mask.data<uint8_t>();
+    int64_t c = 0;
+    for (const DocumentMedia* m : media) {
+      if (!m->input_features.defined()) continue;
+      const int64_t n = m->input_features.size(0), len = m->input_features.size(1);
+      for (int64_t k = 0; k < n; ++k, ++c) {
+        std::memcpy(f + c * frames * bins, m->input_features.data<float>() + k * len * bins,
+                    static_cast<size_t>(len * bins) * sizeof(float));
+        std::memcpy(mask + c * frames, m->input_features_mask.data<uint8_t>() + k * len, static_cast<size_t>(len));
+      }
+    }
+  }
 }
 
 Batch PackedDataset::train_batch(int64_t batch_size, int64_t index) const {

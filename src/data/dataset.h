@@ -9,25 +9,49 @@
 //     add_bos/add_eos and every token is trained; chat is rendered with the Gemma 4 template (which
 //     writes its own <bos>, so add_bos/add_eos do not apply) and only assistant replies and the
 //     <turn|> closing each reply are trained. Empty documents, and conversations without an
-//     assistant reply (nothing to learn), are skipped.
+//     assistant reply (nothing to learn), are skipped. A conversation with image or audio parts is
+//     processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h): its
+//     placeholders expand to the soft-token counts (data/multimodal.h), which are never trained.
 //  2. The validation split takes round(validation_fraction * documents) whole documents, chosen by
 //     a permutation seeded by `seed` (at least one document always stays in training).
 //  3. fit_documents: documents longer than seq_len are split into seq_len pieces (each its own
-//     document, positions from 0), truncated to seq_len, or refused, per `overlong`.
+//     document, positions from 0), truncated to seq_len, or refused, per `overlong`; a multimodal
+//     document longer than seq_len is always refused.
 //  4. pack_documents: documents are placed whole into rows by best-fit decreasing (longest first,
 //     each into the row whose free space fits it most tightly), as TRL's "bfd" packing does, so a
 //     conversation is never cut from its prompt. Free space left in a row is padding.
 //  5. Each epoch visits the training rows in a permutation seeded by (seed, epoch).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/image_processor.h"
 #include "io/tokenizer.h"
 
 namespace g4::data {
+
+// A pixel value from its uint8 code as the image processor computes it: in f32, times float(1/255).
+inline float pixel_value(uint8_t code) {
+  return static_cast<float>(code) * static_cast<float>(1.0 / 255.0);
+}
+
+// The processed media of one multimodal document, in the order of its placeholders: what the
+// Gemma 4 processor gives for that conversation alone. A batch concatenates its documents' media
+// in row-major order, the order in which the model's merge consumes the soft tokens.
+struct DocumentMedia {
+  // The processor's pixel_values as their uint8 codes (each value is code * float(1/255), so the
+  // codes give the same floats back at a quarter of the memory): u8 [images, max_patches, 3*p*p];
+  // undefined without images.
+  Tensor pixel_codes;
+  Tensor image_position_ids;   // i64 [images, max_patches, 2]
+  Tensor input_features;       // f32 [clips, frames, 128]; undefined without audio
+  Tensor input_features_mask;  // bool [clips, frames]
+  uint64_t hash = 0;           // of the shapes and values above (PackedDataset::fingerprint)
+};
 
 // One tokenised document: ids and, per id, whether the loss counts it (assistant turns only
 // for chat data; every token for plain text).
@@ -35,6 +59,11 @@ struct Document {
   std::vector<int32_t> ids;
   std::vector<uint8_t> trained;  // same length as ids
   std::string source;            // "file:line" where the document starts, for messages
+  // Multimodal documents only (empty / null for text): per id 0 text, 1 image, 3 audio soft token
+  // (mm_token_type_ids), and the media whose soft tokens the placeholders stand for. Such a
+  // document is never split or truncated: its placeholders must stay with their media.
+  std::vector<uint8_t> mm_types{};
+  std::shared_ptr<const DocumentMedia> media{};
 };
 
 struct DataOptions {
@@ -46,6 +75,10 @@ struct DataOptions {
   std::string overlong = "split";  // documents longer than seq_len: "split" | "truncate" | "error"
   double validation_fraction = 0.05;  // of documents, chosen by seed
   uint64_t seed = 0;
+  // Images of chat data: the processor's options (set from the model directory by the caller) and
+  // a soft-token budget over them (0: keep image_processor.max_soft_tokens).
+  io::ImageProcessorOptions image_processor{};
+  int64_t max_soft_tokens = 0;
 };
 
 // Throws g4::Error naming the option whose value is not one of those above.
@@ -53,11 +86,16 @@ void check_options(const DataOptions& opt);
 
 // A batch of packed rows: ids, labels (-100 where not trained and at document ends, as consumed
 // by the model's shift-left loss) and per-document position ids (restart at 0).
+// Multimodal rows add the media of their documents, under ForwardInputs' names, in row-major
+// order of the placeholders; all of them are undefined when the batch has no media.
 struct Batch {
   Tensor input_ids;     // [B, S] i64
   Tensor labels;        // [B, S] i64
   Tensor position_ids;  // [B, S] i64
   int64_t trained_tokens = 0;
+  Tensor mm_token_type_ids{};                      // [B, S] i64
+  Tensor pixel_values{}, image_position_ids{};     // [images, max_patches, 3*p*p], [images, max_patches, 2]
+  Tensor input_features{}, input_features_mask{};  // [clips, max frames, 128], [clips, max frames]
 };
 
 // Rows of seq_len tokens, row-major. labels[t] is ids[t] where trained, else -100; the first token
@@ -67,6 +105,10 @@ struct Batch {
 struct PackedRows {
   int64_t seq_len = 0;
   std::vector<int32_t> ids, labels, positions;
+  // When some document has media: the token types of every position (padding 0) and, per row,
+  // the media of its documents in the order they sit in the row. Empty otherwise.
+  std::vector<uint8_t> mm_types;
+  std::vector<std::vector<std::shared_ptr<const DocumentMedia>>> row_media;
   int64_t rows() const { return seq_len > 0 ? static_cast<int64_t>(ids.size()) / seq_len : 0; }
 };
 
@@ -83,6 +125,9 @@ class PackedDataset {
 
   int64_t train_rows() const;
   int64_t validation_rows() const;
+  // Images and audio clips of all documents (both splits).
+  int64_t images() const { return images_; }
+  int64_t audio_clips() const { return audio_clips_; }
   // Rows of an epoch in seeded shuffled order; batch `index` of the infinite stream of epochs.
   // Batches run straight across epoch ends (row k of the stream is row k % R of epoch k / R), so
   // the batch is a pure function of (data, options, batch_size, index).
@@ -96,18 +141,20 @@ class PackedDataset {
   int64_t documents() const;
   int64_t tokens() const;
   double unigram_entropy() const;
-  // A hash of both splits' rows (ids, labels, positions) and the shuffle seed: ranks of one job
-  // compare it to find out that they read different data (a different copy of a file, say).
+  // A hash of both splits' rows (ids, labels, positions, token types, media hashes) and the shuffle seed: ranks of one
+  // job compare it to find out that they read different data (a different copy of a file, say).
   uint64_t fingerprint() const;
 
  private:
   static Batch make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order);
+  static void add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch);
   std::vector<int64_t> epoch_order(int64_t epoch) const;
 
   uint64_t seed_ = 0;
   PackedRows train_, validation_;
   int64_t documents_ = 0, tokens_ = 0;
   double unigram_entropy_ = 0.0;
+  int64_t images_ = 0, audio_clips_ = 0;
 };
 
 // The Gemma 4 chat template: renders {role, content} messages exactly as the tokenizer config's

@@ -1,6 +1,8 @@
 #include "data/multimodal.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <iterator>
 
 #include "core/error.h"
 
@@ -24,7 +26,8 @@ std::string repeat(const std::string& s, int64_t n) {
 }  // namespace
 
 std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where) {
+                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where,
+                                      std::vector<size_t>* offsets) {
   const std::string image = kImagePlaceholder, audio = kAudioPlaceholder;
   const size_t n_image = count_of(text, image), n_audio = count_of(text, audio);
   G4_CHECK(n_image == image_soft_tokens.size(), where, " has ", n_image, " image placeholder(s) ", image, " for ",
@@ -35,6 +38,7 @@ std::string expand_media_placeholders(const std::string& text, const std::vector
   for (int64_t n : audio_soft_tokens) G4_CHECK(n > 0, where, ": an audio clip has ", n, " soft tokens");
   // One left-to-right scan; the placeholders cannot overlap each other.
   std::string out;
+  std::vector<std::pair<size_t, size_t>> moved;  // (end of a placeholder in text, in out)
   size_t pos = 0, next_image = 0, next_audio = 0;
   while (pos < text.size()) {
     const size_t i = text.find(image, pos), a = text.find(audio, pos);
@@ -48,8 +52,17 @@ std::string expand_media_placeholders(const std::string& text, const std::vector
       out += "<|audio>" + repeat(audio, audio_soft_tokens[next_audio++]) + "<audio|>";
       pos = at + audio.size();
     }
+    moved.emplace_back(pos, out.size());
   }
   out.append(text, pos, std::string::npos);
+  if (offsets) {
+    for (size_t& o : *offsets) {
+      G4_CHECK(o <= text.size(), where, ": offset ", o, " is past the end of the text (", text.size(), " bytes)");
+      // The last placeholder ending at or before o decides the shift.
+      const auto after = std::upper_bound(moved.begin(), moved.end(), std::make_pair(o, SIZE_MAX));
+      if (after != moved.begin()) o = std::prev(after)->second + (o - std::prev(after)->first);
+    }
+  }
   return out;
 }
 
@@ -65,15 +78,19 @@ std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::T
   return types;
 }
 
-MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
-                                  const std::string& where) {
+void check_media_tokens(const io::Tokenizer& tok, bool images, bool audio, const std::string& where) {
   std::vector<const char*> needed;
-  if (!image_soft_tokens.empty()) needed.insert(needed.end(), {"<|image>", kImagePlaceholder, "<image|>"});
-  if (!audio_soft_tokens.empty()) needed.insert(needed.end(), {"<|audio>", kAudioPlaceholder, "<audio|>"});
+  if (images) needed.insert(needed.end(), {"<|image>", kImagePlaceholder, "<image|>"});
+  if (audio) needed.insert(needed.end(), {"<|audio>", kAudioPlaceholder, "<audio|>"});
   for (const char* token : needed)
     G4_CHECK(tok.token_to_id(token).has_value(), where, ": the tokenizer has no '", token,
              "' token (a Gemma 4 multimodal tokenizer has it)");
+}
+
+MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
+                                  const std::string& where) {
+  check_media_tokens(tok, !image_soft_tokens.empty(), !audio_soft_tokens.empty(), where);
   MultimodalIds out;
   out.input_ids = tok.encode(expand_media_placeholders(text, image_soft_tokens, audio_soft_tokens, where));
   out.mm_token_type_ids = mm_token_types(out.input_ids, tok);

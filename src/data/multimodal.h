@@ -18,10 +18,11 @@ inline constexpr const char* kAudioPlaceholder = "<|audio|>";
 
 // The i-th "<|image|>" of `text` (reading order) takes image_soft_tokens[i], likewise for audio.
 // The number of placeholders must equal the number of counts (transformers checks it too); the
-// error says which differs. `where` names the prompt in errors.
+// error says which differs. `where` names the prompt in errors. `offsets` (optional) are byte
+// offsets into `text`, none inside a placeholder; they are moved to the same places of the result.
 std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
                                       const std::vector<int64_t>& audio_soft_tokens,
-                                      const std::string& where = "prompt");
+                                      const std::string& where = "prompt", std::vector<size_t>* offsets = nullptr);
 
 struct MultimodalIds {
   std::vector<int32_t> input_ids;
@@ -34,6 +35,10 @@ struct MultimodalIds {
 MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
                                   const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
                                   const std::string& where = "prompt");
+
+// Throws g4::Error naming `where` when the tokenizer lacks a placeholder or boundary token of the
+// media present (a Gemma 4 multimodal tokenizer has them all).
+void check_media_tokens(const io::Tokenizer& tok, bool images, bool audio, const std::string& where);
 
 // mm_token_type_ids for ids: the tokenizer's ids of "<|image|>", "<|video|>", "<|audio|>" give 1, 2, 3.
 std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok);

@@ -14,6 +14,10 @@ std::vector<Document> fit_documents(std::vector<Document> docs, const DataOption
   std::vector<Document> out;
   out.reserve(docs.size());
   for (Document& doc : docs) {
+    // Cutting a multimodal document would part placeholders from their media.
+    G4_CHECK(!doc.media || doc.ids.size() <= n, doc.source, ": multimodal document of ", doc.ids.size(),
+             " tokens (media soft tokens included) is longer than seq_len ", opt.seq_len,
+             "; it cannot be split or truncated: raise data.seq_len or lower data.max_soft_tokens");
     if (doc.ids.size() <= n) {
       out.push_back(std::move(doc));
     } else if (opt.overlong == "truncate") {
@@ -71,24 +75,35 @@ PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, in
 
   PackedRows out;
   out.seq_len = seq_len;
+  const bool media = std::any_of(docs.begin(), docs.end(), [](const Document& d) { return d.media != nullptr; });
+  if (media) out.row_media.resize(row_docs.size());
   const size_t total = row_docs.size() * static_cast<size_t>(seq_len);
   out.ids.reserve(total);
   out.labels.reserve(total);
   out.positions.reserve(total);
-  for (const std::vector<size_t>& row : row_docs) {
-    for (size_t d : row) {
+  for (size_t r = 0; r < row_docs.size(); ++r) {
+    for (size_t d : row_docs[r]) {
       const Document& doc = docs[d];
       for (size_t k = 0; k < doc.ids.size(); ++k) {
         out.ids.push_back(doc.ids[k]);
         out.labels.push_back(doc.trained[k] && k > 0 ? doc.ids[k] : -100);
         out.positions.push_back(static_cast<int32_t>(k));
       }
+      if (!media) continue;
+      G4_CHECK(doc.mm_types.empty() || doc.mm_types.size() == doc.ids.size(), doc.source, ": document has ",
+               doc.ids.size(), " ids but ", doc.mm_types.size(), " token types");
+      if (doc.mm_types.empty())
+        out.mm_types.resize(out.ids.size(), 0);
+      else
+        out.mm_types.insert(out.mm_types.end(), doc.mm_types.begin(), doc.mm_types.end());
+      if (doc.media) out.row_media[r].push_back(doc.media);
     }
     for (int32_t k = 0; out.ids.size() % static_cast<size_t>(seq_len) != 0; ++k) {  // padding document
       out.ids.push_back(pad_id);
       out.labels.push_back(-100);
       out.positions.push_back(k);
     }
+    if (media) out.mm_types.resize(out.ids.size(), 0);
   }
   return out;
 }

@@ -1,11 +1,18 @@
 // Step 1 of the data pipeline: files -> tokenised documents. Every error names the file and the
 // line where the offending document starts.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "data/dataset.h"
+#include "data/multimodal.h"
+#include "io/audio_features.h"
+#include "io/image.h"
 #include "io/json_input.h"
+#include "io/wav.h"
 
 namespace g4::data {
 namespace {
@@ -63,6 +70,7 @@ struct RawDoc {
   bool is_chat = false;
   std::string text;
   std::vector<ChatMessage> messages;
+  std::vector<std::string> images{}, audio{};  // the media parts' files, in order
 };
 
 void read_plain_text(const std::string& path, const std::string& bytes, const std::string& split,
@@ -116,7 +124,34 @@ std::string string_field(const json& obj, const std::string& key, const std::str
   return it->get<std::string>();
 }
 
-std::vector<ChatMessage> read_messages(const json& obj, const std::string& where) {
+// An OpenAI-style content list: {"type": "text", "text": ...}, {"type": "image", "path": ...},
+// {"type": "audio", "path": ...}; paths relative to the data file's folder.
+std::vector<ChatPart> read_parts(const json& content, const std::string& at, const std::filesystem::path& folder,
+                                 RawDoc& doc) {
+  std::vector<ChatPart> parts;
+  for (size_t k = 0; k < content.size(); ++k) {
+    const json& part = content[k];
+    const std::string where = at + ".content[" + std::to_string(k) + "]";
+    G4_CHECK(part.is_object(), where, " must be a {type, ...} object, not ", json_type(part));
+    const std::string type = string_field(part, "type", where);
+    if (type == "text") {
+      parts.push_back({ChatPart::Kind::Text, string_field(part, "text", where)});
+      continue;
+    }
+    G4_CHECK(
+        type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
+        R"({"type": "text", "text": ...}, {"type": "image", "path": FILE} and {"type": "audio", "path": FILE.wav}))");
+    const std::filesystem::path file = string_field(part, "path", where);
+    G4_CHECK(!file.empty(), where, ": 'path' is empty");
+    const std::string resolved = (file.is_absolute() ? file : folder / file).string();
+    (type == "image" ? doc.images : doc.audio).push_back(resolved);
+    parts.push_back({type == "image" ? ChatPart::Kind::Image : ChatPart::Kind::Audio, ""});
+  }
+  return parts;
+}
+
+std::vector<ChatMessage> read_messages(const json& obj, const std::string& where, const std::filesystem::path& folder,
+                                       RawDoc& doc) {
   const auto it = obj.find("messages");
   G4_CHECK(it != obj.end(), where, ": missing key 'messages'");
   G4_CHECK(it->is_array(), where, ": 'messages' must be an array of {role, content} objects, not ", json_type(*it));
@@ -127,8 +162,12 @@ std::vector<ChatMessage> read_messages(const json& obj, const std::string& where
     const std::string at = where + ": messages[" + std::to_string(i) + "]";
     G4_CHECK(m.is_object(), at, " must be a {role, content} object, not ", json_type(m));
     const auto content = m.find("content");
-    G4_CHECK(content == m.end() || content->is_string(), at, ": 'content' must be a string, not ",
-             json_type(*content), " (content parts, images and tool calls are not supported)");
+    if (content != m.end() && content->is_array()) {
+      messages.push_back({string_field(m, "role", at), "", read_parts(*content, at, folder, doc)});
+      continue;
+    }
+    G4_CHECK(content == m.end() || content->is_string(), at, ": 'content' must be a string or a list of parts, not ",
+             json_type(*content), " (tool calls are not supported)");
     messages.push_back({string_field(m, "role", at), string_field(m, "content", at)});
   }
   return messages;
@@ -176,13 +215,92 @@ void read_file_docs(const std::string& path, const DataOptions& opt, std::vector
     const json j = parse_json_line(path, l);
     G4_CHECK(j.is_object(), where, ": expected a JSON object, not ", json_type(j));
     if (format == "chat") {
-      out.push_back({where, true, "", read_messages(j, where)});
+      RawDoc doc{where, true, "", {}};
+      doc.messages = read_messages(j, where, std::filesystem::path(path).parent_path(), doc);
+      out.push_back(std::move(doc));
     } else {
       G4_CHECK(j.contains("text") || !j.contains("messages"), where,
                ": missing key 'text' (this object has 'messages': set the data format to chat)");
       out.push_back({where, false, string_field(j, "text", where), {}});
     }
   }
+}
+
+// The uint8 codes of the processor's pixel values (code * float(1/255), io/image_processor.cpp).
+Tensor pixel_codes(const Tensor& pixel_values) {
+  Tensor codes = Tensor::empty(pixel_values.shape(), DType::U8);
+  const float* v = pixel_values.data<float>();
+  uint8_t* c = codes.data<uint8_t>();
+  for (int64_t i = 0; i < pixel_values.numel(); ++i) {
+    c[i] = static_cast<uint8_t>(std::lround(v[i] * 255.0f));
+    G4_CHECK(pixel_value(c[i]) == v[i], "pixel value ", v[i], " is not a code / 255");
+  }
+  return codes;
+}
+
+uint64_t hash_media(const DocumentMedia& m) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the shapes and bytes
+  const auto mix = [&h](const void* data, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask}) {
+    if (!t->defined()) continue;
+    for (int64_t d : t->shape()) mix(&d, sizeof d);
+    mix(t->raw(), t->nbytes());
+  }
+  return h;
+}
+
+// A conversation with media, as Gemma 4's processor prepares it: every image and clip processed
+// (the processor's batch of this conversation alone), the placeholders expanded to their soft-token
+// counts, the text tokenised whole. The reply marks move with the expansion; the media tokens
+// (boundaries and soft tokens) are never trained, wherever they are.
+Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& opt, const io::Tokenizer& tok) {
+  auto media = std::make_shared<DocumentMedia>();
+  std::vector<int64_t> image_tokens, audio_tokens;
+  try {
+    check_media_tokens(tok, !r.images.empty(), !r.audio.empty(), "the tokenizer");
+    if (!r.images.empty()) {
+      io::ImageProcessorOptions o = opt.image_processor;
+      if (opt.max_soft_tokens > 0) o.max_soft_tokens = opt.max_soft_tokens;
+      std::vector<io::RgbImage> images;
+      for (const std::string& f : r.images) images.push_back(io::read_image(f));
+      io::ProcessedImages p = io::process_images(images, o, r.images);
+      media->pixel_codes = pixel_codes(p.pixel_values);
+      media->image_position_ids = std::move(p.image_position_ids);
+      image_tokens = std::move(p.num_soft_tokens);
+    }
+    if (!r.audio.empty()) {
+      std::vector<std::vector<float>> clips;
+      for (const std::string& f : r.audio) clips.push_back(io::read_wav_16k(f));
+      io::AudioFeatures a = io::extract_audio_features(clips);
+      media->input_features = std::move(a.input_features);
+      media->input_features_mask = std::move(a.input_features_mask);
+      audio_tokens = std::move(a.num_soft_tokens);
+    }
+  } catch (const Error& e) {
+    G4_FAIL(r.source, ": ", e.what());
+  }
+  media->hash = hash_media(*media);
+  std::vector<size_t> marks;
+  for (const RenderedChat::Reply& reply : chat.replies)
+    marks.insert(marks.end(), {reply.header, reply.begin, reply.end});
+  chat.text = expand_media_placeholders(chat.text, image_tokens, audio_tokens, r.source, &marks);
+  for (size_t i = 0; i < chat.replies.size(); ++i) chat.replies[i] = {marks[3 * i], marks[3 * i + 1], marks[3 * i + 2]};
+  Document doc = chat_document(chat, tok);
+  const std::vector<int64_t> types = mm_token_types(doc.ids, tok);
+  std::vector<int32_t> boundaries;
+  for (const char* t : {"<|image>", "<image|>", "<|audio>", "<audio|>"})
+    if (const auto id = tok.token_to_id(t)) boundaries.push_back(*id);
+  doc.mm_types.resize(types.size());
+  for (size_t t = 0; t < types.size(); ++t) {
+    doc.mm_types[t] = static_cast<uint8_t>(types[t]);
+    if (types[t] != 0 || std::find(boundaries.begin(), boundaries.end(), doc.ids[t]) != boundaries.end())
+      doc.trained[t] = 0;
+  }
+  doc.media = std::move(media);
+  return doc;
 }
 
 }  // namespace
@@ -208,7 +326,7 @@ std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer
         ++skipped_no_reply;
         continue;
       }
-      doc = chat_document(chat, tok);
+      doc = r.images.empty() && r.audio.empty() ? chat_document(chat, tok) : media_document(chat, r, opt, tok);
     } else {
       if (r.text.empty()) {
         ++skipped_empty;

@@ -20,7 +20,11 @@ std::string describe_data(const data::PackedDataset& data, int64_t seq_len) {
                 static_cast<long long>(data.documents()), static_cast<long long>(data.tokens()),
                 static_cast<long long>(data.train_rows()), static_cast<long long>(data.validation_rows()),
                 static_cast<long long>(seq_len), data.unigram_entropy());
-  return buf;
+  std::string out = buf;
+  if (data.images() + data.audio_clips() > 0)
+    out.insert(out.find('\n'), ", " + std::to_string(data.images()) + " images and " +
+                                   std::to_string(data.audio_clips()) + " audio clips in them");
+  return out;
 }
 
 void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters, size_t trainable_tensors,

@@ -44,6 +44,38 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
   return names;
 }
 
+io::ImageProcessorOptions data_image_processor(const std::string& model_dir, const io::ModelConfig& config) {
+  const bool has_file = !model_dir.empty() && (fs::exists(fs::path(model_dir) / "processor_config.json") ||
+                                               fs::exists(fs::path(model_dir) / "preprocessor_config.json"));
+  io::ImageProcessorOptions opt = has_file ? io::load_image_processor_options(model_dir) : io::ImageProcessorOptions{};
+  if (!config.vision) return opt;
+  if (!has_file) {
+    opt.patch_size = config.vision->patch_size;
+    opt.pooling_kernel_size = config.vision->pooling_kernel_size;
+  }
+  G4_CHECK(opt.patch_size == config.vision->patch_size && opt.pooling_kernel_size == config.vision->pooling_kernel_size,
+           model_dir, ": the processor config's patch_size ", opt.patch_size, " and pooling_kernel_size ",
+           opt.pooling_kernel_size, " differ from the vision tower's ", config.vision->patch_size, " and ",
+           config.vision->pooling_kernel_size);
+  return opt;
+}
+
+void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
+                           bool images, bool audio) {
+  if (!images && !audio) return;
+  G4_CHECK(cp == 1, r.source, ": parallel.context_parallel is ", cp, ", but data.train holds images or audio: ",
+           "multimodal rows cannot be cut across context-parallel ranks (the towers need whole media)");
+  // load_documents checked that the tokenizer has the tokens of the media present.
+  const auto same = [&](const char* token, bool tower, int64_t model_id, const char* kind) {
+    G4_CHECK(tower, r.source, ": data.train holds ", kind, " parts, but the model has no ", kind, " tower");
+    const int32_t id = *tok.token_to_id(token);
+    G4_CHECK(id == model_id, r.source, ": the tokenizer's ", token, " is id ", id, " but the model's is ", model_id,
+             " (tokenizer ", r.tokenizer, ")");
+  };
+  if (images) same("<|image|>", config.vision.has_value(), config.vision ? config.vision->image_token_id : -1, "image");
+  if (audio) same("<|audio|>", config.conditional && config.has_audio, config.audio_token_id, "audio");
+}
+
 namespace {
 
 // The device mesh of the launched ranks, checked against the recipe's parallel degrees.

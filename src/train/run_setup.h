@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "io/image_processor.h"
 #include "io/tokenizer.h"
 #include "model/gemma4.h"
 #include "parallel/communicator.h"
@@ -35,6 +36,16 @@ struct Progress final : CheckpointPart {
 // The parameters the recipe trains: all but those matching a train.freeze pattern (native or
 // Hugging Face name, or a kind: "norm", "router", ...); of a model with LoRA adapters, only those.
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze);
+
+// The image processor for a run's chat data: the model directory's processor_config.json (or
+// preprocessor_config.json) when it has one, else the defaults with the vision tower's patch and
+// pooling sizes (a fixture without processor files). The patch size must be the tower's.
+io::ImageProcessorOptions data_image_processor(const std::string& model_dir, const io::ModelConfig& config);
+
+// Training data with images or audio: the model must have the towers, the tokenizer's placeholders
+// must be the model's ids, and the rows must not be cut across context-parallel ranks.
+void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
+                           bool images, bool audio);
 
 class RunParts {
  public:

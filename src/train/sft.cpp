@@ -1,6 +1,7 @@
 #include "train/sft.h"
 
 #include <cmath>
+#include <utility>
 
 #include "io/json_input.h"
 #include "parallel/context_parallel.h"
@@ -14,7 +15,10 @@ namespace {
 // are padded to a multiple of cp and the rank keeps its contiguous slice, with the labels shifted
 // over the whole row first (targets) and global position ids.
 model::ForwardInputs rank_inputs(const data::Batch& b, int cp_rank, int cp, int64_t pad_id) {
-  if (cp == 1) return {b.input_ids, Tensor(), b.position_ids, b.labels};
+  if (cp == 1) return batch_inputs(b);
+  // A slice of a row may hold part of an image's soft tokens, and the towers run on whole media.
+  G4_CHECK(!b.mm_token_type_ids.defined(), "parallel.context_parallel ", cp,
+           ": training on images or audio is not supported with context parallelism (the rows are cut across ranks)");
   const parallel::PaddedRows rows = parallel::pad_to_multiple(b.input_ids, b.position_ids, b.labels, cp, pad_id);
   const parallel::ContextShard s = parallel::shard_batch(rows.input_ids, rows.position_ids, rows.labels, cp_rank, cp);
   return {s.input_ids, Tensor(), s.position_ids, Tensor(), s.targets};
@@ -27,6 +31,19 @@ struct SftBatch final : StepBatch {
 };
 
 }  // namespace
+
+model::ForwardInputs batch_inputs(const data::Batch& b) {
+  model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+  // The media keep their names from the batch to the model.
+  using In = model::ForwardInputs;
+  using B = data::Batch;
+  for (const auto& [to, from] :
+       {std::pair{&In::pixel_values, &B::pixel_values}, std::pair{&In::image_position_ids, &B::image_position_ids},
+        std::pair{&In::mm_token_type_ids, &B::mm_token_type_ids}, std::pair{&In::input_features, &B::input_features},
+        std::pair{&In::input_features_mask, &B::input_features_mask}})
+    in.*to = b.*from;
+  return in;
+}
 
 SftObjective::SftObjective(std::unique_ptr<BatchSource> source, SftOptions options, parallel::DeviceMesh& mesh)
     : source_(std::move(source)), opt_(std::move(options)), mesh_(mesh) {}
@@ -106,7 +123,7 @@ double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>&
   double sum = 0;
   int64_t count = 0;
   for (const data::Batch& b : batches) {
-    model::ForwardInputs in{b.input_ids, Tensor(), b.position_ids, b.labels};
+    model::ForwardInputs in = batch_inputs(b);
     // The GPU computes its loss by the fused LM head + loss either way; asking for no logits
     // spares the [B, S, V] tensor.
     in.return_logits = model.device() == Device::CPU;

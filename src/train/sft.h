@@ -62,6 +62,9 @@ class SftObjective final : public Objective {
   int64_t data_index_ = 0;
 };
 
+// The model's inputs for a batch on one rank: ids, positions, labels and the batch's media.
+model::ForwardInputs batch_inputs(const data::Batch& b);
+
 // Mean cross-entropy over the trained tokens of these batches on one rank (no tape).
 double evaluate_loss(const model::Gemma4& model, const std::vector<data::Batch>& batches, int64_t* tokens = nullptr);
 

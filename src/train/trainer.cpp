@@ -100,7 +100,11 @@ Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) :
     result_.unigram_entropy = c.unigram_entropy;
     has_validation_ = c.has_validation;
   } else {
-    data_ = std::make_unique<data::PackedDataset>(r.data, *p_.tok);
+    data::DataOptions d = r.data;
+    d.image_processor = data_image_processor(r.model_path, p_.model->config());
+    data_ = std::make_unique<data::PackedDataset>(d, *p_.tok);
+    check_multimodal_data(r, p_.model->config(), *p_.tok, p_.mesh->shape().cp, data_->images() > 0,
+                          data_->audio_clips() > 0);
     G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
     check_same_data_on_every_rank();
     set_up_objective();

@@ -167,8 +167,11 @@ TEST(JsonlErrors, ChatMessagesAreChecked) {
   expect_jsonl_error(ok + "{\"messages\": [{\"content\": \"a\"}]}\n", "chat", "messages[0]", "missing key 'role'");
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\"}]}\n", "chat", "messages[0]", "missing key 'content'");
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": 1, \"content\": \"a\"}]}\n", "chat", "'role' must be a string");
+  // Content lists are parts (multimodal_data_test.cpp); a bad part or another type is refused.
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}\n", "auto",
-                     "messages[0]", "'content' must be a string", "array");
+                     "messages[0].content[0]", "missing key 'text'");
+  expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n", "auto", "messages[0]",
+                     "'content' must be a string or a list of parts", "number");
   expect_jsonl_error(ok + "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
                           "{\"role\": \"bot\", \"content\": \"b\"}]}\n",
                      "chat", "messages[1]", "unknown role 'bot'");

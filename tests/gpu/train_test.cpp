@@ -205,6 +205,27 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
   fs::remove_all(dir);
 }
 
+// The image recipe (recipes/multimodal/tiny-image-sft.yaml: tiny-mm-e, PNG images in chat data):
+// the vision tower, the merge and the image masks run in bf16 on the GPU as in f32 on the CPU. Twice
+// the text recipe's tolerance for the tower's own bf16 roundings (not yet run on a GPU).
+TEST(GpuTrain, ImageRecipeTrainsLikeTheCpuRun) {
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_train_images");
+  const std::string src = test::source_dir(), data = src + "/recipes/multimodal/data";
+  const std::string common = "train " + src + "/recipes/multimodal/tiny-image-sft.yaml model.path=" + test::data_dir() +
+                             "/hf-gemma4-mm/tiny-mm-e tokenizer=" + data + "/tokenizer.json data.train=" + data +
+                             "/images.jsonl train.steps=8 checkpoint.dir=";
+  const ProcessResult cpu = test::run_g4(common + (dir / "cpu").string());
+  ASSERT_EQ(cpu.code, 0) << cpu.output;
+  const ProcessResult gpu = test::run_g4(common + (dir / "gpu").string() + " train.device=cuda");
+  ASSERT_EQ(gpu.code, 0) << gpu.output;
+  const auto cpu_loss = values(dir / "cpu", "loss"), gpu_loss = values(dir / "gpu", "loss");
+  ASSERT_EQ(cpu_loss.size(), 8u);
+  expect_close(gpu_loss, cpu_loss, 2 * kBf16RunTolerance, "bf16 GPU vs f32 CPU image training loss, step");
+  EXPECT_LT(gpu_loss.back(), gpu_loss.front());
+  fs::remove_all(dir);
+}
+
 TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
   G4_REQUIRE_GPU();
   const fs::path dir = test::scratch_dir("gpu_train_resume");

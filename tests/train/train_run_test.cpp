@@ -21,6 +21,7 @@
 #include "core/device_memory.h"
 #include "io/safetensors.h"
 #include "support/g4_process.h"
+#include "support/run_metrics.h"
 #include "support/train_recipe.h"
 #include "support/test_paths.h"
 
@@ -29,30 +30,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using test::loss_lines;
 using test::ProcessResult;
+using test::records;
+using test::unchanged_tensors;
 
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
-
-// Every record of a run's metrics.jsonl.
-std::vector<nlohmann::json> records(const fs::path& run_dir) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-std::vector<std::string> loss_lines(const fs::path& run_dir) {
-  std::vector<std::string> lines;
-  for (const nlohmann::json& j : records(run_dir)) {
-    // Everything but timings must repeat exactly.
-    if (j.contains("loss"))
-      lines.push_back(std::to_string(j["step"].get<int>()) + " " + j["loss"].dump() + " " + j["grad_norm"].dump() +
-                      " " + j["lr"].dump());
-    if (j.contains("validation_loss")) lines.push_back("val " + j["validation_loss"].dump());
-  }
-  return lines;
-}
 
 // Per-step training losses of a run.
 std::vector<double> step_losses(const fs::path& run_dir) {
@@ -523,18 +507,6 @@ void set_freeze(const std::string& recipe, const std::string& patterns) {
   ASSERT_NE(text.find(at), std::string::npos);
   text.replace(text.find(at), at.size(), at + "  freeze: " + patterns + "\n");
   std::ofstream(recipe) << text;
-}
-
-// Which tensors of the checkpoints of steps 4 and 8 under run_dir kept their bits.
-std::map<std::string, bool> unchanged_tensors(const fs::path& run_dir) {
-  const auto early = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000004").string());
-  const auto late = io::SafetensorsReader::open((run_dir / "checkpoints" / "step-00000008").string());
-  std::map<std::string, bool> out;
-  for (const std::string& n : late.names()) {
-    const Tensor a = early.get(n), b = late.get(n);
-    out[n] = a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-  }
-  return out;
 }
 
 // train.freeze: the frozen weights (every q_proj, and the tied embedding / LM head) are the same bits

@@ -1,0 +1,122 @@
+// `g4 train` on image + text chat data: recipes/multimodal/tiny-image-sft.yaml (tiny-mm-e on the
+// example dataset) lowers the training loss, trains the vision tower, resumes to exactly the curve of
+// the uninterrupted run and refuses context parallelism; audio parts train the audio tower; towers
+// frozen by pattern stay as they were.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "support/g4_process.h"
+#include "support/run_metrics.h"
+#include "support/test_paths.h"
+#include "support/wav_file.h"
+
+namespace g4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The example recipe with absolute paths (tests run anywhere), 8 steps, checkpoints at 4 and 8.
+std::string recipe_args(const fs::path& out) {
+  const std::string src = test::source_dir(), data = src + "/recipes/multimodal/data";
+  return "train " + src + "/recipes/multimodal/tiny-image-sft.yaml model.path=" + test::data_dir() +
+         "/hf-gemma4-mm/tiny-mm-e tokenizer=" + data + "/tokenizer.json data.train=" + data +
+         "/images.jsonl train.steps=8 checkpoint.every=4 log.validation_every=4 checkpoint.dir=" + out.string();
+}
+
+// (tensors unchanged, tensors changed) among those whose name holds `part`.
+std::pair<int, int> count_unchanged(const fs::path& run_dir, const std::string& part) {
+  std::pair<int, int> n{0, 0};
+  for (const auto& [name, same] : test::unchanged_tensors(run_dir))
+    if (name.find(part) != std::string::npos) ++(same ? n.first : n.second);
+  return n;
+}
+
+TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
+  const fs::path dir = test::scratch_dir("mm_train");
+  const test::ProcessResult full = test::run_g4(recipe_args(dir / "full"));
+  ASSERT_EQ(full.code, 0) << full.output;
+  std::vector<double> loss, val;
+  for (const nlohmann::json& j : test::records(dir / "full")) {
+    if (j.contains("loss")) loss.push_back(j["loss"].get<double>());
+    if (j.contains("validation_loss")) val.push_back(j["validation_loss"].get<double>());
+  }
+  ASSERT_EQ(loss.size(), 8u);
+  ASSERT_EQ(val.size(), 2u);
+  EXPECT_LT(loss[6] + loss[7], loss[0] + loss[1] - 1.0) << full.output;
+  EXPECT_LT(val[1], val[0]);
+  // The images' gradients reach the vision tower; the recipe's frozen audio tower stays.
+  const auto [vision_same, vision_changed] = count_unchanged(dir / "full", "vision_tower");
+  EXPECT_GT(vision_changed, 0);
+  const auto [audio_same, audio_changed] = count_unchanged(dir / "full", "audio_tower");
+  EXPECT_GT(audio_same, 0);
+  EXPECT_EQ(audio_changed, 0);
+
+  // Killed after step 6: resumes from the step-4 checkpoint to the same curve.
+  const std::string killed = recipe_args(dir / "killed");
+  test::ProcessResult r = test::run_g4(killed, "G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  r = test::run_g4(killed + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_EQ(test::loss_lines(dir / "killed"), test::loss_lines(dir / "full"));
+
+  fs::remove_all(dir);
+}
+
+// Audio parts: clips of different lengths train the audio tower through the same path; the vision
+// tower and its projection, frozen by pattern, keep every one of their tensors.
+TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
+  const fs::path dir = test::scratch_dir("mm_train_audio");
+  std::ofstream data(dir / "audio.jsonl");
+  for (int i = 0; i < 6; ++i) {
+    const std::string clip = "clip" + std::to_string(i) + ".wav";
+    test::write_random_wav((dir / clip).string(), 2400 + 800 * static_cast<size_t>(i), static_cast<uint32_t>(i + 1));
+    data << R"({"messages": [{"role": "user", "content": [{"type": "audio", "path": ")" << clip
+         << R"("}, {"type": "text", "text": "How long is it?"}]}, {"role": "assistant", "content": "It is )" << i
+         << R"(."}]})"
+         << "\n";
+  }
+  data.close();
+  const test::ProcessResult r =
+      test::run_g4(recipe_args(dir / "run") + " data.train=" + (dir / "audio.jsonl").string() +
+                   " data.validation_fraction=0 "
+                   "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
+  ASSERT_EQ(r.code, 0) << r.output;
+  int steps = 0;
+  for (const nlohmann::json& j : test::records(dir / "run")) {
+    if (!j.contains("loss")) continue;
+    ++steps;
+    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
+  }
+  EXPECT_EQ(steps, 8);
+  const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
+  EXPECT_GT(audio_changed, 0);
+  for (const char* part : {"vision_tower", "embed_vision"}) {
+    const auto [same, changed] = count_unchanged(dir / "run", part);
+    EXPECT_GT(same, 0) << part;
+    EXPECT_EQ(changed, 0) << part;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(MultimodalTrain, ContextParallelismIsRefused) {
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  const fs::path dir = test::scratch_dir("mm_train_cp");
+  const test::ProcessResult r =
+      test::run_g4(recipe_args(dir / "cp") + " parallel.context_parallel=2",
+                   "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("parallel.context_parallel is 2, but data.train holds images or audio"), std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4
