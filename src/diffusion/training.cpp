@@ -53,6 +53,10 @@ DllmExamples load_examples(const data::DataOptions& opt, const io::Tokenizer& to
   G4_CHECK(prompt_tokens + continuation_tokens <= opt.seq_len, "data: data.prompt_tokens + data.continuation_tokens (",
            prompt_tokens + continuation_tokens, ") exceed data.seq_len (", opt.seq_len, ")");
   std::vector<data::Document> docs = data::load_documents(opt, tok);
+  // The denoiser has no soft-token merge (the checkpoint's vision tower is a pass-through): a
+  // conversation with images or audio would train on bare placeholders.
+  for (const data::Document& d : docs)
+    G4_CHECK(d.media == nullptr, d.source, ": images and audio are not supported in block-diffusion training data");
   DllmExamples out;
   out.documents = static_cast<int64_t>(docs.size());
   G4_CHECK(!docs.empty(), "data: no documents in ", opt.files[0], "...");

@@ -231,6 +231,19 @@ TEST(DiffusionData, ChatRepliesAndTextWindowsBecomeExamples) {
   const std::string err = test::error_of([&] { diffusion::load_examples(d, *chat_tok, 10, 6); });
   EXPECT_NE(err.find("two.jsonl:1: block-diffusion training takes single-turn conversations"), std::string::npos)
       << err;
+  // Conversations with images: the denoiser has no soft-token merge, so they are refused by line.
+  std::ofstream(dir / "image.jsonl")
+      << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": ")"
+      << test::data_dir() + "/hf-gemma4-mm/processor/rgba_97x150.png"
+      << R"("}, {"type": "text", "text": "What?"}]}, {"role": "assistant", "content": "a"}]})" << "\n";
+  d.files = {(dir / "image.jsonl").string()};
+  d.image_processor.patch_size = 6;
+  d.image_processor.max_soft_tokens = 70;
+  const auto mm_tok = io::load_tokenizer(test::source_dir() + "/recipes/multimodal/data/tokenizer.json");
+  const std::string mm_err = test::error_of([&] { diffusion::load_examples(d, *mm_tok, 10, 6); });
+  EXPECT_NE(mm_err.find("image.jsonl:1: images and audio are not supported in block-diffusion training data"),
+            std::string::npos)
+      << mm_err;
   fs::remove_all(dir);
 }
 
