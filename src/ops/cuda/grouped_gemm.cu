@@ -26,6 +26,7 @@
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
+#include "ops/cuda/common.cuh"
 #include "ops/cuda/grouped_tiles.h"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -260,12 +261,6 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(const __grid_
   }
 }
 
-void check_int(const char* op, const char* what, int64_t v) {
-  G4_CHECK(v >= 0 && v <= INT_MAX, op, ": ", what, " = ", v, " exceeds the 32-bit range of the grouped GEMM kernel");
-}
-
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 // [rows, cols] bf16 rows in boxes of 64 columns x box_rows rows.
 CUtensorMap rows_map(const Tensor& t, uint32_t box_rows) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(t.size(1)), static_cast<cuuint64_t>(t.size(0))};
@@ -315,14 +310,13 @@ bool device_grouped_gemm_supported(const Tensor& rows, const Tensor& w) {
   return rows.dtype() == DType::BF16 && w.dtype() == DType::BF16 && w.dim() == 3 && rows.dim() == 2 &&
          w.size(0) >= 1 && w.size(0) <= kMaxExperts && w.size(1) % 8 == 0 && w.size(2) % 8 == 0 &&
          rows.size(1) % 8 == 0 && rows.size(0) <= INT_MAX && w.size(1) <= INT_MAX && w.size(2) <= INT_MAX &&
-         aligned16(rows) && aligned16(w);
+         aligned16(rows.raw()) && aligned16(w.raw());
 }
 
 void device_grouped_forward(const Tensor& xs, const Tensor& w, const Tensor& offsets, Tensor& y) {
   const char* op = "grouped_matmul";
-  G4_CHECK(device_grouped_gemm_supported(xs, w) && aligned16(y), op, ": the device grouped GEMM does not take xs ",
-           xs.describe(), " and w ", w.describe());
-  check_int(op, "rows", xs.size(0));
+  G4_CHECK(device_grouped_gemm_supported(xs, w) && aligned16(y.raw()), op,
+           ": the device grouped GEMM does not take xs ", xs.describe(), " and w ", w.describe());
   const int64_t E = w.size(0), kd = w.size(1), nd = w.size(2);
   const Maps maps{rows_map(xs, kBM), weights_map(w, 64)};
   launch<kForward>(maps, params(offsets, E, 0, nd, kd, y, 0.f), (ceil_div64(xs.size(0), kBM) + E) * ceil_div64(nd, kBN));
@@ -330,9 +324,8 @@ void device_grouped_forward(const Tensor& xs, const Tensor& w, const Tensor& off
 
 void device_grouped_input_grad(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dxs) {
   const char* op = "grouped_matmul_backward";
-  G4_CHECK(device_grouped_gemm_supported(dy, w) && aligned16(dxs), op,
+  G4_CHECK(device_grouped_gemm_supported(dy, w) && aligned16(dxs.raw()), op,
            ": the device grouped GEMM does not take dy ", dy.describe(), " and w ", w.describe());
-  check_int(op, "rows", dy.size(0));
   const int64_t E = w.size(0), kd = w.size(1), nd = w.size(2);
   const Maps maps{rows_map(dy, kBM), weights_map(w, kBN)};
   launch<kInputGrad>(maps, params(offsets, E, 0, kd, nd, dxs, 0.f),
@@ -341,12 +334,11 @@ void device_grouped_input_grad(const Tensor& dy, const Tensor& w, const Tensor& 
 
 void device_grouped_weight_grad(const Tensor& xs, const Tensor& dy, const Tensor& offsets, Tensor& dw, float beta) {
   const char* op = "grouped_matmul_backward";
-  G4_CHECK(xs.dtype() == DType::BF16 && dy.dtype() == DType::BF16 && aligned16(xs) && aligned16(dy) &&
-               aligned16(dw) && xs.size(1) % 8 == 0 && dy.size(1) % 8 == 0 &&
+  G4_CHECK(xs.dtype() == DType::BF16 && dy.dtype() == DType::BF16 && aligned16(xs.raw()) && aligned16(dy.raw()) &&
+               aligned16(dw.raw()) && xs.size(1) % 8 == 0 && dy.size(1) % 8 == 0 && xs.size(0) <= INT_MAX &&
                (dw.dtype() == DType::F32 || dw.dtype() == DType::BF16),
            op, ": the device grouped GEMM does not take xs ", xs.describe(), ", dy ", dy.describe(), " and dw ",
            dw.describe());
-  check_int(op, "rows", xs.size(0));
   const int64_t E = dw.size(0), kd = dw.size(1), nd = dw.size(2);
   const Maps maps{rows_map(xs, 64), rows_map(dy, 64)};
   launch<kWeightGrad>(maps, params(offsets, E, kd, nd, 0, dw, beta), E * ceil_div64(kd, kBM) * ceil_div64(nd, kBN));

@@ -398,10 +398,10 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
 // not apply. `other` (dy in the backward) must suit them too when defined.
 bool use_device_kernels(const char* op, const Tensor& rows, const Tensor& w, const Tensor& other = Tensor()) {
   if (backend_setting() != GroupedGemmBackend::Device) return false;
-  const bool ok = device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w));
-  G4_CHECK(ok, op, ": G4_GROUPED_GEMM=device, but the device kernels do not take ", rows.describe(), " and ",
-           w.describe(), " (they need bf16 and widths that are multiples of 8)");
-  return ok;
+  G4_CHECK(device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w)), op,
+           ": G4_GROUPED_GEMM=device, but the device kernels do not take ", rows.describe(), " and ", w.describe(),
+           " (they need bf16 and widths that are multiples of 8)");
+  return true;
 }
 
 void run_grouped_problem(const GroupedProblem& g, const std::vector<int64_t>& offsets, const Tensor& device_offsets) {
