@@ -601,6 +601,7 @@ std::vector<Event> Engine::Impl::step() {
     }
   }
   const int64_t n_seq = static_cast<int64_t>(plan.size());
+  for (int64_t& id : ids) id = model.text_id(id);  // forward_paged embeds text ids
   Tensor logits;
 #ifdef G4_WITH_CUDA
   // A decode step (one token of each sequence, each sampled once) replays its bucket's graph.

@@ -99,8 +99,7 @@ void Gemma4::init_weights(uint64_t seed, double std) {
     }
   }
   for (auto& [name, b] : params_.buffers)
-    if (b.kind != ParamKind::kVisionClip && b.kind != ParamKind::kVisionStandardize && b.kind != ParamKind::kAudioClip)
-      b.value.fill(1.0);
+    if (!is_tower_buffer(b.kind)) b.value.fill(1.0);
   // Unbounded clips and the identity standardisation, as transformers initialises them.
   if (cfg_.vision) set_default_vision_buffers(params_, *cfg_.vision, Device::CPU);
   if (cfg_.has_audio && !cfg_.diffusion) set_default_audio_buffers(params_, cfg_.audio);
@@ -256,7 +255,8 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     if (ctx.blocks.defined()) ctx.blocks = ctx.blocks.to(device_);
   }
   ForwardOutputs out;
-  const ag::Var hidden = run(in.input_ids.to(device_), ctx.positions, ctx);
+  // The placeholders are mapped on the host, before the ids are uploaded (no copy back).
+  const ag::Var hidden = run(text_ids(in.input_ids).to(device_), ctx.positions, ctx);
   out.expert_tokens = *ctx.expert_tokens;
   const bool has_targets = in.labels.defined() || in.targets.defined();
   if (in.return_logits || !has_targets) out.logits = logits_of(hidden);
@@ -335,9 +335,9 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   const int64_t P = cfg_.hidden_size_per_layer_input;
   ctx.kv.assign(static_cast<size_t>(L), {});
   enter_block(0);
-  const Tensor llm_ids = text_ids(ids);
+  const Tensor& llm_ids = ids;
   ag::Var h = embed(llm_ids);
-  if (ctx.mm) h = merge_multimodal(h, ids, *ctx.mm);
+  if (ctx.mm) h = merge_multimodal(h, ctx.mm->input_ids, *ctx.mm);
 
   ag::Var ple;
   if (P > 0) {
@@ -354,22 +354,24 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   return run_layers(h, ple, ctx);
 }
 
+int64_t Gemma4::text_id(int64_t id) const {
+  const bool placeholder =
+      (cfg_.vision && (id == cfg_.vision->image_token_id || id == cfg_.vision->video_token_id)) ||
+      (cfg_.conditional && cfg_.has_audio && id == cfg_.audio_token_id);
+  return placeholder ? cfg_.pad_token_id : id;
+}
+
 Tensor Gemma4::text_ids(const Tensor& ids) const {
   if (!cfg_.vision && !(cfg_.conditional && cfg_.has_audio)) return ids;
-  // Gemma4Model.forward embeds every multimodal placeholder as the pad token before the merge.
-  std::vector<int64_t> mm_ids;
-  if (cfg_.vision) mm_ids = {cfg_.vision->image_token_id, cfg_.vision->video_token_id};
-  if (cfg_.conditional && cfg_.has_audio) mm_ids.push_back(cfg_.audio_token_id);
   Tensor host = ids.to(Device::CPU).to(DType::I64);
   bool changed = false;
   for (int64_t i = 0; i < host.numel(); ++i) {
     int64_t& id = host.data<int64_t>()[i];
-    if (std::find(mm_ids.begin(), mm_ids.end(), id) != mm_ids.end()) {
-      id = cfg_.pad_token_id;
-      changed = true;
-    }
+    const int64_t mapped = text_id(id);
+    changed = changed || mapped != id;
+    id = mapped;
   }
-  return changed ? host.to(ids.device()) : ids;
+  return changed ? host : ids;
 }
 
 ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const {

@@ -153,8 +153,13 @@ class Gemma4 {
   // one row, each non-shared layer writing its k/v into its kind's pages and attending through
   // them (model/paged_kv.h). Causal models only. Returns the logits of step.logit_rows [R, V] in
   // f32, after the final softcap; on bf16 the LM head's bf16 product is softcapped in fp32, as the
-  // training loss does, so reported log-probs are the training forward's.
+  // training loss does, so reported log-probs are the training forward's. step.ids are text ids:
+  // multimodal placeholders already mapped by text_id (the engine does it on the host, so that a
+  // decode step needs no copy back and can be captured in a CUDA graph).
   Tensor forward_paged(const PagedStep& step, PagedKV& kv) const;
+  // The id the embeddings look up for token `id`: the pad token for a multimodal placeholder
+  // (image, video, audio; Gemma4Model.forward embeds them as pad before the merge), else `id`.
+  int64_t text_id(int64_t id) const;
 
   // The stack alone, for block diffusion: the scaled token embedding of ids [B, n]; the layers
   // and the final norm over x [B, n, H] at positions [B, n] (i64) with the attention `attn`
@@ -219,10 +224,10 @@ class Gemma4 {
 
  private:
   struct Context;
-  // The decoder up to the final norm: hidden states [B, S, H].
+  // The decoder up to the final norm: hidden states [B, S, H] from text ids (text_ids).
   ag::Var run(const Tensor& ids, const Tensor& positions, Context& ctx) const;
   ag::Var run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const;  // layers + final norm
-  // ids with the multimodal placeholders replaced by the pad token (what the embeddings look up).
+  // text_id of every id, on the host.
   Tensor text_ids(const Tensor& ids) const;
   // The embeddings h [B, S, H] with the images' and audio clips' soft tokens at their placeholders.
   ag::Var merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const;

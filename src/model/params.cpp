@@ -57,6 +57,10 @@ bool is_lora(ParamKind kind) {
   return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB;
 }
 
+bool is_tower_buffer(ParamKind kind) {
+  return kind == ParamKind::kVisionClip || kind == ParamKind::kVisionStandardize || kind == ParamKind::kAudioClip;
+}
+
 std::vector<ParamSpec> native_param_specs(const io::ModelConfig& c, ExpertRange experts) {
   std::vector<ParamSpec> s;
   const int64_t H = c.hidden_size, L = c.num_layers, P = c.hidden_size_per_layer_input;

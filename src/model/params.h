@@ -84,6 +84,9 @@ bool split_by_expert(ParamKind kind);
 bool is_embedding(ParamKind kind);
 // True for LoRA adapters: with them the model trains nothing else, and checkpoints keep them apart.
 bool is_lora(ParamKind kind);
+// True for the towers' checkpoint buffers (clip bounds, standardisation): read from and written
+// to the checkpoint under their Hugging Face names, with transformers' initial values otherwise.
+bool is_tower_buffer(ParamKind kind);
 
 struct ParamSpec {
   std::string name;

@@ -240,8 +240,7 @@ NamedTensors export_hf_state_dict(const Gemma4& model) {
     if (cfg.diffusion) out.emplace_back(hf_encoder_scalar_key(l), model.params().buffer(encoder_layer_scalar_name(l)));
   }
   for (const auto& [name, b] : model.params().buffers)
-    if (b.kind == ParamKind::kPassThrough || b.kind == ParamKind::kVisionClip ||
-        b.kind == ParamKind::kVisionStandardize || b.kind == ParamKind::kAudioClip)
+    if (b.kind == ParamKind::kPassThrough || is_tower_buffer(b.kind))
       out.emplace_back(name, b.value);
   return out;
 }
