@@ -55,8 +55,7 @@ void check_options(const DataOptions& opt) {
   one_of("overlong", opt.overlong, {"split", "truncate", "error"});
   G4_CHECK(opt.seq_len >= 2, "data option seq_len: ", opt.seq_len,
            " is too small (a row needs 2 tokens to train on one)");
-  G4_CHECK(opt.max_soft_tokens == 0 || opt.max_soft_tokens == 70 || opt.max_soft_tokens == 140 ||
-               opt.max_soft_tokens == 280 || opt.max_soft_tokens == 560 || opt.max_soft_tokens == 1120,
+  G4_CHECK(opt.max_soft_tokens == 0 || io::is_soft_token_budget(opt.max_soft_tokens),
            "data option max_soft_tokens: ", opt.max_soft_tokens,
            " is not one of 70, 140, 280, 560, 1120 (or 0: the model's processor_config.json)");
   G4_CHECK(opt.validation_fraction >= 0.0 && opt.validation_fraction < 1.0,

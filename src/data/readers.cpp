@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "data/dataset.h"
 #include "data/multimodal.h"
@@ -239,17 +240,13 @@ Tensor pixel_codes(const Tensor& pixel_values) {
 }
 
 uint64_t hash_media(const DocumentMedia& m) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the shapes and bytes
-  const auto mix = [&h](const void* data, size_t n) {
-    const auto* b = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  };
+  Fnv1a f;  // over the shapes and bytes
   for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask}) {
     if (!t->defined()) continue;
-    for (int64_t d : t->shape()) mix(&d, sizeof d);
-    mix(t->raw(), t->nbytes());
+    for (int64_t d : t->shape()) f.mix(&d, sizeof d);
+    f.mix(t->raw(), t->nbytes());
   }
-  return h;
+  return f.h;
 }
 
 // A conversation with media, as Gemma 4's processor prepares it: every image and clip processed

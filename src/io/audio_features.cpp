@@ -92,10 +92,14 @@ AudioFeatures extract_audio_features(const std::vector<std::vector<float>>& clip
            " samples, too short for one 20 ms frame (at least 129 samples at 16 kHz)");
   const int64_t F = (padded + kHop - (kFrame + 1)) / kHop + 1;
   const int64_t B = int64_t(clips.size());
-  const std::vector<double> mel = audio_mel_filters();
-  const std::vector<float> window = audio_window();
-  std::vector<std::complex<double>> twiddle(static_cast<size_t>(kFft / 2));
-  for (int64_t k = 0; k < kFft / 2; ++k) twiddle[size_t(k)] = std::polar(1.0, -2.0 * std::numbers::pi * double(k) / double(kFft));
+  // Constant tables, built once per process (training data extracts features per document).
+  static const std::vector<double> mel = audio_mel_filters();
+  static const std::vector<float> window = audio_window();
+  static const std::vector<std::complex<double>> twiddle = [] {
+    std::vector<std::complex<double>> t(static_cast<size_t>(kFft / 2));
+    for (int64_t k = 0; k < kFft / 2; ++k) t[size_t(k)] = std::polar(1.0, -2.0 * std::numbers::pi * double(k) / double(kFft));
+    return t;
+  }();
 
   AudioFeatures out;
   out.input_features = Tensor::zeros({B, F, kAudioMelBins}, DType::F32);

@@ -98,9 +98,13 @@ std::vector<uint8_t> resample_axis(const std::vector<uint8_t>& in, int64_t H, in
 
 }  // namespace
 
-void check_image_processor_options(const ImageProcessorOptions& opt, const std::string& where) {
+bool is_soft_token_budget(int64_t n) {
   static constexpr int64_t kBudgets[] = {70, 140, 280, 560, 1120};
-  G4_CHECK(std::find(std::begin(kBudgets), std::end(kBudgets), opt.max_soft_tokens) != std::end(kBudgets), where,
+  return std::find(std::begin(kBudgets), std::end(kBudgets), n) != std::end(kBudgets);
+}
+
+void check_image_processor_options(const ImageProcessorOptions& opt, const std::string& where) {
+  G4_CHECK(is_soft_token_budget(opt.max_soft_tokens), where,
            ": max_soft_tokens must be one of 70, 140, 280, 560, 1120 (as transformers requires), got ",
            opt.max_soft_tokens);
   G4_CHECK(opt.patch_size > 0 && opt.patch_size <= 64, where, ": patch_size must be in [1, 64], got ", opt.patch_size);

@@ -24,6 +24,8 @@ struct ImageProcessorOptions {
 // max_soft_tokens > 0 overrides the file. Unsupported values are errors naming the file and key.
 ImageProcessorOptions load_image_processor_options(const std::string& model_dir, int64_t max_soft_tokens = 0);
 void check_image_processor_options(const ImageProcessorOptions& opt, const std::string& where);
+// Whether n is one of the soft-token budgets transformers accepts: 70, 140, 280, 560, 1120.
+bool is_soft_token_budget(int64_t n);
 
 // get_aspect_ratio_preserving_size: the size (height, width) an h x w image is resized to, both
 // multiples of patch_size * pooling_kernel_size, as close to the patch budget as the aspect ratio

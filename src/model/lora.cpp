@@ -7,6 +7,7 @@
 #include <set>
 
 #include "autograd/functions.h"
+#include "core/hash.h"
 #include "core/random.h"
 #include "io/json_input.h"
 #include "io/safetensors.h"
@@ -31,9 +32,9 @@ uint64_t splitmix64(uint64_t x) {
 
 // FNV-1a: a module's dropout stream, the same on every platform (std::hash is not).
 uint64_t name_hash(const std::string& s) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001B3ull;
-  return h;
+  Fnv1a f;
+  f.mix(s.data(), s.size());
+  return f.h;
 }
 
 // The Hugging Face name of a native module ("model.layers.0.mlp.up_proj" -> "model.language_model.layers.0...").
@@ -51,10 +52,6 @@ const std::string kNoModules = "$^";
 
 // The expert weights' native names within a layer.
 const std::string kGateUp = "moe.experts.gate_and_up_projs", kDown = "moe.experts.down_projs";
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // PEFT's check: a string target is a full regex match, a list entry the name or a dotted suffix.
 bool targeted(const LoraConfig& lora, const std::string& hf_module) {
@@ -112,7 +109,7 @@ std::vector<PeftTensor> peft_tensors(const io::ModelConfig& cfg, const std::vect
     if (m.experts > 0) {
       const std::string hf = hf_name(cfg, m.name);  // ".../experts.gate_up_proj"
       module = "base_model.model." + hf.substr(0, hf.rfind('.'));
-      if (ends_with(m.name, kGateUp) && adapted.count(m.name.substr(0, m.name.size() - kGateUp.size()) + kDown))
+      if (m.name.ends_with(kGateUp) && adapted.count(m.name.substr(0, m.name.size() - kGateUp.size()) + kDown))
         module += ".base_layer";
     }
     out.push_back({lora_a_name(m.name), module + ".lora_A.weight", &m, true});
@@ -161,7 +158,7 @@ Tensor expert_scale(const Gemma4& model, const std::string& down_name) {
   return it == model.params().buffers.end() ? Tensor() : it->second.value.to(Device::CPU).to(DType::F32);
 }
 
-bool is_expert_down(const LoraModule& m) { return m.experts > 0 && ends_with(m.name, kDown); }
+bool is_expert_down(const LoraModule& m) { return m.experts > 0 && m.name.ends_with(kDown); }
 
 // A tensor of b's shape [E, ...] (dtype, device) holding scale[e] throughout expert e's slice.
 Tensor per_expert(const Tensor& b, const Tensor& scale) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/hash.h"
 #include "io/json_input.h"
 #include "model/lora.h"
 #include "model/state_dict_adapter.h"
@@ -58,10 +59,8 @@ void copy_tokenizer(const std::string& tokenizer_path, const fs::path& dir) {
 }  // namespace
 
 std::string lora_base_fingerprint(const model::Gemma4& m) {
-  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a
-  auto mix = [&h](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 0x100000001B3ull;
-  };
+  Fnv1a f;
+  const auto mix = [&f](const void* p, size_t n) { f.mix(p, n); };
   auto tensor = [&](const std::string& n, const Tensor& value) {
     // The optimizer's f32 host weights are read in place: a copy would cost the whole model.
     const Tensor t =
@@ -77,7 +76,7 @@ std::string lora_base_fingerprint(const model::Gemma4& m) {
   // came from, but per_expert_scale ones, which scale the down adapters differently.
   for (const auto& [n, b] : m.params().buffers) tensor(n, b.value);
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(f.h));
   return hex;
 }
 
