@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks in named stages, for one call of the GPU machine each: runs on that
+# machine from the repository root (after scripts/device_bundle.sh here), through
+# scripts/device_run.sh, writing one log per stage under $OUT (or ./gpu-logs) and a summary line
+# per stage. A stage that fails or runs past its time limit is reported and the next one runs.
+#
+#   scripts/gpu_checks.sh tests                # the whole test_gpu (about 5 minutes)
+#   scripts/gpu_checks.sh tests-new moe        # the tests not yet run on a GPU, then bench_moe
+#   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
+#
+# Stages: tests, tests-new, moe, train-bench, gen-bench, diffusion-bench, rl-bench, peft.
+# G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-logs}"
+mkdir -p "$out"
+limit="${G4_STAGE_TIMEOUT:-540}"
+run="scripts/device_run.sh"
+
+# The test_gpu suites written while no GPU was lent (sessions 9 and 10).
+new_tests='GpuGroupedMatmul.*:GpuMoeDeviceOffsets.*:GpuVisionTower.*:GpuAudioTower.*:GpuAttention.*:GpuFixture.*'
+new_tests+=':GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:GpuMultimodal*:GpuPagedAttention*:GpuEngine*'
+
+stage() {
+  case "$1" in
+    tests) $run test_gpu --gtest_brief=1 ;;
+    tests-new) $run test_gpu --gtest_brief=1 --gtest_filter="$new_tests" ;;
+    moe) $run bench_moe && G4_GROUPED_GEMM=device $run g4 bench train --model gemma-4-26b-a4b --layers 2 ;;
+    train-bench)
+      $run g4 bench train --model gemma-4-26b-a4b --layers 2 --hf &&
+        $run g4 bench train --model gemma-4-e4b --layers 12 --hf ;;
+    gen-bench)
+      $run g4 bench generate --model gemma-4-26b-a4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 &&
+        $run g4 bench generate --model gemma-4-e4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 ;;
+    diffusion-bench)
+      G4_GROUPED_GEMM=device $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1,4 --prompt-len 256 \
+        --new-tokens 512 --denoising-steps 48 --hf ;;
+    rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
+    peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
+      $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
+        chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
+    *) echo "unknown stage '$1' (tests, tests-new, moe, train-bench, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+       return 2 ;;
+  esac
+}
+
+[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
+status=0
+for s in "$@"; do
+  start=$(date +%s)
+  timeout --signal=INT --kill-after=20 "$limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; stage $s" \
+    > "$out/$s.log" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || status=1
+  echo "stage $s: exit $rc after $(( $(date +%s) - start )) s (log $out/$s.log)" | tee -a "$out/summary.txt"
+  tail -n 5 "$out/$s.log"
+done
+exit $status
