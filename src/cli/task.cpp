@@ -20,6 +20,7 @@ void add_task(CLI::App& app, Action& action) {
     std::string task, out;
     int64_t count = 1000, begin = 0, difficulty = 2;
     uint64_t seed = 0;
+    double answer_line_fraction = 1.0;
     bool sft = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
@@ -30,19 +31,27 @@ void add_task(CLI::App& app, Action& action) {
   cmd->add_option("--difficulty", o->difficulty, "arithmetic: operands - 1; countdown: numbers - 2 (0..8, default 2)");
   cmd->add_option("--out", o->out, "the JSONL file to write")->required();
   cmd->add_flag("--sft", o->sft, "write chat lines with a reference response (SFT data) instead of prompts");
+  cmd->add_option("--answer-line-fraction", o->answer_line_fraction,
+                  "with --sft: the fraction of reference responses that end with the 'Answer: ' line; the others "
+                  "stop after the work, so RL has the verifier's format to teach (default 1)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--overwrite", o->overwrite, "replace FILE when it exists");
   cmd->callback([&action, o] {
     action = [o] {
       namespace fs = std::filesystem;
       G4_CHECK(o->overwrite || !fs::exists(o->out), "task: --out ", o->out, " exists; pass --overwrite to replace it");
+      G4_CHECK(o->sft || o->answer_line_fraction == 1.0, "task: --answer-line-fraction applies to --sft data only");
       const std::vector<rl::PromptExample> problems =
           rl::task_problems({o->task, o->difficulty, o->seed}, o->begin, o->count);
       std::string text;
-      for (const rl::PromptExample& p : problems) {
+      for (size_t i = 0; i < problems.size(); ++i) {
+        const rl::PromptExample& p = problems[i];
         nlohmann::json line;
         if (o->sft) {
+          const bool answer_line =
+              rl::sft_keeps_answer_line(o->seed, o->begin + static_cast<int64_t>(i), o->answer_line_fraction);
           line["messages"] = {{{"role", "user"}, {"content", p.prompt}},
-                              {{"role", "assistant"}, {"content", rl::task_reference_response(p)}}};
+                              {{"role", "assistant"}, {"content", rl::task_reference_response(p, answer_line)}}};
         } else {
           line = p.extra;
           line["prompt"] = p.prompt;

@@ -262,9 +262,9 @@ std::vector<PromptExample> make_task_prompts(const TaskOptions& o, int64_t begin
   return out;
 }
 
-std::string task_reference_response(const PromptExample& p) {
+std::string task_reference_response(const PromptExample& p, bool answer_line) {
   const std::string task = p.extra.is_object() ? p.extra.value("task", "") : "";
-  if (task == "countdown") return "Answer: " + p.answer;
+  if (task == "countdown") return (answer_line ? "Answer: " : "") + p.answer;
   G4_CHECK(task == "arithmetic" && p.extra.contains("expression") && p.extra["expression"].is_string(),
            "task_reference_response: not a built-in task problem (extra ",
            p.extra.dump(-1, ' ', false, json::error_handler_t::replace), ")");
@@ -272,7 +272,17 @@ std::string task_reference_response(const PromptExample& p) {
   const int64_t value = parse_expression(p.extra["expression"].get<std::string>()).evaluate(&steps);
   std::string response;
   for (const std::string& s : steps) response += s + "\n";
+  if (!answer_line) return response.substr(0, response.size() - 1);
   return response + "Answer: " + std::to_string(value);
+}
+
+bool sft_keeps_answer_line(uint64_t seed, int64_t index, double fraction) {
+  G4_CHECK(fraction >= 0 && fraction <= 1, "the fraction of SFT responses with an answer line must be in [0, 1], got ",
+           fraction);
+  // A counter no problem reaches (a problem takes a few words of counters 0, 1, ...).
+  constexpr uint64_t kAnswerLineCounter = uint64_t{1} << 40;
+  const uint32_t word = philox4x32(seed, kAnswerLineCounter, static_cast<uint64_t>(index)).v[0];
+  return static_cast<double>(word) < fraction * 4294967296.0;
 }
 
 std::vector<int64_t> chat_prompt_ids(const std::string& user, const std::string& system_prompt,

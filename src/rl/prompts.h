@@ -56,8 +56,13 @@ std::vector<PromptExample> make_task_prompts(const TaskOptions& options, int64_t
                                              data::ChatVariant variant = data::ChatVariant::Small);
 // A correct response to a task problem, for SFT data: arithmetic works the expression one operation
 // a line ("5 * 2 = 10", then "3 + 10 = 13") and ends "Answer: 13"; countdown answers with the
-// constructed solution ("Answer: 3 * 7 + 2").
-std::string task_reference_response(const PromptExample& problem);
+// constructed solution ("Answer: 3 * 7 + 2"). Without `answer_line` the final "Answer: " line is
+// left out (arithmetic ends with its last worked line, countdown gives the bare expression): SFT
+// data that teaches the work but not always the verifier's format, which RL then has to teach.
+std::string task_reference_response(const PromptExample& problem, bool answer_line = true);
+// Whether the SFT response of problem `index` keeps its answer line when a fraction `fraction` of
+// them do: a pure function of (seed, index), independent of the problem's own draws.
+bool sft_keeps_answer_line(uint64_t seed, int64_t index, double fraction);
 // The task names make_task_prompts knows.
 const std::vector<std::string>& task_names();
 

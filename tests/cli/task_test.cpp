@@ -68,6 +68,24 @@ TEST(CliTask, WritesPromptsAndSftData) {
   ASSERT_EQ(docs.size(), 4u);
   EXPECT_GT(std::count(docs[0].trained.begin(), docs[0].trained.end(), 1), 10);
 
+  // --answer-line-fraction: the chosen responses lack the answer line, the others are whole.
+  r = test::run_g4("task arithmetic --count 40 --sft --answer-line-fraction 0.5 --overwrite --out " + prompts);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<json> partial = read_lines(prompts);
+  const std::vector<rl::PromptExample> forty = rl::task_problems({"arithmetic", 2, 0}, 0, 40);
+  ASSERT_EQ(partial.size(), 40u);
+  int without = 0;
+  for (size_t i = 0; i < partial.size(); ++i) {
+    const bool kept = rl::sft_keeps_answer_line(0, static_cast<int64_t>(i), 0.5);
+    without += !kept;
+    EXPECT_EQ(partial[i]["messages"][1]["content"], rl::task_reference_response(forty[i], kept));
+  }
+  EXPECT_GT(without, 5);
+  EXPECT_LT(without, 35);
+  r = test::run_g4("task arithmetic --count 4 --answer-line-fraction 0.5 --overwrite --out " + prompts);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--sft data only"), std::string::npos) << r.output;
+
   r = test::run_g4("task sudoku --out " + (dir / "x.jsonl").string());
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("task 'sudoku'"), std::string::npos) << r.output;

@@ -210,6 +210,31 @@ TEST(Tasks, CountdownHasASolutionByConstruction) {
   }
 }
 
+TEST(Tasks, SftResponsesWithoutTheAnswerLineStopAfterTheWork) {
+  const PromptExample arith{"", "13", {{"task", "arithmetic"}, {"expression", "3 + 5 * 2"}}, {}};
+  EXPECT_EQ(task_reference_response(arith, false), "5 * 2 = 10\n3 + 10 = 13");
+  EXPECT_EQ(dapo_math_score(task_reference_response(arith, false), "13"), 0.0);
+  const PromptExample countdown = task_problems({"countdown", 2, 3}, 0, 1)[0];
+  EXPECT_EQ(task_reference_response(countdown, false), countdown.answer);
+  EXPECT_EQ(task_reference_response(countdown), "Answer: " + countdown.answer);
+
+  // The kept fraction is the asked one, each choice a pure function of (seed, index) that does not
+  // depend on the problem draws (the same indices of another seed choose differently).
+  int kept = 0, same_as_seed_1 = 0;
+  for (int64_t i = 0; i < 4000; ++i) {
+    kept += sft_keeps_answer_line(0, i, 0.3);
+    same_as_seed_1 += sft_keeps_answer_line(0, i, 0.5) == sft_keeps_answer_line(1, i, 0.5);
+    EXPECT_TRUE(sft_keeps_answer_line(0, i, 1.0));
+    EXPECT_FALSE(sft_keeps_answer_line(0, i, 0.0));
+    if (sft_keeps_answer_line(0, i, 0.3)) {
+      EXPECT_TRUE(sft_keeps_answer_line(0, i, 0.6));  // monotone in the fraction
+    }
+  }
+  EXPECT_NEAR(kept / 4000.0, 0.3, 0.03);
+  EXPECT_NEAR(same_as_seed_1 / 4000.0, 0.5, 0.05);
+  EXPECT_NE(error_of([] { sft_keeps_answer_line(0, 0, 1.5); }).find("[0, 1]"), std::string::npos);
+}
+
 TEST(Tasks, MakeTaskPromptsTokenisesTheChatPrompt) {
   const test::ByteTokenizer tok;
   const std::vector<PromptExample> p = make_task_prompts({"arithmetic", 1, 5}, 3, 2, tok, "Sys.");
