@@ -23,11 +23,9 @@
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
-#include "data/dataset.h"
-#include "data/multimodal.h"
+#include "cli/media_prompt.h"
 #include "diffusion/model.h"
 #include "diffusion/objective.h"
-#include "io/image_processor.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -122,64 +120,6 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   return out;
 }
 
-struct PromptOptions {
-  std::string text, tokenizer;
-  std::vector<std::string> images;
-  bool chat = false;
-  int64_t max_soft_tokens = 0;
-};
-
-// The model inputs for one prompt with images, as Gemma4Processor makes them (see the top of the
-// file); `extra` gets the input_ids and mm_token_type_ids for the output file.
-model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& model_dir, const PromptOptions& p,
-                                   NamedTensors& extra) {
-  const auto tok = io::load_tokenizer(p.tokenizer.empty() ? model_dir : p.tokenizer);
-  model::ForwardInputs fi;
-  std::vector<int64_t> soft_tokens;
-  if (!p.images.empty()) {
-    G4_CHECK(m.config().vision.has_value(), "--image: the model in ", model_dir, " has no vision tower");
-    const io::ImageProcessorOptions opt = io::load_image_processor_options(model_dir, p.max_soft_tokens);
-    G4_CHECK(opt.patch_size == m.config().vision->patch_size &&
-                 opt.pooling_kernel_size == m.config().vision->pooling_kernel_size,
-             "the image processor of ", model_dir, " (patch_size ", opt.patch_size, ", pooling_kernel_size ",
-             opt.pooling_kernel_size, ") does not match the model's vision_config (", m.config().vision->patch_size,
-             ", ", m.config().vision->pooling_kernel_size, ")");
-    std::vector<io::RgbImage> images;
-    for (const std::string& f : p.images) images.push_back(io::read_image(f));
-    io::ProcessedImages processed = io::process_images(images, opt, p.images);
-    for (size_t i = 0; i < p.images.size(); ++i)
-      std::cout << "image " << p.images[i] << ": " << images[i].width << "x" << images[i].height << " -> "
-                << processed.resized_hw[i].second << "x" << processed.resized_hw[i].first << ", "
-                << processed.num_soft_tokens[i] << " soft tokens\n";
-    fi.pixel_values = processed.pixel_values;
-    fi.image_position_ids = processed.image_position_ids;
-    soft_tokens = processed.num_soft_tokens;
-  }
-  std::string text;
-  if (p.chat) {
-    data::ChatMessage user{"user", "", {}};
-    for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
-    user.parts.push_back({data::ChatPart::Kind::Text, p.text});
-    text = data::render_chat({user}, true, data::chat_variant_for(m.config().hidden_size_per_layer_input));
-  } else {
-    text = p.text;
-    if (text.find(data::kImagePlaceholder) == std::string::npos)
-      for (size_t i = 0; i < p.images.size(); ++i) text.insert(0, data::kImagePlaceholder);
-    if (text.rfind("<bos>", 0) != 0) text.insert(0, "<bos>");
-  }
-  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, {}, *tok, "--prompt");
-  if (!p.images.empty())
-    G4_CHECK(*tok->token_to_id(data::kImagePlaceholder) == m.config().vision->image_token_id, "the tokenizer's ",
-             data::kImagePlaceholder, " is id ", *tok->token_to_id(data::kImagePlaceholder), " but the model's ",
-             "image_token_id is ", m.config().vision->image_token_id);
-  const int64_t S = static_cast<int64_t>(ids.input_ids.size());
-  std::vector<int64_t> wide(ids.input_ids.begin(), ids.input_ids.end());
-  fi.input_ids = Tensor::from_vector(wide, {1, S});
-  fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});
-  extra = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
-  return fi;
-}
-
 // NeMo Automodel 0.7.0's block-diffusion step on a batch whose draws are given (DIFFUSION.md
 // §D.4-D.7, diffusion::dllm_forward): the collated clean rows input_ids, attention_mask (optional:
 // all attended) and loss_mask [B,S]; their corruption noisy_input_ids [B,S]; each row's scored
@@ -251,7 +191,8 @@ void add_forward(CLI::App& app, Action& action) {
   struct Opts {
     std::string model, inputs, out;
     bool grads = false, overwrite = false;
-    PromptOptions prompt;
+    MediaPromptOptions prompt;
+    std::string tokenizer;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
@@ -272,7 +213,7 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->add_option("--max-soft-tokens", o->prompt.max_soft_tokens,
                   "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
       ->needs(prompt_opt);
-  cmd->add_option("--tokenizer", o->prompt.tokenizer, "tokenizer for --prompt (default: the model directory)")
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer for --prompt (default: the model directory)")
       ->needs(prompt_opt);
 
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
@@ -313,7 +254,9 @@ void add_forward(CLI::App& app, Action& action) {
       } else {
         G4_CHECK(!model->config().diffusion, "--prompt: ", o->model, " is a diffusion model; give it --inputs");
         G4_CHECK(!o->grads, "--grads needs labels, which only --inputs provides");
-        fi = prompt_inputs(*model, o->model, o->prompt, prompt_tensors);
+        const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
+        fi = media_prompt_inputs(*model, o->model, *tok, o->prompt);
+        prompt_tensors = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
       }
 
       std::optional<ag::NoGrad> no_grad;
