@@ -1,17 +1,15 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
-// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--chat] [--max-soft-tokens N] --out OUT.safetensors
+// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--audio FILE.wav]... [--chat] [--max-soft-tokens N]
+//            --out OUT.safetensors
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
 // position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
 // input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
-// With --prompt the inputs are made as transformers' Gemma4Processor makes them: the images are
-// decoded and processed (io/image_processor.h, the budget from the model directory's
-// processor_config.json unless --max-soft-tokens), each "<|image|>" of the text expanded to the
-// image's soft tokens (data/multimodal.h) and the text tokenised; the output file also holds the
-// input_ids and mm_token_type_ids used. Without --chat the text is taken as it is (<bos> put first
-// when missing; the images' placeholders put before it when it has none); with --chat it is one user
-// turn of the Gemma 4 chat template, images first, then the generation prompt.
+// With --prompt the inputs are made as transformers' Gemma4Processor makes them (cli/media_prompt.h,
+// shared with g4 generate): the images and clips decoded and processed, each "<|image|>" /
+// "<|audio|>" of the text expanded to its medium's soft tokens and the text tokenised; the output
+// file also holds the input_ids and mm_token_type_ids used.
 // A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
 // - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
 //   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
@@ -206,12 +204,8 @@ void add_forward(CLI::App& app, Action& action) {
   auto* prompt_opt = cmd->add_option("--prompt", o->prompt.text,
                                      "prompt text instead of --inputs; each <|image|> in it takes the next --image");
   inputs_opt->excludes(prompt_opt);
-  cmd->add_option("--image", o->prompt.images, "JPEG or PNG image for --prompt (repeatable, in prompt order)")
-      ->needs(prompt_opt);
-  cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (images first)")
-      ->needs(prompt_opt);
-  cmd->add_option("--max-soft-tokens", o->prompt.max_soft_tokens,
-                  "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
+  add_media_options(cmd, o->prompt, prompt_opt);
+  cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (media first)")
       ->needs(prompt_opt);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer for --prompt (default: the model directory)")
       ->needs(prompt_opt);

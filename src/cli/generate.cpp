@@ -106,13 +106,7 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--out", o->file.out, "JSONL file the --prompts results are written to")->needs(prompts_opt);
   cmd->add_flag("--chat", o->file.chat,
                 "--prompts lines hold chat messages, or --prompt is one user turn (the Gemma 4 chat template)");
-  cmd->add_option("--image", o->media.images, "JPEG or PNG image for --prompt (repeatable; each <|image|> takes the next)")
-      ->needs(text_opt);
-  cmd->add_option("--audio", o->media.audio, "16 kHz WAV clip for --prompt (repeatable; each <|audio|> takes the next)")
-      ->needs(text_opt);
-  cmd->add_option("--max-soft-tokens", o->media.max_soft_tokens,
-                  "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
-      ->needs(text_opt);
+  add_media_options(cmd, o->media, text_opt);
   cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
   cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
   cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
@@ -188,7 +182,11 @@ void add_generate(CLI::App& app, Action& action) {
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
       if (tok) {
-        const std::vector<int32_t> fresh(out[0].begin() + static_cast<std::ptrdiff_t>(prompt.size()), out[0].end());
+        // Ids past the tokenizer (a model vocabulary larger than its tokenizer's) have no text, as
+        // in the engine's text stream.
+        std::vector<int32_t> fresh;
+        for (size_t i = prompt.size(); i < out[0].size(); ++i)
+          if (out[0][i] < tok->vocab_size()) fresh.push_back(static_cast<int32_t>(out[0][i]));
         std::cout << tok->decode(fresh) << "\n";
       }
     };

@@ -9,6 +9,16 @@
 
 namespace g4::cli {
 
+void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt) {
+  cmd->add_option("--image", p.images, "JPEG or PNG image for --prompt (repeatable; each <|image|> takes the next)")
+      ->needs(prompt);
+  cmd->add_option("--audio", p.audio, "16 kHz WAV clip for --prompt (repeatable; each <|audio|> takes the next)")
+      ->needs(prompt);
+  cmd->add_option("--max-soft-tokens", p.max_soft_tokens,
+                  "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
+      ->needs(prompt);
+}
+
 model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::string& model_dir,
                                          const io::Tokenizer& tok, const MediaPromptOptions& p) {
   const io::ModelConfig& cfg = m.config();

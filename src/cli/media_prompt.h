@@ -4,6 +4,7 @@
 // directory's processor config unless max_soft_tokens), each "<|image|>" / "<|audio|>" of the text
 // expanded to its medium's soft tokens and the text tokenised whole.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,6 +20,9 @@ struct MediaPromptOptions {
   bool chat = false;  // one user turn of the Gemma 4 chat template (images, then clips, then the text)
   int64_t max_soft_tokens = 0;  // the image budget; 0: the processor config's
 };
+
+// --image, --audio and --max-soft-tokens into p, each needing `prompt` (the --prompt option).
+void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt);
 
 // input_ids and mm_token_type_ids [1, S] and the media tensors under transformers' names. Without
 // chat the text is taken as it is (<bos> put first when missing; the placeholders of the media put

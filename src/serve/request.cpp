@@ -196,7 +196,7 @@ std::string message_content(const json& m, const std::string& at) {
     const std::string pat = at + ".content[" + std::to_string(i) + "]";
     if (!part.is_object() || string_member(part, "type") != "text" || !part.contains("text") ||
         !part["text"].is_string())
-      bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}");
+      bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}, an image_url or an input_audio part");
     if (!text.empty()) text += "\n";
     text += part["text"].get<std::string>();
   }
@@ -316,10 +316,13 @@ data::ChatPart read_media_part(const json& part, const std::string& at, const Mo
                       (files ? ", image and audio with a path" : "") + ")");
 }
 
+// Whether a content list holds a media part (of a type read_media_part reads or refuses by name).
 bool has_media_parts(const json* content) {
   if (!content || !content->is_array()) return false;
-  for (const json& part : *content)
-    if (part.is_object() && string_member(part, "type") != "text") return true;
+  for (const json& part : *content) {
+    const std::string type = part.is_object() ? string_member(part, "type") : "";
+    if (!type.empty() && type != "text") return true;
+  }
   return false;
 }
 

@@ -733,6 +733,23 @@ std::vector<int64_t> mm_greedy_reference(const model::Gemma4& m, const MmPrompt&
   return out;
 }
 
+// The prompts in one engine (pages of 4, steps of max_step_tokens): 6 greedy tokens each, equal to
+// the full forward's greedy continuation.
+void expect_greedy_as_the_full_forward(const model::Gemma4& model, const std::vector<MmPrompt>& prompts,
+                                       int64_t max_step_tokens) {
+  EngineOptions eo;
+  eo.page_size = 4;
+  eo.max_step_tokens = max_step_tokens;
+  Engine engine(model, eo);
+  std::vector<Request> requests;
+  for (const MmPrompt& p : prompts) requests.push_back(p.request(6));
+  const std::vector<Completion> done = engine.generate(requests);
+  ASSERT_EQ(done.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    EXPECT_EQ(ids_of(done[i]), mm_greedy_reference(model, prompts[i], 6)) << "prompt " << i;
+  expect_pool_whole(engine);
+}
+
 TEST_F(EngineTest, ImagesAndAudioInABatchGenerateAsTheFullForward) {
   auto model = mm_model("tiny-mm-e");
   std::vector<MmPrompt> prompts(4);
@@ -740,18 +757,8 @@ TEST_F(EngineTest, ImagesAndAudioInABatchGenerateAsTheFullForward) {
   prompts[1].text(20, 3);                                                           // text only
   prompts[2].text(3, 4).image(6, 6).text(4, 5).image(3, 9).text(6, 6).make(*model, 12);  // 4 + 3
   prompts[3].text(4, 7).audio(41).text(3, 8).image(6, 9).text(5, 9).make(*model, 13);   // 11 audio + 6
-  // Small pages and steps: every prompt is prefilled in chunks, beside the others' decodes.
-  EngineOptions eo;
-  eo.page_size = 4;
-  eo.max_step_tokens = 8;
-  Engine engine(*model, eo);
-  std::vector<Request> requests;
-  for (const MmPrompt& p : prompts) requests.push_back(p.request(6));
-  const std::vector<Completion> done = engine.generate(requests);
-  ASSERT_EQ(done.size(), prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i)
-    EXPECT_EQ(ids_of(done[i]), mm_greedy_reference(*model, prompts[i], 6)) << "prompt " << i;
-  expect_pool_whole(engine);
+  // Small steps: every prompt is prefilled in chunks, beside the others' decodes.
+  expect_greedy_as_the_full_forward(*model, prompts, 8);
 }
 
 TEST_F(EngineTest, ImageBlocksOfABidirectionalModelArePrefilledWhole) {
@@ -760,20 +767,12 @@ TEST_F(EngineTest, ImageBlocksOfABidirectionalModelArePrefilledWhole) {
   prompts[0].text(6, 1).image(9, 12).text(5, 2).make(*model, 21);                  // a block of 12 > window
   prompts[1].text(2, 3).image(6, 6).text(1, 4).image(9, 9).text(4, 5).make(*model, 22);  // 4 and 9
   prompts[2].text(11, 6);
-  EngineOptions eo;
-  eo.page_size = 4;
-  eo.max_step_tokens = 16;  // blocks fit a step; a chunk that would cut one stops before it
-  Engine engine(*model, eo);
-  std::vector<Request> requests;
-  for (const MmPrompt& p : prompts) requests.push_back(p.request(6));
-  const std::vector<Completion> done = engine.generate(requests);
-  ASSERT_EQ(done.size(), prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i)
-    EXPECT_EQ(ids_of(done[i]), mm_greedy_reference(*model, prompts[i], 6)) << "prompt " << i;
-  expect_pool_whole(engine);
+  // Blocks fit a step of 16; a chunk that would cut one stops before it. (A causal prefill of the
+  // blocks gives other tokens: the bidirectional visibility is what makes them equal.)
+  expect_greedy_as_the_full_forward(*model, prompts, 16);
 
-  // Causal prefill of the blocks would differ: the bidirectional visibility is what makes it equal.
-  EngineOptions small = eo;
+  EngineOptions small;
+  small.page_size = 4;
   small.max_step_tokens = 11;
   Engine tight(*model, small);
   EXPECT_NE(error_of([&] { tight.submit(prompts[0].request(2)); })

@@ -190,8 +190,8 @@ TEST_F(RequestTest, FuzzFindingsAreRequestErrors) {
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": 5}})", Api::Chat),
             R"(response_format|400||'response_format' other than {"type": "text"} is not supported)");
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", Api::Chat),
-            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}; images, audio and files )"
-            "are not supported");
+            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}, an image_url or an )"
+            "input_audio part");
   EXPECT_EQ(refusal(R"({"prompt": [5], "max_tokens": 9223372036854775807})"),
             "max_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for "
             "9223372036854775808 (1 in the prompt, 9223372036854775807 to generate)");
@@ -436,7 +436,7 @@ TEST_F(MediaRequestTest, ImageDataUrlsAndBase64AudioBecomeProcessedMedia) {
                         Api::Chat)
                       .request.prompt,
                   304),
-            60);
+            68);
   EXPECT_FALSE(parse(chat(R"({"type": "text", "text": "hi"})"), Api::Chat).request.media.pixel_values.defined());
 }
 
