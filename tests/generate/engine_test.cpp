@@ -325,6 +325,27 @@ TEST_F(EngineTest, SlidingPagesOutOfTheWindowAreGivenBack) {
   expect_pool_whole(engine);
 }
 
+// The completions of `requests` in a roomy pool (nothing preempted) and in a pool of `pages` pages
+// per kind (some preempted; whole again at the end), pages of 4 tokens.
+struct RoomyAndTight {
+  std::vector<Completion> want, got;
+};
+RoomyAndTight run_roomy_and_tight(const model::Gemma4& model, const std::vector<Request>& requests, int64_t pages) {
+  EngineOptions big;
+  big.page_size = 4;
+  Engine roomy(model, big);
+  RoomyAndTight out{roomy.generate(requests), {}};
+  EXPECT_EQ(roomy.stats().preempted_total, 0);
+  EngineOptions small = big;
+  small.num_pages = pages;
+  Engine tight(model, small);
+  out.got = tight.generate(requests);
+  EXPECT_GT(tight.stats().preempted_total, 0);
+  EXPECT_EQ(out.got.size(), out.want.size());
+  expect_pool_whole(tight);
+  return out;
+}
+
 TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
   auto model = model::load_hf_model(test::hf_fixture_dir("tiny-moe"));
   const int64_t V = model->config().vocab_size;
@@ -340,17 +361,8 @@ TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
     r.options.n = i == 2 ? 3 : 1;
     requests.push_back(r);
   }
-  EngineOptions big;
-  big.page_size = 4;
-  Engine roomy(*model, big);
-  const std::vector<Completion> want = roomy.generate(requests);
-  EXPECT_EQ(roomy.stats().preempted_total, 0);
-
-  EngineOptions small = big;
-  small.num_pages = 16;  // one request at its longest (13 pages) fits, not two
-  Engine tight(*model, small);
-  const std::vector<Completion> got = tight.generate(requests);
-  EXPECT_GT(tight.stats().preempted_total, 0);
+  // 16 pages: one request at its longest (13 pages) fits, not two.
+  const auto [want, got] = run_roomy_and_tight(*model, requests, 16);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(ids_of(got[i]), ids_of(want[i])) << "completion " << i;
@@ -360,7 +372,6 @@ TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
       EXPECT_EQ(got[i].tokens[t].top_ids, want[i].tokens[t].top_ids);
     }
   }
-  expect_pool_whole(tight);
 }
 
 // One character per id: ids below 128 are that ASCII character, ids 128 .. 255 raw bytes (so a
@@ -832,19 +843,10 @@ TEST_F(EngineTest, PreemptedRequestsWithMediaGiveTheSameTokens) {
     r.options.sampling.seed = 50 + static_cast<uint64_t>(i);
     requests.push_back(r);
   }
-  EngineOptions big;
-  big.page_size = 4;
-  Engine roomy(*model, big);
-  const std::vector<Completion> want = roomy.generate(requests);
-  EXPECT_EQ(roomy.stats().preempted_total, 0);
-  EngineOptions small = big;
-  small.num_pages = 14;  // one request at its longest fits, not two
-  Engine tight(*model, small);
-  const std::vector<Completion> got = tight.generate(requests);
-  EXPECT_GT(tight.stats().preempted_total, 0);
+  // 14 pages: one request at its longest fits, not two.
+  const auto [want, got] = run_roomy_and_tight(*model, requests, 14);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(ids_of(got[i]), ids_of(want[i])) << "completion " << i;
-  expect_pool_whole(tight);
 }
 
 TEST_F(EngineTest, BadMediaIsAnErrorNamingIt) {
