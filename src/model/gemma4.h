@@ -161,7 +161,9 @@ class Gemma4 {
   // f32, after the final softcap; on bf16 the LM head's bf16 product is softcapped in fp32, as the
   // training loss does, so reported log-probs are the training forward's. step.ids are text ids:
   // multimodal placeholders already mapped by text_id (the engine does it on the host, so that a
-  // decode step needs no copy back and can be captured in a CUDA graph).
+  // decode step needs no copy back and can be captured in a CUDA graph). A prefill step with media
+  // merges step.soft_tokens (the embeddings' PLE projection sees them, as forward's merge does) and
+  // lets image blocks see their later keys on sliding layers (step.q_last).
   Tensor forward_paged(const PagedStep& step, PagedKV& kv) const;
   // The id the embeddings look up for token `id`: the pad token for a multimodal placeholder
   // (image, video, audio; Gemma4Model.forward embeds them as pad before the merge), else `id`.
