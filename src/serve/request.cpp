@@ -184,7 +184,7 @@ std::vector<int64_t> read_completion_prompt(const json& body, const ModelInfo& m
 }
 
 // OpenAI content: a string, or a list of text parts {"type": "text", "text": ...} (joined with
-// newlines). Content with media parts is read_media_parts'.
+// newlines). Content with media parts is read part by part (read_media_part).
 std::string message_content(const json& m, const std::string& at) {
   const json* c = field(m, "content");
   if (!c) return "";
