@@ -121,7 +121,7 @@ Step make_step(const Shape& s, int64_t batch, int64_t context, int64_t q_len) {
                                                                       static_cast<int32_t>(context));
   for (size_t i = 0; i < cu_q.size(); ++i) cu_q[i] = static_cast<int32_t>(static_cast<int64_t>(i) * q_len);
   st.layout = g4::ops::PagedLayout{to_gpu_i32(cu_q, {batch + 1}), to_gpu_i32(kv_len, {batch}),
-                                   to_gpu_i32(order, {batch, pages_per_seq}), Tensor(), 0};
+                                   to_gpu_i32(order, {batch, pages_per_seq}), Tensor(), 0, Tensor()};
   st.q = random_gpu({batch * q_len, s.heads, s.d}, 3);
   return st;
 }

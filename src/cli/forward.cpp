@@ -1,17 +1,15 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
-// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--chat] [--max-soft-tokens N] --out OUT.safetensors
+// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--audio FILE.wav]... [--chat] [--max-soft-tokens N]
+//            --out OUT.safetensors
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
 // position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
 // input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
-// With --prompt the inputs are made as transformers' Gemma4Processor makes them: the images are
-// decoded and processed (io/image_processor.h, the budget from the model directory's
-// processor_config.json unless --max-soft-tokens), each "<|image|>" of the text expanded to the
-// image's soft tokens (data/multimodal.h) and the text tokenised; the output file also holds the
-// input_ids and mm_token_type_ids used. Without --chat the text is taken as it is (<bos> put first
-// when missing; the images' placeholders put before it when it has none); with --chat it is one user
-// turn of the Gemma 4 chat template, images first, then the generation prompt.
+// With --prompt the inputs are made as transformers' Gemma4Processor makes them (cli/media_prompt.h,
+// shared with g4 generate): the images and clips decoded and processed, each "<|image|>" /
+// "<|audio|>" of the text expanded to its medium's soft tokens and the text tokenised; the output
+// file also holds the input_ids and mm_token_type_ids used.
 // A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
 // - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
 //   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
@@ -23,11 +21,9 @@
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
-#include "data/dataset.h"
-#include "data/multimodal.h"
+#include "cli/media_prompt.h"
 #include "diffusion/model.h"
 #include "diffusion/objective.h"
-#include "io/image_processor.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -122,64 +118,6 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   return out;
 }
 
-struct PromptOptions {
-  std::string text, tokenizer;
-  std::vector<std::string> images;
-  bool chat = false;
-  int64_t max_soft_tokens = 0;
-};
-
-// The model inputs for one prompt with images, as Gemma4Processor makes them (see the top of the
-// file); `extra` gets the input_ids and mm_token_type_ids for the output file.
-model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& model_dir, const PromptOptions& p,
-                                   NamedTensors& extra) {
-  const auto tok = io::load_tokenizer(p.tokenizer.empty() ? model_dir : p.tokenizer);
-  model::ForwardInputs fi;
-  std::vector<int64_t> soft_tokens;
-  if (!p.images.empty()) {
-    G4_CHECK(m.config().vision.has_value(), "--image: the model in ", model_dir, " has no vision tower");
-    const io::ImageProcessorOptions opt = io::load_image_processor_options(model_dir, p.max_soft_tokens);
-    G4_CHECK(opt.patch_size == m.config().vision->patch_size &&
-                 opt.pooling_kernel_size == m.config().vision->pooling_kernel_size,
-             "the image processor of ", model_dir, " (patch_size ", opt.patch_size, ", pooling_kernel_size ",
-             opt.pooling_kernel_size, ") does not match the model's vision_config (", m.config().vision->patch_size,
-             ", ", m.config().vision->pooling_kernel_size, ")");
-    std::vector<io::RgbImage> images;
-    for (const std::string& f : p.images) images.push_back(io::read_image(f));
-    io::ProcessedImages processed = io::process_images(images, opt, p.images);
-    for (size_t i = 0; i < p.images.size(); ++i)
-      std::cout << "image " << p.images[i] << ": " << images[i].width << "x" << images[i].height << " -> "
-                << processed.resized_hw[i].second << "x" << processed.resized_hw[i].first << ", "
-                << processed.num_soft_tokens[i] << " soft tokens\n";
-    fi.pixel_values = processed.pixel_values;
-    fi.image_position_ids = processed.image_position_ids;
-    soft_tokens = processed.num_soft_tokens;
-  }
-  std::string text;
-  if (p.chat) {
-    data::ChatMessage user{"user", "", {}};
-    for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
-    user.parts.push_back({data::ChatPart::Kind::Text, p.text});
-    text = data::render_chat({user}, true, data::chat_variant_for(m.config().hidden_size_per_layer_input));
-  } else {
-    text = p.text;
-    if (text.find(data::kImagePlaceholder) == std::string::npos)
-      for (size_t i = 0; i < p.images.size(); ++i) text.insert(0, data::kImagePlaceholder);
-    if (text.rfind("<bos>", 0) != 0) text.insert(0, "<bos>");
-  }
-  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, {}, *tok, "--prompt");
-  if (!p.images.empty())
-    G4_CHECK(*tok->token_to_id(data::kImagePlaceholder) == m.config().vision->image_token_id, "the tokenizer's ",
-             data::kImagePlaceholder, " is id ", *tok->token_to_id(data::kImagePlaceholder), " but the model's ",
-             "image_token_id is ", m.config().vision->image_token_id);
-  const int64_t S = static_cast<int64_t>(ids.input_ids.size());
-  std::vector<int64_t> wide(ids.input_ids.begin(), ids.input_ids.end());
-  fi.input_ids = Tensor::from_vector(wide, {1, S});
-  fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});
-  extra = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
-  return fi;
-}
-
 // NeMo Automodel 0.7.0's block-diffusion step on a batch whose draws are given (DIFFUSION.md
 // §D.4-D.7, diffusion::dllm_forward): the collated clean rows input_ids, attention_mask (optional:
 // all attended) and loss_mask [B,S]; their corruption noisy_input_ids [B,S]; each row's scored
@@ -251,7 +189,8 @@ void add_forward(CLI::App& app, Action& action) {
   struct Opts {
     std::string model, inputs, out;
     bool grads = false, overwrite = false;
-    PromptOptions prompt;
+    MediaPromptOptions prompt;
+    std::string tokenizer;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
@@ -265,14 +204,10 @@ void add_forward(CLI::App& app, Action& action) {
   auto* prompt_opt = cmd->add_option("--prompt", o->prompt.text,
                                      "prompt text instead of --inputs; each <|image|> in it takes the next --image");
   inputs_opt->excludes(prompt_opt);
-  cmd->add_option("--image", o->prompt.images, "JPEG or PNG image for --prompt (repeatable, in prompt order)")
+  add_media_options(cmd, o->prompt, prompt_opt);
+  cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (media first)")
       ->needs(prompt_opt);
-  cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (images first)")
-      ->needs(prompt_opt);
-  cmd->add_option("--max-soft-tokens", o->prompt.max_soft_tokens,
-                  "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
-      ->needs(prompt_opt);
-  cmd->add_option("--tokenizer", o->prompt.tokenizer, "tokenizer for --prompt (default: the model directory)")
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer for --prompt (default: the model directory)")
       ->needs(prompt_opt);
 
   cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
@@ -313,7 +248,9 @@ void add_forward(CLI::App& app, Action& action) {
       } else {
         G4_CHECK(!model->config().diffusion, "--prompt: ", o->model, " is a diffusion model; give it --inputs");
         G4_CHECK(!o->grads, "--grads needs labels, which only --inputs provides");
-        fi = prompt_inputs(*model, o->model, o->prompt, prompt_tensors);
+        const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
+        fi = media_prompt_inputs(*model, o->model, *tok, o->prompt);
+        prompt_tensors = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
       }
 
       std::optional<ag::NoGrad> no_grad;

@@ -1,5 +1,7 @@
-// g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT) --max-new-tokens N [--greedy | sampling]
+// g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT [--image F]... [--audio F.wav]... [--chat])
+//             --max-new-tokens N [--greedy | sampling]
 // Prints the new token ids, and their text when the model directory (or --tokenizer) has a tokenizer.
+// Images and clips are processed as `g4 forward --prompt --image` processes them (cli/media_prompt.h).
 // g4 generate MODEL_DIR --prompts IN.jsonl --out OUT.jsonl [--chat] [sampling options] [engine options]
 // runs one request per line on the batching engine (serve/prompts_file.h, docs/serving.md).
 #include <filesystem>
@@ -9,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "cli/generate_diffusion.h"
+#include "cli/media_prompt.h"
 #include "generate/generator.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -62,7 +65,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   d.stop_ids = g.stop_ids;
   d.n = f.n;
   d.logprobs = f.logprobs;
-  const serve::ModelInfo info = serve::model_info(loaded.model->config(), loaded.tokenizer.get());
+  const serve::ModelInfo info = serve::model_info(loaded.model->config(), loaded.tokenizer.get(), f.setup.model_dir);
   const auto requests = serve::read_prompts_file(f.prompts, f.chat, info, defaults);
   gen::EngineOptions engine_options = f.setup.engine;
   engine_options.tokenizer = loaded.tokenizer.get();
@@ -81,6 +84,7 @@ void add_generate(CLI::App& app, Action& action) {
     gen::GenerateOptions gen;
     bool greedy = false;
     FileOpts file;
+    MediaPromptOptions media;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model_dir", o->model, "Hugging Face model directory")->required();
@@ -100,7 +104,9 @@ void add_generate(CLI::App& app, Action& action) {
                                       "per-request options as in the OpenAI API)");
   prompts_opt->excludes(ids_opt)->excludes(text_opt);
   cmd->add_option("--out", o->file.out, "JSONL file the --prompts results are written to")->needs(prompts_opt);
-  cmd->add_flag("--chat", o->file.chat, "--prompts lines hold chat messages (the Gemma 4 chat template)")->needs(prompts_opt);
+  cmd->add_flag("--chat", o->file.chat,
+                "--prompts lines hold chat messages, or --prompt is one user turn (the Gemma 4 chat template)");
+  add_media_options(cmd, o->media, text_opt);
   cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
   cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
   cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
@@ -142,6 +148,7 @@ void add_generate(CLI::App& app, Action& action) {
     }
     action = [o] {
       G4_CHECK(!o->prompt.empty() || !o->text.empty(), "generate needs --prompt-ids or --prompt");
+      G4_CHECK(!o->file.chat || !o->text.empty(), "--chat needs --prompt (or --prompts)");
       // Out-of-range options are reported before a large model is loaded; the context length
       // is checked once the model and the prompt are known.
       gen::validate(o->gen, 0, 0, gen::OptionStyle::Flag);
@@ -149,7 +156,17 @@ void add_generate(CLI::App& app, Action& action) {
       if (o->file.setup.device == "cuda") model = model->copy_to(Device::CUDA, DType::BF16);
       const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o->model, o->tokenizer);
       std::vector<int64_t> prompt;
-      if (!o->text.empty()) {
+      gen::RequestMedia media;
+      const bool multimodal = o->file.chat || !o->media.images.empty() || !o->media.audio.empty();
+      if (multimodal) {
+        G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");
+        MediaPromptOptions p = o->media;
+        p.text = o->text;
+        p.chat = o->file.chat;
+        const model::ForwardInputs in = media_prompt_inputs(*model, o->model, *tok, p);
+        for (int64_t i = 0; i < in.input_ids.numel(); ++i) prompt.push_back(in.input_ids.data<int64_t>()[i]);
+        media = {in.pixel_values, in.image_position_ids, in.input_features, in.input_features_mask};
+      } else if (!o->text.empty()) {
         G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");
         prompt.push_back(tok->bos_id);
         for (int32_t id : tok->encode(o->text)) prompt.push_back(id);
@@ -161,11 +178,15 @@ void add_generate(CLI::App& app, Action& action) {
                  " is outside the vocabulary [0, ", model->config().vocab_size, ")");
       gen::validate(o->gen, static_cast<int64_t>(prompt.size()), model->config().max_position_embeddings,
                     gen::OptionStyle::Flag);
-      const auto out = gen::generate(*model, {prompt}, o->gen);
+      const auto out = gen::generate(*model, {prompt}, o->gen, {media});
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
       if (tok) {
-        const std::vector<int32_t> fresh(out[0].begin() + static_cast<std::ptrdiff_t>(prompt.size()), out[0].end());
+        // Ids past the tokenizer (a model vocabulary larger than its tokenizer's) have no text, as
+        // in the engine's text stream.
+        std::vector<int32_t> fresh;
+        for (size_t i = prompt.size(); i < out[0].size(); ++i)
+          if (out[0][i] < tok->vocab_size()) fresh.push_back(static_cast<int32_t>(out[0][i]));
         std::cout << tok->decode(fresh) << "\n";
       }
     };

@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "core/error.h"
+#include "io/audio_features.h"
 
 namespace g4::data {
 
@@ -95,6 +96,25 @@ MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int
   out.input_ids = tok.encode(expand_media_placeholders(text, image_soft_tokens, audio_soft_tokens, where));
   out.mm_token_type_ids = mm_token_types(out.input_ids, tok);
   return out;
+}
+
+PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,
+                                 const std::vector<std::vector<float>>& clips, const io::ImageProcessorOptions& opt) {
+  PromptMedia m;
+  if (!images.empty()) {
+    io::ProcessedImages p = io::process_images(images, opt, image_names);
+    m.pixel_values = std::move(p.pixel_values);
+    m.image_position_ids = std::move(p.image_position_ids);
+    m.image_soft_tokens = std::move(p.num_soft_tokens);
+    m.resized_hw = std::move(p.resized_hw);
+  }
+  if (!clips.empty()) {
+    io::AudioFeatures a = io::extract_audio_features(clips);
+    m.input_features = std::move(a.input_features);
+    m.input_features_mask = std::move(a.input_features_mask);
+    m.audio_soft_tokens = std::move(a.num_soft_tokens);
+  }
+  return m;
 }
 
 }  // namespace g4::data

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+#include "io/image.h"
+#include "io/image_processor.h"
 #include "io/tokenizer.h"
 
 namespace g4::data {
@@ -39,6 +42,19 @@ MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int
 // Throws g4::Error naming `where` when the tokenizer lacks a placeholder or boundary token of the
 // media present (a Gemma 4 multimodal tokenizer has them all).
 void check_media_tokens(const io::Tokenizer& tok, bool images, bool audio, const std::string& where);
+
+// One prompt's images and 16 kHz clips through Gemma 4's processors, as the processor prepares
+// that prompt alone (io::process_images with `opt`, io::extract_audio_features), under
+// transformers' names; tensors undefined for a medium that is absent. `image_names` name the
+// images in errors (may be empty).
+struct PromptMedia {
+  Tensor pixel_values, image_position_ids;
+  Tensor input_features, input_features_mask;
+  std::vector<int64_t> image_soft_tokens, audio_soft_tokens;
+  std::vector<std::pair<int64_t, int64_t>> resized_hw;  // each image's size after the resize
+};
+PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,
+                                 const std::vector<std::vector<float>>& clips, const io::ImageProcessorOptions& opt);
 
 // mm_token_type_ids for ids: the tokenizer's ids of "<|image|>", "<|video|>", "<|audio|>" give 1, 2, 3.
 std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok);

@@ -10,7 +10,6 @@
 #include "core/log.h"
 #include "data/dataset.h"
 #include "data/multimodal.h"
-#include "io/audio_features.h"
 #include "io/image.h"
 #include "io/json_input.h"
 #include "io/wav.h"
@@ -258,24 +257,19 @@ Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& o
   std::vector<int64_t> image_tokens, audio_tokens;
   try {
     check_media_tokens(tok, !r.images.empty(), !r.audio.empty(), "the tokenizer");
-    if (!r.images.empty()) {
-      io::ImageProcessorOptions o = opt.image_processor;
-      if (opt.max_soft_tokens > 0) o.max_soft_tokens = opt.max_soft_tokens;
-      std::vector<io::RgbImage> images;
-      for (const std::string& f : r.images) images.push_back(io::read_image(f));
-      io::ProcessedImages p = io::process_images(images, o, r.images);
-      media->pixel_codes = pixel_codes(p.pixel_values);
-      media->image_position_ids = std::move(p.image_position_ids);
-      image_tokens = std::move(p.num_soft_tokens);
-    }
-    if (!r.audio.empty()) {
-      std::vector<std::vector<float>> clips;
-      for (const std::string& f : r.audio) clips.push_back(io::read_wav_16k(f));
-      io::AudioFeatures a = io::extract_audio_features(clips);
-      media->input_features = std::move(a.input_features);
-      media->input_features_mask = std::move(a.input_features_mask);
-      audio_tokens = std::move(a.num_soft_tokens);
-    }
+    io::ImageProcessorOptions o = opt.image_processor;
+    if (opt.max_soft_tokens > 0) o.max_soft_tokens = opt.max_soft_tokens;
+    std::vector<io::RgbImage> images;
+    for (const std::string& f : r.images) images.push_back(io::read_image(f));
+    std::vector<std::vector<float>> clips;
+    for (const std::string& f : r.audio) clips.push_back(io::read_wav_16k(f));
+    PromptMedia p = process_prompt_media(images, r.images, clips, o);
+    if (p.pixel_values.defined()) media->pixel_codes = pixel_codes(p.pixel_values);
+    media->image_position_ids = std::move(p.image_position_ids);
+    media->input_features = std::move(p.input_features);
+    media->input_features_mask = std::move(p.input_features_mask);
+    image_tokens = std::move(p.image_soft_tokens);
+    audio_tokens = std::move(p.audio_soft_tokens);
   } catch (const Error& e) {
     G4_FAIL(r.source, ": ", e.what());
   }

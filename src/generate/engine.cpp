@@ -14,9 +14,12 @@
 #include <map>
 
 #include "core/device_memory.h"
+#include "core/hash.h"
 #include "generate/page_pool.h"
 #include "generate/prefix_cache.h"
 #include "generate/text_stream.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
 #ifdef G4_WITH_CUDA
 #include "generate/cuda/step_graph.h"
 #endif
@@ -74,6 +77,20 @@ struct Engine::Impl {
     double queued_s = -1;  // -1: not scheduled yet
     int64_t unfinished = 0;
     bool cancelled = false;
+    // Media (all empty for a text prompt). The soft tokens of the prompt's placeholders in prompt
+    // order [M, H], on the model's device: the towers run once, at submit, and a preempted request
+    // recomputes its prompt with the same ones.
+    Tensor soft;
+    std::vector<int64_t> soft_before;  // [prompt + 1]: soft tokens before each prompt position
+    // Per prompt position, the first and last position of its image block, -1 outside one
+    // (bidirectional-vision models only: a block's queries see its later keys on sliding layers).
+    std::vector<int64_t> block_first, block_last;
+    // Per prompt page: a hash of the images and clips whose soft tokens it holds, 0 when none; it
+    // joins the page's prefix key, so equal placeholders of different media never share pages.
+    std::vector<uint64_t> page_media;
+    uint64_t media_of_page(int64_t j) const {
+      return j < static_cast<int64_t>(page_media.size()) ? page_media[static_cast<size_t>(j)] : 0;
+    }
   };
   struct Seq {
     Req* req = nullptr;
@@ -190,9 +207,11 @@ struct Engine::Impl {
     for (; s.registered < whole; ++s.registered) {
       const size_t j = static_cast<size_t>(s.registered);
       const int64_t* tokens = s.tokens.data() + s.registered * ps;
-      s.last_key = PrefixCache::chain(s.last_key, tokens, ps);
+      const uint64_t media = s.req->media_of_page(s.registered);
+      s.last_key = PrefixCache::chain(s.last_key, tokens, ps, media);
       prefix.add(s.last_key, s.pages[kFull][j], sliding ? s.pages[kSliding][j] : -1,
-                 j > 0 ? s.pages[kFull][j - 1] : -1, tokens, ps, pools[kFull], sliding ? &pools[kSliding] : nullptr);
+                 j > 0 ? s.pages[kFull][j - 1] : -1, tokens, ps, media, pools[kFull],
+                 sliding ? &pools[kSliding] : nullptr);
     }
   }
   // Takes the longest run of whole pages of s's tokens that live sequences hold (leaving at least
@@ -206,9 +225,10 @@ struct Engine::Impl {
     uint64_t key = 0;
     for (int64_t j = 0; (j + 1) * ps <= s.len() - 1; ++j) {
       const int64_t* tokens = s.tokens.data() + j * ps;
-      key = PrefixCache::chain(key, tokens, ps);
+      const uint64_t media = s.req->media_of_page(j);
+      key = PrefixCache::chain(key, tokens, ps, media);
       PrefixCache::Hit hit;
-      if (!prefix.find(key, hits.empty() ? -1 : hits.back().full_page, tokens, ps, pools[kFull],
+      if (!prefix.find(key, hits.empty() ? -1 : hits.back().full_page, tokens, ps, media, pools[kFull],
                        sliding ? &pools[kSliding] : nullptr, hit))
         break;
       hits.push_back(hit);
@@ -256,6 +276,17 @@ struct Engine::Impl {
     Seq* seq;
     int64_t len;
   };
+  // The tokens of s one step may take within `budget`: never ending inside an image block (its
+  // queries need the block's later keys in the pages), so 0 when the block does not fit.
+  int64_t chunk_of(const Seq& s, int64_t budget) const {
+    int64_t len = std::min({s.len() - s.computed, budget, max_chunk});
+    const std::vector<int64_t>& last = s.req->block_last;
+    const int64_t end = s.computed + len;
+    if (len > 0 && end - 1 < static_cast<int64_t>(last.size()) && last[static_cast<size_t>(end - 1)] >= end)
+      len = std::max<int64_t>(0, s.req->block_first[static_cast<size_t>(end - 1)] - s.computed);
+    return len;
+  }
+  void prepare_media(Req& r, const RequestMedia& media);
   std::vector<Chunk> schedule();
   Completion complete(Req& r, int64_t k, FinishReason finish, Event* event);
   void finish_request_if_done(uint64_t id);
@@ -348,8 +379,9 @@ uint64_t Engine::Impl::submit(Request request) {
            pools[kFull].size());
 
   auto r = std::make_unique<Req>();
-  r->id = next_id++;
   r->prompt = std::move(request.prompt);
+  prepare_media(*r, request.media);
+  r->id = next_id++;
   r->o = std::move(request.options);
   r->submitted = Clock::now();
   r->unfinished = r->o.n;
@@ -361,6 +393,155 @@ uint64_t Engine::Impl::submit(Request request) {
   const uint64_t id = r->id;
   requests[id] = std::move(r);
   return id;
+}
+
+void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
+  const int64_t image_id = cfg.vision ? cfg.vision->image_token_id : -1;
+  const int64_t video_id = cfg.vision ? cfg.vision->video_token_id : -1;
+  const int64_t audio_id = cfg.conditional && cfg.has_audio ? cfg.audio_token_id : -1;
+  const int64_t len = static_cast<int64_t>(r.prompt.size());
+  int64_t images = 0, clips = 0;  // placeholders
+  for (int64_t pos = 0; pos < len; ++pos) {
+    const int64_t id = r.prompt[static_cast<size_t>(pos)];
+    G4_CHECK(id != video_id, "Request: prompt token ", pos, " is the video placeholder (id ", id,
+             "); video is not supported");
+    images += id == image_id;
+    clips += id == audio_id;
+  }
+  if (media.empty() && images == 0 && clips == 0) return;
+  const Tensor& pixels = media.pixel_values;
+  const Tensor& features = media.input_features;
+  G4_CHECK(!pixels.defined() || cfg.vision, "Request: images given, but the model has no vision tower");
+  G4_CHECK(!features.defined() || audio_id >= 0, "Request: audio given, but the model has no audio tower");
+  G4_CHECK(pixels.defined() == media.image_position_ids.defined(),
+           "Request: give the images' pixel_values and image_position_ids together");
+  G4_CHECK(features.defined() == media.input_features_mask.defined(),
+           "Request: give the clips' input_features and input_features_mask together");
+  // Soft tokens per image (valid patches / k², the pooler's count) and per clip (valid frames after
+  // the tower's two stride-2 convolutions), to check the placeholders before the towers run.
+  std::vector<int64_t> per_item;
+  int64_t image_tokens = 0, audio_tokens = 0;
+  if (pixels.defined()) {
+    const Tensor& at = media.image_position_ids;
+    G4_CHECK(pixels.dim() == 3 && at.dim() == 3 && at.size(0) == pixels.size(0) && at.size(1) == pixels.size(1) &&
+                 at.size(2) == 2,
+             "Request: pixel_values ", pixels.describe(), " and image_position_ids ", at.describe(),
+             " must be [images, patches, 3·patch²] and [images, patches, 2]");
+    const int64_t k = cfg.vision->pooling_kernel_size;
+    for (int64_t i = 0; i < at.size(0); ++i) {
+      int64_t valid = 0;
+      for (int64_t p = 0; p < at.size(1); ++p) valid += element_as_int(at, (i * at.size(1) + p) * 2) >= 0;
+      per_item.push_back(valid / (k * k));
+      image_tokens += per_item.back();
+    }
+  }
+  if (features.defined()) {
+    const Tensor& mask = media.input_features_mask;
+    G4_CHECK(features.dim() == 3 && mask.dim() == 2 && mask.size(0) == features.size(0) &&
+                 mask.size(1) == features.size(1),
+             "Request: input_features ", features.describe(), " and input_features_mask ", mask.describe(),
+             " must be [clips, frames, mel bins] and [clips, frames]");
+    for (int64_t c = 0; c < mask.size(0); ++c) {
+      int64_t valid = 0;
+      for (int64_t f = 0; f < mask.size(1); ++f) valid += element_as_int(mask, c * mask.size(1) + f) != 0;
+      per_item.push_back((valid + 3) / 4);
+      audio_tokens += per_item.back();
+    }
+  }
+  G4_CHECK(images == image_tokens, "Request: the prompt holds ", images, " image placeholders (id ", image_id,
+           ") but its images give ", image_tokens, " soft tokens");
+  G4_CHECK(clips == audio_tokens, "Request: the prompt holds ", clips, " audio placeholders (id ", audio_id,
+           ") but its clips give ", audio_tokens, " soft tokens");
+
+  model::ForwardInputs in;
+  in.pixel_values = pixels;
+  in.image_position_ids = media.image_position_ids;
+  in.input_features = features;
+  in.input_features_mask = media.input_features_mask;
+  Tensor towers;  // [images' soft tokens ; clips' soft tokens]
+  {
+    ag::NoGrad no_grad;
+    const model::SoftTokens soft = model.soft_tokens(in);
+    std::vector<Tensor> parts;
+    for (const ag::Var* v : {&soft.image, &soft.audio})
+      if (v->defined()) parts.push_back(v->value());
+    towers = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
+  }
+  G4_CHECK(towers.size(0) == image_tokens + audio_tokens, "Request: the towers gave ", towers.describe(),
+           " for ", image_tokens, " image and ", audio_tokens, " audio soft tokens");
+
+  // Each medium's hash (shapes and bytes of its own slices), by item: images, then clips.
+  std::vector<uint64_t> item_hash;
+  const auto hash_rows = [&](std::initializer_list<const Tensor*> ts, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) {
+      Fnv1a f;
+      for (const Tensor* t : ts) {
+        const Tensor row = t->select0(i);
+        for (int64_t d : row.shape()) f.mix(&d, sizeof d);
+        f.mix(row.raw(), row.nbytes());
+      }
+      item_hash.push_back(f.h == 0 ? 1 : f.h);
+    }
+  };
+  if (pixels.defined()) hash_rows({&pixels, &media.image_position_ids}, pixels.size(0));
+  if (features.defined()) hash_rows({&features, &media.input_features_mask}, features.size(0));
+
+  // Soft tokens in prompt order, and the medium each placeholder belongs to.
+  std::vector<int64_t> rows, item_of(static_cast<size_t>(len), -1);
+  r.soft_before.assign(static_cast<size_t>(len) + 1, 0);
+  int64_t next_image = 0, next_audio = image_tokens, item_image = 0, left_image = 0, item_audio = 0, left_audio = 0;
+  const int64_t n_images = pixels.defined() ? pixels.size(0) : 0;
+  for (int64_t pos = 0; pos < len; ++pos) {
+    const int64_t id = r.prompt[static_cast<size_t>(pos)];
+    const bool image = id == image_id, audio = id == audio_id;
+    if (image || audio) {
+      // Advance to the item with soft tokens left (an item of 0 tokens takes no placeholder).
+      int64_t& item = image ? item_image : item_audio;
+      int64_t& left = image ? left_image : left_audio;
+      const int64_t base = image ? 0 : n_images;
+      while (left == 0) left = per_item[static_cast<size_t>(base + item++)];
+      --left;
+      item_of[static_cast<size_t>(pos)] = base + item - 1;
+      rows.push_back(image ? next_image++ : next_audio++);
+    }
+    r.soft_before[static_cast<size_t>(pos) + 1] = static_cast<int64_t>(rows.size());
+  }
+  r.soft = ops::embedding(towers, index_tensor(rows, DType::I64, model.device()));
+
+  for (int64_t j = 0; j * ps < len; ++j) {
+    Fnv1a f;
+    bool any = false;
+    int64_t last = -1;
+    for (int64_t pos = j * ps; pos < std::min(len, (j + 1) * ps); ++pos) {
+      const int64_t item = item_of[static_cast<size_t>(pos)];
+      if (item < 0 || item == last) continue;
+      f.mix(&item_hash[static_cast<size_t>(item)], sizeof(uint64_t));
+      any = true;
+      last = item;
+    }
+    r.page_media.push_back(any ? (f.h == 0 ? 1 : f.h) : 0);
+  }
+
+  if (cfg.bidirectional != "vision") return;
+  // Image blocks: runs of image (or video) placeholders (transformers' vision_block_ids).
+  r.block_first.assign(static_cast<size_t>(len), -1);
+  r.block_last.assign(static_cast<size_t>(len), -1);
+  for (int64_t pos = 0; pos < len;) {
+    if (r.prompt[static_cast<size_t>(pos)] != image_id) {
+      ++pos;
+      continue;
+    }
+    int64_t end = pos;
+    while (end < len && r.prompt[static_cast<size_t>(end)] == image_id) ++end;
+    G4_CHECK(end - pos <= max_chunk, "Request: the image block at prompt positions [", pos, ", ", end, ") has ",
+             end - pos, " tokens, more than one step takes (", max_chunk,
+             ": max_step_tokens, or the sliding pool's room); its queries must see all of its keys at once");
+    for (int64_t q = pos; q < end; ++q) {
+      r.block_first[static_cast<size_t>(q)] = pos;
+      r.block_last[static_cast<size_t>(q)] = end - 1;
+    }
+    pos = end;
+  }
 }
 
 void Engine::Impl::cancel(uint64_t id) {
@@ -380,7 +561,6 @@ void Engine::Impl::cancel(uint64_t id) {
 std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
   std::vector<Chunk> plan;
   int64_t budget = opt.max_step_tokens;
-  const auto chunk_of = [&](const Seq& s) { return std::min({s.len() - s.computed, budget, max_chunk}); };
   const auto add = [&](Seq& s, int64_t chunk) {
     allocate(s, s.computed + chunk);
     plan.push_back({&s, chunk});
@@ -394,7 +574,8 @@ std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
     if (s->len() - s->computed > 1) order.push_back(s.get());
   for (Seq* s : order) {
     if (!s->running || budget == 0) continue;
-    const int64_t chunk = chunk_of(*s);
+    const int64_t chunk = chunk_of(*s, budget);
+    if (chunk == 0) continue;  // an image block that waits for a step with room for all of it
     // Out of pages: the most recently admitted sequence gives its pages back and waits.
     while (!fits(*s, s->computed + chunk)) {
       Seq* victim = running.back().get();
@@ -413,8 +594,8 @@ std::vector<Engine::Impl::Chunk> Engine::Impl::schedule() {
     Seq& s = *waiting.front();
     if (!running.empty() && running_samples() + s.samples() > opt.max_running) break;
     if (s.computed == 0) match_prefix(s);
-    const int64_t chunk = chunk_of(s);
-    if (!fits(s, s.computed + chunk)) {
+    const int64_t chunk = chunk_of(s, budget);
+    if (chunk == 0 || !fits(s, s.computed + chunk)) {
       release_pages(s);
       break;
     }
@@ -571,13 +752,35 @@ std::vector<Event> Engine::Impl::step() {
       width[kind] = std::max<int64_t>(width[kind], static_cast<int64_t>(c.seq->pages[kind].size()));
   std::vector<RowSampling> sampling;
   std::vector<std::pair<Seq*, int64_t>> sampled;  // (sequence, sample) of each logits row
+  // Media of the step's prompt chunks: their soft tokens, each token's soft-token index (-1: none)
+  // and the last key each token sees on sliding layers (past its position in an image block).
+  std::vector<Tensor> soft;
+  std::vector<int64_t> soft_index, q_last;
+  int64_t soft_count = 0;
+  bool blocks = false;
   for (const Chunk& c : plan) {
     Seq& s = *c.seq;
+    const Req& req = *s.req;
     for (int64_t pos = s.computed; pos < s.computed + c.len; ++pos) {
       ids.push_back(s.tokens[static_cast<size_t>(pos)]);
       positions.push_back(pos);
       for (size_t kind = 0; kind < pools.size(); ++kind)
         slots[kind].push_back(s.pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps);
+      const bool in_prompt = pos < static_cast<int64_t>(req.prompt.size());
+      const bool soft_here = in_prompt && req.soft.defined() &&
+                             req.soft_before[static_cast<size_t>(pos) + 1] > req.soft_before[static_cast<size_t>(pos)];
+      soft_index.push_back(soft_here ? soft_count++ : -1);
+      const int64_t last =
+          in_prompt && !req.block_last.empty() ? req.block_last[static_cast<size_t>(pos)] : int64_t{-1};
+      blocks |= last >= 0;
+      q_last.push_back(std::max(last, pos));
+    }
+    if (req.soft.defined()) {
+      const int64_t end = std::min<int64_t>(s.computed + c.len, static_cast<int64_t>(req.prompt.size()));
+      if (end > s.computed) {
+        const int64_t a = req.soft_before[static_cast<size_t>(s.computed)], b = req.soft_before[static_cast<size_t>(end)];
+        if (b > a) soft.push_back(req.soft.slice0(a, b - a));
+      }
     }
     cu_q.push_back(static_cast<int64_t>(ids.size()));
     kv_len.push_back(s.computed + c.len);
@@ -605,7 +808,7 @@ std::vector<Event> Engine::Impl::step() {
   Tensor logits;
 #ifdef G4_WITH_CUDA
   // A decode step (one token of each sequence, each sampled once) replays its bucket's graph.
-  if (opt.cuda_graphs && dev == Device::CUDA && !model.parameter_hooks() &&
+  if (opt.cuda_graphs && dev == Device::CUDA && !model.parameter_hooks() && soft.empty() && !blocks &&
       static_cast<int64_t>(ids.size()) == n_seq && static_cast<int64_t>(rows.size()) == n_seq &&
       n_seq <= kGraphBuckets.back())
     logits = decode_graph_step(ids, positions, slots, tables, width, kv_len);
@@ -623,6 +826,16 @@ std::vector<Event> Engine::Impl::step() {
       st.layout[kind].kv_len = kv_len_t;
       st.layout[kind].page_table = index_tensor(tables[kind], DType::I32, dev).reshape({n_seq, width[kind]});
     }
+    if (!soft.empty()) {
+      st.soft_tokens = soft.size() == 1 ? soft[0] : ops::concat(soft, 0);
+      const auto T = static_cast<int64_t>(ids.size());
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t& m = soft_index[static_cast<size_t>(t)];
+        m = m < 0 ? t : T + m;
+      }
+      st.merge_rows = index_tensor(soft_index, DType::I64, dev);
+    }
+    if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
     logits = model.forward_paged(st, kv);
   }
   const std::vector<SampledToken> drawn =

@@ -45,9 +45,20 @@ struct RequestOptions {
   int64_t n = 1;                          // samples of the prompt (sample k uses seed + k)
 };
 
+// A request's images and audio clips as the processors give them (io/image_processor.h,
+// io/audio_features.h), on the host, under transformers' names. The prompt's image_token_id
+// placeholders take the images' soft tokens in order, its audio_token_id placeholders the clips';
+// each prompt token's mm type follows from its id (as transformers' mm_token_type_ids do).
+struct RequestMedia {
+  Tensor pixel_values, image_position_ids;     // [N, P, 3·patch²], [N, P, 2]; undefined: no image
+  Tensor input_features, input_features_mask;  // [C, F, 128], [C, F]; undefined: no audio
+  bool empty() const { return !pixel_values.defined() && !input_features.defined(); }
+};
+
 struct Request {
   std::vector<int64_t> prompt;  // token ids (non-empty, within the vocabulary)
   RequestOptions options;
+  RequestMedia media;  // for the prompt's placeholders (none: a text prompt)
 };
 
 struct GeneratedToken {

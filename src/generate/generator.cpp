@@ -18,8 +18,10 @@ void validate(const GenerateOptions& opt, int64_t prompt_len, int64_t context_le
 }
 
 std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std::vector<std::vector<int64_t>>& prompts,
-                                           const GenerateOptions& opt) {
+                                           const GenerateOptions& opt, const std::vector<RequestMedia>& media) {
   G4_CHECK(!prompts.empty(), "generate: no prompt");
+  G4_CHECK(media.empty() || media.size() == prompts.size(), "generate: media for ", media.size(), " of ",
+           prompts.size(), " prompts");
   const io::ModelConfig& cfg = model.config();
   for (const auto& p : prompts) {
     G4_CHECK(!p.empty(), "generate: empty prompt");
@@ -31,6 +33,8 @@ std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std
   EngineOptions eo;
   eo.max_running = static_cast<int64_t>(prompts.size());
   eo.max_step_tokens = 1024;
+  // An image block is prefilled in one step: a prompt always fits one.
+  for (const auto& p : prompts) eo.max_step_tokens = std::max<int64_t>(eo.max_step_tokens, static_cast<int64_t>(p.size()));
   const auto pages_of = [&](int64_t tokens) { return (tokens + eo.page_size - 1) / eo.page_size; };
   for (const auto& p : prompts) eo.num_pages += pages_of(static_cast<int64_t>(p.size()) + opt.max_new_tokens);
   eo.num_pages += pages_of(cfg.sliding_window + eo.max_step_tokens) + 2;
@@ -44,6 +48,7 @@ std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std
     r.options.max_tokens = opt.max_new_tokens;
     r.options.stop_ids = opt.stop_ids;
     r.options.ignore_eos = true;
+    if (!media.empty()) r.media = media[i];
     requests.push_back(std::move(r));
   }
   std::vector<std::vector<int64_t>> out = prompts;

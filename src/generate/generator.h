@@ -3,6 +3,7 @@
 #pragma once
 #include <vector>
 
+#include "generate/engine.h"
 #include "generate/sampling.h"
 #include "model/gemma4.h"
 
@@ -23,7 +24,8 @@ void validate(const GenerateOptions& opt, int64_t prompt_len, int64_t context_le
 // Prompts of any lengths, run together by one Engine; sample row i with seed sampling.seed + i.
 // Returns each row's prompt followed by its generated tokens (ending with a stop id when one was
 // emitted; the model's end-of-sequence ids do not stop a row). The options are validated first.
+// `media` (empty, or one per prompt) holds the images and clips of the prompts' placeholders.
 std::vector<std::vector<int64_t>> generate(const model::Gemma4& model, const std::vector<std::vector<int64_t>>& prompts,
-                                           const GenerateOptions& opt);
+                                           const GenerateOptions& opt, const std::vector<RequestMedia>& media = {});
 
 }  // namespace g4::gen

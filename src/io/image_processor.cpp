@@ -139,6 +139,26 @@ ImageProcessorOptions load_image_processor_options(const std::string& model_dir,
   return opt;
 }
 
+ImageProcessorOptions model_image_processor_options(const std::string& model_dir, const VisionConfig& vision,
+                                                    int64_t max_soft_tokens) {
+  namespace fs = std::filesystem;
+  const bool has_file = !model_dir.empty() && (fs::exists(fs::path(model_dir) / "processor_config.json") ||
+                                               fs::exists(fs::path(model_dir) / "preprocessor_config.json"));
+  if (!has_file) {
+    ImageProcessorOptions opt;
+    opt.patch_size = vision.patch_size;
+    opt.pooling_kernel_size = vision.pooling_kernel_size;
+    if (max_soft_tokens > 0) opt.max_soft_tokens = max_soft_tokens;
+    check_image_processor_options(opt, "the default image processor options");
+    return opt;
+  }
+  const ImageProcessorOptions opt = load_image_processor_options(model_dir, max_soft_tokens);
+  G4_CHECK(opt.patch_size == vision.patch_size && opt.pooling_kernel_size == vision.pooling_kernel_size, model_dir,
+           ": the processor config's patch_size ", opt.patch_size, " and pooling_kernel_size ", opt.pooling_kernel_size,
+           " differ from the vision tower's ", vision.patch_size, " and ", vision.pooling_kernel_size);
+  return opt;
+}
+
 std::pair<int64_t, int64_t> image_target_size(int64_t height, int64_t width, const ImageProcessorOptions& opt,
                                               const std::string& what) {
   const int64_t max_patches = opt.max_patches();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/hf_config.h"
 #include "io/image.h"
 
 namespace g4::io {
@@ -24,6 +25,11 @@ struct ImageProcessorOptions {
 // max_soft_tokens > 0 overrides the file. Unsupported values are errors naming the file and key.
 ImageProcessorOptions load_image_processor_options(const std::string& model_dir, int64_t max_soft_tokens = 0);
 void check_image_processor_options(const ImageProcessorOptions& opt, const std::string& where);
+// The image processor of a model directory for its vision tower: the directory's processor config
+// when it has one (its patch_size and pooling_kernel_size must be the tower's), else the defaults
+// with the tower's. max_soft_tokens > 0 overrides the budget.
+ImageProcessorOptions model_image_processor_options(const std::string& model_dir, const VisionConfig& vision,
+                                                    int64_t max_soft_tokens = 0);
 // Whether n is one of the soft-token budgets transformers accepts: 70, 140, 280, 560, 1120.
 bool is_soft_token_budget(int64_t n);
 

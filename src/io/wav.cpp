@@ -107,11 +107,12 @@ Waveform read_wav(const std::string& path) {
   return parse_wav(read_regular_file(path, "WAV file", kMaxWavBytes), "WAV file " + path);
 }
 
-std::vector<float> read_wav_16k(const std::string& path) {
-  Waveform w = read_wav(path);
-  G4_CHECK(w.sample_rate == 16000, "WAV file ", path, ": sample rate ", w.sample_rate,
+std::vector<float> samples_16k(Waveform w, const std::string& what) {
+  G4_CHECK(w.sample_rate == 16000, what, ": sample rate ", w.sample_rate,
            " Hz; the Gemma 4 audio feature extractor takes 16000 Hz (resample it first, e.g. sox in.wav -r 16000 out.wav)");
   return std::move(w.samples);
 }
+
+std::vector<float> read_wav_16k(const std::string& path) { return samples_16k(read_wav(path), "WAV file " + path); }
 
 }  // namespace g4::io

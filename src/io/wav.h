@@ -19,8 +19,10 @@ struct Waveform {
 Waveform parse_wav(std::string_view bytes, const std::string& what);
 Waveform read_wav(const std::string& path);
 
-// read_wav for the Gemma 4 audio feature extractor, which takes 16 kHz audio only; any other rate
-// is refused (g4 does not resample).
+// The samples of w for the Gemma 4 audio feature extractor, which takes 16 kHz audio only; any
+// other rate is an error naming `what` (g4 does not resample).
+std::vector<float> samples_16k(Waveform w, const std::string& what);
+// read_wav, then samples_16k.
 std::vector<float> read_wav_16k(const std::string& path);
 
 }  // namespace g4::io

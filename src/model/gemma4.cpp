@@ -239,13 +239,6 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     // transformers' create_masks_for_vision_model: only "vision" models, only sliding layers.
     if (cfg_.bidirectional == "vision") ctx.blocks = vision_block_ids(in.mm_token_type_ids);
   }
-  G4_CHECK(in.pixel_values.defined() == in.image_position_ids.defined(),
-           "give pixel_values and image_position_ids together");
-  G4_CHECK(!in.pixel_values.defined() || cfg_.vision, "pixel_values given, but the model has no vision tower");
-  G4_CHECK(in.input_features.defined() == in.input_features_mask.defined(),
-           "give input_features and input_features_mask together");
-  G4_CHECK(!in.input_features.defined() || (cfg_.conditional && cfg_.has_audio),
-           "input_features given, but the model has no audio tower");
   ctx.mm = &in;
   // The batch is prepared on the host (positions, document ids, counts) and uploaded once.
   if (device_ != Device::CPU) {
@@ -338,6 +331,11 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   const Tensor& llm_ids = ids;
   ag::Var h = embed(llm_ids);
   if (ctx.mm) h = merge_multimodal(h, ctx.mm->input_ids, *ctx.mm);
+  if (ctx.step && ctx.step->soft_tokens.defined()) {
+    // Each token takes its row of [embeddings ; soft tokens] (no tape: generation only).
+    const Tensor table = ops::concat({h.value().reshape({S, H}), ctx.step->soft_tokens}, 0);
+    h = ag::Var(ops::embedding(table, ctx.step->merge_rows).reshape({B, S, H}));
+  }
 
   ag::Var ple;
   if (P > 0) {
@@ -374,17 +372,28 @@ Tensor Gemma4::text_ids(const Tensor& ids) const {
   return changed ? host : ids;
 }
 
+SoftTokens Gemma4::soft_tokens(const ForwardInputs& in) const {
+  G4_CHECK(in.pixel_values.defined() == in.image_position_ids.defined(),
+           "give pixel_values and image_position_ids together");
+  G4_CHECK(!in.pixel_values.defined() || cfg_.vision, "pixel_values given, but the model has no vision tower");
+  G4_CHECK(in.input_features.defined() == in.input_features_mask.defined(),
+           "give input_features and input_features_mask together");
+  G4_CHECK(!in.input_features.defined() || (cfg_.conditional && cfg_.has_audio),
+           "input_features given, but the model has no audio tower");
+  SoftTokens out;
+  if (in.pixel_values.defined())
+    out.image = vision_forward(params_, *cfg_.vision, {in.pixel_values, in.image_position_ids}, dtype_, device_).projected;
+  if (in.input_features.defined())
+    out.audio = AudioTower::from_params(params_, cfg_).soft_tokens(in.input_features, in.input_features_mask);
+  return out;
+}
+
 ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const {
   ag::Var out = h;
   const Tensor host_ids = ids.to(Device::CPU);
-  if (in.pixel_values.defined()) {
-    const VisionOutputs v =
-        vision_forward(params_, *cfg_.vision, {in.pixel_values, in.image_position_ids}, dtype_, device_);
-    out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, v.projected);
-  }
-  if (in.input_features.defined())
-    out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id,
-                            AudioTower::from_params(params_, cfg_).soft_tokens(in.input_features, in.input_features_mask));
+  const SoftTokens soft = soft_tokens(in);
+  if (soft.image.defined()) out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, soft.image);
+  if (soft.audio.defined()) out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id, soft.audio);
   return out;
 }
 
@@ -586,6 +595,7 @@ Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, cons
                         ctx.step->slots[static_cast<size_t>(kind)]);
   ops::PagedLayout layout = ctx.step->layout[static_cast<size_t>(kind)];
   layout.window = kind == AttnKind::kSliding ? cfg_.sliding_window : 0;
+  if (ls.sliding) layout.q_last = ctx.step->q_last;  // the image blocks' rule, as forward's q_block/k_block
   return ops::paged_attention(q.reshape({T, cfg_.num_heads, ls.head_dim}), k_pages, v_pages, layout, 1.0);
 }
 

@@ -65,6 +65,12 @@ struct ForwardOutputs {
   std::map<int64_t, std::vector<int64_t>> expert_tokens;
 };
 
+// The towers' outputs for a forward's media, what replaces the placeholders: image soft tokens
+// [Σ n_i, H] in image order and audio soft tokens [Σ m_c, H] in clip order (undefined when absent).
+struct SoftTokens {
+  ag::Var image, audio;
+};
+
 // Context parallelism: the model's input is one contiguous slice of each sequence, and attention
 // reaches the keys of the other slices through this interface (parallel/context_parallel.h
 // implements it as a ring). Every rank of the group calls it for each attention layer in order.
@@ -155,11 +161,16 @@ class Gemma4 {
   // f32, after the final softcap; on bf16 the LM head's bf16 product is softcapped in fp32, as the
   // training loss does, so reported log-probs are the training forward's. step.ids are text ids:
   // multimodal placeholders already mapped by text_id (the engine does it on the host, so that a
-  // decode step needs no copy back and can be captured in a CUDA graph).
+  // decode step needs no copy back and can be captured in a CUDA graph). A prefill step with media
+  // merges step.soft_tokens (the embeddings' PLE projection sees them, as forward's merge does) and
+  // lets image blocks see their later keys on sliding layers (step.q_last).
   Tensor forward_paged(const PagedStep& step, PagedKV& kv) const;
   // The id the embeddings look up for token `id`: the pad token for a multimodal placeholder
   // (image, video, audio; Gemma4Model.forward embeds them as pad before the merge), else `id`.
   int64_t text_id(int64_t id) const;
+  // The vision and audio towers over in's pixel_values / input_features (checked against the
+  // model: a medium without its tower is an error); records the tape in grad mode.
+  SoftTokens soft_tokens(const ForwardInputs& in) const;
 
   // The stack alone, for block diffusion: the scaled token embedding of ids [B, n]; the layers
   // and the final norm over x [B, n, H] at positions [B, n] (i64) with the attention `attn`

@@ -35,6 +35,15 @@ struct PagedStep {
   std::array<ops::PagedLayout, kAttnKinds> layout;
   std::array<Tensor, kAttnKinds> slots;  // [T] i64
   Tensor logit_rows;                     // [R] i64: the tokens whose next-token logits are returned
+  // Multimodal prefill (undefined otherwise): the soft tokens [M, H] (model dtype) of the step's
+  // image/audio placeholders and, per token, the row of [embeddings ; soft_tokens] it takes
+  // (merge_rows [T] i64: t for a text token, T + m for the one that takes soft token m), so the
+  // merge is Gemma4::forward's (PLE's token half from the pad-mapped ids, its projection from the
+  // merged embeddings).
+  Tensor soft_tokens, merge_rows;
+  // Optional [T] i32: the last key position each token sees on sliding layers
+  // (ops::PagedLayout::q_last; image blocks of a bidirectional-vision model); undefined: causal.
+  Tensor q_last;
 };
 
 // The pools of every layer that owns K/V (undefined tensors for KV-shared layers).

@@ -55,6 +55,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   check_index_vector(op, "layout.kv_len", layout.kv_len, n, dev);
   check_indices(op, "layout.page_table", layout.page_table, dev);
   if (layout.kv_start.defined()) check_index_vector(op, "layout.kv_start", layout.kv_start, n, dev);
+  if (layout.q_last.defined()) check_index_vector(op, "layout.q_last", layout.q_last, q.size(0), dev);
   return G4_DISPATCH(q, paged_attention(q, k_pages, v_pages, layout, scale));
 }
 

@@ -25,11 +25,17 @@ struct PagedLayout {
   Tensor kv_start;
   // > 0: causal sliding window, a query at position p sees keys p - window < j <= p.
   int64_t window = 0;
+  // Optional [T] (one per query row): the last key position each query sees, at least its own
+  // position (absent: its own position, causal). An image block of a bidirectional-vision model lets
+  // its queries see the later keys of their block on sliding layers (MULTIMODAL.md 4.4); the window
+  // still counts back from the query's own position. Non-decreasing within a sequence (the CUDA
+  // kernel takes a tile's last row as the tile's reach) and below kv_len.
+  Tensor q_last;
 };
 
 // q [T, nH, d] (nH a multiple of nKV; query head h reads kv head h / (nH / nKV)). Causal: a
-// query sees keys kv_start <= j <= its position (within the window). Returns [T, nH, dv] in q's
-// dtype; softmax in fp32 (f64 for f64 inputs). A query that sees no key gets 0.
+// query sees keys kv_start <= j <= its position (within the window), or up to its q_last.
+// Returns [T, nH, dv] in q's dtype; softmax in fp32 (f64 for f64 inputs). A query that sees no key gets 0.
 Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const PagedLayout& layout,
                        double scale);
 

@@ -21,6 +21,10 @@ constexpr size_t kMaxPromptsFileBytes = 4096 * io::kMiB;
 std::vector<FileRequest> read_prompts_file(const std::string& path, bool chat, const ModelInfo& model,
                                            const Defaults& defaults) {
   const std::string text = io::read_regular_file(path, "prompts file", kMaxPromptsFileBytes);
+  // Media parts name files relative to the prompts file's folder, as the training reader's do.
+  ModelInfo info = model;
+  info.media_folder = std::filesystem::path(path).parent_path().string();
+  if (info.media_folder.empty()) info.media_folder = ".";
   std::vector<FileRequest> out;
   size_t begin = 0;
   for (int64_t line = 1; begin < text.size(); ++line) {
@@ -35,7 +39,7 @@ std::vector<FileRequest> read_prompts_file(const std::string& path, bool chat, c
       if (j.is_object() && chat != j.contains("messages"))
         throw RequestError(400, chat ? "prompt" : "messages",
                            chat ? "--chat expects \"messages\" on every line" : "\"messages\" needs --chat");
-      out.push_back({line, parse_request(j, Api::File, model, defaults).request});
+      out.push_back({line, parse_request(j, Api::File, info, defaults).request});
     } catch (const RequestError& e) {
       G4_FAIL(where, ": ", e.what());
     }

@@ -1,10 +1,16 @@
 #include "serve/request.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <filesystem>
 #include <optional>
 #include <random>
 #include <set>
+
+#include "data/multimodal.h"
+#include "io/image.h"
+#include "io/wav.h"
 
 namespace g4::serve {
 
@@ -177,8 +183,8 @@ std::vector<int64_t> read_completion_prompt(const json& body, const ModelInfo& m
   return read_ids(*p, "prompt", "prompt", model);
 }
 
-// OpenAI content: a string, or a list of parts of which only {"type": "text", "text": ...} is
-// supported (joined with newlines).
+// OpenAI content: a string, or a list of text parts {"type": "text", "text": ...} (joined with
+// newlines). Content with media parts is read part by part (read_media_part).
 std::string message_content(const json& m, const std::string& at) {
   const json* c = field(m, "content");
   if (!c) return "";
@@ -190,19 +196,144 @@ std::string message_content(const json& m, const std::string& at) {
     const std::string pat = at + ".content[" + std::to_string(i) + "]";
     if (!part.is_object() || string_member(part, "type") != "text" || !part.contains("text") ||
         !part["text"].is_string())
-      bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}; images, audio and files are not supported");
+      bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}, an image_url or an input_audio part");
     if (!text.empty()) text += "\n";
     text += part["text"].get<std::string>();
   }
   return text;
 }
 
-std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, bool add_generation_prompt) {
+// The images and clips of a request's messages, in the order of their placeholders.
+struct MessageMedia {
+  std::vector<io::RgbImage> images;
+  std::vector<std::string> image_names;  // where each came from, for errors
+  std::vector<std::vector<float>> clips;
+};
+
+// Standard base64 (RFC 4648 alphabet, '=' padding optional, no whitespace).
+std::string decode_base64(std::string_view s, const std::string& where) {
+  static const std::array<int8_t, 256> table = [] {
+    std::array<int8_t, 256> t{};
+    t.fill(-1);
+    const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t[static_cast<unsigned char>(alphabet[i])] = static_cast<int8_t>(i);
+    return t;
+  }();
+  const size_t data = s.find_first_of('=') == std::string_view::npos ? s.size() : s.find_first_of('=');
+  if (s.find_first_not_of('=', data) != std::string_view::npos || s.size() - data > 2 || data % 4 == 1 ||
+      (data < s.size() && s.size() % 4 != 0))
+    bad("messages", where + ": invalid base64 (its length or '=' padding is wrong)");
+  std::string out;
+  out.reserve(data / 4 * 3 + 2);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < data; ++i) {
+    const int v = table[static_cast<unsigned char>(s[i])];
+    if (v < 0) bad("messages", where + ": invalid base64 (character " + std::to_string(i) + " is not in its alphabet)");
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
+// The bytes of an image data URL (data:image/png;base64,... or image/jpeg). The server fetches
+// nothing: http(s) URLs are refused.
+std::string image_data_url(const std::string& url, const std::string& where) {
+  if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0)
+    bad("messages", where + ": only data URLs (data:image/png;base64,... or data:image/jpeg;base64,...) are " +
+                        "accepted; the server fetches no http(s) URL");
+  const size_t comma = url.find(',');
+  const std::string header = url.substr(0, comma);
+  const std::string type = header.substr(0, header.find(';'));
+  if (url.rfind("data:", 0) != 0 || comma == std::string::npos || header.size() < 7 ||
+      header.compare(header.size() - 7, 7, ";base64") != 0)
+    bad("messages", where + ": must be a base64 data URL (data:image/png;base64,...), got '" + url.substr(0, 40) + "'");
+  if (type != "data:image/png" && type != "data:image/jpeg" && type != "data:image/jpg")
+    bad("messages", where + ": the image must be PNG or JPEG (data:image/png or data:image/jpeg), got '" +
+                        type.substr(5) + "'");
+  return decode_base64(std::string_view(url).substr(comma + 1), where);
+}
+
+// One part of a content list with media: text, an image (OpenAI's image_url with a data URL; in a
+// prompts file also {"type": "image", "path": FILE}) or a 16 kHz WAV clip (OpenAI's input_audio;
+// in a prompts file also {"type": "audio", "path": FILE}).
+data::ChatPart read_media_part(const json& part, const std::string& at, const ModelInfo& model, MessageMedia& media) {
+  if (!part.is_object()) bad("messages", at + " must be a {\"type\": ...} object, got " + type_of(part));
+  const std::string type = string_member(part, "type");
+  const bool files = !model.media_folder.empty();
+  const auto path_of = [&] {
+    const std::filesystem::path file = string_member(part, "path");
+    if (file.empty()) bad("messages", at + ": missing 'path' (a file name)");
+    return (file.is_absolute() ? file : std::filesystem::path(model.media_folder) / file).string();
+  };
+  try {
+    if (type == "text") {
+      const json* t = field(part, "text");
+      if (!t || !t->is_string()) bad("messages", at + ".text must be a string");
+      return {data::ChatPart::Kind::Text, t->get<std::string>()};
+    }
+    if (type == "image_url" || (files && type == "image")) {
+      if (!model.image_processor) bad("messages", at + ": the model has no vision tower; it takes no images");
+      if (type == "image") {
+        media.image_names.push_back(path_of());
+        media.images.push_back(io::read_image(media.image_names.back()));
+      } else {
+        const json* u = field(part, "image_url");
+        if (!u || !u->is_object() || !u->contains("url") || !(*u)["url"].is_string())
+          bad("messages", at + ".image_url must be {\"url\": \"data:image/...;base64,...\"}");
+        media.image_names.push_back(at + ".image_url.url");
+        media.images.push_back(io::decode_image(image_data_url((*u)["url"].get<std::string>(), media.image_names.back()),
+                                                media.image_names.back()));
+      }
+      return {data::ChatPart::Kind::Image, ""};
+    }
+    if (type == "input_audio" || (files && type == "audio")) {
+      if (!model.audio) bad("messages", at + ": the model has no audio tower; it takes no audio");
+      if (type == "audio") {
+        media.clips.push_back(io::read_wav_16k(path_of()));
+      } else {
+        const json* a = field(part, "input_audio");
+        if (!a || !a->is_object() || !a->contains("data") || !(*a)["data"].is_string())
+          bad("messages", at + ".input_audio must be {\"data\": BASE64, \"format\": \"wav\"}");
+        const std::string where = at + ".input_audio";
+        if (string_member(*a, "format") != "wav")
+          bad("messages", where + ".format must be \"wav\" (16 kHz), got '" + string_member(*a, "format") + "'");
+        const std::string bytes = decode_base64((*a)["data"].get<std::string>(), where + ".data");
+        media.clips.push_back(io::samples_16k(io::parse_wav(bytes, where + ".data"), where + ".data"));
+      }
+      return {data::ChatPart::Kind::Audio, ""};
+    }
+  } catch (const RequestError&) {
+    throw;
+  } catch (const Error& e) {
+    bad("messages", e.what());  // an undecodable image or WAV, a missing file
+  }
+  bad("messages", at + ": part type '" + type + "' is not supported (text, image_url with a data URL, input_audio" +
+                      (files ? ", image and audio with a path" : "") + ")");
+}
+
+// Whether a content list holds a media part (of a type read_media_part reads or refuses by name).
+bool has_media_parts(const json* content) {
+  if (!content || !content->is_array()) return false;
+  for (const json& part : *content) {
+    const std::string type = part.is_object() ? string_member(part, "type") : "";
+    if (!type.empty() && type != "text") return true;
+  }
+  return false;
+}
+
+std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, bool add_generation_prompt,
+                                   gen::RequestMedia& request_media) {
   const json* v = field(body, "messages");
   if (!v) bad("messages", "missing 'messages'");
   if (!v->is_array()) bad("messages", "'messages' must be a list of {role, content} objects, got " + type_of(*v));
   if (v->empty()) bad("messages", "'messages' is empty");
   std::vector<data::ChatMessage> messages;
+  MessageMedia media;
   for (size_t i = 0; i < v->size(); ++i) {
     const json& m = (*v)[i];
     const std::string at = "messages[" + std::to_string(i) + "]";
@@ -210,7 +341,15 @@ std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, boo
     const json* role = field(m, "role");
     if (!role || !role->is_string()) bad("messages", at + ".role must be a string");
     if (field(m, "tool_calls")) bad("messages", at + ": tool calls are not supported");
-    messages.push_back({role->get<std::string>(), message_content(m, at)});
+    const json* content = field(m, "content");
+    if (!has_media_parts(content)) {
+      messages.push_back({role->get<std::string>(), message_content(m, at)});
+      continue;
+    }
+    data::ChatMessage message{role->get<std::string>(), "", {}};
+    for (size_t k = 0; k < content->size(); ++k)
+      message.parts.push_back(read_media_part((*content)[k], at + ".content[" + std::to_string(k) + "]", model, media));
+    messages.push_back(std::move(message));
   }
   if (!model.tokenizer) bad("messages", "'messages' need a tokenizer; the model has none");
   std::string text;
@@ -222,17 +361,31 @@ std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, boo
     bad("messages", e.what());
   }
   // The template writes "<bos>" itself; encode() maps it to its special id.
-  return encode_text(text, model, "messages", false);
+  if (media.images.empty() && media.clips.empty()) return encode_text(text, model, "messages", false);
+  std::vector<int64_t> ids;
+  try {
+    data::check_media_tokens(*model.tokenizer, !media.images.empty(), !media.clips.empty(), "the model's tokenizer");
+    const data::PromptMedia p = data::process_prompt_media(media.images, media.image_names, media.clips,
+                                                           model.image_processor.value_or(io::ImageProcessorOptions{}));
+    const data::MultimodalIds m = data::tokenize_multimodal(text, p.image_soft_tokens, p.audio_soft_tokens,
+                                                            *model.tokenizer, "messages");
+    ids.assign(m.input_ids.begin(), m.input_ids.end());
+    request_media = {p.pixel_values, p.image_position_ids, p.input_features, p.input_features_mask};
+  } catch (const Error& e) {
+    bad("messages", e.what());
+  }
+  return ids;
 }
 
-std::vector<int64_t> read_prompt(const json& body, Api api, const ModelInfo& model) {
+std::vector<int64_t> read_prompt(const json& body, Api api, const ModelInfo& model, gen::RequestMedia& media) {
   if (api == Api::Completions) return read_completion_prompt(body, model);
-  if (api == Api::Chat) return read_messages(body, model, bool_field(body, "add_generation_prompt").value_or(true));
+  if (api == Api::Chat)
+    return read_messages(body, model, bool_field(body, "add_generation_prompt").value_or(true), media);
   // A prompts file: exactly one of prompt, prompt_ids, messages.
   const int given = int(field(body, "prompt") != nullptr) + int(field(body, "prompt_ids") != nullptr) +
                     int(field(body, "messages") != nullptr);
   if (given != 1) bad("prompt", "a line needs exactly one of 'prompt', 'prompt_ids' or 'messages'");
-  if (field(body, "messages")) return read_messages(body, model, true);
+  if (field(body, "messages")) return read_messages(body, model, true, media);
   if (const json* p = field(body, "prompt")) {
     if (!p->is_string())
       bad("prompt", "'prompt' must be a string, got " + type_of(*p) + " (token ids go in 'prompt_ids')");
@@ -363,7 +516,7 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
     }
   }
   gen::RequestOptions options = read_options(body, api, model, defaults);
-  std::vector<int64_t> prompt = read_prompt(body, api, model);
+  std::vector<int64_t> prompt = read_prompt(body, api, model, out.request.media);
   if (out.chat) options.stop_ids.insert(options.stop_ids.end(), model.chat_stop_ids.begin(), model.chat_stop_ids.end());
 
   const int64_t len = static_cast<int64_t>(prompt.size());
@@ -394,7 +547,7 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
   return out;
 }
 
-ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokenizer) {
+ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokenizer, const std::string& model_dir) {
   ModelInfo m;
   m.tokenizer = tokenizer;
   m.vocab_size = config.vocab_size;
@@ -404,6 +557,16 @@ ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokeniz
   m.chat_variant = data::chat_variant_for(config.hidden_size_per_layer_input);
   if (tokenizer)
     if (auto id = data::chat_end_of_turn_id(*tokenizer)) m.chat_stop_ids.push_back(*id);
+  if (config.vision) m.image_processor = io::model_image_processor_options(model_dir, *config.vision);
+  m.audio = config.conditional && config.has_audio;
+  // A tokenizer with other placeholder ids than the model's would put soft tokens where the model
+  // does not look for them.
+  const auto same = [&](const char* token, bool present, int64_t model_id) {
+    const auto id = tokenizer && present ? tokenizer->token_to_id(token) : std::nullopt;
+    G4_CHECK(!id || *id == model_id, "the tokenizer's ", token, " is id ", id ? *id : 0, " but the model's is ", model_id);
+  };
+  same(data::kImagePlaceholder, m.image_processor.has_value(), config.vision ? config.vision->image_token_id : 0);
+  same(data::kAudioPlaceholder, m.audio, config.audio_token_id);
   return m;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "data/dataset.h"
 #include "generate/engine.h"
 #include "io/hf_config.h"
+#include "io/image_processor.h"
 #include "io/tokenizer.h"
 
 namespace g4::serve {
@@ -41,6 +43,13 @@ struct ModelInfo {
   int64_t context_len = 0;  // max_position_embeddings (0 = unknown, unchecked)
   data::ChatVariant chat_variant = data::ChatVariant::Small;
   std::vector<int64_t> chat_stop_ids;  // ends a chat reply besides the model's eos ids ("<turn|>")
+  // Media in chat content parts: the image processor of a model with a vision tower (unset: image
+  // parts are refused) and whether it has an audio tower.
+  std::optional<io::ImageProcessorOptions> image_processor;
+  bool audio = false;
+  // Prompts files: the folder relative "path"s of image and audio parts start from ("" refuses
+  // path parts: the API takes data URLs and base64 audio only, never the server's files).
+  std::string media_folder;
 };
 
 // Values for the fields a request leaves out.
@@ -65,8 +74,9 @@ struct ParsedRequest {
 ParsedRequest parse_request(const nlohmann::json& body, Api api, const ModelInfo& model, const Defaults& defaults);
 
 // The model facts for a loaded model: its tokenizer (may be null), vocabulary, context, the chat
-// template variant (the generation prompt of the large checkpoints opens an empty thought channel)
-// and the end-of-turn id.
-ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokenizer);
+// template variant (the generation prompt of the large checkpoints opens an empty thought channel),
+// the end-of-turn id, and its media (the image processor of `model_dir`, or the defaults with the
+// tower's patch sizes). The tokenizer's media placeholders must be the model's ids.
+ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokenizer, const std::string& model_dir = "");
 
 }  // namespace g4::serve

@@ -45,19 +45,7 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
 }
 
 io::ImageProcessorOptions data_image_processor(const std::string& model_dir, const io::ModelConfig& config) {
-  const bool has_file = !model_dir.empty() && (fs::exists(fs::path(model_dir) / "processor_config.json") ||
-                                               fs::exists(fs::path(model_dir) / "preprocessor_config.json"));
-  io::ImageProcessorOptions opt = has_file ? io::load_image_processor_options(model_dir) : io::ImageProcessorOptions{};
-  if (!config.vision) return opt;
-  if (!has_file) {
-    opt.patch_size = config.vision->patch_size;
-    opt.pooling_kernel_size = config.vision->pooling_kernel_size;
-  }
-  G4_CHECK(opt.patch_size == config.vision->patch_size && opt.pooling_kernel_size == config.vision->pooling_kernel_size,
-           model_dir, ": the processor config's patch_size ", opt.patch_size, " and pooling_kernel_size ",
-           opt.pooling_kernel_size, " differ from the vision tower's ", config.vision->patch_size, " and ",
-           config.vision->pooling_kernel_size);
-  return opt;
+  return config.vision ? io::model_image_processor_options(model_dir, *config.vision) : io::ImageProcessorOptions{};
 }
 
 void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,

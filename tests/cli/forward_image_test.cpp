@@ -1,12 +1,14 @@
 // `g4 forward MODEL --prompt TEXT --image FILE`: the inputs it makes (input_ids with the image's
 // soft tokens, pixel_values) give the same logits as those tensors passed through --inputs; bad
-// images and mismatched placeholders are errors naming what is wrong.
+// images and mismatched placeholders are errors naming what is wrong. `g4 generate` with images
+// (--prompt --image, and image parts in a --prompts file) continues with the forward's argmax.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 
 #include "io/image_processor.h"
 #include "io/safetensors.h"
@@ -118,6 +120,65 @@ TEST(CliForwardImage, BadInputsAreNamed) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--inputs or --prompt"), std::string::npos) << r.output;
   fs::remove_all(dir);
+}
+
+
+// The generated ids `g4 generate` printed (the line of comma-separated integers).
+std::vector<int64_t> printed_ids(const std::string& output) {
+  std::istringstream lines(output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line.find_first_not_of("0123456789,") != std::string::npos) continue;
+    std::vector<int64_t> ids;
+    std::istringstream items(line);
+    for (std::string item; std::getline(items, item, ',');) ids.push_back(std::stoll(item));
+    return ids;
+  }
+  return {};
+}
+
+TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_image_out");
+  const std::string logits_file = (outs / "logits.safetensors").string();
+  // One user turn with the image (the chat template), through forward and generate.
+  const std::string turn = " --chat --prompt 'What is it?' --image " + fixture_image();
+  ProcessResult r = test::run_g4("forward " + dir.string() + turn + " --out " + logits_file);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor logits = io::SafetensorsReader::open(logits_file).get("logits");
+  const int64_t S = logits.size(1), V = logits.size(2);
+  const float* last = logits.data<float>() + (S - 1) * V;
+  r = test::run_g4("generate " + dir.string() + turn + " --max-new-tokens 4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<int64_t> ids = printed_ids(r.output);
+  ASSERT_EQ(ids.size(), 4u) << r.output;
+  EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+
+  // A prompts-file line with the same parts (the image's path relative to the file) agrees.
+  fs::copy_file(fixture_image(), outs / "pic.png");
+  const std::string in = (outs / "in.jsonl").string(), lines = (outs / "out.jsonl").string();
+  write_file(in, R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "pic.png"}, )"
+                 R"({"type": "text", "text": "What is it?"}]}]})"
+                 "\n");
+  r = test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(lines);
+  std::string line;
+  ASSERT_TRUE(std::getline(f, line));
+  const nlohmann::json j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["token_ids"].get<std::vector<int64_t>>(), ids);
+  EXPECT_EQ(j["prompt_tokens"].get<int64_t>(), S);
+
+  // Errors name what is wrong: a missing file, a model without a vision tower.
+  r = test::run_g4("generate " + dir.string() + " --prompt x --image " + (outs / "none.png").string() +
+                   " --max-new-tokens 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("none.png"), std::string::npos) << r.output;
+  r = test::run_g4("generate " + test::data_dir() + "/hf-gemma4/tiny-dense-ple --tokenizer " + dir.string() +
+                   " --prompt x --image " + fixture_image() + " --max-new-tokens 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--image: the model in"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("has no vision tower"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+  fs::remove_all(outs);
 }
 
 }  // namespace

@@ -8,10 +8,12 @@
 #include <omp.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
 #include <set>
 
 #include "autograd/variable.h"
+#include "core/random.h"
 #include "generate/generator.h"
 #include "generate/text_stream.h"
 #include "io/safetensors.h"
@@ -323,6 +325,27 @@ TEST_F(EngineTest, SlidingPagesOutOfTheWindowAreGivenBack) {
   expect_pool_whole(engine);
 }
 
+// The completions of `requests` in a roomy pool (nothing preempted) and in a pool of `pages` pages
+// per kind (some preempted; whole again at the end), pages of 4 tokens.
+struct RoomyAndTight {
+  std::vector<Completion> want, got;
+};
+RoomyAndTight run_roomy_and_tight(const model::Gemma4& model, const std::vector<Request>& requests, int64_t pages) {
+  EngineOptions big;
+  big.page_size = 4;
+  Engine roomy(model, big);
+  RoomyAndTight out{roomy.generate(requests), {}};
+  EXPECT_EQ(roomy.stats().preempted_total, 0);
+  EngineOptions small = big;
+  small.num_pages = pages;
+  Engine tight(model, small);
+  out.got = tight.generate(requests);
+  EXPECT_GT(tight.stats().preempted_total, 0);
+  EXPECT_EQ(out.got.size(), out.want.size());
+  expect_pool_whole(tight);
+  return out;
+}
+
 TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
   auto model = model::load_hf_model(test::hf_fixture_dir("tiny-moe"));
   const int64_t V = model->config().vocab_size;
@@ -338,17 +361,8 @@ TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
     r.options.n = i == 2 ? 3 : 1;
     requests.push_back(r);
   }
-  EngineOptions big;
-  big.page_size = 4;
-  Engine roomy(*model, big);
-  const std::vector<Completion> want = roomy.generate(requests);
-  EXPECT_EQ(roomy.stats().preempted_total, 0);
-
-  EngineOptions small = big;
-  small.num_pages = 16;  // one request at its longest (13 pages) fits, not two
-  Engine tight(*model, small);
-  const std::vector<Completion> got = tight.generate(requests);
-  EXPECT_GT(tight.stats().preempted_total, 0);
+  // 16 pages: one request at its longest (13 pages) fits, not two.
+  const auto [want, got] = run_roomy_and_tight(*model, requests, 16);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(ids_of(got[i]), ids_of(want[i])) << "completion " << i;
@@ -358,7 +372,6 @@ TEST_F(EngineTest, ATooSmallPoolPreemptsAndStillGivesTheSameTokens) {
       EXPECT_EQ(got[i].tokens[t].top_ids, want[i].tokens[t].top_ids);
     }
   }
-  expect_pool_whole(tight);
 }
 
 // One character per id: ids below 128 are that ASCII character, ids 128 .. 255 raw bytes (so a
@@ -623,6 +636,242 @@ TEST_F(EngineTest, GenerateKeepsItsContract) {
   }
   o.max_new_tokens = 0;
   EXPECT_EQ(gen::generate(*model, prompts, o), prompts);
+}
+
+
+// --- Images and audio (tiny-mm-e: PLE, audio tower; tiny-mm-bidir: image blocks attend both ways
+// on sliding layers). Media are random: images of h x w patches (h·w/9 soft tokens), clips whose
+// first frames are valid (ceil(valid / 4) soft tokens).
+constexpr int64_t kBoi = 300, kEoi = 301, kImage = 304, kAudio = 305;
+
+std::unique_ptr<model::Gemma4> mm_model(const std::string& name) {
+  return model::load_hf_model(test::data_dir() + "/hf-gemma4-mm/" + name);
+}
+
+// Text ids below the media ids.
+std::vector<int64_t> text_tokens(int64_t len, int64_t salt) {
+  std::vector<int64_t> p;
+  for (int64_t i = 0; i < len; ++i) p.push_back(3 + (i * 37 + salt * 11 + i * i) % 290);
+  return p;
+}
+
+struct MmPrompt {
+  std::vector<int64_t> ids{2};  // <bos>
+  gen::RequestMedia media;
+  std::vector<std::pair<int64_t, int64_t>> grids;  // patches (h, w) of each image
+  std::vector<int64_t> valid_frames;               // of each clip
+  uint64_t seed = 0;
+  MmPrompt& text(int64_t len, int64_t salt) {
+    const std::vector<int64_t> t = text_tokens(len, salt);
+    ids.insert(ids.end(), t.begin(), t.end());
+    return *this;
+  }
+  MmPrompt& image(int64_t h, int64_t w) {
+    ids.push_back(kBoi);
+    ids.insert(ids.end(), static_cast<size_t>(h * w / 9), kImage);
+    ids.push_back(kEoi);
+    grids.emplace_back(h, w);
+    return *this;
+  }
+  MmPrompt& audio(int64_t valid) {
+    ids.insert(ids.end(), static_cast<size_t>((valid + 3) / 4), kAudio);
+    valid_frames.push_back(valid);
+    return *this;
+  }
+  // The processors' tensors for the media added, from `seed` (padding as the processors pad).
+  MmPrompt& make(const model::Gemma4& m, uint64_t media_seed) {
+    seed = media_seed;
+    if (!grids.empty()) {
+      const int64_t p = m.config().vision->patch_size, N = static_cast<int64_t>(grids.size());
+      int64_t P = 0;
+      for (const auto& [h, w] : grids) P = std::max(P, h * w);
+      media.pixel_values = rand_uniform({N, P, 3 * p * p}, seed, 0.0, 1.0);
+      media.image_position_ids = Tensor::full({N, P, 2}, -1.0, DType::I64);
+      for (int64_t i = 0; i < N; ++i) {
+        const auto [h, w] = grids[static_cast<size_t>(i)];
+        int64_t* at = media.image_position_ids.data<int64_t>() + i * P * 2;
+        for (int64_t k = 0; k < h * w; ++k) {
+          at[2 * k] = k % w;
+          at[2 * k + 1] = k / w;
+        }
+        for (int64_t k = h * w; k < P; ++k)
+          for (int64_t c = 0; c < 3 * p * p; ++c) media.pixel_values.data<float>()[(i * P + k) * 3 * p * p + c] = 0;
+      }
+    }
+    if (!valid_frames.empty()) {
+      const int64_t C = static_cast<int64_t>(valid_frames.size());
+      const int64_t F = *std::max_element(valid_frames.begin(), valid_frames.end()) + 5;
+      media.input_features = randn({C, F, 128}, seed + 1);
+      media.input_features_mask = Tensor::zeros({C, F}, DType::Bool);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t f = 0; f < F; ++f) {
+          const bool valid = f < valid_frames[static_cast<size_t>(c)];
+          static_cast<uint8_t*>(media.input_features_mask.raw())[c * F + f] = valid;
+          if (!valid) media.input_features.reshape({C * F, 128}).slice0(c * F + f, 1).fill(0.0);
+        }
+    }
+    return *this;
+  }
+  Request request(int64_t max_tokens) const {
+    Request r = greedy_request(ids, max_tokens);
+    r.media = media;
+    return r;
+  }
+};
+
+// Greedy continuation by repeated full forwards with the prompt's media (mm_token_type_ids too, so
+// a bidirectional-vision model's forward applies its image blocks).
+std::vector<int64_t> mm_greedy_reference(const model::Gemma4& m, const MmPrompt& p, int64_t n) {
+  std::vector<int64_t> ids = p.ids, out;
+  for (int64_t i = 0; i < n; ++i) {
+    ag::NoGrad no_grad;
+    model::ForwardInputs in;
+    const int64_t S = static_cast<int64_t>(ids.size());
+    in.input_ids = Tensor::from_vector(ids, {1, S});
+    std::vector<int64_t> types;
+    for (int64_t id : ids) types.push_back(id == kImage ? 1 : id == kAudio ? 3 : 0);
+    in.mm_token_type_ids = Tensor::from_vector(types, {1, S});
+    in.pixel_values = p.media.pixel_values;
+    in.image_position_ids = p.media.image_position_ids;
+    in.input_features = p.media.input_features;
+    in.input_features_mask = p.media.input_features_mask;
+    const Tensor logits = m.forward(in).logits.value().reshape({S, -1});
+    const int64_t V = logits.size(1);
+    const float* row = logits.data<float>() + (S - 1) * V;
+    out.push_back(std::max_element(row, row + V) - row);
+    ids.push_back(out.back());
+  }
+  return out;
+}
+
+// The prompts in one engine (pages of 4, steps of max_step_tokens): 6 greedy tokens each, equal to
+// the full forward's greedy continuation.
+void expect_greedy_as_the_full_forward(const model::Gemma4& model, const std::vector<MmPrompt>& prompts,
+                                       int64_t max_step_tokens) {
+  EngineOptions eo;
+  eo.page_size = 4;
+  eo.max_step_tokens = max_step_tokens;
+  Engine engine(model, eo);
+  std::vector<Request> requests;
+  for (const MmPrompt& p : prompts) requests.push_back(p.request(6));
+  const std::vector<Completion> done = engine.generate(requests);
+  ASSERT_EQ(done.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    EXPECT_EQ(ids_of(done[i]), mm_greedy_reference(model, prompts[i], 6)) << "prompt " << i;
+  expect_pool_whole(engine);
+}
+
+TEST_F(EngineTest, ImagesAndAudioInABatchGenerateAsTheFullForward) {
+  auto model = mm_model("tiny-mm-e");
+  std::vector<MmPrompt> prompts(4);
+  prompts[0].text(5, 1).image(9, 12).text(7, 2).make(*model, 11);                 // 12 soft tokens
+  prompts[1].text(20, 3);                                                           // text only
+  prompts[2].text(3, 4).image(6, 6).text(4, 5).image(3, 9).text(6, 6).make(*model, 12);  // 4 + 3
+  prompts[3].text(4, 7).audio(41).text(3, 8).image(6, 9).text(5, 9).make(*model, 13);   // 11 audio + 6
+  // Small steps: every prompt is prefilled in chunks, beside the others' decodes.
+  expect_greedy_as_the_full_forward(*model, prompts, 8);
+}
+
+TEST_F(EngineTest, ImageBlocksOfABidirectionalModelArePrefilledWhole) {
+  auto model = mm_model("tiny-mm-bidir");  // sliding window 8
+  std::vector<MmPrompt> prompts(3);
+  prompts[0].text(6, 1).image(9, 12).text(5, 2).make(*model, 21);                  // a block of 12 > window
+  prompts[1].text(2, 3).image(6, 6).text(1, 4).image(9, 9).text(4, 5).make(*model, 22);  // 4 and 9
+  prompts[2].text(11, 6);
+  // Blocks fit a step of 16; a chunk that would cut one stops before it. (A causal prefill of the
+  // blocks gives other tokens: the bidirectional visibility is what makes them equal.)
+  expect_greedy_as_the_full_forward(*model, prompts, 16);
+
+  EngineOptions small;
+  small.page_size = 4;
+  small.max_step_tokens = 11;
+  Engine tight(*model, small);
+  EXPECT_NE(error_of([&] { tight.submit(prompts[0].request(2)); })
+                .find("the image block at prompt positions [8, 20) has 12 tokens, more than one step takes (11"),
+            std::string::npos);
+}
+
+TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesNeverSharePages) {
+  for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
+    SCOPED_TRACE(name);
+    auto model = mm_model(name);
+    MmPrompt a, b;
+    a.text(3, 1).image(12, 12).text(10, 2).make(*model, 31);  // 32 tokens, 16 of them soft
+    b.text(3, 1).image(12, 12).text(10, 2).make(*model, 32);  // the same ids, another image
+    MmPrompt a2 = a;
+    for (MmPrompt* p : {&a2, &b}) p->ids.push_back(7);  // one more token: a's 8 whole pages match
+    EngineOptions eo;
+    eo.page_size = 4;
+    std::vector<std::vector<int64_t>> solo;
+    for (const MmPrompt* p : {&a, &b, &a2}) {
+      Engine alone(*model, eo);
+      solo.push_back(ids_of(alone.generate({p->request(5)})[0]));
+    }
+    EXPECT_NE(solo[0], solo[1]) << "different images should give different tokens";
+    // The second prompt arrives while a holds its 8 prompt pages (and the sliding pages of the
+    // window before its end); in that step a's next token takes a ninth page.
+    const auto pages_added = [&](const MmPrompt& second, size_t want) {
+      Engine engine(*model, eo);
+      engine.submit(a.request(5));
+      engine.step();
+      const int64_t alone = used_full(engine);
+      EXPECT_EQ(alone, 8);
+      const uint64_t id = engine.submit(second.request(5));
+      engine.step();
+      const int64_t added = used_full(engine) - alone;
+      while (!engine.idle()) engine.step();
+      for (const Completion& c : engine.take_completions())
+        EXPECT_EQ(ids_of(c), solo[c.request == id ? want : 0]) << c.request;
+      expect_pool_whole(engine);
+      return added;
+    };
+    EXPECT_EQ(pages_added(b, 1), 1 + 9) << "b computes all of its 9 pages";
+    EXPECT_EQ(pages_added(a2, 2), 1 + 1) << "a2 reuses a's 8 pages and computes its last token on a new one";
+  }
+}
+
+TEST_F(EngineTest, PreemptedRequestsWithMediaGiveTheSameTokens) {
+  auto model = mm_model("tiny-mm-e");
+  std::vector<Request> requests;
+  for (int64_t i = 0; i < 5; ++i) {
+    MmPrompt p;
+    p.text(3 + i, i).image(6, 9).text(2, i + 1);
+    if (i % 2 == 1) p.audio(13 + 4 * i);
+    p.text(3, i + 2).make(*model, 40 + static_cast<uint64_t>(i));
+    Request r = p.request(16);
+    r.options.sampling.temperature = 1.0;
+    r.options.sampling.seed = 50 + static_cast<uint64_t>(i);
+    requests.push_back(r);
+  }
+  // 14 pages: one request at its longest fits, not two.
+  const auto [want, got] = run_roomy_and_tight(*model, requests, 14);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(ids_of(got[i]), ids_of(want[i])) << "completion " << i;
+}
+
+TEST_F(EngineTest, BadMediaIsAnErrorNamingIt) {
+  auto model = mm_model("tiny-mm-e");
+  Engine engine(*model, {});
+  MmPrompt p;
+  p.text(3, 1).image(6, 6).text(2, 2).make(*model, 60);
+  const auto err = [&](const std::function<void(Request&)>& edit) {
+    Request r = p.request(2);
+    edit(r);
+    return error_of([&] { engine.submit(r); });
+  };
+  EXPECT_NE(err([](Request& r) { r.media = {}; }).find("the prompt holds 4 image placeholders (id 304) but its images give 0"),
+            std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt.push_back(kImage); }).find("5 image placeholders"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt.push_back(306); }).find("video is not supported"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.media.image_position_ids = Tensor(); }).find("together"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt.push_back(kAudio); }).find("1 audio placeholders (id 305) but its clips give 0"),
+            std::string::npos);
+  auto text_model = model::load_hf_model(test::hf_fixture_dir("tiny-dense-ple"));
+  Engine text(*text_model, {});
+  Request r = p.request(2);
+  r.prompt = {2, 5, 6};
+  EXPECT_NE(error_of([&] { text.submit(r); }).find("images given, but the model has no vision tower"), std::string::npos);
+  EXPECT_EQ(engine.stats().waiting, 0);
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // against the training forward of the same GPU model: greedy tokens are the argmax of its logits,
 // log-probs match what its fused LM head + loss computes (token_mult_prob_error: mean over tokens
 // of exp(|engine log-prob - training log-prob|), NeMo-RL accepts up to 1.05), and a seeded request
-// samples the same tokens alone and in a batch of 64.
+// samples the same tokens alone and in a batch of 64. With images (tiny-mm-e, and tiny-mm-bidir whose
+// image blocks use the kernel's q_last), greedy tokens are the argmax of the GPU forward with the
+// same media.
 #include <algorithm>
 #include <cmath>
 
@@ -12,6 +14,7 @@
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
 #include "support/hf_fixtures.h"
+#include "support/test_paths.h"
 
 namespace g4 {
 namespace {
@@ -209,6 +212,73 @@ TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
     mixed[5].options.n = 2;
     expect_same_completions(run_engine(*gpu, mixed, false), run_engine(*gpu, mixed, true),
                             std::string(fixture) + ", a batch crossing buckets");
+  }
+}
+
+
+// A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, for the tiny
+// multimodal fixtures (boi 300, image 304, eoi 301).
+gen::Request image_request(const model::Gemma4& m, int64_t h, int64_t w, int64_t salt) {
+  gen::Request r;
+  r.prompt = {2};
+  for (int64_t i = 0; i < 5; ++i) r.prompt.push_back(3 + (i * 37 + salt * 11) % 290);
+  r.prompt.push_back(300);
+  r.prompt.insert(r.prompt.end(), static_cast<size_t>(h * w / 9), 304);
+  r.prompt.push_back(301);
+  for (int64_t i = 0; i < 4; ++i) r.prompt.push_back(3 + (i * 53 + salt * 7) % 290);
+  const int64_t p = m.config().vision->patch_size;
+  r.media.pixel_values = rand_uniform({1, h * w, 3 * p * p}, 90 + static_cast<uint64_t>(salt), 0.0, 1.0);
+  r.media.image_position_ids = Tensor::empty({1, h * w, 2}, DType::I64);
+  for (int64_t k = 0; k < h * w; ++k) {
+    r.media.image_position_ids.data<int64_t>()[2 * k] = k % w;
+    r.media.image_position_ids.data<int64_t>()[2 * k + 1] = k / w;
+  }
+  r.options.sampling.temperature = 0;
+  r.options.max_tokens = 6;
+  r.options.ignore_eos = true;
+  return r;
+}
+
+TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
+  G4_REQUIRE_GPU();
+  for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
+    SCOPED_TRACE(name);
+    auto gpu = model::load_hf_model(test::data_dir() + "/hf-gemma4-mm/" + name)->copy_to(Device::CUDA, DType::BF16);
+    gen::EngineOptions eo;
+    eo.page_size = 4;
+    eo.max_step_tokens = 16;  // prompts in chunks; a block of 12 (> the window of 8) fits one
+    eo.num_pages = 256;
+    gen::Engine engine(*gpu, eo);
+    std::vector<gen::Request> requests = {image_request(*gpu, 9, 12, 1), image_request(*gpu, 6, 6, 2)};
+    gen::Request text = image_request(*gpu, 3, 3, 3);
+    text.prompt.resize(6);
+    text.media = {};
+    requests.push_back(text);
+    const std::vector<gen::Completion> done = engine.generate(requests);
+    for (size_t i = 0; i < done.size(); ++i) {
+      std::vector<int64_t> ids = requests[i].prompt, types;
+      for (const auto& t : done[i].tokens) ids.push_back(t.id);
+      for (int64_t id : ids) types.push_back(id == 304 ? 1 : 0);
+      const int64_t S = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(requests[i].prompt.size());
+      ag::NoGrad no_grad;
+      model::ForwardInputs in;
+      in.input_ids = Tensor::from_vector(ids, {1, S});
+      in.mm_token_type_ids = Tensor::from_vector(types, {1, S});
+      in.pixel_values = requests[i].media.pixel_values;
+      in.image_position_ids = requests[i].media.image_position_ids;
+      const Tensor logits = test::host_f32(gpu->forward(in).logits.value());
+      const int64_t V = logits.size(2);
+      for (size_t t = 0; t < done[i].tokens.size(); ++t) {
+        const float* row = logits.data<float>() + (P - 1 + static_cast<int64_t>(t)) * V;
+        const float best = *std::max_element(row, row + V);
+        // A token within a bf16 step of the best counts as a tie (the engine's product may round
+        // differently from the full forward's).
+        EXPECT_GE(row[done[i].tokens[t].id], best - std::max(1.0f, std::fabs(best)) / 64)
+            << "request " << i << " token " << t;
+      }
+    }
+    const gen::PoolStats s = engine.stats();
+    EXPECT_EQ(s.full_free, s.full_pages);
   }
 }
 

@@ -1,8 +1,9 @@
 // The CUDA paged attention and KV page writes against the CPU reference (ops/cpu/paged_attention.cpp)
 // on fresh bf16-exact random inputs: decode steps (one row per sequence, the split-key path when
 // sequences are few), prefills and prefill continuations, mixes of both, GQA groups 1 to 16, head
-// dims 16 to 512, sliding windows with the out-of-window pages set to -1, document starts,
-// shuffled pages and contexts of a few thousand keys.
+// dims 16 to 512, sliding windows with the out-of-window pages set to -1, document starts, image
+// blocks whose queries see the block's later keys (PagedLayout::q_last), shuffled pages and
+// contexts of a few thousand keys.
 //
 // Tolerance (max |error| <= atol + rtol * max |reference|, as for the flash attention): atol 2e-3,
 // rtol 1e-2. The reference computes in fp32 from the same bf16-exact numbers; the GPU rounds the
@@ -26,6 +27,7 @@ namespace {
 
 struct Seq {
   int64_t q_len, kv_len, kv_start;
+  std::vector<std::pair<int64_t, int64_t>> blocks{};  // image blocks [begin, end) of key positions
 };
 
 struct Case {
@@ -40,6 +42,7 @@ struct Case {
 struct Inputs {
   Tensor q, k_pages, v_pages;
   std::vector<int64_t> cu_q, kv_len, kv_start, table;
+  std::vector<int64_t> q_last;  // per query row; empty when no sequence has a block
   int64_t max_pages = 0;
 };
 
@@ -89,6 +92,12 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
     in.cu_q.push_back(in.cu_q.back() + s.q_len);
     in.kv_len.push_back(s.kv_len);
     in.kv_start.push_back(s.kv_start);
+    for (int64_t pos = s.kv_len - s.q_len; pos < s.kv_len; ++pos) {
+      int64_t last = pos;
+      for (const auto& [begin, end] : s.blocks)
+        if (begin <= pos && pos < end) last = end - 1;
+      in.q_last.push_back(last);
+    }
     // Pages wholly before the first key any query row sees stay -1: the kernels must not read them.
     const int64_t first_pos = s.kv_len - s.q_len;
     const int64_t first_seen = std::max(s.kv_start, c.window > 0 ? first_pos - c.window + 1 : int64_t{0});
@@ -97,6 +106,9 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
       if ((p + 1) * c.page > first_seen) in.table[i * static_cast<size_t>(in.max_pages) + static_cast<size_t>(p)] = phys;
     }
   }
+  bool blocks = false;
+  for (const Seq& s : c.seqs) blocks |= !s.blocks.empty();
+  if (!blocks) in.q_last.clear();
   return in;
 }
 
@@ -105,7 +117,10 @@ ops::PagedLayout layout_of(const Inputs& in, const Case& c, Device device) {
   return ops::PagedLayout{index_tensor(in.cu_q, {n + 1}, c.index_dtype).to(device),
                           index_tensor(in.kv_len, {n}, c.index_dtype).to(device),
                           index_tensor(in.table, {n, in.max_pages}, c.index_dtype).to(device),
-                          index_tensor(in.kv_start, {n}, c.index_dtype).to(device), c.window};
+                          index_tensor(in.kv_start, {n}, c.index_dtype).to(device), c.window,
+                          in.q_last.empty() ? Tensor()
+                                            : index_tensor(in.q_last, {static_cast<int64_t>(in.q_last.size())},
+                                                           c.index_dtype).to(device)};
 }
 
 // GPU result (as f32 on the CPU) for the case's inputs; k_gpu is reused as v when same_kv.
@@ -173,6 +188,24 @@ TEST(PagedAttentionGpu, PrefillAndMixedStepsMatchTheCpuReference) {
        {{1, 100, 0}, {1, 3000, 0}, {2, 700, 0}, {1, 1, 0}, {0, 5, 0}}},
   };
   uint64_t seed = 2000;
+  for (const Case& c : cases) check_case(c, seed += 10);
+}
+
+// Image blocks of a bidirectional-vision model (q_last): blocks longer than the window, a prefill
+// that starts inside a block, decode rows after blocks, on the 64-row and the 16-row tiles, with
+// and without split keys.
+TEST(PagedAttentionGpu, ImageBlocksMatchTheCpuReference) {
+  G4_REQUIRE_GPU();
+  const std::vector<Case> cases = {
+      {"prefill d256 group2 window, blocks longer than it", 16, 8, 256, 256, 16, 512,
+       {{1400, 1400, 0, {{10, 290}, {300, 1000}}}, {200, 1500, 0, {{1290, 1400}}}, {1, 2000, 0, {{100, 380}}}}},
+      {"prefill d512 group8, block reached from a tile's start", 16, 2, 512, 512, 16, 0,
+       {{333, 333, 0, {{1, 281}}}, {64, 2048, 0, {{1990, 2040}}}}},
+      {"continuation d64 group4 split keys", 8, 2, 64, 64, 8, 0, {{8, 3000, 0, {{2993, 2999}}}, {8, 2100, 0, {{2092, 2100}}}}},
+      {"mixed d256 group2 (decode tiles)", 16, 8, 256, 256, 16, 1024,
+       {{1, 100, 0, {{10, 80}}}, {3, 50, 0, {{47, 50}}}, {2, 700, 0, {{698, 700}}}, {1, 3000, 0}, {0, 5, 0}}},
+  };
+  uint64_t seed = 2500;
   for (const Case& c : cases) check_case(c, seed += 10);
 }
 

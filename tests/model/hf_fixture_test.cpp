@@ -113,7 +113,7 @@ model::PagedStep paged_step(const Tensor& ids, int64_t pos, int64_t chunk, int64
   st.positions = positions;
   st.logit_rows = rows;
   for (size_t kind = 0; kind < model::kAttnKinds; ++kind) {
-    st.layout[kind] = ops::PagedLayout{cu_q, kv_len, table, Tensor(), 0};
+    st.layout[kind] = ops::PagedLayout{cu_q, kv_len, table, Tensor(), 0, Tensor()};
     st.slots[kind] = slots;
   }
   return st;

@@ -3,13 +3,14 @@
 
 Starts the server on 127.0.0.1 (any free port) on a tiny fixture model given a 256-token tokenizer
 made here, then checks completions, chat, streaming, n > 1, logprobs, seeds, stop strings, bad
-requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again) and
-SIGTERM.
+requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again), a chat
+request with a PNG data URL on a second server over tiny-mm-e (a vision and audio tower) and SIGTERM.
 
 Run by CTest (label cpu): openai_client_test.py G4_BINARY TEST_DATA_DIR VENV_DIR. Without the
 `openai` package (scripts/python_venv.sh makes VENV_DIR) it skips (exit 77) unless
 G4_REQUIRE_OPENAI=1, as scripts/test.sh sets.
 """
+import base64
 import http.client
 import json
 import os
@@ -66,6 +67,23 @@ def make_model_dir(data, out):
         json.dump(tok, f)
     for name in ["config.json", "model.safetensors"]:
         shutil.copy(os.path.join(data, "hf-gemma4", "tiny-dense-ple", name), out)
+
+
+def make_mm_model_dir(data, out):
+    """tiny-mm-e (vocab 320, image 304 between 300 and 301, vision patch 6) with the plain test
+    tokenizer plus its media tokens, and a processor config for its patch size."""
+    tok = json.load(open(os.path.join(data, "tokenizers", "plain.json")))
+    for i, s in [(300, "<|image>"), (301, "<image|>"), (302, "<|audio>"), (303, "<audio|>"), (304, "<|image|>"),
+                 (305, "<|audio|>"), (306, "<|video|>")]:
+        tok["added_tokens"].append({"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                                    "normalized": False, "special": True})
+    os.makedirs(out)
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+    with open(os.path.join(out, "processor_config.json"), "w") as f:
+        json.dump({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70}}, f)
+    for name in ["config.json", "model.safetensors"]:
+        shutil.copy(os.path.join(data, "hf-gemma4-mm", "tiny-mm-e", name), out)
 
 
 class Server:
@@ -396,6 +414,35 @@ def main():
                              capture_output=True, text=True, timeout=300)
         assert run.returncode != 0 and f"{src}:5:" in run.stderr and "top_k" in run.stderr, run.stderr
         assert not os.path.exists(out + "2")
+
+    @check
+    def image_chat_on_a_multimodal_model():
+        mm_dir = os.path.join(scratch, "tiny-mm")
+        make_mm_model_dir(data, mm_dir)
+        mm = Server(g4, mm_dir, os.path.join(scratch, "serve-mm.log"))
+        try:
+            mm_client = openai.OpenAI(base_url=mm.base + "/v1", api_key="unused", max_retries=0, timeout=60)
+            png = open(os.path.join(data, "hf-gemma4-mm", "processor", "rgba_97x150.png"), "rb").read()
+            url = "data:image/png;base64," + base64.b64encode(png).decode()
+
+            def ask(image_url):
+                return mm_client.chat.completions.create(
+                    model="tiny", max_tokens=4, temperature=0,
+                    messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                                           {"type": "text", "text": "What is this?"}]}])
+            r = ask(url)
+            assert r.usage.prompt_tokens > 60, r.usage  # the image's 60 soft tokens and the text
+            assert 1 <= r.usage.completion_tokens <= 4 and isinstance(r.choices[0].message.content, str), r
+            assert ask(url).choices[0].message.content == r.choices[0].message.content, "greedy output changed"
+            try:
+                ask("https://example.com/cat.png")
+                raise AssertionError("an http URL was accepted")
+            except openai.BadRequestError as e:
+                assert "only data URLs" in str(e) and e.body["param"] == "messages", e.body
+            assert pool_whole(mm.wait_idle()), "pages left in the pool"
+        finally:
+            mm.proc.kill()
+            mm.proc.wait()
 
     @check
     def sigterm_stops_cleanly():

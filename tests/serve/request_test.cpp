@@ -6,7 +6,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
+#include "data/multimodal.h"
+#include "io/audio_features.h"
+#include "io/wav.h"
 #include "serve/openai.h"
 #include "serve/prompts_file.h"
 #include "support/error_message.h"
@@ -138,7 +142,7 @@ TEST_F(RequestTest, ChatMessagesTemplateLogprobsAndLengths) {
                 .find("messages|400||messages[0]: unknown role 'wizard'"),
             std::string::npos);
   EXPECT_NE(refusal(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", Api::Chat)
-                .find("images, audio and files are not supported"),
+                .find("messages[0].content[0]: the model has no vision tower; it takes no images"),
             std::string::npos);
 }
 
@@ -186,8 +190,8 @@ TEST_F(RequestTest, FuzzFindingsAreRequestErrors) {
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": 5}})", Api::Chat),
             R"(response_format|400||'response_format' other than {"type": "text"} is not supported)");
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", Api::Chat),
-            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}; images, audio and files )"
-            "are not supported");
+            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}, an image_url or an )"
+            "input_audio part");
   EXPECT_EQ(refusal(R"({"prompt": [5], "max_tokens": 9223372036854775807})"),
             "max_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for "
             "9223372036854775808 (1 in the prompt, 9223372036854775807 to generate)");
@@ -344,6 +348,143 @@ TEST(GeneratePrompts, WritesOneLinePerSampleInInputOrder) {
       << bad.output;
   EXPECT_FALSE(fs::exists(out2));
   fs::remove_all(dir);
+}
+
+
+// --- Media in chat content: OpenAI's image_url (data URLs only) and input_audio (base64 WAV), and a
+// prompts file's image / audio parts with paths, against tiny-mm-e's ids (image 304 between 300 and
+// 301, audio 305 between 302 and 303) added to the plain test tokenizer.
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream os;
+  os << f.rdbuf();
+  return os.str();
+}
+
+std::string base64(const std::string& bytes) {
+  const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) v |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8;
+    if (i + 2 < bytes.size()) v |= static_cast<unsigned char>(bytes[i + 2]);
+    for (size_t k = 0; k < 4; ++k) out += i + k <= bytes.size() ? a[(v >> (18 - 6 * k)) & 63] : '=';
+  }
+  return out;
+}
+
+class MediaRequestTest : public RequestTest {
+ protected:
+  void SetUp() override {
+    std::ifstream in(test::data_dir() + "/tokenizers/plain.json");
+    json t = json::parse(in);
+    for (const auto& [id, content] : std::vector<std::pair<int, std::string>>{
+             {300, "<|image>"}, {301, "<image|>"}, {302, "<|audio>"}, {303, "<audio|>"}, {304, "<|image|>"},
+             {305, "<|audio|>"}, {306, "<|video|>"}})
+      t["added_tokens"].push_back({{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false},
+                                   {"rstrip", false}, {"normalized", false}, {"special", true}});
+    dir_ = test::scratch_dir("serve_media_request");
+    std::ofstream(dir_ / "tokenizer.json") << t.dump();
+    tok_ = io::load_tokenizer((dir_ / "tokenizer.json").string());
+    info_.tokenizer = tok_.get();
+    info_.vocab_size = 320;
+    info_.context_len = 4096;
+    info_.image_processor = io::ImageProcessorOptions{70, 6, 3};
+    info_.audio = true;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  static std::string png() { return test::data_dir() + "/hf-gemma4-mm/processor/rgba_97x150.png"; }
+  static std::string wav() { return test::data_dir() + "/hf-gemma4-mm/processor/speech_16k.wav"; }
+  std::string chat(const std::string& parts) {
+    return R"({"messages": [{"role": "user", "content": [)" + parts + "]}]}";
+  }
+  std::filesystem::path dir_;
+};
+
+int64_t count(const std::vector<int64_t>& ids, int64_t id) { return std::count(ids.begin(), ids.end(), id); }
+
+TEST_F(MediaRequestTest, ImageDataUrlsAndBase64AudioBecomeProcessedMedia) {
+  const std::string image = R"({"type": "image_url", "image_url": {"url": "data:image/png;base64,)" +
+                            base64(file_bytes(png())) + R"("}})";
+  const std::string audio =
+      R"({"type": "input_audio", "input_audio": {"format": "wav", "data": ")" + base64(file_bytes(wav())) + R"("}})";
+  const ParsedRequest p = parse(chat(image + ", " + audio + R"(, {"type": "text", "text": "What is this?"})"), Api::Chat);
+  // The processors' outputs for the same files.
+  const data::PromptMedia want = data::process_prompt_media({io::read_image(png())}, {}, {io::read_wav_16k(wav())},
+                                                            *info_.image_processor);
+  const gen::RequestMedia& m = p.request.media;
+  ASSERT_TRUE(m.pixel_values.defined() && m.input_features.defined());
+  ASSERT_EQ(m.pixel_values.shape(), want.pixel_values.shape());
+  EXPECT_TRUE(std::equal(m.pixel_values.data<float>(), m.pixel_values.data<float>() + m.pixel_values.numel(),
+                         want.pixel_values.data<float>()));
+  ASSERT_EQ(m.input_features.shape(), want.input_features.shape());
+  EXPECT_EQ(count(p.request.prompt, 304), want.image_soft_tokens[0]);
+  EXPECT_EQ(want.image_soft_tokens[0], 60);
+  EXPECT_EQ(count(p.request.prompt, 305), want.audio_soft_tokens[0]);
+  EXPECT_EQ(count(p.request.prompt, 300), 1);
+  EXPECT_EQ(count(p.request.prompt, 303), 1);
+  // The rendered template with the parts, expanded: the same ids.
+  data::ChatMessage user{"user", "", {{data::ChatPart::Kind::Image, ""}, {data::ChatPart::Kind::Audio, ""},
+                                      {data::ChatPart::Kind::Text, "What is this?"}}};
+  const data::MultimodalIds ids = data::tokenize_multimodal(data::render_chat({user}, true), want.image_soft_tokens,
+                                                            want.audio_soft_tokens, *tok_);
+  EXPECT_EQ(p.request.prompt, std::vector<int64_t>(ids.input_ids.begin(), ids.input_ids.end()));
+  // A JPEG data URL too; text-only content is unchanged (no media).
+  const std::string jpeg = file_bytes(test::data_dir() + "/hf-gemma4-mm/processor/scene_1200x280.jpg");
+  EXPECT_EQ(count(parse(chat(R"({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,)" +
+                             base64(jpeg) + R"("}})"),
+                        Api::Chat)
+                      .request.prompt,
+                  304),
+            68);
+  EXPECT_FALSE(parse(chat(R"({"type": "text", "text": "hi"})"), Api::Chat).request.media.pixel_values.defined());
+}
+
+TEST_F(MediaRequestTest, BadMediaAreRefusedNamingThePart) {
+  const auto image_url = [&](const std::string& url) {
+    return refusal(chat(R"({"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": ")" + url +
+                        R"("}})"),
+                   Api::Chat);
+  };
+  const auto has = [](const std::string& got, const std::string& want) {
+    EXPECT_NE(got.find(want), std::string::npos) << got;
+  };
+  has(image_url("https://example.com/cat.png"),
+      "messages|400||messages[0].content[1].image_url.url: only data URLs (data:image/png;base64,... or "
+      "data:image/jpeg;base64,...) are accepted; the server fetches no http(s) URL");
+  has(image_url("data:image/png;base64,iVBO*w0K"), "messages[0].content[1].image_url.url: invalid base64 (character 4");
+  has(image_url("data:image/png;base64,iVBORw0KG"), "invalid base64 (its length or '=' padding is wrong)");
+  has(image_url("data:image/gif;base64,R0lGODlh"), "the image must be PNG or JPEG");
+  has(image_url("data:image/png,abc"), "must be a base64 data URL");
+  has(image_url("data:image/png;base64," + base64("\x89PNG\r\n\x1a\n but not really")), "messages[0].content[1].image_url.url");
+  has(refusal(chat(R"({"type": "input_audio", "input_audio": {"format": "mp3", "data": "AAAA"}})"), Api::Chat),
+      "messages[0].content[0].input_audio.format must be \"wav\"");
+  has(refusal(chat(R"({"type": "input_audio", "input_audio": {"format": "wav", "data": "AAAA"}})"), Api::Chat),
+      "messages[0].content[0].input_audio.data");
+  has(refusal(chat(R"({"type": "image", "path": "/etc/passwd"})"), Api::Chat),
+      "messages[0].content[0]: part type 'image' is not supported");
+  info_.audio = false;
+  has(refusal(chat(R"({"type": "input_audio", "input_audio": {"format": "wav", "data": "AAAA"}})"), Api::Chat),
+      "messages[0].content[0]: the model has no audio tower");
+  info_.image_processor.reset();
+  has(image_url("data:image/png;base64,AAAA"), "messages[0].content[1]: the model has no vision tower");
+}
+
+TEST_F(MediaRequestTest, PromptsFileMediaPathsAreRelativeToTheFile) {
+  std::filesystem::copy_file(png(), dir_ / "cat.png");
+  const std::string in = (dir_ / "in.jsonl").string();
+  std::ofstream(in) << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "cat.png"}, )"
+                    << R"({"type": "audio", "path": ")" << wav() << R"("}, {"type": "text", "text": "Hi"}]}]})" << "\n"
+                    << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "missing.png"}]}]})"
+                    << "\n";
+  EXPECT_NE(test::error_of([&] { read_prompts_file(in, true, info_, {}); }).find(in + ":2: "), std::string::npos);
+  EXPECT_NE(test::error_of([&] { read_prompts_file(in, true, info_, {}); }).find("missing.png"), std::string::npos);
+  std::ofstream(in) << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "cat.png"}, )"
+                    << R"({"type": "audio", "path": ")" << wav() << R"("}, {"type": "text", "text": "Hi"}]}]})" << "\n";
+  const std::vector<FileRequest> r = read_prompts_file(in, true, info_, {});
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(count(r[0].request.prompt, 304), 60);
+  EXPECT_TRUE(r[0].request.media.input_features.defined());
 }
 
 }  // namespace

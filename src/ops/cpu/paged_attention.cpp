@@ -16,12 +16,14 @@ namespace {
 struct Sequences {
   std::vector<int64_t> cu_q, kv_len, kv_start, table;
   int64_t max_pages = 0;
+  std::vector<int64_t> q_last;  // per query row; empty: causal
   int64_t count() const { return static_cast<int64_t>(kv_len.size()); }
 };
 
 Sequences read_layout(const PagedLayout& l) {
-  Sequences s{read_indices(l.cu_q), read_indices(l.kv_len), {}, read_indices(l.page_table), l.page_table.size(1)};
+  Sequences s{read_indices(l.cu_q), read_indices(l.kv_len), {}, read_indices(l.page_table), l.page_table.size(1), {}};
   s.kv_start = l.kv_start.defined() ? read_indices(l.kv_start) : std::vector<int64_t>(s.kv_len.size(), 0);
+  if (l.q_last.defined()) s.q_last = read_indices(l.q_last);
   return s;
 }
 
@@ -51,7 +53,15 @@ void attend(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const
       G4_CHECK(phys >= 0 && phys < k_pages.size(0), "paged_attention: sequence ", i, " sees keys on page slot ", p,
                ", which holds page ", phys, " (pool of ", k_pages.size(0), " pages)");
     }
-    for (int64_t r = seqs.cu_q[i]; r < seqs.cu_q[i + 1]; ++r) seq_of[static_cast<size_t>(r)] = i;
+    for (int64_t r = seqs.cu_q[i]; r < seqs.cu_q[i + 1]; ++r) {
+      seq_of[static_cast<size_t>(r)] = i;
+      if (seqs.q_last.empty()) continue;
+      const int64_t pos = first_pos + (r - seqs.cu_q[i]), last = seqs.q_last[static_cast<size_t>(r)];
+      G4_CHECK(last >= pos && last < seqs.kv_len[i], "paged_attention: query row ", r, " at position ", pos,
+               " has q_last ", last, " (must be in [", pos, ", kv_len ", seqs.kv_len[i], "))");
+      G4_CHECK(r == seqs.cu_q[i] || last >= seqs.q_last[static_cast<size_t>(r - 1)], "paged_attention: q_last of ",
+               "query row ", r, " (", last, ") is below that of the row before it");
+    }
   }
   const int64_t rows = q.size(0);
   // One parallel loop over the rows of all sequences: a decode step has one row per sequence.
@@ -64,13 +74,14 @@ void attend(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const
       if (i < 0) continue;  // a row no sequence owns
       const int64_t pos = seqs.kv_len[i] - (seqs.cu_q[i + 1] - row), kvh = h / group;
       const int64_t lo = std::max(seqs.kv_start[i], window > 0 ? pos - window + 1 : int64_t{0});
+      const int64_t hi = seqs.q_last.empty() ? pos : seqs.q_last[static_cast<size_t>(row)];
       const T* qi = Q + (row * heads + h) * d;
-      if (lo > pos) continue;  // no visible key
+      if (lo > hi) continue;  // no visible key
       // Row of key j (kv head kvh) in the pools.
       auto key_row = [&](int64_t j) { return (seqs.table[i * seqs.max_pages + j / page] * page + j % page) * kv_heads + kvh; };
-      std::vector<T> p(static_cast<size_t>(pos - lo + 1));
+      std::vector<T> p(static_cast<size_t>(hi - lo + 1));
       T mx = -INFINITY;
-      for (int64_t j = lo; j <= pos; ++j) {
+      for (int64_t j = lo; j <= hi; ++j) {
         const T* kj = K + key_row(j) * d;
         T s = 0;
         for (int64_t c = 0; c < d; ++c) s += qi[c] * kj[c];
@@ -83,7 +94,7 @@ void attend(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const
       }
       T sum = 0;
       for (T& x : p) sum += (x = std::exp(x - mx));
-      for (int64_t j = lo; j <= pos; ++j) {
+      for (int64_t j = lo; j <= hi; ++j) {
         const T w = p[j - lo] / sum;
         const T* vj = V + key_row(j) * dv;
         for (int64_t c = 0; c < dv; ++c) oi[c] += w * vj[c];

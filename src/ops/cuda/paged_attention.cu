@@ -64,6 +64,7 @@ struct PagedArgs {
   float* part_o;          // [splits, T, nH, dv]: each split's normalised output (splits > 1)
   float* part_lse;        // [splits, T, nH]: its log2-sum-exp, -inf when it saw no key
   const int32_t *cu_q, *kv_len, *table, *kv_start;  // kv_start may be null
+  const int32_t* q_last;  // per query row, the last key it sees (null: its own position)
   int n_seq, max_pages, page_size, num_pages;
   int rows_total, heads, kv_heads, group, d, dv;
   long long window;
@@ -200,7 +201,11 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   // Keys the tile's rows see, then this split's share of them in whole BN-key tiles.
   const int pos_lo = first_pos + static_cast<int>(r0 / a.group);
   const int pos_hi = first_pos + static_cast<int>((r0 + tile_rows - 1) / a.group);
-  const int lo = lowest_seen(pos_lo), hi = min(pos_hi, kv_len - 1);
+  // A row's reach: its own position, or its q_last (non-decreasing, so the tile's last row reaches furthest).
+  auto last_seen = [&](long long R, int pos) {
+    return a.q_last != nullptr ? static_cast<int>(a.q_last[q_begin + R / a.group]) : pos;
+  };
+  const int lo = lowest_seen(pos_lo), hi = min(last_seen(r0 + tile_rows - 1, pos_hi), kv_len - 1);
   const int key_tiles = hi >= lo ? (hi - lo) / BN + 1 : 0;
   const int per_split = max((key_tiles + a.splits - 1) / a.splits, a.min_split_tiles);
   const int t_begin = min(split * per_split, key_tiles), t_end = min(t_begin + per_split, key_tiles);
@@ -250,7 +255,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
     const int rr = r_local + 8 * r;
     const int pos = first_pos + static_cast<int>((r0 + rr) / a.group);
     row_lo[r] = max(lowest_seen(pos), split_lo);
-    row_hi[r] = rr < tile_rows ? min(pos, split_hi) : -1;
+    row_hi[r] = rr < tile_rows ? min(last_seen(r0 + rr, pos), split_hi) : -1;
   }
 
   float o[1][NT_O][4];
@@ -454,6 +459,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
            v_pages.describe(), " in 16-byte units, but one of them starts at an address that is not 16-byte aligned");
   const Tensor cu_q = as_i32(layout.cu_q), kv_len = as_i32(layout.kv_len), table = as_i32(layout.page_table);
   const Tensor kv_start = layout.kv_start.defined() ? as_i32(layout.kv_start) : Tensor();
+  const Tensor q_last = layout.q_last.defined() ? as_i32(layout.q_last) : Tensor();
 
   PagedArgs a{};
   a.q = static_cast<const bf16*>(q.raw());
@@ -464,6 +470,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   a.kv_len = kv_len.data<int32_t>();
   a.table = table.data<int32_t>();
   a.kv_start = kv_start.defined() ? kv_start.data<int32_t>() : nullptr;
+  a.q_last = q_last.defined() ? q_last.data<int32_t>() : nullptr;
   a.n_seq = checked_int("sequences", n);
   a.max_pages = checked_int("max_pages", layout.page_table.size(1));
   a.page_size = checked_int("page_size", k_pages.size(1));
