@@ -1,8 +1,9 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
-// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--chat] [--max-soft-tokens N] --out OUT.safetensors
+// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--video F1,F2,...|DIR]... [--video-fps F]
+//           [--video-frames N] [--chat] [--max-soft-tokens N] --out OUT.safetensors
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
-// position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
-// input_features, input_features_mask. Outputs:
+// position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, for videos
+// pixel_values_videos, video_position_ids, and for audio input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
 // With --prompt the inputs are made as transformers' Gemma4Processor makes them: the images are
@@ -11,15 +12,21 @@
 // image's soft tokens (data/multimodal.h) and the text tokenised; the output file also holds the
 // input_ids and mm_token_type_ids used. Without --chat the text is taken as it is (<bos> put first
 // when missing; the images' placeholders put before it when it has none); with --chat it is one user
-// turn of the Gemma 4 chat template, images first, then the generation prompt.
+// turn of the Gemma 4 chat template, images first, then the generation prompt. A --video is its
+// frames (image files, comma-separated, or a folder of them sorted by name) at --video-fps (24
+// when not given), sampled and processed as Gemma4VideoProcessor does (io/video_processor.h);
+// its placeholder "<|video|>" (put after the images' when the text has none) expands to each
+// sampled frame's timestamp and soft tokens.
 // A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
 // - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
 //   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
 //   it writes the denoiser's logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss
 //   (see forward_diffusion);
 // - Automodel's training step, when the file has loss_mask (see forward_dllm_step).
+#include <filesystem>
 #include <iostream>
 #include <optional>
+#include <tuple>
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
@@ -30,6 +37,7 @@
 #include "io/image_processor.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
+#include "io/video_processor.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -125,9 +133,50 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
 struct PromptOptions {
   std::string text, tokenizer;
   std::vector<std::string> images;
+  std::vector<std::string> videos;  // each "F1,F2,..." or a folder of frames
+  double video_fps = 0;             // the frames' rate (0: unknown)
+  int64_t video_frames = 0;         // frames sampled per video (0: the processor's num_frames)
   bool chat = false;
   int64_t max_soft_tokens = 0;
 };
+
+// The --video inputs through the video processor of model_dir: pixel_values_videos and
+// video_position_ids into fi, what the placeholders expand to into soft_tokens.
+void process_prompt_videos(const model::Gemma4& m, const std::string& model_dir, const PromptOptions& p,
+                           model::ForwardInputs& fi, data::MediaSoftTokens& soft_tokens) {
+  G4_CHECK(m.config().vision.has_value(), "--video: the model in ", model_dir, " has no vision tower");
+  io::VideoProcessorOptions opt = io::load_video_processor_options(model_dir);
+  if (p.video_frames > 0) {
+    opt.num_frames = p.video_frames;
+    opt.sample_fps = 0;
+  }
+  G4_CHECK(opt.frame.patch_size == m.config().vision->patch_size &&
+               opt.frame.pooling_kernel_size == m.config().vision->pooling_kernel_size,
+           "the video processor of ", model_dir, " (patch_size ", opt.frame.patch_size, ", pooling_kernel_size ",
+           opt.frame.pooling_kernel_size, ") does not match the model's vision_config");
+  std::vector<io::ProcessedVideo> videos;
+  for (const std::string& spec : p.videos) {
+    io::VideoFrames frames{{}, p.video_fps};
+    std::error_code ec;
+    if (std::filesystem::is_directory(spec, ec)) {
+      frames.files = io::list_video_frames(spec);
+    } else {
+      for (size_t at = 0; at <= spec.size();) {
+        const size_t comma = std::min(spec.find(',', at), spec.size());
+        G4_CHECK(comma > at, "--video ", spec, ": an empty frame name");
+        frames.files.push_back(spec.substr(at, comma - at));
+        at = comma + 1;
+      }
+    }
+    videos.push_back(io::process_video(frames, opt, "--video " + spec));
+    const io::ProcessedVideo& v = videos.back();
+    std::cout << "video " << spec << ": " << v.frame_indices.size() << " of " << frames.files.size()
+              << " frames, " << v.width << "x" << v.height << " -> " << v.resized_width << "x" << v.resized_height
+              << ", " << v.soft_tokens_per_frame << " soft tokens per frame\n";
+    soft_tokens.videos.push_back({v.soft_tokens_per_frame, v.timestamps});
+  }
+  std::tie(fi.pixel_values_videos, fi.video_position_ids) = io::stack_videos(videos);
+}
 
 // The model inputs for one prompt with images, as Gemma4Processor makes them (see the top of the
 // file); `extra` gets the input_ids and mm_token_type_ids for the output file.
@@ -135,7 +184,8 @@ model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& mo
                                    NamedTensors& extra) {
   const auto tok = io::load_tokenizer(p.tokenizer.empty() ? model_dir : p.tokenizer);
   model::ForwardInputs fi;
-  std::vector<int64_t> soft_tokens;
+  data::MediaSoftTokens soft_tokens;
+  if (!p.videos.empty()) process_prompt_videos(m, model_dir, p, fi, soft_tokens);
   if (!p.images.empty()) {
     G4_CHECK(m.config().vision.has_value(), "--image: the model in ", model_dir, " has no vision tower");
     const io::ImageProcessorOptions opt = io::load_image_processor_options(model_dir, p.max_soft_tokens);
@@ -153,25 +203,32 @@ model::ForwardInputs prompt_inputs(const model::Gemma4& m, const std::string& mo
                 << processed.num_soft_tokens[i] << " soft tokens\n";
     fi.pixel_values = processed.pixel_values;
     fi.image_position_ids = processed.image_position_ids;
-    soft_tokens = processed.num_soft_tokens;
+    soft_tokens.images = processed.num_soft_tokens;
   }
   std::string text;
   if (p.chat) {
     data::ChatMessage user{"user", "", {}};
     for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
+    for (size_t i = 0; i < p.videos.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Video, ""});
     user.parts.push_back({data::ChatPart::Kind::Text, p.text});
     text = data::render_chat({user}, true, data::chat_variant_for(m.config().hidden_size_per_layer_input));
   } else {
     text = p.text;
+    if (text.find(data::kVideoPlaceholder) == std::string::npos)
+      for (size_t i = 0; i < p.videos.size(); ++i) text.insert(0, data::kVideoPlaceholder);
     if (text.find(data::kImagePlaceholder) == std::string::npos)
       for (size_t i = 0; i < p.images.size(); ++i) text.insert(0, data::kImagePlaceholder);
     if (text.rfind("<bos>", 0) != 0) text.insert(0, "<bos>");
   }
-  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, {}, *tok, "--prompt");
+  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, *tok, "--prompt");
   if (!p.images.empty())
     G4_CHECK(*tok->token_to_id(data::kImagePlaceholder) == m.config().vision->image_token_id, "the tokenizer's ",
              data::kImagePlaceholder, " is id ", *tok->token_to_id(data::kImagePlaceholder), " but the model's ",
              "image_token_id is ", m.config().vision->image_token_id);
+  if (!p.videos.empty())
+    G4_CHECK(*tok->token_to_id(data::kVideoPlaceholder) == m.config().vision->video_token_id, "the tokenizer's ",
+             data::kVideoPlaceholder, " is id ", *tok->token_to_id(data::kVideoPlaceholder), " but the model's ",
+             "video_token_id is ", m.config().vision->video_token_id);
   const int64_t S = static_cast<int64_t>(ids.input_ids.size());
   std::vector<int64_t> wide(ids.input_ids.begin(), ids.input_ids.end());
   fi.input_ids = Tensor::from_vector(wide, {1, S});
@@ -258,7 +315,8 @@ void add_forward(CLI::App& app, Action& action) {
   auto* inputs_opt =
       cmd->add_option("--inputs", o->inputs,
                       "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, "
-                      "image_position_ids, mm_token_type_ids, input_features, input_features_mask; diffusion "
+                      "image_position_ids, pixel_values_videos, video_position_ids, mm_token_type_ids, "
+                      "input_features, input_features_mask; diffusion "
                       "models: decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, "
                       "self_conditioning_mask, decoder_attention_mask; or Automodel's step: loss_mask, "
                       "noisy_input_ids, selected_block, self_conditioning_mask)");
@@ -266,6 +324,16 @@ void add_forward(CLI::App& app, Action& action) {
                                      "prompt text instead of --inputs; each <|image|> in it takes the next --image");
   inputs_opt->excludes(prompt_opt);
   cmd->add_option("--image", o->prompt.images, "JPEG or PNG image for --prompt (repeatable, in prompt order)")
+      ->needs(prompt_opt);
+  cmd->add_option("--video", o->prompt.videos,
+                  "video for --prompt as its frames: F1.jpg,F2.jpg,... or a folder of frames (repeatable, in order)")
+      ->needs(prompt_opt);
+  cmd->add_option("--video-fps", o->prompt.video_fps, "frame rate of the --video frames (default 24, as transformers)")
+      ->check(CLI::PositiveNumber)
+      ->needs(prompt_opt);
+  cmd->add_option("--video-frames", o->prompt.video_frames,
+                  "frames sampled from each --video (default: processor_config.json, else 32)")
+      ->check(CLI::PositiveNumber)
       ->needs(prompt_opt);
   cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (images first)")
       ->needs(prompt_opt);
@@ -306,6 +374,8 @@ void add_forward(CLI::App& app, Action& action) {
         if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
         if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
         if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
+        if (in.has("pixel_values_videos")) fi.pixel_values_videos = in.get("pixel_values_videos").clone();
+        if (in.has("video_position_ids")) fi.video_position_ids = in.get("video_position_ids").clone();
         // Audio: the feature extractor's output (the model checks it).
         if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
         if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();

@@ -46,6 +46,11 @@ struct ForwardInputs {
   // [clips, frames] (bool, valid frames first). The tower's soft tokens where its output mask is
   // true, in (clip, frame) order, replace the audio_token_id placeholders of input_ids.
   Tensor input_features{}, input_features_mask{};
+  // Videos: the video processor's pixel_values_videos [videos, frames, P, 3·patch²] and
+  // video_position_ids [videos, frames, P, 2]. Every frame goes through the vision tower as an
+  // image would; the soft tokens, frame by frame in (video, frame) order, replace the
+  // video_token_id placeholders (after the images' merge, before the audio's).
+  Tensor pixel_values_videos{}, video_position_ids{};
 };
 
 struct ForwardOutputs {
