@@ -39,6 +39,17 @@ std::pair<int, int> count_unchanged(const fs::path& run_dir, const std::string& 
   return n;
 }
 
+// The steps a run logged, each loss expected finite.
+int finite_loss_steps(const fs::path& run_dir) {
+  int steps = 0;
+  for (const nlohmann::json& j : test::records(run_dir)) {
+    if (!j.contains("loss")) continue;
+    ++steps;
+    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
+  }
+  return steps;
+}
+
 TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
   const fs::path dir = test::scratch_dir("mm_train");
   const test::ProcessResult full = test::run_g4(recipe_args(dir / "full"));
@@ -90,13 +101,7 @@ TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
                    " data.validation_fraction=0 "
                    "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
   ASSERT_EQ(r.code, 0) << r.output;
-  int steps = 0;
-  for (const nlohmann::json& j : test::records(dir / "run")) {
-    if (!j.contains("loss")) continue;
-    ++steps;
-    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
-  }
-  EXPECT_EQ(steps, 8);
+  EXPECT_EQ(finite_loss_steps(dir / "run"), 8);
   const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
   EXPECT_GT(audio_changed, 0);
   for (const char* part : {"vision_tower", "embed_vision"}) {
@@ -136,13 +141,7 @@ TEST(MultimodalTrain, VideoPartsTrainTheVisionTower) {
                                              " data.validation_fraction=0");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find(", 6 videos"), std::string::npos) << r.output;
-  int steps = 0;
-  for (const nlohmann::json& j : test::records(dir / "run")) {
-    if (!j.contains("loss")) continue;
-    ++steps;
-    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
-  }
-  EXPECT_EQ(steps, 8);
+  EXPECT_EQ(finite_loss_steps(dir / "run"), 8);
   const auto [vision_same, vision_changed] = count_unchanged(dir / "run", "vision_tower");
   EXPECT_GT(vision_changed, 0);
   const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
