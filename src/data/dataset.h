@@ -9,8 +9,9 @@
 //     add_bos/add_eos and every token is trained; chat is rendered with the Gemma 4 template (which
 //     writes its own <bos>, so add_bos/add_eos do not apply) and only assistant replies and the
 //     <turn|> closing each reply are trained. Empty documents, and conversations without an
-//     assistant reply (nothing to learn), are skipped. A conversation with image or audio parts is
-//     processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h): its
+//     assistant reply (nothing to learn), are skipped. A conversation with image, audio or video parts
+//     is processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h,
+//     io/video_processor.h): its
 //     placeholders expand to the soft-token counts (data/multimodal.h), which are never trained.
 //  2. The validation split takes round(validation_fraction * documents) whole documents, chosen by
 //     a permutation seeded by `seed` (at least one document always stays in training).
