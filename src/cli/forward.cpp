@@ -1,23 +1,26 @@
 // g4 forward MODEL_DIR --inputs IN.safetensors --out OUT.safetensors [--grads] [--overwrite]
-// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--audio FILE.wav]... [--chat] [--max-soft-tokens N]
-//            --out OUT.safetensors
+// g4 forward MODEL_DIR --prompt TEXT [--image FILE]... [--video F1,F2,...|DIR]... [--video-fps F]
+//            [--video-frames N] [--audio FILE.wav]... [--chat] [--max-soft-tokens N] --out OUT.safetensors
 // Inputs: input_ids [B,S] and optional attention_mask, labels (-100 ignored; shifted inside),
-// position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, and for audio
-// input_features, input_features_mask. Outputs:
+// position_ids, for images pixel_values, image_position_ids, mm_token_type_ids, for videos
+// pixel_values_videos, video_position_ids, and for audio input_features, input_features_mask. Outputs:
 // logits [B,S,V] f32, loss [1] when labels are given, and with --grads grad.<HF name> for every
 // parameter in Hugging Face layout.
 // With --prompt the inputs are made as transformers' Gemma4Processor makes them (cli/media_prompt.h,
-// shared with g4 generate): the images and clips decoded and processed, each "<|image|>" /
-// "<|audio|>" of the text expanded to its medium's soft tokens and the text tokenised; the output
-// file also holds the input_ids and mm_token_type_ids used.
+// shared with g4 generate): the images, videos and clips decoded and processed, each "<|image|>",
+// "<|video|>" / "<|audio|>" of the text expanded to its medium's soft tokens (a video's: each sampled
+// frame's timestamp and soft tokens) and the text tokenised; the output file also holds the
+// input_ids and mm_token_type_ids used.
 // A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
 // - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
 //   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
 //   it writes the denoiser's logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss
 //   (see forward_diffusion);
 // - Automodel's training step, when the file has loss_mask (see forward_dllm_step).
+#include <filesystem>
 #include <iostream>
 #include <optional>
+#include <tuple>
 
 #include "autograd/variable.h"
 #include "cli/commands.h"
@@ -197,14 +200,15 @@ void add_forward(CLI::App& app, Action& action) {
   auto* inputs_opt =
       cmd->add_option("--inputs", o->inputs,
                       "safetensors with input_ids [B,S] (+ attention_mask, labels, position_ids, pixel_values, "
-                      "image_position_ids, mm_token_type_ids, input_features, input_features_mask; diffusion "
+                      "image_position_ids, pixel_values_videos, video_position_ids, mm_token_type_ids, "
+                      "input_features, input_features_mask; diffusion "
                       "models: decoder_input_ids (or canvas_ids) [B,C] + self_conditioning_logits, "
                       "self_conditioning_mask, decoder_attention_mask; or Automodel's step: loss_mask, "
                       "noisy_input_ids, selected_block, self_conditioning_mask)");
   auto* prompt_opt = cmd->add_option("--prompt", o->prompt.text,
                                      "prompt text instead of --inputs; each <|image|> in it takes the next --image");
   inputs_opt->excludes(prompt_opt);
-  add_media_options(cmd, o->prompt, prompt_opt);
+  add_media_options(cmd, o->prompt, prompt_opt, /*videos=*/true);
   cmd->add_flag("--chat", o->prompt.chat, "--prompt is one user turn of the Gemma 4 chat template (media first)")
       ->needs(prompt_opt);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer for --prompt (default: the model directory)")
@@ -241,6 +245,8 @@ void add_forward(CLI::App& app, Action& action) {
         if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
         if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
         if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
+        if (in.has("pixel_values_videos")) fi.pixel_values_videos = in.get("pixel_values_videos").clone();
+        if (in.has("video_position_ids")) fi.video_position_ids = in.get("video_position_ids").clone();
         // Audio: the feature extractor's output (the model checks it).
         if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
         if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();

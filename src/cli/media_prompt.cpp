@@ -1,21 +1,79 @@
 #include "cli/media_prompt.h"
 
+#include <filesystem>
 #include <iostream>
 
 #include "data/dataset.h"
 #include "data/multimodal.h"
 #include "io/image_processor.h"
+#include "io/video_processor.h"
 #include "io/wav.h"
 
 namespace g4::cli {
 
-void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt) {
+namespace {
+
+// The videos of p through the video processor of model_dir: pixel_values_videos and
+// video_position_ids into fi; what each video's placeholder expands to.
+std::vector<data::VideoPlaceholder> prompt_videos(const io::ModelConfig& cfg, const std::string& model_dir,
+                                                  const MediaPromptOptions& p, model::ForwardInputs& fi) {
+  G4_CHECK(cfg.vision.has_value(), "--video: the model in ", model_dir, " has no vision tower");
+  io::VideoProcessorOptions opt = io::load_video_processor_options(model_dir);
+  if (p.video_frames > 0) {
+    opt.num_frames = p.video_frames;
+    opt.sample_fps = 0;
+  }
+  G4_CHECK(opt.frame.patch_size == cfg.vision->patch_size &&
+               opt.frame.pooling_kernel_size == cfg.vision->pooling_kernel_size,
+           "the video processor of ", model_dir, " (patch_size ", opt.frame.patch_size, ", pooling_kernel_size ",
+           opt.frame.pooling_kernel_size, ") does not match the model's vision_config");
+  std::vector<io::ProcessedVideo> videos;
+  std::vector<data::VideoPlaceholder> placeholders;
+  for (const std::string& spec : p.videos) {
+    io::VideoFrames frames{{}, p.video_fps};
+    std::error_code ec;
+    if (std::filesystem::is_directory(spec, ec)) {
+      frames.files = io::list_video_frames(spec);
+    } else {
+      for (size_t at = 0; at <= spec.size();) {
+        const size_t comma = std::min(spec.find(',', at), spec.size());
+        G4_CHECK(comma > at, "--video ", spec, ": an empty frame name");
+        frames.files.push_back(spec.substr(at, comma - at));
+        at = comma + 1;
+      }
+    }
+    videos.push_back(io::process_video(frames, opt, "--video " + spec));
+    const io::ProcessedVideo& v = videos.back();
+    std::cout << "video " << spec << ": " << v.frame_indices.size() << " of " << frames.files.size() << " frames, "
+              << v.width << "x" << v.height << " -> " << v.resized_width << "x" << v.resized_height << ", "
+              << v.soft_tokens_per_frame << " soft tokens per frame\n";
+    placeholders.push_back({v.soft_tokens_per_frame, v.timestamps});
+  }
+  std::tie(fi.pixel_values_videos, fi.video_position_ids) = io::stack_videos(videos);
+  return placeholders;
+}
+
+}  // namespace
+
+void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt, bool videos) {
   cmd->add_option("--image", p.images, "JPEG or PNG image for --prompt (repeatable; each <|image|> takes the next)")
       ->needs(prompt);
   cmd->add_option("--audio", p.audio, "16 kHz WAV clip for --prompt (repeatable; each <|audio|> takes the next)")
       ->needs(prompt);
   cmd->add_option("--max-soft-tokens", p.max_soft_tokens,
                   "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
+      ->needs(prompt);
+  if (!videos) return;
+  cmd->add_option("--video", p.videos,
+                  "video for --prompt as its frames: F1.jpg,F2.jpg,... or a folder of frames (repeatable; each "
+                  "<|video|> takes the next)")
+      ->needs(prompt);
+  cmd->add_option("--video-fps", p.video_fps, "frame rate of the --video frames (default 24, as transformers)")
+      ->check(CLI::PositiveNumber)
+      ->needs(prompt);
+  cmd->add_option("--video-frames", p.video_frames,
+                  "frames sampled from each --video (default: processor_config.json, else 32)")
+      ->check(CLI::PositiveNumber)
       ->needs(prompt);
 }
 
@@ -34,7 +92,12 @@ model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::stri
     G4_CHECK(cfg.conditional && cfg.has_audio, "--audio: the model in ", model_dir, " has no audio tower");
     for (const std::string& f : p.audio) clips.push_back(io::read_wav_16k(f));
   }
+  model::ForwardInputs fi;
+  data::MediaSoftTokens soft_tokens;
+  if (!p.videos.empty()) soft_tokens.videos = prompt_videos(cfg, model_dir, p, fi);
   const data::PromptMedia media = data::process_prompt_media(images, p.images, clips, opt);
+  soft_tokens.images = media.image_soft_tokens;
+  soft_tokens.audio = media.audio_soft_tokens;
   for (size_t i = 0; i < p.images.size(); ++i)
     std::cout << "image " << p.images[i] << ": " << images[i].width << "x" << images[i].height << " -> "
               << media.resized_hw[i].second << "x" << media.resized_hw[i].first << ", " << media.image_soft_tokens[i]
@@ -47,6 +110,7 @@ model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::stri
   if (p.chat) {
     data::ChatMessage user{"user", "", {}};
     for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
+    for (size_t i = 0; i < p.videos.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Video, ""});
     for (size_t i = 0; i < p.audio.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Audio, ""});
     user.parts.push_back({data::ChatPart::Kind::Text, p.text});
     text = data::render_chat({user}, true, data::chat_variant_for(cfg.hidden_size_per_layer_input));
@@ -59,20 +123,20 @@ model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::stri
       return all;
     };
     text.insert(0, put_first(data::kImagePlaceholder, p.images.size()) +
+                       put_first(data::kVideoPlaceholder, p.videos.size()) +
                        put_first(data::kAudioPlaceholder, p.audio.size()));
     if (text.rfind("<bos>", 0) != 0) text.insert(0, "<bos>");
   }
-  const data::MultimodalIds ids =
-      data::tokenize_multimodal(text, media.image_soft_tokens, media.audio_soft_tokens, tok, "--prompt");
+  const data::MultimodalIds ids = data::tokenize_multimodal(text, soft_tokens, tok, "--prompt");
   const auto same_id = [&](const char* token, int64_t model_id) {
     const auto id = tok.token_to_id(token);
     G4_CHECK(id && *id == model_id, "the tokenizer's ", token, " is id ", id ? std::to_string(*id) : "(none)",
              " but the model's is ", model_id);
   };
   if (!p.images.empty()) same_id(data::kImagePlaceholder, cfg.vision->image_token_id);
+  if (!p.videos.empty()) same_id(data::kVideoPlaceholder, cfg.vision->video_token_id);
   if (!p.audio.empty()) same_id(data::kAudioPlaceholder, cfg.audio_token_id);
 
-  model::ForwardInputs fi;
   const int64_t S = static_cast<int64_t>(ids.input_ids.size());
   fi.input_ids = Tensor::from_vector(std::vector<int64_t>(ids.input_ids.begin(), ids.input_ids.end()), {1, S});
   fi.mm_token_type_ids = Tensor::from_vector(ids.mm_token_type_ids, {1, S});

@@ -79,6 +79,7 @@ void add_eval(CLI::App& app, Action& action) {
       d.seq_len = o->seq_len;
       d.validation_fraction = 0;
       d.image_processor = train::data_image_processor(o->model, model->config());
+      d.video_processor = train::data_video_processor(o->model, model->config());
       const data::PackedDataset ds(d, *tok);
       // One pass over every row, in order of the first epoch.
       std::vector<data::Batch> batches;

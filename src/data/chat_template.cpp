@@ -20,10 +20,10 @@
 // jinja2 (tools/render_chat_reference.py); the tests compare against them byte for byte.
 //
 // Content parts (ChatMessage::parts) render as the same template renders a content list: text
-// parts trimmed (assistant text through strip_thinking), images as "\n\n<|image|>\n\n", audio as
-// "<|audio|>", nothing between parts.
+// parts trimmed (assistant text through strip_thinking), images as "\n\n<|image|>\n\n", videos as
+// "\n\n<|video|>\n\n" (the same revision of the template), audio as "<|audio|>", nothing between parts.
 //
-// Not rendered (refused or not representable in ChatMessage): tools, tool calls, video parts,
+// Not rendered (refused or not representable in ChatMessage): tools, tool calls,
 // enable_thinking. Two assistant messages in a row are refused: template revisions disagree
 // on them (newer ones merge them into one model turn).
 #include <algorithm>
@@ -100,6 +100,7 @@ std::string message_body(const ChatMessage& m, bool assistant) {
       case ChatPart::Kind::Text: body += assistant ? strip_thinking(p.text) : python_strip(p.text); break;
       case ChatPart::Kind::Image: body += "\n\n<|image|>\n\n"; break;
       case ChatPart::Kind::Audio: body += "<|audio|>"; break;
+      case ChatPart::Kind::Video: body += "\n\n<|video|>\n\n"; break;
     }
   }
   return body;

@@ -77,6 +77,7 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) :
     if (!d.media) continue;
     if (d.media->pixel_codes.defined()) images_ += d.media->pixel_codes.size(0);
     if (d.media->input_features.defined()) audio_clips_ += d.media->input_features.size(0);
+    videos_ += static_cast<int64_t>(d.media->video_frames.size());
   }
 
   // Validation split over whole documents, so no document is partly seen in training.
@@ -164,10 +165,48 @@ Batch PackedDataset::make_batch(const PackedRows& rows, const std::vector<int64_
   return batch;
 }
 
+namespace {
+
+using MediaTensor = Tensor DocumentMedia::*;
+
+// The rows (images or video frames) of one kind of pixels over the documents, all of which must
+// share the first's patch count and size (one processor's options); *first gets that tensor.
+int64_t pixel_rows(const std::vector<const DocumentMedia*>& media, MediaTensor codes, const char* what,
+                   const Tensor** first) {
+  int64_t rows = 0;
+  for (const DocumentMedia* m : media) {
+    const Tensor& t = m->*codes;
+    if (!t.defined()) continue;
+    if (!*first) *first = &t;
+    G4_CHECK(t.size(1) == (*first)->size(1) && t.size(2) == (*first)->size(2), "data: ", what,
+             " processed with different options in one batch: ", t.describe(), " and ", (*first)->describe());
+    rows += t.size(0);
+  }
+  return rows;
+}
+
+// Every document's codes of one kind as pixel values, and their positions, in order, into
+// values and positions (shaped for all of them).
+void gather_pixels(const std::vector<const DocumentMedia*>& media, MediaTensor codes, MediaTensor positions,
+                   io::PixelScale scale, Tensor& values, Tensor& positions_out) {
+  float* pv = values.data<float>();
+  auto* pos = static_cast<char*>(positions_out.raw());
+  for (const DocumentMedia* m : media) {
+    const Tensor& c = m->*codes;
+    if (!c.defined()) continue;
+    for (int64_t i = 0; i < c.numel(); ++i) *pv++ = io::scaled_pixel(c.data<uint8_t>()[i], scale);
+    const Tensor& p = m->*positions;
+    std::memcpy(pos, p.raw(), p.nbytes());
+    pos += p.nbytes();
+  }
+}
+
+}  // namespace
+
 // The media of the batch's rows in row-major order. Images are concatenated (every one is padded
-// to the same max_patches); clips are right-padded with invalid frames to the longest, which is
-// what the feature extractor gives for the batch of all of them (a valid frame depends only on its
-// own clip's samples).
+// to the same max_patches), so are video frames; clips are right-padded with invalid frames to the
+// longest, which is what the feature extractor gives for the batch of all of them (a valid frame
+// depends only on its own clip's samples).
 void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch) {
   std::vector<const DocumentMedia*> media;
   for (int64_t r : row_order)
@@ -181,35 +220,34 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
                  rows.mm_types.begin() + static_cast<long>((r + 1) * s));
   batch.mm_token_type_ids = Tensor::from_vector(types, {b, s});
 
-  int64_t images = 0, clips = 0, frames = 0;
-  const DocumentMedia* first_image = nullptr;
+  const Tensor *first_image = nullptr, *first_video = nullptr;
+  const int64_t images = pixel_rows(media, &DocumentMedia::pixel_codes, "images", &first_image);
+  const int64_t video_frames = pixel_rows(media, &DocumentMedia::video_codes, "videos", &first_video);
+  int64_t clips = 0, frames = 0;
+  std::vector<int64_t> frames_per_video;
   for (const DocumentMedia* m : media) {
-    if (m->pixel_codes.defined()) {
-      if (!first_image) first_image = m;
-      G4_CHECK(m->pixel_codes.size(1) == first_image->pixel_codes.size(1) &&
-                   m->pixel_codes.size(2) == first_image->pixel_codes.size(2),
-               "data: images processed with different options in one batch: pixel_values ", m->pixel_codes.describe(),
-               " and ", first_image->pixel_codes.describe());
-      images += m->pixel_codes.size(0);
-    }
+    frames_per_video.insert(frames_per_video.end(), m->video_frames.begin(), m->video_frames.end());
     if (m->input_features.defined()) {
       clips += m->input_features.size(0);
       frames = std::max(frames, m->input_features.size(1));
     }
   }
   if (images > 0) {
-    const int64_t patches = first_image->pixel_codes.size(1), dim = first_image->pixel_codes.size(2);
+    const int64_t patches = first_image->size(1), dim = first_image->size(2);
     batch.pixel_values = Tensor::empty({images, patches, dim}, DType::F32);
     batch.image_position_ids = Tensor::empty({images, patches, 2}, DType::I64);
-    float* pv = batch.pixel_values.data<float>();
-    auto* pos = static_cast<char*>(batch.image_position_ids.raw());
-    for (const DocumentMedia* m : media) {
-      if (!m->pixel_codes.defined()) continue;
-      const uint8_t* codes = m->pixel_codes.data<uint8_t>();
-      for (int64_t i = 0; i < m->pixel_codes.numel(); ++i) *pv++ = pixel_value(codes[i]);
-      std::memcpy(pos, m->image_position_ids.raw(), m->image_position_ids.nbytes());
-      pos += m->image_position_ids.nbytes();
-    }
+    gather_pixels(media, &DocumentMedia::pixel_codes, &DocumentMedia::image_position_ids,
+                  io::PixelScale::MultiplyByInverse, batch.pixel_values, batch.image_position_ids);
+  }
+  if (video_frames > 0) {
+    const int64_t patches = first_video->size(1), dim = first_video->size(2);
+    const bool same_length = std::all_of(frames_per_video.begin(), frames_per_video.end(),
+                                         [&](int64_t n) { return n == frames_per_video[0]; });
+    const int64_t V = same_length ? static_cast<int64_t>(frames_per_video.size()) : 1;
+    batch.pixel_values_videos = Tensor::empty({V, video_frames / V, patches, dim}, DType::F32);
+    batch.video_position_ids = Tensor::empty({V, video_frames / V, patches, 2}, DType::I64);
+    gather_pixels(media, &DocumentMedia::video_codes, &DocumentMedia::video_position_ids, io::PixelScale::DivideBy255,
+                  batch.pixel_values_videos, batch.video_position_ids);
   }
   if (clips > 0) {
     const int64_t bins = io::kAudioMelBins;

@@ -9,8 +9,9 @@
 //     add_bos/add_eos and every token is trained; chat is rendered with the Gemma 4 template (which
 //     writes its own <bos>, so add_bos/add_eos do not apply) and only assistant replies and the
 //     <turn|> closing each reply are trained. Empty documents, and conversations without an
-//     assistant reply (nothing to learn), are skipped. A conversation with image or audio parts is
-//     processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h): its
+//     assistant reply (nothing to learn), are skipped. A conversation with image, audio or video parts
+//     is processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h,
+//     io/video_processor.h): its
 //     placeholders expand to the soft-token counts (data/multimodal.h), which are never trained.
 //  2. The validation split takes round(validation_fraction * documents) whole documents, chosen by
 //     a permutation seeded by `seed` (at least one document always stays in training).
@@ -30,14 +31,13 @@
 
 #include "core/tensor.h"
 #include "io/image_processor.h"
+#include "io/video_processor.h"
 #include "io/tokenizer.h"
 
 namespace g4::data {
 
 // A pixel value from its uint8 code as the image processor computes it: in f32, times float(1/255).
-inline float pixel_value(uint8_t code) {
-  return static_cast<float>(code) * static_cast<float>(1.0 / 255.0);
-}
+inline float pixel_value(uint8_t code) { return io::scaled_pixel(code, io::PixelScale::MultiplyByInverse); }
 
 // The processed media of one multimodal document, in the order of its placeholders: what the
 // Gemma 4 processor gives for that conversation alone. A batch concatenates its documents' media
@@ -50,7 +50,12 @@ struct DocumentMedia {
   Tensor image_position_ids;   // i64 [images, max_patches, 2]
   Tensor input_features;       // f32 [clips, frames, 128]; undefined without audio
   Tensor input_features_mask;  // bool [clips, frames]
-  uint64_t hash = 0;           // of the shapes and values above (PackedDataset::fingerprint)
+  // Videos: the sampled frames of all of them, in order, as uint8 codes (each value is code / 255 in
+  // f32, io::PixelScale::DivideBy255): u8 [frames, max_patches, 3*p*p] and i64 [frames, max_patches,
+  // 2]; video_frames[v] frames belong to video v. Undefined / empty without videos.
+  Tensor video_codes{}, video_position_ids{};
+  std::vector<int64_t> video_frames{};
+  uint64_t hash = 0;  // of the shapes and values above (PackedDataset::fingerprint)
 };
 
 // One tokenised document: ids and, per id, whether the loss counts it (assistant turns only
@@ -59,7 +64,7 @@ struct Document {
   std::vector<int32_t> ids;
   std::vector<uint8_t> trained;  // same length as ids
   std::string source;            // "file:line" where the document starts, for messages
-  // Multimodal documents only (empty / null for text): per id 0 text, 1 image, 3 audio soft token
+  // Multimodal documents only (empty / null for text): per id 0 text, 1 image, 2 video, 3 audio soft token
   // (mm_token_type_ids), and the media whose soft tokens the placeholders stand for. Such a
   // document is never split or truncated: its placeholders must stay with their media.
   std::vector<uint8_t> mm_types{};
@@ -79,6 +84,9 @@ struct DataOptions {
   // a soft-token budget over them (0: keep image_processor.max_soft_tokens).
   io::ImageProcessorOptions image_processor{};
   int64_t max_soft_tokens = 0;
+  // Videos of chat data: the video processor's options (set from the model directory by the caller;
+  // max_soft_tokens above does not apply to them).
+  io::VideoProcessorOptions video_processor{};
 };
 
 // Throws g4::Error naming the option whose value is not one of those above.
@@ -96,6 +104,10 @@ struct Batch {
   Tensor mm_token_type_ids{};                      // [B, S] i64
   Tensor pixel_values{}, image_position_ids{};     // [images, max_patches, 3*p*p], [images, max_patches, 2]
   Tensor input_features{}, input_features_mask{};  // [clips, max frames, 128], [clips, max frames]
+  // [videos, frames, max_patches, 3*p*p] and [videos, frames, max_patches, 2]. Videos with different
+  // frame counts come as one [1, all frames, ...]: the model runs videos x frames as one list of
+  // frames, so the soft tokens are the same.
+  Tensor pixel_values_videos{}, video_position_ids{};
 };
 
 // Rows of seq_len tokens, row-major. labels[t] is ids[t] where trained, else -100; the first token
@@ -125,9 +137,10 @@ class PackedDataset {
 
   int64_t train_rows() const;
   int64_t validation_rows() const;
-  // Images and audio clips of all documents (both splits).
+  // Images, audio clips and videos of all documents (both splits).
   int64_t images() const { return images_; }
   int64_t audio_clips() const { return audio_clips_; }
+  int64_t videos() const { return videos_; }
   // Rows of an epoch in seeded shuffled order; batch `index` of the infinite stream of epochs.
   // Batches run straight across epoch ends (row k of the stream is row k % R of epoch k / R), so
   // the batch is a pure function of (data, options, batch_size, index).
@@ -154,7 +167,7 @@ class PackedDataset {
   PackedRows train_, validation_;
   int64_t documents_ = 0, tokens_ = 0;
   double unigram_entropy_ = 0.0;
-  int64_t images_ = 0, audio_clips_ = 0;
+  int64_t images_ = 0, audio_clips_ = 0, videos_ = 0;
 };
 
 // The Gemma 4 chat template: renders {role, content} messages exactly as the tokenizer config's
@@ -163,10 +176,10 @@ class PackedDataset {
 // (the template treats it as the system prompt). Anything else throws g4::Error naming the message.
 // A message's content is either the string `content` or, when `parts` is not empty, a list of
 // parts as the template renders them: text trimmed (an assistant's thoughts stripped),
-// "\n\n<|image|>\n\n" per image and "<|audio|>" per audio clip (the placeholders the processor
-// expands, data/multimodal.h). The system message takes a string only.
+// "\n\n<|image|>\n\n" per image, "\n\n<|video|>\n\n" per video and "<|audio|>" per audio clip (the
+// placeholders the processor expands, data/multimodal.h). The system message takes a string only.
 struct ChatPart {
-  enum class Kind { Text, Image, Audio } kind = Kind::Text;
+  enum class Kind { Text, Image, Audio, Video } kind = Kind::Text;
   std::string text;  // Text parts only
 };
 struct ChatMessage {

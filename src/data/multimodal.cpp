@@ -26,32 +26,42 @@ std::string repeat(const std::string& s, int64_t n) {
 
 }  // namespace
 
-std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where,
+std::string expand_media(const std::string& text, const MediaSoftTokens& media, const std::string& where,
                                       std::vector<size_t>* offsets) {
-  const std::string image = kImagePlaceholder, audio = kAudioPlaceholder;
-  const size_t n_image = count_of(text, image), n_audio = count_of(text, audio);
-  G4_CHECK(n_image == image_soft_tokens.size(), where, " has ", n_image, " image placeholder(s) ", image, " for ",
-           image_soft_tokens.size(), " image(s): each image needs exactly one");
-  G4_CHECK(n_audio == audio_soft_tokens.size(), where, " has ", n_audio, " audio placeholder(s) ", audio, " for ",
-           audio_soft_tokens.size(), " audio clip(s): each clip needs exactly one");
-  for (int64_t n : image_soft_tokens) G4_CHECK(n > 0, where, ": an image has ", n, " soft tokens");
-  for (int64_t n : audio_soft_tokens) G4_CHECK(n > 0, where, ": an audio clip has ", n, " soft tokens");
+  const std::string image = kImagePlaceholder, audio = kAudioPlaceholder, video = kVideoPlaceholder;
+  const size_t n_image = count_of(text, image), n_audio = count_of(text, audio), n_video = count_of(text, video);
+  G4_CHECK(n_image == media.images.size(), where, " has ", n_image, " image placeholder(s) ", image, " for ",
+           media.images.size(), " image(s): each image needs exactly one");
+  G4_CHECK(n_audio == media.audio.size(), where, " has ", n_audio, " audio placeholder(s) ", audio, " for ",
+           media.audio.size(), " audio clip(s): each clip needs exactly one");
+  G4_CHECK(n_video == media.videos.size(), where, " has ", n_video, " video placeholder(s) ", video, " for ",
+           media.videos.size(), " video(s): each video needs exactly one");
+  for (int64_t n : media.images) G4_CHECK(n > 0, where, ": an image has ", n, " soft tokens");
+  for (int64_t n : media.audio) G4_CHECK(n > 0, where, ": an audio clip has ", n, " soft tokens");
+  for (const VideoPlaceholder& v : media.videos)
+    G4_CHECK(v.soft_tokens_per_frame > 0 && !v.timestamps.empty(), where, ": a video has ", v.timestamps.size(),
+             " frame(s) of ", v.soft_tokens_per_frame, " soft tokens");
   // One left-to-right scan; the placeholders cannot overlap each other.
   std::string out;
   std::vector<std::pair<size_t, size_t>> moved;  // (end of a placeholder in text, in out)
-  size_t pos = 0, next_image = 0, next_audio = 0;
+  size_t pos = 0, next_image = 0, next_audio = 0, next_video = 0;
   while (pos < text.size()) {
-    const size_t i = text.find(image, pos), a = text.find(audio, pos);
-    const size_t at = std::min(i, a);
+    const size_t i = text.find(image, pos), a = text.find(audio, pos), v = text.find(video, pos);
+    const size_t at = std::min({i, a, v});
     if (at == std::string::npos) break;
     out.append(text, pos, at - pos);
     if (at == i) {
-      out += "<|image>" + repeat(image, image_soft_tokens[next_image++]) + "<image|>";
+      out += "<|image>" + repeat(image, media.images[next_image++]) + "<image|>";
       pos = at + image.size();
-    } else {
-      out += "<|audio>" + repeat(audio, audio_soft_tokens[next_audio++]) + "<audio|>";
+    } else if (at == a) {
+      out += "<|audio>" + repeat(audio, media.audio[next_audio++]) + "<audio|>";
       pos = at + audio.size();
+    } else {
+      // replace_video_token: " ".join(f"{mm:ss} <|image>{<|video|> * n}<image|>" per frame).
+      const VideoPlaceholder& vp = media.videos[next_video++];
+      const std::string frame = "<|image>" + repeat(video, vp.soft_tokens_per_frame) + "<image|>";
+      for (size_t f = 0; f < vp.timestamps.size(); ++f) out += (f ? " " : "") + vp.timestamps[f] + " " + frame;
+      pos = at + video.size();
     }
     moved.emplace_back(pos, out.size());
   }
@@ -67,8 +77,14 @@ std::string expand_media_placeholders(const std::string& text, const std::vector
   return out;
 }
 
+std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
+                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where,
+                                      std::vector<size_t>* offsets) {
+  return expand_media(text, MediaSoftTokens{image_soft_tokens, audio_soft_tokens}, where, offsets);
+}
+
 std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok) {
-  const std::optional<int32_t> image = tok.token_to_id(kImagePlaceholder), video = tok.token_to_id("<|video|>"),
+  const std::optional<int32_t> image = tok.token_to_id(kImagePlaceholder), video = tok.token_to_id(kVideoPlaceholder),
                                audio = tok.token_to_id(kAudioPlaceholder);
   std::vector<int64_t> types(ids.size(), 0);
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -79,23 +95,29 @@ std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::T
   return types;
 }
 
-void check_media_tokens(const io::Tokenizer& tok, bool images, bool audio, const std::string& where) {
-  std::vector<const char*> needed;
-  if (images) needed.insert(needed.end(), {"<|image>", kImagePlaceholder, "<image|>"});
-  if (audio) needed.insert(needed.end(), {"<|audio>", kAudioPlaceholder, "<audio|>"});
-  for (const char* token : needed)
-    G4_CHECK(tok.token_to_id(token).has_value(), where, ": the tokenizer has no '", token,
+void check_media_tokens(const io::Tokenizer& tok, bool images, bool audio, const std::string& where, bool videos) {
+  const std::pair<const char*, bool> needed[] = {
+      {"<|image>", images || videos}, {"<image|>", images || videos}, {kImagePlaceholder, images},
+      {kVideoPlaceholder, videos},    {"<|audio>", audio},             {kAudioPlaceholder, audio},
+      {"<audio|>", audio}};
+  for (const auto& [token, used] : needed)
+    G4_CHECK(!used || tok.token_to_id(token).has_value(), where, ": the tokenizer has no '", token,
              "' token (a Gemma 4 multimodal tokenizer has it)");
+}
+
+MultimodalIds tokenize_multimodal(const std::string& text, const MediaSoftTokens& media, const io::Tokenizer& tok,
+                                  const std::string& where) {
+  check_media_tokens(tok, !media.images.empty(), !media.audio.empty(), where, !media.videos.empty());
+  MultimodalIds out;
+  out.input_ids = tok.encode(expand_media(text, media, where));
+  out.mm_token_type_ids = mm_token_types(out.input_ids, tok);
+  return out;
 }
 
 MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
                                   const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
                                   const std::string& where) {
-  check_media_tokens(tok, !image_soft_tokens.empty(), !audio_soft_tokens.empty(), where);
-  MultimodalIds out;
-  out.input_ids = tok.encode(expand_media_placeholders(text, image_soft_tokens, audio_soft_tokens, where));
-  out.mm_token_type_ids = mm_token_types(out.input_ids, tok);
-  return out;
+  return tokenize_multimodal(text, MediaSoftTokens{image_soft_tokens, audio_soft_tokens}, tok, where);
 }
 
 PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,

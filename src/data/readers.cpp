@@ -12,6 +12,7 @@
 #include "data/multimodal.h"
 #include "io/image.h"
 #include "io/json_input.h"
+#include "io/video_processor.h"
 #include "io/wav.h"
 
 namespace g4::data {
@@ -71,6 +72,7 @@ struct RawDoc {
   std::string text;
   std::vector<ChatMessage> messages;
   std::vector<std::string> images{}, audio{};  // the media parts' files, in order
+  std::vector<io::VideoFrames> videos{};
 };
 
 void read_plain_text(const std::string& path, const std::string& bytes, const std::string& split,
@@ -124,8 +126,45 @@ std::string string_field(const json& obj, const std::string& key, const std::str
   return it->get<std::string>();
 }
 
+// A video part: {"type": "video", "frames": [FILE, ...], "fps": F} or {"type": "video", "path": DIR,
+// "fps": F} (DIR's frame files sorted by name); fps, the frames' rate, may be left out (24 is used).
+// Every frame must exist now, so that a bad part is reported with its line.
+io::VideoFrames read_video_part(const json& part, const std::string& where, const std::filesystem::path& folder) {
+  const auto resolve = [&](const std::filesystem::path& file) {
+    G4_CHECK(!file.empty(), where, ": a video frame path is empty");
+    return (file.is_absolute() ? file : folder / file).string();
+  };
+  io::VideoFrames video;
+  const auto frames = part.find("frames");
+  G4_CHECK((frames != part.end()) != part.contains("path"), where,
+           ": a video part takes either 'frames' (a list of image files) or 'path' (a folder of frames)");
+  if (frames != part.end()) {
+    G4_CHECK(frames->is_array() && !frames->empty(), where, ": 'frames' must be a non-empty list of image files");
+    for (size_t f = 0; f < frames->size(); ++f) {
+      G4_CHECK((*frames)[f].is_string(), where, ": frames[", f, "] must be a path, not ", json_type((*frames)[f]));
+      video.files.push_back(resolve((*frames)[f].get<std::string>()));
+      std::error_code ec;
+      G4_CHECK(std::filesystem::is_regular_file(video.files.back(), ec), where, ": frame ", video.files.back(),
+               " does not exist");
+    }
+  } else {
+    const std::string dir = resolve(string_field(part, "path", where));
+    try {
+      video.files = io::list_video_frames(dir);
+    } catch (const Error& e) {
+      G4_FAIL(where, ": ", e.what());
+    }
+  }
+  if (const auto fps = part.find("fps"); fps != part.end()) {
+    G4_CHECK(fps->is_number() && fps->get<double>() > 0 && std::isfinite(fps->get<double>()), where,
+             ": 'fps' (the frames' rate) must be a positive number, got ", fps->dump());
+    video.fps = fps->get<double>();
+  }
+  return video;
+}
+
 // An OpenAI-style content list: {"type": "text", "text": ...}, {"type": "image", "path": ...},
-// {"type": "audio", "path": ...}; paths relative to the data file's folder.
+// {"type": "audio", "path": ...}, a video (read_video_part); paths relative to the data file's folder.
 std::vector<ChatPart> read_parts(const json& content, const std::string& at, const std::filesystem::path& folder,
                                  RawDoc& doc) {
   std::vector<ChatPart> parts;
@@ -138,9 +177,14 @@ std::vector<ChatPart> read_parts(const json& content, const std::string& at, con
       parts.push_back({ChatPart::Kind::Text, string_field(part, "text", where)});
       continue;
     }
-    G4_CHECK(
-        type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
-        R"({"type": "text", "text": ...}, {"type": "image", "path": FILE} and {"type": "audio", "path": FILE.wav}))");
+    if (type == "video") {
+      doc.videos.push_back(read_video_part(part, where, folder));
+      parts.push_back({ChatPart::Kind::Video, ""});
+      continue;
+    }
+    G4_CHECK(type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
+             R"({"type": "text", "text": ...}, {"type": "image", "path": FILE}, {"type": "audio", "path": FILE.wav})",
+             R"( and {"type": "video", "frames": [FILE, ...] or "path": DIR, "fps": F}))");
     const std::filesystem::path file = string_field(part, "path", where);
     G4_CHECK(!file.empty(), where, ": 'path' is empty");
     const std::string resolved = (file.is_absolute() ? file : folder / file).string();
@@ -226,37 +270,67 @@ void read_file_docs(const std::string& path, const DataOptions& opt, std::vector
   }
 }
 
-// The uint8 codes of the processor's pixel values (code * float(1/255), io/image_processor.cpp).
-Tensor pixel_codes(const Tensor& pixel_values) {
+// The uint8 codes of the processor's pixel values (io::scaled_pixel of the code).
+Tensor pixel_codes(const Tensor& pixel_values, io::PixelScale scale) {
   Tensor codes = Tensor::empty(pixel_values.shape(), DType::U8);
   const float* v = pixel_values.data<float>();
   uint8_t* c = codes.data<uint8_t>();
   for (int64_t i = 0; i < pixel_values.numel(); ++i) {
     c[i] = static_cast<uint8_t>(std::lround(v[i] * 255.0f));
-    G4_CHECK(pixel_value(c[i]) == v[i], "pixel value ", v[i], " is not a code / 255");
+    G4_CHECK(io::scaled_pixel(c[i], scale) == v[i], "pixel value ", v[i], " is not a code / 255");
   }
   return codes;
 }
 
 uint64_t hash_media(const DocumentMedia& m) {
   Fnv1a f;  // over the shapes and bytes
-  for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask}) {
+  for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask,
+                          &m.video_codes, &m.video_position_ids}) {
     if (!t->defined()) continue;
     for (int64_t d : t->shape()) f.mix(&d, sizeof d);
     f.mix(t->raw(), t->nbytes());
   }
+  for (int64_t n : m.video_frames) f.mix(&n, sizeof n);
   return f.h;
 }
 
-// A conversation with media, as Gemma 4's processor prepares it: every image and clip processed
+// The videos of one conversation through the video processor: their frames' codes and positions
+// concatenated in order into `media`, and what their placeholders expand to.
+std::vector<VideoPlaceholder> process_document_videos(const RawDoc& r, const io::VideoProcessorOptions& opt,
+                                                      DocumentMedia& media) {
+  std::vector<VideoPlaceholder> placeholders;
+  std::vector<Tensor> codes, positions;
+  int64_t frames = 0;
+  for (size_t v = 0; v < r.videos.size(); ++v) {
+    const io::ProcessedVideo p = io::process_video(r.videos[v], opt, "video " + std::to_string(v));
+    codes.push_back(pixel_codes(p.pixel_values, io::PixelScale::DivideBy255));
+    positions.push_back(p.position_ids);
+    media.video_frames.push_back(p.pixel_values.size(0));
+    frames += p.pixel_values.size(0);
+    placeholders.push_back({p.soft_tokens_per_frame, p.timestamps});
+  }
+  if (frames == 0) return placeholders;
+  const int64_t P = codes[0].size(1), D = codes[0].size(2);
+  media.video_codes = Tensor::empty({frames, P, D}, DType::U8);
+  media.video_position_ids = Tensor::empty({frames, P, 2}, DType::I64);
+  auto* c = static_cast<char*>(media.video_codes.raw());
+  auto* pos = static_cast<char*>(media.video_position_ids.raw());
+  for (size_t v = 0; v < codes.size(); ++v) {
+    c = std::copy_n(static_cast<const char*>(codes[v].raw()), codes[v].nbytes(), c);
+    pos = std::copy_n(static_cast<const char*>(positions[v].raw()), positions[v].nbytes(), pos);
+  }
+  return placeholders;
+}
+
+// A conversation with media, as Gemma 4's processor prepares it: every image, clip and video processed
 // (the processor's batch of this conversation alone), the placeholders expanded to their soft-token
 // counts, the text tokenised whole. The reply marks move with the expansion; the media tokens
 // (boundaries and soft tokens) are never trained, wherever they are.
 Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& opt, const io::Tokenizer& tok) {
   auto media = std::make_shared<DocumentMedia>();
-  std::vector<int64_t> image_tokens, audio_tokens;
+  MediaSoftTokens soft_tokens;
   try {
-    check_media_tokens(tok, !r.images.empty(), !r.audio.empty(), "the tokenizer");
+    check_media_tokens(tok, !r.images.empty(), !r.audio.empty(), "the tokenizer", !r.videos.empty());
     io::ImageProcessorOptions o = opt.image_processor;
     if (opt.max_soft_tokens > 0) o.max_soft_tokens = opt.max_soft_tokens;
     std::vector<io::RgbImage> images;
@@ -264,12 +338,13 @@ Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& o
     std::vector<std::vector<float>> clips;
     for (const std::string& f : r.audio) clips.push_back(io::read_wav_16k(f));
     PromptMedia p = process_prompt_media(images, r.images, clips, o);
-    if (p.pixel_values.defined()) media->pixel_codes = pixel_codes(p.pixel_values);
+    if (p.pixel_values.defined()) media->pixel_codes = pixel_codes(p.pixel_values, io::PixelScale::MultiplyByInverse);
     media->image_position_ids = std::move(p.image_position_ids);
     media->input_features = std::move(p.input_features);
     media->input_features_mask = std::move(p.input_features_mask);
-    image_tokens = std::move(p.image_soft_tokens);
-    audio_tokens = std::move(p.audio_soft_tokens);
+    soft_tokens.images = std::move(p.image_soft_tokens);
+    soft_tokens.audio = std::move(p.audio_soft_tokens);
+    soft_tokens.videos = process_document_videos(r, opt.video_processor, *media);
   } catch (const Error& e) {
     G4_FAIL(r.source, ": ", e.what());
   }
@@ -277,7 +352,7 @@ Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& o
   std::vector<size_t> marks;
   for (const RenderedChat::Reply& reply : chat.replies)
     marks.insert(marks.end(), {reply.header, reply.begin, reply.end});
-  chat.text = expand_media_placeholders(chat.text, image_tokens, audio_tokens, r.source, &marks);
+  chat.text = expand_media(chat.text, soft_tokens, r.source, &marks);
   for (size_t i = 0; i < chat.replies.size(); ++i) chat.replies[i] = {marks[3 * i], marks[3 * i + 1], marks[3 * i + 2]};
   Document doc = chat_document(chat, tok);
   const std::vector<int64_t> types = mm_token_types(doc.ids, tok);
@@ -317,7 +392,8 @@ std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer
         ++skipped_no_reply;
         continue;
       }
-      doc = r.images.empty() && r.audio.empty() ? chat_document(chat, tok) : media_document(chat, r, opt, tok);
+      doc = r.images.empty() && r.audio.empty() && r.videos.empty() ? chat_document(chat, tok)
+                                                                     : media_document(chat, r, opt, tok);
     } else {
       if (r.text.empty()) {
         ++skipped_empty;

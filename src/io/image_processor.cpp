@@ -194,6 +194,29 @@ RgbImage resize_bicubic_antialias(const RgbImage& in, int64_t height, int64_t wi
   return out;
 }
 
+float scaled_pixel(uint8_t code, PixelScale scale) {
+  // torch multiplies in f32 by float(1/255) (rescale); the fused normalize divides by 255 in f32.
+  return scale == PixelScale::MultiplyByInverse ? static_cast<float>(code) * static_cast<float>(1.0 / 255.0)
+                                                : static_cast<float>(code) / 255.0f;
+}
+
+int64_t write_patches(const RgbImage& resized, int64_t patch_size, PixelScale scale, float* values,
+                      int64_t* positions) {
+  const int64_t p = patch_size, ph = resized.height / p, pw = resized.width / p, D = 3 * p * p;
+  for (int64_t py = 0; py < ph; ++py)
+    for (int64_t px = 0; px < pw; ++px) {
+      const int64_t patch = py * pw + px;
+      positions[patch * 2] = px;
+      positions[patch * 2 + 1] = py;
+      float* dst = values + patch * D;
+      for (int64_t dy = 0; dy < p; ++dy) {
+        const uint8_t* row = &resized.pixels[size_t(((py * p + dy) * resized.width + px * p) * 3)];
+        for (int64_t k = 0; k < p * 3; ++k) dst[dy * p * 3 + k] = scaled_pixel(row[k], scale);
+      }
+    }
+  return ph * pw;
+}
+
 ProcessedImages process_images(const std::vector<RgbImage>& images, const ImageProcessorOptions& opt,
                                const std::vector<std::string>& names) {
   check_image_processor_options(opt, "image processor");
@@ -202,7 +225,6 @@ ProcessedImages process_images(const std::vector<RgbImage>& images, const ImageP
   ProcessedImages out;
   out.pixel_values = Tensor::zeros({N, P, D}, DType::F32);
   out.image_position_ids = Tensor::full({N, P, 2}, -1.0, DType::I64);
-  const float inv255 = static_cast<float>(1.0 / 255.0);  // torch multiplies in f32 by float(1/255)
   for (int64_t n = 0; n < N; ++n) {
     const RgbImage& img = images[size_t(n)];
     const std::string name = n < static_cast<int64_t>(names.size()) ? names[size_t(n)] : "#" + std::to_string(n);
@@ -210,21 +232,10 @@ ProcessedImages process_images(const std::vector<RgbImage>& images, const ImageP
              name, " has ", img.pixels.size(), " bytes for ", img.width, "x", img.height, " RGB pixels");
     const auto [th, tw] = image_target_size(img.height, img.width, opt, name);
     const RgbImage resized = resize_bicubic_antialias(img, th, tw);
-    const int64_t ph = th / p, pw = tw / p;
-    float* pv = out.pixel_values.data<float>() + n * P * D;
-    int64_t* pos = out.image_position_ids.data<int64_t>() + n * P * 2;
-    for (int64_t py = 0; py < ph; ++py)
-      for (int64_t px = 0; px < pw; ++px) {
-        const int64_t patch = py * pw + px;
-        pos[patch * 2] = px;
-        pos[patch * 2 + 1] = py;
-        float* dst = pv + patch * D;
-        for (int64_t dy = 0; dy < p; ++dy) {
-          const uint8_t* row = &resized.pixels[size_t(((py * p + dy) * tw + px * p) * 3)];
-          for (int64_t k = 0; k < p * 3; ++k) dst[dy * p * 3 + k] = static_cast<float>(row[k]) * inv255;
-        }
-      }
-    out.num_soft_tokens.push_back(ph * pw / (opt.pooling_kernel_size * opt.pooling_kernel_size));
+    const int64_t patches = write_patches(resized, p, PixelScale::MultiplyByInverse,
+                                          out.pixel_values.data<float>() + n * P * D,
+                                          out.image_position_ids.data<int64_t>() + n * P * 2);
+    out.num_soft_tokens.push_back(patches / (opt.pooling_kernel_size * opt.pooling_kernel_size));
     out.resized_hw.emplace_back(th, tw);
   }
   return out;

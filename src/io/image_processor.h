@@ -44,6 +44,19 @@ std::pair<int64_t, int64_t> image_target_size(int64_t height, int64_t width, con
 // fixed point, the horizontal pass first, each pass rounded and clamped to uint8.
 RgbImage resize_bicubic_antialias(const RgbImage& in, int64_t height, int64_t width);
 
+// How uint8 codes become pixel values in [0, 1]. Images: rescale, code * float(1/255) in f32.
+// Video frames: Gemma4VideoProcessor has do_normalize true with mean 0 and std 1, which transformers
+// fuses with the rescale into normalize(x, 0, 255): code / 255 in f32, one ulp away from the image
+// value for some codes (MULTIMODAL.md 5.1).
+enum class PixelScale { MultiplyByInverse, DivideBy255 };
+float scaled_pixel(uint8_t code, PixelScale scale);
+
+// Writes the patches of an image already at its target size (both sides multiples of patch_size),
+// row-major over the patches with (dy*p + dx)*3 + c inside a patch, to values [n, 3*p*p], and
+// their (x, y) to positions [n, 2]; returns n.
+int64_t write_patches(const RgbImage& resized, int64_t patch_size, PixelScale scale, float* values,
+                      int64_t* positions);
+
 struct ProcessedImages {
   Tensor pixel_values;        // f32 [N, max_patches, 3*p*p], in [0, 1]; padding rows 0
   Tensor image_position_ids;  // i64 [N, max_patches, 2] = (x, y) per patch; padding (-1, -1)

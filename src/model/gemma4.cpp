@@ -376,6 +376,10 @@ SoftTokens Gemma4::soft_tokens(const ForwardInputs& in) const {
   G4_CHECK(in.pixel_values.defined() == in.image_position_ids.defined(),
            "give pixel_values and image_position_ids together");
   G4_CHECK(!in.pixel_values.defined() || cfg_.vision, "pixel_values given, but the model has no vision tower");
+  G4_CHECK(in.pixel_values_videos.defined() == in.video_position_ids.defined(),
+           "give pixel_values_videos and video_position_ids together");
+  G4_CHECK(!in.pixel_values_videos.defined() || cfg_.vision,
+           "pixel_values_videos given, but the model has no vision tower");
   G4_CHECK(in.input_features.defined() == in.input_features_mask.defined(),
            "give input_features and input_features_mask together");
   G4_CHECK(!in.input_features.defined() || (cfg_.conditional && cfg_.has_audio),
@@ -383,6 +387,19 @@ SoftTokens Gemma4::soft_tokens(const ForwardInputs& in) const {
   SoftTokens out;
   if (in.pixel_values.defined())
     out.image = vision_forward(params_, *cfg_.vision, {in.pixel_values, in.image_position_ids}, dtype_, device_).projected;
+  if (in.pixel_values_videos.defined()) {
+    // get_video_features: videos x frames flattened into one batch of images for the same tower.
+    const Tensor& pv = in.pixel_values_videos;
+    const Tensor& pos = in.video_position_ids;
+    G4_CHECK(pv.dim() == 4 && pos.dim() == 4 && pos.size(0) == pv.size(0) && pos.size(1) == pv.size(1),
+             "pixel_values_videos ", pv.describe(), " and video_position_ids ", pos.describe(),
+             " must be [videos, frames, P, 3·patch²] and [videos, frames, P, 2]");
+    const int64_t frames = pv.size(0) * pv.size(1);
+    out.video = vision_forward(params_, *cfg_.vision,
+                               {pv.reshape({frames, pv.size(2), pv.size(3)}), pos.reshape({frames, pos.size(2), pos.size(3)})},
+                               dtype_, device_)
+                    .projected;
+  }
   if (in.input_features.defined())
     out.audio = AudioTower::from_params(params_, cfg_).soft_tokens(in.input_features, in.input_features_mask);
   return out;
@@ -392,7 +409,9 @@ ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const Forw
   ag::Var out = h;
   const Tensor host_ids = ids.to(Device::CPU);
   const SoftTokens soft = soft_tokens(in);
+  // transformers' order: images, then videos, then audio (each fills its own placeholder id).
   if (soft.image.defined()) out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, soft.image);
+  if (soft.video.defined()) out = merge_soft_tokens(out, host_ids, cfg_.vision->video_token_id, soft.video);
   if (soft.audio.defined()) out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id, soft.audio);
   return out;
 }

@@ -46,6 +46,11 @@ struct ForwardInputs {
   // [clips, frames] (bool, valid frames first). The tower's soft tokens where its output mask is
   // true, in (clip, frame) order, replace the audio_token_id placeholders of input_ids.
   Tensor input_features{}, input_features_mask{};
+  // Videos: the video processor's pixel_values_videos [videos, frames, P, 3·patch²] and
+  // video_position_ids [videos, frames, P, 2]. Every frame goes through the vision tower as an
+  // image would; the soft tokens, frame by frame in (video, frame) order, replace the
+  // video_token_id placeholders (after the images' merge, before the audio's).
+  Tensor pixel_values_videos{}, video_position_ids{};
 };
 
 struct ForwardOutputs {
@@ -66,9 +71,10 @@ struct ForwardOutputs {
 };
 
 // The towers' outputs for a forward's media, what replaces the placeholders: image soft tokens
-// [Σ n_i, H] in image order and audio soft tokens [Σ m_c, H] in clip order (undefined when absent).
+// [Σ n_i, H] in image order, video soft tokens [Σ frames · n, H] (every frame of every video, in
+// order) and audio soft tokens [Σ m_c, H] in clip order (undefined when absent).
 struct SoftTokens {
-  ag::Var image, audio;
+  ag::Var image, video, audio;
 };
 
 // Context parallelism: the model's input is one contiguous slice of each sequence, and attention
@@ -168,7 +174,7 @@ class Gemma4 {
   // The id the embeddings look up for token `id`: the pad token for a multimodal placeholder
   // (image, video, audio; Gemma4Model.forward embeds them as pad before the merge), else `id`.
   int64_t text_id(int64_t id) const;
-  // The vision and audio towers over in's pixel_values / input_features (checked against the
+  // The vision and audio towers over in's pixel_values, pixel_values_videos / input_features (checked against the
   // model: a medium without its tower is an error); records the tape in grad mode.
   SoftTokens soft_tokens(const ForwardInputs& in) const;
 

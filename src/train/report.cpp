@@ -24,6 +24,7 @@ std::string describe_data(const data::PackedDataset& data, int64_t seq_len) {
   if (data.images() + data.audio_clips() > 0)
     out.insert(out.find('\n'), ", " + std::to_string(data.images()) + " images and " +
                                    std::to_string(data.audio_clips()) + " audio clips in them");
+  if (data.videos() > 0) out.insert(out.find('\n'), ", " + std::to_string(data.videos()) + " videos");
   return out;
 }
 

@@ -48,9 +48,25 @@ io::ImageProcessorOptions data_image_processor(const std::string& model_dir, con
   return config.vision ? io::model_image_processor_options(model_dir, *config.vision) : io::ImageProcessorOptions{};
 }
 
+io::VideoProcessorOptions data_video_processor(const std::string& model_dir, const io::ModelConfig& config) {
+  const bool has_file = !model_dir.empty() && fs::exists(fs::path(model_dir) / "processor_config.json");
+  io::VideoProcessorOptions opt = has_file ? io::load_video_processor_options(model_dir) : io::VideoProcessorOptions{};
+  if (!config.vision) return opt;
+  if (!has_file) {
+    opt.frame.patch_size = config.vision->patch_size;
+    opt.frame.pooling_kernel_size = config.vision->pooling_kernel_size;
+  }
+  G4_CHECK(opt.frame.patch_size == config.vision->patch_size &&
+               opt.frame.pooling_kernel_size == config.vision->pooling_kernel_size,
+           model_dir, ": the video processor's patch_size ", opt.frame.patch_size, " and pooling_kernel_size ",
+           opt.frame.pooling_kernel_size, " differ from the vision tower's ", config.vision->patch_size, " and ",
+           config.vision->pooling_kernel_size);
+  return opt;
+}
+
 void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
-                           bool images, bool audio) {
-  if (!images && !audio) return;
+                           bool images, bool audio, bool videos) {
+  if (!images && !audio && !videos) return;
   G4_CHECK(cp == 1, r.source, ": parallel.context_parallel is ", cp, ", but data.train holds images or audio: ",
            "multimodal rows cannot be cut across context-parallel ranks (the towers need whole media)");
   // load_documents checked that the tokenizer has the tokens of the media present.
@@ -62,6 +78,7 @@ void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const
   };
   if (images) same("<|image|>", config.vision.has_value(), config.vision ? config.vision->image_token_id : -1, "image");
   if (audio) same("<|audio|>", config.conditional && config.has_audio, config.audio_token_id, "audio");
+  if (videos) same("<|video|>", config.vision.has_value(), config.vision ? config.vision->video_token_id : -1, "video");
 }
 
 namespace {

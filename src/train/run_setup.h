@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "io/image_processor.h"
+#include "io/video_processor.h"
 #include "io/tokenizer.h"
 #include "model/gemma4.h"
 #include "parallel/communicator.h"
@@ -41,11 +42,14 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
 // preprocessor_config.json) when it has one, else the defaults with the vision tower's patch and
 // pooling sizes (a fixture without processor files). The patch size must be the tower's.
 io::ImageProcessorOptions data_image_processor(const std::string& model_dir, const io::ModelConfig& config);
+// The video processor likewise: processor_config.json's video_processor, else the defaults with the
+// tower's patch and pooling sizes.
+io::VideoProcessorOptions data_video_processor(const std::string& model_dir, const io::ModelConfig& config);
 
-// Training data with images or audio: the model must have the towers, the tokenizer's placeholders
-// must be the model's ids, and the rows must not be cut across context-parallel ranks.
+// Training data with images, audio or videos: the model must have the towers, the tokenizer's
+// placeholders must be the model's ids, and the rows must not be cut across context-parallel ranks.
 void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
-                           bool images, bool audio);
+                           bool images, bool audio, bool videos = false);
 
 class RunParts {
  public:

@@ -40,7 +40,9 @@ model::ForwardInputs batch_inputs(const data::Batch& b) {
   for (const auto& [to, from] :
        {std::pair{&In::pixel_values, &B::pixel_values}, std::pair{&In::image_position_ids, &B::image_position_ids},
         std::pair{&In::mm_token_type_ids, &B::mm_token_type_ids}, std::pair{&In::input_features, &B::input_features},
-        std::pair{&In::input_features_mask, &B::input_features_mask}})
+        std::pair{&In::input_features_mask, &B::input_features_mask},
+        std::pair{&In::pixel_values_videos, &B::pixel_values_videos},
+        std::pair{&In::video_position_ids, &B::video_position_ids}})
     in.*to = b.*from;
   return in;
 }

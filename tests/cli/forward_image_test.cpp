@@ -1,7 +1,8 @@
-// `g4 forward MODEL --prompt TEXT --image FILE`: the inputs it makes (input_ids with the image's
-// soft tokens, pixel_values) give the same logits as those tensors passed through --inputs; bad
-// images and mismatched placeholders are errors naming what is wrong. `g4 generate` with images
-// (--prompt --image, and image parts in a --prompts file) continues with the forward's argmax.
+// `g4 forward MODEL --prompt TEXT --image FILE` and `--video FRAMES`: the inputs it makes (input_ids
+// with the media's soft tokens, pixel_values, pixel_values_videos) give the same logits as those
+// tensors passed through --inputs; bad images and mismatched placeholders are errors naming what is
+// wrong. `g4 generate` with images (--prompt --image, and image parts in a --prompts file)
+// continues with the forward's argmax.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -12,7 +13,9 @@
 
 #include "io/image_processor.h"
 #include "io/safetensors.h"
+#include "io/video_processor.h"
 #include "support/g4_process.h"
+#include "support/png_file.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
@@ -24,18 +27,20 @@ using test::ProcessResult;
 
 void write_file(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
-// tiny-mm-e (vision patch 6, image ids 300/301/304 in a 320-token vocabulary) with a processor
-// config for its patch size and the plain test tokenizer plus the image tokens at those ids.
+// tiny-mm-e (vision patch 6, image ids 300/301/304 and video 306 in a 320-token vocabulary) with a
+// processor config for its patch size (videos: 2 frames) and the plain test tokenizer plus the
+// image and video tokens at those ids.
 fs::path make_model_dir() {
   const fs::path dir = test::scratch_dir("cli_forward_image");
   const std::string src = test::data_dir() + "/hf-gemma4-mm/tiny-mm-e";
   for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(src + "/" + f, dir / f);
   write_file(dir / "processor_config.json",
-             R"({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70}})");
+             R"({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70},)"
+             R"( "video_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70, "num_frames": 2}})");
   std::ifstream in(test::data_dir() + "/tokenizers/plain.json");
   nlohmann::json tok = nlohmann::json::parse(in);
   for (const auto& [id, content] : std::vector<std::pair<int, std::string>>{{300, "<|image>"}, {301, "<image|>"},
-                                                                              {304, "<|image|>"}})
+                                                                              {304, "<|image|>"}, {306, "<|video|>"}})
     tok["added_tokens"].push_back({{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false},
                                    {"rstrip", false}, {"normalized", false}, {"special", true}});
   write_file(dir / "tokenizer.json", tok.dump());
@@ -97,6 +102,67 @@ TEST(CliForwardImage, PromptAndImageGiveTheSameLogitsAsTheirTensors) {
   EXPECT_EQ(only.data<int64_t>()[0], 2);
   EXPECT_EQ(only.data<int64_t>()[1], 300);
   EXPECT_EQ(only.data<int64_t>()[62], 301);
+  fs::remove_all(dir);
+  fs::remove_all(outs);
+}
+
+// A video of three 30x40 frames at 1 fps, two of them sampled (the processor config's num_frames):
+// frames 0 and 1, "00:00" and "00:01", 63 soft tokens each at patch 6; the same tensors through
+// --inputs give the same logits. A folder of frames with --video-frames and --chat runs too.
+TEST(CliForwardImage, PromptAndVideoGiveTheSameLogitsAsTheirTensors) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_forward_video_out");
+  fs::create_directories(outs / "frames");
+  std::vector<std::string> frames;
+  for (int i = 0; i < 3; ++i) {
+    frames.push_back((outs / "frames" / ("f" + std::to_string(i) + ".png")).string());
+    test::write_random_png(frames.back(), 40, 30, 60 + static_cast<uint32_t>(i));
+  }
+  const std::string out = (outs / "out.safetensors").string();
+  ProcessResult r = test::run_g4("forward " + dir.string() + " --prompt 'a <|video|> b' --video " + frames[0] + "," +
+                                 frames[1] + "," + frames[2] + " --video-fps 1 --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 of 3 frames, 30x40 -> 126x162, 63 soft tokens per frame"), std::string::npos)
+      << r.output;
+  const io::SafetensorsReader got = io::SafetensorsReader::open(out);
+  const Tensor ids = got.get("input_ids"), types = got.get("mm_token_type_ids");
+  int64_t video_tokens = 0, bois = 0;
+  for (int64_t t = 0; t < ids.numel(); ++t) {
+    const int64_t id = ids.data<int64_t>()[t];
+    video_tokens += id == 306;
+    bois += id == 300;
+    EXPECT_EQ(types.data<int64_t>()[t], id == 306 ? 2 : 0) << t;
+  }
+  EXPECT_EQ(video_tokens, 2 * 63);
+  EXPECT_EQ(bois, 2);
+
+  io::VideoProcessorOptions opt;
+  opt.frame.patch_size = 6;
+  opt.num_frames = 2;
+  const auto [values, positions] = io::stack_videos({io::process_video({frames, 1.0}, opt)});
+  const std::string in = (outs / "in.safetensors").string(), out2 = (outs / "out2.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", ids.clone()},
+                            {"mm_token_type_ids", types.clone()},
+                            {"pixel_values_videos", values},
+                            {"video_position_ids", positions}});
+  r = test::run_g4("forward " + dir.string() + " --inputs " + in + " --out " + out2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(test::max_diff(got.get("logits"), io::SafetensorsReader::open(out2).get("logits")), 0.0);
+
+  r = test::run_g4("forward " + dir.string() + " --chat --prompt 'same?' --image " + fixture_image() + " --video " +
+                   (outs / "frames").string() + " --video-frames 3 --out " + out + " --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("3 of 3 frames"), std::string::npos) << r.output;
+  const Tensor chat_types = io::SafetensorsReader::open(out).get("mm_token_type_ids");
+  int64_t image = 0, video = 0;
+  for (int64_t t = 0; t < chat_types.numel(); ++t)
+    image += chat_types.data<int64_t>()[t] == 1, video += chat_types.data<int64_t>()[t] == 2;
+  EXPECT_EQ(image, 60);
+  EXPECT_EQ(video, 3 * 63);
+
+  r = test::run_g4("forward " + dir.string() + " --prompt x --video " + frames[0] + ",missing.png --out " + out +
+                   " --overwrite");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("missing.png does not exist"), std::string::npos) << r.output;
   fs::remove_all(dir);
   fs::remove_all(outs);
 }

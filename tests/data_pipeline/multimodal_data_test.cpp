@@ -1,4 +1,4 @@
-// Chat training data with image and audio parts: the reader's errors, a multimodal document's ids,
+// Chat training data with image, audio and video parts: the reader's errors, a multimodal document's ids,
 // trained marks and token types, batches whose media equal the processor's, and packing that never
 // cuts a multimodal document.
 #include <gtest/gtest.h>
@@ -10,9 +10,11 @@
 #include "data/multimodal.h"
 #include "io/audio_features.h"
 #include "io/image_processor.h"
+#include "io/video_processor.h"
 #include "io/io_test_util.h"
 #include "io/wav.h"
 #include "support/error_message.h"
+#include "support/png_file.h"
 #include "support/wav_file.h"
 
 namespace g4::data {
@@ -328,6 +330,114 @@ TEST(MultimodalData, OverlongMultimodalDocumentsAreRefused) {
   o.max_soft_tokens = 100;
   const std::string e = test::error_of([&] { PackedDataset(o, tokenizer()); });
   EXPECT_NE(e.find("data option max_soft_tokens: 100"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace g4::data
+
+namespace g4::data {
+namespace {
+
+// tiny-mm-e's tower for video frames: patch 6, 70 soft tokens, `frames` sampled (0: every frame).
+io::VideoProcessorOptions tiny_video_options(int64_t frames) {
+  io::VideoProcessorOptions o;
+  o.frame = tiny_options();
+  o.num_frames = frames;
+  o.sample_frames = frames > 0;
+  return o;
+}
+
+std::string video_folder_part(const std::string& folder, const std::string& fps) {
+  return R"({"type": "video", "path": ")" + folder + R"(", "fps": )" + fps + "}";
+}
+
+TEST(MultimodalData, VideoReaderErrorsNameTheLineAndThePart) {
+  test::TempDir dir;
+  const std::string f = dir / "chat.jsonl";
+  std::filesystem::create_directories(dir / "empty");
+  test::write_random_png(dir / "a.png", 20, 30, 1);
+  const auto error_for = [&](const std::string& part) {
+    test::write_text(f, "\n" + chat_line(part, "a") + "\n");
+    return test::error_of([&] { load_documents(options_for(f), tokenizer()); });
+  };
+  const std::string at = f + ":2: messages[0].content[0]: ";
+  std::string e = error_for(R"({"type": "video", "frames": ["a.png", "gone.png"], "fps": 2})");
+  EXPECT_NE(e.find(at + "frame " + (dir / "gone.png") + " does not exist"), std::string::npos) << e;
+  e = error_for(R"({"type": "video", "frames": ["a.png"], "fps": 0})");
+  EXPECT_NE(e.find(at + "'fps' (the frames' rate) must be a positive number, got 0"), std::string::npos) << e;
+  e = error_for(R"({"type": "video", "frames": ["a.png"], "fps": -3})");
+  EXPECT_NE(e.find(at + "'fps'"), std::string::npos) << e;
+  e = error_for(video_folder_part("empty", "2"));
+  EXPECT_NE(e.find(at + "video frame directory " + (dir / "empty") + " holds no frame files"), std::string::npos) << e;
+  e = error_for(video_folder_part("nowhere", "2"));
+  EXPECT_NE(e.find(at + "video frame directory"), std::string::npos) << e;
+  e = error_for(R"({"type": "video", "fps": 2})");
+  EXPECT_NE(e.find(at + "a video part takes either 'frames'"), std::string::npos) << e;
+  e = error_for(R"({"type": "video", "frames": []})");
+  EXPECT_NE(e.find(at + "'frames' must be a non-empty list"), std::string::npos) << e;
+}
+
+// A conversation with two videos (a folder of 4 frames at 2 fps, a list of 2 frames without fps),
+// every frame kept: each frame's soft tokens typed 2 and untrained, after its timestamp; the batch
+// carries the processor's frames, as one [1, 6, P, D] since the videos differ in length, and with
+// equal lengths as [videos, frames, P, D].
+TEST(MultimodalData, VideoDocumentsAndBatches) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir / "clip");
+  for (int i = 0; i < 4; ++i) test::write_random_png(dir / ("clip/" + std::to_string(i) + ".png"), 40, 30, 10 + i);
+  test::write_random_png(dir / "x.png", 40, 30, 20);
+  test::write_random_png(dir / "y.png", 40, 30, 21);
+  test::write_text(dir / "chat.jsonl",
+                   chat_line(video_folder_part("clip", "2") + ", " + text_part("and") + ", " +
+                                 R"({"type": "video", "frames": ["x.png", "y.png"]})" + ", " + text_part("same?"),
+                             "no") +
+                       "\n");
+  DataOptions o = options_for(dir / "chat.jsonl", 1024);
+  o.video_processor = tiny_video_options(0);
+  const std::vector<Document> docs = load_documents(o, tokenizer());
+  ASSERT_EQ(docs.size(), 1u);
+  const Document& d = docs[0];
+  const io::ProcessedVideo a = io::process_video({io::list_video_frames(dir / "clip"), 2.0}, o.video_processor);
+  const io::ProcessedVideo b = io::process_video({{dir / "x.png", dir / "y.png"}, 0.0}, o.video_processor);
+  ASSERT_EQ(a.soft_tokens_per_frame, 63);  // 30x40 -> 126x162 at patch 6: 21x27 patches
+  EXPECT_EQ(a.timestamps, (std::vector<std::string>{"00:00", "00:00", "00:01", "00:01"}));
+  EXPECT_EQ(b.timestamps, (std::vector<std::string>{"00:00", "00:00"}));  // 24 fps assumed
+  ASSERT_TRUE(d.media);
+  EXPECT_EQ(d.media->video_frames, (std::vector<int64_t>{4, 2}));
+  int64_t video_tokens = 0;
+  const int32_t video = *tokenizer().token_to_id("<|video|>");
+  for (size_t t = 0; t < d.ids.size(); ++t) {
+    EXPECT_EQ(d.mm_types[t] == 2, d.ids[t] == video) << t;
+    if (d.ids[t] == video) {
+      EXPECT_EQ(d.trained[t], 0) << t;
+    }
+    video_tokens += d.ids[t] == video;
+  }
+  EXPECT_EQ(video_tokens, 6 * 63);
+
+  const PackedDataset ds(o, tokenizer());
+  EXPECT_EQ(ds.videos(), 2);
+  const Batch batch = ds.train_batch(1, 0);
+  ASSERT_TRUE(batch.pixel_values_videos.defined());
+  EXPECT_FALSE(batch.pixel_values.defined());
+  ASSERT_EQ(batch.pixel_values_videos.shape(), (Shape{1, 6, 630, 108}));
+  ASSERT_EQ(batch.video_position_ids.shape(), (Shape{1, 6, 630, 2}));
+  const size_t bytes_a = a.pixel_values.nbytes(), pos_a = a.position_ids.nbytes();
+  EXPECT_EQ(std::memcmp(batch.pixel_values_videos.raw(), a.pixel_values.raw(), bytes_a), 0);
+  EXPECT_EQ(std::memcmp(static_cast<const char*>(batch.pixel_values_videos.raw()) + bytes_a, b.pixel_values.raw(),
+                        b.pixel_values.nbytes()),
+            0);
+  EXPECT_EQ(std::memcmp(batch.video_position_ids.raw(), a.position_ids.raw(), pos_a), 0);
+  EXPECT_EQ(std::memcmp(static_cast<const char*>(batch.video_position_ids.raw()) + pos_a, b.position_ids.raw(),
+                        b.position_ids.nbytes()),
+            0);
+
+  // Two frames of each: [2, 2, P, D]; the fingerprint moves with the sampling.
+  const uint64_t all_frames = ds.fingerprint();
+  o.video_processor = tiny_video_options(2);
+  const PackedDataset two(o, tokenizer());
+  EXPECT_EQ(two.train_batch(1, 0).pixel_values_videos.shape(), (Shape{2, 2, 630, 108}));
+  EXPECT_NE(two.fingerprint(), all_frames);
 }
 
 }  // namespace

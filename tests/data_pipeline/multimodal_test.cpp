@@ -3,6 +3,8 @@
 // chat messages with image and audio parts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "data/dataset.h"
 #include "data/multimodal.h"
 #include "io/audio_features.h"
@@ -85,6 +87,55 @@ TEST(MultimodalPrompt, ChatPartsRenderAsTheGemma4Template) {
   EXPECT_EQ(images, 4);
   EXPECT_EQ(audio, 2);
   EXPECT_EQ(ids.mm_token_type_ids[size_t(at)], 0);  // boi is text
+}
+
+// Each <|video|> becomes, per sampled frame, its timestamp and a boi/eoi-bounded run of video soft
+// tokens, the frames joined by spaces (replace_video_token); placeholders of each kind take their
+// media in order, whatever the order of the kinds.
+TEST(MultimodalPrompt, VideoExpansionLayoutAndTypes) {
+  const MediaSoftTokens media{{2}, {}, {{2, {"00:00", "00:01", "01:05"}}}};
+  const std::string frame = "<|image><|video|><|video|><image|>";
+  const std::string want = "a<|image><|image|><|image|><image|>b00:00 " + frame + " 00:01 " + frame + " 01:05 " +
+                           frame + "c";
+  EXPECT_EQ(expand_media("a<|image|>b<|video|>c", media), want);
+  std::string e = test::error_of([&] { expand_media("a<|image|>b", media, "prompt.txt"); });
+  EXPECT_NE(e.find("prompt.txt has 0 video placeholder(s) <|video|> for 1 video(s)"), std::string::npos) << e;
+  e = test::error_of([] { expand_media("<|video|>", MediaSoftTokens{{}, {}, {{3, {}}}}); });
+  EXPECT_NE(e.find("a video has 0 frame(s)"), std::string::npos) << e;
+
+  // A chat turn with an image and a video, as the Gemma 4 template renders them, tokenised with the
+  // fixture's tokenizer: image tokens typed 1, video tokens 2, boundaries and timestamps 0, and
+  // the soft tokens of each frame one run between its own boi and eoi.
+  ChatMessage user{"user", "", {}};
+  user.parts = {{ChatPart::Kind::Image, ""}, {ChatPart::Kind::Video, ""}, {ChatPart::Kind::Text, "Same?"}};
+  const std::string text = render_chat({user}, true);
+  EXPECT_EQ(text, "<bos><|turn>user\n\n\n<|image|>\n\n\n\n<|video|>\n\nSame?<turn|>\n<|turn>model\n");
+  const auto tok = io::load_tokenizer(processor_dir() + "/tokenizer.json");
+  const MultimodalIds ids = tokenize_multimodal(text, media, *tok);
+  const int32_t boi = *tok->token_to_id("<|image>"), eoi = *tok->token_to_id("<image|>"),
+                video = *tok->token_to_id("<|video|>");
+  std::vector<int64_t> runs, kinds;  // length and type of each run of soft tokens
+  int64_t bois = 0, eois = 0;
+  for (size_t t = 0; t < ids.input_ids.size(); ++t) {
+    const int64_t type = ids.mm_token_type_ids[t];
+    EXPECT_EQ(type == 2, ids.input_ids[t] == video) << t;
+    bois += ids.input_ids[t] == boi;
+    eois += ids.input_ids[t] == eoi;
+    if (type == 0) continue;
+    if (t == 0 || ids.mm_token_type_ids[t - 1] == 0) {
+      EXPECT_EQ(ids.input_ids[t - 1], boi) << t;
+      runs.push_back(0);
+      kinds.push_back(type);
+    }
+    ++runs.back();
+  }
+  EXPECT_EQ(runs, (std::vector<int64_t>{2, 2, 2, 2}));
+  EXPECT_EQ(kinds, (std::vector<int64_t>{1, 2, 2, 2}));
+  EXPECT_EQ(bois, 4);
+  EXPECT_EQ(eois, 4);
+  // The timestamps are text: "01:05" is there, as characters of the stand-in vocabulary.
+  const std::vector<int32_t> stamp = tok->encode(" 01:05 ");
+  EXPECT_NE(std::search(ids.input_ids.begin(), ids.input_ids.end(), stamp.begin(), stamp.end()), ids.input_ids.end());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The vision and audio towers on the GPU in bf16 against the same towers in f32 on the CPU, on the
 // multimodal fixtures (tests/data/hf-gemma4-mm): soft tokens and every tower parameter's gradient
-// of a random projection of them, and the whole multimodal forward.
+// of a random projection of them, and the whole multimodal forward (with images, and with the images
+// given as the frames of a video).
 //
 // bf16 tolerances: every op rounds to bf16 (8 bits of mantissa, 0.4% relative), through two
 // encoder layers, clipped linears (a value near a bound may clamp on one side only) and softmax;
@@ -78,6 +79,19 @@ void expect_tower_gradients_close(const model::Gemma4& cpu, const model::Gemma4&
               worst_name.c_str());
 }
 
+// One forward and backward of `in` on both models: logits and loss near the CPU's, and the
+// gradients of the parameters under `prefixes`.
+void expect_forward_close(model::Gemma4& cpu, model::Gemma4& gpu, const model::ForwardInputs& in,
+                          const std::vector<std::string>& prefixes) {
+  const model::ForwardOutputs c = cpu.forward(in);
+  ag::backward(c.loss);
+  const model::ForwardOutputs g = gpu.forward(in);
+  ag::backward(g.loss);
+  test::expect_close_scaled(g.logits.value(), c.logits.value(), 0, 2 * kOutputRtol, "logits");
+  EXPECT_NEAR(g.loss.value().item(), c.loss.value().item(), 1e-2 * std::abs(c.loss.value().item()));
+  expect_tower_gradients_close(cpu, gpu, prefixes, 2.5 * kGradRelL2);
+}
+
 class GpuVisionTower : public MultimodalOnBoth {};
 
 TEST_P(GpuVisionTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
@@ -129,18 +143,40 @@ TEST_P(GpuAudioTower, WholeMultimodalForwardMatchesTheCpu) {
                         {"input_features", &in.input_features},
                         {"input_features_mask", &in.input_features_mask}})
     *t = ref->get(key).clone();
-  const model::ForwardOutputs c = cpu->forward(in);
-  ag::backward(c.loss);
-  const model::ForwardOutputs g = gpu->forward(in);
-  ag::backward(g.loss);
-  test::expect_close_scaled(g.logits.value(), c.logits.value(), 0, 2 * kOutputRtol, "logits");
-  EXPECT_NEAR(g.loss.value().item(), c.loss.value().item(), 1e-2 * std::abs(c.loss.value().item()));
-  expect_tower_gradients_close(
-      *cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix, model::kAudioPrefix, model::kAudioEmbedPrefix},
-      2.5 * kGradRelL2);
+  expect_forward_close(*cpu, *gpu, in,
+                       {model::kVisionPrefix, model::kVisionEmbedPrefix, model::kAudioPrefix, model::kAudioEmbedPrefix});
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuAudioTower, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
+                         test::fixture_param_name);
+
+class GpuVideo : public MultimodalOnBoth {};
+
+// Video on the GPU: the fixture's images given as the frames of one video (pixel_values_videos
+// [1, N, P, D], their placeholders video tokens typed 2, so tiny-mm-bidir's frames are blocks):
+// logits and loss near the CPU's, and the vision tower's gradients of the loss.
+TEST_P(GpuVideo, ImagesAsVideoFramesMatchTheCpu) {
+  model::ForwardInputs in;
+  in.input_ids = ref->get("input_ids").to(DType::I64).clone();
+  in.mm_token_type_ids = ref->get("mm_token_type_ids").to(DType::I64).clone();
+  in.attention_mask = ref->get("attention_mask").clone();
+  in.labels = ref->get("labels").clone();
+  const io::VisionConfig& vc = *cpu->config().vision;
+  for (int64_t i = 0; i < in.input_ids.numel(); ++i) {
+    int64_t& id = in.input_ids.data<int64_t>()[i];
+    if (id == vc.image_token_id) id = vc.video_token_id;
+    int64_t& type = in.mm_token_type_ids.data<int64_t>()[i];
+    if (type == 1) type = 2;
+  }
+  const Tensor pv = ref->get("pixel_values").clone(), pos = ref->get("image_position_ids").clone();
+  in.pixel_values_videos = pv.reshape({1, pv.size(0), pv.size(1), pv.size(2)});
+  in.video_position_ids = pos.reshape({1, pos.size(0), pos.size(1), pos.size(2)});
+  in.input_features = ref->get("input_features").clone();
+  in.input_features_mask = ref->get("input_features_mask").clone();
+  expect_forward_close(*cpu, *gpu, in, {model::kVisionPrefix, model::kVisionEmbedPrefix});
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GpuVideo, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
                          test::fixture_param_name);
 
 }  // namespace

@@ -1,7 +1,7 @@
 // `g4 train` on image + text chat data: recipes/multimodal/tiny-image-sft.yaml (tiny-mm-e on the
 // example dataset) lowers the training loss, trains the vision tower, resumes to exactly the curve of
 // the uninterrupted run and refuses context parallelism; audio parts train the audio tower; towers
-// frozen by pattern stay as they were.
+// frozen by pattern stay as they were; video parts train the vision tower through their frames.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "support/g4_process.h"
+#include "support/png_file.h"
 #include "support/run_metrics.h"
 #include "support/test_paths.h"
 #include "support/wav_file.h"
@@ -36,6 +37,17 @@ std::pair<int, int> count_unchanged(const fs::path& run_dir, const std::string& 
   for (const auto& [name, same] : test::unchanged_tensors(run_dir))
     if (name.find(part) != std::string::npos) ++(same ? n.first : n.second);
   return n;
+}
+
+// The steps a run logged, each loss expected finite.
+int finite_loss_steps(const fs::path& run_dir) {
+  int steps = 0;
+  for (const nlohmann::json& j : test::records(run_dir)) {
+    if (!j.contains("loss")) continue;
+    ++steps;
+    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
+  }
+  return steps;
 }
 
 TEST(MultimodalTrain, ImageSftLowersTheLossAndResumesExactly) {
@@ -89,13 +101,7 @@ TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
                    " data.validation_fraction=0 "
                    "\"train.freeze=[model.vision_tower.*, model.embed_vision.*]\"");
   ASSERT_EQ(r.code, 0) << r.output;
-  int steps = 0;
-  for (const nlohmann::json& j : test::records(dir / "run")) {
-    if (!j.contains("loss")) continue;
-    ++steps;
-    EXPECT_TRUE(std::isfinite(j["loss"].get<double>())) << j.dump();
-  }
-  EXPECT_EQ(steps, 8);
+  EXPECT_EQ(finite_loss_steps(dir / "run"), 8);
   const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
   EXPECT_GT(audio_changed, 0);
   for (const char* part : {"vision_tower", "embed_vision"}) {
@@ -103,6 +109,43 @@ TEST(MultimodalTrain, AudioPartsTrainTheAudioTower) {
     EXPECT_GT(same, 0) << part;
     EXPECT_EQ(changed, 0) << part;
   }
+  fs::remove_all(dir);
+}
+
+// Video parts (a folder of 3 frames at 1 fps, 2 of them sampled, as the model directory's
+// processor_config.json asks): 8 finite steps that change the vision tower, the frozen audio tower
+// unchanged; the plan counts the videos.
+TEST(MultimodalTrain, VideoPartsTrainTheVisionTower) {
+  const fs::path dir = test::scratch_dir("mm_train_video");
+  const std::string src = test::data_dir() + "/hf-gemma4-mm/tiny-mm-e";
+  fs::create_directories(dir / "model");
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(src + "/" + f, dir / "model" / f);
+  std::ofstream(dir / "model" / "processor_config.json")
+      << R"({"image_processor": {"patch_size": 6, "max_soft_tokens": 70},)"
+      << R"( "video_processor": {"patch_size": 6, "max_soft_tokens": 70, "num_frames": 2}})";
+  std::ofstream data(dir / "video.jsonl");
+  for (int i = 0; i < 6; ++i) {
+    const fs::path clip = dir / ("clip" + std::to_string(i));
+    fs::create_directories(clip);
+    for (int f = 0; f < 3; ++f)
+      test::write_random_png((clip / ("f" + std::to_string(f) + ".png")).string(), 40, 30,
+                             static_cast<uint32_t>(10 * i + f));
+    data << R"({"messages": [{"role": "user", "content": [{"type": "video", "path": "clip)" << i
+         << R"(", "fps": 1}, {"type": "text", "text": "What moves?"}]}, {"role": "assistant", "content": "Clip )" << i
+         << R"(."}]})"
+         << "\n";
+  }
+  data.close();
+  const test::ProcessResult r = test::run_g4(recipe_args(dir / "run") + " model.path=" + (dir / "model").string() +
+                                             " data.train=" + (dir / "video.jsonl").string() +
+                                             " data.validation_fraction=0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(", 6 videos"), std::string::npos) << r.output;
+  EXPECT_EQ(finite_loss_steps(dir / "run"), 8);
+  const auto [vision_same, vision_changed] = count_unchanged(dir / "run", "vision_tower");
+  EXPECT_GT(vision_changed, 0);
+  const auto [audio_same, audio_changed] = count_unchanged(dir / "run", "audio_tower");
+  EXPECT_EQ(audio_changed, 0);
   fs::remove_all(dir);
 }
 
