@@ -370,7 +370,7 @@ std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, boo
     const data::MultimodalIds m = data::tokenize_multimodal(text, p.image_soft_tokens, p.audio_soft_tokens,
                                                             *model.tokenizer, "messages");
     ids.assign(m.input_ids.begin(), m.input_ids.end());
-    request_media = {p.pixel_values, p.image_position_ids, p.input_features, p.input_features_mask};
+    request_media = {p.pixel_values, p.image_position_ids, p.input_features, p.input_features_mask, {}, {}};
   } catch (const Error& e) {
     bad("messages", e.what());
   }
