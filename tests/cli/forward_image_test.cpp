@@ -247,5 +247,32 @@ TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees
   fs::remove_all(outs);
 }
 
+// A 3-frame video (random PNGs at 1 fps, all sampled) between text: g4 generate's first token is
+// the argmax of g4 forward's last logits for the same prompt.
+TEST(CliGenerateImage, VideoTokensFollowTheForward) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_video_out");
+  std::string frames;
+  for (int i = 0; i < 3; ++i) {
+    const std::string f = (outs / ("f" + std::to_string(i) + ".png")).string();
+    test::write_random_png(f, 40, 30, 90 + static_cast<uint32_t>(i));
+    frames += (i ? "," : "") + f;
+  }
+  const std::string prompt = " --prompt 'a <|video|> b' --video " + frames + " --video-fps 1 --video-frames 3";
+  const std::string logits_file = (outs / "logits.safetensors").string();
+  ProcessResult r = test::run_g4("forward " + dir.string() + prompt + " --out " + logits_file);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor logits = io::SafetensorsReader::open(logits_file).get("logits");
+  const int64_t S = logits.size(1), V = logits.size(2);
+  const float* last = logits.data<float>() + (S - 1) * V;
+  r = test::run_g4("generate " + dir.string() + prompt + " --max-new-tokens 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("3 of 3 frames"), std::string::npos) << r.output;
+  const std::vector<int64_t> ids = printed_ids(r.output);
+  ASSERT_EQ(ids.size(), 3u) << r.output;
+  EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  fs::remove_all(dir);
+  fs::remove_all(outs);
+}
+
 }  // namespace
 }  // namespace g4
