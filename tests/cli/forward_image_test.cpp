@@ -251,9 +251,10 @@ TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees
 // the argmax of g4 forward's last logits for the same prompt.
 TEST(CliGenerateImage, VideoTokensFollowTheForward) {
   const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_video_out");
+  fs::create_directories(outs / "frames");
   std::string frames;
   for (int i = 0; i < 3; ++i) {
-    const std::string f = (outs / ("f" + std::to_string(i) + ".png")).string();
+    const std::string f = (outs / "frames" / ("f" + std::to_string(i) + ".png")).string();
     test::write_random_png(f, 40, 30, 90 + static_cast<uint32_t>(i));
     frames += (i ? "," : "") + f;
   }
@@ -270,6 +271,25 @@ TEST(CliGenerateImage, VideoTokensFollowTheForward) {
   const std::vector<int64_t> ids = printed_ids(r.output);
   ASSERT_EQ(ids.size(), 3u) << r.output;
   EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+
+  // Prompts-file lines with the video as its frames and as their folder (the processor config's 2
+  // of 3 frames, paths relative to the file) give what --chat --prompt --video gives.
+  r = test::run_g4("generate " + dir.string() + " --chat --prompt 'What happens?' --video " + frames +
+                   " --video-fps 1 --max-new-tokens 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<int64_t> chat_ids = printed_ids(r.output);
+  const std::string in = (outs / "in.jsonl").string(), lines = (outs / "out.jsonl").string();
+  const std::string text = R"(, {"type": "text", "text": "What happens?"}]}]})";
+  write_file(in, R"({"messages": [{"role": "user", "content": [{"type": "video", "frames": ["frames/f0.png", )"
+                 R"("frames/f1.png", "frames/f2.png"], "fps": 1})" + text + "\n" +
+                 R"({"messages": [{"role": "user", "content": [{"type": "video", "path": "frames", "fps": 1})" + text + "\n");
+  r = test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(lines);
+  int n = 0;
+  for (std::string line; std::getline(f, line); ++n)
+    EXPECT_EQ(nlohmann::json::parse(line)["token_ids"].get<std::vector<int64_t>>(), chat_ids) << line;
+  EXPECT_EQ(n, 2);
   fs::remove_all(dir);
   fs::remove_all(outs);
 }
