@@ -202,21 +202,41 @@ std::vector<int64_t> printed_ids(const std::string& output) {
   return {};
 }
 
-TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees) {
-  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_image_out");
+// `g4 forward` and `g4 generate` (n new tokens) with the same prompt arguments: generate's first
+// token must be the argmax of the forward's last logits.
+struct ForwardThenGenerate {
+  std::vector<int64_t> ids;  // generated
+  std::string output;        // generate's
+  int64_t prompt_tokens = 0;
+};
+ForwardThenGenerate forward_then_generate(const fs::path& dir, const std::string& args, const fs::path& outs,
+                                          size_t n) {
   const std::string logits_file = (outs / "logits.safetensors").string();
-  // One user turn with the image (the chat template), through forward and generate.
-  const std::string turn = " --chat --prompt 'What is it?' --image " + fixture_image();
-  ProcessResult r = test::run_g4("forward " + dir.string() + turn + " --out " + logits_file);
-  ASSERT_EQ(r.code, 0) << r.output;
+  ProcessResult r = test::run_g4("forward " + dir.string() + args + " --out " + logits_file + " --overwrite");
+  if (r.code != 0) {
+    ADD_FAILURE() << r.output;
+    return {};
+  }
   const Tensor logits = io::SafetensorsReader::open(logits_file).get("logits");
   const int64_t S = logits.size(1), V = logits.size(2);
   const float* last = logits.data<float>() + (S - 1) * V;
-  r = test::run_g4("generate " + dir.string() + turn + " --max-new-tokens 4");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const std::vector<int64_t> ids = printed_ids(r.output);
-  ASSERT_EQ(ids.size(), 4u) << r.output;
-  EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  r = test::run_g4("generate " + dir.string() + args + " --max-new-tokens " + std::to_string(n));
+  EXPECT_EQ(r.code, 0) << r.output;
+  ForwardThenGenerate out{printed_ids(r.output), r.output, S};
+  EXPECT_EQ(out.ids.size(), n) << r.output;
+  if (!out.ids.empty()) {
+    EXPECT_EQ(out.ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  }
+  return out;
+}
+
+TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_image_out");
+  // One user turn with the image (the chat template), through forward and generate.
+  const std::string turn = " --chat --prompt 'What is it?' --image " + fixture_image();
+  const ForwardThenGenerate gen = forward_then_generate(dir, turn, outs, 4);
+  const std::vector<int64_t>& ids = gen.ids;
+  const int64_t S = gen.prompt_tokens;
 
   // A prompts-file line with the same parts (the image's path relative to the file) agrees.
   fs::copy_file(fixture_image(), outs / "pic.png");
@@ -224,7 +244,8 @@ TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees
   write_file(in, R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "pic.png"}, )"
                  R"({"type": "text", "text": "What is it?"}]}]})"
                  "\n");
-  r = test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 4");
+  ProcessResult r =
+      test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 4");
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream f(lines);
   std::string line;
@@ -259,23 +280,12 @@ TEST(CliGenerateImage, VideoTokensFollowTheForward) {
     frames += (i ? "," : "") + f;
   }
   const std::string prompt = " --prompt 'a <|video|> b' --video " + frames + " --video-fps 1 --video-frames 3";
-  const std::string logits_file = (outs / "logits.safetensors").string();
-  ProcessResult r = test::run_g4("forward " + dir.string() + prompt + " --out " + logits_file);
-  ASSERT_EQ(r.code, 0) << r.output;
-  const Tensor logits = io::SafetensorsReader::open(logits_file).get("logits");
-  const int64_t S = logits.size(1), V = logits.size(2);
-  const float* last = logits.data<float>() + (S - 1) * V;
-  r = test::run_g4("generate " + dir.string() + prompt + " --max-new-tokens 3");
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("3 of 3 frames"), std::string::npos) << r.output;
-  const std::vector<int64_t> ids = printed_ids(r.output);
-  ASSERT_EQ(ids.size(), 3u) << r.output;
-  EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  EXPECT_NE(forward_then_generate(dir, prompt, outs, 3).output.find("3 of 3 frames"), std::string::npos);
 
   // Prompts-file lines with the video as its frames and as their folder (the processor config's 2
   // of 3 frames, paths relative to the file) give what --chat --prompt --video gives.
-  r = test::run_g4("generate " + dir.string() + " --chat --prompt 'What happens?' --video " + frames +
-                   " --video-fps 1 --max-new-tokens 3");
+  ProcessResult r = test::run_g4("generate " + dir.string() + " --chat --prompt 'What happens?' --video " + frames +
+                                 " --video-fps 1 --max-new-tokens 3");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::vector<int64_t> chat_ids = printed_ids(r.output);
   const std::string in = (outs / "in.jsonl").string(), lines = (outs / "out.jsonl").string();
