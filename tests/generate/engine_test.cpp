@@ -838,30 +838,19 @@ TEST_F(EngineTest, VideosGenerateAsTheFullForward) {
   }
 }
 
-// The frames of videos with the same ids take their pages apart from each other's.
-TEST_F(EngineTest, SamePlaceholdersOfDifferentVideosGiveTheirOwnTokens) {
-  auto model = mm_model("tiny-mm-bidir");
-  MmPrompt a, b;
-  a.text(3, 1).video(3, 6, 6).text(4, 2).make(*model, 81);
-  b.text(3, 1).video(3, 6, 6).text(4, 2).make(*model, 82);
-  EngineOptions eo;
-  eo.page_size = 4;
-  Engine engine(*model, eo);
-  const std::vector<Completion> done = engine.generate({a.request(5), b.request(5), a.request(5)});
-  EXPECT_EQ(ids_of(done[0]), mm_greedy_reference(*model, a, 5));
-  EXPECT_EQ(ids_of(done[1]), mm_greedy_reference(*model, b, 5));
-  EXPECT_EQ(ids_of(done[2]), ids_of(done[0]));
-  EXPECT_NE(ids_of(done[0]), ids_of(done[1])) << "different videos should give different tokens";
-  expect_pool_whole(engine);
-}
-
-TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesNeverSharePages) {
-  for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
-    SCOPED_TRACE(name);
+// Also for videos: 3 frames of 4 soft tokens, each after its timestamp, in the same 32 tokens.
+TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesOrVideosNeverSharePages) {
+  for (const auto& [name, video] : {std::pair<const char*, bool>{"tiny-mm-e", false}, {"tiny-mm-bidir", false},
+                                    {"tiny-mm-e", true}, {"tiny-mm-bidir", true}}) {
+    SCOPED_TRACE(std::string(name) + (video ? " video" : " image"));
     auto model = mm_model(name);
+    const auto media = [&](MmPrompt& p) -> MmPrompt& {
+      return video ? p.video(3, 6, 6).text(4, 2) : p.image(12, 12).text(10, 2);
+    };
     MmPrompt a, b;
-    a.text(3, 1).image(12, 12).text(10, 2).make(*model, 31);  // 32 tokens, 16 of them soft
-    b.text(3, 1).image(12, 12).text(10, 2).make(*model, 32);  // the same ids, another image
+    media(a.text(3, 1)).make(*model, 31);  // 32 tokens, 16 (image) or 12 (video) of them soft
+    media(b.text(3, 1)).make(*model, 32);  // the same ids, another image or video
+    ASSERT_EQ(a.ids.size(), 32u);
     MmPrompt a2 = a;
     for (MmPrompt* p : {&a2, &b}) p->ids.push_back(7);  // one more token: a's 8 whole pages match
     EngineOptions eo;
@@ -871,7 +860,7 @@ TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesNeverSharePages) {
       Engine alone(*model, eo);
       solo.push_back(ids_of(alone.generate({p->request(5)})[0]));
     }
-    EXPECT_NE(solo[0], solo[1]) << "different images should give different tokens";
+    EXPECT_NE(solo[0], solo[1]) << "different media should give different tokens";
     // The second prompt arrives while a holds its 8 prompt pages (and the sliding pages of the
     // window before its end); in that step a's next token takes a ninth page.
     const auto pages_added = [&](const MmPrompt& second, size_t want) {
