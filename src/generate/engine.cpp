@@ -433,8 +433,9 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
   // towers run. Items in order: images, every frame of every video, clips.
   std::vector<int64_t> per_item;
   std::array<int64_t, kMedia> tokens{}, items{};
-  const auto count_patches = [&](int kind, const Tensor& at) {
-    const int64_t k = cfg.vision->pooling_kernel_size, P = at.size(-2), n = at.numel() / (P * 2);
+  // at: [n, P, 2] positions of n images or frames (padding patches at -1).
+  const auto count_patches = [&](int kind, const Tensor& at, int64_t n) {
+    const int64_t k = cfg.vision->pooling_kernel_size, P = at.size(-2);
     for (int64_t i = 0; i < n; ++i) {
       int64_t valid = 0;
       for (int64_t p = 0; p < P; ++p) valid += element_as_int(at, (i * P + p) * 2) >= 0;
@@ -449,7 +450,7 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
                  at.size(2) == 2,
              "Request: pixel_values ", pixels.describe(), " and image_position_ids ", at.describe(),
              " must be [images, patches, 3·patch²] and [images, patches, 2]");
-    count_patches(kImage, at);
+    count_patches(kImage, at, at.size(0));
   }
   if (videos.defined()) {
     const Tensor& at = media.video_position_ids;
@@ -457,7 +458,7 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
                  at.size(2) == videos.size(2) && at.size(3) == 2,
              "Request: pixel_values_videos ", videos.describe(), " and video_position_ids ", at.describe(),
              " must be [videos, frames, patches, 3·patch²] and [videos, frames, patches, 2]");
-    count_patches(kVideo, at);
+    count_patches(kVideo, at, at.size(0) * at.size(1));
   }
   if (features.defined()) {
     const Tensor& mask = media.input_features_mask;
