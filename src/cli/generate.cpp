@@ -1,7 +1,8 @@
-// g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT [--image F]... [--audio F.wav]... [--chat])
-//             --max-new-tokens N [--greedy | sampling]
+// g4 generate MODEL_DIR (--prompt-ids 5,17,... | --prompt TEXT [--image F]... [--video F1,F2,...|DIR]...
+//             [--video-fps F] [--video-frames N] [--audio F.wav]... [--chat]) --max-new-tokens N
+//             [--greedy | sampling]
 // Prints the new token ids, and their text when the model directory (or --tokenizer) has a tokenizer.
-// Images and clips are processed as `g4 forward --prompt --image` processes them (cli/media_prompt.h).
+// Images, videos and clips are processed as `g4 forward --prompt` processes them (cli/media_prompt.h).
 // g4 generate MODEL_DIR --prompts IN.jsonl --out OUT.jsonl [--chat] [sampling options] [engine options]
 // runs one request per line on the batching engine (serve/prompts_file.h, docs/serving.md).
 #include <filesystem>
@@ -106,7 +107,7 @@ void add_generate(CLI::App& app, Action& action) {
   cmd->add_option("--out", o->file.out, "JSONL file the --prompts results are written to")->needs(prompts_opt);
   cmd->add_flag("--chat", o->file.chat,
                 "--prompts lines hold chat messages, or --prompt is one user turn (the Gemma 4 chat template)");
-  add_media_options(cmd, o->media, text_opt);
+  add_media_options(cmd, o->media, text_opt, /*videos=*/true);
   cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
   cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
   cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
@@ -157,7 +158,8 @@ void add_generate(CLI::App& app, Action& action) {
       const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o->model, o->tokenizer);
       std::vector<int64_t> prompt;
       gen::RequestMedia media;
-      const bool multimodal = o->file.chat || !o->media.images.empty() || !o->media.audio.empty();
+      const bool multimodal =
+          o->file.chat || !o->media.images.empty() || !o->media.audio.empty() || !o->media.videos.empty();
       if (multimodal) {
         G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");
         MediaPromptOptions p = o->media;
@@ -165,7 +167,8 @@ void add_generate(CLI::App& app, Action& action) {
         p.chat = o->file.chat;
         const model::ForwardInputs in = media_prompt_inputs(*model, o->model, *tok, p);
         for (int64_t i = 0; i < in.input_ids.numel(); ++i) prompt.push_back(in.input_ids.data<int64_t>()[i]);
-        media = {in.pixel_values, in.image_position_ids, in.input_features, in.input_features_mask};
+        media = {in.pixel_values, in.image_position_ids, in.input_features, in.input_features_mask,
+                 in.pixel_values_videos, in.video_position_ids};
       } else if (!o->text.empty()) {
         G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o->model, " (pass --tokenizer)");
         prompt.push_back(tok->bos_id);

@@ -24,7 +24,9 @@
 //  5. Each epoch visits the training rows in a permutation seeded by (seed, epoch).
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -128,6 +130,13 @@ struct PackedRows {
 std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer& tok);
 std::vector<Document> fit_documents(std::vector<Document> docs, const DataOptions& opt);
 PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, int32_t pad_id);
+
+// A video part of a chat content list: {"type": "video", "frames": [FILE, ...], "fps": F} or
+// {"type": "video", "path": DIR, "fps": F} (DIR's frame files sorted by name; fps, the frames' rate,
+// may be left out: 24 is used), paths relative to `folder`. Every frame must exist now, so that a
+// bad part is reported at once; errors start with `where`. (Also read by g4 generate's prompts files.)
+io::VideoFrames read_video_part(const nlohmann::json& part, const std::string& where,
+                                const std::filesystem::path& folder);
 
 // Reads, tokenises and packs everything up front (the corpora g4 trains on from the CPU are
 // small; the GPU backend streams).

@@ -126,9 +126,8 @@ std::string string_field(const json& obj, const std::string& key, const std::str
   return it->get<std::string>();
 }
 
-// A video part: {"type": "video", "frames": [FILE, ...], "fps": F} or {"type": "video", "path": DIR,
-// "fps": F} (DIR's frame files sorted by name); fps, the frames' rate, may be left out (24 is used).
-// Every frame must exist now, so that a bad part is reported with its line.
+}  // namespace
+
 io::VideoFrames read_video_part(const json& part, const std::string& where, const std::filesystem::path& folder) {
   const auto resolve = [&](const std::filesystem::path& file) {
     G4_CHECK(!file.empty(), where, ": a video frame path is empty");
@@ -162,6 +161,8 @@ io::VideoFrames read_video_part(const json& part, const std::string& where, cons
   }
   return video;
 }
+
+namespace {
 
 // An OpenAI-style content list: {"type": "text", "text": ...}, {"type": "image", "path": ...},
 // {"type": "audio", "path": ...}, a video (read_video_part); paths relative to the data file's folder.

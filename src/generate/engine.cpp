@@ -9,6 +9,7 @@
 #include "generate/engine.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -400,40 +401,64 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
   const int64_t video_id = cfg.vision ? cfg.vision->video_token_id : -1;
   const int64_t audio_id = cfg.conditional && cfg.has_audio ? cfg.audio_token_id : -1;
   const int64_t len = static_cast<int64_t>(r.prompt.size());
-  int64_t images = 0, clips = 0;  // placeholders
-  for (int64_t pos = 0; pos < len; ++pos) {
-    const int64_t id = r.prompt[static_cast<size_t>(pos)];
-    G4_CHECK(id != video_id, "Request: prompt token ", pos, " is the video placeholder (id ", id,
-             "); video is not supported");
-    images += id == image_id;
-    clips += id == audio_id;
-  }
-  if (media.empty() && images == 0 && clips == 0) return;
+  // The three media in transformers' merge order; each placeholder id takes its medium's soft
+  // tokens in order.
+  enum { kImage, kVideo, kAudio, kMedia };
+  const std::array<int64_t, kMedia> ids{image_id, video_id, audio_id};
+  const std::array<const char*, kMedia> names{"image", "video", "audio"};
+  const auto kind_of = [&](int64_t id) {
+    for (int k = 0; k < kMedia; ++k)
+      if (id == ids[k] && id >= 0) return k;
+    return -1;
+  };
+  std::array<int64_t, kMedia> placeholders{};
+  for (int64_t id : r.prompt)
+    if (const int k = kind_of(id); k >= 0) ++placeholders[k];
+  const bool none = placeholders[kImage] + placeholders[kVideo] + placeholders[kAudio] == 0;
+  if (media.empty() && none) return;
   const Tensor& pixels = media.pixel_values;
+  const Tensor& videos = media.pixel_values_videos;
   const Tensor& features = media.input_features;
   G4_CHECK(!pixels.defined() || cfg.vision, "Request: images given, but the model has no vision tower");
+  G4_CHECK(!videos.defined() || cfg.vision, "Request: videos given, but the model has no vision tower");
   G4_CHECK(!features.defined() || audio_id >= 0, "Request: audio given, but the model has no audio tower");
   G4_CHECK(pixels.defined() == media.image_position_ids.defined(),
            "Request: give the images' pixel_values and image_position_ids together");
+  G4_CHECK(videos.defined() == media.video_position_ids.defined(),
+           "Request: give the videos' pixel_values_videos and video_position_ids together");
   G4_CHECK(features.defined() == media.input_features_mask.defined(),
            "Request: give the clips' input_features and input_features_mask together");
-  // Soft tokens per image (valid patches / k², the pooler's count) and per clip (valid frames after
-  // the tower's two stride-2 convolutions), to check the placeholders before the towers run.
+  // Soft tokens per item (an image, a video frame: valid patches / k², the pooler's count; a clip:
+  // valid frames after the tower's two stride-2 convolutions), to check the placeholders before the
+  // towers run. Items in order: images, every frame of every video, clips.
   std::vector<int64_t> per_item;
-  int64_t image_tokens = 0, audio_tokens = 0;
+  std::array<int64_t, kMedia> tokens{}, items{};
+  // at: [n, P, 2] positions of n images or frames (padding patches at -1).
+  const auto count_patches = [&](int kind, const Tensor& at, int64_t n) {
+    const int64_t k = cfg.vision->pooling_kernel_size, P = at.size(-2);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t valid = 0;
+      for (int64_t p = 0; p < P; ++p) valid += element_as_int(at, (i * P + p) * 2) >= 0;
+      per_item.push_back(valid / (k * k));
+      tokens[kind] += per_item.back();
+    }
+    items[kind] = n;
+  };
   if (pixels.defined()) {
     const Tensor& at = media.image_position_ids;
     G4_CHECK(pixels.dim() == 3 && at.dim() == 3 && at.size(0) == pixels.size(0) && at.size(1) == pixels.size(1) &&
                  at.size(2) == 2,
              "Request: pixel_values ", pixels.describe(), " and image_position_ids ", at.describe(),
              " must be [images, patches, 3·patch²] and [images, patches, 2]");
-    const int64_t k = cfg.vision->pooling_kernel_size;
-    for (int64_t i = 0; i < at.size(0); ++i) {
-      int64_t valid = 0;
-      for (int64_t p = 0; p < at.size(1); ++p) valid += element_as_int(at, (i * at.size(1) + p) * 2) >= 0;
-      per_item.push_back(valid / (k * k));
-      image_tokens += per_item.back();
-    }
+    count_patches(kImage, at, at.size(0));
+  }
+  if (videos.defined()) {
+    const Tensor& at = media.video_position_ids;
+    G4_CHECK(videos.dim() == 4 && at.dim() == 4 && at.size(0) == videos.size(0) && at.size(1) == videos.size(1) &&
+                 at.size(2) == videos.size(2) && at.size(3) == 2,
+             "Request: pixel_values_videos ", videos.describe(), " and video_position_ids ", at.describe(),
+             " must be [videos, frames, patches, 3·patch²] and [videos, frames, patches, 2]");
+    count_patches(kVideo, at, at.size(0) * at.size(1));
   }
   if (features.defined()) {
     const Tensor& mask = media.input_features_mask;
@@ -445,64 +470,70 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
       int64_t valid = 0;
       for (int64_t f = 0; f < mask.size(1); ++f) valid += element_as_int(mask, c * mask.size(1) + f) != 0;
       per_item.push_back((valid + 3) / 4);
-      audio_tokens += per_item.back();
+      tokens[kAudio] += per_item.back();
     }
+    items[kAudio] = mask.size(0);
   }
-  G4_CHECK(images == image_tokens, "Request: the prompt holds ", images, " image placeholders (id ", image_id,
-           ") but its images give ", image_tokens, " soft tokens");
-  G4_CHECK(clips == audio_tokens, "Request: the prompt holds ", clips, " audio placeholders (id ", audio_id,
-           ") but its clips give ", audio_tokens, " soft tokens");
+  for (int k = 0; k < kMedia; ++k)
+    G4_CHECK(placeholders[k] == tokens[k], "Request: the prompt holds ", placeholders[k], " ", names[k],
+             " placeholders (id ", ids[k], ") but its ", k == kAudio ? "clip" : names[k], "s give ", tokens[k],
+             " soft tokens");
 
   model::ForwardInputs in;
   in.pixel_values = pixels;
   in.image_position_ids = media.image_position_ids;
+  in.pixel_values_videos = videos;
+  in.video_position_ids = media.video_position_ids;
   in.input_features = features;
   in.input_features_mask = media.input_features_mask;
-  Tensor towers;  // [images' soft tokens ; clips' soft tokens]
+  Tensor towers;  // [images' soft tokens ; videos' ; clips']
   {
     ag::NoGrad no_grad;
     const model::SoftTokens soft = model.soft_tokens(in);
     std::vector<Tensor> parts;
-    for (const ag::Var* v : {&soft.image, &soft.audio})
+    for (const ag::Var* v : {&soft.image, &soft.video, &soft.audio})
       if (v->defined()) parts.push_back(v->value());
     towers = parts.size() == 1 ? parts[0] : ops::concat(parts, 0);
   }
-  G4_CHECK(towers.size(0) == image_tokens + audio_tokens, "Request: the towers gave ", towers.describe(),
-           " for ", image_tokens, " image and ", audio_tokens, " audio soft tokens");
+  G4_CHECK(towers.size(0) == tokens[kImage] + tokens[kVideo] + tokens[kAudio], "Request: the towers gave ",
+           towers.describe(), " for ", tokens[kImage], " image, ", tokens[kVideo], " video and ", tokens[kAudio],
+           " audio soft tokens");
 
-  // Each medium's hash (shapes and bytes of its own slices), by item: images, then clips.
+  // Each item's hash (shapes and bytes of its own slices): images, video frames, then clips.
   std::vector<uint64_t> item_hash;
-  const auto hash_rows = [&](std::initializer_list<const Tensor*> ts, int64_t count) {
+  const auto hash_rows = [&](std::initializer_list<Tensor> ts, int64_t count) {
     for (int64_t i = 0; i < count; ++i) {
       Fnv1a f;
-      for (const Tensor* t : ts) {
-        const Tensor row = t->select0(i);
+      for (const Tensor& t : ts) {
+        const Tensor row = t.select0(i);
         for (int64_t d : row.shape()) f.mix(&d, sizeof d);
         f.mix(row.raw(), row.nbytes());
       }
       item_hash.push_back(f.h == 0 ? 1 : f.h);
     }
   };
-  if (pixels.defined()) hash_rows({&pixels, &media.image_position_ids}, pixels.size(0));
-  if (features.defined()) hash_rows({&features, &media.input_features_mask}, features.size(0));
+  if (pixels.defined()) hash_rows({pixels, media.image_position_ids}, items[kImage]);
+  if (videos.defined()) {
+    const Tensor& at = media.video_position_ids;
+    hash_rows({videos.reshape({items[kVideo], videos.size(2), videos.size(3)}),
+               at.reshape({items[kVideo], at.size(2), at.size(3)})},
+              items[kVideo]);
+  }
+  if (features.defined()) hash_rows({features, media.input_features_mask}, items[kAudio]);
 
-  // Soft tokens in prompt order, and the medium each placeholder belongs to.
+  // Soft tokens in prompt order, and the item each placeholder belongs to.
   std::vector<int64_t> rows, item_of(static_cast<size_t>(len), -1);
   r.soft_before.assign(static_cast<size_t>(len) + 1, 0);
-  int64_t next_image = 0, next_audio = image_tokens, item_image = 0, left_image = 0, item_audio = 0, left_audio = 0;
-  const int64_t n_images = pixels.defined() ? pixels.size(0) : 0;
+  std::array<int64_t, kMedia> next_row{0, tokens[kImage], tokens[kImage] + tokens[kVideo]};
+  const std::array<int64_t, kMedia> first_item{0, items[kImage], items[kImage] + items[kVideo]};
+  std::array<int64_t, kMedia> item{}, left{};
   for (int64_t pos = 0; pos < len; ++pos) {
-    const int64_t id = r.prompt[static_cast<size_t>(pos)];
-    const bool image = id == image_id, audio = id == audio_id;
-    if (image || audio) {
+    if (const int k = kind_of(r.prompt[static_cast<size_t>(pos)]); k >= 0) {
       // Advance to the item with soft tokens left (an item of 0 tokens takes no placeholder).
-      int64_t& item = image ? item_image : item_audio;
-      int64_t& left = image ? left_image : left_audio;
-      const int64_t base = image ? 0 : n_images;
-      while (left == 0) left = per_item[static_cast<size_t>(base + item++)];
-      --left;
-      item_of[static_cast<size_t>(pos)] = base + item - 1;
-      rows.push_back(image ? next_image++ : next_audio++);
+      while (left[k] == 0) left[k] = per_item[static_cast<size_t>(first_item[k] + item[k]++)];
+      --left[k];
+      item_of[static_cast<size_t>(pos)] = first_item[k] + item[k] - 1;
+      rows.push_back(next_row[k]++);
     }
     r.soft_before[static_cast<size_t>(pos) + 1] = static_cast<int64_t>(rows.size());
   }
@@ -523,16 +554,22 @@ void Engine::Impl::prepare_media(Req& r, const RequestMedia& media) {
   }
 
   if (cfg.bidirectional != "vision") return;
-  // Image blocks: runs of image (or video) placeholders (transformers' vision_block_ids).
+  // Image blocks: runs of image or video placeholders (mm types 1 and 2, as transformers'
+  // vision_block_ids join them); a video's frames are apart (each after its timestamp), so each
+  // frame is its own block.
+  const auto vision = [&](int64_t pos) {
+    const int k = kind_of(r.prompt[static_cast<size_t>(pos)]);
+    return k == kImage || k == kVideo;
+  };
   r.block_first.assign(static_cast<size_t>(len), -1);
   r.block_last.assign(static_cast<size_t>(len), -1);
   for (int64_t pos = 0; pos < len;) {
-    if (r.prompt[static_cast<size_t>(pos)] != image_id) {
+    if (!vision(pos)) {
       ++pos;
       continue;
     }
     int64_t end = pos;
-    while (end < len && r.prompt[static_cast<size_t>(end)] == image_id) ++end;
+    while (end < len && vision(end)) ++end;
     G4_CHECK(end - pos <= max_chunk, "Request: the image block at prompt positions [", pos, ", ", end, ") has ",
              end - pos, " tokens, more than one step takes (", max_chunk,
              ": max_step_tokens, or the sliding pool's room); its queries must see all of its keys at once");

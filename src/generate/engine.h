@@ -45,14 +45,19 @@ struct RequestOptions {
   int64_t n = 1;                          // samples of the prompt (sample k uses seed + k)
 };
 
-// A request's images and audio clips as the processors give them (io/image_processor.h,
-// io/audio_features.h), on the host, under transformers' names. The prompt's image_token_id
-// placeholders take the images' soft tokens in order, its audio_token_id placeholders the clips';
-// each prompt token's mm type follows from its id (as transformers' mm_token_type_ids do).
+// A request's images, videos and audio clips as the processors give them (io/image_processor.h,
+// io/video_processor.h, io/audio_features.h), on the host, under transformers' names. The prompt's
+// image_token_id placeholders take the images' soft tokens in order, its video_token_id
+// placeholders the videos' (frame by frame), its audio_token_id placeholders the clips'; each
+// prompt token's mm type follows from its id (as transformers' mm_token_type_ids do).
 struct RequestMedia {
   Tensor pixel_values, image_position_ids;     // [N, P, 3·patch²], [N, P, 2]; undefined: no image
   Tensor input_features, input_features_mask;  // [C, F, 128], [C, F]; undefined: no audio
-  bool empty() const { return !pixel_values.defined() && !input_features.defined(); }
+  // [V, T, P, 3·patch²], [V, T, P, 2] (T frames each); undefined: no video
+  Tensor pixel_values_videos, video_position_ids;
+  bool empty() const {
+    return !pixel_values.defined() && !input_features.defined() && !pixel_values_videos.defined();
+  }
 };
 
 struct Request {

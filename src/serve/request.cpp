@@ -203,11 +203,14 @@ std::string message_content(const json& m, const std::string& at) {
   return text;
 }
 
-// The images and clips of a request's messages, in the order of their placeholders.
+// The images, clips and videos of a request's messages, in the order of their placeholders.
 struct MessageMedia {
   std::vector<io::RgbImage> images;
   std::vector<std::string> image_names;  // where each came from, for errors
   std::vector<std::vector<float>> clips;
+  std::vector<io::VideoFrames> videos;
+  std::vector<std::string> video_names;  // where each came from, for errors
+  bool empty() const { return images.empty() && clips.empty() && videos.empty(); }
 };
 
 // Standard base64 (RFC 4648 alphabet, '=' padding optional, no whitespace).
@@ -260,7 +263,8 @@ std::string image_data_url(const std::string& url, const std::string& where) {
 
 // One part of a content list with media: text, an image (OpenAI's image_url with a data URL; in a
 // prompts file also {"type": "image", "path": FILE}) or a 16 kHz WAV clip (OpenAI's input_audio;
-// in a prompts file also {"type": "audio", "path": FILE}).
+// in a prompts file also {"type": "audio", "path": FILE}); in a prompts file also a video as the
+// training data gives it (data::read_video_part).
 data::ChatPart read_media_part(const json& part, const std::string& at, const ModelInfo& model, MessageMedia& media) {
   if (!part.is_object()) bad("messages", at + " must be a {\"type\": ...} object, got " + type_of(part));
   const std::string type = string_member(part, "type");
@@ -307,13 +311,19 @@ data::ChatPart read_media_part(const json& part, const std::string& at, const Mo
       }
       return {data::ChatPart::Kind::Audio, ""};
     }
+    if (files && type == "video") {
+      if (!model.video_processor) bad("messages", at + ": the model has no vision tower; it takes no videos");
+      media.videos.push_back(data::read_video_part(part, at, model.media_folder));
+      media.video_names.push_back(at);
+      return {data::ChatPart::Kind::Video, ""};
+    }
   } catch (const RequestError&) {
     throw;
   } catch (const Error& e) {
     bad("messages", e.what());  // an undecodable image or WAV, a missing file
   }
   bad("messages", at + ": part type '" + type + "' is not supported (text, image_url with a data URL, input_audio" +
-                      (files ? ", image and audio with a path" : "") + ")");
+                      (files ? ", image and audio with a path, video with frames or a path" : "") + ")");
 }
 
 // Whether a content list holds a media part (of a type read_media_part reads or refuses by name).
@@ -361,16 +371,32 @@ std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, boo
     bad("messages", e.what());
   }
   // The template writes "<bos>" itself; encode() maps it to its special id.
-  if (media.images.empty() && media.clips.empty()) return encode_text(text, model, "messages", false);
+  if (media.empty()) return encode_text(text, model, "messages", false);
   std::vector<int64_t> ids;
   try {
-    data::check_media_tokens(*model.tokenizer, !media.images.empty(), !media.clips.empty(), "the model's tokenizer");
+    data::check_media_tokens(*model.tokenizer, !media.images.empty(), !media.clips.empty(), "the model's tokenizer",
+                             !media.videos.empty());
     const data::PromptMedia p = data::process_prompt_media(media.images, media.image_names, media.clips,
                                                            model.image_processor.value_or(io::ImageProcessorOptions{}));
-    const data::MultimodalIds m = data::tokenize_multimodal(text, p.image_soft_tokens, p.audio_soft_tokens,
-                                                            *model.tokenizer, "messages");
+    data::MediaSoftTokens soft{p.image_soft_tokens, p.audio_soft_tokens};
+    std::vector<io::ProcessedVideo> videos;
+    for (size_t v = 0; v < media.videos.size(); ++v) {
+      // Both processors come with a vision tower; the image one has the tower's patch sizes, and a
+      // video processor of others would give the tower frames it cannot take.
+      const io::ImageProcessorOptions& frame = model.video_processor->frame;
+      if (frame.patch_size != model.image_processor->patch_size ||
+          frame.pooling_kernel_size != model.image_processor->pooling_kernel_size)
+        bad("messages", "the video processor's patch_size " + std::to_string(frame.patch_size) +
+                            " and pooling_kernel_size " + std::to_string(frame.pooling_kernel_size) +
+                            " differ from the vision tower's (processor_config.json video_processor)");
+      videos.push_back(io::process_video(media.videos[v], *model.video_processor, media.video_names[v]));
+      soft.videos.push_back({videos.back().soft_tokens_per_frame, videos.back().timestamps});
+    }
+    const data::MultimodalIds m = data::tokenize_multimodal(text, soft, *model.tokenizer, "messages");
     ids.assign(m.input_ids.begin(), m.input_ids.end());
-    request_media = {p.pixel_values, p.image_position_ids, p.input_features, p.input_features_mask};
+    request_media = {p.pixel_values, p.image_position_ids, p.input_features, p.input_features_mask, {}, {}};
+    if (!videos.empty())
+      std::tie(request_media.pixel_values_videos, request_media.video_position_ids) = io::stack_videos(videos);
   } catch (const Error& e) {
     bad("messages", e.what());
   }
@@ -557,7 +583,10 @@ ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokeniz
   m.chat_variant = data::chat_variant_for(config.hidden_size_per_layer_input);
   if (tokenizer)
     if (auto id = data::chat_end_of_turn_id(*tokenizer)) m.chat_stop_ids.push_back(*id);
-  if (config.vision) m.image_processor = io::model_image_processor_options(model_dir, *config.vision);
+  if (config.vision) {
+    m.image_processor = io::model_image_processor_options(model_dir, *config.vision);
+    m.video_processor = io::load_video_processor_options(model_dir);
+  }
   m.audio = config.conditional && config.has_audio;
   // A tokenizer with other placeholder ids than the model's would put soft tokens where the model
   // does not look for them.
@@ -567,6 +596,7 @@ ModelInfo model_info(const io::ModelConfig& config, const io::Tokenizer* tokeniz
   };
   same(data::kImagePlaceholder, m.image_processor.has_value(), config.vision ? config.vision->image_token_id : 0);
   same(data::kAudioPlaceholder, m.audio, config.audio_token_id);
+  same(data::kVideoPlaceholder, m.video_processor.has_value(), config.vision ? config.vision->video_token_id : 0);
   return m;
 }
 

@@ -14,6 +14,7 @@
 #include "io/hf_config.h"
 #include "io/image_processor.h"
 #include "io/tokenizer.h"
+#include "io/video_processor.h"
 
 namespace g4::serve {
 
@@ -47,7 +48,10 @@ struct ModelInfo {
   // parts are refused) and whether it has an audio tower.
   std::optional<io::ImageProcessorOptions> image_processor;
   bool audio = false;
-  // Prompts files: the folder relative "path"s of image and audio parts start from ("" refuses
+  // Video parts (prompts files only: OpenAI's API has no video part): the model directory's video
+  // processor, set with image_processor.
+  std::optional<io::VideoProcessorOptions> video_processor;
+  // Prompts files: the folder relative "path"s of image, audio and video parts start from ("" refuses
   // path parts: the API takes data URLs and base64 audio only, never the server's files).
   std::string media_folder;
 };

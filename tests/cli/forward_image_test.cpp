@@ -202,21 +202,41 @@ std::vector<int64_t> printed_ids(const std::string& output) {
   return {};
 }
 
-TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees) {
-  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_image_out");
+// `g4 forward` and `g4 generate` (n new tokens) with the same prompt arguments: generate's first
+// token must be the argmax of the forward's last logits.
+struct ForwardThenGenerate {
+  std::vector<int64_t> ids;  // generated
+  std::string output;        // generate's
+  int64_t prompt_tokens = 0;
+};
+ForwardThenGenerate forward_then_generate(const fs::path& dir, const std::string& args, const fs::path& outs,
+                                          size_t n) {
   const std::string logits_file = (outs / "logits.safetensors").string();
-  // One user turn with the image (the chat template), through forward and generate.
-  const std::string turn = " --chat --prompt 'What is it?' --image " + fixture_image();
-  ProcessResult r = test::run_g4("forward " + dir.string() + turn + " --out " + logits_file);
-  ASSERT_EQ(r.code, 0) << r.output;
+  ProcessResult r = test::run_g4("forward " + dir.string() + args + " --out " + logits_file + " --overwrite");
+  if (r.code != 0) {
+    ADD_FAILURE() << r.output;
+    return {};
+  }
   const Tensor logits = io::SafetensorsReader::open(logits_file).get("logits");
   const int64_t S = logits.size(1), V = logits.size(2);
   const float* last = logits.data<float>() + (S - 1) * V;
-  r = test::run_g4("generate " + dir.string() + turn + " --max-new-tokens 4");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const std::vector<int64_t> ids = printed_ids(r.output);
-  ASSERT_EQ(ids.size(), 4u) << r.output;
-  EXPECT_EQ(ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  r = test::run_g4("generate " + dir.string() + args + " --max-new-tokens " + std::to_string(n));
+  EXPECT_EQ(r.code, 0) << r.output;
+  ForwardThenGenerate out{printed_ids(r.output), r.output, S};
+  EXPECT_EQ(out.ids.size(), n) << r.output;
+  if (!out.ids.empty()) {
+    EXPECT_EQ(out.ids[0], std::max_element(last, last + V) - last) << "the forward's greedy next token";
+  }
+  return out;
+}
+
+TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_image_out");
+  // One user turn with the image (the chat template), through forward and generate.
+  const std::string turn = " --chat --prompt 'What is it?' --image " + fixture_image();
+  const ForwardThenGenerate gen = forward_then_generate(dir, turn, outs, 4);
+  const std::vector<int64_t>& ids = gen.ids;
+  const int64_t S = gen.prompt_tokens;
 
   // A prompts-file line with the same parts (the image's path relative to the file) agrees.
   fs::copy_file(fixture_image(), outs / "pic.png");
@@ -224,7 +244,8 @@ TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees
   write_file(in, R"({"messages": [{"role": "user", "content": [{"type": "image", "path": "pic.png"}, )"
                  R"({"type": "text", "text": "What is it?"}]}]})"
                  "\n");
-  r = test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 4");
+  ProcessResult r =
+      test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 4");
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream f(lines);
   std::string line;
@@ -243,6 +264,42 @@ TEST(CliGenerateImage, TokensFollowTheForwardAndAPromptsFileWithImagePartsAgrees
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--image: the model in"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("has no vision tower"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+  fs::remove_all(outs);
+}
+
+// A 3-frame video (random PNGs at 1 fps, all sampled) between text: g4 generate's first token is
+// the argmax of g4 forward's last logits for the same prompt.
+TEST(CliGenerateImage, VideoTokensFollowTheForward) {
+  const fs::path dir = make_model_dir(), outs = test::scratch_dir("cli_generate_video_out");
+  fs::create_directories(outs / "frames");
+  std::string frames;
+  for (int i = 0; i < 3; ++i) {
+    const std::string f = (outs / "frames" / ("f" + std::to_string(i) + ".png")).string();
+    test::write_random_png(f, 40, 30, 90 + static_cast<uint32_t>(i));
+    frames += (i ? "," : "") + f;
+  }
+  const std::string prompt = " --prompt 'a <|video|> b' --video " + frames + " --video-fps 1 --video-frames 3";
+  EXPECT_NE(forward_then_generate(dir, prompt, outs, 3).output.find("3 of 3 frames"), std::string::npos);
+
+  // Prompts-file lines with the video as its frames and as their folder (the processor config's 2
+  // of 3 frames, paths relative to the file) give what --chat --prompt --video gives.
+  ProcessResult r = test::run_g4("generate " + dir.string() + " --chat --prompt 'What happens?' --video " + frames +
+                                 " --video-fps 1 --max-new-tokens 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::vector<int64_t> chat_ids = printed_ids(r.output);
+  const std::string in = (outs / "in.jsonl").string(), lines = (outs / "out.jsonl").string();
+  const std::string text = R"(, {"type": "text", "text": "What happens?"}]}]})";
+  write_file(in, R"({"messages": [{"role": "user", "content": [{"type": "video", "frames": ["frames/f0.png", )"
+                 R"("frames/f1.png", "frames/f2.png"], "fps": 1})" + text + "\n" +
+                 R"({"messages": [{"role": "user", "content": [{"type": "video", "path": "frames", "fps": 1})" + text + "\n");
+  r = test::run_g4("generate " + dir.string() + " --chat --prompts " + in + " --out " + lines + " --max-new-tokens 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(lines);
+  int n = 0;
+  for (std::string line; std::getline(f, line); ++n)
+    EXPECT_EQ(nlohmann::json::parse(line)["token_ids"].get<std::vector<int64_t>>(), chat_ids) << line;
+  EXPECT_EQ(n, 2);
   fs::remove_all(dir);
   fs::remove_all(outs);
 }

@@ -641,8 +641,9 @@ TEST_F(EngineTest, GenerateKeepsItsContract) {
 
 // --- Images and audio (tiny-mm-e: PLE, audio tower; tiny-mm-bidir: image blocks attend both ways
 // on sliding layers). Media are random: images of h x w patches (h·w/9 soft tokens), clips whose
-// first frames are valid (ceil(valid / 4) soft tokens).
-constexpr int64_t kBoi = 300, kEoi = 301, kImage = 304, kAudio = 305;
+// first frames are valid (ceil(valid / 4) soft tokens), videos of T frames of h x w patches (each
+// frame after its timestamp's text, as the processor expands a video).
+constexpr int64_t kBoi = 300, kEoi = 301, kImage = 304, kAudio = 305, kVideo = 306;
 
 std::unique_ptr<model::Gemma4> mm_model(const std::string& name) {
   return model::load_hf_model(test::data_dir() + "/hf-gemma4-mm/" + name);
@@ -660,6 +661,8 @@ struct MmPrompt {
   gen::RequestMedia media;
   std::vector<std::pair<int64_t, int64_t>> grids;  // patches (h, w) of each image
   std::vector<int64_t> valid_frames;               // of each clip
+  std::vector<std::pair<int64_t, int64_t>> video_grids;  // patches (h, w) of each video's frames
+  int64_t video_frames = 0;                               // frames of every video
   uint64_t seed = 0;
   MmPrompt& text(int64_t len, int64_t salt) {
     const std::vector<int64_t> t = text_tokens(len, salt);
@@ -673,30 +676,55 @@ struct MmPrompt {
     grids.emplace_back(h, w);
     return *this;
   }
+  MmPrompt& video(int64_t frames, int64_t h, int64_t w) {
+    for (int64_t f = 0; f < frames; ++f) {
+      text(2, 40 + f);  // the frame's timestamp
+      ids.push_back(kBoi);
+      ids.insert(ids.end(), static_cast<size_t>(h * w / 9), kVideo);
+      ids.push_back(kEoi);
+    }
+    video_grids.emplace_back(h, w);
+    video_frames = frames;
+    return *this;
+  }
   MmPrompt& audio(int64_t valid) {
     ids.insert(ids.end(), static_cast<size_t>((valid + 3) / 4), kAudio);
     valid_frames.push_back(valid);
     return *this;
   }
+  // Pixels and patch positions of images of the grids, padded to the largest as the processor pads.
+  static std::pair<Tensor, Tensor> patches(const std::vector<std::pair<int64_t, int64_t>>& grids, int64_t p,
+                                           uint64_t seed) {
+    const int64_t N = static_cast<int64_t>(grids.size());
+    int64_t P = 0;
+    for (const auto& [h, w] : grids) P = std::max(P, h * w);
+    Tensor pixels = rand_uniform({N, P, 3 * p * p}, seed, 0.0, 1.0);
+    Tensor positions = Tensor::full({N, P, 2}, -1.0, DType::I64);
+    for (int64_t i = 0; i < N; ++i) {
+      const auto [h, w] = grids[static_cast<size_t>(i)];
+      int64_t* at = positions.data<int64_t>() + i * P * 2;
+      for (int64_t k = 0; k < h * w; ++k) {
+        at[2 * k] = k % w;
+        at[2 * k + 1] = k / w;
+      }
+      for (int64_t k = h * w; k < P; ++k)
+        for (int64_t c = 0; c < 3 * p * p; ++c) pixels.data<float>()[(i * P + k) * 3 * p * p + c] = 0;
+    }
+    return {pixels, positions};
+  }
   // The processors' tensors for the media added, from `seed` (padding as the processors pad).
   MmPrompt& make(const model::Gemma4& m, uint64_t media_seed) {
     seed = media_seed;
-    if (!grids.empty()) {
-      const int64_t p = m.config().vision->patch_size, N = static_cast<int64_t>(grids.size());
-      int64_t P = 0;
-      for (const auto& [h, w] : grids) P = std::max(P, h * w);
-      media.pixel_values = rand_uniform({N, P, 3 * p * p}, seed, 0.0, 1.0);
-      media.image_position_ids = Tensor::full({N, P, 2}, -1.0, DType::I64);
-      for (int64_t i = 0; i < N; ++i) {
-        const auto [h, w] = grids[static_cast<size_t>(i)];
-        int64_t* at = media.image_position_ids.data<int64_t>() + i * P * 2;
-        for (int64_t k = 0; k < h * w; ++k) {
-          at[2 * k] = k % w;
-          at[2 * k + 1] = k / w;
-        }
-        for (int64_t k = h * w; k < P; ++k)
-          for (int64_t c = 0; c < 3 * p * p; ++c) media.pixel_values.data<float>()[(i * P + k) * 3 * p * p + c] = 0;
-      }
+    const int64_t p = m.config().vision ? m.config().vision->patch_size : 0;
+    if (!grids.empty()) std::tie(media.pixel_values, media.image_position_ids) = patches(grids, p, seed);
+    if (!video_grids.empty()) {
+      // Every frame of video v has its grid; frames in (video, frame) order.
+      std::vector<std::pair<int64_t, int64_t>> frames;
+      for (const auto& g : video_grids) frames.insert(frames.end(), static_cast<size_t>(video_frames), g);
+      auto [pixels, at] = patches(frames, p, seed + 2);
+      const int64_t V = static_cast<int64_t>(video_grids.size()), P = at.size(1);
+      media.pixel_values_videos = pixels.reshape({V, video_frames, P, 3 * p * p});
+      media.video_position_ids = at.reshape({V, video_frames, P, 2});
     }
     if (!valid_frames.empty()) {
       const int64_t C = static_cast<int64_t>(valid_frames.size());
@@ -729,10 +757,12 @@ std::vector<int64_t> mm_greedy_reference(const model::Gemma4& m, const MmPrompt&
     const int64_t S = static_cast<int64_t>(ids.size());
     in.input_ids = Tensor::from_vector(ids, {1, S});
     std::vector<int64_t> types;
-    for (int64_t id : ids) types.push_back(id == kImage ? 1 : id == kAudio ? 3 : 0);
+    for (int64_t id : ids) types.push_back(id == kImage ? 1 : id == kVideo ? 2 : id == kAudio ? 3 : 0);
     in.mm_token_type_ids = Tensor::from_vector(types, {1, S});
     in.pixel_values = p.media.pixel_values;
     in.image_position_ids = p.media.image_position_ids;
+    in.pixel_values_videos = p.media.pixel_values_videos;
+    in.video_position_ids = p.media.video_position_ids;
     in.input_features = p.media.input_features;
     in.input_features_mask = p.media.input_features_mask;
     const Tensor logits = m.forward(in).logits.value().reshape({S, -1});
@@ -791,13 +821,36 @@ TEST_F(EngineTest, ImageBlocksOfABidirectionalModelArePrefilledWhole) {
             std::string::npos);
 }
 
-TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesNeverSharePages) {
-  for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
+// A 3-frame video beside an image, a clip and a text prompt, prefilled in chunks of 8 (tiny-mm-e)
+// or 16 (tiny-mm-bidir, where each frame is its own bidirectional block, as the forward's
+// vision_block_ids makes it).
+TEST_F(EngineTest, VideosGenerateAsTheFullForward) {
+  for (const auto& [name, step] : {std::pair<const char*, int64_t>{"tiny-mm-e", 8}, {"tiny-mm-bidir", 16}}) {
     SCOPED_TRACE(name);
     auto model = mm_model(name);
+    std::vector<MmPrompt> prompts(3);
+    prompts[0].text(4, 1).video(3, 6, 9).text(5, 2).make(*model, 71);  // 3 frames of 6 soft tokens
+    prompts[1].text(9, 3);
+    prompts[2].text(3, 4).image(6, 6).text(2, 5).video(3, 9, 9).text(3, 6);  // image 4, frames of 9
+    if (model->config().has_audio) prompts[2].audio(21);
+    prompts[2].text(2, 7).make(*model, 72);
+    expect_greedy_as_the_full_forward(*model, prompts, step);
+  }
+}
+
+// Also for videos: 3 frames of 4 soft tokens, each after its timestamp, in the same 32 tokens.
+TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesOrVideosNeverSharePages) {
+  for (const auto& [name, video] : {std::pair<const char*, bool>{"tiny-mm-e", false}, {"tiny-mm-bidir", false},
+                                    {"tiny-mm-e", true}, {"tiny-mm-bidir", true}}) {
+    SCOPED_TRACE(std::string(name) + (video ? " video" : " image"));
+    auto model = mm_model(name);
+    const auto media = [&](MmPrompt& p) -> MmPrompt& {
+      return video ? p.video(3, 6, 6).text(4, 2) : p.image(12, 12).text(10, 2);
+    };
     MmPrompt a, b;
-    a.text(3, 1).image(12, 12).text(10, 2).make(*model, 31);  // 32 tokens, 16 of them soft
-    b.text(3, 1).image(12, 12).text(10, 2).make(*model, 32);  // the same ids, another image
+    media(a.text(3, 1)).make(*model, 31);  // 32 tokens, 16 (image) or 12 (video) of them soft
+    media(b.text(3, 1)).make(*model, 32);  // the same ids, another image or video
+    ASSERT_EQ(a.ids.size(), 32u);
     MmPrompt a2 = a;
     for (MmPrompt* p : {&a2, &b}) p->ids.push_back(7);  // one more token: a's 8 whole pages match
     EngineOptions eo;
@@ -807,7 +860,7 @@ TEST_F(EngineTest, SamePlaceholdersOfDifferentImagesNeverSharePages) {
       Engine alone(*model, eo);
       solo.push_back(ids_of(alone.generate({p->request(5)})[0]));
     }
-    EXPECT_NE(solo[0], solo[1]) << "different images should give different tokens";
+    EXPECT_NE(solo[0], solo[1]) << "different media should give different tokens";
     // The second prompt arrives while a holds its 8 prompt pages (and the sliding pages of the
     // window before its end); in that step a's next token takes a ninth page.
     const auto pages_added = [&](const MmPrompt& second, size_t want) {
@@ -862,7 +915,15 @@ TEST_F(EngineTest, BadMediaIsAnErrorNamingIt) {
   EXPECT_NE(err([](Request& r) { r.media = {}; }).find("the prompt holds 4 image placeholders (id 304) but its images give 0"),
             std::string::npos);
   EXPECT_NE(err([](Request& r) { r.prompt.push_back(kImage); }).find("5 image placeholders"), std::string::npos);
-  EXPECT_NE(err([](Request& r) { r.prompt.push_back(306); }).find("video is not supported"), std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.prompt.push_back(kVideo); }).find("1 video placeholders (id 306) but its videos give 0"),
+            std::string::npos);
+  EXPECT_NE(err([](Request& r) { r.media.pixel_values_videos = r.media.pixel_values; }).find("together"),
+            std::string::npos);
+  EXPECT_NE(err([](Request& r) {
+              r.media.pixel_values_videos = r.media.pixel_values;
+              r.media.video_position_ids = r.media.image_position_ids;
+            }).find("must be [videos, frames, patches, 3·patch²]"),
+            std::string::npos);
   EXPECT_NE(err([](Request& r) { r.media.image_position_ids = Tensor(); }).find("together"), std::string::npos);
   EXPECT_NE(err([](Request& r) { r.prompt.push_back(kAudio); }).find("1 audio placeholders (id 305) but its clips give 0"),
             std::string::npos);

@@ -216,22 +216,34 @@ TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
 }
 
 
-// A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, for the tiny
-// multimodal fixtures (boi 300, image 304, eoi 301).
-gen::Request image_request(const model::Gemma4& m, int64_t h, int64_t w, int64_t salt) {
+// A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, or with
+// frames > 0 a video of that many such frames (each after two timestamp tokens), for the tiny
+// multimodal fixtures (boi 300, image 304, eoi 301, video 306).
+gen::Request image_request(const model::Gemma4& m, int64_t h, int64_t w, int64_t salt, int64_t frames = 0) {
   gen::Request r;
   r.prompt = {2};
   for (int64_t i = 0; i < 5; ++i) r.prompt.push_back(3 + (i * 37 + salt * 11) % 290);
-  r.prompt.push_back(300);
-  r.prompt.insert(r.prompt.end(), static_cast<size_t>(h * w / 9), 304);
-  r.prompt.push_back(301);
+  const int64_t n = std::max<int64_t>(frames, 1);
+  for (int64_t f = 0; f < n; ++f) {
+    if (frames > 0) r.prompt.insert(r.prompt.end(), {3 + f, 7 + f});
+    r.prompt.push_back(300);
+    r.prompt.insert(r.prompt.end(), static_cast<size_t>(h * w / 9), frames > 0 ? 306 : 304);
+    r.prompt.push_back(301);
+  }
   for (int64_t i = 0; i < 4; ++i) r.prompt.push_back(3 + (i * 53 + salt * 7) % 290);
   const int64_t p = m.config().vision->patch_size;
-  r.media.pixel_values = rand_uniform({1, h * w, 3 * p * p}, 90 + static_cast<uint64_t>(salt), 0.0, 1.0);
-  r.media.image_position_ids = Tensor::empty({1, h * w, 2}, DType::I64);
-  for (int64_t k = 0; k < h * w; ++k) {
-    r.media.image_position_ids.data<int64_t>()[2 * k] = k % w;
-    r.media.image_position_ids.data<int64_t>()[2 * k + 1] = k / w;
+  const Tensor pixels = rand_uniform({n, h * w, 3 * p * p}, 90 + static_cast<uint64_t>(salt), 0.0, 1.0);
+  Tensor positions = Tensor::empty({n, h * w, 2}, DType::I64);
+  for (int64_t k = 0; k < n * h * w; ++k) {
+    positions.data<int64_t>()[2 * k] = k % (h * w) % w;
+    positions.data<int64_t>()[2 * k + 1] = k % (h * w) / w;
+  }
+  if (frames > 0) {
+    r.media.pixel_values_videos = pixels.reshape({1, n, h * w, 3 * p * p});
+    r.media.video_position_ids = positions.reshape({1, n, h * w, 2});
+  } else {
+    r.media.pixel_values = pixels;
+    r.media.image_position_ids = positions;
   }
   r.options.sampling.temperature = 0;
   r.options.max_tokens = 6;
@@ -239,6 +251,7 @@ gen::Request image_request(const model::Gemma4& m, int64_t h, int64_t w, int64_t
   return r;
 }
 
+// With a 3-frame video (each frame its own block on tiny-mm-bidir) beside the images.
 TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
   G4_REQUIRE_GPU();
   for (const char* name : {"tiny-mm-e", "tiny-mm-bidir"}) {
@@ -249,7 +262,8 @@ TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
     eo.max_step_tokens = 16;  // prompts in chunks; a block of 12 (> the window of 8) fits one
     eo.num_pages = 256;
     gen::Engine engine(*gpu, eo);
-    std::vector<gen::Request> requests = {image_request(*gpu, 9, 12, 1), image_request(*gpu, 6, 6, 2)};
+    std::vector<gen::Request> requests = {image_request(*gpu, 9, 12, 1), image_request(*gpu, 6, 6, 2),
+                                          image_request(*gpu, 6, 9, 4, /*frames=*/3)};
     gen::Request text = image_request(*gpu, 3, 3, 3);
     text.prompt.resize(6);
     text.media = {};
@@ -258,7 +272,7 @@ TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
     for (size_t i = 0; i < done.size(); ++i) {
       std::vector<int64_t> ids = requests[i].prompt, types;
       for (const auto& t : done[i].tokens) ids.push_back(t.id);
-      for (int64_t id : ids) types.push_back(id == 304 ? 1 : 0);
+      for (int64_t id : ids) types.push_back(id == 304 ? 1 : id == 306 ? 2 : 0);
       const int64_t S = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(requests[i].prompt.size());
       ag::NoGrad no_grad;
       model::ForwardInputs in;
@@ -266,6 +280,8 @@ TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
       in.mm_token_type_ids = Tensor::from_vector(types, {1, S});
       in.pixel_values = requests[i].media.pixel_values;
       in.image_position_ids = requests[i].media.image_position_ids;
+      in.pixel_values_videos = requests[i].media.pixel_values_videos;
+      in.video_position_ids = requests[i].media.video_position_ids;
       const Tensor logits = test::host_f32(gpu->forward(in).logits.value());
       const int64_t V = logits.size(2);
       for (size_t t = 0; t < done[i].tokens.size(); ++t) {

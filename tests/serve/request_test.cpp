@@ -463,6 +463,9 @@ TEST_F(MediaRequestTest, BadMediaAreRefusedNamingThePart) {
       "messages[0].content[0].input_audio.data");
   has(refusal(chat(R"({"type": "image", "path": "/etc/passwd"})"), Api::Chat),
       "messages[0].content[0]: part type 'image' is not supported");
+  // OpenAI's API has no video part: videos come in prompts files only.
+  has(refusal(chat(R"({"type": "video", "frames": ["/etc/passwd"]})"), Api::Chat),
+      "messages|400||messages[0].content[0]: part type 'video' is not supported");
   info_.audio = false;
   has(refusal(chat(R"({"type": "input_audio", "input_audio": {"format": "wav", "data": "AAAA"}})"), Api::Chat),
       "messages[0].content[0]: the model has no audio tower");
