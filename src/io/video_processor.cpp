@@ -51,7 +51,8 @@ VideoProcessorOptions load_video_processor_options(const std::string& model_dir,
                where, ": video_processor.resample must be 3 (bicubic), got ", vp["resample"].dump());
       G4_CHECK(!vp.contains("rescale_factor") || std::abs(json_number(vp, "rescale_factor", where, 0.0) - 1.0 / 255.0) < 1e-12,
                where, ": video_processor.rescale_factor must be 1/255, got ", vp["rescale_factor"].dump());
-      for (const auto& [key, value] : {std::pair{"image_mean", 0.0}, std::pair{"image_std", 1.0}}) {
+      for (const auto& [key, expected] : {std::pair{"image_mean", 0.0}, std::pair{"image_std", 1.0}}) {
+        const double value = expected;  // a lambda may not capture a structured binding before C++20's P1091 in clang
         if (!vp.contains(key) || vp[key].is_null() || !flag("do_normalize", true)) continue;
         const nlohmann::json& list = vp[key];
         const bool identity = list.is_array() && std::all_of(list.begin(), list.end(), [&](const nlohmann::json& x) {
