@@ -19,7 +19,7 @@ run="scripts/device_run.sh"
 
 # The test_gpu suites written while no GPU was lent (sessions 9 and 10).
 new_tests='GpuGroupedMatmul.*:GpuMoeDeviceOffsets.*:GpuVisionTower.*:GpuAudioTower.*:GpuAttention.*:GpuFixture.*'
-new_tests+=':GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:GpuMultimodal*:GpuPagedAttention*:GpuEngine*'
+new_tests+=':GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:*GpuVideo.*:PagedAttentionGpu.*:GpuEngineMedia.*'
 
 stage() {
   case "$1" in
