@@ -18,8 +18,8 @@ limit="${G4_STAGE_TIMEOUT:-540}"
 run="scripts/device_run.sh"
 
 # The test_gpu suites written while no GPU was lent (sessions 9 and 10).
-new_tests='GpuGroupedMatmul.*:GpuMoeDeviceOffsets.*:GpuVisionTower.*:GpuAudioTower.*:GpuAttention.*:GpuFixture.*'
-new_tests+=':GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:*GpuVideo.*:PagedAttentionGpu.*:GpuEngineMedia.*'
+new_tests='*GpuGroupedMatmul.*:*GpuMoeDeviceOffsets.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuAttention.*:*GpuFixture.*'
+new_tests+=':*GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:*GpuVideo.*:PagedAttentionGpu.*:GpuEngineMedia.*'
 
 stage() {
   case "$1" in
