@@ -77,12 +77,6 @@ std::string expand_media(const std::string& text, const MediaSoftTokens& media, 
   return out;
 }
 
-std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                      const std::vector<int64_t>& audio_soft_tokens, const std::string& where,
-                                      std::vector<size_t>* offsets) {
-  return expand_media(text, MediaSoftTokens{image_soft_tokens, audio_soft_tokens}, where, offsets);
-}
-
 std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok) {
   const std::optional<int32_t> image = tok.token_to_id(kImagePlaceholder), video = tok.token_to_id(kVideoPlaceholder),
                                audio = tok.token_to_id(kAudioPlaceholder);
@@ -112,12 +106,6 @@ MultimodalIds tokenize_multimodal(const std::string& text, const MediaSoftTokens
   out.input_ids = tok.encode(expand_media(text, media, where));
   out.mm_token_type_ids = mm_token_types(out.input_ids, tok);
   return out;
-}
-
-MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
-                                  const std::string& where) {
-  return tokenize_multimodal(text, MediaSoftTokens{image_soft_tokens, audio_soft_tokens}, tok, where);
 }
 
 PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,

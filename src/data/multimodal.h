@@ -41,10 +41,6 @@ struct MediaSoftTokens {
 // offsets into `text`, none inside a placeholder; they are moved to the same places of the result.
 std::string expand_media(const std::string& text, const MediaSoftTokens& media, const std::string& where = "prompt",
                          std::vector<size_t>* offsets = nullptr);
-// expand_media without videos.
-std::string expand_media_placeholders(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                      const std::vector<int64_t>& audio_soft_tokens,
-                                      const std::string& where = "prompt", std::vector<size_t>* offsets = nullptr);
 
 struct MultimodalIds {
   std::vector<int32_t> input_ids;
@@ -55,10 +51,6 @@ struct MultimodalIds {
 // rendered chat already starts with <bos>), then the token types. The tokenizer must know the
 // placeholder and boundary tokens of the media present.
 MultimodalIds tokenize_multimodal(const std::string& text, const MediaSoftTokens& media, const io::Tokenizer& tok,
-                                  const std::string& where = "prompt");
-// The same without videos.
-MultimodalIds tokenize_multimodal(const std::string& text, const std::vector<int64_t>& image_soft_tokens,
-                                  const std::vector<int64_t>& audio_soft_tokens, const io::Tokenizer& tok,
                                   const std::string& where = "prompt");
 
 // Throws g4::Error naming `where` when the tokenizer lacks a placeholder or boundary token of the

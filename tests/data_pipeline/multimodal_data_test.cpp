@@ -271,7 +271,7 @@ TEST(MultimodalData, BatchMediaEqualTheProcessors) {
 TEST(MultimodalData, ExpansionMovesOffsets) {
   const std::string text = "ab<|image|>cd<|audio|>e";
   std::vector<size_t> offsets = {0, 2, 11, 12, 13, 22, 23};
-  const std::string out = expand_media_placeholders(text, {2}, {1}, "prompt", &offsets);
+  const std::string out = expand_media(text, MediaSoftTokens{{2}, {1}}, "prompt", &offsets);
   ASSERT_EQ(out, "ab<|image><|image|><|image|><image|>cd<|audio><|audio|><audio|>e");
   const size_t image = std::string("<|image><|image|><|image|><image|>").size(),
                audio = std::string("<|audio><|audio|><audio|>").size();
@@ -279,7 +279,7 @@ TEST(MultimodalData, ExpansionMovesOffsets) {
             (std::vector<size_t>{0, 2, 2 + image, 3 + image, 4 + image, 4 + image + audio, 5 + image + audio}));
   EXPECT_EQ(out.substr(offsets[3], 2), "d<");
   std::vector<size_t> past = {text.size() + 1};
-  const std::string e = test::error_of([&] { expand_media_placeholders(text, {2}, {1}, "prompt", &past); });
+  const std::string e = test::error_of([&] { expand_media(text, MediaSoftTokens{{2}, {1}}, "prompt", &past); });
   EXPECT_NE(e.find("prompt: offset 24 is past the end of the text"), std::string::npos) << e;
 }
 

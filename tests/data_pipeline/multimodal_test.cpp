@@ -37,7 +37,7 @@ TEST(MultimodalPrompt, FixturePromptEqualsTransformers) {
   ASSERT_EQ(images.num_soft_tokens, (std::vector<int64_t>{272}));
   ASSERT_EQ(audio.num_soft_tokens, (std::vector<int64_t>{96}));
 
-  const MultimodalIds got = tokenize_multimodal(kFixtureText, images.num_soft_tokens, audio.num_soft_tokens, *tok);
+  const MultimodalIds got = tokenize_multimodal(kFixtureText, MediaSoftTokens{images.num_soft_tokens, audio.num_soft_tokens}, *tok);
   const Tensor ids = ref.get("prompt.input_ids"), types = ref.get("prompt.mm_token_type_ids");
   ASSERT_EQ(int64_t(got.input_ids.size()), ids.numel());
   for (int64_t t = 0; t < ids.numel(); ++t) {
@@ -51,14 +51,14 @@ TEST(MultimodalPrompt, FixturePromptEqualsTransformers) {
 }
 
 TEST(MultimodalPrompt, ExpansionLayoutAndCountErrors) {
-  EXPECT_EQ(expand_media_placeholders("a<|image|>b<|audio|>c<|image|>", {2, 1}, {3}),
+  EXPECT_EQ(expand_media("a<|image|>b<|audio|>c<|image|>", MediaSoftTokens{{2, 1}, {3}}),
             "a<|image><|image|><|image|><image|>b<|audio><|audio|><|audio|><|audio|><audio|>c"
             "<|image><|image|><image|>");
-  EXPECT_EQ(expand_media_placeholders("plain text", {}, {}), "plain text");
-  std::string e = test::error_of([] { expand_media_placeholders("<|image|><|image|>", {5}, {}, "prompt.txt"); });
+  EXPECT_EQ(expand_media("plain text", MediaSoftTokens{{}, {}}), "plain text");
+  std::string e = test::error_of([] { expand_media("<|image|><|image|>", MediaSoftTokens{{5}, {}}, "prompt.txt"); });
   EXPECT_NE(e.find("prompt.txt has 2 image placeholder(s)"), std::string::npos) << e;
   EXPECT_NE(e.find("1 image(s)"), std::string::npos) << e;
-  e = test::error_of([] { expand_media_placeholders("no audio here", {}, {7}); });
+  e = test::error_of([] { expand_media("no audio here", MediaSoftTokens{{}, {7}}); });
   EXPECT_NE(e.find("0 audio placeholder(s)"), std::string::npos) << e;
 }
 
@@ -77,7 +77,7 @@ TEST(MultimodalPrompt, ChatPartsRenderAsTheGemma4Template) {
 
   // Expanded and tokenised with the fixture's tokenizer: the soft tokens sit between boi and eoi.
   const auto tok = io::load_tokenizer(processor_dir() + "/tokenizer.json");
-  const MultimodalIds ids = tokenize_multimodal(render_chat({user}, true), {4}, {2}, *tok);
+  const MultimodalIds ids = tokenize_multimodal(render_chat({user}, true), MediaSoftTokens{{4}, {2}}, *tok);
   const int32_t boi = *tok->token_to_id("<|image>"), eoi = *tok->token_to_id("<image|>");
   const auto at = std::find(ids.input_ids.begin(), ids.input_ids.end(), boi) - ids.input_ids.begin();
   ASSERT_LT(size_t(at + 5), ids.input_ids.size());

@@ -426,8 +426,8 @@ TEST_F(MediaRequestTest, ImageDataUrlsAndBase64AudioBecomeProcessedMedia) {
   // The rendered template with the parts, expanded: the same ids.
   data::ChatMessage user{"user", "", {{data::ChatPart::Kind::Image, ""}, {data::ChatPart::Kind::Audio, ""},
                                       {data::ChatPart::Kind::Text, "What is this?"}}};
-  const data::MultimodalIds ids = data::tokenize_multimodal(data::render_chat({user}, true), want.image_soft_tokens,
-                                                            want.audio_soft_tokens, *tok_);
+  const data::MultimodalIds ids = data::tokenize_multimodal(
+      data::render_chat({user}, true), data::MediaSoftTokens{want.image_soft_tokens, want.audio_soft_tokens}, *tok_);
   EXPECT_EQ(p.request.prompt, std::vector<int64_t>(ids.input_ids.begin(), ids.input_ids.end()));
   // A JPEG data URL too; text-only content is unchanged (no media).
   const std::string jpeg = file_bytes(test::data_dir() + "/hf-gemma4-mm/processor/scene_1200x280.jpg");
