@@ -13,7 +13,7 @@ mkdir -p "$stage/bin" "$stage/lib" .device
 for b in "${bins[@]}"; do
   [ -x "$b" ] || { echo "missing $b (build first)"; exit 1; }
   cp "$b" "$stage/bin/"
-  strip "$stage/bin/$(basename "$b")"
+  strip --strip-debug "$stage/bin/$(basename "$b")"  # the symbols stay: a crash on the GPU machine gives a readable backtrace
   # Every resolved dependency except the C runtime and CUDA's libraries.
   ldd "$b" | awk '/=> \//{print $3}' | while read -r lib; do
     case "$(basename "$lib")" in

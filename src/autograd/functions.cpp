@@ -224,7 +224,11 @@ Var embedding(const Var& weight, const Tensor& ids, int64_t padding_idx) {
         ops::embedding_backward_accumulate(owned_grad(wi), oi->grad, ids, padding_idx);
         return;
       }
-      accumulate_grad(wi, ops::embedding_backward(oi->grad, ids, wi->value.size(0), padding_idx));
+      // The GPU kernel sums rows in f32; a table that is an activation (a slice of a parameter, a
+      // tower's rows) takes its gradient in its own dtype, as the ops upstream of it expect.
+      Tensor dw = ops::embedding_backward(oi->grad, ids, wi->value.size(0), padding_idx);
+      if (!wi->fp32_grad && dw.dtype() != wi->value.dtype()) dw = dw.to(wi->value.dtype());
+      accumulate_grad(wi, dw);
     });
   }
   return out;

@@ -97,16 +97,16 @@ class GpuVisionTower : public MultimodalOnBoth {};
 TEST_P(GpuVisionTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
   const model::VisionInputs in{ref->get("pixel_values").clone(), ref->get("image_position_ids").clone()};
   const io::VisionConfig& vc = *cpu->config().vision;
+  // Each side's backward runs before the other's forward: ag::backward clears the whole tape.
   const model::VisionOutputs c = model::vision_forward(cpu->params(), vc, in, DType::F32, Device::CPU);
+  const Tensor w = test::randn_bf16_exact(c.projected.value().shape(), 11);
+  ag::backward(project(c.projected, w));
   const model::VisionOutputs g = model::vision_forward(gpu->params(), vc, in, DType::BF16, Device::CUDA);
+  ag::backward(project(g.projected, w));
   EXPECT_EQ(g.tokens_per_image, c.tokens_per_image);
   EXPECT_EQ(g.projected.value().device(), Device::CUDA);
   test::expect_close_scaled(g.soft_tokens.value(), c.soft_tokens.value(), 0, kOutputRtol, "vision soft tokens");
   test::expect_close_scaled(g.projected.value(), c.projected.value(), 0, kOutputRtol, "embed_vision");
-
-  const Tensor w = test::randn_bf16_exact(c.projected.value().shape(), 11);
-  ag::backward(project(c.projected, w));
-  ag::backward(project(g.projected, w));
   expect_tower_gradients_close(*cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix});
 }
 
@@ -118,14 +118,13 @@ class GpuAudioTower : public MultimodalOnBoth {};
 TEST_P(GpuAudioTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
   const Tensor f = ref->get("input_features").clone(), mask = ref->get("input_features_mask").clone();
   const ag::Var c = model::AudioTower::from_params(cpu->params(), cpu->config()).soft_tokens(f, mask);
+  const Tensor w = test::randn_bf16_exact(c.value().shape(), 12);
+  ag::backward(project(c, w));
   const ag::Var g = model::AudioTower::from_params(gpu->params(), gpu->config()).soft_tokens(f, mask);
+  ag::backward(project(g, w));
   EXPECT_EQ(g.value().device(), Device::CUDA);
   EXPECT_EQ(g.value().dtype(), DType::BF16);
   test::expect_close_scaled(g.value(), c.value(), 0, kOutputRtol, "audio soft tokens (embed_audio)");
-
-  const Tensor w = test::randn_bf16_exact(c.value().shape(), 12);
-  ag::backward(project(c, w));
-  ag::backward(project(g, w));
   expect_tower_gradients_close(*cpu, *gpu, {model::kAudioPrefix, model::kAudioEmbedPrefix});
 }
 
