@@ -128,7 +128,10 @@ TEST(TrainRun, ResumesACheckpointOfTheEarlierTrainer) {
     for (const char* key : {"loss", "grad_norm", "validation_loss"}) {
       if (!want[i].contains(key)) continue;
       const double w = want[i][key].get<double>();
-      EXPECT_NEAR(got[i][key].get<double>(), w, 1e-4 * std::abs(w)) << key << " at step " << want[i]["step"];
+      // The gradient norm sums every parameter's squared gradient: it moves about 5e-4 between an
+      // Intel and an AMD machine's kernels, where the losses stay within 1e-4.
+      const double rtol = std::string(key) == "grad_norm" ? 2e-3 : 1e-4;
+      EXPECT_NEAR(got[i][key].get<double>(), w, rtol * std::abs(w)) << key << " at step " << want[i]["step"];
     }
     if (want[i].contains("lr")) {
       EXPECT_EQ(got[i]["lr"], want[i]["lr"]) << i;
@@ -385,9 +388,14 @@ void expect_same_curves(const fs::path& a_dir, const fs::path& b_dir, bool valid
   const auto a = step_losses(a_dir), b = step_losses(b_dir);
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), a.size());
+  // Sums in another order (ring attention's merges, the split of a batch over ranks) differ in the
+  // last bits, and training amplifies that from step to step (on an AMD machine's OpenBLAS kernels
+  // two-rank context parallelism is 1e-4 off by step 8): the first half of the run is held to 1e-5,
+  // which any wrong exchange exceeds at once, the second half and the final validation to 1e-3.
+  const auto tolerance = [&](size_t i, size_t n) { return i < n / 2 ? 1e-5 : 1e-3; };
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+    EXPECT_NEAR(a[i], b[i], tolerance(i, a.size()) * a[i]) << "step " << i + 1;
     worst = std::max(worst, std::abs(a[i] - b[i]) / a[i]);
   }
   const auto va = validation ? validation_losses(a_dir) : std::vector<double>(2),
@@ -395,7 +403,7 @@ void expect_same_curves(const fs::path& a_dir, const fs::path& b_dir, bool valid
   ASSERT_EQ(va.size(), 2u);
   ASSERT_EQ(vb.size(), va.size());
   for (size_t i = 0; i < va.size(); ++i) {
-    EXPECT_NEAR(va[i], vb[i], 1e-5 * va[i]) << "validation " << i;
+    EXPECT_NEAR(va[i], vb[i], tolerance(i, va.size()) * va[i]) << "validation " << i;
     worst = std::max(worst, std::abs(va[i] - vb[i]) / va[i]);
   }
   std::printf("largest relative loss difference: %.3g\n", worst);
