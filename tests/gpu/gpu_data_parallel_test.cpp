@@ -32,7 +32,7 @@
 #include "support/error_message.h"
 #include "support/g4_process.h"
 #include "support/run_metrics.h"
-#include "support/tensor_compare.h"
+#include "support/masters_checkpoint.h"
 #include "support/train_recipe.h"
 #include "train/optimizer.h"
 
