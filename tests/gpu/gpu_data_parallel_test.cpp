@@ -7,9 +7,9 @@
 // - data-parallel training of a tiny model with ReplicatedAdamW over the mesh: the global loss of
 //   each step matches one model trained on every rank's rows at once (printed side by side), and
 //   the replicas' bf16 weights and fp32 masters stay bit-identical.
-// `g4 train` itself (GpuDataParallelTrain.*): 2 and 4 ranks on one GPU train like one rank on the
-// same global batch, and a 2-rank checkpoint resumes on 1 rank (and a 1-rank one on 2) with the
-// same next losses.
+// `g4 train` itself (GpuDataParallelTrain.*): 2 and 4 ranks on one GPU (mpirun, and g4 launch)
+// train like one rank on the same global batch, and a 2-rank checkpoint resumes on 1 rank (and a
+// 1-rank one on 2) with the same next losses.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -448,6 +448,10 @@ TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCount
     expect_same_curve(losses(run), a, kRunRtol, std::to_string(ranks) + " ranks", "1 rank");
     EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-00000008" / "model.safetensors"));
   }
+  // g4 launch -n 2 runs the same job as mpirun -np 2.
+  const test::ProcessResult launched = test::run_g4("launch -n 2 " + run_args(recipe, 2, dir / "launch"));
+  ASSERT_EQ(launched.code, 0) << launched.output;
+  expect_same_curve(losses(dir / "launch"), losses(dir / "ranks2"), kRunRtol, "g4 launch -n 2", "mpirun -np 2");
   // Forcing NCCL onto ranks that share the GPU is a clear error on every rank.
   const test::ProcessResult nccl = train_on(2, run_args(recipe, 2, dir / "nccl"), "G4_COMMUNICATOR=nccl");
   EXPECT_NE(nccl.code, 0) << nccl.output;
