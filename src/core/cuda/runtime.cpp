@@ -46,6 +46,13 @@ Runtime& runtime() {
     created = r;
     return r;
   }();
+  // CUDA's current device is per host thread and starts at 0: every thread that reaches g4's
+  // stream, handle or allocator first makes the runtime's GPU its own.
+  thread_local bool on_runtime_device = false;
+  if (!on_runtime_device) {
+    G4_CUDA_CHECK(cudaSetDevice(rt->device));
+    on_runtime_device = true;
+  }
   return *rt;
 }
 }  // namespace

@@ -14,7 +14,8 @@ namespace g4::cuda {
 // first CUDA work, e.g. a rank taking its GPU at start-up; once the runtime exists, asking for
 // another GPU is an error (its stream and memory live on the first one). Without a call the
 // runtime takes the device current when it is created (0 unless someone set another).
-// Devices are per host thread in CUDA: g4 issues all its CUDA work from the thread that did this.
+// CUDA's current device is per host thread; each thread that first reaches the runtime (its
+// stream, handle, workspace or an allocation) is switched to the runtime's GPU.
 void select_device(int device);
 // The GPU the runtime runs on (creates the runtime).
 int device();
