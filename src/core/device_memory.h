@@ -15,6 +15,11 @@ namespace g4 {
 bool cuda_available();
 // The current GPU's name as the runtime reports it ("NVIDIA H200"); empty without a GPU.
 std::string cuda_device_name();
+// How many GPUs this process sees (0 without the CUDA backend or a GPU).
+int cuda_device_count();
+// Makes GPU `device` this process's GPU before any CUDA work (cuda::select_device in
+// core/cuda/runtime.h); an error without the CUDA backend.
+void select_cuda_device(int device);
 
 // Bytes held by live CUDA tensors (current, peak since the last reset) and bytes the caching
 // allocator holds from the driver (reserved, which includes freed blocks kept for reuse).

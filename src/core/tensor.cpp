@@ -297,6 +297,10 @@ std::string Tensor::describe() const {
 namespace g4 {
 bool cuda_available() { return false; }
 std::string cuda_device_name() { return {}; }
+int cuda_device_count() { return 0; }
+void select_cuda_device(int device) {
+  G4_FAIL("select_cuda_device(", device, "): this g4 was built without the CUDA backend");
+}
 DeviceMemoryStats device_memory_stats() { return {}; }
 int64_t device_free_bytes() { return 0; }
 void reset_device_memory_peak() {}

@@ -149,7 +149,7 @@ std::unique_ptr<train::StepBatch> DiffusionObjective::next_batch() {
     counts.data<double>()[0] += static_cast<double>(b->micro.back().window.scored());
     counts.data<double>()[1] += static_cast<double>(ar_count(rows));
   }
-  if (world_.size() > 1) world_.all_reduce(counts);
+  if (world_.size() > 1) parallel::all_reduce_values(world_, counts);
   b->n_diff = std::max(1.0, counts.data<double>()[0]);
   b->n_ar = std::max(1.0, counts.data<double>()[1]);
   ++step_;

@@ -237,4 +237,26 @@ Tensor Communicator::all_to_all(const Tensor& in, const std::vector<int64_t>& se
   return out;
 }
 
+void all_reduce_values(Communicator& c, Tensor& t, ReduceOp op) {
+  if (!t.defined() || t.device() == c.device()) return c.all_reduce(t, op);
+  Tensor there = t.to(c.device());
+  c.all_reduce(there, op);
+  t.copy_from(there);  // a copy to the host waits for the collective (ordered on the compute stream)
+}
+
+void broadcast_values(Communicator& c, Tensor& t, int root) {
+  if (!t.defined() || t.device() == c.device()) return c.broadcast(t, root);
+  Tensor there = t.to(c.device());
+  c.broadcast(there, root);
+  t.copy_from(there);
+}
+
+void all_gather_values(Communicator& c, const Tensor& in, Tensor& out) {
+  if (!in.defined() || !out.defined() || (in.device() == c.device() && out.device() == c.device()))
+    return c.all_gather(in, out);
+  Tensor there = Tensor::empty(out.shape(), out.dtype(), c.device());
+  c.all_gather(in.to(c.device()), there);
+  out.copy_from(there);
+}
+
 }  // namespace g4::parallel

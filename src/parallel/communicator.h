@@ -121,4 +121,12 @@ class Communicator {
   void check_reduce_scatter(const Tensor& in, const Tensor& out) const;
 };
 
+// Collectives over small host values (token counts, metrics, flags, fingerprints) on any
+// communicator: a CPU tensor on one that moves CUDA tensors (NCCL, host-staged MPI) travels
+// through a device copy and comes back; a tensor on the communicator's device goes directly. So
+// code that exchanges bookkeeping runs unchanged on CPU and GPU ranks.
+void all_reduce_values(Communicator& c, Tensor& t, ReduceOp op = ReduceOp::Sum);
+void broadcast_values(Communicator& c, Tensor& t, int root);
+void all_gather_values(Communicator& c, const Tensor& in, Tensor& out);
+
 }  // namespace g4::parallel

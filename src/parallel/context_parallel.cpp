@@ -192,10 +192,11 @@ void enable_context_parallel(model::Gemma4& model, Communicator& cp) {
 int64_t global_target_count(const Tensor& targets, Communicator& group) {
   G4_CHECK(targets.defined() && targets.dim() == 2, "global_target_count: targets must be [B, S], got ",
            targets.describe());
+  const Tensor host = targets.device() == Device::CPU ? targets : targets.to(Device::CPU);
   int64_t counted = 0;
-  for (int64_t i = 0; i < targets.numel(); ++i) counted += element_as_int(targets, i) != -100;
+  for (int64_t i = 0; i < host.numel(); ++i) counted += element_as_int(host, i) != -100;
   Tensor t = Tensor::scalar(static_cast<double>(counted), DType::I64);
-  group.all_reduce(t, ReduceOp::Sum);
+  all_reduce_values(group, t, ReduceOp::Sum);
   return t.data<int64_t>()[0];
 }
 

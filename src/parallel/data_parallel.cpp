@@ -1,6 +1,5 @@
 #include "parallel/data_parallel.h"
 
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -10,7 +9,13 @@ namespace g4::parallel {
 
 namespace {
 
-// Sums the gradients of `names` over `group`, packed into flat buckets of one dtype.
+// The dtype a parameter's gradient has: f32 for bf16 parameters that accumulate in f32 (the
+// GPU's compute copies), else the parameter's own.
+DType gradient_dtype(const ag::Var& v) { return v.impl()->fp32_grad ? DType::F32 : v.value().dtype(); }
+
+// Sums the gradients of `names` over `group`, packed into flat buckets of one dtype on the
+// gradients' device. Packing goes through tensor copies (views of the flat bucket), so it is the
+// same for host and device memory.
 void sum_gradients(Communicator& group, model::ParamStore& params, const std::vector<std::string>& names,
                    size_t bucket_bytes) {
   std::vector<ag::Var*> bucket;
@@ -21,19 +26,21 @@ void sum_gradients(Communicator& group, model::ParamStore& params, const std::ve
       bytes = 0;
       return;
     }
-    const DType dtype = bucket.front()->value().dtype();
-    Tensor flat = Tensor::empty({static_cast<int64_t>(bytes / dtype_size(dtype))}, dtype);
-    char* at = static_cast<char*>(flat.raw());
+    const Tensor& first = bucket.front()->grad();
+    Tensor flat = Tensor::empty({static_cast<int64_t>(bytes / dtype_size(first.dtype()))}, first.dtype(),
+                                first.device());
+    int64_t at = 0;
     for (ag::Var* v : bucket) {
-      std::memcpy(at, v->grad().raw(), v->grad().nbytes());
-      at += v->grad().nbytes();
+      const Tensor& g = v->grad();
+      flat.slice0(at, g.numel()).reshape(g.shape()).copy_from(g);
+      at += g.numel();
     }
     group.all_reduce(flat, ReduceOp::Sum);
-    at = static_cast<char*>(flat.raw());
+    at = 0;
     for (ag::Var* v : bucket) {
       Tensor& g = v->owned_grad();
-      std::memcpy(g.raw(), at, g.nbytes());
-      at += g.nbytes();
+      g.copy_from(flat.slice0(at, g.numel()).reshape(g.shape()));
+      at += g.numel();
     }
     bucket.clear();
     bytes = 0;
@@ -41,10 +48,12 @@ void sum_gradients(Communicator& group, model::ParamStore& params, const std::ve
   for (const std::string& name : names) {
     ag::Var& v = params.at(name);
     if (!v.requires_grad()) continue;
-    if (!v.grad().defined()) ag::accumulate_grad(v.impl(), Tensor::zeros(v.shape(), v.value().dtype()));
-    G4_CHECK(v.grad().dtype() == v.value().dtype(), "reduce_gradients: ", name, " is ", v.value().describe(),
-             " but its gradient is ", v.grad().describe());
-    const bool other_dtype = !bucket.empty() && bucket.front()->value().dtype() != v.value().dtype();
+    const DType dtype = gradient_dtype(v);
+    if (!v.grad().defined()) ag::accumulate_grad(v.impl(), Tensor::zeros(v.shape(), dtype, v.value().device()));
+    G4_CHECK(v.grad().dtype() == dtype && v.grad().device() == v.value().device(), "reduce_gradients: ", name,
+             " is ", v.value().describe(), " but its gradient is ", v.grad().describe(), " (expected ",
+             dtype_name(dtype), " on the parameter's device)");
+    const bool other_dtype = !bucket.empty() && bucket.front()->grad().dtype() != dtype;
     if (other_dtype || (!bucket.empty() && bytes + v.grad().nbytes() > bucket_bytes)) flush();
     bucket.push_back(&v);
     bytes += v.grad().nbytes();
@@ -55,11 +64,12 @@ void sum_gradients(Communicator& group, model::ParamStore& params, const std::ve
 }  // namespace
 
 int64_t global_token_count(const Tensor& labels, Communicator& group) {
-  const Tensor targets = model::shift_labels(labels);
+  // Labels are host data (the batch uploads once in forward); a device copy is counted on the host.
+  const Tensor targets = model::shift_labels(labels.device() == Device::CPU ? labels : labels.to(Device::CPU));
   int64_t counted = 0;
   for (int64_t i = 0; i < targets.numel(); ++i) counted += targets.data<int64_t>()[i] != -100;
   Tensor t = Tensor::scalar(static_cast<double>(counted), DType::I64);
-  group.all_reduce(t, ReduceOp::Sum);
+  all_reduce_values(group, t, ReduceOp::Sum);
   return t.data<int64_t>()[0];
 }
 

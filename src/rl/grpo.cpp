@@ -381,7 +381,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   }
   Tensor sums = Tensor::zeros({1}, DType::F64);
   sums.data<double>()[0] = static_cast<double>(forwarded);
-  m.world().all_reduce(sums);
+  parallel::all_reduce_values(m.world(), sums);
   mt["generation_s"] = gen_s;
   mt["generation_tokens"] = static_cast<double>(generated_tokens);
   mt["generation_tokens_per_s"] = gen_s > 0 ? static_cast<double>(generated_tokens) / gen_s : 0.0;

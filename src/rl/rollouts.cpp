@@ -124,13 +124,13 @@ std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& m
   Tensor len = Tensor::empty({1}, DType::I64);
   len.data<int64_t>()[0] = static_cast<int64_t>(mine.size());
   Tensor lens = Tensor::empty({world.size()}, DType::I64);
-  world.all_gather(len, lens);
+  parallel::all_gather_values(world, len, lens);
   int64_t longest = 1;
   for (int r = 0; r < world.size(); ++r) longest = std::max(longest, lens.data<int64_t>()[r]);
   Tensor buf = Tensor::zeros({longest}, DType::U8);
   std::copy(mine.begin(), mine.end(), buf.data<uint8_t>());
   Tensor gathered = Tensor::empty({longest * world.size()}, DType::U8);
-  world.all_gather(buf, gathered);
+  parallel::all_gather_values(world, buf, gathered);
   std::vector<std::vector<uint8_t>> out;
   for (int r = 0; r < world.size(); ++r) {
     const uint8_t* p = gathered.data<uint8_t>() + r * longest;

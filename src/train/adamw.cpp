@@ -150,7 +150,7 @@ double device_grad_norm(model::ParamStore& params, const std::vector<std::string
   double total_sq = replicated.defined() ? replicated.item() : 0.0;
   if (expert_group) {
     Tensor t = Tensor::from_vector<double>({experts.defined() ? experts.item() : 0.0}, {1});
-    expert_group->all_reduce(t);
+    parallel::all_reduce_values(*expert_group, t);
     total_sq += t.data<double>()[0];
   }
   return std::sqrt(total_sq);
@@ -174,7 +174,7 @@ double host_grad_norm(model::ParamStore& params, const std::vector<std::string>&
   }
   if (expert_group) {
     Tensor t = Tensor::from_vector<double>({expert_sq}, {1});
-    expert_group->all_reduce(t);
+    parallel::all_reduce_values(*expert_group, t);
     total_sq += t.data<double>()[0];
   }
   return f64 ? std::sqrt(total_sq) : static_cast<float>(std::sqrt(total_sq));

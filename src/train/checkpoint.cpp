@@ -65,7 +65,7 @@ std::string CheckpointManager::save(int64_t step) {
   const fs::path final_dir = fs::path(dir_) / step_name(step);
   // Every rank writes into the same temporary directory, so its name is agreed (rank 0's pid).
   Tensor pid = Tensor::from_vector<int64_t>({main_rank ? static_cast<int64_t>(::getpid()) : 0}, {1});
-  world_.broadcast(pid, 0);
+  parallel::broadcast_values(world_, pid, 0);
   const fs::path tmp = fs::path(dir_) / ("." + step_name(step) + ".tmp." + std::to_string(pid.data<int64_t>()[0]));
   if (main_rank) {
     fs::create_directories(dir_);
@@ -143,7 +143,7 @@ std::optional<std::string> CheckpointManager::resume() {
     }
     // Every rank takes the same checkpoint: one rank's damaged shard sends all of them back.
     Tensor failed = Tensor::from_vector<double>({error.empty() ? 0.0 : 1.0}, {1});
-    if (world_.size() > 1) world_.all_reduce(failed);
+    if (world_.size() > 1) parallel::all_reduce_values(world_, failed);
     if (failed.data<double>()[0] == 0) return c;
     const std::string why = error.empty() ? "another rank could not read it" : error;
     if (world_.rank() == 0 || !error.empty())

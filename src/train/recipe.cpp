@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/json_input.h"
 #include "io/utf8.h"
+#include "parallel/world.h"
 
 namespace g4::train {
 
@@ -161,7 +162,7 @@ std::vector<ScopedKey> make_schema() {
             "checkpoints also hold the frozen base (default: only the adapter; model.path is the base)"), kSft | kRl},
       field("train.skip_nonfinite_steps", G4_SLOT(skip_nonfinite_steps),
             "skip (and count) a step whose loss or gradient norm is NaN/inf instead of stopping"),
-      RecipeKey{"train.device", KeyType::String, "cpu (f32) or cuda (one GPU: bf16 compute, fp32 masters and moments)", {},
+      RecipeKey{"train.device", KeyType::String, "cpu (f32) or cuda (a GPU per rank: bf16 compute, fp32 masters and moments)", {},
        {"cpu", "cuda"}, [](Recipe& r, const json& v) { r.device = v == "cuda" ? Device::CUDA : Device::CPU; },
        [](const Recipe& r) { return json(r.device == Device::CUDA ? "cuda" : "cpu"); }},
       field("parallel.data_parallel", G4_SLOT(data_parallel),
@@ -525,19 +526,23 @@ json parse_yaml(std::string_view text, const std::string& what) {
   return YamlToJson(what)(root);
 }
 
-// train.device: cuda, after the parallel keys (which the GPU trainer does not support yet).
+// What training on GPUs does not do yet: one line per feature, each saying why. A line goes when its
+// feature runs on the GPU. Plain data parallelism (several ranks, parallel.data_parallel) does.
+void refuse_unsupported_gpu_features(const Recipe& r, const std::string& source, int launched_ranks) {
+  const auto refuse = [&](bool used, const char* feature, const char* why) {
+    G4_CHECK(!used, source, ": ", feature, " is not supported with 'train.device' cuda yet (", why,
+             "); use train.device: cpu for it, or plain data parallelism on GPUs");
+  };
+  refuse(r.fsdp, "'parallel.fsdp'", "the sharded optimizer trains f32 CPU models only");
+  refuse(r.expert_parallel > 1, "'parallel.expert_parallel' > 1", "the expert exchange runs on CPU tensors only");
+  refuse(r.context_parallel > 1, "'parallel.context_parallel' > 1", "ring attention runs on CPU tensors only");
+  refuse(r.command == Command::kRl && launched_ranks > 1, "g4 rl on several ranks",
+         "rollout generation and GRPO's exchanges have not been brought to GPU ranks");
+}
+
+// train.device: cuda, after the parallel keys.
 void check_cuda_device(const Recipe& r, const std::string& source) {
-  // One process on one GPU for now: the parallel trainer's collectives (gradient reduction, FSDP
-  // shards, expert and context exchanges) run over MPI on host tensors.
-  const char* multi = r.fsdp                   ? "parallel.fsdp"
-                      : r.data_parallel > 1    ? "parallel.data_parallel"
-                      : r.expert_parallel > 1  ? "parallel.expert_parallel"
-                      : r.context_parallel > 1 ? "parallel.context_parallel"
-                                               : nullptr;
-  G4_CHECK(!multi, source, ": recipe key '", multi,
-           "' is for multi-rank training, but 'train.device' is cuda, "
-           "which trains on one GPU only: multi-GPU training is not supported yet (use train.device: cpu for "
-           "multi-rank runs)");
+  refuse_unsupported_gpu_features(r, source, parallel::detect_launch().size);
 #ifdef G4_WITH_CUDA
   const char* why = "no CUDA GPU is visible on this machine";
 #else

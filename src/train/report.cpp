@@ -61,7 +61,7 @@ void add_expert_load(nlohmann::json& rec, const std::map<int64_t, std::vector<in
       all.data<double>()[i * E + first + static_cast<int64_t>(e)] = static_cast<double>(counts[e]);
     ++i;
   }
-  if (world.size() > 1) world.all_reduce(all);
+  if (world.size() > 1) parallel::all_reduce_values(world, all);
   nlohmann::json per_layer = nlohmann::json::object();
   double worst = 0;
   i = 0;

@@ -8,6 +8,7 @@
 #include "model/state_dict_adapter.h"
 #include "parallel/context_parallel.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/gpu_world.h"
 #include "parallel/world.h"
 #include "train/trainer.h"
 
@@ -103,14 +104,9 @@ std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Commu
 }  // namespace
 
 RunParts::RunParts(const Recipe& recipe, int64_t row_len) : r(recipe) {
-  const bool gpu = r.device == Device::CUDA;
-  // The recipe refuses the parallel keys with cuda; this catches a plain `mpirun -np N` (or
-  // g4 launch -n N) of a cuda recipe, before MPI is started for it.
-  const int launched = parallel::detect_launch().size;
-  G4_CHECK(!gpu || launched == 1, r.source, ": 'train.device' is cuda but ", launched, " ranks were launched: "
-           "multi-GPU training is not supported yet (g4 ", command_name(r.command), " runs on one GPU, in one process)");
-  // One process per replica (mpirun / srun); a plain launch is one rank.
-  world = parallel::make_world_communicator();
+  // One process per replica (mpirun / srun / g4 launch); a plain launch is one rank. GPU ranks
+  // take their GPU first and join over NCCL or host-staged MPI (parallel/gpu_world.h).
+  world = r.device == Device::CUDA ? parallel::make_gpu_world_communicator() : parallel::make_world_communicator();
   if (main_rank()) lock = std::make_unique<DirectoryLock>(r.output_dir);
   mesh = make_mesh(r, *world, row_len);
   set_up_model(row_len);

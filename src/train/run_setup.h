@@ -53,7 +53,7 @@ void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const
 
 class RunParts {
  public:
-  // Starts the ranks (refusing several with train.device cuda), locks the output directory
+  // Starts the ranks (on the GPU: each takes its GPU, see parallel/gpu_world.h), locks the output directory
   // (rank 0), builds the mesh and the model, and loads the tokenizer. `row_len` > 0: the tokens of
   // one training row, checked against the model's context before it is loaded (and against the
   // mesh's context-parallel split).

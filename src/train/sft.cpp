@@ -108,7 +108,7 @@ Metrics SftObjective::validate(const model::Gemma4& model) {
     sums.data<double>()[0] += out.loss.value().item() * static_cast<double>(out.counted_tokens);
     sums.data<double>()[1] += static_cast<double>(out.counted_tokens);
   }
-  if (cp.size() > 1) cp.all_reduce(sums);
+  if (cp.size() > 1) parallel::all_reduce_values(cp, sums);
   const double tokens = sums.data<double>()[1];
   const double loss = tokens > 0 ? sums.data<double>()[0] / tokens : std::nan("");
   return {{"validation_loss", loss}, {"validation_perplexity", std::exp(loss)}};

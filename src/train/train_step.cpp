@@ -12,7 +12,7 @@ void sum_over_ranks(Metrics& m, parallel::Communicator& world) {
   Tensor t = Tensor::zeros({static_cast<int64_t>(m.size())}, DType::F64);
   double* d = t.data<double>();
   for (const auto& [name, value] : m) *d++ = value;
-  world.all_reduce(t);
+  parallel::all_reduce_values(world, t);
   d = t.data<double>();
   for (auto& [name, value] : m) value = *d++;
 }

@@ -132,7 +132,7 @@ void Trainer::check_same_data_on_every_rank() {
   Tensor mine = Tensor::empty({1}, DType::I64);
   mine.data<int64_t>()[0] = static_cast<int64_t>(data_->fingerprint());
   Tensor all = Tensor::empty({world.size()}, DType::I64);
-  world.all_gather(mine, all);
+  parallel::all_gather_values(world, mine, all);
   for (int rank = 1; rank < world.size(); ++rank)
     G4_CHECK(all.data<int64_t>()[rank] == all.data<int64_t>()[0], r_.source, ": rank ", rank,
              " read different training data than rank 0 from data.train (", r_.data.files[0],

@@ -87,7 +87,7 @@ void WeightsCheckpoint::save(const fs::path& dir, nlohmann::json& state) {
   // checks what it holds and all of them stop together.
   const std::string bad = first_nonfinite(weights);
   Tensor any = Tensor::from_vector<double>({bad.empty() ? 0.0 : 1.0}, {1});
-  if (mesh_.world().size() > 1) mesh_.world().all_reduce(any);
+  if (mesh_.world().size() > 1) parallel::all_reduce_values(mesh_.world(), any);
   G4_CHECK(any.data<double>()[0] == 0, "refusing to write checkpoint step ", state.value("step", int64_t{-1}), ": ",
            bad.empty() ? std::string("another rank's weights are") : "parameter " + bad + " is",
            " not finite (NaN or infinite); the earlier checkpoints are kept");

@@ -4,9 +4,7 @@
 // mpirun and the ranks run NcclRanks.*. NCCL refuses two ranks on one GPU ("Duplicate GPU
 // detected"), so one GPU means the two-rank test is skipped.
 #include <cuda_runtime.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "gpu_test.h"
+#include "rank_launch.h"
 #include "parallel/parallel_test_util.h"
 #include "parallel/single_communicator.h"
 #include "support/error_message.h"
@@ -236,40 +235,13 @@ int visible_gpus() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
-std::string run_command(const std::string& command, int* code) {
-  std::string out;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (!p) return out;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int status = pclose(p);
-  *code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return out;
-}
-
-int count(const std::string& text, const std::string& what) {
-  int n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
 TEST(NcclLaunch, TwoRanks) {
   if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
   G4_REQUIRE_GPU();
   if (visible_gpus() < 2)
     GTEST_SKIP() << "one GPU visible: NCCL needs a GPU per rank (it refuses two ranks on one GPU)";
-  int code = -1;
-  run_command("command -v mpirun", &code);
-  if (code != 0) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string command = std::string(testing::kMpiChildVariable) +
-                              "=1 mpirun --oversubscribe --allow-run-as-root --timeout 300 -np 2 '" + self +
-                              "' --gtest_filter='NcclRanks.*' --gtest_brief=1 --gtest_color=no";
-  const std::string out = run_command(command, &code);
-  EXPECT_EQ(code, 0) << command << "\n" << out;
-  EXPECT_EQ(count(out, "[  PASSED  ]"), 2) << out;
-  EXPECT_EQ(count(out, "[  FAILED  ]"), 0) << out;
-  EXPECT_EQ(count(out, "[  SKIPPED ]"), 0) << out;
+  if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
+  test::expect_ranks_pass(2, "NcclRanks.*", 2);
 }
 
 // The NCCL communicator of this rank, on the GPU of its number, bootstrapped over MPI.

@@ -132,6 +132,17 @@ cudaMemcpyKind copy_kind(Device dst, Device src) {
 
 }  // namespace
 
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+void select_cuda_device(int device) { cuda::select_device(device); }
+
 bool cuda_available() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
@@ -176,6 +187,8 @@ DevicePoolScope::~DevicePoolScope() { current_pool = std::move(previous_); }
 namespace detail {
 
 std::shared_ptr<void> device_alloc(size_t bytes) {
+  // Memory lives on the runtime's GPU: creating the runtime first fixes which (select_device).
+  (void)cuda::stream();
   // A block of a private pool holds the pool, so the pool outlives what it handed out.
   std::shared_ptr<DevicePool::State> pool = current_pool;
   FreeLists* lists = pool ? &pool->lists : nullptr;

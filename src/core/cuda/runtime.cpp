@@ -8,6 +8,7 @@ namespace g4::cuda {
 
 namespace {
 struct Runtime {
+  int device = 0;
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
@@ -16,23 +17,62 @@ struct Runtime {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
+// select_device() and the runtime's creation agree under this lock: a GPU is chosen either before
+// the runtime exists (and the runtime is created on it) or it must be the runtime's.
+std::mutex selection_mutex;
+int selected = -1;               // the GPU select_device() chose, -1: none
+Runtime* created = nullptr;      // the runtime once it exists
+
+int visible_devices() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  G4_CHECK(err == cudaSuccess && count > 0, "no CUDA device is available (", cudaGetErrorString(err), ")");
+  return count;
+}
+
 Runtime& runtime() {
   // Created on first use and never destroyed: CUDA objects must not be released after the driver
   // has shut down at process exit.
   static Runtime* rt = [] {
+    std::lock_guard<std::mutex> lock(selection_mutex);
     auto* r = new Runtime;
-    int count = 0;
-    const cudaError_t err = cudaGetDeviceCount(&count);
-    G4_CHECK(err == cudaSuccess && count > 0, "no CUDA device is available (", cudaGetErrorString(err), ")");
+    visible_devices();
+    if (selected >= 0) G4_CUDA_CHECK(cudaSetDevice(selected));
+    G4_CUDA_CHECK(cudaGetDevice(&r->device));
     G4_CUDA_CHECK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
-    G4_CUDA_CHECK(cudaDeviceGetAttribute(&r->sms, cudaDevAttrMultiProcessorCount, 0));
+    G4_CUDA_CHECK(cudaDeviceGetAttribute(&r->sms, cudaDevAttrMultiProcessorCount, r->device));
     G4_CUBLAS_CHECK(cublasLtCreate(&r->lt));
     G4_CUDA_CHECK(cudaMalloc(&r->workspace, kWorkspaceBytes));
+    created = r;
     return r;
   }();
+  // CUDA's current device is per host thread and starts at 0: every thread that reaches g4's
+  // stream, handle or allocator first makes the runtime's GPU its own.
+  thread_local bool on_runtime_device = false;
+  if (!on_runtime_device) {
+    G4_CUDA_CHECK(cudaSetDevice(rt->device));
+    on_runtime_device = true;
+  }
   return *rt;
 }
 }  // namespace
+
+void select_device(int device) {
+  const int count = visible_devices();
+  G4_CHECK(device >= 0 && device < count, "select_device: GPU ", device, " does not exist: this process sees ", count,
+           " GPU", count == 1 ? "" : "s", " (CUDA_VISIBLE_DEVICES limits them)");
+  std::lock_guard<std::mutex> lock(selection_mutex);
+  if (created) {
+    G4_CHECK(created->device == device, "select_device: asked for GPU ", device, ", but the CUDA runtime already ",
+             "runs on GPU ", created->device, " (its stream and memory live there): choose the GPU before the first "
+             "CUDA work");
+    return;
+  }
+  G4_CUDA_CHECK(cudaSetDevice(device));
+  selected = device;
+}
+
+int device() { return runtime().device; }
 
 cudaStream_t stream() { return runtime().stream; }
 int device_sm_count() { return runtime().sms; }

@@ -9,6 +9,17 @@
 
 namespace g4::cuda {
 
+// Makes GPU `device` this process's GPU: the runtime below (stream, cuBLASLt handle, workspace) is
+// created on it, and so is every allocation (each creates the runtime first). Call it before the
+// first CUDA work, e.g. a rank taking its GPU at start-up; once the runtime exists, asking for
+// another GPU is an error (its stream and memory live on the first one). Without a call the
+// runtime takes the device current when it is created (0 unless someone set another).
+// CUDA's current device is per host thread; each thread that first reaches the runtime (its
+// stream, handle, workspace or an allocation) is switched to the runtime's GPU.
+void select_device(int device);
+// The GPU the runtime runs on (creates the runtime).
+int device();
+
 // Every kernel, copy and library call of g4 goes on this one stream, so work is ordered without
 // host synchronisation and freed memory can be reused at once by the next allocation.
 cudaStream_t stream();

@@ -1,0 +1,504 @@
+// GPU ranks and plain data parallelism on CUDA. The launcher-side tests (GpuDataParallelLaunch.*)
+// re-run this binary under `mpirun -np 2` and `-np 4` on one GPU, every rank on device 0; the
+// rank-side suite (HostStagedRanks.*) then checks, against values every rank computes exactly:
+// - every collective of the host-staged MPI communicator on CUDA tensors, blocking and async,
+//   every dtype, split groups and a DeviceMesh over it, and the host-value helpers;
+// - reduce_gradients of a bf16 GPU model (f32 gradients) sums over the ranks, bucket by bucket;
+// - data-parallel training of a tiny model with ReplicatedAdamW over the mesh: the global loss of
+//   each step matches one model trained on every rank's rows at once (printed side by side), and
+//   the replicas' bf16 weights and fp32 masters stay bit-identical.
+// `g4 train` itself (GpuDataParallelTrain.*): 2 and 4 ranks on one GPU (mpirun, and g4 launch)
+// train like one rank on the same global batch, and a 2-rank checkpoint resumes on 1 rank (and a
+// 1-rank one on 2) with the same next losses.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/variable.h"
+#include "core/random.h"
+#include "gpu_test.h"
+#include "model/named_configs.h"
+#include "parallel/data_parallel.h"
+#include "parallel/device_mesh.h"
+#include "parallel/gpu_world.h"
+#include "parallel/host_staged_communicator.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/parallel_test_util.h"
+#include "rank_launch.h"
+#include "support/error_message.h"
+#include "support/g4_process.h"
+#include "support/run_metrics.h"
+#include "support/masters_checkpoint.h"
+#include "support/train_recipe.h"
+#include "train/optimizer.h"
+
+namespace g4::parallel {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::kAllDTypes;
+using testing::rank_values;
+using testing::reduce_locally;
+using testing::same_values;
+
+// ---- Launchers ----
+
+void launch_ranks(int ranks, int tests) {
+  if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
+  G4_REQUIRE_GPU();
+  if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
+  test::expect_ranks_pass(ranks, "HostStagedRanks.*", tests);
+}
+
+constexpr int kRankTests = 6;  // the HostStagedRanks tests below
+
+TEST(GpuDataParallelLaunch, TwoRanksOnOneGpu) { launch_ranks(2, kRankTests); }
+TEST(GpuDataParallelLaunch, FourRanksOnOneGpu) { launch_ranks(4, kRankTests); }
+
+// ---- Rank side ----
+
+// The host-staged MPI world of this rank. Ranks sharing one GPU each take device 0.
+Communicator& staged_world() {
+  static std::unique_ptr<Communicator> world = [] {
+    select_cuda_device(0);
+    return make_host_staged_communicator(make_mpi_world_communicator());
+  }();
+  return *world;
+}
+
+Tensor rank_on_gpu(int rank, const Shape& shape, DType dtype, uint64_t seed) {
+  return rank_values(rank, shape, dtype, seed).to(Device::CUDA);
+}
+
+TEST(HostStagedRanks, EveryCollectiveOnCudaTensors) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  ASSERT_GE(n, 2);
+  EXPECT_EQ(comm.device(), Device::CUDA);
+  EXPECT_STREQ(comm.backend(), "mpi (host-staged)");
+  for (DType dtype : kAllDTypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
+      Tensor t = rank_on_gpu(rank, {3, 5}, dtype, 21);
+      comm.all_reduce(t, op);
+      EXPECT_EQ(t.device(), Device::CUDA);
+      EXPECT_TRUE(same_values(t.to(Device::CPU), reduce_locally(n, {3, 5}, dtype, 21, op))) << reduce_op_name(op);
+    }
+    Tensor b = rank_on_gpu(rank, {4}, dtype, 22);
+    comm.broadcast(b, n - 1);
+    EXPECT_TRUE(same_values(b.to(Device::CPU), rank_values(n - 1, {4}, dtype, 22)));
+
+    const Tensor in = rank_on_gpu(rank, {2, 3}, dtype, 23);
+    Tensor gathered = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);
+    comm.all_gather(in, gathered);
+    const Tensor g = gathered.to(Device::CPU);
+    for (int r = 0; r < n; ++r)
+      EXPECT_TRUE(same_values(g.slice0(2 * r, 2), rank_values(r, {2, 3}, dtype, 23))) << "rows of " << r;
+
+    const Tensor full_in = rank_on_gpu(rank, {3 * n, 2}, dtype, 24);
+    Tensor part = Tensor::zeros({3, 2}, dtype, Device::CUDA);
+    comm.reduce_scatter(full_in, part, ReduceOp::Sum);
+    const Tensor want = reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Sum);
+    EXPECT_TRUE(same_values(part.to(Device::CPU), want.slice0(3 * rank, 3)));
+    Tensor part_max = Tensor::zeros({3, 2}, dtype, Device::CUDA);
+    comm.reduce_scatter(full_in, part_max, ReduceOp::Max);
+    EXPECT_TRUE(same_values(part_max.to(Device::CPU),
+                            reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Max).slice0(3 * rank, 3)));
+
+    // Async: results only after wait(); started in the same order on every rank.
+    Tensor gathered_async = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);
+    Tensor part_async = Tensor::zeros({3, 2}, dtype, Device::CUDA);
+    CollectiveHandle ga = comm.all_gather_async(in, gathered_async);
+    CollectiveHandle ra = comm.reduce_scatter_async(full_in, part_async, ReduceOp::Sum);
+    ga->wait();
+    ra->wait();
+    EXPECT_TRUE(same_values(gathered_async.to(Device::CPU), g));
+    EXPECT_TRUE(same_values(part_async.to(Device::CPU), want.slice0(3 * rank, 3)));
+  }
+  comm.barrier();
+}
+
+// Uneven rows: rank r sends r + 1 + d rows to rank d; point to point around the ring.
+TEST(HostStagedRanks, AllToAllAndPointToPoint) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  auto sends = [](int from, int to) { return static_cast<int64_t>(from + 1 + to); };
+  std::vector<int64_t> send_counts, want_counts;
+  int64_t rows = 0;
+  for (int d = 0; d < n; ++d) {
+    send_counts.push_back(sends(rank, d));
+    want_counts.push_back(sends(d, rank));
+    rows += sends(rank, d);
+  }
+  const std::vector<int64_t> recv_counts = comm.exchange_counts(send_counts);
+  ASSERT_EQ(recv_counts, want_counts);
+  int64_t recv_rows = 0;
+  for (int64_t c : recv_counts) recv_rows += c;
+  for (DType dtype : {DType::BF16, DType::F32, DType::I64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor in = rank_on_gpu(rank, {rows, 3}, dtype, 25);
+    Tensor out = Tensor::zeros({recv_rows, 3}, dtype, Device::CUDA);
+    comm.all_to_all(in, send_counts, out, recv_counts);
+    const Tensor got = out.to(Device::CPU);
+    int64_t at = 0;
+    for (int src = 0; src < n; ++src) {
+      int64_t offset = 0, src_rows = 0;  // where rank src's rows for this rank start in its input
+      for (int d = 0; d < rank; ++d) offset += sends(src, d);
+      for (int d = 0; d < n; ++d) src_rows += sends(src, d);
+      const Tensor src_in = rank_values(src, {src_rows, 3}, dtype, 25);
+      EXPECT_TRUE(same_values(got.slice0(at, sends(src, rank)), src_in.slice0(offset, sends(src, rank))))
+          << "rows from " << src;
+      at += sends(src, rank);
+    }
+  }
+  const int next = (rank + 1) % n, prev = (rank + n - 1) % n;
+  const Tensor mine = rank_on_gpu(rank, {7}, DType::BF16, 26);
+  Tensor theirs = Tensor::zeros({7}, DType::BF16, Device::CUDA);
+  comm.send_recv(mine, next, theirs, prev);
+  EXPECT_TRUE(same_values(theirs.to(Device::CPU), rank_values(prev, {7}, DType::BF16, 26)));
+  Tensor one_way = Tensor::zeros({5}, DType::I32, Device::CUDA);
+  if (rank == 0) {
+    comm.send(rank_on_gpu(0, {5}, DType::I32, 27), n - 1);
+  } else if (rank == n - 1) {
+    comm.recv(one_way, 0);
+    EXPECT_TRUE(same_values(one_way.to(Device::CPU), rank_values(0, {5}, DType::I32, 27)));
+  }
+  comm.barrier();
+}
+
+// Split groups (even and odd ranks, numbered in reverse), and the mesh the trainer builds.
+TEST(HostStagedRanks, SplitGroupsAndDeviceMesh) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  std::unique_ptr<Communicator> half = comm.split(rank % 2, -rank);
+  ASSERT_TRUE(half);
+  std::vector<int> members;  // world ranks of this group, in the group's order (descending)
+  for (int r = n - 1; r >= 0; --r)
+    if (r % 2 == rank % 2) members.push_back(r);
+  EXPECT_EQ(half->size(), static_cast<int>(members.size()));
+  EXPECT_EQ(members[static_cast<size_t>(half->rank())], rank);
+  EXPECT_EQ(half->device(), Device::CUDA);
+  for (DType dtype : kAllDTypes) {
+    Tensor t = rank_on_gpu(rank, {6}, dtype, 31);
+    half->all_reduce(t);
+    Tensor want = Tensor::zeros({6}, DType::F64);
+    for (int r : members) {
+      const Tensor x = rank_values(r, {6}, dtype, 31);
+      for (int64_t i = 0; i < 6; ++i) want.data<double>()[i] += element_as_double(x, i);
+    }
+    EXPECT_TRUE(same_values(t.to(Device::CPU), want.to(dtype))) << dtype_name(dtype);
+  }
+  // A mesh: all ranks data-parallel, and with 4 ranks also 2 x 2 (dp x ep).
+  for (const MeshShape shape : {MeshShape{n, 1, 1}, MeshShape{n / 2, 2, 1}}) {
+    if (shape.world_size() != n) continue;
+    DeviceMesh mesh(comm, shape);
+    EXPECT_EQ(mesh.dp_group().size(), shape.dp_shard);
+    EXPECT_EQ(mesh.ep_group().size(), shape.ep);
+    EXPECT_EQ(mesh.dp_group().device(), Device::CUDA);
+    Tensor t = Tensor::full({3}, rank + 1, DType::F32, Device::CUDA);
+    mesh.dp_group().all_reduce(t);
+    double want = 0;
+    for (int r = 0; r < n; ++r)
+      if (shape.coord_of(r).ep == mesh.coord().ep) want += r + 1;
+    EXPECT_EQ(t.to(Device::CPU).data<float>()[2], want) << shape.str();
+  }
+  comm.barrier();
+}
+
+// The host-value helpers: CPU tensors over a communicator of CUDA tensors.
+TEST(HostStagedRanks, HostValuesTravelThroughTheDevice) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  Tensor sum = Tensor::from_vector<int64_t>({rank + 1, 10 * rank}, {2});
+  all_reduce_values(comm, sum);
+  EXPECT_EQ(sum.device(), Device::CPU);
+  EXPECT_EQ(sum.data<int64_t>()[0], n * (n + 1) / 2);
+  EXPECT_EQ(sum.data<int64_t>()[1], 10 * n * (n - 1) / 2);
+  Tensor from_last = Tensor::from_vector<double>({static_cast<double>(rank) + 0.5}, {1});
+  broadcast_values(comm, from_last, n - 1);
+  EXPECT_EQ(from_last.data<double>()[0], n - 0.5);
+  Tensor mine = Tensor::from_vector<int64_t>({rank * 7}, {1});
+  Tensor all = Tensor::empty({n}, DType::I64);
+  all_gather_values(comm, mine, all);
+  for (int r = 0; r < n; ++r) EXPECT_EQ(all.data<int64_t>()[r], r * 7);
+  // A CPU tensor given to the collective itself is still refused, naming the device.
+  Tensor cpu = Tensor::zeros({2}, DType::F32);
+  const std::string e = test::error_of([&] { comm.all_reduce(cpu); });
+  EXPECT_NE(e.find("is a CPU tensor; the mpi (host-staged) communicator moves CUDA tensors"), std::string::npos) << e;
+  comm.barrier();
+}
+
+io::ModelConfig tiny_dense() {
+  const nlohmann::json j =
+      model::named_config("tiny-dense", {{"hidden_size", 64}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
+                                         {"head_dim", 16}, {"global_head_dim", 32}, {"sliding_window", 16}});
+  io::ModelConfig cfg = io::parse_model_config(j, "tiny-dense (test)");
+  cfg.raw = nlohmann::json();
+  return cfg;
+}
+
+// A bf16 GPU model's f32 gradients, rank-dependent small integers (exact in f32 and in their sum),
+// summed in buckets small enough to split the model into many; one parameter without a gradient
+// counts as zeros.
+TEST(HostStagedRanks, ReduceGradientsOfABf16GpuModel) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  DeviceMesh mesh(comm, MeshShape{n, 1, 1});
+  const io::ModelConfig cfg = tiny_dense();
+  model::Gemma4 gpu(cfg, {}, DType::BF16, Device::CUDA);
+  model::ParamStore& params = gpu.params();
+  for (const std::string& name : params.order) params.at(name).set_requires_grad(true);
+  const std::string skipped = params.order.back();  // no gradient on any rank
+  uint64_t seed = 40;
+  for (const std::string& name : params.order) {
+    ++seed;
+    if (name == skipped) continue;
+    ag::Var& v = params.at(name);
+    ag::accumulate_grad(v.impl(), rank_on_gpu(rank, v.shape(), DType::F32, seed));
+    ASSERT_EQ(v.grad().dtype(), DType::F32) << name;
+  }
+  reduce_gradients(params, mesh, /*bucket_bytes=*/16 << 10);
+  seed = 40;
+  int64_t checked = 0;
+  for (const std::string& name : params.order) {
+    ++seed;
+    const Tensor& g = params.at(name).grad();
+    ASSERT_TRUE(g.defined()) << name;
+    EXPECT_EQ(g.device(), Device::CUDA) << name;
+    const Tensor want = name == skipped ? Tensor::zeros(g.shape(), DType::F32)
+                                        : reduce_locally(n, g.shape(), DType::F32, seed, ReduceOp::Sum);
+    EXPECT_TRUE(same_values(g.to(Device::CPU), want)) << name;
+    checked += g.numel();
+  }
+  std::printf("  rank %d: %lld gradient elements of %zu tensors summed over %d ranks\n", rank,
+              static_cast<long long>(checked), params.order.size(), n);
+  comm.barrier();
+}
+
+// Rank r's rows of step s: two rows of 32 tokens; the reference trains on every rank's rows.
+Tensor step_rows(int64_t vocab, int step, int rank) {
+  return randint({2, 32}, 1000 * static_cast<uint64_t>(step) + static_cast<uint64_t>(rank), 3, vocab, DType::I64);
+}
+
+model::ForwardInputs inputs_of(const Tensor& ids) {
+  model::ForwardInputs in;
+  const int64_t B = ids.size(0), S = ids.size(1);
+  in.input_ids = ids;
+  in.position_ids = Tensor::empty({B, S}, DType::I64);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) in.position_ids.data<int64_t>()[b * S + s] = s;
+  in.labels = ids.clone();
+  in.return_logits = false;
+  return in;
+}
+
+// Every parameter of rank 0 (bf16 copies and fp32 masters) against this rank's, bit for bit.
+int64_t differing_from_rank0(Communicator& comm, train::ReplicatedAdamW& opt, model::ParamStore& params) {
+  int64_t differing = 0;
+  const std::vector<std::string>& names = opt.adamw().trainable();
+  for (size_t i = 0; i < names.size(); ++i) {
+    for (const Tensor& mine : {params.at(names[i]).value(), opt.adamw().master(i)}) {
+      Tensor theirs = mine.clone();
+      broadcast_values(comm, theirs, 0);
+      differing += test::same_bits(theirs, mine) ? 0 : 1;
+    }
+  }
+  return differing;
+}
+
+TEST(HostStagedRanks, DataParallelTrainingMatchesOneModelOnTheWholeBatch) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  G4_REQUIRE_GPU();
+  Communicator& comm = staged_world();
+  const int rank = comm.rank(), n = comm.size();
+  DeviceMesh mesh(comm, MeshShape{n, 1, 1});
+  const io::ModelConfig cfg = tiny_dense();
+  model::Gemma4 host(cfg);
+  host.init_weights(7);  // the same on every rank
+  const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  auto make = [&](parallel::DeviceMesh* m, std::unique_ptr<model::Gemma4>& gpu) {
+    gpu = host.copy_to(Device::CUDA, DType::BF16);
+    for (const std::string& name : gpu->params().order) gpu->params().at(name).set_requires_grad(true);
+    return std::make_unique<train::ReplicatedAdamW>(gpu->params(), cfg, model::ExpertRange{},
+                                                    host.copy_to(Device::CPU, DType::F32), m, gpu->params().order, o,
+                                                    gpu.get());
+  };
+  std::unique_ptr<model::Gemma4> dp_model, ref_model;
+  auto dp = make(&mesh, dp_model);
+  auto ref = make(nullptr, ref_model);  // one rank's view of the whole global batch
+  constexpr int kSteps = 5;
+  std::vector<double> dp_loss, ref_loss, dp_norm, ref_norm;
+  for (int step = 0; step < kSteps; ++step) {
+    // Data parallel: this rank's rows, its share of the global mean, gradients summed.
+    const model::ForwardInputs mine = inputs_of(step_rows(cfg.vocab_size, step, rank));
+    const int64_t tokens = global_token_count(mine.labels, comm);
+    const model::ForwardOutputs out = dp_model->forward(mine);
+    const ag::Var share = global_loss_share(out, tokens);
+    Tensor loss = Tensor::from_vector<double>({share.value().item()}, {1});
+    ag::backward(share);
+    all_reduce_values(comm, loss);
+    dp->reduce_gradients();
+    dp_norm.push_back(dp->clip_grad_norm(1.0));
+    dp->step(3e-3);
+    dp_loss.push_back(loss.data<double>()[0]);
+
+    // Reference: every rank's rows in one batch on one model.
+    std::vector<Tensor> rows;
+    for (int r = 0; r < n; ++r) rows.push_back(step_rows(cfg.vocab_size, step, r));
+    Tensor all = Tensor::empty({2 * n, 32}, DType::I64);
+    for (int r = 0; r < n; ++r) all.slice0(2 * r, 2).copy_from(rows[static_cast<size_t>(r)]);
+    const model::ForwardOutputs whole = ref_model->forward(inputs_of(all));
+    ref_loss.push_back(whole.loss.value().item());
+    ag::backward(whole.loss);
+    ref->reduce_gradients();
+    ref_norm.push_back(ref->clip_grad_norm(1.0));
+    ref->step(3e-3);
+  }
+  // bf16 noise: the ranks' f32 gradient sums differ from one batch's only in summation order and
+  // the smaller batches' matmul shapes; Adam's early steps amplify sign flips of near-zero
+  // gradients a little. 1% of the loss bounds both for 5 steps of this model.
+  constexpr double kRtol = 1e-2;
+  if (rank == 0) std::printf("  %d ranks   step  dp loss      1-rank loss  dp |g|       1-rank |g|\n", n);
+  for (int s = 0; s < kSteps; ++s) {
+    const size_t i = static_cast<size_t>(s);
+    if (rank == 0)
+      std::printf("            %4d  %.6f     %.6f     %.6f     %.6f\n", s + 1, dp_loss[i], ref_loss[i], dp_norm[i],
+                  ref_norm[i]);
+    EXPECT_NEAR(dp_loss[i], ref_loss[i], kRtol * ref_loss[i]) << "step " << s + 1;
+    EXPECT_NEAR(dp_norm[i], ref_norm[i], 5 * kRtol * ref_norm[i]) << "gradient norm, step " << s + 1;
+  }
+  EXPECT_LT(dp_loss.back(), dp_loss.front());
+  // The first step's losses come from the same weights: only the forward's batching differs.
+  EXPECT_NEAR(dp_loss[0], ref_loss[0], 2e-3 * ref_loss[0]);
+  // Every replica applied the same summed gradient: identical weights and masters everywhere.
+  EXPECT_EQ(differing_from_rank0(comm, *dp, dp_model->params()), 0);
+  comm.barrier();
+}
+
+// ---- g4 train under mpirun on one GPU ----
+
+std::vector<double> losses(const fs::path& run_dir) {
+  std::vector<double> v;
+  for (const nlohmann::json& j : test::records(run_dir))
+    if (j.contains("loss")) v.push_back(j["loss"].get<double>());
+  return v;
+}
+
+// Step losses of two runs within `rtol`, printed as two columns.
+void expect_same_curve(const std::vector<double>& got, const std::vector<double>& want, double rtol,
+                       const std::string& got_name, const std::string& want_name, int first_step = 1) {
+  ASSERT_EQ(got.size(), want.size()) << got_name << " vs " << want_name;
+  std::printf("  step  %-14s %-14s\n", got_name.c_str(), want_name.c_str());
+  for (size_t i = 0; i < got.size(); ++i) {
+    std::printf("  %4zu  %-14.6f %-14.6f\n", i + static_cast<size_t>(first_step), got[i], want[i]);
+    EXPECT_NEAR(got[i], want[i], rtol * want[i]) << got_name << " vs " << want_name << ", step " << i + first_step;
+  }
+}
+
+// Same rows per step whatever the ranks: 4 rows a step in all (4 x 1, 2 x 2, 1 x 4).
+std::string run_args(const std::string& recipe, int ranks, const fs::path& dir) {
+  return "train " + recipe + " train.device=cuda train.batch_size=" + std::to_string(4 / ranks) +
+         " log.samples=0 checkpoint.dir=" + dir.string();
+}
+
+// Every rank sees the same one GPU (the first this process sees), so that the ranks share it
+// on any machine: the host-staged path, whatever the number of GPUs.
+std::string one_gpu_env() {
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string v = visible && *visible ? visible : "0";
+  return "CUDA_VISIBLE_DEVICES=" + v.substr(0, v.find(','));
+}
+
+test::ProcessResult train_on(int ranks, const std::string& args, const std::string& env = "") {
+  const std::string launcher = ranks > 1 ? test::mpirun_prefix(ranks) : "";
+  return test::run_g4(args, one_gpu_env() + " " + env + " " + launcher);
+}
+
+// Different batch shapes per rank (4 rows on one rank, 2 or 1 on several) round differently in
+// bf16, and the gradients add in another order: 2% of the loss, as for the GPU-vs-CPU run.
+constexpr double kRunRtol = 2e-2;
+
+TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCounts) {
+  if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
+  G4_REQUIRE_GPU();
+  if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
+  const fs::path dir = test::scratch_dir("gpu_dp_train");
+  // Dense: a near-tied MoE routing choice flipped by rounding would be more than noise.
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/true, /*samples=*/0);
+  const test::ProcessResult one = train_on(1, run_args(recipe, 1, dir / "one"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_NE(one.output.find("communicator: mpi (host-staged) over 1 rank"), std::string::npos) << one.output;
+  const std::vector<double> a = losses(dir / "one");
+  ASSERT_EQ(a.size(), 8u);
+
+  for (int ranks : {2, 4}) {
+    const fs::path run = dir / ("ranks" + std::to_string(ranks));
+    const test::ProcessResult r = train_on(ranks, run_args(recipe, ranks, run));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("communicator: mpi (host-staged) over " + std::to_string(ranks) +
+                            " ranks (some share a GPU)"),
+              std::string::npos)
+        << r.output;
+    expect_same_curve(losses(run), a, kRunRtol, std::to_string(ranks) + " ranks", "1 rank");
+    EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-00000008" / "model.safetensors"));
+  }
+  // g4 launch -n 2 runs the same job as mpirun -np 2.
+  const test::ProcessResult launched = test::run_g4("launch -n 2 " + run_args(recipe, 2, dir / "launch"), one_gpu_env());
+  ASSERT_EQ(launched.code, 0) << launched.output;
+  expect_same_curve(losses(dir / "launch"), losses(dir / "ranks2"), kRunRtol, "g4 launch -n 2", "mpirun -np 2");
+  // Forcing NCCL onto ranks that share the GPU is a clear error on every rank.
+  const test::ProcessResult nccl = train_on(2, run_args(recipe, 2, dir / "nccl"), "G4_COMMUNICATOR=nccl");
+  EXPECT_NE(nccl.code, 0) << nccl.output;
+  EXPECT_TRUE(nccl.output.find("share GPU 0 of one host") != std::string::npos ||
+              nccl.output.find("built without NCCL") != std::string::npos)
+      << nccl.output;
+
+  // The step-4 checkpoint of a 2-rank run resumes on 1 rank, and a 1-rank one on 2: steps 5-8
+  // follow the run the checkpoint came from.
+  const auto resume = [&](const fs::path& from, int ranks, const std::string& name) {
+    const fs::path run = dir / name;
+    fs::create_directories(run / "checkpoints");
+    fs::copy(from / "checkpoints" / "step-00000004", run / "checkpoints" / "step-00000004",
+             fs::copy_options::recursive);
+    const test::ProcessResult r = train_on(ranks, run_args(recipe, ranks, run) + " --resume");
+    EXPECT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
+    return losses(run);
+  };
+  const std::vector<double> two = losses(dir / "ranks2");
+  const std::vector<double> tail_two(two.begin() + 4, two.end()), tail_one(a.begin() + 4, a.end());
+  expect_same_curve(resume(dir / "ranks2", 1, "two_to_one"), tail_two, kRunRtol, "2->1 rank", "2 ranks", 5);
+  expect_same_curve(resume(dir / "one", 2, "one_to_two"), tail_one, kRunRtol, "1->2 ranks", "1 rank", 5);
+  fs::remove_all(dir);
+}
+
+// A rank count the launcher's variables announce but MPI did not start (no mpirun) is a clear error.
+TEST(GpuDataParallelTrain, RankVariablesWithoutMpirunAreAClearError) {
+  if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
+  G4_REQUIRE_GPU();
+  const fs::path dir = test::scratch_dir("gpu_dp_nompi");
+  const std::string recipe = test::write_train_recipe(dir, /*dense=*/true, /*samples=*/0);
+  const test::ProcessResult r = test::run_g4("train " + recipe + " train.device=cuda", "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("launch: RANK/WORLD_SIZE say rank 0 of 2 but MPI started rank 0 of 1"), std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace g4::parallel

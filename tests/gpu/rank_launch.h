@@ -1,0 +1,46 @@
+// GPU tests that need several ranks: the launcher-side test re-runs this test binary under
+// `mpirun -np N` with a gtest filter for the rank-side suite (which runs only as an MPI child,
+// G4_SKIP_UNLESS_MPI_CHILD), then checks every rank passed every test.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "parallel/parallel_test_util.h"
+#include "support/g4_process.h"
+
+namespace g4::test {
+
+inline bool mpirun_available() { return std::system("command -v mpirun > /dev/null 2>&1") == 0; }
+
+// Occurrences of `what` in `text`.
+inline int count_of(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// The mpirun prefix the tests use (ranks oversubscribe the machine's cores and may run as root).
+inline std::string mpirun_prefix(int ranks) {
+  return "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root --timeout 600 -np " +
+         std::to_string(ranks);
+}
+
+// Runs `filter` (the rank-side suite) on `ranks` ranks of this binary; expects `tests` tests to
+// pass on every rank and none to fail or be skipped. `env` goes in front ("A=1 B=2").
+inline void expect_ranks_pass(int ranks, const std::string& filter, int tests, const std::string& env = "") {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string command = env + " " + std::string(parallel::testing::kMpiChildVariable) + "=1 " +
+                              mpirun_prefix(ranks) + " '" + self + "' --gtest_filter='" + filter +
+                              "' --gtest_brief=0 --gtest_color=no 2>&1";
+  const ProcessResult r = run_shell(command);
+  std::printf("%s", r.output.c_str());  // the ranks' printed comparisons
+  EXPECT_EQ(r.code, 0) << command << "\n" << r.output;
+  EXPECT_EQ(count_of(r.output, "[       OK ]"), ranks * tests) << r.output;
+  EXPECT_EQ(count_of(r.output, "[  FAILED  ]"), 0) << r.output;
+  EXPECT_EQ(count_of(r.output, "[  SKIPPED ]"), 0) << r.output;
+}
+
+}  // namespace g4::test
