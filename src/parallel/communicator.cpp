@@ -237,4 +237,8 @@ Tensor Communicator::all_to_all(const Tensor& in, const std::vector<int64_t>& se
   return out;
 }
 
+Tensor on_device_of(const Communicator& comm, const Tensor& t) {
+  return t.device() == comm.device() ? t : t.to(comm.device());
+}
+
 }  // namespace g4::parallel

@@ -121,4 +121,8 @@ class Communicator {
   void check_reduce_scatter(const Tensor& in, const Tensor& out) const;
 };
 
+// t where `comm` moves tensors (t itself when it is there already): how the small tables made on the
+// host (expert counts, position ids, token counts) enter a collective of a GPU communicator.
+Tensor on_device_of(const Communicator& comm, const Tensor& t);
+
 }  // namespace g4::parallel

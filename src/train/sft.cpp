@@ -108,7 +108,11 @@ Metrics SftObjective::validate(const model::Gemma4& model) {
     sums.data<double>()[0] += out.loss.value().item() * static_cast<double>(out.counted_tokens);
     sums.data<double>()[1] += static_cast<double>(out.counted_tokens);
   }
-  if (cp.size() > 1) cp.all_reduce(sums);
+  if (cp.size() > 1) {  // through the group's device (GPU ranks' groups move CUDA tensors)
+    Tensor on_group = parallel::on_device_of(cp, sums);
+    cp.all_reduce(on_group);
+    sums = on_group.to(Device::CPU);
+  }
   const double tokens = sums.data<double>()[1];
   const double loss = tokens > 0 ? sums.data<double>()[0] / tokens : std::nan("");
   return {{"validation_loss", loss}, {"validation_perplexity", std::exp(loss)}};
