@@ -244,8 +244,10 @@ uint64_t shared_seed(Communicator& world) {
 }
 
 // Prints on rank 0 only (every rank checks its own numbers).
-#define RANK0_PRINTF(world, ...) \
-  if ((world).rank() == 0) std::printf(__VA_ARGS__)
+#define RANK0_PRINTF(world, ...)                 \
+  do {                                           \
+    if ((world).rank() == 0) std::printf(__VA_ARGS__); \
+  } while (0)
 
 // Each rank's slice of ring attention over the world, forward and backward, against the
 // full-sequence reference.
@@ -328,7 +330,9 @@ TEST(GpuParallelRanks, ExpertParallelWithUnevenRouting) {
   ag::backward(ag::sum_all(ag::mul(out, ag::Var(gpu(d.projection)))));
 
   EXPECT_EQ(counts, want_counts);
-  if (me == 1) EXPECT_EQ(counts, std::vector<int64_t>(2, 0));  // nothing routes to rank 1
+  if (me == 1) {
+    EXPECT_EQ(counts, std::vector<int64_t>(2, 0));  // nothing routes to rank 1
+  }
   constexpr double kRel = 1e-5;  // fp32 on both sides; other row groupings only
   if (d.x.size(0) > 0) {
     EXPECT_TRUE(testing::close_to(out.value().to(Device::CPU), want_out, kRel));
