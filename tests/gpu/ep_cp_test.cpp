@@ -56,7 +56,7 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(rd()) << 32) | rd();
 }
 
-// Rows [B, n·m] of a [B, S] (or [B, S, ...]) CPU tensor: block `i` of `n` along dim 1.
+// Block `i` of `n` along dim 1 of a [B, S, ...] CPU tensor (undefined stays undefined).
 Tensor block_of(const Tensor& t, int i, int n) { return t.defined() ? sequence_shard(t, i, n) : Tensor(); }
 
 // ---- ops::attention_merge_ ---------------------------------------------------------------------
