@@ -20,6 +20,8 @@ run="scripts/device_run.sh"
 # The test_gpu suites written while no GPU was lent (sessions 9 and 10).
 new_tests='*GpuGroupedMatmul.*:*GpuMoeDeviceOffsets.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuAttention.*:*GpuFixture.*'
 new_tests+=':*GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:*GpuVideo.*:PagedAttentionGpu.*:GpuEngineMedia.*'
+# Session 11: expert and context parallelism on GPU ranks (GpuParallelLaunch re-runs test_gpu under mpirun).
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*'
 
 stage() {
   case "$1" in

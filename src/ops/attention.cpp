@@ -89,4 +89,30 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   return G4_DISPATCH(q, attention_backward(dout, q, k, v, out, lse, mask, scale, dq, dk, dv));
 }
 
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b) {
+  const char* op = "attention_merge_";
+  check_rank(op, "out", out, 4, "[B, Sq, nH, dv]");
+  const Device dev = out.device();
+  check_on(op, "lse", lse, dev);
+  check_on(op, "out_b", out_b, dev);
+  check_on(op, "lse_b", lse_b, dev);
+  const Shape lse_shape{out.size(0), out.size(2), out.size(1)};
+  G4_CHECK(lse.shape() == lse_shape && lse_b.shape() == lse_shape, op, ": lse ", lse.describe(), " and lse_b ",
+           lse_b.describe(), " must be [B, nH, Sq] = ", shape_str(lse_shape), " for out ", out.describe());
+  // Shapes only: on the GPU out_b may be bf16 while out is f32 (the dtypes are checked below).
+  G4_CHECK(out.shape() == out_b.shape(), op, ": shapes differ: out ", out.describe(), " vs out_b ", out_b.describe());
+  if (dev == Device::CUDA) {
+    for (const Tensor* t : {static_cast<const Tensor*>(&out), static_cast<const Tensor*>(&lse), &lse_b})
+      G4_CHECK(t->dtype() == DType::F32, op, ": the GPU merges into f32 out and lse (f32 lse_b), got out ",
+               out.describe(), ", lse ", lse.describe(), ", lse_b ", lse_b.describe());
+    check_float(op, "out_b", out_b, dev);
+  } else {
+    check_float(op, "out", out, dev);
+    for (const Tensor* t : {static_cast<const Tensor*>(&lse), &out_b, &lse_b})
+      G4_CHECK(t->dtype() == out.dtype(), op, ": out, lse, out_b and lse_b must share one dtype on the CPU, got out ",
+               out.describe(), ", lse ", lse.describe(), ", out_b ", out_b.describe(), ", lse_b ", lse_b.describe());
+  }
+  return G4_DISPATCH(out, attention_merge_(out, lse, out_b, lse_b));
+}
+
 }  // namespace g4::ops

@@ -34,4 +34,13 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
                         Tensor& dv);
 
+// Folds the attention over one more block of keys into a running one (ring attention, which sees
+// the keys block by block): out [B, Sq, nH, dv] and lse [B, nH, Sq] hold the attention of the
+// queries over the keys so far, out_b and lse_b (attention's out and lse) over the new block.
+// In place: lse' = logaddexp(lse, lse_b), out' = e^(lse - lse') out + e^(lse_b - lse') out_b. A
+// query the block shows nothing (lse_b = -inf) keeps its row; one that has seen nothing yet (lse =
+// -inf) takes the block's. Exact math in fp32 (f64 for f64): on the CPU out, lse, out_b and lse_b
+// are all f32 or all f64; on the GPU out and lse are f32 and out_b bf16 or f32, lse_b f32.
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b);
+
 }  // namespace g4::ops

@@ -259,4 +259,8 @@ void all_gather_values(Communicator& c, const Tensor& in, Tensor& out) {
   out.copy_from(there);
 }
 
+Tensor on_device_of(const Communicator& comm, const Tensor& t) {
+  return t.device() == comm.device() ? t : t.to(comm.device());
+}
+
 }  // namespace g4::parallel

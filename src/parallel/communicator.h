@@ -129,4 +129,8 @@ void all_reduce_values(Communicator& c, Tensor& t, ReduceOp op = ReduceOp::Sum);
 void broadcast_values(Communicator& c, Tensor& t, int root);
 void all_gather_values(Communicator& c, const Tensor& in, Tensor& out);
 
+// t where `comm` moves tensors (t itself when it is there already): how the small tables made on the
+// host (expert counts, position ids, token counts) enter a collective of a GPU communicator.
+Tensor on_device_of(const Communicator& comm, const Tensor& t);
+
 }  // namespace g4::parallel

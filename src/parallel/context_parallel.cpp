@@ -1,8 +1,6 @@
 #include "parallel/context_parallel.h"
 
-#include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "model/gemma4.h"
@@ -20,34 +18,21 @@ bool block_visible(const ops::AttentionMask& m, int64_t qs, int64_t ks, int64_t 
   return gap < m.window;
 }
 
-// (out, lse) <- the attention over both key sets, from each one's (out, lse):
-// lse = logaddexp(lse, lse_b), out = exp(lse_old - lse) out + exp(lse_b - lse) out_b.
-template <typename T>
-void merge_block(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b) {
-  const int64_t B = out.size(0), Sq = out.size(1), nH = out.size(2), dv = out.size(3);
-  T* O = out.data<T>();
-  T* L = lse.data<T>();
-  const T* Ob = out_b.data<T>();
-  const T* Lb = lse_b.data<T>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < nH; ++h)
-      for (int64_t i = 0; i < Sq; ++i) {
-        const int64_t li = (b * nH + h) * Sq + i;
-        const T lo = L[li], lb = Lb[li];
-        if (lb == -std::numeric_limits<T>::infinity()) continue;  // the block shows this query nothing
-        const T mx = std::max(lo, lb);
-        const T l = mx + std::log(std::exp(lo - mx) + std::exp(lb - mx));
-        const T wo = std::exp(lo - l), wb = std::exp(lb - l);  // wo = 0 when lo = -inf
-        T* o = O + ((b * Sq + i) * nH + h) * dv;
-        const T* ob = Ob + ((b * Sq + i) * nH + h) * dv;
-        for (int64_t j = 0; j < dv; ++j) o[j] = wo * o[j] + wb * ob[j];
-        L[li] = l;
-      }
-}
-
 // Source rank r's rows of an all-gathered [cp*B, Sl] tensor.
 Tensor rows_of(const Tensor& gathered, int r, int64_t B) {
-  return gathered.defined() ? ops::narrow(gathered, 0, r * B, B) : Tensor();
+  return gathered.defined() ? gathered.slice0(r * B, B) : Tensor();
+}
+
+// Every rank's [B, Sl] rows of `t` (any device; moved to the group's), [cp*B, Sl] on the group's device.
+Tensor gather_rows(Communicator& cp, const Tensor& t) {
+  Tensor out = Tensor::empty({cp.size() * t.size(0), t.size(1)}, t.dtype(), cp.device());
+  cp.all_gather(on_device_of(cp, t), out);
+  return out;
+}
+
+// t in dtype `dt` (t itself when it already is).
+Tensor as_dtype(const Tensor& t, DType dt) {
+  return t.dtype() == dt ? t : t.to(dt);
 }
 
 }  // namespace
@@ -68,12 +53,21 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   G4_CHECK(!mask.q_block.defined(), "ring_attention: bidirectional image blocks (mask.q_block) are not supported with "
            "context parallelism yet");
   const DType dt = qv.dtype();
-  G4_CHECK(dt == DType::F32 || dt == DType::F64, "ring_attention: f32 or f64, got ", dtype_name(dt));
+  const Device dev = qv.device();
+  G4_CHECK(dev == cp.device(), "ring_attention: q ", qv.describe(), " is not where the ", cp.backend(),
+           " communicator moves tensors");
+  // The attention ops' dtypes: the CPU reference computes in f32 or f64, the CUDA kernels take bf16.
+  const bool gpu = dev == Device::CUDA;
+  G4_CHECK(gpu ? dt == DType::BF16 : (dt == DType::F32 || dt == DType::F64),
+           "ring_attention: q, k, v must be f32 or f64 on the CPU and bf16 on the GPU, got ", qv.describe());
+  // The running output and lse, and the backward's accumulators, in fp32 on the GPU (f64 for f64).
+  const DType acc = gpu ? DType::F32 : dt;
 
   // Absolute start of source rank r's slice, and the mask for its block.
   const int64_t origin = mask.q_start - rank * Sl;
-  const Tensor docs = mask.k_doc.defined() ? cp.all_gather(mask.k_doc.to(DType::I32)) : Tensor();
-  const Tensor valid = mask.key_valid.defined() ? cp.all_gather(mask.key_valid.to(DType::I32)) : Tensor();
+  const Tensor docs = mask.k_doc.defined() ? gather_rows(cp, as_dtype(mask.k_doc, DType::I32)) : Tensor();
+  const Tensor valid = mask.key_valid.defined() ? gather_rows(cp, as_dtype(mask.key_valid, DType::I32)) : Tensor();
+  const Tensor q_doc = mask.q_doc.defined() ? on_device_of(cp, as_dtype(mask.q_doc, DType::I32)) : Tensor();
   auto block_mask = [=](int r) {
     ops::AttentionMask m;
     m.causal = mask.causal;
@@ -81,7 +75,7 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
     m.q_start = mask.q_start;
     m.k_start = origin + r * Sl;
     m.key_valid = rows_of(valid, r, B);
-    if (docs.defined()) m.q_doc = mask.q_doc.to(DType::I32);
+    m.q_doc = q_doc;
     m.k_doc = rows_of(docs, r, B);
     return m;
   };
@@ -92,42 +86,46 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   const int next = (rank + 1) % n, prev = (rank - 1 + n) % n;
   Tensor cur_k = k.value(), cur_v = v.value();
   const int64_t nH = qv.size(2), dv = v.shape()[3];
-  Tensor out = Tensor::zeros({B, Sl, nH, dv}, dt);
-  Tensor lse = Tensor::full({B, nH, Sl}, -INFINITY, dt);
+  Tensor merged = Tensor::zeros({B, Sl, nH, dv}, acc, dev);
+  Tensor lse = Tensor::full({B, nH, Sl}, -INFINITY, acc, dev);
   for (int s = 0; s < n; ++s) {
     const int src = (rank - s + n) % n;
     Tensor next_k, next_v;
-    if (s + 1 < n) {  // pass the block on (CPU: before attending to it, sequentially)
-      next_k = Tensor::empty(cur_k.shape(), cur_k.dtype());
-      next_v = Tensor::empty(cur_v.shape(), cur_v.dtype());
+    if (s + 1 < n) {  // pass the block on (before attending to it: the host-staged and CPU exchanges block)
+      next_k = Tensor::empty(cur_k.shape(), cur_k.dtype(), dev);
+      next_v = Tensor::empty(cur_v.shape(), cur_v.dtype(), dev);
       cp.send_recv(cur_k, next, next_k, prev);
       cp.send_recv(cur_v, next, next_v, prev);
     }
     if (visible(src)) {
       Tensor lse_b;
       const Tensor out_b = ops::attention(qv, cur_k, cur_v, block_mask(src), scale, &lse_b);
-      if (dt == DType::F64) merge_block<double>(out, lse, out_b, lse_b);
-      else merge_block<float>(out, lse, out_b, lse_b);
+      ops::attention_merge_(merged, lse, out_b, lse_b);
     }
     cur_k = next_k;
     cur_v = next_v;
   }
+  // The output in the inputs' dtype; the backward reads it (rounded, as one rank's attention
+  // backward reads its own bf16 output) with the fp32 lse.
+  const Tensor out = as_dtype(merged, dt);
 
   const bool rec = ag::should_record({&q, &k, &v});
   ag::Var result(out, rec);
   if (rec) {
     auto qi = q.impl(), ki = k.impl(), vi = v.impl(), oi = result.impl();
-    ag::record_collective({oi}, [&cp, n, next, prev, qi, ki, vi, oi, out, lse, block_mask, visible, scale] {
-      const Tensor dout = oi->grad.defined() ? oi->grad : Tensor::zeros(out.shape(), out.dtype());
+    ag::record_collective({oi}, [&cp, n, next, prev, qi, ki, vi, oi, out, lse, block_mask, visible, scale, acc, dt,
+                                 dev] {
+      const Tensor dout = oi->grad.defined() ? as_dtype(oi->grad, dt) : Tensor::zeros(out.shape(), dt, dev);
       // The ring again: each K/V block travels with its dK/dV accumulators, to which every rank
       // adds its queries' share; after n steps the accumulators have met every rank and one more
       // step hands them to the block's owner. Each rank holds its block in hand and the one
-      // arriving: two blocks, however many ranks the ring has.
-      Tensor dq = Tensor::zeros(qi->value.shape(), qi->value.dtype());
+      // arriving: two blocks, however many ranks the ring has. The accumulators are fp32 on the
+      // GPU (the blocks' bf16 shares add up without rounding in between).
+      Tensor dq = Tensor::zeros(qi->value.shape(), acc, dev);
       Tensor cur_k = ki->value, cur_v = vi->value;
-      Tensor cur_dk = Tensor::zeros(cur_k.shape(), cur_k.dtype()), cur_dv = Tensor::zeros(cur_v.shape(), cur_v.dtype());
+      Tensor cur_dk = Tensor::zeros(cur_k.shape(), acc, dev), cur_dv = Tensor::zeros(cur_v.shape(), acc, dev);
       auto pass = [&](Tensor& t) {
-        Tensor in = Tensor::empty(t.shape(), t.dtype());
+        Tensor in = Tensor::empty(t.shape(), t.dtype(), dev);
         cp.send_recv(t, next, in, prev);
         t = in;
       };
@@ -148,9 +146,9 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
         pass(cur_dk);  // after the last step: to the owner, and ours arrives
         pass(cur_dv);
       }
-      ag::accumulate_grad(qi, dq);
-      ag::accumulate_grad(ki, cur_dk);
-      ag::accumulate_grad(vi, cur_dv);
+      ag::accumulate_grad(qi, as_dtype(dq, dt));
+      ag::accumulate_grad(ki, as_dtype(cur_dk, dt));
+      ag::accumulate_grad(vi, as_dtype(cur_dv, dt));
     });
   }
   return result;
@@ -167,7 +165,7 @@ class RingContextAttention final : public model::ContextAttention {
   Tensor document_ids(const Tensor& local_positions) override {
     // Gather the whole sequence's positions, [cp*B, Sl] rank by rank, into [B, S].
     const int64_t B = local_positions.size(0);
-    const Tensor rows = cp_.all_gather(local_positions.to(DType::I64));
+    const Tensor rows = gather_rows(cp_, as_dtype(local_positions, DType::I64)).to(Device::CPU);
     std::vector<Tensor> parts;
     for (int r = 0; r < cp_.size(); ++r) parts.push_back(rows_of(rows, r, B));
     const Tensor all = model::document_ids_from_positions(ops::concat(parts, 1));

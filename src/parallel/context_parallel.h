@@ -27,6 +27,9 @@ namespace g4::parallel {
 // arriving, forward and backward, whatever the size of the group.
 // Equals ops::attention on the full sequence up to summation order. Collective: every rank of
 // `cp` calls it, and its backward, in the same order.
+// q, k, v live where `cp` moves tensors: f32 or f64 on the CPU; bf16 on the GPU, where the blocks
+// run on the CUDA flash attention, merge in fp32 (ops::attention_merge_) and the output is rounded
+// to bf16 once; the backward's dQ and travelling dK/dV accumulators are fp32 there.
 ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, const ag::Var& v,
                        const ops::AttentionMask& mask, double scale);
 

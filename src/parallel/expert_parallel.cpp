@@ -1,10 +1,10 @@
 #include "parallel/expert_parallel.h"
 
 #include <any>
-#include <cstring>
 #include <numeric>
 
 #include "autograd/functions.h"
+#include "ops/embedding.h"
 
 namespace g4::parallel {
 
@@ -20,19 +20,15 @@ int64_t total(const std::vector<int64_t>& counts) {
   return std::accumulate(counts.begin(), counts.end(), int64_t{0});
 }
 
-// out[i] = x[rows[i]], for any dtype.
+// out[i] = x[rows[i]] on x's device (a row gather: ops::embedding over x seen as [rows, row size]).
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
-  Tensor out = Tensor::empty(with_rows(x.shape(), static_cast<int64_t>(rows.size())), x.dtype());
-  const size_t row_bytes = x.size(0) > 0 ? x.nbytes() / static_cast<size_t>(x.size(0)) : 0;
-  const char* src = static_cast<const char*>(x.raw());
-  char* dst = static_cast<char*>(out.raw());
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::memcpy(dst + i * row_bytes, src + static_cast<size_t>(rows[i]) * row_bytes, row_bytes);
-  return out;
+  const int64_t n = x.size(0), row = n > 0 ? x.numel() / n : 0;
+  const Tensor ids = Tensor::from_vector<int64_t>(rows, {static_cast<int64_t>(rows.size())});
+  return ops::embedding(x.reshape({n, row}), ids).reshape(with_rows(x.shape(), static_cast<int64_t>(rows.size())));
 }
 
 // Differentiable reordering of x's rows: out[i] = x[order[i]], order a permutation of x's rows.
-// Its gradient puts each row back: dx[order[i]] = dout[i].
+// Its gradient puts each row back: dx[order[i]] = dout[i], the gather by the inverse permutation.
 ag::Var permute_rows(const ag::Var& x, std::vector<int64_t> order) {
   const bool rec = ag::should_record({&x});
   ag::Var out(gather_rows(x.value(), order), rec);
@@ -60,15 +56,19 @@ struct DispatchPlan {
 
 // Exchanges per-expert counts (collective): each rank tells each peer how many of its token
 // copies go to each of the peer's experts. That fixes both the row counts of the all-to-alls and
-// how the received rows are laid out.
+// how the received rows are laid out. The counts come from the plan's host offsets and are used on
+// the host; a GPU group moves the [G, El] table through the device (one small all-to-all).
 DispatchPlan plan_dispatch(Communicator& ep, const ops::MoePlan& plan) {
   const int64_t G = ep.size(), El = plan.experts / G;
+  G4_CHECK(plan.has_host_offsets(), "expert parallelism: the MoE plan has no host offsets (moe_plan with "
+           "host_offsets = false); the dispatch sizes its exchanges by them");
   Tensor send = Tensor::empty({G, El}, DType::I64);
   int64_t* s = send.data<int64_t>();
   for (int64_t e = 0; e < plan.experts; ++e) s[e] = plan.offsets[e + 1] - plan.offsets[e];
-  Tensor recv = Tensor::empty({G, El}, DType::I64);
+  Tensor recv_dev = Tensor::empty({G, El}, DType::I64, ep.device());
   const std::vector<int64_t> one_row_each(static_cast<size_t>(G), 1);
-  ep.all_to_all(send, one_row_each, recv, one_row_each);
+  ep.all_to_all(on_device_of(ep, send), one_row_each, recv_dev, one_row_each);
+  const Tensor recv = recv_dev.to(Device::CPU);
   const int64_t* r = recv.data<int64_t>();  // r[src * El + j]: rows from rank src for local expert j
 
   DispatchPlan d;
@@ -95,15 +95,18 @@ ag::Var all_to_all(Communicator& comm, const ag::Var& x, const std::vector<int64
                    const std::vector<int64_t>& recv_counts) {
   const Tensor& in = x.value();
   G4_CHECK(in.dim() >= 1, "all_to_all: ", in.describe(), " has no rows to exchange");
-  Tensor out = Tensor::empty(with_rows(in.shape(), total(recv_counts)), in.dtype());
+  Tensor out = Tensor::empty(with_rows(in.shape(), total(recv_counts)), in.dtype(), in.device());
   comm.all_to_all(in, send_counts, out, recv_counts);
   const bool rec = ag::should_record({&x});
   ag::Var y(std::move(out), rec);
   if (rec) {
     auto xi = x.impl(), yi = y.impl();
     ag::record_collective({yi}, [&comm, xi, yi, send_counts, recv_counts] {
-      const Tensor dy = yi->grad.defined() ? yi->grad : Tensor::zeros(yi->value.shape(), yi->value.dtype());
-      Tensor dx = Tensor::empty(xi->value.shape(), xi->value.dtype());
+      const Tensor& y = yi->value;
+      // The gradient travels in the rows' dtype (a bf16 model's activation gradients are bf16).
+      const Tensor dy = yi->grad.defined() ? (yi->grad.dtype() == y.dtype() ? yi->grad : yi->grad.to(y.dtype()))
+                                           : Tensor::zeros(y.shape(), y.dtype(), y.device());
+      Tensor dx = Tensor::empty(xi->value.shape(), xi->value.dtype(), xi->value.device());
       comm.all_to_all(dy, recv_counts, dx, send_counts);
       ag::accumulate_grad(xi, dx);
     });

@@ -6,6 +6,8 @@
 // them with the routing weights in the rank's own token order. The backward pass runs the same
 // exchanges in reverse: gradients of the expert weights stay on the rank that holds them;
 // gradients of the tokens and routing weights return to the rank the tokens came from.
+// The rows live where the group's communicator moves tensors (CPU, or CUDA for GPU ranks); only the
+// per-expert counts are read on the host (from the routing plan's host offsets).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -22,7 +22,16 @@ std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::
   auto full = std::make_unique<model::Gemma4>(m.config());
   for (const std::string& n : m.params().order) {
     const Tensor& v = m.params().at(n).value();
-    full->params().at(n).mutable_value().copy_from(model::split_by_expert(m.params().kind(n)) ? ep.all_gather(v) : v);
+    if (!model::split_by_expert(m.params().kind(n))) {
+      full->params().at(n).mutable_value().copy_from(v);
+      continue;
+    }
+    // Through the group's device: a GPU group gathers the (host) exported experts on its GPUs.
+    Shape whole = v.shape();
+    whole[0] *= ep.size();
+    Tensor gathered = Tensor::empty(whole, v.dtype(), ep.device());
+    ep.all_gather(parallel::on_device_of(ep, v), gathered);
+    full->params().at(n).mutable_value().copy_from(gathered);
   }
   for (const auto& [n, b] : m.params().buffers)
     if (!model::split_by_expert(b.kind)) full->params().set_buffer(n, b.kind, b.value.clone());

@@ -1,8 +1,11 @@
 #include "ops/attention.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "gradcheck.h"
+#include "ops/elementwise.h"
 
 namespace g4 {
 namespace {
@@ -221,6 +224,34 @@ TEST(Attention, FullyMaskedRowGivesZerosNotNaN) {
     for (int64_t i = 0; i < t.numel(); ++i) ASSERT_TRUE(std::isfinite(t.data<float>()[i])) << t.describe() << " " << i;
   // Key 0 is seen by nobody: no gradient reaches it.
   for (int64_t c2 = 0; c2 < 16; ++c2) EXPECT_EQ(dk.data<float>()[c2], 0.0f);
+}
+
+// attention_merge_ folds key blocks into a running (out, lse): over blocks with their offsets it is
+// the attention over all keys, output and lse. Queries 0 and 1 see nothing of the first block (it
+// lies after them), query 0 nothing of the second either: rows that start or stay at lse = -inf.
+TEST(AttentionMerge, KeyBlocksMergeToTheWholeAttention) {
+  const Tensor q = randn({2, 6, 4, 16}, 51, DType::F64), k = randn({2, 9, 2, 16}, 52, DType::F64);
+  const Tensor v = randn({2, 9, 2, 8}, 53, DType::F64);
+  AttentionMask whole = causal();
+  whole.q_start = 4;  // queries at 4..9, keys at 0..8
+  Tensor want_lse;
+  const Tensor want = ops::attention(q, k, v, whole, 0.3, &want_lse);
+  Tensor out = Tensor::zeros({2, 6, 4, 8}, DType::F64), lse = Tensor::full({2, 4, 6}, -INFINITY, DType::F64);
+  for (const auto& [start, len] : std::vector<std::pair<int64_t, int64_t>>{{6, 3}, {5, 1}, {0, 5}}) {
+    AttentionMask m = whole;
+    m.k_start = start;
+    Tensor lse_b;
+    const Tensor out_b = ops::attention(q, ops::narrow(k, 1, start, len), ops::narrow(v, 1, start, len), m, 0.3, &lse_b);
+    ops::attention_merge_(out, lse, out_b, lse_b);
+  }
+  expect_close(out, want, 1e-12, "merged out");
+  expect_close(lse, want_lse, 1e-12, "merged lse");
+
+  Tensor f32_out = out.to(DType::F32);
+  expect_error([&] { ops::attention_merge_(f32_out, lse, out, lse); },
+               {"attention_merge_", "one dtype", "f32[2, 6, 4, 8]", "f64[2, 4, 6]"});
+  Tensor short_lse = Tensor::zeros({2, 4, 5}, DType::F64);
+  expect_error([&] { ops::attention_merge_(out, short_lse, out, lse); }, {"attention_merge_", "[B, nH, Sq] = [2, 4, 6]"});
 }
 
 TEST(Attention, Errors) {

@@ -101,37 +101,11 @@ TEST(ExpertParallel, GroupSizeMustDivideTheExperts) {
 
 // --- Uneven routing on several ranks, at the level of one MoE layer ---------------------------
 
-constexpr int64_t kH = 4, kI = 3, kK = 2;
-
-// Rank r's tokens, routing and loss projection in a G-rank group with 2 experts per rank:
-//   rank 0 routes only to its own experts (it sends nothing to any peer);
-//   no token routes to rank 1's experts (rank 1 receives nothing, though it sends);
-//   with more than 2 ranks, rank 2 has no tokens at all.
-struct RankTokens {
-  Tensor x, weights, indices, projection;
-};
-
-RankTokens rank_tokens(int r, int G) {
-  const int64_t E = 2 * G;
-  const int64_t T = (G > 2 && r == 2) ? 0 : 3 + 2 * r;
-  std::vector<int32_t> allowed;
-  for (int32_t e = 0; e < E; ++e)
-    if (r == 0 ? e < 2 : (e != 2 && e != 3)) allowed.push_back(e);
-  Tensor indices = Tensor::empty({T, kK}, DType::I32);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < kK; ++k)
-      indices.data<int32_t>()[t * kK + k] = allowed[static_cast<size_t>(t + r + k) % allowed.size()];
-  const auto seed = static_cast<uint64_t>(r);
-  return {randn({T, kH}, 100 + seed, DType::F64), rand_uniform({T, kK}, 200 + seed, 0.1, 1.0, DType::F64), indices,
-          randn({T, kH}, 300 + seed, DType::F64)};
-}
-
-// The local experts: what each rank's result must equal.
-ag::Var local_moe(const ag::Var& x, const ag::Var& weights, const ops::MoePlan& plan, const ag::Var& gate_up,
-                  const ag::Var& down) {
-  const ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(ag::moe_permute(x, plan), gate_up, plan.offsets));
-  return ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets), weights, plan);
-}
+using testing::kH;
+using testing::kI;
+using testing::local_moe;
+using testing::rank_tokens;
+using testing::RankTokens;
 
 TEST(MpiRanks, ExpertParallelWithUnevenRouting) {
   G4_SKIP_UNLESS_MPI_CHILD();

@@ -9,7 +9,9 @@
 #include <string>
 
 #include "support/error_message.h"
+#include "autograd/functions.h"
 #include "core/error.h"
+#include "core/random.h"
 #include "core/tensor.h"
 #include "model/gemma4.h"
 #include "model/state_dict_adapter.h"
@@ -97,6 +99,41 @@ inline void expect_matches_single_rank(Communicator& world, double my_share, con
     const Tensor slice = model::split_by_expert(m.params().kind(name)) ? w.slice0(held.begin, held.count) : w;
     EXPECT_TRUE(close_to(m.params().at(name).grad(), slice, grad_rel)) << name;
   }
+}
+
+// --- Uneven routing on several ranks, at the level of one MoE layer (expert_parallel_test.cpp, and
+// the GPU ranks' test in tests/gpu) ---
+
+inline constexpr int64_t kH = 4, kI = 3, kK = 2;
+
+// Rank r's tokens, routing and loss projection (in `dtype`) in a G-rank group with 2 experts per rank:
+//   rank 0 routes only to its own experts (it sends nothing to any peer);
+//   no token routes to rank 1's experts (rank 1 receives nothing, though it sends);
+//   with more than 2 ranks, rank 2 has no tokens at all.
+struct RankTokens {
+  Tensor x, weights, indices, projection;
+};
+
+inline RankTokens rank_tokens(int r, int G, DType dtype = DType::F64) {
+  const int64_t E = 2 * G;
+  const int64_t T = (G > 2 && r == 2) ? 0 : 3 + 2 * r;
+  std::vector<int32_t> allowed;
+  for (int32_t e = 0; e < E; ++e)
+    if (r == 0 ? e < 2 : (e != 2 && e != 3)) allowed.push_back(e);
+  Tensor indices = Tensor::empty({T, kK}, DType::I32);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < kK; ++k)
+      indices.data<int32_t>()[t * kK + k] = allowed[static_cast<size_t>(t + r + k) % allowed.size()];
+  const auto seed = static_cast<uint64_t>(r);
+  return {randn({T, kH}, 100 + seed, dtype), rand_uniform({T, kK}, 200 + seed, 0.1, 1.0, dtype), indices,
+          randn({T, kH}, 300 + seed, dtype)};
+}
+
+// The local experts: what each rank's result must equal.
+inline ag::Var local_moe(const ag::Var& x, const ag::Var& weights, const ops::MoePlan& plan, const ag::Var& gate_up,
+                         const ag::Var& down) {
+  const ag::Var act = ag::gelu_gate_fused(ag::grouped_matmul(ag::moe_permute(x, plan), gate_up, plan.offsets));
+  return ag::moe_unpermute(ag::grouped_matmul(act, down, plan.offsets), weights, plan);
 }
 
 }  // namespace g4::parallel::testing

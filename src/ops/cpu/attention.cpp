@@ -3,8 +3,10 @@
 // softmax and the output accumulate in the input precision (fp32 for fp32, as the header says).
 #include "ops/cpu/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 #include "ops/cpu/common.h"
 
@@ -206,6 +208,31 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     dk = Tensor::zeros(k.shape(), k.dtype());
     dv = Tensor::zeros(v.shape(), v.dtype());
     backward_impl<T>(dout, q, k, v, out, lse, rule, dm, static_cast<T>(scale), dq, dk, dv);
+  });
+}
+
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b) {
+  cpu::dispatch_float("attention_merge_", out, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t B = out.size(0), Sq = out.size(1), nH = out.size(2), dv = out.size(3);
+    T* O = out.data<T>();
+    T* L = lse.data<T>();
+    const T* Ob = out_b.data<T>();
+    const T* Lb = lse_b.data<T>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < nH; ++h)
+        for (int64_t i = 0; i < Sq; ++i) {
+          const int64_t li = (b * nH + h) * Sq + i;
+          const T lo = L[li], lb = Lb[li];
+          if (lb == -std::numeric_limits<T>::infinity()) continue;  // the block shows this query nothing
+          const T mx = std::max(lo, lb);
+          const T l = mx + std::log(std::exp(lo - mx) + std::exp(lb - mx));
+          const T wo = std::exp(lo - l), wb = std::exp(lb - l);  // wo = 0 when lo = -inf
+          T* o = O + ((b * Sq + i) * nH + h) * dv;
+          const T* ob = Ob + ((b * Sq + i) * nH + h) * dv;
+          for (int64_t j = 0; j < dv; ++j) o[j] = wo * o[j] + wb * ob[j];
+          L[li] = l;
+        }
   });
 }
 

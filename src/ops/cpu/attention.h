@@ -9,5 +9,6 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
                  Tensor* lse);
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk, Tensor& dv);
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b);
 
 }  // namespace g4::ops::cpu

@@ -9,6 +9,7 @@
 #include "core/cuda/runtime.h"
 #include "core/error.h"
 #include "ops/cuda/attention_kernels.h"
+#include "ops/cuda/common.cuh"
 
 namespace g4::ops::cuda {
 
@@ -86,6 +87,33 @@ attn::MaskDev make_mask(const AttentionMask& m, const attn::Dims& dm, Tensor (&k
   return md;
 }
 
+// One warp per (batch, query, head) row of attention_merge_: every lane reads the row's two lse
+// values before lane 0 replaces the running one, and the lanes share the row's dv outputs.
+template <class Tb>
+__global__ void attention_merge_kernel(float* __restrict__ out, float* __restrict__ lse, const Tb* __restrict__ out_b,
+                                       const float* __restrict__ lse_b, long long rows, int sq, int heads, int dv) {
+  const long long warps = static_cast<long long>(gridDim.x) * (blockDim.x / 32);
+  const int lane = threadIdx.x % 32;
+  for (long long row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
+    // row = (b * sq + i) * heads + h, out's layout; lse is [B, nH, Sq].
+    const int h = static_cast<int>(row % heads);
+    const long long bi = row / heads;
+    const int i = static_cast<int>(bi % sq);
+    const long long b = bi / sq;
+    const long long li = (b * heads + h) * sq + i;
+    const float lo = lse[li], lb = lse_b[li];
+    __syncwarp();
+    if (lb == -INFINITY) continue;  // the block shows this query nothing (uniform over the warp)
+    const float mx = fmaxf(lo, lb);
+    const float l = mx + logf(expf(lo - mx) + expf(lb - mx));
+    const float wo = expf(lo - l), wb = expf(lb - l);  // wo = 0 when lo = -inf
+    float* o = out + row * dv;
+    const Tb* ob = out_b + row * dv;
+    for (int j = lane; j < dv; j += 32) o[j] = wo * o[j] + wb * to_f32(ob[j]);
+    if (lane == 0) lse[li] = l;
+  }
+}
+
 template <class T>
 T* ptr(Tensor& t) {
   return static_cast<T*>(t.raw());
@@ -161,6 +189,21 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   dq = dq_new;
   dk = dk_new;
   dv = dv_new;
+}
+
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b) {
+  const long long rows = out.size(0) * out.size(1) * out.size(2);
+  if (rows == 0 || out.size(3) == 0) return;
+  const int sq = to_int("attention_merge_", "Sq", out.size(1)), heads = to_int("attention_merge_", "nH", out.size(2)),
+            dv = to_int("attention_merge_", "dv", out.size(3));
+  constexpr int kThreads = 256;
+  const unsigned grid = grid_for(rows * 32, kThreads);
+  dispatch_float("attention_merge_", out_b, [&](auto tag) {
+    using Tb = decltype(tag);
+    attention_merge_kernel<Tb><<<grid, kThreads, 0, g4::cuda::stream()>>>(
+        ptr<float>(out), ptr<float>(lse), cptr<Tb>(out_b), cptr<float>(lse_b), rows, sq, heads, dv);
+    G4_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace g4::ops::cuda

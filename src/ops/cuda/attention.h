@@ -21,4 +21,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,
                         Tensor& dv, BackwardKernel kernel = BackwardKernel::automatic, int key_chunk = 0);
 
+// out, lse, lse_b f32; out_b bf16 or f32 (checked by ops/attention.cpp).
+void attention_merge_(Tensor& out, Tensor& lse, const Tensor& out_b, const Tensor& lse_b);
+
 }  // namespace g4::ops::cuda
