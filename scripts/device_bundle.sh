@@ -10,22 +10,43 @@ bins=(build/g4 build/test_gpu "$@")
 for b in build/bench_*; do [ -x "$b" ] && bins+=("$b"); done
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib" .device
-for b in "${bins[@]}"; do
-  [ -x "$b" ] || { echo "missing $b (build first)"; exit 1; }
-  cp "$b" "$stage/bin/"
-  strip --strip-debug "$stage/bin/$(basename "$b")"  # the symbols stay: a crash on the GPU machine gives a readable backtrace
-  # Every resolved dependency except the C runtime and CUDA's libraries.
-  ldd "$b" | awk '/=> \//{print $3}' | while read -r lib; do
+# Every resolved dependency of $1 except the C runtime and CUDA's libraries, into $2.
+copy_deps() {
+  ldd "$1" | awk '/=> \//{print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       # The C and C++ runtimes there are newer than ours (and compatible); CUDA's come with its driver.
       libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
       libcuda.so*|libcublas*|libnccl*|libcudart*) ;;
-      *) cp -L -n "$lib" "$stage/lib/" ;;
+      *) cp -L -n "$lib" "$2/" ;;
     esac
   done
+}
+for b in "${bins[@]}"; do
+  [ -x "$b" ] || { echo "missing $b (build first)"; exit 1; }
+  cp "$b" "$stage/bin/"
+  strip --strip-debug "$stage/bin/$(basename "$b")"  # the symbols stay: a crash on the GPU machine gives a readable backtrace
+  copy_deps "$b" "$stage/lib"
 done
-# Open MPI loads plugins and help files at run time; single-rank runs on the GPU machine do not
-# initialise MPI, so only the libraries travel.
-tar -C "$stage" -cJf .device/bundle.tar.xz bin lib
+# Open MPI's launcher, for multi-rank tests on a GPU machine without one: mpirun, its plugins and
+# help files in Debian's layout under ompi/ (relocated there by OPAL_PREFIX, see device_run.sh),
+# and the libraries they load.
+ompi=/usr/lib/x86_64-linux-gnu/openmpi
+if [ -x /usr/bin/orterun ] && [ -d "$ompi" ]; then
+  o="$stage/ompi"
+  mkdir -p "$o/bin" "$o/lib/x86_64-linux-gnu" "$o/share"
+  cp -L /usr/bin/orterun "$o/bin/orterun" && ln -s orterun "$o/bin/mpirun"
+  [ -x /usr/bin/orted ] && cp -L /usr/bin/orted "$o/bin/orted"
+  cp -a "$ompi" "$o/lib/x86_64-linux-gnu/" && rm -rf "$o/lib/x86_64-linux-gnu/openmpi/include"
+  # Ranks on one machine talk through shared memory and TCP: the network fabrics' plugins (and their
+  # large libraries) stay behind.
+  find "$o/lib" \( -name '*ofi*' -o -name '*ucx*' -o -name '*uct*' -o -name '*psm*' -o -name '*openib*' \
+    -o -name '*verbs*' -o -name '*usnic*' -o -name '*portals*' -o -name '*java*' -o -name '*oshmem*' \
+    -o -name 'libmpi_mpifh*' -o -name 'libmpi_use*' \) -delete
+  cp -a /usr/share/openmpi "$o/share/"
+  for f in "$o"/bin/orterun "$o"/lib/x86_64-linux-gnu/openmpi/lib/*.so "$o"/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/*.so; do
+    copy_deps "$f" "$stage/lib" 2>/dev/null || true
+  done
+fi
+tar -C "$stage" -cJf .device/bundle.tar.xz bin lib $( [ -d "$stage/ompi" ] && echo ompi )
 rm -rf "$stage"
 ls -la .device/bundle.tar.xz

@@ -534,8 +534,6 @@ void refuse_unsupported_gpu_features(const Recipe& r, const std::string& source,
              "); use train.device: cpu for it, or plain data parallelism on GPUs");
   };
   refuse(r.fsdp, "'parallel.fsdp'", "the sharded optimizer trains f32 CPU models only");
-  refuse(r.expert_parallel > 1, "'parallel.expert_parallel' > 1", "the expert exchange runs on CPU tensors only");
-  refuse(r.context_parallel > 1, "'parallel.context_parallel' > 1", "ring attention runs on CPU tensors only");
   refuse(r.command == Command::kRl && launched_ranks > 1, "g4 rl on several ranks",
          "rollout generation and GRPO's exchanges have not been brought to GPU ranks");
 }

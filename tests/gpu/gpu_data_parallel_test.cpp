@@ -487,6 +487,33 @@ TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCount
   fs::remove_all(dir);
 }
 
+// Expert and context parallelism through g4 train on ranks sharing one GPU: context parallelism
+// on 2 ranks (each holding half of every row of the same 4-row batch) and expert parallelism on 2
+// ranks (each holding 2 of the 4 experts and training on its own 2 rows) follow one rank's losses.
+TEST(GpuDataParallelTrain, ExpertAndContextParallelRanksTrainLikeOneRank) {
+  if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
+  G4_REQUIRE_GPU();
+  if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
+  const fs::path dir = test::scratch_dir("gpu_ep_cp_train");
+  fs::create_directories(dir / "dense");
+  fs::create_directories(dir / "moe");
+  const std::string dense = test::write_train_recipe(dir / "dense", /*dense=*/true, /*samples=*/0);
+  const test::ProcessResult one = train_on(1, run_args(dense, 1, dir / "dense_one"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  const test::ProcessResult cp =
+      train_on(2, run_args(dense, 1, dir / "cp2") + " parallel.context_parallel=2");
+  ASSERT_EQ(cp.code, 0) << cp.output;
+  expect_same_curve(losses(dir / "cp2"), losses(dir / "dense_one"), kRunRtol, "cp 2", "1 rank");
+
+  const std::string moe = test::write_train_recipe(dir / "moe", /*dense=*/false, /*samples=*/0);
+  const test::ProcessResult moe_one = train_on(1, run_args(moe, 1, dir / "moe_one"));
+  ASSERT_EQ(moe_one.code, 0) << moe_one.output;
+  const test::ProcessResult ep = train_on(2, run_args(moe, 2, dir / "ep2") + " parallel.expert_parallel=2");
+  ASSERT_EQ(ep.code, 0) << ep.output;
+  expect_same_curve(losses(dir / "ep2"), losses(dir / "moe_one"), kRunRtol, "ep 2", "1 rank");
+  fs::remove_all(dir);
+}
+
 // A rank count the launcher's variables announce but MPI did not start (no mpirun) is a clear error.
 TEST(GpuDataParallelTrain, RankVariablesWithoutMpirunAreAClearError) {
   if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";

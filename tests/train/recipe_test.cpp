@@ -95,7 +95,7 @@ TEST(Recipe, Device) {
   // The parallel features GPUs do not run yet are refused by name, with or without a GPU on this
   // machine (one entry per feature: it goes when the feature lands on the GPU).
   for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"fsdp", true}, {"expert_parallel", 2}, {"context_parallel", 2}}) {
+           {"fsdp", true}}) {
     e = error({{"device", "cuda"}}, {{key, value}});
     EXPECT_NE(e.find("'parallel." + key + "'"), std::string::npos) << e;
     EXPECT_NE(e.find("is not supported with 'train.device' cuda yet"), std::string::npos) << e;

@@ -686,9 +686,9 @@ TEST(TrainRun, DeviceErrors) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find(recipe + ": recipe key 'train.device' must be cpu or cuda, got 'tpu'"), std::string::npos)
       << r.output;
-  r = run("train " + recipe + " train.device=cuda parallel.expert_parallel=2");
+  r = run("train " + recipe + " train.device=cuda parallel.fsdp=true");
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find(recipe + ": 'parallel.expert_parallel' > 1 is not supported with 'train.device' cuda yet"),
+  EXPECT_NE(r.output.find(recipe + ": 'parallel.fsdp' is not supported with 'train.device' cuda yet"),
             std::string::npos)
       << r.output;
   if (!cuda_available()) {
