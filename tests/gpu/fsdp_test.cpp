@@ -48,6 +48,10 @@ constexpr int kSteps = 5;
 constexpr double kLr = 2e-3, kMaxNorm = 1.0;
 const train::AdamWOptions kAdamW{0.9, 0.95, 1e-8, 0.1};
 constexpr const char* kDirVariable = "G4_GPU_FSDP_DIR";
+// ||a − b|| / ||b − start|| of two runs' weights. AdamW's first steps move an element by about
+// ±lr whatever its gradient's size, so an element whose gradient is within noise of 0 may move
+// the other way: noise alone gives a few percent, a wrong slice or update gives ~1 or more.
+constexpr double kWeightTolerance = 0.1;
 
 // Four decoder layers, so block by block holds a fraction of the model.
 io::ModelConfig tiny_moe() {
@@ -212,7 +216,7 @@ TEST(GpuFsdp, OneRankShardedStepEqualsTheReplicatedStep) {
   }
   const double d = relative_update_difference(exported(*s.opt), exported(rep), start);
   std::printf("weights after %d steps: ||sharded − replicated|| / ||replicated − start|| = %.3e\n", kSteps, d);
-  EXPECT_LT(d, 2e-2);
+  EXPECT_LT(d, kWeightTolerance);
   // One rank holds the whole state: masters, m and v of every trainable element (padding aside).
   EXPECT_EQ(s.opt->adamw().shards().compute_copy().dtype(), DType::BF16);
   EXPECT_EQ(s.opt->adamw().shards().master().device(), Device::CUDA);
@@ -264,7 +268,7 @@ TEST(GpuFsdpRanks, ShardedTrainingMatchesOneRank) {
   if (world.rank() == 0)
     std::printf("[%d ranks] weights after %d steps: ||sharded − one rank|| / ||one rank − start|| = %.3e\n", n,
                 kSteps, d);
-  EXPECT_LT(d, 2e-2);
+  EXPECT_LT(d, kWeightTolerance);
   // Every rank exports the same weights (rank 0's, broadcast, compared bit for bit), and gathers
   // the same bf16 compute copies.
   s.opt->gather_parameters();
