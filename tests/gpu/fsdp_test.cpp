@@ -93,14 +93,14 @@ Communicator& gpu_world() {
 
 // A bf16 GPU model (from the f32 host model of `seed`) with its sharded optimizer over `world`
 // (dp = world size), block by block as g4 train runs it.
-struct Run {
+struct GpuRun {
   io::ModelConfig cfg;
   std::unique_ptr<DeviceMesh> mesh;
   std::unique_ptr<model::Gemma4> gpu;
   std::unique_ptr<train::ShardedOptimizer> opt;
 };
-Run sharded_run(Communicator& world, uint64_t seed = 21) {
-  Run r;
+GpuRun sharded_run(Communicator& world, uint64_t seed = 21) {
+  GpuRun r;
   r.cfg = tiny_moe();
   model::Gemma4 host(r.cfg);
   host.init_weights(seed);
@@ -116,7 +116,7 @@ struct StepStats {
 };
 
 // One step of `opt` on this rank's rows of `b` (global loss: every rank's share summed).
-StepStats train_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& world, const Rows& b) {
+StepStats run_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& world, const Rows& b) {
   opt.release_parameters();  // no-op unless sharded: the forward gathers block by block
   parallel::SingleCommunicator one;
   const int64_t N = parallel::global_token_count(b.labels, one);  // every rank knows the whole batch
@@ -188,7 +188,7 @@ TEST(GpuFsdp, OneRankShardedStepEqualsTheReplicatedStep) {
   G4_REQUIRE_GPU();
   if (parallel::testing::in_mpi_child()) GTEST_SKIP() << "one-rank test, run outside mpirun";
   auto world = parallel::make_host_staged_communicator(std::make_unique<parallel::SingleCommunicator>());
-  Run s = sharded_run(*world);
+  GpuRun s = sharded_run(*world);
   // The replicated optimizer from the same f32 weights.
   model::Gemma4 host(s.cfg);
   host.init_weights(21);
@@ -205,12 +205,14 @@ TEST(GpuFsdp, OneRankShardedStepEqualsTheReplicatedStep) {
         << n;
   for (int step = 0; step < kSteps; ++step) {
     const Rows b = global_batch(s.cfg.vocab_size, step);
-    const StepStats a = train_step(*s.gpu, *s.opt, *world, b);
-    const StepStats r = train_step(*gpu, rep, one, b);
+    const StepStats a = run_step(*s.gpu, *s.opt, *world, b);
+    const StepStats r = run_step(*gpu, rep, one, b);
     std::printf("step %d: loss sharded %.7f replicated %.7f (rel %.2e); grad norm %.6f / %.6f (rel %.2e)\n", step + 1,
                 a.loss, r.loss, rel(a.loss, r.loss), a.norm, r.norm, rel(a.norm, r.norm));
     // Step 1 runs the same bf16 weights through the same deterministic forward.
-    if (step == 0) EXPECT_EQ(a.loss, r.loss);
+    if (step == 0) {
+      EXPECT_EQ(a.loss, r.loss);
+    }
     EXPECT_LT(rel(a.loss, r.loss), 2e-3) << "step " << step + 1;
     EXPECT_LT(rel(a.norm, r.norm), 1e-2) << "step " << step + 1;
   }
@@ -250,13 +252,13 @@ TEST(GpuFsdpRanks, ShardedTrainingMatchesOneRank) {
   const int n = world.size();
   // One rank's run on the whole batch, in this process (its own one-rank communicator).
   auto one = parallel::make_host_staged_communicator(std::make_unique<parallel::SingleCommunicator>());
-  Run ref = sharded_run(*one);
-  Run s = sharded_run(world);
+  GpuRun ref = sharded_run(*one);
+  GpuRun s = sharded_run(world);
   const std::map<std::string, Tensor> start = exported(*ref.opt);
   for (int step = 0; step < kSteps; ++step) {
     const Rows b = global_batch(s.cfg.vocab_size, step);
-    const StepStats a = train_step(*s.gpu, *s.opt, world, b);
-    const StepStats r = train_step(*ref.gpu, *ref.opt, *one, b);
+    const StepStats a = run_step(*s.gpu, *s.opt, world, b);
+    const StepStats r = run_step(*ref.gpu, *ref.opt, *one, b);
     if (world.rank() == 0)
       std::printf("[%d ranks] step %d: loss %.7f, one rank %.7f (rel %.2e); grad norm %.6f / %.6f (rel %.2e)\n", n,
                   step + 1, a.loss, r.loss, rel(a.loss, r.loss), a.norm, r.norm, rel(a.norm, r.norm));
@@ -291,11 +293,11 @@ TEST(GpuFsdpRanks, ShardedTrainingMatchesOneRank) {
 TEST(GpuFsdpRanks, BlockByBlockHoldsFewerWholeParameters) {
   G4_SKIP_UNLESS_MPI_CHILD();
   Communicator& world = gpu_world();
-  Run s = sharded_run(world);
+  GpuRun s = sharded_run(world);
   train::ShardedAdamW& opt = s.opt->adamw();
   opt.release_parameters();
   opt.shards().reset_whole_elements_peak();
-  train_step(*s.gpu, *s.opt, world, global_batch(s.cfg.vocab_size, 0));
+  run_step(*s.gpu, *s.opt, world, global_batch(s.cfg.vocab_size, 0));
   const int64_t block_peak = opt.shards().whole_elements_peak() +
                              (opt.expert_shards() ? opt.expert_shards()->whole_elements_peak() : 0);
   const int64_t whole = opt.shards().layout().padded + (opt.expert_shards() ? opt.expert_shards()->layout().padded : 0);
@@ -317,7 +319,7 @@ TEST(GpuFsdpRanks, BlockByBlockHoldsFewerWholeParameters) {
 
 // Saves the weights (gathered f32 masters, written by rank 0) and the sharded optimizer state
 // (every rank its file) into `dir`; collective over `world`.
-nlohmann::json save_checkpoint(Run& r, Communicator& world, const fs::path& dir) {
+nlohmann::json save_checkpoint(GpuRun& r, Communicator& world, const fs::path& dir) {
   if (world.rank() == 0) fs::create_directories(dir);
   world.barrier();
   r.opt->gather_parameters();
@@ -355,13 +357,13 @@ TEST(GpuFsdpRanks, FourRankCheckpointResumesOnOneAndTwoRanks) {
   ASSERT_TRUE(base) << kDirVariable << " is not set (GpuFsdpLaunch sets it)";
   const fs::path dir = fs::path(base) / "step-00000002";
   // Two steps on 4 ranks, a checkpoint, then two more steps: the losses a resumed run must give.
-  Run w = sharded_run(world);
-  for (int step = 0; step < 2; ++step) train_step(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, step));
+  GpuRun w = sharded_run(world);
+  for (int step = 0; step < 2; ++step) run_step(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, step));
   const nlohmann::json state = save_checkpoint(w, world, dir);
   EXPECT_EQ(state.at("optimizer_steps"), 2);
   const std::map<std::string, Tensor> want_moments = whole_moments(w.opt->adamw());
   const double want_eval = eval_loss(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, 2));
-  const StepStats want3 = train_step(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, 2));
+  const StepStats want3 = run_step(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, 2));
   const double want4 = eval_loss(*w.gpu, *w.opt, world, global_batch(w.cfg.vocab_size, 3));
 
   for (int ranks : {1, 2}) {
@@ -369,7 +371,7 @@ TEST(GpuFsdpRanks, FourRankCheckpointResumesOnOneAndTwoRanks) {
     std::unique_ptr<Communicator> part = world.split(world.rank() / ranks, world.rank());
     SCOPED_TRACE(std::to_string(ranks) + " ranks");
     // Built from other weights (seed 99): everything must come from the checkpoint.
-    Run r = sharded_run(*part, 99);
+    GpuRun r = sharded_run(*part, 99);
     r.opt->load_weights(dir.string());
     r.opt->load(dir, state);
     EXPECT_EQ(r.opt->steps_taken(), 2);
@@ -377,7 +379,7 @@ TEST(GpuFsdpRanks, FourRankCheckpointResumesOnOneAndTwoRanks) {
     for (const auto& [name, t] : want_moments)
       EXPECT_TRUE(test::same_bits(got_moments.at(name), t)) << name << " re-split from 4 ranks to " << ranks;
     const double eval = eval_loss(*r.gpu, *r.opt, *part, global_batch(r.cfg.vocab_size, 2));
-    const StepStats s3 = train_step(*r.gpu, *r.opt, *part, global_batch(r.cfg.vocab_size, 2));
+    const StepStats s3 = run_step(*r.gpu, *r.opt, *part, global_batch(r.cfg.vocab_size, 2));
     const double l4 = eval_loss(*r.gpu, *r.opt, *part, global_batch(r.cfg.vocab_size, 3));
     if (world.rank() == 0)
       std::printf("resumed on %d rank(s): loss before the step %.7f (4 ranks %.7f, rel %.2e), step 3 %.7f (%.7f, rel "
