@@ -1,7 +1,6 @@
 #include "parallel/fsdp.h"
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 
 #include "autograd/variable.h"
@@ -15,8 +14,10 @@ FlatLayout FlatLayout::build(const model::ParamStore& params, const std::vector<
 }
 
 FlatLayout FlatLayout::build_units(const model::ParamStore& params, const std::vector<std::vector<std::string>>& units,
-                             int64_t shards) {
+                                   int64_t shards, int64_t align) {
   G4_CHECK(shards >= 1, "FlatLayout: shards must be >= 1, got ", shards);
+  G4_CHECK(align >= 1, "FlatLayout: align must be >= 1, got ", align);
+  const auto round_up = [](int64_t x, int64_t m) { return (x + m - 1) / m * m; };
   FlatLayout l;
   l.shards = shards;
   for (const std::vector<std::string>& names : units.empty() ? std::vector<std::vector<std::string>>(1) : units) {
@@ -24,12 +25,13 @@ FlatLayout FlatLayout::build_units(const model::ParamStore& params, const std::v
     int64_t n = 0;
     for (const std::string& name : names) {
       const Shape& s = params.at(name).value().shape();
+      n = round_up(n, align);
       l.params.push_back({name, s, u.begin + n, shape_numel(s)});
       n += shape_numel(s);
+      l.numel += shape_numel(s);
     }
-    l.numel += n;
     // At least one element per shard, so every shard is a real tensor even with nothing to train.
-    u.padded = std::max<int64_t>(1, (n + shards - 1) / shards) * shards;
+    u.padded = std::max<int64_t>(1, (n + shards * align - 1) / (shards * align)) * shards * align;
     l.padded += u.padded;
     l.units.push_back(u);
   }
@@ -117,9 +119,11 @@ struct ShardedParameters::PendingReduce {
 };
 
 ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std::string> names, DeviceMesh& mesh,
-                                     const std::vector<std::vector<std::string>>& blocks, Kind kind)
+                                     const std::vector<std::vector<std::string>>& blocks, Kind kind,
+                                     const model::ParamStore* master_source)
     : params_(params), mesh_(mesh), kind_(kind) {
   DType dtype = DType::F32;
+  Device device = mesh.dp_group().device();
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string& n = names[i];
     if (kind == Kind::Replicated)
@@ -130,12 +134,18 @@ ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std:
       G4_CHECK(model::split_by_expert(params.kind(n)), "ShardedParameters: ", n,
                " is not an expert parameter, but these sharded parameters are the experts");
     const Tensor& v = params.at(n).value();
-    G4_CHECK(v.dtype() == DType::F32 || v.dtype() == DType::F64, "ShardedParameters: parameter ", n, " is ",
-             v.describe(), "; the sharded master weights are f32 (or f64)");
+    G4_CHECK(v.dtype() == DType::F32 || v.dtype() == DType::F64 || v.dtype() == DType::BF16,
+             "ShardedParameters: parameter ", n, " is ", v.describe(),
+             "; sharded parameters are f32 or f64 (their own masters) or bf16 compute copies (f32 masters)");
     if (i == 0) dtype = v.dtype();
     G4_CHECK(v.dtype() == dtype, "ShardedParameters: parameter ", n, " is ", v.describe(), " but ", names[0],
              " is ", dtype_name(dtype), "; one flat buffer holds one dtype");
+    // The gathers and reduce-scatters run over the dp group on its device.
+    G4_CHECK(v.device() == device, "ShardedParameters: parameter ", n, " is ", v.describe(), ", but the dp group ("
+             , mesh.dp_group().backend(), ") moves ", device == Device::CPU ? "CPU" : "CUDA",
+             " tensors; CUDA parameters need a CUDA communicator (NCCL, or host-staged MPI for ranks sharing a GPU)");
   }
+  compute_dtype_ = dtype;
   // Units: the parameters each block reads first, in `names` order; blocks without new ones add
   // no unit (a frozen layer costs no collective). Names no block reads form a last unit.
   std::map<std::string, size_t> first_block;
@@ -153,7 +163,10 @@ ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std:
     for (const std::string& n : ns) unit_of[n] = unit_names.size();
     unit_names.push_back(ns);
   }
-  layout_ = FlatLayout::build_units(params, unit_names, mesh.dp_group().size());
+  // On the GPU each parameter starts 256 bytes into a bf16 unit (128 elements) or more: the
+  // alignment of a fresh device allocation, which kernels with 16-byte vector loads and cuBLASLt's
+  // fastest algorithms rely on.
+  layout_ = FlatLayout::build_units(params, unit_names, mesh.dp_group().size(), device == Device::CPU ? 1 : 128);
   units_.resize(layout_.units.size());
   for (size_t i = 0, u = 0; i < layout_.params.size(); ++i) {
     const FlatParam& p = layout_.params[i];
@@ -171,8 +184,10 @@ ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std:
       if (units_[u].owner < 0) units_[u].owner = static_cast<int64_t>(block_units_.size());
     block_units_.push_back(std::move(us));
   }
-  master_ = Tensor::zeros({layout_.shard_size()}, dtype);
-  reload_master();
+  // bf16 compute copies train through f32 masters; the gathers move the bf16 rounding.
+  master_ = Tensor::zeros({layout_.shard_size()}, dtype == DType::BF16 ? DType::F32 : dtype, device);
+  if (dtype == DType::BF16) compute_ = Tensor::zeros({layout_.shard_size()}, dtype, device);
+  load_master(master_source ? *master_source : params);
   // The parameters start whole (their current values are the model); from now on they are views
   // of the units' buffers, so that freeing a unit frees one allocation.
   self_ = std::make_shared<ShardedParameters*>(this);
@@ -183,35 +198,34 @@ ShardedParameters::~ShardedParameters() {
   *self_ = nullptr;  // hooks still installed in a model now refuse to run
 }
 
-void ShardedParameters::reload_master() {
+void ShardedParameters::load_master(const model::ParamStore& source) {
   const int64_t d = mesh_.dp_group().rank();
-  const size_t es = dtype_size(master_.dtype());
   layout_.for_each_owned(d, [&](const FlatParam& p, int64_t first, int64_t count, int64_t local) {
-    const Tensor& v = params_.at(p.name).value();
-    G4_CHECK(v.defined(), "ShardedParameters::reload_master: ", p.name, " is released; gather() the parameters first");
-    G4_CHECK(v.dtype() == master_.dtype() && v.numel() == p.numel, "ShardedParameters: parameter ", p.name, " is ",
-             v.describe(), ", expected ", dtype_name(master_.dtype()), shape_str(p.shape));
-    std::memcpy(static_cast<char*>(master_.raw()) + static_cast<size_t>(local) * es,
-                static_cast<const char*>(v.raw()) + static_cast<size_t>(first - p.offset) * es,
-                static_cast<size_t>(count) * es);
+    G4_CHECK(source.has(p.name), "ShardedParameters::load_master: the source has no parameter ", p.name);
+    const Tensor& v = source.at(p.name).value();
+    G4_CHECK(v.defined(), "ShardedParameters::load_master: ", p.name, " is released; gather() the parameters first");
+    G4_CHECK(v.numel() == p.numel && is_floating(v.dtype()), "ShardedParameters: parameter ", p.name, " is ",
+             v.describe(), ", expected a floating-point tensor of shape ", shape_str(p.shape));
+    // Tensor copies, not host memcpy: either side may be on the GPU.
+    const Tensor part = v.reshape({-1}).slice0(first - p.offset, count);
+    master_.slice0(local, count).copy_from(part.dtype() == master_.dtype() ? part : part.to(master_.dtype()));
   });
+  // Rounded on the device from the masters, as the optimizer's update rewrites it.
+  if (compute_.defined()) compute_.copy_from(master_.to(compute_.dtype()));
 }
 
 Tensor ShardedParameters::gather_flat(const Tensor& shard) {
   const int64_t S = layout_.shard_size(), D = layout_.shards;
   G4_CHECK(shard.dim() == 1 && shard.size(0) == S, "ShardedParameters::gather_flat: got ", shard.describe(),
            ", expected a shard of ", S, " elements");
-  Tensor ranks = Tensor::empty({D * S}, shard.dtype());
+  Tensor ranks = Tensor::empty({D * S}, shard.dtype(), shard.device());
   mesh_.dp_group().all_gather(shard, ranks);
   // Rank-major (each rank's slices of every unit) to flat order (each unit's slices in rank order).
-  Tensor out = Tensor::empty({layout_.padded}, shard.dtype());
-  const size_t es = dtype_size(shard.dtype());
+  Tensor out = Tensor::empty({layout_.padded}, shard.dtype(), shard.device());
   for (size_t u = 0; u < layout_.units.size(); ++u) {
     const int64_t us = layout_.unit_shard_size(u), local = layout_.units[u].begin / D;
     for (int64_t d = 0; d < D; ++d)
-      std::memcpy(static_cast<char*>(out.raw()) + static_cast<size_t>(layout_.units[u].begin + d * us) * es,
-                  static_cast<const char*>(ranks.raw()) + static_cast<size_t>(d * S + local) * es,
-                  static_cast<size_t>(us) * es);
+      out.slice0(layout_.units[u].begin + d * us, us).copy_from(ranks.slice0(d * S + local, us));
   }
   return out;
 }
@@ -219,8 +233,8 @@ Tensor ShardedParameters::gather_flat(const Tensor& shard) {
 void ShardedParameters::prefetch(size_t u) {
   Unit& unit = units_[u];
   if (unit.whole.defined()) return;
-  unit.whole = Tensor::empty({layout_.units[u].padded}, master_.dtype());
-  unit.arriving = mesh_.dp_group().all_gather_async(master_piece(u), unit.whole);
+  unit.whole = Tensor::empty({layout_.units[u].padded}, compute_dtype_, master_.device());
+  unit.arriving = mesh_.dp_group().all_gather_async(gathered_piece(u), unit.whole);
   whole_now_ += layout_.units[u].padded;
   whole_peak_ = std::max(whole_peak_, whole_now_);
 }
@@ -282,7 +296,7 @@ void ShardedParameters::end_block(int64_t b, int64_t keep) {
 void ShardedParameters::finish_reduce_scatter() {
   if (!reducing_) return;
   reducing_->handle->wait();
-  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype());
+  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype(), master_.device());
   Tensor piece = grad_.slice0(layout_.units[reducing_->unit].begin / layout_.shards, layout_.unit_shard_size(reducing_->unit));
   ops::add_(piece, reducing_->out);
   reducing_.reset();
@@ -291,21 +305,25 @@ void ShardedParameters::finish_reduce_scatter() {
 void ShardedParameters::reduce_scatter_unit(size_t u) {
   finish_reduce_scatter();  // one in flight: its buffer is the only whole gradient kept
   const FlatUnit& fu = layout_.units[u];
-  Tensor flat = Tensor::zeros({fu.padded}, master_.dtype());
+  // Gradients travel in the masters' precision (f32 for bf16 compute copies, whose gradients
+  // accumulate in f32 already).
+  Tensor flat = Tensor::zeros({fu.padded}, master_.dtype(), master_.device());
   for (size_t i : units_[u].params) {
     const FlatParam& p = layout_.params[i];
     ag::Var& v = params_.at(p.name);
     if (!v.grad().defined()) continue;
-    G4_CHECK(v.grad().dtype() == master_.dtype() && v.grad().numel() == p.numel, "reduce_scatter_gradients: ",
-             p.name, " has gradient ", v.grad().describe(), ", expected ", dtype_name(master_.dtype()),
-             shape_str(p.shape));
-    std::memcpy(static_cast<char*>(flat.raw()) + static_cast<size_t>(p.offset - fu.begin) * dtype_size(flat.dtype()),
-                v.grad().raw(), v.grad().nbytes());
+    const Tensor& g = v.grad();
+    G4_CHECK((g.dtype() == master_.dtype() || g.dtype() == compute_dtype_) && g.numel() == p.numel &&
+                 g.device() == master_.device(),
+             "reduce_scatter_gradients: ", p.name, " has gradient ", g.describe(), ", expected ",
+             dtype_name(master_.dtype()), shape_str(p.shape));
+    flat.slice0(p.offset - fu.begin, p.numel)
+        .copy_from((g.dtype() == master_.dtype() ? g : g.to(master_.dtype())).reshape({-1}));
     v.zero_grad();  // the whole gradient is not kept: the slice replaces it
   }
   auto r = std::make_unique<PendingReduce>();
   r->unit = u;
-  r->out = Tensor::empty({layout_.unit_shard_size(u)}, master_.dtype());
+  r->out = Tensor::empty({layout_.unit_shard_size(u)}, master_.dtype(), master_.device());
   r->handle = mesh_.dp_group().reduce_scatter_async(flat, r->out, ReduceOp::Sum);
   reducing_ = std::move(r);
 }
@@ -332,7 +350,7 @@ void ShardedParameters::reduce_scatter_gradients() {
                "forward run on the gathered model, released before backward?");
   }
   finish_reduce_scatter();
-  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype());
+  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype(), master_.device());
   // Ranks with the same dp coordinate hold the same slice but trained on different tokens; for
   // experts, the ep peers hold other experts, whose gradients already include this rank's tokens.
   if (kind_ == Kind::Replicated && mesh_.ep_group().size() > 1) mesh_.ep_group().all_reduce(grad_, ReduceOp::Sum);

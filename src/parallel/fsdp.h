@@ -56,9 +56,13 @@ struct FlatLayout {
   // One unit of the parameters `names` of `params`, in that order.
   static FlatLayout build(const model::ParamStore& params, const std::vector<std::string>& names, int64_t shards);
   // One unit per entry of `units` (parameter names, in order); an empty unit still gets one
-  // element per shard, so every shard of every unit is a real tensor.
+  // element per shard, so every shard of every unit is a real tensor. align > 1 (GPU
+  // parameters): every parameter starts at a multiple of `align` elements of its unit and every
+  // unit is padded to a multiple of shards·align, so the whole parameters (views of a unit's
+  // buffer) and each shard's part of every parameter keep the alignment the GPU kernels' vector
+  // loads need; the gaps are zeros like the padding.
   static FlatLayout build_units(const model::ParamStore& params, const std::vector<std::vector<std::string>>& units,
-                          int64_t shards);
+                                int64_t shards, int64_t align = 1);
   const FlatParam* find(const std::string& name) const;  // nullptr when not in the buffer
 
   // Flat element i lives in shard `shard` at index `index` of its tensor; the `run` elements from
@@ -86,19 +90,29 @@ class ShardedParameters {
   enum class Kind : uint8_t { Replicated, Experts };
 
   // Takes this rank's slice of the parameters' current values (identical on every rank) as its
-  // master shard; the parameters stay whole (gathered) until release(). Every parameter must be
-  // f32 or f64, all of one dtype, and must not be an expert parameter (those stay with expert
-  // parallelism; with Kind::Experts they must all be expert parameters). `blocks`: the parameters each block of the forward reads, in the order the
+  // master shard; the parameters stay whole (gathered) until release(). Every parameter must be of
+  // one dtype: f32 or f64 (CPU models, their own masters), or bf16 (compute copies, any device:
+  // the master shard is f32 and a bf16 shard beside it, its rounding, is what the gathers move).
+  // They live on the dp group's device (CUDA parameters need a CUDA communicator: NCCL or
+  // host-staged). None may be an expert parameter (those stay with expert parallelism; with
+  // Kind::Experts they must all be expert parameters). `blocks`: the parameters each block of the forward reads, in the order the
   // forward runs them (model::Gemma4::parameter_blocks()); each of `names` joins the unit of the
   // first block that reads it, and names no block reads form a last unit. Without blocks, one unit.
+  // `master_source` (optional, e.g. a bf16 model's f32 CPU original): the values the masters start
+  // from instead of the parameters' own (a bf16 copy's masters then start unrounded).
   ShardedParameters(model::ParamStore& params, std::vector<std::string> names, DeviceMesh& mesh,
-                    const std::vector<std::vector<std::string>>& blocks = {}, Kind kind = Kind::Replicated);
+                    const std::vector<std::vector<std::string>>& blocks = {}, Kind kind = Kind::Replicated,
+                    const model::ParamStore* master_source = nullptr);
   ~ShardedParameters();
 
   const FlatLayout& layout() const { return layout_; }
-  DType dtype() const { return master_.dtype(); }
+  DType dtype() const { return master_.dtype(); }  // of the masters, gradients (and moments): f32 or f64
+  Device device() const { return master_.device(); }
   Tensor& master() { return master_; }  // [shard_size]: this rank's master weights
   const Tensor& master() const { return master_; }
+  // The compute copy of the master shard (bf16 parameters): what the gathers move; the optimizer
+  // rewrites it with each update. Undefined when the parameters are their own masters.
+  Tensor& compute_copy() { return compute_; }
   Tensor& grad() { return grad_; }  // [shard_size]: after reduce_scatter_gradients
   // True between gather() and release(): the whole model is present and the block hooks do nothing.
   bool gathered() const { return pinned_; }
@@ -116,7 +130,10 @@ class ShardedParameters {
   void reduce_scatter_gradients();
   // Copies this rank's slice of the parameters' current values into the master shard (after the
   // whole parameters were loaded, e.g. from a checkpoint). Needs gathered parameters.
-  void reload_master();
+  void reload_master() { load_master(params_); }
+  // The same from `source` (a store with the parameters' names and shapes, any dtype and device,
+  // e.g. a bf16 model's f32 CPU original); the compute copy becomes the masters' rounding.
+  void load_master(const model::ParamStore& source);
   // Collective over the dp group: the whole flat tensor [padded], in flat order, from every
   // rank's [shard_size] tensor in this layout (master, gradient or moments).
   Tensor gather_flat(const Tensor& shard);
@@ -148,13 +165,19 @@ class ShardedParameters {
   void free_unit(size_t u);
   void finish_reduce_scatter();
   void reduce_scatter_unit(size_t u);
-  Tensor master_piece(size_t u) { return master_.slice0(layout_.units[u].begin / layout_.shards, layout_.unit_shard_size(u)); }
+  // Unit u's part of this rank's shard of the values the gathers move (the compute copy, or the
+  // masters themselves).
+  Tensor gathered_piece(size_t u) {
+    const Tensor& from = compute_.defined() ? compute_ : master_;
+    return from.slice0(layout_.units[u].begin / layout_.shards, layout_.unit_shard_size(u));
+  }
 
   model::ParamStore& params_;
   DeviceMesh& mesh_;
   Kind kind_;
   FlatLayout layout_;
-  Tensor master_, grad_;
+  DType compute_dtype_;  // the parameters' dtype: of the whole units
+  Tensor master_, compute_, grad_;
   std::vector<Unit> units_;
   std::vector<std::vector<size_t>> block_units_;  // per block: the units it reads
   bool pinned_ = false;

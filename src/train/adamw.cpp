@@ -31,11 +31,12 @@ const Tensor& AdamW::master(size_t i) const {
   return master_[i].defined() ? master_[i] : params_.at(names_[i]).value();
 }
 
-void AdamW::load_parameters(const model::ParamStore& source) {
-  for (const std::string& n : params_.order) {
+void load_parameter_values(const model::ParamStore& source, model::ParamStore& dest) {
+  for (const std::string& n : dest.order) {
     G4_CHECK(source.has(n), "load_parameters: the source has no parameter '", n, "'");
     const Tensor& src = source.at(n).value();
-    Tensor& dst = params_.at(n).mutable_value();
+    Tensor& dst = dest.at(n).mutable_value();
+    if (!dst.defined()) continue;
     G4_CHECK(src.shape() == dst.shape(), "load_parameters: '", n, "' is ", src.describe(), " in the source but ",
              dst.describe(), " in the model");
     G4_CHECK(src.device() == Device::CPU && (src.dtype() == DType::F32 || src.dtype() == DType::F64),
@@ -44,10 +45,16 @@ void AdamW::load_parameters(const model::ParamStore& source) {
     // so a copy set here equals the one AdamW's kernel writes from the same master.
     dst.copy_from(src.to(dst.dtype()));
   }
+  dest.buffers.clear();
+  for (const auto& [n, b] : source.buffers) dest.set_buffer(n, b.kind, b.value.clone());
+}
+
+void AdamW::load_parameters(const model::ParamStore& source) {
+  for (const std::string& n : params_.order)
+    G4_CHECK(params_.at(n).value().defined(), "load_parameters: parameter '", n, "' has no value");
+  load_parameter_values(source, params_);
   for (size_t i = 0; i < names_.size(); ++i)
     if (master_[i].defined()) master_[i].copy_from(source.at(names_[i]).value().to(DType::F32));
-  params_.buffers.clear();
-  for (const auto& [n, b] : source.buffers) params_.set_buffer(n, b.kind, b.value.clone());
 }
 
 void AdamW::copy_masters_to(model::ParamStore& dest) const {
@@ -90,15 +97,11 @@ void AdamW::step(double lr, double grad_scale) {
   }
 }
 
-void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
-                       double lr, const AdamWOptions& opt, int64_t step) {
-  const int64_t n = p.numel();
-  G4_CHECK(static_cast<int64_t>(decay_mask.size()) == n, "adamw_update_flat: the weight-decay mask has ",
-           decay_mask.size(), " elements, the weights ", n);
-  Tensor mask = Tensor::empty(p.shape(), DType::U8);
-  std::copy(decay_mask.begin(), decay_mask.end(), mask.data<uint8_t>());
-  if (p.device() != Device::CPU) mask = mask.to(p.device());
-  ops::adamw_step(p, g, m, v, hyper(opt, lr, step), /*decay=*/true, mask);
+void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const Tensor& decay_mask, double lr,
+                       const AdamWOptions& opt, int64_t step, Tensor* compute_out) {
+  G4_CHECK(decay_mask.numel() == p.numel(), "adamw_update_flat: the weight-decay mask has ", decay_mask.numel(),
+           " elements, the weights ", p.numel());
+  ops::adamw_step(p, g, m, v, hyper(opt, lr, step), /*decay=*/true, decay_mask, {}, compute_out);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {

@@ -63,10 +63,17 @@ class AdamW {
 };
 
 // The same update on flat tensors (a shard of many parameters, see parallel/fsdp.h): weights p,
-// moments m, v and gradient g (undefined = zeros) of one length, at optimizer step `step`
-// (counted from 1). Element j takes weight decay only where decay_mask[j] != 0.
-void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const std::vector<uint8_t>& decay_mask,
-                       double lr, const AdamWOptions& opt, int64_t step);
+// moments m, v and gradient g (undefined = zeros) of one length and device, at optimizer step
+// `step` (counted from 1). Element j takes weight decay only where decay_mask[j] != 0 (a u8
+// tensor of p's length on p's device). compute_out (optional): a bf16 tensor of p's length that
+// receives the updated weights rounded (the compute copy of f32 masters).
+void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const Tensor& decay_mask, double lr,
+                       const AdamWOptions& opt, int64_t step, Tensor* compute_out = nullptr);
+
+// Sets every parameter and buffer of `dest` from `source` (a CPU f32/f64 store with the same names
+// and shapes), each converted to its dtype and device: how a bf16 GPU model takes the values of
+// its f32 original. Parameters that are not defined in dest (sharded ones released) are skipped.
+void load_parameter_values(const model::ParamStore& source, model::ParamStore& dest);
 
 // Global-norm gradient clipping with torch.nn.utils.clip_grad_norm_'s arithmetic, for every
 // optimizer. On the CPU the norm is the norm of the per-tensor norms, each rounded to the

@@ -118,12 +118,42 @@ void ReplicatedAdamW::load(const fs::path& dir, const nlohmann::json& state) {
   adamw_.load_state(named, io::json_int(state, "optimizer_steps", where));
 }
 
+namespace {
+// The model a sharded optimizer trains: f32/f64 on the CPU (its own masters), or bf16 compute
+// copies (the GPU) with their f32 original on the host.
+model::Gemma4& check_sharded_model(model::Gemma4& model, const model::Gemma4* host) {
+  const bool copies = model.dtype() == DType::BF16;
+  G4_CHECK(copies || model.device() == Device::CPU, "the sharded optimizer (parallel.fsdp) trains f32 CPU models ",
+           "or bf16 compute copies, not a ", dtype_name(model.dtype()), " GPU model");
+  G4_CHECK(!host || copies, "the sharded optimizer takes a host model only for a bf16 model (an f32 CPU model is ",
+           "its own master)");
+  G4_CHECK(!host || (host->device() == Device::CPU && host->dtype() != DType::BF16),
+           "the sharded optimizer's host model must be the f32 CPU original, got a ", dtype_name(host->dtype()),
+           host->device() == Device::CPU ? " CPU model" : " GPU model");
+  // LoRA trains adapters beside frozen bases; the recipe refuses it with parallel.fsdp as well.
+  G4_CHECK(!model.lora(), "the sharded optimizer (parallel.fsdp) does not train LoRA adapters; train them with "
+           "the replicated optimizer (parallel.fsdp: false)");
+  return model;
+}
+}  // namespace
+
 ShardedOptimizer::ShardedOptimizer(model::Gemma4& model, parallel::DeviceMesh& mesh,
-                                   const std::vector<std::string>& trainable, AdamWOptions options)
-    : model_(model), mesh_(mesh), adamw_(model, mesh, trainable, no_weight_decay(model.params(), model.config()), options) {
-  G4_CHECK(model.device() == Device::CPU && model.dtype() != DType::BF16,
-           "the sharded optimizer (parallel.fsdp) trains f32 CPU models only, not a ", dtype_name(model.dtype()),
-           model.device() == Device::CPU ? " model" : " GPU model");
+                                   const std::vector<std::string>& trainable, AdamWOptions options,
+                                   std::unique_ptr<model::Gemma4> host)
+    : model_(check_sharded_model(model, host.get())),
+      host_(std::move(host)),
+      mesh_(mesh),
+      adamw_(model, mesh, trainable, no_weight_decay(model.params(), model.config()), options,
+             host_ ? &host_->params() : nullptr) {}
+
+model::Gemma4& ShardedOptimizer::export_weights() {
+  if (!host_) {
+    G4_CHECK(model_.dtype() != DType::BF16, "these weights cannot be exported: a bf16 model trained through fp32 ",
+             "masters needs its f32 host model (OptimizerSetup::host)");
+    return model_;
+  }
+  adamw_.copy_masters_to(host_->params());
+  return *host_;
 }
 
 void ShardedOptimizer::step(double lr) {
@@ -138,31 +168,40 @@ void ShardedOptimizer::skip_step() {
 
 void ShardedOptimizer::load_weights(const std::string& dir) {
   adamw_.gather_parameters();  // the weights load into the whole parameters; load() takes the slices
-  model::load_checkpoint_weights(model_, dir);
+  if (model_.dtype() != DType::BF16) {
+    model::load_checkpoint_weights(model_, dir);
+    return;
+  }
+  // bf16 compute copies: the checkpoint's exact f32 values go into the host model, which the
+  // masters take their slices from (here and in load()), and rounded into the copies.
+  if (!host_) host_ = std::make_unique<model::Gemma4>(model_.config(), model_.experts());
+  model::load_checkpoint_weights(*host_, dir);
+  load_parameter_values(host_->params(), model_.params());
+  adamw_.shards().load_master(host_->params());
+  if (adamw_.expert_shards()) adamw_.expert_shards()->load_master(host_->params());
 }
 
 void ShardedOptimizer::save(const fs::path& dir, nlohmann::json& state) {
   state["optimizer_steps"] = adamw_.steps_taken();
   const auto tensors = adamw_.checkpoint_tensors();
   if (tensors.empty()) return;  // another rank writes the same slices
-  io::save_safetensors((dir / optimizer_shard_name(mesh_.world().rank(), mesh_.world().size())).string(), tensors,
-                       {{kOptimizerMetadataKey, adamw_.checkpoint_metadata()}});
+  io::save_safetensors((dir / optimizer_shard_name(mesh_.world().rank(), mesh_.world().size())).string(),
+                       on_host(tensors), {{kOptimizerMetadataKey, adamw_.checkpoint_metadata()}});
 }
 
 void ShardedOptimizer::load(const fs::path& dir, const nlohmann::json& state) {
   const std::string where = trainer_state_path(dir);
   const OptimizerStateReader reader(dir.string(), io::json_int(state, "ranks", where, 1), mesh_.world().rank(),
                                     mesh_.world().size());
-  adamw_.load_state(reader, io::json_int(state, "optimizer_steps", where));
+  adamw_.load_state(reader, io::json_int(state, "optimizer_steps", where), host_ ? &host_->params() : nullptr);
 }
 
 std::unique_ptr<Optimizer> make_optimizer(OptimizerSetup setup) {
   G4_CHECK(setup.model, "make_optimizer: no model");
   G4_CHECK(!setup.sharded || setup.mesh, "make_optimizer: a sharded optimizer needs a device mesh");
-  if (setup.sharded) {
-    G4_CHECK(!setup.host, "make_optimizer: a sharded optimizer takes no host model (it trains f32 CPU models)");
-    return std::make_unique<ShardedOptimizer>(*setup.model, *setup.mesh, setup.trainable, setup.adamw);
-  }
+  if (setup.sharded)
+    return std::make_unique<ShardedOptimizer>(*setup.model, *setup.mesh, setup.trainable, setup.adamw,
+                                              std::move(setup.host));
   model::Gemma4& m = *setup.model;
   return std::make_unique<ReplicatedAdamW>(m.params(), m.config(), m.experts(), std::move(setup.host), setup.mesh,
                                            std::move(setup.trainable), setup.adamw, &m);

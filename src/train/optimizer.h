@@ -103,13 +103,17 @@ class ReplicatedAdamW final : public Optimizer {
   double grad_scale_ = 1.0;
 };
 
-// AdamW with each dp rank holding the masters, gradients and moments of its 1/dp slice of an f32
-// CPU model, gathered block by block as the model runs (train/sharded_adamw.h).
+// AdamW with each dp rank holding the masters, gradients and moments of its 1/dp slice of the
+// model, gathered block by block as the model runs (train/sharded_adamw.h): an f32 CPU model (its
+// own master), or a bf16 model on the mesh's device (the GPU), whose bf16 compute copies are
+// gathered from bf16 shards while the f32 masters, gradients and moments stay sharded there.
 class ShardedOptimizer final : public Optimizer {
  public:
-  // Collective over the mesh, which (like the model) must outlive the optimizer.
+  // Collective over the mesh, which (like the model) must outlive the optimizer. `host`: a bf16
+  // model's f32 CPU original, as in OptimizerSetup (the masters start from it, and the weights
+  // export into it); nullptr for an f32 CPU model.
   ShardedOptimizer(model::Gemma4& model, parallel::DeviceMesh& mesh, const std::vector<std::string>& trainable,
-                   AdamWOptions options);
+                   AdamWOptions options, std::unique_ptr<model::Gemma4> host = nullptr);
 
   void reduce_gradients() override { adamw_.reduce_gradients(); }
   double clip_grad_norm(double max_norm) override { return adamw_.clip_grad_norm(max_norm); }
@@ -118,7 +122,8 @@ class ShardedOptimizer final : public Optimizer {
   int64_t steps_taken() const override { return adamw_.steps_taken(); }
   void gather_parameters() override { adamw_.gather_parameters(); }
   void release_parameters() override { adamw_.release_parameters(); }
-  model::Gemma4& export_weights() override { return model_; }
+  // With a host model: collective over dp (the masters are all-gathered into it).
+  model::Gemma4& export_weights() override;
   void load_weights(const std::string& dir) override;
   void save(const std::filesystem::path& dir, nlohmann::json& state) override;
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
@@ -127,6 +132,7 @@ class ShardedOptimizer final : public Optimizer {
 
  private:
   model::Gemma4& model_;
+  std::unique_ptr<model::Gemma4> host_;
   parallel::DeviceMesh& mesh_;
   ShardedAdamW adamw_;
 };

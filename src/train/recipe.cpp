@@ -533,7 +533,6 @@ void refuse_unsupported_gpu_features(const Recipe& r, const std::string& source,
     G4_CHECK(!used, source, ": ", feature, " is not supported with 'train.device' cuda yet (", why,
              "); use train.device: cpu for it, or plain data parallelism on GPUs");
   };
-  refuse(r.fsdp, "'parallel.fsdp'", "the sharded optimizer trains f32 CPU models only");
   refuse(r.command == Command::kRl && launched_ranks > 1, "g4 rl on several ranks",
          "rollout generation and GRPO's exchanges have not been brought to GPU ranks");
 }

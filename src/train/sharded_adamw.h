@@ -26,15 +26,21 @@ namespace g4::train {
 class ShardedAdamW {
  public:
   // Collective over the mesh. `trainable` lists the parameters to update (the replicated ones go
-  // into the flat buffer in this order); `no_decay` those exempt from weight decay.
+  // into the flat buffer in this order); `no_decay` those exempt from weight decay. The parameters
+  // are f32/f64 CPU tensors (their own masters) or bf16 compute copies on the mesh's device (the
+  // GPU): then masters, gradients and moments are f32 on that device, and `master_source` (a CPU
+  // f32 store of the same names, e.g. the model's f32 original) gives the masters' first values
+  // (without it they start from the bf16 values).
   ShardedAdamW(model::ParamStore& params, parallel::DeviceMesh& mesh, const std::vector<std::string>& trainable,
-               const std::set<std::string>& no_decay, AdamWOptions options);
+               const std::set<std::string>& no_decay, AdamWOptions options,
+               const model::ParamStore* master_source = nullptr);
   // The same, sharded block by block: one flat unit per block of the model's forward
   // (Gemma4::parameter_blocks()), and the model's hooks installed (parallel::enable_sharded_parameters),
   // so that forward and backward gather each block just before use. The model must not outlive
   // this optimizer's use of it.
   ShardedAdamW(model::Gemma4& model, parallel::DeviceMesh& mesh, const std::vector<std::string>& trainable,
-               const std::set<std::string>& no_decay, AdamWOptions options);
+               const std::set<std::string>& no_decay, AdamWOptions options,
+               const model::ParamStore* master_source = nullptr);
 
   // Collective over dp: the whole parameters (replicated and this rank's experts), all-gathered and kept until
   // release_parameters() or reduce_gradients() (no-op when they are). While they are, the
@@ -77,12 +83,18 @@ class ShardedAdamW {
   // The layout metadata (kOptimizerMetadataKey) that lets another mesh re-split them.
   std::string checkpoint_metadata() const;
   // Restores the moments of this rank's slice and experts from any checkpoint layout, and takes
-  // the master shard from the parameters' current (just loaded, gathered) values.
-  void load_state(const OptimizerStateReader& reader, int64_t steps_taken);
+  // the master shard from the parameters' current (just loaded, gathered) values, or from
+  // `master_source` (the f32 original of bf16 compute copies) when given.
+  void load_state(const OptimizerStateReader& reader, int64_t steps_taken,
+                  const model::ParamStore* master_source = nullptr);
+  // Collective over dp: writes the fp32 value of every sharded parameter (its gathered master)
+  // into the same-named parameter of `dest` (a CPU store of the masters' dtype); what a checkpoint
+  // of bf16 compute copies exports. Parameters not trained here are left as they are in dest.
+  void copy_masters_to(model::ParamStore& dest);
 
  private:
   void init(const std::vector<std::string>& trainable, const std::set<std::string>& no_decay,
-            const std::vector<std::vector<std::string>>& blocks);
+            const std::vector<std::vector<std::string>>& blocks, const model::ParamStore* master_source);
 
   model::ParamStore& params_;
   parallel::DeviceMesh& mesh_;
@@ -91,7 +103,7 @@ class ShardedAdamW {
   struct Family {
     std::unique_ptr<parallel::ShardedParameters> shards;
     Tensor m, v;
-    std::vector<uint8_t> decay_mask;
+    Tensor decay_mask;  // u8 [shard_size] on the shards' device
     void init(const std::set<std::string>& no_decay, int64_t dp_rank);
   };
   Family flat_, experts_;

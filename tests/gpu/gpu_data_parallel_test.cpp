@@ -487,10 +487,11 @@ TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCount
   fs::remove_all(dir);
 }
 
-// Expert and context parallelism through g4 train on ranks sharing one GPU: context parallelism
-// on 2 ranks (each holding half of every row of the same 4-row batch) and expert parallelism on 2
-// ranks (each holding 2 of the 4 experts and training on its own 2 rows) follow one rank's losses.
-TEST(GpuDataParallelTrain, ExpertAndContextParallelRanksTrainLikeOneRank) {
+// Sharded, expert and context parallelism through g4 train on ranks sharing one GPU: sharded data
+// parallelism on 2 ranks (each its own 2 rows), context parallelism on 2 ranks (each holding half
+// of every row of the same 4-row batch) and expert parallelism on 2 ranks (each holding 2 of the 4
+// experts and training on its own 2 rows) follow one rank's losses.
+TEST(GpuDataParallelTrain, ShardedExpertAndContextParallelRanksTrainLikeOneRank) {
   if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
   G4_REQUIRE_GPU();
   if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
@@ -504,6 +505,9 @@ TEST(GpuDataParallelTrain, ExpertAndContextParallelRanksTrainLikeOneRank) {
       train_on(2, run_args(dense, 1, dir / "cp2") + " parallel.context_parallel=2");
   ASSERT_EQ(cp.code, 0) << cp.output;
   expect_same_curve(losses(dir / "cp2"), losses(dir / "dense_one"), kRunRtol, "cp 2", "1 rank");
+  const test::ProcessResult fsdp = train_on(2, run_args(dense, 2, dir / "fsdp2") + " parallel.fsdp=true");
+  ASSERT_EQ(fsdp.code, 0) << fsdp.output;
+  expect_same_curve(losses(dir / "fsdp2"), losses(dir / "dense_one"), kRunRtol, "sharded dp 2", "1 rank");
 
   const std::string moe = test::write_train_recipe(dir / "moe", /*dense=*/false, /*samples=*/0);
   const test::ProcessResult moe_one = train_on(1, run_args(moe, 1, dir / "moe_one"));

@@ -195,6 +195,36 @@ TEST(Fsdp, FlatLayoutUnitsSplitEachUnitOverTheShards) {
             std::string::npos);
 }
 
+// The GPU's layout (align 128): every parameter starts at a multiple of 128 elements of its unit,
+// every unit is a multiple of shards x 128, so each shard's part of every parameter starts
+// aligned too; the gaps belong to no parameter, and the layout round-trips through its JSON.
+TEST(Fsdp, AlignedFlatLayoutKeepsEveryPartAligned) {
+  auto m = model::load_hf_model(tiny_moe_dir());
+  const std::vector<std::vector<std::string>> units = {
+      {"model.norm.weight"}, {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"}, {}};
+  constexpr int64_t kAlign = 128, kShards = 3;
+  const FlatLayout l = FlatLayout::build_units(m->params(), units, kShards, kAlign);
+  ASSERT_EQ(l.units.size(), 3u);
+  EXPECT_EQ(l.units[0].padded, kShards * kAlign);            // 64 elements
+  EXPECT_EQ(l.units[1].padded, 43 * kShards * kAlign);       // 16384, then 64 at 16384: 16448 -> 43 x 384
+  EXPECT_EQ(l.units[2].padded, kShards * kAlign);            // an empty unit still gives every shard a part
+  EXPECT_EQ(l.find("model.layers.0.input_layernorm.weight")->offset, l.units[1].begin + 16384);
+  EXPECT_EQ(l.numel, 64 + 16384 + 64);
+  for (const FlatUnit& u : l.units) EXPECT_EQ(u.padded % (kShards * kAlign), 0);
+  int64_t owned = 0;
+  for (int64_t d = 0; d < kShards; ++d)
+    l.for_each_owned(d, [&](const FlatParam& p, int64_t first, int64_t count, int64_t local) {
+      owned += count;
+      EXPECT_EQ(local % kAlign, 0) << p.name << " on shard " << d;
+      EXPECT_EQ(l.locate(first).shard, d);
+      EXPECT_EQ(l.locate(first).index, local);
+    });
+  EXPECT_EQ(owned, l.numel);
+  EXPECT_EQ(FlatLayout::from_json(l.to_json(), "test").to_json(), l.to_json());
+  // Packed (align 1, the CPU) is the layout the test above checks.
+  EXPECT_EQ(FlatLayout::build_units(m->params(), units, kShards).units[1].padded, 16449);
+}
+
 TEST(Fsdp, ExpertParametersAreNotFlatSharded) {
   SingleCommunicator one;
   DeviceMesh mesh(one, {});

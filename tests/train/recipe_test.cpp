@@ -92,24 +92,20 @@ TEST(Recipe, Device) {
   EXPECT_NE(e.find("'train.device' must be cpu or cuda, got 'gpu'"), std::string::npos) << e;
   e = error({{"device", 1}});
   EXPECT_NE(e.find("'train.device' has the wrong type"), std::string::npos) << e;
-  // The parallel features GPUs do not run yet are refused by name, with or without a GPU on this
-  // machine (one entry per feature: it goes when the feature lands on the GPU).
+  // Data, sharded, expert and context parallelism are not refused on GPUs: without a GPU the only
+  // complaint is the GPU.
   for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"fsdp", true}}) {
-    e = error({{"device", "cuda"}}, {{key, value}});
-    EXPECT_NE(e.find("'parallel." + key + "'"), std::string::npos) << e;
-    EXPECT_NE(e.find("is not supported with 'train.device' cuda yet"), std::string::npos) << e;
-  }
-  // Plain data parallelism is not refused on GPUs: without a GPU the only complaint is the GPU.
-  if (!cuda_available()) {
-    e = error({{"device", "cuda"}}, {{"data_parallel", 2}});
-    EXPECT_NE(e.find("'train.device' is cuda, but"), std::string::npos) << e;
-    EXPECT_EQ(e.find("parallel.data_parallel"), std::string::npos) << e;
-  } else {
-    nlohmann::json dp = j;
-    dp["train"] = {{"device", "cuda"}};
-    dp["parallel"] = {{"data_parallel", 2}};
-    EXPECT_EQ(train::recipe_from_json(dp, "test.yaml").data_parallel, 2);
+           {"data_parallel", 2}, {"fsdp", true}, {"expert_parallel", 2}, {"context_parallel", 2}}) {
+    if (!cuda_available()) {
+      e = error({{"device", "cuda"}}, {{key, value}});
+      EXPECT_NE(e.find("'train.device' is cuda, but"), std::string::npos) << e;
+      EXPECT_EQ(e.find("parallel." + key), std::string::npos) << e;
+    } else {
+      nlohmann::json on_gpu = j;
+      on_gpu["train"] = {{"device", "cuda"}};
+      on_gpu["parallel"] = {{key, value}};
+      EXPECT_EQ(train::recipe_from_json(on_gpu, "test.yaml").device, Device::CUDA) << key;
+    }
   }
 
   j["train"] = {{"device", "cuda"}};

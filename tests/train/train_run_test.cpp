@@ -677,19 +677,14 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   fs::remove_all(dir);
 }
 
-// train.device: the value, the parallel features GPUs do not run yet with cuda, and (without a GPU) cuda itself are
-// errors naming the recipe and the key, before anything is built.
+// train.device: the value and (without a GPU) cuda itself are errors naming the recipe and the key,
+// before anything is built.
 TEST(TrainRun, DeviceErrors) {
   const fs::path dir = temp_dir("device");
   const std::string recipe = test::write_train_recipe(dir);
   ProcessResult r = run("train " + recipe + " train.device=tpu");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find(recipe + ": recipe key 'train.device' must be cpu or cuda, got 'tpu'"), std::string::npos)
-      << r.output;
-  r = run("train " + recipe + " train.device=cuda parallel.fsdp=true");
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find(recipe + ": 'parallel.fsdp' is not supported with 'train.device' cuda yet"),
-            std::string::npos)
       << r.output;
   if (!cuda_available()) {
     r = run("train " + recipe + " train.device=cuda");
