@@ -27,7 +27,7 @@ for b in "${bins[@]}"; do
   strip --strip-debug "$stage/bin/$(basename "$b")"  # the symbols stay: a crash on the GPU machine gives a readable backtrace
   copy_deps "$b" "$stage/lib"
 done
-# Open MPI's launcher, for multi-rank tests on a GPU machine without one: mpirun, its plugins and
+# Open MPI's launcher for multi-rank tests on the GPU machine (whose own mpirun is another build): mpirun, its plugins and
 # help files in Debian's layout under ompi/ (relocated there by OPAL_PREFIX, see device_run.sh),
 # and the libraries they load.
 ompi=/usr/lib/x86_64-linux-gnu/openmpi

@@ -17,8 +17,9 @@ export G4_PYTHON_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${nccl}:${LD_LIBRARY_PATH:-}"
 export PATH="$bundle/bin:$PATH"
 export NCCL_NVLS_ENABLE=0
-# No mpirun there: the bundle's Open MPI, relocated to where it was unpacked.
-if ! command -v mpirun > /dev/null && [ -x "$bundle/ompi/bin/mpirun" ]; then
+# The bundle's Open MPI, relocated to where it was unpacked: the ranks load the bundle's libmpi and
+# PMIx, which a GPU machine's own mpirun (another Open MPI build) does not speak to.
+if [ -x "$bundle/ompi/bin/mpirun" ]; then
   export OPAL_PREFIX="$bundle/ompi" PATH="$bundle/ompi/bin:$PATH"
 fi
 "$@"

@@ -220,7 +220,9 @@ Var embedding(const Var& weight, const Tensor& ids, int64_t padding_idx) {
       // allocating a second [V, D] buffer (on the GPU, where it is f32, that is 3 GB at Gemma 4's size).
       Tensor& g = wi->grad;
       const DType want = wi->fp32_grad ? DType::F32 : wi->value.dtype();
-      if (g.defined() && g.dtype() == want && g.device() == oi->grad.device()) {
+      // (The GPU adds into f32 only: a bf16 activation table's second use takes the path below.)
+      if (g.defined() && g.dtype() == want && g.device() == oi->grad.device() &&
+          (want == DType::F32 || g.device() == Device::CPU)) {
         ops::embedding_backward_accumulate(owned_grad(wi), oi->grad, ids, padding_idx);
         return;
       }
