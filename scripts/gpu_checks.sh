@@ -17,11 +17,11 @@ mkdir -p "$out"
 limit="${G4_STAGE_TIMEOUT:-540}"
 run="scripts/device_run.sh"
 
-# The test_gpu suites written while no GPU was lent (sessions 9 and 10).
-new_tests='*GpuGroupedMatmul.*:*GpuMoeDeviceOffsets.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuAttention.*:*GpuFixture.*'
-new_tests+=':*GpuLoraExperts.*:GpuDiffusion*:GpuTrain*:*GpuVideo.*:PagedAttentionGpu.*:GpuEngineMedia.*'
-# Session 11: expert and context parallelism on GPU ranks (GpuParallelLaunch re-runs test_gpu under mpirun).
-new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*'
+# The test_gpu suites that have not yet passed on a GPU: sessions 9-10's that failed on 2026-12-05
+# and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashes on the host before its first comparison), and session
+# 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
+new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'
 
 stage() {
   case "$1" in
