@@ -15,7 +15,6 @@
 #include "core/error.h"
 #include "io/json_input.h"
 #include "io/utf8.h"
-#include "parallel/world.h"
 
 namespace g4::train {
 
@@ -526,20 +525,8 @@ json parse_yaml(std::string_view text, const std::string& what) {
   return YamlToJson(what)(root);
 }
 
-// What training on GPUs does not do yet: one line per feature, each saying why. A line goes when its
-// feature runs on the GPU. Plain data parallelism (several ranks, parallel.data_parallel) does.
-void refuse_unsupported_gpu_features(const Recipe& r, const std::string& source, int launched_ranks) {
-  const auto refuse = [&](bool used, const char* feature, const char* why) {
-    G4_CHECK(!used, source, ": ", feature, " is not supported with 'train.device' cuda yet (", why,
-             "); use train.device: cpu for it, or plain data parallelism on GPUs");
-  };
-  refuse(r.command == Command::kRl && launched_ranks > 1, "g4 rl on several ranks",
-         "rollout generation and GRPO's exchanges have not been brought to GPU ranks");
-}
-
 // train.device: cuda, after the parallel keys.
 void check_cuda_device(const Recipe& r, const std::string& source) {
-  refuse_unsupported_gpu_features(r, source, parallel::detect_launch().size);
 #ifdef G4_WITH_CUDA
   const char* why = "no CUDA GPU is visible on this machine";
 #else
