@@ -115,11 +115,11 @@ struct StepStats {
   double loss = 0, norm = 0;
 };
 
-// One step of `opt` on this rank's rows of `b` (global loss: every rank's share summed).
-StepStats run_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& world, const Rows& b) {
-  opt.release_parameters();  // no-op unless sharded: the forward gathers block by block
+// This rank's rows of `b` forward: its share of the whole batch's mean loss (every rank knows the
+// whole batch, so it counts the batch's tokens itself).
+ag::Var rank_loss_share(model::Gemma4& gpu, Communicator& world, const Rows& b) {
   parallel::SingleCommunicator one;
-  const int64_t N = parallel::global_token_count(b.labels, one);  // every rank knows the whole batch
+  const int64_t N = parallel::global_token_count(b.labels, one);
   const int64_t rows = b.ids.size(0) / world.size();
   const Rows mine = b.slice(world.rank() * rows, rows);
   model::ForwardInputs in;
@@ -127,7 +127,13 @@ StepStats run_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& worl
   in.position_ids = mine.positions;
   in.labels = mine.labels;
   in.return_logits = false;
-  const ag::Var share = parallel::global_loss_share(gpu.forward(in), N);
+  return parallel::global_loss_share(gpu.forward(in), N);
+}
+
+// One step of `opt` on this rank's rows of `b` (global loss: every rank's share summed).
+StepStats run_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& world, const Rows& b) {
+  opt.release_parameters();  // no-op unless sharded: the forward gathers block by block
+  const ag::Var share = rank_loss_share(gpu, world, b);
   Tensor loss = share.value().to(DType::F32).reshape({1});
   ag::backward(share);
   if (world.size() > 1) world.all_reduce(loss);
@@ -143,16 +149,7 @@ StepStats run_step(model::Gemma4& gpu, train::Optimizer& opt, Communicator& worl
 double eval_loss(model::Gemma4& gpu, train::Optimizer& opt, Communicator& world, const Rows& b) {
   opt.release_parameters();
   ag::NoGrad no_grad;
-  parallel::SingleCommunicator one;
-  const int64_t N = parallel::global_token_count(b.labels, one);
-  const int64_t rows = b.ids.size(0) / world.size();
-  const Rows mine = b.slice(world.rank() * rows, rows);
-  model::ForwardInputs in;
-  in.input_ids = mine.ids;
-  in.position_ids = mine.positions;
-  in.labels = mine.labels;
-  in.return_logits = false;
-  Tensor loss = parallel::global_loss_share(gpu.forward(in), N).value().to(DType::F32).reshape({1});
+  Tensor loss = rank_loss_share(gpu, world, b).value().to(DType::F32).reshape({1});
   if (world.size() > 1) world.all_reduce(loss);
   return loss.item();
 }

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/variable.h"
+#include "cuda_collective_checks.h"
 #include "core/random.h"
 #include "gpu_test.h"
 #include "model/named_configs.h"
@@ -41,6 +42,7 @@ namespace g4::parallel {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::rank_on_gpu;
 using testing::kAllDTypes;
 using testing::rank_values;
 using testing::reduce_locally;
@@ -71,95 +73,21 @@ Communicator& staged_world() {
   return *world;
 }
 
-Tensor rank_on_gpu(int rank, const Shape& shape, DType dtype, uint64_t seed) {
-  return rank_values(rank, shape, dtype, seed).to(Device::CUDA);
-}
-
 TEST(HostStagedRanks, EveryCollectiveOnCudaTensors) {
   G4_SKIP_UNLESS_MPI_CHILD();
   G4_REQUIRE_GPU();
   Communicator& comm = staged_world();
-  const int rank = comm.rank(), n = comm.size();
-  ASSERT_GE(n, 2);
-  EXPECT_EQ(comm.device(), Device::CUDA);
   EXPECT_STREQ(comm.backend(), "mpi (host-staged)");
-  for (DType dtype : kAllDTypes) {
-    SCOPED_TRACE(dtype_name(dtype));
-    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
-      Tensor t = rank_on_gpu(rank, {3, 5}, dtype, 21);
-      comm.all_reduce(t, op);
-      EXPECT_EQ(t.device(), Device::CUDA);
-      EXPECT_TRUE(same_values(t.to(Device::CPU), reduce_locally(n, {3, 5}, dtype, 21, op))) << reduce_op_name(op);
-    }
-    Tensor b = rank_on_gpu(rank, {4}, dtype, 22);
-    comm.broadcast(b, n - 1);
-    EXPECT_TRUE(same_values(b.to(Device::CPU), rank_values(n - 1, {4}, dtype, 22)));
-
-    const Tensor in = rank_on_gpu(rank, {2, 3}, dtype, 23);
-    Tensor gathered = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);
-    comm.all_gather(in, gathered);
-    const Tensor g = gathered.to(Device::CPU);
-    for (int r = 0; r < n; ++r)
-      EXPECT_TRUE(same_values(g.slice0(2 * r, 2), rank_values(r, {2, 3}, dtype, 23))) << "rows of " << r;
-
-    const Tensor full_in = rank_on_gpu(rank, {3 * n, 2}, dtype, 24);
-    Tensor part = Tensor::zeros({3, 2}, dtype, Device::CUDA);
-    comm.reduce_scatter(full_in, part, ReduceOp::Sum);
-    const Tensor want = reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Sum);
-    EXPECT_TRUE(same_values(part.to(Device::CPU), want.slice0(3 * rank, 3)));
-    Tensor part_max = Tensor::zeros({3, 2}, dtype, Device::CUDA);
-    comm.reduce_scatter(full_in, part_max, ReduceOp::Max);
-    EXPECT_TRUE(same_values(part_max.to(Device::CPU),
-                            reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Max).slice0(3 * rank, 3)));
-
-    // Async: results only after wait(); started in the same order on every rank.
-    Tensor gathered_async = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);
-    Tensor part_async = Tensor::zeros({3, 2}, dtype, Device::CUDA);
-    CollectiveHandle ga = comm.all_gather_async(in, gathered_async);
-    CollectiveHandle ra = comm.reduce_scatter_async(full_in, part_async, ReduceOp::Sum);
-    ga->wait();
-    ra->wait();
-    EXPECT_TRUE(same_values(gathered_async.to(Device::CPU), g));
-    EXPECT_TRUE(same_values(part_async.to(Device::CPU), want.slice0(3 * rank, 3)));
-  }
-  comm.barrier();
+  testing::check_collectives(comm, std::vector<DType>(std::begin(kAllDTypes), std::end(kAllDTypes)));
 }
 
-// Uneven rows: rank r sends r + 1 + d rows to rank d; point to point around the ring.
+// Uneven all-to-all; point to point around the ring.
 TEST(HostStagedRanks, AllToAllAndPointToPoint) {
   G4_SKIP_UNLESS_MPI_CHILD();
   G4_REQUIRE_GPU();
   Communicator& comm = staged_world();
   const int rank = comm.rank(), n = comm.size();
-  auto sends = [](int from, int to) { return static_cast<int64_t>(from + 1 + to); };
-  std::vector<int64_t> send_counts, want_counts;
-  int64_t rows = 0;
-  for (int d = 0; d < n; ++d) {
-    send_counts.push_back(sends(rank, d));
-    want_counts.push_back(sends(d, rank));
-    rows += sends(rank, d);
-  }
-  const std::vector<int64_t> recv_counts = comm.exchange_counts(send_counts);
-  ASSERT_EQ(recv_counts, want_counts);
-  int64_t recv_rows = 0;
-  for (int64_t c : recv_counts) recv_rows += c;
-  for (DType dtype : {DType::BF16, DType::F32, DType::I64}) {
-    SCOPED_TRACE(dtype_name(dtype));
-    const Tensor in = rank_on_gpu(rank, {rows, 3}, dtype, 25);
-    Tensor out = Tensor::zeros({recv_rows, 3}, dtype, Device::CUDA);
-    comm.all_to_all(in, send_counts, out, recv_counts);
-    const Tensor got = out.to(Device::CPU);
-    int64_t at = 0;
-    for (int src = 0; src < n; ++src) {
-      int64_t offset = 0, src_rows = 0;  // where rank src's rows for this rank start in its input
-      for (int d = 0; d < rank; ++d) offset += sends(src, d);
-      for (int d = 0; d < n; ++d) src_rows += sends(src, d);
-      const Tensor src_in = rank_values(src, {src_rows, 3}, dtype, 25);
-      EXPECT_TRUE(same_values(got.slice0(at, sends(src, rank)), src_in.slice0(offset, sends(src, rank))))
-          << "rows from " << src;
-      at += sends(src, rank);
-    }
-  }
+  testing::check_all_to_all(comm, {DType::BF16, DType::F32, DType::I64});
   const int next = (rank + 1) % n, prev = (rank + n - 1) % n;
   const Tensor mine = rank_on_gpu(rank, {7}, DType::BF16, 26);
   Tensor theirs = Tensor::zeros({7}, DType::BF16, Device::CUDA);

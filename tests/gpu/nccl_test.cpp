@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_collective_checks.h"
 #include "gpu_test.h"
 #include "rank_launch.h"
 #include "parallel/parallel_test_util.h"
@@ -250,94 +251,25 @@ Communicator& nccl_world() {
   return *comm;
 }
 
-// Small integers (exact in every dtype and in their sums): rank r's tensor is rank_values(r, ...).
-Tensor rank_on_gpu(int rank, const Shape& shape, DType dtype, uint64_t seed) {
-  return on_gpu(testing::rank_values(rank, shape, dtype, seed));
-}
-
 TEST(NcclRanks, Collectives) {
   G4_SKIP_UNLESS_MPI_CHILD();
-  Communicator& comm = nccl_world();
-  const int rank = comm.rank(), n = comm.size();
-  ASSERT_EQ(n, 2);
-  for (DType dtype : {DType::F32, DType::BF16, DType::F64, DType::I64}) {
-    SCOPED_TRACE(dtype_name(dtype));
-    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
-      Tensor t = rank_on_gpu(rank, {3, 5}, dtype, 21);
-      comm.all_reduce(t, op);
-      EXPECT_TRUE(same_values(result(comm, t), testing::reduce_locally(n, {3, 5}, dtype, 21, op)))
-          << reduce_op_name(op);
-    }
-    Tensor b = rank_on_gpu(rank, {4}, dtype, 22);
-    comm.broadcast(b, 1);
-    EXPECT_TRUE(same_values(result(comm, b), testing::rank_values(1, {4}, dtype, 22)));
-
-    const Tensor in = rank_on_gpu(rank, {2, 3}, dtype, 23);
-    Tensor gathered = gpu_zeros({2 * n, 3}, dtype);
-    comm.all_gather(in, gathered);
-    const Tensor g = result(comm, gathered);
-    for (int r = 0; r < n; ++r)
-      EXPECT_TRUE(same_values(g.slice0(2 * r, 2), testing::rank_values(r, {2, 3}, dtype, 23))) << "rows of " << r;
-
-    const Tensor full_in = rank_on_gpu(rank, {3 * n, 2}, dtype, 24);
-    Tensor part = gpu_zeros({3, 2}, dtype);
-    comm.reduce_scatter(full_in, part, ReduceOp::Sum);
-    const Tensor want = testing::reduce_locally(n, {3 * n, 2}, dtype, 24, ReduceOp::Sum);
-    EXPECT_TRUE(same_values(result(comm, part), want.slice0(3 * rank, 3)));
-
-    Tensor gathered_async = Tensor::zeros({2 * n, 3}, dtype, Device::CUDA);
-    Tensor part_async = Tensor::zeros({3, 2}, dtype, Device::CUDA);
-    CollectiveHandle ga = comm.all_gather_async(in, gathered_async);
-    CollectiveHandle ra = comm.reduce_scatter_async(full_in, part_async, ReduceOp::Sum);
-    ga->wait();
-    ra->wait();
-    EXPECT_TRUE(same_values(gathered_async.to(Device::CPU), g));
-    EXPECT_TRUE(same_values(part_async.to(Device::CPU), want.slice0(3 * rank, 3)));
-  }
-  comm.barrier();
+  testing::check_collectives(nccl_world(), {DType::F32, DType::BF16, DType::F64, DType::I64});
 }
 
-// Uneven rows: rank r sends r + 1 + d rows to rank d; the counts exchange says what arrives.
+// Uneven all-to-all; point to point between the two ranks.
 TEST(NcclRanks, AllToAllAndPointToPoint) {
   G4_SKIP_UNLESS_MPI_CHILD();
   Communicator& comm = nccl_world();
-  const int rank = comm.rank(), n = comm.size();
-  auto sends = [](int from, int to) { return static_cast<int64_t>(from + 1 + to); };
-  std::vector<int64_t> send_counts, want_counts;
-  int64_t rows = 0;
-  for (int d = 0; d < n; ++d) {
-    send_counts.push_back(sends(rank, d));
-    want_counts.push_back(sends(d, rank));
-    rows += sends(rank, d);
-  }
-  const std::vector<int64_t> recv_counts = comm.exchange_counts(send_counts);
-  ASSERT_EQ(recv_counts, want_counts);
-  int64_t recv_rows = 0;
-  for (int64_t c : recv_counts) recv_rows += c;
-  const Tensor in = rank_on_gpu(rank, {rows, 3}, DType::F32, 25);
-  Tensor out = gpu_zeros({recv_rows, 3}, DType::F32);
-  comm.all_to_all(in, send_counts, out, recv_counts);
-  const Tensor got = result(comm, out);
-  int64_t at = 0;
-  for (int src = 0; src < n; ++src) {
-    int64_t offset = 0;  // where rank src's rows for this rank start in its input
-    for (int d = 0; d < rank; ++d) offset += sends(src, d);
-    int64_t src_rows = 0;
-    for (int d = 0; d < n; ++d) src_rows += sends(src, d);
-    const Tensor src_in = testing::rank_values(src, {src_rows, 3}, DType::F32, 25);
-    EXPECT_TRUE(same_values(got.slice0(at, sends(src, rank)), src_in.slice0(offset, sends(src, rank))))
-        << "rows from " << src;
-    at += sends(src, rank);
-  }
-
+  const int rank = comm.rank();
+  testing::check_all_to_all(comm, {DType::F32});
   const int peer = 1 - rank;
-  const Tensor mine = rank_on_gpu(rank, {7}, DType::BF16, 26);
+  const Tensor mine = testing::rank_on_gpu(rank, {7}, DType::BF16, 26);
   Tensor theirs = gpu_zeros({7}, DType::BF16);
   comm.send_recv(mine, peer, theirs, peer);
   EXPECT_TRUE(same_values(result(comm, theirs), testing::rank_values(peer, {7}, DType::BF16, 26)));
   Tensor one_way = gpu_zeros({5}, DType::I32);
   if (rank == 0) {
-    const Tensor payload = rank_on_gpu(0, {5}, DType::I32, 27);
+    const Tensor payload = testing::rank_on_gpu(0, {5}, DType::I32, 27);
     comm.send(payload, 1);
     comm.synchronize();  // before payload is freed
   } else {
