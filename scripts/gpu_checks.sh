@@ -18,7 +18,7 @@ limit="${G4_STAGE_TIMEOUT:-540}"
 run="scripts/device_run.sh"
 
 # The test_gpu suites that have not yet passed on a GPU: sessions 9-10's that failed on 2026-12-05
-# and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashes on the host before its first comparison), and session
+# and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU tensor on the host), and session
 # 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
 new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'

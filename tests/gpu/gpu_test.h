@@ -57,8 +57,9 @@ inline double l2_diff(const Tensor& a_any, const Tensor& b_any, double* norm_out
 // passing run still reports how close it was.
 inline double expect_close_scaled(const Tensor& actual_any, const Tensor& expected_any, double atol, double rtol,
                                   const std::string& what) {
+  // Either side may be on the GPU (a GPU path checked against another GPU path): both are read on the host.
   const Tensor actual = actual_any.device() == Device::CUDA ? host_f32(actual_any) : actual_any.to(DType::F32);
-  const Tensor expected = expected_any.to(DType::F32);
+  const Tensor expected = expected_any.device() == Device::CUDA ? host_f32(expected_any) : expected_any.to(DType::F32);
   EXPECT_EQ(actual.shape(), expected.shape()) << what;
   if (actual.shape() != expected.shape()) return INFINITY;
   const float* a = actual.data<float>();
