@@ -26,11 +26,11 @@ std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::
       full->params().at(n).mutable_value().copy_from(v);
       continue;
     }
-    // Through the group's device: a GPU group gathers the (host) exported experts on its GPUs.
+    // Host values: a GPU group gathers the exported experts through its GPUs.
     Shape whole = v.shape();
     whole[0] *= ep.size();
-    Tensor gathered = Tensor::empty(whole, v.dtype(), ep.device());
-    ep.all_gather(parallel::on_device_of(ep, v), gathered);
+    Tensor gathered = Tensor::empty(whole, v.dtype(), v.device());
+    parallel::all_gather_values(ep, v, gathered);
     full->params().at(n).mutable_value().copy_from(gathered);
   }
   for (const auto& [n, b] : m.params().buffers)

@@ -236,9 +236,9 @@ Communicator& gpu_world() {
 
 // A fresh seed drawn on rank 0, the same on every rank.
 uint64_t shared_seed(Communicator& world) {
-  Tensor t = on_device_of(world, Tensor::scalar(static_cast<double>(fresh_seed() >> 12), DType::I64));
-  world.broadcast(t, 0);
-  const auto seed = static_cast<uint64_t>(t.to(Device::CPU).data<int64_t>()[0]);
+  Tensor t = Tensor::scalar(static_cast<double>(fresh_seed() >> 12), DType::I64);
+  broadcast_values(world, t, 0);
+  const auto seed = static_cast<uint64_t>(t.data<int64_t>()[0]);
   if (world.rank() == 0) std::printf("  seed %llu\n", static_cast<unsigned long long>(seed));
   return seed;
 }
@@ -368,9 +368,9 @@ void sum_gradients(model::Gemma4& m, DeviceMesh& mesh) {
 }
 
 double sum_over(Communicator& world, double x) {
-  Tensor t = on_device_of(world, Tensor::scalar(x, DType::F64));
-  world.all_reduce(t);
-  return t.to(Device::CPU).data<double>()[0];
+  Tensor t = Tensor::scalar(x, DType::F64);
+  all_reduce_values(world, t);
+  return t.data<double>()[0];
 }
 
 std::unique_ptr<model::Gemma4> gpu_model(int ep_rank, int ep_size) {
