@@ -40,6 +40,8 @@ std::pair<int, int> first_shared_gpu(const std::vector<GpuPlacement>& placements
   return {-1, -1};
 }
 
+int ranks_on_my_gpu = 1;  // set once per process by make_gpu_world_communicator
+
 }  // namespace
 
 const char* gpu_backend_name(GpuBackend b) { return b == GpuBackend::Nccl ? "nccl" : "mpi (host-staged)"; }
@@ -80,6 +82,9 @@ std::unique_ptr<Communicator> make_gpu_world_communicator() {
   std::vector<GpuPlacement> placements(static_cast<size_t>(bootstrap->size()));
   for (size_t r = 0; r < placements.size(); ++r)
     placements[r] = {all.data<int64_t>()[2 * r], all.data<int64_t>()[2 * r + 1]};
+  const GpuPlacement& me = placements[static_cast<size_t>(bootstrap->rank())];
+  ranks_on_my_gpu = 0;
+  for (const GpuPlacement& p : placements) ranks_on_my_gpu += p.host == me.host && p.device == me.device;
   const char* forced_env = std::getenv("G4_COMMUNICATOR");
   const GpuBackend backend = choose_gpu_backend(placements, forced_env ? forced_env : "", kNcclBuilt);
   if (bootstrap->rank() == 0) {
@@ -95,5 +100,7 @@ std::unique_ptr<Communicator> make_gpu_world_communicator() {
   if (!world) world = make_host_staged_communicator(std::move(bootstrap));
   return world;
 }
+
+int ranks_on_this_gpu() { return ranks_on_my_gpu; }
 
 }  // namespace g4::parallel

@@ -39,4 +39,10 @@ GpuBackend choose_gpu_backend(const std::vector<GpuPlacement>& placements, const
 // on stderr. Collective over the launched processes.
 std::unique_ptr<Communicator> make_gpu_world_communicator();
 
+// How many ranks of this run compute on this rank's GPU, itself included, as placed by
+// make_gpu_world_communicator (1 before it ran, or in a CPU run). Ranks that share a GPU share its
+// memory too: what a rank sizes from the free memory (the generation engine's KV pages) takes
+// this share of its fraction, since the ranks size theirs at the same moment.
+int ranks_on_this_gpu();
+
 }  // namespace g4::parallel

@@ -8,6 +8,7 @@
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "io/json_input.h"
+#include "parallel/gpu_world.h"
 #include "train/checkpoint.h"
 
 namespace g4::rl {
@@ -52,7 +53,9 @@ RolloutOptions rollout_options(const train::RlSettings& rl) {
   o.stop_strings = rl.stop_strings;
   o.page_size = rl.page_size;
   o.max_running = rl.max_running;
-  o.memory_fraction = rl.memory_fraction;
+  // Ranks sharing one GPU build their engines at the same moment, each sizing its pages from the
+  // same free memory: each takes its share of the fraction.
+  o.memory_fraction = rl.memory_fraction / parallel::ranks_on_this_gpu();
   o.seed = rl.seed;
   return o;
 }

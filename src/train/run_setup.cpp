@@ -104,10 +104,6 @@ std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Commu
 }  // namespace
 
 RunParts::RunParts(const Recipe& recipe, int64_t row_len) : r(recipe) {
-  // What GPU ranks do not run yet, refused before any rank starts its GPU or MPI.
-  G4_CHECK(!(r.device == Device::CUDA && r.command == Command::kRl && parallel::detect_launch().size > 1), r.source,
-           ": g4 rl on several ranks is not supported with 'train.device' cuda yet (rollout generation and GRPO's "
-           "exchanges have not been brought to GPU ranks); run it on one GPU, or on CPU ranks");
   // One process per replica (mpirun / srun / g4 launch); a plain launch is one rank. GPU ranks
   // take their GPU first and join over NCCL or host-staged MPI (parallel/gpu_world.h).
   world = r.device == Device::CUDA ? parallel::make_gpu_world_communicator() : parallel::make_world_communicator();

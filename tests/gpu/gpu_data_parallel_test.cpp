@@ -344,17 +344,9 @@ std::string run_args(const std::string& recipe, int ranks, const fs::path& dir) 
          " log.samples=0 checkpoint.dir=" + dir.string();
 }
 
-// Every rank sees the same one GPU (the first this process sees), so that the ranks share it
-// on any machine: the host-staged path, whatever the number of GPUs.
-std::string one_gpu_env() {
-  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  const std::string v = visible && *visible ? visible : "0";
-  return "CUDA_VISIBLE_DEVICES=" + v.substr(0, v.find(','));
-}
-
 test::ProcessResult train_on(int ranks, const std::string& args, const std::string& env = "") {
   const std::string launcher = ranks > 1 ? test::mpirun_prefix(ranks) : "";
-  return test::run_g4(args, one_gpu_env() + " " + env + " " + launcher);
+  return test::run_g4(args, test::one_gpu_env() + " " + env + " " + launcher);
 }
 
 // Different batch shapes per rank (4 rows on one rank, 2 or 1 on several) round differently in
@@ -386,7 +378,7 @@ TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCount
     EXPECT_TRUE(fs::exists(run / "checkpoints" / "step-00000008" / "model.safetensors"));
   }
   // g4 launch -n 2 runs the same job as mpirun -np 2.
-  const test::ProcessResult launched = test::run_g4("launch -n 2 " + run_args(recipe, 2, dir / "launch"), one_gpu_env());
+  const test::ProcessResult launched = test::run_g4("launch -n 2 " + run_args(recipe, 2, dir / "launch"), test::one_gpu_env());
   ASSERT_EQ(launched.code, 0) << launched.output;
   expect_same_curve(losses(dir / "launch"), losses(dir / "ranks2"), kRunRtol, "g4 launch -n 2", "mpirun -np 2");
   // Forcing NCCL onto ranks that share the GPU is a clear error on every rank.

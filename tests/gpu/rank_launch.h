@@ -28,6 +28,14 @@ inline std::string mpirun_prefix(int ranks) {
          std::to_string(ranks);
 }
 
+// Every rank sees the same one GPU (the first this process sees), so that the ranks share it
+// on any machine: the host-staged path, whatever the number of GPUs.
+inline std::string one_gpu_env() {
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string v = visible && *visible ? visible : "0";
+  return "CUDA_VISIBLE_DEVICES=" + v.substr(0, v.find(','));
+}
+
 // Runs `filter` (the rank-side suite) on `ranks` ranks of this binary; expects `tests` tests to
 // pass on every rank and none to fail or be skipped. `env` goes in front ("A=1 B=2").
 inline void expect_ranks_pass(int ranks, const std::string& filter, int tests, const std::string& env = "") {
