@@ -21,7 +21,7 @@ run="scripts/device_run.sh"
 # and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU tensor on the host), and session
 # 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
-new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*'
 
 stage() {
   case "$1" in
