@@ -1,6 +1,7 @@
 // Dense GEMMs on the GPU (cuBLASLt) against the CPU reference: f32 with tight tolerances (fp32
 // compute, no TF32), bf16 with a tolerance for the bf16 rounding of the result.
 #include "gpu_test.h"
+#include "ops/cuda/gemv.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 
@@ -137,6 +138,42 @@ TEST(GpuMatmul, BadArgumentsNameTheOp) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("matmul"), std::string::npos) << e.what();
   }
+}
+
+// The decode-step GEMV (ops/cuda/gemv.h) against the CPU: 1 to 8 rows, shapes that leave a partial
+// block of W's rows and a partial step of k, bf16 and f32 outputs, and y = alpha·x·Wᵀ + beta·y.
+TEST(GpuGemv, FewRowsMatchTheCpu) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t n, k;
+  };
+  uint64_t seed = 900;
+  for (const Case c : {Case{1, 8}, Case{37, 64}, Case{300, 1000}, Case{2048, 2816}, Case{5, 4104}})
+    for (int64_t m = 1; m <= ops::cuda::kGemvMaxRows; ++m)
+      for (const DType out : {DType::BF16, DType::F32})
+        for (const bool accumulate : {false, true}) {
+          const Tensor x = randn_bf16_exact({m, c.k}, ++seed), w = randn_bf16_exact({c.n, c.k}, ++seed);
+          const Tensor y0 = randn_bf16_exact({m, c.n}, ++seed);
+          const float alpha = accumulate ? 0.5f : 1.0f, beta = accumulate ? -0.75f : 0.0f;
+          const Tensor product = ops::matmul(x, w, false, true);
+          Tensor want = Tensor::empty({m, c.n}, DType::F32);
+          for (int64_t i = 0; i < want.numel(); ++i)
+            want.data<float>()[i] = alpha * product.data<float>()[i] + beta * y0.data<float>()[i];
+          const Tensor xg = gpu_bf16(x), wg = gpu_bf16(w);
+          Tensor y = y0.to(out).to(Device::CUDA);
+          ops::cuda::gemv_rowmajor(m, c.n, c.k, alpha, xg.raw(), c.k, wg.raw(), c.k, beta, y.raw(), c.n, out);
+          expect_close_scaled(y, want, 0, out == DType::F32 ? kF32Rtol : kBf16Rtol,
+                              "gemv m=" + std::to_string(m) + " n=" + std::to_string(c.n) + " k=" +
+                                  std::to_string(c.k) + " " + dtype_name(out) + (accumulate ? " accumulate" : ""));
+        }
+  // What it does not take goes to cuBLASLt: odd k, misaligned rows, f32 inputs, more than 8 rows.
+  const Tensor a = gpu_bf16(randn_bf16_exact({2, 24}, 1));
+  EXPECT_TRUE(ops::cuda::gemv_fits(2, 24, a.raw(), 24, a.raw(), 24, DType::BF16, DType::BF16));
+  EXPECT_FALSE(ops::cuda::gemv_fits(2, 20, a.raw(), 20, a.raw(), 20, DType::BF16, DType::BF16));
+  EXPECT_FALSE(ops::cuda::gemv_fits(1, 16, static_cast<const char*>(a.raw()) + 2, 24, a.raw(), 24, DType::BF16,
+                                    DType::BF16));
+  EXPECT_FALSE(ops::cuda::gemv_fits(2, 24, a.raw(), 24, a.raw(), 24, DType::F32, DType::F32));
+  EXPECT_FALSE(ops::cuda::gemv_fits(9, 24, a.raw(), 24, a.raw(), 24, DType::BF16, DType::BF16));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
+#include "ops/cuda/gemv.h"
 
 namespace g4::ops::cuda {
 
@@ -153,6 +154,11 @@ void gemm_rowmajor_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int
   }
   G4_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n, "gemm: row strides lda ", lda, ", ldb ",
            ldb, ", ldc ", ldc, " too small for [", m, ", ", k, "] x [", k, ", ", n, "]");
+  // A decode step's few rows against a weight matrix: one pass over W (gemv.h), when enabled.
+  if (batch == 1 && !trans_a && trans_b && gemv_enabled() && gemv_fits(m, k, a, lda, b, ldb, ab_dtype, c_dtype)) {
+    gemv_rowmajor(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, c_dtype);
+    return;
+  }
   const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, ab_dtype, c_dtype, alignment(a, stride_a * dtype_size(ab_dtype)),
                 alignment(b, stride_b * dtype_size(ab_dtype)), alignment(c, stride_c * dtype_size(c_dtype)), beta != 0.0f, batch, stride_a, stride_b, stride_c};
   const Plan& p = plan_for(key);

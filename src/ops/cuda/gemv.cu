@@ -1,0 +1,144 @@
+// y = alpha·x·Wᵀ + beta·y for a few rows of x (ops/cuda/gemv.h). A block of kWarps warps owns kRows
+// consecutive rows of W and splits k among its warps; each lane loads 8 bf16 of each of the kRows
+// rows of W per step (16 bytes each, several loads in flight) and applies every row of x to them,
+// so W is read once and x (small, L1-resident) once per kRows rows. The partial sums are reduced
+// within each warp by shuffles, then across the warps through shared memory, in a fixed order.
+#include "ops/cuda/gemv.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "ops/cuda/common.cuh"
+
+namespace g4::ops::cuda {
+
+namespace {
+
+// 8 bf16 at p (16-byte aligned) as floats.
+__device__ __forceinline__ void load8(const bf16_t* p, float* out) {
+  const Pack<bf16_t, 8> v = load_pack<bf16_t, 8>(p);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = to_f32(v.v[e]);
+}
+
+constexpr int kWarps = 4;
+constexpr int kRows = 4;  // rows of W per block
+constexpr int kPerLane = 8;  // bf16 per 16-byte load
+constexpr int kStride = kWarps * 32 * kPerLane;  // elements of k one block step covers
+
+template <int M, class TY>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
+                                                           const bf16_t* __restrict__ w, int64_t ldw,
+                                                           TY* __restrict__ y, int64_t ldy, int64_t n, int64_t k,
+                                                           float alpha, float beta) {
+  __shared__ float partial[kWarps][M * kRows];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  // Rows past n (the last block) read the last row again; their sums are never written.
+  const bf16_t* wr[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wr[r] = w + (row0 + r < n ? row0 + r : n - 1) * ldw;
+
+  float acc[M][kRows];
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[i][r] = 0.f;
+
+#pragma unroll 2
+  for (int64_t k0 = (static_cast<int64_t>(warp) * 32 + lane) * kPerLane; k0 < k; k0 += kStride) {
+    float wv[kRows][kPerLane];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) load8(wr[r] + k0, wv[r]);
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      float xv[kPerLane];
+      load8(x + i * ldx + k0, xv);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int e = 0; e < kPerLane; ++e) acc[i][r] = fmaf(xv[e], wv[r][e], acc[i][r]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float v = warp_reduce(acc[i][r], SumOp{});
+      if (lane == 0) partial[warp][i * kRows + r] = v;
+    }
+  __syncthreads();
+  for (int t = threadIdx.x; t < M * kRows; t += blockDim.x) {
+    const int i = t / kRows, r = t % kRows;
+    if (row0 + r >= n) continue;
+    float s = 0.f;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) s += partial[v][t];
+    TY* out = y + i * ldy + row0 + r;
+    float value = alpha * s;
+    if (beta != 0.f) value = fmaf(beta, to_f32(*out), value);
+    *out = from_f32<TY>(value);
+  }
+}
+
+template <class TY>
+void launch(int64_t m, int64_t n, int64_t k, float alpha, const bf16_t* x, int64_t ldx, const bf16_t* w, int64_t ldw,
+            float beta, TY* y, int64_t ldy) {
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  G4_CHECK(blocks <= 0x7fffffff, "gemv: ", n, " output columns exceed one grid");
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+  cudaStream_t s = g4::cuda::stream();
+  switch (m) {
+#define G4_GEMV_CASE(M) \
+  case M: gemv_kernel<M, TY><<<grid, block, 0, s>>>(x, ldx, w, ldw, y, ldy, n, k, alpha, beta); break;
+    G4_GEMV_CASE(1)
+    G4_GEMV_CASE(2)
+    G4_GEMV_CASE(3)
+    G4_GEMV_CASE(4)
+    G4_GEMV_CASE(5)
+    G4_GEMV_CASE(6)
+    G4_GEMV_CASE(7)
+    G4_GEMV_CASE(8)
+#undef G4_GEMV_CASE
+    default: G4_FAIL("gemv: ", m, " rows (1 to ", kGemvMaxRows, ")");
+  }
+  G4_CUDA_CHECK_LAUNCH();
+}
+
+bool aligned_rows(const void* p, int64_t ld) { return aligned16(p) && ld % kPerLane == 0; }
+
+}  // namespace
+
+bool gemv_fits(int64_t m, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw, DType ab_dtype,
+               DType y_dtype) {
+  return m >= 1 && m <= kGemvMaxRows && k > 0 && k % kPerLane == 0 && ab_dtype == DType::BF16 &&
+         (y_dtype == DType::BF16 || y_dtype == DType::F32) && aligned_rows(x, ldx) && aligned_rows(w, ldw);
+}
+
+void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, int64_t ldx, const void* w,
+                   int64_t ldw, float beta, void* y, int64_t ldy, DType y_dtype) {
+  G4_CHECK(gemv_fits(m, k, x, ldx, w, ldw, DType::BF16, y_dtype), "gemv: [", m, ", ", k, "] x [", n, ", ", k,
+           "]ᵀ -> ", dtype_name(y_dtype), " does not fit (1-", kGemvMaxRows,
+           " rows, k a multiple of 8, 16-byte aligned rows, bf16 in, bf16 or f32 out)");
+  G4_CHECK(ldy >= n, "gemv: output row stride ", ldy, " < ", n);
+  if (n == 0) return;
+  const auto* px = static_cast<const bf16_t*>(x);
+  const auto* pw = static_cast<const bf16_t*>(w);
+  if (y_dtype == DType::F32)
+    launch(m, n, k, alpha, px, ldx, pw, ldw, beta, static_cast<float*>(y), ldy);
+  else
+    launch(m, n, k, alpha, px, ldx, pw, ldw, beta, static_cast<bf16_t*>(y), ldy);
+}
+
+bool gemv_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("G4_DECODE_GEMV");
+    const std::string v = env ? env : "";
+    G4_CHECK(v.empty() || v == "0" || v == "1", "G4_DECODE_GEMV must be 0 or 1, got '", v, "'");
+    return v == "1";
+  }();
+  return on;
+}
+
+}  // namespace g4::ops::cuda

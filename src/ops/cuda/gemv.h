@@ -1,0 +1,30 @@
+// Products of a few rows by a weight matrix, y = alpha·x·Wᵀ + beta·y with x [m, k] (m ≤ 8) and
+// W [n, k] bf16: what a decode step at small batch computes in every dense projection and the LM
+// head. There the whole cost is reading W once, and cuBLASLt's split-K plans for such shapes reach
+// about half the copy bandwidth (docs/performance.md, "Generation"), so this kernel streams W in
+// 16-byte loads with every row of x applied to each load.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace g4::ops::cuda {
+
+constexpr int64_t kGemvMaxRows = 8;
+
+// Whether gemv_rowmajor takes this product: m in [1, kGemvMaxRows], bf16 x and W, y bf16 or f32,
+// k a multiple of 8, and x, W and their row strides 16-byte aligned.
+bool gemv_fits(int64_t m, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw, DType ab_dtype,
+               DType y_dtype);
+
+// y[i, j] = alpha · Σ_k x[i, k]·w[j, k] + beta · y[i, j] (y not read when beta is 0), for i < m,
+// j < n; row strides ldx, ldw, ldy in elements. Needs gemv_fits. fp32 sums, in an order fixed by
+// the shape (deterministic). Queued on g4::cuda::stream() (capturable in a CUDA graph).
+void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, int64_t ldx, const void* w,
+                   int64_t ldw, float beta, void* y, int64_t ldy, DType y_dtype);
+
+// Whether the dense GEMMs route products that fit to gemv_rowmajor: G4_DECODE_GEMV=1 (off by
+// default until the kernel has been measured against cuBLASLt on a GPU).
+bool gemv_enabled();
+
+}  // namespace g4::ops::cuda
