@@ -222,6 +222,9 @@ void add_forward(CLI::App& app, Action& action) {
     action = [o, from_prompt] {
       check_output_file(o->out, "--out", o->overwrite, o->model);
       G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
+      // Before the model loads (minutes for a large one).
+      G4_CHECK(from_prompt || std::filesystem::is_regular_file(o->inputs), "--inputs ", o->inputs,
+               " does not exist or is not a file");
       auto model = model::load_hf_model(o->model);
       model::ForwardInputs fi;
       NamedTensors prompt_tensors;
