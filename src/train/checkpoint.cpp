@@ -155,7 +155,10 @@ std::optional<std::string> CheckpointManager::resume() {
 }
 
 DirectoryLock::DirectoryLock(const std::string& dir) {
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  G4_CHECK(!ec && fs::is_directory(dir), "cannot make the run directory ", dir, " (checkpoint.dir): ",
+           ec ? ec.message() : "it exists and is not a directory");
   const std::string path = (fs::path(dir) / ".lock").string();
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   G4_CHECK(fd_ >= 0, "cannot open the lock file ", path, ": ", std::strerror(errno));

@@ -1,5 +1,6 @@
 #include "train/recipe.h"
 
+#include <cmath>
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
@@ -372,6 +373,12 @@ std::string shown(const json& v) {
   return s;
 }
 
+std::string number_text(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
 // Checks one user value against its key; errors name the file and the key path.
 void check_value(const RecipeKey& k, const json& v, const std::string& source) {
   G4_CHECK(has_type(k.type, v), source, ": recipe key '", k.path, "' has the wrong type (value ", shown(v),
@@ -384,7 +391,8 @@ void check_value(const RecipeKey& k, const json& v, const std::string& source) {
   if (k.type == KeyType::Int || k.type == KeyType::UInt || k.type == KeyType::Float || k.type == KeyType::FloatPair) {
     for (const json& x : v.is_array() ? v : json::array({v}))
       G4_CHECK(k.range.contains(x.get<double>()), source, ": recipe key '", k.path, "' must be ", k.range.text(),
-               ", got ", x.dump(), " (", k.doc, ")");
+               ", got ", std::isfinite(x.get<double>()) ? x.dump() : number_text(x.get<double>()), " (", k.doc,
+               ")");  // JSON writes NaN and infinities as null
   }
 }
 
@@ -585,11 +593,6 @@ void check_combinations(Recipe& r, const std::string& source) {
   if (r.lora.rank > 0) check_lora(r, source);
 }
 
-std::string number_text(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 }  // namespace
 

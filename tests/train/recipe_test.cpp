@@ -1,6 +1,7 @@
 // Recipes: defaults, overrides, and errors that name the key.
 #include "train/recipe.h"
 
+#include <cmath>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -238,6 +239,9 @@ TEST(Recipe, TypeAndRangeErrorsNameKeyAndFile) {
       << e;
   e = error("optimizer", {{"lr", 0}});
   EXPECT_NE(e.find("recipe key 'optimizer.lr' must be > 0, got 0"), std::string::npos) << e;
+  // NaN (from a key=value override "nan") is named as such, not as JSON's null.
+  e = error("optimizer", {{"lr", std::nan("")}});
+  EXPECT_NE(e.find("recipe key 'optimizer.lr' must be > 0, got nan"), std::string::npos) << e;
   e = error("optimizer", {{"betas", {0.9}}});
   EXPECT_NE(e.find("'optimizer.betas' has the wrong type"), std::string::npos) << e;
   e = error("optimizer", {{"betas", {0.9, 1.0}}});

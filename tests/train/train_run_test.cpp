@@ -674,6 +674,14 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   r = run("train /nonexistent/recipe.yaml");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/nonexistent/recipe.yaml"), std::string::npos) << r.output;
+  // A run directory that is a file is named with its key, and the file is left alone.
+  const fs::path file = dir / "a-file";
+  std::ofstream(file) << "notes";
+  r = run("train " + recipe + " checkpoint.dir=" + file.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("cannot make the run directory " + file.string() + " (checkpoint.dir)"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(fs::file_size(file), 5u);
   fs::remove_all(dir);
 }
 
