@@ -8,7 +8,7 @@
 #   scripts/gpu_checks.sh tests-new moe        # the tests not yet run on a GPU, then bench_moe
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
 #
-# Stages: tests, tests-new, moe, gemv, train-bench, gen-bench, diffusion-bench, rl-bench, peft.
+# Stages: tests, tests-new, moe, decode, train-bench, gen-bench, diffusion-bench, rl-bench, peft.
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ run="scripts/device_run.sh"
 # and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU tensor on the host), and session
 # 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
-new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*:GpuGemv.*'
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*:GpuGemv.*:GpuFusedNorms.*'
 
 stage() {
   case "$1" in
@@ -37,16 +37,18 @@ stage() {
     diffusion-bench)
       G4_GROUPED_GEMM=device $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1,4 --prompt-len 256 \
         --new-tokens 512 --denoising-steps 48 --hf ;;
-    gemv)  # the decode GEMV: its test, its micro-benchmark, the engine with it, and generation with and without it
-      $run test_gpu --gtest_brief=1 --gtest_filter='GpuGemv.*' && $run bench_gemv &&
-        G4_DECODE_GEMV=1 $run test_gpu --gtest_brief=1 --gtest_filter='*GpuEngine*:GpuTokenLogprobs.*' &&
+    decode)  # the decode GEMV and fused norms (opt-in): their tests, bench_gemv, the engine with them, generation with and without
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuGemv.*:GpuFusedNorms.*' && $run bench_gemv &&
+        G4_DECODE_GEMV=1 G4_DECODE_FUSED=1 $run test_gpu --gtest_brief=1 --gtest_filter='*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*' &&
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 --new-tokens 64 &&
-        G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 --new-tokens 64 ;;
+        G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 --new-tokens 64 &&
+        G4_DECODE_GEMV=1 G4_DECODE_FUSED=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 \
+          --new-tokens 64 ;;
     rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
     peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
       $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
         chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, moe, gemv, train-bench, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, moe, decode, train-bench, gen-bench, diffusion-bench, rl-bench, peft)" >&2
        return 2 ;;
   esac
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
@@ -11,6 +13,7 @@
 #include "model/vision_tower.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
+#include "ops/fused.h"
 #include "ops/matmul.h"
 #include "ops/moe.h"
 #include "ops/paged_attention.h"
@@ -54,6 +57,8 @@ struct Gemma4::Context {
 
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
+  const char* fused = std::getenv("G4_DECODE_FUSED");
+  fused_inference_ = fused != nullptr && std::string(fused) == "1";
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else
@@ -497,30 +502,46 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   const std::string pre = layer_prefix(l);
   const double eps = cfg_.rms_norm_eps;
   const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
+  // Without gradients the norm sequences may run fused (ops/fused.h): the same values, fewer kernels.
+  const bool fused = fused_inference_ && !ag::grad_enabled();
+  // residual + rmsnorm(a, w), then times `scale`.
+  const auto add_normed = [&](const ag::Var& residual, const ag::Var& a, const std::string& w, double scale) {
+    if (fused) return ag::Var(ops::add_rmsnorm(residual.value(), a.value(), p(w).value(), scale, eps));
+    const ag::Var h = ag::add(residual, ag::rmsnorm(a, p(w), eps));
+    return scale == 1.0 ? h : ag::scale(h, scale);
+  };
   ag::Var x = ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
   ag::Var a = attention_block(l, x, ctx);
-  ag::Var h = ag::add(h_in, ag::rmsnorm(a, p(pre + "post_attention_layernorm.weight"), eps));
+  ag::Var h = add_normed(h_in, a, pre + "post_attention_layernorm.weight", 1.0);
 
   const ag::Var residual = h;
   ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
   m = proj(ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx)), pre + "mlp.down_proj",
            ctx);
   if (ls.moe) {
-    ag::Var dense = ag::rmsnorm(m, p(pre + "post_feedforward_layernorm_1.weight"), eps);
-    ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), p(pre + "post_feedforward_layernorm_2.weight"), eps);
-    m = ag::add(dense, routed);
+    const ag::Var& w1 = p(pre + "post_feedforward_layernorm_1.weight");
+    const ag::Var& w2 = p(pre + "post_feedforward_layernorm_2.weight");
+    if (fused) {
+      m = ag::Var(ops::rmsnorm_sum(m.value(), w1.value(), moe_block(l, residual, ctx).value(), w2.value(), eps));
+    } else {
+      ag::Var dense = ag::rmsnorm(m, w1, eps);
+      ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), w2, eps);
+      m = ag::add(dense, routed);
+    }
   }
-  h = ag::add(residual, ag::rmsnorm(m, p(pre + "post_feedforward_layernorm.weight"), eps));
+  const double layer_scalar =
+      params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
+  // Without per-layer inputs the layer scalar comes right after the residual sum.
+  if (!ple.defined()) return add_normed(residual, m, pre + "post_feedforward_layernorm.weight", layer_scalar);
+  h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
 
-  if (ple.defined()) {
+  {
     const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
     ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});
     ag::Var g = ag::mul(ag::gelu_tanh(ag::linear(h, p(pre + "per_layer_input_gate.weight"))), ple_l);
     g = ag::rmsnorm(ag::linear(g, p(pre + "per_layer_projection.weight")), p(pre + "post_per_layer_input_norm.weight"), eps);
     h = ag::add(h, g);
   }
-  const double layer_scalar =
-      params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
   return layer_scalar == 1.0 ? h : ag::scale(h, layer_scalar);
 }
 
@@ -532,7 +553,13 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   const Tensor& inv_freq = inv_freq_[static_cast<size_t>(l)];
 
   ag::Var q = ag::reshape(proj(x, pre + "q_proj", ctx), {B, S, cfg_.num_heads, d});
-  q = ag::rope(ag::rmsnorm(q, p(pre + "q_norm.weight"), eps), ctx.positions, inv_freq);
+  // Without gradients the norm and the rotation may run as one kernel (ops/fused.h).
+  const bool fused = fused_inference_ && !ag::grad_enabled();
+  const auto norm_rope = [&](const ag::Var& t, const std::string& w) {
+    return fused ? ag::Var(ops::rmsnorm_rope(t.value(), p(w).value(), ctx.positions, inv_freq, eps))
+                 : ag::rope(ag::rmsnorm(t, p(w), eps), ctx.positions, inv_freq);
+  };
+  q = norm_rope(q, pre + "q_norm.weight");
 
   // This step's keys and values (a KV-shared layer reads its source's, or its source's pages).
   Context::KV own;
@@ -542,7 +569,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   } else {
     ag::Var k_raw = ag::reshape(proj(x, pre + "k_proj", ctx), {B, S, nkv, d});
     ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(proj(x, pre + "v_proj", ctx), {B, S, nkv, d});
-    kv.k = ag::rope(ag::rmsnorm(k_raw, p(pre + "k_norm.weight"), eps), ctx.positions, inv_freq);
+    kv.k = norm_rope(k_raw, pre + "k_norm.weight");
     kv.v = ag::rmsnorm(v_raw, ag::Var(), eps);
     kv.k_start = ctx.q_start;
   }

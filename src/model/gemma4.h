@@ -196,6 +196,10 @@ class Gemma4 {
   // Activation recompute for every layer whose K/V no later layer reuses (those must keep their
   // graph so KV-shared layers can send gradients back into them).
   void set_recompute(bool on) { recompute_ = on; }
+  // Forwards without gradients run each layer's norm sequences as the fused ops of ops/fused.h
+  // (fewer kernels per decode step, the same roundings). Starts on with G4_DECODE_FUSED=1, off
+  // otherwise until the GPU kernels have been measured.
+  void set_fused_inference(bool on) { fused_inference_ = on; }
   // Adds coef * (load-balancing loss averaged over MoE layers) to the training loss: per layer
   // E * sum_e f_e * P_e, f_e the fraction of top-k assignments to expert e, P_e its mean router
   // probability (Switch Transformer's auxiliary loss). 0 (the default) disables it.
@@ -277,6 +281,7 @@ class Gemma4 {
   std::vector<Tensor> inv_freq_;  // per layer
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
+  bool fused_inference_ = false;
   double router_aux_coef_ = 0;
   std::optional<LoraConfig> lora_;
   mutable uint64_t lora_calls_ = 0;

@@ -1,0 +1,197 @@
+// The fused norm kernels of ops/fused.h. Each rounds where the separate kernels store
+// (ops/cuda/norm.cu, elementwise.cu, rope.cu): the norm's output (x·inv)·w, the sum, the scaling,
+// and rope's cos/sin and outputs, so a fused layer computes what the separate ops compute up to the
+// order of the fp32 sum of squares.
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/fused.h"
+
+namespace g4::ops::cuda {
+
+namespace {
+
+constexpr int kRowThreads = 128;  // one block per row of add_rmsnorm / rmsnorm_sum
+constexpr int kRopeWarps = 4;     // rows (one head of one token) per block of rmsnorm_rope
+
+template <class T, int V>
+__device__ __forceinline__ float row_sum_of_squares(const T* __restrict__ x, int nvec) {
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const Pack<T, V> p = load_pack<T, V>(x + int64_t{c} * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float v = to_f32(p.v[e]);
+      ss += v * v;
+    }
+  }
+  return ss;
+}
+
+// The rmsnorm kernel's rounding: (x·inv)·w in fp32, stored in T.
+template <class T>
+__device__ __forceinline__ float normed(T x, float inv, T w) {
+  return to_f32(from_f32<T>((to_f32(x) * inv) * to_f32(w)));
+}
+
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __restrict__ residual,
+                                                                  const T* __restrict__ a, const T* __restrict__ w,
+                                                                  T* __restrict__ y, int64_t d, float eps,
+                                                                  float scale) {
+  __shared__ float smem[32];
+  const int64_t off = int64_t{blockIdx.x} * d;
+  const int nvec = static_cast<int>(d / V);
+  const float ss = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const int64_t at = off + int64_t{c} * V;
+    const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
+    const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
+    Pack<T, V> o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      float h = to_f32(from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e])));
+      if (scale != 1.f) h *= scale;
+      o.v[e] = from_f32<T>(h);
+    }
+    store_pack<T, V>(y + at, o);
+  }
+}
+
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads) rmsnorm_sum_kernel(const T* __restrict__ a, const T* __restrict__ wa,
+                                                                  const T* __restrict__ b, const T* __restrict__ wb,
+                                                                  T* __restrict__ y, int64_t d, float eps) {
+  __shared__ float smem[32];
+  const int64_t off = int64_t{blockIdx.x} * d;
+  const int nvec = static_cast<int>(d / V);
+  const float ssa = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
+  const float ssb = block_sum(row_sum_of_squares<T, V>(b + off, nvec), smem);
+  const float inv_a = 1.f / sqrtf(ssa / static_cast<float>(d) + eps);
+  const float inv_b = 1.f / sqrtf(ssb / static_cast<float>(d) + eps);
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const int64_t at = off + int64_t{c} * V;
+    const Pack<T, V> ap = load_pack<T, V>(a + at), bp = load_pack<T, V>(b + at);
+    const Pack<T, V> wap = load_pack<T, V>(wa + int64_t{c} * V), wbp = load_pack<T, V>(wb + int64_t{c} * V);
+    Pack<T, V> o;
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+      o.v[e] = from_f32<T>(normed(ap.v[e], inv_a, wap.v[e]) + normed(bp.v[e], inv_b, wbp.v[e]));
+    store_pack<T, V>(y + at, o);
+  }
+}
+
+// One warp per row (a head of a token): the sum of squares over both halves, then each pair
+// (i, i + half) normed, rounded, and rotated as rope.cu rotates it.
+template <class T, class I, int V>
+__global__ void __launch_bounds__(kRopeWarps * 32) rmsnorm_rope_kernel(const T* __restrict__ x,
+                                                                       const T* __restrict__ w, T* __restrict__ y,
+                                                                       const I* __restrict__ pos,
+                                                                       const float* __restrict__ inv_freq,
+                                                                       int64_t rows, int heads, int half, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t{blockIdx.x} * kRopeWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;  // a whole warp: only warp-level reductions follow
+  const int64_t d = 2 * int64_t{half}, off = row * d;
+  const int hp = half / V;
+  float ss = 0.f;
+  for (int ip = lane; ip < hp; ip += 32) {
+    const Pack<T, V> a = load_pack<T, V>(x + off + int64_t{ip} * V), b = load_pack<T, V>(x + off + half + int64_t{ip} * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float u = to_f32(a.v[e]), v = to_f32(b.v[e]);
+      ss += u * u + v * v;
+    }
+  }
+  ss = warp_reduce(ss, SumOp{});
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  const float p = static_cast<float>(pos[row / heads]);
+  for (int ip = lane; ip < hp; ip += 32) {
+    const int64_t lo = off + int64_t{ip} * V, hi = lo + half;
+    const Pack<T, V> a = load_pack<T, V>(x + lo), b = load_pack<T, V>(x + hi);
+    const Pack<T, V> wa = load_pack<T, V>(w + int64_t{ip} * V), wb = load_pack<T, V>(w + half + int64_t{ip} * V);
+    Pack<T, V> ya, yb;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      float sn, cs;
+      sincosf(p * inv_freq[ip * V + e], &sn, &cs);
+      const float c = to_f32(from_f32<T>(cs)), s = to_f32(from_f32<T>(sn));
+      const float x1 = normed(a.v[e], inv, wa.v[e]), x2 = normed(b.v[e], inv, wb.v[e]);
+      ya.v[e] = from_f32<T>(x1 * c - x2 * s);
+      yb.v[e] = from_f32<T>(x2 * c + x1 * s);
+    }
+    store_pack<T, V>(y + lo, ya);
+    store_pack<T, V>(y + hi, yb);
+  }
+}
+
+unsigned row_grid(int64_t rows, int64_t per_block, const char* op) {
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  G4_CHECK(blocks <= 0x7fffffff, op, ": ", rows, " rows exceed one grid");
+  return static_cast<unsigned>(blocks);
+}
+
+}  // namespace
+
+bool fused_rows_fit(const Tensor& x) {
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype()));
+  return x.dim() >= 1 && x.size(-1) > 0 && x.size(-1) % vec == 0 && aligned16(x.raw());
+}
+
+bool rmsnorm_rope_fits(const Tensor& x) {
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype()));
+  return x.dim() == 4 && x.size(3) > 0 && (x.size(3) / 2) % vec == 0 && x.size(3) % 2 == 0 && aligned16(x.raw()) &&
+         x.size(2) < (int64_t{1} << 31) && x.size(3) < (int64_t{1} << 30);
+}
+
+Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::CUDA);
+  const int64_t d = last_dim(a), rows = leading_rows(a);
+  if (rows == 0) return y;
+  dispatch_float("add_rmsnorm", a, [&](auto tag) {
+    using T = decltype(tag);
+    add_rmsnorm_kernel<T, kVec<T>><<<row_grid(rows, 1, "add_rmsnorm"), kRowThreads, 0, g4::cuda::stream()>>>(
+        static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
+        static_cast<T*>(y.raw()), d, static_cast<float>(eps), static_cast<float>(scale));
+    G4_CUDA_CHECK_LAUNCH();
+  });
+  return y;
+}
+
+Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::CUDA);
+  const int64_t d = last_dim(a), rows = leading_rows(a);
+  if (rows == 0) return y;
+  dispatch_float("rmsnorm_sum", a, [&](auto tag) {
+    using T = decltype(tag);
+    rmsnorm_sum_kernel<T, kVec<T>><<<row_grid(rows, 1, "rmsnorm_sum"), kRowThreads, 0, g4::cuda::stream()>>>(
+        static_cast<const T*>(a.raw()), static_cast<const T*>(wa.raw()), static_cast<const T*>(b.raw()),
+        static_cast<const T*>(wb.raw()), static_cast<T*>(y.raw()), d, static_cast<float>(eps));
+    G4_CUDA_CHECK_LAUNCH();
+  });
+  return y;
+}
+
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
+  const int64_t heads = x.size(2), half = x.size(3) / 2, rows = x.numel() / x.size(3);
+  if (rows == 0) return y;
+  const unsigned grid = row_grid(rows, kRopeWarps, "rmsnorm_rope");
+  dispatch_float("rmsnorm_rope", x, [&](auto tag) {
+    using T = decltype(tag);
+    auto launch = [&](auto itag) {
+      using I = decltype(itag);
+      rmsnorm_rope_kernel<T, I, kVec<T>><<<grid, kRopeWarps * 32, 0, g4::cuda::stream()>>>(
+          static_cast<const T*>(x.raw()), static_cast<const T*>(w.raw()), static_cast<T*>(y.raw()),
+          static_cast<const I*>(positions.raw()), static_cast<const float*>(inv_freq.raw()), rows,
+          static_cast<int>(heads), static_cast<int>(half), static_cast<float>(eps));
+      G4_CUDA_CHECK_LAUNCH();
+    };
+    if (positions.dtype() == DType::I64)
+      launch(int64_t{});
+    else
+      launch(int32_t{});
+  });
+  return y;
+}
+
+}  // namespace g4::ops::cuda

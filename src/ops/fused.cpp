@@ -1,0 +1,71 @@
+// The one entry point of the ops in ops/fused.h: arguments are checked here; a GPU call whose rows
+// suit the fused kernel goes to it, every other call runs the separate ops it stands for (on the
+// CPU that composition is the reference).
+#include "ops/fused.h"
+
+#include "ops/dispatch.h"
+#include "ops/elementwise.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+#ifdef G4_WITH_CUDA
+#include "ops/cuda/fused.h"
+#endif
+
+namespace g4::ops {
+
+namespace {
+
+// x [..., D] and its weight w [D] of x's dtype.
+void check_normed(const char* op, const char* name, const Tensor& x, const char* w_name, const Tensor& w) {
+  check_float(op, name, x);
+  G4_CHECK(x.dim() >= 1, op, ": ", name, " must be [..., D], got ", x.describe());
+  check_defined(op, w_name, w);
+  check_same_dtype(op, name, x, w_name, w);
+  G4_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": ", w_name, " ", w.describe(), " must be [D] for ", name,
+           " ", x.describe());
+}
+
+}  // namespace
+
+Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps) {
+  check_normed("add_rmsnorm", "a", a, "w", w);
+  check_same_dtype("add_rmsnorm", "residual", residual, "a", a);
+  check_same_shape("add_rmsnorm", "residual", residual, "a", a);
+#ifdef G4_WITH_CUDA
+  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual))
+    return cuda::add_rmsnorm(residual, a, w, scale, eps);
+#endif
+  const Tensor h = add(residual, rmsnorm(a, w, eps));
+  return scale == 1.0 ? h : ops::scale(h, scale);
+}
+
+Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {
+  check_normed("rmsnorm_sum", "a", a, "wa", wa);
+  check_normed("rmsnorm_sum", "b", b, "wb", wb);
+  check_same_dtype("rmsnorm_sum", "a", a, "b", b);
+  check_same_shape("rmsnorm_sum", "a", a, "b", b);
+#ifdef G4_WITH_CUDA
+  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(b)) return cuda::rmsnorm_sum(a, wa, b, wb, eps);
+#endif
+  return add(rmsnorm(a, wa, eps), rmsnorm(b, wb, eps));
+}
+
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps) {
+  check_normed("rmsnorm_rope", "x", x, "w", w);
+#ifdef G4_WITH_CUDA
+  // The rope op checks positions and inv_freq; the fused kernel reads them, so check them first.
+  if (on_gpu(x) && cuda::rmsnorm_rope_fits(x)) {
+    check_rank("rmsnorm_rope", "x", x, 4, "[B, S, nH, d]");
+    check_indices("rmsnorm_rope", "positions", positions, x.device());
+    G4_CHECK(positions.shape() == Shape({x.size(0), x.size(1)}), "rmsnorm_rope: positions ", positions.describe(),
+             " must be [B, S] for x ", x.describe());
+    check_on("rmsnorm_rope", "inv_freq", inv_freq, x.device());
+    G4_CHECK(inv_freq.dtype() == DType::F32 && inv_freq.shape() == Shape({x.size(3) / 2}), "rmsnorm_rope: inv_freq ",
+             inv_freq.describe(), " must be f32[d/2] for x ", x.describe());
+    return cuda::rmsnorm_rope(x, w, positions, inv_freq, eps);
+  }
+#endif
+  return rope(rmsnorm(x, w, eps), positions, inv_freq);
+}
+
+}  // namespace g4::ops

@@ -1,0 +1,23 @@
+// Fused forms of the norm sequences of a Gemma 4 layer, for forwards without gradients (decoding,
+// rollouts, evaluation): at batch 1 a decode step is hundreds of tiny kernels, so each launch saved
+// is time saved. Each equals the composition of the separate ops it replaces, with the same
+// roundings (every intermediate rounded to the tensors' dtype where the separate op would store
+// it); only the order of the fp32 sum of squares may differ. On the GPU each is one kernel when
+// the rows suit 16-byte packs (last dim a multiple of 8 for bf16, 4 for f32; aligned), else, and on
+// the CPU, the composition itself. No backward: training runs the separate ops.
+#pragma once
+#include "core/tensor.h"
+
+namespace g4::ops {
+
+// (residual + rmsnorm(a, w)) · scale, rounded after the norm, the sum and the scaling (scale 1:
+// no scaling). residual and a alike [..., D], w [D].
+Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps);
+
+// rmsnorm(a, wa) + rmsnorm(b, wb), a and b alike [..., D], wa and wb [D].
+Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
+
+// rope(rmsnorm(x, w), positions, inv_freq) (ops/rope.h): x [B, S, nH, d], w [d].
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
+
+}  // namespace g4::ops

@@ -1,0 +1,96 @@
+// The fused inference norms (ops/fused.h) on the GPU against the separate GPU ops they replace
+// (bf16: equal up to a rounding flip where the fp32 sum of squares adds in another order; f32:
+// within summation noise of the CPU composition), rows that miss the kernel's packs (the fallback),
+// and a bf16 model's logits with the fused layer against the separate ops.
+#include <cmath>
+
+#include "autograd/variable.h"
+#include "gpu_test.h"
+#include "model/state_dict_adapter.h"
+#include "ops/elementwise.h"
+#include "ops/fused.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+#include "support/test_paths.h"
+
+namespace g4 {
+namespace {
+
+using test::expect_close_scaled;
+using test::gpu_bf16;
+using test::gpu_f32;
+using test::randn_bf16_exact;
+
+constexpr double kEps = 1e-6;
+constexpr double kBf16Rtol = 8e-3;  // one bf16 rounding of the largest value
+
+Tensor on_gpu(const Tensor& cpu_f32, DType dt) { return dt == DType::BF16 ? gpu_bf16(cpu_f32) : gpu_f32(cpu_f32); }
+
+Tensor positions_of(int64_t batch, int64_t seq, DType dt) {
+  Tensor p = Tensor::empty({batch, seq}, DType::I64);
+  for (int64_t i = 0; i < p.numel(); ++i) p.data<int64_t>()[i] = (i * 977) % 30000;
+  return p.to(dt).to(Device::CUDA);
+}
+
+Tensor inv_freq_of(int64_t d) {
+  Tensor f = Tensor::empty({d / 2}, DType::F32);
+  for (int64_t i = 0; i < d / 2; ++i)
+    f.data<float>()[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(d));
+  return f.to(Device::CUDA);
+}
+
+TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  for (const DType dt : {DType::BF16, DType::F32}) {
+    const double rtol = dt == DType::BF16 ? kBf16Rtol : test::kF32Rtol;
+    const std::string name = dtype_name(dt);
+    // Rows of 2816 (26B-A4B's hidden size) and 24 (a partial pass of the block), and 20 (no whole packs
+    // in bf16: the fallback).
+    for (const int64_t d : {int64_t{2816}, int64_t{24}, int64_t{20}}) {
+      const std::string what = name + " d=" + std::to_string(d);
+      const Tensor r = on_gpu(randn_bf16_exact({3, 5, d}, 1), dt), a = on_gpu(randn_bf16_exact({3, 5, d}, 2, 3.0), dt);
+      const Tensor b = on_gpu(randn_bf16_exact({3, 5, d}, 3, 0.1), dt);
+      const Tensor w = on_gpu(randn_bf16_exact({d}, 4), dt), w2 = on_gpu(randn_bf16_exact({d}, 5), dt);
+      expect_close_scaled(ops::add_rmsnorm(r, a, w, 1.0, kEps), ops::add(r, ops::rmsnorm(a, w, kEps)), 0, rtol,
+                          "add_rmsnorm " + what);
+      expect_close_scaled(ops::add_rmsnorm(r, a, w, 0.37, kEps),
+                          ops::scale(ops::add(r, ops::rmsnorm(a, w, kEps)), 0.37), 0, rtol,
+                          "add_rmsnorm scaled " + what);
+      expect_close_scaled(ops::rmsnorm_sum(a, w, b, w2, kEps),
+                          ops::add(ops::rmsnorm(a, w, kEps), ops::rmsnorm(b, w2, kEps)), 0, rtol, "rmsnorm_sum " + what);
+    }
+    // Heads of 256 and 512 (sliding and full layers), 16 and 2 of them; i64 and i32 positions; a
+    // head of 20 (halves of 10: the fallback).
+    for (const int64_t d : {int64_t{256}, int64_t{512}, int64_t{20}})
+      for (const DType pos_dt : {DType::I64, DType::I32}) {
+        const int64_t heads = d == 512 ? 2 : 16;
+        const std::string what = name + " d=" + std::to_string(d) + " positions " + dtype_name(pos_dt);
+        const Tensor x = on_gpu(randn_bf16_exact({2, 3, heads, d}, 6, 2.0), dt), w = on_gpu(randn_bf16_exact({d}, 7), dt);
+        const Tensor pos = positions_of(2, 3, pos_dt), freq = inv_freq_of(d);
+        expect_close_scaled(ops::rmsnorm_rope(x, w, pos, freq, kEps), ops::rope(ops::rmsnorm(x, w, kEps), pos, freq),
+                            0, rtol, "rmsnorm_rope " + what);
+      }
+  }
+}
+
+// A bf16 GPU model's logits without gradients, with the fused layer and without: the same up to
+// the rounding flips above carried through the layers.
+TEST(GpuFusedNorms, ModelLogitsMatchTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  for (const char* fixture : {"hf-gemma4/tiny-moe", "hf-gemma4/tiny-dense-ple", "hf-gemma4/tiny-dense-keqv"}) {
+    const auto cpu = model::load_hf_model(test::data_dir() + "/" + fixture);
+    const auto m = cpu->copy_to(Device::CUDA, DType::BF16);
+    model::ForwardInputs in;
+    in.input_ids = Tensor::empty({2, 48}, DType::I64);
+    for (int64_t i = 0; i < in.input_ids.numel(); ++i) in.input_ids.data<int64_t>()[i] = 3 + (i * 131) % 200;
+    const auto logits = [&](bool fused) {
+      m->set_fused_inference(fused);
+      ag::NoGrad no_grad;
+      return m->forward(in).logits.value();
+    };
+    expect_close_scaled(logits(true), logits(false), 0, 2e-2, std::string("fused vs separate logits, ") + fixture);
+  }
+}
+
+}  // namespace
+}  // namespace g4

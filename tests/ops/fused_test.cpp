@@ -1,0 +1,60 @@
+// The fused inference norms (ops/fused.h) on the CPU are the compositions they stand for, bit for
+// bit, and name bad arguments; tests/gpu/fused_test.cpp compares the GPU kernels with them.
+#include "ops/fused.h"
+
+#include "core/random.h"
+#include "gradcheck.h"
+#include "ops/elementwise.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+
+namespace g4 {
+namespace {
+
+using test::expect_equal;
+using test::expect_error;
+
+constexpr double kEps = 1e-6;
+
+Tensor positions_of(int64_t batch, int64_t seq) {
+  Tensor p = Tensor::empty({batch, seq}, DType::I64);
+  for (int64_t i = 0; i < p.numel(); ++i) p.data<int64_t>()[i] = (i * 37) % 500;
+  return p;
+}
+
+Tensor inv_freq_of(int64_t d) {
+  Tensor f = Tensor::empty({d / 2}, DType::F32);
+  for (int64_t i = 0; i < d / 2; ++i) f.data<float>()[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(d));
+  return f;
+}
+
+TEST(FusedNorms, CpuFormsAreTheirCompositions) {
+  for (const DType dt : {DType::F32, DType::F64}) {
+    const Tensor r = randn({3, 5, 24}, 1, dt), a = randn({3, 5, 24}, 2, dt), b = randn({3, 5, 24}, 3, dt);
+    const Tensor w = randn({24}, 4, dt), w2 = randn({24}, 5, dt);
+    expect_equal(ops::add_rmsnorm(r, a, w, 1.0, kEps), ops::add(r, ops::rmsnorm(a, w, kEps)), "add_rmsnorm");
+    expect_equal(ops::add_rmsnorm(r, a, w, 0.75, kEps), ops::scale(ops::add(r, ops::rmsnorm(a, w, kEps)), 0.75),
+                 "add_rmsnorm, scaled");
+    expect_equal(ops::rmsnorm_sum(a, w, b, w2, kEps), ops::add(ops::rmsnorm(a, w, kEps), ops::rmsnorm(b, w2, kEps)),
+                 "rmsnorm_sum");
+    const Tensor x = randn({2, 3, 4, 16}, 6, dt), wx = randn({16}, 7, dt);
+    const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
+    expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
+                 "rmsnorm_rope");
+  }
+}
+
+TEST(FusedNorms, BadArgumentsAreNamed) {
+  const Tensor a = randn({2, 8}, 1, DType::F32), w = randn({8}, 2, DType::F32);
+  expect_error([&] { ops::add_rmsnorm(randn({2, 7}, 3, DType::F32), a, w, 1.0, kEps); },
+               {"add_rmsnorm", "shapes differ", "residual"});
+  expect_error([&] { ops::add_rmsnorm(a, a, randn({7}, 3, DType::F32), 1.0, kEps); }, {"add_rmsnorm", "w", "[D]"});
+  expect_error([&] { ops::add_rmsnorm(a, a, Tensor(), 1.0, kEps); }, {"add_rmsnorm", "w is undefined"});
+  expect_error([&] { ops::rmsnorm_sum(a, w, randn({2, 8}, 3, DType::F64), w, kEps); }, {"rmsnorm_sum", "dtypes differ"});
+  expect_error([&] { ops::rmsnorm_rope(randn({2, 3, 4, 16}, 1, DType::F32), randn({8}, 2, DType::F32),
+                                       positions_of(2, 3), inv_freq_of(16), kEps); },
+               {"rmsnorm_rope", "w", "[D]"});
+}
+
+}  // namespace
+}  // namespace g4
