@@ -62,7 +62,8 @@ void check_options(const DataOptions& opt) {
            "data option validation_fraction: ", opt.validation_fraction, " is not in [0, 1)");
 }
 
-PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) : seed_(opt.seed) {
+PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok)
+    : seed_(opt.seed), media_cache_(std::make_shared<MediaCache>(opt.media_cache_mb * (int64_t(1) << 20))) {
   check_options(opt);
   const int32_t pad = tok.pad_id;
   G4_CHECK(pad >= 0 && pad < tok.vocab_size(), "data: the tokenizer's pad id ", pad, " is outside its vocabulary of ",
@@ -75,9 +76,9 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok) :
   documents_ = static_cast<int64_t>(docs.size());
   for (const Document& d : docs) {
     if (!d.media) continue;
-    if (d.media->pixel_codes.defined()) images_ += d.media->pixel_codes.size(0);
-    if (d.media->input_features.defined()) audio_clips_ += d.media->input_features.size(0);
-    videos_ += static_cast<int64_t>(d.media->video_frames.size());
+    images_ += static_cast<int64_t>(d.media->images.size());
+    audio_clips_ += static_cast<int64_t>(d.media->audio.size());
+    videos_ += static_cast<int64_t>(d.media->videos.size());
   }
 
   // Validation split over whole documents, so no document is partly seen in training.
@@ -142,7 +143,7 @@ std::vector<int64_t> PackedDataset::epoch_order(int64_t epoch) const {
   return seeded_permutation(train_rows(), seed_, epoch_stream(epoch));
 }
 
-Batch PackedDataset::make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order) {
+Batch PackedDataset::make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order) const {
   const int64_t b = static_cast<int64_t>(row_order.size()), s = rows.seq_len;
   std::vector<int64_t> ids, labels, positions;
   ids.reserve(static_cast<size_t>(b * s));
@@ -167,14 +168,14 @@ Batch PackedDataset::make_batch(const PackedRows& rows, const std::vector<int64_
 
 namespace {
 
-using MediaTensor = Tensor DocumentMedia::*;
+using MediaTensor = Tensor ProcessedMedia::*;
 
 // The rows (images or video frames) of one kind of pixels over the documents, all of which must
 // share the first's patch count and size (one processor's options); *first gets that tensor.
-int64_t pixel_rows(const std::vector<const DocumentMedia*>& media, MediaTensor codes, const char* what,
+int64_t pixel_rows(const std::vector<const ProcessedMedia*>& media, MediaTensor codes, const char* what,
                    const Tensor** first) {
   int64_t rows = 0;
-  for (const DocumentMedia* m : media) {
+  for (const ProcessedMedia* m : media) {
     const Tensor& t = m->*codes;
     if (!t.defined()) continue;
     if (!*first) *first = &t;
@@ -187,11 +188,11 @@ int64_t pixel_rows(const std::vector<const DocumentMedia*>& media, MediaTensor c
 
 // Every document's codes of one kind as pixel values, and their positions, in order, into
 // values and positions (shaped for all of them).
-void gather_pixels(const std::vector<const DocumentMedia*>& media, MediaTensor codes, MediaTensor positions,
+void gather_pixels(const std::vector<const ProcessedMedia*>& media, MediaTensor codes, MediaTensor positions,
                    io::PixelScale scale, Tensor& values, Tensor& positions_out) {
   float* pv = values.data<float>();
   auto* pos = static_cast<char*>(positions_out.raw());
-  for (const DocumentMedia* m : media) {
+  for (const ProcessedMedia* m : media) {
     const Tensor& c = m->*codes;
     if (!c.defined()) continue;
     for (int64_t i = 0; i < c.numel(); ++i) *pv++ = io::scaled_pixel(c.data<uint8_t>()[i], scale);
@@ -206,12 +207,19 @@ void gather_pixels(const std::vector<const DocumentMedia*>& media, MediaTensor c
 // The media of the batch's rows in row-major order. Images are concatenated (every one is padded
 // to the same max_patches), so are video frames; clips are right-padded with invalid frames to the
 // longest, which is what the feature extractor gives for the batch of all of them (a valid frame
-// depends only on its own clip's samples).
-void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch) {
-  std::vector<const DocumentMedia*> media;
+// depends only on its own clip's samples). Each document's media are processed now (or taken from
+// the cache).
+void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch) const {
+  std::vector<const DocumentMedia*> docs;
   for (int64_t r : row_order)
-    for (const auto& m : rows.row_media[static_cast<size_t>(r)]) media.push_back(m.get());
-  if (media.empty()) return;
+    for (const auto& m : rows.row_media[static_cast<size_t>(r)]) docs.push_back(m.get());
+  if (docs.empty()) return;
+  std::vector<std::shared_ptr<const ProcessedMedia>> held;  // alive while the batch is assembled
+  std::vector<const ProcessedMedia*> media;
+  for (const DocumentMedia* d : docs) {
+    held.push_back(media_cache_->get(*d));
+    media.push_back(held.back().get());
+  }
   const int64_t b = static_cast<int64_t>(row_order.size()), s = rows.seq_len;
   std::vector<int64_t> types;
   types.reserve(static_cast<size_t>(b * s));
@@ -221,12 +229,13 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
   batch.mm_token_type_ids = Tensor::from_vector(types, {b, s});
 
   const Tensor *first_image = nullptr, *first_video = nullptr;
-  const int64_t images = pixel_rows(media, &DocumentMedia::pixel_codes, "images", &first_image);
-  const int64_t video_frames = pixel_rows(media, &DocumentMedia::video_codes, "videos", &first_video);
+  const int64_t images = pixel_rows(media, &ProcessedMedia::pixel_codes, "images", &first_image);
+  const int64_t video_frames = pixel_rows(media, &ProcessedMedia::video_codes, "videos", &first_video);
   int64_t clips = 0, frames = 0;
   std::vector<int64_t> frames_per_video;
-  for (const DocumentMedia* m : media) {
-    frames_per_video.insert(frames_per_video.end(), m->video_frames.begin(), m->video_frames.end());
+  for (const DocumentMedia* d : docs)
+    frames_per_video.insert(frames_per_video.end(), d->frames_per_video.begin(), d->frames_per_video.end());
+  for (const ProcessedMedia* m : media) {
     if (m->input_features.defined()) {
       clips += m->input_features.size(0);
       frames = std::max(frames, m->input_features.size(1));
@@ -236,7 +245,7 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
     const int64_t patches = first_image->size(1), dim = first_image->size(2);
     batch.pixel_values = Tensor::empty({images, patches, dim}, DType::F32);
     batch.image_position_ids = Tensor::empty({images, patches, 2}, DType::I64);
-    gather_pixels(media, &DocumentMedia::pixel_codes, &DocumentMedia::image_position_ids,
+    gather_pixels(media, &ProcessedMedia::pixel_codes, &ProcessedMedia::image_position_ids,
                   io::PixelScale::MultiplyByInverse, batch.pixel_values, batch.image_position_ids);
   }
   if (video_frames > 0) {
@@ -246,7 +255,7 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
     const int64_t V = same_length ? static_cast<int64_t>(frames_per_video.size()) : 1;
     batch.pixel_values_videos = Tensor::empty({V, video_frames / V, patches, dim}, DType::F32);
     batch.video_position_ids = Tensor::empty({V, video_frames / V, patches, 2}, DType::I64);
-    gather_pixels(media, &DocumentMedia::video_codes, &DocumentMedia::video_position_ids, io::PixelScale::DivideBy255,
+    gather_pixels(media, &ProcessedMedia::video_codes, &ProcessedMedia::video_position_ids, io::PixelScale::DivideBy255,
                   batch.pixel_values_videos, batch.video_position_ids);
   }
   if (clips > 0) {
@@ -256,7 +265,7 @@ void PackedDataset::add_media(const PackedRows& rows, const std::vector<int64_t>
     float* f = batch.input_features.data<float>();
     uint8_t* mask = batch.input_features_mask.data<uint8_t>();
     int64_t c = 0;
-    for (const DocumentMedia* m : media) {
+    for (const ProcessedMedia* m : media) {
       if (!m->input_features.defined()) continue;
       const int64_t n = m->input_features.size(0), len = m->input_features.size(1);
       for (int64_t k = 0; k < n; ++k, ++c) {

@@ -13,6 +13,8 @@
 //     is processed as Gemma 4's processor does it (io/image_processor.h, io/audio_features.h,
 //     io/video_processor.h): its
 //     placeholders expand to the soft-token counts (data/multimodal.h), which are never trained.
+//     The counts come from the files' headers and lengths; the pixels and audio features are made
+//     when a batch uses them (data/media.h), through a cache of media_cache_mb.
 //  2. The validation split takes round(validation_fraction * documents) whole documents, chosen by
 //     a permutation seeded by `seed` (at least one document always stays in training).
 //  3. fit_documents: documents longer than seq_len are split into seq_len pieces (each its own
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/media.h"
 #include "io/image_processor.h"
 #include "io/video_processor.h"
 #include "io/tokenizer.h"
@@ -41,25 +44,6 @@ namespace g4::data {
 // A pixel value from its uint8 code as the image processor computes it: in f32, times float(1/255).
 inline float pixel_value(uint8_t code) { return io::scaled_pixel(code, io::PixelScale::MultiplyByInverse); }
 
-// The processed media of one multimodal document, in the order of its placeholders: what the
-// Gemma 4 processor gives for that conversation alone. A batch concatenates its documents' media
-// in row-major order, the order in which the model's merge consumes the soft tokens.
-struct DocumentMedia {
-  // The processor's pixel_values as their uint8 codes (each value is code * float(1/255), so the
-  // codes give the same floats back at a quarter of the memory): u8 [images, max_patches, 3*p*p];
-  // undefined without images.
-  Tensor pixel_codes;
-  Tensor image_position_ids;   // i64 [images, max_patches, 2]
-  Tensor input_features;       // f32 [clips, frames, 128]; undefined without audio
-  Tensor input_features_mask;  // bool [clips, frames]
-  // Videos: the sampled frames of all of them, in order, as uint8 codes (each value is code / 255 in
-  // f32, io::PixelScale::DivideBy255): u8 [frames, max_patches, 3*p*p] and i64 [frames, max_patches,
-  // 2]; video_frames[v] frames belong to video v. Undefined / empty without videos.
-  Tensor video_codes{}, video_position_ids{};
-  std::vector<int64_t> video_frames{};
-  uint64_t hash = 0;  // of the shapes and values above (PackedDataset::fingerprint)
-};
-
 // One tokenised document: ids and, per id, whether the loss counts it (assistant turns only
 // for chat data; every token for plain text).
 struct Document {
@@ -67,8 +51,9 @@ struct Document {
   std::vector<uint8_t> trained;  // same length as ids
   std::string source;            // "file:line" where the document starts, for messages
   // Multimodal documents only (empty / null for text): per id 0 text, 1 image, 2 video, 3 audio soft token
-  // (mm_token_type_ids), and the media whose soft tokens the placeholders stand for. Such a
-  // document is never split or truncated: its placeholders must stay with their media.
+  // (mm_token_type_ids), and what rebuilds the media whose soft tokens the placeholders stand for
+  // (data/media.h: processed when a batch uses them). Such a document is never split or
+  // truncated: its placeholders must stay with their media.
   std::vector<uint8_t> mm_types{};
   std::shared_ptr<const DocumentMedia> media{};
 };
@@ -89,6 +74,9 @@ struct DataOptions {
   // Videos of chat data: the video processor's options (set from the model directory by the caller;
   // max_soft_tokens above does not apply to them).
   io::VideoProcessorOptions video_processor{};
+  // Processed media (pixel codes, audio features) kept between batches, in MiB; 0 processes a
+  // document's media each time a batch uses them. Batches are the same either way.
+  int64_t media_cache_mb = 256;
 };
 
 // Throws g4::Error naming the option whose value is not one of those above.
@@ -168,8 +156,8 @@ class PackedDataset {
   uint64_t fingerprint() const;
 
  private:
-  static Batch make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order);
-  static void add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch);
+  Batch make_batch(const PackedRows& rows, const std::vector<int64_t>& row_order) const;
+  void add_media(const PackedRows& rows, const std::vector<int64_t>& row_order, Batch& batch) const;
   std::vector<int64_t> epoch_order(int64_t epoch) const;
 
   uint64_t seed_ = 0;
@@ -177,6 +165,9 @@ class PackedDataset {
   int64_t documents_ = 0, tokens_ = 0;
   double unigram_entropy_ = 0.0;
   int64_t images_ = 0, audio_clips_ = 0, videos_ = 0;
+  // The documents' processed media, shared by the copies of this dataset (it serves the media of
+  // the rows above, which live as long as it does).
+  std::shared_ptr<MediaCache> media_cache_;
 };
 
 // The Gemma 4 chat template: renders {role, content} messages exactly as the tokenizer config's

@@ -271,85 +271,22 @@ void read_file_docs(const std::string& path, const DataOptions& opt, std::vector
   }
 }
 
-// The uint8 codes of the processor's pixel values (io::scaled_pixel of the code).
-Tensor pixel_codes(const Tensor& pixel_values, io::PixelScale scale) {
-  Tensor codes = Tensor::empty(pixel_values.shape(), DType::U8);
-  const float* v = pixel_values.data<float>();
-  uint8_t* c = codes.data<uint8_t>();
-  for (int64_t i = 0; i < pixel_values.numel(); ++i) {
-    c[i] = static_cast<uint8_t>(std::lround(v[i] * 255.0f));
-    G4_CHECK(io::scaled_pixel(c[i], scale) == v[i], "pixel value ", v[i], " is not a code / 255");
-  }
-  return codes;
-}
-
-uint64_t hash_media(const DocumentMedia& m) {
-  Fnv1a f;  // over the shapes and bytes
-  for (const Tensor* t : {&m.pixel_codes, &m.image_position_ids, &m.input_features, &m.input_features_mask,
-                          &m.video_codes, &m.video_position_ids}) {
-    if (!t->defined()) continue;
-    for (int64_t d : t->shape()) f.mix(&d, sizeof d);
-    f.mix(t->raw(), t->nbytes());
-  }
-  for (int64_t n : m.video_frames) f.mix(&n, sizeof n);
-  return f.h;
-}
-
-// The videos of one conversation through the video processor: their frames' codes and positions
-// concatenated in order into `media`, and what their placeholders expand to.
-std::vector<VideoPlaceholder> process_document_videos(const RawDoc& r, const io::VideoProcessorOptions& opt,
-                                                      DocumentMedia& media) {
-  std::vector<VideoPlaceholder> placeholders;
-  std::vector<Tensor> codes, positions;
-  int64_t frames = 0;
-  for (size_t v = 0; v < r.videos.size(); ++v) {
-    const io::ProcessedVideo p = io::process_video(r.videos[v], opt, "video " + std::to_string(v));
-    codes.push_back(pixel_codes(p.pixel_values, io::PixelScale::DivideBy255));
-    positions.push_back(p.position_ids);
-    media.video_frames.push_back(p.pixel_values.size(0));
-    frames += p.pixel_values.size(0);
-    placeholders.push_back({p.soft_tokens_per_frame, p.timestamps});
-  }
-  if (frames == 0) return placeholders;
-  const int64_t P = codes[0].size(1), D = codes[0].size(2);
-  media.video_codes = Tensor::empty({frames, P, D}, DType::U8);
-  media.video_position_ids = Tensor::empty({frames, P, 2}, DType::I64);
-  auto* c = static_cast<char*>(media.video_codes.raw());
-  auto* pos = static_cast<char*>(media.video_position_ids.raw());
-  for (size_t v = 0; v < codes.size(); ++v) {
-    c = std::copy_n(static_cast<const char*>(codes[v].raw()), codes[v].nbytes(), c);
-    pos = std::copy_n(static_cast<const char*>(positions[v].raw()), positions[v].nbytes(), pos);
-  }
-  return placeholders;
-}
-
-// A conversation with media, as Gemma 4's processor prepares it: every image, clip and video processed
-// (the processor's batch of this conversation alone), the placeholders expanded to their soft-token
-// counts, the text tokenised whole. The reply marks move with the expansion; the media tokens
-// (boundaries and soft tokens) are never trained, wherever they are.
+// A conversation with media, as Gemma 4's processor prepares it: the placeholders expanded to the
+// soft-token counts the processors would give for this conversation alone (from the files' headers
+// and lengths: the media themselves are processed when a batch uses them, data/media.h), the text
+// tokenised whole. The reply marks move with the expansion; the media tokens (boundaries and soft
+// tokens) are never trained, wherever they are.
 Document media_document(RenderedChat chat, const RawDoc& r, const DataOptions& opt, const io::Tokenizer& tok) {
-  auto media = std::make_shared<DocumentMedia>();
+  std::shared_ptr<const DocumentMedia> media;
   MediaSoftTokens soft_tokens;
   try {
     check_media_tokens(tok, !r.images.empty(), !r.audio.empty(), "the tokenizer", !r.videos.empty());
     io::ImageProcessorOptions o = opt.image_processor;
     if (opt.max_soft_tokens > 0) o.max_soft_tokens = opt.max_soft_tokens;
-    std::vector<io::RgbImage> images;
-    for (const std::string& f : r.images) images.push_back(io::read_image(f));
-    std::vector<std::vector<float>> clips;
-    for (const std::string& f : r.audio) clips.push_back(io::read_wav_16k(f));
-    PromptMedia p = process_prompt_media(images, r.images, clips, o);
-    if (p.pixel_values.defined()) media->pixel_codes = pixel_codes(p.pixel_values, io::PixelScale::MultiplyByInverse);
-    media->image_position_ids = std::move(p.image_position_ids);
-    media->input_features = std::move(p.input_features);
-    media->input_features_mask = std::move(p.input_features_mask);
-    soft_tokens.images = std::move(p.image_soft_tokens);
-    soft_tokens.audio = std::move(p.audio_soft_tokens);
-    soft_tokens.videos = process_document_videos(r, opt.video_processor, *media);
+    media = plan_document_media(r.source, r.images, r.audio, r.videos, o, opt.video_processor, &soft_tokens);
   } catch (const Error& e) {
     G4_FAIL(r.source, ": ", e.what());
   }
-  media->hash = hash_media(*media);
   std::vector<size_t> marks;
   for (const RenderedChat::Reply& reply : chat.replies)
     marks.insert(marks.end(), {reply.header, reply.begin, reply.end});

@@ -81,16 +81,46 @@ int64_t audio_soft_tokens(const std::vector<bool>& frame_mask) {
   return int64_t(std::count(m.begin(), m.end(), true));
 }
 
-AudioFeatures extract_audio_features(const std::vector<std::vector<float>>& clips) {
-  G4_CHECK(!clips.empty(), "audio feature extractor: no clips");
+namespace {
+
+// Frames of a batch whose clips have these sample counts (after the 30 s cap): right padding to
+// the longest rounded up to kPadMultiple, the semicausal left pad of half a frame, then frames of
+// kFrame + 1 samples whose last one is dropped (transformers unfolds 321 samples and slices off
+// the last).
+int64_t batch_frames(const std::vector<int64_t>& samples) {
+  G4_CHECK(!samples.empty(), "audio feature extractor: no clips");
   int64_t longest = 0;
-  for (const auto& c : clips) longest = std::max(longest, std::min<int64_t>(int64_t(c.size()), kAudioMaxSamples));
+  for (int64_t n : samples) longest = std::max(longest, std::min<int64_t>(n, kAudioMaxSamples));
   const int64_t padded = (longest + kPadMultiple - 1) / kPadMultiple * kPadMultiple;
-  // The semicausal left pad of half a frame, then frames of kFrame + 1 samples whose last one is
-  // dropped (transformers unfolds 321 samples and slices off the last).
   G4_CHECK(padded + kHop >= kFrame + 1, "audio feature extractor: the longest clip has ", longest,
            " samples, too short for one 20 ms frame (at least 129 samples at 16 kHz)");
-  const int64_t F = (padded + kHop - (kFrame + 1)) / kHop + 1;
+  return (padded + kHop - (kFrame + 1)) / kHop + 1;
+}
+
+// Frame i ends at original sample kHop * (i + 1); it is valid when that sample is real.
+int64_t valid_frames(int64_t samples, int64_t frames) {
+  return std::clamp<int64_t>((std::min<int64_t>(samples, kAudioMaxSamples) - 1) / kHop, 0, frames);
+}
+
+std::vector<bool> frame_mask(int64_t valid, int64_t frames) {
+  std::vector<bool> m(size_t(frames), false);
+  std::fill(m.begin(), m.begin() + valid, true);
+  return m;
+}
+
+}  // namespace
+
+std::vector<int64_t> audio_soft_token_counts(const std::vector<int64_t>& samples) {
+  const int64_t F = batch_frames(samples);
+  std::vector<int64_t> out;
+  for (int64_t n : samples) out.push_back(audio_soft_tokens(frame_mask(valid_frames(n, F), F)));
+  return out;
+}
+
+AudioFeatures extract_audio_features(const std::vector<std::vector<float>>& clips) {
+  std::vector<int64_t> samples;
+  for (const auto& c : clips) samples.push_back(int64_t(c.size()));
+  const int64_t F = batch_frames(samples);
   const int64_t B = int64_t(clips.size());
   // Constant tables, built once per process (training data extracts features per document).
   static const std::vector<double> mel = audio_mel_filters();
@@ -111,11 +141,8 @@ AudioFeatures extract_audio_features(const std::vector<std::vector<float>>& clip
   for (int64_t b = 0; b < B; ++b) {
     const auto& clip = clips[size_t(b)];
     const int64_t n = std::min<int64_t>(int64_t(clip.size()), kAudioMaxSamples);
-    // Frame i ends at original sample kHop * (i + 1); it is valid when that sample is real.
-    const int64_t valid = std::clamp<int64_t>((n - 1) / kHop, 0, F);
-    std::vector<bool> frame_mask(size_t(F), false);
+    const int64_t valid = valid_frames(n, F);
     for (int64_t i = 0; i < valid; ++i) {
-      frame_mask[size_t(i)] = true;
       mask[b * F + i] = 1;
       std::fill(buf.begin(), buf.end(), std::complex<double>());
       for (int64_t s = 0; s < kFrame; ++s) {
@@ -132,7 +159,7 @@ AudioFeatures extract_audio_features(const std::vector<std::vector<float>>& clip
         row[j] = float(std::log(acc + kMelFloor));
       }
     }
-    out.num_soft_tokens.push_back(audio_soft_tokens(frame_mask));
+    out.num_soft_tokens.push_back(audio_soft_tokens(frame_mask(valid, F)));
   }
   return out;
 }

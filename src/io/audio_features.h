@@ -33,4 +33,8 @@ std::vector<float> audio_window();
 // tower's two stride-2 convolutions, counted.
 int64_t audio_soft_tokens(const std::vector<bool>& frame_mask);
 
+// The num_soft_tokens extract_audio_features gives for a batch of clips of these sample counts,
+// from the counts alone (a clip's valid frames depend only on its length), with its errors.
+std::vector<int64_t> audio_soft_token_counts(const std::vector<int64_t>& samples);
+
 }  // namespace g4::io

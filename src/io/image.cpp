@@ -120,8 +120,9 @@ struct JpegResult {
 
 // Returns false with err.message set on a libjpeg error. Only libjpeg's frames lie between the
 // setjmp and a longjmp, so no C++ destructor is skipped; `pixels` belongs to the caller.
+// header_only: stops after the header (size, orientation, colour space); no pixel is decoded.
 bool jpeg_decode(const uint8_t* data, size_t n, JpegError& err, JpegResult& res, std::vector<uint8_t>& pixels,
-                 int64_t max_pixels) {
+                 int64_t max_pixels, bool header_only = false) {
   jpeg_decompress_struct cinfo;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_on_error;
@@ -144,7 +145,7 @@ bool jpeg_decode(const uint8_t* data, size_t n, JpegError& err, JpegResult& res,
   res.width = cinfo.image_width;
   res.cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   res.adobe = cinfo.saw_Adobe_marker;
-  if (res.height <= 0 || res.width <= 0 || res.height * res.width > max_pixels) {
+  if (header_only || res.height <= 0 || res.width <= 0 || res.height * res.width > max_pixels) {
     jpeg_destroy_decompress(&cinfo);
     return true;  // the caller refuses the size
   }
@@ -224,8 +225,9 @@ struct PngResult {
   int orientation = 1;
 };
 
+// header_only: stops after the chunks before the image data (size, eXIf); no pixel is decoded.
 bool png_decode(PngReader& reader, PngResult& res, std::vector<uint8_t>& pixels, std::vector<uint8_t>& row,
-                int64_t max_pixels) {
+                int64_t max_pixels, bool header_only = false) {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &reader, png_on_error, png_on_warning);
   if (!png) {
     std::snprintf(reader.message, sizeof(reader.message), "out of memory");
@@ -248,6 +250,10 @@ bool png_decode(PngReader& reader, PngResult& res, std::vector<uint8_t>& pixels,
   png_uint_32 exif_size = 0;
   png_bytep exif = nullptr;
   if (png_get_eXIf_1(png, info, &exif_size, &exif) && exif) res.orientation = exif_orientation(exif, exif_size);
+  if (header_only) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return true;
+  }
 
   const int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
   // Pillow opens 16-bit grey as mode I;16, whose conversion to RGB clips at 255; every other
@@ -299,7 +305,36 @@ RgbImage decode_png(std::string_view bytes, const std::string& what) {
   return apply_orientation(std::move(img), res.orientation);
 }
 
+// The size apply_orientation gives an image of height x width.
+ImageSize oriented_size(int64_t height, int64_t width, int orientation) {
+  const bool swap = orientation >= 5 && orientation <= 8;
+  return swap ? ImageSize{width, height} : ImageSize{height, width};
+}
+
 }  // namespace
+
+ImageSize image_size(std::string_view bytes, const std::string& what) {
+  const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
+  std::vector<uint8_t> none;
+  if (bytes.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) {
+    JpegError err{};
+    JpegResult res;
+    if (!jpeg_decode(b, bytes.size(), err, res, none, kMaxImagePixels, /*header_only=*/true))
+      G4_FAIL("JPEG image ", what, " cannot be decoded: ", err.message);
+    check_size(res.height, res.width, what);
+    return oriented_size(res.height, res.width, res.orientation);
+  }
+  if (bytes.size() >= 8 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    PngReader reader{b, bytes.size(), 0, {}};
+    PngResult res;
+    std::vector<uint8_t> row;
+    if (!png_decode(reader, res, none, row, kMaxImagePixels, /*header_only=*/true))
+      G4_FAIL("PNG image ", what, " cannot be decoded: ", reader.message);
+    check_size(res.height, res.width, what);
+    return oriented_size(res.height, res.width, res.orientation);
+  }
+  G4_FAIL("image ", what, " is neither a JPEG nor a PNG file (g4 reads those two formats)");
+}
 
 RgbImage decode_image(std::string_view bytes, const std::string& what) {
   const auto* b = reinterpret_cast<const uint8_t*>(bytes.data());
@@ -308,8 +343,10 @@ RgbImage decode_image(std::string_view bytes, const std::string& what) {
   G4_FAIL("image ", what, " is neither a JPEG nor a PNG file (g4 reads those two formats)");
 }
 
+std::string read_image_file(const std::string& path) { return read_regular_file(path, "image", kMaxImageFileBytes); }
+
 RgbImage read_image(const std::string& path) {
-  return decode_image(read_regular_file(path, "image", kMaxImageFileBytes), path);
+  return decode_image(read_image_file(path), path);
 }
 
 }  // namespace g4::io

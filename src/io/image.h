@@ -22,5 +22,15 @@ struct RgbImage {
 // with Pillow's formula. Other formats are refused. Errors name `what` (the file).
 RgbImage decode_image(std::string_view bytes, const std::string& what);
 RgbImage read_image(const std::string& path);
+// The bytes of an image file (read_image reads them so: a regular file of at most 512 MiB).
+std::string read_image_file(const std::string& path);
+
+// The size decode_image gives (EXIF orientation applied: 5..8 swap height and width), from the
+// header alone: no pixel is decoded (what training data needs to count an image's soft tokens
+// before its pixels are used). Errors as decode_image's for what the header shows.
+struct ImageSize {
+  int64_t height = 0, width = 0;
+};
+ImageSize image_size(std::string_view bytes, const std::string& what);
 
 }  // namespace g4::io

@@ -200,6 +200,12 @@ float scaled_pixel(uint8_t code, PixelScale scale) {
                                                 : static_cast<float>(code) / 255.0f;
 }
 
+int64_t image_soft_tokens(int64_t height, int64_t width, const ImageProcessorOptions& opt, const std::string& what) {
+  const auto [th, tw] = image_target_size(height, width, opt, what);
+  const int64_t p = opt.patch_size, k = opt.pooling_kernel_size;
+  return (th / p) * (tw / p) / (k * k);
+}
+
 int64_t write_patches(const RgbImage& resized, int64_t patch_size, PixelScale scale, float* values,
                       int64_t* positions) {
   const int64_t p = patch_size, ph = resized.height / p, pw = resized.width / p, D = 3 * p * p;

@@ -39,6 +39,11 @@ bool is_soft_token_budget(int64_t n);
 std::pair<int64_t, int64_t> image_target_size(int64_t height, int64_t width, const ImageProcessorOptions& opt,
                                               const std::string& what = "image");
 
+// The soft tokens an h x w image expands to: (th/p)*(tw/p)/k^2 at its image_target_size, what
+// process_images counts, from the size alone (training data counts them before using the pixels).
+int64_t image_soft_tokens(int64_t height, int64_t width, const ImageProcessorOptions& opt,
+                          const std::string& what = "image");
+
 // torchvision's resize(uint8 tensor, BICUBIC, antialias=True) on the CPU: PIL-style separable
 // filtering (Keys cubic, a = -0.5, support widened by the downscale factor), weights in int16
 // fixed point, the horizontal pass first, each pass rounded and clamped to uint8.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -127,7 +128,8 @@ std::vector<std::string> list_video_frames(const std::string& dir) {
   return files;
 }
 
-ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name) {
+ProcessedVideo plan_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name,
+                          const std::function<ImageSize(const std::string&)>& frame_size, bool log_default_fps) {
   check_video_processor_options(opt, "video processor");
   const int64_t total = static_cast<int64_t>(video.files.size());
   G4_CHECK(total > 0, name, " has no frames");
@@ -138,12 +140,38 @@ ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptio
   }
   double fps = video.fps;
   if (fps <= 0) {
-    G4_LOG(name, ": no fps given for its frames; their timestamps assume ", kDefaultVideoFps,
-           " frames per second (as transformers does)");
+    if (log_default_fps)
+      G4_LOG(name, ": no fps given for its frames; their timestamps assume ", kDefaultVideoFps,
+             " frames per second (as transformers does)");
     fps = kDefaultVideoFps;
   }
   ProcessedVideo out;
   out.frame_indices = sample_frame_indices(total, opt, video.fps > 0 ? video.fps : 0.0, name);
+  for (size_t f = 0; f < out.frame_indices.size(); ++f) {
+    const std::string& file = video.files[size_t(out.frame_indices[f])];
+    const ImageSize size = frame_size(file);
+    if (f == 0) {
+      out.height = size.height;
+      out.width = size.width;
+      std::tie(out.resized_height, out.resized_width) = image_target_size(size.height, size.width, opt.frame, file);
+      out.soft_tokens_per_frame = image_soft_tokens(size.height, size.width, opt.frame, file);
+    }
+    // transformers holds a video as one [F, 3, H, W] tensor: its frames share one size.
+    G4_CHECK(size.height == out.height && size.width == out.width, name, ": frame ", file, " is ", size.width, "x",
+             size.height, ", but the first sampled frame is ", out.width, "x", out.height,
+             " (a video's frames have one size)");
+    out.timestamps.push_back(frame_timestamp(out.frame_indices[f], fps));
+  }
+  return out;
+}
+
+ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name,
+                             bool log_default_fps) {
+  // The plan from the frames' headers, then every sampled frame decoded (and its size checked
+  // against the header's, which the plan used).
+  ProcessedVideo out = plan_video(video, opt, name, [](const std::string& file) {
+    return image_size(read_image_file(file), file);
+  }, log_default_fps);
   const int64_t F = static_cast<int64_t>(out.frame_indices.size()), P = opt.frame.max_patches(),
                 p = opt.frame.patch_size, D = 3 * p * p;
   out.pixel_values = Tensor::zeros({F, P, D}, DType::F32);
@@ -151,20 +179,11 @@ ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptio
   for (int64_t f = 0; f < F; ++f) {
     const std::string& file = video.files[size_t(out.frame_indices[size_t(f)])];
     const RgbImage frame = read_image(file);
-    if (f == 0) {
-      out.height = frame.height;
-      out.width = frame.width;
-      std::tie(out.resized_height, out.resized_width) = image_target_size(frame.height, frame.width, opt.frame, file);
-    }
-    // transformers holds a video as one [F, 3, H, W] tensor: its frames share one size.
-    G4_CHECK(frame.height == out.height && frame.width == out.width, name, ": frame ", file, " is ", frame.width,
-             "x", frame.height, ", but the first sampled frame is ", out.width, "x", out.height,
-             " (a video's frames have one size)");
+    G4_CHECK(frame.height == out.height && frame.width == out.width, name, ": frame ", file, " decodes to ",
+             frame.width, "x", frame.height, ", but its header said ", out.width, "x", out.height);
     const RgbImage resized = resize_bicubic_antialias(frame, out.resized_height, out.resized_width);
-    const int64_t patches = write_patches(resized, p, PixelScale::DivideBy255, out.pixel_values.data<float>() + f * P * D,
-                                          out.position_ids.data<int64_t>() + f * P * 2);
-    out.soft_tokens_per_frame = patches / (opt.frame.pooling_kernel_size * opt.frame.pooling_kernel_size);
-    out.timestamps.push_back(frame_timestamp(out.frame_indices[size_t(f)], fps));
+    write_patches(resized, p, PixelScale::DivideBy255, out.pixel_values.data<float>() + f * P * D,
+                  out.position_ids.data<int64_t>() + f * P * 2);
   }
   return out;
 }

@@ -5,6 +5,7 @@
 // upstream of the processor (MULTIMODAL.md 5 and 11); docs/multimodal.md "Video".
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -66,9 +67,16 @@ struct ProcessedVideo {
 
 // Samples, decodes the sampled frames (every listed file must exist; all sampled frames must have
 // one size), resizes them all to the size the image rules give for that size, scales, patchifies
-// and pads each frame. `name` names the video in errors.
+// and pads each frame. `name` names the video in errors. A video without fps is logged (its
+// timestamps assume kDefaultVideoFps) unless log_default_fps is false.
 ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptions& opt,
-                             const std::string& name = "video");
+                             const std::string& name = "video", bool log_default_fps = true);
+
+// process_video without the pixels: the sampled frames, their timestamps, sizes and soft tokens
+// per frame (pixel_values and position_ids undefined), with process_video's checks, from
+// `frame_size` of each sampled frame (image_size of its header: no pixel is decoded).
+ProcessedVideo plan_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name,
+                          const std::function<ImageSize(const std::string&)>& frame_size, bool log_default_fps = true);
 
 // transformers' batch of videos: pixel_values_videos [V, F, P, D] and video_position_ids
 // [V, F, P, 2]. The videos must have the same number of frames (transformers stacks them).

@@ -103,8 +103,10 @@ Waveform parse_wav(std::string_view bytes, const std::string& what) {
   return w;
 }
 
+std::string read_wav_file(const std::string& path) { return read_regular_file(path, "WAV file", kMaxWavBytes); }
+
 Waveform read_wav(const std::string& path) {
-  return parse_wav(read_regular_file(path, "WAV file", kMaxWavBytes), "WAV file " + path);
+  return parse_wav(read_wav_file(path), "WAV file " + path);
 }
 
 std::vector<float> samples_16k(Waveform w, const std::string& what) {

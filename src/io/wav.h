@@ -18,6 +18,8 @@ struct Waveform {
 // channels are averaged as librosa.to_mono does. Errors name `what` (the file).
 Waveform parse_wav(std::string_view bytes, const std::string& what);
 Waveform read_wav(const std::string& path);
+// The bytes of a WAV file as read_wav reads them (a regular file, size-limited).
+std::string read_wav_file(const std::string& path);
 
 // The samples of w for the Gemma 4 audio feature extractor, which takes 16 kHz audio only; any
 // other rate is an error naming `what` (g4 does not resample).

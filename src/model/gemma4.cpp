@@ -27,6 +27,9 @@ struct Gemma4::Context {
   Tensor key_valid;   // optional [B, Sk]
   Tensor docs;        // optional [B, S] i32
   Tensor blocks;      // optional [B, S] i32: image blocks of sliding layers (vision_block_ids)
+  // Context parallelism with media: the whole rows' input ids [B, S_all] (host), which say where
+  // the slice's placeholders sit in the order the towers' soft tokens follow.
+  Tensor whole_ids;
   // The multimodal inputs of a forward (run embeds them inside the prologue block).
   const ForwardInputs* mm = nullptr;
   // Generation (forward_paged): keys and values go through the pages instead of kv below.
@@ -204,6 +207,13 @@ Tensor document_ids_from_positions(const Tensor& pos) {
   return t;
 }
 
+namespace {
+// Columns [start, start + len) of host rows [B, S] (a context-parallel slice of whole-row ids).
+Tensor local_columns(const Tensor& rows, int64_t start, int64_t len) {
+  return ops::narrow(rows, 1, start, len).clone();
+}
+}  // namespace
+
 Tensor arange_positions(int64_t B, int64_t S, int64_t start) {
   Tensor t = Tensor::empty({B, S}, DType::I64);
   int64_t* p = t.data<int64_t>();
@@ -232,7 +242,11 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
              "before sharding, parallel::shard_batch), not labels");
     ctx.q_start = context_->slice_start(S);
     ctx.positions = in.position_ids.to(DType::I64);
-    ctx.docs = context_->document_ids(ctx.positions);
+    ctx.docs = local_columns(document_ids_from_positions(context_->whole_rows(ctx.positions)), ctx.q_start, S);
+    // The towers' soft tokens follow the placeholders of whole rows (every rank's media are the whole
+    // batch's: parallel::enable_context_parallel).
+    const bool media = in.pixel_values.defined() || in.pixel_values_videos.defined() || in.input_features.defined();
+    if (media) ctx.whole_ids = context_->whole_rows(in.input_ids);
   } else {
     ctx.positions = in.position_ids.defined() ? in.position_ids.to(DType::I64) : arange_positions(B, S, 0);
     if (in.position_ids.defined()) ctx.docs = document_ids_from_positions(ctx.positions);
@@ -242,7 +256,11 @@ ForwardOutputs Gemma4::forward(const ForwardInputs& in) const {
     G4_CHECK(in.mm_token_type_ids.shape() == in.input_ids.shape(), "mm_token_type_ids ",
              in.mm_token_type_ids.describe(), " must match input_ids ", shape_str(in.input_ids.shape()));
     // transformers' create_masks_for_vision_model: only "vision" models, only sliding layers.
-    if (cfg_.bidirectional == "vision") ctx.blocks = vision_block_ids(in.mm_token_type_ids);
+    // Under context parallelism the blocks are numbered over whole rows, so an image crossing a
+    // slice boundary has one id on both sides.
+    if (cfg_.bidirectional == "vision")
+      ctx.blocks = context_ ? local_columns(vision_block_ids(context_->whole_rows(in.mm_token_type_ids)), ctx.q_start, S)
+                            : vision_block_ids(in.mm_token_type_ids);
   }
   ctx.mm = &in;
   // The batch is prepared on the host (positions, document ids, counts) and uploaded once.
@@ -335,7 +353,7 @@ ag::Var Gemma4::run(const Tensor& ids, const Tensor& positions, Context& ctx) co
   enter_block(0);
   const Tensor& llm_ids = ids;
   ag::Var h = embed(llm_ids);
-  if (ctx.mm) h = merge_multimodal(h, ctx.mm->input_ids, *ctx.mm);
+  if (ctx.mm) h = merge_multimodal(h, ctx.mm->input_ids, *ctx.mm, ctx);
   if (ctx.step && ctx.step->soft_tokens.defined()) {
     // Each token takes its row of [embeddings ; soft tokens] (no tape: generation only).
     const Tensor table = ops::concat({h.value().reshape({S, H}), ctx.step->soft_tokens}, 0);
@@ -410,14 +428,40 @@ SoftTokens Gemma4::soft_tokens(const ForwardInputs& in) const {
   return out;
 }
 
-ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const {
+ag::Var Gemma4::merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in, const Context& ctx) const {
   ag::Var out = h;
   const Tensor host_ids = ids.to(Device::CPU);
-  const SoftTokens soft = soft_tokens(in);
+  const bool sliced = ctx.whole_ids.defined();
+  const int64_t S = host_ids.size(1);
+  auto holds = [](const Tensor& t, int64_t token_id) {
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (element_as_int(t, i) == token_id) return true;
+    return false;
+  };
+  const int64_t image_id = cfg_.vision ? cfg_.vision->image_token_id : -1;
+  const int64_t video_id = cfg_.vision ? cfg_.vision->video_token_id : -1;
+  const int64_t audio_id = cfg_.audio_token_id;
+  // A context-parallel slice skips a tower whose placeholders all lie on other slices (its soft
+  // tokens would not be used here; the tower's gradient then comes from the ranks that use them).
+  // Media without any placeholder in the whole rows still go through, so that the count check
+  // below names the mismatch as on one rank.
+  ForwardInputs media = in;
+  if (sliced) {
+    auto skip = [&](int64_t token_id) { return holds(ctx.whole_ids, token_id) && !holds(host_ids, token_id); };
+    if (skip(image_id)) media.pixel_values = media.image_position_ids = Tensor();
+    if (skip(video_id)) media.pixel_values_videos = media.video_position_ids = Tensor();
+    if (skip(audio_id)) media.input_features = media.input_features_mask = Tensor();
+  }
+  const SoftTokens soft = soft_tokens(media);
+  auto place = [&](const ag::Var& features, int64_t token_id) {
+    if (!features.defined()) return;
+    const ag::Var mine = sliced ? slice_soft_tokens(features, ctx.whole_ids, token_id, ctx.q_start, S) : features;
+    if (mine.defined()) out = merge_soft_tokens(out, host_ids, token_id, mine);
+  };
   // transformers' order: images, then videos, then audio (each fills its own placeholder id).
-  if (soft.image.defined()) out = merge_soft_tokens(out, host_ids, cfg_.vision->image_token_id, soft.image);
-  if (soft.video.defined()) out = merge_soft_tokens(out, host_ids, cfg_.vision->video_token_id, soft.video);
-  if (soft.audio.defined()) out = merge_soft_tokens(out, host_ids, cfg_.audio_token_id, soft.audio);
+  place(soft.image, image_id);
+  place(soft.video, video_id);
+  place(soft.audio, audio_id);
   return out;
 }
 

@@ -85,9 +85,12 @@ class ContextAttention {
   virtual ~ContextAttention() = default;
   // Absolute index of this slice's first token, for a slice of `local_len` tokens.
   virtual int64_t slice_start(int64_t local_len) const = 0;
-  // Document ids [B, local_len] i32 of this slice, consistent over the whole sequence, from its
-  // global position ids (a document may start on another slice).
-  virtual Tensor document_ids(const Tensor& local_positions) = 0;
+  // The whole rows [B, S] (host, i64) of a per-token integer tensor given as this slice's
+  // [B, local_len] (every rank's slice in order). What is defined over whole rows comes from them:
+  // document ids from the global positions (a document may start on another slice), image block
+  // ids from mm_token_type_ids (an image may cross a slice boundary), and which of the media's
+  // soft tokens land in this slice from the input ids. Collective: every rank calls it alike.
+  virtual Tensor whole_rows(const Tensor& local) = 0;
   // Attention of the local q over the keys of every slice; mask describes the local slice.
   virtual ag::Var attend(const ag::Var& q, const ag::Var& k, const ag::Var& v, const ops::AttentionMask& mask,
                          double scale) = 0;
@@ -251,7 +254,9 @@ class Gemma4 {
   // text_id of every id, on the host.
   Tensor text_ids(const Tensor& ids) const;
   // The embeddings h [B, S, H] with the images' and audio clips' soft tokens at their placeholders.
-  ag::Var merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in) const;
+  // Under context parallelism ctx.whole_ids holds the whole rows' ids: the towers run over the
+  // media of whole rows and the slice takes the soft tokens of its own placeholders.
+  ag::Var merge_multimodal(const ag::Var& h, const Tensor& ids, const ForwardInputs& in, const Context& ctx) const;
   ag::Var stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v, const Context& ctx) const;
   const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "autograd/functions.h"
 #include "model/rope_freqs.h"
@@ -216,6 +218,34 @@ ag::Var merge_soft_tokens(const ag::Var& embeds, const Tensor& ids, int64_t toke
     rows.push_back(ag::reshape(pieces.size() == 1 ? pieces[0] : ag::concat(pieces, 0), {1, S, H}));
   }
   return rows.size() == 1 ? rows[0] : ag::concat(rows, 0);
+}
+
+ag::Var slice_soft_tokens(const ag::Var& features, const Tensor& ids, int64_t token_id, int64_t start, int64_t len) {
+  G4_CHECK(ids.dim() == 2 && start >= 0 && len >= 0 && start + len <= ids.size(1), "slice_soft_tokens: columns [",
+           start, ", ", start + len, ") are not inside the rows ", ids.describe());
+  const int64_t B = ids.size(0), S = ids.size(1);
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // (first feature row, count) per row with some in the slice
+  int64_t used = 0;  // placeholders before the current column, over the rows in order
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t first = -1, count = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      if (element_as_int(ids, b * S + s) != token_id) continue;
+      if (s >= start && s < start + len) {
+        if (first < 0) first = used;
+        ++count;
+      }
+      ++used;
+    }
+    // A row's placeholders inside the slice are consecutive in the row-major order.
+    if (count > 0) ranges.emplace_back(first, count);
+  }
+  const Tensor& f = features.value();
+  G4_CHECK(f.dim() == 2 && f.size(0) == used, "the input_ids hold ", used, " placeholder tokens (id ", token_id,
+           ") over their whole rows but their features are ", f.describe());
+  if (ranges.empty()) return {};
+  std::vector<ag::Var> pieces;
+  for (const auto& [first, count] : ranges) pieces.push_back(ag::narrow(features, 0, first, count));
+  return pieces.size() == 1 ? pieces[0] : ag::concat(pieces, 0);
 }
 
 }  // namespace g4::model

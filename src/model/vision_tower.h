@@ -40,4 +40,10 @@ Tensor vision_block_ids(const Tensor& mm_token_type_ids);
 // row-major (batch, position) order (transformers' masked_scatter). The counts must agree.
 ag::Var merge_soft_tokens(const ag::Var& embeds, const Tensor& input_ids, int64_t token_id, const ag::Var& features);
 
+// Context parallelism: the rows of features [n, H] (the soft tokens of the placeholders token_id
+// of the whole rows `ids` [B, S], in row-major order; n must be their count) whose placeholders
+// lie in columns [start, start + len) of each row, in order: what merge_soft_tokens places into
+// that slice. Undefined when the slice holds none.
+ag::Var slice_soft_tokens(const ag::Var& features, const Tensor& ids, int64_t token_id, int64_t start, int64_t len);
+
 }  // namespace g4::model

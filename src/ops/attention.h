@@ -18,7 +18,8 @@ struct AttentionMask {
   // layers of a use_bidirectional_attention "vision" model): with causal, a query also sees the
   // later keys of its own block. The window still applies, one-sided (q - k < window), after that
   // OR: transformers clips a block by the window but never hides a future key of the block.
-  // Ignored on bidirectional masks. CPU and CUDA attention; ring attention refuses them.
+  // Ignored on bidirectional masks. CPU and CUDA attention, and ring attention (ids of the whole
+  // sequence, carried with each rank's keys).
   Tensor q_block, k_block;
 };
 

@@ -1,6 +1,7 @@
 #include "parallel/context_parallel.h"
 
 #include <cmath>
+#include <unordered_set>
 #include <vector>
 
 #include "model/gemma4.h"
@@ -16,6 +17,21 @@ bool block_visible(const ops::AttentionMask& m, int64_t qs, int64_t ks, int64_t 
   // The smallest q - k (causal) or |q - k| over the two ranges.
   const int64_t gap = ks > qs + n - 1 ? ks - (qs + n - 1) : (qs > ks + n - 1 ? qs - (ks + n - 1) : 0);
   return gap < m.window;
+}
+
+// Whether some query of [B, Sq] block ids `qb` and some key of [B, Sk] block ids `kb` (host, i32)
+// share an image block in the same batch row: then keys after every query may still be seen.
+bool share_block(const Tensor& qb, const Tensor& kb) {
+  const int64_t B = qb.size(0), sq = qb.size(1), sk = kb.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    std::unordered_set<int32_t> ids;
+    for (int64_t i = 0; i < sq; ++i)
+      if (const int32_t id = qb.data<int32_t>()[b * sq + i]; id >= 0) ids.insert(id);
+    if (ids.empty()) continue;
+    for (int64_t j = 0; j < sk; ++j)
+      if (ids.count(kb.data<int32_t>()[b * sk + j])) return true;
+  }
+  return false;
 }
 
 // Source rank r's rows of an all-gathered [cp*B, Sl] tensor.
@@ -50,8 +66,8 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   G4_CHECK(mask.q_start == mask.k_start, "ring_attention: the local queries and keys are the same slice, but q_start ",
            mask.q_start, " != k_start ", mask.k_start);
   G4_CHECK(mask.q_doc.defined() == mask.k_doc.defined(), "ring_attention: give both q_doc and k_doc, or neither");
-  G4_CHECK(!mask.q_block.defined(), "ring_attention: bidirectional image blocks (mask.q_block) are not supported with "
-           "context parallelism yet");
+  G4_CHECK(mask.q_block.defined() == mask.k_block.defined(), "ring_attention: give both q_block and k_block, or "
+           "neither");
   const DType dt = qv.dtype();
   const Device dev = qv.device();
   G4_CHECK(dev == cp.device(), "ring_attention: q ", qv.describe(), " is not where the ", cp.backend(),
@@ -68,6 +84,20 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
   const Tensor docs = mask.k_doc.defined() ? gather_rows(cp, as_dtype(mask.k_doc, DType::I32)) : Tensor();
   const Tensor valid = mask.key_valid.defined() ? gather_rows(cp, as_dtype(mask.key_valid, DType::I32)) : Tensor();
   const Tensor q_doc = mask.q_doc.defined() ? on_device_of(cp, as_dtype(mask.q_doc, DType::I32)) : Tensor();
+  // Image blocks (block ids of the whole sequence, so that an image crossing a slice boundary has
+  // one id on both sides) travel like the document ids: every rank's are gathered once and each
+  // block of keys is attended with its owner's. The kernels take them as they are; only the
+  // choice of which blocks to compute needs them on the host: a query may see the later keys of
+  // its image, so a block after every local query is still computed when it shares an image with
+  // them (block ids are ignored on bidirectional masks, as the attention ops ignore them).
+  const bool with_blocks = mask.q_block.defined() && mask.causal;
+  const Tensor blocks = with_blocks ? gather_rows(cp, as_dtype(mask.k_block, DType::I32)) : Tensor();
+  const Tensor q_block = with_blocks ? on_device_of(cp, as_dtype(mask.q_block, DType::I32)) : Tensor();
+  std::vector<char> shares(static_cast<size_t>(n), 0);
+  if (with_blocks) {
+    const Tensor host = blocks.to(Device::CPU), host_q = as_dtype(mask.q_block.to(Device::CPU), DType::I32);
+    for (int r = 0; r < n; ++r) shares[static_cast<size_t>(r)] = share_block(host_q, rows_of(host, r, B));
+  }
   auto block_mask = [=](int r) {
     ops::AttentionMask m;
     m.causal = mask.causal;
@@ -77,9 +107,13 @@ ag::Var ring_attention(Communicator& cp, const ag::Var& q, const ag::Var& k, con
     m.key_valid = rows_of(valid, r, B);
     m.q_doc = q_doc;
     m.k_doc = rows_of(docs, r, B);
+    m.q_block = q_block;
+    m.k_block = rows_of(blocks, r, B);
     return m;
   };
-  auto visible = [=](int r) { return block_visible(mask, mask.q_start, origin + r * Sl, Sl); };
+  auto visible = [=](int r) {
+    return block_visible(mask, mask.q_start, origin + r * Sl, Sl) || shares[static_cast<size_t>(r)];
+  };
 
   // The ring: at step s this rank holds the block of rank - s, and receives the next one while it
   // attends to it; no other remote block is kept (the backward pass runs the ring again).
@@ -162,14 +196,15 @@ class RingContextAttention final : public model::ContextAttention {
 
   int64_t slice_start(int64_t local_len) const override { return cp_.rank() * local_len; }
 
-  Tensor document_ids(const Tensor& local_positions) override {
-    // Gather the whole sequence's positions, [cp*B, Sl] rank by rank, into [B, S].
-    const int64_t B = local_positions.size(0);
-    const Tensor rows = gather_rows(cp_, as_dtype(local_positions, DType::I64)).to(Device::CPU);
+  Tensor whole_rows(const Tensor& local) override {
+    // Gather every rank's [B, Sl], [cp*B, Sl] rank by rank, into [B, S].
+    G4_CHECK(local.defined() && local.dim() == 2, "context parallelism: expected a slice's [B, S_local] rows, got ",
+             local.describe());
+    const int64_t B = local.size(0);
+    const Tensor rows = gather_rows(cp_, as_dtype(local, DType::I64)).to(Device::CPU);
     std::vector<Tensor> parts;
     for (int r = 0; r < cp_.size(); ++r) parts.push_back(rows_of(rows, r, B));
-    const Tensor all = model::document_ids_from_positions(ops::concat(parts, 1));
-    return sequence_shard(all, cp_.rank(), cp_.size());
+    return ops::concat(parts, 1);
   }
 
   ag::Var attend(const ag::Var& q, const ag::Var& k, const ag::Var& v, const ops::AttentionMask& mask,
@@ -238,18 +273,24 @@ PaddedRows pad_to_multiple(const Tensor& input_ids, const Tensor& position_ids, 
     G4_CHECK(!t->defined() || t->shape() == input_ids.shape(), "pad_to_multiple: position_ids and labels must match ",
              "input_ids ", input_ids.describe(), ", got ", t->describe());
   PaddedRows out;
-  out.input_ids = Tensor::empty({B, P}, DType::I64);
+  out.input_ids = pad_columns(input_ids, P, pad_id);
   out.position_ids = Tensor::empty({B, P}, DType::I64);
-  if (labels.defined()) out.labels = Tensor::empty({B, P}, DType::I64);
+  if (labels.defined()) out.labels = pad_columns(labels, P, -100);
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < P; ++s) {
-      const int64_t i = b * P + s, src = b * S + s;
-      const bool real = s < S;
-      out.input_ids.data<int64_t>()[i] = real ? element_as_int(input_ids, src) : pad_id;
-      out.position_ids.data<int64_t>()[i] =
-          !real ? s - S : (position_ids.defined() ? element_as_int(position_ids, src) : s);
-      if (labels.defined()) out.labels.data<int64_t>()[i] = real ? element_as_int(labels, src) : -100;
-    }
+    for (int64_t s = 0; s < P; ++s)
+      out.position_ids.data<int64_t>()[b * P + s] =
+          s >= S ? s - S : (position_ids.defined() ? element_as_int(position_ids, b * S + s) : s);
+  return out;
+}
+
+Tensor pad_columns(const Tensor& rows, int64_t P, int64_t value) {
+  G4_CHECK(rows.defined() && rows.dim() == 2 && P >= rows.size(1), "pad_columns: cannot pad ", rows.describe(), " to ",
+           P, " columns");
+  const int64_t B = rows.size(0), S = rows.size(1);
+  const Tensor host = rows.device() == Device::CPU ? rows : rows.to(Device::CPU);
+  Tensor out = Tensor::empty({B, P}, DType::I64);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < P; ++s) out.data<int64_t>()[b * P + s] = s < S ? element_as_int(host, b * S + s) : value;
   return out;
 }
 

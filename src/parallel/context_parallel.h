@@ -15,7 +15,10 @@ namespace g4::parallel {
 // q [B, Sl, nH, d], k [B, Sl, nKV, d], v [B, Sl, nKV, dv] are this rank's slices (Sl = S/cp on
 // every rank). `mask` describes this rank's slice: q_start == k_start is the absolute index of its
 // first token (rank * Sl for a whole sequence), and q_doc, k_doc, key_valid (optional) are [B, Sl]
-// for its own tokens; the other ranks' document ids and key_valid are all-gathered once.
+// for its own tokens; the other ranks' document ids and key_valid are all-gathered once. So are
+// the image blocks (q_block, k_block [B, Sl], ids of the whole sequence, as vision_block_ids
+// numbers them over whole rows): a query sees the later keys of its image on any rank, and a
+// block of keys after every local query is computed when it shares an image with them.
 //
 // Forward: cp - 1 send_recv steps pass the K/V blocks around the ring (rank r sends to r+1 and
 // receives from r-1). Each block is attended with its owner's absolute offset, and the partial
@@ -55,6 +58,9 @@ struct PaddedRows {
 };
 PaddedRows pad_to_multiple(const Tensor& input_ids, const Tensor& position_ids, const Tensor& labels, int cp,
                            int64_t pad_id);
+// Integer rows [B, S] padded on the right to P >= S columns with `value`, as i64 (the token types
+// of a multimodal batch are padded as pad_to_multiple pads its ids).
+Tensor pad_columns(const Tensor& rows, int64_t P, int64_t value);
 // The sequence length after pad_to_multiple: S rounded up to a multiple of cp.
 int64_t padded_length(int64_t S, int cp);
 

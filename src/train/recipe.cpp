@@ -119,6 +119,8 @@ std::vector<ScopedKey> make_schema() {
       train_only(field("data.seed", G4_SLOT(data.seed), "seed of the validation split and of each epoch's row order")),
       sft_only(field("data.max_soft_tokens", G4_SLOT(data.max_soft_tokens),
             "image soft tokens: 70, 140, 280, 560 or 1120 (0: the model's processor_config.json)", kNonNegative)),
+      sft_only(field("data.media_cache_mb", G4_SLOT(data.media_cache_mb),
+            "MiB of processed images and audio kept between batches (0: processed at every use)", kNonNegative)),
       train_only(field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW)", kPositive)),
       // g4 rl accepts 0: rollouts, rewards and metrics of the unchanged policy, the baseline a run is judged by.
       rl_only(field("optimizer.lr", G4_SLOT(lr), "peak learning rate (AdamW; 0: a control run, the weights never change)",

@@ -65,11 +65,9 @@ io::VideoProcessorOptions data_video_processor(const std::string& model_dir, con
   return opt;
 }
 
-void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
-                           bool images, bool audio, bool videos) {
+void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, bool images,
+                           bool audio, bool videos) {
   if (!images && !audio && !videos) return;
-  G4_CHECK(cp == 1, r.source, ": parallel.context_parallel is ", cp, ", but data.train holds images or audio: ",
-           "multimodal rows cannot be cut across context-parallel ranks (the towers need whole media)");
   // load_documents checked that the tokenizer has the tokens of the media present.
   const auto same = [&](const char* token, bool tower, int64_t model_id, const char* kind) {
     G4_CHECK(tower, r.source, ": data.train holds ", kind, " parts, but the model has no ", kind, " tower");

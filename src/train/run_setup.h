@@ -47,9 +47,10 @@ io::ImageProcessorOptions data_image_processor(const std::string& model_dir, con
 io::VideoProcessorOptions data_video_processor(const std::string& model_dir, const io::ModelConfig& config);
 
 // Training data with images, audio or videos: the model must have the towers, the tokenizer's
-// placeholders must be the model's ids, and the rows must not be cut across context-parallel ranks.
-void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, int cp,
-                           bool images, bool audio, bool videos = false);
+// placeholders must be the model's ids. (Context parallelism cuts multimodal rows like any other:
+// every rank runs the towers on the whole micro-batch's media, train/sft.cpp.)
+void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, bool images,
+                           bool audio, bool videos = false);
 
 class RunParts {
  public:

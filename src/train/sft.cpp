@@ -15,13 +15,21 @@ namespace {
 // are padded to a multiple of cp and the rank keeps its contiguous slice, with the labels shifted
 // over the whole row first (targets) and global position ids.
 model::ForwardInputs rank_inputs(const data::Batch& b, int cp_rank, int cp, int64_t pad_id) {
-  if (cp == 1) return batch_inputs(b);
-  // A slice of a row may hold part of an image's soft tokens, and the towers run on whole media.
-  G4_CHECK(!b.mm_token_type_ids.defined(), "parallel.context_parallel ", cp,
-           ": training on images or audio is not supported with context parallelism (the rows are cut across ranks)");
+  model::ForwardInputs in = batch_inputs(b);
+  if (cp == 1) return in;
   const parallel::PaddedRows rows = parallel::pad_to_multiple(b.input_ids, b.position_ids, b.labels, cp, pad_id);
   const parallel::ContextShard s = parallel::shard_batch(rows.input_ids, rows.position_ids, rows.labels, cp_rank, cp);
-  return {s.input_ids, Tensor(), s.position_ids, Tensor(), s.targets};
+  in.input_ids = s.input_ids;
+  in.position_ids = s.position_ids;
+  in.labels = Tensor();
+  in.targets = s.targets;
+  // Media: every rank gets the whole micro-batch's (the towers run on whole images and clips, and
+  // the model takes the soft tokens of its slice's placeholders); the token types are cut like the
+  // ids, padded as text.
+  if (b.mm_token_type_ids.defined())
+    in.mm_token_type_ids =
+        parallel::sequence_shard(parallel::pad_columns(b.mm_token_type_ids, rows.input_ids.size(1), 0), cp_rank, cp);
+  return in;
 }
 
 struct SftBatch final : StepBatch {

@@ -104,7 +104,7 @@ Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) :
     d.image_processor = data_image_processor(r.model_path, p_.model->config());
     d.video_processor = data_video_processor(r.model_path, p_.model->config());
     data_ = std::make_unique<data::PackedDataset>(d, *p_.tok);
-    check_multimodal_data(r, p_.model->config(), *p_.tok, p_.mesh->shape().cp, data_->images() > 0,
+    check_multimodal_data(r, p_.model->config(), *p_.tok, data_->images() > 0,
                           data_->audio_clips() > 0, data_->videos() > 0);
     G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
     check_same_data_on_every_rank();

@@ -1,6 +1,6 @@
 // Chat training data with image, audio and video parts: the reader's errors, a multimodal document's ids,
-// trained marks and token types, batches whose media equal the processor's, and packing that never
-// cuts a multimodal document.
+// trained marks and token types, batches whose media equal the processor's, packing that never
+// cuts a multimodal document, and media processed when batches use them (the cache, changed files).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -159,13 +159,15 @@ TEST(MultimodalData, DocumentIdsLabelsAndTokenTypes) {
     SCOPED_TRACE(d.source);
     ASSERT_EQ(d.mm_types.size(), d.ids.size());
     ASSERT_TRUE(d.media);
-    // The codes give the processor's pixel_values back bit for bit.
-    Tensor values = Tensor::empty(d.media->pixel_codes.shape(), DType::F32);
-    for (int64_t i = 0; i < values.numel(); ++i)
-      values.data<float>()[i] = pixel_value(d.media->pixel_codes.data<uint8_t>()[i]);
+    ASSERT_EQ(d.media->images.size(), 1u);
+    EXPECT_EQ(d.media->images[0].path, image);
+    // Processed when used: the codes give the processor's pixel_values back bit for bit.
+    const ProcessedMedia m = process_document_media(*d.media);
+    Tensor values = Tensor::empty(m.pixel_codes.shape(), DType::F32);
+    for (int64_t i = 0; i < values.numel(); ++i) values.data<float>()[i] = pixel_value(m.pixel_codes.data<uint8_t>()[i]);
     expect_same(values, want.pixel_values, "pixel_values");
-    expect_same(d.media->image_position_ids, want.image_position_ids, "image_position_ids");
-    EXPECT_FALSE(d.media->input_features.defined());
+    expect_same(m.image_position_ids, want.image_position_ids, "image_position_ids");
+    EXPECT_FALSE(m.input_features.defined());
     int64_t soft_tokens = 0;
     size_t open = 0;
     for (size_t t = 0; t < d.ids.size(); ++t) {
@@ -303,7 +305,8 @@ TEST(MultimodalData, RepliesOfEveryTurnStayTrained) {
   int64_t soft = 0;
   for (uint8_t type : docs[0].mm_types) soft += type == 1;
   EXPECT_EQ(soft, 120);
-  EXPECT_EQ(docs[0].media->pixel_codes.size(0), 2);
+  EXPECT_EQ(docs[0].media->images.size(), 2u);
+  EXPECT_EQ(process_document_media(*docs[0].media).pixel_codes.size(0), 2);
 }
 
 TEST(MultimodalData, TextOnlyBatchesHaveNoMedia) {
@@ -403,7 +406,8 @@ TEST(MultimodalData, VideoDocumentsAndBatches) {
   EXPECT_EQ(a.timestamps, (std::vector<std::string>{"00:00", "00:00", "00:01", "00:01"}));
   EXPECT_EQ(b.timestamps, (std::vector<std::string>{"00:00", "00:00"}));  // 24 fps assumed
   ASSERT_TRUE(d.media);
-  EXPECT_EQ(d.media->video_frames, (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(d.media->frames_per_video, (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(d.media->video_frames.size(), 6u);  // the sampled frames, each hashed
   int64_t video_tokens = 0;
   const int32_t video = *tokenizer().token_to_id("<|video|>");
   for (size_t t = 0; t < d.ids.size(); ++t) {
@@ -440,5 +444,113 @@ TEST(MultimodalData, VideoDocumentsAndBatches) {
   EXPECT_NE(two.fingerprint(), all_frames);
 }
 
+// Every tensor of two batches, bit for bit.
+void expect_same_batches(const Batch& a, const Batch& b, const std::string& what) {
+  SCOPED_TRACE(what);
+  for (const auto member :
+       {&Batch::input_ids, &Batch::labels, &Batch::position_ids, &Batch::mm_token_type_ids, &Batch::pixel_values,
+        &Batch::image_position_ids, &Batch::input_features, &Batch::input_features_mask, &Batch::pixel_values_videos,
+        &Batch::video_position_ids}) {
+    ASSERT_EQ((a.*member).defined(), (b.*member).defined());
+    if ((a.*member).defined()) expect_same(a.*member, b.*member, "a batch tensor");
+  }
+}
+
+// Media are processed when a batch uses them: a dataset caching none, one caching everything and
+// the same dataset asked again give bit-identical batches (and they equal the processors': the
+// tests above); the fingerprint is over the files' bytes and the options, not their folder; a file
+// changed or removed after loading is an error naming it.
+TEST(MultimodalData, LazyMediaAreTheSameBatchesAndNameChangedFiles) {
+  test::TempDir dir;
+  std::filesystem::copy_file(processor_file("rgba_97x150.png"), dir / "small.png");
+  std::filesystem::copy_file(processor_file("scene_1200x280.jpg"), dir / "wide.jpg");
+  test::write_random_wav(dir / "a.wav", 3000, 1);
+  test::write_random_wav(dir / "b.wav", 5000, 2);
+  std::filesystem::create_directories(dir / "clip");
+  for (int i = 0; i < 3; ++i) test::write_random_png(dir / ("clip/" + std::to_string(i) + ".png"), 40, 30, 30 + i);
+  test::write_text(dir / "chat.jsonl",
+                   chat_line(image_part("small.png") + R"(, {"type": "audio", "path": "a.wav"}, )" + text_part("a?"),
+                             "b") + "\n" +
+                       chat_line(image_part("wide.jpg") + ", " + image_part("small.png") + ", " + text_part("c?"), "d") +
+                       "\n" + chat_line(R"({"type": "audio", "path": "b.wav"}, )" + text_part("e?"), "f") + "\n" +
+                       chat_line(video_folder_part("clip", "2") + ", " + text_part("g?"), "h") + "\n");
+  DataOptions o = options_for(dir / "chat.jsonl", 300);
+  o.video_processor = tiny_video_options(0);
+  o.media_cache_mb = 0;
+  const PackedDataset uncached(o, tokenizer());
+  o.media_cache_mb = 64;
+  const PackedDataset cached(o, tokenizer());
+  ASSERT_GT(uncached.train_rows(), 1);
+  EXPECT_EQ(cached.fingerprint(), uncached.fingerprint());
+  int64_t with_media = 0;
+  for (int64_t i = 0; i < 2 * uncached.train_rows(); ++i) {  // two epochs: the second from the cache
+    const Batch want = uncached.train_batch(1, i);
+    with_media += want.mm_token_type_ids.defined();
+    expect_same_batches(cached.train_batch(1, i), want, "batch " + std::to_string(i) + ", cached");
+    expect_same_batches(uncached.train_batch(1, i), want, "batch " + std::to_string(i) + ", again");
+  }
+  EXPECT_GT(with_media, 0);
+
+  // The same files in another folder: the same fingerprint.
+  test::TempDir other;
+  for (const char* f : {"small.png", "wide.jpg", "a.wav", "b.wav", "chat.jsonl"})
+    std::filesystem::copy_file(dir / f, other / f);
+  std::filesystem::copy(dir / "clip", other / "clip", std::filesystem::copy_options::recursive);
+  DataOptions moved = o;
+  moved.files = {other / "chat.jsonl"};
+  EXPECT_EQ(PackedDataset(moved, tokenizer()).fingerprint(), cached.fingerprint());
+
+  // A removed clip, then (the clip back) a changed image (another valid PNG of the same size: the
+  // soft tokens would still fit), are errors naming the file and the conversation, when a batch
+  // needs them.
+  o.media_cache_mb = 0;
+  const PackedDataset loaded(o, tokenizer());
+  const auto error_naming = [&](const std::string& file) {
+    for (int64_t i = 0; i < loaded.train_rows(); ++i) {
+      const std::string e = test::error_of([&] { loaded.train_batch(1, i); });
+      if (e.find(file) != std::string::npos) return e;
+    }
+    return std::string("no batch fails naming ") + file;
+  };
+  std::filesystem::remove(dir / "b.wav");
+  const std::string gone = error_naming("b.wav");
+  std::filesystem::copy_file(other / "b.wav", dir / "b.wav");
+  test::write_random_png(dir / "small.png", 150, 97, 99);
+  const std::string changed = error_naming("small.png");
+  EXPECT_NE(changed.find("the image file " + (dir / "small.png") + " changed since the data was loaded"),
+            std::string::npos)
+      << changed;
+  EXPECT_NE(changed.find((dir / "chat.jsonl") + ":"), std::string::npos) << changed;
+  EXPECT_NE(gone.find("the audio file " + (dir / "b.wav") + " was read when the data was loaded but cannot be read now"),
+            std::string::npos)
+      << gone;
+  EXPECT_NE(gone.find((dir / "chat.jsonl") + ":3"), std::string::npos) << gone;
+}
+
+// The cache keeps at most its bound, dropping the least recently used.
+TEST(MultimodalData, MediaCacheKeepsItsBound) {
+  test::TempDir dir;
+  std::vector<std::shared_ptr<const DocumentMedia>> docs;
+  for (int i = 0; i < 3; ++i) {
+    const std::string f = dir / ("i" + std::to_string(i) + ".png");
+    test::write_random_png(f, 30, 40, 50 + static_cast<uint32_t>(i));
+    docs.push_back(plan_document_media("doc " + std::to_string(i), {f}, {}, {}, tiny_options(), {}, nullptr));
+  }
+  const int64_t one = process_document_media(*docs[0]).bytes();
+  MediaCache cache(2 * one);
+  const auto first = cache.get(*docs[0]);
+  EXPECT_EQ(cache.get(*docs[0]).get(), first.get());  // kept
+  cache.get(*docs[1]);
+  cache.get(*docs[0]);  // now the most recent
+  cache.get(*docs[2]);  // drops docs[1]
+  EXPECT_EQ(cache.entries(), 2);
+  EXPECT_LE(cache.bytes(), 2 * one);
+  EXPECT_EQ(cache.get(*docs[0]).get(), first.get());
+  MediaCache none(0);
+  none.get(*docs[0]);
+  EXPECT_EQ(none.entries(), 0);
+}
+
 }  // namespace
 }  // namespace g4::data
+

@@ -36,6 +36,7 @@
 #include "parallel/expert_parallel.h"
 #include "parallel/host_staged_communicator.h"
 #include "parallel/moe_test_util.h"
+#include "parallel/multimodal_cp_batch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/parallel_test_util.h"
 #include "parallel/ring_attention_cases.h"
@@ -126,7 +127,8 @@ Whole whole_attention(const Case& c, uint64_t seed) {
 // The ring's arithmetic on one GPU, with n blocks of queries and keys: block (i, j) attended with
 // its absolute offsets and its part of the mask, merged by log-sum-exp; backward block by block
 // against the merged output and lse, the shares summed in fp32. Every pair is computed, also those
-// no query can see (the kernels must give lse -inf and zero gradients there).
+// no query can see (the kernels must give lse -inf and zero gradients there), and with image blocks
+// the pairs after the diagonal whose queries see the later keys of their image.
 TEST(GpuAttentionMerge, KeyBlocksMergeToTheWholeAttention) {
   G4_REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
@@ -148,6 +150,9 @@ TEST(GpuAttentionMerge, KeyBlocksMergeToTheWholeAttention) {
       m.q_doc = block_of(full.q_doc, i, n);
       m.k_doc = block_of(full.k_doc, j, n);
       m.key_valid = block_of(valid, j, n);
+      // Image blocks: query block i carries its ids, key block j its own (ids of the whole rows).
+      m.q_block = block_of(full.q_block, i, n);
+      m.k_block = block_of(full.k_block, j, n);
       return m;
     };
     std::vector<Tensor> q, k, v, dout, out, lse, dq, dk, dv;
@@ -489,6 +494,74 @@ TEST(GpuParallelRanks, MoeModelTrainsLikeOneRank) {
     SCOPED_TRACE(shape.str());
     check_mesh(shape, batch, want, kSteps);
   }
+}
+
+// Multimodal rows over cp on GPU ranks (bf16): tiny-mm-bidir's batch (images of 60 and 68 soft
+// tokens, window 8, one audio clip; multimodal_cp_batch.h) cut into the world's slices, rows padded
+// so that an image crosses a boundary between two ranks. Every rank runs the vision and audio
+// towers on the whole batch's media and merges its slice's soft tokens; the image blocks travel
+// with the keys around the ring. Against one GPU rank on the whole batch: the global loss and
+// every gradient, the towers' (summed over the ranks) included.
+TEST(GpuParallelRanks, MultimodalRowsTrainLikeOneRank) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  Communicator& world = gpu_world();
+  const int r = world.rank(), n = world.size();
+  const std::string name = "tiny-mm-bidir";
+  const model::ForwardInputs whole = testing::mm_cp::whole_batch(name);
+  const auto cpu = model::load_hf_model(testing::mm_cp::fixture_dir(name));
+
+  std::map<std::string, Tensor> want;
+  double want_loss = 0;
+  {
+    auto one = cpu->copy_to(Device::CUDA, DType::BF16);
+    model::ForwardInputs in = whole;
+    in.return_logits = false;
+    const model::ForwardOutputs out = one->forward(in);
+    ag::backward(out.loss);
+    want_loss = out.loss.value().item();
+    for (const std::string& p : one->params().order) {
+      const ag::Var& v = one->params().at(p);
+      want[p] = v.grad().defined() ? test::host_f32(v.grad()) : Tensor::zeros(v.shape(), DType::F32);
+    }
+  }
+
+  auto m = cpu->copy_to(Device::CUDA, DType::BF16);
+  DeviceMesh mesh(world, {.cp = n});
+  enable_context_parallel(*m, mesh.cp_group());
+  const int64_t pad = n == 2 ? 8 : 4;  // 2 slices of 76 or 4 of 37: images cut between ranks
+  Tensor types;
+  model::ForwardInputs in = testing::mm_cp::rank_slice(whole, r, n, pad, m->config().pad_token_id, &types);
+  EXPECT_TRUE(testing::mm_cp::image_crosses_a_slice(types, types.size(1) / n));
+  in.return_logits = false;
+  const int64_t N = global_target_count(in.targets, world);
+  const model::ForwardOutputs out = m->forward(in);
+  const ag::Var share = global_loss_share(out, N);
+  ag::backward(share);
+  sum_gradients(*m, mesh);
+  const double loss = sum_over(world, share.value().item());
+  RANK0_PRINTF(world, "  multimodal cp %d: loss %.6f, one rank %.6f (rel. diff %.2e)\n", n, loss, want_loss,
+               std::abs(loss - want_loss) / want_loss);
+  EXPECT_NEAR(loss, want_loss, 5e-3 * want_loss);
+  double worst = 0, worst_tower = 0;
+  std::string worst_name, worst_tower_name;
+  int towers = 0;
+  for (const std::string& p : m->params().order) {
+    if (!m->params().at(p).requires_grad()) continue;
+    double norm = 0;
+    const double err = test::l2_diff(m->params().at(p).grad(), want.at(p), &norm);
+    // bf16 on both sides, the same kernels but for the ring's merges: the step-1 bound of the MoE
+    // test above.
+    EXPECT_LE(err, 5e-2 * norm + 1e-6) << "gradient of " << p;
+    const bool tower = p.find("vision") != std::string::npos || p.find("audio") != std::string::npos;
+    towers += tower;
+    const double rel = norm > 0 ? err / norm : 0;
+    if (rel > worst) worst = rel, worst_name = p;
+    if (tower && rel > worst_tower) worst_tower = rel, worst_tower_name = p;
+  }
+  EXPECT_GT(towers, 0);
+  std::printf("  multimodal cp %d rank %d: worst gradient relative L2 error %.3e (%s), of the towers %.3e (%s)\n", n,
+              r, worst, worst_name.c_str(), worst_tower, worst_tower_name.c_str());
+  world.barrier();
 }
 
 }  // namespace

@@ -89,12 +89,28 @@ TEST(AudioFeatures, FrameAndTokenCounts) {
     for (int64_t i = 0; i < c.frames; ++i) valid += f.input_features_mask.data<uint8_t>()[i];
     EXPECT_EQ(valid, c.valid) << c.samples;
     EXPECT_EQ(f.num_soft_tokens, std::vector<int64_t>{c.tokens}) << c.samples;
+    EXPECT_EQ(io::audio_soft_token_counts({c.samples}), std::vector<int64_t>{c.tokens}) << c.samples;
     for (int64_t j = 0; j < 128 && c.valid < c.frames; ++j)
       EXPECT_EQ(f.input_features.data<float>()[c.valid * 128 + j], 0.0f);
   }
   EXPECT_NE(test::error_of([] { io::extract_audio_features({std::vector<float>(100, 0.1f)}); }).find("too short"),
             std::string::npos);
   EXPECT_NE(test::error_of([] { io::extract_audio_features({}); }).find("no clips"), std::string::npos);
+  EXPECT_NE(test::error_of([] { io::audio_soft_token_counts({100}); }).find("too short"), std::string::npos);
+}
+
+// The counts from the lengths alone (what training data uses before it extracts features) are the
+// extractor's, for batches of clips of many lengths: around the 160-sample hop, the 128-sample
+// padding, the shortest clip and the 30 s cap, each beside a longer and a shorter one.
+TEST(AudioFeatures, SoftTokenCountsFromLengthsEqualTheExtractors) {
+  std::vector<int64_t> lengths{1, 128, 129, 159, 160, 161, 319, 320, 321, 640, 641, 1000, 4799, 4800, 4801, 479999,
+                               480000, 480001, 500000};
+  for (int64_t n : lengths) {
+    const std::vector<int64_t> batch{n, 3000, 161};
+    std::vector<std::vector<float>> clips;
+    for (int64_t len : batch) clips.emplace_back(size_t(len), 0.25f);
+    EXPECT_EQ(io::audio_soft_token_counts(batch), io::extract_audio_features(clips).num_soft_tokens) << n;
+  }
 }
 
 }  // namespace

@@ -52,6 +52,10 @@ TEST(ImageDecode, FixtureImagesEqualPillow) {
     const io::RgbImage img = io::read_image(processor_dir() + "/" + f.file);
     ASSERT_EQ(img.height, f.height) << f.file;
     ASSERT_EQ(img.width, f.width) << f.file;
+    const std::string path = processor_dir() + "/" + f.file;
+    const io::ImageSize size = io::image_size(io::read_image_file(path), path);
+    EXPECT_EQ(size.height, f.height) << f.file << ": the size from the header alone";
+    EXPECT_EQ(size.width, f.width) << f.file;
     const std::string k = std::string("img.") + f.key;
     const Tensor rows = ref.get(k + ".decoded_row_index"), rgb = ref.get(k + ".decoded_rgb_rows");
     int64_t differing = 0, max_code = 0;
@@ -115,8 +119,15 @@ std::vector<char> write_png(const PngSpec& s, const std::vector<uint8_t>& raw) {
   return out;
 }
 
+// Also checks that the header alone gives the decoded size (io::image_size: every PNG mode and
+// JPEG kind below, every EXIF orientation, both byte orders).
 io::RgbImage decode(const std::vector<char>& bytes, const std::string& what = "test image") {
-  return io::decode_image(std::string_view(bytes.data(), bytes.size()), what);
+  const std::string_view view(bytes.data(), bytes.size());
+  io::RgbImage img = io::decode_image(view, what);
+  const io::ImageSize size = io::image_size(view, what);
+  EXPECT_EQ(size.height, img.height) << what;
+  EXPECT_EQ(size.width, img.width) << what;
+  return img;
 }
 
 // A TIFF block with one IFD0 entry, Orientation = o (as cameras write it in EXIF).
@@ -350,6 +361,7 @@ TEST(ImageProcessor, TargetSizesFollowTheSpecTable) {
       EXPECT_EQ(tw, r.sizes[b][1]) << r.h << "x" << r.w << " @" << budgets[b];
       if (r.h == 224) {
         EXPECT_EQ(th * tw / (48 * 48), tokens_224[b]);
+        EXPECT_EQ(io::image_soft_tokens(r.h, r.w, opt), tokens_224[b]);
       }
     }
   // A very thin image: one side rounds to 0 and takes one pooled cell.
@@ -386,6 +398,9 @@ TEST(ImageProcessor, FixtureImagesEqualTransformers) {
     ASSERT_EQ(out.resized_hw[0].first, hw.data<int64_t>()[0]) << k;
     ASSERT_EQ(out.resized_hw[0].second, hw.data<int64_t>()[1]) << k;
     ASSERT_EQ(out.num_soft_tokens[0], soft.data<int64_t>()[0]) << k;
+    // The count from the size alone (training data's, before the pixels are used).
+    const io::ImageSize size = io::image_size(io::read_image_file(processor_dir() + "/" + c.file), c.file);
+    EXPECT_EQ(io::image_soft_tokens(size.height, size.width, opt), soft.data<int64_t>()[0]) << k;
     const int64_t P = opt.max_patches();
     ASSERT_EQ(out.pixel_values.shape(), (Shape{1, P, 768}));
 

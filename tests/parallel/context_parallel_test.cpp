@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "core/random.h"
 #include "model/gemma4.h"
 #include "model/state_dict_adapter.h"
@@ -14,6 +16,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/expert_parallel.h"
 #include "moe_test_util.h"
+#include "multimodal_cp_batch.h"
 #include "parallel/single_communicator.h"
 #include "parallel_test_util.h"
 #include "ring_attention_cases.h"
@@ -32,12 +35,25 @@ using testing::packed_batch;
 constexpr double kRel = 1e-10;
 using namespace testing::ring_cases;
 
-// Every rank's slice of outputs and q/k/v gradients equals the full-sequence op's.
+// A fresh seed drawn on rank 0 of `group`, the same on every rank (printed, to replay a failure).
+uint64_t shared_fresh_seed(Communicator& group) {
+  std::random_device rd;
+  Tensor t = Tensor::scalar(static_cast<double>(rd() & 0xFFFFFFu), DType::I64);
+  broadcast_values(group, t, 0);
+  const auto seed = static_cast<uint64_t>(t.data<int64_t>()[0]);
+  if (group.rank() == 0) std::printf("  ring attention inputs: seed %llu\n", static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+// Every rank's slice of outputs and q/k/v gradients equals the full-sequence op's, on fresh random
+// inputs.
 void check_ring(Communicator& cp, const Case& c) {
   const int r = cp.rank(), n = cp.size();
   SCOPED_TRACE(std::string(c.name) + ", rank " + std::to_string(r) + " of " + std::to_string(n));
-  const Tensor q = randn({B, S, kHeads, kDim}, 1, DType::F64), k = randn({B, S, kKvHeads, kDim}, 2, DType::F64),
-               v = randn({B, S, kKvHeads, kDim}, 3, DType::F64), dout = randn({B, S, kHeads, kDim}, 4, DType::F64);
+  const uint64_t seed = shared_fresh_seed(cp);
+  const Tensor q = randn({B, S, kHeads, kDim}, seed, DType::F64), k = randn({B, S, kKvHeads, kDim}, seed + 1, DType::F64),
+               v = randn({B, S, kKvHeads, kDim}, seed + 2, DType::F64),
+               dout = randn({B, S, kHeads, kDim}, seed + 3, DType::F64);
   Tensor lse, dq, dk, dv;
   const Tensor want = ops::attention(q, k, v, full_mask(c), 0.3, &lse);
   ops::attention_backward(dout, q, k, v, want, lse, full_mask(c), 0.3, dq, dk, dv);
@@ -138,6 +154,10 @@ TEST(ContextParallel, RingAttentionErrors) {
   m.q_doc = Tensor::zeros({1, 4}, DType::I32);
   e = error_of([&] { ring_attention(one, q, k, k, m, 1.0); });
   EXPECT_NE(e.find("give both q_doc and k_doc, or neither"), std::string::npos) << e;
+  m.q_doc = Tensor();
+  m.q_block = Tensor::zeros({1, 4}, DType::I32);
+  e = error_of([&] { ring_attention(one, q, k, k, m, 1.0); });
+  EXPECT_NE(e.find("give both q_block and k_block, or neither"), std::string::npos) << e;
 }
 
 // --- The whole model over cp (and dp, ep) meshes -----------------------------------------------
@@ -303,6 +323,63 @@ TEST(MpiRanks, ContextParallelTokenLogprobsAreTheLocalSlice) {
   reduce_gradients(m->params(), mesh);
   for (const std::string& name : whole->params().order)
     EXPECT_TRUE(close_to(m->params().at(name).grad(), whole->params().at(name).grad(), 1e-9)) << name;
+}
+
+// --- Multimodal rows over cp --------------------------------------------------------------------
+
+// One rank in f64 on a multimodal fixture's whole batch: the loss and every gradient, the towers'
+// included.
+Reference mm_reference_run(const std::string& name, const model::ForwardInputs& in) {
+  auto m = model::load_hf_model(testing::mm_cp::fixture_dir(name), {}, DType::F64);
+  const model::ForwardOutputs out = m->forward(in);
+  ag::backward(out.loss);
+  Reference r{out.loss.value().item(), out.counted_tokens, {}};
+  for (const std::string& param : m->params().order) r.grads[param] = m->params().at(param).grad();
+  return r;
+}
+
+// The world as one cp group over the fixture's rows, right-padded to a multiple of `pad_multiple`
+// (which moves the slice boundaries): every rank runs the towers on the whole batch's media and
+// merges the soft tokens of its slice's placeholders; the image blocks (tiny-mm-bidir, window 8,
+// images of 60 and 68 tokens) are numbered over whole rows. The global loss and every gradient,
+// the towers' summed over the ranks, equal one rank's.
+void check_mm_cp(const std::string& name, const model::ForwardInputs& whole, const Reference& want,
+                 int64_t pad_multiple) {
+  Communicator& world = mpi_world();
+  const int r = world.rank(), n = world.size();
+  DeviceMesh mesh(world, {.cp = n});
+  auto m = model::load_hf_model(testing::mm_cp::fixture_dir(name), {}, DType::F64);
+  enable_context_parallel(*m, mesh.cp_group());
+  Tensor types;
+  const model::ForwardInputs in =
+      testing::mm_cp::rank_slice(whole, r, n, pad_multiple, m->config().pad_token_id, &types);
+  // Every case but tiny-mm-bidir's unpadded rows on 2 ranks cuts an image between two ranks.
+  const bool uncut = name == "tiny-mm-bidir" && n == 2 && types.size(1) == whole.input_ids.size(1);
+  EXPECT_EQ(testing::mm_cp::image_crosses_a_slice(types, types.size(1) / n), !uncut);
+  const int64_t N = global_target_count(in.targets, world);
+  EXPECT_EQ(N, want.counted);
+  const model::ForwardOutputs out = m->forward(in);
+  const ag::Var share = global_loss_share(out, N);
+  ag::backward(share);
+  reduce_gradients(m->params(), mesh);
+  expect_matches_single_rank(world, share.value().item(), *m, want.loss, want.grads, kRel, 1e-9);
+}
+
+TEST(MpiRanks, ContextParallelMultimodalRowsTrainLikeOneRank) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  const int n = mpi_world().size();
+  for (const char* name : {"tiny-mm-bidir", "tiny-mm-e"}) {
+    const model::ForwardInputs whole = testing::mm_cp::whole_batch(name);
+    const Reference want = mm_reference_run(name, whole);
+    // tiny-mm-bidir's images span 8..67 and 74..141 of row 0 and 7..69 of row 1 (S = 148): 4 slices
+    // of 37 cut all three; 2 slices of 74 cut none, 2 of 76 (padded to 152) the second of row 0.
+    // tiny-mm-e (S = 120, per-layer inputs, causal images) has images and clips across 60 and 30.
+    for (const int64_t pad : n == 2 ? std::vector<int64_t>{2, 8} : std::vector<int64_t>{4}) {
+      SCOPED_TRACE(std::string(name) + ", cp " + std::to_string(n) + ", rows padded to a multiple of " +
+                   std::to_string(pad));
+      check_mm_cp(name, whole, want, pad);
+    }
+  }
 }
 
 }  // namespace

@@ -33,18 +33,13 @@ namespace fs = std::filesystem;
 using test::loss_lines;
 using test::ProcessResult;
 using test::records;
+using test::step_losses;
+using test::validation_losses;
+using test::expect_same_curves;
 using test::unchanged_tensors;
 
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("train_" + name); }
-
-// Per-step training losses of a run.
-std::vector<double> step_losses(const fs::path& run_dir) {
-  std::vector<double> l;
-  for (const nlohmann::json& j : records(run_dir))
-    if (j.contains("loss")) l.push_back(j["loss"].get<double>());
-  return l;
-}
 
 // Every logged step of a test-recipe run (8 steps of 4 rows x 64 tokens over all ranks) counts
 // each expert's rows: per layer they add up to 4 x 64 x top-2, however the ranks split the rows or
@@ -370,43 +365,6 @@ TEST(TrainRun, ShardedDataParallelTrainsLikeOneRankAndResumesOnOneRank) {
   EXPECT_NE(r.output.find("'parallel.fsdp'"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("'parallel.data_parallel' is 1"), std::string::npos) << r.output;
   fs::remove_all(dir);
-}
-
-// Validation losses of a run.
-std::vector<double> validation_losses(const fs::path& run_dir) {
-  std::vector<double> l;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("validation_loss")) l.push_back(j["validation_loss"].get<double>());
-  }
-  return l;
-}
-
-void expect_same_curves(const fs::path& a_dir, const fs::path& b_dir, bool validation = true) {
-  const auto a = step_losses(a_dir), b = step_losses(b_dir);
-  ASSERT_EQ(a.size(), 8u);
-  ASSERT_EQ(b.size(), a.size());
-  // Sums in another order (ring attention's merges, the split of a batch over ranks) differ in the
-  // last bits, and training amplifies that from step to step (on an AMD machine's OpenBLAS kernels
-  // two-rank context parallelism is 1e-4 off by step 8): the first half of the run is held to 1e-5,
-  // which any wrong exchange exceeds at once, the second half and the final validation to 1e-3.
-  const auto tolerance = [&](size_t i, size_t n) { return i < n / 2 ? 1e-5 : 1e-3; };
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_NEAR(a[i], b[i], tolerance(i, a.size()) * a[i]) << "step " << i + 1;
-    worst = std::max(worst, std::abs(a[i] - b[i]) / a[i]);
-  }
-  const auto va = validation ? validation_losses(a_dir) : std::vector<double>(2),
-             vb = validation ? validation_losses(b_dir) : std::vector<double>(2);
-  ASSERT_EQ(va.size(), 2u);
-  ASSERT_EQ(vb.size(), va.size());
-  for (size_t i = 0; i < va.size(); ++i) {
-    EXPECT_NEAR(va[i], vb[i], tolerance(i, va.size()) * va[i]) << "validation " << i;
-    worst = std::max(worst, std::abs(va[i] - vb[i]) / va[i]);
-  }
-  std::printf("largest relative loss difference: %.3g\n", worst);
 }
 
 // Two cp ranks each hold half of every row (the same rows one rank trains on): the per-step and
