@@ -9,6 +9,8 @@ position_ids restart at 0) and reports tokens/s, step time, peak memory and MFU 
   python3 tools/bench_hf_train.py --shape 26b-a4b --layers 4 --seq 4096 --steps 10 --warmup 3 \
       --precision fp32-autocast --json hf.json
   python3 tools/bench_hf_train.py --check-only --shape e4b      # tiny widths on the CPU, asserts, 2 steps
+  python3 tools/bench_hf_train.py --config CONFIG.json --device cpu --seq 64 --steps 1 --warmup 0
+      # the config g4 trains (a tiny built-in shape or a --config file), as `g4 bench train` writes it
 
 Exit status: 0 ok, 3 out of GPU memory (the summary / JSON then says {"oom": true, ...}).
 """
@@ -64,6 +66,20 @@ def layer_types(n):
     # 5 sliding then 1 full, and the last layer always full: transformers forces that itself (with a warning),
     # and for n < 6 it guarantees a head-dim-512 layer in the stack.
     return ["full_attention" if i % 6 == 5 or i == n - 1 else "sliding_attention" for i in range(n)]
+
+
+def config_from_file(path, seq):
+    """The config `g4 bench train` trained, as it wrote it (model_config_to_json): a gemma4_text config, or a gemma4
+    one with text/vision/audio sub-configs."""
+    with open(path) as f:
+        d = json.load(f)
+    kind = d.get("model_type")
+    if kind not in ("gemma4_text", "gemma4"):
+        sys.exit(f"{path}: model_type {kind!r} is not gemma4_text or gemma4")
+    cfg = transformers.CONFIG_MAPPING[kind].from_dict(d)
+    text = cfg.get_text_config()
+    text.max_position_embeddings = max(text.max_position_embeddings or 0, seq)
+    return cfg
 
 
 def make_config(shape, layers, seq, tiny):
@@ -201,6 +217,7 @@ def check_masks_and_packing(model, cfg, ids, pos, lengths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="26b-a4b")
+    ap.add_argument("--config", help="a config.json to build instead of --shape (what g4 bench train wrote)")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 6; 3 with --check-only)")
     ap.add_argument("--seq", type=int, default=None, help="tokens in the packed batch (default 4096; 256 check)")
     ap.add_argument("--steps", type=int, default=10)
@@ -233,15 +250,20 @@ def main():
         # Only matmuls left in fp32 (e.g. experts under autocast) are affected; HF's Trainer offers the same (tf32).
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
+    if a.config:
+        cfg = config_from_file(a.config, a.seq)
+        a.shape, a.layers = os.path.basename(a.config), cfg.get_text_config().num_hidden_layers
+    else:
+        cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
+    text_cfg = cfg.get_text_config()
     given = [int(n) for n in a.documents.split(",")] if a.documents else None
-    ids, pos, labels, lengths = packed_batch(a.seq, cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
-    flops = train_flops_per_step(cfg, lengths) * a.accum
+    ids, pos, labels, lengths = packed_batch(a.seq, text_cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
+    flops = train_flops_per_step(text_cfg, lengths) * a.accum
     base = dict(shape=a.shape, layers=a.layers, seq=a.seq, precision=a.precision, check_only=a.check_only,
-                layer_types=cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
+                layer_types=text_cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
                 torch_version=torch.__version__, transformers_version=transformers.__version__,
                 gpu_name=torch.cuda.get_device_name(dev) if cuda else "cpu")
-    print(f"g4-vs-HF bench: Gemma 4 {a.shape}, {a.layers} layers ({cfg.layer_types.count('full_attention')} full "
+    print(f"g4-vs-HF bench: Gemma 4 {a.shape}, {a.layers} layers ({text_cfg.layer_types.count('full_attention')} full "
           f"attention, the last always full), seq {a.seq} in {len(lengths)} documents, {a.precision}, "
           f"{'tiny widths, ' if a.check_only else ''}{base['gpu_name']}; "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
@@ -290,7 +312,7 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
 
     attn, attn_errors = try_impls(a.attn.split(","), model.set_attn_implementation, fwd_bwd)
     experts, experts_errors = (None, {})
-    if cfg.enable_moe_block:
+    if cfg.get_text_config().enable_moe_block:
         experts, experts_errors = try_impls(a.experts.split(","), model.set_experts_implementation, fwd_bwd)
     # grouped_mm is not autocast-aware: transformers casts its input to the weight dtype, so under fp32-autocast
     # the experts multiply in fp32 (TF32 where torch allows) while everything else is bf16; eager's F.linear is bf16.

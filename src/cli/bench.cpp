@@ -1,10 +1,13 @@
 // g4 bench train: the speed of one training step (forward, backward, clipping, AdamW) at the real
 // widths of a Gemma 4 model on the GPU, and, with --hf, the same step in Hugging Face transformers
-// (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio.
+// (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio. `--device cpu`
+// runs the same code in f32 on the CPU at a tiny shape (a built-in one or --config), so that CI
+// exercises the benchmark that otherwise only runs on scarce GPU time.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <vector>
@@ -33,7 +36,10 @@ namespace {
 
 struct BenchOptions {
   std::string model = "gemma-4-26b-a4b";
+  std::string config;  // an HF config.json (or its directory) instead of a built-in --model
+  std::string device = "cuda";  // cuda (bf16 compute, fp32 masters) or cpu (f32)
   int64_t layers = 3, seq = 4096, steps = 10, warmup = 3;
+  bool layers_given = false;  // --layers was set (it applies to built-in shapes only)
   int64_t accum = 1;  // micro-batches (the same packed row) per optimizer step
   int64_t min_doc = 256, max_doc = 2048;
   double peak_tflops = 0;  // the MFU denominator; 0: the datasheet dense bf16 peak of the GPU found
@@ -44,7 +50,20 @@ struct BenchOptions {
   std::vector<std::string> hf_precisions{"fp32-autocast", "bf16"};
   std::string json;
   uint64_t seed = 1234;
+
+  bool gpu() const { return device == "cuda"; }
+  // What the report calls the model: the built-in name or the config file.
+  std::string model_name() const { return config.empty() ? model : config; }
 };
+
+// The model the benchmark trains: a built-in shape with --layers layers, or the config file given.
+io::ModelConfig bench_config(const BenchOptions& o) {
+  if (o.config.empty())
+    return io::parse_model_config(model::named_config(o.model, {{"num_hidden_layers", o.layers}}), "built-in " + o.model);
+  G4_CHECK(!o.layers_given, "g4 bench train: --layers sets the depth of a built-in --model; the config file ", o.config,
+           " gives its own (num_hidden_layers)");
+  return io::load_model_config(o.config);
+}
 
 // One packed row of `seq` tokens: documents of seeded random lengths (the last one cut to fit),
 // random ids, positions restarting per document, no loss on each document's first token.
@@ -102,14 +121,13 @@ class FixedRow final : public train::BatchSource {
 };
 
 // g4's training step, as g4 train runs it (train::train_step with the SFT objective and the
-// replicated AdamW on fp32 masters), on a bf16 GPU model.
+// replicated AdamW), on a bf16 GPU model with fp32 masters, or on an f32 CPU model.
 Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
-  G4_CHECK(cuda_available(), "g4 bench train needs a CUDA GPU (this build or machine has none)");
   Result res;
   {
     parallel::SingleCommunicator world;
     parallel::DeviceMesh mesh(world, parallel::MeshShape{});
-    model::Gemma4 model(cfg, {}, DType::BF16, Device::CUDA);
+    model::Gemma4 model(cfg, {}, o.gpu() ? DType::BF16 : DType::F32, o.gpu() ? Device::CUDA : Device::CPU);
     model.init_weights(o.seed);
     model.set_recompute(o.recompute);
     train::SftOptions so;
@@ -123,6 +141,10 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     os.adamw.beta2 = 0.95;
     os.adamw.weight_decay = 0.01;
     const std::unique_ptr<train::Optimizer> opt = train::make_optimizer(std::move(os));
+    // Waits for the GPU's queued work; nothing to wait for on the CPU (and no CUDA runtime to ask).
+    const auto sync = [&] {
+      if (o.gpu()) device_synchronize();
+    };
     // `phase` (optional) receives the milliseconds of forward, backward and optimizer, each
     // closed by a device synchronisation: only for the separate profiling steps below, since the
     // synchronisations themselves cost time.
@@ -132,7 +154,7 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
       Clock::time_point t = Clock::now();
       if (phase)
         mark = [&](train::StepPhase p) {
-          device_synchronize();
+          sync();
           const auto now = Clock::now();
           phase[static_cast<int>(p)] += 1e3 * std::chrono::duration<double>(now - t).count();
           t = now;
@@ -144,19 +166,22 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
       const double l = step();
       if (i == 0) res.loss_first = l;
     }
-    device_synchronize();
-    reset_device_memory_peak();
+    sync();
+    if (o.gpu()) reset_device_memory_peak();
     const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < o.steps; ++i) res.loss_last = step();
-    device_synchronize();
+    for (int64_t i = 0; i < o.steps; ++i) {
+      res.loss_last = step();
+      if (i == 0 && o.warmup == 0) res.loss_first = res.loss_last;  // the first step of all
+    }
+    sync();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     res.step_ms = 1e3 * secs / static_cast<double>(o.steps);
     res.tokens_per_s = static_cast<double>(o.seq * o.accum) * static_cast<double>(o.steps) / secs;
-    res.mfu = flops / (secs / static_cast<double>(o.steps)) / (o.peak_tflops * 1e12);
-    const DeviceMemoryStats m = device_memory_stats();
+    res.mfu = o.peak_tflops > 0 ? flops / (secs / static_cast<double>(o.steps)) / (o.peak_tflops * 1e12) : 0;
+    const DeviceMemoryStats m = o.gpu() ? device_memory_stats() : DeviceMemoryStats{};
     res.peak_bytes = m.peak;
     res.reserved_bytes = m.reserved;
-    device_synchronize();
+    sync();
     for (int64_t i = 0; i < 2; ++i) step(res.phase_ms);
     for (double& ms : res.phase_ms) ms /= 2;
     if (o.profile) {
@@ -165,15 +190,28 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
       res.profile = profile_stop();
     }
   }
-  release_cached_device_memory();  // hand the memory back before the competitor runs
+  if (o.gpu()) release_cached_device_memory();  // hand the memory back before the competitor runs
   return res;
 }
 
-nlohmann::json run_hf(const BenchOptions& o, const std::string& precision, const std::vector<int64_t>& docs) {
+// The script's --shape for a released model's widths (its own table, checked against g4's by
+// --check-only), or --config with the config g4 trains, written out (tiny shapes, config files).
+std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
+  if (o.config.empty()) {
+    if (o.model == "gemma-4-26b-a4b") return " --shape 26b-a4b --layers " + std::to_string(o.layers);
+    if (o.model == "gemma-4-31b") return " --shape 31b --layers " + std::to_string(o.layers);
+    if (o.model == "gemma-4-e4b") return " --shape e4b --layers " + std::to_string(o.layers);
+  }
+  const std::string path = "/tmp/g4_bench_hf_config.json";
+  std::ofstream(path) << io::model_config_to_json(cfg).dump(1) << "\n";
+  return " --config " + path;
+}
+
+nlohmann::json run_hf(const BenchOptions& o, const io::ModelConfig& cfg, const std::string& precision,
+                      const std::vector<int64_t>& docs) {
   std::string documents;
   for (int64_t n : docs) documents += (documents.empty() ? "" : ",") + std::to_string(n);
-  const std::string shape = o.model == "gemma-4-26b-a4b" ? "26b-a4b" : "e4b";
-  return run_python_benchmark(o.hf_script + " --shape " + shape + " --layers " + std::to_string(o.layers) + " --seq " +
+  return run_python_benchmark(o.hf_script + hf_model_args(o, cfg) + " --device " + o.device + " --seq " +
                                   std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
                                   std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
                                   precision + " --seed " + std::to_string(o.seed) + " --peak-tflops " +
@@ -199,25 +237,44 @@ double achievable_matmul_tflops() {
   return 2.0 * n * n * n / (ms[ms.size() / 2] * 1e-3) / 1e12;
 }
 
-// MFU against the datasheet peak, then against the achievable matmul rate.
+// MFU against the datasheet peak, then against the achievable matmul rate; "n/a" where there is
+// no such figure (a CPU has no datasheet peak here, and no GEMM rate is measured on it).
 void print_row(const char* name, double tps, double ms, double flops, double peak_tflops, double achievable_tflops,
                double peak_gib) {
   const double rate = flops / (ms * 1e-3) / 1e12;
-  std::printf("  %-34s %12.0f %10.1f %7.1f%% %11.1f%% %10.2f\n", name, tps, ms, 100 * rate / peak_tflops,
-              100 * rate / achievable_tflops, peak_gib);
+  const auto percent = [&](double of) {
+    char buf[32];
+    if (of > 0)
+      std::snprintf(buf, sizeof buf, "%.1f%%", 100 * rate / of);
+    else
+      std::snprintf(buf, sizeof buf, "n/a");
+    return std::string(buf);
+  };
+  char mem[32] = "n/a";
+  if (peak_gib > 0) std::snprintf(mem, sizeof mem, "%.2f", peak_gib);
+  std::printf("  %-34s %12.0f %10.1f %8s %12s %10s\n", name, tps, ms, percent(peak_tflops).c_str(),
+              percent(achievable_tflops).c_str(), mem);
 }
 
 void bench_train(BenchOptions o) {
-  const std::string gpu = cuda_device_name();
-  G4_CHECK(!gpu.empty(), "g4 bench train needs a CUDA GPU (this build or machine has none)");
-  if (o.peak_tflops <= 0) {
-    o.peak_tflops = datasheet_dense_bf16_tflops(gpu);
-    G4_CHECK(o.peak_tflops > 0, "g4 bench train: no datasheet dense bf16 peak is known for the GPU '", gpu,
-             "'; give it with --peak-tflops");
+  G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
+  G4_CHECK(!o.profile || o.gpu(), "g4 bench train: --profile profiles GPU kernels (CUPTI); it needs --device cuda");
+  // The GPU: its datasheet peak and what a large GEMM reaches there. The CPU: neither (MFU n/a
+  // unless --peak-tflops gives a figure).
+  std::string where = "CPU (f32)";
+  double achievable = 0;
+  if (o.gpu()) {
+    where = cuda_device_name();
+    G4_CHECK(!where.empty(), "g4 bench train needs a CUDA GPU (this build or machine has none); "
+             "--device cpu runs it on the CPU");
+    if (o.peak_tflops <= 0) {
+      o.peak_tflops = datasheet_dense_bf16_tflops(where);
+      G4_CHECK(o.peak_tflops > 0, "g4 bench train: no datasheet dense bf16 peak is known for the GPU '", where,
+               "'; give it with --peak-tflops");
+    }
+    achievable = achievable_matmul_tflops();
   }
-  const double achievable = achievable_matmul_tflops();
-  const nlohmann::json cj = model::named_config(o.model, {{"num_hidden_layers", o.layers}});
-  const io::ModelConfig cfg = io::parse_model_config(cj, "built-in " + o.model);
+  const io::ModelConfig cfg = bench_config(o);
   const PackedRow row = make_row(o, cfg.vocab_size);
   const train::StepFlops fl = train::forward_flops(cfg, row.documents);
   const double step_flops = fl.training() * static_cast<double>(o.accum);
@@ -225,18 +282,24 @@ void bench_train(BenchOptions o) {
   for (const auto& ls : cfg.layers) full += !ls.sliding;
   std::printf("g4 bench train: %s widths, %lld layers (%lld sliding, %lld full attention), seq %lld packed from %zu "
               "documents, %lld micro-batch%s per step, %lld steps after %lld warm-up\n",
-              o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.layers - full),
-              static_cast<long long>(full), static_cast<long long>(o.seq), row.documents.size(),
-              static_cast<long long>(o.accum), o.accum > 1 ? "es" : "", static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
-  std::printf("model FLOPs per step %.3f TFLOP (matmuls %.3f, attention %.3f; training = 3 x forward)\n",
+              o.model_name().c_str(), static_cast<long long>(cfg.num_layers),
+              static_cast<long long>(cfg.num_layers - full), static_cast<long long>(full),
+              static_cast<long long>(o.seq), row.documents.size(), static_cast<long long>(o.accum),
+              o.accum > 1 ? "es" : "", static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
+  std::printf("model FLOPs per step %.4g TFLOP (matmuls %.4g, attention %.4g; training = 3 x forward)\n",
               step_flops / 1e12, 3 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12);
-  std::printf("%s: MFU against its datasheet dense bf16 peak, %.0f TFLOP/s, and against the %.0f TFLOP/s an "
-              "8192^3 bf16 GEMM reaches here\n",
-              gpu.c_str(), o.peak_tflops, achievable);
+  if (o.gpu())
+    std::printf("%s: MFU against its datasheet dense bf16 peak, %.0f TFLOP/s, and against the %.0f TFLOP/s an "
+                "8192^3 bf16 GEMM reaches here\n",
+                where.c_str(), o.peak_tflops, achievable);
+  else
+    std::printf("%s: no datasheet peak, so MFU is n/a%s; tokens/s only. Memory: n/a (host tensors are not "
+                "counted)\n",
+                where.c_str(), o.peak_tflops > 0 ? " (but for --peak-tflops)" : "");
   const Result g = run_g4(o, cfg, row, step_flops);
-  nlohmann::json report = {{"model", o.model},         {"layers", o.layers}, {"gpu", gpu},
-                           {"peak_tflops", o.peak_tflops}, {"achievable_tflops", achievable},
-                           {"seq", o.seq},             {"documents", row.documents},
+  nlohmann::json report = {{"model", o.model_name()}, {"layers", cfg.num_layers}, {"device", o.device},
+                           {"gpu", o.gpu() ? where : ""}, {"peak_tflops", o.peak_tflops},
+                           {"achievable_tflops", achievable}, {"seq", o.seq}, {"documents", row.documents},
                            {"accum", o.accum}, {"flops_per_step", step_flops},
                            {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
                                    {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
@@ -245,10 +308,10 @@ void bench_train(BenchOptions o) {
                                    {"optimizer_ms", g.phase_ms[2]}}}};
   std::vector<std::pair<std::string, nlohmann::json>> hf;
   if (o.hf)
-    for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, p, row.documents));
+    for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, cfg, p, row.documents));
   std::printf("\n  %-34s %12s %10s %8s %12s %10s\n", "", "tokens/s", "step ms", "MFU", "of achiev.", "peak GiB");
-  print_row("g4 (bf16 compute, fp32 master)", g.tokens_per_s, g.step_ms, step_flops, o.peak_tflops, achievable,
-            static_cast<double>(g.peak_bytes) / (1 << 30));
+  print_row(o.gpu() ? "g4 (bf16 compute, fp32 master)" : "g4 (f32, CPU)", g.tokens_per_s, g.step_ms, step_flops,
+            o.peak_tflops, achievable, static_cast<double>(g.peak_bytes) / (1 << 30));
   for (const auto& [p, r] : hf) {
     report["hf_" + p] = r;
     const std::string name = "HF transformers (" + p + ")";
@@ -257,11 +320,13 @@ void bench_train(BenchOptions o) {
       continue;
     }
     // The same FLOPs and peaks for both engines (the script's own MFU field is not used).
+    const double hf_peak = r.value("peak_alloc_bytes", 0.0);
     print_row(name.c_str(), r["tokens_per_s"].get<double>(), r["step_ms"].get<double>(), step_flops, o.peak_tflops,
-              achievable, r["peak_alloc_bytes"].get<double>() / (1 << 30));
-    std::printf("  %-34s %11.2fx %21s %9.2fx\n", ("  g4 / HF (" + p + ")").c_str(),
-                g.tokens_per_s / r["tokens_per_s"].get<double>(), "",
-                static_cast<double>(g.peak_bytes) / r["peak_alloc_bytes"].get<double>());
+              achievable, hf_peak / (1 << 30));
+    std::printf("  %-34s %11.2fx", ("  g4 / HF (" + p + ")").c_str(), g.tokens_per_s / r["tokens_per_s"].get<double>());
+    if (hf_peak > 0 && g.peak_bytes > 0)
+      std::printf(" %33.2fx", static_cast<double>(g.peak_bytes) / hf_peak);
+    std::printf("\n");
   }
   std::printf("  losses: g4 first %.4f last %.4f\n", g.loss_first, g.loss_last);
   std::printf("  g4 phases (2 extra steps, each phase closed by a synchronisation): forward %.1f ms, backward %.1f "
@@ -311,14 +376,19 @@ nlohmann::json run_python_benchmark(const std::string& script_and_args, const st
 }
 
 void add_bench(CLI::App& app, Action& action) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks on the GPU");
+  auto* bench = app.add_subcommand("bench", "Benchmarks (on the GPU; bench train also on the CPU)");
   bench->require_subcommand(1);
   auto* cmd = bench->add_subcommand("train", "Training-step speed at a real Gemma 4 shape, optionally against "
                                               "Hugging Face transformers");
   auto o = std::make_shared<BenchOptions>();
-  cmd->add_option("--model", o->model, "gemma-4-26b-a4b | gemma-4-e4b (real widths)");
-  cmd->add_option("--layers", o->layers, "decoder layers (as many as fit; the last is full attention)")
-      ->check(CLI::PositiveNumber);
+  cmd->add_option("--model", o->model,
+                  "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b (real widths) | tiny-moe | tiny-dense (CPU smoke runs)");
+  cmd->add_option("--config", o->config, "an HF config.json (or its directory) to train instead of --model")
+      ->excludes("--model");
+  auto* layers = cmd->add_option("--layers", o->layers, "decoder layers of a built-in --model (as many as fit; the "
+                                                         "last is full attention)")
+                     ->check(CLI::PositiveNumber);
+  cmd->add_option("--device", o->device, "cuda (bf16 compute, fp32 masters; default) or cpu (f32: a smoke run, MFU n/a)");
   cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "timed steps")->check(CLI::PositiveNumber);
   cmd->add_option("--accum", o->accum, "micro-batches per optimizer step (gradient accumulation over the same row)")
@@ -334,7 +404,10 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_option("--hf-precision", o->hf_precisions, "fp32-autocast and/or bf16");
   cmd->add_option("--json", o->json, "write the results as JSON");
   cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
-  cmd->callback([&action, o] { action = [o] { bench_train(*o); }; });
+  cmd->callback([&action, o, layers] {
+    o->layers_given = layers->count() > 0;
+    action = [o] { bench_train(*o); };
+  });
   add_bench_generate(*bench, action);
   add_bench_rl(*bench, action);
 }
