@@ -7,8 +7,10 @@
 #   scripts/gpu_checks.sh tests                # the whole test_gpu (about 5 minutes)
 #   scripts/gpu_checks.sh tests-new moe        # the tests not yet run on a GPU, then bench_moe
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
+#   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, moe, train-bench, gen-bench, diffusion-bench, rl-bench, peft.
+# Stages: tests, tests-new, moe, train-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench,
+# rl-bench, peft.
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,10 @@ stage() {
     train-bench)
       $run g4 bench train --model gemma-4-26b-a4b --layers 2 --hf &&
         $run g4 bench train --model gemma-4-e4b --layers 12 --hf ;;
+    lora-bench)  # issue 17's one-H200 LoRA run: full-depth 26B-A4B, rank 16, beside transformers + peft
+      $run g4 bench train --model gemma-4-26b-a4b --layers 30 --lora 16 --steps 5 --warmup 2 --hf ;;
+    lora-bench-31b)  # 31B at full depth fits one H200 only with activation recompute (docs/performance.md)
+      $run g4 bench train --model gemma-4-31b --layers 60 --lora 16 --recompute --steps 5 --warmup 2 --hf ;;
     gen-bench)
       $run g4 bench generate --model gemma-4-26b-a4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 &&
         $run g4 bench generate --model gemma-4-e4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 ;;
@@ -41,12 +47,12 @@ stage() {
     peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
       $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
         chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, moe, train-bench, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, moe, train-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
        return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   start=$(date +%s)

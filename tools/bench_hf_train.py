@@ -12,9 +12,14 @@ position_ids restart at 0) and reports tokens/s, step time, peak memory and MFU 
   python3 tools/bench_hf_train.py --config CONFIG.json --device cpu --seq 64 --steps 1 --warmup 0
       # the config g4 trains (a tiny built-in shape or a --config file), as `g4 bench train` writes it
 
+With --lora R the model is wrapped by peft (LoraConfig: rank R, --lora-alpha, dropout 0, --lora-targets held to the
+text decoder; entries ending in experts.gate_up_proj / experts.down_proj go to target_parameters) and only the
+adapters train: the base in bf16 (frozen), the adapters in fp32 (peft's default), forward and backward under
+torch.autocast(bfloat16), which is g4's LoRA recipe.
+
 Exit status: 0 ok, 3 out of GPU memory (the summary / JSON then says {"oom": true, ...}).
 """
-import argparse, json, os, random, sys, time
+import argparse, json, os, random, re, sys, time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU host has no network; kernel look-ups must fail fast
 import torch
@@ -169,6 +174,19 @@ def train_flops_per_step(cfg, lengths):
     return 3 * (2 * sum(lengths) * matmul_macs_per_token(cfg) + attention_flops(cfg, lengths))
 
 
+def wrap_lora(model, a):
+    """peft's LoRA over the decoder's projections (a regex, so that a multimodal model's towers, whose modules share
+    the names, are left alone, as g4's adapters are) and, as target_parameters, the routed experts' weights."""
+    from peft import LoraConfig, get_peft_model
+    targets = [t for t in a.lora_targets.split(",") if t]
+    experts = [t for t in targets if t.endswith("experts.gate_up_proj") or t.endswith("experts.down_proj")]
+    modules = [t for t in targets if t not in experts]
+    regex = r"model\.(?:language_model\.)?layers\.\d+\.(?:.*\.)?(?:%s)" % "|".join(map(re.escape, modules))
+    config = LoraConfig(r=a.lora, lora_alpha=a.lora_alpha, lora_dropout=0.0, bias="none",
+                        target_modules=regex if modules else [], target_parameters=experts or None)
+    return get_peft_model(model, config)
+
+
 def try_impls(names, apply, step):
     """Keep the first implementation that both loads and runs a forward+backward; OOM is not a 'doesn't work'."""
     errors = {}
@@ -237,6 +255,11 @@ def main():
     ap.add_argument("--experts", default="grouped_mm,eager", help="MoE experts implementations to try, in order")
     ap.add_argument("--documents", help="comma-separated document lengths (overrides --doc-min/--doc-max)")
     ap.add_argument("--check-only", action="store_true", help="tiny widths on the CPU, correctness asserts, 2 steps")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (peft); 0: full fine-tuning")
+    ap.add_argument("--lora-alpha", type=float, default=16.0)
+    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                    help="comma-separated PEFT targets; experts.gate_up_proj / experts.down_proj: the routed experts")
+    ap.add_argument("--recompute", action="store_true", help="gradient checkpointing (g4's --recompute)")
     a = ap.parse_args()
     if a.check_only:
         a.device, a.steps, a.warmup = "cpu", 2, 0
@@ -289,13 +312,21 @@ def main():
 def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    if a.lora:  # the frozen base in bf16 unless fp32-autocast is asked for; the adapters are fp32 either way
+        dtype = torch.float32 if a.precision == "fp32-autocast" else torch.bfloat16
     with torch.device(dev):  # initialise on the GPU: the CPU is far too slow for billions of random weights
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
     assert type(model).__name__ == "Gemma4ForCausalLM", type(model)
+    hf_model = model  # set_attn_implementation & co. on the transformers model, under peft's wrapper too
+    n_params = sum(p.numel() for p in model.parameters())  # the tied LM head appears once
+    if a.recompute:  # non-reentrant: the frozen embedding's output needs no requires_grad for it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if a.lora:
+        model = wrap_lora(model, a)
     model.train()
     ids, pos, labels = ids.to(dev), pos.to(dev), labels.to(dev)
-    params = list(model.parameters())  # the tied LM head appears once
-    n_params = sum(p.numel() for p in params)
+    params = [p for p in model.parameters() if p.requires_grad]  # all, or the adapters
+    n_trainable = sum(p.numel() for p in params)
 
     if a.check_only:
         check_masks_and_packing(model, cfg, ids, pos, lengths)
@@ -303,23 +334,24 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     def loss_fn():
         # use_cache=False matters: with a cache object transformers skips packed-sequence detection (and the mask
         # would let documents attend to each other).
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "fp32-autocast"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "fp32-autocast" or a.lora > 0):
             return model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss
 
     def fwd_bwd():
         loss_fn().backward()
         model.zero_grad(set_to_none=True)
 
-    attn, attn_errors = try_impls(a.attn.split(","), model.set_attn_implementation, fwd_bwd)
+    attn, attn_errors = try_impls(a.attn.split(","), hf_model.set_attn_implementation, fwd_bwd)
     experts, experts_errors = (None, {})
     if cfg.get_text_config().enable_moe_block:
-        experts, experts_errors = try_impls(a.experts.split(","), model.set_experts_implementation, fwd_bwd)
+        experts, experts_errors = try_impls(a.experts.split(","), hf_model.set_experts_implementation, fwd_bwd)
     # grouped_mm is not autocast-aware: transformers casts its input to the weight dtype, so under fp32-autocast
     # the experts multiply in fp32 (TF32 where torch allows) while everything else is bf16; eager's F.linear is bf16.
     experts_dtype = None if experts is None else (
         "fp32" if a.precision == "fp32-autocast" and experts != "eager" else "bf16")
     print(f"attn_implementation={attn} experts_implementation={experts}"
           + (f" (expert matmuls in {experts_dtype})" if experts else "") + f" params={n_params / 1e6:.1f}M "
+          f"trainable={n_trainable / 1e6:.3f}M "
           f"FLOPs/step={flops:.4e}" + "".join(f"\n  skipped {k}: {v}" for k, v in {**attn_errors,
                                                                                  **experts_errors}.items()))
 
@@ -351,7 +383,7 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     losses = [float(x) for x in losses]
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
-             params=n_params, tf32=cuda,
+             params=n_params, trainable_params=n_trainable, lora=a.lora, recompute=a.recompute, tf32=cuda,
              tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12), mfu_peak_flops=a.peak_tflops * 1e12,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,

@@ -23,10 +23,12 @@
 #include "core/random.h"
 #include "io/json_input.h"
 #include "model/gemma4.h"
+#include "model/lora_config.h"
 #include "model/named_configs.h"
 #include "ops/matmul.h"
 #include "parallel/single_communicator.h"
 #include "train/flops.h"
+#include "train/run_setup.h"
 #include "train/sft.h"
 #include "train/train_step.h"
 
@@ -50,11 +52,28 @@ struct BenchOptions {
   std::vector<std::string> hf_precisions{"fp32-autocast", "bf16"};
   std::string json;
   uint64_t seed = 1234;
+  // LoRA (--lora R): adapters on these targets over a frozen base; --lora-experts adds the routed
+  // experts' weights (PEFT's target_parameters).
+  int64_t lora = 0;
+  double lora_alpha = 16;
+  std::vector<std::string> lora_targets;
+  bool lora_experts = false;
 
   bool gpu() const { return device == "cuda"; }
   // What the report calls the model: the built-in name or the config file.
   std::string model_name() const { return config.empty() ? model : config; }
 };
+
+// The adapters --lora asks for (dropout 0: PEFT's side runs without it too).
+model::LoraConfig bench_lora(const BenchOptions& o) {
+  model::LoraConfig l;
+  l.rank = o.lora;
+  l.alpha = o.lora_alpha;
+  l.targets = o.lora_targets.empty() ? model::kDefaultLoraTargets : o.lora_targets;
+  if (o.lora_experts)
+    for (const char* t : {"experts.gate_up_proj", "experts.down_proj"}) l.targets.push_back(t);
+  return l;
+}
 
 // The model the benchmark trains: a built-in shape with --layers layers, or the config file given.
 io::ModelConfig bench_config(const BenchOptions& o) {
@@ -98,6 +117,7 @@ PackedRow make_row(const BenchOptions& o, int64_t vocab) {
 
 struct Result {
   double step_ms = 0, tokens_per_s = 0, mfu = 0;
+  int64_t parameters = 0, trainable = 0;  // elements
   int64_t peak_bytes = 0, reserved_bytes = 0;
   double loss_first = 0, loss_last = 0;
   double phase_ms[3] = {0, 0, 0};  // forward (with the loss), backward, clipping + AdamW
@@ -129,6 +149,7 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     parallel::DeviceMesh mesh(world, parallel::MeshShape{});
     model::Gemma4 model(cfg, {}, o.gpu() ? DType::BF16 : DType::F32, o.gpu() ? Device::CUDA : Device::CPU);
     model.init_weights(o.seed);
+    if (o.lora > 0) model.enable_lora(bench_lora(o));
     model.set_recompute(o.recompute);
     train::SftOptions so;
     so.grad_accumulation = o.accum;  // the mean over the micro-batches
@@ -137,7 +158,12 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     train::OptimizerSetup os;
     os.model = &model;
     os.mesh = &mesh;
-    os.trainable = model.params().order;
+    // g4 train's selection: every weight, or with adapters only them (the base frozen: no gradient
+    // buffers, no weight-gradient products, no optimizer state).
+    os.trainable = train::trainable_names(model, {});
+    train::require_grad_only(model, os.trainable);
+    res.parameters = model.params().numel();
+    for (const std::string& n : os.trainable) res.trainable += model.params().at(n).value().numel();
     os.adamw.beta2 = 0.95;
     os.adamw.weight_decay = 0.01;
     const std::unique_ptr<train::Optimizer> opt = train::make_optimizer(std::move(os));
@@ -207,6 +233,16 @@ std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
   return " --config " + path;
 }
 
+// peft's LoraConfig for the script: the same rank, alpha and targets (dropout 0 on both sides).
+std::string hf_lora_args(const BenchOptions& o) {
+  if (o.lora <= 0) return "";
+  std::string targets;
+  for (const std::string& t : bench_lora(o).targets) targets += (targets.empty() ? "" : ",") + t;
+  char alpha[32];
+  std::snprintf(alpha, sizeof alpha, "%.17g", o.lora_alpha);
+  return " --lora " + std::to_string(o.lora) + " --lora-alpha " + alpha + " --lora-targets " + targets;
+}
+
 nlohmann::json run_hf(const BenchOptions& o, const io::ModelConfig& cfg, const std::string& precision,
                       const std::vector<int64_t>& docs) {
   std::string documents;
@@ -215,7 +251,8 @@ nlohmann::json run_hf(const BenchOptions& o, const io::ModelConfig& cfg, const s
                                   std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
                                   std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
                                   precision + " --seed " + std::to_string(o.seed) + " --peak-tflops " +
-                                  std::to_string(o.peak_tflops) + " --documents " + documents,
+                                  std::to_string(o.peak_tflops) + " --documents " + documents + hf_lora_args(o) +
+                                  (o.recompute ? " --recompute" : ""),
                               "/tmp/g4_bench_hf_" + precision + ".json");
 }
 
@@ -275,8 +312,13 @@ void bench_train(BenchOptions o) {
     achievable = achievable_matmul_tflops();
   }
   const io::ModelConfig cfg = bench_config(o);
+  G4_CHECK(!o.lora_experts || o.lora > 0, "g4 bench train: --lora-experts adds the routed experts to --lora's targets; "
+           "give --lora R");
+  G4_CHECK(!o.lora_experts || cfg.enable_moe_block, "g4 bench train: --lora-experts: ", o.model_name(),
+           " has no routed experts");
+  const model::LoraConfig lora = bench_lora(o);
   const PackedRow row = make_row(o, cfg.vocab_size);
-  const train::StepFlops fl = train::forward_flops(cfg, row.documents);
+  const train::StepFlops fl = train::forward_flops(cfg, row.documents, lora);
   const double step_flops = fl.training() * static_cast<double>(o.accum);
   int64_t full = 0;
   for (const auto& ls : cfg.layers) full += !ls.sliding;
@@ -286,8 +328,20 @@ void bench_train(BenchOptions o) {
               static_cast<long long>(cfg.num_layers - full), static_cast<long long>(full),
               static_cast<long long>(o.seq), row.documents.size(), static_cast<long long>(o.accum),
               o.accum > 1 ? "es" : "", static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
-  std::printf("model FLOPs per step %.4g TFLOP (matmuls %.4g, attention %.4g; training = 3 x forward)\n",
-              step_flops / 1e12, 3 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12);
+  if (o.lora > 0) {
+    std::string targets;
+    for (const std::string& t : lora.targets) targets += (targets.empty() ? "" : ",") + t;
+    std::printf("LoRA rank %lld, alpha %g on %s over a frozen base (only the adapters train)\n",
+                static_cast<long long>(o.lora), o.lora_alpha, targets.c_str());
+    // With the base frozen its weight-gradient GEMMs are skipped: what the step must compute.
+    std::printf("model FLOPs per step %.4g TFLOP (base matmuls %.4g = forward + input gradients, attention %.4g, "
+                "adapters %.4g; the base's weight gradients are not computed, so not counted)\n",
+                step_flops / 1e12, 2 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12,
+                3 * fl.adapters * o.accum / 1e12);
+  } else {
+    std::printf("model FLOPs per step %.4g TFLOP (matmuls %.4g, attention %.4g; training = 3 x forward)\n",
+                step_flops / 1e12, 3 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12);
+  }
   if (o.gpu())
     std::printf("%s: MFU against its datasheet dense bf16 peak, %.0f TFLOP/s, and against the %.0f TFLOP/s an "
                 "8192^3 bf16 GEMM reaches here\n",
@@ -301,8 +355,12 @@ void bench_train(BenchOptions o) {
                            {"gpu", o.gpu() ? where : ""}, {"peak_tflops", o.peak_tflops},
                            {"achievable_tflops", achievable}, {"seq", o.seq}, {"documents", row.documents},
                            {"accum", o.accum}, {"flops_per_step", step_flops},
+                           {"flops", {{"matmul_forward", fl.matmul * o.accum}, {"attention_forward", fl.attention * o.accum},
+                                      {"adapters_forward", fl.adapters * o.accum}, {"frozen_base", fl.frozen_base}}},
+                           {"lora", {{"rank", o.lora}, {"alpha", o.lora_alpha}, {"targets", lora.targets}}},
                            {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
                                    {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
+                                   {"parameters", g.parameters}, {"trainable_parameters", g.trainable},
                                    {"loss_first", g.loss_first}, {"loss_last", g.loss_last},
                                    {"forward_ms", g.phase_ms[0]}, {"backward_ms", g.phase_ms[1]},
                                    {"optimizer_ms", g.phase_ms[2]}}}};
@@ -310,11 +368,14 @@ void bench_train(BenchOptions o) {
   if (o.hf)
     for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, cfg, p, row.documents));
   std::printf("\n  %-34s %12s %10s %8s %12s %10s\n", "", "tokens/s", "step ms", "MFU", "of achiev.", "peak GiB");
-  print_row(o.gpu() ? "g4 (bf16 compute, fp32 master)" : "g4 (f32, CPU)", g.tokens_per_s, g.step_ms, step_flops,
+  std::printf("g4: %.4g B parameters, %.4g M of them trained\n", static_cast<double>(g.parameters) / 1e9,
+              static_cast<double>(g.trainable) / 1e6);
+  print_row(o.gpu() ? (o.lora > 0 ? "g4 (bf16 base, fp32 adapter master)" : "g4 (bf16 compute, fp32 master)")
+                    : "g4 (f32, CPU)", g.tokens_per_s, g.step_ms, step_flops,
             o.peak_tflops, achievable, static_cast<double>(g.peak_bytes) / (1 << 30));
   for (const auto& [p, r] : hf) {
     report["hf_" + p] = r;
-    const std::string name = "HF transformers (" + p + ")";
+    const std::string name = "HF transformers" + std::string(o.lora > 0 ? " + peft" : "") + " (" + p + ")";
     if (r.contains("error") || r.value("oom", false)) {
       std::printf("  %-34s %s\n", name.c_str(), r.contains("error") ? r["error"].get<std::string>().c_str() : "out of memory");
       continue;
@@ -401,11 +462,23 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over two extra steps (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
-  cmd->add_option("--hf-precision", o->hf_precisions, "fp32-autocast and/or bf16");
+  auto* precision = cmd->add_option("--hf-precision", o->hf_precisions,
+                                    "fp32-autocast and/or bf16 (default both; with --lora bf16: a bf16 base)");
   cmd->add_option("--json", o->json, "write the results as JSON");
+  cmd->add_option("--lora", o->lora, "LoRA rank: train adapters over a frozen bf16 base (0: full fine-tuning)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (the adapters' output is scaled by alpha / rank)");
+  cmd->add_option("--lora-targets", o->lora_targets,
+                  "PEFT target modules (default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
+      ->delimiter(',');
+  cmd->add_flag("--lora-experts", o->lora_experts,
+                "also adapt the routed experts' weights (experts.gate_up_proj, experts.down_proj: PEFT's "
+                "target_parameters)");
   cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
-  cmd->callback([&action, o, layers] {
+  cmd->callback([&action, o, layers, precision] {
     o->layers_given = layers->count() > 0;
+    // peft's usual set-up, and g4's: a bf16 frozen base with fp32 adapters under autocast.
+    if (o->lora > 0 && precision->count() == 0) o->hf_precisions = {"bf16"};
     action = [o] { bench_train(*o); };
   });
   add_bench_generate(*bench, action);

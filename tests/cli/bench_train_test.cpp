@@ -4,9 +4,12 @@
 // reports, and trains (a finite loss).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "io/json_input.h"
 #include "support/g4_process.h"
@@ -61,6 +64,77 @@ TEST(BenchTrain, CpuSmokeRunOnAConfigFile) {
   ASSERT_FALSE(r.empty());
   expect_trained(r.at("g4"), out);
   EXPECT_EQ(r.at("accum").get<int64_t>(), 2);
+}
+
+// LoRA rank 4 on tiny-moe's seven projections and both expert weights. Per token, a projection
+// W [out, in] costs r·(in + out) multiply-adds in its adapter, an expert weight top-k (2) times that:
+// layer 0 (sliding: q 128->128, k and v 128->64, o 128->128, gate/up 128->128, down 128->128)
+// 4 · (256 + 192 + 192 + 256 + 3 · 256) = 6656; layer 1 (full: q 128->256, k 128->64 and no v (K=V),
+// o 256->128, the MLP as before) 4 · (384 + 192 + 384 + 768) = 6912; experts (gate_up 128->128,
+// down 64->128) per layer 2 · 4 · (256 + 192) = 3584. 20 736 per token, 2 FLOPs each, 64 tokens.
+TEST(BenchTrain, LoraTrainsOnlyTheAdaptersAndCountsTheirFlops) {
+  std::string out;
+  const std::string shape = kSmoke + " --model tiny-moe --layers 2";
+  const nlohmann::json r = bench(shape + " --lora 4 --lora-experts", "lora", &out);
+  ASSERT_FALSE(r.empty());
+  expect_trained(r.at("g4"), out);
+  const nlohmann::json& f = r.at("flops");
+  EXPECT_EQ(f.at("adapters_forward").get<double>(), 2.0 * 20736 * 64);
+  EXPECT_TRUE(f.at("frozen_base").get<bool>());
+  // The base's weight-gradient GEMMs are skipped: 2 x its matmuls, 3 x attention and adapters.
+  EXPECT_DOUBLE_EQ(r.at("flops_per_step").get<double>(),
+                   2 * f.at("matmul_forward").get<double>() + 3 * f.at("attention_forward").get<double>() +
+                       3 * f.at("adapters_forward").get<double>());
+  // The adapters' elements are the multiply-adds above without top-k, times the 8 experts:
+  // 6656 + 6912 + 2 · 8 · 4 · (256 + 192).
+  EXPECT_EQ(r.at("g4").at("trainable_parameters").get<int64_t>(), 6656 + 6912 + 2 * 8 * 4 * (256 + 192));
+  // B starts at zero, so the first step's loss is the base model's (the same seeded weights and row).
+  const nlohmann::json full = bench(shape, "lora_base");
+  ASSERT_FALSE(full.empty());
+  EXPECT_EQ(r.at("g4").at("loss_first").get<double>(), full.at("g4").at("loss_first").get<double>());
+  EXPECT_GT(full.at("g4").at("trainable_parameters").get<int64_t>(), r.at("g4").at("parameters").get<int64_t>() / 2);
+
+  const ProcessResult dense = test::run_g4(kSmoke + " --model tiny-dense --lora 4 --lora-experts");
+  EXPECT_NE(dense.code, 0);
+  EXPECT_NE(dense.output.find("no routed experts"), std::string::npos) << dense.output;
+}
+
+// The command line `g4 bench train --hf` gives the Hugging Face script, checked with a stand-in
+// script that records its arguments (torch is not needed): the same shape (the config g4 trained),
+// device, document lengths, and peft's rank, alpha and targets.
+TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
+  const fs::path dir = test::scratch_dir("bench_hf_script");
+  const fs::path script = dir / "fake_hf.py";
+  std::ofstream(script) << "import json, sys\n"
+                           "args = sys.argv[1:]\n"
+                           "out = args[args.index('--json') + 1]\n"
+                           "json.dump({'tokens_per_s': 1.0, 'step_ms': 1.0, 'peak_alloc_bytes': 0, 'argv': args}, "
+                           "open(out, 'w'))\n";
+  std::string out;
+  const nlohmann::json r = bench(kSmoke + " --model tiny-moe --layers 2 --lora 4 --lora-alpha 8 --lora-experts --hf "
+                                 "--hf-script " + script.string(), "hf_args", &out);
+  ASSERT_FALSE(r.empty());
+  ASSERT_TRUE(r.contains("hf_bf16")) << out;  // --lora: one run, a bf16 base
+  EXPECT_FALSE(r.contains("hf_fp32-autocast")) << out;
+  const auto argv = r.at("hf_bf16").at("argv").get<std::vector<std::string>>();
+  const auto value = [&](const std::string& key) {
+    const auto it = std::find(argv.begin(), argv.end(), key);
+    return it == argv.end() || it + 1 == argv.end() ? std::string("(missing)") : *(it + 1);
+  };
+  EXPECT_EQ(value("--device"), "cpu");
+  EXPECT_EQ(value("--lora"), "4");
+  EXPECT_EQ(value("--lora-alpha"), "8");
+  EXPECT_EQ(value("--lora-targets"),
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,experts.gate_up_proj,experts.down_proj");
+  std::string documents;
+  for (const auto& n : r.at("documents")) documents += (documents.empty() ? "" : ",") + std::to_string(n.get<int64_t>());
+  EXPECT_EQ(value("--documents"), documents);
+  // A tiny shape is not in the script's table: it gets the config g4 trained.
+  const nlohmann::json cfg = io::read_json_file(value("--config"), "config for HF", io::kMaxConfigBytes);
+  EXPECT_EQ(cfg.at("num_hidden_layers").get<int64_t>(), 2);
+  EXPECT_EQ(cfg.at("num_experts").get<int64_t>(), 8);
+  EXPECT_NE(out.find("HF transformers + peft (bf16)"), std::string::npos) << out;
+  fs::remove_all(dir);
 }
 
 TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
