@@ -17,6 +17,11 @@ text decoder; entries ending in experts.gate_up_proj / experts.down_proj go to t
 adapters train: the base in bf16 (frozen), the adapters in fp32 (peft's default), forward and backward under
 torch.autocast(bfloat16), which is g4's LoRA recipe.
 
+With --inputs FILE (a safetensors file `g4 bench train --images N --audio-seconds S` writes) the model is
+transformers' Gemma4ForConditionalGeneration built from --config and trains on exactly that row: input_ids,
+position_ids, labels, mm_token_type_ids and the processed media (pixel_values, image_position_ids, input_features,
+input_features_mask), through its vision and audio towers.
+
 Exit status: 0 ok, 3 out of GPU memory (the summary / JSON then says {"oom": true, ...}).
 """
 import argparse, json, os, random, re, sys, time
@@ -236,6 +241,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="26b-a4b")
     ap.add_argument("--config", help="a config.json to build instead of --shape (what g4 bench train wrote)")
+    ap.add_argument("--inputs", help="safetensors of the row to train on, media included (needs --config and "
+                                     "--documents)")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 6; 3 with --check-only)")
     ap.add_argument("--seq", type=int, default=None, help="tokens in the packed batch (default 4096; 256 check)")
     ap.add_argument("--steps", type=int, default=10)
@@ -280,7 +287,16 @@ def main():
         cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
     text_cfg = cfg.get_text_config()
     given = [int(n) for n in a.documents.split(",")] if a.documents else None
-    ids, pos, labels, lengths = packed_batch(a.seq, text_cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
+    media = {}
+    if a.inputs:
+        if not (a.config and given):
+            sys.exit("--inputs needs --config and --documents (g4 bench train passes all three)")
+        ids, pos, labels, media = load_inputs(a.inputs, a.seq)
+        lengths = given
+        if sum(lengths) != a.seq:
+            sys.exit(f"--documents add up to {sum(lengths)} tokens, not --seq {a.seq}")
+    else:
+        ids, pos, labels, lengths = packed_batch(a.seq, text_cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
     flops = train_flops_per_step(text_cfg, lengths) * a.accum
     base = dict(shape=a.shape, layers=a.layers, seq=a.seq, precision=a.precision, check_only=a.check_only,
                 layer_types=text_cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
@@ -295,7 +311,7 @@ def main():
 
     result = dict(base)
     try:
-        result.update(run(a, cfg, dev, ids, pos, labels, lengths, flops))
+        result.update(run(a, cfg, dev, ids, pos, labels, lengths, flops, media))
         status = 0
     except torch.cuda.OutOfMemoryError as e:
         result.update(oom=True, error=str(e).splitlines()[0][:300],
@@ -309,14 +325,35 @@ def main():
     return status
 
 
-def run(a, cfg, dev, ids, pos, labels, lengths, flops):
+def load_inputs(path, seq):
+    """The row g4 trained: ids, positions and labels [1, seq] and the media under transformers' names."""
+    from safetensors.torch import load_file
+    t = load_file(path)
+    for k in ("input_ids", "position_ids", "labels", "mm_token_type_ids"):
+        if k not in t or tuple(t[k].shape) != (1, seq):
+            sys.exit(f"{path}: {k} missing or not [1, {seq}]")
+    media = {k: t[k] for k in ("mm_token_type_ids", "pixel_values", "image_position_ids", "input_features",
+                               "input_features_mask") if k in t}
+    if "input_features_mask" in media:
+        media["input_features_mask"] = media["input_features_mask"].bool()
+    return t["input_ids"].long(), t["position_ids"].long(), t["labels"].long(), media
+
+
+def run(a, cfg, dev, ids, pos, labels, lengths, flops, media=None):
     cuda = dev.type == "cuda"
+    media = media or {}
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
     if a.lora:  # the frozen base in bf16 unless fp32-autocast is asked for; the adapters are fp32 either way
         dtype = torch.float32 if a.precision == "fp32-autocast" else torch.bfloat16
+    conditional = cfg.model_type == "gemma4"
     with torch.device(dev):  # initialise on the GPU: the CPU is far too slow for billions of random weights
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    assert type(model).__name__ == "Gemma4ForCausalLM", type(model)
+        if conditional:  # the towers too
+            model = transformers.Gemma4ForConditionalGeneration._from_config(cfg, dtype=dtype,
+                                                                              attn_implementation="sdpa")
+        else:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    want = "Gemma4ForConditionalGeneration" if conditional else "Gemma4ForCausalLM"
+    assert type(model).__name__ == want, type(model)
     hf_model = model  # set_attn_implementation & co. on the transformers model, under peft's wrapper too
     n_params = sum(p.numel() for p in model.parameters())  # the tied LM head appears once
     if a.recompute:  # non-reentrant: the frozen embedding's output needs no requires_grad for it
@@ -325,6 +362,8 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
         model = wrap_lora(model, a)
     model.train()
     ids, pos, labels = ids.to(dev), pos.to(dev), labels.to(dev)
+    # Float media in the weights' dtype (the towers' first layers take them as they are).
+    media = {k: (v.to(dev, dtype) if v.is_floating_point() else v.to(dev)) for k, v in media.items()}
     params = [p for p in model.parameters() if p.requires_grad]  # all, or the adapters
     n_trainable = sum(p.numel() for p in params)
 
@@ -335,7 +374,7 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
         # use_cache=False matters: with a cache object transformers skips packed-sequence detection (and the mask
         # would let documents attend to each other).
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "fp32-autocast" or a.lora > 0):
-            return model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss
+            return model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False, **media).loss
 
     def fwd_bwd():
         loss_fn().backward()

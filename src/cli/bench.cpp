@@ -21,7 +21,9 @@
 #include "core/kernel_profile.h"
 #include "core/philox.h"
 #include "core/random.h"
+#include "data/multimodal.h"
 #include "io/json_input.h"
+#include "io/safetensors.h"
 #include "model/gemma4.h"
 #include "model/lora_config.h"
 #include "model/named_configs.h"
@@ -58,6 +60,13 @@ struct BenchOptions {
   double lora_alpha = 16;
   std::vector<std::string> lora_targets;
   bool lora_experts = false;
+  // Media in the packed row (--images N --audio-seconds S): random pixels and noise, processed as
+  // g4 train processes a chat's media, through the model's towers.
+  int64_t images = 0;
+  double audio_seconds = 0;
+  int64_t image_soft_tokens = 0;  // the image processor's budget; 0: its default (280)
+
+  bool media() const { return images > 0 || audio_seconds > 0; }
 
   bool gpu() const { return device == "cuda"; }
   // What the report calls the model: the built-in name or the config file.
@@ -75,23 +84,104 @@ model::LoraConfig bench_lora(const BenchOptions& o) {
   return l;
 }
 
-// The model the benchmark trains: a built-in shape with --layers layers, or the config file given.
+// The model the benchmark trains: a built-in shape with --layers layers (with media, the whole
+// Gemma4ForConditionalGeneration with its towers), or the config file given.
 io::ModelConfig bench_config(const BenchOptions& o) {
-  if (o.config.empty())
-    return io::parse_model_config(model::named_config(o.model, {{"num_hidden_layers", o.layers}}), "built-in " + o.model);
-  G4_CHECK(!o.layers_given, "g4 bench train: --layers sets the depth of a built-in --model; the config file ", o.config,
-           " gives its own (num_hidden_layers)");
-  return io::load_model_config(o.config);
+  io::ModelConfig cfg;
+  if (o.config.empty()) {
+    const nlohmann::json layers = {{"num_hidden_layers", o.layers}};
+    cfg = io::parse_model_config(
+        o.media() ? model::named_multimodal_config(o.model, layers) : model::named_config(o.model, layers),
+        "built-in " + o.model);
+  } else {
+    G4_CHECK(!o.layers_given, "g4 bench train: --layers sets the depth of a built-in --model; the config file ",
+             o.config, " gives its own (num_hidden_layers)");
+    cfg = io::load_model_config(o.config);
+  }
+  G4_CHECK(o.images == 0 || cfg.vision, "g4 bench train: --images needs a vision tower, but ", o.model_name(),
+           " is a text-only config (a Gemma4ForConditionalGeneration config.json has one)");
+  G4_CHECK(o.audio_seconds <= 0 || (cfg.conditional && cfg.has_audio), "g4 bench train: --audio-seconds needs an audio "
+           "tower, but ", o.model_name(), " has none (gemma-4-e4b has one; gemma-4-26b-a4b and gemma-4-31b do not)");
+  return cfg;
+}
+
+// The row's media: N images of random pixels and one clip of S seconds of noise through Gemma 4's
+// processors (the image budget as g4 train's data has it, data_image_processor), and the tokens
+// they stand for, each wrapped in its boundary tokens as the processor writes them:
+// <boi> <image>xn <eoi> per image, <boa> <audio>xm <eoa> for the clip.
+struct RowMedia {
+  data::PromptMedia media;
+  std::vector<int64_t> ids, types;  // mm_token_type_ids: 1 image, 3 audio, 0 the boundaries
+  int64_t image_tokens = 0, audio_tokens = 0;
+};
+
+// A top-level token id of a conditional config.json (absent: the released models' value).
+int64_t config_token(const io::ModelConfig& cfg, const char* key, int64_t released) {
+  const auto it = cfg.raw.find(key);
+  return it != cfg.raw.end() && it->is_number_integer() ? it->get<int64_t>() : released;
+}
+
+RowMedia make_media(const BenchOptions& o, const io::ModelConfig& cfg) {
+  RowMedia r;
+  if (!o.media()) return r;
+  std::vector<io::RgbImage> images(static_cast<size_t>(o.images));
+  for (size_t i = 0; i < images.size(); ++i) {
+    io::RgbImage& im = images[i];
+    im.height = im.width = 896;  // resized by the processor to its soft-token budget
+    im.pixels.resize(static_cast<size_t>(im.height * im.width * 3));
+    for (size_t j = 0; j < im.pixels.size(); ++j)
+      im.pixels[j] = static_cast<uint8_t>(std::min(255.0f, 256 * philox_uniform(o.seed, 100 + i, j)));
+  }
+  std::vector<std::vector<float>> clips;
+  if (o.audio_seconds > 0) {
+    clips.emplace_back(static_cast<size_t>(o.audio_seconds * 16000));  // 16 kHz
+    for (size_t j = 0; j < clips[0].size(); ++j) clips[0][j] = philox_uniform(o.seed, 99, j) - 0.5f;
+  }
+  io::ImageProcessorOptions opt = train::data_image_processor("", cfg);
+  if (o.image_soft_tokens > 0) opt.max_soft_tokens = o.image_soft_tokens;
+  io::check_image_processor_options(opt, "--image-soft-tokens");
+  r.media = data::process_prompt_media(images, {}, clips, opt);
+  const auto block = [&](int64_t open, int64_t token, int64_t type, int64_t n, int64_t close) {
+    r.ids.push_back(open);
+    r.types.push_back(0);
+    r.ids.insert(r.ids.end(), static_cast<size_t>(n), token);
+    r.types.insert(r.types.end(), static_cast<size_t>(n), type);
+    r.ids.push_back(close);
+    r.types.push_back(0);
+  };
+  for (const int64_t n : r.media.image_soft_tokens) {
+    block(config_token(cfg, "boi_token_id", 255999), cfg.vision->image_token_id, 1, n, config_token(cfg, "eoi_token_id", 258882));
+    r.image_tokens += n;
+  }
+  for (const int64_t n : r.media.audio_soft_tokens) {
+    block(config_token(cfg, "boa_token_id", 256000), cfg.audio_token_id, 3, n,
+          config_token(cfg, "eoa_token_id", config_token(cfg, "eoa_token_index", 258883)));
+    r.audio_tokens += n;
+  }
+  return r;
 }
 
 // One packed row of `seq` tokens: documents of seeded random lengths (the last one cut to fit),
 // random ids, positions restarting per document, no loss on each document's first token.
+// With media, the first document starts with their tokens (untrained, as a user turn's are), and
+// the row carries mm_token_type_ids and the processed media. Each rank (`rank`) draws its own token
+// ids over the same document lengths, so that data-parallel ranks do equal work.
 struct PackedRow {
   Tensor input_ids, position_ids, labels;
   std::vector<int64_t> documents;
+  Tensor mm_token_type_ids;  // with media only
+  const data::PromptMedia* media = nullptr;
+  int64_t image_tokens = 0, audio_tokens = 0;
 };
 
-PackedRow make_row(const BenchOptions& o, int64_t vocab) {
+PackedRow make_row(const BenchOptions& o, const io::ModelConfig& cfg, const RowMedia& media, int rank = 0) {
+  const int64_t vocab = cfg.vocab_size, prefix = static_cast<int64_t>(media.ids.size());
+  G4_CHECK(prefix < o.seq, "g4 bench train: the media take ", prefix, " tokens (", media.image_tokens,
+           " image and ", media.audio_tokens, " audio soft tokens with their boundaries), more than --seq ", o.seq);
+  // Random text must not hit a placeholder id: the model would count it as a soft token.
+  std::vector<int64_t> placeholders;
+  if (cfg.vision) placeholders = {cfg.vision->image_token_id, cfg.vision->video_token_id};
+  if (cfg.conditional && cfg.has_audio) placeholders.push_back(cfg.audio_token_id);
   PackedRow r;
   r.input_ids = Tensor::empty({1, o.seq}, DType::I64);
   r.position_ids = Tensor::empty({1, o.seq}, DType::I64);
@@ -103,14 +193,28 @@ PackedRow make_row(const BenchOptions& o, int64_t vocab) {
   for (int64_t s = 0; s < o.seq;) {
     const double u = philox_uniform(o.seed, 7, draw++);
     int64_t n = o.min_doc + static_cast<int64_t>(u * static_cast<double>(o.max_doc - o.min_doc));
-    n = std::min(n, o.seq - s);
+    const int64_t media_here = s == 0 ? prefix : 0;
+    n = std::min(n + media_here, o.seq - s);
     r.documents.push_back(n);
     for (int64_t i = 0; i < n; ++i, ++s) {
-      ids[s] = 3 + static_cast<int64_t>(philox_uniform(o.seed, 8, static_cast<uint64_t>(s)) *
-                                        static_cast<double>(vocab - 4));
+      if (i < media_here) {
+        ids[s] = media.ids[static_cast<size_t>(i)];
+      } else {
+        ids[s] = 3 + static_cast<int64_t>(philox_uniform(o.seed + static_cast<uint64_t>(rank), 8,
+                                                         static_cast<uint64_t>(s)) *
+                                          static_cast<double>(vocab - 4));
+        while (std::find(placeholders.begin(), placeholders.end(), ids[s]) != placeholders.end()) --ids[s];
+      }
       pos[s] = i;
-      lab[s] = i == 0 ? -100 : ids[s];
+      lab[s] = i == 0 || i < media_here ? -100 : ids[s];
     }
+  }
+  if (prefix > 0) {
+    r.mm_token_type_ids = Tensor::zeros({1, o.seq}, DType::I64);
+    std::copy(media.types.begin(), media.types.end(), r.mm_token_type_ids.data<int64_t>());
+    r.media = &media.media;
+    r.image_tokens = media.image_tokens;
+    r.audio_tokens = media.audio_tokens;
   }
   return r;
 }
@@ -133,6 +237,13 @@ class FixedRow final : public train::BatchSource {
     b.input_ids = row_.input_ids;
     b.position_ids = row_.position_ids;
     b.labels = row_.labels;
+    if (row_.media) {
+      b.mm_token_type_ids = row_.mm_token_type_ids;
+      b.pixel_values = row_.media->pixel_values;
+      b.image_position_ids = row_.media->image_position_ids;
+      b.input_features = row_.media->input_features;
+      b.input_features_mask = row_.media->input_features_mask;
+    }
     return b;
   }
 
@@ -223,7 +334,7 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
 // The script's --shape for a released model's widths (its own table, checked against g4's by
 // --check-only), or --config with the config g4 trains, written out (tiny shapes, config files).
 std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
-  if (o.config.empty()) {
+  if (o.config.empty() && !o.media()) {
     if (o.model == "gemma-4-26b-a4b") return " --shape 26b-a4b --layers " + std::to_string(o.layers);
     if (o.model == "gemma-4-31b") return " --shape 31b --layers " + std::to_string(o.layers);
     if (o.model == "gemma-4-e4b") return " --shape e4b --layers " + std::to_string(o.layers);
@@ -243,11 +354,30 @@ std::string hf_lora_args(const BenchOptions& o) {
   return " --lora " + std::to_string(o.lora) + " --lora-alpha " + alpha + " --lora-targets " + targets;
 }
 
+// With media, the script trains on g4's very row: its ids, positions, labels, token types and
+// processed media, written under transformers' names.
+std::string hf_inputs_args(const PackedRow& row) {
+  if (!row.media) return "";
+  const std::string path = "/tmp/g4_bench_hf_inputs.safetensors";
+  std::vector<std::pair<std::string, Tensor>> t = {{"input_ids", row.input_ids},
+                                                   {"position_ids", row.position_ids},
+                                                   {"labels", row.labels},
+                                                   {"mm_token_type_ids", row.mm_token_type_ids}};
+  for (const auto& [name, value] :
+       {std::pair<const char*, const Tensor*>{"pixel_values", &row.media->pixel_values},
+        {"image_position_ids", &row.media->image_position_ids},
+        {"input_features", &row.media->input_features},
+        {"input_features_mask", &row.media->input_features_mask}})
+    if (value->defined()) t.emplace_back(name, *value);
+  io::save_safetensors(path, t);
+  return " --inputs " + path;
+}
+
 nlohmann::json run_hf(const BenchOptions& o, const io::ModelConfig& cfg, const std::string& precision,
-                      const std::vector<int64_t>& docs) {
+                      const PackedRow& row) {
   std::string documents;
-  for (int64_t n : docs) documents += (documents.empty() ? "" : ",") + std::to_string(n);
-  return run_python_benchmark(o.hf_script + hf_model_args(o, cfg) + " --device " + o.device + " --seq " +
+  for (int64_t n : row.documents) documents += (documents.empty() ? "" : ",") + std::to_string(n);
+  return run_python_benchmark(o.hf_script + hf_model_args(o, cfg) + hf_inputs_args(row) + " --device " + o.device + " --seq " +
                                   std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
                                   std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
                                   precision + " --seed " + std::to_string(o.seed) + " --peak-tflops " +
@@ -317,7 +447,8 @@ void bench_train(BenchOptions o) {
   G4_CHECK(!o.lora_experts || cfg.enable_moe_block, "g4 bench train: --lora-experts: ", o.model_name(),
            " has no routed experts");
   const model::LoraConfig lora = bench_lora(o);
-  const PackedRow row = make_row(o, cfg.vocab_size);
+  const RowMedia media = make_media(o, cfg);
+  const PackedRow row = make_row(o, cfg, media);
   const train::StepFlops fl = train::forward_flops(cfg, row.documents, lora);
   const double step_flops = fl.training() * static_cast<double>(o.accum);
   int64_t full = 0;
@@ -342,6 +473,11 @@ void bench_train(BenchOptions o) {
     std::printf("model FLOPs per step %.4g TFLOP (matmuls %.4g, attention %.4g; training = 3 x forward)\n",
                 step_flops / 1e12, 3 * fl.matmul * o.accum / 1e12, 3 * fl.attention * o.accum / 1e12);
   }
+  if (o.media())
+    std::printf("media per row: %lld image%s (%lld soft tokens), %g s of audio (%lld soft tokens), through the "
+                "towers; MFU counts the decoder's FLOPs only (the towers' are not counted)\n",
+                static_cast<long long>(o.images), o.images == 1 ? "" : "s", static_cast<long long>(row.image_tokens),
+                o.audio_seconds, static_cast<long long>(row.audio_tokens));
   if (o.gpu())
     std::printf("%s: MFU against its datasheet dense bf16 peak, %.0f TFLOP/s, and against the %.0f TFLOP/s an "
                 "8192^3 bf16 GEMM reaches here\n",
@@ -358,6 +494,8 @@ void bench_train(BenchOptions o) {
                            {"flops", {{"matmul_forward", fl.matmul * o.accum}, {"attention_forward", fl.attention * o.accum},
                                       {"adapters_forward", fl.adapters * o.accum}, {"frozen_base", fl.frozen_base}}},
                            {"lora", {{"rank", o.lora}, {"alpha", o.lora_alpha}, {"targets", lora.targets}}},
+                           {"media", {{"images", o.images}, {"audio_seconds", o.audio_seconds},
+                                      {"image_soft_tokens", row.image_tokens}, {"audio_soft_tokens", row.audio_tokens}}},
                            {"g4", {{"tokens_per_s", g.tokens_per_s}, {"step_ms", g.step_ms}, {"mfu", g.mfu},
                                    {"peak_alloc_bytes", g.peak_bytes}, {"reserved_bytes", g.reserved_bytes},
                                    {"parameters", g.parameters}, {"trainable_parameters", g.trainable},
@@ -366,7 +504,7 @@ void bench_train(BenchOptions o) {
                                    {"optimizer_ms", g.phase_ms[2]}}}};
   std::vector<std::pair<std::string, nlohmann::json>> hf;
   if (o.hf)
-    for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, cfg, p, row.documents));
+    for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, cfg, p, row));
   std::printf("\n  %-34s %12s %10s %8s %12s %10s\n", "", "tokens/s", "step ms", "MFU", "of achiev.", "peak GiB");
   std::printf("g4: %.4g B parameters, %.4g M of them trained\n", static_cast<double>(g.parameters) / 1e9,
               static_cast<double>(g.trainable) / 1e6);
@@ -387,6 +525,17 @@ void bench_train(BenchOptions o) {
     std::printf("  %-34s %11.2fx", ("  g4 / HF (" + p + ")").c_str(), g.tokens_per_s / r["tokens_per_s"].get<double>());
     if (hf_peak > 0 && g.peak_bytes > 0)
       std::printf(" %33.2fx", static_cast<double>(g.peak_bytes) / hf_peak);
+    std::printf("\n");
+  }
+  if (o.media()) {
+    // Of each row's tokens, the soft tokens stand for media; the rest is text (boundaries included).
+    const double soft = static_cast<double>(row.image_tokens + row.audio_tokens) / static_cast<double>(o.seq);
+    std::printf("  of the tokens/s: text %.0f and soft tokens %.0f (g4)", g.tokens_per_s * (1 - soft),
+                g.tokens_per_s * soft);
+    for (const auto& [p, r] : hf)
+      if (r.contains("tokens_per_s"))
+        std::printf(", text %.0f and soft tokens %.0f (HF %s)", r["tokens_per_s"].get<double>() * (1 - soft),
+                    r["tokens_per_s"].get<double>() * soft, p.c_str());
     std::printf("\n");
   }
   std::printf("  losses: g4 first %.4f last %.4f\n", g.loss_first, g.loss_last);
@@ -462,6 +611,14 @@ void add_bench(CLI::App& app, Action& action) {
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over two extra steps (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
+  cmd->add_option("--images", o->images,
+                  "images (random pixels) at the start of the packed row, through the vision tower")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--audio-seconds", o->audio_seconds,
+                  "seconds of audio (noise, 16 kHz) in the packed row, through the audio tower (E4B; at most 30)")
+      ->check(CLI::Range(0.0, 30.0));
+  cmd->add_option("--image-soft-tokens", o->image_soft_tokens,
+                  "the image processor's soft-token budget: 70, 140, 280 (default), 560 or 1120");
   auto* precision = cmd->add_option("--hf-precision", o->hf_precisions,
                                     "fp32-autocast and/or bf16 (default both; with --lora bf16: a bf16 base)");
   cmd->add_option("--json", o->json, "write the results as JSON");

@@ -11,7 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "io/hf_config.h"
 #include "io/json_input.h"
+#include "io/safetensors.h"
+#include "model/named_configs.h"
+#include "model/params.h"
 #include "support/g4_process.h"
 #include "support/test_paths.h"
 
@@ -41,6 +45,22 @@ void expect_trained(const nlohmann::json& g4, const std::string& output) {
   EXPECT_GT(g4.at("step_ms").get<double>(), 0) << output;
   EXPECT_TRUE(std::isfinite(g4.at("loss_first").get<double>())) << output;
   EXPECT_TRUE(std::isfinite(g4.at("loss_last").get<double>())) << output;
+}
+
+// A stand-in for tools/bench_hf_train.py that records its arguments in its --json output.
+fs::path fake_hf_script(const fs::path& dir) {
+  const fs::path script = dir / "fake_hf.py";
+  std::ofstream(script) << "import json, sys\n"
+                           "args = sys.argv[1:]\n"
+                           "out = args[args.index('--json') + 1]\n"
+                           "json.dump({'tokens_per_s': 1.0, 'step_ms': 1.0, 'peak_alloc_bytes': 0, 'argv': args}, "
+                           "open(out, 'w'))\n";
+  return script;
+}
+
+std::string arg_value(const std::vector<std::string>& argv, const std::string& key) {
+  const auto it = std::find(argv.begin(), argv.end(), key);
+  return it == argv.end() || it + 1 == argv.end() ? std::string("(missing)") : *(it + 1);
 }
 
 TEST(BenchTrain, CpuSmokeRunOnABuiltInTinyMoe) {
@@ -104,12 +124,7 @@ TEST(BenchTrain, LoraTrainsOnlyTheAdaptersAndCountsTheirFlops) {
 // device, document lengths, and peft's rank, alpha and targets.
 TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
   const fs::path dir = test::scratch_dir("bench_hf_script");
-  const fs::path script = dir / "fake_hf.py";
-  std::ofstream(script) << "import json, sys\n"
-                           "args = sys.argv[1:]\n"
-                           "out = args[args.index('--json') + 1]\n"
-                           "json.dump({'tokens_per_s': 1.0, 'step_ms': 1.0, 'peak_alloc_bytes': 0, 'argv': args}, "
-                           "open(out, 'w'))\n";
+  const fs::path script = fake_hf_script(dir);
   std::string out;
   const nlohmann::json r = bench(kSmoke + " --model tiny-moe --layers 2 --lora 4 --lora-alpha 8 --lora-experts --hf "
                                  "--hf-script " + script.string(), "hf_args", &out);
@@ -117,10 +132,7 @@ TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
   ASSERT_TRUE(r.contains("hf_bf16")) << out;  // --lora: one run, a bf16 base
   EXPECT_FALSE(r.contains("hf_fp32-autocast")) << out;
   const auto argv = r.at("hf_bf16").at("argv").get<std::vector<std::string>>();
-  const auto value = [&](const std::string& key) {
-    const auto it = std::find(argv.begin(), argv.end(), key);
-    return it == argv.end() || it + 1 == argv.end() ? std::string("(missing)") : *(it + 1);
-  };
+  const auto value = [&](const std::string& key) { return arg_value(argv, key); };
   EXPECT_EQ(value("--device"), "cpu");
   EXPECT_EQ(value("--lora"), "4");
   EXPECT_EQ(value("--lora-alpha"), "8");
@@ -137,6 +149,75 @@ TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
   fs::remove_all(dir);
 }
 
+// Two images at the smallest budget and a second of audio through the towers of the tiny E-type
+// multimodal fixture; the Hugging Face side gets that very row (ids, token types, media) and the
+// conditional config.
+TEST(BenchTrain, ImagesAndAudioGoThroughTheTowers) {
+  const fs::path dir = test::scratch_dir("bench_mm_script");
+  const std::string fixture = test::data_dir() + "/hf-gemma4-mm/tiny-mm-e";
+  std::string out;
+  const nlohmann::json r = bench("bench train --device cpu --seq 192 --steps 1 --warmup 0 --config " + fixture +
+                                     " --images 2 --audio-seconds 1 --image-soft-tokens 70 --hf --hf-precision bf16 "
+                                     "--hf-script " + fake_hf_script(dir).string(),
+                                 "mm", &out);
+  ASSERT_FALSE(r.empty());
+  expect_trained(r.at("g4"), out);
+  const int64_t image_tokens = r.at("media").at("image_soft_tokens").get<int64_t>();
+  const int64_t audio_tokens = r.at("media").at("audio_soft_tokens").get<int64_t>();
+  EXPECT_GT(image_tokens, 0);
+  EXPECT_LE(image_tokens, 2 * 70);
+  EXPECT_EQ(audio_tokens, 25) << "1 s at 40 ms per soft token";
+  EXPECT_NE(out.find("soft tokens"), std::string::npos) << out;
+
+  const auto argv = r.at("hf_bf16").at("argv").get<std::vector<std::string>>();
+  const io::ModelConfig cfg = io::load_model_config(fixture);
+  const nlohmann::json hf_cfg = io::read_json_file(arg_value(argv, "--config"), "config for HF", io::kMaxConfigBytes);
+  EXPECT_EQ(hf_cfg.at("model_type").get<std::string>(), "gemma4");
+  EXPECT_TRUE(hf_cfg.at("vision_config").is_object());
+  EXPECT_TRUE(hf_cfg.at("audio_config").is_object());
+  const io::SafetensorsReader in = io::SafetensorsReader::open(arg_value(argv, "--inputs"));
+  for (const char* k : {"pixel_values", "image_position_ids", "input_features", "input_features_mask"})
+    EXPECT_TRUE(in.has(k)) << k;
+  const Tensor ids = in.get("input_ids"), types = in.get("mm_token_type_ids"), labels = in.get("labels");
+  ASSERT_EQ(ids.numel(), 192);
+  int64_t images = 0, audio = 0, typed_images = 0, typed_audio = 0, trained_media = 0;
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int64_t id = ids.data<int64_t>()[i], type = types.data<int64_t>()[i];
+    images += id == cfg.vision->image_token_id;
+    audio += id == cfg.audio_token_id;
+    typed_images += type == 1;
+    typed_audio += type == 3;
+    trained_media += type != 0 && labels.data<int64_t>()[i] != -100;
+  }
+  EXPECT_EQ(images, image_tokens);  // random text never takes a placeholder id
+  EXPECT_EQ(audio, audio_tokens);
+  EXPECT_EQ(typed_images, image_tokens);
+  EXPECT_EQ(typed_audio, audio_tokens);
+  EXPECT_EQ(trained_media, 0);
+  fs::remove_all(dir);
+}
+
+// The built-in multimodal shapes are the released towers: their parameter counts are CONFIGS.md's
+// (computed from the released widths), and E4B alone has the audio tower.
+TEST(BenchTrain, BuiltInMultimodalShapesHaveTheReleasedTowers) {
+  const auto tower_elements = [](const io::ModelConfig& c, const std::string& prefix) {
+    int64_t n = 0;
+    for (const model::ParamSpec& p : model::native_param_specs(c))
+      if (p.name.rfind(prefix, 0) == 0) n += shape_numel(p.shape);
+    return n;
+  };
+  const io::ModelConfig e4b = io::parse_model_config(model::named_multimodal_config("gemma-4-e4b"), "e4b");
+  ASSERT_TRUE(e4b.vision && e4b.has_audio);
+  EXPECT_EQ(tower_elements(e4b, "model.vision_tower."), 167364608);
+  EXPECT_EQ(tower_elements(e4b, "model.audio_tower."), 304824608);
+  EXPECT_EQ(e4b.num_layers, 42);
+  const io::ModelConfig moe = io::parse_model_config(model::named_multimodal_config("gemma-4-26b-a4b"), "26b");
+  ASSERT_TRUE(moe.vision);
+  EXPECT_FALSE(moe.has_audio);
+  EXPECT_EQ(tower_elements(moe, "model.vision_tower."), 569548080);
+  EXPECT_EQ(moe.bidirectional, "vision");
+}
+
 TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
   const ProcessResult device = test::run_g4("bench train --device tpu --model tiny-dense --seq 64 --steps 1");
   EXPECT_NE(device.code, 0);
@@ -148,6 +229,17 @@ TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
   const ProcessResult profile = test::run_g4(kSmoke + " --model tiny-dense --profile");
   EXPECT_NE(profile.code, 0);
   EXPECT_NE(profile.output.find("--profile"), std::string::npos) << profile.output;
+  const ProcessResult images = test::run_g4(kSmoke + " --model tiny-moe --images 1");
+  EXPECT_NE(images.code, 0);
+  EXPECT_NE(images.output.find("no multimodal form"), std::string::npos) << images.output;
+  // Refused from the config, before a model of these widths is built.
+  const ProcessResult audio = test::run_g4(kSmoke + " --model gemma-4-26b-a4b --layers 1 --audio-seconds 1");
+  EXPECT_NE(audio.code, 0);
+  EXPECT_NE(audio.output.find("has none"), std::string::npos) << audio.output;
+  const ProcessResult long_media = test::run_g4(kSmoke + " --config " + test::data_dir() +
+                                                "/hf-gemma4-mm/tiny-mm-e --images 1 --image-soft-tokens 70");
+  EXPECT_NE(long_media.code, 0);
+  EXPECT_NE(long_media.output.find("more than --seq 64"), std::string::npos) << long_media.output;
 }
 
 }  // namespace
