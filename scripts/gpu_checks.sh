@@ -9,8 +9,8 @@
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, moe, train-bench, mm-bench, lora-bench, lora-bench-31b, gen-bench,
-# diffusion-bench, rl-bench, peft.
+# Stages: tests, tests-new, moe, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b,
+# gen-bench, diffusion-bench, rl-bench, peft.
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,9 @@ stage() {
       $run g4 bench train --model gemma-4-e4b --layers 12 --images 4 --audio-seconds 10 --hf \
         --hf-precision fp32-autocast &&
         $run g4 bench train --model gemma-4-26b-a4b --layers 2 --images 4 --hf --hf-precision fp32-autocast ;;
+    ranks-bench)  # issue 17 A: two data-parallel ranks sharing the one GPU (host-staged MPI), replicated and sharded
+      $run g4 bench train --model gemma-4-e4b --layers 4 --ranks 1,2 &&
+        $run g4 bench train --model gemma-4-e4b --layers 4 --ranks 1,2 --fsdp ;;
     lora-bench)  # issue 17's one-H200 LoRA run: full-depth 26B-A4B, rank 16, beside transformers + peft
       $run g4 bench train --model gemma-4-26b-a4b --layers 30 --lora 16 --steps 5 --warmup 2 --hf ;;
     lora-bench-31b)  # 31B at full depth fits one H200 only with activation recompute (docs/performance.md)
@@ -51,7 +54,7 @@ stage() {
     peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
       $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
         chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, moe, train-bench, mm-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, moe, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
        return 2 ;;
   esac
 }

@@ -3,6 +3,8 @@
 // (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio. `--device cpu`
 // runs the same code in f32 on the CPU at a tiny shape (a built-in one or --config), so that CI
 // exercises the benchmark that otherwise only runs on scarce GPU time.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -28,7 +30,9 @@
 #include "model/lora_config.h"
 #include "model/named_configs.h"
 #include "ops/matmul.h"
+#include "parallel/gpu_world.h"
 #include "parallel/single_communicator.h"
+#include "parallel/world.h"
 #include "train/flops.h"
 #include "train/run_setup.h"
 #include "train/sft.h"
@@ -65,6 +69,13 @@ struct BenchOptions {
   int64_t images = 0;
   double audio_seconds = 0;
   int64_t image_soft_tokens = 0;  // the image processor's budget; 0: its default (280)
+
+  // Data parallelism (--ranks 1,2,4): the command relaunches itself through g4 launch once per
+  // count, each rank training its own row; --fsdp shards the optimizer state (ZeRO-3). A relaunched
+  // rank has rank_report set: where rank 0 writes its figures for the parent to print.
+  std::vector<int64_t> ranks;
+  bool fsdp = false;
+  std::string rank_report;
 
   bool media() const { return images > 0 || audio_seconds > 0; }
 
@@ -251,13 +262,14 @@ class FixedRow final : public train::BatchSource {
   const PackedRow& row_;
 };
 
-// g4's training step, as g4 train runs it (train::train_step with the SFT objective and the
-// replicated AdamW), on a bf16 GPU model with fp32 masters, or on an f32 CPU model.
-Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops) {
+// g4's training step, as g4 train runs it (train::train_step with the SFT objective and AdamW,
+// replicated or with --fsdp sharded), on a bf16 GPU model with fp32 masters, or on an f32 CPU
+// model; every rank of `world` a data-parallel replica training its own row.
+Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow& row, double flops,
+              parallel::Communicator& world) {
   Result res;
   {
-    parallel::SingleCommunicator world;
-    parallel::DeviceMesh mesh(world, parallel::MeshShape{});
+    parallel::DeviceMesh mesh(world, parallel::MeshShape{world.size(), 1, 1});
     model::Gemma4 model(cfg, {}, o.gpu() ? DType::BF16 : DType::F32, o.gpu() ? Device::CUDA : Device::CPU);
     model.init_weights(o.seed);
     if (o.lora > 0) model.enable_lora(bench_lora(o));
@@ -277,6 +289,7 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     for (const std::string& n : os.trainable) res.trainable += model.params().at(n).value().numel();
     os.adamw.beta2 = 0.95;
     os.adamw.weight_decay = 0.01;
+    os.sharded = o.fsdp;
     const std::unique_ptr<train::Optimizer> opt = train::make_optimizer(std::move(os));
     // Waits for the GPU's queued work; nothing to wait for on the CPU (and no CUDA runtime to ask).
     const auto sync = [&] {
@@ -423,7 +436,141 @@ void print_row(const char* name, double tps, double ms, double flops, double pea
               percent(achievable_tflops).c_str(), mem);
 }
 
+// One rank of a --ranks run (under g4 launch): trains its own row with the others as data-parallel
+// replicas; rank 0 writes the figures (the slowest rank's step time) to o.rank_report.
+void bench_rank(BenchOptions o) {
+  // A GPU rank takes its GPU before any CUDA work; ranks sharing one GPU go over host-staged MPI.
+  const std::unique_ptr<parallel::Communicator> world =
+      o.gpu() ? parallel::make_gpu_world_communicator() : parallel::make_world_communicator();
+  if (o.gpu() && o.peak_tflops <= 0) o.peak_tflops = datasheet_dense_bf16_tflops(cuda_device_name());
+  const io::ModelConfig cfg = bench_config(o);
+  const RowMedia media = make_media(o, cfg);
+  const PackedRow row = make_row(o, cfg, media, world->rank());
+  // Every rank's row has the same document lengths, so the same FLOPs.
+  const double flops = train::forward_flops(cfg, row.documents, bench_lora(o)).training() * static_cast<double>(o.accum);
+  const Result g = run_g4(o, cfg, row, flops, *world);
+  Tensor slowest = Tensor::from_vector<double>({g.step_ms, static_cast<double>(g.peak_bytes)}, {2});
+  parallel::all_reduce_values(*world, slowest, parallel::ReduceOp::Max);
+  if (world->rank() != 0) return;
+  const double step_ms = slowest.data<double>()[0];
+  const double per_rank = static_cast<double>(o.seq * o.accum) / (step_ms * 1e-3);
+  const nlohmann::json report = {{"ranks", world->size()},
+                                 {"backend", world->backend()},
+                                 {"gpus", o.gpu() ? cuda_device_count() : 0},
+                                 {"gpu", o.gpu() ? cuda_device_name() : ""},
+                                 {"step_ms", step_ms},
+                                 {"tokens_per_s", per_rank * world->size()},
+                                 {"tokens_per_s_per_rank", per_rank},
+                                 {"flops_per_step_per_rank", flops},
+                                 {"mfu", o.peak_tflops > 0 ? flops / (step_ms * 1e-3) / (o.peak_tflops * 1e12) : 0.0},
+                                 {"peak_alloc_bytes", slowest.data<double>()[1]},
+                                 {"loss_first", g.loss_first},
+                                 {"loss_last", g.loss_last}};
+  std::ofstream(o.rank_report) << report.dump(1) << "\n";
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (const char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// The command line of one rank of a --ranks run: everything that shapes the step, nothing that
+// belongs to the parent (the table, --json, --hf).
+std::string rank_args(const BenchOptions& o, const std::string& report) {
+  std::string a = " bench train --device " + o.device;
+  a += o.config.empty() ? " --model " + o.model + " --layers " + std::to_string(o.layers) : " --config " + shell_quote(o.config);
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"--seq", o.seq}, {"--steps", o.steps},
+                                   {"--warmup", o.warmup}, {"--accum", o.accum}, {"--lora", o.lora},
+                                   {"--images", o.images}, {"--image-soft-tokens", o.image_soft_tokens}})
+    a += std::string(" ") + key + " " + std::to_string(value);
+  a += " --seed " + std::to_string(o.seed);
+  char num[128];
+  std::snprintf(num, sizeof num, " --lora-alpha %.17g --audio-seconds %.17g", o.lora_alpha, o.audio_seconds);
+  a += num;
+  if (o.peak_tflops > 0) {
+    std::snprintf(num, sizeof num, " --peak-tflops %.17g", o.peak_tflops);
+    a += num;
+  }
+  if (!o.lora_targets.empty()) {
+    std::string t;
+    for (const std::string& x : o.lora_targets) t += (t.empty() ? "" : ",") + x;
+    a += " --lora-targets " + shell_quote(t);
+  }
+  if (o.lora_experts) a += " --lora-experts";
+  if (o.recompute) a += " --recompute";
+  if (o.fsdp) a += " --fsdp";
+  return a + " --rank-report " + shell_quote(report);
+}
+
+// --ranks N1,N2,...: the step on N data-parallel ranks for each N (g4 launch -n N), per rank and in
+// total, with the efficiency against one rank: tokens/s(N) / (N · tokens/s(1)).
+void bench_ranks(const BenchOptions& o) {
+  G4_CHECK(!o.hf, "g4 bench train: --ranks and --hf do not combine (the Hugging Face side runs one process); run "
+           "--hf without --ranks");
+  G4_CHECK(!o.profile, "g4 bench train: --profile profiles one process; run it without --ranks");
+  G4_CHECK(!(o.fsdp && o.lora > 0), "g4 bench train: LoRA does not run with --fsdp (as in g4 train)");
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::printf("g4 bench train --ranks: %s, seq %lld per rank (each rank its own row, the same document lengths), "
+              "%s optimizer state, %lld steps after %lld warm-up; each count launched by g4 launch\n",
+              o.model_name().c_str(), static_cast<long long>(o.seq), o.fsdp ? "sharded (--fsdp)" : "replicated",
+              static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
+  std::fflush(stdout);
+  nlohmann::json runs = nlohmann::json::array();
+  for (const int64_t n : o.ranks) {
+    G4_CHECK(n >= 1, "g4 bench train: --ranks takes rank counts of at least 1, got ", n);
+    const std::string report = (std::filesystem::temp_directory_path() /
+                                ("g4_bench_ranks_" + std::to_string(::getpid()) + "_" + std::to_string(n) + ".json"))
+                                   .string();
+    std::filesystem::remove(report);
+    const std::string cmd = shell_quote(self) + " launch -n " + std::to_string(n) + rank_args(o, report);
+    std::printf("running: %s\n", cmd.c_str());
+    std::fflush(stdout);
+    const int rc = std::system(cmd.c_str());
+    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n,
+             "-rank run failed (exit status ", rc, "); its output is above");
+    runs.push_back(io::read_json_file(report, "the " + std::to_string(n) + "-rank report", io::kMaxConfigBytes));
+    std::filesystem::remove(report);
+  }
+  double one = 0;  // tokens/s of one rank, the efficiency's basis
+  for (const auto& r : runs)
+    if (r.at("ranks").get<int64_t>() == 1) one = r.at("tokens_per_s").get<double>();
+  std::printf("\n  %5s %-18s %12s %14s %10s %8s %11s %10s\n", "ranks", "communicator", "tokens/s", "per rank",
+              "step ms", "MFU", "efficiency", "peak GiB");
+  bool shared = false;
+  for (auto& r : runs) {
+    const int64_t n = r.at("ranks").get<int64_t>();
+    const double tps = r.at("tokens_per_s").get<double>(), mfu = r.at("mfu").get<double>();
+    const double peak = r.at("peak_alloc_bytes").get<double>();
+    char eff[32] = "n/a", m[32] = "n/a", mem[32] = "n/a";
+    if (one > 0) {
+      r["efficiency"] = tps / (static_cast<double>(n) * one);
+      std::snprintf(eff, sizeof eff, "%.1f%%", 100 * r["efficiency"].get<double>());
+    }
+    if (mfu > 0) std::snprintf(m, sizeof m, "%.1f%%", 100 * mfu);
+    if (peak > 0) std::snprintf(mem, sizeof mem, "%.2f", peak / (1 << 30));
+    // Ranks beyond the GPUs share them (host-staged MPI): their time is divided, not scaled.
+    const bool shares = o.gpu() && n > r.at("gpus").get<int64_t>();
+    shared = shared || shares;
+    std::printf("  %5lld %-18s %12.0f %14.0f %10.1f %8s %11s %10s%s\n", static_cast<long long>(n),
+                r.at("backend").get<std::string>().c_str(), tps, r.at("tokens_per_s_per_rank").get<double>(),
+                r.at("step_ms").get<double>(), m, eff, mem, shares ? "  (ranks share GPUs)" : "");
+  }
+  if (one <= 0) std::printf("  efficiency: n/a (add 1 to --ranks for its basis)\n");
+  if (shared)
+    std::printf("  Ranks that share a GPU (host-staged MPI) split its time: their efficiency is not a scaling "
+                "figure, only the cost of the exchanges on the same GPU.\n");
+  if (!o.gpu())
+    std::printf("  CPU ranks: one BLAS thread each under mpirun (one rank alone may use more), on the cores this "
+                "machine has: a smoke run, not a scaling figure.\n");
+  std::printf("  efficiency = tokens/s(N) / (N x tokens/s(1)); MFU per rank against the datasheet peak; step ms "
+              "of the slowest rank\n");
+  if (!o.json.empty()) std::ofstream(o.json) << nlohmann::json{{"model", o.model_name()}, {"ranks", runs}}.dump(2) << "\n";
+}
+
 void bench_train(BenchOptions o) {
+  if (!o.rank_report.empty()) return bench_rank(std::move(o));
+  if (!o.ranks.empty()) return bench_ranks(o);
   G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
   G4_CHECK(!o.profile || o.gpu(), "g4 bench train: --profile profiles GPU kernels (CUPTI); it needs --device cuda");
   // The GPU: its datasheet peak and what a large GEMM reaches there. The CPU: neither (MFU n/a
@@ -486,7 +633,8 @@ void bench_train(BenchOptions o) {
     std::printf("%s: no datasheet peak, so MFU is n/a%s; tokens/s only. Memory: n/a (host tensors are not "
                 "counted)\n",
                 where.c_str(), o.peak_tflops > 0 ? " (but for --peak-tflops)" : "");
-  const Result g = run_g4(o, cfg, row, step_flops);
+  parallel::SingleCommunicator single;
+  const Result g = run_g4(o, cfg, row, step_flops, single);
   nlohmann::json report = {{"model", o.model_name()}, {"layers", cfg.num_layers}, {"device", o.device},
                            {"gpu", o.gpu() ? where : ""}, {"peak_tflops", o.peak_tflops},
                            {"achievable_tflops", achievable}, {"seq", o.seq}, {"documents", row.documents},
@@ -619,6 +767,13 @@ void add_bench(CLI::App& app, Action& action) {
       ->check(CLI::Range(0.0, 30.0));
   cmd->add_option("--image-soft-tokens", o->image_soft_tokens,
                   "the image processor's soft-token budget: 70, 140, 280 (default), 560 or 1120");
+  cmd->add_option("--ranks", o->ranks,
+                  "data-parallel rank counts, e.g. 1,2,4: the step on each count (relaunched by g4 launch), per-rank "
+                  "tokens/s, MFU and the efficiency against one rank")
+      ->delimiter(',');
+  cmd->add_flag("--fsdp", o->fsdp, "with --ranks: shard the optimizer state over the ranks (ZeRO-3)");
+  cmd->add_option("--rank-report", o->rank_report, "(internal) one rank of a --ranks run: where rank 0 writes")
+      ->group("");
   auto* precision = cmd->add_option("--hf-precision", o->hf_precisions,
                                     "fp32-autocast and/or bf16 (default both; with --lora bf16: a bf16 base)");
   cmd->add_option("--json", o->json, "write the results as JSON");

@@ -218,6 +218,35 @@ TEST(BenchTrain, BuiltInMultimodalShapesHaveTheReleasedTowers) {
   EXPECT_EQ(moe.bidirectional, "vision");
 }
 
+// --ranks 1,2: each count relaunched through g4 launch (mpirun for 2), every rank a data-parallel
+// replica with its own row; the table's totals, per-rank figures and efficiency are consistent.
+// --fsdp runs the same with the optimizer state sharded.
+TEST(BenchTrain, RanksRunDataParallelThroughTheLauncher) {
+  if (test::run_shell("command -v mpirun >/dev/null 2>&1").code != 0)
+    GTEST_SKIP() << "mpirun not found on PATH: install openmpi-bin (scripts/install_deps.sh) to run g4 launch -n 2";
+  for (const std::string fsdp : {"", " --fsdp"}) {
+    std::string out;
+    const nlohmann::json r =
+        bench(kSmoke + " --model tiny-moe --layers 2 --ranks 1,2" + fsdp, "ranks" + std::to_string(fsdp.size()), &out);
+    ASSERT_FALSE(r.empty());
+    const nlohmann::json& runs = r.at("ranks");
+    ASSERT_EQ(runs.size(), 2u) << out;
+    for (size_t i = 0; i < 2; ++i) {
+      const nlohmann::json& run = runs[i];
+      const int64_t n = static_cast<int64_t>(i) + 1;
+      EXPECT_EQ(run.at("ranks").get<int64_t>(), n);
+      EXPECT_EQ(run.at("backend").get<std::string>(), n == 1 ? "single" : "mpi");
+      EXPECT_DOUBLE_EQ(run.at("tokens_per_s").get<double>(), n * run.at("tokens_per_s_per_rank").get<double>());
+      EXPECT_DOUBLE_EQ(run.at("tokens_per_s_per_rank").get<double>(), 64 / (run.at("step_ms").get<double>() * 1e-3));
+      EXPECT_DOUBLE_EQ(run.at("efficiency").get<double>(),
+                       run.at("tokens_per_s").get<double>() / (n * runs[0].at("tokens_per_s").get<double>()));
+      EXPECT_TRUE(std::isfinite(run.at("loss_last").get<double>())) << out;
+    }
+    EXPECT_NE(out.find("efficiency"), std::string::npos) << out;
+    EXPECT_NE(out.find(fsdp.empty() ? "replicated" : "sharded"), std::string::npos) << out;
+  }
+}
+
 TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
   const ProcessResult device = test::run_g4("bench train --device tpu --model tiny-dense --seq 64 --steps 1");
   EXPECT_NE(device.code, 0);
@@ -240,6 +269,9 @@ TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
                                                 "/hf-gemma4-mm/tiny-mm-e --images 1 --image-soft-tokens 70");
   EXPECT_NE(long_media.code, 0);
   EXPECT_NE(long_media.output.find("more than --seq 64"), std::string::npos) << long_media.output;
+  const ProcessResult ranks_hf = test::run_g4(kSmoke + " --model tiny-moe --ranks 1,2 --hf");
+  EXPECT_NE(ranks_hf.code, 0);
+  EXPECT_NE(ranks_hf.output.find("--ranks and --hf"), std::string::npos) << ranks_hf.output;
 }
 
 }  // namespace
