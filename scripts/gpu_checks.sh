@@ -24,6 +24,7 @@ run="scripts/device_run.sh"
 # 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
 new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'
+new_tests+=':GpuBenchTrain.*'  # session 12: g4 bench train's GPU paths at tiny shapes
 
 stage() {
   case "$1" in

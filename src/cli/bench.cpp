@@ -344,6 +344,12 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
   return res;
 }
 
+// A file of this process for the Hugging Face script ("config.json" -> /tmp/g4_bench_hf_<pid>_config.json),
+// so that two benchmarks at once do not take each other's.
+std::string hf_file(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("g4_bench_hf_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
 // The script's --shape for a released model's widths (its own table, checked against g4's by
 // --check-only), or --config with the config g4 trains, written out (tiny shapes, config files).
 std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
@@ -352,7 +358,7 @@ std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
     if (o.model == "gemma-4-31b") return " --shape 31b --layers " + std::to_string(o.layers);
     if (o.model == "gemma-4-e4b") return " --shape e4b --layers " + std::to_string(o.layers);
   }
-  const std::string path = "/tmp/g4_bench_hf_config.json";
+  const std::string path = hf_file("config.json");
   std::ofstream(path) << io::model_config_to_json(cfg).dump(1) << "\n";
   return " --config " + path;
 }
@@ -371,7 +377,7 @@ std::string hf_lora_args(const BenchOptions& o) {
 // processed media, written under transformers' names.
 std::string hf_inputs_args(const PackedRow& row) {
   if (!row.media) return "";
-  const std::string path = "/tmp/g4_bench_hf_inputs.safetensors";
+  const std::string path = hf_file("inputs.safetensors");
   std::vector<std::pair<std::string, Tensor>> t = {{"input_ids", row.input_ids},
                                                    {"position_ids", row.position_ids},
                                                    {"labels", row.labels},
@@ -390,13 +396,16 @@ nlohmann::json run_hf(const BenchOptions& o, const io::ModelConfig& cfg, const s
                       const PackedRow& row) {
   std::string documents;
   for (int64_t n : row.documents) documents += (documents.empty() ? "" : ",") + std::to_string(n);
-  return run_python_benchmark(o.hf_script + hf_model_args(o, cfg) + hf_inputs_args(row) + " --device " + o.device + " --seq " +
-                                  std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
-                                  std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
-                                  precision + " --seed " + std::to_string(o.seed) + " --peak-tflops " +
-                                  std::to_string(o.peak_tflops) + " --documents " + documents + hf_lora_args(o) +
-                                  (o.recompute ? " --recompute" : ""),
-                              "/tmp/g4_bench_hf_" + precision + ".json");
+  const std::string out = hf_file(precision + ".json");
+  const std::string args = hf_model_args(o, cfg) + hf_inputs_args(row) + " --device " + o.device + " --seq " +
+                           std::to_string(o.seq) + " --steps " + std::to_string(o.steps) + " --warmup " +
+                           std::to_string(o.warmup) + " --accum " + std::to_string(o.accum) + " --precision " +
+                           precision + " --seed " + std::to_string(o.seed) + " --peak-tflops " +
+                           std::to_string(o.peak_tflops) + " --documents " + documents + hf_lora_args(o) +
+                           (o.recompute ? " --recompute" : "");
+  nlohmann::json r = run_python_benchmark(o.hf_script + args, out);
+  std::filesystem::remove(out);
+  return r;
 }
 
 // The rate of one large bf16 GEMM (8192 x 8192 x 8192, fp32 accumulation) on this GPU: what a
@@ -653,6 +662,7 @@ void bench_train(BenchOptions o) {
   std::vector<std::pair<std::string, nlohmann::json>> hf;
   if (o.hf)
     for (const auto& p : o.hf_precisions) hf.emplace_back(p, run_hf(o, cfg, p, row));
+  for (const char* f : {"config.json", "inputs.safetensors"}) std::filesystem::remove(hf_file(f));
   std::printf("\n  %-34s %12s %10s %8s %12s %10s\n", "", "tokens/s", "step ms", "MFU", "of achiev.", "peak GiB");
   std::printf("g4: %.4g B parameters, %.4g M of them trained\n", static_cast<double>(g.parameters) / 1e9,
               static_cast<double>(g.trainable) / 1e6);

@@ -50,9 +50,15 @@ void expect_trained(const nlohmann::json& g4, const std::string& output) {
 // A stand-in for tools/bench_hf_train.py that records its arguments in its --json output.
 fs::path fake_hf_script(const fs::path& dir) {
   const fs::path script = dir / "fake_hf.py";
-  std::ofstream(script) << "import json, sys\n"
+  // g4 removes the files it wrote for the script after the run: the stand-in keeps copies, and
+  // records their paths in place of the originals.
+  std::ofstream(script) << "import json, shutil, sys\n"
                            "args = sys.argv[1:]\n"
                            "out = args[args.index('--json') + 1]\n"
+                           "for key in ('--config', '--inputs'):\n"
+                           "    if key in args:\n"
+                           "        i = args.index(key) + 1\n"
+                           "        args[i] = shutil.copy(args[i], out + key)\n"
                            "json.dump({'tokens_per_s': 1.0, 'step_ms': 1.0, 'peak_alloc_bytes': 0, 'argv': args}, "
                            "open(out, 'w'))\n";
   return script;
@@ -146,6 +152,7 @@ TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
   EXPECT_EQ(cfg.at("num_hidden_layers").get<int64_t>(), 2);
   EXPECT_EQ(cfg.at("num_experts").get<int64_t>(), 8);
   EXPECT_NE(out.find("HF transformers + peft (bf16)"), std::string::npos) << out;
+  fs::remove(value("--config"));
   fs::remove_all(dir);
 }
 
@@ -194,6 +201,7 @@ TEST(BenchTrain, ImagesAndAudioGoThroughTheTowers) {
   EXPECT_EQ(typed_images, image_tokens);
   EXPECT_EQ(typed_audio, audio_tokens);
   EXPECT_EQ(trained_media, 0);
+  for (const char* k : {"--config", "--inputs"}) fs::remove(arg_value(argv, k));
   fs::remove_all(dir);
 }
 
