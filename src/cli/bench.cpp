@@ -673,7 +673,8 @@ void bench_train(BenchOptions o) {
     report["hf_" + p] = r;
     const std::string name = "HF transformers" + std::string(o.lora > 0 ? " + peft" : "") + " (" + p + ")";
     if (r.contains("error") || r.value("oom", false)) {
-      std::printf("  %-34s %s\n", name.c_str(), r.contains("error") ? r["error"].get<std::string>().c_str() : "out of memory");
+      const std::string why = r.value("oom", false) ? "out of memory" : r.value("error", std::string("failed"));
+      std::printf("  %-34s %s\n", name.c_str(), why.c_str());
       continue;
     }
     // The same FLOPs and peaks for both engines (the script's own MFU field is not used).
@@ -739,6 +740,14 @@ nlohmann::json run_python_benchmark(const std::string& script_and_args, const st
   std::fflush(stdout);
   const int rc = std::system(cmd.c_str());
   std::ifstream f(out_json);
+  if (f && rc != 0) {
+    // A script that ran out of GPU memory says so in its output (and exits non-zero): that is its result.
+    try {
+      nlohmann::json j = io::read_json_file(out_json, "Hugging Face benchmark output", io::kMaxConfigBytes);
+      if (j.is_object() && j.value("oom", false)) return j;
+    } catch (const std::exception&) {  // a script that died while writing: reported as failed below
+    }
+  }
   if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
   return io::read_json_file(out_json, "Hugging Face benchmark output", io::kMaxConfigBytes);
 }

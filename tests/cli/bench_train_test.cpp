@@ -156,6 +156,25 @@ TEST(BenchTrain, HfScriptGetsTheSameShapeDocumentsAndAdapters) {
   fs::remove_all(dir);
 }
 
+// A script that runs out of GPU memory exits 3 with {"oom": true} in its output: the table says
+// "out of memory" and g4's own row and report stand.
+TEST(BenchTrain, HfOutOfMemoryIsReportedAsSuch) {
+  const fs::path dir = test::scratch_dir("bench_hf_oom");
+  const fs::path script = dir / "oom.py";
+  std::ofstream(script) << "import json, sys\n"
+                           "args = sys.argv[1:]\n"
+                           "json.dump({'oom': True, 'error': 'stand-in'}, open(args[args.index('--json') + 1], 'w'))\n"
+                           "sys.exit(3)\n";
+  std::string out;
+  const nlohmann::json r = bench(kSmoke + " --model tiny-dense --layers 1 --hf --hf-precision bf16 --hf-script " +
+                                     script.string(), "oom", &out);
+  ASSERT_FALSE(r.empty());
+  expect_trained(r.at("g4"), out);
+  EXPECT_TRUE(r.at("hf_bf16").value("oom", false)) << out;
+  EXPECT_NE(out.find("out of memory"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
 // Two images at the smallest budget and a second of audio through the towers of the tiny E-type
 // multimodal fixture; the Hugging Face side gets that very row (ids, token types, media) and the
 // conditional config.
