@@ -445,9 +445,10 @@ void print_row(const char* name, double tps, double ms, double flops, double pea
               percent(achievable_tflops).c_str(), mem);
 }
 
-// One rank of a --ranks run (under g4 launch): trains its own row with the others as data-parallel
-// replicas; rank 0 writes the figures (the slowest rank's step time) to o.rank_report.
-void bench_rank(BenchOptions o) {
+// One rank of a --ranks run (under g4 launch), or of `g4 launch -n N g4 bench train ...`: trains its
+// own row with the others as data-parallel replicas. Returns, on rank 0, the figures (the slowest
+// rank's step time), also written to o.rank_report when given; null on the other ranks.
+nlohmann::json bench_rank(BenchOptions o) {
   // A GPU rank takes its GPU before any CUDA work; ranks sharing one GPU go over host-staged MPI.
   const std::unique_ptr<parallel::Communicator> world =
       o.gpu() ? parallel::make_gpu_world_communicator() : parallel::make_world_communicator();
@@ -460,7 +461,7 @@ void bench_rank(BenchOptions o) {
   const Result g = run_g4(o, cfg, row, flops, *world);
   Tensor slowest = Tensor::from_vector<double>({g.step_ms, static_cast<double>(g.peak_bytes)}, {2});
   parallel::all_reduce_values(*world, slowest, parallel::ReduceOp::Max);
-  if (world->rank() != 0) return;
+  if (world->rank() != 0) return nullptr;
   const double step_ms = slowest.data<double>()[0];
   const double per_rank = static_cast<double>(o.seq * o.accum) / (step_ms * 1e-3);
   const nlohmann::json report = {{"ranks", world->size()},
@@ -475,7 +476,8 @@ void bench_rank(BenchOptions o) {
                                  {"peak_alloc_bytes", slowest.data<double>()[1]},
                                  {"loss_first", g.loss_first},
                                  {"loss_last", g.loss_last}};
-  std::ofstream(o.rank_report) << report.dump(1) << "\n";
+  if (!o.rank_report.empty()) std::ofstream(o.rank_report) << report.dump(1) << "\n";
+  return report;
 }
 
 std::string shell_quote(const std::string& s) {
@@ -512,35 +514,8 @@ std::string rank_args(const BenchOptions& o, const std::string& report) {
   return a + " --rank-report " + shell_quote(report);
 }
 
-// --ranks N1,N2,...: the step on N data-parallel ranks for each N (g4 launch -n N), per rank and in
-// total, with the efficiency against one rank: tokens/s(N) / (N · tokens/s(1)).
-void bench_ranks(const BenchOptions& o) {
-  G4_CHECK(!o.hf, "g4 bench train: --ranks and --hf do not combine (the Hugging Face side runs one process); run "
-           "--hf without --ranks");
-  G4_CHECK(!o.profile, "g4 bench train: --profile profiles one process; run it without --ranks");
-  G4_CHECK(!(o.fsdp && o.lora > 0), "g4 bench train: LoRA does not run with --fsdp (as in g4 train)");
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::printf("g4 bench train --ranks: %s, seq %lld per rank (each rank its own row, the same document lengths), "
-              "%s optimizer state, %lld steps after %lld warm-up; each count launched by g4 launch\n",
-              o.model_name().c_str(), static_cast<long long>(o.seq), o.fsdp ? "sharded (--fsdp)" : "replicated",
-              static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
-  std::fflush(stdout);
-  nlohmann::json runs = nlohmann::json::array();
-  for (const int64_t n : o.ranks) {
-    G4_CHECK(n >= 1, "g4 bench train: --ranks takes rank counts of at least 1, got ", n);
-    const std::string report = (std::filesystem::temp_directory_path() /
-                                ("g4_bench_ranks_" + std::to_string(::getpid()) + "_" + std::to_string(n) + ".json"))
-                                   .string();
-    std::filesystem::remove(report);
-    const std::string cmd = shell_quote(self) + " launch -n " + std::to_string(n) + rank_args(o, report);
-    std::printf("running: %s\n", cmd.c_str());
-    std::fflush(stdout);
-    const int rc = std::system(cmd.c_str());
-    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n,
-             "-rank run failed (exit status ", rc, "); its output is above");
-    runs.push_back(io::read_json_file(report, "the " + std::to_string(n) + "-rank report", io::kMaxConfigBytes));
-    std::filesystem::remove(report);
-  }
+// The table of --ranks runs (their reports, in order) with the efficiency against the one-rank run.
+void print_ranks_table(const BenchOptions& o, nlohmann::json& runs) {
   double one = 0;  // tokens/s of one rank, the efficiency's basis
   for (const auto& r : runs)
     if (r.at("ranks").get<int64_t>() == 1) one = r.at("tokens_per_s").get<double>();
@@ -577,9 +552,55 @@ void bench_ranks(const BenchOptions& o) {
   if (!o.json.empty()) std::ofstream(o.json) << nlohmann::json{{"model", o.model_name()}, {"ranks", runs}}.dump(2) << "\n";
 }
 
+// --ranks N1,N2,...: the step on N data-parallel ranks for each N (g4 launch -n N), per rank and in
+// total, with the efficiency against one rank: tokens/s(N) / (N · tokens/s(1)).
+void bench_ranks(const BenchOptions& o) {
+  G4_CHECK(!o.hf, "g4 bench train: --ranks and --hf do not combine (the Hugging Face side runs one process); run "
+           "--hf without --ranks");
+  G4_CHECK(!o.profile, "g4 bench train: --profile profiles one process; run it without --ranks");
+  G4_CHECK(!(o.fsdp && o.lora > 0), "g4 bench train: LoRA does not run with --fsdp (as in g4 train)");
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::printf("g4 bench train --ranks: %s, seq %lld per rank (each rank its own row, the same document lengths), "
+              "%s optimizer state, %lld steps after %lld warm-up; each count launched by g4 launch\n",
+              o.model_name().c_str(), static_cast<long long>(o.seq), o.fsdp ? "sharded (--fsdp)" : "replicated",
+              static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
+  std::fflush(stdout);
+  nlohmann::json runs = nlohmann::json::array();
+  for (const int64_t n : o.ranks) {
+    G4_CHECK(n >= 1, "g4 bench train: --ranks takes rank counts of at least 1, got ", n);
+    const std::string report = (std::filesystem::temp_directory_path() /
+                                ("g4_bench_ranks_" + std::to_string(::getpid()) + "_" + std::to_string(n) + ".json"))
+                                   .string();
+    std::filesystem::remove(report);
+    const std::string cmd = shell_quote(self) + " launch -n " + std::to_string(n) + rank_args(o, report);
+    std::printf("running: %s\n", cmd.c_str());
+    std::fflush(stdout);
+    const int rc = std::system(cmd.c_str());
+    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n,
+             "-rank run failed (exit status ", rc, "); its output is above");
+    runs.push_back(io::read_json_file(report, "the " + std::to_string(n) + "-rank report", io::kMaxConfigBytes));
+    std::filesystem::remove(report);
+  }
+  print_ranks_table(o, runs);
+}
+
 void bench_train(BenchOptions o) {
-  if (!o.rank_report.empty()) return bench_rank(std::move(o));
+  if (!o.rank_report.empty()) {
+    bench_rank(std::move(o));
+    return;
+  }
   if (!o.ranks.empty()) return bench_ranks(o);
+  if (parallel::detect_launch().size > 1) {
+    // Started as several ranks (g4 launch, mpirun, srun): one data-parallel run, its row of the
+    // --ranks table printed by rank 0 (no efficiency without a one-rank run to compare with).
+    G4_CHECK(!o.hf && !o.profile, "g4 bench train: --hf and --profile run in one process, not under a launcher");
+    nlohmann::json report = bench_rank(o);
+    if (!report.is_null()) {
+      nlohmann::json runs = nlohmann::json::array({report});
+      print_ranks_table(o, runs);
+    }
+    return;
+  }
   G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
   G4_CHECK(!o.profile || o.gpu(), "g4 bench train: --profile profiles GPU kernels (CUPTI); it needs --device cuda");
   // The GPU: its datasheet peak and what a large GEMM reaches there. The CPU: neither (MFU n/a

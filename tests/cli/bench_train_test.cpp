@@ -272,6 +272,14 @@ TEST(BenchTrain, RanksRunDataParallelThroughTheLauncher) {
     EXPECT_NE(out.find("efficiency"), std::string::npos) << out;
     EXPECT_NE(out.find(fsdp.empty() ? "replicated" : "sharded"), std::string::npos) << out;
   }
+  // Started by the launcher itself: one data-parallel run, its row printed by rank 0 alone.
+  std::string out;
+  const nlohmann::json r = bench("launch -n 2 " + kSmoke + " --model tiny-moe --layers 2", "launched", &out);
+  ASSERT_FALSE(r.empty());
+  ASSERT_EQ(r.at("ranks").size(), 1u) << out;
+  EXPECT_EQ(r.at("ranks")[0].at("ranks").get<int64_t>(), 2);
+  EXPECT_EQ(r.at("ranks")[0].at("backend").get<std::string>(), "mpi");
+  EXPECT_EQ(out.find("[rank 1]   ranks"), std::string::npos) << out;
 }
 
 TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
