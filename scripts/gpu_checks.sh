@@ -7,8 +7,10 @@
 #   scripts/gpu_checks.sh tests                # the whole test_gpu (about 5 minutes)
 #   scripts/gpu_checks.sh tests-new moe        # the tests not yet run on a GPU, then bench_moe
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
+#   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, moe, decode, train-bench, gen-bench, diffusion-bench, rl-bench, peft.
+# Stages: tests, tests-new, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b,
+# gen-bench, diffusion-bench, rl-bench, peft.
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,8 @@ run="scripts/device_run.sh"
 # and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU tensor on the host), and session
 # 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
-new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*:GpuGemv.*:GpuFusedNorms.*'
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*'
+new_tests+=':GpuGemv.*:GpuFusedNorms.*:GpuBenchTrain.*'  # session 12: decode kernels, g4 bench train's GPU paths
 
 stage() {
   case "$1" in
@@ -31,6 +34,17 @@ stage() {
     train-bench)
       $run g4 bench train --model gemma-4-26b-a4b --layers 2 --hf &&
         $run g4 bench train --model gemma-4-e4b --layers 12 --hf ;;
+    mm-bench)  # issue 16: images and audio through the towers in the packed row, beside transformers
+      $run g4 bench train --model gemma-4-e4b --layers 12 --images 4 --audio-seconds 10 --hf \
+        --hf-precision fp32-autocast &&
+        $run g4 bench train --model gemma-4-26b-a4b --layers 2 --images 4 --hf --hf-precision fp32-autocast ;;
+    ranks-bench)  # issue 17 A: two data-parallel ranks sharing the one GPU (host-staged MPI), replicated and sharded
+      $run g4 bench train --model gemma-4-e4b --layers 4 --ranks 1,2 &&
+        $run g4 bench train --model gemma-4-e4b --layers 4 --ranks 1,2 --fsdp ;;
+    lora-bench)  # issue 17's one-H200 LoRA run: full-depth 26B-A4B, rank 16, beside transformers + peft
+      $run g4 bench train --model gemma-4-26b-a4b --layers 30 --lora 16 --steps 5 --warmup 2 --hf ;;
+    lora-bench-31b)  # 31B at full depth fits one H200 only with activation recompute (docs/performance.md)
+      $run g4 bench train --model gemma-4-31b --layers 60 --lora 16 --recompute --steps 5 --warmup 2 --hf ;;
     gen-bench)
       $run g4 bench generate --model gemma-4-26b-a4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 &&
         $run g4 bench generate --model gemma-4-e4b --batch 1,16,64 --prompt-len 256 --new-tokens 64 ;;
@@ -48,12 +62,12 @@ stage() {
     peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
       $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
         chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, moe, decode, train-bench, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
        return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   start=$(date +%s)

@@ -9,10 +9,22 @@ position_ids restart at 0) and reports tokens/s, step time, peak memory and MFU 
   python3 tools/bench_hf_train.py --shape 26b-a4b --layers 4 --seq 4096 --steps 10 --warmup 3 \
       --precision fp32-autocast --json hf.json
   python3 tools/bench_hf_train.py --check-only --shape e4b      # tiny widths on the CPU, asserts, 2 steps
+  python3 tools/bench_hf_train.py --config CONFIG.json --device cpu --seq 64 --steps 1 --warmup 0
+      # the config g4 trains (a tiny built-in shape or a --config file), as `g4 bench train` writes it
+
+With --lora R the model is wrapped by peft (LoraConfig: rank R, --lora-alpha, dropout 0, --lora-targets held to the
+text decoder; entries ending in experts.gate_up_proj / experts.down_proj go to target_parameters) and only the
+adapters train: the base in bf16 (frozen), the adapters in fp32 (peft's default), forward and backward under
+torch.autocast(bfloat16), which is g4's LoRA recipe.
+
+With --inputs FILE (a safetensors file `g4 bench train --images N --audio-seconds S` writes) the model is
+transformers' Gemma4ForConditionalGeneration built from --config and trains on exactly that row: input_ids,
+position_ids, labels, mm_token_type_ids and the processed media (pixel_values, image_position_ids, input_features,
+input_features_mask), through its vision and audio towers.
 
 Exit status: 0 ok, 3 out of GPU memory (the summary / JSON then says {"oom": true, ...}).
 """
-import argparse, json, os, random, sys, time
+import argparse, json, os, random, re, sys, time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU host has no network; kernel look-ups must fail fast
 import torch
@@ -64,6 +76,20 @@ def layer_types(n):
     # 5 sliding then 1 full, and the last layer always full: transformers forces that itself (with a warning),
     # and for n < 6 it guarantees a head-dim-512 layer in the stack.
     return ["full_attention" if i % 6 == 5 or i == n - 1 else "sliding_attention" for i in range(n)]
+
+
+def config_from_file(path, seq):
+    """The config `g4 bench train` trained, as it wrote it (model_config_to_json): a gemma4_text config, or a gemma4
+    one with text/vision/audio sub-configs."""
+    with open(path) as f:
+        d = json.load(f)
+    kind = d.get("model_type")
+    if kind not in ("gemma4_text", "gemma4"):
+        sys.exit(f"{path}: model_type {kind!r} is not gemma4_text or gemma4")
+    cfg = transformers.CONFIG_MAPPING[kind].from_dict(d)
+    text = cfg.get_text_config()
+    text.max_position_embeddings = max(text.max_position_embeddings or 0, seq)
+    return cfg
 
 
 def make_config(shape, layers, seq, tiny):
@@ -153,6 +179,19 @@ def train_flops_per_step(cfg, lengths):
     return 3 * (2 * sum(lengths) * matmul_macs_per_token(cfg) + attention_flops(cfg, lengths))
 
 
+def wrap_lora(model, a):
+    """peft's LoRA over the decoder's projections (a regex, so that a multimodal model's towers, whose modules share
+    the names, are left alone, as g4's adapters are) and, as target_parameters, the routed experts' weights."""
+    from peft import LoraConfig, get_peft_model
+    targets = [t for t in a.lora_targets.split(",") if t]
+    experts = [t for t in targets if t.endswith("experts.gate_up_proj") or t.endswith("experts.down_proj")]
+    modules = [t for t in targets if t not in experts]
+    regex = r"model\.(?:language_model\.)?layers\.\d+\.(?:.*\.)?(?:%s)" % "|".join(map(re.escape, modules))
+    config = LoraConfig(r=a.lora, lora_alpha=a.lora_alpha, lora_dropout=0.0, bias="none",
+                        target_modules=regex if modules else [], target_parameters=experts or None)
+    return get_peft_model(model, config)
+
+
 def try_impls(names, apply, step):
     """Keep the first implementation that both loads and runs a forward+backward; OOM is not a 'doesn't work'."""
     errors = {}
@@ -201,6 +240,9 @@ def check_masks_and_packing(model, cfg, ids, pos, lengths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="26b-a4b")
+    ap.add_argument("--config", help="a config.json to build instead of --shape (what g4 bench train wrote)")
+    ap.add_argument("--inputs", help="safetensors of the row to train on, media included (needs --config and "
+                                     "--documents)")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 6; 3 with --check-only)")
     ap.add_argument("--seq", type=int, default=None, help="tokens in the packed batch (default 4096; 256 check)")
     ap.add_argument("--steps", type=int, default=10)
@@ -220,6 +262,11 @@ def main():
     ap.add_argument("--experts", default="grouped_mm,eager", help="MoE experts implementations to try, in order")
     ap.add_argument("--documents", help="comma-separated document lengths (overrides --doc-min/--doc-max)")
     ap.add_argument("--check-only", action="store_true", help="tiny widths on the CPU, correctness asserts, 2 steps")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (peft); 0: full fine-tuning")
+    ap.add_argument("--lora-alpha", type=float, default=16.0)
+    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                    help="comma-separated PEFT targets; experts.gate_up_proj / experts.down_proj: the routed experts")
+    ap.add_argument("--recompute", action="store_true", help="gradient checkpointing (g4's --recompute)")
     a = ap.parse_args()
     if a.check_only:
         a.device, a.steps, a.warmup = "cpu", 2, 0
@@ -233,15 +280,29 @@ def main():
         # Only matmuls left in fp32 (e.g. experts under autocast) are affected; HF's Trainer offers the same (tf32).
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
+    if a.config:
+        cfg = config_from_file(a.config, a.seq)
+        a.shape, a.layers = os.path.basename(a.config), cfg.get_text_config().num_hidden_layers
+    else:
+        cfg = make_config(a.shape, a.layers, a.seq, a.check_only)
+    text_cfg = cfg.get_text_config()
     given = [int(n) for n in a.documents.split(",")] if a.documents else None
-    ids, pos, labels, lengths = packed_batch(a.seq, cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
-    flops = train_flops_per_step(cfg, lengths) * a.accum
+    media = {}
+    if a.inputs:
+        if not (a.config and given):
+            sys.exit("--inputs needs --config and --documents (g4 bench train passes all three)")
+        ids, pos, labels, media = load_inputs(a.inputs, a.seq)
+        lengths = given
+        if sum(lengths) != a.seq:
+            sys.exit(f"--documents add up to {sum(lengths)} tokens, not --seq {a.seq}")
+    else:
+        ids, pos, labels, lengths = packed_batch(a.seq, text_cfg.vocab_size, a.seed, a.doc_min, a.doc_max, given)
+    flops = train_flops_per_step(text_cfg, lengths) * a.accum
     base = dict(shape=a.shape, layers=a.layers, seq=a.seq, precision=a.precision, check_only=a.check_only,
-                layer_types=cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
+                layer_types=text_cfg.layer_types, doc_lengths=lengths, flops_per_step=flops,
                 torch_version=torch.__version__, transformers_version=transformers.__version__,
                 gpu_name=torch.cuda.get_device_name(dev) if cuda else "cpu")
-    print(f"g4-vs-HF bench: Gemma 4 {a.shape}, {a.layers} layers ({cfg.layer_types.count('full_attention')} full "
+    print(f"g4-vs-HF bench: Gemma 4 {a.shape}, {a.layers} layers ({text_cfg.layer_types.count('full_attention')} full "
           f"attention, the last always full), seq {a.seq} in {len(lengths)} documents, {a.precision}, "
           f"{'tiny widths, ' if a.check_only else ''}{base['gpu_name']}; "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
@@ -250,7 +311,7 @@ def main():
 
     result = dict(base)
     try:
-        result.update(run(a, cfg, dev, ids, pos, labels, lengths, flops))
+        result.update(run(a, cfg, dev, ids, pos, labels, lengths, flops, media))
         status = 0
     except torch.cuda.OutOfMemoryError as e:
         result.update(oom=True, error=str(e).splitlines()[0][:300],
@@ -264,16 +325,47 @@ def main():
     return status
 
 
-def run(a, cfg, dev, ids, pos, labels, lengths, flops):
+def load_inputs(path, seq):
+    """The row g4 trained: ids, positions and labels [1, seq] and the media under transformers' names."""
+    from safetensors.torch import load_file
+    t = load_file(path)
+    for k in ("input_ids", "position_ids", "labels", "mm_token_type_ids"):
+        if k not in t or tuple(t[k].shape) != (1, seq):
+            sys.exit(f"{path}: {k} missing or not [1, {seq}]")
+    media = {k: t[k] for k in ("mm_token_type_ids", "pixel_values", "image_position_ids", "input_features",
+                               "input_features_mask") if k in t}
+    if "input_features_mask" in media:
+        media["input_features_mask"] = media["input_features_mask"].bool()
+    return t["input_ids"].long(), t["position_ids"].long(), t["labels"].long(), media
+
+
+def run(a, cfg, dev, ids, pos, labels, lengths, flops, media=None):
     cuda = dev.type == "cuda"
+    media = media or {}
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    if a.lora:  # the frozen base in bf16 unless fp32-autocast is asked for; the adapters are fp32 either way
+        dtype = torch.float32 if a.precision == "fp32-autocast" else torch.bfloat16
+    conditional = cfg.model_type == "gemma4"
     with torch.device(dev):  # initialise on the GPU: the CPU is far too slow for billions of random weights
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-    assert type(model).__name__ == "Gemma4ForCausalLM", type(model)
+        if conditional:  # the towers too
+            model = transformers.Gemma4ForConditionalGeneration._from_config(cfg, dtype=dtype,
+                                                                              attn_implementation="sdpa")
+        else:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    want = "Gemma4ForConditionalGeneration" if conditional else "Gemma4ForCausalLM"
+    assert type(model).__name__ == want, type(model)
+    hf_model = model  # set_attn_implementation & co. on the transformers model, under peft's wrapper too
+    n_params = sum(p.numel() for p in model.parameters())  # the tied LM head appears once
+    if a.recompute:  # non-reentrant: the frozen embedding's output needs no requires_grad for it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if a.lora:
+        model = wrap_lora(model, a)
     model.train()
     ids, pos, labels = ids.to(dev), pos.to(dev), labels.to(dev)
-    params = list(model.parameters())  # the tied LM head appears once
-    n_params = sum(p.numel() for p in params)
+    # Float media in the weights' dtype (the towers' first layers take them as they are).
+    media = {k: (v.to(dev, dtype) if v.is_floating_point() else v.to(dev)) for k, v in media.items()}
+    params = [p for p in model.parameters() if p.requires_grad]  # all, or the adapters
+    n_trainable = sum(p.numel() for p in params)
 
     if a.check_only:
         check_masks_and_packing(model, cfg, ids, pos, lengths)
@@ -281,23 +373,24 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     def loss_fn():
         # use_cache=False matters: with a cache object transformers skips packed-sequence detection (and the mask
         # would let documents attend to each other).
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "fp32-autocast"):
-            return model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "fp32-autocast" or a.lora > 0):
+            return model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False, **media).loss
 
     def fwd_bwd():
         loss_fn().backward()
         model.zero_grad(set_to_none=True)
 
-    attn, attn_errors = try_impls(a.attn.split(","), model.set_attn_implementation, fwd_bwd)
+    attn, attn_errors = try_impls(a.attn.split(","), hf_model.set_attn_implementation, fwd_bwd)
     experts, experts_errors = (None, {})
-    if cfg.enable_moe_block:
-        experts, experts_errors = try_impls(a.experts.split(","), model.set_experts_implementation, fwd_bwd)
+    if cfg.get_text_config().enable_moe_block:
+        experts, experts_errors = try_impls(a.experts.split(","), hf_model.set_experts_implementation, fwd_bwd)
     # grouped_mm is not autocast-aware: transformers casts its input to the weight dtype, so under fp32-autocast
     # the experts multiply in fp32 (TF32 where torch allows) while everything else is bf16; eager's F.linear is bf16.
     experts_dtype = None if experts is None else (
         "fp32" if a.precision == "fp32-autocast" and experts != "eager" else "bf16")
     print(f"attn_implementation={attn} experts_implementation={experts}"
           + (f" (expert matmuls in {experts_dtype})" if experts else "") + f" params={n_params / 1e6:.1f}M "
+          f"trainable={n_trainable / 1e6:.3f}M "
           f"FLOPs/step={flops:.4e}" + "".join(f"\n  skipped {k}: {v}" for k, v in {**attn_errors,
                                                                                  **experts_errors}.items()))
 
@@ -329,7 +422,7 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops):
     losses = [float(x) for x in losses]
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
-             params=n_params, tf32=cuda,
+             params=n_params, trainable_params=n_trainable, lora=a.lora, recompute=a.recompute, tf32=cuda,
              tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12), mfu_peak_flops=a.peak_tflops * 1e12,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,

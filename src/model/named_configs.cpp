@@ -125,4 +125,64 @@ nlohmann::json named_config(const std::string& name, const nlohmann::json& overr
   return j;
 }
 
+nlohmann::json named_multimodal_config(const std::string& name, const nlohmann::json& overrides) {
+  G4_CHECK(is_real_shape(name), "built-in model '", name, "' has no multimodal form (gemma-4-e4b, gemma-4-26b-a4b and ",
+           "gemma-4-31b have)");
+  nlohmann::json text = named_config(name, overrides);
+  text.erase("architectures");
+  const bool small = name == "gemma-4-e4b";  // E2B/E4B's tower; 26B-A4B and 31B share the larger one
+  // Only 26B-A4B and 31B let an image's tokens see each other on sliding layers.
+  if (!small) text["use_bidirectional_attention"] = "vision";
+  const int64_t heads = small ? 12 : 16;
+  const nlohmann::json vision = {{"model_type", "gemma4_vision"},
+                                 {"hidden_size", small ? 768 : 1152},
+                                 {"intermediate_size", small ? 3072 : 4304},
+                                 {"num_hidden_layers", small ? 16 : 27},
+                                 {"num_attention_heads", heads},
+                                 {"num_key_value_heads", heads},
+                                 {"head_dim", small ? 64 : 72},
+                                 {"patch_size", 16},
+                                 {"pooling_kernel_size", 3},
+                                 {"position_embedding_size", 10240},
+                                 {"default_output_length", 280},
+                                 {"use_clipped_linears", small},
+                                 {"standardize", !small},
+                                 {"hidden_activation", "gelu_pytorch_tanh"},
+                                 {"rms_norm_eps", 1e-6},
+                                 {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 100.0}}}};
+  nlohmann::json audio = nullptr;
+  if (small)
+    audio = {{"model_type", "gemma4_audio"},
+             {"hidden_size", 1024},
+             {"num_hidden_layers", 12},
+             {"num_attention_heads", 8},
+             {"subsampling_conv_channels", {128, 32}},
+             {"conv_kernel_size", 5},
+             {"attention_chunk_size", 12},
+             {"attention_context_left", 13},
+             {"attention_context_right", 0},
+             {"attention_logit_cap", 50.0},
+             {"attention_invalid_logits_value", -1e9},
+             {"residual_weight", 0.5},
+             {"hidden_act", "silu"},
+             {"gradient_clipping", 1e10},
+             {"output_proj_dims", 1536},
+             {"use_clipped_linears", true},
+             {"rms_norm_eps", 1e-6}};
+  return {{"architectures", {"Gemma4ForConditionalGeneration"}},
+          {"model_type", "gemma4"},
+          {"text_config", text},
+          {"vision_config", vision},
+          {"audio_config", audio},
+          {"image_token_id", 258880},
+          {"boi_token_id", 255999},
+          {"eoi_token_id", 258882},
+          {"video_token_id", 258884},
+          {"audio_token_id", 258881},
+          {"boa_token_id", 256000},
+          {"eoa_token_id", 258883},
+          {"eoa_token_index", 258883},
+          {"tie_word_embeddings", true}};
+}
+
 }  // namespace g4::model

@@ -13,4 +13,10 @@ std::vector<std::string> named_config_names();
 // The config JSON of a built-in shape with `overrides` merged over it (keys as in config.json).
 nlohmann::json named_config(const std::string& name, const nlohmann::json& overrides = nlohmann::json::object());
 
+// A released model's whole Gemma4ForConditionalGeneration config with random-weight towers: the text
+// config of named_config(name, overrides) beside the vision tower of its size (all of them) and the
+// audio tower (E4B only; 26B-A4B and 31B have none), with the released multimodal token ids
+// (../shared/specs/CONFIGS.md 1.1-1.3). For benchmarks of multimodal training.
+nlohmann::json named_multimodal_config(const std::string& name, const nlohmann::json& overrides = nlohmann::json::object());
+
 }  // namespace g4::model

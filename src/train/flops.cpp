@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "model/lora.h"
+
 namespace g4::train {
 
 namespace {
@@ -41,6 +43,22 @@ StepFlops forward_flops(const io::ModelConfig& cfg, const std::vector<int64_t>& 
   StepFlops f;
   f.matmul = 2 * per_token * static_cast<double>(tokens);
   f.attention = 2 * attention;
+  return f;
+}
+
+StepFlops forward_flops(const io::ModelConfig& cfg, const std::vector<int64_t>& document_lengths,
+                        const model::LoraConfig& lora) {
+  StepFlops f = forward_flops(cfg, document_lengths);
+  if (lora.rank <= 0) return f;
+  int64_t tokens = 0;
+  for (int64_t n : document_lengths) tokens += n;
+  double macs_per_token = 0;
+  for (const model::LoraModule& m : model::lora_modules(cfg, lora)) {
+    const double rows = m.experts > 0 ? static_cast<double>(cfg.top_k_experts) : 1;  // rows per token
+    macs_per_token += rows * static_cast<double>(lora.rank) * static_cast<double>(m.in + m.out);
+  }
+  f.adapters = 2 * macs_per_token * static_cast<double>(tokens);
+  f.frozen_base = true;
   return f;
 }
 

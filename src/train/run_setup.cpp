@@ -45,6 +45,11 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
   return names;
 }
 
+void require_grad_only(model::Gemma4& m, const std::vector<std::string>& trainable) {
+  const std::set<std::string> names(trainable.begin(), trainable.end());
+  for (const std::string& n : m.params().order) m.params().at(n).set_requires_grad(names.count(n) > 0);
+}
+
 io::ImageProcessorOptions data_image_processor(const std::string& model_dir, const io::ModelConfig& config) {
   return config.vision ? io::model_image_processor_options(model_dir, *config.vision) : io::ImageProcessorOptions{};
 }
@@ -145,10 +150,8 @@ void RunParts::set_up_training(CheckpointPart& objective) {
   OptimizerSetup os;
   os.trainable = trainable_names(host ? *host : *model, r.freeze);
   trainable_tensors = os.trainable.size();
-  // Frozen weights take no gradient at all: no gradient buffer (4 bytes per parameter on the GPU)
-  // and no weight-gradient products; the activations' gradients still flow through them.
-  const std::set<std::string> trainable(os.trainable.begin(), os.trainable.end());
-  for (const std::string& n : model->params().order) model->params().at(n).set_requires_grad(trainable.count(n) > 0);
+  // Frozen weights take no gradient at all (4 bytes per parameter on the GPU).
+  require_grad_only(*model, os.trainable);
   os.model = model.get();
   os.host = std::move(host);
   os.mesh = mesh.get();

@@ -37,6 +37,9 @@ struct Progress final : CheckpointPart {
 // The parameters the recipe trains: all but those matching a train.freeze pattern (native or
 // Hugging Face name, or a kind: "norm", "router", ...); of a model with LoRA adapters, only those.
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze);
+// Only `trainable` take gradients: the other weights get no gradient buffer and no weight-gradient
+// products (the activations' gradients still flow through them).
+void require_grad_only(model::Gemma4& m, const std::vector<std::string>& trainable);
 
 // The image processor for a run's chat data: the model directory's processor_config.json (or
 // preprocessor_config.json) when it has one, else the defaults with the vision tower's patch and
