@@ -52,7 +52,8 @@ struct Gemma4::Context {
       std::make_shared<std::map<int64_t, Tensor>>();
 };
 
-Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device)
+Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device,
+               const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
@@ -67,7 +68,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
            "the model holds experts [", experts_.begin, ", ", experts_.begin + experts_.count, "), but its config has ",
            cfg_.enable_moe_block ? cfg_.num_experts : 0, " routed experts");
   for (const ParamSpec& s : native_param_specs(cfg_, experts_))
-    params_.add(s.name, s.kind, Tensor::zeros(s.shape, dtype_, device_));
+    params_.add(s.name, s.kind, !allocate || allocate(s.name) ? Tensor::zeros(s.shape, dtype_, device_) : Tensor());
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
   for (const io::LayerSpec& ls : cfg_.layers)
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;

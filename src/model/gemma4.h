@@ -1,6 +1,7 @@
 // The Gemma 4 text decoder (dense, per-layer embeddings, KV sharing, K=V attention, routed
 // experts) computed exactly as Hugging Face transformers does; see docs/gemma4.md.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -149,8 +150,11 @@ class Gemma4 {
   // On the CPU dtype is F32 (training masters, the default) or F64 (double-precision reference
   // runs). On the GPU (device CUDA) it is BF16 (compute copies of fp32 masters the optimizer
   // holds; gradients accumulate in f32) or F32.
+  // `allocate` (optional) names the parameters to allocate; the others are added undefined, taking
+  // no memory: the f32 host model of a GPU run keeps only what the optimizer needs (its trainable
+  // parameters) and streams the frozen ones to the device (model::load_hf_weights' visitor).
   explicit Gemma4(io::ModelConfig config, ExpertRange experts = {}, DType dtype = DType::F32,
-                  Device device = Device::CPU);
+                  Device device = Device::CPU, const std::function<bool(const std::string&)>& allocate = {});
 
   const io::ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }

@@ -116,34 +116,12 @@ TEST(LoraTrain, OnlyTheAdaptersTrainResumeIsExactAndTheMergeComputesTheAdaptedMo
   fs::remove_all(dir);
 }
 
-// The recipe's tiny MoE as a Hugging Face base on disk (base/), with per_expert_scale drawn away from
-// ones, and the recipe training it from there (model.path).
-std::string base_on_disk(const fs::path& dir, const fs::path& base) {
-  const std::string named = test::write_train_recipe(dir);
-  model::save_hf_checkpoint(*train::build_model(train::load_recipe(named)), base.string());
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  {
-    const io::SafetensorsReader r = io::SafetensorsReader::open(base.string());
-    for (const std::string& n : r.names())
-      tensors.emplace_back(n, n.find("per_expert_scale") == std::string::npos
-                                  ? r.get(n).clone()
-                                  : rand_uniform(r.get(n).shape(), 41, 0.7, 1.3, DType::F32));
-  }
-  io::save_safetensors((base / "model.safetensors").string(), tensors);
-  std::ifstream in(named);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  text = "model:\n  path: " + base.string() + "\n" + text.substr(text.find("tokenizer:"));
-  const fs::path path = dir / "recipe_path.yaml";
-  std::ofstream(path) << text;
-  return path.string();
-}
-
 // With experts adapted and the base on disk, checkpoints hold only the adapter (adapter/ and the
 // base's record), a killed run resumes from them to the same losses, resuming onto another base or a
 // missing one is refused, and the base plus the adapter merge into a model computing the adapted logits.
 TEST(LoraTrain, ExpertAdaptersInAdapterOnlyCheckpointsResumeExactly) {
   const fs::path dir = test::scratch_dir("train_lora_experts");
-  const std::string recipe = base_on_disk(dir, dir / "base");
+  const std::string recipe = test::write_base_on_disk_recipe(dir, dir / "base");
   const std::string lora = std::string(kLora) +
                            " lora.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
                            "experts.gate_up_proj,experts.down_proj]";
