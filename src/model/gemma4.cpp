@@ -147,7 +147,7 @@ void Gemma4::start_lora_dropout(Context& ctx) const {
 
 ag::Var Gemma4::proj(const ag::Var& x, const std::string& module, const Context& ctx) const {
   ag::Var y = ag::linear(x, p(module + ".weight"));
-  if (!lora_) return y;
+  if (!lora_active()) return y;
   const std::string a = lora_a_name(module);
   if (!params_.has(a)) return y;
   ag::Var in = x;

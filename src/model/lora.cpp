@@ -373,7 +373,7 @@ std::unique_ptr<Gemma4> merge_lora(const Gemma4& model) {
 
 ExpertLora expert_lora(const Gemma4& model, int64_t layer, std::optional<uint64_t> dropout_call) {
   ExpertLora out;
-  if (!model.lora()) return out;
+  if (!model.lora_active()) return out;
   const LoraConfig& lora = *model.lora();
   const std::string pre = layer_prefix(layer);
   for (const bool down : {false, true}) {
