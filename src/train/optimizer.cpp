@@ -164,9 +164,10 @@ model::Gemma4& check_sharded_model(model::Gemma4& model, const model::Gemma4* ho
   G4_CHECK(!host || (host->device() == Device::CPU && host->dtype() != DType::BF16),
            "the sharded optimizer's host model must be the f32 CPU original, got a ", dtype_name(host->dtype()),
            host->device() == Device::CPU ? " CPU model" : " GPU model");
-  // LoRA trains adapters beside frozen bases; the recipe refuses it with parallel.fsdp as well.
-  G4_CHECK(!model.lora(), "the sharded optimizer (parallel.fsdp) does not train LoRA adapters; train them with "
-           "the replicated optimizer (parallel.fsdp: false)");
+  if (host)
+    for (const std::string& n : host->params().order)
+      G4_CHECK(host->params().at(n).value().defined(), "the sharded optimizer's host model must hold every ",
+               "parameter; it has no value for '", n, "'");
   return model;
 }
 }  // namespace
@@ -208,7 +209,10 @@ void ShardedOptimizer::load_weights(const std::string& dir) {
   }
   // bf16 compute copies: the checkpoint's exact f32 values go into the host model, which the
   // masters take their slices from (here and in load()), and rounded into the copies.
-  if (!host_) host_ = std::make_unique<model::Gemma4>(model_.config(), model_.experts());
+  if (!host_) {
+    host_ = std::make_unique<model::Gemma4>(model_.config(), model_.experts());
+    if (model_.lora()) host_->enable_lora(*model_.lora());
+  }
   model::load_checkpoint_weights(*host_, dir);
   load_parameter_values(host_->params(), model_.params());
   adamw_.shards().load_master(host_->params());
