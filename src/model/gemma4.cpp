@@ -124,17 +124,20 @@ void Gemma4::enable_lora(const LoraConfig& lora) {
   const std::vector<LoraModule> modules = lora_modules(cfg_, lora);
   for (size_t i = 0; i < modules.size(); ++i) {
     const LoraModule& m = modules[i];
-    G4_CHECK(m.experts == 0 || experts_.count == cfg_.num_experts, "LoRA on ", m.name,
-             " needs every expert on this model; it holds [", experts_.begin, ", ", experts_.begin + experts_.count,
-             ") (expert parallelism does not run with LoRA)");
     // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
     // An expert weight [E, in, out] gets A [E, in, r] and B [E, r, out]; its A is PEFT's [E·r, in], drawn alike.
+    // A model holding an expert range (expert parallelism) keeps those experts' rows of the whole
+    // draw, so every EP size starts from the same adapters.
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
     const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
     const Shape a = m.experts ? Shape{m.experts, m.in, lora.rank} : Shape{lora.rank, m.in};
-    const Shape b = m.experts ? Shape{m.experts, lora.rank, m.out} : Shape{m.out, lora.rank};
-    params_.add(lora_a_name(m.name), ParamKind::kLoraA, rand_uniform(a, seed, -bound, bound).to(dtype_).to(device_));
-    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros(b, dtype_, device_));
+    const Shape b = m.experts ? Shape{experts_.count, lora.rank, m.out} : Shape{m.out, lora.rank};
+    Tensor a_value = rand_uniform(a, seed, -bound, bound);
+    if (m.experts && experts_.count != m.experts) a_value = a_value.slice0(experts_.begin, experts_.count).clone();
+    params_.add(lora_a_name(m.name), m.experts ? ParamKind::kExpertLoraA : ParamKind::kLoraA,
+                a_value.to(dtype_).to(device_));
+    params_.add(lora_b_name(m.name), m.experts ? ParamKind::kExpertLoraB : ParamKind::kLoraB,
+                Tensor::zeros(b, dtype_, device_));
   }
   lora_ = lora;
 }

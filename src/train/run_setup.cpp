@@ -135,6 +135,10 @@ void RunParts::set_up_model(int64_t row_len) {
     if (r.lora.rank > 0) model->enable_lora(r.lora);
   }
   if (r.lora.rank > 0) progress.lora_model = model.get();
+  // An adapter-only checkpoint names the whole base; a rank of an expert-parallel group holds only
+  // its experts, so the fingerprint is taken from model.path itself, streamed.
+  if (r.lora.rank > 0 && !r.model_path.empty() && mesh->shape().ep > 1)
+    base_fingerprint = lora_base_fingerprint_of(r.model_path);
   if (row_len > 0) {
     const int64_t padded_len = parallel::padded_length(row_len, mesh->shape().cp);
     mesh->validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, padded_len);
@@ -170,13 +174,16 @@ void RunParts::set_up_gpu_model(const io::ModelConfig& config) {
   }
   // Frozen weights exist only as their bf16 GPU copies: a checkpoint streams in tensor by tensor
   // (the f32 host peak is one tensor), each frozen one converted straight onto the device.
-  std::map<std::string, FingerprintSample> samples;  // the adapter checkpoints' base fingerprint
+  // The adapter checkpoints' base fingerprint, from the f32 values as they stream (an expert-parallel
+  // rank streams only its experts: set_up_model takes that one from model.path whole).
+  const bool fingerprint = r.lora.rank > 0 && !r.model_path.empty() && mesh->shape().ep == 1;
+  std::map<std::string, FingerprintSample> samples;
   model = std::make_unique<model::Gemma4>(config, experts, DType::BF16, Device::CUDA);
   auto to_device = [&](const std::string& n, const Tensor& value) {
     if (kept(n)) return;  // the optimizer copies it from the host with its master
     Tensor& copy = model->params().at(n).mutable_value();
     copy.copy_from(value.to(copy.dtype()));
-    if (r.lora.rank > 0 && !r.model_path.empty()) samples.emplace(n, fingerprint_sample(value));
+    if (fingerprint) samples.emplace(n, fingerprint_sample(value));
   };
   if (!r.model_path.empty()) {
     host = std::make_unique<model::Gemma4>(config, experts, DType::F32, Device::CPU, kept);
@@ -199,7 +206,7 @@ void RunParts::set_up_gpu_model(const io::ModelConfig& config) {
   // The trainable weights' copies and the buffers now, so the model computes before the optimizer
   // exists (g4 rl's reference policy, validation); the optimizer sets the copies again, alike.
   load_parameter_values(host->params(), model->params());
-  if (r.lora.rank > 0 && !r.model_path.empty()) base_fingerprint = lora_base_fingerprint(*host, samples);
+  if (fingerprint) base_fingerprint = lora_base_fingerprint(*host, samples);
 }
 
 void RunParts::set_up_training(CheckpointPart& objective) {

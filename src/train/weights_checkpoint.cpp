@@ -13,29 +13,48 @@ namespace g4::train {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& m, parallel::DeviceMesh& mesh) {
+std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& m, parallel::DeviceMesh& mesh,
+                                                        bool adapters_only) {
   if (mesh.shape().ep == 1 || mesh.coord().dp != 0 || mesh.coord().cp != 0) return nullptr;
-  return gather_experts(m, mesh.ep_group());
+  return gather_experts(m, mesh.ep_group(), adapters_only);
 }
 
-std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::Communicator& ep) {
-  auto full = std::make_unique<model::Gemma4>(m.config());
+namespace {
+// Collective over `ep`: the whole [E, ...] tensor from each rank's expert slice.
+Tensor gather_expert_slices(const Tensor& v, parallel::Communicator& ep) {
+  // Host values: a GPU group gathers the exported experts through its GPUs.
+  Shape whole = v.shape();
+  whole[0] *= ep.size();
+  Tensor gathered = Tensor::empty(whole, v.dtype(), v.device());
+  parallel::all_gather_values(ep, v, gathered);
+  return gathered;
+}
+}  // namespace
+
+std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& m, parallel::Communicator& ep, bool adapters_only) {
+  const auto base = [adapters_only](const std::string&) { return !adapters_only; };
+  auto full = std::make_unique<model::Gemma4>(m.config(), model::ExpertRange{}, DType::F32, Device::CPU, base);
+  if (m.lora()) full->enable_lora(*m.lora());
   for (const std::string& n : m.params().order) {
+    const model::ParamKind kind = m.params().kind(n);
+    if (adapters_only && !model::is_lora(kind)) continue;
     const Tensor& v = m.params().at(n).value();
-    if (!model::split_by_expert(m.params().kind(n))) {
-      full->params().at(n).mutable_value().copy_from(v);
-      continue;
-    }
-    // Host values: a GPU group gathers the exported experts through its GPUs.
-    Shape whole = v.shape();
-    whole[0] *= ep.size();
-    Tensor gathered = Tensor::empty(whole, v.dtype(), v.device());
-    parallel::all_gather_values(ep, v, gathered);
-    full->params().at(n).mutable_value().copy_from(gathered);
+    full->params().at(n).mutable_value().copy_from(model::split_by_expert(kind) ? gather_expert_slices(v, ep) : v);
   }
+  // The per-expert scales too: a LoRA export beside a folded base multiplies down's B by them.
   for (const auto& [n, b] : m.params().buffers)
-    if (!model::split_by_expert(b.kind)) full->params().set_buffer(n, b.kind, b.value.clone());
+    full->params().set_buffer(n, b.kind, model::split_by_expert(b.kind) ? gather_expert_slices(b.value, ep)
+                                                                          : b.value.clone());
   return full;
+}
+
+std::string lora_base_fingerprint_of(const std::string& dir) {
+  model::Gemma4 skeleton(model::load_hf_config(dir), model::ExpertRange{}, DType::F32, Device::CPU,
+                         [](const std::string&) { return false; });
+  std::map<std::string, FingerprintSample> samples;
+  model::load_hf_weights(skeleton, io::SafetensorsReader::open(dir),
+                         [&](const std::string& n, const Tensor& v) { samples.emplace(n, fingerprint_sample(v)); });
+  return lora_base_fingerprint(skeleton, samples);
 }
 
 namespace {
@@ -131,9 +150,10 @@ void WeightsCheckpoint::save_weights(model::Gemma4& weights, const fs::path& dir
            bad.empty() ? std::string("another rank's weights are") : "parameter " + bad + " is",
            " not finite (NaN or infinite); the earlier checkpoints are kept");
   if (adapter_only) {
-    // LoRA runs refuse expert parallelism: rank 0 holds the whole adapter.
+    // Under expert parallelism the first EP group gathers the expert adapters for rank 0.
+    const std::unique_ptr<model::Gemma4> full = gather_experts_for_rank0(weights, mesh_, /*adapters_only=*/true);
     if (mesh_.world().rank() != 0) return;
-    model::save_peft_adapter(weights, (dir / model::kLoraAdapterDir).string());
+    model::save_peft_adapter(full ? *full : weights, (dir / model::kLoraAdapterDir).string());
     const nlohmann::json base = {{"base_model", lora_base_}, {"fingerprint", base_fingerprint_}};
     io::write_file_atomic((dir / model::kLoraBaseFile).string(), base.dump(2) + "\n");
     copy_tokenizer(tokenizer_path_, dir);

@@ -60,12 +60,21 @@ FingerprintSample fingerprint_sample(const Tensor& value);
 std::string lora_base_fingerprint(const model::Gemma4& model,
                                   const std::map<std::string, FingerprintSample>& samples = {});
 
-// Collective over `ep`: the whole model (every expert) from the expert slices the group's ranks hold.
-std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& model, parallel::Communicator& ep);
+// The fingerprint of the base in a Hugging Face checkpoint directory, streamed tensor by tensor (no
+// model in memory): what lora_base_fingerprint gives for the whole model loaded from it. Expert
+// parallelism needs it, since each rank holds only its experts' slices.
+std::string lora_base_fingerprint_of(const std::string& dir);
+
+// Collective over `ep`: the whole model (every expert, with its LoRA adapters and per-expert
+// buffers) from the expert slices the group's ranks hold; `adapters_only`: the adapters and
+// buffers alone (the base weights left undefined), for an adapter-only checkpoint.
+std::unique_ptr<model::Gemma4> gather_experts(const model::Gemma4& model, parallel::Communicator& ep,
+                                              bool adapters_only = false);
 
 // Collective over `mesh`: what rank 0 of the world exports or samples from. Under expert
 // parallelism the first EP group (which holds rank 0) gathers the whole model and this returns it
 // there; otherwise (and on the other ranks) nullptr: `model` itself is whole.
-std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& model, parallel::DeviceMesh& mesh);
+std::unique_ptr<model::Gemma4> gather_experts_for_rank0(const model::Gemma4& model, parallel::DeviceMesh& mesh,
+                                                        bool adapters_only = false);
 
 }  // namespace g4::train
