@@ -45,9 +45,11 @@ inline std::filesystem::path scratch_dir(const std::string& name) {
   return p;
 }
 
-// Two CPU ranks under mpirun, one thread each (env for run_g4); has_mpirun() first.
-inline constexpr const char* kMpirun2 =
-    "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2";
+// `ranks` CPU ranks under mpirun, one thread each (the env argument of run_g4); has_mpirun() first.
+inline std::string mpirun_env(int ranks) {
+  return "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " +
+         std::to_string(ranks);
+}
 inline bool has_mpirun() { return std::system("command -v mpirun > /dev/null 2>&1") == 0; }
 
 }  // namespace g4::test

@@ -218,7 +218,7 @@ TEST(LoraTrain, ShardedDataParallelTrainsLikeOneRankAndResumesAcrossRankCounts) 
   const std::string one_rank = " train.batch_size=4", two_ranks = " train.batch_size=2 parallel.fsdp=true";
   test::ProcessResult r = test::run_g4(base + (dir / "one").string() + one_rank);
   ASSERT_EQ(r.code, 0) << r.output;
-  r = test::run_g4(base + (dir / "two").string() + two_ranks, test::kMpirun2);
+  r = test::run_g4(base + (dir / "two").string() + two_ranks, test::mpirun_env(2));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("2 data-parallel shards"), std::string::npos) << r.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
@@ -251,7 +251,7 @@ TEST(LoraTrain, ShardedDataParallelTrainsLikeOneRankAndResumesAcrossRankCounts) 
   r = test::run_g4(base + (dir / "two").string() + one_rank + more);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
-  r = test::run_g4(base + (dir / "one_on_two").string() + two_ranks + more, test::kMpirun2);
+  r = test::run_g4(base + (dir / "one_on_two").string() + two_ranks + more, test::mpirun_env(2));
   ASSERT_EQ(r.code, 0) << r.output;
   const auto a5 = step_losses(dir / "one"), b5 = step_losses(dir / "two"), c5 = step_losses(dir / "one_on_two");
   ASSERT_EQ(a5.size(), 5u);
@@ -263,7 +263,7 @@ TEST(LoraTrain, ShardedDataParallelTrainsLikeOneRankAndResumesAcrossRankCounts) 
 }
 
 // parallel.expert_parallel with expert adapters: each rank holds its experts' A and B, as it
-// holds their weights. Two ranks (2 of the 4 experts each) reproduce one rank's losses (the
+// holds their weights. Two ranks (2 of the 4 experts each) and four (one each) reproduce one rank's losses (the
 // tolerance of train_run_test.cpp's EP test), the first EP group gathers the adapter for rank 0's
 // adapter-only checkpoint, which is the one-rank run's adapter, and a killed two-rank run resumes
 // to the same losses. (Per-rank optimizer files of expert parallelism resume on the same number of
@@ -278,7 +278,7 @@ TEST(LoraTrain, ExpertParallelRanksTrainLikeOneRankAndExportTheSameAdapter) {
   test::ProcessResult r = test::run_g4(base + (dir / "one").string() + " train.batch_size=4 log.samples=0");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string ep = " train.batch_size=2 parallel.expert_parallel=2";
-  r = test::run_g4(base + (dir / "two").string() + ep, test::kMpirun2);
+  r = test::run_g4(base + (dir / "two").string() + ep, test::mpirun_env(2));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("samples:"), std::string::npos) << "rank 0 samples the gathered adapted model\n" << r.output;
   const auto a = step_losses(dir / "one"), b = step_losses(dir / "two");
@@ -286,6 +286,13 @@ TEST(LoraTrain, ExpertParallelRanksTrainLikeOneRankAndExportTheSameAdapter) {
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
   EXPECT_GT(std::abs(a.back() - a.front()), 1e-4) << "the adapters must move the loss, or this proves nothing";
+  // Four ranks, one expert each.
+  r = test::run_g4(base + (dir / "four").string() + " train.batch_size=1 parallel.expert_parallel=4 log.samples=0",
+                   test::mpirun_env(4));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto c = step_losses(dir / "four");
+  ASSERT_EQ(c.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], c[i], 1e-5 * a[i]) << "four ranks, step " << i + 1;
 
   const fs::path one8 = dir / "one" / "checkpoints" / "step-00000008", two8 = dir / "two" / "checkpoints" / "step-00000008";
   for (const char* f : {"optimizer-rank0-of2.safetensors", "optimizer-rank1-of2.safetensors", model::kLoraBaseFile})
@@ -302,9 +309,9 @@ TEST(LoraTrain, ExpertParallelRanksTrainLikeOneRankAndExportTheSameAdapter) {
   // Killed after step 6 under mpirun: resuming the adapter-only step-4 checkpoint on two ranks
   // gives the same curve.
   const std::string killed = base + (dir / "killed").string() + ep + " log.samples=0";
-  r = test::run_g4(killed, std::string("G4_FAULT_KILL=step:6 ") + test::kMpirun2);
+  r = test::run_g4(killed, std::string("G4_FAULT_KILL=step:6 ") + test::mpirun_env(2));
   EXPECT_NE(r.code, 0) << r.output;
-  r = test::run_g4(killed + " --resume", test::kMpirun2);
+  r = test::run_g4(killed + " --resume", test::mpirun_env(2));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "killed"), loss_lines(dir / "two"));
