@@ -58,7 +58,8 @@ struct Gemma4::Context {
       std::make_shared<std::map<int64_t, Tensor>>();
 };
 
-Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device)
+Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device,
+               const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   const char* fused = std::getenv("G4_DECODE_FUSED");
   fused_inference_ = fused != nullptr && std::string(fused) == "1";
@@ -75,7 +76,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
            "the model holds experts [", experts_.begin, ", ", experts_.begin + experts_.count, "), but its config has ",
            cfg_.enable_moe_block ? cfg_.num_experts : 0, " routed experts");
   for (const ParamSpec& s : native_param_specs(cfg_, experts_))
-    params_.add(s.name, s.kind, Tensor::zeros(s.shape, dtype_, device_));
+    params_.add(s.name, s.kind, !allocate || allocate(s.name) ? Tensor::zeros(s.shape, dtype_, device_) : Tensor());
   kv_source_.assign(static_cast<size_t>(cfg_.num_layers), false);
   for (const io::LayerSpec& ls : cfg_.layers)
     if (ls.kv_shared) kv_source_[static_cast<size_t>(ls.kv_source)] = true;
@@ -131,17 +132,20 @@ void Gemma4::enable_lora(const LoraConfig& lora) {
   const std::vector<LoraModule> modules = lora_modules(cfg_, lora);
   for (size_t i = 0; i < modules.size(); ++i) {
     const LoraModule& m = modules[i];
-    G4_CHECK(m.experts == 0 || experts_.count == cfg_.num_experts, "LoRA on ", m.name,
-             " needs every expert on this model; it holds [", experts_.begin, ", ", experts_.begin + experts_.count,
-             ") (expert parallelism does not run with LoRA)");
     // PEFT's kaiming_uniform_(a = sqrt(5)) on A [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in).
     // An expert weight [E, in, out] gets A [E, in, r] and B [E, r, out]; its A is PEFT's [E·r, in], drawn alike.
+    // A model holding an expert range (expert parallelism) keeps those experts' rows of the whole
+    // draw, so every EP size starts from the same adapters.
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
     const uint64_t seed = lora.seed * 0x9E3779B97F4A7C15ull + i;
     const Shape a = m.experts ? Shape{m.experts, m.in, lora.rank} : Shape{lora.rank, m.in};
-    const Shape b = m.experts ? Shape{m.experts, lora.rank, m.out} : Shape{m.out, lora.rank};
-    params_.add(lora_a_name(m.name), ParamKind::kLoraA, rand_uniform(a, seed, -bound, bound).to(dtype_).to(device_));
-    params_.add(lora_b_name(m.name), ParamKind::kLoraB, Tensor::zeros(b, dtype_, device_));
+    const Shape b = m.experts ? Shape{experts_.count, lora.rank, m.out} : Shape{m.out, lora.rank};
+    Tensor a_value = rand_uniform(a, seed, -bound, bound);
+    if (m.experts && experts_.count != m.experts) a_value = a_value.slice0(experts_.begin, experts_.count).clone();
+    params_.add(lora_a_name(m.name), m.experts ? ParamKind::kExpertLoraA : ParamKind::kLoraA,
+                a_value.to(dtype_).to(device_));
+    params_.add(lora_b_name(m.name), m.experts ? ParamKind::kExpertLoraB : ParamKind::kLoraB,
+                Tensor::zeros(b, dtype_, device_));
   }
   lora_ = lora;
 }
@@ -154,7 +158,7 @@ void Gemma4::start_lora_dropout(Context& ctx) const {
 
 ag::Var Gemma4::proj(const ag::Var& x, const std::string& module, const Context& ctx) const {
   ag::Var y = ag::linear(x, p(module + ".weight"));
-  if (!lora_) return y;
+  if (!lora_active()) return y;
   const std::string a = lora_a_name(module);
   if (!params_.has(a)) return y;
   ag::Var in = x;

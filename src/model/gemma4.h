@@ -1,6 +1,7 @@
 // The Gemma 4 text decoder (dense, per-layer embeddings, KV sharing, K=V attention, routed
 // experts) computed exactly as Hugging Face transformers does; see docs/gemma4.md.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -152,8 +153,11 @@ class Gemma4 {
   // On the CPU dtype is F32 (training masters, the default) or F64 (double-precision reference
   // runs). On the GPU (device CUDA) it is BF16 (compute copies of fp32 masters the optimizer
   // holds; gradients accumulate in f32) or F32.
+  // `allocate` (optional) names the parameters to allocate; the others are added undefined, taking
+  // no memory: the f32 host model of a GPU run keeps only what the optimizer needs (its trainable
+  // parameters) and streams the frozen ones to the device (model::load_hf_weights' visitor).
   explicit Gemma4(io::ModelConfig config, ExpertRange experts = {}, DType dtype = DType::F32,
-                  Device device = Device::CPU);
+                  Device device = Device::CPU, const std::function<bool(const std::string&)>& allocate = {});
 
   const io::ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
@@ -241,6 +245,11 @@ class Gemma4 {
   // which checkpoints keep so a resumed run draws the masks the uninterrupted one would.
   uint64_t lora_calls() const { return lora_calls_; }
   void set_lora_calls(uint64_t calls) { lora_calls_ = calls; }
+  // Whether forwards add the adapters' terms: a model with LoRA computes its frozen base while
+  // they are bypassed (LoraBypass; g4 rl's KL reference policy), with no second model.
+  bool lora_active() const { return lora_.has_value() && !lora_bypassed_; }
+  bool lora_bypassed() const { return lora_bypassed_; }
+  void set_lora_bypassed(bool bypassed) const { lora_bypassed_ = bypassed; }
 
   // The transformers initialisation: N(0, initializer_range) for matrices and embeddings,
   // ones for norms and scales, layer scalars 1.
@@ -290,6 +299,7 @@ class Gemma4 {
   double router_aux_coef_ = 0;
   std::optional<LoraConfig> lora_;
   mutable uint64_t lora_calls_ = 0;
+  mutable bool lora_bypassed_ = false;
   std::shared_ptr<TokenDispatcher> dispatcher_;
   std::shared_ptr<ContextAttention> context_;
   std::shared_ptr<ParameterHooks> hooks_;
@@ -302,5 +312,20 @@ Tensor shift_labels(const Tensor& labels);
 // Document ids [B, S] i32 from position ids: a new document starts where a position does not
 // follow its predecessor by exactly 1 (as transformers detects packed sequences).
 Tensor document_ids_from_positions(const Tensor& position_ids);
+
+// The model computes its base (no adapter terms) while this lives.
+class LoraBypass {
+ public:
+  explicit LoraBypass(const Gemma4& model) : model_(model), was_(model.lora_bypassed()) {
+    model_.set_lora_bypassed(true);
+  }
+  ~LoraBypass() { model_.set_lora_bypassed(was_); }
+  LoraBypass(const LoraBypass&) = delete;
+  LoraBypass& operator=(const LoraBypass&) = delete;
+
+ private:
+  const Gemma4& model_;
+  bool was_;
+};
 
 }  // namespace g4::model

@@ -220,6 +220,8 @@ void save_peft_adapter(const Gemma4& model, const std::string& dir, bool folded_
   for (const PeftTensor& t : peft_tensors(cfg, modules)) {
     Tensor v = model.params().at(t.native).value().to(Device::CPU).to(DType::F32);
     if (t.module->experts > 0) {
+      G4_CHECK(v.size(0) == t.module->experts, "save_peft_adapter: ", t.native, " holds ", v.size(0), " of the ",
+               t.module->experts, " experts; gather the expert-parallel slices first");
       experts = true;
       const Tensor scale =
           folded_expert_scale && !t.is_a && is_expert_down(*t.module) ? expert_scale(model, t.module->name) : Tensor();
@@ -328,8 +330,14 @@ void load_peft_adapter(Gemma4& model, const std::string& dir) {
   for (const PeftTensor& t : peft_tensors(cfg, modules)) {
     G4_CHECK(reader.has(t.key), "PEFT adapter ", reader.path(), " has no tensor '", t.key, "'");
     Tensor& dst = model.params().at(t.native).mutable_value();
-    Tensor v = reader.get_f32(t.key, peft_shape(dst.shape(), *t.module, t.is_a));
-    if (t.module->experts > 0) v = expert_from_peft(v, dst.shape(), t.is_a);
+    // An expert adapter is stored for every expert; a model holding an expert range keeps its rows.
+    Shape whole = dst.shape();
+    if (t.module->experts > 0) whole[0] = t.module->experts;
+    Tensor v = reader.get_f32(t.key, peft_shape(whole, *t.module, t.is_a));
+    if (t.module->experts > 0) {
+      v = expert_from_peft(v, whole, t.is_a);
+      if (dst.size(0) != whole[0]) v = v.slice0(model.experts().begin, dst.size(0)).clone();
+    }
     dst.copy_from(v.to(dst.dtype()));
     consumed.insert(t.key);
   }
@@ -361,7 +369,7 @@ std::unique_ptr<Gemma4> merge_lora(const Gemma4& model) {
     const Tensor scale = is_expert_down(m) ? expert_scale(model, m.name) : Tensor();
     if (scale.defined()) b = ops::mul(b, per_expert(b, scale));
     Tensor& w = merged->params().at(m.name).mutable_value();  // [E, in, out]
-    for (int64_t e = 0; e < m.experts; ++e) {
+    for (int64_t e = 0; e < w.size(0); ++e) {  // the experts this model holds
       Tensor we = w.slice0(e, 1).reshape({m.in, m.out});
       const Tensor ab =
           ops::matmul(a.slice0(e, 1).reshape({m.in, a.size(2)}), b.slice0(e, 1).reshape({b.size(1), m.out}));
@@ -373,7 +381,7 @@ std::unique_ptr<Gemma4> merge_lora(const Gemma4& model) {
 
 ExpertLora expert_lora(const Gemma4& model, int64_t layer, std::optional<uint64_t> dropout_call) {
   ExpertLora out;
-  if (!model.lora()) return out;
+  if (!model.lora_active()) return out;
   const LoraConfig& lora = *model.lora();
   const std::string pre = layer_prefix(layer);
   for (const bool down : {false, true}) {

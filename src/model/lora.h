@@ -1,6 +1,7 @@
 // LoRA adapters on the text decoder's dense projections, as Hugging Face PEFT defines them:
 // y = x·Wᵀ + (alpha / r)·dropout(x)·Aᵀ·Bᵀ with A [r, in] and B [out, r]; the base W stays frozen.
-// The adapters are parameters of the model (kinds kLoraA / kLoraB) named after their module:
+// The adapters are parameters of the model (kinds kLoraA / kLoraB; kExpertLoraA / kExpertLoraB for
+// the experts', split by expert like the weights) named after their module:
 // "model.layers.<l>.self_attn.q_proj.lora_A.weight". The routed experts' weights W [E, in, out] get
 // one pair per expert, A [E, in, r] and B [E, r, out] (PEFT's ParamWrapper, target_parameters),
 // named after the weight: "model.layers.<l>.moe.experts.down_projs.lora_A.weight". See docs/lora.md.

@@ -25,6 +25,8 @@ constexpr const char* kKindNames[] = {
     "self_conditioning",
     "lora_a",
     "lora_b",
+    "expert_lora_a",
+    "expert_lora_b",
     "vision_tower",
     "vision_embedding",
     "audio_tower",
@@ -46,7 +48,8 @@ const char* param_kind_name(ParamKind kind) {
 }
 
 bool split_by_expert(ParamKind kind) {
-  return kind == ParamKind::kExpertGateUp || kind == ParamKind::kExpertDown || kind == ParamKind::kPerExpertScale;
+  return kind == ParamKind::kExpertGateUp || kind == ParamKind::kExpertDown || kind == ParamKind::kPerExpertScale ||
+         kind == ParamKind::kExpertLoraA || kind == ParamKind::kExpertLoraB;
 }
 
 bool is_embedding(ParamKind kind) {
@@ -54,7 +57,8 @@ bool is_embedding(ParamKind kind) {
 }
 
 bool is_lora(ParamKind kind) {
-  return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB;
+  return kind == ParamKind::kLoraA || kind == ParamKind::kLoraB || kind == ParamKind::kExpertLoraA ||
+         kind == ParamKind::kExpertLoraB;
 }
 
 bool is_tower_buffer(ParamKind kind) {

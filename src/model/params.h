@@ -35,6 +35,8 @@ enum class ParamKind {
   kSelfConditioning,         // diffusion: the self-conditioning MLP's gate/up/down projections
   kLoraA,                    // a LoRA adapter's down projection A [r, in] (model/lora.h)
   kLoraB,                    // a LoRA adapter's up projection B [out, r]
+  kExpertLoraA,              // a routed-expert weight's adapters A [E, in, r], split by expert like it
+  kExpertLoraB,              // their B [E, r, out]
   kVisionTower,              // model.vision_tower: patch projection, position table, attention and MLP matrices
   kVisionEmbedding,          // model.embed_vision.embedding_projection: vision soft tokens -> text hidden
   kAudioTower,               // model.audio_tower: convolutions, projections, attention, conv and scale weights
@@ -64,6 +66,8 @@ inline constexpr ParamKind kAllParamKinds[] = {
     ParamKind::kSelfConditioning,
     ParamKind::kLoraA,
     ParamKind::kLoraB,
+    ParamKind::kExpertLoraA,
+    ParamKind::kExpertLoraB,
     ParamKind::kVisionTower,
     ParamKind::kVisionEmbedding,
     ParamKind::kAudioTower,

@@ -102,7 +102,7 @@ bool is_tower_key(const io::ModelConfig& cfg, const std::string& key) {
 }
 }  // namespace
 
-void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
+void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader, const LoadVisitor& visit) {
   const io::ModelConfig& cfg = model.config();
   const ExpertRange range = model.experts();
   const std::string prefix = hf_text_prefix(cfg);
@@ -112,13 +112,20 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
     consumed.insert(key);
     return key;
   };
+  // The native value goes into the model where it holds the parameter, and to the visitor.
+  auto store = [&](const ParamSpec& spec, const Tensor& value) {
+    Tensor& dst = model.params().at(spec.name).mutable_value();
+    G4_CHECK(dst.defined() || visit, "load_hf_weights: parameter '", spec.name,
+             "' has no storage in the model and no visitor takes it");
+    if (dst.defined()) dst.copy_from(value.to(dst.dtype()));
+    if (visit) visit(spec.name, value);
+  };
 
   for (const ParamSpec& spec : native_param_specs(cfg, range)) {
-    Tensor& dst = model.params().at(spec.name).mutable_value();
     const std::string key = take(hf_name(cfg, spec.name));
     if (spec.kind == ParamKind::kExpertGateUp) {
       const Shape hf_shape = {cfg.num_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size};
-      dst.copy_from(transpose_last2(read_experts(reader, key, hf_shape, range)).to(dst.dtype()));
+      store(spec, transpose_last2(read_experts(reader, key, hf_shape, range)));
     } else if (spec.kind == ParamKind::kExpertDown) {
       const Shape hf_shape = {cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size};
       Tensor down = transpose_last2(read_experts(reader, key, hf_shape, range));  // [E, I, H]
@@ -131,10 +138,10 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader) {
         float* d = down.data<float>() + e * per;
         for (int64_t i = 0; i < per; ++i) d[i] *= s;
       }
-      dst.copy_from(down.to(dst.dtype()));
+      store(spec, down);
       model.params().set_buffer(native_scale_name(spec.name), ParamKind::kPerExpertScale, scale);
     } else {
-      dst.copy_from(reader.get_f32(key, spec.shape).to(dst.dtype()));
+      store(spec, reader.get_f32(key, spec.shape));
     }
   }
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
@@ -264,9 +271,9 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
   if (model.lora()) save_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string(), /*folded_expert_scale=*/true);
 }
 
-void load_checkpoint_weights(Gemma4& model, const std::string& dir) {
+void load_checkpoint_weights(Gemma4& model, const std::string& dir, const LoadVisitor& visit) {
   if (!model.lora() || !fs::exists(fs::path(dir) / kLoraBaseFile))
-    load_hf_weights(model, io::SafetensorsReader::open(dir));
+    load_hf_weights(model, io::SafetensorsReader::open(dir), visit);
   if (model.lora()) load_peft_adapter(model, (fs::path(dir) / kLoraAdapterDir).string());
 }
 

@@ -4,6 +4,7 @@
 // experts.down_proj [E, H, I] <-> moe.experts.down_projs [E, I, H] with router.per_expert_scale
 // folded in on load and written as ones on export; router.{proj.weight,scale} <-> moe.gate.*.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,7 +26,12 @@ std::string hf_name(const io::ModelConfig& cfg, const std::string& native_name);
 // checkpoint; K/V weights of KV-shared layers are ignored (as transformers does); vision and audio
 // tower tensors load as parameters (clip bounds and standardisation as buffers) when the config
 // describes the tower, and are skipped with a logged note otherwise; any other unexpected key is an error.
-void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader);
+// `visit` (optional) sees every parameter's f32 value as it is read, one at a time. A parameter the
+// model holds undefined is not stored, only visited (then `visit` is required): a GPU run keeps
+// its frozen weights in bf16 on the device alone, so the visitor copies them there and no f32
+// copy of the whole model exists at any time (train/run_setup.cpp).
+using LoadVisitor = std::function<void(const std::string& native_name, const Tensor& value)>;
+void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader, const LoadVisitor& visit = {});
 
 // The config.json of a Hugging Face model directory.
 io::ModelConfig load_hf_config(const std::string& dir);
@@ -55,7 +61,8 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
 
 // What save_hf_checkpoint wrote, into a model built alike (with LoRA: the base and dir/adapter).
 // An adapter-only checkpoint (dir/lora_base.json) loads its adapter alone: the model holds the base.
-void load_checkpoint_weights(Gemma4& model, const std::string& dir);
+// `visit` as in load_hf_weights (the base's parameters; the adapter loads into the model).
+void load_checkpoint_weights(Gemma4& model, const std::string& dir, const LoadVisitor& visit = {});
 
 // Gradients (as f32) of the parameters expressed for Hugging Face's parameterisation (names as in the
 // checkpoint; per_expert_scale gets the gradient the unfolded model would have).

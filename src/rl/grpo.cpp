@@ -163,9 +163,9 @@ PackedRow empty_row(int64_t bos) {
 }
 
 // Log-probs of every position's target under `model`, no tape (the row's length).
-std::vector<double> row_logprobs(const model::Gemma4& model, const PackedRow& row) {
+std::vector<double> logprobs(const model::Gemma4& model, const model::ForwardInputs& inputs) {
   ag::NoGrad no_grad;
-  const Tensor lp = model.forward(row.inputs).token_logprobs.value().to(Device::CPU).to(DType::F64);
+  const Tensor lp = model.forward(inputs).token_logprobs.value().to(Device::CPU).to(DType::F64);
   return std::vector<double>(lp.data<double>(), lp.data<double>() + lp.numel());
 }
 
@@ -222,12 +222,25 @@ GrpoObjective::GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& t
       prompts_(recipe, tok, data::chat_variant_for(config.hidden_size_per_layer_input)) {
   impl_->loss = loss_config(recipe.rl);
   check(impl_->loss);
-  G4_CHECK(impl_->loss.kl_penalty == 0 || impl_->reference, "GrpoObjective: the KL term needs a reference model");
+  G4_CHECK(impl_->loss.kl_penalty == 0 || impl_->reference || recipe.lora.rank > 0,
+           "GrpoObjective: the KL term needs a reference model (or LoRA, whose reference is the frozen base)");
+  G4_CHECK(!(impl_->reference && recipe.lora.rank > 0),
+           "GrpoObjective: a LoRA run's reference is its own frozen base; pass no reference model");
   impl_->rollout = rollout_options(recipe.rl);
   impl_->reward = make_reward(reward_options(recipe.rl));
 }
 
 GrpoObjective::~GrpoObjective() = default;
+
+const model::Gemma4* GrpoObjective::reference_model() const { return impl_->reference.get(); }
+
+std::vector<double> GrpoObjective::reference_logprobs(const model::Gemma4& policy,
+                                                      const model::ForwardInputs& inputs) const {
+  if (impl_->reference) return logprobs(*impl_->reference, inputs);
+  G4_CHECK(policy.lora(), "GrpoObjective: no reference model, and the policy has no LoRA adapters to bypass");
+  const model::LoraBypass base(policy);
+  return logprobs(policy, inputs);
+}
 
 void GrpoObjective::set_parameter_hooks(std::function<void()> gather, std::function<void()> release) {
   impl_->gather = std::move(gather);
@@ -331,8 +344,8 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
     }
     while (batch->rows.size() < most_rows) batch->rows.push_back(empty_row(m.tok.bos_id));
     for (PackedRow& row : batch->rows) {
-      row.tokens.lp_prev = row_logprobs(policy, row);
-      if (m.loss.kl_penalty > 0) row.tokens.lp_ref = row_logprobs(*m.reference, row);
+      row.tokens.lp_prev = logprobs(policy, row.inputs);
+      if (m.loss.kl_penalty > 0) row.tokens.lp_ref = reference_logprobs(policy, row.inputs);
       forwarded += row.inputs.input_ids.numel();
       for (size_t t = 0; t < row.tokens.seq.size(); ++t)
         if (row.tokens.token_mask[t] > 0)

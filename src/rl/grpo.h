@@ -32,7 +32,9 @@ struct StepStats {
 class GrpoObjective final : public train::Objective {
  public:
   // The mesh (its world: data-parallel ranks) and the tokenizer must outlive the objective.
-  // `reference`: the frozen initial policy for the KL term (nullptr when loss_fn's KL is off).
+  // `reference`: the frozen initial policy for the KL term (nullptr when loss_fn's KL is off). A
+  // LoRA run (recipe lora.rank > 0) passes nullptr: its reference is the policy's frozen base,
+  // the same model with the adapters bypassed (model::LoraBypass), so no copy is kept.
   GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, const io::ModelConfig& config,
                 parallel::DeviceMesh& mesh, std::unique_ptr<model::Gemma4> reference);
   ~GrpoObjective() override;
@@ -53,6 +55,12 @@ class GrpoObjective final : public train::Objective {
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
 
   const PromptStream& prompts() const { return prompts_; }
+  // The KL term's separate reference model; nullptr when it has none (KL off, or LoRA).
+  const model::Gemma4* reference_model() const;
+  // The reference policy's log-probabilities of the targets of `inputs` (a forward with
+  // return_token_logprobs), without gradient: the reference model's, or with LoRA the policy's
+  // with its adapters bypassed.
+  std::vector<double> reference_logprobs(const model::Gemma4& policy, const model::ForwardInputs& inputs) const;
 
  private:
   struct Impl;

@@ -55,9 +55,10 @@ class RlTrainer {
 
 RlTrainer::RlTrainer(const train::Recipe& r, const RlRunOptions& options) : r_(r), options_(options), p_(r, 0) {
   G4_CHECK(r.command == train::Command::kRl, r.source, ": the recipe was read for g4 ", train::command_name(r.command));
-  // The frozen reference of the KL term: the initial policy, in the policy's dtype and device.
+  // The frozen reference of the KL term: the initial policy, in the policy's dtype and device. With
+  // LoRA that is the frozen base, which the policy computes with its adapters bypassed: no copy.
   std::unique_ptr<model::Gemma4> reference;
-  if (r.rl.kl_penalty > 0) reference = p_.model->copy_to(p_.model->device(), p_.model->dtype());
+  if (r.rl.kl_penalty > 0 && r.lora.rank == 0) reference = p_.model->copy_to(p_.model->device(), p_.model->dtype());
   objective_ = std::make_unique<GrpoObjective>(r, *p_.tok, p_.model->config(), *p_.mesh, std::move(reference));
   p_.set_up_training(*objective_);
   objective_->set_parameter_hooks([this] { p_.opt->gather_parameters(); }, [this] { p_.opt->release_parameters(); });

@@ -36,7 +36,9 @@ void load_parameter_values(const model::ParamStore& source, model::ParamStore& d
     G4_CHECK(source.has(n), "load_parameters: the source has no parameter '", n, "'");
     const Tensor& src = source.at(n).value();
     Tensor& dst = dest.at(n).mutable_value();
-    if (!dst.defined()) continue;
+    // Undefined in dest: a sharded parameter released; in source: a frozen weight whose f32 value
+    // a GPU run does not keep (its copy was loaded straight onto the device).
+    if (!dst.defined() || !src.defined()) continue;
     G4_CHECK(src.shape() == dst.shape(), "load_parameters: '", n, "' is ", src.describe(), " in the source but ",
              dst.describe(), " in the model");
     G4_CHECK(src.device() == Device::CPU && (src.dtype() == DType::F32 || src.dtype() == DType::F64),
@@ -53,8 +55,13 @@ void AdamW::load_parameters(const model::ParamStore& source) {
   for (const std::string& n : params_.order)
     G4_CHECK(params_.at(n).value().defined(), "load_parameters: parameter '", n, "' has no value");
   load_parameter_values(source, params_);
-  for (size_t i = 0; i < names_.size(); ++i)
-    if (master_[i].defined()) master_[i].copy_from(source.at(names_[i]).value().to(DType::F32));
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (!master_[i].defined()) continue;
+    const Tensor& src = source.at(names_[i]).value();
+    G4_CHECK(src.defined(), "load_parameters: the source holds no value for the trainable parameter '", names_[i],
+             "' (its master starts from it)");
+    master_[i].copy_from(src.to(DType::F32));
+  }
 }
 
 void AdamW::copy_masters_to(model::ParamStore& dest) const {

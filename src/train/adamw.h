@@ -38,7 +38,8 @@ class AdamW {
   // the same names and shapes, e.g. a model loaded from a checkpoint): the fp32 masters of bf16
   // parameters exactly, the parameters themselves converted to their dtype and device. A bf16
   // model made from an f32 one starts training from the f32 values this way, not from their bf16
-  // rounding (which is what the constructor takes).
+  // rounding (which is what the constructor takes). Frozen parameters `source` holds undefined
+  // keep their values (see load_parameter_values).
   void load_parameters(const model::ParamStore& source);
   // Writes the fp32 value of every trainable parameter (its master, or the parameter itself when
   // it is f32/f64, from any device) into the same-named parameter of `dest` (a CPU store of that
@@ -72,7 +73,8 @@ void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const T
 
 // Sets every parameter and buffer of `dest` from `source` (a CPU f32/f64 store with the same names
 // and shapes), each converted to its dtype and device: how a bf16 GPU model takes the values of
-// its f32 original. Parameters that are not defined in dest (sharded ones released) are skipped.
+// its f32 original. Parameters that are not defined in dest (sharded ones released), or in source
+// (frozen weights a GPU run keeps on the device only), are skipped.
 void load_parameter_values(const model::ParamStore& source, model::ParamStore& dest);
 
 // Global-norm gradient clipping with torch.nn.utils.clip_grad_norm_'s arithmetic, for every

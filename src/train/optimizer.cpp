@@ -67,14 +67,42 @@ void ReplicatedAdamW::skip_step() {
   params_.zero_grad();
 }
 
+model::Gemma4& ReplicatedAdamW::export_trained() {
+  if (!host_) return export_weights();
+  adamw_.copy_masters_to(host_->params());
+  return *host_;
+}
+
 model::Gemma4& ReplicatedAdamW::export_weights() {
   if (host_) {
     adamw_.copy_masters_to(host_->params());
+    // Frozen weights kept as bf16 copies only: their f32 values are those copies (exact for a
+    // bf16 checkpoint, and what the run computed with in any case), until release_exported().
+    for (const std::string& n : host_->params().order) {
+      Tensor& v = host_->params().at(n).mutable_value();
+      if (v.defined()) continue;
+      v = params_.at(n).value().to(Device::CPU).to(host_->dtype());
+      exported_frozen_.push_back(n);
+    }
     return *host_;
   }
   G4_CHECK(model_ && !trains_through_masters(), "these weights cannot be exported: a model trained through fp32 ",
            "masters needs its f32 host model (OptimizerSetup::host)");
   return *model_;
+}
+
+void ReplicatedAdamW::release_exported() {
+  for (const std::string& n : exported_frozen_) host_->params().at(n).mutable_value() = Tensor();
+  exported_frozen_.clear();
+}
+
+int64_t ReplicatedAdamW::host_bytes() const {
+  if (!host_) return 0;
+  int64_t bytes = 0;
+  for (const auto& [n, v] : host_->params().params)
+    if (v.value().defined()) bytes += static_cast<int64_t>(v.value().nbytes());
+  for (const auto& [n, b] : host_->params().buffers) bytes += static_cast<int64_t>(b.value.nbytes());
+  return bytes;
 }
 
 void ReplicatedAdamW::load_weights(const std::string& dir) {
@@ -88,7 +116,13 @@ void ReplicatedAdamW::load_weights(const std::string& dir) {
     host_ = std::make_unique<model::Gemma4>(config_, experts_);
     if (model_ && model_->lora()) host_->enable_lora(*model_->lora());
   }
-  model::load_checkpoint_weights(*host_, dir);
+  release_exported();
+  // Frozen weights the host does not keep go tensor by tensor straight into their copies.
+  model::load_checkpoint_weights(*host_, dir, [this](const std::string& n, const Tensor& value) {
+    if (host_->params().at(n).value().defined()) return;
+    Tensor& copy = params_.at(n).mutable_value();
+    copy.copy_from(value.to(copy.dtype()));
+  });
   adamw_.load_parameters(host_->params());
 }
 
@@ -130,9 +164,10 @@ model::Gemma4& check_sharded_model(model::Gemma4& model, const model::Gemma4* ho
   G4_CHECK(!host || (host->device() == Device::CPU && host->dtype() != DType::BF16),
            "the sharded optimizer's host model must be the f32 CPU original, got a ", dtype_name(host->dtype()),
            host->device() == Device::CPU ? " CPU model" : " GPU model");
-  // LoRA trains adapters beside frozen bases; the recipe refuses it with parallel.fsdp as well.
-  G4_CHECK(!model.lora(), "the sharded optimizer (parallel.fsdp) does not train LoRA adapters; train them with "
-           "the replicated optimizer (parallel.fsdp: false)");
+  if (host)
+    for (const std::string& n : host->params().order)
+      G4_CHECK(host->params().at(n).value().defined(), "the sharded optimizer's host model must hold every ",
+               "parameter; it has no value for '", n, "'");
   return model;
 }
 }  // namespace
@@ -174,7 +209,10 @@ void ShardedOptimizer::load_weights(const std::string& dir) {
   }
   // bf16 compute copies: the checkpoint's exact f32 values go into the host model, which the
   // masters take their slices from (here and in load()), and rounded into the copies.
-  if (!host_) host_ = std::make_unique<model::Gemma4>(model_.config(), model_.experts());
+  if (!host_) {
+    host_ = std::make_unique<model::Gemma4>(model_.config(), model_.experts());
+    if (model_.lora()) host_->enable_lora(*model_.lora());
+  }
   model::load_checkpoint_weights(*host_, dir);
   load_parameter_values(host_->params(), model_.params());
   adamw_.shards().load_master(host_->params());

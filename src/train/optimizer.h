@@ -5,7 +5,10 @@
 // - A bf16 model (the GPU) computes with bf16 copies; the optimizer keeps their fp32 masters and
 //   rewrites the copies after each update. It also keeps an f32 CPU model (`host`) beside it: the
 //   weights as built or loaded, which the masters start from (not from their bf16 rounding), and
-//   which exports the trained weights (the masters copied in, frozen weights as they were).
+//   which exports the trained weights (the masters copied in, frozen weights as they were). A run
+//   with frozen weights (LoRA, train.freeze) gives the replicated optimizer a host that holds the
+//   trainable parameters alone (the others undefined): the frozen weights then live only as their
+//   bf16 copies, and an export that needs them converts those to f32 for the time of the export.
 //
 // A step: forward and backward of every micro-batch; reduce_gradients(); clip_grad_norm(); step().
 // The optimizer is also the checkpoint part of the weights' optimizer state (moments, step count).
@@ -42,8 +45,14 @@ class Optimizer : public CheckpointPart {
   virtual void release_parameters() {}
 
   // The trained weights as an f32 (or f64) CPU model: the model itself, or `host` with the
-  // masters copied in. Sharded: call gather_parameters() first.
+  // masters copied in. Sharded: call gather_parameters() first. Frozen weights a host does not
+  // keep are converted from their bf16 copies and held until release_exported().
   virtual model::Gemma4& export_weights() = 0;
+  // The same, but frozen weights the host does not keep stay undefined: enough for what reads the
+  // trained parameters only (an adapter-only checkpoint).
+  virtual model::Gemma4& export_trained() { return export_weights(); }
+  // Frees the f32 frozen weights export_weights() converted (a no-op where none were).
+  virtual void release_exported() {}
   // Every parameter and buffer from the Hugging Face checkpoint in `dir`, the masters exactly
   // (collective over the dp group when sharded).
   virtual void load_weights(const std::string& dir) = 0;
@@ -52,8 +61,9 @@ class Optimizer : public CheckpointPart {
 struct OptimizerSetup {
   // The model that trains: f32/f64 on the CPU, or bf16 (any device) with fp32 masters.
   model::Gemma4* model = nullptr;
-  // A bf16 model's f32 CPU original (see above). nullptr: the masters start from the bf16 values
-  // and the weights cannot be exported (benchmarks).
+  // A bf16 model's f32 CPU original (see above), whole or (replicated optimizer only) holding the
+  // trainable parameters alone. nullptr: the masters start from the bf16 values and the weights
+  // cannot be exported (benchmarks).
   std::unique_ptr<model::Gemma4> host;
   // Parallel layout; nullptr = one rank.
   parallel::DeviceMesh* mesh = nullptr;
@@ -79,11 +89,16 @@ class ReplicatedAdamW final : public Optimizer {
   void skip_step() override;
   int64_t steps_taken() const override { return adamw_.steps_taken(); }
   model::Gemma4& export_weights() override;
+  model::Gemma4& export_trained() override;
+  void release_exported() override;
   void load_weights(const std::string& dir) override;
   void save(const std::filesystem::path& dir, nlohmann::json& state) override;
   void load(const std::filesystem::path& dir, const nlohmann::json& state) override;
 
   const AdamW& adamw() const { return adamw_; }
+  // Bytes of f32/f64 values the host model holds (parameters and buffers): the whole model, or
+  // the trainable parameters alone when the frozen ones live on the device only.
+  int64_t host_bytes() const;
 
  private:
   // bf16 parameters (any device) or GPU ones train through fp32 masters.
@@ -96,6 +111,8 @@ class ReplicatedAdamW final : public Optimizer {
   io::ModelConfig config_;
   model::ExpertRange experts_;
   std::unique_ptr<model::Gemma4> host_;
+  // Frozen parameters export_weights() converted into host_ from their copies (release_exported()).
+  std::vector<std::string> exported_frozen_;
   // The model whose parameters params_ are, when it is one (export without masters).
   model::Gemma4* model_ = nullptr;
   parallel::DeviceMesh* mesh_;

@@ -573,8 +573,6 @@ void check_rl(Recipe& r, const std::string& source) {
 
 void check_lora(Recipe& r, const std::string& source) {
   model::validate_lora(r.lora, source);
-  G4_CHECK(!r.fsdp && r.expert_parallel == 1, source, ": LoRA ('lora.rank' > 0) does not run with ",
-           r.fsdp ? "'parallel.fsdp'" : "'parallel.expert_parallel' > 1", " yet");
   r.lora.base_model = r.model_path.empty() ? r.model_name : r.model_path;
 }
 

@@ -5,11 +5,13 @@
 #include <set>
 
 #include "io/json_input.h"
+#include "io/safetensors.h"
 #include "model/state_dict_adapter.h"
 #include "parallel/context_parallel.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/gpu_world.h"
 #include "parallel/world.h"
+#include "train/adamw.h"
 #include "train/trainer.h"
 
 namespace g4::train {
@@ -125,18 +127,17 @@ void RunParts::set_up_model(int64_t row_len) {
   const int64_t context = config.max_position_embeddings;  // 0 = not given
   G4_CHECK(context <= 0 || row_len <= context, r.source, ": data.seq_len ", row_len,
            " exceeds the model's context length (max_position_embeddings ", context, ")");
-  model = build_model(r, mesh->local_experts(config));
-  if (r.lora.rank > 0) {
-    model->enable_lora(r.lora);
-    progress.lora_model = model.get();
-  }
-  // On the GPU, `host` keeps the model as built or loaded (CPU, f32) for the optimizer's masters
-  // and `model` becomes its bf16 GPU copy.
   if (r.device == Device::CUDA) {
-    host = std::move(model);
-    model = host->copy_to(Device::CUDA, DType::BF16);
-    if (progress.lora_model) progress.lora_model = model.get();
+    set_up_gpu_model(config);
+  } else {
+    model = build_model(r, mesh->local_experts(config));
+    if (r.lora.rank > 0) model->enable_lora(r.lora);
   }
+  if (r.lora.rank > 0) progress.lora_model = model.get();
+  // An adapter-only checkpoint names the whole base; a rank of an expert-parallel group holds only
+  // its experts, so the fingerprint is taken from model.path itself, streamed.
+  if (r.lora.rank > 0 && !r.model_path.empty() && mesh->shape().ep > 1)
+    base_fingerprint = lora_base_fingerprint_of(r.model_path);
   if (row_len > 0) {
     const int64_t padded_len = parallel::padded_length(row_len, mesh->shape().cp);
     mesh->validate_for_model(model->config().enable_moe_block ? model->config().num_experts : 0, padded_len);
@@ -144,6 +145,67 @@ void RunParts::set_up_model(int64_t row_len) {
   if (mesh->shape().ep > 1) parallel::enable_expert_parallel(*model, mesh->ep_group());
   if (mesh->shape().cp > 1) parallel::enable_context_parallel(*model, mesh->cp_group());
   model->set_recompute(r.recompute);
+}
+
+void RunParts::set_up_gpu_model(const io::ModelConfig& config) {
+  // `model` is the bf16 GPU copy that computes; `host` (CPU, f32) holds what the optimizer's
+  // masters start from. Which parameters train decides what that is: a model of the shapes that
+  // allocates no weight (only its adapters) tells.
+  const model::ExpertRange experts = mesh->local_experts(config);
+  const auto nothing = [](const std::string&) { return false; };
+  model::Gemma4 probe(config, experts, DType::F32, Device::CPU, nothing);
+  if (r.lora.rank > 0) probe.enable_lora(r.lora);
+  const std::vector<std::string> names = trainable_names(probe, r.freeze);
+  const std::set<std::string> trainable(names.begin(), names.end());
+  // The host keeps the trainable parameters and the adapters (small; a freeze pattern may hold
+  // some still); the sharded optimizer takes its master slices from a whole host model.
+  const auto kept = [&](const std::string& n) {
+    return trainable.count(n) > 0 || model::is_lora(probe.params().kind(n));
+  };
+  bool frozen = false;
+  for (const std::string& n : probe.params().order) frozen = frozen || !kept(n);
+  if (!frozen || r.fsdp) {
+    // Every weight trains (or is sharded): the host is the whole model as built or loaded.
+    host = build_model(r, experts);
+    if (r.lora.rank > 0) host->enable_lora(r.lora);
+    model = host->copy_to(Device::CUDA, DType::BF16);
+    return;
+  }
+  // Frozen weights exist only as their bf16 GPU copies: a checkpoint streams in tensor by tensor
+  // (the f32 host peak is one tensor), each frozen one converted straight onto the device.
+  // The adapter checkpoints' base fingerprint, from the f32 values as they stream (an expert-parallel
+  // rank streams only its experts: set_up_model takes that one from model.path whole).
+  const bool fingerprint = r.lora.rank > 0 && !r.model_path.empty() && mesh->shape().ep == 1;
+  std::map<std::string, FingerprintSample> samples;
+  model = std::make_unique<model::Gemma4>(config, experts, DType::BF16, Device::CUDA);
+  auto to_device = [&](const std::string& n, const Tensor& value) {
+    if (kept(n)) return;  // the optimizer copies it from the host with its master
+    Tensor& copy = model->params().at(n).mutable_value();
+    copy.copy_from(value.to(copy.dtype()));
+    if (fingerprint) samples.emplace(n, fingerprint_sample(value));
+  };
+  if (!r.model_path.empty()) {
+    host = std::make_unique<model::Gemma4>(config, experts, DType::F32, Device::CPU, kept);
+    model::load_hf_weights(*host, io::SafetensorsReader::open(r.model_path), to_device);
+  } else {
+    // A built-in shape's random weights are drawn whole on the host (init_weights), then the
+    // frozen ones leave it.
+    host = build_model(r, experts);
+    for (const std::string& n : host->params().order) {
+      Tensor& value = host->params().at(n).mutable_value();
+      if (kept(n)) continue;
+      to_device(n, value);
+      value = Tensor();
+    }
+  }
+  if (r.lora.rank > 0) {
+    host->enable_lora(r.lora);
+    model->enable_lora(r.lora);
+  }
+  // The trainable weights' copies and the buffers now, so the model computes before the optimizer
+  // exists (g4 rl's reference policy, validation); the optimizer sets the copies again, alike.
+  load_parameter_values(host->params(), model->params());
+  if (fingerprint) base_fingerprint = lora_base_fingerprint(*host, samples);
 }
 
 void RunParts::set_up_training(CheckpointPart& objective) {
@@ -162,7 +224,7 @@ void RunParts::set_up_training(CheckpointPart& objective) {
   // A built-in shape's random base (model.name) is on no disk: its LoRA checkpoints keep it.
   const std::string lora_base = r.lora.rank > 0 ? r.model_path : "";
   weights = std::make_unique<WeightsCheckpoint>(*opt, *mesh, r.tokenizer, lora_base,
-                                                !lora_base.empty() && !r.lora_save_base);
+                                                !lora_base.empty() && !r.lora_save_base, base_fingerprint);
   progress.recipe = r.resolved;
   checkpoints = std::make_unique<CheckpointManager>((fs::path(r.output_dir) / "checkpoints").string(),
                                                     r.keep_checkpoints, *world);

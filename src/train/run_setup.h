@@ -1,6 +1,6 @@
 // The parts of a training run that `g4 train` (SFT) and `g4 rl` set up alike from a recipe: the
 // ranks and their mesh, the model (on the GPU a bf16 copy of the f32 original the optimizer keeps
-// for its masters), the tokenizer, the optimizer over the trainable parameters, the checkpoints of
+// for its masters, which with frozen weights holds the trainable ones alone), the tokenizer, the optimizer over the trainable parameters, the checkpoints of
 // the weights, the optimizer, the objective and the run's progress, and what a non-finite step does.
 #pragma once
 #include <filesystem>
@@ -78,7 +78,9 @@ class RunParts {
   std::unique_ptr<DirectoryLock> lock;  // rank 0: this run alone writes r.output_dir
   std::unique_ptr<parallel::DeviceMesh> mesh;
   std::unique_ptr<model::Gemma4> model;
-  std::unique_ptr<model::Gemma4> host;  // a GPU model's f32 original, until the optimizer takes it
+  // A GPU model's f32 original, until the optimizer takes it: the whole model, or with frozen
+  // weights (LoRA, train.freeze; not parallel.fsdp) the trainable parameters and adapters alone.
+  std::unique_ptr<model::Gemma4> host;
   std::unique_ptr<io::Tokenizer> tok;
   std::unique_ptr<Optimizer> opt;
   std::unique_ptr<WeightsCheckpoint> weights;
@@ -86,9 +88,12 @@ class RunParts {
   std::unique_ptr<CheckpointManager> checkpoints;
   int64_t parameters = 0;        // of the model (before a sharded optimizer takes slices)
   size_t trainable_tensors = 0;
+  // A LoRA run's base (model.path) fingerprint, taken as it loaded ("" = from the weights).
+  std::string base_fingerprint;
 
  private:
   void set_up_model(int64_t row_len);
+  void set_up_gpu_model(const io::ModelConfig& config);
 };
 
 }  // namespace g4::train

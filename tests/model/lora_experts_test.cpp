@@ -78,7 +78,11 @@ TEST(LoraExperts, TargetsNameTheExpertWeightsAndAdaptersArePerExpert) {
   const Tensor a = m->params().at(model::lora_a_name(kDown)).value();
   EXPECT_EQ(a.shape(), Shape({E, I, 3}));
   EXPECT_EQ(m->params().at(model::lora_b_name(kDown)).value().shape(), Shape({E, 3, H}));
-  EXPECT_EQ(m->params().kind(model::lora_a_name(kDown)), model::ParamKind::kLoraA);
+  // Kinds of their own, split by expert like the weights they adapt (expert parallelism).
+  EXPECT_EQ(m->params().kind(model::lora_a_name(kDown)), model::ParamKind::kExpertLoraA);
+  EXPECT_EQ(m->params().kind(model::lora_b_name(kDown)), model::ParamKind::kExpertLoraB);
+  EXPECT_TRUE(model::split_by_expert(model::ParamKind::kExpertLoraA));
+  EXPECT_TRUE(model::is_lora(model::ParamKind::kExpertLoraB));
   const double bound = 1.0 / std::sqrt(static_cast<double>(I));
   double lo = 1, hi = -1;
   for (int64_t i = 0; i < a.numel(); ++i) lo = std::min(lo, at(a, i)), hi = std::max(hi, at(a, i));

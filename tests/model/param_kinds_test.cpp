@@ -45,6 +45,8 @@ ParamKind kind_from_name(const std::string& n) {
       {R"(model\.encoder\.(vision_tower|embed_vision)\..*)", ParamKind::kPassThrough},
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_A\.weight)", ParamKind::kLoraA},
       {R"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.lora_B\.weight)", ParamKind::kLoraB},
+      {R"(model\.layers\.\d+\.moe\.experts\.(gate_and_up_projs|down_projs)\.lora_A\.weight)", ParamKind::kExpertLoraA},
+      {R"(model\.layers\.\d+\.moe\.experts\.(gate_and_up_projs|down_projs)\.lora_B\.weight)", ParamKind::kExpertLoraB},
       {R"(model\.audio_tower\.(subsample_conv_projection\.layer\d\.norm|layers\.\d+\.(feed_forward\d\.(pre|post)_layer_norm|lconv1d\.(pre_layer_norm|conv_norm)|norm_(pre_attn|post_attn|out)))\.weight)",
        ParamKind::kNorm},
       {R"(model\.audio_tower\.layers\.\d+\.(feed_forward\d\.ffw_layer_\d|self_attn\.(q_proj|k_proj|v_proj|post)|lconv1d\.linear_(start|end))\.(in|out)put_(min|max))",
@@ -105,11 +107,14 @@ TEST(ParamKinds, EveryParameterOfEveryConfigHasTheKindItsNameSays) {
       // The second half of the experts, as the last of ep_size ranks holds them.
       const int64_t share = cfg.num_experts / ep_size;
       const auto m = model::load_hf_model(f, model::ExpertRange{(ep_size - 1) * share, share});
-      if (ep_size == 1) {
-        model::LoraConfig lora;
-        lora.rank = 2;
-        m->enable_lora(lora);
-      }
+      // Adapters on the dense projections, and on an MoE model's expert weights (split by expert
+      // like them on the expert-parallel slice).
+      model::LoraConfig lora;
+      lora.rank = 2;
+      if (cfg.enable_moe_block)
+        lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                        "experts.gate_up_proj", "experts.down_proj"};
+      if (ep_size == 1 || cfg.enable_moe_block) m->enable_lora(lora);
       const model::ParamStore& p = m->params();
       for (const std::string& n : p.order) {
         EXPECT_EQ(p.kind(n), kind_from_name(n)) << n;

@@ -8,11 +8,18 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/random.h"
 #include "io/safetensors.h"
+#include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
+#include "parallel/single_communicator.h"
+#include "rl/grpo.h"
 #include "rl/rl_trainer.h"
+#include "train/trainer.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/lora_model.h"
+#include "support/tensor_compare.h"
 #include "support/test_paths.h"
 #include "train/recipe.h"
 
@@ -181,6 +188,61 @@ TEST(GrpoRun, BadRecipesNameTheKey) {
                                   train::Command::kRl));
   });
   EXPECT_NE(e.find("none.jsonl"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
+// With LoRA the KL term's reference is the frozen base: the policy itself with its adapters
+// bypassed, so no second model is built; its log-probs are those of the adapter-free model bit
+// for bit, and the bypass ends with the call.
+TEST(GrpoRun, LoraReferenceIsThePolicysBaseWithoutACopy) {
+  const fs::path dir = test::scratch_dir("grpo_lora_reference");
+  const train::Recipe r = train::load_recipe(
+      tiny_rl_recipe(dir), {"lora.rank=4", "lora.alpha=8", "loss_fn.reference_policy_kl_penalty=0.05"},
+      train::Command::kRl);
+  const io::ModelConfig cfg = train::model_config(r);
+  const std::unique_ptr<io::Tokenizer> tok = io::load_tokenizer(r.tokenizer);
+  parallel::SingleCommunicator world;
+  parallel::DeviceMesh mesh(world, parallel::MeshShape{});
+  rl::GrpoObjective objective(r, *tok, cfg, mesh, nullptr);
+  EXPECT_EQ(objective.reference_model(), nullptr);
+
+  // The policy: the recipe's base with adapters whose B is not zero (a trained policy).
+  std::unique_ptr<model::Gemma4> policy = train::build_model(r);
+  policy->enable_lora(r.lora);
+  test::randomise_lora_b(*policy, 40);
+  model::Gemma4 base(cfg);
+  for (const std::string& n : policy->params().order)
+    if (!model::is_lora(policy->params().kind(n)))
+      base.params().at(n).mutable_value().copy_from(policy->params().at(n).value());
+  base.params().buffers = policy->params().buffers;
+  model::ForwardInputs in;
+  in.input_ids = randint({1, 12}, 9, 3, cfg.vocab_size, DType::I64);
+  in.labels = in.input_ids.clone();
+  in.return_logits = false;
+  in.return_token_logprobs = true;
+  auto logprobs = [&](const model::Gemma4& m) {
+    ag::NoGrad no_grad;
+    return m.forward(in).token_logprobs.value().clone();
+  };
+  const Tensor want = logprobs(base), adapted = logprobs(*policy);
+  ASSERT_GT(test::max_diff(adapted, want), 1e-3) << "the adapters must change the policy, or this proves nothing";
+  const std::vector<double> ref = objective.reference_logprobs(*policy, in);
+  ASSERT_EQ(static_cast<int64_t>(ref.size()), want.numel());
+  for (int64_t i = 0; i < want.numel(); ++i) EXPECT_EQ(ref[static_cast<size_t>(i)], want.data<float>()[i]) << i;
+  EXPECT_TRUE(policy->lora_active());
+  EXPECT_EQ(test::max_diff(logprobs(*policy), adapted), 0.0);
+
+  // A LoRA run with the KL term trains and logs it (the policy moves away from its base).
+  const rl::RlResult res = rl::run_rl(train::load_recipe(
+      tiny_rl_recipe(dir), {"lora.rank=4", "lora.alpha=8", "optimizer.lr=2e-2", "log.validation_every=0",
+                            "loss_fn.reference_policy_kl_penalty=0.05"},
+      train::Command::kRl));
+  EXPECT_EQ(res.steps, 3);
+  const std::vector<nlohmann::json> log = read_log(dir / "run" / "metrics.jsonl");
+  ASSERT_EQ(log.size(), 3u);
+  for (const nlohmann::json& rec : log) ASSERT_TRUE(rec.contains("kl_penalty")) << rec.dump();
+  EXPECT_LT(std::abs(log[0]["kl_penalty"].get<double>()), 1e-9) << "step 1: the policy is its base (B = 0)";
+  EXPECT_GT(log[2]["kl_penalty"].get<double>(), 0.0) << "step 3: the adapters have moved the policy";
   fs::remove_all(dir);
 }
 

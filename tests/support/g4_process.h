@@ -1,6 +1,7 @@
 // Helpers for tests that drive the `g4` command: run it, capture its output and exit status,
 // and make scratch directories.
 #pragma once
+#include <cstdlib>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,5 +44,12 @@ inline std::filesystem::path scratch_dir(const std::string& name) {
   fs::create_directories(p);
   return p;
 }
+
+// `ranks` CPU ranks under mpirun, one thread each (the env argument of run_g4); has_mpirun() first.
+inline std::string mpirun_env(int ranks) {
+  return "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np " +
+         std::to_string(ranks);
+}
+inline bool has_mpirun() { return std::system("command -v mpirun > /dev/null 2>&1") == 0; }
 
 }  // namespace g4::test

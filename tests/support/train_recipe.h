@@ -5,9 +5,17 @@
 #pragma once
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "core/random.h"
+#include "io/safetensors.h"
+#include "model/state_dict_adapter.h"
 #include "support/test_paths.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
 
 namespace g4::test {
 
@@ -27,6 +35,30 @@ inline std::string write_train_recipe(const std::filesystem::path& dir, bool den
     << "train:\n  steps: 8\n  batch_size: 2\n"
     << "checkpoint:\n  dir: " << (dir / "run").string() << "\n  every: 4\n  keep: 3\n"
     << "log:\n  validation_every: 4\n  validation_batches: 2\n  samples: " << samples << "\n  sample_tokens: 8\n";
+  return path.string();
+}
+
+// The recipe's tiny model (MoE, or `dense`) as a Hugging Face base on disk (`base`), with
+// per_expert_scale drawn away from ones, and the recipe training it from there (model.path):
+// dir/recipe_path.yaml.
+inline std::string write_base_on_disk_recipe(const std::filesystem::path& dir, const std::filesystem::path& base,
+                                             bool dense = false) {
+  const std::string named = write_train_recipe(dir, dense);
+  model::save_hf_checkpoint(*train::build_model(train::load_recipe(named)), base.string());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  {
+    const io::SafetensorsReader r = io::SafetensorsReader::open(base.string());
+    for (const std::string& n : r.names())
+      tensors.emplace_back(n, n.find("per_expert_scale") == std::string::npos
+                                  ? r.get(n).clone()
+                                  : rand_uniform(r.get(n).shape(), 41, 0.7, 1.3, DType::F32));
+  }
+  io::save_safetensors((base / "model.safetensors").string(), tensors);
+  std::ifstream in(named);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text = "model:\n  path: " + base.string() + "\n" + text.substr(text.find("tokenizer:"));
+  const std::filesystem::path path = dir / "recipe_path.yaml";
+  std::ofstream(path) << text;
   return path.string();
 }
 
