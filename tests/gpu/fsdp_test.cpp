@@ -35,6 +35,7 @@
 #include "parallel/single_communicator.h"
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
+#include "support/tiny_models.h"
 #include "train/optimizer.h"
 
 namespace g4 {
@@ -54,14 +55,7 @@ constexpr const char* kDirVariable = "G4_GPU_FSDP_DIR";
 constexpr double kWeightTolerance = 0.1;
 
 // Four decoder layers, so block by block holds a fraction of the model.
-io::ModelConfig tiny_moe() {
-  const nlohmann::json j = model::named_config(
-      "tiny-moe", {{"hidden_size", 64}, {"intermediate_size", 64}, {"num_hidden_layers", 4}, {"num_experts", 4},
-                   {"moe_intermediate_size", 32}, {"head_dim", 16}, {"global_head_dim", 32}, {"sliding_window", 16}});
-  io::ModelConfig cfg = io::parse_model_config(j, "tiny-moe (test)");
-  cfg.raw = nlohmann::json();
-  return cfg;
-}
+io::ModelConfig tiny_moe() { return test::tiny_moe_config(64, 4, {{"sliding_window", 16}}); }
 
 // The global batch of a step: 4 rows of 32 tokens (packed documents in odd rows, some labels
 // ignored), different every step. Rank r of n trains on rows [r·4/n, (r+1)·4/n).

@@ -25,6 +25,7 @@
 #include "model/state_dict_adapter.h"
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
+#include "support/tiny_models.h"
 #include "support/train_recipe.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -37,14 +38,7 @@ namespace fs = std::filesystem;
 
 using test::same_bits;
 
-io::ModelConfig tiny_moe() {
-  const nlohmann::json j = model::named_config(
-      "tiny-moe", {{"hidden_size", 64}, {"intermediate_size", 64}, {"num_hidden_layers", 2}, {"num_experts", 4},
-                   {"moe_intermediate_size", 32}, {"head_dim", 16}, {"global_head_dim", 32}, {"sliding_window", 16}});
-  io::ModelConfig cfg = io::parse_model_config(j, "tiny-moe (test)");
-  cfg.raw = nlohmann::json();
-  return cfg;
-}
+io::ModelConfig tiny_moe() { return test::tiny_moe_config(64, 2, {{"sliding_window", 16}}); }
 
 // Two rows of 32 tokens, two packed documents in the second.
 model::ForwardInputs batch(int64_t vocab, uint64_t seed) {

@@ -17,6 +17,7 @@
 #include "support/error_message.h"
 #include "support/masters_checkpoint.h"
 #include "support/g4_process.h"
+#include "support/tiny_models.h"
 #include "train/adamw.h"
 #include "train/weights_checkpoint.h"
 
@@ -27,14 +28,7 @@ namespace fs = std::filesystem;
 
 using test::same_bits;
 
-io::ModelConfig tiny_moe() {
-  const nlohmann::json j = model::named_config(
-      "tiny-moe", {{"hidden_size", 32}, {"intermediate_size", 32}, {"num_hidden_layers", 2}, {"num_experts", 4},
-                   {"moe_intermediate_size", 16}, {"head_dim", 8}, {"global_head_dim", 16}, {"vocab_size", 64}});
-  io::ModelConfig cfg = io::parse_model_config(j, "tiny-moe (test)");
-  cfg.raw = nlohmann::json();
-  return cfg;
-}
+io::ModelConfig tiny_moe() { return test::tiny_moe_config(32, 2, {{"vocab_size", 64}}); }
 
 model::LoraConfig lora() {
   model::LoraConfig l;
