@@ -41,15 +41,6 @@ std::vector<double> losses(const fs::path& run_dir) {
   return v;
 }
 
-void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rtol, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_NEAR(a[i], b[i], rtol * std::abs(b[i])) << what << " " << i + 1;
-    worst = std::max(worst, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  }
-  std::printf("  %-44s largest relative difference %.3e (tolerance %.1e)\n", what.c_str(), worst, rtol);
-}
 
 int64_t f32_bytes_of(const model::Gemma4& m, bool adapters) {
   int64_t n = 0;
@@ -128,7 +119,7 @@ TEST(GpuLoraMemory, CudaLoraTrainsLikeTheCpuAndResumesFromAdapterOnlyCheckpoints
   ASSERT_EQ(gpu.code, 0) << gpu.output;
   const auto cpu_loss = losses(dir / "cpu"), gpu_loss = losses(dir / "gpu");
   ASSERT_EQ(cpu_loss.size(), 8u);
-  expect_close(gpu_loss, cpu_loss, kBf16RunTolerance, "bf16 GPU vs f32 CPU LoRA training loss, step");
+  test::expect_close_values(gpu_loss, cpu_loss, kBf16RunTolerance, "bf16 GPU vs f32 CPU LoRA training loss, step");
   const fs::path ckpt8 = dir / "gpu" / "checkpoints" / "step-00000008";
   EXPECT_TRUE(fs::exists(ckpt8 / model::kLoraBaseFile)) << "adapter-only checkpoints by default";
   EXPECT_FALSE(fs::exists(ckpt8 / "model.safetensors"));
@@ -144,7 +135,7 @@ TEST(GpuLoraMemory, CudaLoraTrainsLikeTheCpuAndResumesFromAdapterOnlyCheckpoints
   const auto after = losses(dir / "killed");
   ASSERT_EQ(after.size(), 8u);
   EXPECT_EQ(after[4], before[4]) << "step 5: the resumed run's loss differs from the killed run's";
-  expect_close(after, gpu_loss, kBf16RunTolerance, "resumed vs uninterrupted GPU LoRA loss, step");
+  test::expect_close_values(after, gpu_loss, kBf16RunTolerance, "resumed vs uninterrupted GPU LoRA loss, step");
 
   // lora.save_base: the base in the checkpoint comes from its bf16 copy (the f32 base rounded).
   const test::ProcessResult with_base =

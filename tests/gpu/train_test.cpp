@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
+#include "support/run_metrics.h"
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
 #include "support/tiny_models.h"
@@ -144,16 +145,6 @@ std::vector<double> values(const fs::path& run_dir, const char* key) {
   return v;
 }
 
-// |a - b| <= rtol * |b| for every entry; prints the largest relative difference.
-void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rtol, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_NEAR(a[i], b[i], rtol * std::abs(b[i])) << what << " " << i + 1;
-    worst = std::max(worst, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  }
-  std::printf("  %-44s largest relative difference %.3e (tolerance %.1e)\n", what.c_str(), worst, rtol);
-}
 
 // bf16 tolerance of a whole training run against the f32 CPU run: every weight and activation is
 // rounded to 8 significant bits (relative 2^-9 = 2e-3 per rounding), and Adam's first updates
@@ -178,8 +169,8 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
 
   const auto cpu_loss = values(dir / "cpu", "loss"), gpu_loss = values(dir / "gpu", "loss");
   ASSERT_EQ(cpu_loss.size(), 8u);
-  expect_close(gpu_loss, cpu_loss, kBf16RunTolerance, "bf16 GPU vs f32 CPU training loss, step");
-  expect_close(values(dir / "gpu", "validation_loss"), values(dir / "cpu", "validation_loss"), kBf16RunTolerance,
+  test::expect_close_values(gpu_loss, cpu_loss, kBf16RunTolerance, "bf16 GPU vs f32 CPU training loss, step");
+  test::expect_close_values(values(dir / "gpu", "validation_loss"), values(dir / "cpu", "validation_loss"), kBf16RunTolerance,
                "bf16 GPU vs f32 CPU validation loss");
   EXPECT_LT(gpu_loss.back(), gpu_loss.front());
   for (const auto& j : records(dir / "gpu", "loss")) {
@@ -215,7 +206,7 @@ TEST(GpuTrain, ImageRecipeTrainsLikeTheCpuRun) {
   ASSERT_EQ(gpu.code, 0) << gpu.output;
   const auto cpu_loss = values(dir / "cpu", "loss"), gpu_loss = values(dir / "gpu", "loss");
   ASSERT_EQ(cpu_loss.size(), 8u);
-  expect_close(gpu_loss, cpu_loss, 2 * kBf16RunTolerance, "bf16 GPU vs f32 CPU image training loss, step");
+  test::expect_close_values(gpu_loss, cpu_loss, 2 * kBf16RunTolerance, "bf16 GPU vs f32 CPU image training loss, step");
   EXPECT_LT(gpu_loss.back(), gpu_loss.front());
   fs::remove_all(dir);
 }
@@ -248,7 +239,7 @@ TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
   EXPECT_EQ(after[4], before[4]) << "step 5: the resumed run's loss differs from the killed run's";
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(after[i], before[i]) << "step " << i + 1 << " (kept from the first run)";
   // From then on the backward's fp32 atomics make each run's gradients differ in their last bits.
-  expect_close(after, want, kBf16RunTolerance, "resumed vs uninterrupted GPU training loss, step");
+  test::expect_close_values(after, want, kBf16RunTolerance, "resumed vs uninterrupted GPU training loss, step");
 
   // Killed while writing the step-8 checkpoint: the torn one is ignored, the run resumes at 4.
   const std::string torn = common + (dir / "torn").string();
@@ -258,7 +249,7 @@ TEST(GpuTrain, ResumeAfterKillContinuesTheRun) {
   r = test::run_g4(torn + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
-  expect_close(values(dir / "torn", "loss"), want, kBf16RunTolerance, "torn-checkpoint resume vs uninterrupted, step");
+  test::expect_close_values(values(dir / "torn", "loss"), want, kBf16RunTolerance, "torn-checkpoint resume vs uninterrupted, step");
 
   // A CPU checkpoint resumes on the GPU (the same f32 weights and moments).
   const ProcessResult cpu = test::run_g4("train " + recipe + " train.steps=4 checkpoint.dir=" + (dir / "x").string());

@@ -16,6 +16,7 @@
 #include "model/vision_tower.h"
 #include "autograd/functions.h"
 #include "io/json_input.h"
+#include "support/hf_fixtures.h"
 #include "support/error_message.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
@@ -78,15 +79,7 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
   const std::string dir = mm_dir(GetParam());
   auto model = model::load_hf_model(dir);
   const io::SafetensorsReader ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
-  model::ForwardInputs in;
-  in.input_ids = ref.get("input_ids").clone();
-  in.attention_mask = ref.get("attention_mask").clone();
-  in.labels = ref.get("labels").clone();
-  in.mm_token_type_ids = ref.get("mm_token_type_ids").clone();
-  in.pixel_values = ref.get("pixel_values").clone();
-  in.image_position_ids = ref.get("image_position_ids").clone();
-  in.input_features = ref.get("input_features").clone();
-  in.input_features_mask = ref.get("input_features_mask").clone();
+  model::ForwardInputs in = test::hf_multimodal_inputs(ref);
   const int64_t H = model->config().hidden_size;
   model->params().zero_grad();
   const model::ForwardOutputs out = model->forward(in);

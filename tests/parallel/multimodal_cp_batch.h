@@ -11,6 +11,7 @@
 #include "model/gemma4.h"
 #include "model/vision_tower.h"
 #include "parallel/context_parallel.h"
+#include "support/hf_fixtures.h"
 #include "support/test_paths.h"
 
 namespace g4::parallel::testing::mm_cp {
@@ -19,17 +20,7 @@ inline std::string fixture_dir(const std::string& name) { return test::data_dir(
 
 // The whole batch of a fixture (tiny-mm-bidir or tiny-mm-e), with its labels.
 inline model::ForwardInputs whole_batch(const std::string& name) {
-  const io::SafetensorsReader ref = io::SafetensorsReader::open(fixture_dir(name) + "/reference.safetensors");
-  model::ForwardInputs in;
-  in.input_ids = ref.get("input_ids").clone();
-  in.attention_mask = ref.get("attention_mask").clone();
-  in.labels = ref.get("labels").clone();
-  in.mm_token_type_ids = ref.get("mm_token_type_ids").clone();
-  in.pixel_values = ref.get("pixel_values").clone();
-  in.image_position_ids = ref.get("image_position_ids").clone();
-  in.input_features = ref.get("input_features").clone();
-  in.input_features_mask = ref.get("input_features_mask").clone();
-  return in;
+  return test::hf_multimodal_inputs(io::SafetensorsReader::open(fixture_dir(name) + "/reference.safetensors"));
 }
 
 // Whether an image block of `types` (whole rows) crosses a boundary between slices of `slice` tokens.

@@ -24,4 +24,16 @@ inline model::ForwardInputs hf_reference_inputs(const io::SafetensorsReader& ref
   return in;
 }
 
+// The same with a multimodal fixture's media inputs (tests/data/hf-gemma4-mm): images, audio and
+// the token types.
+inline model::ForwardInputs hf_multimodal_inputs(const io::SafetensorsReader& ref) {
+  model::ForwardInputs in = hf_reference_inputs(ref);
+  in.mm_token_type_ids = ref.get("mm_token_type_ids").clone();
+  in.pixel_values = ref.get("pixel_values").clone();
+  in.image_position_ids = ref.get("image_position_ids").clone();
+  in.input_features = ref.get("input_features").clone();
+  in.input_features_mask = ref.get("input_features_mask").clone();
+  return in;
+}
+
 }  // namespace g4::test

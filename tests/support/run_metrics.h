@@ -51,6 +51,19 @@ inline std::map<std::string, bool> unchanged_tensors(const std::filesystem::path
   return out;
 }
 
+// |a[i] - b[i]| <= rtol · |b[i]| for every entry (two runs' per-step values); prints the largest
+// relative difference.
+inline void expect_close_values(const std::vector<double>& a, const std::vector<double>& b, double rtol,
+                                const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i], b[i], rtol * std::abs(b[i])) << what << " " << i + 1;
+    worst = std::max(worst, std::abs(a[i] - b[i]) / std::abs(b[i]));
+  }
+  std::printf("  %-44s largest relative difference %.3e (tolerance %.1e)\n", what.c_str(), worst, rtol);
+}
+
 // Per-step training losses of a run.
 inline std::vector<double> step_losses(const std::filesystem::path& run_dir) {
   std::vector<double> l;
