@@ -9,8 +9,8 @@
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b,
-# gen-bench, diffusion-bench, rl-bench, peft.
+# Stages: tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft.
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,16 +20,22 @@ limit="${G4_STAGE_TIMEOUT:-540}"
 run="scripts/device_run.sh"
 
 # The test_gpu suites that have not yet passed on a GPU: sessions 9-10's that failed on 2026-12-05
-# and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU tensor on the host), and session
-# 11's GPU ranks (the launch tests re-run test_gpu under mpirun, every rank on GPU 0).
+# and were mended (GpuGroupedMatmul.PlanWithoutHostOffsets crashed in a test helper that read a GPU
+# tensor on the host), and session 11's GPU ranks (the launch tests re-run test_gpu under mpirun,
+# every rank on GPU 0).
 new_tests='*GpuGroupedMatmul.*:*GpuVisionTower.*:*GpuAudioTower.*:*GpuVideo.*:GpuEngineMedia.*'
-new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*:GpuRlRanks.*'
-new_tests+=':GpuGemv.*:GpuFusedNorms.*:GpuBenchTrain.*'  # session 12: decode kernels, g4 bench train's GPU paths
+new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'
+# Session 12's: g4 rl on GPU ranks, the decode GEMV and fused norms, g4 bench train's GPU paths, LoRA
+# memory, and the suites whose paths it changed (frozen weights now stream to the GPU with no f32
+# copy: GPU training, expert LoRA and diffusion, which freezes the router).
+s12_tests='GpuRlRanks.*:GpuGemv.*:GpuFusedNorms.*:GpuBenchTrain.*:GpuLoraMemory.*:GpuTrain.*:*GpuLoraExperts.*'
+s12_tests+=':GpuDiffusion*'
 
 stage() {
   case "$1" in
     tests) $run test_gpu --gtest_brief=1 ;;
     tests-new) $run test_gpu --gtest_brief=1 --gtest_filter="$new_tests" ;;
+    tests-s12) $run test_gpu --gtest_brief=1 --gtest_filter="$s12_tests" ;;
     moe) $run bench_moe && G4_GROUPED_GEMM=device $run g4 bench train --model gemma-4-26b-a4b --layers 2 ;;
     train-bench)
       $run g4 bench train --model gemma-4-26b-a4b --layers 2 --hf &&
@@ -62,7 +68,7 @@ stage() {
     peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
       $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
         chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
        return 2 ;;
   esac
 }
@@ -71,7 +77,7 @@ stage() {
 status=0
 for s in "$@"; do
   start=$(date +%s)
-  timeout --signal=INT --kill-after=20 "$limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; stage $s" \
+  timeout --signal=INT --kill-after=20 "$limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; s12_tests='$s12_tests'; stage $s" \
     > "$out/$s.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || status=1
