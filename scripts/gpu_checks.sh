@@ -73,7 +73,7 @@ stage() {
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   start=$(date +%s)
