@@ -564,8 +564,15 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
 
   const ag::Var residual = h;
   ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
-  m = proj(ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx)), pre + "mlp.down_proj",
-           ctx);
+  // Fused, the gate and up products and the gate run as one op (one pass over both weights at
+  // decode sizes), unless adapters change those products.
+  const auto adapted = [&](const std::string& module) { return lora_active() && params_.has(lora_a_name(module)); };
+  if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
+    m = ag::Var(ops::gelu_gate_linear(m.value(), p(pre + "mlp.gate_proj.weight").value(),
+                                      p(pre + "mlp.up_proj.weight").value()));
+  else
+    m = ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx));
+  m = proj(m, pre + "mlp.down_proj", ctx);
   if (ls.moe) {
     const ag::Var& w1 = p(pre + "post_feedforward_layernorm_1.weight");
     const ag::Var& w2 = p(pre + "post_feedforward_layernorm_2.weight");

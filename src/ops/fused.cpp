@@ -5,10 +5,12 @@
 
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
+#include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #ifdef G4_WITH_CUDA
 #include "ops/cuda/fused.h"
+#include "ops/cuda/gemv.h"
 #endif
 
 namespace g4::ops {
@@ -66,6 +68,27 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
   }
 #endif
   return rope(rmsnorm(x, w, eps), positions, inv_freq);
+}
+
+Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up) {
+  check_float("gelu_gate_linear", "x", x);
+  check_same_dtype("gelu_gate_linear", "x", x, "w_gate", w_gate);
+  check_same_shape("gelu_gate_linear", "w_gate", w_gate, "w_up", w_up);
+  G4_CHECK(x.dim() >= 1 && w_gate.dim() == 2 && w_gate.size(1) == x.size(-1), "gelu_gate_linear: weights ",
+           w_gate.describe(), " must be [N, K] for x ", x.describe());
+#ifdef G4_WITH_CUDA
+  const int64_t rows = leading_rows(x), n = w_gate.size(0), k = x.size(-1);
+  if (on_gpu(x) && x.dtype() == DType::BF16 &&
+      cuda::gemv_fits(rows, k, x.raw(), k, w_gate.raw(), k, DType::BF16, DType::BF16) &&
+      cuda::gemv_fits(rows, k, x.raw(), k, w_up.raw(), k, DType::BF16, DType::BF16)) {
+    Shape shape = x.shape();
+    shape.back() = n;
+    Tensor y = Tensor::empty(shape, DType::BF16, Device::CUDA);
+    cuda::gemv_gelu_gate(rows, n, k, x.raw(), k, w_gate.raw(), w_up.raw(), k, y.raw(), n);
+    return y;
+  }
+#endif
+  return gelu_gate(linear(x, w_gate), linear(x, w_up));
 }
 
 }  // namespace g4::ops

@@ -20,4 +20,9 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
 // rope(rmsnorm(x, w), positions, inv_freq) (ops/rope.h): x [B, S, nH, d], w [d].
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
 
+// gelu_gate(linear(x, w_gate), linear(x, w_up)) (a gated MLP's first half): x [..., K], the weights
+// [N, K]. On the GPU one pass over both weights when x has at most 8 rows (a decode step) and the
+// GEMV takes the shapes (ops/cuda/gemv.h).
+Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
+
 }  // namespace g4::ops

@@ -9,6 +9,7 @@
 #include "model/state_dict_adapter.h"
 #include "ops/elementwise.h"
 #include "ops/fused.h"
+#include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "support/test_paths.h"
@@ -70,6 +71,26 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
         expect_close_scaled(ops::rmsnorm_rope(x, w, pos, freq, kEps), ops::rope(ops::rmsnorm(x, w, kEps), pos, freq),
                             0, rtol, "rmsnorm_rope " + what);
       }
+  }
+}
+
+// The gated MLP's first half in one GEMV (1 to 8 rows) against two bf16 products and the gate; 9
+// rows and a k off the 16-byte packs take the separate ops.
+TEST(GpuFusedNorms, GatedGemvMatchesTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t rows, n, k;
+  };
+  uint64_t seed = 40;
+  for (const Case c : {Case{1, 2112, 2816}, Case{2, 37, 64}, Case{5, 10240, 2560}, Case{8, 300, 1000},
+                       Case{9, 64, 64}, Case{3, 16, 20}}) {
+    const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, c.k}, ++seed));
+    const Tensor wg = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
+    const Tensor wu = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
+    expect_close_scaled(ops::gelu_gate_linear(x, wg, wu), ops::gelu_gate(ops::linear(x, wg), ops::linear(x, wu)), 0,
+                        kBf16Rtol,
+                        "gelu_gate_linear rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) +
+                            " k=" + std::to_string(c.k));
   }
 }
 

@@ -5,6 +5,7 @@
 #include "core/random.h"
 #include "gradcheck.h"
 #include "ops/elementwise.h"
+#include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 
@@ -41,6 +42,9 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
                  "rmsnorm_rope");
+    const Tensor h = randn({2, 3, 24}, 8, dt), wg = randn({40, 24}, 9, dt), wu = randn({40, 24}, 10, dt);
+    expect_equal(ops::gelu_gate_linear(h, wg, wu), ops::gelu_gate(ops::linear(h, wg), ops::linear(h, wu)),
+                 "gelu_gate_linear");
   }
 }
 
@@ -54,6 +58,10 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::rmsnorm_rope(randn({2, 3, 4, 16}, 1, DType::F32), randn({8}, 2, DType::F32),
                                        positions_of(2, 3), inv_freq_of(16), kEps); },
                {"rmsnorm_rope", "w", "[D]"});
+  expect_error([&] { ops::gelu_gate_linear(a, randn({4, 8}, 1, DType::F32), randn({5, 8}, 2, DType::F32)); },
+               {"gelu_gate_linear", "shapes differ"});
+  expect_error([&] { ops::gelu_gate_linear(a, randn({4, 7}, 1, DType::F32), randn({4, 7}, 2, DType::F32)); },
+               {"gelu_gate_linear", "[N, K]"});
 }
 
 }  // namespace

@@ -26,18 +26,25 @@ constexpr int kRows = 4;  // rows of W per block
 constexpr int kPerLane = 8;  // bf16 per 16-byte load
 constexpr int kStride = kWarps * 32 * kPerLane;  // elements of k one block step covers
 
-template <int M, class TY>
+// kGated: the block's rows are 2 of W (gate) and the same 2 of w2 (up), and it writes
+// gelu_tanh(gate)·up for those 2 columns, each product rounded to TY first as separate ops round.
+template <int M, class TY, bool kGated>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
-                                                           const bf16_t* __restrict__ w, int64_t ldw,
+                                                           const bf16_t* __restrict__ w,
+                                                           const bf16_t* __restrict__ w2, int64_t ldw,
                                                            TY* __restrict__ y, int64_t ldy, int64_t n, int64_t k,
                                                            float alpha, float beta) {
+  constexpr int kCols = kGated ? kRows / 2 : kRows;  // output columns per block
   __shared__ float partial[kWarps][M * kRows];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kCols;
   // Rows past n (the last block) read the last row again; their sums are never written.
   const bf16_t* wr[kRows];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) wr[r] = w + (row0 + r < n ? row0 + r : n - 1) * ldw;
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + r % kCols;
+    wr[r] = (kGated && r >= kCols ? w2 : w) + (row < n ? row : n - 1) * ldw;
+  }
 
   float acc[M][kRows];
 #pragma unroll
@@ -69,29 +76,40 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
       if (lane == 0) partial[warp][i * kRows + r] = v;
     }
   __syncthreads();
-  for (int t = threadIdx.x; t < M * kRows; t += blockDim.x) {
-    const int i = t / kRows, r = t % kRows;
-    if (row0 + r >= n) continue;
+  const auto total = [&](int i, int r) {
     float s = 0.f;
 #pragma unroll
-    for (int v = 0; v < kWarps; ++v) s += partial[v][t];
+    for (int v = 0; v < kWarps; ++v) s += partial[v][i * kRows + r];
+    return s;
+  };
+  for (int t = threadIdx.x; t < M * kCols; t += blockDim.x) {
+    const int i = t / kCols, r = t % kCols;
+    if (row0 + r >= n) continue;
     TY* out = y + i * ldy + row0 + r;
-    float value = alpha * s;
-    if (beta != 0.f) value = fmaf(beta, to_f32(*out), value);
-    *out = from_f32<TY>(value);
+    if constexpr (kGated) {
+      const float gate = to_f32(from_f32<TY>(total(i, r))), up = to_f32(from_f32<TY>(total(i, r + kCols)));
+      *out = from_f32<TY>(gelu_value(gate) * up);
+    } else {
+      float value = alpha * total(i, r);
+      if (beta != 0.f) value = fmaf(beta, to_f32(*out), value);
+      *out = from_f32<TY>(value);
+    }
   }
 }
 
-template <class TY>
-void launch(int64_t m, int64_t n, int64_t k, float alpha, const bf16_t* x, int64_t ldx, const bf16_t* w, int64_t ldw,
-            float beta, TY* y, int64_t ldy) {
-  const int64_t blocks = (n + kRows - 1) / kRows;
+template <class TY, bool kGated>
+void launch(int64_t m, int64_t n, int64_t k, float alpha, const bf16_t* x, int64_t ldx, const bf16_t* w,
+            const bf16_t* w2, int64_t ldw, float beta, TY* y, int64_t ldy) {
+  constexpr int64_t cols = kGated ? kRows / 2 : kRows;
+  const int64_t blocks = (n + cols - 1) / cols;
   G4_CHECK(blocks <= 0x7fffffff, "gemv: ", n, " output columns exceed one grid");
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
   cudaStream_t s = g4::cuda::stream();
   switch (m) {
-#define G4_GEMV_CASE(M) \
-  case M: gemv_kernel<M, TY><<<grid, block, 0, s>>>(x, ldx, w, ldw, y, ldy, n, k, alpha, beta); break;
+#define G4_GEMV_CASE(M)                                                                                      \
+  case M:                                                                                                    \
+    gemv_kernel<M, TY, kGated><<<grid, block, 0, s>>>(x, ldx, w, w2, ldw, y, ldy, n, k, alpha, beta); \
+    break;
     G4_GEMV_CASE(1)
     G4_GEMV_CASE(2)
     G4_GEMV_CASE(3)
@@ -126,9 +144,21 @@ void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, 
   const auto* px = static_cast<const bf16_t*>(x);
   const auto* pw = static_cast<const bf16_t*>(w);
   if (y_dtype == DType::F32)
-    launch(m, n, k, alpha, px, ldx, pw, ldw, beta, static_cast<float*>(y), ldy);
+    launch<float, false>(m, n, k, alpha, px, ldx, pw, nullptr, ldw, beta, static_cast<float*>(y), ldy);
   else
-    launch(m, n, k, alpha, px, ldx, pw, ldw, beta, static_cast<bf16_t*>(y), ldy);
+    launch<bf16_t, false>(m, n, k, alpha, px, ldx, pw, nullptr, ldw, beta, static_cast<bf16_t*>(y), ldy);
+}
+
+void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
+                    const void* w_up, int64_t ldw, void* y, int64_t ldy) {
+  G4_CHECK(gemv_fits(m, k, x, ldx, w_gate, ldw, DType::BF16, DType::BF16) &&
+               gemv_fits(m, k, x, ldx, w_up, ldw, DType::BF16, DType::BF16),
+           "gemv_gelu_gate: [", m, ", ", k, "] x 2 x [", n, ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows,
+           " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
+  G4_CHECK(ldy >= n, "gemv_gelu_gate: output row stride ", ldy, " < ", n);
+  if (n == 0) return;
+  launch<bf16_t, true>(m, n, k, 1.0f, static_cast<const bf16_t*>(x), ldx, static_cast<const bf16_t*>(w_gate),
+                       static_cast<const bf16_t*>(w_up), ldw, 0.0f, static_cast<bf16_t*>(y), ldy);
 }
 
 bool gemv_enabled() {

@@ -23,6 +23,12 @@ bool gemv_fits(int64_t m, int64_t k, const void* x, int64_t ldx, const void* w, 
 void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, int64_t ldx, const void* w,
                    int64_t ldw, float beta, void* y, int64_t ldy, DType y_dtype);
 
+// y[i, j] = gelu_tanh(g)·u with g = Σ_k x[i, k]·w_gate[j, k] and u likewise with w_up, g and u
+// rounded to bf16 first (as two bf16 products and ops::gelu_gate compute it): a gated MLP's first
+// half in one pass over both weights. bf16 throughout; both weights must fit as gemv_rowmajor's W.
+void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
+                    const void* w_up, int64_t ldw, void* y, int64_t ldy);
+
 // Whether the dense GEMMs route products that fit to gemv_rowmajor: G4_DECODE_GEMV=1 (off by
 // default until the kernel has been measured against cuBLASLt on a GPU).
 bool gemv_enabled();
