@@ -168,6 +168,8 @@ ag::Var Gemma4::proj(const ag::Var& x, const std::string& module, const Context&
   return ag::add(y, ag::scale(ag::linear(ag::linear(in, p(a)), p(lora_b_name(module))), lora_->scaling()));
 }
 
+bool Gemma4::adapted(const std::string& module) const { return lora_active() && params_.has(lora_a_name(module)); }
+
 std::vector<std::vector<std::string>> Gemma4::parameter_blocks() const {
   const int64_t L = cfg_.num_layers;
   std::vector<std::vector<std::string>> blocks(static_cast<size_t>(L + 2));
@@ -566,7 +568,6 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
   // Fused, the gate and up products and the gate run as one op (one pass over both weights at
   // decode sizes), unless adapters change those products.
-  const auto adapted = [&](const std::string& module) { return lora_active() && params_.has(lora_a_name(module)); };
   if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
     m = ag::Var(ops::gelu_gate_linear(m.value(), p(pre + "mlp.gate_proj.weight").value(),
                                       p(pre + "mlp.up_proj.weight").value()));
@@ -607,9 +608,21 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   const double eps = cfg_.rms_norm_eps;
   const Tensor& inv_freq = inv_freq_[static_cast<size_t>(l)];
 
-  ag::Var q = ag::reshape(proj(x, pre + "q_proj", ctx), {B, S, cfg_.num_heads, d});
-  // Without gradients the norm and the rotation may run as one kernel (ops/fused.h).
+  // Without gradients the projections of x may run as one op (one launch at decode sizes) and
+  // each norm and rotation as one kernel (ops/fused.h).
   const bool fused = fused_inference_ && !ag::grad_enabled();
+  std::vector<std::string> modules = {pre + "q_proj"};
+  if (!ls.kv_shared) modules.push_back(pre + "k_proj");
+  if (!ls.kv_shared && !ls.k_eq_v) modules.push_back(pre + "v_proj");
+  std::vector<ag::Var> projected;
+  if (fused && std::none_of(modules.begin(), modules.end(), [&](const std::string& m) { return adapted(m); })) {
+    std::vector<Tensor> weights;
+    for (const std::string& m : modules) weights.push_back(p(m + ".weight").value());
+    for (Tensor& t : ops::linear_many(x.value(), weights)) projected.emplace_back(std::move(t));
+  }
+  // Unfused, each projection runs where it is used (the tape's order as before).
+  const auto projection = [&](size_t i) { return projected.empty() ? proj(x, modules[i], ctx) : projected[i]; };
+  ag::Var q = ag::reshape(projection(0), {B, S, cfg_.num_heads, d});
   const auto norm_rope = [&](const ag::Var& t, const std::string& w) {
     return fused ? ag::Var(ops::rmsnorm_rope(t.value(), p(w).value(), ctx.positions, inv_freq, eps))
                  : ag::rope(ag::rmsnorm(t, p(w), eps), ctx.positions, inv_freq);
@@ -622,8 +635,8 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   if (ls.kv_shared) {
     if (!ctx.step) kv = ctx.kv[static_cast<size_t>(ls.kv_source)];
   } else {
-    ag::Var k_raw = ag::reshape(proj(x, pre + "k_proj", ctx), {B, S, nkv, d});
-    ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(proj(x, pre + "v_proj", ctx), {B, S, nkv, d});
+    ag::Var k_raw = ag::reshape(projection(1), {B, S, nkv, d});
+    ag::Var v_raw = ls.k_eq_v ? k_raw : ag::reshape(projection(2), {B, S, nkv, d});
     kv.k = norm_rope(k_raw, pre + "k_norm.weight");
     kv.v = ag::rmsnorm(v_raw, ag::Var(), eps);
     kv.k_start = ctx.q_start;

@@ -286,6 +286,8 @@ class Gemma4 {
   void start_lora_dropout(Context& ctx) const;
   // x·Wᵀ of a dense projection ("model.layers.0.mlp.up_proj"), plus its LoRA adapter if it has one.
   ag::Var proj(const ag::Var& x, const std::string& module, const Context& ctx) const;
+  // Whether LoRA adds to this projection now (its adapters exist and are not bypassed).
+  bool adapted(const std::string& module) const;
 
   io::ModelConfig cfg_;
   ExpertRange experts_;

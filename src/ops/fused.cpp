@@ -91,4 +91,34 @@ Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_u
   return gelu_gate(linear(x, w_gate), linear(x, w_up));
 }
 
+std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights) {
+  check_float("linear_many", "x", x);
+  G4_CHECK(x.dim() >= 1, "linear_many: x must be [..., K], got ", x.describe());
+  for (const Tensor& w : weights) {
+    check_same_dtype("linear_many", "x", x, "w", w);
+    G4_CHECK(w.dim() == 2 && w.size(1) == x.size(-1), "linear_many: weight ", w.describe(), " must be [N, K] for x ",
+             x.describe());
+  }
+  std::vector<Tensor> out;
+#ifdef G4_WITH_CUDA
+  const int64_t rows = leading_rows(x), k = x.size(-1);
+  bool one_launch = on_gpu(x) && x.dtype() == DType::BF16 && !weights.empty() && weights.size() <= 3;
+  for (const Tensor& w : weights)
+    one_launch = one_launch && cuda::gemv_fits(rows, k, x.raw(), k, w.raw(), k, DType::BF16, DType::BF16);
+  if (one_launch) {
+    std::vector<cuda::GemvProduct> products;
+    for (const Tensor& w : weights) {
+      Shape shape = x.shape();
+      shape.back() = w.size(0);
+      out.push_back(Tensor::empty(shape, DType::BF16, Device::CUDA));
+      products.push_back({w.raw(), w.size(0), k, out.back().raw(), w.size(0)});
+    }
+    cuda::gemv_many(rows, k, x.raw(), k, products);
+    return out;
+  }
+#endif
+  for (const Tensor& w : weights) out.push_back(linear(x, w));
+  return out;
+}
+
 }  // namespace g4::ops

@@ -6,6 +6,8 @@
 // the rows suit 16-byte packs (last dim a multiple of 8 for bf16, 4 for f32; aligned), else, and on
 // the CPU, the composition itself. No backward: training runs the separate ops.
 #pragma once
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace g4::ops {
@@ -24,5 +26,9 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
 // [N, K]. On the GPU one pass over both weights when x has at most 8 rows (a decode step) and the
 // GEMV takes the shapes (ops/cuda/gemv.h).
 Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
+
+// linear(x, w) for each w of `weights` (a layer's q, k and v projections of the same x): on the GPU
+// one launch when x has at most 8 rows and the GEMV takes every weight (at most 3).
+std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights);
 
 }  // namespace g4::ops

@@ -94,6 +94,24 @@ TEST(GpuFusedNorms, GatedGemvMatchesTheSeparateOps) {
   }
 }
 
+// A layer's q, k and v projections in one launch (1 to 8 rows) against separate bf16 products; 9
+// rows take the separate products.
+TEST(GpuFusedNorms, ProjectionsInOneLaunchMatchTheSeparateProducts) {
+  G4_REQUIRE_GPU();
+  uint64_t seed = 70;
+  for (const int64_t rows : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}}) {
+    const Tensor x = gpu_bf16(randn_bf16_exact({rows, 1, 2816}, ++seed));
+    std::vector<Tensor> weights;
+    for (const int64_t n : {int64_t{4096}, int64_t{2048}, int64_t{37}})
+      weights.push_back(gpu_bf16(randn_bf16_exact({n, 2816}, ++seed, 0.05)));
+    const std::vector<Tensor> got = ops::linear_many(x, weights);
+    ASSERT_EQ(got.size(), weights.size());
+    for (size_t i = 0; i < weights.size(); ++i)
+      expect_close_scaled(got[i], ops::linear(x, weights[i]), 0, kBf16Rtol,
+                          "linear_many rows=" + std::to_string(rows) + " product " + std::to_string(i));
+  }
+}
+
 // A bf16 GPU model's logits without gradients, with the fused layer and without: the same up to
 // the rounding flips above carried through the layers.
 TEST(GpuFusedNorms, ModelLogitsMatchTheSeparateOps) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "autograd/variable.h"
+#include "generate/engine.h"
 #include "model/state_dict_adapter.h"
 #include "support/test_paths.h"
 
@@ -33,6 +34,39 @@ TEST_P(FusedInference, SameLogitsBitForBit) {
   const double plain_loss = m->forward(in).loss.value().item();
   m->set_fused_inference(true);
   EXPECT_EQ(m->forward(in).loss.value().item(), plain_loss);
+}
+
+// The engine's prefill chunks and paged decode steps go through the same layer: sampled tokens and
+// their log-probs are the same bit for bit.
+TEST_P(FusedInference, EngineSamplesTheSameTokens) {
+  auto m = model::load_hf_model(test::data_dir() + "/" + GetParam());
+  const auto run = [&](bool fused) {
+    m->set_fused_inference(fused);
+    gen::EngineOptions eo;
+    eo.page_size = 4;
+    eo.max_step_tokens = 16;
+    gen::Engine engine(*m, eo);
+    std::vector<gen::Request> requests;
+    for (int64_t len : {3, 11, 20}) {
+      gen::Request q;
+      for (int64_t i = 0; i < len; ++i) q.prompt.push_back(3 + (i * 53 + len) % 200);
+      q.options.max_tokens = 6;
+      q.options.ignore_eos = true;
+      q.options.logprobs = 0;
+      q.options.sampling.seed = static_cast<uint64_t>(len);
+      requests.push_back(std::move(q));
+    }
+    return engine.generate(std::move(requests));
+  };
+  const std::vector<gen::Completion> plain = run(false), fused = run(true);
+  ASSERT_EQ(plain.size(), fused.size());
+  for (size_t r = 0; r < plain.size(); ++r) {
+    ASSERT_EQ(plain[r].tokens.size(), fused[r].tokens.size()) << r;
+    for (size_t t = 0; t < plain[r].tokens.size(); ++t) {
+      EXPECT_EQ(plain[r].tokens[t].id, fused[r].tokens[t].id) << r << ", " << t;
+      EXPECT_EQ(plain[r].tokens[t].logprob, fused[r].tokens[t].logprob) << r << ", " << t;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FusedInference,

@@ -45,6 +45,10 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const Tensor h = randn({2, 3, 24}, 8, dt), wg = randn({40, 24}, 9, dt), wu = randn({40, 24}, 10, dt);
     expect_equal(ops::gelu_gate_linear(h, wg, wu), ops::gelu_gate(ops::linear(h, wg), ops::linear(h, wu)),
                  "gelu_gate_linear");
+    const std::vector<Tensor> many = ops::linear_many(h, {wg, wu, randn({8, 24}, 11, dt)});
+    ASSERT_EQ(many.size(), 3u);
+    expect_equal(many[0], ops::linear(h, wg), "linear_many[0]");
+    expect_equal(many[2], ops::linear(h, randn({8, 24}, 11, dt)), "linear_many[2]");
   }
 }
 
@@ -62,6 +66,7 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
                {"gelu_gate_linear", "shapes differ"});
   expect_error([&] { ops::gelu_gate_linear(a, randn({4, 7}, 1, DType::F32), randn({4, 7}, 2, DType::F32)); },
                {"gelu_gate_linear", "[N, K]"});
+  expect_error([&] { ops::linear_many(a, {randn({4, 7}, 1, DType::F32)}); }, {"linear_many", "[N, K]"});
 }
 
 }  // namespace

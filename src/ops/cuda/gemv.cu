@@ -3,6 +3,8 @@
 // rows of W per step (16 bytes each, several loads in flight) and applies every row of x to them,
 // so W is read once and x (small, L1-resident) once per kRows rows. The partial sums are reduced
 // within each warp by shuffles, then across the warps through shared memory, in a fixed order.
+// One launch may cover up to kMaxProducts products of the same x (a layer's q, k and v
+// projections): the grid is their blocks end to end, and a block finds its product by its index.
 #include "ops/cuda/gemv.h"
 
 #include <cstdlib>
@@ -25,19 +27,41 @@ constexpr int kWarps = 4;
 constexpr int kRows = 4;  // rows of W per block
 constexpr int kPerLane = 8;  // bf16 per 16-byte load
 constexpr int kStride = kWarps * 32 * kPerLane;  // elements of k one block step covers
+constexpr int kMaxProducts = 3;
+
+// The products of one launch (kernel parameters, so the table costs no copy): product p writes
+// y[p] [m, n[p]] from w[p] (and, gated, w2[p]), in blocks [first_block[p], first_block[p + 1]).
+template <class TY>
+struct Products {
+  const bf16_t* w[kMaxProducts] = {};
+  const bf16_t* w2[kMaxProducts] = {};
+  TY* y[kMaxProducts] = {};
+  int64_t n[kMaxProducts] = {}, ldw[kMaxProducts] = {}, ldy[kMaxProducts] = {};
+  int64_t first_block[kMaxProducts + 1] = {};
+  int count = 0;
+};
 
 // kGated: the block's rows are 2 of W (gate) and the same 2 of w2 (up), and it writes
 // gelu_tanh(gate)·up for those 2 columns, each product rounded to TY first as separate ops round.
 template <int M, class TY, bool kGated>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
-                                                           const bf16_t* __restrict__ w,
-                                                           const bf16_t* __restrict__ w2, int64_t ldw,
-                                                           TY* __restrict__ y, int64_t ldy, int64_t n, int64_t k,
-                                                           float alpha, float beta) {
+                                                           const Products<TY> P, int64_t k, float alpha,
+                                                           float beta) {
   constexpr int kCols = kGated ? kRows / 2 : kRows;  // output columns per block
   __shared__ float partial[kWarps][M * kRows];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kCols;
+  // This block's product: fixed indices only, so the table stays in parameter space.
+  const bf16_t* w = P.w[0];
+  const bf16_t* w2 = P.w2[0];
+  TY* y = P.y[0];
+  int64_t n = P.n[0], ldw = P.ldw[0], ldy = P.ldy[0], first = 0;
+#pragma unroll
+  for (int p = 1; p < kMaxProducts; ++p)
+    if (p < P.count && blockIdx.x >= P.first_block[p]) {
+      w = P.w[p], w2 = P.w2[p], y = P.y[p];
+      n = P.n[p], ldw = P.ldw[p], ldy = P.ldy[p], first = P.first_block[p];
+    }
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) - first) * kCols;
   // Rows past n (the last block) read the last row again; their sums are never written.
   const bf16_t* wr[kRows];
 #pragma unroll
@@ -98,18 +122,21 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
 }
 
 template <class TY, bool kGated>
-void launch(int64_t m, int64_t n, int64_t k, float alpha, const bf16_t* x, int64_t ldx, const bf16_t* w,
-            const bf16_t* w2, int64_t ldw, float beta, TY* y, int64_t ldy) {
+void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta) {
   constexpr int64_t cols = kGated ? kRows / 2 : kRows;
-  const int64_t blocks = (n + cols - 1) / cols;
-  G4_CHECK(blocks <= 0x7fffffff, "gemv: ", n, " output columns exceed one grid");
+  int64_t blocks = 0;
+  for (int p = 0; p < P.count; ++p) {
+    P.first_block[p] = blocks;
+    blocks += (P.n[p] + cols - 1) / cols;
+  }
+  P.first_block[P.count] = blocks;
+  G4_CHECK(blocks <= 0x7fffffff, "gemv: ", blocks, " blocks of output columns exceed one grid");
+  if (blocks == 0) return;
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
   cudaStream_t s = g4::cuda::stream();
   switch (m) {
-#define G4_GEMV_CASE(M)                                                                                      \
-  case M:                                                                                                    \
-    gemv_kernel<M, TY, kGated><<<grid, block, 0, s>>>(x, ldx, w, w2, ldw, y, ldy, n, k, alpha, beta); \
-    break;
+#define G4_GEMV_CASE(M)                                                                \
+  case M: gemv_kernel<M, TY, kGated><<<grid, block, 0, s>>>(x, ldx, P, k, alpha, beta); break;
     G4_GEMV_CASE(1)
     G4_GEMV_CASE(2)
     G4_GEMV_CASE(3)
@@ -140,13 +167,33 @@ void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, 
            "]ᵀ -> ", dtype_name(y_dtype), " does not fit (1-", kGemvMaxRows,
            " rows, k a multiple of 8, 16-byte aligned rows, bf16 in, bf16 or f32 out)");
   G4_CHECK(ldy >= n, "gemv: output row stride ", ldy, " < ", n);
-  if (n == 0) return;
   const auto* px = static_cast<const bf16_t*>(x);
-  const auto* pw = static_cast<const bf16_t*>(w);
+  const auto one = [&](auto* out) {
+    using TY = std::remove_pointer_t<decltype(out)>;
+    Products<TY> P;
+    P.w[0] = static_cast<const bf16_t*>(w), P.y[0] = out, P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
+    launch<TY, false>(m, k, px, ldx, P, alpha, beta);
+  };
   if (y_dtype == DType::F32)
-    launch<float, false>(m, n, k, alpha, px, ldx, pw, nullptr, ldw, beta, static_cast<float*>(y), ldy);
+    one(static_cast<float*>(y));
   else
-    launch<bf16_t, false>(m, n, k, alpha, px, ldx, pw, nullptr, ldw, beta, static_cast<bf16_t*>(y), ldy);
+    one(static_cast<bf16_t*>(y));
+}
+
+void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vector<GemvProduct>& products) {
+  G4_CHECK(!products.empty() && static_cast<int>(products.size()) <= kMaxProducts, "gemv_many: ", products.size(),
+           " products (1 to ", kMaxProducts, ")");
+  Products<bf16_t> P;
+  for (const GemvProduct& g : products) {
+    G4_CHECK(gemv_fits(m, k, x, ldx, g.w, g.ldw, DType::BF16, DType::BF16), "gemv_many: [", m, ", ", k, "] x [",
+             g.n, ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows, " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
+    G4_CHECK(g.ldy >= g.n, "gemv_many: output row stride ", g.ldy, " < ", g.n);
+    P.w[P.count] = static_cast<const bf16_t*>(g.w);
+    P.y[P.count] = static_cast<bf16_t*>(g.y);
+    P.n[P.count] = g.n, P.ldw[P.count] = g.ldw, P.ldy[P.count] = g.ldy;
+    ++P.count;
+  }
+  launch<bf16_t, false>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
 }
 
 void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
@@ -156,9 +203,10 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
            "gemv_gelu_gate: [", m, ", ", k, "] x 2 x [", n, ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows,
            " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
   G4_CHECK(ldy >= n, "gemv_gelu_gate: output row stride ", ldy, " < ", n);
-  if (n == 0) return;
-  launch<bf16_t, true>(m, n, k, 1.0f, static_cast<const bf16_t*>(x), ldx, static_cast<const bf16_t*>(w_gate),
-                       static_cast<const bf16_t*>(w_up), ldw, 0.0f, static_cast<bf16_t*>(y), ldy);
+  Products<bf16_t> P;
+  P.w[0] = static_cast<const bf16_t*>(w_gate), P.w2[0] = static_cast<const bf16_t*>(w_up);
+  P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
+  launch<bf16_t, true>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
 }
 
 bool gemv_enabled() {

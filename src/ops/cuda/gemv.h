@@ -5,6 +5,7 @@
 // 16-byte loads with every row of x applied to each load.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -22,6 +23,18 @@ bool gemv_fits(int64_t m, int64_t k, const void* x, int64_t ldx, const void* w, 
 // the shape (deterministic). Queued on g4::cuda::stream() (capturable in a CUDA graph).
 void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, int64_t ldx, const void* w,
                    int64_t ldw, float beta, void* y, int64_t ldy, DType y_dtype);
+
+// One product of gemv_many: y [m, n] (row stride ldy, bf16) = x·Wᵀ with W [n, k] (row stride ldw).
+struct GemvProduct {
+  const void* w = nullptr;
+  int64_t n = 0, ldw = 0;
+  void* y = nullptr;
+  int64_t ldy = 0;
+};
+
+// Up to 3 products of the same x (bf16, alpha 1, no accumulation) in one launch: a layer's q, k and
+// v projections at decode sizes. Each must fit as gemv_rowmajor's W with a bf16 output.
+void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vector<GemvProduct>& products);
 
 // y[i, j] = gelu_tanh(g)·u with g = Σ_k x[i, k]·w_gate[j, k] and u likewise with w_up, g and u
 // rounded to bf16 first (as two bf16 products and ops::gelu_gate compute it): a gated MLP's first
