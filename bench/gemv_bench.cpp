@@ -27,7 +27,7 @@ struct Projection {
   int64_t n, k;  // W [n, k]
 };
 
-// Text-decoder widths of the released configs (../shared/specs/CONFIGS.md).
+// Text-decoder widths of the released configs (google/gemma-4-26B-A4B and gemma-4-E4B config.json).
 const std::vector<Projection> kProjections = {
     {"26b-a4b", "q (sliding)", 16 * 256, 2816},    {"26b-a4b", "k, v (sliding)", 8 * 256, 2816},
     {"26b-a4b", "o (sliding)", 2816, 16 * 256},    {"26b-a4b", "q (full)", 16 * 512, 2816},

@@ -16,7 +16,7 @@ nlohmann::json named_config(const std::string& name, const nlohmann::json& overr
 // A released model's whole Gemma4ForConditionalGeneration config with random-weight towers: the text
 // config of named_config(name, overrides) beside the vision tower of its size (all of them) and the
 // audio tower (E4B only; 26B-A4B and 31B have none), with the released multimodal token ids
-// (../shared/specs/CONFIGS.md 1.1-1.3). For benchmarks of multimodal training.
+// (as in the published google/gemma-4-* config.json files). For benchmarks of multimodal training.
 nlohmann::json named_multimodal_config(const std::string& name, const nlohmann::json& overrides = nlohmann::json::object());
 
 }  // namespace g4::model

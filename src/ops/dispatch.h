@@ -87,4 +87,30 @@ inline void check_indices(const char* op, const char* name, const Tensor& t, Dev
   G4_CHECK(is_index_dtype(t.dtype()), op, ": ", name, " must be i32 or i64, got ", t.describe());
 }
 
+// The normed tensor x [..., D] and, when defined, its weight w [D] of x's dtype (rmsnorm and the
+// fused forms that norm).
+inline void check_norm_args(const char* op, const char* x_name, const Tensor& x, const char* w_name, const Tensor& w) {
+  check_float(op, x_name, x);
+  G4_CHECK(x.dim() >= 1, op, ": ", x_name, " must be [..., D], got ", x.describe());
+  if (w.defined()) {
+    check_same_dtype(op, x_name, x, w_name, w);
+    G4_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": ", w_name, " ", w.describe(), " must be [D] for ", x_name,
+             " ", x.describe());
+  }
+}
+
+// RoPE's arguments: x [B, S, nH, d] (d even), positions [B, S] of an index dtype, inv_freq f32[d/2],
+// on one device.
+inline void check_rope_args(const char* op, const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+  check_float(op, "x", x);
+  check_rank(op, "x", x, 4, "[B, S, nH, d]");
+  G4_CHECK(x.size(3) % 2 == 0, op, ": head dim of x ", x.describe(), " must be even");
+  check_indices(op, "positions", positions, x.device());
+  G4_CHECK(positions.shape() == Shape({x.size(0), x.size(1)}), op, ": positions ", positions.describe(),
+           " must be [B, S] for x ", x.describe());
+  check_on(op, "inv_freq", inv_freq, x.device());
+  G4_CHECK(inv_freq.dtype() == DType::F32 && inv_freq.shape() == Shape({x.size(3) / 2}), op, ": inv_freq ",
+           inv_freq.describe(), " must be f32[d/2] for x ", x.describe());
+}
+
 }  // namespace g4::ops

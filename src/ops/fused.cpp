@@ -17,14 +17,10 @@ namespace g4::ops {
 
 namespace {
 
-// x [..., D] and its weight w [D] of x's dtype.
+// x [..., D] and its weight w [D] (the fused norms all have weights).
 void check_normed(const char* op, const char* name, const Tensor& x, const char* w_name, const Tensor& w) {
-  check_float(op, name, x);
-  G4_CHECK(x.dim() >= 1, op, ": ", name, " must be [..., D], got ", x.describe());
   check_defined(op, w_name, w);
-  check_same_dtype(op, name, x, w_name, w);
-  G4_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": ", w_name, " ", w.describe(), " must be [D] for ", name,
-           " ", x.describe());
+  check_norm_args(op, name, x, w_name, w);
 }
 
 }  // namespace
@@ -55,15 +51,8 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps) {
   check_normed("rmsnorm_rope", "x", x, "w", w);
 #ifdef G4_WITH_CUDA
-  // The rope op checks positions and inv_freq; the fused kernel reads them, so check them first.
   if (on_gpu(x) && cuda::rmsnorm_rope_fits(x)) {
-    check_rank("rmsnorm_rope", "x", x, 4, "[B, S, nH, d]");
-    check_indices("rmsnorm_rope", "positions", positions, x.device());
-    G4_CHECK(positions.shape() == Shape({x.size(0), x.size(1)}), "rmsnorm_rope: positions ", positions.describe(),
-             " must be [B, S] for x ", x.describe());
-    check_on("rmsnorm_rope", "inv_freq", inv_freq, x.device());
-    G4_CHECK(inv_freq.dtype() == DType::F32 && inv_freq.shape() == Shape({x.size(3) / 2}), "rmsnorm_rope: inv_freq ",
-             inv_freq.describe(), " must be f32[d/2] for x ", x.describe());
+    check_rope_args("rmsnorm_rope", x, positions, inv_freq);
     return cuda::rmsnorm_rope(x, w, positions, inv_freq, eps);
   }
 #endif
