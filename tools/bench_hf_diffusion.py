@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import transformers
 
-from bench_hf_train import COMMON, SHAPES, layer_types, record_oom, write_json
+from bench_hf_train import COMMON, SHAPES, layer_types, peak_allocated, record_oom, reset_peak, sync, write_json
 
 TINY_VISION = dict(model_type="gemma4_vision", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                    num_attention_heads=1, num_key_value_heads=1, head_dim=8, patch_size=2, pooling_kernel_size=1,
@@ -37,12 +37,12 @@ def make_model(layers, canvas, dev):
 
 
 def timed(model, ids, new_tokens, steps):
-    torch.cuda.synchronize()
+    sync(ids.device)
     t = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                          max_denoising_steps=steps, t_min=0.4, t_max=0.8, stability_threshold=None,
                          confidence_threshold=None, eos_token_id=None, pad_token_id=0)
-    torch.cuda.synchronize()
+    sync(ids.device)
     seqs = out.sequences if hasattr(out, "sequences") else out
     assert seqs.shape[1] == ids.shape[1] + new_tokens, seqs.shape
     return time.perf_counter() - t
@@ -58,13 +58,14 @@ def main():
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of this script (e.g. --layers 1)")
     ap.add_argument("--json")
     a = ap.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     model, cfg = make_model(a.layers, a.canvas, dev)
     print(f"HF DiffusionGemma generate: {a.layers} layers, canvas {a.canvas}, {a.steps} denoising steps, "
-          f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(dev)}",
+          f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}",
           flush=True)
     result = dict(model=a.model, layers=a.layers, prompt_len=a.prompt_len, canvas=a.canvas, blocks=a.blocks,
                   steps=a.steps, transformers_version=transformers.__version__, torch_version=torch.__version__,
@@ -74,7 +75,7 @@ def main():
         timed(model, torch.randint(3, vocab, (1, 16), device=dev), a.canvas, 2)  # warm-up
         for b in [int(x) for x in a.batch.split(",")]:
             ids = torch.randint(3, vocab, (b, a.prompt_len), device=dev)
-            torch.cuda.reset_peak_memory_stats(dev)
+            reset_peak(dev)
             try:
                 t = timed(model, ids, a.blocks * a.canvas, a.steps)
             except torch.cuda.OutOfMemoryError as e:
@@ -82,7 +83,7 @@ def main():
                 continue
             tokens = b * a.blocks * a.canvas
             run = dict(batch=b, tokens_per_s=tokens / t, seconds=t, ms_per_block=1e3 * t / a.blocks,
-                       peak_bytes=torch.cuda.max_memory_allocated(dev))
+                       peak_bytes=peak_allocated(dev))
             result["runs"].append(run)
             print(f"  HF batch {b:4d}: {run['tokens_per_s']:9.1f} tokens/s, {run['ms_per_block']:9.1f} ms per block, "
                   f"peak {run['peak_bytes'] / 2**30:.1f} GiB", flush=True)

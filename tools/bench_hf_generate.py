@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Gemma4TextConfig
 
-from bench_hf_train import COMMON, SHAPES, layer_types, record_oom, write_json
+from bench_hf_train import COMMON, SHAPES, layer_types, peak_allocated, record_oom, reset_peak, sync, write_json
 
 MODELS = {"gemma-4-26b-a4b": ("26b-a4b", 30), "gemma-4-e4b": ("e4b", 42), "gemma-4-31b": ("31b", 60)}
 
@@ -35,11 +35,11 @@ def make_config(model, layers, context):
 
 
 def timed_generate(model, ids, new_tokens):
-    torch.cuda.synchronize()
+    sync(ids.device)
     t = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    torch.cuda.synchronize()
+    sync(ids.device)
     assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
     return time.perf_counter() - t
 
@@ -52,16 +52,18 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of this script (e.g. --layers 1)")
     ap.add_argument("--json")
     a = ap.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
     torch.manual_seed(a.seed)
     cfg = make_config(a.model, a.layers, a.prompt_len + a.new_tokens)
     with torch.device(dev):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     model.eval()
     print(f"HF generate: {a.model}, {cfg.num_hidden_layers} layers, transformers {transformers.__version__}, "
-          f"torch {torch.__version__}, {torch.cuda.get_device_name(dev)}", flush=True)
+          f"torch {torch.__version__}, {torch.cuda.get_device_name(dev) if cuda else 'cpu'}", flush=True)
     result = dict(model=a.model, layers=cfg.num_hidden_layers, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
                   transformers_version=transformers.__version__, torch_version=torch.__version__, runs=[])
     with torch.no_grad():
@@ -69,7 +71,7 @@ def main():
         timed_generate(model, warm, 4)
         for b in [int(x) for x in a.batch.split(",")]:
             ids = torch.randint(3, cfg.vocab_size, (b, a.prompt_len), device=dev)
-            torch.cuda.reset_peak_memory_stats(dev)
+            reset_peak(dev)
             try:
                 t1 = timed_generate(model, ids, 1)
                 tn = timed_generate(model, ids, a.new_tokens)
@@ -79,7 +81,7 @@ def main():
             decode = b * (a.new_tokens - 1) / max(tn - t1, 1e-9)
             run = dict(batch=b, decode_tokens_per_s=decode, ttft_ms=1e3 * t1,
                        tpot_ms=1e3 * (tn - t1) / max(a.new_tokens - 1, 1),
-                       peak_bytes=torch.cuda.max_memory_allocated(dev))
+                       peak_bytes=peak_allocated(dev))
             result["runs"].append(run)
             print(f"  HF batch {b:4d}: decode {decode:9.0f} tokens/s, TTFT {run['ttft_ms']:8.1f} ms, "
                   f"TPOT {run['tpot_ms']:7.2f} ms, peak {run['peak_bytes'] / 2**30:.1f} GiB", flush=True)

@@ -59,6 +59,22 @@ TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key
             moe_intermediate_size=32, vocab_size=512, vocab_size_per_layer_input=512, sliding_window=48)
 
 
+def sync(dev):
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def reset_peak(dev):
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_allocated(dev):
+    """Peak bytes allocated on the GPU since reset_peak (0 on the CPU: not tracked)."""
+    return torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+
+
 def record_oom(result, batch, err):
     """A batch size that did not fit: recorded and said instead of a number, so the others still run."""
     result["runs"].append(dict(batch=batch, oom=True, error=str(err).splitlines()[0][:200]))
@@ -423,12 +439,12 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops, media=None):
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
              params=n_params, trainable_params=n_trainable, lora=a.lora, recompute=a.recompute, tf32=cuda,
-             tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12), mfu_peak_flops=a.peak_tflops * 1e12,
+             tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12) if a.peak_tflops > 0 else 0.0, mfu_peak_flops=a.peak_tflops * 1e12,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,
              loss_first=losses[0], loss_last=losses[-1], losses=losses, skipped=dict(attn_errors, **experts_errors))
-    print(f"step {r['step_ms']:.1f} ms  {r['tokens_per_s']:.0f} tokens/s  MFU {100 * r['mfu']:.1f}% "
-          f"(of {a.peak_tflops:.0f} TFLOP/s)  peak alloc {r['peak_alloc_bytes'] / 2**30:.2f} GiB  "
+    mfu = f"MFU {100 * r['mfu']:.1f}% (of {a.peak_tflops:.0f} TFLOP/s)" if a.peak_tflops > 0 else "MFU n/a"
+    print(f"step {r['step_ms']:.1f} ms  {r['tokens_per_s']:.0f} tokens/s  {mfu}  peak alloc {r['peak_alloc_bytes'] / 2**30:.2f} GiB  "
           f"reserved {r['peak_reserved_bytes'] / 2**30:.2f} GiB  loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return r
 
