@@ -6,11 +6,12 @@
 #
 #   scripts/gpu_checks.sh tests                # the whole test_gpu (about 5 minutes)
 #   scripts/gpu_checks.sh tests-new moe        # the tests not yet run on a GPU, then bench_moe
-#   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench peft
+#   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft.
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench. (PEFT reload parity needs no GPU:
+# tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,10 +66,7 @@ stage() {
         G4_DECODE_GEMV=1 G4_DECODE_FUSED=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 \
           --new-tokens 64 ;;
     rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    peft)  # python (torch, peft) must not load the bundle's libraries: only g4 runs through device_run
-      $run true && printf '#!/bin/sh\nexec %s/scripts/device_run.sh g4 "$@"\n' "$(pwd)" > /tmp/g4-wrapped &&
-        chmod +x /tmp/g4-wrapped && tools/check_peft_expert_reload.sh /tmp/g4-wrapped ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, peft)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench)" >&2
        return 2 ;;
   esac
 }

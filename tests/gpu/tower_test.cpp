@@ -3,11 +3,18 @@
 // of a random projection of them, and the whole multimodal forward (with images, and with the images
 // given as the frames of a video).
 //
-// bf16 tolerances: every op rounds to bf16 (8 bits of mantissa, 0.4% relative), through two
-// encoder layers, clipped linears (a value near a bound may clamp on one side only) and softmax;
-// a tower's outputs within 5% of their largest magnitude, each gradient within 10% of its L2 norm.
-// The whole model adds six bf16 text layers: logits within 10%, tower gradients within 25%.
+// bf16 tolerances, as tests/gpu/model_test.cpp sets them for the text fixtures: these tiny random
+// models are badly conditioned for bf16, so the bound is what transformers itself loses in bf16 on
+// the same fixture and the same kind of loss (tools/check_tower_bf16_gradients.py: transformers
+// 5.17 in bf16 against its fp32, torch 2.15 on the CPU, measured 2026-12-05). The GPU may be at
+// most twice as far from the f32 CPU, and never held tighter than a tower's outputs within 5% of
+// their largest magnitude and each gradient within 10% of its L2 norm. transformers' own bf16 is
+// up to 21-22% off on tiny-mm-e's tower gradients, which answers whether g4's 11-19% there was a
+// defect; through the whole model (six bf16 text layers) its logits move by 49% of their largest
+// magnitude and some tower gradients by more than their norm.
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +36,19 @@ namespace {
 constexpr double kOutputRtol = 5e-2;
 constexpr double kGradRelL2 = 1e-1;
 
+// transformers in bf16 against fp32 (the worst over a fixture): soft tokens max |error| / max |fp32|
+// and the worst gradient relative L2 error of sum(soft tokens * w) for each tower; logits (same
+// measure) and the worst tower gradient of the whole model's loss.
+struct Bf16Reference {
+  double audio_tokens, audio_grad, vision_tokens, vision_grad, logits, loss_grad;
+};
+const std::map<std::string, Bf16Reference> kTransformersBf16 = {
+    {"tiny-mm-bidir", {0.0138, 0.0734, 0.0280, 0.112, 0.125, 1.63}},
+    {"tiny-mm-e", {0.0126, 0.206, 0.0359, 0.221, 0.491, 1.17}},
+};
+
+double bound(double floor, double transformers_bf16) { return std::max(floor, 2 * transformers_bf16); }
+
 std::string mm_dir(const std::string& name) { return test::data_dir() + "/hf-gemma4-mm/" + name; }
 
 // A fixture's model in f32 on the CPU and in bf16 on the GPU, and transformers' recorded inputs.
@@ -41,6 +61,7 @@ class MultimodalOnBoth : public ::testing::TestWithParam<std::string> {
     gpu = cpu->copy_to(Device::CUDA, DType::BF16);
     ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
   }
+  const Bf16Reference& hf16() const { return kTransformersBf16.at(GetParam()); }
   std::unique_ptr<model::Gemma4> cpu, gpu;
   std::optional<io::SafetensorsReader> ref;
 };
@@ -82,14 +103,14 @@ void expect_tower_gradients_close(const model::Gemma4& cpu, const model::Gemma4&
 // One forward and backward of `in` on both models: logits and loss near the CPU's, and the
 // gradients of the parameters under `prefixes`.
 void expect_forward_close(model::Gemma4& cpu, model::Gemma4& gpu, const model::ForwardInputs& in,
-                          const std::vector<std::string>& prefixes) {
+                          const std::vector<std::string>& prefixes, const Bf16Reference& hf16) {
   const model::ForwardOutputs c = cpu.forward(in);
   ag::backward(c.loss);
   const model::ForwardOutputs g = gpu.forward(in);
   ag::backward(g.loss);
-  test::expect_close_scaled(g.logits.value(), c.logits.value(), 0, 2 * kOutputRtol, "logits");
+  test::expect_close_scaled(g.logits.value(), c.logits.value(), 0, bound(2 * kOutputRtol, hf16.logits), "logits");
   EXPECT_NEAR(g.loss.value().item(), c.loss.value().item(), 1e-2 * std::abs(c.loss.value().item()));
-  expect_tower_gradients_close(cpu, gpu, prefixes, 2.5 * kGradRelL2);
+  expect_tower_gradients_close(cpu, gpu, prefixes, bound(2.5 * kGradRelL2, hf16.loss_grad));
 }
 
 class GpuVisionTower : public MultimodalOnBoth {};
@@ -105,9 +126,11 @@ TEST_P(GpuVisionTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
   ag::backward(project(g.projected, w));
   EXPECT_EQ(g.tokens_per_image, c.tokens_per_image);
   EXPECT_EQ(g.projected.value().device(), Device::CUDA);
-  test::expect_close_scaled(g.soft_tokens.value(), c.soft_tokens.value(), 0, kOutputRtol, "vision soft tokens");
-  test::expect_close_scaled(g.projected.value(), c.projected.value(), 0, kOutputRtol, "embed_vision");
-  expect_tower_gradients_close(*cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix});
+  const double tokens_tol = bound(kOutputRtol, hf16().vision_tokens);
+  test::expect_close_scaled(g.soft_tokens.value(), c.soft_tokens.value(), 0, tokens_tol, "vision soft tokens");
+  test::expect_close_scaled(g.projected.value(), c.projected.value(), 0, tokens_tol, "embed_vision");
+  expect_tower_gradients_close(*cpu, *gpu, {model::kVisionPrefix, model::kVisionEmbedPrefix},
+                               bound(kGradRelL2, hf16().vision_grad));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuVisionTower, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
@@ -124,8 +147,10 @@ TEST_P(GpuAudioTower, Bf16SoftTokensAndGradientsMatchTheCpu) {
   ag::backward(project(g, w));
   EXPECT_EQ(g.value().device(), Device::CUDA);
   EXPECT_EQ(g.value().dtype(), DType::BF16);
-  test::expect_close_scaled(g.value(), c.value(), 0, kOutputRtol, "audio soft tokens (embed_audio)");
-  expect_tower_gradients_close(*cpu, *gpu, {model::kAudioPrefix, model::kAudioEmbedPrefix});
+  test::expect_close_scaled(g.value(), c.value(), 0, bound(kOutputRtol, hf16().audio_tokens),
+                            "audio soft tokens (embed_audio)");
+  expect_tower_gradients_close(*cpu, *gpu, {model::kAudioPrefix, model::kAudioEmbedPrefix},
+                               bound(kGradRelL2, hf16().audio_grad));
 }
 
 // The whole forward with images and audio on the GPU (tiny-mm-bidir's sliding layers attend both
@@ -143,7 +168,8 @@ TEST_P(GpuAudioTower, WholeMultimodalForwardMatchesTheCpu) {
                         {"input_features_mask", &in.input_features_mask}})
     *t = ref->get(key).clone();
   expect_forward_close(*cpu, *gpu, in,
-                       {model::kVisionPrefix, model::kVisionEmbedPrefix, model::kAudioPrefix, model::kAudioEmbedPrefix});
+                       {model::kVisionPrefix, model::kVisionEmbedPrefix, model::kAudioPrefix, model::kAudioEmbedPrefix},
+                       hf16());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuAudioTower, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
@@ -172,7 +198,8 @@ TEST_P(GpuVideo, ImagesAsVideoFramesMatchTheCpu) {
   in.video_position_ids = pos.reshape({1, pos.size(0), pos.size(1), pos.size(2)});
   in.input_features = ref->get("input_features").clone();
   in.input_features_mask = ref->get("input_features_mask").clone();
-  expect_forward_close(*cpu, *gpu, in, {model::kVisionPrefix, model::kVisionEmbedPrefix});
+  // The same pixels through the same tower and text layers: the whole-model bounds of the images.
+  expect_forward_close(*cpu, *gpu, in, {model::kVisionPrefix, model::kVisionEmbedPrefix}, hf16());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuVideo, ::testing::Values("tiny-mm-bidir", "tiny-mm-e"),
