@@ -125,6 +125,9 @@ PackedRows pack_documents(const std::vector<Document>& docs, int64_t seq_len, in
 // bad part is reported at once; errors start with `where`. (Also read by g4 generate's prompts files.)
 io::VideoFrames read_video_part(const nlohmann::json& part, const std::string& where,
                                 const std::filesystem::path& folder);
+// The "fps" of a video part (or of a `g4 serve` request's video_url): a positive number, or 0 when
+// absent or null (the processor then takes 24); anything else is an error starting with `where`.
+double read_video_fps(const nlohmann::json& part, const std::string& where);
 
 // Reads, tokenises and packs everything up front (the corpora g4 trains on from the CPU are
 // small; the GPU backend streams).

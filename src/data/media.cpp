@@ -93,9 +93,12 @@ std::shared_ptr<const DocumentMedia> plan_document_media(const std::string& sour
   }
   if (!samples.empty()) counts.audio = io::audio_soft_token_counts(samples);
   for (size_t v = 0; v < videos.size(); ++v) {
+    // A document's media are read again from their files when a batch uses them.
+    G4_CHECK(videos[v].encoded.empty(), source, ": video ", v, " must be frame files, not frames held in memory");
     // The frames' headers give the plan; the sampled frames' bytes are hashed on the way.
     const io::ProcessedVideo plan =
-        io::plan_video(videos[v], video_options, "video " + std::to_string(v), [&](const std::string& path) {
+        io::plan_video(videos[v], video_options, "video " + std::to_string(v), [&](int64_t frame) {
+          const std::string& path = videos[v].files[size_t(frame)];
           const std::string bytes = io::read_image_file(path);
           m->video_frames.push_back({path, hash_bytes(bytes)});
           return io::image_size(bytes, path);

@@ -154,12 +154,16 @@ io::VideoFrames read_video_part(const json& part, const std::string& where, cons
       G4_FAIL(where, ": ", e.what());
     }
   }
-  if (const auto fps = part.find("fps"); fps != part.end()) {
-    G4_CHECK(fps->is_number() && fps->get<double>() > 0 && std::isfinite(fps->get<double>()), where,
-             ": 'fps' (the frames' rate) must be a positive number, got ", fps->dump());
-    video.fps = fps->get<double>();
-  }
+  video.fps = read_video_fps(part, where);
   return video;
+}
+
+double read_video_fps(const json& part, const std::string& where) {
+  const auto fps = part.find("fps");
+  if (fps == part.end() || fps->is_null()) return 0;
+  G4_CHECK(fps->is_number() && fps->get<double>() > 0 && std::isfinite(fps->get<double>()), where,
+           ": 'fps' (the frames' rate) must be a positive number, got ", fps->dump());
+  return fps->get<double>();
 }
 
 namespace {

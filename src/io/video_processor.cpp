@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -12,6 +13,28 @@
 #include "io/json_input.h"
 
 namespace g4::io {
+
+namespace {
+
+// How errors name frame i: inside its video's messages ("NAME: frame F.png is ..."; a frame held in
+// memory is named "frame 3" already),
+std::string frame_in_video(const VideoFrames& v, int64_t i) {
+  return v.encoded.empty() ? "frame " + v.files[size_t(i)] : v.files[size_t(i)];
+}
+
+// and on its own, as decoding it reports it: its file, or its video's name and its own.
+std::string frame_alone(const VideoFrames& v, int64_t i, const std::string& name) {
+  return v.encoded.empty() ? v.files[size_t(i)] : name + " " + v.files[size_t(i)];
+}
+
+// The encoded bytes of frame i: those held, or its file's (read into `storage`).
+std::string_view frame_bytes(const VideoFrames& v, int64_t i, std::string& storage) {
+  if (!v.encoded.empty()) return v.encoded[size_t(i)];
+  storage = read_image_file(v.files[size_t(i)]);
+  return storage;
+}
+
+}  // namespace
 
 void check_video_processor_options(const VideoProcessorOptions& opt, const std::string& where) {
   check_image_processor_options(opt.frame, where);
@@ -85,7 +108,7 @@ std::vector<int64_t> sample_frame_indices(int64_t total, const VideoProcessorOpt
   G4_CHECK(n > 0, what, ": sampling gives 0 of its ", total, " frames (num_frames ", opt.num_frames, ", fps ",
            opt.sample_fps, ")");
   G4_CHECK(n <= total, what, " can't be sampled: num_frames = ", n, " exceeds its ", total,
-           " frames (as transformers refuses it; ask for fewer frames)");
+           " frames (as transformers refuses it; give at least ", n, " frames, or sample fewer)");
   // torch.arange(0, total, step) with a float step: ceil(total / step) elements in the default dtype
   // float32, each float(0 + step * i) computed in double; .int() truncates.
   const double step = static_cast<double>(total) / static_cast<double>(n);
@@ -129,14 +152,19 @@ std::vector<std::string> list_video_frames(const std::string& dir) {
 }
 
 ProcessedVideo plan_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name,
-                          const std::function<ImageSize(const std::string&)>& frame_size, bool log_default_fps) {
+                          const std::function<ImageSize(int64_t frame)>& frame_size, bool log_default_fps) {
   check_video_processor_options(opt, "video processor");
   const int64_t total = static_cast<int64_t>(video.files.size());
   G4_CHECK(total > 0, name, " has no frames");
   G4_CHECK(std::isfinite(video.fps) && video.fps >= 0, name, ": fps must be positive, got ", video.fps);
-  for (const std::string& f : video.files) {
-    std::error_code ec;
-    G4_CHECK(std::filesystem::is_regular_file(f, ec), name, ": frame ", f, " does not exist");
+  if (!video.encoded.empty()) {
+    G4_CHECK(video.encoded.size() == video.files.size(), name, ": ", video.encoded.size(),
+             " frames held in memory but ", video.files.size(), " names for them");
+  } else {
+    for (const std::string& f : video.files) {
+      std::error_code ec;
+      G4_CHECK(std::filesystem::is_regular_file(f, ec), name, ": frame ", f, " does not exist");
+    }
   }
   double fps = video.fps;
   if (fps <= 0) {
@@ -148,17 +176,18 @@ ProcessedVideo plan_video(const VideoFrames& video, const VideoProcessorOptions&
   ProcessedVideo out;
   out.frame_indices = sample_frame_indices(total, opt, video.fps > 0 ? video.fps : 0.0, name);
   for (size_t f = 0; f < out.frame_indices.size(); ++f) {
-    const std::string& file = video.files[size_t(out.frame_indices[f])];
-    const ImageSize size = frame_size(file);
+    const int64_t index = out.frame_indices[f];
+    const ImageSize size = frame_size(index);
     if (f == 0) {
+      const std::string file = frame_alone(video, index, name);
       out.height = size.height;
       out.width = size.width;
       std::tie(out.resized_height, out.resized_width) = image_target_size(size.height, size.width, opt.frame, file);
       out.soft_tokens_per_frame = image_soft_tokens(size.height, size.width, opt.frame, file);
     }
     // transformers holds a video as one [F, 3, H, W] tensor: its frames share one size.
-    G4_CHECK(size.height == out.height && size.width == out.width, name, ": frame ", file, " is ", size.width, "x",
-             size.height, ", but the first sampled frame is ", out.width, "x", out.height,
+    G4_CHECK(size.height == out.height && size.width == out.width, name, ": ", frame_in_video(video, index), " is ",
+             size.width, "x", size.height, ", but the first sampled frame is ", out.width, "x", out.height,
              " (a video's frames have one size)");
     out.timestamps.push_back(frame_timestamp(out.frame_indices[f], fps));
   }
@@ -169,18 +198,23 @@ ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptio
                              bool log_default_fps) {
   // The plan from the frames' headers, then every sampled frame decoded (and its size checked
   // against the header's, which the plan used).
-  ProcessedVideo out = plan_video(video, opt, name, [](const std::string& file) {
-    return image_size(read_image_file(file), file);
-  }, log_default_fps);
+  ProcessedVideo out = plan_video(
+      video, opt, name,
+      [&](int64_t i) {
+        std::string storage;
+        return image_size(frame_bytes(video, i, storage), frame_alone(video, i, name));
+      },
+      log_default_fps);
   const int64_t F = static_cast<int64_t>(out.frame_indices.size()), P = opt.frame.max_patches(),
                 p = opt.frame.patch_size, D = 3 * p * p;
   out.pixel_values = Tensor::zeros({F, P, D}, DType::F32);
   out.position_ids = Tensor::full({F, P, 2}, -1.0, DType::I64);
   for (int64_t f = 0; f < F; ++f) {
-    const std::string& file = video.files[size_t(out.frame_indices[size_t(f)])];
-    const RgbImage frame = read_image(file);
-    G4_CHECK(frame.height == out.height && frame.width == out.width, name, ": frame ", file, " decodes to ",
-             frame.width, "x", frame.height, ", but its header said ", out.width, "x", out.height);
+    const int64_t index = out.frame_indices[size_t(f)];
+    std::string storage;
+    const RgbImage frame = decode_image(frame_bytes(video, index, storage), frame_alone(video, index, name));
+    G4_CHECK(frame.height == out.height && frame.width == out.width, name, ": ", frame_in_video(video, index),
+             " decodes to ", frame.width, "x", frame.height, ", but its header said ", out.width, "x", out.height);
     const RgbImage resized = resize_bicubic_antialias(frame, out.resized_height, out.resized_width);
     write_patches(resized, p, PixelScale::DivideBy255, out.pixel_values.data<float>() + f * P * D,
                   out.position_ids.data<int64_t>() + f * P * 2);

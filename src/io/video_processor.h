@@ -45,10 +45,13 @@ std::vector<int64_t> sample_frame_indices(int64_t total, const VideoProcessorOpt
 std::string frame_timestamp(int64_t frame_index, double fps);
 
 // A video as decoded frames: image files (JPEG/PNG) in playback order and their frame rate
-// (<= 0: unknown, kDefaultVideoFps is used with a logged note).
+// (<= 0: unknown, kDefaultVideoFps is used with a logged note). Frames that came in memory (a
+// `g4 serve` request's data URL) are their encoded bytes in `encoded`, one per name in `files`
+// ("frame 3"), which then only names them in errors.
 struct VideoFrames {
   std::vector<std::string> files;
   double fps = 0;
+  std::vector<std::string> encoded{};  // {} keeps {files, fps} initialisers warning-free
 };
 
 // The frames of a directory: its regular files (names not starting with '.') sorted by name.
@@ -65,18 +68,20 @@ struct ProcessedVideo {
   int64_t resized_height = 0, resized_width = 0;
 };
 
-// Samples, decodes the sampled frames (every listed file must exist; all sampled frames must have
-// one size), resizes them all to the size the image rules give for that size, scales, patchifies
-// and pads each frame. `name` names the video in errors. A video without fps is logged (its
-// timestamps assume kDefaultVideoFps) unless log_default_fps is false.
+// Samples, decodes the sampled frames (every listed file must exist, unless the frames are held in
+// memory; all sampled frames must have one size), resizes them all to the size the image rules
+// give for that size, scales, patchifies and pads each frame. `name` names the video in errors. A
+// video without fps is logged (its timestamps assume kDefaultVideoFps) unless log_default_fps is
+// false.
 ProcessedVideo process_video(const VideoFrames& video, const VideoProcessorOptions& opt,
                              const std::string& name = "video", bool log_default_fps = true);
 
 // process_video without the pixels: the sampled frames, their timestamps, sizes and soft tokens
 // per frame (pixel_values and position_ids undefined), with process_video's checks, from
-// `frame_size` of each sampled frame (image_size of its header: no pixel is decoded).
+// `frame_size` of each sampled frame, given its index in `video.files` (image_size of its header:
+// no pixel is decoded).
 ProcessedVideo plan_video(const VideoFrames& video, const VideoProcessorOptions& opt, const std::string& name,
-                          const std::function<ImageSize(const std::string&)>& frame_size, bool log_default_fps = true);
+                          const std::function<ImageSize(int64_t frame)>& frame_size, bool log_default_fps = true);
 
 // transformers' batch of videos: pixel_values_videos [V, F, P, D] and video_position_ids
 // [V, F, P, 2]. The videos must have the same number of frames (transformers stacks them).

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <optional>
 #include <random>
 #include <set>
+#include <string_view>
 
 #include "data/multimodal.h"
 #include "io/image.h"
@@ -196,7 +198,8 @@ std::string message_content(const json& m, const std::string& at) {
     const std::string pat = at + ".content[" + std::to_string(i) + "]";
     if (!part.is_object() || string_member(part, "type") != "text" || !part.contains("text") ||
         !part["text"].is_string())
-      bad("messages", pat + " must be {\"type\": \"text\", \"text\": ...}, an image_url or an input_audio part");
+      bad("messages",
+          pat + " must be {\"type\": \"text\", \"text\": ...}, an image_url, an input_audio or a video_url part");
     if (!text.empty()) text += "\n";
     text += part["text"].get<std::string>();
   }
@@ -243,28 +246,74 @@ std::string decode_base64(std::string_view s, const std::string& where) {
   return out;
 }
 
-// The bytes of an image data URL (data:image/png;base64,... or image/jpeg). The server fetches
-// nothing: http(s) URLs are refused.
-std::string image_data_url(const std::string& url, const std::string& where) {
+// A base64 data URL: its media type, lower-cased as media types compare ("image/png"), and its
+// payload, still base64. The server fetches nothing: http(s) URLs are refused. `form` is the URL
+// form the part takes, for the errors.
+struct DataUrl {
+  std::string type;
+  std::string_view payload;  // into the URL
+};
+
+DataUrl parse_data_url(const std::string& url, const std::string& where, const std::string& form) {
   if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0)
-    bad("messages", where + ": only data URLs (data:image/png;base64,... or data:image/jpeg;base64,...) are " +
-                        "accepted; the server fetches no http(s) URL");
+    bad("messages", where + ": only data URLs (" + form + ") are accepted; the server fetches no http(s) URL");
   const size_t comma = url.find(',');
   const std::string header = url.substr(0, comma);
-  const std::string type = header.substr(0, header.find(';'));
-  if (url.rfind("data:", 0) != 0 || comma == std::string::npos || header.size() < 7 ||
+  if (url.rfind("data:", 0) != 0 || comma == std::string::npos || header.size() < 12 ||
       header.compare(header.size() - 7, 7, ";base64") != 0)
-    bad("messages", where + ": must be a base64 data URL (data:image/png;base64,...), got '" + url.substr(0, 40) + "'");
-  if (type != "data:image/png" && type != "data:image/jpeg" && type != "data:image/jpg")
-    bad("messages", where + ": the image must be PNG or JPEG (data:image/png or data:image/jpeg), got '" +
-                        type.substr(5) + "'");
-  return decode_base64(std::string_view(url).substr(comma + 1), where);
+    bad("messages", where + ": must be a base64 data URL (" + form + "), got '" + url.substr(0, 40) + "'");
+  std::string type = header.substr(5, header.find(';') - 5);
+  std::transform(type.begin(), type.end(), type.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return {type, std::string_view(url).substr(comma + 1)};
+}
+
+// The bytes of an image data URL (data:image/png;base64,... or image/jpeg).
+std::string image_data_url(const std::string& url, const std::string& where) {
+  const DataUrl d = parse_data_url(url, where, "data:image/png;base64,... or data:image/jpeg;base64,...");
+  if (d.type != "image/png" && d.type != "image/jpeg" && d.type != "image/jpg")
+    bad("messages",
+        where + ": the image must be PNG or JPEG (data:image/png or data:image/jpeg), got '" + d.type + "'");
+  return decode_base64(d.payload, where);
+}
+
+// A video data URL in vLLM's form for a video sent as its frames: data:video/jpeg;base64, then each
+// frame's file (JPEG, or PNG: frames are told apart by their bytes, as images are) in base64, joined
+// by commas; "video/png" is read the same way. The frames are held in memory, named "frame K" (K from
+// 0); each one's header is read now, so that a frame that is not an image is refused by its index
+// (only the sampled frames are decoded, by the video processor). Encoded video (video/mp4, ...) is not
+// decoded: g4 links no video library.
+io::VideoFrames video_data_url(const std::string& url, const std::string& where) {
+  const DataUrl d = parse_data_url(url, where, "data:video/jpeg;base64,FRAME0,FRAME1,...");
+  if (d.type != "video/jpeg" && d.type != "video/png") {
+    if (d.type.rfind("video/", 0) == 0)
+      bad("messages", where + ": encoded video ('" + d.type + "') is not decoded; send the video as its frames: " +
+                          "data:video/jpeg;base64,FRAME0,FRAME1,... with each frame a base64 JPEG or PNG file");
+    bad("messages", where +
+                        ": a video must be its frames as data:video/jpeg;base64,FRAME0,FRAME1,... (or video/png), " +
+                        "got '" + d.type + "'");
+  }
+  if (d.payload.empty()) bad("messages", where + ": the data URL holds no frames");
+  io::VideoFrames video;
+  for (size_t begin = 0, k = 0; begin <= d.payload.size(); ++k) {
+    const size_t end = std::min(d.payload.find(',', begin), d.payload.size());
+    const std::string name = "frame " + std::to_string(k);
+    const std::string at = where + " " + name;
+    if (end == begin) bad("messages", at + " is empty (two commas in a row, or one at the end)");
+    std::string bytes = decode_base64(d.payload.substr(begin, end - begin), at);
+    (void)io::image_size(bytes, at);  // throws when it is no JPEG/PNG; read_media_part answers 400
+    video.files.push_back(name);
+    video.encoded.push_back(std::move(bytes));
+    begin = end + 1;
+  }
+  return video;
 }
 
 // One part of a content list with media: text, an image (OpenAI's image_url with a data URL; in a
-// prompts file also {"type": "image", "path": FILE}) or a 16 kHz WAV clip (OpenAI's input_audio;
-// in a prompts file also {"type": "audio", "path": FILE}); in a prompts file also a video as the
-// training data gives it (data::read_video_part).
+// prompts file also {"type": "image", "path": FILE}), a 16 kHz WAV clip (OpenAI's input_audio;
+// in a prompts file also {"type": "audio", "path": FILE}) or a video (vLLM's video_url with its
+// frames in a data URL, plus g4's "fps" inside video_url; in a prompts file also a video as the
+// training data gives it, data::read_video_part).
 data::ChatPart read_media_part(const json& part, const std::string& at, const ModelInfo& model, MessageMedia& media) {
   if (!part.is_object()) bad("messages", at + " must be a {\"type\": ...} object, got " + type_of(part));
   const std::string type = string_member(part, "type");
@@ -311,10 +360,22 @@ data::ChatPart read_media_part(const json& part, const std::string& at, const Mo
       }
       return {data::ChatPart::Kind::Audio, ""};
     }
-    if (files && type == "video") {
+    if (type == "video_url" || (files && type == "video")) {
       if (!model.video_processor) bad("messages", at + ": the model has no vision tower; it takes no videos");
-      media.videos.push_back(data::read_video_part(part, at, model.media_folder));
-      media.video_names.push_back(at);
+      if (type == "video") {
+        media.videos.push_back(data::read_video_part(part, at, model.media_folder));
+        media.video_names.push_back(at);
+      } else {
+        const json* u = field(part, "video_url");
+        if (!u || !u->is_object() || !u->contains("url") || !(*u)["url"].is_string())
+          bad("messages", at + ".video_url must be {\"url\": \"data:video/jpeg;base64,FRAME0,FRAME1,...\"} " +
+                              "(and optionally \"fps\": the frames' rate)");
+        const std::string where = at + ".video_url.url";
+        io::VideoFrames video = video_data_url((*u)["url"].get<std::string>(), where);
+        video.fps = data::read_video_fps(*u, at + ".video_url");
+        media.videos.push_back(std::move(video));
+        media.video_names.push_back(where);
+      }
       return {data::ChatPart::Kind::Video, ""};
     }
   } catch (const RequestError&) {
@@ -322,7 +383,8 @@ data::ChatPart read_media_part(const json& part, const std::string& at, const Mo
   } catch (const Error& e) {
     bad("messages", e.what());  // an undecodable image or WAV, a missing file
   }
-  bad("messages", at + ": part type '" + type + "' is not supported (text, image_url with a data URL, input_audio" +
+  bad("messages", at + ": part type '" + type + "' is not supported (text, image_url with a data URL, input_audio, " +
+                      "video_url with its frames in a data URL" +
                       (files ? ", image and audio with a path, video with frames or a path" : "") + ")");
 }
 

@@ -48,8 +48,8 @@ struct ModelInfo {
   // parts are refused) and whether it has an audio tower.
   std::optional<io::ImageProcessorOptions> image_processor;
   bool audio = false;
-  // Video parts (prompts files only: OpenAI's API has no video part): the model directory's video
-  // processor, set with image_processor.
+  // Video parts (vLLM's video_url with the frames in a data URL; in prompts files also video parts
+  // with files): the model directory's video processor, set with image_processor.
   std::optional<io::VideoProcessorOptions> video_processor;
   // Prompts files: the folder relative "path"s of image, audio and video parts start from ("" refuses
   // path parts: the API takes data URLs and base64 audio only, never the server's files).

@@ -165,5 +165,41 @@ TEST(VideoProcessor, OptionsAndBadInputs) {
   EXPECT_NE(test::error_of([&] { io::list_video_frames(dir / "nowhere"); }).find("does not exist"), std::string::npos);
 }
 
+// Frames held in memory (a `g4 serve` request's data URL): the same tensors, indices and timestamps
+// as the same bytes read from files, and errors that name the video and the frame.
+TEST(VideoProcessor, FramesHeldInMemoryProcessAsTheirFiles) {
+  test::TempDir dir;
+  io::VideoFrames files{{}, 2.0}, held{{}, 2.0};
+  for (int i = 0; i < 3; ++i) {
+    files.files.push_back(dir / ("f" + std::to_string(i) + ".png"));
+    test::write_random_png(files.files.back(), 30, 40, 20 + static_cast<uint32_t>(i));
+    held.files.push_back("frame " + std::to_string(i));
+    held.encoded.push_back(io::read_image_file(files.files.back()));
+  }
+  const io::ProcessedVideo a = io::process_video(files, sampling(2)), b = io::process_video(held, sampling(2), "clip");
+  EXPECT_EQ(a.frame_indices, b.frame_indices);
+  EXPECT_EQ(a.timestamps, b.timestamps);
+  EXPECT_EQ(a.soft_tokens_per_frame, b.soft_tokens_per_frame);
+  ASSERT_EQ(a.pixel_values.shape(), b.pixel_values.shape());
+  EXPECT_EQ(std::memcmp(a.pixel_values.data<float>(), b.pixel_values.data<float>(), a.pixel_values.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(a.position_ids.data<int64_t>(), b.position_ids.data<int64_t>(), a.position_ids.nbytes()), 0);
+
+  io::VideoFrames bad = held;
+  bad.encoded[1] = "not an image";
+  EXPECT_NE(test::error_of([&] {
+              io::process_video(bad, sampling(2), "clip");
+            }).find("image clip frame 1 is neither a JPEG nor a PNG"),
+            std::string::npos);
+  test::write_random_png(dir / "wide.png", 30, 41, 5);
+  bad.encoded[1] = io::read_image_file(dir / "wide.png");
+  EXPECT_NE(test::error_of([&] {
+              io::process_video(bad, sampling(2), "clip");
+            }).find("clip: frame 1 is 41x30, but the first sampled frame is 40x30"),
+            std::string::npos);
+  bad.encoded.pop_back();
+  EXPECT_NE(test::error_of([&] { io::process_video(bad, sampling(2), "clip"); }).find("2 frames held in memory but 3"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace g4

@@ -3,8 +3,9 @@
 
 Starts the server on 127.0.0.1 (any free port) on a tiny fixture model given a 256-token tokenizer
 made here, then checks completions, chat, streaming, n > 1, logprobs, seeds, stop strings, bad
-requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again), a chat
-request with a PNG data URL on a second server over tiny-mm-e (a vision and audio tower) and SIGTERM.
+requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again), chat
+requests with a PNG data URL and with a video as JPEG frames (vLLM's video_url) on a second server
+over tiny-mm-e (a vision and audio tower) and SIGTERM.
 
 Run by CTest (label cpu): openai_client_test.py G4_BINARY TEST_DATA_DIR VENV_DIR. Without the
 `openai` package (scripts/python_venv.sh makes VENV_DIR) it skips (exit 77) unless
@@ -70,8 +71,9 @@ def make_model_dir(data, out):
 
 
 def make_mm_model_dir(data, out):
-    """tiny-mm-e (vocab 320, image 304 between 300 and 301, vision patch 6) with the plain test
-    tokenizer plus its media tokens, and a processor config for its patch size."""
+    """tiny-mm-e (vocab 320, image 304 between 300 and 301, video 306, vision patch 6) with the plain
+    test tokenizer plus its media tokens, and a processor config for its patch size (videos: two
+    frames sampled)."""
     tok = json.load(open(os.path.join(data, "tokenizers", "plain.json")))
     for i, s in [(300, "<|image>"), (301, "<image|>"), (302, "<|audio>"), (303, "<audio|>"), (304, "<|image|>"),
                  (305, "<|audio|>"), (306, "<|video|>")]:
@@ -81,7 +83,9 @@ def make_mm_model_dir(data, out):
     with open(os.path.join(out, "tokenizer.json"), "w") as f:
         json.dump(tok, f)
     with open(os.path.join(out, "processor_config.json"), "w") as f:
-        json.dump({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70}}, f)
+        json.dump({"image_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70},
+                   "video_processor": {"patch_size": 6, "pooling_kernel_size": 3, "max_soft_tokens": 70,
+                                       "num_frames": 2}}, f)
     for name in ["config.json", "model.safetensors"]:
         shutil.copy(os.path.join(data, "hf-gemma4-mm", "tiny-mm-e", name), out)
 
@@ -416,7 +420,7 @@ def main():
         assert not os.path.exists(out + "2")
 
     @check
-    def image_chat_on_a_multimodal_model():
+    def image_and_video_chat_on_a_multimodal_model():
         mm_dir = os.path.join(scratch, "tiny-mm")
         make_mm_model_dir(data, mm_dir)
         mm = Server(g4, mm_dir, os.path.join(scratch, "serve-mm.log"))
@@ -439,6 +443,31 @@ def main():
                 raise AssertionError("an http URL was accepted")
             except openai.BadRequestError as e:
                 assert "only data URLs" in str(e) and e.body["param"] == "messages", e.body
+
+            # A video as its frames, vLLM's video_url form (the client passes the part through as
+            # a dict; "fps" is g4's): the fixture JPEG three times at 1 fps, two frames sampled, 68
+            # soft tokens each.
+            jpeg = base64.b64encode(open(os.path.join(data, "hf-gemma4-mm", "processor", "scene_1200x280.jpg"),
+                                         "rb").read()).decode()
+
+            def ask_video(video_url):
+                return mm_client.chat.completions.create(
+                    model="tiny", max_tokens=4, temperature=0,
+                    messages=[{"role": "user", "content": [{"type": "video_url", "video_url": video_url},
+                                                           {"type": "text", "text": "What happens?"}]}])
+            v = ask_video({"url": "data:video/jpeg;base64," + ",".join([jpeg] * 3), "fps": 1})
+            assert v.usage.prompt_tokens > 2 * 68, v.usage
+            assert 1 <= v.usage.completion_tokens <= 4 and isinstance(v.choices[0].message.content, str), v
+            again = ask_video({"url": "data:video/jpeg;base64," + ",".join([jpeg] * 3), "fps": 1})
+            assert again.choices[0].message.content == v.choices[0].message.content, "greedy output changed"
+            for url, words in [("data:video/mp4;base64,AAAAIGZ0eXBpc29t", "encoded video ('video/mp4') is not decoded"),
+                               ("data:video/jpeg;base64," + jpeg + ",bm90IGFuIGltYWdl," + jpeg,
+                                "video_url.url frame 1 is neither a JPEG nor a PNG")]:
+                try:
+                    ask_video({"url": url})
+                    raise AssertionError(f"a bad video was accepted: {words}")
+                except openai.BadRequestError as e:
+                    assert words in str(e) and e.body["param"] == "messages", e.body
             assert pool_whole(mm.wait_idle()), "pages left in the pool"
         finally:
             mm.proc.kill()

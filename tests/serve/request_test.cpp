@@ -15,6 +15,7 @@
 #include "serve/prompts_file.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
+#include "support/png_file.h"
 #include "support/test_paths.h"
 
 namespace g4::serve {
@@ -190,8 +191,8 @@ TEST_F(RequestTest, FuzzFindingsAreRequestErrors) {
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": 5}})", Api::Chat),
             R"(response_format|400||'response_format' other than {"type": "text"} is not supported)");
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", Api::Chat),
-            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}, an image_url or an )"
-            "input_audio part");
+            R"(messages|400||messages[0].content[0] must be {"type": "text", "text": ...}, an image_url, an )"
+            "input_audio or a video_url part");
   EXPECT_EQ(refusal(R"({"prompt": [5], "max_tokens": 9223372036854775807})"),
             "max_tokens|400|context_length_exceeded|the model's context is 64 tokens; the request asks for "
             "9223372036854775808 (1 in the prompt, 9223372036854775807 to generate)");
@@ -463,7 +464,7 @@ TEST_F(MediaRequestTest, BadMediaAreRefusedNamingThePart) {
       "messages[0].content[0].input_audio.data");
   has(refusal(chat(R"({"type": "image", "path": "/etc/passwd"})"), Api::Chat),
       "messages[0].content[0]: part type 'image' is not supported");
-  // OpenAI's API has no video part: videos come in prompts files only.
+  // Videos with frame files come in prompts files only (the API takes video_url data URLs).
   has(refusal(chat(R"({"type": "video", "frames": ["/etc/passwd"]})"), Api::Chat),
       "messages|400||messages[0].content[0]: part type 'video' is not supported");
   info_.audio = false;
@@ -488,6 +489,162 @@ TEST_F(MediaRequestTest, PromptsFileMediaPathsAreRelativeToTheFile) {
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(count(r[0].request.prompt, 304), 60);
   EXPECT_TRUE(r[0].request.media.input_features.defined());
+}
+
+// --- Videos in chat requests: vLLM's video_url with the frames in a data URL
+// (data:video/jpeg;base64,F0,F1,...), against the same frames given as files in a prompts file.
+class VideoRequestTest : public MediaRequestTest {
+ protected:
+  void SetUp() override {
+    MediaRequestTest::SetUp();
+    io::VideoProcessorOptions v;
+    v.frame = *info_.image_processor;
+    v.num_frames = 2;  // two of the three frames sampled: 0 and 1
+    info_.video_processor = v;
+    for (int i = 0; i < 3; ++i) {
+      frames_.push_back((dir_ / ("f" + std::to_string(i) + ".png")).string());
+      test::write_random_png(frames_.back(), 40, 30, 70 + static_cast<uint32_t>(i));
+    }
+  }
+  // A video_url part of `files`' bytes under media type `type`, with `extra` members in video_url.
+  static std::string video_url(const std::vector<std::string>& files, const std::string& type = "video/png",
+                               const std::string& extra = "") {
+    std::string url = "data:" + type + ";base64,";
+    for (size_t k = 0; k < files.size(); ++k) url += (k ? "," : "") + base64(file_bytes(files[k]));
+    return R"({"type": "video_url", "video_url": {"url": ")" + url + "\"" + extra + "}}";
+  }
+  // The request a prompts file line gives for the same frames as files.
+  gen::Request from_file(const std::vector<std::string>& files, const std::string& fps) {
+    json frames = json::array();
+    for (const std::string& f : files) frames.push_back(std::filesystem::path(f).filename().string());
+    const std::string in = (dir_ / "video.jsonl").string();
+    std::ofstream(in) << R"({"messages": [{"role": "user", "content": [{"type": "video", "frames": )" << frames.dump()
+                      << (fps.empty() ? "" : ", \"fps\": " + fps)
+                      << R"(}, {"type": "text", "text": "What happens?"}]}]})"
+                      << "\n";
+    const std::vector<FileRequest> r = read_prompts_file(in, true, info_, {});
+    EXPECT_EQ(r.size(), 1u);
+    return r.at(0).request;
+  }
+  static void expect_same(const gen::Request& got, const gen::Request& want) {
+    EXPECT_EQ(got.prompt, want.prompt);
+    const gen::RequestMedia &g = got.media, &w = want.media;
+    ASSERT_TRUE(g.pixel_values_videos.defined() && w.pixel_values_videos.defined());
+    ASSERT_EQ(g.pixel_values_videos.shape(), w.pixel_values_videos.shape());
+    EXPECT_TRUE(std::equal(g.pixel_values_videos.data<float>(),
+                           g.pixel_values_videos.data<float>() + g.pixel_values_videos.numel(),
+                           w.pixel_values_videos.data<float>()));
+    ASSERT_EQ(g.video_position_ids.shape(), w.video_position_ids.shape());
+    EXPECT_TRUE(std::equal(g.video_position_ids.data<int64_t>(),
+                           g.video_position_ids.data<int64_t>() + g.video_position_ids.numel(),
+                           w.video_position_ids.data<int64_t>()));
+    EXPECT_FALSE(g.pixel_values.defined());
+  }
+  // The ids of the chat [video, "What happens?"] with the video's frames at `timestamps`, each of
+  // `per_frame` soft tokens, made by the template and the placeholder expansion directly.
+  std::vector<int64_t> want_ids(const std::vector<std::string>& timestamps, int64_t per_frame) const {
+    const data::ChatMessage user{
+        "user", "", {{data::ChatPart::Kind::Video, ""}, {data::ChatPart::Kind::Text, "What happens?"}}};
+    data::MediaSoftTokens soft;
+    soft.videos.push_back({per_frame, timestamps});
+    const data::MultimodalIds ids = data::tokenize_multimodal(data::render_chat({user}, true), soft, *tok_);
+    return {ids.input_ids.begin(), ids.input_ids.end()};
+  }
+  std::vector<std::string> frames_;
+};
+
+
+TEST_F(VideoRequestTest, VideoUrlGivesThePromptFileVideosIdsAndMedia) {
+  const std::string text = R"(, {"type": "text", "text": "What happens?"})";
+  const ParsedRequest p = parse(chat(video_url(frames_, "video/png", R"(, "fps": 1)") + text), Api::Chat);
+  const gen::Request want = from_file(frames_, "1");
+  expect_same(p.request, want);
+  // Two sampled frames of 63 soft tokens (30x40 at patch 6), at 00:00 and 00:01 (1 fps).
+  ASSERT_EQ(p.request.media.pixel_values_videos.size(0), 1);
+  EXPECT_EQ(p.request.media.pixel_values_videos.size(1), 2);
+  EXPECT_EQ(count(p.request.prompt, 306), 2 * 63);
+  EXPECT_EQ(p.request.prompt, want_ids({"00:00", "00:01"}, 63));
+  // The frames' pixels are the video processor's for the files.
+  const io::ProcessedVideo v = io::process_video({frames_, 1.0}, *info_.video_processor);
+  EXPECT_TRUE(std::equal(v.pixel_values.data<float>(), v.pixel_values.data<float>() + v.pixel_values.numel(),
+                         p.request.media.pixel_values_videos.data<float>()));
+
+  // Without fps the frames' rate is 24, as for files (frame 1 is then at 00:00 too); another rate
+  // gives other timestamps, so the fps reaches the prompt.
+  const ParsedRequest no_fps = parse(chat(video_url(frames_) + text), Api::Chat);
+  expect_same(no_fps.request, from_file(frames_, ""));
+  EXPECT_EQ(no_fps.request.prompt, want_ids({"00:00", "00:00"}, 63));
+  const ParsedRequest half =
+      parse(chat(video_url(frames_, "video/png", R"(, "fps": 0.5, "ignored": 1)") + text), Api::Chat);
+  expect_same(half.request, from_file(frames_, "0.5"));
+  EXPECT_EQ(half.request.prompt, want_ids({"00:00", "00:02"}, 63));
+
+  // vLLM's media type video/jpeg with JPEG frames (the fixture JPEG three times: 68 soft tokens),
+  // media types compared without case; a video beside an image.
+  const std::string jpeg = test::data_dir() + "/hf-gemma4-mm/processor/scene_1200x280.jpg";
+  for (int i = 0; i < 3; ++i) std::filesystem::copy_file(jpeg, dir_ / ("j" + std::to_string(i) + ".jpg"));
+  const std::vector<std::string> jpegs = {dir_ / "j0.jpg", dir_ / "j1.jpg", dir_ / "j2.jpg"};
+  const ParsedRequest j = parse(chat(video_url(jpegs, "Video/JPEG", R"(, "fps": 2)") + text), Api::Chat);
+  expect_same(j.request, from_file(jpegs, "2"));
+  EXPECT_EQ(j.request.prompt, want_ids({"00:00", "00:00"}, 68));  // frames 0 and 1 at 2 fps
+  const std::string image =
+      R"({"type": "image_url", "image_url": {"url": "data:image/png;base64,)" + base64(file_bytes(png())) + R"("}}, )";
+  const ParsedRequest both = parse(chat(image + video_url(frames_, "video/jpeg") + text), Api::Chat);
+  EXPECT_EQ(count(both.request.prompt, 304), 60);
+  EXPECT_EQ(count(both.request.prompt, 306), 2 * 63);
+  EXPECT_TRUE(both.request.media.pixel_values.defined() && both.request.media.pixel_values_videos.defined());
+}
+
+TEST_F(VideoRequestTest, BadVideoUrlsAreRefusedNamingThePartAndFrame) {
+  const auto video = [&](const std::string& url, const std::string& extra = "") {
+    return refusal(chat(R"({"type": "text", "text": "a"}, {"type": "video_url", "video_url": {"url": ")" + url + "\"" +
+                        extra + "}}"),
+                   Api::Chat);
+  };
+  const auto has = [](const std::string& got, const std::string& want) {
+    EXPECT_NE(got.find(want), std::string::npos) << got;
+  };
+  const std::string f0 = base64(file_bytes(frames_[0])), f1 = base64(file_bytes(frames_[1]));
+  const std::string part = "messages|400||messages[0].content[1].video_url.url: ";
+  has(video("https://example.com/clip.mp4"),
+      part +
+          "only data URLs (data:video/jpeg;base64,FRAME0,FRAME1,...) are accepted; the server fetches no http(s) URL");
+  has(video("data:video/jpeg," + f0), part + "must be a base64 data URL");
+  has(video("data:video/mp4;base64,AAAAIGZ0eXBpc29t"), part +
+                                                           "encoded video ('video/mp4') is not decoded; send the "
+                                                           "video as its frames");
+  has(video("data:image/png;base64," + f0), part + "a video must be its frames as data:video/jpeg;base64,");
+  has(video("data:video/jpeg;base64,"), part + "the data URL holds no frames");
+  has(video("data:video/jpeg;base64," + f0 + "," + f1 + ","), "messages[0].content[1].video_url.url frame 2 is empty");
+  has(video("data:video/jpeg;base64," + f0 + ",," + f1), "messages[0].content[1].video_url.url frame 1 is empty");
+  has(video("data:video/jpeg;base64," + f0 + "," + base64("not an image") + "," + f1),
+      "messages|400||image messages[0].content[1].video_url.url frame 1 is neither a JPEG nor a PNG file");
+  has(video("data:video/jpeg;base64," + f0 + "," + f1 + ",iVBO*w0K"),
+      "messages[0].content[1].video_url.url frame 2: invalid base64 (character 4");
+  // A frame whose header is sound but whose pixels are cut short: refused when it is decoded.
+  const std::string whole = file_bytes(frames_[1]);
+  has(video("data:video/jpeg;base64," + f0 + "," + base64(whole.substr(0, whole.size() - 40)) + "," + f0),
+      "PNG image messages[0].content[1].video_url.url frame 1 cannot be decoded");
+  // The frames' rate: a positive number (null is "not given").
+  for (const std::string fps : {"0", "-1", "\"2\"", "true"})
+    has(video("data:video/png;base64," + f0 + "," + f1 + "," + f0, ", \"fps\": " + fps),
+        "messages|400||messages[0].content[1].video_url: 'fps' (the frames' rate) must be a positive number, got " +
+            fps);
+  EXPECT_EQ(video("data:video/png;base64," + f0 + "," + f1 + "," + f0, ", \"fps\": null"), "accepted");
+  has(refusal(chat(R"({"type": "video_url", "video_url": "data:video/png;base64,AAAA"})"), Api::Chat),
+      "messages[0].content[0].video_url must be {\"url\": \"data:video/jpeg;base64,FRAME0,FRAME1,...\"}");
+  // Fewer frames than the processor samples, and frames of two sizes, as the processor refuses them.
+  has(video("data:video/png;base64," + f0), "can't be sampled: num_frames = 2 exceeds its 1 frames");
+  test::write_random_png((dir_ / "big.png").string(), 40, 36, 9);
+  has(video("data:video/png;base64," + f0 + "," + base64(file_bytes((dir_ / "big.png").string()))),
+      "messages[0].content[1].video_url.url: frame 1 is 36x40, but the first sampled frame is 30x40");
+  // More soft tokens than the context holds: the context error images get.
+  info_.context_len = 100;
+  has(video("data:video/png;base64," + f0 + "," + f1), "messages|400|context_length_exceeded|the prompt has ");
+  // A model without a vision tower.
+  info_.video_processor.reset();
+  info_.image_processor.reset();
+  has(video("data:video/png;base64," + f0 + "," + f1), "messages[0].content[1]: the model has no vision tower");
 }
 
 }  // namespace
