@@ -7,7 +7,9 @@ rope thetas, softcap or none, tied or untied head, causal LM or the conditional-
 patterns), random weights (as tools/make_hf_fixtures.py draws them), and a random batch (rows of any length,
 right padding, or documents packed in one row with position ids restarting). transformers (fp32, eager) gives
 logits, loss and every gradient in fp32 and in fp64; `g4 forward --grads` on the saved checkpoint (f32) gives ours;
-then `g4 generate --greedy` (the engine, KV cache) decodes half of the first row. Against transformers in f64, with
+then `g4 generate --greedy` (the engine, KV cache) decodes half of the first row, and `g4 convert`'s output must
+load in transformers (no missing, unexpected or mismatched keys) with the original's logits (bit for bit for
+dense models; MoE within 1e-5 of the logits' scale: the per_expert_scale fold rounds the down weights once). Against transformers in f64, with
 e_hf = transformers' own f32 error (a deep random model amplifies rounding), a trial fails when:
   logits  max |g4 - hf64| over valid positions > max(1e-5 * max(1, max |hf64|), 10 e_hf)
   loss    |g4 - hf64| > max(1e-6 * max(1, |hf64|), 10 e_hf)
@@ -188,6 +190,25 @@ def compare(d, spec, batch, g4):
         if e_g4 > bound:
             problems.append(f"{k}: g4 error {e_g4:.3e} against transformers f64 (||hf64|| {norm:.3e}, "
                             f"transformers f32: {e_hf:.3e}, bound {bound:.3e})")
+    # The round trip: what `g4 convert` writes loads in transformers with the same logits.
+    conv = os.path.join(d, "converted")
+    run_g4(g4, ["convert", d, conv])
+    import transformers
+    cls = getattr(transformers, type(model).__name__)
+    back, info = cls.from_pretrained(conv, dtype=torch.float32, attn_implementation="eager",
+                                     output_loading_info=True)
+    if back.config.get_text_config().enable_moe_block:
+        back.set_experts_implementation("eager")
+    lost = {k: v for k, v in info.items() if v}
+    if lost:
+        problems.append(f"g4 convert: transformers reports {lost}")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        moved = (back.eval()(**inputs).logits - model(**inputs).logits)[mask].abs().max().item()
+    # Dense weights come back bit for bit; g4 folds per_expert_scale into the experts' down projection
+    # (docs/architecture.md) and exports ones, which rounds each down weight once.
+    if moved > (1e-5 * scale if spec["text"].get("enable_moe_block") else 0):
+        problems.append(f"g4 convert: transformers' logits moved by {moved:.3e}")
     # Greedy decoding through the engine: each token must be the argmax of transformers' full forward
     # (no cache) over the prefix, unless its top two logits are within 1e-3. transformers' own cached
     # generate is not the reference: at sliding_window 1 it departs from its own forward.
