@@ -142,7 +142,51 @@ RATIOS = []  # g4's error / transformers' f32 error, per checked value (printed 
 NOISE = 10
 
 
-def compare(d, spec, batch, g4):
+def engine_problems(model, d, prompts, r, g4):
+    """Several requests of different lengths in one `g4 generate --prompts` run, on small KV pages (and
+    sometimes a pool too small for all of them, so requests are preempted and resumed): greedy rows
+    must take transformers' argmax, and every sampled token's raw log-prob must be transformers'
+    log-softmax of the same position of the uncached forward over prompt + generated tokens."""
+    reqs = []
+    for i, p in enumerate(prompts):
+        req = {"prompt_ids": p, "max_tokens": r.randint(1, 8), "logprobs": 0}
+        if i % 2:
+            req.update(temperature=r.choice([0.5, 1.0, 1.5]), seed=r.randrange(1000), top_k=r.choice([0, 5]),
+                       n=r.choice([1, 2]))
+        reqs.append(req)
+    path, out = os.path.join(d, "prompts.jsonl"), os.path.join(d, "generated.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in reqs)
+    page = r.choice([1, 2, 3, 16])
+    args = ["generate", d, "--prompts", path, "--out", out, "--overwrite", "--page-size", str(page)]
+    if r.random() < 0.5:  # a pool that holds the longest request but not all of them at once
+        longest = max(len(q["prompt_ids"]) + q["max_tokens"] for q in reqs)
+        args += ["--num-pages", str(-(-longest // page) + 1)]
+    try:
+        run_g4(g4, args)
+    except RuntimeError as e:
+        return [f"generate --prompts ({' '.join(args[5:])}): {e}"]
+    problems = []
+    results = [json.loads(line) for line in open(out)]
+    for res in results:
+        req = reqs[res["index"]] if "index" in res else None
+        prompt = req["prompt_ids"]
+        toks, lps = res["token_ids"], res["logprobs"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + toks])).logits[0, len(prompt) - 1:-1].double()
+        ref = torch.log_softmax(logits, -1)
+        for i, tok in enumerate(toks):
+            if abs(lps[i] - ref[i, tok].item()) > 2e-4:
+                problems.append(f"request {res['index']} (page {page}): token {i} log-prob {lps[i]:.6f}, "
+                                f"transformers {ref[i, tok].item():.6f}")
+                break
+            if "temperature" not in req and ref[i].max().item() - ref[i, tok].item() > 1e-3:
+                problems.append(f"request {res['index']} (greedy, page {page}): token {i} is not the argmax")
+                break
+    return problems
+
+
+def compare(d, spec, batch, g4, r):
     torch.manual_seed(0)
     model = build(spec)
     randomize(model, 1234)
@@ -226,7 +270,9 @@ def compare(d, spec, batch, g4):
             problems.append(f"greedy token {i}: g4 {gen}, transformers' argmax there {top2.indices[0].item()} "
                             f"(by {(top2.values[0] - full[i, tok]).item():.2e})")
             break
-    return problems
+    prompts = [row[:max(1, int(m.sum()) - r.randint(0, 3))].tolist() for row, m in zip(batch["input_ids"], mask)]
+    prompts += [prompts[0]] * r.randint(0, 2)  # the same prompt again: shared prefix pages
+    return problems + engine_problems(model, d, prompts, r, g4)
 
 
 def main():
@@ -244,7 +290,7 @@ def main():
         batch = draw_batch(r, spec["text"]["vocab_size"])
         d = tempfile.mkdtemp(prefix="g4_probe_")
         try:
-            problems = compare(d, spec, batch, g4)
+            problems = compare(d, spec, batch, g4, r)
         except Exception as e:  # a crash on either side is a finding too
             problems = [f"{type(e).__name__}: {e}"]
         summary = (f"{spec['kind']} L{spec['text']['num_hidden_layers']} "
