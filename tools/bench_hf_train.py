@@ -24,7 +24,7 @@ input_features_mask), through its vision and audio towers.
 
 Exit status: 0 ok, 3 out of GPU memory (the summary / JSON then says {"oom": true, ...}).
 """
-import argparse, json, os, random, re, sys, time
+import argparse, contextlib, json, os, random, re, sys, time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GPU host has no network; kernel look-ups must fail fast
 import torch
@@ -226,8 +226,9 @@ def try_impls(names, apply, step):
 def check_masks_and_packing(model, cfg, ids, pos, lengths):
     """--check-only: transformers must detect the packing from position_ids alone and never attend across
     documents, and the pair counts used for FLOPs must equal the masks it builds."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps it with --lora
     with torch.no_grad():
-        emb = model.model.embed_tokens(ids)
+        emb = base.get_input_embeddings()(ids)
         for kind, fn, window in (("full_attention", create_causal_mask, None),
                                  ("sliding_attention", create_sliding_window_causal_mask, cfg.sliding_window)):
             m = fn(config=cfg, inputs_embeds=emb, attention_mask=None, past_key_values=None, position_ids=pos)
@@ -245,7 +246,9 @@ def check_masks_and_packing(model, cfg, ids, pos, lengths):
         # the linear layers are aten.mm (RoPE's outer product is a bmm, attention is sdpa / bmm).
         if cfg.enable_moe_block:
             model.set_experts_implementation("eager")
-        with FlopCounterMode(display=False) as counter:
+        # The base's projections: with --lora, peft's adapters are switched off for the count.
+        adapters_off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with adapters_off, FlopCounterMode(display=False) as counter:
             model(input_ids=ids, position_ids=pos, use_cache=False)
         mm = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
         assert mm == 2 * ids.numel() * matmul_macs_per_token(cfg), (mm, 2 * ids.numel() * matmul_macs_per_token(cfg))
