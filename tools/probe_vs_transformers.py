@@ -161,8 +161,9 @@ def engine_problems(model, d, prompts, r, g4):
     args = ["generate", d, "--prompts", path, "--out", out, "--overwrite", "--page-size", str(page)]
     if r.random() < 0.5:  # a pool that holds the longest request but not all of them at once
         longest = max(len(q["prompt_ids"]) + q["max_tokens"] for q in reqs)
-        window = model.config.get_text_config().sliding_window  # the engine refuses fewer than window + 1 page
-        args += ["--num-pages", str(max(-(-longest // page) + 1, -(-window // page) + 1))]
+        # The engine needs the pages a window can straddle plus one (src/generate/engine.cpp).
+        window = model.config.get_text_config().sliding_window
+        args += ["--num-pages", str(max(-(-longest // page) + 1, -(-(window - 1) // page) + 2))]
     try:
         run_g4(g4, args)
     except RuntimeError as e:
