@@ -13,7 +13,8 @@
 // input_ids and mm_token_type_ids used.
 // A diffusion_gemma model runs one of two passes (docs/diffusion.md, "Commands"):
 // - transformers' forward: decoder_input_ids (or canvas_ids) [B,C] and optional
-//   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C];
+//   self_conditioning_logits [B,C,V], self_conditioning_mask [B], decoder_attention_mask [B,S+C]
+//   (the decoder's own mask over [context ; canvas]; without it the canvas sees every key);
 //   it writes the denoiser's logits [B,C,V] and encoder_logits [B,S,V]; labels give encoder_loss
 //   (see forward_diffusion);
 // - Automodel's training step, when the file has loss_mask (see forward_dllm_step).
@@ -79,17 +80,15 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
            " (the gradients of the encoder's next-token loss) or Automodel's batch with 'loss_mask' (the gradients of",
            " its training loss)");
 
-  // The cache keeps one validity per encoded key, so the decoder's mask over the context keys must
-  // be the encoder's; its last C columns mask canvas keys.
-  Tensor canvas_valid;
+  // transformers' forward masks the decoder apart from the encoder: decoder_attention_mask covers
+  // [context ; canvas] keys whatever attention_mask was, and without one the canvas attends to every
+  // cached key, padding included (generate passes [attention_mask, 1...] itself).
+  Tensor context_valid = Tensor::full({B, S}, 1.0, DType::I64), canvas_valid;
   if (dec_mask.defined()) {
     canvas_valid = Tensor::empty({B, C}, DType::I64);
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = 0; j < S; ++j) {
-        const int64_t want = mask.defined() ? element_as_int(mask, b * S + j) != 0 : 1;
-        G4_CHECK((element_as_int(dec_mask, b * (S + C) + j) != 0) == want, "decoder_attention_mask in ", file,
-                 " differs from attention_mask at [", b, ", ", j, "]: its first S columns must be the encoder's mask");
-      }
+      for (int64_t j = 0; j < S; ++j)
+        context_valid.data<int64_t>()[b * S + j] = element_as_int(dec_mask, b * (S + C) + j) != 0;
       for (int64_t j = 0; j < C; ++j)
         canvas_valid.data<int64_t>()[b * C + j] = element_as_int(dec_mask, b * (S + C) + S + j) != 0;
     }
@@ -97,6 +96,7 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
 
   diffusion::EncoderCache cache;
   const Tensor encoder_logits = m.logits(diffusion::encode(m, ids, mask, cache)).value();
+  cache.set_key_valid(context_valid);
   const Tensor logits = diffusion::denoise(m, canvas, cache, sc, sc_mask, canvas_valid);
   NamedTensors out = {{"logits", logits}, {"encoder_logits", encoder_logits}};
   if (!labels.defined()) return out;

@@ -85,6 +85,11 @@ Tensor EncoderCache::key_valid(model::AttnKind kind, const Tensor& extra) const 
   return t;
 }
 
+void EncoderCache::set_key_valid(const Tensor& valid) {
+  G4_CHECK(length_ > 0, "EncoderCache::set_key_valid: the cache is empty");
+  valid_ = valid_rows(valid, batch_, length_, "the context's key validity");
+}
+
 void EncoderCache::append(const std::vector<model::LayerKV>& chunk, const Tensor& valid, const model::Gemma4& m) {
   const io::ModelConfig& cfg = m.config();
   G4_CHECK(static_cast<int64_t>(chunk.size()) == cfg.num_layers, "EncoderCache: ", chunk.size(),

@@ -29,6 +29,11 @@ class EncoderCache {
   // Key validity of the retained positions of `kind` followed by `extra` [B, n] (0 = padding),
   // as the attention of a call that adds n keys of its own sees them.
   Tensor key_valid(model::AttnKind kind, const Tensor& extra) const;
+  // Replaces the validity of every encoded position, valid [B, length()] (undefined: all valid), for
+  // the calls that read the cache next. transformers' forward takes the decoder's mask over the
+  // context apart from the encoder's: without a decoder_attention_mask the canvas sees every cached
+  // key, padding included.
+  void set_key_valid(const Tensor& valid);
   void append(const std::vector<model::LayerKV>& chunk, const Tensor& valid, const model::Gemma4& m);
 
  private:

@@ -312,11 +312,39 @@ TEST(Cli, ForwardOnADiffusionModelMatchesTransformers) {
   expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out), {"canvas_ids", in});
   io::save_safetensors(in, {{"input_ids", ids}, {"canvas_ids", ref.get("fwd.canvas_ids").clone()}});
   expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out + " --grads"), {"--grads", "labels"});
-  io::save_safetensors(in, {{"input_ids", ids},
-                            {"canvas_ids", ref.get("fwd.canvas_ids").clone()},
-                            {"decoder_attention_mask", ref.get("fwdpad.decoder_attention_mask").clone()}});
-  expect_error(run("forward " + fixture + " --inputs " + in + " --out " + out),
-               {"decoder_attention_mask", "attention_mask", "first S columns"});
+  fs::remove_all(dir);
+}
+
+TEST(Cli, DiffusionForwardMasksTheDecoderAsTransformersDoes) {
+  // Found by tools/probe_diffusion_vs_transformers.py, recorded by tools/record_diffusion_probe_cases.py:
+  // transformers' forward takes the decoder's mask apart from the encoder's. Without a
+  // decoder_attention_mask the canvas attends to every cached key, padding included (g4 masked
+  // the padding, moving the padded row's logits by 9.5); with one, its first S columns mask
+  // context keys whatever attention_mask was (g4 refused any that differed).
+  const fs::path dir = temp_dir("forward_diffusion_masks");
+  const std::string fixture = kData + "/hf-diffusion-gemma/tiny-dg-a";
+  const io::SafetensorsReader ref =
+      io::SafetensorsReader::open(kData + "/hf-diffusion-gemma/probe/forward_masks.safetensors");
+  const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
+  const Tensor ids = ref.get("nomask.input_ids").clone(), canvas = ref.get("canvas_ids").clone();
+  const struct {
+    const char* name;
+    std::vector<std::pair<std::string, Tensor>> inputs;
+  } cases[] = {
+      {"nomask", {{"input_ids", ids}, {"decoder_input_ids", canvas},
+                  {"attention_mask", ref.get("nomask.attention_mask").clone()}}},
+      {"decmask", {{"input_ids", ids}, {"decoder_input_ids", canvas},
+                   {"decoder_attention_mask", ref.get("decmask.decoder_attention_mask").clone()}}},
+  };
+  for (const auto& c : cases) {
+    io::save_safetensors(in, c.inputs);
+    const ProcessResult r = run("forward " + fixture + " --inputs " + in + " --out " + out + " --overwrite");
+    ASSERT_EQ(r.code, 0) << c.name << ": " << r.output;
+    const io::SafetensorsReader o = io::SafetensorsReader::open(out);
+    const Tensor logits = o.get_f32("logits", {2, 8, 256});
+    const std::string key = std::string(c.name) + ".logits";
+    EXPECT_LT(max_diff(logits, ref.get_f32(key, logits.shape())), 1e-4) << key;
+  }
   fs::remove_all(dir);
 }
 
