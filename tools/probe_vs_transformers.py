@@ -140,26 +140,13 @@ RATIOS = []  # g4's error / transformers' f32 error, per checked value (printed 
 NOISE = 10
 
 
-def compare(d, spec, batch, g4):
-    torch.manual_seed(0)
-    model = build(spec)
-    randomize(model, 1234)
-    model = model.float().eval()
-    if spec["text"].get("enable_moe_block"):
-        model.set_experts_implementation("eager")  # grouped_mm has no f64; the fixtures use eager too
-    model.save_pretrained(d, safe_serialization=True)
-    hf32 = hf_outputs(model, batch)
-    hf64 = hf_outputs(copy.deepcopy(model).double(), batch)
-    save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(d, "inputs.safetensors"))
-    save_file({k: v.float().contiguous() for k, v in hf32.items()}, os.path.join(d, "hf.safetensors"))
-    run_g4(g4, ["forward", d, "--inputs", os.path.join(d, "inputs.safetensors"), "--out",
-                os.path.join(d, "g4.safetensors"), "--grads"])
-    ours = load_file(os.path.join(d, "g4.safetensors"))
+def check_outputs(ours, hf32, hf64, mask):
+    """The problems of g4's logits, loss and gradients (`ours`, as `g4 forward --grads` writes them) against
+    transformers in f64, with transformers' own f32 error as the yardstick (the bounds of the module's doc)."""
     problems = []
-    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
     scale = max(1.0, hf64["logits"][mask].abs().max().item())
     # Each value is checked against transformers in f64; the bound is the larger of a fixed f32
-    # tolerance and 4x transformers' own f32 error (a deep random model amplifies rounding).
+    # tolerance and NOISE x transformers' own f32 error (a deep random model amplifies rounding).
     checks = [("logits", ours["logits"].reshape(hf64["logits"].shape)[mask], hf32["logits"][mask],
                hf64["logits"][mask], 1e-5 * scale),
               ("loss", ours["loss"], hf32["loss"], hf64["loss"], 1e-6 * max(1.0, abs(hf64["loss"].item())))]
@@ -188,6 +175,26 @@ def compare(d, spec, batch, g4):
         if e_g4 > bound:
             problems.append(f"{k}: g4 error {e_g4:.3e} against transformers f64 (||hf64|| {norm:.3e}, "
                             f"transformers f32: {e_hf:.3e}, bound {bound:.3e})")
+    return problems
+
+
+def compare(d, spec, batch, g4):
+    torch.manual_seed(0)
+    model = build(spec)
+    randomize(model, 1234)
+    model = model.float().eval()
+    if spec["text"].get("enable_moe_block"):
+        model.set_experts_implementation("eager")  # grouped_mm has no f64; the fixtures use eager too
+    model.save_pretrained(d, safe_serialization=True)
+    hf32 = hf_outputs(model, batch)
+    hf64 = hf_outputs(copy.deepcopy(model).double(), batch)
+    save_file({k: v.contiguous() for k, v in batch.items()}, os.path.join(d, "inputs.safetensors"))
+    save_file({k: v.float().contiguous() for k, v in hf32.items()}, os.path.join(d, "hf.safetensors"))
+    run_g4(g4, ["forward", d, "--inputs", os.path.join(d, "inputs.safetensors"), "--out",
+                os.path.join(d, "g4.safetensors"), "--grads"])
+    ours = load_file(os.path.join(d, "g4.safetensors"))
+    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+    problems = check_outputs(ours, hf32, hf64, mask)
     # Greedy decoding through the engine: each token must be the argmax of transformers' full forward
     # (no cache) over the prefix, unless its top two logits are within 1e-3. transformers' own cached
     # generate is not the reference: at sliding_window 1 it departs from its own forward.
