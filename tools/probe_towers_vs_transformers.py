@@ -5,15 +5,18 @@ Each trial draws a tiny Gemma4ForConditionalGeneration: a text config from tools
 space (dense or MoE, PLE, KV sharing, windows, ...; sometimes `use_bidirectional_attention: "vision"`), a vision
 config (width, heads, head dim, layers, patch size, pooling kernel, position table, clipped linears with finite
 random bounds or not, standardisation, eps) and an audio config (width, heads, layers, conv kernel, subsampling
-channels, output width, attention chunk and left context, logit cap, residual weight, clipped linears), random
-weights (tools/make_hf_fixtures.py's `randomize`, plus random standardisation and clip bounds), and a random
+channels, output width, attention chunk and left context, logit cap, invalid logit, activation clipping, residual
+weight, clipped linears), random weights (tools/make_hf_fixtures.py's `randomize`, plus random standardisation and clip bounds), and a random
 batch: 1-2 rows of text with images (random patch grids within a random budget, processor layout: row-major
 patches, (x, y) positions, (-1, -1) padding), a video of 1-3 frames and audio clips (random log-mel features, a
 valid prefix per clip, invalid frames 0), each placeholder run as the processor writes it, right padding.
 transformers (fp32 and fp64; text and vision eager, the audio tower's mask built as sdpa builds it: its eager
 mask is inverted, MULTIMODAL.md §12.3) gives logits, loss and every gradient; `g4 forward --grads` on the saved
 checkpoint gives ours; both are checked with tools/probe_vs_transformers.py's `check_outputs` (transformers' own
-f32 error against f64 is the yardstick).
+f32 error against f64 is the yardstick). The top-level tie_word_embeddings stays at its default while
+text_config's is drawn, so the two may disagree (transformers follows the top one). In the f64 run transformers'
+f32 islands (pooler, audio attention, RoPE) run in f64 too (FloatIsF64). Not drawn: pooling kernel 1 (transformers'
+pooler fails on it), grouped KV heads in the vision tower (g4 refuses them by name; no released model has them).
 
   python3 tools/probe_towers_vs_transformers.py --trials 30 --seed 0 [--g4 build/g4] [--keep DIR]
             [--only vision|audio]
@@ -53,8 +56,11 @@ def draw_audio(r):
     return dict(hidden_size=heads * r.choice([4, 8, 16]), num_attention_heads=heads,
                 num_hidden_layers=r.randint(1, 2), conv_kernel_size=r.choice([3, 5, 7]),
                 subsampling_conv_channels=[128, r.choice([4, 8, 16])], output_proj_dims=r.choice([8, 24, 48]),
-                attention_chunk_size=chunk, attention_context_left=chunk + 1, attention_context_right=0,
+                attention_chunk_size=chunk, attention_context_right=0,
+                attention_context_left=r.choice([chunk + 1, chunk + 1, 2, chunk // 2 + 1, 2 * chunk + 1]),
                 attention_logit_cap=r.choice([50.0, 5.0]), residual_weight=r.choice([0.5, 1.0]),
+                attention_invalid_logits_value=r.choice([-1e9, -1e4]),
+                gradient_clipping=r.choice([1e10, 1e10, 2.0, 0.5]),  # clamps the conformer's activations
                 use_clipped_linears=r.random() < 0.5, rms_norm_eps=r.choice([1e-6, 1e-5]), hidden_act="silu")
 
 
@@ -248,17 +254,52 @@ def summary(spec, batch):
     return "; ".join(parts)
 
 
+# (attention_chunk_size, attention_context_left) pairs whose relative table is not the released one's (there
+# (12, 13): half the context equals context_left - 1): shorter and longer left contexts.
+AUDIO_CONTEXTS = [(4, 3), (4, 9), (12, 25)]
+
+
+def write_audio_context_reference(path):
+    """tiny-mm-e's audio tower under other chunk/context pairs, on the fixture's recorded features: what
+    tests/model/audio_tower_test.cpp's AudioTower.OtherChunkAndContextFollowTransformers compares."""
+    from transformers import AutoConfig, Gemma4ForConditionalGeneration
+    fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "hf-gemma4-mm",
+                           "tiny-mm-e")
+    ref = load_file(os.path.join(fixture, "reference.safetensors"))
+    out = {}
+    for chunk, left in AUDIO_CONTEXTS:
+        cfg = AutoConfig.from_pretrained(fixture)
+        cfg.audio_config.attention_chunk_size, cfg.audio_config.attention_context_left = chunk, left
+        model = Gemma4ForConditionalGeneration.from_pretrained(
+            fixture, config=cfg, dtype=torch.float32,
+            attn_implementation={"": "eager", "text_config": "eager", "vision_config": "eager",
+                                 "audio_config": "sdpa"}).eval()
+        with torch.no_grad():
+            o = model.model.audio_tower(ref["input_features"], attention_mask=ref["input_features_mask"])
+        out[f"chunk{chunk}_left{left}.last_hidden_state"] = o.last_hidden_state.contiguous()
+        out[f"chunk{chunk}_left{left}.output_mask"] = o.attention_mask.contiguous()
+    save_file(out, path)
+    print(f"wrote {len(out)} tensors to {path}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-trial", type=int, default=None, help="run only this trial of the seed (to reproduce one)")
     ap.add_argument("--g4", default="build/g4")
     ap.add_argument("--keep", default="/tmp/g4_probe_tower_failures", help="where failing trials are kept")
     ap.add_argument("--only", choices=["vision", "audio"], default=None)
+    ap.add_argument("--write-audio-context-reference", metavar="OUT",
+                    help="write the test data of tiny-mm-e's audio tower at other chunk/context sizes and exit")
     a = ap.parse_args()
+    if a.write_audio_context_reference:
+        return write_audio_context_reference(a.write_audio_context_reference)
     g4 = os.path.abspath(a.g4)
     failures = 0
     for t in range(a.trials):
+        if a.only_trial is not None and t != a.only_trial:
+            continue
         r = random.Random(a.seed * 100003 + t)
         spec = draw_spec(r, a.only)
         batch = draw_batch(r, spec)
@@ -285,7 +326,8 @@ def main():
         pick = lambda f: q[min(len(q) - 1, int(f * len(q)))]
         print(f"g4 error / transformers' f32 error (both against transformers f64), over {len(q)} values: "
               f"median {pick(0.5):.2f}, 90% {pick(0.9):.2f}, 99% {pick(0.99):.2f}, max {q[-1]:.2f}")
-    print(f"{a.trials - failures}/{a.trials} trials agree")
+    ran = a.trials if a.only_trial is None else 1
+    print(f"{ran - failures}/{ran} trials agree")
     sys.exit(1 if failures else 0)
 
 
