@@ -6,16 +6,17 @@ Each trial writes random media files and runs them through both sides:
           palette, 16-bit grey) and JPEG (grey, RGB, random quality), at one soft-token budget of
           70/140/280/560/1120 per trial; transformers: `load_image` (Pillow) then `Gemma4ImageProcessor` (the
           torchvision backend AutoImageProcessor gives);
-  audio   WAVs of random lengths (0, 1, under a frame, exact hops, 30 s and over), mono or stereo, PCM 8/16/24/32
-          and IEEE float 32/64, plain or WAVE_FORMAT_EXTENSIBLE; transformers: the samples as soundfile reads
+  audio   WAVs of random lengths (0, 1, under a frame, exact hops, 30 s and over), 1-3 channels, PCM 8/16/24/32
+          and IEEE float 32/64, plain or WAVE_FORMAT_EXTENSIBLE, sometimes at 8/22.05/44.1/48 kHz; transformers: the samples as soundfile reads
           them (decoded here from the bytes: PCM / 2^(bits-1), 8-bit (x-128)/128, channels averaged as librosa's
           to_mono) through `Gemma4AudioFeatureExtractor`, all clips of the trial in one call;
   video   T frames (PNG) of one size at a random fps, n sampled; transformers: `Gemma4VideoProcessor` with
           `VideoMetadata` (total frames, fps) and `num_frames=n`.
 g4 makes the same inputs with `g4 forward MODEL --prompt '' --image F ... --audio F ... --video F1,F2,...
 --video-fps R --video-frames n --max-soft-tokens N --out OUT`, which writes the processed tensors into OUT beside
-the logits. MODEL is a tiny Gemma4ForConditionalGeneration made here (vision patch 16, pooling 3, the published
-processor config) with the test tokenizer plus the media tokens at its ids.
+the logits. MODEL is a tiny Gemma4ForConditionalGeneration made here (the published processor config; the
+trial's patch size and pooling kernel, 16 and 3 as released half of the time, else 14/2, 6/3 or 8/4, in the tower
+and both processors) with the test tokenizer plus the media tokens at its ids.
 
 Compared at the level MULTIMODAL.md §11 asks:
   exact    image sizes, soft-token counts (images, video frames, audio clips: the number of placeholders in g4's
@@ -50,18 +51,25 @@ MEDIA_TOKENS = {300: "<|image>", 301: "<image|>", 302: "<|audio>", 303: "<audio|
                 305: "<|audio|>", 306: "<|video|>"}
 
 
-def make_model_dir(d):
-    """A tiny multimodal model whose vision tower takes the published processor's patches (16, pooling 3)."""
+# (patch_size, pooling_kernel_size) of the processor and the tower: the published one most often.
+GEOMETRIES = [(16, 3), (16, 3), (16, 3), (14, 2), (6, 3), (8, 4)]
+
+
+def make_model_dir(d, patch=16, pooling=3):
+    """A tiny multimodal model whose vision tower takes the processor's patches (the published processor
+    config, with this patch size and pooling kernel)."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
     cfg = json.load(open(os.path.join(TEST_DATA, "hf-gemma4-mm", "tiny-mm-e", "config.json")))
-    # position_embedding_size 4096: a 1x4000 image at 1120 tokens is 3360 patches wide.
-    cfg["vision_config"].update(patch_size=16, pooling_kernel_size=3, position_embedding_size=4096,
+    # position_embedding_size 8192: a 1x4000 image at 1120 tokens is 1120 k patches wide.
+    cfg["vision_config"].update(patch_size=patch, pooling_kernel_size=pooling, position_embedding_size=8192,
                                 num_hidden_layers=1)
     cfg["audio_config"]["num_hidden_layers"] = 1
     torch.manual_seed(0)
     model = Gemma4ForConditionalGeneration(Gemma4Config(**cfg)).eval()
     model.save_pretrained(d, safe_serialization=True)
     proc = json.load(open(os.path.join(TEST_DATA, "hf-gemma4-mm", "processor", "processor_config.json")))
+    for k in ("image_processor", "video_processor"):
+        proc[k].update(patch_size=patch, pooling_kernel_size=pooling)
     json.dump(proc, open(os.path.join(d, "processor_config.json"), "w"), indent=1)
     tok = json.load(open(os.path.join(TEST_DATA, "tokenizers", "plain.json")))
     for i, content in MEDIA_TOKENS.items():
@@ -118,10 +126,10 @@ def draw_image(r, path_base):
     return path, f"{mode} {h}x{w}"
 
 
-def hf_images(paths, budget):
+def hf_images(paths, budget, patch, pooling):
     from transformers import Gemma4ImageProcessor
     from transformers.image_utils import load_image
-    proc = Gemma4ImageProcessor(max_soft_tokens=budget)
+    proc = Gemma4ImageProcessor(max_soft_tokens=budget, patch_size=patch, pooling_kernel_size=pooling)
     out = proc(images=[load_image(p) for p in paths], return_tensors="pt")
     ns = types.SimpleNamespace(boi_token="", image_token="x", eoi_token="")
     from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
@@ -181,8 +189,9 @@ def draw_clip(r, path):
     t = np.arange(n) / 16000
     tone = 0.5 * np.sin(2 * np.pi * r.uniform(50, 7000) * t)[:, None] + 0.1 * g.standard_normal((n, ch))
     samples = np.clip(tone * r.choice([1.0, 0.01, 1.5]), -1, 1 - 2.0 ** -31)
-    wave = write_wav(path, samples, bits, fmt, r.random() < 0.3)
-    return wave, f"{n} samples x{ch} {fmt}{bits}"
+    rate = 16000 if r.random() < 0.93 else r.choice([8000, 22050, 44100, 48000])
+    wave = write_wav(path, samples, bits, fmt, r.random() < 0.3, rate)
+    return wave, f"{n} samples x{ch} {fmt}{bits}" + (f" at {rate} Hz" if rate != 16000 else "")
 
 
 def hf_audio(waves):
@@ -211,10 +220,10 @@ def draw_video(r, d):
     return paths, frames, fps, n, f"{T} frames {h}x{w} at {fps} fps, {n} sampled"
 
 
-def hf_video(frames, fps, n, budget):
+def hf_video(frames, fps, n, budget, patch, pooling):
     from transformers import Gemma4VideoProcessor
     from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
-    vp = Gemma4VideoProcessor(max_soft_tokens=budget)
+    vp = Gemma4VideoProcessor(max_soft_tokens=budget, patch_size=patch, pooling_kernel_size=pooling)
     out = vp(videos=[frames], video_metadata=[{"total_num_frames": len(frames), "fps": fps}], num_frames=n,
              do_sample_frames=True, return_metadata=True, return_tensors="pt",
              input_data_format="channels_last")  # frames of height 1 or 3 are ambiguous otherwise
@@ -296,6 +305,8 @@ def compare_video(g4out, hf, g4text, problems):
 G4_REFUSES = {
     "audio clip": "a clip of at most 160 samples gives transformers no valid frame and an empty <|audio><audio|>; "
                   "g4 refuses it, naming the clip",
+    "Hz; the Gemma 4 audio feature extractor takes 16000 Hz": "a WAV at another rate: transformers' load_audio "
+        "resamples it (librosa), g4 does not resample and refuses it naming the file and the rate",
     "too short for one 20 ms frame": "a batch whose longest clip is under 129 samples gives transformers 0 frames "
                                      "(input_features [n, 0, 128]); g4 refuses it",
 }
@@ -309,8 +320,10 @@ KNOWN = []  # the known disagreements met (printed at the end)
 CHECKED = {"video text": 0}
 
 
-def trial(r, d, model, g4, what):
+def trial(r, d, models, g4, what):
     problems, parts, args = [], [], []
+    patch, pooling = r.choice(GEOMETRIES)
+    model = models(patch, pooling)
     budget = r.choice(BUDGETS)
     hf = {}
     if "image" in what and r.random() < 0.8:
@@ -320,7 +333,7 @@ def trial(r, d, model, g4, what):
             paths.append(p)
             parts.append(desc)
         try:
-            hf["image"] = hf_images(paths, budget)
+            hf["image"] = hf_images(paths, budget, patch, pooling)
         except Exception as e:
             hf["image"] = e
         for p in paths:
@@ -343,7 +356,7 @@ def trial(r, d, model, g4, what):
         # with few frames, or a trial takes minutes.
         vbudget = r.choice(BUDGETS) if n <= 4 else r.choice(BUDGETS[:2])
         try:
-            hf["video"] = hf_video(frames, fps, n, vbudget)
+            hf["video"] = hf_video(frames, fps, n, vbudget, patch, pooling)
         except Exception as e:
             hf["video"] = e
         # g4's video budget is the processor config's: a per-trial config in a copy of the model directory.
@@ -361,7 +374,7 @@ def trial(r, d, model, g4, what):
     out = os.path.join(d, "g4.safetensors")
     rc, log = run_g4(g4, ["forward", model, "--prompt", "", "--max-soft-tokens", str(budget), "--out", out] + args)
     refused = [k for k, v in hf.items() if isinstance(v, Exception)]
-    summary = f"budget {budget}: " + "; ".join(parts)
+    summary = f"patch {patch} pooling {pooling} budget {budget}: " + "; ".join(parts)
     if rc:
         said = log.strip().splitlines()[-1][:300]
         if refused:
@@ -424,8 +437,13 @@ def main():
     a = ap.parse_args()
     g4 = os.path.abspath(a.g4)
     what = set(a.only.split(","))
-    model = tempfile.mkdtemp(prefix="g4_probe_mm_model_")
-    make_model_dir(model)
+    made = {}
+
+    def models(patch, pooling):  # one model directory per geometry, made when first drawn
+        if (patch, pooling) not in made:
+            made[patch, pooling] = tempfile.mkdtemp(prefix="g4_probe_mm_model_")
+            make_model_dir(made[patch, pooling], patch, pooling)
+        return made[patch, pooling]
     failures = 0
     for t in range(a.trials):
         if a.only_trial is not None and t != a.only_trial:
@@ -433,7 +451,7 @@ def main():
         r = random.Random(a.seed * 100003 + t)
         d = tempfile.mkdtemp(prefix="g4_probe_mm_")
         try:
-            problems, summary, note = trial(r, d, model, g4, what)
+            problems, summary, note = trial(r, d, models, g4, what)
         except Exception as e:
             import traceback
             problems, summary, note = [f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"], "?", None
@@ -449,7 +467,8 @@ def main():
         else:
             shutil.rmtree(d)
             print(f"trial {t}: ok   {summary}" + (f" [{note}]" if note else ""), flush=True)
-    shutil.rmtree(model)
+    for m in made.values():
+        shutil.rmtree(m)
     print(f"video timestamp texts compared: {CHECKED['video text']}")
     for why in sorted(set(KNOWN)):
         print(f"known disagreement, {KNOWN.count(why)} trial(s): {why}")
