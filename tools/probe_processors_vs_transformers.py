@@ -26,8 +26,9 @@ Compared at the level MULTIMODAL.md §11 asks:
            resize, so the codes must be equal (the spec allows 2/255; a difference is reported as a failure,
            with its size);
   audio    input_features within 1e-4 absolute (the FFT may differ; §6.1).
-A case one side refuses and the other accepts is a failure, unless it is listed in KNOWN_REFUSALS (cases where
-transformers' behaviour is an accident and g4 gives a clear error instead).
+A case one side refuses and the other accepts is a failure, unless it is listed in G4_REFUSES / HF_REFUSES (cases
+where g4 refuses by design, or transformers' behaviour is an accident); such a medium is set aside and the rest of
+the trial compared. `--only-trial N` reruns one trial of a seed.
 
   python3 tools/probe_processors_vs_transformers.py --trials 40 --seed 0 [--g4 build/g4] [--keep DIR]
             [--only image,audio,video]

@@ -21,7 +21,8 @@ pooler fails on it), grouped KV heads in the vision tower (g4 refuses them by na
   python3 tools/probe_towers_vs_transformers.py --trials 30 --seed 0 [--g4 build/g4] [--keep DIR]
             [--only vision|audio]
 
-Failing trials keep their directory (spec, weights, inputs, outputs). Needs torch and transformers (CPU only).
+Failing trials keep their directory (spec, weights, inputs, outputs); `--only-trial N` reruns one trial of a seed.
+Needs torch, torchvision (transformers' Gemma 4 processing module imports it) and transformers (CPU only).
 """
 import argparse, copy, json, math, os, random, shutil, sys, tempfile, types
 
