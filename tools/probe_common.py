@@ -56,13 +56,26 @@ def check_grads(problems, ours, hf32, hf64, names):
                             f"transformers f32: {e_hf:.3e}, bound {bound:.3e})")
 
 
-def run_trials(trials, seed, keep, trial):
+def check_outputs(ours, hf32, hf64, mask):
+    """The problems of g4's logits, loss and gradients (`ours`, as `g4 forward --grads` writes them) against
+    transformers (`hf32`, `hf64`: logits, loss and grad.<name>), logits at the positions `mask` keeps."""
+    problems = []
+    scale = max(1.0, hf64["logits"][mask].abs().max().item())
+    check_values(problems, [("logits", ours["logits"].reshape(hf64["logits"].shape)[mask], hf32["logits"][mask],
+                             hf64["logits"][mask], 1e-5 * scale),
+                            ("loss", ours["loss"], hf32["loss"], hf64["loss"],
+                             1e-6 * max(1.0, abs(hf64["loss"].item())))])
+    check_grads(problems, ours, hf32, hf64, [k for k in hf64 if k.startswith("grad.")])
+    return problems
+
+
+def run_trials(trials, seed, keep, trial, only_trial=None):
     """Runs trial(t, dir, info) -> problems for t < trials, each in a fresh directory; the trial puts its config in
     info["spec"] and a one-line description in info["summary"] first, so that a crash on either side (a finding
     too) still names them. Failing trials keep their directory (and spec.json) under `keep`. Returns the number
-    of failures, after printing the error-ratio distribution."""
+    of failures, after printing the error-ratio distribution. only_trial: run that one alone (to reproduce it)."""
     failures = 0
-    for t in range(trials):
+    for t in range(trials) if only_trial is None else [only_trial]:
         d = tempfile.mkdtemp(prefix="g4_probe_")
         info = {"summary": "?", "spec": {}}
         try:
@@ -89,5 +102,6 @@ def run_trials(trials, seed, keep, trial):
         pick = lambda f: q[min(len(q) - 1, int(f * len(q)))]
         print(f"g4 error / transformers' f32 error (both against transformers f64), over {len(q)} values: "
               f"median {pick(0.5):.2f}, 90% {pick(0.9):.2f}, 99% {pick(0.99):.2f}, max {q[-1]:.2f}")
-    print(f"{trials - failures}/{trials} trials agree")
+    ran = trials if only_trial is None else 1
+    print(f"{ran - failures}/{ran} trials agree")
     return failures

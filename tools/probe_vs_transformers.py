@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from make_hf_fixtures import build, randomize
-from probe_common import NOISE, check_grads, check_values, error, run_g4, run_trials
+from probe_common import NOISE, check_outputs, error, run_g4, run_trials
 
 
 def draw_config(r):
@@ -185,16 +185,9 @@ def compare(d, spec, batch, g4, r):
     run_g4(g4, ["forward", d, "--inputs", os.path.join(d, "inputs.safetensors"), "--out",
                 os.path.join(d, "g4.safetensors"), "--grads"])
     ours = load_file(os.path.join(d, "g4.safetensors"))
-    problems = []
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
     scale = max(1.0, hf64["logits"][mask].abs().max().item())
-    # Each value is checked against transformers in f64; the bound is the larger of a fixed f32
-    # tolerance and NOISE times transformers' own f32 error (probe_common.py).
-    checks = [("logits", ours["logits"].reshape(hf64["logits"].shape)[mask], hf32["logits"][mask],
-               hf64["logits"][mask], 1e-5 * scale),
-              ("loss", ours["loss"], hf32["loss"], hf64["loss"], 1e-6 * max(1.0, abs(hf64["loss"].item())))]
-    check_values(problems, checks)
-    check_grads(problems, ours, hf32, hf64, [k for k in hf64 if k.startswith("grad.")])
+    problems = check_outputs(ours, hf32, hf64, mask)
     # The round trip: what `g4 convert` writes loads in transformers with the same logits.
     conv = os.path.join(d, "converted")
     run_g4(g4, ["convert", d, conv])

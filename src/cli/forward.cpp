@@ -214,7 +214,10 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer for --prompt (default: the model directory)")
       ->needs(prompt_opt);
 
-  cmd->add_option("--out", o->out, "safetensors to write logits (+ loss, grads) to")->required();
+  cmd->add_option("--out", o->out,
+                  "safetensors to write logits (+ loss, grads) to; with --prompt also the inputs it made "
+                  "(input_ids, mm_token_type_ids and the processed media under transformers' names)")
+      ->required();
   cmd->add_flag("--grads", o->grads, "also write grad.<name> of the loss for every parameter (needs labels)");
   cmd->add_flag("--overwrite", o->overwrite, "replace --out even when it is a file in a model directory");
   cmd->callback([&action, o, prompt_opt] {
@@ -259,7 +262,18 @@ void add_forward(CLI::App& app, Action& action) {
         G4_CHECK(!o->grads, "--grads needs labels, which only --inputs provides");
         const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
         fi = media_prompt_inputs(*model, o->model, *tok, o->prompt);
+        // The processed inputs go into --out beside the logits (under transformers' names, so the file
+        // is also an --inputs file): what the processors made of the files is checkable on its own
+        // (tools/probe_processors_vs_transformers.py compares it with transformers' processors).
         prompt_tensors = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
+        for (const auto& [name, t] : std::initializer_list<std::pair<const char*, const Tensor*>>{
+                 {"pixel_values", &fi.pixel_values},
+                 {"image_position_ids", &fi.image_position_ids},
+                 {"pixel_values_videos", &fi.pixel_values_videos},
+                 {"video_position_ids", &fi.video_position_ids},
+                 {"input_features", &fi.input_features},
+                 {"input_features_mask", &fi.input_features_mask}})
+          if (t->defined()) prompt_tensors.emplace_back(name, *t);
       }
 
       std::optional<ag::NoGrad> no_grad;

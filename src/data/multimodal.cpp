@@ -37,7 +37,11 @@ std::string expand_media(const std::string& text, const MediaSoftTokens& media, 
   G4_CHECK(n_video == media.videos.size(), where, " has ", n_video, " video placeholder(s) ", video, " for ",
            media.videos.size(), " video(s): each video needs exactly one");
   for (int64_t n : media.images) G4_CHECK(n > 0, where, ": an image has ", n, " soft tokens");
-  for (int64_t n : media.audio) G4_CHECK(n > 0, where, ": an audio clip has ", n, " soft tokens");
+  // transformers renders a clip of at most 160 samples as an empty <|audio><audio|> (its frames are
+  // all invalid) and feeds the model nothing of it: a clip that silent is refused here instead.
+  for (size_t i = 0; i < media.audio.size(); ++i)
+    G4_CHECK(media.audio[i] > 0, where, ": audio clip ", i, " has ", media.audio[i],
+             " soft tokens: a clip needs more than 160 samples (10 ms at 16 kHz) for one valid frame");
   for (const VideoPlaceholder& v : media.videos)
     G4_CHECK(v.soft_tokens_per_frame > 0 && !v.timestamps.empty(), where, ": a video has ", v.timestamps.size(),
              " frame(s) of ", v.soft_tokens_per_frame, " soft tokens");

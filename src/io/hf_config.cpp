@@ -532,8 +532,12 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.sliding_window = f.opt_int("sliding_window", 0);
   c.rms_norm_eps = f.opt_double("rms_norm_eps", 1e-6);
   if (f.has("final_logit_softcapping")) c.final_logit_softcapping = f.opt_double("final_logit_softcapping", 0);
-  // Nested configs: the top-level tie_word_embeddings applies when the text config is silent.
-  c.tie_word_embeddings = f.opt_bool("tie_word_embeddings", top.opt_bool("tie_word_embeddings", true));
+  // Gemma4ForConditionalGeneration ties lm_head by the top-level flag alone (default true):
+  // transformers ignores text_config.tie_word_embeddings there, so a config whose two flags differ
+  // must follow the top one (else g4 asks for an lm_head the checkpoint lacks, or ignores the one it
+  // has). A diffusion config requires both true (above); a text config has only its own.
+  c.tie_word_embeddings = c.conditional ? top.opt_bool("tie_word_embeddings", true)
+                                        : f.opt_bool("tie_word_embeddings", top.opt_bool("tie_word_embeddings", true));
   if (const json* b = f.find("use_bidirectional_attention")) {
     if (b->is_boolean() && !b->get<bool>()) {
       // false: the Gemma 3 spelling of "off".

@@ -183,12 +183,16 @@ ag::Var AudioTower::feed_forward(const ag::Var& x, const std::string& f) const {
 // transformers' blocked attention (chunks of C queries over C + P keys, P = context_left - 1),
 // written per query as the band it reduces to: query t sees keys s with 0 <= t - s <= P - 1
 // (transformers' sliding_window_mask_function((P, 0)) keeps P keys, MULTIMODAL.md 12.1) that are
-// valid, with the relative logit q_t . relk[P - (t - s)]. Softcapped logits, masked ones set to
+// valid. The relative term follows transformers' table and shift: the table holds the distances
+// M, M - 1, ..., 0 with M = (C + P) / 2 (half its context, floored), and _rel_shift gives key s of
+// query t the table row c = P - (t - s), that is the distance M - P + (t - s), or nothing (a zero
+// row) when c > M. With the released configs (C = 12, P = 12) M = P and the row is distance t - s;
+// other chunk/context pairs shift or cut it, and g4 follows. Softcapped logits, masked ones set to
 // the invalid value, softmax over the keys.
 ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const std::string& a) const {
   const Tensor& xv = x.value();
   const int64_t B = xv.size(0), T = xv.size(1), H = config_.hidden_size, N = config_.num_heads, D = H / N;
-  const int64_t P = config_.context_left - 1, R = P + 1;  // R relative distances 0..P
+  const int64_t P = config_.context_left - 1, M = (config_.chunk_size + P) / 2, R = M + 1;  // R table rows
   const double q_scale = std::pow(double(D), -0.5) / std::numbers::ln2;
   const double k_scale = std::log1p(std::numbers::e) / std::numbers::ln2;
 
@@ -197,13 +201,13 @@ ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const st
   const ag::Var k = ag::scale(ag::reshape(clipped_linear(x, a + "k_proj"), {B, T, N, D}), k_scale);
   const ag::Var v = ag::reshape(clipped_linear(x, a + "v_proj"), {B, T, N, D});
 
-  // Sinusoidal table of distances P..0 (row j is distance P - j), as transformers computes it in f32.
+  // Sinusoidal table of distances M..0 (row j is distance M - j), as transformers computes it in f32.
   const int64_t half = H / 2;
   const double inc = std::log(1e4) / double(std::max<int64_t>(half - 1, 1));
   std::vector<double> pe(size_t(R * H));
   for (int64_t j = 0; j < R; ++j)
     for (int64_t i = 0; i < half; ++i) {
-      const float ts = float(double(P - j)) * std::exp(-float(double(i) * inc));
+      const float ts = float(double(M - j)) * std::exp(-float(double(i) * inc));
       pe[size_t(j * H + i)] = std::sin(ts);
       pe[size_t(j * H + half + i)] = std::cos(ts);
     }
@@ -211,7 +215,10 @@ ag::Var AudioTower::attention(const ag::Var& x, const Tensor& key_mask, const st
 
   std::vector<int64_t> shift(size_t(T * T));
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t s = 0; s < T; ++s) shift[size_t(t * T + s)] = t - s >= 0 && t - s <= P ? t * R + (P - (t - s)) : T * R;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t c = P - (t - s);  // the table row of key s (masked outside 0 <= t - s < P)
+      shift[size_t(t * T + s)] = t - s >= 0 && c >= 0 && c < R ? t * R + c : T * R;
+    }
 
   std::vector<ag::Var> rows;
   for (int64_t b = 0; b < B; ++b) {

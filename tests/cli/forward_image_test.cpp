@@ -78,6 +78,10 @@ TEST(CliForwardImage, PromptAndImageGiveTheSameLogitsAsTheirTensors) {
   opt.patch_size = 6;
   opt.max_soft_tokens = 70;
   const io::ProcessedImages img = io::process_images({io::read_image(fixture_image())}, opt);
+  // --out also holds the processed image it ran on (tools/probe_processors_vs_transformers.py reads it).
+  EXPECT_EQ(test::max_diff(got.get("pixel_values"), img.pixel_values), 0.0);
+  EXPECT_EQ(test::max_diff(got.get("image_position_ids"), img.image_position_ids), 0.0);
+  EXPECT_FALSE(got.has("input_features"));
   const std::string in = (outs / "in.safetensors").string(), out2 = (outs / "out2.safetensors").string();
   io::save_safetensors(in, {{"input_ids", ids.clone()},
                             {"mm_token_type_ids", types.clone()},
@@ -139,6 +143,8 @@ TEST(CliForwardImage, PromptAndVideoGiveTheSameLogitsAsTheirTensors) {
   opt.frame.patch_size = 6;
   opt.num_frames = 2;
   const auto [values, positions] = io::stack_videos({io::process_video({frames, 1.0}, opt)});
+  EXPECT_EQ(test::max_diff(got.get("pixel_values_videos"), values), 0.0);
+  EXPECT_EQ(test::max_diff(got.get("video_position_ids"), positions), 0.0);
   const std::string in = (outs / "in.safetensors").string(), out2 = (outs / "out2.safetensors").string();
   io::save_safetensors(in, {{"input_ids", ids.clone()},
                             {"mm_token_type_ids", types.clone()},

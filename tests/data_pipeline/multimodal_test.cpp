@@ -60,6 +60,11 @@ TEST(MultimodalPrompt, ExpansionLayoutAndCountErrors) {
   EXPECT_NE(e.find("1 image(s)"), std::string::npos) << e;
   e = test::error_of([] { expand_media("no audio here", MediaSoftTokens{{}, {7}}); });
   EXPECT_NE(e.find("0 audio placeholder(s)"), std::string::npos) << e;
+  // A clip of at most 160 samples has no valid frame (transformers renders it as an empty
+  // <|audio><audio|>): refused, naming the clip and why.
+  e = test::error_of([] { expand_media("<|audio|><|audio|>", MediaSoftTokens{{}, {3, 0}}, "prompt.txt"); });
+  EXPECT_NE(e.find("prompt.txt: audio clip 1 has 0 soft tokens"), std::string::npos) << e;
+  EXPECT_NE(e.find("more than 160 samples"), std::string::npos) << e;
 }
 
 TEST(MultimodalPrompt, ChatPartsRenderAsTheGemma4Template) {

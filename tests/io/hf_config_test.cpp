@@ -207,6 +207,16 @@ TEST(HfConfig, NestedFlagsAndTopLevelTie) {
   EXPECT_FALSE(c.tie_word_embeddings);
   j.erase("architectures");
   EXPECT_EQ(parse_model_config(j, "nested.json").architecture, "Gemma4ForConditionalGeneration");
+  // Gemma4ForConditionalGeneration ties by the top-level flag alone (default true), whatever
+  // text_config says (transformers 5.17; found by tools/probe_towers_vs_transformers.py: with the
+  // top flag true and the text one false, transformers saves no lm_head.weight).
+  for (const bool top : {true, false}) {
+    j["tie_word_embeddings"] = top;
+    j["text_config"]["tie_word_embeddings"] = !top;
+    EXPECT_EQ(parse_model_config(j, "nested.json").tie_word_embeddings, top);
+  }
+  j.erase("tie_word_embeddings");
+  EXPECT_TRUE(parse_model_config(j, "nested.json").tie_word_embeddings);
 }
 
 TEST(HfConfig, GlobalHeadDimDialectMatchesPerLayerConfig) {

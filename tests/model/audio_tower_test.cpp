@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -126,6 +127,39 @@ TEST(AudioTower, ForwardInputErrorsNameTheInput) {
   t.input_features = randn({1, 8, 128}, 3);
   t.input_features_mask = Tensor::zeros({1, 8}, DType::Bool);
   EXPECT_NE(test::error_of([&] { text_only->forward(t); }).find("no audio tower"), std::string::npos);
+}
+
+// Chunk/context pairs other than the released (12, 13): transformers' relative table holds the
+// distances (C + P) / 2 .. 0 (P = context_left - 1) and its shift gives key s of query t the row
+// P - (t - s), so the distance a key sees is shifted by (C + P) / 2 - P, and rows past the table
+// are zero. g4 once took the row for distance t - s whatever the sizes (found by
+// tools/probe_towers_vs_transformers.py: at (4, 3) a model's logits were 1.6e-2 off and some audio
+// gradients 70 % off).
+// tiny-mm-e's tower on its recorded features against transformers' at (4, 3), (4, 9), (12, 25)
+// (tests/data/hf-gemma4-mm/audio-context.safetensors, written by that tool's
+// --write-audio-context-reference).
+TEST(AudioTower, OtherChunkAndContextFollowTransformers) {
+  const std::string dir = fixture("tiny-mm-e");
+  const io::ModelConfig config = io::load_model_config(dir);
+  const auto model = io::SafetensorsReader::open(dir + "/model.safetensors");
+  const auto ref = io::SafetensorsReader::open(dir + "/reference.safetensors");
+  const auto want = io::SafetensorsReader::open(test::data_dir() + "/hf-gemma4-mm/audio-context.safetensors");
+  ag::NoGrad no_grad;
+  for (const auto& [chunk, left] : std::vector<std::pair<int64_t, int64_t>>{{4, 3}, {4, 9}, {12, 25}}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk) + ", context_left " + std::to_string(left));
+    io::AudioConfig c = config.audio;
+    c.chunk_size = chunk;
+    c.context_left = left;
+    const model::AudioTower tower = model::AudioTower::load(model, c, config.hidden_size);
+    const model::AudioTower::Output out = tower.forward(ref.get("input_features"), ref.get("input_features_mask"));
+    const std::string key = "chunk" + std::to_string(chunk) + "_left" + std::to_string(left);
+    const Tensor mask = want.get(key + ".output_mask");
+    ASSERT_EQ(out.mask.shape(), mask.shape());
+    for (int64_t i = 0; i < mask.numel(); ++i) ASSERT_EQ(element_as_int(out.mask, i), element_as_int(mask, i)) << i;
+    const double err = test::max_diff(out.hidden.value(), want.get(key + ".last_hidden_state"), mask);
+    std::cout << key << ": max |g4 - transformers| " << err << " where the output mask is true\n";
+    EXPECT_LE(err, 1e-4);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, AudioTowerFixture, ::testing::Values("tiny-mm-e", "tiny-mm-bidir"));
