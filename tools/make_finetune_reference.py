@@ -9,7 +9,6 @@ the expert down projections, so it is not a separately trained parameter there.
 """
 import json
 import os
-import shutil
 import sys
 
 import torch
