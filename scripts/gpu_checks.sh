@@ -30,7 +30,9 @@ new_tests+=':GpuAttentionMerge.*:GpuParallelLaunch.*:GpuFsdp*:GpuDataParallel*'
 # memory, and the suites whose paths it changed (frozen weights now stream to the GPU with no f32
 # copy: GPU training, expert LoRA and diffusion, which freezes the router).
 s12_tests='GpuRlRanks.*:GpuGemv.*:GpuFusedNorms.*:GpuBenchTrain.*:GpuLoraMemory.*:GpuTrain.*:*GpuLoraExperts.*'
-s12_tests+=':GpuDiffusion*'
+# (A leading '*' wherever a suite is parameterised: gtest names those 'Fixtures/Suite.Test/param', so
+# 'GpuDiffusion*' alone would leave out GpuDiffusionFixture's tests.)
+s12_tests+=':*GpuDiffusion*'
 
 stage() {
   case "$1" in

@@ -1,6 +1,8 @@
 // The one entry point of the ops in ops/fused.h: arguments are checked here; a GPU call whose rows
 // suit the fused kernel goes to it, every other call runs the separate ops it stands for (on the
-// CPU that composition is the reference).
+// CPU that composition is the reference). The kernels read the norm weights in 16-byte packs too,
+// so a weight that is a view at an unaligned offset (Tensor::slice0) takes the separate ops, as
+// ops::rmsnorm itself checks its weight's alignment.
 #include "ops/fused.h"
 
 #include "ops/dispatch.h"
@@ -30,7 +32,7 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
   check_same_dtype("add_rmsnorm", "residual", residual, "a", a);
   check_same_shape("add_rmsnorm", "residual", residual, "a", a);
 #ifdef G4_WITH_CUDA
-  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual))
+  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual) && cuda::fused_rows_fit(w))
     return cuda::add_rmsnorm(residual, a, w, scale, eps);
 #endif
   const Tensor h = add(residual, rmsnorm(a, w, eps));
@@ -43,7 +45,9 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
   check_same_dtype("rmsnorm_sum", "a", a, "b", b);
   check_same_shape("rmsnorm_sum", "a", a, "b", b);
 #ifdef G4_WITH_CUDA
-  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(b)) return cuda::rmsnorm_sum(a, wa, b, wb, eps);
+  if (on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(b) && cuda::fused_rows_fit(wa) &&
+      cuda::fused_rows_fit(wb))
+    return cuda::rmsnorm_sum(a, wa, b, wb, eps);
 #endif
   return add(rmsnorm(a, wa, eps), rmsnorm(b, wb, eps));
 }
@@ -51,7 +55,7 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps) {
   check_normed("rmsnorm_rope", "x", x, "w", w);
 #ifdef G4_WITH_CUDA
-  if (on_gpu(x) && cuda::rmsnorm_rope_fits(x)) {
+  if (on_gpu(x) && cuda::rmsnorm_rope_fits(x) && cuda::fused_rows_fit(w)) {
     check_rope_args("rmsnorm_rope", x, positions, inv_freq);
     return cuda::rmsnorm_rope(x, w, positions, inv_freq, eps);
   }

@@ -57,6 +57,7 @@ void expect_lse_close(const Tensor& gpu_lse, const Tensor& ref_lse, const std::s
 }
 
 void run_case(const Case& c, uint64_t seed = 1) {
+  G4_REQUIRE_GPU();  // most tests are this call alone: without a GPU they skip rather than throw
   std::printf("[%s] B=%lld Sq=%lld Sk=%lld nH=%lld nKV=%lld d=%lld dv=%lld\n", c.name.c_str(),
               static_cast<long long>(c.batch), static_cast<long long>(c.sq), static_cast<long long>(c.sk),
               static_cast<long long>(c.heads), static_cast<long long>(c.kv_heads), static_cast<long long>(c.d),
@@ -309,6 +310,7 @@ TEST(GpuAttention, RejectsBadArguments) {
 // A NaN in one key makes every query that sees it NaN (as PyTorch and the CPU reference do); the
 // queries before it stay finite. fmaxf in the row maximum used to drop it and give a finite row.
 TEST(GpuAttention, NanScorePropagates) {
+  G4_REQUIRE_GPU();
   for (const int64_t d : {64, 256, 512}) {
     const int64_t S = 96, nan_key = 40;
     Tensor k = test::randn_bf16_exact({1, S, 1, d}, 11);

@@ -5,10 +5,11 @@
 
 namespace g4::ops::cuda {
 
-bool fused_rows_fit(const Tensor& x);  // last dim in whole 16-byte packs, 16-byte aligned rows
+// Last dim in whole 16-byte packs, 16-byte aligned rows: each normed tensor and each norm weight.
+bool fused_rows_fit(const Tensor& x);
 Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps);
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
-bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned
+bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
 
 }  // namespace g4::ops::cuda
