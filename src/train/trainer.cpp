@@ -224,17 +224,24 @@ TrainResult Trainer::finish() {
     const Metrics v = objective_->validate(*p_.model);
     if (!v.empty()) result_.last_validation_loss = v.at("validation_loss");
   }
-  // Samples come from the exported f32 weights (the generator reads f32 logits on the host), on
-  // rank 0, which under EP its EP group first gathers the whole model for. Every rank knows
-  // r_.samples, so all take part in the gathers or none.
+  // Samples are written by rank 0. A GPU model that is whole on every rank (no parallel.fsdp, no
+  // expert parallelism) samples itself: its bf16 copy is the trained model, and the engine runs on
+  // the GPU; exporting it would build the whole model in f32 on the host, and with a frozen base
+  // (LoRA, train.freeze) convert that base too (about 104 GB for 26B-A4B). Otherwise samples come
+  // from the exported f32 weights, which under EP the EP group first gathers on rank 0. Every rank
+  // knows r_.samples, so all take part in the gathers or none.
   model::Gemma4* sampler = nullptr;
   std::unique_ptr<model::Gemma4> whole;
   // Text samples are the autoregressive generator's: SFT runs only.
   if (r_.samples > 0 && data_) {
-    p_.opt->gather_parameters();
-    sampler = &p_.opt->export_weights();
-    whole = gather_experts_for_rank0(*sampler, *p_.mesh);
-    if (whole) sampler = whole.get();
+    if (r_.device == Device::CUDA && !r_.fsdp && r_.expert_parallel == 1) {
+      sampler = p_.model.get();
+    } else {
+      p_.opt->gather_parameters();
+      sampler = &p_.opt->export_weights();
+      whole = gather_experts_for_rank0(*sampler, *p_.mesh);
+      if (whole) sampler = whole.get();
+    }
   }
   if (!main_rank()) return result_;
   bar_->finish();
