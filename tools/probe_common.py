@@ -4,7 +4,7 @@ the error yardstick against transformers in f64, and the trial loop that keeps f
 Every value is checked against transformers in f64; the bound is the larger of a fixed f32 tolerance and NOISE times
 transformers' own f32 error (a deep random model amplifies rounding, and two f32 implementations round differently).
 """
-import json, os, shutil, subprocess, tempfile, traceback
+import argparse, json, os, shutil, subprocess, tempfile, traceback
 
 RATIOS = []  # g4's error / transformers' f32 error, per checked value (printed as a distribution)
 # Two f32 implementations round differently; against f64, g4's error over transformers' f32 error had a
@@ -12,6 +12,18 @@ RATIOS = []  # g4's error / transformers' f32 error, per checked value (printed 
 # with single values up to 8 where rounding meets an ill-conditioned gradient. A defect is orders of
 # magnitude above that (a 0.1% change of one norm weight shows as 1e-3 against 1e-6).
 NOISE = 10
+
+
+def trial_parser(doc, keep):
+    """The options every probe takes (each adds its own): how many trials, the seed, one trial alone, the g4
+    binary, and where failing trials are kept."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-trial", type=int, default=None, help="run only this trial of the seed (to reproduce one)")
+    ap.add_argument("--g4", default="build/g4")
+    ap.add_argument("--keep", default=keep, help="where failing trials are kept")
+    return ap
 
 
 def run_g4(g4, args, cwd=None):

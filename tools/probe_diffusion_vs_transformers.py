@@ -41,7 +41,7 @@ Failing trials keep their directory (config, weights, inputs, outputs) for a tes
 
 Needs torch and transformers (CPU only).
 """
-import argparse, copy, json, os, random, sys
+import copy, json, os, random, sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from bench_hf_diffusion import TINY_VISION
 from make_hf_fixtures import randomize
-from probe_common import check_grads, check_values, run_g4, run_trials
+from probe_common import check_grads, check_values, run_g4, run_trials, trial_parser
 
 
 def draw_config(r):
@@ -340,11 +340,7 @@ def compare(work, spec, batch, r, g4, generate):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--g4", default="build/g4")
-    ap.add_argument("--keep", default="/tmp/g4_probe_diffusion_failures", help="where failing trials are kept")
+    ap = trial_parser(__doc__, "/tmp/g4_probe_diffusion_failures")
     ap.add_argument("--no-generate", action="store_true", help="skip the sampling comparison")
     a = ap.parse_args()
     g4 = os.path.abspath(a.g4)
@@ -364,7 +360,7 @@ def main():
                            f"{' dec_mask' if 'decoder_attention_mask' in batch else ''}")
         return compare(d, spec, batch, r, g4, not a.no_generate)
 
-    sys.exit(1 if run_trials(a.trials, a.seed, a.keep, trial) else 0)
+    sys.exit(1 if run_trials(a.trials, a.seed, a.keep, trial, a.only_trial) else 0)
 
 
 if __name__ == "__main__":

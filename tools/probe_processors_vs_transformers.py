@@ -35,7 +35,7 @@ the trial compared. `--only-trial N` reruns one trial of a seed.
 
 Needs torch, torchvision, Pillow and transformers (CPU only).
 """
-import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile, types
+import json, os, random, shutil, struct, subprocess, sys, tempfile, types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from probe_common import run_trials, trial_parser
 
 BUDGETS = [70, 140, 280, 560, 1120]
 TEST_DATA = os.path.join(HERE, "..", "tests", "data")
@@ -438,12 +439,7 @@ def video_text(ours, model):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only-trial", type=int, default=None, help="run only this trial of the seed (to reproduce one)")
-    ap.add_argument("--g4", default="build/g4")
-    ap.add_argument("--keep", default="/tmp/g4_probe_mm_failures", help="where failing trials are kept")
+    ap = trial_parser(__doc__, "/tmp/g4_probe_mm_failures")
     ap.add_argument("--only", default="image,audio,video")
     a = ap.parse_args()
     g4 = os.path.abspath(a.g4)
@@ -455,36 +451,18 @@ def main():
             made[patch, pooling] = tempfile.mkdtemp(prefix="g4_probe_mm_model_")
             make_model_dir(made[patch, pooling], patch, pooling)
         return made[patch, pooling]
-    failures = 0
-    for t in range(a.trials):
-        if a.only_trial is not None and t != a.only_trial:
-            continue
-        r = random.Random(a.seed * 100003 + t)
-        d = tempfile.mkdtemp(prefix="g4_probe_mm_")
-        try:
-            problems, summary, note = trial(r, d, models, g4, what)
-        except Exception as e:
-            import traceback
-            problems, summary, note = [f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"], "?", None
-        if problems:
-            failures += 1
-            keep = os.path.join(a.keep, f"seed{a.seed}-trial{t}")
-            shutil.rmtree(keep, ignore_errors=True)
-            os.makedirs(os.path.dirname(keep), exist_ok=True)
-            shutil.move(d, keep)
-            print(f"trial {t}: FAIL {summary} (kept in {keep})")
-            for p in problems[:8]:
-                print("    " + p)
-        else:
-            shutil.rmtree(d)
-            print(f"trial {t}: ok   {summary}" + (f" [{note}]" if note else ""), flush=True)
+
+    def one(t, d, info):
+        problems, summary, note = trial(random.Random(a.seed * 100003 + t), d, models, g4, what)
+        info["summary"] = summary + (f" [{note}]" if note else "")
+        return problems
+
+    failures = run_trials(a.trials, a.seed, a.keep, one, a.only_trial)
     for m in made.values():
         shutil.rmtree(m)
     print(f"video timestamp texts compared: {CHECKED['video text']}")
     for why in sorted(set(KNOWN)):
         print(f"known disagreement, {KNOWN.count(why)} trial(s): {why}")
-    ran = a.trials if a.only_trial is None else 1
-    print(f"{ran - failures}/{ran} trials agree")
     sys.exit(1 if failures else 0)
 
 

@@ -24,7 +24,7 @@ pooler fails on it), grouped KV heads in the vision tower (g4 refuses them by na
 Failing trials keep their directory (spec, weights, inputs, outputs); `--only-trial N` reruns one trial of a seed.
 Needs torch, torchvision (transformers' Gemma 4 processing module imports it) and transformers (CPU only).
 """
-import argparse, copy, os, random, sys, types
+import copy, os, random, sys, types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -285,12 +285,7 @@ def write_audio_context_reference(path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only-trial", type=int, default=None, help="run only this trial of the seed (to reproduce one)")
-    ap.add_argument("--g4", default="build/g4")
-    ap.add_argument("--keep", default="/tmp/g4_probe_tower_failures", help="where failing trials are kept")
+    ap = probe_common.trial_parser(__doc__, "/tmp/g4_probe_tower_failures")
     ap.add_argument("--only", choices=["vision", "audio"], default=None)
     ap.add_argument("--write-audio-context-reference", metavar="OUT",
                     help="write the test data of tiny-mm-e's audio tower at other chunk/context sizes and exit")

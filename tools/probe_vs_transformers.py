@@ -24,7 +24,7 @@ Failing trials keep their directory (config, weights, inputs, both outputs) for 
 
 Needs torch and transformers (CPU only).
 """
-import argparse, copy, json, os, random, sys
+import copy, json, os, random, sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from make_hf_fixtures import build, randomize
-from probe_common import NOISE, check_outputs, error, run_g4, run_trials
+from probe_common import NOISE, check_outputs, error, run_g4, run_trials, trial_parser
 
 
 def draw_config(r):
@@ -232,11 +232,7 @@ def compare(d, spec, batch, g4, r):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--g4", default="build/g4")
-    ap.add_argument("--keep", default="/tmp/g4_probe_failures", help="where failing trials are kept")
+    ap = trial_parser(__doc__, "/tmp/g4_probe_failures")
     a = ap.parse_args()
     g4 = os.path.abspath(a.g4)
 
@@ -250,7 +246,7 @@ def main():
                            f"batch {tuple(batch['input_ids'].shape)}{' packed' if 'position_ids' in batch else ''}")
         return compare(d, spec, batch, g4, r)
 
-    failures = run_trials(a.trials, a.seed, a.keep, trial)
+    failures = run_trials(a.trials, a.seed, a.keep, trial, a.only_trial)
     sys.exit(1 if failures else 0)
 
 
