@@ -8,8 +8,9 @@ patterns), random weights (as tools/make_hf_fixtures.py draws them), and a rando
 right padding, or documents packed in one row with position ids restarting). transformers (fp32, eager) gives
 logits, loss and every gradient in fp32 and in fp64; `g4 forward --grads` on the saved checkpoint (f32) gives ours;
 then `g4 generate --greedy` (the engine, KV cache) decodes half of the first row, and `g4 convert`'s output must
-load in transformers (no missing, unexpected or mismatched keys) with the original's logits (bit for bit for
-dense models; MoE within 1e-5 of the logits' scale: the per_expert_scale fold rounds the down weights once). Against transformers in f64, with
+load in transformers (no missing, unexpected or mismatched keys) with every tensor the original's bit for bit (MoE:
+each expert's down weight torch's f32 product with its per_expert_scale, the scales ones, as g4 folds them) and
+the same logits. Against transformers in f64, with
 e_hf = transformers' own f32 error (a deep random model amplifies rounding), a trial fails when:
   logits  max |g4 - hf64| over valid positions > max(1e-5 * max(1, max |hf64|), 10 e_hf)
   loss    |g4 - hf64| > max(1e-6 * max(1, |hf64|), 10 e_hf)
@@ -32,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from make_hf_fixtures import build, randomize
-from probe_common import NOISE, check_outputs, error, run_g4, run_trials, trial_parser
+from probe_common import check_outputs, run_g4, run_trials, trial_parser
 
 
 def draw_config(r):
@@ -186,7 +187,6 @@ def compare(d, spec, batch, g4, r):
                 os.path.join(d, "g4.safetensors"), "--grads"])
     ours = load_file(os.path.join(d, "g4.safetensors"))
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
-    scale = max(1.0, hf64["logits"][mask].abs().max().item())
     problems = check_outputs(ours, hf32, hf64, mask)
     # The round trip: what `g4 convert` writes loads in transformers with the same logits.
     conv = os.path.join(d, "converted")
@@ -200,14 +200,24 @@ def compare(d, spec, batch, g4, r):
     lost = {k: v for k, v in info.items() if v}
     if lost:
         problems.append(f"g4 convert: transformers reports {lost}")
+    # Dense weights come back bit for bit. g4 folds per_expert_scale into the experts' down projection
+    # (docs/architecture.md) and exports ones: each expert's down weight must be exactly torch's f32
+    # product with its scale, and then the logits are those of that folded checkpoint.
+    want = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    for n in [n for n in want if n.endswith("router.per_expert_scale")]:
+        down = n[:-len("router.per_expert_scale")] + "experts.down_proj"
+        want[down] = want[down] * want[n][:, None, None]
+        want[n] = torch.ones_like(want[n])
+    got = back.state_dict()
+    changed = [n for n in want if n in got and not torch.equal(want[n], got[n])]
+    if changed:
+        problems.append(f"g4 convert: {len(changed)} tensors differ from the original (folded), e.g. {changed[:3]}")
+    reference = copy.deepcopy(model)
+    reference.load_state_dict(want)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        moved = (back.eval()(**inputs).logits - model(**inputs).logits)[mask].abs().max().item()
-    # Dense weights come back bit for bit; g4 folds per_expert_scale into the experts' down projection
-    # (docs/architecture.md) and exports ones, which rounds each down weight once: an f32 rounding of
-    # the weights, held to the same yardstick as g4's own f32 forward.
-    fold = max(1e-5 * scale, NOISE * error(hf32["logits"][mask], hf64["logits"][mask]))
-    if moved > (fold if spec["text"].get("enable_moe_block") else 0):
+        moved = (back.eval()(**inputs).logits - reference(**inputs).logits)[mask].abs().max().item()
+    if moved > 0:
         problems.append(f"g4 convert: transformers' logits moved by {moved:.3e}")
     # Greedy decoding through the engine: each token must be the argmax of transformers' full forward
     # (no cache) over the prefix, unless its top two logits are within 1e-3. transformers' own cached

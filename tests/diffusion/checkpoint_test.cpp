@@ -270,9 +270,11 @@ TEST(AdaptAutoregressive, FullLayersVProjIsDropped) {
 
 TEST(AdaptAutoregressive, RefusesWhatDiffusionGemmaCannotExpress) {
   const json moe = read_json(fs::path(ar_fixture("tiny-moe")) / "config.json");
-  const auto refused = [&](const std::function<void(json&)>& edit, const std::string& why) {
+  // `edit` changes text_config, or with `top_level` the whole config (transformers ties the LM head by
+  // the top-level tie_word_embeddings of a nested config alone).
+  const auto refused = [&](const std::function<void(json&)>& edit, const std::string& why, bool top_level = false) {
     json j = moe;
-    edit(j["text_config"]);
+    edit(top_level ? j : j["text_config"]);
     const io::ModelConfig c = io::parse_model_config(j, "ar.json");
     const std::string e = test::error_of([&] { diffusion::diffusion_config_from(c, 8); });
     EXPECT_NE(e.find(why), std::string::npos) << e;
@@ -280,7 +282,7 @@ TEST(AdaptAutoregressive, RefusesWhatDiffusionGemmaCannotExpress) {
   refused([](json& t) { t["enable_moe_block"] = false; }, "no routed experts");
   refused([](json& t) { t["hidden_size_per_layer_input"] = 8; }, "per-layer inputs");
   refused([](json& t) { t["num_kv_shared_layers"] = 2; }, "shares K/V");
-  refused([](json& t) { t["tie_word_embeddings"] = false; }, "not tied");
+  refused([](json& t) { t["tie_word_embeddings"] = false; }, "not tied", /*top_level=*/true);
   refused([](json& t) { t["final_logit_softcapping"] = nullptr; }, "softcap");
   refused([](json& t) { t["intermediate_size"] = {96, 96, 96, 96, 96, 64}; }, "MLP widths");
   const io::ModelConfig dense = io::load_model_config(ar_fixture("tiny-dense-keqv"));
