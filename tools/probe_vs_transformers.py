@@ -10,7 +10,7 @@ logits, loss and every gradient in fp32 and in fp64; `g4 forward --grads` on the
 then `g4 generate --greedy` (the engine, KV cache) decodes half of the first row, and `g4 convert`'s output must
 load in transformers (no missing, unexpected or mismatched keys) with every tensor the original's bit for bit (MoE:
 each expert's down weight torch's f32 product with its per_expert_scale, the scales ones, as g4 folds them) and
-the same logits. Against transformers in f64, with
+the same logits (bit for bit for dense models; MoE within f32 noise, see the check). Against transformers in f64, with
 e_hf = transformers' own f32 error (a deep random model amplifies rounding), a trial fails when:
   logits  max |g4 - hf64| over valid positions > max(1e-5 * max(1, max |hf64|), 10 e_hf)
   loss    |g4 - hf64| > max(1e-6 * max(1, |hf64|), 10 e_hf)
@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from make_hf_fixtures import build, randomize
-from probe_common import check_outputs, run_g4, run_trials, trial_parser
+from probe_common import NOISE, check_outputs, error, run_g4, run_trials, trial_parser
 
 
 def draw_config(r):
@@ -188,7 +188,7 @@ def compare(d, spec, batch, g4, r):
     ours = load_file(os.path.join(d, "g4.safetensors"))
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
     problems = check_outputs(ours, hf32, hf64, mask)
-    # The round trip: what `g4 convert` writes loads in transformers with the same logits.
+    # The round trip: what `g4 convert` writes loads in transformers with the same logits (bit for bit for dense models; MoE within f32 noise, see the check).
     conv = os.path.join(d, "converted")
     run_g4(g4, ["convert", d, conv])
     import transformers
@@ -217,7 +217,11 @@ def compare(d, spec, batch, g4, r):
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         moved = (back.eval()(**inputs).logits - reference(**inputs).logits)[mask].abs().max().item()
-    if moved > 0:
+    # With equal tensors and an equal config.json, transformers' MoE logits can still differ in the last
+    # bits between the folded original and the reloaded output (4.8e-7 on seed 10, trial 15; the cause
+    # is in how transformers loads them, not the weights, which are checked above): f32 noise is allowed.
+    noise = NOISE * error(hf32["logits"][mask], hf64["logits"][mask])
+    if moved > (noise if spec["text"].get("enable_moe_block") else 0):
         problems.append(f"g4 convert: transformers' logits moved by {moved:.3e}")
     # Greedy decoding through the engine: each token must be the argmax of transformers' full forward
     # (no cache) over the prefix, unless its top two logits are within 1e-3. transformers' own cached
