@@ -251,17 +251,24 @@ def compare_images(g4out, hf, problems):
     got = int((ids == 304).sum())
     if got != sum(counts):
         problems.append(f"image soft tokens: g4 {got}, transformers {counts}")
-    gpv, gpos = g4out["pixel_values"], g4out["image_position_ids"]
+    compare_pixels(g4out, "pixel_values", "image_position_ids", pv, pos, problems)
+
+
+def compare_pixels(g4out, name, pos_name, pv, pos, problems):
+    """g4's processed pixels `name` and positions `pos_name` against transformers': the same shape and
+    positions, the same pixel codes, the same floats. False when the shapes differ (nothing else compares)."""
+    gpv, gpos = g4out[name], g4out[pos_name]
     if tuple(gpv.shape) != tuple(pv.shape):
-        problems.append(f"pixel_values shape: g4 {tuple(gpv.shape)}, transformers {tuple(pv.shape)}")
-        return
+        problems.append(f"{name} shape: g4 {tuple(gpv.shape)}, transformers {tuple(pv.shape)}")
+        return False
     if not torch.equal(gpos.long(), pos.long()):
-        problems.append("image_position_ids differ")
+        problems.append(f"{pos_name} differ")
     dc = (codes(gpv) - codes(pv)).abs()
     if dc.max() > 0:
-        problems.append(f"pixel_values: {int((dc > 0).sum())} codes differ, by up to {int(dc.max())}")
+        problems.append(f"{name}: {int((dc > 0).sum())} codes differ, by up to {int(dc.max())}")
     elif not torch.equal(gpv, pv.float()):
-        problems.append(f"pixel_values: same codes, floats differ by {(gpv - pv).abs().max().item():.2e}")
+        problems.append(f"{name}: same codes, floats differ by {(gpv - pv).abs().max().item():.2e}")
+    return True
 
 
 def compare_audio(g4out, hf, problems):
@@ -283,17 +290,8 @@ def compare_audio(g4out, hf, problems):
 
 def compare_video(g4out, hf, g4text, problems):
     pv, pos, per_frame, text = hf
-    gpv, gpos = g4out["pixel_values_videos"], g4out["video_position_ids"]
-    if tuple(gpv.shape) != tuple(pv.shape):
-        problems.append(f"pixel_values_videos shape: g4 {tuple(gpv.shape)}, transformers {tuple(pv.shape)}")
+    if not compare_pixels(g4out, "pixel_values_videos", "video_position_ids", pv, pos, problems):
         return
-    if not torch.equal(gpos.long(), pos.long()):
-        problems.append("video_position_ids differ")
-    dc = (codes(gpv) - codes(pv)).abs()
-    if dc.max() > 0:
-        problems.append(f"pixel_values_videos: {int((dc > 0).sum())} codes differ, by up to {int(dc.max())}")
-    elif not torch.equal(gpv, pv.float()):
-        problems.append(f"pixel_values_videos: same codes, floats differ by {(gpv - pv).abs().max().item():.2e}")
     got = int((g4out["input_ids"][0] == 306).sum())
     if got != per_frame * pv.shape[1]:
         problems.append(f"video soft tokens: g4 {got}, transformers {per_frame} x {pv.shape[1]} frames")
