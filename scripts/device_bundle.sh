@@ -6,8 +6,14 @@
 # machine. Unpack there with: tar xf .device/bundle.tar.xz -C DIR; LD_LIBRARY_PATH=DIR/lib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# G4_BUNDLE_BENCHES (e.g. "bench_moe bench_gemv") packs only those benchmarks: the device machine takes
+# at most 64 MiB of working tree and bundle together.
 bins=(build/g4 build/test_gpu "$@")
-for b in build/bench_*; do [ -x "$b" ] && bins+=("$b"); done
+if [ -n "${G4_BUNDLE_BENCHES+set}" ]; then
+  for b in $G4_BUNDLE_BENCHES; do bins+=("build/$b"); done
+else
+  for b in build/bench_*; do [ -x "$b" ] && bins+=("$b"); done
+fi
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib" .device
 # Every resolved dependency of $1 except the C runtime and CUDA's libraries, into $2.
@@ -16,7 +22,7 @@ copy_deps() {
     case "$(basename "$lib")" in
       # The C and C++ runtimes there are newer than ours (and compatible); CUDA's come with its driver.
       libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
-      libcuda.so*|libcublas*|libnccl*|libcudart*) ;;
+      libcuda.so*|libcublas*|libnccl*|libcudart*|libcupti*) ;;
       *) cp -L -n "$lib" "$2/" ;;
     esac
   done
@@ -47,6 +53,6 @@ if [ -x /usr/bin/orterun ] && [ -d "$ompi" ]; then
     copy_deps "$f" "$stage/lib" 2>/dev/null || true
   done
 fi
-tar -C "$stage" -cJf .device/bundle.tar.xz bin lib $( [ -d "$stage/ompi" ] && echo ompi )
+XZ_OPT=-9e tar -C "$stage" -cJf .device/bundle.tar.xz bin lib $( [ -d "$stage/ompi" ] && echo ompi )
 rm -rf "$stage"
 ls -la .device/bundle.tar.xz

@@ -14,7 +14,7 @@ export G4_BINARY="$bundle/bin/g4"
 nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) + "/lib")' 2>/dev/null || true)
 # Python (the Hugging Face side of the benchmarks) must not see the bundle's libraries.
 export G4_PYTHON_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
-export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${nccl}:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:/usr/local/cuda/extras/CUPTI/lib64:${nccl}:${LD_LIBRARY_PATH:-}"
 export PATH="$bundle/bin:$PATH"
 export NCCL_NVLS_ENABLE=0
 # The bundle's Open MPI, relocated to where it was unpacked: the ranks load the bundle's libmpi and
