@@ -60,13 +60,13 @@ stage() {
     diffusion-bench)
       G4_GROUPED_GEMM=device $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1,4 --prompt-len 256 \
         --new-tokens 512 --denoising-steps 48 --hf ;;
-    decode)  # the decode GEMV and fused norms (opt-in): their tests, bench_gemv, the engine with them, generation with and without
-      $run test_gpu --gtest_brief=1 --gtest_filter='GpuGemv.*:GpuFusedNorms.*' && $run bench_gemv &&
-        G4_DECODE_GEMV=1 G4_DECODE_FUSED=1 $run test_gpu --gtest_brief=1 --gtest_filter='*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*' &&
-        $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 --new-tokens 64 &&
-        G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 --new-tokens 64 &&
-        G4_DECODE_GEMV=1 G4_DECODE_FUSED=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4 --prompt-len 256 \
-          --new-tokens 64 ;;
+    decode)  # the decode GEMV and fused norms: their tests, bench_gemv, the engine's tests, then generation with both off, the default, and GEMV for every product that fits
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuGemv.*:GpuFusedNorms.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*' &&
+        $run bench_gemv &&
+        G4_DECODE_GEMV=0 G4_DECODE_FUSED=0 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 \
+          --new-tokens 64 &&
+        $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
+        G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
     rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
     *) echo "unknown stage '$1' (tests, tests-new, tests-s12, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench)" >&2
        return 2 ;;

@@ -62,7 +62,9 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   const char* fused = std::getenv("G4_DECODE_FUSED");
-  fused_inference_ = fused != nullptr && std::string(fused) == "1";
+  G4_CHECK(fused == nullptr || std::string(fused) == "0" || std::string(fused) == "1",
+           "G4_DECODE_FUSED must be 0 or 1 (unset: on), got '", fused ? fused : "", "'");
+  fused_inference_ = fused == nullptr || std::string(fused) == "1";
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else

@@ -71,7 +71,7 @@ Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_u
            w_gate.describe(), " must be [N, K] for x ", x.describe());
 #ifdef G4_WITH_CUDA
   const int64_t rows = leading_rows(x), n = w_gate.size(0), k = x.size(-1);
-  if (on_gpu(x) && x.dtype() == DType::BF16 &&
+  if (on_gpu(x) && x.dtype() == DType::BF16 && cuda::gemv_preferred(rows, n, k) &&
       cuda::gemv_fits(rows, k, x.raw(), k, w_gate.raw(), k, DType::BF16, DType::BF16) &&
       cuda::gemv_fits(rows, k, x.raw(), k, w_up.raw(), k, DType::BF16, DType::BF16)) {
     Shape shape = x.shape();
@@ -97,7 +97,8 @@ std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weig
   const int64_t rows = leading_rows(x), k = x.size(-1);
   bool one_launch = on_gpu(x) && x.dtype() == DType::BF16 && !weights.empty() && weights.size() <= 3;
   for (const Tensor& w : weights)
-    one_launch = one_launch && cuda::gemv_fits(rows, k, x.raw(), k, w.raw(), k, DType::BF16, DType::BF16);
+    one_launch = one_launch && cuda::gemv_preferred(rows, w.size(0), k) &&
+                 cuda::gemv_fits(rows, k, x.raw(), k, w.raw(), k, DType::BF16, DType::BF16);
   if (one_launch) {
     std::vector<cuda::GemvProduct> products;
     for (const Tensor& w : weights) {

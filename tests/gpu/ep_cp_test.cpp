@@ -398,21 +398,21 @@ struct Reference {
 
 constexpr double kLr = 2e-3;
 
-Reference one_rank(const testing::Batch& b, int steps) {
-  auto m = gpu_model(0, 1);
-  train::AdamW opt(m->params(), trainable(*m), {}, {});
+// The run of `m` (on the GPU in bf16, or the f32 host model itself) on the whole batch.
+Reference train_whole_batch(model::Gemma4& m, const testing::Batch& b, int steps) {
+  train::AdamW opt(m.params(), trainable(m), {}, {});
   Reference r;
   for (int s = 0; s < steps; ++s) {
-    m->params().zero_grad();
+    m.params().zero_grad();
     model::ForwardInputs in{b.ids, Tensor(), b.positions, b.labels};
     in.return_logits = false;
-    const model::ForwardOutputs out = m->forward(in);
+    const model::ForwardOutputs out = m.forward(in);
     ag::backward(out.loss);
     r.losses.push_back(out.loss.value().item());
     if (s == 0) {
       r.counted = out.counted_tokens;
-      for (const std::string& name : m->params().order) {
-        const ag::Var& p = m->params().at(name);
+      for (const std::string& name : m.params().order) {
+        const ag::Var& p = m.params().at(name);
         r.grads[name] = p.grad().defined() ? test::host_f32(p.grad()) : Tensor::zeros(p.shape(), DType::F32);
       }
     }
@@ -421,10 +421,40 @@ Reference one_rank(const testing::Batch& b, int steps) {
   return r;
 }
 
+// One GPU rank in bf16, and the same run in f32 on the host: how far bf16 alone moves one rank's
+// losses and gradients is the scale against which the ranks' runs are judged.
+struct References {
+  Reference bf16, f32;
+};
+References one_rank(const testing::Batch& b, int steps) {
+  auto host = testing::load_ep_rank(testing::tiny_moe_dir(), 0, 1);
+  auto gpu = host->copy_to(Device::CUDA, DType::BF16);
+  References r{train_whole_batch(*gpu, b, steps), train_whole_batch(*host, b, steps)};
+  return r;
+}
+
+// A multi-rank bf16 gradient against one rank's bf16 gradient `one` of the same tensor: within 5%
+// of its norm, or within 4 x one rank's own bf16 error against the f32 gradient `f32`. The ring's
+// merges round differently from one attention call, and on these tiny random models bf16 moves
+// some gradients (norm weights, the embedding) by tens of percent (one GPU rank against the f32
+// host model: up to 187%, tests-s12's GpuDiffusion training steps); the ranks' arithmetic itself
+// is exact to f32 in the CPU-rank tests (tests/parallel). A missing sum or a wrong slice is off by
+// the whole gradient. Returns err / norm.
+double expect_gradient_within_bf16_noise(const Tensor& mine, const Tensor& one, const Tensor& f32,
+                                         const std::string& name) {
+  double norm = 0;
+  const double err = test::l2_diff(mine, one, &norm);
+  const double noise = test::l2_diff(one, f32);
+  EXPECT_LE(err, std::max(5e-2 * norm, 4 * noise) + 1e-6)
+      << "gradient of " << name << " (one rank's bf16 error against f32: " << noise << ", norm " << norm << ")";
+  return norm > 0 ? err / norm : 0;
+}
+
 // Each (dp, ep) pair trains its own rows, split over its cp ranks (shard_batch), as g4 train does;
 // the global loss, every gradient (this rank's experts' slice) and `steps` AdamW steps' losses
 // match one rank on the whole batch.
-void check_mesh(const MeshShape& shape, const testing::Batch& batch, const Reference& want, int steps) {
+void check_mesh(const MeshShape& shape, const testing::Batch& batch, const References& refs, int steps) {
+  const Reference& want = refs.bf16;
   Communicator& world = gpu_world();
   DeviceMesh mesh(world, shape);
   const MeshCoord c = mesh.coord();
@@ -452,20 +482,22 @@ void check_mesh(const MeshShape& shape, const testing::Batch& batch, const Refer
     RANK0_PRINTF(world, "  %s step %d: loss %.6f, one rank %.6f (rel. diff %.2e)\n", shape.str().c_str(), s + 1, loss,
                  want_loss, std::abs(loss - want_loss) / want_loss);
     // Step 1 is the same model on the same tokens; later steps add AdamW's response to the
-    // gradients' bf16 noise (its first steps move every weight by about lr, whatever the sign's margin).
-    EXPECT_NEAR(loss, want_loss, (s == 0 ? 5e-3 : 1e-2) * want_loss) << "step " << s + 1;
+    // gradients' bf16 noise (its first steps move every weight by about lr, whatever the sign's
+    // margin): within 1% of the loss, or 3 x as far as one rank's bf16 run is from its f32 run.
+    const double bf16_drift = std::abs(want_loss - refs.f32.losses[static_cast<size_t>(s)]);
+    EXPECT_NEAR(loss, want_loss, s == 0 ? 5e-3 * want_loss : std::max(1e-2 * want_loss, 3 * bf16_drift))
+        << "step " << s + 1 << " (one rank's bf16 against f32: " << bf16_drift << ")";
     if (s == 0) {
       const model::ExpertRange held = m->experts();
       double worst = 0;
       std::string worst_name;
       for (const std::string& name : m->params().order) {
-        const Tensor& full = want.grads.at(name);
-        const Tensor ref = model::split_by_expert(m->params().kind(name)) ? full.slice0(held.begin, held.count) : full;
-        double norm = 0;
-        const double err = test::l2_diff(m->params().at(name).grad(), ref, &norm);
-        EXPECT_LE(err, 5e-2 * norm + 1e-6) << "gradient of " << name;
-        if (norm > 0 && err / norm > worst) {
-          worst = err / norm;
+        const bool sliced = model::split_by_expert(m->params().kind(name));
+        auto held_part = [&](const Tensor& full) { return sliced ? full.slice0(held.begin, held.count) : full; };
+        const double r = expect_gradient_within_bf16_noise(m->params().at(name).grad(), held_part(want.grads.at(name)),
+                                                           held_part(refs.f32.grads.at(name)), name);
+        if (r > worst) {
+          worst = r;
           worst_name = name;
         }
       }
@@ -482,7 +514,7 @@ TEST(GpuParallelRanks, MoeModelTrainsLikeOneRank) {
   const int n = gpu_world().size();
   const testing::Batch batch = testing::packed_batch();  // 4 rows of 32: documents cross every slice boundary
   constexpr int kSteps = 3;
-  const Reference want = one_rank(batch, kSteps);
+  const References want = one_rank(batch, kSteps);
   std::vector<MeshShape> shapes;
   if (n == 2) {
     shapes = {{.ep = 2}, {.cp = 2}};
@@ -510,8 +542,18 @@ TEST(GpuParallelRanks, MultimodalRowsTrainLikeOneRank) {
   const model::ForwardInputs whole = testing::mm_cp::whole_batch(name);
   const auto cpu = model::load_hf_model(testing::mm_cp::fixture_dir(name));
 
-  std::map<std::string, Tensor> want;
+  std::map<std::string, Tensor> want, want_f32;
   double want_loss = 0;
+  {
+    model::ForwardInputs in = whole;
+    in.return_logits = false;
+    ag::backward(cpu->forward(in).loss);
+    for (const std::string& p : cpu->params().order) {
+      const ag::Var& v = cpu->params().at(p);
+      want_f32[p] = v.grad().defined() ? v.grad().clone() : Tensor::zeros(v.shape(), DType::F32);
+    }
+    cpu->params().zero_grad();
+  }
   {
     auto one = cpu->copy_to(Device::CUDA, DType::BF16);
     model::ForwardInputs in = whole;
@@ -547,14 +589,11 @@ TEST(GpuParallelRanks, MultimodalRowsTrainLikeOneRank) {
   int towers = 0;
   for (const std::string& p : m->params().order) {
     if (!m->params().at(p).requires_grad()) continue;
-    double norm = 0;
-    const double err = test::l2_diff(m->params().at(p).grad(), want.at(p), &norm);
     // bf16 on both sides, the same kernels but for the ring's merges: the step-1 bound of the MoE
     // test above.
-    EXPECT_LE(err, 5e-2 * norm + 1e-6) << "gradient of " << p;
+    const double rel = expect_gradient_within_bf16_noise(m->params().at(p).grad(), want.at(p), want_f32.at(p), p);
     const bool tower = p.find("vision") != std::string::npos || p.find("audio") != std::string::npos;
     towers += tower;
-    const double rel = norm > 0 ? err / norm : 0;
     if (rel > worst) worst = rel, worst_name = p;
     if (tower && rel > worst_tower) worst_tower = rel, worst_tower_name = p;
   }

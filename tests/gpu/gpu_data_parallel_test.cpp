@@ -219,8 +219,9 @@ TEST(HostStagedRanks, ReduceGradientsOfABf16GpuModel) {
 }
 
 // Rank r's rows of step s: two rows of 32 tokens; the reference trains on every rank's rows.
-Tensor step_rows(int64_t vocab, int step, int rank) {
-  return randint({2, 32}, 1000 * static_cast<uint64_t>(step) + static_cast<uint64_t>(rank), 3, vocab, DType::I64);
+// Rank `rank`'s two rows: the same at every step, so that a few steps of training lower the loss.
+Tensor rank_rows(int64_t vocab, int rank) {
+  return randint({2, 32}, 1000 + static_cast<uint64_t>(rank), 3, vocab, DType::I64);
 }
 
 model::ForwardInputs inputs_of(const Tensor& ids) {
@@ -268,12 +269,17 @@ TEST(HostStagedRanks, DataParallelTrainingMatchesOneModelOnTheWholeBatch) {
   };
   std::unique_ptr<model::Gemma4> dp_model, ref_model;
   auto dp = make(&mesh, dp_model);
-  auto ref = make(nullptr, ref_model);  // one rank's view of the whole global batch
+  // One rank on the whole global batch, as gradient accumulation over the ranks' rows: every row
+  // meets the same kernels on the same shapes as on its rank, so the two runs differ only in where
+  // the partial gradients are summed. (Against one forward of all rows at once, bf16 GEMMs of
+  // another shape round differently, and AdamW's first steps, which move every weight by about lr
+  // whatever its gradient's size, turn that into a few percent of gradient norm within 5 steps.)
+  auto ref = make(nullptr, ref_model);
   constexpr int kSteps = 5;
   std::vector<double> dp_loss, ref_loss, dp_norm, ref_norm;
   for (int step = 0; step < kSteps; ++step) {
     // Data parallel: this rank's rows, its share of the global mean, gradients summed.
-    const model::ForwardInputs mine = inputs_of(step_rows(cfg.vocab_size, step, rank));
+    const model::ForwardInputs mine = inputs_of(rank_rows(cfg.vocab_size, rank));
     const int64_t tokens = global_token_count(mine.labels, comm);
     const model::ForwardOutputs out = dp_model->forward(mine);
     const ag::Var share = global_loss_share(out, tokens);
@@ -285,22 +291,21 @@ TEST(HostStagedRanks, DataParallelTrainingMatchesOneModelOnTheWholeBatch) {
     dp->step(3e-3);
     dp_loss.push_back(loss.data<double>()[0]);
 
-    // Reference: every rank's rows in one batch on one model.
-    std::vector<Tensor> rows;
-    for (int r = 0; r < n; ++r) rows.push_back(step_rows(cfg.vocab_size, step, r));
-    Tensor all = Tensor::empty({2 * n, 32}, DType::I64);
-    for (int r = 0; r < n; ++r) all.slice0(2 * r, 2).copy_from(rows[static_cast<size_t>(r)]);
-    const model::ForwardOutputs whole = ref_model->forward(inputs_of(all));
-    ref_loss.push_back(whole.loss.value().item());
-    ag::backward(whole.loss);
+    // Reference: every rank's rows, one micro-batch each, on one model.
+    double whole = 0;
+    for (int r = 0; r < n; ++r) {
+      const ag::Var part = global_loss_share(ref_model->forward(inputs_of(rank_rows(cfg.vocab_size, r))), tokens);
+      whole += part.value().item();
+      ag::backward(part);
+    }
+    ref_loss.push_back(whole);
     ref->reduce_gradients();
     ref_norm.push_back(ref->clip_grad_norm(1.0));
     ref->step(3e-3);
   }
-  // bf16 noise: the ranks' f32 gradient sums differ from one batch's only in summation order and
-  // the smaller batches' matmul shapes; Adam's early steps amplify sign flips of near-zero
-  // gradients a little. 1% of the loss bounds both for 5 steps of this model.
-  constexpr double kRtol = 1e-2;
+  // Only the order of f32 sums differs (about 1e-7 of a gradient, which AdamW may grow over 5
+  // steps): 2e-3 of the loss and of the norm, where a missing or doubled rank's share is ~50%.
+  constexpr double kRtol = 2e-3;
   if (rank == 0) std::printf("  %d ranks   step  dp loss      1-rank loss  dp |g|       1-rank |g|\n", n);
   for (int s = 0; s < kSteps; ++s) {
     const size_t i = static_cast<size_t>(s);
@@ -308,11 +313,9 @@ TEST(HostStagedRanks, DataParallelTrainingMatchesOneModelOnTheWholeBatch) {
       std::printf("            %4d  %.6f     %.6f     %.6f     %.6f\n", s + 1, dp_loss[i], ref_loss[i], dp_norm[i],
                   ref_norm[i]);
     EXPECT_NEAR(dp_loss[i], ref_loss[i], kRtol * ref_loss[i]) << "step " << s + 1;
-    EXPECT_NEAR(dp_norm[i], ref_norm[i], 5 * kRtol * ref_norm[i]) << "gradient norm, step " << s + 1;
+    EXPECT_NEAR(dp_norm[i], ref_norm[i], kRtol * ref_norm[i]) << "gradient norm, step " << s + 1;
   }
-  EXPECT_LT(dp_loss.back(), dp_loss.front());
-  // The first step's losses come from the same weights: only the forward's batching differs.
-  EXPECT_NEAR(dp_loss[0], ref_loss[0], 2e-3 * ref_loss[0]);
+  EXPECT_LT(dp_loss.back(), dp_loss.front());  // the same rows every step: training lowers their loss
   // Every replica applied the same summed gradient: identical weights and masters everywhere.
   EXPECT_EQ(differing_from_rank0(comm, *dp, dp_model->params()), 0);
   comm.barrier();

@@ -154,8 +154,8 @@ void gemm_rowmajor_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int
   }
   G4_CHECK(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n, "gemm: row strides lda ", lda, ", ldb ",
            ldb, ", ldc ", ldc, " too small for [", m, ", ", k, "] x [", k, ", ", n, "]");
-  // A decode step's few rows against a weight matrix: one pass over W (gemv.h), when enabled.
-  if (batch == 1 && !trans_a && trans_b && gemv_enabled() && gemv_fits(m, k, a, lda, b, ldb, ab_dtype, c_dtype)) {
+  // A decode step's few rows against a weight matrix: one pass over W (gemv.h), where faster.
+  if (batch == 1 && !trans_a && trans_b && gemv_preferred(m, n, k) && gemv_fits(m, k, a, lda, b, ldb, ab_dtype, c_dtype)) {
     gemv_rowmajor(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, c_dtype);
     return;
   }

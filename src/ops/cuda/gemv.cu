@@ -209,14 +209,18 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
   launch<bf16_t, true>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
 }
 
-bool gemv_enabled() {
-  static const bool on = [] {
+bool gemv_preferred(int64_t m, int64_t n, int64_t k) {
+  // -1: the measured default; 0: never; 1: whenever the product fits.
+  static const int mode = [] {
     const char* env = std::getenv("G4_DECODE_GEMV");
     const std::string v = env ? env : "";
-    G4_CHECK(v.empty() || v == "0" || v == "1", "G4_DECODE_GEMV must be 0 or 1, got '", v, "'");
-    return v == "1";
+    G4_CHECK(v.empty() || v == "0" || v == "1", "G4_DECODE_GEMV must be 0 or 1 (unset: the measured default), got '",
+             v, "'");
+    return v.empty() ? -1 : v == "1" ? 1 : 0;
   }();
-  return on;
+  if (mode >= 0) return mode == 1;
+  constexpr int64_t kLayerWeight = int64_t{16} << 20;
+  return m <= 2 || (m <= 4 && n * k <= kLayerWeight);
 }
 
 }  // namespace g4::ops::cuda

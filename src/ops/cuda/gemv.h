@@ -42,8 +42,12 @@ void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vect
 void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
                     const void* w_up, int64_t ldw, void* y, int64_t ldy);
 
-// Whether the dense GEMMs route products that fit to gemv_rowmajor: G4_DECODE_GEMV=1 (off by
-// default until the kernel has been measured against cuBLASLt on a GPU).
-bool gemv_enabled();
+// Whether a product of m rows by an [n, k] weight that fits goes to these kernels rather than
+// cuBLASLt (the dense GEMMs and the fused decode ops ask). By default where they were faster on an
+// H200 (bench_gemv, 2026-12-05, docs/performance.md): 1-2 rows always (1.05-1.8x), 3-4 rows for
+// weights up to 16M elements (a layer's projections, 1.2-1.6x; the LM head and the 8192-wide
+// projections were 5-25% slower there), never more than 4 rows. G4_DECODE_GEMV=1 takes every
+// product that fits, G4_DECODE_GEMV=0 none.
+bool gemv_preferred(int64_t m, int64_t n, int64_t k);
 
 }  // namespace g4::ops::cuda
