@@ -424,10 +424,10 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops, media=None):
             micro = loss_fn() / a.accum
             micro.backward()
             loss = loss + micro.detach()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss  # no .item(): a host sync per step would understate HF
+        return loss, norm  # no .item(): a host sync per step would understate HF
 
     losses = [step() for _ in range(a.warmup)]
     if cuda:
@@ -438,17 +438,19 @@ def run(a, cfg, dev, ids, pos, labels, lengths, flops, media=None):
     if cuda:
         torch.cuda.synchronize(dev)
     dt = (time.perf_counter() - t0) / a.steps
-    losses = [float(x) for x in losses]
+    norms = [float(n) for _, n in losses]  # before clipping
+    losses = [float(x) for x, _ in losses]
     assert all(map(lambda x: x == x and abs(x) != float("inf"), losses)), f"non-finite loss: {losses}"
     r = dict(attn_implementation=attn, experts_implementation=experts, experts_matmul_dtype=experts_dtype,
              params=n_params, trainable_params=n_trainable, lora=a.lora, recompute=a.recompute, tf32=cuda,
              tokens_per_s=a.seq * a.accum / dt, accum=a.accum, step_ms=dt * 1e3, mfu=flops / dt / (a.peak_tflops * 1e12) if a.peak_tflops > 0 else 0.0, mfu_peak_flops=a.peak_tflops * 1e12,
              peak_alloc_bytes=torch.cuda.max_memory_allocated(dev) if cuda else 0,
              peak_reserved_bytes=torch.cuda.max_memory_reserved(dev) if cuda else 0,
-             loss_first=losses[0], loss_last=losses[-1], losses=losses, skipped=dict(attn_errors, **experts_errors))
+             loss_first=losses[0], loss_last=losses[-1], losses=losses, grad_norms=norms, skipped=dict(attn_errors, **experts_errors))
     mfu = f"MFU {100 * r['mfu']:.1f}% (of {a.peak_tflops:.0f} TFLOP/s)" if a.peak_tflops > 0 else "MFU n/a"
     print(f"step {r['step_ms']:.1f} ms  {r['tokens_per_s']:.0f} tokens/s  {mfu}  peak alloc {r['peak_alloc_bytes'] / 2**30:.2f} GiB  "
-          f"reserved {r['peak_reserved_bytes'] / 2**30:.2f} GiB  loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+          f"reserved {r['peak_reserved_bytes'] / 2**30:.2f} GiB  loss {losses[0]:.4f} -> {losses[-1]:.4f}  "
+          f"gradient norm {norms[0]:.4g} -> {norms[-1]:.4g}")
     return r
 
 

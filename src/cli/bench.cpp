@@ -235,6 +235,7 @@ struct Result {
   int64_t parameters = 0, trainable = 0;  // elements
   int64_t peak_bytes = 0, reserved_bytes = 0;
   double loss_first = 0, loss_last = 0;
+  double grad_norm_first = 0, grad_norm_last = 0;  // before clipping
   double phase_ms[3] = {0, 0, 0};  // forward (with the loss), backward, clipping + AdamW
   KernelProfile profile;            // of two steps, with --profile
 };
@@ -310,18 +311,24 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
           t = now;
         };
       const auto batch = objective.next_batch();
-      return train::train_step(model, objective, *opt, *batch, 1e-5, 1.0, world, mark).metrics.at("loss");
+      return train::train_step(model, objective, *opt, *batch, 1e-5, 1.0, world, mark);
+    };
+    auto first = [&](const train::StepResult& r) {
+      res.loss_first = r.metrics.at("loss");
+      res.grad_norm_first = r.grad_norm;
     };
     for (int64_t i = 0; i < o.warmup; ++i) {
-      const double l = step();
-      if (i == 0) res.loss_first = l;
+      const train::StepResult r = step();
+      if (i == 0) first(r);
     }
     sync();
     if (o.gpu()) reset_device_memory_peak();
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < o.steps; ++i) {
-      res.loss_last = step();
-      if (i == 0 && o.warmup == 0) res.loss_first = res.loss_last;  // the first step of all
+      const train::StepResult r = step();
+      res.loss_last = r.metrics.at("loss");
+      res.grad_norm_last = r.grad_norm;
+      if (i == 0 && o.warmup == 0) first(r);  // the first step of all
     }
     sync();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -718,7 +725,8 @@ void bench_train(BenchOptions o) {
                     r["tokens_per_s"].get<double>() * soft, p.c_str());
     std::printf("\n");
   }
-  std::printf("  losses: g4 first %.4f last %.4f\n", g.loss_first, g.loss_last);
+  std::printf("  losses: g4 first %.4f last %.4f; gradient norm (before clipping) first %.4g last %.4g\n",
+              g.loss_first, g.loss_last, g.grad_norm_first, g.grad_norm_last);
   std::printf("  g4 phases (2 extra steps, each phase closed by a synchronisation): forward %.1f ms, backward %.1f "
               "ms, clipping + AdamW %.1f ms\n",
               g.phase_ms[0], g.phase_ms[1], g.phase_ms[2]);
