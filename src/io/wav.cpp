@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/json_input.h"
+#include "io/resample.h"
 
 namespace g4::io {
 
@@ -13,6 +14,10 @@ namespace {
 
 constexpr size_t kMaxWavBytes = size_t(1) << 30;
 constexpr uint16_t kFormatPcm = 1, kFormatFloat = 3, kFormatExtensible = 0xFFFE;
+constexpr int kTargetRate = 16000;
+// Rates outside telephone speech's lower end and the highest studio rate are taken for a corrupt
+// header rather than audio worth resampling.
+constexpr int kMinSampleRate = 1000, kMaxSampleRate = 384000;
 
 uint32_t le32(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
 uint16_t le16(const unsigned char* p) { return uint16_t(p[0] | p[1] << 8); }
@@ -110,9 +115,11 @@ Waveform read_wav(const std::string& path) {
 }
 
 std::vector<float> samples_16k(Waveform w, const std::string& what) {
-  G4_CHECK(w.sample_rate == 16000, what, ": sample rate ", w.sample_rate,
-           " Hz; the Gemma 4 audio feature extractor takes 16000 Hz (resample it first, e.g. sox in.wav -r 16000 out.wav)");
-  return std::move(w.samples);
+  G4_CHECK(w.sample_rate >= kMinSampleRate && w.sample_rate <= kMaxSampleRate, what, ": sample rate ", w.sample_rate,
+           " Hz; audio is resampled to the 16000 Hz of the Gemma 4 audio feature extractor from rates of ",
+           kMinSampleRate, " to ", kMaxSampleRate, " Hz");
+  if (w.sample_rate == kTargetRate) return std::move(w.samples);
+  return resample(w.samples, w.sample_rate, kTargetRate);
 }
 
 std::vector<float> read_wav_16k(const std::string& path) { return samples_16k(read_wav(path), "WAV file " + path); }
