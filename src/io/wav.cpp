@@ -114,12 +114,25 @@ Waveform read_wav(const std::string& path) {
   return parse_wav(read_wav_file(path), "WAV file " + path);
 }
 
-std::vector<float> samples_16k(Waveform w, const std::string& what) {
+namespace {
+
+void check_resampled_rate(const Waveform& w, const std::string& what) {
   G4_CHECK(w.sample_rate >= kMinSampleRate && w.sample_rate <= kMaxSampleRate, what, ": sample rate ", w.sample_rate,
            " Hz; audio is resampled to the 16000 Hz of the Gemma 4 audio feature extractor from rates of ",
            kMinSampleRate, " to ", kMaxSampleRate, " Hz");
+}
+
+}  // namespace
+
+std::vector<float> samples_16k(Waveform w, const std::string& what) {
+  check_resampled_rate(w, what);
   if (w.sample_rate == kTargetRate) return std::move(w.samples);
   return resample(w.samples, w.sample_rate, kTargetRate);
+}
+
+int64_t samples_16k_count(const Waveform& w, const std::string& what) {
+  check_resampled_rate(w, what);
+  return resampled_length(int64_t(w.samples.size()), w.sample_rate, kTargetRate);
 }
 
 std::vector<float> read_wav_16k(const std::string& path) { return samples_16k(read_wav(path), "WAV file " + path); }

@@ -1,5 +1,6 @@
 // WAV files (RIFF WAVE) decoded to float samples for the audio feature extractor.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,8 @@ std::string read_wav_file(const std::string& path);
 // are resampled as transformers' load_audio does (librosa.load(sr=16000), soxr HQ; io/resample.h).
 // A rate below 1000 or above 384000 Hz is an error naming `what`.
 std::vector<float> samples_16k(Waveform w, const std::string& what);
+// samples_16k(w, what).size(), without resampling (the soft-token count of a clip needs only this).
+int64_t samples_16k_count(const Waveform& w, const std::string& what);
 // read_wav, then samples_16k.
 std::vector<float> read_wav_16k(const std::string& path);
 
