@@ -148,6 +148,12 @@ TEST(Resample, BadRatesGiveClearErrors) {
   }
   w.sample_rate = 1000;
   EXPECT_EQ(io::samples_16k(w, "low.wav").size(), 32u);
+  // Upsampling is bounded by what a 16 kHz file of the largest size read could hold (2^28 samples).
+  w.samples.assign((size_t(1) << 24) + 1, 0.0f);
+  const std::string e = test::error_of([&] { io::samples_16k_count(w, "long.wav"); });
+  EXPECT_NE(e.find("long.wav: 16777217 samples at 1000 Hz are 268435472 samples at 16000 Hz, more than the 268435456"),
+            std::string::npos)
+      << e;
 }
 
 // |got - want| over the first kEdgeSamples outputs and over the rest.
