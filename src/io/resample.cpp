@@ -84,8 +84,8 @@ std::vector<float> resample(const std::vector<float>& x, int from_hz, int to_hz)
   if (from_hz == to_hz) return x;
   const int64_t g = std::gcd(int64_t(from_hz), int64_t(to_hz));
   const int64_t L = to_hz / g, M = from_hz / g;  // output sample k sits at input time k * M / L
-  G4_CHECK(M / L <= kMaxDownsampling, "resampling from ", from_hz, " Hz to ", to_hz,
-           " Hz: downsampling by more than ", kMaxDownsampling, " is not supported");
+  G4_CHECK(M / L <= kMaxDownsampling, "resampling from ", from_hz, " Hz to ", to_hz, " Hz: downsampling by more than ",
+           kMaxDownsampling, " is not supported");
   const int64_t n = int64_t(x.size());
 
   // The design in lower-rate samples (Kaiser 1974): order N for the attenuation over the transition

@@ -1,6 +1,8 @@
 // Resampling to 16 kHz: the filter's properties (gain, timing, stop band, lengths, short clips, bad
 // rates) and soxr HQ's own output as transformers' audio loading makes it (librosa.load(sr=16000);
 // tests/data/resample/soxr-hq.safetensors, tools/make_resample_fixture.py).
+#include "io/resample.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +15,6 @@
 #include <vector>
 
 #include "io/audio_features.h"
-#include "io/resample.h"
 #include "io/safetensors.h"
 #include "io/wav.h"
 #include "support/error_message.h"
@@ -44,7 +45,8 @@ std::vector<int64_t> mel_bin_top_hz() {
 
 std::vector<float> tone(double hz, double amplitude, int rate, int64_t n) {
   std::vector<float> x(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) x[size_t(i)] = float(amplitude * std::sin(2 * std::numbers::pi * hz * double(i) / rate));
+  for (int64_t i = 0; i < n; ++i)
+    x[size_t(i)] = float(amplitude * std::sin(2 * std::numbers::pi * hz * double(i) / rate));
   return x;
 }
 
@@ -132,7 +134,9 @@ TEST(Resample, ShortClipsAreZeroExtended) {
 }
 
 TEST(Resample, BadRatesGiveClearErrors) {
-  EXPECT_NE(test::error_of([] { io::resample({1.0f}, 0, 16000); }).find("resampling from 0 Hz to 16000 Hz: rates must be positive"),
+  EXPECT_NE(test::error_of([] {
+              io::resample({1.0f}, 0, 16000);
+            }).find("resampling from 0 Hz to 16000 Hz: rates must be positive"),
             std::string::npos);
   EXPECT_NE(test::error_of([] { io::resample({1.0f}, 16000, -5); }).find("-5 Hz"), std::string::npos);
   EXPECT_NE(test::error_of([] { io::resample({1.0f}, 100000000, 16000); }).find("downsampling by more than 4096"),
@@ -198,9 +202,10 @@ TEST(Resample, MatchesSoxrHqAsLibrosaLoadsIt) {
     // Only the two-stage rate starts differently; the others are held to the interior bound.
     const bool two_stage = rate == 44100;
     const double edge_bound = two_stage ? soxr_startup_bound(x) : 1e-4;
-    std::printf("%d Hz -> 16 kHz, %zu samples: max |g4 - soxr HQ| %.2e after the first %zu samples, %.2e in them "
-                "(bound %.2e)\n",
-                rate, got.size(), interior, kEdgeSamples, edge, edge_bound);
+    std::printf(
+        "%d Hz -> 16 kHz, %zu samples: max |g4 - soxr HQ| %.2e after the first %zu samples, %.2e in them "
+        "(bound %.2e)\n",
+        rate, got.size(), interior, kEdgeSamples, edge, edge_bound);
     EXPECT_LE(interior, 1e-4) << rate;
     EXPECT_LE(edge, edge_bound) << rate;
 
@@ -226,9 +231,10 @@ TEST(Resample, MatchesSoxrHqAsLibrosaLoadsIt) {
         double& w = worst[f == 0 ? 0 : 1][double(top[size_t(m)]) <= pass_band_hz ? 0 : 1];
         w = std::max(w, e);
       }
-    std::printf("%d Hz: max |log-mel(g4) - log-mel(soxr)| over %lld frames: %.2e in the mel bins below %.0f Hz, "
-                "%.2e above; frame 0: %.2e, %.2e\n",
-                rate, static_cast<long long>(frames), worst[1][0], pass_band_hz, worst[1][1], worst[0][0], worst[0][1]);
+    std::printf(
+        "%d Hz: max |log-mel(g4) - log-mel(soxr)| over %lld frames: %.2e in the mel bins below %.0f Hz, "
+        "%.2e above; frame 0: %.2e, %.2e\n",
+        rate, static_cast<long long>(frames), worst[1][0], pass_band_hz, worst[1][1], worst[0][0], worst[0][1]);
     EXPECT_LE(worst[1][0], two_stage ? 2e-3 : 5e-4) << rate;
     EXPECT_LE(worst[1][1], two_stage ? 0.15 : 5e-2) << rate;
     EXPECT_LE(worst[0][0], two_stage ? 0.1 : 5e-4) << rate;
@@ -239,9 +245,10 @@ TEST(Resample, MatchesSoxrHqAsLibrosaLoadsIt) {
   const std::vector<float> got = io::resample(x, 44100, 16000);
   ASSERT_EQ(got.size(), want.size());
   const auto [edge, interior] = edge_and_interior_error(got, want);
-  std::printf("60 samples at 44100 Hz -> %zu: max |g4 - soxr HQ| %.2e after the first %zu samples, %.2e in them "
-              "(bound %.2e)\n",
-              got.size(), interior, kEdgeSamples, edge, soxr_startup_bound(x));
+  std::printf(
+      "60 samples at 44100 Hz -> %zu: max |g4 - soxr HQ| %.2e after the first %zu samples, %.2e in them "
+      "(bound %.2e)\n",
+      got.size(), interior, kEdgeSamples, edge, soxr_startup_bound(x));
   EXPECT_LE(interior, 1e-4);
   EXPECT_LE(edge, soxr_startup_bound(x));
 }
