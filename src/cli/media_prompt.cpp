@@ -58,7 +58,7 @@ std::vector<data::VideoPlaceholder> prompt_videos(const io::ModelConfig& cfg, co
 void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt, bool videos) {
   cmd->add_option("--image", p.images, "JPEG or PNG image for --prompt (repeatable; each <|image|> takes the next)")
       ->needs(prompt);
-  cmd->add_option("--audio", p.audio, "16 kHz WAV clip for --prompt (repeatable; each <|audio|> takes the next)")
+  cmd->add_option("--audio", p.audio, "WAV clip for --prompt, resampled to 16 kHz as transformers does (repeatable; each <|audio|> takes the next)")
       ->needs(prompt);
   cmd->add_option("--max-soft-tokens", p.max_soft_tokens,
                   "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")

@@ -17,7 +17,7 @@ namespace g4::cli {
 
 struct MediaPromptOptions {
   std::string text;
-  std::vector<std::string> images, audio;  // JPEG/PNG files; 16 kHz WAV files
+  std::vector<std::string> images, audio;  // JPEG/PNG files; WAV files (any rate from 1 to 384 kHz)
   std::vector<std::string> videos;         // each "F1,F2,..." (frame files) or a folder of frames
   double video_fps = 0;                    // the frames' rate (0: unknown, 24 as transformers)
   int64_t video_frames = 0;                // frames sampled per video (0: the processor's num_frames)

@@ -88,7 +88,7 @@ std::shared_ptr<const DocumentMedia> plan_document_media(const std::string& sour
   for (const std::string& path : audio) {
     const std::string bytes = io::read_wav_file(path);
     const std::string what = "WAV file " + path;
-    samples.push_back(static_cast<int64_t>(io::samples_16k(io::parse_wav(bytes, what), what).size()));
+    samples.push_back(io::samples_16k_count(io::parse_wav(bytes, what), what));
     m->audio.push_back({path, hash_bytes(bytes)});
   }
   if (!samples.empty()) counts.audio = io::audio_soft_token_counts(samples);

@@ -29,7 +29,7 @@ struct MediaFile {
 // What rebuilds one multimodal document's media, in the order of its placeholders.
 struct DocumentMedia {
   std::string source;                      // "file:line" of the conversation, for errors
-  std::vector<MediaFile> images, audio;    // image files; 16 kHz WAV files
+  std::vector<MediaFile> images, audio;    // image files; WAV files (resampled to 16 kHz)
   std::vector<io::VideoFrames> videos;     // every frame file of each video, and its fps
   std::vector<MediaFile> video_frames;     // the sampled frames of all videos, in order
   std::vector<int64_t> frames_per_video;   // sampled frames of each video

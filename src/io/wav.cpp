@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/json_input.h"
+#include "io/resample.h"
 
 namespace g4::io {
 
@@ -13,6 +14,11 @@ namespace {
 
 constexpr size_t kMaxWavBytes = size_t(1) << 30;
 constexpr uint16_t kFormatPcm = 1, kFormatFloat = 3, kFormatExtensible = 0xFFFE;
+constexpr int kTargetRate = 16000;
+// Rates outside telephone speech's lower end and the highest studio rate are taken for a corrupt
+// header rather than audio worth resampling.
+constexpr int kMinSampleRate = 1000, kMaxSampleRate = 384000;
+constexpr int64_t kMax16kSamples = int64_t(1) << 28;
 
 uint32_t le32(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
 uint16_t le16(const unsigned char* p) { return uint16_t(p[0] | p[1] << 8); }
@@ -109,10 +115,31 @@ Waveform read_wav(const std::string& path) {
   return parse_wav(read_wav_file(path), "WAV file " + path);
 }
 
+namespace {
+
+// The length of w at 16 kHz, after checking that it can be resampled.
+int64_t checked_16k_length(const Waveform& w, const std::string& what) {
+  G4_CHECK(w.sample_rate >= kMinSampleRate && w.sample_rate <= kMaxSampleRate, what, ": sample rate ", w.sample_rate,
+           " Hz; audio is resampled to the 16000 Hz of the Gemma 4 audio feature extractor from rates of ",
+           kMinSampleRate, " to ", kMaxSampleRate, " Hz");
+  const int64_t n = resampled_length(int64_t(w.samples.size()), w.sample_rate, kTargetRate);
+  // Upsampling multiplies the samples held (16x from 1 kHz): no more than a 16 kHz file of the
+  // largest size read (1 GiB of f32) may give.
+  G4_CHECK(n <= kMax16kSamples, what, ": ", w.samples.size(), " samples at ", w.sample_rate, " Hz are ", n,
+           " samples at 16000 Hz, more than the ", kMax16kSamples, " (4.7 hours) taken");
+  return n;
+}
+
+}  // namespace
+
 std::vector<float> samples_16k(Waveform w, const std::string& what) {
-  G4_CHECK(w.sample_rate == 16000, what, ": sample rate ", w.sample_rate,
-           " Hz; the Gemma 4 audio feature extractor takes 16000 Hz (resample it first, e.g. sox in.wav -r 16000 out.wav)");
-  return std::move(w.samples);
+  checked_16k_length(w, what);
+  if (w.sample_rate == kTargetRate) return std::move(w.samples);
+  return resample(w.samples, w.sample_rate, kTargetRate);
+}
+
+int64_t samples_16k_count(const Waveform& w, const std::string& what) {
+  return checked_16k_length(w, what);
 }
 
 std::vector<float> read_wav_16k(const std::string& path) { return samples_16k(read_wav(path), "WAV file " + path); }

@@ -1,5 +1,6 @@
 // WAV files (RIFF WAVE) decoded to float samples for the audio feature extractor.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,9 +22,12 @@ Waveform read_wav(const std::string& path);
 // The bytes of a WAV file as read_wav reads them (a regular file, size-limited).
 std::string read_wav_file(const std::string& path);
 
-// The samples of w for the Gemma 4 audio feature extractor, which takes 16 kHz audio only; any
-// other rate is an error naming `what` (g4 does not resample).
+// The samples of w for the Gemma 4 audio feature extractor, which takes 16 kHz audio: other rates
+// are resampled as transformers' load_audio does (librosa.load(sr=16000), soxr HQ; io/resample.h).
+// A rate below 1000 or above 384000 Hz is an error naming `what`.
 std::vector<float> samples_16k(Waveform w, const std::string& what);
+// samples_16k(w, what).size(), without resampling (the soft-token count of a clip needs only this).
+int64_t samples_16k_count(const Waveform& w, const std::string& what);
 // read_wav, then samples_16k.
 std::vector<float> read_wav_16k(const std::string& path);
 

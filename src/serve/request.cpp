@@ -310,7 +310,7 @@ io::VideoFrames video_data_url(const std::string& url, const std::string& where)
 }
 
 // One part of a content list with media: text, an image (OpenAI's image_url with a data URL; in a
-// prompts file also {"type": "image", "path": FILE}), a 16 kHz WAV clip (OpenAI's input_audio;
+// prompts file also {"type": "image", "path": FILE}), a WAV clip, resampled to 16 kHz (OpenAI's input_audio;
 // in a prompts file also {"type": "audio", "path": FILE}) or a video (vLLM's video_url with its
 // frames in a data URL, plus g4's "fps" inside video_url; in a prompts file also a video as the
 // training data gives it, data::read_video_part).
@@ -354,7 +354,7 @@ data::ChatPart read_media_part(const json& part, const std::string& at, const Mo
           bad("messages", at + ".input_audio must be {\"data\": BASE64, \"format\": \"wav\"}");
         const std::string where = at + ".input_audio";
         if (string_member(*a, "format") != "wav")
-          bad("messages", where + ".format must be \"wav\" (16 kHz), got '" + string_member(*a, "format") + "'");
+          bad("messages", where + ".format must be \"wav\", got '" + string_member(*a, "format") + "'");
         const std::string bytes = decode_base64((*a)["data"].get<std::string>(), where + ".data");
         media.clips.push_back(io::samples_16k(io::parse_wav(bytes, where + ".data"), where + ".data"));
       }

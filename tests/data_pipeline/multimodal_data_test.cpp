@@ -61,8 +61,8 @@ std::string chat_line(const std::string& user_parts, const std::string& reply) {
          reply + R"("}]})";
 }
 
-std::vector<float> write_wav(const std::string& path, size_t samples, uint32_t seed) {
-  test::write_random_wav(path, samples, seed);
+std::vector<float> write_wav(const std::string& path, size_t samples, uint32_t seed, uint32_t rate = 16000) {
+  test::write_random_wav(path, samples, seed, rate);
   return io::read_wav_16k(path);
 }
 
@@ -209,7 +209,10 @@ TEST(MultimodalData, BatchMediaEqualTheProcessors) {
   test::TempDir dir;
   const std::string small = processor_file("rgba_97x150.png"), wide = processor_file("scene_1200x280.jpg");
   const std::vector<float> short_clip = write_wav(dir / "short.wav", 3000, 1);
-  const std::vector<float> long_clip = write_wav(dir / "long.wav", 7000, 2);
+  // A 44.1 kHz clip is resampled on the way in (7000 samples at 16 kHz); its soft tokens are counted
+  // from its length alone when the dataset is built, and must agree with the features made later.
+  const std::vector<float> long_clip = write_wav(dir / "long.wav", 19294, 2, 44100);
+  ASSERT_EQ(long_clip.size(), 7001u);
   test::write_text(dir / "chat.jsonl",
                    chat_line(image_part(small) + ", " + text_part("a?"), "b") + "\n" +
                        chat_line(image_part(wide) + ", " + image_part(small) + ", " + text_part("c?"), "d") + "\n" +

@@ -1,11 +1,14 @@
 // WAV decoding: the fixture clip, every sample format, downmixing, and hostile headers.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "io/audio_features.h"
+#include "io/resample.h"
 #include "io/safetensors.h"
 #include "io/wav.h"
 #include "support/error_message.h"
@@ -48,6 +51,28 @@ TEST(Wav, FixtureClipEqualsTransformersWaveform) {
   const Tensor ref = io::SafetensorsReader::open(processor_dir() + "/reference-audio.safetensors").get("audio.waveform");
   ASSERT_EQ(int64_t(x.size()), ref.numel());
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], ref.data<float>()[i]) << i;
+}
+
+// A WAV at 44.1 kHz reaches the feature extractor resampled as transformers' load_audio resamples
+// it (librosa.load(sr=16000): soxr HQ), no longer refused: the speech-like clip of the resampling
+// fixture written as a float WAV gives io::resample's samples, which are soxr's within the bounds
+// tests/io/resample_test.cpp justifies, and so the features of soxr's samples.
+TEST(Wav, OtherRatesAreResampledAsTransformersLoadsThem) {
+  const io::SafetensorsReader ref = io::SafetensorsReader::open(test::data_dir() + "/resample/soxr-hq.safetensors");
+  const Tensor x = ref.get("x_44100"), y = ref.get("y_44100");
+  const std::string payload(reinterpret_cast<const char*>(x.data<float>()), size_t(x.numel()) * 4);
+  const std::vector<float> got = io::samples_16k(io::parse_wav(make_wav(3, 1, 44100, 32, payload), "44k.wav"), "44k.wav");
+  EXPECT_EQ(got, io::resample(std::vector<float>(x.data<float>(), x.data<float>() + x.numel()), 44100, 16000));
+  EXPECT_EQ(io::samples_16k_count(io::parse_wav(make_wav(3, 1, 44100, 32, payload), "44k.wav"), "44k.wav"),
+            int64_t(got.size()));
+  ASSERT_EQ(int64_t(got.size()), y.numel());
+  double err = 0;
+  for (size_t k = 8; k < got.size(); ++k) err = std::max(err, std::abs(double(got[k]) - y.data<float>()[k]));
+  EXPECT_LE(err, 1e-4);
+  const std::vector<float> want(y.data<float>(), y.data<float>() + y.numel());
+  const io::AudioFeatures a = io::extract_audio_features({got}), b = io::extract_audio_features({want});
+  EXPECT_EQ(a.num_soft_tokens, b.num_soft_tokens);
+  EXPECT_EQ(a.input_features.shape(), b.input_features.shape());
 }
 
 TEST(Wav, EverySampleFormatAndDownmix) {

@@ -10,6 +10,7 @@
 
 #include "data/multimodal.h"
 #include "io/audio_features.h"
+#include "io/resample.h"
 #include "io/wav.h"
 #include "serve/openai.h"
 #include "serve/prompts_file.h"
@@ -17,6 +18,7 @@
 #include "support/g4_process.h"
 #include "support/png_file.h"
 #include "support/test_paths.h"
+#include "support/wav_file.h"
 
 namespace g4::serve {
 namespace {
@@ -403,6 +405,28 @@ class MediaRequestTest : public RequestTest {
 };
 
 int64_t count(const std::vector<int64_t>& ids, int64_t id) { return std::count(ids.begin(), ids.end(), id); }
+
+// input_audio at 48 kHz is resampled to 16 kHz as transformers' load_audio does: the features and
+// soft tokens are those of the resampled clip (io::resample; tests/io/resample_test.cpp).
+TEST_F(MediaRequestTest, Base64AudioAtAnotherRateIsResampled) {
+  const std::string path = (dir_ / "48k.wav").string();
+  test::write_random_wav(path, 48000, 9, 48000);
+  const std::string audio =
+      R"({"type": "input_audio", "input_audio": {"format": "wav", "data": ")" + base64(file_bytes(path)) + R"("}})";
+  const ParsedRequest p = parse(chat(audio), Api::Chat);
+  const io::Waveform w = io::read_wav(path);
+  ASSERT_EQ(w.sample_rate, 48000);
+  const std::vector<float> clip = io::resample(w.samples, 48000, 16000);
+  ASSERT_EQ(clip.size(), 16000u);
+  const io::AudioFeatures want = io::extract_audio_features({clip});
+  const gen::RequestMedia& m = p.request.media;
+  ASSERT_TRUE(m.input_features.defined());
+  ASSERT_EQ(m.input_features.shape(), want.input_features.shape());
+  EXPECT_TRUE(std::equal(m.input_features.data<float>(), m.input_features.data<float>() + m.input_features.numel(),
+                         want.input_features.data<float>()));
+  EXPECT_EQ(count(p.request.prompt, 305), want.num_soft_tokens[0]);
+  EXPECT_EQ(want.num_soft_tokens[0], 25);  // one second at 16 kHz, not three
+}
 
 TEST_F(MediaRequestTest, ImageDataUrlsAndBase64AudioBecomeProcessedMedia) {
   const std::string image = R"({"type": "image_url", "image_url": {"url": "data:image/png;base64,)" +

@@ -1,4 +1,4 @@
-// A 16-bit PCM mono WAV file at 16 kHz of random samples, for tests that need audio files.
+// A 16-bit PCM mono WAV file of random samples (at 16 kHz unless told), for tests that need audio files.
 #pragma once
 #include <cstdint>
 #include <fstream>
@@ -8,7 +8,7 @@
 
 namespace g4::test {
 
-inline void write_random_wav(const std::string& path, size_t samples, uint32_t seed) {
+inline void write_random_wav(const std::string& path, size_t samples, uint32_t seed, uint32_t rate = 16000) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> d(-20000, 20000);
   std::vector<int16_t> pcm(samples);
@@ -17,7 +17,7 @@ inline void write_random_wav(const std::string& path, size_t samples, uint32_t s
   const auto u16 = [](uint16_t v) { return std::string(reinterpret_cast<const char*>(&v), 2); };
   const auto bytes = static_cast<uint32_t>(samples * 2);
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << "RIFF" << u32(36 + bytes) << "WAVEfmt " << u32(16) << u16(1) << u16(1) << u32(16000) << u32(32000) << u16(2)
+  f << "RIFF" << u32(36 + bytes) << "WAVEfmt " << u32(16) << u16(1) << u16(1) << u32(rate) << u32(2 * rate) << u16(2)
     << u16(16) << "data" << u32(bytes);
   f.write(reinterpret_cast<const char*>(pcm.data()), bytes);
 }
