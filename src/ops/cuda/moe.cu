@@ -393,9 +393,8 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
   return true;
 }
 
-// Whether this call takes the device-offset kernels: only when chosen (Device), until they have
-// been checked on a GPU (they were written in a session without one); then an error where they do
-// not apply. `other` (dy in the backward) must suit them too when defined.
+// Whether this call takes the device-offset kernels: only when chosen (Device; opt-in until the
+// whole test_gpu has run with them, moe.h); then an error where they do not apply. `other` (dy in the backward) must suit them too when defined.
 bool use_device_kernels(const char* op, const Tensor& rows, const Tensor& w, const Tensor& other = Tensor()) {
   if (backend_setting() != GroupedGemmBackend::Device) return false;
   G4_CHECK(device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w)), op,
