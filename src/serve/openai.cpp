@@ -1,6 +1,7 @@
 #include "serve/openai.h"
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <random>
 #include <sstream>
@@ -33,6 +34,19 @@ json token_bytes(const std::string& s) {
   return b;
 }
 
+// A token's bytes (chat's "bytes", which exist so that clients can join the pieces of a character
+// split over tokens): a byte-fallback token "<0xE2>" is that one byte, whose decoding alone reads
+// U+FFFD; any other token is its text's bytes.
+json token_bytes(int64_t id, const std::string& text, const io::Tokenizer* tok) {
+  if (tok) {
+    const std::string piece = tok->id_to_token(static_cast<int32_t>(id));
+    const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+    if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && hex(piece[3]) && hex(piece[4]) && piece[5] == '>')
+      return json::array({std::stoi(piece.substr(3, 2), nullptr, 16)});
+  }
+  return token_bytes(text);
+}
+
 // Chat's form: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
 json chat_logprobs(const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok) {
   json content = json::array();
@@ -41,26 +55,37 @@ json chat_logprobs(const std::vector<gen::GeneratedToken>& tokens, const io::Tok
     json top = json::array();
     for (size_t i = 0; i < t.top_ids.size(); ++i) {
       const std::string alt = token_text(t.top_ids[i], tok);
-      top.push_back({{"token", alt}, {"logprob", t.top_logprobs[i]}, {"bytes", token_bytes(alt)}});
+      top.push_back({{"token", alt}, {"logprob", t.top_logprobs[i]}, {"bytes", token_bytes(t.top_ids[i], alt, tok)}});
     }
-    content.push_back({{"token", text}, {"logprob", t.logprob}, {"bytes", token_bytes(text)}, {"top_logprobs", top}});
+    content.push_back(
+        {{"token", text}, {"logprob", t.logprob}, {"bytes", token_bytes(t.id, text, tok)}, {"top_logprobs", top}});
   }
   return {{"content", content}, {"refusal", nullptr}};
 }
 
-// Completions' (legacy) form: parallel lists, the alternatives as {token: logprob} maps.
-json completion_logprobs(const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok, bool offsets) {
+// Characters of UTF-8 text (its bytes that do not continue a character): OpenAI's and vLLM's
+// text_offset count characters, as Python's len() does, not bytes.
+size_t utf8_chars(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// Completions' (legacy) form: parallel lists, the alternatives as {token: logprob} maps. `names`
+// gives the tokens as they are listed (the tokenizer, or null for "token_id:N"); text_offset counts
+// the characters of the text before each token (`tok`'s decoding).
+json completion_logprobs(const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok,
+                         const io::Tokenizer* names, bool offsets) {
   json texts = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
   size_t offset = 0;
   for (const gen::GeneratedToken& t : tokens) {
-    const std::string text = token_text(t.id, tok);
-    texts.push_back(text);
+    texts.push_back(token_text(t.id, names));
     lps.push_back(t.logprob);
     json top = json::object();
-    for (size_t i = 0; i < t.top_ids.size(); ++i) top[token_text(t.top_ids[i], tok)] = t.top_logprobs[i];
+    for (size_t i = 0; i < t.top_ids.size(); ++i) top[token_text(t.top_ids[i], names)] = t.top_logprobs[i];
     tops.push_back(top);
     offs.push_back(offset);
-    offset += text.size();
+    offset += utf8_chars(token_text(t.id, tok));
   }
   json out = {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}};
   if (offsets) out["text_offset"] = offs;
@@ -70,7 +95,8 @@ json completion_logprobs(const std::vector<gen::GeneratedToken>& tokens, const i
 json logprobs_of(const ResponseHead& head, const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok,
                  bool offsets) {
   if (head.logprobs < 0) return nullptr;
-  return head.chat ? chat_logprobs(tokens, tok) : completion_logprobs(tokens, tok, offsets);
+  const io::Tokenizer* names = head.tokens_as_ids ? nullptr : tok;  // null: token_text names the id
+  return head.chat ? chat_logprobs(tokens, names) : completion_logprobs(tokens, tok, names, offsets);
 }
 
 json envelope(const ResponseHead& head, const char* object) {

@@ -23,6 +23,9 @@ struct ResponseHead {
   std::string model;
   bool chat = false;
   int64_t logprobs = -1;  // as in RequestOptions: -1 none, else the number of alternatives
+  // vLLM's return_tokens_as_token_ids: log-prob tokens read "token_id:N" (exact ids for clients
+  // that train on them; a token's text alone may not name it).
+  bool tokens_as_ids = false;
 };
 
 ResponseHead new_head(bool chat, const std::string& model, int64_t logprobs);

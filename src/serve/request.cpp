@@ -114,9 +114,42 @@ void refuse_unsupported(const json& body, Api api) {
     for (const char* key : {"tools", "functions"})
       if (const json* v = field(body, key); v && !(v->is_array() && v->empty()))
         bad(key, std::string("'") + key + "' (tool calling) is not supported");
+    // "none" and "auto" without tools ask for plain text, which is what g4 gives; anything else
+    // (required, a named function) would need tool calling.
+    for (const char* key : {"tool_choice", "function_call"})
+      if (const json* v = field(body, key);
+          v && !(v->is_string() && (v->get<std::string>() == "none" || v->get<std::string>() == "auto")))
+        bad(key, std::string("'") + key + "' other than \"none\" or \"auto\" (tool calling) is not supported");
     if (const json* v = field(body, "response_format"); v && !(v->is_object() && string_member(*v, "type") == "text"))
       bad("response_format", "'response_format' other than {\"type\": \"text\"} is not supported");
+    // vLLM's chat extensions that change the prompt: g4 renders its own Gemma 4 template, with
+    // thinking off, every turn closed.
+    if (bool_field(body, "continue_final_message").value_or(false))
+      bad("continue_final_message", "'continue_final_message' is not supported (the last turn is always closed)");
+    if (bool_field(body, "echo").value_or(false)) bad("echo", "'echo' is not supported");
+    if (field(body, "chat_template"))
+      bad("chat_template", "'chat_template' is not supported: g4 renders the Gemma 4 template itself");
+    if (const json* v = field(body, "chat_template_kwargs")) {
+      if (!v->is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object, got " + type_of(*v));
+      for (const auto& [key, value] : v->items())
+        if (!(key == "enable_thinking" && value.is_boolean() && !value.get<bool>()) &&
+            !(key == "add_generation_prompt" && value.is_boolean() && value.get<bool>()))
+          bad("chat_template_kwargs", "'chat_template_kwargs' key '" + key + "' = " + value.dump() +
+                                          " is not supported (the template renders with thinking off)");
+    }
   }
+  // vLLM's sampling extensions that would change the output if honoured (each named with its
+  // neutral value, which is accepted).
+  if (auto v = int_field(body, "min_tokens"); v && *v != 0) bad("min_tokens", "'min_tokens' is not supported");
+  for (const char* key : {"use_beam_search", "include_stop_str_in_output"})
+    if (bool_field(body, key).value_or(false)) bad(key, std::string("'") + key + "' is not supported");
+  if (auto v = bool_field(body, "skip_special_tokens"); v && *v)
+    bad("skip_special_tokens", "'skip_special_tokens': true is not supported (special tokens are kept in the text)");
+  for (const char* key : {"prompt_logprobs", "truncate_prompt_tokens", "allowed_token_ids", "guided_json",
+                          "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
+    if (field(body, key)) bad(key, std::string("'") + key + "' is not supported");
+  if (const json* v = field(body, "bad_words"); v && !(v->is_array() && v->empty()))
+    bad("bad_words", "'bad_words' is not supported");
 }
 
 std::vector<std::string> read_stop(const json& body, const ModelInfo& model) {
@@ -602,6 +635,7 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
       if (!out.stream) bad("stream_options", "'stream_options' needs 'stream': true");
       out.include_usage = bool_field(*so, "include_usage").value_or(false);
     }
+    out.tokens_as_ids = bool_field(body, "return_tokens_as_token_ids").value_or(false);
   }
   gen::RequestOptions options = read_options(body, api, model, defaults);
   std::vector<int64_t> prompt = read_prompt(body, api, model, out.request.media);

@@ -71,6 +71,7 @@ struct ParsedRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool chat = false;           // the prompt came from messages
+  bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids (ResponseHead::tokens_as_ids)
 };
 
 // Reads a whole request: prompt (or messages), options, stream flags. Checks the lengths against

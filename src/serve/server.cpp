@@ -81,6 +81,13 @@ struct StreamState {
   bool finished = false;
 };
 
+// The methods a route takes ("" for an unknown path).
+std::string allowed_methods(const std::string& path) {
+  if (path == "/v1/completions" || path == "/v1/chat/completions") return "POST";
+  if (path == "/health" || path == "/v1/models" || path.rfind("/v1/models/", 0) == 0) return "GET";
+  return "";
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -134,8 +141,16 @@ struct Server::Impl {
     // OpenAI error shape too.
     http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
-      const std::string message =
-          res.status == 404 ? "no route " + req.method + " " + req.path : "HTTP error " + std::to_string(res.status);
+      // cpp-httplib answers a known path asked with another method 404; HTTP (and vLLM's server)
+      // say 405 with the methods it takes.
+      const std::string allow = allowed_methods(req.path);
+      if (res.status == 404 && !allow.empty()) {
+        res.status = 405;
+        res.set_header("Allow", allow);
+      }
+      const std::string message = res.status == 404   ? "no route " + req.method + " " + req.path
+                                  : res.status == 405 ? req.path + " takes " + allow + ", not " + req.method
+                                                      : "HTTP error " + std::to_string(res.status);
       res.set_content(dump(error_body(res.status, message)), "application/json");
       log_line(request_line(req.method, req.path, res.status, 0, ""));
     });
@@ -176,7 +191,8 @@ struct Server::Impl {
       log_line(request_line(req.method, req.path, e.status(), seconds_since(t0), "error: " + std::string(e.what())));
       return;
     }
-    const ResponseHead head = new_head(api == Api::Chat, options.model_name, p.request.options.logprobs);
+    ResponseHead head = new_head(api == Api::Chat, options.model_name, p.request.options.logprobs);
+    head.tokens_as_ids = p.tokens_as_ids;
     const int64_t prompt_tokens = static_cast<int64_t>(p.request.prompt.size());
     const int64_t n = p.request.options.n;
     auto channel = loop.submit(std::move(p.request), p.stream);

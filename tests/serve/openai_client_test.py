@@ -91,12 +91,12 @@ def make_mm_model_dir(data, out):
 
 
 class Server:
-    def __init__(self, g4, model_dir, log_path):
+    def __init__(self, g4, model_dir, log_path, extra=()):
         self.log = open(log_path, "w")
         # Non-streamed replies go chunked after 1 s (the default is 5 s), so that the whole-reply
         # checks below need not run long; refusals and bad requests answer at once with their codes.
         self.proc = subprocess.Popen([g4, "serve", model_dir, "--port", "0", "--served-model-name", "tiny",
-                                      "--max-running", "16", "--whole-reply-patience-ms", "1000"],
+                                      "--max-running", "16", "--whole-reply-patience-ms", "1000", *extra],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # "g4 serve: tiny on http://127.0.0.1:PORT"
         if "http://" not in line:

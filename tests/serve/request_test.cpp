@@ -119,6 +119,42 @@ TEST_F(RequestTest, UnsupportedParametersAreRefusedNotIgnored) {
             "tools|400||'tools' (tool calling) is not supported");
 }
 
+// vLLM's extensions and tool fields that would change the answer if honoured: refused by name
+// (probed by tools/probe_serve.py, which found them silently ignored); neutral values pass.
+TEST_F(RequestTest, OutputChangingExtensionsAreRefusedNotIgnored) {
+  for (const char* field : {R"("min_tokens": 3)", R"("use_beam_search": true)", R"("include_stop_str_in_output": true)",
+                            R"("prompt_logprobs": 1)", R"("guided_json": {})", R"("guided_choice": ["a"])",
+                            R"("allowed_token_ids": [5])", R"("bad_words": ["x"])", R"("truncate_prompt_tokens": 4)",
+                            R"("structured_outputs": {"regex": "a"})", R"("skip_special_tokens": true)"}) {
+    const std::string got = refusal(std::string(R"({"prompt": "a", )") + field + "}");
+    const std::string key = std::string(field).substr(1, std::string(field).find('"', 1) - 1);
+    EXPECT_EQ(got.rfind(key + "|400||'" + key + "'", 0), 0u) << field << ": " << got;
+  }
+  EXPECT_EQ(refusal(R"({"prompt": "a", "min_tokens": 0, "use_beam_search": false, "bad_words": [],
+                        "include_stop_str_in_output": false, "skip_special_tokens": false})"),
+            "accepted");
+  const std::string chat = R"({"messages": [{"role": "user", "content": "a"}], )";
+  EXPECT_EQ(refusal(chat + R"("tool_choice": "required"})", Api::Chat),
+            "tool_choice|400||'tool_choice' other than \"none\" or \"auto\" (tool calling) is not supported");
+  EXPECT_EQ(refusal(chat + R"("tool_choice": {"type": "function", "function": {"name": "f"}}})", Api::Chat)
+                .rfind("tool_choice|400|", 0),
+            0u);
+  EXPECT_EQ(refusal(chat + R"("tool_choice": "none", "function_call": "auto"})", Api::Chat), "accepted");
+  EXPECT_EQ(refusal(chat + R"("continue_final_message": true})", Api::Chat),
+            "continue_final_message|400||'continue_final_message' is not supported (the last turn is always closed)");
+  EXPECT_EQ(refusal(chat + R"("echo": true})", Api::Chat), "echo|400||'echo' is not supported");
+  EXPECT_EQ(refusal(chat + R"("chat_template": "{{ x }}"})", Api::Chat).rfind("chat_template|400|", 0), 0u);
+  EXPECT_EQ(refusal(chat + R"("chat_template_kwargs": {"enable_thinking": true}})", Api::Chat),
+            "chat_template_kwargs|400||'chat_template_kwargs' key 'enable_thinking' = true is not supported (the "
+            "template renders with thinking off)");
+  EXPECT_EQ(refusal(chat + R"("chat_template_kwargs": {"enable_thinking": false}, "continue_final_message": false})",
+                    Api::Chat),
+            "accepted");
+  const ParsedRequest ids = parse(R"({"prompt": "a", "return_tokens_as_token_ids": true})");
+  EXPECT_TRUE(ids.tokens_as_ids);
+  EXPECT_FALSE(parse(R"({"prompt": "a"})").tokens_as_ids);
+}
+
 TEST_F(RequestTest, ChatMessagesTemplateLogprobsAndLengths) {
   const ParsedRequest p = parse(R"({"messages": [{"role": "user", "content": "Hello"}], "logprobs": true,
                                     "top_logprobs": 3, "max_completion_tokens": 5, "max_tokens": 9})",
@@ -305,6 +341,33 @@ TEST(OpenAIShapes, ErrorsCompletionsAndChunks) {
   EXPECT_EQ(sse(json{{"a", 1}}), "data: {\"a\":1}\n\n");
   // Bytes that are not UTF-8 (a piece of a character) reach the client as U+FFFD, not an exception.
   EXPECT_EQ(sse(json{{"a", std::string("\xC3")}}), "data: {\"a\":\"\xEF\xBF\xBD\"}\n\n");
+}
+
+// Log-prob fields as OpenAI defines them: text_offset counts characters (not UTF-8 bytes), a
+// byte-fallback token's "bytes" is its byte (its text alone reads U+FFFD), and vLLM's
+// return_tokens_as_token_ids names tokens "token_id:N" while the offsets still count the text.
+TEST(OpenAIShapes, LogprobOffsetsBytesAndTokenIds) {
+  const auto plain = io::load_tokenizer(test::data_dir() + "/tokenizers/plain.json");
+  const int64_t e_acute = *plain->token_to_id("\xC3\xA9"), t = *plain->token_to_id("t");
+  gen::Completion c;
+  c.text = "\xC3\xA9t\xC3\xA9";
+  c.tokens = {{e_acute, -0.5f, {}, {}}, {t, -0.25f, {}, {}}, {e_acute, -0.125f, {}, {}}};
+  c.finish = gen::FinishReason::kLength;
+  ResponseHead head = new_head(false, "tiny", 0);
+  EXPECT_EQ(completion_body(head, {c}, plain.get())["choices"][0]["logprobs"]["text_offset"], json::parse("[0, 1, 2]"));
+  head.tokens_as_ids = true;
+  const json ids = completion_body(head, {c}, plain.get())["choices"][0]["logprobs"];
+  EXPECT_EQ(ids["tokens"][0], "token_id:" + std::to_string(e_acute));
+  EXPECT_EQ(ids["text_offset"], json::parse("[0, 1, 2]"));
+
+  const auto fallback = io::load_tokenizer(test::data_dir() + "/tokenizers/varied.json");
+  const int64_t xe2 = *fallback->token_to_id("<0xE2>"), e2 = *fallback->token_to_id("\xC3\xA9");
+  gen::Completion b;
+  b.tokens = {{xe2, -0.5f, {xe2, e2}, {-0.5f, -0.75f}}};
+  const json content = completion_body(new_head(true, "tiny", 2), {b}, fallback.get())["choices"][0]["logprobs"]["content"];
+  EXPECT_EQ(content[0]["bytes"], json::parse("[226]"));
+  EXPECT_EQ(content[0]["top_logprobs"][0]["bytes"], json::parse("[226]"));
+  EXPECT_EQ(content[0]["top_logprobs"][1]["bytes"], json::parse("[195, 169]"));
 }
 
 // The command line over a fixture without a tokenizer: token-id prompts, one line per sample,
