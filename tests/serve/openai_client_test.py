@@ -3,9 +3,9 @@
 
 Starts the server on 127.0.0.1 (any free port) on a tiny fixture model given a 256-token tokenizer
 made here, then checks completions, chat, streaming, n > 1, logprobs, seeds, stop strings, bad
-requests, concurrent requests, a client that disconnects mid-stream (the pool is whole again), chat
-requests with a PNG data URL and with a video as JPEG frames (vLLM's video_url) on a second server
-over tiny-mm-e (a vision and audio tower) and SIGTERM.
+requests (and what tools/probe_serve.py found), concurrent requests, a client that disconnects
+mid-stream (the pool is whole again), chat requests with a PNG data URL and with a video as JPEG
+frames (vLLM's video_url) on a second server over tiny-mm-e (a vision and audio tower) and SIGTERM.
 
 Run by CTest (label cpu): openai_client_test.py G4_BINARY TEST_DATA_DIR VENV_DIR. Without the
 `openai` package (scripts/python_venv.sh makes VENV_DIR) it skips (exit 77) unless
@@ -298,6 +298,40 @@ def main():
         status, body = server.post_raw("/v1/embeddings", b"{}")
         assert status == 404 and "error" in body, body
         assert server.get("/health")[1]["status"] == "ok"
+
+    @check
+    def probed_edges():
+        """Regressions of what tools/probe_serve.py found: vLLM's extensions and tool fields that change the
+        answer are refused by name (they were ignored), return_tokens_as_token_ids names the ids, and a route
+        asked with another method is a 405 with Allow."""
+        for key, value in [("min_tokens", 3), ("include_stop_str_in_output", True), ("guided_json", {})]:
+            try:
+                complete(max_tokens=2, extra_body={key: value})
+                raise AssertionError(f"{key} was accepted")
+            except openai.BadRequestError as e:
+                assert e.body["param"] == key and "not supported" in e.body["message"], e.body
+        for key, value in [("tool_choice", "required"), ("chat_template_kwargs", {"enable_thinking": True}),
+                           ("continue_final_message", True)]:
+            try:
+                chat(max_tokens=2, extra_body={key: value})
+                raise AssertionError(f"chat {key} was accepted")
+            except openai.BadRequestError as e:
+                assert e.body["param"] == key and "not supported" in e.body["message"], e.body
+        chat(max_tokens=1, tool_choice="none", extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        r = chat(max_tokens=3, temperature=0, logprobs=True, top_logprobs=1,
+                 extra_body={"return_tokens_as_token_ids": True})
+        plain = chat(max_tokens=3, temperature=0, logprobs=True, top_logprobs=1)
+        assert r.choices[0].message.content == plain.choices[0].message.content
+        ids = [t.token for t in r.choices[0].logprobs.content]
+        assert ids and all(t.startswith("token_id:") and t[9:].isdigit() for t in ids), ids
+        host, port = server.base.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/v1/chat/completions")
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 405 and resp.getheader("Allow") == "POST" and "takes POST" in body["error"]["message"], \
+            (resp.status, resp.getheaders(), body)
 
     @check
     def concurrent_requests():
