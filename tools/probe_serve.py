@@ -376,6 +376,12 @@ def main():
                     expect(abs(t.top_logprobs[0].logprob - t.logprob) < 1e-5, "greedy token is not the top one")
                     lps = [a.logprob for a in t.top_logprobs]
                     expect(lps == sorted(lps, reverse=True), f"top_logprobs not sorted: {lps}")
+        whole = complete(max_tokens=6, temperature=0, logprobs=1, extra_body={"ignore_eos": True})
+        streamed = list(complete(max_tokens=6, temperature=0, logprobs=1, stream=True, extra_body={"ignore_eos": True}))
+        offsets = [o for ch in streamed if ch.choices and ch.choices[0].logprobs
+                   for o in (ch.choices[0].logprobs.text_offset or [])]
+        expect(offsets == whole.choices[0].logprobs.text_offset,
+               f"streamed text_offset {offsets} vs whole {whole.choices[0].logprobs.text_offset}")
         expect_error(400, "logprobs", lambda: complete(logprobs=21), label="logprobs 21")
         expect_error(400, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=21), label="top_logprobs 21")
         expect_error(400, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=-1), label="top_logprobs -1")
@@ -587,6 +593,7 @@ def main():
         expect(status == 413, f"a body over 64 MiB: {status}")
         try:
             raw_error(status, json.loads(data), "a body over 64 MiB")
+            expect("64 MiB" in json.loads(data)["error"]["message"], f"413 does not name the limit: {data[:200]!r}")
         except ValueError:
             defect(f"a body over 64 MiB: not JSON: {data[:100]!r}")
 

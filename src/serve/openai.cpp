@@ -73,30 +73,32 @@ size_t utf8_chars(const std::string& s) {
 
 // Completions' (legacy) form: parallel lists, the alternatives as {token: logprob} maps. `names`
 // gives the tokens as they are listed (the tokenizer, or null for "token_id:N"); text_offset counts
-// the characters of the text before each token (`tok`'s decoding).
+// the characters of the text before each token (`tok`'s decoding), from *offset, which it advances
+// (a stream's chunks continue where the last one ended); null leaves text_offset out.
 json completion_logprobs(const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok,
-                         const io::Tokenizer* names, bool offsets) {
+                         const io::Tokenizer* names, int64_t* offset) {
   json texts = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
-  size_t offset = 0;
   for (const gen::GeneratedToken& t : tokens) {
     texts.push_back(token_text(t.id, names));
     lps.push_back(t.logprob);
     json top = json::object();
     for (size_t i = 0; i < t.top_ids.size(); ++i) top[token_text(t.top_ids[i], names)] = t.top_logprobs[i];
     tops.push_back(top);
-    offs.push_back(offset);
-    offset += utf8_chars(token_text(t.id, tok));
+    if (offset) {
+      offs.push_back(*offset);
+      *offset += static_cast<int64_t>(utf8_chars(token_text(t.id, tok)));
+    }
   }
   json out = {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}};
-  if (offsets) out["text_offset"] = offs;
+  if (offset) out["text_offset"] = offs;
   return out;
 }
 
 json logprobs_of(const ResponseHead& head, const std::vector<gen::GeneratedToken>& tokens, const io::Tokenizer* tok,
-                 bool offsets) {
+                 int64_t* offset) {
   if (head.logprobs < 0) return nullptr;
   const io::Tokenizer* names = head.tokens_as_ids ? nullptr : tok;  // null: token_text names the id
-  return head.chat ? chat_logprobs(tokens, names) : completion_logprobs(tokens, tok, names, offsets);
+  return head.chat ? chat_logprobs(tokens, names) : completion_logprobs(tokens, tok, names, offset);
 }
 
 json envelope(const ResponseHead& head, const char* object) {
@@ -148,8 +150,9 @@ json completion_body(const ResponseHead& head, const std::vector<gen::Completion
   json choices = json::array();
   int64_t generated = 0;
   for (const gen::Completion& c : samples) {
+    int64_t offset = 0;
     json choice = {{"index", c.sample},
-                   {"logprobs", logprobs_of(head, c.tokens, tok, true)},
+                   {"logprobs", logprobs_of(head, c.tokens, tok, &offset)},
                    {"finish_reason", finish_name(c.finish)}};
     if (head.chat)
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
@@ -164,12 +167,12 @@ json completion_body(const ResponseHead& head, const std::vector<gen::Completion
 }
 
 json chunk_body(const ResponseHead& head, const gen::Event& event, bool first, const io::Tokenizer* tok,
-                bool include_usage) {
+                bool include_usage, int64_t* text_offset) {
   const bool finished = event.finish != gen::FinishReason::kNone;
   if (!first && !finished && event.text_delta.empty() && (head.logprobs < 0 || event.tokens.empty())) return nullptr;
   json out = envelope(head, head.chat ? "chat.completion.chunk" : "text_completion");
   json choice = {{"index", event.sample},
-                 {"logprobs", logprobs_of(head, event.tokens, tok, false)},
+                 {"logprobs", logprobs_of(head, event.tokens, tok, text_offset)},
                  {"finish_reason", finished ? json(finish_name(event.finish)) : json(nullptr)}};
   if (head.chat) {
     json delta = {{"content", event.text_delta}};

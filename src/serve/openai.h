@@ -37,9 +37,11 @@ nlohmann::json completion_body(const ResponseHead& head, const std::vector<gen::
                                const io::Tokenizer* tok);
 
 // One streamed chunk for one engine event; `first` marks the sample's first chunk (chat sends the
-// assistant role there). Returns null when the event carries nothing to send.
+// assistant role there). Returns null when the event carries nothing to send. `text_offset`: the
+// sample's characters so far, for completions' log-probs (advanced past this chunk's tokens; null:
+// no text_offset).
 nlohmann::json chunk_body(const ResponseHead& head, const gen::Event& event, bool first, const io::Tokenizer* tok,
-                          bool include_usage);
+                          bool include_usage, int64_t* text_offset = nullptr);
 // The closing chunk of a stream with include_usage: no choices, the usage.
 nlohmann::json usage_chunk(const ResponseHead& head, int64_t prompt_tokens, int64_t completion_tokens);
 

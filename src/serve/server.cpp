@@ -77,6 +77,7 @@ struct StreamState {
   bool include_usage = false;
   int64_t prompt_tokens = 0, completion_tokens = 0, n = 1;
   std::vector<bool> started;
+  std::vector<int64_t> text_offsets;  // per sample: characters of its log-prob tokens so far
   Clock::time_point t0, last_write;
   bool finished = false;
 };
@@ -148,9 +149,12 @@ struct Server::Impl {
         res.status = 405;
         res.set_header("Allow", allow);
       }
-      const std::string message = res.status == 404   ? "no route " + req.method + " " + req.path
-                                  : res.status == 405 ? req.path + " takes " + allow + ", not " + req.method
-                                                      : "HTTP error " + std::to_string(res.status);
+      const std::string message =
+          res.status == 404   ? "no route " + req.method + " " + req.path
+          : res.status == 405 ? req.path + " takes " + allow + ", not " + req.method
+          : res.status == 413 ? "the request body is over the limit of " + std::to_string(kMaxBodyBytes / io::kMiB) +
+                                    " MiB"
+                              : "HTTP error " + std::to_string(res.status);
       res.set_content(dump(error_body(res.status, message)), "application/json");
       log_line(request_line(req.method, req.path, res.status, 0, ""));
     });
@@ -213,6 +217,7 @@ struct Server::Impl {
     state->prompt_tokens = prompt_tokens;
     state->n = n;
     state->started.assign(static_cast<size_t>(n), false);
+    state->text_offsets.assign(static_cast<size_t>(n), 0);
     state->t0 = state->last_write = t0;
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
@@ -296,8 +301,10 @@ struct Server::Impl {
     bool done = false;
     for (const gen::Event& e : s.channel->wait(kPollMs, done)) {
       const size_t k = static_cast<size_t>(e.sample);
-      const json chunk = chunk_body(s.head, e, k < s.started.size() && !s.started[k], model.tokenizer, s.include_usage);
-      if (k < s.started.size()) s.started[k] = true;
+      const bool known = k < s.started.size();
+      const json chunk = chunk_body(s.head, e, known && !s.started[k], model.tokenizer, s.include_usage,
+                                    known ? &s.text_offsets[k] : nullptr);
+      if (known) s.started[k] = true;
       s.completion_tokens += static_cast<int64_t>(e.tokens.size());
       if (!chunk.is_null() && !write(sse(chunk))) return false;
     }

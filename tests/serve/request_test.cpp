@@ -355,6 +355,17 @@ TEST(OpenAIShapes, LogprobOffsetsBytesAndTokenIds) {
   c.finish = gen::FinishReason::kLength;
   ResponseHead head = new_head(false, "tiny", 0);
   EXPECT_EQ(completion_body(head, {c}, plain.get())["choices"][0]["logprobs"]["text_offset"], json::parse("[0, 1, 2]"));
+  // A stream's chunks continue the offsets where the last chunk ended.
+  int64_t offset = 0;
+  gen::Event ev;
+  for (size_t i = 0; i < c.tokens.size(); ++i) {
+    ev.tokens = {c.tokens[i]};
+    ev.text_delta = plain->decode({static_cast<int32_t>(c.tokens[i].id)});
+    EXPECT_EQ(chunk_body(head, ev, i == 0, plain.get(), false, &offset)["choices"][0]["logprobs"]["text_offset"],
+              json::array({int64_t(i)}));
+  }
+  EXPECT_EQ(offset, 3);
+  EXPECT_FALSE(chunk_body(head, ev, false, plain.get(), false)["choices"][0]["logprobs"].contains("text_offset"));
   head.tokens_as_ids = true;
   const json ids = completion_body(head, {c}, plain.get())["choices"][0]["logprobs"];
   EXPECT_EQ(ids["tokens"][0], "token_id:" + std::to_string(e_acute));
