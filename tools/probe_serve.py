@@ -350,6 +350,10 @@ def main():
                    r.choices[0].text == before, f"stop_token_ids [{gen_ids[k]}]: {r.choices[0]} {r.usage}")
         r = complete(prompt=[2, 40, 41], max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
         expect(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8, f"ignore_eos: {r}")
+        # Chat's ignore_eos runs past the end of turn too (vLLM's ignores every generation_config eos id).
+        for seed in range(6):
+            r = chat(max_tokens=40, temperature=1.0, seed=seed, extra_body={"ignore_eos": True})
+            expect(r.usage.completion_tokens == 40, f"chat ignore_eos seed {seed}: {r.usage.completion_tokens} tokens")
         expect(complete(max_tokens=24, temperature=0, stop="zz").choices[0].finish_reason in ("length", "stop"),
                "stop that never appears")
 
@@ -431,7 +435,7 @@ def main():
 
     @probe
     def seeds_alone_and_beside_others():
-        kw = dict(max_tokens=24, temperature=1.0, seed=1234, extra_body={"ignore_eos": True})
+        kw = dict(max_tokens=24, temperature=1.0, seed=1234, top_p=0.9, extra_body={"ignore_eos": True, "top_k": 20})
         alone = complete(**kw).choices[0].text
         out, errors = {}, []
 

@@ -639,7 +639,10 @@ ParsedRequest parse_request(const json& body, Api api, const ModelInfo& model, c
   }
   gen::RequestOptions options = read_options(body, api, model, defaults);
   std::vector<int64_t> prompt = read_prompt(body, api, model, out.request.media);
-  if (out.chat) options.stop_ids.insert(options.stop_ids.end(), model.chat_stop_ids.begin(), model.chat_stop_ids.end());
+  // The end of turn is one of the checkpoints' generation_config eos ids, which vLLM's ignore_eos
+  // ignores too: a benchmark asking for exactly max_tokens gets them in chat as well.
+  if (out.chat && !options.ignore_eos)
+    options.stop_ids.insert(options.stop_ids.end(), model.chat_stop_ids.begin(), model.chat_stop_ids.end());
 
   const int64_t len = static_cast<int64_t>(prompt.size());
   const char* prompt_param = out.chat ? "messages" : (field(body, "prompt_ids") ? "prompt_ids" : "prompt");

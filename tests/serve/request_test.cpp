@@ -168,6 +168,9 @@ TEST_F(RequestTest, ChatMessagesTemplateLogprobsAndLengths) {
   EXPECT_EQ(p.request.options.logprobs, 3);
   EXPECT_EQ(p.request.options.max_tokens, 5);  // max_completion_tokens wins over the older max_tokens
   EXPECT_EQ(p.request.options.stop_ids, (std::vector<int64_t>{tok_->eos_id}));  // the end of turn
+  // ignore_eos ignores the end of turn too, as vLLM's does (it is a generation_config eos id).
+  EXPECT_TRUE(parse(R"({"messages": [{"role": "user", "content": "Hello"}], "ignore_eos": true})", Api::Chat)
+                  .request.options.stop_ids.empty());
   // Chat's default length is the rest of the context.
   const ParsedRequest d =
       parse(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})", Api::Chat);
