@@ -286,8 +286,8 @@ void RunParts::resume_if_asked(bool resume) {
     if (main_rank()) std::cerr << "resuming from " << *from << " (step " << progress.step << ")\n";
     // A recipe changed since the checkpoint (other data, batch, learning rate) is allowed, but the
     // continuation is then not the run the checkpoint began: say so, with the keys.
-    const nlohmann::json state = read_trainer_state(*from);
-    if (main_rank() && state.contains("recipe") && state["recipe"].is_object()) {
+    const nlohmann::json state = main_rank() ? read_trainer_state(*from) : nlohmann::json();
+    if (state.contains("recipe") && state["recipe"].is_object()) {
       std::vector<std::string> changed;
       recipe_differences(state["recipe"], r.resolved, "", changed);
       if (!changed.empty()) {
