@@ -241,6 +241,10 @@ def probe_data(g4, work):
         ("long-chat.jsonl", json.dumps({"messages": [{"role": "user", "content": "word " * 200},
                                                      {"role": "assistant", "content": "yo"}]}).encode() + b"\n",
          ["tokenizer=" + chat_tok, "data.overlong=error"], ["long-chat.jsonl:1", "longer than seq_len"]),
+        # Truncated before its reply: every label masked. It trained with loss 0.0 and gradient norm 0.
+        ("reply-cut-off.jsonl", json.dumps({"messages": [{"role": "user", "content": "word " * 200},
+                                                         {"role": "assistant", "content": "yo"}]}).encode() + b"\n",
+         ["tokenizer=" + chat_tok, "data.overlong=truncate"], ["no training document of", "has a trained token"]),
     ]
     for name, data, extra, wants in cases:
         p = os.path.join(d, name)

@@ -682,6 +682,26 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   r = run("train " + recipe + " tokenizer=no-such-tokenizer.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("no-such-tokenizer.json does not exist (a relative path"), std::string::npos) << r.output;
+  // Conversations whose replies lie past data.seq_len train nothing once truncated: an error (it
+  // used to train on all-masked rows, logging loss 0 and gradient norm 0 at every step).
+  const fs::path chat = dir / "cut.jsonl";
+  std::ofstream(chat) << nlohmann::json{{"messages",
+                                         {{{"role", "user"}, {"content", [] {
+                                             std::string words;
+                                             for (int i = 0; i < 200; ++i) words += "word ";
+                                             return words;
+                                           }()}},
+                                          {{"role", "assistant"}, {"content", "yes"}}}}}.dump()
+                      << "\n";
+  r = run("train " + recipe + " tokenizer=" + test::source_dir() + "/recipes/data/kjv-chat-tokenizer data.train=" +
+          chat.string() + " data.overlong=truncate checkpoint.dir=" + (dir / "cut").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("dropped 1 document(s) or piece(s) with no trained token within seq_len 64"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("data: no training document of " + chat.string() + " has a trained token within seq_len 64"),
+            std::string::npos)
+      << r.output;
   // One document cannot be split for validation: the plan says that no validation loss will come
   // (it used to be silent: the summary just lacked the line).
   const fs::path one = dir / "one.txt";
