@@ -6,14 +6,16 @@
 # continuations denoised block by block), then samples continuations of held-out-style prompts with
 # transformers' block-diffusion sampler and writes them into the run's summary. All on the CPU.
 # Extra arguments are overrides of the diffusion recipe, e.g.: ./scripts/run_diffusion_example.sh train.steps=50
+# Run again, the runs continue from their checkpoints (--resume; g4 train refuses to start afresh
+# over an earlier run). Remove runs/tiny-kjv-diffusion to start the fine-tuning over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh
 ./scripts/fetch_corpus.sh
 ar=runs/tiny-moe-kjv/checkpoints/step-00000300
-[ -d "$ar" ] || ./build/g4 train recipes/tiny-moe-kjv.yaml
+[ -d "$ar" ] || ./build/g4 train recipes/tiny-moe-kjv.yaml --resume
 ./build/g4 convert "$ar" runs/tiny-kjv-diffusion-init --to-diffusion --canvas-length 16 --overwrite
-./build/g4 train recipes/diffusion/tiny-kjv-diffusion.yaml "$@"
+./build/g4 train recipes/diffusion/tiny-kjv-diffusion.yaml --resume "$@"
 last=$(ls -d runs/tiny-kjv-diffusion/checkpoints/step-* | sort | tail -1)
 summary=runs/tiny-kjv-diffusion/samples.txt
 {

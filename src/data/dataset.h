@@ -19,7 +19,9 @@
 //     a permutation seeded by `seed` (at least one document always stays in training).
 //  3. fit_documents: documents longer than seq_len are split into seq_len pieces (each its own
 //     document, positions from 0), truncated to seq_len, or refused, per `overlong`; a multimodal
-//     document longer than seq_len is always refused.
+//     document longer than seq_len is always refused. A document or piece left with no trained
+//     token after its first (a conversation cut before its reply) is dropped, with a note; no
+//     trained training document at all is an error.
 //  4. pack_documents: documents are placed whole into rows by best-fit decreasing (longest first,
 //     each into the row whose free space fits it most tightly), as TRL's "bfd" packing does, so a
 //     conversation is never cut from its prompt. Free space left in a row is padding.

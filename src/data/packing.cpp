@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "data/dataset.h"
 
 namespace g4::data {
@@ -37,6 +38,20 @@ std::vector<Document> fit_documents(std::vector<Document> docs, const DataOption
               " (data option overlong is '", opt.overlong, "'; 'split' or 'truncate' would keep it)");
     }
   }
+  // A document with no trained token past its first (labels start at the second) teaches nothing:
+  // a conversation cut before its reply (truncate keeps only the prompt, split makes prompt-only
+  // pieces). Kept, such documents alone made all-masked rows whose loss read 0.0 with a zero
+  // gradient: a run that trained nothing looked like a perfect one. They are dropped, and said.
+  const size_t before = out.size();
+  out.erase(std::remove_if(out.begin(), out.end(),
+                           [](const Document& d) {
+                             return d.trained.size() < 2 || std::find(d.trained.begin() + 1, d.trained.end(), 1) ==
+                                                                 d.trained.end();
+                           }),
+            out.end());
+  if (out.size() < before)
+    G4_LOG("data: dropped ", before - out.size(), " document(s) or piece(s) with no trained token within seq_len ",
+           opt.seq_len, " (a conversation's reply cut off by data.overlong ", opt.overlong, ")");
   return out;
 }
 

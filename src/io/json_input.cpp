@@ -98,10 +98,19 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   G4_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
 }
 
+std::string relative_path_note(const std::string& path) {
+  if (path.empty() || std::filesystem::path(path).is_absolute()) return "";
+  std::error_code ec;
+  const std::filesystem::path cwd = std::filesystem::current_path(ec);
+  return " (a relative path: taken from the working directory" + (ec ? std::string() : " " + cwd.string()) + ")";
+}
+
 std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes) {
   // Non-blocking, so that opening a FIFO returns at once instead of waiting for a writer.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  G4_CHECK(fd >= 0, "cannot open ", what, " ", path, ": ", std::strerror(errno));
+  const int open_err = errno;
+  G4_CHECK(fd >= 0, "cannot open ", what, " ", path, ": ", std::strerror(open_err),
+           open_err == ENOENT ? relative_path_note(path) : std::string());
   struct stat st {};
   const bool stat_ok = ::fstat(fd, &st) == 0;
   const int stat_err = errno;

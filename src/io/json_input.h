@@ -40,6 +40,10 @@ nlohmann::json parse_json(std::string_view text, const std::string& what, size_t
 // larger than max_bytes. `what` names the file's role ("config", "tokenizer").
 std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes);
 
+// For "does not exist" errors: "" for an absolute path, else a note that it was taken from the
+// working directory (named): recipes name their files relative to where g4 runs, not to the recipe.
+std::string relative_path_note(const std::string& path);
+
 // Writes `text` to a temporary file beside `path` and renames it over `path`, so a reader (or a
 // run killed meanwhile) sees the old file or the whole new one, never half of it. Errors name the file.
 void write_file_atomic(const std::string& path, const std::string& text);

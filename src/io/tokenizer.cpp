@@ -43,7 +43,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
     file = fs::exists(file / "tokenizer.json") ? file / "tokenizer.json" : file / "tokenizer.model";
     G4_CHECK(fs::exists(file), "no tokenizer.json or tokenizer.model in ", path);
   }
-  G4_CHECK(fs::exists(file), "tokenizer file ", file.string(), " does not exist");
+  G4_CHECK(fs::exists(file), "tokenizer file ", file.string(), " does not exist", relative_path_note(file.string()));
 
   std::unique_ptr<Tokenizer> tok;
   if (file.extension() == ".json") {

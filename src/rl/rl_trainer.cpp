@@ -53,7 +53,7 @@ class RlTrainer {
   RlResult result_;
 };
 
-RlTrainer::RlTrainer(const train::Recipe& r, const RlRunOptions& options) : r_(r), options_(options), p_(r, 0) {
+RlTrainer::RlTrainer(const train::Recipe& r, const RlRunOptions& options) : r_(r), options_(options), p_(r, 0, options.resume) {
   G4_CHECK(r.command == train::Command::kRl, r.source, ": the recipe was read for g4 ", train::command_name(r.command));
   // The frozen reference of the KL term: the initial policy, in the policy's dtype and device. With
   // LoRA that is the frozen base, which the policy computes with its adapters bypassed: no copy.

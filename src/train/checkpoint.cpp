@@ -134,6 +134,7 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
 std::optional<std::string> CheckpointManager::resume() {
   const std::vector<std::string> candidates = complete_checkpoints(dir_);
   std::string failures;
+  std::vector<std::string> damaged;
   for (const std::string& c : candidates) {
     std::string error;
     try {
@@ -144,11 +145,26 @@ std::optional<std::string> CheckpointManager::resume() {
     // Every rank takes the same checkpoint: one rank's damaged shard sends all of them back.
     Tensor failed = Tensor::from_vector<double>({error.empty() ? 0.0 : 1.0}, {1});
     if (world_.size() > 1) parallel::all_reduce_values(world_, failed);
-    if (failed.data<double>()[0] == 0) return c;
+    if (failed.data<double>()[0] == 0) {
+      // The damaged newer ones go out of the way, kept for inspection: left as step-*, they would
+      // count as the newest for checkpoint.keep, which would delete the good checkpoints this run
+      // writes (with keep 1, the only one) and keep the damaged one.
+      if (world_.rank() == 0)
+        for (const std::string& d : damaged) {
+          const fs::path to = fs::path(d).parent_path() / ("damaged-" + fs::path(d).filename().string());
+          std::error_code ec;
+          fs::remove_all(to, ec);
+          fs::rename(d, to, ec);
+          std::cerr << "moved the damaged checkpoint " << d << " to " << to.string()
+                    << (ec ? " failed: " + ec.message() : std::string()) << "\n";
+        }
+      return c;
+    }
     const std::string why = error.empty() ? "another rank could not read it" : error;
     if (world_.rank() == 0 || !error.empty())
       std::cerr << "checkpoint " << c << " cannot be resumed (" << why << "); trying the one before\n";
     failures += "\n  " + c + ": " + why;
+    damaged.push_back(c);
   }
   G4_CHECK(candidates.empty(), "no checkpoint in ", dir_, " can be resumed:", failures);
   return std::nullopt;

@@ -51,8 +51,9 @@ class CheckpointManager {
   // Collective: restores every part from `checkpoint_dir`; returns its trainer_state.json.
   nlohmann::json load(const std::string& checkpoint_dir);
   // Collective: restores the newest checkpoint every rank reads without error, falling back to
-  // older ones (saying so on stderr) when the newest is damaged; returns its directory, or
-  // nothing when there is none. An error when every checkpoint is damaged.
+  // older ones (saying so on stderr) when the newest is damaged, which are then renamed
+  // damaged-step-* (kept, but never resumed or counted by `keep`); returns its directory, or
+  // nothing when there is none. An error when every checkpoint is damaged (nothing renamed).
   std::optional<std::string> resume();
 
   const std::string& dir() const { return dir_; }

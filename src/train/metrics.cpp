@@ -132,9 +132,8 @@ void write_loss_svg(const std::string& path, const std::vector<CurvePoint>& trai
   if (!validation.empty())
     s << "<text x=\"" << W - right - 80 << "\" y=\"" << top + 16 << "\" fill=\"#d62728\">● validation</text>\n";
   s << "</svg>\n";
-  std::ofstream out(path);
-  G4_CHECK(out.good(), "cannot write ", path);
-  out << s.str();
+  // Replaced whole: a run stopped while writing it leaves the previous picture, not half of one.
+  io::write_file_atomic(path, s.str());
 }
 
 }  // namespace g4::train

@@ -177,7 +177,7 @@ std::vector<ScopedKey> make_schema() {
             "shard master weights, gradients and AdamW moments over the data-parallel ranks (ZeRO-3)"),
       field("checkpoint.dir", G4_SLOT(output_dir), "run directory: checkpoints, metrics.jsonl, loss plot"),
       field("checkpoint.every", G4_SLOT(checkpoint_every), "steps between checkpoints (0 = only at the end)", kNonNegative),
-      field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk"),
+      field("checkpoint.keep", G4_SLOT(keep_checkpoints), "newest checkpoints kept on disk (0 = every one)", kNonNegative),
       field("log.every", G4_SLOT(log_every), "steps between metric lines", kPositive),
       field("log.validation_every", G4_SLOT(validation_every), "steps between validations (0 = never)", kNonNegative),
       train_only(field("log.validation_batches", G4_SLOT(validation_batches), "batches per validation loss", kNonNegative)),

@@ -12,7 +12,7 @@ namespace g4::train {
 
 namespace fs = std::filesystem;
 
-std::string describe_data(const data::PackedDataset& data, int64_t seq_len) {
+std::string describe_data(const data::PackedDataset& data, int64_t seq_len, double validation_fraction) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "data       %lld documents, %lld tokens, %lld train rows + %lld validation rows of %lld\n"
@@ -25,6 +25,14 @@ std::string describe_data(const data::PackedDataset& data, int64_t seq_len) {
     out.insert(out.find('\n'), ", " + std::to_string(data.images()) + " images and " +
                                    std::to_string(data.audio_clips()) + " audio clips in them");
   if (data.videos() > 0) out.insert(out.find('\n'), ", " + std::to_string(data.videos()) + " videos");
+  // Validation holds out whole documents: a fraction of too few rounds to none, and the run would
+  // otherwise just never report a validation loss.
+  if (data.validation_rows() == 0 && validation_fraction > 0) {
+    char note[160];
+    std::snprintf(note, sizeof note, " (no validation: data.validation_fraction %g of %lld document(s) holds out none)",
+                  validation_fraction, static_cast<long long>(data.documents()));
+    out.insert(out.find('\n'), note);
+  }
   return out;
 }
 

@@ -23,7 +23,7 @@ void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters,
                 const std::string& data_lines, const parallel::MeshShape& mesh, int64_t tokens_per_step,
                 int64_t padded_len);
 // Packed data's plan lines: documents, tokens, rows, and the unigram-entropy baseline.
-std::string describe_data(const data::PackedDataset& data, int64_t seq_len);
+std::string describe_data(const data::PackedDataset& data, int64_t seq_len, double validation_fraction);
 
 // Collective over `world`: the step's token rows per expert of every MoE layer, summed over all
 // ranks (a rank counts the rows its own experts processed: under expert parallelism those came

@@ -1,6 +1,7 @@
 #include "train/run_setup.h"
 
 #include <cmath>
+#include <fstream>
 #include <iostream>
 #include <set>
 
@@ -87,6 +88,25 @@ void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const
   if (videos) same("<|video|>", config.vision.has_value(), config.vision ? config.vision->video_token_id : -1, "video");
 }
 
+void refuse_earlier_run(const std::string& source, const std::string& run_dir) {
+  const std::vector<std::string> checkpoints = complete_checkpoints((fs::path(run_dir) / "checkpoints").string());
+  int64_t records = 0;
+  const fs::path metrics = fs::path(run_dir) / "metrics.jsonl";
+  if (fs::is_regular_file(metrics)) {
+    std::ifstream in(metrics);
+    for (std::string line; std::getline(in, line);) records += line.empty() ? 0 : 1;
+  }
+  if (checkpoints.empty() && records == 0) return;
+  std::string what;
+  if (!checkpoints.empty())
+    what = std::to_string(checkpoints.size()) + " checkpoint(s), the newest " + checkpoints.front();
+  if (records > 0) what += (what.empty() ? "" : "; ") + metrics.string() + " with " + std::to_string(records) + " record(s)";
+  G4_FAIL(source, ": checkpoint.dir ", run_dir, " holds an earlier run (", what,
+          "). Add --resume to continue it, or remove it or choose another checkpoint.dir to start afresh: a new run "
+          "there would cut its metrics.jsonl, and its newer checkpoints would outlive the new run's (checkpoint.keep "
+          "deletes the oldest step numbers) and be what a later --resume continues");
+}
+
 namespace {
 
 // The device mesh of the launched ranks, checked against the recipe's parallel degrees.
@@ -108,11 +128,15 @@ std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Commu
 
 }  // namespace
 
-RunParts::RunParts(const Recipe& recipe, int64_t row_len) : r(recipe) {
+RunParts::RunParts(const Recipe& recipe, int64_t row_len, bool resume) : r(recipe) {
   // One process per replica (mpirun / srun / g4 launch); a plain launch is one rank. GPU ranks
   // take their GPU first and join over NCCL or host-staged MPI (parallel/gpu_world.h).
   world = r.device == Device::CUDA ? parallel::make_gpu_world_communicator() : parallel::make_world_communicator();
-  if (main_rank()) lock = std::make_unique<DirectoryLock>(r.output_dir);
+  if (main_rank()) {
+    lock = std::make_unique<DirectoryLock>(r.output_dir);
+    // Under the lock, so that no other run adds to the directory between the look and the start.
+    if (!resume) refuse_earlier_run(r.source, r.output_dir);
+  }
   mesh = make_mesh(r, *world, row_len);
   set_up_model(row_len);
   parameters = model->params().numel();
@@ -233,10 +257,45 @@ void RunParts::set_up_training(CheckpointPart& objective) {
     checkpoints->add(*part);
 }
 
+namespace {
+
+// The leaves where two resolved recipes differ, as "key old -> new".
+void recipe_differences(const nlohmann::json& was, const nlohmann::json& is, const std::string& prefix,
+                        std::vector<std::string>& out) {
+  if (was.is_object() && is.is_object()) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : was.items()) keys.insert(k);
+    for (const auto& [k, v] : is.items()) keys.insert(k);
+    for (const std::string& k : keys)
+      recipe_differences(was.contains(k) ? was[k] : nlohmann::json(), is.contains(k) ? is[k] : nlohmann::json(),
+                         prefix.empty() ? k : prefix + "." + k, out);
+    return;
+  }
+  if (was == is) return;
+  // Keys that do not change what the steps compute: extending a run (train.steps), its bookkeeping.
+  for (const char* free : {"train.steps", "checkpoint.", "log."})
+    if (prefix.rfind(free, 0) == 0) return;
+  out.push_back(prefix + " " + (was.is_null() ? std::string("(unset)") : was.dump()) + " -> " + is.dump());
+}
+
+}  // namespace
+
 void RunParts::resume_if_asked(bool resume) {
   if (!resume) return;
   if (const auto from = checkpoints->resume()) {
     if (main_rank()) std::cerr << "resuming from " << *from << " (step " << progress.step << ")\n";
+    // A recipe changed since the checkpoint (other data, batch, learning rate) is allowed, but the
+    // continuation is then not the run the checkpoint began: say so, with the keys.
+    const nlohmann::json state = main_rank() ? read_trainer_state(*from) : nlohmann::json();
+    if (state.contains("recipe") && state["recipe"].is_object()) {
+      std::vector<std::string> changed;
+      recipe_differences(state["recipe"], r.resolved, "", changed);
+      if (!changed.empty()) {
+        std::cerr << "note: the recipe differs from the one " << *from << " was trained with:";
+        for (const std::string& c : changed) std::cerr << "\n  " << c;
+        std::cerr << "\n(the resumed run will not match an uninterrupted run of either recipe)\n";
+      }
+    }
   } else if (main_rank()) {
     std::cerr << "no checkpoint in " << checkpoints->dir() << "; starting from scratch\n";
   }

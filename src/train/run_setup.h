@@ -55,13 +55,20 @@ io::VideoProcessorOptions data_video_processor(const std::string& model_dir, con
 void check_multimodal_data(const Recipe& r, const io::ModelConfig& config, const io::Tokenizer& tok, bool images,
                            bool audio, bool videos = false);
 
+// A run started without --resume in a directory holding an earlier run's checkpoints or metrics
+// would mix with it: the earlier run's higher step numbers outrank the new checkpoints (which
+// checkpoint.keep then deletes as soon as they are written), a later --resume would continue the
+// earlier run, and metrics.jsonl would be cut. So that is an error naming what the directory holds.
+void refuse_earlier_run(const std::string& source, const std::string& run_dir);
+
 class RunParts {
  public:
   // Starts the ranks (on the GPU: each takes its GPU, see parallel/gpu_world.h), locks the output directory
   // (rank 0), builds the mesh and the model, and loads the tokenizer. `row_len` > 0: the tokens of
   // one training row, checked against the model's context before it is loaded (and against the
-  // mesh's context-parallel split).
-  RunParts(const Recipe& r, int64_t row_len);
+  // mesh's context-parallel split). Without `resume`, a run directory that holds an earlier run
+  // (checkpoints or metrics) is refused before anything is loaded: see refuse_earlier_run.
+  RunParts(const Recipe& r, int64_t row_len, bool resume);
   // The optimizer over the trainable parameters (frozen ones take no gradient at all), and the
   // checkpoint manager over the weights, the optimizer, `objective` and the progress.
   void set_up_training(CheckpointPart& objective);

@@ -90,7 +90,7 @@ class Trainer {
   bool validated_ = false;
 };
 
-Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) : r_(r), p_(r, r.data.seq_len) {
+Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) : r_(r), p_(r, r.data.seq_len, resume) {
   std::string data_lines;
   if (custom) {
     CustomObjective c = custom(r, *p_.tok, *p_.mesh);
@@ -109,7 +109,7 @@ Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) :
     G4_CHECK(data_->train_rows() > 0, "the training data (", r.data.files[0], "...) yields no training rows");
     check_same_data_on_every_rank();
     set_up_objective();
-    data_lines = describe_data(*data_, r.data.seq_len);
+    data_lines = describe_data(*data_, r.data.seq_len, r.data.validation_fraction);
     tokens_per_step_ = r.batch_size * r.grad_accumulation * r.data.seq_len * (p_.world->size() / p_.mesh->shape().cp);
     result_.unigram_entropy = data_->unigram_entropy();
     has_validation_ = data_->validation_rows() > 0;

@@ -99,6 +99,20 @@ TEST(Overlong, TruncateKeepsTheStart) {
   EXPECT_EQ(out[1].ids, (std::vector<int32_t>{30, 31, 32, 33}));  // exactly seq_len: untouched
 }
 
+// A piece that trains nothing (a conversation cut before its reply) is dropped: kept, it made
+// all-masked rows whose loss read 0. Labels start at a document's second token, so a piece whose
+// only trained token is its first trains nothing either.
+TEST(Overlong, PiecesWithoutATrainedTokenAreDropped) {
+  std::vector<Document> out = fit_documents({doc(10, 10, {0, 0, 0, 0, 0, 0, 0, 0, 1, 1}), doc(50, 5, {0, 0, 0, 0, 1})},
+                                            fit_options("split"));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ids, (std::vector<int32_t>{18, 19}));
+  EXPECT_EQ(out[0].source, "doc10 (piece 3)");
+  out = fit_documents({doc(10, 10, {0, 0, 0, 0, 0, 0, 0, 0, 1, 1}), doc(30, 3)}, fit_options("truncate"));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ids, (std::vector<int32_t>{30, 31, 32}));
+}
+
 TEST(Overlong, ErrorNamesTheDocument) {
   EXPECT_NO_THROW(fit_documents({doc(10, 4)}, fit_options("error")));
   EXPECT_G4_ERROR(fit_documents({doc(10, 4), doc(20, 5)}, fit_options("error")), "doc20", "5 tokens",

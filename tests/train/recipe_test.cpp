@@ -208,6 +208,8 @@ TEST(Recipe, ValuesThatWouldTrainWronglyAreRefused) {
       {"schedule.warmup_steps=-2", "'schedule.warmup_steps' must be >= 0"},
       {"checkpoint.every=-1", "'checkpoint.every' must be >= 0"},
       {"log.validation_every=-4", "'log.validation_every' must be >= 0"},
+      // Was accepted and kept every checkpoint, as 0 does (probe_train.py).
+      {"checkpoint.keep=-1", "'checkpoint.keep' must be >= 0"},
   };
   const std::string path = test::source_dir() + "/recipes/tiny-moe-kjv.yaml";
   for (const auto& [override_, want] : bad) {

@@ -151,6 +151,10 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("non-finite"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("step-00000008) is intact"), std::string::npos) << r.output;
+  // The changed learning rate is named when the run resumes (train.steps is free to change).
+  EXPECT_NE(r.output.find("note: the recipe differs from the one"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\n  optimizer.lr 0.003 -> "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("train.steps 8 -> 12"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(ckpts / ".step-00000010.tmp.99999"));
   EXPECT_FALSE(fs::exists(ckpts / "step-00000012"));
   std::ifstream latest(ckpts / "latest");
@@ -181,20 +185,47 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
 
 // A damaged newest checkpoint (a truncated weights file) does not end the run's life: --resume
 // says so and continues from the one before, reproducing the uninterrupted curve. Two runs never
-// share a run directory: the second is refused while the first holds its lock.
+// share a run directory: the second is refused while the first holds its lock, and a new run
+// (no --resume) over an earlier one is refused, leaving it as it was.
 TEST(TrainRun, ResumeFallsBackFromADamagedCheckpointAndRunsDoNotShareADirectory) {
   const fs::path dir = temp_dir("damaged");
   const std::string recipe = test::write_train_recipe(dir, /*dense=*/false, /*samples=*/0);
   ProcessResult r = run("train " + recipe);
   ASSERT_EQ(r.code, 0) << r.output;
   const auto want = loss_lines(dir / "run");
+
+  // It used to start: checkpoint.keep deleted each new checkpoint as it was written (the earlier
+  // run's step 8 outranked it), metrics.jsonl lost the earlier lines, and --resume then continued
+  // the earlier run (probe_train.py).
+  r = run("train " + recipe + " train.steps=4");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("holds an earlier run (2 checkpoint(s), the newest " +
+                          (dir / "run" / "checkpoints" / "step-00000008").string()),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("Add --resume to continue it"), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "run"), want);
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoints" / "step-00000004" / "model.safetensors"));
+  // A run stopped before its first checkpoint left only its metrics: those are kept too.
+  fs::create_directories(dir / "early");
+  std::ofstream(dir / "early" / "metrics.jsonl") << "{\"step\": 1, \"loss\": 7.5}\n";
+  r = run("train " + recipe + " checkpoint.dir=" + (dir / "early").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("metrics.jsonl with 1 record(s)"), std::string::npos) << r.output;
+  EXPECT_EQ(fs::file_size(dir / "early" / "metrics.jsonl"), 25u);
+
   const fs::path weights = dir / "run" / "checkpoints" / "step-00000008" / "model.safetensors";
-  fs::resize_file(weights, fs::file_size(weights) / 2);
+  const uintmax_t whole = fs::file_size(weights);
+  fs::resize_file(weights, whole / 2);
   r = run("train " + recipe + " --resume");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("step-00000008 cannot be resumed"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("(step 4)"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "run"), want);
+  // The damaged one was moved aside (kept), and the resumed run wrote a whole step 8.
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoints" / "damaged-step-00000008" / "model.safetensors"));
+  EXPECT_EQ(fs::file_size(dir / "run" / "checkpoints" / "damaged-step-00000008" / "model.safetensors"), whole / 2);
+  EXPECT_EQ(fs::file_size(weights), whole);
 
   const int fd = ::open((dir / "run" / ".lock").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
@@ -640,6 +671,47 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   EXPECT_NE(r.output.find("cannot make the run directory " + file.string() + " (checkpoint.dir)"), std::string::npos)
       << r.output;
   EXPECT_EQ(fs::file_size(file), 5u);
+  // A relative path is taken from the working directory, which the error says (recipes in another
+  // folder than the cwd name their files from the cwd, not from the recipe).
+  r = run("train " + recipe + " data.train=no-such-folder/corpus.txt");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("no-such-folder/corpus.txt: No such file or directory (a relative path: taken from the "
+                          "working directory " + fs::current_path().string() + ")"),
+            std::string::npos)
+      << r.output;
+  r = run("train " + recipe + " tokenizer=no-such-tokenizer.json");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("no-such-tokenizer.json does not exist (a relative path"), std::string::npos) << r.output;
+  // Conversations whose replies lie past data.seq_len train nothing once truncated: an error (it
+  // used to train on all-masked rows, logging loss 0 and gradient norm 0 at every step).
+  const fs::path chat = dir / "cut.jsonl";
+  std::ofstream(chat) << nlohmann::json{{"messages",
+                                         {{{"role", "user"}, {"content", [] {
+                                             std::string words;
+                                             for (int i = 0; i < 200; ++i) words += "word ";
+                                             return words;
+                                           }()}},
+                                          {{"role", "assistant"}, {"content", "yes"}}}}}.dump()
+                      << "\n";
+  r = run("train " + recipe + " tokenizer=" + test::source_dir() + "/recipes/data/kjv-chat-tokenizer data.train=" +
+          chat.string() + " data.overlong=truncate checkpoint.dir=" + (dir / "cut").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("dropped 1 document(s) or piece(s) with no trained token within seq_len 64"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("data: no training document of " + chat.string() + " has a trained token within seq_len 64"),
+            std::string::npos)
+      << r.output;
+  // One document cannot be split for validation: the plan says that no validation loss will come
+  // (it used to be silent: the summary just lacked the line).
+  const fs::path one = dir / "one.txt";
+  std::ofstream(one) << "In the beginning God created the heaven and the earth.\n";
+  r = run("train " + recipe + " data.train=" + one.string() + " train.steps=1 log.samples=0 checkpoint.dir=" +
+          (dir / "one").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(no validation: data.validation_fraction 0.2 of 1 document(s) holds out none)"),
+            std::string::npos)
+      << r.output;
   fs::remove_all(dir);
 }
 
