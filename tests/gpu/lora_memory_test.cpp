@@ -64,7 +64,7 @@ TEST(GpuLoraMemory, TheHostAndTheOptimizerHoldOnlyTheAdaptersInF32) {
   {
     const train::Recipe r = train::load_recipe(
         recipe, {"lora.rank=4", "lora.alpha=8", "train.device=cuda", "checkpoint.dir=" + (dir / "lora").string()});
-    train::RunParts p(r, 64);
+    train::RunParts p(r, 64, /*resume=*/false);
     // The base on the device is the CPU load rounded, bit for bit.
     for (const std::string& n : cpu_base->params().order)
       EXPECT_TRUE(test::same_bits(p.model->params().at(n).value(), cpu_base->params().at(n).value().to(DType::BF16)))
@@ -100,7 +100,7 @@ TEST(GpuLoraMemory, TheHostAndTheOptimizerHoldOnlyTheAdaptersInF32) {
     // A full fine-tune keeps the whole model in f32 on the host, as before.
     const train::Recipe r =
         train::load_recipe(recipe, {"train.device=cuda", "checkpoint.dir=" + (dir / "full").string()});
-    train::RunParts p(r, 64);
+    train::RunParts p(r, 64, /*resume=*/false);
     p.set_up_training(objective);
     const auto& opt = dynamic_cast<const train::ReplicatedAdamW&>(*p.opt);
     EXPECT_EQ(opt.host_bytes(), f32_bytes_of(*p.model, false) + buffer_bytes(*p.model));
