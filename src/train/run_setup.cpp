@@ -280,9 +280,10 @@ void recipe_differences(const nlohmann::json& was, const nlohmann::json& is, con
 
 }  // namespace
 
-void RunParts::resume_if_asked(bool resume) {
-  if (!resume) return;
-  if (const auto from = checkpoints->resume()) {
+std::optional<std::string> RunParts::resume_if_asked(bool resume) {
+  if (!resume) return std::nullopt;
+  const std::optional<std::string> from = checkpoints->resume();
+  if (from) {
     if (main_rank()) std::cerr << "resuming from " << *from << " (step " << progress.step << ")\n";
     // A recipe changed since the checkpoint (other data, batch, learning rate) is allowed, but the
     // continuation is then not the run the checkpoint began: say so, with the keys.
@@ -299,6 +300,7 @@ void RunParts::resume_if_asked(bool resume) {
   } else if (main_rank()) {
     std::cerr << "no checkpoint in " << checkpoints->dir() << "; starting from scratch\n";
   }
+  return from;
 }
 
 void RunParts::check_finite(const StepResult& s) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,7 +74,8 @@ class RunParts {
   // checkpoint manager over the weights, the optimizer, `objective` and the progress.
   void set_up_training(CheckpointPart& objective);
   // Continues from the newest complete checkpoint when asked (and one exists).
-  void resume_if_asked(bool resume);
+  // Returns the checkpoint resumed from, if any.
+  std::optional<std::string> resume_if_asked(bool resume);
   // A step whose loss or gradient norm is NaN or infinite updated nothing (train_step); the run
   // stops there with an error, or counts it and goes on when the recipe says so. Either way no
   // checkpoint holds weights such a step produced.

@@ -116,7 +116,9 @@ Trainer::Trainer(const Recipe& r, bool resume, const ObjectiveFactory& custom) :
   }
   objective_->configure(*p_.model);
   p_.set_up_training(*objective_);
-  p_.resume_if_asked(resume);
+  // The resumed checkpoint stands as the run's last until this run writes one (a finished run
+  // resumed trains nothing and writes none).
+  if (const auto from = p_.resume_if_asked(resume)) result_.checkpoint = *from;
   if (main_rank()) log_.emplace((fs::path(r.output_dir) / "metrics.jsonl").string(), p_.progress.step);
   if (main_rank())
     print_plan(r, *p_.model, p_.parameters, p_.trainable_tensors, data_lines, p_.mesh->shape(), tokens_per_step_,
@@ -246,7 +248,12 @@ TrainResult Trainer::finish() {
   if (!main_rank()) return result_;
   bar_->finish();
   SummaryFacts facts;
-  facts.svg_path = write_loss_picture(r_.output_dir, log_->read_all());
+  const std::vector<nlohmann::json> records = log_->read_all();
+  // A resumed run that trained no step reports the last train loss its log holds, not 0.
+  if (steps_this_run == 0)
+    for (const nlohmann::json& rec : records)
+      if (rec.contains("loss") && rec["loss"].is_number()) result_.last_train_loss = rec["loss"].get<double>();
+  facts.svg_path = write_loss_picture(r_.output_dir, records);
   facts.total_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
   facts.steps_this_run = steps_this_run;
   facts.tokens_per_step = tokens_per_step_;

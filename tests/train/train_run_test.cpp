@@ -206,6 +206,16 @@ TEST(TrainRun, ResumeFallsBackFromADamagedCheckpointAndRunsDoNotShareADirectory)
   EXPECT_NE(r.output.find("Add --resume to continue it"), std::string::npos) << r.output;
   EXPECT_EQ(loss_lines(dir / "run"), want);
   EXPECT_TRUE(fs::exists(dir / "run" / "checkpoints" / "step-00000004" / "model.safetensors"));
+  // --resume of the finished run trains nothing; its summary names the last checkpoint and the
+  // last logged train loss (it printed an empty checkpoint and a train loss of 0.0000).
+  r = run("train " + recipe + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint       " + (dir / "run" / "checkpoints" / "step-00000008").string()),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("train loss       0.0000"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("train loss       "), std::string::npos) << r.output;
+  EXPECT_EQ(loss_lines(dir / "run"), want);
   // A run stopped before its first checkpoint left only its metrics: those are kept too.
   fs::create_directories(dir / "early");
   std::ofstream(dir / "early" / "metrics.jsonl") << "{\"step\": 1, \"loss\": 7.5}\n";
