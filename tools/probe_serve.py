@@ -108,6 +108,23 @@ def read_safetensors(path, name):
     return info["shape"], struct.unpack(f"<{len(body) // 4}f", body)
 
 
+def run_concurrently(work, count, timeout):
+    """Runs work(k) for k < count, each in its own thread; returns the (k, error) pairs of those that raised."""
+    errors = []
+
+    def one(k):
+        try:
+            work(k)
+        except Exception as e:
+            errors.append((k, repr(e)))
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 def log_softmax(row):
     m = max(row)
     s = math.log(sum(math.exp(x - m) for x in row))
@@ -499,25 +516,18 @@ def main():
 
     @probe
     def sixteen_at_once():
-        res, errors = {}, []
+        res = {}
 
         def one(k):
-            try:
-                kw = dict(prompt=[2] + list(range(30, 30 + k + 1)), max_tokens=10 + k, temperature=0,
-                          extra_body={"ignore_eos": True})
-                if k % 2:
-                    ch = list(complete(stream=True, stream_options={"include_usage": True}, **kw))
-                    res[k] = ("".join(c.choices[0].text for c in ch if c.choices), ch[-1].usage.completion_tokens)
-                else:
-                    r = complete(**kw)
-                    res[k] = (r.choices[0].text, r.usage.completion_tokens)
-            except Exception as e:
-                errors.append((k, repr(e)))
-        ts = [threading.Thread(target=one, args=(k,)) for k in range(16)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(180)
+            kw = dict(prompt=[2] + list(range(30, 30 + k + 1)), max_tokens=10 + k, temperature=0,
+                      extra_body={"ignore_eos": True})
+            if k % 2:
+                ch = list(complete(stream=True, stream_options={"include_usage": True}, **kw))
+                res[k] = ("".join(c.choices[0].text for c in ch if c.choices), ch[-1].usage.completion_tokens)
+            else:
+                r = complete(**kw)
+                res[k] = (r.choices[0].text, r.usage.completion_tokens)
+        errors = run_concurrently(one, 16, 180)
         expect(not errors, f"errors {errors}")
         expect({k: v[1] for k, v in res.items()} == {k: 10 + k for k in range(16)}, f"token counts {res}")
         # Each answer equals the same request run alone.
@@ -537,18 +547,11 @@ def main():
             small_client = openai.OpenAI(base_url=small.base + "/v1", api_key="unused", max_retries=0, timeout=300)
             reqs = [dict(model="tiny", prompt=[2] + list(range(40, 40 + 90 + k)), max_tokens=200, temperature=1.0,
                          seed=100 + k, extra_body={"ignore_eos": True}) for k in range(8)]
-            got, errors = {}, []
+            got = {}
 
             def one(k):
-                try:
-                    got[k] = small_client.completions.create(**reqs[k]).choices[0].text
-                except Exception as e:
-                    errors.append((k, repr(e)))
-            ts = [threading.Thread(target=one, args=(k,)) for k in range(8)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join(300)
+                got[k] = small_client.completions.create(**reqs[k]).choices[0].text
+            errors = run_concurrently(one, 8, 300)
             expect(not errors, f"errors on the small pool: {errors}")
             h = small.wait_idle()
             expect(h["pool"]["preempted_total"] > 0, f"nothing was preempted: {h}")

@@ -197,8 +197,8 @@ def probe_recipe(g4, work, mounts):
                  ["genesis.txt", "working directory"], cwd=ROOT)
     if "full" in mounts:
         d = os.path.join(mounts["full"], "run")
-        out = expect_error(s, "disk full while writing a checkpoint", g4,
-                           ["train", base, "checkpoint.dir=" + d], ["No space left on device", d])
+        expect_error(s, "disk full while writing a checkpoint", g4,
+                     ["train", base, "checkpoint.dir=" + d], ["No space left on device", d])
         leftovers = [n for n in os.listdir(os.path.join(d, "checkpoints")) if n.startswith("step-")]
         record(s, "disk full leaves no checkpoint that looks complete", not leftovers, str(leftovers))
     else:
