@@ -9,7 +9,7 @@
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, tests-device-gemm, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
+# Stages: tests, tests-new, tests-nccl, tests-device-gemm, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
@@ -30,6 +30,9 @@ stage() {
   case "$1" in
     tests) $run test_gpu --gtest_brief=1 ;;
     tests-new) $run test_gpu --gtest_brief=1 --gtest_filter="$new_tests" ;;
+    tests-nccl)  # on a machine of two GPUs or more (kind nvidia-h100-x2 and up): NCCL collectives and g4 train's equalities over NCCL
+      $run test_gpu --gtest_brief=1 --gtest_filter='NcclLaunch.*:GpuNcclTrain.*' &&
+        $run g4 bench train --model gemma-4-26b-a4b --layers 2 --ranks 1,2 --fsdp ;;
     tests-device-gemm)  # the whole suite with the device-offset grouped GEMMs, before they become the default
       G4_GROUPED_GEMM=device $run test_gpu --gtest_brief=1 ;;
     moe) $run bench_moe && G4_GROUPED_GEMM=device $run g4 bench train --model gemma-4-26b-a4b --layers 2 ;;
@@ -61,7 +64,7 @@ stage() {
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
         G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
     rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-device-gemm, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, tests-device-gemm, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench)" >&2
        return 2 ;;
   esac
 }

@@ -10,6 +10,8 @@
 // `g4 train` itself (GpuDataParallelTrain.*): 2 and 4 ranks on one GPU (mpirun, and g4 launch)
 // train like one rank on the same global batch, and a 2-rank checkpoint resumes on 1 rank (and a
 // 1-rank one on 2) with the same next losses.
+#include <cuda_runtime.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -350,9 +352,11 @@ std::string run_args(const std::string& recipe, int ranks, const fs::path& dir) 
          " log.samples=0 checkpoint.dir=" + dir.string();
 }
 
-test::ProcessResult train_on(int ranks, const std::string& args, const std::string& env = "") {
+// `ranks` ranks of g4 train, every one on the first visible GPU (host-staged), or with
+// `own_gpus` each on the GPU of its local rank (NCCL when the machine has that many GPUs).
+test::ProcessResult train_on(int ranks, const std::string& args, const std::string& env = "", bool own_gpus = false) {
   const std::string launcher = ranks > 1 ? test::mpirun_prefix(ranks) : "";
-  return test::run_g4(args, test::one_gpu_env() + " " + env + " " + launcher);
+  return test::run_g4(args, (own_gpus ? std::string() : test::one_gpu_env()) + " " + env + " " + launcher);
 }
 
 // Different batch shapes per rank (4 rows on one rank, 2 or 1 on several) round differently in
@@ -441,6 +445,46 @@ TEST(GpuDataParallelTrain, ShardedExpertAndContextParallelRanksTrainLikeOneRank)
   const test::ProcessResult ep = train_on(2, run_args(moe, 2, dir / "ep2") + " parallel.expert_parallel=2");
   ASSERT_EQ(ep.code, 0) << ep.output;
   expect_same_curve(losses(dir / "ep2"), losses(dir / "moe_one"), kRunRtol, "ep 2", "1 rank");
+  fs::remove_all(dir);
+}
+
+// The same equalities over NCCL, one GPU per rank (issue 17's multi-GPU check; skipped with fewer
+// than two GPUs): data parallelism on 2 ranks (and 4 where there are 4 GPUs), sharded data, context
+// and expert parallelism on 2, each against one rank on the same global batch.
+TEST(GpuNcclTrain, RanksOnTheirOwnGpusTrainLikeOneRank) {
+  if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
+  G4_REQUIRE_GPU();
+  int gpus = 0;
+  if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus < 2)
+    GTEST_SKIP() << "fewer than two GPUs visible: NCCL needs a GPU per rank";
+  if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
+  const fs::path dir = test::scratch_dir("gpu_nccl_train");
+  fs::create_directories(dir / "dense");
+  fs::create_directories(dir / "moe");
+  const std::string dense = test::write_train_recipe(dir / "dense", /*dense=*/true, /*samples=*/0);
+  const test::ProcessResult one = train_on(1, run_args(dense, 1, dir / "one"));
+  ASSERT_EQ(one.code, 0) << one.output;
+  const std::vector<double> want = losses(dir / "one");
+  auto expect_nccl_run = [&](int ranks, const std::string& args, const std::string& name,
+                             const std::vector<double>& reference) {
+    const test::ProcessResult r = train_on(ranks, args, "", /*own_gpus=*/true);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("communicator: nccl over " + std::to_string(ranks) + " ranks (a GPU each)"),
+              std::string::npos)
+        << r.output;
+    expect_same_curve(losses(dir / name), reference, kRunRtol, name, "1 rank");
+  };
+  for (int ranks : {2, 4}) {
+    if (ranks > gpus) break;
+    const std::string name = "dp" + std::to_string(ranks);
+    expect_nccl_run(ranks, run_args(dense, ranks, dir / name), name, want);
+  }
+  expect_nccl_run(2, run_args(dense, 2, dir / "fsdp2") + " parallel.fsdp=true", "fsdp2", want);
+  expect_nccl_run(2, run_args(dense, 1, dir / "cp2") + " parallel.context_parallel=2", "cp2", want);
+  const std::string moe = test::write_train_recipe(dir / "moe", /*dense=*/false, /*samples=*/0);
+  const test::ProcessResult moe_one = train_on(1, run_args(moe, 1, dir / "moe_one"));
+  ASSERT_EQ(moe_one.code, 0) << moe_one.output;
+  expect_nccl_run(2, run_args(moe, 2, dir / "ep2") + " parallel.expert_parallel=2", "ep2", losses(dir / "moe_one"));
   fs::remove_all(dir);
 }
 
