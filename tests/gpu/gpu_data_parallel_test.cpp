@@ -417,6 +417,27 @@ TEST(GpuDataParallelTrain, RanksOnOneGpuTrainLikeOneRankAndResumeAcrossRankCount
   fs::remove_all(dir);
 }
 
+// A scratch directory with the dense and MoE recipes of the rank tests below.
+struct RankRecipes {
+  fs::path dir;
+  std::string dense, moe;
+};
+RankRecipes rank_recipes(const std::string& name) {
+  RankRecipes r{test::scratch_dir(name), "", ""};
+  fs::create_directories(r.dir / "dense");
+  fs::create_directories(r.dir / "moe");
+  r.dense = test::write_train_recipe(r.dir / "dense", /*dense=*/true, /*samples=*/0);
+  r.moe = test::write_train_recipe(r.dir / "moe", /*dense=*/false, /*samples=*/0);
+  return r;
+}
+
+// One rank's losses for `recipe`, trained into `run`: the reference of the multi-rank runs.
+std::vector<double> one_rank_losses(const std::string& recipe, const fs::path& run) {
+  const test::ProcessResult one = train_on(1, run_args(recipe, 1, run));
+  EXPECT_EQ(one.code, 0) << one.output;
+  return losses(run);
+}
+
 // Sharded, expert and context parallelism through g4 train on ranks sharing one GPU: sharded data
 // parallelism on 2 ranks (each its own 2 rows), context parallelism on 2 ranks (each holding half
 // of every row of the same 4-row batch) and expert parallelism on 2 ranks (each holding 2 of the 4
@@ -425,26 +446,23 @@ TEST(GpuDataParallelTrain, ShardedExpertAndContextParallelRanksTrainLikeOneRank)
   if (testing::in_mpi_child()) GTEST_SKIP() << "already inside mpirun";
   G4_REQUIRE_GPU();
   if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
-  const fs::path dir = test::scratch_dir("gpu_ep_cp_train");
-  fs::create_directories(dir / "dense");
-  fs::create_directories(dir / "moe");
-  const std::string dense = test::write_train_recipe(dir / "dense", /*dense=*/true, /*samples=*/0);
-  const test::ProcessResult one = train_on(1, run_args(dense, 1, dir / "dense_one"));
-  ASSERT_EQ(one.code, 0) << one.output;
+  const RankRecipes recipes = rank_recipes("gpu_ep_cp_train");
+  const fs::path& dir = recipes.dir;
+  const std::string& dense = recipes.dense;
+  const std::vector<double> dense_one = one_rank_losses(dense, dir / "dense_one");
   const test::ProcessResult cp =
       train_on(2, run_args(dense, 1, dir / "cp2") + " parallel.context_parallel=2");
   ASSERT_EQ(cp.code, 0) << cp.output;
-  expect_same_curve(losses(dir / "cp2"), losses(dir / "dense_one"), kRunRtol, "cp 2", "1 rank");
+  expect_same_curve(losses(dir / "cp2"), dense_one, kRunRtol, "cp 2", "1 rank");
   const test::ProcessResult fsdp = train_on(2, run_args(dense, 2, dir / "fsdp2") + " parallel.fsdp=true");
   ASSERT_EQ(fsdp.code, 0) << fsdp.output;
-  expect_same_curve(losses(dir / "fsdp2"), losses(dir / "dense_one"), kRunRtol, "sharded dp 2", "1 rank");
+  expect_same_curve(losses(dir / "fsdp2"), dense_one, kRunRtol, "sharded dp 2", "1 rank");
 
-  const std::string moe = test::write_train_recipe(dir / "moe", /*dense=*/false, /*samples=*/0);
-  const test::ProcessResult moe_one = train_on(1, run_args(moe, 1, dir / "moe_one"));
-  ASSERT_EQ(moe_one.code, 0) << moe_one.output;
-  const test::ProcessResult ep = train_on(2, run_args(moe, 2, dir / "ep2") + " parallel.expert_parallel=2");
+  const std::vector<double> moe_one = one_rank_losses(recipes.moe, dir / "moe_one");
+  const test::ProcessResult ep =
+      train_on(2, run_args(recipes.moe, 2, dir / "ep2") + " parallel.expert_parallel=2");
   ASSERT_EQ(ep.code, 0) << ep.output;
-  expect_same_curve(losses(dir / "ep2"), losses(dir / "moe_one"), kRunRtol, "ep 2", "1 rank");
+  expect_same_curve(losses(dir / "ep2"), moe_one, kRunRtol, "ep 2", "1 rank");
   fs::remove_all(dir);
 }
 
@@ -458,13 +476,10 @@ TEST(GpuNcclTrain, RanksOnTheirOwnGpusTrainLikeOneRank) {
   if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus < 2)
     GTEST_SKIP() << "fewer than two GPUs visible: NCCL needs a GPU per rank";
   if (!test::mpirun_available()) GTEST_SKIP() << "mpirun not found on PATH (openmpi-bin)";
-  const fs::path dir = test::scratch_dir("gpu_nccl_train");
-  fs::create_directories(dir / "dense");
-  fs::create_directories(dir / "moe");
-  const std::string dense = test::write_train_recipe(dir / "dense", /*dense=*/true, /*samples=*/0);
-  const test::ProcessResult one = train_on(1, run_args(dense, 1, dir / "one"));
-  ASSERT_EQ(one.code, 0) << one.output;
-  const std::vector<double> want = losses(dir / "one");
+  const RankRecipes recipes = rank_recipes("gpu_nccl_train");
+  const fs::path& dir = recipes.dir;
+  const std::string& dense = recipes.dense;
+  const std::vector<double> want = one_rank_losses(dense, dir / "one");
   auto expect_nccl_run = [&](int ranks, const std::string& args, const std::string& name,
                              const std::vector<double>& reference) {
     const test::ProcessResult r = train_on(ranks, args, "", /*own_gpus=*/true);
@@ -481,10 +496,8 @@ TEST(GpuNcclTrain, RanksOnTheirOwnGpusTrainLikeOneRank) {
   }
   expect_nccl_run(2, run_args(dense, 2, dir / "fsdp2") + " parallel.fsdp=true", "fsdp2", want);
   expect_nccl_run(2, run_args(dense, 1, dir / "cp2") + " parallel.context_parallel=2", "cp2", want);
-  const std::string moe = test::write_train_recipe(dir / "moe", /*dense=*/false, /*samples=*/0);
-  const test::ProcessResult moe_one = train_on(1, run_args(moe, 1, dir / "moe_one"));
-  ASSERT_EQ(moe_one.code, 0) << moe_one.output;
-  expect_nccl_run(2, run_args(moe, 2, dir / "ep2") + " parallel.expert_parallel=2", "ep2", losses(dir / "moe_one"));
+  expect_nccl_run(2, run_args(recipes.moe, 2, dir / "ep2") + " parallel.expert_parallel=2", "ep2",
+                  one_rank_losses(recipes.moe, dir / "moe_one"));
   fs::remove_all(dir);
 }
 
