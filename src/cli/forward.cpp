@@ -38,6 +38,14 @@ namespace {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
+// The processed media of a forward under transformers' names: read from --inputs, and written to
+// --out beside the logits with --prompt.
+std::vector<std::pair<const char*, Tensor*>> media_tensors(model::ForwardInputs& fi) {
+  return {{"pixel_values", &fi.pixel_values},         {"image_position_ids", &fi.image_position_ids},
+          {"pixel_values_videos", &fi.pixel_values_videos}, {"video_position_ids", &fi.video_position_ids},
+          {"input_features", &fi.input_features},     {"input_features_mask", &fi.input_features_mask}};
+}
+
 Tensor optional_input(const io::SafetensorsReader& in, const std::string& name) {
   return in.has(name) ? in.get(name).clone() : Tensor();
 }
@@ -247,15 +255,10 @@ void add_forward(CLI::App& app, Action& action) {
         if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
         if (in.has("labels")) fi.labels = in.get("labels").clone();
         if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();
-        // Images, under transformers' names (the model checks them).
-        if (in.has("pixel_values")) fi.pixel_values = in.get("pixel_values").clone();
-        if (in.has("image_position_ids")) fi.image_position_ids = in.get("image_position_ids").clone();
+        // Images, video and audio under transformers' names (the model checks them).
         if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();
-        if (in.has("pixel_values_videos")) fi.pixel_values_videos = in.get("pixel_values_videos").clone();
-        if (in.has("video_position_ids")) fi.video_position_ids = in.get("video_position_ids").clone();
-        // Audio: the feature extractor's output (the model checks it).
-        if (in.has("input_features")) fi.input_features = in.get("input_features").clone();
-        if (in.has("input_features_mask")) fi.input_features_mask = in.get("input_features_mask").clone();
+        for (const auto& [name, t] : media_tensors(fi))
+          if (in.has(name)) *t = in.get(name).clone();
         G4_CHECK(!o->grads || fi.labels.defined(), "--grads needs 'labels' in ", o->inputs);
       } else {
         G4_CHECK(!model->config().diffusion, "--prompt: ", o->model, " is a diffusion model; give it --inputs");
@@ -266,13 +269,7 @@ void add_forward(CLI::App& app, Action& action) {
         // is also an --inputs file): what the processors made of the files is checkable on its own
         // (tools/probe_processors_vs_transformers.py compares it with transformers' processors).
         prompt_tensors = {{"input_ids", fi.input_ids}, {"mm_token_type_ids", fi.mm_token_type_ids}};
-        for (const auto& [name, t] : std::initializer_list<std::pair<const char*, const Tensor*>>{
-                 {"pixel_values", &fi.pixel_values},
-                 {"image_position_ids", &fi.image_position_ids},
-                 {"pixel_values_videos", &fi.pixel_values_videos},
-                 {"video_position_ids", &fi.video_position_ids},
-                 {"input_features", &fi.input_features},
-                 {"input_features_mask", &fi.input_features_mask}})
+        for (const auto& [name, t] : media_tensors(fi))
           if (t->defined()) prompt_tensors.emplace_back(name, *t);
       }
 

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
-#include <string_view>
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
@@ -106,11 +105,8 @@ void Gemma4::init_weights(uint64_t seed, double std) {
     // As transformers' _init_weights: the vision position table starts at ones, the audio
     // attention's per-dimension scale at zero (softplus(0) for every dimension), biases at zero.
     const std::string& name = specs[i].name;
-    auto ends_with = [&](std::string_view suffix) {
-      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (ends_with("position_embedding_table") || ends_with("per_dim_scale") || ends_with(".bias")) {
-      t.fill(ends_with("position_embedding_table") ? 1.0 : 0.0);
+    if (name.ends_with("position_embedding_table") || name.ends_with("per_dim_scale") || name.ends_with(".bias")) {
+      t.fill(name.ends_with("position_embedding_table") ? 1.0 : 0.0);
       continue;
     }
     // Drawn on the parameter's own device, element j of stream i, as f32 then rounded to dtype.
