@@ -14,6 +14,7 @@
 #include "core/device_memory.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/moe.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -90,7 +91,8 @@ int main(int argc, char** argv) {
   using ops::cuda::GroupedGemmBackend;
   double device_fwd_bwd_ms = 0;  // the device kernels' expert GEMMs, forward + backward
   // The device kernels last: they are new, and a fault there must not hide the cuBLAS numbers.
-  for (const GroupedGemmBackend b : {GroupedGemmBackend::Grouped, GroupedGemmBackend::Loop, GroupedGemmBackend::Device}) {
+  for (const GroupedGemmBackend b :
+       {GroupedGemmBackend::Grouped, GroupedGemmBackend::Loop, GroupedGemmBackend::Device}) {
     ops::cuda::set_grouped_gemm_backend(b);
     const std::string tag = b == GroupedGemmBackend::Device    ? "[wgmma, device offsets] "
                             : b == GroupedGemmBackend::Grouped ? "[cuBLAS grouped] "
@@ -104,22 +106,33 @@ int main(int argc, char** argv) {
     // take the per-expert calls, cuBLAS has no grouped bf16 -> f32 form).
     Tensor dxs, dw_up = Tensor::zeros(gate_up.shape(), DType::F32, Device::CUDA),
                 dw_down = Tensor::zeros(down.shape(), DType::F32, Device::CUDA);
-    const double t_up_b = time_ms([&] {
-      ops::grouped_matmul_backward(dy_up, xs, gate_up, plan.offsets, dxs, dw_up, plan.device_offsets, 1.0);
-    });
+    const double t_up_b = time_ms(
+        [&] { ops::grouped_matmul_backward(dy_up, xs, gate_up, plan.offsets, dxs, dw_up, plan.device_offsets, 1.0); });
     report("gate_up bwd  (dxs + f32 dw)", t_up_b, 2 * f_up);
     const double t_down_b = time_ms([&] {
       ops::grouped_matmul_backward(dy_down, act, down, plan.offsets, dxs, dw_down, plan.device_offsets, 1.0);
     });
     report("down bwd     (dxs + f32 dw)", t_down_b, 2 * f_down);
     report("expert GEMMs fwd + bwd", t_up + t_down + t_up_b + t_down_b, 3 * (f_up + f_down));
-    if (b == GroupedGemmBackend::Device) device_fwd_bwd_ms = t_up + t_down + t_up_b + t_down_b;
+    if (b == GroupedGemmBackend::Device) {
+      device_fwd_bwd_ms = t_up + t_down + t_up_b + t_down_b;
+      // The two halves of each backward apart: the input gradient is a forward-like product, the
+      // f32 weight gradient a short reduction (an expert's rows) with a read-modify-write epilogue.
+      Tensor dx_up = Tensor::empty({plan.rows(), H}, DType::BF16, Device::CUDA);
+      Tensor dx_down = Tensor::empty({plan.rows(), I}, DType::BF16, Device::CUDA);
+      const Tensor& dev = plan.device_offsets;
+      report("  gate_up dxs", time_ms([&] { ops::cuda::device_grouped_input_grad(dy_up, gate_up, dev, dx_up); }), f_up);
+      report("  gate_up f32 dw (beta 1)",
+             time_ms([&] { ops::cuda::device_grouped_weight_grad(xs, dy_up, dev, dw_up, 1.f); }), f_up);
+      report("  down dxs", time_ms([&] { ops::cuda::device_grouped_input_grad(dy_down, down, dev, dx_down); }), f_down);
+      report("  down f32 dw (beta 1)",
+             time_ms([&] { ops::cuda::device_grouped_weight_grad(act, dy_down, dev, dw_down, 1.f); }), f_down);
+    }
   }
   ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Auto);
 
   std::printf("routing and data movement\n");
-  report("router_topk [T,128] -> top-8",
-         time_ms([&] {
+  report("router_topk [T,128] -> top-8", time_ms([&] {
            Tensor w, i;
            ops::router_topk(probs, K, w, i);
          }),

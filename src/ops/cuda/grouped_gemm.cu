@@ -17,8 +17,6 @@
 //   weight grad A = xs rows read as [K=rows, M=Kd], M-major B = dy rows [K=rows, N=Nd], N-major
 // Rows past an expert's range belong to the next expert: the row products do not store them, and
 // the weight gradient, whose reduction runs over rows, zeroes them in shared memory first.
-#include "ops/cuda/grouped_gemm.h"
-
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -27,6 +25,7 @@
 #include "core/cuda/runtime.h"
 #include "core/error.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/grouped_tiles.h"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -40,8 +39,8 @@ using bf16 = __nv_bfloat16;
 using grouped::kBK;
 using grouped::kBM;
 using grouped::kBN;
-using grouped::Kind;
 using grouped::kForward;
+using grouped::Kind;
 using grouped::kInputGrad;
 using grouped::kWeightGrad;
 using grouped::Tile;
@@ -53,15 +52,15 @@ constexpr uint32_t kBoxBytes = 64 * 64 * 2;                 // a 64 x 64 bf16 bo
 constexpr uint32_t kOperandBytes = 2 * kBoxBytes;           // A or B of one stage
 constexpr uint32_t kStageBytes = 2 * kOperandBytes;
 constexpr int kMaxExperts = 4096;
-constexpr size_t kSmemBytes = 1024 + kStages * size_t{kStageBytes} + 2 * kStages * sizeof(uint64_t) +
-                              2 * (kMaxExperts + 1) * sizeof(int);
+constexpr size_t kSmemBytes =
+    1024 + kStages * size_t{kStageBytes} + 2 * kStages * sizeof(uint64_t) + 2 * (kMaxExperts + 1) * sizeof(int);
 static_assert(kSmemBytes <= 227 * 1024, "grouped GEMM shared memory");
 
 struct Params {
   const int64_t* offsets;  // [experts + 1]
   int experts;
   grouped::Sizes sizes;
-  void* c;      // forward / input grad: bf16 [rows, n]; weight grad: [experts, m, n], f32 or bf16
+  void* c;  // forward / input grad: bf16 [rows, n]; weight grad: [experts, m, n], f32 or bf16
   bool c_f32;
   float beta;
 };
@@ -141,28 +140,34 @@ __device__ __forceinline__ void store_tile(const float (&acc)[64], const Tile& t
     if (r >= m_limit) continue;
     if constexpr (kKind == kWeightGrad) {
       const long long row = (static_cast<long long>(tl.expert) * p.sizes.m + r) * p.sizes.n;
+      // Every old value of the row is loaded before the first store: the compiler cannot move a
+      // load above a store that may alias it, so a load-add-store per pair would wait one memory
+      // round trip per pair, and with a weight gradient's short reduction (an expert's ~256 rows)
+      // that wait was most of the kernel.
+      float old[kBN / 4];
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int c = c_base + 8 * j;
+        float2 o = make_float2(0.f, 0.f);
+        if (p.beta != 0.f && c < p.sizes.n) {
+          if (p.c_f32)
+            o = *reinterpret_cast<const float2*>(static_cast<const float*>(p.c) + row + c);
+          else
+            o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(p.c) + row + c));
+        }
+        old[2 * j] = o.x;
+        old[2 * j + 1] = o.y;
+      }
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
         const int c = c_base + 8 * j;
         if (c >= p.sizes.n) continue;
-        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-        if (p.c_f32) {
-          float2* dst = reinterpret_cast<float2*>(static_cast<float*>(p.c) + row + c);
-          if (p.beta != 0.f) {
-            const float2 old = *dst;
-            v0 += p.beta * old.x;
-            v1 += p.beta * old.y;
-          }
-          *dst = make_float2(v0, v1);
-        } else {
-          __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(p.c) + row + c);
-          if (p.beta != 0.f) {
-            const float2 old = __bfloat1622float2(*dst);
-            v0 += p.beta * old.x;
-            v1 += p.beta * old.y;
-          }
-          *dst = __floats2bfloat162_rn(v0, v1);
-        }
+        const float v0 = acc[4 * j + 2 * h] + p.beta * old[2 * j],
+                    v1 = acc[4 * j + 2 * h + 1] + p.beta * old[2 * j + 1];
+        if (p.c_f32)
+          *reinterpret_cast<float2*>(static_cast<float*>(p.c) + row + c) = make_float2(v0, v1);
+        else
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(p.c) + row + c) = __floats2bfloat162_rn(v0, v1);
       }
     } else {
       const long long row = static_cast<long long>(tl.row0 + r) * p.sizes.n;
@@ -295,7 +300,9 @@ void launch(const Maps& maps, const Params& p, int64_t max_tiles) {
   G4_CUDA_CHECK_LAUNCH();
 }
 
-int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div64(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 Params params(const Tensor& offsets, int64_t experts, int64_t m, int64_t n, int64_t k, Tensor& c, float beta) {
   G4_CHECK(offsets.device() == Device::CUDA && offsets.dtype() == DType::I64 && offsets.numel() == experts + 1,
@@ -307,10 +314,10 @@ Params params(const Tensor& offsets, int64_t experts, int64_t m, int64_t n, int6
 }  // namespace
 
 bool device_grouped_gemm_supported(const Tensor& rows, const Tensor& w) {
-  return rows.dtype() == DType::BF16 && w.dtype() == DType::BF16 && w.dim() == 3 && rows.dim() == 2 &&
-         w.size(0) >= 1 && w.size(0) <= kMaxExperts && w.size(1) % 8 == 0 && w.size(2) % 8 == 0 &&
-         rows.size(1) % 8 == 0 && rows.size(0) <= INT_MAX && w.size(1) <= INT_MAX && w.size(2) <= INT_MAX &&
-         aligned16(rows.raw()) && aligned16(w.raw());
+  return rows.dtype() == DType::BF16 && w.dtype() == DType::BF16 && w.dim() == 3 && rows.dim() == 2 && w.size(0) >= 1 &&
+         w.size(0) <= kMaxExperts && w.size(1) % 8 == 0 && w.size(2) % 8 == 0 && rows.size(1) % 8 == 0 &&
+         rows.size(0) <= INT_MAX && w.size(1) <= INT_MAX && w.size(2) <= INT_MAX && aligned16(rows.raw()) &&
+         aligned16(w.raw());
 }
 
 void device_grouped_forward(const Tensor& xs, const Tensor& w, const Tensor& offsets, Tensor& y) {
@@ -319,7 +326,8 @@ void device_grouped_forward(const Tensor& xs, const Tensor& w, const Tensor& off
            ": the device grouped GEMM does not take xs ", xs.describe(), " and w ", w.describe());
   const int64_t E = w.size(0), kd = w.size(1), nd = w.size(2);
   const Maps maps{rows_map(xs, kBM), weights_map(w, 64)};
-  launch<kForward>(maps, params(offsets, E, 0, nd, kd, y, 0.f), (ceil_div64(xs.size(0), kBM) + E) * ceil_div64(nd, kBN));
+  launch<kForward>(maps, params(offsets, E, 0, nd, kd, y, 0.f),
+                   (ceil_div64(xs.size(0), kBM) + E) * ceil_div64(nd, kBN));
 }
 
 void device_grouped_input_grad(const Tensor& dy, const Tensor& w, const Tensor& offsets, Tensor& dxs) {
