@@ -571,10 +571,26 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   };
   ag::Var x = ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
   ag::Var a = attention_block(l, x, ctx);
-  ag::Var h = add_normed(h_in, a, pre + "post_attention_layernorm.weight", 1.0);
-
+  ag::Var h, m;
+  MoeInputs moe_in;
+  if (fused) {
+    // The residual and every norm that reads it in one pass: the MLP's input, and an MoE layer's
+    // router input (its scale times H^-1/2, as route computes it) and experts input.
+    std::vector<ops::NormOfSum> norms{{p(pre + "pre_feedforward_layernorm.weight").value(), 1.0}};
+    if (ls.moe) {
+      norms.push_back({p(pre + "moe.gate.scale").value(), std::pow(static_cast<double>(cfg_.hidden_size), -0.5)});
+      norms.push_back({p(pre + "pre_feedforward_layernorm_2.weight").value(), 1.0});
+    }
+    std::vector<Tensor> outs =
+        ops::add_rmsnorm_norms(h_in.value(), a.value(), p(pre + "post_attention_layernorm.weight").value(), eps, norms);
+    h = ag::Var(outs[0]);
+    m = ag::Var(outs[1]);
+    if (ls.moe) moe_in = {ag::Var(outs[2]), ag::Var(outs[3])};
+  } else {
+    h = add_normed(h_in, a, pre + "post_attention_layernorm.weight", 1.0);
+    m = ag::rmsnorm(h, p(pre + "pre_feedforward_layernorm.weight"), eps);
+  }
   const ag::Var residual = h;
-  ag::Var m = ag::rmsnorm(residual, p(pre + "pre_feedforward_layernorm.weight"), eps);
   // Fused, the gate and up products and the gate run as one op (one pass over both weights at
   // decode sizes), unless adapters change those products.
   if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
@@ -587,7 +603,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     const ag::Var& w1 = p(pre + "post_feedforward_layernorm_1.weight");
     const ag::Var& w2 = p(pre + "post_feedforward_layernorm_2.weight");
     if (fused) {
-      m = ag::Var(ops::rmsnorm_sum(m.value(), w1.value(), moe_block(l, residual, ctx).value(), w2.value(), eps));
+      m = ag::Var(
+          ops::rmsnorm_sum(m.value(), w1.value(), moe_block(l, residual, ctx, &moe_in).value(), w2.value(), eps));
     } else {
       ag::Var dense = ag::rmsnorm(m, w1, eps);
       ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), w2, eps);
@@ -722,7 +739,7 @@ Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, cons
   return ops::paged_attention(q.reshape({T, cfg_.num_heads, ls.head_dim}), k_pages, v_pages, layout, 1.0);
 }
 
-ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) const {
+ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, const MoeInputs* normed) const {
   const std::string pre = layer_prefix(l);
   const double eps = cfg_.rms_norm_eps;
   const Shape shape = residual.shape();
@@ -748,10 +765,16 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), gate_up.value()) ||
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
-  Routing routing = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
-                          /*make_plan=*/!decode_sized, host_offsets);
+  const auto rows = [&](const ag::Var& v) { return ag::reshape(v, {-1, cfg_.hidden_size}); };
+  Routing routing =
+      normed ? route_normed(rows(normed->router), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts,
+                            /*make_plan=*/!decode_sized, host_offsets)
+             : route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
+                     /*make_plan=*/!decode_sized, host_offsets);
+  const ag::Var experts_in =
+      normed ? rows(normed->experts) : ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
   if (decode_sized) {
-    const Tensor x = ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps).value();
+    const Tensor x = experts_in.value();
     const Tensor out = ops::moe_experts(x, routing.weights.value(), routing.indices,
                                         p(pre + "moe.experts.gate_and_up_projs").value(),
                                         p(pre + "moe.experts.down_projs").value());
@@ -759,8 +782,7 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx) cons
   }
   if (aux_loss) ctx.router_aux.push_back(load_balancing_loss(routing));
   const Tensor device_offsets = routing.plan.device_offsets;
-  const TokenDispatcher::Inputs in{l, ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps),
-                                   routing.weights, std::move(routing.plan), experts_};
+  const TokenDispatcher::Inputs in{l, experts_in, routing.weights, std::move(routing.plan), experts_};
   LocalDispatcher local;
   std::vector<int64_t> counts;
   const ag::Var routed = routed_experts(dispatcher_ ? *dispatcher_ : local, in, gate_up, down, &counts, adapters);

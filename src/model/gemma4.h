@@ -274,7 +274,12 @@ class Gemma4 {
   // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] (undefined for a
   // KV-shared layer) into the pages, q [1, T, nH, d] over them; returns [T, nH, d].
   Tensor paged_attention(int64_t l, const Tensor& q, const Tensor& k, const Tensor& v, const Context& ctx) const;
-  ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx) const;
+  // The inputs of an MoE block's router and experts (the residual's two norms), when a fused
+  // inference layer computed them with the residual.
+  struct MoeInputs {
+    ag::Var router, experts;
+  };
+  ag::Var moe_block(int64_t l, const ag::Var& residual, Context& ctx, const MoeInputs* normed = nullptr) const;
   void enter_block(int64_t b) const {
     if (hooks_) hooks_->enter(b);
   }

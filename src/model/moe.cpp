@@ -9,7 +9,11 @@ namespace g4::model {
 Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64_t top_k, double eps,
               bool make_plan, bool host_offsets) {
   const int64_t H = x.shape()[1];
-  ag::Var z = ag::scale(ag::rmsnorm(x, scale, eps), std::pow(static_cast<double>(H), -0.5));
+  return route_normed(ag::scale(ag::rmsnorm(x, scale, eps), std::pow(static_cast<double>(H), -0.5)), proj, top_k,
+                      make_plan, host_offsets);
+}
+
+Routing route_normed(const ag::Var& z, const ag::Var& proj, int64_t top_k, bool make_plan, bool host_offsets) {
   Routing r;
   r.probs = ag::softmax_lastdim(ag::linear(z, proj));
   r.weights = ag::router_topk(r.probs, top_k, r.indices);

@@ -31,6 +31,10 @@ struct Routing {
 // matmuls read the offsets on the device.
 Routing route(const ag::Var& x, const ag::Var& scale, const ag::Var& proj, int64_t top_k, double eps,
               bool make_plan = true, bool host_offsets = true);
+// The same from the router's input z = rmsnorm(x) * scale * H^-1/2 [T, H], already computed (a
+// fused inference layer computes it with the residual: ops::add_rmsnorm_norms).
+Routing route_normed(const ag::Var& z, const ag::Var& proj, int64_t top_k, bool make_plan = true,
+                     bool host_offsets = true);
 
 // Switch Transformer's load-balancing loss of one layer: E * sum_e f_e * mean_t probs[t, e], f_e
 // the fraction of the T*K copies routed to expert e. f is a constant (counts); the gradient flows

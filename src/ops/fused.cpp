@@ -39,6 +39,27 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
   return scale == 1.0 ? h : ops::scale(h, scale);
 }
 
+std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                                      const std::vector<NormOfSum>& norms) {
+  const char* op = "add_rmsnorm_norms";
+  check_normed(op, "a", a, "w", w);
+  check_same_dtype(op, "residual", residual, "a", a);
+  check_same_shape(op, "residual", residual, "a", a);
+  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
+  for (const NormOfSum& n : norms) check_normed(op, "a", a, "norms[i].weight", n.weight);
+#ifdef G4_WITH_CUDA
+  bool fits = on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual) && cuda::fused_rows_fit(w);
+  for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
+  if (fits) return cuda::add_rmsnorm_norms(residual, a, w, eps, norms);
+#endif
+  std::vector<Tensor> out{add_rmsnorm(residual, a, w, 1.0, eps)};
+  for (const NormOfSum& n : norms) {
+    const Tensor y = rmsnorm(out[0], n.weight, eps);
+    out.push_back(n.scale == 1.0 ? y : scale(y, n.scale));
+  }
+  return out;
+}
+
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {
   check_normed("rmsnorm_sum", "a", a, "wa", wa);
   check_normed("rmsnorm_sum", "b", b, "wb", wb);

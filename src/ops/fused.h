@@ -16,6 +16,20 @@ namespace g4::ops {
 // no scaling). residual and a alike [..., D], w [D].
 Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps);
 
+// One norm of add_rmsnorm_norms: rmsnorm(h, weight), then times `scale` (1: no scaling).
+struct NormOfSum {
+  Tensor weight;
+  double scale = 1.0;
+};
+
+// add_rmsnorm(residual, a, w, 1, eps) = h and the norms that read it: returns {h, rmsnorm(h,
+// norms[0].weight) · norms[0].scale, ...}, each rounded after the norm and after its scaling as
+// ops::scale rounds. A layer's attention output joins the residual here, and the norms of that
+// residual (its MLP's input; an MoE layer's router and experts inputs too) come from the same pass.
+// At most 3 norms.
+std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                                      const std::vector<NormOfSum>& norms);
+
 // rmsnorm(a, wa) + rmsnorm(b, wb), a and b alike [..., D], wa and wb [D].
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 

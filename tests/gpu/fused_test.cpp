@@ -59,9 +59,25 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
                           "add_rmsnorm scaled " + what);
       expect_close_scaled(ops::rmsnorm_sum(a, w, b, w2, kEps),
                           ops::add(ops::rmsnorm(a, w, kEps), ops::rmsnorm(b, w2, kEps)), 0, rtol, "rmsnorm_sum " + what);
+      // The residual and three norms of it (the last scaled, as the router's input is).
+      const Tensor w3 = on_gpu(randn_bf16_exact({d}, 9), dt), w4 = on_gpu(randn_bf16_exact({d}, 10), dt);
+      const std::vector<Tensor> outs = ops::add_rmsnorm_norms(r, a, w, kEps, {{w2, 1.0}, {w3, 1.0}, {w4, 0.0188}});
+      const Tensor h = ops::add(r, ops::rmsnorm(a, w, kEps));
+      ASSERT_EQ(outs.size(), 4u);
+      expect_close_scaled(outs[0], h, 0, rtol, "add_rmsnorm_norms h " + what);
+      // Against the norms of the fused h: a rounding flip of h would otherwise move them too.
+      expect_close_scaled(outs[1], ops::rmsnorm(outs[0], w2, kEps), 0, rtol, "add_rmsnorm_norms norm 1 " + what);
+      expect_close_scaled(outs[2], ops::rmsnorm(outs[0], w3, kEps), 0, rtol, "add_rmsnorm_norms norm 2 " + what);
+      expect_close_scaled(outs[3], ops::scale(ops::rmsnorm(outs[0], w4, kEps), 0.0188), 0, rtol,
+                          "add_rmsnorm_norms scaled norm " + what);
+      expect_close_scaled(ops::add_rmsnorm_norms(r, a, w, kEps, {})[0], h, 0, rtol,
+                          "add_rmsnorm_norms, no norms, " + what);
       // A weight that is a view one element into a longer tensor: not 16-byte aligned, so the
       // separate ops run (a packed load from it would be a misaligned-address fault).
       const Tensor w_off = on_gpu(randn_bf16_exact({d + 1}, 8), dt).slice0(1, d);
+      expect_close_scaled(ops::add_rmsnorm_norms(r, a, w, kEps, {{w_off, 1.0}})[1],
+                          ops::rmsnorm(ops::add(r, ops::rmsnorm(a, w, kEps)), w_off, kEps), 0, rtol,
+                          "add_rmsnorm_norms, unaligned weight, " + what);
       expect_close_scaled(ops::add_rmsnorm(r, a, w_off, 1.0, kEps), ops::add(r, ops::rmsnorm(a, w_off, kEps)), 0, rtol,
                           "add_rmsnorm, unaligned weight, " + what);
       expect_close_scaled(ops::rmsnorm_sum(a, w, b, w_off, kEps),

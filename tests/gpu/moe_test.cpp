@@ -1,11 +1,12 @@
 // MoE ops on the GPU against the CPU reference: routing (ties included), the plan (the same order
 // as the CPU's stable sort), permute/unpermute and their gradients, and the grouped matmul with
 // empty experts through both GEMM back ends.
+#include "ops/cuda/moe.h"
+
 #include <string>
 #include <vector>
 
 #include "gpu_test.h"
-#include "ops/cuda/moe.h"
 #include "ops/elementwise.h"
 #include "ops/moe.h"
 
@@ -160,8 +161,9 @@ TEST(GpuMoeUnpermute, WeightedCombineAndGradients) {
     bool ys_bf16, w_bf16;
     double rtol;
   };
-  for (const Variant v : {Variant{"f32", false, false, kF32Rtol}, Variant{"bf16 rows, f32 weights", true, false, kBf16Rtol},
-                          Variant{"bf16", true, true, kBf16Rtol}}) {
+  for (const Variant v :
+       {Variant{"f32", false, false, kF32Rtol}, Variant{"bf16 rows, f32 weights", true, false, kBf16Rtol},
+        Variant{"bf16", true, true, kBf16Rtol}}) {
     const Tensor gys = v.ys_bf16 ? gpu_bf16(ys) : gpu_f32(ys);
     const Tensor gw = v.w_bf16 ? gpu_bf16(w) : gpu_f32(w);
     const Tensor gdout = v.ys_bf16 ? gpu_bf16(dout) : gpu_f32(dout);
@@ -220,7 +222,8 @@ void check_grouped(const std::vector<int64_t>& counts, int64_t kd, int64_t nd, b
     EXPECT_EQ(dw32.dtype(), DType::F32);
     expect_close_scaled(dw32, dw_ref, 0, kF32Rtol, "grouped_matmul_backward into f32 dw " + what);
     ops::grouped_matmul_backward(up(dy), up(xs), up(w), offsets, dxs, dw32, d, 1.0);
-    expect_close_scaled(dw32, ops::scale(dw_ref, 2.0), 0, kF32Rtol, "grouped_matmul_backward added into f32 dw " + what);
+    expect_close_scaled(dw32, ops::scale(dw_ref, 2.0), 0, kF32Rtol,
+                        "grouped_matmul_backward added into f32 dw " + what);
   }
 }
 
@@ -303,38 +306,41 @@ TEST(GpuGroupedMatmul, ComposedMoeMatchesTheCpu) {
   const Tensor wts = randn_bf16_exact({s.tokens, s.k}, 73, 0.3);
   const Tensor ys_ref = ops::grouped_matmul(ops::moe_permute(x, s.cpu), w, s.cpu.offsets);
   const Tensor ref = ops::moe_unpermute(ys_ref, wts, s.cpu);
-  const Tensor ys = ops::grouped_matmul(ops::moe_permute(gpu_f32(x), s.gpu), gpu_f32(w), s.gpu.offsets,
-                                        s.gpu.device_offsets);
+  const Tensor ys =
+      ops::grouped_matmul(ops::moe_permute(gpu_f32(x), s.gpu), gpu_f32(w), s.gpu.offsets, s.gpu.device_offsets);
   expect_close_scaled(ops::moe_unpermute(ys, gpu_f32(wts), s.gpu), ref, 0, kF32Rtol, "composed MoE f32");
 }
 
 // The decode-size experts op against the CPU reference (the training path composed, in f32 from
 // the same bf16-exact inputs) and against the GPU's own composed path, which rounds at the same
-// points: the two GPU results differ only by fp32 summation order. Token counts from one (batch-1
-// decode) to the op's maximum, an expert nobody picks, H and I not multiples of the tiles.
+// points: the GPU results differ only by fp32 summation order. Token counts from one (batch-1
+// decode) to the op's maximum, an expert nobody picks, H and I not multiples of the tiles; grids
+// over assignments (fewer than experts, with experts picked by several tokens) and over experts;
+// 16-byte and 4-byte weight loads; more tokens per expert than one pass takes.
 TEST(GpuMoeExperts, MatchesTheComposedPath) {
   G4_REQUIRE_GPU();
   struct Shape5 {
     int64_t tokens, k, experts, hidden, inter;
   };
-  for (const Shape5 c : {Shape5{1, 8, 128, 2816, 704}, Shape5{16, 2, 8, 96, 40}, Shape5{256, 4, 16, 130, 62}}) {
-    SCOPED_TRACE("T " + std::to_string(c.tokens) + " K " + std::to_string(c.k) + " E " + std::to_string(c.experts));
+  for (const Shape5 c : {Shape5{1, 8, 128, 2816, 704}, Shape5{12, 2, 64, 96, 40}, Shape5{16, 2, 8, 96, 40},
+                         Shape5{256, 4, 16, 130, 62}, Shape5{43, 2, 4, 96, 40}}) {
+    SCOPED_TRACE("T " + std::to_string(c.tokens) + " K " + std::to_string(c.k) + " E " + std::to_string(c.experts) +
+                 " H " + std::to_string(c.hidden));
     const Tensor idx = random_indices(c.tokens, c.k, c.experts, c.experts - 1, 90 + c.tokens);
     const Tensor x = randn_bf16_exact({c.tokens, c.hidden}, 91);
     const Tensor wts = randn_bf16_exact({c.tokens, c.k}, 92, 0.3);
     const Tensor gate_up = randn_bf16_exact({c.experts, c.hidden, 2 * c.inter}, 93, 0.05);
     const Tensor down = randn_bf16_exact({c.experts, c.inter, c.hidden}, 94, 0.05);
     const Tensor gidx = idx.to(DType::I32).to(Device::CUDA);
-    const Tensor got = ops::moe_experts(gpu_bf16(x), gpu_bf16(wts), gidx, gpu_bf16(gate_up), gpu_bf16(down));
     const Tensor ref = ops::moe_experts(x, wts, idx.to(DType::I32), gate_up, down);
-    // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
-    expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU");
     const ops::MoePlan plan = ops::moe_plan(gidx, c.experts);
     const Tensor act = ops::gelu_gate_fused(
         ops::grouped_matmul(ops::moe_permute(gpu_bf16(x), plan), gpu_bf16(gate_up), plan.offsets, plan.device_offsets));
-    const Tensor composed =
-        host_f32(ops::moe_unpermute(ops::grouped_matmul(act, gpu_bf16(down), plan.offsets, plan.device_offsets),
-                                    gpu_bf16(wts), plan));
+    const Tensor composed = host_f32(ops::moe_unpermute(
+        ops::grouped_matmul(act, gpu_bf16(down), plan.offsets, plan.device_offsets), gpu_bf16(wts), plan));
+    const Tensor got = ops::moe_experts(gpu_bf16(x), gpu_bf16(wts), gidx, gpu_bf16(gate_up), gpu_bf16(down));
+    // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
+    expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU");
     expect_close_scaled(got, composed, 0, kBf16Rtol, "moe_experts against the GPU's composed path");
   }
 }

@@ -57,6 +57,58 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __res
   }
 }
 
+// The norms of add_rmsnorm_norms, passed by value.
+template <class T>
+struct SumNorms {
+  const T* w[3];
+  T* y[3];
+  float scale[3];
+  int count;
+};
+
+// h = residual + rmsnorm(a, w) as add_rmsnorm_kernel (scale 1), stored; then each norm of h. A
+// thread reads back only the packs of h it stored itself, so no barrier is needed before the reads.
+template <class T, int V>
+__global__ void __launch_bounds__(kRowThreads)
+    add_rmsnorm_norms_kernel(const T* __restrict__ residual, const T* __restrict__ a, const T* __restrict__ w,
+                             T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps) {
+  __shared__ float smem[32];
+  const int64_t off = int64_t{blockIdx.x} * d;
+  const int nvec = static_cast<int>(d / V);
+  const float ss = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  float ss_h = 0.f;
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const int64_t at = off + int64_t{c} * V;
+    const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
+    const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
+    Pack<T, V> o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      o.v[e] = from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e]));
+      const float v = to_f32(o.v[e]);
+      ss_h += v * v;
+    }
+    store_pack<T, V>(h + at, o);
+  }
+  const float inv_h = 1.f / sqrtf(block_sum(ss_h, smem) / static_cast<float>(d) + eps);
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const int64_t at = off + int64_t{c} * V;
+    const Pack<T, V> hp = load_pack<T, V>(h + at);
+    for (int n = 0; n < norms.count; ++n) {
+      const Pack<T, V> wp = load_pack<T, V>(norms.w[n] + int64_t{c} * V);
+      Pack<T, V> o;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        float y = normed(hp.v[e], inv_h, wp.v[e]);
+        if (norms.scale[n] != 1.f) y *= norms.scale[n];
+        o.v[e] = from_f32<T>(y);
+      }
+      store_pack<T, V>(norms.y[n] + at, o);
+    }
+  }
+}
+
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads) rmsnorm_sum_kernel(const T* __restrict__ a, const T* __restrict__ wa,
                                                                   const T* __restrict__ b, const T* __restrict__ wb,
@@ -155,6 +207,30 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
     G4_CUDA_CHECK_LAUNCH();
   });
   return y;
+}
+
+std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                                      const std::vector<NormOfSum>& norms) {
+  std::vector<Tensor> out{Tensor::empty(a.shape(), a.dtype(), Device::CUDA)};
+  for (size_t n = 0; n < norms.size(); ++n) out.push_back(Tensor::empty(a.shape(), a.dtype(), Device::CUDA));
+  const int64_t d = last_dim(a), rows = leading_rows(a);
+  if (rows == 0) return out;
+  dispatch_float("add_rmsnorm_norms", a, [&](auto tag) {
+    using T = decltype(tag);
+    SumNorms<T> sn{};
+    sn.count = static_cast<int>(norms.size());
+    for (size_t n = 0; n < norms.size(); ++n) {
+      sn.w[n] = static_cast<const T*>(norms[n].weight.raw());
+      sn.y[n] = static_cast<T*>(out[n + 1].raw());
+      sn.scale[n] = static_cast<float>(norms[n].scale);
+    }
+    add_rmsnorm_norms_kernel<T, kVec<T>>
+        <<<row_grid(rows, 1, "add_rmsnorm_norms"), kRowThreads, 0, g4::cuda::stream()>>>(
+            static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
+            static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps));
+    G4_CUDA_CHECK_LAUNCH();
+  });
+  return out;
 }
 
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {

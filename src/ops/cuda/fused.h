@@ -1,13 +1,18 @@
 // The GPU kernels of ops/fused.h. Each *_fits says whether the kernel takes the arguments (the
 // dispatcher falls back to the separate ops otherwise); the arguments are checked by ops/fused.cpp.
 #pragma once
+#include <vector>
+
 #include "core/tensor.h"
+#include "ops/fused.h"
 
 namespace g4::ops::cuda {
 
 // Last dim in whole 16-byte packs, 16-byte aligned rows: each normed tensor and each norm weight.
 bool fused_rows_fit(const Tensor& x);
 Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps);
+std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                                      const std::vector<NormOfSum>& norms);
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);

@@ -393,13 +393,20 @@ bool run_grouped(const GroupedProblem& g, const std::vector<int64_t>& offsets, c
   return true;
 }
 
-// Whether this call takes the device-offset kernels: only when chosen (Device; opt-in until the
-// whole test_gpu has run with them, moe.h); then an error where they do not apply. `other` (dy in the backward) must suit them too when defined.
+// Whether the device-offset kernels take these operands (`other`, dy in the backward, too when
+// defined).
+bool device_kernels_fit(const Tensor& rows, const Tensor& w, const Tensor& other = Tensor()) {
+  return device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w));
+}
+
+// Whether this call takes the device-offset kernels: under Auto wherever they fit, under Device
+// always (an error where they do not fit), never under the cuBLAS settings.
 bool use_device_kernels(const char* op, const Tensor& rows, const Tensor& w, const Tensor& other = Tensor()) {
-  if (backend_setting() != GroupedGemmBackend::Device) return false;
-  G4_CHECK(device_grouped_gemm_supported(rows, w) && (!other.defined() || device_grouped_gemm_supported(other, w)), op,
-           ": G4_GROUPED_GEMM=device, but the device kernels do not take ", rows.describe(), " and ", w.describe(),
-           " (they need bf16 and widths that are multiples of 8)");
+  const GroupedGemmBackend b = backend_setting();
+  if (b == GroupedGemmBackend::Auto) return device_kernels_fit(rows, w, other);
+  if (b != GroupedGemmBackend::Device) return false;
+  G4_CHECK(device_kernels_fit(rows, w, other), op, ": G4_GROUPED_GEMM=device, but the device kernels do not take ",
+           rows.describe(), " and ", w.describe(), " (they need bf16 and widths that are multiples of 8)");
   return true;
 }
 
@@ -685,7 +692,8 @@ void set_grouped_gemm_backend(GroupedGemmBackend backend) {
 GroupedGemmBackend grouped_gemm_backend() { return backend_setting(); }
 
 bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w) {
-  return backend_setting() == GroupedGemmBackend::Device && device_grouped_gemm_supported(rows, w);
+  const GroupedGemmBackend b = backend_setting();
+  return (b == GroupedGemmBackend::Auto || b == GroupedGemmBackend::Device) && device_grouped_gemm_supported(rows, w);
 }
 
 }  // namespace g4::ops::cuda

@@ -11,15 +11,15 @@
 namespace g4::ops::cuda {
 #include "ops/backend/moe.inc"
 
-// How grouped_matmul issues its GEMMs. Auto (the default) uses cuBLAS's grouped GEMM
-// (cublasGemmGroupedBatchedEx, one launch for all experts) and falls back to Loop (one cuBLASLt
-// call per non-empty expert) if cuBLAS rejects the problem. Device takes the wgmma kernels of
-// grouped_gemm.h, which read the expert offsets on the device (bf16, widths multiples of 8; an
-// error otherwise). Its own tests pass on an H200 and a training step ran 6% faster with it
-// (docs/performance.md), but it stays opt-in until the whole test_gpu has run with it
-// (scripts/gpu_checks.sh tests-device-gemm). The environment variable G4_GROUPED_GEMM=auto|device|grouped|loop sets the
-// initial choice; benchmarks switch explicitly. On the cuBLAS paths, weight gradients written in
-// f32 from bf16 operands always take the loop (cuBLAS has no grouped form).
+// How grouped_matmul issues its GEMMs. Auto (the default) takes the wgmma kernels of
+// grouped_gemm.h, which read the expert offsets on the device, wherever they apply (bf16, widths
+// multiples of 8: every released Gemma 4 MoE); elsewhere cuBLAS's grouped GEMM
+// (cublasGemmGroupedBatchedEx, one launch for all experts), falling back to Loop (one cuBLASLt call
+// per non-empty expert) if cuBLAS rejects the problem. Device insists on the wgmma kernels (an error
+// where they do not apply); Grouped and Loop keep to cuBLAS. The environment variable
+// G4_GROUPED_GEMM=auto|device|grouped|loop sets the initial choice; benchmarks switch explicitly.
+// On the cuBLAS paths, weight gradients written in f32 from bf16 operands always take the loop
+// (cuBLAS has no grouped form).
 enum class GroupedGemmBackend { Auto, Device, Grouped, Loop };
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
 // ops::grouped_matmul_takes_device_offsets for GPU tensors: Device chosen and the kernels take them.

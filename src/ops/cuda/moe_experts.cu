@@ -2,18 +2,27 @@
 // synchronisation. At a few tokens per step the expert weights dominate the bytes, so each kernel
 // streams the weights of the experts that were picked exactly once, in tiles that spread over the
 // GPU, and multiplies them by every token that picked the expert:
-//   1. gate_up: CTA (column tile, expert e) finds the assignments r = t*K + k routed to e (a scan of
-//      the [T, K] indices; nothing leaves the device), computes gate and up for its 32 columns of
-//      each of them (fp32 accumulation, rounded to bf16 as the grouped GEMM stores them) and writes
-//      act[r] = bf16(gelu(gate) * up), as gelu_gate_fused does. Experts nobody picked exit at once.
-//   2. down: the same over down [E, I, H], 128 output columns per CTA: ys[r] = bf16(act[r] · down_e).
+//   1. gate_up: CTA (column tile, owner y) takes the expert y owns (below), finds the assignments
+//      r = t*K + k routed to it (a scan of the [T, K] indices; nothing leaves the device), computes
+//      gate and up for its column tile of each of them (fp32 accumulation, rounded to bf16 as the
+//      grouped GEMM stores them) and writes act[r] = bf16(gelu(gate) * up), as gelu_gate_fused does.
+//   2. down: the same over down [E, I, H]: ys[r] = bf16(act[r] · down_e).
 //   3. combine: out[t] = bf16(sum_k weights[t,k] * ys[t*K + k]) in fp32, k in order (moe_unpermute).
-// The order in which a CTA finds its assignments does not matter: each one is computed on its own.
-// A thread reads 8 neighbouring weight columns with one 16-byte load when the widths allow (2 with
-// a 4-byte load otherwise), and multiplies them by only as many chunk rows as hold assignments:
-// at batch 1 each picked expert has one token, and the loads, not the FMAs, must be the bound.
+// Owners: with fewer assignments than experts (a batch-1 step picks 8 of 128) the grid's rows are
+// the assignments and the first assignment of each expert owns it, so no CTA is launched for an
+// expert nobody picked; else the rows are the experts. The order in which a CTA finds its
+// assignments does not matter: each one is computed on its own.
+//
+// Each CTA takes a tile of output columns (32 gate + 32 up, or 128 down) down all rows of its
+// expert, summing over the rows within the CTA. A thread reads 8 neighbouring columns with one
+// 16-byte load when the widths allow (2 with a 4-byte load otherwise), kUnroll rows ahead, and
+// multiplies them by only as many chunk rows as hold assignments: at batch 1 each picked expert has
+// one token, and the loads, not the FMAs, must be the bound. Measured (bench_gemv): 2.0 TB/s at
+// batch 1 on an H200 (48% of a copy). A CTA per block of whole weight rows (contiguous reads, fp32
+// partial sums per block reduced by a second kernel) was slower on an H100: 84 against 57 us.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "core/cuda/runtime.h"
@@ -29,9 +38,28 @@ using bf162 = __nv_bfloat162;
 
 constexpr int kMaxTokens = static_cast<int>(kMoeExpertsMaxTokens);
 constexpr int kThreads = 256;
-constexpr int kChunk = 8;  // assignments multiplied per pass over a weight tile
+constexpr int kChunk = 8;   // assignments multiplied per pass over a weight tile
+constexpr int kUnroll = 8;  // weight rows loaded ahead per thread: the bytes in flight set the bandwidth
+// Column tiles: 32 gate and 32 up columns per CTA of the first product, 128 output columns of the
+// second. On an H200 at batch 1, tiles of 16 and 64 were slower (more CTAs, but each reads only 32
+// or 128 bytes of a weight row).
+constexpr int kGateCols = 32, kDownCols = 128;
 
-__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ float round_bf16(float x) {
+  return __bfloat162float(__float2bfloat16_rn(x));
+}
+
+// The expert owned by this CTA's grid row (see the file comment), or -1: a later assignment of an
+// expert already owned, or an index outside [0, experts).
+__device__ int owned_expert(const int32_t* __restrict__ indices, int assignments, int experts) {
+  const int y = static_cast<int>(blockIdx.y);
+  if (assignments >= experts) return y;
+  const int e = indices[y];
+  if (e < 0 || e >= experts) return -1;
+  for (int r = 0; r < y; ++r)
+    if (indices[r] == e) return -1;
+  return e;
+}
 
 // The assignments routed to expert e, into list (unordered); returns their count. An expert
 // appears at most once in a token's K choices, so there are at most T of them.
@@ -80,7 +108,7 @@ __device__ __forceinline__ void column_products(float (&acc)[kChunk][V], const b
 #pragma unroll
     for (int c = 0; c < V; ++c) acc[j][c] = 0.f;
   if (!valid) return;
-#pragma unroll 4
+#pragma unroll kUnroll
   for (int i = group; i < width; i += kGroups) {
     float wv[V];
     load_columns<V>(w + i * stride, wv);
@@ -116,13 +144,14 @@ __device__ __forceinline__ void warp_row_sum(float (&acc)[kChunk][V]) {
       for (int c = 0; c < V; ++c) acc[j][c] += __shfl_xor_sync(0xffffffffu, acc[j][c], o);
 }
 
-// V columns per thread (8: 16-byte loads, when the widths allow; else 2). A row of the tile is
-// 2·kCols/V threads (gate columns, then up columns), so a warp reads 32·V/(2·kCols) rows at once.
+// kCols gate and kCols up columns per CTA, V per thread (8: 16-byte loads, when the widths allow;
+// else 2). A row of the tile is 2·kCols/V threads (gate columns, then up columns), so a warp reads
+// 32·V/(2·kCols) rows at once.
 template <int V>
-__global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices,
-                                                           int assignments, int top_k, int H, int I,
-                                                           const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
-  constexpr int kCols = 32, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
+__global__ void __launch_bounds__(kThreads)
+    gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices, int assignments, int experts,
+                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
+  constexpr int kCols = kGateCols, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
   constexpr int kWarps = kThreads / 32;
   static_assert(kRowLanes <= 32, "a tile row within one warp");
   __shared__ int list[kMaxTokens];
@@ -130,7 +159,8 @@ __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restric
   __shared__ float red[kWarps][kChunk][2 * kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][H]
-  const int e = blockIdx.y, c0 = blockIdx.x * kCols;
+  const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
+  if (e < 0) return;
   const int n = find_assignments(indices, assignments, e, list, &count);
   if (n == 0) return;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -163,18 +193,19 @@ __global__ void __launch_bounds__(kThreads) gate_up_kernel(const bf16* __restric
         g += red[p][j][c];
         u += red[p][j][kCols + c];
       }
-      act[static_cast<int64_t>(list[j0 + j]) * I + c0 + c] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
+      act[static_cast<int64_t>(list[j0 + j]) * I + c0 + c] =
+          __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
     }
   }
 }
 
-// kCols output columns per CTA, V per thread: a row of the tile is kCols/V threads (part of a warp
-// for V = 8, two warps for V = 2).
+// kCols output columns per CTA, V per thread: a row of the tile is kCols/V threads (part of a
+// warp for V = 8, two warps for V = 2).
 template <int V>
-__global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices,
-                                                        int assignments, int I, int H, const bf16* __restrict__ down,
-                                                        bf16* __restrict__ ys) {
-  constexpr int kCols = 128, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
+__global__ void __launch_bounds__(kThreads)
+    down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices, int assignments, int experts, int I,
+                int H, const bf16* __restrict__ down, bf16* __restrict__ ys) {
+  constexpr int kCols = kDownCols, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
   // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
   constexpr int kParts = kRowLanes < 32 ? kThreads / 32 : kGroups;
   __shared__ int list[kMaxTokens];
@@ -182,7 +213,8 @@ __global__ void __launch_bounds__(kThreads) down_kernel(const bf16* __restrict__
   __shared__ float red[kParts][kChunk][kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   bf16* as = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][I]
-  const int e = blockIdx.y, c0 = blockIdx.x * kCols;
+  const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
+  if (e < 0) return;
   const int n = find_assignments(indices, assignments, e, list, &count);
   if (n == 0) return;
   const int lane = threadIdx.x % 32, in_row = threadIdx.x % kRowLanes, group = threadIdx.x / kRowLanes;
@@ -239,15 +271,16 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   Tensor out = Tensor::empty({T, H}, DType::BF16, Device::CUDA);
   if (T == 0) return out;
   Tensor act = Tensor::empty({int64_t{T} * K, I}, DType::BF16, Device::CUDA);
-  Tensor ys = Tensor::empty({int64_t{T} * K, H}, DType::BF16, Device::CUDA);
   cudaStream_t st = g4::cuda::stream();
   const auto* idx = static_cast<const int32_t*>(indices.raw());
+  // 16-byte weight loads when every row of both tensors starts 16-byte aligned.
+  const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
+  const int owners = std::min(T * K, E);  // grid rows: assignments or experts (owned_expert)
+  Tensor ys = Tensor::empty({int64_t{T} * K, H}, DType::BF16, Device::CUDA);
   const size_t gate_smem = sizeof(bf16) * kChunk * H, down_smem = sizeof(bf16) * kChunk * I;
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
   G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
            " is above the 8192 the GPU op takes");
-  // 16-byte weight loads when every row of both tensors starts 16-byte aligned.
-  const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
   const auto launch = [&](auto v) {
     constexpr int V = decltype(v)::value;
     static const bool attributes_set = [] {
@@ -257,11 +290,11 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
       return true;
     }();
     (void)attributes_set;
-    gate_up_kernel<V><<<dim3((I + 31) / 32, E), kThreads, gate_smem, st>>>(
-        static_cast<const bf16*>(x.raw()), idx, T * K, K, H, I, static_cast<const bf16*>(gate_up.raw()),
+    gate_up_kernel<V><<<dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem, st>>>(
+        static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
         static_cast<bf16*>(act.raw()));
-    down_kernel<V><<<dim3((H + 127) / 128, E), kThreads, down_smem, st>>>(
-        static_cast<const bf16*>(act.raw()), idx, T * K, I, H, static_cast<const bf16*>(down.raw()),
+    down_kernel<V><<<dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem, st>>>(
+        static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
         static_cast<bf16*>(ys.raw()));
   };
   if (wide)
@@ -275,7 +308,7 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
                                                 static_cast<bf16*>(out.raw()));
   else
     combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),
-                                                static_cast<const bf16*>(weights.raw()), T, K, H,
+                                                static_cast<const __nv_bfloat16*>(weights.raw()), T, K, H,
                                                 static_cast<bf16*>(out.raw()));
   G4_CUDA_CHECK_LAUNCH();
   return out;
