@@ -7,7 +7,6 @@
 // runs one request per line on the batching engine (serve/prompts_file.h, docs/serving.md).
 #include <filesystem>
 #include <iostream>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
@@ -21,23 +20,6 @@
 namespace g4::cli {
 
 namespace {
-std::vector<int64_t> parse_ids(const std::string& s) {
-  std::vector<int64_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      ids.push_back(std::stoll(item, &used));
-      G4_CHECK(used == item.size(), "");
-    } catch (...) {
-      G4_FAIL("--prompt-ids: '", item, "' is not an integer token id");
-    }
-  }
-  G4_CHECK(!ids.empty(), "--prompt-ids is empty");
-  return ids;
-}
-
 struct FileOpts {
   std::string prompts, out;
   bool chat = false, overwrite = false;
@@ -57,6 +39,8 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   G4_CHECK(f.overwrite || !std::filesystem::exists(f.out), "--out ", f.out,
            " already exists; pass --overwrite to replace it");
   check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
+  check_output_not_input(f.out, "--out", f.prompts, "--prompts");
+  check_output_file_creatable(f.out, "--out");
   LoadedModel loaded = load_for_generation(f.setup);
   serve::Defaults defaults;
   defaults.random_seed = false;
@@ -174,7 +158,7 @@ void add_generate(CLI::App& app, Action& action) {
         prompt.push_back(tok->bos_id);
         for (int32_t id : tok->encode(o->text)) prompt.push_back(id);
       } else {
-        prompt = parse_ids(o->prompt);
+        prompt = parse_token_ids(o->prompt, "--prompt-ids");
       }
       for (int64_t id : prompt)
         G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,

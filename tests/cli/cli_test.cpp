@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -378,6 +379,105 @@ TEST(Cli, InspectAndConvertKnowDiffusionModels) {
                {"cannot adapt", "routed experts"});
   expect_error(run("convert " + fixture + " " + (dir / "y").string() + " --canvas-length 4"),
                {"--canvas-length", "--to-diffusion"});
+  fs::remove_all(dir);
+}
+
+// tools/probe_cli.py's findings (docs/reliability.md, "Probed: tools/probe_cli.py").
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+
+TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
+  const fs::path dir = temp_dir("out_is_input");
+  const std::string line = "{\"prompt_ids\": [5, 6]}\n";
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, line);
+  fs::create_directories(dir / "sub");
+  fs::create_symlink(in, dir / "link.jsonl");
+  // --overwrite replaces an existing OUT, never the prompts being read: by its own name, through
+  // "sub/..", or through a symlink; autoregressive and diffusion models alike.
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    for (const fs::path& out : {in, dir / "sub" / ".." / "in.jsonl", dir / "link.jsonl"})
+      expect_error(run("generate " + model + " --prompts " + in.string() + " --out " + out.string() +
+                       " --overwrite --max-new-tokens 8"),
+                   {"--out", "is the --prompts file", "even with --overwrite"});
+    EXPECT_EQ(read_text(in), line);
+  }
+  const std::string inputs = (dir / "in.safetensors").string();
+  io::save_safetensors(inputs, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6}, {1, 2})}});
+  const std::string before = read_text(inputs);
+  expect_error(run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + inputs + " --out " + inputs +
+                   " --overwrite"),
+               {"--out", "is the --inputs file", "even with --overwrite"});
+  EXPECT_EQ(read_text(inputs), before);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, GenerateRefusesAnUnwritableOutBeforeRunning) {
+  const fs::path dir = temp_dir("out_unwritable");
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, "{\"prompt_ids\": [5, 6]}\n");
+  fs::create_directories(dir / "adir");
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --prompts " + in.string() + " --max-new-tokens 8 --out ";
+    // Before the fix both came after the whole batch had run, naming OUT.tmp.
+    ProcessResult r = run(gen + (dir / "no" / "out.jsonl").string());
+    expect_error(r, {"--out", (dir / "no").string() + " does not exist"});
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+    r = run(gen + (dir / "adir").string() + " --overwrite");
+    expect_error(r, {"--out", "adir is a directory"});
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+  }
+  EXPECT_TRUE(fs::is_empty(dir / "adir"));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, PromptIdListsRefuseEmptyItems) {
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --max-new-tokens 8 --prompt-ids ";
+    // "5," ran as "5" (std::getline drops a last empty item): a list cut short must not run.
+    for (const char* bad : {"5,", "5,,7", ",5", "'5;6'", "'5 6'", "0x10"})
+      expect_error(run(gen + bad), {"--prompt-ids", "is not an integer token id"});
+    const ProcessResult spaced = run(gen + "'5, 6'"), plain = run(gen + "5,6");
+    ASSERT_EQ(spaced.code, 0) << spaced.output;
+    EXPECT_EQ(spaced.output, plain.output);
+  }
+}
+
+TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
+  const std::string gen = "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-new-tokens 8 ";
+  // An EOS past the vocabulary never stopped a row; a pad past it was written into the output.
+  expect_error(run(gen + "--eos-token-id 1,999"), {"eos_token_id 999", "--eos-token-id", "[0, 256)"});
+  expect_error(run(gen + "--pad-token-id 256"), {"pad_token_id 256", "--pad-token-id", "[0, 256)"});
+  EXPECT_EQ(run(gen + "--eos-token-id 1,255 --pad-token-id 0").code, 0);
+}
+
+TEST(Cli, ForwardNamesLabelsOutsideTheVocabulary) {
+  const fs::path dir = temp_dir("forward_labels");
+  const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6, 7}, {1, 3})},
+                            {"labels", Tensor::from_vector(std::vector<int64_t>{6, -100, 300}, {1, 3})}});
+  expect_error(run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + in + " --out " + out),
+               {"labels in " + in, "300", "[0, 256)"});
+  EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ConvertMaxShardGbMustBeAPositiveNumber) {
+  const fs::path dir = temp_dir("max_shard");
+  // NaN passed CLI::PositiveNumber and was cast to size_t (undefined behaviour); 1e30 overflowed it.
+  for (const char* bad : {"nan", "0", "-1", "1e30", "x"}) {
+    const ProcessResult r = run("convert " + kData + "/hf-gemma4/tiny-dense-ple " + (dir / "o").string() +
+                                " --max-shard-gb=" + bad);
+    EXPECT_NE(r.code, 0) << bad;
+    EXPECT_NE(r.output.find("--max-shard-gb"), std::string::npos) << r.output;
+    EXPECT_LT(r.output.size(), 300u) << r.output;  // not CLI11's 300-digit range
+    EXPECT_FALSE(fs::exists(dir / "o" / "config.json")) << bad;
+  }
   fs::remove_all(dir);
 }
 
