@@ -998,13 +998,17 @@ def _(env):
 
 @case("gen.prompts.flag_ranges")
 def _(env):
-    for flags, want in [(["--n", 0], "--n"), (["--logprobs=-2"], "--logprobs"), (["--max-new-tokens", 0],
-                                                                                  "--max-new-tokens")]:
+    for flags, want in [(["--n", 0], "--n"), (["--n", 200], "--n"), (["--n", 1000], "--n"),
+                        (["--logprobs=-2"], "--logprobs"), (["--logprobs", 21], "--logprobs"),
+                        (["--stop-ids", 999], "--stop-ids"), (["--stop-ids=-1"], "--stop-ids"),
+                        (["--max-new-tokens", 0], "--max-new-tokens")]:
         args, src, out = gen_file(env, [{"prompt_ids": [5]}], *flags)
         if "--max-new-tokens" in flags:
             args = args[:args.index("--max-new-tokens")] + args[args.index("--max-new-tokens") + 2:]
-        refused(env, args, want)
-    return "--n 0, --logprobs -2, --max-new-tokens 0 refused naming the flag"
+        r = refused(env, args, want)
+        if "in.jsonl:1" in r:
+            raise Defect(f"{flags}: the flag's mistake is blamed on the first line: {r!r}")
+    return "--n 0 / 200 / 1000, --logprobs -2 / 21, --stop-ids 999 / -1, --max-new-tokens 0 refused naming the flag"
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -20,6 +20,13 @@
 namespace g4::cli {
 
 namespace {
+// The flag's stop ids, checked against the model's vocabulary once it is loaded: the engine's own
+// check would name a "Request" (or the first line of a prompts file) for the flag's mistake.
+void check_stop_ids(const std::vector<int64_t>& ids, int64_t vocab) {
+  for (int64_t id : ids)
+    G4_CHECK(id >= 0 && id < vocab, "--stop-ids: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
+}
+
 struct FileOpts {
   std::string prompts, out;
   bool chat = false, overwrite = false;
@@ -34,14 +41,17 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   // as a mistake of the first line.
   gen::validate(g, 0, 0, gen::OptionStyle::Flag);
   G4_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be >= 1 with --prompts, got ", g.max_new_tokens);
-  G4_CHECK(f.n >= 1, "--n must be >= 1, got ", f.n);
-  G4_CHECK(f.logprobs >= -1, "--logprobs must be >= -1 (-1: none), got ", f.logprobs);
+  // The bounds a line's "n" and "logprobs" have: the flags are the lines' defaults.
+  G4_CHECK(f.n >= 1 && f.n <= serve::kMaxN, "--n must be in [1, ", serve::kMaxN, "], got ", f.n);
+  G4_CHECK(f.logprobs >= -1 && f.logprobs <= serve::kMaxLogprobs, "--logprobs must be in [-1, ", serve::kMaxLogprobs,
+           "] (-1: none), got ", f.logprobs);
   G4_CHECK(f.overwrite || !std::filesystem::exists(f.out), "--out ", f.out,
            " already exists; pass --overwrite to replace it");
   check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
   check_output_not_input(f.out, "--out", f.prompts, "--prompts");
   check_output_file_creatable(f.out, "--out");
   LoadedModel loaded = load_for_generation(f.setup);
+  check_stop_ids(g.stop_ids, loaded.model->config().vocab_size);
   serve::Defaults defaults;
   defaults.random_seed = false;
   gen::RequestOptions& d = defaults.options;
@@ -165,6 +175,7 @@ void add_generate(CLI::App& app, Action& action) {
                  " is outside the vocabulary [0, ", model->config().vocab_size, ")");
       gen::validate(o->gen, static_cast<int64_t>(prompt.size()), model->config().max_position_embeddings,
                     gen::OptionStyle::Flag);
+      check_stop_ids(o->gen.stop_ids, model->config().vocab_size);
       const auto out = gen::generate(*model, {prompt}, o->gen, {media});
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";

@@ -20,10 +20,8 @@ using nlohmann::json;
 
 namespace {
 
-// Bounds the work one request may ask for; OpenAI's own limits are lower still (n <= 128,
-// logprobs <= 5 for completions, top_logprobs <= 20, 4 stop strings).
-constexpr int64_t kMaxN = 128;
-constexpr int64_t kMaxLogprobs = 20;
+// Bounds the work one request may ask for (kMaxN and kMaxLogprobs: request.h); OpenAI's own limits
+// are lower still (logprobs <= 5 for completions, 4 stop strings).
 constexpr size_t kMaxStops = 16;
 constexpr int64_t kMaxStopIds = 64;
 

@@ -436,6 +436,27 @@ TEST(Cli, GenerateRefusesAnUnwritableOutBeforeRunning) {
   fs::remove_all(dir);
 }
 
+TEST(Cli, PromptsFileFlagsHaveTheLinesBounds) {
+  const fs::path dir = temp_dir("prompts_flags");
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, "{\"prompt_ids\": [5]}\n");
+  const std::string gen = "generate " + kData + "/hf-gemma4/tiny-dense-ple --prompts " + in.string() + " --out " +
+                          (dir / "out.jsonl").string() + " --max-new-tokens 2 ";
+  // --logprobs 50 ran (a line may ask for 20 at most) and --n 200 ran 200 samples (a line: 128);
+  // --n 1000 and a bad --stop-ids were blamed on line 1 of the prompts file.
+  expect_error(run(gen + "--logprobs 50"), {"--logprobs must be in [-1, 20]"});
+  for (const char* n : {"200", "1000", "0"}) expect_error(run(gen + "--n " + n), {"--n must be in [1, 128]"});
+  for (const char* id : {"999", "-1"}) {
+    const ProcessResult r = run(gen + "--stop-ids=" + id);
+    expect_error(r, {"--stop-ids: token id " + std::string(id), "[0, 256)"});
+    EXPECT_EQ(r.output.find("in.jsonl:1"), std::string::npos) << r.output;
+  }
+  expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --prompt-ids 5 --stop-ids 999"),
+               {"--stop-ids: token id 999"});
+  EXPECT_FALSE(fs::exists(dir / "out.jsonl"));
+  fs::remove_all(dir);
+}
+
 TEST(Cli, PromptIdListsRefuseEmptyItems) {
   for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
     const std::string gen = "generate " + model + " --max-new-tokens 8 --prompt-ids ";
