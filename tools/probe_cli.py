@@ -474,6 +474,42 @@ def _(env):
     return refused(env, gen(env, "--prompt-ids", "5", "--chat", "--max-new-tokens", 1), "--chat")
 
 
+def small_tokenizer(env, n=100):
+    """plain.json cut to its first n ids: a tokenizer smaller than the models' 256-id vocabulary."""
+    t = json.load(open(os.path.join(DATA, "tokenizers", "plain.json")))
+    m = t["model"]
+    m["vocab"] = {k: v for k, v in m["vocab"].items() if v < n}
+    m["merges"] = [x for x in m["merges"] if x[0] in m["vocab"] and x[1] in m["vocab"] and x[0] + x[1] in m["vocab"]]
+    t["added_tokens"] = [a for a in t["added_tokens"] if a["id"] < n]
+    return env.file("small/tokenizer.json", json.dumps(t))
+
+
+@case("gen.small_tokenizer")
+def _(env):
+    # Generated ids past the tokenizer have no text (both kinds of model, one prompt and a prompts file).
+    tok = small_tokenizer(env)
+    src = env.file("d.jsonl", '{"prompt_ids": [5, 6]}\n')
+    for model in [env.notok, env.dg]:
+        succeeds(env, ["generate", model, "--prompt-ids", "5,6", "--max-new-tokens", 8, "--tokenizer", tok])
+        out = os.path.join(env.dir, "o.jsonl")
+        if os.path.exists(out):
+            os.remove(out)
+        succeeds(env, ["generate", model, "--prompts", src, "--out", out, "--max-new-tokens", 8, "--tokenizer", tok])
+    return "ids past a 100-id tokenizer left out of the text"
+
+
+@case("gen.one.tokenizer_larger_than_model")
+def _(env):
+    return refused(env, gen(env, "--prompt", "your God have", "--max-new-tokens", 1, "--tokenizer",
+                            os.path.join(DATA, "tokenizers", "plain.json"), model=env.notok), "--prompt", "tokenizer")
+
+
+@case("gen.one.tokenizer_missing")
+def _(env):
+    missing = os.path.join(env.dir, "nope.json")
+    return refused(env, gen(env, "--prompt", "hi", "--max-new-tokens", 1, "--tokenizer", missing), missing)
+
+
 @case("gen.one.image_missing")
 def _(env):
     missing = os.path.join(env.dir, "nope.png")

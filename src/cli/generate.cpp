@@ -170,23 +170,19 @@ void add_generate(CLI::App& app, Action& action) {
       } else {
         prompt = parse_token_ids(o->prompt, "--prompt-ids");
       }
+      // Ids from --prompt come from the tokenizer: one past the model's vocabulary means a tokenizer
+      // of another model, not a mistyped id.
+      const char* source = o->prompt.empty() ? "--prompt: the tokenizer gave" : "--prompt-ids:";
       for (int64_t id : prompt)
-        G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,
-                 " is outside the vocabulary [0, ", model->config().vocab_size, ")");
+        G4_CHECK(id >= 0 && id < model->config().vocab_size, source, " token id ", id,
+                 " is outside the model's vocabulary [0, ", model->config().vocab_size, ")");
       gen::validate(o->gen, static_cast<int64_t>(prompt.size()), model->config().max_position_embeddings,
                     gen::OptionStyle::Flag);
       check_stop_ids(o->gen.stop_ids, model->config().vocab_size);
       const auto out = gen::generate(*model, {prompt}, o->gen, {media});
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
-      if (tok) {
-        // Ids past the tokenizer (a model vocabulary larger than its tokenizer's) have no text, as
-        // in the engine's text stream.
-        std::vector<int32_t> fresh;
-        for (size_t i = prompt.size(); i < out[0].size(); ++i)
-          if (out[0][i] < tok->vocab_size()) fresh.push_back(static_cast<int32_t>(out[0][i]));
-        std::cout << tok->decode(fresh) << "\n";
-      }
+      if (tok) std::cout << decode_generated(*tok, {out[0].begin() + std::ptrdiff_t(prompt.size()), out[0].end()}) << "\n";
     };
   });
 }

@@ -76,10 +76,6 @@ std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io
   return prompts;
 }
 
-std::vector<int32_t> narrow_ids(const std::vector<int64_t>& ids) {
-  return {ids.begin(), ids.end()};
-}
-
 }  // namespace
 
 std::shared_ptr<DiffusionGenerateOptions> add_diffusion_generate_options(CLI::App* generate) {
@@ -240,14 +236,14 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     if (o.out.empty()) {
       for (size_t i = 0; i < fresh.size(); ++i) std::cout << (i ? "," : "") << fresh[i];
       std::cout << "\n";
-      if (tok) std::cout << tok->decode(narrow_ids(fresh)) << "\n";
+      if (tok) std::cout << decode_generated(*tok, fresh) << "\n";
       continue;
     }
     json line = {{"prompt_ids", prompts[b]},
                  {"output_ids", fresh},
                  {"tokens_per_forward", out.tokens_per_forward[b]},
                  {"steps_per_block", out.steps_per_block}};
-    if (tok) line["text"] = tok->decode(narrow_ids(fresh));
+    if (tok) line["text"] = decode_generated(*tok, fresh);
     jsonl += line.dump() + "\n";
   }
   if (!o.out.empty()) io::write_file_atomic(o.out, jsonl);

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/random.h"
 #include "io/safetensors.h"
 #include "support/g4_process.h"
@@ -454,6 +456,51 @@ TEST(Cli, PromptsFileFlagsHaveTheLinesBounds) {
   expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --prompt-ids 5 --stop-ids 999"),
                {"--stop-ids: token id 999"});
   EXPECT_FALSE(fs::exists(dir / "out.jsonl"));
+  fs::remove_all(dir);
+}
+
+// plain.json cut to its first `n` ids: a tokenizer smaller than the tiny models' 256-id vocabulary.
+std::string small_tokenizer(const fs::path& dir, int64_t n) {
+  nlohmann::json t = nlohmann::json::parse(read_text(kData + "/tokenizers/plain.json"));
+  nlohmann::json& m = t["model"];
+  nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array(), added = nlohmann::json::array();
+  for (const auto& [piece, id] : m["vocab"].items())
+    if (id.get<int64_t>() < n) vocab[piece] = id;
+  for (const nlohmann::json& mg : m["merges"]) {
+    const std::string a = mg[0], b = mg[1];
+    if (vocab.contains(a) && vocab.contains(b) && vocab.contains(a + b)) merges.push_back(mg);
+  }
+  for (const nlohmann::json& a : t["added_tokens"])
+    if (a["id"].get<int64_t>() < n) added.push_back(a);
+  m["vocab"] = vocab;
+  m["merges"] = merges;
+  t["added_tokens"] = added;
+  const std::string path = (dir / "small-tokenizer.json").string();
+  write_text(path, t.dump());
+  return path;
+}
+
+TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
+  const fs::path dir = temp_dir("small_tokenizer");
+  const std::string tok = small_tokenizer(dir, 100);
+  const fs::path in = dir / "in.jsonl", out = dir / "out.jsonl";
+  write_text(in, "{\"prompt_ids\": [5, 6]}\n");
+  // The diffusion command decoded every id and failed after sampling ("token id 220 is not in the
+  // vocabulary (100 ids)"), losing the whole --out; the autoregressive one left such ids out.
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --max-new-tokens 8 --tokenizer " + tok;
+    const ProcessResult one = run(gen + " --prompt-ids 5,6");
+    EXPECT_EQ(one.code, 0) << one.output;
+    fs::remove(out);
+    const ProcessResult file = run(gen + " --prompts " + in.string() + " --out " + out.string());
+    ASSERT_EQ(file.code, 0) << file.output;
+    const nlohmann::json line = nlohmann::json::parse(read_text(out));
+    EXPECT_TRUE(line["text"].is_string()) << line.dump();
+  }
+  // A tokenizer of more ids than the model: a --prompt id past the model is the tokenizer's.
+  expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --max-new-tokens 2 --tokenizer " + kData +
+                   "/tokenizers/plain.json --prompt 'your God have'"),
+               {"--prompt: the tokenizer gave token id", "outside the model's vocabulary [0, 256)"});
   fs::remove_all(dir);
 }
 
