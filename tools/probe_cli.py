@@ -544,6 +544,37 @@ def _(env):
     return refused(env, gen(env, "--prompt", "hi", "--image", img, "--max-new-tokens", 1), "vision")
 
 
+@case("gen.one.max_soft_tokens")
+def _(env):
+    img = os.path.join(PROC, "rgba_97x150.png")
+    for v in ["71", "0", "-70", "x"]:
+        r = refused(env, gen(env, "--prompt", "<|image|> hi", "--image", img, "--max-soft-tokens", v,
+                             "--max-new-tokens", 1, model=env.mm), "--max-soft-tokens")
+        if "processor_config" in r:
+            raise Defect(f"--max-soft-tokens {v} blamed on processor_config.json: {r!r}")
+    return "71, 0, -70, x refused naming the flag"
+
+
+@case("gen.one.chat_with_placeholders")
+def _(env):
+    img = os.path.join(PROC, "rgba_97x150.png")
+    return refused(env, gen(env, "--chat", "--prompt", "<|image|> hi", "--image", img, "--max-new-tokens", 1,
+                            model=env.mm), "--chat", "<|image|>")
+
+
+@case("gen.one.video_bad")
+def _(env):
+    img = os.path.join(PROC, "rgba_97x150.png")
+    empty = os.path.join(env.dir, "frames")
+    os.makedirs(empty)
+    for args, want in [(["--video", empty], empty), (["--video", os.path.join(env.dir, "nodir")], "nodir"),
+                       (["--video", f"{img},,{img}"], "empty frame"), (["--video", f"{img},{img}", "--video-fps", "nan"],
+                                                                       "fps"),
+                       (["--video", f"{img},{img}", "--video-frames", "0"], "--video-frames")]:
+        refused(env, gen(env, "--prompt", "<|video|> hi", *args, "--max-new-tokens", 1, model=env.mm), want)
+    return "an empty or missing frame folder, an empty frame name, fps NaN, 0 frames refused"
+
+
 @case("gen.one.wav_corrupt")
 def _(env):
     bad = env.file("bad.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20)
