@@ -797,6 +797,31 @@ def _(env):
     return refused(env, fwd(env, f, "--grads"), "labels")
 
 
+@case("forward.diffusion_step_inputs")
+def _(env):
+    # Automodel's training step (loss_mask): each input out of range or of another shape names its tensor.
+    S = 16
+    base = {"input_ids": ("I64", [1, S], [5] * S), "loss_mask": ("I64", [1, S], [0] * 8 + [1] * 8),
+            "noisy_input_ids": ("I64", [1, S], [5] * S), "selected_block": ("I64", [1], [0])}
+    f = os.path.join(env.dir, "in.safetensors")
+    out = os.path.join(env.dir, "o.safetensors")
+    for extra, want in [({"selected_block": ("I64", [1], [99])}, "selected_block"),
+                        ({"selected_block": ("I64", [1], [-1])}, "selected_block"),
+                        ({"selected_block": ("I64", [2], [0, 1])}, "selected_block"),
+                        ({"noisy_input_ids": ("I64", [1, S], [999] * S)}, "noisy_input_ids"),
+                        ({"loss_mask": ("I64", [1, S - 1], [1] * (S - 1))}, "loss_mask"),
+                        ({"self_conditioning_mask": ("I64", [3], [1, 1, 1])}, "self_conditioning_mask"),
+                        ({"labels": ("I64", [1, S], [1] * S)}, "labels")]:
+        t = dict(base)
+        t.update(extra)
+        write_safetensors(f, t)
+        refused(env, ["forward", env.dg, "--inputs", f, "--out", out], want)
+    write_safetensors(f, base)
+    succeeds(env, ["forward", env.dg, "--inputs", f, "--out", out])
+    return "selected_block 99 / -1 / [2], noisy ids past the vocabulary, masks of another shape, labels beside " \
+        "loss_mask refused naming the tensor; the good batch runs"
+
+
 @case("forward.diffusion_bad_canvas")
 def _(env):
     f = write_safetensors(os.path.join(env.dir, "in.safetensors"),

@@ -172,6 +172,11 @@ NamedTensors forward_dllm_step(const model::Gemma4& m, const io::SafetensorsRead
     const Tensor host = ids ? t.to(DType::I64) : t.to(DType::F64);
     for (int64_t i = 0; i < B * S; ++i)
       r.data<int64_t>()[i] = ids ? host.data<int64_t>()[i] : host.data<double>()[i] != 0;
+    // Named here: the sampler's own check would name its canvas_ids, a tensor the file does not have.
+    const int64_t V = m.config().vocab_size;
+    for (int64_t i = 0; ids && i < B * S; ++i)
+      G4_CHECK(r.data<int64_t>()[i] >= 0 && r.data<int64_t>()[i] < V, name, " in ", file, " holds ",
+               r.data<int64_t>()[i], " at flat position ", i, ", outside the vocabulary [0, ", V, ")");
     return r;
   };
   batch.loss_mask = rows("loss_mask", false);

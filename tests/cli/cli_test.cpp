@@ -524,13 +524,31 @@ TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
   EXPECT_EQ(run(gen + "--eos-token-id 1,255 --pad-token-id 0").code, 0);
 }
 
-TEST(Cli, ForwardNamesLabelsOutsideTheVocabulary) {
+TEST(Cli, ForwardNamesIdsOutsideTheVocabulary) {
   const fs::path dir = temp_dir("forward_labels");
   const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
   io::save_safetensors(in, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6, 7}, {1, 3})},
                             {"labels", Tensor::from_vector(std::vector<int64_t>{6, -100, 300}, {1, 3})}});
   expect_error(run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + in + " --out " + out),
                {"labels in " + in, "300", "[0, 256)"});
+  EXPECT_FALSE(fs::exists(out));
+  // A diffusion model: the encoder's labels, and Automodel's corrupted rows (named canvas_ids, a
+  // tensor the file does not hold, before).
+  const std::string dg = kData + "/hf-diffusion-gemma/tiny-dg-a";
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>(16, 5), {1, 16});
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"decoder_input_ids", Tensor::from_vector(std::vector<int64_t>(8, 1), {1, 8})},
+                            {"labels", Tensor::from_vector(std::vector<int64_t>(16, 300), {1, 16})}});
+  expect_error(run("forward " + dg + " --inputs " + in + " --out " + out), {"labels in " + in, "300"});
+  std::vector<int64_t> loss_mask(16, 0), noisy(16, 5);
+  std::fill(loss_mask.begin() + 8, loss_mask.end(), 1);
+  noisy[12] = 999;
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"loss_mask", Tensor::from_vector(loss_mask, {1, 16})},
+                            {"noisy_input_ids", Tensor::from_vector(noisy, {1, 16})},
+                            {"selected_block", Tensor::from_vector(std::vector<int64_t>{0}, {1})}});
+  expect_error(run("forward " + dg + " --inputs " + in + " --out " + out),
+               {"noisy_input_ids in " + in + " holds 999 at flat position 12", "[0, 256)"});
   EXPECT_FALSE(fs::exists(out));
   fs::remove_all(dir);
 }
