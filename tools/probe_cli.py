@@ -637,6 +637,19 @@ for _name, (_flags, _want) in DIFFUSION_BAD.items():
     case(f"gen.diffusion.{_name}")(lambda env, f=_flags, w=_want: refused(env, dgen(env, *f), w))
 
 
+@case("gen.diffusion.past_context")
+def _(env):
+    # tiny-dg-a: context 1024, canvas 8; every block is a whole canvas.
+    return refused(env, dgen(env, "--max-new-tokens", 10 ** 9, "--max-denoising-steps", 1),
+                   "max_position_embeddings 1024", timeout=30)
+
+
+@case("convert.canvas_past_context")
+def _(env):
+    return refused(env, ["convert", env.moe, os.path.join(env.dir, "o"), "--to-diffusion", "--canvas-length", 4096],
+                   "--canvas-length", "max_position_embeddings")
+
+
 @case("gen.diffusion.none_values")
 def _(env):
     # `none` is documented for the fields that transformers lets be None.

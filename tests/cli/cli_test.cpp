@@ -524,6 +524,23 @@ TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
   EXPECT_EQ(run(gen + "--eos-token-id 1,255 --pad-token-id 0").code, 0);
 }
 
+TEST(Cli, DiffusionRunsPastTheContextAreRefused) {
+  // tiny-dg-a: context 1024, canvas 8. --max-new-tokens 10^9 ran unbounded (every block a whole
+  // canvas); the autoregressive sampler refused it already.
+  const std::string gen = "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-denoising-steps 1 ";
+  expect_error(run(gen + "--max-new-tokens 1000000000"),
+               {"max_new_tokens 1000000000", "max_position_embeddings 1024", "at most 1016 new tokens fit"});
+  // 2 + 128 blocks of 8 = 1026 positions: one block too many; 1016 new tokens (127 blocks) fit.
+  expect_error(run(gen + "--max-new-tokens 1017"), {"1026 positions", "max_position_embeddings 1024"});
+  // A canvas as long as the context leaves no room for a prompt.
+  const fs::path dir = temp_dir("canvas_past_context");
+  expect_error(run("convert " + kData + "/hf-gemma4/tiny-moe " + (dir / "o").string() +
+                   " --to-diffusion --canvas-length 4096"),
+               {"--canvas-length 4096", "max_position_embeddings 4096"});
+  EXPECT_FALSE(fs::exists(dir / "o" / "config.json"));
+  fs::remove_all(dir);
+}
+
 TEST(Cli, ForwardNamesIdsOutsideTheVocabulary) {
   const fs::path dir = temp_dir("forward_labels");
   const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
