@@ -208,6 +208,20 @@ def _(env):
     return "NaN / Infinity refused as not JSON, naming the line"
 
 
+@case("gen.prompts.missing_before_load")
+def _(env):
+    # A model whose weights cannot load: the missing prompts file must be the error (it is checked first).
+    broken = os.path.join(env.dir, "broken")
+    os.makedirs(broken)
+    shutil.copy(os.path.join(env.notok, "config.json"), broken)
+    env.file("broken/model.safetensors", b"")
+    missing = os.path.join(env.dir, "missing.jsonl")
+    r = refused(env, ["generate", broken, "--prompts", missing, "--out", os.path.join(env.dir, "o.jsonl")], missing)
+    if "model.safetensors" in r:
+        raise Defect("the model was loaded before the prompts file was looked at")
+    return r
+
+
 @case("gen.prompts.empty_file")
 def _(env):
     args, src, out = gen_file(env, None, raw="")
@@ -360,10 +374,14 @@ def _(env):
     return refused(env, args, "config.json")
 
 
-def interrupted(env, sig):
+def interrupted(env, sig, existing=False):
+    """Stops a long batch with `sig`: no OUT may appear (it is written whole at the end), and an OUT replaced with
+    --overwrite must still hold what it held."""
     # Long enough never to finish before the signal (about 1,000,000 tokens on the tiny model).
     rows = [{"prompt_ids": [5 + i % 200], "max_tokens": 4000} for i in range(256)]
-    args, src, out = gen_file(env, rows, "--max-running", 2)
+    args, src, out = gen_file(env, rows, "--max-running", 2, *(["--overwrite"] if existing else []))
+    if existing:
+        env.file("out.jsonl", "precious\n")
     p = subprocess.Popen([env.g4] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     time.sleep(1.5)
@@ -375,11 +393,14 @@ def interrupted(env, sig):
     except subprocess.TimeoutExpired:
         p.kill()
         raise Defect(f"{signal.Signals(sig).name}: still running 20 s after the signal")
-    if os.path.exists(out):
+    if existing:
+        if open(out).read() != "precious\n":
+            raise Defect(f"{signal.Signals(sig).name}: the existing {out} changed")
+    elif os.path.exists(out):
         lines = open(out).read()
         raise Defect(f"{signal.Signals(sig).name}: {out} exists after an interrupted run ({lines.count(chr(10))} lines)")
     left = [n for n in os.listdir(env.dir) if n.startswith("out.jsonl")]
-    return f"rc {p.returncode}, no {os.path.basename(out)} (left: {left})"
+    return f"rc {p.returncode}, " + ("the old OUT intact" if existing else "no OUT") + f" (left: {left})"
 
 
 @case("gen.prompts.sigint")
@@ -390,6 +411,11 @@ def _(env):
 @case("gen.prompts.sigterm")
 def _(env):
     return interrupted(env, signal.SIGTERM)
+
+
+@case("gen.prompts.sigterm_over_existing")
+def _(env):
+    return interrupted(env, signal.SIGTERM, existing=True)
 
 
 # ------------------------------------------------------------------------------------------ generate, one prompt

@@ -28,6 +28,7 @@
 #include "cli/media_prompt.h"
 #include "diffusion/model.h"
 #include "diffusion/objective.h"
+#include "io/json_input.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -253,8 +254,7 @@ void add_forward(CLI::App& app, Action& action) {
       check_output_not_input(o->out, "--out", o->inputs, "--inputs");
       G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
       // Before the model loads (minutes for a large one).
-      G4_CHECK(from_prompt || std::filesystem::is_regular_file(o->inputs), "--inputs ", o->inputs,
-               " does not exist or is not a file");
+      if (!from_prompt) io::check_regular_file(o->inputs, "--inputs file");
       auto model = model::load_hf_model(o->model);
       model::ForwardInputs fi;
       NamedTensors prompt_tensors;

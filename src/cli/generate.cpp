@@ -13,6 +13,7 @@
 #include "cli/generate_diffusion.h"
 #include "cli/media_prompt.h"
 #include "generate/generator.h"
+#include "io/json_input.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 #include "serve/prompts_file.h"
@@ -50,6 +51,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
   check_output_not_input(f.out, "--out", f.prompts, "--prompts");
   check_output_file_creatable(f.out, "--out");
+  io::check_regular_file(f.prompts, "prompts file");  // its lines are read once the tokenizer is loaded
   LoadedModel loaded = load_for_generation(f.setup);
   check_stop_ids(g.stop_ids, loaded.model->config().vocab_size);
   serve::Defaults defaults;
@@ -182,7 +184,8 @@ void add_generate(CLI::App& app, Action& action) {
       const auto out = gen::generate(*model, {prompt}, o->gen, {media});
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
-      if (tok) std::cout << decode_generated(*tok, {out[0].begin() + std::ptrdiff_t(prompt.size()), out[0].end()}) << "\n";
+      if (tok)
+        std::cout << decode_generated(*tok, {out[0].begin() + std::ptrdiff_t(prompt.size()), out[0].end()}) << "\n";
     };
   });
 }

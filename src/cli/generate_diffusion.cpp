@@ -152,6 +152,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     check_output_not_input(o.out, "--out", o.prompts, "--prompts");
     check_output_file_creatable(o.out, "--out");
   }
+  if (from_file) io::check_regular_file(o.prompts, "prompts file");  // read once the tokenizer is loaded
 
   std::unique_ptr<model::Gemma4> m = model::load_hf_model(o.model);
   // On the GPU the model computes in bf16 and each step's vocabulary-wide work stays there.

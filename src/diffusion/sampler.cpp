@@ -312,9 +312,8 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Generat
   G4_CHECK(mc.max_position_embeddings <= 0 || P + blocks * C <= mc.max_position_embeddings,
            "diffusion generate: max_new_tokens ", *cfg.max_new_tokens, " takes ", blocks, " canvas block(s) of ", C,
            " tokens after the ", P, "-token prompt, ", P + blocks * C,
-           " positions in all, past the model's context length (max_position_embeddings ",
-           mc.max_position_embeddings, "): at most ", std::max<int64_t>(0, (mc.max_position_embeddings - P) / C) * C,
-           " new tokens fit");
+           " positions in all, past the model's context length (max_position_embeddings ", mc.max_position_embeddings,
+           "): at most ", std::max<int64_t>(0, (mc.max_position_embeddings - P) / C) * C, " new tokens fit");
   const Tensor prompt = ids.to(Device::CPU).to(DType::I64);
   std::vector<int64_t> seq(prompt.data<int64_t>(), prompt.data<int64_t>() + B * P);
   Tensor mask;

@@ -391,7 +391,9 @@ std::string read_text(const fs::path& p) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
-void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream(p, std::ios::binary) << text;
+}
 
 TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
   const fs::path dir = temp_dir("out_is_input");
@@ -412,9 +414,9 @@ TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
   const std::string inputs = (dir / "in.safetensors").string();
   io::save_safetensors(inputs, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6}, {1, 2})}});
   const std::string before = read_text(inputs);
-  expect_error(run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + inputs + " --out " + inputs +
-                   " --overwrite"),
-               {"--out", "is the --inputs file", "even with --overwrite"});
+  expect_error(
+      run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + inputs + " --out " + inputs + " --overwrite"),
+      {"--out", "is the --inputs file", "even with --overwrite"});
   EXPECT_EQ(read_text(inputs), before);
   fs::remove_all(dir);
 }
@@ -435,6 +437,31 @@ TEST(Cli, GenerateRefusesAnUnwritableOutBeforeRunning) {
     EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
   }
   EXPECT_TRUE(fs::is_empty(dir / "adir"));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, InputFilesAreCheckedBeforeTheModelLoads) {
+  // Models whose weights cannot load: an error about them means the input file was looked at late
+  // (after minutes of loading, for a large model).
+  const fs::path dir = temp_dir("inputs_first");
+  for (const std::string& name :
+       {std::string("hf-gemma4/tiny-dense-ple"), std::string("hf-diffusion-gemma/tiny-dg-a")}) {
+    const fs::path model = dir / fs::path(name).filename();
+    fs::create_directories(model);
+    fs::copy_file(kData + "/" + name + "/config.json", model / "config.json");
+    write_text(model / "model.safetensors", "");
+    const std::string missing = (dir / "missing.jsonl").string();
+    ProcessResult r = run("generate " + model.string() + " --prompts " + missing + " --out " +
+                          (dir / "out.jsonl").string() + " --max-new-tokens 8");
+    expect_error(r, {"cannot open prompts file " + missing});
+    EXPECT_EQ(r.output.find("model.safetensors"), std::string::npos) << r.output;
+    r = run("generate " + model.string() + " --prompts " + dir.string() + " --out " + (dir / "out.jsonl").string() +
+            " --max-new-tokens 8");
+    expect_error(r, {"prompts file " + dir.string() + " is a directory"});
+  }
+  const ProcessResult r = run("forward " + (dir / "tiny-dense-ple").string() + " --inputs " +
+                              (dir / "missing.safetensors").string() + " --out " + (dir / "o.safetensors").string());
+  expect_error(r, {"cannot open --inputs file " + (dir / "missing.safetensors").string()});
   fs::remove_all(dir);
 }
 
@@ -527,16 +554,17 @@ TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
 TEST(Cli, DiffusionRunsPastTheContextAreRefused) {
   // tiny-dg-a: context 1024, canvas 8. --max-new-tokens 10^9 ran unbounded (every block a whole
   // canvas); the autoregressive sampler refused it already.
-  const std::string gen = "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-denoising-steps 1 ";
+  const std::string gen =
+      "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-denoising-steps 1 ";
   expect_error(run(gen + "--max-new-tokens 1000000000"),
                {"max_new_tokens 1000000000", "max_position_embeddings 1024", "at most 1016 new tokens fit"});
   // 2 + 128 blocks of 8 = 1026 positions: one block too many; 1016 new tokens (127 blocks) fit.
   expect_error(run(gen + "--max-new-tokens 1017"), {"1026 positions", "max_position_embeddings 1024"});
   // A canvas as long as the context leaves no room for a prompt.
   const fs::path dir = temp_dir("canvas_past_context");
-  expect_error(run("convert " + kData + "/hf-gemma4/tiny-moe " + (dir / "o").string() +
-                   " --to-diffusion --canvas-length 4096"),
-               {"--canvas-length 4096", "max_position_embeddings 4096"});
+  expect_error(
+      run("convert " + kData + "/hf-gemma4/tiny-moe " + (dir / "o").string() + " --to-diffusion --canvas-length 4096"),
+      {"--canvas-length 4096", "max_position_embeddings 4096"});
   EXPECT_FALSE(fs::exists(dir / "o" / "config.json"));
   fs::remove_all(dir);
 }
@@ -574,8 +602,8 @@ TEST(Cli, ConvertMaxShardGbMustBeAPositiveNumber) {
   const fs::path dir = temp_dir("max_shard");
   // NaN passed CLI::PositiveNumber and was cast to size_t (undefined behaviour); 1e30 overflowed it.
   for (const char* bad : {"nan", "0", "-1", "1e30", "x"}) {
-    const ProcessResult r = run("convert " + kData + "/hf-gemma4/tiny-dense-ple " + (dir / "o").string() +
-                                " --max-shard-gb=" + bad);
+    const ProcessResult r =
+        run("convert " + kData + "/hf-gemma4/tiny-dense-ple " + (dir / "o").string() + " --max-shard-gb=" + bad);
     EXPECT_NE(r.code, 0) << bad;
     EXPECT_NE(r.output.find("--max-shard-gb"), std::string::npos) << r.output;
     EXPECT_LT(r.output.size(), 300u) << r.output;  // not CLI11's 300-digit range

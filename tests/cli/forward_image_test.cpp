@@ -196,8 +196,8 @@ TEST(CliForwardImage, BadInputsAreNamed) {
   }
   // With --chat the media are parts of their own before the text: a placeholder in the text was
   // reported as "4 image placeholder(s) for 2 image(s)".
-  r = test::run_g4("forward " + dir.string() + " --chat --prompt '<|image|>x' --image " + fixture_image() +
-                   " --out " + out);
+  r = test::run_g4("forward " + dir.string() + " --chat --prompt '<|image|>x' --image " + fixture_image() + " --out " +
+                   out);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("--prompt holds <|image|>, but with --chat"), std::string::npos) << r.output;
   r = test::run_g4("forward " + dir.string() + " --out " + out);

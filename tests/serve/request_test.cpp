@@ -262,8 +262,7 @@ TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
   // vLLM's leniency (a message without content is an empty turn there).
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "contents": "hi"}]})", Api::File),
             "messages|400||messages[0]: unknown key 'contents' (a prompts-file message holds 'role' and 'content')");
-  EXPECT_EQ(refusal(R"({"messages": [{"role": "user"}]})", Api::File),
-            "messages|400||messages[0]: missing 'content'");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user"}]})", Api::File), "messages|400||messages[0]: missing 'content'");
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}, {"role": "user"}]})", Api::File),
             "messages|400||messages[1]: missing 'content'");
   EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "hi", "name": "x"}]})", Api::Chat), "accepted");
