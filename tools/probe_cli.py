@@ -902,6 +902,21 @@ def _(env):
     return refused(env, ["convert", d, os.path.join(env.dir, "o")], "llama")
 
 
+@case("inspect.config_values")
+def _(env):
+    for key, value in [("hidden_size", 0), ("num_hidden_layers", 10 ** 12), ("vocab_size", -5), ("hidden_size", "64"),
+                       ("num_attention_heads", 3), ("head_dim", 0), ("sliding_window", 0),
+                       ("max_position_embeddings", -1)]:
+        d = os.path.join(env.dir, "m")
+        shutil.rmtree(d, ignore_errors=True)
+        model_copy(env)
+        c = json.load(open(os.path.join(d, "config.json")))
+        c.get("text_config", c)[key] = value
+        json.dump(c, open(os.path.join(d, "config.json"), "w"))
+        refused(env, ["inspect", d], key)
+    return "zero, negative, huge, string and indivisible sizes refused naming the key"
+
+
 @case("inspect.config_not_json")
 def _(env):
     d = model_copy(env)
