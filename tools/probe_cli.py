@@ -122,8 +122,8 @@ def write_safetensors(path, tensors):
 def gen_file(env, lines, *extra, chat=False, out=None, raw=None):
     src = env.file("in.jsonl", raw if raw is not None else "".join(json.dumps(l) + "\n" for l in lines))
     out = out or os.path.join(env.dir, "out.jsonl")
-    return ["generate", env.tiny, "--prompts", src, "--out", out, "--max-new-tokens", 3] + (["--chat"] if chat else []) \
-        + list(extra), src, out
+    args = ["generate", env.tiny, "--prompts", src, "--out", out, "--max-new-tokens", 3]
+    return args + (["--chat"] if chat else []) + list(extra), src, out
 
 
 def refused_line(env, line, *wants, chat=False, extra=()):
@@ -397,8 +397,8 @@ def interrupted(env, sig, existing=False):
         if open(out).read() != "precious\n":
             raise Defect(f"{signal.Signals(sig).name}: the existing {out} changed")
     elif os.path.exists(out):
-        lines = open(out).read()
-        raise Defect(f"{signal.Signals(sig).name}: {out} exists after an interrupted run ({lines.count(chr(10))} lines)")
+        n = open(out).read().count("\n")
+        raise Defect(f"{signal.Signals(sig).name}: {out} exists after an interrupted run ({n} lines)")
     left = [n for n in os.listdir(env.dir) if n.startswith("out.jsonl")]
     return f"rc {p.returncode}, " + ("the old OUT intact" if existing else "no OUT") + f" (left: {left})"
 
@@ -594,8 +594,8 @@ def _(env):
     empty = os.path.join(env.dir, "frames")
     os.makedirs(empty)
     for args, want in [(["--video", empty], empty), (["--video", os.path.join(env.dir, "nodir")], "nodir"),
-                       (["--video", f"{img},,{img}"], "empty frame"), (["--video", f"{img},{img}", "--video-fps", "nan"],
-                                                                       "fps"),
+                       (["--video", f"{img},,{img}"], "empty frame"),
+                       (["--video", f"{img},{img}", "--video-fps", "nan"], "fps"),
                        (["--video", f"{img},{img}", "--video-frames", "0"], "--video-frames")]:
         refused(env, gen(env, "--prompt", "<|video|> hi", *args, "--max-new-tokens", 1, model=env.mm), want)
     return "an empty or missing frame folder, an empty frame name, fps NaN, 0 frames refused"
