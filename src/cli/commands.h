@@ -1,7 +1,9 @@
 // The subcommands of `g4`. Each registers its options on the app and returns the action to run.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -44,6 +46,18 @@ void check_output_file(const std::string& out, const std::string& option, bool o
 // model (config.json or *.safetensors) and `overwrite` is false.
 void check_output_model_dir(const std::string& out, const std::string& what, bool overwrite,
                             const std::string& input_model);
+// Throws a g4::Error naming both options when `out` is the file `input` (by any name: a symlink,
+// a hard link, "dir/../file"): the output would replace what it is made from, even with --overwrite.
+void check_output_not_input(const std::string& out, const std::string& option, const std::string& input,
+                            const std::string& input_option);
+// Throws a g4::Error naming `option` when the file `out` cannot be made: its folder is missing or
+// not a folder, or `out` is a directory. Commands that write their output only at the end (after a
+// whole batch) check this first, so that a typo costs no run.
+void check_output_file_creatable(const std::string& out, const std::string& option);
+// The comma-separated token ids of `flag` ("5,17,3"; blanks around an id are allowed). An empty
+// list, an empty item ("5,,7", "5,", ",5") or one that is not a decimal integer is an error naming
+// `flag`: a trailing comma may be a list cut short, so it is not dropped.
+std::vector<int64_t> parse_token_ids(const std::string& s, const std::string& flag);
 // Removes the weights, shard index and config of the model in `dir` (for --overwrite), so that no
 // shard of the old model is read with the new one's index or config.
 void remove_model_files(const std::string& dir);

@@ -36,6 +36,13 @@ std::unique_ptr<io::Tokenizer> model_tokenizer(const std::string& model_dir, con
   return nullptr;
 }
 
+std::string decode_generated(const io::Tokenizer& tok, const std::vector<int64_t>& ids) {
+  std::vector<int32_t> known;
+  for (int64_t id : ids)
+    if (id >= 0 && id < tok.vocab_size()) known.push_back(static_cast<int32_t>(id));
+  return tok.decode(known);
+}
+
 LoadedModel load_for_generation(const EngineSetup& s) {
   LoadedModel out;
   out.tokenizer = model_tokenizer(s.model_dir, s.tokenizer);

@@ -24,6 +24,11 @@ std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& setup);
 // directory has none and none was given.
 std::unique_ptr<io::Tokenizer> model_tokenizer(const std::string& model_dir, const std::string& tokenizer);
 
+// The text of generated ids. Ids past the tokenizer (a model vocabulary larger than its
+// tokenizer's, or a --tokenizer of a smaller one) have no text and are left out, as in the engine's
+// text stream, rather than failing after the whole generation.
+std::string decode_generated(const io::Tokenizer& tok, const std::vector<int64_t>& ids);
+
 struct LoadedModel {
   std::unique_ptr<model::Gemma4> model;
   std::unique_ptr<io::Tokenizer> tokenizer;

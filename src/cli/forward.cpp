@@ -28,6 +28,7 @@
 #include "cli/media_prompt.h"
 #include "diffusion/model.h"
 #include "diffusion/objective.h"
+#include "io/json_input.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
@@ -53,6 +54,18 @@ Tensor optional_input(const io::SafetensorsReader& in, const std::string& name) 
 void check_shape(const Tensor& t, const Shape& want, const char* name, const std::string& file) {
   if (t.defined())
     G4_CHECK(t.shape() == want, name, " in ", file, " must be ", shape_str(want), ", got ", t.describe());
+}
+
+// Labels are token ids or -100 (ignored); one past the vocabulary would otherwise surface as the
+// loss kernel's error, which names neither the tensor nor the file.
+void check_labels(const Tensor& labels, int64_t vocab, const std::string& file) {
+  if (!labels.defined()) return;
+  G4_CHECK(!is_floating(labels.dtype()), "labels in ", file, " must hold token ids, got ", labels.describe());
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    const int64_t id = element_as_int(labels, i);
+    G4_CHECK(id == -100 || (id >= 0 && id < vocab), "labels in ", file, " hold ", id, " at flat position ", i,
+             ", outside the vocabulary [0, ", vocab, ") and not -100 (ignored)");
+  }
 }
 
 // The block-diffusion forward as transformers' DiffusionGemmaForBlockDiffusion.forward: the causal
@@ -81,6 +94,7 @@ NamedTensors forward_diffusion(const model::Gemma4& m, const io::SafetensorsRead
   const Tensor labels = optional_input(in, "labels");
   check_shape(mask, {B, S}, "attention_mask", file);
   check_shape(labels, {B, S}, "labels", file);
+  check_labels(labels, V, file);
   check_shape(dec_mask, {B, S + C}, "decoder_attention_mask", file);
   check_shape(sc, {B, C, V}, "self_conditioning_logits", file);
   if (sc_mask.defined()) check_shape(sc_mask.reshape({sc_mask.numel()}), {B}, "self_conditioning_mask", file);
@@ -159,6 +173,11 @@ NamedTensors forward_dllm_step(const model::Gemma4& m, const io::SafetensorsRead
     const Tensor host = ids ? t.to(DType::I64) : t.to(DType::F64);
     for (int64_t i = 0; i < B * S; ++i)
       r.data<int64_t>()[i] = ids ? host.data<int64_t>()[i] : host.data<double>()[i] != 0;
+    // Named here: the sampler's own check would name its canvas_ids, a tensor the file does not have.
+    const int64_t V = m.config().vocab_size;
+    for (int64_t i = 0; ids && i < B * S; ++i)
+      G4_CHECK(r.data<int64_t>()[i] >= 0 && r.data<int64_t>()[i] < V, name, " in ", file, " holds ",
+               r.data<int64_t>()[i], " at flat position ", i, ", outside the vocabulary [0, ", V, ")");
     return r;
   };
   batch.loss_mask = rows("loss_mask", false);
@@ -232,10 +251,10 @@ void add_forward(CLI::App& app, Action& action) {
     const bool from_prompt = prompt_opt->count() > 0;  // an empty --prompt '' is still a prompt
     action = [o, from_prompt] {
       check_output_file(o->out, "--out", o->overwrite, o->model);
+      check_output_not_input(o->out, "--out", o->inputs, "--inputs");
       G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
       // Before the model loads (minutes for a large one).
-      G4_CHECK(from_prompt || std::filesystem::is_regular_file(o->inputs), "--inputs ", o->inputs,
-               " does not exist or is not a file");
+      if (!from_prompt) io::check_regular_file(o->inputs, "--inputs file");
       auto model = model::load_hf_model(o->model);
       model::ForwardInputs fi;
       NamedTensors prompt_tensors;
@@ -254,6 +273,7 @@ void add_forward(CLI::App& app, Action& action) {
         }
         if (in.has("attention_mask")) fi.attention_mask = in.get("attention_mask").clone();
         if (in.has("labels")) fi.labels = in.get("labels").clone();
+        check_labels(fi.labels, model->config().vocab_size, o->inputs);
         if (in.has("position_ids")) fi.position_ids = in.get("position_ids").clone();
         // Images, video and audio under transformers' names (the model checks them).
         if (in.has("mm_token_type_ids")) fi.mm_token_type_ids = in.get("mm_token_type_ids").clone();

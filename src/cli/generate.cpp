@@ -7,13 +7,13 @@
 // runs one request per line on the batching engine (serve/prompts_file.h, docs/serving.md).
 #include <filesystem>
 #include <iostream>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "cli/generate_diffusion.h"
 #include "cli/media_prompt.h"
 #include "generate/generator.h"
+#include "io/json_input.h"
 #include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 #include "serve/prompts_file.h"
@@ -21,21 +21,11 @@
 namespace g4::cli {
 
 namespace {
-std::vector<int64_t> parse_ids(const std::string& s) {
-  std::vector<int64_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      ids.push_back(std::stoll(item, &used));
-      G4_CHECK(used == item.size(), "");
-    } catch (...) {
-      G4_FAIL("--prompt-ids: '", item, "' is not an integer token id");
-    }
-  }
-  G4_CHECK(!ids.empty(), "--prompt-ids is empty");
-  return ids;
+// The flag's stop ids, checked against the model's vocabulary once it is loaded: the engine's own
+// check would name a "Request" (or the first line of a prompts file) for the flag's mistake.
+void check_stop_ids(const std::vector<int64_t>& ids, int64_t vocab) {
+  for (int64_t id : ids)
+    G4_CHECK(id >= 0 && id < vocab, "--stop-ids: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
 }
 
 struct FileOpts {
@@ -52,12 +42,18 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   // as a mistake of the first line.
   gen::validate(g, 0, 0, gen::OptionStyle::Flag);
   G4_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be >= 1 with --prompts, got ", g.max_new_tokens);
-  G4_CHECK(f.n >= 1, "--n must be >= 1, got ", f.n);
-  G4_CHECK(f.logprobs >= -1, "--logprobs must be >= -1 (-1: none), got ", f.logprobs);
+  // The bounds a line's "n" and "logprobs" have: the flags are the lines' defaults.
+  G4_CHECK(f.n >= 1 && f.n <= serve::kMaxN, "--n must be in [1, ", serve::kMaxN, "], got ", f.n);
+  G4_CHECK(f.logprobs >= -1 && f.logprobs <= serve::kMaxLogprobs, "--logprobs must be in [-1, ", serve::kMaxLogprobs,
+           "] (-1: none), got ", f.logprobs);
   G4_CHECK(f.overwrite || !std::filesystem::exists(f.out), "--out ", f.out,
            " already exists; pass --overwrite to replace it");
   check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
+  check_output_not_input(f.out, "--out", f.prompts, "--prompts");
+  check_output_file_creatable(f.out, "--out");
+  io::check_regular_file(f.prompts, "prompts file");  // its lines are read once the tokenizer is loaded
   LoadedModel loaded = load_for_generation(f.setup);
+  check_stop_ids(g.stop_ids, loaded.model->config().vocab_size);
   serve::Defaults defaults;
   defaults.random_seed = false;
   gen::RequestOptions& d = defaults.options;
@@ -174,24 +170,22 @@ void add_generate(CLI::App& app, Action& action) {
         prompt.push_back(tok->bos_id);
         for (int32_t id : tok->encode(o->text)) prompt.push_back(id);
       } else {
-        prompt = parse_ids(o->prompt);
+        prompt = parse_token_ids(o->prompt, "--prompt-ids");
       }
+      // Ids from --prompt come from the tokenizer: one past the model's vocabulary means a tokenizer
+      // of another model, not a mistyped id.
+      const char* source = o->prompt.empty() ? "--prompt: the tokenizer gave" : "--prompt-ids:";
       for (int64_t id : prompt)
-        G4_CHECK(id >= 0 && id < model->config().vocab_size, "--prompt-ids: token id ", id,
-                 " is outside the vocabulary [0, ", model->config().vocab_size, ")");
+        G4_CHECK(id >= 0 && id < model->config().vocab_size, source, " token id ", id,
+                 " is outside the model's vocabulary [0, ", model->config().vocab_size, ")");
       gen::validate(o->gen, static_cast<int64_t>(prompt.size()), model->config().max_position_embeddings,
                     gen::OptionStyle::Flag);
+      check_stop_ids(o->gen.stop_ids, model->config().vocab_size);
       const auto out = gen::generate(*model, {prompt}, o->gen, {media});
       for (size_t i = prompt.size(); i < out[0].size(); ++i) std::cout << (i > prompt.size() ? "," : "") << out[0][i];
       std::cout << "\n";
-      if (tok) {
-        // Ids past the tokenizer (a model vocabulary larger than its tokenizer's) have no text, as
-        // in the engine's text stream.
-        std::vector<int32_t> fresh;
-        for (size_t i = prompt.size(); i < out[0].size(); ++i)
-          if (out[0][i] < tok->vocab_size()) fresh.push_back(static_cast<int32_t>(out[0][i]));
-        std::cout << tok->decode(fresh) << "\n";
-      }
+      if (tok)
+        std::cout << decode_generated(*tok, {out[0].begin() + std::ptrdiff_t(prompt.size()), out[0].end()}) << "\n";
     };
   });
 }

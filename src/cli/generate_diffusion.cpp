@@ -44,25 +44,6 @@ const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prom
 // Diffusion-only flags that are not generation-config fields.
 const std::set<std::string> kDiffusionOnlyFlags = {"--rng", "--decoder-input-ids", "--self-conditioning-logits"};
 
-std::vector<int64_t> parse_id_list(const std::string& s, const char* flag) {
-  std::vector<int64_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    int64_t id = -1;
-    try {
-      id = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    G4_CHECK(used == item.size() && used > 0, flag, ": '", item, "' is not an integer token id");
-    ids.push_back(id);
-  }
-  G4_CHECK(!ids.empty(), flag, " is empty");
-  return ids;
-}
-
 // One prompt per line: {"prompt_ids": [...]} or {"prompt": "text"} (BOS added, as for --prompt).
 std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io::Tokenizer* tok) {
   const std::string text = io::read_regular_file(path, "prompts file", 1024 * io::kMiB);
@@ -93,10 +74,6 @@ std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io
   }
   G4_CHECK(!prompts.empty(), path, " holds no prompt");
   return prompts;
-}
-
-std::vector<int32_t> narrow_ids(const std::vector<int64_t>& ids) {
-  return {ids.begin(), ids.end()};
 }
 
 }  // namespace
@@ -168,9 +145,14 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   }
   // Flags are checked before the model is loaded (the prompt length only matters for max_length).
   diffusion::parse_generation_config(overrides, "the command line");
-  if (!o.out.empty()) check_output_file(o.out, "--out", o.overwrite, o.model);
-  G4_CHECK(o.out.empty() || o.overwrite || !std::filesystem::exists(o.out), "--out ", o.out,
-           " already exists; pass --overwrite to replace it");
+  if (!o.out.empty()) {
+    check_output_file(o.out, "--out", o.overwrite, o.model);
+    G4_CHECK(o.overwrite || !std::filesystem::exists(o.out), "--out ", o.out,
+             " already exists; pass --overwrite to replace it");
+    check_output_not_input(o.out, "--out", o.prompts, "--prompts");
+    check_output_file_creatable(o.out, "--out");
+  }
+  if (from_file) io::check_regular_file(o.prompts, "prompts file");  // read once the tokenizer is loaded
 
   std::unique_ptr<model::Gemma4> m = model::load_hf_model(o.model);
   // On the GPU the model computes in bf16 and each step's vocabulary-wide work stays there.
@@ -184,7 +166,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     prompts.push_back({tok->bos_id});
     for (int32_t id : tok->encode(o.prompt)) prompts[0].push_back(id);
   } else {
-    prompts.push_back(parse_id_list(o.prompt_ids, "--prompt-ids"));
+    prompts.push_back(parse_token_ids(o.prompt_ids, "--prompt-ids"));
   }
   const io::ModelConfig& mc = m->config();
   for (const auto& p : prompts)
@@ -206,6 +188,16 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   const diffusion::GenerationConfig cfg =
       diffusion::resolve_generation_config(mc.generation_config, model_where, overrides, "the command line", P);
 
+  // An id past the vocabulary is never sampled: an EOS there would never stop a row, and a pad
+  // there would be written into the output as a token the model does not have.
+  auto in_vocab = [&](int64_t id, const char* key, const char* flag) {
+    G4_CHECK(id >= 0 && id < mc.vocab_size, key, " ", id, " (", flag, " or ", model_where,
+             ") is outside the vocabulary [0, ", mc.vocab_size, ")");
+  };
+  if (cfg.eos_token_id)
+    for (int64_t id : *cfg.eos_token_id) in_vocab(id, "eos_token_id", "--eos-token-id");
+  if (cfg.pad_token_id) in_vocab(*cfg.pad_token_id, "pad_token_id", "--pad-token-id");
+
   std::unique_ptr<diffusion::CanvasDraws> draws;
   if (o.rng == "torch-cpu") {
     draws = std::make_unique<diffusion::TorchCpuDraws>(o.seed);
@@ -218,7 +210,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   inputs.attention_mask = Tensor::from_vector(mask, {B, P});
   const int64_t C = mc.canvas_length;
   if (!o.decoder_input_ids.empty()) {
-    std::vector<int64_t> canvas = parse_id_list(o.decoder_input_ids, "--decoder-input-ids");
+    std::vector<int64_t> canvas = parse_token_ids(o.decoder_input_ids, "--decoder-input-ids");
     const int64_t n = static_cast<int64_t>(canvas.size());
     G4_CHECK(n == C || n == B * C, "--decoder-input-ids holds ", n, " ids: give C = ", C,
              " (every row) or B * C = ", B * C, " (row by row)");
@@ -245,14 +237,14 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     if (o.out.empty()) {
       for (size_t i = 0; i < fresh.size(); ++i) std::cout << (i ? "," : "") << fresh[i];
       std::cout << "\n";
-      if (tok) std::cout << tok->decode(narrow_ids(fresh)) << "\n";
+      if (tok) std::cout << decode_generated(*tok, fresh) << "\n";
       continue;
     }
     json line = {{"prompt_ids", prompts[b]},
                  {"output_ids", fresh},
                  {"tokens_per_forward", out.tokens_per_forward[b]},
                  {"steps_per_block", out.steps_per_block}};
-    if (tok) line["text"] = tok->decode(narrow_ids(fresh));
+    if (tok) line["text"] = decode_generated(*tok, fresh);
     jsonl += line.dump() + "\n";
   }
   if (!o.out.empty()) io::write_file_atomic(o.out, jsonl);

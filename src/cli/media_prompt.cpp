@@ -60,8 +60,21 @@ void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt
       ->needs(prompt);
   cmd->add_option("--audio", p.audio, "WAV clip for --prompt, resampled to 16 kHz as transformers does (repeatable; each <|audio|> takes the next)")
       ->needs(prompt);
+  // Checked here: 0 is MediaPromptOptions' "not given", and a bad value found later would be blamed
+  // on processor_config.json.
   cmd->add_option("--max-soft-tokens", p.max_soft_tokens,
                   "image token budget: 70, 140, 280, 560 or 1120 (default: processor_config.json, else 280)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            try {
+              size_t used = 0;
+              const int64_t n = std::stoll(v, &used);
+              if (used == v.size() && io::is_soft_token_budget(n)) return "";
+            } catch (const std::exception&) {
+            }
+            return "must be one of 70, 140, 280, 560, 1120 (as transformers requires), got " + v;
+          },
+          "70|140|280|560|1120"))
       ->needs(prompt);
   if (!videos) return;
   cmd->add_option("--video", p.videos,
@@ -108,6 +121,12 @@ model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::stri
 
   std::string text;
   if (p.chat) {
+    // The turn puts every medium before the text as its own part; a placeholder in the text would be
+    // one more, reported as a count the user never wrote.
+    for (const char* placeholder : {data::kImagePlaceholder, data::kVideoPlaceholder, data::kAudioPlaceholder})
+      G4_CHECK(p.text.find(placeholder) == std::string::npos, "--prompt holds ", placeholder,
+               ", but with --chat the images, videos and clips go before the text as parts of their own: drop the "
+               "placeholders, or leave out --chat to place them in the text");
     data::ChatMessage user{"user", "", {}};
     for (size_t i = 0; i < p.images.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Image, ""});
     for (size_t i = 0; i < p.videos.size(); ++i) user.parts.push_back({data::ChatPart::Kind::Video, ""});

@@ -18,6 +18,14 @@ bool same_path(const fs::path& a, const fs::path& b) {
   return !ea && !eb && ca == cb;
 }
 
+// The same file by two names: equivalent() when both exist (symlinks, hard links), else the same
+// normalised path.
+bool same_file(const fs::path& a, const fs::path& b) {
+  std::error_code ea, eb, ec;
+  if (fs::exists(a, ea) && fs::exists(b, eb)) return fs::equivalent(a, b, ec) && !ec;
+  return same_path(a, b);
+}
+
 // The model files in `dir`: config.json, then the first *.safetensors; empty when it holds none.
 std::string model_file_in(const fs::path& dir) {
   std::error_code ec;
@@ -51,6 +59,47 @@ void check_output_model_dir(const std::string& out, const std::string& what, boo
   if (existing.empty()) return;
   G4_CHECK(overwrite, what, " ", out, " already holds a model (", existing,
            "); refusing to overwrite it: pass --overwrite to replace it, or choose an empty directory");
+}
+
+void check_output_not_input(const std::string& out, const std::string& option, const std::string& input,
+                            const std::string& input_option) {
+  if (out.empty() || input.empty()) return;
+  G4_CHECK(!same_file(out, input), option, " ", out, " is the ", input_option, " file ", input,
+           "; refusing to replace the input with the output (even with --overwrite): write the output elsewhere");
+}
+
+void check_output_file_creatable(const std::string& out, const std::string& option) {
+  std::error_code ec;
+  G4_CHECK(!fs::is_directory(out, ec), option, " ", out, " is a directory; give a file name");
+  const fs::path parent = fs::path(out).parent_path();
+  if (parent.empty()) return;
+  G4_CHECK(fs::exists(parent, ec), option, " ", out, ": the folder ", parent.string(), " does not exist");
+  G4_CHECK(fs::is_directory(parent, ec), option, " ", out, ": ", parent.string(), " is not a folder");
+}
+
+std::vector<int64_t> parse_token_ids(const std::string& s, const std::string& flag) {
+  G4_CHECK(s.find_first_not_of(" \t") != std::string::npos, flag, " is empty");
+  std::vector<int64_t> ids;
+  size_t begin = 0;
+  while (true) {
+    const size_t comma = s.find(',', begin);
+    const std::string item = s.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin);
+    const size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
+    const std::string digits = a == std::string::npos ? "" : item.substr(a, b - a + 1);
+    size_t used = 0;
+    int64_t id = 0;
+    try {
+      if (!digits.empty()) id = std::stoll(digits, &used);
+    } catch (const std::exception&) {  // not a number, or past int64
+      used = 0;
+    }
+    G4_CHECK(!digits.empty() && used == digits.size(), flag, ": '", item, "' is not an integer token id (in '", s,
+             "')");
+    ids.push_back(id);
+    if (comma == std::string::npos) break;
+    begin = comma + 1;
+  }
+  return ids;
 }
 
 void remove_model_files(const std::string& dir) {

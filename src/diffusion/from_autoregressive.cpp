@@ -36,6 +36,10 @@ json ids_json(const std::vector<int64_t>& ids) {
 io::ModelConfig diffusion_config_from(const io::ModelConfig& ar, int64_t canvas_length) {
   if (const char* why = refusal(ar)) G4_FAIL("cannot adapt ", ar.architecture, " into a diffusion_gemma model: ", why);
   G4_CHECK(canvas_length > 0, "--canvas-length must be positive, got ", canvas_length);
+  // A canvas longer than the context could never be denoised (a prompt and one block must fit).
+  G4_CHECK(ar.max_position_embeddings <= 0 || canvas_length < ar.max_position_embeddings, "--canvas-length ",
+           canvas_length, " does not fit the model's context length (max_position_embeddings ",
+           ar.max_position_embeddings, ") with a prompt before it");
   io::ModelConfig c = ar;
   c.raw = json();
   c.generation_config = json();

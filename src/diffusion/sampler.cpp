@@ -306,6 +306,14 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Generat
            "diffusion generate: the generation config is not resolved (resolve_generation_config)");
   const int64_t B = ids.size(0), P = ids.size(1), C = mc.canvas_length, V = mc.vocab_size;
   const int64_t N = *cfg.max_denoising_steps, blocks = (*cfg.max_new_tokens + C - 1) / C;
+  // Every block is a whole canvas: the positions run to P + blocks * C. Past the context the run
+  // would be unbounded in time and memory (--max-new-tokens 10^9), as g4 refuses for the
+  // autoregressive sampler (gen::validate).
+  G4_CHECK(mc.max_position_embeddings <= 0 || P + blocks * C <= mc.max_position_embeddings,
+           "diffusion generate: max_new_tokens ", *cfg.max_new_tokens, " takes ", blocks, " canvas block(s) of ", C,
+           " tokens after the ", P, "-token prompt, ", P + blocks * C,
+           " positions in all, past the model's context length (max_position_embeddings ", mc.max_position_embeddings,
+           "): at most ", std::max<int64_t>(0, (mc.max_position_embeddings - P) / C) * C, " new tokens fit");
   const Tensor prompt = ids.to(Device::CPU).to(DType::I64);
   std::vector<int64_t> seq(prompt.data<int64_t>(), prompt.data<int64_t>() + B * P);
   Tensor mask;

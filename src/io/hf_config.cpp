@@ -246,6 +246,9 @@ void resolve_impl(ModelConfig& c, const std::string& source, const std::string& 
                         std::pair{"sliding_window", c.sliding_window}})
     at_most(key, v, kMaxWidth);
   if (c.hidden_size_per_layer_input > 0) positive("vocab_size_per_layer_input", c.vocab_size_per_layer_input);
+  // 0 is "not given" (no context check); a negative one would silently turn that check off too.
+  if (c.max_position_embeddings < 0)
+    fail("max_position_embeddings", "must be positive, got ", c.max_position_embeddings);
   if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive, got ", c.rms_norm_eps);
   if (c.final_logit_softcapping && !(*c.final_logit_softcapping > 0))
     fail("final_logit_softcapping", "must be positive or null, got ", *c.final_logit_softcapping);

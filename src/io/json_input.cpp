@@ -105,20 +105,38 @@ std::string relative_path_note(const std::string& path) {
   return " (a relative path: taken from the working directory" + (ec ? std::string() : " " + cwd.string()) + ")";
 }
 
-std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes) {
+namespace {
+// Opens `path` for reading and checks that it is a regular file; the caller closes the descriptor.
+int open_regular_file(const std::string& path, const std::string& what, struct stat& st) {
   // Non-blocking, so that opening a FIFO returns at once instead of waiting for a writer.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   const int open_err = errno;
   G4_CHECK(fd >= 0, "cannot open ", what, " ", path, ": ", std::strerror(open_err),
            open_err == ENOENT ? relative_path_note(path) : std::string());
-  struct stat st {};
   const bool stat_ok = ::fstat(fd, &st) == 0;
   const int stat_err = errno;
-  std::string bytes;
   try {
     G4_CHECK(stat_ok, "cannot stat ", what, " ", path, ": ", std::strerror(stat_err));
     G4_CHECK(!S_ISDIR(st.st_mode), what, " ", path, " is a directory, expected a file");
     G4_CHECK(S_ISREG(st.st_mode), what, " ", path, " is not a regular file (a FIFO, socket or device?)");
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  return fd;
+}
+}  // namespace
+
+void check_regular_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  ::close(open_regular_file(path, what, st));
+}
+
+std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes) {
+  struct stat st {};
+  const int fd = open_regular_file(path, what, st);
+  std::string bytes;
+  try {
     const size_t size = static_cast<size_t>(st.st_size);
     G4_CHECK(size <= max_bytes, what, " ", path, " is ", size, " bytes, more than the limit of ", limit_str(max_bytes));
     try {

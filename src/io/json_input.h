@@ -39,6 +39,9 @@ nlohmann::json parse_json(std::string_view text, const std::string& what, size_t
 // without blocking (the file is opened non-blocking and checked before any read), as are files
 // larger than max_bytes. `what` names the file's role ("config", "tokenizer").
 std::string read_regular_file(const std::string& path, const std::string& what, size_t max_bytes);
+// The errors read_regular_file gives for a file that is missing, unreadable or not a regular file,
+// without reading it: for commands that read an input only after loading a model (minutes).
+void check_regular_file(const std::string& path, const std::string& what);
 
 // For "does not exist" errors: "" for an absolute path, else a note that it was taken from the
 // working directory (named): recipes name their files relative to where g4 runs, not to the recipe.

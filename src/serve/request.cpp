@@ -20,10 +20,8 @@ using nlohmann::json;
 
 namespace {
 
-// Bounds the work one request may ask for; OpenAI's own limits are lower still (n <= 128,
-// logprobs <= 5 for completions, top_logprobs <= 20, 4 stop strings).
-constexpr int64_t kMaxN = 128;
-constexpr int64_t kMaxLogprobs = 20;
+// Bounds the work one request may ask for (kMaxN and kMaxLogprobs: request.h); OpenAI's own limits
+// are lower still (logprobs <= 5 for completions, 4 stop strings).
 constexpr size_t kMaxStops = 16;
 constexpr int64_t kMaxStopIds = 64;
 
@@ -431,8 +429,11 @@ bool has_media_parts(const json* content) {
   return false;
 }
 
+// `file`: a line of a prompts file, g4's own format, read as strictly as g4 train's chat data: a
+// message holds "role" and "content" and nothing else, so that a misspelt key ("contents") is an
+// error rather than an empty turn. The API stays as lenient as vLLM (clients send name, refusal, ...).
 std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, bool add_generation_prompt,
-                                   gen::RequestMedia& request_media) {
+                                   gen::RequestMedia& request_media, bool file = false) {
   const json* v = field(body, "messages");
   if (!v) bad("messages", "missing 'messages'");
   if (!v->is_array()) bad("messages", "'messages' must be a list of {role, content} objects, got " + type_of(*v));
@@ -445,6 +446,12 @@ std::vector<int64_t> read_messages(const json& body, const ModelInfo& model, boo
     if (!m.is_object()) bad("messages", at + " must be a {role, content} object, got " + type_of(m));
     const json* role = field(m, "role");
     if (!role || !role->is_string()) bad("messages", at + ".role must be a string");
+    if (file) {
+      for (const auto& [key, value] : m.items())
+        if (key != "role" && key != "content")
+          bad("messages", at + ": unknown key '" + key + "' (a prompts-file message holds 'role' and 'content')");
+      if (!field(m, "content")) bad("messages", at + ": missing 'content'");
+    }
     if (field(m, "tool_calls")) bad("messages", at + ": tool calls are not supported");
     const json* content = field(m, "content");
     if (!has_media_parts(content)) {
@@ -506,7 +513,7 @@ std::vector<int64_t> read_prompt(const json& body, Api api, const ModelInfo& mod
   const int given = int(field(body, "prompt") != nullptr) + int(field(body, "prompt_ids") != nullptr) +
                     int(field(body, "messages") != nullptr);
   if (given != 1) bad("prompt", "a line needs exactly one of 'prompt', 'prompt_ids' or 'messages'");
-  if (field(body, "messages")) return read_messages(body, model, true, media);
+  if (field(body, "messages")) return read_messages(body, model, true, media, /*file=*/true);
   if (const json* p = field(body, "prompt")) {
     if (!p->is_string())
       bad("prompt", "'prompt' must be a string, got " + type_of(*p) + " (token ids go in 'prompt_ids')");

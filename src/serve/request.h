@@ -57,6 +57,11 @@ struct ModelInfo {
 };
 
 // Values for the fields a request leaves out.
+// The largest n and logprobs (top_logprobs) a request may ask for, as OpenAI bounds them; `g4
+// generate --prompts` holds its --n and --logprobs flags (every line's defaults) to the same.
+constexpr int64_t kMaxN = 128;
+constexpr int64_t kMaxLogprobs = 20;
+
 struct Defaults {
   gen::RequestOptions options;  // options.max_tokens 0: up to the model's context
   bool random_seed = true;      // a request without a seed gets a fresh random one (else options' seed)

@@ -5,9 +5,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/random.h"
 #include "io/safetensors.h"
@@ -378,6 +381,234 @@ TEST(Cli, InspectAndConvertKnowDiffusionModels) {
                {"cannot adapt", "routed experts"});
   expect_error(run("convert " + fixture + " " + (dir / "y").string() + " --canvas-length 4"),
                {"--canvas-length", "--to-diffusion"});
+  fs::remove_all(dir);
+}
+
+// tools/probe_cli.py's findings (docs/reliability.md, "Probed: tools/probe_cli.py").
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream(p, std::ios::binary) << text;
+}
+
+TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
+  const fs::path dir = temp_dir("out_is_input");
+  const std::string line = "{\"prompt_ids\": [5, 6]}\n";
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, line);
+  fs::create_directories(dir / "sub");
+  fs::create_symlink(in, dir / "link.jsonl");
+  // --overwrite replaces an existing OUT, never the prompts being read: by its own name, through
+  // "sub/..", or through a symlink; autoregressive and diffusion models alike.
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    for (const fs::path& out : {in, dir / "sub" / ".." / "in.jsonl", dir / "link.jsonl"})
+      expect_error(run("generate " + model + " --prompts " + in.string() + " --out " + out.string() +
+                       " --overwrite --max-new-tokens 8"),
+                   {"--out", "is the --prompts file", "even with --overwrite"});
+    EXPECT_EQ(read_text(in), line);
+  }
+  const std::string inputs = (dir / "in.safetensors").string();
+  io::save_safetensors(inputs, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6}, {1, 2})}});
+  const std::string before = read_text(inputs);
+  expect_error(
+      run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + inputs + " --out " + inputs + " --overwrite"),
+      {"--out", "is the --inputs file", "even with --overwrite"});
+  EXPECT_EQ(read_text(inputs), before);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, GenerateRefusesAnUnwritableOutBeforeRunning) {
+  const fs::path dir = temp_dir("out_unwritable");
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, "{\"prompt_ids\": [5, 6]}\n");
+  fs::create_directories(dir / "adir");
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --prompts " + in.string() + " --max-new-tokens 8 --out ";
+    // Before the fix both came after the whole batch had run, naming OUT.tmp.
+    ProcessResult r = run(gen + (dir / "no" / "out.jsonl").string());
+    expect_error(r, {"--out", (dir / "no").string() + " does not exist"});
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+    r = run(gen + (dir / "adir").string() + " --overwrite");
+    expect_error(r, {"--out", "adir is a directory"});
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+  }
+  EXPECT_TRUE(fs::is_empty(dir / "adir"));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, InputFilesAreCheckedBeforeTheModelLoads) {
+  // Models whose weights cannot load: an error about them means the input file was looked at late
+  // (after minutes of loading, for a large model).
+  const fs::path dir = temp_dir("inputs_first");
+  for (const std::string& name :
+       {std::string("hf-gemma4/tiny-dense-ple"), std::string("hf-diffusion-gemma/tiny-dg-a")}) {
+    const fs::path model = dir / fs::path(name).filename();
+    fs::create_directories(model);
+    fs::copy_file(kData + "/" + name + "/config.json", model / "config.json");
+    write_text(model / "model.safetensors", "");
+    const std::string missing = (dir / "missing.jsonl").string();
+    ProcessResult r = run("generate " + model.string() + " --prompts " + missing + " --out " +
+                          (dir / "out.jsonl").string() + " --max-new-tokens 8");
+    expect_error(r, {"cannot open prompts file " + missing});
+    EXPECT_EQ(r.output.find("model.safetensors"), std::string::npos) << r.output;
+    r = run("generate " + model.string() + " --prompts " + dir.string() + " --out " + (dir / "out.jsonl").string() +
+            " --max-new-tokens 8");
+    expect_error(r, {"prompts file " + dir.string() + " is a directory"});
+  }
+  const ProcessResult r = run("forward " + (dir / "tiny-dense-ple").string() + " --inputs " +
+                              (dir / "missing.safetensors").string() + " --out " + (dir / "o.safetensors").string());
+  expect_error(r, {"cannot open --inputs file " + (dir / "missing.safetensors").string()});
+  fs::remove_all(dir);
+}
+
+TEST(Cli, PromptsFileFlagsHaveTheLinesBounds) {
+  const fs::path dir = temp_dir("prompts_flags");
+  const fs::path in = dir / "in.jsonl";
+  write_text(in, "{\"prompt_ids\": [5]}\n");
+  const std::string gen = "generate " + kData + "/hf-gemma4/tiny-dense-ple --prompts " + in.string() + " --out " +
+                          (dir / "out.jsonl").string() + " --max-new-tokens 2 ";
+  // --logprobs 50 ran (a line may ask for 20 at most) and --n 200 ran 200 samples (a line: 128);
+  // --n 1000 and a bad --stop-ids were blamed on line 1 of the prompts file.
+  expect_error(run(gen + "--logprobs 50"), {"--logprobs must be in [-1, 20]"});
+  for (const char* n : {"200", "1000", "0"}) expect_error(run(gen + "--n " + n), {"--n must be in [1, 128]"});
+  for (const char* id : {"999", "-1"}) {
+    const ProcessResult r = run(gen + "--stop-ids=" + id);
+    expect_error(r, {"--stop-ids: token id " + std::string(id), "[0, 256)"});
+    EXPECT_EQ(r.output.find("in.jsonl:1"), std::string::npos) << r.output;
+  }
+  expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --prompt-ids 5 --stop-ids 999"),
+               {"--stop-ids: token id 999"});
+  EXPECT_FALSE(fs::exists(dir / "out.jsonl"));
+  fs::remove_all(dir);
+}
+
+// plain.json cut to its first `n` ids: a tokenizer smaller than the tiny models' 256-id vocabulary.
+std::string small_tokenizer(const fs::path& dir, int64_t n) {
+  nlohmann::json t = nlohmann::json::parse(read_text(kData + "/tokenizers/plain.json"));
+  nlohmann::json& m = t["model"];
+  nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array(), added = nlohmann::json::array();
+  for (const auto& [piece, id] : m["vocab"].items())
+    if (id.get<int64_t>() < n) vocab[piece] = id;
+  for (const nlohmann::json& mg : m["merges"]) {
+    const std::string a = mg[0], b = mg[1];
+    if (vocab.contains(a) && vocab.contains(b) && vocab.contains(a + b)) merges.push_back(mg);
+  }
+  for (const nlohmann::json& a : t["added_tokens"])
+    if (a["id"].get<int64_t>() < n) added.push_back(a);
+  m["vocab"] = vocab;
+  m["merges"] = merges;
+  t["added_tokens"] = added;
+  const std::string path = (dir / "small-tokenizer.json").string();
+  write_text(path, t.dump());
+  return path;
+}
+
+TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
+  const fs::path dir = temp_dir("small_tokenizer");
+  const std::string tok = small_tokenizer(dir, 100);
+  const fs::path in = dir / "in.jsonl", out = dir / "out.jsonl";
+  write_text(in, "{\"prompt_ids\": [5, 6]}\n");
+  // The diffusion command decoded every id and failed after sampling ("token id 220 is not in the
+  // vocabulary (100 ids)"), losing the whole --out; the autoregressive one left such ids out.
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --max-new-tokens 8 --tokenizer " + tok;
+    const ProcessResult one = run(gen + " --prompt-ids 5,6");
+    EXPECT_EQ(one.code, 0) << one.output;
+    fs::remove(out);
+    const ProcessResult file = run(gen + " --prompts " + in.string() + " --out " + out.string());
+    ASSERT_EQ(file.code, 0) << file.output;
+    const nlohmann::json line = nlohmann::json::parse(read_text(out));
+    EXPECT_TRUE(line["text"].is_string()) << line.dump();
+  }
+  // A tokenizer of more ids than the model: a --prompt id past the model is the tokenizer's.
+  expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --max-new-tokens 2 --tokenizer " + kData +
+                   "/tokenizers/plain.json --prompt 'your God have'"),
+               {"--prompt: the tokenizer gave token id", "outside the model's vocabulary [0, 256)"});
+  fs::remove_all(dir);
+}
+
+TEST(Cli, PromptIdListsRefuseEmptyItems) {
+  for (const std::string& model : {kData + "/hf-gemma4/tiny-dense-ple", kData + "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + model + " --max-new-tokens 8 --prompt-ids ";
+    // "5," ran as "5" (std::getline drops a last empty item): a list cut short must not run.
+    for (const char* bad : {"5,", "5,,7", ",5", "'5;6'", "'5 6'", "0x10"})
+      expect_error(run(gen + bad), {"--prompt-ids", "is not an integer token id"});
+    const ProcessResult spaced = run(gen + "'5, 6'"), plain = run(gen + "5,6");
+    ASSERT_EQ(spaced.code, 0) << spaced.output;
+    EXPECT_EQ(spaced.output, plain.output);
+  }
+}
+
+TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
+  const std::string gen = "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-new-tokens 8 ";
+  // An EOS past the vocabulary never stopped a row; a pad past it was written into the output.
+  expect_error(run(gen + "--eos-token-id 1,999"), {"eos_token_id 999", "--eos-token-id", "[0, 256)"});
+  expect_error(run(gen + "--pad-token-id 256"), {"pad_token_id 256", "--pad-token-id", "[0, 256)"});
+  EXPECT_EQ(run(gen + "--eos-token-id 1,255 --pad-token-id 0").code, 0);
+}
+
+TEST(Cli, DiffusionRunsPastTheContextAreRefused) {
+  // tiny-dg-a: context 1024, canvas 8. --max-new-tokens 10^9 ran unbounded (every block a whole
+  // canvas); the autoregressive sampler refused it already.
+  const std::string gen =
+      "generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompt-ids 5,6 --max-denoising-steps 1 ";
+  expect_error(run(gen + "--max-new-tokens 1000000000"),
+               {"max_new_tokens 1000000000", "max_position_embeddings 1024", "at most 1016 new tokens fit"});
+  // 2 + 128 blocks of 8 = 1026 positions: one block too many; 1016 new tokens (127 blocks) fit.
+  expect_error(run(gen + "--max-new-tokens 1017"), {"1026 positions", "max_position_embeddings 1024"});
+  // A canvas as long as the context leaves no room for a prompt.
+  const fs::path dir = temp_dir("canvas_past_context");
+  expect_error(
+      run("convert " + kData + "/hf-gemma4/tiny-moe " + (dir / "o").string() + " --to-diffusion --canvas-length 4096"),
+      {"--canvas-length 4096", "max_position_embeddings 4096"});
+  EXPECT_FALSE(fs::exists(dir / "o" / "config.json"));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ForwardNamesIdsOutsideTheVocabulary) {
+  const fs::path dir = temp_dir("forward_labels");
+  const std::string in = (dir / "in.safetensors").string(), out = (dir / "out.safetensors").string();
+  io::save_safetensors(in, {{"input_ids", Tensor::from_vector(std::vector<int64_t>{5, 6, 7}, {1, 3})},
+                            {"labels", Tensor::from_vector(std::vector<int64_t>{6, -100, 300}, {1, 3})}});
+  expect_error(run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + in + " --out " + out),
+               {"labels in " + in, "300", "[0, 256)"});
+  EXPECT_FALSE(fs::exists(out));
+  // A diffusion model: the encoder's labels, and Automodel's corrupted rows (named canvas_ids, a
+  // tensor the file does not hold, before).
+  const std::string dg = kData + "/hf-diffusion-gemma/tiny-dg-a";
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>(16, 5), {1, 16});
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"decoder_input_ids", Tensor::from_vector(std::vector<int64_t>(8, 1), {1, 8})},
+                            {"labels", Tensor::from_vector(std::vector<int64_t>(16, 300), {1, 16})}});
+  expect_error(run("forward " + dg + " --inputs " + in + " --out " + out), {"labels in " + in, "300"});
+  std::vector<int64_t> loss_mask(16, 0), noisy(16, 5);
+  std::fill(loss_mask.begin() + 8, loss_mask.end(), 1);
+  noisy[12] = 999;
+  io::save_safetensors(in, {{"input_ids", ids},
+                            {"loss_mask", Tensor::from_vector(loss_mask, {1, 16})},
+                            {"noisy_input_ids", Tensor::from_vector(noisy, {1, 16})},
+                            {"selected_block", Tensor::from_vector(std::vector<int64_t>{0}, {1})}});
+  expect_error(run("forward " + dg + " --inputs " + in + " --out " + out),
+               {"noisy_input_ids in " + in + " holds 999 at flat position 12", "[0, 256)"});
+  EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ConvertMaxShardGbMustBeAPositiveNumber) {
+  const fs::path dir = temp_dir("max_shard");
+  // NaN passed CLI::PositiveNumber and was cast to size_t (undefined behaviour); 1e30 overflowed it.
+  for (const char* bad : {"nan", "0", "-1", "1e30", "x"}) {
+    const ProcessResult r =
+        run("convert " + kData + "/hf-gemma4/tiny-dense-ple " + (dir / "o").string() + " --max-shard-gb=" + bad);
+    EXPECT_NE(r.code, 0) << bad;
+    EXPECT_NE(r.output.find("--max-shard-gb"), std::string::npos) << r.output;
+    EXPECT_LT(r.output.size(), 300u) << r.output;  // not CLI11's 300-digit range
+    EXPECT_FALSE(fs::exists(dir / "o" / "config.json")) << bad;
+  }
   fs::remove_all(dir);
 }
 

@@ -184,10 +184,22 @@ TEST(CliForwardImage, BadInputsAreNamed) {
                    " --out " + out);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--prompt has 2 image placeholder(s)"), std::string::npos) << r.output;
-  r = test::run_g4("forward " + dir.string() + " --prompt x --image " + fixture_image() +
-                   " --max-soft-tokens 100 --out " + out);
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.output.find("max_soft_tokens"), std::string::npos) << r.output;
+  // The flag is named (it was blamed on processor_config.json), and an explicit 0 (the "not given"
+  // of MediaPromptOptions, so silently the default budget) is refused too (tools/probe_cli.py).
+  for (const char* budget : {"100", "0", "-70", "x"}) {
+    r = test::run_g4("forward " + dir.string() + " --prompt x --image " + fixture_image() + " --max-soft-tokens " +
+                     budget + " --out " + out);
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.output.find("--max-soft-tokens"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("must be one of 70, 140, 280, 560, 1120"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("processor_config.json"), std::string::npos) << r.output;
+  }
+  // With --chat the media are parts of their own before the text: a placeholder in the text was
+  // reported as "4 image placeholder(s) for 2 image(s)".
+  r = test::run_g4("forward " + dir.string() + " --chat --prompt '<|image|>x' --image " + fixture_image() + " --out " +
+                   out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--prompt holds <|image|>, but with --chat"), std::string::npos) << r.output;
   r = test::run_g4("forward " + dir.string() + " --out " + out);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--inputs or --prompt"), std::string::npos) << r.output;

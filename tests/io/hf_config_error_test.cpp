@@ -169,6 +169,13 @@ TEST(HfConfigErrors, AbsurdSizesAreRefusedBeforeUse) {
   j = flat();
   j["per_layer_config"]["2"]["head_dim"] = int64_t(1) << 40;
   EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'per_layer_config.2.head_dim'", "more than g4 supports");
+  // tools/probe_cli.py: a negative context length was read as "none given", turning the context
+  // checks off; 0 keeps meaning that.
+  j = flat();
+  j["max_position_embeddings"] = -1;
+  EXPECT_G4_ERROR(parse_model_config(j, kSrc), kSrc, "'max_position_embeddings'", "must be positive, got -1");
+  j["max_position_embeddings"] = 0;
+  EXPECT_EQ(parse_model_config(j, kSrc).max_position_embeddings, 0);
 }
 
 json diffusion() {

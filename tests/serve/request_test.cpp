@@ -258,6 +258,15 @@ TEST_F(RequestTest, PromptsFileLinesAreStrictAndNamedByLine) {
             "prompt|400||'prompt' must be a string, got an array (token ids go in 'prompt_ids')");
   EXPECT_EQ(refusal(R"({"prompt_ids": [5], "stream": true})", Api::File).substr(0, 32),
             "stream|400||unknown key 'stream'");
+  // A message's keys too (tools/probe_cli.py): "contents" was read as an empty turn. The API keeps
+  // vLLM's leniency (a message without content is an empty turn there).
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "contents": "hi"}]})", Api::File),
+            "messages|400||messages[0]: unknown key 'contents' (a prompts-file message holds 'role' and 'content')");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user"}]})", Api::File), "messages|400||messages[0]: missing 'content'");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "a"}, {"role": "user"}]})", Api::File),
+            "messages|400||messages[1]: missing 'content'");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user", "content": "hi", "name": "x"}]})", Api::Chat), "accepted");
+  EXPECT_EQ(refusal(R"({"messages": [{"role": "user"}]})", Api::Chat), "accepted");
 
   namespace fs = std::filesystem;
   const fs::path dir = test::scratch_dir("serve_prompts");
