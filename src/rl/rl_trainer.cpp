@@ -164,6 +164,12 @@ RlResult RlTrainer::run() {
                      tmpe == prep.metrics.end() ? 1.0 : tmpe->second,
                      tmpe == prep.metrics.end() ? 1.0 : prep.metrics.at("token_mult_prob_error_max"), gen_s, lp_s,
                      train_s);
+        if (prep.metrics.at("groups_with_spread") == 0)
+          std::fprintf(stderr,
+                       "step %lld: no reward spread: every prompt's samples scored alike, so every advantage is 0 "
+                       "and the policy-gradient term is 0 (only a KL penalty or weight decay moved the weights); "
+                       "grpo.use_dynamic_sampling skips such groups\n",
+                       static_cast<long long>(step));
       }
     }
     if (validating && (step % r_.validation_every == 0 || step == r_.steps)) validate();

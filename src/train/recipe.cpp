@@ -554,6 +554,10 @@ void check_rl(Recipe& r, const std::string& source) {
   G4_CHECK(rl.dynamic_sampling || rl.batch_multiplier == 1.0, source, ": 'grpo.batch_multiplier' is ",
            rl.batch_multiplier, " but 'grpo.use_dynamic_sampling' is false (more prompts per round only serve "
            "dynamic sampling)");
+  // A group of one sample is its own baseline: every advantage would be 0 and no step would learn.
+  G4_CHECK(rl.generations_per_prompt >= 2, source, ": 'grpo.num_generations_per_prompt' is ",
+           rl.generations_per_prompt, ", but GRPO compares the samples of a prompt with each other: with one sample "
+           "its baseline is its own reward, every advantage is 0 and the policy never changes; use 2 or more");
   const int64_t samples = rl.prompts_per_step * rl.generations_per_prompt;
   G4_CHECK(rl.global_batch_size == 0 || samples % rl.global_batch_size == 0, source, ": 'train.global_batch_size' ",
            rl.global_batch_size, " must divide the samples of a step (grpo.num_prompts_per_step x "

@@ -188,6 +188,46 @@ TEST(GrpoRun, BadRecipesNameTheKey) {
                                   train::Command::kRl));
   });
   EXPECT_NE(e.find("none.jsonl"), std::string::npos) << e;
+  // Probed (tools/probe_rl.py): a group of one sample never learns (its own baseline); the task's
+  // difficulty was refused without the key.
+  e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"grpo.num_generations_per_prompt=1"}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("'grpo.num_generations_per_prompt' is 1"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"prompts.task_difficulty=99"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("'prompts.task_difficulty' is 99"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
+// Probed: a step whose groups all scored alike trained on zero advantages without a word; it now
+// logs groups_with_spread and says so. Rewards whose squares overflow a double made NaN
+// advantages, reported as a non-finite loss to be fixed with the learning rate.
+TEST(GrpoRun, DegenerateRewardsAreSaid) {
+  const fs::path dir = test::scratch_dir("grpo_degenerate");
+  const std::string recipe = tiny_rl_recipe(dir);
+  testing::internal::CaptureStderr();
+  rl::run_rl(train::load_recipe(recipe, {"reward.pattern=QQQ#never", "train.steps=1", "log.validation_every=0"},
+                                train::Command::kRl));
+  const std::string err = testing::internal::GetCapturedStderr();
+  const std::vector<nlohmann::json> log = read_log(dir / "run" / "metrics.jsonl");
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0]["groups_with_spread"].get<double>(), 0.0);
+  EXPECT_EQ(log[0]["loss"].get<double>(), 0.0);
+  EXPECT_NE(err.find("step 1: no reward spread"), std::string::npos) << err;
+  // The regex base recipe's groups do differ.
+  rl::run_rl(train::load_recipe(recipe, {"train.steps=1", "log.validation_every=0", "checkpoint.dir=" +
+                                         (dir / "spread").string()}, train::Command::kRl));
+  EXPECT_GT(read_log(dir / "spread" / "metrics.jsonl").at(0)["groups_with_spread"].get<double>(), 0.0);
+
+  const std::string e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"reward.kind=command", "reward.pattern=''",
+                                           R"(reward.command="awk '{print (NR % 2) * 1e308}'")",
+                                           "grpo.reward_scaling.enabled=false", "checkpoint.dir=" +
+                                           (dir / "huge").string()}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("reward.kind command returned rewards up to 1e+308"), std::string::npos) << e;
+  EXPECT_NE(e.find("grpo.reward_scaling"), std::string::npos) << e;
   fs::remove_all(dir);
 }
 
