@@ -166,6 +166,8 @@ RECIPE_ERRORS = [
     (["grpo.val_samples_per_prompt=0"], ["'grpo.val_samples_per_prompt' must be > 0"]),
     (["lora.rank=-1"], ["'lora.rank' must be >= 0"]),
     (["train.device=cuda"], ["'train.device' is cuda"]),
+    (["generation.stop_strings=['']"], ["'generation.stop_strings' holds an empty string"]),
+    (["generation.page_size=100000000"], ["generation.page_size 100000000"]),
 ]
 
 for _over, _wants in RECIPE_ERRORS:
@@ -244,6 +246,10 @@ DATA_CASES = [
      ["two-answers.jsonl:6", "keep one ground truth"]),
     ("prompt-and-messages.jsonl", PLAIN + prompt_lines({"prompt": "q", "messages": [{"role": "user", "content": "q"}]}),
      [], ["prompt-and-messages.jsonl:6", "not both"]),
+    # The countdown reward reads each line's numbers and target: a line without them is refused as the file is read.
+    ("countdown-no-numbers.jsonl", prompt_lines({"prompt": "Make 5 from 2 3", "numbers": [2, 3], "target": 5},
+                                                {"prompt": "Make 6"}),
+     ["reward.kind=countdown"], ["countdown-no-numbers.jsonl:2", "'numbers'"]),
     # Longer than prompts.max_input_seq_length: skipped and counted.
     ("long-skipped.jsonl", PLAIN + prompt_lines({"prompt": "word " * 300, "answer": "1"}),
      ["prompts.max_input_seq_length=200"], None),
@@ -259,7 +265,7 @@ DATA_CASES = [
 for _name, _data, _over, _wants in DATA_CASES:
     def _fn(ctx, name=_name, data=_data, over=_over, wants=_wants):
         extra = ["reward.kind=exact", "reward.pattern=''"] if "reward.kind=exact" in over else []
-        extra += ["reward.pattern=''"] if "reward.kind=dapo_math" in over else []
+        extra += ["reward.pattern=''"] if "reward.kind=dapo_math" in over or "reward.kind=countdown" in over else []
         args = file_prompts(ctx, name, data, "train.steps=1", *over, *extra)
         if wants is None:
             expect_success("data", name, ctx.g4, args, ["skipped"] if "skipped" in name else [])
@@ -336,6 +342,20 @@ for _name, _cmd, _over, _wants in REWARD_ERRORS:
     def _fn(ctx, name=_name, cmd=_cmd, over=_over, wants=_wants):
         expect_error("reward", name, ctx.g4, command_args(ctx, name, cmd, *over), wants)
     CASES.append(("reward", _name, _fn))
+
+
+@case("reward", "reward.timeout_s=1e12 (meant as never)")
+def _(ctx):
+    expect_success("reward", "reward.timeout_s=1e12 (meant as never) runs", ctx.g4,
+                   command_args(ctx, "long-timeout", "awk '{print NR % 2}'", "reward.timeout_s=1e12", "train.steps=1"))
+
+
+@case("reward", "huge raw rewards clamped by reward scaling, with validation")
+def _(ctx):
+    # Scaling clamps what trains, but the accuracy metrics average the raw rewards: 1e308s overflow that sum.
+    expect_error("reward", "huge raw rewards clamped by reward scaling, with validation: an error naming them", ctx.g4,
+                 command_args(ctx, "huge-val", "awk '{print 1e308}'", "log.validation_every=1"),
+                 ["reward.kind command returned rewards up to 1e+308", "too large to average"])
 
 
 @case("reward", "not executable")

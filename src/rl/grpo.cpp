@@ -170,18 +170,19 @@ std::vector<double> logprobs(const model::Gemma4& model, const model::ForwardInp
   return std::vector<double>(lp.data<double>(), lp.data<double>() + lp.numel());
 }
 
-// The baselines and standard deviations sum rewards and their squares: rewards whose squares
-// overflow a double would turn the advantages into NaN (a non-finite loss, blamed on the learning
-// rate) or 0 (an infinite std, silently).
-void check_reward_range(const std::vector<double>& rewards, const train::RlSettings& rl) {
-  double squares = 0, largest = 0;
+// The baselines and standard deviations sum rewards and their squares (`squares`; the accuracy
+// metrics only the raw rewards): rewards whose sum overflows a double would turn the advantages
+// into NaN (a non-finite loss, blamed on the learning rate) or 0 (an infinite std, silently), and
+// write an infinite accuracy to metrics.jsonl.
+void check_reward_range(const std::vector<double>& rewards, const train::RlSettings& rl, bool squares) {
+  double sum = 0, largest = 0;
   for (double r : rewards) {
-    squares += r * r;
+    sum += squares ? r * r : std::abs(r);
     largest = std::max(largest, std::abs(r));
   }
-  G4_CHECK(std::isfinite(squares), "reward.kind ", rl.reward, " returned rewards up to ", largest,
-           " in magnitude, too large to average (their squares overflow a double); map them onto a smaller range "
-           "with grpo.reward_scaling or return smaller values");
+  G4_CHECK(std::isfinite(sum), "reward.kind ", rl.reward, " returned rewards up to ", largest,
+           " in magnitude, too large to average (their ", squares ? "squares overflow" : "sum overflows",
+           " a double); map them onto a smaller range with grpo.reward_scaling or return smaller values");
 }
 
 double mean(const std::vector<double>& v) {
@@ -296,12 +297,13 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
       generated_tokens += lens[i];
       prompt_rows[i] = round[i].prompt_ids;
     }
+    check_reward_range(rewards, rl, false);  // raw: the accuracy averages them
     scale_rewards(rewards, {rl.reward_scaling, rl.scaling_source_min, rl.scaling_source_max, rl.scaling_target_min,
                             rl.scaling_target_max});
     const std::vector<double> unshaped = rewards;
     shape_rewards(rewards, lens, {rl.overlong_shaping, rl.overlong_buffer_length, rl.overlong_penalty,
                                   rl.max_response_length});
-    check_reward_range(rewards, rl);
+    check_reward_range(rewards, rl, true);
     step_shaped.insert(step_shaped.end(), rewards.begin(), rewards.end());
     const std::vector<int64_t> groups = group_by_prompt(prompt_rows);
     groups_generated += groups.empty() ? 0 : *std::max_element(groups.begin(), groups.end()) + 1;
@@ -460,10 +462,13 @@ train::Metrics GrpoObjective::validate(const model::Gemma4& model) {
   o.seed ^= kValidationSeedSalt;
   const std::vector<Rollout> out = m.rollouts(model, prompts, draws, m.rl.val_samples_per_prompt, o);
   double correct = 0, length = 0;
+  std::vector<double> rewards;
   for (const Rollout& r : out) {
     correct += r.env_reward;
+    rewards.push_back(r.env_reward);
     length += static_cast<double>(r.response_ids.size());
   }
+  check_reward_range(rewards, m.rl, false);
   const double n = static_cast<double>(out.size());
   return {{"validation_accuracy", correct / n}, {"validation_response_length", length / n}};
 }

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "rl/rewards.h"
 #include "rl/rollouts.h"
 
 namespace g4::rl {
@@ -83,6 +84,7 @@ void PromptStream::check(const PromptExample& p, bool generated) const {
   G4_CHECK(p.has_answer || !reward_reads_answer(rl_), p.where,
            ": no ground truth ('answer', 'ground_truth' or 'reward_model.ground_truth'), which reward.kind ", rl_.reward,
            rl_.reward == "regex" ? " (its {answer})" : "", " compares every response with: the prompt could only score 0");
+  check_prompt_fields(rl_.reward, p.extra, p.where);
 }
 
 PromptExample PromptStream::draw(int64_t d) {

@@ -390,20 +390,19 @@ class CountdownParser {
 };
 
 // The problem's numbers and target from the prompt's extra fields; a data error, not a bad response.
-std::pair<std::vector<int64_t>, int64_t> countdown_problem(const RewardInput& in) {
-  const json& x = in.extra;
+// `which` names the prompt.
+std::pair<std::vector<int64_t>, int64_t> countdown_problem(const json& x, const std::string& which) {
   const bool ok =
       x.is_object() && x.contains("numbers") && x["numbers"].is_array() && x.contains("target") &&
       x["target"].is_number_integer() &&
       std::all_of(x["numbers"].begin(), x["numbers"].end(), [](const json& n) { return n.is_number_integer(); });
-  G4_CHECK(ok, "reward.kind countdown needs the prompt's fields 'numbers' (a list of integers) and 'target' (an ",
-           "integer); the prompt '", in.prompt.substr(0, 80), "' has ",
-           x.dump(-1, ' ', false, json::error_handler_t::replace));
+  G4_CHECK(ok, which, ": reward.kind countdown needs the prompt's fields 'numbers' (a list of integers) and 'target' ",
+           "(an integer); it has ", x.dump(-1, ' ', false, json::error_handler_t::replace));
   return {x["numbers"].get<std::vector<int64_t>>(), x["target"].get<int64_t>()};
 }
 
 double countdown_score(const RewardInput& in) {
-  auto [numbers, target] = countdown_problem(in);
+  auto [numbers, target] = countdown_problem(in.extra, "the prompt '" + in.prompt.substr(0, 80) + "'");
   const std::optional<std::string> value = answer_value(in.response);
   if (!value) return 0.0;
   CountdownParser parser(*value);
@@ -609,8 +608,10 @@ CommandRun run_command(const std::string& command, const std::string& input, dou
   for (int fd : {in.get(), out.get(), err.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
 
   using Clock = std::chrono::steady_clock;
-  const auto deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  // A timeout meant as "never" (1e12 s) would overflow the clock's nanoseconds into the past.
+  constexpr double kLongestTimeout = 1e9;  // about 31 years
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(std::min(timeout_s, kLongestTimeout)));
   const auto ms_left = [&] {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     return static_cast<int>(std::clamp<int64_t>(left, 0, 1000));
@@ -737,6 +738,10 @@ double dapo_math_score(std::string_view response, std::string_view ground_truth)
   if (r.size() > 300) r.erase(0, r.size() - 300);
   const Text pred = normalize(last_answer(r).value_or(U"[INVALID]"));
   return pred == normalize(to_text(ground_truth)) ? 1.0 : 0.0;
+}
+
+void check_prompt_fields(const std::string& kind, const nlohmann::json& extra, const std::string& where) {
+  if (kind == "countdown") countdown_problem(extra, where);
 }
 
 std::unique_ptr<Reward> make_reward(const RewardOptions& o) {

@@ -50,6 +50,11 @@ struct RewardOptions {
   double timeout_s = 600;  // command: killed after this
 };
 
+// Throws g4::Error, naming `where` (the prompt's file and line), when a prompt lacks a field the
+// reward kind reads (countdown: 'numbers' and 'target'), so that a prompt set is refused as it is
+// read rather than when a step draws the prompt.
+void check_prompt_fields(const std::string& kind, const nlohmann::json& extra, const std::string& where);
+
 // Throws g4::Error naming the recipe key (reward.kind, reward.pattern, reward.command) on bad options.
 std::unique_ptr<Reward> make_reward(const RewardOptions& options);
 

@@ -26,9 +26,13 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // metrics log (a resumed run's earlier records included).
 void write_reward_picture(const std::string& dir, const std::vector<nlohmann::json>& log) {
   std::vector<train::CurvePoint> reward, validation;
+  // A value JSON cannot hold (NaN, inf) was written as null: it has no point on the curve.
+  const auto number = [](const nlohmann::json& rec, const char* key) {
+    return rec.contains(key) && rec[key].is_number() && rec.contains("step") && rec["step"].is_number();
+  };
   for (const nlohmann::json& rec : log) {
-    if (rec.contains("reward")) reward.push_back({rec["step"].get<double>(), rec["reward"].get<double>()});
-    if (rec.contains("validation_accuracy"))
+    if (number(rec, "reward")) reward.push_back({rec["step"].get<double>(), rec["reward"].get<double>()});
+    if (number(rec, "validation_accuracy"))
       validation.push_back({rec["step"].get<double>(), rec["validation_accuracy"].get<double>()});
   }
   train::write_loss_svg((fs::path(dir) / "reward.svg").string(), reward, validation,

@@ -64,8 +64,15 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   eo.tokenizer = &tok;
   std::vector<gen::Completion> done;
   {
-    gen::Engine engine(model, eo);  // its KV pages are freed when it goes
-    done = engine.generate(std::move(requests));
+    std::optional<gen::Engine> engine;  // its KV pages are freed when it goes
+    try {
+      engine.emplace(model, eo);
+    } catch (const Error& e) {
+      // The engine's sizes come from these recipe keys; its own message names its fields.
+      G4_FAIL("the rollouts' generation engine (generation.page_size ", o.page_size, ", generation.max_running ",
+              o.max_running, ", generation.memory_fraction ", o.memory_fraction, "): ", e.what());
+    }
+    done = engine->generate(std::move(requests));
   }
   std::vector<Rollout> out;
   std::vector<RewardInput> inputs;

@@ -571,6 +571,9 @@ void check_rl(Recipe& r, const std::string& source) {
   G4_CHECK(!rl.reward_scaling || rl.scaling_source_max > rl.scaling_source_min, source,
            ": 'grpo.reward_scaling.source_max' must exceed 'grpo.reward_scaling.source_min'");
   G4_CHECK(rl.reward != "regex" || !rl.reward_pattern.empty(), source, ": 'reward.kind' regex needs 'reward.pattern'");
+  for (const std::string& stop : rl.stop_strings)
+    G4_CHECK(!stop.empty(), source, ": 'generation.stop_strings' holds an empty string (it would end every response "
+             "before its first token)");
   G4_CHECK(rl.reward != "command" || !rl.reward_command.empty(), source,
            ": 'reward.kind' command needs 'reward.command'");
 }

@@ -197,6 +197,12 @@ TEST(GrpoRun, BadRecipesNameTheKey) {
   e = test::error_of(
       [&] { rl::run_rl(train::load_recipe(recipe, {"prompts.task_difficulty=99"}, train::Command::kRl)); });
   EXPECT_NE(e.find("'prompts.task_difficulty' is 99"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"generation.stop_strings=['']"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("'generation.stop_strings' holds an empty string"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"generation.page_size=100000000"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("generation.page_size 100000000"), std::string::npos) << e;
   fs::remove_all(dir);
 }
 
@@ -220,7 +226,7 @@ TEST(GrpoRun, DegenerateRewardsAreSaid) {
                                          (dir / "spread").string()}, train::Command::kRl));
   EXPECT_GT(read_log(dir / "spread" / "metrics.jsonl").at(0)["groups_with_spread"].get<double>(), 0.0);
 
-  const std::string e = test::error_of([&] {
+  std::string e = test::error_of([&] {
     rl::run_rl(train::load_recipe(recipe, {"reward.kind=command", "reward.pattern=''",
                                            R"(reward.command="awk '{print (NR % 2) * 1e308}'")",
                                            "grpo.reward_scaling.enabled=false", "checkpoint.dir=" +
@@ -228,6 +234,15 @@ TEST(GrpoRun, DegenerateRewardsAreSaid) {
   });
   EXPECT_NE(e.find("reward.kind command returned rewards up to 1e+308"), std::string::npos) << e;
   EXPECT_NE(e.find("grpo.reward_scaling"), std::string::npos) << e;
+  // Scaled into range for training, but the validation accuracy averages the raw rewards (an
+  // infinite mean was written to metrics.jsonl as null, on which reward.svg then failed).
+  e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"reward.kind=command", "reward.pattern=''",
+                                           R"(reward.command="awk '{print 1e308}'")", "checkpoint.dir=" +
+                                           (dir / "huge-validation").string()}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("returned rewards up to 1e+308 in magnitude, too large to average (their sum"), std::string::npos)
+      << e;
   fs::remove_all(dir);
 }
 

@@ -160,6 +160,12 @@ TEST(PromptStream, RefusesPromptsWithoutRoomOrGroundTruthNamingTheLine) {
   // Rewards that do not compare with a ground truth take such lines.
   EXPECT_EQ(stream(no_answer, {"reward.kind=regex", "reward.pattern=x"}, 0, tok).size(), 2);
   EXPECT_EQ(stream(no_answer, {"reward.kind=command", "reward.command=cat"}, 0, tok).size(), 2);
+  // The countdown reward's fields, likewise when the file is read.
+  const std::string countdown = write_file(
+      "countdown.jsonl", R"({"prompt": "a", "numbers": [2, 3], "target": 5})" "\n" R"({"prompt": "b"})" "\n");
+  e = error_of([&] { stream(countdown, {"reward.kind=countdown"}, 0, tok); });
+  EXPECT_NE(e.find(countdown + ":2: reward.kind countdown needs the prompt's fields 'numbers'"), std::string::npos)
+      << e;
 
   // Built-in task: the key of a bad difficulty; a system prompt that leaves no room names the problem.
   e = error_of([&] { stream("", {"prompts.task_difficulty=99"}, 0, tok); });

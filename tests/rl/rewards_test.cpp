@@ -338,6 +338,8 @@ TEST(CommandReward, EndlessOutputIsCutAndStderrKeepsItsEnd) {
   EXPECT_NE(e.find("status 2"), std::string::npos) << e.substr(0, 300);
   EXPECT_NE(e.find("the real reason"), std::string::npos) << e.substr(0, 300);
   EXPECT_LT(e.size(), 4000u);
+  // A timeout meant as "never" overflowed the clock into the past: an instant timeout.
+  EXPECT_EQ(make_reward(command("echo 1; echo 0", 1e12))->score(two), (std::vector<double>{1, 0}));
   // Output far past the stdout limit on stderr alone is fine when the rewards are right.
   EXPECT_EQ(make_reward(command("head -c 20000000 /dev/zero >&2; echo 1; echo 0"))->score(two),
             (std::vector<double>{1, 0}));
