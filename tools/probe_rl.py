@@ -277,7 +277,8 @@ for _name, _data, _over, _wants in DATA_CASES:
 @case("data", "validation file with 0 prompts")
 def _(ctx):
     expect_error("data", "validation file with 0 prompts", ctx.g4,
-                 ctx.args("val0", "prompts.validation=" + ctx.file("val-empty.jsonl", "\n\n"), "log.validation_every=1"),
+                 ctx.args("val0", "prompts.validation=" + ctx.file("val-empty.jsonl", "\n\n"),
+                          "log.validation_every=1"),
                  ["val-empty.jsonl holds no prompts"])
 
 
@@ -293,7 +294,8 @@ def _(ctx):
 @case("data", "system prompt longer than the context (built-in task)")
 def _(ctx):
     expect_error("data", "system prompt longer than the context (built-in task)", ctx.g4,
-                 ctx.args("syslong", "prompts.system_prompt=" + "word " * 100, "generation.max_total_sequence_length=64"),
+                 ctx.args("syslong", "prompts.system_prompt=" + "word " * 100,
+                          "generation.max_total_sequence_length=64"),
                  ["generation.max_total_sequence_length"])
 
 
@@ -542,6 +544,35 @@ def compare_to_reference(ctx, run, want, problems):
     cruft = temporary_files(run)
     if cruft:
         problems.append(f"temporary files left behind {cruft}")
+
+
+@case("resume", "--resume over a g4 train run's directory")
+def _(ctx):
+    # checkpoint.dir naming the SFT run the policy comes from (instead of model.path): every checkpoint is refused,
+    # saying why, and none is moved aside or changed.
+    sft = os.path.join(ctx.work, "sft")
+    shutil.rmtree(sft, ignore_errors=True)
+    os.makedirs(sft)
+    rc, out = ctx.g4.run(["task", "arithmetic", "--difficulty", "1", "--count", "40", "--sft", "--out",
+                          os.path.join(sft, "sft.jsonl")])
+    recipe = os.path.join(sft, "sft.yaml")
+    with open(recipe, "w") as f:
+        json.dump({"model": {"name": "tiny-dense", "init_seed": 3, "config": {"num_hidden_layers": 2}},
+                   "tokenizer": os.path.join(ROOT, "recipes/data/kjv-chat-tokenizer"),
+                   "data": {"train": [os.path.join(sft, "sft.jsonl")], "format": "chat", "seq_len": 64,
+                            "validation_fraction": 0},
+                   "train": {"steps": 2, "batch_size": 2}, "checkpoint": {"dir": os.path.join(sft, "run"), "every": 1},
+                   "log": {"validation_every": 0, "samples": 0}}, f)
+    rc, out = ctx.g4.run(["train", recipe])
+    if rc:
+        record("resume", "--resume over a g4 train run's directory", False, "the SFT run failed: " + out[-400:])
+        return
+    run = os.path.join(sft, "run")
+    before = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    expect_error("resume", "--resume over a g4 train run's directory: refused, saying why", ctx.g4,
+                 ["rl", ctx.recipe, "checkpoint.dir=" + run, "--resume"], ["not a checkpoint of g4 rl", "model.path"])
+    after = sorted(os.listdir(os.path.join(run, "checkpoints")))
+    record("resume", "... its checkpoints stay where they were", before == after, f"{before} -> {after}")
 
 
 @case("resume", "killed at fixed points and at random, resumed to the same metrics")

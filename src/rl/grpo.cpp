@@ -478,6 +478,10 @@ void GrpoObjective::save(const std::filesystem::path&, nlohmann::json& state) {
 }
 
 void GrpoObjective::load(const std::filesystem::path& dir, const nlohmann::json& state) {
+  // The likely mistake: checkpoint.dir naming the SFT run the policy comes from.
+  G4_CHECK(state.is_object() && state.contains("prompt_position"), train::trainer_state_path(dir),
+           " has no 'prompt_position': not a checkpoint of g4 rl (a g4 train checkpoint is where an RL run starts: "
+           "give it as model.path, and the RL run a checkpoint.dir of its own)");
   prompts_.set_position(io::json_int(state, "prompt_position", train::trainer_state_path(dir)));
 }
 

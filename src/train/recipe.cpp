@@ -187,7 +187,7 @@ std::vector<ScopedKey> make_schema() {
       // g4 rl: NeMo-RL's GRPO/DAPO keys (docs/rl.md).
       rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
       rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
-            "samples of each prompt (one GRPO group)", kPositive)),
+            "samples of each prompt (one GRPO group; 2 or more)", kPositive)),
       rl_only(field("grpo.normalize_rewards", G4_SLOT(rl.normalize_rewards),
             "divide advantages by the group's reward std (+1e-6) where it is not 0")),
       rl_only(field("grpo.use_leave_one_out_baseline", G4_SLOT(rl.leave_one_out_baseline),

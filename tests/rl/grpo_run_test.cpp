@@ -14,6 +14,7 @@
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
 #include "rl/grpo.h"
+#include "rl/prompts.h"
 #include "rl/rl_trainer.h"
 #include "train/trainer.h"
 #include "support/error_message.h"
@@ -203,6 +204,38 @@ TEST(GrpoRun, BadRecipesNameTheKey) {
   e = test::error_of(
       [&] { rl::run_rl(train::load_recipe(recipe, {"generation.page_size=100000000"}, train::Command::kRl)); });
   EXPECT_NE(e.find("generation.page_size 100000000"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
+// Probed (tools/probe_rl.py): checkpoint.dir naming the SFT run the policy comes from (instead of
+// model.path) was refused naming only a missing 'prompt_position'; it now says what the checkpoint
+// is and where it belongs, and leaves it in place.
+TEST(GrpoRun, ResumeOverAnSftRunSaysSo) {
+  const fs::path dir = test::scratch_dir("grpo_over_sft");
+  {
+    std::ofstream data(dir / "sft.jsonl");
+    for (const rl::PromptExample& p : rl::task_problems({"arithmetic", 1, 0}, 0, 8))
+      data << nlohmann::json{{"messages", {{{"role", "user"}, {"content", p.prompt}},
+                                           {{"role", "assistant"}, {"content", rl::task_reference_response(p)}}}}}
+                  .dump()
+           << "\n";
+  }
+  train::run_training(
+      train::recipe_from_yaml("model: {name: tiny-dense, init_seed: 3, config: {num_hidden_layers: 2}}\n"
+                              "tokenizer: " + test::source_dir() + "/recipes/data/kjv-chat-tokenizer\n"
+                              "data: {train: [" + (dir / "sft.jsonl").string() + "], format: chat, seq_len: 64,\n"
+                              "       validation_fraction: 0}\n"
+                              "train: {steps: 1, batch_size: 2}\n"
+                              "checkpoint: {dir: " + (dir / "sft").string() + "}\n"
+                              "log: {validation_every: 0, samples: 0}\n",
+                              "sft.yaml"),
+      false);
+  const std::string e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(tiny_rl_recipe(dir), {"checkpoint.dir=" + (dir / "sft").string()}, train::Command::kRl),
+               {.resume = true});
+  });
+  EXPECT_NE(e.find("has no 'prompt_position': not a checkpoint of g4 rl"), std::string::npos) << e;
+  EXPECT_TRUE(fs::exists(dir / "sft" / "checkpoints" / "step-00000001" / "trainer_state.json"));
   fs::remove_all(dir);
 }
 
