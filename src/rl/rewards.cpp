@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <optional>
 #include <regex>
 #include <thread>
@@ -446,6 +448,43 @@ std::string regex_escape(const std::string& s) {
   return out;
 }
 
+// libstdc++'s std::regex matches by recursion, several frames per character the pattern consumes:
+// '^(.|\n)*$' over 15k characters, or '.*x' over 30k, overflows an 8 MiB stack and crashes the
+// trainer, and long reasoning responses reach such lengths. The search runs on a thread whose stack
+// grows with the text (about 0.8 KiB a character measured for such patterns; 2 KiB given). Its
+// pages are touched only as deep as the recursion goes.
+bool deep_regex_search(const std::string& text, const std::regex& re) {
+  struct Search {
+    const std::string& text;
+    const std::regex& re;
+    bool found = false;
+    std::exception_ptr error;
+  } search{text, re, false, nullptr};
+  const size_t stack = (size_t{64} << 20) + text.size() * 2048;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stack);
+  pthread_t thread;
+  const int rc = ::pthread_create(
+      &thread, &attr,
+      [](void* arg) -> void* {
+        auto* s = static_cast<Search*>(arg);
+        try {
+          s->found = std::regex_search(s->text, s->re);
+        } catch (...) {
+          s->error = std::current_exception();
+        }
+        return nullptr;
+      },
+      &search);
+  pthread_attr_destroy(&attr);
+  G4_CHECK(rc == 0, "reward.pattern: cannot start a thread with a ", stack >> 20, " MiB stack to search a response of ",
+           text.size(), " bytes: ", std::strerror(rc));
+  ::pthread_join(thread, nullptr);
+  if (search.error) std::rethrow_exception(search.error);
+  return search.found;
+}
+
 class RegexReward : public Reward {
  public:
   explicit RegexReward(const std::string& pattern) {
@@ -478,7 +517,7 @@ class RegexReward : public Reward {
     for (const RewardInput& in : inputs) {
       try {
         const std::regex re = has_answer_ ? std::regex(before_ + regex_escape(in.answer) + after_, flags_) : fixed_;
-        out.push_back(std::regex_search(in.response, re) ? 1.0 : 0.0);
+        out.push_back(deep_regex_search(in.response, re) ? 1.0 : 0.0);
       } catch (const std::regex_error&) {
         out.push_back(0.0);  // too complex to match: scored as a failed input
       }

@@ -324,6 +324,19 @@ TEST(CommandReward, FailuresAreErrorsNamingTheCommand) {
   EXPECT_NE(e.find("wrote 0 lines for 2000 inputs"), std::string::npos) << e;
 }
 
+// Probed (tools/probe_rl.py): libstdc++'s std::regex recurses per character, so a long response
+// overflowed the stack (a segfault) under a pattern such as '^(.|\n)*$'.
+TEST(Rewards, RegexOnALongResponseDoesNotOverflowTheStack) {
+  RewardOptions o;
+  o.kind = "regex";
+  o.pattern = "^(.|\n)*$";
+  std::string response(100000, 'a');
+  for (size_t i = 0; i < response.size(); i += 61) response[i] = '\n';
+  EXPECT_EQ(make_reward(o)->score({{"p", response, "1", {}}}), (std::vector<double>{1}));
+  o.pattern = "(?i)A+\nA+$";
+  EXPECT_EQ(make_reward(o)->score({{"p", response, "1", {}}, {"p", "b", "1", {}}}), (std::vector<double>{1, 0}));
+}
+
 // Probed (tools/probe_rl.py): a program printing without end filled the trainer's memory until the
 // timeout, and a chatty one's whole stderr was kept although only its end is shown.
 TEST(CommandReward, EndlessOutputIsCutAndStderrKeepsItsEnd) {
