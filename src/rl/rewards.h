@@ -45,7 +45,9 @@ struct RewardOptions {
   std::string pattern;
   // command: run through /bin/sh once per call; reads one JSON object per input on stdin
   // ({"prompt", "response", "answer", ...extra}) and writes one number per line on stdout. A
-  // non-zero exit, a wrong line count or a non-number is an error naming the command.
+  // non-zero exit, a wrong line count, a non-number or more than 64 KiB of stdout per input is an
+  // error naming the command, with the end of its stderr (only the last 64 KiB are kept). While it
+  // runs, SIGINT, SIGTERM and SIGHUP to this process kill its process group first.
   std::string command;
   double timeout_s = 600;  // command: killed after this
 };
