@@ -8,7 +8,7 @@ Usage: python3 tools/probe_train.py [--g4 build-cpu/g4] [--work DIR] [--seed S] 
 Every case runs the real binary on a tiny built-in MoE (2 layers, hidden 64) over tests/data/text/genesis.txt and
 states what it expects: an exit status, an error naming a file/key/shape, or a loss curve equal to an uninterrupted
 run's. A case that crashes (a signal, an abort), prints a library's exception text, loses an earlier checkpoint or
-log line, or resumes to a different curve is a FINDING; the script prints one line per case and exits non-zero when
+log line, or resumes to a different curve is a DEFECT; the script prints one line per case and exits non-zero when
 any case failed. Nothing needs torch except the export section (transformers in --python; skipped without it).
 
 Interruptions: SIGINT, SIGTERM and SIGKILL at random moments of a run (seeded), plus kills at fixed points
@@ -19,33 +19,11 @@ times) must end with the uninterrupted run's losses bit for bit (the CPU trainer
 
 The disk-full and read-only cases mount a small tmpfs (needs root; skipped and said so otherwise).
 """
-import argparse, json, os, random, shutil, signal, struct, subprocess, sys, tempfile, time
+import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = []  # (section, case, ok, detail)
-LIBRARY_TEXT = ["[json.exception", "basic_filebuf", "std::bad_alloc", "yaml-cpp", "terminate called", "what():",
-                "Segmentation", "Aborted", "core dumped"]
-
-
-def record(section, case, ok, detail=""):
-    RESULTS.append((section, case, ok, detail))
-    print(f"{'ok     ' if ok else 'FINDING'} [{section}] {case}" + (f": {detail}" if detail else ""), flush=True)
-
-
-class G4:
-    def __init__(self, binary, work):
-        self.binary, self.work = binary, work
-
-    def run(self, args, env=None, cwd=None, timeout=600):
-        e = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
-        p = subprocess.run([self.binary] + args, capture_output=True, text=True, env=e, cwd=cwd or ROOT,
-                           timeout=timeout)
-        return p.returncode, p.stdout + p.stderr
-
-    def start(self, args, env=None):
-        e = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
-        return subprocess.Popen([self.binary] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=e, cwd=ROOT)
+import probe_commands
+from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, expect_error, expect_success,
+                       metric_lines, no_library_text, record, run_to_end, temporary_files)
 
 
 def write_recipe(path, run_dir, **over):
@@ -74,94 +52,9 @@ def write_recipe(path, run_dir, **over):
     return path
 
 
-def no_library_text(out):
-    return not any(t in out for t in LIBRARY_TEXT)
-
-
-def expect_error(section, case, g4, args, wants, cwd=None):
-    """rc 1 (a g4::Error), every string of `wants` in the output, no library text, no crash."""
-    rc, out = g4.run(args, cwd=cwd)
-    lines = out.splitlines()
-    first = next((i for i, l in enumerate(lines) if "error:" in l), max(0, len(lines) - 1))
-    last = [" | ".join(lines[first:first + 3])] if lines else []
-    missing = [w for w in wants if w not in out]
-    ok = rc == 1 and not missing and no_library_text(out)
-    record(section, case, ok, (last[0][:300] if last else "") if ok else
-           f"rc {rc}, missing {missing}; output tail: {out[-600:]!r}")
-    return out
-
-
-def expect_success(section, case, g4, args, wants=()):
-    rc, out = g4.run(args)
-    missing = [w for w in wants if w not in out]
-    ok = rc == 0 and not missing and no_library_text(out)
-    record(section, case, ok, "" if ok else f"rc {rc}, missing {missing}; output tail: {out[-600:]!r}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------- files
-
-def safetensors_whole(path):
-    """The header parses and header + the largest data offset is the file's size: nothing cut or appended."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            return False
-        n = struct.unpack("<Q", raw)[0]
-        if 8 + n > size:
-            return False
-        header = json.loads(f.read(n))
-    end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"] or [0])
-    return 8 + n + end == size
-
-
-def complete_checkpoints(run_dir):
-    d = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(d):
-        return []
-    return sorted(os.path.join(d, n) for n in os.listdir(d)
-                  if n.startswith("step-") and os.path.exists(os.path.join(d, n, "trainer_state.json")))
-
-
-def checkpoint_problems(run_dir):
-    bad = []
-    for c in complete_checkpoints(run_dir):
-        for n in os.listdir(c):
-            p = os.path.join(c, n)
-            if n.endswith(".safetensors") and not safetensors_whole(p):
-                bad.append(p)
-            if n.endswith(".json"):
-                try:
-                    json.load(open(p))
-                except Exception as e:  # noqa: BLE001 - the probe reports whatever is wrong
-                    bad.append(f"{p} ({e})")
-    return bad
-
-
-def metric_lines(run_dir):
-    """Complete JSON lines of metrics.jsonl (a line cut by a kill is not complete)."""
-    p = os.path.join(run_dir, "metrics.jsonl")
-    out = []
-    if not os.path.exists(p):
-        return out
-    for line in open(p):
-        if line.endswith("\n") and line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
-
-
 def curve(lines):
     """(step, kind) -> value of the losses (timings differ between runs)."""
-    c = {}
-    for j in lines:
-        for k in ("loss", "validation_loss", "lr", "grad_norm"):
-            if k in j:
-                c[(j["step"], k)] = j[k]
-    return c
+    return probe_commands.curve(lines, ("loss", "validation_loss", "lr", "grad_norm"))
 
 
 # -------------------------------------------------------------------------------------------------------- sections
@@ -289,33 +182,6 @@ def probe_rundir(g4, work):
                    ["resuming from"])
 
 
-def run_to_end(g4, args, rng, max_interrupts, after_interrupt, span):
-    """Runs `args`, interrupting it up to `max_interrupts` times at random (each resumed with --resume, and
-    `after_interrupt()` called after each); returns the interruption log, the last output, whether it finished."""
-    log = []
-    for attempt in range(max_interrupts + 1):
-        a = args + (["--resume"] if attempt > 0 else [])
-        p = g4.start(a)
-        if attempt < max_interrupts:
-            delay = rng.uniform(0.05 * span, span)  # anywhere in a run: loading, steps, checkpoints
-            sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-            try:
-                p.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                p.send_signal(sig)
-                log.append(f"{signal.Signals(sig).name}@{delay:.2f}s")
-        out, _ = p.communicate()
-        if log and len(log) == attempt + 1:
-            after_interrupt()
-        if p.returncode == 0:
-            return log, out, True
-        if p.returncode > 0 and not log[-1:]:
-            return log, out, False  # an error, not our signal
-        if attempt == max_interrupts:
-            return log, out, False
-    return log, "", False
-
-
 def probe_interrupt(g4, work, rng, kills):
     s = "interrupt"
     ref = os.path.join(work, "int-ref")
@@ -368,7 +234,7 @@ def probe_interrupt(g4, work, rng, kills):
             bad = checkpoint_problems(run)
             if bad:
                 problems.append(f"damaged checkpoints {bad}")
-            cruft = [os.path.join(dp, f) for dp, dn, fn in os.walk(run) for f in fn + dn if ".tmp." in f]
+            cruft = temporary_files(run)
             if cruft:
                 problems.append(f"temporary files left behind {cruft}")
         record(s, f"{name} {' '.join(log or [])}".strip(), not problems, "; ".join(problems))
@@ -542,13 +408,7 @@ def main():
     finally:
         for d in mounts.values():
             subprocess.run(["umount", d], capture_output=True)
-    bad = [r for r in RESULTS if not r[2]]
-    print(f"\n{len(RESULTS)} cases, {len(bad)} findings (work directory {work})")
-    for sec, case, _, detail in bad:
-        print(f"  [{sec}] {case}: {detail[:400]}")
-    if not bad and not a.work:
-        shutil.rmtree(work, ignore_errors=True)
-    sys.exit(1 if bad else 0)
+    sys.exit(probe_commands.summarize(work, a.work))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 // weights being trained.
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 
 #include "cli/commands.h"
 #include "rl/rl_trainer.h"
@@ -73,7 +74,8 @@ void add_bench_rl(CLI::App& bench, Action& action) {
   cmd->add_option("--model", o->model, "gemma-4-e4b | gemma-4-26b-a4b | gemma-4-31b (real widths)");
   cmd->add_option("--layers", o->layers, "decoder layers")->check(CLI::PositiveNumber);
   cmd->add_option("--prompts", o->prompts, "prompts per step")->check(CLI::PositiveNumber);
-  cmd->add_option("--generations", o->generations, "samples per prompt")->check(CLI::PositiveNumber);
+  cmd->add_option("--generations", o->generations, "samples per prompt (2 or more: a GRPO group)")
+      ->check(CLI::Range(int64_t{2}, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--new-tokens", o->new_tokens, "tokens per response (random weights rarely stop early)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer of the prompts");

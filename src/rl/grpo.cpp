@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 #include "autograd/functions.h"
@@ -169,6 +170,21 @@ std::vector<double> logprobs(const model::Gemma4& model, const model::ForwardInp
   return std::vector<double>(lp.data<double>(), lp.data<double>() + lp.numel());
 }
 
+// The baselines and standard deviations sum rewards and their squares (`squares`; the accuracy
+// metrics only the raw rewards): rewards whose sum overflows a double would turn the advantages
+// into NaN (a non-finite loss, blamed on the learning rate) or 0 (an infinite std, silently), and
+// write an infinite accuracy to metrics.jsonl.
+void check_reward_range(const std::vector<double>& rewards, const train::RlSettings& rl, bool squares) {
+  double sum = 0, largest = 0;
+  for (double r : rewards) {
+    sum += squares ? r * r : std::abs(r);
+    largest = std::max(largest, std::abs(r));
+  }
+  G4_CHECK(std::isfinite(sum), "reward.kind ", rl.reward, " returned rewards up to ", largest,
+           " in magnitude, too large to average (their ", squares ? "squares overflow" : "sum overflows",
+           " a double); map them onto a smaller range with grpo.reward_scaling or return smaller values");
+}
+
 double mean(const std::vector<double>& v) {
   return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
 }
@@ -219,7 +235,7 @@ struct GrpoObjective::Impl {
 GrpoObjective::GrpoObjective(const train::Recipe& recipe, const io::Tokenizer& tok, const io::ModelConfig& config,
                              parallel::DeviceMesh& mesh, std::unique_ptr<model::Gemma4> reference)
     : impl_(new Impl{recipe, recipe.rl, tok, mesh, std::move(reference), nullptr, {}, {}, {}, {}, {}, 0}),
-      prompts_(recipe, tok, data::chat_variant_for(config.hidden_size_per_layer_input)) {
+      prompts_(recipe, tok, data::chat_variant_for(config.hidden_size_per_layer_input), config.max_position_embeddings) {
   impl_->loss = loss_config(recipe.rl);
   check(impl_->loss);
   G4_CHECK(impl_->loss.kl_penalty == 0 || impl_->reference || recipe.lora.rank > 0,
@@ -281,11 +297,13 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
       generated_tokens += lens[i];
       prompt_rows[i] = round[i].prompt_ids;
     }
+    check_reward_range(rewards, rl, false);  // raw: the accuracy averages them
     scale_rewards(rewards, {rl.reward_scaling, rl.scaling_source_min, rl.scaling_source_max, rl.scaling_target_min,
                             rl.scaling_target_max});
     const std::vector<double> unshaped = rewards;
     shape_rewards(rewards, lens, {rl.overlong_shaping, rl.overlong_buffer_length, rl.overlong_penalty,
                                   rl.max_response_length});
+    check_reward_range(rewards, rl, true);
     step_shaped.insert(step_shaped.end(), rewards.begin(), rewards.end());
     const std::vector<int64_t> groups = group_by_prompt(prompt_rows);
     groups_generated += groups.empty() ? 0 : *std::max_element(groups.begin(), groups.end()) + 1;
@@ -305,6 +323,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   if (static_cast<int64_t>(kept.size()) > target) kept.resize(static_cast<size_t>(target));
 
   // Advantages on the kept samples from their shaped rewards (NeMo-RL recomputes them there).
+  int64_t groups_with_spread = 0;
   {
     std::vector<std::vector<int64_t>> prompt_rows;
     std::vector<double> rewards;
@@ -312,10 +331,17 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
       prompt_rows.push_back(s.rollout.prompt_ids);
       rewards.push_back(s.reward);
     }
-    const std::vector<double> adv = grpo_advantages(rewards, group_by_prompt(prompt_rows),
-                                                    std::vector<double>(kept.size(), 1.0), rl.normalize_rewards,
-                                                    rl.leave_one_out_baseline);
+    const std::vector<int64_t> groups = group_by_prompt(prompt_rows);
+    const std::vector<double> adv = grpo_advantages(rewards, groups, std::vector<double>(kept.size(), 1.0),
+                                                    rl.normalize_rewards, rl.leave_one_out_baseline);
     for (size_t i = 0; i < kept.size(); ++i) kept[i].advantage = adv[i];
+    // Groups whose rewards differ: only they give the policy-gradient term anything to follow.
+    std::map<int64_t, std::pair<double, double>> range;  // group -> (min, max) reward
+    for (size_t i = 0; i < kept.size(); ++i) {
+      const auto it = range.try_emplace(groups[i], rewards[i], rewards[i]).first;
+      it->second = {std::min(it->second.first, rewards[i]), std::max(it->second.second, rewards[i])};
+    }
+    for (const auto& [group, r] : range) groups_with_spread += r.first != r.second ? 1 : 0;
   }
 
   // Global batches (one optimizer step each), each split over the data-parallel ranks.
@@ -378,6 +404,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   mt["advantages_max"] = adv.empty() ? 0.0 : *std::max_element(adv.begin(), adv.end());
   mt["groups_generated"] = static_cast<double>(groups_generated);
   mt["groups_kept"] = static_cast<double>(kept.size()) / static_cast<double>(G);
+  mt["groups_with_spread"] = static_cast<double>(groups_with_spread);
   mt["samples_trained"] = static_cast<double>(kept.size());
   mt["samples_generated"] = static_cast<double>(env.size());
   if (rl.dynamic_sampling) {
@@ -435,10 +462,13 @@ train::Metrics GrpoObjective::validate(const model::Gemma4& model) {
   o.seed ^= kValidationSeedSalt;
   const std::vector<Rollout> out = m.rollouts(model, prompts, draws, m.rl.val_samples_per_prompt, o);
   double correct = 0, length = 0;
+  std::vector<double> rewards;
   for (const Rollout& r : out) {
     correct += r.env_reward;
+    rewards.push_back(r.env_reward);
     length += static_cast<double>(r.response_ids.size());
   }
+  check_reward_range(rewards, m.rl, false);
   const double n = static_cast<double>(out.size());
   return {{"validation_accuracy", correct / n}, {"validation_response_length", length / n}};
 }
@@ -448,6 +478,10 @@ void GrpoObjective::save(const std::filesystem::path&, nlohmann::json& state) {
 }
 
 void GrpoObjective::load(const std::filesystem::path& dir, const nlohmann::json& state) {
+  // The likely mistake: checkpoint.dir naming the SFT run the policy comes from.
+  G4_CHECK(state.is_object() && state.contains("prompt_position"), train::trainer_state_path(dir),
+           " has no 'prompt_position': not a checkpoint of g4 rl (a g4 train checkpoint is where an RL run starts: "
+           "give it as model.path, and the RL run a checkpoint.dir of its own)");
   prompts_.set_position(io::json_int(state, "prompt_position", train::trainer_state_path(dir)));
 }
 

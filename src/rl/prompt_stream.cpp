@@ -5,6 +5,8 @@
 #include <random>
 
 #include "core/error.h"
+#include "rl/rewards.h"
+#include "rl/rollouts.h"
 
 namespace g4::rl {
 
@@ -23,10 +25,18 @@ TaskOptions task_options(const train::RlSettings& rl, uint64_t seed) {
   return t;
 }
 
+// Whether reward.kind compares each response with the ground truth (a prompt without one could
+// only ever score 0).
+bool reward_reads_answer(const train::RlSettings& rl) {
+  return rl.reward == "dapo_math" || rl.reward == "exact" ||
+         (rl.reward == "regex" && rl.reward_pattern.find("{answer}") != std::string::npos);
+}
+
 }  // namespace
 
-PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant)
-    : rl_(r.rl), tok_(tok), variant_(variant) {
+PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant,
+                           int64_t context)
+    : rl_(r.rl), tok_(tok), variant_(variant), limit_(sequence_limit(r.rl.max_total_sequence_length, context)) {
   const auto fits = [&](const PromptExample& p) {
     if (static_cast<int64_t>(p.ids.size()) <= rl_.max_input_seq_length) return true;
     ++skipped_;
@@ -42,6 +52,9 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, dat
     const auto& names = task_names();
     G4_CHECK(std::find(names.begin(), names.end(), rl_.task) != names.end(), r.source, ": 'prompts.task' ", rl_.task,
              " is not a built-in task (g4 task lists them)");
+    G4_CHECK(rl_.task_difficulty >= 0 && rl_.task_difficulty <= kMaxTaskDifficulty, r.source,
+             ": 'prompts.task_difficulty' is ", rl_.task_difficulty, "; the built-in tasks have difficulties 0 to ",
+             kMaxTaskDifficulty);
     if (rl_.prompts_validation.empty())
       validation_ = make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0, rl_.task_validation_prompts,
                                       tok, rl_.system_prompt, variant);
@@ -55,13 +68,32 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, dat
     validation_.resize(static_cast<size_t>(rl_.max_val_prompts));
   if (!rl_.task.empty())
     for (const PromptExample& p : validation_) held_out_.insert(p.prompt);
+  // Found now rather than steps later, when (or whether) the prompt is drawn.
+  for (const PromptExample& p : train_) check(p, false);
+  for (const PromptExample& p : validation_) check(p, rl_.prompts_validation.empty());
+}
+
+void PromptStream::check(const PromptExample& p, bool generated) const {
+  const auto len = static_cast<int64_t>(p.ids.size());
+  G4_CHECK(limit_ <= 0 || len < limit_, p.where, ": the prompt has ", len,
+           " tokens, which leaves no room for a response within ", limit_,
+           " tokens (generation.max_total_sequence_length, within the model's context); ",
+           !generated ? "shorten it, raise generation.max_total_sequence_length, or set "
+                              "prompts.max_input_seq_length below " + std::to_string(limit_) + " to skip such prompts"
+                            : std::string("shorten prompts.system_prompt or raise generation.max_total_sequence_length"));
+  G4_CHECK(p.has_answer || !reward_reads_answer(rl_), p.where,
+           ": no ground truth ('answer', 'ground_truth' or 'reward_model.ground_truth'), which reward.kind ", rl_.reward,
+           rl_.reward == "regex" ? " (its {answer})" : "", " compares every response with: the prompt could only score 0");
+  check_prompt_fields(rl_.reward, p.extra, p.where);
 }
 
 PromptExample PromptStream::draw(int64_t d) {
   if (!rl_.task.empty()) {
     for (int64_t index = d;; index += kHeldOutStride) {
       PromptExample p = make_task_prompts(task_options(rl_, rl_.seed), index, 1, tok_, rl_.system_prompt, variant_).at(0);
-      if (!held_out_.count(p.prompt)) return p;
+      if (held_out_.count(p.prompt)) continue;
+      check(p, true);
+      return p;
     }
   }
   const int64_t n = size();

@@ -19,9 +19,11 @@ namespace g4::rl {
 class PromptStream {
  public:
   // Reads (or generates) the prompts; prompts of more than prompts.max_input_seq_length tokens
-  // are skipped and counted. Errors name the recipe key and file.
-  // `variant`: the chat template of the policy's checkpoint.
-  PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant);
+  // are skipped and counted. Errors name the recipe key and file. A prompt that leaves no room for
+  // a response (generation.max_total_sequence_length within the model's `context`; 0: none), or
+  // lacks the ground truth the reward compares with, is an error naming its line (a generated
+  // problem, when it is drawn). `variant`: the chat template of the policy's checkpoint.
+  PromptStream(const train::Recipe& r, const io::Tokenizer& tok, data::ChatVariant variant, int64_t context);
 
   // Draws position() .. position() + count - 1.
   std::vector<PromptExample> next(int64_t count);
@@ -36,6 +38,8 @@ class PromptStream {
 
  private:
   PromptExample draw(int64_t d);
+  // `generated`: a built-in task's problem (its length comes from prompts.system_prompt).
+  void check(const PromptExample& p, bool generated) const;
 
   const train::RlSettings& rl_;
   const io::Tokenizer& tok_;
@@ -43,6 +47,7 @@ class PromptStream {
   std::vector<PromptExample> train_, validation_;
   std::set<std::string> held_out_;  // task: validation prompts, never trained on
   int64_t position_ = 0, skipped_ = 0;
+  int64_t limit_ = 0;               // prompt + response tokens at most (0: none)
   std::vector<int64_t> order_;      // prompt set: this epoch's permutation
   int64_t order_epoch_ = -1;
 };

@@ -2,6 +2,7 @@
 #include "rl/prompts.h"
 
 #include <algorithm>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -46,8 +47,8 @@ std::vector<data::ChatMessage> read_messages(const json& list, const std::string
 }
 
 // The ground truth of a line: reward_model.ground_truth, answer or ground_truth (at most one), a
-// string or a number; "" when there is none.
-std::string read_answer(const json& line, const std::string& where) {
+// string or a number; none when the line gives none.
+std::optional<std::string> read_answer(const json& line, const std::string& where) {
   std::vector<std::pair<std::string, const json*>> found;
   if (const auto rm = line.find("reward_model"); rm != line.end()) {
     G4_CHECK(rm->is_object() && rm->contains("ground_truth"), where,
@@ -57,7 +58,7 @@ std::string read_answer(const json& line, const std::string& where) {
   for (const char* key : {"answer", "ground_truth"}) {
     if (const auto it = line.find(key); it != line.end()) found.emplace_back(key, &*it);
   }
-  if (found.empty()) return "";
+  if (found.empty()) return std::nullopt;
   G4_CHECK(found.size() == 1, where, ": the line gives both '", found[0].first, "' and '", found[1].first,
            "'; keep one ground truth");
   const auto& [key, value] = found[0];
@@ -80,7 +81,10 @@ PromptExample read_prompt_line(const json& line, const std::string& where, const
   const auto user = std::find_if(messages.rbegin(), messages.rend(), [](const auto& m) { return m.role == "user"; });
   G4_CHECK(user != messages.rend(), where, ": '", key, "' has no user message");
   ex.prompt = user->content;
-  ex.answer = read_answer(line, where);
+  const std::optional<std::string> answer = read_answer(line, where);
+  ex.answer = answer.value_or("");
+  ex.has_answer = answer.has_value();
+  ex.where = where;
   for (const auto& [k, v] : line.items()) {
     if (k != "prompt" && k != "messages" && k != "answer" && k != "ground_truth" && k != "reward_model")
       ex.extra[k] = v;
@@ -165,8 +169,6 @@ Expression parse_expression(const std::string& text) {
   return e;
 }
 
-constexpr int64_t kMaxDifficulty = 8;
-
 // Operands stay single digits up to difficulty 3, then go up to 19 (products of 10 such stay far
 // inside int64).
 int64_t operand_bound(int64_t difficulty) {
@@ -242,7 +244,7 @@ std::vector<PromptExample> task_problems(const TaskOptions& o, int64_t begin, in
   const auto& names = task_names();
   G4_CHECK(std::find(names.begin(), names.end(), o.task) != names.end(), "task '", o.task,
            "' is not one of arithmetic, countdown");
-  G4_CHECK(o.difficulty >= 0 && o.difficulty <= kMaxDifficulty, "task difficulty must be in [0, ", kMaxDifficulty,
+  G4_CHECK(o.difficulty >= 0 && o.difficulty <= kMaxTaskDifficulty, "task difficulty must be in [0, ", kMaxTaskDifficulty,
            "], got ", o.difficulty);
   G4_CHECK(begin >= 0 && count >= 0, "task problems: begin (", begin, ") and count (", count, ") must be >= 0");
   std::vector<PromptExample> out;
@@ -250,6 +252,8 @@ std::vector<PromptExample> task_problems(const TaskOptions& o, int64_t begin, in
   for (int64_t i = begin; i < begin + count; ++i) {
     Draws d(o.seed, i);
     out.push_back(o.task == "arithmetic" ? arithmetic_problem(o.difficulty, d) : countdown_problem(o.difficulty, d));
+    out.back().where = "task " + o.task + ", problem " + std::to_string(i);
+    out.back().has_answer = true;
   }
   return out;
 }

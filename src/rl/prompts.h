@@ -19,6 +19,8 @@ struct PromptExample {
   std::string answer;                // ground truth
   nlohmann::json extra = nlohmann::json::object();  // the line's other fields (for command rewards)
   std::vector<int64_t> ids;          // the rendered chat prompt, tokenised (BOS first)
+  std::string where{};               // for errors: "file.jsonl:7", or "task arithmetic, problem 12"
+  bool has_answer = false;           // the line gave a ground truth (a task problem always has one)
 };
 
 // One JSON object per line, either layout:
@@ -29,7 +31,7 @@ struct PromptExample {
 // skipped; a bad line is an error naming the file and line. system_prompt (may be empty) is
 // prepended as a system turn where the line has none. `extra` holds the line's fields other than
 // prompt, messages, answer, ground_truth and reward_model. The answer may be a string or a number
-// (kept as its JSON text). `variant` is the model's generation prompt (the 26B-A4B and 31B
+// (kept as its JSON text); `has_answer` says whether the line gave one. `variant` is the model's generation prompt (the 26B-A4B and 31B
 // templates add an empty thought channel; serve::ModelInfo::chat_variant says which).
 std::vector<PromptExample> load_prompts(const std::string& path, const io::Tokenizer& tok,
                                         const std::string& system_prompt = "",
@@ -43,6 +45,7 @@ std::vector<PromptExample> load_prompts(const std::string& path, const io::Token
 // Wording is fixed per task and short (a tiny model learns it); `extra` holds {"task", and
 // "expression" (arithmetic) or "numbers" and "target" (countdown)}, so a prompt file written from
 // these problems scores with the countdown reward. difficulty is in [0, 8].
+constexpr int64_t kMaxTaskDifficulty = 8;
 struct TaskOptions {
   std::string task = "arithmetic";
   int64_t difficulty = 2;

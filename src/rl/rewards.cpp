@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -16,12 +17,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <optional>
 #include <regex>
 #include <thread>
@@ -388,20 +392,19 @@ class CountdownParser {
 };
 
 // The problem's numbers and target from the prompt's extra fields; a data error, not a bad response.
-std::pair<std::vector<int64_t>, int64_t> countdown_problem(const RewardInput& in) {
-  const json& x = in.extra;
+// `which` names the prompt.
+std::pair<std::vector<int64_t>, int64_t> countdown_problem(const json& x, const std::string& which) {
   const bool ok =
       x.is_object() && x.contains("numbers") && x["numbers"].is_array() && x.contains("target") &&
       x["target"].is_number_integer() &&
       std::all_of(x["numbers"].begin(), x["numbers"].end(), [](const json& n) { return n.is_number_integer(); });
-  G4_CHECK(ok, "reward.kind countdown needs the prompt's fields 'numbers' (a list of integers) and 'target' (an ",
-           "integer); the prompt '", in.prompt.substr(0, 80), "' has ",
-           x.dump(-1, ' ', false, json::error_handler_t::replace));
+  G4_CHECK(ok, which, ": reward.kind countdown needs the prompt's fields 'numbers' (a list of integers) and 'target' ",
+           "(an integer); it has ", x.dump(-1, ' ', false, json::error_handler_t::replace));
   return {x["numbers"].get<std::vector<int64_t>>(), x["target"].get<int64_t>()};
 }
 
 double countdown_score(const RewardInput& in) {
-  auto [numbers, target] = countdown_problem(in);
+  auto [numbers, target] = countdown_problem(in.extra, "the prompt '" + in.prompt.substr(0, 80) + "'");
   const std::optional<std::string> value = answer_value(in.response);
   if (!value) return 0.0;
   CountdownParser parser(*value);
@@ -445,6 +448,43 @@ std::string regex_escape(const std::string& s) {
   return out;
 }
 
+// libstdc++'s std::regex matches by recursion, several frames per character the pattern consumes:
+// '^(.|\n)*$' over 15k characters, or '.*x' over 30k, overflows an 8 MiB stack and crashes the
+// trainer, and long reasoning responses reach such lengths. The search runs on a thread whose stack
+// grows with the text (about 0.8 KiB a character measured for such patterns; 2 KiB given). Its
+// pages are touched only as deep as the recursion goes.
+bool deep_regex_search(const std::string& text, const std::regex& re) {
+  struct Search {
+    const std::string& text;
+    const std::regex& re;
+    bool found = false;
+    std::exception_ptr error;
+  } search{text, re, false, nullptr};
+  const size_t stack = (size_t{64} << 20) + text.size() * 2048;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stack);
+  pthread_t thread;
+  const int rc = ::pthread_create(
+      &thread, &attr,
+      [](void* arg) -> void* {
+        auto* s = static_cast<Search*>(arg);
+        try {
+          s->found = std::regex_search(s->text, s->re);
+        } catch (...) {
+          s->error = std::current_exception();
+        }
+        return nullptr;
+      },
+      &search);
+  pthread_attr_destroy(&attr);
+  G4_CHECK(rc == 0, "reward.pattern: cannot start a thread with a ", stack >> 20, " MiB stack to search a response of ",
+           text.size(), " bytes: ", std::strerror(rc));
+  ::pthread_join(thread, nullptr);
+  if (search.error) std::rethrow_exception(search.error);
+  return search.found;
+}
+
 class RegexReward : public Reward {
  public:
   explicit RegexReward(const std::string& pattern) {
@@ -477,7 +517,7 @@ class RegexReward : public Reward {
     for (const RewardInput& in : inputs) {
       try {
         const std::regex re = has_answer_ ? std::regex(before_ + regex_escape(in.answer) + after_, flags_) : fixed_;
-        out.push_back(std::regex_search(in.response, re) ? 1.0 : 0.0);
+        out.push_back(deep_regex_search(in.response, re) ? 1.0 : 0.0);
       } catch (const std::regex_error&) {
         out.push_back(0.0);  // too complex to match: scored as a failed input
       }
@@ -498,6 +538,7 @@ struct CommandRun {
   std::string out, err;
   int status = 0;
   bool timed_out = false;
+  bool too_much_output = false;  // stdout passed its limit: the program was killed there
 };
 
 class Fd {
@@ -517,13 +558,62 @@ class Fd {
   int fd_ = -1;
 };
 
+// The reward program runs in a process group of its own, so that a timeout kills everything it
+// started; that also keeps it out of the terminal's Ctrl-C and out of a scheduler's SIGTERM, which
+// reach the trainer's group only. While it runs, SIGINT, SIGTERM and SIGHUP therefore kill its
+// group first and then take their previous action (by default: the trainer ends as it would have);
+// otherwise a hung or slow program would outlive the trainer. A signal ignored before (nohup's
+// SIGHUP) stays ignored. SIGKILL cannot be caught: the program then sees its stdin close.
+class KillGroupOnSignal {
+ public:
+  explicit KillGroupOnSignal(pid_t group) {
+    group_.store(group);
+    struct sigaction sa {};
+    sa.sa_handler = &KillGroupOnSignal::handler;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < kSignals.size(); ++i) {
+      installed_[i] = false;
+      if (::sigaction(kSignals[i], nullptr, &old_[i]) != 0) continue;
+      if (!(old_[i].sa_flags & SA_SIGINFO) && old_[i].sa_handler == SIG_IGN) continue;
+      installed_[i] = ::sigaction(kSignals[i], &sa, nullptr) == 0;
+    }
+  }
+  ~KillGroupOnSignal() {
+    for (size_t i = 0; i < kSignals.size(); ++i)
+      if (installed_[i]) ::sigaction(kSignals[i], &old_[i], nullptr);
+    group_.store(0);
+  }
+  KillGroupOnSignal(const KillGroupOnSignal&) = delete;
+  KillGroupOnSignal& operator=(const KillGroupOnSignal&) = delete;
+
+ private:
+  // Async-signal-safe: kill, sigaction and raise only. The raised signal is blocked until the
+  // handler returns, and then meets the restored action.
+  static void handler(int sig) {
+    const pid_t group = group_.load();
+    if (group > 0) ::kill(-group, SIGKILL);
+    for (size_t i = 0; i < kSignals.size(); ++i)
+      if (kSignals[i] == sig) ::sigaction(sig, &old_[i], nullptr);
+    ::raise(sig);
+  }
+
+  static constexpr std::array<int, 3> kSignals{SIGINT, SIGTERM, SIGHUP};
+  static inline std::atomic<pid_t> group_{0};
+  static inline struct sigaction old_[3]{};
+  static inline bool installed_[3]{};
+};
+
+// A failing program's message shows the end of its stderr; a chatty one (progress bars, warnings)
+// may write gigabytes, of which only this much is kept.
+constexpr size_t kKeptStderr = 64 << 10;
+
 // Runs `/bin/sh -c command` with `input` on its stdin, collecting stdout and stderr; one poll loop
 // writes and reads at once, so neither side blocks on a full pipe. The child's stdin is a socket,
 // written with MSG_NOSIGNAL, so a child that exits without reading it cannot raise SIGPIPE in the
 // trainer. After timeout_s the child's process group (the shell and what it started) is killed.
 // posix_spawn (vfork + exec) rather than fork: the trainer may map tens of GiB, whose page tables
 // fork would copy.
-CommandRun run_command(const std::string& command, const std::string& input, double timeout_s) {
+CommandRun run_command(const std::string& command, const std::string& input, double timeout_s, size_t max_out) {
   const std::string what = "reward.command '" + command + "'";
   int in_pair[2], out_pipe[2], err_pipe[2];
   G4_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pair) == 0, what,
@@ -550,14 +640,17 @@ CommandRun run_command(const std::string& command, const std::string& input, dou
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   G4_CHECK(rc == 0, what, ": cannot start /bin/sh: ", std::strerror(rc));
+  const KillGroupOnSignal kill_group_on_signal(pid);
   child_in.close();
   child_out.close();
   child_err.close();
   for (int fd : {in.get(), out.get(), err.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
 
   using Clock = std::chrono::steady_clock;
-  const auto deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  // A timeout meant as "never" (1e12 s) would overflow the clock's nanoseconds into the past.
+  constexpr double kLongestTimeout = 1e9;  // about 31 years
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(std::min(timeout_s, kLongestTimeout)));
   const auto ms_left = [&] {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     return static_cast<int>(std::clamp<int64_t>(left, 0, 1000));
@@ -581,21 +674,29 @@ CommandRun run_command(const std::string& command, const std::string& input, dou
       char buf[65536];
       const ssize_t k = ::read(fd->get(), buf, sizeof buf);
       if (k > 0) text->append(buf, static_cast<size_t>(k));
+      if (text == &run.err && run.err.size() > 2 * kKeptStderr) run.err.erase(0, run.err.size() - kKeptStderr);
       if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) fd->close();
     }
+    // A program that writes without end (a loop printing forever) would fill the memory before
+    // the timeout.
+    if (run.out.size() > max_out) {
+      run.too_much_output = true;
+      break;
+    }
   }
-  // Output still open means the deadline passed; closed output, that the child may still be running.
+  // Output still open means the deadline passed (or stdout overflowed); closed output, that the
+  // child may still be running.
   int status = 0;
   pid_t done = 0;
   for (;;) {
     done = ::waitpid(pid, &status, WNOHANG);
     if (done < 0 && errno == EINTR) continue;
-    if (done != 0 || Clock::now() >= deadline) break;
+    if (done != 0 || run.too_much_output || Clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   G4_CHECK(done >= 0, what, ": waitpid: ", std::strerror(errno));
   if (done == 0 || out.get() >= 0 || err.get() >= 0) {
-    run.timed_out = true;
+    run.timed_out = !run.too_much_output;
     ::kill(-pid, SIGKILL);
     ::kill(pid, SIGKILL);
     while (done == 0 && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -625,8 +726,12 @@ class CommandReward : public Reward {
       line["answer"] = in.answer;
       input += line.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     }
-    const CommandRun run = run_command(command_, input, timeout_s_);
+    // One number a line: a generous 64 KiB per input (padding included), never less than 1 MiB.
+    const size_t max_out = std::max<size_t>(1 << 20, inputs.size() << 16);
+    const CommandRun run = run_command(command_, input, timeout_s_, max_out);
     const std::string what = "reward.command '" + command_ + "'";
+    G4_CHECK(!run.too_much_output, what, " wrote more than ", max_out, " bytes on stdout for ", inputs.size(),
+             " inputs (one reward per input line expected) and was killed; ", tail(run.err, 2000));
     G4_CHECK(!run.timed_out, what, " ran longer than reward.timeout_s (", timeout_s_, " s) on ", inputs.size(),
              " inputs and was killed; ", tail(run.err, 2000));
     G4_CHECK(!WIFSIGNALED(run.status), what, " was killed by signal ", WTERMSIG(run.status), "; ", tail(run.err, 2000));
@@ -672,6 +777,10 @@ double dapo_math_score(std::string_view response, std::string_view ground_truth)
   if (r.size() > 300) r.erase(0, r.size() - 300);
   const Text pred = normalize(last_answer(r).value_or(U"[INVALID]"));
   return pred == normalize(to_text(ground_truth)) ? 1.0 : 0.0;
+}
+
+void check_prompt_fields(const std::string& kind, const nlohmann::json& extra, const std::string& where) {
+  if (kind == "countdown") countdown_problem(extra, where);
 }
 
 std::unique_ptr<Reward> make_reward(const RewardOptions& o) {

@@ -45,10 +45,17 @@ struct RewardOptions {
   std::string pattern;
   // command: run through /bin/sh once per call; reads one JSON object per input on stdin
   // ({"prompt", "response", "answer", ...extra}) and writes one number per line on stdout. A
-  // non-zero exit, a wrong line count or a non-number is an error naming the command.
+  // non-zero exit, a wrong line count, a non-number or more than 64 KiB of stdout per input is an
+  // error naming the command, with the end of its stderr (only the last 64 KiB are kept). While it
+  // runs, SIGINT, SIGTERM and SIGHUP to this process kill its process group first.
   std::string command;
   double timeout_s = 600;  // command: killed after this
 };
+
+// Throws g4::Error, naming `where` (the prompt's file and line), when a prompt lacks a field the
+// reward kind reads (countdown: 'numbers' and 'target'), so that a prompt set is refused as it is
+// read rather than when a step draws the prompt.
+void check_prompt_fields(const std::string& kind, const nlohmann::json& extra, const std::string& where);
 
 // Throws g4::Error naming the recipe key (reward.kind, reward.pattern, reward.command) on bad options.
 std::unique_ptr<Reward> make_reward(const RewardOptions& options);

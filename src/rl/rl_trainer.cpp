@@ -26,9 +26,13 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // metrics log (a resumed run's earlier records included).
 void write_reward_picture(const std::string& dir, const std::vector<nlohmann::json>& log) {
   std::vector<train::CurvePoint> reward, validation;
+  // A value JSON cannot hold (NaN, inf) was written as null: it has no point on the curve.
+  const auto number = [](const nlohmann::json& rec, const char* key) {
+    return rec.contains(key) && rec[key].is_number() && rec.contains("step") && rec["step"].is_number();
+  };
   for (const nlohmann::json& rec : log) {
-    if (rec.contains("reward")) reward.push_back({rec["step"].get<double>(), rec["reward"].get<double>()});
-    if (rec.contains("validation_accuracy"))
+    if (number(rec, "reward")) reward.push_back({rec["step"].get<double>(), rec["reward"].get<double>()});
+    if (number(rec, "validation_accuracy"))
       validation.push_back({rec["step"].get<double>(), rec["validation_accuracy"].get<double>()});
   }
   train::write_loss_svg((fs::path(dir) / "reward.svg").string(), reward, validation,
@@ -164,6 +168,12 @@ RlResult RlTrainer::run() {
                      tmpe == prep.metrics.end() ? 1.0 : tmpe->second,
                      tmpe == prep.metrics.end() ? 1.0 : prep.metrics.at("token_mult_prob_error_max"), gen_s, lp_s,
                      train_s);
+        if (prep.metrics.at("groups_with_spread") == 0)
+          std::fprintf(stderr,
+                       "step %lld: no reward spread: every prompt's samples scored alike, so every advantage is 0 "
+                       "and the policy-gradient term is 0 (only a KL penalty or weight decay moved the weights); "
+                       "grpo.use_dynamic_sampling skips such groups\n",
+                       static_cast<long long>(step));
       }
     }
     if (validating && (step % r_.validation_every == 0 || step == r_.steps)) validate();

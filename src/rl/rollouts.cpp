@@ -17,15 +17,18 @@ uint64_t rollout_seed(uint64_t run_seed, int64_t draw) {
   return z ^ (z >> 31);
 }
 
+int64_t sequence_limit(int64_t max_total_len, int64_t context) {
+  if (max_total_len > 0 && context > 0) return std::min(max_total_len, context);
+  return max_total_len > 0 ? max_total_len : context;
+}
+
 std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tokenizer& tok,
                                        const std::vector<PromptExample>& prompts, const std::vector<int64_t>& draws,
                                        int64_t n, const RolloutOptions& o, Reward& reward) {
   G4_CHECK(prompts.size() == draws.size(), "generate_rollouts: ", prompts.size(), " prompts but ", draws.size(),
            " draw positions");
   if (prompts.empty()) return {};
-  const int64_t context = model.config().max_position_embeddings;
-  const int64_t limit = o.max_total_len > 0 ? (context > 0 ? std::min(o.max_total_len, context) : o.max_total_len)
-                                            : context;
+  const int64_t limit = sequence_limit(o.max_total_len, model.config().max_position_embeddings);
   // A chat reply ends with the template's end of turn; NeMo-RL's vLLM stops there as at EOS.
   const std::optional<int32_t> end_of_turn = data::chat_end_of_turn_id(tok);
   std::vector<gen::Request> requests;
@@ -36,9 +39,11 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     // NeMo-RL's vLLM runs with max_model_len = max_total_sequence_length: a long prompt leaves fewer
     // new tokens.
     q.options.max_tokens = limit > 0 ? std::min(o.max_new_tokens, limit - len) : o.max_new_tokens;
-    G4_CHECK(q.options.max_tokens > 0, "prompt of draw ", draws[i], " has ", len,
-             " tokens: no room for a response within generation.max_total_sequence_length / the model's context (",
-             limit, ")");
+    // PromptStream refuses such prompts as it reads or generates them; this is the last guard.
+    G4_CHECK(q.options.max_tokens > 0, prompts[i].where.empty() ? "prompt of draw " + std::to_string(draws[i])
+                                                                 : prompts[i].where,
+             ": the prompt has ", len, " tokens: no room for a response within generation.max_total_sequence_length "
+             "/ the model's context (", limit, ")");
     q.options.sampling.temperature = o.temperature;
     q.options.sampling.top_p = o.top_p;
     q.options.sampling.top_k = o.top_k;
@@ -59,8 +64,15 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   eo.tokenizer = &tok;
   std::vector<gen::Completion> done;
   {
-    gen::Engine engine(model, eo);  // its KV pages are freed when it goes
-    done = engine.generate(std::move(requests));
+    std::optional<gen::Engine> engine;  // its KV pages are freed when it goes
+    try {
+      engine.emplace(model, eo);
+    } catch (const Error& e) {
+      // The engine's sizes come from these recipe keys; its own message names its fields.
+      G4_FAIL("the rollouts' generation engine (generation.page_size ", o.page_size, ", generation.max_running ",
+              o.max_running, ", generation.memory_fraction ", o.memory_fraction, "): ", e.what());
+    }
+    done = engine->generate(std::move(requests));
   }
   std::vector<Rollout> out;
   std::vector<RewardInput> inputs;

@@ -34,6 +34,10 @@ struct RolloutOptions {
   uint64_t seed = 0;
 };
 
+// The most tokens a sequence (prompt + response) may hold: generation.max_total_sequence_length
+// (`max_total_len`, 0: none) within the model's context (`context`, 0: none); 0 when neither limits.
+int64_t sequence_limit(int64_t max_total_len, int64_t context);
+
 // The draws of sample k of draw d: seed(d) + k. Every (run seed, d) pair gets its own stream, so
 // a prompt's samples do not depend on which rank or round generates them.
 uint64_t rollout_seed(uint64_t run_seed, int64_t draw);

@@ -187,7 +187,7 @@ std::vector<ScopedKey> make_schema() {
       // g4 rl: NeMo-RL's GRPO/DAPO keys (docs/rl.md).
       rl_only(field("grpo.num_prompts_per_step", G4_SLOT(rl.prompts_per_step), "prompts drawn per step", kPositive)),
       rl_only(field("grpo.num_generations_per_prompt", G4_SLOT(rl.generations_per_prompt),
-            "samples of each prompt (one GRPO group)", kPositive)),
+            "samples of each prompt (one GRPO group; 2 or more)", kPositive)),
       rl_only(field("grpo.normalize_rewards", G4_SLOT(rl.normalize_rewards),
             "divide advantages by the group's reward std (+1e-6) where it is not 0")),
       rl_only(field("grpo.use_leave_one_out_baseline", G4_SLOT(rl.leave_one_out_baseline),
@@ -554,6 +554,10 @@ void check_rl(Recipe& r, const std::string& source) {
   G4_CHECK(rl.dynamic_sampling || rl.batch_multiplier == 1.0, source, ": 'grpo.batch_multiplier' is ",
            rl.batch_multiplier, " but 'grpo.use_dynamic_sampling' is false (more prompts per round only serve "
            "dynamic sampling)");
+  // A group of one sample is its own baseline: every advantage would be 0 and no step would learn.
+  G4_CHECK(rl.generations_per_prompt >= 2, source, ": 'grpo.num_generations_per_prompt' is ",
+           rl.generations_per_prompt, ", but GRPO compares the samples of a prompt with each other: with one sample "
+           "its baseline is its own reward, every advantage is 0 and the policy never changes; use 2 or more");
   const int64_t samples = rl.prompts_per_step * rl.generations_per_prompt;
   G4_CHECK(rl.global_batch_size == 0 || samples % rl.global_batch_size == 0, source, ": 'train.global_batch_size' ",
            rl.global_batch_size, " must divide the samples of a step (grpo.num_prompts_per_step x "
@@ -567,6 +571,9 @@ void check_rl(Recipe& r, const std::string& source) {
   G4_CHECK(!rl.reward_scaling || rl.scaling_source_max > rl.scaling_source_min, source,
            ": 'grpo.reward_scaling.source_max' must exceed 'grpo.reward_scaling.source_min'");
   G4_CHECK(rl.reward != "regex" || !rl.reward_pattern.empty(), source, ": 'reward.kind' regex needs 'reward.pattern'");
+  for (const std::string& stop : rl.stop_strings)
+    G4_CHECK(!stop.empty(), source, ": 'generation.stop_strings' holds an empty string (it would end every response "
+             "before its first token)");
   G4_CHECK(rl.reward != "command" || !rl.reward_command.empty(), source,
            ": 'reward.kind' command needs 'reward.command'");
 }

@@ -14,6 +14,7 @@
 #include "model/state_dict_adapter.h"
 #include "parallel/single_communicator.h"
 #include "rl/grpo.h"
+#include "rl/prompts.h"
 #include "rl/rl_trainer.h"
 #include "train/trainer.h"
 #include "support/error_message.h"
@@ -188,6 +189,93 @@ TEST(GrpoRun, BadRecipesNameTheKey) {
                                   train::Command::kRl));
   });
   EXPECT_NE(e.find("none.jsonl"), std::string::npos) << e;
+  // Probed (tools/probe_rl.py): a group of one sample never learns (its own baseline); the task's
+  // difficulty was refused without the key.
+  e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"grpo.num_generations_per_prompt=1"}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("'grpo.num_generations_per_prompt' is 1"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"prompts.task_difficulty=99"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("'prompts.task_difficulty' is 99"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"generation.stop_strings=['']"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("'generation.stop_strings' holds an empty string"), std::string::npos) << e;
+  e = test::error_of(
+      [&] { rl::run_rl(train::load_recipe(recipe, {"generation.page_size=100000000"}, train::Command::kRl)); });
+  EXPECT_NE(e.find("generation.page_size 100000000"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
+// Probed (tools/probe_rl.py): checkpoint.dir naming the SFT run the policy comes from (instead of
+// model.path) was refused naming only a missing 'prompt_position'; it now says what the checkpoint
+// is and where it belongs, and leaves it in place.
+TEST(GrpoRun, ResumeOverAnSftRunSaysSo) {
+  const fs::path dir = test::scratch_dir("grpo_over_sft");
+  {
+    std::ofstream data(dir / "sft.jsonl");
+    for (const rl::PromptExample& p : rl::task_problems({"arithmetic", 1, 0}, 0, 8))
+      data << nlohmann::json{{"messages", {{{"role", "user"}, {"content", p.prompt}},
+                                           {{"role", "assistant"}, {"content", rl::task_reference_response(p)}}}}}
+                  .dump()
+           << "\n";
+  }
+  train::run_training(
+      train::recipe_from_yaml("model: {name: tiny-dense, init_seed: 3, config: {num_hidden_layers: 2}}\n"
+                              "tokenizer: " + test::source_dir() + "/recipes/data/kjv-chat-tokenizer\n"
+                              "data: {train: [" + (dir / "sft.jsonl").string() + "], format: chat, seq_len: 64,\n"
+                              "       validation_fraction: 0}\n"
+                              "train: {steps: 1, batch_size: 2}\n"
+                              "checkpoint: {dir: " + (dir / "sft").string() + "}\n"
+                              "log: {validation_every: 0, samples: 0}\n",
+                              "sft.yaml"),
+      false);
+  const std::string e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(tiny_rl_recipe(dir), {"checkpoint.dir=" + (dir / "sft").string()}, train::Command::kRl),
+               {.resume = true});
+  });
+  EXPECT_NE(e.find("has no 'prompt_position': not a checkpoint of g4 rl"), std::string::npos) << e;
+  EXPECT_TRUE(fs::exists(dir / "sft" / "checkpoints" / "step-00000001" / "trainer_state.json"));
+  fs::remove_all(dir);
+}
+
+// Probed: a step whose groups all scored alike trained on zero advantages without a word; it now
+// logs groups_with_spread and says so. Rewards whose squares overflow a double made NaN
+// advantages, reported as a non-finite loss to be fixed with the learning rate.
+TEST(GrpoRun, DegenerateRewardsAreSaid) {
+  const fs::path dir = test::scratch_dir("grpo_degenerate");
+  const std::string recipe = tiny_rl_recipe(dir);
+  testing::internal::CaptureStderr();
+  rl::run_rl(train::load_recipe(recipe, {"reward.pattern=QQQ#never", "train.steps=1", "log.validation_every=0"},
+                                train::Command::kRl));
+  const std::string err = testing::internal::GetCapturedStderr();
+  const std::vector<nlohmann::json> log = read_log(dir / "run" / "metrics.jsonl");
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0]["groups_with_spread"].get<double>(), 0.0);
+  EXPECT_EQ(log[0]["loss"].get<double>(), 0.0);
+  EXPECT_NE(err.find("step 1: no reward spread"), std::string::npos) << err;
+  // The regex base recipe's groups do differ.
+  rl::run_rl(train::load_recipe(recipe, {"train.steps=1", "log.validation_every=0", "checkpoint.dir=" +
+                                         (dir / "spread").string()}, train::Command::kRl));
+  EXPECT_GT(read_log(dir / "spread" / "metrics.jsonl").at(0)["groups_with_spread"].get<double>(), 0.0);
+
+  std::string e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"reward.kind=command", "reward.pattern=''",
+                                           R"(reward.command="awk '{print (NR % 2) * 1e308}'")",
+                                           "grpo.reward_scaling.enabled=false", "checkpoint.dir=" +
+                                           (dir / "huge").string()}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("reward.kind command returned rewards up to 1e+308"), std::string::npos) << e;
+  EXPECT_NE(e.find("grpo.reward_scaling"), std::string::npos) << e;
+  // Scaled into range for training, but the validation accuracy averages the raw rewards (an
+  // infinite mean was written to metrics.jsonl as null, on which reward.svg then failed).
+  e = test::error_of([&] {
+    rl::run_rl(train::load_recipe(recipe, {"reward.kind=command", "reward.pattern=''",
+                                           R"(reward.command="awk '{print 1e308}'")", "checkpoint.dir=" +
+                                           (dir / "huge-validation").string()}, train::Command::kRl));
+  });
+  EXPECT_NE(e.find("returned rewards up to 1e+308 in magnitude, too large to average (their sum"), std::string::npos)
+      << e;
   fs::remove_all(dir);
 }
 

@@ -7,13 +7,16 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "data_pipeline/test_tokenizer.h"
+#include "rl/prompt_stream.h"
 #include "rl/rewards.h"
+#include "train/recipe.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
 
@@ -76,6 +79,11 @@ TEST(Prompts, LoadsBothLayouts) {
             "<|turn>user\nsecond<turn|>\n<|turn>model\n");
   EXPECT_EQ(p[3].answer, "");
   EXPECT_EQ(p[3].ids[0], tok.bos_id);
+  // Whether a line gave a ground truth, and where it came from (for errors).
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(p[i].has_answer) << i;
+  EXPECT_FALSE(p[3].has_answer);
+  EXPECT_EQ(p[0].where, path + ":1");
+  EXPECT_EQ(p[1].where, path + ":4");
 }
 
 TEST(Prompts, BadLinesNameTheFileLineAndKey) {
@@ -108,6 +116,67 @@ TEST(Prompts, BadLinesNameTheFileLineAndKey) {
   const std::string empty = write_file("empty.jsonl", "\n\n");
   EXPECT_NE(error_of([&] { load_prompts(empty, tok); }).find("no prompts"), std::string::npos);
   EXPECT_NE(error_of([&] { load_prompts(empty + ".missing", tok); }).find(".missing"), std::string::npos);
+}
+
+// The stream of a recipe over `file` (or the arithmetic task when empty); `keys` override it.
+PromptStream stream(const std::string& file, std::vector<std::string> keys, int64_t context,
+                    const io::Tokenizer& tok) {
+  keys.push_back(file.empty() ? "prompts.task=arithmetic" : "prompts.train=" + file);
+  static std::vector<std::unique_ptr<train::Recipe>> recipes;  // the stream keeps a reference
+  recipes.push_back(std::make_unique<train::Recipe>(
+      train::recipe_from_yaml("model: {name: tiny-dense}\ntokenizer: none\nreward: {kind: exact}\n", "rl.yaml",
+                              keys, train::Command::kRl)));
+  return PromptStream(*recipes.back(), tok, data::ChatVariant::Small, context);
+}
+
+// Probed (tools/probe_rl.py): a prompt with no room for a response failed only when a step drew it
+// (naming a draw number, maybe hours in), and a line without the ground truth a verifier compares
+// with trained silently on rewards that could only be 0. Both are errors naming the line when the
+// prompts are read.
+TEST(PromptStream, RefusesPromptsWithoutRoomOrGroundTruthNamingTheLine) {
+  const test::ByteTokenizer tok;  // a token per byte: the long prompt has 400+ tokens
+  const std::string long_prompt = write_file(
+      "long.jsonl", R"({"prompt": "short", "answer": "1"})" "\n" R"({"prompt": ")" + std::string(400, 'w') +
+                        R"(", "answer": "1"})" "\n");
+  std::string e = error_of([&] { stream(long_prompt, {"generation.max_total_sequence_length=64"}, 0, tok); });
+  EXPECT_NE(e.find(long_prompt + ":2: the prompt has"), std::string::npos) << e;
+  EXPECT_NE(e.find("generation.max_total_sequence_length"), std::string::npos) << e;
+  e = error_of([&] { stream(long_prompt, {}, 64, tok); });  // the model's context alone
+  EXPECT_NE(e.find(long_prompt + ":2"), std::string::npos) << e;
+  // Skipped (and counted) by prompts.max_input_seq_length first, as its error message suggests.
+  EXPECT_EQ(stream(long_prompt, {"prompts.max_input_seq_length=63"}, 64, tok).skipped_too_long(), 1);
+  // A validation prompt likewise.
+  const std::string short_prompt = write_file("short.jsonl", R"({"prompt": "short", "answer": "1"})" "\n");
+  e = error_of([&] { stream(short_prompt, {"prompts.validation=" + long_prompt}, 64, tok); });
+  EXPECT_NE(e.find(long_prompt + ":2"), std::string::npos) << e;
+
+  const std::string no_answer =
+      write_file("no-answer.jsonl", R"({"prompt": "a", "answer": "1"})" "\n" R"({"prompt": "b"})" "\n");
+  for (const std::vector<std::string>& keys :
+       {std::vector<std::string>{}, {"reward.kind=dapo_math"}, {"reward.kind=regex", "reward.pattern=x{answer}"}}) {
+    e = error_of([&] { stream(no_answer, keys, 0, tok); });
+    EXPECT_NE(e.find(no_answer + ":2: no ground truth"), std::string::npos) << e;
+  }
+  // Rewards that do not compare with a ground truth take such lines.
+  EXPECT_EQ(stream(no_answer, {"reward.kind=regex", "reward.pattern=x"}, 0, tok).size(), 2);
+  EXPECT_EQ(stream(no_answer, {"reward.kind=command", "reward.command=cat"}, 0, tok).size(), 2);
+  // The countdown reward's fields, likewise when the file is read.
+  const std::string countdown = write_file(
+      "countdown.jsonl", R"({"prompt": "a", "numbers": [2, 3], "target": 5})" "\n" R"({"prompt": "b"})" "\n");
+  e = error_of([&] { stream(countdown, {"reward.kind=countdown"}, 0, tok); });
+  EXPECT_NE(e.find(countdown + ":2: reward.kind countdown needs the prompt's fields 'numbers'"), std::string::npos)
+      << e;
+
+  // Built-in task: the key of a bad difficulty; a system prompt that leaves no room names the problem.
+  e = error_of([&] { stream("", {"prompts.task_difficulty=99"}, 0, tok); });
+  EXPECT_NE(e.find("'prompts.task_difficulty' is 99"), std::string::npos) << e;
+  const std::string system = "prompts.system_prompt=" + std::string(100, 's');
+  e = error_of([&] { stream("", {system}, 64, tok); });
+  EXPECT_NE(e.find("task arithmetic, problem 0: the prompt has"), std::string::npos) << e;
+  EXPECT_NE(e.find("prompts.system_prompt"), std::string::npos) << e;
+  PromptStream s = stream("", {system, "prompts.task_validation_prompts=0"}, 64, tok);
+  e = error_of([&] { s.next(1); });
+  EXPECT_NE(e.find("task arithmetic, problem 0: the prompt has"), std::string::npos) << e;
 }
 
 // An independent evaluation of "a op b op c ..." (a value may be negative: "-7 + 4") by the

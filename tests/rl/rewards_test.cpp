@@ -4,9 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -316,6 +322,79 @@ TEST(CommandReward, FailuresAreErrorsNamingTheCommand) {
   std::vector<RewardInput> big(2000, {"p", std::string(8192, 'x'), "a", {}});
   e = error_of([&] { make_reward(command("exit 0"))->score(big); });
   EXPECT_NE(e.find("wrote 0 lines for 2000 inputs"), std::string::npos) << e;
+}
+
+// Probed (tools/probe_rl.py): libstdc++'s std::regex recurses per character, so a long response
+// overflowed the stack (a segfault) under a pattern such as '^(.|\n)*$'.
+TEST(Rewards, RegexOnALongResponseDoesNotOverflowTheStack) {
+  RewardOptions o;
+  o.kind = "regex";
+  o.pattern = "^(.|\n)*$";
+  std::string response(100000, 'a');
+  for (size_t i = 0; i < response.size(); i += 61) response[i] = '\n';
+  EXPECT_EQ(make_reward(o)->score({{"p", response, "1", {}}}), (std::vector<double>{1}));
+  o.pattern = "(?i)A+\nA+$";
+  EXPECT_EQ(make_reward(o)->score({{"p", response, "1", {}}, {"p", "b", "1", {}}}), (std::vector<double>{1, 0}));
+}
+
+// Probed (tools/probe_rl.py): a program printing without end filled the trainer's memory until the
+// timeout, and a chatty one's whole stderr was kept although only its end is shown.
+TEST(CommandReward, EndlessOutputIsCutAndStderrKeepsItsEnd) {
+  const std::vector<RewardInput> two = {{"p", "r1", "a", {}}, {"p", "r2", "a", {}}};
+  const auto start = std::chrono::steady_clock::now();
+  std::string e = error_of([&] { make_reward(command("yes 1"))->score(two); });
+  EXPECT_NE(e.find("wrote more than 1048576 bytes on stdout for 2 inputs"), std::string::npos) << e;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 20.0);
+  e = error_of([&] {
+    make_reward(command("head -c 20000000 /dev/zero | tr '\\0' x >&2; echo the real reason >&2; exit 2"))->score(two);
+  });
+  EXPECT_NE(e.find("status 2"), std::string::npos) << e.substr(0, 300);
+  EXPECT_NE(e.find("the real reason"), std::string::npos) << e.substr(0, 300);
+  EXPECT_LT(e.size(), 4000u);
+  // A timeout meant as "never" overflowed the clock into the past: an instant timeout.
+  EXPECT_EQ(make_reward(command("echo 1; echo 0", 1e12))->score(two), (std::vector<double>{1, 0}));
+  // Output far past the stdout limit on stderr alone is fine when the rewards are right.
+  EXPECT_EQ(make_reward(command("head -c 20000000 /dev/zero >&2; echo 1; echo 0"))->score(two),
+            (std::vector<double>{1, 0}));
+}
+
+// Probed: the program runs in its own process group (for the timeout), out of reach of the
+// terminal's Ctrl-C and of a SIGTERM to the trainer, so a hung program outlived the trainer.
+TEST(CommandReward, ASignalThatEndsTheTrainerEndsTheProgram) {
+  for (const int sig : {SIGTERM, SIGINT}) {
+    // Unique to this process and signal; a program left behind by a failure ends by itself.
+    const std::string marker = "sleep 97." + std::to_string(::getpid() % 1000) + std::to_string(sig);
+    // -x: the whole command line, the sleep's alone (not the shell running it or pgrep).
+    const std::string look = "pgrep -x -f '" + marker + "' > /dev/null";
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      // The child stands for the trainer: it waits on a reward program that never ends.
+      try {
+        make_reward(command(marker + "; echo 1; echo 1", 600))->score({{"p", "r1", "a", {}}, {"p", "r2", "a", {}}});
+      } catch (...) {
+      }
+      ::_exit(0);
+    }
+    bool started = false;
+    for (int i = 0; i < 500 && !started; ++i) {
+      started = std::system(look.c_str()) == 0;
+      if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_TRUE(started) << marker;
+    // The shell shows before posix_spawn returns in the child; give it the moment to arm its handler.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(child, sig);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "the trainer's signal takes its usual action";
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; ++i) {
+      gone = std::system(look.c_str()) != 0;
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_TRUE(gone) << "the reward program outlived the trainer after signal " << sig;
+  }
 }
 
 }  // namespace

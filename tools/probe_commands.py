@@ -1,0 +1,193 @@
+"""What the command probes (probe_train.py, probe_rl.py) share: running the g4 binary, recording one PASS/DEFECT
+line per case, expecting a clear error or a success, and checking what a run left on disk (whole checkpoints, the
+complete lines of metrics.jsonl) after it was interrupted.
+
+A case fails when g4 crashes (a signal, an abort), prints a library's exception text instead of its own error, exits
+with another status than the case expects, or lacks a string the case expects in its output (an error must name the
+file, key or shape at fault).
+"""
+import json, os, signal, struct, subprocess, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = []  # (section, case, ok, detail)
+# Text that means an exception escaped as a library's (or the runtime's) message rather than as g4's own error.
+LIBRARY_TEXT = ["[json.exception", "basic_filebuf", "std::bad_alloc", "yaml-cpp", "terminate called", "what():",
+                "Segmentation", "Aborted", "core dumped"]
+
+
+def record(section, case, ok, detail=""):
+    RESULTS.append((section, case, ok, detail))
+    print(f"{'PASS  ' if ok else 'DEFECT'} [{section}] {case}" + (f": {detail}" if detail else ""), flush=True)
+
+
+def summarize(work, keep_work):
+    """Prints the defects; returns the exit status (1 when any case failed). The work directory goes when clean."""
+    import shutil
+    bad = [r for r in RESULTS if not r[2]]
+    print(f"\n{len(RESULTS)} cases, {len(bad)} defects (work directory {work})")
+    for sec, case, _, detail in bad:
+        print(f"  [{sec}] {case}: {detail[:400]}")
+    if not bad and not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if bad else 0
+
+
+class G4:
+    """The binary under test, run single-threaded from the repository root (relative recipe paths resolve there)."""
+
+    def __init__(self, binary, work):
+        self.binary, self.work = binary, work
+
+    def env(self, env):
+        return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
+
+    def run(self, args, env=None, cwd=None, timeout=600):
+        p = subprocess.run([self.binary] + args, capture_output=True, text=True, env=self.env(env), cwd=cwd or ROOT,
+                           timeout=timeout, errors="replace")
+        return p.returncode, p.stdout + p.stderr
+
+    def run_measured(self, args, env=None, timeout=600):
+        """run() that also returns the process's peak resident memory in MiB (wait4's ru_maxrss)."""
+        with tempfile.TemporaryFile() as out:
+            p = subprocess.Popen([self.binary] + args, stdout=out, stderr=subprocess.STDOUT, env=self.env(env),
+                                 cwd=ROOT)
+            deadline = time.time() + timeout
+            while True:
+                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.time() > deadline:
+                    p.kill()
+                    pid, status, usage = os.wait4(p.pid, 0)
+                    break
+                time.sleep(0.05)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        return p.returncode, text, usage.ru_maxrss / 1024
+
+    def start(self, args, env=None):
+        return subprocess.Popen([self.binary] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=self.env(env), cwd=ROOT, errors="replace")
+
+
+def no_library_text(out):
+    return not any(t in out for t in LIBRARY_TEXT)
+
+
+def expect_error(section, case, g4, args, wants, cwd=None, env=None):
+    """rc 1 (a g4::Error), every string of `wants` in the output, no library text, no crash."""
+    rc, out = g4.run(args, cwd=cwd, env=env)
+    lines = out.splitlines()
+    first = next((i for i, l in enumerate(lines) if "error:" in l), max(0, len(lines) - 1))
+    last = [" | ".join(lines[first:first + 3])] if lines else []
+    missing = [w for w in wants if w not in out]
+    ok = rc == 1 and not missing and no_library_text(out)
+    record(section, case, ok, (last[0][:300] if last else "") if ok else
+           f"rc {rc}, missing {missing}; output tail: {out[-600:]!r}")
+    return out
+
+
+def expect_success(section, case, g4, args, wants=(), env=None):
+    rc, out = g4.run(args, env=env)
+    missing = [w for w in wants if w not in out]
+    ok = rc == 0 and not missing and no_library_text(out)
+    record(section, case, ok, "" if ok else f"rc {rc}, missing {missing}; output tail: {out[-600:]!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- what a run left
+
+def safetensors_whole(path):
+    """The header parses and header + the largest data offset is the file's size: nothing cut or appended."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            return False
+        n = struct.unpack("<Q", raw)[0]
+        if 8 + n > size:
+            return False
+        header = json.loads(f.read(n))
+    end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"] or [0])
+    return 8 + n + end == size
+
+
+def complete_checkpoints(run_dir):
+    d = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(d):
+        return []
+    return sorted(os.path.join(d, n) for n in os.listdir(d)
+                  if n.startswith("step-") and os.path.exists(os.path.join(d, n, "trainer_state.json")))
+
+
+def checkpoint_problems(run_dir):
+    bad = []
+    for c in complete_checkpoints(run_dir):
+        for n in os.listdir(c):
+            p = os.path.join(c, n)
+            if n.endswith(".safetensors") and not safetensors_whole(p):
+                bad.append(p)
+            if n.endswith(".json"):
+                try:
+                    json.load(open(p))
+                except Exception as e:  # noqa: BLE001 - the probe reports whatever is wrong
+                    bad.append(f"{p} ({e})")
+    return bad
+
+
+def temporary_files(run_dir):
+    """Files a checkpoint or log write leaves only when it is cut short (name.tmp.<pid>)."""
+    return [os.path.join(dp, f) for dp, dn, fn in os.walk(run_dir) for f in fn + dn if ".tmp." in f]
+
+
+def metric_lines(run_dir):
+    """Complete JSON lines of metrics.jsonl (a line cut by a kill is not complete)."""
+    p = os.path.join(run_dir, "metrics.jsonl")
+    out = []
+    if not os.path.exists(p):
+        return out
+    for line in open(p):
+        if line.endswith("\n") and line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def curve(lines, keys):
+    """(step, key) -> value of `keys` in the metric records (timings differ between runs, so they are left out)."""
+    c = {}
+    for j in lines:
+        for k in keys:
+            if k in j:
+                c[(j["step"], k)] = j[k]
+    return c
+
+
+def run_to_end(g4, args, rng, max_interrupts, after_interrupt, span):
+    """Runs `args`, interrupting it up to `max_interrupts` times at random (each resumed with --resume, and
+    `after_interrupt()` called after each); returns the interruption log, the last output, whether it finished."""
+    log = []
+    for attempt in range(max_interrupts + 1):
+        a = args + (["--resume"] if attempt > 0 else [])
+        p = g4.start(a)
+        if attempt < max_interrupts:
+            delay = rng.uniform(0.05 * span, span)  # anywhere in a run: loading, steps, checkpoints
+            sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+            try:
+                p.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                p.send_signal(sig)
+                log.append(f"{signal.Signals(sig).name}@{delay:.2f}s")
+        out, _ = p.communicate()
+        if log and len(log) == attempt + 1:
+            after_interrupt()
+        if p.returncode == 0:
+            return log, out, True
+        if p.returncode > 0 and len(log) < attempt + 1:
+            return log, out, False  # an error, not our signal
+        if attempt == max_interrupts:
+            return log, out, False
+    return log, "", False
