@@ -16,6 +16,7 @@ import argparse, json, os, shutil, signal, struct, subprocess, sys, tempfile, ti
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directories)
+from probe_commands import write_safetensors  # noqa: E402
 
 DATA = os.path.join(ROOT, "tests", "data")
 PROC = os.path.join(DATA, "hf-gemma4-mm", "processor")
@@ -100,21 +101,6 @@ def succeeds(env, args, timeout=60):
 def jsonl(path):
     with open(path) as f:
         return [json.loads(l) for l in f if l.strip()]
-
-
-def write_safetensors(path, tensors):
-    """tensors: {name: (dtype "I64"/"F32"/"I32", shape, flat list)}"""
-    header, blobs, offset = {}, [], 0
-    for name, (dtype, shape, values) in tensors.items():
-        blob = struct.pack(f"<{len(values)}{ {'I64': 'q', 'F32': 'f', 'I32': 'i'}[dtype]}", *values)
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    return path
 
 
 # ------------------------------------------------------------------------------------------ generate --prompts
@@ -312,31 +298,24 @@ def unwritable_out(env, model, out, *extra):
     return r
 
 
-@case("gen.prompts.out_missing_dir")
-def _(env):
-    return unwritable_out(env, env.tiny, os.path.join(env.dir, "no", "such", "out.jsonl"))
+def unwritable_out_cases(kind, model_of):
+    """An --out in a missing folder, and an --out that is a directory, for one kind of model."""
+    @case(f"gen.{kind}.out_missing_dir")
+    def _(env):
+        return unwritable_out(env, model_of(env), os.path.join(env.dir, "no", "such", "out.jsonl"))
+
+    @case(f"gen.{kind}.out_is_a_directory")
+    def _(env):
+        d = os.path.join(env.dir, "adir")
+        os.makedirs(d)
+        r = unwritable_out(env, model_of(env), d, "--overwrite")
+        if not os.path.isdir(d):
+            raise Defect(f"the directory {d} was replaced")
+        return r
 
 
-@case("gen.prompts.out_is_a_directory")
-def _(env):
-    d = os.path.join(env.dir, "adir")
-    os.makedirs(d)
-    r = unwritable_out(env, env.tiny, d, "--overwrite")
-    if not os.path.isdir(d):
-        raise Defect(f"the directory {d} was replaced")
-    return r
-
-
-@case("gen.diffusion.out_missing_dir")
-def _(env):
-    return unwritable_out(env, env.dg, os.path.join(env.dir, "no", "such", "out.jsonl"))
-
-
-@case("gen.diffusion.out_is_a_directory")
-def _(env):
-    d = os.path.join(env.dir, "adir")
-    os.makedirs(d)
-    return unwritable_out(env, env.dg, d, "--overwrite")
+unwritable_out_cases("prompts", lambda env: env.tiny)
+unwritable_out_cases("diffusion", lambda env: env.dg)
 
 
 @case("gen.prompts.out_is_prompts")

@@ -191,3 +191,32 @@ def run_to_end(g4, args, rng, max_interrupts, after_interrupt, span):
         if attempt == max_interrupts:
             return log, out, False
     return log, "", False
+
+
+def write_safetensors(path, tensors):
+    """Writes a safetensors file; tensors: {name: (dtype "I64", "I32" or "F32", shape, flat list)}. Returns path."""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, shape, values) in tensors.items():
+        blob = struct.pack(f"<{len(values)}{ {'I64': 'q', 'F32': 'f', 'I32': 'i'}[dtype]}", *values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    return path
+
+
+def resumed_run_problems(run, got, want, problems):
+    """Appends what an interrupted and resumed run in `run` left wrong: a metrics curve `got` other than the
+    uninterrupted run's `want`, damaged checkpoints, temporary files."""
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        problems.append(f"metrics differ from the uninterrupted run at {diff[:6]}")
+    bad = checkpoint_problems(run)
+    if bad:
+        problems.append(f"damaged checkpoints {bad}")
+    cruft = temporary_files(run)
+    if cruft:
+        problems.append(f"temporary files left behind {cruft}")

@@ -18,7 +18,7 @@ import argparse, json, os, random, shutil, signal, stat, subprocess, sys, tempfi
 
 import probe_commands
 from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
-                       metric_lines, no_library_text, record, run_to_end, temporary_files)
+                       metric_lines, no_library_text, record, resumed_run_problems, run_to_end)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
 CURVE_KEYS = ("reward", "accuracy", "loss", "grad_norm", "lr", "token_mult_prob_error", "response_length_mean",
@@ -534,16 +534,7 @@ def _(ctx):
 
 
 def compare_to_reference(ctx, run, want, problems):
-    got = curve(metric_lines(run), CURVE_KEYS)
-    if got != want:
-        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-        problems.append(f"metrics differ from the uninterrupted run at {diff[:6]}")
-    bad = checkpoint_problems(run)
-    if bad:
-        problems.append(f"damaged checkpoints {bad}")
-    cruft = temporary_files(run)
-    if cruft:
-        problems.append(f"temporary files left behind {cruft}")
+    resumed_run_problems(run, curve(metric_lines(run), CURVE_KEYS), want, problems)
 
 
 @case("resume", "--resume over a g4 train run's directory")

@@ -34,6 +34,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the test's model directory and server wrapper)
+from probe_commands import write_safetensors  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------- raw HTTP
@@ -80,21 +81,6 @@ class Raw:
 
 
 # ------------------------------------------------------------------------------------ safetensors (no numpy)
-
-
-def write_safetensors(path, tensors):
-    """tensors: {name: (dtype "I64"/"F32", shape, flat list)}"""
-    header, blobs, offset = {}, [], 0
-    for name, (dtype, shape, values) in tensors.items():
-        fmt = {"I64": "q", "F32": "f"}[dtype]
-        blob = struct.pack(f"<{len(values)}{fmt}", *values)
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def read_safetensors(path, name):

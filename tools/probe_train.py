@@ -23,7 +23,7 @@ import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile, ti
 
 import probe_commands
 from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, expect_error, expect_success,
-                       metric_lines, no_library_text, record, run_to_end, temporary_files)
+                       metric_lines, no_library_text, record, resumed_run_problems, run_to_end)
 
 
 def write_recipe(path, run_dir, **over):
@@ -227,16 +227,7 @@ def probe_interrupt(g4, work, rng, kills):
         if not done:
             problems.append(f"did not finish after {log}: {out[-500:]!r}")
         else:
-            got = curve(metric_lines(run))
-            if got != want:
-                diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-                problems.append(f"final curve differs from the uninterrupted run at {diff[:6]}")
-            bad = checkpoint_problems(run)
-            if bad:
-                problems.append(f"damaged checkpoints {bad}")
-            cruft = temporary_files(run)
-            if cruft:
-                problems.append(f"temporary files left behind {cruft}")
+            resumed_run_problems(run, curve(metric_lines(run)), want, problems)
         record(s, f"{name} {' '.join(log or [])}".strip(), not problems, "; ".join(problems))
 
 

@@ -32,6 +32,26 @@ __device__ __forceinline__ float normed(T x, float inv, T w) {
   return to_f32(from_f32<T>((to_f32(x) * inv) * to_f32(w)));
 }
 
+// 1 / rms of row `off` of x (d elements, nvec packs), for every thread of the block.
+template <class T, int V>
+__device__ __forceinline__ float row_inv_rms(const T* __restrict__ x, int64_t off, int64_t d, float eps, float* smem) {
+  const float ss = block_sum(row_sum_of_squares<T, V>(x + off, static_cast<int>(d / V)), smem);
+  return 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+}
+
+// The pack at `at` (pack c of its row) of residual + rmsnorm(a, w), rounded after the norm and
+// after the sum.
+template <class T, int V>
+__device__ __forceinline__ Pack<T, V> residual_plus_normed(const T* __restrict__ residual, const T* __restrict__ a,
+                                                           const T* __restrict__ w, int64_t at, int c, float inv) {
+  const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
+  const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
+  Pack<T, V> o;
+#pragma unroll
+  for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e]));
+  return o;
+}
+
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __restrict__ residual,
                                                                   const T* __restrict__ a, const T* __restrict__ w,
@@ -40,18 +60,13 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __res
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float ss = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
-  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  const float inv = row_inv_rms<T, V>(a, off, d, eps, smem);
   for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
     const int64_t at = off + int64_t{c} * V;
-    const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
-    const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
-    Pack<T, V> o;
+    Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
+    if (scale != 1.f) {
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      float h = to_f32(from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e])));
-      if (scale != 1.f) h *= scale;
-      o.v[e] = from_f32<T>(h);
+      for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(o.v[e]) * scale);
     }
     store_pack<T, V>(y + at, o);
   }
@@ -75,17 +90,13 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float ss = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
-  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  const float inv = row_inv_rms<T, V>(a, off, d, eps, smem);
   float ss_h = 0.f;
   for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
     const int64_t at = off + int64_t{c} * V;
-    const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
-    const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
-    Pack<T, V> o;
+    const Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      o.v[e] = from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e]));
       const float v = to_f32(o.v[e]);
       ss_h += v * v;
     }
@@ -116,10 +127,7 @@ __global__ void __launch_bounds__(kRowThreads) rmsnorm_sum_kernel(const T* __res
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float ssa = block_sum(row_sum_of_squares<T, V>(a + off, nvec), smem);
-  const float ssb = block_sum(row_sum_of_squares<T, V>(b + off, nvec), smem);
-  const float inv_a = 1.f / sqrtf(ssa / static_cast<float>(d) + eps);
-  const float inv_b = 1.f / sqrtf(ssb / static_cast<float>(d) + eps);
+  const float inv_a = row_inv_rms<T, V>(a, off, d, eps, smem), inv_b = row_inv_rms<T, V>(b, off, d, eps, smem);
   for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
     const int64_t at = off + int64_t{c} * V;
     const Pack<T, V> ap = load_pack<T, V>(a + at), bp = load_pack<T, V>(b + at);
