@@ -24,8 +24,9 @@ run="scripts/device_run.sh"
 # with the device-offset grouped GEMMs as the default, except HostStagedRanks: run after the rest in
 # one process on the 80 GB card, its 4 ranks could not create their contexts (the parent's pool
 # held the memory). The rank launcher now releases that cache first; the whole suite on an 80 GB
-# card is the check.
-new_tests='HostStagedRanks.*'
+# card is the check. GpuFusedNorms: fused.cu's kernels were refactored (shared helpers, the same
+# arithmetic) after their last GPU run.
+new_tests='HostStagedRanks.*:GpuFusedNorms.*'
 
 stage() {
   case "$1" in
