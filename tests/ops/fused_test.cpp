@@ -38,6 +38,13 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
                  "add_rmsnorm, scaled");
     expect_equal(ops::rmsnorm_sum(a, w, b, w2, kEps), ops::add(ops::rmsnorm(a, w, kEps), ops::rmsnorm(b, w2, kEps)),
                  "rmsnorm_sum");
+    const Tensor w3 = randn({24}, 12, dt);
+    const std::vector<Tensor> norms = ops::add_rmsnorm_norms(r, a, w, kEps, {{w2, 1.0}, {w3, 0.2}});
+    ASSERT_EQ(norms.size(), 3u);
+    const Tensor sum = ops::add(r, ops::rmsnorm(a, w, kEps));
+    expect_equal(norms[0], sum, "add_rmsnorm_norms h");
+    expect_equal(norms[1], ops::rmsnorm(sum, w2, kEps), "add_rmsnorm_norms norm 1");
+    expect_equal(norms[2], ops::scale(ops::rmsnorm(sum, w3, kEps), 0.2), "add_rmsnorm_norms scaled norm");
     const Tensor x = randn({2, 3, 4, 16}, 6, dt), wx = randn({16}, 7, dt);
     const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
@@ -59,6 +66,10 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::add_rmsnorm(a, a, randn({7}, 3, DType::F32), 1.0, kEps); }, {"add_rmsnorm", "w", "[D]"});
   expect_error([&] { ops::add_rmsnorm(a, a, Tensor(), 1.0, kEps); }, {"add_rmsnorm", "w is undefined"});
   expect_error([&] { ops::rmsnorm_sum(a, w, randn({2, 8}, 3, DType::F64), w, kEps); }, {"rmsnorm_sum", "dtypes differ"});
+  expect_error([&] { ops::add_rmsnorm_norms(a, a, w, kEps, {{w}, {w}, {w}, {w}}); },
+               {"add_rmsnorm_norms", "at most 3 norms"});
+  expect_error([&] { ops::add_rmsnorm_norms(a, a, w, kEps, {{randn({7}, 3, DType::F32)}}); },
+               {"add_rmsnorm_norms", "norms[i].weight", "[D]"});
   expect_error([&] { ops::rmsnorm_rope(randn({2, 3, 4, 16}, 1, DType::F32), randn({8}, 2, DType::F32),
                                        positions_of(2, 3), inv_freq_of(16), kEps); },
                {"rmsnorm_rope", "w", "[D]"});
