@@ -731,38 +731,21 @@ def _(env):
     return "1-D, 3-D and float input_ids refused naming input_ids"
 
 
-@case("forward.ids_out_of_vocab")
-def _(env):
-    f = write_safetensors(os.path.join(env.dir, "in.safetensors"), {"input_ids": ("I64", [1, 2], [5, 256])})
-    return refused(env, fwd(env, f), "256")
+def bad_inputs_case(name, tensors, want):
+    """g4 forward on an inputs file holding `tensors` is refused, naming `want`."""
+    @case(name)
+    def _(env):
+        return refused(env, fwd(env, write_safetensors(os.path.join(env.dir, "in.safetensors"), tensors)), want)
 
 
-@case("forward.labels_other_length")
-def _(env):
-    f = write_safetensors(os.path.join(env.dir, "in.safetensors"),
-                          {"input_ids": ("I64", [1, 3], [5, 6, 7]), "labels": ("I64", [1, 2], [6, 7])})
-    return refused(env, fwd(env, f), "labels")
-
-
-@case("forward.labels_out_of_vocab")
-def _(env):
-    f = write_safetensors(os.path.join(env.dir, "in.safetensors"),
-                          {"input_ids": ("I64", [1, 3], [5, 6, 7]), "labels": ("I64", [1, 3], [6, 7, 300])})
-    return refused(env, fwd(env, f), "labels")
-
-
-@case("forward.attention_mask_wrong_shape")
-def _(env):
-    f = write_safetensors(os.path.join(env.dir, "in.safetensors"),
-                          {"input_ids": ("I64", [1, 3], [5, 6, 7]), "attention_mask": ("I64", [1, 4], [1, 1, 1, 1])})
-    return refused(env, fwd(env, f), "attention_mask")
-
-
-@case("forward.position_ids_wrong_shape")
-def _(env):
-    f = write_safetensors(os.path.join(env.dir, "in.safetensors"),
-                          {"input_ids": ("I64", [1, 3], [5, 6, 7]), "position_ids": ("I64", [1, 2], [0, 1])})
-    return refused(env, fwd(env, f), "position_ids")
+IDS3 = ("I64", [1, 3], [5, 6, 7])
+bad_inputs_case("forward.ids_out_of_vocab", {"input_ids": ("I64", [1, 2], [5, 256])}, "256")
+bad_inputs_case("forward.labels_other_length", {"input_ids": IDS3, "labels": ("I64", [1, 2], [6, 7])}, "labels")
+bad_inputs_case("forward.labels_out_of_vocab", {"input_ids": IDS3, "labels": ("I64", [1, 3], [6, 7, 300])}, "labels")
+bad_inputs_case("forward.attention_mask_wrong_shape",
+                {"input_ids": IDS3, "attention_mask": ("I64", [1, 4], [1, 1, 1, 1])}, "attention_mask")
+bad_inputs_case("forward.position_ids_wrong_shape", {"input_ids": IDS3, "position_ids": ("I64", [1, 2], [0, 1])},
+                "position_ids")
 
 
 @case("forward.inputs_missing")

@@ -220,3 +220,34 @@ def resumed_run_problems(run, got, want, problems):
     cruft = temporary_files(run)
     if cruft:
         problems.append(f"temporary files left behind {cruft}")
+
+
+def interrupted_run_problems(g4, args, env, rng, span, run, want, curve_of):
+    """One interruption trial of the run `args` (writing to `run`): killed by the fault `env` names (then resumed once)
+    or, without `env`, interrupted at random up to three times (run_to_end). After each interruption the complete
+    checkpoints must be whole and the logged values the uninterrupted run's (`want`, a curve_of(metric lines)); at the
+    end, what resumed_run_problems checks. Returns the interruption log and the problems found."""
+    problems = []
+
+    def after_interrupt():
+        bad = checkpoint_problems(run)
+        if bad:
+            problems.append(f"damaged complete checkpoints after the kill {bad}")
+        got = curve_of(metric_lines(run))
+        diff = [k for k in got if got[k] != want.get(k)]
+        if diff:
+            problems.append(f"logged values differ from the uninterrupted run at {diff[:4]}")
+    if env:
+        rc, out = g4.run(args, env=env)
+        if rc not in (128 + 9, -9):
+            problems.append(f"the fault did not kill it (rc {rc})")
+        after_interrupt()
+        rc, out = g4.run(args + ["--resume"])
+        log, done = [], rc == 0
+    else:
+        log, out, done = run_to_end(g4, args, rng, 3, after_interrupt, span)
+    if not done:
+        problems.append(f"did not finish after {log}: {out[-500:]!r}")
+    else:
+        resumed_run_problems(run, curve_of(metric_lines(run)), want, problems)
+    return log, problems

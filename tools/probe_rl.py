@@ -18,7 +18,7 @@ import argparse, json, os, random, shutil, signal, stat, subprocess, sys, tempfi
 
 import probe_commands
 from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
-                       metric_lines, no_library_text, record, resumed_run_problems, run_to_end)
+                       interrupted_run_problems, metric_lines, no_library_text, record)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
 CURVE_KEYS = ("reward", "accuracy", "loss", "grad_norm", "lr", "token_mult_prob_error", "response_length_mean",
@@ -533,10 +533,6 @@ def _(ctx):
                    ["starting from scratch"])
 
 
-def compare_to_reference(ctx, run, want, problems):
-    resumed_run_problems(run, curve(metric_lines(run), CURVE_KEYS), want, problems)
-
-
 @case("resume", "--resume over a g4 train run's directory")
 def _(ctx):
     # checkpoint.dir naming the SFT run the policy comes from (instead of model.path): every checkpoint is refused,
@@ -578,30 +574,8 @@ def _(ctx):
     trials += [(f"random #{i}", None) for i in range(ctx.kills)]
     for name, env in trials:
         run = ctx.run_dir(name.split()[0])
-        args = ["rl", recipe, "checkpoint.dir=" + run]
-        problems = []
-
-        def after_interrupt():
-            bad = checkpoint_problems(run)
-            if bad:
-                problems.append(f"damaged complete checkpoints after the kill {bad}")
-            got = curve(metric_lines(run), CURVE_KEYS)
-            diff = [k for k in got if got[k] != want.get(k)]
-            if diff:
-                problems.append(f"logged values differ from the uninterrupted run at {diff[:4]}")
-        if env:
-            rc, out = ctx.g4.run(args, env=env)
-            if rc not in (128 + 9, -9):
-                problems.append(f"the fault did not kill it (rc {rc})")
-            after_interrupt()
-            rc, out = ctx.g4.run(args + ["--resume"])
-            log, done = [], rc == 0
-        else:
-            log, out, done = run_to_end(ctx.g4, args, ctx.rng, 3, after_interrupt, span)
-        if not done:
-            problems.append(f"did not finish after {log}: {out[-500:]!r}")
-        else:
-            compare_to_reference(ctx, run, want, problems)
+        log, problems = interrupted_run_problems(ctx.g4, ["rl", recipe, "checkpoint.dir=" + run], env, ctx.rng, span,
+                                                 run, want, lambda lines: curve(lines, CURVE_KEYS))
         record("resume", f"{name} {' '.join(log or [])}".strip(), not problems, "; ".join(problems))
 
 

@@ -23,7 +23,7 @@ import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile, ti
 
 import probe_commands
 from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, expect_error, expect_success,
-                       metric_lines, no_library_text, record, resumed_run_problems, run_to_end)
+                       interrupted_run_problems, metric_lines, no_library_text, record)
 
 
 def write_recipe(path, run_dir, **over):
@@ -203,31 +203,9 @@ def probe_interrupt(g4, work, rng, kills):
     for name, env in trials:
         run = os.path.join(work, "int-" + name.split()[0].replace("=", "-").replace(":", "-").replace("#", ""))
         shutil.rmtree(run, ignore_errors=True)
-        args = ["train", recipe, "checkpoint.dir=" + run]
-        problems = []
-
-        def after_interrupt():
-            # Right after a kill: the complete checkpoints are whole, the logged lines the reference's.
-            bad = checkpoint_problems(run)
-            if bad:
-                problems.append(f"damaged complete checkpoints {bad}")
-            got = curve(metric_lines(run))
-            diff = [k for k in got if got[k] != want.get(k)]
-            if diff:
-                problems.append(f"logged values differ from the uninterrupted run at {diff[:4]}")
-        if env:
-            rc, out = g4.run(args, env=env)
-            if rc not in (128 + 9, -9):
-                problems.append(f"the fault did not kill it (rc {rc})")
-            after_interrupt()
-            rc, out = g4.run(args + ["--resume"])
-            log, done = [], rc == 0
-        else:
-            log, out, done = run_to_end(g4, args, rng, 3, after_interrupt, span)
-        if not done:
-            problems.append(f"did not finish after {log}: {out[-500:]!r}")
-        else:
-            resumed_run_problems(run, curve(metric_lines(run)), want, problems)
+        # After each kill the complete checkpoints are whole and the logged lines the reference's.
+        log, problems = interrupted_run_problems(g4, ["train", recipe, "checkpoint.dir=" + run], env, rng, span, run,
+                                                 want, curve)
         record(s, f"{name} {' '.join(log or [])}".strip(), not problems, "; ".join(problems))
 
 

@@ -693,7 +693,7 @@ GroupedGemmBackend grouped_gemm_backend() { return backend_setting(); }
 
 bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w) {
   const GroupedGemmBackend b = backend_setting();
-  return (b == GroupedGemmBackend::Auto || b == GroupedGemmBackend::Device) && device_grouped_gemm_supported(rows, w);
+  return (b == GroupedGemmBackend::Auto || b == GroupedGemmBackend::Device) && device_kernels_fit(rows, w);
 }
 
 }  // namespace g4::ops::cuda

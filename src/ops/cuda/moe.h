@@ -22,7 +22,8 @@ namespace g4::ops::cuda {
 // (cuBLAS has no grouped form).
 enum class GroupedGemmBackend { Auto, Device, Grouped, Loop };
 void set_grouped_gemm_backend(GroupedGemmBackend backend);
-// ops::grouped_matmul_takes_device_offsets for GPU tensors: Device chosen and the kernels take them.
+// ops::grouped_matmul_takes_device_offsets for GPU tensors: the device kernels chosen (Auto or Device) and
+// they take the operands.
 bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w);
 GroupedGemmBackend grouped_gemm_backend();
 
