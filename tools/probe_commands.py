@@ -6,7 +6,7 @@ A case fails when g4 crashes (a signal, an abort), prints a library's exception 
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
 file, key or shape at fault).
 """
-import json, os, signal, struct, subprocess, tempfile, time
+import argparse, json, os, signal, struct, subprocess, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = []  # (section, case, ok, detail)
@@ -251,3 +251,15 @@ def interrupted_run_problems(g4, args, env, rng, span, run, want, curve_of):
     else:
         resumed_run_problems(run, curve_of(metric_lines(run)), want, problems)
     return log, problems
+
+
+def command_probe_parser(doc, kills, sections):
+    """The options probe_train.py and probe_rl.py share: the binary, the scratch directory, the seed, how many runs
+    are interrupted at random, and which sections run."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu/g4"))
+    ap.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, removed if clean)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kills", type=int, default=kills, help="runs interrupted at random moments")
+    ap.add_argument("--sections", default=sections)
+    return ap

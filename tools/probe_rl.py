@@ -14,10 +14,10 @@ other metrics is a DEFECT. The script prints one PASS/DEFECT line per case, then
 non-zero when there is any. --only runs the cases whose name contains NAME. No SFT step is needed: the probes test
 the plumbing, not learning, so the policy is a random model (scripts/run_rl_example.sh is the learning example).
 """
-import argparse, json, os, random, shutil, signal, stat, subprocess, sys, tempfile, time
+import json, os, random, shutil, signal, stat, subprocess, sys, tempfile, time
 
 import probe_commands
-from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
+from probe_commands import (ROOT, G4, command_probe_parser, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
                        interrupted_run_problems, metric_lines, no_library_text, record)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
@@ -677,12 +677,7 @@ def _(ctx):
 # ---------------------------------------------------------------------------------------------------------- main
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu/g4"))
-    ap.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, removed if clean)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kills", type=int, default=4, help="runs interrupted at random moments")
-    ap.add_argument("--sections", default="recipe,data,reward,resume,degenerate")
+    ap = command_probe_parser(__doc__, 4, "recipe,data,reward,resume,degenerate")
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the cases")
     a = ap.parse_args()

@@ -19,10 +19,10 @@ times) must end with the uninterrupted run's losses bit for bit (the CPU trainer
 
 The disk-full and read-only cases mount a small tmpfs (needs root; skipped and said so otherwise).
 """
-import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile, time
+import json, os, random, shutil, struct, subprocess, sys, tempfile, time
 
 import probe_commands
-from probe_commands import (ROOT, G4, checkpoint_problems, complete_checkpoints, expect_error, expect_success,
+from probe_commands import (ROOT, G4, command_probe_parser, checkpoint_problems, complete_checkpoints, expect_error, expect_success,
                        interrupted_run_problems, metric_lines, no_library_text, record)
 
 
@@ -347,12 +347,7 @@ def mount_tmpfs(work):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu/g4"))
-    ap.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, removed if clean)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kills", type=int, default=8, help="runs interrupted at random moments")
-    ap.add_argument("--sections", default="recipe,data,rundir,interrupt,corrupt,export")
+    ap = command_probe_parser(__doc__, 8, "recipe,data,rundir,interrupt,corrupt,export")
     ap.add_argument("--python", default="/work/venv-ref/bin/python", help="a Python with transformers (export)")
     a = ap.parse_args()
     work = os.path.abspath(a.work or tempfile.mkdtemp(prefix="probe_train_"))
