@@ -93,6 +93,26 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   const std::string what = window > 0    ? "window " + std::to_string(window)
                            : docs.empty() ? std::string("causal")
                                           : std::to_string(docs.size()) + " documents";
+  // Head dim 512 runs the wgmma forward: the FlashAttention-2 one beside it, in the same run.
+  // and the wgmma one with each cluster size (query heads sharing each K/V load) the GQA group allows.
+  if (d == 512) {
+    using g4::ops::cuda::ForwardKernel;
+    const double fa2_ms = time_ms(
+        [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::flash2); }, iters);
+    std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd wgmma %8.3f ms %6.1f TFLOP/s | flash2 %8.3f ms "
+                "%6.1f TFLOP/s | %.2fx\n",
+                static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
+                static_cast<long long>(d), what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, fa2_ms,
+                fwd_flops / fa2_ms * 1e-9, fa2_ms / fwd_ms);
+    for (const int cluster : {1, 2, 4}) {
+      if ((nH / nKV) % cluster != 0) continue;
+      setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
+      const double ms = time_ms([&] { out = g4::ops::attention(q, k, v, mask, 1.0, &lse); }, iters);
+      std::printf("      wgmma forward, clusters of %d: %8.3f ms %6.1f TFLOP/s\n", cluster, ms, fwd_flops / ms * 1e-9);
+    }
+    unsetenv("G4_ATTENTION_CLUSTER");
+    out = g4::ops::attention(q, k, v, mask, 1.0, &lse);
+  }
   // Both backward kernels; the op's automatic choice is marked with '*'.
   using g4::ops::cuda::BackwardKernel;
   const BackwardKernel chosen = g4::ops::cuda::automatic_backward_kernel(d, d);

@@ -6,6 +6,7 @@
 //   their products, the gradients are stored in bf16, and the GPU backward uses its own bf16 out.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "gpu_test.h"
@@ -81,6 +82,13 @@ void run_case(const Case& c, uint64_t seed = 1) {
   EXPECT_EQ(lse.dtype(), DType::F32);
   test::expect_close_scaled(out, ref_out, 2e-3, 1e-2, c.name + " out");
   expect_lse_close(lse, ref_lse, c.name);
+  // At head dim 512 the op takes the wgmma forward: the FlashAttention-2 one must agree as well.
+  if (c.d == 512 && c.dv == 512) {
+    Tensor lse2;
+    const Tensor out2 = ops::cuda::attention(gq, gk, gv, c.mask, scale, &lse2, ops::cuda::ForwardKernel::flash2);
+    test::expect_close_scaled(out2, ref_out, 2e-3, 1e-2, c.name + " out (flash2 forward)");
+    expect_lse_close(lse2, ref_lse, c.name + " (flash2 forward)");
+  }
 
   // Every backward kernel: the one the op picks, the flash one, and the chunked one with its
   // smallest chunk (128 keys), so that the cases span several chunks.
@@ -287,6 +295,22 @@ TEST(GpuAttention, GemmaScaleOne) {
   run_case(c256);
 }
 
+// The wgmma forward shares each K/V load among the CTAs of 1, 2 or 4 query heads of a KV head
+// (a thread-block cluster, TMA multicast): every size gives the reference's answer, on a causal
+// mask over several key tiles with a ragged last one.
+TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
+  G4_REQUIRE_GPU();
+  for (const char* cluster : {"1", "2", "4"}) {
+    setenv("G4_ATTENTION_CLUSTER", cluster, 1);
+    run_case({std::string("d512 causal gqa4, clusters of ") + cluster, 2, 230, 230, 8, 2, 512, 512, causal()});
+  }
+  setenv("G4_ATTENTION_CLUSTER", "3", 1);
+  const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, 64, 8, 512}, 5));
+  const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
+  EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);  // the override is checked
+  unsetenv("G4_ATTENTION_CLUSTER");
+}
+
 TEST(GpuAttention, RejectsBadArguments) {
   G4_REQUIRE_GPU();
   const Tensor q = Tensor::zeros({1, 4, 2, 16}, DType::BF16, Device::CUDA);
@@ -297,6 +321,8 @@ TEST(GpuAttention, RejectsBadArguments) {
   EXPECT_THROW(ops::attention(q, k3, k3, causal(), 1.0), Error);
   EXPECT_THROW(ops::attention(qf, k, k, causal(), 1.0), Error);
   EXPECT_THROW(ops::attention(q, k12, k12, causal(), 1.0), Error);
+  // The wgmma forward takes head dim 512 only.
+  EXPECT_THROW(ops::cuda::attention(q, k, k, causal(), 1.0, nullptr, ops::cuda::ForwardKernel::wgmma), Error);
   AttentionMask m = causal();
   m.key_valid = Tensor::zeros({1, 5}, DType::I32);
   EXPECT_THROW(ops::attention(q, k, k, m, 1.0), Error);

@@ -283,8 +283,9 @@ TEST(GpuGroupedMatmul, PlanWithoutHostOffsets) {
   ops::grouped_matmul_backward(dy, xs, w, with.offsets, dxs_ref, dw_ref, with.device_offsets);
   expect_close_scaled(dxs, dxs_ref, 0, 0, "grouped_matmul_backward dxs");
   expect_close_scaled(dw, dw_ref, 0, 0, "grouped_matmul_backward dw");
-  // The cuBLAS paths need the host offsets: a clear error, not a wrong answer.
-  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Auto);
+  // The cuBLAS paths (chosen explicitly: Auto takes the device kernels wherever they fit) need the
+  // host offsets: a clear error, not a wrong answer.
+  ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Grouped);
   EXPECT_FALSE(ops::grouped_matmul_takes_device_offsets(x, w));
   EXPECT_THROW(ops::grouped_matmul(xs, w, {}, without.device_offsets), Error);
   ops::cuda::set_grouped_gemm_backend(saved);

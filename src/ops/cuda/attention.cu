@@ -126,7 +126,7 @@ const T* cptr(const Tensor& t) {
 }  // namespace
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
-                 Tensor* lse) {
+                 Tensor* lse, ForwardKernel kernel) {
   const attn::Dims dm = dims_of("attention", q, k, v);
   Tensor keep[6];
   attn::FwdArgs a{};
@@ -145,7 +145,13 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   a.out = ptr<attn::bf16>(out);
   a.lse = lse != nullptr ? ptr<float>(l) : nullptr;
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  attn::forward(a);
+  const bool wgmma_fits = attn::wgmma_forward_fits(a);
+  G4_CHECK(kernel != ForwardKernel::wgmma || wgmma_fits, "attention: the wgmma forward takes head dim 512 only (q ",
+           q.describe(), ", v ", v.describe(), ")");
+  if (kernel != ForwardKernel::flash2 && wgmma_fits)
+    attn::forward_wgmma(a);
+  else
+    attn::forward(a);
   if (lse != nullptr) *lse = l;
   return out;
 }

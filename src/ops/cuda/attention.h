@@ -6,8 +6,13 @@
 
 namespace g4::ops::cuda {
 
+// Which forward runs: the FlashAttention-2 kernel on mma.sync (attention_fwd.cu, any head dim), or
+// the Hopper one on TMA and wgmma (attention_fwd_wgmma.cu, head dim 512 only). automatic: the
+// wgmma one wherever it applies; wgmma where it does not apply is an error.
+enum class ForwardKernel { automatic, flash2, wgmma };
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
-                 Tensor* lse = nullptr);
+                 Tensor* lse = nullptr, ForwardKernel kernel = ForwardKernel::automatic);
 
 // Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
 // products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,

@@ -89,6 +89,42 @@ __device__ __forceinline__ void load(void* dst, const CUtensorMap& map, int col,
       : "memory");
 }
 
+// The same box into `dst` of every CTA of the cluster in `cta_mask`, completing its bytes on the
+// mbarrier at `bar`'s offset in each of them.
+__device__ __forceinline__ void load_multicast(void* dst, const CUtensorMap& map, int col, int head, int row, int batch,
+                                               uint64_t* bar, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(wgmma::smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(wgmma::smem_addr(bar)),
+      "h"(cta_mask)
+      : "memory");
+}
+
+// This CTA's rank in its cluster.
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+
+// An arrival on the mbarrier at `bar`'s offset in the shared memory of cluster CTA `cta`.
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(wgmma::smem_addr(bar)),
+      "r"(cta)
+      : "memory");
+}
+
+// Every thread of every CTA of the cluster arrives, then waits for all the others.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
 // The box at (x, y) / (x, y, z) of a 2-D / 3-D map into `dst`, completing its bytes on `bar`.
 __device__ __forceinline__ void load_2d(void* dst, const CUtensorMap& map, int x, int y, uint64_t* bar) {
   asm volatile(
