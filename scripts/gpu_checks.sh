@@ -24,7 +24,9 @@ run="scripts/device_run.sh"
 # passed on an H100, HostStagedRanks included, except GpuGroupedMatmul.PlanWithoutHostOffsets, a
 # stale test (fixed, and passed after). The op's head-dim-512 forward then became the wgmma kernel:
 # GpuAttention passed with it (all cluster sizes), but the rest of the suite has not run on it, so
-# `tests` is the next check.
+# `tests` is the next check. Later the kernel's helpers were shared with a second, pipelined
+# schedule (ForwardKernel::wgmma_pipelined, never run yet): GpuAttention checks both, and
+# `bench_attention --d 512` times both.
 new_tests='GpuAttention.*'
 
 stage() {

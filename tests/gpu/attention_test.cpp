@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "gpu_test.h"
 #include "ops/attention.h"
@@ -82,12 +83,17 @@ void run_case(const Case& c, uint64_t seed = 1) {
   EXPECT_EQ(lse.dtype(), DType::F32);
   test::expect_close_scaled(out, ref_out, 2e-3, 1e-2, c.name + " out");
   expect_lse_close(lse, ref_lse, c.name);
-  // At head dim 512 the op takes the wgmma forward: the FlashAttention-2 one must agree as well.
+  // At head dim 512 the op takes the serial wgmma forward: the FlashAttention-2 one and the
+  // pipelined wgmma one must agree as well.
   if (c.d == 512 && c.dv == 512) {
-    Tensor lse2;
-    const Tensor out2 = ops::cuda::attention(gq, gk, gv, c.mask, scale, &lse2, ops::cuda::ForwardKernel::flash2);
-    test::expect_close_scaled(out2, ref_out, 2e-3, 1e-2, c.name + " out (flash2 forward)");
-    expect_lse_close(lse2, ref_lse, c.name + " (flash2 forward)");
+    using ops::cuda::ForwardKernel;
+    for (const auto& [kernel, tag] : {std::pair{ForwardKernel::flash2, " (flash2 forward)"},
+                                      std::pair{ForwardKernel::wgmma_pipelined, " (pipelined wgmma forward)"}}) {
+      Tensor lse2;
+      const Tensor out2 = ops::cuda::attention(gq, gk, gv, c.mask, scale, &lse2, kernel);
+      test::expect_close_scaled(out2, ref_out, 2e-3, 1e-2, c.name + " out" + tag);
+      expect_lse_close(lse2, ref_lse, c.name + tag);
+    }
   }
 
   // Every backward kernel: the one the op picks, the flash one, and the chunked one with its
@@ -323,6 +329,8 @@ TEST(GpuAttention, RejectsBadArguments) {
   EXPECT_THROW(ops::attention(q, k12, k12, causal(), 1.0), Error);
   // The wgmma forward takes head dim 512 only.
   EXPECT_THROW(ops::cuda::attention(q, k, k, causal(), 1.0, nullptr, ops::cuda::ForwardKernel::wgmma), Error);
+  EXPECT_THROW(ops::cuda::attention(q, k, k, causal(), 1.0, nullptr, ops::cuda::ForwardKernel::wgmma_pipelined),
+               Error);
   AttentionMask m = causal();
   m.key_valid = Tensor::zeros({1, 5}, DType::I32);
   EXPECT_THROW(ops::attention(q, k, k, m, 1.0), Error);

@@ -146,10 +146,11 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   a.lse = lse != nullptr ? ptr<float>(l) : nullptr;
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   const bool wgmma_fits = attn::wgmma_forward_fits(a);
-  G4_CHECK(kernel != ForwardKernel::wgmma || wgmma_fits, "attention: the wgmma forward takes head dim 512 only (q ",
-           q.describe(), ", v ", v.describe(), ")");
+  const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined;
+  G4_CHECK(!wgmma_asked || wgmma_fits, "attention: the wgmma forward takes head dim 512 only (q ", q.describe(), ", v ",
+           v.describe(), ")");
   if (kernel != ForwardKernel::flash2 && wgmma_fits)
-    attn::forward_wgmma(a);
+    attn::forward_wgmma(a, kernel == ForwardKernel::wgmma_pipelined);
   else
     attn::forward(a);
   if (lse != nullptr) *lse = l;

@@ -11,10 +11,12 @@
 //   3. the online softmax of S                  (the same in both: the same two addends, so the
 //                                                same bits, the same P and the same rescaling)
 //   4. O_w += P V[:, half w]                    (wgmma m64n256k16, P from registers)
-// Shared memory holds Q, one K tile and one V tile (64 x 512 bf16, 64 KB each) and the two partial
-// S (16 KB each): 224 of the 227 KB. K and V are therefore single-buffered, but per half: the
-// producer refills warpgroup w's half of K while w runs its softmax and P·V, and its half of V
-// while w computes the next Q Kᵀ.
+// With tiles of 64 keys, shared memory holds Q, one K tile and one V tile (64 x 512 bf16, 64 KB
+// each) and the two partial S (16 KB each): 224 of the 227 KB. K and V are therefore
+// single-buffered, but per half: the producer refills warpgroup w's half of K while w runs its
+// softmax and P·V, and its half of V while w computes the next Q Kᵀ. That is the serial schedule
+// (the op's default, measured below). The pipelined one (see Cfg) takes 32-key tiles, two buffers,
+// and overlaps each tile's exchange and softmax with the previous tile's P·V.
 //
 // Under GQA the CTAs of 2 or 4 query heads of one KV head (the same query tile, so the same key
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
@@ -42,32 +44,52 @@ namespace g4::ops::cuda::attn {
 
 namespace {
 
-constexpr int kD = 512, kBM = 64, kBN = 64;
-constexpr int kBoxes = kD / 64;                     // 64-column boxes of a 64-row tile
-constexpr int kHalfBoxes = kBoxes / 2;              // the boxes of one warpgroup's half
-constexpr uint32_t kBoxBytes = 64 * 64 * 2;         // 8 KB
-constexpr uint32_t kTileBytes = kBoxes * kBoxBytes;  // 64 KB
-constexpr uint32_t kHalfBytes = kTileBytes / 2;
-constexpr uint32_t kPartialBytes = kBM * kBN * 4;   // one warpgroup's S partial, f32
+constexpr int kD = 512, kBM = 64;
+constexpr int kBoxes = kD / 64;         // 64-column boxes of a row block
+constexpr int kHalfBoxes = kBoxes / 2;  // the boxes of one warpgroup's half
+constexpr uint32_t kQBytes = kBM * kD * 2;  // 64 KB
 constexpr int kGroupThreads = 128, kConsumerThreads = 2 * kGroupThreads;
 constexpr int kThreads = kConsumerThreads + kGroupThreads;  // + the producer warpgroup
-constexpr int kBarriers = 9;                         // full_q, full_k[2], empty_k[2], full_v[2], empty_v[2]
-constexpr int kConsumerWarps = kGroupThreads / 32;   // per warpgroup
-constexpr size_t kSmemBytes = 1024 + 3 * size_t{kTileBytes} + 2 * size_t{kPartialBytes} + kBarriers * 8;
-static_assert(kSmemBytes <= 227 * 1024, "head-dim-512 forward shared memory");
+constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
+
+// The two schedules. serial (64 keys a tile, one buffer of K and V): for each tile S, exchange,
+// softmax, P·V in turn; the tensor cores wait during the exchange and the softmax. pipelined (32
+// keys a tile, two buffers; cluster 1 only): FlashAttention-3's intra-warpgroup overlap — the
+// P·V of tile j - 1 is issued right after the Q Kᵀ of tile j and runs while tile j is exchanged
+// and its softmax computed; O is rescaled once that P·V has completed. The smaller tile is what
+// pays for the second buffers (Q, 2 x K, 2 x V and the partials: 208 KB).
+template <int BN, int STAGES, int CLUSTER, bool PIPELINED>
+struct Cfg {
+  static constexpr int kBN = BN, kStages = STAGES, kCluster = CLUSTER;
+  static constexpr bool kPipelined = PIPELINED;
+  static constexpr int kNT = BN / 8;                       // n8 tiles of S
+  static constexpr int kKK = BN / 16;                      // k16 steps of P·V
+  static constexpr uint32_t kBoxBytes = BN * 128;          // a 64-column box of BN key rows
+  static constexpr uint32_t kHalfBytes = kHalfBoxes * kBoxBytes;
+  static constexpr uint32_t kTileBytes = 2 * kHalfBytes;   // one K or V tile
+  static constexpr uint32_t kPartialBytes = kBM * BN * 4;  // one warpgroup's S partial, f32
+  struct Barriers {
+    uint64_t full_q;
+    uint64_t full_k[STAGES][2], empty_k[STAGES][2], full_v[STAGES][2], empty_v[STAGES][2];
+  };
+  static constexpr size_t kSmemBytes =
+      1024 + kQBytes + 2 * size_t{STAGES} * kTileBytes + 2 * size_t{kPartialBytes} + sizeof(Barriers);
+  static_assert(kSmemBytes <= 227 * 1024, "head-dim-512 forward shared memory");
+  static_assert(!PIPELINED || CLUSTER == 1, "the pipelined schedule runs without clusters");
+};
+using SerialCfg1 = Cfg<64, 1, 1, false>;
+using SerialCfg2 = Cfg<64, 1, 2, false>;
+using SerialCfg4 = Cfg<64, 1, 4, false>;
+using PipelinedCfg = Cfg<32, 2, 1, true>;
 
 struct Maps {
   CUtensorMap q, k, v;
 };
 
-struct Barriers {
-  uint64_t full_q, full_k[2], empty_k[2], full_v[2], empty_v[2];
-};
-
 // The register file split by setmaxnreg: 384 threads get 168 registers each at launch, and that
 // allocation is all the CTA ever has — the consumers' increase is paid by the producer's decrease
 // (asking for more than the launch allocation blocks setmaxnreg.inc for ever). The consumers'
-// 128 accumulators of O, 32 of S and 16 of P need about 200.
+// 128 accumulators of O, 16-32 of S and 16 of P need about 200.
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
 
@@ -78,35 +100,37 @@ __device__ __forceinline__ void consumers_sync(int id) {
 
 // Half w of a K or V tile (keys k0..) into `dst`: in a cluster, this CTA loads every kCluster-th
 // box for all of the cluster; the full barrier of each CTA counts the whole half.
-template <int kCluster>
+template <class C>
 __device__ __forceinline__ void load_half(unsigned char* dst, const CUtensorMap& map, int w, int kvh, int k0, int b,
                                           uint64_t* full, uint32_t rank) {
-  tma::mbar_expect_bytes(full, kHalfBytes);
-  for (int box = w * kHalfBoxes + static_cast<int>(rank); box < (w + 1) * kHalfBoxes; box += kCluster) {
-    if constexpr (kCluster == 1)
-      tma::load(dst + box * kBoxBytes, map, 64 * box, kvh, k0, b, full);
+  tma::mbar_expect_bytes(full, C::kHalfBytes);
+  for (int box = w * kHalfBoxes + static_cast<int>(rank); box < (w + 1) * kHalfBoxes; box += C::kCluster) {
+    if constexpr (C::kCluster == 1)
+      tma::load(dst + box * C::kBoxBytes, map, 64 * box, kvh, k0, b, full);
     else
-      tma::load_multicast(dst + box * kBoxBytes, map, 64 * box, kvh, k0, b, full, (1u << kCluster) - 1);
+      tma::load_multicast(dst + box * C::kBoxBytes, map, 64 * box, kvh, k0, b, full, (1u << C::kCluster) - 1);
   }
 }
 
-// The producer: Q once, then for each key tile the halves of K and of V, each as soon as the
-// warpgroups that read it have released the previous tile's.
-template <int kCluster>
-__device__ __forceinline__ void produce(const Maps& maps, Barriers* bars, unsigned char* sQ, unsigned char* sK,
-                                        unsigned char* sV, int b, int h, int kvh, int q0, int jt_begin, int jt_end) {
-  const uint32_t rank = kCluster == 1 ? 0 : tma::cluster_rank();
-  tma::mbar_expect_bytes(&bars->full_q, kTileBytes);
-  for (int box = 0; box < kBoxes; ++box) tma::load(sQ + box * kBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
+// The producer: Q once, then for each key tile the halves of K and of V into the tile's stage,
+// each as soon as the warpgroups that read that stage have released its previous tile.
+template <class C>
+__device__ __forceinline__ void produce(const Maps& maps, typename C::Barriers* bars, unsigned char* sQ,
+                                        unsigned char* sK, unsigned char* sV, int b, int h, int kvh, int q0,
+                                        int jt_begin, int jt_end) {
+  const uint32_t rank = C::kCluster == 1 ? 0 : tma::cluster_rank();
+  tma::mbar_expect_bytes(&bars->full_q, kQBytes);
+  for (int box = 0; box < kBoxes; ++box) tma::load(sQ + box * kBM * 128, maps.q, 64 * box, h, q0, b, &bars->full_q);
   for (int jt = jt_begin, it = 0; jt < jt_end; ++jt, ++it) {
-    const uint32_t free_parity = (it & 1) ^ 1;
+    const int st = it % C::kStages;
+    const uint32_t free_parity = ((it / C::kStages) & 1) ^ 1;
     for (int w = 0; w < 2; ++w) {
-      tma::mbar_wait(&bars->empty_k[w], free_parity);
-      load_half<kCluster>(sK, maps.k, w, kvh, jt * kBN, b, &bars->full_k[w], rank);
+      tma::mbar_wait(&bars->empty_k[st][w], free_parity);
+      load_half<C>(sK + st * C::kTileBytes, maps.k, w, kvh, jt * C::kBN, b, &bars->full_k[st][w], rank);
     }
     for (int w = 0; w < 2; ++w) {
-      tma::mbar_wait(&bars->empty_v[w], free_parity);
-      load_half<kCluster>(sV, maps.v, w, kvh, jt * kBN, b, &bars->full_v[w], rank);
+      tma::mbar_wait(&bars->empty_v[st][w], free_parity);
+      load_half<C>(sV + st * C::kTileBytes, maps.v, w, kvh, jt * C::kBN, b, &bars->full_v[st][w], rank);
     }
   }
 }
@@ -125,138 +149,245 @@ __device__ __forceinline__ void release(uint64_t* empty, bool last) {
   }
 }
 
-// A consumer warpgroup: for each key tile its partial S, the exchange, the softmax and its half of
-// O; then its half of the output rows (and, warpgroup 0, the log-sum-exp).
-template <int kCluster>
-__device__ __forceinline__ void consume(const FwdArgs& a, Barriers* bars, const unsigned char* sQ,
-                                        const unsigned char* sK, const unsigned char* sV, float* sPartial, int group,
-                                        int q0, int q_last, int b, int h, int jt_begin, int jt_end) {
-  const Dims& dm = a.dims;
-  const int t = threadIdx.x % kGroupThreads, lane = t % 32, cq = lane % 4;
-  const int r_local = (t / 32) * 16 + lane / 4;  // this thread's rows: r_local and r_local + 8
-  const bool elem_mask_always = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr;
-  float o[1][32][4];  // O[:, 256 group + 8 n + 2 cq + (e % 2)], rows r_local + 8 (e / 2)
-  zero_acc(o);
-  float(&o_flat)[128] = reinterpret_cast<float(&)[128]>(o);
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // log2 units
-  float4* mine = reinterpret_cast<float4*>(sPartial + group * kBM * kBN);
-  const float4* theirs = reinterpret_cast<const float4*>(sPartial + (1 - group) * kBM * kBN);
+// What a consumer thread knows of its place: warpgroup, thread in it, rows and quad lane.
+struct Consumer {
+  int group, t, cq, r_local;  // rows r_local and r_local + 8 of the CTA's 64
+};
 
-  tma::mbar_wait(&bars->full_q, 0);
-  for (int jt = jt_begin, it = 0; jt < jt_end; ++jt, ++it) {
-    const uint32_t parity = it & 1;
-    const int k0 = jt * kBN;
-
-    // 1. This warpgroup's partial S over its half of the head dim.
-    float s[1][8][4];
-    zero_acc(s);
-    float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
-    tma::mbar_wait(&bars->full_k[group], parity);
-    wgmma::fence();
+// Issues (without waiting) this warpgroup's partial S = Q[:, half] K[:, half]ᵀ of one K stage.
+template <class C>
+__device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const unsigned char* sQ,
+                                             const unsigned char* sK_stage, int group) {
+  float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
+  zero_acc(s);
+  wgmma::fence();
 #pragma unroll
-    for (int box = 0; box < kHalfBoxes; ++box) {
-      const int at = (group * kHalfBoxes + box) * kBoxBytes;
-      const uint64_t dq = wgmma::sw128_desc(sQ + at), dk = wgmma::sw128_desc(sK + at);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma::mma_m64n64k16(s_flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-    }
-    wgmma::commit();
-    wgmma::wait<0>();
-    release<kCluster>(&bars->empty_k[group], jt + 1 == jt_end);
-
-    // 2. S = S_0 + S_1. Thread t of either warpgroup holds the same elements, so each writes its
-    // 32 partials where its twin reads them. The first barrier keeps this write behind the twin's
-    // read of the previous tile's partial.
-    consumers_sync(1);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) mine[i * kGroupThreads + t] = make_float4(s[0][i][0], s[0][i][1], s[0][i][2], s[0][i][3]);
-    consumers_sync(2);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float4 x = theirs[i * kGroupThreads + t];
-      s[0][i][0] += x.x;
-      s[0][i][1] += x.y;
-      s[0][i][2] += x.z;
-      s[0][i][3] += x.w;
-    }
-
-    // 3. Mask, online softmax, P.
-    const bool need_mask = elem_mask_always || k0 + kBN > dm.sk ||
-                           !rect_fully_visible(a.mask, q0, q_last, k0, min(k0 + kBN, dm.sk) - 1);
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[0][nt][e] * a.scale_log2;
-        if (need_mask) {
-          const int i = q0 + r_local + (e >= 2 ? 8 : 0), j = k0 + nt * 8 + 2 * cq + (e & 1);
-          if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
-        }
-        s[0][nt][e] = x;
-        tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
-      }
-    }
-    float m_use[2];
-    online_softmax_step<1, kBM>(tile_max, row_max, row_sum, o, m_use, nullptr, 0, r_local, cq, KeepNaN{});
-    uint32_t p[4][4];  // the A fragments of P for the four k16 steps over the tile's keys
+  for (int box = 0; box < kHalfBoxes; ++box) {
+    const int at = group * kHalfBoxes + box;
+    const uint64_t dq = wgmma::sw128_desc(sQ + at * kBM * 128), dk = wgmma::sw128_desc(sK_stage + at * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      float e2[2][4];
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = exp2f(s[0][2 * kk + half][e] - m_use[e >> 1]);
-          e2[half][e] = x;
-          row_sum[e >> 1] += x;  // partial: this thread's columns only, reduced at the end
-        }
-      p[kk][0] = pack_bf16(e2[0][0], e2[0][1]);
-      p[kk][1] = pack_bf16(e2[0][2], e2[0][3]);
-      p[kk][2] = pack_bf16(e2[1][0], e2[1][1]);
-      p[kk][3] = pack_bf16(e2[1][2], e2[1][3]);
+      if constexpr (C::kBN == 64)
+        wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+      else
+        wgmma::mma_m64n32k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
     }
-
-    // 4. O_w += P V[:, half w]: V's rows are the keys (K dim), its columns N-major in four boxes.
-    tma::mbar_wait(&bars->full_v[group], parity);
-    wgmma::fence();
-    const uint64_t dv = wgmma::sw128_mn_desc(sV + group * kHalfBoxes * kBoxBytes, kBoxBytes);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma::mma_m64n256k16_rs(o_flat, p[kk], wgmma::advance(dv, 2048 * kk));
-    wgmma::commit();
-    wgmma::wait<0>();
-    release<kCluster>(&bars->empty_v[group], jt + 1 == jt_end);
   }
+  wgmma::commit();
+}
 
-  total_row_sums<1, kBM>(row_sum, nullptr, 0, r_local, cq);
+// S = S_0 + S_1. Thread t of either warpgroup holds the same elements, so each writes its partials
+// where its twin reads them. The first barrier keeps this write behind the twin's read of the
+// previous tile's partial.
+template <class C>
+__device__ __forceinline__ void exchange_scores(float (&s)[1][C::kNT][4], float* sPartial, const Consumer& me) {
+  float4* mine = reinterpret_cast<float4*>(sPartial + me.group * kBM * C::kBN);
+  const float4* theirs = reinterpret_cast<const float4*>(sPartial + (1 - me.group) * kBM * C::kBN);
+  consumers_sync(1);
+#pragma unroll
+  for (int i = 0; i < C::kNT; ++i)
+    mine[i * kGroupThreads + me.t] = make_float4(s[0][i][0], s[0][i][1], s[0][i][2], s[0][i][3]);
+  consumers_sync(2);
+#pragma unroll
+  for (int i = 0; i < C::kNT; ++i) {
+    const float4 x = theirs[i * kGroupThreads + me.t];
+    s[0][i][0] += x.x;
+    s[0][i][1] += x.y;
+    s[0][i][2] += x.z;
+    s[0][i][3] += x.w;
+  }
+}
+
+// The online softmax of one tile of S (keys k0..): masks and scales it, updates the rows' running
+// maxima and sums, and returns the factor O must be multiplied by (alpha, applied by the caller,
+// when no P·V is in flight) and P as wgmma A fragments, one per k16 step.
+template <class C>
+__device__ __forceinline__ void softmax_tile(float (&s)[1][C::kNT][4], const FwdArgs& a, const Consumer& me, int q0,
+                                             int q_last, int b, int k0, float (&row_max)[2], float (&row_sum)[2],
+                                             float (&alpha)[2], uint32_t (&p)[C::kKK][4]) {
+  const Dims& dm = a.dims;
+  const bool need_mask = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr || k0 + C::kBN > dm.sk ||
+                         !rect_fully_visible(a.mask, q0, q_last, k0, min(k0 + C::kBN, dm.sk) - 1);
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < C::kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[0][nt][e] * a.scale_log2;
+      if (need_mask) {
+        const int i = q0 + me.r_local + (e >= 2 ? 8 : 0), j = k0 + nt * 8 + 2 * me.cq + (e & 1);
+        if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
+      }
+      s[0][nt][e] = x;
+      tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
+    }
+  }
+  float m_use[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int i = q0 + r_local + 8 * r;
+    tile_max[r] = KeepNaN{}(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+    tile_max[r] = KeepNaN{}(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+    const float m_new = KeepNaN{}(row_max[r], tile_max[r]);
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps weights 0
+    alpha[r] = exp2f(row_max[r] - m_use[r]);
+    row_max[r] = m_new;
+    row_sum[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int kk = 0; kk < C::kKK; ++kk) {
+    float e2[2][4];
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float x = exp2f(s[0][2 * kk + half][e] - m_use[e >> 1]);
+        e2[half][e] = x;
+        row_sum[e >> 1] += x;  // partial: this thread's columns only, reduced at the end
+      }
+    p[kk][0] = pack_bf16(e2[0][0], e2[0][1]);
+    p[kk][1] = pack_bf16(e2[0][2], e2[0][3]);
+    p[kk][2] = pack_bf16(e2[1][0], e2[1][1]);
+    p[kk][3] = pack_bf16(e2[1][2], e2[1][3]);
+  }
+}
+
+// O *= alpha per row; skipped when no row of the warp changed its maximum (x * 1 is x, so the
+// result is the same).
+__device__ __forceinline__ void rescale(float (&o)[1][32][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+#pragma unroll
+  for (int nt = 0; nt < 32; ++nt) {
+    o[0][nt][0] *= alpha[0];
+    o[0][nt][1] *= alpha[0];
+    o[0][nt][2] *= alpha[1];
+    o[0][nt][3] *= alpha[1];
+  }
+}
+
+// Issues (without waiting) O_w += P V[:, half w] over one V stage: V's rows are the keys (K dim),
+// its columns N-major in four boxes.
+template <class C>
+__device__ __forceinline__ void issue_pv(float (&o)[1][32][4], const uint32_t (&p)[C::kKK][4],
+                                         const unsigned char* sV_stage, int group) {
+  float(&flat)[128] = reinterpret_cast<float(&)[128]>(o);
+  wgmma::fence();
+  const uint64_t dv = wgmma::sw128_mn_desc(sV_stage + group * C::kHalfBytes, C::kBoxBytes);
+#pragma unroll
+  for (int kk = 0; kk < C::kKK; ++kk) wgmma::mma_m64n256k16_rs(flat, p[kk], wgmma::advance(dv, 2048 * kk));
+  wgmma::commit();
+}
+
+// This warpgroup's half of the output rows (and, warpgroup 0, the log-sum-exp).
+__device__ __forceinline__ void store_rows(const FwdArgs& a, const Consumer& me, const float (&o)[1][32][4],
+                                           const float (&row_max)[2], float (&row_sum)[2], int q0, int b, int h) {
+  const Dims& dm = a.dims;
+  total_row_sums<1, kBM>(row_sum, nullptr, 0, me.r_local, me.cq);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = q0 + me.r_local + 8 * r;
     if (i >= dm.sq) continue;
     const bool empty = row_sum[r] == 0.f;  // no visible key: output 0, lse -inf
     const float inv = empty ? 0.f : 1.f / row_sum[r];
-    bf16* orow = a.out + ((static_cast<long long>(b) * dm.sq + i) * dm.heads + h) * kD + group * (kD / 2);
+    bf16* orow = a.out + ((static_cast<long long>(b) * dm.sq + i) * dm.heads + h) * kD + me.group * (kD / 2);
 #pragma unroll
     for (int nt = 0; nt < 32; ++nt)
-      *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + 2 * cq) =
+      *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + 2 * me.cq) =
           __floats2bfloat162_rn(o[0][nt][2 * r] * inv, o[0][nt][2 * r + 1] * inv);
-    if (a.lse != nullptr && group == 0 && cq == 0)
+    if (a.lse != nullptr && me.group == 0 && me.cq == 0)
       a.lse[(static_cast<long long>(b) * dm.heads + h) * dm.sq + i] =
           empty ? -INFINITY : (row_max[r] + log2f(row_sum[r])) * kLn2;
   }
 }
 
-template <int kCluster>
+// A consumer warpgroup's key loop (either schedule), then its half of the output.
+template <class C>
+__device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* bars, const unsigned char* sQ,
+                                        const unsigned char* sK, const unsigned char* sV, float* sPartial,
+                                        const Consumer& me, int q0, int q_last, int b, int h, int jt_begin,
+                                        int jt_end) {
+  constexpr int S = C::kStages;
+  const int g = me.group, n = jt_end - jt_begin;
+  float o[1][32][4];  // O[:, 256 group + 8 n + 2 cq + (e % 2)], rows r_local + 8 (e / 2)
+  zero_acc(o);
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // log2 units
+  float alpha[2];
+  float s[1][C::kNT][4];
+  const auto k_stage = [&](int it) { return sK + (it % S) * C::kTileBytes; };
+  const auto v_stage = [&](int it) { return sV + (it % S) * C::kTileBytes; };
+  const auto parity = [](int it) { return static_cast<uint32_t>((it / S) & 1); };
+
+  tma::mbar_wait(&bars->full_q, 0);
+  if constexpr (!C::kPipelined) {
+    for (int it = 0; it < n; ++it) {
+      uint32_t p[C::kKK][4];
+      tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
+      issue_scores<C>(s, sQ, k_stage(it), g);
+      wgmma::wait<0>();
+      wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
+      release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
+      exchange_scores<C>(s, sPartial, me);
+      softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p);
+      rescale(o, alpha);
+      tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
+      issue_pv<C>(o, p, v_stage(it), g);
+      wgmma::wait<0>();
+      wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
+      release<C::kCluster>(&bars->empty_v[it % S][g], it + S >= n);
+    }
+  } else if (n > 0) {
+    uint32_t p[2][C::kKK][4];  // P of the tile whose P·V is in flight, and of the next
+    tma::mbar_wait(&bars->full_k[0][g], parity(0));
+    issue_scores<C>(s, sQ, k_stage(0), g);
+    wgmma::wait<0>();
+    wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
+    release<C::kCluster>(&bars->empty_k[0][g], S >= n);
+    exchange_scores<C>(s, sPartial, me);
+    softmax_tile<C>(s, a, me, q0, q_last, b, jt_begin * C::kBN, row_max, row_sum, alpha, p[0]);  // O is 0
+    // Two tiles per trip, so that the P buffers have constant indices (registers, not memory).
+    const auto step = [&](int it, uint32_t(&p_cur)[C::kKK][4], uint32_t(&p_prev)[C::kKK][4]) {
+      const int prev = it - 1;
+      tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
+      issue_scores<C>(s, sQ, k_stage(it), g);
+      tma::mbar_wait(&bars->full_v[prev % S][g], parity(prev));
+      issue_pv<C>(o, p_prev, v_stage(prev), g);
+      wgmma::wait<1>();  // this tile's scores are done; the previous tile's P·V may still run
+      wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
+      release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
+      exchange_scores<C>(s, sPartial, me);
+      softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p_cur);
+      wgmma::wait<0>();
+      wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
+      wgmma::fence_operands(reinterpret_cast<uint32_t(&)[C::kKK * 4]>(p_prev));
+      release<C::kCluster>(&bars->empty_v[prev % S][g], prev + S >= n);
+      rescale(o, alpha);
+    };
+    for (int it = 1; it < n; it += 2) {
+      step(it, p[1], p[0]);
+      if (it + 1 < n) step(it + 1, p[0], p[1]);
+    }
+    const int last = n - 1;
+    tma::mbar_wait(&bars->full_v[last % S][g], parity(last));
+    if (last & 1)
+      issue_pv<C>(o, p[1], v_stage(last), g);
+    else
+      issue_pv<C>(o, p[0], v_stage(last), g);
+    wgmma::wait<0>();
+    wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
+  }
+  store_rows(a, me, o, row_max, row_sum, q0, b, h);
+}
+
+template <class C>
 __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sQ = smem;
-  unsigned char* sK = sQ + kTileBytes;
-  unsigned char* sV = sK + kTileBytes;
-  float* sPartial = reinterpret_cast<float*>(sV + kTileBytes);  // [2][kBM * kBN]
-  Barriers* bars = reinterpret_cast<Barriers*>(sV + kTileBytes + 2 * kPartialBytes);
+  unsigned char* sK = sQ + kQBytes;
+  unsigned char* sV = sK + C::kStages * C::kTileBytes;
+  float* sPartial = reinterpret_cast<float*>(sV + C::kStages * C::kTileBytes);  // [2][kBM * kBN]
+  auto* bars = reinterpret_cast<typename C::Barriers*>(reinterpret_cast<unsigned char*>(sPartial) +
+                                                       2 * C::kPartialBytes);
 
   const Dims& dm = a.dims;
   const int tid = threadIdx.x;
@@ -267,20 +398,21 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   int klo, khi;
   key_range(a.mask, dm, q0, q_last, &klo, &khi);
   doc_key_range(a.mask, dm, b, q0, q_last, &klo, &khi);
-  const int jt_begin = klo <= khi ? klo / kBN : 0, jt_end = klo <= khi ? khi / kBN + 1 : 0;
+  const int jt_begin = klo <= khi ? klo / C::kBN : 0, jt_end = klo <= khi ? khi / C::kBN + 1 : 0;
 
   if (tid == 0) {
     tma::mbar_init(&bars->full_q, 1);
-    for (int w = 0; w < 2; ++w) {
-      tma::mbar_init(&bars->full_k[w], 1);
-      tma::mbar_init(&bars->full_v[w], 1);
-      tma::mbar_init(&bars->empty_k[w], kConsumerWarps * kCluster);
-      tma::mbar_init(&bars->empty_v[w], kConsumerWarps * kCluster);
-    }
+    for (int st = 0; st < C::kStages; ++st)
+      for (int w = 0; w < 2; ++w) {
+        tma::mbar_init(&bars->full_k[st][w], 1);
+        tma::mbar_init(&bars->full_v[st][w], 1);
+        tma::mbar_init(&bars->empty_k[st][w], kConsumerWarps * C::kCluster);
+        tma::mbar_init(&bars->empty_v[st][w], kConsumerWarps * C::kCluster);
+      }
     tma::fence_mbar_init();
   }
   // The peers' multicast loads and arrivals may reach this CTA's barriers only once they exist.
-  if constexpr (kCluster > 1)
+  if constexpr (C::kCluster > 1)
     tma::cluster_sync();
   else
     __syncthreads();
@@ -290,16 +422,17 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   const int group = __shfl_sync(0xffffffffu, tid / kGroupThreads, 0);
   if (group == 2) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    if (tid == kConsumerThreads) produce<kCluster>(maps, bars, sQ, sK, sV, b, h, kvh, q0, jt_begin, jt_end);
+    if (tid == kConsumerThreads) produce<C>(maps, bars, sQ, sK, sV, b, h, kvh, q0, jt_begin, jt_end);
     __syncwarp();  // the producer's warp meets the cluster barrier below whole
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
-    consume<kCluster>(a, bars, sQ, sK, sV, sPartial, group, q0, q_last, b, h, jt_begin, jt_end);
+    const int t = tid % kGroupThreads, lane = t % 32;
+    const Consumer me{group, t, lane % 4, (t / 32) * 16 + lane / 4};
+    consume<C>(a, bars, sQ, sK, sV, sPartial, me, q0, q_last, b, h, jt_begin, jt_end);
   }
   // No CTA leaves while a peer may still multicast into it or arrive on its barriers.
-  if constexpr (kCluster > 1) tma::cluster_sync();
+  if constexpr (C::kCluster > 1) tma::cluster_sync();
 }
-
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
@@ -311,27 +444,31 @@ bool wgmma_forward_fits(const FwdArgs& a) {
 
 namespace {
 
-template <int kCluster>
-void launch(const Maps& maps, const FwdArgs& a) {
+template <class C>
+void launch(const FwdArgs& a) {
   static bool configured = false;  // the attribute is per kernel and process
   if (!configured) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<kCluster>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(kSmemBytes)));
+    G4_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(C::kSmemBytes)));
     configured = true;
   }
+  const Dims& dm = a.dims;
+  const Maps maps{tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, kD, kBM),
+                  tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, kD, C::kBN),
+                  tma::head_rows_map(a.v, dm.batch, dm.sk, dm.kv_heads, kD, C::kBN)};
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((a.dims.sq + kBM - 1) / kBM, a.dims.batch * a.dims.heads);
+  cfg.gridDim = dim3((dm.sq + kBM - 1) / kBM, dm.batch * dm.heads);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.dynamicSmemBytes = C::kSmemBytes;
   cfg.stream = g4::cuda::stream();
   cudaLaunchAttribute cluster{};
   cluster.id = cudaLaunchAttributeClusterDimension;
   cluster.val.clusterDim.x = 1;
-  cluster.val.clusterDim.y = kCluster;  // query heads h .. h + kCluster - 1 of one KV head
+  cluster.val.clusterDim.y = C::kCluster;  // query heads h .. h + kCluster - 1 of one KV head
   cluster.val.clusterDim.z = 1;
   cfg.attrs = &cluster;
   cfg.numAttrs = 1;
-  G4_CUDA_CHECK(cudaLaunchKernelEx(&cfg, fwd_wgmma_kernel<kCluster>, maps, a));
+  G4_CUDA_CHECK(cudaLaunchKernelEx(&cfg, fwd_wgmma_kernel<C>, maps, a));
   G4_CUDA_CHECK_LAUNCH();
 }
 
@@ -350,15 +487,15 @@ int cluster_size(int group) {
 
 }  // namespace
 
-void forward_wgmma(const FwdArgs& a) {
-  const Dims& dm = a.dims;
-  const Maps maps{tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, kD, kBM),
-                  tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, kD, kBN),
-                  tma::head_rows_map(a.v, dm.batch, dm.sk, dm.kv_heads, kD, kBN)};
-  switch (cluster_size(dm.group)) {
-    case 4: launch<4>(maps, a); break;
-    case 2: launch<2>(maps, a); break;
-    default: launch<1>(maps, a); break;
+void forward_wgmma(const FwdArgs& a, bool pipelined) {
+  if (pipelined) {
+    launch<PipelinedCfg>(a);
+    return;
+  }
+  switch (cluster_size(a.dims.group)) {
+    case 4: launch<SerialCfg4>(a); break;
+    case 2: launch<SerialCfg2>(a); break;
+    default: launch<SerialCfg1>(a); break;
   }
 }
 

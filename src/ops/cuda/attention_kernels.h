@@ -55,9 +55,10 @@ struct BwdArgs {
 
 void forward(const FwdArgs& a);
 // The Hopper head-dim-512 forward (attention_fwd_wgmma.cu): whether it takes these arguments
-// (d = dv = 512, q, k and v 16-byte aligned for TMA), and the launch.
+// (d = dv = 512, q, k and v 16-byte aligned for TMA), and the launch with its serial or its
+// pipelined schedule.
 bool wgmma_forward_fits(const FwdArgs& a);
-void forward_wgmma(const FwdArgs& a);
+void forward_wgmma(const FwdArgs& a, bool pipelined);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
 void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
 // Runs the backward `kernel` names (key_chunk 0: default_key_chunk).

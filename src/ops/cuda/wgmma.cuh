@@ -109,6 +109,38 @@ __device__ __forceinline__ void mma_m64n64k16(float (&d)[32], uint64_t desc_a, u
       : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 
+// d (64 x 32, fp32) += A (64 x 16) · Bᵀ, A and B (32 x 16) K-major bf16 in shared memory. Accumulator
+// layout as above, with 4 n8 tiles.
+__device__ __forceinline__ void mma_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15 "
+      "}, "
+      "%16, %17, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+// Keeps the compiler from moving reads or writes of registers that an in-flight wgmma owns (its
+// accumulators, or its A fragments) across this point: call after the wait that completes it.
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
 // d (64 x 256, fp32) += A (64 x 16) · B (16 x 256) with A in registers (a[4]: mma.sync's m16n8k16 A
 // fragment of the warp's 16 rows) and B N-major bf16 in shared memory (sw128_mn_desc). The registers
 // of a must stay unchanged until the wgmma has completed (wait).
