@@ -83,11 +83,12 @@ void run_case(const Case& c, uint64_t seed = 1) {
   EXPECT_EQ(lse.dtype(), DType::F32);
   test::expect_close_scaled(out, ref_out, 2e-3, 1e-2, c.name + " out");
   expect_lse_close(lse, ref_lse, c.name);
-  // At head dim 512 the op takes the serial wgmma forward: the FlashAttention-2 one and the
-  // pipelined wgmma one must agree as well.
-  if (c.d == 512 && c.dv == 512) {
+  // At head dims 256 and 512 every forward must agree: FlashAttention-2 and both wgmma schedules
+  // (the op takes the serial wgmma one at 512, FlashAttention-2 at 256).
+  if (c.d == c.dv && (c.d == 256 || c.d == 512)) {
     using ops::cuda::ForwardKernel;
     for (const auto& [kernel, tag] : {std::pair{ForwardKernel::flash2, " (flash2 forward)"},
+                                      std::pair{ForwardKernel::wgmma, " (serial wgmma forward)"},
                                       std::pair{ForwardKernel::wgmma_pipelined, " (pipelined wgmma forward)"}}) {
       Tensor lse2;
       const Tensor out2 = ops::cuda::attention(gq, gk, gv, c.mask, scale, &lse2, kernel);
@@ -327,7 +328,7 @@ TEST(GpuAttention, RejectsBadArguments) {
   EXPECT_THROW(ops::attention(q, k3, k3, causal(), 1.0), Error);
   EXPECT_THROW(ops::attention(qf, k, k, causal(), 1.0), Error);
   EXPECT_THROW(ops::attention(q, k12, k12, causal(), 1.0), Error);
-  // The wgmma forward takes head dim 512 only.
+  // The wgmma forward takes head dims 256 and 512 only.
   EXPECT_THROW(ops::cuda::attention(q, k, k, causal(), 1.0, nullptr, ops::cuda::ForwardKernel::wgmma), Error);
   EXPECT_THROW(ops::cuda::attention(q, k, k, causal(), 1.0, nullptr, ops::cuda::ForwardKernel::wgmma_pipelined),
                Error);

@@ -147,9 +147,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   const bool wgmma_fits = attn::wgmma_forward_fits(a);
   const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined;
-  G4_CHECK(!wgmma_asked || wgmma_fits, "attention: the wgmma forward takes head dim 512 only (q ", q.describe(), ", v ",
-           v.describe(), ")");
-  if (kernel != ForwardKernel::flash2 && wgmma_fits)
+  G4_CHECK(!wgmma_asked || wgmma_fits, "attention: the wgmma forward takes head dims 256 and 512 with d = dv only (q ",
+           q.describe(), ", v ", v.describe(), ")");
+  if (wgmma_asked || (kernel == ForwardKernel::automatic && wgmma_fits && a.dims.d == 512))
     attn::forward_wgmma(a, kernel == ForwardKernel::wgmma_pipelined);
   else
     attn::forward(a);

@@ -7,10 +7,10 @@
 namespace g4::ops::cuda {
 
 // Which forward runs: the FlashAttention-2 kernel on mma.sync (attention_fwd.cu, any head dim), or
-// the Hopper one on TMA and wgmma (attention_fwd_wgmma.cu, head dim 512 only) with its serial
-// schedule or its pipelined one (P·V of one key tile overlapping the next tile's softmax).
-// automatic: the serial wgmma one wherever it applies; a wgmma kernel where it does not apply is
-// an error.
+// the Hopper one on TMA and wgmma (attention_fwd_wgmma.cu, head dims 256 and 512 with d = dv) with
+// its serial schedule or its pipelined one (P·V of one key tile overlapping the next tile's
+// softmax). automatic: the serial wgmma one at head dim 512 (measured faster), FlashAttention-2
+// elsewhere; a wgmma kernel where it does not apply is an error.
 enum class ForwardKernel { automatic, flash2, wgmma, wgmma_pipelined };
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,

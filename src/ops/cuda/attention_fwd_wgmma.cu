@@ -44,10 +44,8 @@ namespace g4::ops::cuda::attn {
 
 namespace {
 
-constexpr int kD = 512, kBM = 64;
-constexpr int kBoxes = kD / 64;         // 64-column boxes of a row block
-constexpr int kHalfBoxes = kBoxes / 2;  // the boxes of one warpgroup's half
-constexpr uint32_t kQBytes = kBM * kD * 2;  // 64 KB
+constexpr int kPartDim = 256;                // the head-dim columns of O one warpgroup holds
+constexpr int kPartBoxes = kPartDim / 64;     // 64-column boxes of a part
 constexpr int kGroupThreads = 128, kConsumerThreads = 2 * kGroupThreads;
 constexpr int kThreads = kConsumerThreads + kGroupThreads;  // + the producer warpgroup
 constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
@@ -58,29 +56,47 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // P·V of tile j - 1 is issued right after the Q Kᵀ of tile j and runs while tile j is exchanged
 // and its softmax computed; O is rescaled once that P·V has completed. The smaller tile is what
 // pays for the second buffers (Q, 2 x K, 2 x V and the partials: 208 KB).
-template <int BN, int STAGES, int CLUSTER, bool PIPELINED>
+//
+// Head dim 256 is the same kernel with the warpgroups split by rows instead: each owns 64 query
+// rows (128 a CTA) and the whole head dim, so there is nothing to exchange (FlashAttention-3's
+// own layout). A "part" below is 256 head-dim columns: two per tile at head dim 512 (one per
+// warpgroup), one at 256 (shared by both warpgroups, each reading its own 64 rows of Q).
+template <int D, int BN, int STAGES, int CLUSTER, bool PIPELINED>
 struct Cfg {
-  static constexpr int kBN = BN, kStages = STAGES, kCluster = CLUSTER;
+  static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
   static constexpr bool kPipelined = PIPELINED;
+  static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
+  static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
+  static constexpr int kBM = 64 * kRowGroups;              // query rows of a CTA
+  static constexpr int kBoxes = D / 64;                    // 64-column boxes of a row block
+  static constexpr uint32_t kQBoxBytes = kBM * 128;
+  static constexpr uint32_t kQBytes = kBoxes * kQBoxBytes;
   static constexpr int kNT = BN / 8;                       // n8 tiles of S
   static constexpr int kKK = BN / 16;                      // k16 steps of P·V
   static constexpr uint32_t kBoxBytes = BN * 128;          // a 64-column box of BN key rows
-  static constexpr uint32_t kHalfBytes = kHalfBoxes * kBoxBytes;
-  static constexpr uint32_t kTileBytes = 2 * kHalfBytes;   // one K or V tile
-  static constexpr uint32_t kPartialBytes = kBM * BN * 4;  // one warpgroup's S partial, f32
+  static constexpr uint32_t kPartBytes = kPartBoxes * kBoxBytes;
+  static constexpr uint32_t kTileBytes = kParts * kPartBytes;  // one K or V tile
+  // One warpgroup's S partial (f32), exchanged when the warpgroups split d.
+  static constexpr uint32_t kPartialBytes = kParts == 2 ? 64 * BN * 4 : 0;
+  // Consumer warps that read one part of a stage, in every CTA of the cluster.
+  static constexpr int kPartReaders = kRowGroups * kConsumerWarps * CLUSTER;
   struct Barriers {
     uint64_t full_q;
-    uint64_t full_k[STAGES][2], empty_k[STAGES][2], full_v[STAGES][2], empty_v[STAGES][2];
+    uint64_t full_k[STAGES][kParts], empty_k[STAGES][kParts], full_v[STAGES][kParts], empty_v[STAGES][kParts];
   };
   static constexpr size_t kSmemBytes =
       1024 + kQBytes + 2 * size_t{STAGES} * kTileBytes + 2 * size_t{kPartialBytes} + sizeof(Barriers);
-  static_assert(kSmemBytes <= 227 * 1024, "head-dim-512 forward shared memory");
+  static_assert(D == 256 || D == 512, "head dims 256 and 512");
+  static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
   static_assert(!PIPELINED || CLUSTER == 1, "the pipelined schedule runs without clusters");
 };
-using SerialCfg1 = Cfg<64, 1, 1, false>;
-using SerialCfg2 = Cfg<64, 1, 2, false>;
-using SerialCfg4 = Cfg<64, 1, 4, false>;
-using PipelinedCfg = Cfg<32, 2, 1, true>;
+using SerialCfg1 = Cfg<512, 64, 1, 1, false>;
+using SerialCfg2 = Cfg<512, 64, 1, 2, false>;
+using SerialCfg4 = Cfg<512, 64, 1, 4, false>;
+using PipelinedCfg = Cfg<512, 32, 2, 1, true>;
+// Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
+using SerialCfg256 = Cfg<256, 64, 1, 1, false>;
+using PipelinedCfg256 = Cfg<256, 64, 2, 1, true>;
 
 struct Maps {
   CUtensorMap q, k, v;
@@ -98,13 +114,13 @@ __device__ __forceinline__ void consumers_sync(int id) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kConsumerThreads) : "memory");
 }
 
-// Half w of a K or V tile (keys k0..) into `dst`: in a cluster, this CTA loads every kCluster-th
-// box for all of the cluster; the full barrier of each CTA counts the whole half.
+// Part w of a K or V tile (keys k0..) into `dst`: in a cluster, this CTA loads every kCluster-th
+// box for all of the cluster; the full barrier of each CTA counts the whole part.
 template <class C>
-__device__ __forceinline__ void load_half(unsigned char* dst, const CUtensorMap& map, int w, int kvh, int k0, int b,
+__device__ __forceinline__ void load_part(unsigned char* dst, const CUtensorMap& map, int w, int kvh, int k0, int b,
                                           uint64_t* full, uint32_t rank) {
-  tma::mbar_expect_bytes(full, C::kHalfBytes);
-  for (int box = w * kHalfBoxes + static_cast<int>(rank); box < (w + 1) * kHalfBoxes; box += C::kCluster) {
+  tma::mbar_expect_bytes(full, C::kPartBytes);
+  for (int box = w * kPartBoxes + static_cast<int>(rank); box < (w + 1) * kPartBoxes; box += C::kCluster) {
     if constexpr (C::kCluster == 1)
       tma::load(dst + box * C::kBoxBytes, map, 64 * box, kvh, k0, b, full);
     else
@@ -112,25 +128,26 @@ __device__ __forceinline__ void load_half(unsigned char* dst, const CUtensorMap&
   }
 }
 
-// The producer: Q once, then for each key tile the halves of K and of V into the tile's stage,
+// The producer: Q once, then for each key tile the parts of K and of V into the tile's stage,
 // each as soon as the warpgroups that read that stage have released its previous tile.
 template <class C>
 __device__ __forceinline__ void produce(const Maps& maps, typename C::Barriers* bars, unsigned char* sQ,
                                         unsigned char* sK, unsigned char* sV, int b, int h, int kvh, int q0,
                                         int jt_begin, int jt_end) {
   const uint32_t rank = C::kCluster == 1 ? 0 : tma::cluster_rank();
-  tma::mbar_expect_bytes(&bars->full_q, kQBytes);
-  for (int box = 0; box < kBoxes; ++box) tma::load(sQ + box * kBM * 128, maps.q, 64 * box, h, q0, b, &bars->full_q);
+  tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
+  for (int box = 0; box < C::kBoxes; ++box)
+    tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
   for (int jt = jt_begin, it = 0; jt < jt_end; ++jt, ++it) {
     const int st = it % C::kStages;
     const uint32_t free_parity = ((it / C::kStages) & 1) ^ 1;
-    for (int w = 0; w < 2; ++w) {
+    for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->empty_k[st][w], free_parity);
-      load_half<C>(sK + st * C::kTileBytes, maps.k, w, kvh, jt * C::kBN, b, &bars->full_k[st][w], rank);
+      load_part<C>(sK + st * C::kTileBytes, maps.k, w, kvh, jt * C::kBN, b, &bars->full_k[st][w], rank);
     }
-    for (int w = 0; w < 2; ++w) {
+    for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->empty_v[st][w], free_parity);
-      load_half<C>(sV + st * C::kTileBytes, maps.v, w, kvh, jt * C::kBN, b, &bars->full_v[st][w], rank);
+      load_part<C>(sV + st * C::kTileBytes, maps.v, w, kvh, jt * C::kBN, b, &bars->full_v[st][w], rank);
     }
   }
 }
@@ -149,22 +166,26 @@ __device__ __forceinline__ void release(uint64_t* empty, bool last) {
   }
 }
 
-// What a consumer thread knows of its place: warpgroup, thread in it, rows and quad lane.
+// What a consumer thread knows of its place: warpgroup, the part of the head dim it holds, thread
+// in the warpgroup, quad lane, and its rows (r_local and r_local + 8 of the CTA's kBM).
 struct Consumer {
-  int group, t, cq, r_local;  // rows r_local and r_local + 8 of the CTA's 64
+  int group, part, t, cq, r_local;
 };
 
-// Issues (without waiting) this warpgroup's partial S = Q[:, half] K[:, half]ᵀ of one K stage.
+// Issues (without waiting) this warpgroup's S over its part of the head dim, Q[rows, part] ·
+// K[:, part]ᵀ, from one K stage (a partial S when the warpgroups split d).
 template <class C>
 __device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const unsigned char* sQ,
-                                             const unsigned char* sK_stage, int group) {
+                                             const unsigned char* sK_stage, const Consumer& me) {
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
+  const unsigned char* q_rows = sQ + (me.r_local / 64) * 64 * 128;  // this warpgroup's 64 rows of each box
   zero_acc(s);
   wgmma::fence();
 #pragma unroll
-  for (int box = 0; box < kHalfBoxes; ++box) {
-    const int at = group * kHalfBoxes + box;
-    const uint64_t dq = wgmma::sw128_desc(sQ + at * kBM * 128), dk = wgmma::sw128_desc(sK_stage + at * C::kBoxBytes);
+  for (int box = 0; box < kPartBoxes; ++box) {
+    const int at = me.part * kPartBoxes + box;
+    const uint64_t dq = wgmma::sw128_desc(q_rows + at * C::kQBoxBytes),
+                   dk = wgmma::sw128_desc(sK_stage + at * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if constexpr (C::kBN == 64)
@@ -181,8 +202,8 @@ __device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const uns
 // previous tile's partial.
 template <class C>
 __device__ __forceinline__ void exchange_scores(float (&s)[1][C::kNT][4], float* sPartial, const Consumer& me) {
-  float4* mine = reinterpret_cast<float4*>(sPartial + me.group * kBM * C::kBN);
-  const float4* theirs = reinterpret_cast<const float4*>(sPartial + (1 - me.group) * kBM * C::kBN);
+  float4* mine = reinterpret_cast<float4*>(sPartial + me.group * 64 * C::kBN);
+  const float4* theirs = reinterpret_cast<const float4*>(sPartial + (1 - me.group) * 64 * C::kBN);
   consumers_sync(1);
 #pragma unroll
   for (int i = 0; i < C::kNT; ++i)
@@ -264,36 +285,37 @@ __device__ __forceinline__ void rescale(float (&o)[1][32][4], const float (&alph
   }
 }
 
-// Issues (without waiting) O_w += P V[:, half w] over one V stage: V's rows are the keys (K dim),
-// its columns N-major in four boxes.
+// Issues (without waiting) O += P V[:, part] over one V stage: V's rows are the keys (K dim), its
+// columns N-major in four boxes.
 template <class C>
 __device__ __forceinline__ void issue_pv(float (&o)[1][32][4], const uint32_t (&p)[C::kKK][4],
-                                         const unsigned char* sV_stage, int group) {
+                                         const unsigned char* sV_stage, int part) {
   float(&flat)[128] = reinterpret_cast<float(&)[128]>(o);
   wgmma::fence();
-  const uint64_t dv = wgmma::sw128_mn_desc(sV_stage + group * C::kHalfBytes, C::kBoxBytes);
+  const uint64_t dv = wgmma::sw128_mn_desc(sV_stage + part * C::kPartBytes, C::kBoxBytes);
 #pragma unroll
   for (int kk = 0; kk < C::kKK; ++kk) wgmma::mma_m64n256k16_rs(flat, p[kk], wgmma::advance(dv, 2048 * kk));
   wgmma::commit();
 }
 
-// This warpgroup's half of the output rows (and, warpgroup 0, the log-sum-exp).
+// This warpgroup's part of its output rows (and, from the part-0 warpgroups, the log-sum-exp).
+template <class C>
 __device__ __forceinline__ void store_rows(const FwdArgs& a, const Consumer& me, const float (&o)[1][32][4],
                                            const float (&row_max)[2], float (&row_sum)[2], int q0, int b, int h) {
   const Dims& dm = a.dims;
-  total_row_sums<1, kBM>(row_sum, nullptr, 0, me.r_local, me.cq);
+  total_row_sums<1, C::kBM>(row_sum, nullptr, 0, me.r_local, me.cq);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = q0 + me.r_local + 8 * r;
     if (i >= dm.sq) continue;
     const bool empty = row_sum[r] == 0.f;  // no visible key: output 0, lse -inf
     const float inv = empty ? 0.f : 1.f / row_sum[r];
-    bf16* orow = a.out + ((static_cast<long long>(b) * dm.sq + i) * dm.heads + h) * kD + me.group * (kD / 2);
+    bf16* orow = a.out + ((static_cast<long long>(b) * dm.sq + i) * dm.heads + h) * C::kD + me.part * kPartDim;
 #pragma unroll
     for (int nt = 0; nt < 32; ++nt)
       *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + 2 * me.cq) =
           __floats2bfloat162_rn(o[0][nt][2 * r] * inv, o[0][nt][2 * r + 1] * inv);
-    if (a.lse != nullptr && me.group == 0 && me.cq == 0)
+    if (a.lse != nullptr && me.part == 0 && me.cq == 0)
       a.lse[(static_cast<long long>(b) * dm.heads + h) * dm.sq + i] =
           empty ? -INFINITY : (row_max[r] + log2f(row_sum[r])) * kLn2;
   }
@@ -306,7 +328,7 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
                                         const Consumer& me, int q0, int q_last, int b, int h, int jt_begin,
                                         int jt_end) {
   constexpr int S = C::kStages;
-  const int g = me.group, n = jt_end - jt_begin;
+  const int g = me.part, n = jt_end - jt_begin;  // the barriers of this warpgroup's part
   float o[1][32][4];  // O[:, 256 group + 8 n + 2 cq + (e % 2)], rows r_local + 8 (e / 2)
   zero_acc(o);
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // log2 units
@@ -321,11 +343,11 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
     for (int it = 0; it < n; ++it) {
       uint32_t p[C::kKK][4];
       tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
-      issue_scores<C>(s, sQ, k_stage(it), g);
+      issue_scores<C>(s, sQ, k_stage(it), me);
       wgmma::wait<0>();
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
       release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
-      exchange_scores<C>(s, sPartial, me);
+      if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
       softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p);
       rescale(o, alpha);
       tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
@@ -337,23 +359,23 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
   } else if (n > 0) {
     uint32_t p[2][C::kKK][4];  // P of the tile whose P·V is in flight, and of the next
     tma::mbar_wait(&bars->full_k[0][g], parity(0));
-    issue_scores<C>(s, sQ, k_stage(0), g);
+    issue_scores<C>(s, sQ, k_stage(0), me);
     wgmma::wait<0>();
     wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
     release<C::kCluster>(&bars->empty_k[0][g], S >= n);
-    exchange_scores<C>(s, sPartial, me);
+    if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
     softmax_tile<C>(s, a, me, q0, q_last, b, jt_begin * C::kBN, row_max, row_sum, alpha, p[0]);  // O is 0
     // Two tiles per trip, so that the P buffers have constant indices (registers, not memory).
     const auto step = [&](int it, uint32_t(&p_cur)[C::kKK][4], uint32_t(&p_prev)[C::kKK][4]) {
       const int prev = it - 1;
       tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
-      issue_scores<C>(s, sQ, k_stage(it), g);
+      issue_scores<C>(s, sQ, k_stage(it), me);
       tma::mbar_wait(&bars->full_v[prev % S][g], parity(prev));
       issue_pv<C>(o, p_prev, v_stage(prev), g);
       wgmma::wait<1>();  // this tile's scores are done; the previous tile's P·V may still run
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
       release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
-      exchange_scores<C>(s, sPartial, me);
+      if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
       softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p_cur);
       wgmma::wait<0>();
       wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
@@ -374,7 +396,7 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
     wgmma::wait<0>();
     wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
   }
-  store_rows(a, me, o, row_max, row_sum, q0, b, h);
+  store_rows<C>(a, me, o, row_max, row_sum, q0, b, h);
 }
 
 template <class C>
@@ -383,18 +405,18 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   unsigned char* smem =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sQ = smem;
-  unsigned char* sK = sQ + kQBytes;
+  unsigned char* sK = sQ + C::kQBytes;
   unsigned char* sV = sK + C::kStages * C::kTileBytes;
-  float* sPartial = reinterpret_cast<float*>(sV + C::kStages * C::kTileBytes);  // [2][kBM * kBN]
+  float* sPartial = reinterpret_cast<float*>(sV + C::kStages * C::kTileBytes);  // [2][64 * kBN] (d split)
   auto* bars = reinterpret_cast<typename C::Barriers*>(reinterpret_cast<unsigned char*>(sPartial) +
                                                        2 * C::kPartialBytes);
 
   const Dims& dm = a.dims;
   const int tid = threadIdx.x;
   // Late query tiles see the most keys under a causal mask: start them first.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBM;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * C::kBM;
   const int b = blockIdx.y / dm.heads, h = blockIdx.y % dm.heads, kvh = h / dm.group;
-  const int q_last = min(q0 + kBM, dm.sq) - 1;
+  const int q_last = min(q0 + C::kBM, dm.sq) - 1;
   int klo, khi;
   key_range(a.mask, dm, q0, q_last, &klo, &khi);
   doc_key_range(a.mask, dm, b, q0, q_last, &klo, &khi);
@@ -403,11 +425,11 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   if (tid == 0) {
     tma::mbar_init(&bars->full_q, 1);
     for (int st = 0; st < C::kStages; ++st)
-      for (int w = 0; w < 2; ++w) {
+      for (int w = 0; w < C::kParts; ++w) {
         tma::mbar_init(&bars->full_k[st][w], 1);
         tma::mbar_init(&bars->full_v[st][w], 1);
-        tma::mbar_init(&bars->empty_k[st][w], kConsumerWarps * C::kCluster);
-        tma::mbar_init(&bars->empty_v[st][w], kConsumerWarps * C::kCluster);
+        tma::mbar_init(&bars->empty_k[st][w], C::kPartReaders);
+        tma::mbar_init(&bars->empty_v[st][w], C::kPartReaders);
       }
     tma::fence_mbar_init();
   }
@@ -427,7 +449,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
     const int t = tid % kGroupThreads, lane = t % 32;
-    const Consumer me{group, t, lane % 4, (t / 32) * 16 + lane / 4};
+    // d split: warpgroup g holds part g of every row; row split: rows [64 g, 64 g + 64) whole.
+    const Consumer me{group, C::kParts == 2 ? group : 0, t, lane % 4,
+                      (C::kParts == 2 ? 0 : 64 * group) + (t / 32) * 16 + lane / 4};
     consume<C>(a, bars, sQ, sK, sV, sPartial, me, q0, q_last, b, h, jt_begin, jt_end);
   }
   // No CTA leaves while a peer may still multicast into it or arrive on its barriers.
@@ -439,7 +463,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 }  // namespace
 
 bool wgmma_forward_fits(const FwdArgs& a) {
-  return a.dims.d == kD && a.dims.dv == kD && aligned16(a.q) && aligned16(a.k) && aligned16(a.v);
+  return a.dims.d == a.dims.dv && (a.dims.d == 256 || a.dims.d == 512) && aligned16(a.q) && aligned16(a.k) &&
+         aligned16(a.v);
 }
 
 namespace {
@@ -453,11 +478,11 @@ void launch(const FwdArgs& a) {
     configured = true;
   }
   const Dims& dm = a.dims;
-  const Maps maps{tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, kD, kBM),
-                  tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, kD, C::kBN),
-                  tma::head_rows_map(a.v, dm.batch, dm.sk, dm.kv_heads, kD, C::kBN)};
+  const Maps maps{tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, C::kD, C::kBM),
+                  tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, C::kD, C::kBN),
+                  tma::head_rows_map(a.v, dm.batch, dm.sk, dm.kv_heads, C::kD, C::kBN)};
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((dm.sq + kBM - 1) / kBM, dm.batch * dm.heads);
+  cfg.gridDim = dim3((dm.sq + C::kBM - 1) / C::kBM, dm.batch * dm.heads);
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = C::kSmemBytes;
   cfg.stream = g4::cuda::stream();
@@ -472,8 +497,9 @@ void launch(const FwdArgs& a) {
   G4_CUDA_CHECK_LAUNCH();
 }
 
-// The CTAs per cluster: 1 (see the top of this file), or G4_ATTENTION_CLUSTER (1, 2 or 4; it must
-// divide the GQA group, so that the cluster's query heads share one KV head).
+// The CTAs per cluster of the serial head-dim-512 schedule: 1 (see the top of this file), or
+// G4_ATTENTION_CLUSTER (1, 2 or 4; it must divide the GQA group, so that the cluster's query heads
+// share one KV head).
 int cluster_size(int group) {
   int n = 1;
   if (const char* env = std::getenv("G4_ATTENTION_CLUSTER"); env != nullptr && *env != 0) {
@@ -488,6 +514,13 @@ int cluster_size(int group) {
 }  // namespace
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
+  if (a.dims.d == 256) {
+    if (pipelined)
+      launch<PipelinedCfg256>(a);
+    else
+      launch<SerialCfg256>(a);
+    return;
+  }
   if (pipelined) {
     launch<PipelinedCfg>(a);
     return;

@@ -54,9 +54,9 @@ struct BwdArgs {
 };
 
 void forward(const FwdArgs& a);
-// The Hopper head-dim-512 forward (attention_fwd_wgmma.cu): whether it takes these arguments
-// (d = dv = 512, q, k and v 16-byte aligned for TMA), and the launch with its serial or its
-// pipelined schedule.
+// The Hopper forward (attention_fwd_wgmma.cu): whether it takes these arguments (d = dv = 256 or
+// 512, q, k and v 16-byte aligned for TMA), and the launch with its serial or its pipelined
+// schedule.
 bool wgmma_forward_fits(const FwdArgs& a);
 void forward_wgmma(const FwdArgs& a, bool pipelined);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
