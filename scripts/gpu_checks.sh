@@ -10,9 +10,10 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench. (PEFT reload parity needs no GPU:
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
-# G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage.
+# G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
+# not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-logs}"
@@ -67,16 +68,21 @@ stage() {
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
         G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
     rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench)" >&2
+    attention)  # issue 18: the attention tests, then g4's kernels and PyTorch SDPA's backends in one session
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.*' && $run bench_attention &&
+        $run bash -c 'LD_LIBRARY_PATH="$G4_PYTHON_LD_LIBRARY_PATH" python3 tools/bench_torch_attention.py' ;;
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention)" >&2
        return 2 ;;
   esac
 }
 
-[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
 status=0
 for s in "$@"; do
   start=$(date +%s)
-  timeout --signal=INT --kill-after=20 "$limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; stage $s" \
+  stage_limit=$limit
+  [ "$s" = tests-new ] && [ "$limit" -gt 150 ] && stage_limit=150
+  timeout --signal=INT --kill-after=20 "$stage_limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; stage $s" \
     > "$out/$s.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || status=1
