@@ -692,6 +692,13 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   r = run("train " + recipe + " tokenizer=no-such-tokenizer.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("no-such-tokenizer.json does not exist (a relative path"), std::string::npos) << r.output;
+  // A freeze pattern that matches no parameter (a typo, another model's tower) froze nothing and
+  // trained everything (found by tools/probe_train_media.py).
+  r = run("train " + recipe + " \"train.freeze=[model.vision_tower.*]\"");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("'train.freeze' pattern 'model.vision_tower.*' matches no parameter of the model"),
+            std::string::npos)
+      << r.output;
   // Conversations whose replies lie past data.seq_len train nothing once truncated: an error (it
   // used to train on all-masked rows, logging loss 0 and gradient norm 0 at every step).
   const fs::path chat = dir / "cut.jsonl";
