@@ -299,7 +299,8 @@ class Cases:
             for sec, name, _ in self.table:
                 print(f"[{sec}] {name}")
             return
-        work = os.path.abspath(a.work or tempfile.mkdtemp(prefix="probe_"))
+        script = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # probe_rl -> /tmp/probe_rl_XXXX
+        work = os.path.abspath(a.work or tempfile.mkdtemp(prefix=script + "_"))
         os.makedirs(work, exist_ok=True)
         a.rng = random.Random(a.seed)
         ctx = make_ctx(G4(os.path.abspath(a.g4), work), work, a)

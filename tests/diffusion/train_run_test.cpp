@@ -158,15 +158,10 @@ TEST(DiffusionTrainRun, ProbedRecipesAreClearErrors) {
   EXPECT_NE(r.output.find("dllm.pad_block_size 40 exceeds data.seq_len 32"), std::string::npos) << r.output;
 
   const fs::path sft = dir / "sft.yaml";
-  std::ofstream(sft) << "model: {path: " << (dir / "model").string() << "}
-"
-                     << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-tokenizer
-"
-                     << "data: {train: [" << test::data_dir() << "/text/genesis.txt], seq_len: 32}
-"
-                     << "train: {steps: 1, batch_size: 1}
-checkpoint: {dir: " << (dir / "sft-run").string() << "}
-";
+  std::ofstream(sft) << "model: {path: " << (dir / "model").string() << "}\n"
+                     << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-tokenizer\n"
+                     << "data: {train: [" << test::data_dir() << "/text/genesis.txt], seq_len: 32}\n"
+                     << "train: {steps: 1, batch_size: 1}\ncheckpoint: {dir: " << (dir / "sft-run").string() << "}\n";
   r = test::run_g4("train " + sft.string(), kEnv);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find((dir / "model").string() + " is a diffusion_gemma checkpoint: train it with a "
