@@ -147,6 +147,8 @@ RunParts::RunParts(const Recipe& recipe, int64_t row_len, bool resume) : r(recip
     lock = std::make_unique<DirectoryLock>(r.output_dir);
     // Under the lock, so that no other run adds to the directory between the look and the start.
     if (!resume) refuse_earlier_run(r.source, r.output_dir);
+    // metrics.jsonl (rewritten on --resume) and loss.svg are replaced whole, through a temporary file.
+    remove_killed_writes(r.output_dir, {"metrics.jsonl", "loss.svg"});
   }
   mesh = make_mesh(r, *world, row_len);
   set_up_model(row_len);
