@@ -1,4 +1,4 @@
-"""What the command probes (probe_train.py, probe_rl.py) share: running the g4 binary, recording one PASS/DEFECT
+"""What the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: running the g4 binary, recording one PASS/DEFECT
 line per case, expecting a clear error or a success, and checking what a run left on disk (whole checkpoints, the
 complete lines of metrics.jsonl) after it was interrupted.
 
