@@ -1,6 +1,6 @@
-"""What the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: running the g4 binary, recording one PASS/DEFECT
-line per case, expecting a clear error or a success, and checking what a run left on disk (whole checkpoints, the
-complete lines of metrics.jsonl) after it was interrupted.
+"""What the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: running the g4 binary,
+recording one PASS/DEFECT line per case (and the table of cases, Cases), expecting a clear error or a success, and
+checking what a run left on disk (whole checkpoints, the complete lines of metrics.jsonl) after it was interrupted.
 
 A case fails when g4 crashes (a signal, an abort), prints a library's exception text instead of its own error, exits
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
