@@ -1,6 +1,6 @@
-"""What the command probes (probe_train.py, probe_rl.py) share: running the g4 binary, recording one PASS/DEFECT
-line per case, expecting a clear error or a success, and checking what a run left on disk (whole checkpoints, the
-complete lines of metrics.jsonl) after it was interrupted.
+"""What the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: running the g4 binary,
+recording one PASS/DEFECT line per case (and the table of cases, Cases), expecting a clear error or a success, and
+checking what a run left on disk (whole checkpoints, the complete lines of metrics.jsonl) after it was interrupted.
 
 A case fails when g4 crashes (a signal, an abort), prints a library's exception text instead of its own error, exits
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
@@ -254,8 +254,8 @@ def interrupted_run_problems(g4, args, env, rng, span, run, want, curve_of):
 
 
 def command_probe_parser(doc, kills, sections):
-    """The options probe_train.py and probe_rl.py share: the binary, the scratch directory, the seed, how many runs
-    are interrupted at random, and which sections run."""
+    """The options the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: the binary, the
+    scratch directory, the seed, how many runs are interrupted at random, and which sections run."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu/g4"))
     ap.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, removed if clean)")
@@ -263,3 +263,52 @@ def command_probe_parser(doc, kills, sections):
     ap.add_argument("--kills", type=int, default=kills, help="runs interrupted at random moments")
     ap.add_argument("--sections", default=sections)
     return ap
+
+
+# ------------------------------------------------------------------------------------------- tables of cases
+
+def nest(r, dotted, value):
+    """Sets r[a][b][c] = value for dotted "a.b.c", making the mappings on the way."""
+    *path, last = dotted.split(".")
+    for k in path:
+        r = r.setdefault(k, {})
+    r[last] = value
+
+
+class Cases:
+    """A probe's cases in order, (section, name, fn(ctx)) each; `@cases.add(section, name)` registers one."""
+
+    def __init__(self):
+        self.table = []
+
+    def add(self, section, name):
+        def register(fn):
+            self.table.append((section, name, fn))
+            return fn
+        return register
+
+    def main(self, doc, kills, sections, make_ctx):
+        """Parses the shared options plus --only / --list, runs the selected cases with the context
+        make_ctx(g4, work, args) builds (a case that raises is a DEFECT too) and exits with summarize's status."""
+        import random, sys, tempfile
+        ap = command_probe_parser(doc, kills, sections)
+        ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
+        ap.add_argument("--list", action="store_true", help="list the cases")
+        a = ap.parse_args()
+        if a.list:
+            for sec, name, _ in self.table:
+                print(f"[{sec}] {name}")
+            return
+        script = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # probe_rl -> /tmp/probe_rl_XXXX
+        work = os.path.abspath(a.work or tempfile.mkdtemp(prefix=script + "_"))
+        os.makedirs(work, exist_ok=True)
+        a.rng = random.Random(a.seed)
+        ctx = make_ctx(G4(os.path.abspath(a.g4), work), work, a)
+        chosen = a.sections.split(",")
+        for sec, name, fn in self.table:
+            if sec in chosen and (a.only is None or a.only in name):
+                try:
+                    fn(ctx)
+                except Exception as e:  # noqa: BLE001 - a probe that breaks is a finding too
+                    record(sec, name, False, f"the probe itself failed: {type(e).__name__}: {e}")
+        sys.exit(summarize(work, a.work))

@@ -14,30 +14,16 @@ other metrics is a DEFECT. The script prints one PASS/DEFECT line per case, then
 non-zero when there is any. --only runs the cases whose name contains NAME. No SFT step is needed: the probes test
 the plumbing, not learning, so the policy is a random model (scripts/run_rl_example.sh is the learning example).
 """
-import json, os, random, shutil, signal, stat, subprocess, sys, tempfile, time
+import json, os, shutil, signal, stat, subprocess, time
 
-import probe_commands
-from probe_commands import (ROOT, G4, command_probe_parser, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
-                       interrupted_run_problems, metric_lines, no_library_text, record)
+from probe_commands import (ROOT, Cases, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
+                       interrupted_run_problems, metric_lines, nest, no_library_text, record)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
 CURVE_KEYS = ("reward", "accuracy", "loss", "grad_norm", "lr", "token_mult_prob_error", "response_length_mean",
               "validation_accuracy", "advantages_max", "samples_trained")
-CASES = []  # (section, name, fn(ctx))
-
-
-def case(section, name):
-    def add(fn):
-        CASES.append((section, name, fn))
-        return fn
-    return add
-
-
-def nest(r, dotted, value):
-    *path, last = dotted.split(".")
-    for k in path:
-        r = r.setdefault(k, {})
-    r[last] = value
+CASES = Cases()
+case = CASES.add
 
 
 def rl_recipe(path, run_dir, **over):
@@ -173,7 +159,7 @@ RECIPE_ERRORS = [
 for _over, _wants in RECIPE_ERRORS:
     def _fn(ctx, over=_over, wants=_wants):
         expect_error("recipe", " ".join(over), ctx.g4, ctx.args(" ".join(over), *over), wants)
-    CASES.append(("recipe", " ".join(_over), _fn))
+    CASES.table.append(("recipe", " ".join(_over), _fn))
 
 
 @case("recipe", "loss_fn.ratio_clip_min=1.5 (lower clip below 0: off, never inverted)")
@@ -271,7 +257,7 @@ for _name, _data, _over, _wants in DATA_CASES:
             expect_success("data", name, ctx.g4, args, ["skipped"] if "skipped" in name else [])
         else:
             expect_error("data", name, ctx.g4, args, wants)
-    CASES.append(("data", _name, _fn))
+    CASES.table.append(("data", _name, _fn))
 
 
 @case("data", "validation file with 0 prompts")
@@ -343,7 +329,7 @@ REWARD_ERRORS = [
 for _name, _cmd, _over, _wants in REWARD_ERRORS:
     def _fn(ctx, name=_name, cmd=_cmd, over=_over, wants=_wants):
         expect_error("reward", name, ctx.g4, command_args(ctx, name, cmd, *over), wants)
-    CASES.append(("reward", _name, _fn))
+    CASES.table.append(("reward", _name, _fn))
 
 
 @case("reward", "reward.timeout_s=1e12 (meant as never)")
@@ -476,7 +462,7 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
         record("reward", f"{sig.name} while the reward program runs: step 1's checkpoint whole",
                [os.path.basename(c) for c in ck] == ["step-00000001"] and not checkpoint_problems(run),
                f"checkpoints {ck}, damaged {checkpoint_problems(run)}")
-    CASES.append(("reward", f"{_sig.name} while the reward program runs", _fn))
+    CASES.table.append(("reward", f"{_sig.name} while the reward program runs", _fn))
 
 
 # -------------------------------------------------------------------------------------------- rundir and resume
@@ -677,25 +663,8 @@ def _(ctx):
 # ---------------------------------------------------------------------------------------------------------- main
 
 def main():
-    ap = command_probe_parser(__doc__, 4, "recipe,data,reward,resume,degenerate")
-    ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
-    ap.add_argument("--list", action="store_true", help="list the cases")
-    a = ap.parse_args()
-    if a.list:
-        for sec, name, _ in CASES:
-            print(f"[{sec}] {name}")
-        return
-    work = os.path.abspath(a.work or tempfile.mkdtemp(prefix="probe_rl_"))
-    os.makedirs(work, exist_ok=True)
-    ctx = Ctx(G4(os.path.abspath(a.g4), work), work, random.Random(a.seed), a.kills)
-    sections = a.sections.split(",")
-    for sec, name, fn in CASES:
-        if sec in sections and (a.only is None or a.only in name):
-            try:
-                fn(ctx)
-            except Exception as e:  # noqa: BLE001 - a probe that breaks is a finding too
-                record(sec, name, False, f"the probe itself failed: {type(e).__name__}: {e}")
-    sys.exit(probe_commands.summarize(work, a.work))
+    CASES.main(__doc__, 4, "recipe,data,reward,resume,degenerate",
+               lambda g4, work, a: Ctx(g4, work, a.rng, a.kills))
 
 
 if __name__ == "__main__":

@@ -47,13 +47,14 @@ void add_convert(CLI::App& app, Action& action) {
   cmd->add_flag("--to-diffusion", o->to_diffusion,
                 "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
   auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
-                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)")
-                     ->check(CLI::PositiveNumber);
+                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)");
   auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init");
   cmd->callback([&action, o, canvas, seed] {
     const bool adapt_options = canvas->count() > 0 || seed->count() > 0;
     action = [o, adapt_options] {
       G4_CHECK(o->to_diffusion || !adapt_options, "convert: --canvas-length and --seed only apply with --to-diffusion");
+      // Checked here, not by CLI::PositiveNumber, whose message prints its range as a 300-digit number.
+      G4_CHECK(o->canvas_length > 0, "convert: --canvas-length must be > 0, got ", o->canvas_length);
       namespace fs = std::filesystem;
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
       auto model = model::load_hf_model(o->in);

@@ -89,6 +89,10 @@ std::shared_ptr<const DocumentMedia> plan_document_media(const std::string& sour
     const std::string bytes = io::read_wav_file(path);
     const std::string what = "WAV file " + path;
     samples.push_back(io::samples_16k_count(io::parse_wav(bytes, what), what));
+    // The extractor refuses a batch whose longest clip is this short without naming a file.
+    G4_CHECK(samples.back() > io::kAudioHopSamples, what, " holds ", samples.back(),
+             " samples at 16 kHz: a clip needs more than ", io::kAudioHopSamples,
+             " (10 ms) for one valid frame and soft token");
     m->audio.push_back({path, hash_bytes(bytes)});
   }
   if (!samples.empty()) counts.audio = io::audio_soft_token_counts(samples);

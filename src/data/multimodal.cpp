@@ -112,6 +112,20 @@ MultimodalIds tokenize_multimodal(const std::string& text, const MediaSoftTokens
   return out;
 }
 
+void check_no_written_media_tokens(const std::string& text, const io::Tokenizer& tok, bool placeholders,
+                                   const std::string& where) {
+  static const char* const kPlaceholders[] = {kImagePlaceholder, kAudioPlaceholder, kVideoPlaceholder};
+  static const char* const kBoundaries[] = {"<|image>", "<image|>", "<|audio>", "<audio|>"};
+  const auto refuse = [&](const char* token, const char* what) {
+    G4_CHECK(!tok.token_to_id(token) || text.find(token) == std::string::npos, where, ": the text holds ", token,
+             ", ", what, R"( (media go in content parts, {"type": "image", "path": FILE}, which put their tokens)",
+             " themselves)");
+  };
+  if (placeholders)
+    for (const char* t : kPlaceholders) refuse(t, "a media placeholder with no media part behind it");
+  for (const char* t : kBoundaries) refuse(t, "a media boundary token");
+}
+
 PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,
                                  const std::vector<std::vector<float>>& clips, const io::ImageProcessorOptions& opt) {
   PromptMedia m;

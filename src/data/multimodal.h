@@ -71,6 +71,15 @@ struct PromptMedia {
 PromptMedia process_prompt_media(const std::vector<io::RgbImage>& images, const std::vector<std::string>& image_names,
                                  const std::vector<std::vector<float>>& clips, const io::ImageProcessorOptions& opt);
 
+// Throws g4::Error naming `where` when `text` holds, written out, a media token the tokenizer has as a
+// special token: the placeholders <|image|>, <|audio|>, <|video|> (when `placeholders`) and the
+// boundaries <|image>, <image|>, <|audio>, <audio|> (always). In training data media come only as
+// content parts, which put these tokens themselves: written in the text, a placeholder with no
+// medium behind it would train on the token's bare embedding where soft tokens belong, and a
+// boundary would open a span the towers never fill.
+void check_no_written_media_tokens(const std::string& text, const io::Tokenizer& tok, bool placeholders,
+                                   const std::string& where);
+
 // mm_token_type_ids for ids: the tokenizer's ids of "<|image|>", "<|video|>", "<|audio|>" give 1, 2, 3.
 std::vector<int64_t> mm_token_types(const std::vector<int32_t>& ids, const io::Tokenizer& tok);
 

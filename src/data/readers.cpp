@@ -168,6 +168,20 @@ double read_video_fps(const json& part, const std::string& where) {
 
 namespace {
 
+// A key of a content part that its type does not read is an error: a misspelt key ("detial") or
+// one of another schema ("image_url", "url") would otherwise be dropped without a word. Null
+// values pass: a data set written through Arrow gives every part the union of all parts' keys,
+// null where a part has none.
+void check_part_keys(const json& part, std::initializer_list<const char*> known, const std::string& where,
+                     const std::string& type) {
+  for (const auto& [key, value] : part.items()) {
+    if (value.is_null() || std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; })) continue;
+    std::string keys;
+    for (const char* k : known) keys += std::string(keys.empty() ? "" : ", ") + "'" + k + "'";
+    G4_FAIL(where, ": unknown key '", key, "' in a part of type '", type, "' (it takes ", keys, ")");
+  }
+}
+
 // An OpenAI-style content list: {"type": "text", "text": ...}, {"type": "image", "path": ...},
 // {"type": "audio", "path": ...}, a video (read_video_part); paths relative to the data file's folder.
 std::vector<ChatPart> read_parts(const json& content, const std::string& at, const std::filesystem::path& folder,
@@ -179,10 +193,12 @@ std::vector<ChatPart> read_parts(const json& content, const std::string& at, con
     G4_CHECK(part.is_object(), where, " must be a {type, ...} object, not ", json_type(part));
     const std::string type = string_field(part, "type", where);
     if (type == "text") {
+      check_part_keys(part, {"type", "text"}, where, type);
       parts.push_back({ChatPart::Kind::Text, string_field(part, "text", where)});
       continue;
     }
     if (type == "video") {
+      check_part_keys(part, {"type", "frames", "path", "fps"}, where, type);
       doc.videos.push_back(read_video_part(part, where, folder));
       parts.push_back({ChatPart::Kind::Video, ""});
       continue;
@@ -190,9 +206,15 @@ std::vector<ChatPart> read_parts(const json& content, const std::string& at, con
     G4_CHECK(type == "image" || type == "audio", where, ": part type '", type, "' is not supported (parts are ",
              R"({"type": "text", "text": ...}, {"type": "image", "path": FILE}, {"type": "audio", "path": FILE.wav})",
              R"( and {"type": "video", "frames": [FILE, ...] or "path": DIR, "fps": F}))");
+    check_part_keys(part, {"type", "path"}, where, type);
     const std::filesystem::path file = string_field(part, "path", where);
     G4_CHECK(!file.empty(), where, ": 'path' is empty");
     const std::string resolved = (file.is_absolute() ? file : folder / file).string();
+    // A relative path is the data file's folder's, not the working directory's: say so when nothing is there.
+    std::error_code ec;
+    G4_CHECK(file.is_absolute() || std::filesystem::exists(resolved, ec), where, ": ", type, " file '",
+             file.string(), "' not found at ", resolved, " (a relative path in a data file is taken from the data ",
+             "file's folder", folder.empty() ? "" : " " + folder.string(), ", not the working directory)");
     (type == "image" ? doc.images : doc.audio).push_back(resolved);
     parts.push_back({type == "image" ? ChatPart::Kind::Image : ChatPart::Kind::Audio, ""});
   }
@@ -264,6 +286,11 @@ void read_file_docs(const std::string& path, const DataOptions& opt, std::vector
     const json j = parse_json_line(path, l);
     G4_CHECK(j.is_object(), where, ": expected a JSON object, not ", json_type(j));
     if (format == "chat") {
+      // Media listed beside the messages (TRL's and LLaVA's "images" column) would be dropped: here
+      // they go in the messages' content parts.
+      for (const char* key : {"images", "image", "audios", "audio", "videos", "video"})
+        G4_CHECK(!j.contains(key) || j[key].is_null(), where, ": the row's '", key, "' is not read: media go in ",
+                 R"(the messages' content parts, {"type": "image", "path": FILE} where each one belongs)");
       RawDoc doc{where, true, "", {}};
       doc.messages = read_messages(j, where, std::filesystem::path(path).parent_path(), doc);
       out.push_back(std::move(doc));
@@ -334,13 +361,15 @@ std::vector<Document> load_documents(const DataOptions& opt, const io::Tokenizer
         ++skipped_no_reply;
         continue;
       }
-      doc = r.images.empty() && r.audio.empty() && r.videos.empty() ? chat_document(chat, tok)
-                                                                     : media_document(chat, r, opt, tok);
+      const bool no_media = r.images.empty() && r.audio.empty() && r.videos.empty();
+      check_no_written_media_tokens(chat.text, tok, /*placeholders=*/no_media, r.source);
+      doc = no_media ? chat_document(chat, tok) : media_document(chat, r, opt, tok);
     } else {
       if (r.text.empty()) {
         ++skipped_empty;
         continue;
       }
+      check_no_written_media_tokens(r.text, tok, /*placeholders=*/true, r.source);
       if (opt.add_bos) doc.ids.push_back(tok.bos_id);
       const std::vector<int32_t> ids = tok.encode(r.text);
       doc.ids.insert(doc.ids.end(), ids.begin(), ids.end());

@@ -86,7 +86,8 @@ DllmExamples load_examples(const data::DataOptions& opt, const io::Tokenizer& to
   G4_CHECK(!out.train.empty(), "data: ", opt.files[0],
            "... yields no training example (plain text needs documents of "
            "at least data.prompt_tokens + data.continuation_tokens = ",
-           prompt_tokens + continuation_tokens, " tokens)");
+           prompt_tokens + continuation_tokens, " tokens, a conversation a prompt shorter than data.seq_len ",
+           opt.seq_len, "; ", out.skipped, " example(s) had no response token within it)");
   shuffle(out.train, opt.seed + 1);
   for (const auto& [id, c] : counts) {
     const double p = static_cast<double>(c) / static_cast<double>(total);
@@ -110,6 +111,13 @@ train::CustomObjective recipe_objective(const train::Recipe& r, const io::Tokeni
   o.self_conditioning_p = d.self_conditioning_p;
   o.encoder_loss_weight = d.encoder_loss_weight;
   o.collate.pad_block_size = d.pad_block_size > 0 ? d.pad_block_size : o.block_size;
+  // A block longer than a row is never whole: the rows are cut at data.seq_len, so the scored
+  // block and the EOS fill would be cut with them.
+  G4_CHECK(o.block_size <= r.data.seq_len, r.source, ": dllm.block_size ", o.block_size,
+           d.block_size > 0 ? "" : " (0: the model's canvas_length)", " exceeds data.seq_len ", r.data.seq_len,
+           ": a block must fit in a row (set dllm.block_size, or adapt with g4 convert --canvas-length)");
+  G4_CHECK(o.collate.pad_block_size <= r.data.seq_len, r.source, ": dllm.pad_block_size ", o.collate.pad_block_size,
+           " exceeds data.seq_len ", r.data.seq_len);
   o.collate.pad_seq_len_divisible = d.pad_seq_len_divisible;
   o.collate.max_seq_len = r.data.seq_len;
   o.collate.supervise_padding = d.supervise_padding;

@@ -19,6 +19,9 @@ struct AudioFeatures {
 constexpr int64_t kAudioSampleRate = 16000;
 constexpr int64_t kAudioMelBins = 128;
 constexpr int64_t kAudioMaxSamples = 480000;  // 30 s; longer clips are truncated
+// Frame i is valid when sample 160 (i + 1) exists: a clip of at most this many samples has no
+// valid frame and no soft token.
+constexpr int64_t kAudioHopSamples = 160;
 
 // The batch is right-padded with zeros to the longest clip rounded up to a multiple of 128
 // samples, as transformers pads it; clips are 16 kHz mono in [-1, 1].

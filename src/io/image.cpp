@@ -97,6 +97,7 @@ struct JpegError {
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
   bool truncated;
+  char corrupt[JMSG_LENGTH_MAX];  // the first warning that the entropy-coded data is damaged, or ""
 };
 
 extern "C" void jpeg_on_error(j_common_ptr cinfo) {
@@ -106,10 +107,18 @@ extern "C" void jpeg_on_error(j_common_ptr cinfo) {
 }
 
 // libjpeg pads a file that ends early with gray and only warns; Pillow refuses it ("image file is
-// truncated"), so that warning is remembered. Other warnings (extraneous bytes) pass, as in Pillow.
+// truncated"), so that warning is remembered. Damaged entropy-coded data (a bad Huffman code, a
+// marker inside the scan, a lost restart marker) also only warns, and libjpeg then fills the rest
+// with gray or decodes garbage; Pillow passes those on as pixels, g4 refuses them, since a model
+// trained or prompted on them would see something other than the picture without a word. Other
+// warnings (extraneous bytes between markers) pass, as in Pillow.
 extern "C" void jpeg_on_message(j_common_ptr cinfo, int level) {
   auto* err = reinterpret_cast<JpegError*>(cinfo->err);
-  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) err->truncated = true;
+  if (level >= 0) return;
+  const int code = cinfo->err->msg_code;
+  if (code == JWRN_JPEG_EOF) err->truncated = true;
+  if ((code == JWRN_HUFF_BAD_CODE || code == JWRN_HIT_MARKER || code == JWRN_MUST_RESYNC) && !err->corrupt[0])
+    (*cinfo->err->format_message)(cinfo, err->corrupt);
 }
 
 struct JpegResult {
@@ -128,6 +137,7 @@ bool jpeg_decode(const uint8_t* data, size_t n, JpegError& err, JpegResult& res,
   err.mgr.error_exit = jpeg_on_error;
   err.mgr.emit_message = jpeg_on_message;
   err.truncated = false;
+  err.corrupt[0] = 0;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     return false;
@@ -191,6 +201,7 @@ RgbImage decode_jpeg(std::string_view bytes, const std::string& what) {
     G4_FAIL("JPEG image ", what, " cannot be decoded: ", err.message);
   check_size(res.height, res.width, what);
   G4_CHECK(!err.truncated, "JPEG image ", what, " is truncated (its data ends before the image does)");
+  G4_CHECK(!err.corrupt[0], "JPEG image ", what, " has corrupt image data (libjpeg: ", err.corrupt, ")");
   img.height = res.height;
   img.width = res.width;
   if (res.cmyk) cmyk_to_rgb(img.pixels, res.adobe);

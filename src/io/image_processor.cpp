@@ -148,11 +148,13 @@ ImageProcessorOptions model_image_processor_options(const std::string& model_dir
     ImageProcessorOptions opt;
     opt.patch_size = vision.patch_size;
     opt.pooling_kernel_size = vision.pooling_kernel_size;
+    opt.position_embedding_size = vision.position_embedding_size;
     if (max_soft_tokens > 0) opt.max_soft_tokens = max_soft_tokens;
     check_image_processor_options(opt, "the default image processor options");
     return opt;
   }
-  const ImageProcessorOptions opt = load_image_processor_options(model_dir, max_soft_tokens);
+  ImageProcessorOptions opt = load_image_processor_options(model_dir, max_soft_tokens);
+  opt.position_embedding_size = vision.position_embedding_size;
   G4_CHECK(opt.patch_size == vision.patch_size && opt.pooling_kernel_size == vision.pooling_kernel_size, model_dir,
            ": the processor config's patch_size ", opt.patch_size, " and pooling_kernel_size ", opt.pooling_kernel_size,
            " differ from the vision tower's ", vision.patch_size, " and ", vision.pooling_kernel_size);
@@ -178,6 +180,11 @@ std::pair<int64_t, int64_t> image_target_size(int64_t height, int64_t width, con
   }
   G4_CHECK(static_cast<double>(th * tw) <= target_px, "image ", what, " (", width, "x", height, ") resized to ", tw,
            "x", th, " exceeds the budget of ", max_patches, " patches");
+  const int64_t E = opt.position_embedding_size;
+  G4_CHECK(E <= 0 || (th / opt.patch_size <= E && tw / opt.patch_size <= E), "image ", what, " (", width, "x",
+           height, ") resized to ", tw, "x", th, " is ", tw / opt.patch_size, "x", th / opt.patch_size,
+           " patches, more along a side than the vision tower's position_embedding_size ", E,
+           " (an image this thin needs a smaller soft-token budget or a wider crop)");
   return {th, tw};
 }
 

@@ -17,6 +17,11 @@ struct ImageProcessorOptions {
   int64_t max_soft_tokens = 280;  // one of 70, 140, 280, 560, 1120
   int64_t patch_size = 16;
   int64_t pooling_kernel_size = 3;
+  // The vision tower's position_embedding_size when the options are a model's
+  // (model_image_processor_options), 0 otherwise: a resized image with more patches than this
+  // along a side has positions the tower has no embedding for. Only a tiny tower meets it (the
+  // released 10240 hold the longest side any budget gives, 3360 patches).
+  int64_t position_embedding_size = 0;
   int64_t max_patches() const { return max_soft_tokens * pooling_kernel_size * pooling_kernel_size; }
 };
 

@@ -48,11 +48,22 @@ std::string optimizer_shard_name(int64_t rank, int64_t world_size) {
   return "optimizer-rank" + std::to_string(rank) + "-of" + std::to_string(world_size) + ".safetensors";
 }
 
+void remove_killed_writes(const std::string& dir, std::initializer_list<const char*> names) {
+  if (!fs::is_directory(dir)) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string file = e.path().filename().string();
+    for (const char* name : names)
+      if (e.is_regular_file() && file.rfind(std::string(name) + ".tmp.", 0) == 0) fs::remove(e.path());
+  }
+}
+
 CheckpointManager::CheckpointManager(std::string dir, int64_t keep, parallel::Communicator& world)
     : dir_(std::move(dir)), keep_(keep), world_(world) {
   // A run killed while writing a checkpoint leaves its temporary directory (named after that
-  // run's pid, which no later run shares): nothing will complete it, so it goes.
+  // run's pid, which no later run shares): nothing will complete it, so it goes; so does the
+  // temporary file of the `latest` pointer, killed between its write and its rename.
   if (world_.rank() != 0 || !fs::is_directory(dir_)) return;
+  remove_killed_writes(dir_, {"latest"});
   for (const auto& e : fs::directory_iterator(dir_)) {
     const std::string name = e.path().filename().string();
     if (e.is_directory() && name.rfind(".step-", 0) == 0 && name.find(".tmp.") != std::string::npos)

@@ -14,6 +14,7 @@
 // (fsdp) runs add layout metadata to those files, so they resume on any number of ranks.
 #pragma once
 #include <filesystem>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -77,6 +78,11 @@ std::string trainer_state_path(const std::filesystem::path& checkpoint_dir);
 std::optional<std::string> latest_checkpoint(const std::string& dir);
 // Every complete checkpoint under dir, newest first.
 std::vector<std::string> complete_checkpoints(const std::string& dir);
+
+// Removes `dir`/<name>.tmp.<pid> for each of `names`: the temporary file io::write_file_atomic
+// leaves when a run is killed between writing it and renaming it over <name>. Nothing will rename
+// it (the pid was another run's); call it under the run directory's lock.
+void remove_killed_writes(const std::string& dir, std::initializer_list<const char*> names);
 
 // Holds `dir`/.lock (flock) for as long as it lives, so that two runs never write one checkpoint
 // directory: a second one is refused with an error naming the directory and the holder's pid. The

@@ -37,14 +37,25 @@ void Progress::load(const fs::path& dir, const nlohmann::json& state) {
 
 std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vector<std::string>& freeze) {
   std::vector<std::string> names;
+  std::vector<bool> used(freeze.size(), false);
   for (const std::string& n : m.params().order) {
     const model::ParamKind kind = m.params().kind(n);
     bool frozen = m.lora() && !model::is_lora(kind);
     const std::string hf = model::hf_name(m.config(), n);
-    for (const std::string& p : freeze)
-      frozen = frozen || wildcard_match(p, n) || wildcard_match(p, hf) || p == model::param_kind_name(kind);
+    for (size_t i = 0; i < freeze.size(); ++i) {
+      const std::string& p = freeze[i];
+      const bool match = wildcard_match(p, n) || wildcard_match(p, hf) || p == model::param_kind_name(kind);
+      used[i] = used[i] || match;
+      frozen = frozen || match;
+    }
     if (!frozen) names.push_back(n);
   }
+  // A pattern that matches nothing is a typo or another model's name: it would freeze nothing and
+  // train what was meant to stay fixed.
+  for (size_t i = 0; i < freeze.size(); ++i)
+    G4_CHECK(used[i], "'train.freeze' pattern '", freeze[i], "' matches no parameter of the model (patterns match ",
+             "Hugging Face names such as '", model::hf_name(m.config(), m.params().order.front()),
+             "', g4's names or a parameter kind such as 'norm')");
   return names;
 }
 
@@ -136,6 +147,8 @@ RunParts::RunParts(const Recipe& recipe, int64_t row_len, bool resume) : r(recip
     lock = std::make_unique<DirectoryLock>(r.output_dir);
     // Under the lock, so that no other run adds to the directory between the look and the start.
     if (!resume) refuse_earlier_run(r.source, r.output_dir);
+    // metrics.jsonl (rewritten on --resume) and loss.svg are replaced whole, through a temporary file.
+    remove_killed_writes(r.output_dir, {"metrics.jsonl", "loss.svg"});
   }
   mesh = make_mesh(r, *world, row_len);
   set_up_model(row_len);

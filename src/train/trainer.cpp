@@ -271,6 +271,12 @@ TrainResult Trainer::finish() {
 }  // namespace
 
 TrainResult run_training(const Recipe& r, bool resume, const ObjectiveFactory& custom) {
+  // Before the weights load. SFT would train a diffusion checkpoint's encoder alone as a causal LM
+  // and save it as a diffusion model whose denoiser never saw the step.
+  if (!custom)
+    G4_CHECK(!model_config(r).diffusion, r.source, ": ", r.model_path.empty() ? r.model_name : r.model_path,
+             " is a diffusion_gemma checkpoint: train it with a block-diffusion recipe (a dllm section, ",
+             "docs/diffusion.md); this recipe has none");
   return Trainer(r, resume, custom).run();
 }
 

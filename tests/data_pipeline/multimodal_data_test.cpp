@@ -138,6 +138,71 @@ TEST(MultimodalData, ReaderErrorsNameTheLineAndThePart) {
   EXPECT_NE(e.find("not-an-image.png"), std::string::npos) << e;
 }
 
+// Rows that tools/probe_train_media.py found training on something other than they say, or failing
+// without naming their file, now stop with an error naming the line and the file.
+TEST(MultimodalData, ProbedRowsAreClearErrors) {
+  test::TempDir dir;
+  const std::string f = dir / "chat.jsonl";
+  const auto error_for = [&](const std::string& line, DataOptions o) {
+    test::write_text(f, line + "\n");
+    return test::error_of([&] { load_documents(o, tokenizer()); });
+  };
+  const auto error_of_line = [&](const std::string& line) { return error_for(line, options_for(f)); };
+  test::write_random_png(dir / "a.png", 12, 20, 1);
+  // A placeholder written in the text with no media part: it trained on the token's embedding.
+  std::string e = error_of_line(chat_line(text_part("look <|image|> here"), "a"));
+  EXPECT_NE(e.find(f + ":1: the text holds <|image|>, a media placeholder with no media part"), std::string::npos)
+      << e;
+  e = error_of_line(R"({"messages": [{"role": "user", "content": "hear <|audio|>"}, )"
+                    R"({"role": "assistant", "content": "ok"}]})");
+  EXPECT_NE(e.find(f + ":1: the text holds <|audio|>"), std::string::npos) << e;
+  DataOptions text = options_for(f);
+  text.format = "jsonl";
+  e = error_for(R"({"text": "a <|image|> in plain text"})", text);
+  EXPECT_NE(e.find(f + ":1: the text holds <|image|>"), std::string::npos) << e;
+  // A boundary token written beside a real image: the span would never be filled.
+  e = error_of_line(chat_line(image_part("a.png") + ", " + text_part("<|image> open"), "a"));
+  EXPECT_NE(e.find(f + ":1: the text holds <|image>, a media boundary token"), std::string::npos) << e;
+  // Keys a part does not read (a typo, another schema), and media listed beside the messages.
+  e = error_of_line(chat_line(R"({"type": "image", "path": "a.png", "detial": "high"})", "a"));
+  EXPECT_NE(e.find(f + ":1: messages[0].content[0]: unknown key 'detial' in a part of type 'image'"),
+            std::string::npos)
+      << e;
+  e = error_of_line(chat_line(R"({"type": "text", "text": "hi", "path": "a.png"})", "a"));
+  EXPECT_NE(e.find("unknown key 'path' in a part of type 'text'"), std::string::npos) << e;
+  e = error_of_line(R"({"images": ["a.png"], "messages": [{"role": "user", "content": "what?"}, )"
+                    R"({"role": "assistant", "content": "ok"}]})");
+  EXPECT_NE(e.find(f + ":1: the row's 'images' is not read"), std::string::npos) << e;
+  // Null keys (Arrow's union of the parts' keys) still read.
+  test::write_text(f, chat_line(R"({"type": "image", "path": "a.png", "text": null}, )"
+                                R"({"type": "text", "text": "what?", "path": null})",
+                                "a") +
+                          "\n");
+  EXPECT_EQ(load_documents(options_for(f), tokenizer()).size(), 1u);
+  // A relative path says it was taken from the data file's folder.
+  e = error_of_line(chat_line(image_part("elsewhere.png"), "a"));
+  EXPECT_NE(e.find(f + ":1: messages[0].content[0]: image file 'elsewhere.png' not found at " +
+                   (dir / "elsewhere.png") + " (a relative path in a data file is taken from the data file's folder"),
+            std::string::npos)
+      << e;
+  // A clip too short for a frame names its file (the extractor's error named none).
+  test::write_random_wav(dir / "short.wav", 100, 2);
+  e = error_of_line(chat_line(R"({"type": "audio", "path": "short.wav"})", "a"));
+  EXPECT_NE(e.find(f + ":1: WAV file " + (dir / "short.wav") + " holds 100 samples at 16 kHz"), std::string::npos)
+      << e;
+  // An image with more patches along a side than the tower has positions (tiny-mm-e: 128); it
+  // failed in the tower's forward, naming no file.
+  test::write_random_png(dir / "thin.png", 3000, 1, 3);
+  DataOptions tower = options_for(f);
+  tower.image_processor.position_embedding_size = 128;
+  e = error_for(chat_line(image_part("thin.png"), "a"), tower);
+  EXPECT_NE(e.find(f + ":1: image " + (dir / "thin.png") +
+                   " (1x3000) resized to 18x1260 is 3x210 patches, more along a side than the vision tower's "
+                   "position_embedding_size 128"),
+            std::string::npos)
+      << e;
+}
+
 // The image's soft tokens (as many as the processor computes) sit between <|image> and <image|>,
 // are typed 1 and never trained; the reply keeps exactly the trained tokens it has without media.
 TEST(MultimodalData, DocumentIdsLabelsAndTokenTypes) {

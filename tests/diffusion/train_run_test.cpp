@@ -142,6 +142,58 @@ TEST(DiffusionTrainRun, DataParallelRanksTrainLikeOneRank) {
   fs::remove_all(dir);
 }
 
+// What tools/probe_train_media.py found: a block longer than the rows trained (its gradient norm
+// reached 4e5 by the second step), an SFT recipe trained a diffusion checkpoint's encoder alone as
+// a causal LM, conversations whose prompts fill the rows were reported as too-short plain text,
+// and convert's --canvas-length 0 printed CLI11's 300-digit range.
+TEST(DiffusionTrainRun, ProbedRecipesAreClearErrors) {
+  const fs::path dir = test::scratch_dir("dllm_probed");
+  const std::string recipe = write_recipe(dir);
+  test::ProcessResult r = test::run_g4("train " + recipe + " dllm.block_size=64", kEnv);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("recipe.yaml: dllm.block_size 64 exceeds data.seq_len 32: a block must fit in a row"),
+            std::string::npos)
+      << r.output;
+  r = test::run_g4("train " + recipe + " dllm.pad_block_size=40", kEnv);
+  EXPECT_NE(r.output.find("dllm.pad_block_size 40 exceeds data.seq_len 32"), std::string::npos) << r.output;
+
+  const fs::path sft = dir / "sft.yaml";
+  std::ofstream(sft) << "model: {path: " << (dir / "model").string() << "}\n"
+                     << "tokenizer: " << test::source_dir() << "/recipes/data/kjv-tokenizer\n"
+                     << "data: {train: [" << test::data_dir() << "/text/genesis.txt], seq_len: 32}\n"
+                     << "train: {steps: 1, batch_size: 1}\ncheckpoint: {dir: " << (dir / "sft-run").string() << "}\n";
+  r = test::run_g4("train " + sft.string(), kEnv);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find((dir / "model").string() + " is a diffusion_gemma checkpoint: train it with a "
+                          "block-diffusion recipe"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "sft-run" / "checkpoints")) << "refused before anything ran";
+
+  const fs::path chat = dir / "long.jsonl";
+  std::string words;
+  for (int i = 0; i < 60; ++i) words += "word ";
+  std::ofstream(chat) << nlohmann::json{{"messages",
+                                         {{{"role", "user"}, {"content", words}},
+                                          {{"role", "assistant"}, {"content", "yes"}}}}}
+                             .dump()
+                      << "\n";
+  r = test::run_g4("train " + recipe + " data.train=" + chat.string() + " data.validation_fraction=0 tokenizer=" +
+                       test::source_dir() + "/recipes/data/kjv-chat-tokenizer",
+                   kEnv);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("a conversation a prompt shorter than data.seq_len 32; 1 example(s) had no response "
+                          "token within it"),
+            std::string::npos)
+      << r.output;
+
+  r = test::run_g4("convert " + (dir / "model").string() + " " + (dir / "c0").string() +
+                   " --to-diffusion --canvas-length 0");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("convert: --canvas-length must be > 0, got 0"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(DiffusionRecipe, KeysAreScopedToBlockDiffusion) {
   const std::string base =
       "model: {path: m}\ndata: {train: [a.txt]}\ndllm: {mode: block_diffusion, block_size: 16, eps: 0.01}\n";

@@ -4,6 +4,7 @@
 // written here with libjpeg/libpng (conversions, EXIF orientation) and bad files.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 // clang-format off
@@ -332,6 +333,23 @@ TEST(ImageDecode, BadFilesNameTheFile) {
   EXPECT_NE(e.find("neither a JPEG nor a PNG"), std::string::npos) << e;
   e = test::error_of([&] { io::read_image(dir / "missing.png"); });
   EXPECT_NE(e.find(dir / "missing.png"), std::string::npos) << e;
+  // A whole file (it ends with EOI) whose scan data is noise or zeros: libjpeg only warns (a bad
+  // Huffman code, the end marker inside the scan) and fills in garbage or grey, which Pillow passes
+  // on as pixels. Found by tools/probe_train_media.py.
+  const char sos[] = {'\xff', '\xda'};
+  const auto scan = std::search(jpg.begin(), jpg.end(), sos, sos + 2);
+  ASSERT_NE(scan, jpg.end());
+  const long data = (scan - jpg.begin()) + 14;  // the SOS segment of 3 components is 14 bytes with its marker
+  for (const auto& [name, fill] : {std::pair<std::string, int>{"noise.jpg", 7919}, {"zeros.jpg", 0}}) {
+    std::vector<char> bad(jpg.begin(), jpg.begin() + data);
+    for (int i = 0; i < 3000; ++i) bad.push_back(char((i * fill + 13 * (fill != 0)) % 255));  // no 0xFF
+    bad.insert(bad.end(), {'\xff', '\xd9'});
+    test::write_bytes(dir / name, bad);
+    e = test::error_of([&] { io::read_image(dir / name); });
+    EXPECT_NE(e.find("JPEG image " + (dir / name) + " has corrupt image data (libjpeg: Corrupt JPEG data"),
+              std::string::npos)
+        << e;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -146,6 +146,12 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   ASSERT_EQ(r.code, 0) << r.output;
   const fs::path ckpts = dir / "run" / "checkpoints";
   fs::create_directories(ckpts / ".step-00000010.tmp.99999");
+  // The temporary files of the replace-whole writes a kill can leave (found by
+  // tools/probe_train_media.py: a SIGKILL between writing checkpoints/latest.tmp.<pid> and its
+  // rename left it for good).
+  for (const fs::path& f : {ckpts / "latest.tmp.99999", dir / "run" / "loss.svg.tmp.99999",
+                            dir / "run" / "metrics.jsonl.tmp.99999"})
+    std::ofstream(f) << "half";
   const std::string absurd = "train " + recipe + " train.steps=12 optimizer.lr=1e30 --resume";
   r = run(absurd);
   EXPECT_EQ(r.code, 1) << r.output;
@@ -156,6 +162,9 @@ TEST(TrainRun, NonFiniteStepsStopTheRunAndNeverReachACheckpoint) {
   EXPECT_NE(r.output.find("\n  optimizer.lr 0.003 -> "), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("train.steps 8 -> 12"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(ckpts / ".step-00000010.tmp.99999"));
+  for (const fs::path& f : {ckpts / "latest.tmp.99999", dir / "run" / "loss.svg.tmp.99999",
+                            dir / "run" / "metrics.jsonl.tmp.99999"})
+    EXPECT_FALSE(fs::exists(f)) << f;
   EXPECT_FALSE(fs::exists(ckpts / "step-00000012"));
   std::ifstream latest(ckpts / "latest");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(latest), {}), "step-00000008\n");
@@ -692,6 +701,13 @@ TEST(TrainRun, BadRecipesAreClearErrors) {
   r = run("train " + recipe + " tokenizer=no-such-tokenizer.json");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("no-such-tokenizer.json does not exist (a relative path"), std::string::npos) << r.output;
+  // A freeze pattern that matches no parameter (a typo, another model's tower) froze nothing and
+  // trained everything (found by tools/probe_train_media.py).
+  r = run("train " + recipe + " \"train.freeze=[model.vision_tower.*]\"");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("'train.freeze' pattern 'model.vision_tower.*' matches no parameter of the model"),
+            std::string::npos)
+      << r.output;
   // Conversations whose replies lie past data.seq_len train nothing once truncated: an error (it
   // used to train on all-masked rows, logging loss 0 and gradient norm 0 at every step).
   const fs::path chat = dir / "cut.jsonl";
