@@ -158,6 +158,16 @@ TEST(Cli, SequenceLengthsPastTheContextAreRefused) {
   fs::remove_all(dir);
 }
 
+// Found by tools/probe_misc.py: `g4 launch -n 1000000` handed a million ranks to mpirun
+// --oversubscribe (a fork bomb); the count is now at most kMaxLocalRanks, checked as the flag.
+TEST(Cli, LaunchRefusesMoreRanksThanAMachineRuns) {
+  const ProcessResult r = run("launch -n 1000000 inspect " + kData + "/hf-gemma4/tiny-moe");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("-n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("256"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("[rank"), std::string::npos) << r.output;  // no rank started
+}
+
 TEST(Cli, ForwardNeverOverwritesAModelFileUnasked) {
   const fs::path dir = temp_dir("forward_overwrite");
   const std::string fixture = kData + "/hf-gemma4/tiny-dense-keqv";
@@ -505,6 +515,34 @@ std::string small_tokenizer(const fs::path& dir, int64_t n) {
   const std::string path = (dir / "small-tokenizer.json").string();
   write_text(path, t.dump());
   return path;
+}
+
+// Found by tools/probe_misc.py: --batch-size was accepted and ignored (every forward took one row);
+// a tokenizer with ids past the model's vocabulary was only found in the embedding lookup, after the
+// weights had loaded; data without a single target token read "the model's weights or outputs are
+// not finite".
+TEST(Cli, EvalBatchesRowsAndChecksItsInputsFirst) {
+  const fs::path dir = temp_dir("eval");
+  const std::string eval = "eval " + kData + "/hf-gemma4/tiny-moe --data " + kData + "/text/genesis.txt --seq-len 32 ";
+  // The tiny fixture has no tokenizer of its own: plain.json cut to its 256-id vocabulary.
+  const std::string tok = " --tokenizer " + small_tokenizer(dir, 256);
+  std::string first;
+  for (const char* b : {"1", "3", "1000"}) {
+    const ProcessResult r = run(eval + tok + " --batch-size " + b);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const std::string line = r.output.substr(r.output.find("loss "));
+    if (first.empty()) first = line;
+    EXPECT_EQ(line, first) << "--batch-size " << b;  // the same rows, tokens and loss (to 4 places)
+  }
+  for (const char* b : {"0", "-2"}) expect_error(run(eval + tok + " --batch-size=" + b), {"--batch-size"});
+  expect_error(run(eval + "--tokenizer " + kData + "/tokenizers/plain.json"),
+               {"tokenizer " + kData + "/tokenizers/plain.json", "the model's vocabulary is 256"});
+  std::ofstream(dir / "user_only.jsonl") << R"({"messages": [{"role": "user", "content": "In the beginning"}]})"
+                                         << "\n";
+  expect_error(run("eval " + kData + "/hf-gemma4/tiny-moe --format chat --data " + (dir / "user_only.jsonl").string() +
+                   tok),
+               {"no token whose next token is a target"});
+  fs::remove_all(dir);
 }
 
 TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
