@@ -322,8 +322,8 @@ def refused(env, args, *wants, timeout=60):
     return error_line(out)
 
 
-def succeeds(env, args, timeout=60):
-    rc, out = env.run(args, timeout)
+def succeeds(env, args, timeout=60, extra_env=None):
+    rc, out = env.run(args, timeout, env=extra_env)
     if rc != 0:
         raise Defect(f"rc {rc}: {out[-500:]!r}")
     clean(out)

@@ -628,6 +628,24 @@ def _(env):
     return error_line(out) or out.strip().splitlines()[-1][:200]
 
 
+@case("bench.train.hf_without_torch")
+def _(env):
+    # python3 without torch: g4's row stands, and the Hugging Face rows say the script failed, with its exit status
+    # (not the raw wait status, 256) and its own ModuleNotFoundError above.
+    import shutil
+    bindir = os.path.join(env.dir, "bin")
+    os.makedirs(bindir)
+    python = os.path.realpath(shutil.which("python3"))
+    with open(os.path.join(bindir, "python3"), "w") as f:
+        f.write(f'#!/bin/sh\nexec {python} -S "$@"\n')  # -S: no site-packages, so no torch
+    os.chmod(os.path.join(bindir, "python3"), 0o755)
+    out = succeeds(env, CPU_BENCH + ["--hf"], timeout=120, extra_env={"PATH": bindir + ":" + os.environ["PATH"]})
+    for want in ["No module named", "failed (exit status 1", "g4 (f32, CPU)"]:
+        if want not in out:
+            raise Defect(f"no {want!r} in {out[-600:]!r}")
+    return "g4's row kept; HF rows: the script's exit status 1 and its ModuleNotFoundError"
+
+
 @case("bench.train.hf_script_missing")
 def _(env):
     return refused(env, CPU_BENCH + ["--hf", "--hf-script", os.path.join(env.dir, "nope.py")], "nope.py", timeout=120)

@@ -3,6 +3,7 @@
 // (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio. `--device cpu`
 // runs the same code in f32 on the CPU at a tiny shape (a built-in one or --config), so that CI
 // exercises the benchmark that otherwise only runs on scarce GPU time.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,6 +85,14 @@ struct BenchOptions {
   // What the report calls the model: the built-in name or the config file.
   std::string model_name() const { return config.empty() ? model : config; }
 };
+
+// What std::system's status says: "exit status N" or "killed by signal N" (the raw status of a
+// script's exit(1) is 256).
+std::string command_status(int status) {
+  if (status == -1) return "it could not be started";
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit status " + std::to_string(WEXITSTATUS(status));
+}
 
 // The adapters --lora asks for (dropout 0: PEFT's side runs without it too).
 model::LoraConfig bench_lora(const BenchOptions& o) {
@@ -587,8 +596,8 @@ void bench_ranks(const BenchOptions& o) {
     std::printf("running: %s\n", cmd.c_str());
     std::fflush(stdout);
     const int rc = std::system(cmd.c_str());
-    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n,
-             "-rank run failed (exit status ", rc, "); its output is above");
+    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n, "-rank run failed (",
+             command_status(rc), "); its output is above");
     runs.push_back(io::read_json_file(report, "the " + std::to_string(n) + "-rank report", io::kMaxConfigBytes));
     std::filesystem::remove(report);
   }
@@ -783,7 +792,8 @@ nlohmann::json run_python_benchmark(const std::string& script_and_args, const st
     } catch (const std::exception&) {  // a script that died while writing: reported as failed below
     }
   }
-  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
+  if (rc != 0 || !f)
+    return nlohmann::json{{"error", "the Hugging Face benchmark failed (" + command_status(rc) + "; its output is above)"}};
   return io::read_json_file(out_json, "Hugging Face benchmark output", io::kMaxConfigBytes);
 }
 
