@@ -90,13 +90,20 @@ void add_eval(CLI::App& app, Action& action) {
       // at a time: a batch running past the epoch's end would count rows of the next epoch twice.
       const int64_t rows = ds.train_rows();
       G4_CHECK(rows > 0, "g4 eval: the --data files hold no tokens to evaluate");
+      // Each batch is made when it runs, so memory holds one batch, not the whole data's rows.
       const int64_t b = std::min(o->batch_size, rows), whole = rows / b;
-      std::vector<data::Batch> batches;
-      for (int64_t i = 0; i < whole; ++i) batches.push_back(ds.train_batch(b, i));
-      for (int64_t r = whole * b; r < rows; ++r) batches.push_back(ds.train_batch(1, r));
       const auto model = model::load_hf_model(o->model);
+      double sum = 0;  // of per-token losses
       int64_t tokens = 0;
-      const double loss = train::evaluate_loss(*model, batches, &tokens);
+      const auto evaluate = [&](const data::Batch& batch) {
+        int64_t counted = 0;
+        const double mean = train::evaluate_loss(*model, {batch}, &counted);
+        if (counted > 0) sum += mean * static_cast<double>(counted);
+        tokens += counted;
+      };
+      for (int64_t i = 0; i < whole; ++i) evaluate(ds.train_batch(b, i));
+      for (int64_t r = whole * b; r < rows; ++r) evaluate(ds.train_batch(1, r));
+      const double loss = tokens > 0 ? sum / static_cast<double>(tokens) : std::nan("");
       G4_CHECK(tokens > 0, "g4 eval: the --data files hold no token whose next token is a target (chat data without "
                "assistant turns, or one-token documents): there is no loss to measure");
       G4_CHECK(std::isfinite(loss), "the loss of ", o->model, " on the data is ", loss,
