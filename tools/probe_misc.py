@@ -273,6 +273,17 @@ def _(env):
     return "both ranks' lines prefixed"
 
 
+@case("launch.two_ranks_one_file")
+def _(env):
+    # Both ranks write the same --out (each atomically, through its own temporary file): one whole file is left.
+    out = os.path.join(env.dir, "t.jsonl")
+    succeeds(env, ["launch", "-n", 2, "task", "arithmetic", "--count", 50000, "--out", out], timeout=120)
+    lines = read_jsonl(out)
+    if len(lines) != 50000 or [f for f in os.listdir(env.dir) if ".tmp" in f]:
+        raise Defect(f"{len(lines)} lines, files {os.listdir(env.dir)}")
+    return "one whole file of 50000 lines, no temporary file left"
+
+
 @case("launch.not_a_command")
 def _(env):
     for n in (1, 2):
