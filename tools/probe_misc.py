@@ -600,7 +600,10 @@ def _(env):
 def _(env):
     for v in ["1,,2", "0", "-1", "1,", "x"]:
         refused(env, bench_flag(CPU_BENCH, "--ranks", v), "--ranks")
-    return "1,,2 / 0 / -1 / 1, / x refused naming --ranks"
+    rc, out = env.run(bench_flag(bench_flag(CPU_BENCH, "--ranks", "1,2"), "--model", "gemma-9"))
+    if rc == 0 or "gemma-9" not in out or "running:" in out:
+        raise Defect(f"--ranks with a wrong --model: rc {rc}, ranks started or the model not named: {out[-300:]!r}")
+    return "1,,2 / 0 / -1 / 1, / x refused naming --ranks; a wrong --model before any rank starts"
 
 
 @case("bench.train.device")

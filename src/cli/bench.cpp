@@ -579,6 +579,8 @@ void bench_ranks(const BenchOptions& o) {
   G4_CHECK(!o.profile, "g4 bench train: --profile profiles one process; run it without --ranks");
   G4_CHECK(!(o.fsdp && o.lora > 0), "g4 bench train: --lora does not combine with --fsdp here (g4 train runs LoRA under "
            "parallel.fsdp, but this benchmark's sharded path is for full fine-tuning)");
+  G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
+  bench_config(o);  // the model flags, before any rank starts to find them wrong
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::printf("g4 bench train --ranks: %s, seq %lld per rank (each rank its own row, the same document lengths), "
               "%s optimizer state, %lld steps after %lld warm-up; each count launched by g4 launch\n",

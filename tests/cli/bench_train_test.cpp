@@ -341,6 +341,10 @@ TEST(BenchTrain, FlagsAreCheckedBeforeTheGpuAndTheRun) {
       EXPECT_NE(r.code, 0) << flag << " " << v;
       EXPECT_NE(r.output.find(flag), std::string::npos) << r.output;
     }
+  // --ranks relaunches the command per count: its flags are checked before any rank starts.
+  const ProcessResult model = test::run_g4(kSmoke + " --model gemma-9 --ranks 1,2");
+  EXPECT_NE(model.output.find("--model 'gemma-9'"), std::string::npos) << model.output;
+  EXPECT_EQ(model.output.find("running:"), std::string::npos) << model.output;
   for (const char* ranks : {"0", "-1", "257"}) {
     const ProcessResult r = test::run_g4(kSmoke + " --model tiny-moe --ranks " + ranks);
     EXPECT_NE(r.code, 0) << ranks;
