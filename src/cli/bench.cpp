@@ -829,8 +829,8 @@ void add_bench(CLI::App& app, Action& action) {
                   "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b (real widths) | tiny-moe | tiny-dense (CPU smoke runs)");
   cmd->add_option("--config", o->config, "an HF config.json (or its directory) to train instead of --model")
       ->excludes("--model");
-  auto* layers = cmd->add_option("--layers", o->layers, "decoder layers of a built-in --model (as many as fit; the "
-                                                         "last is full attention)")
+  auto* layers = cmd->add_option("--layers", o->layers, "decoder layers of a built-in --model (as many as fit, at "
+                                                         "most the released model's; the last is full attention)")
                      ->check(positive_integer());
   cmd->add_option("--device", o->device, "cuda (bf16 compute, fp32 masters; default) or cpu (f32: a smoke run, MFU n/a)");
   cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(positive_integer());
