@@ -175,6 +175,21 @@ TEST(BenchTrain, HfOutOfMemoryIsReportedAsSuch) {
   fs::remove_all(dir);
 }
 
+// A script that fails (here: exit 1, as Python does on a missing torch) is reported with its exit
+// status, not std::system's raw status (256), and g4's own row stands. Found by tools/probe_misc.py.
+TEST(BenchTrain, HfFailureNamesTheScriptsExitStatus) {
+  const fs::path dir = test::scratch_dir("bench_hf_fail_script");  // not bench()'s own folder
+  const fs::path script = dir / "fail.py";
+  std::ofstream(script) << "import sys\nsys.exit(1)\n";
+  std::string out;
+  const nlohmann::json r = bench(kSmoke + " --model tiny-dense --layers 1 --hf --hf-precision bf16 --hf-script " +
+                                     script.string(), "hf_fail", &out);
+  ASSERT_FALSE(r.empty());
+  expect_trained(r.at("g4"), out);
+  EXPECT_NE(out.find("failed (exit status 1; its output is above)"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
 // Two images at the smallest budget and a second of audio through the towers of the tiny E-type
 // multimodal fixture; the Hugging Face side gets that very row (ids, token types, media) and the
 // conditional config.
