@@ -11,36 +11,25 @@ must refuse, or loses a file the user wrote is a DEFECT. One line per case; the 
 DEFECT. `--only` takes case names or prefixes (`--only gen.prompts` runs that group). No torch needed; not part of CI
 (each defect found here has a unit test in tests/cli/cli_test.cpp or tests/serve/request_test.cpp).
 """
-import argparse, json, os, shutil, signal, struct, subprocess, sys, tempfile, time
+import json, os, shutil, signal, struct, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directories)
-from probe_commands import write_safetensors  # noqa: E402
+from probe_commands import (CaseEnv, CaseTable, Defect, clean, error_line, refused, succeeds,  # noqa: E402
+                            write_safetensors)
 
 DATA = os.path.join(ROOT, "tests", "data")
 PROC = os.path.join(DATA, "hf-gemma4-mm", "processor")
-LIBRARY_TEXT = ["[json.exception", "basic_filebuf", "std::bad_alloc", "terminate called", "what():", "Segmentation",
-                "Aborted", "core dumped", "stoll", "stoi", "std::invalid_argument", "std::out_of_range"]
-CASES, RESULTS = [], []
+TABLE = CaseTable()
+case = TABLE.case
 
 
-class Defect(Exception):
-    pass
-
-
-def case(name):
-    def wrap(fn):
-        CASES.append((name, fn))
-        return fn
-    return wrap
-
-
-class Env:
-    """The binary, the model directories and a scratch folder per case."""
+class Env(CaseEnv):
+    """The model directories on top of the binary and the scratch folder."""
 
     def __init__(self, g4, scratch):
-        self.g4, self.scratch = g4, scratch
+        super().__init__(g4, scratch)
         self.tiny = os.path.join(scratch, "models", "tiny")  # tokenizer, vocab 256, context 4096
         fixture.make_model_dir(DATA, self.tiny)
         self.notok = os.path.join(DATA, "hf-gemma4", "tiny-dense-ple")  # no tokenizer
@@ -48,54 +37,6 @@ class Env:
         fixture.make_mm_model_dir(DATA, self.mm)
         self.dg = os.path.join(DATA, "hf-diffusion-gemma", "tiny-dg-a")  # diffusion, canvas 8, vocab 256
         self.moe = os.path.join(DATA, "hf-gemma4", "tiny-moe")
-        self.dir = scratch
-
-    def run(self, args, timeout=60, env=None):
-        e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-        try:
-            p = subprocess.run([self.g4] + [str(a) for a in args], capture_output=True, text=True, env=e,
-                               timeout=timeout, errors="replace")
-        except subprocess.TimeoutExpired:
-            raise Defect(f"hung (> {timeout} s): g4 {' '.join(map(str, args))}")
-        return p.returncode, p.stdout + p.stderr
-
-    def file(self, name, content):
-        path = os.path.join(self.dir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
-        return path
-
-
-def clean(out):
-    bad = [t for t in LIBRARY_TEXT if t in out]
-    if bad:
-        raise Defect(f"library text {bad} in the output: {out[-400:]!r}")
-
-
-def error_line(out):
-    lines = [l for l in out.splitlines() if "rror" in l]
-    return (lines[0] if lines else out.strip().splitlines()[-1] if out.strip() else "")[:220]
-
-
-def refused(env, args, *wants, timeout=60):
-    """rc 1 (a g4 error) or CLI11's usage codes (100-127), every `wants` string in the output, no library text."""
-    rc, out = env.run(args, timeout)
-    if rc != 1 and not 100 <= rc < 128:
-        raise Defect(f"rc {rc} (expected a refusal naming {list(wants)}); output: {out[-500:]!r}")
-    missing = [w for w in wants if w not in out]
-    if missing:
-        raise Defect(f"the error does not name {missing}: {error_line(out)!r}")
-    clean(out)
-    return error_line(out)
-
-
-def succeeds(env, args, timeout=60):
-    rc, out = env.run(args, timeout)
-    if rc != 0:
-        raise Defect(f"rc {rc}: {out[-500:]!r}")
-    clean(out)
-    return out
 
 
 def jsonl(path):
@@ -1121,41 +1062,5 @@ def _(env):
 
 # ------------------------------------------------------------------------------------------ main
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu", "g4"))
-    ap.add_argument("--only", default="", help="comma-separated case names or prefixes")
-    ap.add_argument("--keep", default="", help="keep the scratch folder here")
-    args = ap.parse_args()
-    g4 = os.path.abspath(args.g4)
-    scratch = tempfile.mkdtemp(prefix="g4_probe_cli_")
-    base = Env(g4, scratch)
-    only = [s for s in args.only.split(",") if s]
-    t0 = time.time()
-    for name, fn in CASES:
-        if only and not any(name == o or name.startswith(o + ".") or name.startswith(o) for o in only):
-            continue
-        env = Env.__new__(Env)
-        env.__dict__.update(base.__dict__)
-        env.dir = os.path.join(scratch, "cases", name)
-        os.makedirs(env.dir)
-        try:
-            detail, ok = fn(env) or "", True
-        except Defect as e:
-            detail, ok = str(e), False
-        except Exception as e:  # noqa: BLE001 - a probe that breaks is reported, not hidden
-            detail, ok = f"probe error {type(e).__name__}: {e}", False
-        RESULTS.append((name, ok, detail))
-        print(f"{'PASS  ' if ok else 'DEFECT'} {name}" + (f": {detail}" if detail else ""), flush=True)
-    bad = [r for r in RESULTS if not r[1]]
-    print(f"\n{len(RESULTS)} cases, {len(bad)} defects, {time.time() - t0:.0f} s")
-    for name, _, detail in bad:
-        print(f"  DEFECT {name}: {detail[:300]}")
-    if args.keep:
-        shutil.copytree(scratch, args.keep, dirs_exist_ok=True)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return 1 if bad else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    TABLE.main(__doc__, Env, "g4_probe_cli_")

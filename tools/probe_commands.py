@@ -1,6 +1,8 @@
-"""What the command probes (probe_train.py, probe_rl.py, probe_train_media.py) share: running the g4 binary,
-recording one PASS/DEFECT line per case (and the table of cases, Cases), expecting a clear error or a success, and
-checking what a run left on disk (whole checkpoints, the complete lines of metrics.jsonl) after it was interrupted.
+"""What the command probes share: running the g4 binary, recording one PASS/DEFECT line per case, expecting a clear
+error or a success, and checking what a run left on disk (whole checkpoints, the complete lines of metrics.jsonl)
+after it was interrupted. Two forms of case table: Cases (probe_train.py, probe_rl.py, probe_train_media.py: sections
+of cases that record their own findings, with interruption trials) and CaseTable (probe_cli.py, probe_misc.py: one
+command line per case, a case raising Defect).
 
 A case fails when g4 crashes (a signal, an abort), prints a library's exception text instead of its own error, exits
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
@@ -312,3 +314,118 @@ class Cases:
                 except Exception as e:  # noqa: BLE001 - a probe that breaks is a finding too
                     record(sec, name, False, f"the probe itself failed: {type(e).__name__}: {e}")
         sys.exit(summarize(work, a.work))
+
+
+# ------------------------------------------------------------------------------ a table of named cases (probe_cli.py,
+# probe_misc.py): each case is a function of a CaseEnv that returns a note or raises Defect
+
+class Defect(Exception):
+    pass
+
+
+# What the case probes also count as a library's text: a C++ conversion that threw past g4's own checks.
+CASE_LIBRARY_TEXT = LIBRARY_TEXT + ["stoll", "stoi", "std::invalid_argument", "std::out_of_range"]
+
+
+class CaseEnv:
+    """The binary and a scratch folder per case (`dir`); a probe's subclass adds its fixtures."""
+
+    def __init__(self, g4, scratch):
+        self.g4, self.scratch, self.dir = g4, scratch, scratch
+
+    def run(self, args, timeout=60, env=None):
+        e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+        try:
+            p = subprocess.run([self.g4] + [str(a) for a in args], capture_output=True, text=True, env=e,
+                               timeout=timeout, errors="replace")
+        except subprocess.TimeoutExpired:
+            raise Defect(f"hung (> {timeout} s): g4 {' '.join(map(str, args))}")
+        return p.returncode, p.stdout + p.stderr
+
+    def file(self, name, content):
+        path = os.path.join(self.dir, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
+        return path
+
+
+def clean(out):
+    bad = [t for t in CASE_LIBRARY_TEXT if t in out]
+    if bad:
+        raise Defect(f"library text {bad} in the output: {out[-400:]!r}")
+
+
+def error_line(out):
+    lines = [l for l in out.splitlines() if "rror" in l]
+    return (lines[0] if lines else out.strip().splitlines()[-1] if out.strip() else "")[:220]
+
+
+def refused(env, args, *wants, timeout=60):
+    """rc 1 (a g4 error) or CLI11's usage codes (100-127), every `wants` string in the output, no library text."""
+    rc, out = env.run(args, timeout)
+    if rc != 1 and not 100 <= rc < 128:
+        raise Defect(f"rc {rc} (expected a refusal naming {list(wants)}); output: {out[-500:]!r}")
+    missing = [w for w in wants if w not in out]
+    if missing:
+        raise Defect(f"the error does not name {missing}: {error_line(out)!r}")
+    clean(out)
+    return error_line(out)
+
+
+def succeeds(env, args, timeout=60, extra_env=None):
+    rc, out = env.run(args, timeout, env=extra_env)
+    if rc != 0:
+        raise Defect(f"rc {rc}: {out[-500:]!r}")
+    clean(out)
+    return out
+
+
+class CaseTable:
+    """Cases registered with @table.case(name), run in order by table.main(): one PASS/DEFECT line each, the defects
+    again at the end, exit status 1 when any."""
+
+    def __init__(self):
+        self.cases = []
+
+    def case(self, name):
+        def wrap(fn):
+            self.cases.append((name, fn))
+            return fn
+        return wrap
+
+    def main(self, doc, make_env, scratch_prefix):
+        """make_env(g4, scratch) -> the CaseEnv every case copies (with its own `dir`)."""
+        import shutil, sys
+        ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu", "g4"))
+        ap.add_argument("--only", default="", help="comma-separated case names or prefixes")
+        ap.add_argument("--keep", default="", help="keep the scratch folder here")
+        args = ap.parse_args()
+        scratch = tempfile.mkdtemp(prefix=scratch_prefix)
+        base = make_env(os.path.abspath(args.g4), scratch)
+        only = [s for s in args.only.split(",") if s]
+        results, t0 = [], time.time()
+        for name, fn in self.cases:
+            if only and not any(name.startswith(o) for o in only):
+                continue
+            env = type(base).__new__(type(base))
+            env.__dict__.update(base.__dict__)
+            env.dir = os.path.join(scratch, "cases", name)
+            os.makedirs(env.dir)
+            try:
+                detail, ok = fn(env) or "", True
+            except Defect as e:
+                detail, ok = str(e), False
+            except Exception as e:  # noqa: BLE001 - a probe that breaks is reported, not hidden
+                detail, ok = f"probe error {type(e).__name__}: {e}", False
+            results.append((name, ok, detail))
+            print(f"{'PASS  ' if ok else 'DEFECT'} {name}" + (f": {detail}" if detail else ""), flush=True)
+        bad = [r for r in results if not r[1]]
+        print(f"\n{len(results)} cases, {len(bad)} defects, {time.time() - t0:.0f} s")
+        for name, _, detail in bad:
+            print(f"  DEFECT {name}: {detail[:300]}")
+        if args.keep:
+            shutil.copytree(scratch, args.keep, dirs_exist_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        sys.exit(1 if bad else 0)

@@ -3,6 +3,7 @@
 // (tools/bench_hf_train.py) on the same shapes in the same session, with the ratio. `--device cpu`
 // runs the same code in f32 on the CPU at a tiny shape (a built-in one or --config), so that CI
 // exercises the benchmark that otherwise only runs on scarce GPU time.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -74,6 +75,7 @@ struct BenchOptions {
   // count, each rank training its own row; --fsdp shards the optimizer state (ZeRO-3). A relaunched
   // rank has rank_report set: where rank 0 writes its figures for the parent to print.
   std::vector<int64_t> ranks;
+  std::string ranks_text;  // --ranks as given (parsed into `ranks` by the action)
   bool fsdp = false;
   std::string rank_report;
 
@@ -83,6 +85,14 @@ struct BenchOptions {
   // What the report calls the model: the built-in name or the config file.
   std::string model_name() const { return config.empty() ? model : config; }
 };
+
+// What std::system's status says: "exit status N" or "killed by signal N" (the raw status of a
+// script's exit(1) is 256).
+std::string command_status(int status) {
+  if (status == -1) return "it could not be started";
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit status " + std::to_string(WEXITSTATUS(status));
+}
 
 // The adapters --lora asks for (dropout 0: PEFT's side runs without it too).
 model::LoraConfig bench_lora(const BenchOptions& o) {
@@ -100,6 +110,7 @@ model::LoraConfig bench_lora(const BenchOptions& o) {
 io::ModelConfig bench_config(const BenchOptions& o) {
   io::ModelConfig cfg;
   if (o.config.empty()) {
+    check_bench_model("g4 bench train", o.model, model::named_config_names(), o.layers);
     const nlohmann::json layers = {{"num_hidden_layers", o.layers}};
     cfg = io::parse_model_config(
         o.media() ? model::named_multimodal_config(o.model, layers) : model::named_config(o.model, layers),
@@ -556,7 +567,8 @@ void print_ranks_table(const BenchOptions& o, nlohmann::json& runs) {
                 "machine has: a smoke run, not a scaling figure.\n");
   std::printf("  efficiency = tokens/s(N) / (N x tokens/s(1)); MFU per rank against the datasheet peak; step ms "
               "of the slowest rank\n");
-  if (!o.json.empty()) std::ofstream(o.json) << nlohmann::json{{"model", o.model_name()}, {"ranks", runs}}.dump(2) << "\n";
+  if (!o.json.empty())
+    io::write_file_atomic(o.json, nlohmann::json{{"model", o.model_name()}, {"ranks", runs}}.dump(2) + "\n");
 }
 
 // --ranks N1,N2,...: the step on N data-parallel ranks for each N (g4 launch -n N), per rank and in
@@ -567,6 +579,8 @@ void bench_ranks(const BenchOptions& o) {
   G4_CHECK(!o.profile, "g4 bench train: --profile profiles one process; run it without --ranks");
   G4_CHECK(!(o.fsdp && o.lora > 0), "g4 bench train: --lora does not combine with --fsdp here (g4 train runs LoRA under "
            "parallel.fsdp, but this benchmark's sharded path is for full fine-tuning)");
+  G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
+  bench_config(o);  // the model flags, before any rank starts to find them wrong
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::printf("g4 bench train --ranks: %s, seq %lld per rank (each rank its own row, the same document lengths), "
               "%s optimizer state, %lld steps after %lld warm-up; each count launched by g4 launch\n",
@@ -584,8 +598,8 @@ void bench_ranks(const BenchOptions& o) {
     std::printf("running: %s\n", cmd.c_str());
     std::fflush(stdout);
     const int rc = std::system(cmd.c_str());
-    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n,
-             "-rank run failed (exit status ", rc, "); its output is above");
+    G4_CHECK(rc == 0 && std::filesystem::exists(report), "g4 bench train --ranks: the ", n, "-rank run failed (",
+             command_status(rc), "); its output is above");
     runs.push_back(io::read_json_file(report, "the " + std::to_string(n) + "-rank report", io::kMaxConfigBytes));
     std::filesystem::remove(report);
   }
@@ -597,6 +611,8 @@ void bench_train(BenchOptions o) {
     bench_rank(std::move(o));
     return;
   }
+  // The report is written at the end: a path that cannot be made must not cost the run.
+  if (!o.json.empty()) check_output_file_creatable(o.json, "g4 bench train: --json");
   if (!o.ranks.empty()) return bench_ranks(o);
   if (parallel::detect_launch().size > 1) {
     // Started as several ranks (g4 launch, mpirun, srun): one data-parallel run, its row of the
@@ -611,6 +627,14 @@ void bench_train(BenchOptions o) {
   }
   G4_CHECK(o.device == "cuda" || o.device == "cpu", "g4 bench train: --device is cuda or cpu, not '", o.device, "'");
   G4_CHECK(!o.profile || o.gpu(), "g4 bench train: --profile profiles GPU kernels (CUPTI); it needs --device cuda");
+  // Every flag is checked before the GPU is looked at: on a machine without one, a mistake in them
+  // is reported as such, not hidden behind "needs a CUDA GPU".
+  const io::ModelConfig cfg = bench_config(o);
+  G4_CHECK(!o.lora_experts || o.lora > 0, "g4 bench train: --lora-experts adds the routed experts to --lora's targets; "
+           "give --lora R");
+  G4_CHECK(!o.lora_experts || cfg.enable_moe_block, "g4 bench train: --lora-experts: ", o.model_name(),
+           " has no routed experts");
+  if (o.hf) check_python_benchmark("g4 bench train", o.hf_script);
   // The GPU: its datasheet peak and what a large GEMM reaches there. The CPU: neither (MFU n/a
   // unless --peak-tflops gives a figure).
   std::string where = "CPU (f32)";
@@ -626,11 +650,6 @@ void bench_train(BenchOptions o) {
     }
     achievable = achievable_matmul_tflops();
   }
-  const io::ModelConfig cfg = bench_config(o);
-  G4_CHECK(!o.lora_experts || o.lora > 0, "g4 bench train: --lora-experts adds the routed experts to --lora's targets; "
-           "give --lora R");
-  G4_CHECK(!o.lora_experts || cfg.enable_moe_block, "g4 bench train: --lora-experts: ", o.model_name(),
-           " has no routed experts");
   const model::LoraConfig lora = bench_lora(o);
   const RowMedia media = make_media(o, cfg);
   const PackedRow row = make_row(o, cfg, media);
@@ -732,10 +751,7 @@ void bench_train(BenchOptions o) {
               "ms, clipping + AdamW %.1f ms\n",
               g.phase_ms[0], g.phase_ms[1], g.phase_ms[2]);
   if (o.profile) print_profile(g.profile, 2);
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    f << report.dump(2) << "\n";
-  }
+  if (!o.json.empty()) io::write_file_atomic(o.json, report.dump(2) + "\n");
 }
 
 }  // namespace
@@ -778,8 +794,29 @@ nlohmann::json run_python_benchmark(const std::string& script_and_args, const st
     } catch (const std::exception&) {  // a script that died while writing: reported as failed below
     }
   }
-  if (rc != 0 || !f) return nlohmann::json{{"error", "the Hugging Face benchmark failed (exit " + std::to_string(rc) + ")"}};
+  if (rc != 0 || !f)
+    return nlohmann::json{{"error", "the Hugging Face benchmark failed (" + command_status(rc) + "; its output is above)"}};
   return io::read_json_file(out_json, "Hugging Face benchmark output", io::kMaxConfigBytes);
+}
+
+void check_bench_model(const std::string& command, const std::string& model, const std::vector<std::string>& known,
+                       int64_t layers) {
+  if (std::find(known.begin(), known.end(), model) == known.end()) {
+    std::string list;
+    for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+    G4_FAIL(command, ": --model '", model, "' is not a built-in shape (", list, ")");
+  }
+  const int64_t depth = model::named_config_depth(model);
+  G4_CHECK(depth == 0 || layers <= depth, command, ": --layers ", layers, " is more than ", model, "'s ", depth,
+           " decoder layers");
+}
+
+void check_python_benchmark(const std::string& command, const std::string& script) {
+  std::error_code ec;
+  G4_CHECK(std::filesystem::is_regular_file(script, ec), command, ": --hf-script ", script,
+           " is not a file", io::relative_path_note(script));
+  G4_CHECK(!find_on_path("python3").empty(), command, ": --hf runs ", script,
+           " with python3, which is not on PATH (it needs torch and transformers: tools/requirements-reference.txt)");
 }
 
 void add_bench(CLI::App& app, Action& action) {
@@ -792,34 +829,35 @@ void add_bench(CLI::App& app, Action& action) {
                   "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b (real widths) | tiny-moe | tiny-dense (CPU smoke runs)");
   cmd->add_option("--config", o->config, "an HF config.json (or its directory) to train instead of --model")
       ->excludes("--model");
-  auto* layers = cmd->add_option("--layers", o->layers, "decoder layers of a built-in --model (as many as fit; the "
-                                                         "last is full attention)")
-                     ->check(CLI::PositiveNumber);
+  auto* layers = cmd->add_option("--layers", o->layers, "decoder layers of a built-in --model (as many as fit, at "
+                                                         "most the released model's; the last is full attention)")
+                     ->check(positive_integer());
   cmd->add_option("--device", o->device, "cuda (bf16 compute, fp32 masters; default) or cpu (f32: a smoke run, MFU n/a)");
-  cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(CLI::PositiveNumber);
-  cmd->add_option("--steps", o->steps, "timed steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq", o->seq, "tokens per step (one packed row)")->check(positive_integer());
+  cmd->add_option("--steps", o->steps, "timed steps")->check(positive_integer());
   cmd->add_option("--accum", o->accum, "micro-batches per optimizer step (gradient accumulation over the same row)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", o->warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
+      ->check(positive_integer());
+  cmd->add_option("--warmup", o->warmup, "untimed steps first")->check(non_negative_integer());
   cmd->add_option("--peak-tflops", o->peak_tflops,
                   "the MFU denominator in TFLOP/s (default: the datasheet dense bf16 peak of the GPU, e.g. 989 for "
-                  "H100/H200 SXM)");
+                  "H100/H200 SXM)")
+      ->check(real_in(0, 1e9));
   cmd->add_flag("--recompute", o->recompute, "activation recompute");
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over two extra steps (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_train.py (transformers + PyTorch) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--images", o->images,
                   "images (random pixels) at the start of the packed row, through the vision tower")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_integer());
   cmd->add_option("--audio-seconds", o->audio_seconds,
                   "seconds of audio (noise, 16 kHz) in the packed row, through the audio tower (E4B; at most 30)")
-      ->check(CLI::Range(0.0, 30.0));
+      ->check(real_in(0, 30));
   cmd->add_option("--image-soft-tokens", o->image_soft_tokens,
-                  "the image processor's soft-token budget: 70, 140, 280 (default), 560 or 1120");
-  cmd->add_option("--ranks", o->ranks,
+                  "the image processor's soft-token budget: 70, 140, 280 (default; 0 too), 560 or 1120")
+      ->check(CLI::IsMember(std::vector<int64_t>{0, 70, 140, 280, 560, 1120}));  // 0: the default
+  auto* ranks = cmd->add_option("--ranks", o->ranks_text,
                   "data-parallel rank counts, e.g. 1,2,4: the step on each count (relaunched by g4 launch), per-rank "
-                  "tokens/s, MFU and the efficiency against one rank")
-      ->delimiter(',');
+                  "tokens/s, MFU and the efficiency against one rank (at most 256 each)");
   cmd->add_flag("--fsdp", o->fsdp, "with --ranks: shard the optimizer state over the ranks (ZeRO-3)");
   cmd->add_option("--rank-report", o->rank_report, "(internal) one rank of a --ranks run: where rank 0 writes")
       ->group("");
@@ -827,20 +865,25 @@ void add_bench(CLI::App& app, Action& action) {
                                     "fp32-autocast and/or bf16 (default both; with --lora bf16: a bf16 base)");
   cmd->add_option("--json", o->json, "write the results as JSON");
   cmd->add_option("--lora", o->lora, "LoRA rank: train adapters over a frozen bf16 base (0: full fine-tuning)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (the adapters' output is scaled by alpha / rank)");
+      ->check(non_negative_integer());
+  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (the adapters' output is scaled by alpha / rank)")
+      ->check(real_in(0, 1e9, true));
   cmd->add_option("--lora-targets", o->lora_targets,
                   "PEFT target modules (default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
       ->delimiter(',');
   cmd->add_flag("--lora-experts", o->lora_experts,
                 "also adapt the routed experts' weights (experts.gate_up_proj, experts.down_proj: PEFT's "
                 "target_parameters)");
-  cmd->add_option("--seed", o->seed, "seed of the weights and the batch");
-  cmd->callback([&action, o, layers, precision] {
+  cmd->add_option("--seed", o->seed, "seed of the weights and the batch")->check(unsigned_integer());
+  cmd->callback([&action, o, layers, precision, ranks] {
     o->layers_given = layers->count() > 0;
+    const bool ranks_given = ranks->count() > 0;
     // peft's usual set-up, and g4's: a bf16 frozen base with fp32 adapters under autocast.
     if (o->lora > 0 && precision->count() == 0) o->hf_precisions = {"bf16"};
-    action = [o] { bench_train(*o); };
+    action = [o, ranks_given] {
+      if (ranks_given) o->ranks = parse_integer_list(o->ranks_text, "--ranks", "a rank count", 1, kMaxLocalRanks);
+      bench_train(*o);
+    };
   });
   add_bench_generate(*bench, action);
   add_bench_rl(*bench, action);

@@ -13,7 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
+#include <limits>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -23,6 +23,7 @@
 #include "core/philox.h"
 #include "diffusion/sampler.h"
 #include "generate/engine.h"
+#include "io/json_input.h"
 #include "model/named_configs.h"
 
 namespace g4::cli {
@@ -32,7 +33,8 @@ namespace {
 struct GenBenchOptions {
   std::string model = "gemma-4-26b-a4b";
   int64_t layers = 0;  // 0 = the model's full depth
-  std::vector<int64_t> batches{1, 16, 64, 256};
+  std::vector<int64_t> batches;             // parsed from batch_text by the action
+  std::string batch_text = "1,16,64,256";  // --batch as given
   int64_t prompt_len = 512, new_tokens = 128;
   int64_t page_size = 16;
   bool hf = false;
@@ -43,6 +45,9 @@ struct GenBenchOptions {
   uint64_t seed = 1234;
   int64_t denoising_steps = 48;  // diffusion: steps per block (adaptive stopping off: the same work every run)
 };
+
+const std::vector<std::string> kGenBenchModels = {"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b",
+                                                  "diffusiongemma-26b-a4b"};
 
 bool is_diffusion(const std::string& model) { return model.rfind("diffusiongemma", 0) == 0; }
 
@@ -218,10 +223,18 @@ DiffusionResult run_diffusion_batch(const GenBenchOptions& o, const model::Gemma
 // per block per batch size; our autoregressive engine on the same text widths and prompts (decode
 // tokens/s, new tokens = the blocks' tokens); with --hf transformers' DiffusionGemma generate with
 // the same settings.
-void bench_diffusion(const GenBenchOptions& o) {
+// The model a run builds: the built-in shape at --layers (an autoregressive one with a context long
+// enough for the prompt and the new tokens).
+io::ModelConfig gen_bench_config(const GenBenchOptions& o) {
+  check_bench_model("g4 bench generate", o.model, kGenBenchModels, o.layers);
   nlohmann::json overrides = nlohmann::json::object();
   if (o.layers > 0) overrides["num_hidden_layers"] = o.layers;
-  const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
+  if (!is_diffusion(o.model))
+    overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
+  return io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
+}
+
+void bench_diffusion(const GenBenchOptions& o, const io::ModelConfig& cfg) {
   const int64_t C = cfg.canvas_length, blocks = (o.new_tokens + C - 1) / C;
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld blocks of %lld tokens, %lld "
               "denoising steps per block (no early stop), bf16, random weights\n",
@@ -253,9 +266,7 @@ void bench_diffusion(const GenBenchOptions& o) {
     GenBenchOptions a = o;
     a.model = "gemma-4-26b-a4b";
     a.new_tokens = blocks * C;
-    nlohmann::json ar_over = overrides;
-    ar_over["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + a.new_tokens);
-    const io::ModelConfig ar_cfg = io::parse_model_config(model::named_config(a.model, ar_over), "built-in " + a.model);
+    const io::ModelConfig ar_cfg = gen_bench_config(a);
     model::Gemma4 m(ar_cfg, {}, DType::BF16, Device::CUDA);
     m.init_weights(o.seed);
     GenBenchOptions warm = a;
@@ -305,19 +316,17 @@ void bench_diffusion(const GenBenchOptions& o) {
                             {"autoregressive_decode_tokens_per_s", ar_tps}});
   }
   if (o.hf) report["hf"] = hf;
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    f << report.dump(2) << "\n";
-  }
+  if (!o.json.empty()) io::write_file_atomic(o.json, report.dump(2) + "\n");
 }
 
 void bench_generate(const GenBenchOptions& o) {
+  // Every flag is checked before the GPU is looked at: on a machine without one, a mistake in them
+  // is reported as such, not hidden behind "needs a CUDA GPU".
+  const io::ModelConfig cfg = gen_bench_config(o);
+  if (!o.json.empty()) check_output_file_creatable(o.json, "g4 bench generate: --json");
+  if (o.hf) check_python_benchmark("g4 bench generate", o.hf_script);
   G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
-  if (is_diffusion(o.model)) return bench_diffusion(o);
-  nlohmann::json overrides = nlohmann::json::object();
-  if (o.layers > 0) overrides["num_hidden_layers"] = o.layers;
-  overrides["max_position_embeddings"] = std::max<int64_t>(131072, o.prompt_len + o.new_tokens);
-  const io::ModelConfig cfg = io::parse_model_config(model::named_config(o.model, overrides), "built-in " + o.model);
+  if (is_diffusion(o.model)) return bench_diffusion(o, cfg);
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
               "random weights, CUDA graphs %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
@@ -382,10 +391,7 @@ void bench_generate(const GenBenchOptions& o) {
     report["hf"] = hf;
     if (hf.contains("error")) std::printf("  HF: %s\n", hf["error"].get<std::string>().c_str());
   }
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    f << report.dump(2) << "\n";
-  }
+  if (!o.json.empty()) io::write_file_atomic(o.json, report.dump(2) + "\n");
 }
 
 }  // namespace
@@ -396,24 +402,27 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   auto o = std::make_shared<GenBenchOptions>();
   cmd->add_option("--model", o->model,
                   "gemma-4-26b-a4b | gemma-4-e4b | gemma-4-31b | diffusiongemma-26b-a4b (real widths)")
-      ->check(CLI::IsMember({"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b", "diffusiongemma-26b-a4b"}));
-  cmd->add_option("--layers", o->layers, "decoder layers (default: the full depth)")->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o->batches, "concurrent sequences, e.g. 1,16,64,256")
-      ->delimiter(',')
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(CLI::PositiveNumber);
+      ->check(CLI::IsMember(kGenBenchModels));
+  cmd->add_option("--layers", o->layers, "decoder layers (default: the full depth)")->check(positive_integer());
+  cmd->add_option("--batch", o->batch_text, "concurrent sequences, e.g. 1,16,64,256 (the default)");
+  cmd->add_option("--prompt-len", o->prompt_len, "prompt tokens per sequence")->check(positive_integer());
   cmd->add_option("--new-tokens", o->new_tokens, "tokens generated per sequence (diffusion: rounded up to whole blocks)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   cmd->add_option("--denoising-steps", o->denoising_steps, "diffusion: denoising steps per block (all of them run)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(CLI::PositiveNumber);
+      ->check(positive_integer());
+  cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(positive_integer());
   cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");
   cmd->add_option("--json", o->json, "write the results as JSON");
-  cmd->add_option("--seed", o->seed, "seed of the weights and the prompts");
-  cmd->callback([&action, o] { action = [o] { bench_generate(*o); }; });
+  cmd->add_option("--seed", o->seed, "seed of the weights and the prompts")->check(unsigned_integer());
+  cmd->callback([&action, o] {
+    action = [o] {
+      o->batches = parse_integer_list(o->batch_text, "--batch", "a batch size", 1, std::numeric_limits<int64_t>::max());
+      bench_generate(*o);
+    };
+  });
 }
 
 }  // namespace g4::cli

@@ -4,11 +4,16 @@
 // rollouts), training (forward, backward and update) and the rest, with tokens/s of each, beside
 // the shares other RL stacks publish. There is no weight-transfer stage: the engine reads the
 // weights being trained.
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <limits>
 
 #include "cli/commands.h"
+#include "core/device_memory.h"
+#include "core/error.h"
+#include "io/json_input.h"
 #include "rl/rl_trainer.h"
 #include "train/recipe.h"
 
@@ -24,7 +29,15 @@ struct RlBenchOptions {
 };
 
 void bench_rl(const RlBenchOptions& o) {
-  const std::string dir = (std::filesystem::temp_directory_path() / "g4-bench-rl").string();
+  // The flags first, then the GPU: on a machine without one, a mistake in them is reported as such.
+  check_bench_model("g4 bench rl", o.model, {"gemma-4-e4b", "gemma-4-26b-a4b", "gemma-4-31b"}, o.layers);
+  std::error_code ec;
+  G4_CHECK(std::filesystem::exists(o.tokenizer, ec), "g4 bench rl: --tokenizer ", o.tokenizer, " does not exist",
+           io::relative_path_note(o.tokenizer));
+  G4_CHECK(cuda_available(), "g4 bench rl needs a CUDA GPU (this build or machine has none)");
+  // A folder of this process alone (removed at the end): two runs at once must not share one.
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("g4-bench-rl-" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(dir);
   // Step 1 warms up (kernels, allocator); step 2 is the one reported.
   const std::vector<std::string> keys = {
@@ -72,14 +85,14 @@ void add_bench_rl(CLI::App& bench, Action& action) {
   auto* cmd = bench.add_subcommand("rl", "One GRPO step's time split (generation, log-probs, training) on the GPU");
   auto o = std::make_shared<RlBenchOptions>();
   cmd->add_option("--model", o->model, "gemma-4-e4b | gemma-4-26b-a4b | gemma-4-31b (real widths)");
-  cmd->add_option("--layers", o->layers, "decoder layers")->check(CLI::PositiveNumber);
-  cmd->add_option("--prompts", o->prompts, "prompts per step")->check(CLI::PositiveNumber);
+  cmd->add_option("--layers", o->layers, "decoder layers")->check(positive_integer());
+  cmd->add_option("--prompts", o->prompts, "prompts per step")->check(positive_integer());
   cmd->add_option("--generations", o->generations, "samples per prompt (2 or more: a GRPO group)")
-      ->check(CLI::Range(int64_t{2}, std::numeric_limits<int64_t>::max()));
+      ->check(integer_in(2, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--new-tokens", o->new_tokens, "tokens per response (random weights rarely stop early)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer of the prompts");
-  cmd->add_option("--seed", o->seed, "seed of the weights");
+  cmd->add_option("--seed", o->seed, "seed of the weights")->check(unsigned_integer());
   cmd->callback([&action, o] { action = [o] { bench_rl(*o); }; });
 }
 

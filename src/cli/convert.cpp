@@ -24,23 +24,9 @@ void add_convert(CLI::App& app, Action& action) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("in_dir", o->in, "Hugging Face model directory")->required();
   cmd->add_option("out_dir", o->out, "output directory (created)")->required();
-  // CLI::PositiveNumber lets NaN through (and prints its range as a 300-digit number); the shard
-  // size in bytes must also fit a size_t.
+  // The shard size in bytes must fit a size_t.
   cmd->add_option("--max-shard-gb", o->max_shard_gb, "largest safetensors shard, GiB (> 0)")
-      ->check(CLI::Validator(
-          [](std::string& v) -> std::string {
-            double gb = 0;
-            try {
-              size_t used = 0;
-              gb = std::stod(v, &used);
-              if (used != v.size()) return "'" + v + "' is not a number";
-            } catch (const std::exception&) {
-              return "'" + v + "' is not a number";
-            }
-            if (!(gb > 0) || !(gb <= 1e9)) return "must be a number of GiB in (0, 1e9], got " + v;
-            return "";
-          },
-          "GiB > 0"));
+      ->check(real_in(0, 1e9, true));
   cmd->add_flag("--overwrite", o->overwrite, "replace the model already in OUT_DIR (never IN_DIR itself)");
   cmd->add_option("--merge-lora", o->merge_lora,
                   "a PEFT LoRA adapter directory (a g4 LoRA checkpoint's adapter/) merged into IN_DIR's weights");

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "cli/commands.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -19,7 +20,7 @@ std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& s) {
           ->check(CLI::NonNegativeNumber));
   added.push_back(
       cmd->add_option("--memory-fraction", s.engine.memory_fraction, "share of the free GPU memory given to the pages")
-          ->check(CLI::Range(0.0, 1.0)));
+          ->check(real_in(0, 1)));
   added.push_back(cmd->add_option("--max-running", s.engine.max_running, "sequences in one decode step")
                       ->check(CLI::PositiveNumber));
   added.push_back(cmd->add_option("--max-step-tokens", s.engine.max_step_tokens,

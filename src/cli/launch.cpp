@@ -34,17 +34,6 @@ namespace {
 
 std::string self_path() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
-// The full path of `program` on PATH, or "" when it is not there.
-std::string find_on_path(const std::string& program) {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');) {
-    const std::filesystem::path p = std::filesystem::path(dir.empty() ? "." : dir) / program;
-    if (::access(p.c_str(), X_OK) == 0) return p.string();
-  }
-  return "";
-}
-
 [[noreturn]] void exec_or_die(const std::vector<std::string>& argv) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -123,6 +112,35 @@ int run_rank(const parallel::LaunchInfo& info, const std::vector<std::string>& a
 
 }  // namespace
 
+std::string unknown_command(CLI::App& app, const std::vector<std::string>& words) {
+  CLI::App* at = &app;
+  std::string path = "g4";
+  for (const std::string& w : words) {
+    if (w.empty() || w[0] == '-') return "";  // an option: CLI11 names its own mistakes
+    const auto named = at->get_subcommands([&](CLI::App* s) { return s->get_name() == w; });
+    if (named.empty()) {
+      if (at->get_require_subcommand_min() == 0) return "";  // a positional argument of `at`
+      std::string known;
+      for (CLI::App* s : at->get_subcommands([](CLI::App* s) { return !s->get_group().empty(); }))
+        known += (known.empty() ? "" : ", ") + s->get_name();
+      return path + ": '" + w + "' is not a command (" + known + ")";
+    }
+    at = named.front();
+    path += " " + w;
+  }
+  return "";
+}
+
+std::string find_on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::filesystem::path p = std::filesystem::path(dir.empty() ? "." : dir) / program;
+    if (::access(p.c_str(), X_OK) == 0) return p.string();
+  }
+  return "";
+}
+
 void add_launch(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("launch", "Run a g4 command as N local ranks (N > 1 under mpirun)");
   cmd->footer(
@@ -135,14 +153,18 @@ void add_launch(CLI::App& app, Action& action) {
     int ranks = 1;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("-n,--nproc", o->ranks, "number of ranks to start on this machine")->check(CLI::PositiveNumber);
+  cmd->add_option("-n,--nproc", o->ranks, "number of ranks to start on this machine (1 to 256)")
+      ->check(integer_in(1, kMaxLocalRanks));
   cmd->prefix_command();  // everything after the options is the g4 command each rank runs
-  cmd->callback([&action, o, cmd] {
+  cmd->callback([&action, &app, o, cmd] {
     const std::vector<std::string> args = cmd->remaining();
-    action = [o, args] {
+    action = [&app, o, args] {
       G4_CHECK(!args.empty(), "g4 launch: give the g4 command each rank runs, e.g. g4 launch -n 2 train recipe.yaml");
       G4_CHECK(args[0] != "launch" && args[0] != "launch-rank", "g4 launch: the ranks' command cannot be '",
                args[0], "'");
+      // Before N ranks start, each to print the same usage error.
+      const std::string unknown = unknown_command(app, args);
+      G4_CHECK(unknown.empty(), "g4 launch: ", unknown);
       const int n = o->ranks;
       if (n == 1) {
         parallel::LaunchInfo one;

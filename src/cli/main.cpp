@@ -1,5 +1,7 @@
 // g4: run, inspect and convert Gemma 4 models. `g4 --help` lists the subcommands.
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/blas_kernels.h"
@@ -22,6 +24,11 @@ int main(int argc, char** argv) {
   g4::cli::add_bench(app, action);
   g4::cli::add_serve(app, action);
   g4::cli::add_task(app, action);
+  const std::string unknown = g4::cli::unknown_command(app, std::vector<std::string>(argv + 1, argv + argc));
+  if (!unknown.empty()) {
+    std::cerr << unknown << "\nRun with --help for more information.\n";
+    return static_cast<int>(CLI::ExitCodes::ExtrasError);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

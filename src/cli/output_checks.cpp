@@ -1,6 +1,10 @@
 // Guards for commands that write into the file system, so that a slip of the --out path does not
 // silently replace a model (its weights, config or shards) with something else.
+#include <charconv>
 #include <filesystem>
+#include <limits>
+#include <sstream>
+#include <string>
 #include <system_error>
 
 #include "cli/commands.h"
@@ -77,9 +81,10 @@ void check_output_file_creatable(const std::string& out, const std::string& opti
   G4_CHECK(fs::is_directory(parent, ec), option, " ", out, ": ", parent.string(), " is not a folder");
 }
 
-std::vector<int64_t> parse_token_ids(const std::string& s, const std::string& flag) {
+std::vector<int64_t> parse_integer_list(const std::string& s, const std::string& flag, const std::string& noun,
+                                        int64_t lo, int64_t hi) {
   G4_CHECK(s.find_first_not_of(" \t") != std::string::npos, flag, " is empty");
-  std::vector<int64_t> ids;
+  std::vector<int64_t> values;
   size_t begin = 0;
   while (true) {
     const size_t comma = s.find(',', begin);
@@ -87,19 +92,81 @@ std::vector<int64_t> parse_token_ids(const std::string& s, const std::string& fl
     const size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
     const std::string digits = a == std::string::npos ? "" : item.substr(a, b - a + 1);
     size_t used = 0;
-    int64_t id = 0;
+    int64_t x = 0;
     try {
-      if (!digits.empty()) id = std::stoll(digits, &used);
+      if (!digits.empty()) x = std::stoll(digits, &used);
     } catch (const std::exception&) {  // not a number, or past int64
       used = 0;
     }
-    G4_CHECK(!digits.empty() && used == digits.size(), flag, ": '", item, "' is not an integer token id (in '", s,
-             "')");
-    ids.push_back(id);
+    G4_CHECK(!digits.empty() && used == digits.size(), flag, ": '", item, "' is not ", noun, " (in '", s, "')");
+    G4_CHECK(x >= lo && x <= hi, flag, ": ", x, " is not in [", lo, ", ", hi, "] (in '", s, "')");
+    values.push_back(x);
     if (comma == std::string::npos) break;
     begin = comma + 1;
   }
-  return ids;
+  return values;
+}
+
+std::vector<int64_t> parse_token_ids(const std::string& s, const std::string& flag) {
+  return parse_integer_list(s, flag, "an integer token id", std::numeric_limits<int64_t>::min(),
+                            std::numeric_limits<int64_t>::max());
+}
+
+CLI::Validator real_in(double lo, double hi, bool lo_open) {
+  std::ostringstream range;
+  range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
+  return CLI::Validator(
+      [lo, hi, lo_open, r = range.str()](std::string& v) -> std::string {
+        double x = 0;
+        try {
+          size_t used = 0;
+          x = std::stod(v, &used);
+          if (used != v.size()) return "'" + v + "' is not a number";
+        } catch (const std::exception&) {  // std::out_of_range of 1e999 too: it is no usable number
+          return "'" + v + "' is not a number in " + r;
+        }
+        const bool above = lo_open ? x > lo : x >= lo;
+        if (!above || !(x <= hi)) return "must be a number in " + r + ", got " + v;
+        return "";
+      },
+      "NUMBER in " + range.str());
+}
+
+namespace {
+
+// The integer of all of `v` in decimal, or an error text. from_chars takes no '+', no base prefix
+// and no blanks, and reports a value out of T's range.
+template <typename T>
+std::string parse_decimal(const std::string& v, T& x) {
+  const char* end = v.data() + v.size();
+  const auto [ptr, ec] = std::from_chars(v.data(), end, x);
+  if (ec == std::errc::result_out_of_range) return "'" + v + "' is out of range";
+  if (ec != std::errc() || ptr != end) return "'" + v + "' is not a decimal integer";
+  return "";
+}
+
+}  // namespace
+
+CLI::Validator integer_in(int64_t lo, int64_t hi) {
+  const std::string range = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return CLI::Validator(
+      [lo, hi, range](std::string& v) -> std::string {
+        int64_t x = 0;
+        const std::string bad = parse_decimal(v, x);
+        if (!bad.empty()) return bad + " (an integer in " + range + ")";
+        return x < lo || x > hi ? "must be in " + range + ", got " + v : "";
+      },
+      "INT in " + range);
+}
+
+CLI::Validator unsigned_integer() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        uint64_t x = 0;
+        const std::string bad = parse_decimal(v, x);
+        return bad.empty() ? "" : bad + " (an integer in [0, 2^64 - 1])";
+      },
+      "UINT64");
 }
 
 void remove_model_files(const std::string& dir) {

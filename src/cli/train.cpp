@@ -1,5 +1,6 @@
 // g4 train RECIPE.yaml [key.path=value ...] [--resume]   g4 train --list-keys   and   g4 eval MODEL_DIR --data FILE...
 // (add_recipe_command also serves g4 rl)
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 
@@ -63,29 +64,48 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
   cmd->add_option("--format", o->format, "auto | text | jsonl | chat");
   cmd->add_option("--text-split", o->split, "plain text documents: paragraph | line | file");
-  cmd->add_option("--seq-len", o->seq_len, "packed row length")->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size", o->batch_size, "rows per forward pass")->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o->seq_len, "packed row length")->check(positive_integer());
+  cmd->add_option("--batch-size", o->batch_size, "rows per forward pass (the loss is the same for any)")->check(positive_integer());
   cmd->callback([&action, o] {
     action = [o] {
-      const int64_t context = model::load_hf_config(o->model).max_position_embeddings;  // 0 = not given
+      const io::ModelConfig config = model::load_hf_config(o->model);
+      const int64_t context = config.max_position_embeddings;  // 0 = not given
       G4_CHECK(context <= 0 || o->seq_len <= context, "--seq-len ", o->seq_len, " exceeds the context length of ",
                o->model, " (max_position_embeddings ", context, ")");
-      auto model = model::load_hf_model(o->model);
-      const auto tok = io::load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
+      // The tokenizer and the data files before the weights load (minutes for a large model).
+      const std::string tokenizer = o->tokenizer.empty() ? o->model : o->tokenizer;
+      const auto tok = io::load_tokenizer(tokenizer);
+      train::check_tokenizer_fits(*tok, tokenizer, config.vocab_size);
       data::DataOptions d;
       d.files = o->data;
       d.format = o->format;
       d.text_split = o->split;
       d.seq_len = o->seq_len;
       d.validation_fraction = 0;
-      d.image_processor = train::data_image_processor(o->model, model->config());
-      d.video_processor = train::data_video_processor(o->model, model->config());
+      d.image_processor = train::data_image_processor(o->model, config);
+      d.video_processor = train::data_video_processor(o->model, config);
       const data::PackedDataset ds(d, *tok);
-      // One pass over every row, in order of the first epoch.
-      std::vector<data::Batch> batches;
-      for (int64_t i = 0; i < ds.train_rows(); ++i) batches.push_back(ds.train_batch(1, i));
+      // One pass over every row, in order of the first epoch, --batch-size rows a forward pass. Batch i
+      // of size B holds rows iB .. iB + B - 1 of the stream, so the rows past the last whole batch go one
+      // at a time: a batch running past the epoch's end would count rows of the next epoch twice.
+      const int64_t rows = ds.train_rows();
+      G4_CHECK(rows > 0, "g4 eval: the --data files hold no tokens to evaluate");
+      // Each batch is made when it runs, so memory holds one batch, not the whole data's rows.
+      const int64_t b = std::min(o->batch_size, rows), whole = rows / b;
+      const auto model = model::load_hf_model(o->model);
+      double sum = 0;  // of per-token losses
       int64_t tokens = 0;
-      const double loss = train::evaluate_loss(*model, batches, &tokens);
+      const auto evaluate = [&](const data::Batch& batch) {
+        int64_t counted = 0;
+        const double mean = train::evaluate_loss(*model, {batch}, &counted);
+        if (counted > 0) sum += mean * static_cast<double>(counted);
+        tokens += counted;
+      };
+      for (int64_t i = 0; i < whole; ++i) evaluate(ds.train_batch(b, i));
+      for (int64_t r = whole * b; r < rows; ++r) evaluate(ds.train_batch(1, r));
+      const double loss = tokens > 0 ? sum / static_cast<double>(tokens) : std::nan("");
+      G4_CHECK(tokens > 0, "g4 eval: the --data files hold no token whose next token is a target (chat data without "
+               "assistant turns, or one-token documents): there is no loss to measure");
       G4_CHECK(std::isfinite(loss), "the loss of ", o->model, " on the data is ", loss,
                ": the model's weights or outputs are not finite (NaN or infinite)");
       std::printf("loss %.4f  perplexity %.3f  over %lld tokens (%lld rows of %lld)\n", loss, std::exp(loss),

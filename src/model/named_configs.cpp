@@ -90,6 +90,11 @@ nlohmann::json diffusion_26b_a4b(const nlohmann::json& overrides) {
 }
 }  // namespace
 
+int64_t named_config_depth(const std::string& name) {
+  if (name == "diffusiongemma-26b-a4b") return named_config_depth("gemma-4-26b-a4b");
+  return is_real_shape(name) ? real_shape(name).at("num_hidden_layers").get<int64_t>() : 0;
+}
+
 nlohmann::json named_config(const std::string& name, const nlohmann::json& overrides) {
   if (name == "diffusiongemma-26b-a4b") return diffusion_26b_a4b(overrides);
   nlohmann::json j = is_real_shape(name) ? real_shape(name) : base(2048);

@@ -2,6 +2,7 @@
 #include "rl/prompts.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -247,6 +248,8 @@ std::vector<PromptExample> task_problems(const TaskOptions& o, int64_t begin, in
   G4_CHECK(o.difficulty >= 0 && o.difficulty <= kMaxTaskDifficulty, "task difficulty must be in [0, ", kMaxTaskDifficulty,
            "], got ", o.difficulty);
   G4_CHECK(begin >= 0 && count >= 0, "task problems: begin (", begin, ") and count (", count, ") must be >= 0");
+  G4_CHECK(count <= std::numeric_limits<int64_t>::max() - begin, "task problems: begin (", begin, ") + count (", count,
+           ") is past the last problem index (2^63 - 1)");
   std::vector<PromptExample> out;
   out.reserve(static_cast<size_t>(count));
   for (int64_t i = begin; i < begin + count; ++i) {

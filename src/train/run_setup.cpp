@@ -154,8 +154,12 @@ RunParts::RunParts(const Recipe& recipe, int64_t row_len, bool resume) : r(recip
   set_up_model(row_len);
   parameters = model->params().numel();
   tok = io::load_tokenizer(r.tokenizer);
-  G4_CHECK(tok->vocab_size() <= model->config().vocab_size, "tokenizer ", r.tokenizer, " has ", tok->vocab_size(),
-           " tokens but the model's vocabulary is ", model->config().vocab_size);
+  check_tokenizer_fits(*tok, r.tokenizer, model->config().vocab_size);
+}
+
+void check_tokenizer_fits(const io::Tokenizer& tok, const std::string& name, int64_t vocab_size) {
+  G4_CHECK(tok.vocab_size() <= vocab_size, "tokenizer ", name, " has ", tok.vocab_size(),
+           " tokens but the model's vocabulary is ", vocab_size);
 }
 
 void RunParts::set_up_model(int64_t row_len) {

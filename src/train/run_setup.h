@@ -42,6 +42,9 @@ std::vector<std::string> trainable_names(const model::Gemma4& m, const std::vect
 // products (the activations' gradients still flow through them).
 void require_grad_only(model::Gemma4& m, const std::vector<std::string>& trainable);
 
+// Throws a g4::Error naming the tokenizer `name` when it has more ids than the model's vocabulary
+// (`vocab_size`): text it encodes could hold ids the model has no embedding for.
+void check_tokenizer_fits(const io::Tokenizer& tok, const std::string& name, int64_t vocab_size);
 // The image processor for a run's chat data: the model directory's processor_config.json (or
 // preprocessor_config.json) when it has one, else the defaults with the vision tower's patch and
 // pooling sizes (a fixture without processor files). The patch size must be the tower's.

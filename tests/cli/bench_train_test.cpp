@@ -175,6 +175,21 @@ TEST(BenchTrain, HfOutOfMemoryIsReportedAsSuch) {
   fs::remove_all(dir);
 }
 
+// A script that fails (here: exit 1, as Python does on a missing torch) is reported with its exit
+// status, not std::system's raw status (256), and g4's own row stands. Found by tools/probe_misc.py.
+TEST(BenchTrain, HfFailureNamesTheScriptsExitStatus) {
+  const fs::path dir = test::scratch_dir("bench_hf_fail_script");  // not bench()'s own folder
+  const fs::path script = dir / "fail.py";
+  std::ofstream(script) << "import sys\nsys.exit(1)\n";
+  std::string out;
+  const nlohmann::json r = bench(kSmoke + " --model tiny-dense --layers 1 --hf --hf-precision bf16 --hf-script " +
+                                     script.string(), "hf_fail", &out);
+  ASSERT_FALSE(r.empty());
+  expect_trained(r.at("g4"), out);
+  EXPECT_NE(out.find("failed (exit status 1; its output is above)"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
 // Two images at the smallest budget and a second of audio through the towers of the tiny E-type
 // multimodal fixture; the Hugging Face side gets that very row (ids, token types, media) and the
 // conditional config.
@@ -307,6 +322,50 @@ TEST(BenchTrain, RefusesOptionsThatDoNotApply) {
   const ProcessResult ranks_hf = test::run_g4(kSmoke + " --model tiny-moe --ranks 1,2 --hf");
   EXPECT_NE(ranks_hf.code, 0);
   EXPECT_NE(ranks_hf.output.find("--ranks and --hf"), std::string::npos) << ranks_hf.output;
+}
+
+// Exit status 1 and a message holding every one of `parts`.
+void expect_refused(const std::string& args, std::initializer_list<std::string> parts) {
+  const ProcessResult r = test::run_g4(args);
+  EXPECT_EQ(r.code, 1) << args << ": " << r.output;
+  for (const std::string& p : parts) EXPECT_NE(r.output.find(p), std::string::npos) << p << " in: " << r.output;
+}
+
+// Found by tools/probe_misc.py: every bench command's flags are checked before the GPU is looked at
+// (on a machine without one, a mistake was hidden behind "needs a CUDA GPU"), before the run (a
+// --json in a missing folder was silently not written after it), and NaN gets no further than
+// CLI::Range let it.
+TEST(BenchTrain, FlagsAreCheckedBeforeTheGpuAndTheRun) {
+  const fs::path dir = test::scratch_dir("bench_flags");
+  // The run would take seconds; the refusal comes before it.
+  expect_refused(kSmoke + " --model tiny-moe --layers 2 --json " + (dir / "no" / "r.json").string(),
+                 {"--json", "does not exist"});
+  const std::string gpu = "bench train --device cuda --seq 64 --steps 1";
+  expect_refused(gpu + " --model tiny-moe --lora-experts", {"--lora-experts"});
+  expect_refused(gpu + " --model gemma-9", {"--model 'gemma-9'", "tiny-moe", "gemma-4-e4b"});
+  expect_refused(gpu + " --model gemma-4-e4b --layers 43", {"--layers 43", "42 decoder layers"});
+  expect_refused("bench generate --model gemma-4-31b --layers 61", {"--layers 61", "60 decoder layers"});
+  expect_refused("bench rl --model gemma-4-26b-a4b --layers 31", {"--layers 31", "30 decoder layers"});
+  expect_refused("bench rl --model tiny-moe", {"--model 'tiny-moe'", "gemma-4-e4b"});
+  expect_refused("bench rl --tokenizer " + (dir / "nope").string(), {"--tokenizer", "nope"});
+  expect_refused(kSmoke + " --model tiny-moe --hf --hf-script " + (dir / "nope.py").string(),
+                 {"--hf-script", "nope.py"});
+  for (const char* flag : {"--peak-tflops", "--audio-seconds", "--lora-alpha"})
+    for (const char* v : {"nan", "-1", "inf"}) {
+      const ProcessResult r = test::run_g4(kSmoke + " --model tiny-moe " + flag + "=" + v);
+      EXPECT_NE(r.code, 0) << flag << " " << v;
+      EXPECT_NE(r.output.find(flag), std::string::npos) << r.output;
+    }
+  // --ranks relaunches the command per count: its flags are checked before any rank starts.
+  const ProcessResult model = test::run_g4(kSmoke + " --model gemma-9 --ranks 1,2");
+  EXPECT_NE(model.output.find("--model 'gemma-9'"), std::string::npos) << model.output;
+  EXPECT_EQ(model.output.find("running:"), std::string::npos) << model.output;
+  for (const char* ranks : {"0", "-1", "257"}) {
+    const ProcessResult r = test::run_g4(kSmoke + " --model tiny-moe --ranks " + ranks);
+    EXPECT_NE(r.code, 0) << ranks;
+    EXPECT_NE(r.output.find("--ranks"), std::string::npos) << r.output;
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

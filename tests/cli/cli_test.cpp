@@ -158,6 +158,56 @@ TEST(Cli, SequenceLengthsPastTheContextAreRefused) {
   fs::remove_all(dir);
 }
 
+// Found by tools/probe_misc.py: `g4 launch -n 1000000` handed a million ranks to mpirun
+// --oversubscribe (a fork bomb); the count is now at most kMaxLocalRanks, checked as the flag.
+TEST(Cli, LaunchRefusesMoreRanksThanAMachineRuns) {
+  const ProcessResult r = run("launch -n 1000000 inspect " + kData + "/hf-gemma4/tiny-moe");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("-n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("256"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("[rank"), std::string::npos) << r.output;  // no rank started
+}
+
+// Found by tools/probe_misc.py: "g4 frobnicate" and "g4 bench trian" read only "A subcommand is
+// required", and `g4 launch -n N frobnicate` started N ranks to print it N times.
+TEST(Cli, UnknownCommandsAreNamedWithTheChoices) {
+  ProcessResult r = run("frobnicate x");
+  EXPECT_EQ(r.code, 109) << r.output;  // CLI11's code for arguments it did not expect
+  EXPECT_NE(r.output.find("'frobnicate' is not a command"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("inspect, forward"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("launch-rank"), std::string::npos) << r.output;  // hidden
+  r = run("bench trian --device cpu");
+  EXPECT_NE(r.output.find("g4 bench: 'trian' is not a command (train, generate, rl)"), std::string::npos) << r.output;
+  r = run("launch -n 2 frobnicate");
+  expect_error(r, {"g4 launch", "'frobnicate' is not a command"});
+  EXPECT_EQ(r.output.find("[rank"), std::string::npos) << r.output;
+  // A command's own positional arguments are not commands.
+  EXPECT_EQ(run("inspect " + kData + "/hf-gemma4/tiny-moe").code, 0);
+}
+
+// Found by tools/probe_misc.py: CLI11 2.1 reads integers with strtoll / strtoull and no range
+// check, so --seed -1 and --seed 2^64 both ran as seed 2^64 - 1, and 2^66 as 2^63 - 1; its lists
+// dropped the empty item of "1,,2".
+TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
+  const fs::path dir = temp_dir("integers");
+  const std::string out = (dir / "t.jsonl").string();
+  for (const char* seed : {"-1", "18446744073709551616", "0x10", "1.5"}) {
+    const ProcessResult r = run("task arithmetic --count 1 --out " + out + " --seed=" + seed);
+    EXPECT_NE(r.code, 0) << seed;
+    EXPECT_NE(r.output.find("--seed"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out)) << seed;
+  }
+  ASSERT_EQ(run("task arithmetic --count 1 --out " + out + " --seed 18446744073709551615").code, 0);
+  const ProcessResult big = run("eval " + kData + "/hf-gemma4/tiny-moe --data x --batch-size 99999999999999999999");
+  EXPECT_NE(big.code, 0);
+  EXPECT_NE(big.output.find("--batch-size: '99999999999999999999' is out of range"), std::string::npos) << big.output;
+  for (const char* list : {"1,,2", "1,", "0", "x"}) {
+    expect_error(run(std::string("bench generate --batch ") + list), {"--batch"});
+    expect_error(run(std::string("bench train --device cpu --ranks ") + list), {"--ranks"});
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Cli, ForwardNeverOverwritesAModelFileUnasked) {
   const fs::path dir = temp_dir("forward_overwrite");
   const std::string fixture = kData + "/hf-gemma4/tiny-dense-keqv";
@@ -505,6 +555,39 @@ std::string small_tokenizer(const fs::path& dir, int64_t n) {
   const std::string path = (dir / "small-tokenizer.json").string();
   write_text(path, t.dump());
   return path;
+}
+
+// Found by tools/probe_misc.py: --batch-size was accepted and ignored (every forward took one row);
+// a tokenizer with ids past the model's vocabulary was only found in the embedding lookup, after the
+// weights had loaded.
+TEST(Cli, EvalBatchesRowsAndChecksItsInputsFirst) {
+  const fs::path dir = temp_dir("eval");
+  const std::string eval = "eval " + kData + "/hf-gemma4/tiny-moe --data " + kData + "/text/genesis.txt --seq-len 32 ";
+  // The tiny fixture has no tokenizer of its own: plain.json cut to its 256-id vocabulary.
+  const std::string tok = " --tokenizer " + small_tokenizer(dir, 256);
+  std::string first;
+  for (const char* b : {"1", "3", "1000"}) {
+    const ProcessResult r = run(eval + tok + " --batch-size " + b);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const std::string line = r.output.substr(r.output.find("loss "));
+    if (first.empty()) first = line;
+    EXPECT_EQ(line, first) << "--batch-size " << b;  // the same rows, tokens and loss (to 4 places)
+  }
+  for (const char* b : {"0", "-2"}) {
+    const ProcessResult r = run(eval + tok + " --batch-size=" + b);  // a usage error: CLI11's exit code
+    EXPECT_NE(r.code, 0) << b;
+    EXPECT_NE(r.output.find("--batch-size: must be in [1, "), std::string::npos) << r.output;
+  }
+  expect_error(run(eval + "--tokenizer " + kData + "/tokenizers/plain.json"),
+               {"tokenizer " + kData + "/tokenizers/plain.json", "the model's vocabulary is 256"});
+  std::ofstream(dir / "user_only.jsonl") << R"({"messages": [{"role": "user", "content": "In the beginning"}]})"
+                                         << "\n";
+  // The data layer refuses it by name (g4 eval also refuses a loss over no tokens, rather than call it
+  // a model whose outputs are not finite).
+  expect_error(run("eval " + kData + "/hf-gemma4/tiny-moe --format chat --data " + (dir / "user_only.jsonl").string() +
+                   tok),
+               {"no documents in " + (dir / "user_only.jsonl").string()});
+  fs::remove_all(dir);
 }
 
 TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {

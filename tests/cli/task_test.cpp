@@ -2,12 +2,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "data/dataset.h"
 #include "data_pipeline/test_tokenizer.h"
 #include "rl/prompts.h"
@@ -90,6 +92,35 @@ TEST(CliTask, WritesPromptsAndSftData) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("task 'sudoku'"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "x.jsonl"));
+}
+
+// Found by tools/probe_misc.py: --count 10^12 reserved a vector no memory holds (std::length_error's
+// text, or an allocation until the machine gave up), --begin near 2^63 overflowed begin + count,
+// --answer-line-fraction nan passed CLI::Range (NaN compares false) and dropped every answer line,
+// and an --out in a missing folder or naming a directory was found by the writer only after the
+// problems were made.
+TEST(CliTask, FlagsOutOfRangeAreRefusedBeforeAnythingIsWritten) {
+  const fs::path dir = test::scratch_dir("cli_task_flags");
+  const std::string out = (dir / "o.jsonl").string();
+  const auto refused = [&](const std::string& args, const std::string& want) {
+    const test::ProcessResult r = test::run_g4("task arithmetic " + args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.output.find(want), std::string::npos) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("what()"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out)) << args;
+  };
+  refused("--count 1000000000000 --out " + out, "--count");
+  refused("--count 1000001 --out " + out, "--count");
+  refused("--begin 9223372036854775806 --count 5 --out " + out, "--begin 9223372036854775806 + --count 5");
+  refused("--sft --answer-line-fraction nan --out " + out, "--answer-line-fraction");
+  refused("--count 2 --out " + (dir / "no" / "o.jsonl").string(), "does not exist");
+  const test::ProcessResult d = test::run_g4("task arithmetic --count 2 --overwrite --out " + dir.string());
+  EXPECT_NE(d.code, 0);
+  EXPECT_NE(d.output.find("is a directory"), std::string::npos) << d.output;
+  EXPECT_TRUE(fs::is_directory(dir));
+  // The library refuses the overflow too (g4 rl's prompt stream calls it).
+  EXPECT_THROW(rl::task_problems({"arithmetic", 2, 0}, INT64_MAX - 1, 5), Error);
+  fs::remove_all(dir);
 }
 
 }  // namespace
