@@ -174,8 +174,10 @@ namespace {
 // null where a part has none.
 void check_part_keys(const json& part, std::initializer_list<const char*> known, const std::string& where,
                      const std::string& type) {
-  for (const auto& [key, value] : part.items()) {
-    if (value.is_null() || std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; })) continue;
+  for (const auto& item : part.items()) {
+    const std::string& key = item.key();
+    if (item.value().is_null() || std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; }))
+      continue;
     std::string keys;
     for (const char* k : known) keys += std::string(keys.empty() ? "" : ", ") + "'" + k + "'";
     G4_FAIL(where, ": unknown key '", key, "' in a part of type '", type, "' (it takes ", keys, ")");
