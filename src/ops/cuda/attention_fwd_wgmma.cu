@@ -1,8 +1,8 @@
-// Flash-attention forward for head dim 512 on Hopper, in the FlashAttention-3 manner: a producer
-// warpgroup streams Q, K and V into shared memory with TMA, two consumer warpgroups multiply on wgmma,
-// and mbarriers hand the buffers back and forth.
+// Flash-attention forward for head dims 512 and 256 on Hopper, in the FlashAttention-3 manner: a
+// producer warpgroup streams Q, K and V into shared memory with TMA, two consumer warpgroups
+// multiply on wgmma, and mbarriers hand the buffers back and forth. (Head dim 256: see Cfg.)
 //
-// A CTA owns 64 query rows of one (batch, head). Their output accumulator, 64 x 512 in f32, is
+// At head dim 512 a CTA owns 64 query rows of one (batch, head). Their output accumulator, 64 x 512 in f32, is
 // 128 KB — half the register file — so the two consumer warpgroups split it by columns (256 each,
 // 128 registers a thread). Each warpgroup also computes S = Q Kᵀ over its own half of the head dim
 // only, so that it reads only its halves of Q, K and V:
