@@ -103,9 +103,9 @@ void add_eval(CLI::App& app, Action& action) {
       };
       for (int64_t i = 0; i < whole; ++i) evaluate(ds.train_batch(b, i));
       for (int64_t r = whole * b; r < rows; ++r) evaluate(ds.train_batch(1, r));
-      const double loss = tokens > 0 ? sum / static_cast<double>(tokens) : std::nan("");
       G4_CHECK(tokens > 0, "g4 eval: the --data files hold no token whose next token is a target (chat data without "
                "assistant turns, or one-token documents): there is no loss to measure");
+      const double loss = sum / static_cast<double>(tokens);
       G4_CHECK(std::isfinite(loss), "the loss of ", o->model, " on the data is ", loss,
                ": the model's weights or outputs are not finite (NaN or infinite)");
       std::printf("loss %.4f  perplexity %.3f  over %lld tokens (%lld rows of %lld)\n", loss, std::exp(loss),
