@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
     else
       iters = std::atoi(argv[i]);
   }
-  for (int64_t S : {4096, 8192}) {
+  for (int64_t S : {1024, 4096, 8192}) {
     bench(S, 16, 8, 256, 0, iters);
     bench(S, 16, 8, 256, 1024, iters);
     bench(S, 16, 2, 512, 0, iters);

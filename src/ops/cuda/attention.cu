@@ -149,8 +149,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined;
   G4_CHECK(!wgmma_asked || wgmma_fits, "attention: the wgmma forward takes head dims 256 and 512 with d = dv only (q ",
            q.describe(), ", v ", v.describe(), ")");
-  if (wgmma_asked || (kernel == ForwardKernel::automatic && wgmma_fits && a.dims.d == 512))
-    attn::forward_wgmma(a, kernel == ForwardKernel::wgmma_pipelined);
+  const bool pipelined =
+      kernel == ForwardKernel::wgmma_pipelined || (kernel == ForwardKernel::automatic && a.dims.d == 256);
+  if (wgmma_asked || (kernel == ForwardKernel::automatic && wgmma_fits))
+    attn::forward_wgmma(a, pipelined);
   else
     attn::forward(a);
   if (lse != nullptr) *lse = l;

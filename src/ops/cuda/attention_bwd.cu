@@ -68,7 +68,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
   doc_query_range(a.mask, dm, b, k0, k_last, &qlo, &qhi);
   const int qt_begin = qlo <= qhi ? qlo / BM : 0, n_qt = qlo <= qhi ? qhi / BM + 1 - qt_begin : 0;
   const int items = n_qt * dm.group;
-  const bool elem_mask_always = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr;
 
   // Item it = (query head, query tile) -> stage buffers.
   auto load_item = [&](int it, int buf) {
@@ -122,8 +121,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
       warp_gemm<1, C::NT_S, HD, false, false>(s, sQ, LD, wsm * 16, sK, LD, s_col0, 0);
       warp_gemm<1, C::NT_S, HD, false, false>(dp, sdO, LD, wsm * 16, sV, LD, s_col0, 0);
       const int q_last = min(q0 + BM, dm.sq) - 1;
-      const bool need_mask =
-          elem_mask_always || k0 + BN > dm.sk || !rect_fully_visible(a.mask, q0, q_last, k0, k_last);
+      const bool need_mask = k0 + BN > dm.sk || !tile_fully_visible(a.mask, dm, b, q0, q_last, k0, k_last);
       float lse2[2], dsum[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -133,6 +131,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
         lse2[r] = (l == -INFINITY || q0 + il >= dm.sq) ? INFINITY : l * kLog2e;
         dsum[r] = sD[il];
       }
+      const uint64_t vis = need_mask ? visible_bits<C::NT_S>(a.mask, dm, b, q0 + wsm * 16 + g, k0 + s_col0, cq) : 0;
 #pragma unroll
       for (int nt = 0; nt < C::NT_S; ++nt) {
         float p[4], ds[4];
@@ -140,10 +139,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
         for (int e = 0; e < 4; ++e) {
           const int r = e >> 1;
           p[e] = exp2f(s[0][nt][e] * a.scale_log2 - lse2[r]);
-          if (need_mask) {
-            const int i = q0 + wsm * 16 + g + 8 * r, j = k0 + s_col0 + nt * 8 + 2 * cq + (e & 1);
-            if (!visible(a.mask, dm, b, i, j)) p[e] = 0.f;
-          }
+          if (need_mask && !bit_set(vis, 4 * nt + e)) p[e] = 0.f;
           ds[e] = p[e] * (dp[0][nt][e] - dsum[r]);
         }
         const int row = wsm * 16 + g, col = s_col0 + nt * 8 + 2 * cq;
@@ -289,7 +285,7 @@ namespace g4::ops::cuda {
 // Above 256 the flash backward's dK/dV tiles no longer fit the registers (docs/performance.md:
 // d 512 at S 8192, 27.6 against 7.6 ms); at 256 and below it wins on training steps.
 BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv) {
-  return (d > dv ? d : dv) > 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+  return (d > dv ? d : dv) >= 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
 }
 
 }  // namespace g4::ops::cuda

@@ -76,6 +76,8 @@ __device__ __forceinline__ void store_scores(const ScoreArgs& a, const float (&s
                                              const float (&lse2)[2], const float (&dsum)[2], bf16* p_head,
                                              bf16* ds_head, int row0, int i_last, int j0) {
   const int cq = threadIdx.x % 4;
+  uint64_t vis = 0;
+  if constexpr (kMask) vis = visible_bits<kBN / 8>(a.mask, a.dims, a.b, row0, j0, cq);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = row0 + 8 * r;
@@ -90,7 +92,7 @@ __device__ __forceinline__ void store_scores(const ScoreArgs& a, const float (&s
       for (int e = 0; e < 2; ++e) {
         p[e] = exp2f(s_acc[4 * nt + 2 * r + e] * a.scale_log2 - lse2[r]);
         if constexpr (kMask) {
-          if (!visible(a.mask, a.dims, a.b, i, j0 + nt * 8 + 2 * cq + e)) p[e] = 0.f;
+          if (!bit_set(vis, 4 * nt + 2 * r + e)) p[e] = 0.f;
         }
         ds[e] = p[e] * (dp_acc[4 * nt + 2 * r + e] - dsum[r]);
       }
@@ -199,8 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1) score_kernel(const __grid_constan
     wgmma::wait<0>();
   }
 
-  const bool need_mask = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr || j0 + kBN > dm.sk ||
-                         !rect_fully_visible(a.mask, i0, i_last, j0, j_last);
+  const bool need_mask = j0 + kBN > dm.sk || !tile_fully_visible(a.mask, dm, a.b, i0, i_last, j0, j_last);
   if (need_mask)
     store_scores<true>(a, s_acc, dp_acc, lse2, dsum, p_head, ds_head, row0, i_last, j0);
   else

@@ -67,7 +67,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
   key_range(a.mask, dm, q0, q_last, &klo, &khi);
   doc_key_range(a.mask, dm, b, q0, q_last, &klo, &khi);
   const int jt_begin = klo <= khi ? klo / BN : 0, jt_end = klo <= khi ? khi / BN + 1 : 0;
-  const bool elem_mask_always = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr;
 
   load_tile<BM, HD, LD, C::kThreads>(sQ, a.q, b, q0, dm.sq, dm.heads, h, dm.d);
   if (jt_begin < jt_end) load_tile<BN, HD, LD, C::kThreads>(sK, a.k, b, jt_begin * BN, dm.sk, dm.kv_heads, kvh, dm.d);
@@ -90,18 +89,16 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
     zero_acc(s);
     warp_gemm<1, NT_S, HD, false, false>(s, sQ, LD, wm * 16, sK, LD, s_col0, 0);
 
-    const bool need_mask = elem_mask_always || k0 + BN > dm.sk ||
-                           !rect_fully_visible(a.mask, q0, q_last, k0, min(k0 + BN, dm.sk) - 1);
+    const bool need_mask =
+        k0 + BN > dm.sk || !tile_fully_visible(a.mask, dm, b, q0, q_last, k0, min(k0 + BN, dm.sk) - 1);
+    const uint64_t vis = need_mask ? visible_bits<NT_S>(a.mask, dm, b, q0 + r_local, k0 + s_col0, cq) : 0;
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = s[0][nt][e] * a.scale_log2;
-        if (need_mask) {
-          const int i = q0 + r_local + (e >= 2 ? 8 : 0), j = k0 + s_col0 + nt * 8 + 2 * cq + (e & 1);
-          if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
-        }
+        if (need_mask && !bit_set(vis, 4 * nt + e)) x = -INFINITY;
         s[0][nt][e] = x;
         tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
       }

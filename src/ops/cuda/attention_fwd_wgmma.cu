@@ -14,21 +14,31 @@
 // With tiles of 64 keys, shared memory holds Q, one K tile and one V tile (64 x 512 bf16, 64 KB
 // each) and the two partial S (16 KB each): 224 of the 227 KB. K and V are therefore
 // single-buffered, but per half: the producer refills warpgroup w's half of K while w runs its
-// softmax and P·V, and its half of V while w computes the next Q Kᵀ. That is the serial schedule
-// (the op's default, measured below). The pipelined one (see Cfg) takes 32-key tiles, two buffers,
-// and overlaps each tile's exchange and softmax with the previous tile's P·V.
+// softmax and P·V, and its half of V while w computes the next Q Kᵀ. That is the serial schedule.
+// The pipelined one (see Cfg) takes 32-key tiles, two buffers, and overlaps each tile's exchange
+// and softmax with the previous tile's P·V.
+//
+// Which is faster (bench_attention, one H100, S 8192 causal): at head dim 512 the serial one, 2.88
+// ms against 3.19 (the pipelined one's 32-key tiles make the S products too narrow); at 256 the
+// pipelined one, 1.03 ms against 1.17. The op runs those (ops/cuda/attention.h). Two variants
+// measured no faster and were dropped: the serial schedule with two buffers (so single buffering
+// is not what limits it), and FlashAttention-3's ping-pong, the warpgroups taking turns through
+// named barriers to issue their GEMMs (1.03 ms either way at 256).
 //
 // Under GQA the CTAs of 2 or 4 query heads of one KV head (the same query tile, so the same key
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
 // of them; a buffer is then refilled when the warpgroups of every CTA have released it (one
 // arrival per consumer warp on each CTA's empty barrier). Measured on an H100 at S 8192 causal
-// (GQA 8): 3.67 ms alone, 5.54 ms in pairs, 8.22 ms in fours — the kernel is bound by its
-// single-buffered pipeline, not by L2, and lockstepping CTAs only adds waits. So the default is
-// no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one, for measuring a deeper pipeline later.
+// (GQA 8), head dim 512: 2.88 ms alone, 4.86 ms in pairs, 7.21 ms in fours — lockstepping CTAs
+// only adds waits. So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
-// the others are masked element by element when the tile is not wholly visible.
+// the others are masked element by element (visible_bits) when the tile is not wholly visible.
+// The tile loops are unrolled and must stay small: the instruction cache is the first limit of
+// this kernel. With the mask's per-element test inlined into every element, fetching instructions
+// stalled the warps 27% (serial) to 56% (pipelined) of their cycles, and head dim 256 ran at 300
+// TFLOP/s; with the test in one compact loop, 530.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -227,18 +237,16 @@ __device__ __forceinline__ void softmax_tile(float (&s)[1][C::kNT][4], const Fwd
                                              int q_last, int b, int k0, float (&row_max)[2], float (&row_sum)[2],
                                              float (&alpha)[2], uint32_t (&p)[C::kKK][4]) {
   const Dims& dm = a.dims;
-  const bool need_mask = a.mask.key_valid != nullptr || a.mask.q_doc != nullptr || k0 + C::kBN > dm.sk ||
-                         !rect_fully_visible(a.mask, q0, q_last, k0, min(k0 + C::kBN, dm.sk) - 1);
+  const bool need_mask =
+      k0 + C::kBN > dm.sk || !tile_fully_visible(a.mask, dm, b, q0, q_last, k0, min(k0 + C::kBN, dm.sk) - 1);
+  const uint64_t vis = need_mask ? visible_bits<C::kNT>(a.mask, dm, b, q0 + me.r_local, k0, me.cq) : 0;
   float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int nt = 0; nt < C::kNT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float x = s[0][nt][e] * a.scale_log2;
-      if (need_mask) {
-        const int i = q0 + me.r_local + (e >= 2 ? 8 : 0), j = k0 + nt * 8 + 2 * me.cq + (e & 1);
-        if (!visible(a.mask, dm, b, i, j)) x = -INFINITY;
-      }
+      if (need_mask && !bit_set(vis, 4 * nt + e)) x = -INFINITY;
       s[0][nt][e] = x;
       tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
     }
@@ -369,8 +377,8 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
     const auto step = [&](int it, uint32_t(&p_cur)[C::kKK][4], uint32_t(&p_prev)[C::kKK][4]) {
       const int prev = it - 1;
       tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
-      issue_scores<C>(s, sQ, k_stage(it), me);
       tma::mbar_wait(&bars->full_v[prev % S][g], parity(prev));
+      issue_scores<C>(s, sQ, k_stage(it), me);
       issue_pv<C>(o, p_prev, v_stage(prev), g);
       wgmma::wait<1>();  // this tile's scores are done; the previous tile's P·V may still run
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));

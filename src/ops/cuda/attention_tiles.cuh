@@ -36,6 +36,25 @@ __device__ __forceinline__ bool visible(const MaskDev& m, const Dims& dm, int b,
   return true;
 }
 
+// The visibility of the accumulator elements one thread holds in an mma / wgmma fragment of NT
+// n8 tiles: rows i and i + 8, columns j0 + 8 nt + 2 cq + {0, 1}; bit 4 nt + e for element e (row
+// i + 8 (e / 2), column offset e % 2), the fragments' own order. The loop is deliberately not
+// unrolled: visible() inlined into every element of an unrolled tile made the kernels too large
+// for the instruction cache (the wgmma forward stalled a quarter to half of its cycles fetching
+// instructions), while this runs only on the tiles the mask cuts.
+template <int NT>
+__device__ __forceinline__ uint64_t visible_bits(const MaskDev& m, const Dims& dm, int b, int i, int j0, int cq) {
+  static_assert(NT * 4 <= 64, "visible_bits: at most 64 elements a thread");
+  uint64_t bits = 0;
+#pragma unroll 1
+  for (int idx = 0; idx < NT * 4; ++idx) {
+    const int e = idx & 3;
+    if (visible(m, dm, b, i + (e >= 2 ? 8 : 0), j0 + 8 * (idx >> 2) + 2 * cq + (e & 1))) bits |= uint64_t{1} << idx;
+  }
+  return bits;
+}
+__device__ __forceinline__ bool bit_set(uint64_t bits, int idx) { return (bits >> idx) & 1; }
+
 // True when every (query, key) pair of the rectangle [i0, i1] x [j0, j1] (valid indices, i1 < Sq,
 // j1 < Sk) passes the positional part of the mask; key_valid and document ids are not covered.
 // Blocks only add visible pairs, so a rectangle the causal band covers stays fully visible.
@@ -44,6 +63,22 @@ __device__ __forceinline__ bool rect_fully_visible(const MaskDev& m, int i0, int
   if (m.causal) return ka1 <= qa0 && (m.window == 0 || qa1 - ka0 < m.window);
   if (m.window == 0) return true;
   return qa1 - ka0 < m.window && ka1 - qa0 < m.window;
+}
+
+// True when the mask hides nothing in the tile [i0, i1] x [j0, j1] (valid indices, i1 < Sq,
+// j1 < Sk) of batch row b, so that it needs no element-wise mask: within the positional band, no
+// key_valid, and either no documents or, the row's ids sorted (each document contiguous), one
+// document for all its queries and keys. In a packed row only the tiles that straddle a document
+// boundary are then masked element by element.
+__device__ __forceinline__ bool tile_fully_visible(const MaskDev& m, const Dims& dm, int b, int i0, int i1, int j0,
+                                                   int j1) {
+  if (m.key_valid != nullptr || !rect_fully_visible(m, i0, i1, j0, j1)) return false;
+  if (m.q_doc == nullptr) return true;
+  if (m.docs_sorted[b] == 0) return false;
+  const int32_t* qd = m.q_doc + static_cast<long long>(b) * dm.sq;
+  const int32_t* kd = m.k_doc + static_cast<long long>(b) * dm.sk;
+  const int32_t doc = qd[i0];
+  return qd[i1] == doc && kd[j0] == doc && kd[j1] == doc;
 }
 
 __host__ __device__ constexpr long long min_ll(long long x, long long y) { return x < y ? x : y; }
