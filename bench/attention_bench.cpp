@@ -117,7 +117,7 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   }
   // Both backward kernels; the op's automatic choice is marked with '*'.
   using g4::ops::cuda::BackwardKernel;
-  const BackwardKernel chosen = g4::ops::cuda::automatic_backward_kernel(d, d);
+  const BackwardKernel chosen = g4::ops::cuda::automatic_backward_kernel(d, d, window, S);
   for (const BackwardKernel kernel : {BackwardKernel::flash, BackwardKernel::key_chunked}) {
     const double bwd_ms = time_ms(
         [&] { g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel); }, iters);

@@ -19,12 +19,14 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 
 // Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
 // products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,
-// 0 for the default). automatic: the chunked one from head dim 256 up, where it is faster (at 256:
-// 1.3-1.6x at causal S 1024-8192, equal under a 1024-key window at S 8192; H100).
+// 0 for the default). automatic (bench_attention, H100): the chunked one above head dim 256, and
+// at 256 unless a sliding window spans under a quarter of the keys (1.3-1.6x the flash one,
+// causal S 1024-8192); the flash one otherwise — the chunked one's products span whole chunks of
+// keys, and under a 1024-key window it measured equal at S 4096 and 7% slower at 8192.
 enum class BackwardKernel { automatic, flash, key_chunked };
 
-// The kernel `automatic` stands for with head dims d (q, k) and dv (v).
-BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv);
+// The kernel `automatic` stands for with head dims d (q, k) and dv (v), the mask's window and Sk.
+BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv, int64_t window, int64_t sk);
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, const AttentionMask& mask, double scale, Tensor& dq, Tensor& dk,

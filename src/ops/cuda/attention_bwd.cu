@@ -250,7 +250,7 @@ void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& d
 }
 
 void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk) {
-  if (kernel == BackwardKernel::automatic) kernel = automatic_backward_kernel(a.dims.d, a.dims.dv);
+  if (kernel == BackwardKernel::automatic) kernel = automatic_backward_kernel(a.dims.d, a.dims.dv, a.mask.window, a.dims.sk);
   if (kernel == BackwardKernel::key_chunked) {
     backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims));
   } else {
@@ -284,8 +284,10 @@ namespace g4::ops::cuda {
 
 // Above 256 the flash backward's dK/dV tiles no longer fit the registers (docs/performance.md:
 // d 512 at S 8192, 27.6 against 7.6 ms); at 256 and below it wins on training steps.
-BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv) {
-  return (d > dv ? d : dv) >= 256 ? BackwardKernel::key_chunked : BackwardKernel::flash;
+BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv, int64_t window, int64_t sk) {
+  const int64_t hd = d > dv ? d : dv;
+  const bool narrow_window = window > 0 && 4 * window < sk;
+  return hd > 256 || (hd == 256 && !narrow_window) ? BackwardKernel::key_chunked : BackwardKernel::flash;
 }
 
 }  // namespace g4::ops::cuda
