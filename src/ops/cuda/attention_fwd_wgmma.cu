@@ -18,9 +18,9 @@
 // The pipelined one (see Cfg) takes 32-key tiles, two buffers, and overlaps each tile's exchange
 // and softmax with the previous tile's P·V.
 //
-// Which is faster (bench_attention, one H100, S 8192 causal): at head dim 512 the serial one, 2.88
-// ms against 3.19 (the pipelined one's 32-key tiles make the S products too narrow); at 256 the
-// pipelined one, 1.03 ms against 1.17. The op runs those (ops/cuda/attention.h). Two variants
+// Which is faster (bench_attention, one H100, S 8192 causal): at head dim 512 the serial one, 2.89
+// ms against 3.32 (the pipelined one's 32-key tiles make the S products too narrow); at 256 the
+// pipelined one, 1.04 ms against 1.18. The op runs those (ops/cuda/attention.h). Two variants
 // measured no faster and were dropped: the serial schedule with two buffers (so single buffering
 // is not what limits it), and FlashAttention-3's ping-pong, the warpgroups taking turns through
 // named barriers to issue their GEMMs (1.03 ms either way at 256).
@@ -29,7 +29,7 @@
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
 // of them; a buffer is then refilled when the warpgroups of every CTA have released it (one
 // arrival per consumer warp on each CTA's empty barrier). Measured on an H100 at S 8192 causal
-// (GQA 8), head dim 512: 2.88 ms alone, 4.86 ms in pairs, 7.21 ms in fours — lockstepping CTAs
+// (GQA 8), head dim 512: 2.89 ms alone, 4.91 ms in pairs, 7.34 ms in fours — lockstepping CTAs
 // only adds waits. So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
@@ -38,7 +38,7 @@
 // The tile loops are unrolled and must stay small: the instruction cache is the first limit of
 // this kernel. With the mask's per-element test inlined into every element, fetching instructions
 // stalled the warps 27% (serial) to 56% (pipelined) of their cycles, and head dim 256 ran at 300
-// TFLOP/s; with the test in one compact loop, 530.
+// TFLOP/s at best; with the test in one compact loop, 530.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
