@@ -131,6 +131,22 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
                 kernel == BackwardKernel::flash ? "flash" : "chunked", kernel == chosen ? "*" : " ", bwd_ms,
                 2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms, 3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
   }
+  // Under a sliding window each chunk's products cover its keys against every query that may see
+  // one of them (the chunk plus the window): smaller chunks waste less of that rectangle, but each
+  // chunk reads and writes the dQ accumulator rows it reaches. Smaller chunks beside the default,
+  // for choosing it.
+  if (window > 0) {
+    for (const int chunk : {256, 512}) {
+      const double ms = time_ms(
+          [&] {
+            g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv,
+                                              BackwardKernel::key_chunked, chunk);
+          },
+          iters);
+      std::printf("      backward chunked, %4d-key chunks     %8.3f ms %6.1f TFLOP/s\n", chunk, ms,
+                  2.5 * fwd_flops / ms * 1e-9);
+    }
+  }
 }
 
 }  // namespace
