@@ -250,7 +250,8 @@ void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& d
 }
 
 void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk) {
-  if (kernel == BackwardKernel::automatic) kernel = automatic_backward_kernel(a.dims.d, a.dims.dv, a.mask.window, a.dims.sk);
+  if (kernel == BackwardKernel::automatic)
+    kernel = automatic_backward_kernel(a.dims.d, a.dims.dv, a.mask.window, a.dims.sk);
   if (kernel == BackwardKernel::key_chunked) {
     backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims));
   } else {
@@ -283,7 +284,8 @@ void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float sca
 namespace g4::ops::cuda {
 
 // Above 256 the flash backward's dK/dV tiles no longer fit the registers (docs/performance.md:
-// d 512 at S 8192, 27.6 against 7.6 ms); at 256 and below it wins on training steps.
+// d 512 at S 8192, 27.9 against 7.7 ms). At 256 the chunked one wins unless a narrow sliding window
+// leaves most of each chunk's query x key rectangle hidden; below 256 the flash one runs.
 BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv, int64_t window, int64_t sk) {
   const int64_t hd = d > dv ? d : dv;
   const bool narrow_window = window > 0 && 4 * window < sk;
