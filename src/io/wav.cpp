@@ -1,6 +1,7 @@
 #include "io/wav.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -105,6 +106,11 @@ Waveform parse_wav(std::string_view bytes, const std::string& what) {
     double sum = 0;
     for (int ch = 0; ch < channels; ++ch) sum += sample_value(d + i * frame_bytes + size_t(ch) * (bits / 8), format, bits);
     w.samples[i] = float(sum / channels);
+    // Float files can hold NaN and infinities (or doubles past float's range): every feature
+    // frame they reach would be NaN, so the clip is refused rather than trained or prompted on.
+    G4_CHECK(std::isfinite(w.samples[i]), what, ": sample ", i, " (", i / double(rate), " s) is ",
+             std::isnan(w.samples[i]) ? "NaN" : "infinite or beyond float's range",
+             "; audio samples must be finite numbers");
   }
   return w;
 }

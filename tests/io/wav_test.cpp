@@ -140,5 +140,22 @@ TEST(Wav, HostileHeadersGiveClearErrors) {
   EXPECT_NE(test::error_of([] { io::read_wav("/nonexistent/x.wav"); }).find("/nonexistent/x.wav"), std::string::npos);
 }
 
+// Found by fuzzing (fuzz/wav_decode.cpp): float files holding NaN or infinity, or doubles past
+// float's range, gave log-mel features of NaN; they are refused, naming the sample and its time.
+TEST(Wav, NonFiniteSamplesAreRefused) {
+  auto f32 = [](std::vector<float> xs) { return std::string(reinterpret_cast<const char*>(xs.data()), 4 * xs.size()); };
+  auto err = [](const std::string& bytes) { return test::error_of([&] { io::parse_wav(bytes, "nan.wav"); }); };
+  const std::string nan = err(make_wav(3, 1, 16000, 32, f32({0.25f, std::nanf(""), 0.5f})));
+  EXPECT_NE(nan.find("nan.wav: sample 1 ("), std::string::npos) << nan;
+  EXPECT_NE(nan.find("is NaN"), std::string::npos) << nan;
+  const std::string inf = err(make_wav(3, 2, 8000, 32, f32({0.f, 0.f, 0.1f, INFINITY})));
+  EXPECT_NE(inf.find("sample 1 (0.000125 s) is infinite"), std::string::npos) << inf;
+  const double big = 1e300;
+  EXPECT_NE(err(make_wav(3, 1, 16000, 64, std::string(reinterpret_cast<const char*>(&big), 8))).find("beyond float"),
+            std::string::npos);
+  // Large but finite samples stay as they are (soundfile does not clip float files either).
+  EXPECT_EQ(io::parse_wav(make_wav(3, 1, 16000, 32, f32({3.5f})), "loud.wav").samples, std::vector<float>{3.5f});
+}
+
 }  // namespace
 }  // namespace g4
