@@ -20,9 +20,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 // Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
 // products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,
 // 0 for the default). automatic (bench_attention, H100): the chunked one above head dim 256, and
-// at 256 unless a sliding window spans under a quarter of the keys (1.3-1.6x the flash one,
+// at 256 unless a sliding window spans at most a quarter of the keys (1.3-1.6x the flash one,
 // causal S 1024-8192); the flash one otherwise — the chunked one's products span whole chunks of
-// keys, and under a 1024-key window it measured equal at S 4096 and 7% slower at 8192.
+// keys, and under a 1024-key window it measured equal at S 4096 and 7% slower at 8192. So Gemma
+// 4's sliding layers train on the flash one at the usual lengths.
 enum class BackwardKernel { automatic, flash, key_chunked };
 
 // The kernel `automatic` stands for with head dims d (q, k) and dv (v), the mask's window and Sk.

@@ -284,11 +284,13 @@ void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float sca
 namespace g4::ops::cuda {
 
 // Above 256 the flash backward's dK/dV tiles no longer fit the registers (docs/performance.md:
-// d 512 at S 8192, 27.9 against 7.7 ms). At 256 the chunked one wins unless a narrow sliding window
-// leaves most of each chunk's query x key rectangle hidden; below 256 the flash one runs.
+// d 512 at S 8192, 27.9 against 7.7 ms). At 256 the chunked one wins unless a sliding window of at
+// most a quarter of the keys leaves most of each chunk's query x key rectangle hidden; there the two
+// tie alone (S 4096, window 1024) or the flash one wins (S 8192: 7%), and a training step with
+// packed documents measured the flash one 1-2% faster (2026-11-23). Below 256 the flash one runs.
 BackwardKernel automatic_backward_kernel(int64_t d, int64_t dv, int64_t window, int64_t sk) {
   const int64_t hd = d > dv ? d : dv;
-  const bool narrow_window = window > 0 && 4 * window < sk;
+  const bool narrow_window = window > 0 && 4 * window <= sk;
   return hd > 256 || (hd == 256 && !narrow_window) ? BackwardKernel::key_chunked : BackwardKernel::flash;
 }
 
