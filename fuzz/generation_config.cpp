@@ -2,6 +2,7 @@
 // reader applies, then parse_generation_config, which must refuse what transformers' validate()
 // refuses with a g4::Error and nothing else.
 #include "diffusion/generation_config.h"
+
 #include "fuzz_common.h"
 #include "io/json_input.h"
 

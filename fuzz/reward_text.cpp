@@ -35,7 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   in.response = nl == std::string_view::npos ? std::string() : std::string(text.substr(nl + 1));
   in.prompt = "fuzz";
   nlohmann::json numbers = nlohmann::json::array();
-  for (size_t i = 0; i < in.answer.size() && i < 6; ++i) numbers.push_back(static_cast<unsigned char>(in.answer[i]) % 100);
+  for (size_t i = 0; i < in.answer.size() && i < 6; ++i)
+    numbers.push_back(static_cast<unsigned char>(in.answer[i]) % 100);
   in.extra = {{"numbers", numbers}, {"target", static_cast<int64_t>(size % 1000)}};
   g4::fuzz::expect_g4_errors_only([&] { (void)g4::rl::normalize_final_answer(in.response); });
   g4::fuzz::expect_g4_errors_only([&] {
