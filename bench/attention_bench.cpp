@@ -149,6 +149,32 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   }
 }
 
+// One forward and one backward of the op (its automatic kernels) on each shape of length S, nothing
+// timed: the launches a kernel profiler (Nsight Compute) captures one by one, without counting past
+// warm-ups (scripts/gpu_checks.sh attention-profile).
+void run_once(int64_t S) {
+  struct Shape {
+    int64_t nKV, d, window;
+  };
+  for (const Shape sh : {Shape{8, 256, 0}, Shape{8, 256, 1024}, Shape{2, 512, 0}}) {
+    if (g_only_d != 0 && sh.d != g_only_d) continue;
+    g4::ops::AttentionMask mask;
+    mask.causal = true;
+    mask.window = sh.window;
+    const double std_qk = 1.0 / std::sqrt(std::sqrt(static_cast<double>(sh.d)));
+    const int64_t nH = 16;
+    const Tensor q = random_gpu({1, S, nH, sh.d}, 1, std_qk), k = random_gpu({1, S, sh.nKV, sh.d}, 2, std_qk),
+                 v = random_gpu({1, S, sh.nKV, sh.d}, 3, 1.0), dout = random_gpu({1, S, nH, sh.d}, 4, 1.0);
+    Tensor lse, dq, dk, dv;
+    const Tensor out = g4::ops::attention(q, k, v, mask, 1.0, &lse);
+    g4::ops::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv);
+    G4_CUDA_CHECK(cudaStreamSynchronize(g4::cuda::stream()));
+    std::printf("once: S=%lld nH=%lld nKV=%lld d=%lld window %lld\n", static_cast<long long>(S),
+                static_cast<long long>(nH), static_cast<long long>(sh.nKV), static_cast<long long>(sh.d),
+                static_cast<long long>(sh.window));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,13 +183,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   int iters = 10;
+  int64_t once = 0;  // --once S: see run_once
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--profile")
       g_profile = true;
     else if (std::string(argv[i]) == "--d" && i + 1 < argc)
       g_only_d = std::atoll(argv[++i]);
+    else if (std::string(argv[i]) == "--once" && i + 1 < argc)
+      once = std::atoll(argv[++i]);
     else
       iters = std::atoi(argv[i]);
+  }
+  if (once > 0) {
+    run_once(once);
+    return 0;
   }
   for (int64_t S : {1024, 4096, 8192}) {
     bench(S, 16, 8, 256, 0, iters);

@@ -10,7 +10,7 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention. (PEFT reload parity needs no GPU:
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -70,7 +70,13 @@ stage() {
     attention)  # issue 18: the attention tests, then g4's kernels and PyTorch SDPA's backends in one session
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.*' && $run bench_attention &&
         $run bash -c 'LD_LIBRARY_PATH="$G4_PYTHON_LD_LIBRARY_PATH" python3 tools/bench_torch_attention.py' ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention)" >&2
+    attention-profile)  # Nsight Compute on one forward and backward of each attention shape at S 8192: how busy the
+      # tensor pipes are and why the warps stall (an instruction-fetch stall is how the wgmma forward's oversized
+      # tile loops showed, docs/performance.md)
+      $run /usr/local/cuda/bin/ncu --kernel-name-base mangled --kernel-name 'regex:fwd_wgmma|fwd_kernel|bwd_kernel|score_kernel' \
+        --metrics 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct' \
+        bench_attention --once 8192 ;;
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile)" >&2
        return 2 ;;
   esac
 }
