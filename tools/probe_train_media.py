@@ -246,6 +246,9 @@ def media_table():
         ("24-bit WAV", {"b24.wav": wav(4000, bits=24)}, rows1(audio("b24.wav"), "What?"), None, ()),
         ("float32 WAV", {"f32.wav": wav(4000, bits=32, fmt=3)}, rows1(audio("f32.wav"), "What?"), None, ()),
         ("float64 WAV", {"f64.wav": wav(4000, bits=64, fmt=3)}, rows1(audio("f64.wav"), "What?"), None, ()),
+        # the header is 44 bytes: sample 100 of a mono float32 file starts at byte 444
+        ("float WAV with a NaN sample", {"nan.wav": (lambda b: b[:444] + struct.pack("<f", float("nan")) + b[448:])(
+            wav(4000, bits=32, fmt=3))}, rows1(audio("nan.wav"), "What?"), err + ["nan.wav", "sample 100", "NaN"], ()),
         ("WAV at 44.1 kHz (resampled)", {"cd.wav": wav(11025, rate=44100)}, rows1(audio("cd.wav"), "What?"), None,
          ()),
         ("WAV at a sample rate of 0", {"r0.wav": wav(4000, rate=0)}, rows1(audio("r0.wav"), "What?"),
