@@ -10,7 +10,7 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile. (PEFT reload parity needs no GPU:
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -76,7 +76,13 @@ stage() {
       $run /usr/local/cuda/bin/ncu --kernel-name-base mangled --kernel-name 'regex:fwd_wgmma|fwd_kernel|bwd_kernel|score_kernel' \
         --metrics 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct' \
         bench_attention --once 8192 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile)" >&2
+    decode-profile)  # the same for the batch-1 decode kernels bench_gemv runs first: the dense GEMV, then the routed
+      # experts' two kernels at one token (48-55% of a copy's bandwidth, docs/performance.md)
+      local m='sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
+      $run /usr/local/cuda/bin/ncu --kernel-name 'regex:gemv' --launch-count 2 --metrics "$m" bench_gemv 3 &&
+        $run /usr/local/cuda/bin/ncu --kernel-name 'regex:gate_up_kernel|down_kernel' --launch-count 2 --metrics "$m" \
+          bench_gemv 3 ;;
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile)" >&2
        return 2 ;;
   esac
 }
