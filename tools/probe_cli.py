@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Attacks `g4 generate`, `g4 forward`, `g4 inspect` and `g4 convert` on the CPU with bad input and interruptions.
 
-Usage: python3 tools/probe_cli.py [--g4 build-cpu/g4] [--only NAME[,NAME...]] [--keep DIR]
+Usage: python3 tools/probe_cli.py [--g4 build-cpu/g4] [--only NAME[,NAME...]] [--work DIR] [--list]
 
 Every case runs the real binary on the tiny test fixtures (tiny-dense-ple with the serve test's 256-token tokenizer,
 the same without a tokenizer, tiny-mm-e with its media tokens, tiny-dg-a for diffusion) and states what it expects:
 exit status 1 with an error naming the file, key, flag or shape; or a success whose output is checked. A case that
 crashes (a signal, an abort), hangs (60 s), prints a library's exception text instead of g4's, succeeds where it
 must refuse, or loses a file the user wrote is a DEFECT. One line per case; the exit status is 1 when any case is a
-DEFECT. `--only` takes case names or prefixes (`--only gen.prompts` runs that group). No torch needed; not part of CI
+DEFECT. `--only` takes parts of case names (`--only gen.prompts` runs that group). No torch needed; not part of CI
 (each defect found here has a unit test in tests/cli/cli_test.cpp or tests/serve/request_test.cpp).
 """
 import json, os, shutil, signal, struct, subprocess, sys, time
@@ -16,12 +16,12 @@ import json, os, shutil, signal, struct, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directories)
-from probe_commands import (CaseEnv, CaseTable, Defect, clean, error_line, refused, succeeds,  # noqa: E402
+from probe_commands import (CaseEnv, Cases, Defect, clean, error_line, refused, succeeds,  # noqa: E402
                             write_safetensors)
 
 DATA = os.path.join(ROOT, "tests", "data")
 PROC = os.path.join(DATA, "hf-gemma4-mm", "processor")
-TABLE = CaseTable()
+TABLE = Cases("cli")
 case = TABLE.case
 
 
@@ -1063,4 +1063,4 @@ def _(env):
 # ------------------------------------------------------------------------------------------ main
 
 if __name__ == "__main__":
-    TABLE.main(__doc__, Env, "g4_probe_cli_")
+    TABLE.main(__doc__, lambda g4, work, a: Env(g4.binary, work))

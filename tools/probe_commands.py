@@ -1,8 +1,8 @@
 """What the command probes share: running the g4 binary, recording one PASS/DEFECT line per case, expecting a clear
 error or a success, and checking what a run left on disk (whole checkpoints, the complete lines of metrics.jsonl)
-after it was interrupted. Two forms of case table: Cases (probe_train.py, probe_rl.py, probe_train_media.py: sections
-of cases that record their own findings, with interruption trials) and CaseTable (probe_cli.py, probe_misc.py: one
-command line per case, a case raising Defect).
+after it was interrupted. One table of cases, Cases, runs every probe but probe_train.py: in sections of cases that
+record their own findings, with interruption trials (probe_rl.py, probe_train_media.py), or as cases that each return a
+note or raise Defect in a scratch folder of their own (probe_cli.py, probe_misc.py).
 
 A case fails when g4 crashes (a signal, an abort), prints a library's exception text instead of its own error, exits
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
@@ -278,27 +278,62 @@ def nest(r, dotted, value):
 
 
 class Cases:
-    """A probe's cases in order, (section, name, fn(ctx)) each; `@cases.add(section, name)` registers one."""
+    """A probe's cases in order, run by main(). Two ways to write a case:
+    - `@cases.add(section, name)`: fn(ctx) records its own findings (record(); several per case if it likes);
+    - `@cases.case(name)`: fn(env) returns a note (PASS) or raises Defect; env is a copy of the context (a CaseEnv)
+      with a scratch folder of the case's own, `env.dir`, and the finding is recorded under the table's section.
+    An exception a case did not mean to raise is a DEFECT too (a probe that breaks is reported, not hidden)."""
 
-    def __init__(self):
-        self.table = []
+    def __init__(self, section="cases"):
+        self.section = section
+        self.table = []  # (section, name, fn, own_dir)
 
     def add(self, section, name):
         def register(fn):
-            self.table.append((section, name, fn))
+            self.table.append((section, name, fn, False))
             return fn
         return register
 
-    def main(self, doc, kills, sections, make_ctx):
-        """Parses the shared options plus --only / --list, runs the selected cases with the context
-        make_ctx(g4, work, args) builds (a case that raises is a DEFECT too) and exits with summarize's status."""
-        import random, sys, tempfile
-        ap = command_probe_parser(doc, kills, sections)
-        ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
+    def case(self, name):
+        def register(fn):
+            self.table.append((self.section, name, fn, True))
+            return fn
+        return register
+
+    def run_case(self, section, name, fn, own_dir, ctx, work):
+        try:
+            if not own_dir:
+                fn(ctx)
+                return
+            env = type(ctx).__new__(type(ctx))
+            env.__dict__.update(ctx.__dict__)
+            env.dir = os.path.join(work, "cases", name)
+            os.makedirs(env.dir, exist_ok=True)
+            try:
+                record(section, name, True, fn(env) or "")
+            except Defect as e:
+                record(section, name, False, str(e))
+        except Exception as e:  # noqa: BLE001 - a probe that breaks is a finding too
+            record(section, name, False, f"the probe itself failed: {type(e).__name__}: {e}")
+
+    def main(self, doc, make_ctx, kills=None, sections=None):
+        """Parses the options (--g4, --work, --seed, --only, --list; a command probe's --kills and --sections when
+        `kills` is given), builds the context with make_ctx(G4, work, args) (args.rng: a Random of the seed), runs the
+        selected cases and exits with summarize's status."""
+        import random, sys
+        if kills is not None:
+            ap = command_probe_parser(doc, kills, sections)
+        else:
+            ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+            ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu/g4"))
+            ap.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, "
+                                                         "removed if clean)")
+            ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--only", default="", help="comma-separated parts of case names: run the cases named so")
         ap.add_argument("--list", action="store_true", help="list the cases")
         a = ap.parse_args()
         if a.list:
-            for sec, name, _ in self.table:
+            for sec, name, _, _ in self.table:
                 print(f"[{sec}] {name}")
             return
         script = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # probe_rl -> /tmp/probe_rl_XXXX
@@ -306,18 +341,17 @@ class Cases:
         os.makedirs(work, exist_ok=True)
         a.rng = random.Random(a.seed)
         ctx = make_ctx(G4(os.path.abspath(a.g4), work), work, a)
-        chosen = a.sections.split(",")
-        for sec, name, fn in self.table:
-            if sec in chosen and (a.only is None or a.only in name):
-                try:
-                    fn(ctx)
-                except Exception as e:  # noqa: BLE001 - a probe that breaks is a finding too
-                    record(sec, name, False, f"the probe itself failed: {type(e).__name__}: {e}")
+        chosen = a.sections.split(",") if kills is not None else None
+        only = [o for o in a.only.split(",") if o]
+        t0 = time.time()
+        for sec, name, fn, own_dir in self.table:
+            if (chosen is None or sec in chosen) and (not only or any(o in name for o in only)):
+                self.run_case(sec, name, fn, own_dir, ctx, work)
+        print(f"({time.time() - t0:.0f} s)")
         sys.exit(summarize(work, a.work))
 
 
-# ------------------------------------------------------------------------------ a table of named cases (probe_cli.py,
-# probe_misc.py): each case is a function of a CaseEnv that returns a note or raises Defect
+# ---------------------------------------------------------------- the helpers of cases that raise Defect (Cases.case)
 
 class Defect(Exception):
     pass
@@ -379,53 +413,3 @@ def succeeds(env, args, timeout=60, extra_env=None):
         raise Defect(f"rc {rc}: {out[-500:]!r}")
     clean(out)
     return out
-
-
-class CaseTable:
-    """Cases registered with @table.case(name), run in order by table.main(): one PASS/DEFECT line each, the defects
-    again at the end, exit status 1 when any."""
-
-    def __init__(self):
-        self.cases = []
-
-    def case(self, name):
-        def wrap(fn):
-            self.cases.append((name, fn))
-            return fn
-        return wrap
-
-    def main(self, doc, make_env, scratch_prefix):
-        """make_env(g4, scratch) -> the CaseEnv every case copies (with its own `dir`)."""
-        import shutil, sys
-        ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-        ap.add_argument("--g4", default=os.path.join(ROOT, "build-cpu", "g4"))
-        ap.add_argument("--only", default="", help="comma-separated case names or prefixes")
-        ap.add_argument("--keep", default="", help="keep the scratch folder here")
-        args = ap.parse_args()
-        scratch = tempfile.mkdtemp(prefix=scratch_prefix)
-        base = make_env(os.path.abspath(args.g4), scratch)
-        only = [s for s in args.only.split(",") if s]
-        results, t0 = [], time.time()
-        for name, fn in self.cases:
-            if only and not any(name.startswith(o) for o in only):
-                continue
-            env = type(base).__new__(type(base))
-            env.__dict__.update(base.__dict__)
-            env.dir = os.path.join(scratch, "cases", name)
-            os.makedirs(env.dir)
-            try:
-                detail, ok = fn(env) or "", True
-            except Defect as e:
-                detail, ok = str(e), False
-            except Exception as e:  # noqa: BLE001 - a probe that breaks is reported, not hidden
-                detail, ok = f"probe error {type(e).__name__}: {e}", False
-            results.append((name, ok, detail))
-            print(f"{'PASS  ' if ok else 'DEFECT'} {name}" + (f": {detail}" if detail else ""), flush=True)
-        bad = [r for r in results if not r[1]]
-        print(f"\n{len(results)} cases, {len(bad)} defects, {time.time() - t0:.0f} s")
-        for name, _, detail in bad:
-            print(f"  DEFECT {name}: {detail[:300]}")
-        if args.keep:
-            shutil.copytree(scratch, args.keep, dirs_exist_ok=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-        sys.exit(1 if bad else 0)

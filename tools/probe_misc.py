@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Attacks `g4 eval`, `g4 launch`, `g4 task` and `g4 bench` on the CPU with bad input and interruptions.
 
-Usage: python3 tools/probe_misc.py [--g4 build-cpu/g4] [--only NAME[,NAME...]] [--keep DIR]
+Usage: python3 tools/probe_misc.py [--g4 build-cpu/g4] [--only NAME[,NAME...]] [--work DIR] [--list]
 
 Every case runs the real binary on the tiny test fixtures (tiny-dense-ple with the serve test's 256-token tokenizer,
 the tiny-moe training recipe of probe_train.py for multi-rank runs) and states what it expects: exit status 1 (or
 CLI11's usage code) with an error naming the file, key, flag or shape; or a success whose output is checked. A case
 that crashes (a signal, an abort), hangs, prints a library's exception text instead of g4's, succeeds where it must
 refuse, leaves processes behind or loses a file the user wrote is a DEFECT. One line per case; the exit status is 1
-when any case is a DEFECT. `--only` takes case names or prefixes (`--only launch` runs that group). No torch and no
+when any case is a DEFECT. `--only` takes parts of case names (`--only launch` runs that group). No torch and no
 GPU needed (the bench cases check that GPU benchmarks refuse bad flags, and say that there is no GPU, on a machine
 without one); not part of CI (each defect found here has a unit test in tests/cli).
 """
@@ -17,12 +17,12 @@ import json, math, os, re, signal, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directory)
-from probe_commands import CaseEnv, CaseTable, Defect, clean, error_line, refused, succeeds  # noqa: E402
+from probe_commands import CaseEnv, Cases, Defect, clean, error_line, refused, succeeds  # noqa: E402
 from probe_train import write_recipe  # noqa: E402  (the tiny-moe recipe that trains in seconds on the CPU)
 
 DATA = os.path.join(ROOT, "tests", "data")
 GENESIS = os.path.join(DATA, "text", "genesis.txt")
-TABLE = CaseTable()
+TABLE = Cases("misc")
 case = TABLE.case
 
 
@@ -712,4 +712,4 @@ def _(env):
 
 
 if __name__ == "__main__":
-    TABLE.main(__doc__, Env, "g4_probe_misc_")
+    TABLE.main(__doc__, lambda g4, work, a: Env(g4.binary, work))

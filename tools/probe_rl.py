@@ -159,7 +159,7 @@ RECIPE_ERRORS = [
 for _over, _wants in RECIPE_ERRORS:
     def _fn(ctx, over=_over, wants=_wants):
         expect_error("recipe", " ".join(over), ctx.g4, ctx.args(" ".join(over), *over), wants)
-    CASES.table.append(("recipe", " ".join(_over), _fn))
+    CASES.add("recipe", " ".join(_over))(_fn)
 
 
 @case("recipe", "loss_fn.ratio_clip_min=1.5 (lower clip below 0: off, never inverted)")
@@ -257,7 +257,7 @@ for _name, _data, _over, _wants in DATA_CASES:
             expect_success("data", name, ctx.g4, args, ["skipped"] if "skipped" in name else [])
         else:
             expect_error("data", name, ctx.g4, args, wants)
-    CASES.table.append(("data", _name, _fn))
+    CASES.add("data", _name)(_fn)
 
 
 @case("data", "validation file with 0 prompts")
@@ -329,7 +329,7 @@ REWARD_ERRORS = [
 for _name, _cmd, _over, _wants in REWARD_ERRORS:
     def _fn(ctx, name=_name, cmd=_cmd, over=_over, wants=_wants):
         expect_error("reward", name, ctx.g4, command_args(ctx, name, cmd, *over), wants)
-    CASES.table.append(("reward", _name, _fn))
+    CASES.add("reward", _name)(_fn)
 
 
 @case("reward", "reward.timeout_s=1e12 (meant as never)")
@@ -462,7 +462,7 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
         record("reward", f"{sig.name} while the reward program runs: step 1's checkpoint whole",
                [os.path.basename(c) for c in ck] == ["step-00000001"] and not checkpoint_problems(run),
                f"checkpoints {ck}, damaged {checkpoint_problems(run)}")
-    CASES.table.append(("reward", f"{_sig.name} while the reward program runs", _fn))
+    CASES.add("reward", f"{_sig.name} while the reward program runs")(_fn)
 
 
 # -------------------------------------------------------------------------------------------- rundir and resume
@@ -663,8 +663,8 @@ def _(ctx):
 # ---------------------------------------------------------------------------------------------------------- main
 
 def main():
-    CASES.main(__doc__, 4, "recipe,data,reward,resume,degenerate",
-               lambda g4, work, a: Ctx(g4, work, a.rng, a.kills))
+    CASES.main(__doc__, lambda g4, work, a: Ctx(g4, work, a.rng, a.kills), kills=4,
+               sections="recipe,data,reward,resume,degenerate")
 
 
 if __name__ == "__main__":

@@ -428,7 +428,7 @@ def mm_args(ctx, name, *over):
 for _over, _wants in MM_RECIPE_ERRORS:
     def _fn(ctx, over=_over, wants=_wants):
         expect_error("mmrecipe", " ".join(over), ctx.g4, mm_args(ctx, " ".join(over), *over), wants)
-    CASES.table.append(("mmrecipe", " ".join(_over), _fn))
+    CASES.add("mmrecipe", " ".join(_over))(_fn)
 
 
 @case("mmrecipe", "images for a text-only model")
@@ -528,7 +528,7 @@ DLLM_RECIPE_ERRORS = [
 for _over, _wants in DLLM_RECIPE_ERRORS:
     def _fn(ctx, over=_over, wants=_wants):
         expect_error("dllm", " ".join(over), ctx.g4, dllm_args(ctx, " ".join(over), *over), wants)
-    CASES.table.append(("dllm", " ".join(_over), _fn))
+    CASES.add("dllm", " ".join(_over))(_fn)
 
 
 @case("dllm", "the adapted checkpoint trains; extremes of the draws")
@@ -616,7 +616,7 @@ for _name, _file, _data, _over, _wants in DLLM_DATA:
             expect_success("dllm", name + ": trains", ctx.g4, args)
         else:
             expect_error("dllm", name, ctx.g4, args, wants)
-    CASES.table.append(("dllm", _name, _fn))
+    CASES.add("dllm", _name)(_fn)
 
 
 # ------------------------------------------------------------------------------------------------------- interrupt
@@ -697,7 +697,7 @@ def _(ctx):
 
 
 def main():
-    CASES.main(__doc__, 4, "media,mmrecipe,dllm,interrupt", Ctx)
+    CASES.main(__doc__, Ctx, kills=4, sections="media,mmrecipe,dllm,interrupt")
 
 
 if __name__ == "__main__":
