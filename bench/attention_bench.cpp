@@ -22,8 +22,8 @@
 
 namespace {
 
-using g4::DType;
 using g4::Device;
+using g4::DType;
 using g4::Tensor;
 
 Tensor random_gpu(const g4::Shape& shape, uint64_t seed, double std) {
@@ -60,7 +60,8 @@ void print_profile(const std::function<void()>& fn) {
                 static_cast<long long>(prof.kernels[i].count), prof.kernels[i].name.c_str());
 }
 
-// `docs` (lengths adding up to S): a packed row, causal within each document and none across.
+// `docs` (lengths adding up to S): a packed row, causal within each document and none across; the
+// window, if any, applies within each document.
 void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int iters,
            const std::vector<int64_t>& docs = {}) {
   if (g_only_d != 0 && d != g_only_d) return;
@@ -68,18 +69,15 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   g4::ops::AttentionMask mask;
   mask.causal = true;
   mask.window = window;
-  double pairs = 0.5 * static_cast<double>(S) * static_cast<double>(S);
-  if (window > 0) {
-    pairs = 0;
-    for (int64_t i = 0; i < S; ++i) pairs += static_cast<double>(i + 1 < window ? i + 1 : window);
-  }
+  // The visible (query, key) pairs: query t of its document sees min(t + 1, window) keys.
+  const std::vector<int64_t> lengths = docs.empty() ? std::vector<int64_t>{S} : docs;
+  double pairs = 0;
+  for (const int64_t len : lengths)
+    for (int64_t t = 0; t < len; ++t) pairs += static_cast<double>(window > 0 && t + 1 > window ? window : t + 1);
   if (!docs.empty()) {
     std::vector<int32_t> ids;
-    pairs = 0;
-    for (size_t n = 0; n < docs.size(); ++n) {
+    for (size_t n = 0; n < docs.size(); ++n)
       ids.insert(ids.end(), static_cast<size_t>(docs[n]), static_cast<int32_t>(n));
-      pairs += 0.5 * static_cast<double>(docs[n]) * static_cast<double>(docs[n] + 1);
-    }
     mask.q_doc = Tensor::from_vector<int32_t>(ids, {1, S}).to(g4::Device::CUDA);
     mask.k_doc = mask.q_doc;
   }
@@ -90,9 +88,8 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
                v = random_gpu({B, S, nKV, d}, 3, 1.0), dout = random_gpu({B, S, nH, d}, 4, 1.0);
   Tensor lse, out, dq, dk, dv;
   const double fwd_ms = time_ms([&] { out = g4::ops::attention(q, k, v, mask, 1.0, &lse); }, iters);
-  const std::string what = window > 0    ? "window " + std::to_string(window)
-                           : docs.empty() ? std::string("causal")
-                                          : std::to_string(docs.size()) + " documents";
+  std::string what = window > 0 ? "window " + std::to_string(window) : std::string(docs.empty() ? "causal" : "");
+  if (!docs.empty()) what += (what.empty() ? "" : ", ") + std::to_string(docs.size()) + " documents";
   // Every forward at head dims 256 and 512, in the same run: FlashAttention-2, and the wgmma kernel
   // with each schedule (the serial one also with each cluster size, query heads sharing each K/V
   // load, that the GQA group allows). The op's choice, timed above, is one of them.
@@ -121,15 +118,15 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   for (const BackwardKernel kernel : {BackwardKernel::flash, BackwardKernel::key_chunked}) {
     const double bwd_ms = time_ms(
         [&] { g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel); }, iters);
-    if (g_profile) print_profile([&] {
-      g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel);
-    });
-    std::printf("g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-12s fwd %8.3f ms %6.1f TFLOP/s | bwd %-7s%s %8.3f ms "
-                "%6.1f | fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
-                static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV),
-                static_cast<long long>(d), what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9,
-                kernel == BackwardKernel::flash ? "flash" : "chunked", kernel == chosen ? "*" : " ", bwd_ms,
-                2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms, 3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
+    if (g_profile)
+      print_profile([&] { g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv, kernel); });
+    std::printf(
+        "g4    S=%-5lld nH=%-2lld nKV=%-2lld d=%-3lld %-24s fwd %8.3f ms %6.1f TFLOP/s | bwd %-7s%s %8.3f ms "
+        "%6.1f | fwd+bwd %8.3f ms %6.1f TFLOP/s\n",
+        static_cast<long long>(S), static_cast<long long>(nH), static_cast<long long>(nKV), static_cast<long long>(d),
+        what.c_str(), fwd_ms, fwd_flops / fwd_ms * 1e-9, kernel == BackwardKernel::flash ? "flash" : "chunked",
+        kernel == chosen ? "*" : " ", bwd_ms, 2.5 * fwd_flops / bwd_ms * 1e-9, fwd_ms + bwd_ms,
+        3.5 * fwd_flops / (fwd_ms + bwd_ms) * 1e-9);
   }
   // Under a sliding window each chunk's products cover its keys against every query that may see
   // one of them (the chunk plus the window): smaller chunks waste less of that rectangle, but each
@@ -203,6 +200,20 @@ int main(int argc, char** argv) {
     bench(S, 16, 8, 256, 1024, iters);
     bench(S, 16, 2, 512, 0, iters);
   }
-  bench(4096, 16, 2, 512, 0, iters, {1024, 512, 1536, 768, 256});  // tools/bench_torch_attention.py's DOCS_4096
+  const std::vector<int64_t> docs_4096 = {1024, 512, 1536, 768, 256};  // tools/bench_torch_attention.py's DOCS_4096
+  bench(4096, 16, 2, 512, 0, iters, docs_4096);
+  // The attention of a training step on one packed row of 4096 tokens (CONFIGS.md): each model's
+  // sliding layers (head dim 256) and full layers (512), with both backwards, the op's marked.
+  std::printf("\ntraining shapes: one packed row of 4096 tokens in 5 documents\n");
+  struct Layer {
+    const char* name;
+    int64_t heads, kv_heads, d, window;
+  };
+  for (const Layer l : {Layer{"E4B sliding", 8, 2, 256, 512}, Layer{"E4B full", 8, 2, 512, 0},
+                        Layer{"26B-A4B sliding", 16, 8, 256, 1024}, Layer{"26B-A4B full", 16, 2, 512, 0},
+                        Layer{"31B sliding", 32, 16, 256, 1024}, Layer{"31B full", 32, 4, 512, 0}}) {
+    std::printf("%s\n", l.name);
+    bench(4096, l.heads, l.kv_heads, l.d, l.window, iters, docs_4096);
+  }
   return 0;
 }
