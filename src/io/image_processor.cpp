@@ -128,10 +128,15 @@ ImageProcessorOptions load_image_processor_options(const std::string& model_dir,
     opt.patch_size = json_int(*ip, "patch_size", where, opt.patch_size);
     opt.pooling_kernel_size = json_int(*ip, "pooling_kernel_size", where, opt.pooling_kernel_size);
     // Anything else the file may ask for would change pixel_values; g4 implements the defaults.
-    G4_CHECK(!ip->contains("do_normalize") || !(*ip)["do_normalize"].is_boolean() || !(*ip)["do_normalize"].get<bool>(),
-             where, ": do_normalize true is not supported (Gemma 4 feeds pixels in [0, 1])");
-    G4_CHECK(!ip->contains("resample") || !(*ip)["resample"].is_number_integer() || (*ip)["resample"].get<int>() == 3,
-             where, ": resample must be 3 (bicubic), got ", (*ip)["resample"].dump());
+    // (A value of another type, or an integer that only narrows to 3, is refused too: found by
+    // fuzz/processor_config.cpp, it was taken for the default.)
+    const nlohmann::json none;
+    const nlohmann::json& normalize = ip->contains("do_normalize") ? (*ip)["do_normalize"] : none;
+    G4_CHECK(normalize.is_null() || (normalize.is_boolean() && !normalize.get<bool>()), where,
+             ": do_normalize must be false (Gemma 4 feeds pixels in [0, 1]), got ", normalize.dump());
+    const nlohmann::json& resample = ip->contains("resample") ? (*ip)["resample"] : none;
+    G4_CHECK(resample.is_null() || (resample.is_number_integer() && resample.get<int64_t>() == 3), where,
+             ": resample must be 3 (bicubic), got ", resample.dump());
     break;
   }
   if (max_soft_tokens > 0) opt.max_soft_tokens = max_soft_tokens;

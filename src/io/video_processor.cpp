@@ -71,7 +71,8 @@ VideoProcessorOptions load_video_processor_options(const std::string& model_dir,
       // Anything else the file may ask for would change pixel_values_videos; g4 implements the defaults.
       G4_CHECK(flag("do_resize", true) && flag("do_rescale", true) && flag("do_convert_rgb", true), where,
                ": video_processor must resize, rescale and convert to RGB (do_resize, do_rescale, do_convert_rgb)");
-      G4_CHECK(!vp.contains("resample") || !vp["resample"].is_number_integer() || vp["resample"].get<int>() == 3,
+      G4_CHECK(!vp.contains("resample") || vp["resample"].is_null() ||
+                   (vp["resample"].is_number_integer() && vp["resample"].get<int64_t>() == 3),
                where, ": video_processor.resample must be 3 (bicubic), got ", vp["resample"].dump());
       G4_CHECK(!vp.contains("rescale_factor") || std::abs(json_number(vp, "rescale_factor", where, 0.0) - 1.0 / 255.0) < 1e-12,
                where, ": video_processor.rescale_factor must be 1/255, got ", vp["rescale_factor"].dump());

@@ -16,6 +16,7 @@
 
 #include "io/image.h"
 #include "io/image_processor.h"
+#include "io/video_processor.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
 #include "support/error_message.h"
@@ -531,6 +532,30 @@ TEST(ImageProcessor, BatchPadsAndOptionsLoad) {
   const std::string e = test::error_of([&] { io::load_image_processor_options(dir.str()); });
   EXPECT_NE(e.find(dir / "processor_config.json"), std::string::npos) << e;
   EXPECT_NE(e.find("max_soft_tokens"), std::string::npos) << e;
+}
+
+// Found by fuzz/processor_config.cpp: a resample that only narrowed to 3 (2^32 + 3), or one of
+// another type, and a do_normalize that was not a boolean were taken for the defaults.
+TEST(ImageProcessor, SettingsOfAnotherTypeOrRangeAreRefused) {
+  test::TempDir dir;
+  const auto refused = [&](const std::string& json, const std::string& key) {
+    test::write_text(dir / "processor_config.json", json);
+    const std::string e = test::error_of([&] {
+      io::load_image_processor_options(dir.str());
+      io::load_video_processor_options(dir.str());
+    });
+    EXPECT_NE(e.find(key), std::string::npos) << json << " -> " << e;
+  };
+  refused(R"({"image_processor": {"resample": 4294967299}})", "resample must be 3");
+  refused(R"({"image_processor": {"resample": "bicubic"}})", "resample must be 3");
+  refused(R"({"image_processor": {"do_normalize": "no"}})", "do_normalize must be false");
+  refused(R"({"image_processor": {"do_normalize": true}})", "do_normalize must be false");
+  refused(R"({"video_processor": {"resample": 4294967299}})", "video_processor.resample must be 3");
+  test::write_text(dir / "processor_config.json",
+                   R"({"image_processor": {"resample": null, "do_normalize": false},
+                       "video_processor": {"resample": 3}})");
+  EXPECT_EQ(io::load_image_processor_options(dir.str()).max_soft_tokens, 280);
+  EXPECT_EQ(io::load_video_processor_options(dir.str()).num_frames, 32);
 }
 
 }  // namespace
