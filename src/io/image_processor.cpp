@@ -128,8 +128,8 @@ ImageProcessorOptions load_image_processor_options(const std::string& model_dir,
     opt.patch_size = json_int(*ip, "patch_size", where, opt.patch_size);
     opt.pooling_kernel_size = json_int(*ip, "pooling_kernel_size", where, opt.pooling_kernel_size);
     // Anything else the file may ask for would change pixel_values; g4 implements the defaults.
-    // (A value of another type, or an integer that only narrows to 3, is refused too: found by
-    // fuzz/processor_config.cpp, it was taken for the default.)
+    // (A value of another type, or an integer that only narrows to 3, is refused too: found reading
+    // the parser for fuzz/processor_config.cpp, it was taken for the default.)
     const nlohmann::json none;
     const nlohmann::json& normalize = ip->contains("do_normalize") ? (*ip)["do_normalize"] : none;
     G4_CHECK(normalize.is_null() || (normalize.is_boolean() && !normalize.get<bool>()), where,

@@ -534,8 +534,9 @@ TEST(ImageProcessor, BatchPadsAndOptionsLoad) {
   EXPECT_NE(e.find("max_soft_tokens"), std::string::npos) << e;
 }
 
-// Found by fuzz/processor_config.cpp: a resample that only narrowed to 3 (2^32 + 3), or one of
-// another type, and a do_normalize that was not a boolean were taken for the defaults.
+// Found reading the parser for fuzz/processor_config.cpp: a resample that only narrowed to 3
+// (2^32 + 3), or one of another type, and a do_normalize that was not a boolean were taken for the
+// defaults.
 TEST(ImageProcessor, SettingsOfAnotherTypeOrRangeAreRefused) {
   test::TempDir dir;
   const auto refused = [&](const std::string& json, const std::string& key) {
