@@ -87,9 +87,10 @@ std::vector<int64_t> parse_integer_list(const std::string& s, const std::string&
 // with it is false) and print infinite bounds as 300-digit numbers.
 CLI::Validator real_in(double lo, double hi, bool lo_open = false);
 // A check of an integer option: decimal digits (after a '-' where lo < 0), all of the text, in
-// [lo, hi]. CLI11 2.1 reads integers with strtoll / strtoull in base 0 and no range check, so
-// "99999999999999999999" silently became 2^63 - 1, "-1" of an unsigned option 2^64 - 1 (both
-// seeds the same) and "010" octal 8. unsigned_integer() is the same for any uint64 (a seed).
+// [lo, hi], without a leading zero. CLI11 2.1 reads integers with strtoll / strtoull in base 0 and
+// no range check, so "99999999999999999999" silently became 2^63 - 1, "-1" of an unsigned option
+// 2^64 - 1 (both seeds the same) and "010" octal 8. unsigned_integer() is the same for any uint64
+// (a seed).
 CLI::Validator integer_in(int64_t lo, int64_t hi);
 CLI::Validator unsigned_integer();
 inline CLI::Validator positive_integer() { return integer_in(1, std::numeric_limits<int64_t>::max()); }

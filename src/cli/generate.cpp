@@ -89,7 +89,11 @@ void add_generate(CLI::App& app, Action& action) {
   auto* text_opt = cmd->add_option("--prompt", o->text, "prompt text (needs a tokenizer; BOS is added)");
   ids_opt->excludes(text_opt);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
-  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate (prompt + N at most the model's context length)");
+  // The check refuses the text CLI11 would clamp (18446744073709551615 read as 2^63 - 1) or read as
+  // octal ("010"); the range (>= 0, within the context) is gen::validate's, naming the prompt.
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens,
+                  "tokens to generate (prompt + N at most the model's context length)")
+      ->check(integer_in(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
   cmd->add_flag("--greedy", o->greedy, "argmax decoding (default when no sampling option is given)");
   cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature (finite, >= 0)");
   cmd->add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = all)");

@@ -44,8 +44,10 @@ const std::set<std::string> kSharedFlags = {"model_dir", "--prompt-ids", "--prom
 // Diffusion-only flags that are not generation-config fields.
 const std::set<std::string> kDiffusionOnlyFlags = {"--rng", "--decoder-input-ids", "--self-conditioning-logits"};
 
-// One prompt per line: {"prompt_ids": [...]} or {"prompt": "text"} (BOS added, as for --prompt).
-std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io::Tokenizer* tok) {
+// One prompt per line: {"prompt_ids": [...]} or {"prompt": "text"} (BOS added, as for --prompt); ids
+// in [0, vocab_size), each one outside named with its line and as written (an id past int64 read
+// as the -1 it wraps to before).
+std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io::Tokenizer* tok, int64_t vocab_size) {
   const std::string text = io::read_regular_file(path, "prompts file", 1024 * io::kMiB);
   std::vector<std::vector<int64_t>> prompts;
   std::stringstream lines(text);
@@ -67,6 +69,9 @@ std::vector<std::vector<int64_t>> read_prompts(const std::string& path, const io
       G4_CHECK(a.is_array() && !a.empty(), where, ": 'prompt_ids' must be a non-empty list of token ids");
       for (const json& x : a) {
         G4_CHECK(x.is_number_integer(), where, ": 'prompt_ids' holds ", x.dump(), ", not a token id");
+        const bool in_vocab = x.is_number_unsigned() ? x.get<uint64_t>() < static_cast<uint64_t>(vocab_size)
+                                                     : x.get<int64_t>() >= 0 && x.get<int64_t>() < vocab_size;
+        G4_CHECK(in_vocab, where, ": prompt token id ", x.dump(), " is outside the vocabulary [0, ", vocab_size, ")");
         ids.push_back(x.get<int64_t>());
       }
     }
@@ -158,9 +163,10 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   // On the GPU the model computes in bf16 and each step's vocabulary-wide work stays there.
   if (o.device == "cuda") m = m->copy_to(Device::CUDA, DType::BF16);
   const std::unique_ptr<io::Tokenizer> tok = model_tokenizer(o.model, o.tokenizer);
+  const io::ModelConfig& mc = m->config();
   std::vector<std::vector<int64_t>> prompts;
   if (from_file) {
-    prompts = read_prompts(o.prompts, tok.get());
+    prompts = read_prompts(o.prompts, tok.get(), mc.vocab_size);
   } else if (!o.prompt.empty()) {
     G4_CHECK(tok, "--prompt needs a tokenizer: none in ", o.model, " (pass --tokenizer)");
     prompts.push_back({tok->bos_id});
@@ -168,11 +174,10 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   } else {
     prompts.push_back(parse_token_ids(o.prompt_ids, "--prompt-ids"));
   }
-  const io::ModelConfig& mc = m->config();
   for (const auto& p : prompts)
     for (int64_t id : p)
-      G4_CHECK(id >= 0 && id < mc.vocab_size, "prompt token id ", id, " is outside the vocabulary [0, ", mc.vocab_size,
-               ")");
+      G4_CHECK(id >= 0 && id < mc.vocab_size, "prompt token id ", id, " (", from_file ? o.prompts : "--prompt-ids",
+               ") is outside the vocabulary [0, ", mc.vocab_size, ")");
   // All prompts are one batch, left-padded as transformers' tokenizers pad (mask 0 on the pads).
   const int64_t B = static_cast<int64_t>(prompts.size());
   size_t longest = 0;

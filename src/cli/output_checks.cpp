@@ -135,13 +135,17 @@ CLI::Validator real_in(double lo, double hi, bool lo_open) {
 namespace {
 
 // The integer of all of `v` in decimal, or an error text. from_chars takes no '+', no base prefix
-// and no blanks, and reports a value out of T's range.
+// and no blanks, and reports a value out of T's range. A leading zero is refused: the checks only
+// look (CLI11's check() passes them a copy), and CLI11 then reads "010" in base 0, as octal 8.
 template <typename T>
 std::string parse_decimal(const std::string& v, T& x) {
   const char* end = v.data() + v.size();
   const auto [ptr, ec] = std::from_chars(v.data(), end, x);
   if (ec == std::errc::result_out_of_range) return "'" + v + "' is out of range";
   if (ec != std::errc() || ptr != end) return "'" + v + "' is not a decimal integer";
+  const size_t digits = v[0] == '-' ? 1 : 0;
+  if (v.size() > digits + 1 && v[digits] == '0')
+    return "'" + v + "' has a leading zero (it would be read as octal; write " + std::to_string(x) + ")";
   return "";
 }
 

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/philox.h"
@@ -305,15 +307,21 @@ GenerateOutput generate(const model::Gemma4& m, const Tensor& ids, const Generat
   G4_CHECK(cfg.max_new_tokens && cfg.max_denoising_steps && cfg.entropy_bound,
            "diffusion generate: the generation config is not resolved (resolve_generation_config)");
   const int64_t B = ids.size(0), P = ids.size(1), C = mc.canvas_length, V = mc.vocab_size;
-  const int64_t N = *cfg.max_denoising_steps, blocks = (*cfg.max_new_tokens + C - 1) / C;
+  // ceil(max_new_tokens / C) without overflow: max_new_tokens near 2^63 (--max-new-tokens
+  // 18446744073709551615, which the command line clamps) wrapped to a negative count, passed the
+  // check below and generated nothing.
+  const int64_t N = *cfg.max_denoising_steps, mnt = *cfg.max_new_tokens, blocks = mnt / C + (mnt % C != 0 ? 1 : 0);
   // Every block is a whole canvas: the positions run to P + blocks * C. Past the context the run
   // would be unbounded in time and memory (--max-new-tokens 10^9), as g4 refuses for the
   // autoregressive sampler (gen::validate).
-  G4_CHECK(mc.max_position_embeddings <= 0 || P + blocks * C <= mc.max_position_embeddings,
-           "diffusion generate: max_new_tokens ", *cfg.max_new_tokens, " takes ", blocks, " canvas block(s) of ", C,
-           " tokens after the ", P, "-token prompt, ", P + blocks * C,
-           " positions in all, past the model's context length (max_position_embeddings ", mc.max_position_embeddings,
-           "): at most ", std::max<int64_t>(0, (mc.max_position_embeddings - P) / C) * C, " new tokens fit");
+  const int64_t fit = std::max<int64_t>(0, (mc.max_position_embeddings - P) / C);  // whole blocks that fit
+  if (mc.max_position_embeddings > 0 && blocks > fit) {
+    const std::string positions = blocks <= (INT64_MAX - P) / C ? std::to_string(P + blocks * C) : "over 2^63";
+    G4_FAIL("diffusion generate: max_new_tokens ", mnt, " takes ", blocks, " canvas block(s) of ", C,
+            " tokens after the ", P, "-token prompt, ", positions,
+            " positions in all, past the model's context length (max_position_embeddings ",
+            mc.max_position_embeddings, "): at most ", fit * C, " new tokens fit");
+  }
   const Tensor prompt = ids.to(Device::CPU).to(DType::I64);
   std::vector<int64_t> seq(prompt.data<int64_t>(), prompt.data<int64_t>() + B * P);
   Tensor mask;

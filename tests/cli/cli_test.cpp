@@ -191,7 +191,7 @@ TEST(Cli, UnknownCommandsAreNamedWithTheChoices) {
 TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
   const fs::path dir = temp_dir("integers");
   const std::string out = (dir / "t.jsonl").string();
-  for (const char* seed : {"-1", "18446744073709551616", "0x10", "1.5"}) {
+  for (const char* seed : {"-1", "18446744073709551616", "0x10", "1.5", "010"}) {
     const ProcessResult r = run("task arithmetic --count 1 --out " + out + " --seed=" + seed);
     EXPECT_NE(r.code, 0) << seed;
     EXPECT_NE(r.output.find("--seed"), std::string::npos) << r.output;
@@ -201,6 +201,17 @@ TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
   const ProcessResult big = run("eval " + kData + "/hf-gemma4/tiny-moe --data x --batch-size 99999999999999999999");
   EXPECT_NE(big.code, 0);
   EXPECT_NE(big.output.find("--batch-size: '99999999999999999999' is out of range"), std::string::npos) << big.output;
+  // generate's --max-new-tokens too (usage errors, CLI11's exit code): 18446744073709551615 was
+  // clamped to 2^63 - 1, which the diffusion sampler turned into no block at all, and "010" was 8.
+  for (const char* model : {"/hf-gemma4/tiny-dense-ple", "/hf-diffusion-gemma/tiny-dg-a"}) {
+    const std::string gen = "generate " + kData + model + " --prompt-ids 5,6 --max-new-tokens ";
+    for (const auto& [value, says] : {std::pair<std::string, std::string>{"18446744073709551615", "is out of range"},
+                                      {"010", "has a leading zero (it would be read as octal; write 10)"}}) {
+      const ProcessResult r = run(gen + value);
+      EXPECT_NE(r.code, 0) << model << " " << value;
+      EXPECT_NE(r.output.find("--max-new-tokens: '" + value + "' " + says), std::string::npos) << r.output;
+    }
+  }
   for (const char* list : {"1,,2", "1,", "0", "x"}) {
     expect_error(run(std::string("bench generate --batch ") + list), {"--batch"});
     expect_error(run(std::string("bench train --device cpu --ranks ") + list), {"--ranks"});
@@ -632,6 +643,17 @@ TEST(Cli, DiffusionEosAndPadIdsMustBeInTheVocabulary) {
   expect_error(run(gen + "--eos-token-id 1,999"), {"eos_token_id 999", "--eos-token-id", "[0, 256)"});
   expect_error(run(gen + "--pad-token-id 256"), {"pad_token_id 256", "--pad-token-id", "[0, 256)"});
   EXPECT_EQ(run(gen + "--eos-token-id 1,255 --pad-token-id 0").code, 0);
+}
+
+TEST(Cli, DiffusionPromptFileIdsAreNamedAsWritten) {
+  // An id past int64 in a diffusion prompts file was reported as the -1 it wraps to, without its line.
+  const fs::path dir = temp_dir("diffusion_prompt_ids");
+  std::ofstream(dir / "p.jsonl") << "{\"prompt_ids\": [5, 6]}\n{\"prompt_ids\": [5, 18446744073709551615]}\n";
+  expect_error(run("generate " + kData + "/hf-diffusion-gemma/tiny-dg-a --prompts " + (dir / "p.jsonl").string() +
+                   " --out " + (dir / "o.jsonl").string()),
+               {"p.jsonl line 2", "prompt token id 18446744073709551615 is outside the vocabulary [0, 256)"});
+  EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
+  fs::remove_all(dir);
 }
 
 TEST(Cli, DiffusionRunsPastTheContextAreRefused) {

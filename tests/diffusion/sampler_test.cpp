@@ -16,6 +16,7 @@
 #include "io/json_input.h"
 #include "io/safetensors.h"
 #include "support/diffusion_fixtures.h"
+#include "support/error_message.h"
 #include "model/state_dict_adapter.h"
 #include "support/test_paths.h"
 
@@ -268,6 +269,23 @@ TEST(PhiloxDraws, SamplesFollowTheProbabilities) {
   EXPECT_NEAR(freq[1], 0.3, 0.03);
   EXPECT_NEAR(freq[2], 0.1, 0.02);
   EXPECT_EQ(freq[3], 0.0);
+}
+
+// max_new_tokens near 2^63 (a generation_config.json or an API caller may give it) made the block
+// count ceil(N / C) wrap negative: the context check passed and nothing was generated.
+TEST(Sampler, MaxNewTokensNear2To63IsRefusedAgainstTheContext) {
+  const auto m = model::load_hf_model(fixture("tiny-dg-a"));
+  for (const int64_t n : {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max() - 3}) {
+    const json over = {{"max_new_tokens", n}, {"max_denoising_steps", 1}};
+    const diffusion::GenerationConfig cfg =
+        diffusion::resolve_generation_config(m->config().generation_config, "generation_config.json", over, "test", 2);
+    diffusion::PhiloxDraws draws({1});
+    const std::string e = test::error_of(
+        [&] { diffusion::generate(*m, Tensor::from_vector(std::vector<int64_t>{5, 6}, {1, 2}), {}, cfg, draws); });
+    EXPECT_NE(e.find("max_new_tokens " + std::to_string(n)), std::string::npos) << e;
+    EXPECT_NE(e.find("over 2^63 positions in all"), std::string::npos) << e;
+    EXPECT_NE(e.find("at most 1016 new tokens fit"), std::string::npos) << e;
+  }
 }
 
 TEST(PhiloxDraws, ARowsTokensDoNotDependOnTheBatch) {
