@@ -578,9 +578,20 @@ DIFFUSION_BAD = {
     "greedy_flag": (["--greedy"], "--greedy"),
     "temperature_flag": (["--temperature", "0.5"], "--temperature"),
     "n_flag_without_prompts": (["--top-k", "3"], "--top-k"),
+    # 2^64 - 1 was clamped to 2^63 - 1, whose block count wrapped negative: nothing was generated
+    "max_new_tokens_past_int64": (["--max-new-tokens", "18446744073709551615"], "out of range"),
+    "max_new_tokens_octal": (["--max-new-tokens", "010"], "leading zero"),
 }
 for _name, (_flags, _want) in DIFFUSION_BAD.items():
     case(f"gen.diffusion.{_name}")(lambda env, f=_flags, w=_want: refused(env, dgen(env, *f), w))
+
+
+@case("gen.diffusion.prompt_id_past_int64")
+def _(env):
+    # an id past int64 in a prompts file was named as the -1 it wraps to, without its line
+    prompts = env.file("p.jsonl", '{"prompt_ids": [5, 6]}\n{"prompt_ids": [5, 18446744073709551615]}\n')
+    return refused(env, ["generate", env.dg, "--prompts", prompts, "--out", os.path.join(env.dir, "o.jsonl")],
+                   "p.jsonl line 2", "18446744073709551615", "outside the vocabulary")
 
 
 @case("gen.diffusion.past_context")
