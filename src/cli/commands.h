@@ -94,6 +94,10 @@ CLI::Validator real_in(double lo, double hi, bool lo_open = false);
 CLI::Validator integer_in(int64_t lo, int64_t hi);
 CLI::Validator unsigned_integer();
 inline CLI::Validator positive_integer() { return integer_in(1, std::numeric_limits<int64_t>::max()); }
+// The text check alone, for an option whose range is checked later with a message of its own.
+inline CLI::Validator int64_text() {
+  return integer_in(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max());
+}
 inline CLI::Validator non_negative_integer() { return integer_in(0, std::numeric_limits<int64_t>::max()); }
 // Removes the weights, shard index and config of the model in `dir` (for --overwrite), so that no
 // shard of the old model is read with the new one's index or config.

@@ -34,7 +34,8 @@ void add_convert(CLI::App& app, Action& action) {
                 "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
   auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
                                  "--to-diffusion: the canvas (block) length (default 256, as transformers)");
-  auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init");
+  auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init")
+                   ->check(unsigned_integer());
   cmd->callback([&action, o, canvas, seed] {
     const bool adapt_options = canvas->count() > 0 || seed->count() > 0;
     action = [o, adapt_options] {

@@ -89,17 +89,20 @@ void add_generate(CLI::App& app, Action& action) {
   auto* text_opt = cmd->add_option("--prompt", o->text, "prompt text (needs a tokenizer; BOS is added)");
   ids_opt->excludes(text_opt);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file or directory (default: the model directory)");
-  // The check refuses the text CLI11 would clamp (18446744073709551615 read as 2^63 - 1) or read as
-  // octal ("010"); the range (>= 0, within the context) is gen::validate's, naming the prompt.
+  // The integer checks refuse the text CLI11 would clamp (18446744073709551615 read as 2^63 - 1) or
+  // read as octal ("010"); ranges are gen::validate's (max_new_tokens >= 0 and within the context,
+  // naming the prompt; top_k >= 0; stop ids in the vocabulary).
   cmd->add_option("--max-new-tokens", o->gen.max_new_tokens,
                   "tokens to generate (prompt + N at most the model's context length)")
-      ->check(integer_in(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
+      ->check(int64_text());
   cmd->add_flag("--greedy", o->greedy, "argmax decoding (default when no sampling option is given)");
   cmd->add_option("--temperature", o->gen.sampling.temperature, "sampling temperature (finite, >= 0)");
-  cmd->add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = all)");
+  cmd->add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = all)")->check(int64_text());
   cmd->add_option("--top-p", o->gen.sampling.top_p, "nucleus sampling mass in (0, 1]");
-  cmd->add_option("--seed", o->gen.sampling.seed, "random seed for sampling");
-  cmd->add_option("--stop-ids", o->gen.stop_ids, "stop a row after one of these ids")->delimiter(',');
+  cmd->add_option("--seed", o->gen.sampling.seed, "random seed for sampling")->check(unsigned_integer());
+  cmd->add_option("--stop-ids", o->gen.stop_ids, "stop a row after one of these ids")
+      ->delimiter(',')
+      ->check(int64_text());
   auto* prompts_opt = cmd->add_option("--prompts", o->file.prompts,
                                       "JSONL file of requests, one per line (prompt, prompt_ids or messages, with "
                                       "per-request options as in the OpenAI API)");
@@ -110,10 +113,11 @@ void add_generate(CLI::App& app, Action& action) {
   add_media_options(cmd, o->media, text_opt, /*videos=*/true);
   cmd->add_flag("--overwrite", o->file.overwrite, "replace an existing --out file")->needs(prompts_opt);
   cmd->add_option("--min-p", o->gen.sampling.min_p, "keep tokens with p >= min_p * p_max (in [0, 1])");
-  cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt);
+  cmd->add_option("--n", o->file.n, "--prompts: samples per request")->needs(prompts_opt)->check(int64_text());
   cmd->add_option("--logprobs", o->file.logprobs,
                   "--prompts: report each token's log-prob and this many alternatives (-1: none)")
-      ->needs(prompts_opt);
+      ->needs(prompts_opt)
+      ->check(int64_text());
   // The engine's options shape the batching of --prompts; --device applies to every way of prompting.
   for (CLI::Option* opt : add_engine_options(cmd, o->file.setup))
     if (opt->get_name() != "--device") opt->needs(prompts_opt);

@@ -212,6 +212,15 @@ TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
       EXPECT_NE(r.output.find("--max-new-tokens: '" + value + "' " + says), std::string::npos) << r.output;
     }
   }
+  const std::string gen = "generate " + kData + "/hf-gemma4/tiny-dense-ple --prompt-ids 5,6 --max-new-tokens 2 ";
+  for (const char* flags :
+       {"--top-k 010", "--seed=-1", "--seed 0x10", "--stop-ids 1,010", "--stop-ids 1,99999999999999999999"}) {
+    const ProcessResult r = run(gen + flags);
+    EXPECT_NE(r.code, 0) << flags;
+    EXPECT_NE(r.output.find(std::string(flags).substr(0, std::string(flags).find_first_of(" ="))), std::string::npos)
+        << r.output;
+  }
+  EXPECT_EQ(run(gen + "--seed 18446744073709551615 --top-k 3 --stop-ids 1,2").code, 0);
   for (const char* list : {"1,,2", "1,", "0", "x"}) {
     expect_error(run(std::string("bench generate --batch ") + list), {"--batch"});
     expect_error(run(std::string("bench train --device cpu --ranks ") + list), {"--ranks"});
