@@ -2,7 +2,9 @@
 
 #include <filesystem>
 #include <iostream>
+#include <limits>
 
+#include "cli/commands.h"
 #include "data/dataset.h"
 #include "data/multimodal.h"
 #include "io/image_processor.h"
@@ -81,12 +83,14 @@ void add_media_options(CLI::App* cmd, MediaPromptOptions& p, CLI::Option* prompt
                   "video for --prompt as its frames: F1.jpg,F2.jpg,... or a folder of frames (repeatable; each "
                   "<|video|> takes the next)")
       ->needs(prompt);
+  // real_in and positive_integer rather than CLI::PositiveNumber, which took "010" frames as octal
+  // 8, clamped 99999999999999999999 to 2^63 - 1 and printed inf's bound as a 300-digit number.
   cmd->add_option("--video-fps", p.video_fps, "frame rate of the --video frames (default 24, as transformers)")
-      ->check(CLI::PositiveNumber)
+      ->check(real_in(0, std::numeric_limits<double>::max(), /*lo_open=*/true))
       ->needs(prompt);
   cmd->add_option("--video-frames", p.video_frames,
                   "frames sampled from each --video (default: processor_config.json, else 32)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_integer())
       ->needs(prompt);
 }
 

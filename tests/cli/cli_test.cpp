@@ -221,6 +221,18 @@ TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
         << r.output;
   }
   EXPECT_EQ(run(gen + "--seed 18446744073709551615 --top-k 3 --stop-ids 1,2").code, 0);
+  // The video flags (parsed before any model or frame is read): CLI::PositiveNumber took "010"
+  // frames as octal 8 and printed inf's bound as a 300-digit number.
+  const std::string video = "generate /nonexistent/model --prompt x --video /nonexistent/frames ";
+  for (const auto& [flags, says] :
+       {std::pair<std::string, std::string>{"--video-frames 010", "--video-frames: '010' has a leading zero"},
+        {"--video-frames 99999999999999999999", "--video-frames: '99999999999999999999' is out of range"},
+        {"--video-fps inf", "--video-fps: must be a number in (0, 1.79769e+308], got inf"},
+        {"--video-fps nan", "--video-fps: must be a number in (0, 1.79769e+308], got nan"}}) {
+    const ProcessResult r = run(video + flags);
+    EXPECT_NE(r.code, 0) << flags;
+    EXPECT_NE(r.output.find(says), std::string::npos) << r.output;
+  }
   for (const char* list : {"1,,2", "1,", "0", "x"}) {
     expect_error(run(std::string("bench generate --batch ") + list), {"--batch"});
     expect_error(run(std::string("bench train --device cpu --ranks ") + list), {"--ranks"});
