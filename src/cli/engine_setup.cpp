@@ -12,20 +12,20 @@ std::vector<CLI::Option*> add_engine_options(CLI::App* cmd, EngineSetup& s) {
   added.push_back(cmd->add_option("--device", s.device, "where the model runs: cpu (f32) or cuda (bf16)")
                       ->check(CLI::IsMember({"cpu", "cuda"})));
   added.push_back(
-      cmd->add_option("--page-size", s.engine.page_size, "tokens per KV-cache page")->check(CLI::PositiveNumber));
+      cmd->add_option("--page-size", s.engine.page_size, "tokens per KV-cache page")->check(positive_integer()));
   added.push_back(
       cmd->add_option("--num-pages", s.engine.num_pages,
                       "KV-cache pages per attention kind (0 = sized from free GPU memory, or for --max-running "
                       "full-context sequences within 4 GiB on the CPU)")
-          ->check(CLI::NonNegativeNumber));
+          ->check(non_negative_integer()));
   added.push_back(
       cmd->add_option("--memory-fraction", s.engine.memory_fraction, "share of the free GPU memory given to the pages")
           ->check(real_in(0, 1)));
   added.push_back(cmd->add_option("--max-running", s.engine.max_running, "sequences in one decode step")
-                      ->check(CLI::PositiveNumber));
+                      ->check(positive_integer()));
   added.push_back(cmd->add_option("--max-step-tokens", s.engine.max_step_tokens,
                                   "tokens in one forward (prefill chunks + decode rows)")
-                      ->check(CLI::PositiveNumber));
+                      ->check(positive_integer()));
   return added;
 }
 

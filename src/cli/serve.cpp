@@ -72,15 +72,15 @@ void add_serve(CLI::App& app, Action& action) {
   cmd->add_option("model_dir", o->setup.model_dir, "Hugging Face model directory")->required();
   cmd->add_option("--host", o->server.host, "address to listen on");
   cmd->add_option("--port", o->server.port, "port to listen on (0: any free port, printed at start)")
-      ->check(CLI::Range(0, 65535));
+      ->check(integer_in(0, 65535));
   cmd->add_option("--served-model-name", o->server.model_name,
                   "the model's name in the API (default: the directory name)");
   cmd->add_option("--http-threads", o->server.threads, "HTTP worker threads (each open stream holds one)")
-      ->check(CLI::Range(2, 4096));
+      ->check(integer_in(2, 4096));
   cmd->add_option("--whole-reply-patience-ms", o->server.whole_reply_patience_ms,
                   "a non-streamed reply not ready after this long is sent chunked (status 200 committed, spaces "
                   "until the JSON), so that a client that disconnects is noticed and its request cancelled")
-      ->check(CLI::Range(0, 3600000));
+      ->check(integer_in(0, 3600000));
   cmd->add_option("--tokenizer", o->setup.tokenizer, "tokenizer file or directory (default: the model directory)");
   add_engine_options(cmd, o->setup);
   cmd->callback([&action, o] {

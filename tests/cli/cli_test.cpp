@@ -233,6 +233,19 @@ TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
     EXPECT_NE(r.code, 0) << flags;
     EXPECT_NE(r.output.find(says), std::string::npos) << r.output;
   }
+  // The engine's and the server's integers (CLI::PositiveNumber and CLI::Range before: --port 010
+  // listened on port 8).
+  for (const auto& [command, says] :
+       {std::pair<std::string, std::string>{"generate /nonexistent/model --prompt-ids 5 --page-size 010",
+                                            "--page-size: '010' has a leading zero"},
+        {"serve /nonexistent/model --port 010", "--port: '010' has a leading zero"},
+        {"serve /nonexistent/model --port 70000", "--port: must be in [0, 65535], got 70000"},
+        {"serve /nonexistent/model --max-running 99999999999999999999",
+         "--max-running: '99999999999999999999' is out"}}) {
+    const ProcessResult r = run(command);
+    EXPECT_NE(r.code, 0) << command;
+    EXPECT_NE(r.output.find(says), std::string::npos) << r.output;
+  }
   for (const char* list : {"1,,2", "1,", "0", "x"}) {
     expect_error(run(std::string("bench generate --batch ") + list), {"--batch"});
     expect_error(run(std::string("bench train --device cpu --ranks ") + list), {"--ranks"});
