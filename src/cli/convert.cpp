@@ -33,7 +33,8 @@ void add_convert(CLI::App& app, Action& action) {
   cmd->add_flag("--to-diffusion", o->to_diffusion,
                 "adapt an autoregressive Gemma 4 MoE checkpoint into a diffusion_gemma one (docs/diffusion.md)");
   auto* canvas = cmd->add_option("--canvas-length", o->canvas_length,
-                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)");
+                                 "--to-diffusion: the canvas (block) length (default 256, as transformers)")
+                     ->check(int64_text());
   auto* seed = cmd->add_option("--seed", o->seed, "--to-diffusion: seed of the self-conditioning MLP's random init")
                    ->check(unsigned_integer());
   cmd->callback([&action, o, canvas, seed] {

@@ -239,6 +239,8 @@ TEST(Cli, IntegerFlagsAreDecimalAndInRange) {
        {std::pair<std::string, std::string>{"generate /nonexistent/model --prompt-ids 5 --page-size 010",
                                             "--page-size: '010' has a leading zero"},
         {"serve /nonexistent/model --port 010", "--port: '010' has a leading zero"},
+        {"convert /nonexistent/in /nonexistent/out --to-diffusion --canvas-length 010",
+         "--canvas-length: '010' has a leading zero"},
         {"serve /nonexistent/model --port 70000", "--port: must be in [0, 65535], got 70000"},
         {"serve /nonexistent/model --max-running 99999999999999999999",
          "--max-running: '99999999999999999999' is out"}}) {
