@@ -57,3 +57,18 @@ inline unsigned blocks_for(long long n, int threads) {
 
 // Checks the last kernel launch (launch errors only; faults surface at the next synchronisation).
 #define G4_CUDA_CHECK_LAUNCH() G4_CUDA_CHECK(cudaGetLastError())
+
+namespace g4::cuda {
+
+// Lets `Kernel` take `bytes` of dynamic shared memory (past the default 48 KB). The attribute holds
+// for the kernel and the process, so it is set once, before the first launch.
+template <auto Kernel>
+void allow_dynamic_smem(size_t bytes) {
+  static const bool set = [bytes] {
+    G4_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    return true;
+  }();
+  (void)set;
+}
+
+}  // namespace g4::cuda

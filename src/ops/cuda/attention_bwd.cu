@@ -202,12 +202,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) bwd_kernel(BwdArgs a) {
 
 template <class C>
 void launch_bwd(const BwdArgs& a) {
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(bwd_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(C::kSmem)));
-    configured = true;
-  }
+  g4::cuda::allow_dynamic_smem<bwd_kernel<C>>(C::kSmem);
   const dim3 grid((a.dims.sk + C::BN - 1) / C::BN, a.dims.batch * a.dims.kv_heads);
   bwd_kernel<C><<<grid, C::kThreads, C::kSmem, g4::cuda::stream()>>>(a);
   G4_CUDA_CHECK_LAUNCH();

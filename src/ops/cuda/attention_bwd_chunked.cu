@@ -281,12 +281,7 @@ void backward_chunked(const BwdArgs& a, int key_chunk) {
   const Dims& dm = a.dims;
   G4_CHECK(key_chunk > 0 && key_chunk % kBN == 0, "attention_backward: the key chunk must be a positive multiple of ",
            kBN, ", got ", key_chunk);
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
-    G4_CUDA_CHECK(
-        cudaFuncSetAttribute(score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kScoreSmem)));
-    configured = true;
-  }
+  g4::cuda::allow_dynamic_smem<score_kernel>(kScoreSmem);
   ScoreMaps maps;
   maps.q = tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, dm.d, kBM);
   maps.k = tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, dm.d, kBN);

@@ -173,12 +173,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) fwd_kernel(FwdArgs a) {
 
 template <class C>
 void launch_fwd(const FwdArgs& a) {
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(fwd_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(C::kSmem)));
-    configured = true;
-  }
+  g4::cuda::allow_dynamic_smem<fwd_kernel<C>>(C::kSmem);
   const dim3 grid((a.dims.sq + C::BM - 1) / C::BM, a.dims.batch * a.dims.heads);
   fwd_kernel<C><<<grid, C::kThreads, C::kSmem, g4::cuda::stream()>>>(a);
   G4_CUDA_CHECK_LAUNCH();

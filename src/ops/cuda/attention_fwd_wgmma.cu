@@ -479,12 +479,7 @@ namespace {
 
 template <class C>
 void launch(const FwdArgs& a) {
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(C::kSmemBytes)));
-    configured = true;
-  }
+  g4::cuda::allow_dynamic_smem<fwd_wgmma_kernel<C>>(C::kSmemBytes);
   const Dims& dm = a.dims;
   const Maps maps{tma::head_rows_map(a.q, dm.batch, dm.sq, dm.heads, C::kD, C::kBM),
                   tma::head_rows_map(a.k, dm.batch, dm.sk, dm.kv_heads, C::kD, C::kBN),

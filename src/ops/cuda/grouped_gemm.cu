@@ -287,12 +287,7 @@ CUtensorMap weights_map(const Tensor& w, uint32_t box_rows) {
 
 template <Kind kKind>
 void launch(const Maps& maps, const Params& p, int64_t max_tiles) {
-  static bool configured = false;  // the attribute is per kernel and process
-  if (!configured) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<kKind>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(kSmemBytes)));
-    configured = true;
-  }
+  g4::cuda::allow_dynamic_smem<grouped_gemm_kernel<kKind>>(kSmemBytes);
   if (max_tiles <= 0) return;
   const int64_t sms = g4::cuda::device_sm_count();
   const auto grid = static_cast<unsigned>(max_tiles < sms ? max_tiles : sms);

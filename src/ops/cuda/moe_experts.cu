@@ -283,13 +283,9 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
            " is above the 8192 the GPU op takes");
   const auto launch = [&](auto v) {
     constexpr int V = decltype(v)::value;
-    static const bool attributes_set = [] {
-      constexpr int bytes = static_cast<int>(sizeof(bf16) * kChunk * 8192);
-      G4_CUDA_CHECK(cudaFuncSetAttribute(gate_up_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      G4_CUDA_CHECK(cudaFuncSetAttribute(down_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      return true;
-    }();
-    (void)attributes_set;
+    constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
+    g4::cuda::allow_dynamic_smem<gate_up_kernel<V>>(bytes);
+    g4::cuda::allow_dynamic_smem<down_kernel<V>>(bytes);
     gate_up_kernel<V><<<dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem, st>>>(
         static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
         static_cast<bf16*>(act.raw()));

@@ -393,13 +393,12 @@ int choose_splits(int64_t tiles, int64_t wave) {
 // splitting the keys when the tiles do not fill the GPU, then merges the splits into a.out.
 template <class C>
 void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
-  static int per_sm = 0;  // CTAs of this kernel per multiprocessor; the attribute is per kernel and process
-  if (per_sm == 0) {
-    G4_CUDA_CHECK(cudaFuncSetAttribute(paged_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(C::kSmem)));
-    G4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_kernel<C>, C::kThreads, C::kSmem));
-    per_sm = std::max(per_sm, 1);
-  }
+  g4::cuda::allow_dynamic_smem<paged_kernel<C>>(C::kSmem);
+  static const int per_sm = [] {  // CTAs of this kernel per multiprocessor
+    int n = 0;
+    G4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_kernel<C>, C::kThreads, C::kSmem));
+    return std::max(n, 1);
+  }();
   a.min_split_tiles = (kMinSplitKeys + C::BN - 1) / C::BN;
   a.splits = choose_splits(tiles * a.kv_heads, int64_t{per_sm} * g4::cuda::device_sm_count());
   const int64_t row_heads = int64_t{a.rows_total} * a.heads;
