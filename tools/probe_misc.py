@@ -300,38 +300,34 @@ def _(env):
     return refused(env, ["launch", "-n", 2, "launch-rank", "inspect", env.tiny], "launch-rank")
 
 
+def faulted_launch(env, steps, timeout, fault, rank, *wants):
+    """Two ranks under `g4 launch` with fault `fault` ({"G4_FAULT_ERROR": "step:1"}) on `rank`: the run must fail,
+    print every string of `wants` and leave no process behind."""
+    args, _ = train_args(env, steps=steps)
+    rc, out = env.run(["launch", "-n", 2] + args, timeout=timeout, env=dict(fault, G4_FAULT_RANK=str(rank)))
+    left = env.marker_processes()
+    if rc == 0 or any(w not in out for w in wants) or left:
+        raise Defect(f"rc {rc}, left {left}: {out[-500:]!r}")
+    return rc
+
+
 @case("launch.rank_fails_early")
 def _(env):
     # One rank's error (the other rank is waiting for it in a collective): every rank stops, the status is
     # non-zero, the failing rank's message is shown, nothing is left running.
-    args, _ = train_args(env, steps=50)
-    rc, out = env.run(["launch", "-n", 2] + args, timeout=120,
-                      env={"G4_FAULT_ERROR": "step:1", "G4_FAULT_RANK": "1"})
-    left = env.marker_processes()
-    if rc == 0 or "G4_FAULT_ERROR" not in out or "[rank 1]" not in out or left:
-        raise Defect(f"rc {rc}, left {left}: {out[-500:]!r}")
+    rc = faulted_launch(env, 50, 120, {"G4_FAULT_ERROR": "step:1"}, 1, "G4_FAULT_ERROR", "[rank 1]")
     return f"rc {rc}, rank 1's error shown, no process left"
 
 
 @case("launch.rank_fails_late")
 def _(env):
-    args, _ = train_args(env, steps=30)
-    rc, out = env.run(["launch", "-n", 2] + args, timeout=180,
-                      env={"G4_FAULT_ERROR": "step:20", "G4_FAULT_RANK": "0"})
-    left = env.marker_processes()
-    if rc == 0 or "G4_FAULT_ERROR" not in out or left:
-        raise Defect(f"rc {rc}, left {left}: {out[-500:]!r}")
+    rc = faulted_launch(env, 30, 180, {"G4_FAULT_ERROR": "step:20"}, 0, "G4_FAULT_ERROR")
     return f"rc {rc}, rank 0's error shown, no process left"
 
 
 @case("launch.rank_killed")
 def _(env):
-    args, _ = train_args(env, steps=50)
-    rc, out = env.run(["launch", "-n", 2] + args, timeout=120,
-                      env={"G4_FAULT_KILL": "step:2", "G4_FAULT_RANK": "1"})
-    left = env.marker_processes()
-    if rc == 0 or left:
-        raise Defect(f"rc {rc}, left {left}: {out[-500:]!r}")
+    rc = faulted_launch(env, 50, 120, {"G4_FAULT_KILL": "step:2"}, 1)
     return f"rc {rc}, no process left"
 
 
