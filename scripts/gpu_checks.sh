@@ -10,7 +10,8 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile. (PEFT reload parity needs no GPU:
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl,
+# pdl-bench. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -26,8 +27,10 @@ run="scripts/device_run.sh"
 # dims 256 and 512. After it the element masks moved into visible_bits and tiles inside one
 # document went unmasked (GpuAttention and GpuTrain passed on that build), and the head-dim-256
 # backward under narrow windows went back to the flash kernel (host-side choice only): the whole
-# suite on that build is the next check (`tests`).
-new_tests='GpuAttention.*'
+# suite on that build is the next check (`tests`). Session 18 (no GPU lent) added programmatic dependent
+# launch, off unless G4_PDL=1: GpuEnginePdl compares the engine with it off and on, and the `pdl` stage
+# runs the whole suite with it on.
+new_tests='GpuAttention.*:GpuEnginePdl.*'
 
 stage() {
   case "$1" in
@@ -82,7 +85,17 @@ stage() {
       $run /usr/local/cuda/bin/ncu --kernel-name 'regex:gemv' --launch-count 2 --metrics "$m" bench_gemv 3 &&
         $run /usr/local/cuda/bin/ncu --kernel-name 'regex:gate_up_kernel|down_kernel' --launch-count 2 --metrics "$m" \
           bench_gemv 3 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile)" >&2
+    pdl)  # programmatic dependent launch (off by default until measured): the whole test_gpu with it on
+      G4_PDL=1 $run test_gpu --gtest_brief=1 ;;
+    pdl-bench)  # then generation with it off and on, in the same call: 26B-A4B and E4B at small batches, diffusion at batch 1
+      local g='g4 bench generate --prompt-len 256 --new-tokens 64'
+      $run $g --model gemma-4-26b-a4b --batch 1,4,16 && G4_PDL=1 $run $g --model gemma-4-26b-a4b --batch 1,4,16 &&
+        $run $g --model gemma-4-e4b --batch 1,16 && G4_PDL=1 $run $g --model gemma-4-e4b --batch 1,16 &&
+        $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
+          --denoising-steps 48 &&
+        G4_PDL=1 $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
+          --denoising-steps 48 ;;
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl, pdl-bench)" >&2
        return 2 ;;
   esac
 }

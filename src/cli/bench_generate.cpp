@@ -20,6 +20,7 @@
 
 #include "cli/commands.h"
 #include "core/device_memory.h"
+#include "core/pdl.h"
 #include "core/philox.h"
 #include "diffusion/sampler.h"
 #include "generate/engine.h"
@@ -237,9 +238,11 @@ io::ModelConfig gen_bench_config(const GenBenchOptions& o) {
 void bench_diffusion(const GenBenchOptions& o, const io::ModelConfig& cfg) {
   const int64_t C = cfg.canvas_length, blocks = (o.new_tokens + C - 1) / C;
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld blocks of %lld tokens, %lld "
-              "denoising steps per block (no early stop), bf16, random weights\n",
+              "denoising steps per block (no early stop), bf16, random weights, programmatic dependent launch %s "
+              "(G4_PDL)\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(blocks), static_cast<long long>(C), static_cast<long long>(o.denoising_steps));
+              static_cast<long long>(blocks), static_cast<long long>(C), static_cast<long long>(o.denoising_steps),
+              pdl_enabled() ? "on" : "off");
   std::vector<DiffusionResult> ours;
   {
     model::Gemma4 m(cfg, {}, DType::BF16, Device::CUDA);
@@ -328,9 +331,9 @@ void bench_generate(const GenBenchOptions& o) {
   G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
   if (is_diffusion(o.model)) return bench_diffusion(o, cfg);
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
-              "random weights, CUDA graphs %s\n",
+              "random weights, CUDA graphs %s, programmatic dependent launch %s (G4_PDL)\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on");
+              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on", pdl_enabled() ? "on" : "off");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -360,6 +363,7 @@ void bench_generate(const GenBenchOptions& o) {
               bw / 1e9, step_bytes / 1e9, roofline);
   nlohmann::json report = {{"model", o.model},
                            {"cuda_graphs", !o.no_cuda_graphs},
+                           {"pdl", pdl_enabled()},
                            {"layers", cfg.num_layers},
                            {"prompt_len", o.prompt_len},
                            {"new_tokens", o.new_tokens},

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "autograd/variable.h"
+#include "core/pdl.h"
 #include "generate/engine.h"
 #include "gpu_test.h"
 #include "model/named_configs.h"
@@ -215,6 +216,49 @@ TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
   }
 }
 
+// Programmatic dependent launch changes nothing either: with it on, a step's kernels may start
+// while the previous one ends, and each waits before touching memory (src/core/cuda/pdl.cuh). The
+// same requests with it off and on, replayed from CUDA graphs and eagerly, at the tiny fixtures'
+// shapes and at the released widths (the GEMV with its weight prefetch, the decode experts
+// kernels, head dims 256 and 512).
+TEST(GpuEnginePdl, TokensAndLogprobsEqualWithoutIt) {
+  G4_REQUIRE_GPU();
+  struct Restore {
+    bool was = pdl_enabled();
+    ~Restore() { set_pdl_enabled(was); }
+  } restore;
+  const auto check = [&](const model::Gemma4& gpu, const std::string& name) {
+    const int64_t V = gpu.config().vocab_size;
+    std::vector<gen::Request> requests;
+    for (int64_t i = 0; i < 6; ++i) {
+      gen::Request r;
+      r.prompt = some_prompt(2 + 7 * i, V, 90 + i);
+      r.options.sampling.temperature = i % 2 == 1 ? 0.8 : 0.0;
+      r.options.sampling.top_k = i % 2 == 1 ? 40 : 0;
+      r.options.sampling.seed = static_cast<uint64_t>(i);
+      r.options.max_tokens = 6 + 2 * i;
+      r.options.ignore_eos = true;
+      r.options.logprobs = 2;
+      requests.push_back(r);
+    }
+    for (bool graphs : {true, false}) {
+      set_pdl_enabled(false);
+      const std::vector<gen::Completion> off = run_engine(gpu, requests, graphs);
+      set_pdl_enabled(true);
+      const std::vector<gen::Completion> on = run_engine(gpu, requests, graphs);
+      expect_same_completions(off, on, name + (graphs ? ", CUDA graphs" : ", eager") + ", PDL off and on");
+    }
+  };
+  for (const char* fixture : {"tiny-moe", "var-ple-shared"})
+    check(*model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16), fixture);
+  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) {
+    const io::ModelConfig cfg =
+        io::parse_model_config(model::named_config(name, {{"num_hidden_layers", 2}}), std::string("built-in ") + name);
+    model::Gemma4 gpu(cfg, {}, DType::BF16, Device::CUDA);
+    gpu.init_weights(7);
+    check(gpu, name);
+  }
+}
 
 // A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, or with
 // frames > 0 a video of that many such frames (each after two timestamp tokens), for the tiny

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
 
@@ -24,6 +25,7 @@ __device__ To convert_one(From x) {
 
 template <class To, class From>
 __global__ void convert_kernel(To* dst, const From* src, int64_t n) {
+  cuda::pdl_begin();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     dst[i] = convert_one<To>(src[i]);
   }
@@ -34,7 +36,9 @@ void convert_from(const Tensor& src, Tensor& dst) {
   const int64_t n = src.numel();
   const unsigned blocks = cuda::blocks_for(n < (int64_t{1} << 24) ? n : (int64_t{1} << 24), 256);
   const auto* s = static_cast<const From*>(src.raw());
-  auto launch = [&](auto* d) { convert_kernel<<<blocks, 256, 0, cuda::stream()>>>(d, s, n); };
+  auto launch = [&](auto* d) {
+    cuda::launch_pdl(convert_kernel<std::remove_pointer_t<decltype(d)>, From>, blocks, 256, 0, d, s, n);
+  };
   switch (dst.dtype()) {
     case DType::F32: launch(static_cast<float*>(dst.raw())); break;
     case DType::F64: launch(static_cast<double*>(dst.raw())); break;
@@ -45,7 +49,6 @@ void convert_from(const Tensor& src, Tensor& dst) {
     case DType::Bool: launch(static_cast<uint8_t*>(dst.raw())); break;
     default: G4_FAIL("to(): cannot convert ", src.describe(), " to ", dtype_name(dst.dtype()), " on the GPU");
   }
-  G4_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

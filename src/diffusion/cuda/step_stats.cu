@@ -9,6 +9,7 @@
 
 #include <cmath>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
 #include "generate/sampling_math.h"
@@ -66,6 +67,7 @@ template <class Out>
 __global__ void chunk_kernel(const float* __restrict__ logits, Out* __restrict__ processed, int64_t V, float temperature,
                              const uint64_t* __restrict__ seeds, const uint64_t* __restrict__ draws, int chunks,
                              Part* __restrict__ parts) {
+  g4::cuda::pdl_begin();
   const int64_t row = blockIdx.y;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * kChunk;
   const int64_t end = min(begin + kChunk, V);
@@ -106,6 +108,7 @@ struct RowOut {
 };
 
 __global__ void finish_kernel(const Part* __restrict__ parts, int chunks, int64_t rows, RowOut* __restrict__ out) {
+  g4::cuda::pdl_begin();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
   Part a = parts[row * chunks];
@@ -143,16 +146,14 @@ StepStats step_stats(const Tensor& logits, float temperature, const std::vector<
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(R));
   Part* part_ptr = reinterpret_cast<Part*>(parts.data<uint8_t>());
   if (processed_dtype == DType::BF16)
-    chunk_kernel<<<grid, kThreads, 0, g4::cuda::stream()>>>(logits.data<float>(),
-                                                           reinterpret_cast<__nv_bfloat16*>(out.processed.data<bf16>()),
-                                                           V, temperature, seed_ptr, draw_ptr, chunks, part_ptr);
+    g4::cuda::launch_pdl(chunk_kernel<__nv_bfloat16>, grid, kThreads, 0, logits.data<float>(),
+                         reinterpret_cast<__nv_bfloat16*>(out.processed.data<bf16>()), V, temperature, seed_ptr,
+                         draw_ptr, chunks, part_ptr);
   else
-    chunk_kernel<<<grid, kThreads, 0, g4::cuda::stream()>>>(logits.data<float>(), out.processed.data<float>(), V,
-                                                           temperature, seed_ptr, draw_ptr, chunks, part_ptr);
-  G4_CUDA_CHECK(cudaGetLastError());
+    g4::cuda::launch_pdl(chunk_kernel<float>, grid, kThreads, 0, logits.data<float>(), out.processed.data<float>(), V,
+                         temperature, seed_ptr, draw_ptr, chunks, part_ptr);
   RowOut* res_ptr = reinterpret_cast<RowOut*>(results.data<uint8_t>());
-  finish_kernel<<<static_cast<unsigned>((R + 127) / 128), 128, 0, g4::cuda::stream()>>>(part_ptr, chunks, R, res_ptr);
-  G4_CUDA_CHECK(cudaGetLastError());
+  g4::cuda::launch_pdl(finish_kernel, static_cast<unsigned>((R + 127) / 128), 128, 0, part_ptr, chunks, R, res_ptr);
   const Tensor host = results.to(Device::CPU);
   const RowOut* h = reinterpret_cast<const RowOut*>(host.data<uint8_t>());
   out.argmax.resize(static_cast<size_t>(R));

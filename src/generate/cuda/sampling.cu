@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
 #include "generate/sampling_math.h"
@@ -30,6 +31,8 @@ using gen::detail::det_mass;
 using gen::detail::key_float;
 using gen::detail::order_key;
 using gen::detail::race_noise;
+using g4::cuda::launch_pdl;
+using g4::cuda::pdl_begin;
 
 constexpr int kChunk = 4096;  // tokens per block of the streaming kernels (a multiple of 4)
 constexpr int kStreamThreads = 256;
@@ -179,6 +182,7 @@ __device__ Stat row_stat(const Stat* chunks, int C, Stat* smem) {
 
 __global__ void __launch_bounds__(kStreamThreads)
     stats_kernel(const float* __restrict__ logits, int64_t V, bool vec, Stat* __restrict__ stats) {
+  pdl_begin();
   __shared__ Stat smem[32];
   const int64_t r = blockIdx.y;
   const float* x = logits + r * V;
@@ -308,6 +312,7 @@ __device__ float top_p_cut(const float* x, int64_t V, bool vec, float m, float t
 __global__ void __launch_bounds__(kSelectThreads)
     select_kernel(const float* __restrict__ logits, int64_t V, int C, bool vec, const RowParams* __restrict__ params,
                   const Stat* __restrict__ stats, RowInfo* __restrict__ info) {
+  pdl_begin();
   __shared__ SelectSmem sm;
   __shared__ float s_max;
   __shared__ int s_skip;
@@ -338,6 +343,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 __global__ void __launch_bounds__(kStreamThreads)
     draw_kernel(const float* __restrict__ logits, int64_t V, bool vec, const RowParams* __restrict__ params,
                 const RowInfo* __restrict__ info, Draw* __restrict__ draws) {
+  pdl_begin();
   __shared__ Draw smem[32];
   const int64_t r = blockIdx.y;
   const RowParams p = params[r];
@@ -390,6 +396,7 @@ __global__ void __launch_bounds__(kFinalThreads)
     finalize_kernel(const float* __restrict__ logits, int64_t V, int C, bool vec, const RowParams* __restrict__ params,
                     const Stat* __restrict__ stats, const RowInfo* __restrict__ info, const Draw* __restrict__ draws,
                     RowResult* __restrict__ results, TopEntry* __restrict__ tops, int top_stride) {
+  pdl_begin();
   __shared__ FinalSmem sm;
   const int64_t r = blockIdx.x;
   const RowParams p = params[r];
@@ -530,17 +537,12 @@ std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<R
   auto* draws = reinterpret_cast<Draw*>(at(draws_at));
   auto* results = reinterpret_cast<RowResult*>(at(results_at));
   auto* tops = reinterpret_cast<TopEntry*>(at(tops_at));
-  cudaStream_t s = g4::cuda::stream();
   const dim3 chunks(static_cast<unsigned>(C), static_cast<unsigned>(R));
-  stats_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, stats);
-  G4_CUDA_CHECK_LAUNCH();
-  select_kernel<<<static_cast<unsigned>(R), kSelectThreads, 0, s>>>(x, V, C, vec, dp, stats, info);
-  G4_CUDA_CHECK_LAUNCH();
-  draw_kernel<<<chunks, kStreamThreads, 0, s>>>(x, V, vec, dp, info, draws);
-  G4_CUDA_CHECK_LAUNCH();
-  finalize_kernel<<<static_cast<unsigned>(R), kFinalThreads, 0, s>>>(x, V, C, vec, dp, stats, info, draws, results,
-                                                                     tops, top_stride);
-  G4_CUDA_CHECK_LAUNCH();
+  launch_pdl(stats_kernel, chunks, kStreamThreads, 0, x, V, vec, stats);
+  launch_pdl(select_kernel, static_cast<unsigned>(R), kSelectThreads, 0, x, V, C, vec, dp, stats, info);
+  launch_pdl(draw_kernel, chunks, kStreamThreads, 0, x, V, vec, dp, info, draws);
+  launch_pdl(finalize_kernel, static_cast<unsigned>(R), kFinalThreads, 0, x, V, C, vec, dp, stats, info, draws, results,
+             tops, top_stride);
 
   std::vector<char> host(result_bytes);
   g4::detail::device_copy(host.data(), Device::CPU, at(results_at), Device::CUDA, result_bytes);

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/error.h"
 #include "core/tensor.h"
@@ -15,6 +16,12 @@
 namespace g4::ops::cuda {
 
 using bf16_t = __nv_bfloat16;
+
+// Programmatic dependent launch (core/cuda/pdl.cuh): the decode-path kernels use it.
+using g4::cuda::launch_pdl;
+using g4::cuda::pdl_begin;
+using g4::cuda::pdl_begin_after;
+using g4::cuda::prefetch_l2;
 
 // Calls fn(T{}) with T = float or bf16_t for `t`'s dtype (checked by the op's dispatcher).
 template <class Fn>

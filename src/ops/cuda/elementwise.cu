@@ -26,6 +26,7 @@ struct Ptrs {
 
 template <class T, int V, int NI, int NO, class F>
 __global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
+  pdl_begin();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   const int64_t npack = n / V;
@@ -72,11 +73,10 @@ void launch_map(const std::array<const Tensor*, NI>& ins, const std::array<Tenso
   }
   constexpr int V = kVec<T>;
   if (aligned && n >= V) {
-    map_kernel<T, V, NI, NO><<<grid_for(n / V, kThreads), kThreads, 0, g4::cuda::stream()>>>(p, n, f);
+    launch_pdl(map_kernel<T, V, NI, NO, F>, grid_for(n / V, kThreads), kThreads, 0, p, n, f);
   } else {
-    map_kernel<T, 1, NI, NO><<<grid_for(n, kThreads), kThreads, 0, g4::cuda::stream()>>>(p, n, f);
+    launch_pdl(map_kernel<T, 1, NI, NO, F>, grid_for(n, kThreads), kThreads, 0, p, n, f);
   }
-  G4_CUDA_CHECK_LAUNCH();
 }
 
 // y = f(x) for a new tensor y shaped like x.
@@ -186,6 +186,7 @@ struct ClampBackwardF {  // (dy, x)
 
 template <class TA, class TX, int V>
 __global__ void add_inplace_kernel(TA* __restrict__ acc, const TX* __restrict__ x, float alpha, int64_t n) {
+  pdl_begin();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   const int64_t npack = n / V;
@@ -207,11 +208,10 @@ void launch_add_inplace(Tensor& acc, const Tensor& x, float alpha) {
   const auto* px = static_cast<const TX*>(x.raw());
   constexpr int V = 16 / (sizeof(TA) > sizeof(TX) ? sizeof(TA) : sizeof(TX));
   if (aligned16(pa) && aligned16(px) && n >= V) {
-    add_inplace_kernel<TA, TX, V><<<grid_for(n / V, kThreads), kThreads, 0, g4::cuda::stream()>>>(pa, px, alpha, n);
+    launch_pdl(add_inplace_kernel<TA, TX, V>, grid_for(n / V, kThreads), kThreads, 0, pa, px, alpha, n);
   } else {
-    add_inplace_kernel<TA, TX, 1><<<grid_for(n, kThreads), kThreads, 0, g4::cuda::stream()>>>(pa, px, alpha, n);
+    launch_pdl(add_inplace_kernel<TA, TX, 1>, grid_for(n, kThreads), kThreads, 0, pa, px, alpha, n);
   }
-  G4_CUDA_CHECK_LAUNCH();
 }
 
 // ---- x [rows, d] * v [d] --------------------------------------------------------------------------
@@ -219,6 +219,7 @@ void launch_add_inplace(Tensor& acc, const Tensor& x, float alpha) {
 template <class T, int V>
 __global__ void mul_rowvec_kernel(const T* __restrict__ x, const T* __restrict__ v, T* __restrict__ y, int64_t n,
                                   int64_t d) {
+  pdl_begin();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t npack = n / V, dpack = d / V;  // V > 1 only when d % V == 0
   const bool small = npack <= 0xffffffffLL;
@@ -241,6 +242,7 @@ __global__ void mul_rowvec_kernel(const T* __restrict__ x, const T* __restrict__
 template <class T, int V, bool kBackward>
 __global__ void gelu_gate_fused_kernel(const T* __restrict__ gu, const T* __restrict__ dy, T* __restrict__ out,
                                        int64_t rows, int64_t inter) {
+  pdl_begin();
   const int64_t ipack = inter / V;
   const int64_t npack = rows * ipack;
   const bool small = npack <= 0xffffffffLL;
@@ -289,15 +291,13 @@ void launch_gelu_gate_fused(const char* op, const Tensor& gu, const Tensor* dy, 
     const T* pd = dy ? static_cast<const T*>(dy->raw()) : nullptr;
     T* po = static_cast<T*>(out.raw());
     const bool vec = inter % V == 0 && aligned16(pg) && aligned16(po) && (!pd || aligned16(pd));
-    cudaStream_t st = g4::cuda::stream();
     if (vec) {
-      gelu_gate_fused_kernel<T, V, kBackward>
-          <<<grid_for(rows * inter / V, kThreads), kThreads, 0, st>>>(pg, pd, po, rows, inter);
+      launch_pdl(gelu_gate_fused_kernel<T, V, kBackward>, grid_for(rows * inter / V, kThreads), kThreads, 0, pg, pd,
+                 po, rows, inter);
     } else {
-      gelu_gate_fused_kernel<T, 1, kBackward><<<grid_for(rows * inter, kThreads), kThreads, 0, st>>>(pg, pd, po, rows,
-                                                                                                     inter);
+      launch_pdl(gelu_gate_fused_kernel<T, 1, kBackward>, grid_for(rows * inter, kThreads), kThreads, 0, pg, pd, po,
+                 rows, inter);
     }
-    G4_CUDA_CHECK_LAUNCH();
   });
 }
 
@@ -307,6 +307,7 @@ void launch_gelu_gate_fused(const char* op, const Tensor& gu, const Tensor* dy, 
 // c = lane + k * tpr. Cached: the packs stay in registers between the passes (max, sum, write).
 template <class T, int V, int K, bool kCached>
 __global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int nvec, int tpr) {
+  pdl_begin();
   __shared__ float smem[32];
   const int rpb = static_cast<int>(blockDim.x) / tpr;
   const int group = static_cast<int>(threadIdx.x) / tpr, lane = static_cast<int>(threadIdx.x) % tpr;
@@ -506,13 +507,11 @@ Tensor mul_rowvec(const Tensor& x, const Tensor& v) {
     const T* px = static_cast<const T*>(x.raw());
     const T* pv = static_cast<const T*>(v.raw());
     T* py = static_cast<T*>(y.raw());
-    cudaStream_t st = g4::cuda::stream();
     if (d % V == 0 && aligned16(px) && aligned16(pv) && aligned16(py)) {
-      mul_rowvec_kernel<T, V><<<grid_for(n / V, kThreads), kThreads, 0, st>>>(px, pv, py, n, d);
+      launch_pdl(mul_rowvec_kernel<T, V>, grid_for(n / V, kThreads), kThreads, 0, px, pv, py, n, d);
     } else {
-      mul_rowvec_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, st>>>(px, pv, py, n, d);
+      launch_pdl(mul_rowvec_kernel<T, 1>, grid_for(n, kThreads), kThreads, 0, px, pv, py, n, d);
     }
-    G4_CUDA_CHECK_LAUNCH();
   });
   return y;
 }
@@ -594,14 +593,13 @@ Tensor softmax_lastdim(const Tensor& x) {
       auto* ku = softmax_kernel<T, V, kRowCache, false>;
       const RowPlan p = plan_rows("softmax_lastdim", rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
                                   max_block_threads(reinterpret_cast<const void*>(ku)));
-      (p.cached ? kc : ku)<<<p.grid, p.block, 0, g4::cuda::stream()>>>(px, py, rows, p.nvec, p.tpr);
+      launch_pdl(p.cached ? kc : ku, p.grid, p.block, 0, px, py, rows, p.nvec, p.tpr);
     };
     if (vec) {
       launch(std::integral_constant<int, kVec<T>>{});
     } else {
       launch(std::integral_constant<int, 1>{});
     }
-    G4_CUDA_CHECK_LAUNCH();
   });
   return y;
 }

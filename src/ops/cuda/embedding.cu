@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "ops/cuda/index_errors.h"
 #include "ops/cuda/vec_io.cuh"
@@ -20,6 +21,7 @@ template <class U>
 __global__ void __launch_bounds__(kThreads)
     gather_rows_kernel(const U* __restrict__ w, const int64_t* __restrict__ ids, int64_t n, int64_t vocab,
                        int64_t units, U* __restrict__ out, IndexErrorSink sink) {
+  g4::cuda::pdl_begin();
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const int64_t id = ids[i];
     const bool ok = id >= 0 && id < vocab;
@@ -73,10 +75,9 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   const IndexErrorSink sink = index_error_sink(IndexOp::Embedding);
   auto launch = [&](auto unit_tag) {
     using U = decltype(unit_tag);
-    gather_rows_kernel<U><<<row_grid(n), kThreads, 0, g4::cuda::stream()>>>(
-        static_cast<const U*>(weight.raw()), flat.data<int64_t>(), n, vocab,
-        static_cast<int64_t>(row_bytes / sizeof(U)), static_cast<U*>(out.raw()), sink);
-    G4_CUDA_CHECK_LAUNCH();
+    g4::cuda::launch_pdl(gather_rows_kernel<U>, row_grid(n), kThreads, 0, static_cast<const U*>(weight.raw()),
+               flat.data<int64_t>(), n, vocab, static_cast<int64_t>(row_bytes / sizeof(U)), static_cast<U*>(out.raw()),
+               sink);
   };
   if (fits(16))
     launch(uint4{});

@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __res
                                                                   const T* __restrict__ a, const T* __restrict__ w,
                                                                   T* __restrict__ y, int64_t d, float eps,
                                                                   float scale) {
+  pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
@@ -87,6 +88,7 @@ template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads)
     add_rmsnorm_norms_kernel(const T* __restrict__ residual, const T* __restrict__ a, const T* __restrict__ w,
                              T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps) {
+  pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
@@ -124,6 +126,7 @@ template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads) rmsnorm_sum_kernel(const T* __restrict__ a, const T* __restrict__ wa,
                                                                   const T* __restrict__ b, const T* __restrict__ wb,
                                                                   T* __restrict__ y, int64_t d, float eps) {
+  pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
@@ -148,6 +151,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rmsnorm_rope_kernel(const T* 
                                                                        const I* __restrict__ pos,
                                                                        const float* __restrict__ inv_freq,
                                                                        int64_t rows, int heads, int half, float eps) {
+  pdl_begin();
   const int lane = threadIdx.x & 31;
   const int64_t row = int64_t{blockIdx.x} * kRopeWarps + (threadIdx.x >> 5);
   if (row >= rows) return;  // a whole warp: only warp-level reductions follow
@@ -209,10 +213,9 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
   if (rows == 0) return y;
   dispatch_float("add_rmsnorm", a, [&](auto tag) {
     using T = decltype(tag);
-    add_rmsnorm_kernel<T, kVec<T>><<<row_grid(rows, 1, "add_rmsnorm"), kRowThreads, 0, g4::cuda::stream()>>>(
-        static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
-        static_cast<T*>(y.raw()), d, static_cast<float>(eps), static_cast<float>(scale));
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(add_rmsnorm_kernel<T, kVec<T>>, row_grid(rows, 1, "add_rmsnorm"), kRowThreads, 0,
+               static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
+               static_cast<T*>(y.raw()), d, static_cast<float>(eps), static_cast<float>(scale));
   });
   return y;
 }
@@ -232,11 +235,9 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
       sn.y[n] = static_cast<T*>(out[n + 1].raw());
       sn.scale[n] = static_cast<float>(norms[n].scale);
     }
-    add_rmsnorm_norms_kernel<T, kVec<T>>
-        <<<row_grid(rows, 1, "add_rmsnorm_norms"), kRowThreads, 0, g4::cuda::stream()>>>(
-            static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
-            static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps));
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(add_rmsnorm_norms_kernel<T, kVec<T>>, row_grid(rows, 1, "add_rmsnorm_norms"), kRowThreads, 0,
+               static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
+               static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps));
   });
   return out;
 }
@@ -247,10 +248,9 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
   if (rows == 0) return y;
   dispatch_float("rmsnorm_sum", a, [&](auto tag) {
     using T = decltype(tag);
-    rmsnorm_sum_kernel<T, kVec<T>><<<row_grid(rows, 1, "rmsnorm_sum"), kRowThreads, 0, g4::cuda::stream()>>>(
-        static_cast<const T*>(a.raw()), static_cast<const T*>(wa.raw()), static_cast<const T*>(b.raw()),
-        static_cast<const T*>(wb.raw()), static_cast<T*>(y.raw()), d, static_cast<float>(eps));
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(rmsnorm_sum_kernel<T, kVec<T>>, row_grid(rows, 1, "rmsnorm_sum"), kRowThreads, 0,
+               static_cast<const T*>(a.raw()), static_cast<const T*>(wa.raw()), static_cast<const T*>(b.raw()),
+               static_cast<const T*>(wb.raw()), static_cast<T*>(y.raw()), d, static_cast<float>(eps));
   });
   return y;
 }
@@ -264,11 +264,10 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
     using T = decltype(tag);
     auto launch = [&](auto itag) {
       using I = decltype(itag);
-      rmsnorm_rope_kernel<T, I, kVec<T>><<<grid, kRopeWarps * 32, 0, g4::cuda::stream()>>>(
-          static_cast<const T*>(x.raw()), static_cast<const T*>(w.raw()), static_cast<T*>(y.raw()),
-          static_cast<const I*>(positions.raw()), static_cast<const float*>(inv_freq.raw()), rows,
-          static_cast<int>(heads), static_cast<int>(half), static_cast<float>(eps));
-      G4_CUDA_CHECK_LAUNCH();
+      launch_pdl(rmsnorm_rope_kernel<T, I, kVec<T>>, grid, kRopeWarps * 32, 0, static_cast<const T*>(x.raw()),
+                 static_cast<const T*>(w.raw()), static_cast<T*>(y.raw()), static_cast<const I*>(positions.raw()),
+                 static_cast<const float*>(inv_freq.raw()), rows, static_cast<int>(heads), static_cast<int>(half),
+                 static_cast<float>(eps));
     };
     if (positions.dtype() == DType::I64)
       launch(int64_t{});

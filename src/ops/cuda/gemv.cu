@@ -5,6 +5,8 @@
 // within each warp by shuffles, then across the warps through shared memory, in a fixed order.
 // One launch may cover up to kMaxProducts products of the same x (a layer's q, k and v
 // projections): the grid is their blocks end to end, and a block finds its product by its index.
+// Under programmatic dependent launch (core/cuda/pdl.cuh) a block asks L2 for its weight rows
+// before it waits for the previous kernel: W is the bulk of the bytes and no kernel writes it.
 #include "ops/cuda/gemv.h"
 
 #include <cstdlib>
@@ -41,34 +43,62 @@ struct Products {
   int count = 0;
 };
 
-// kGated: the block's rows are 2 of W (gate) and the same 2 of w2 (up), and it writes
-// gelu_tanh(gate)·up for those 2 columns, each product rounded to TY first as separate ops round.
-template <int M, class TY, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
-                                                           const Products<TY> P, int64_t k, float alpha,
-                                                           float beta) {
-  constexpr int kCols = kGated ? kRows / 2 : kRows;  // output columns per block
-  __shared__ float partial[kWarps][M * kRows];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+// What one block computes: its kRows weight rows, its output and its first output column.
+template <class TY>
+struct BlockRows {
+  const bf16_t* w[kRows];
+  TY* y;
+  int64_t n, ldy, row0;
+};
+
+// kGated: the block's rows are 2 of W (gate) and the same 2 of w2 (up). From the kernel's
+// parameters only, so it may run before pdl_wait().
+template <class TY, bool kGated>
+__device__ __forceinline__ BlockRows<TY> block_rows(const Products<TY>& P) {
+  constexpr int kCols = kGated ? kRows / 2 : kRows;
   // This block's product: fixed indices only, so the table stays in parameter space.
   const bf16_t* w = P.w[0];
   const bf16_t* w2 = P.w2[0];
-  TY* y = P.y[0];
-  int64_t n = P.n[0], ldw = P.ldw[0], ldy = P.ldy[0], first = 0;
+  BlockRows<TY> b;
+  b.y = P.y[0];
+  int64_t ldw = P.ldw[0], first = 0;
+  b.n = P.n[0], b.ldy = P.ldy[0];
 #pragma unroll
   for (int p = 1; p < kMaxProducts; ++p)
     if (p < P.count && blockIdx.x >= P.first_block[p]) {
-      w = P.w[p], w2 = P.w2[p], y = P.y[p];
-      n = P.n[p], ldw = P.ldw[p], ldy = P.ldy[p], first = P.first_block[p];
+      w = P.w[p], w2 = P.w2[p], b.y = P.y[p];
+      b.n = P.n[p], ldw = P.ldw[p], b.ldy = P.ldy[p], first = P.first_block[p];
     }
-  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) - first) * kCols;
+  b.row0 = (static_cast<int64_t>(blockIdx.x) - first) * kCols;
   // Rows past n (the last block) read the last row again; their sums are never written.
-  const bf16_t* wr[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const int64_t row = row0 + r % kCols;
-    wr[r] = (kGated && r >= kCols ? w2 : w) + (row < n ? row : n - 1) * ldw;
+    const int64_t row = b.row0 + r % kCols;
+    b.w[r] = (kGated && r >= kCols ? w2 : w) + (row < b.n ? row : b.n - 1) * ldw;
   }
+  return b;
+}
+
+// kGated: the block writes gelu_tanh(gate)·up for its 2 columns, each product rounded to TY first
+// as separate ops round. prefetch: the block's weight rows start streaming into L2 before
+// pdl_wait(), so under programmatic dependent launch they load while the previous kernel ends.
+template <int M, class TY, bool kGated>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
+                                                           const Products<TY> P, int64_t k, float alpha,
+                                                           float beta, bool prefetch) {
+  pdl_begin_after([&] {
+    if (!prefetch) return;
+    const BlockRows<TY> b = block_rows<TY, kGated>(P);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (threadIdx.x == r * 32) prefetch_l2(b.w[r], static_cast<unsigned>(k * sizeof(bf16_t)));
+  });
+  constexpr int kCols = kGated ? kRows / 2 : kRows;  // output columns per block
+  __shared__ float partial[kWarps][M * kRows];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const BlockRows<TY> b = block_rows<TY, kGated>(P);
+  TY* y = b.y;
+  const int64_t n = b.n, ldy = b.ldy, row0 = b.row0;
 
   float acc[M][kRows];
 #pragma unroll
@@ -80,7 +110,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
   for (int64_t k0 = (static_cast<int64_t>(warp) * 32 + lane) * kPerLane; k0 < k; k0 += kStride) {
     float wv[kRows][kPerLane];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) load8(wr[r] + k0, wv[r]);
+    for (int r = 0; r < kRows; ++r) load8(b.w[r] + k0, wv[r]);
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       float xv[kPerLane];
@@ -133,10 +163,11 @@ void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, 
   G4_CHECK(blocks <= 0x7fffffff, "gemv: ", blocks, " blocks of output columns exceed one grid");
   if (blocks == 0) return;
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
-  cudaStream_t s = g4::cuda::stream();
+  // Prefetching pays only when the block can start before the previous kernel ends.
+  const bool prefetch = g4::pdl_enabled();
   switch (m) {
-#define G4_GEMV_CASE(M)                                                                \
-  case M: gemv_kernel<M, TY, kGated><<<grid, block, 0, s>>>(x, ldx, P, k, alpha, beta); break;
+#define G4_GEMV_CASE(M)                                                                      \
+  case M: launch_pdl(gemv_kernel<M, TY, kGated>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch); break;
     G4_GEMV_CASE(1)
     G4_GEMV_CASE(2)
     G4_GEMV_CASE(3)
@@ -148,7 +179,6 @@ void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, 
 #undef G4_GEMV_CASE
     default: G4_FAIL("gemv: ", m, " rows (1 to ", kGemvMaxRows, ")");
   }
-  G4_CUDA_CHECK_LAUNCH();
 }
 
 bool aligned_rows(const void* p, int64_t ld) { return aligned16(p) && ld % kPerLane == 0; }

@@ -11,6 +11,7 @@
 #include <cfloat>
 #include <type_traits>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "ops/cuda/index_errors.h"
 #include "ops/cuda/vec_io.cuh"
@@ -77,6 +78,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     ce_rows_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets, int64_t n, int64_t v, Cap cap,
                    int64_t ignore, bool vec, float* __restrict__ loss, float* __restrict__ lse, IndexErrorSink sink) {
+  g4::cuda::pdl_begin();
   constexpr int K = Vec16<T>::kCount;
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
     const int64_t t = targets[r];
@@ -230,10 +232,9 @@ CrossEntropyRows cross_entropy_rows(const Tensor& logits, const Tensor& targets,
   auto launch = [&](auto* p) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
     const bool vec = aligned16(p) && a.v % Vec16<T>::kCount == 0;
-    ce_rows_kernel<T><<<grid, kThreads, 0, g4::cuda::stream()>>>(p, a.targets.data<int64_t>(), a.n, a.v,
-                                                                 make_cap(softcap, temperature), ignore_index, vec,
-                                                                 out.loss.data<float>(), out.lse.data<float>(), sink);
-    G4_CUDA_CHECK_LAUNCH();
+    g4::cuda::launch_pdl(ce_rows_kernel<T>, grid, kThreads, 0, p, a.targets.data<int64_t>(), a.n, a.v,
+                         make_cap(softcap, temperature), ignore_index, vec, out.loss.data<float>(),
+                         out.lse.data<float>(), sink);
   };
   if (logits.dtype() == DType::BF16)
     launch(static_cast<const __nv_bfloat16*>(logits.raw()));

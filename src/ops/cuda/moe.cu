@@ -66,6 +66,7 @@ __device__ __forceinline__ bool better(float va, int ia, float vb, int ib) { ret
 template <class T>
 __global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, int experts, int k,
                                    T* __restrict__ weights, int32_t* __restrict__ indices) {
+  pdl_begin();
   const int lane = threadIdx.x % kWarp;
   const int64_t t = blockIdx.x * int64_t{kTopkWarpsPerBlock} + threadIdx.x / kWarp;
   if (t >= tokens) return;  // whole warps leave together
@@ -134,6 +135,7 @@ constexpr int kScatterThreads = 1024;
 
 __global__ void plan_histogram_kernel(const int32_t* __restrict__ idx, int64_t n, int experts,
                                       unsigned* __restrict__ counts, unsigned long long* __restrict__ bad) {
+  pdl_begin();
   extern __shared__ unsigned hist[];
   for (int e = threadIdx.x; e < experts; e += blockDim.x) hist[e] = 0;
   __syncthreads();
@@ -152,6 +154,7 @@ __global__ void plan_histogram_kernel(const int32_t* __restrict__ idx, int64_t n
 
 // One block: offsets[0] = 0, offsets[e+1] = offsets[e] + counts[e].
 __global__ void plan_offsets_kernel(const unsigned* __restrict__ counts, int experts, int64_t* __restrict__ offsets) {
+  pdl_begin();
   extern __shared__ int64_t scan[];  // experts + 1
   for (int e = threadIdx.x; e < experts; e += blockDim.x) scan[e + 1] = counts[e];
   __syncthreads();
@@ -165,6 +168,7 @@ __global__ void plan_offsets_kernel(const unsigned* __restrict__ counts, int exp
 
 __global__ void plan_scatter_kernel(const int32_t* __restrict__ idx, int64_t n, const int64_t* __restrict__ offsets,
                                     int32_t* __restrict__ order, int32_t* __restrict__ row_of) {
+  pdl_begin();
   __shared__ int warp_base[kScatterThreads / kWarp];
   __shared__ int chunk_total;
   const int e = blockIdx.x;
@@ -205,6 +209,7 @@ __global__ void plan_scatter_kernel(const int32_t* __restrict__ idx, int64_t n, 
 template <class U>
 __global__ void permute_rows_kernel(const U* __restrict__ x, U* __restrict__ xs, const int32_t* __restrict__ order,
                                     int k, int64_t units) {
+  pdl_begin();
   const int64_t row = blockIdx.x;
   const int64_t src = order[row] / k;
   for (int64_t c = threadIdx.x; c < units; c += blockDim.x) xs[row * units + c] = x[src * units + c];
@@ -224,6 +229,7 @@ __global__ void permute_backward_kernel(const T* __restrict__ dxs, T* __restrict
 template <class T>
 __global__ void unpermute_kernel(const T* __restrict__ ys, const void* __restrict__ weights, bool w_f32,
                                  T* __restrict__ out, const int32_t* __restrict__ row_of, int k, int64_t h) {
+  pdl_begin();
   const int64_t t = blockIdx.x;
   for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
     float acc = 0.0f;
@@ -462,11 +468,9 @@ void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indice
   const unsigned blocks = g4::cuda::blocks_for(tokens, kTopkWarpsPerBlock);
   dispatch(op, probs, [&](auto tag) {
     using T = decltype(tag);
-    router_topk_kernel<T><<<blocks, kTopkWarpsPerBlock * kWarp, 0, g4::cuda::stream()>>>(
-        typed<T>(probs), tokens, static_cast<int>(experts), static_cast<int>(k), typed<T>(weights),
-        indices.data<int32_t>());
+    launch_pdl(router_topk_kernel<T>, blocks, kTopkWarpsPerBlock * kWarp, 0, typed<T>(probs), tokens,
+               static_cast<int>(experts), static_cast<int>(k), typed<T>(weights), indices.data<int32_t>());
   });
-  G4_CUDA_CHECK_LAUNCH();
 }
 
 Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices) {
@@ -506,20 +510,16 @@ MoePlan moe_plan(const Tensor& indices, int64_t num_experts, bool host_offsets) 
   Tensor counts = Tensor::zeros({num_experts}, DType::I32, Device::CUDA);
   auto* bad = reinterpret_cast<unsigned long long*>(meta.data<int64_t>() + num_experts + 1);
   auto* cnt = reinterpret_cast<unsigned*>(counts.data<int32_t>());
-  const cudaStream_t s = g4::cuda::stream();
   if (n > 0) {
     const unsigned hist_blocks = g4::cuda::blocks_for(n < (int64_t{1} << 20) ? n : (int64_t{1} << 20), 256);
-    plan_histogram_kernel<<<hist_blocks, 256, static_cast<size_t>(experts) * sizeof(unsigned), s>>>(
-        idx.data<int32_t>(), n, experts, cnt, bad);
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(plan_histogram_kernel, hist_blocks, 256, static_cast<size_t>(experts) * sizeof(unsigned),
+               idx.data<int32_t>(), n, experts, cnt, bad);
   }
-  plan_offsets_kernel<<<1, 256, static_cast<size_t>(experts + 1) * sizeof(int64_t), s>>>(cnt, experts,
-                                                                                         meta.data<int64_t>());
-  G4_CUDA_CHECK_LAUNCH();
+  launch_pdl(plan_offsets_kernel, 1, 256, static_cast<size_t>(experts + 1) * sizeof(int64_t), cnt, experts,
+             meta.data<int64_t>());
   if (n > 0) {
-    plan_scatter_kernel<<<static_cast<unsigned>(experts), kScatterThreads, 0, s>>>(
-        idx.data<int32_t>(), n, meta.data<int64_t>(), plan.order.data<int32_t>(), plan.row_of.data<int32_t>());
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(plan_scatter_kernel, static_cast<unsigned>(experts), kScatterThreads, 0, idx.data<int32_t>(), n,
+               meta.data<int64_t>(), plan.order.data<int32_t>(), plan.row_of.data<int32_t>());
   }
   plan.device_offsets = meta.slice0(0, num_experts + 1);
   if (!host_offsets) return plan;
@@ -549,9 +549,8 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
     using U = decltype(unit_tag);
     const int64_t units = row_bytes / static_cast<int64_t>(sizeof(U));
     const int threads = units >= 256 ? 256 : (units >= 64 ? 64 : 32);
-    permute_rows_kernel<U><<<static_cast<unsigned>(rows), threads, 0, g4::cuda::stream()>>>(
-        static_cast<const U*>(x.raw()), static_cast<U*>(xs.raw()), plan.order.data<int32_t>(),
-        static_cast<int>(plan.top_k), units);
+    launch_pdl(permute_rows_kernel<U>, static_cast<unsigned>(rows), threads, 0, static_cast<const U*>(x.raw()),
+               static_cast<U*>(xs.raw()), plan.order.data<int32_t>(), static_cast<int>(plan.top_k), units);
   };
   check_int_range(op, "tokens * top_k", rows);
   if (aligned(16)) {
@@ -563,7 +562,6 @@ Tensor moe_permute(const Tensor& x, const MoePlan& plan) {
   } else {
     launch(uint8_t{});
   }
-  G4_CUDA_CHECK_LAUNCH();
   return xs;
 }
 
@@ -590,11 +588,10 @@ Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& pla
   check_int_range(op, "tokens", plan.tokens);
   dispatch(op, ys, [&](auto tag) {
     using T = decltype(tag);
-    unpermute_kernel<T><<<static_cast<unsigned>(plan.tokens), kRowThreads, 0, g4::cuda::stream()>>>(
-        typed<T>(ys), weights.raw(), weights.dtype() == DType::F32, typed<T>(out), plan.row_of.data<int32_t>(),
-        static_cast<int>(plan.top_k), h);
+    launch_pdl(unpermute_kernel<T>, static_cast<unsigned>(plan.tokens), kRowThreads, 0, typed<T>(ys), weights.raw(),
+               weights.dtype() == DType::F32, typed<T>(out), plan.row_of.data<int32_t>(), static_cast<int>(plan.top_k),
+               h);
   });
-  G4_CUDA_CHECK_LAUNCH();
   return out;
 }
 

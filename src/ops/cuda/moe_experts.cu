@@ -151,6 +151,7 @@ template <int V>
 __global__ void __launch_bounds__(kThreads)
     gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices, int assignments, int experts,
                    int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
+  pdl_begin();
   constexpr int kCols = kGateCols, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
   constexpr int kWarps = kThreads / 32;
   static_assert(kRowLanes <= 32, "a tile row within one warp");
@@ -205,6 +206,7 @@ template <int V>
 __global__ void __launch_bounds__(kThreads)
     down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices, int assignments, int experts, int I,
                 int H, const bf16* __restrict__ down, bf16* __restrict__ ys) {
+  pdl_begin();
   constexpr int kCols = kDownCols, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
   // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
   constexpr int kParts = kRowLanes < 32 ? kThreads / 32 : kGroups;
@@ -251,6 +253,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class W>
 __global__ void combine_kernel(const bf16* __restrict__ ys, const W* __restrict__ weights, int tokens, int top_k, int H,
                                bf16* __restrict__ out) {
+  pdl_begin();
   const int64_t total = static_cast<int64_t>(tokens) * H;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -271,7 +274,6 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   Tensor out = Tensor::empty({T, H}, DType::BF16, Device::CUDA);
   if (T == 0) return out;
   Tensor act = Tensor::empty({int64_t{T} * K, I}, DType::BF16, Device::CUDA);
-  cudaStream_t st = g4::cuda::stream();
   const auto* idx = static_cast<const int32_t*>(indices.raw());
   // 16-byte weight loads when every row of both tensors starts 16-byte aligned.
   const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
@@ -286,12 +288,12 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
     g4::cuda::allow_dynamic_smem<gate_up_kernel<V>>(bytes);
     g4::cuda::allow_dynamic_smem<down_kernel<V>>(bytes);
-    gate_up_kernel<V><<<dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem, st>>>(
-        static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
-        static_cast<bf16*>(act.raw()));
-    down_kernel<V><<<dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem, st>>>(
-        static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
-        static_cast<bf16*>(ys.raw()));
+    launch_pdl(gate_up_kernel<V>, dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem,
+               static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
+               static_cast<bf16*>(act.raw()));
+    launch_pdl(down_kernel<V>, dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem,
+               static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
+               static_cast<bf16*>(ys.raw()));
   };
   if (wide)
     launch(std::integral_constant<int, 8>{});
@@ -299,14 +301,11 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     launch(std::integral_constant<int, 2>{});
   const unsigned blocks = grid_for(int64_t{T} * H, kThreads);
   if (weights.dtype() == DType::F32)
-    combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),
-                                                static_cast<const float*>(weights.raw()), T, K, H,
-                                                static_cast<bf16*>(out.raw()));
+    launch_pdl(combine_kernel<float>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()),
+               static_cast<const float*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
   else
-    combine_kernel<<<blocks, kThreads, 0, st>>>(static_cast<const bf16*>(ys.raw()),
-                                                static_cast<const __nv_bfloat16*>(weights.raw()), T, K, H,
-                                                static_cast<bf16*>(out.raw()));
-  G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(combine_kernel<bf16>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()),
+               static_cast<const bf16*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
   return out;
 }
 

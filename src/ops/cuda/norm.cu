@@ -17,6 +17,7 @@ namespace {
 template <class T, int V, int K, bool kCached>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int64_t rows,
                                int nvec, int tpr, float eps) {
+  pdl_begin();
   __shared__ float smem[32];
   const int rpb = static_cast<int>(blockDim.x) / tpr;
   const int group = static_cast<int>(threadIdx.x) / tpr, lane = static_cast<int>(threadIdx.x) % tpr;
@@ -220,15 +221,13 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, double eps) {
       auto* ku = rmsnorm_kernel<T, V, kRowCache, false>;
       const RowPlan p = plan_rows("rmsnorm", rows, d, V, max_block_threads(reinterpret_cast<const void*>(kc)),
                                   max_block_threads(reinterpret_cast<const void*>(ku)));
-      (p.cached ? kc : ku)<<<p.grid, p.block, 0, g4::cuda::stream()>>>(px, pw, py, rows, p.nvec, p.tpr,
-                                                                        static_cast<float>(eps));
+      launch_pdl(p.cached ? kc : ku, p.grid, p.block, 0, px, pw, py, rows, p.nvec, p.tpr, static_cast<float>(eps));
     };
     if (vec) {
       launch(std::integral_constant<int, kVec<T>>{});
     } else {
       launch(std::integral_constant<int, 1>{});
     }
-    G4_CUDA_CHECK_LAUNCH();
   });
   return y;
 }

@@ -40,6 +40,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/error.h"
 #include "ops/cuda/attention_tiles.cuh"
@@ -54,6 +55,8 @@ using attn::bf16;
 using attn::cp_async16;
 using attn::cp_async_commit;
 using attn::cp_async_wait;
+using g4::cuda::launch_pdl;
+using g4::cuda::pdl_begin;
 
 constexpr int kMaxSplits = 64;
 constexpr int kMinSplitKeys = 128;
@@ -164,6 +167,7 @@ __device__ __forceinline__ void qk_gemm_x2(float (&acc)[1][NT][4], const bf16* s
 
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
+  pdl_begin();
   constexpr int HD = C::HD, BM = C::BM, BN = C::BN, WN = C::WN, LD = C::LD, LDP = C::LDP, S = C::STAGES;
   constexpr int NT_S = C::NT_S, NT_O = C::NT_O;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -354,6 +358,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
 __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ part_o,
                                                       const float* __restrict__ part_lse, bf16* __restrict__ out,
                                                       long long row_heads, int dv, int splits) {
+  pdl_begin();
   const long long rh = blockIdx.x;
   float m = -INFINITY;  // a NaN split makes the row NaN
   for (int s = 0; s < splits; ++s) m = attn::KeepNaN{}(m, part_lse[s * row_heads + rh]);
@@ -410,12 +415,10 @@ void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
     a.part_lse = part_lse.data<float>();
   }
   const dim3 grid(static_cast<unsigned>(slots * a.kv_heads), static_cast<unsigned>(a.splits));
-  paged_kernel<C><<<grid, C::kThreads, C::kSmem, g4::cuda::stream()>>>(a);
-  G4_CUDA_CHECK_LAUNCH();
+  launch_pdl(paged_kernel<C>, grid, C::kThreads, C::kSmem, a);
   if (a.splits > 1) {
-    combine_kernel<<<static_cast<unsigned>(row_heads), 128, 0, g4::cuda::stream()>>>(a.part_o, a.part_lse, a.out,
-                                                                                      row_heads, a.dv, a.splits);
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(combine_kernel, static_cast<unsigned>(row_heads), 128, 0, a.part_o, a.part_lse, a.out, row_heads, a.dv,
+               a.splits);
   }
 }
 
@@ -512,6 +515,7 @@ __global__ void __launch_bounds__(128)
     write_kv_kernel(const U* __restrict__ k, const U* __restrict__ v, U* __restrict__ k_pages, U* __restrict__ v_pages,
                     const int64_t* __restrict__ slots, int64_t pool_rows, int64_t k_units, int64_t v_units,
                     IndexErrorSink sink) {
+  pdl_begin();
   const int64_t t = blockIdx.x, slot = slots[t];
   if (slot < 0) return;  // a token this layer kind does not keep
   if (slot >= pool_rows) {
@@ -536,11 +540,9 @@ void write_kv_pages(const Tensor& k, const Tensor& v, Tensor& k_pages, Tensor& v
                     k_row % 8 == 0 && v_row % 8 == 0;
   auto launch = [&](auto unit_tag, int per_unit) {
     using U = decltype(unit_tag);
-    write_kv_kernel<U><<<static_cast<unsigned>(tokens), 128, 0, g4::cuda::stream()>>>(
-        static_cast<const U*>(k.raw()), static_cast<const U*>(v.raw()), static_cast<U*>(k_pages.raw()),
-        static_cast<U*>(v_pages.raw()), slot64.data<int64_t>(), k_pages.size(0) * k_pages.size(1), k_row / per_unit,
-        v_row / per_unit, sink);
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(write_kv_kernel<U>, static_cast<unsigned>(tokens), 128, 0, static_cast<const U*>(k.raw()),
+               static_cast<const U*>(v.raw()), static_cast<U*>(k_pages.raw()), static_cast<U*>(v_pages.raw()),
+               slot64.data<int64_t>(), k_pages.size(0) * k_pages.size(1), k_row / per_unit, v_row / per_unit, sink);
   };
   if (wide) {
     launch(uint4{}, 8);

@@ -16,6 +16,7 @@ template <class T, class I, int V>
 __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ y, const I* __restrict__ pos,
                             const float* __restrict__ inv_freq, int64_t tokens, int heads, int half, int head_split,
                             float sign) {
+  pdl_begin();
   const int hpack = half / V;  // packs of pairs per head
   const int heads_per = (heads + head_split - 1) / head_split;
   const int64_t work = tokens * hpack * head_split;
@@ -75,17 +76,15 @@ Tensor rotate(const char* op, const Tensor& x, const Tensor& positions, const Te
     split = split < 1 ? 1 : (split > heads ? heads : split);
     const int64_t work = items * split;
     const unsigned grid = grid_for(work, kThreads);
-    cudaStream_t st = g4::cuda::stream();
     const int ih = static_cast<int>(heads), hh = static_cast<int>(half), sp = static_cast<int>(split);
     auto launch = [&](auto itag) {
       using I = decltype(itag);
       const I* pp = static_cast<const I*>(positions.raw());
       if (vec) {
-        rope_kernel<T, I, V><<<grid, kThreads, 0, st>>>(px, py, pp, pf, tokens, ih, hh, sp, sign);
+        launch_pdl(rope_kernel<T, I, V>, grid, kThreads, 0, px, py, pp, pf, tokens, ih, hh, sp, sign);
       } else {
-        rope_kernel<T, I, 1><<<grid, kThreads, 0, st>>>(px, py, pp, pf, tokens, ih, hh, sp, sign);
+        launch_pdl(rope_kernel<T, I, 1>, grid, kThreads, 0, px, py, pp, pf, tokens, ih, hh, sp, sign);
       }
-      G4_CUDA_CHECK_LAUNCH();
     };
     if (positions.dtype() == DType::I32) {
       launch(int32_t{});

@@ -14,6 +14,7 @@ namespace {
 template <class U>
 __global__ void pitched_copy_kernel(const U* __restrict__ src, int64_t src_pitch, U* __restrict__ dst,
                                     int64_t dst_pitch, int64_t width, int64_t rows) {
+  pdl_begin();
   const int64_t total = rows * width;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const bool small = total <= 0xffffffffLL;
@@ -38,14 +39,12 @@ void pitched_copy(const char* src, int64_t src_pitch, char* dst, int64_t dst_pit
   const uint64_t bits = reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
                         static_cast<uint64_t>(src_pitch) | static_cast<uint64_t>(dst_pitch) |
                         static_cast<uint64_t>(width);
-  cudaStream_t st = g4::cuda::stream();
   auto launch = [&](auto tag) {
     using U = decltype(tag);
     constexpr int64_t u = sizeof(U);
     const int64_t w = width / u;
-    pitched_copy_kernel<U><<<grid_for(rows * w, 256), 256, 0, st>>>(
-        reinterpret_cast<const U*>(src), src_pitch / u, reinterpret_cast<U*>(dst), dst_pitch / u, w, rows);
-    G4_CUDA_CHECK_LAUNCH();
+    launch_pdl(pitched_copy_kernel<U>, grid_for(rows * w, 256), 256, 0, reinterpret_cast<const U*>(src), src_pitch / u,
+               reinterpret_cast<U*>(dst), dst_pitch / u, w, rows);
   };
   if ((bits & 15u) == 0) {
     launch(uint4{});
