@@ -617,8 +617,18 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   if (!ple.defined()) return add_normed(residual, m, pre + "post_feedforward_layernorm.weight", layer_scalar);
   h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
 
+  const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
+  if (fused) {
+    // The same values in four kernels fewer: the gelu and the product in one op, the norm, the sum
+    // and the layer scalar in one, and at one row (a batch-1 decode step) the layer's slice of the
+    // per-layer inputs as a view, not a copy.
+    const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
+                                    : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
+    const Tensor gate = ops::gelu_tanh_mul(ag::linear(h, p(pre + "per_layer_input_gate.weight")).value(), ple_l);
+    const Tensor g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight")).value();
+    return ag::Var(ops::add_rmsnorm(h.value(), g, p(pre + "post_per_layer_input_norm.weight").value(), layer_scalar, eps));
+  }
   {
-    const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
     ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});
     ag::Var g = ag::mul(ag::gelu_tanh(ag::linear(h, p(pre + "per_layer_input_gate.weight"))), ple_l);
     g = ag::rmsnorm(ag::linear(g, p(pre + "per_layer_projection.weight")), p(pre + "post_per_layer_input_norm.weight"), eps);

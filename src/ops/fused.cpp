@@ -105,6 +105,14 @@ Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_u
   return gelu_gate(linear(x, w_gate), linear(x, w_up));
 }
 
+Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {
+  check_same_shape("gelu_tanh_mul", "a", a, "b", b);
+#ifdef G4_WITH_CUDA
+  if (on_gpu(a) && (a.dtype() == DType::BF16 || a.dtype() == DType::F32)) return cuda::gelu_tanh_mul(a, b);
+#endif
+  return mul(gelu_tanh(a), b);
+}
+
 std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights) {
   check_float("linear_many", "x", x);
   G4_CHECK(x.dim() >= 1, "linear_many: x must be [..., K], got ", x.describe());

@@ -41,6 +41,11 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
 // GEMV takes the shapes (ops/cuda/gemv.h).
 Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
 
+// mul(gelu_tanh(a), b), the gelu rounded to the tensors' dtype as gelu_tanh stores it: the gate of
+// E4B's per-layer input (its projection of the residual times the layer's slice of the per-layer
+// embedding). a and b alike.
+Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b);
+
 // linear(x, w) for each w of `weights` (a layer's q, k and v projections of the same x): on the GPU
 // one launch when x has at most 8 rows and the GEMV takes every weight (at most 3).
 std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights);

@@ -69,6 +69,22 @@ TEST_P(FusedInference, EngineSamplesTheSameTokens) {
   }
 }
 
+// A lone sequence's decode steps are one row, where the per-layer inputs' slice is a view (E4B's
+// per-layer input path): the same logits as the separate ops, step by step.
+TEST_P(FusedInference, OneRowStepsGiveTheSameLogits) {
+  auto m = model::load_hf_model(test::data_dir() + "/" + GetParam());
+  model::ForwardInputs in;
+  in.input_ids = Tensor::from_vector(std::vector<int64_t>{7}, {1, 1});
+  const auto logits = [&](bool fused) {
+    m->set_fused_inference(fused);
+    ag::NoGrad no_grad;
+    return m->forward(in).logits.value();
+  };
+  const Tensor plain = logits(false), fused = logits(true);
+  ASSERT_EQ(plain.shape(), fused.shape());
+  for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_EQ(plain.data<float>()[i], fused.data<float>()[i]) << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FusedInference,
                          ::testing::Values("hf-gemma4/tiny-moe", "hf-gemma4/tiny-dense-ple", "hf-gemma4/tiny-dense-keqv",
                                            "hf-gemma4-varied/var-ple-shared"));

@@ -9,6 +9,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/elementwise.h"
+#include "ops/cuda/fused.h"
 
 namespace g4::ops::cuda {
 
@@ -130,6 +131,10 @@ struct GeluBackwardF {  // (dy, x)
 };
 struct GeluGateF {  // (g, u)
   __device__ void operator()(const float* x, float* y) const { y[0] = gelu_value(x[0]) * x[1]; }
+};
+template <class T>
+struct GeluMulF {  // (a, b): gelu(a) rounded to T, as gelu_tanh stores it, then times b
+  __device__ void operator()(const float* x, float* y) const { y[0] = to_f32(from_f32<T>(gelu_value(x[0]))) * x[1]; }
 };
 struct GeluGateBackwardF {  // (dy, g, u) -> (dg, du)
   __device__ void operator()(const float* x, float* y) const {
@@ -530,6 +535,15 @@ Tensor gelu_tanh_backward(const Tensor& dy, const Tensor& x) {
 }
 
 Tensor gelu_gate(const Tensor& g, const Tensor& u) { return binary("gelu_gate", g, u, GeluGateF{}); }
+
+Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::CUDA);
+  dispatch_float("gelu_tanh_mul", a, [&](auto tag) {
+    using T = decltype(tag);
+    launch_map<T, 2, 1>({&a, &b}, {&y}, a.numel(), GeluMulF<T>{});
+  });
+  return y;
+}
 
 void gelu_gate_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
   dg = Tensor::empty(g.shape(), g.dtype(), Device::CUDA);

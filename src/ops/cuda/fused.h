@@ -16,5 +16,7 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
+// One elementwise kernel (in elementwise.cu, beside the other maps); any float dtype and alignment.
+Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b);
 
 }  // namespace g4::ops::cuda
