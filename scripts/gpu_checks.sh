@@ -29,7 +29,8 @@ run="scripts/device_run.sh"
 # backward under narrow windows went back to the flash kernel (host-side choice only): the whole
 # suite on that build is the next check (`tests`). Session 18 (no GPU lent) added programmatic dependent
 # launch, off unless G4_PDL=1: GpuEnginePdl compares the engine with it off and on, and the `pdl` stage
-# runs the whole suite with it on. GpuFusedNorms checks E4B's fused per-layer input (gelu_tanh_mul).
+# runs the whole suite with it on. GpuFusedNorms checks E4B's fused per-layer input (gelu_tanh_mul) and
+# the paged step's attention inputs in one kernel (norm_rope_write_kv), which every GpuEngine* test runs.
 new_tests='GpuAttention.*:GpuEnginePdl.*:GpuFusedNorms.*'
 
 stage() {

@@ -659,6 +659,23 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
   // Unfused, each projection runs where it is used (the tape's order as before).
   const auto projection = [&](size_t i) { return projected.empty() ? proj(x, modules[i], ctx) : projected[i]; };
   ag::Var q = ag::reshape(projection(0), {B, S, cfg_.num_heads, d});
+  if (fused && ctx.step) {
+    // A paged step: q's norm and rotation, and the keys' and values' norms, rotation and page
+    // writes, in one op (one kernel on the GPU); paged_attention then only attends.
+    Tensor k_raw, v_raw, wk;
+    if (!ls.kv_shared) {
+      k_raw = projection(1).value().reshape({B, S, nkv, d});
+      v_raw = ls.k_eq_v ? k_raw : projection(2).value().reshape({B, S, nkv, d});
+      wk = p(pre + "k_norm.weight").value();
+    }
+    const int64_t owner = ls.kv_shared ? ls.kv_source : l;
+    const Tensor qn = ops::norm_rope_write_kv(q.value(), p(pre + "q_norm.weight").value(), k_raw, wk, v_raw,
+                                              ctx.positions, inv_freq, eps, ctx.pages->k[static_cast<size_t>(owner)],
+                                              ctx.pages->v[static_cast<size_t>(owner)],
+                                              ctx.step->slots[static_cast<size_t>(layer_kind(cfg_, l))]);
+    const ag::Var o(paged_attention(l, qn, Tensor(), Tensor(), ctx));
+    return proj(ag::reshape(o, {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
+  }
   const auto norm_rope = [&](const ag::Var& t, const std::string& w) {
     return fused ? ag::Var(ops::rmsnorm_rope(t.value(), p(w).value(), ctx.positions, inv_freq, eps))
                  : ag::rope(ag::rmsnorm(t, p(w), eps), ctx.positions, inv_freq);
@@ -739,7 +756,7 @@ Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, cons
   const AttnKind kind = layer_kind(cfg_, l);
   Tensor& k_pages = ctx.pages->k[static_cast<size_t>(owner)];
   Tensor& v_pages = ctx.pages->v[static_cast<size_t>(owner)];
-  if (!ls.kv_shared)
+  if (k.defined())
     ops::write_kv_pages(k.reshape({T, ls.num_kv_heads, ls.head_dim}), v.reshape({T, ls.num_kv_heads, ls.head_dim}),
                         k_pages, v_pages,
                         ctx.step->slots[static_cast<size_t>(kind)]);

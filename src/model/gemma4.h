@@ -271,8 +271,9 @@ class Gemma4 {
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
-  // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] (undefined for a
-  // KV-shared layer) into the pages, q [1, T, nH, d] over them; returns [T, nH, d].
+  // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] into the pages (undefined:
+  // a KV-shared layer, or k/v already written by ops::norm_rope_write_kv), q [1, T, nH, d] over
+  // them; returns [T, nH, d].
   Tensor paged_attention(int64_t l, const Tensor& q, const Tensor& k, const Tensor& v, const Context& ctx) const;
   // The inputs of an MoE block's router and experts (the residual's two norms), when a fused
   // inference layer computed them with the residual.

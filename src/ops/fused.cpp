@@ -9,6 +9,7 @@
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/paged_attention.h"
 #include "ops/rope.h"
 #ifdef G4_WITH_CUDA
 #include "ops/cuda/fused.h"
@@ -103,6 +104,38 @@ Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_u
   }
 #endif
   return gelu_gate(linear(x, w_gate), linear(x, w_up));
+}
+
+Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k_raw, const Tensor& wk,
+                          const Tensor& v_raw, const Tensor& positions, const Tensor& inv_freq, double eps,
+                          Tensor& k_pages, Tensor& v_pages, const Tensor& slots) {
+  const char* op = "norm_rope_write_kv";
+  check_rank(op, "q_raw", q_raw, 4, "[B, S, nH, d]");
+  check_normed(op, "q_raw", q_raw, "wq", wq);
+  // The keys and values as write_kv_pages takes them: [T, nKV, d] views.
+  Tensor k_rows, v_rows;
+  if (k_raw.defined()) {
+    check_rank(op, "k_raw", k_raw, 4, "[B, S, nKV, d]");
+    check_normed(op, "k_raw", k_raw, "wk", wk);
+    check_same_shape(op, "k_raw", k_raw, "v_raw", v_raw);
+    G4_CHECK(k_raw.size(0) == q_raw.size(0) && k_raw.size(1) == q_raw.size(1), op, ": k_raw ", k_raw.describe(),
+             " and q_raw ", q_raw.describe(), " hold different tokens");
+    const int64_t T = k_raw.size(0) * k_raw.size(1);
+    k_rows = k_raw.reshape({T, k_raw.size(2), k_raw.size(3)});
+    v_rows = v_raw.reshape({T, v_raw.size(2), v_raw.size(3)});
+  }
+#ifdef G4_WITH_CUDA
+  if (on_gpu(q_raw) && cuda::norm_rope_write_kv_fits(q_raw, wq, k_raw, wk, v_raw, k_pages, v_pages, slots)) {
+    check_rope_args(op, q_raw, positions, inv_freq);
+    if (k_raw.defined()) check_write_kv_pages_args(op, k_rows, v_rows, k_pages, v_pages, slots);
+    return cuda::norm_rope_write_kv(q_raw, wq, k_raw, wk, v_raw, positions, inv_freq, eps, k_pages, v_pages, slots);
+  }
+#endif
+  const Tensor q = rmsnorm_rope(q_raw, wq, positions, inv_freq, eps);
+  if (k_raw.defined())
+    write_kv_pages(rmsnorm_rope(k_raw, wk, positions, inv_freq, eps).reshape(k_rows.shape()),
+                   rmsnorm(v_raw, Tensor(), eps).reshape(v_rows.shape()), k_pages, v_pages, slots);
+  return q;
 }
 
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {

@@ -41,6 +41,15 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
 // GEMV takes the shapes (ops/cuda/gemv.h).
 Tensor gelu_gate_linear(const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
 
+// The attention inputs of one paged step (a decode step) in one pass: returns q =
+// rmsnorm_rope(q_raw, wq, positions, inv_freq, eps), and, when k_raw is defined (a layer with keys
+// of its own; undefined for a KV-shared layer), writes rmsnorm_rope(k_raw, wk, ...) and
+// rmsnorm(v_raw) (no weight) into k_pages / v_pages at `slots`, as write_kv_pages writes them.
+// q_raw [B, S, nH, d]; k_raw and v_raw [B, S, nKV, d]; positions [B, S]; slots [B·S].
+Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k_raw, const Tensor& wk,
+                          const Tensor& v_raw, const Tensor& positions, const Tensor& inv_freq, double eps,
+                          Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
+
 // mul(gelu_tanh(a), b), the gelu rounded to the tensors' dtype as gelu_tanh stores it: the gate of
 // E4B's per-layer input (its projection of the residual times the layer's slice of the per-layer
 // embedding). a and b alike.

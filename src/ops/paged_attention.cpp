@@ -60,7 +60,12 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
 }
 
 void write_kv_pages(const Tensor& k, const Tensor& v, Tensor& k_pages, Tensor& v_pages, const Tensor& slots) {
-  const char* op = "write_kv_pages";
+  check_write_kv_pages_args("write_kv_pages", k, v, k_pages, v_pages, slots);
+  G4_DISPATCH(k, write_kv_pages(k, v, k_pages, v_pages, slots));
+}
+
+void check_write_kv_pages_args(const char* op, const Tensor& k, const Tensor& v, const Tensor& k_pages,
+                               const Tensor& v_pages, const Tensor& slots) {
   check_pools(op, k_pages, v_pages);
   check_rank(op, "k", k, 3, "[T, nKV, d]");
   check_rank(op, "v", v, 3, "[T, nKV, dv]");
@@ -71,7 +76,6 @@ void write_kv_pages(const Tensor& k, const Tensor& v, Tensor& k_pages, Tensor& v
   G4_CHECK(v.size(0) == k.size(0) && v.size(1) == v_pages.size(2) && v.size(2) == v_pages.size(3), op, ": v ",
            v.describe(), " does not fit v_pages ", v_pages.describe(), " or k ", k.describe());
   check_index_vector(op, "slots", slots, k.size(0), k.device());
-  G4_DISPATCH(k, write_kv_pages(k, v, k_pages, v_pages, slots));
 }
 
 }  // namespace g4::ops

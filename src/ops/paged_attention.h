@@ -43,5 +43,9 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
 // offset; slots [T] i64 on the pages' device); slot -1 writes nothing (a token whose key a layer
 // kind does not keep).
 void write_kv_pages(const Tensor& k, const Tensor& v, Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
+// The checks of write_kv_pages' arguments, for the ops that write pages too (ops::norm_rope_write_kv),
+// naming `op` in their errors.
+void check_write_kv_pages_args(const char* op, const Tensor& k, const Tensor& v, const Tensor& k_pages,
+                               const Tensor& v_pages, const Tensor& slots);
 
 }  // namespace g4::ops

@@ -11,6 +11,7 @@
 #include "ops/fused.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/paged_attention.h"
 #include "ops/rope.h"
 #include "support/test_paths.h"
 
@@ -142,6 +143,47 @@ TEST(GpuFusedNorms, ProjectionsInOneLaunchMatchTheSeparateProducts) {
     for (size_t i = 0; i < weights.size(); ++i)
       expect_close_scaled(got[i], ops::linear(x, weights[i]), 0, kBf16Rtol,
                           "linear_many rows=" + std::to_string(rows) + " product " + std::to_string(i));
+  }
+}
+
+// A paged step's attention inputs in one kernel against the separate ops: q normed and rotated,
+// the keys normed, rotated and written into the pages, the values normed and written, at head dims
+// 256 and 512 (26B-A4B's sliding and full layers), one token and several, slots that skip a token
+// (-1) and a KV-shared layer (no keys: q only, the pages untouched).
+TEST(GpuFusedNorms, NormRopeWriteKvMatchesTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  for (const int64_t d : {int64_t{256}, int64_t{512}}) {
+    for (const int64_t T : {int64_t{1}, int64_t{5}}) {
+      const int64_t nH = 16, nKV = d == 512 ? 2 : 8, pages = 4, page_size = 4;
+      const std::string what = "d=" + std::to_string(d) + " T=" + std::to_string(T);
+      const Tensor q = gpu_bf16(randn_bf16_exact({1, T, nH, d}, 11, 2.0));
+      const Tensor k = gpu_bf16(randn_bf16_exact({1, T, nKV, d}, 12, 3.0));
+      const Tensor v = gpu_bf16(randn_bf16_exact({1, T, nKV, d}, 13, 0.5));
+      const Tensor wq = gpu_bf16(randn_bf16_exact({d}, 14)), wk = gpu_bf16(randn_bf16_exact({d}, 15));
+      const Tensor pos = positions_of(1, T, DType::I64), freq = inv_freq_of(d);
+      std::vector<int64_t> slot_list;
+      for (int64_t t = 0; t < T; ++t) slot_list.push_back(t == 1 ? -1 : (7 * t + 3) % (pages * page_size));
+      const Tensor slots = Tensor::from_vector(slot_list, {T}).to(Device::CUDA);
+      const auto pool = [&](uint64_t seed) { return gpu_bf16(randn_bf16_exact({pages, page_size, nKV, d}, seed)); };
+      Tensor k_fused = pool(16), v_fused = pool(17), k_sep = pool(16), v_sep = pool(17);
+
+      const Tensor q_fused = ops::norm_rope_write_kv(q, wq, k, wk, v, pos, freq, kEps, k_fused, v_fused, slots);
+      const Tensor q_sep = ops::rmsnorm_rope(q, wq, pos, freq, kEps);
+      ops::write_kv_pages(ops::rmsnorm_rope(k, wk, pos, freq, kEps).reshape({T, nKV, d}),
+                          ops::rmsnorm(v, Tensor(), kEps).reshape({T, nKV, d}), k_sep, v_sep, slots);
+      // q and k run the rmsnorm_rope kernel's own row code: the same bits.
+      expect_close_scaled(q_fused, q_sep, 0, 0, "norm_rope_write_kv q " + what);
+      expect_close_scaled(k_fused, k_sep, 0, 0, "norm_rope_write_kv k pages " + what);
+      expect_close_scaled(v_fused, v_sep, 0, kBf16Rtol, "norm_rope_write_kv v pages " + what);
+
+      // KV-shared: q only; the pages keep what they held.
+      Tensor k_kept = pool(18), v_kept = pool(19);
+      const Tensor q_only = ops::norm_rope_write_kv(q, wq, Tensor(), Tensor(), Tensor(), pos, freq, kEps, k_kept,
+                                                    v_kept, slots);
+      expect_close_scaled(q_only, q_sep, 0, 0, "norm_rope_write_kv q only " + what);
+      expect_close_scaled(k_kept, pool(18), 0, 0, "norm_rope_write_kv shared layer k pages " + what);
+      expect_close_scaled(v_kept, pool(19), 0, 0, "norm_rope_write_kv shared layer v pages " + what);
+    }
   }
 }
 

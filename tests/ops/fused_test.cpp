@@ -7,6 +7,7 @@
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/paged_attention.h"
 #include "ops/rope.h"
 
 namespace g4 {
@@ -49,6 +50,19 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
                  "rmsnorm_rope");
+    expect_equal(ops::gelu_tanh_mul(a, b), ops::mul(ops::gelu_tanh(a), b), "gelu_tanh_mul");
+    // A paged step's attention inputs: q, and the keys and values written into the pages.
+    const Tensor q = randn({1, 3, 4, 16}, 13, dt), k = randn({1, 3, 2, 16}, 14, dt), v = randn({1, 3, 2, 16}, 15, dt);
+    const Tensor slots = Tensor::from_vector(std::vector<int64_t>{5, -1, 2}, {3});
+    Tensor k_pages = randn({2, 4, 2, 16}, 16, dt), v_pages = randn({2, 4, 2, 16}, 17, dt);
+    Tensor k_ref = k_pages.clone(), v_ref = v_pages.clone();
+    const Tensor pos1 = positions_of(1, 3);
+    expect_equal(ops::norm_rope_write_kv(q, wx, k, wx, v, pos1, freq, kEps, k_pages, v_pages, slots),
+                 ops::rmsnorm_rope(q, wx, pos1, freq, kEps), "norm_rope_write_kv q");
+    ops::write_kv_pages(ops::rmsnorm_rope(k, wx, pos1, freq, kEps).reshape({3, 2, 16}),
+                        ops::rmsnorm(v, Tensor(), kEps).reshape({3, 2, 16}), k_ref, v_ref, slots);
+    expect_equal(k_pages, k_ref, "norm_rope_write_kv k pages");
+    expect_equal(v_pages, v_ref, "norm_rope_write_kv v pages");
     const Tensor h = randn({2, 3, 24}, 8, dt), wg = randn({40, 24}, 9, dt), wu = randn({40, 24}, 10, dt);
     expect_equal(ops::gelu_gate_linear(h, wg, wu), ops::gelu_gate(ops::linear(h, wg), ops::linear(h, wu)),
                  "gelu_gate_linear");
@@ -78,6 +92,21 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::gelu_gate_linear(a, randn({4, 7}, 1, DType::F32), randn({4, 7}, 2, DType::F32)); },
                {"gelu_gate_linear", "[N, K]"});
   expect_error([&] { ops::linear_many(a, {randn({4, 7}, 1, DType::F32)}); }, {"linear_many", "[N, K]"});
+  expect_error([&] { ops::gelu_tanh_mul(a, randn({2, 7}, 3, DType::F32)); }, {"gelu_tanh_mul", "shapes differ"});
+  const Tensor q = randn({1, 3, 4, 16}, 1, DType::F32), k = randn({1, 3, 2, 16}, 2, DType::F32);
+  const Tensor w16 = randn({16}, 3, DType::F32), pos = positions_of(1, 3), freq = inv_freq_of(16);
+  const Tensor slots = Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3});
+  Tensor k_pages = randn({2, 4, 2, 16}, 4, DType::F32), v_pages = randn({2, 4, 2, 16}, 5, DType::F32);
+  expect_error([&] { ops::norm_rope_write_kv(q, w16, k, w16, randn({1, 3, 2, 8}, 6, DType::F32), pos, freq, kEps,
+                                             k_pages, v_pages, slots); },
+               {"norm_rope_write_kv", "shapes differ", "v_raw"});
+  expect_error([&] { ops::norm_rope_write_kv(q, w16, randn({1, 2, 2, 16}, 6, DType::F32), w16,
+                                             randn({1, 2, 2, 16}, 7, DType::F32), pos, freq, kEps, k_pages, v_pages,
+                                             slots); },
+               {"norm_rope_write_kv", "different tokens"});
+  expect_error([&] { ops::norm_rope_write_kv(randn({3, 4, 16}, 6, DType::F32), w16, k, w16, k, pos, freq, kEps,
+                                             k_pages, v_pages, slots); },
+               {"norm_rope_write_kv", "q_raw", "[B, S, nH, d]"});
 }
 
 }  // namespace

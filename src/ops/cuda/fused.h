@@ -16,6 +16,12 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
+// One kernel; takes what norm_rope_write_kv_fits accepts (the arguments checked by ops/fused.cpp).
+bool norm_rope_write_kv_fits(const Tensor& q_raw, const Tensor& wq, const Tensor& k_raw, const Tensor& wk,
+                             const Tensor& v_raw, const Tensor& k_pages, const Tensor& v_pages, const Tensor& slots);
+Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k_raw, const Tensor& wk,
+                          const Tensor& v_raw, const Tensor& positions, const Tensor& inv_freq, double eps,
+                          Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
 // One elementwise kernel (in elementwise.cu, beside the other maps); any float dtype and alignment.
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b);
 
