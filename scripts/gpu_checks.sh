@@ -30,7 +30,8 @@ run="scripts/device_run.sh"
 # suite on that build is the next check (`tests`). Session 18 (no GPU lent) added programmatic dependent
 # launch, off unless G4_PDL=1: GpuEnginePdl compares the engine with it off and on, and the `pdl` stage
 # runs the whole suite with it on. GpuFusedNorms checks E4B's fused per-layer input (gelu_tanh_mul) and
-# the paged step's attention inputs in one kernel (norm_rope_write_kv), which every GpuEngine* test runs.
+# the paged step's attention inputs in one kernel (norm_rope_write_kv), which every GpuEngine* test runs,
+# and the router's softmax and top-k in one kernel (softmax_topk).
 new_tests='GpuAttention.*:GpuEnginePdl.*:GpuFusedNorms.*'
 
 stage() {

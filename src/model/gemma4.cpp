@@ -793,6 +793,14 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   const auto rows = [&](const ag::Var& v) { return ag::reshape(v, {-1, cfg_.hidden_size}); };
+  if (decode_sized && normed) {
+    // A fused decode layer keeps no router probabilities: the softmax and the top-k in one op.
+    Tensor weights, indices;
+    ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
+                      weights, indices);
+    const Tensor out = ops::moe_experts(rows(normed->experts).value(), weights, indices, gate_up.value(), down.value());
+    return ag::reshape(ag::Var(out), shape);
+  }
   Routing routing =
       normed ? route_normed(rows(normed->router), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts,
                             /*make_plan=*/!decode_sized, host_offsets)

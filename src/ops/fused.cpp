@@ -8,6 +8,7 @@
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/moe.h"
 #include "ops/norm.h"
 #include "ops/paged_attention.h"
 #include "ops/rope.h"
@@ -136,6 +137,17 @@ Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k
     write_kv_pages(rmsnorm_rope(k_raw, wk, positions, inv_freq, eps).reshape(k_rows.shape()),
                    rmsnorm(v_raw, Tensor(), eps).reshape(v_rows.shape()), k_pages, v_pages, slots);
   return q;
+}
+
+void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices) {
+  check_float("softmax_topk", "logits", logits);
+  check_rank("softmax_topk", "logits", logits, 2, "[T, E]");
+  G4_CHECK(k >= 1 && k <= logits.size(1), "softmax_topk: k = ", k, " must be in [1, ", logits.size(1),
+           "] for logits ", logits.describe());
+#ifdef G4_WITH_CUDA
+  if (on_gpu(logits) && logits.dtype() != DType::F64) return cuda::softmax_topk(logits, k, weights, indices);
+#endif
+  router_topk(softmax_lastdim(logits), k, weights, indices);
 }
 
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {

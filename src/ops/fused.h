@@ -50,6 +50,12 @@ Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k
                           const Tensor& v_raw, const Tensor& positions, const Tensor& inv_freq, double eps,
                           Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
 
+// router_topk(softmax_lastdim(logits), k, weights, indices) (ops/moe.h): an MoE router's choice
+// from its logits [T, E] when the probabilities are not kept (decoding), each probability rounded
+// to the logits' dtype as softmax_lastdim stores it. On the GPU one kernel, whose fp32 max and sum
+// over a row run in another order than softmax_lastdim's.
+void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices);
+
 // mul(gelu_tanh(a), b), the gelu rounded to the tensors' dtype as gelu_tanh stores it: the gate of
 // E4B's per-layer input (its projection of the residual times the layer's slice of the per-layer
 // embedding). a and b alike.

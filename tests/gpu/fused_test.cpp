@@ -10,6 +10,7 @@
 #include "ops/elementwise.h"
 #include "ops/fused.h"
 #include "ops/matmul.h"
+#include "ops/moe.h"
 #include "ops/norm.h"
 #include "ops/paged_attention.h"
 #include "ops/rope.h"
@@ -184,6 +185,28 @@ TEST(GpuFusedNorms, NormRopeWriteKvMatchesTheSeparateOps) {
       expect_close_scaled(k_kept, pool(18), 0, 0, "norm_rope_write_kv shared layer k pages " + what);
       expect_close_scaled(v_kept, pool(19), 0, 0, "norm_rope_write_kv shared layer v pages " + what);
     }
+  }
+}
+
+// An MoE router's softmax and top-k in one kernel against softmax_lastdim then router_topk, at
+// 26B-A4B's 128 experts and top 8: the same experts, weights equal up to a rounding flip (the
+// softmax's fp32 sum runs in another order). The logits are a shuffled ladder 0.05 apart, so no two
+// probabilities are within a few bf16 steps and a flip cannot reorder the choice.
+TEST(GpuFusedNorms, SoftmaxTopkMatchesTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  for (const int64_t T : {int64_t{1}, int64_t{7}, int64_t{64}}) {
+    const int64_t E = 128, K = 8;
+    Tensor logits = Tensor::empty({T, E}, DType::F32);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e)
+        logits.data<float>()[t * E + e] = 0.05f * static_cast<float>((e * 37 + t * 11) % E) - 3.0f;
+    const Tensor gl = gpu_bf16(logits);
+    Tensor w_fused, i_fused, w_sep, i_sep;
+    ops::softmax_topk(gl, K, w_fused, i_fused);
+    ops::router_topk(ops::softmax_lastdim(gl), K, w_sep, i_sep);
+    const std::string what = "softmax_topk T=" + std::to_string(T);
+    expect_close_scaled(i_fused.to(DType::F32), i_sep.to(DType::F32), 0, 0, what + " indices");
+    expect_close_scaled(w_fused, w_sep, 0, kBf16Rtol, what + " weights");
   }
 }
 

@@ -6,6 +6,7 @@
 #include "gradcheck.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/moe.h"
 #include "ops/norm.h"
 #include "ops/paged_attention.h"
 #include "ops/rope.h"
@@ -51,6 +52,14 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
                  "rmsnorm_rope");
     expect_equal(ops::gelu_tanh_mul(a, b), ops::mul(ops::gelu_tanh(a), b), "gelu_tanh_mul");
+    {
+      const Tensor logits = randn({5, 12}, 18, dt);
+      Tensor w_fused, i_fused, w_sep, i_sep;
+      ops::softmax_topk(logits, 3, w_fused, i_fused);
+      ops::router_topk(ops::softmax_lastdim(logits), 3, w_sep, i_sep);
+      expect_equal(w_fused, w_sep, "softmax_topk weights");
+      expect_equal(i_fused, i_sep, "softmax_topk indices");
+    }
     // A paged step's attention inputs: q, and the keys and values written into the pages.
     const Tensor q = randn({1, 3, 4, 16}, 13, dt), k = randn({1, 3, 2, 16}, 14, dt), v = randn({1, 3, 2, 16}, 15, dt);
     const Tensor slots = Tensor::from_vector(std::vector<int64_t>{5, -1, 2}, {3});
@@ -93,6 +102,10 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
                {"gelu_gate_linear", "[N, K]"});
   expect_error([&] { ops::linear_many(a, {randn({4, 7}, 1, DType::F32)}); }, {"linear_many", "[N, K]"});
   expect_error([&] { ops::gelu_tanh_mul(a, randn({2, 7}, 3, DType::F32)); }, {"gelu_tanh_mul", "shapes differ"});
+  Tensor weights, indices;
+  expect_error([&] { ops::softmax_topk(a, 9, weights, indices); }, {"softmax_topk", "k = 9", "[1, 8]"});
+  expect_error([&] { ops::softmax_topk(randn({2, 3, 8}, 1, DType::F32), 2, weights, indices); },
+               {"softmax_topk", "logits", "[T, E]"});
   const Tensor q = randn({1, 3, 4, 16}, 1, DType::F32), k = randn({1, 3, 2, 16}, 2, DType::F32);
   const Tensor w16 = randn({16}, 3, DType::F32), pos = positions_of(1, 3), freq = inv_freq_of(16);
   const Tensor slots = Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3});

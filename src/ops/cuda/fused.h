@@ -22,6 +22,8 @@ bool norm_rope_write_kv_fits(const Tensor& q_raw, const Tensor& wq, const Tensor
 Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k_raw, const Tensor& wk,
                           const Tensor& v_raw, const Tensor& positions, const Tensor& inv_freq, double eps,
                           Tensor& k_pages, Tensor& v_pages, const Tensor& slots);
+// One warp per token (in moe.cu, beside router_topk; the same limits on k and the experts).
+void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices);
 // One elementwise kernel (in elementwise.cu, beside the other maps); any float dtype and alignment.
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b);
 

@@ -15,6 +15,7 @@
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/fused.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/grouped_gemm.h"
 
@@ -63,14 +64,32 @@ constexpr int kMaxTopkExperts = 64 * kWarp;  // the per-lane `taken` mask has 64
 
 __device__ __forceinline__ bool better(float va, int ia, float vb, int ib) { return va > vb || (va == vb && ia < ib); }
 
-template <class T>
-__global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, int experts, int k,
+// One warp per token. kFromLogits: `scores` are the router's logits, and each expert's probability
+// is softmax_lastdim's, rounded to T as it stores them (its fp32 max and sum over the row taken in
+// another order); else `scores` are those probabilities.
+template <class T, bool kFromLogits>
+__global__ void router_topk_kernel(const T* __restrict__ scores, int64_t tokens, int experts, int k,
                                    T* __restrict__ weights, int32_t* __restrict__ indices) {
   pdl_begin();
   const int lane = threadIdx.x % kWarp;
   const int64_t t = blockIdx.x * int64_t{kTopkWarpsPerBlock} + threadIdx.x / kWarp;
   if (t >= tokens) return;  // whole warps leave together
-  const T* p = probs + t * experts;
+  const T* p = scores + t * experts;
+  float mx = -INFINITY, total = 0.0f;
+  if constexpr (kFromLogits) {
+    for (int e = lane; e < experts; e += kWarp) mx = fmaxf(mx, to_f32(p[e]));
+    mx = warp_reduce(mx, MaxOp{});
+    if (mx != -INFINITY)  // a row of -inf gets zeros, as softmax_lastdim gives it
+      for (int e = lane; e < experts; e += kWarp) total += expf(to_f32(p[e]) - mx);
+    total = warp_reduce(total, SumOp{});
+  }
+  const auto prob = [&](int e) {
+    if constexpr (kFromLogits) {
+      return to_f32(from_f32<T>(mx == -INFINITY ? 0.f : expf(to_f32(p[e]) - mx) / total));
+    } else {
+      return to_f32(p[e]);
+    }
+  };
   uint64_t taken = 0;
   float sum = 0.0f, my_v = 0.0f;
   int my_id = 0;
@@ -79,7 +98,7 @@ __global__ void router_topk_kernel(const T* __restrict__ probs, int64_t tokens, 
     int bi = INT_MAX;
     for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
       if (taken >> s & 1) continue;
-      const float v = to_f32(p[e]);
+      const float v = prob(e);
       if (better(v, e, bv, bi)) {
         bv = v;
         bi = e;
@@ -455,8 +474,10 @@ Operand operand(const Tensor& t, int64_t expert_stride_elems, int64_t row_stride
 
 // ---------------------------------------------------------------------------------------------
 
-void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
-  const char* op = "router_topk";
+namespace {
+
+template <bool kFromLogits>
+void launch_router_topk(const char* op, const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
   const int64_t tokens = probs.size(0), experts = probs.size(1);
   G4_CHECK(k <= kWarp && experts <= kMaxTopkExperts, op, ": the GPU kernel takes k <= ", kWarp, " and at most ",
            kMaxTopkExperts, " experts, got k = ", k, " and ", probs.describe());
@@ -468,9 +489,19 @@ void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indice
   const unsigned blocks = g4::cuda::blocks_for(tokens, kTopkWarpsPerBlock);
   dispatch(op, probs, [&](auto tag) {
     using T = decltype(tag);
-    launch_pdl(router_topk_kernel<T>, blocks, kTopkWarpsPerBlock * kWarp, 0, typed<T>(probs), tokens,
+    launch_pdl(router_topk_kernel<T, kFromLogits>, blocks, kTopkWarpsPerBlock * kWarp, 0, typed<T>(probs), tokens,
                static_cast<int>(experts), static_cast<int>(k), typed<T>(weights), indices.data<int32_t>());
   });
+}
+
+}  // namespace
+
+void router_topk(const Tensor& probs, int64_t k, Tensor& weights, Tensor& indices) {
+  launch_router_topk<false>("router_topk", probs, k, weights, indices);
+}
+
+void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices) {
+  launch_router_topk<true>("softmax_topk", logits, k, weights, indices);
 }
 
 Tensor router_topk_backward(const Tensor& dweights, const Tensor& probs, const Tensor& indices) {
