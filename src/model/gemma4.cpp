@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
@@ -56,6 +57,9 @@ struct Gemma4::Context {
   // expert_tokens once the forward has synchronised anyway (forward's loss).
   std::shared_ptr<std::map<int64_t, Tensor>> expert_offsets =
       std::make_shared<std::map<int64_t, Tensor>>();
+  // Set by a fused inference layer: the norm of its output that comes next (the next layer's input
+  // norm, or after the last layer the final norm), made in the kernel that made the output.
+  ag::Var next_input;
 };
 
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device,
@@ -501,6 +505,7 @@ ag::Var Gemma4::run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const {
   }
   // The epilogue block ends in forward / forward_paged, after the LM head and the loss.
   enter_block(L + 1);
+  if (ctx.next_input.defined()) return std::exchange(ctx.next_input, ag::Var());
   return ag::rmsnorm(h, p("model.norm.weight"), cfg_.rms_norm_eps);
 }
 
@@ -569,7 +574,9 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     const ag::Var h = ag::add(residual, ag::rmsnorm(a, p(w), eps));
     return scale == 1.0 ? h : ag::scale(h, scale);
   };
-  ag::Var x = ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
+  // The input norm, unless the layer before made it with its output.
+  const ag::Var x = ctx.next_input.defined() ? std::exchange(ctx.next_input, ag::Var())
+                                             : ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
   ag::Var a = attention_block(l, x, ctx);
   ag::Var h, m;
   MoeInputs moe_in;
@@ -613,8 +620,19 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   }
   const double layer_scalar =
       params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
+  // The layer's output, add_normed(residual, a, w, layer_scalar). Fused, the same kernel makes the
+  // norm that reads it next (when every parameter is at hand: hooks that gather block by block
+  // have not gathered the next block's yet).
+  const auto output = [&](const ag::Var& residual_in, const ag::Var& a_in, const std::string& w) {
+    if (!fused || (hooks_ && !hooks_->whole())) return add_normed(residual_in, a_in, w, layer_scalar);
+    const std::string next = l + 1 < cfg_.num_layers ? layer_prefix(l + 1) + "input_layernorm.weight" : "model.norm.weight";
+    std::vector<Tensor> outs =
+        ops::add_rmsnorm_norms(residual_in.value(), a_in.value(), p(w).value(), eps, {{p(next).value(), 1.0}}, layer_scalar);
+    ctx.next_input = ag::Var(outs[1]);
+    return ag::Var(outs[0]);
+  };
   // Without per-layer inputs the layer scalar comes right after the residual sum.
-  if (!ple.defined()) return add_normed(residual, m, pre + "post_feedforward_layernorm.weight", layer_scalar);
+  if (!ple.defined()) return output(residual, m, pre + "post_feedforward_layernorm.weight");
   h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
 
   const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
@@ -625,8 +643,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
                                     : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
     const Tensor gate = ops::gelu_tanh_mul(ag::linear(h, p(pre + "per_layer_input_gate.weight")).value(), ple_l);
-    const Tensor g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight")).value();
-    return ag::Var(ops::add_rmsnorm(h.value(), g, p(pre + "post_per_layer_input_norm.weight").value(), layer_scalar, eps));
+    const ag::Var g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight"));
+    return output(h, g, pre + "post_per_layer_input_norm.weight");
   }
   {
     ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});

@@ -42,7 +42,7 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
 }
 
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
-                                      const std::vector<NormOfSum>& norms) {
+                                      const std::vector<NormOfSum>& norms, double scale) {
   const char* op = "add_rmsnorm_norms";
   check_normed(op, "a", a, "w", w);
   check_same_dtype(op, "residual", residual, "a", a);
@@ -52,12 +52,12 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
 #ifdef G4_WITH_CUDA
   bool fits = on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual) && cuda::fused_rows_fit(w);
   for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
-  if (fits) return cuda::add_rmsnorm_norms(residual, a, w, eps, norms);
+  if (fits) return cuda::add_rmsnorm_norms(residual, a, w, eps, norms, scale);
 #endif
-  std::vector<Tensor> out{add_rmsnorm(residual, a, w, 1.0, eps)};
+  std::vector<Tensor> out{add_rmsnorm(residual, a, w, scale, eps)};
   for (const NormOfSum& n : norms) {
     const Tensor y = rmsnorm(out[0], n.weight, eps);
-    out.push_back(n.scale == 1.0 ? y : scale(y, n.scale));
+    out.push_back(n.scale == 1.0 ? y : ops::scale(y, n.scale));
   }
   return out;
 }

@@ -22,13 +22,14 @@ struct NormOfSum {
   double scale = 1.0;
 };
 
-// add_rmsnorm(residual, a, w, 1, eps) = h and the norms that read it: returns {h, rmsnorm(h,
+// add_rmsnorm(residual, a, w, scale, eps) = h and the norms that read it: returns {h, rmsnorm(h,
 // norms[0].weight) · norms[0].scale, ...}, each rounded after the norm and after its scaling as
 // ops::scale rounds. A layer's attention output joins the residual here, and the norms of that
-// residual (its MLP's input; an MoE layer's router and experts inputs too) come from the same pass.
-// At most 3 norms.
+// residual (its MLP's input; an MoE layer's router and experts inputs too) come from the same pass;
+// so does a layer's output (scaled by its layer scalar) with the next layer's input norm. At most 3
+// norms.
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
-                                      const std::vector<NormOfSum>& norms);
+                                      const std::vector<NormOfSum>& norms, double scale = 1.0);
 
 // rmsnorm(a, wa) + rmsnorm(b, wb), a and b alike [..., D], wa and wb [D].
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);

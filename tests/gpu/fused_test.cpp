@@ -76,6 +76,11 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
                           "add_rmsnorm_norms scaled norm " + what);
       expect_close_scaled(ops::add_rmsnorm_norms(r, a, w, kEps, {})[0], h, 0, rtol,
                           "add_rmsnorm_norms, no norms, " + what);
+      // A layer's output scaled by its layer scalar, with the next layer's input norm.
+      const std::vector<Tensor> scaled = ops::add_rmsnorm_norms(r, a, w, kEps, {{w2, 1.0}}, 0.37);
+      expect_close_scaled(scaled[0], ops::scale(h, 0.37), 0, rtol, "add_rmsnorm_norms scaled h " + what);
+      expect_close_scaled(scaled[1], ops::rmsnorm(scaled[0], w2, kEps), 0, rtol,
+                          "add_rmsnorm_norms norm of scaled h " + what);
       // A weight that is a view one element into a longer tensor: not 16-byte aligned, so the
       // separate ops run (a packed load from it would be a misaligned-address fault).
       const Tensor w_off = on_gpu(randn_bf16_exact({d + 1}, 8), dt).slice0(1, d);

@@ -47,6 +47,9 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     expect_equal(norms[0], sum, "add_rmsnorm_norms h");
     expect_equal(norms[1], ops::rmsnorm(sum, w2, kEps), "add_rmsnorm_norms norm 1");
     expect_equal(norms[2], ops::scale(ops::rmsnorm(sum, w3, kEps), 0.2), "add_rmsnorm_norms scaled norm");
+    const std::vector<Tensor> scaled = ops::add_rmsnorm_norms(r, a, w, kEps, {{w2, 1.0}}, 0.6);
+    expect_equal(scaled[0], ops::add_rmsnorm(r, a, w, 0.6, kEps), "add_rmsnorm_norms with a scaled h");
+    expect_equal(scaled[1], ops::rmsnorm(scaled[0], w2, kEps), "add_rmsnorm_norms norm of the scaled h");
     const Tensor x = randn({2, 3, 4, 16}, 6, dt), wx = randn({16}, 7, dt);
     const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),

@@ -83,12 +83,12 @@ struct SumNorms {
   int count;
 };
 
-// h = residual + rmsnorm(a, w) as add_rmsnorm_kernel (scale 1), stored; then each norm of h. A
+// h = (residual + rmsnorm(a, w))·scale as add_rmsnorm_kernel, stored; then each norm of h. A
 // thread reads back only the packs of h it stored itself, so no barrier is needed before the reads.
 template <class T, int V>
 __global__ void __launch_bounds__(kRowThreads)
     add_rmsnorm_norms_kernel(const T* __restrict__ residual, const T* __restrict__ a, const T* __restrict__ w,
-                             T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps) {
+                             T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps, float scale) {
   pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
@@ -97,9 +97,10 @@ __global__ void __launch_bounds__(kRowThreads)
   float ss_h = 0.f;
   for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
     const int64_t at = off + int64_t{c} * V;
-    const Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
+    Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
+      if (scale != 1.f) o.v[e] = from_f32<T>(to_f32(o.v[e]) * scale);
       const float v = to_f32(o.v[e]);
       ss_h += v * v;
     }
@@ -320,7 +321,7 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
 }
 
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
-                                      const std::vector<NormOfSum>& norms) {
+                                      const std::vector<NormOfSum>& norms, double scale) {
   std::vector<Tensor> out{Tensor::empty(a.shape(), a.dtype(), Device::CUDA)};
   for (size_t n = 0; n < norms.size(); ++n) out.push_back(Tensor::empty(a.shape(), a.dtype(), Device::CUDA));
   const int64_t d = last_dim(a), rows = leading_rows(a);
@@ -336,7 +337,7 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
     }
     launch_pdl(add_rmsnorm_norms_kernel<T, kVec<T>>, row_grid(rows, 1, "add_rmsnorm_norms"), kRowThreads, 0,
                static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
-               static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps));
+               static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps), static_cast<float>(scale));
   });
   return out;
 }

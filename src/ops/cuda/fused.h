@@ -12,7 +12,7 @@ namespace g4::ops::cuda {
 bool fused_rows_fit(const Tensor& x);
 Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps);
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
-                                      const std::vector<NormOfSum>& norms);
+                                      const std::vector<NormOfSum>& norms, double scale);
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
