@@ -57,8 +57,11 @@ struct Gemma4::Context {
   // expert_tokens once the forward has synchronised anyway (forward's loss).
   std::shared_ptr<std::map<int64_t, Tensor>> expert_offsets =
       std::make_shared<std::map<int64_t, Tensor>>();
-  // Set by a fused inference layer: the norm of its output that comes next (the next layer's input
-  // norm, or after the last layer the final norm), made in the kernel that made the output.
+  // Set by a fused inference layer that run_layers calls directly (chain_norms): the norm of its
+  // output that comes next (the next layer's input norm, or after the last layer the final norm),
+  // made in the kernel that made the output. A checkpointed layer runs on a copy of the context
+  // without it: its recomputation, later and with gradients, must make its own input norm.
+  bool chain_norms = false;
   ag::Var next_input;
 };
 
@@ -495,10 +498,13 @@ ag::Var Gemma4::run_layers(ag::Var h, const ag::Var& ple, Context& ctx) const {
     if (recompute_ && !ctx.step && !keeps_graph) {
       // The recomputation runs during backward, after this frame is gone: it gets its own copy
       // of the context (positions and masks; this layer's K/V slot is rewritten).
+      ctx.next_input = ag::Var();
       auto saved = std::make_shared<Context>(ctx);
+      saved->chain_norms = false;
       h = ag::checkpoint([this, l, saved](const std::vector<ag::Var>& in) { return layer(l, in[0], in[1], *saved); },
                          {h, ple});
     } else {
+      ctx.chain_norms = true;
       h = layer(l, h, ple, ctx);
     }
     exit_block(1 + l);
@@ -624,7 +630,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   // norm that reads it next (when every parameter is at hand: hooks that gather block by block
   // have not gathered the next block's yet).
   const auto output = [&](const ag::Var& residual_in, const ag::Var& a_in, const std::string& w) {
-    if (!fused || (hooks_ && !hooks_->whole())) return add_normed(residual_in, a_in, w, layer_scalar);
+    if (!fused || !ctx.chain_norms || (hooks_ && !hooks_->whole()))
+      return add_normed(residual_in, a_in, w, layer_scalar);
     const std::string next = l + 1 < cfg_.num_layers ? layer_prefix(l + 1) + "input_layernorm.weight" : "model.norm.weight";
     std::vector<Tensor> outs =
         ops::add_rmsnorm_norms(residual_in.value(), a_in.value(), p(w).value(), eps, {{p(next).value(), 1.0}}, layer_scalar);

@@ -43,7 +43,8 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_by
   config.stream = stream();
   config.attrs = &attribute;
   config.numAttrs = g4::pdl_enabled() ? 1 : 0;
-  G4_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) fail_launch(err, reinterpret_cast<const void*>(kernel));
 }
 
 }  // namespace g4::cuda

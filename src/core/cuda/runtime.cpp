@@ -1,6 +1,10 @@
 #include "core/cuda/runtime.h"
 
+#include <cxxabi.h>
+
+#include <cstdlib>
 #include <mutex>
+#include <string>
 
 #include "core/error.h"
 
@@ -83,6 +87,18 @@ size_t blaslt_workspace_bytes() { return kWorkspaceBytes; }
 void fail(cudaError_t err, const char* expr, const char* file, int line) {
   G4_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", expr, " at ", file, ":",
           line);
+}
+
+void fail_launch(cudaError_t err, const void* kernel) {
+  const char* mangled = nullptr;
+  std::string name = "?";
+  if (cudaFuncGetName(&mangled, kernel) == cudaSuccess && mangled != nullptr) {
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+    name = status == 0 && demangled != nullptr ? demangled : mangled;
+    std::free(demangled);
+  }
+  G4_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") launching kernel ", name);
 }
 
 void fail_cublas(int status, const char* expr, const char* file, int line) {

@@ -31,6 +31,8 @@ size_t blaslt_workspace_bytes();
 
 [[noreturn]] void fail(cudaError_t err, const char* expr, const char* file, int line);
 [[noreturn]] void fail_cublas(int status, const char* expr, const char* file, int line);
+// A kernel launch that failed (or found an earlier kernel's fault), naming the kernel.
+[[noreturn]] void fail_launch(cudaError_t err, const void* kernel);
 
 // Grid size for a 1-D loop over n elements with `threads` threads per block.
 inline unsigned blocks_for(long long n, int threads) {
