@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_gpu.h"
@@ -42,44 +43,58 @@ const std::vector<Projection> kProjections = {
     {"e4b", "mlp down", 2560, 10240},              {"e4b", "lm head", 262144, 2560},
 };
 
-// ops::moe_experts on one 26B-A4B layer (128 experts of H 2816, I 704, top 8) at decode sizes. Routings rotate over
-// random draws, so the picked experts change between runs as in a decode (and rarely sit in the L2); the bytes are the
-// distinct picked experts' weights.
+// ops::moe_experts on one 26B-A4B layer (128 experts of H 2816, I 704) at decode sizes: T tokens, top K. Routings
+// rotate over random draws, so the picked experts change between runs as in a decode (and rarely sit in the L2); the
+// bytes are the distinct picked experts' weights. Returns {us, GB/s}.
+std::pair<double, double> time_experts(const Tensor& gate_up, const Tensor& down, int64_t T, int64_t K, int iters) {
+  const int64_t E = gate_up.size(0), H = gate_up.size(1), I = down.size(1);
+  const double expert_bytes = static_cast<double>(3 * H * I) * 2;
+  constexpr int kRoutings = 16;
+  std::vector<Tensor> indices;
+  double distinct = 0;
+  for (int r = 0; r < kRoutings; ++r) {
+    std::vector<int32_t> idx(static_cast<size_t>(T * K));
+    std::vector<bool> picked(static_cast<size_t>(E), false);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> perm(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) perm[static_cast<size_t>(e)] = static_cast<int32_t>(e);
+      std::mt19937_64 rng(1000 + static_cast<uint64_t>(r * 64 + t));
+      for (int64_t k = 0; k < K; ++k) {  // a partial Fisher-Yates shuffle: K distinct experts
+        const int64_t j = k + static_cast<int64_t>(rng() % static_cast<uint64_t>(E - k));
+        std::swap(perm[static_cast<size_t>(k)], perm[static_cast<size_t>(j)]);
+        idx[static_cast<size_t>(t * K + k)] = perm[static_cast<size_t>(k)];
+        picked[static_cast<size_t>(perm[static_cast<size_t>(k)])] = true;
+      }
+    }
+    distinct += static_cast<double>(std::count(picked.begin(), picked.end(), true)) / kRoutings;
+    indices.push_back(Tensor::from_vector(idx, {T, K}).to(Device::CUDA));
+  }
+  const Tensor x = g4::bench::random_gpu({T, H}, 23), weights = g4::bench::random_gpu({T, K}, 24);
+  const double ms = g4::bench::median_ms(
+      [&](int i) { g4::ops::moe_experts(x, weights, indices[static_cast<size_t>(i) % kRoutings], gate_up, down); },
+      iters);
+  return {ms * 1e3, distinct * expert_bytes / (ms * 1e-3) * 1e-9};
+}
+
 void experts_section(double copy, int iters) {
   constexpr int64_t E = 128, K = 8, H = 2816, I = 704;
   const Tensor gate_up = g4::bench::random_gpu({E, H, 2 * I}, 21), down = g4::bench::random_gpu({E, I, H}, 22);
-  const double expert_bytes = static_cast<double>(3 * H * I) * 2;
   std::printf("\nrouted experts (moe_experts), 26B-A4B layer: top-%lld of %lld, H %lld, I %lld\n",
               static_cast<long long>(K), static_cast<long long>(E), static_cast<long long>(H),
               static_cast<long long>(I));
   std::printf("%6s  %10s %8s %6s\n", "tokens", "us", "GB/s", "copy");
   for (const int64_t T : {1, 2, 4, 8}) {
-    constexpr int kRoutings = 16;
-    std::vector<Tensor> indices;
-    double distinct = 0;
-    for (int r = 0; r < kRoutings; ++r) {
-      std::vector<int32_t> idx(static_cast<size_t>(T * K));
-      std::vector<bool> picked(E, false);
-      for (int64_t t = 0; t < T; ++t) {
-        std::vector<int32_t> perm(E);
-        for (int64_t e = 0; e < E; ++e) perm[static_cast<size_t>(e)] = static_cast<int32_t>(e);
-        std::mt19937_64 rng(1000 + static_cast<uint64_t>(r * 64 + t));
-        for (int64_t k = 0; k < K; ++k) {  // a partial Fisher-Yates shuffle: K distinct experts
-          const int64_t j = k + static_cast<int64_t>(rng() % static_cast<uint64_t>(E - k));
-          std::swap(perm[static_cast<size_t>(k)], perm[static_cast<size_t>(j)]);
-          idx[static_cast<size_t>(t * K + k)] = perm[static_cast<size_t>(k)];
-          picked[static_cast<size_t>(perm[static_cast<size_t>(k)])] = true;
-        }
-      }
-      distinct += static_cast<double>(std::count(picked.begin(), picked.end(), true)) / kRoutings;
-      indices.push_back(Tensor::from_vector(idx, {T, K}).to(Device::CUDA));
-    }
-    const Tensor x = g4::bench::random_gpu({T, H}, 23), weights = g4::bench::random_gpu({T, K}, 24);
-    const double ms = g4::bench::median_ms(
-        [&](int i) { g4::ops::moe_experts(x, weights, indices[static_cast<size_t>(i) % kRoutings], gate_up, down); },
-        iters);
-    const double gbps = distinct * expert_bytes / (ms * 1e-3) * 1e-9;
-    std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(T), ms * 1e3, gbps, 100 * gbps / copy);
+    const auto [us, gbps] = time_experts(gate_up, down, T, K, iters);
+    std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(T), us, gbps, 100 * gbps / copy);
+  }
+  // One token, other top-k: the gate_up kernel's grid is 22 column tiles x K picked experts (the down kernel's
+  // likewise), 176 CTAs at top 8 on 132 multiprocessors. Whether the bandwidth follows the number of CTAs per
+  // multiprocessor (1 at top 6, 2 at top 12) says whether the uneven share at top 8 is what holds it back.
+  std::printf("\none token, top-k swept (CTAs of each kernel: 22 x k)\n%6s  %10s %8s %6s\n", "top-k", "us", "GB/s",
+              "copy");
+  for (const int64_t k : {4, 6, 8, 12, 16}) {
+    const auto [us, gbps] = time_experts(gate_up, down, 1, k, iters);
+    std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(k), us, gbps, 100 * gbps / copy);
   }
 }
 
