@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/regex.h"
 
 namespace g4::model {
 
@@ -58,14 +59,8 @@ inline void validate_lora(const LoraConfig& lora, const std::string& where) {
   G4_CHECK(lora.rank > 0, where, ": LoRA rank must be > 0, got ", lora.rank);
   G4_CHECK(std::isfinite(lora.alpha) && lora.alpha > 0, where, ": LoRA alpha must be > 0, got ", lora.alpha);
   G4_CHECK(lora.dropout >= 0 && lora.dropout < 1, where, ": LoRA dropout must be in [0, 1), got ", lora.dropout);
-  if (!lora.target_regex.empty()) {
-    try {
-      (void)std::regex(lora.target_regex);
-    } catch (const std::regex_error& e) {
-      G4_FAIL(where, ": LoRA target regex '", lora.target_regex, "' is not a valid regular expression (", e.what(),
-              ")");
-    }
-  }
+  if (!lora.target_regex.empty())
+    (void)compile_regex(lora.target_regex, std::regex::ECMAScript, where + ": LoRA target regex");
 }
 
 }  // namespace g4::model

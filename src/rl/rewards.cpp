@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/regex.h"
 
 extern char** environ;
 
@@ -503,11 +504,7 @@ class RegexReward : public Reward {
     } else {
       before_ = p;
     }
-    try {
-      fixed_ = std::regex(before_ + after_, flags_);
-    } catch (const std::regex_error& e) {
-      G4_FAIL("reward.pattern '", pattern, "' is not a valid ECMAScript regular expression (", e.what(), ")");
-    }
+    fixed_ = compile_regex(before_ + after_, flags_, "reward.pattern");
     has_answer_ = at != std::string::npos;
   }
 
@@ -515,8 +512,18 @@ class RegexReward : public Reward {
     std::vector<double> out;
     out.reserve(inputs.size());
     for (const RewardInput& in : inputs) {
+      // An answer too long or too complex for std::regex with the pattern around it: scored as a
+      // failed input.
+      std::regex re = fixed_;
+      if (has_answer_) {
+        try {
+          re = compile_regex(before_ + regex_escape(in.answer) + after_, flags_, "reward.pattern with the answer");
+        } catch (const Error&) {
+          out.push_back(0.0);
+          continue;
+        }
+      }
       try {
-        const std::regex re = has_answer_ ? std::regex(before_ + regex_escape(in.answer) + after_, flags_) : fixed_;
         out.push_back(deep_regex_search(in.response, re) ? 1.0 : 0.0);
       } catch (const std::regex_error&) {
         out.push_back(0.0);  // too complex to match: scored as a failed input

@@ -200,6 +200,18 @@ TEST(Rewards, RegexWithTheEscapedAnswer) {
   o.pattern = "^[a-z\\n]*Answer: {answer}";
   std::string lengthy(20000, 'q');
   EXPECT_EQ(make_reward(o)->score(inputs({{lengthy + "\nAnswer: 5", "5"}})), (std::vector<double>{1}));
+  // Patterns std::regex would compile by recursion past the stack (a crash before the limits) are
+  // errors; an answer that makes the pattern too long scores 0, as one too complex to match.
+  o.pattern = std::string(100000, 'a');
+  std::string e = error_of([&] { make_reward(o); });
+  EXPECT_NE(e.find("reward.pattern"), std::string::npos) << e;
+  EXPECT_NE(e.find("100000 bytes long"), std::string::npos) << e;
+  o.pattern = std::string(2000, '(') + "a" + std::string(2000, ')');
+  e = error_of([&] { make_reward(o); });
+  EXPECT_NE(e.find("nests parentheses 2000 deep"), std::string::npos) << e;
+  o.pattern = "Answer: {answer}";
+  EXPECT_EQ(make_reward(o)->score(inputs({{"Answer: 5", std::string(40000, '5')}, {"Answer: 5", "5"}})),
+            (std::vector<double>{0, 1}));
 }
 
 TEST(Rewards, CountdownChecksNumbersAndValue) {
