@@ -107,17 +107,20 @@ TEST_P(GpuEngine, GreedyTokensAndLogprobsMatchTheTrainingForward) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuEngine, ::testing::Values("tiny-dense-ple", "tiny-moe", "var-ple-shared"));
 
-// The same at the released widths (262144-token vocabulary, head dims 256 and 512, 128 experts of
-// 26B-A4B, E4B's per-layer inputs), two layers (one sliding, one full), random weights.
+// A released model's widths (262144-token vocabulary, head dims 256 and 512, 26B-A4B's 128
+// experts, E4B's per-layer inputs) in two layers (one sliding, one full), bf16 random weights.
+std::unique_ptr<model::Gemma4> two_layer_gpu_model(const char* name) {
+  const io::ModelConfig cfg =
+      io::parse_model_config(model::named_config(name, {{"num_hidden_layers", 2}}), std::string("built-in ") + name);
+  auto gpu = std::make_unique<model::Gemma4>(cfg, model::ExpertRange{}, DType::BF16, Device::CUDA);
+  gpu->init_weights(7);
+  return gpu;
+}
+
+// The same at the released widths.
 TEST(GpuEngineRealWidths, GreedyTokensAndLogprobsMatchTheTrainingForward) {
   G4_REQUIRE_GPU();
-  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) {
-    const io::ModelConfig cfg =
-        io::parse_model_config(model::named_config(name, {{"num_hidden_layers", 2}}), std::string("built-in ") + name);
-    model::Gemma4 gpu(cfg, {}, DType::BF16, Device::CUDA);
-    gpu.init_weights(7);
-    check_against_training_forward(gpu, name);
-  }
+  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) check_against_training_forward(*two_layer_gpu_model(name), name);
 }
 
 TEST(GpuEngineBatch, ASeededRequestDrawsTheSameAloneAndInABatchOf64) {
@@ -251,13 +254,7 @@ TEST(GpuEnginePdl, TokensAndLogprobsEqualWithoutIt) {
   };
   for (const char* fixture : {"tiny-moe", "var-ple-shared"})
     check(*model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16), fixture);
-  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) {
-    const io::ModelConfig cfg =
-        io::parse_model_config(model::named_config(name, {{"num_hidden_layers", 2}}), std::string("built-in ") + name);
-    model::Gemma4 gpu(cfg, {}, DType::BF16, Device::CUDA);
-    gpu.init_weights(7);
-    check(gpu, name);
-  }
+  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) check(*two_layer_gpu_model(name), name);
 }
 
 // A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, or with

@@ -16,19 +16,28 @@ class FusedInference : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FusedInference, SameLogitsBitForBit) {
   auto m = model::load_hf_model(test::data_dir() + "/" + GetParam());
-  model::ForwardInputs in;
-  in.input_ids = Tensor::empty({2, 40}, DType::I64);
-  for (int64_t i = 0; i < in.input_ids.numel(); ++i) in.input_ids.data<int64_t>()[i] = 3 + (i * 131) % 200;
-  const auto logits = [&](bool fused) {
-    m->set_fused_inference(fused);
-    ag::NoGrad no_grad;
-    return m->forward(in).logits.value();
+  const auto inputs = [](const Shape& shape) {
+    model::ForwardInputs in;
+    in.input_ids = Tensor::empty(shape, DType::I64);
+    for (int64_t i = 0; i < in.input_ids.numel(); ++i) in.input_ids.data<int64_t>()[i] = 3 + (i * 131) % 200;
+    return in;
   };
-  const Tensor plain = logits(false), fused = logits(true);
-  ASSERT_EQ(plain.shape(), fused.shape());
-  for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_EQ(plain.data<float>()[i], fused.data<float>()[i]) << i;
+  // [1, 1]: one row, where E4B's per-layer input slice is a view rather than a copy.
+  for (const Shape& shape : {Shape{2, 40}, Shape{1, 1}}) {
+    const model::ForwardInputs in = inputs(shape);
+    const auto logits = [&](bool fused) {
+      m->set_fused_inference(fused);
+      ag::NoGrad no_grad;
+      return m->forward(in).logits.value();
+    };
+    const Tensor plain = logits(false), fused = logits(true);
+    ASSERT_EQ(plain.shape(), fused.shape());
+    for (int64_t i = 0; i < plain.numel(); ++i)
+      ASSERT_EQ(plain.data<float>()[i], fused.data<float>()[i]) << shape_str(shape) << " " << i;
+  }
 
   // With gradients the layer runs the separate ops whatever the flag.
+  model::ForwardInputs in = inputs({2, 40});
   in.labels = in.input_ids.clone();
   m->set_fused_inference(false);
   const double plain_loss = m->forward(in).loss.value().item();
@@ -67,22 +76,6 @@ TEST_P(FusedInference, EngineSamplesTheSameTokens) {
       EXPECT_EQ(plain[r].tokens[t].logprob, fused[r].tokens[t].logprob) << r << ", " << t;
     }
   }
-}
-
-// A lone sequence's decode steps are one row, where the per-layer inputs' slice is a view (E4B's
-// per-layer input path): the same logits as the separate ops, step by step.
-TEST_P(FusedInference, OneRowStepsGiveTheSameLogits) {
-  auto m = model::load_hf_model(test::data_dir() + "/" + GetParam());
-  model::ForwardInputs in;
-  in.input_ids = Tensor::from_vector(std::vector<int64_t>{7}, {1, 1});
-  const auto logits = [&](bool fused) {
-    m->set_fused_inference(fused);
-    ag::NoGrad no_grad;
-    return m->forward(in).logits.value();
-  };
-  const Tensor plain = logits(false), fused = logits(true);
-  ASSERT_EQ(plain.shape(), fused.shape());
-  for (int64_t i = 0; i < plain.numel(); ++i) ASSERT_EQ(plain.data<float>()[i], fused.data<float>()[i]) << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FusedInference,

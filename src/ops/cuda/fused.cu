@@ -277,6 +277,15 @@ __global__ void __launch_bounds__(kRopeWarps * 32) norm_rope_write_kv_kernel(con
   }
 }
 
+// launch(I{}) with I the positions' index type (i64 or i32).
+template <class Launch>
+void with_position_type(const Tensor& positions, Launch&& launch) {
+  if (positions.dtype() == DType::I64)
+    launch(int64_t{});
+  else
+    launch(int32_t{});
+}
+
 unsigned row_grid(int64_t rows, int64_t per_block, const char* op) {
   const int64_t blocks = (rows + per_block - 1) / per_block;
   G4_CHECK(blocks <= 0x7fffffff, op, ": ", rows, " rows exceed one grid");
@@ -392,10 +401,7 @@ Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k
       a.eps = static_cast<float>(eps);
       launch_pdl(norm_rope_write_kv_kernel<T, I, kVec<T>>, grid, kRopeWarps * 32, 0, a);
     };
-    if (positions.dtype() == DType::I64)
-      launch(int64_t{});
-    else
-      launch(int32_t{});
+    with_position_type(positions, launch);
   });
   return q;
 }
@@ -414,10 +420,7 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, c
                  static_cast<const float*>(inv_freq.raw()), rows, static_cast<int>(heads), static_cast<int>(half),
                  static_cast<float>(eps));
     };
-    if (positions.dtype() == DType::I64)
-      launch(int64_t{});
-    else
-      launch(int32_t{});
+    with_position_type(positions, launch);
   });
   return y;
 }
