@@ -22,17 +22,17 @@ mkdir -p "$out"
 limit="${G4_STAGE_TIMEOUT:-540}"
 run="scripts/device_run.sh"
 
-# The test_gpu suites to run first on the next GPU. On 2026-12-05 (session 17) the whole suite
-# passed on an H100 (150 passed, 17 skipped: they need two GPUs) with the wgmma forward at head
-# dims 256 and 512. After it the element masks moved into visible_bits and tiles inside one
-# document went unmasked (GpuAttention and GpuTrain passed on that build), and the head-dim-256
-# backward under narrow windows went back to the flash kernel (host-side choice only): the whole
-# suite on that build is the next check (`tests`). Session 18 (no GPU lent) added programmatic dependent
-# launch, off unless G4_PDL=1: GpuEnginePdl compares the engine with it off and on, and the `pdl` stage
-# runs the whole suite with it on. GpuFusedNorms checks E4B's fused per-layer input (gelu_tanh_mul) and
-# the paged step's attention inputs in one kernel (norm_rope_write_kv), which every GpuEngine* test runs,
-# and the router's softmax and top-k in one kernel (softmax_topk).
-new_tests='GpuAttention.*:GpuEnginePdl.*:GpuFusedNorms.*'
+# The test_gpu suites to run first on the next GPU (`tests-new`, then the whole suite: `tests`).
+# - Session 17 (2026-12-05): the whole suite passed on an H100 (150 passed, 17 skipped: they need two
+#   GPUs) with the wgmma forward at head dims 256 and 512. After it the element masks moved into
+#   visible_bits and tiles inside one document went unmasked (GpuAttention and GpuTrain passed on that
+#   build), and the head-dim-256 backward under narrow windows went back to the flash kernel.
+# - Session 18 (no GPU lent) wrote, without running them: the decode fusions every fused inference
+#   forward now takes (GpuFusedNorms.*: norm_rope_write_kv, softmax_topk, gelu_tanh_mul,
+#   add_rmsnorm_norms with a scale; the engine, log-prob and RL suites run them end to end), and
+#   programmatic dependent launch, off unless G4_PDL=1 (GpuEnginePdl.*; the `pdl` stage runs the whole
+#   suite with it on).
+new_tests='GpuFusedNorms.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:GpuAttention.*'
 
 stage() {
   case "$1" in
