@@ -32,7 +32,7 @@ run="scripts/device_run.sh"
 #   add_rmsnorm_norms with a scale; the engine, log-prob and RL suites run them end to end), and
 #   programmatic dependent launch, off unless G4_PDL=1 (GpuEnginePdl.*; the `pdl` stage runs the whole
 #   suite with it on).
-new_tests='GpuFusedNorms.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:GpuAttention.*'
+new_tests='GpuFusedNorms.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*'
 
 stage() {
   case "$1" in
