@@ -20,6 +20,8 @@
 // one token, and the loads, not the FMAs, must be the bound. Measured (bench_gemv): 2.0 TB/s at
 // batch 1 on an H200 (48% of a copy). A CTA per block of whole weight rows (contiguous reads, fp32
 // partial sums per block reduced by a second kernel) was slower on an H100: 84 against 57 us.
+// With G4_DECODE_EXPERTS_SPLIT (ops/cuda/moe.h) the same column tiles also split the rows over
+// gridDim.z CTAs, whose fp32 sums a further pass adds in slice order (an experiment, off by default).
 #include <cuda_bf16.h>
 
 #include <algorithm>
