@@ -11,7 +11,7 @@
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl,
-# pdl-bench. (PEFT reload parity needs no GPU:
+# pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -89,15 +89,20 @@ stage() {
           bench_gemv 3 ;;
     pdl)  # programmatic dependent launch (off by default until measured): the whole test_gpu with it on
       G4_PDL=1 $run test_gpu --gtest_brief=1 ;;
-    pdl-bench)  # then generation with it off and on, in the same call: 26B-A4B and E4B at small batches, diffusion at batch 1
+    pdl-bench)  # then generation with it off and on, in the same call: 26B-A4B and E4B at small batches, diffusion at
+      # batch 1; first the kernels of a batch-1 26B-A4B step (CUPTI), which count what the decode fusions removed
       local g='g4 bench generate --prompt-len 256 --new-tokens 64'
-      $run $g --model gemma-4-26b-a4b --batch 1,4,16 && G4_PDL=1 $run $g --model gemma-4-26b-a4b --batch 1,4,16 &&
+      $run $g --model gemma-4-26b-a4b --batch 1 --profile &&
+        $run $g --model gemma-4-26b-a4b --batch 1,4,16 && G4_PDL=1 $run $g --model gemma-4-26b-a4b --batch 1,4,16 &&
         $run $g --model gemma-4-e4b --batch 1,16 && G4_PDL=1 $run $g --model gemma-4-e4b --batch 1,16 &&
         $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
           --denoising-steps 48 &&
         G4_PDL=1 $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
           --denoising-steps 48 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl, pdl-bench)" >&2
+    pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
+      $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
+        $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }
