@@ -8,8 +8,10 @@
 #include <png.h>
 
 #include <algorithm>
+#include <cctype>
 #include <csetjmp>
 #include <cstring>
+#include <string>
 
 #include "core/error.h"
 #include "io/json_input.h"
@@ -236,9 +238,36 @@ struct PngResult {
   int orientation = 1;
 };
 
+// Whether every chunk up to IEND fits in the file (else reader.message says which does not).
+// libpng allocates a chunk's declared length before it reads the chunk: a 153-byte file declaring
+// a 1 GiB eXIf chunk made it allocate 1 GiB, only to find the file ends early (fuzz_image_decode,
+// 2026-12-05).
+bool png_chunks_fit(PngReader& reader) {
+  size_t pos = 8;  // after the signature
+  while (reader.size - pos >= 8) {
+    const uint8_t* c = reader.data + pos;
+    const uint64_t length = (uint64_t{c[0]} << 24) | (uint64_t{c[1]} << 16) | (uint64_t{c[2]} << 8) | c[3];
+    const std::string type(reinterpret_cast<const char*>(c + 4), 4);
+    // A chunk is its length, type, data and CRC: 12 bytes more than its data.
+    if (length + 12 > reader.size - pos) {
+      std::string name;  // a corrupt type may hold any bytes
+      for (char ch : type) name += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
+      std::snprintf(reader.message, sizeof(reader.message),
+                    "chunk '%s' at byte %zu declares %llu bytes of data, past the end of the file (%zu bytes): the "
+                    "file is truncated or corrupt",
+                    name.c_str(), pos, static_cast<unsigned long long>(length), reader.size);
+      return false;
+    }
+    if (type == "IEND") break;
+    pos += length + 12;
+  }
+  return true;
+}
+
 // header_only: stops after the chunks before the image data (size, eXIf); no pixel is decoded.
 bool png_decode(PngReader& reader, PngResult& res, std::vector<uint8_t>& pixels, std::vector<uint8_t>& row,
                 int64_t max_pixels, bool header_only = false) {
+  if (!png_chunks_fit(reader)) return false;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &reader, png_on_error, png_on_warning);
   if (!png) {
     std::snprintf(reader.message, sizeof(reader.message), "out of memory");
