@@ -174,10 +174,12 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   } else {
     prompts.push_back(parse_token_ids(o.prompt_ids, "--prompt-ids"));
   }
-  for (const auto& p : prompts)
-    for (int64_t id : p)
-      G4_CHECK(id >= 0 && id < mc.vocab_size, "prompt token id ", id, " (", from_file ? o.prompts : "--prompt-ids",
-               ") is outside the vocabulary [0, ", mc.vocab_size, ")");
+  // (read_prompts checked a file's ids, naming their lines.)
+  if (!from_file)
+    for (const auto& p : prompts)
+      for (int64_t id : p)
+        G4_CHECK(id >= 0 && id < mc.vocab_size, "prompt token id ", id, " (--prompt-ids) is outside the vocabulary [0, ",
+                 mc.vocab_size, ")");
   // All prompts are one batch, left-padded as transformers' tokenizers pad (mask 0 on the pads).
   const int64_t B = static_cast<int64_t>(prompts.size());
   size_t longest = 0;

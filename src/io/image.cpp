@@ -247,18 +247,17 @@ bool png_chunks_fit(PngReader& reader) {
   while (reader.size - pos >= 8) {
     const uint8_t* c = reader.data + pos;
     const uint64_t length = (uint64_t{c[0]} << 24) | (uint64_t{c[1]} << 16) | (uint64_t{c[2]} << 8) | c[3];
-    const std::string type(reinterpret_cast<const char*>(c + 4), 4);
     // A chunk is its length, type, data and CRC: 12 bytes more than its data.
     if (length + 12 > reader.size - pos) {
       std::string name;  // a corrupt type may hold any bytes
-      for (char ch : type) name += std::isprint(static_cast<unsigned char>(ch)) ? ch : '?';
+      for (int i = 4; i < 8; ++i) name += std::isprint(c[i]) ? static_cast<char>(c[i]) : '?';
       std::snprintf(reader.message, sizeof(reader.message),
                     "chunk '%s' at byte %zu declares %llu bytes of data, past the end of the file (%zu bytes): the "
                     "file is truncated or corrupt",
                     name.c_str(), pos, static_cast<unsigned long long>(length), reader.size);
       return false;
     }
-    if (type == "IEND") break;
+    if (std::memcmp(c + 4, "IEND", 4) == 0) break;
     pos += length + 12;
   }
   return true;

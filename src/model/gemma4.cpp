@@ -8,6 +8,7 @@
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
+#include "core/env.h"
 #include "core/random.h"
 #include "model/audio_tower.h"
 #include "model/rope_freqs.h"
@@ -68,10 +69,7 @@ struct Gemma4::Context {
 Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device device,
                const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
-  const char* fused = std::getenv("G4_DECODE_FUSED");
-  G4_CHECK(fused == nullptr || std::string(fused) == "0" || std::string(fused) == "1",
-           "G4_DECODE_FUSED must be 0 or 1 (unset: on), got '", fused ? fused : "", "'");
-  fused_inference_ = fused == nullptr || std::string(fused) == "1";
+  fused_inference_ = env_int("G4_DECODE_FUSED", 1, 0, 1, "on") == 1;
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else
@@ -818,28 +816,31 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   const auto rows = [&](const ag::Var& v) { return ag::reshape(v, {-1, cfg_.hidden_size}); };
-  if (decode_sized && normed) {
-    // A fused decode layer keeps no router probabilities: the softmax and the top-k in one op.
+  const auto experts_input = [&] {
+    return normed ? rows(normed->experts) : ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
+  };
+  if (decode_sized) {
+    // The routing stays on the device. A fused layer keeps no router probabilities: its softmax and
+    // top-k run as one op.
     Tensor weights, indices;
-    ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
-                      weights, indices);
-    const Tensor out = ops::moe_experts(rows(normed->experts).value(), weights, indices, gate_up.value(), down.value());
+    if (normed) {
+      ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
+                        weights, indices);
+    } else {
+      const Routing r = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
+                              /*make_plan=*/false, host_offsets);
+      weights = r.weights.value();
+      indices = r.indices;
+    }
+    const Tensor out = ops::moe_experts(experts_input().value(), weights, indices, gate_up.value(), down.value());
     return ag::reshape(ag::Var(out), shape);
   }
   Routing routing =
       normed ? route_normed(rows(normed->router), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts,
-                            /*make_plan=*/!decode_sized, host_offsets)
+                            /*make_plan=*/true, host_offsets)
              : route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
-                     /*make_plan=*/!decode_sized, host_offsets);
-  const ag::Var experts_in =
-      normed ? rows(normed->experts) : ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
-  if (decode_sized) {
-    const Tensor x = experts_in.value();
-    const Tensor out = ops::moe_experts(x, routing.weights.value(), routing.indices,
-                                        p(pre + "moe.experts.gate_and_up_projs").value(),
-                                        p(pre + "moe.experts.down_projs").value());
-    return ag::reshape(ag::Var(out), shape);
-  }
+                     /*make_plan=*/true, host_offsets);
+  const ag::Var experts_in = experts_input();
   if (aux_loss) ctx.router_aux.push_back(load_balancing_loss(routing));
   const Tensor device_offsets = routing.plan.device_offsets;
   const TokenDispatcher::Inputs in{l, experts_in, routing.weights, std::move(routing.plan), experts_};

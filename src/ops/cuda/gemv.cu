@@ -9,9 +9,7 @@
 // before it waits for the previous kernel: W is the bulk of the bytes and no kernel writes it.
 #include "ops/cuda/gemv.h"
 
-#include <cstdlib>
-#include <string>
-
+#include "core/env.h"
 #include "ops/cuda/common.cuh"
 
 namespace g4::ops::cuda {
@@ -241,13 +239,7 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
 
 bool gemv_preferred(int64_t m, int64_t n, int64_t k) {
   // -1: the measured default; 0: never; 1: whenever the product fits.
-  static const int mode = [] {
-    const char* env = std::getenv("G4_DECODE_GEMV");
-    const std::string v = env ? env : "";
-    G4_CHECK(v.empty() || v == "0" || v == "1", "G4_DECODE_GEMV must be 0 or 1 (unset: the measured default), got '",
-             v, "'");
-    return v.empty() ? -1 : v == "1" ? 1 : 0;
-  }();
+  static const int mode = env_int("G4_DECODE_GEMV", -1, 0, 1, "the measured default");
   if (mode >= 0) return mode == 1;
   constexpr int64_t kLayerWeight = int64_t{16} << 20;
   return m <= 2 || (m <= 4 && n * k <= kLayerWeight);

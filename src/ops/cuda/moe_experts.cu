@@ -26,11 +26,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "core/cuda/runtime.h"
+#include "core/env.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/moe.h"
 
@@ -342,12 +341,8 @@ void set_moe_experts_row_slices(int slices) {
 
 int moe_experts_row_slices() {
   if (const int s = row_slices_state.load(std::memory_order_relaxed); s > 0) return s;
-  const char* env = std::getenv("G4_DECODE_EXPERTS_SPLIT");
-  const std::string v = env ? env : "";
-  G4_CHECK(v.empty() || (v.size() == 1 && v[0] >= '1' && v[0] <= '8'),
-           "G4_DECODE_EXPERTS_SPLIT must be 1 to 8 (unset: 1), got '", v, "'");
   int expected = 0;
-  row_slices_state.compare_exchange_strong(expected, v.empty() ? 1 : v[0] - '0');
+  row_slices_state.compare_exchange_strong(expected, env_int("G4_DECODE_EXPERTS_SPLIT", 1, 1, 8, "1"));
   return row_slices_state.load(std::memory_order_relaxed);
 }
 
