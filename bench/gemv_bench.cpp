@@ -17,7 +17,6 @@
 #include "bench_gpu.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
-#include "ops/cuda/moe.h"
 #include "ops/moe.h"
 
 namespace {
@@ -97,17 +96,6 @@ void experts_section(double copy, int iters) {
     const auto [us, gbps] = time_experts(gate_up, down, 1, k, iters);
     std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(k), us, gbps, 100 * gbps / copy);
   }
-  // The rows of each expert split over more CTAs (G4_DECODE_EXPERTS_SPLIT), at one and eight tokens, top 8.
-  std::printf("\nrow slices per expert (G4_DECODE_EXPERTS_SPLIT), top %lld\n%6s %6s  %10s %8s %6s\n",
-              static_cast<long long>(K), "slices", "tokens", "us", "GB/s", "copy");
-  const int saved = g4::ops::cuda::moe_experts_row_slices();
-  for (const int slices : {1, 2, 3, 4, 6})
-    for (const int64_t T : {1, 8}) {
-      g4::ops::cuda::set_moe_experts_row_slices(slices);
-      const auto [us, gbps] = time_experts(gate_up, down, T, K, iters);
-      std::printf("%6d %6lld  %10.1f %8.0f %5.0f%%\n", slices, static_cast<long long>(T), us, gbps, 100 * gbps / copy);
-    }
-  g4::ops::cuda::set_moe_experts_row_slices(saved);
 }
 
 }  // namespace

@@ -62,9 +62,9 @@ void bench_rl(const RlBenchOptions& o) {
   const nlohmann::json& s = res.last_step;
   const double gen = s.at("generation_s"), lp = s.at("logprobs_s"), tr = s.at("training_s");
   const double total = s.at("step_s"), other = total - gen - lp - tr;
-  std::printf("\n== g4 bench rl: %s, %lld layers, %lld prompts x %lld samples, %lld new tokens, one H200 ==\n",
+  std::printf("\n== g4 bench rl: %s, %lld layers, %lld prompts x %lld samples, %lld new tokens, %s ==\n",
               o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.prompts),
-              static_cast<long long>(o.generations), static_cast<long long>(o.new_tokens));
+              static_cast<long long>(o.generations), static_cast<long long>(o.new_tokens), cuda_device_name().c_str());
   std::printf("%-16s %9s %7s %14s\n", "stage", "seconds", "share", "tokens/s");
   auto row = [&](const char* name, double sec, double tps) {
     std::printf("%-16s %9.3f %6.1f%% %14.0f\n", name, sec, 100 * sec / total, tps);

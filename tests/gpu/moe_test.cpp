@@ -339,17 +339,10 @@ TEST(GpuMoeExperts, MatchesTheComposedPath) {
         ops::grouped_matmul(ops::moe_permute(gpu_bf16(x), plan), gpu_bf16(gate_up), plan.offsets, plan.device_offsets));
     const Tensor composed = host_f32(ops::moe_unpermute(
         ops::grouped_matmul(act, gpu_bf16(down), plan.offsets, plan.device_offsets), gpu_bf16(wts), plan));
-    // Whole rows per CTA (the default), and the rows split over 3 and 8 CTAs (partial sums in fp32).
-    const int saved = ops::cuda::moe_experts_row_slices();
-    for (const int slices : {1, 3, 8}) {
-      ops::cuda::set_moe_experts_row_slices(slices);
-      const Tensor got = ops::moe_experts(gpu_bf16(x), gpu_bf16(wts), gidx, gpu_bf16(gate_up), gpu_bf16(down));
-      const std::string what = std::to_string(slices) + " row slice(s)";
-      // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
-      expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU, " + what);
-      expect_close_scaled(got, composed, 0, kBf16Rtol, "moe_experts against the GPU's composed path, " + what);
-    }
-    ops::cuda::set_moe_experts_row_slices(saved);
+    const Tensor got = ops::moe_experts(gpu_bf16(x), gpu_bf16(wts), gidx, gpu_bf16(gate_up), gpu_bf16(down));
+    // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
+    expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU");
+    expect_close_scaled(got, composed, 0, kBf16Rtol, "moe_experts against the GPU's composed path");
   }
 }
 

@@ -27,11 +27,4 @@ void set_grouped_gemm_backend(GroupedGemmBackend backend);
 bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w);
 GroupedGemmBackend grouped_gemm_backend();
 
-// How many CTAs share each expert's weight rows in the decode experts kernels (ops::moe_experts):
-// 1 (the default) sums whole rows in one CTA; 2 to 8 split them, each slice writing fp32 sums that
-// a further pass adds in slice order. G4_DECODE_EXPERTS_SPLIT sets the initial value; an experiment
-// for the one-token grid (docs/performance.md), not yet measured.
-void set_moe_experts_row_slices(int slices);
-int moe_experts_row_slices();
-
 }  // namespace g4::ops::cuda

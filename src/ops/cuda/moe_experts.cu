@@ -20,16 +20,14 @@
 // one token, and the loads, not the FMAs, must be the bound. Measured (bench_gemv): 2.0 TB/s at
 // batch 1 on an H200 (48% of a copy). A CTA per block of whole weight rows (contiguous reads, fp32
 // partial sums per block reduced by a second kernel) was slower on an H100: 84 against 57 us.
-// With G4_DECODE_EXPERTS_SPLIT (ops/cuda/moe.h) the same column tiles also split the rows over
-// gridDim.z CTAs, whose fp32 sums a further pass adds in slice order (an experiment, off by default).
+// Splitting each expert's rows over several CTAs (fp32 partial sums added by a further pass) was
+// slower at every split tried on an H100: 72-94 against 55 us at one token, 290-545 against 253 at 8.
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <type_traits>
 
 #include "core/cuda/runtime.h"
-#include "core/env.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/moe.h"
 
@@ -101,31 +99,19 @@ __device__ __forceinline__ void load_columns(const bf16* __restrict__ w, float (
   for (int c = 0; c < V; ++c) out[c] = to_f32(p.v[c]);
 }
 
-// The weight rows [begin, end) a CTA sums over: all of them, or with the rows split over
-// gridDim.z CTAs (G4_DECODE_EXPERTS_SPLIT), slice blockIdx.z.
-struct RowRange {
-  int begin, end;
-};
-__device__ __forceinline__ RowRange row_range(int rows) {
-  const int per = (rows + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
-  const int begin = min(rows, static_cast<int>(blockIdx.z) * per);
-  return {begin, min(rows, begin + per)};
-}
-
 // acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's V weight columns
-// at w (rows `stride` apart), over the rows begin + group, begin + group + kGroups, ... below end,
-// for the first R rows of the chunk (0 when !valid; rows past the chunk's count hold stale values
-// that are never stored).
+// at w (rows `stride` apart), over the rows group, group + kGroups, ..., for the first R rows of
+// the chunk (0 when !valid; rows past the chunk's count hold stale values that are never stored).
 template <int V, int kGroups, int R>
 __device__ __forceinline__ void column_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
-                                                const bf16* rows, int width, RowRange range, int group, bool valid) {
+                                                const bf16* rows, int width, int group, bool valid) {
 #pragma unroll
   for (int j = 0; j < kChunk; ++j)
 #pragma unroll
     for (int c = 0; c < V; ++c) acc[j][c] = 0.f;
   if (!valid) return;
 #pragma unroll kUnroll
-  for (int i = range.begin + group; i < range.end; i += kGroups) {
+  for (int i = group; i < width; i += kGroups) {
     float wv[V];
     load_columns<V>(w + i * stride, wv);
 #pragma unroll
@@ -141,12 +127,11 @@ __device__ __forceinline__ void column_products(float (&acc)[kChunk][V], const b
 // experts have one token, and multiplying all kChunk rows would make the kernels issue-bound.
 template <int V, int kGroups>
 __device__ __forceinline__ void chunk_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
-                                               const bf16* rows, int width, RowRange range, int group, bool valid,
-                                               int nt) {
-  if (nt == 1) return column_products<V, kGroups, 1>(acc, w, stride, rows, width, range, group, valid);
-  if (nt == 2) return column_products<V, kGroups, 2>(acc, w, stride, rows, width, range, group, valid);
-  if (nt <= 4) return column_products<V, kGroups, 4>(acc, w, stride, rows, width, range, group, valid);
-  column_products<V, kGroups, kChunk>(acc, w, stride, rows, width, range, group, valid);
+                                               const bf16* rows, int width, int group, bool valid, int nt) {
+  if (nt == 1) return column_products<V, kGroups, 1>(acc, w, stride, rows, width, group, valid);
+  if (nt == 2) return column_products<V, kGroups, 2>(acc, w, stride, rows, width, group, valid);
+  if (nt <= 4) return column_products<V, kGroups, 4>(acc, w, stride, rows, width, group, valid);
+  column_products<V, kGroups, kChunk>(acc, w, stride, rows, width, group, valid);
 }
 
 // Sums acc over the threads of a warp that hold the same columns of different rows (lanes `span`,
@@ -163,14 +148,11 @@ __device__ __forceinline__ void warp_row_sum(float (&acc)[kChunk][V]) {
 
 // kCols gate and kCols up columns per CTA, V per thread (8: 16-byte loads, when the widths allow;
 // else 2). A row of the tile is 2·kCols/V threads (gate columns, then up columns), so a warp reads
-// 32·V/(2·kCols) rows at once. kSplit: the CTA sums slice blockIdx.z of the H rows and writes its
-// fp32 gate and up sums to part [gridDim.z][assignments][2I] (finish_gate_up_kernel ends them);
-// else act.
-template <int V, bool kSplit>
+// 32·V/(2·kCols) rows at once.
+template <int V>
 __global__ void __launch_bounds__(kThreads)
     gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices, int assignments, int experts,
-                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act,
-                   float* __restrict__ part) {
+                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
   pdl_begin();
   constexpr int kCols = kGateCols, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
   constexpr int kWarps = kThreads / 32;
@@ -196,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
     load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
     __syncthreads();
     float acc[kChunk][V];
-    chunk_products<V, kGroups>(acc, w, int64_t{2} * I, xs, H, row_range(H), group, valid, nt);
+    chunk_products<V, kGroups>(acc, w, int64_t{2} * I, xs, H, group, valid, nt);
     warp_row_sum<V, kRowLanes>(acc);
     if (lane < kRowLanes) {
 #pragma unroll
@@ -214,43 +196,18 @@ __global__ void __launch_bounds__(kThreads)
         g += red[p][j][c];
         u += red[p][j][kCols + c];
       }
-      const int64_t r = list[j0 + j];
-      if constexpr (kSplit) {
-        float* row = part + (int64_t{blockIdx.z} * assignments + r) * 2 * I;
-        row[c0 + c] = g;
-        row[I + c0 + c] = u;
-      } else {
-        act[r * I + c0 + c] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
-      }
+      act[static_cast<int64_t>(list[j0 + j]) * I + c0 + c] =
+          __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
     }
-  }
-}
-
-// act[r] = bf16(gelu(g) · u) from the row slices' fp32 sums, added in slice order (split gate_up).
-__global__ void __launch_bounds__(kThreads)
-    finish_gate_up_kernel(const float* __restrict__ part, int slices, int assignments, int I, bf16* __restrict__ act) {
-  pdl_begin();
-  const int64_t total = static_cast<int64_t>(assignments) * I;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / I, c = i % I;
-    float g = 0.f, u = 0.f;
-    for (int s = 0; s < slices; ++s) {
-      const float* row = part + (static_cast<int64_t>(s) * assignments + r) * 2 * I;
-      g += row[c];
-      u += row[I + c];
-    }
-    act[i] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
   }
 }
 
 // kCols output columns per CTA, V per thread: a row of the tile is kCols/V threads (part of a
-// warp for V = 8, two warps for V = 2). kSplit: the CTA sums slice blockIdx.z of the I rows and
-// writes fp32 sums to ys_part [gridDim.z][assignments][H] (combine_kernel adds the slices); else ys.
-template <int V, bool kSplit>
+// warp for V = 8, two warps for V = 2).
+template <int V>
 __global__ void __launch_bounds__(kThreads)
     down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices, int assignments, int experts, int I,
-                int H, const bf16* __restrict__ down, bf16* __restrict__ ys, float* __restrict__ ys_part) {
+                int H, const bf16* __restrict__ down, bf16* __restrict__ ys) {
   pdl_begin();
   constexpr int kCols = kDownCols, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
   // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
@@ -275,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
     load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
     __syncthreads();
     float acc[kChunk][V];
-    chunk_products<V, kGroups>(acc, w, H, as, I, row_range(I), group, valid, nt);
+    chunk_products<V, kGroups>(acc, w, H, as, I, group, valid, nt);
     if constexpr (kRowLanes < 32) warp_row_sum<V, kRowLanes>(acc);
     if (kRowLanes >= 32 || lane < kRowLanes) {
 #pragma unroll
@@ -290,61 +247,27 @@ __global__ void __launch_bounds__(kThreads)
       float y = 0.f;
 #pragma unroll
       for (int p = 0; p < kParts; ++p) y += red[p][j][c];
-      const int64_t r = list[j0 + j];
-      if constexpr (kSplit) {
-        ys_part[(int64_t{blockIdx.z} * assignments + r) * H + c0 + c] = y;
-      } else {
-        ys[r * H + c0 + c] = __float2bfloat16_rn(y);
-      }
+      ys[static_cast<int64_t>(list[j0 + j]) * H + c0 + c] = __float2bfloat16_rn(y);
     }
   }
 }
 
-// out[t] = bf16(Σ_k weights[t, k] · ys[t·K + k]) in fp32, k in order. With `slices` > 0 the rows
-// of ys are the bf16 rounding of ys_part's slices added in slice order (split down_kernel).
 template <class W>
-__global__ void combine_kernel(const bf16* __restrict__ ys, const float* __restrict__ ys_part, int slices,
-                               const W* __restrict__ weights, int tokens, int top_k, int H, bf16* __restrict__ out) {
+__global__ void combine_kernel(const bf16* __restrict__ ys, const W* __restrict__ weights, int tokens, int top_k, int H,
+                               bf16* __restrict__ out) {
   pdl_begin();
-  const int64_t total = static_cast<int64_t>(tokens) * H, assignments = static_cast<int64_t>(tokens) * top_k;
+  const int64_t total = static_cast<int64_t>(tokens) * H;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int t = static_cast<int>(i / H), c = static_cast<int>(i % H);
     float s = 0.f;
-    for (int k = 0; k < top_k; ++k) {
-      const int64_t r = static_cast<int64_t>(t) * top_k + k;
-      float y;
-      if (slices > 0) {
-        float sum = 0.f;
-        for (int z = 0; z < slices; ++z) sum += ys_part[(z * assignments + r) * H + c];
-        y = round_bf16(sum);
-      } else {
-        y = __bfloat162float(ys[r * H + c]);
-      }
-      s += to_f32(weights[t * top_k + k]) * y;
-    }
+    for (int k = 0; k < top_k; ++k)
+      s += to_f32(weights[t * top_k + k]) * __bfloat162float(ys[(static_cast<int64_t>(t) * top_k + k) * H + c]);
     out[i] = __float2bfloat16_rn(s);
   }
 }
 
-// Row slices per expert CTA (moe.h): at one token the kernels' grids are 22 column tiles x 8
-// experts, 176 CTAs on 132 multiprocessors; slices make more, shorter CTAs, at the cost of fp32
-// partial sums and a pass that adds them. 0 until the first read of G4_DECODE_EXPERTS_SPLIT.
-std::atomic<int> row_slices_state{0};
-
 }  // namespace
-
-void set_moe_experts_row_slices(int slices) {
-  G4_CHECK(slices >= 1 && slices <= 8, "moe_experts: row slices must be 1 to 8, got ", slices);
-  row_slices_state.store(slices, std::memory_order_relaxed);
-}
-
-int moe_experts_row_slices() {
-  if (const int s = row_slices_state.load(std::memory_order_relaxed); s > 0) return s;
-  int expected = 0;
-  row_slices_state.compare_exchange_strong(expected, env_int("G4_DECODE_EXPERTS_SPLIT", 1, 1, 8, "1"));
-  return row_slices_state.load(std::memory_order_relaxed);
-}
 
 Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
                    const Tensor& down) {
@@ -362,50 +285,29 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
   G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
            " is above the 8192 the GPU op takes");
-  // Split: fp32 sums of each row slice, [slices][T·K][2I] and [slices][T·K][H].
-  const int slices = moe_experts_row_slices();
-  Tensor part, ys_part;
-  if (slices > 1) {
-    part = Tensor::empty({slices, int64_t{T} * K, 2 * int64_t{I}}, DType::F32, Device::CUDA);
-    ys_part = Tensor::empty({slices, int64_t{T} * K, H}, DType::F32, Device::CUDA);
-  }
-  float* part_ptr = slices > 1 ? part.data<float>() : nullptr;
-  float* ys_part_ptr = slices > 1 ? ys_part.data<float>() : nullptr;
-  const auto launch = [&](auto v, auto split) {
+  const auto launch = [&](auto v) {
     constexpr int V = decltype(v)::value;
-    constexpr bool kSplit = decltype(split)::value;
     constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
-    g4::cuda::allow_dynamic_smem<gate_up_kernel<V, kSplit>>(bytes);
-    g4::cuda::allow_dynamic_smem<down_kernel<V, kSplit>>(bytes);
-    const auto z = static_cast<unsigned>(slices);
-    launch_pdl(gate_up_kernel<V, kSplit>, dim3((I + kGateCols - 1) / kGateCols, owners, z), kThreads, gate_smem,
+    g4::cuda::allow_dynamic_smem<gate_up_kernel<V>>(bytes);
+    g4::cuda::allow_dynamic_smem<down_kernel<V>>(bytes);
+    launch_pdl(gate_up_kernel<V>, dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem,
                static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
-               static_cast<bf16*>(act.raw()), part_ptr);
-    if constexpr (kSplit)
-      launch_pdl(finish_gate_up_kernel, grid_for(int64_t{T} * K * I, kThreads), kThreads, 0, part_ptr, slices, T * K,
-                 I, static_cast<bf16*>(act.raw()));
-    launch_pdl(down_kernel<V, kSplit>, dim3((H + kDownCols - 1) / kDownCols, owners, z), kThreads, down_smem,
+               static_cast<bf16*>(act.raw()));
+    launch_pdl(down_kernel<V>, dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem,
                static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
-               static_cast<bf16*>(ys.raw()), ys_part_ptr);
-  };
-  const auto with_split = [&](auto v) {
-    if (slices > 1)
-      launch(v, std::true_type{});
-    else
-      launch(v, std::false_type{});
+               static_cast<bf16*>(ys.raw()));
   };
   if (wide)
-    with_split(std::integral_constant<int, 8>{});
+    launch(std::integral_constant<int, 8>{});
   else
-    with_split(std::integral_constant<int, 2>{});
+    launch(std::integral_constant<int, 2>{});
   const unsigned blocks = grid_for(int64_t{T} * H, kThreads);
-  const int combine_slices = slices > 1 ? slices : 0;
   if (weights.dtype() == DType::F32)
-    launch_pdl(combine_kernel<float>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()), ys_part_ptr,
-               combine_slices, static_cast<const float*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
+    launch_pdl(combine_kernel<float>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()),
+               static_cast<const float*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
   else
-    launch_pdl(combine_kernel<bf16>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()), ys_part_ptr,
-               combine_slices, static_cast<const bf16*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
+    launch_pdl(combine_kernel<bf16>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()),
+               static_cast<const bf16*>(weights.raw()), T, K, H, static_cast<bf16*>(out.raw()));
   return out;
 }
 
