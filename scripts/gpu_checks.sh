@@ -32,7 +32,9 @@ run="scripts/device_run.sh"
 #   add_rmsnorm_norms with a scale; the engine, log-prob and RL suites run them end to end), and
 #   programmatic dependent launch, off unless G4_PDL=1 (GpuEnginePdl.*; the `pdl` stage runs the whole
 #   suite with it on).
-new_tests='GpuFusedNorms.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*'
+# - Session 19 (2026-12-06, an H100): all of those passed, the whole suite too (153 passed, 17 skipped),
+#   and the engine's suites with G4_PDL=1.
+new_tests='GpuFusedNorms.*:GpuRouterTopk.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*'
 
 stage() {
   case "$1" in
