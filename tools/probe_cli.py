@@ -16,8 +16,8 @@ import json, os, shutil, signal, struct, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directories)
-from probe_commands import (CaseEnv, Cases, Defect, clean, error_line, refused, succeeds,  # noqa: E402
-                            write_safetensors)
+from probe_commands import (CaseEnv, Cases, Defect, clean, error_line, mount_tmpfs, refused, succeeds,  # noqa: E402
+                            unmount, write_safetensors)
 
 DATA = os.path.join(ROOT, "tests", "data")
 PROC = os.path.join(DATA, "hf-gemma4-mm", "processor")
@@ -257,6 +257,28 @@ def unwritable_out_cases(kind, model_of):
 
 unwritable_out_cases("prompts", lambda env: env.tiny)
 unwritable_out_cases("diffusion", lambda env: env.dg)
+
+
+@case("gen.prompts.out_on_a_full_disk")
+def _(env):
+    """The batch has run when --out is written: a full disk must name the file and the reason, keep the earlier
+    --out, and leave no partial temporary file filling the disk (root only: a 8 KiB tmpfs)."""
+    mnt = os.path.join(env.dir, "mnt")
+    if not mount_tmpfs(mnt, "size=8k"):
+        return "skipped: no tmpfs could be mounted (needs root)"
+    try:
+        out = os.path.join(mnt, "out.jsonl")
+        with open(out, "w") as f:
+            f.write("earlier\n")
+        src = env.file("in.jsonl", "".join(json.dumps({"prompt_ids": [5, 6 + i]}) + "\n" for i in range(40)))
+        r = refused(env, ["generate", env.tiny, "--prompts", src, "--out", out, "--overwrite", "--max-new-tokens", 16],
+                    "--out", out, "No space left on device")
+        left = [n for n in os.listdir(mnt) if n != "out.jsonl"]
+        if left or open(out).read() != "earlier\n":
+            raise Defect(f"left behind {left}; the earlier --out holds {open(out).read()[:40]!r}")
+        return r
+    finally:
+        unmount(mnt)
 
 
 @case("gen.prompts.out_is_prompts")

@@ -143,6 +143,22 @@ def temporary_files(run_dir):
     return [os.path.join(dp, f) for dp, dn, fn in os.walk(run_dir) for f in fn + dn if ".tmp." in f]
 
 
+def mount_tmpfs(path, opts):
+    """Mounts a tmpfs with mount options `opts` (e.g. "size=1m", "ro,size=1m") at `path`; False when that cannot be
+    done (it needs root). remount_tmpfs changes its options; unmount undoes either."""
+    os.makedirs(path, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path],
+                                                capture_output=True).returncode == 0
+
+
+def remount_tmpfs(path, opts):
+    return subprocess.run(["mount", "-o", "remount," + opts, path], capture_output=True).returncode == 0
+
+
+def unmount(path):
+    subprocess.run(["umount", path], capture_output=True)
+
+
 def metric_lines(run_dir):
     """Complete JSON lines of metrics.jsonl (a line cut by a kill is not complete)."""
     p = os.path.join(run_dir, "metrics.jsonl")

@@ -14,10 +14,11 @@ other metrics is a DEFECT. The script prints one PASS/DEFECT line per case, then
 non-zero when there is any. --only runs the cases whose name contains NAME. No SFT step is needed: the probes test
 the plumbing, not learning, so the policy is a random model (scripts/run_rl_example.sh is the learning example).
 """
-import json, os, shutil, signal, stat, subprocess, time
+import contextlib, json, os, shutil, signal, stat, subprocess, time
 
 from probe_commands import (ROOT, Cases, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
-                       interrupted_run_problems, metric_lines, nest, no_library_text, record)
+                       interrupted_run_problems, metric_lines, mount_tmpfs, nest, no_library_text, record, remount_tmpfs,
+                       temporary_files, unmount)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
 CURVE_KEYS = ("reward", "accuracy", "loss", "grad_norm", "lr", "token_mult_prob_error", "response_length_mean",
@@ -598,6 +599,60 @@ def _(ctx):
     record("resume", "SIGINT in the reward program, then --resume: same metrics", not problems, "; ".join(problems))
 
 
+# ---------------------------------------------------------------------------------------------------------- disk
+# Small tmpfs mounts (root only; the cases say so and pass otherwise). A tiny-dense checkpoint is about 7 MiB.
+
+@contextlib.contextmanager
+def tmpfs_case(ctx, name, opts):
+    """A fresh tmpfs for one case at work/mnt-<name>, unmounted afterwards; None (said) when it cannot be mounted."""
+    d = os.path.join(ctx.work, "mnt-" + "".join(c if c.isalnum() else "-" for c in name)[:40])
+    if not mount_tmpfs(d, opts):
+        record("disk", name, True, "skipped: no tmpfs could be mounted (needs root)")
+        yield None
+        return
+    try:
+        yield d
+    finally:
+        unmount(d)
+
+
+@case("disk", "disk full at the second checkpoint, resumed once there is room")
+def _(ctx):
+    recipe, ref_run, want, span, rc, out = reference(ctx)
+    with tmpfs_case(ctx, "disk full at the second checkpoint", "size=10m") as mnt:
+        if mnt is None:
+            return
+        run = os.path.join(mnt, "run")
+        expect_error("disk", "disk full at the second checkpoint: the error names the file", ctx.g4,
+                     ["rl", recipe, "checkpoint.dir=" + run], ["No space left on device", run])
+        kept = complete_checkpoints(run)
+        record("disk", "the first checkpoint stays whole, no partial one looks complete",
+               [os.path.basename(c) for c in kept] == ["step-00000001"] and not checkpoint_problems(run),
+               f"{kept} {checkpoint_problems(run)}")
+        remount_tmpfs(mnt, "size=64m")
+        rc, out = ctx.g4.run(["rl", recipe, "checkpoint.dir=" + run, "--resume"])
+        got = curve(metric_lines(run), CURVE_KEYS)
+        left = temporary_files(run)
+        record("disk", "--resume once there is room: the uninterrupted run's metrics, no temporary files left",
+               rc == 0 and got == want and not left,
+               f"rc {rc}, {len(got)} of {len(want)} values equal: {got == want}, left {left}; {out[-300:]!r}")
+
+
+DISK_ERRORS = [  # case, tmpfs options, overrides, what the error must name
+    ("metrics log on a full disk (no checkpoint yet): the error names metrics.jsonl and the reason", "size=8k",
+     ["checkpoint.every=100", "train.steps=8"], ["metrics.jsonl", "No space left on device"]),
+    ("read-only run directory: the error names checkpoint.dir", "ro,size=1m", [],
+     ["Read-only file system", "checkpoint.dir"]),
+]
+for _name, _opts, _over, _wants in DISK_ERRORS:
+    def _fn(ctx, name=_name, opts=_opts, over=_over, wants=_wants):
+        with tmpfs_case(ctx, name, opts) as mnt:
+            if mnt is not None:
+                expect_error("disk", name, ctx.g4, ctx.args(name, "checkpoint.dir=" + os.path.join(mnt, "run"), *over),
+                             wants)
+    CASES.add("disk", _name)(_fn)
+
+
 # ---------------------------------------------------------------------------------------------------- degenerate
 
 @case("degenerate", "every reward equal (no dynamic sampling)")
@@ -664,7 +719,7 @@ def _(ctx):
 
 def main():
     CASES.main(__doc__, lambda g4, work, a: Ctx(g4, work, a.rng, a.kills), kills=4,
-               sections="recipe,data,reward,resume,degenerate")
+               sections="recipe,data,reward,resume,disk,degenerate")
 
 
 if __name__ == "__main__":

@@ -336,12 +336,9 @@ print(json.dumps({"diff": (ours.double() - theirs.double()).abs().max().item(), 
 
 def mount_tmpfs(work):
     mounts = {}
-    if os.geteuid() != 0:
-        return mounts
     for name, opts in [("full", "size=1m"), ("ro", "ro,size=1m")]:
         d = os.path.join(work, "mnt-" + name)
-        os.makedirs(d, exist_ok=True)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", d], capture_output=True).returncode == 0:
+        if probe_commands.mount_tmpfs(d, opts):
             mounts[name] = d
     return mounts
 
@@ -371,7 +368,7 @@ def main():
             probe_export(g4, work, a.python)
     finally:
         for d in mounts.values():
-            subprocess.run(["umount", d], capture_output=True)
+            probe_commands.unmount(d)
     sys.exit(probe_commands.summarize(work, a.work))
 
 

@@ -84,18 +84,34 @@ json parse_json(std::string_view text, const std::string& what, size_t max_bytes
   }
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
+void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& fill) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::error_code ec;
+  int err = 0;
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    G4_CHECK(f.good(), "cannot write ", tmp);
-    f << text;
-    f.flush();
-    G4_CHECK(f.good(), "writing ", tmp, " failed (disk full?)");
+    G4_CHECK(f.good(), "cannot write ", tmp, ": ", std::strerror(errno));
+    try {
+      errno = 0;  // the stream's failed write(2) leaves its reason here
+      fill(f);
+      f.flush();
+    } catch (...) {
+      f.close();
+      std::filesystem::remove(tmp, ec);
+      throw;
+    }
+    if (!f.good()) err = errno != 0 ? errno : EIO;
   }
-  std::error_code ec;
+  if (err != 0) {
+    std::filesystem::remove(tmp, ec);
+    G4_FAIL("writing ", tmp, " failed: ", std::strerror(err));
+  }
   std::filesystem::rename(tmp, path, ec);
   G4_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  write_file_atomic(path, [&](std::ostream& f) { f << text; });
 }
 
 std::string relative_path_note(const std::string& path) {

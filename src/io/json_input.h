@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <functional>
+#include <iosfwd>
 #include <string>
 #include <string_view>
 
@@ -48,8 +50,11 @@ void check_regular_file(const std::string& path, const std::string& what);
 std::string relative_path_note(const std::string& path);
 
 // Writes `text` to a temporary file beside `path` and renames it over `path`, so a reader (or a
-// run killed meanwhile) sees the old file or the whole new one, never half of it. Errors name the file.
+// run killed meanwhile) sees the old file or the whole new one, never half of it. Errors name the file
+// and the system's reason (e.g. "No space left on device"); a failed write removes the temporary file.
 void write_file_atomic(const std::string& path, const std::string& text);
+// The same with the text streamed by `fill` (which may throw: the temporary file is removed).
+void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& fill);
 
 // read_regular_file + parse_json; errors name "<what> <path>".
 nlohmann::json read_json_file(const std::string& path, const std::string& what, size_t max_bytes,

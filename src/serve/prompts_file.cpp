@@ -95,25 +95,21 @@ RunTotals run_prompts(gen::Engine& engine, const std::vector<FileRequest>& reque
 
   RunTotals totals;
   totals.requests = static_cast<int64_t>(requests.size());
-  const std::string tmp = out + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    G4_CHECK(f, "--out: cannot write ", tmp);
-    for (const gen::Completion& c : done) {
-      const size_t i = index_of.at(c.request);
-      f << output_line(static_cast<int64_t>(i), requests[i].request.options, c, tok)
-               .dump(-1, ' ', false, json::error_handler_t::replace)
-        << "\n";
-      ++totals.samples;
-      totals.generated_tokens += static_cast<int64_t>(c.tokens.size());
-      if (c.sample == 0) totals.prompt_tokens += c.prompt_tokens;
-    }
-    f.flush();
-    G4_CHECK(f, "--out: writing ", tmp, " failed (disk full?)");
+  try {
+    io::write_file_atomic(out, [&](std::ostream& f) {
+      for (const gen::Completion& c : done) {
+        const size_t i = index_of.at(c.request);
+        f << output_line(static_cast<int64_t>(i), requests[i].request.options, c, tok)
+                 .dump(-1, ' ', false, json::error_handler_t::replace)
+          << "\n";
+        ++totals.samples;
+        totals.generated_tokens += static_cast<int64_t>(c.tokens.size());
+        if (c.sample == 0) totals.prompt_tokens += c.prompt_tokens;
+      }
+    });
+  } catch (const Error& e) {
+    G4_FAIL("--out: ", e.what());
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, out, ec);
-  G4_CHECK(!ec, "--out: cannot rename ", tmp, " to ", out, ": ", ec.message());
   totals.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return totals;
 }

@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -42,10 +44,12 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
 
 void MetricsLog::write(const nlohmann::json& record) {
   std::ofstream out(path_, std::ios::app);
-  G4_CHECK(out.good(), "cannot append to metrics log ", path_);
+  G4_CHECK(out.good(), "cannot append to metrics log ", path_, ": ", std::strerror(errno));
+  errno = 0;  // the stream's failed write(2) leaves its reason here
   out << record.dump() << "\n";
   out.flush();
-  G4_CHECK(out.good(), "writing to metrics log ", path_, " failed (disk full?)");
+  // A line cut here is dropped by the next --resume (above).
+  G4_CHECK(out.good(), "writing to metrics log ", path_, " failed: ", std::strerror(errno != 0 ? errno : EIO));
 }
 
 std::vector<nlohmann::json> MetricsLog::read_all() const {

@@ -61,7 +61,8 @@ TEST(CliTask, WritesPromptsAndSftData) {
                              {{{"role", "user"}, {"content", problems[i].prompt}},
                               {{"role", "assistant"}, {"content", rl::task_reference_response(problems[i])}}}}}));
   }
-  EXPECT_FALSE(fs::exists(prompts + ".tmp"));
+  for (const auto& entry : fs::directory_iterator(fs::path(prompts).parent_path()))  // no temporary file is left
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
   // g4 train reads it as chat data: the replies are trained.
   data::DataOptions d;
   d.files = {prompts};

@@ -230,5 +230,27 @@ TEST(HostileInput, MissingLayerScalarIsAnError) {
   EXPECT_CLEAN_ERROR(model::load_hf_model(model), model, "layers.1.layer_scalar");
 }
 
+// A write that fails (here: the temporary file is a link to /dev/full, whose writes fail with
+// ENOSPC, as a full disk's do) names the file and the reason, removes the temporary file and
+// leaves the earlier file as it was; so does a writer that throws.
+TEST(HostileInput, FailedAtomicWriteLeavesTheOldFileAndNoTemporary) {
+  TempDir tmp;
+  const std::string path = tmp / "out.jsonl";
+  const std::string temporary = path + ".tmp." + std::to_string(::getpid());
+  write_file_atomic(path, "old\n");
+  if (fs::exists("/dev/full")) {
+    fs::create_symlink("/dev/full", temporary);
+    EXPECT_CLEAN_ERROR(write_file_atomic(path, std::string(1 << 16, 'x')), temporary, "No space left on device");
+    EXPECT_FALSE(fs::exists(fs::symlink_status(temporary))) << "the temporary file stays";
+  }
+  EXPECT_THROW(write_file_atomic(path, [](std::ostream& f) {
+                 f << "half a line";
+                 G4_FAIL("the writer failed");
+               }),
+               Error);
+  EXPECT_FALSE(fs::exists(temporary)) << "the temporary file stays";
+  EXPECT_EQ(read_regular_file(path, "test file", 100), "old\n");
+}
+
 }  // namespace
 }  // namespace g4::io
