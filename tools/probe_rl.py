@@ -653,6 +653,78 @@ for _name, _opts, _over, _wants in DISK_ERRORS:
     CASES.add("disk", _name)(_fn)
 
 
+# --------------------------------------------------------------------------------------------------------- ranks
+# Two data-parallel CPU ranks under `g4 launch` (Open MPI's mpirun), faulted on one rank with the checkpoint hooks
+# (G4_FAULT_KILL / G4_FAULT_ERROR at step:N, G4_FAULT_RANK=r).
+
+def two_rank_reference(ctx):
+    """An uninterrupted two-rank run of 4 steps and its curve, made once."""
+    if getattr(ctx, "ref2", None) is None:
+        run = os.path.join(ctx.work, "reference-2-ranks")
+        shutil.rmtree(run, ignore_errors=True)
+        rc, out = ctx.g4.run(["launch", "-n", "2", "rl", ctx.recipe, "checkpoint.dir=" + run, "train.steps=4"])
+        ctx.ref2 = (run, curve(metric_lines(run), CURVE_KEYS), rc, out)
+    return ctx.ref2
+
+
+def left_ranks(run):
+    """g4 processes still running on `run` (a rank the launcher should have stopped)."""
+    p = subprocess.run(["pgrep", "-f", "checkpoint.dir=" + run], capture_output=True, text=True)
+    return p.stdout.split()
+
+
+@case("ranks", "a rank killed after step 2, resumed on two ranks")
+def _(ctx):
+    ref_run, want, rc, out = two_rank_reference(ctx)
+    if rc:
+        record("ranks", "two-rank reference run", False, out[-400:])
+        return
+    run = ctx.run_dir("rank-killed")
+    args = ["launch", "-n", "2", "rl", ctx.recipe, "checkpoint.dir=" + run, "train.steps=4"]
+    rc, out = ctx.g4.run(args, env={"G4_FAULT_KILL": "step:2", "G4_FAULT_RANK": "1"}, timeout=120)
+    time.sleep(1)
+    left = left_ranks(run)
+    record("ranks", "rank 1 killed after step 2: the job stops, non-zero, no rank left running",
+           rc != 0 and not left, f"rc {rc}, left {left}")
+    record("ranks", "rank 1 killed: the checkpoint before stays whole",
+           [os.path.basename(c) for c in complete_checkpoints(run)] == ["step-00000001"] and not checkpoint_problems(run),
+           f"{complete_checkpoints(run)} {checkpoint_problems(run)}")
+    rc, out = ctx.g4.run(args + ["--resume"], timeout=120)
+    got = curve(metric_lines(run), CURVE_KEYS)
+    record("ranks", "--resume on two ranks: the uninterrupted two-rank run's metrics bit for bit",
+           rc == 0 and got == want, f"rc {rc}, equal {got == want}; {out[-300:]!r}")
+
+
+@case("ranks", "a rank's error at step 2")
+def _(ctx):
+    run = ctx.run_dir("rank-error")
+    rc, out = ctx.g4.run(["launch", "-n", "2", "rl", ctx.recipe, "checkpoint.dir=" + run, "train.steps=4"],
+                         env={"G4_FAULT_ERROR": "step:2", "G4_FAULT_RANK": "0"}, timeout=120)
+    time.sleep(1)
+    left = left_ranks(run)
+    record("ranks", "rank 0's error at step 2: the job stops, non-zero, with rank 0's message, no rank left",
+           rc != 0 and "[rank 0]" in out and "G4_FAULT_ERROR" in out and not left and no_library_text(out),
+           f"rc {rc}, left {left}; {out[-300:]!r}")
+
+
+@case("ranks", "a two-rank run resumed on one rank")
+def _(ctx):
+    ref_run, want, rc, out = two_rank_reference(ctx)
+    if rc:
+        return
+    run = ctx.run_dir("one-rank-resume")
+    args = ["rl", ctx.recipe, "checkpoint.dir=" + run, "train.steps=4"]
+    ctx.g4.run(["launch", "-n", "2"] + args, env={"G4_FAULT_KILL": "step:2", "G4_FAULT_RANK": "1"}, timeout=120)
+    rc, out = ctx.g4.run(args + ["--resume"], timeout=120)
+    got = curve(metric_lines(run), CURVE_KEYS)
+    # The rollouts do not depend on how the prompts are split over ranks (one seed per request); the gradients'
+    # sums run in another order, so losses may differ in their last bits.
+    same = {k: v for k, v in got.items() if k[1] in ("reward", "accuracy", "response_length_mean")}
+    want_same = {k: v for k, v in want.items() if k[1] in ("reward", "accuracy", "response_length_mean")}
+    record("ranks", "--resume of a two-rank run on one rank: runs to the end with the two-rank run's rewards",
+           rc == 0 and same == want_same and len(got) == len(want), f"rc {rc}; {out[-300:]!r}")
+
+
 # ---------------------------------------------------------------------------------------------------- degenerate
 
 @case("degenerate", "every reward equal (no dynamic sampling)")
@@ -719,7 +791,7 @@ def _(ctx):
 
 def main():
     CASES.main(__doc__, lambda g4, work, a: Ctx(g4, work, a.rng, a.kills), kills=4,
-               sections="recipe,data,reward,resume,disk,degenerate")
+               sections="recipe,data,reward,resume,disk,ranks,degenerate")
 
 
 if __name__ == "__main__":
