@@ -377,7 +377,7 @@ std::string hf_model_args(const BenchOptions& o, const io::ModelConfig& cfg) {
     if (o.model == "gemma-4-e4b") return " --shape e4b --layers " + std::to_string(o.layers);
   }
   const std::string path = hf_file("config.json");
-  std::ofstream(path) << io::model_config_to_json(cfg).dump(1) << "\n";
+  io::write_file_atomic(path, io::model_config_to_json(cfg).dump(1) + "\n");
   return " --config " + path;
 }
 
@@ -494,7 +494,7 @@ nlohmann::json bench_rank(BenchOptions o) {
                                  {"peak_alloc_bytes", slowest.data<double>()[1]},
                                  {"loss_first", g.loss_first},
                                  {"loss_last", g.loss_last}};
-  if (!o.rank_report.empty()) std::ofstream(o.rank_report) << report.dump(1) << "\n";
+  if (!o.rank_report.empty()) io::write_file_atomic(o.rank_report, report.dump(1) + "\n");
   return report;
 }
 
