@@ -16,8 +16,8 @@ import json, os, shutil, signal, struct, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "serve"))
 import openai_client_test as fixture  # noqa: E402  (the serve test's model directories)
-from probe_commands import (CaseEnv, Cases, Defect, clean, error_line, mount_tmpfs, refused, succeeds,  # noqa: E402
-                            unmount, write_safetensors)
+from probe_commands import (CaseEnv, Cases, Defect, clean, error_line, refused, succeeds, tmpfs,  # noqa: E402
+                            write_safetensors)
 
 DATA = os.path.join(ROOT, "tests", "data")
 PROC = os.path.join(DATA, "hf-gemma4-mm", "processor")
@@ -263,10 +263,9 @@ unwritable_out_cases("diffusion", lambda env: env.dg)
 def _(env):
     """The batch has run when --out is written: a full disk must name the file and the reason, keep the earlier
     --out, and leave no partial temporary file filling the disk (root only: a 8 KiB tmpfs)."""
-    mnt = os.path.join(env.dir, "mnt")
-    if not mount_tmpfs(mnt, "size=8k"):
-        return "skipped: no tmpfs could be mounted (needs root)"
-    try:
+    with tmpfs(os.path.join(env.dir, "mnt"), "size=8k") as mnt:
+        if mnt is None:
+            return "skipped: no tmpfs could be mounted (needs root)"
         out = os.path.join(mnt, "out.jsonl")
         with open(out, "w") as f:
             f.write("earlier\n")
@@ -277,8 +276,6 @@ def _(env):
         if left or open(out).read() != "earlier\n":
             raise Defect(f"left behind {left}; the earlier --out holds {open(out).read()[:40]!r}")
         return r
-    finally:
-        unmount(mnt)
 
 
 @case("gen.prompts.out_is_prompts")

@@ -8,7 +8,7 @@ A case fails when g4 crashes (a signal, an abort), prints a library's exception 
 with another status than the case expects, or lacks a string the case expects in its output (an error must name the
 file, key or shape at fault).
 """
-import argparse, json, os, signal, struct, subprocess, tempfile, time
+import argparse, contextlib, json, os, signal, struct, subprocess, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = []  # (section, case, ok, detail)
@@ -157,6 +157,18 @@ def remount_tmpfs(path, opts):
 
 def unmount(path):
     subprocess.run(["umount", path], capture_output=True)
+
+
+@contextlib.contextmanager
+def tmpfs(path, opts):
+    """mount_tmpfs for a `with` block: yields `path`, or None when no tmpfs could be mounted; unmounts after."""
+    if not mount_tmpfs(path, opts):
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        unmount(path)
 
 
 def metric_lines(run_dir):

@@ -17,8 +17,8 @@ the plumbing, not learning, so the policy is a random model (scripts/run_rl_exam
 import contextlib, json, os, shutil, signal, stat, subprocess, time
 
 from probe_commands import (ROOT, Cases, checkpoint_problems, complete_checkpoints, curve, expect_error, expect_success,
-                       interrupted_run_problems, metric_lines, mount_tmpfs, nest, no_library_text, record, remount_tmpfs,
-                       temporary_files, unmount)
+                       interrupted_run_problems, metric_lines, nest, no_library_text, record, remount_tmpfs,
+                       temporary_files, tmpfs)
 
 # The values of a step record that must repeat exactly on a resumed run (the CPU run is deterministic).
 CURVE_KEYS = ("reward", "accuracy", "loss", "grad_norm", "lr", "token_mult_prob_error", "response_length_mean",
@@ -605,15 +605,10 @@ def _(ctx):
 @contextlib.contextmanager
 def tmpfs_case(ctx, name, opts):
     """A fresh tmpfs for one case at work/mnt-<name>, unmounted afterwards; None (said) when it cannot be mounted."""
-    d = os.path.join(ctx.work, "mnt-" + "".join(c if c.isalnum() else "-" for c in name)[:40])
-    if not mount_tmpfs(d, opts):
-        record("disk", name, True, "skipped: no tmpfs could be mounted (needs root)")
-        yield None
-        return
-    try:
+    with tmpfs(os.path.join(ctx.work, "mnt-" + "".join(c if c.isalnum() else "-" for c in name)[:40]), opts) as d:
+        if d is None:
+            record("disk", name, True, "skipped: no tmpfs could be mounted (needs root)")
         yield d
-    finally:
-        unmount(d)
 
 
 @case("disk", "disk full at the second checkpoint, resumed once there is room")

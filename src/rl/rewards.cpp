@@ -514,17 +514,17 @@ class RegexReward : public Reward {
     for (const RewardInput& in : inputs) {
       // An answer too long or too complex for std::regex with the pattern around it: scored as a
       // failed input.
-      std::regex re = fixed_;
+      std::regex with_answer;
       if (has_answer_) {
         try {
-          re = compile_regex(before_ + regex_escape(in.answer) + after_, flags_, "reward.pattern with the answer");
+          with_answer = compile_regex(before_ + regex_escape(in.answer) + after_, flags_, "reward.pattern with the answer");
         } catch (const Error&) {
           out.push_back(0.0);
           continue;
         }
       }
       try {
-        out.push_back(deep_regex_search(in.response, re) ? 1.0 : 0.0);
+        out.push_back(deep_regex_search(in.response, has_answer_ ? with_answer : fixed_) ? 1.0 : 0.0);
       } catch (const std::regex_error&) {
         out.push_back(0.0);  // too complex to match: scored as a failed input
       }
