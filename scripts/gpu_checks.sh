@@ -34,6 +34,10 @@ run="scripts/device_run.sh"
 #   suite with it on).
 # - Session 19 (2026-12-06, an H100): all of those passed, the whole suite too (153 passed, 17 skipped),
 #   and the engine's suites with G4_PDL=1.
+# - Branch one-row-kernels (2026-12-06, written after the GPU time ran out): register-resident
+#   add_rmsnorm / add_rmsnorm_norms / rmsnorm_sum and a router top-k that computes each probability
+#   once (GpuFusedNorms.* at more row lengths, GpuRouterTopk.* with 300 experts); then `pdl-bench`'s
+#   first command (the batch-1 profile) shows their time.
 new_tests='GpuFusedNorms.*:GpuRouterTopk.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*'
 
 stage() {

@@ -47,9 +47,11 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
   for (const DType dt : {DType::BF16, DType::F32}) {
     const double rtol = dt == DType::BF16 ? kBf16Rtol : test::kF32Rtol;
     const std::string name = dtype_name(dt);
-    // Rows of 2816 (26B-A4B's hidden size) and 24 (a partial pass of the block), and 20 (no whole packs
-    // in bf16: the fallback).
-    for (const int64_t d : {int64_t{2816}, int64_t{24}, int64_t{20}}) {
+    // Rows of 2816 (26B-A4B's hidden size: one pack a thread), 5376 (31B's: two packs a thread in bf16,
+    // four in f32), 12288 (four in bf16; past the register-resident kernels in f32), 40000 (past them),
+    // 24 (a partial warp), and 20 (no whole packs in bf16). Rows the kernels do not take run the
+    // separate ops.
+    for (const int64_t d : {int64_t{2816}, int64_t{5376}, int64_t{12288}, int64_t{40000}, int64_t{24}, int64_t{20}}) {
       const std::string what = name + " d=" + std::to_string(d);
       const Tensor r = on_gpu(randn_bf16_exact({3, 5, d}, 1), dt), a = on_gpu(randn_bf16_exact({3, 5, d}, 2, 3.0), dt);
       const Tensor b = on_gpu(randn_bf16_exact({3, 5, d}, 3, 0.1), dt);

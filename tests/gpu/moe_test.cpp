@@ -70,6 +70,12 @@ TEST(GpuRouterTopk, MatchesTheCpuWithTies) {
   ops::router_topk(gpu_f32(small), 13, w, idx);
   EXPECT_EQ(ints(idx), ints(idx_ref)) << "E = 13, K = 13";
   expect_close_scaled(w, w_ref, 0, 1e-6, "router_topk E=13 weights");
+  // More experts than a lane keeps in registers (8 per lane): the probabilities read in every round.
+  const Tensor many = tied_probs(29, 300, 3);
+  ops::router_topk(many, K, w_ref, idx_ref);
+  ops::router_topk(gpu_f32(many), K, w, idx);
+  EXPECT_EQ(ints(idx), ints(idx_ref)) << "E = 300";
+  expect_close_scaled(w, w_ref, 0, 1e-6, "router_topk E=300 weights");
 }
 
 TEST(GpuRouterTopk, Backward) {

@@ -6,26 +6,65 @@
 #include "ops/cuda/fused.h"
 #include "ops/cuda/index_errors.h"
 
+#include <type_traits>
+
 namespace g4::ops::cuda {
 
 namespace {
 
-constexpr int kRowThreads = 128;  // one block per row of add_rmsnorm / rmsnorm_sum
-constexpr int kRopeWarps = 4;     // rows (one head of one token) per block of rmsnorm_rope
+constexpr int kRopeWarps = 4;  // rows (one head of one token) per block of rmsnorm_rope
 
-template <class T, int V>
-__device__ __forceinline__ float row_sum_of_squares(const T* __restrict__ x, int nvec) {
-  float ss = 0.f;
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
-    const Pack<T, V> p = load_pack<T, V>(x + int64_t{c} * V);
+// add_rmsnorm, add_rmsnorm_norms and rmsnorm_sum: one block per row, each thread holding up to
+// kRowMaxPacks packs of the row (and of the weights) in registers. A decode step runs them on one
+// row, where their time is latency: every load is issued before the first reduction, and nothing
+// is read twice. Longer rows take the separate ops (fused_rows_fit).
+constexpr int kRowMaxThreads = 512;
+constexpr int kRowMaxPacks = 4;
+
+// A thread's packs of one row: pack threadIdx.x + i·blockDim.x for i < P, those below nvec ("held").
+template <class T, int V, int P>
+struct RowPacks {
+  Pack<T, V> p[P];
+
+  __device__ __forceinline__ static bool held(int i, int nvec) { return threadIdx.x + i * blockDim.x < nvec; }
+  __device__ __forceinline__ static int64_t at(int i) { return int64_t{threadIdx.x + i * blockDim.x} * V; }
+
+  __device__ __forceinline__ void load(const T* __restrict__ row, int nvec) {
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const float v = to_f32(p.v[e]);
-      ss += v * v;
-    }
+    for (int i = 0; i < P; ++i)
+      if (held(i, nvec)) p[i] = load_pack<T, V>(row + at(i));
   }
-  return ss;
-}
+  __device__ __forceinline__ void store(T* __restrict__ row, int nvec) const {
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      if (held(i, nvec)) store_pack<T, V>(row + at(i), p[i]);
+  }
+  // The packs whose element e of pack i is f(i, e) rounded to T, for the held packs.
+  template <class F>
+  __device__ __forceinline__ static RowPacks from(int nvec, F&& f) {
+    RowPacks o;
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      if (held(i, nvec)) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) o.p[i].v[e] = from_f32<T>(f(i, e));
+      }
+    return o;
+  }
+  __device__ __forceinline__ float sum_of_squares(int nvec) const {
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      if (held(i, nvec)) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float v = to_f32(p[i].v[e]);
+          ss += v * v;
+        }
+      }
+    return ss;
+  }
+};
 
 // The rmsnorm kernel's rounding: (x·inv)·w in fp32, stored in T.
 template <class T>
@@ -33,45 +72,38 @@ __device__ __forceinline__ float normed(T x, float inv, T w) {
   return to_f32(from_f32<T>((to_f32(x) * inv) * to_f32(w)));
 }
 
-// 1 / rms of row `off` of x (d elements, nvec packs), for every thread of the block.
-template <class T, int V>
-__device__ __forceinline__ float row_inv_rms(const T* __restrict__ x, int64_t off, int64_t d, float eps, float* smem) {
-  const float ss = block_sum(row_sum_of_squares<T, V>(x + off, static_cast<int>(d / V)), smem);
-  return 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+// 1 / rms of a row whose sum of squares over its d elements is spread over the block.
+__device__ __forceinline__ float inv_rms(float partial_ss, int64_t d, float eps, float* smem) {
+  return 1.f / sqrtf(block_sum(partial_ss, smem) / static_cast<float>(d) + eps);
 }
 
-// The pack at `at` (pack c of its row) of residual + rmsnorm(a, w), rounded after the norm and
-// after the sum.
-template <class T, int V>
-__device__ __forceinline__ Pack<T, V> residual_plus_normed(const T* __restrict__ residual, const T* __restrict__ a,
-                                                           const T* __restrict__ w, int64_t at, int c, float inv) {
-  const Pack<T, V> ap = load_pack<T, V>(a + at), rp = load_pack<T, V>(residual + at);
-  const Pack<T, V> wp = load_pack<T, V>(w + int64_t{c} * V);
-  Pack<T, V> o;
-#pragma unroll
-  for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(rp.v[e]) + normed(ap.v[e], inv, wp.v[e]));
-  return o;
+// residual + rmsnorm(a, w) (rounded after the norm and after the sum), times scale (rounded) unless
+// it is 1, into the thread's packs.
+template <class T, int V, int P>
+__device__ __forceinline__ RowPacks<T, V, P> residual_plus_normed(const RowPacks<T, V, P>& r, const RowPacks<T, V, P>& a,
+                                                                  const RowPacks<T, V, P>& w, float inv, float scale,
+                                                                  int nvec) {
+  return RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
+    const float sum = to_f32(from_f32<T>(to_f32(r.p[i].v[e]) + normed(a.p[i].v[e], inv, w.p[i].v[e])));
+    return scale != 1.f ? sum * scale : sum;
+  });
 }
 
-template <class T, int V>
-__global__ void __launch_bounds__(kRowThreads) add_rmsnorm_kernel(const T* __restrict__ residual,
-                                                                  const T* __restrict__ a, const T* __restrict__ w,
-                                                                  T* __restrict__ y, int64_t d, float eps,
-                                                                  float scale) {
+template <class T, int V, int P>
+__global__ void __launch_bounds__(kRowMaxThreads) add_rmsnorm_kernel(const T* __restrict__ residual,
+                                                                     const T* __restrict__ a, const T* __restrict__ w,
+                                                                     T* __restrict__ y, int64_t d, float eps,
+                                                                     float scale) {
   pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float inv = row_inv_rms<T, V>(a, off, d, eps, smem);
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
-    const int64_t at = off + int64_t{c} * V;
-    Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
-    if (scale != 1.f) {
-#pragma unroll
-      for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(o.v[e]) * scale);
-    }
-    store_pack<T, V>(y + at, o);
-  }
+  RowPacks<T, V, P> ap, rp, wp;
+  ap.load(a + off, nvec);
+  rp.load(residual + off, nvec);
+  wp.load(w, nvec);
+  const float inv = inv_rms(ap.sum_of_squares(nvec), d, eps, smem);
+  residual_plus_normed(rp, ap, wp, inv, scale, nvec).store(y + off, nvec);
 }
 
 // The norms of add_rmsnorm_norms, passed by value.
@@ -83,66 +115,55 @@ struct SumNorms {
   int count;
 };
 
-// h = (residual + rmsnorm(a, w))·scale as add_rmsnorm_kernel, stored; then each norm of h. A
-// thread reads back only the packs of h it stored itself, so no barrier is needed before the reads.
-template <class T, int V>
-__global__ void __launch_bounds__(kRowThreads)
+// h = (residual + rmsnorm(a, w))·scale as add_rmsnorm_kernel, stored; then each norm of h, from the
+// thread's packs of h.
+template <class T, int V, int P>
+__global__ void __launch_bounds__(kRowMaxThreads)
     add_rmsnorm_norms_kernel(const T* __restrict__ residual, const T* __restrict__ a, const T* __restrict__ w,
                              T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps, float scale) {
   pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float inv = row_inv_rms<T, V>(a, off, d, eps, smem);
-  float ss_h = 0.f;
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
-    const int64_t at = off + int64_t{c} * V;
-    Pack<T, V> o = residual_plus_normed<T, V>(residual, a, w, at, c, inv);
+  RowPacks<T, V, P> ap, rp, wp, nw[3];
+  ap.load(a + off, nvec);
+  rp.load(residual + off, nvec);
+  wp.load(w, nvec);
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      if (scale != 1.f) o.v[e] = from_f32<T>(to_f32(o.v[e]) * scale);
-      const float v = to_f32(o.v[e]);
-      ss_h += v * v;
-    }
-    store_pack<T, V>(h + at, o);
-  }
-  const float inv_h = 1.f / sqrtf(block_sum(ss_h, smem) / static_cast<float>(d) + eps);
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
-    const int64_t at = off + int64_t{c} * V;
-    const Pack<T, V> hp = load_pack<T, V>(h + at);
-    for (int n = 0; n < norms.count; ++n) {
-      const Pack<T, V> wp = load_pack<T, V>(norms.w[n] + int64_t{c} * V);
-      Pack<T, V> o;
+  for (int n = 0; n < 3; ++n)
+    if (n < norms.count) nw[n].load(norms.w[n], nvec);
+  const RowPacks<T, V, P> hp = residual_plus_normed(rp, ap, wp, inv_rms(ap.sum_of_squares(nvec), d, eps, smem), scale, nvec);
+  hp.store(h + off, nvec);
+  const float inv_h = inv_rms(hp.sum_of_squares(nvec), d, eps, smem);
 #pragma unroll
-      for (int e = 0; e < V; ++e) {
-        float y = normed(hp.v[e], inv_h, wp.v[e]);
-        if (norms.scale[n] != 1.f) y *= norms.scale[n];
-        o.v[e] = from_f32<T>(y);
-      }
-      store_pack<T, V>(norms.y[n] + at, o);
-    }
+  for (int n = 0; n < 3; ++n) {
+    if (n >= norms.count) break;
+    const float norm_scale = norms.scale[n];
+    RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
+      const float y = normed(hp.p[i].v[e], inv_h, nw[n].p[i].v[e]);
+      return norm_scale != 1.f ? y * norm_scale : y;
+    }).store(norms.y[n] + off, nvec);
   }
 }
 
-template <class T, int V>
-__global__ void __launch_bounds__(kRowThreads) rmsnorm_sum_kernel(const T* __restrict__ a, const T* __restrict__ wa,
-                                                                  const T* __restrict__ b, const T* __restrict__ wb,
-                                                                  T* __restrict__ y, int64_t d, float eps) {
+template <class T, int V, int P>
+__global__ void __launch_bounds__(kRowMaxThreads) rmsnorm_sum_kernel(const T* __restrict__ a, const T* __restrict__ wa,
+                                                                     const T* __restrict__ b, const T* __restrict__ wb,
+                                                                     T* __restrict__ y, int64_t d, float eps) {
   pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
-  const float inv_a = row_inv_rms<T, V>(a, off, d, eps, smem), inv_b = row_inv_rms<T, V>(b, off, d, eps, smem);
-  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
-    const int64_t at = off + int64_t{c} * V;
-    const Pack<T, V> ap = load_pack<T, V>(a + at), bp = load_pack<T, V>(b + at);
-    const Pack<T, V> wap = load_pack<T, V>(wa + int64_t{c} * V), wbp = load_pack<T, V>(wb + int64_t{c} * V);
-    Pack<T, V> o;
-#pragma unroll
-    for (int e = 0; e < V; ++e)
-      o.v[e] = from_f32<T>(normed(ap.v[e], inv_a, wap.v[e]) + normed(bp.v[e], inv_b, wbp.v[e]));
-    store_pack<T, V>(y + at, o);
-  }
+  RowPacks<T, V, P> ap, bp, wap, wbp;
+  ap.load(a + off, nvec);
+  bp.load(b + off, nvec);
+  wap.load(wa, nvec);
+  wbp.load(wb, nvec);
+  const float inv_a = inv_rms(ap.sum_of_squares(nvec), d, eps, smem);
+  const float inv_b = inv_rms(bp.sum_of_squares(nvec), d, eps, smem);
+  RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
+    return normed(ap.p[i].v[e], inv_a, wap.p[i].v[e]) + normed(bp.p[i].v[e], inv_b, wbp.p[i].v[e]);
+  }).store(y + off, nvec);
 }
 
 // One row (a head of a token: x and y point at its 2·half elements) by one warp: the sum of squares
@@ -292,11 +313,36 @@ unsigned row_grid(int64_t rows, int64_t per_block, const char* op) {
   return static_cast<unsigned>(blocks);
 }
 
+// The packs per thread (1, 2 or kRowMaxPacks) and threads per block of a register-resident row
+// kernel for rows of `nvec` packs: as few packs a thread as the block allows.
+struct RowShape {
+  int packs;
+  unsigned threads;
+};
+
+RowShape row_shape(int64_t nvec) {
+  const int packs = nvec <= kRowMaxThreads ? 1 : nvec <= 2 * kRowMaxThreads ? 2 : kRowMaxPacks;
+  const int64_t threads = ((nvec + packs - 1) / packs + 31) / 32 * 32;
+  return {packs, static_cast<unsigned>(threads)};
+}
+
+// launch(std::integral_constant<int, P>{}) with P = packs.
+template <class Launch>
+void with_row_packs(int packs, Launch&& launch) {
+  if (packs == 1)
+    launch(std::integral_constant<int, 1>{});
+  else if (packs == 2)
+    launch(std::integral_constant<int, 2>{});
+  else
+    launch(std::integral_constant<int, kRowMaxPacks>{});
+}
+
 }  // namespace
 
 bool fused_rows_fit(const Tensor& x) {
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype()));
-  return x.dim() >= 1 && x.size(-1) > 0 && x.size(-1) % vec == 0 && aligned16(x.raw());
+  return x.dim() >= 1 && x.size(-1) > 0 && x.size(-1) % vec == 0 && aligned16(x.raw()) &&
+         x.size(-1) <= int64_t{kRowMaxPacks} * kRowMaxThreads * vec;
 }
 
 bool rmsnorm_rope_fits(const Tensor& x) {
@@ -322,9 +368,13 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
   if (rows == 0) return y;
   dispatch_float("add_rmsnorm", a, [&](auto tag) {
     using T = decltype(tag);
-    launch_pdl(add_rmsnorm_kernel<T, kVec<T>>, row_grid(rows, 1, "add_rmsnorm"), kRowThreads, 0,
-               static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
-               static_cast<T*>(y.raw()), d, static_cast<float>(eps), static_cast<float>(scale));
+    const RowShape shape = row_shape(d / kVec<T>);
+    with_row_packs(shape.packs, [&](auto packs) {
+      launch_pdl(add_rmsnorm_kernel<T, kVec<T>, decltype(packs)::value>, row_grid(rows, 1, "add_rmsnorm"),
+                 shape.threads, 0, static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()),
+                 static_cast<const T*>(w.raw()), static_cast<T*>(y.raw()), d, static_cast<float>(eps),
+                 static_cast<float>(scale));
+    });
   });
   return y;
 }
@@ -344,9 +394,13 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
       sn.y[n] = static_cast<T*>(out[n + 1].raw());
       sn.scale[n] = static_cast<float>(norms[n].scale);
     }
-    launch_pdl(add_rmsnorm_norms_kernel<T, kVec<T>>, row_grid(rows, 1, "add_rmsnorm_norms"), kRowThreads, 0,
-               static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()),
-               static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps), static_cast<float>(scale));
+    const RowShape shape = row_shape(d / kVec<T>);
+    with_row_packs(shape.packs, [&](auto packs) {
+      launch_pdl(add_rmsnorm_norms_kernel<T, kVec<T>, decltype(packs)::value>, row_grid(rows, 1, "add_rmsnorm_norms"),
+                 shape.threads, 0, static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()),
+                 static_cast<const T*>(w.raw()), static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps),
+                 static_cast<float>(scale));
+    });
   });
   return out;
 }
@@ -357,9 +411,13 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
   if (rows == 0) return y;
   dispatch_float("rmsnorm_sum", a, [&](auto tag) {
     using T = decltype(tag);
-    launch_pdl(rmsnorm_sum_kernel<T, kVec<T>>, row_grid(rows, 1, "rmsnorm_sum"), kRowThreads, 0,
-               static_cast<const T*>(a.raw()), static_cast<const T*>(wa.raw()), static_cast<const T*>(b.raw()),
-               static_cast<const T*>(wb.raw()), static_cast<T*>(y.raw()), d, static_cast<float>(eps));
+    const RowShape shape = row_shape(d / kVec<T>);
+    with_row_packs(shape.packs, [&](auto packs) {
+      launch_pdl(rmsnorm_sum_kernel<T, kVec<T>, decltype(packs)::value>, row_grid(rows, 1, "rmsnorm_sum"),
+                 shape.threads, 0, static_cast<const T*>(a.raw()), static_cast<const T*>(wa.raw()),
+                 static_cast<const T*>(b.raw()), static_cast<const T*>(wb.raw()), static_cast<T*>(y.raw()), d,
+                 static_cast<float>(eps));
+    });
   });
   return y;
 }

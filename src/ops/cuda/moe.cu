@@ -61,6 +61,7 @@ void check_int_range(const char* op, const char* what, int64_t v) {
 constexpr int kWarp = 32;
 constexpr int kTopkWarpsPerBlock = 8;
 constexpr int kMaxTopkExperts = 64 * kWarp;  // the per-lane `taken` mask has 64 bits
+constexpr int kCachedPerLane = 8;              // probabilities a lane keeps in registers
 
 __device__ __forceinline__ bool better(float va, int ia, float vb, int ib) { return va > vb || (va == vb && ia < ib); }
 
@@ -90,18 +91,37 @@ __global__ void router_topk_kernel(const T* __restrict__ scores, int64_t tokens,
       return to_f32(p[e]);
     }
   };
+  // Routers of up to kCachedPerLane·32 experts (26B-A4B has 128) keep each lane's probabilities in
+  // registers, computed once instead of once per round: at decode sizes the kernel is latency.
+  const bool cached = experts <= kCachedPerLane * kWarp;
+  float pv[kCachedPerLane];
+  if (cached) {
+#pragma unroll
+    for (int s = 0; s < kCachedPerLane; ++s) pv[s] = lane + s * kWarp < experts ? prob(lane + s * kWarp) : -INFINITY;
+  }
   uint64_t taken = 0;
   float sum = 0.0f, my_v = 0.0f;
   int my_id = 0;
   for (int j = 0; j < k; ++j) {
     float bv = -INFINITY;
     int bi = INT_MAX;
-    for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
-      if (taken >> s & 1) continue;
-      const float v = prob(e);
-      if (better(v, e, bv, bi)) {
-        bv = v;
-        bi = e;
+    if (cached) {
+#pragma unroll
+      for (int s = 0; s < kCachedPerLane; ++s) {
+        const int e = lane + s * kWarp;
+        if (e < experts && !(taken >> s & 1) && better(pv[s], e, bv, bi)) {
+          bv = pv[s];
+          bi = e;
+        }
+      }
+    } else {
+      for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
+        if (taken >> s & 1) continue;
+        const float v = prob(e);
+        if (better(v, e, bv, bi)) {
+          bv = v;
+          bi = e;
+        }
       }
     }
     for (int off = kWarp / 2; off > 0; off /= 2) {
