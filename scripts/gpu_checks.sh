@@ -10,8 +10,8 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl,
-# pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
+# pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -38,7 +38,10 @@ run="scripts/device_run.sh"
 #   add_rmsnorm / add_rmsnorm_norms / rmsnorm_sum and a router top-k that computes each probability
 #   once (GpuFusedNorms.* at more row lengths, GpuRouterTopk.* with 300 experts); then `pdl-bench`'s
 #   first command (the batch-1 profile) shows their time.
-new_tests='GpuFusedNorms.*:GpuRouterTopk.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*'
+# - Session 20 (2026-12-06): the MoE layer's experts on a second stream beside its dense MLP
+#   (run_side_by_side: GpuSideBySide.*; the engine, log-prob, RL and diffusion suites run it end to
+#   end) and its end in one kernel (rmsnorm_sum_add_norms, in GpuFusedNorms.*).
+new_tests='GpuSideBySide.*:GpuFusedNorms.*:GpuRouterTopk.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*'
 
 stage() {
   case "$1" in
@@ -105,10 +108,15 @@ stage() {
           --denoising-steps 48 &&
         G4_PDL=1 $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
           --denoising-steps 48 ;;
+    decode-bench)  # issue 13's batch-1 figures: the kernels of a batch-1 26B-A4B and E4B step (CUPTI), then
+      # generation at small batches
+      local g='g4 bench generate --prompt-len 256 --new-tokens 64'
+      $run $g --model gemma-4-26b-a4b --batch 1 --profile && $run $g --model gemma-4-e4b --batch 1 --profile &&
+        $run $g --model gemma-4-26b-a4b --batch 1,4,16 && $run $g --model gemma-4-e4b --batch 1,16 ;;
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
       $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
         $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, pdl, pdl-bench, pdl-rl)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }

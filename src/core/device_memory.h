@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -37,6 +38,14 @@ int64_t device_free_bytes();
 void release_cached_device_memory();
 // Waits for all queued GPU work (the host blocks). Used at step boundaries and in benchmarks.
 void device_synchronize();
+
+// Calls side() then main(), two pieces of work that do not read each other's results, so that the
+// GPU may run them at the same time: what side() queues goes on a second stream that starts after
+// everything queued before, and the compute stream waits for it once main() is queued. GPU memory
+// freed meanwhile is kept from reuse until then (either stream may still be reading it). A CUDA
+// graph captures the two as parallel branches. Without the CUDA backend, simply side(); main().
+// An exception from either still joins the streams before it propagates.
+void run_side_by_side(const std::function<void()>& side, const std::function<void()>& main);
 
 namespace detail {
 std::shared_ptr<void> device_alloc(size_t bytes);

@@ -306,5 +306,9 @@ int64_t device_free_bytes() { return 0; }
 void reset_device_memory_peak() {}
 void device_synchronize() {}
 void release_cached_device_memory() {}
+void run_side_by_side(const std::function<void()>& side, const std::function<void()>& main) {
+  side();
+  main();
+}
 }  // namespace g4
 #endif

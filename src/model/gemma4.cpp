@@ -8,6 +8,7 @@
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
+#include "core/device_memory.h"
 #include "core/env.h"
 #include "core/random.h"
 #include "model/audio_tower.h"
@@ -602,40 +603,65 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     m = ag::rmsnorm(h, p(pre + "pre_feedforward_layernorm.weight"), eps);
   }
   const ag::Var residual = h;
-  // Fused, the gate and up products and the gate run as one op (one pass over both weights at
-  // decode sizes), unless adapters change those products.
-  if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
-    m = ag::Var(ops::gelu_gate_linear(m.value(), p(pre + "mlp.gate_proj.weight").value(),
-                                      p(pre + "mlp.up_proj.weight").value()));
-  else
-    m = ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx));
-  m = proj(m, pre + "mlp.down_proj", ctx);
+  const double layer_scalar =
+      params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
+  // Fused, the layer's output comes with the norm that reads it next (when every parameter is at
+  // hand: hooks that gather block by block have not gathered the next block's yet).
+  const bool chain = fused && ctx.chain_norms && !(hooks_ && !hooks_->whole());
+  const auto next_norm = [&]() -> std::vector<ops::NormOfSum> {
+    const std::string next = l + 1 < cfg_.num_layers ? layer_prefix(l + 1) + "input_layernorm.weight" : "model.norm.weight";
+    return {{p(next).value(), 1.0}};
+  };
+  const auto chained = [&](std::vector<Tensor> outs) {
+    ctx.next_input = ag::Var(outs[1]);
+    return ag::Var(outs[0]);
+  };
+  // The layer's output, add_normed(residual, a, w, layer_scalar).
+  const auto output = [&](const ag::Var& residual_in, const ag::Var& a_in, const std::string& w) {
+    if (!chain) return add_normed(residual_in, a_in, w, layer_scalar);
+    return chained(ops::add_rmsnorm_norms(residual_in.value(), a_in.value(), p(w).value(), eps, next_norm(), layer_scalar));
+  };
+  const auto dense_mlp = [&] {
+    // Fused, the gate and up products and the gate run as one op (one pass over both weights at
+    // decode sizes), unless adapters change those products.
+    if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
+      m = ag::Var(ops::gelu_gate_linear(m.value(), p(pre + "mlp.gate_proj.weight").value(),
+                                        p(pre + "mlp.up_proj.weight").value()));
+    else
+      m = ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx));
+    m = proj(m, pre + "mlp.down_proj", ctx);
+  };
   if (ls.moe) {
     const ag::Var& w1 = p(pre + "post_feedforward_layernorm_1.weight");
     const ag::Var& w2 = p(pre + "post_feedforward_layernorm_2.weight");
     if (fused) {
-      m = ag::Var(
-          ops::rmsnorm_sum(m.value(), w1.value(), moe_block(l, residual, ctx, &moe_in).value(), w2.value(), eps));
+      // The dense MLP and the routed experts read the same residual and not each other: on the GPU
+      // the experts (router, top-k, expert weights) go on a second stream beside the dense MLP, so
+      // the router's latency-bound kernels overlap the MLP's weight reads. Not under expert
+      // parallelism, whose exchanges run on their own schedule.
+      ag::Var routed;
+      const auto experts = [&] { routed = moe_block(l, residual, ctx, &moe_in); };
+      if (device_ == Device::CUDA && !dispatcher_) {
+        run_side_by_side(experts, dense_mlp);
+      } else {
+        dense_mlp();
+        experts();
+      }
+      // Without per-layer inputs the two outputs' norms, their sum, the output and the next norm in one op.
+      if (chain && !ple.defined())
+        return chained(ops::rmsnorm_sum_add_norms(m.value(), w1.value(), routed.value(), w2.value(), residual.value(),
+                                                  p(pre + "post_feedforward_layernorm.weight").value(), eps, next_norm(),
+                                                  layer_scalar));
+      m = ag::Var(ops::rmsnorm_sum(m.value(), w1.value(), routed.value(), w2.value(), eps));
     } else {
+      dense_mlp();
       ag::Var dense = ag::rmsnorm(m, w1, eps);
       ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), w2, eps);
       m = ag::add(dense, routed);
     }
+  } else {
+    dense_mlp();
   }
-  const double layer_scalar =
-      params_.buffer(ctx.encoder ? encoder_layer_scalar_name(l) : pre + "layer_scalar").item();
-  // The layer's output, add_normed(residual, a, w, layer_scalar). Fused, the same kernel makes the
-  // norm that reads it next (when every parameter is at hand: hooks that gather block by block
-  // have not gathered the next block's yet).
-  const auto output = [&](const ag::Var& residual_in, const ag::Var& a_in, const std::string& w) {
-    if (!fused || !ctx.chain_norms || (hooks_ && !hooks_->whole()))
-      return add_normed(residual_in, a_in, w, layer_scalar);
-    const std::string next = l + 1 < cfg_.num_layers ? layer_prefix(l + 1) + "input_layernorm.weight" : "model.norm.weight";
-    std::vector<Tensor> outs =
-        ops::add_rmsnorm_norms(residual_in.value(), a_in.value(), p(w).value(), eps, {{p(next).value(), 1.0}}, layer_scalar);
-    ctx.next_input = ag::Var(outs[1]);
-    return ag::Var(outs[0]);
-  };
   // Without per-layer inputs the layer scalar comes right after the residual sum.
   if (!ple.defined()) return output(residual, m, pre + "post_feedforward_layernorm.weight");
   h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);

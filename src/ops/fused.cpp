@@ -75,6 +75,28 @@ Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Ten
   return add(rmsnorm(a, wa, eps), rmsnorm(b, wb, eps));
 }
 
+std::vector<Tensor> rmsnorm_sum_add_norms(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb,
+                                          const Tensor& residual, const Tensor& w, double eps,
+                                          const std::vector<NormOfSum>& norms, double scale) {
+  const char* op = "rmsnorm_sum_add_norms";
+  check_normed(op, "a", a, "wa", wa);
+  check_normed(op, "b", b, "wb", wb);
+  check_normed(op, "a", a, "w", w);
+  check_same_dtype(op, "a", a, "b", b);
+  check_same_shape(op, "a", a, "b", b);
+  check_same_dtype(op, "residual", residual, "a", a);
+  check_same_shape(op, "residual", residual, "a", a);
+  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
+  for (const NormOfSum& n : norms) check_normed(op, "a", a, "norms[i].weight", n.weight);
+#ifdef G4_WITH_CUDA
+  bool fits = on_gpu(a);
+  for (const Tensor* t : {&a, &b, &wa, &wb, &residual, &w}) fits = fits && cuda::fused_rows_fit(*t);
+  for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
+  if (fits) return cuda::rmsnorm_sum_add_norms(a, wa, b, wb, residual, w, eps, norms, scale);
+#endif
+  return add_rmsnorm_norms(residual, rmsnorm_sum(a, wa, b, wb, eps), w, eps, norms, scale);
+}
+
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps) {
   check_normed("rmsnorm_rope", "x", x, "w", w);
 #ifdef G4_WITH_CUDA

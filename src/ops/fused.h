@@ -34,6 +34,13 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
 // rmsnorm(a, wa) + rmsnorm(b, wb), a and b alike [..., D], wa and wb [D].
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 
+// add_rmsnorm_norms(residual, rmsnorm_sum(a, wa, b, wb, eps), w, eps, norms, scale) in one pass: the
+// end of an MoE layer (its dense MLP's and routed experts' outputs, each normed, summed, normed into
+// the residual and scaled by the layer scalar) with the next layer's input norm.
+std::vector<Tensor> rmsnorm_sum_add_norms(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb,
+                                          const Tensor& residual, const Tensor& w, double eps,
+                                          const std::vector<NormOfSum>& norms, double scale = 1.0);
+
 // rope(rmsnorm(x, w), positions, inv_freq) (ops/rope.h): x [B, S, nH, d], w [d].
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
 

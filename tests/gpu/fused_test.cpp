@@ -83,9 +83,22 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
       expect_close_scaled(scaled[0], ops::scale(h, 0.37), 0, rtol, "add_rmsnorm_norms scaled h " + what);
       expect_close_scaled(scaled[1], ops::rmsnorm(scaled[0], w2, kEps), 0, rtol,
                           "add_rmsnorm_norms norm of scaled h " + what);
+      // An MoE layer's end: the dense and routed outputs normed and summed, then the scaled output
+      // and the next layer's norm; against the separate ops from the fused sum (a rounding flip
+      // there would move everything after it).
+      const Tensor m = ops::rmsnorm_sum(a, w3, b, w4, kEps);
+      const std::vector<Tensor> moe_end = ops::rmsnorm_sum_add_norms(a, w3, b, w4, r, w, kEps, {{w2, 1.0}}, 0.37);
+      ASSERT_EQ(moe_end.size(), 2u);
+      expect_close_scaled(moe_end[0], ops::add_rmsnorm(r, m, w, 0.37, kEps), 0, rtol,
+                          "rmsnorm_sum_add_norms output " + what);
+      expect_close_scaled(moe_end[1], ops::rmsnorm(moe_end[0], w2, kEps), 0, rtol,
+                          "rmsnorm_sum_add_norms next norm " + what);
       // A weight that is a view one element into a longer tensor: not 16-byte aligned, so the
       // separate ops run (a packed load from it would be a misaligned-address fault).
       const Tensor w_off = on_gpu(randn_bf16_exact({d + 1}, 8), dt).slice0(1, d);
+      expect_close_scaled(ops::rmsnorm_sum_add_norms(a, w_off, b, w4, r, w, kEps, {{w2, 1.0}})[0],
+                          ops::add_rmsnorm(r, ops::rmsnorm_sum(a, w_off, b, w4, kEps), w, 1.0, kEps), 0, rtol,
+                          "rmsnorm_sum_add_norms, unaligned weight, " + what);
       expect_close_scaled(ops::add_rmsnorm_norms(r, a, w, kEps, {{w_off, 1.0}})[1],
                           ops::rmsnorm(ops::add(r, ops::rmsnorm(a, w, kEps)), w_off, kEps), 0, rtol,
                           "add_rmsnorm_norms, unaligned weight, " + what);

@@ -50,6 +50,11 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const std::vector<Tensor> scaled = ops::add_rmsnorm_norms(r, a, w, kEps, {{w2, 1.0}}, 0.6);
     expect_equal(scaled[0], ops::add_rmsnorm(r, a, w, 0.6, kEps), "add_rmsnorm_norms with a scaled h");
     expect_equal(scaled[1], ops::rmsnorm(scaled[0], w2, kEps), "add_rmsnorm_norms norm of the scaled h");
+    const std::vector<Tensor> moe_end = ops::rmsnorm_sum_add_norms(a, w2, b, w3, r, w, kEps, {{w2, 1.0}}, 0.6);
+    ASSERT_EQ(moe_end.size(), 2u);
+    const Tensor moe_out = ops::add_rmsnorm(r, ops::rmsnorm_sum(a, w2, b, w3, kEps), w, 0.6, kEps);
+    expect_equal(moe_end[0], moe_out, "rmsnorm_sum_add_norms output");
+    expect_equal(moe_end[1], ops::rmsnorm(moe_out, w2, kEps), "rmsnorm_sum_add_norms next norm");
     const Tensor x = randn({2, 3, 4, 16}, 6, dt), wx = randn({16}, 7, dt);
     const Tensor pos = positions_of(2, 3), freq = inv_freq_of(16);
     expect_equal(ops::rmsnorm_rope(x, wx, pos, freq, kEps), ops::rope(ops::rmsnorm(x, wx, kEps), pos, freq),
@@ -92,6 +97,10 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::add_rmsnorm(a, a, randn({7}, 3, DType::F32), 1.0, kEps); }, {"add_rmsnorm", "w", "[D]"});
   expect_error([&] { ops::add_rmsnorm(a, a, Tensor(), 1.0, kEps); }, {"add_rmsnorm", "w is undefined"});
   expect_error([&] { ops::rmsnorm_sum(a, w, randn({2, 8}, 3, DType::F64), w, kEps); }, {"rmsnorm_sum", "dtypes differ"});
+  expect_error([&] { ops::rmsnorm_sum_add_norms(a, w, randn({3, 8}, 3, DType::F32), w, a, w, kEps, {}); },
+               {"rmsnorm_sum_add_norms", "shapes differ"});
+  expect_error([&] { ops::rmsnorm_sum_add_norms(a, w, a, w, randn({2, 8}, 3, DType::F64), w, kEps, {}); },
+               {"rmsnorm_sum_add_norms", "dtypes differ"});
   expect_error([&] { ops::add_rmsnorm_norms(a, a, w, kEps, {{w}, {w}, {w}, {w}}); },
                {"add_rmsnorm_norms", "at most 3 norms"});
   expect_error([&] { ops::add_rmsnorm_norms(a, a, w, kEps, {{randn({7}, 3, DType::F32)}}); },

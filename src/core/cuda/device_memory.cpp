@@ -2,7 +2,8 @@
 // microseconds, far too much for the thousands of activations a training step creates and drops.
 // Freed blocks go to a free list keyed by their (rounded) size and are handed out again. All work
 // runs on one stream, so a block freed by the host may be reused by the next kernel at once: the
-// stream orders that kernel after every earlier use of the block. Private pools (core/device_pool.h)
+// stream orders that kernel after every earlier use of the block; while run_side_by_side has work
+// on a second stream, freed blocks wait until the streams join. Private pools (core/device_pool.h)
 // keep their own free lists, for the memory CUDA graphs replay into.
 #include <cuda_runtime.h>
 
@@ -84,11 +85,30 @@ class CachingAllocator {
     return p;
   }
 
-  void release(void* p, size_t bytes, FreeLists* pool) {
+  // `keep` holds the private pool `pool` belongs to while the block waits (defer_frees).
+  void release(void* p, size_t bytes, FreeLists* pool, std::shared_ptr<void> keep) {
     const size_t size = round_size(bytes);
     std::lock_guard<std::mutex> lock(mu_);
-    (pool ? pool : &free_)->blocks[size].push_back(p);
     current_ -= static_cast<int64_t>(size);
+    if (deferring_ > 0) {
+      deferred_.push_back({p, size, pool, std::move(keep)});
+      return;
+    }
+    (pool ? pool : &free_)->blocks[size].push_back(p);
+  }
+  // Between defer_frees(true) and defer_frees(false) freed blocks wait, then join their free lists:
+  // run_side_by_side's two streams may both still be reading a block the host has dropped.
+  void defer_frees(bool on) {
+    std::vector<Deferred> done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      deferring_ += on ? 1 : -1;
+      if (deferring_ > 0) return;
+      for (Deferred& d : deferred_) (d.pool ? d.pool : &free_)->blocks[d.size].push_back(d.p);
+      done.swap(deferred_);
+    }
+    // The pools the blocks kept are let go outside the lock: a pool's last reference gives its
+    // blocks back to the driver under it (drop_pool).
   }
   // A private pool's blocks back to the driver (the pool is gone).
   void drop_pool(FreeLists& pool) {
@@ -112,9 +132,17 @@ class CachingAllocator {
  private:
   void release_cached_locked() { reserved_ -= free_.release(); }
 
+  struct Deferred {
+    void* p;
+    size_t size;
+    FreeLists* pool;
+    std::shared_ptr<void> keep;
+  };
   std::mutex mu_;
   FreeLists free_;
   int64_t current_ = 0, peak_ = 0, reserved_ = 0;
+  int deferring_ = 0;
+  std::vector<Deferred> deferred_;
 };
 
 CachingAllocator& allocator() {
@@ -172,6 +200,33 @@ void reset_device_memory_peak() { allocator().reset_peak(); }
 void release_cached_device_memory() { allocator().release_cached(); }
 void device_synchronize() { G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream())); }
 
+void run_side_by_side(const std::function<void()>& side, const std::function<void()>& main) {
+  // Frees wait from here until the streams have joined (the guards undo in reverse order).
+  struct Frees {
+    Frees() { allocator().defer_frees(true); }
+    ~Frees() { allocator().defer_frees(false); }
+  } frees;
+  // An exception after the fork still joins (best effort: the error being thrown is the one to report).
+  struct JoinOnUnwind {
+    bool armed = false;
+    ~JoinOnUnwind() {
+      if (!armed) return;
+      try {
+        cuda::SideStreamScope::join();
+      } catch (...) {
+      }
+    }
+  } unwind;
+  {
+    cuda::SideStreamScope scope;
+    unwind.armed = true;
+    side();
+  }
+  main();
+  unwind.armed = false;
+  cuda::SideStreamScope::join();
+}
+
 struct DevicePool::State {
   FreeLists lists;
   ~State() { allocator().drop_pool(lists); }
@@ -193,7 +248,7 @@ std::shared_ptr<void> device_alloc(size_t bytes) {
   std::shared_ptr<DevicePool::State> pool = current_pool;
   FreeLists* lists = pool ? &pool->lists : nullptr;
   void* p = allocator().allocate(bytes, lists);
-  return std::shared_ptr<void>(p, [bytes, pool = std::move(pool), lists](void* q) { allocator().release(q, bytes, lists); });
+  return std::shared_ptr<void>(p, [bytes, pool = std::move(pool), lists](void* q) { allocator().release(q, bytes, lists, pool); });
 }
 
 void device_zero(void* p, size_t bytes) {

@@ -19,6 +19,14 @@ struct Runtime {
   int sms = 0;
 };
 
+// The side stream of run_side_by_side, with its own cuBLASLt workspace and the two events that
+// fork it from and join it to the compute stream; created at the first fork.
+struct Side {
+  cudaStream_t stream = nullptr;
+  void* workspace = nullptr;
+  cudaEvent_t forked = nullptr, joined = nullptr;
+};
+
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
 // select_device() and the runtime's creation agree under this lock: a GPU is chosen either before
@@ -78,11 +86,44 @@ void select_device(int device) {
 
 int device() { return runtime().device; }
 
-cudaStream_t stream() { return runtime().stream; }
+namespace {
+Side& side() {
+  static Side* s = [] {
+    (void)runtime();  // on the runtime's GPU
+    auto* r = new Side;  // never destroyed, as the runtime
+    G4_CUDA_CHECK(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking));
+    G4_CUDA_CHECK(cudaMalloc(&r->workspace, kWorkspaceBytes));
+    G4_CUDA_CHECK(cudaEventCreateWithFlags(&r->forked, cudaEventDisableTiming));
+    G4_CUDA_CHECK(cudaEventCreateWithFlags(&r->joined, cudaEventDisableTiming));
+    return r;
+  }();
+  return *s;
+}
+thread_local bool on_side = false;  // inside a SideStreamScope on this thread
+}  // namespace
+
+cudaStream_t stream() { return on_side ? side().stream : runtime().stream; }
 int device_sm_count() { return runtime().sms; }
 cublasLtHandle_t blaslt_handle() { return runtime().lt; }
-void* blaslt_workspace() { return runtime().workspace; }
+void* blaslt_workspace() { return on_side ? side().workspace : runtime().workspace; }
 size_t blaslt_workspace_bytes() { return kWorkspaceBytes; }
+
+SideStreamScope::SideStreamScope() {
+  G4_CHECK(!on_side, "SideStreamScope: side work cannot open another side stream");
+  Side& s = side();
+  // The fork: the side stream starts after the compute stream's work so far (in a capture, a graph edge).
+  G4_CUDA_CHECK(cudaEventRecord(s.forked, runtime().stream));
+  G4_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.forked, 0));
+  on_side = true;
+}
+
+SideStreamScope::~SideStreamScope() { on_side = false; }
+
+void SideStreamScope::join() {
+  Side& s = side();
+  G4_CUDA_CHECK(cudaEventRecord(s.joined, s.stream));
+  G4_CUDA_CHECK(cudaStreamWaitEvent(runtime().stream, s.joined, 0));
+}
 
 void fail(cudaError_t err, const char* expr, const char* file, int line) {
   G4_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", expr, " at ", file, ":",

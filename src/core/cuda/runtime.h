@@ -21,13 +21,29 @@ void select_device(int device);
 int device();
 
 // Every kernel, copy and library call of g4 goes on this one stream, so work is ordered without
-// host synchronisation and freed memory can be reused at once by the next allocation.
+// host synchronisation and freed memory can be reused at once by the next allocation. The one
+// exception is g4::run_side_by_side (core/device_memory.h): while its side work is being queued,
+// stream() is a second stream (SideStreamScope below).
 cudaStream_t stream();
 int device_sm_count();
 cublasLtHandle_t blaslt_handle();
-// A workspace for cuBLASLt (32 MiB, allocated once).
+// A workspace for cuBLASLt (32 MiB, allocated once): the side stream has its own, as the two
+// streams' library calls may run at the same time.
 void* blaslt_workspace();
 size_t blaslt_workspace_bytes();
+
+// While alive on a thread, stream() and blaslt_workspace() there are the side stream's, which
+// starts after everything queued on the compute stream so far. join() makes the compute stream
+// wait for what the side stream was given (before any later compute-stream work). Not nested.
+class SideStreamScope {
+ public:
+  SideStreamScope();
+  ~SideStreamScope();  // back to the compute stream (without join: run_side_by_side joins after its main work)
+  SideStreamScope(const SideStreamScope&) = delete;
+  SideStreamScope& operator=(const SideStreamScope&) = delete;
+  // The compute stream waits for the side stream's work queued so far; callable after the scope ends.
+  static void join();
+};
 
 [[noreturn]] void fail(cudaError_t err, const char* expr, const char* file, int line);
 [[noreturn]] void fail_cublas(int status, const char* expr, const char* file, int line);

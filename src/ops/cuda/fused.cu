@@ -115,23 +115,46 @@ struct SumNorms {
   int count;
 };
 
+// rmsnorm_sum_add_norms's first summands: a = rmsnorm(a, wa) + rmsnorm(b, wb) before the sum
+// (null pointers in add_rmsnorm_norms).
+template <class T>
+struct NormedPair {
+  const T* b;
+  const T* wa;
+  const T* wb;
+};
+
 // h = (residual + rmsnorm(a, w))·scale as add_rmsnorm_kernel, stored; then each norm of h, from the
-// thread's packs of h.
-template <class T, int V, int P>
+// thread's packs of h. kPair: a is first made from pair as rmsnorm_sum_kernel makes it (rounded).
+template <class T, int V, int P, bool kPair>
 __global__ void __launch_bounds__(kRowMaxThreads)
     add_rmsnorm_norms_kernel(const T* __restrict__ residual, const T* __restrict__ a, const T* __restrict__ w,
-                             T* __restrict__ h, const SumNorms<T> norms, int64_t d, float eps, float scale) {
+                             T* __restrict__ h, const SumNorms<T> norms, const NormedPair<T> pair, int64_t d,
+                             float eps, float scale) {
   pdl_begin();
   __shared__ float smem[32];
   const int64_t off = int64_t{blockIdx.x} * d;
   const int nvec = static_cast<int>(d / V);
   RowPacks<T, V, P> ap, rp, wp, nw[3];
   ap.load(a + off, nvec);
+  RowPacks<T, V, P> bp, wap, wbp;
+  if constexpr (kPair) {
+    bp.load(pair.b + off, nvec);
+    wap.load(pair.wa, nvec);
+    wbp.load(pair.wb, nvec);
+  }
   rp.load(residual + off, nvec);
   wp.load(w, nvec);
 #pragma unroll
   for (int n = 0; n < 3; ++n)
     if (n < norms.count) nw[n].load(norms.w[n], nvec);
+  if constexpr (kPair) {
+    const float inv_a = inv_rms(ap.sum_of_squares(nvec), d, eps, smem);
+    const float inv_b = inv_rms(bp.sum_of_squares(nvec), d, eps, smem);
+    ap = RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
+      return normed(ap.p[i].v[e], inv_a, wap.p[i].v[e]) + normed(bp.p[i].v[e], inv_b, wbp.p[i].v[e]);
+    });
+  }
   const RowPacks<T, V, P> hp = residual_plus_normed(rp, ap, wp, inv_rms(ap.sum_of_squares(nvec), d, eps, smem), scale, nvec);
   hp.store(h + off, nvec);
   const float inv_h = inv_rms(hp.sum_of_squares(nvec), d, eps, smem);
@@ -379,8 +402,11 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
   return y;
 }
 
-std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
-                                      const std::vector<NormOfSum>& norms, double scale) {
+namespace {
+
+// add_rmsnorm_norms, with a made from *pair first when given (rmsnorm_sum_add_norms).
+std::vector<Tensor> add_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                              const std::vector<NormOfSum>& norms, double scale, const Tensor* pair) {
   std::vector<Tensor> out{Tensor::empty(a.shape(), a.dtype(), Device::CUDA)};
   for (size_t n = 0; n < norms.size(); ++n) out.push_back(Tensor::empty(a.shape(), a.dtype(), Device::CUDA));
   const int64_t d = last_dim(a), rows = leading_rows(a);
@@ -394,15 +420,34 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
       sn.y[n] = static_cast<T*>(out[n + 1].raw());
       sn.scale[n] = static_cast<float>(norms[n].scale);
     }
+    NormedPair<T> np{};
+    if (pair)
+      np = {static_cast<const T*>(pair[0].raw()), static_cast<const T*>(pair[1].raw()),
+            static_cast<const T*>(pair[2].raw())};
     const RowShape shape = row_shape(d / kVec<T>);
     with_row_packs(shape.packs, [&](auto packs) {
-      launch_pdl(add_rmsnorm_norms_kernel<T, kVec<T>, decltype(packs)::value>, row_grid(rows, 1, "add_rmsnorm_norms"),
-                 shape.threads, 0, static_cast<const T*>(residual.raw()), static_cast<const T*>(a.raw()),
-                 static_cast<const T*>(w.raw()), static_cast<T*>(out[0].raw()), sn, d, static_cast<float>(eps),
-                 static_cast<float>(scale));
+      constexpr int P = decltype(packs)::value;
+      launch_pdl(pair ? add_rmsnorm_norms_kernel<T, kVec<T>, P, true> : add_rmsnorm_norms_kernel<T, kVec<T>, P, false>,
+                 row_grid(rows, 1, "add_rmsnorm_norms"), shape.threads, 0, static_cast<const T*>(residual.raw()),
+                 static_cast<const T*>(a.raw()), static_cast<const T*>(w.raw()), static_cast<T*>(out[0].raw()), sn, np,
+                 d, static_cast<float>(eps), static_cast<float>(scale));
     });
   });
   return out;
+}
+
+}  // namespace
+
+std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
+                                      const std::vector<NormOfSum>& norms, double scale) {
+  return add_norms(residual, a, w, eps, norms, scale, nullptr);
+}
+
+std::vector<Tensor> rmsnorm_sum_add_norms(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb,
+                                          const Tensor& residual, const Tensor& w, double eps,
+                                          const std::vector<NormOfSum>& norms, double scale) {
+  const Tensor pair[3] = {b, wa, wb};
+  return add_norms(residual, a, w, eps, norms, scale, pair);
 }
 
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {

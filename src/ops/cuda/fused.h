@@ -15,6 +15,9 @@ Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, dou
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
                                       const std::vector<NormOfSum>& norms, double scale);
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
+std::vector<Tensor> rmsnorm_sum_add_norms(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb,
+                                          const Tensor& residual, const Tensor& w, double eps,
+                                          const std::vector<NormOfSum>& norms, double scale);
 bool rmsnorm_rope_fits(const Tensor& x);  // each half of a head in whole packs, aligned (the weight: fused_rows_fit)
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& w, const Tensor& positions, const Tensor& inv_freq, double eps);
 // One kernel; takes what norm_rope_write_kv_fits accepts (the arguments checked by ops/fused.cpp).

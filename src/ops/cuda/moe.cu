@@ -359,15 +359,16 @@ bool& grouped_rejected() {  // Auto: cuBLAS refused the grouped call once; use t
 }
 
 cublasHandle_t cublas_handle() {
-  // Created on first use and never destroyed (see core/cuda/runtime.cpp). It shares the compute
-  // stream and the cuBLASLt workspace: work on one stream never overlaps, so one workspace serves both.
+  // Created on first use and never destroyed (see core/cuda/runtime.cpp). It takes the stream and
+  // the cuBLASLt workspace current at each use: the compute stream's, or the side stream's while
+  // side work is queued (run_side_by_side), whose calls may overlap the compute stream's.
   static cublasHandle_t h = [] {
     cublasHandle_t handle = nullptr;
     G4_CUBLAS_CHECK(cublasCreate(&handle));
-    G4_CUBLAS_CHECK(cublasSetStream(handle, g4::cuda::stream()));
-    G4_CUBLAS_CHECK(cublasSetWorkspace(handle, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes()));
     return handle;
   }();
+  G4_CUBLAS_CHECK(cublasSetStream(h, g4::cuda::stream()));
+  G4_CUBLAS_CHECK(cublasSetWorkspace(h, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes()));
   return h;
 }
 
