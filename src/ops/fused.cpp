@@ -5,6 +5,8 @@
 // ops::rmsnorm itself checks its weight's alignment.
 #include "ops/fused.h"
 
+#include <initializer_list>
+
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -27,6 +29,25 @@ void check_normed(const char* op, const char* name, const Tensor& x, const char*
   check_norm_args(op, name, x, w_name, w);
 }
 
+// residual alike a, and at most 3 norms of a's width (add_rmsnorm_norms, rmsnorm_sum_add_norms).
+void check_residual_and_norms(const char* op, const Tensor& residual, const Tensor& a,
+                              const std::vector<NormOfSum>& norms) {
+  check_same_dtype(op, "residual", residual, "a", a);
+  check_same_shape(op, "residual", residual, "a", a);
+  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
+  for (const NormOfSum& n : norms) check_normed(op, "a", a, "norms[i].weight", n.weight);
+}
+
+#ifdef G4_WITH_CUDA
+// Whether the register-resident row kernels take every one of these tensors and norm weights.
+bool rows_fit(std::initializer_list<const Tensor*> tensors, const std::vector<NormOfSum>& norms) {
+  bool fits = true;
+  for (const Tensor* t : tensors) fits = fits && cuda::fused_rows_fit(*t);
+  for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
+  return fits;
+}
+#endif
+
 }  // namespace
 
 Tensor add_rmsnorm(const Tensor& residual, const Tensor& a, const Tensor& w, double scale, double eps) {
@@ -45,14 +66,9 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
                                       const std::vector<NormOfSum>& norms, double scale) {
   const char* op = "add_rmsnorm_norms";
   check_normed(op, "a", a, "w", w);
-  check_same_dtype(op, "residual", residual, "a", a);
-  check_same_shape(op, "residual", residual, "a", a);
-  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
-  for (const NormOfSum& n : norms) check_normed(op, "a", a, "norms[i].weight", n.weight);
+  check_residual_and_norms(op, residual, a, norms);
 #ifdef G4_WITH_CUDA
-  bool fits = on_gpu(a) && cuda::fused_rows_fit(a) && cuda::fused_rows_fit(residual) && cuda::fused_rows_fit(w);
-  for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
-  if (fits) return cuda::add_rmsnorm_norms(residual, a, w, eps, norms, scale);
+  if (on_gpu(a) && rows_fit({&a, &residual, &w}, norms)) return cuda::add_rmsnorm_norms(residual, a, w, eps, norms, scale);
 #endif
   std::vector<Tensor> out{add_rmsnorm(residual, a, w, scale, eps)};
   for (const NormOfSum& n : norms) {
@@ -84,15 +100,10 @@ std::vector<Tensor> rmsnorm_sum_add_norms(const Tensor& a, const Tensor& wa, con
   check_normed(op, "a", a, "w", w);
   check_same_dtype(op, "a", a, "b", b);
   check_same_shape(op, "a", a, "b", b);
-  check_same_dtype(op, "residual", residual, "a", a);
-  check_same_shape(op, "residual", residual, "a", a);
-  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
-  for (const NormOfSum& n : norms) check_normed(op, "a", a, "norms[i].weight", n.weight);
+  check_residual_and_norms(op, residual, a, norms);
 #ifdef G4_WITH_CUDA
-  bool fits = on_gpu(a);
-  for (const Tensor* t : {&a, &b, &wa, &wb, &residual, &w}) fits = fits && cuda::fused_rows_fit(*t);
-  for (const NormOfSum& n : norms) fits = fits && cuda::fused_rows_fit(n.weight);
-  if (fits) return cuda::rmsnorm_sum_add_norms(a, wa, b, wb, residual, w, eps, norms, scale);
+  if (on_gpu(a) && rows_fit({&a, &b, &wa, &wb, &residual, &w}, norms))
+    return cuda::rmsnorm_sum_add_norms(a, wa, b, wb, residual, w, eps, norms, scale);
 #endif
   return add_rmsnorm_norms(residual, rmsnorm_sum(a, wa, b, wb, eps), w, eps, norms, scale);
 }
