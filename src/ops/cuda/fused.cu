@@ -89,6 +89,18 @@ __device__ __forceinline__ RowPacks<T, V, P> residual_plus_normed(const RowPacks
   });
 }
 
+// rmsnorm(a, wa) + rmsnorm(b, wb) (each norm rounded, then the sum), into the thread's packs.
+template <class T, int V, int P>
+__device__ __forceinline__ RowPacks<T, V, P> normed_sum(const RowPacks<T, V, P>& a, const RowPacks<T, V, P>& wa,
+                                                        const RowPacks<T, V, P>& b, const RowPacks<T, V, P>& wb,
+                                                        int64_t d, float eps, float* smem, int nvec) {
+  const float inv_a = inv_rms(a.sum_of_squares(nvec), d, eps, smem);
+  const float inv_b = inv_rms(b.sum_of_squares(nvec), d, eps, smem);
+  return RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
+    return normed(a.p[i].v[e], inv_a, wa.p[i].v[e]) + normed(b.p[i].v[e], inv_b, wb.p[i].v[e]);
+  });
+}
+
 template <class T, int V, int P>
 __global__ void __launch_bounds__(kRowMaxThreads) add_rmsnorm_kernel(const T* __restrict__ residual,
                                                                      const T* __restrict__ a, const T* __restrict__ w,
@@ -148,13 +160,7 @@ __global__ void __launch_bounds__(kRowMaxThreads)
 #pragma unroll
   for (int n = 0; n < 3; ++n)
     if (n < norms.count) nw[n].load(norms.w[n], nvec);
-  if constexpr (kPair) {
-    const float inv_a = inv_rms(ap.sum_of_squares(nvec), d, eps, smem);
-    const float inv_b = inv_rms(bp.sum_of_squares(nvec), d, eps, smem);
-    ap = RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
-      return normed(ap.p[i].v[e], inv_a, wap.p[i].v[e]) + normed(bp.p[i].v[e], inv_b, wbp.p[i].v[e]);
-    });
-  }
+  if constexpr (kPair) ap = normed_sum(ap, wap, bp, wbp, d, eps, smem, nvec);
   const RowPacks<T, V, P> hp = residual_plus_normed(rp, ap, wp, inv_rms(ap.sum_of_squares(nvec), d, eps, smem), scale, nvec);
   hp.store(h + off, nvec);
   const float inv_h = inv_rms(hp.sum_of_squares(nvec), d, eps, smem);
@@ -182,11 +188,7 @@ __global__ void __launch_bounds__(kRowMaxThreads) rmsnorm_sum_kernel(const T* __
   bp.load(b + off, nvec);
   wap.load(wa, nvec);
   wbp.load(wb, nvec);
-  const float inv_a = inv_rms(ap.sum_of_squares(nvec), d, eps, smem);
-  const float inv_b = inv_rms(bp.sum_of_squares(nvec), d, eps, smem);
-  RowPacks<T, V, P>::from(nvec, [&](int i, int e) {
-    return normed(ap.p[i].v[e], inv_a, wap.p[i].v[e]) + normed(bp.p[i].v[e], inv_b, wbp.p[i].v[e]);
-  }).store(y + off, nvec);
+  normed_sum(ap, wap, bp, wbp, d, eps, smem, nvec).store(y + off, nvec);
 }
 
 // One row (a head of a token: x and y point at its 2·half elements) by one warp: the sum of squares
