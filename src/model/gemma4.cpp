@@ -827,8 +827,11 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
   // Expert LoRA adapters run through the grouped GEMMs too (ops::moe_experts has no adapter).
   const ExpertLora adapters =
       expert_lora(*this, l, ctx.lora_dropout ? std::optional<uint64_t>(ctx.lora_call) : std::nullopt);
+  // G4_DECODE_EXPERTS_TOKENS (measurement knob): the most tokens that take ops::moe_experts.
+  static const int64_t experts_max_tokens = env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens),
+                                                    0, static_cast<int>(ops::kMoeExpertsMaxTokens), "256");
   const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
-                            !ctx.stack && !adapters.active() && flat.shape()[0] <= ops::kMoeExpertsMaxTokens;
+                            !ctx.stack && !adapters.active() && flat.shape()[0] <= experts_max_tokens;
   // Nothing needs the experts' row counts on the host while the layer runs when the grouped
   // matmuls read them on the device, unless expert parallelism (which sizes its exchanges by them)
   // or the load-balancing loss (a constant made from them) does: the plan then skips its copy, the
