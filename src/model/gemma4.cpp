@@ -849,12 +849,12 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
     return normed ? rows(normed->experts) : ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
   };
   if (decode_sized) {
-    // The routing stays on the device. A fused layer keeps no router probabilities: its softmax and
-    // top-k run as one op.
+    // The routing stays on the device. A fused layer keeps no router probabilities: its product,
+    // softmax and top-k run as one op.
     Tensor weights, indices;
     if (normed) {
-      ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
-                        weights, indices);
+      ops::linear_softmax_topk(rows(normed->router).value(), p(pre + "moe.gate.proj.weight").value(),
+                               cfg_.top_k_experts, weights, indices);
     } else {
       const Routing r = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
                               /*make_plan=*/false, host_offsets);
