@@ -5,6 +5,7 @@
 // ops::rmsnorm itself checks its weight's alignment.
 #include "ops/fused.h"
 
+#include <cstdlib>
 #include <initializer_list>
 
 #include "ops/dispatch.h"
@@ -192,9 +193,10 @@ void linear_softmax_topk(const Tensor& x, const Tensor& w, int64_t k, Tensor& we
            w.size(0), " experts");
 #ifdef G4_WITH_CUDA
   const int64_t T = x.size(0), E = w.size(0), H = x.size(1);
-  if (on_gpu(x) && x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && T >= 1 && E <= 2048 && k <= 32 && cuda::gemv_preferred(T, E, H) &&
+  static const bool measured_off = std::getenv("G4_ROUTER_SEPARATE") != nullptr;  // MEASUREMENT (temporary)
+  if (!measured_off && on_gpu(x) && x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && T >= 1 && E <= 2048 && k <= 32 && cuda::gemv_preferred(T, E, H) &&
       cuda::gemv_fits(T, H, x.raw(), H, w.raw(), H, DType::BF16, DType::BF16)) {
-    const Tensor logits = Tensor::empty({T, E}, DType::BF16, Device::CUDA);
+    Tensor logits = Tensor::empty({T, E}, DType::BF16, Device::CUDA);
     weights = Tensor::empty({T, k}, DType::BF16, Device::CUDA);
     indices = Tensor::empty({T, k}, DType::I32, Device::CUDA);
     cuda::gemv_softmax_topk(T, E, H, x.raw(), H, w.raw(), H, logits.raw(), k, weights.raw(), indices.data<int32_t>());
