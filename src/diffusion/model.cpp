@@ -160,8 +160,9 @@ Tensor denoise(const model::Gemma4& m, const Tensor& canvas, const EncoderCache&
   attn.q_start = cache.length();
   attn.prefix = cache.layers();
   model::StackAttention::Block block{0, C, {}};
+  // On the model's device once per call, not in every layer.
   for (model::AttnKind kind : {model::AttnKind::kFull, model::AttnKind::kSliding})
-    block.key_valid[static_cast<size_t>(kind)] = cache.key_valid(kind, own);
+    block.key_valid[static_cast<size_t>(kind)] = cache.key_valid(kind, own).to(m.device());
   attn.blocks = {block};
   const ag::Var x0 = canvas_input(m, canvas, sc_logits, sc_mask);
   const Tensor hidden = m.run_stack(x0, model::arange_positions(B, C, cache.length()), attn, false, nullptr).value();

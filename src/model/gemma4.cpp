@@ -793,7 +793,7 @@ ag::Var Gemma4::stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, c
     mask.q_start = attn.q_start + b.begin;
     mask.k_start = prefix ? prefix->start : mask.q_start;
     mask.key_valid = b.key_valid[static_cast<size_t>(kind)];
-    if (mask.key_valid.defined() && device_ != Device::CPU) mask.key_valid = mask.key_valid.to(device_);
+    if (mask.key_valid.defined() && mask.key_valid.device() != device_) mask.key_valid = mask.key_valid.to(device_);
     outs.push_back(ag::attention(rows_of(q), kb, vb, mask, 1.0));
   }
   return outs.size() == 1 ? outs[0] : ag::concat(outs, 1);

@@ -259,8 +259,12 @@ void device_zero(void* p, size_t bytes) {
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
   G4_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dst_device, src_device), cuda::stream()));
-  // The host may read (or free) host memory right after: wait for copies that touch it.
-  if (dst_device == Device::CPU || src_device == Device::CPU) G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  // The host may read host memory right after a copy into it: wait for it. A copy from host memory
+  // needs no wait: every caller's host memory is pageable (cpu_alloc, std::vector), which CUDA
+  // stages before cudaMemcpyAsync returns, so the source may be freed at once, and the GPU work
+  // queued behind the upload is not drained (a wait per upload left the GPU idle while the host
+  // queued the next kernels: block diffusion uploaded a key mask in every layer of every step).
+  if (dst_device == Device::CPU) G4_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
 }
 
 }  // namespace detail
