@@ -87,24 +87,6 @@ void experts_section(double copy, int iters) {
     const auto [us, gbps] = time_experts(gate_up, down, T, K, iters);
     std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(T), us, gbps, 100 * gbps / copy);
   }
-  // The rows of each sum split over more CTAs (moe_experts.cu): each split count forced through the
-  // kernels' measurement knobs, gate_up's and down's swept together, then the default again.
-  std::printf("\nsplits of each sum (G4_EXPERTS_SPLITS_GATE / _DOWN)\n%6s %6s  %10s %8s %6s\n", "tokens", "splits",
-              "us", "GB/s", "copy");
-  for (const int64_t T : {1, 2, 4, 8})
-    for (const int splits : {1, 2, 3, 4, 6, 8, 0}) {
-      const std::string v = std::to_string(splits);
-      if (splits > 0) {
-        setenv("G4_EXPERTS_SPLITS_GATE", v.c_str(), 1);
-        setenv("G4_EXPERTS_SPLITS_DOWN", v.c_str(), 1);
-      } else {
-        unsetenv("G4_EXPERTS_SPLITS_GATE");
-        unsetenv("G4_EXPERTS_SPLITS_DOWN");
-      }
-      const auto [us, gbps] = time_experts(gate_up, down, T, K, iters);
-      std::printf("%6lld %6s  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(T), splits > 0 ? v.c_str() : "auto", us,
-                  gbps, 100 * gbps / copy);
-    }
   // One token, other top-k: the gate_up kernel's grid is 22 column tiles x K picked experts (the down kernel's
   // likewise), 176 CTAs at top 8 on 132 multiprocessors. Whether the bandwidth follows the number of CTAs per
   // multiprocessor (1 at top 6, 2 at top 12) says whether the uneven share at top 8 is what holds it back.

@@ -71,6 +71,8 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   fused_inference_ = env_int("G4_DECODE_FUSED", 1, 0, 1, "on") == 1;
+  decode_experts_max_tokens_ = env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens), 0,
+                                       static_cast<int>(ops::kMoeExpertsMaxTokens), "256");
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else
@@ -827,11 +829,6 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
   // Expert LoRA adapters run through the grouped GEMMs too (ops::moe_experts has no adapter).
   const ExpertLora adapters =
       expert_lora(*this, l, ctx.lora_dropout ? std::optional<uint64_t>(ctx.lora_call) : std::nullopt);
-  // G4_DECODE_EXPERTS_TOKENS (measurement knob): the most tokens that take ops::moe_experts.
-  static const int64_t experts_max_tokens = env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens),
-                                                    0, static_cast<int>(ops::kMoeExpertsMaxTokens), "256");
-  const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
-                            !ctx.stack && !adapters.active() && flat.shape()[0] <= experts_max_tokens;
   // Nothing needs the experts' row counts on the host while the layer runs when the grouped
   // matmuls read them on the device, unless expert parallelism (which sizes its exchanges by them)
   // or the load-balancing loss (a constant made from them) does: the plan then skips its copy, the
@@ -843,18 +840,24 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
   const bool host_offsets = dispatcher_ || aux_loss || adapters.active() ||
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), gate_up.value()) ||
                             !ops::grouped_matmul_takes_device_offsets(flat.value(), down.value());
+  // Above decode_experts_max_tokens_ the grouped GEMMs take the rows, but only where they read their
+  // offsets on the device: a decode step captured in a CUDA graph cannot wait for the host.
+  const int64_t T = flat.shape()[0];
+  const bool decode_sized = !ag::grad_enabled() && device_ == Device::CUDA && dtype_ == DType::BF16 && !dispatcher_ &&
+                            !ctx.stack && !adapters.active() &&
+                            (T <= decode_experts_max_tokens_ || (T <= ops::kMoeExpertsMaxTokens && host_offsets));
   // The router sees the raw residual; the experts see the pre_feedforward_layernorm_2 output.
   const auto rows = [&](const ag::Var& v) { return ag::reshape(v, {-1, cfg_.hidden_size}); };
   const auto experts_input = [&] {
     return normed ? rows(normed->experts) : ag::rmsnorm(flat, p(pre + "pre_feedforward_layernorm_2.weight"), eps);
   };
   if (decode_sized) {
-    // The routing stays on the device. A fused layer keeps no router probabilities: its product,
-    // softmax and top-k run as one op.
+    // The routing stays on the device. A fused layer keeps no router probabilities: its softmax and
+    // top-k run as one op.
     Tensor weights, indices;
     if (normed) {
-      ops::linear_softmax_topk(rows(normed->router).value(), p(pre + "moe.gate.proj.weight").value(),
-                               cfg_.top_k_experts, weights, indices);
+      ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
+                        weights, indices);
     } else {
       const Routing r = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
                               /*make_plan=*/false, host_offsets);

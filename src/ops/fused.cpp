@@ -5,7 +5,6 @@
 // ops::rmsnorm itself checks its weight's alignment.
 #include "ops/fused.h"
 
-#include <cstdlib>
 #include <initializer_list>
 
 #include "ops/dispatch.h"
@@ -182,28 +181,6 @@ void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indi
   if (on_gpu(logits) && logits.dtype() != DType::F64) return cuda::softmax_topk(logits, k, weights, indices);
 #endif
   router_topk(softmax_lastdim(logits), k, weights, indices);
-}
-
-void linear_softmax_topk(const Tensor& x, const Tensor& w, int64_t k, Tensor& weights, Tensor& indices) {
-  check_float("linear_softmax_topk", "x", x);
-  check_rank("linear_softmax_topk", "x", x, 2, "[T, H]");
-  G4_CHECK(w.dim() == 2 && w.size(1) == x.size(1), "linear_softmax_topk: router weight ", w.describe(),
-           " must be [E, H] for x ", x.describe());
-  G4_CHECK(k >= 1 && k <= w.size(0), "linear_softmax_topk: k = ", k, " must be in [1, ", w.size(0), "] for ",
-           w.size(0), " experts");
-#ifdef G4_WITH_CUDA
-  const int64_t T = x.size(0), E = w.size(0), H = x.size(1);
-  static const bool measured_off = std::getenv("G4_ROUTER_SEPARATE") != nullptr;  // MEASUREMENT (temporary)
-  if (!measured_off && on_gpu(x) && x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && T >= 1 && E <= 2048 && k <= 32 && cuda::gemv_preferred(T, E, H) &&
-      cuda::gemv_fits(T, H, x.raw(), H, w.raw(), H, DType::BF16, DType::BF16)) {
-    Tensor logits = Tensor::empty({T, E}, DType::BF16, Device::CUDA);
-    weights = Tensor::empty({T, k}, DType::BF16, Device::CUDA);
-    indices = Tensor::empty({T, k}, DType::I32, Device::CUDA);
-    cuda::gemv_softmax_topk(T, E, H, x.raw(), H, w.raw(), H, logits.raw(), k, weights.raw(), indices.data<int32_t>());
-    return;
-  }
-#endif
-  softmax_topk(linear(x, w), k, weights, indices);
 }
 
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {

@@ -64,12 +64,6 @@ Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k
 // over a row run in another order than softmax_lastdim's.
 void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices);
 
-// softmax_topk(linear(x, w), k, weights, indices): an MoE router from its input x [T, H] and weight
-// w [E, H] when the probabilities are not kept (decoding). On the GPU one kernel where the router's
-// product takes the GEMV (ops/cuda/gemv.h: bf16, a few rows): its last block picks the experts from
-// the logits the others wrote, the same values as the two ops.
-void linear_softmax_topk(const Tensor& x, const Tensor& w, int64_t k, Tensor& weights, Tensor& indices);
-
 // mul(gelu_tanh(a), b), the gelu rounded to the tensors' dtype as gelu_tanh stores it: the gate of
 // E4B's per-layer input (its projection of the residual times the layer's slice of the per-layer
 // embedding). a and b alike.

@@ -230,31 +230,6 @@ TEST(GpuFusedNorms, SoftmaxTopkMatchesTheSeparateOps) {
   }
 }
 
-// The router's product, softmax and top-k in one kernel (its last block picks the experts) against
-// linear then softmax_topk: the same bits, at 1-4 rows (where the product takes the GEMV) at
-// 26B-A4B's widths, and at 300 experts (past a lane's cached probabilities) and top 32. Repeated
-// launches reuse the arrival counter, which each launch leaves at zero.
-TEST(GpuFusedNorms, RouterProductAndTopkInOneKernel) {
-  G4_REQUIRE_GPU();
-  struct Shape3 {
-    int64_t T, E, H, K;
-  };
-  for (const Shape3 s : {Shape3{1, 128, 2816, 8}, Shape3{2, 128, 2816, 8}, Shape3{4, 128, 2816, 8},
-                         Shape3{3, 300, 512, 32}, Shape3{1, 8, 64, 1}}) {
-    const std::string what = "T=" + std::to_string(s.T) + " E=" + std::to_string(s.E) + " K=" + std::to_string(s.K);
-    const Tensor x = gpu_bf16(test::randn_bf16_exact({s.T, s.H}, 40 + s.T)),
-                 w = gpu_bf16(test::randn_bf16_exact({s.E, s.H}, 50 + s.E));
-    Tensor w_sep, i_sep;
-    ops::softmax_topk(ops::linear(x, w), s.K, w_sep, i_sep);
-    for (int repeat = 0; repeat < 3; ++repeat) {
-      Tensor w_fused, i_fused;
-      ops::linear_softmax_topk(x, w, s.K, w_fused, i_fused);
-      expect_close_scaled(i_fused.to(DType::F32), i_sep.to(DType::F32), 0, 0, what + " indices");
-      expect_close_scaled(w_fused, w_sep, 0, 0, what + " weights");
-    }
-  }
-}
-
 // A bf16 GPU model's logits without gradients, with the fused layer and without: the same up to
 // the rounding flips above carried through the layers.
 TEST(GpuFusedNorms, ModelLogitsMatchTheSeparateOps) {

@@ -67,11 +67,6 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
       ops::router_topk(ops::softmax_lastdim(logits), 3, w_sep, i_sep);
       expect_equal(w_fused, w_sep, "softmax_topk weights");
       expect_equal(i_fused, i_sep, "softmax_topk indices");
-      const Tensor x = randn({5, 24}, 19, dt), wr = randn({12, 24}, 20, dt);
-      ops::linear_softmax_topk(x, wr, 3, w_fused, i_fused);
-      ops::softmax_topk(ops::linear(x, wr), 3, w_sep, i_sep);
-      expect_equal(w_fused, w_sep, "linear_softmax_topk weights");
-      expect_equal(i_fused, i_sep, "linear_softmax_topk indices");
     }
     // A paged step's attention inputs: q, and the keys and values written into the pages.
     const Tensor q = randn({1, 3, 4, 16}, 13, dt), k = randn({1, 3, 2, 16}, 14, dt), v = randn({1, 3, 2, 16}, 15, dt);
@@ -123,10 +118,6 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::softmax_topk(a, 9, weights, indices); }, {"softmax_topk", "k = 9", "[1, 8]"});
   expect_error([&] { ops::softmax_topk(randn({2, 3, 8}, 1, DType::F32), 2, weights, indices); },
                {"softmax_topk", "logits", "[T, E]"});
-  expect_error([&] { ops::linear_softmax_topk(a, randn({6, 7}, 1, DType::F32), 2, weights, indices); },
-               {"linear_softmax_topk", "router weight", "[E, H]"});
-  expect_error([&] { ops::linear_softmax_topk(a, randn({6, 8}, 1, DType::F32), 7, weights, indices); },
-               {"linear_softmax_topk", "k = 7", "[1, 6]"});
   const Tensor q = randn({1, 3, 4, 16}, 1, DType::F32), k = randn({1, 3, 2, 16}, 2, DType::F32);
   const Tensor w16 = randn({16}, 3, DType::F32), pos = positions_of(1, 3), freq = inv_freq_of(16);
   const Tensor slots = Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3});

@@ -6,7 +6,6 @@
 #include <mutex>
 #include <string>
 
-#include "core/cuda/arrival_counters.h"
 #include "core/error.h"
 
 namespace g4::cuda {
@@ -18,9 +17,6 @@ struct Runtime {
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
   int sms = 0;
-  // arrival_counters(): the compute stream's table, then the side stream's (made here, not at the
-  // side stream's first fork, which may come during a graph capture).
-  unsigned* arrivals = nullptr;
 };
 
 // The side stream of run_side_by_side, with its own cuBLASLt workspace and the two events that
@@ -59,9 +55,6 @@ Runtime& runtime() {
     G4_CUDA_CHECK(cudaDeviceGetAttribute(&r->sms, cudaDevAttrMultiProcessorCount, r->device));
     G4_CUBLAS_CHECK(cublasLtCreate(&r->lt));
     G4_CUDA_CHECK(cudaMalloc(&r->workspace, kWorkspaceBytes));
-    const size_t table_bytes = 2 * arrival_counter_capacity() * sizeof(unsigned);
-    G4_CUDA_CHECK(cudaMalloc(&r->arrivals, table_bytes));
-    G4_CUDA_CHECK(cudaMemset(r->arrivals, 0, table_bytes));
     created = r;
     return r;
   }();
@@ -114,12 +107,6 @@ int device_sm_count() { return runtime().sms; }
 cublasLtHandle_t blaslt_handle() { return runtime().lt; }
 void* blaslt_workspace() { return on_side ? side().workspace : runtime().workspace; }
 size_t blaslt_workspace_bytes() { return kWorkspaceBytes; }
-
-unsigned* arrival_counters(size_t count) {
-  G4_CHECK(count <= arrival_counter_capacity(), "arrival_counters: ", count, " counters asked for, the table holds ",
-           arrival_counter_capacity());
-  return runtime().arrivals + (on_side ? arrival_counter_capacity() : 0);
-}
 
 SideStreamScope::SideStreamScope() {
   G4_CHECK(!on_side, "SideStreamScope: side work cannot open another side stream");

@@ -7,15 +7,10 @@
 // projections): the grid is their blocks end to end, and a block finds its product by its index.
 // Under programmatic dependent launch (core/cuda/pdl.cuh) a block asks L2 for its weight rows
 // before it waits for the previous kernel: W is the bulk of the bytes and no kernel writes it.
-// The router's variant (gemv_softmax_topk) also picks the experts: each block counts itself done
-// (g4::cuda::arrival_counters) and the last one runs the top-k of every row over the logits the
-// blocks wrote, so the router is one kernel.
 #include "ops/cuda/gemv.h"
 
-#include "core/cuda/arrival_counters.h"
 #include "core/env.h"
 #include "ops/cuda/common.cuh"
-#include "ops/cuda/router_topk.cuh"
 
 namespace g4::ops::cuda {
 
@@ -82,23 +77,13 @@ __device__ __forceinline__ BlockRows<TY> block_rows(const Products<TY>& P) {
   return b;
 }
 
-// The experts the router's last block picks (gemv_softmax_topk): k per row of y, the row's
-// softmax-normalised weights among them and their ids; `arrivals` counts the blocks done.
-struct TopkOut {
-  int k = 0;
-  bf16_t* weights = nullptr;
-  int32_t* indices = nullptr;
-  unsigned* arrivals = nullptr;
-};
-
 // kGated: the block writes gelu_tanh(gate)·up for its 2 columns, each product rounded to TY first
-// as separate ops round. kTopk: then the last block to finish picks each row's top-k (TopkOut).
-// prefetch: the block's weight rows start streaming into L2 before pdl_wait(), so under
-// programmatic dependent launch they load while the previous kernel ends.
-template <int M, class TY, bool kGated, bool kTopk = false>
+// as separate ops round. prefetch: the block's weight rows start streaming into L2 before
+// pdl_wait(), so under programmatic dependent launch they load while the previous kernel ends.
+template <int M, class TY, bool kGated>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
                                                            const Products<TY> P, int64_t k, float alpha,
-                                                           float beta, bool prefetch, const TopkOut topk_out) {
+                                                           float beta, bool prefetch) {
   pdl_begin_after([&] {
     if (!prefetch) return;
     const BlockRows<TY> b = block_rows<TY, kGated>(P);
@@ -162,29 +147,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
       *out = from_f32<TY>(value);
     }
   }
-  if constexpr (kTopk) {
-    __shared__ bool last;
-    __threadfence();  // this block's logits are visible to the others before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      last = atomicAdd(topk_out.arrivals, 1u) + 1 == gridDim.x;
-      if (last) *topk_out.arrivals = 0;  // every block has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    // A warp per row, over logits the other blocks wrote (read through L2: no stale L1 line).
-    for (int i = warp; i < M; i += kWarps) {
-      const TY* row = y + i * ldy;
-      topk::topk_of_row<TY, true>([row](int e) { return to_f32(__ldcg(row + e)); }, static_cast<int>(n),
-                                  topk_out.k, topk_out.weights + i * topk_out.k, topk_out.indices + i * topk_out.k);
-    }
-  }
 }
 
-template <class TY, bool kGated, bool kTopk = false>
-void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta,
-            const TopkOut& topk_out = {}) {
+template <class TY, bool kGated>
+void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta) {
   constexpr int64_t cols = kGated ? kRows / 2 : kRows;
   int64_t blocks = 0;
   for (int p = 0; p < P.count; ++p) {
@@ -199,9 +165,7 @@ void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, 
   const bool prefetch = g4::pdl_enabled();
   switch (m) {
 #define G4_GEMV_CASE(M)                                                                      \
-  case M:                                                                                    \
-    launch_pdl(gemv_kernel<M, TY, kGated, kTopk>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch, topk_out); \
-    break;
+  case M: launch_pdl(gemv_kernel<M, TY, kGated>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch); break;
     G4_GEMV_CASE(1)
     G4_GEMV_CASE(2)
     G4_GEMV_CASE(3)
@@ -271,24 +235,6 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
   P.w[0] = static_cast<const bf16_t*>(w_gate), P.w2[0] = static_cast<const bf16_t*>(w_up);
   P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
   launch<bf16_t, true>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
-}
-
-void gemv_softmax_topk(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
-                       void* logits, int64_t top_k, void* weights, int32_t* indices) {
-  G4_CHECK(gemv_fits(m, k, x, ldx, w, ldw, DType::BF16, DType::BF16), "gemv_softmax_topk: [", m, ", ", k, "] x [",
-           n, ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows, " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
-  G4_CHECK(n >= 1 && n <= topk::kMaxExperts && top_k >= 1 && top_k <= topk::kMaxK && top_k <= n,
-           "gemv_softmax_topk: top ", top_k, " of ", n, " experts (the kernel takes 1 <= k <= ", topk::kMaxK,
-           ", k <= experts <= ", topk::kMaxExperts, ")");
-  Products<bf16_t> P;
-  P.w[0] = static_cast<const bf16_t*>(w), P.y[0] = static_cast<bf16_t*>(logits), P.n[0] = n, P.ldw[0] = ldw;
-  P.ldy[0] = n, P.count = 1;
-  TopkOut out;
-  out.k = static_cast<int>(top_k);
-  out.weights = static_cast<bf16_t*>(weights);
-  out.indices = indices;
-  out.arrivals = g4::cuda::arrival_counters(1);
-  launch<bf16_t, false, true>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f, out);
 }
 
 bool gemv_preferred(int64_t m, int64_t n, int64_t k) {

@@ -42,13 +42,6 @@ void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vect
 void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
                     const void* w_up, int64_t ldw, void* y, int64_t ldy);
 
-// A router at decode sizes in one kernel: logits [m, n] = x·Wᵀ (bf16, as gemv_rowmajor computes
-// them), then each row's top_k experts as softmax_topk picks them (ids into indices [m, top_k], their
-// renormalised softmax weights into weights [m, top_k], bf16). W must fit as gemv_rowmajor's;
-// n <= 2048 experts, top_k <= 32.
-void gemv_softmax_topk(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
-                       void* logits, int64_t top_k, void* weights, int32_t* indices);
-
 // Whether a product of m rows by an [n, k] weight that fits goes to these kernels rather than
 // cuBLASLt (the dense GEMMs and the fused decode ops ask). By default where they were faster on an
 // H200 (bench_gemv, 2026-12-05, docs/performance.md): 1-2 rows always (1.05-1.8x), 3-4 rows for

@@ -25,10 +25,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
-#include "core/cuda/arrival_counters.h"
 #include "core/cuda/runtime.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/moe.h"
@@ -42,7 +40,7 @@ using bf162 = __nv_bfloat162;
 
 constexpr int kMaxTokens = static_cast<int>(kMoeExpertsMaxTokens);
 constexpr int kThreads = 256;
-constexpr int kChunk = 8;   // assignments multiplied per pass over a weight tile, at most
+constexpr int kChunk = 8;   // assignments multiplied per pass over a weight tile
 constexpr int kUnroll = 8;  // weight rows loaded ahead per thread: the bytes in flight set the bandwidth
 // Column tiles: 32 gate and 32 up columns per CTA of the first product, 128 output columns of the
 // second. On an H200 at batch 1, tiles of 16 and 64 were slower (more CTAs, but each reads only 32
@@ -101,30 +99,19 @@ __device__ __forceinline__ void load_columns(const bf16* __restrict__ w, float (
   for (int c = 0; c < V; ++c) out[c] = to_f32(p.v[c]);
 }
 
-// The weight rows [lo, hi) of a CTA's share of the sum (split s of `splits`): whole kGroups-row
-// steps, so each split's threads start on their own rows.
-struct RowRange {
-  int lo, hi;
-};
-__device__ __forceinline__ RowRange split_rows(int width, int splits, int s, int groups) {
-  const int steps = (width + groups - 1) / groups, per = (steps + splits - 1) / splits;
-  return {min(s * per * groups, width), min((s + 1) * per * groups, width)};
-}
-
 // acc[j] = the chunk's row j (in shared memory, `width` long) times this thread's V weight columns
-// at w (rows `stride` apart), over the rows lo + group, lo + group + kGroups, ... below hi, for the
-// first R of the C rows of the chunk (0 when !valid; rows past the chunk's count hold stale values
-// that are never stored).
-template <int V, int kGroups, int R, int C>
-__device__ __forceinline__ void column_products(float (&acc)[C][V], const bf16* __restrict__ w, int64_t stride,
-                                                const bf16* rows, int width, RowRange range, int group, bool valid) {
+// at w (rows `stride` apart), over the rows group, group + kGroups, ..., for the first R rows of
+// the chunk (0 when !valid; rows past the chunk's count hold stale values that are never stored).
+template <int V, int kGroups, int R>
+__device__ __forceinline__ void column_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
+                                                const bf16* rows, int width, int group, bool valid) {
 #pragma unroll
-  for (int j = 0; j < C; ++j)
+  for (int j = 0; j < kChunk; ++j)
 #pragma unroll
     for (int c = 0; c < V; ++c) acc[j][c] = 0.f;
   if (!valid) return;
 #pragma unroll kUnroll
-  for (int i = range.lo + group; i < range.hi; i += kGroups) {
+  for (int i = group; i < width; i += kGroups) {
     float wv[V];
     load_columns<V>(w + i * stride, wv);
 #pragma unroll
@@ -137,53 +124,24 @@ __device__ __forceinline__ void column_products(float (&acc)[C][V], const bf16* 
 }
 
 // column_products over as few chunk rows as cover its nt assignments: at decode sizes most picked
-// experts have one token, and multiplying all C rows would make the kernels issue-bound.
-template <int V, int kGroups, int C>
-__device__ __forceinline__ void chunk_products(float (&acc)[C][V], const bf16* __restrict__ w, int64_t stride,
-                                               const bf16* rows, int width, RowRange range, int group, bool valid,
-                                               int nt) {
-  if constexpr (C >= 2)
-    if (nt == 1) return column_products<V, kGroups, 1>(acc, w, stride, rows, width, range, group, valid);
-  if constexpr (C >= 4)
-    if (nt == 2) return column_products<V, kGroups, 2>(acc, w, stride, rows, width, range, group, valid);
-  if constexpr (C >= 8)
-    if (nt <= 4) return column_products<V, kGroups, 4>(acc, w, stride, rows, width, range, group, valid);
-  column_products<V, kGroups, C>(acc, w, stride, rows, width, range, group, valid);
-}
-
-// Split sums (gridDim.z > 1): each CTA stores its fp32 share of the tile's sums in part, then counts
-// itself in the tile's arrival counter; returns true in the last CTA to arrive, which adds the
-// shares in split order. The tile's counter is left at zero for the next launch.
-__device__ bool last_split(unsigned* arrivals) {
-  __shared__ bool last;
-  __threadfence();  // this CTA's share is visible to the others before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned* counter = arrivals + blockIdx.y * gridDim.x + blockIdx.x;
-    last = atomicAdd(counter, 1u) + 1 == gridDim.z;
-    if (last) *counter = 0;
-  }
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
-
-// Σ over the splits of part[s * split_stride + at], in split order (read through L2: the other
-// CTAs' shares are never stale lines of this multiprocessor's L1).
-__device__ __forceinline__ float split_total(const float* part, int64_t split_stride, int64_t at) {
-  float sum = 0.f;
-  for (unsigned s = 0; s < gridDim.z; ++s) sum += __ldcg(part + s * split_stride + at);
-  return sum;
+// experts have one token, and multiplying all kChunk rows would make the kernels issue-bound.
+template <int V, int kGroups>
+__device__ __forceinline__ void chunk_products(float (&acc)[kChunk][V], const bf16* __restrict__ w, int64_t stride,
+                                               const bf16* rows, int width, int group, bool valid, int nt) {
+  if (nt == 1) return column_products<V, kGroups, 1>(acc, w, stride, rows, width, group, valid);
+  if (nt == 2) return column_products<V, kGroups, 2>(acc, w, stride, rows, width, group, valid);
+  if (nt <= 4) return column_products<V, kGroups, 4>(acc, w, stride, rows, width, group, valid);
+  column_products<V, kGroups, kChunk>(acc, w, stride, rows, width, group, valid);
 }
 
 // Sums acc over the threads of a warp that hold the same columns of different rows (lanes `span`,
 // 2·span, ... apart); nothing when a row's threads fill the warp.
-template <int V, int span, int C>
-__device__ __forceinline__ void warp_row_sum(float (&acc)[C][V]) {
+template <int V, int span>
+__device__ __forceinline__ void warp_row_sum(float (&acc)[kChunk][V]) {
 #pragma unroll
   for (int o = span; o < 32; o <<= 1)
 #pragma unroll
-    for (int j = 0; j < C; ++j)
+    for (int j = 0; j < kChunk; ++j)
 #pragma unroll
       for (int c = 0; c < V; ++c) acc[j][c] += __shfl_xor_sync(0xffffffffu, acc[j][c], o);
 }
@@ -191,24 +149,19 @@ __device__ __forceinline__ void warp_row_sum(float (&acc)[C][V]) {
 // kCols gate and kCols up columns per CTA, V per thread (8: 16-byte loads, when the widths allow;
 // else 2). A row of the tile is 2·kCols/V threads (gate columns, then up columns), so a warp reads
 // 32·V/(2·kCols) rows at once.
-//
-// Split (gridDim.z > 1, when one chunk holds every assignment of an expert): CTA z sums its share of
-// the H rows into part [splits, assignments, 2I] (fp32), and the tile's last CTA adds the shares and
-// writes act.
-template <int V, int C>
+template <int V>
 __global__ void __launch_bounds__(kThreads)
     gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices, int assignments, int experts,
-                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act,
-                   float* __restrict__ part, unsigned* arrivals) {
+                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
   pdl_begin();
   constexpr int kCols = kGateCols, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
   constexpr int kWarps = kThreads / 32;
   static_assert(kRowLanes <= 32, "a tile row within one warp");
   __shared__ int list[kMaxTokens];
   __shared__ int count;
-  __shared__ float red[kWarps][C][2 * kCols];
+  __shared__ float red[kWarps][kChunk][2 * kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
-  bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [C][H]
+  bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][H]
   const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
   if (e < 0) return;
   const int n = find_assignments(indices, assignments, e, list, &count);
@@ -219,20 +172,17 @@ __global__ void __launch_bounds__(kThreads)
   const int local = V * (in_row % kHalf);  // first of this thread's columns within the tile's half
   const bool valid = c0 + local < I;       // I is a multiple of V, so all V columns are in range together
   const bf16* w = gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local;
-  const bool split = gridDim.z > 1;
-  const RowRange range = split_rows(H, gridDim.z, blockIdx.z, kGroups);
-  const int64_t split_stride = int64_t{assignments} * 2 * I;
-  for (int j0 = 0; j0 < n; j0 += C) {
-    const int nt = min(C, n - j0);
+  for (int j0 = 0; j0 < n; j0 += kChunk) {
+    const int nt = min(kChunk, n - j0);
     __syncthreads();  // the previous chunk is done with xs and red
     load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
     __syncthreads();
-    float acc[C][V];
-    chunk_products<V, kGroups, C>(acc, w, int64_t{2} * I, xs, H, range, group, valid, nt);
-    warp_row_sum<V, kRowLanes, C>(acc);
+    float acc[kChunk][V];
+    chunk_products<V, kGroups>(acc, w, int64_t{2} * I, xs, H, group, valid, nt);
+    warp_row_sum<V, kRowLanes>(acc);
     if (lane < kRowLanes) {
 #pragma unroll
-      for (int j = 0; j < C; ++j)
+      for (int j = 0; j < kChunk; ++j)
 #pragma unroll
         for (int c = 0; c < V; ++c) red[warp][j][(is_up ? kCols : 0) + local + c] = acc[j][c];
     }
@@ -246,43 +196,27 @@ __global__ void __launch_bounds__(kThreads)
         g += red[p][j][c];
         u += red[p][j][kCols + c];
       }
-      const int64_t r = list[j0 + j];
-      if (split) {
-        float* share = part + blockIdx.z * split_stride + r * 2 * I + c0 + c;
-        share[0] = g;
-        share[I] = u;
-      } else {
-        act[r * I + c0 + c] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
-      }
+      act[static_cast<int64_t>(list[j0 + j]) * I + c0 + c] =
+          __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
     }
-  }
-  if (!split || !last_split(arrivals)) return;
-  for (int o = threadIdx.x; o < n * kCols; o += blockDim.x) {
-    const int j = o / kCols, c = o % kCols;
-    if (c0 + c >= I) continue;
-    const int64_t at = static_cast<int64_t>(list[j]) * 2 * I + c0 + c;
-    const float g = split_total(part, split_stride, at), u = split_total(part, split_stride, at + I);
-    act[static_cast<int64_t>(list[j]) * I + c0 + c] = __float2bfloat16_rn(gelu_value(round_bf16(g)) * round_bf16(u));
   }
 }
 
 // kCols output columns per CTA, V per thread: a row of the tile is kCols/V threads (part of a
-// warp for V = 8, two warps for V = 2). Split like gate_up_kernel, over the I rows, with part
-// [splits, assignments, H].
-template <int V, int C>
+// warp for V = 8, two warps for V = 2).
+template <int V>
 __global__ void __launch_bounds__(kThreads)
     down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices, int assignments, int experts, int I,
-                int H, const bf16* __restrict__ down, bf16* __restrict__ ys, float* __restrict__ part,
-                unsigned* arrivals) {
+                int H, const bf16* __restrict__ down, bf16* __restrict__ ys) {
   pdl_begin();
   constexpr int kCols = kDownCols, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
   // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
   constexpr int kParts = kRowLanes < 32 ? kThreads / 32 : kGroups;
   __shared__ int list[kMaxTokens];
   __shared__ int count;
-  __shared__ float red[kParts][C][kCols];
+  __shared__ float red[kParts][kChunk][kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
-  bf16* as = reinterpret_cast<bf16*>(dynamic_smem);  // [C][I]
+  bf16* as = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][I]
   const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
   if (e < 0) return;
   const int n = find_assignments(indices, assignments, e, list, &count);
@@ -291,23 +225,20 @@ __global__ void __launch_bounds__(kThreads)
   const int col = c0 + V * in_row;
   const bool valid = col < H;  // H is a multiple of V
   const bf16* w = down + static_cast<int64_t>(e) * I * H + col;
-  const int slot = kRowLanes < 32 ? static_cast<int>(threadIdx.x / 32) : group;  // of red
-  const bool split = gridDim.z > 1;
-  const RowRange range = split_rows(I, gridDim.z, blockIdx.z, kGroups);
-  const int64_t split_stride = int64_t{assignments} * H;
-  for (int j0 = 0; j0 < n; j0 += C) {
-    const int nt = min(C, n - j0);
+  const int part = kRowLanes < 32 ? static_cast<int>(threadIdx.x / 32) : group;
+  for (int j0 = 0; j0 < n; j0 += kChunk) {
+    const int nt = min(kChunk, n - j0);
     __syncthreads();
     load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
     __syncthreads();
-    float acc[C][V];
-    chunk_products<V, kGroups, C>(acc, w, H, as, I, range, group, valid, nt);
-    if constexpr (kRowLanes < 32) warp_row_sum<V, kRowLanes, C>(acc);
+    float acc[kChunk][V];
+    chunk_products<V, kGroups>(acc, w, H, as, I, group, valid, nt);
+    if constexpr (kRowLanes < 32) warp_row_sum<V, kRowLanes>(acc);
     if (kRowLanes >= 32 || lane < kRowLanes) {
 #pragma unroll
-      for (int j = 0; j < C; ++j)
+      for (int j = 0; j < kChunk; ++j)
 #pragma unroll
-        for (int c = 0; c < V; ++c) red[slot][j][V * in_row + c] = acc[j][c];
+        for (int c = 0; c < V; ++c) red[part][j][V * in_row + c] = acc[j][c];
     }
     __syncthreads();
     for (int o = threadIdx.x; o < nt * kCols; o += blockDim.x) {
@@ -316,20 +247,8 @@ __global__ void __launch_bounds__(kThreads)
       float y = 0.f;
 #pragma unroll
       for (int p = 0; p < kParts; ++p) y += red[p][j][c];
-      const int64_t at = static_cast<int64_t>(list[j0 + j]) * H + c0 + c;
-      if (split) {
-        part[blockIdx.z * split_stride + at] = y;
-      } else {
-        ys[at] = __float2bfloat16_rn(y);
-      }
+      ys[static_cast<int64_t>(list[j0 + j]) * H + c0 + c] = __float2bfloat16_rn(y);
     }
-  }
-  if (!split || !last_split(arrivals)) return;
-  for (int o = threadIdx.x; o < n * kCols; o += blockDim.x) {
-    const int j = o / kCols, c = o % kCols;
-    if (c0 + c >= H) continue;
-    const int64_t at = static_cast<int64_t>(list[j]) * H + c0 + c;
-    ys[at] = __float2bfloat16_rn(split_total(part, split_stride, at));
   }
 }
 
@@ -348,15 +267,6 @@ __global__ void combine_kernel(const bf16* __restrict__ ys, const W* __restrict_
   }
 }
 
-// Splits of the rows of each sum for a grid of `ctas` tiles: enough CTAs for about two waves at
-// two per multiprocessor (the kernels' register limit), at most 8. `knob` (a measurement override,
-// read at each call) sets it.
-int experts_splits(const char* knob, int ctas) {
-  if (const char* v = std::getenv(knob); v != nullptr && *v != '\0') return std::clamp(std::atoi(v), 1, 8);
-  (void)ctas;
-  return 1;
-}
-
 }  // namespace
 
 Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
@@ -371,48 +281,26 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
   const int owners = std::min(T * K, E);  // grid rows: assignments or experts (owned_expert)
   Tensor ys = Tensor::empty({int64_t{T} * K, H}, DType::BF16, Device::CUDA);
-  // Assignments multiplied per pass (C): T covers every expert's at T <= 8, and a smaller C keeps
-  // fewer accumulators, so more CTAs fit on a multiprocessor.
-  static const bool measured_off = std::getenv("G4_EXPERTS_CHUNK8") != nullptr;  // MEASUREMENT (temporary)
-  const int chunk = measured_off ? kChunk : T == 1 ? 1 : T == 2 ? 2 : T <= 4 ? 4 : kChunk;
-  const size_t gate_smem = sizeof(bf16) * chunk * H, down_smem = sizeof(bf16) * chunk * I;
-  // At a few tokens the tiles alone are too few CTAs to keep enough loads in flight: the rows of
-  // each sum are then split over more CTAs (one chunk must hold every expert's assignments).
-  const int gate_tiles = (I + kGateCols - 1) / kGateCols, down_tiles = (H + kDownCols - 1) / kDownCols;
-  const int gate_splits = T <= kChunk ? experts_splits("G4_EXPERTS_SPLITS_GATE", gate_tiles * owners) : 1;
-  const int down_splits = T <= kChunk ? experts_splits("G4_EXPERTS_SPLITS_DOWN", down_tiles * owners) : 1;
-  Tensor gate_part, down_part;  // the splits' fp32 shares
-  if (gate_splits > 1) gate_part = Tensor::empty({gate_splits, int64_t{T} * K, 2 * I}, DType::F32, Device::CUDA);
-  if (down_splits > 1) down_part = Tensor::empty({down_splits, int64_t{T} * K, H}, DType::F32, Device::CUDA);
-  unsigned* arrivals = g4::cuda::arrival_counters(static_cast<size_t>(std::max(gate_tiles, down_tiles) * owners));
-  float* gate_part_p = gate_splits > 1 ? gate_part.data<float>() : nullptr;
-  float* down_part_p = down_splits > 1 ? down_part.data<float>() : nullptr;
+  const size_t gate_smem = sizeof(bf16) * kChunk * H, down_smem = sizeof(bf16) * kChunk * I;
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
-  G4_CHECK(I <= 8192, "moe_experts: moe_intermediate_size ", I, " is above the 8192 the GPU op takes");
-  const auto launch = [&](auto v, auto c) {
-    constexpr int V = decltype(v)::value, C = decltype(c)::value;
-    constexpr size_t bytes = sizeof(bf16) * C * 8192;
-    g4::cuda::allow_dynamic_smem<gate_up_kernel<V, C>>(bytes);
-    g4::cuda::allow_dynamic_smem<down_kernel<V, C>>(bytes);
-    launch_pdl(gate_up_kernel<V, C>, dim3(gate_tiles, owners, gate_splits), kThreads, gate_smem,
+  G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
+           " is above the 8192 the GPU op takes");
+  const auto launch = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
+    g4::cuda::allow_dynamic_smem<gate_up_kernel<V>>(bytes);
+    g4::cuda::allow_dynamic_smem<down_kernel<V>>(bytes);
+    launch_pdl(gate_up_kernel<V>, dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem,
                static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
-               static_cast<bf16*>(act.raw()), gate_part_p, arrivals);
-    launch_pdl(down_kernel<V, C>, dim3(down_tiles, owners, down_splits), kThreads, down_smem,
+               static_cast<bf16*>(act.raw()));
+    launch_pdl(down_kernel<V>, dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem,
                static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
-               static_cast<bf16*>(ys.raw()), down_part_p, arrivals);
-  };
-  const auto with_chunk = [&](auto v) {
-    switch (chunk) {
-      case 1: return launch(v, std::integral_constant<int, 1>{});
-      case 2: return launch(v, std::integral_constant<int, 2>{});
-      case 4: return launch(v, std::integral_constant<int, 4>{});
-      default: return launch(v, std::integral_constant<int, kChunk>{});
-    }
+               static_cast<bf16*>(ys.raw()));
   };
   if (wide)
-    with_chunk(std::integral_constant<int, 8>{});
+    launch(std::integral_constant<int, 8>{});
   else
-    with_chunk(std::integral_constant<int, 2>{});
+    launch(std::integral_constant<int, 2>{});
   const unsigned blocks = grid_for(int64_t{T} * H, kThreads);
   if (weights.dtype() == DType::F32)
     launch_pdl(combine_kernel<float>, blocks, kThreads, 0, static_cast<const bf16*>(ys.raw()),

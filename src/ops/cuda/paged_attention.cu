@@ -19,9 +19,7 @@
 // Splits (flash decoding). When sequences x kv heads are too few to fill the GPU, the keys a CTA
 // sees are cut into `splits` ranges of whole BN-key tiles (at least kMinSplitKeys keys each, so
 // short sequences use fewer splits and the partial results stay small next to the KV read). Each
-// split writes its normalised fp32 output and its log-sum-exp, then counts itself in the tile's
-// arrival counter (g4::cuda::arrival_counters); the last split to arrive merges them into the
-// output, so a split step is one kernel.
+// split writes its normalised fp32 output and its log-sum-exp; combine_kernel merges them.
 //
 // Memory. K and V tiles of BN keys are gathered through the page table with 16-byte cp.async,
 // STAGES tiles deep (a decode CTA has about 130 KB of KV in flight). Only keys some row of the CTA
@@ -40,10 +38,8 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
-#include "core/cuda/arrival_counters.h"
 #include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/error.h"
@@ -77,7 +73,6 @@ struct PagedArgs {
   long long window;
   int splits, min_split_tiles;
   int kv_same;  // k and v are one pool: load each tile once
-  unsigned* arrivals;  // per CTA column (tile slot, kv head): the splits done so far (splits > 1)
   float scale_log2;
   IndexErrorSink sink;
 };
@@ -170,71 +165,6 @@ __device__ __forceinline__ void qk_gemm_x2(float (&acc)[1][NT][4], const bf16* s
   }
 }
 
-// The last split of a tile to finish: out[row] for the tile's rows = the splits' outputs weighted
-// by their share of the softmax sum. Rows are the tile's (query row, head) pairs oh[0 .. rows);
-// `scratch` (shared, at least splits x (BM + 1) + 64 floats) takes their log-sum-exps, each row's
-// maximum and the splits that hold any output (most splits of a short context have no key). The
-// splits' results come from other CTAs through L2 (__ldcg: never a stale line of this
-// multiprocessor's L1). The arithmetic and its order are the separate merge's: splits in order,
-// the empty ones skipped.
-template <int BM, int kThreads>
-__device__ void merge_splits(const PagedArgs& a, const long long* oh, int rows, float* scratch) {
-  const long long row_heads = static_cast<long long>(a.rows_total) * a.heads;
-  float* sLse = scratch;                 // [splits][BM]
-  float* sMax = sLse + a.splits * BM;    // [BM]
-  int* sUsed = reinterpret_cast<int*>(sMax + BM);  // [splits + 1]: the splits with output, then their count
-  for (int i = threadIdx.x; i < a.splits * BM; i += kThreads) {
-    const int s = i / BM, r = i % BM;
-    sLse[i] = r < rows ? __ldcg(a.part_lse + s * row_heads + oh[r]) : -INFINITY;
-  }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int r = warp; r < rows; r += kThreads / 32) {  // a row's maximum over the splits (a NaN split makes it NaN)
-    float m = -INFINITY;
-    for (int s = lane; s < a.splits; s += 32) m = attn::KeepNaN{}(m, sLse[s * BM + r]);
-    for (int o = 16; o > 0; o >>= 1) m = attn::KeepNaN{}(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) sMax[r] = m;
-  }
-  if (warp == 0) {  // the splits some row has output from, in order
-    int count = 0;
-    for (int s0 = 0; s0 < a.splits; s0 += 32) {
-      const int s = s0 + lane;
-      bool used = false;
-      if (s < a.splits)
-        for (int r = 0; r < rows; ++r) used |= sLse[s * BM + r] != -INFINITY;
-      const unsigned ballot = __ballot_sync(0xffffffffu, used);
-      if (used) sUsed[count + __popc(ballot & ((1u << lane) - 1))] = s;
-      count += __popc(ballot);
-    }
-    if (lane == 0) sUsed[a.splits] = count;
-  }
-  __syncthreads();
-  const int used = sUsed[a.splits], quads = a.dv / 4;
-  for (int i = threadIdx.x; i < rows * quads; i += kThreads) {
-    const int r = i / quads, c = (i % quads) * 4;
-    const float m = sMax[r];
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
-    if (m != -INFINITY) {
-      for (int u = 0; u < used; ++u) {
-        const int s = sUsed[u];
-        const float l = sLse[s * BM + r];
-        if (l == -INFINITY) continue;  // that split wrote no output for this row
-        const float w = exp2f(l - m);
-        const float4 v = __ldcg(reinterpret_cast<const float4*>(a.part_o + (s * row_heads + oh[r]) * a.dv + c));
-        wsum += w;
-        acc[0] += w * v.x;
-        acc[1] += w * v.y;
-        acc[2] += w * v.z;
-        acc[3] += w * v.w;
-      }
-    }
-    const float inv = wsum == 0.f ? 0.f : 1.f / wsum;  // a NaN weight keeps NaN
-    bf16* o = a.out + oh[r] * a.dv + c;
-    *reinterpret_cast<__nv_bfloat162*>(o) = __floats2bfloat162_rn(acc[0] * inv, acc[1] * inv);
-    *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(acc[2] * inv, acc[3] * inv);
-  }
-}
-
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   pdl_begin();
@@ -247,8 +177,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   float* sRed = reinterpret_cast<float*>(sP + BM * LDP);
   long long* sRows = reinterpret_cast<long long*>(sRed + WN * BM);  // [S][BN]: pool rows of a stage's keys
   __shared__ int s_seq;
-  __shared__ bool s_last;             // this CTA is its tile's last split to finish
-  __shared__ long long s_oh[C::BM];   // the (query row, head) of each tile row, for the merge
 
   const int tid = threadIdx.x;
   // The kv heads of one tile are neighbours in the grid: running together, they read the
@@ -399,7 +327,6 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
     const long long t_row = q_begin + R / a.group;
     if (t_row >= a.rows_total) continue;
     const long long oh = t_row * a.heads + static_cast<long long>(kvh) * a.group + R % a.group;  // (row, head)
-    if (wn == 0 && cq == 0) s_oh[rr] = oh;
     const bool empty = row_sum[r] == 0.f;  // no visible key in this split
     const float inv = empty ? 0.f : 1.f / row_sum[r];
     if (a.splits == 1) {
@@ -425,41 +352,22 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
       if (wn == 0 && cq == 0) a.part_lse[part] = empty ? -INFINITY : row_max[r] + log2f(row_sum[r]);
     }
   }
-  if (a.splits == 1 || a.arrivals == nullptr) return;
-  // Count this split in; the last of the tile's splits merges them. Every split of a used tile gets
-  // here (a split with no keys wrote -inf), so the count reaches `splits` exactly once per launch.
-  __threadfence();  // this CTA's results are visible to the others before it is counted
-  __syncthreads();
-  if (tid == 0) {
-    const unsigned done = atomicAdd(a.arrivals + blockIdx.x, 1u) + 1;
-    s_last = done == static_cast<unsigned>(a.splits);
-    if (s_last) a.arrivals[blockIdx.x] = 0;  // every split has counted: ready for the next launch
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // Rows past the query rows (a tile's last rows may be padding) keep no output.
-  int rows = 0;
-  while (rows < tile_rows && q_begin + (r0 + rows) / a.group < a.rows_total) ++rows;
-  static_assert(2 * S * C::kSmemTile >= sizeof(float) * (kMaxSplits * (BM + 1) + BM + kMaxSplits + 1),
-                "the merge's scratch fits in the K/V ring");
-  merge_splits<BM, C::kThreads>(a, s_oh, rows, reinterpret_cast<float*>(sKV));
 }
 
-// MEASUREMENT (temporary, G4_PAGED_SEPARATE_MERGE=1): the merge as its own kernel, one CTA per (row, head).
+// out[row] = the splits' outputs weighted by their share of the softmax sum; one CTA per (row, head).
 __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ part_o,
                                                       const float* __restrict__ part_lse, bf16* __restrict__ out,
                                                       long long row_heads, int dv, int splits) {
   pdl_begin();
   const long long rh = blockIdx.x;
-  float m = -INFINITY;
+  float m = -INFINITY;  // a NaN split makes the row NaN
   for (int s = 0; s < splits; ++s) m = attn::KeepNaN{}(m, part_lse[s * row_heads + rh]);
   for (int c = threadIdx.x * 4; c < dv; c += blockDim.x * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f}, wsum = 0.f;
     if (m != -INFINITY) {
       for (int s = 0; s < splits; ++s) {
         const float l = part_lse[s * row_heads + rh];
-        if (l == -INFINITY) continue;
+        if (l == -INFINITY) continue;  // that split wrote no output
         const float w = exp2f(l - m);
         const float4 v = *reinterpret_cast<const float4*>(part_o + (s * row_heads + rh) * dv + c);
         wsum += w;
@@ -469,7 +377,7 @@ __global__ void __launch_bounds__(128) combine_kernel(const float* __restrict__ 
         acc[3] += w * v.w;
       }
     }
-    const float inv = wsum == 0.f ? 0.f : 1.f / wsum;
+    const float inv = wsum == 0.f ? 0.f : 1.f / wsum;  // a NaN weight keeps NaN
     bf16* o = out + rh * dv + c;
     *reinterpret_cast<__nv_bfloat162*>(o) = __floats2bfloat162_rn(acc[0] * inv, acc[1] * inv);
     *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(acc[2] * inv, acc[3] * inv);
@@ -487,7 +395,7 @@ int choose_splits(int64_t tiles, int64_t wave) {
 }
 
 // Launches configuration C over `slots` tile slots per kv head (`tiles` of them used, at most),
-// splitting the keys when the tiles do not fill the GPU.
+// splitting the keys when the tiles do not fill the GPU, then merges the splits into a.out.
 template <class C>
 void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
   g4::cuda::allow_dynamic_smem<paged_kernel<C>>(C::kSmem);
@@ -505,15 +413,13 @@ void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
     part_lse = Tensor::empty({a.splits, row_heads}, DType::F32, Device::CUDA);
     a.part_o = part_o.data<float>();
     a.part_lse = part_lse.data<float>();
-    // Splits are chosen only while the tiles do not fill the GPU, so the grid is a few waves at most.
-    static const bool separate = std::getenv("G4_PAGED_SEPARATE_MERGE") != nullptr;
-    a.arrivals = separate ? nullptr : g4::cuda::arrival_counters(static_cast<size_t>(slots * a.kv_heads));
   }
   const dim3 grid(static_cast<unsigned>(slots * a.kv_heads), static_cast<unsigned>(a.splits));
   launch_pdl(paged_kernel<C>, grid, C::kThreads, C::kSmem, a);
-  if (a.splits > 1 && a.arrivals == nullptr)
+  if (a.splits > 1) {
     launch_pdl(combine_kernel, static_cast<unsigned>(row_heads), 128, 0, a.part_o, a.part_lse, a.out, row_heads, a.dv,
                a.splits);
+  }
 }
 
 // The configuration of head-dim class hd: 16 rows per CTA for decode steps, else 64.
