@@ -7,6 +7,7 @@
 // same media.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "autograd/variable.h"
 #include "core/pdl.h"
@@ -217,6 +218,34 @@ TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
     expect_same_completions(run_engine(*gpu, mixed, false), run_engine(*gpu, mixed, true),
                             std::string(fixture) + ", a batch crossing buckets");
   }
+}
+
+// The same when an MoE layer's decode rows go through the grouped GEMMs (G4_DECODE_EXPERTS_TOKENS
+// below the batch: the offsets stay on the device, so the step is still captured): 40 sequences,
+// greedy and seeded, finishing one after another through the buckets 64 down to 1. Written to
+// decide that setting's default (docs/performance.md: 1.48x at batch 128); not yet run on a GPU.
+TEST(GpuEngineGraphs, MoeDecodeThroughTheGroupedGemmsEqualsTheEagerSteps) {
+  G4_REQUIRE_GPU();
+  struct Restore {
+    ~Restore() { unsetenv("G4_DECODE_EXPERTS_TOKENS"); }
+  } restore;
+  setenv("G4_DECODE_EXPERTS_TOKENS", "8", 1);  // read when the GPU model is made
+  auto gpu = model::load_hf_model(test::hf_fixture_dir("tiny-moe"))->copy_to(Device::CUDA, DType::BF16);
+  const int64_t V = gpu->config().vocab_size;
+  std::vector<gen::Request> requests;
+  for (int64_t i = 0; i < 40; ++i) {
+    gen::Request r;
+    r.prompt = some_prompt(3 + 7 * i % 31, V, 300 + i);
+    r.options.sampling.temperature = i % 3 == 0 ? 0.8 : 0.0;
+    r.options.sampling.top_k = i % 3 == 0 ? 40 : 0;
+    r.options.sampling.seed = static_cast<uint64_t>(i);
+    r.options.max_tokens = 3 + i % 17;
+    r.options.ignore_eos = true;
+    r.options.logprobs = 2;
+    requests.push_back(r);
+  }
+  expect_same_completions(run_engine(*gpu, requests, false), run_engine(*gpu, requests, true),
+                          "tiny-moe through the grouped GEMMs, 40 sequences");
 }
 
 // Programmatic dependent launch changes nothing either: with it on, a step's kernels may start
