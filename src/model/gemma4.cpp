@@ -1,6 +1,7 @@
 #include "model/gemma4.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -71,8 +72,11 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   fused_inference_ = env_int("G4_DECODE_FUSED", 1, 0, 1, "on") == 1;
-  decode_experts_max_tokens_ = env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens), 0,
-                                       static_cast<int>(ops::kMoeExpertsMaxTokens), "256");
+  // A power of two (rounded down), as the engine's CUDA-graph buckets are: a decode step of n rows
+  // then takes the same experts path eagerly and padded to its bucket, so both give the same bits.
+  decode_experts_max_tokens_ = static_cast<int64_t>(std::bit_floor(static_cast<unsigned>(
+      env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens), 1,
+              static_cast<int>(ops::kMoeExpertsMaxTokens), "256"))));
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else
