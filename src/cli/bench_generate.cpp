@@ -59,6 +59,7 @@ struct RunResult {
   double decode_tokens_per_s = 0, ttft_ms = 0, tpot_ms = 0, total_s = 0;
   int64_t peak_bytes = 0;
   KernelProfile profile;  // with --profile
+  gen::StepHostTimes host;  // the engine's host time over the decode steps (after every sequence started)
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -151,9 +152,15 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
       if (t_all_started >= 0) tokens_after += static_cast<int64_t>(e.tokens.size());
       started.insert(e.request);
     }
-    if (t_all_started < 0 && static_cast<int64_t>(started.size()) == batch) t_all_started = seconds_since(t0);
+    if (t_all_started < 0 && static_cast<int64_t>(started.size()) == batch) {
+      t_all_started = seconds_since(t0);
+      res.host = engine.host_times();  // subtracted below: the decode steps' share only
+    }
   }
   device_synchronize();
+  const gen::StepHostTimes all = engine.host_times();
+  res.host = {all.steps - res.host.steps, all.prepare_s - res.host.prepare_s, all.forward_s - res.host.forward_s,
+              all.sample_s - res.host.sample_s, all.bookkeeping_s - res.host.bookkeeping_s};
   res.batch = batch;
   res.total_s = seconds_since(t0);
   const double decode_s = res.total_s - t_all_started;
@@ -353,6 +360,15 @@ void bench_generate(const GenBenchOptions& o) {
       std::printf("  g4 batch %4lld: decode %9.0f tokens/s, TTFT %8.1f ms, TPOT %7.2f ms, peak %.1f GiB\n",
                   static_cast<long long>(b), r.decode_tokens_per_s, r.ttft_ms, r.tpot_ms,
                   static_cast<double>(r.peak_bytes) / (1 << 30));
+      if (r.host.steps > 0) {
+        // Between two steps the GPU waits for about prepare + forward + bookkeeping (the forward is queued
+        // asynchronously; sampling waits for it).
+        const double per = 1e6 / static_cast<double>(r.host.steps);
+        std::printf("    host per decode step (%lld steps): prepare %.0f us, queue the forward %.0f us, sample "
+                    "(waits for the GPU) %.0f us, bookkeeping %.0f us\n",
+                    static_cast<long long>(r.host.steps), r.host.prepare_s * per, r.host.forward_s * per,
+                    r.host.sample_s * per, r.host.bookkeeping_s * per);
+      }
       if (o.profile) print_profile(r.profile, kProfileSteps);
       std::fflush(stdout);
     }
@@ -378,6 +394,11 @@ void bench_generate(const GenBenchOptions& o) {
     nlohmann::json row = {{"batch", r.batch},       {"decode_tokens_per_s", r.decode_tokens_per_s},
                           {"ttft_ms", r.ttft_ms},   {"tpot_ms", r.tpot_ms},
                           {"peak_bytes", r.peak_bytes}, {"total_s", r.total_s}};
+    if (r.host.steps > 0)
+      row["host_per_decode_step_s"] = {{"prepare", r.host.prepare_s / static_cast<double>(r.host.steps)},
+                                       {"forward", r.host.forward_s / static_cast<double>(r.host.steps)},
+                                       {"sample", r.host.sample_s / static_cast<double>(r.host.steps)},
+                                       {"bookkeeping", r.host.bookkeeping_s / static_cast<double>(r.host.steps)}};
     if (r.batch == 1) row["roofline_share"] = r.decode_tokens_per_s / roofline;
     double hf_tps = 0;
     if (hf.contains("runs"))

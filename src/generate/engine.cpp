@@ -121,6 +121,7 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Seq>> running;  // in admission order (forks take their group's place)
   std::vector<uint64_t> cancelled;             // reported at the next step
   std::vector<Completion> completions;
+  StepHostTimes host_times;
   uint64_t next_id = 1;
   int64_t preempted_total = 0;
 
@@ -761,6 +762,7 @@ void Engine::Impl::finish_request_if_done(uint64_t id) {
 }
 
 std::vector<Event> Engine::Impl::step() {
+  const auto started = Clock::now();
   std::vector<Event> events;
   for (uint64_t id : cancelled) {
     Req& r = *requests.at(id);
@@ -842,6 +844,7 @@ std::vector<Event> Engine::Impl::step() {
   }
   const int64_t n_seq = static_cast<int64_t>(plan.size());
   for (int64_t& id : ids) id = model.text_id(id);  // forward_paged embeds text ids
+  const auto prepared = Clock::now();
   Tensor logits;
 #ifdef G4_WITH_CUDA
   // A decode step (one token of each sequence, each sampled once) replays its bucket's graph.
@@ -875,8 +878,10 @@ std::vector<Event> Engine::Impl::step() {
     if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
     logits = model.forward_paged(st, kv);
   }
+  const auto forwarded = Clock::now();
   const std::vector<SampledToken> drawn =
       sampled.empty() ? std::vector<SampledToken>{} : sample_batch(logits, sampling);
+  const auto drawn_at = Clock::now();
 
   for (const Chunk& c : plan) {
     c.seq->computed += c.len;
@@ -949,6 +954,11 @@ std::vector<Event> Engine::Impl::step() {
     running.insert(pos, std::make_move_iterator(mine.begin()), std::make_move_iterator(mine.end()));
   }
   for (uint64_t id : touched) finish_request_if_done(id);
+  ++host_times.steps;
+  host_times.prepare_s += seconds(started, prepared);
+  host_times.forward_s += seconds(prepared, forwarded);
+  host_times.sample_s += seconds(forwarded, drawn_at);
+  host_times.bookkeeping_s += seconds(drawn_at, Clock::now());
   return events;
 }
 
@@ -1006,6 +1016,8 @@ PoolStats Engine::stats() const {
   s.preempted_total = m.preempted_total;
   return s;
 }
+
+StepHostTimes Engine::host_times() const { return impl_->host_times; }
 
 const EngineOptions& Engine::options() const { return impl_->opt; }
 

@@ -122,6 +122,18 @@ struct PoolStats {
   int64_t running = 0, waiting = 0, preempted_total = 0;
 };
 
+// Host time the engine's steps spent in each phase, summed over the steps that ran a forward
+// (seconds). With the forward queued asynchronously on a GPU, what the GPU may wait for between two
+// steps is about prepare + forward + bookkeeping; sample includes waiting for the forward to end.
+// `g4 bench generate --profile` prints it per decode step.
+struct StepHostTimes {
+  int64_t steps = 0;
+  double prepare_s = 0;      // cancellations, scheduling, pages and the step's layout
+  double forward_s = 0;      // queuing the forward (a CUDA graph replay, or each kernel)
+  double sample_s = 0;       // sampling, until its results are on the host
+  double bookkeeping_s = 0;  // the drawn tokens into their requests: stops, events, forks, freed pages
+};
+
 class Engine {
  public:
   // The model must outlive the engine; its dtype and device decide the kernels.
@@ -147,6 +159,7 @@ class Engine {
   std::vector<Completion> generate(std::vector<Request> requests);
 
   PoolStats stats() const;
+  StepHostTimes host_times() const;
   const EngineOptions& options() const;
 
  private:

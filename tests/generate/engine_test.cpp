@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -30,6 +31,7 @@ using gen::Engine;
 using gen::EngineOptions;
 using gen::FinishReason;
 using gen::Request;
+using gen::StepHostTimes;
 using test::error_of;
 
 // Logits [S, V] of a full forward over `ids`.
@@ -263,6 +265,32 @@ TEST_F(EngineTest, SamplesOfOnePromptShareItsPagesAndDrawAsAlone) {
   EXPECT_GT(distinct.size(), 1u) << "the samples should differ (seed + k)";
   EXPECT_LT(peak_shared, peak_alone);
   EXPECT_LE(peak_shared, 8 + 4 * 4) << "8 shared prompt pages, then about 4 pages per sample";
+}
+
+// The host time of each step's phases is counted once per step that ran a forward; the phases add
+// up to no more than the run's wall time.
+TEST_F(EngineTest, HostTimesCountEachStepsPhases) {
+  auto model = model::load_hf_model(test::hf_fixture_dir("tiny-moe"));
+  Engine engine(*model, {});
+  EXPECT_EQ(engine.host_times().steps, 0);
+  Request r;
+  r.prompt = some_prompt(9, model->config().vocab_size, 3);
+  r.options.max_tokens = 5;
+  r.options.ignore_eos = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  engine.submit(r);
+  int64_t steps = 0;
+  while (!engine.idle()) {
+    engine.step();
+    ++steps;
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const StepHostTimes t = engine.host_times();
+  EXPECT_EQ(t.steps, steps);  // one prefill step, then 4 decode steps
+  EXPECT_EQ(t.steps, 5);
+  for (const double x : {t.prepare_s, t.forward_s, t.sample_s, t.bookkeeping_s}) EXPECT_GE(x, 0.0);
+  EXPECT_GT(t.forward_s, 0.0);
+  EXPECT_LE(t.prepare_s + t.forward_s + t.sample_s + t.bookkeeping_s, wall);
 }
 
 TEST_F(EngineTest, ANewPromptReusesTheWholePagesOfALiveOne) {
