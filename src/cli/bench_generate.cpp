@@ -158,9 +158,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
     }
   }
   device_synchronize();
-  const gen::StepHostTimes all = engine.host_times();
-  res.host = {all.steps - res.host.steps, all.prepare_s - res.host.prepare_s, all.forward_s - res.host.forward_s,
-              all.sample_s - res.host.sample_s, all.bookkeeping_s - res.host.bookkeeping_s};
+  res.host = engine.host_times() - res.host;
   res.batch = batch;
   res.total_s = seconds_since(t0);
   const double decode_s = res.total_s - t_all_started;

@@ -132,6 +132,12 @@ struct StepHostTimes {
   double forward_s = 0;      // queuing the forward (a CUDA graph replay, or each kernel)
   double sample_s = 0;       // sampling, until its results are on the host
   double bookkeeping_s = 0;  // the drawn tokens into their requests: stops, events, forks, freed pages
+
+  // The steps and times since `earlier` (a copy taken from the same engine before).
+  StepHostTimes operator-(const StepHostTimes& earlier) const {
+    return {steps - earlier.steps, prepare_s - earlier.prepare_s, forward_s - earlier.forward_s,
+            sample_s - earlier.sample_s, bookkeeping_s - earlier.bookkeeping_s};
+  }
 };
 
 class Engine {

@@ -367,8 +367,14 @@ cublasHandle_t cublas_handle() {
     G4_CUBLAS_CHECK(cublasCreate(&handle));
     return handle;
   }();
-  G4_CUBLAS_CHECK(cublasSetStream(h, g4::cuda::stream()));
-  G4_CUBLAS_CHECK(cublasSetWorkspace(h, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes()));
+  // Set again only when the stream changes (a training step's grouped GEMMs all take the compute
+  // stream's); the workspace goes with the stream.
+  static cudaStream_t current = nullptr;
+  if (cudaStream_t s = g4::cuda::stream(); s != current) {
+    G4_CUBLAS_CHECK(cublasSetStream(h, s));
+    G4_CUBLAS_CHECK(cublasSetWorkspace(h, g4::cuda::blaslt_workspace(), g4::cuda::blaslt_workspace_bytes()));
+    current = s;
+  }
   return h;
 }
 
