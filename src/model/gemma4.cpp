@@ -74,9 +74,10 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
   fused_inference_ = env_int("G4_DECODE_FUSED", 1, 0, 1, "on") == 1;
   // A power of two (rounded down), as the engine's CUDA-graph buckets are: a decode step of n rows
   // then takes the same experts path eagerly and padded to its bucket, so both give the same bits.
-  decode_experts_max_tokens_ = static_cast<int64_t>(std::bit_floor(static_cast<unsigned>(
-      env_int("G4_DECODE_EXPERTS_TOKENS", static_cast<int>(ops::kMoeExpertsMaxTokens), 1,
-              static_cast<int>(ops::kMoeExpertsMaxTokens), "256"))));
+  // The default, 32: on an H100 the grouped GEMMs tie the decode experts kernels at 32 tokens and win
+  // above (1.07x at 64, 1.52x at 128; docs/performance.md).
+  decode_experts_max_tokens_ = static_cast<int64_t>(std::bit_floor(static_cast<unsigned>(env_int(
+      "G4_DECODE_EXPERTS_TOKENS", 32, 1, static_cast<int>(ops::kMoeExpertsMaxTokens), "32"))));
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else

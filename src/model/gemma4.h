@@ -305,8 +305,8 @@ class Gemma4 {
   bool recompute_ = false;
   bool fused_inference_ = false;
   // The most tokens per MoE layer that take ops::moe_experts at inference on the GPU (then the grouped
-  // GEMMs); G4_DECODE_EXPERTS_TOKENS sets it, a power of two (default ops::kMoeExpertsMaxTokens,
-  // docs/performance.md).
+  // GEMMs where they read their offsets on the device); G4_DECODE_EXPERTS_TOKENS sets it, a power of
+  // two up to ops::kMoeExpertsMaxTokens (default 32, docs/performance.md).
   int64_t decode_experts_max_tokens_ = 0;
   double router_aux_coef_ = 0;
   std::optional<LoraConfig> lora_;

@@ -222,8 +222,8 @@ TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
 
 // The same when an MoE layer's decode rows go through the grouped GEMMs (G4_DECODE_EXPERTS_TOKENS
 // below the batch: the offsets stay on the device, so the step is still captured): 40 sequences,
-// greedy and seeded, finishing one after another through the buckets 64 down to 1. Written to
-// decide that setting's default (docs/performance.md: 1.48x at batch 128); not yet run on a GPU.
+// greedy and seeded, finishing one after another through the buckets 64 down to 1. (The default, 32,
+// takes that path above batch 32; 8 makes a tiny test cross it.)
 TEST(GpuEngineGraphs, MoeDecodeThroughTheGroupedGemmsEqualsTheEagerSteps) {
   G4_REQUIRE_GPU();
   struct Restore {
