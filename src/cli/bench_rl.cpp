@@ -70,6 +70,13 @@ void bench_rl(const RlBenchOptions& o) {
     std::printf("%-16s %9.3f %6.1f%% %14.0f\n", name, sec, 100 * sec / total, tps);
   };
   row("generation", gen, s.at("generation_tokens_per_s").get<double>());
+  const double steps = s.at("generation_steps"), host = s.at("generation_host_s"),
+               sampling = s.at("generation_sampling_s"), start = s.at("generation_engine_start_s"),
+               scoring = s.at("generation_reward_s");
+  std::printf("  of which: engine start %.3f s; %.0f engine steps: host %.3f s, sampling (waits for the GPU) "
+              "%.3f s (%.2f ms a step together); scoring %.3f s; the rest %.3f s\n",
+              start, steps, host, sampling, steps > 0 ? 1e3 * (host + sampling) / steps : 0.0, scoring,
+              gen - start - host - sampling - scoring);
   row("log-probs", lp, s.at("logprobs_tokens_per_s").get<double>());
   row("training", tr, s.at("training_tokens_per_s").get<double>());
   row("weight transfer", 0, 0);

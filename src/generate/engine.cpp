@@ -302,6 +302,7 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
   G4_CHECK(opt.num_pages >= 0, "EngineOptions: num_pages must be >= 0 (0 = sized automatically), got ", opt.num_pages);
   G4_CHECK(opt.max_running > 0, "EngineOptions: max_running must be > 0, got ", opt.max_running);
   G4_CHECK(opt.max_step_tokens > 0, "EngineOptions: max_step_tokens must be > 0, got ", opt.max_step_tokens);
+  G4_CHECK(opt.max_pages >= 0, "EngineOptions: max_pages must be >= 0 (0 = no cap), got ", opt.max_pages);
   G4_CHECK(opt.memory_fraction > 0 && opt.memory_fraction <= 1, "EngineOptions: memory_fraction must be in (0, 1], got ",
            opt.memory_fraction);
   G4_CHECK(cfg.bidirectional != "all", "Engine: a model with bidirectional attention over all tokens cannot generate");
@@ -338,6 +339,10 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
       n[kFull] = (budget - n[kSliding] * sliding_bytes) / full_bytes;
       G4_CHECK(n[kFull] > 0, "Engine: ", budget >> 20, " MiB of GPU memory for the KV pages is not enough for one page "
                "(memory_fraction ", opt.memory_fraction, ")");
+    }
+    if (opt.max_pages > 0) {
+      const int64_t least = (sliding ? window_pages : 0) + ceil_div(opt.max_step_tokens, ps);
+      for (int64_t& pages : n) pages = std::min(pages, std::max(opt.max_pages, least));
     }
     n[kSliding] = std::min(n[kSliding], n[kFull]);
   }

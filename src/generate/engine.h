@@ -107,6 +107,9 @@ struct EngineOptions {
                                    // 4 GiB (CPU); the sliding kind by default holds max_running
                                    // windows and one step's tokens
   double memory_fraction = 0.85;   // of the GPU memory free after the weights, for the pages
+  // Caps the automatic sizing (num_pages 0) per kind, e.g. at what a known set of requests can hold,
+  // but never below one sliding window and one step's tokens; 0: no cap.
+  int64_t max_pages = 0;
   int64_t max_running = 256;       // sequences in one decode step
   int64_t max_step_tokens = 4096;  // tokens in one forward (prefill chunks + decode rows)
   std::vector<int64_t> eos_ids;    // default: the model config's eos_token_ids
@@ -133,6 +136,11 @@ struct StepHostTimes {
   double sample_s = 0;       // sampling, until its results are on the host
   double bookkeeping_s = 0;  // the drawn tokens into their requests: stops, events, forks, freed pages
 
+  StepHostTimes& operator+=(const StepHostTimes& o) {
+    steps += o.steps, prepare_s += o.prepare_s, forward_s += o.forward_s, sample_s += o.sample_s;
+    bookkeeping_s += o.bookkeeping_s;
+    return *this;
+  }
   // The steps and times since `earlier` (a copy taken from the same engine before).
   StepHostTimes operator-(const StepHostTimes& earlier) const {
     return {steps - earlier.steps, prepare_s - earlier.prepare_s, forward_s - earlier.forward_s,

@@ -218,7 +218,8 @@ struct GrpoObjective::Impl {
 
   // This rank's share of `prompts` (every world-size-th one), generated, scored and gathered.
   std::vector<Rollout> rollouts(const model::Gemma4& policy, const std::vector<PromptExample>& prompts,
-                                const std::vector<int64_t>& draws, int64_t n, const RolloutOptions& o) {
+                                const std::vector<int64_t>& draws, int64_t n, const RolloutOptions& o,
+                                RolloutTimes* times = nullptr) {
     std::vector<PromptExample> mine;
     std::vector<int64_t> my_draws;
     for (size_t i = static_cast<size_t>(world().rank()); i < prompts.size(); i += static_cast<size_t>(world().size())) {
@@ -226,7 +227,7 @@ struct GrpoObjective::Impl {
       my_draws.push_back(draws[i]);
     }
     if (gather) gather();
-    std::vector<Rollout> out = generate_rollouts(policy, tok, mine, my_draws, n, o, *reward);
+    std::vector<Rollout> out = generate_rollouts(policy, tok, mine, my_draws, n, o, *reward, times);
     if (release) release();
     return gather_rollouts(out, world());
   }
@@ -277,12 +278,13 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   std::vector<double> step_shaped, env, lengths;  // every generated sample, in generation order
   int64_t truncated = 0, generated_tokens = 0, groups_generated = 0;
   double gen_s = 0;
+  RolloutTimes gen_times;
   while (true) {
     std::vector<int64_t> draws(static_cast<size_t>(per_round));
     std::iota(draws.begin(), draws.end(), prompts_.position());
     const std::vector<PromptExample> prompts = prompts_.next(per_round);
     const auto t_gen = Clock::now();
-    std::vector<Rollout> round = m.rollouts(policy, prompts, draws, G, m.rollout);
+    std::vector<Rollout> round = m.rollouts(policy, prompts, draws, G, m.rollout, &gen_times);
     gen_s += since(t_gen);
     const size_t n = round.size();
     std::vector<double> rewards(n);
@@ -426,6 +428,13 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   sums.data<double>()[0] = static_cast<double>(forwarded);
   parallel::all_reduce_values(m.world(), sums);
   mt["generation_s"] = gen_s;
+  // This rank's split of it: making the engines (their page pools), the engine's steps (the host's
+  // own work, then sampling, which waits for the GPU's forward) and scoring.
+  mt["generation_engine_start_s"] = gen_times.engine_start_s;
+  mt["generation_steps"] = static_cast<double>(gen_times.steps.steps);
+  mt["generation_host_s"] = gen_times.steps.prepare_s + gen_times.steps.forward_s + gen_times.steps.bookkeeping_s;
+  mt["generation_sampling_s"] = gen_times.steps.sample_s;
+  mt["generation_reward_s"] = gen_times.reward_s;
   mt["generation_tokens"] = static_cast<double>(generated_tokens);
   mt["generation_tokens_per_s"] = gen_s > 0 ? static_cast<double>(generated_tokens) / gen_s : 0.0;
   mt["logprobs_s"] = lp_s;

@@ -1,6 +1,7 @@
 #include "rl/rollouts.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 
 #include "core/error.h"
@@ -24,7 +25,7 @@ int64_t sequence_limit(int64_t max_total_len, int64_t context) {
 
 std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tokenizer& tok,
                                        const std::vector<PromptExample>& prompts, const std::vector<int64_t>& draws,
-                                       int64_t n, const RolloutOptions& o, Reward& reward) {
+                                       int64_t n, const RolloutOptions& o, Reward& reward, RolloutTimes* times) {
   G4_CHECK(prompts.size() == draws.size(), "generate_rollouts: ", prompts.size(), " prompts but ", draws.size(),
            " draw positions");
   if (prompts.empty()) return {};
@@ -59,11 +60,23 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   }
   gen::EngineOptions eo;
   eo.page_size = o.page_size;
+  // The pool holds at most what these rollouts can use (every sample to its last token), not the
+  // memory fraction's whole share: a smaller pool is quicker to allocate at every step and leaves
+  // the training step its memory.
+  // (A page size the engine refuses is left for its message.)
+  for (const gen::Request& q : requests)
+    if (o.page_size > 0)
+      eo.max_pages += q.options.n * ((static_cast<int64_t>(q.prompt.size()) + q.options.max_tokens + o.page_size - 1) /
+                                     o.page_size);
   eo.max_running = o.max_running;
   eo.memory_fraction = o.memory_fraction;
   eo.tokenizer = &tok;
   std::vector<gen::Completion> done;
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
   {
+    const auto t_start = std::chrono::steady_clock::now();
     std::optional<gen::Engine> engine;  // its KV pages are freed when it goes
     try {
       engine.emplace(model, eo);
@@ -72,8 +85,11 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
       G4_FAIL("the rollouts' generation engine (generation.page_size ", o.page_size, ", generation.max_running ",
               o.max_running, ", generation.memory_fraction ", o.memory_fraction, "): ", e.what());
     }
+    if (times) times->engine_start_s += seconds_since(t_start);
     done = engine->generate(std::move(requests));
+    if (times) times->steps += engine->host_times();
   }
+  const auto t_reward = std::chrono::steady_clock::now();
   std::vector<Rollout> out;
   std::vector<RewardInput> inputs;
   out.reserve(done.size());
@@ -104,6 +120,7 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     out.push_back(std::move(r));
   }
   const std::vector<double> rewards = reward.score(inputs);
+  if (times) times->reward_s += seconds_since(t_reward);
   G4_CHECK(rewards.size() == out.size(), "the reward returned ", rewards.size(), " scores for ", out.size(), " responses");
   for (size_t j = 0; j < out.size(); ++j) out[j].env_reward = rewards[j];
   return out;

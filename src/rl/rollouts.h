@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "generate/engine.h"
 #include "io/tokenizer.h"
 #include "model/gemma4.h"
 #include "parallel/communicator.h"
@@ -42,11 +43,22 @@ int64_t sequence_limit(int64_t max_total_len, int64_t context);
 // a prompt's samples do not depend on which rank or round generates them.
 uint64_t rollout_seed(uint64_t run_seed, int64_t draw);
 
+// Where a generate_rollouts call spends its time (seconds, added to by each call): making the engine
+// (its page pool), the engine's steps by phase (gen::StepHostTimes: scheduling, queuing the forwards,
+// sampling, which waits for the GPU, and bookkeeping), and scoring.
+struct RolloutTimes {
+  double engine_start_s = 0;
+  gen::StepHostTimes steps;
+  double reward_s = 0;
+};
+
 // Generates n samples of prompts[i] (drawn at draws[i]) and scores them with `reward`. The KV
-// pages exist only inside this call. Rollouts come back in (draw, sample) order.
+// pages exist only inside this call. Rollouts come back in (draw, sample) order. `times`, when
+// given, is added to.
 std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tokenizer& tok,
                                        const std::vector<PromptExample>& prompts, const std::vector<int64_t>& draws,
-                                       int64_t n, const RolloutOptions& options, Reward& reward);
+                                       int64_t n, const RolloutOptions& options, Reward& reward,
+                                       RolloutTimes* times = nullptr);
 
 // Every rank's bytes, on every rank, in rank order (collective; a one-rank world copies).
 std::vector<std::vector<uint8_t>> all_gather_bytes(const std::vector<uint8_t>& mine, parallel::Communicator& world);

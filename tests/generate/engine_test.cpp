@@ -647,6 +647,32 @@ TEST_F(EngineTest, BadInputIsAnErrorNamingIt) {
   EXPECT_EQ(small.stats().waiting, 0);
 }
 
+TEST_F(EngineTest, MaxPagesCapsTheAutomaticPoolAtLeastOneWindowAndStep) {
+  // RL's rollouts size the pool to what their requests can hold (rl/rollouts.cpp): the cap is taken
+  // as given when above one sliding window and one step's tokens, and that much otherwise.
+  auto model = model::load_hf_model(test::hf_fixture_dir("var-ple-shared"));
+  const io::ModelConfig& cfg = model->config();
+  ASSERT_GT(cfg.sliding_window, 0);
+  EngineOptions o;
+  o.page_size = 4;
+  o.max_step_tokens = 32;
+  const int64_t least = (cfg.sliding_window - 1 + 3) / 4 + 1 + 32 / 4;
+  const int64_t automatic = Engine(*model, o).stats().full_pages;
+  o.max_pages = least + 5;
+  ASSERT_LT(o.max_pages, automatic);
+  Engine capped(*model, o);
+  EXPECT_EQ(capped.stats().full_pages, least + 5);
+  EXPECT_EQ(capped.stats().sliding_pages, least + 5);
+  o.max_pages = 1;
+  Engine floor(*model, o);
+  EXPECT_EQ(floor.stats().full_pages, least);
+  // It still generates what the uncapped engine does.
+  const Request r = greedy_request(some_prompt(9, cfg.vocab_size, 3), 6);
+  EXPECT_EQ(capped.generate({r})[0].tokens.size(), 6u);
+  o.max_pages = -1;
+  EXPECT_NE(error_of([&] { Engine e(*model, o); }).find("max_pages must be >= 0"), std::string::npos);
+}
+
 TEST_F(EngineTest, GenerateKeepsItsContract) {
   // gen::generate: prompts of different lengths together, each row its prompt then its tokens.
   auto model = model::load_hf_model(test::hf_fixture_dir("var-ple-shared"));
