@@ -254,6 +254,20 @@ TEST(GpuAttention, KeyPaddingAndRowsWithoutKeys) {
   for (int64_t j = 0; j < S; ++j) none[S + j] = 0;  // batch row 1 has no valid key at all
   bi.key_valid = Tensor::from_vector<int64_t>(none, {2, S});
   run_case({"d512 key_valid, a batch row without keys", 2, S, S, 2, 1, 512, 512, bi});
+  // Longer rows: the tiles whose keys are all valid skip the element-wise mask, the others keep it
+  // (padding inside a tile, on a tile edge, a tile of padding only).
+  const int64_t L = 333;
+  std::vector<int32_t> padded(2 * L, 1);
+  for (int64_t j = 0; j < 70; ++j) padded[j] = 0;            // row 0: left padding past the first tile
+  for (int64_t j = 256; j < L; ++j) padded[L + j] = 0;       // row 1: right padding from a tile edge
+  AttentionMask lc = causal();
+  lc.key_valid = Tensor::from_vector<int32_t>(padded, {2, L});
+  run_case({"d512 key_valid causal, 333 keys", 2, L, L, 2, 1, 512, 512, lc});
+  run_case({"d256 key_valid causal, 333 keys", 2, L, L, 4, 2, 256, 256, lc});
+  AttentionMask lb = bidirectional();
+  lb.key_valid = lc.key_valid;
+  run_case({"d256 key_valid bidirectional, 333 keys", 2, L, L, 4, 2, 256, 256, lb});
+  run_case({"d64 key_valid bidirectional, 333 keys", 2, L, L, 4, 2, 64, 64, lb});
 }
 
 TEST(GpuAttention, QueriesBeforeTheirFirstKey) {

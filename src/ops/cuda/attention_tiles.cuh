@@ -65,14 +65,25 @@ __device__ __forceinline__ bool rect_fully_visible(const MaskDev& m, int i0, int
   return qa1 - ka0 < m.window && ka1 - qa0 < m.window;
 }
 
+// True when keys [j0, j1] of batch row b are all valid (or there is no key_valid), by a vote of the
+// calling warp: every lane of it must call this with the same arguments.
+__device__ __forceinline__ bool warp_keys_valid(const MaskDev& m, const Dims& dm, int b, int j0, int j1) {
+  if (m.key_valid == nullptr) return true;
+  bool valid = true;
+  for (int j = j0 + static_cast<int>(threadIdx.x % 32); j <= j1; j += 32)
+    valid &= m.key_valid[static_cast<long long>(b) * dm.sk + j] != 0;
+  return __all_sync(0xffffffffu, valid);
+}
+
 // True when the mask hides nothing in the tile [i0, i1] x [j0, j1] (valid indices, i1 < Sq,
-// j1 < Sk) of batch row b, so that it needs no element-wise mask: within the positional band, no
-// key_valid, and either no documents or, the row's ids sorted (each document contiguous), one
+// j1 < Sk) of batch row b, so that it needs no element-wise mask: within the positional band, every
+// key valid, and either no documents or, the row's ids sorted (each document contiguous), one
 // document for all its queries and keys. In a packed row only the tiles that straddle a document
-// boundary are then masked element by element.
+// boundary are then masked element by element, and with padding (key_valid) only the tiles that
+// hold a padded key. Called by whole warps with the same arguments (warp_keys_valid).
 __device__ __forceinline__ bool tile_fully_visible(const MaskDev& m, const Dims& dm, int b, int i0, int i1, int j0,
                                                    int j1) {
-  if (m.key_valid != nullptr || !rect_fully_visible(m, i0, i1, j0, j1)) return false;
+  if (!rect_fully_visible(m, i0, i1, j0, j1) || !warp_keys_valid(m, dm, b, j0, j1)) return false;
   if (m.q_doc == nullptr) return true;
   if (m.docs_sorted[b] == 0) return false;
   const int32_t* qd = m.q_doc + static_cast<long long>(b) * dm.sq;
