@@ -4,6 +4,7 @@
 #include "ops/cuda/moe.h"
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gpu_test.h"
@@ -153,9 +154,9 @@ TEST(GpuMoePermute, GathersAndSumsBack) {
   }
 }
 
-TEST(GpuMoeUnpermute, WeightedCombineAndGradients) {
-  G4_REQUIRE_GPU();
-  const MoeCase s = make_setup(257, 8, 128, 96, 9);
+void check_unpermute(const MoeCase& s) {
+  const std::string shape = " (T " + std::to_string(s.tokens) + ", k " + std::to_string(s.k) + ", H " +
+                            std::to_string(s.hidden) + ")";
   const Tensor ys = randn_bf16_exact({s.tokens * s.k, s.hidden}, 10);
   const Tensor w = randn_bf16_exact({s.tokens, s.k}, 11, 0.3);
   const Tensor dout = randn_bf16_exact({s.tokens, s.hidden}, 12);
@@ -173,15 +174,23 @@ TEST(GpuMoeUnpermute, WeightedCombineAndGradients) {
     const Tensor gys = v.ys_bf16 ? gpu_bf16(ys) : gpu_f32(ys);
     const Tensor gw = v.w_bf16 ? gpu_bf16(w) : gpu_f32(w);
     const Tensor gdout = v.ys_bf16 ? gpu_bf16(dout) : gpu_f32(dout);
-    expect_close_scaled(ops::moe_unpermute(gys, gw, s.gpu), want, 0, v.rtol, std::string("moe_unpermute ") + v.name);
+    expect_close_scaled(ops::moe_unpermute(gys, gw, s.gpu), want, 0, v.rtol,
+                        std::string("moe_unpermute ") + v.name + shape);
     Tensor dys, dw;
     ops::moe_unpermute_backward(gdout, gys, gw, s.gpu, dys, dw);
     EXPECT_EQ(dw.dtype(), gw.dtype());
-    expect_close_scaled(dys, dys_ref, 0, v.rtol, std::string("moe_unpermute_backward dys ") + v.name);
+    expect_close_scaled(dys, dys_ref, 0, v.rtol, std::string("moe_unpermute_backward dys ") + v.name + shape);
     // dweights are dot products of length H: fp32 sums, rounded once when bf16.
     expect_close_scaled(dw, dw_ref, 0, v.w_bf16 ? kBf16Rtol : 1e-5,
-                        std::string("moe_unpermute_backward dweights ") + v.name);
+                        std::string("moe_unpermute_backward dweights ") + v.name + shape);
   }
+}
+
+TEST(GpuMoeUnpermute, WeightedCombineAndGradients) {
+  G4_REQUIRE_GPU();
+  // 16-byte rows; odd rows (one element a thread); a top-k above the 16 rows the kernel gathers at once.
+  for (const auto& [tokens, k, hidden] : {std::tuple<int64_t, int64_t, int64_t>{257, 8, 96}, {131, 3, 7}, {65, 20, 40}})
+    check_unpermute(make_setup(tokens, k, 128, hidden, 9 + k));
 }
 
 // Offsets with empty experts at both ends and in the middle.

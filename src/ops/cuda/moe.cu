@@ -265,15 +265,39 @@ __global__ void permute_backward_kernel(const T* __restrict__ dxs, T* __restrict
   }
 }
 
-template <class T>
+// out[t, c] = sum over j in order of weights[t, j] * ys[row_of[t k + j], c], in fp32. A thread owns
+// V consecutive columns of one token (16-byte packs where the rows allow, else V = 1) and issues
+// the loads of all k rows before it adds: at decode sizes the kernel is as short as one memory
+// round trip, so the loads must all be in flight at once.
+template <class T, int V>
 __global__ void unpermute_kernel(const T* __restrict__ ys, const void* __restrict__ weights, bool w_f32,
-                                 T* __restrict__ out, const int32_t* __restrict__ row_of, int k, int64_t h) {
+                                 T* __restrict__ out, const int32_t* __restrict__ row_of, int k, int64_t h,
+                                 int64_t tokens) {
   pdl_begin();
-  const int64_t t = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc += load_weight(weights, w_f32, t * k + j) * to_f32(ys[row_of[t * k + j] * h + c]);
-    out[t * h + c] = from_f32<T>(acc);
+  constexpr int kMaxK = 16;  // rows gathered at once; a larger top-k takes them in turns
+  const int64_t packs = h / V;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < tokens * packs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / packs, c = (i - t * packs) * V;
+    float acc[V] = {};
+    for (int j0 = 0; j0 < k; j0 += kMaxK) {
+      const int n = min(kMaxK, k - j0);
+      Pack<T, V> rows[kMaxK];
+#pragma unroll
+      for (int j = 0; j < kMaxK; ++j)
+        if (j < n) rows[j] = load_pack<T, V>(ys + row_of[t * k + j0 + j] * h + c);
+#pragma unroll
+      for (int j = 0; j < kMaxK; ++j)
+        if (j < n) {
+          const float w = load_weight(weights, w_f32, t * k + j0 + j);
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[e] += w * to_f32(rows[j].v[e]);
+        }
+    }
+    Pack<T, V> o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(acc[e]);
+    store_pack<T, V>(out + t * h + c, o);
   }
 }
 
@@ -646,9 +670,16 @@ Tensor moe_unpermute(const Tensor& ys, const Tensor& weights, const MoePlan& pla
   check_int_range(op, "tokens", plan.tokens);
   dispatch(op, ys, [&](auto tag) {
     using T = decltype(tag);
-    launch_pdl(unpermute_kernel<T>, static_cast<unsigned>(plan.tokens), kRowThreads, 0, typed<T>(ys), weights.raw(),
-               weights.dtype() == DType::F32, typed<T>(out), plan.row_of.data<int32_t>(), static_cast<int>(plan.top_k),
-               h);
+    const auto launch = [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      launch_pdl(unpermute_kernel<T, V>, grid_for(plan.tokens * (h / V), kRowThreads), kRowThreads, 0, typed<T>(ys),
+                 weights.raw(), weights.dtype() == DType::F32, typed<T>(out), plan.row_of.data<int32_t>(),
+                 static_cast<int>(plan.top_k), h, plan.tokens);
+    };
+    if (h % kVec<T> == 0 && aligned16(ys.raw()) && aligned16(out.raw()))
+      launch(std::integral_constant<int, kVec<T>>{});
+    else
+      launch(std::integral_constant<int, 1>{});
   });
   return out;
 }
