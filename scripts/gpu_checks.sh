@@ -45,6 +45,9 @@ run="scripts/device_run.sh"
 #   below passed with it; the whole suite ran past its 320 s limit with no failure up to GpuRl), and
 #   GpuEngineGraphs.MoeDecodeThroughTheGroupedGemmsEqualsTheEagerSteps was written, not yet run: the
 #   `experts-threshold` stage runs it, then the grouped GEMMs against the decode experts kernels by batch.
+# - Session 22 (2026-12-06, H100s): that test passed and the threshold's default became 32; the whole suite
+#   passed (157 passed, 17 skipped) with the key_valid tile vote in the attention kernels and the packed
+#   moe_unpermute (GpuAttention.KeyPaddingAndRowsWithoutKeys, GpuMoeUnpermute.* cover them).
 new_tests='GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
