@@ -62,8 +62,7 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   eo.page_size = o.page_size;
   // The pool holds at most what these rollouts can use (every sample to its last token), not the
   // memory fraction's whole share: a smaller pool is quicker to allocate at every step and leaves
-  // the training step its memory.
-  // (A page size the engine refuses is left for its message.)
+  // the training step its memory. (A page size the engine refuses is left for its message.)
   for (const gen::Request& q : requests)
     if (o.page_size > 0)
       eo.max_pages += q.options.n * ((static_cast<int64_t>(q.prompt.size()) + q.options.max_tokens + o.page_size - 1) /

@@ -1,6 +1,8 @@
 // GPU tensors: allocation, copies both ways, conversion, the caching allocator's statistics, and
 // work queued side by side on two streams (run_side_by_side).
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "generate/cuda/step_graph.h"
 #include "gpu_test.h"
@@ -27,6 +29,32 @@ TEST(GpuTensor, RoundTripAndConvert) {
   f.fill(1.5);
   EXPECT_EQ(f.to(DType::F32).to(Device::CPU).data<float>()[1], 1.5f);
   EXPECT_EQ(g.slice0(1, 1).to(Device::CPU).data<float>()[3], x.data<float>()[257 + 3]);
+}
+
+// Conversions run four elements a thread where both pointers are aligned to four (the tail one by
+// one), and one element a thread where they are not: both give the same values, every pair of types.
+TEST(GpuTensor, ConversionsInFoursEqualOneByOne) {
+  G4_REQUIRE_GPU();
+  const int64_t n = 1027;  // not a multiple of four: a tail
+  std::vector<float> values(static_cast<size_t>(n));
+  const Tensor r = randn({n}, 21);
+  for (int64_t i = 0; i < n; ++i) values[static_cast<size_t>(i)] = 40.f * r.data<float>()[i];
+  const Tensor host = Tensor::from_vector<float>(values, {n});
+  const DType types[] = {DType::F32, DType::BF16, DType::F64, DType::I32, DType::I64};
+  for (const DType from : types)
+    for (const DType to : types) {
+      const Tensor gpu = host.to(from).to(Device::CUDA);
+      const Tensor fours = gpu.to(to).slice0(1, n - 1).to(Device::CPU);   // aligned: in fours
+      const Tensor single = gpu.slice0(1, n - 1).to(to).to(Device::CPU);  // a view one element in
+      const std::string what = std::string(dtype_name(from)) + " -> " + dtype_name(to);
+      ASSERT_EQ(fours.dtype(), to) << what;
+      for (int64_t i = 0; i < n - 1; ++i)
+        ASSERT_EQ(element_as_double(fours, i), element_as_double(single, i)) << what << " at " << i;
+      if (from == DType::F32 && (to == DType::BF16 || to == DType::F64)) {
+        const Tensor want = host.slice0(1, n - 1).to(to);  // the CPU's conversion
+        for (int64_t i = 0; i < n - 1; ++i) ASSERT_EQ(element_as_double(fours, i), element_as_double(want, i)) << what;
+      }
+    }
 }
 
 TEST(GpuTensor, CachingAllocatorReusesBlocks) {
