@@ -252,7 +252,7 @@ std::vector<ScopedKey> make_schema() {
       rl_only(field("generation.stop_strings", G4_SLOT(rl.stop_strings),
             "texts that end a response (their tokens are kept and trained on)")),
       rl_only(field("generation.memory_fraction", G4_SLOT(rl.memory_fraction),
-            "GPU: share of the free memory given to the KV pages during rollouts (split by ranks sharing a GPU)", Range{0, 1, true, false})),
+            "GPU: the most of the free memory the KV pages take during rollouts (split by ranks sharing a GPU); the pool holds no more than the round's samples can use", Range{0, 1, true, false})),
       rl_only(field("generation.page_size", G4_SLOT(rl.page_size), "tokens per KV page", kPositive)),
       rl_only(field("generation.max_running", G4_SLOT(rl.max_running), "sequences decoded together at most", kPositive)),
       rl_only(field("prompts.train", G4_SLOT(rl.prompts_train),
