@@ -48,8 +48,10 @@ run="scripts/device_run.sh"
 # - Session 22 (2026-12-06, H100s): that test passed and the threshold's default became 32; the whole suite
 #   passed (157 passed, 17 skipped) with the key_valid tile vote in the attention kernels and the packed
 #   moe_unpermute (GpuAttention.KeyPaddingAndRowsWithoutKeys, GpuMoeUnpermute.* cover them). Written after
-#   the GPU time ran out, not yet run: dtype conversions four elements a thread (GpuTensor.*).
-new_tests='GpuTensor.*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+#   the GPU time ran out, not yet run: dtype conversions four elements a thread (GpuTensor.*), and the
+#   head-dim-512 paged decode's Q·Kᵀ with its fragments loaded a step ahead into four accumulators
+#   (PagedAttentionGpu*; then `bench_paged_attention 10` against docs/performance.md's table).
+new_tests='GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   case "$1" in

@@ -144,23 +144,53 @@ __device__ __forceinline__ void load_kv_tile(const PagedArgs& a, const long long
   }
 }
 
+// The B fragment (ldmatrix x2) of key n-tile n0 + 8·nt, k columns [kk, kk + 16), for qk_gemm_x2.
+__device__ __forceinline__ void load_k_x2(uint32_t& b0, uint32_t& b1, const bf16* sK, int ld, int n0, int kk) {
+  const int lane = threadIdx.x & 31, i = lane >> 3, r = lane & 7;
+  const bf16* p = sK + (n0 + r) * ld + kk + 8 * (i & 1);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(attn::smem_u32(p)));
+}
+
 // S (16 rows x 8·NT keys) += Q[m0.., :] K[n0.., :]ᵀ over HD; for an odd number of key n-tiles.
+// With one n-tile and head dim 512 (8 keys a warp at decode) the 32 k-steps would be one chain of
+// dependent mma, each also waiting for its own fragments' shared-memory loads. There the fragments of
+// step k + 1 are loaded before step k's mma is issued, and kChains accumulators take the steps in
+// turn, added at the end in a fixed order (docs/performance.md: the d 512 decode read at 65% of a
+// copy against d 256's 85%, half of its stalls on dependencies).
 template <int NT, int HD>
 __device__ __forceinline__ void qk_gemm_x2(float (&acc)[1][NT][4], const bf16* sQ, int ld, int m0, const bf16* sK,
                                            int n0) {
-  const int lane = threadIdx.x & 31, i = lane >> 3, r = lane & 7;
+  if constexpr (NT == 1 && HD >= 512) {
+    constexpr int kChains = 4, kSteps = HD / 16;
+    float part[kChains][4];
 #pragma unroll
-  for (int kk = 0; kk < HD; kk += 16) {
-    uint32_t af[4];
-    attn::load_a<false>(af, sQ, ld, m0, kk);
+    for (int c = 0; c < kChains; ++c)
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      uint32_t b0, b1;
-      const bf16* p = sK + (n0 + nt * 8 + r) * ld + kk + 8 * (i & 1);
-      asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-                   : "=r"(b0), "=r"(b1)
-                   : "r"(attn::smem_u32(p)));
-      attn::mma_bf16(acc[0][nt], af, b0, b1);
+      for (int e = 0; e < 4; ++e) part[c][e] = c == 0 ? acc[0][0][e] : 0.f;
+    uint32_t af[2][4], bf[2][2];
+    attn::load_a<false>(af[0], sQ, ld, m0, 0);
+    load_k_x2(bf[0][0], bf[0][1], sK, ld, n0, 0);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      if (k + 1 < kSteps) {
+        attn::load_a<false>(af[(k + 1) % 2], sQ, ld, m0, 16 * (k + 1));
+        load_k_x2(bf[(k + 1) % 2][0], bf[(k + 1) % 2][1], sK, ld, n0, 16 * (k + 1));
+      }
+      attn::mma_bf16(part[k % kChains], af[k % 2], bf[k % 2][0], bf[k % 2][1]);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[0][0][e] = (part[0][e] + part[1][e]) + (part[2][e] + part[3][e]);
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < HD; kk += 16) {
+      uint32_t af[4];
+      attn::load_a<false>(af, sQ, ld, m0, kk);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        uint32_t b0, b1;
+        load_k_x2(b0, b1, sK, ld, n0 + nt * 8, kk);
+        attn::mma_bf16(acc[0][nt], af, b0, b1);
+      }
     }
   }
 }
