@@ -11,7 +11,7 @@
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
-# experts-threshold, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
+# experts-threshold, paged-d512, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -128,10 +128,13 @@ stage() {
       local g='g4 bench generate --prompt-len 64 --new-tokens 64 --model gemma-4-26b-a4b --layers 4 --batch 16,32,64,128'
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuEngineGraphs.*' && $run $g &&
         G4_DECODE_EXPERTS_TOKENS=16 $run $g && G4_DECODE_EXPERTS_TOKENS=256 $run $g ;;
+    paged-d512)  # the head-dim-512 paged decode's Q·Kᵀ (fragments a step ahead, four accumulators; session 22,
+      # not yet run): its tests, then the decode read rate against docs/performance.md's table (d 512 at 63-67%)
+      $run test_gpu --gtest_brief=1 --gtest_filter='PagedAttentionGpu*' && $run bench_paged_attention 10 ;;
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
       $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
         $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, pdl, pdl-bench, pdl-rl)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, paged-d512, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }
