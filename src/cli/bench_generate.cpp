@@ -10,7 +10,6 @@
 // roofline: the bytes one decode step must read (the weights a token uses, the whole tied LM head,
 // and the KV cache at the mean context) divided by the measured device-to-device copy bandwidth.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -19,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/clock.h"
 #include "core/device_memory.h"
 #include "core/pdl.h"
 #include "core/philox.h"
@@ -62,9 +62,6 @@ struct RunResult {
   gen::StepHostTimes host;  // the engine's host time over the decode steps (after every sequence started)
 };
 
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -80,7 +77,7 @@ double copy_bandwidth() {
   b.copy_from(a);
   device_synchronize();
   const int reps = 20;
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   for (int i = 0; i < reps; ++i) b.copy_from(a);
   device_synchronize();
   return 2.0 * static_cast<double>(n) * 2 * reps / seconds_since(t0);
@@ -132,7 +129,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   }
   device_synchronize();
   reset_device_memory_peak();
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   for (gen::Request& r : reqs) engine.submit(std::move(r));
   // Decode throughput is timed from the step at which every sequence has its first token.
   std::set<uint64_t> started;
@@ -208,7 +205,7 @@ DiffusionResult run_diffusion_batch(const GenBenchOptions& o, const model::Gemma
   diffusion::PhiloxDraws draws(seeds);
   device_synchronize();
   reset_device_memory_peak();
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   const diffusion::GenerateOutput out =
       diffusion::generate(m, Tensor::from_vector(ids, {batch, o.prompt_len}), {}, cfg, draws);
   device_synchronize();

@@ -1,12 +1,12 @@
 #include "rl/grpo.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <map>
 #include <numeric>
 
 #include "autograd/functions.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "io/json_input.h"
 #include "parallel/gpu_world.h"
@@ -16,8 +16,6 @@ namespace g4::rl {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Validation draws use their own seeds (negative draw positions), the same at every validation,
 // so accuracies of different steps are comparable.
@@ -285,7 +283,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
     const std::vector<PromptExample> prompts = prompts_.next(per_round);
     const auto t_gen = Clock::now();
     std::vector<Rollout> round = m.rollouts(policy, prompts, draws, G, m.rollout, &gen_times);
-    gen_s += since(t_gen);
+    gen_s += seconds_since(t_gen);
     const size_t n = round.size();
     std::vector<double> rewards(n);
     std::vector<int64_t> lens(n);
@@ -381,7 +379,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
     }
     m.batches.push_back(std::move(batch));
   }
-  const double lp_s = since(t_lp);
+  const double lp_s = seconds_since(t_lp);
 
   StepStats st;
   st.global_batches = static_cast<int64_t>(m.batches.size());
@@ -440,7 +438,7 @@ StepStats GrpoObjective::prepare_step(const model::Gemma4& policy) {
   mt["logprobs_s"] = lp_s;
   mt["logprobs_tokens_per_s"] = lp_s > 0 ? sums.data<double>()[0] / lp_s : 0.0;
   mt["training_tokens"] = sums.data<double>()[0];
-  mt["prepare_other_s"] = since(t_step) - gen_s - lp_s;
+  mt["prepare_other_s"] = seconds_since(t_step) - gen_s - lp_s;
   return st;
 }
 

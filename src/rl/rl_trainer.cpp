@@ -1,12 +1,12 @@
 #include "rl/rl_trainer.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <optional>
 
+#include "core/clock.h"
 #include "core/device_memory.h"
 #include "rl/grpo.h"
 #include "train/lr_schedule.h"
@@ -19,8 +19,6 @@ namespace g4::rl {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // reward.svg: the training reward per step and the validation accuracy, from every record of the
 // metrics log (a resumed run's earlier records included).
@@ -138,9 +136,9 @@ RlResult RlTrainer::run() {
       grad_norm += s.grad_norm / static_cast<double>(prep.global_batches);
     }
     if (r_.device == Device::CUDA) device_synchronize();
-    const double train_s = since(t_train);
+    const double train_s = seconds_since(t_train);
     ++p_.progress.step;
-    const double step_s = since(t0);
+    const double step_s = seconds_since(t0);
     p_.progress.elapsed_s += step_s;
     result_.last_reward = prep.metrics.at("reward");
     const int64_t step = p_.progress.step;

@@ -1,9 +1,9 @@
 #include "rl/rollouts.h"
 
 #include <algorithm>
-#include <chrono>
 #include <optional>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "generate/engine.h"
@@ -71,11 +71,8 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
   eo.memory_fraction = o.memory_fraction;
   eo.tokenizer = &tok;
   std::vector<gen::Completion> done;
-  const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
   {
-    const auto t_start = std::chrono::steady_clock::now();
+    const auto t_start = Clock::now();
     std::optional<gen::Engine> engine;  // its KV pages are freed when it goes
     try {
       engine.emplace(model, eo);
@@ -88,7 +85,7 @@ std::vector<Rollout> generate_rollouts(const model::Gemma4& model, const io::Tok
     done = engine->generate(std::move(requests));
     if (times) times->steps += engine->host_times();
   }
-  const auto t_reward = std::chrono::steady_clock::now();
+  const auto t_reward = Clock::now();
   std::vector<Rollout> out;
   std::vector<RewardInput> inputs;
   out.reserve(done.size());

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "core/clock.h"
 #include "io/json_input.h"
 #include "serve/openai.h"
 
@@ -24,11 +25,6 @@ constexpr int kKeepAliveMs = 1000;
 constexpr int kPollMs = 100;
 
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);

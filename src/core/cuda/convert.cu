@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/cuda/pack.cuh"
 #include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/device_memory.h"
@@ -31,33 +32,27 @@ __global__ void convert_kernel(To* dst, const From* src, int64_t n) {
   }
 }
 
-// Four elements in one aligned access (4 to 32 bytes).
-template <class T>
-struct alignas(sizeof(T) * 4) Four {
-  T v[4];
-};
-
-// Four elements a thread, where both pointers are aligned to their Four: a conversion (the logits to
-// f32, probabilities to bf16) is bound by memory, and one element a thread left it at a fraction of
-// the bandwidth. The last n % 4 elements one a thread.
+// Four elements a thread, where both pointers are aligned to a Pack of four (4 to 32 bytes): a
+// conversion (the logits to f32, probabilities to bf16) is bound by memory, and one element a thread
+// left it at a fraction of the bandwidth. The last n % 4 elements one a thread.
 template <class To, class From>
 __global__ void convert4_kernel(To* dst, const From* src, int64_t n) {
   cuda::pdl_begin();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x, first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t quads = n / 4;
   for (int64_t i = first; i < quads; i += stride) {
-    const Four<From> in = reinterpret_cast<const Four<From>*>(src)[i];
-    Four<To> out;
+    const cuda::Pack<From, 4> in = cuda::load_pack<From, 4>(src + 4 * i);
+    cuda::Pack<To, 4> out;
 #pragma unroll
     for (int e = 0; e < 4; ++e) out.v[e] = convert_one<To>(in.v[e]);
-    reinterpret_cast<Four<To>*>(dst)[i] = out;
+    cuda::store_pack<To, 4>(dst + 4 * i, out);
   }
   for (int64_t i = quads * 4 + first; i < n; i += stride) dst[i] = convert_one<To>(src[i]);
 }
 
 template <class T>
 bool aligned_four(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(Four<T>) == 0;
+  return reinterpret_cast<uintptr_t>(p) % sizeof(cuda::Pack<T, 4>) == 0;
 }
 
 template <class From>

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "core/cuda/pack.cuh"
 #include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
 #include "core/error.h"
@@ -67,20 +68,10 @@ __device__ __forceinline__ T from_f32(float x) {
   }
 }
 
-// N elements of T loaded or stored as one aligned access (16 bytes for the widest packs).
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <class T, int N>
-__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, N>*>(p);
-}
-template <class T, int N>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& v) {
-  *reinterpret_cast<Pack<T, N>*>(p) = v;
-}
+// Packed loads and stores (core/cuda/pack.cuh).
+using g4::cuda::load_pack;
+using g4::cuda::Pack;
+using g4::cuda::store_pack;
 
 // Elements per 16-byte pack.
 template <class T>
