@@ -332,14 +332,16 @@ TEST(GpuGroupedMatmul, ComposedMoeMatchesTheCpu) {
 // points: the GPU results differ only by fp32 summation order. Token counts from one (batch-1
 // decode) to the op's maximum, an expert nobody picks, H and I not multiples of the tiles; grids
 // over assignments (fewer than experts, with experts picked by several tokens) and over experts;
-// 16-byte and 4-byte weight loads; more tokens per expert than one pass takes.
+// 16-byte and 4-byte weight loads; more tokens per expert than one pass takes, with rows and columns
+// not multiples of the tiles (H 264 and 600, I 72 and 136).
 TEST(GpuMoeExperts, MatchesTheComposedPath) {
   G4_REQUIRE_GPU();
   struct Shape5 {
     int64_t tokens, k, experts, hidden, inter;
   };
   for (const Shape5 c : {Shape5{1, 8, 128, 2816, 704}, Shape5{12, 2, 64, 96, 40}, Shape5{16, 2, 8, 96, 40},
-                         Shape5{256, 4, 16, 130, 62}, Shape5{43, 2, 4, 96, 40}}) {
+                         Shape5{256, 4, 16, 130, 62}, Shape5{43, 2, 4, 96, 40}, Shape5{3, 4, 16, 264, 72},
+                         Shape5{40, 2, 4, 600, 136}}) {
     SCOPED_TRACE("T " + std::to_string(c.tokens) + " K " + std::to_string(c.k) + " E " + std::to_string(c.experts) +
                  " H " + std::to_string(c.hidden));
     const Tensor idx = random_indices(c.tokens, c.k, c.experts, c.experts - 1, 90 + c.tokens);

@@ -159,6 +159,12 @@ TEST(PagedAttentionGpu, DecodeMatchesTheCpuReference) {
       // Gemma 4 full layers: d 512 on 2 kv heads.
       {"decode d512 group8", 16, 2, 512, 512, 16, 0, decode_batch({3, 64, 777, 5000})},
       {"decode d512 group8 one pool for K and V", 16, 2, 512, 512, 16, 0, decode_batch({129, 4000}), true},
+      {"decode d512 group8 one pool, 40 sequences", 16, 2, 512, 512, 16, 0,
+       decode_batch({1, 2, 63, 64, 65, 100, 127, 128, 129, 200, 255, 256, 257, 300, 500, 511, 512, 513, 700, 900,
+                     1000, 1023, 1024, 1025, 1200, 1500, 1700, 2000, 2047, 2048, 2049, 2300, 2600, 3000, 3100, 3333,
+                     3500, 3900, 4096, 4500}),
+       true},
+      {"decode d512 group16 one pool, window", 32, 2, 512, 512, 16, 700, decode_batch({5, 699, 701, 2500}), true},
       {"decode d512 group16", 32, 2, 512, 512, 32, 0, decode_batch({2500})},
       {"decode d512 group4, one sequence", 16, 4, 512, 512, 16, 0, decode_batch({6000})},
       // Many sequences: one split per sequence and kv head.
