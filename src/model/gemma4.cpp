@@ -366,10 +366,12 @@ Tensor Gemma4::forward_paged(const PagedStep& step, PagedKV& kv) const {
 
 Tensor Gemma4::head_logits(const Tensor& hidden) const {
   Tensor logits = ops::linear(hidden, lm_head().value());
-  // bf16 products are widened before the softcap (the training loss's arithmetic); f64 stays f64
-  // through it.
-  if (logits.dtype() == DType::BF16) logits = logits.to(DType::F32);
-  if (cfg_.final_logit_softcapping) logits = ops::softcap(logits, *cfg_.final_logit_softcapping);
+  // bf16 products are widened before the softcap (the training loss's arithmetic), in the same
+  // pass; f64 stays f64 through it.
+  if (cfg_.final_logit_softcapping) {
+    logits = logits.dtype() == DType::BF16 ? ops::softcap_to_f32(logits, *cfg_.final_logit_softcapping)
+                                           : ops::softcap(logits, *cfg_.final_logit_softcapping);
+  }
   if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
   return logits;
 }

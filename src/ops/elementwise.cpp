@@ -108,6 +108,12 @@ Tensor softcap(const Tensor& x, double cap) {
   return G4_DISPATCH(x, softcap(x, cap));
 }
 
+Tensor softcap_to_f32(const Tensor& x, double cap) {
+  check_cap("softcap_to_f32", cap);
+  check_float("softcap_to_f32", "x", x);
+  return G4_DISPATCH(x, softcap_to_f32(x, cap));
+}
+
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
   check_cap("softcap_backward", cap);
   check_same_shape("softcap_backward", "dy", dy, "y", y);

@@ -34,6 +34,10 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu);
 // c * tanh(x / c) (final logit soft-capping) and its gradient.
 Tensor softcap(const Tensor& x, double cap);
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap);  // uses the output y
+// softcap(x.to(F32), cap) in one pass (the LM head's bf16 logits, widened as the training loss
+// widens them, then capped): the same bits, without the f32 copy in between. Inference only; its
+// gradient would be softcap_backward's.
+Tensor softcap_to_f32(const Tensor& x, double cap);
 
 // Pointwise activations of the audio tower (torch's definitions; softplus is torch's with beta 1
 // and threshold 20: x above 20 passes through) and their gradients from the input x.

@@ -2,6 +2,7 @@
 // on bf16 and f32 GPU tensors. Inputs are bf16-exact so both sides see the same numbers.
 // Tolerances, relative to the reference's largest magnitude: bf16 outputs 1e-2 (one bf16 rounding
 // is 2^-9 relative), f32 outputs 1e-5 (fp32 vs the CPU's fp32/double order of operations).
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@ namespace {
 
 using test::expect_close_scaled;
 using test::gpu_bf16;
+using test::host_f32;
 using test::gpu_f32;
 using test::randn_bf16_exact;
 
@@ -124,6 +126,13 @@ TEST(GpuElementwise, Activations) {
     }
     const Tensor big = randn_bf16_exact(s, ++seed, 40.0);
     check_both(name("softcap", s, ""), {big}, [](const std::vector<Tensor>& t) { return ops::softcap(t[0], 30.0); });
+    // The LM head's path: bf16 logits widened and capped in one pass, the same bits as in two.
+    const Tensor big_gpu = gpu_bf16(big);
+    const Tensor one_pass = host_f32(ops::softcap_to_f32(big_gpu, 30.0));
+    const Tensor two_passes = host_f32(ops::softcap(big_gpu.to(DType::F32), 30.0));
+    ASSERT_EQ(one_pass.dtype(), DType::F32);
+    EXPECT_EQ(std::memcmp(one_pass.data<float>(), two_passes.data<float>(), sizeof(float) * one_pass.numel()), 0)
+        << name("softcap_to_f32", s, "");
     const Tensor y = ops::softcap(big, 30.0).to(DType::BF16).to(DType::F32);
     check_both(name("softcap_backward", s, ""), {dy, y},
                [](const std::vector<Tensor>& t) { return ops::softcap_backward(t[0], t[1], 30.0); });

@@ -107,6 +107,9 @@ TEST(Elementwise, Softcap) {
   const Tensor x = randn({3, 7}, 12, F64, 20.0);
   expect_close(ops::softcap(x, 30.0), naive_map(x, [](double v) { return 30.0 * std::tanh(v / 30.0); }), 1e-15);
   expect_close(ops::softcap(x.to(DType::F32), 30.0), ops::softcap(x, 30.0), 1e-6);
+  const Tensor widened = ops::softcap_to_f32(x, 30.0);  // f32 out, from the input narrowed to f32
+  EXPECT_EQ(widened.dtype(), DType::F32);
+  expect_close(widened, ops::softcap(x.to(DType::F32), 30.0), 0.0);
   const auto f = [](const std::vector<Tensor>& in) { return ops::softcap(in[0], 30.0); };
   expect_gradients(f, {x}, 13, [&](const Tensor& dy) {
     return std::vector<Tensor>{ops::softcap_backward(dy, ops::softcap(x, 30.0), 30.0)};

@@ -214,6 +214,8 @@ Tensor softcap(const Tensor& x, double cap) {
   });
 }
 
+Tensor softcap_to_f32(const Tensor& x, double cap) { return softcap(x.to(DType::F32), cap); }
+
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
   // d/dx c·tanh(x/c) = 1 - tanh² = 1 - (y/c)².
   return map2("softcap_backward", dy, y, [cap](auto d, auto v) {

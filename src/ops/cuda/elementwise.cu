@@ -58,6 +58,30 @@ __global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
   }
 }
 
+// y[i] = f(float(x[i])) from bf16 to f32, V elements a thread (one 16-byte load, two stores when V
+// is 8; y is 16-byte aligned as the allocator returns it).
+template <int V, class F>
+__global__ void widen_map_kernel(const bf16_t* __restrict__ x, float* __restrict__ y, int64_t n, F f) {
+  pdl_begin();
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  const int64_t npack = n / V;
+  for (int64_t i = tid; i < npack; i += stride) {
+    const Pack<bf16_t, V> in = load_pack<bf16_t, V>(x + i * V);
+    Pack<float, V> out;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float v = to_f32(in.v[e]);
+      f(&v, &out.v[e]);
+    }
+    store_pack<float, V>(y + i * V, out);
+  }
+  for (int64_t i = npack * V + tid; i < n; i += stride) {
+    const float v = to_f32(x[i]);
+    f(&v, &y[i]);
+  }
+}
+
 // Runs f over n elements of the given GPU tensors (all of dtype T, already checked).
 template <class T, int NI, int NO, class F>
 void launch_map(const std::array<const Tensor*, NI>& ins, const std::array<Tensor*, NO>& outs, int64_t n, F f) {
@@ -572,6 +596,22 @@ Tensor gelu_gate_fused_backward(const Tensor& dy, const Tensor& gu) {
 
 Tensor softcap(const Tensor& x, double cap) {
   return unary("softcap", x, SoftcapF{static_cast<float>(cap)});
+}
+
+Tensor softcap_to_f32(const Tensor& x, double cap) {
+  if (x.dtype() == DType::F32) return softcap(x, cap);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, Device::CUDA);
+  const int64_t n = x.numel();
+  if (n == 0) return y;
+  const auto* in = static_cast<const bf16_t*>(x.raw());
+  auto* out = y.data<float>();
+  const SoftcapF f{static_cast<float>(cap)};
+  if (aligned16(in) && n >= 8) {
+    launch_pdl(widen_map_kernel<8, SoftcapF>, grid_for(n / 8, kThreads), kThreads, 0, in, out, n, f);
+  } else {
+    launch_pdl(widen_map_kernel<1, SoftcapF>, grid_for(n, kThreads), kThreads, 0, in, out, n, f);
+  }
+  return y;
 }
 
 Tensor softcap_backward(const Tensor& dy, const Tensor& y, double cap) {
