@@ -30,10 +30,7 @@
 // Two configurations per head-dim class, chosen from shapes: BM = 16 rows with the warps (8 for
 // head dim 256, 4 for 512, where the K/V ring leaves no room for larger tiles) splitting the keys of
 // S and the columns of O (decode: T <= 2N), or BM = 64 rows, 8 warps (prefill-heavy steps, fewer
-// re-reads of the keys per query row). A head-dim-512 decode over a K=V pool has a ring of one tile
-// per stage, so it takes 64-key tiles and 8 warps: twice the warps to hide the arithmetic's latency,
-// which a tile read once for both products makes the bound (1.55x faster at 64 x 4K keys than the
-// 4-warp tiles on an H100, docs/performance.md). Both are correct for any mix of rows per sequence. The page
+// re-reads of the keys per query row). Both are correct for any mix of rows per sequence. The page
 // table is read one tile ahead into shared memory, so the copy loop has no dependent global load.
 // docs/performance.md has the measured rates.
 #include "ops/cuda/paged_attention.h"
@@ -80,13 +77,9 @@ struct PagedArgs {
   IndexErrorSink sink;
 };
 
-// KV1_: for K=V pools only (kv_same): a stage holds the one tile, so the ring takes half the
-// shared memory of a K and V ring of the same depth.
-template <int HD_, int BN_, int WM_, int WN_, int STAGES_, bool KV1_ = false>
+template <int HD_, int BN_, int WM_, int WN_, int STAGES_>
 struct Cfg {
   static constexpr int HD = HD_, BN = BN_, WM = WM_, WN = WN_, STAGES = STAGES_;
-  static constexpr bool KV1 = KV1_;
-  static constexpr int kTilesPerStage = KV1 ? 1 : 2;
   static constexpr int BM = 16 * WM;
   static constexpr int kThreads = 32 * WM * WN;
   static constexpr int LD = HD + 8;   // padded smem rows: ldmatrix rows fall in different banks
@@ -97,7 +90,7 @@ struct Cfg {
   static constexpr size_t kSmemQ = size_t(BM) * LD * 2, kSmemTile = size_t(BN) * LD * 2;
   static constexpr size_t kSmemP = size_t(BM) * LDP * 2, kSmemRed = size_t(WN) * BM * 4;
   static constexpr size_t kSmemRows = size_t(STAGES) * BN * 8;
-  static constexpr size_t kSmem = kSmemQ + kTilesPerStage * STAGES * kSmemTile + kSmemP + kSmemRed + kSmemRows;
+  static constexpr size_t kSmem = kSmemQ + 2 * STAGES * kSmemTile + kSmemP + kSmemRed + kSmemRows;
 };
 
 // First slot of sequence i (see the file comment).
@@ -144,7 +137,7 @@ __device__ __forceinline__ void load_kv_tile(const PagedArgs& a, const long long
     const long long row = rows[r];
     const bool k_ok = row >= 0 && c < a.d;
     cp_async16_l2(sK + r * C::LD + c, k_ok ? a.k + row * a.d + c : a.k, k_ok);
-    if (!C::KV1 && !a.kv_same) {
+    if (!a.kv_same) {
       const bool v_ok = row >= 0 && c < a.dv;
       cp_async16_l2(sV + r * C::LD + c, v_ok ? a.v + row * a.dv + c : a.v, v_ok);
     }
@@ -209,8 +202,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
   constexpr int NT_S = C::NT_S, NT_O = C::NT_O;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sKV = sQ + BM * LD;  // stage s: K at sKV + 2s·BN·LD, V after it (KV1: the one tile at sKV + s·BN·LD)
-  bf16* sP = sKV + C::kTilesPerStage * S * BN * LD;
+  bf16* sKV = sQ + BM * LD;  // stage s: K at sKV + 2s·BN·LD, V after it
+  bf16* sP = sKV + 2 * S * BN * LD;
   float* sRed = reinterpret_cast<float*>(sP + BM * LDP);
   long long* sRows = reinterpret_cast<long long*>(sRed + WN * BM);  // [S][BN]: pool rows of a stage's keys
   __shared__ int s_seq;
@@ -269,8 +262,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) paged_kernel(PagedArgs a) {
     }
   }
   const int32_t* table_row = a.table + static_cast<long long>(seq) * a.max_pages;
-  auto stage_k = [&](int t) { return sKV + C::kTilesPerStage * (t % S) * BN * LD; };
-  auto stage_v = [&](int t) { return C::KV1 || a.kv_same ? stage_k(t) : stage_k(t) + BN * LD; };
+  auto stage_k = [&](int t) { return sKV + 2 * (t % S) * BN * LD; };
+  auto stage_v = [&](int t) { return a.kv_same ? stage_k(t) : stage_k(t) + BN * LD; };
   // Pool rows of the first S tiles; later ones are looked up one iteration before their loads.
   for (int idx = tid; idx < S * BN; idx += C::kThreads) {
     const int j = split_lo + idx, u = idx / BN;
@@ -466,7 +459,6 @@ void launch_class(const PagedArgs& a, int hd, int64_t slots, int64_t tiles) {
     if (hd <= 64) return launch_paged<Cfg<64, 64, 1, 4, 3>>(a, slots, tiles);
     if (hd <= 128) return launch_paged<Cfg<128, 64, 1, 4, 3>>(a, slots, tiles);
     if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 8, 3>>(a, slots, tiles);
-    if (a.kv_same) return launch_paged<Cfg<512, 64, 1, 8, 3, true>>(a, slots, tiles);
     return launch_paged<Cfg<512, 32, 1, 4, 3>>(a, slots, tiles);
   } else {
     if (hd <= 64) return launch_paged<Cfg<64, 64, 4, 2, 2>>(a, slots, tiles);
