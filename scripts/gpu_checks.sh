@@ -51,9 +51,8 @@ run="scripts/device_run.sh"
 #   the GPU time ran out, not yet run: dtype conversions four elements a thread (GpuTensor.*), and the
 #   head-dim-512 paged decode's Q·Kᵀ with its fragments loaded a step ahead into four accumulators
 #   (PagedAttentionGpu*; then `bench_paged_attention 10` against docs/performance.md's table).
-# - Session 23 (2026-12-06, an H100): both passed (d 512 decode at 88-95% of a copy from 64 sequences up),
-#   and the K=V head-dim-512 decode got its own 8-warp configuration (PagedAttentionGpu*, with more K=V
-#   cases, passed on it).
+# - Session 23 (2026-12-06, an H100): both passed (d 512 decode at 88-95% of a copy from 64 sequences up), and
+#   so did ops::softcap_to_f32 (GpuElementwise.*) with the engine's and RL's suites running it.
 new_tests='GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
@@ -131,7 +130,7 @@ stage() {
       local g='g4 bench generate --prompt-len 64 --new-tokens 64 --model gemma-4-26b-a4b --layers 4 --batch 16,32,64,128'
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuEngineGraphs.*' && $run $g &&
         G4_DECODE_EXPERTS_TOKENS=16 $run $g && G4_DECODE_EXPERTS_TOKENS=256 $run $g ;;
-    paged-d512)  # the head-dim-512 paged decode (fragments a step ahead, four accumulators; K=V pools on 8 warps):
+    paged-d512)  # the head-dim-512 paged decode (fragments a step ahead, four accumulators):
       # its tests, then the decode read rate against docs/performance.md's table (session 23: 88-95% from batch 64)
       $run test_gpu --gtest_brief=1 --gtest_filter='PagedAttentionGpu*' && $run bench_paged_attention 10 ;;
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
