@@ -51,31 +51,38 @@ __device__ __forceinline__ float round_bf16(float x) {
   return __bfloat162float(__float2bfloat16_rn(x));
 }
 
-// The expert owned by this CTA's grid row (see the file comment), or -1: a later assignment of an
-// expert already owned, or an index outside [0, experts).
-__device__ int owned_expert(const int32_t* __restrict__ indices, int assignments, int experts) {
+// The expert owned by this CTA's grid row (see the file comment), or -1 (a later assignment of an
+// expert already owned, or an index outside [0, experts)), and the assignments routed to it, into
+// list (unordered; their count, at most T since an expert appears once in a token's K choices, in
+// *n). One parallel pass over the [T, K] indices decides both, so a CTA waits for one load of them
+// rather than a chain. prefetch(e) runs once the expert is known, before that pass.
+template <class Prefetch>
+__device__ int claim_expert(const int32_t* __restrict__ indices, int assignments, int experts, int* list, int* count,
+                            int* n, Prefetch prefetch) {
   const int y = static_cast<int>(blockIdx.y);
-  if (assignments >= experts) return y;
-  const int e = indices[y];
+  const bool by_assignment = assignments < experts;
+  const int e = by_assignment ? indices[y] : y;
   if (e < 0 || e >= experts) return -1;
-  for (int r = 0; r < y; ++r)
-    if (indices[r] == e) return -1;
+  prefetch(e);
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  bool owned_before = false;  // an earlier assignment picked e: its row owns it
+  for (int r = threadIdx.x; r < assignments; r += blockDim.x)
+    if (indices[r] == e) {
+      if (by_assignment && r < y) {
+        owned_before = true;
+      } else {
+        const int at = atomicAdd(count, 1);
+        if (at < kMaxTokens) list[at] = r;
+      }
+    }
+  if (__syncthreads_or(owned_before)) return -1;
+  *n = min(*count, kMaxTokens);
   return e;
 }
 
-// The assignments routed to expert e, into list (unordered); returns their count. An expert
-// appears at most once in a token's K choices, so there are at most T of them.
-__device__ int find_assignments(const int32_t* __restrict__ indices, int assignments, int e, int* list, int* count) {
-  if (threadIdx.x == 0) *count = 0;
-  __syncthreads();
-  for (int r = threadIdx.x; r < assignments; r += blockDim.x)
-    if (indices[r] == e) {
-      const int at = atomicAdd(count, 1);
-      if (at < kMaxTokens) list[at] = r;
-    }
-  __syncthreads();
-  return min(*count, kMaxTokens);
-}
+// Asks L2 for the cache line at p (a hint: it changes no value a load returns).
+__device__ __forceinline__ void prefetch_line(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // Copies rows (of `width` bf16) of `src` into shared memory: row j of the chunk is src row
 // row_of(list[j0 + j]).
@@ -162,16 +169,19 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float red[kWarps][kChunk][2 * kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   bf16* xs = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][H]
-  const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
-  if (e < 0) return;
-  const int n = find_assignments(indices, assignments, e, list, &count);
-  if (n == 0) return;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, c0 = blockIdx.x * kCols;
   const int in_row = threadIdx.x % kRowLanes, group = threadIdx.x / kRowLanes;
   const bool is_up = in_row >= kHalf;
   const int local = V * (in_row % kHalf);  // first of this thread's columns within the tile's half
   const bool valid = c0 + local < I;       // I is a multiple of V, so all V columns are in range together
-  const bf16* w = gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local;
+  const auto weights_of = [&](int e) { return gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local; };
+  int n = 0;
+  const int e = claim_expert(indices, assignments, experts, list, &count, &n, [&](int e) {
+    if (!valid) return;  // the first rows this thread will read, while the assignments are found
+    for (int u = 0, i = group; u < kUnroll && i < H; ++u, i += kGroups) prefetch_line(weights_of(e) + int64_t{i} * 2 * I);
+  });
+  if (e < 0 || n == 0) return;
+  const bf16* w = weights_of(e);
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     __syncthreads();  // the previous chunk is done with xs and red
@@ -217,13 +227,16 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float red[kParts][kChunk][kCols];
   extern __shared__ __align__(16) unsigned char dynamic_smem[];
   bf16* as = reinterpret_cast<bf16*>(dynamic_smem);  // [kChunk][I]
-  const int e = owned_expert(indices, assignments, experts), c0 = blockIdx.x * kCols;
-  if (e < 0) return;
-  const int n = find_assignments(indices, assignments, e, list, &count);
-  if (n == 0) return;
   const int lane = threadIdx.x % 32, in_row = threadIdx.x % kRowLanes, group = threadIdx.x / kRowLanes;
-  const int col = c0 + V * in_row;
+  const int c0 = blockIdx.x * kCols, col = c0 + V * in_row;
   const bool valid = col < H;  // H is a multiple of V
+  int n = 0;
+  const int e = claim_expert(indices, assignments, experts, list, &count, &n, [&](int e) {
+    if (!valid) return;
+    for (int u = 0, i = group; u < kUnroll && i < I; ++u, i += kGroups)
+      prefetch_line(down + (static_cast<int64_t>(e) * I + i) * H + col);
+  });
+  if (e < 0 || n == 0) return;
   const bf16* w = down + static_cast<int64_t>(e) * I * H + col;
   const int part = kRowLanes < 32 ? static_cast<int>(threadIdx.x / 32) : group;
   for (int j0 = 0; j0 < n; j0 += kChunk) {
@@ -279,7 +292,7 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   const auto* idx = static_cast<const int32_t*>(indices.raw());
   // 16-byte weight loads when every row of both tensors starts 16-byte aligned.
   const bool wide = I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
-  const int owners = std::min(T * K, E);  // grid rows: assignments or experts (owned_expert)
+  const int owners = std::min(T * K, E);  // grid rows: assignments or experts (claim_expert)
   Tensor ys = Tensor::empty({int64_t{T} * K, H}, DType::BF16, Device::CUDA);
   const size_t gate_smem = sizeof(bf16) * kChunk * H, down_smem = sizeof(bf16) * kChunk * I;
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
