@@ -130,10 +130,12 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   }
   // Under a sliding window each chunk's products cover its keys against every query that may see
   // one of them (the chunk plus the window): smaller chunks waste less of that rectangle, but each
-  // chunk reads and writes the dQ accumulator rows it reaches. Smaller chunks beside the default,
-  // for choosing it.
-  if (window > 0) {
-    for (const int chunk : {256, 512}) {
+  // chunk reads and writes the dQ accumulator rows it reaches. Smaller chunks beside the default
+  // under a window, larger ones without (fewer passes over dQ, more workspace), for choosing it.
+  const std::vector<int> chunks = window > 0 ? std::vector<int>{256, 512} : std::vector<int>{2048, 4096};
+  if (window > 0 || d > 256) {
+    for (const int chunk : chunks) {
+      if (chunk > S) continue;
       const double ms = time_ms(
           [&] {
             g4::ops::cuda::attention_backward(dout, q, k, v, out, lse, mask, 1.0, dq, dk, dv,

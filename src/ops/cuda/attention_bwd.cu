@@ -248,7 +248,7 @@ void backward(const BwdArgs& a, BackwardKernel kernel, int key_chunk) {
   if (kernel == BackwardKernel::automatic)
     kernel = automatic_backward_kernel(a.dims.d, a.dims.dv, a.mask.window, a.dims.sk);
   if (kernel == BackwardKernel::key_chunked) {
-    backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims));
+    backward_chunked(a, key_chunk > 0 ? key_chunk : default_key_chunk(a.dims, a.mask.window));
   } else {
     backward_flash(a);
   }

@@ -264,14 +264,18 @@ void repeat_kv_heads(const bf16* k, bf16* dst, const Dims& dm) {
 
 }  // namespace
 
-int default_key_chunk(const Dims& dm) {
-  // P and dS together take heads x Sq x chunk x 4 bytes: up to 512 MiB, in 128-key steps, at most
-  // 1024 keys. Every chunk reads and writes the f32 dq_accum rows its keys reach, so halving the
-  // chunk doubles that traffic (S 8192, 16 heads: 1024-key chunks 7.5 ms, 512-key chunks 8.9 ms).
-  const long long budget = 512LL << 20, per_key = 4LL * dm.heads * (dm.sq > 0 ? dm.sq : 1);
+int default_key_chunk(const Dims& dm, long long window) {
+  // P and dS together take heads x Sq x chunk x 4 bytes: up to 1 GiB, in 128-key steps, at most
+  // 2048 keys (1024 under a sliding window). Every chunk reads and writes the f32 dq_accum rows its
+  // keys reach, so halving the chunk doubles that traffic. d 512, 16 heads, on an H100: S 8192 in
+  // 512-key chunks 8.9 ms, 1024 7.6, 2048 7.5, 4096 7.7; S 4096 with 5 documents and 8 heads, 1024
+  // 1.13 ms, 2048 1.04. Under a window a chunk's products also cover the queries of the window
+  // before its keys, which wider chunks add to (the bench times narrower ones there).
+  const long long budget = 1LL << 30, per_key = 4LL * dm.heads * (dm.sq > 0 ? dm.sq : 1);
   long long kc = budget / per_key / kBN * kBN;
+  const long long most = window > 0 ? 1024 : 2048;
   if (kc < kBN) kc = kBN;
-  if (kc > 1024) kc = 1024;
+  if (kc > most) kc = most;
   const long long sk_tiles = (static_cast<long long>(dm.sk) + kBN - 1) / kBN * kBN;
   if (kc > sk_tiles) kc = sk_tiles > 0 ? sk_tiles : kBN;
   return static_cast<int>(kc);

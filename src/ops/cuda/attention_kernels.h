@@ -68,8 +68,9 @@ void backward_flash(const BwdArgs& a);
 // The backward over chunks of `key_chunk` keys (a multiple of 128): P and dS in bf16 workspaces,
 // the three products on cuBLASLt. Adds into dq_accum (zeroed by the caller) and writes dk, dv.
 void backward_chunked(const BwdArgs& a, int key_chunk);
-// The chunk that keeps backward_chunked's P and dS workspace within 512 MiB (at most 1024 keys).
-int default_key_chunk(const Dims& dims);
+// The chunk that keeps backward_chunked's P and dS workspace within 1 GiB (at most 2048 keys, 1024
+// under a sliding window).
+int default_key_chunk(const Dims& dims, long long window);
 // dq = scale * dq_accum, converted to bf16.
 void backward_dq_convert(const float* dq_accum, bf16* dq, long long n, float scale);
 
