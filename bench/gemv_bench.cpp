@@ -1,6 +1,7 @@
 // The decode-step GEMV (ops/cuda/gemv.h) against cuBLASLt on the dense projections and LM head of
 // Gemma 4 26B-A4B and E4B at 1, 2, 4 and 8 rows: microseconds, GB/s of weights read and that rate as
-// a fraction of a device-to-device copy measured in the same run, and the ratio. Weights rotate
+// a fraction of a device-to-device copy measured in the same run, and the ratio; and cuBLASLt alone
+// at 16, 32 and 64 rows (batched decode steps). Weights rotate
 // over copies larger than the L2, so no run reads them from the cache. Then the decode-size routed
 // experts (ops::moe_experts) of a 26B-A4B layer at 1-128 tokens.
 //
@@ -143,6 +144,23 @@ int main(int argc, char** argv) {
                   p.name, static_cast<long long>(p.n), static_cast<long long>(p.k), static_cast<long long>(m),
                   blas_ms * 1e3, blas_gbps, 100 * blas_gbps / copy, gemv_ms * 1e3, gemv_gbps,
                   100 * gemv_gbps / copy, blas_ms / gemv_ms);
+    }
+    // Batched decode sizes, which take cuBLASLt (the GEMV stops at 8 rows): its rate there.
+    for (const int64_t m : {16, 32, 64}) {
+      const Tensor x = g4::bench::random_gpu({m, p.k}, 3);
+      Tensor y = Tensor::empty({m, p.n}, DType::BF16, Device::CUDA);
+      const double blas_ms = g4::bench::median_ms(
+          [&](int i) {
+            const Tensor& w = weights[static_cast<size_t>(i) % weights.size()];
+            g4::ops::cuda::gemm_rowmajor(false, true, m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, DType::BF16, 0.0f,
+                                         y.raw(), p.n, DType::BF16);
+          },
+          iters);
+      const double bytes = w_bytes + static_cast<double>(m) * static_cast<double>(p.k + p.n) * 2;
+      const double blas_gbps = bytes / (blas_ms * 1e-3) * 1e-9;
+      std::printf("%-8s %-16s %7lld %6lld %4lld  %10.1f %8.0f %5.0f%%\n", p.model, p.name, static_cast<long long>(p.n),
+                  static_cast<long long>(p.k), static_cast<long long>(m), blas_ms * 1e3, blas_gbps,
+                  100 * blas_gbps / copy);
     }
   }
   experts_section(copy, iters);
