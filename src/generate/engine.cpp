@@ -881,6 +881,15 @@ std::vector<Event> Engine::Impl::step() {
       st.merge_rows = index_tensor(soft_index, DType::I64, dev);
     }
     if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
+    // Prompts starting with nothing cached attend over the step's own keys (model::PagedStep).
+    const bool fresh =
+        !blocks && std::all_of(plan.begin(), plan.end(), [](const Chunk& c) { return c.seq->computed == 0; });
+    if (fresh) {
+      std::vector<int64_t> docs(ids.size());
+      for (int64_t i = 0; i < n_seq; ++i)
+        std::fill(docs.begin() + cu_q[static_cast<size_t>(i)], docs.begin() + cu_q[static_cast<size_t>(i) + 1], i);
+      st.fresh_docs = index_tensor(docs, DType::I32, dev);
+    }
     logits = model.forward_paged(st, kv);
   }
   const auto forwarded = Clock::now();

@@ -44,6 +44,12 @@ struct PagedStep {
   // Optional [T] i32: the last key position each token sees on sliding layers
   // (ops::PagedLayout::q_last; image blocks of a bidirectional-vision model); undefined: causal.
   Tensor q_last;
+  // Optional [T] i32, for a step whose sequences all start at their first token (prompts with
+  // nothing cached): the sequence each token belongs to. Every key such a step attends to is one of
+  // its own, so after writing the pages the model attends with ops::attention over the step's keys,
+  // the sequences as documents of one packed row: the training forward's kernel, faster than the
+  // paged one at prefill sizes. Not with q_last.
+  Tensor fresh_docs;
 };
 
 // The pools of every layer that owns K/V (undefined tensors for KV-shared layers).

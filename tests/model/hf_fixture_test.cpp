@@ -146,6 +146,40 @@ TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
   }
 }
 
+TEST_P(HfFixture, FreshPromptsAttendThroughTheDenseOpAndLeaveThePagesRight) {
+  // A step of whole-prompt starts (PagedStep::fresh_docs) attends with ops::attention over its own
+  // keys, the sequences as documents: its logits are the full forward's, and the pages it wrote
+  // serve the paged decode steps after it. The prompt is longer than the sliding window.
+  auto model = model::load_hf_model(hf_fixture_dir(GetParam()));
+  const int64_t S = 19, prompt = 13;
+  Tensor ids = Tensor::empty({2, S}, DType::I64);
+  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 5 + (i * 53) % 240;
+  ag::NoGrad no_grad;
+  model::ForwardInputs in;
+  in.input_ids = ids;
+  const Tensor full = model->forward(in).logits.value();
+  const int64_t page = 4, max_pages = (S + page - 1) / page;
+  model::PagedKV kv = model::allocate_paged_kv(model->config(), model->dtype(), model->device(),
+                                               {2 * max_pages, 2 * max_pages}, page);
+  const int64_t V = full.size(2);
+  int64_t pos = 0;
+  for (int64_t chunk : {prompt, int64_t{1}, S - prompt - 1}) {
+    model::PagedStep st = paged_step(ids, pos, chunk, page, max_pages);
+    if (pos == 0) {
+      Tensor docs = Tensor::empty({2 * chunk}, DType::I32);
+      for (int64_t t = 0; t < 2 * chunk; ++t) docs.data<int32_t>()[t] = static_cast<int32_t>(t / chunk);
+      st.fresh_docs = docs;
+    }
+    const Tensor logits = model->forward_paged(st, kv);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t s = 0; s < chunk; ++s)
+        for (int64_t v = 0; v < V; ++v)
+          ASSERT_NEAR(logits.data<float>()[(b * chunk + s) * V + v], full.data<float>()[(b * S + pos + s) * V + v], 1e-4)
+              << "position " << pos + s;
+    pos += chunk;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixture,
                          ::testing::Values("tiny-dense-ple", "tiny-dense-keqv", "tiny-moe", "var-moe-untied",
                                            "var-ple-shared", "var-moe-top1"));
