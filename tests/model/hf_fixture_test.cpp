@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "autograd/variable.h"
 #include "generate/generator.h"
@@ -119,13 +120,14 @@ model::PagedStep paged_step(const Tensor& ids, int64_t pos, int64_t chunk, int64
   return st;
 }
 
-TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
-  // Every step of incremental decoding over the paged KV must give the logits of a full forward
-  // over the prefix.
-  auto model = model::load_hf_model(hf_fixture_dir(GetParam()));
-  const int64_t S = 19;  // longer than the sliding window, decoded in uneven chunks
+// Feeds two sequences of S tokens (`seed` picks their ids) through paged steps of the given chunk
+// lengths and checks every step's logits against a full forward over the prefix. fresh_first: the
+// first step carries PagedStep::fresh_docs, as the engine sets it for whole-prompt starts.
+void expect_paged_steps_match_full_forward(const std::string& fixture, int64_t S, int64_t seed,
+                                           const std::vector<int64_t>& chunks, bool fresh_first) {
+  auto model = model::load_hf_model(hf_fixture_dir(fixture));
   Tensor ids = Tensor::empty({2, S}, DType::I64);
-  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 3 + (i * 37) % 250;
+  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 3 + (i * seed) % 250;
   ag::NoGrad no_grad;
   model::ForwardInputs in;
   in.input_ids = ids;
@@ -135,37 +137,9 @@ TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
                                                {2 * max_pages, 2 * max_pages}, page);
   const int64_t V = full.size(2);
   int64_t pos = 0;
-  for (int64_t chunk : {5, 1, 3, 1, 1, 8}) {
-    const Tensor logits = model->forward_paged(paged_step(ids, pos, chunk, page, max_pages), kv);
-    for (int64_t b = 0; b < 2; ++b)
-      for (int64_t s = 0; s < chunk; ++s)
-        for (int64_t v = 0; v < V; ++v)
-          ASSERT_NEAR(logits.data<float>()[(b * chunk + s) * V + v], full.data<float>()[(b * S + pos + s) * V + v], 1e-4)
-              << "position " << pos + s;
-    pos += chunk;
-  }
-}
-
-TEST_P(HfFixture, FreshPromptsAttendThroughTheDenseOpAndLeaveThePagesRight) {
-  // A step of whole-prompt starts (PagedStep::fresh_docs) attends with ops::attention over its own
-  // keys, the sequences as documents: its logits are the full forward's, and the pages it wrote
-  // serve the paged decode steps after it. The prompt is longer than the sliding window.
-  auto model = model::load_hf_model(hf_fixture_dir(GetParam()));
-  const int64_t S = 19, prompt = 13;
-  Tensor ids = Tensor::empty({2, S}, DType::I64);
-  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 5 + (i * 53) % 240;
-  ag::NoGrad no_grad;
-  model::ForwardInputs in;
-  in.input_ids = ids;
-  const Tensor full = model->forward(in).logits.value();
-  const int64_t page = 4, max_pages = (S + page - 1) / page;
-  model::PagedKV kv = model::allocate_paged_kv(model->config(), model->dtype(), model->device(),
-                                               {2 * max_pages, 2 * max_pages}, page);
-  const int64_t V = full.size(2);
-  int64_t pos = 0;
-  for (int64_t chunk : {prompt, int64_t{1}, S - prompt - 1}) {
+  for (int64_t chunk : chunks) {
     model::PagedStep st = paged_step(ids, pos, chunk, page, max_pages);
-    if (pos == 0) {
+    if (fresh_first && pos == 0) {
       Tensor docs = Tensor::empty({2 * chunk}, DType::I32);
       for (int64_t t = 0; t < 2 * chunk; ++t) docs.data<int32_t>()[t] = static_cast<int32_t>(t / chunk);
       st.fresh_docs = docs;
@@ -178,6 +152,19 @@ TEST_P(HfFixture, FreshPromptsAttendThroughTheDenseOpAndLeaveThePagesRight) {
               << "position " << pos + s;
     pos += chunk;
   }
+}
+
+TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
+  // Every step of incremental decoding over the paged KV must give the logits of a full forward
+  // over the prefix: 19 tokens, longer than the sliding window, decoded in uneven chunks.
+  expect_paged_steps_match_full_forward(GetParam(), 19, 37, {5, 1, 3, 1, 1, 8}, false);
+}
+
+TEST_P(HfFixture, FreshPromptsAttendThroughTheDenseOpAndLeaveThePagesRight) {
+  // A step of whole-prompt starts (PagedStep::fresh_docs) attends with ops::attention over its own
+  // keys, the sequences as documents: its logits are the full forward's, and the pages it wrote
+  // serve the paged steps after it. The prompt (13 tokens) is longer than the sliding window.
+  expect_paged_steps_match_full_forward(GetParam(), 19, 53, {13, 1, 5}, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixture,
