@@ -174,11 +174,14 @@ __global__ void __launch_bounds__(kThreads)
   const bool is_up = in_row >= kHalf;
   const int local = V * (in_row % kHalf);  // first of this thread's columns within the tile's half
   const bool valid = c0 + local < I;       // I is a multiple of V, so all V columns are in range together
-  const auto weights_of = [&](int e) { return gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local; };
+  const auto weights_of = [&](int e) {
+    return gate_up + static_cast<int64_t>(e) * H * 2 * I + (is_up ? I : 0) + c0 + local;
+  };
   int n = 0;
   const int e = claim_expert(indices, assignments, experts, list, &count, &n, [&](int e) {
     if (!valid) return;  // the first rows this thread will read, while the assignments are found
-    for (int u = 0, i = group; u < kUnroll && i < H; ++u, i += kGroups) prefetch_line(weights_of(e) + int64_t{i} * 2 * I);
+    for (int u = 0, i = group; u < kUnroll && i < H; ++u, i += kGroups)
+      prefetch_line(weights_of(e) + int64_t{i} * 2 * I);
   });
   if (e < 0 || n == 0) return;
   const bf16* w = weights_of(e);
