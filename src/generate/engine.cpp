@@ -9,6 +9,7 @@
 #include "generate/engine.h"
 
 #include <algorithm>
+#include <optional>
 #include <array>
 #include <chrono>
 #include <deque>
@@ -278,6 +279,43 @@ struct Engine::Impl {
     Seq* seq;
     int64_t len;
   };
+
+  // The keys of a prefill step that the dense attention op takes (model::PagedStep::dense): prompts
+  // that all start with nothing cached, or one sequence's chunk of at least kDenseRows tokens after
+  // keys it holds. Nothing for other steps (decode rows, several sequences with cached keys).
+  static constexpr int64_t kDenseRows = 64;
+  std::optional<model::PagedStep::DenseKeys> dense_keys(const std::vector<Chunk>& plan, const model::PagedStep& st,
+                                                        const std::vector<int64_t>& cu_q, Device dev) const {
+    model::PagedStep::DenseKeys d;
+    if (std::all_of(plan.begin(), plan.end(), [](const Chunk& c) { return c.seq->computed == 0; })) {
+      d.rows = st.slots;
+      std::vector<int64_t> docs(static_cast<size_t>(cu_q.back()));
+      for (size_t i = 0; i + 1 < cu_q.size(); ++i)
+        std::fill(docs.begin() + cu_q[i], docs.begin() + cu_q[i + 1], static_cast<int64_t>(i));
+      d.docs = index_tensor(docs, DType::I32, dev);
+      return d;
+    }
+    if (plan.size() != 1 || plan[0].len < kDenseRows) return std::nullopt;
+    const Seq& s = *plan[0].seq;
+    const int64_t end = s.computed + plan[0].len;
+    d.q_start = s.computed;
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      // A sliding window still shows its queries the keys from the first one's window on; the
+      // pages before those may have been given back.
+      const int64_t lo = kind == kSliding && sliding ? std::max<int64_t>(0, s.computed - window + 1) : 0;
+      std::vector<int64_t> rows;
+      rows.reserve(static_cast<size_t>(end - lo));
+      for (int64_t pos = lo; pos < end; ++pos) {
+        const int64_t page = s.pages[kind][static_cast<size_t>(pos / ps)];
+        G4_CHECK(page >= 0, "engine: key ", pos, " of a prefill chunk is on a page already given back");
+        rows.push_back(page * ps + pos % ps);
+      }
+      d.rows[kind] = index_tensor(rows, DType::I64, dev);
+      d.k_start[kind] = lo;
+    }
+    return d;
+  }
+
   // The tokens of s one step may take within `budget`: never ending inside an image block (its
   // queries need the block's later keys in the pages), so 0 when the block does not fit.
   int64_t chunk_of(const Seq& s, int64_t budget) const {
@@ -881,15 +919,7 @@ std::vector<Event> Engine::Impl::step() {
       st.merge_rows = index_tensor(soft_index, DType::I64, dev);
     }
     if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
-    // Prompts starting with nothing cached attend over the step's own keys (model::PagedStep).
-    const bool fresh =
-        !blocks && std::all_of(plan.begin(), plan.end(), [](const Chunk& c) { return c.seq->computed == 0; });
-    if (fresh) {
-      std::vector<int64_t> docs(ids.size());
-      for (int64_t i = 0; i < n_seq; ++i)
-        std::fill(docs.begin() + cu_q[static_cast<size_t>(i)], docs.begin() + cu_q[static_cast<size_t>(i) + 1], i);
-      st.fresh_docs = index_tensor(docs, DType::I32, dev);
-    }
+    if (!blocks) st.dense = dense_keys(plan, st, cu_q, dev);
     logits = model.forward_paged(st, kv);
   }
   const auto forwarded = Clock::now();

@@ -821,17 +821,22 @@ Tensor Gemma4::paged_attention(int64_t l, const Tensor& q, const Tensor& k, cons
   ops::PagedLayout layout = ctx.step->layout[static_cast<size_t>(kind)];
   layout.window = kind == AttnKind::kSliding ? cfg_.sliding_window : 0;
   if (ls.sliding) layout.q_last = ctx.step->q_last;  // the image blocks' rule, as forward's q_block/k_block
-  if (ctx.step->fresh_docs.defined() && !layout.q_last.defined()) {
-    // A step of whole-prompt starts: its keys are the rows it just wrote (read back through the
-    // slots, so a KV-shared layer reads its source's), attended as documents of one row.
-    const int64_t nkv = k_pages.size(2), row = nkv * ls.head_dim;
-    const Tensor& slots = ctx.step->slots[static_cast<size_t>(kind)];
-    const Tensor kd = ops::embedding(k_pages.reshape({-1, row}), slots).reshape({1, T, nkv, ls.head_dim});
-    const Tensor vd = ops::embedding(v_pages.reshape({-1, row}), slots).reshape({1, T, nkv, ls.head_dim});
+  if (ctx.step->dense && !layout.q_last.defined()) {
+    // A prefill step (model::PagedStep::dense): the keys read back from the pools (so a KV-shared
+    // layer reads its source's), attended with the dense op.
+    const PagedStep::DenseKeys& d = *ctx.step->dense;
+    const Tensor& rows = d.rows[static_cast<size_t>(kind)];
+    const int64_t nkv = k_pages.size(2), row = nkv * ls.head_dim, K = rows.size(0);
+    const Tensor kd = ops::embedding(k_pages.reshape({-1, row}), rows).reshape({1, K, nkv, ls.head_dim});
+    const Tensor vd = ops::embedding(v_pages.reshape({-1, row}), rows).reshape({1, K, nkv, ls.head_dim});
     ops::AttentionMask mask;
     mask.window = layout.window;
-    mask.q_doc = ctx.step->fresh_docs.reshape({1, T});
-    mask.k_doc = mask.q_doc;
+    mask.q_start = d.q_start;
+    mask.k_start = d.k_start[static_cast<size_t>(kind)];
+    if (d.docs.defined()) {
+      mask.q_doc = d.docs.reshape({1, T});
+      mask.k_doc = mask.q_doc;
+    }
     return ops::attention(q.reshape({1, T, cfg_.num_heads, ls.head_dim}), kd, vd, mask, 1.0)
         .reshape({T, cfg_.num_heads, ls.head_dim});
   }

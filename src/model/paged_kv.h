@@ -11,6 +11,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "core/tensor.h"
@@ -44,12 +45,22 @@ struct PagedStep {
   // Optional [T] i32: the last key position each token sees on sliding layers
   // (ops::PagedLayout::q_last; image blocks of a bidirectional-vision model); undefined: causal.
   Tensor q_last;
-  // Optional [T] i32, for a step whose sequences all start at their first token (prompts with
-  // nothing cached): the sequence each token belongs to. Every key such a step attends to is one of
-  // its own, so after writing the pages the model attends with ops::attention over the step's keys,
-  // the sequences as documents of one packed row: the training forward's kernel, faster than the
-  // paged one at prefill sizes. Not with q_last.
-  Tensor fresh_docs;
+  // Set for prefill steps the paged kernel is slow at: after writing the pages the model reads the
+  // keys back from the pools (rows, per kind) and attends with ops::attention, the training
+  // forward's kernel. Not with q_last. Two cases, both built by the engine:
+  //   - every sequence starts at its first token (prompts with nothing cached): the keys are the
+  //     step's own rows (rows = slots), the sequences documents of one packed row (docs [T] i32,
+  //     each token's sequence), positions from 0;
+  //   - one sequence's prompt chunk after keys already held: rows are its keys from position
+  //     k_start[kind] (0, or the first one a sliding window still shows) up to its last query, the
+  //     queries from position q_start; no docs.
+  struct DenseKeys {
+    std::array<Tensor, kAttnKinds> rows;  // [K] i64 pool rows
+    std::array<int64_t, kAttnKinds> k_start{};
+    int64_t q_start = 0;
+    Tensor docs;
+  };
+  std::optional<DenseKeys> dense;
 };
 
 // The pools of every layer that owns K/V (undefined tensors for KV-shared layers).

@@ -875,6 +875,17 @@ TEST_F(EngineTest, ImageBlocksOfABidirectionalModelArePrefilledWhole) {
             std::string::npos);
 }
 
+// One long prompt in steps of 100 tokens: the first attends over its own keys, the next two over
+// the keys the sequence holds (model::PagedStep::dense, the sliding layers' from inside the window),
+// the rest of the prompt and the decode steps through the paged kernel; the tokens are the full
+// forward's.
+TEST_F(EngineTest, LongPromptChunksAfterHeldKeysGenerateAsTheFullForward) {
+  auto model = mm_model("tiny-mm-e");
+  std::vector<MmPrompt> prompts(1);
+  prompts[0].text(330, 5);
+  expect_greedy_as_the_full_forward(*model, prompts, 100);
+}
+
 // A 3-frame video beside an image, a clip and a text prompt, prefilled in chunks of 8 (tiny-mm-e)
 // or 16 (tiny-mm-bidir, where each frame is its own bidirectional block, as the forward's
 // vision_block_ids makes it).

@@ -120,13 +120,39 @@ model::PagedStep paged_step(const Tensor& ids, int64_t pos, int64_t chunk, int64
   return st;
 }
 
-// Feeds two sequences of S tokens (`seed` picks their ids) through paged steps of the given chunk
-// lengths and checks every step's logits against a full forward over the prefix. fresh_first: the
-// first step carries PagedStep::fresh_docs, as the engine sets it for whole-prompt starts.
-void expect_paged_steps_match_full_forward(const std::string& fixture, int64_t S, int64_t seed,
-                                           const std::vector<int64_t>& chunks, bool fresh_first) {
+// How a paged step attends: the paged kernel, or the dense op (model::PagedStep::dense) over the
+// step's own keys (every sequence starting at its first token) or over one sequence's held keys.
+enum class StepKeys { kPaged, kFresh, kHeld };
+
+// The dense keys of a paged_step() chunk at `pos`: its own rows with the sequences as documents, or
+// (one sequence) the rows from position 0, or from the first one the sliding window shows.
+model::PagedStep::DenseKeys dense_keys(const model::PagedStep& st, StepKeys how, int64_t B, int64_t pos, int64_t chunk,
+                                       int64_t page, int64_t window) {
+  model::PagedStep::DenseKeys d;
+  if (how == StepKeys::kFresh) {
+    d.rows = st.slots;
+    d.docs = Tensor::empty({B * chunk}, DType::I32);
+    for (int64_t t = 0; t < B * chunk; ++t) d.docs.data<int32_t>()[t] = static_cast<int32_t>(t / chunk);
+    return d;
+  }
+  d.q_start = pos;
+  for (size_t kind = 0; kind < model::kAttnKinds; ++kind) {
+    const bool sliding = kind == static_cast<size_t>(model::AttnKind::kSliding) && window > 0;
+    const int64_t lo = sliding ? std::max<int64_t>(0, pos - window + 1) : 0;
+    d.rows[kind] = Tensor::empty({pos + chunk - lo}, DType::I64);
+    for (int64_t p = lo; p < pos + chunk; ++p) d.rows[kind].data<int64_t>()[p - lo] = (p / page) * page + p % page;
+    d.k_start[kind] = lo;
+  }
+  return d;
+}
+
+// Feeds B sequences of S tokens (`seed` picks their ids) through paged steps of the given chunk
+// lengths, each attending as `keys` says, and checks every step's logits against a full forward
+// over the prefix.
+void expect_paged_steps_match_full_forward(const std::string& fixture, int64_t B, int64_t S, int64_t seed,
+                                           const std::vector<int64_t>& chunks, const std::vector<StepKeys>& keys) {
   auto model = model::load_hf_model(hf_fixture_dir(fixture));
-  Tensor ids = Tensor::empty({2, S}, DType::I64);
+  Tensor ids = Tensor::empty({B, S}, DType::I64);
   for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int64_t>()[i] = 3 + (i * seed) % 250;
   ag::NoGrad no_grad;
   model::ForwardInputs in;
@@ -134,22 +160,20 @@ void expect_paged_steps_match_full_forward(const std::string& fixture, int64_t S
   const Tensor full = model->forward(in).logits.value();
   const int64_t page = 4, max_pages = (S + page - 1) / page;
   model::PagedKV kv = model::allocate_paged_kv(model->config(), model->dtype(), model->device(),
-                                               {2 * max_pages, 2 * max_pages}, page);
+                                               {B * max_pages, B * max_pages}, page);
   const int64_t V = full.size(2);
   int64_t pos = 0;
-  for (int64_t chunk : chunks) {
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const int64_t chunk = chunks[c];
     model::PagedStep st = paged_step(ids, pos, chunk, page, max_pages);
-    if (fresh_first && pos == 0) {
-      Tensor docs = Tensor::empty({2 * chunk}, DType::I32);
-      for (int64_t t = 0; t < 2 * chunk; ++t) docs.data<int32_t>()[t] = static_cast<int32_t>(t / chunk);
-      st.fresh_docs = docs;
-    }
+    if (keys[c] != StepKeys::kPaged)
+      st.dense = dense_keys(st, keys[c], B, pos, chunk, page, model->config().sliding_window);
     const Tensor logits = model->forward_paged(st, kv);
-    for (int64_t b = 0; b < 2; ++b)
+    for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < chunk; ++s)
         for (int64_t v = 0; v < V; ++v)
           ASSERT_NEAR(logits.data<float>()[(b * chunk + s) * V + v], full.data<float>()[(b * S + pos + s) * V + v], 1e-4)
-              << "position " << pos + s;
+              << "position " << pos + s << ", step " << c;
     pos += chunk;
   }
 }
@@ -157,14 +181,19 @@ void expect_paged_steps_match_full_forward(const std::string& fixture, int64_t S
 TEST_P(HfFixture, CachedDecodingMatchesFullForward) {
   // Every step of incremental decoding over the paged KV must give the logits of a full forward
   // over the prefix: 19 tokens, longer than the sliding window, decoded in uneven chunks.
-  expect_paged_steps_match_full_forward(GetParam(), 19, 37, {5, 1, 3, 1, 1, 8}, false);
+  const StepKeys paged = StepKeys::kPaged;
+  expect_paged_steps_match_full_forward(GetParam(), 2, 19, 37, {5, 1, 3, 1, 1, 8}, {paged, paged, paged, paged, paged, paged});
 }
 
-TEST_P(HfFixture, FreshPromptsAttendThroughTheDenseOpAndLeaveThePagesRight) {
-  // A step of whole-prompt starts (PagedStep::fresh_docs) attends with ops::attention over its own
-  // keys, the sequences as documents: its logits are the full forward's, and the pages it wrote
-  // serve the paged steps after it. The prompt (13 tokens) is longer than the sliding window.
-  expect_paged_steps_match_full_forward(GetParam(), 19, 53, {13, 1, 5}, true);
+TEST_P(HfFixture, PrefillStepsAttendThroughTheDenseOpAndLeaveThePagesRight) {
+  // Prefill steps through ops::attention (model::PagedStep::dense): whole-prompt starts with the
+  // sequences as documents (13 tokens, longer than the sliding window), then one sequence's chunk
+  // after keys it holds (from position 8, the sliding layers' keys from inside the window): their
+  // logits are the full forward's, and the pages they wrote serve the paged steps after them.
+  const StepKeys paged = StepKeys::kPaged;
+  expect_paged_steps_match_full_forward(GetParam(), 2, 19, 53, {13, 1, 5}, {StepKeys::kFresh, paged, paged});
+  expect_paged_steps_match_full_forward(GetParam(), 1, 23, 41, {7, 1, 11, 1, 3},
+                                        {StepKeys::kFresh, paged, StepKeys::kHeld, paged, StepKeys::kHeld});
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfFixture,
