@@ -11,7 +11,7 @@
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
-# experts-threshold, paged-d512, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
+# experts-threshold, dense-prefill, paged-d512, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -54,7 +54,10 @@ run="scripts/device_run.sh"
 # - Session 23 (2026-12-06, an H100): both passed (d 512 decode at 88-95% of a copy from 64 sequences up), and
 #   so did ops::softcap_to_f32 (GpuElementwise.*) with the engine's and RL's suites running it; then the whole
 #   suite passed (158 passed, 17 skipped) with 2048-key attention backward chunks and the one-pass expert claim.
-new_tests='GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+#   The engine's dense prefill for whole-prompt starts passed the engine, log-prob and RL suites. Written after
+#   the GPU time ran out, not yet run on a GPU: the dense prefill of one sequence's chunk after keys it holds
+#   (GpuEngineRealWidths.LongPromptInChunksFollowsTheTrainingForward; the `dense-prefill` stage also times it).
+new_tests='GpuEngineRealWidths.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   case "$1" in
@@ -131,13 +134,17 @@ stage() {
       local g='g4 bench generate --prompt-len 64 --new-tokens 64 --model gemma-4-26b-a4b --layers 4 --batch 16,32,64,128'
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuEngineGraphs.*' && $run $g &&
         G4_DECODE_EXPERTS_TOKENS=16 $run $g && G4_DECODE_EXPERTS_TOKENS=256 $run $g ;;
+    dense-prefill)  # the engine's prefill through ops::attention (EngineOptions::dense_prefill): its tests, then a
+      # long prompt in 1024-token steps (one fresh step, then chunks after held keys) with it on and off
+      local g='g4 bench generate --model gemma-4-26b-a4b --batch 1 --prompt-len 8192 --new-tokens 4 --max-step-tokens 1024'
+      $run test_gpu --gtest_brief=1 --gtest_filter='*GpuEngine*:GpuTokenLogprobs.*' && $run $g && $run $g --paged-prefill ;;
     paged-d512)  # the head-dim-512 paged decode (fragments a step ahead, four accumulators):
       # its tests, then the decode read rate against docs/performance.md's table (session 23: 88-95% from batch 64)
       $run test_gpu --gtest_brief=1 --gtest_filter='PagedAttentionGpu*' && $run bench_paged_attention 10 ;;
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
       $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
         $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, paged-d512, pdl, pdl-bench, pdl-rl)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }

@@ -40,6 +40,8 @@ struct GenBenchOptions {
   int64_t page_size = 16;
   bool hf = false;
   bool no_cuda_graphs = false;
+  bool paged_prefill = false;    // every prefill step through the paged kernel (EngineOptions::dense_prefill off)
+  int64_t max_step_tokens = 0;   // 0: max(8192, prompt_len), one step a prompt
   bool profile = false;  // a kernel table (CUPTI) of kProfileSteps decode steps per batch size
   std::string hf_script = "tools/bench_hf_generate.py";
   std::string json;
@@ -114,7 +116,8 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   gen::EngineOptions eo;
   eo.page_size = o.page_size;
   eo.max_running = batch;
-  eo.max_step_tokens = std::max<int64_t>(8192, o.prompt_len);
+  eo.max_step_tokens = o.max_step_tokens > 0 ? o.max_step_tokens : std::max<int64_t>(8192, o.prompt_len);
+  eo.dense_prefill = !o.paged_prefill;
   eo.eos_ids = {};  // random weights: run every sequence to new_tokens
   eo.cuda_graphs = !o.no_cuda_graphs;
   gen::Engine engine(m, eo);
@@ -333,9 +336,10 @@ void bench_generate(const GenBenchOptions& o) {
   G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
   if (is_diffusion(o.model)) return bench_diffusion(o, cfg);
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
-              "random weights, CUDA graphs %s, programmatic dependent launch %s (G4_PDL)\n",
+              "random weights, CUDA graphs %s, programmatic dependent launch %s (G4_PDL), prefill attention %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on", pdl_enabled() ? "on" : "off");
+              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on", pdl_enabled() ? "on" : "off",
+              o.paged_prefill ? "paged" : "dense");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -374,6 +378,7 @@ void bench_generate(const GenBenchOptions& o) {
               bw / 1e9, step_bytes / 1e9, roofline);
   nlohmann::json report = {{"model", o.model},
                            {"cuda_graphs", !o.no_cuda_graphs},
+                           {"dense_prefill", !o.paged_prefill},
                            {"pdl", pdl_enabled()},
                            {"layers", cfg.num_layers},
                            {"prompt_len", o.prompt_len},
@@ -432,6 +437,11 @@ void add_bench_generate(CLI::App& bench, Action& action) {
       ->check(positive_integer());
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(positive_integer());
   cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
+  cmd->add_flag("--paged-prefill", o->paged_prefill,
+                "prefill through the paged attention kernel too (EngineOptions::dense_prefill off)");
+  cmd->add_option("--max-step-tokens", o->max_step_tokens,
+                  "tokens one engine step takes (default: max(8192, --prompt-len), a prompt in one step)")
+      ->check(positive_integer());
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");

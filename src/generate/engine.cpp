@@ -919,7 +919,7 @@ std::vector<Event> Engine::Impl::step() {
       st.merge_rows = index_tensor(soft_index, DType::I64, dev);
     }
     if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
-    if (!blocks) st.dense = dense_keys(plan, st, cu_q, dev);
+    if (opt.dense_prefill && !blocks) st.dense = dense_keys(plan, st, cu_q, dev);
     logits = model.forward_paged(st, kv);
   }
   const auto forwarded = Clock::now();

@@ -117,6 +117,10 @@ struct EngineOptions {
   // GPU: a step of decode rows only (one token per sequence, each sampled) replays a CUDA graph of
   // the whole forward, one per batch bucket (docs/architecture.md); the CPU ignores it.
   bool cuda_graphs = true;
+  // Prefill steps of prompts starting with nothing cached, or of one sequence's chunk of 64 tokens
+  // or more, attend with ops::attention over keys read back from the pages (model::PagedStep::dense);
+  // off: every step through the paged kernel.
+  bool dense_prefill = true;
 };
 
 struct PoolStats {

@@ -41,17 +41,19 @@ double training_logprob(const model::Gemma4& m, const std::vector<int64_t>& ids,
   return -m.forward(in).cross_entropy;
 }
 
-// Greedy generation of four prompts (in chunks beside decode rows) checked token by token against
-// the full forward of the same GPU model, and its log-probs against the training forward's.
-void check_against_training_forward(const model::Gemma4& model, const std::string& name) {
+// Greedy generation of prompts of the given lengths (by default four, in chunks beside decode rows)
+// checked token by token against the full forward of the same GPU model, and its log-probs against
+// the training forward's.
+void check_against_training_forward(const model::Gemma4& model, const std::string& name,
+                                    const std::vector<int64_t>& lengths = {1, 7, 20, 45}, int64_t step_tokens = 32) {
   const model::Gemma4* gpu = &model;
   const int64_t V = gpu->config().vocab_size;
   gen::EngineOptions eo;
-  eo.max_step_tokens = 32;  // prompts in chunks beside decode rows
-  eo.num_pages = 256;       // not most of the GPU, as the default would take
+  eo.max_step_tokens = step_tokens;
+  eo.num_pages = 256;  // not most of the GPU, as the default would take
   gen::Engine engine(*gpu, eo);
   std::vector<gen::Request> requests;
-  for (int64_t len : {1, 7, 20, 45}) {
+  for (int64_t len : lengths) {
     gen::Request r;
     r.prompt = some_prompt(len, V, len);
     r.options.sampling.temperature = 0;
@@ -122,6 +124,15 @@ std::unique_ptr<model::Gemma4> two_layer_gpu_model(const char* name) {
 TEST(GpuEngineRealWidths, GreedyTokensAndLogprobsMatchTheTrainingForward) {
   G4_REQUIRE_GPU();
   for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) check_against_training_forward(*two_layer_gpu_model(name), name);
+}
+
+// One prompt of 1 600 tokens in steps of 512: the first attends over its own keys, the next three
+// over the keys the sequence holds (model::PagedStep::dense; from 1 024 on the sliding layer's
+// window starts after position 0), then the decode steps through the paged kernel.
+TEST(GpuEngineRealWidths, LongPromptInChunksFollowsTheTrainingForward) {
+  G4_REQUIRE_GPU();
+  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"})
+    check_against_training_forward(*two_layer_gpu_model(name), std::string(name) + ", one long prompt", {1600}, 512);
 }
 
 TEST(GpuEngineBatch, ASeededRequestDrawsTheSameAloneAndInABatchOf64) {
