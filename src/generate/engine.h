@@ -118,8 +118,8 @@ struct EngineOptions {
   // the whole forward, one per batch bucket (docs/architecture.md); the CPU ignores it.
   bool cuda_graphs = true;
   // Prefill steps of prompts starting with nothing cached, or of one sequence's chunk of 64 tokens
-  // or more, attend with ops::attention over keys read back from the pages (model::PagedStep::dense);
-  // off: every step through the paged kernel.
+  // or more after keys it holds, attend with ops::attention over keys read back from the pages
+  // (model::PagedStep::dense); off: every step through the paged kernel.
   bool dense_prefill = true;
 };
 
