@@ -119,24 +119,25 @@ int main(int argc, char** argv) {
     const int copies = static_cast<int>(std::max(1.0, std::ceil(4e8 / w_bytes)));
     std::vector<Tensor> weights;
     for (int c = 0; c < copies; ++c) weights.push_back(g4::bench::random_gpu({p.n, p.k}, 11 + c));
-    for (const int64_t m : {1, 2, 4, 8}) {
+    // Median ms of y = x wᵀ for m rows by the GEMV, or by gemm_rowmajor: cuBLASLt's, since main
+    // sets G4_DECODE_GEMV=0.
+    const auto run = [&](int64_t m, bool gemv) {
       const Tensor x = g4::bench::random_gpu({m, p.k}, 3);
       Tensor y = Tensor::empty({m, p.n}, DType::BF16, Device::CUDA);
-      const auto run = [&](bool gemv) {
-        return g4::bench::median_ms(
-            [&](int i) {
-              const Tensor& w = weights[static_cast<size_t>(i) % weights.size()];
-              if (gemv)
-                g4::ops::cuda::gemv_rowmajor(m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, 0.0f, y.raw(), p.n,
-                                             DType::BF16);
-              else
-                g4::ops::cuda::gemm_rowmajor(false, true, m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, DType::BF16,
-                                             0.0f, y.raw(), p.n, DType::BF16);
-            },
-            iters);
-      };
-      // Run with G4_DECODE_GEMV=0 (set below): gemm_rowmajor is then cuBLASLt's.
-      const double blas_ms = run(false), gemv_ms = run(true);
+      return g4::bench::median_ms(
+          [&](int i) {
+            const Tensor& w = weights[static_cast<size_t>(i) % weights.size()];
+            if (gemv)
+              g4::ops::cuda::gemv_rowmajor(m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, 0.0f, y.raw(), p.n,
+                                           DType::BF16);
+            else
+              g4::ops::cuda::gemm_rowmajor(false, true, m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, DType::BF16,
+                                           0.0f, y.raw(), p.n, DType::BF16);
+          },
+          iters);
+    };
+    for (const int64_t m : {1, 2, 4, 8}) {
+      const double blas_ms = run(m, false), gemv_ms = run(m, true);
       const double bytes = w_bytes + static_cast<double>(m) * static_cast<double>(p.k + p.n) * 2;
       const double blas_gbps = bytes / (blas_ms * 1e-3) * 1e-9, gemv_gbps = bytes / (gemv_ms * 1e-3) * 1e-9;
       // A copy moves each byte twice (read and write); a GEMV reads its bytes once.
@@ -147,15 +148,7 @@ int main(int argc, char** argv) {
     }
     // Batched decode sizes, which take cuBLASLt (the GEMV stops at 8 rows): its rate there.
     for (const int64_t m : {16, 32, 64}) {
-      const Tensor x = g4::bench::random_gpu({m, p.k}, 3);
-      Tensor y = Tensor::empty({m, p.n}, DType::BF16, Device::CUDA);
-      const double blas_ms = g4::bench::median_ms(
-          [&](int i) {
-            const Tensor& w = weights[static_cast<size_t>(i) % weights.size()];
-            g4::ops::cuda::gemm_rowmajor(false, true, m, p.n, p.k, 1.0f, x.raw(), p.k, w.raw(), p.k, DType::BF16, 0.0f,
-                                         y.raw(), p.n, DType::BF16);
-          },
-          iters);
+      const double blas_ms = run(m, false);
       const double bytes = w_bytes + static_cast<double>(m) * static_cast<double>(p.k + p.n) * 2;
       const double blas_gbps = bytes / (blas_ms * 1e-3) * 1e-9;
       std::printf("%-8s %-16s %7lld %6lld %4lld  %10.1f %8.0f %5.0f%%\n", p.model, p.name, static_cast<long long>(p.n),

@@ -56,8 +56,9 @@ run="scripts/device_run.sh"
 #   suite passed (158 passed, 17 skipped) with 2048-key attention backward chunks and the one-pass expert claim.
 #   The engine's dense prefill for whole-prompt starts passed the engine, log-prob and RL suites. Written after
 #   the GPU time ran out, not yet run on a GPU: the dense prefill of one sequence's chunk after keys it holds
-#   (GpuEngineRealWidths.LongPromptInChunksFollowsTheTrainingForward; the `dense-prefill` stage also times it).
-new_tests='GpuEngineRealWidths.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+#   (GpuEngineRealWidths.LongPromptInChunksFollowsTheTrainingForward; the `dense-prefill` stage also times it),
+#   and the pointwise map taking an output dtype of its own, which softcap_to_f32 now runs on (GpuElementwise.*).
+new_tests='GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   case "$1" in

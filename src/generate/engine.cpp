@@ -9,11 +9,11 @@
 #include "generate/engine.h"
 
 #include <algorithm>
-#include <optional>
 #include <array>
 #include <chrono>
 #include <deque>
 #include <map>
+#include <optional>
 
 #include "core/device_memory.h"
 #include "core/hash.h"

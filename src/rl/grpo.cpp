@@ -16,7 +16,6 @@ namespace g4::rl {
 
 namespace {
 
-
 // Validation draws use their own seeds (negative draw positions), the same at every validation,
 // so accuracies of different steps are comparable.
 constexpr uint64_t kValidationSeedSalt = 0x5851f42d4c957f2dull;

@@ -1,7 +1,7 @@
 // Pointwise ops, activations, softmax and reductions on the GPU. Every kernel reads bf16 or f32,
 // computes in fp32 and rounds once on the store. Pointwise kernels are grid-stride loops over
-// 16-byte packs (8 bf16 or 4 f32) when every pointer is 16-byte aligned, with a scalar loop for
-// the tail; otherwise they run element by element.
+// 16-byte packs of input (8 bf16 or 4 f32) when every pointer is aligned to its pack, with a scalar
+// loop for the tail; otherwise they run element by element.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -17,16 +17,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// ---- generic pointwise map: NI inputs, NO outputs, all of dtype T, f(x[NI], y[NO]) in fp32 --------
+// ---- generic pointwise map: NI inputs of dtype T, NO outputs of dtype TO (T unless said), ---------
+// ---- f(x[NI], y[NO]) in fp32 ---------------------------------------------------------------------
 
-template <class T, int NI, int NO>
+template <class T, class TO, int NI, int NO>
 struct Ptrs {
   const T* in[NI > 0 ? NI : 1];
-  T* out[NO];
+  TO* out[NO];
 };
 
-template <class T, int V, int NI, int NO, class F>
-__global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
+template <class T, class TO, int V, int NI, int NO, class F>
+__global__ void map_kernel(Ptrs<T, TO, NI, NO> p, int64_t n, F f) {
   pdl_begin();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -35,7 +36,7 @@ __global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
     Pack<T, V> in[NI > 0 ? NI : 1];
 #pragma unroll
     for (int k = 0; k < NI; ++k) in[k] = load_pack<T, V>(p.in[k] + i * V);
-    Pack<T, V> out[NO];
+    Pack<TO, V> out[NO];
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       float x[NI > 0 ? NI : 1], y[NO];
@@ -43,10 +44,10 @@ __global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
       for (int k = 0; k < NI; ++k) x[k] = to_f32(in[k].v[e]);
       f(x, y);
 #pragma unroll
-      for (int k = 0; k < NO; ++k) out[k].v[e] = from_f32<T>(y[k]);
+      for (int k = 0; k < NO; ++k) out[k].v[e] = from_f32<TO>(y[k]);
     }
 #pragma unroll
-    for (int k = 0; k < NO; ++k) store_pack<T, V>(p.out[k] + i * V, out[k]);
+    for (int k = 0; k < NO; ++k) store_pack<TO, V>(p.out[k] + i * V, out[k]);
   }
   for (int64_t i = npack * V + tid; i < n; i += stride) {
     float x[NI > 0 ? NI : 1], y[NO];
@@ -54,57 +55,39 @@ __global__ void map_kernel(Ptrs<T, NI, NO> p, int64_t n, F f) {
     for (int k = 0; k < NI; ++k) x[k] = to_f32(p.in[k][i]);
     f(x, y);
 #pragma unroll
-    for (int k = 0; k < NO; ++k) p.out[k][i] = from_f32<T>(y[k]);
+    for (int k = 0; k < NO; ++k) p.out[k][i] = from_f32<TO>(y[k]);
   }
 }
 
-// y[i] = f(float(x[i])) from bf16 to f32, V elements a thread (one 16-byte load, two stores when V
-// is 8; y is 16-byte aligned as the allocator returns it).
-template <int V, class F>
-__global__ void widen_map_kernel(const bf16_t* __restrict__ x, float* __restrict__ y, int64_t n, F f) {
-  pdl_begin();
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  const int64_t npack = n / V;
-  for (int64_t i = tid; i < npack; i += stride) {
-    const Pack<bf16_t, V> in = load_pack<bf16_t, V>(x + i * V);
-    Pack<float, V> out;
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const float v = to_f32(in.v[e]);
-      f(&v, &out.v[e]);
-    }
-    store_pack<float, V>(y + i * V, out);
-  }
-  for (int64_t i = npack * V + tid; i < n; i += stride) {
-    const float v = to_f32(x[i]);
-    f(&v, &y[i]);
-  }
+// Whether p is aligned to a pack of V elements of T.
+template <class T, int V>
+bool pack_aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T, V>) == 0;
 }
 
-// Runs f over n elements of the given GPU tensors (all of dtype T, already checked).
-template <class T, int NI, int NO, class F>
+// Runs f over n elements of the given GPU tensors (inputs of dtype T, outputs of dtype TO, already
+// checked), a 16-byte pack of inputs a thread where every pointer is aligned to its pack.
+template <class T, int NI, int NO, class F, class TO = T>
 void launch_map(const std::array<const Tensor*, NI>& ins, const std::array<Tensor*, NO>& outs, int64_t n, F f) {
   if (n == 0) return;
-  Ptrs<T, NI, NO> p{};
+  constexpr int V = kVec<T>;
+  Ptrs<T, TO, NI, NO> p{};
   bool aligned = true;
   for (int k = 0; k < NI; ++k) {
     p.in[k] = static_cast<const T*>(ins[k]->raw());
-    aligned = aligned && aligned16(p.in[k]);
+    aligned = aligned && pack_aligned<T, V>(p.in[k]);
   }
   for (int k = 0; k < NO; ++k) {
-    p.out[k] = static_cast<T*>(outs[k]->raw());
-    aligned = aligned && aligned16(p.out[k]);
+    p.out[k] = static_cast<TO*>(outs[k]->raw());
+    aligned = aligned && pack_aligned<TO, V>(p.out[k]);
   }
-  constexpr int V = kVec<T>;
   if (aligned && n >= V) {
-    launch_pdl(map_kernel<T, V, NI, NO, F>, grid_for(n / V, kThreads), kThreads, 0, p, n, f);
+    launch_pdl(map_kernel<T, TO, V, NI, NO, F>, grid_for(n / V, kThreads), kThreads, 0, p, n, f);
   } else {
-    launch_pdl(map_kernel<T, 1, NI, NO, F>, grid_for(n, kThreads), kThreads, 0, p, n, f);
+    launch_pdl(map_kernel<T, TO, 1, NI, NO, F>, grid_for(n, kThreads), kThreads, 0, p, n, f);
   }
 }
 
-// y = f(x) for a new tensor y shaped like x.
 template <class F>
 Tensor unary(const char* op, const Tensor& x, F f) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
@@ -601,16 +584,7 @@ Tensor softcap(const Tensor& x, double cap) {
 Tensor softcap_to_f32(const Tensor& x, double cap) {
   if (x.dtype() == DType::F32) return softcap(x, cap);
   Tensor y = Tensor::empty(x.shape(), DType::F32, Device::CUDA);
-  const int64_t n = x.numel();
-  if (n == 0) return y;
-  const auto* in = static_cast<const bf16_t*>(x.raw());
-  auto* out = y.data<float>();
-  const SoftcapF f{static_cast<float>(cap)};
-  if (aligned16(in) && n >= 8) {
-    launch_pdl(widen_map_kernel<8, SoftcapF>, grid_for(n / 8, kThreads), kThreads, 0, in, out, n, f);
-  } else {
-    launch_pdl(widen_map_kernel<1, SoftcapF>, grid_for(n, kThreads), kThreads, 0, in, out, n, f);
-  }
+  launch_map<bf16_t, 1, 1, SoftcapF, float>({&x}, {&y}, x.numel(), SoftcapF{static_cast<float>(cap)});
   return y;
 }
 
