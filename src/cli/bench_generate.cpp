@@ -47,6 +47,7 @@ struct GenBenchOptions {
   std::string json;
   uint64_t seed = 1234;
   int64_t denoising_steps = 48;  // diffusion: steps per block (adaptive stopping off: the same work every run)
+  double temperature = 0;        // 0: greedy; 1: what GRPO's rollouts sample with
 };
 
 const std::vector<std::string> kGenBenchModels = {"gemma-4-26b-a4b", "gemma-4-e4b", "gemma-4-31b",
@@ -126,7 +127,8 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
     gen::Request r;
     r.prompt = random_prompt(o, m.config().vocab_size, static_cast<uint64_t>(b));
     r.options.max_tokens = o.new_tokens;
-    r.options.sampling.temperature = 0;
+    r.options.sampling.temperature = o.temperature;
+    r.options.sampling.seed = o.seed + static_cast<uint64_t>(b);
     r.options.ignore_eos = true;
     reqs.push_back(std::move(r));
   }
@@ -335,11 +337,14 @@ void bench_generate(const GenBenchOptions& o) {
   if (o.hf) check_python_benchmark("g4 bench generate", o.hf_script);
   G4_CHECK(cuda_available(), "g4 bench generate needs a CUDA GPU (this build or machine has none)");
   if (is_diffusion(o.model)) return bench_diffusion(o, cfg);
-  std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, greedy, bf16, "
+  G4_CHECK(!(o.hf && o.temperature > 0), "g4 bench generate: --hf compares greedy decoding; drop --temperature ",
+           o.temperature, " or --hf");
+  const std::string sampling = o.temperature > 0 ? "temperature " + std::to_string(o.temperature) : "greedy";
+  std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, %s, bf16, "
               "random weights, CUDA graphs %s, programmatic dependent launch %s (G4_PDL), prefill attention %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
-              static_cast<long long>(o.new_tokens), o.no_cuda_graphs ? "off" : "on", pdl_enabled() ? "on" : "off",
-              o.paged_prefill ? "paged" : "dense");
+              static_cast<long long>(o.new_tokens), sampling.c_str(), o.no_cuda_graphs ? "off" : "on",
+              pdl_enabled() ? "on" : "off", o.paged_prefill ? "paged" : "dense");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -442,6 +447,9 @@ void add_bench_generate(CLI::App& bench, Action& action) {
   cmd->add_option("--max-step-tokens", o->max_step_tokens,
                   "tokens one engine step takes (default: max(8192, --prompt-len), a prompt in one step)")
       ->check(positive_integer());
+  cmd->add_option("--temperature", o->temperature,
+                  "sampling temperature of the autoregressive requests (default 0: greedy; 1 samples as GRPO's rollouts do)")
+      ->check(CLI::Range(0.0, 100.0));
   cmd->add_flag("--profile", o->profile, "print the GPU time of every kernel over 8 decode steps per batch size (CUPTI)");
   cmd->add_flag("--hf", o->hf, "also run tools/bench_hf_generate.py (transformers' generate) on the same shapes");
   cmd->add_option("--hf-script", o->hf_script, "path of the Hugging Face benchmark script");

@@ -103,13 +103,32 @@ G4_HD inline uint64_t det_mass(float dz) {
 // cumulative sum, and gives every token its own noise, so a row's result does not depend on how
 // the vocabulary is split between threads. E = -ln(1 - v) with v = (x + 1/2) 2^-32 keeps full
 // precision for small E, the tail that decides between likely tokens.
+G4_HD inline Philox4 race_words(uint64_t seed, uint64_t draw, uint64_t group) {
+  return philox4x32(seed, group, kNoiseTag | (draw & 0xFFFFFFFFull));
+}
+// ln(E) of one token from its Philox word.
+G4_HD inline float race_log_e(uint32_t word) {
+  float v = (static_cast<float>(word) + 0.5f) * 2.3283064365386963e-10f;  // * 2^-32
+  v = v < 0.99999994f ? v : 0.99999994f;  // (float)x may round up to 2^32
+  return det_log(-det_log1p(-v));
+}
 G4_HD inline void race_noise(uint64_t seed, uint64_t draw, uint64_t group, float out[4]) {
-  const Philox4 r = philox4x32(seed, group, kNoiseTag | (draw & 0xFFFFFFFFull));
-  for (int i = 0; i < 4; ++i) {
-    float v = (static_cast<float>(r.v[i]) + 0.5f) * 2.3283064365386963e-10f;  // * 2^-32
-    v = v < 0.99999994f ? v : 0.99999994f;  // (float)x may round up to 2^32
-    out[i] = det_log(-det_log1p(-v));      // ln(E)
-  }
+  const Philox4 r = race_words(seed, draw, group);
+  for (int i = 0; i < 4; ++i) out[i] = race_log_e(r.v[i]);
+}
+
+// An upper bound of -race_log_e(word), the most a token's race score can exceed its z, without a
+// logarithm: v >= 2^(msb(word) - 32) (2^-33 for word 0) and E = -ln(1 - v) > v, so -ln(E) <
+// (32 - msb) ln 2 = (1 + clz(word)) ln 2. The 1e-3 covers the rounding of det_log (about 1e-5
+// here), so a token whose z plus this bound is below a score already reached cannot win or tie, and
+// its exact noise need not be computed.
+G4_HD inline float race_boost_bound(uint32_t word) {
+#if defined(__CUDA_ARCH__)
+  const int lz = __clz(word);
+#else
+  const int lz = word == 0 ? 32 : __builtin_clz(word);
+#endif
+  return static_cast<float>(1 + lz) * 0.693147182f + 1e-3f;
 }
 
 }  // namespace g4::gen::detail

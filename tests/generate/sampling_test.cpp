@@ -341,6 +341,31 @@ TEST(Sampling, DeterministicExpAndLogAreAccurate) {
   EXPECT_LT(worst_exp, 4e-7);
 }
 
+// The GPU draw passes over a token when its z plus race_boost_bound stays under a score already
+// reached: the bound must be above every token's exact noise -ln(E), with room for the rounding of
+// the score. Checked on the edge words (0, powers of two and their neighbours, the largest) and on
+// a million Philox words.
+TEST(Sampling, RaceBoostBoundIsAboveEveryNoise) {
+  std::vector<uint32_t> words = {0u, 0xFFFFFFFFu};
+  for (int b = 0; b < 32; ++b)
+    for (int64_t d : {-1, 0, 1}) {
+      const int64_t w = (int64_t{1} << b) + d;
+      if (w >= 0 && w <= 0xFFFFFFFFll) words.push_back(static_cast<uint32_t>(w));
+    }
+  for (uint64_t g = 0; g < 250000; ++g) {
+    const Philox4 r = gen::detail::race_words(7, 3, g);
+    words.insert(words.end(), r.v, r.v + 4);
+  }
+  float least_room = INFINITY;
+  for (uint32_t w : words) {
+    const float noise = -gen::detail::race_log_e(w), bound = gen::detail::race_boost_bound(w);
+    least_room = std::min(least_room, bound - noise);
+    ASSERT_LT(noise, bound - 5e-4f) << "word " << w;
+  }
+  EXPECT_LT(gen::detail::race_boost_bound(0), 22.9f);  // no looser than the group test's 23
+  std::printf("  race_boost_bound: least room above the noise %.2e over %zu words\n", least_room, words.size());
+}
+
 TEST(Sampling, BadInputNamesTheProblem) {
   const Tensor ok = rows_of({{1.0f, 2.0f, 3.0f}});
   RowSampling r = sampled(1.0);

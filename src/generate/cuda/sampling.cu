@@ -1,13 +1,16 @@
 // gen::sample_batch on the GPU: four kernels over logits [R, V] f32 and one copy of the results to
 // the host (the only synchronisation).
-//   1. stats    (chunks x rows): per chunk of kChunk tokens, the largest logit, its first id and
+//   1. stats    (chunks x rows): per chunk of tokens, the largest logit, its first id and
 //                Σ exp(x - max), and whether a NaN or +inf was seen.
 //   2. select   (one block per row): the row's max; for rows that need them, the cuts of top-k
 //                (the k-th largest logit) and top-p (a most-significant-digit-first search over the
 //                fp32 keys of z, with exact fixed-point masses), and the N-th largest logit for the
 //                top-N alternatives. Radix steps of 8 bits over shared-memory histograms.
 //   3. draw     (chunks x rows): per chunk, the exponential-race winner among the kept tokens and
-//                Σ exp(z) over them.
+//                Σ exp(z) over them (only for processed log-probs). The row's most likely token's
+//                race score (from select) bounds the winner's from below, so a token whose z plus a
+//                cheap bound of its noise (race_boost_bound) stays under it is passed over without
+//                the noise's two logarithms: on a 262 144-token row nearly every token is.
 //   4. finalize (one block per row): merges the chunks, computes the log-probs and gathers the
 //                top-N (ties by lower id, by an ordered compaction), into one result buffer.
 // Every decision uses generate/sampling_math.h as the CPU reference does, so both pick the same
@@ -30,12 +33,18 @@ namespace {
 using gen::detail::det_mass;
 using gen::detail::key_float;
 using gen::detail::order_key;
-using gen::detail::race_noise;
+using gen::detail::race_boost_bound;
+using gen::detail::race_log_e;
+using gen::detail::race_words;
 using g4::cuda::launch_pdl;
 using g4::cuda::pdl_begin;
 
-constexpr int kChunk = 4096;  // tokens per block of the streaming kernels (a multiple of 4)
 constexpr int kStreamThreads = 256;
+// Groups of 4 tokens per thread of the streaming kernels, all loaded before any is used so that
+// they are in flight together. Chunks of 16 groups a thread (16 384 tokens) were slower on an H100,
+// at 64 rows 227 us a call against 130 (T 1): fewer, heavier blocks.
+constexpr int kThreadGroups = 4;
+constexpr int64_t kChunk = int64_t{4} * kStreamThreads * kThreadGroups;  // tokens per block
 constexpr int kSelectThreads = 1024;
 constexpr int kFinalThreads = 1024;
 constexpr unsigned kFull = 0xffffffffu;
@@ -69,7 +78,7 @@ struct RowInfo {
   float max;
   float floor;       // keep z >= floor
   uint32_t top_key;  // order key of the N-th largest logit
-  int32_t pad;
+  float race_floor;  // the race score of the row's first most likely token: the winner's is at least this
 };
 
 struct RowResult {
@@ -187,12 +196,19 @@ __global__ void __launch_bounds__(kStreamThreads)
   const int64_t r = blockIdx.y;
   const float* x = logits + r * V;
   const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
-  Stat s = stat_identity();
-  for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
-    float v[4];
-    const int n = load4(x, V, g, vec, v);
-    for (int j = 0; j < n; ++j) stat_add(s, v[j], static_cast<int32_t>(g * 4 + j));
+  float v[kThreadGroups][4];
+  int n[kThreadGroups];
+#pragma unroll
+  for (int i = 0; i < kThreadGroups; ++i) {
+    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
+    n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
   }
+  Stat s = stat_identity();
+#pragma unroll
+  for (int i = 0; i < kThreadGroups; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (j < n[i]) stat_add(s, v[i][j], static_cast<int32_t>((g0 + threadIdx.x + i * kStreamThreads) * 4 + j));
   s = block_reduce(s, StatMerge{}, stat_identity(), smem);
   if (threadIdx.x == 0) stats[r * gridDim.x + blockIdx.x] = s;
 }
@@ -324,7 +340,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     s_skip = st.bad || st.argmax < 0;
   }
   __syncthreads();
-  RowInfo out{s_max, neg_inf(), 0u, 0};
+  RowInfo out{s_max, neg_inf(), 0u, neg_inf()};
   if (!s_skip) {
     const float* x = logits + r * V;
     const float m = s_max;
@@ -334,6 +350,13 @@ __global__ void __launch_bounds__(kSelectThreads)
       if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(x, V, vec, p.top_k, sm)) - m) / t;
       if (p.top_p < 1.0) floor = fmaxf(floor, top_p_cut(x, V, vec, m, t, floor, p.top_p, sm));
       out.floor = fmaxf(floor, p.min_p_log);
+      // The most likely token has z = (m - m) / t = 0, kept by every cut; its score is one the
+      // race reaches, so no token scoring below it can win. (st is whole in thread 0 only, which
+      // alone writes `out`.)
+      if (threadIdx.x == 0 && out.floor <= 0.f) {
+        const int32_t a = st.argmax;
+        out.race_floor = 0.f - race_log_e(race_words(p.seed, p.draw, static_cast<uint64_t>(a / 4)).v[a % 4]);
+      }
     }
     if (p.top_n > 0) out.top_key = kth_largest_key(x, V, vec, p.top_n, sm);
   }
@@ -351,29 +374,44 @@ __global__ void __launch_bounds__(kStreamThreads)
   const RowInfo ri = info[r];
   const float* x = logits + r * V;
   const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
+  float v[kThreadGroups][4];
+  int n[kThreadGroups];
+#pragma unroll
+  for (int i = 0; i < kThreadGroups; ++i) {
+    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
+    n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
+  }
+  const bool kept_mass = p.processed;  // raw log-probs take the row's Σ exp from stats instead
+  const bool unit_t = p.temperature == 1.f;  // (x - m) / 1 is x - m: the same bits without a division
   Draw d = draw_identity();
-  for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
-    float v[4], z[4];
-    const int n = load4(x, V, g, vec, v);
+  float bar = ri.race_floor;  // a score some token reaches: max(race_floor, d.score)
+#pragma unroll
+  for (int i = 0; i < kThreadGroups; ++i) {
+    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
+    float z[4];
     float top = neg_inf();
-    for (int j = 0; j < n; ++j) {
-      z[j] = (v[j] - ri.max) / p.temperature;
-      if (!(z[j] >= ri.floor)) continue;
-      d.kept_sum += expf(z[j]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      z[j] = unit_t ? v[i][j] - ri.max : (v[i][j] - ri.max) / p.temperature;
+      if (j >= n[i] || !(z[j] >= ri.floor)) {
+        z[j] = neg_inf();  // not kept
+        continue;
+      }
+      if (kept_mass) d.kept_sum += expf(z[j]);
       top = fmaxf(top, z[j]);
     }
-    // -ln(E) <= kMaxRaceBoost: a group whose best z is further than that below the best score so
-    // far cannot win, and skipping its noise changes nothing.
-    if (top == neg_inf() || top + kMaxRaceBoost < d.score) continue;
-    float noise[4];
-    race_noise(p.seed, p.draw, static_cast<uint64_t>(g), noise);
-    for (int j = 0; j < n; ++j) {
-      if (!(z[j] >= ri.floor)) continue;
-      const float score = z[j] - noise[j];
+    // -ln(E) <= kMaxRaceBoost: a group whose best z is further than that below the bar cannot win.
+    if (top == neg_inf() || top + kMaxRaceBoost < bar) continue;
+    const Philox4 w = race_words(p.seed, p.draw, static_cast<uint64_t>(g));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (z[j] == neg_inf() || z[j] + race_boost_bound(w.v[j]) < bar) continue;
+      const float score = z[j] - race_log_e(w.v[j]);
       const int32_t id = static_cast<int32_t>(g * 4 + j);
       if (score > d.score || (score == d.score && id < d.token)) {
         d.score = score;
         d.token = id;
+        bar = fmaxf(bar, score);
       }
     }
   }
