@@ -40,6 +40,7 @@ struct GenBenchOptions {
   int64_t page_size = 16;
   bool hf = false;
   bool no_cuda_graphs = false;
+  bool no_lookahead = false;     // EngineOptions::lookahead off
   bool paged_prefill = false;    // every prefill step through the paged kernel (EngineOptions::dense_prefill off)
   int64_t max_step_tokens = 0;   // 0: max(8192, prompt_len), one step a prompt
   bool profile = false;  // a kernel table (CUPTI) of kProfileSteps decode steps per batch size
@@ -121,6 +122,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   eo.dense_prefill = !o.paged_prefill;
   eo.eos_ids = {};  // random weights: run every sequence to new_tokens
   eo.cuda_graphs = !o.no_cuda_graphs;
+  eo.lookahead = !o.no_lookahead;
   gen::Engine engine(m, eo);
   std::vector<gen::Request> reqs;
   for (int64_t b = 0; b < batch; ++b) {
@@ -341,10 +343,12 @@ void bench_generate(const GenBenchOptions& o) {
            o.temperature, " or --hf");
   const std::string sampling = o.temperature > 0 ? "temperature " + std::to_string(o.temperature) : "greedy";
   std::printf("g4 bench generate: %s widths, %lld layers, prompts of %lld tokens, %lld new tokens, %s, bf16, "
-              "random weights, CUDA graphs %s, programmatic dependent launch %s (G4_PDL), prefill attention %s\n",
+              "random weights, CUDA graphs %s, look-ahead %s, programmatic dependent launch %s (G4_PDL), prefill "
+              "attention %s\n",
               o.model.c_str(), static_cast<long long>(cfg.num_layers), static_cast<long long>(o.prompt_len),
               static_cast<long long>(o.new_tokens), sampling.c_str(), o.no_cuda_graphs ? "off" : "on",
-              pdl_enabled() ? "on" : "off", o.paged_prefill ? "paged" : "dense");
+              o.no_lookahead || o.no_cuda_graphs ? "off" : "on", pdl_enabled() ? "on" : "off",
+              o.paged_prefill ? "paged" : "dense");
   const double bw = copy_bandwidth();
   std::vector<RunResult> ours;
   double step_bytes = 0;
@@ -442,6 +446,8 @@ void add_bench_generate(CLI::App& bench, Action& action) {
       ->check(positive_integer());
   cmd->add_option("--page-size", o->page_size, "KV page size in tokens")->check(positive_integer());
   cmd->add_flag("--no-cuda-graphs", o->no_cuda_graphs, "run every decode step eagerly (EngineOptions::cuda_graphs off)");
+  cmd->add_flag("--no-lookahead", o->no_lookahead,
+                "wait for each decode step's tokens before queuing the next (EngineOptions::lookahead off)");
   cmd->add_flag("--paged-prefill", o->paged_prefill,
                 "prefill through the paged attention kernel too (EngineOptions::dense_prefill off)");
   cmd->add_option("--max-step-tokens", o->max_step_tokens,

@@ -23,6 +23,7 @@
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #ifdef G4_WITH_CUDA
+#include "generate/cuda/sampling.h"
 #include "generate/cuda/step_graph.h"
 #endif
 
@@ -104,6 +105,7 @@ struct Engine::Impl {
     int64_t registered = 0;        // whole prompt pages offered to the prefix cache
     uint64_t last_key = 0;         // prefix key of page registered - 1
     bool running = false;
+    uint64_t serial = 0;  // unique over the engine's life (a freed Seq's address may come back)
     int64_t samples() const { return sample < 0 ? static_cast<int64_t>(req->samples.size()) : 1; }
     int64_t len() const { return static_cast<int64_t>(tokens.size()); }
   };
@@ -112,6 +114,7 @@ struct Engine::Impl {
   const io::ModelConfig& cfg;
   EngineOptions opt;
   int64_t ps = 0, window = 0, context = 0, max_chunk = 0;
+  double softcap = 0;  // the model's final-logit softcap (0: none), which the GPU sampler applies
   bool sliding = false;  // a sliding kind with its own pages
   model::PagedKV kv;
   std::vector<PagePool> pools;
@@ -123,7 +126,7 @@ struct Engine::Impl {
   std::vector<uint64_t> cancelled;             // reported at the next step
   std::vector<Completion> completions;
   StepHostTimes host_times;
-  uint64_t next_id = 1;
+  uint64_t next_id = 1, next_serial = 1;
   int64_t preempted_total = 0;
 
 #ifdef G4_WITH_CUDA
@@ -132,19 +135,50 @@ struct Engine::Impl {
   struct DecodeGraph {
     std::array<int64_t, model::kAttnKinds> width{};
     uint64_t weights = 0;  // weights_key() at the capture
-    // The inputs on the device (the step's tensors are views of them) and their host staging.
+    // The inputs on the device (the step's tensors are views of them) and their host staging, two
+    // of each used in turn: a look-ahead step is staged while the step before it may not have
+    // read its inputs yet (a buffer is staged again only after the results of its last step came
+    // back, and those come after its upload).
     Tensor i64, i32;
-    cuda::PinnedBuffer host64, host32;
+    std::array<cuda::PinnedBuffer, 2> host64, host32;
+    int next_host = 0;
+    Tensor src;  // a look-ahead step's rows of the previous step's results (-1: padding), on the device
     model::PagedStep step;
     std::unique_ptr<cuda::StepGraph> graph;
   };
+  // A decode step queued before the tokens of the step before it came back to the host (issue 14:
+  // the GPU no longer waits while the host reads a step's tokens, keeps its books and queues the
+  // next). Its rows are the sequences of that step which would go on unless they draw a stop; its
+  // token ids are copied on the device from that step's draws. The next engine step takes its
+  // results for the rows whose sequences still run as expected, or drops it whole (the weights
+  // changed): its keys are then written again where it wrote them.
+  struct Ahead {
+    struct Row {
+      Seq* seq;
+      uint64_t serial;
+      int64_t computed;  // the sequence's `computed` when the step's results are taken
+    };
+    std::vector<Row> rows;
+    cuda::PendingSamples samples;
+    uint64_t weights = 0;
+  };
   DevicePool graph_pool;                  // every tensor the graphs create, kept from other work
   std::map<int64_t, DecodeGraph> graphs;  // by bucket
+  // Declared after the graphs, so destroyed first: its results are waited for before the graph
+  // it replayed goes.
+  std::optional<Ahead> ahead;
   // Logits [n, V] of a decode step (n = ids.size() sequences, one row each) through its bucket's graph.
   Tensor decode_graph_step(const std::vector<int64_t>& ids, const std::vector<int64_t>& positions,
                            const std::array<std::vector<int64_t>, model::kAttnKinds>& slots,
                            const std::array<std::vector<int64_t>, model::kAttnKinds>& tables,
                            const std::array<int64_t, model::kAttnKinds>& width, const std::vector<int64_t>& kv_len);
+  // Writes a step's inputs into g's next host staging and queues their upload; `src` (empty: none)
+  // are the rows of the previous step's results that write_sampled_ids takes the ids from.
+  void stage_inputs(DecodeGraph& g, const std::vector<int64_t>& ids, const std::vector<int64_t>& positions,
+                    const std::array<std::vector<int64_t>, model::kAttnKinds>& slots,
+                    const std::array<std::vector<int64_t>, model::kAttnKinds>& tables,
+                    const std::array<int64_t, model::kAttnKinds>& width, const std::vector<int64_t>& kv_len,
+                    const std::vector<int64_t>& src);
   // The addresses of the model's weights and buffers: a graph reads the tensors it was captured
   // with, so one that was replaced (a weight update that assigns new tensors) means a new capture.
   uint64_t weights_key() const;
@@ -328,6 +362,30 @@ struct Engine::Impl {
   }
   void prepare_media(Req& r, const RequestMedia& media);
   std::vector<Chunk> schedule();
+  // What a step's forward and sampling give back: each logits row's (sequence, sample) (null: a
+  // look-ahead row dropped) and its draw, or on the GPU the draws still on their way.
+  struct StepOutput {
+    std::vector<std::pair<Seq*, int64_t>> sampled;
+    std::vector<SampledToken> drawn;
+#ifdef G4_WITH_CUDA
+    cuda::PendingSamples pending;
+#endif
+    Clock::time_point prepared, forwarded;
+  };
+  // Builds the step of `plan` (its layout on the host, uploaded once), queues its forward and
+  // samples the rows that end a sequence's tokens.
+  void queue_step(const std::vector<Chunk>& plan, StepOutput& out);
+#ifdef G4_WITH_CUDA
+  // Queues the step after `plan` (decode rows only; row i of `samples` drawn for sampled[i]) as a
+  // look-ahead when the engine is in a steady decode: nothing waits to be admitted or cancelled,
+  // no group forks, the graph of its bucket is captured and wide enough, and its pages fit.
+  void look_ahead(const std::vector<Chunk>& plan, const std::vector<std::pair<Seq*, int64_t>>& sampled,
+                  const cuda::PendingSamples& samples);
+  // The look-ahead's rows whose sequences run as it expected, as the step's plan and `sampled`
+  // (null where a row is dropped); false when it is dropped whole.
+  bool take_ahead(std::vector<Chunk>& plan, std::vector<std::pair<Seq*, int64_t>>& sampled,
+                  cuda::PendingSamples& samples);
+#endif
   Completion complete(Req& r, int64_t k, FinishReason finish, Event* event);
   void finish_request_if_done(uint64_t id);
   std::vector<Event> step();
@@ -350,6 +408,7 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
              cfg.vocab_size, ")");
   ps = opt.page_size;
   context = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : (int64_t{1} << 40);
+  softcap = cfg.final_logit_softcapping.value_or(0.0);
   for (int64_t l = 0; l < cfg.num_layers; ++l) sliding |= model::layer_kind(cfg, l) == model::AttnKind::kSliding;
   window = sliding ? cfg.sliding_window : 0;
 
@@ -432,6 +491,7 @@ uint64_t Engine::Impl::submit(Request request) {
   r->unfinished = r->o.n;
   for (int64_t k = 0; k < r->o.n; ++k) r->samples.push_back(Sample{{}, TextStream(opt.tokenizer, &r->o.stop_strings)});
   auto s = std::make_unique<Seq>();
+  s->serial = next_serial++;
   s->req = r.get();
   s->tokens = r->prompt;
   waiting.push_back(std::move(s));
@@ -722,12 +782,15 @@ Tensor Engine::Impl::decode_graph_step(const std::vector<int64_t>& ids, const st
       g.width[kind] = w;
       n32 += B * w;
     }
-    const int64_t n64 = B * (3 + static_cast<int64_t>(kinds));
+    const int64_t n64 = B * (4 + static_cast<int64_t>(kinds));
     g.i64 = Tensor::empty({n64}, DType::I64, Device::CUDA);
     g.i32 = Tensor::empty({n32}, DType::I32, Device::CUDA);
-    g.host64 = cuda::PinnedBuffer(static_cast<size_t>(n64) * sizeof(int64_t));
-    g.host32 = cuda::PinnedBuffer(static_cast<size_t>(n32) * sizeof(int32_t));
+    for (int h = 0; h < 2; ++h) {
+      g.host64[h] = cuda::PinnedBuffer(static_cast<size_t>(n64) * sizeof(int64_t));
+      g.host32[h] = cuda::PinnedBuffer(static_cast<size_t>(n32) * sizeof(int32_t));
+    }
     g.step = model::PagedStep{};
+    g.step.head_product_only = true;  // the sampler caps the logits
     g.step.ids = g.i64.slice0(0, B);
     g.step.positions = g.i64.slice0(B, B);
     g.step.logit_rows = g.i64.slice0(2 * B, B);
@@ -740,17 +803,42 @@ Tensor Engine::Impl::decode_graph_step(const std::vector<int64_t>& ids, const st
       g.step.layout[kind].page_table = g.i32.slice0(at, B * g.width[kind]).reshape({B, g.width[kind]});
       at += B * g.width[kind];
     }
+    g.src = g.i64.slice0((3 + static_cast<int64_t>(kinds)) * B, B);
   }
-  // Same order as the views above.
-  auto* h64 = static_cast<int64_t*>(g.host64.data());
-  auto* h32 = static_cast<int32_t*>(g.host32.data());
+  stage_inputs(g, ids, positions, slots, tables, width, kv_len, {});
+  if (g.graph) return g.graph->replay().slice0(0, n);
+  // A new capture: this step runs eagerly first (its logits are the step's; lazy initialisations
+  // happen outside the capture), then the same forward is captured for the next steps.
+  Tensor logits;
+  {
+    DevicePoolScope scope(graph_pool);
+    logits = model.forward_paged(g.step, kv);
+  }
+  g.graph = std::make_unique<cuda::StepGraph>([&] { return model.forward_paged(g.step, kv); }, graph_pool);
+  return logits.slice0(0, n);
+}
+
+void Engine::Impl::stage_inputs(DecodeGraph& g, const std::vector<int64_t>& ids, const std::vector<int64_t>& positions,
+                                const std::array<std::vector<int64_t>, model::kAttnKinds>& slots,
+                                const std::array<std::vector<int64_t>, model::kAttnKinds>& tables,
+                                const std::array<int64_t, model::kAttnKinds>& width,
+                                const std::vector<int64_t>& kv_len, const std::vector<int64_t>& src) {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const int64_t B = g.src.numel();
+  const size_t kinds = pools.size();
+  const int h = g.next_host;
+  g.next_host ^= 1;
+  // Same order as the views of decode_graph_step.
+  auto* h64 = static_cast<int64_t*>(g.host64[h].data());
+  auto* h32 = static_cast<int32_t*>(g.host32[h].data());
   for (int64_t i = 0; i < B; ++i) {
     const bool live = i < n;
     const size_t li = static_cast<size_t>(i);
-    h64[i] = live ? ids[li] : 0;
+    h64[i] = live && !ids.empty() ? ids[li] : 0;
     h64[B + i] = live ? positions[li] : 0;
     h64[2 * B + i] = i;
     for (size_t kind = 0; kind < kinds; ++kind) h64[(3 + static_cast<int64_t>(kind)) * B + i] = live ? slots[kind][li] : -1;
+    h64[(3 + static_cast<int64_t>(kinds)) * B + i] = live && !src.empty() ? src[li] : -1;
     h32[B + 1 + i] = live ? static_cast<int32_t>(kv_len[li]) : 0;
   }
   for (int64_t i = 0; i <= B; ++i) h32[i] = static_cast<int32_t>(i);
@@ -762,18 +850,108 @@ Tensor Engine::Impl::decode_graph_step(const std::vector<int64_t>& ids, const st
         table[i * w + j] = i < n && j < width[kind] ? static_cast<int32_t>(tables[kind][static_cast<size_t>(i * width[kind] + j)]) : -1;
     table += B * w;
   }
-  g.host64.upload(g.i64);
-  g.host32.upload(g.i32);
-  if (g.graph) return g.graph->replay().slice0(0, n);
-  // A new capture: this step runs eagerly first (its logits are the step's; lazy initialisations
-  // happen outside the capture), then the same forward is captured for the next steps.
-  Tensor logits;
-  {
-    DevicePoolScope scope(graph_pool);
-    logits = model.forward_paged(g.step, kv);
+  g.host64[h].upload(g.i64);
+  g.host32[h].upload(g.i32);
+}
+
+void Engine::Impl::look_ahead(const std::vector<Chunk>& plan, const std::vector<std::pair<Seq*, int64_t>>& sampled,
+                              const cuda::PendingSamples& samples) {
+  if (!opt.lookahead || !opt.cuda_graphs || model.parameter_hooks() || !waiting.empty() || !cancelled.empty() ||
+      plan.empty())
+    return;
+  for (const Chunk& c : plan)  // prefill, or a group to fork
+    if (c.len != 1 || c.seq->len() - c.seq->computed != 1 || c.seq->sample < 0) return;
+  if (static_cast<size_t>(std::count_if(sampled.begin(), sampled.end(), [](const auto& x) { return x.first; })) !=
+      plan.size())
+    return;
+  // Rows whose sequences go on after this step unless they draw a stop (those finishing by length
+  // are left out), each with its row in `samples`.
+  std::vector<Seq*> seqs;
+  std::vector<int64_t> src;
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    if (!sampled[i].first) continue;
+    Seq& s = *sampled[i].first;
+    const Req& r = *s.req;
+    const int64_t drawn = static_cast<int64_t>(r.samples[static_cast<size_t>(s.sample)].tokens.size()) + 1;
+    if (drawn >= r.o.max_tokens || s.len() + 1 >= context) continue;
+    seqs.push_back(&s);
+    src.push_back(static_cast<int64_t>(i));
   }
-  g.graph = std::make_unique<cuda::StepGraph>([&] { return model.forward_paged(g.step, kv); }, graph_pool);
-  return logits.slice0(0, n);
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  if (n == 0) return;
+  const int64_t B = *std::lower_bound(kGraphBuckets.begin(), kGraphBuckets.end(), n);
+  auto git = graphs.find(B);
+  if (git == graphs.end() || !git->second.graph || git->second.weights != weights_key()) return;
+  DecodeGraph& g = git->second;
+  // Each row writes the key of its next token (position computed + 1). Pages taken before a
+  // sequence that does not fit stay with their sequences, which need them next step anyway.
+  std::array<int64_t, model::kAttnKinds> width{};
+  for (Seq* s : seqs) {
+    if (!fits(*s, s->computed + 2)) return;
+    allocate(*s, s->computed + 2);
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      width[kind] = std::max<int64_t>(width[kind], static_cast<int64_t>(s->pages[kind].size()));
+      if (width[kind] > g.width[kind]) return;  // the next step recaptures the graph wider
+    }
+  }
+  std::vector<int64_t> positions, kv_len;
+  std::array<std::vector<int64_t>, model::kAttnKinds> slots, tables;
+  std::vector<RowSampling> sampling;
+  Ahead a;
+  a.weights = g.weights;
+  for (Seq* s : seqs) {
+    const int64_t pos = s->computed + 1;
+    positions.push_back(pos);
+    kv_len.push_back(pos + 1);
+    for (size_t kind = 0; kind < pools.size(); ++kind) {
+      slots[kind].push_back(s->pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps);
+      auto& t = tables[kind];
+      t.insert(t.end(), s->pages[kind].begin(), s->pages[kind].end());
+      t.resize(t.size() + static_cast<size_t>(width[kind]) - s->pages[kind].size(), -1);
+    }
+    const Req& r = *s->req;
+    RowSampling row;
+    row.params = r.o.sampling;
+    row.params.seed = r.o.sampling.seed + static_cast<uint64_t>(s->sample);
+    row.draw = r.samples[static_cast<size_t>(s->sample)].tokens.size() + 1;
+    row.top_logprobs = std::max<int64_t>(r.o.logprobs, 0);
+    row.logprob_mode = r.o.logprob_mode;
+    sampling.push_back(row);
+    a.rows.push_back({s, s->serial, pos});
+  }
+  stage_inputs(g, {}, positions, slots, tables, width, kv_len, src);
+  std::vector<int64_t> placeholders;
+  if (cfg.vision) placeholders = {cfg.vision->image_token_id, cfg.vision->video_token_id};
+  if (cfg.conditional && cfg.has_audio) placeholders.push_back(cfg.audio_token_id);
+  cuda::write_sampled_ids(samples, g.src, g.step.ids, placeholders, cfg.pad_token_id);
+  const Tensor logits = g.graph->replay().slice0(0, n);
+  a.samples = cuda::sample_batch_async(logits, sampling, softcap);
+  ahead = std::move(a);
+}
+
+bool Engine::Impl::take_ahead(std::vector<Chunk>& plan, std::vector<std::pair<Seq*, int64_t>>& sampled,
+                              cuda::PendingSamples& samples) {
+  Ahead a = std::move(*ahead);
+  ahead.reset();
+  if (a.weights != weights_key()) return false;
+  bool any = false;
+  for (const Ahead::Row& row : a.rows) {
+    // Compared by address only until the sequence is known to be alive.
+    const bool alive = std::any_of(running.begin(), running.end(), [&](const auto& p) { return p.get() == row.seq; });
+    Seq* s = alive && row.seq->serial == row.serial && row.seq->running && row.seq->computed == row.computed &&
+                     row.seq->len() == row.computed + 1
+                 ? row.seq
+                 : nullptr;
+    sampled.emplace_back(s, s ? s->sample : 0);
+    if (s) plan.push_back({s, 1});
+    any |= s != nullptr;
+  }
+  if (!any) {
+    sampled.clear();
+    return false;
+  }
+  samples = std::move(a.samples);
+  return true;
 }
 #endif
 
@@ -804,26 +982,7 @@ void Engine::Impl::finish_request_if_done(uint64_t id) {
   if (it != requests.end() && it->second->unfinished == 0) requests.erase(it);
 }
 
-std::vector<Event> Engine::Impl::step() {
-  const auto started = Clock::now();
-  std::vector<Event> events;
-  for (uint64_t id : cancelled) {
-    Req& r = *requests.at(id);
-    for (int64_t k = 0; k < r.o.n; ++k) {
-      if (r.samples[static_cast<size_t>(k)].finish != FinishReason::kNone) continue;
-      Event e;
-      e.request = id;
-      e.sample = k;
-      completions.push_back(complete(r, k, FinishReason::kCancelled, &e));
-      events.push_back(std::move(e));
-    }
-    finish_request_if_done(id);
-  }
-  cancelled.clear();
-
-  const std::vector<Chunk> plan = schedule();
-  if (plan.empty()) return events;
-
+void Engine::Impl::queue_step(const std::vector<Chunk>& plan, StepOutput& out) {
   // The step's layout, built on the host and uploaded once.
   const Device dev = model.device();
   std::vector<int64_t> ids, positions, rows, cu_q{0}, kv_len;
@@ -833,7 +992,6 @@ std::vector<Event> Engine::Impl::step() {
     for (size_t kind = 0; kind < pools.size(); ++kind)
       width[kind] = std::max<int64_t>(width[kind], static_cast<int64_t>(c.seq->pages[kind].size()));
   std::vector<RowSampling> sampling;
-  std::vector<std::pair<Seq*, int64_t>> sampled;  // (sequence, sample) of each logits row
   // Media of the step's prompt chunks: their soft tokens, each token's soft-token index (-1: none)
   // and the last key each token sees on sliding layers (past its position in an image block).
   std::vector<Tensor> soft;
@@ -882,12 +1040,12 @@ std::vector<Event> Engine::Impl::step() {
       row.logprob_mode = r.o.logprob_mode;
       sampling.push_back(row);
       rows.push_back(static_cast<int64_t>(ids.size()) - 1);
-      sampled.emplace_back(&s, k);
+      out.sampled.emplace_back(&s, k);
     }
   }
   const int64_t n_seq = static_cast<int64_t>(plan.size());
   for (int64_t& id : ids) id = model.text_id(id);  // forward_paged embeds text ids
-  const auto prepared = Clock::now();
+  out.prepared = Clock::now();
   Tensor logits;
 #ifdef G4_WITH_CUDA
   // A decode step (one token of each sequence, each sampled once) replays its bucket's graph.
@@ -920,11 +1078,57 @@ std::vector<Event> Engine::Impl::step() {
     }
     if (blocks) st.q_last = index_tensor(q_last, DType::I32, dev);
     if (opt.dense_prefill && !blocks) st.dense = dense_keys(plan, st, cu_q, dev);
+    st.head_product_only = dev == Device::CUDA;  // the GPU sampler caps the logits
     logits = model.forward_paged(st, kv);
   }
-  const auto forwarded = Clock::now();
-  const std::vector<SampledToken> drawn =
-      sampled.empty() ? std::vector<SampledToken>{} : sample_batch(logits, sampling);
+  out.forwarded = Clock::now();
+  if (!out.sampled.empty()) {
+#ifdef G4_WITH_CUDA
+    if (logits.device() == Device::CUDA)
+      out.pending = cuda::sample_batch_async(logits, sampling, softcap);
+    else
+#endif
+      out.drawn = sample_batch(logits, sampling);
+  }
+}
+
+std::vector<Event> Engine::Impl::step() {
+  const auto started = Clock::now();
+  std::vector<Event> events;
+  for (uint64_t id : cancelled) {
+    Req& r = *requests.at(id);
+    for (int64_t k = 0; k < r.o.n; ++k) {
+      if (r.samples[static_cast<size_t>(k)].finish != FinishReason::kNone) continue;
+      Event e;
+      e.request = id;
+      e.sample = k;
+      completions.push_back(complete(r, k, FinishReason::kCancelled, &e));
+      events.push_back(std::move(e));
+    }
+    finish_request_if_done(id);
+  }
+  cancelled.clear();
+
+  std::vector<Chunk> plan;
+  StepOutput out;  // the rows' sequences and draws
+#ifdef G4_WITH_CUDA
+  const bool took_ahead = ahead && take_ahead(plan, out.sampled, out.pending);
+#else
+  const bool took_ahead = false;
+#endif
+  if (took_ahead) {
+    out.prepared = out.forwarded = Clock::now();  // queued by the step before
+  } else {
+    plan = schedule();
+    if (plan.empty()) return events;
+    queue_step(plan, out);
+  }
+#ifdef G4_WITH_CUDA
+  if (!out.pending.empty()) {
+    look_ahead(plan, out.sampled, out.pending);  // queued before this step's tokens come back
+    out.drawn = out.pending.wait();
+  }
+#endif
   const auto drawn_at = Clock::now();
 
   for (const Chunk& c : plan) {
@@ -937,12 +1141,13 @@ std::vector<Event> Engine::Impl::step() {
   const auto now = Clock::now();
   std::vector<Seq*> ended;
   std::vector<std::unique_ptr<Seq>> forks;
-  for (size_t i = 0; i < drawn.size(); ++i) {
-    Seq& s = *sampled[i].first;
+  for (size_t i = 0; i < out.drawn.size(); ++i) {
+    if (!out.sampled[i].first) continue;  // a look-ahead row whose sequence ended before it
+    Seq& s = *out.sampled[i].first;
     Req& r = *s.req;
-    const int64_t k = sampled[i].second;
+    const int64_t k = out.sampled[i].second;
     Sample& smp = r.samples[static_cast<size_t>(k)];
-    const SampledToken& d = drawn[i];
+    const SampledToken& d = out.drawn[i];
     GeneratedToken g;
     g.id = d.token;
     if (r.o.logprobs >= 0) {
@@ -969,6 +1174,7 @@ std::vector<Event> Engine::Impl::step() {
       e.text_delta = smp.text.take(false);
       if (s.sample < 0) {
         auto f = std::make_unique<Seq>(s);
+        f->serial = next_serial++;
         f->sample = k;
         for (size_t kind = 0; kind < pools.size(); ++kind)
           for (int64_t p : f->pages[kind])
@@ -999,9 +1205,9 @@ std::vector<Event> Engine::Impl::step() {
   }
   for (uint64_t id : touched) finish_request_if_done(id);
   ++host_times.steps;
-  host_times.prepare_s += seconds(started, prepared);
-  host_times.forward_s += seconds(prepared, forwarded);
-  host_times.sample_s += seconds(forwarded, drawn_at);
+  host_times.prepare_s += seconds(started, out.prepared);
+  host_times.forward_s += seconds(out.prepared, out.forwarded);
+  host_times.sample_s += seconds(out.forwarded, drawn_at);
   host_times.bookkeeping_s += seconds(drawn_at, Clock::now());
   return events;
 }

@@ -121,6 +121,11 @@ struct EngineOptions {
   // or more after keys it holds, attend with ops::attention over keys read back from the pages
   // (model::PagedStep::dense); off: every step through the paged kernel.
   bool dense_prefill = true;
+  // GPU, with cuda_graphs: in a steady decode (every running sequence one token a step, nothing
+  // waiting), the next step is queued before this step's tokens reach the host, its token ids
+  // copied on the device, so the GPU does not idle while the host reads tokens and queues work.
+  // The tokens are the same either way; a row whose sequence drew a stop is computed and dropped.
+  bool lookahead = true;
 };
 
 struct PoolStats {

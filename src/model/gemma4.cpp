@@ -359,7 +359,8 @@ Tensor Gemma4::forward_paged(const PagedStep& step, PagedKV& kv) const {
     exit_block(cfg_.num_layers + 1);
     return Tensor::empty({0, cfg_.vocab_size}, DType::F32, device_);
   }
-  const Tensor logits = head_logits(ops::embedding(hidden, step.logit_rows));
+  const Tensor rows = ops::embedding(hidden, step.logit_rows);
+  const Tensor logits = step.head_product_only ? ops::linear(rows, lm_head().value()) : head_logits(rows);
   exit_block(cfg_.num_layers + 1);
   return logits;
 }

@@ -36,6 +36,9 @@ struct PagedStep {
   std::array<ops::PagedLayout, kAttnKinds> layout;
   std::array<Tensor, kAttnKinds> slots;  // [T] i64
   Tensor logit_rows;                     // [R] i64: the tokens whose next-token logits are returned
+  // Return the LM head's product of those rows (model dtype) without the final softcap: the GPU
+  // sampler caps and widens it as it reads it (gen::cuda::sample_batch_async), one pass fewer.
+  bool head_product_only = false;
   // Multimodal prefill (undefined otherwise): the soft tokens [M, H] (model dtype) of the step's
   // image/audio placeholders and, per token, the row of [embeddings ; soft_tokens] it takes
   // (merge_rows [T] i64: t for a text token, T + m for the one that takes soft token m), so the

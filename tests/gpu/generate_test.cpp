@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 
 #include "autograd/variable.h"
 #include "core/pdl.h"
@@ -197,7 +198,7 @@ void expect_same_completions(const std::vector<gen::Completion>& eager, const st
     }
     EXPECT_EQ(eager[i].finish, graph[i].finish) << what << ", completion " << i;
   }
-  std::printf("  %s: %ld tokens equal with and without CUDA graphs\n", what.c_str(), static_cast<long>(tokens));
+  std::printf("  %s: %ld tokens equal\n", what.c_str(), static_cast<long>(tokens));
 }
 
 TEST(GpuEngineGraphs, TokensAndLogprobsEqualTheEagerSteps) {
@@ -295,6 +296,72 @@ TEST(GpuEnginePdl, TokensAndLogprobsEqualWithoutIt) {
   for (const char* fixture : {"tiny-moe", "var-ple-shared"})
     check(*model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16), fixture);
   for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) check(*two_layer_gpu_model(name), name);
+}
+
+// The look-ahead (EngineOptions::lookahead: a decode step queued before the previous step's tokens
+// reach the host, its ids copied on the device) changes no token: sequences ending by length, by a
+// stop id drawn mid-run (its look-ahead row computed and dropped) and by cancellation between
+// steps, greedy and seeded, 24 sequences crossing the buckets as they end; the pools whole after.
+std::vector<gen::Completion> run_stepwise(const model::Gemma4& m, const std::vector<gen::Request>& requests,
+                                          bool lookahead, const std::map<int64_t, size_t>& cancel_at_step) {
+  gen::EngineOptions eo;
+  eo.num_pages = 256;
+  eo.lookahead = lookahead;
+  gen::Engine engine(m, eo);
+  std::vector<uint64_t> ids;
+  for (const gen::Request& r : requests) ids.push_back(engine.submit(r));
+  for (int64_t step = 0; !engine.idle(); ++step) {
+    if (auto c = cancel_at_step.find(step); c != cancel_at_step.end()) engine.cancel(ids[c->second]);
+    engine.step();
+  }
+  std::vector<gen::Completion> done = engine.take_completions();
+  std::sort(done.begin(), done.end(), [](const auto& a, const auto& b) {
+    return a.request != b.request ? a.request < b.request : a.sample < b.sample;
+  });
+  const gen::PoolStats s = engine.stats();
+  EXPECT_EQ(s.full_free, s.full_pages);
+  EXPECT_EQ(s.sliding_free, s.sliding_pages);
+  return done;
+}
+
+TEST(GpuEngineLookahead, TokensEqualWithoutItAsSequencesStopAndAreCancelled) {
+  G4_REQUIRE_GPU();
+  for (const char* fixture : {"tiny-moe", "var-ple-shared"}) {
+    auto gpu = model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16);
+    const int64_t V = gpu->config().vocab_size;
+    std::vector<gen::Request> requests;
+    for (int64_t i = 0; i < 24; ++i) {
+      gen::Request r;
+      r.prompt = some_prompt(3 + 5 * i % 29, V, 700 + i);
+      r.options.sampling.temperature = i % 2 == 1 ? 0.9 : 0.0;
+      r.options.sampling.seed = static_cast<uint64_t>(i);
+      r.options.max_tokens = 10 + i % 13;
+      r.options.ignore_eos = true;
+      r.options.logprobs = 1;
+      requests.push_back(r);
+    }
+    // Without stops first, to learn a token each of some sequences draws mid-run: with it as a stop
+    // id, those sequences end there.
+    const std::vector<gen::Completion> free_run = run_stepwise(*gpu, requests, false, {});
+    ASSERT_EQ(free_run.size(), requests.size());
+    int64_t stops = 0;
+    for (size_t i = 0; i < requests.size(); i += 3) {
+      requests[i].options.stop_ids = {free_run[i].tokens[4 + i % 5].id};
+      ++stops;
+    }
+    const std::map<int64_t, size_t> cancels = {{6, 1}, {9, 8}, {13, 20}};
+    const std::vector<gen::Completion> off = run_stepwise(*gpu, requests, false, cancels);
+    const std::vector<gen::Completion> on = run_stepwise(*gpu, requests, true, cancels);
+    expect_same_completions(off, on, std::string(fixture) + ", " + std::to_string(stops) +
+                                         " stop ids and 3 cancellations, look-ahead off and on");
+    int64_t stopped = 0, cancelled = 0;
+    for (const gen::Completion& c : on) {
+      stopped += c.finish == gen::FinishReason::kStop;
+      cancelled += c.finish == gen::FinishReason::kCancelled;
+    }
+    EXPECT_GT(stopped, 0) << fixture;
+    EXPECT_EQ(cancelled, 3) << fixture;
+  }
 }
 
 // A prompt with one random image of h x w patches (h·w/9 soft tokens) between text, or with

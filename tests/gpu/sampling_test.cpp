@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "generate/cuda/sampling.h"
 #include "generate/sampling.h"
 #include "gpu_test.h"
+#include "ops/elementwise.h"
 #include "support/error_message.h"
 
 namespace g4 {
@@ -89,6 +91,17 @@ void expect_same(const std::vector<SampledToken>& gpu, const std::vector<Sampled
   std::printf("  %-44s %zu rows, same tokens; worst log-prob difference %.2e\n", what.c_str(), cpu.size(), worst);
 }
 
+void expect_identical(const std::vector<SampledToken>& a, const std::vector<SampledToken>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t r = 0; r < a.size(); ++r) {
+    EXPECT_EQ(a[r].token, b[r].token) << what << " row " << r;
+    EXPECT_EQ(a[r].logprob, b[r].logprob) << what << " row " << r;
+    EXPECT_EQ(a[r].top_ids, b[r].top_ids) << what << " row " << r;
+    EXPECT_EQ(a[r].top_logprobs, b[r].top_logprobs) << what << " row " << r;
+  }
+  std::printf("  %-44s %zu rows, identical draws, log-probs and alternatives\n", what.c_str(), a.size());
+}
+
 TEST(SamplingGpu, MatchesTheCpuReferenceInEveryMode) {
   G4_REQUIRE_GPU();
   struct Case {
@@ -109,6 +122,26 @@ TEST(SamplingGpu, MatchesTheCpuReferenceInEveryMode) {
                             : randn({c.rows, c.vocab}, 17, DType::F32, c.std);
     const std::vector<RowSampling> rows = all_modes(c.rows);
     expect_same(gen::sample_batch(x.to(Device::CUDA), rows), gen::sample_batch(x, rows), rows, c.what);
+  }
+}
+
+// The engine hands the sampler the LM head's product (bf16, or f32 on an f32 model) with the final
+// softcap still to apply: it must draw exactly what sampling ops::softcap_to_f32's (ops::softcap's)
+// output draws, log-probs and alternatives bit for bit, in every mode.
+TEST(SamplingGpu, CapsTheHeadProductAsSoftcapToF32Does) {
+  G4_REQUIRE_GPU();
+  const double cap = 30.0;
+  for (const int64_t vocab : {kVocab, int64_t{1001}}) {
+    const int64_t R = 24;
+    const Tensor product =  // std 20: some logits past the cap
+        test::randn_bf16_exact({R, vocab}, 23, 20.0).to(DType::BF16).to(Device::CUDA);
+    const std::vector<RowSampling> rows = all_modes(R);
+    const std::string what = "V " + std::to_string(vocab);
+    expect_identical(gen::cuda::sample_batch_async(product, rows, cap).wait(),
+                     gen::sample_batch(ops::softcap_to_f32(product, cap), rows), what + ", bf16 product");
+    const Tensor product32 = product.to(DType::F32);
+    expect_identical(gen::cuda::sample_batch_async(product32, rows, cap).wait(),
+                     gen::sample_batch(ops::softcap(product32, cap), rows), what + ", f32 product");
   }
 }
 

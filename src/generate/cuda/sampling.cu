@@ -1,7 +1,10 @@
 // gen::sample_batch on the GPU: four kernels over logits [R, V] f32 and one copy of the results to
 // the host (the only synchronisation).
 //   1. stats    (chunks x rows): per chunk of tokens, the largest logit, its first id and
-//                Σ exp(x - max), and whether a NaN or +inf was seen.
+//                Σ exp(x - max), and whether a NaN or +inf was seen. Given the LM head's product
+//                instead (bf16, before the final softcap: the engine's steps), it also widens and
+//                caps each logit as ops::softcap_to_f32 does, into the f32 logits the others read,
+//                which saves that op's pass and a second read of its output.
 //   2. select   (one block per row): the row's max; for rows that need them, the cuts of top-k
 //                (the k-th largest logit) and top-p (a most-significant-digit-first search over the
 //                fp32 keys of z, with exact fixed-point masses), and the N-th largest logit for the
@@ -20,11 +23,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
-#include "core/device_memory.h"
 #include "generate/sampling_math.h"
+#include "ops/cuda/common.cuh"
 
 namespace g4::gen::cuda {
 
@@ -37,6 +41,8 @@ using gen::detail::race_boost_bound;
 using gen::detail::race_log_e;
 using gen::detail::race_words;
 using g4::cuda::launch_pdl;
+using g4::ops::cuda::bf16_t;
+using g4::ops::cuda::softcap_value;
 using g4::cuda::pdl_begin;
 
 constexpr int kStreamThreads = 256;
@@ -97,17 +103,6 @@ __device__ inline float neg_inf() { return -INFINITY; }
 
 __device__ inline Stat stat_identity() { return Stat{neg_inf(), 0.f, -1, 0}; }
 __device__ inline Draw draw_identity() { return Draw{neg_inf(), INT32_MAX, 0.f, 0}; }
-
-__device__ inline void stat_add(Stat& s, float x, int32_t id) {
-  if (x > s.max) {
-    s.sum = (s.max == neg_inf() ? 0.f : s.sum * expf(s.max - x)) + 1.f;
-    s.max = x;
-    s.argmax = id;
-  } else if (x > neg_inf()) {
-    s.sum += expf(x - s.max);
-  }
-  s.bad |= (isnan(x) || x == INFINITY) ? 1 : 0;
-}
 
 struct StatMerge {
   __device__ Stat operator()(const Stat& p, const Stat& q) const;
@@ -189,12 +184,36 @@ __device__ Stat row_stat(const Stat* chunks, int C, Stat* smem) {
   return block_reduce(s, StatMerge{}, stat_identity(), smem);
 }
 
+// The 4 values of group g of a bf16 row as f32 (-inf past the end); returns how many exist. vec:
+// V % 4 == 0 and the row 8-byte aligned.
+__device__ inline int load4(const bf16_t* x, int64_t V, int64_t g, bool vec, float v[4]) {
+  const int64_t i = g * 4;
+  if (vec) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(x + i);
+    const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = b.x;
+    v[3] = b.y;
+    return 4;
+  }
+  const int n = V - i < 4 ? static_cast<int>(V - i) : 4;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = j < n ? __bfloat162float(x[i + j]) : neg_inf();
+  return n;
+}
+
+// `in` is the logits [R, V] (T = float, cap 0, widened null) or the LM head's product (f32 or bf16)
+// to cap by `cap` (0: none) and store as f32 into `widened`.
+template <class T>
 __global__ void __launch_bounds__(kStreamThreads)
-    stats_kernel(const float* __restrict__ logits, int64_t V, bool vec, Stat* __restrict__ stats) {
+    stats_kernel(const T* __restrict__ in, int64_t V, bool vec, float cap, float* __restrict__ widened,
+                 Stat* __restrict__ stats) {
   pdl_begin();
   __shared__ Stat smem[32];
   const int64_t r = blockIdx.y;
-  const float* x = logits + r * V;
+  const T* x = in + r * V;
   const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
   float v[kThreadGroups][4];
   int n[kThreadGroups];
@@ -203,12 +222,45 @@ __global__ void __launch_bounds__(kStreamThreads)
     const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
     n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
   }
+  if (widened != nullptr) {
+    float* out = widened + r * V;
+#pragma unroll
+    for (int i = 0; i < kThreadGroups; ++i) {
+      if (n[i] == 0) continue;
+      const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (cap > 0.f) v[i][j] = softcap_value(v[i][j], cap);
+      if (vec) {
+        *reinterpret_cast<float4*>(out + g * 4) = make_float4(v[i][0], v[i][1], v[i][2], v[i][3]);
+      } else {
+        for (int j = 0; j < n[i]; ++j) out[g * 4 + j] = v[i][j];
+      }
+    }
+  }
+  // The thread's largest value and its first id, then Σ exp(x - max) in one sweep: no running
+  // rescale, no branch per token (this kernel is bound by its arithmetic, with the cap's).
+  const int32_t id0 = static_cast<int32_t>((g0 + threadIdx.x) * 4);  // v[i][j] is token id0 + 4 i kStreamThreads + j
   Stat s = stat_identity();
 #pragma unroll
   for (int i = 0; i < kThreadGroups; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (j < n[i]) stat_add(s, v[i][j], static_cast<int32_t>((g0 + threadIdx.x + i * kStreamThreads) * 4 + j));
+    for (int j = 0; j < 4; ++j) {
+      if (j >= n[i]) continue;
+      const float x = v[i][j];
+      s.bad |= (isnan(x) || x == INFINITY) ? 1 : 0;
+      if (x > s.max) {
+        s.max = x;
+        s.argmax = id0 + 4 * kStreamThreads * i + j;
+      }
+    }
+  if (s.max > neg_inf()) {
+#pragma unroll
+    for (int i = 0; i < kThreadGroups; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < n[i] && v[i][j] > neg_inf()) s.sum += expf(v[i][j] - s.max);
+  }
   s = block_reduce(s, StatMerge{}, stat_identity(), smem);
   if (threadIdx.x == 0) stats[r * gridDim.x + blockIdx.x] = s;
 }
@@ -363,6 +415,14 @@ __global__ void __launch_bounds__(kSelectThreads)
   if (threadIdx.x == 0) info[r] = out;
 }
 
+// Whether a sampled row's log-probs need Σ exp(z) over its kept tokens: processed log-probs of a row
+// that cuts tokens or scales by a temperature. At temperature 1 with nothing cut, z = x - max and
+// every token is kept, so that sum is the row's Σ exp(x - max) from stats (the same value; its
+// fp32 rounding from another order).
+__device__ inline bool needs_kept_mass(const RowParams& p, const RowInfo& ri) {
+  return p.processed && (p.temperature != 1.f || ri.floor > neg_inf());
+}
+
 __global__ void __launch_bounds__(kStreamThreads)
     draw_kernel(const float* __restrict__ logits, int64_t V, bool vec, const RowParams* __restrict__ params,
                 const RowInfo* __restrict__ info, Draw* __restrict__ draws) {
@@ -381,7 +441,7 @@ __global__ void __launch_bounds__(kStreamThreads)
     const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
     n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
   }
-  const bool kept_mass = p.processed;  // raw log-probs take the row's Σ exp from stats instead
+  const bool kept_mass = needs_kept_mass(p, ri);  // otherwise the row's Σ exp from stats serves
   const bool unit_t = p.temperature == 1.f;  // (x - m) / 1 is x - m: the same bits without a division
   Draw d = draw_identity();
   float bar = ri.race_floor;  // a score some token reaches: max(race_floor, d.score)
@@ -457,7 +517,7 @@ __global__ void __launch_bounds__(kFinalThreads)
   __syncthreads();
   const float* x = logits + r * V;
   const float m = sm.max, floor = info[r].floor;
-  const bool raw_mode = greedy || !p.processed;
+  const bool raw_mode = greedy || !needs_kept_mass(p, info[r]);
   auto logprob = [&](int32_t id) {
     if (raw_mode) return (x[id] - m) - sm.log_sum;
     const float z = (x[id] - m) / p.temperature;
@@ -530,10 +590,107 @@ __global__ void __launch_bounds__(kFinalThreads)
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
+// Page-locked result buffers and their events, kept for the next call: allocating pinned memory
+// takes longer than a whole sampling call.
+struct ResultSlot {
+  void* host = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t copied = nullptr;
+};
+std::mutex spare_mutex;
+std::vector<ResultSlot>& spare_slots() {
+  static std::vector<ResultSlot> spare;
+  return spare;
+}
+ResultSlot take_slot(size_t bytes) {
+  std::lock_guard<std::mutex> lock(spare_mutex);
+  auto& spare = spare_slots();
+  for (size_t i = 0; i < spare.size(); ++i)
+    if (spare[i].bytes >= bytes) {
+      const ResultSlot s = spare[i];
+      spare.erase(spare.begin() + static_cast<std::ptrdiff_t>(i));
+      return s;
+    }
+  ResultSlot s;
+  s.bytes = std::max<size_t>(bytes, 4096);
+  G4_CUDA_CHECK(cudaHostAlloc(&s.host, s.bytes, cudaHostAllocDefault));
+  G4_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
+  return s;
+}
+
+__global__ void write_ids_kernel(const RowResult* __restrict__ results, const int64_t* __restrict__ src,
+                                 int64_t* __restrict__ ids, int n, int64_t p0, int64_t p1, int64_t p2, int64_t pad) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const int64_t r = src[j];
+  int64_t id = r < 0 ? 0 : results[r].token;
+  if (id == p0 || id == p1 || id == p2) id = pad;
+  ids[j] = id;
+}
+
 }  // namespace
 
-std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<RowSampling>& rows) {
+struct PendingSamples::State {
+  int64_t rows = 0;
+  int top_stride = 1;
+  size_t results_at = 0;  // of the results within the page-locked buffer
+  size_t tops_at = 0;     // of the top-N entries within the results
+  Tensor work;         // on the GPU: parameters, intermediates and results
+  Tensor widened;      // the f32 logits when the input was the LM head's product
+  const RowResult* device_results = nullptr;
+  ResultSlot slot;
+  bool waited = false;
+};
+
+PendingSamples::PendingSamples() = default;
+
+PendingSamples::PendingSamples(PendingSamples&& o) noexcept : state_(std::move(o.state_)) {}
+
+PendingSamples& PendingSamples::operator=(PendingSamples&& o) noexcept {
+  if (this != &o) {
+    PendingSamples dropped(std::move(*this));
+    state_ = std::move(o.state_);
+  }
+  return *this;
+}
+
+PendingSamples::~PendingSamples() {
+  if (!state_) return;
+  // The copy may still be on its way into the buffer: it goes back to the spares only once it is
+  // done. (A destructor does not throw: an error here reappears at the next CUDA call.)
+  if (!state_->waited) (void)cudaEventSynchronize(state_->slot.copied);
+  std::lock_guard<std::mutex> lock(spare_mutex);
+  spare_slots().push_back(state_->slot);
+}
+
+std::vector<SampledToken> PendingSamples::wait() {
+  G4_CHECK(state_ && !state_->waited, "PendingSamples::wait: nothing to wait for");
+  G4_CUDA_CHECK(cudaEventSynchronize(state_->slot.copied));
+  state_->waited = true;
+  const auto* host = static_cast<const char*>(state_->slot.host) + state_->results_at;
+  const int64_t R = state_->rows;
+  std::vector<SampledToken> out(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    RowResult res;
+    std::memcpy(&res, host + sizeof(RowResult) * r, sizeof res);
+    G4_CHECK(res.status != 1, "sample_batch: row ", r, " has a NaN or +inf logit");
+    G4_CHECK(res.status != 2, "sample_batch: row ", r, " has no finite logit");
+    out[r].token = res.token;
+    out[r].logprob = res.logprob;
+    for (int i = 0; i < res.top_n; ++i) {
+      TopEntry e;
+      std::memcpy(&e, host + state_->tops_at + sizeof(TopEntry) * (r * state_->top_stride + i), sizeof e);
+      out[r].top_ids.push_back(e.token);
+      out[r].top_logprobs.push_back(e.logprob);
+    }
+  }
+  return out;
+}
+
+PendingSamples sample_batch_async(const Tensor& logits, const std::vector<RowSampling>& rows, double softcap) {
   const int64_t R = logits.size(0), V = logits.size(1);
+  G4_CHECK(logits.dtype() == DType::F32 || logits.dtype() == DType::BF16, "sample_batch: logits must be f32 or bf16, got ",
+           logits.describe());
   G4_CHECK(R <= 65535, "sample_batch: at most 65535 rows on the GPU, got logits ", logits.describe());
   const int C = static_cast<int>((V + kChunk - 1) / kChunk);
   std::vector<RowParams> params(static_cast<size_t>(R));
@@ -562,13 +719,27 @@ std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<R
   const size_t results_at = draws_at + align16(sizeof(Draw) * R * C);
   const size_t tops_at = results_at + align16(sizeof(RowResult) * R);
   const size_t result_bytes = tops_at - results_at + sizeof(TopEntry) * R * top_stride;
-  Tensor work = Tensor::empty({static_cast<int64_t>(results_at + result_bytes)}, DType::U8, Device::CUDA);
-  char* base = static_cast<char*>(work.raw());
+  auto state = std::make_unique<PendingSamples::State>();
+  state->rows = R;
+  state->top_stride = top_stride;
+  state->tops_at = tops_at - results_at;
+  state->work = Tensor::empty({static_cast<int64_t>(results_at + result_bytes)}, DType::U8, Device::CUDA);
+  // The f32 logits the kernels after stats read: the input itself, or its widened, capped copy.
+  const bool widen = logits.dtype() != DType::F32 || softcap > 0;
+  if (widen) state->widened = Tensor::empty({R, V}, DType::F32, Device::CUDA);
+  char* base = static_cast<char*>(state->work.raw());
   auto at = [&](size_t off) { return base + off; };
-  g4::detail::device_copy(at(params_at), Device::CUDA, params.data(), Device::CPU, sizeof(RowParams) * R);
+  // The parameters go up and the results come back through one page-locked buffer: [parameters |
+  // results], both copies truly asynchronous.
+  const size_t params_bytes = align16(sizeof(RowParams) * R);
+  state->slot = take_slot(params_bytes + result_bytes);
+  state->results_at = params_bytes;
+  std::memcpy(state->slot.host, params.data(), sizeof(RowParams) * R);
+  G4_CUDA_CHECK(cudaMemcpyAsync(at(params_at), state->slot.host, sizeof(RowParams) * R, cudaMemcpyHostToDevice,
+                                g4::cuda::stream()));
 
-  const float* x = logits.data<float>();
-  const bool vec = V % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  const float* x = widen ? state->widened.data<float>() : logits.data<float>();
+  const bool vec = V % 4 == 0 && (reinterpret_cast<uintptr_t>(logits.raw()) & 15u) == 0;
   const auto* dp = reinterpret_cast<const RowParams*>(at(params_at));
   auto* stats = reinterpret_cast<Stat*>(at(stats_at));
   auto* info = reinterpret_cast<RowInfo*>(at(info_at));
@@ -576,30 +747,44 @@ std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<R
   auto* results = reinterpret_cast<RowResult*>(at(results_at));
   auto* tops = reinterpret_cast<TopEntry*>(at(tops_at));
   const dim3 chunks(static_cast<unsigned>(C), static_cast<unsigned>(R));
-  launch_pdl(stats_kernel, chunks, kStreamThreads, 0, x, V, vec, stats);
+  const float cap = static_cast<float>(softcap);
+  if (logits.dtype() == DType::BF16)
+    launch_pdl(stats_kernel<bf16_t>, chunks, kStreamThreads, 0, static_cast<const bf16_t*>(logits.raw()), V, vec, cap,
+               state->widened.data<float>(), stats);
+  else
+    launch_pdl(stats_kernel<float>, chunks, kStreamThreads, 0, logits.data<float>(), V, vec, cap,
+               widen ? state->widened.data<float>() : nullptr, stats);
   launch_pdl(select_kernel, static_cast<unsigned>(R), kSelectThreads, 0, x, V, C, vec, dp, stats, info);
   launch_pdl(draw_kernel, chunks, kStreamThreads, 0, x, V, vec, dp, info, draws);
   launch_pdl(finalize_kernel, static_cast<unsigned>(R), kFinalThreads, 0, x, V, C, vec, dp, stats, info, draws, results,
              tops, top_stride);
 
-  std::vector<char> host(result_bytes);
-  g4::detail::device_copy(host.data(), Device::CPU, at(results_at), Device::CUDA, result_bytes);
-  std::vector<SampledToken> out(static_cast<size_t>(R));
-  for (int64_t r = 0; r < R; ++r) {
-    RowResult res;
-    std::memcpy(&res, host.data() + sizeof(RowResult) * r, sizeof res);
-    G4_CHECK(res.status != 1, "sample_batch: row ", r, " has a NaN or +inf logit");
-    G4_CHECK(res.status != 2, "sample_batch: row ", r, " has no finite logit");
-    out[r].token = res.token;
-    out[r].logprob = res.logprob;
-    for (int i = 0; i < res.top_n; ++i) {
-      TopEntry e;
-      std::memcpy(&e, host.data() + (tops_at - results_at) + sizeof(TopEntry) * (r * top_stride + i), sizeof e);
-      out[r].top_ids.push_back(e.token);
-      out[r].top_logprobs.push_back(e.logprob);
-    }
-  }
+  state->device_results = results;
+  G4_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(state->slot.host) + params_bytes, results, result_bytes,
+                                cudaMemcpyDeviceToHost, g4::cuda::stream()));
+  G4_CUDA_CHECK(cudaEventRecord(state->slot.copied, g4::cuda::stream()));
+  PendingSamples out;
+  out.state_ = std::move(state);
   return out;
+}
+
+std::vector<SampledToken> sample_batch(const Tensor& logits, const std::vector<RowSampling>& rows) {
+  return sample_batch_async(logits, rows, 0).wait();
+}
+
+void write_sampled_ids(const PendingSamples& samples, const Tensor& src_rows, Tensor ids,
+                       const std::vector<int64_t>& placeholders, int64_t pad) {
+  G4_CHECK(samples.state_ && src_rows.dtype() == DType::I64 && ids.dtype() == DType::I64 &&
+               src_rows.numel() == ids.numel() && src_rows.device() == Device::CUDA && ids.device() == Device::CUDA &&
+               placeholders.size() <= 3,
+           "write_sampled_ids: I64 GPU tensors of one length, at most 3 placeholders");
+  int64_t p[3] = {-1, -1, -1};
+  for (size_t i = 0; i < placeholders.size(); ++i) p[i] = placeholders[i];
+  const int n = static_cast<int>(ids.numel());
+  write_ids_kernel<<<(n + 127) / 128, 128, 0, g4::cuda::stream()>>>(samples.state_->device_results,
+                                                                      src_rows.data<int64_t>(), ids.data<int64_t>(), n,
+                                                                      p[0], p[1], p[2], pad);
+  G4_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace g4::gen::cuda

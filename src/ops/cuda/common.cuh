@@ -56,6 +56,11 @@ __device__ __forceinline__ float gelu_value(float x) {
   return 0.5f * x * (1.f + tanhf(inner));
 }
 
+// Gemma's final-logit softcap, cap · tanh(x / cap): ops::softcap_to_f32 and the GPU sampler (which
+// caps the LM head's product as it reads it) compute it with these same operations, so both give
+// the same bits.
+__device__ __forceinline__ float softcap_value(float x, float cap) { return tanhf(x / cap) * cap; }
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16_t x) { return __bfloat162float(x); }
 

@@ -151,7 +151,7 @@ struct GeluGateBackwardF {  // (dy, g, u) -> (dg, du)
 };
 struct SoftcapF {
   float cap;
-  __device__ void operator()(const float* x, float* y) const { y[0] = tanhf(x[0] / cap) * cap; }
+  __device__ void operator()(const float* x, float* y) const { y[0] = softcap_value(x[0], cap); }
 };
 struct SoftcapBackwardF {  // (dy, y): d/dx c·tanh(x/c) = 1 - (y/c)²
   float cap;
