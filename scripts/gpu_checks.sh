@@ -58,7 +58,10 @@ run="scripts/device_run.sh"
 #   the GPU time ran out, not yet run on a GPU: the dense prefill of one sequence's chunk after keys it holds
 #   (GpuEngineRealWidths.LongPromptInChunksFollowsTheTrainingForward; the `dense-prefill` stage also times it),
 #   and the pointwise map taking an output dtype of its own, which softcap_to_f32 now runs on (GpuElementwise.*).
-new_tests='GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+# - Session 24 (2026-12-06, H100s): the dense prefill after held keys and the pointwise map's output dtype passed,
+#   then the engine's look-ahead (GpuEngineLookahead.*) and the sampler capping the LM head's product
+#   (SamplingGpu.CapsTheHeadProductAsSoftcapToF32Does); the whole suite passed (161 passed, 17 skipped).
+new_tests='GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   case "$1" in
