@@ -167,6 +167,31 @@ TEST(GpuEngineBatch, ASeededRequestDrawsTheSameAloneAndInABatchOf64) {
   EXPECT_EQ(alone_ids, batch_ids);
 }
 
+// Request i of a varied batch: its prompt length and new tokens, its sampling (temperature 0:
+// greedy; seed i) and the alternatives it asks for; EOS ignored, so it runs to max_tokens.
+struct Varied {
+  int64_t prompt_len, max_tokens;
+  double temperature;
+  int64_t top_k, logprobs;
+};
+template <class Fn>
+std::vector<gen::Request> varied_requests(int64_t vocab, int64_t count, int64_t salt, Fn spec) {
+  std::vector<gen::Request> out;
+  for (int64_t i = 0; i < count; ++i) {
+    const Varied v = spec(i);
+    gen::Request r;
+    r.prompt = some_prompt(v.prompt_len, vocab, salt + i);
+    r.options.sampling.temperature = v.temperature;
+    r.options.sampling.top_k = v.top_k;
+    r.options.sampling.seed = static_cast<uint64_t>(i);
+    r.options.max_tokens = v.max_tokens;
+    r.options.ignore_eos = true;
+    r.options.logprobs = v.logprobs;
+    out.push_back(r);
+  }
+  return out;
+}
+
 // CUDA graphs change nothing: a decode step replayed from its bucket's graph (padded to the
 // bucket) gives the tokens and log-probs of the same step run eagerly, for greedy and seeded
 // requests, alone and in a batch whose decode steps cross buckets as its requests finish.
@@ -244,18 +269,9 @@ TEST(GpuEngineGraphs, MoeDecodeThroughTheGroupedGemmsEqualsTheEagerSteps) {
   setenv("G4_DECODE_EXPERTS_TOKENS", "8", 1);  // read when the GPU model is made
   auto gpu = model::load_hf_model(test::hf_fixture_dir("tiny-moe"))->copy_to(Device::CUDA, DType::BF16);
   const int64_t V = gpu->config().vocab_size;
-  std::vector<gen::Request> requests;
-  for (int64_t i = 0; i < 40; ++i) {
-    gen::Request r;
-    r.prompt = some_prompt(3 + 7 * i % 31, V, 300 + i);
-    r.options.sampling.temperature = i % 3 == 0 ? 0.8 : 0.0;
-    r.options.sampling.top_k = i % 3 == 0 ? 40 : 0;
-    r.options.sampling.seed = static_cast<uint64_t>(i);
-    r.options.max_tokens = 3 + i % 17;
-    r.options.ignore_eos = true;
-    r.options.logprobs = 2;
-    requests.push_back(r);
-  }
+  const std::vector<gen::Request> requests = varied_requests(V, 40, 300, [](int64_t i) {
+    return Varied{3 + 7 * i % 31, 3 + i % 17, i % 3 == 0 ? 0.8 : 0.0, i % 3 == 0 ? 40 : 0, 2};
+  });
   expect_same_completions(run_engine(*gpu, requests, false), run_engine(*gpu, requests, true),
                           "tiny-moe through the grouped GEMMs, 40 sequences");
 }
@@ -329,17 +345,9 @@ TEST(GpuEngineLookahead, TokensEqualWithoutItAsSequencesStopAndAreCancelled) {
   for (const char* fixture : {"tiny-moe", "var-ple-shared"}) {
     auto gpu = model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16);
     const int64_t V = gpu->config().vocab_size;
-    std::vector<gen::Request> requests;
-    for (int64_t i = 0; i < 24; ++i) {
-      gen::Request r;
-      r.prompt = some_prompt(3 + 5 * i % 29, V, 700 + i);
-      r.options.sampling.temperature = i % 2 == 1 ? 0.9 : 0.0;
-      r.options.sampling.seed = static_cast<uint64_t>(i);
-      r.options.max_tokens = 10 + i % 13;
-      r.options.ignore_eos = true;
-      r.options.logprobs = 1;
-      requests.push_back(r);
-    }
+    std::vector<gen::Request> requests = varied_requests(V, 24, 700, [](int64_t i) {
+      return Varied{3 + 5 * i % 29, 10 + i % 13, i % 2 == 1 ? 0.9 : 0.0, 0, 1};
+    });
     // Without stops first, to learn a token each of some sequences draws mid-run: with it as a stop
     // id, those sequences end there.
     const std::vector<gen::Completion> free_run = run_stepwise(*gpu, requests, false, {});

@@ -43,6 +43,7 @@ using gen::detail::race_words;
 using g4::cuda::launch_pdl;
 using g4::ops::cuda::bf16_t;
 using g4::ops::cuda::softcap_value;
+using g4::ops::cuda::to_f32;
 using g4::cuda::pdl_begin;
 
 constexpr int kStreamThreads = 256;
@@ -154,20 +155,36 @@ __device__ T block_reduce(T v, Merge merge, T identity, T* smem) {
   return v;
 }
 
-// The 4 logits of tokens 4g .. 4g+3 (-inf past the end); returns how many exist.
-__device__ inline int load4(const float* x, int64_t V, int64_t g, bool vec, float v[4]) {
+// Four consecutive values as f32: one 16-byte (f32) or 8-byte (bf16) load.
+__device__ inline void load_vec4(const float* p, float v[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+}
+__device__ inline void load_vec4(const bf16_t* p, float v[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = b.x;
+  v[3] = b.y;
+}
+
+// The 4 values of tokens 4g .. 4g+3 of a row as f32 (-inf past the end); returns how many exist.
+// vec: V % 4 == 0 and the row aligned for load_vec4.
+template <class T>
+__device__ inline int load4(const T* x, int64_t V, int64_t g, bool vec, float v[4]) {
   const int64_t i = g * 4;
   if (vec) {
-    const float4 f = *reinterpret_cast<const float4*>(x + i);
-    v[0] = f.x;
-    v[1] = f.y;
-    v[2] = f.z;
-    v[3] = f.w;
+    load_vec4(x + i, v);
     return 4;
   }
   const int n = V - i < 4 ? static_cast<int>(V - i) : 4;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) v[j] = j < n ? x[i + j] : neg_inf();
+  for (int j = 0; j < 4; ++j) v[j] = j < n ? to_f32(x[i + j]) : neg_inf();
   return n;
 }
 
@@ -177,31 +194,23 @@ __device__ inline int64_t chunk_end(int64_t g0, int64_t V) {
   return end < groups ? end : groups;
 }
 
+// This thread's groups of the block's chunk [g0, g1): group g0 + threadIdx.x + i kStreamThreads
+// into v[i], n[i] of its tokens (0 past the chunk), every load issued before any value is used.
+template <class T>
+__device__ inline void load_thread_groups(const T* x, int64_t V, bool vec, int64_t g0, int64_t g1,
+                                          float (&v)[kThreadGroups][4], int (&n)[kThreadGroups]) {
+#pragma unroll
+  for (int i = 0; i < kThreadGroups; ++i) {
+    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
+    n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
+  }
+}
+
 // The row's stats from its chunks' (any thread count).
 __device__ Stat row_stat(const Stat* chunks, int C, Stat* smem) {
   Stat s = stat_identity();
   for (int c = threadIdx.x; c < C; c += blockDim.x) s = StatMerge{}(s, chunks[c]);
   return block_reduce(s, StatMerge{}, stat_identity(), smem);
-}
-
-// The 4 values of group g of a bf16 row as f32 (-inf past the end); returns how many exist. vec:
-// V % 4 == 0 and the row 8-byte aligned.
-__device__ inline int load4(const bf16_t* x, int64_t V, int64_t g, bool vec, float v[4]) {
-  const int64_t i = g * 4;
-  if (vec) {
-    const uint2 raw = *reinterpret_cast<const uint2*>(x + i);
-    const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-    v[0] = a.x;
-    v[1] = a.y;
-    v[2] = b.x;
-    v[3] = b.y;
-    return 4;
-  }
-  const int n = V - i < 4 ? static_cast<int>(V - i) : 4;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) v[j] = j < n ? __bfloat162float(x[i + j]) : neg_inf();
-  return n;
 }
 
 // `in` is the logits [R, V] (T = float, cap 0, widened null) or the LM head's product (f32 or bf16)
@@ -217,11 +226,7 @@ __global__ void __launch_bounds__(kStreamThreads)
   const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
   float v[kThreadGroups][4];
   int n[kThreadGroups];
-#pragma unroll
-  for (int i = 0; i < kThreadGroups; ++i) {
-    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
-    n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
-  }
+  load_thread_groups(x, V, vec, g0, g1, v, n);
   if (widened != nullptr) {
     float* out = widened + r * V;
 #pragma unroll
@@ -436,11 +441,7 @@ __global__ void __launch_bounds__(kStreamThreads)
   const int64_t g0 = int64_t{blockIdx.x} * (kChunk / 4), g1 = chunk_end(g0, V);
   float v[kThreadGroups][4];
   int n[kThreadGroups];
-#pragma unroll
-  for (int i = 0; i < kThreadGroups; ++i) {
-    const int64_t g = g0 + threadIdx.x + i * kStreamThreads;
-    n[i] = g < g1 ? load4(x, V, g, vec, v[i]) : 0;
-  }
+  load_thread_groups(x, V, vec, g0, g1, v, n);
   const bool kept_mass = needs_kept_mass(p, ri);  // otherwise the row's Σ exp from stats serves
   const bool unit_t = p.temperature == 1.f;  // (x - m) / 1 is x - m: the same bits without a division
   Draw d = draw_identity();
