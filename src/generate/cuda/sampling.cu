@@ -243,8 +243,8 @@ __global__ void __launch_bounds__(kStreamThreads)
       }
     }
   }
-  // The thread's largest value and its first id, then Σ exp(x - max) in one sweep: no running
-  // rescale, no branch per token (this kernel is bound by its arithmetic, with the cap's).
+  // The thread's largest value and its first id, then Σ exp(x - max) in a second sweep, with no
+  // running rescale: this kernel is bound by its arithmetic (with the cap's), not its bytes.
   const int32_t id0 = static_cast<int32_t>((g0 + threadIdx.x) * 4);  // v[i][j] is token id0 + 4 i kStreamThreads + j
   Stat s = stat_identity();
 #pragma unroll
