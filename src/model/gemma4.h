@@ -171,8 +171,9 @@ class Gemma4 {
   // One generation step over paged K/V (no tape): the step's tokens of every sequence packed as
   // one row, each non-shared layer writing its k/v into its kind's pages and attending through
   // them (model/paged_kv.h). Causal models only. Returns the logits of step.logit_rows [R, V] in
-  // f32, after the final softcap (with step.head_product_only: the LM head's product before it); on bf16 the LM head's bf16 product is softcapped in fp32, as the
-  // training loss does, so reported log-probs are the training forward's. step.ids are text ids:
+  // f32, after the final softcap (with step.head_product_only: the LM head's product before it);
+  // on bf16 the LM head's bf16 product is softcapped in fp32, as the training loss does, so
+  // reported log-probs are the training forward's. step.ids are text ids:
   // multimodal placeholders already mapped by text_id (the engine does it on the host, so that a
   // decode step needs no copy back and can be captured in a CUDA graph). A prefill step with media
   // merges step.soft_tokens (the embeddings' PLE projection sees them, as forward's merge does) and

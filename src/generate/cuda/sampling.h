@@ -40,8 +40,9 @@ class PendingSamples {
 PendingSamples sample_batch_async(const Tensor& logits, const std::vector<RowSampling>& rows, double softcap);
 
 // ids[j] = the token row src_rows[j] of `samples` drew, 0 where src_rows[j] < 0 (I64 tensors of
-// one length on the GPU; queued on the compute stream): a decode step's inputs from the step before it, without the host. A
-// token in `placeholders` (the model's media placeholder ids, which text_id maps) becomes `pad`.
+// one length on the GPU; queued on the compute stream): a decode step's inputs from the step
+// before it, without the host. A token in `placeholders` (the model's media placeholder ids,
+// which text_id maps) becomes `pad`.
 void write_sampled_ids(const PendingSamples& samples, const Tensor& src_rows, Tensor ids,
                        const std::vector<int64_t>& placeholders, int64_t pad);
 
