@@ -115,6 +115,7 @@ struct Engine::Impl {
   EngineOptions opt;
   int64_t ps = 0, window = 0, context = 0, max_chunk = 0;
   double softcap = 0;  // the model's final-logit softcap (0: none), which the GPU sampler applies
+  std::vector<int64_t> placeholders;  // model.placeholder_ids(): a look-ahead maps them on the device
   bool sliding = false;  // a sliding kind with its own pages
   model::PagedKV kv;
   std::vector<PagePool> pools;
@@ -182,6 +183,7 @@ struct Engine::Impl {
   // The addresses of the model's weights and buffers: a graph reads the tensors it was captured
   // with, so one that was replaced (a weight update that assigns new tensors) means a new capture.
   uint64_t weights_key() const;
+  uint64_t step_weights = 0;  // weights_key() at the start of the running step(): it cannot change within one
 #endif
 
   Impl(const model::Gemma4& m, EngineOptions o);
@@ -362,6 +364,31 @@ struct Engine::Impl {
   }
   void prepare_media(Req& r, const RequestMedia& media);
   std::vector<Chunk> schedule();
+  // A step's layout: the pool row that takes s's key at `pos` in `kind`, and s's page table
+  // appended to `table`, padded with -1 to `width` pages.
+  int64_t slot_of(const Seq& s, size_t kind, int64_t pos) const {
+    return s.pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps;
+  }
+  static void append_table(std::vector<int64_t>& table, const Seq& s, size_t kind, int64_t width) {
+    table.insert(table.end(), s.pages[kind].begin(), s.pages[kind].end());
+    table.resize(table.size() + static_cast<size_t>(width) - s.pages[kind].size(), -1);
+  }
+  // Whether a sample that has drawn `drawn` tokens, its sequence `len` long before the last of
+  // them, ends there by length: max_tokens, or the model's context.
+  bool ends_by_length(const Req& r, int64_t drawn, int64_t len) const {
+    return drawn >= r.o.max_tokens || len + 1 >= context;
+  }
+  // The sampling of r's sample k for its token `ahead` steps after those it has drawn (its seed is
+  // the request's + k; `draw` indexes the noise).
+  static RowSampling row_sampling(const Req& r, int64_t k, int64_t ahead) {
+    RowSampling row;
+    row.params = r.o.sampling;
+    row.params.seed = r.o.sampling.seed + static_cast<uint64_t>(k);
+    row.draw = r.samples[static_cast<size_t>(k)].tokens.size() + static_cast<uint64_t>(ahead);
+    row.top_logprobs = std::max<int64_t>(r.o.logprobs, 0);
+    row.logprob_mode = r.o.logprob_mode;
+    return row;
+  }
   // What a step's forward and sampling give back: each logits row's (sequence, sample) (null: a
   // look-ahead row dropped) and its draw, or on the GPU the draws still on their way.
   struct StepOutput {
@@ -409,6 +436,7 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
   ps = opt.page_size;
   context = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : (int64_t{1} << 40);
   softcap = cfg.final_logit_softcapping.value_or(0.0);
+  placeholders = model.placeholder_ids();
   for (int64_t l = 0; l < cfg.num_layers; ++l) sliding |= model::layer_kind(cfg, l) == model::AttnKind::kSliding;
   window = sliding ? cfg.sliding_window : 0;
 
@@ -768,7 +796,7 @@ Tensor Engine::Impl::decode_graph_step(const std::vector<int64_t>& ids, const st
   const int64_t B = *std::lower_bound(kGraphBuckets.begin(), kGraphBuckets.end(), n);
   const size_t kinds = pools.size();
   DecodeGraph& g = graphs[B];
-  const uint64_t key = weights_key();
+  const uint64_t key = step_weights;
   bool fresh = !g.graph || g.weights != key;
   for (size_t kind = 0; kind < kinds; ++kind) fresh |= width[kind] > g.width[kind];
   if (fresh) {
@@ -872,8 +900,8 @@ void Engine::Impl::look_ahead(const std::vector<Chunk>& plan, const std::vector<
     if (!sampled[i].first) continue;
     Seq& s = *sampled[i].first;
     const Req& r = *s.req;
-    const int64_t drawn = static_cast<int64_t>(r.samples[static_cast<size_t>(s.sample)].tokens.size()) + 1;
-    if (drawn >= r.o.max_tokens || s.len() + 1 >= context) continue;
+    if (ends_by_length(r, static_cast<int64_t>(r.samples[static_cast<size_t>(s.sample)].tokens.size()) + 1, s.len()))
+      continue;
     seqs.push_back(&s);
     src.push_back(static_cast<int64_t>(i));
   }
@@ -881,7 +909,7 @@ void Engine::Impl::look_ahead(const std::vector<Chunk>& plan, const std::vector<
   if (n == 0) return;
   const int64_t B = *std::lower_bound(kGraphBuckets.begin(), kGraphBuckets.end(), n);
   auto git = graphs.find(B);
-  if (git == graphs.end() || !git->second.graph || git->second.weights != weights_key()) return;
+  if (git == graphs.end() || !git->second.graph || git->second.weights != step_weights) return;
   DecodeGraph& g = git->second;
   // Each row writes the key of its next token (position computed + 1). Pages taken before a
   // sequence that does not fit stay with their sequences, which need them next step anyway.
@@ -904,25 +932,13 @@ void Engine::Impl::look_ahead(const std::vector<Chunk>& plan, const std::vector<
     positions.push_back(pos);
     kv_len.push_back(pos + 1);
     for (size_t kind = 0; kind < pools.size(); ++kind) {
-      slots[kind].push_back(s->pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps);
-      auto& t = tables[kind];
-      t.insert(t.end(), s->pages[kind].begin(), s->pages[kind].end());
-      t.resize(t.size() + static_cast<size_t>(width[kind]) - s->pages[kind].size(), -1);
+      slots[kind].push_back(slot_of(*s, kind, pos));
+      append_table(tables[kind], *s, kind, width[kind]);
     }
-    const Req& r = *s->req;
-    RowSampling row;
-    row.params = r.o.sampling;
-    row.params.seed = r.o.sampling.seed + static_cast<uint64_t>(s->sample);
-    row.draw = r.samples[static_cast<size_t>(s->sample)].tokens.size() + 1;
-    row.top_logprobs = std::max<int64_t>(r.o.logprobs, 0);
-    row.logprob_mode = r.o.logprob_mode;
-    sampling.push_back(row);
+    sampling.push_back(row_sampling(*s->req, s->sample, 1));
     a.rows.push_back({s, s->serial, pos});
   }
   stage_inputs(g, {}, positions, slots, tables, width, kv_len, src);
-  std::vector<int64_t> placeholders;
-  if (cfg.vision) placeholders = {cfg.vision->image_token_id, cfg.vision->video_token_id};
-  if (cfg.conditional && cfg.has_audio) placeholders.push_back(cfg.audio_token_id);
   cuda::write_sampled_ids(samples, g.src, g.step.ids, placeholders, cfg.pad_token_id);
   const Tensor logits = g.graph->replay().slice0(0, n);
   a.samples = cuda::sample_batch_async(logits, sampling, softcap);
@@ -933,7 +949,7 @@ bool Engine::Impl::take_ahead(std::vector<Chunk>& plan, std::vector<std::pair<Se
                               cuda::PendingSamples& samples) {
   Ahead a = std::move(*ahead);
   ahead.reset();
-  if (a.weights != weights_key()) return false;
+  if (a.weights != step_weights) return false;
   bool any = false;
   for (const Ahead::Row& row : a.rows) {
     // Compared by address only until the sequence is known to be alive.
@@ -1005,7 +1021,7 @@ void Engine::Impl::queue_step(const std::vector<Chunk>& plan, StepOutput& out) {
       ids.push_back(s.tokens[static_cast<size_t>(pos)]);
       positions.push_back(pos);
       for (size_t kind = 0; kind < pools.size(); ++kind)
-        slots[kind].push_back(s.pages[kind][static_cast<size_t>(pos / ps)] * ps + pos % ps);
+        slots[kind].push_back(slot_of(s, kind, pos));
       const bool in_prompt = pos < static_cast<int64_t>(req.prompt.size());
       const bool soft_here = in_prompt && req.soft.defined() &&
                              req.soft_before[static_cast<size_t>(pos) + 1] > req.soft_before[static_cast<size_t>(pos)];
@@ -1025,20 +1041,12 @@ void Engine::Impl::queue_step(const std::vector<Chunk>& plan, StepOutput& out) {
     cu_q.push_back(static_cast<int64_t>(ids.size()));
     kv_len.push_back(s.computed + c.len);
     for (size_t kind = 0; kind < pools.size(); ++kind) {
-      auto& t = tables[kind];
-      t.insert(t.end(), s.pages[kind].begin(), s.pages[kind].end());
-      t.resize(t.size() + static_cast<size_t>(width[kind]) - s.pages[kind].size(), -1);
+      append_table(tables[kind], s, kind, width[kind]);
     }
     if (s.computed + c.len < s.len()) continue;
     const Req& r = *s.req;
     for (int64_t k = s.sample < 0 ? 0 : s.sample; k < (s.sample < 0 ? r.o.n : s.sample + 1); ++k) {
-      RowSampling row;
-      row.params = r.o.sampling;
-      row.params.seed = r.o.sampling.seed + static_cast<uint64_t>(k);
-      row.draw = r.samples[static_cast<size_t>(k)].tokens.size();
-      row.top_logprobs = std::max<int64_t>(r.o.logprobs, 0);
-      row.logprob_mode = r.o.logprob_mode;
-      sampling.push_back(row);
+      sampling.push_back(row_sampling(r, k, 0));
       rows.push_back(static_cast<int64_t>(ids.size()) - 1);
       out.sampled.emplace_back(&s, k);
     }
@@ -1108,6 +1116,9 @@ std::vector<Event> Engine::Impl::step() {
     finish_request_if_done(id);
   }
   cancelled.clear();
+#ifdef G4_WITH_CUDA
+  if (opt.cuda_graphs && model.device() == Device::CUDA) step_weights = weights_key();
+#endif
 
   std::vector<Chunk> plan;
   StepOutput out;  // the rows' sequences and draws
@@ -1166,7 +1177,7 @@ std::vector<Event> Engine::Impl::step() {
     FinishReason finish = FinishReason::kNone;
     if (eos || stop_id || smp.text.push(d.token))
       finish = FinishReason::kStop;
-    else if (static_cast<int64_t>(smp.tokens.size()) >= r.o.max_tokens || s.len() + 1 >= context)
+    else if (ends_by_length(r, static_cast<int64_t>(smp.tokens.size()), s.len()))
       finish = FinishReason::kLength;
     if (finish != FinishReason::kNone) {
       completions.push_back(complete(r, k, finish, &e));

@@ -413,6 +413,13 @@ int64_t Gemma4::text_id(int64_t id) const {
   return placeholder ? cfg_.pad_token_id : id;
 }
 
+std::vector<int64_t> Gemma4::placeholder_ids() const {  // the ids of text_id's test
+  std::vector<int64_t> ids;
+  if (cfg_.vision) ids = {cfg_.vision->image_token_id, cfg_.vision->video_token_id};
+  if (cfg_.conditional && cfg_.has_audio) ids.push_back(cfg_.audio_token_id);
+  return ids;
+}
+
 Tensor Gemma4::text_ids(const Tensor& ids) const {
   if (!cfg_.vision && !(cfg_.conditional && cfg_.has_audio)) return ids;
   Tensor host = ids.to(Device::CPU).to(DType::I64);

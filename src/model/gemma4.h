@@ -182,6 +182,8 @@ class Gemma4 {
   // The id the embeddings look up for token `id`: the pad token for a multimodal placeholder
   // (image, video, audio; Gemma4Model.forward embeds them as pad before the merge), else `id`.
   int64_t text_id(int64_t id) const;
+  // The ids text_id maps to the pad token (the model's media placeholders; none for a text model).
+  std::vector<int64_t> placeholder_ids() const;
   // The vision and audio towers over in's pixel_values, pixel_values_videos / input_features (checked against the
   // model: a medium without its tower is an error); records the tape in grad mode.
   SoftTokens soft_tokens(const ForwardInputs& in) const;
