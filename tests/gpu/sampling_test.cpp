@@ -109,6 +109,7 @@ TEST(SamplingGpu, MatchesTheCpuReferenceInEveryMode) {
     bool ties;  // logits rounded to bf16: many equal values, ties at every cut
     double std;
     std::string what;
+    int64_t finite = 0;  // > 0: only the first `finite` tokens of each row are finite, the rest -inf
   };
   const std::vector<Case> cases = {
       {48, kVocab, false, 2.0, "V 262144, f32 logits"},
@@ -116,10 +117,15 @@ TEST(SamplingGpu, MatchesTheCpuReferenceInEveryMode) {
       {24, kVocab, false, 8.0, "V 262144, peaked logits (std 8)"},
       {24, 1001, false, 1.0, "V 1001 (unvectorised)"},
       {12, 7, true, 1.0, "V 7"},
+      // Top-k 1000 and 20000 then cut at -inf (the k-th largest logit is -inf).
+      {24, kVocab, false, 2.0, "V 262144, 500 finite logits a row", 500},
   };
   for (const Case& c : cases) {
-    const Tensor x = c.ties ? test::randn_bf16_exact({c.rows, c.vocab}, 17, c.std)
-                            : randn({c.rows, c.vocab}, 17, DType::F32, c.std);
+    Tensor x = c.ties ? test::randn_bf16_exact({c.rows, c.vocab}, 17, c.std)
+                      : randn({c.rows, c.vocab}, 17, DType::F32, c.std);
+    if (c.finite > 0)
+      for (int64_t r = 0; r < c.rows; ++r)
+        for (int64_t i = c.finite; i < c.vocab; ++i) x.data<float>()[r * c.vocab + i] = -INFINITY;
     const std::vector<RowSampling> rows = all_modes(c.rows);
     expect_same(gen::sample_batch(x.to(Device::CUDA), rows), gen::sample_batch(x, rows), rows, c.what);
   }

@@ -270,6 +270,10 @@ __global__ void __launch_bounds__(kStreamThreads)
   if (threadIdx.x == 0) stats[r * gridDim.x + blockIdx.x] = s;
 }
 
+// Logits a top-k cut keeps (and maybe a few more), gathered after two radix passes over the row
+// so that the rest of the selection reads them from shared memory instead of the whole row.
+constexpr int kCandidates = 4096;
+
 struct SelectSmem {
   uint32_t count[256];
   unsigned long long mass[256];
@@ -278,6 +282,8 @@ struct SelectSmem {
   unsigned long long above;
   double target;
   Stat stat[32];
+  float candidate[kCandidates];
+  int n_candidates;
 };
 
 // Adds 1 to count[bin] for every lane of the warp with bin < 256 (all 32 lanes call it). Lanes with
@@ -289,29 +295,48 @@ __device__ inline void count_bin(uint32_t* count, uint32_t bin) {
     atomicAdd(&count[bin], static_cast<uint32_t>(__popc(peers)));
 }
 
-// Calls fn(value, present) for the 4 tokens of each group a thread owns; every thread of the block
-// runs the same number of iterations (count_bin needs whole warps).
-template <class Fn>
-__device__ inline void for_row_groups(const float* x, int64_t V, bool vec, Fn fn) {
-  const int64_t groups = (V + 3) / 4;
-  const int64_t span = (groups + blockDim.x - 1) / blockDim.x * blockDim.x;
-  for (int64_t g = threadIdx.x; g < span; g += blockDim.x) {
-    float v[4] = {neg_inf(), neg_inf(), neg_inf(), neg_inf()};
-    const int n = g < groups ? load4(x, V, g, vec, v) : 0;
+// What the radix passes read: a whole row in global memory, or the candidates gathered into shared
+// memory. each(fn) calls fn(value, present) for every value, every thread of the block the same
+// number of times (count_bin needs whole warps); the order does not matter to the passes, which
+// only count and add integer masses.
+struct RowValues {
+  const float* x;
+  int64_t V;
+  bool vec;
+  template <class Fn>
+  __device__ void each(Fn fn) const {
+    const int64_t groups = (V + 3) / 4;
+    const int64_t span = (groups + blockDim.x - 1) / blockDim.x * blockDim.x;
+    for (int64_t g = threadIdx.x; g < span; g += blockDim.x) {
+      float v[4] = {neg_inf(), neg_inf(), neg_inf(), neg_inf()};
+      const int n = g < groups ? load4(x, V, g, vec, v) : 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) fn(v[j], j < n);
+      for (int j = 0; j < 4; ++j) fn(v[j], j < n);
+    }
   }
-}
+};
+struct CandidateValues {
+  const float* v;
+  int n;
+  template <class Fn>
+  __device__ void each(Fn fn) const {
+    const int span = (n + static_cast<int>(blockDim.x) - 1) / static_cast<int>(blockDim.x) * static_cast<int>(blockDim.x);
+    for (int i = static_cast<int>(threadIdx.x); i < span; i += static_cast<int>(blockDim.x))
+      fn(i < n ? v[i] : neg_inf(), i < n);
+  }
+};
 
-// The order key of the k-th largest logit of the row (1 <= k <= V): a most-significant-digit-
-// first radix select, 8 bits per pass.
-__device__ uint32_t kth_largest_key(const float* x, int64_t V, bool vec, int64_t k, SelectSmem& sm) {
-  uint32_t prefix = 0, mask = 0;
-  if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
-  for (int shift = 24; shift >= 0; shift -= 8) {
+// A most-significant-digit-first radix select of the k-th largest logit's order key, 8 bits a pass:
+// the passes from bit `shift` down continue from `prefix` (the digits chosen so far, above shift)
+// with sm.remaining the rank sought among the values under that prefix.
+template <class Values>
+__device__ uint32_t select_key_digits(const Values& values, uint32_t prefix, int shift_from, int shift_to,
+                                      SelectSmem& sm) {
+  uint32_t mask = shift_from == 24 ? 0u : ~0u << (shift_from + 8);
+  for (int shift = shift_from; shift >= shift_to; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sm.count[b] = 0;
     __syncthreads();
-    for_row_groups(x, V, vec, [&](float v, bool present) {
+    values.each([&](float v, bool present) {
       const uint32_t key = order_key(v);
       count_bin(sm.count, present && (key & mask) == prefix ? (key >> shift) & 255u : 256u);
     });
@@ -332,12 +357,32 @@ __device__ uint32_t kth_largest_key(const float* x, int64_t V, bool vec, int64_t
   return prefix;
 }
 
+// The order key of the k-th largest logit of the row (1 <= k <= V).
+__device__ uint32_t kth_largest_key(const RowValues& row, int64_t k, SelectSmem& sm) {
+  if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
+  return select_key_digits(row, 0u, 24, 0, sm);
+}
+
+// Gathers into sm.candidate every value v of the row with (v - m) / t >= z_min; false (and nothing
+// to use) when there are more than kCandidates.
+__device__ bool gather_candidates(const RowValues& row, float m, float t, float z_min, SelectSmem& sm) {
+  if (threadIdx.x == 0) sm.n_candidates = 0;
+  __syncthreads();
+  row.each([&](float v, bool present) {
+    if (!present || !((v - m) / t >= z_min)) return;
+    const int at = atomicAdd(&sm.n_candidates, 1);
+    if (at < kCandidates) sm.candidate[at] = v;
+  });
+  __syncthreads();
+  return sm.n_candidates <= kCandidates;
+}
+
 // The smallest z that top-p keeps among the tokens with z >= floor (see top_p_cut in
 // sampling.cpp): the lowest key whose strictly larger kept keys hold less than top_p of the mass,
 // found digit by digit. The first pass's bins hold every kept token, so their masses also give the
 // total.
-__device__ float top_p_cut(const float* x, int64_t V, bool vec, float m, float t, float floor, double top_p,
-                           SelectSmem& sm) {
+template <class Values>
+__device__ float top_p_cut(const Values& values, float m, float t, float floor, double top_p, SelectSmem& sm) {
   if (threadIdx.x == 0) sm.above = 0;
   uint32_t prefix = 0, mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
@@ -346,7 +391,7 @@ __device__ float top_p_cut(const float* x, int64_t V, bool vec, float m, float t
       sm.mass[b] = 0;
     }
     __syncthreads();
-    for_row_groups(x, V, vec, [&](float v, bool present) {
+    values.each([&](float v, bool present) {
       const float z = (v - m) / t;
       const uint32_t key = order_key(z);
       const bool in = present && z >= floor && (key & mask) == prefix;
@@ -399,13 +444,28 @@ __global__ void __launch_bounds__(kSelectThreads)
   __syncthreads();
   RowInfo out{s_max, neg_inf(), 0u, neg_inf()};
   if (!s_skip) {
-    const float* x = logits + r * V;
+    const RowValues row{logits + r * V, V, vec};
     const float m = s_max;
     if (p.temperature > 0.f) {
       const float t = p.temperature;
       float floor = neg_inf();
-      if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(x, V, vec, p.top_k, sm)) - m) / t;
-      if (p.top_p < 1.0) floor = fmaxf(floor, top_p_cut(x, V, vec, m, t, floor, p.top_p, sm));
+      bool gathered = false;
+      if (p.top_k > 0 && p.top_k < V) {
+        // Two passes over the row fix the k-th largest key's top 16 bits. Every token the cut can
+        // keep has z >= that 16-bit bin's lowest z (z rises with the logit), so when those tokens
+        // are few they are gathered, and the last two passes and top-p read only them.
+        if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(p.top_k);
+        const uint32_t high = select_key_digits(row, 0u, 24, 16, sm);
+        const float lowest = key_float(high);  // NaN for the bin of -inf: no gathering then
+        gathered = !isnan(lowest) && gather_candidates(row, m, t, (lowest - m) / t, sm);
+        const uint32_t key = gathered ? select_key_digits(CandidateValues{sm.candidate, sm.n_candidates}, high, 8, 0, sm)
+                                      : select_key_digits(row, high, 8, 0, sm);
+        floor = (key_float(key) - m) / t;
+      }
+      if (p.top_p < 1.0)
+        floor = fmaxf(floor, gathered ? top_p_cut(CandidateValues{sm.candidate, sm.n_candidates}, m, t, floor,
+                                                  p.top_p, sm)
+                                      : top_p_cut(row, m, t, floor, p.top_p, sm));
       out.floor = fmaxf(floor, p.min_p_log);
       // The most likely token has z = (m - m) / t = 0, kept by every cut; its score is one the
       // race reaches, so no token scoring below it can win. (st is whole in thread 0 only, which
@@ -415,7 +475,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         out.race_floor = 0.f - race_log_e(race_words(p.seed, p.draw, static_cast<uint64_t>(a / 4)).v[a % 4]);
       }
     }
-    if (p.top_n > 0) out.top_key = kth_largest_key(x, V, vec, p.top_n, sm);
+    if (p.top_n > 0) out.top_key = kth_largest_key(row, p.top_n, sm);
   }
   if (threadIdx.x == 0) info[r] = out;
 }
