@@ -357,12 +357,6 @@ __device__ uint32_t select_key_digits(const Values& values, uint32_t prefix, int
   return prefix;
 }
 
-// The order key of the k-th largest logit of the row (1 <= k <= V).
-__device__ uint32_t kth_largest_key(const RowValues& row, int64_t k, SelectSmem& sm) {
-  if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
-  return select_key_digits(row, 0u, 24, 0, sm);
-}
-
 // Gathers into sm.candidate every value v of the row with (v - m) / t >= z_min; false (and nothing
 // to use) when there are more than kCandidates.
 __device__ bool gather_candidates(const RowValues& row, float m, float t, float z_min, SelectSmem& sm) {
@@ -375,6 +369,21 @@ __device__ bool gather_candidates(const RowValues& row, float m, float t, float 
   });
   __syncthreads();
   return sm.n_candidates <= kCandidates;
+}
+
+// The order key of the k-th largest logit of the row (1 <= k <= V). Two passes over the row fix
+// its top 16 bits; every logit at or above it then has z = (v - m) / t at least that 16-bit bin's
+// lowest z (z rises with the logit), so when those logits are few they are gathered into
+// sm.candidate (*gathered, if asked) and the last two passes read only them.
+__device__ uint32_t kth_largest_key(const RowValues& row, int64_t k, float m, float t, SelectSmem& sm,
+                                    bool* gathered) {
+  if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(k);
+  const uint32_t high = select_key_digits(row, 0u, 24, 16, sm);
+  const float lowest = key_float(high);  // NaN for the bin of -inf: no gathering then
+  const bool have = !isnan(lowest) && gather_candidates(row, m, t, (lowest - m) / t, sm);
+  if (gathered != nullptr) *gathered = have;
+  return have ? select_key_digits(CandidateValues{sm.candidate, sm.n_candidates}, high, 8, 0, sm)
+              : select_key_digits(row, high, 8, 0, sm);
 }
 
 // The smallest z that top-p keeps among the tokens with z >= floor (see top_p_cut in
@@ -449,19 +458,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     if (p.temperature > 0.f) {
       const float t = p.temperature;
       float floor = neg_inf();
+      // Every token top-p can keep after a top-k cut has z >= the cut, so it reads the candidates
+      // the cut gathered, if it did.
       bool gathered = false;
-      if (p.top_k > 0 && p.top_k < V) {
-        // Two passes over the row fix the k-th largest key's top 16 bits. Every token the cut can
-        // keep has z >= that 16-bit bin's lowest z (z rises with the logit), so when those tokens
-        // are few they are gathered, and the last two passes and top-p read only them.
-        if (threadIdx.x == 0) sm.remaining = static_cast<uint32_t>(p.top_k);
-        const uint32_t high = select_key_digits(row, 0u, 24, 16, sm);
-        const float lowest = key_float(high);  // NaN for the bin of -inf: no gathering then
-        gathered = !isnan(lowest) && gather_candidates(row, m, t, (lowest - m) / t, sm);
-        const uint32_t key = gathered ? select_key_digits(CandidateValues{sm.candidate, sm.n_candidates}, high, 8, 0, sm)
-                                      : select_key_digits(row, high, 8, 0, sm);
-        floor = (key_float(key) - m) / t;
-      }
+      if (p.top_k > 0 && p.top_k < V) floor = (key_float(kth_largest_key(row, p.top_k, m, t, sm, &gathered)) - m) / t;
       if (p.top_p < 1.0)
         floor = fmaxf(floor, gathered ? top_p_cut(CandidateValues{sm.candidate, sm.n_candidates}, m, t, floor,
                                                   p.top_p, sm)
@@ -475,7 +475,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         out.race_floor = 0.f - race_log_e(race_words(p.seed, p.draw, static_cast<uint64_t>(a / 4)).v[a % 4]);
       }
     }
-    if (p.top_n > 0) out.top_key = kth_largest_key(row, p.top_n, sm);
+    if (p.top_n > 0) out.top_key = kth_largest_key(row, p.top_n, m, 1.f, sm, nullptr);
   }
   if (threadIdx.x == 0) info[r] = out;
 }
