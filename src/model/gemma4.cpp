@@ -740,14 +740,14 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
 
   const int64_t B = h_in.shape()[0], S = h_in.shape()[1], P = cfg_.hidden_size_per_layer_input;
   if (fused) {
-    // The same values in four kernels fewer: the gelu and the product in one op, the norm, the sum
-    // and the layer scalar in one, and at one row (a batch-1 decode step) the layer's slice of the
+    // The same values in five kernels fewer: the gate's product, gelu and product with the per-layer
+    // input in one op (one GEMV at decode sizes), the norm, the sum and the layer scalar in one, and at one row (a batch-1 decode step) the layer's slice of the
     // per-layer inputs as a view, not a copy.
     return ending([&] {
       h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
       const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
                                       : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
-      const Tensor gate = ops::gelu_tanh_mul(ag::linear(h, p(pre + "per_layer_input_gate.weight")).value(), ple_l);
+      const Tensor gate = ops::gelu_tanh_mul_linear(h.value(), p(pre + "per_layer_input_gate.weight").value(), ple_l);
       const ag::Var g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight"));
       return output(h, g, pre + "post_per_layer_input_norm.weight");
     });

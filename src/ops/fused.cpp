@@ -191,6 +191,28 @@ Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {
   return mul(gelu_tanh(a), b);
 }
 
+Tensor gelu_tanh_mul_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_float("gelu_tanh_mul_linear", "x", x);
+  check_same_dtype("gelu_tanh_mul_linear", "x", x, "w", w);
+  check_same_dtype("gelu_tanh_mul_linear", "x", x, "b", b);
+  G4_CHECK(x.dim() >= 1 && w.dim() == 2 && w.size(1) == x.size(-1), "gelu_tanh_mul_linear: weight ", w.describe(),
+           " must be [N, K] for x ", x.describe());
+  Shape shape = x.shape();
+  shape.back() = w.size(0);
+  G4_CHECK(b.shape() == shape, "gelu_tanh_mul_linear: b ", b.describe(), " must have the product's shape ",
+           shape_str(shape));
+#ifdef G4_WITH_CUDA
+  const int64_t rows = leading_rows(x), n = w.size(0), k = x.size(-1);
+  if (on_gpu(x) && x.dtype() == DType::BF16 && cuda::gemv_preferred(rows, n, k) &&
+      cuda::gemv_fits(rows, k, x.raw(), k, w.raw(), k, DType::BF16, DType::BF16)) {
+    Tensor y = Tensor::empty(shape, DType::BF16, Device::CUDA);
+    cuda::gemv_gelu_mul(rows, n, k, x.raw(), k, w.raw(), k, b.raw(), y.raw(), n);
+    return y;
+  }
+#endif
+  return gelu_tanh_mul(linear(x, w), b);
+}
+
 std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights) {
   check_float("linear_many", "x", x);
   G4_CHECK(x.dim() >= 1, "linear_many: x must be [..., K], got ", x.describe());

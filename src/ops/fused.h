@@ -69,6 +69,10 @@ void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indi
 // embedding). a and b alike.
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b);
 
+// gelu_tanh_mul(linear(x, w), b): x [..., K], w [N, K], b [..., N]. On the GPU one GEMV pass with
+// the gate in its epilogue when x has few rows (a decode step) and the GEMV takes the shapes.
+Tensor gelu_tanh_mul_linear(const Tensor& x, const Tensor& w, const Tensor& b);
+
 // linear(x, w) for each w of `weights` (a layer's q, k and v projections of the same x): on the GPU
 // one launch when x has at most 8 rows and the GEMV takes every weight (at most 3).
 std::vector<Tensor> linear_many(const Tensor& x, const std::vector<Tensor>& weights);

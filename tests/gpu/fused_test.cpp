@@ -149,6 +149,26 @@ TEST(GpuFusedNorms, GatedGemvMatchesTheSeparateOps) {
   }
 }
 
+// E4B's per-layer input gate in one GEMV (its epilogue takes the gelu and the product with b)
+// against the product, then gelu_tanh_mul; rows the GEMV does not take (9; 3 rows of a k off the
+// packs) run the separate ops. The sum's one-ulp flips carry through the gelu as in the gated case.
+TEST(GpuFusedNorms, GatedInputGemvMatchesTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t rows, n, k;
+  };
+  uint64_t seed = 60;
+  for (const Case c : {Case{1, 256, 2560}, Case{2, 256, 1536}, Case{2, 37, 64}, Case{9, 64, 64}, Case{3, 16, 20}}) {
+    const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, c.k}, ++seed));
+    const Tensor w = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
+    const Tensor b = gpu_bf16(randn_bf16_exact({c.rows, c.n}, ++seed));
+    expect_close_scaled(ops::gelu_tanh_mul_linear(x, w, b), ops::gelu_tanh_mul(ops::linear(x, w), b), 0,
+                        2 * kBf16Rtol,
+                        "gelu_tanh_mul_linear rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) +
+                            " k=" + std::to_string(c.k));
+  }
+}
+
 // A layer's q, k and v projections in one launch (1 to 8 rows) against separate bf16 products; 9
 // rows take the separate products.
 TEST(GpuFusedNorms, ProjectionsInOneLaunchMatchTheSeparateProducts) {

@@ -29,12 +29,18 @@ constexpr int kPerLane = 8;  // bf16 per 16-byte load
 constexpr int kStride = kWarps * 32 * kPerLane;  // elements of k one block step covers
 constexpr int kMaxProducts = 3;
 
+// What a block writes from its sums: alpha·sum + beta·y; gelu_tanh(gate)·up from a gate row and an
+// up row (gemv_gelu_gate); or gelu_tanh(sum)·b with b a tensor of y's shape (gemv_gelu_mul).
+enum class Epilogue { kLinear, kGeluGate, kGeluMul };
+
 // The products of one launch (kernel parameters, so the table costs no copy): product p writes
 // y[p] [m, n[p]] from w[p] (and, gated, w2[p]), in blocks [first_block[p], first_block[p + 1]).
+// gemv_gelu_mul's b (one product) has y's row stride.
 template <class TY>
 struct Products {
   const bf16_t* w[kMaxProducts] = {};
   const bf16_t* w2[kMaxProducts] = {};
+  const bf16_t* b = nullptr;
   TY* y[kMaxProducts] = {};
   int64_t n[kMaxProducts] = {}, ldw[kMaxProducts] = {}, ldy[kMaxProducts] = {};
   int64_t first_block[kMaxProducts + 1] = {};
@@ -77,13 +83,15 @@ __device__ __forceinline__ BlockRows<TY> block_rows(const Products<TY>& P) {
   return b;
 }
 
-// kGated: the block writes gelu_tanh(gate)·up for its 2 columns, each product rounded to TY first
-// as separate ops round. prefetch: the block's weight rows start streaming into L2 before
-// pdl_wait(), so under programmatic dependent launch they load while the previous kernel ends.
-template <int M, class TY, bool kGated>
+// kEpilogue kGeluGate: the block writes gelu_tanh(gate)·up for its 2 columns; kGeluMul:
+// gelu_tanh(sum)·b; each product and the gelu rounded to TY first as separate ops round. prefetch:
+// the block's weight rows start streaming into L2 before pdl_wait(), so under programmatic
+// dependent launch they load while the previous kernel ends.
+template <int M, class TY, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
                                                            const Products<TY> P, int64_t k, float alpha,
                                                            float beta, bool prefetch) {
+  constexpr bool kGated = kEpilogue == Epilogue::kGeluGate;
   pdl_begin_after([&] {
     if (!prefetch) return;
     const BlockRows<TY> b = block_rows<TY, kGated>(P);
@@ -141,6 +149,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
     if constexpr (kGated) {
       const float gate = to_f32(from_f32<TY>(total(i, r))), up = to_f32(from_f32<TY>(total(i, r + kCols)));
       *out = from_f32<TY>(gelu_value(gate) * up);
+    } else if constexpr (kEpilogue == Epilogue::kGeluMul) {
+      const float gelu = to_f32(from_f32<TY>(gelu_value(to_f32(from_f32<TY>(total(i, r))))));
+      *out = from_f32<TY>(gelu * to_f32(P.b[i * ldy + row0 + r]));
     } else {
       float value = alpha * total(i, r);
       if (beta != 0.f) value = fmaf(beta, to_f32(*out), value);
@@ -149,9 +160,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
   }
 }
 
-template <class TY, bool kGated>
+template <class TY, Epilogue kEpilogue>
 void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta) {
-  constexpr int64_t cols = kGated ? kRows / 2 : kRows;
+  constexpr int64_t cols = kEpilogue == Epilogue::kGeluGate ? kRows / 2 : kRows;
   int64_t blocks = 0;
   for (int p = 0; p < P.count; ++p) {
     P.first_block[p] = blocks;
@@ -165,7 +176,7 @@ void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, 
   const bool prefetch = g4::pdl_enabled();
   switch (m) {
 #define G4_GEMV_CASE(M)                                                                      \
-  case M: launch_pdl(gemv_kernel<M, TY, kGated>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch); break;
+  case M: launch_pdl(gemv_kernel<M, TY, kEpilogue>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch); break;
     G4_GEMV_CASE(1)
     G4_GEMV_CASE(2)
     G4_GEMV_CASE(3)
@@ -200,7 +211,7 @@ void gemv_rowmajor(int64_t m, int64_t n, int64_t k, float alpha, const void* x, 
     using TY = std::remove_pointer_t<decltype(out)>;
     Products<TY> P;
     P.w[0] = static_cast<const bf16_t*>(w), P.y[0] = out, P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
-    launch<TY, false>(m, k, px, ldx, P, alpha, beta);
+    launch<TY, Epilogue::kLinear>(m, k, px, ldx, P, alpha, beta);
   };
   if (y_dtype == DType::F32)
     one(static_cast<float*>(y));
@@ -221,7 +232,7 @@ void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vect
     P.n[P.count] = g.n, P.ldw[P.count] = g.ldw, P.ldy[P.count] = g.ldy;
     ++P.count;
   }
-  launch<bf16_t, false>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
+  launch<bf16_t, Epilogue::kLinear>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
 }
 
 void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
@@ -234,7 +245,18 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
   Products<bf16_t> P;
   P.w[0] = static_cast<const bf16_t*>(w_gate), P.w2[0] = static_cast<const bf16_t*>(w_up);
   P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
-  launch<bf16_t, true>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
+  launch<bf16_t, Epilogue::kGeluGate>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
+}
+
+void gemv_gelu_mul(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
+                   const void* b, void* y, int64_t ldy) {
+  G4_CHECK(gemv_fits(m, k, x, ldx, w, ldw, DType::BF16, DType::BF16), "gemv_gelu_mul: [", m, ", ", k, "] x [", n,
+           ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows, " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
+  G4_CHECK(ldy >= n, "gemv_gelu_mul: output row stride ", ldy, " < ", n);
+  Products<bf16_t> P;
+  P.w[0] = static_cast<const bf16_t*>(w), P.b = static_cast<const bf16_t*>(b);
+  P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
+  launch<bf16_t, Epilogue::kGeluMul>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
 }
 
 bool gemv_preferred(int64_t m, int64_t n, int64_t k) {

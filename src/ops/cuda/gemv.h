@@ -42,6 +42,12 @@ void gemv_many(int64_t m, int64_t k, const void* x, int64_t ldx, const std::vect
 void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w_gate,
                     const void* w_up, int64_t ldw, void* y, int64_t ldy);
 
+// y[i, j] = gelu_tanh(s)·b[i, j] with s = Σ_k x[i, k]·w[j, k], s and the gelu rounded to bf16 first
+// (as ops::linear then ops::gelu_tanh_mul compute it; E4B's per-layer input gate); b bf16 with y's
+// row stride. W must fit as gemv_rowmajor's, with a bf16 output.
+void gemv_gelu_mul(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
+                   const void* b, void* y, int64_t ldy);
+
 // Whether a product of m rows by an [n, k] weight that fits goes to these kernels rather than
 // cuBLASLt (the dense GEMMs and the fused decode ops ask). By default where they were faster on an
 // H200 (bench_gemv, 2026-12-05, docs/performance.md): 1-2 rows always (1.05-1.8x), 3-4 rows for
