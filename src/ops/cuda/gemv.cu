@@ -91,14 +91,14 @@ template <int M, class TY, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
                                                            const Products<TY> P, int64_t k, float alpha,
                                                            float beta, bool prefetch) {
-  constexpr bool kGated = kEpilogue == Epilogue::kGeluGate;
   pdl_begin_after([&] {
     if (!prefetch) return;
-    const BlockRows<TY> b = block_rows<TY, kGated>(P);
+    const BlockRows<TY> b = block_rows<TY, kEpilogue == Epilogue::kGeluGate>(P);
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
       if (threadIdx.x == r * 32) prefetch_l2(b.w[r], static_cast<unsigned>(k * sizeof(bf16_t)));
   });
+  constexpr bool kGated = kEpilogue == Epilogue::kGeluGate;
   constexpr int kCols = kGated ? kRows / 2 : kRows;  // output columns per block
   __shared__ float partial[kWarps][M * kRows];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
