@@ -61,7 +61,7 @@ run="scripts/device_run.sh"
 # - Session 24 (2026-12-06, H100s): the dense prefill after held keys and the pointwise map's output dtype passed,
 #   then the engine's look-ahead (GpuEngineLookahead.*) and the sampler capping the LM head's product
 #   (SamplingGpu.CapsTheHeadProductAsSoftcapToF32Does); the whole suite passed (161 passed, 17 skipped).
-new_tests='GpuFusedNorms.*:GpuEnginePrefetch.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   case "$1" in

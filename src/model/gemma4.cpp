@@ -18,7 +18,6 @@
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/fused.h"
-#include "ops/prefetch.h"
 #include "ops/matmul.h"
 #include "ops/moe.h"
 #include "ops/paged_attention.h"
@@ -79,7 +78,6 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
   // above (1.07x at 64, 1.52x at 128; docs/performance.md).
   decode_experts_max_tokens_ = static_cast<int64_t>(std::bit_floor(static_cast<unsigned>(env_int(
       "G4_DECODE_EXPERTS_TOKENS", 32, 1, static_cast<int>(ops::kMoeExpertsMaxTokens), "32"))));
-  decode_prefetch_bytes_ = int64_t{env_int("G4_DECODE_PREFETCH_MB", 24, 0, 1024, "24")} << 20;
   if (device == Device::CPU)
     G4_CHECK(dtype == DType::F32 || dtype == DType::F64, "the CPU model computes in f32 or f64, not ", dtype_name(dtype));
   else
@@ -586,35 +584,6 @@ ag::Var Gemma4::logits_of(const ag::Var& hidden) const {
   return logits;
 }
 
-namespace {
-// Above this many tokens a forward reads each weight for many rows and is no longer bound by the
-// latency between its kernels: no prefetching (with_prefetch).
-constexpr int64_t kPrefetchMaxTokens = 64;
-
-// The first rows of w [N, ...] that fit in `bytes` (at least one).
-Tensor leading_rows(const Tensor& w, int64_t bytes) {
-  const int64_t row_bytes = static_cast<int64_t>(w.nbytes()) / std::max<int64_t>(w.size(0), 1);
-  return w.slice0(0, std::clamp<int64_t>(bytes / std::max<int64_t>(row_bytes, 1), 1, w.size(0)));
-}
-}  // namespace
-
-void Gemma4::with_prefetch(int64_t tokens, const std::function<std::vector<Tensor>()>& weights,
-                           const std::function<void()>& chain) const {
-  const bool on = decode_prefetch_bytes_ > 0 && fused_inference_ && !ag::grad_enabled() && device_ == Device::CUDA &&
-                  tokens <= kPrefetchMaxTokens && !(hooks_ && !hooks_->whole());
-  if (!on) return chain();
-  run_side_by_side([&] { ops::prefetch_to_l2(weights(), decode_prefetch_bytes_); }, chain);
-}
-
-std::vector<Tensor> Gemma4::input_projections(int64_t l) const {
-  const std::string pre = layer_prefix(l) + "self_attn.";
-  const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
-  std::vector<Tensor> weights{p(pre + "q_proj.weight").value()};
-  if (!ls.kv_shared) weights.push_back(p(pre + "k_proj.weight").value());
-  if (!ls.kv_shared && !ls.k_eq_v) weights.push_back(p(pre + "v_proj.weight").value());
-  return weights;
-}
-
 ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Context& ctx) const {
   const std::string pre = layer_prefix(l);
   const double eps = cfg_.rms_norm_eps;
@@ -633,7 +602,6 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   ag::Var a = attention_block(l, x, ctx);
   ag::Var h, m;
   MoeInputs moe_in;
-  const int64_t tokens = h_in.shape()[0] * h_in.shape()[1];
   if (fused) {
     // The residual and every norm that reads it in one pass: the MLP's input, and an MoE layer's
     // router input (its scale times H^-1/2, as route computes it) and experts input.
@@ -642,20 +610,8 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
       norms.push_back({p(pre + "moe.gate.scale").value(), std::pow(static_cast<double>(cfg_.hidden_size), -0.5)});
       norms.push_back({p(pre + "pre_feedforward_layernorm_2.weight").value(), 1.0});
     }
-    // Beside it, the MLP's first weights: the router's, and the first rows of gate and up alike (the
-    // gated GEMV reads the same rows of both together).
-    const auto mlp_weights = [&] {
-      std::vector<Tensor> weights;
-      if (ls.moe) weights.push_back(p(pre + "moe.gate.proj.weight").value());
-      for (const char* w : {"mlp.gate_proj.weight", "mlp.up_proj.weight"})
-        weights.push_back(leading_rows(p(pre + w).value(), decode_prefetch_bytes_ / 2));
-      return weights;
-    };
-    std::vector<Tensor> outs;
-    with_prefetch(tokens, mlp_weights, [&] {
-      outs = ops::add_rmsnorm_norms(h_in.value(), a.value(), p(pre + "post_attention_layernorm.weight").value(), eps,
-                                    norms);
-    });
+    std::vector<Tensor> outs =
+        ops::add_rmsnorm_norms(h_in.value(), a.value(), p(pre + "post_attention_layernorm.weight").value(), eps, norms);
     h = ag::Var(outs[0]);
     m = ag::Var(outs[1]);
     if (ls.moe) moe_in = {ag::Var(outs[2]), ag::Var(outs[3])};
@@ -676,16 +632,6 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   const auto chained = [&](std::vector<Tensor> outs) {
     ctx.next_input = ag::Var(outs[1]);
     return ag::Var(outs[0]);
-  };
-  // What the forward reads next after this layer: the next layer's input projections, or the LM head.
-  const auto next_weights = [&] {
-    return l + 1 < cfg_.num_layers ? input_projections(l + 1) : std::vector<Tensor>{lm_head().value()};
-  };
-  // The layer's end (kernels that wait on latency) with those weights prefetched beside it.
-  const auto ending = [&](const std::function<ag::Var()>& end) {
-    ag::Var out;
-    with_prefetch(tokens, next_weights, [&] { out = end(); });
-    return out;
   };
   // The layer's output, add_normed(residual, a, w, layer_scalar).
   const auto output = [&](const ag::Var& residual_in, const ag::Var& a_in, const std::string& w) {
@@ -720,11 +666,9 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
       }
       // Without per-layer inputs the two outputs' norms, their sum, the output and the next norm in one op.
       if (chain && !ple.defined())
-        return ending([&] {
-          return chained(ops::rmsnorm_sum_add_norms(m.value(), w1.value(), routed.value(), w2.value(), residual.value(),
-                                                    p(pre + "post_feedforward_layernorm.weight").value(), eps,
-                                                    next_norm(), layer_scalar));
-        });
+        return chained(ops::rmsnorm_sum_add_norms(m.value(), w1.value(), routed.value(), w2.value(), residual.value(),
+                                                  p(pre + "post_feedforward_layernorm.weight").value(), eps, next_norm(),
+                                                  layer_scalar));
       m = ag::Var(ops::rmsnorm_sum(m.value(), w1.value(), routed.value(), w2.value(), eps));
     } else {
       dense_mlp();
@@ -736,23 +680,21 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     dense_mlp();
   }
   // Without per-layer inputs the layer scalar comes right after the residual sum.
-  if (!ple.defined()) return ending([&] { return output(residual, m, pre + "post_feedforward_layernorm.weight"); });
+  if (!ple.defined()) return output(residual, m, pre + "post_feedforward_layernorm.weight");
+  h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
 
-  const int64_t B = h_in.shape()[0], S = h_in.shape()[1], P = cfg_.hidden_size_per_layer_input;
+  const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
   if (fused) {
     // The same values in five kernels fewer: the gate's product, gelu and product with the per-layer
-    // input in one op (one GEMV at decode sizes), the norm, the sum and the layer scalar in one, and at one row (a batch-1 decode step) the layer's slice of the
-    // per-layer inputs as a view, not a copy.
-    return ending([&] {
-      h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
-      const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
-                                      : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
-      const Tensor gate = ops::gelu_tanh_mul_linear(h.value(), p(pre + "per_layer_input_gate.weight").value(), ple_l);
-      const ag::Var g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight"));
-      return output(h, g, pre + "post_per_layer_input_norm.weight");
-    });
+    // input in one op (one GEMV at decode sizes), the norm, the sum and the layer scalar in one, and
+    // at one row (a batch-1 decode step) the layer's slice of the per-layer inputs as a view, not a
+    // copy.
+    const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
+                                    : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
+    const Tensor gate = ops::gelu_tanh_mul_linear(h.value(), p(pre + "per_layer_input_gate.weight").value(), ple_l);
+    const ag::Var g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight"));
+    return output(h, g, pre + "post_per_layer_input_norm.weight");
   }
-  h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
   {
     ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});
     ag::Var g = ag::mul(ag::gelu_tanh(ag::linear(h, p(pre + "per_layer_input_gate.weight"))), ple_l);
@@ -794,16 +736,12 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
       wk = p(pre + "k_norm.weight").value();
     }
     const int64_t owner = ls.kv_shared ? ls.kv_source : l;
-    // Both wait on latency at decode sizes: the output projection's weights are prefetched beside them.
-    Tensor o;
-    with_prefetch(B * S, [&] { return std::vector<Tensor>{p(pre + "o_proj.weight").value()}; }, [&] {
-      const Tensor qn = ops::norm_rope_write_kv(q.value(), p(pre + "q_norm.weight").value(), k_raw, wk, v_raw,
-                                                ctx.positions, inv_freq, eps, ctx.pages->k[static_cast<size_t>(owner)],
-                                                ctx.pages->v[static_cast<size_t>(owner)],
-                                                ctx.step->slots[static_cast<size_t>(layer_kind(cfg_, l))]);
-      o = paged_attention(l, qn, Tensor(), Tensor(), ctx);
-    });
-    return proj(ag::reshape(ag::Var(o), {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
+    const Tensor qn = ops::norm_rope_write_kv(q.value(), p(pre + "q_norm.weight").value(), k_raw, wk, v_raw,
+                                              ctx.positions, inv_freq, eps, ctx.pages->k[static_cast<size_t>(owner)],
+                                              ctx.pages->v[static_cast<size_t>(owner)],
+                                              ctx.step->slots[static_cast<size_t>(layer_kind(cfg_, l))]);
+    const ag::Var o(paged_attention(l, qn, Tensor(), Tensor(), ctx));
+    return proj(ag::reshape(o, {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
   }
   const auto norm_rope = [&](const ag::Var& t, const std::string& w) {
     return fused ? ag::Var(ops::rmsnorm_rope(t.value(), p(w).value(), ctx.positions, inv_freq, eps))

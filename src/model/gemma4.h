@@ -210,9 +210,6 @@ class Gemma4 {
   // (fewer kernels per decode step, the same roundings; +8-13% decode tokens/s at batch 1-4 on an
   // H200, docs/performance.md). On unless G4_DECODE_FUSED=0.
   void set_fused_inference(bool on) { fused_inference_ = on; }
-  // Bytes of upcoming weights prefetched into L2 beside each latency-bound chain of a decode step (0: none).
-  void set_decode_prefetch_bytes(int64_t bytes) { decode_prefetch_bytes_ = bytes; }
-  int64_t decode_prefetch_bytes() const { return decode_prefetch_bytes_; }
   // Adds coef * (load-balancing loss averaged over MoE layers) to the training loss: per layer
   // E * sum_e f_e * P_e, f_e the fraction of top-k assignments to expert e, P_e its mean router
   // probability (Switch Transformer's auxiliary loss). 0 (the default) disables it.
@@ -277,13 +274,6 @@ class Gemma4 {
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
   ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
-  // Runs chain (kernels that wait on latency, not bandwidth) with the first decode_prefetch_bytes_ of
-  // weights() (what is read after it) prefetched into L2 beside it on a second stream, in a fused
-  // forward of at most kPrefetchMaxTokens tokens on the GPU; else just runs chain.
-  void with_prefetch(int64_t tokens, const std::function<std::vector<Tensor>()>& weights,
-                     const std::function<void()>& chain) const;
-  // The projection weights layer l's attention reads x with, in the order it reads them.
-  std::vector<Tensor> input_projections(int64_t l) const;
   // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] into the pages (undefined:
   // a KV-shared layer, or k/v already written by ops::norm_rope_write_kv), q [1, T, nH, d] over
   // them; returns [T, nH, d].
@@ -321,9 +311,6 @@ class Gemma4 {
   // GEMMs where they read their offsets on the device); G4_DECODE_EXPERTS_TOKENS sets it, a power of
   // two up to ops::kMoeExpertsMaxTokens (default 32, docs/performance.md).
   int64_t decode_experts_max_tokens_ = 0;
-  // Bytes of upcoming weights a fused decode step on the GPU prefetches into L2 beside each chain of
-  // latency-bound kernels (with_prefetch); G4_DECODE_PREFETCH_MB sets it, 0 turns it off.
-  int64_t decode_prefetch_bytes_ = 0;
   double router_aux_coef_ = 0;
   std::optional<LoraConfig> lora_;
   mutable uint64_t lora_calls_ = 0;

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <functional>
 #include <map>
 
 #include "autograd/variable.h"
@@ -277,36 +276,11 @@ TEST(GpuEngineGraphs, MoeDecodeThroughTheGroupedGemmsEqualsTheEagerSteps) {
                           "tiny-moe through the grouped GEMMs, 40 sequences");
 }
 
-// Runs the same requests with a setting off and on (set(false), set(true)), replayed from CUDA graphs
-// and eagerly, and expects the same tokens and log-probs.
-void expect_setting_changes_nothing(const model::Gemma4& gpu, const std::string& name,
-                                    const std::function<void(bool)>& set) {
-  const int64_t V = gpu.config().vocab_size;
-  std::vector<gen::Request> requests;
-  for (int64_t i = 0; i < 6; ++i) {
-    gen::Request r;
-    r.prompt = some_prompt(2 + 7 * i, V, 90 + i);
-    r.options.sampling.temperature = i % 2 == 1 ? 0.8 : 0.0;
-    r.options.sampling.top_k = i % 2 == 1 ? 40 : 0;
-    r.options.sampling.seed = static_cast<uint64_t>(i);
-    r.options.max_tokens = 6 + 2 * i;
-    r.options.ignore_eos = true;
-    r.options.logprobs = 2;
-    requests.push_back(r);
-  }
-  for (bool graphs : {true, false}) {
-    set(false);
-    const std::vector<gen::Completion> off = run_engine(gpu, requests, graphs);
-    set(true);
-    const std::vector<gen::Completion> on = run_engine(gpu, requests, graphs);
-    expect_same_completions(off, on, name + (graphs ? ", CUDA graphs" : ", eager") + ", off and on");
-  }
-}
-
 // Programmatic dependent launch changes nothing either: with it on, a step's kernels may start
-// while the previous one ends, and each waits before touching memory (src/core/cuda/pdl.cuh). At the
-// tiny fixtures' shapes and at the released widths (the GEMV with its weight prefetch, the decode
-// experts kernels, head dims 256 and 512).
+// while the previous one ends, and each waits before touching memory (src/core/cuda/pdl.cuh). The
+// same requests with it off and on, replayed from CUDA graphs and eagerly, at the tiny fixtures'
+// shapes and at the released widths (the GEMV with its weight prefetch, the decode experts
+// kernels, head dims 256 and 512).
 TEST(GpuEnginePdl, TokensAndLogprobsEqualWithoutIt) {
   G4_REQUIRE_GPU();
   struct Restore {
@@ -314,22 +288,26 @@ TEST(GpuEnginePdl, TokensAndLogprobsEqualWithoutIt) {
     ~Restore() { set_pdl_enabled(was); }
   } restore;
   const auto check = [&](const model::Gemma4& gpu, const std::string& name) {
-    expect_setting_changes_nothing(gpu, name + ", PDL", [](bool on) { set_pdl_enabled(on); });
-  };
-  for (const char* fixture : {"tiny-moe", "var-ple-shared"})
-    check(*model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16), fixture);
-  for (const char* name : {"gemma-4-26b-a4b", "gemma-4-e4b"}) check(*two_layer_gpu_model(name), name);
-}
-
-// Nor does prefetching the next weights into L2 beside a decode step's latency-bound kernels
-// (Gemma4::with_prefetch: prefetch kernels forked onto the second stream, in the step's graphs too).
-TEST(GpuEnginePrefetch, TokensAndLogprobsEqualWithoutIt) {
-  G4_REQUIRE_GPU();
-  const auto check = [&](model::Gemma4& gpu, const std::string& name) {
-    const int64_t bytes = gpu.decode_prefetch_bytes();
-    ASSERT_GT(bytes, 0) << "prefetching is on by default";
-    expect_setting_changes_nothing(gpu, name + ", L2 prefetch",
-                                   [&](bool on) { gpu.set_decode_prefetch_bytes(on ? bytes : 0); });
+    const int64_t V = gpu.config().vocab_size;
+    std::vector<gen::Request> requests;
+    for (int64_t i = 0; i < 6; ++i) {
+      gen::Request r;
+      r.prompt = some_prompt(2 + 7 * i, V, 90 + i);
+      r.options.sampling.temperature = i % 2 == 1 ? 0.8 : 0.0;
+      r.options.sampling.top_k = i % 2 == 1 ? 40 : 0;
+      r.options.sampling.seed = static_cast<uint64_t>(i);
+      r.options.max_tokens = 6 + 2 * i;
+      r.options.ignore_eos = true;
+      r.options.logprobs = 2;
+      requests.push_back(r);
+    }
+    for (bool graphs : {true, false}) {
+      set_pdl_enabled(false);
+      const std::vector<gen::Completion> off = run_engine(gpu, requests, graphs);
+      set_pdl_enabled(true);
+      const std::vector<gen::Completion> on = run_engine(gpu, requests, graphs);
+      expect_same_completions(off, on, name + (graphs ? ", CUDA graphs" : ", eager") + ", PDL off and on");
+    }
   };
   for (const char* fixture : {"tiny-moe", "var-ple-shared"})
     check(*model::load_hf_model(test::hf_fixture_dir(fixture))->copy_to(Device::CUDA, DType::BF16), fixture);

@@ -28,7 +28,6 @@
 #include <type_traits>
 
 #include "core/cuda/runtime.h"
-#include "core/env.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/moe.h"
 
@@ -84,20 +83,6 @@ __device__ int claim_expert(const int32_t* __restrict__ indices, int assignments
 
 // Asks L2 for the cache line at p (a hint: it changes no value a load returns).
 __device__ __forceinline__ void prefetch_line(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
-// Asks L2 for this CTA's share of its expert's weights (`rows` rows of `row_bytes` from `expert`):
-// the grid's column tiles of one expert split its rows into contiguous slices, one per tile, so the
-// memory sees whole rows in order while each CTA reads a narrow column tile of every row (from L2).
-__device__ __forceinline__ void prefetch_expert_slice(const bf16* expert, int rows, int64_t row_bytes) {
-  const int tiles = static_cast<int>(gridDim.x), per_tile = (rows + tiles - 1) / tiles;
-  const int first = static_cast<int>(blockIdx.x) * per_tile, last = min(rows, first + per_tile);
-  if (first >= last) return;
-  const char* begin = reinterpret_cast<const char*>(expert) + first * row_bytes;
-  const int64_t bytes = (last - first) * row_bytes;
-  constexpr int64_t kPiece = 16 << 10;
-  for (int64_t at = int64_t{threadIdx.x} * kPiece; at < bytes; at += int64_t{blockDim.x} * kPiece)
-    prefetch_l2(begin + at, static_cast<unsigned>(min(kPiece, bytes - at)));
-}
 
 // Copies rows (of `width` bf16) of `src` into shared memory: row j of the chunk is src row
 // row_of(list[j0 + j]).
@@ -174,8 +159,7 @@ __device__ __forceinline__ void warp_row_sum(float (&acc)[kChunk][V]) {
 template <int V>
 __global__ void __launch_bounds__(kThreads)
     gate_up_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ indices, int assignments, int experts,
-                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act,
-                   bool stream_prefetch) {
+                   int top_k, int H, int I, const bf16* __restrict__ gate_up, bf16* __restrict__ act) {
   pdl_begin();
   constexpr int kCols = kGateCols, kHalf = kCols / V, kRowLanes = 2 * kHalf, kGroups = kThreads / kRowLanes;
   constexpr int kWarps = kThreads / 32;
@@ -195,13 +179,11 @@ __global__ void __launch_bounds__(kThreads)
   };
   int n = 0;
   const int e = claim_expert(indices, assignments, experts, list, &count, &n, [&](int e) {
-    if (stream_prefetch || !valid) return;  // the first rows this thread will read, while the assignments are found
+    if (!valid) return;  // the first rows this thread will read, while the assignments are found
     for (int u = 0, i = group; u < kUnroll && i < H; ++u, i += kGroups)
       prefetch_line(weights_of(e) + int64_t{i} * 2 * I);
   });
   if (e < 0 || n == 0) return;
-  // Only an expert some token picked: with a CTA per expert the unpicked ones return above.
-  if (stream_prefetch) prefetch_expert_slice(gate_up + int64_t{e} * H * 2 * I, H, int64_t{4} * I);
   const bf16* w = weights_of(e);
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
@@ -238,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int V>
 __global__ void __launch_bounds__(kThreads)
     down_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ indices, int assignments, int experts, int I,
-                int H, const bf16* __restrict__ down, bf16* __restrict__ ys, bool stream_prefetch) {
+                int H, const bf16* __restrict__ down, bf16* __restrict__ ys) {
   pdl_begin();
   constexpr int kCols = kDownCols, kRowLanes = kCols / V, kGroups = kThreads / kRowLanes;
   // Partial sums left per column: one per warp when a warp holds several rows, else one per row group.
@@ -253,12 +235,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool valid = col < H;  // H is a multiple of V
   int n = 0;
   const int e = claim_expert(indices, assignments, experts, list, &count, &n, [&](int e) {
-    if (stream_prefetch || !valid) return;
+    if (!valid) return;
     for (int u = 0, i = group; u < kUnroll && i < I; ++u, i += kGroups)
       prefetch_line(down + (static_cast<int64_t>(e) * I + i) * H + col);
   });
   if (e < 0 || n == 0) return;
-  if (stream_prefetch) prefetch_expert_slice(down + int64_t{e} * I * H, I, int64_t{2} * H);
   const bf16* w = down + static_cast<int64_t>(e) * I * H + col;
   const int part = kRowLanes < 32 ? static_cast<int>(threadIdx.x / 32) : group;
   for (int j0 = 0; j0 < n; j0 += kChunk) {
@@ -320,8 +301,6 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   // Rows of up to 8192 bf16 in shared memory: 128 KiB for the chunk (the dispatcher bounds H).
   G4_CHECK(down_smem <= sizeof(bf16) * kChunk * 8192, "moe_experts: moe_intermediate_size ", I,
            " is above the 8192 the GPU op takes");
-  // Experiment: each CTA prefetches a contiguous slice of its expert into L2 (G4_EXPERTS_PREFETCH=1).
-  static const bool stream_prefetch = env_int("G4_EXPERTS_PREFETCH", 0, 0, 1, "0") == 1;
   const auto launch = [&](auto v) {
     constexpr int V = decltype(v)::value;
     constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
@@ -329,10 +308,10 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     g4::cuda::allow_dynamic_smem<down_kernel<V>>(bytes);
     launch_pdl(gate_up_kernel<V>, dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem,
                static_cast<const bf16*>(x.raw()), idx, T * K, E, K, H, I, static_cast<const bf16*>(gate_up.raw()),
-               static_cast<bf16*>(act.raw()), stream_prefetch);
+               static_cast<bf16*>(act.raw()));
     launch_pdl(down_kernel<V>, dim3((H + kDownCols - 1) / kDownCols, owners), kThreads, down_smem,
                static_cast<const bf16*>(act.raw()), idx, T * K, E, I, H, static_cast<const bf16*>(down.raw()),
-               static_cast<bf16*>(ys.raw()), stream_prefetch);
+               static_cast<bf16*>(ys.raw()));
   };
   if (wide)
     launch(std::integral_constant<int, 8>{});
