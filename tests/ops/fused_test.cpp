@@ -83,6 +83,9 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const Tensor h = randn({2, 3, 24}, 8, dt), wg = randn({40, 24}, 9, dt), wu = randn({40, 24}, 10, dt);
     expect_equal(ops::gelu_gate_linear(h, wg, wu), ops::gelu_gate(ops::linear(h, wg), ops::linear(h, wu)),
                  "gelu_gate_linear");
+    const Tensor ple = randn({2, 3, 40}, 19, dt);
+    expect_equal(ops::gelu_tanh_mul_linear(h, wg, ple), ops::gelu_tanh_mul(ops::linear(h, wg), ple),
+                 "gelu_tanh_mul_linear");
     const std::vector<Tensor> many = ops::linear_many(h, {wg, wu, randn({8, 24}, 11, dt)});
     ASSERT_EQ(many.size(), 3u);
     expect_equal(many[0], ops::linear(h, wg), "linear_many[0]");
@@ -113,6 +116,10 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::gelu_gate_linear(a, randn({4, 7}, 1, DType::F32), randn({4, 7}, 2, DType::F32)); },
                {"gelu_gate_linear", "[N, K]"});
   expect_error([&] { ops::linear_many(a, {randn({4, 7}, 1, DType::F32)}); }, {"linear_many", "[N, K]"});
+  expect_error([&] { ops::gelu_tanh_mul_linear(a, randn({4, 8}, 1, DType::F32), randn({2, 5}, 2, DType::F32)); },
+               {"gelu_tanh_mul_linear", "b f32[2, 5]", "[2, 4]"});
+  expect_error([&] { ops::gelu_tanh_mul_linear(a, randn({4, 7}, 1, DType::F32), randn({2, 4}, 2, DType::F32)); },
+               {"gelu_tanh_mul_linear", "[N, K]"});
   expect_error([&] { ops::gelu_tanh_mul(a, randn({2, 7}, 3, DType::F32)); }, {"gelu_tanh_mul", "shapes differ"});
   Tensor weights, indices;
   expect_error([&] { ops::softmax_topk(a, 9, weights, indices); }, {"softmax_topk", "k = 9", "[1, 8]"});
