@@ -61,6 +61,9 @@ run="scripts/device_run.sh"
 # - Session 24 (2026-12-06, H100s): the dense prefill after held keys and the pointwise map's output dtype passed,
 #   then the engine's look-ahead (GpuEngineLookahead.*) and the sampler capping the LM head's product
 #   (SamplingGpu.CapsTheHeadProductAsSoftcapToF32Does); the whole suite passed (161 passed, 17 skipped).
+# - Session 25 (2026-12-06, one H100): the sampler's top-k candidates gathered into shared memory (SamplingGpu.*, with
+#   rows whose k-th largest logit is -inf) and E4B's per-layer gate in one GEMV (GpuFusedNorms.GatedInputGemvMatchesTheSeparateOps)
+#   passed, with GpuEngineLookahead.*; the engine's suites have not yet run with both, and neither has the whole suite.
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
