@@ -64,6 +64,9 @@ run="scripts/device_run.sh"
 # - Session 25 (2026-12-06, one H100): the sampler's top-k candidates gathered into shared memory (SamplingGpu.*, with
 #   rows whose k-th largest logit is -inf) and E4B's per-layer gate in one GEMV (GpuFusedNorms.GatedInputGemvMatchesTheSeparateOps)
 #   passed, with GpuEngineLookahead.*; the engine's suites have not yet run with both, and neither has the whole suite.
+# - Session 26 (2026-12-06, one H100): *GpuEngine*, GpuTokenLogprobs.*, GpuRl.*, GpuTrain* and GpuBenchTrain.* (21 tests)
+#   passed with both, on a build that also held two experiments since dropped (one decode experts kernel; the grouped
+#   GEMMs' half tiles and bulk stores); the whole suite has still not run with session 25's two changes.
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
