@@ -1,7 +1,8 @@
 // GPU timings of the MoE path and the dense GEMMs at Gemma 4 26B-A4B sizes: the grouped expert
 // GEMMs forward and backward through both back ends (cuBLAS grouped GEMM, one cuBLASLt call per
-// expert), the routing/permute kernels, and dense cuBLASLt products. Prints TFLOP/s; compare with
-// tools/bench_torch_moe.py on the same machine.
+// expert), the routing/permute kernels, and dense cuBLASLt products. Prints TFLOP/s, and each of the
+// device-offset kernels against the time its DRAM bytes take at the measured copy bandwidth; compare
+// with tools/bench_torch_moe.py on the same machine.
 //   bench_moe [tokens=4096]
 #include <algorithm>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_gpu.h"
 #include "core/device_memory.h"
 #include "core/random.h"
 #include "core/tensor.h"
@@ -91,6 +93,15 @@ int main(int argc, char** argv) {
   using ops::cuda::GroupedGemmBackend;
   double device_fwd_bwd_ms = 0;  // the device kernels' expert GEMMs, forward + backward (dw beta 1)
   double device_fresh_ms = 0;     // the same with the weight gradients written fresh (beta 0)
+  // Each device-offset product: its time and the DRAM bytes it must move at least (every operand
+  // read once, the output written once; at beta 1 the f32 gradient is read too).
+  struct Product {
+    std::string what;
+    double ms, bytes;
+  };
+  std::vector<Product> products;
+  const double w_up_bytes = 2.0 * E * H * 2 * I, w_down_bytes = 2.0 * E * I * H;
+  const double rows_h = 2.0 * N * H, rows_up = 2.0 * N * 2 * I, rows_i = 2.0 * N * I;  // bf16 row tensors
   // The device kernels last: they are new, and a fault there must not hide the cuBLAS numbers.
   for (const GroupedGemmBackend b :
        {GroupedGemmBackend::Grouped, GroupedGemmBackend::Loop, GroupedGemmBackend::Device}) {
@@ -117,6 +128,8 @@ int main(int argc, char** argv) {
     report("expert GEMMs fwd + bwd", t_up + t_down + t_up_b + t_down_b, 3 * (f_up + f_down));
     if (b == GroupedGemmBackend::Device) {
       device_fwd_bwd_ms = t_up + t_down + t_up_b + t_down_b;
+      products.push_back({"gate_up fwd", t_up, w_up_bytes + rows_h + rows_up});
+      products.push_back({"down fwd", t_down, w_down_bytes + rows_i + rows_h});
       // The two halves of each backward apart: the input gradient is a forward-like product, the
       // f32 weight gradient a short reduction (an expert's rows) with a read-modify-write epilogue.
       Tensor dx_up = Tensor::empty({plan.rows(), H}, DType::BF16, Device::CUDA);
@@ -124,19 +137,27 @@ int main(int argc, char** argv) {
       const Tensor& dev = plan.device_offsets;
       const double dx_up_ms = time_ms([&] { ops::cuda::device_grouped_input_grad(dy_up, gate_up, dev, dx_up); });
       report("  gate_up dxs", dx_up_ms, f_up);
-      report("  gate_up f32 dw (beta 1)",
-             time_ms([&] { ops::cuda::device_grouped_weight_grad(xs, dy_up, dev, dw_up, 1.f); }), f_up);
+      const double dw1_up_ms = time_ms([&] { ops::cuda::device_grouped_weight_grad(xs, dy_up, dev, dw_up, 1.f); });
+      report("  gate_up f32 dw (beta 1)", dw1_up_ms, f_up);
       const double dw0_up_ms = time_ms([&] { ops::cuda::device_grouped_weight_grad(xs, dy_up, dev, dw_up, 0.f); });
       report("  gate_up f32 dw (beta 0)", dw0_up_ms, f_up);
       const double dx_down_ms =
           time_ms([&] { ops::cuda::device_grouped_input_grad(dy_down, down, dev, dx_down); });
       report("  down dxs", dx_down_ms, f_down);
-      report("  down f32 dw (beta 1)",
-             time_ms([&] { ops::cuda::device_grouped_weight_grad(act, dy_down, dev, dw_down, 1.f); }), f_down);
+      const double dw1_down_ms =
+          time_ms([&] { ops::cuda::device_grouped_weight_grad(act, dy_down, dev, dw_down, 1.f); });
+      report("  down f32 dw (beta 1)", dw1_down_ms, f_down);
       const double dw0_down_ms =
           time_ms([&] { ops::cuda::device_grouped_weight_grad(act, dy_down, dev, dw_down, 0.f); });
       report("  down f32 dw (beta 0)", dw0_down_ms, f_down);
       device_fresh_ms = t_up + t_down + dx_up_ms + dx_down_ms + dw0_up_ms + dw0_down_ms;
+      const double dw_up_bytes = 2.0 * w_up_bytes, dw_down_bytes = 2.0 * w_down_bytes;  // f32
+      products.push_back({"gate_up dxs", dx_up_ms, w_up_bytes + rows_up + rows_h});
+      products.push_back({"down dxs", dx_down_ms, w_down_bytes + rows_h + rows_i});
+      products.push_back({"gate_up f32 dw (beta 0)", dw0_up_ms, rows_h + rows_up + dw_up_bytes});
+      products.push_back({"down f32 dw (beta 0)", dw0_down_ms, rows_i + rows_h + dw_down_bytes});
+      products.push_back({"gate_up f32 dw (beta 1)", dw1_up_ms, rows_h + rows_up + 2 * dw_up_bytes});
+      products.push_back({"down f32 dw (beta 1)", dw1_down_ms, rows_i + rows_h + 2 * dw_down_bytes});
     }
   }
   ops::cuda::set_grouped_gemm_backend(GroupedGemmBackend::Auto);
@@ -198,5 +219,19 @@ int main(int argc, char** argv) {
   const double dw_bytes = 4.0 * static_cast<double>(E) * (H * 2 * I + I * H);
   std::printf("  the f32 expert weight gradients: %.2f GB, written once at beta 0, read and written at beta 1\n",
               dw_bytes * 1e-9);
+
+  // The expert GEMMs read 128 experts' weights where a dense layer reads one, and write 128 f32
+  // weight gradients: their DRAM bytes bound them from below, whatever the tensor cores do.
+  const double gbps = bench::copy_gbps();
+  std::printf("device-offset kernels against their DRAM bytes (copy bandwidth %.0f GB/s)\n", gbps);
+  double floor0_ms = 0;
+  for (const Product& p : products) {
+    const double floor_ms = p.bytes / (gbps * 1e9) * 1e3;
+    if (p.what.find("beta 1") == std::string::npos) floor0_ms += floor_ms;
+    std::printf("  %-26s %8.3f ms  bytes %6.2f GB -> %8.3f ms  (%5.1f%% of the copy rate)\n", p.what.c_str(), p.ms,
+                p.bytes * 1e-9, floor_ms, 100.0 * floor_ms / p.ms);
+  }
+  std::printf("  fwd + bwd at beta 0: %.3f ms, bytes alone %.3f ms; 70%% of the dense rate allows %.3f ms\n",
+              device_fresh_ms, floor0_ms, dense_ms / 0.7);
   return 0;
 }
