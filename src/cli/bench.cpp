@@ -53,6 +53,9 @@ struct BenchOptions {
   int64_t min_doc = 256, max_doc = 2048;
   double peak_tflops = 0;  // the MFU denominator; 0: the datasheet dense bf16 peak of the GPU found
   bool recompute = false;
+  // AdamW's state as NeMo-RL's Gemma 4 recipes store it (train/adamw.h): bf16 moments, and the
+  // masters as the bf16 parameters plus 16-bit remainders.
+  bool bf16_moments = false, param_remainders = false;
   bool profile = false;  // a kernel table (CUPTI) of two extra steps
   bool hf = false;
   std::string hf_script = "tools/bench_hf_train.py";
@@ -301,6 +304,8 @@ Result run_g4(const BenchOptions& o, const io::ModelConfig& cfg, const PackedRow
     for (const std::string& n : os.trainable) res.trainable += model.params().at(n).value().numel();
     os.adamw.beta2 = 0.95;
     os.adamw.weight_decay = 0.01;
+    if (o.bf16_moments) os.adamw.exp_avg_dtype = os.adamw.exp_avg_sq_dtype = DType::BF16;
+    os.adamw.store_param_remainders = o.param_remainders;
     os.sharded = o.fsdp;
     const std::unique_ptr<train::Optimizer> opt = train::make_optimizer(std::move(os));
     // Waits for the GPU's queued work; nothing to wait for on the CPU (and no CUDA runtime to ask).
@@ -529,6 +534,8 @@ std::string rank_args(const BenchOptions& o, const std::string& report) {
   if (o.lora_experts) a += " --lora-experts";
   if (o.recompute) a += " --recompute";
   if (o.fsdp) a += " --fsdp";
+  if (o.bf16_moments) a += " --bf16-moments";
+  if (o.param_remainders) a += " --param-remainders";
   return a + " --rank-report " + shell_quote(report);
 }
 
@@ -714,8 +721,11 @@ void bench_train(BenchOptions o) {
   std::printf("\n  %-34s %12s %10s %8s %12s %10s\n", "", "tokens/s", "step ms", "MFU", "of achiev.", "peak GiB");
   std::printf("g4: %.4g B parameters, %.4g M of them trained\n", static_cast<double>(g.parameters) / 1e9,
               static_cast<double>(g.trainable) / 1e6);
-  print_row(o.gpu() ? (o.lora > 0 ? "g4 (bf16 base, fp32 adapter master)" : "g4 (bf16 compute, fp32 master)")
-                    : "g4 (f32, CPU)", g.tokens_per_s, g.step_ms, step_flops,
+  std::string label = o.gpu() ? (o.lora > 0 ? "g4 (bf16 base, fp32 adapter master" : "g4 (bf16 compute, fp32 master")
+                              : "g4 (f32, CPU";
+  if (o.param_remainders) label += " as bf16 + remainder";
+  if (o.bf16_moments) label += ", bf16 moments";
+  print_row((label + ")").c_str(), g.tokens_per_s, g.step_ms, step_flops,
             o.peak_tflops, achievable, static_cast<double>(g.peak_bytes) / (1 << 30));
   for (const auto& [p, r] : hf) {
     report["hf_" + p] = r;
@@ -859,6 +869,11 @@ void add_bench(CLI::App& app, Action& action) {
                   "data-parallel rank counts, e.g. 1,2,4: the step on each count (relaunched by g4 launch), per-rank "
                   "tokens/s, MFU and the efficiency against one rank (at most 256 each)");
   cmd->add_flag("--fsdp", o->fsdp, "with --ranks: shard the optimizer state over the ranks (ZeRO-3)");
+  cmd->add_flag("--bf16-moments", o->bf16_moments,
+                "AdamW's moments stored in bf16 (optimizer.exp_avg_dtype and exp_avg_sq_dtype: bfloat16)");
+  cmd->add_flag("--param-remainders", o->param_remainders,
+                "the fp32 masters kept as the bf16 parameters plus 16-bit remainders "
+                "(optimizer.store_param_remainders)");
   cmd->add_option("--rank-report", o->rank_report, "(internal) one rank of a --ranks run: where rank 0 writes")
       ->group("");
   auto* precision = cmd->add_option("--hf-precision", o->hf_precisions,

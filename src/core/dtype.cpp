@@ -14,6 +14,7 @@ size_t dtype_size(DType t) {
     case DType::I64: return 8;
     case DType::U8: return 1;
     case DType::Bool: return 1;
+    case DType::I16: return 2;
   }
   G4_FAIL("unknown dtype tag ", static_cast<int>(t));
 }
@@ -28,6 +29,7 @@ const char* dtype_name(DType t) {
     case DType::I64: return "i64";
     case DType::U8: return "u8";
     case DType::Bool: return "bool";
+    case DType::I16: return "i16";
   }
   return "?";
 }

@@ -204,6 +204,7 @@ double element_as_double(const Tensor& t, int64_t i) {
     case DType::F16: return static_cast<const f16*>(p)[i].to_float();
     case DType::I32: return static_cast<const int32_t*>(p)[i];
     case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::I16: return static_cast<const int16_t*>(p)[i];
     case DType::U8:
     case DType::Bool: return static_cast<const uint8_t*>(p)[i];
   }
@@ -231,6 +232,7 @@ void set_element(Tensor& t, int64_t i, double v) {
     case DType::F16: static_cast<f16*>(p)[i] = f16::from_float(static_cast<float>(v)); break;
     case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::I16: static_cast<int16_t*>(p)[i] = static_cast<int16_t>(v); break;
     case DType::U8:
     case DType::Bool: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
   }

@@ -86,6 +86,8 @@ const char* safetensors_dtype_name(DType t) {
       return "U8";
     case DType::Bool:
       return "BOOL";
+    case DType::I16:
+      return "I16";
   }
   G4_FAIL("no safetensors dtype for tag ", static_cast<int>(t));
 }

@@ -4,11 +4,51 @@
 
 #include "ops/cpu/optim.h"
 #include "ops/dispatch.h"
+#include "ops/master_bits.h"
 #ifdef G4_WITH_CUDA
 #include "ops/cuda/optim.h"
 #endif
 
 namespace g4::ops {
+
+namespace {
+// exp_avg and exp_avg_sq have the master's shape and device, each in the master's dtype or (with an
+// f32 master) bf16.
+void check_moments(const char* op, const Tensor& master, const Tensor& exp_avg, const Tensor& exp_avg_sq) {
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}) {
+    check_on(op, name, t, master.device());
+    G4_CHECK(t.shape() == master.shape(), op, ": shapes differ: master ", master.describe(), " vs ", name, " ",
+             t.describe());
+    G4_CHECK(t.dtype() == master.dtype() || (t.dtype() == DType::BF16 && master.dtype() == DType::F32), op, ": ", name,
+             " ", t.describe(), " must be the master's dtype, or bf16 with an f32 master (", master.describe(), ")");
+  }
+}
+
+void check_step_and_grad(const char* op, const Tensor& master, const Tensor& grad, const AdamWHyper& h) {
+  G4_CHECK(h.step >= 1, op, ": step must be >= 1 (the bias corrections divide by 1 - beta^step), got ", h.step);
+  if (!grad.defined()) return;
+  const Device device = master.device();
+  check_on(op, "grad", grad, device);
+  // The CPU converts any float gradient to the master's dtype; the GPU reads f32 or bf16.
+  const bool dtype_ok = device == Device::CPU ? is_floating(grad.dtype()) : is_backend_float(grad.dtype(), device);
+  G4_CHECK(grad.shape() == master.shape() && dtype_ok, op, ": grad ", grad.describe(),
+           " must be a float tensor of the master's shape ", master.describe());
+}
+
+void check_grad_scale(const char* op, const Tensor& grad_scale_tensor, Device device) {
+  if (!grad_scale_tensor.defined()) return;
+  check_on(op, "grad_scale_tensor", grad_scale_tensor, device);
+  G4_CHECK(grad_scale_tensor.numel() == 1 && (device == Device::CPU || grad_scale_tensor.dtype() == DType::F32), op,
+           ": grad_scale_tensor must have one element (f32 on the GPU), got ", grad_scale_tensor.describe());
+}
+
+void check_split(const char* op, const Tensor& param, const Tensor& remainder) {
+  check_on(op, "param", param, param.device());
+  check_on(op, "remainder", remainder, param.device());
+  G4_CHECK(param.dtype() == DType::BF16 && remainder.dtype() == DType::I16 && param.shape() == remainder.shape(), op,
+           ": param must be bf16 and remainder i16 of its shape, got ", param.describe(), " and ", remainder.describe());
+}
+}  // namespace
 
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay, const Tensor& decay_mask, const Tensor& grad_scale_tensor, Tensor* param_bf16_out) {
@@ -17,26 +57,14 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
   const Device device = master.device();
   G4_CHECK(device == Device::CPU || master.dtype() == DType::F32, op, ": the GPU keeps f32 master weights, got ",
            master.describe());
-  check_same_shape(op, "master", master, "exp_avg", exp_avg);
-  check_same_shape(op, "master", master, "exp_avg_sq", exp_avg_sq);
-  G4_CHECK(h.step >= 1, op, ": step must be >= 1 (the bias corrections divide by 1 - beta^step), got ", h.step);
-  if (grad.defined()) {
-    check_on(op, "grad", grad, device);
-    // The CPU converts any float gradient to the master's dtype; the GPU reads f32 or bf16.
-    const bool dtype_ok = device == Device::CPU ? is_floating(grad.dtype()) : is_backend_float(grad.dtype(), device);
-    G4_CHECK(grad.shape() == master.shape() && dtype_ok, op, ": grad ", grad.describe(),
-             " must be a float tensor of the master's shape ", master.describe());
-  }
+  check_moments(op, master, exp_avg, exp_avg_sq);
+  check_step_and_grad(op, master, grad, h);
   if (decay_mask.defined()) {
     check_on(op, "decay_mask", decay_mask, device);
     G4_CHECK(decay_mask.dtype() == DType::U8 && decay_mask.shape() == master.shape(), op,
              ": decay_mask must be u8 of the master's shape ", master.describe(), ", got ", decay_mask.describe());
   }
-  if (grad_scale_tensor.defined()) {
-    check_on(op, "grad_scale_tensor", grad_scale_tensor, device);
-    G4_CHECK(grad_scale_tensor.numel() == 1 && (device == Device::CPU || grad_scale_tensor.dtype() == DType::F32), op,
-             ": grad_scale_tensor must have one element (f32 on the GPU), got ", grad_scale_tensor.describe());
-  }
+  check_grad_scale(op, grad_scale_tensor, device);
   if (param_bf16_out) {
     check_on(op, "param_bf16_out", *param_bf16_out, device);
     G4_CHECK(param_bf16_out->dtype() == DType::BF16 && param_bf16_out->shape() == master.shape(), op,
@@ -45,6 +73,45 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
   }
   return G4_DISPATCH(
       master, adamw_step(master, grad, exp_avg, exp_avg_sq, h, decay, decay_mask, grad_scale_tensor, param_bf16_out));
+}
+
+void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+  const char* op = "adamw_step_remainders";
+  check_split(op, param, remainder);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}) {
+    check_on(op, name, t, param.device());
+    G4_CHECK(t.shape() == param.shape() && (t.dtype() == DType::F32 || t.dtype() == DType::BF16), op, ": ", name, " ",
+             t.describe(), " must be f32 or bf16 of the parameter's shape ", param.describe());
+  }
+  check_step_and_grad(op, param, grad, h);
+  check_grad_scale(op, grad_scale_tensor, param.device());
+  G4_DISPATCH(param, adamw_step_remainders(param, remainder, grad, exp_avg, exp_avg_sq, h, decay, grad_scale_tensor));
+}
+
+void split_master(const Tensor& master, Tensor& param, Tensor& remainder) {
+  const char* op = "split_master";
+  check_split(op, param, remainder);
+  G4_CHECK(master.dtype() == DType::F32 && master.shape() == param.shape() && master.device() == Device::CPU &&
+               param.device() == Device::CPU,
+           op, ": master must be an f32 CPU tensor of the parameter's shape, got ", master.describe(), " for ",
+           param.describe());
+  const uint32_t* m = static_cast<const uint32_t*>(master.raw());
+  uint16_t* p = static_cast<uint16_t*>(param.raw());
+  int16_t* r = static_cast<int16_t*>(remainder.raw());
+  for (int64_t i = 0; i < master.numel(); ++i) split_master_bits(m[i], p[i], r[i]);
+}
+
+Tensor join_master(const Tensor& param, const Tensor& remainder) {
+  const char* op = "join_master";
+  check_split(op, param, remainder);
+  G4_CHECK(param.device() == Device::CPU, op, ": param and remainder must be CPU tensors, got ", param.describe());
+  Tensor master = Tensor::empty(param.shape(), DType::F32);
+  const uint16_t* p = static_cast<const uint16_t*>(param.raw());
+  const int16_t* r = static_cast<const int16_t*>(remainder.raw());
+  uint32_t* m = static_cast<uint32_t*>(master.raw());
+  for (int64_t i = 0; i < master.numel(); ++i) m[i] = join_master_bits(p[i], r[i]);
+  return master;
 }
 
 Tensor squared_norm(const Tensor& g) {

@@ -19,7 +19,11 @@ struct AdamWHyper {
 //   m ← m + (g − m)·(1 − β1)               (torch's lerp)
 //   v ← v·β2 + (1 − β2)·g·g
 //   p ← p − (lr / (1 − β1^step)) · m / (sqrt(v) / sqrt(1 − β2^step) + eps)
-// master, exp_avg, exp_avg_sq: the same shape and device, f32 (or f64 on the CPU). grad: that
+// master, exp_avg, exp_avg_sq: the same shape and device, f32 (or f64 on the CPU). With an f32
+// master the moments may also be bf16, each on its own (Transformer Engine FusedAdam's
+// exp_avg_dtype / exp_avg_sq_dtype, which NeMo-RL's Gemma 4 recipes set to bfloat16): they are read
+// widened to f32, updated as above in f32, and stored rounded to nearest even, while the master's
+// step uses the unrounded values, as FusedAdam does. grad: that
 // shape, f32 or bf16 (f64 on the CPU), or undefined for a zero gradient. decay_mask: optional u8
 // tensor of the master's shape and device (flat shards of many parameters, parallel/fsdp.h) that
 // exempts the elements where it is 0 from weight decay. grad_scale_tensor:
@@ -30,6 +34,20 @@ struct AdamWHyper {
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay = true, const Tensor& decay_mask = {}, const Tensor& grad_scale_tensor = {},
                 Tensor* param_bf16_out = nullptr);
+
+// The same update for a bf16 parameter whose fp32 master is the parameter's bits joined with a
+// 16-bit remainder (ops/master_bits.h; FusedAdam's store_param_remainders): the master is joined,
+// updated as adamw_step updates an f32 master, and split again into the parameter (its compute copy)
+// and the remainder. param: bf16; remainder: i16 of param's shape and device; the rest as above.
+// The master follows the same f32 arithmetic as adamw_step's, bit for bit; the copy differs from
+// adamw_step's param_bf16_out only where the master lies exactly halfway between two bf16 values.
+void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                           const AdamWHyper& h, bool decay = true, const Tensor& grad_scale_tensor = {});
+
+// f32 masters into bf16 parameters and i16 remainders and back (CPU tensors of one shape;
+// ops/master_bits.h): join_master(split_master(x)) has x's bits.
+void split_master(const Tensor& master, Tensor& param, Tensor& remainder);
+Tensor join_master(const Tensor& param, const Tensor& remainder);
 
 // Σ g² over all elements as a [] tensor on g's device: f32 (f64 for f64 input on the CPU), summed in
 // double on the CPU and in fp32 (a fixed-shape two-stage tree, so deterministic) on the GPU. No

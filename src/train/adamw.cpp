@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <tuple>
 
 #include "ops/elementwise.h"
 #include "ops/optim.h"
@@ -18,17 +19,27 @@ AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std:
     G4_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64 || p.dtype() == DType::BF16,
              "AdamW updates f32 (or f64) parameters, or bf16 ones through f32 masters; parameter ", n, " is ",
              p.describe());
-    const DType state = p.dtype() == DType::BF16 ? DType::F32 : p.dtype();
+    const DType master_dtype = p.dtype() == DType::BF16 ? DType::F32 : p.dtype();
     // A bf16 parameter's master starts as its exact f32 value: the copy it came from was rounded
-    // once, so nothing is lost that the model ever had.
-    master_.push_back(p.dtype() == DType::BF16 ? p.to(DType::F32) : Tensor());
-    m_.push_back(Tensor::zeros(p.shape(), state, p.device()));
-    v_.push_back(Tensor::zeros(p.shape(), state, p.device()));
+    // once, so nothing is lost that the model ever had (a zero remainder joins to that value too).
+    const bool remainders = opt_.store_param_remainders && p.dtype() == DType::BF16;
+    master_.push_back(p.dtype() == DType::BF16 && !remainders ? p.to(DType::F32) : Tensor());
+    remainder_.push_back(remainders ? Tensor::zeros(p.shape(), DType::I16, p.device()) : Tensor());
+    for (auto [moments, dtype, key] : {std::tuple{&m_, opt_.exp_avg_dtype, "exp_avg_dtype"},
+                                       std::tuple{&v_, opt_.exp_avg_sq_dtype, "exp_avg_sq_dtype"}}) {
+      G4_CHECK(dtype == DType::F32 || dtype == DType::BF16, "AdamW keeps its moments in f32 or bf16, not ",
+               dtype_name(dtype), " (optimizer.", key, ")");
+      G4_CHECK(dtype != DType::BF16 || master_dtype == DType::F32, "bf16 moments (optimizer.", key,
+               ") need f32 masters; parameter ", n, " is ", p.describe());
+      moments->push_back(Tensor::zeros(p.shape(), dtype == DType::BF16 ? dtype : master_dtype, p.device()));
+    }
   }
 }
 
-const Tensor& AdamW::master(size_t i) const {
-  return master_[i].defined() ? master_[i] : params_.at(names_[i]).value();
+Tensor AdamW::master(size_t i) const {
+  const Tensor& p = params_.at(names_[i]).value();
+  if (remainder_[i].defined()) return ops::join_master(p.to(Device::CPU), remainder_[i].to(Device::CPU));
+  return master_[i].defined() ? master_[i] : p;
 }
 
 void load_parameter_values(const model::ParamStore& source, model::ParamStore& dest) {
@@ -56,11 +67,19 @@ void AdamW::load_parameters(const model::ParamStore& source) {
     G4_CHECK(params_.at(n).value().defined(), "load_parameters: parameter '", n, "' has no value");
   load_parameter_values(source, params_);
   for (size_t i = 0; i < names_.size(); ++i) {
-    if (!master_[i].defined()) continue;
+    if (!master_[i].defined() && !remainder_[i].defined()) continue;
     const Tensor& src = source.at(names_[i]).value();
     G4_CHECK(src.defined(), "load_parameters: the source holds no value for the trainable parameter '", names_[i],
              "' (its master starts from it)");
-    master_[i].copy_from(src.to(DType::F32));
+    if (master_[i].defined()) {
+      master_[i].copy_from(src.to(DType::F32));
+      continue;
+    }
+    // The master split into the parameter's bits (rounded with ties away from zero) and remainder.
+    Tensor param = Tensor::empty(src.shape(), DType::BF16), remainder = Tensor::empty(src.shape(), DType::I16);
+    ops::split_master(src.to(DType::F32), param, remainder);
+    params_.at(names_[i]).mutable_value().copy_from(param);
+    remainder_[i].copy_from(remainder);
   }
 }
 
@@ -68,7 +87,7 @@ void AdamW::copy_masters_to(model::ParamStore& dest) const {
   for (size_t i = 0; i < names_.size(); ++i) {
     G4_CHECK(dest.has(names_[i]), "copy_masters_to: the destination has no parameter '", names_[i], "'");
     Tensor& dst = dest.at(names_[i]).mutable_value();
-    const Tensor& m = master(i);
+    const Tensor m = master(i);
     G4_CHECK(dst.device() == Device::CPU && dst.shape() == m.shape() && dst.dtype() == m.dtype(),
              "copy_masters_to: '", names_[i], "' is ", dst.describe(), " in the destination, but the master is ",
              m.describe(), " (the destination must be a CPU store of the master's dtype)");
@@ -97,7 +116,9 @@ void AdamW::step(double lr, double grad_scale) {
     ag::Var& var = params_.at(names_[i]);
     // An undefined gradient counts as zero (the op's contract).
     const bool decay = no_decay_.count(names_[i]) == 0;
-    if (master_[i].defined())
+    if (remainder_[i].defined())
+      ops::adamw_step_remainders(var.mutable_value(), remainder_[i], var.grad(), m_[i], v_[i], h, decay);
+    else if (master_[i].defined())
       ops::adamw_step(master_[i], var.grad(), m_[i], v_[i], h, decay, {}, {}, &var.mutable_value());
     else
       ops::adamw_step(var.mutable_value(), var.grad(), m_[i], v_[i], h, decay);

@@ -16,6 +16,15 @@ namespace g4::train {
 
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  // Storage of the first and second moments (Transformer Engine FusedAdam's exp_avg_dtype and
+  // exp_avg_sq_dtype): the master's dtype, or bf16 beside f32 masters, 2 bytes a parameter each
+  // instead of 4. The update computes in f32 either way and rounds what it stores (ops/optim.h).
+  DType exp_avg_dtype = DType::F32, exp_avg_sq_dtype = DType::F32;
+  // A bf16 parameter's f32 master kept as the parameter's bits and a 16-bit remainder (FusedAdam's
+  // store_param_remainders, ops/master_bits.h): the same master in 2 bytes a parameter instead of
+  // 4, and a bf16 copy that differs from a rounded f32 master's only on exact ties. f32 (or f64)
+  // parameters are their own masters and ignore it. Not with the sharded optimizer.
+  bool store_param_remainders = false;
 };
 
 class AdamW {
@@ -30,8 +39,9 @@ class AdamW {
   // applied inside the update, it costs no pass of its own over the gradients).
   void step(double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return step_; }
-  // The fp32 master of trainable parameter i (the parameter itself unless it is stored in bf16).
-  const Tensor& master(size_t i) const;
+  // The fp32 master of trainable parameter i: the parameter itself unless it is stored in bf16, or
+  // (store_param_remainders) a CPU tensor joined from the parameter and its remainder.
+  Tensor master(size_t i) const;
   const std::vector<std::string>& trainable() const { return names_; }
 
   // Sets every parameter and buffer of the optimizer's store from `source` (a CPU f32 store with
@@ -60,6 +70,8 @@ class AdamW {
   // fp32 masters of parameters stored in bf16 (the GPU model's compute copies); undefined where
   // the parameter is its own f32/f64 master. Each step updates the master and rewrites the copy.
   std::vector<Tensor> master_;
+  // With store_param_remainders, in master_'s place: the i16 remainders of the bf16 parameters.
+  std::vector<Tensor> remainder_;
   int64_t step_ = 0;
 };
 

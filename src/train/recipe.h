@@ -105,6 +105,11 @@ struct Recipe {
 
   // optimizer and schedule
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, grad_clip = 1.0;
+  // AdamW's state storage as Transformer Engine FusedAdam names it (NeMo-RL's Gemma 4 recipes set
+  // both moments to bfloat16 and store_param_remainders): "float32" or "bfloat16" moments, and bf16
+  // parameters' f32 masters kept as the parameters' bits plus 16-bit remainders (train/adamw.h).
+  std::string exp_avg_dtype = "float32", exp_avg_sq_dtype = "float32";
+  bool store_param_remainders = false;
   std::string schedule = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;
   double min_lr_ratio = 0.0;

@@ -137,6 +137,21 @@ std::unique_ptr<parallel::DeviceMesh> make_mesh(const Recipe& r, parallel::Commu
       world, parallel::MeshShape{static_cast<int>(replicas), static_cast<int>(ep), static_cast<int>(cp)});
 }
 
+// AdamW's hyper-parameters and state storage from the optimizer.* keys.
+AdamWOptions adamw_options(const Recipe& r) {
+  // The recipe allows "float32" and "bfloat16" only.
+  const auto storage = [](const std::string& name) { return name == "bfloat16" ? DType::BF16 : DType::F32; };
+  AdamWOptions o;
+  o.beta1 = r.beta1;
+  o.beta2 = r.beta2;
+  o.eps = r.eps;
+  o.weight_decay = r.weight_decay;
+  o.exp_avg_dtype = storage(r.exp_avg_dtype);
+  o.exp_avg_sq_dtype = storage(r.exp_avg_sq_dtype);
+  o.store_param_remainders = r.store_param_remainders;
+  return o;
+}
+
 }  // namespace
 
 RunParts::RunParts(const Recipe& recipe, int64_t row_len, bool resume) : r(recipe) {
@@ -258,7 +273,7 @@ void RunParts::set_up_training(CheckpointPart& objective) {
   os.model = model.get();
   os.host = std::move(host);
   os.mesh = mesh.get();
-  os.adamw = {r.beta1, r.beta2, r.eps, r.weight_decay};
+  os.adamw = adamw_options(r);
   os.sharded = r.fsdp;
   opt = make_optimizer(std::move(os));
 

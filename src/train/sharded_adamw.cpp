@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "ops/elementwise.h"
 #include "ops/optim.h"
@@ -26,10 +27,16 @@ ShardedAdamW::ShardedAdamW(model::Gemma4& model, parallel::DeviceMesh& mesh, con
   parallel::enable_sharded_parameters(model, families);
 }
 
-void ShardedAdamW::Family::init(const std::set<std::string>& no_decay, int64_t dp_rank) {
+void ShardedAdamW::Family::init(const std::set<std::string>& no_decay, int64_t dp_rank, const AdamWOptions& opt) {
   const parallel::FlatLayout& l = shards->layout();
-  m = Tensor::zeros({l.shard_size()}, shards->dtype(), shards->device());
-  v = Tensor::zeros({l.shard_size()}, shards->dtype(), shards->device());
+  // The moments in the masters' dtype, or bf16 beside f32 masters (AdamWOptions).
+  for (auto [moment, dtype, key] :
+       {std::tuple{&m, opt.exp_avg_dtype, "exp_avg_dtype"}, std::tuple{&v, opt.exp_avg_sq_dtype, "exp_avg_sq_dtype"}}) {
+    G4_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && shards->dtype() == DType::F32),
+             "the sharded optimizer keeps its moments in the masters' dtype (", dtype_name(shards->dtype()),
+             ") or bf16 beside f32 masters, not ", dtype_name(dtype), " (optimizer.", key, ")");
+    *moment = Tensor::zeros({l.shard_size()}, dtype == DType::BF16 ? dtype : shards->dtype(), shards->device());
+  }
   // Per element of the slice: 1 where its parameter takes weight decay (the padding takes none).
   // Built once on the host, kept on the shards' device.
   Tensor mask = Tensor::zeros({l.shard_size()}, DType::U8);
@@ -46,13 +53,15 @@ void ShardedAdamW::init(const std::vector<std::string>& trainable, const std::se
   for (const std::string& n : trainable) (model::split_by_expert(params_.kind(n)) ? expert_names_ : flat).push_back(n);
   flat_.shards = std::make_unique<parallel::ShardedParameters>(params_, flat, mesh_, blocks,
                                                                parallel::ShardedParameters::Kind::Replicated, master_source);
-  flat_.init(no_decay, mesh_.dp_group().rank());
+  G4_CHECK(!opt_.store_param_remainders, "optimizer.store_param_remainders is not available with the sharded ",
+           "optimizer (parallel.fsdp): its f32 masters are flat shards of their own");
+  flat_.init(no_decay, mesh_.dp_group().rank(), opt_);
   if (!expert_names_.empty()) {
     num_experts_ = params_.at(expert_names_.front()).value().size(0) * mesh_.shape().ep;
     experts_.shards = std::make_unique<parallel::ShardedParameters>(params_, expert_names_, mesh_, blocks,
                                                                     parallel::ShardedParameters::Kind::Experts,
                                                                     master_source);
-    experts_.init(no_decay, mesh_.dp_group().rank());
+    experts_.init(no_decay, mesh_.dp_group().rank(), opt_);
   }
 }
 

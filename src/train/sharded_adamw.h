@@ -104,7 +104,7 @@ class ShardedAdamW {
     std::unique_ptr<parallel::ShardedParameters> shards;
     Tensor m, v;
     Tensor decay_mask;  // u8 [shard_size] on the shards' device
-    void init(const std::set<std::string>& no_decay, int64_t dp_rank);
+    void init(const std::set<std::string>& no_decay, int64_t dp_rank, const AdamWOptions& opt);
   };
   Family flat_, experts_;
   std::vector<std::string> expert_names_;

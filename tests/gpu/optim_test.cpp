@@ -1,6 +1,7 @@
 // AdamW and the squared norm on the GPU against the CPU: several steps on random tensors (f32
 // masters, f32 and bf16 gradients, decay on and off, unaligned views for the scalar path), the
-// bf16 copy of the master, the per-element decay mask, and the device-side gradient factor.
+// bf16 copy of the master, the per-element decay mask, the device-side gradient factor, bf16
+// moments, and masters kept as bf16 parameters plus remainders.
 #include "gpu_test.h"
 #include "ops/optim.h"
 
@@ -46,6 +47,62 @@ TEST(GpuAdamW, MatchesCpuOverSteps) {
           test::expect_close_scaled(gm, m, 0, 1e-6, tag + " exp_avg");
           test::expect_close_scaled(gv, v, 0, 1e-6, tag + " exp_avg_sq");
           test::expect_close_scaled(gcopy, copy, 0, 1e-2, tag + " bf16 copy");
+        }
+      }
+    }
+  }
+}
+
+// bf16 moments and the remainder form on the GPU against the CPU: the same five steps on random
+// tensors, f32 and bf16 gradients, aligned and unaligned (the scalar path), at sizes with and
+// without a tail of the 4-element vectors.
+TEST(GpuAdamW, Bf16MomentsAndRemaindersMatchCpu) {
+  G4_REQUIRE_GPU();
+  for (int64_t n : {int64_t{3}, int64_t{1029}, (int64_t{1} << 20) + 1}) {
+    for (DType moments : {DType::BF16, DType::F32}) {
+      for (DType gdt : {DType::F32, DType::BF16}) {
+        for (bool unaligned : {false, true}) {
+          const std::string tag = "n=" + std::to_string(n) + (moments == DType::BF16 ? " bf16 moments" : " f32 moments") +
+                                  (gdt == DType::BF16 ? " bf16 grad" : " f32 grad") + (unaligned ? " unaligned" : "");
+          const auto on_gpu = [&](const Tensor& cpu) {
+            if (!unaligned) return cpu.to(Device::CUDA);
+            Tensor big = Tensor::zeros({n + 1}, cpu.dtype(), Device::CUDA);
+            Tensor view = big.slice0(1, n);
+            view.copy_from(cpu);
+            return view;
+          };
+          // A plain f32 master (bf16 moments only) and a master split into parameter and remainder.
+          Tensor p = randn({n}, 1), m = Tensor::zeros({n}, moments), v = Tensor::zeros({n}, moments);
+          Tensor param = Tensor::empty({n}, DType::BF16), rem = Tensor::empty({n}, DType::I16);
+          ops::split_master(randn({n}, 2), param, rem);
+          Tensor m2 = m.clone(), v2 = v.clone();
+          Tensor gp = on_gpu(p), gm = on_gpu(m), gv = on_gpu(v);
+          Tensor gparam = on_gpu(param), grem = on_gpu(rem), gm2 = on_gpu(m2), gv2 = on_gpu(v2);
+          ops::AdamWHyper h;
+          h.lr = 1e-3;
+          h.weight_decay = 0.1;
+          for (int64_t s = 1; s <= 5; ++s) {
+            h.step = s;
+            h.grad_scale = s == 3 ? 0.25 : 1.0;
+            const Tensor g = randn({n}, 50 + static_cast<uint64_t>(s)).to(gdt);
+            const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
+            const Tensor gg = on_gpu(g);
+            if (moments == DType::BF16) {
+              ops::adamw_step(p, g, m, v, h, true, {}, factor);
+              ops::adamw_step(gp, gg, gm, gv, h, true, {}, factor.to(Device::CUDA));
+            }
+            ops::adamw_step_remainders(param, rem, g, m2, v2, h, s % 2 == 1, factor);
+            ops::adamw_step_remainders(gparam, grem, gg, gm2, gv2, h, s % 2 == 1, factor.to(Device::CUDA));
+          }
+          if (moments == DType::BF16) {
+            test::expect_close_scaled(gp, p, 0, 1e-6, tag + " master");
+            test::expect_close_scaled(gm.to(DType::F32), m.to(DType::F32), 0, 1e-2, tag + " exp_avg");
+            test::expect_close_scaled(gv.to(DType::F32), v.to(DType::F32), 0, 1e-2, tag + " exp_avg_sq");
+          }
+          const Tensor gmaster = ops::join_master(gparam.to(Device::CPU), grem.to(Device::CPU));
+          test::expect_close_scaled(gmaster, ops::join_master(param, rem), 0, 1e-6, tag + " remainder master");
+          test::expect_close_scaled(gparam, param, 0, 1e-2, tag + " remainder parameter");
+          test::expect_close_scaled(gm2.to(DType::F32), m2.to(DType::F32), 0, 1e-2, tag + " remainder exp_avg");
         }
       }
     }

@@ -55,15 +55,15 @@ model::ForwardInputs batch(int64_t vocab, uint64_t seed) {
   return in;
 }
 
-TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
-  G4_REQUIRE_GPU();
-  const fs::path dir = test::scratch_dir("gpu_ckpt_masters");
+// Three real steps, a checkpoint, a resume into a fresh model and optimizer, and one more step,
+// with AdamW's state stored as `o` says.
+void expect_exact_resume(const train::AdamWOptions& o, const std::string& scratch) {
+  const fs::path dir = test::scratch_dir(scratch);
   const io::ModelConfig cfg = tiny_moe();
   model::Gemma4 host(cfg);
   host.init_weights(21);
   auto gpu = host.copy_to(Device::CUDA, DType::BF16);
   const std::vector<std::string>& names = gpu->params().order;
-  const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
   // The masters start from host's f32 values (its copy, which the optimizer keeps for export).
   train::ReplicatedAdamW opt(gpu->params(), cfg, {}, host.copy_to(Device::CPU, DType::F32), nullptr, names, o,
                              gpu.get());
@@ -78,6 +78,8 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
   int64_t unrounded = 0;
   for (size_t i = 0; i < names.size(); ++i) unrounded += test::not_bf16(opt.adamw().master(i));
   ASSERT_GT(unrounded, 0) << "the masters must carry bits the bf16 copies lose, or this test proves nothing";
+  for (const auto& [name, t] : opt.adamw().state())
+    EXPECT_EQ(t.dtype(), name.rfind("exp_avg_sq.", 0) == 0 ? o.exp_avg_sq_dtype : o.exp_avg_dtype) << name;
   // The checkpoint's weights are the masters, in f32.
   const std::string ckpt = test::save_masters_checkpoint(dir, opt, names);
 
@@ -120,6 +122,20 @@ TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
         << "bf16 copy of " << names[i] << " after the next step";
   }
   fs::remove_all(dir);
+}
+
+TEST(GpuTrain, Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly) {
+  G4_REQUIRE_GPU();
+  expect_exact_resume({0.9, 0.95, 1e-8, 0.1}, "gpu_ckpt_masters");
+}
+
+// NeMo-RL's Gemma 4 storage: bf16 moments, and the masters as the bf16 parameters plus remainders.
+TEST(GpuTrain, RemaindersAndBf16MomentsResumeExactly) {
+  G4_REQUIRE_GPU();
+  train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  o.exp_avg_dtype = o.exp_avg_sq_dtype = DType::BF16;
+  o.store_param_remainders = true;
+  expect_exact_resume(o, "gpu_ckpt_remainders");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "ops/optim.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "gradcheck.h"
 
@@ -112,6 +113,130 @@ TEST(AdamW, Errors) {
   expect_error([&] { ops::adamw_step(p, Tensor(), m, v4, h, true, {}, {}, &out); }, {"param_bf16_out", "f32[4]"});
   expect_error([&] { ops::adamw_step(p, Tensor(), m, v4, h, true, Tensor::zeros({4}, DType::F32)); },
                {"decay_mask", "f32[4]"});
+}
+
+// bf16 moments (FusedAdam's exp_avg_dtype / exp_avg_sq_dtype): each step is the f32 update from the
+// stored moments widened, the master stepping with the unrounded moments and the stored moments
+// rounded to nearest even afterwards. Checked step by step against f32 moments reset to the stored
+// values, for both moments in bf16 and for each alone, and over five steps against the double
+// formula, which bf16 moments follow to their rounding.
+TEST(AdamW, Bf16MomentsUpdateInF32AndStoreRounded) {
+  const int64_t n = 257;
+  for (auto [m16, v16] : {std::pair{true, true}, {true, false}, {false, true}}) {
+    const std::string tag = std::string(m16 ? "exp_avg bf16" : "exp_avg f32") + (v16 ? ", exp_avg_sq bf16" : "");
+    Tensor p = randn({n}, 1), m = Tensor::zeros({n}, m16 ? DType::BF16 : DType::F32),
+           v = Tensor::zeros({n}, v16 ? DType::BF16 : DType::F32);
+    RefAdamW ref{values(p), values(m), values(v)};
+    ops::AdamWHyper h;
+    h.lr = 1e-2;
+    h.weight_decay = 0.1;
+    for (int64_t s = 1; s <= 5; ++s) {
+      h.step = s;
+      h.grad_scale = s == 2 ? 0.5 : 1.0;
+      const Tensor g = randn({n}, 20 + static_cast<uint64_t>(s));
+      // The same step with f32 moments holding the stored values.
+      Tensor pw = p.clone(), mw = m.to(DType::F32), vw = v.to(DType::F32);
+      ops::adamw_step(pw, g, mw, vw, h);
+      ops::adamw_step(p, g, m, v, h);
+      test::expect_equal(p, pw, tag + " master");
+      test::expect_equal(m, m16 ? mw.to(DType::BF16) : mw, tag + " exp_avg");
+      test::expect_equal(v, v16 ? vw.to(DType::BF16) : vw, tag + " exp_avg_sq");
+      ref.step(values(g), h, true);
+    }
+    // bf16 moments carry a relative error of about 2^-9; the master's steps stay within it.
+    test::expect_close(p, Tensor::from_vector<double>(ref.p, {n}).to(DType::F32), 1e-4, tag + " master vs double");
+    test::expect_close(m.to(DType::F32), Tensor::from_vector<double>(ref.m, {n}).to(DType::F32), 2e-2,
+                       tag + " exp_avg vs double");
+  }
+}
+
+// Split and join give every bit pattern back; the parameter is the master's bf16 rounding except on
+// exact ties, which it rounds away from zero.
+TEST(MasterBits, SplitJoinRoundTripsAndRoundsLikeBf16OffTies) {
+  const int64_t n = 1 << 16;
+  Tensor master = Tensor::empty({n + 4}, DType::F32);
+  uint32_t* bits = static_cast<uint32_t*>(master.raw());
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int64_t i = 0; i < n; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    bits[i] = static_cast<uint32_t>(x >> 11);
+  }
+  // Ties: 1.5 ulp of bf16 above 1 and below -1, and the largest finite floats.
+  bits[n] = 0x3f818000u, bits[n + 1] = 0xbf818000u, bits[n + 2] = 0x7f7fffffu, bits[n + 3] = 0x3f808000u;
+  Tensor param = Tensor::empty(master.shape(), DType::BF16), rem = Tensor::empty(master.shape(), DType::I16);
+  ops::split_master(master, param, rem);
+  const Tensor back = ops::join_master(param, rem);
+  ASSERT_EQ(std::memcmp(back.raw(), master.raw(), master.nbytes()), 0);
+  const Tensor rne = master.to(DType::BF16);
+  int64_t ties = 0;
+  for (int64_t i = 0; i < master.numel(); ++i) {
+    float f;
+    std::memcpy(&f, &bits[i], 4);
+    if (std::isnan(f)) continue;
+    const uint16_t got = param.data<bf16>()[i].bits, want = rne.data<bf16>()[i].bits;
+    if ((bits[i] & 0xffffu) == 0x8000u) {  // a tie: away from zero, one bf16 step from an even result
+      ++ties;
+      EXPECT_EQ(got, static_cast<uint16_t>((bits[i] >> 16) + 1)) << i;
+    } else {
+      EXPECT_EQ(got, want) << i;
+    }
+  }
+  EXPECT_EQ(param.data<bf16>()[n].bits, 0x3f82);      // an odd top half: both roundings go up
+  EXPECT_EQ(param.data<bf16>()[n + 1].bits, 0xbf82);  // its negative: away from zero
+  EXPECT_EQ(param.data<bf16>()[n + 3].bits, 0x3f81);  // an even top half: up, where ties to even stay
+  EXPECT_EQ(rne.data<bf16>()[n + 3].bits, 0x3f80);
+  EXPECT_GE(ties, 2);
+}
+
+// The remainder form keeps the master an f32 master has, bit for bit, over steps with every option
+// (bf16 or f32 gradients and moments, scale, device factor, decay), and its parameter is that
+// master split.
+TEST(AdamW, RemaindersTrainTheSameMasterAsAnF32Master) {
+  const int64_t n = 301;
+  for (DType moments : {DType::F32, DType::BF16}) {
+    for (bool decay : {true, false}) {
+      const std::string tag = std::string(moments == DType::BF16 ? "bf16 moments" : "f32 moments") +
+                              (decay ? ", decay" : "");
+      Tensor master = randn({n}, 7);
+      Tensor param = Tensor::empty({n}, DType::BF16), rem = Tensor::empty({n}, DType::I16);
+      ops::split_master(master, param, rem);
+      Tensor m = Tensor::zeros({n}, moments), v = Tensor::zeros({n}, moments);
+      Tensor m2 = m.clone(), v2 = v.clone();
+      ops::AdamWHyper h;
+      h.lr = 3e-2;
+      h.weight_decay = 0.2;
+      for (int64_t s = 1; s <= 6; ++s) {
+        h.step = s;
+        h.grad_scale = s == 3 ? 0.25 : 1.0;
+        const Tensor g = randn({n}, 40 + static_cast<uint64_t>(s)).to(s % 2 ? DType::BF16 : DType::F32);
+        const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
+        ops::adamw_step(master, g, m, v, h, decay, {}, factor);
+        ops::adamw_step_remainders(param, rem, g, m2, v2, h, decay, factor);
+        test::expect_equal(ops::join_master(param, rem), master, tag + " master, step " + std::to_string(s));
+        test::expect_equal(m2, m, tag + " exp_avg");
+        test::expect_equal(v2, v, tag + " exp_avg_sq");
+      }
+      Tensor want_param = Tensor::empty({n}, DType::BF16), want_rem = Tensor::empty({n}, DType::I16);
+      ops::split_master(master, want_param, want_rem);
+      test::expect_equal(param, want_param, tag + " parameter");
+      int64_t rounded = 0;
+      for (int64_t i = 0; i < n; ++i) rounded += param.data<bf16>()[i].to_float() != master.data<float>()[i];
+      EXPECT_GT(rounded, n / 2) << "the masters must carry bits their parameters lose, or this test proves nothing";
+    }
+  }
+}
+
+TEST(AdamW, StorageErrors) {
+  ops::AdamWHyper h;
+  Tensor p64 = randn({4}, 1, DType::F64), m16 = Tensor::zeros({4}, DType::BF16), v64 = Tensor::zeros({4}, DType::F64);
+  expect_error([&] { ops::adamw_step(p64, Tensor(), m16, v64, h); }, {"exp_avg", "bf16 with an f32 master"});
+  Tensor param = Tensor::zeros({4}, DType::BF16), rem = Tensor::zeros({4}, DType::I32);
+  Tensor m = Tensor::zeros({4}, DType::F32), v = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { ops::adamw_step_remainders(param, rem, Tensor(), m, v, h); }, {"remainder", "i16", "i32[4]"});
+  Tensor rem16 = Tensor::zeros({4}, DType::I16), v3 = Tensor::zeros({3}, DType::F32);
+  expect_error([&] { ops::adamw_step_remainders(param, rem16, Tensor(), m, v3, h); }, {"exp_avg_sq", "f32[3]"});
+  Tensor f32_param = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { ops::adamw_step_remainders(f32_param, rem16, Tensor(), m, v, h); }, {"param", "bf16"});
 }
 
 TEST(SquaredNorm, SumsSquaresInDouble) {

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "model/named_configs.h"
 #include "model/state_dict_adapter.h"
+#include "ops/optim.h"
 #include "support/error_message.h"
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
@@ -49,8 +50,19 @@ void set_grads(model::ParamStore& p, uint64_t seed) {
 using test::not_bf16;
 using test::same_bits;
 
-TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
-  const fs::path dir = test::scratch_dir("ckpt_masters");
+// The compute copy AdamW keeps of an f32 master: rounded to nearest even, or with remainders the
+// master's split (ties away from zero).
+Tensor compute_copy(const Tensor& master, const train::AdamWOptions& o) {
+  if (!o.store_param_remainders) return master.to(DType::BF16);
+  Tensor param = Tensor::empty(master.shape(), DType::BF16), rem = Tensor::empty(master.shape(), DType::I16);
+  ops::split_master(master.to(Device::CPU), param, rem);
+  return param;
+}
+
+// Three steps, a checkpoint, a resume into a fresh optimizer and one more step, with AdamW state
+// stored as `o` says.
+void expect_exact_save_and_resume(const train::AdamWOptions& o, const std::string& scratch) {
+  const fs::path dir = test::scratch_dir(scratch);
   const io::ModelConfig cfg = tiny_moe();
   model::Gemma4 host(cfg);
   host.init_weights(11);
@@ -67,7 +79,6 @@ TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
   ASSERT_FALSE(frozen.empty());
   const Tensor frozen_f32 = host.params().at(frozen).value().clone();
   ASSERT_GT(not_bf16(frozen_f32), 0);
-  const train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
   // The optimizer keeps an f32 copy of host: the constructor's masters would be the bf16 values
   // widened; the host model gives the f32 ones.
   train::ReplicatedAdamW opt(store, cfg, {}, host.copy_to(Device::CPU, DType::F32), nullptr, names, o);
@@ -83,9 +94,11 @@ TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
   for (size_t i = 0; i < names.size(); ++i) {
     unrounded += not_bf16(opt.adamw().master(i));
     // The copies are the masters rounded.
-    ASSERT_TRUE(same_bits(store.at(names[i]).value(), opt.adamw().master(i).to(DType::BF16))) << names[i];
+    ASSERT_TRUE(same_bits(store.at(names[i]).value(), compute_copy(opt.adamw().master(i), o))) << names[i];
   }
   ASSERT_GT(unrounded, 0) << "the masters must carry bits that bf16 copies lose, or this test proves nothing";
+  for (const auto& [name, t] : opt.adamw().state())
+    EXPECT_EQ(t.dtype(), name.rfind("exp_avg_sq.", 0) == 0 ? o.exp_avg_sq_dtype : o.exp_avg_dtype) << name;
 
   // The exported weights are the masters (and the frozen f32 original), stored as f32.
   const std::string ckpt = test::save_masters_checkpoint(dir, opt, names);
@@ -119,6 +132,19 @@ TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
     EXPECT_TRUE(same_bits(store2.at(names[i]).value(), store.at(names[i]).value())) << names[i];
   }
   fs::remove_all(dir);
+}
+
+TEST(CheckpointMasters, Bf16TrainingSavesAndRestoresTheFp32MastersExactly) {
+  expect_exact_save_and_resume({0.9, 0.95, 1e-8, 0.1}, "ckpt_masters");
+}
+
+// NeMo-RL's Gemma 4 storage (FusedAdam: bf16 moments, masters as parameters plus remainders): the
+// checkpoint holds the f32 masters and bf16 moments, and a resume restores both exactly.
+TEST(CheckpointMasters, RemaindersAndBf16MomentsSaveAndRestoreExactly) {
+  train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  o.exp_avg_dtype = o.exp_avg_sq_dtype = DType::BF16;
+  o.store_param_remainders = true;
+  expect_exact_save_and_resume(o, "ckpt_remainders");
 }
 
 TEST(CheckpointMasters, ParameterErrorsNameTheParameter) {

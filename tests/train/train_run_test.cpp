@@ -102,6 +102,52 @@ TEST(TrainRun, ResumeAfterKillReproducesTheCurveExactly) {
   fs::remove_all(dir);
 }
 
+// AdamW's moments stored in bf16 (optimizer.exp_avg_dtype / exp_avg_sq_dtype): the checkpoint keeps them in bf16, a killed run resumes to exactly the uninterrupted curve,
+// the curve is not the f32 moments' one, and the sharded optimizer trains the same curve. With the
+// sharded optimizer the master remainders are a clear error, and other dtypes are refused.
+TEST(TrainRun, Bf16MomentsCheckpointAndResumeExactly) {
+  const fs::path dir = temp_dir("bf16_moments");
+  const std::string recipe = test::write_train_recipe(dir);
+  const std::string bf16 = " optimizer.exp_avg_dtype=bfloat16 optimizer.exp_avg_sq_dtype=bfloat16";
+  ProcessResult r = run("train " + recipe + bf16 + " checkpoint.dir=" + (dir / "full").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto want = loss_lines(dir / "full");
+  const io::SafetensorsReader state =
+      io::SafetensorsReader::open((dir / "full" / "checkpoints" / "step-00000008" / "optimizer.safetensors").string());
+  ASSERT_FALSE(state.names().empty());
+  for (const std::string& n : state.names()) EXPECT_EQ(state.get(n).dtype(), DType::BF16) << n;
+  r = run("train " + recipe + " checkpoint.dir=" + (dir / "f32").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(loss_lines(dir / "f32"), want) << "bf16 moments must change the arithmetic, or this test proves nothing";
+
+  const std::string killed = "train " + recipe + bf16 + " checkpoint.dir=" + (dir / "killed").string();
+  r = run(killed, "G4_FAULT_KILL=step:6");
+  EXPECT_EQ(r.code, 128 + 9) << r.output;
+  r = run(killed + " --resume");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(loss_lines(dir / "killed"), want);
+
+  // The sharded optimizer (one rank holding every shard) keeps bf16 moments too.
+  r = run("train " + recipe + bf16 + " parallel.fsdp=true checkpoint.dir=" + (dir / "sharded").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto a = step_losses(dir / "full"), b = step_losses(dir / "sharded");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+
+  r = run("train " + recipe + " optimizer.exp_avg_dtype=torch.bfloat16");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("optimizer.exp_avg_dtype"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bfloat16"), std::string::npos) << r.output;
+  r = run("train " + recipe + " parallel.fsdp=true optimizer.store_param_remainders=true checkpoint.dir=" +
+          (dir / "fsdp").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("optimizer.store_param_remainders is not available with the sharded optimizer"),
+            std::string::npos)
+      << r.output;
+  fs::remove_all(dir);
+}
+
 // A run directory in the format of the trainer before it was made of parts
 // (tests/data/train-checkpoint-v1: its step-4 checkpoint and the metrics of steps 1-5) resumes:
 // steps 5-8 continue as an uninterrupted run of today's g4 does. The fixture was written on

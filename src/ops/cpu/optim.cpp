@@ -2,46 +2,122 @@
 #include "ops/cpu/optim.h"
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "ops/cpu/common.h"
+#include "ops/master_bits.h"
 
 namespace g4::ops::cpu {
 
 namespace {
-// One tensor's update in torch's operation order (each line one rounding in T, as torch's
-// foreach kernels round).
+// A moment element as the update reads it (widened from bf16) and stores it (rounded to nearest even).
 template <class T>
-void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, T gscale, T gextra, T decay, T b1, T b2, T eps,
-                  T step_size, T bc2_sqrt, const uint8_t* decay_mask, bf16* out) {
+T load_moment(const T& x) {
+  return x;
+}
+inline float load_moment(const bf16& x) { return x.to_float(); }
+template <class T>
+void store_moment(T& dst, T x) {
+  dst = x;
+}
+inline void store_moment(bf16& dst, float x) { dst = bf16::from_float(x); }
+
+struct Scalars {
+  double gscale, gextra, decay, b1, b2, eps, step_size, bc2_sqrt;
+};
+
+Scalars scalars(const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
+  return {h.grad_scale,
+          grad_scale_tensor.defined() ? element_as_double(grad_scale_tensor, 0) : 1.0,
+          decay ? 1.0 - h.lr * h.weight_decay : 1.0,
+          h.beta1,
+          h.beta2,
+          h.eps,
+          h.lr / bc1,
+          std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)))};
+}
+
+// One element's update in torch's operation order (each line one rounding in T, as torch's
+// foreach kernels round); the scalars are each rounded once to T. m and v are updated in T and
+// stored in their own dtype; p steps with the unrounded values.
+template <class T, class M, class V>
+void adamw_one(T& p, M& m_store, V& v_store, T g, bool decays, const Scalars& d) {
+  const T decay = static_cast<T>(d.decay), b1 = static_cast<T>(d.b1), b2 = static_cast<T>(d.b2);
+  T m = load_moment(m_store), v = load_moment(v_store);
+  p *= decays ? decay : T(1);
+  m += (g - m) * (T(1) - b1);  // torch's lerp form
+  v = v * b2 + (T(1) - b2) * g * g;
+  const T denom = std::sqrt(v) / static_cast<T>(d.bc2_sqrt) + static_cast<T>(d.eps);
+  p -= static_cast<T>(d.step_size) * m / denom;
+  store_moment(m_store, m);
+  store_moment(v_store, v);
+}
+
+template <class T>
+T scaled_grad(const T* g, int64_t j, const Scalars& d) {
+  return g ? (g[j] * static_cast<T>(d.gscale)) * static_cast<T>(d.gextra) : T(0);  // factors of 1 are exact
+}
+
+template <class T, class M, class V>
+void adamw_update(T* p, M* m, V* v, const T* g, int64_t n, const Scalars& d, const uint8_t* decay_mask, bf16* out) {
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
-    const T gj = g ? (g[j] * gscale) * gextra : T(0);  // factors of 1 are exact
-    p[j] *= (!decay_mask || decay_mask[j]) ? decay : T(1);
-    m[j] += (gj - m[j]) * (T(1) - b1);  // torch's lerp form
-    v[j] = v[j] * b2 + (T(1) - b2) * gj * gj;
-    const T denom = std::sqrt(v[j]) / bc2_sqrt + eps;
-    p[j] -= step_size * m[j] / denom;
+    adamw_one(p[j], m[j], v[j], scaled_grad(g, j, d), !decay_mask || decay_mask[j], d);
     if (out) out[j] = bf16::from_float(static_cast<float>(p[j]));
   }
+}
+
+template <class M, class V>
+void adamw_update_remainders(uint16_t* param, int16_t* rem, M* m, V* v, const float* g, int64_t n, const Scalars& d,
+                             bool decays) {
+#pragma omp parallel for if (n > 65536)
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t bits = join_master_bits(param[j], rem[j]);
+    float p;
+    std::memcpy(&p, &bits, 4);
+    adamw_one(p, m[j], v[j], scaled_grad(g, j, d), decays, d);
+    uint32_t out;
+    std::memcpy(&out, &p, 4);
+    split_master_bits(out, param[j], rem[j]);
+  }
+}
+
+// Calls f(m, v) with the moments' element pointers: T, or bf16 beside an f32 master.
+template <class T, class F>
+void with_moments(Tensor& exp_avg, Tensor& exp_avg_sq, F&& f) {
+  const bool m16 = exp_avg.dtype() == DType::BF16, v16 = exp_avg_sq.dtype() == DType::BF16;
+  if constexpr (std::is_same_v<T, float>) {
+    if (m16 && v16) return f(exp_avg.data<bf16>(), exp_avg_sq.data<bf16>());
+    if (m16) return f(exp_avg.data<bf16>(), exp_avg_sq.data<T>());
+    if (v16) return f(exp_avg.data<T>(), exp_avg_sq.data<bf16>());
+  }
+  f(exp_avg.data<T>(), exp_avg_sq.data<T>());
 }
 }  // namespace
 
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay, const Tensor& decay_mask, const Tensor& grad_scale_tensor, Tensor* param_bf16_out) {
-  const char* op = "adamw_step";
   const Tensor g = !grad.defined() || grad.dtype() == master.dtype() ? grad : grad.to(master.dtype());
-  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
-  const double decay_factor = decay ? 1.0 - h.lr * h.weight_decay : 1.0;
+  const Scalars d = scalars(h, decay, grad_scale_tensor);
   bf16* out = param_bf16_out ? param_bf16_out->data<bf16>() : nullptr;
-  cpu::dispatch_float(op, master, [&](auto tag) {
+  const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
+  cpu::dispatch_float("adamw_step", master, [&](auto tag) {
     using T = decltype(tag);
-    const T extra = grad_scale_tensor.defined() ? static_cast<T>(element_as_double(grad_scale_tensor, 0)) : T(1);
-    adamw_update<T>(master.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(), g.defined() ? g.data<T>() : nullptr,
-                    master.numel(), static_cast<T>(h.grad_scale), extra,
-                    static_cast<T>(decay_factor), static_cast<T>(h.beta1), static_cast<T>(h.beta2),
-                    static_cast<T>(h.eps), static_cast<T>(h.lr / bc1), static_cast<T>(bc2_sqrt),
-                    decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr, out);
+    with_moments<T>(exp_avg, exp_avg_sq, [&](auto* m, auto* v) {
+      adamw_update<T>(master.data<T>(), m, v, g.defined() ? g.data<T>() : nullptr, master.numel(), d, mask, out);
+    });
+  });
+}
+
+void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+  const Tensor g = !grad.defined() || grad.dtype() == DType::F32 ? grad : grad.to(DType::F32);
+  const Scalars d = scalars(h, decay, grad_scale_tensor);
+  with_moments<float>(exp_avg, exp_avg_sq, [&](auto* m, auto* v) {
+    adamw_update_remainders(static_cast<uint16_t*>(param.raw()), static_cast<int16_t*>(remainder.raw()), m, v,
+                            g.defined() ? g.data<float>() : nullptr, param.numel(), d, decay);
   });
 }
 

@@ -1,5 +1,6 @@
 // AdamW and the squared norm on the GPU. The update is one elementwise kernel over four elements
-// per thread (16-byte loads of the master and moments); every operation is an explicitly rounded
+// per thread (vector loads of the master, or of the bf16 parameter and its remainder, and of the f32
+// or bf16 moments); every operation is an explicitly rounded
 // intrinsic (__fmul_rn, ...) so nvcc cannot contract them into FMAs, which makes the result equal
 // to the CPU's f32 loop. The squared norm is a two-stage tree whose shape depends only on n.
 #include "ops/cuda/optim.h"
@@ -11,6 +12,7 @@
 
 #include "core/cuda/runtime.h"
 #include "ops/cuda/vec_io.cuh"
+#include "ops/master_bits.h"
 
 namespace g4::ops::cuda {
 
@@ -31,27 +33,44 @@ __device__ inline void adamw_one(float& p, float& m, float& v, float g, bool dec
   p = __fsub_rn(p, __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
-__device__ inline float grad_at(const float* g, int64_t j) { return g[j]; }
-__device__ inline float grad_at(const __nv_bfloat16* g, int64_t j) { return __bfloat162float(g[j]); }
-// Elements 4i .. 4i+3 in one 16-byte (f32) or 8-byte (bf16) load.
-__device__ inline float4 grad4_at(const float* g, int64_t i) { return reinterpret_cast<const float4*>(g)[i]; }
-__device__ inline float4 grad4_at(const __nv_bfloat16* g, int64_t i) {
-  const uint2 u = reinterpret_cast<const uint2*>(g)[i];
+// Element j, and elements 4i .. 4i+3 in one 16-byte (f32) or 8-byte (bf16) access, widened to
+// float; stores round to nearest even.
+__device__ inline float load1(const float* x, int64_t j) { return x[j]; }
+__device__ inline float load1(const __nv_bfloat16* x, int64_t j) { return __bfloat162float(x[j]); }
+__device__ inline void store1(float* x, int64_t j, float f) { x[j] = f; }
+__device__ inline void store1(__nv_bfloat16* x, int64_t j, float f) { x[j] = __float2bfloat16_rn(f); }
+__device__ inline float4 load4(const float* x, int64_t i) { return reinterpret_cast<const float4*>(x)[i]; }
+__device__ inline float4 load4(const __nv_bfloat16* x, int64_t i) {
+  const uint2 u = reinterpret_cast<const uint2*>(x)[i];
   const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
   return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
+__device__ inline void store4(float* x, int64_t i, float4 f) { reinterpret_cast<float4*>(x)[i] = f; }
+__device__ inline void store4(__nv_bfloat16* x, int64_t i, float4 f) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(f.x, f.y), hi = __floats2bfloat162_rn(f.z, f.w);
+  uint2 u;
+  u.x = *reinterpret_cast<unsigned*>(&lo);
+  u.y = *reinterpret_cast<unsigned*>(&hi);
+  reinterpret_cast<uint2*>(x)[i] = u;
+}
+__device__ inline float& at(float4& f, int k) { return k == 0 ? f.x : k == 1 ? f.y : k == 2 ? f.z : f.w; }
+
+// The gradient as the update uses it: scaled by grad_scale and the device factor (0 when absent).
+struct Grad {
+  float gscale, gextra;
+  __device__ float operator()(float x) const { return __fmul_rn(__fmul_rn(x, gscale), gextra); }
+};
 
 // vec: every pointer (g included) allows 4-element vector access (16 bytes for f32, 8 for bf16). g may be null
 // (a zero gradient); extra (a one-element device factor) and mask (per-element decay) may be null.
-template <class G>
+// The moments m and v are f32 or bf16 (widened on load, rounded on store).
+template <class G, class M, class V>
 __global__ void __launch_bounds__(kThreads)
-    adamw_kernel(float* __restrict__ p, float* __restrict__ m, float* __restrict__ v, const G* __restrict__ g,
-                 int64_t n, AdamWScalars s, const float* __restrict__ extra, const uint8_t* __restrict__ mask,
+    adamw_kernel(float* __restrict__ p, M* __restrict__ m, V* __restrict__ v, const G* __restrict__ g, int64_t n,
+                 AdamWScalars s, const float* __restrict__ extra, const uint8_t* __restrict__ mask,
                  __nv_bfloat16* __restrict__ out, bool vec) {
-  const float gextra = extra ? *extra : 1.f;
-  const auto scaled = [&](float x) { return __fmul_rn(__fmul_rn(x, s.gscale), gextra); };
-  const auto grad = [&](int64_t j) { return g ? scaled(grad_at(g, j)) : 0.f; };
+  const Grad scaled{s.gscale, extra ? *extra : 1.f};
   const auto decays = [&](int64_t j) { return !mask || mask[j] != 0; };
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -59,35 +78,68 @@ __global__ void __launch_bounds__(kThreads)
   if (vec) {
     const int64_t groups = n / 4;
     for (int64_t i = first; i < groups; i += stride) {
-      float4 pp = reinterpret_cast<const float4*>(p)[i];
-      float4 mm = reinterpret_cast<const float4*>(m)[i];
-      float4 vv = reinterpret_cast<const float4*>(v)[i];
-      float4 gg = g ? grad4_at(g, i) : make_float4(0.f, 0.f, 0.f, 0.f);
-      if (g) gg = make_float4(scaled(gg.x), scaled(gg.y), scaled(gg.z), scaled(gg.w));
-      adamw_one(pp.x, mm.x, vv.x, gg.x, decays(4 * i), s);
-      adamw_one(pp.y, mm.y, vv.y, gg.y, decays(4 * i + 1), s);
-      adamw_one(pp.z, mm.z, vv.z, gg.z, decays(4 * i + 2), s);
-      adamw_one(pp.w, mm.w, vv.w, gg.w, decays(4 * i + 3), s);
-      reinterpret_cast<float4*>(p)[i] = pp;
-      reinterpret_cast<float4*>(m)[i] = mm;
-      reinterpret_cast<float4*>(v)[i] = vv;
-      if (out) {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(pp.x, pp.y), hi = __floats2bfloat162_rn(pp.z, pp.w);
-        uint2 u;
-        u.x = *reinterpret_cast<unsigned*>(&lo);
-        u.y = *reinterpret_cast<unsigned*>(&hi);
-        reinterpret_cast<uint2*>(out)[i] = u;
-      }
+      float4 pp = load4(p, i), mm = load4(m, i), vv = load4(v, i);
+      float4 gg = g ? load4(g, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        adamw_one(at(pp, k), at(mm, k), at(vv, k), g ? scaled(at(gg, k)) : 0.f, decays(4 * i + k), s);
+      store4(p, i, pp);
+      store4(m, i, mm);
+      store4(v, i, vv);
+      if (out) store4(out, i, pp);
     }
     done = groups * 4;
   }
   for (int64_t j = done + first; j < n; j += stride) {
-    float pj = p[j], mj = m[j], vj = v[j];
-    adamw_one(pj, mj, vj, grad(j), decays(j), s);
+    float pj = p[j], mj = load1(m, j), vj = load1(v, j);
+    adamw_one(pj, mj, vj, g ? scaled(load1(g, j)) : 0.f, decays(j), s);
     p[j] = pj;
-    m[j] = mj;
-    v[j] = vj;
-    if (out) out[j] = __float2bfloat16_rn(pj);
+    store1(m, j, mj);
+    store1(v, j, vj);
+    if (out) store1(out, j, pj);
+  }
+}
+
+// The same update of an f32 master kept as a bf16 parameter and an i16 remainder
+// (ops/master_bits.h): 4 + 4 bytes of master read and written where an f32 master and its bf16 copy
+// take 4 + 6. vec: param, remainder, the moments and g allow 4-element vector access.
+template <class G, class M, class V>
+__global__ void __launch_bounds__(kThreads)
+    adamw_remainders_kernel(uint16_t* __restrict__ param, int16_t* __restrict__ rem, M* __restrict__ m,
+                            V* __restrict__ v, const G* __restrict__ g, int64_t n, AdamWScalars s,
+                            const float* __restrict__ extra, bool decays, bool vec) {
+  const Grad scaled{s.gscale, extra ? *extra : 1.f};
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  const auto update = [&](uint16_t& pb, int16_t& rb, float& mj, float& vj, float gj) {
+    float pj = __uint_as_float(join_master_bits(pb, rb));
+    adamw_one(pj, mj, vj, gj, decays, s);
+    split_master_bits(__float_as_uint(pj), pb, rb);
+  };
+  int64_t done = 0;
+  if (vec) {
+    const int64_t groups = n / 4;
+    for (int64_t i = first; i < groups; i += stride) {
+      ushort4 pp = reinterpret_cast<const ushort4*>(param)[i];
+      short4 rr = reinterpret_cast<const short4*>(rem)[i];
+      float4 mm = load4(m, i), vv = load4(v, i);
+      const float4 gg = g ? load4(g, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      update(pp.x, rr.x, mm.x, vv.x, g ? scaled(gg.x) : 0.f);
+      update(pp.y, rr.y, mm.y, vv.y, g ? scaled(gg.y) : 0.f);
+      update(pp.z, rr.z, mm.z, vv.z, g ? scaled(gg.z) : 0.f);
+      update(pp.w, rr.w, mm.w, vv.w, g ? scaled(gg.w) : 0.f);
+      reinterpret_cast<ushort4*>(param)[i] = pp;
+      reinterpret_cast<short4*>(rem)[i] = rr;
+      store4(m, i, mm);
+      store4(v, i, vv);
+    }
+    done = groups * 4;
+  }
+  for (int64_t j = done + first; j < n; j += stride) {
+    float mj = load1(m, j), vj = load1(v, j);
+    update(param[j], rem[j], mj, vj, g ? scaled(load1(g, j)) : 0.f);
+    store1(m, j, mj);
+    store1(v, j, vj);
   }
 }
 
@@ -150,36 +202,78 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 
 }  // namespace
 
+namespace {
+// The scalars exactly as the CPU rounds them (double, then one cast to float).
+AdamWScalars scalars(const AdamWHyper& h, bool decay) {
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
+  return {static_cast<float>(h.grad_scale), static_cast<float>(decay ? 1.0 - h.lr * h.weight_decay : 1.0),
+          static_cast<float>(h.beta1),      static_cast<float>(h.beta2),
+          static_cast<float>(h.eps),        static_cast<float>(h.lr / bc1),
+          static_cast<float>(bc2_sqrt)};
+}
+
+// Calls f(x) with t's elements as float* or __nv_bfloat16* (an undefined t as a null float*).
+template <class F>
+void with_elements(const Tensor& t, F&& f) {
+  void* raw = t.defined() ? const_cast<void*>(t.raw()) : nullptr;
+  if (t.defined() && t.dtype() == DType::BF16)
+    f(static_cast<__nv_bfloat16*>(raw));
+  else
+    f(static_cast<float*>(raw));
+}
+
+// Whether x (null counts) allows 4-element vector access.
+template <class T>
+bool aligned4(const T* x) {
+  return aligned(x, 4 * sizeof(T));
+}
+
+unsigned grid_for(int64_t n) {
+  const int64_t work = (n + 3) / 4;
+  const int64_t max_blocks = int64_t{g4::cuda::device_sm_count()} * 16;
+  return g4::cuda::blocks_for(work < max_blocks * kThreads ? work : max_blocks * kThreads, kThreads);
+}
+}  // namespace
+
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay, const Tensor& decay_mask, const Tensor& grad_scale_tensor, Tensor* param_bf16_out) {
+  const int64_t n = master.numel();
+  if (n == 0) return;
   const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
   const float* extra = grad_scale_tensor.defined() ? grad_scale_tensor.data<float>() : nullptr;
   auto* out = param_bf16_out ? static_cast<__nv_bfloat16*>(param_bf16_out->raw()) : nullptr;
-  const int64_t n = master.numel();
-  if (n == 0) return;
-  // The scalars exactly as the CPU rounds them (double, then one cast to float).
-  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
-  const AdamWScalars s{static_cast<float>(h.grad_scale), static_cast<float>(decay ? 1.0 - h.lr * h.weight_decay : 1.0),
-                       static_cast<float>(h.beta1),      static_cast<float>(h.beta2),
-                       static_cast<float>(h.eps),        static_cast<float>(h.lr / bc1),
-                       static_cast<float>(bc2_sqrt)};
+  const AdamWScalars s = scalars(h, decay);
   float* p = master.data<float>();
-  float* m = exp_avg.data<float>();
-  float* v = exp_avg_sq.data<float>();
-  const int64_t work = (n + 3) / 4;
-  const int64_t max_blocks = int64_t{g4::cuda::device_sm_count()} * 16;
-  const unsigned blocks = g4::cuda::blocks_for(work < max_blocks * kThreads ? work : max_blocks * kThreads, kThreads);
-  const bool vec_common = aligned(p, 16) && aligned(m, 16) && aligned(v, 16) && (!out || aligned(out, 8));
-  if (grad.defined() && grad.dtype() == DType::BF16) {
-    const auto* g = static_cast<const __nv_bfloat16*>(grad.raw());
-    adamw_kernel<__nv_bfloat16><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out,
-                                                                               vec_common && aligned(g, 8));
-  } else {
-    const float* g = grad.defined() ? grad.data<float>() : nullptr;
-    adamw_kernel<float><<<blocks, kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n, s, extra, mask, out,
-                                                                       vec_common && (!g || aligned(g, 16)));
-  }
+  with_elements(grad, [&](auto* g) {
+    with_elements(exp_avg, [&](auto* m) {
+      with_elements(exp_avg_sq, [&](auto* v) {
+        const bool vec = aligned4(p) && aligned4(m) && aligned4(v) && aligned4(g) && (!out || aligned4(out));
+        adamw_kernel<<<grid_for(n), kThreads, 0, g4::cuda::stream()>>>(p, m, v, g, n,
+                                                                      s, extra, mask, out, vec);
+      });
+    });
+  });
+  G4_CUDA_CHECK_LAUNCH();
+}
+
+void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  const float* extra = grad_scale_tensor.defined() ? grad_scale_tensor.data<float>() : nullptr;
+  const AdamWScalars s = scalars(h, decay);
+  auto* pb = static_cast<uint16_t*>(param.raw());
+  auto* rem = static_cast<int16_t*>(remainder.raw());
+  with_elements(grad, [&](auto* g) {
+    with_elements(exp_avg, [&](auto* m) {
+      with_elements(exp_avg_sq, [&](auto* v) {
+        const bool vec = aligned(pb, 8) && aligned(rem, 8) && aligned4(m) && aligned4(v) && aligned4(g);
+        adamw_remainders_kernel<<<grid_for(n), kThreads, 0, g4::cuda::stream()>>>(
+            pb, rem, m, v, g, n, s, extra, decay, vec);
+      });
+    });
+  });
   G4_CUDA_CHECK_LAUNCH();
 }
 
