@@ -35,6 +35,13 @@ void check_step_and_grad(const char* op, const Tensor& master, const Tensor& gra
            " must be a float tensor of the master's shape ", master.describe());
 }
 
+void check_decay_mask(const char* op, const Tensor& decay_mask, const Tensor& master) {
+  if (!decay_mask.defined()) return;
+  check_on(op, "decay_mask", decay_mask, master.device());
+  G4_CHECK(decay_mask.dtype() == DType::U8 && decay_mask.shape() == master.shape(), op,
+           ": decay_mask must be u8 of the master's shape ", master.describe(), ", got ", decay_mask.describe());
+}
+
 void check_grad_scale(const char* op, const Tensor& grad_scale_tensor, Device device) {
   if (!grad_scale_tensor.defined()) return;
   check_on(op, "grad_scale_tensor", grad_scale_tensor, device);
@@ -59,11 +66,7 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
            master.describe());
   check_moments(op, master, exp_avg, exp_avg_sq);
   check_step_and_grad(op, master, grad, h);
-  if (decay_mask.defined()) {
-    check_on(op, "decay_mask", decay_mask, device);
-    G4_CHECK(decay_mask.dtype() == DType::U8 && decay_mask.shape() == master.shape(), op,
-             ": decay_mask must be u8 of the master's shape ", master.describe(), ", got ", decay_mask.describe());
-  }
+  check_decay_mask(op, decay_mask, master);
   check_grad_scale(op, grad_scale_tensor, device);
   if (param_bf16_out) {
     check_on(op, "param_bf16_out", *param_bf16_out, device);
@@ -76,7 +79,8 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
 }
 
 void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+                           const AdamWHyper& h, bool decay, const Tensor& decay_mask,
+                           const Tensor& grad_scale_tensor) {
   const char* op = "adamw_step_remainders";
   check_split(op, param, remainder);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}) {
@@ -85,8 +89,10 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
              t.describe(), " must be f32 or bf16 of the parameter's shape ", param.describe());
   }
   check_step_and_grad(op, param, grad, h);
+  check_decay_mask(op, decay_mask, param);
   check_grad_scale(op, grad_scale_tensor, param.device());
-  G4_DISPATCH(param, adamw_step_remainders(param, remainder, grad, exp_avg, exp_avg_sq, h, decay, grad_scale_tensor));
+  G4_DISPATCH(param,
+              adamw_step_remainders(param, remainder, grad, exp_avg, exp_avg_sq, h, decay, decay_mask, grad_scale_tensor));
 }
 
 void split_master(const Tensor& master, Tensor& param, Tensor& remainder) {

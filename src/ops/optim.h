@@ -42,7 +42,8 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
 // The master follows the same f32 arithmetic as adamw_step's, bit for bit; the copy differs from
 // adamw_step's param_bf16_out only where the master lies exactly halfway between two bf16 values.
 void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                           const AdamWHyper& h, bool decay = true, const Tensor& grad_scale_tensor = {});
+                           const AdamWHyper& h, bool decay = true, const Tensor& decay_mask = {},
+                           const Tensor& grad_scale_tensor = {});
 
 // f32 masters into bf16 parameters and i16 remainders and back (CPU tensors of one shape;
 // ops/master_bits.h): join_master(split_master(x)) has x's bits.

@@ -6,6 +6,7 @@
 #include "autograd/variable.h"
 #include "io/json_input.h"
 #include "ops/elementwise.h"
+#include "ops/optim.h"
 
 namespace g4::parallel {
 
@@ -120,7 +121,7 @@ struct ShardedParameters::PendingReduce {
 
 ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std::string> names, DeviceMesh& mesh,
                                      const std::vector<std::vector<std::string>>& blocks, Kind kind,
-                                     const model::ParamStore* master_source)
+                                     const model::ParamStore* master_source, bool master_remainders)
     : params_(params), mesh_(mesh), kind_(kind) {
   DType dtype = DType::F32;
   Device device = mesh.dp_group().device();
@@ -184,8 +185,13 @@ ShardedParameters::ShardedParameters(model::ParamStore& params, std::vector<std:
       if (units_[u].owner < 0) units_[u].owner = static_cast<int64_t>(block_units_.size());
     block_units_.push_back(std::move(us));
   }
-  // bf16 compute copies train through f32 masters; the gathers move the bf16 rounding.
-  master_ = Tensor::zeros({layout_.shard_size()}, dtype == DType::BF16 ? DType::F32 : dtype, device);
+  // bf16 compute copies train through f32 masters (or their remainders); the gathers move the bf16 copies.
+  state_dtype_ = dtype == DType::BF16 ? DType::F32 : dtype;
+  device_ = device;
+  if (dtype == DType::BF16 && master_remainders)
+    remainder_ = Tensor::zeros({layout_.shard_size()}, DType::I16, device);
+  else
+    master_ = Tensor::zeros({layout_.shard_size()}, state_dtype_, device);
   if (dtype == DType::BF16) compute_ = Tensor::zeros({layout_.shard_size()}, dtype, device);
   load_master(master_source ? *master_source : params);
   // The parameters start whole (their current values are the model); from now on they are views
@@ -200,6 +206,8 @@ ShardedParameters::~ShardedParameters() {
 
 void ShardedParameters::load_master(const model::ParamStore& source) {
   const int64_t d = mesh_.dp_group().rank();
+  // With remainders the masters are assembled here, then split into the compute copy and remainders.
+  Tensor master = remainder_.defined() ? Tensor::zeros({layout_.shard_size()}, state_dtype_, device_) : master_;
   layout_.for_each_owned(d, [&](const FlatParam& p, int64_t first, int64_t count, int64_t local) {
     G4_CHECK(source.has(p.name), "ShardedParameters::load_master: the source has no parameter ", p.name);
     const Tensor& v = source.at(p.name).value();
@@ -208,10 +216,22 @@ void ShardedParameters::load_master(const model::ParamStore& source) {
              v.describe(), ", expected a floating-point tensor of shape ", shape_str(p.shape));
     // Tensor copies, not host memcpy: either side may be on the GPU.
     const Tensor part = v.reshape({-1}).slice0(first - p.offset, count);
-    master_.slice0(local, count).copy_from(part.dtype() == master_.dtype() ? part : part.to(master_.dtype()));
+    master.slice0(local, count).copy_from(part.dtype() == state_dtype_ ? part : part.to(state_dtype_));
   });
-  // Rounded on the device from the masters, as the optimizer's update rewrites it.
-  if (compute_.defined()) compute_.copy_from(master_.to(compute_.dtype()));
+  if (remainder_.defined()) {
+    Tensor param = Tensor::empty(master.shape(), DType::BF16), rem = Tensor::empty(master.shape(), DType::I16);
+    ops::split_master(master.to(Device::CPU), param, rem);
+    compute_.copy_from(param);
+    remainder_.copy_from(rem);
+  } else if (compute_.defined()) {
+    // Rounded on the device from the masters, as the optimizer's update rewrites it.
+    compute_.copy_from(master_.to(compute_.dtype()));
+  }
+}
+
+Tensor ShardedParameters::master_values() const {
+  if (!remainder_.defined()) return master_;
+  return ops::join_master(compute_.to(Device::CPU), remainder_.to(Device::CPU)).to(device_);
 }
 
 Tensor ShardedParameters::gather_flat(const Tensor& shard) {
@@ -233,7 +253,7 @@ Tensor ShardedParameters::gather_flat(const Tensor& shard) {
 void ShardedParameters::prefetch(size_t u) {
   Unit& unit = units_[u];
   if (unit.whole.defined()) return;
-  unit.whole = Tensor::empty({layout_.units[u].padded}, compute_dtype_, master_.device());
+  unit.whole = Tensor::empty({layout_.units[u].padded}, compute_dtype_, device_);
   unit.arriving = mesh_.dp_group().all_gather_async(gathered_piece(u), unit.whole);
   whole_now_ += layout_.units[u].padded;
   whole_peak_ = std::max(whole_peak_, whole_now_);
@@ -296,7 +316,7 @@ void ShardedParameters::end_block(int64_t b, int64_t keep) {
 void ShardedParameters::finish_reduce_scatter() {
   if (!reducing_) return;
   reducing_->handle->wait();
-  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype(), master_.device());
+  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, state_dtype_, device_);
   Tensor piece = grad_.slice0(layout_.units[reducing_->unit].begin / layout_.shards, layout_.unit_shard_size(reducing_->unit));
   ops::add_(piece, reducing_->out);
   reducing_.reset();
@@ -307,23 +327,23 @@ void ShardedParameters::reduce_scatter_unit(size_t u) {
   const FlatUnit& fu = layout_.units[u];
   // Gradients travel in the masters' precision (f32 for bf16 compute copies, whose gradients
   // accumulate in f32 already).
-  Tensor flat = Tensor::zeros({fu.padded}, master_.dtype(), master_.device());
+  Tensor flat = Tensor::zeros({fu.padded}, state_dtype_, device_);
   for (size_t i : units_[u].params) {
     const FlatParam& p = layout_.params[i];
     ag::Var& v = params_.at(p.name);
     if (!v.grad().defined()) continue;
     const Tensor& g = v.grad();
-    G4_CHECK((g.dtype() == master_.dtype() || g.dtype() == compute_dtype_) && g.numel() == p.numel &&
-                 g.device() == master_.device(),
+    G4_CHECK((g.dtype() == state_dtype_ || g.dtype() == compute_dtype_) && g.numel() == p.numel &&
+                 g.device() == device_,
              "reduce_scatter_gradients: ", p.name, " has gradient ", g.describe(), ", expected ",
-             dtype_name(master_.dtype()), shape_str(p.shape));
+             dtype_name(state_dtype_), shape_str(p.shape));
     flat.slice0(p.offset - fu.begin, p.numel)
-        .copy_from((g.dtype() == master_.dtype() ? g : g.to(master_.dtype())).reshape({-1}));
+        .copy_from((g.dtype() == state_dtype_ ? g : g.to(state_dtype_)).reshape({-1}));
     v.zero_grad();  // the whole gradient is not kept: the slice replaces it
   }
   auto r = std::make_unique<PendingReduce>();
   r->unit = u;
-  r->out = Tensor::empty({layout_.unit_shard_size(u)}, master_.dtype(), master_.device());
+  r->out = Tensor::empty({layout_.unit_shard_size(u)}, state_dtype_, device_);
   r->handle = mesh_.dp_group().reduce_scatter_async(flat, r->out, ReduceOp::Sum);
   reducing_ = std::move(r);
 }
@@ -350,7 +370,7 @@ void ShardedParameters::reduce_scatter_gradients() {
                "forward run on the gathered model, released before backward?");
   }
   finish_reduce_scatter();
-  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, master_.dtype(), master_.device());
+  if (!grad_.defined()) grad_ = Tensor::zeros({layout_.shard_size()}, state_dtype_, device_);
   // Ranks with the same dp coordinate hold the same slice but trained on different tokens; for
   // experts, the ep peers hold other experts, whose gradients already include this rank's tokens.
   if (kind_ == Kind::Replicated && mesh_.ep_group().size() > 1) mesh_.ep_group().all_reduce(grad_, ReduceOp::Sum);

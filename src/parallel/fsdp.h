@@ -100,16 +100,26 @@ class ShardedParameters {
   // first block that reads it, and names no block reads form a last unit. Without blocks, one unit.
   // `master_source` (optional, e.g. a bf16 model's f32 CPU original): the values the masters start
   // from instead of the parameters' own (a bf16 copy's masters then start unrounded).
+  // `master_remainders` (bf16 parameters only; ignored otherwise): the f32 master shard is kept as
+  // the compute copy's bits plus an i16 remainder shard (ops/master_bits.h) instead of a tensor of
+  // its own, and the compute copy is the masters' split, not their rounding.
   ShardedParameters(model::ParamStore& params, std::vector<std::string> names, DeviceMesh& mesh,
                     const std::vector<std::vector<std::string>>& blocks = {}, Kind kind = Kind::Replicated,
-                    const model::ParamStore* master_source = nullptr);
+                    const model::ParamStore* master_source = nullptr, bool master_remainders = false);
   ~ShardedParameters();
 
   const FlatLayout& layout() const { return layout_; }
-  DType dtype() const { return master_.dtype(); }  // of the masters, gradients (and moments): f32 or f64
-  Device device() const { return master_.device(); }
-  Tensor& master() { return master_; }  // [shard_size]: this rank's master weights
+  DType dtype() const { return state_dtype_; }  // of the masters, gradients (and moments): f32 or f64
+  Device device() const { return device_; }
+  // [shard_size]: this rank's master weights; undefined when they are kept as remainders.
+  Tensor& master() { return master_; }
   const Tensor& master() const { return master_; }
+  // [shard_size] i16: the remainders that, joined with the compute copy, are the masters
+  // (master_remainders); undefined otherwise.
+  Tensor& remainder() { return remainder_; }
+  // This rank's master shard as an f32/f64 tensor on device(): master(), or the compute copy and
+  // the remainders joined (a copy).
+  Tensor master_values() const;
   // The compute copy of the master shard (bf16 parameters): what the gathers move; the optimizer
   // rewrites it with each update. Undefined when the parameters are their own masters.
   Tensor& compute_copy() { return compute_; }
@@ -177,7 +187,9 @@ class ShardedParameters {
   Kind kind_;
   FlatLayout layout_;
   DType compute_dtype_;  // the parameters' dtype: of the whole units
-  Tensor master_, compute_, grad_;
+  DType state_dtype_;    // of the masters, gradients and moments: f32 (bf16 parameters) or the parameters'
+  Device device_;
+  Tensor master_, remainder_, compute_, grad_;
   std::vector<Unit> units_;
   std::vector<std::vector<size_t>> block_units_;  // per block: the units it reads
   bool pinned_ = false;

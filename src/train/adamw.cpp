@@ -132,6 +132,13 @@ void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const T
   ops::adamw_step(p, g, m, v, hyper(opt, lr, step), /*decay=*/true, decay_mask, {}, compute_out);
 }
 
+void adamw_update_flat_remainders(Tensor& p, Tensor& remainder, Tensor& m, Tensor& v, const Tensor& g,
+                                  const Tensor& decay_mask, double lr, const AdamWOptions& opt, int64_t step) {
+  G4_CHECK(decay_mask.numel() == p.numel(), "adamw_update_flat_remainders: the weight-decay mask has ",
+           decay_mask.numel(), " elements, the weights ", p.numel());
+  ops::adamw_step_remainders(p, remainder, g, m, v, hyper(opt, lr, step), /*decay=*/true, decay_mask);
+}
+
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
   std::vector<std::pair<std::string, Tensor>> s;
   for (size_t i = 0; i < names_.size(); ++i) {

@@ -23,7 +23,7 @@ struct AdamWOptions {
   // A bf16 parameter's f32 master kept as the parameter's bits and a 16-bit remainder (FusedAdam's
   // store_param_remainders, ops/master_bits.h): the same master in 2 bytes a parameter instead of
   // 4, and a bf16 copy that differs from a rounded f32 master's only on exact ties. f32 (or f64)
-  // parameters are their own masters and ignore it. Not with the sharded optimizer.
+  // parameters are their own masters and ignore it.
   bool store_param_remainders = false;
 };
 
@@ -82,6 +82,10 @@ class AdamW {
 // receives the updated weights rounded (the compute copy of f32 masters).
 void adamw_update_flat(Tensor& p, Tensor& m, Tensor& v, const Tensor& g, const Tensor& decay_mask, double lr,
                        const AdamWOptions& opt, int64_t step, Tensor* compute_out = nullptr);
+// The same for f32 masters kept as bf16 weights p (the compute copy) plus i16 remainders
+// (AdamWOptions::store_param_remainders).
+void adamw_update_flat_remainders(Tensor& p, Tensor& remainder, Tensor& m, Tensor& v, const Tensor& g,
+                                  const Tensor& decay_mask, double lr, const AdamWOptions& opt, int64_t step);
 
 // Sets every parameter and buffer of `dest` from `source` (a CPU f32/f64 store with the same names
 // and shapes), each converted to its dtype and device: how a bf16 GPU model takes the values of

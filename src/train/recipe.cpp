@@ -142,8 +142,8 @@ std::vector<ScopedKey> make_schema() {
             "AdamW's second moment in memory: float32, or bfloat16 as NeMo-RL's Gemma 4 recipes (updated in fp32, stored rounded)", {},
             {"float32", "bfloat16"}),
       field("optimizer.store_param_remainders", G4_SLOT(store_param_remainders),
-            "keep a bf16 parameter's fp32 master as the parameter plus a 16-bit remainder (train.device=cuda; not "
-            "with parallel.fsdp)"),
+            "keep a bf16 parameter's fp32 master as the parameter plus a 16-bit remainder (bf16 weights: "
+            "train.device=cuda)"),
       field("schedule.kind", G4_SLOT(schedule), "learning-rate decay after the warmup", {},
             {"cosine", "linear", "constant"}),
       field("schedule.warmup_steps", G4_SLOT(warmup_steps), "steps of linear warmup from 0 to optimizer.lr", kNonNegative),

@@ -51,16 +51,15 @@ void ShardedAdamW::init(const std::vector<std::string>& trainable, const std::se
                         const std::vector<std::vector<std::string>>& blocks, const model::ParamStore* master_source) {
   std::vector<std::string> flat;
   for (const std::string& n : trainable) (model::split_by_expert(params_.kind(n)) ? expert_names_ : flat).push_back(n);
-  flat_.shards = std::make_unique<parallel::ShardedParameters>(params_, flat, mesh_, blocks,
-                                                               parallel::ShardedParameters::Kind::Replicated, master_source);
-  G4_CHECK(!opt_.store_param_remainders, "optimizer.store_param_remainders is not available with the sharded ",
-           "optimizer (parallel.fsdp): its f32 masters are flat shards of their own");
+  flat_.shards = std::make_unique<parallel::ShardedParameters>(
+      params_, flat, mesh_, blocks, parallel::ShardedParameters::Kind::Replicated, master_source,
+      opt_.store_param_remainders);
   flat_.init(no_decay, mesh_.dp_group().rank(), opt_);
   if (!expert_names_.empty()) {
     num_experts_ = params_.at(expert_names_.front()).value().size(0) * mesh_.shape().ep;
-    experts_.shards = std::make_unique<parallel::ShardedParameters>(params_, expert_names_, mesh_, blocks,
-                                                                    parallel::ShardedParameters::Kind::Experts,
-                                                                    master_source);
+    experts_.shards = std::make_unique<parallel::ShardedParameters>(
+        params_, expert_names_, mesh_, blocks, parallel::ShardedParameters::Kind::Experts, master_source,
+        opt_.store_param_remainders);
     experts_.init(no_decay, mesh_.dp_group().rank(), opt_);
   }
 }
@@ -167,8 +166,12 @@ void ShardedAdamW::step(double lr) {
     if (!f->shards) continue;
     // bf16 compute copies: the update also rewrites this rank's shard of them (the next gathers').
     Tensor& compute = f->shards->compute_copy();
-    adamw_update_flat(f->shards->master(), f->m, f->v, f->shards->grad(), f->decay_mask, lr, opt_, step_,
-                      compute.defined() ? &compute : nullptr);
+    if (f->shards->remainder().defined())
+      adamw_update_flat_remainders(compute, f->shards->remainder(), f->m, f->v, f->shards->grad(), f->decay_mask, lr,
+                                   opt_, step_);
+    else
+      adamw_update_flat(f->shards->master(), f->m, f->v, f->shards->grad(), f->decay_mask, lr, opt_, step_,
+                        compute.defined() ? &compute : nullptr);
     f->shards->grad() = Tensor();
   }
 }
@@ -181,7 +184,7 @@ void ShardedAdamW::discard_gradients() {
 int64_t ShardedAdamW::state_numel() const {
   int64_t n = 0;
   for (const Family* f : {&flat_, &experts_})
-    if (f->shards) n += f->shards->master().numel() + f->m.numel() + f->v.numel();
+    if (f->shards) n += f->shards->layout().shard_size() + f->m.numel() + f->v.numel();
   return n;
 }
 
@@ -250,7 +253,7 @@ void ShardedAdamW::copy_masters_to(model::ParamStore& dest) {
   for (Family* f : {&flat_, &experts_}) {
     if (!f->shards) continue;
     const parallel::FlatLayout& l = f->shards->layout();
-    const Tensor whole = f->shards->gather_flat(f->shards->master()).to(Device::CPU);
+    const Tensor whole = f->shards->gather_flat(f->shards->master_values()).to(Device::CPU);
     for (const parallel::FlatParam& p : l.params) {
       G4_CHECK(dest.has(p.name), "copy_masters_to: the destination has no parameter '", p.name, "'");
       Tensor& dst = dest.at(p.name).mutable_value();

@@ -91,8 +91,11 @@ TEST(GpuAdamW, Bf16MomentsAndRemaindersMatchCpu) {
               ops::adamw_step(p, g, m, v, h, true, {}, factor);
               ops::adamw_step(gp, gg, gm, gv, h, true, {}, factor.to(Device::CUDA));
             }
-            ops::adamw_step_remainders(param, rem, g, m2, v2, h, s % 2 == 1, factor);
-            ops::adamw_step_remainders(gparam, grem, gg, gm2, gv2, h, s % 2 == 1, factor.to(Device::CUDA));
+            // Odd steps decay every element, even steps only those a random mask picks.
+            const Tensor mask = s % 2 == 1 ? Tensor() : randint({n}, 70 + static_cast<uint64_t>(s), 0, 2, DType::I64).to(DType::U8);
+            ops::adamw_step_remainders(param, rem, g, m2, v2, h, true, mask, factor);
+            ops::adamw_step_remainders(gparam, grem, gg, gm2, gv2, h, true, mask.defined() ? on_gpu(mask) : Tensor(),
+                                       factor.to(Device::CUDA));
           }
           if (moments == DType::BF16) {
             test::expect_close_scaled(gp, p, 0, 1e-6, tag + " master");

@@ -189,8 +189,8 @@ TEST(MasterBits, SplitJoinRoundTripsAndRoundsLikeBf16OffTies) {
 }
 
 // The remainder form keeps the master an f32 master has, bit for bit, over steps with every option
-// (bf16 or f32 gradients and moments, scale, device factor, decay), and its parameter is that
-// master split.
+// (bf16 or f32 gradients and moments, scale, device factor, decay, a per-element decay mask), and
+// its parameter is that master split.
 TEST(AdamW, RemaindersTrainTheSameMasterAsAnF32Master) {
   const int64_t n = 301;
   for (DType moments : {DType::F32, DType::BF16}) {
@@ -210,8 +210,11 @@ TEST(AdamW, RemaindersTrainTheSameMasterAsAnF32Master) {
         h.grad_scale = s == 3 ? 0.25 : 1.0;
         const Tensor g = randn({n}, 40 + static_cast<uint64_t>(s)).to(s % 2 ? DType::BF16 : DType::F32);
         const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
-        ops::adamw_step(master, g, m, v, h, decay, {}, factor);
-        ops::adamw_step_remainders(param, rem, g, m2, v2, h, decay, factor);
+        // With decay, every other step exempts a random half of the elements.
+        Tensor mask;
+        if (decay && s % 2 == 0) mask = randint({n}, 70 + static_cast<uint64_t>(s), 0, 2, DType::I64).to(DType::U8);
+        ops::adamw_step(master, g, m, v, h, decay, mask, factor);
+        ops::adamw_step_remainders(param, rem, g, m2, v2, h, decay, mask, factor);
         test::expect_equal(ops::join_master(param, rem), master, tag + " master, step " + std::to_string(s));
         test::expect_equal(m2, m, tag + " exp_avg");
         test::expect_equal(v2, v, tag + " exp_avg_sq");

@@ -18,8 +18,11 @@
 #include "support/g4_process.h"
 #include "support/masters_checkpoint.h"
 #include "support/tiny_models.h"
+#include "parallel/device_mesh.h"
+#include "parallel/single_communicator.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/sharded_adamw.h"
 
 namespace g4 {
 namespace {
@@ -145,6 +148,49 @@ TEST(CheckpointMasters, RemaindersAndBf16MomentsSaveAndRestoreExactly) {
   o.exp_avg_dtype = o.exp_avg_sq_dtype = DType::BF16;
   o.store_param_remainders = true;
   expect_exact_save_and_resume(o, "ckpt_remainders");
+}
+
+// The sharded optimizer (one rank: every shard its own) keeps the masters of bf16 copies as
+// remainders too, with bf16 moments and the per-element weight-decay mask of its flat shards: its
+// masters, compute copies and moments equal the replicated optimizer's bit for bit over steps, and
+// its exported masters are theirs.
+TEST(CheckpointMasters, ShardedRemaindersTrainTheReplicatedMasters) {
+  const io::ModelConfig cfg = tiny_moe();
+  model::Gemma4 host(cfg);
+  host.init_weights(13);
+  model::ParamStore sharded_store = bf16_store(host), store = bf16_store(host);
+  const std::vector<std::string> names = store.order;
+  const std::set<std::string> no_decay = train::no_weight_decay(host.params(), cfg);
+  ASSERT_FALSE(no_decay.empty());
+  train::AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  o.exp_avg_dtype = o.exp_avg_sq_dtype = DType::BF16;
+  o.store_param_remainders = true;
+  parallel::SingleCommunicator one;
+  parallel::DeviceMesh mesh(one, {});
+  train::ShardedAdamW sharded(sharded_store, mesh, names, no_decay, o, &host.params());
+  ASSERT_TRUE(sharded.shards().remainder().defined());
+  EXPECT_FALSE(sharded.shards().master().defined());
+  EXPECT_EQ(sharded.exp_avg().dtype(), DType::BF16);
+  train::AdamW replicated(store, names, no_decay, o);
+  replicated.load_parameters(host.params());
+  for (int step = 0; step < 3; ++step) {
+    sharded.gather_parameters();
+    set_grads(sharded_store, 300 + 10 * static_cast<uint64_t>(step));
+    set_grads(store, 300 + 10 * static_cast<uint64_t>(step));
+    sharded.reduce_gradients();
+    sharded.step(1e-2);
+    replicated.step(1e-2);
+  }
+  sharded.gather_parameters();
+  model::Gemma4 exported(cfg);
+  sharded.copy_masters_to(exported.params());
+  int64_t unrounded = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(same_bits(exported.params().at(names[i]).value(), replicated.master(i))) << names[i];
+    EXPECT_TRUE(same_bits(sharded_store.at(names[i]).value(), store.at(names[i]).value())) << names[i];
+    unrounded += not_bf16(replicated.master(i));
+  }
+  EXPECT_GT(unrounded, 0) << "the masters must carry bits the bf16 copies lose, or this test proves nothing";
 }
 
 TEST(CheckpointMasters, ParameterErrorsNameTheParameter) {

@@ -71,13 +71,13 @@ void adamw_update(T* p, M* m, V* v, const T* g, int64_t n, const Scalars& d, con
 
 template <class M, class V>
 void adamw_update_remainders(uint16_t* param, int16_t* rem, M* m, V* v, const float* g, int64_t n, const Scalars& d,
-                             bool decays) {
+                             const uint8_t* decay_mask) {
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t bits = join_master_bits(param[j], rem[j]);
     float p;
     std::memcpy(&p, &bits, 4);
-    adamw_one(p, m[j], v[j], scaled_grad(g, j, d), decays, d);
+    adamw_one(p, m[j], v[j], scaled_grad(g, j, d), !decay_mask || decay_mask[j], d);
     uint32_t out;
     std::memcpy(&out, &p, 4);
     split_master_bits(out, param[j], rem[j]);
@@ -112,12 +112,14 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
 }
 
 void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+                           const AdamWHyper& h, bool decay, const Tensor& decay_mask,
+                           const Tensor& grad_scale_tensor) {
   const Tensor g = !grad.defined() || grad.dtype() == DType::F32 ? grad : grad.to(DType::F32);
   const Scalars d = scalars(h, decay, grad_scale_tensor);
   with_moments<float>(exp_avg, exp_avg_sq, [&](auto* m, auto* v) {
     adamw_update_remainders(static_cast<uint16_t*>(param.raw()), static_cast<int16_t*>(remainder.raw()), m, v,
-                            g.defined() ? g.data<float>() : nullptr, param.numel(), d, decay);
+                            g.defined() ? g.data<float>() : nullptr, param.numel(), d,
+                            decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr);
   });
 }
 

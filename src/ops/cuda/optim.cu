@@ -107,13 +107,13 @@ template <class G, class M, class V>
 __global__ void __launch_bounds__(kThreads)
     adamw_remainders_kernel(uint16_t* __restrict__ param, int16_t* __restrict__ rem, M* __restrict__ m,
                             V* __restrict__ v, const G* __restrict__ g, int64_t n, AdamWScalars s,
-                            const float* __restrict__ extra, bool decays, bool vec) {
+                            const float* __restrict__ extra, const uint8_t* __restrict__ mask, bool vec) {
   const Grad scaled{s.gscale, extra ? *extra : 1.f};
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  const auto update = [&](uint16_t& pb, int16_t& rb, float& mj, float& vj, float gj) {
+  const auto update = [&](uint16_t& pb, int16_t& rb, float& mj, float& vj, float gj, int64_t j) {
     float pj = __uint_as_float(join_master_bits(pb, rb));
-    adamw_one(pj, mj, vj, gj, decays, s);
+    adamw_one(pj, mj, vj, gj, !mask || mask[j] != 0, s);
     split_master_bits(__float_as_uint(pj), pb, rb);
   };
   int64_t done = 0;
@@ -124,10 +124,10 @@ __global__ void __launch_bounds__(kThreads)
       short4 rr = reinterpret_cast<const short4*>(rem)[i];
       float4 mm = load4(m, i), vv = load4(v, i);
       const float4 gg = g ? load4(g, i) : make_float4(0.f, 0.f, 0.f, 0.f);
-      update(pp.x, rr.x, mm.x, vv.x, g ? scaled(gg.x) : 0.f);
-      update(pp.y, rr.y, mm.y, vv.y, g ? scaled(gg.y) : 0.f);
-      update(pp.z, rr.z, mm.z, vv.z, g ? scaled(gg.z) : 0.f);
-      update(pp.w, rr.w, mm.w, vv.w, g ? scaled(gg.w) : 0.f);
+      update(pp.x, rr.x, mm.x, vv.x, g ? scaled(gg.x) : 0.f, 4 * i);
+      update(pp.y, rr.y, mm.y, vv.y, g ? scaled(gg.y) : 0.f, 4 * i + 1);
+      update(pp.z, rr.z, mm.z, vv.z, g ? scaled(gg.z) : 0.f, 4 * i + 2);
+      update(pp.w, rr.w, mm.w, vv.w, g ? scaled(gg.w) : 0.f, 4 * i + 3);
       reinterpret_cast<ushort4*>(param)[i] = pp;
       reinterpret_cast<short4*>(rem)[i] = rr;
       store4(m, i, mm);
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int64_t j = done + first; j < n; j += stride) {
     float mj = load1(m, j), vj = load1(v, j);
-    update(param[j], rem[j], mj, vj, g ? scaled(load1(g, j)) : 0.f);
+    update(param[j], rem[j], mj, vj, g ? scaled(load1(g, j)) : 0.f, j);
     store1(m, j, mj);
     store1(v, j, vj);
   }
@@ -258,8 +258,10 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
 }
 
 void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                           const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+                           const AdamWHyper& h, bool decay, const Tensor& decay_mask,
+                           const Tensor& grad_scale_tensor) {
   const int64_t n = param.numel();
+  const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
   if (n == 0) return;
   const float* extra = grad_scale_tensor.defined() ? grad_scale_tensor.data<float>() : nullptr;
   const AdamWScalars s = scalars(h, decay);
@@ -270,7 +272,7 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
       with_elements(exp_avg_sq, [&](auto* v) {
         const bool vec = aligned(pb, 8) && aligned(rem, 8) && aligned4(m) && aligned4(v) && aligned4(g);
         adamw_remainders_kernel<<<grid_for(n), kThreads, 0, g4::cuda::stream()>>>(
-            pb, rem, m, v, g, n, s, extra, decay, vec);
+            pb, rem, m, v, g, n, s, extra, mask, vec);
       });
     });
   });
