@@ -9,7 +9,7 @@
 #   scripts/gpu_checks.sh train-bench gen-bench diffusion-bench
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
-# Stages: tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench,
+# Stages: tests, tests-new, tests-nccl, moe, decode, optimizer-bench, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
 # experts-threshold, dense-prefill, paged-d512, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
@@ -67,6 +67,10 @@ run="scripts/device_run.sh"
 # - Session 26 (2026-12-06, one H100): *GpuEngine*, GpuTokenLogprobs.*, GpuRl.*, GpuTrain* and GpuBenchTrain.* (21 tests)
 #   passed with both, on a build that also held two experiments since dropped (one decode experts kernel; the grouped
 #   GEMMs' half tiles and bulk stores); the whole suite has still not run with session 25's two changes.
+# - Session 27 (2026-12-06, H100s): the whole suite passed with them (162 passed, 17 skipped). Then AdamW's
+#   bf16 moments and master remainders (GpuAdamW.*, GpuTrain.Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly,
+#   GpuTrain.RemaindersAndBf16MomentsResumeExactly, GpuTrain.CudaRunTrainsLikeTheCpuRun, GpuFsdp*) passed; the
+#   sharded remainders' GPU test (GpuFsdp.OneRankShardedStepWithRemaindersEqualsTheReplicatedStep) passed too.
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
@@ -79,6 +83,11 @@ stage() {
     moe)  # the expert GEMMs alone, then a training step with the device-offset kernels (the default) and with cuBLAS's
       $run bench_moe && $run g4 bench train --model gemma-4-26b-a4b --layers 2 &&
         G4_GROUPED_GEMM=grouped $run g4 bench train --model gemma-4-26b-a4b --layers 2 ;;
+    optimizer-bench)  # AdamW's state as stored by default, and as NeMo-RL's Gemma 4 recipes store it (bf16 moments, master remainders)
+      for flags in "" "--param-remainders" "--bf16-moments" "--bf16-moments --param-remainders"; do
+        $run g4 bench train --model gemma-4-26b-a4b --layers 2 $flags || return 1
+      done
+      $run g4 bench train --model gemma-4-e4b --layers 12 && $run g4 bench train --model gemma-4-e4b --layers 12 --bf16-moments --param-remainders ;;
     train-bench)
       $run g4 bench train --model gemma-4-26b-a4b --layers 2 --hf &&
         $run g4 bench train --model gemma-4-e4b --layers 12 --hf ;;
