@@ -8,6 +8,16 @@
 namespace g4 {
 namespace {
 
+// Step s (from 1) of the tests' five: lr 1e-3, weight decay 0.1, a clipping scale at step 3.
+ops::AdamWHyper hyper_at(int64_t s) {
+  ops::AdamWHyper h;
+  h.lr = 1e-3;
+  h.weight_decay = 0.1;
+  h.step = s;
+  h.grad_scale = s == 3 ? 0.25 : 1.0;
+  return h;
+}
+
 TEST(GpuAdamW, MatchesCpuOverSteps) {
   G4_REQUIRE_GPU();
   for (int64_t n : {int64_t{1}, int64_t{5}, int64_t{1027}, (int64_t{1} << 20) + 3}) {
@@ -27,12 +37,8 @@ TEST(GpuAdamW, MatchesCpuOverSteps) {
           Tensor p = randn({n}, 1), m = Tensor::zeros({n}, DType::F32), v = Tensor::zeros({n}, DType::F32);
           Tensor gp = on_gpu(p), gm = on_gpu(m), gv = on_gpu(v);
           Tensor copy = Tensor::empty({n}, DType::BF16), gcopy = on_gpu(copy);
-          ops::AdamWHyper h;
-          h.lr = 1e-3;
-          h.weight_decay = 0.1;
           for (int64_t s = 1; s <= 5; ++s) {
-            h.step = s;
-            h.grad_scale = s == 3 ? 0.25 : 1.0;
+            const ops::AdamWHyper h = hyper_at(s);
             const Tensor g = randn({n}, 50 + static_cast<uint64_t>(s)).to(gdt);
             const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
             const Tensor gg = on_gpu(g);
@@ -78,12 +84,8 @@ TEST(GpuAdamW, Bf16MomentsAndRemaindersMatchCpu) {
           Tensor m2 = m.clone(), v2 = v.clone();
           Tensor gp = on_gpu(p), gm = on_gpu(m), gv = on_gpu(v);
           Tensor gparam = on_gpu(param), grem = on_gpu(rem), gm2 = on_gpu(m2), gv2 = on_gpu(v2);
-          ops::AdamWHyper h;
-          h.lr = 1e-3;
-          h.weight_decay = 0.1;
           for (int64_t s = 1; s <= 5; ++s) {
-            h.step = s;
-            h.grad_scale = s == 3 ? 0.25 : 1.0;
+            const ops::AdamWHyper h = hyper_at(s);
             const Tensor g = randn({n}, 50 + static_cast<uint64_t>(s)).to(gdt);
             const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
             const Tensor gg = on_gpu(g);

@@ -32,6 +32,17 @@ std::vector<double> values(const Tensor& t) {
   return out;
 }
 
+// Step s (from 1) of a test's run: learning rate, weight decay, and the gradient scale `scale` at
+// step `scaled_step` (as clipping would), 1 elsewhere.
+ops::AdamWHyper hyper_at(int64_t s, double lr, double weight_decay, int64_t scaled_step, double scale) {
+  ops::AdamWHyper h;
+  h.lr = lr;
+  h.weight_decay = weight_decay;
+  h.step = s;
+  h.grad_scale = s == scaled_step ? scale : 1.0;
+  return h;
+}
+
 TEST(AdamW, MatchesTorchFormulaOverSteps) {
   for (bool decay : {true, false}) {
     Tensor p = randn({5, 7}, 1, DType::F64);
@@ -127,12 +138,8 @@ TEST(AdamW, Bf16MomentsUpdateInF32AndStoreRounded) {
     Tensor p = randn({n}, 1), m = Tensor::zeros({n}, m16 ? DType::BF16 : DType::F32),
            v = Tensor::zeros({n}, v16 ? DType::BF16 : DType::F32);
     RefAdamW ref{values(p), values(m), values(v)};
-    ops::AdamWHyper h;
-    h.lr = 1e-2;
-    h.weight_decay = 0.1;
     for (int64_t s = 1; s <= 5; ++s) {
-      h.step = s;
-      h.grad_scale = s == 2 ? 0.5 : 1.0;
+      const ops::AdamWHyper h = hyper_at(s, 1e-2, 0.1, 2, 0.5);
       const Tensor g = randn({n}, 20 + static_cast<uint64_t>(s));
       // The same step with f32 moments holding the stored values.
       Tensor pw = p.clone(), mw = m.to(DType::F32), vw = v.to(DType::F32);
@@ -202,12 +209,8 @@ TEST(AdamW, RemaindersTrainTheSameMasterAsAnF32Master) {
       ops::split_master(master, param, rem);
       Tensor m = Tensor::zeros({n}, moments), v = Tensor::zeros({n}, moments);
       Tensor m2 = m.clone(), v2 = v.clone();
-      ops::AdamWHyper h;
-      h.lr = 3e-2;
-      h.weight_decay = 0.2;
       for (int64_t s = 1; s <= 6; ++s) {
-        h.step = s;
-        h.grad_scale = s == 3 ? 0.25 : 1.0;
+        const ops::AdamWHyper h = hyper_at(s, 3e-2, 0.2, 3, 0.25);
         const Tensor g = randn({n}, 40 + static_cast<uint64_t>(s)).to(s % 2 ? DType::BF16 : DType::F32);
         const Tensor factor = Tensor::scalar(s == 4 ? 0.5 : 1.0);
         // With decay, every other step exempts a random half of the elements.
