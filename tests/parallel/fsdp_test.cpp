@@ -504,6 +504,60 @@ TEST(MpiRanks, ShardedDataParallelTrainsLikeOneRank) {
   }
 }
 
+// bf16 compute copies whose masters are kept as remainders (with bf16 moments), sharded over every
+// rank: each rank's slice is split from the f32 original, updated, and joined again for the export,
+// so the exported masters and the gathered copies equal the replicated optimizer's bit for bit. Every
+// rank sets the same gradients, bf16-exact so that their sum over up to four ranks is exact: the
+// replicated optimizer takes that sum.
+TEST(MpiRanks, ShardedRemaindersTrainTheReplicatedMasters) {
+  G4_SKIP_UNLESS_MPI_CHILD();
+  Communicator& world = mpi_world();
+  const int n = world.size();
+  auto host = model::load_hf_model(tiny_moe_dir());
+  const auto bf16_store = [&] {
+    model::ParamStore s;
+    for (const std::string& name : host->params().order) {
+      s.add(name, host->params().kind(name), host->params().at(name).value().to(DType::BF16));
+      s.at(name).impl()->fp32_grad = true;
+    }
+    return s;
+  };
+  model::ParamStore sharded_store = bf16_store(), store = bf16_store();
+  const std::vector<std::string> names = store.order;
+  const std::set<std::string> no_decay = train::no_weight_decay(host->params(), host->config());
+  train::AdamWOptions o = kAdamW;
+  o.exp_avg_dtype = o.exp_avg_sq_dtype = DType::BF16;
+  o.store_param_remainders = true;
+  DeviceMesh mesh(world, {.dp_shard = n});
+  train::ShardedAdamW sharded(sharded_store, mesh, names, no_decay, o, &host->params());
+  ASSERT_TRUE(sharded.shards().remainder().defined());
+  train::AdamW replicated(store, names, no_decay, o);
+  replicated.load_parameters(host->params());
+  for (int step = 0; step < 3; ++step) {
+    sharded.gather_parameters();
+    uint64_t seed = 900 + 100 * static_cast<uint64_t>(step);
+    for (const std::string& name : names) {
+      const Tensor g = randn(store.at(name).value().shape(), seed++, DType::F32, 0.1).to(DType::BF16).to(DType::F32);
+      Tensor sum = g.clone();
+      for (int64_t i = 0; i < sum.numel(); ++i) sum.data<float>()[i] *= static_cast<float>(n);
+      for (auto [s, value] : {std::pair<model::ParamStore*, Tensor>{&sharded_store, g}, {&store, sum}}) {
+        s->at(name).impl()->grad = value;
+        s->at(name).impl()->grad_owned = true;
+      }
+    }
+    sharded.reduce_gradients();
+    sharded.step(1e-2);
+    replicated.step(1e-2);
+  }
+  sharded.gather_parameters();
+  model::Gemma4 exported(host->config());
+  sharded.copy_masters_to(exported.params());
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_TRUE(same_values(exported.params().at(names[i]).value(), replicated.master(i))) << names[i];
+    EXPECT_TRUE(same_values(sharded_store.at(names[i]).value(), store.at(names[i]).value())) << names[i];
+  }
+}
+
 // The point of gathering block by block: the peak of whole parameters on dp 2 and dp 4 (the
 // whole world), against gathering the whole model for the step.
 TEST(MpiRanks, ShardedBlockByBlockHoldsFewerWholeParameters) {
