@@ -50,8 +50,15 @@ void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters,
               static_cast<long long>(mesh.dp_shard), r.fsdp ? "shard" : "replica", mesh.dp_shard > 1 ? "s" : "",
               static_cast<long long>(mesh.ep), static_cast<long long>(mesh.cp), r.lr, r.schedule.c_str(),
               r.recompute ? "on" : "off");
+  // AdamW's moments as the recipe stores them (optimizer.exp_avg_dtype / exp_avg_sq_dtype).
+  const std::string moments = r.exp_avg_dtype == r.exp_avg_sq_dtype
+                                  ? std::string(r.exp_avg_dtype == "bfloat16" ? "bf16" : "fp32")
+                                  : "exp_avg " + r.exp_avg_dtype + ", exp_avg_sq " + r.exp_avg_sq_dtype;
   if (r.device == Device::CUDA)
-    std::printf("device     cuda: bf16 compute, fp32 master weights, gradients and AdamW moments\n");
+    std::printf("device     cuda: bf16 compute, fp32 master weights%s and gradients, AdamW moments in %s\n",
+                r.store_param_remainders ? " (kept as the bf16 weights + 16-bit remainders)" : "", moments.c_str());
+  else if (moments != "fp32")
+    std::printf("optimizer  AdamW moments in %s\n", moments.c_str());
   if (padded_len != r.data.seq_len)
     std::printf("context    rows of %lld tokens padded to %lld for %lld slices of %lld\n",
                 static_cast<long long>(r.data.seq_len), static_cast<long long>(padded_len),
