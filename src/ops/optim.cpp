@@ -12,15 +12,17 @@
 namespace g4::ops {
 
 namespace {
-// exp_avg and exp_avg_sq have the master's shape and device, each in the master's dtype or (with an
-// f32 master) bf16.
-void check_moments(const char* op, const Tensor& master, const Tensor& exp_avg, const Tensor& exp_avg_sq) {
+// exp_avg and exp_avg_sq have `like`'s shape and device (the master, or the bf16 parameter a
+// remainder joins), each in the master's dtype or (with an f32 master) bf16.
+void check_moments(const char* op, const Tensor& like, DType master_dtype, const Tensor& exp_avg,
+                   const Tensor& exp_avg_sq) {
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}) {
-    check_on(op, name, t, master.device());
-    G4_CHECK(t.shape() == master.shape(), op, ": shapes differ: master ", master.describe(), " vs ", name, " ",
+    check_on(op, name, t, like.device());
+    G4_CHECK(t.shape() == like.shape(), op, ": shapes differ: master ", like.describe(), " vs ", name, " ",
              t.describe());
-    G4_CHECK(t.dtype() == master.dtype() || (t.dtype() == DType::BF16 && master.dtype() == DType::F32), op, ": ", name,
-             " ", t.describe(), " must be the master's dtype, or bf16 with an f32 master (", master.describe(), ")");
+    G4_CHECK(t.dtype() == master_dtype || (t.dtype() == DType::BF16 && master_dtype == DType::F32), op, ": ", name,
+             " ", t.describe(), " must be the master's dtype, or bf16 with an f32 master (", dtype_name(master_dtype),
+             ")");
   }
 }
 
@@ -64,7 +66,7 @@ void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp
   const Device device = master.device();
   G4_CHECK(device == Device::CPU || master.dtype() == DType::F32, op, ": the GPU keeps f32 master weights, got ",
            master.describe());
-  check_moments(op, master, exp_avg, exp_avg_sq);
+  check_moments(op, master, master.dtype(), exp_avg, exp_avg_sq);
   check_step_and_grad(op, master, grad, h);
   check_decay_mask(op, decay_mask, master);
   check_grad_scale(op, grad_scale_tensor, device);
@@ -83,11 +85,7 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
                            const Tensor& grad_scale_tensor) {
   const char* op = "adamw_step_remainders";
   check_split(op, param, remainder);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"exp_avg", exp_avg}, {"exp_avg_sq", exp_avg_sq}}) {
-    check_on(op, name, t, param.device());
-    G4_CHECK(t.shape() == param.shape() && (t.dtype() == DType::F32 || t.dtype() == DType::BF16), op, ": ", name, " ",
-             t.describe(), " must be f32 or bf16 of the parameter's shape ", param.describe());
-  }
+  check_moments(op, param, DType::F32, exp_avg, exp_avg_sq);
   check_step_and_grad(op, param, grad, h);
   check_decay_mask(op, decay_mask, param);
   check_grad_scale(op, grad_scale_tensor, param.device());

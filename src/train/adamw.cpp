@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <tuple>
 
 #include "ops/elementwise.h"
 #include "ops/optim.h"
@@ -25,15 +24,22 @@ AdamW::AdamW(model::ParamStore& params, std::vector<std::string> trainable, std:
     const bool remainders = opt_.store_param_remainders && p.dtype() == DType::BF16;
     master_.push_back(p.dtype() == DType::BF16 && !remainders ? p.to(DType::F32) : Tensor());
     remainder_.push_back(remainders ? Tensor::zeros(p.shape(), DType::I16, p.device()) : Tensor());
-    for (auto [moments, dtype, key] : {std::tuple{&m_, opt_.exp_avg_dtype, "exp_avg_dtype"},
-                                       std::tuple{&v_, opt_.exp_avg_sq_dtype, "exp_avg_sq_dtype"}}) {
-      G4_CHECK(dtype == DType::F32 || dtype == DType::BF16, "AdamW keeps its moments in f32 or bf16, not ",
-               dtype_name(dtype), " (optimizer.", key, ")");
-      G4_CHECK(dtype != DType::BF16 || master_dtype == DType::F32, "bf16 moments (optimizer.", key,
-               ") need f32 masters; parameter ", n, " is ", p.describe());
-      moments->push_back(Tensor::zeros(p.shape(), dtype == DType::BF16 ? dtype : master_dtype, p.device()));
-    }
+    auto [m, v] = zero_moments(opt_, p.shape(), master_dtype, p.device(), "parameter " + n + " " + p.describe());
+    m_.push_back(std::move(m));
+    v_.push_back(std::move(v));
   }
+}
+
+std::pair<Tensor, Tensor> zero_moments(const AdamWOptions& opt, const Shape& shape, DType master_dtype, Device device,
+                                       const std::string& what) {
+  const auto zeros = [&](DType dtype, const char* key) {
+    G4_CHECK(dtype == master_dtype || (dtype == DType::BF16 && master_dtype == DType::F32),
+             "AdamW keeps its moments in the master's dtype or bf16 beside f32 masters, not ", dtype_name(dtype),
+             " (optimizer.", key, ") for ", what, ", whose master is ", dtype_name(master_dtype));
+    return Tensor::zeros(shape, dtype, device);
+  };
+  return {zeros(opt.exp_avg_dtype == DType::F32 ? master_dtype : opt.exp_avg_dtype, "exp_avg_dtype"),
+          zeros(opt.exp_avg_sq_dtype == DType::F32 ? master_dtype : opt.exp_avg_sq_dtype, "exp_avg_sq_dtype")};
 }
 
 Tensor AdamW::master(size_t i) const {

@@ -4,6 +4,7 @@
 #pragma once
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/params.h"
@@ -26,6 +27,12 @@ struct AdamWOptions {
   // parameters are their own masters and ignore it.
   bool store_param_remainders = false;
 };
+
+// Zero moments [exp_avg, exp_avg_sq] of `shape` on `device` for a master of `master_dtype`, each in
+// the dtype `opt` stores it in (the master's, or bf16 beside an f32 master); any other choice is an
+// error naming the recipe key and `what` (the parameter or shard).
+std::pair<Tensor, Tensor> zero_moments(const AdamWOptions& opt, const Shape& shape, DType master_dtype, Device device,
+                                       const std::string& what);
 
 class AdamW {
  public:

@@ -51,9 +51,11 @@ void print_plan(const Recipe& r, const model::Gemma4& model, int64_t parameters,
               static_cast<long long>(mesh.ep), static_cast<long long>(mesh.cp), r.lr, r.schedule.c_str(),
               r.recompute ? "on" : "off");
   // AdamW's moments as the recipe stores them (optimizer.exp_avg_dtype / exp_avg_sq_dtype).
+  const auto short_name = [](const std::string& dtype) { return std::string(dtype == "bfloat16" ? "bf16" : "fp32"); };
   const std::string moments = r.exp_avg_dtype == r.exp_avg_sq_dtype
-                                  ? std::string(r.exp_avg_dtype == "bfloat16" ? "bf16" : "fp32")
-                                  : "exp_avg " + r.exp_avg_dtype + ", exp_avg_sq " + r.exp_avg_sq_dtype;
+                                  ? short_name(r.exp_avg_dtype)
+                                  : "exp_avg " + short_name(r.exp_avg_dtype) + ", exp_avg_sq " +
+                                        short_name(r.exp_avg_sq_dtype);
   if (r.device == Device::CUDA)
     std::printf("device     cuda: bf16 compute, fp32 master weights%s and gradients, AdamW moments in %s\n",
                 r.store_param_remainders ? " (kept as the bf16 weights + 16-bit remainders)" : "", moments.c_str());

@@ -29,14 +29,8 @@ ShardedAdamW::ShardedAdamW(model::Gemma4& model, parallel::DeviceMesh& mesh, con
 
 void ShardedAdamW::Family::init(const std::set<std::string>& no_decay, int64_t dp_rank, const AdamWOptions& opt) {
   const parallel::FlatLayout& l = shards->layout();
-  // The moments in the masters' dtype, or bf16 beside f32 masters (AdamWOptions).
-  for (auto [moment, dtype, key] :
-       {std::tuple{&m, opt.exp_avg_dtype, "exp_avg_dtype"}, std::tuple{&v, opt.exp_avg_sq_dtype, "exp_avg_sq_dtype"}}) {
-    G4_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && shards->dtype() == DType::F32),
-             "the sharded optimizer keeps its moments in the masters' dtype (", dtype_name(shards->dtype()),
-             ") or bf16 beside f32 masters, not ", dtype_name(dtype), " (optimizer.", key, ")");
-    *moment = Tensor::zeros({l.shard_size()}, dtype == DType::BF16 ? dtype : shards->dtype(), shards->device());
-  }
+  std::tie(m, v) =
+      zero_moments(opt, {l.shard_size()}, shards->dtype(), shards->device(), "the sharded optimizer's slice");
   // Per element of the slice: 1 where its parameter takes weight decay (the padding takes none).
   // Built once on the host, kept on the shards' device.
   Tensor mask = Tensor::zeros({l.shard_size()}, DType::U8);

@@ -23,45 +23,48 @@ void store_moment(T& dst, T x) {
 }
 inline void store_moment(bf16& dst, float x) { dst = bf16::from_float(x); }
 
+// The update's scalars, computed in double and each rounded once to T.
+template <class T>
 struct Scalars {
-  double gscale, gextra, decay, b1, b2, eps, step_size, bc2_sqrt;
+  T gscale, gextra, decay, b1, b2, eps, step_size, bc2_sqrt;
 };
 
-Scalars scalars(const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
+template <class T>
+Scalars<T> scalars(const AdamWHyper& h, bool decay, const Tensor& grad_scale_tensor) {
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
-  return {h.grad_scale,
-          grad_scale_tensor.defined() ? element_as_double(grad_scale_tensor, 0) : 1.0,
-          decay ? 1.0 - h.lr * h.weight_decay : 1.0,
-          h.beta1,
-          h.beta2,
-          h.eps,
-          h.lr / bc1,
-          std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step)))};
+  return {static_cast<T>(h.grad_scale),
+          static_cast<T>(grad_scale_tensor.defined() ? element_as_double(grad_scale_tensor, 0) : 1.0),
+          static_cast<T>(decay ? 1.0 - h.lr * h.weight_decay : 1.0),
+          static_cast<T>(h.beta1),
+          static_cast<T>(h.beta2),
+          static_cast<T>(h.eps),
+          static_cast<T>(h.lr / bc1),
+          static_cast<T>(std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step))))};
 }
 
 // One element's update in torch's operation order (each line one rounding in T, as torch's
-// foreach kernels round); the scalars are each rounded once to T. m and v are updated in T and
-// stored in their own dtype; p steps with the unrounded values.
+// foreach kernels round). m and v are updated in T and stored in their own dtype; p steps with
+// the unrounded values.
 template <class T, class M, class V>
-void adamw_one(T& p, M& m_store, V& v_store, T g, bool decays, const Scalars& d) {
-  const T decay = static_cast<T>(d.decay), b1 = static_cast<T>(d.b1), b2 = static_cast<T>(d.b2);
+void adamw_one(T& p, M& m_store, V& v_store, T g, bool decays, const Scalars<T>& d) {
   T m = load_moment(m_store), v = load_moment(v_store);
-  p *= decays ? decay : T(1);
-  m += (g - m) * (T(1) - b1);  // torch's lerp form
-  v = v * b2 + (T(1) - b2) * g * g;
-  const T denom = std::sqrt(v) / static_cast<T>(d.bc2_sqrt) + static_cast<T>(d.eps);
-  p -= static_cast<T>(d.step_size) * m / denom;
+  p *= decays ? d.decay : T(1);
+  m += (g - m) * (T(1) - d.b1);  // torch's lerp form
+  v = v * d.b2 + (T(1) - d.b2) * g * g;
+  const T denom = std::sqrt(v) / d.bc2_sqrt + d.eps;
+  p -= d.step_size * m / denom;
   store_moment(m_store, m);
   store_moment(v_store, v);
 }
 
 template <class T>
-T scaled_grad(const T* g, int64_t j, const Scalars& d) {
-  return g ? (g[j] * static_cast<T>(d.gscale)) * static_cast<T>(d.gextra) : T(0);  // factors of 1 are exact
+T scaled_grad(const T* g, int64_t j, const Scalars<T>& d) {
+  return g ? (g[j] * d.gscale) * d.gextra : T(0);  // factors of 1 are exact
 }
 
 template <class T, class M, class V>
-void adamw_update(T* p, M* m, V* v, const T* g, int64_t n, const Scalars& d, const uint8_t* decay_mask, bf16* out) {
+void adamw_update(T* p, M* m, V* v, const T* g, int64_t n, const Scalars<T>& d, const uint8_t* decay_mask,
+                  bf16* out) {
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
     adamw_one(p[j], m[j], v[j], scaled_grad(g, j, d), !decay_mask || decay_mask[j], d);
@@ -70,8 +73,8 @@ void adamw_update(T* p, M* m, V* v, const T* g, int64_t n, const Scalars& d, con
 }
 
 template <class M, class V>
-void adamw_update_remainders(uint16_t* param, int16_t* rem, M* m, V* v, const float* g, int64_t n, const Scalars& d,
-                             const uint8_t* decay_mask) {
+void adamw_update_remainders(uint16_t* param, int16_t* rem, M* m, V* v, const float* g, int64_t n,
+                             const Scalars<float>& d, const uint8_t* decay_mask) {
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t bits = join_master_bits(param[j], rem[j]);
@@ -100,11 +103,11 @@ void with_moments(Tensor& exp_avg, Tensor& exp_avg_sq, F&& f) {
 void adamw_step(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWHyper& h,
                 bool decay, const Tensor& decay_mask, const Tensor& grad_scale_tensor, Tensor* param_bf16_out) {
   const Tensor g = !grad.defined() || grad.dtype() == master.dtype() ? grad : grad.to(master.dtype());
-  const Scalars d = scalars(h, decay, grad_scale_tensor);
   bf16* out = param_bf16_out ? param_bf16_out->data<bf16>() : nullptr;
   const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
   cpu::dispatch_float("adamw_step", master, [&](auto tag) {
     using T = decltype(tag);
+    const Scalars<T> d = scalars<T>(h, decay, grad_scale_tensor);
     with_moments<T>(exp_avg, exp_avg_sq, [&](auto* m, auto* v) {
       adamw_update<T>(master.data<T>(), m, v, g.defined() ? g.data<T>() : nullptr, master.numel(), d, mask, out);
     });
@@ -115,7 +118,7 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
                            const AdamWHyper& h, bool decay, const Tensor& decay_mask,
                            const Tensor& grad_scale_tensor) {
   const Tensor g = !grad.defined() || grad.dtype() == DType::F32 ? grad : grad.to(DType::F32);
-  const Scalars d = scalars(h, decay, grad_scale_tensor);
+  const Scalars<float> d = scalars<float>(h, decay, grad_scale_tensor);
   with_moments<float>(exp_avg, exp_avg_sq, [&](auto* m, auto* v) {
     adamw_update_remainders(static_cast<uint16_t*>(param.raw()), static_cast<int16_t*>(remainder.raw()), m, v,
                             g.defined() ? g.data<float>() : nullptr, param.numel(), d,
