@@ -23,7 +23,7 @@ namespace {
 
 struct RlBenchOptions {
   std::string model = "gemma-4-e4b";
-  int64_t layers = 4, prompts = 8, generations = 8, new_tokens = 256;
+  int64_t layers = 4, prompts = 8, generations = 8, new_tokens = 256, max_running = 256;
   std::string tokenizer = "recipes/data/kjv-chat-tokenizer";
   uint64_t seed = 1234;
 };
@@ -49,6 +49,7 @@ void bench_rl(const RlBenchOptions& o) {
       "grpo.num_prompts_per_step=" + std::to_string(o.prompts),
       "grpo.num_generations_per_prompt=" + std::to_string(o.generations),
       "generation.max_new_tokens=" + std::to_string(o.new_tokens),
+      "generation.max_running=" + std::to_string(o.max_running),
       "train.micro_batch_tokens=8192",
       "train.device=cuda",
       "train.steps=2",
@@ -62,9 +63,11 @@ void bench_rl(const RlBenchOptions& o) {
   const nlohmann::json& s = res.last_step;
   const double gen = s.at("generation_s"), lp = s.at("logprobs_s"), tr = s.at("training_s");
   const double total = s.at("step_s"), other = total - gen - lp - tr;
-  std::printf("\n== g4 bench rl: %s, %lld layers, %lld prompts x %lld samples, %lld new tokens, %s ==\n",
+  std::printf("\n== g4 bench rl: %s, %lld layers, %lld prompts x %lld samples, %lld new tokens, %lld decoded together "
+              "at most, %s ==\n",
               o.model.c_str(), static_cast<long long>(o.layers), static_cast<long long>(o.prompts),
-              static_cast<long long>(o.generations), static_cast<long long>(o.new_tokens), cuda_device_name().c_str());
+              static_cast<long long>(o.generations), static_cast<long long>(o.new_tokens),
+              static_cast<long long>(o.max_running), cuda_device_name().c_str());
   std::printf("%-16s %9s %7s %14s\n", "stage", "seconds", "share", "tokens/s");
   auto row = [&](const char* name, double sec, double tps) {
     std::printf("%-16s %9.3f %6.1f%% %14.0f\n", name, sec, 100 * sec / total, tps);
@@ -97,6 +100,8 @@ void add_bench_rl(CLI::App& bench, Action& action) {
   cmd->add_option("--generations", o->generations, "samples per prompt (2 or more: a GRPO group)")
       ->check(integer_in(2, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--new-tokens", o->new_tokens, "tokens per response (random weights rarely stop early)")
+      ->check(positive_integer());
+  cmd->add_option("--max-running", o->max_running, "sequences decoded together at most (generation.max_running)")
       ->check(positive_integer());
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer of the prompts");
   cmd->add_option("--seed", o->seed, "seed of the weights")->check(unsigned_integer());

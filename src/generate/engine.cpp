@@ -461,9 +461,10 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
                                                       cap / std::max<int64_t>(sliding_bytes, 1)));
     } else {
       const auto budget = static_cast<int64_t>(static_cast<double>(device_free_bytes()) * opt.memory_fraction);
-      n[kFull] = (budget - n[kSliding] * sliding_bytes) / full_bytes;
-      G4_CHECK(n[kFull] > 0, "Engine: ", budget >> 20, " MiB of GPU memory for the KV pages is not enough for one page "
-               "(memory_fraction ", opt.memory_fraction, ")");
+      const PoolPages pages =
+          pool_pages_for_budget(budget, ps, window, full_bytes, sliding ? sliding_bytes : 0, n[kSliding],
+                                sliding ? window_pages + ceil_div(opt.max_step_tokens, ps) : 0);
+      n = {pages.full, pages.sliding};
     }
     if (opt.max_pages > 0) {
       const int64_t least = (sliding ? window_pages : 0) + ceil_div(opt.max_step_tokens, ps);

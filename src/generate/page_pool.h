@@ -32,4 +32,22 @@ class PagePool {
   std::vector<int64_t> free_;  // a stack: the most recently freed page is taken first
 };
 
+// The pages of the full-attention and sliding-window pools that `budget` bytes of GPU memory hold
+// (EngineOptions::num_pages 0). A sequence of L tokens holds ceil(L / page) full pages and, with a
+// window of W tokens, about min(L, W) / page sliding ones. The sliding pool gets every page it can
+// ever use (`sliding_wanted`: max_running windows and one step's chunk) unless the budget is tight;
+// then the two pools are split so that they run out together for sequences of kPoolBalanceTokens
+// (shorter ones are bound by the sliding pool, longer ones by the full pool; the scheduler preempts
+// either way). That matters for a model whose sliding pages are the large ones: the 26B-A4B's are
+// ten times its full pages, and max_running windows of them need about twice what an 80 GB GPU has
+// left after its weights. The sliding pool keeps at least `sliding_least` pages (one window and a
+// step's chunk) and the full pool at least one page; a budget below that is an error naming the
+// sizes. Without a sliding kind (sliding_bytes 0) the full pool takes the whole budget.
+constexpr int64_t kPoolBalanceTokens = 4096;
+struct PoolPages {
+  int64_t full = 0, sliding = 0;
+};
+PoolPages pool_pages_for_budget(int64_t budget, int64_t page_size, int64_t window, int64_t full_bytes,
+                                int64_t sliding_bytes, int64_t sliding_wanted, int64_t sliding_least);
+
 }  // namespace g4::gen

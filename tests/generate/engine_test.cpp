@@ -16,6 +16,7 @@
 #include "autograd/variable.h"
 #include "core/random.h"
 #include "generate/generator.h"
+#include "generate/page_pool.h"
 #include "generate/text_stream.h"
 #include "io/safetensors.h"
 #include "model/named_configs.h"
@@ -30,6 +31,9 @@ using gen::Completion;
 using gen::Engine;
 using gen::EngineOptions;
 using gen::FinishReason;
+using gen::kPoolBalanceTokens;
+using gen::pool_pages_for_budget;
+using gen::PoolPages;
 using gen::Request;
 using gen::StepHostTimes;
 using test::error_of;
@@ -671,6 +675,49 @@ TEST_F(EngineTest, MaxPagesCapsTheAutomaticPoolAtLeastOneWindowAndStep) {
   EXPECT_EQ(capped.generate({r})[0].tokens.size(), 6u);
   o.max_pages = -1;
   EXPECT_NE(error_of([&] { Engine e(*model, o); }).find("max_pages must be >= 0"), std::string::npos);
+}
+
+TEST(PoolPagesForBudget, ATightBudgetSplitsThePoolsSoTheyRunOutTogether) {
+  // The 26B-A4B on an 80 GB GPU: 27 401 MiB left for pages (what an H100 had after the weights).
+  // Every running sequence's window would need about 57 GB of sliding pages, so the engine used to
+  // leave the full pool nothing and refuse to start.
+  const io::ModelConfig cfg = io::parse_model_config(model::named_config("gemma-4-26b-a4b"), "gemma-4-26b-a4b");
+  const int64_t ps = 16, window = cfg.sliding_window;
+  const int64_t full = model::page_bytes(cfg, DType::BF16, model::AttnKind::kFull, ps);
+  const int64_t sliding = model::page_bytes(cfg, DType::BF16, model::AttnKind::kSliding, ps);
+  ASSERT_GT(sliding, 5 * full);
+  const int64_t window_pages = (window - 1 + ps - 1) / ps + 1, step_pages = 8192 / ps;
+  const int64_t wanted = 256 * (window_pages + 1) + step_pages, least = window_pages + step_pages;
+  const int64_t budget = int64_t{27401} << 20;
+  ASSERT_GT(wanted * sliding, budget);
+  const PoolPages n = pool_pages_for_budget(budget, ps, window, full, sliding, wanted, least);
+  EXPECT_LE(n.full * full + n.sliding * sliding, budget);
+  EXPECT_GT(n.full * full + n.sliding * sliding, budget - full - sliding);  // nothing left unused
+  // Sequences of kPoolBalanceTokens exhaust both pools at the same count (to one sequence).
+  const int64_t full_each = kPoolBalanceTokens / ps, sliding_each = (std::min(kPoolBalanceTokens, window) + ps - 1) / ps;
+  EXPECT_NEAR(static_cast<double>(n.full) / full_each, static_cast<double>(n.sliding) / sliding_each, 1.0);
+  // 256 sequences of 320 tokens (g4 bench generate's batch of 256) run together.
+  EXPECT_GE(n.sliding, 256 * 20);
+  EXPECT_GE(n.full, 256 * 20);
+
+  // With room to spare the sliding pool gets every page it can use, the full pool the rest.
+  const int64_t big = wanted * sliding * 4;
+  const PoolPages roomy = pool_pages_for_budget(big, ps, window, full, sliding, wanted, least);
+  EXPECT_EQ(roomy.sliding, wanted);
+  EXPECT_EQ(roomy.full, (big - wanted * sliding) / full);
+  // Without sliding layers the full pool takes it all.
+  const PoolPages dense = pool_pages_for_budget(budget, ps, 0, full, 0, 0, 0);
+  EXPECT_EQ(dense.sliding, 0);
+  EXPECT_EQ(dense.full, budget / full);
+  // The least sliding pool is kept; below it and one full page the error names the sizes.
+  const PoolPages tight = pool_pages_for_budget(least * sliding + 3 * full, ps, window, full, sliding, wanted, least);
+  EXPECT_EQ(tight.sliding, least);
+  EXPECT_EQ(tight.full, 3);
+  const std::string e = error_of([&] { pool_pages_for_budget(least * sliding, ps, window, full, sliding, wanted, least); });
+  EXPECT_NE(e.find("cannot hold the sliding layers' least pool (one window of " + std::to_string(window) + " tokens"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("one page of the full-attention layers"), std::string::npos) << e;
 }
 
 TEST_F(EngineTest, GenerateKeepsItsContract) {
