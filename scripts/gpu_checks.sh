@@ -115,7 +115,10 @@ stage() {
           --new-tokens 64 &&
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
         G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
-    rl-bench) $run g4 bench rl --model gemma-4-e4b --layers 4 && $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
+    rl-bench)  # NeMo-RL's recipe batch (32 x 16, the default), then the 8 x 8 of sessions 20-27
+      for m in gemma-4-e4b gemma-4-26b-a4b; do
+        $run g4 bench rl --model $m --layers 4 && $run g4 bench rl --model $m --layers 4 --prompts 8 --generations 8 || return
+      done ;;
     attention)  # issue 18: the attention tests, then g4's kernels and PyTorch SDPA's backends in one session
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.*' && $run bench_attention &&
         $run bash -c 'LD_LIBRARY_PATH="$G4_PYTHON_LD_LIBRARY_PATH" python3 tools/bench_torch_attention.py' ;;
