@@ -1,6 +1,7 @@
 #include "cli/engine_setup.h"
 
 #include <filesystem>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "model/state_dict_adapter.h"
@@ -50,6 +51,19 @@ LoadedModel load_for_generation(const EngineSetup& s) {
   out.model = model::load_hf_model(s.model_dir);
   if (s.device == "cuda") out.model = out.model->copy_to(Device::CUDA, DType::BF16);
   return out;
+}
+
+std::string describe_pools(const gen::Engine& engine, const io::ModelConfig& cfg, int64_t page_size) {
+  const gen::PoolStats p = engine.stats();
+  std::ostringstream line;
+  line << "KV pages of " << page_size << " tokens: " << p.full_pages << " for the full-attention layers ("
+       << p.full_pages * page_size << " tokens of context in all)";
+  if (p.sliding_pages > 0 && cfg.sliding_window > 0) {
+    const int64_t window_pages = (cfg.sliding_window + page_size - 1) / page_size + 1;
+    line << ", " << p.sliding_pages << " for the sliding ones (" << p.sliding_pages / window_pages
+         << " sequences at a full window of " << cfg.sliding_window << " tokens)";
+  }
+  return line.str();
 }
 
 }  // namespace g4::cli

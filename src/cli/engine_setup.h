@@ -37,4 +37,8 @@ struct LoadedModel {
 // Loads the model (bf16 on the GPU for --device cuda) and its tokenizer.
 LoadedModel load_for_generation(const EngineSetup& setup);
 
+// One line on what the engine's KV pools hold (pages, tokens, sliding windows), so that a user sees
+// how many sequences of what length a GPU's memory takes before the scheduler preempts.
+std::string describe_pools(const gen::Engine& engine, const io::ModelConfig& cfg, int64_t page_size);
+
 }  // namespace g4::cli

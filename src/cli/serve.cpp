@@ -101,6 +101,7 @@ void add_serve(CLI::App& app, Action& action) {
         server.stop();
       });
       const int port = server.bind();
+      std::cerr << "g4 serve: " << describe_pools(engine, loaded.model->config(), engine_options.page_size) << std::endl;
       // Tests and scripts read the port from this line (with --port 0).
       std::cout << "g4 serve: " << o->server.model_name << " on http://" << o->server.host << ":" << port << std::endl;
       server.listen();
