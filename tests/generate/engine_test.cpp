@@ -718,6 +718,18 @@ TEST(PoolPagesForBudget, ATightBudgetSplitsThePoolsSoTheyRunOutTogether) {
             std::string::npos)
       << e;
   EXPECT_NE(e.find("one page of the full-attention layers"), std::string::npos) << e;
+
+  // The 31B on an 80 GB GPU (about 12 GB left for pages): its sliding pages are 13 MB each, so 256
+  // windows would need 221 GB; split, the pools hold about ten sequences of 4 096 tokens.
+  const io::ModelConfig big_cfg = io::parse_model_config(model::named_config("gemma-4-31b"), "gemma-4-31b");
+  const int64_t big_full = model::page_bytes(big_cfg, DType::BF16, model::AttnKind::kFull, ps);
+  const int64_t big_sliding = model::page_bytes(big_cfg, DType::BF16, model::AttnKind::kSliding, ps);
+  const int64_t big_window_pages = (big_cfg.sliding_window - 1 + ps - 1) / ps + 1;
+  const PoolPages b = pool_pages_for_budget(int64_t{12000} << 20, ps, big_cfg.sliding_window, big_full, big_sliding,
+                                            256 * (big_window_pages + 1) + step_pages, big_window_pages + step_pages);
+  EXPECT_GE(b.sliding, big_window_pages + step_pages);
+  EXPECT_GE(b.full / full_each, 9);
+  EXPECT_GE(b.sliding / sliding_each, 9);
 }
 
 TEST_F(EngineTest, GenerateKeepsItsContract) {
