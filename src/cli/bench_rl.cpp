@@ -24,8 +24,7 @@ namespace {
 
 struct RlBenchOptions {
   std::string model = "gemma-4-e4b";
-  // NeMo-RL's Gemma 4 recipes' batch: 32 prompts x 16 samples (RL.md section 6), what its published
-  // split was measured on.
+  // NeMo-RL's Gemma 4 recipes' batch: 32 prompts x 16 samples (RL.md section 6).
   int64_t layers = 4, prompts = 32, generations = 16, new_tokens = 256, max_running = 256;
   std::string tokenizer = "recipes/data/kjv-chat-tokenizer";
   uint64_t seed = 1234;
