@@ -64,6 +64,10 @@ struct RunResult {
   int64_t peak_bytes = 0;
   KernelProfile profile;  // with --profile
   gen::StepHostTimes host;  // the engine's host time over the decode steps (after every sequence started)
+  // The KV pools' sizes and preemptions, and the most sequences one step ran: whether the batch
+  // ran together or the pools held fewer.
+  gen::PoolStats pool;
+  int64_t most_running = 0;
 };
 
 
@@ -149,6 +153,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
     const bool profiled = o.profile && t_all_started >= 0 && decode_steps >= 4 && decode_steps < 4 + kProfileSteps;
     if (profiled && decode_steps == 4) profile_start();
     const std::vector<gen::Event> events = engine.step();
+    res.most_running = std::max(res.most_running, engine.stats().running);
     if (profiled && decode_steps == 3 + kProfileSteps) res.profile = profile_stop();
     if (t_all_started >= 0) ++decode_steps;
     for (const gen::Event& e : events) {
@@ -176,6 +181,7 @@ RunResult run_batch(const GenBenchOptions& o, const model::Gemma4& m, int64_t ba
   res.ttft_ms = median(ttft);
   res.tpot_ms = median(tpot);
   res.peak_bytes = device_memory_stats().peak;
+  res.pool = engine.stats();
   return res;
 }
 
@@ -377,6 +383,9 @@ void bench_generate(const GenBenchOptions& o) {
                     static_cast<long long>(r.host.steps), r.host.prepare_s * per, r.host.forward_s * per,
                     r.host.sample_s * per, r.host.bookkeeping_s * per);
       }
+      std::printf("    KV pools: %lld full pages, %lld sliding; at most %lld sequences in a step, %lld preempted\n",
+                  static_cast<long long>(r.pool.full_pages), static_cast<long long>(r.pool.sliding_pages),
+                  static_cast<long long>(r.most_running), static_cast<long long>(r.pool.preempted_total));
       if (o.profile) print_profile(r.profile, kProfileSteps);
       std::fflush(stdout);
     }
@@ -402,7 +411,11 @@ void bench_generate(const GenBenchOptions& o) {
   for (const RunResult& r : ours) {
     nlohmann::json row = {{"batch", r.batch},       {"decode_tokens_per_s", r.decode_tokens_per_s},
                           {"ttft_ms", r.ttft_ms},   {"tpot_ms", r.tpot_ms},
-                          {"peak_bytes", r.peak_bytes}, {"total_s", r.total_s}};
+                          {"peak_bytes", r.peak_bytes}, {"total_s", r.total_s},
+                          {"kv_pool", {{"full_pages", r.pool.full_pages},
+                                       {"sliding_pages", r.pool.sliding_pages},
+                                       {"most_running", r.most_running},
+                                       {"preempted", r.pool.preempted_total}}}};
     if (r.host.steps > 0)
       row["host_per_decode_step_s"] = {{"prepare", r.host.prepare_s / static_cast<double>(r.host.steps)},
                                        {"forward", r.host.forward_s / static_cast<double>(r.host.steps)},
