@@ -93,17 +93,16 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
               adamw_step_remainders(param, remainder, grad, exp_avg, exp_avg_sq, h, decay, decay_mask, grad_scale_tensor));
 }
 
-void split_master(const Tensor& master, Tensor& param, Tensor& remainder) {
-  const char* op = "split_master";
-  check_split(op, param, remainder);
-  G4_CHECK(master.dtype() == DType::F32 && master.shape() == param.shape() && master.device() == Device::CPU &&
-               param.device() == Device::CPU,
-           op, ": master must be an f32 CPU tensor of the parameter's shape, got ", master.describe(), " for ",
-           param.describe());
+SplitMaster split_master(const Tensor& master) {
+  check_defined("split_master", "master", master);
+  G4_CHECK(master.dtype() == DType::F32 && master.device() == Device::CPU,
+           "split_master: master must be an f32 CPU tensor, got ", master.describe());
+  SplitMaster out{Tensor::empty(master.shape(), DType::BF16), Tensor::empty(master.shape(), DType::I16)};
   const uint32_t* m = static_cast<const uint32_t*>(master.raw());
-  uint16_t* p = static_cast<uint16_t*>(param.raw());
-  int16_t* r = static_cast<int16_t*>(remainder.raw());
+  uint16_t* p = static_cast<uint16_t*>(out.param.raw());
+  int16_t* r = static_cast<int16_t*>(out.remainder.raw());
   for (int64_t i = 0; i < master.numel(); ++i) split_master_bits(m[i], p[i], r[i]);
+  return out;
 }
 
 Tensor join_master(const Tensor& param, const Tensor& remainder) {

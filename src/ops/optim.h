@@ -47,7 +47,10 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
 
 // f32 masters into bf16 parameters and i16 remainders and back (CPU tensors of one shape;
 // ops/master_bits.h): join_master(split_master(x)) has x's bits.
-void split_master(const Tensor& master, Tensor& param, Tensor& remainder);
+struct SplitMaster {
+  Tensor param, remainder;
+};
+SplitMaster split_master(const Tensor& master);
 Tensor join_master(const Tensor& param, const Tensor& remainder);
 
 // Σ g² over all elements as a [] tensor on g's device: f32 (f64 for f64 input on the CPU), summed in

@@ -219,10 +219,9 @@ void ShardedParameters::load_master(const model::ParamStore& source) {
     master.slice0(local, count).copy_from(part.dtype() == state_dtype_ ? part : part.to(state_dtype_));
   });
   if (remainder_.defined()) {
-    Tensor param = Tensor::empty(master.shape(), DType::BF16), rem = Tensor::empty(master.shape(), DType::I16);
-    ops::split_master(master.to(Device::CPU), param, rem);
-    compute_.copy_from(param);
-    remainder_.copy_from(rem);
+    const ops::SplitMaster split = ops::split_master(master.to(Device::CPU));
+    compute_.copy_from(split.param);
+    remainder_.copy_from(split.remainder);
   } else if (compute_.defined()) {
     // Rounded on the device from the masters, as the optimizer's update rewrites it.
     compute_.copy_from(master_.to(compute_.dtype()));

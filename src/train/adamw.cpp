@@ -82,10 +82,9 @@ void AdamW::load_parameters(const model::ParamStore& source) {
       continue;
     }
     // The master split into the parameter's bits (rounded with ties away from zero) and remainder.
-    Tensor param = Tensor::empty(src.shape(), DType::BF16), remainder = Tensor::empty(src.shape(), DType::I16);
-    ops::split_master(src.to(DType::F32), param, remainder);
-    params_.at(names_[i]).mutable_value().copy_from(param);
-    remainder_[i].copy_from(remainder);
+    const ops::SplitMaster split = ops::split_master(src.to(DType::F32));
+    params_.at(names_[i]).mutable_value().copy_from(split.param);
+    remainder_[i].copy_from(split.remainder);
   }
 }
 

@@ -79,8 +79,7 @@ TEST(GpuAdamW, Bf16MomentsAndRemaindersMatchCpu) {
           };
           // A plain f32 master (bf16 moments only) and a master split into parameter and remainder.
           Tensor p = randn({n}, 1), m = Tensor::zeros({n}, moments), v = Tensor::zeros({n}, moments);
-          Tensor param = Tensor::empty({n}, DType::BF16), rem = Tensor::empty({n}, DType::I16);
-          ops::split_master(randn({n}, 2), param, rem);
+          auto [param, rem] = ops::split_master(randn({n}, 2));
           Tensor m2 = m.clone(), v2 = v.clone();
           Tensor gp = on_gpu(p), gm = on_gpu(m), gv = on_gpu(v);
           Tensor gparam = on_gpu(param), grem = on_gpu(rem), gm2 = on_gpu(m2), gv2 = on_gpu(v2);

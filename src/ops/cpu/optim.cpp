@@ -1,8 +1,8 @@
 // AdamW and the squared norm on the CPU: plain loops in the master's precision.
 #include "ops/cpu/optim.h"
 
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 
 #include "ops/cpu/common.h"
@@ -77,13 +77,9 @@ void adamw_update_remainders(uint16_t* param, int16_t* rem, M* m, V* v, const fl
                              const Scalars<float>& d, const uint8_t* decay_mask) {
 #pragma omp parallel for if (n > 65536)
   for (int64_t j = 0; j < n; ++j) {
-    const uint32_t bits = join_master_bits(param[j], rem[j]);
-    float p;
-    std::memcpy(&p, &bits, 4);
+    float p = std::bit_cast<float>(join_master_bits(param[j], rem[j]));
     adamw_one(p, m[j], v[j], scaled_grad(g, j, d), !decay_mask || decay_mask[j], d);
-    uint32_t out;
-    std::memcpy(&out, &p, 4);
-    split_master_bits(out, param[j], rem[j]);
+    split_master_bits(std::bit_cast<uint32_t>(p), param[j], rem[j]);
   }
 }
 

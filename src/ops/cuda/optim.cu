@@ -200,9 +200,6 @@ __global__ void __launch_bounds__(kNormThreads) sum_partials_kernel(const float*
 
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-}  // namespace
-
-namespace {
 // The scalars exactly as the CPU rounds them (double, then one cast to float).
 AdamWScalars scalars(const AdamWHyper& h, bool decay) {
   const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
@@ -261,8 +258,8 @@ void adamw_step_remainders(Tensor& param, Tensor& remainder, const Tensor& grad,
                            const AdamWHyper& h, bool decay, const Tensor& decay_mask,
                            const Tensor& grad_scale_tensor) {
   const int64_t n = param.numel();
-  const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
   if (n == 0) return;
+  const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
   const float* extra = grad_scale_tensor.defined() ? grad_scale_tensor.data<float>() : nullptr;
   const AdamWScalars s = scalars(h, decay);
   auto* pb = static_cast<uint16_t*>(param.raw());
