@@ -42,6 +42,7 @@
 
 #include "core/cuda/pdl.cuh"
 #include "core/cuda/runtime.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/cuda/attention_tiles.cuh"
 #include "ops/cuda/index_errors.h"
@@ -452,12 +453,17 @@ void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
   }
 }
 
-// The configuration of head-dim class hd: 16 rows per CTA for decode steps, else 64.
+// The configuration of head-dim class hd: 16 rows per CTA for decode steps, else 64. A head-dim-256
+// decode step of many CTAs (`narrow`) takes 32-key tiles and 4 warps: half the shared memory, so two
+// CTAs share a multiprocessor and one streams its keys while the other starts or ends. With one CTA
+// a multiprocessor (64-key tiles, 203 KB of K/V ring), a short sequence's CTA (a few tiles) spends
+// much of its life filling its ring and draining it, with nothing else in flight there.
 template <bool Decode>
-void launch_class(const PagedArgs& a, int hd, int64_t slots, int64_t tiles) {
+void launch_class(const PagedArgs& a, int hd, int64_t slots, int64_t tiles, bool narrow) {
   if constexpr (Decode) {
     if (hd <= 64) return launch_paged<Cfg<64, 64, 1, 4, 3>>(a, slots, tiles);
     if (hd <= 128) return launch_paged<Cfg<128, 64, 1, 4, 3>>(a, slots, tiles);
+    if (hd <= 256 && narrow) return launch_paged<Cfg<256, 32, 1, 4, 3>>(a, slots, tiles);
     if (hd <= 256) return launch_paged<Cfg<256, 64, 1, 8, 3>>(a, slots, tiles);
     return launch_paged<Cfg<512, 32, 1, 4, 3>>(a, slots, tiles);
   } else {
@@ -530,9 +536,15 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pages, const Tensor& v_p
   const int64_t tiles = std::max<int64_t>(tile_n, ((rows + tile_n - n) * a.group + bm - 1) / bm);
   const int hd = std::max(a.d, a.dv);
   if (decode) {
-    launch_class<true>(a, hd, slots, tiles);
+    // Narrow tiles once the step's CTAs fill two waves of the wide ones (from the padded count, as
+    // the splits: a graph replay and an eager step take the same tiles). G4_PAGED_DECODE_NARROW=0 or
+    // 1 forces them off or on.
+    static const int narrow_mode = env_int("G4_PAGED_DECODE_NARROW", -1, 0, 1, "from the step's CTAs");
+    const bool narrow = narrow_mode == -1 ? tiles * a.kv_heads >= 2 * int64_t{g4::cuda::device_sm_count()}
+                                          : narrow_mode == 1;
+    launch_class<true>(a, hd, slots, tiles, narrow);
   } else {
-    launch_class<false>(a, hd, slots, tiles);
+    launch_class<false>(a, hd, slots, tiles, false);
   }
   return out;
 }
