@@ -11,7 +11,7 @@
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, optimizer-bench, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
-# experts-threshold, dense-prefill, paged-d512, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
+# experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
 # tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -115,6 +115,19 @@ stage() {
           --new-tokens 64 &&
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
         G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
+    paged-narrow)  # head-dim-256 decode attention in 32-key tiles (two CTAs a multiprocessor) against 64-key tiles:
+      # the tests with it forced on, then the engine with the rule and with it off, then the kernel alone
+      G4_PAGED_DECODE_NARROW=1 $run test_gpu --gtest_brief=1 \
+        --gtest_filter='PagedAttentionGpu.*:GpuEngine*:GpuTokenLogprobs.*' || return
+      for n in "" 0; do
+        G4_PAGED_DECODE_NARROW=$n $run g4 bench generate --prompt-len 256 --new-tokens 64 --model gemma-4-26b-a4b \
+          --batch 1,64,256 &&
+          G4_PAGED_DECODE_NARROW=$n $run g4 bench generate --prompt-len 256 --new-tokens 64 --model gemma-4-e4b \
+            --batch 1,256 || return
+      done
+      for shape in "256 320" "256 1024" "64 320" "64 4096" "16 4096" "1 4096"; do
+        for n in 0 1; do G4_PAGED_DECODE_NARROW=$n $run bench_paged_attention --only d256 $shape || return; done
+      done ;;
     rl-bench)  # NeMo-RL's recipe batch (32 x 16, the default), then the 8 x 8 of sessions 20-27
       for m in gemma-4-e4b gemma-4-26b-a4b; do
         $run g4 bench rl --model $m --layers 4 && $run g4 bench rl --model $m --layers 4 --prompts 8 --generations 8 || return
@@ -166,7 +179,7 @@ stage() {
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
       $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
         $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, pdl, pdl-bench, pdl-rl)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }
