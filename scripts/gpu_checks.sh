@@ -71,6 +71,10 @@ run="scripts/device_run.sh"
 #   bf16 moments and master remainders (GpuAdamW.*, GpuTrain.Bf16CheckpointKeepsTheMastersAndResumesTheOptimizerExactly,
 #   GpuTrain.RemaindersAndBf16MomentsResumeExactly, GpuTrain.CudaRunTrainsLikeTheCpuRun, GpuFsdp*) passed; the
 #   sharded remainders' GPU test (GpuFsdp.OneRankShardedStepWithRemaindersEqualsTheReplicatedStep) passed too.
+# - Session 29 (2026-12-06, one H200): the head-dim-256 decode's narrow tiles passed with them forced on
+#   (PagedAttentionGpu.*, *GpuEngine*, GpuTokenLogprobs.*: 15 tests) and were merged (the `paged-narrow` stage);
+#   GpuEngineRealWidths.SampledLogprobsAgainstTheTrainingForwardAndAnF32Forward and GpuRl.* passed. The whole
+#   suite has not run since session 27.
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
