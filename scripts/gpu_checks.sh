@@ -74,7 +74,8 @@ run="scripts/device_run.sh"
 # - Session 29 (2026-12-06, one H200): the head-dim-256 decode's narrow tiles passed with them forced on
 #   (PagedAttentionGpu.*, *GpuEngine*, GpuTokenLogprobs.*: 15 tests) and were merged (the `paged-narrow` stage);
 #   GpuEngineRealWidths.SampledLogprobsAgainstTheTrainingForwardAndAnF32Forward and GpuRl.* passed. The whole
-#   suite has not run since session 27.
+#   suite has not run since session 27; session 28's split_master mend (optim.cu) has not run on a GPU: run
+#   GpuAdamW.*, GpuTrain.Remainders*, GpuTrain.Bf16* and GpuFsdp.OneRank* first.
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
