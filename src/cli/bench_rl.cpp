@@ -87,6 +87,13 @@ void bench_rl(const RlBenchOptions& o) {
   row("weight transfer", 0, 0);
   row("other", other, 0);
   std::printf("%-16s %9.3f\n", "step", total);
+  // How far the rollouts' log-probs are from the training forward's (RL.md section 5; docs/rl.md
+  // says why random weights of several layers put it above a trained model's).
+  if (s.contains("token_mult_prob_error_median"))
+    std::printf("token_mult_prob_error (engine against the training forward, per token): mean %.6f, median %.6f, "
+                "max %.4f\n",
+                s.at("token_mult_prob_error").get<double>(), s.at("token_mult_prob_error_median").get<double>(),
+                s.at("token_mult_prob_error_max").get<double>());
   std::printf("published splits: NeMo-RL async GRPO (RL#1052) generation 48.9%%, training 37.6%%, log-probs 7.2%%, "
               "weight sync 0.2%%; verl + SGLang (verl#1208) generation 77%%; refit of a 30B MoE 0.48-0.67 s (RL#2808)\n");
 }

@@ -159,7 +159,7 @@ RlResult RlTrainer::run() {
         const auto tmpe = prep.metrics.find("token_mult_prob_error_median");
         std::fprintf(stderr,
                      "step %lld/%lld  reward %+.3f  accuracy %.3f  trained %.0f/%.0f samples  length %.1f  "
-                     "tmpe %.5f (max %.4f)  gen %.1fs  logprobs %.1fs  train %.1fs\n",
+                     "tmpe median %.5f max %.4f  gen %.1fs  logprobs %.1fs  train %.1fs\n",
                      static_cast<long long>(step), static_cast<long long>(r_.steps), prep.metrics.at("reward"),
                      prep.metrics.at("accuracy"), prep.metrics.at("samples_trained"), prep.metrics.at("samples_generated"),
                      prep.metrics.at("response_length_mean"),
