@@ -208,7 +208,7 @@ TEST(GpuTrain, CudaRunTrainsLikeTheCpuRun) {
 
 // The image recipe (recipes/multimodal/tiny-image-sft.yaml: tiny-mm-e, PNG images in chat data):
 // the vision tower, the merge and the image masks run in bf16 on the GPU as in f32 on the CPU. Twice
-// the text recipe's tolerance for the tower's own bf16 roundings (not yet run on a GPU).
+// the text recipe's tolerance for the tower's own bf16 roundings.
 TEST(GpuTrain, ImageRecipeTrainsLikeTheCpuRun) {
   G4_REQUIRE_GPU();
   const fs::path dir = test::scratch_dir("gpu_train_images");
