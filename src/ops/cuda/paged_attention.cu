@@ -458,9 +458,9 @@ void launch_paged(PagedArgs a, int64_t slots, int64_t tiles) {
 // CTAs share a multiprocessor and one streams its keys while the other starts or ends. With one CTA
 // a multiprocessor (64-key tiles, 203 KB of K/V ring), a short sequence's CTA (a few tiles) spends
 // much of its life filling its ring and draining it, with nothing else in flight there. On an H200
-// the narrow tiles read 5-20% faster from 8 sequences up and lose at one (the splits are sized for
-// the wide CTAs); forced on, E4B's 2-kv-head steps of 32-64 sequences lost 4-6% end to end, which
-// the two-wave rule leaves wide (docs/performance.md, session 29).
+// the narrow tiles read 5-20% faster from 8 sequences up and 12% slower at one (4K keys, whose
+// splits fill the GPU either way); forced on, E4B's 2-kv-head steps of 32-64 sequences lost 4-6% end
+// to end, which the two-wave rule leaves wide (docs/performance.md, session 29).
 template <bool Decode>
 void launch_class(const PagedArgs& a, int hd, int64_t slots, int64_t tiles, bool narrow) {
   if constexpr (Decode) {
