@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "generate/page_pool.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -59,8 +60,7 @@ std::string describe_pools(const gen::Engine& engine, const io::ModelConfig& cfg
   line << "KV pages of " << page_size << " tokens: " << p.full_pages << " for the full-attention layers ("
        << p.full_pages * page_size << " tokens of context in all)";
   if (p.sliding_pages > 0 && cfg.sliding_window > 0) {
-    const int64_t window_pages = (cfg.sliding_window + page_size - 1) / page_size + 1;
-    line << ", " << p.sliding_pages << " for the sliding ones (" << p.sliding_pages / window_pages
+    line << ", " << p.sliding_pages << " for the sliding ones (" << p.sliding_pages / gen::window_pages(cfg.sliding_window, page_size)
          << " sequences at a full window of " << cfg.sliding_window << " tokens)";
   }
   return line.str();

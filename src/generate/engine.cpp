@@ -443,7 +443,7 @@ Engine::Impl::Impl(const model::Gemma4& m, EngineOptions o) : model(m), cfg(m.co
   // A sequence holds at most the pages of one window plus one chunk in the sliding pool, a whole
   // context in the full one.
   const int64_t seq_pages = ceil_div(std::min<int64_t>(context, int64_t{1} << 20), ps);
-  const int64_t window_pages = ceil_div(std::max<int64_t>(window - 1, 0), ps) + 1;
+  const int64_t window_pages = gen::window_pages(window, ps);
   std::array<int64_t, model::kAttnKinds> n{};
   const int64_t full_bytes = std::max<int64_t>(model::page_bytes(cfg, m.dtype(), model::AttnKind::kFull, ps), 1);
   const int64_t sliding_bytes = model::page_bytes(cfg, m.dtype(), model::AttnKind::kSliding, ps);

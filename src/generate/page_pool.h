@@ -1,6 +1,7 @@
 // The bookkeeping of one kind's KV pages (the memory itself is model::PagedKV): reference counts,
 // a free list, and the prefix keys of pages whose content a later prompt may reuse.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -44,6 +45,11 @@ class PagePool {
 // step's chunk) and the full pool at least one page; a budget below that is an error naming the
 // sizes. Without a sliding kind (sliding_bytes 0) the full pool takes the whole budget.
 constexpr int64_t kPoolBalanceTokens = 4096;
+// The sliding pages one sequence holds at most at a full window of `window` tokens (window - 1 keys
+// before the newest token, which may start a page of its own).
+constexpr int64_t window_pages(int64_t window, int64_t page_size) {
+  return (std::max<int64_t>(window - 1, 0) + page_size - 1) / page_size + 1;
+}
 struct PoolPages {
   int64_t full = 0, sliding = 0;
 };

@@ -686,7 +686,7 @@ TEST(PoolPagesForBudget, ATightBudgetSplitsThePoolsSoTheyRunOutTogether) {
   const int64_t full = model::page_bytes(cfg, DType::BF16, model::AttnKind::kFull, ps);
   const int64_t sliding = model::page_bytes(cfg, DType::BF16, model::AttnKind::kSliding, ps);
   ASSERT_GT(sliding, 5 * full);
-  const int64_t window_pages = (window - 1 + ps - 1) / ps + 1, step_pages = 8192 / ps;
+  const int64_t window_pages = gen::window_pages(window, ps), step_pages = 8192 / ps;
   const int64_t wanted = 256 * (window_pages + 1) + step_pages, least = window_pages + step_pages;
   const int64_t budget = int64_t{27401} << 20;
   ASSERT_GT(wanted * sliding, budget);
@@ -724,7 +724,7 @@ TEST(PoolPagesForBudget, ATightBudgetSplitsThePoolsSoTheyRunOutTogether) {
   const io::ModelConfig big_cfg = io::parse_model_config(model::named_config("gemma-4-31b"), "gemma-4-31b");
   const int64_t big_full = model::page_bytes(big_cfg, DType::BF16, model::AttnKind::kFull, ps);
   const int64_t big_sliding = model::page_bytes(big_cfg, DType::BF16, model::AttnKind::kSliding, ps);
-  const int64_t big_window_pages = (big_cfg.sliding_window - 1 + ps - 1) / ps + 1;
+  const int64_t big_window_pages = gen::window_pages(big_cfg.sliding_window, ps);
   const PoolPages b = pool_pages_for_budget(int64_t{12000} << 20, ps, big_cfg.sliding_window, big_full, big_sliding,
                                             256 * (big_window_pages + 1) + step_pages, big_window_pages + step_pages);
   EXPECT_GE(b.sliding, big_window_pages + step_pages);
