@@ -275,7 +275,8 @@ def _(env):
 
 @case("launch.two_ranks_one_file")
 def _(env):
-    # Both ranks write the same --out (each atomically, through its own temporary file): one whole file is left.
+    # Both ranks run `g4 task`; rank 0 alone writes --out (the other ranks would race its existence check): one whole
+    # file is left.
     out = os.path.join(env.dir, "t.jsonl")
     succeeds(env, ["launch", "-n", 2, "task", "arithmetic", "--count", 50000, "--out", out], timeout=120)
     lines = read_jsonl(out)

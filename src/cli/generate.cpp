@@ -38,6 +38,7 @@ struct FileOpts {
 // The command line's sampling options are the defaults of every line, which may override them.
 void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   G4_CHECK(!f.out.empty(), "--prompts needs --out");
+  if (!runs_in_this_rank("g4 generate", "--out")) return;
   // The flags are every line's defaults: checked once here, so that a bad flag is not reported
   // as a mistake of the first line.
   gen::validate(g, 0, 0, gen::OptionStyle::Flag);

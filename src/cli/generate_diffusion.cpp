@@ -151,6 +151,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
   // Flags are checked before the model is loaded (the prompt length only matters for max_length).
   diffusion::parse_generation_config(overrides, "the command line");
   if (!o.out.empty()) {
+    if (!runs_in_this_rank("g4 generate", "--out")) return;
     check_output_file(o.out, "--out", o.overwrite, o.model);
     G4_CHECK(o.overwrite || !std::filesystem::exists(o.out), "--out ", o.out,
              " already exists; pass --overwrite to replace it");

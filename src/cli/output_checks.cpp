@@ -2,6 +2,7 @@
 // silently replace a model (its weights, config or shards) with something else.
 #include <charconv>
 #include <filesystem>
+#include <iostream>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "parallel/world.h"
 
 namespace g4::cli {
 
@@ -79,6 +81,14 @@ void check_output_file_creatable(const std::string& out, const std::string& opti
   if (parent.empty()) return;
   G4_CHECK(fs::exists(parent, ec), option, " ", out, ": the folder ", parent.string(), " does not exist");
   G4_CHECK(fs::is_directory(parent, ec), option, " ", out, ": ", parent.string(), " is not a folder");
+}
+
+bool runs_in_this_rank(const std::string& command, const std::string& out_option) {
+  const parallel::LaunchInfo launch = parallel::detect_launch();
+  if (launch.rank == 0) return true;
+  std::cout << command << " runs in one process: rank 0 of the " << launch.size << " ranks does the work and writes "
+            << out_option << "; this rank (" << launch.rank << ") does nothing\n";
+  return false;
 }
 
 std::vector<int64_t> parse_integer_list(const std::string& s, const std::string& flag, const std::string& noun,

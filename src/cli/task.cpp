@@ -49,6 +49,7 @@ void add_task(CLI::App& app, Action& action) {
   cmd->callback([&action, o] {
     action = [o] {
       namespace fs = std::filesystem;
+      if (!runs_in_this_rank("g4 task", "--out")) return;
       check_output_file_creatable(o->out, "task: --out");
       G4_CHECK(o->overwrite || !fs::exists(o->out), "task: --out ", o->out, " exists; pass --overwrite to replace it");
       G4_CHECK(o->count <= std::numeric_limits<int64_t>::max() - o->begin, "task: --begin ", o->begin, " + --count ",

@@ -124,5 +124,27 @@ TEST(CliTask, FlagsOutOfRangeAreRefusedBeforeAnythingIsWritten) {
   fs::remove_all(dir);
 }
 
+// Under `g4 launch -n 2` both ranks run the command. Only rank 0 writes --out: rank 1 leaves a
+// user's existing file alone (rank 0 refuses it without --overwrite) and does not race rank 0's new one
+// (it used to refuse the file rank 0 had just written, now and then).
+TEST(CliTask, OnlyRankZeroOfALaunchWritesTheFile) {
+  const fs::path dir = test::scratch_dir("cli_task_ranks");
+  const std::string out = (dir / "t.jsonl").string();
+  test::ProcessResult r = test::run_g4("task arithmetic --count 3 --out " + out, "RANK=1 WORLD_SIZE=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 0 of the 2 ranks"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  { std::ofstream(out) << "mine\n"; }
+  r = test::run_g4("task arithmetic --count 3 --out " + out, "RANK=1 WORLD_SIZE=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream f(out);
+  std::string kept;
+  std::getline(f, kept);
+  EXPECT_EQ(kept, "mine");
+  r = test::run_g4("task arithmetic --count 3 --out " + out, "RANK=0 WORLD_SIZE=2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--overwrite"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace g4
