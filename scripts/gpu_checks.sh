@@ -10,9 +10,9 @@
 #   scripts/gpu_checks.sh lora-bench lora-bench-31b
 #
 # Stages: tests, tests-new, tests-nccl, moe, decode, optimizer-bench, train-bench, mm-bench, ranks-bench, lora-bench,
-# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench,
-# experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl. (PEFT reload parity needs no GPU:
-# tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
+# lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, attention-cluster, decode-profile,
+# decode-bench, experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl. (PEFT reload parity
+# needs no GPU: tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
 set -uo pipefail
@@ -146,6 +146,16 @@ stage() {
       $run /usr/local/cuda/bin/ncu --kernel-name-base mangled --kernel-name 'regex:fwd_wgmma|fwd_kernel|bwd_kernel|score_kernel' \
         --metrics 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct' \
         bench_attention --once 8192 ;;
+    attention-cluster)  # the head-dim-512 forward's clusters (query heads sharing each K/V load by multicast): their
+      # test, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then bench_attention,
+      # which times every cluster size beside the op's choice (docs/performance.md, "Attention")
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForward*' || return
+      local m='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
+      for c in 2 1; do
+        G4_ATTENTION_CLUSTER=$c $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$m" \
+          bench_attention --once 8192 --d 512 || return
+      done
+      $run bench_attention --d 512 ;;
     decode-profile)  # the same for the batch-1 decode kernels bench_gemv runs first: the dense GEMV, then the routed
       # experts' two kernels at one token (48-55% of a copy's bandwidth, docs/performance.md)
       local m='sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
@@ -184,7 +194,7 @@ stage() {
     pdl-rl)  # one GRPO step's time split with it off and on (issue 14: the generation share)
       $run g4 bench rl --model gemma-4-e4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-e4b --layers 4 &&
         $run g4 bench rl --model gemma-4-26b-a4b --layers 4 && G4_PDL=1 $run g4 bench rl --model gemma-4-26b-a4b --layers 4 ;;
-    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl)" >&2
+    *) echo "unknown stage '$1' (tests, tests-new, tests-nccl, moe, decode, train-bench, mm-bench, ranks-bench, lora-bench, lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, attention-cluster, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl, pdl-bench, pdl-rl)" >&2
        return 2 ;;
   esac
 }

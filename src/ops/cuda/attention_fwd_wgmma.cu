@@ -29,8 +29,10 @@
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
 // of them; a buffer is then refilled when the warpgroups of every CTA have released it (one
 // arrival per consumer warp on each CTA's empty barrier). Measured on an H100 at S 8192 causal
-// (GQA 8), head dim 512: 2.89 ms alone, 4.91 ms in pairs, 7.34 ms in fours — lockstepping CTAs
-// only adds waits. So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
+// (GQA 8), head dim 512: 2.89 ms alone, 4.91 ms in pairs, 7.34 ms in fours. A quarter of the
+// pairs' warp stalls were memory barriers from those arrivals, which fenced at cluster scope
+// (docs/performance.md); they now release at CTA scope, not yet measured. So the default is no
+// cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
