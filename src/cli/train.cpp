@@ -81,6 +81,8 @@ void add_eval(CLI::App& app, Action& action) {
       d.format = o->format;
       d.text_split = o->split;
       d.seq_len = o->seq_len;
+      d.seq_len_name = "--seq-len";
+      d.max_soft_tokens_name.clear();  // eval keeps the processor's image budget
       d.validation_fraction = 0;
       d.image_processor = train::data_image_processor(o->model, config);
       d.video_processor = train::data_video_processor(o->model, config);

@@ -94,7 +94,7 @@ PackedDataset::PackedDataset(const DataOptions& opt, const io::Tokenizer& tok)
   train_docs = fit_documents(std::move(train_docs), opt);
   validation_docs = fit_documents(std::move(validation_docs), opt);
   G4_CHECK(!train_docs.empty(), "data: no training document of ", names, " has a trained token within seq_len ",
-           opt.seq_len, " (every assistant reply lies past it: raise data.seq_len)");
+           opt.seq_len, " (every assistant reply lies past it: raise ", opt.seq_len_name, ")");
   tokens_ = count_tokens(train_docs) + count_tokens(validation_docs);
   train_ = pack_documents(train_docs, opt.seq_len, pad);
   validation_ = pack_documents(validation_docs, opt.seq_len, pad);

@@ -79,6 +79,9 @@ struct DataOptions {
   // Processed media (pixel codes, audio features) kept between batches, in MiB; 0 processes a
   // document's media each time a batch uses them. Batches are the same either way.
   int64_t media_cache_mb = 256;
+  // How the caller's user sets seq_len and max_soft_tokens, for errors that advise changing them:
+  // the recipe keys by default; `g4 eval` names its flag (and has no soft-token budget: empty).
+  std::string seq_len_name = "data.seq_len", max_soft_tokens_name = "data.max_soft_tokens";
 };
 
 // Throws g4::Error naming the option whose value is not one of those above.

@@ -18,7 +18,8 @@ std::vector<Document> fit_documents(std::vector<Document> docs, const DataOption
     // Cutting a multimodal document would part placeholders from their media.
     G4_CHECK(!doc.media || doc.ids.size() <= n, doc.source, ": multimodal document of ", doc.ids.size(),
              " tokens (media soft tokens included) is longer than seq_len ", opt.seq_len,
-             "; it cannot be split or truncated: raise data.seq_len or lower data.max_soft_tokens");
+             "; it cannot be split or truncated: raise ", opt.seq_len_name,
+             opt.max_soft_tokens_name.empty() ? "" : " or lower " + opt.max_soft_tokens_name);
     if (doc.ids.size() <= n) {
       out.push_back(std::move(doc));
     } else if (opt.overlong == "truncate") {

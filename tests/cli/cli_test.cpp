@@ -637,6 +637,24 @@ TEST(Cli, EvalBatchesRowsAndChecksItsInputsFirst) {
   fs::remove_all(dir);
 }
 
+// Found by probing `g4 eval` on media rows: a multimodal conversation longer than --seq-len was refused
+// with advice to raise data.seq_len or lower data.max_soft_tokens, recipe keys eval does not read.
+TEST(Cli, EvalErrorsNameItsOwnFlags) {
+  const fs::path dir = temp_dir("eval_media");
+  const std::string image = kData + "/hf-gemma4-mm/processor/scene_333x517.png";
+  std::ofstream(dir / "rows.jsonl")
+      << R"({"messages": [{"role": "user", "content": [{"type": "image", "path": ")" << image
+      << R"("}, {"type": "text", "text": "What is this?"}]}, {"role": "assistant", "content": "A scene."}]})" << "\n";
+  // The multimodal example's tokenizer: the fixture's vocabulary of 320 ids, with the media markers.
+  const ProcessResult r = run("eval " + kData + "/hf-gemma4-mm/tiny-mm-e --tokenizer " + test::source_dir() +
+                              "/recipes/multimodal/data/tokenizer.json --seq-len 16 --data " +
+                              (dir / "rows.jsonl").string());
+  expect_error(r, {"multimodal document of", "longer than seq_len 16", "raise --seq-len"});
+  EXPECT_EQ(r.output.find("data.seq_len"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("max_soft_tokens"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
   const fs::path dir = temp_dir("small_tokenizer");
   const std::string tok = small_tokenizer(dir, 100);
