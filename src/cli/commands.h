@@ -74,10 +74,11 @@ void check_output_not_input(const std::string& out, const std::string& option, c
 // whole batch) check this first, so that a typo costs no run.
 void check_output_file_creatable(const std::string& out, const std::string& option);
 // Under `g4 launch -n N` every rank runs the command it was given. A command that works in one
-// process and writes an output file (`task`, `generate --out`) does its work in rank 0 only: this
-// returns false in the other ranks, after saying so. Otherwise they would race rank 0 for the file:
-// refuse the file rank 0 had just written as one that existed before (without --overwrite), or
-// replace a user's file before rank 0's check refused it. True outside a launch.
+// process and writes an output (`task`, `generate --out`, `forward`, `convert`) does its work in
+// rank 0 only: this returns false in the other ranks, after saying so. Otherwise they would race
+// rank 0 for its output: refuse what rank 0 had just written as one that existed before (without
+// --overwrite), write it at the same time, or replace a user's file before rank 0's check refused
+// it. True outside a launch.
 bool runs_in_this_rank(const std::string& command, const std::string& out_option);
 // The comma-separated token ids of `flag` ("5,17,3"; blanks around an id are allowed). An empty
 // list, an empty item ("5,,7", "5,", ",5") or one that is not a decimal integer is an error naming

@@ -44,6 +44,7 @@ void add_convert(CLI::App& app, Action& action) {
       // Checked here, not by CLI::PositiveNumber, whose message prints its range as a 300-digit number.
       G4_CHECK(o->canvas_length > 0, "convert: --canvas-length must be > 0, got ", o->canvas_length);
       namespace fs = std::filesystem;
+      if (!runs_in_this_rank("g4 convert", "OUT_DIR")) return;
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
       auto model = model::load_hf_model(o->in);
       if (!o->merge_lora.empty()) {

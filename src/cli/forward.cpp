@@ -250,6 +250,7 @@ void add_forward(CLI::App& app, Action& action) {
   cmd->callback([&action, o, prompt_opt] {
     const bool from_prompt = prompt_opt->count() > 0;  // an empty --prompt '' is still a prompt
     action = [o, from_prompt] {
+      if (!runs_in_this_rank("g4 forward", "--out")) return;
       check_output_file(o->out, "--out", o->overwrite, o->model);
       check_output_not_input(o->out, "--out", o->inputs, "--inputs");
       G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");

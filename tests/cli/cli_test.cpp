@@ -655,6 +655,30 @@ TEST(Cli, EvalErrorsNameItsOwnFlags) {
   fs::remove_all(dir);
 }
 
+// Found with tools/probe_misc.py: under `g4 launch -n 2` every rank ran `convert`, and the one that
+// came second always failed, refusing the model the first had just written ("OUT_DIR already holds a
+// model"); with --overwrite both wrote the same directory at once. Only rank 0 writes now (the task
+// command's test covers `task`).
+TEST(Cli, OneProcessCommandsWriteFromRankZeroOnly) {
+  const fs::path dir = temp_dir("rank_one");
+  const std::string model = kData + "/hf-gemma4/tiny-dense-ple", rank1 = "RANK=1 WORLD_SIZE=2";
+  const std::string prompts = (dir / "in.jsonl").string();
+  write_text(prompts, "{\"prompt_ids\": [5, 6]}\n");
+  const fs::path converted = dir / "converted", generated = dir / "out.jsonl", logits = dir / "f.safetensors";
+  for (const std::string& cmd :
+       {"convert " + model + " " + converted.string(),
+        "generate " + model + " --max-new-tokens 2 --prompts " + prompts + " --out " + generated.string(),
+        "forward " + model + " --prompt hello --out " + logits.string()}) {
+    const ProcessResult r = run(cmd, rank1);
+    ASSERT_EQ(r.code, 0) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("rank 0 of the 2 ranks does the work"), std::string::npos) << cmd << ": " << r.output;
+  }
+  EXPECT_FALSE(fs::exists(converted));
+  EXPECT_FALSE(fs::exists(generated));
+  EXPECT_FALSE(fs::exists(logits));
+  fs::remove_all(dir);
+}
+
 TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
   const fs::path dir = temp_dir("small_tokenizer");
   const std::string tok = small_tokenizer(dir, 100);
