@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <iomanip>
@@ -334,6 +335,14 @@ Server::Server(EngineLoop& loop, ModelInfo model, ServerOptions options)
   const int threads = std::max(impl_->options.threads, 2);
   impl_->http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   impl_->http.set_payload_max_length(kMaxBodyBytes);
+  // cpp-httplib's default socket options set SO_REUSEPORT, with which a second g4 serve on a port in
+  // use bound it too, said it was serving, and the kernel split the connections between the two
+  // servers (two models behind one address). SO_REUSEADDR alone still lets a restarted server take
+  // its port while old connections linger in TIME_WAIT, but refuses a port another socket listens on.
+  impl_->http.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   impl_->routes();
 }
 

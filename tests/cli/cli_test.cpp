@@ -1,5 +1,8 @@
 // The `g4` command as users and other tools drive it: outputs, exit codes and error messages.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -677,6 +680,30 @@ TEST(Cli, OneProcessCommandsWriteFromRankZeroOnly) {
   EXPECT_FALSE(fs::exists(generated));
   EXPECT_FALSE(fs::exists(logits));
   fs::remove_all(dir);
+}
+
+// Found by probing: cpp-httplib binds with SO_REUSEPORT, so a g4 serve on a port another server
+// listens on bound it as well, printed that it was serving, and the kernel split the connections
+// between the two (two different models could answer at one address). It must refuse the port.
+TEST(Cli, ServeRefusesAPortInUse) {
+  const int sock = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(sock, 0);
+  const int yes = 1;  // as another server that allows port sharing would
+  ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  ::setsockopt(sock, SOL_SOCKET, SO_REUSEPORT, &yes, sizeof yes);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(sock, 4), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  // Bounded: a server that wrongly takes the port would run until stopped.
+  const ProcessResult r = run("serve " + kData + "/hf-gemma4/tiny-moe --port " + port, "timeout 60");
+  ::close(sock);
+  expect_error(r, {"cannot listen on 127.0.0.1:" + port, "in use"});
 }
 
 TEST(Cli, GeneratedIdsPastTheTokenizerHaveNoText) {
