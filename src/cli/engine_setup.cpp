@@ -60,8 +60,9 @@ std::string describe_pools(const gen::Engine& engine, const io::ModelConfig& cfg
   line << "KV pages of " << page_size << " tokens: " << p.full_pages << " for the full-attention layers ("
        << p.full_pages * page_size << " tokens of context in all)";
   if (p.sliding_pages > 0 && cfg.sliding_window > 0) {
-    line << ", " << p.sliding_pages << " for the sliding ones (" << p.sliding_pages / gen::window_pages(cfg.sliding_window, page_size)
-         << " sequences at a full window of " << cfg.sliding_window << " tokens)";
+    const int64_t sequences = p.sliding_pages / gen::window_pages(cfg.sliding_window, page_size);
+    line << ", " << p.sliding_pages << " for the sliding ones (" << sequences << " sequences at a full window of "
+         << cfg.sliding_window << " tokens)";
   }
   return line.str();
 }

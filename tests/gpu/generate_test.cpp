@@ -467,9 +467,10 @@ TEST(GpuEngineMedia, ImagePromptsFollowTheGpuForwardsArgmax) {
 // both approximate). Reported per position band. The engine must be no farther from the f32 than
 // the training forward is (within 1.5 times, plus 1e-4 nats a token: both are bf16 runs of one
 // computation in other orders, neither the exact one); the gap between the two bf16 runs is
-// printed, not gated here (the greedy tests above and GpuRl gate it at two layers). On an H200 the four-layer random models put both bf16 runs about equally far from the
-// f32 one (E4B 0.070 / 0.071 nats a token, 26B-A4B 0.022 / 0.022) and nearer each other (0.018 /
-// 0.0085) than to it: bf16 rounding itself, grown through the layers, not an error of the engine.
+// printed, not gated here (the greedy tests above and GpuRl gate it at two layers). On an H200 the
+// four-layer random models put both bf16 runs about equally far from the f32 one (E4B 0.070 /
+// 0.071 nats a token, 26B-A4B 0.022 / 0.022) and nearer each other (0.018 / 0.0085) than to it:
+// bf16 rounding itself, grown through the layers, not an error of the engine.
 struct LogprobGaps {
   double engine_train = 0, engine_f32 = 0, train_f32 = 0, lp = 0;
   int64_t n = 0;
