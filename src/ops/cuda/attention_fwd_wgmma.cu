@@ -28,11 +28,13 @@
 // Under GQA the CTAs of 2 or 4 query heads of one KV head (the same query tile, so the same key
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
 // of them; a buffer is then refilled when the warpgroups of every CTA have released it (one
-// arrival per consumer warp on each CTA's empty barrier). Measured on an H100 at S 8192 causal
-// (GQA 8), head dim 512: 2.89 ms alone, 4.91 ms in pairs, 7.34 ms in fours. A quarter of the
-// pairs' warp stalls were memory barriers from those arrivals, which fenced at cluster scope
-// (docs/performance.md); they now release at CTA scope, not yet measured. So the default is no
-// cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
+// arrival per consumer warp on each CTA's empty barrier, at CTA scope: a cluster-scope release
+// fenced every arrival and made pairs 1.7x slower). Measured on an H100 at S 8192 causal (GQA 8),
+// head dim 512: 2.87 ms alone, 2.94 in pairs, 3.24 in fours, with half the L2 bytes in pairs and
+// the tensor pipes as busy (39%): L2 does not bound this kernel. Pairs gain 8% at S 4096 and lose
+// elsewhere, and two CTAs splitting the head dim of 128 rows (exchanging partial S through
+// distributed shared memory) lost everywhere (docs/performance.md). So the default is no cluster;
+// G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
