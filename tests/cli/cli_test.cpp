@@ -334,10 +334,11 @@ TEST(Cli, ForwardOnAMultimodalModelMatchesTransformers) {
     ASSERT_EQ(r.code, 0) << r.output;
     const io::SafetensorsReader o = io::SafetensorsReader::open(out);
     const Tensor logits = o.get("logits").clone();
-    EXPECT_LT(max_diff(logits, ref.get_f32("logits", logits.shape()), ref.get("attention_mask")), 1e-4);
+    // The bounds of VisionFixture.LogitsLossAndGradientsMatchTransformers (test_model), which says why.
+    EXPECT_LT(max_diff(logits, ref.get_f32("logits", logits.shape()), ref.get("attention_mask")), 1.5e-4);
     EXPECT_NEAR(o.get_f32("loss", {1}).item(), ref.get_f32("loss", {1}).item(), 1e-5);
     // tiny-mm-e's recorded fp32 gradients are noisier (docs/multimodal.md): 2e-4 of the norm there.
-    const double tol = name == "tiny-mm-e" ? 2e-4 : 1e-4;
+    const double tol = name == "tiny-mm-e" ? 2e-4 : 1.5e-4;
     int64_t recorded = 0, audio = 0, vision = 0;
     for (const std::string& key : ref.names()) {
       if (key.rfind("grad.", 0) != 0) continue;
@@ -615,13 +616,22 @@ TEST(Cli, EvalBatchesRowsAndChecksItsInputsFirst) {
   const std::string eval = "eval " + kData + "/hf-gemma4/tiny-moe --data " + kData + "/text/genesis.txt --seq-len 32 ";
   // The tiny fixture has no tokenizer of its own: plain.json cut to its 256-id vocabulary.
   const std::string tok = " --tokenizer " + small_tokenizer(dir, 256);
-  std::string first;
+  // The same rows, tokens and loss (to 4 places) for every batch size. The perplexity's sixth digit
+  // may move: OpenBLAS's AVX2 kernels round products of 1 and 3 rows differently (276.409 / 276.411).
+  const auto split = [](const std::string& output) {
+    std::string line = output.substr(output.find("loss "));
+    const size_t at = line.find("perplexity ") + 11, end = line.find(' ', at);
+    const double perplexity = std::stod(line.substr(at, end - at));
+    return std::make_pair(line.erase(at, end - at), perplexity);
+  };
+  std::pair<std::string, double> first;
   for (const char* b : {"1", "3", "1000"}) {
     const ProcessResult r = run(eval + tok + " --batch-size " + b);
     ASSERT_EQ(r.code, 0) << r.output;
-    const std::string line = r.output.substr(r.output.find("loss "));
-    if (first.empty()) first = line;
-    EXPECT_EQ(line, first) << "--batch-size " << b;  // the same rows, tokens and loss (to 4 places)
+    const auto [line, perplexity] = split(r.output);
+    if (first.first.empty()) first = {line, perplexity};
+    EXPECT_EQ(line, first.first) << "--batch-size " << b;
+    EXPECT_NEAR(perplexity, first.second, 1e-5 * first.second) << "--batch-size " << b;
   }
   for (const char* b : {"0", "-2"}) {
     const ProcessResult r = run(eval + tok + " --batch-size=" + b);  // a usage error: CLI11's exit code

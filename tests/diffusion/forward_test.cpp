@@ -90,7 +90,10 @@ TEST_P(DiffusionForward, ChunkedEncodingEqualsOnePass) {
     start += n;
   }
   ASSERT_EQ(pieces.length(), S);
-  EXPECT_LT(max_diff(diffusion::denoise(*m, canvas, pieces), diffusion::denoise(*m, canvas, whole)), 2e-5);
+  // The same cache up to fp32 rounding, which depends on OpenBLAS's kernels (the products of 3 and 4
+  // rows are not those of all S): below 2e-5 with its AVX-512 kernels, 3.7e-5 with its AVX2 ones
+  // (Haswell, Zen), on logits up to the softcap of 20. A wrong position or mask moves them by 1e-2 and more.
+  EXPECT_LT(max_diff(diffusion::denoise(*m, canvas, pieces), diffusion::denoise(*m, canvas, whole)), 1e-4);
 }
 
 TEST_P(DiffusionForward, GradsOfAutomodelsStepMatchItsRecordedGradients) {
@@ -120,7 +123,7 @@ TEST_P(DiffusionForward, GradsOfAutomodelsStepMatchItsRecordedGradients) {
   Tensor keep = Tensor::empty(valid.shape(), DType::I64);
   for (int64_t i = 0; i < valid.numel(); ++i) keep.data<int64_t>()[i] = valid.data<int64_t>()[i] == 0;
   EXPECT_LT(max_diff(sc, ref.get_f32("train.sc_logits", sc.shape()), keep), 1e-4);
-  EXPECT_LT(max_diff(logits, ref.get_f32("train.logits", logits.shape()), keep), 1.5e-4);  // see objective_test
+  EXPECT_LT(max_diff(logits, ref.get_f32("train.logits", logits.shape()), keep), 2.5e-4);  // see objective_test
 
   const io::ModelConfig& cfg = m->config();
   const io::SafetensorsReader weights = io::SafetensorsReader::open(dir + "/model.safetensors");

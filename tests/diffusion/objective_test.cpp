@@ -119,9 +119,9 @@ TEST_P(DiffusionTraining, LogitsLossAndGradientsEqualAutomodel) {
             1e-4);
   EXPECT_LT(max_diff(f.sc_logits, r.ref.get_f32("train.sc_logits", f.sc_logits.shape()), s.window.valid), 1e-4);
   // Pass 2 reads pass 1's logits through the self-conditioning softmax, so it inherits their fp32
-  // drift: tiny-dg-b reaches 1.01e-4 here (logits near the softcap of 20), and 6.4e-5 when fed
-  // Automodel's own pass-1 logits instead.
-  EXPECT_LT(max_diff(f.logits, r.ref.get_f32("train.logits", f.logits.shape()), s.window.valid), 1.5e-4);
+  // drift: tiny-dg-b reaches 1.01e-4 here with OpenBLAS's AVX-512 kernels and 1.59e-4 with its AVX2
+  // ones (logits near the softcap of 20), and 6.4e-5 when fed Automodel's own pass-1 logits instead.
+  EXPECT_LT(max_diff(f.logits, r.ref.get_f32("train.logits", f.logits.shape()), s.window.valid), 2.5e-4);
   EXPECT_NEAR(f.diffusion, double(r.am["loss_diff"]), 1e-5);
   EXPECT_NEAR(f.ar, double(r.am["loss_ar"]), 1e-5);
   EXPECT_NEAR(f.loss.value().item(), double(r.am["loss"]), 1e-5);

@@ -134,7 +134,10 @@ TEST_F(VideoForward, FramesAreImagesOfTheSameTower) {
       ASSERT_TRUE(std::isfinite(logits.data<float>()[i])) << i;
       max_diff = std::max(max_diff, double(std::abs(logits.data<float>()[i] - want.data<float>()[i])));
     }
-    EXPECT_EQ(max_diff, 0.0);
+    // The same tower and merge: equal up to the rounding of the tower's products, whose row counts
+    // differ (one call for all frames against one per input). With OpenBLAS's AVX-512 kernels that
+    // was exact; its AVX2 kernels (Haswell, Zen) give 1.7e-5, its SSE3 ones 1.1e-5.
+    EXPECT_LT(max_diff, 5e-5);
     // The image's soft tokens come from pixel_values alone: the first frame in its place changes the
     // logits.
     if (!video_first) {

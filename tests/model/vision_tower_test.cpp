@@ -87,13 +87,16 @@ TEST_P(VisionFixture, LogitsLossAndGradientsMatchTransformers) {
 
   const Tensor logits = out.logits.value();
   const double max_err = test::max_diff(logits, ref.get_f32("logits", logits.shape()), in.attention_mask);
-  EXPECT_LT(max_err, 1e-4) << "max |logit - hf| at valid positions";
+  // 2.1e-5 (tiny-mm-bidir) and 7.6e-5 (tiny-mm-e) with OpenBLAS's AVX-512 kernels; 1.02e-4 on tiny-mm-e
+  // with its AVX2 ones (Haswell, Zen): fp32 rounding in another summation order.
+  EXPECT_LT(max_err, 1.5e-4) << "max |logit - hf| at valid positions";
   EXPECT_NEAR(out.loss.value().item(), ref.get_f32("loss", {1}).data<float>()[0], 1e-5);
 
   // tiny-mm-e's recorded fp32 gradients carry more rounding than the others: g4 in f64 differs
   // from them by up to 1.7e-4 of the norm (vision layer 0 post_attention_layernorm), g4 in f32
-  // by 1.2e-4 (text layer 0 pre_feedforward_layernorm); tiny-mm-bidir stays within 1e-4.
-  const double grad_tol = GetParam() == "tiny-mm-e" ? 2e-4 : 1e-4;
+  // by 1.2e-4 (text layer 0 pre_feedforward_layernorm); tiny-mm-bidir stays within 1e-4 with
+  // OpenBLAS's AVX-512 kernels and reaches 1.14e-4 with its AVX2 ones (Haswell, Zen).
+  const double grad_tol = GetParam() == "tiny-mm-e" ? 2e-4 : 1.5e-4;
   int64_t vision_grads = 0, audio_grads = 0;
   double worst = 0;
   std::string worst_name;

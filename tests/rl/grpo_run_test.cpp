@@ -167,8 +167,11 @@ TEST(GrpoRun, TwoRanksTrainLikeOne) {
     EXPECT_EQ(a[s]["reward"], b[s]["reward"]) << s;
     EXPECT_EQ(a[s]["response_length_mean"], b[s]["response_length_mean"]) << s;
     EXPECT_NEAR(a[s]["loss"].get<double>(), b[s]["loss"].get<double>(), 1e-5) << s;
+    // The second step's gradient starts from weights one AdamW step apart in their rounding: 1.4e-4
+    // of the norm with OpenBLAS's AVX2 kernels (Haswell, Zen), 2.0e-4 with its SSE3 ones; a rank's
+    // samples lost or counted twice would change a twelfth of the batch.
     EXPECT_NEAR(a[s]["grad_norm"].get<double>(), b[s]["grad_norm"].get<double>(),
-                1e-4 * a[s]["grad_norm"].get<double>())
+                5e-4 * a[s]["grad_norm"].get<double>())
         << s;
   }
   fs::remove_all(dir);
