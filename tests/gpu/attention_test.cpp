@@ -321,6 +321,7 @@ TEST(GpuAttention, GemmaScaleOne) {
 // mask over several key tiles with a ragged last one.
 TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   G4_REQUIRE_GPU();
+  unsetenv("G4_ATTENTION_FULL_S");  // it takes precedence over the clusters
   for (const char* cluster : {"1", "2", "4"}) {
     setenv("G4_ATTENTION_CLUSTER", cluster, 1);
     run_case({std::string("d512 causal gqa4, clusters of ") + cluster, 2, 230, 230, 8, 2, 512, 512, causal()});
@@ -330,6 +331,32 @@ TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
   EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);  // the override is checked
   unsetenv("G4_ATTENTION_CLUSTER");
+}
+
+// The head-dim-512 serial schedule with S computed by both warpgroups (no exchange) gives the
+// reference's answer on causal, windowed, bidirectional and packed-document masks, with ragged
+// tiles; a bad setting of its switch is refused.
+TEST(GpuAttention, WgmmaForwardFullS) {
+  G4_REQUIRE_GPU();
+  setenv("G4_ATTENTION_FULL_S", "1", 1);
+  run_case({"d512 full S, causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
+  run_case({"d512 full S, window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
+  run_case({"d512 full S, bidirectional window70", 1, 150, 180, 2, 1, 512, 512, bidirectional(70)});
+  AttentionMask docs = causal();
+  const int64_t S = 200;
+  std::vector<int32_t> doc(2 * S);
+  for (int64_t i = 0; i < S; ++i) {
+    doc[i] = i < 37 ? 0 : i < 150 ? 1 : 2;
+    doc[S + i] = i < 100 ? 4 : 5;
+  }
+  docs.q_doc = Tensor::from_vector<int32_t>(doc, {2, S});
+  docs.k_doc = docs.q_doc;
+  run_case({"d512 full S, packed documents", 2, S, S, 4, 2, 512, 512, docs});
+  setenv("G4_ATTENTION_FULL_S", "2", 1);
+  const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, 64, 8, 512}, 5));
+  const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
+  EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);
+  unsetenv("G4_ATTENTION_FULL_S");
 }
 
 TEST(GpuAttention, RejectsBadArguments) {

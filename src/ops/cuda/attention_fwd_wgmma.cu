@@ -36,6 +36,11 @@
 // distributed shared memory) lost everywhere (docs/performance.md). So the default is no cluster;
 // G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
+// What the kernel waits on is its serial schedule. Computing S twice (each warpgroup over the
+// whole head dim, SerialFullSCfg) drops the exchange and the barriers between the warpgroups for
+// half as much tensor work again, and is faster on causal masks (2.84 against 2.88 ms at S 8192,
+// 0.818 against 0.875 at 4096) but up to 2% slower on packed documents: opt-in, G4_ATTENTION_FULL_S=1.
+//
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
 // the others are masked element by element (visible_bits) when the tile is not wholly visible.
@@ -46,6 +51,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
@@ -75,10 +81,14 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // rows (128 a CTA) and the whole head dim, so there is nothing to exchange (FlashAttention-3's
 // own layout). A "part" below is 256 head-dim columns: two per tile at head dim 512 (one per
 // warpgroup), one at 256 (shared by both warpgroups, each reading its own 64 rows of Q).
-template <int D, int BN, int STAGES, int CLUSTER, bool PIPELINED>
+//
+// Full S (FULL_S, head dim 512, serial, no cluster): each warpgroup computes S over the whole head
+// dim for the CTA's 64 rows, so both get the same S with no exchange and no barrier between them,
+// at the price of computing it twice (1.5x the tensor work of a tile).
+template <int D, int BN, int STAGES, int CLUSTER, bool PIPELINED, bool FULL_S = false>
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
-  static constexpr bool kPipelined = PIPELINED;
+  static constexpr bool kPipelined = PIPELINED, kFullS = FULL_S;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
   static constexpr int kBM = 64 * kRowGroups;              // query rows of a CTA
@@ -91,9 +101,10 @@ struct Cfg {
   static constexpr uint32_t kPartBytes = kPartBoxes * kBoxBytes;
   static constexpr uint32_t kTileBytes = kParts * kPartBytes;  // one K or V tile
   // One warpgroup's S partial (f32), exchanged when the warpgroups split d.
-  static constexpr uint32_t kPartialBytes = kParts == 2 ? 64 * BN * 4 : 0;
+  static constexpr uint32_t kPartialBytes = kParts == 2 && !FULL_S ? 64 * BN * 4 : 0;
   // Consumer warps that read one part of a stage, in every CTA of the cluster.
   static constexpr int kPartReaders = kRowGroups * kConsumerWarps * CLUSTER;
+  static constexpr int kKPartReaders = (FULL_S ? kParts : 1) * kPartReaders;  // full S: both warpgroups read K
   struct Barriers {
     uint64_t full_q;
     uint64_t full_k[STAGES][kParts], empty_k[STAGES][kParts], full_v[STAGES][kParts], empty_v[STAGES][kParts];
@@ -103,10 +114,12 @@ struct Cfg {
   static_assert(D == 256 || D == 512, "head dims 256 and 512");
   static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
   static_assert(!PIPELINED || CLUSTER == 1, "the pipelined schedule runs without clusters");
+  static_assert(!FULL_S || (D == 512 && CLUSTER == 1 && !PIPELINED), "full S: head dim 512, serial, no cluster");
 };
 using SerialCfg1 = Cfg<512, 64, 1, 1, false>;
 using SerialCfg2 = Cfg<512, 64, 1, 2, false>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, false>;
+using SerialFullSCfg = Cfg<512, 64, 1, 1, false, true>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, true>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
 using SerialCfg256 = Cfg<256, 64, 1, 1, false>;
@@ -196,8 +209,8 @@ __device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const uns
   zero_acc(s);
   wgmma::fence();
 #pragma unroll
-  for (int box = 0; box < kPartBoxes; ++box) {
-    const int at = me.part * kPartBoxes + box;
+  for (int box = 0; box < (C::kFullS ? C::kBoxes : kPartBoxes); ++box) {
+    const int at = C::kFullS ? box : me.part * kPartBoxes + box;
     const uint64_t dq = wgmma::sw128_desc(q_rows + at * C::kQBoxBytes),
                    dk = wgmma::sw128_desc(sK_stage + at * C::kBoxBytes);
 #pragma unroll
@@ -354,12 +367,22 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
   if constexpr (!C::kPipelined) {
     for (int it = 0; it < n; ++it) {
       uint32_t p[C::kKK][4];
-      tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
+      if constexpr (C::kFullS) {  // both parts of K
+        tma::mbar_wait(&bars->full_k[it % S][0], parity(it));
+        tma::mbar_wait(&bars->full_k[it % S][1], parity(it));
+      } else {
+        tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
+      }
       issue_scores<C>(s, sQ, k_stage(it), me);
       wgmma::wait<0>();
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
-      release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
-      if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
+      if constexpr (C::kFullS) {
+        release<C::kCluster>(&bars->empty_k[it % S][0], it + S >= n);
+        release<C::kCluster>(&bars->empty_k[it % S][1], it + S >= n);
+      } else {
+        release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
+        if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
+      }
       softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p);
       rescale(o, alpha);
       tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
@@ -440,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
       for (int w = 0; w < C::kParts; ++w) {
         tma::mbar_init(&bars->full_k[st][w], 1);
         tma::mbar_init(&bars->full_v[st][w], 1);
-        tma::mbar_init(&bars->empty_k[st][w], C::kPartReaders);
+        tma::mbar_init(&bars->empty_k[st][w], C::kKPartReaders);
         tma::mbar_init(&bars->empty_v[st][w], C::kPartReaders);
       }
     tma::fence_mbar_init();
@@ -518,6 +541,17 @@ int cluster_size(int group) {
   return n;
 }
 
+// G4_ATTENTION_FULL_S=1: the serial head-dim-512 schedule with S computed by both warpgroups
+// (SerialFullSCfg). Opt-in: 1.4-7% faster on causal masks, up to 2% slower on packed documents
+// (docs/performance.md).
+bool full_s() {
+  const char* env = std::getenv("G4_ATTENTION_FULL_S");
+  if (env == nullptr || *env == 0) return false;
+  G4_CHECK(std::string_view(env) == "0" || std::string_view(env) == "1", "G4_ATTENTION_FULL_S=", env,
+           ": must be 0 or 1");
+  return *env == '1';
+}
+
 }  // namespace
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
@@ -530,6 +564,10 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
   }
   if (pipelined) {
     launch<PipelinedCfg>(a);
+    return;
+  }
+  if (full_s()) {
+    launch<SerialFullSCfg>(a);
     return;
   }
   switch (cluster_size(a.dims.group)) {
