@@ -92,7 +92,7 @@ TEST_P(DiffusionForward, ChunkedEncodingEqualsOnePass) {
   ASSERT_EQ(pieces.length(), S);
   // The same cache up to fp32 rounding, which depends on OpenBLAS's kernels (the products of 3 and 4
   // rows are not those of all S): below 2e-5 with its AVX-512 kernels, 3.7e-5 with its AVX2 ones
-  // (Haswell, Zen), on logits up to the softcap of 20. A wrong position or mask moves them by 1e-2 and more.
+  // (Haswell, Zen), on logits up to the softcap of 20.
   EXPECT_LT(max_diff(diffusion::denoise(*m, canvas, pieces), diffusion::denoise(*m, canvas, whole)), 1e-4);
 }
 
