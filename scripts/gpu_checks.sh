@@ -146,9 +146,9 @@ stage() {
       $run /usr/local/cuda/bin/ncu --kernel-name-base mangled --kernel-name 'regex:fwd_wgmma|fwd_kernel|bwd_kernel|score_kernel' \
         --metrics 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct' \
         bench_attention --once 8192 ;;
-    attention-cluster)  # the head-dim-512 forward's clusters (query heads sharing each K/V load by multicast): their
-      # test, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then bench_attention,
-      # which times every cluster size beside the op's choice (docs/performance.md, "Attention")
+    attention-cluster)  # the head-dim-512 forward's clusters (query heads sharing each K/V load by multicast) and
+      # full S: their tests, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then
+      # bench_attention, which times every cluster size and full S beside the op's choice (docs/performance.md)
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForward*' || return
       local m='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
       for c in 2 1; do

@@ -354,6 +354,8 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
                                         int jt_end) {
   constexpr int S = C::kStages;
   const int g = me.part, n = jt_end - jt_begin;  // the barriers of this warpgroup's part
+  // The parts of K whose S this warpgroup computes: its own, or with full S both.
+  const int k_first = C::kFullS ? 0 : g, k_end = C::kFullS ? C::kParts : g + 1;
   float o[1][32][4];  // O[:, 256 group + 8 n + 2 cq + (e % 2)], rows r_local + 8 (e / 2)
   zero_acc(o);
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // log2 units
@@ -367,22 +369,12 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
   if constexpr (!C::kPipelined) {
     for (int it = 0; it < n; ++it) {
       uint32_t p[C::kKK][4];
-      if constexpr (C::kFullS) {  // both parts of K
-        tma::mbar_wait(&bars->full_k[it % S][0], parity(it));
-        tma::mbar_wait(&bars->full_k[it % S][1], parity(it));
-      } else {
-        tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
-      }
+      for (int w = k_first; w < k_end; ++w) tma::mbar_wait(&bars->full_k[it % S][w], parity(it));
       issue_scores<C>(s, sQ, k_stage(it), me);
       wgmma::wait<0>();
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
-      if constexpr (C::kFullS) {
-        release<C::kCluster>(&bars->empty_k[it % S][0], it + S >= n);
-        release<C::kCluster>(&bars->empty_k[it % S][1], it + S >= n);
-      } else {
-        release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
-        if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
-      }
+      for (int w = k_first; w < k_end; ++w) release<C::kCluster>(&bars->empty_k[it % S][w], it + S >= n);
+      if constexpr (C::kParts == 2 && !C::kFullS) exchange_scores<C>(s, sPartial, me);
       softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p);
       rescale(o, alpha);
       tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
