@@ -53,6 +53,9 @@ if [ -x /usr/bin/orterun ] && [ -d "$ompi" ]; then
     copy_deps "$f" "$stage/lib" 2>/dev/null || true
   done
 fi
-XZ_OPT=-9e tar -C "$stage" -cJf .device/bundle.tar.xz bin lib $( [ -d "$stage/ompi" ] && echo ompi )
+# Written under build/ (ignored, on the same file system) and renamed into place, so that a GPU call
+# carrying .device meanwhile takes the previous bundle whole rather than part of this one.
+XZ_OPT=-9e tar -C "$stage" -cJf build/.bundle.tar.xz.part bin lib $( [ -d "$stage/ompi" ] && echo ompi )
+mv build/.bundle.tar.xz.part .device/bundle.tar.xz
 rm -rf "$stage"
 ls -la .device/bundle.tar.xz
