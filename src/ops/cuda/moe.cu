@@ -388,7 +388,10 @@ cublasHandle_t cublas_handle() {
   // side work is queued (run_side_by_side), whose calls may overlap the compute stream's.
   static cublasHandle_t h = [] {
     cublasHandle_t handle = nullptr;
-    G4_CUBLAS_CHECK(cublasCreate(&handle));
+    // cuBLAS takes its own device memory with cudaMalloc, which fails when g4's caching allocator
+    // holds the free memory (a first grouped GEMM late in a process): hand the cache back and retry.
+    if (cublasCreate(&handle) == CUBLAS_STATUS_ALLOC_FAILED) release_cached_device_memory();
+    if (handle == nullptr) G4_CUBLAS_CHECK(cublasCreate(&handle));
     return handle;
   }();
   // Set again only when the stream changes (a training step's grouped GEMMs all take the compute
