@@ -92,7 +92,7 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   if (!docs.empty()) what += (what.empty() ? "" : ", ") + std::to_string(docs.size()) + " documents";
   // Every forward at head dims 256 and 512, in the same run: FlashAttention-2, and the wgmma kernel
   // with each schedule (the serial one also with each cluster size, query heads sharing each K/V
-  // load, that the GQA group allows, and at d = 512 with full S). The op's choice, timed above, is
+  // load, that the GQA group allows, and at d = 512 with full S and the softmax group). The op's choice, timed above, is
   // one of them.
   if (d == 256 || d == 512) {
     using g4::ops::cuda::ForwardKernel;
@@ -112,10 +112,12 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     }
     unsetenv("G4_ATTENTION_CLUSTER");
     if (d == 512) {
-      setenv("G4_ATTENTION_FULL_S", "1", 1);
-      line("wgmma serial, full S",
-           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
-      unsetenv("G4_ATTENTION_FULL_S");
+      for (const auto& [flag, name] : {std::pair{"G4_ATTENTION_FULL_S", "wgmma serial, full S"},
+                                       std::pair{"G4_ATTENTION_SOFTMAX_GROUP", "wgmma softmax group"}}) {
+        setenv(flag, "1", 1);
+        line(name, [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+        unsetenv(flag);
+      }
     }
     out = g4::ops::attention(q, k, v, mask, 1.0, &lse);
   }

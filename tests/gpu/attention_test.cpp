@@ -321,7 +321,8 @@ TEST(GpuAttention, GemmaScaleOne) {
 // mask over several key tiles with a ragged last one.
 TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_FULL_S");  // it takes precedence over the clusters
+  unsetenv("G4_ATTENTION_FULL_S");  // these take precedence over the clusters
+  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
   for (const char* cluster : {"1", "2", "4"}) {
     setenv("G4_ATTENTION_CLUSTER", cluster, 1);
     run_case({std::string("d512 causal gqa4, clusters of ") + cluster, 2, 230, 230, 8, 2, 512, 512, causal()});
@@ -333,15 +334,13 @@ TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   unsetenv("G4_ATTENTION_CLUSTER");
 }
 
-// The head-dim-512 serial schedule with S computed by both warpgroups (no exchange) gives the
-// reference's answer on causal, windowed, bidirectional and packed-document masks, with ragged
-// tiles; a bad setting of its switch is refused.
-TEST(GpuAttention, WgmmaForwardFullS) {
-  G4_REQUIRE_GPU();
-  setenv("G4_ATTENTION_FULL_S", "1", 1);
-  run_case({"d512 full S, causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
-  run_case({"d512 full S, window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
-  run_case({"d512 full S, bidirectional window70", 1, 150, 180, 2, 1, 512, 512, bidirectional(70)});
+// Every mask kind through a head-dim-512 schedule switched on by `flag`: causal, windowed,
+// bidirectional and packed-document masks, with ragged tiles; a bad setting of the switch is refused.
+void run_schedule_cases(const char* flag, const std::string& name) {
+  setenv(flag, "1", 1);
+  run_case({name + ", causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
+  run_case({name + ", window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
+  run_case({name + ", bidirectional window70", 1, 150, 180, 2, 1, 512, 512, bidirectional(70)});
   AttentionMask docs = causal();
   const int64_t S = 200;
   std::vector<int32_t> doc(2 * S);
@@ -351,12 +350,33 @@ TEST(GpuAttention, WgmmaForwardFullS) {
   }
   docs.q_doc = Tensor::from_vector<int32_t>(doc, {2, S});
   docs.k_doc = docs.q_doc;
-  run_case({"d512 full S, packed documents", 2, S, S, 4, 2, 512, 512, docs});
-  setenv("G4_ATTENTION_FULL_S", "2", 1);
+  run_case({name + ", packed documents", 2, S, S, 4, 2, 512, 512, docs});
+  // Rows without a visible key (output 0, log-sum-exp -inf): left padding under a causal mask, and
+  // a batch row whose keys are all padding.
+  std::vector<int64_t> valid(2 * 90, 0);
+  for (int64_t j = 20; j < 90; ++j) valid[j] = 1;
+  AttentionMask padded = causal();
+  padded.key_valid = Tensor::from_vector<int64_t>(valid, {2, 90});
+  run_case({name + ", padding", 2, 90, 90, 2, 1, 512, 512, padded});
+  setenv(flag, "2", 1);
   const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, 64, 8, 512}, 5));
   const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
   EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);
+  unsetenv(flag);
+}
+
+// The head-dim-512 serial schedule with S computed by both warpgroups (no exchange).
+TEST(GpuAttention, WgmmaForwardFullS) {
+  G4_REQUIRE_GPU();
+  run_schedule_cases("G4_ATTENTION_FULL_S", "d512 full S");
+}
+
+// The head-dim-512 softmax-group schedule: a third warpgroup computes S, its softmax and P for the
+// two P·V warpgroups.
+TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
+  G4_REQUIRE_GPU();
   unsetenv("G4_ATTENTION_FULL_S");
+  run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "d512 softmax group");
 }
 
 TEST(GpuAttention, RejectsBadArguments) {

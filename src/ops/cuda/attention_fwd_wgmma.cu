@@ -41,6 +41,13 @@
 // half as much tensor work again, and is faster on causal masks (2.84 against 2.88 ms at S 8192,
 // 0.818 against 0.875 at 4096) but up to 2% slower on packed documents: opt-in, G4_ATTENTION_FULL_S=1.
 //
+// The softmax group (SoftmaxGroupCfg, opt-in G4_ATTENTION_SOFTMAX_GROUP=1) gives the third warpgroup
+// the scores instead of the loads: it computes S over the whole head dim once, its softmax, and P
+// into shared memory, while the two others multiply the previous tile's P by their halves of V (P
+// read from shared memory). The softmax then runs beside the P·V products instead of between them.
+// Measured on an H100 (docs/performance.md): 6-7% faster on the packed-document rows of training,
+// 2-12% slower on long causal masks.
+//
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
 // the others are masked element by element (visible_bits) when the tile is not wholly visible.
@@ -67,7 +74,7 @@ namespace {
 constexpr int kPartDim = 256;                // the head-dim columns of O one warpgroup holds
 constexpr int kPartBoxes = kPartDim / 64;     // 64-column boxes of a part
 constexpr int kGroupThreads = 128, kConsumerThreads = 2 * kGroupThreads;
-constexpr int kThreads = kConsumerThreads + kGroupThreads;  // + the producer warpgroup
+constexpr int kThreads = kConsumerThreads + kGroupThreads;  // + the producer (or softmax) warpgroup
 constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 
 // The two schedules. serial (64 keys a tile, one buffer of K and V): for each tile S, exchange,
@@ -85,10 +92,13 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // Full S (FULL_S, head dim 512, serial, no cluster): each warpgroup computes S over the whole head
 // dim for the CTA's 64 rows, so both get the same S with no exchange and no barrier between them,
 // at the price of computing it twice (1.5x the tensor work of a tile).
-template <int D, int BN, int STAGES, int CLUSTER, bool PIPELINED, bool FULL_S = false>
+enum class Schedule { serial, pipelined, full_s, softmax_group };
+
+template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE>
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
-  static constexpr bool kPipelined = PIPELINED, kFullS = FULL_S;
+  static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined, kFullS = SCHEDULE == Schedule::full_s;
+  static constexpr bool kSoftmaxGroup = SCHEDULE == Schedule::softmax_group;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
   static constexpr int kBM = 64 * kRowGroups;              // query rows of a CTA
@@ -101,29 +111,40 @@ struct Cfg {
   static constexpr uint32_t kPartBytes = kPartBoxes * kBoxBytes;
   static constexpr uint32_t kTileBytes = kParts * kPartBytes;  // one K or V tile
   // One warpgroup's S partial (f32), exchanged when the warpgroups split d.
-  static constexpr uint32_t kPartialBytes = kParts == 2 && !FULL_S ? 64 * BN * 4 : 0;
-  // Consumer warps that read one part of a stage, in every CTA of the cluster.
+  static constexpr uint32_t kPartialBytes =
+      kParts == 2 && (SCHEDULE == Schedule::serial || SCHEDULE == Schedule::pipelined) ? 64 * BN * 4 : 0;
+  // Softmax group: two buffers of P (64 x BN bf16, one SW128 box) and of the rows' rescaling
+  // factors, and the rows' final 1 / sum.
+  static constexpr int kPBuffers = kSoftmaxGroup ? 2 : 0;
+  static constexpr uint32_t kPBytes = 64 * BN * 2;
+  static constexpr uint32_t kRowFactorsBytes = kSoftmaxGroup ? (kPBuffers + 1) * 64 * 4 : 0;
+  // Consumer warps that read one part of a stage, in every CTA of the cluster (the softmax group's
+  // P·V warpgroups read their own part of V, its softmax warpgroup both parts of K).
   static constexpr int kPartReaders = kRowGroups * kConsumerWarps * CLUSTER;
-  static constexpr int kKPartReaders = (FULL_S ? kParts : 1) * kPartReaders;  // full S: both warpgroups read K
+  static constexpr int kKPartReaders = (kFullS ? kParts : 1) * kPartReaders;  // full S: both warpgroups read K
   struct Barriers {
     uint64_t full_q;
     uint64_t full_k[STAGES][kParts], empty_k[STAGES][kParts], full_v[STAGES][kParts], empty_v[STAGES][kParts];
+    uint64_t full_p[2], empty_p[2];  // softmax group
   };
-  static constexpr size_t kSmemBytes =
-      1024 + kQBytes + 2 * size_t{STAGES} * kTileBytes + 2 * size_t{kPartialBytes} + sizeof(Barriers);
+  static constexpr size_t kSmemBytes = 1024 + kQBytes + 2 * size_t{STAGES} * kTileBytes + 2 * size_t{kPartialBytes} +
+                                       size_t{kPBuffers} * kPBytes + kRowFactorsBytes + sizeof(Barriers);
   static_assert(D == 256 || D == 512, "head dims 256 and 512");
   static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
-  static_assert(!PIPELINED || CLUSTER == 1, "the pipelined schedule runs without clusters");
-  static_assert(!FULL_S || (D == 512 && CLUSTER == 1 && !PIPELINED), "full S: head dim 512, serial, no cluster");
+  static_assert(!kPipelined || CLUSTER == 1, "the pipelined schedule runs without clusters");
+  static_assert(!kFullS || (D == 512 && CLUSTER == 1 && STAGES == 1), "full S: head dim 512, one stage, no cluster");
+  static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
+                "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
 };
-using SerialCfg1 = Cfg<512, 64, 1, 1, false>;
-using SerialCfg2 = Cfg<512, 64, 1, 2, false>;
-using SerialCfg4 = Cfg<512, 64, 1, 4, false>;
-using SerialFullSCfg = Cfg<512, 64, 1, 1, false, true>;
-using PipelinedCfg = Cfg<512, 32, 2, 1, true>;
+using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
+using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
+using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
+using SerialFullSCfg = Cfg<512, 64, 1, 1, Schedule::full_s>;
+using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
+using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
-using SerialCfg256 = Cfg<256, 64, 1, 1, false>;
-using PipelinedCfg256 = Cfg<256, 64, 2, 1, true>;
+using SerialCfg256 = Cfg<256, 64, 1, 1, Schedule::serial>;
+using PipelinedCfg256 = Cfg<256, 64, 2, 1, Schedule::pipelined>;
 
 struct Maps {
   CUtensorMap q, k, v;
@@ -131,8 +152,9 @@ struct Maps {
 
 // The register file split by setmaxnreg: 384 threads get 168 registers each at launch, and that
 // allocation is all the CTA ever has — the consumers' increase is paid by the producer's decrease
-// (asking for more than the launch allocation blocks setmaxnreg.inc for ever). The consumers'
-// 128 accumulators of O, 16-32 of S and 16 of P need about 200.
+// (asking for more than the launch allocation blocks setmaxnreg.inc for ever). The consumers' 128
+// accumulators of O, 16-32 of S and 16 of P need about 200. (ptxas compiles the whole kernel to the
+// launch allocation, 168, with a few spills; a fourth warpgroup would leave 128, too few for O.)
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
 
@@ -323,27 +345,45 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][32][4], const uint32_t (&
   wgmma::commit();
 }
 
-// This warpgroup's part of its output rows (and, from the part-0 warpgroups, the log-sum-exp).
+// This warpgroup's part of its output rows, O times each row's 1 / sum (0 for a row that saw no
+// visible key: its output is 0).
 template <class C>
-__device__ __forceinline__ void store_rows(const FwdArgs& a, const Consumer& me, const float (&o)[1][32][4],
-                                           const float (&row_max)[2], float (&row_sum)[2], int q0, int b, int h) {
+__device__ __forceinline__ void store_output(const FwdArgs& a, const Consumer& me, const float (&o)[1][32][4],
+                                             const float (&inv)[2], int q0, int b, int h) {
   const Dims& dm = a.dims;
-  total_row_sums<1, C::kBM>(row_sum, nullptr, 0, me.r_local, me.cq);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = q0 + me.r_local + 8 * r;
     if (i >= dm.sq) continue;
-    const bool empty = row_sum[r] == 0.f;  // no visible key: output 0, lse -inf
-    const float inv = empty ? 0.f : 1.f / row_sum[r];
     bf16* orow = a.out + ((static_cast<long long>(b) * dm.sq + i) * dm.heads + h) * C::kD + me.part * kPartDim;
 #pragma unroll
     for (int nt = 0; nt < 32; ++nt)
       *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + 2 * me.cq) =
-          __floats2bfloat162_rn(o[0][nt][2 * r] * inv, o[0][nt][2 * r + 1] * inv);
-    if (a.lse != nullptr && me.part == 0 && me.cq == 0)
-      a.lse[(static_cast<long long>(b) * dm.heads + h) * dm.sq + i] =
-          empty ? -INFINITY : (row_max[r] + log2f(row_sum[r])) * kLn2;
+          __floats2bfloat162_rn(o[0][nt][2 * r] * inv[r], o[0][nt][2 * r + 1] * inv[r]);
   }
+}
+
+// The log-sum-exp of the thread's rows (once per row: from the threads of quad lane 0), from their
+// maxima and total sums in log2 units; -inf for a row that saw no visible key.
+__device__ __forceinline__ void store_lse(const FwdArgs& a, const Consumer& me, const float (&row_max)[2],
+                                          const float (&row_sum)[2], int q0, int b, int h) {
+  const Dims& dm = a.dims;
+  if (a.lse == nullptr || me.cq != 0) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = q0 + me.r_local + 8 * r;
+    if (i < dm.sq)
+      a.lse[(static_cast<long long>(b) * dm.heads + h) * dm.sq + i] =
+          row_sum[r] == 0.f ? -INFINITY : (row_max[r] + log2f(row_sum[r])) * kLn2;
+  }
+}
+
+// The rows' 1 / sum from the thread's partial sums (added over the quad first).
+template <class C>
+__device__ __forceinline__ void inverse_sums(float (&row_sum)[2], float (&inv)[2], const Consumer& me) {
+  total_row_sums<1, C::kBM>(row_sum, nullptr, 0, me.r_local, me.cq);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) inv[r] = row_sum[r] == 0.f ? 0.f : 1.f / row_sum[r];
 }
 
 // A consumer warpgroup's key loop (either schedule), then its half of the output.
@@ -423,7 +463,161 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
     wgmma::wait<0>();
     wgmma::fence_operands(reinterpret_cast<float(&)[128]>(o));
   }
-  store_rows<C>(a, me, o, row_max, row_sum, q0, b, h);
+  float inv[2];
+  inverse_sums<C>(row_sum, inv, me);
+  store_output<C>(a, me, o, inv, q0, b, h);
+  if (me.part == 0) store_lse(a, me, row_max, row_sum, q0, b, h);
+}
+
+// ---- The softmax-group schedule (head dim 512): a third consumer warpgroup, the softmax
+// warpgroup, computes S over the whole head dim for the CTA's 64 rows, its softmax, and P into
+// shared memory, while the two P·V warpgroups (one per half of the head dim, as in the serial
+// schedule) multiply the previous tile's P by their halves of V. S is computed once (no exchange,
+// no second copy), and the softmax runs beside the P·V products rather than between them. P has
+// two buffers, so the softmax warpgroup can run a tile ahead.
+
+// Named barrier 3: the softmax warpgroup and the two P·V warpgroups, once the key loop is done.
+__device__ __forceinline__ void softmax_group_sync() {
+  asm volatile("bar.sync 3, %0;\n" ::"n"(3 * kGroupThreads) : "memory");
+}
+
+// P (the thread's A fragments of a 64 x 64 tile, as softmax_tile makes them) into one SW128
+// K-major box, the A operand of mma_m64n256k16_ss: element (r, c) at byte 128 r + 16 ((c / 8) ^
+// (r % 8)) + 2 (c % 8). Fragment i of k16 step kk holds rows r_local + 8 (i % 2), columns
+// 16 kk + 8 (i / 2) + 2 cq and the next; rows r_local and r_local + 8 share r % 8.
+template <class C>
+__device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[C::kKK][4], const Consumer& me) {
+  const int swizzle = me.r_local % 8;
+#pragma unroll
+  for (int kk = 0; kk < C::kKK; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = me.r_local + 8 * (i % 2), chunk = 2 * kk + i / 2;
+      *reinterpret_cast<uint32_t*>(box + row * 128 + ((chunk ^ swizzle) * 16) + 4 * me.cq) = p[kk][i];
+    }
+}
+
+// The softmax warpgroup, which also loads Q, K and V (its thread 0; the softmax group has no
+// producer warpgroup). Per key tile j: S = Q Kᵀ as two commit groups, one per K part, so that part 0
+// is refilled with tile j + 1 while part 1 is multiplied; V's tile j as soon as the P·V warpgroups
+// have released tile j - 1 (the product of tile j - 1 was queued on the tensor cores before S of
+// tile j, so that wait is short); the online softmax; then P and the rows' rescaling factors into P
+// buffer j % 2. At the end the rows' 1 / sum go to factors[2] and the log-sum-exp to memory.
+template <class C>
+__device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
+                                           unsigned char* sQ, unsigned char* sK, unsigned char* sV, unsigned char* sP,
+                                           float* factors, const Consumer& me, int q0, int q_last, int b, int h,
+                                           int kvh, int jt_begin, int jt_end) {
+  const int n = jt_end - jt_begin;
+  const bool loader = me.t == 0;
+  if (loader && n > 0) {
+    tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
+    for (int box = 0; box < C::kBoxes; ++box)
+      tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
+    for (int w = 0; w < C::kParts; ++w) {
+      load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
+      load_part<C>(sV, maps.v, w, kvh, jt_begin * C::kBN, b, &bars->full_v[0][w], 0);
+    }
+  }
+  __syncwarp();  // thread 0's branches rejoin before the warp's aligned wgmma instructions
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
+  float s[1][C::kNT][4];
+  float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
+  if (n > 0) tma::mbar_wait(&bars->full_q, 0);
+  for (int it = 0; it < n; ++it) {
+    const uint32_t parity = it & 1;
+    const int k0 = (jt_begin + it) * C::kBN;
+    zero_acc(s);
+#pragma unroll
+    for (int w = 0; w < C::kParts; ++w) {
+      tma::mbar_wait(&bars->full_k[0][w], parity);
+      wgmma::fence();
+#pragma unroll
+      for (int box = w * kPartBoxes; box < (w + 1) * kPartBoxes; ++box) {
+        const uint64_t dq = wgmma::sw128_desc(sQ + box * C::kQBoxBytes), dk = wgmma::sw128_desc(sK + box * C::kBoxBytes);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+      }
+      wgmma::commit();
+    }
+    if (loader && it > 0)
+      for (int w = 0; w < C::kParts; ++w) {
+        tma::mbar_wait(&bars->empty_v[0][w], parity ^ 1);  // tile it - 1 released
+        load_part<C>(sV, maps.v, w, kvh, k0, b, &bars->full_v[0][w], 0);
+      }
+    __syncwarp();
+    const bool last = it + 1 >= n;
+    wgmma::wait<1>();
+    release<1>(&bars->empty_k[0][0], last);
+    if (loader && !last) {
+      tma::mbar_wait(&bars->empty_k[0][0], parity);
+      load_part<C>(sK, maps.k, 0, kvh, k0 + C::kBN, b, &bars->full_k[0][0], 0);
+    }
+    __syncwarp();
+    wgmma::wait<0>();
+    wgmma::fence_operands(flat);
+    release<1>(&bars->empty_k[0][1], last);
+    if (loader && !last) {
+      tma::mbar_wait(&bars->empty_k[0][1], parity);
+      load_part<C>(sK, maps.k, 1, kvh, k0 + C::kBN, b, &bars->full_k[0][1], 0);
+    }
+    __syncwarp();
+    uint32_t p[C::kKK][4];
+    softmax_tile<C>(s, a, me, q0, q_last, b, k0, row_max, row_sum, alpha, p);
+    const int buf = it % 2;
+    tma::mbar_wait(&bars->empty_p[buf], ((it / 2) & 1) ^ 1);
+    write_p<C>(sP + buf * C::kPBytes, p, me);
+    if (me.cq == 0) {
+      factors[buf * 64 + me.r_local] = alpha[0];
+      factors[buf * 64 + me.r_local + 8] = alpha[1];
+    }
+    wgmma::fence_smem_stores();  // P is read by the P·V warpgroups' wgmma
+    __syncwarp();
+    if (me.t % 32 == 0) tma::mbar_arrive(&bars->full_p[buf]);
+  }
+  float inv[2];
+  inverse_sums<C>(row_sum, inv, me);
+  if (me.cq == 0) {
+    factors[2 * 64 + me.r_local] = inv[0];
+    factors[2 * 64 + me.r_local + 8] = inv[1];
+  }
+  store_lse(a, me, row_max, row_sum, q0, b, h);
+  softmax_group_sync();
+}
+
+// A P·V warpgroup. Per key tile: O (its half of the head dim) times the tile's rescaling factors,
+// then O += P V[:, half] with P from shared memory; P's buffer and V's half are released when the
+// product has completed. At the end, O times the rows' 1 / sum.
+template <class C>
+__device__ __forceinline__ void weigh_values(const FwdArgs& a, typename C::Barriers* bars, const unsigned char* sV,
+                                             const unsigned char* sP, const float* factors, const Consumer& me,
+                                             int q0, int b, int h, int n) {
+  const int g = me.part;
+  float o[1][32][4];
+  zero_acc(o);
+  float(&flat)[128] = reinterpret_cast<float(&)[128]>(o);
+  const uint64_t dv = wgmma::sw128_mn_desc(sV + g * C::kPartBytes, C::kBoxBytes);
+  for (int it = 0; it < n; ++it) {
+    const int buf = it % 2;
+    tma::mbar_wait(&bars->full_p[buf], (it / 2) & 1);
+    const float alpha[2] = {factors[buf * 64 + me.r_local], factors[buf * 64 + me.r_local + 8]};
+    rescale(o, alpha);
+    tma::mbar_wait(&bars->full_v[0][g], it & 1);
+    wgmma::fence();
+    const uint64_t dp = wgmma::sw128_desc(sP + buf * C::kPBytes);
+#pragma unroll
+    for (int kk = 0; kk < C::kKK; ++kk)
+      wgmma::mma_m64n256k16_ss(flat, wgmma::advance(dp, 32 * kk), wgmma::advance(dv, 2048 * kk));
+    wgmma::commit();
+    wgmma::wait<0>();
+    wgmma::fence_operands(flat);
+    release<1>(&bars->empty_v[0][g], it + 1 >= n);
+    if (me.t % 32 == 0) tma::mbar_arrive(&bars->empty_p[buf]);
+  }
+  softmax_group_sync();
+  const float inv[2] = {factors[2 * 64 + me.r_local], factors[2 * 64 + me.r_local + 8]};
+  store_output<C>(a, me, o, inv, q0, b, h);
 }
 
 template <class C>
@@ -435,8 +629,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   unsigned char* sK = sQ + C::kQBytes;
   unsigned char* sV = sK + C::kStages * C::kTileBytes;
   float* sPartial = reinterpret_cast<float*>(sV + C::kStages * C::kTileBytes);  // [2][64 * kBN] (d split)
-  auto* bars = reinterpret_cast<typename C::Barriers*>(reinterpret_cast<unsigned char*>(sPartial) +
-                                                       2 * C::kPartialBytes);
+  unsigned char* sP = reinterpret_cast<unsigned char*>(sPartial) + 2 * C::kPartialBytes;  // [kPBuffers][kPBytes]
+  float* factors = reinterpret_cast<float*>(sP + C::kPBuffers * C::kPBytes);            // [kPBuffers + 1][64]
+  auto* bars = reinterpret_cast<typename C::Barriers*>(reinterpret_cast<unsigned char*>(factors) + C::kRowFactorsBytes);
 
   const Dims& dm = a.dims;
   const int tid = threadIdx.x;
@@ -458,6 +653,10 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
         tma::mbar_init(&bars->empty_k[st][w], C::kKPartReaders);
         tma::mbar_init(&bars->empty_v[st][w], C::kPartReaders);
       }
+    for (int buf = 0; buf < C::kPBuffers; ++buf) {
+      tma::mbar_init(&bars->full_p[buf], kConsumerWarps);       // the softmax warpgroup's warps
+      tma::mbar_init(&bars->empty_p[buf], 2 * kConsumerWarps);  // the P·V warpgroups' warps
+    }
     tma::fence_mbar_init();
   }
   // The peers' multicast loads and arrivals may reach this CTA's barriers only once they exist.
@@ -469,13 +668,23 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   // Broadcast from lane 0, so that the compiler sees a warp-uniform role (wgmma in a path it cannot
   // prove uniform gets serialised).
   const int group = __shfl_sync(0xffffffffu, tid / kGroupThreads, 0);
-  if (group == 2) {
+  const int t = tid % kGroupThreads, lane = t % 32;
+  if constexpr (C::kSoftmaxGroup) {
+    // No setmaxnreg: the P·V warpgroups' 128 accumulators and the softmax warpgroup's S both fit the
+    // launch allocation.
+    if (group == 2) {
+      const Consumer me{group, 0, t, lane % 4, (t / 32) * 16 + lane / 4};
+      score_rows<C>(maps, a, bars, sQ, sK, sV, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
+    } else {
+      const Consumer me{group, group, t, lane % 4, (t / 32) * 16 + lane / 4};
+      weigh_values<C>(a, bars, sV, sP, factors, me, q0, b, h, jt_end - jt_begin);
+    }
+  } else if (group == 2) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
-    if (tid == kConsumerThreads) produce<C>(maps, bars, sQ, sK, sV, b, h, kvh, q0, jt_begin, jt_end);
+    if (t == 0) produce<C>(maps, bars, sQ, sK, sV, b, h, kvh, q0, jt_begin, jt_end);
     __syncwarp();  // the producer's warp meets the cluster barrier below whole
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
-    const int t = tid % kGroupThreads, lane = t % 32;
     // d split: warpgroup g holds part g of every row; row split: rows [64 g, 64 g + 64) whole.
     const Consumer me{group, C::kParts == 2 ? group : 0, t, lane % 4,
                       (C::kParts == 2 ? 0 : 64 * group) + (t / 32) * 16 + lane / 4};
@@ -533,14 +742,11 @@ int cluster_size(int group) {
   return n;
 }
 
-// G4_ATTENTION_FULL_S=1: the serial head-dim-512 schedule with S computed by both warpgroups
-// (SerialFullSCfg). Opt-in: 1.4-7% faster on causal masks, up to 2% slower on packed documents
-// (docs/performance.md).
-bool full_s() {
-  const char* env = std::getenv("G4_ATTENTION_FULL_S");
+// An opt-in switch of the head-dim-512 schedule: 0 or 1 (unset or empty: 0).
+bool schedule_switch(const char* name) {
+  const char* env = std::getenv(name);
   if (env == nullptr || *env == 0) return false;
-  G4_CHECK(std::string_view(env) == "0" || std::string_view(env) == "1", "G4_ATTENTION_FULL_S=", env,
-           ": must be 0 or 1");
+  G4_CHECK(std::string_view(env) == "0" || std::string_view(env) == "1", name, "=", env, ": must be 0 or 1");
   return *env == '1';
 }
 
@@ -558,7 +764,14 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
     launch<PipelinedCfg>(a);
     return;
   }
-  if (full_s()) {
+  // G4_ATTENTION_SOFTMAX_GROUP=1: the softmax-group schedule (SoftmaxGroupCfg). G4_ATTENTION_FULL_S=1:
+  // the serial one with S computed by both warpgroups (SerialFullSCfg; 1.4-7% faster on causal
+  // masks, up to 2% slower on packed documents). Both opt-in (docs/performance.md).
+  if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP")) {
+    launch<SoftmaxGroupCfg>(a);
+    return;
+  }
+  if (schedule_switch("G4_ATTENTION_FULL_S")) {
     launch<SerialFullSCfg>(a);
     return;
   }

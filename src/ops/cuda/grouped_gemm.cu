@@ -102,7 +102,7 @@ __device__ __forceinline__ void zero_foreign_rows(unsigned char* stage, int vali
     const int box = i / per_box, j = i % per_box;
     reinterpret_cast<uint4*>(stage + box * kBoxBytes + valid * 128)[j] = make_uint4(0, 0, 0, 0);
   }
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  wgmma::fence_smem_stores();
   asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads) : "memory");
 }
 
