@@ -41,12 +41,13 @@
 // half as much tensor work again, and is faster on causal masks (2.84 against 2.88 ms at S 8192,
 // 0.818 against 0.875 at 4096) but up to 2% slower on packed documents: opt-in, G4_ATTENTION_FULL_S=1.
 //
-// The softmax group (SoftmaxGroupCfg, opt-in G4_ATTENTION_SOFTMAX_GROUP=1) gives the third warpgroup
-// the scores instead of the loads: it computes S over the whole head dim once, its softmax, and P
-// into shared memory, while the two others multiply the previous tile's P by their halves of V (P
-// read from shared memory). The softmax then runs beside the P·V products instead of between them.
+// The softmax group (SoftmaxGroupCfg, opt-in G4_ATTENTION_SOFTMAX_GROUP=1) has no producer warpgroup:
+// the third warpgroup computes S over the whole head dim once, its softmax, and P into shared
+// memory, while the two others multiply the previous tile's P (read from shared memory) by their
+// halves of V. The softmax then runs beside the P·V products instead of between them.
 // Measured on an H100 (docs/performance.md): 6-7% faster on the packed-document rows of training,
-// 2-12% slower on long causal masks.
+// 2-12% slower on long causal masks, when its one loading thread was in the softmax warpgroup (V's
+// loads then waited behind K's). Each P·V warpgroup now loads its own half of V (not yet run).
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
@@ -497,27 +498,23 @@ __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[
     }
 }
 
-// The softmax warpgroup, which also loads Q, K and V (its thread 0; the softmax group has no
-// producer warpgroup). Per key tile j: S = Q Kᵀ as two commit groups, one per K part, so that part 0
-// is refilled with tile j + 1 while part 1 is multiplied; V's tile j as soon as the P·V warpgroups
-// have released tile j - 1 (the product of tile j - 1 was queued on the tensor cores before S of
-// tile j, so that wait is short); the online softmax; then P and the rows' rescaling factors into P
-// buffer j % 2. At the end the rows' 1 / sum go to factors[2] and the log-sum-exp to memory.
+// The softmax warpgroup, which also loads Q and K (its thread 0; the softmax group has no producer
+// warpgroup, and each P·V warpgroup loads its own half of V). Per key tile j: S = Q Kᵀ as two commit
+// groups, one per K part, so that part 0 is refilled with tile j + 1 while part 1 is multiplied; the
+// online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
+// 1 / sum go to factors[2] and the log-sum-exp to memory.
 template <class C>
 __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
-                                           unsigned char* sQ, unsigned char* sK, unsigned char* sV, unsigned char* sP,
-                                           float* factors, const Consumer& me, int q0, int q_last, int b, int h,
-                                           int kvh, int jt_begin, int jt_end) {
+                                           unsigned char* sQ, unsigned char* sK, unsigned char* sP, float* factors,
+                                           const Consumer& me, int q0, int q_last, int b, int h, int kvh, int jt_begin,
+                                           int jt_end) {
   const int n = jt_end - jt_begin;
   const bool loader = me.t == 0;
   if (loader && n > 0) {
     tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
     for (int box = 0; box < C::kBoxes; ++box)
       tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
-    for (int w = 0; w < C::kParts; ++w) {
-      load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
-      load_part<C>(sV, maps.v, w, kvh, jt_begin * C::kBN, b, &bars->full_v[0][w], 0);
-    }
+    for (int w = 0; w < C::kParts; ++w) load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
   }
   __syncwarp();  // thread 0's branches rejoin before the warp's aligned wgmma instructions
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
@@ -541,12 +538,6 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
       }
       wgmma::commit();
     }
-    if (loader && it > 0)
-      for (int w = 0; w < C::kParts; ++w) {
-        tma::mbar_wait(&bars->empty_v[0][w], parity ^ 1);  // tile it - 1 released
-        load_part<C>(sV, maps.v, w, kvh, k0, b, &bars->full_v[0][w], 0);
-      }
-    __syncwarp();
     const bool last = it + 1 >= n;
     wgmma::wait<1>();
     release<1>(&bars->empty_k[0][0], last);
@@ -587,13 +578,17 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
 }
 
 // A P·V warpgroup. Per key tile: O (its half of the head dim) times the tile's rescaling factors,
-// then O += P V[:, half] with P from shared memory; P's buffer and V's half are released when the
-// product has completed. At the end, O times the rows' 1 / sum.
+// then O += P V[:, half] with P from shared memory; P's buffer is released when the product has
+// completed, and its half of V is refilled with the next tile's at once (by its thread 0: only this
+// warpgroup reads that half, so its loads wait for nothing else). At the end, O times the rows' 1 / sum.
 template <class C>
-__device__ __forceinline__ void weigh_values(const FwdArgs& a, typename C::Barriers* bars, const unsigned char* sV,
-                                             const unsigned char* sP, const float* factors, const Consumer& me,
-                                             int q0, int b, int h, int n) {
+__device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
+                                             unsigned char* sV, const unsigned char* sP, const float* factors,
+                                             const Consumer& me, int q0, int b, int h, int kvh, int jt_begin, int n) {
   const int g = me.part;
+  const bool loader = me.t == 0;
+  if (loader && n > 0) load_part<C>(sV, maps.v, g, kvh, jt_begin * C::kBN, b, &bars->full_v[0][g], 0);
+  __syncwarp();
   float o[1][32][4];
   zero_acc(o);
   float(&flat)[128] = reinterpret_cast<float(&)[128]>(o);
@@ -614,6 +609,11 @@ __device__ __forceinline__ void weigh_values(const FwdArgs& a, typename C::Barri
     wgmma::fence_operands(flat);
     release<1>(&bars->empty_v[0][g], it + 1 >= n);
     if (me.t % 32 == 0) tma::mbar_arrive(&bars->empty_p[buf]);
+    if (loader && it + 1 < n) {
+      tma::mbar_wait(&bars->empty_v[0][g], it & 1);
+      load_part<C>(sV, maps.v, g, kvh, (jt_begin + it + 1) * C::kBN, b, &bars->full_v[0][g], 0);
+    }
+    __syncwarp();
   }
   softmax_group_sync();
   const float inv[2] = {factors[2 * 64 + me.r_local], factors[2 * 64 + me.r_local + 8]};
@@ -674,10 +674,10 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
     // launch allocation.
     if (group == 2) {
       const Consumer me{group, 0, t, lane % 4, (t / 32) * 16 + lane / 4};
-      score_rows<C>(maps, a, bars, sQ, sK, sV, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
+      score_rows<C>(maps, a, bars, sQ, sK, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
     } else {
       const Consumer me{group, group, t, lane % 4, (t / 32) * 16 + lane / 4};
-      weigh_values<C>(a, bars, sV, sP, factors, me, q0, b, h, jt_end - jt_begin);
+      weigh_values<C>(maps, a, bars, sV, sP, factors, me, q0, b, h, kvh, jt_begin, jt_end - jt_begin);
     }
   } else if (group == 2) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
