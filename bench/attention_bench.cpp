@@ -92,8 +92,8 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   if (!docs.empty()) what += (what.empty() ? "" : ", ") + std::to_string(docs.size()) + " documents";
   // Every forward at head dims 256 and 512, in the same run: FlashAttention-2, and the wgmma kernel
   // with each schedule (the serial one also with each cluster size, query heads sharing each K/V
-  // load, that the GQA group allows, and at d = 512 with full S and the softmax group). The op's choice, timed above, is
-  // one of them.
+  // load, that the GQA group allows; at d = 512 also full S and the softmax group). The op's choice,
+  // timed above, is one of them.
   if (d == 256 || d == 512) {
     using g4::ops::cuda::ForwardKernel;
     const auto line = [&](const std::string& name, const std::function<void()>& fn) {

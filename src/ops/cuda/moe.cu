@@ -390,8 +390,13 @@ cublasHandle_t cublas_handle() {
     cublasHandle_t handle = nullptr;
     // cuBLAS takes its own device memory with cudaMalloc, which fails when g4's caching allocator
     // holds the free memory (a first grouped GEMM late in a process): hand the cache back and retry.
-    if (cublasCreate(&handle) == CUBLAS_STATUS_ALLOC_FAILED) release_cached_device_memory();
-    if (handle == nullptr) G4_CUBLAS_CHECK(cublasCreate(&handle));
+    cublasStatus_t status = cublasCreate(&handle);
+    if (status == CUBLAS_STATUS_ALLOC_FAILED) {
+      release_cached_device_memory();
+      status = cublasCreate(&handle);
+    }
+    if (status != CUBLAS_STATUS_SUCCESS)
+      g4::cuda::fail_cublas(static_cast<int>(status), "cublasCreate(&handle)", __FILE__, __LINE__);
     return handle;
   }();
   // Set again only when the stream changes (a training step's grouped GEMMs all take the compute
