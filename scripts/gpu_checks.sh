@@ -165,7 +165,8 @@ stage() {
       $run bench_attention --d 512 ;;
     attention-softmax-group)  # the head-dim-512 softmax group (G4_ATTENTION_SOFTMAX_GROUP=1): its test, under a timeout
       # (a schedule of mbarriers that waits for ever would otherwise hold the call), Nsight Compute on one forward at
-      # S 8192, then bench_attention --d 512, which times it beside the other schedules (docs/performance.md)
+      # S 8192, then bench_attention --d 512, which times it beside the other schedules and the serial schedule's loads
+      # alone (the floor the K and V loads set; docs/performance.md)
       timeout 120 $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup' || return
       local m='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
       G4_ATTENTION_SOFTMAX_GROUP=1 $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$m" \

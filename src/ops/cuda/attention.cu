@@ -146,12 +146,15 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   a.lse = lse != nullptr ? ptr<float>(l) : nullptr;
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   const bool wgmma_fits = attn::wgmma_forward_fits(a);
-  const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined;
+  const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined ||
+                           kernel == ForwardKernel::wgmma_loads_only;
   G4_CHECK(!wgmma_asked || wgmma_fits, "attention: the wgmma forward takes head dims 256 and 512 with d = dv only (q ",
            q.describe(), ", v ", v.describe(), ")");
   const bool pipelined =
       kernel == ForwardKernel::wgmma_pipelined || (kernel == ForwardKernel::automatic && a.dims.d == 256);
-  if (wgmma_asked || (kernel == ForwardKernel::automatic && wgmma_fits))
+  if (kernel == ForwardKernel::wgmma_loads_only)
+    attn::forward_wgmma_loads_only(a);
+  else if (wgmma_asked || (kernel == ForwardKernel::automatic && wgmma_fits))
     attn::forward_wgmma(a, pipelined);
   else
     attn::forward(a);

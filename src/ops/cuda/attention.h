@@ -11,8 +11,10 @@ namespace g4::ops::cuda {
 // its serial schedule or its pipelined one (P·V of one key tile overlapping the next tile's
 // softmax). automatic (measured on an H100, bench_attention): the pipelined wgmma one at head dim
 // 256, the serial one at 512, FlashAttention-2 elsewhere; a wgmma kernel where it does not apply
-// is an error.
-enum class ForwardKernel { automatic, flash2, wgmma, wgmma_pipelined };
+// is an error. wgmma_loads_only is an instrument, not a forward: the head-dim-512 serial schedule's
+// TMA loads and barriers with no arithmetic, whose output is left unwritten (bench_attention times
+// it as the floor the loads set).
+enum class ForwardKernel { automatic, flash2, wgmma, wgmma_pipelined, wgmma_loads_only };
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse = nullptr, ForwardKernel kernel = ForwardKernel::automatic);

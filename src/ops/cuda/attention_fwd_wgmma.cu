@@ -93,13 +93,16 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // Full S (FULL_S, head dim 512, serial, no cluster): each warpgroup computes S over the whole head
 // dim for the CTA's 64 rows, so both get the same S with no exchange and no barrier between them,
 // at the price of computing it twice (1.5x the tensor work of a tile).
-enum class Schedule { serial, pipelined, full_s, softmax_group };
+// loads_only (a benchmark's instrument): the serial schedule's loads, waits and releases with no
+// arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only).
+enum class Schedule { serial, pipelined, full_s, softmax_group, loads_only };
 
 template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE>
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
   static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined, kFullS = SCHEDULE == Schedule::full_s;
   static constexpr bool kSoftmaxGroup = SCHEDULE == Schedule::softmax_group;
+  static constexpr bool kLoadsOnly = SCHEDULE == Schedule::loads_only;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
   static constexpr int kBM = 64 * kRowGroups;              // query rows of a CTA
@@ -136,12 +139,16 @@ struct Cfg {
   static_assert(!kFullS || (D == 512 && CLUSTER == 1 && STAGES == 1), "full S: head dim 512, one stage, no cluster");
   static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
+  static_assert(!kLoadsOnly || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
+                "loads only: the serial head-dim-512 schedule without clusters");
+  static_assert(kKK * 16 == BN && kNT * 8 == BN, "whole k16 steps and n8 tiles");
 };
 using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
 using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
 using SerialFullSCfg = Cfg<512, 64, 1, 1, Schedule::full_s>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
+using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
 using SerialCfg256 = Cfg<256, 64, 1, 1, Schedule::serial>;
@@ -407,7 +414,15 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
   const auto parity = [](int it) { return static_cast<uint32_t>((it / S) & 1); };
 
   tma::mbar_wait(&bars->full_q, 0);
-  if constexpr (!C::kPipelined) {
+  if constexpr (C::kLoadsOnly) {
+    for (int it = 0; it < n; ++it) {
+      tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
+      release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
+      tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
+      release<C::kCluster>(&bars->empty_v[it % S][g], it + S >= n);
+    }
+    return;  // no output
+  } else if constexpr (!C::kPipelined) {
     for (int it = 0; it < n; ++it) {
       uint32_t p[C::kKK][4];
       for (int w = k_first; w < k_end; ++w) tma::mbar_wait(&bars->full_k[it % S][w], parity(it));
@@ -751,6 +766,11 @@ bool schedule_switch(const char* name) {
 }
 
 }  // namespace
+
+void forward_wgmma_loads_only(const FwdArgs& a) {
+  G4_CHECK(a.dims.d == 512, "the wgmma forward's loads alone are timed at head dim 512, got ", a.dims.d);
+  launch<LoadsOnlyCfg>(a);
+}
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
   if (a.dims.d == 256) {
