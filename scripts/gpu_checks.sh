@@ -86,6 +86,8 @@ run="scripts/device_run.sh"
 new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
+  # Nsight Compute's metrics for one attention forward: time, L2 bytes and throughput, tensor pipes, warp stalls.
+  local attention_metrics='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
   case "$1" in
     tests) $run test_gpu --gtest_brief=1 ;;
     tests-new) $run test_gpu --gtest_brief=1 --gtest_filter="$new_tests" ;;
@@ -157,9 +159,8 @@ stage() {
       # full S: their tests, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then
       # bench_attention, which times every cluster size and full S beside the op's choice (docs/performance.md)
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForward*' || return
-      local m='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
       for c in 2 1; do
-        G4_ATTENTION_CLUSTER=$c $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$m" \
+        G4_ATTENTION_CLUSTER=$c $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
           bench_attention --once 8192 --d 512 || return
       done
       $run bench_attention --d 512 ;;
@@ -168,8 +169,7 @@ stage() {
       # S 8192, then bench_attention --d 512, which times it beside the other schedules and the serial schedule's loads
       # alone (the floor the K and V loads set; docs/performance.md)
       timeout 120 $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup' || return
-      local m='gpu__time_duration.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct'
-      G4_ATTENTION_SOFTMAX_GROUP=1 $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$m" \
+      G4_ATTENTION_SOFTMAX_GROUP=1 $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
         bench_attention --once 8192 --d 512 || return
       $run bench_attention --d 512 ;;
     decode-profile)  # the same for the batch-1 decode kernels bench_gemv runs first: the dense GEMV, then the routed

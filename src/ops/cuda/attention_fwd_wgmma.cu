@@ -185,6 +185,15 @@ __device__ __forceinline__ void load_part(unsigned char* dst, const CUtensorMap&
   }
 }
 
+// The CTA's query rows, every box of the head dim, into sQ on full_q.
+template <class C>
+__device__ __forceinline__ void load_q(const Maps& maps, typename C::Barriers* bars, unsigned char* sQ, int b, int h,
+                                       int q0) {
+  tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
+  for (int box = 0; box < C::kBoxes; ++box)
+    tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
+}
+
 // The producer: Q once, then for each key tile the parts of K and of V into the tile's stage,
 // each as soon as the warpgroups that read that stage have released its previous tile.
 template <class C>
@@ -192,9 +201,7 @@ __device__ __forceinline__ void produce(const Maps& maps, typename C::Barriers* 
                                         unsigned char* sK, unsigned char* sV, int b, int h, int kvh, int q0,
                                         int jt_begin, int jt_end) {
   const uint32_t rank = C::kCluster == 1 ? 0 : tma::cluster_rank();
-  tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
-  for (int box = 0; box < C::kBoxes; ++box)
-    tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
+  load_q<C>(maps, bars, sQ, b, h, q0);
   for (int jt = jt_begin, it = 0; jt < jt_end; ++jt, ++it) {
     const int st = it % C::kStages;
     const uint32_t free_parity = ((it / C::kStages) & 1) ^ 1;
@@ -229,20 +236,17 @@ struct Consumer {
   int group, part, t, cq, r_local;
 };
 
-// Issues (without waiting) this warpgroup's S over its part of the head dim, Q[rows, part] ·
-// K[:, part]ᵀ, from one K stage (a partial S when the warpgroups split d).
-template <class C>
-__device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const unsigned char* sQ,
-                                             const unsigned char* sK_stage, const Consumer& me) {
+// S += Q[rows, boxes] · K[:, boxes]ᵀ over kCount 64-column boxes from `first` of Q's rows and of
+// one K stage (issued, not committed; the count is fixed so that the loop unrolls).
+template <class C, int kCount>
+__device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], const unsigned char* q_rows,
+                                                  const unsigned char* sK_stage, int first) {
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
-  const unsigned char* q_rows = sQ + (me.r_local / 64) * 64 * 128;  // this warpgroup's 64 rows of each box
-  zero_acc(s);
-  wgmma::fence();
 #pragma unroll
-  for (int box = 0; box < (C::kFullS ? C::kBoxes : kPartBoxes); ++box) {
-    const int at = C::kFullS ? box : me.part * kPartBoxes + box;
-    const uint64_t dq = wgmma::sw128_desc(q_rows + at * C::kQBoxBytes),
-                   dk = wgmma::sw128_desc(sK_stage + at * C::kBoxBytes);
+  for (int i = 0; i < kCount; ++i) {
+    const int box = first + i;
+    const uint64_t dq = wgmma::sw128_desc(q_rows + box * C::kQBoxBytes),
+                   dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if constexpr (C::kBN == 64)
@@ -251,6 +255,20 @@ __device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const uns
         wgmma::mma_m64n32k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
     }
   }
+}
+
+// Issues (without waiting) this warpgroup's S over its part of the head dim, Q[rows, part] ·
+// K[:, part]ᵀ, from one K stage (a partial S when the warpgroups split d).
+template <class C>
+__device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const unsigned char* sQ,
+                                             const unsigned char* sK_stage, const Consumer& me) {
+  const unsigned char* q_rows = sQ + (me.r_local / 64) * 64 * 128;  // this warpgroup's 64 rows of each box
+  zero_acc(s);
+  wgmma::fence();
+  if constexpr (C::kFullS)
+    issue_score_boxes<C, C::kBoxes>(s, q_rows, sK_stage, 0);
+  else
+    issue_score_boxes<C, kPartBoxes>(s, q_rows, sK_stage, me.part * kPartBoxes);
   wgmma::commit();
 }
 
@@ -526,9 +544,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   const int n = jt_end - jt_begin;
   const bool loader = me.t == 0;
   if (loader && n > 0) {
-    tma::mbar_expect_bytes(&bars->full_q, C::kQBytes);
-    for (int box = 0; box < C::kBoxes; ++box)
-      tma::load(sQ + box * C::kQBoxBytes, maps.q, 64 * box, h, q0, b, &bars->full_q);
+    load_q<C>(maps, bars, sQ, b, h, q0);
     for (int w = 0; w < C::kParts; ++w) load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
   }
   __syncwarp();  // thread 0's branches rejoin before the warp's aligned wgmma instructions
@@ -544,31 +560,27 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
     for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->full_k[0][w], parity);
       wgmma::fence();
-#pragma unroll
-      for (int box = w * kPartBoxes; box < (w + 1) * kPartBoxes; ++box) {
-        const uint64_t dq = wgmma::sw128_desc(sQ + box * C::kQBoxBytes), dk = wgmma::sw128_desc(sK + box * C::kBoxBytes);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-      }
+      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
       wgmma::commit();
     }
+    // Each K part is released as its products complete (part 0 while part 1 still runs) and, unless
+    // this was the last tile, refilled with the next tile's at once.
     const bool last = it + 1 >= n;
-    wgmma::wait<1>();
-    release<1>(&bars->empty_k[0][0], last);
-    if (loader && !last) {
-      tma::mbar_wait(&bars->empty_k[0][0], parity);
-      load_part<C>(sK, maps.k, 0, kvh, k0 + C::kBN, b, &bars->full_k[0][0], 0);
+#pragma unroll
+    for (int w = 0; w < C::kParts; ++w) {
+      if (w == 0) {
+        wgmma::wait<1>();
+      } else {
+        wgmma::wait<0>();
+        wgmma::fence_operands(flat);
+      }
+      release<1>(&bars->empty_k[0][w], last);
+      if (loader && !last) {
+        tma::mbar_wait(&bars->empty_k[0][w], parity);
+        load_part<C>(sK, maps.k, w, kvh, k0 + C::kBN, b, &bars->full_k[0][w], 0);
+      }
+      __syncwarp();
     }
-    __syncwarp();
-    wgmma::wait<0>();
-    wgmma::fence_operands(flat);
-    release<1>(&bars->empty_k[0][1], last);
-    if (loader && !last) {
-      tma::mbar_wait(&bars->empty_k[0][1], parity);
-      load_part<C>(sK, maps.k, 1, kvh, k0 + C::kBN, b, &bars->full_k[0][1], 0);
-    }
-    __syncwarp();
     uint32_t p[C::kKK][4];
     softmax_tile<C>(s, a, me, q0, q_last, b, k0, row_max, row_sum, alpha, p);
     const int buf = it % 2;
