@@ -118,6 +118,12 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
         line(name, [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
         unsetenv(flag);
       }
+      setenv("G4_ATTENTION_SOFTMAX_GROUP", "1", 1);
+      setenv("G4_ATTENTION_Q_REGISTERS", "1", 1);
+      line("wgmma softmax group, Q in regs",
+           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+      unsetenv("G4_ATTENTION_Q_REGISTERS");
+      unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
       // The serial schedule's loads and barriers with no arithmetic (its output is left unwritten and
       // dropped): the floor its K and V loads set.
       line("wgmma serial, loads alone",

@@ -380,6 +380,15 @@ TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
   run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "d512 softmax group");
 }
 
+// The same with most of Q held in the softmax warpgroup's registers.
+TEST(GpuAttention, WgmmaForwardSoftmaxGroupQRegisters) {
+  G4_REQUIRE_GPU();
+  unsetenv("G4_ATTENTION_FULL_S");
+  setenv("G4_ATTENTION_SOFTMAX_GROUP", "1", 1);
+  run_schedule_cases("G4_ATTENTION_Q_REGISTERS", "d512 softmax group, Q in registers");
+  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
+}
+
 TEST(GpuAttention, RejectsBadArguments) {
   G4_REQUIRE_GPU();
   const Tensor q = Tensor::zeros({1, 4, 2, 16}, DType::BF16, Device::CUDA);

@@ -48,6 +48,12 @@
 // Measured on an H100 (docs/performance.md): 6-7% faster on the packed-document rows of training,
 // 2-12% slower on long causal masks, when its one loading thread was in the softmax warpgroup (V's
 // loads then waited behind K's). Each P·V warpgroup now loads its own half of V (not yet run).
+// With G4_ATTENTION_Q_REGISTERS=1 too (SoftmaxGroupQRegistersCfg, not yet run) the softmax warpgroup
+// holds Q's first six 64-column boxes as wgmma A fragments (96 registers; setmaxnreg gives it 184
+// and the P·V warpgroups 160: all eight boxes need about 224, and short of that ptxas serialises the
+// products), so S reads 80 KB of shared memory a tile instead of 128. An m64n64k16 product with
+// both operands in shared memory reads 4 KB in the 32 cycles it takes at the tensor cores' peak, all
+// of shared memory's 128 bytes a cycle.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
@@ -95,13 +101,19 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // at the price of computing it twice (1.5x the tensor work of a tile).
 // loads_only (a benchmark's instrument): the serial schedule's loads, waits and releases with no
 // arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only).
-enum class Schedule { serial, pipelined, full_s, softmax_group, loads_only };
+// softmax_group_q_registers: the softmax group with most of Q held in the softmax warpgroup's
+// registers (S's products then read mostly K from shared memory).
+enum class Schedule { serial, pipelined, full_s, softmax_group, softmax_group_q_registers, loads_only };
 
 template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE>
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
   static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined, kFullS = SCHEDULE == Schedule::full_s;
-  static constexpr bool kSoftmaxGroup = SCHEDULE == Schedule::softmax_group;
+  static constexpr bool kSoftmaxGroup =
+      SCHEDULE == Schedule::softmax_group || SCHEDULE == Schedule::softmax_group_q_registers;
+  // Q's boxes held in registers by the softmax warpgroup (the first kQRegisterBoxes; the rest are read
+  // from shared memory).
+  static constexpr int kQRegisterBoxes = SCHEDULE == Schedule::softmax_group_q_registers ? 6 : 0;
   static constexpr bool kLoadsOnly = SCHEDULE == Schedule::loads_only;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
@@ -139,6 +151,7 @@ struct Cfg {
   static_assert(!kFullS || (D == 512 && CLUSTER == 1 && STAGES == 1), "full S: head dim 512, one stage, no cluster");
   static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
+  static_assert(kQRegisterBoxes <= kBoxes && (kQRegisterBoxes == 0 || kSoftmaxGroup), "Q in registers: softmax group");
   static_assert(!kLoadsOnly || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "loads only: the serial head-dim-512 schedule without clusters");
   static_assert(kKK * 16 == BN && kNT * 8 == BN, "whole k16 steps and n8 tiles");
@@ -148,6 +161,7 @@ using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
 using SerialFullSCfg = Cfg<512, 64, 1, 1, Schedule::full_s>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
+using SoftmaxGroupQRegistersCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_q_registers>;
 using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
@@ -161,10 +175,15 @@ struct Maps {
 // The register file split by setmaxnreg: 384 threads get 168 registers each at launch, and that
 // allocation is all the CTA ever has — the consumers' increase is paid by the producer's decrease
 // (asking for more than the launch allocation blocks setmaxnreg.inc for ever). The consumers' 128
-// accumulators of O, 16-32 of S and 16 of P need about 200. (ptxas compiles the whole kernel to the
-// launch allocation, 168, with a few spills; a fourth warpgroup would leave 128, too few for O.)
+// accumulators of O, 16-32 of S and 16 of P need about 200. ptxas allocates the code after a
+// setmaxnreg to its count (checked with -Xptxas -v: the softmax group's P·V warpgroups spill at 152
+// and not at 160), so a fourth warpgroup would fit too: a producer at 24 and three at 160.
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
+// The softmax group with Q in registers: the softmax warpgroup's Q fragments (128) and S (32), and
+// the P·V warpgroups' O (128) and operands.
+constexpr int kScoreRegisters = 184, kValueRegisters = 160;
+//XX static_assert(kScoreRegisters + 2 * kValueRegisters <= 3 * kLaunchRegisters, "register split");
 
 // Named barrier `id` over the two consumer warpgroups (the producer warpgroup never joins).
 __device__ __forceinline__ void consumers_sync(int id) {
@@ -253,6 +272,46 @@ __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], cons
         wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
       else
         wgmma::mma_m64n32k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+    }
+  }
+}
+
+// Q's A fragments for wgmma's register form, one per k16 step of the head dim, read from Q's SW128
+// boxes in shared memory (the layout write_p writes P in, below).
+template <class C>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&q)[4 * C::kQRegisterBoxes][4], const unsigned char* sQ,
+                                                 int r_local, int cq) {
+  const int swizzle = r_local % 8;  // rows r_local and r_local + 8 share it
+#pragma unroll
+  for (int ks = 0; ks < 4 * C::kQRegisterBoxes; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = r_local + 8 * (i % 2), chunk = 2 * (ks % 4) + i / 2;
+      q[ks][i] = *reinterpret_cast<const uint32_t*>(sQ + (ks / 4) * C::kQBoxBytes + row * 128 +
+                                                    ((chunk ^ swizzle) * 16) + 4 * cq);
+    }
+}
+
+// issue_score_boxes with Q's first kQRegisterBoxes boxes in registers (q) and the others read from
+// shared memory (q_rows).
+template <class C, int kCount>
+__device__ __forceinline__ void issue_score_boxes_rs(float (&s)[1][C::kNT][4],
+                                                     const uint32_t (&q)[4 * C::kQRegisterBoxes][4],
+                                                     const unsigned char* q_rows, const unsigned char* sK_stage,
+                                                     int first) {
+  static_assert(C::kBN == 64, "64-key tiles");
+  float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    const int box = first + i;
+    const uint64_t dq = wgmma::sw128_desc(q_rows + box * C::kQBoxBytes),
+                   dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (box < C::kQRegisterBoxes)
+        wgmma::mma_m64n64k16_rs(flat, q[4 * box + kk], wgmma::advance(dk, 32 * kk));
+      else
+        wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
     }
   }
 }
@@ -552,6 +611,8 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   float s[1][C::kNT][4];
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
   if (n > 0) tma::mbar_wait(&bars->full_q, 0);
+  uint32_t q[C::kQRegisterBoxes > 0 ? 4 * C::kQRegisterBoxes : 1][4];
+  if constexpr (C::kQRegisterBoxes > 0) load_q_fragments<C>(q, sQ, me.r_local, me.cq);
   for (int it = 0; it < n; ++it) {
     const uint32_t parity = it & 1;
     const int k0 = (jt_begin + it) * C::kBN;
@@ -560,7 +621,10 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
     for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->full_k[0][w], parity);
       wgmma::fence();
-      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
+      if constexpr (C::kQRegisterBoxes > 0)
+        issue_score_boxes_rs<C, kPartBoxes>(s, q, sQ, sK, w * kPartBoxes);
+      else
+        issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
       wgmma::commit();
     }
     // Each K part is released as its products complete (part 0 while part 1 still runs) and, unless
@@ -697,12 +761,15 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   const int group = __shfl_sync(0xffffffffu, tid / kGroupThreads, 0);
   const int t = tid % kGroupThreads, lane = t % 32;
   if constexpr (C::kSoftmaxGroup) {
-    // No setmaxnreg: the P·V warpgroups' 128 accumulators and the softmax warpgroup's S both fit the
-    // launch allocation.
+    // Without Q in registers no setmaxnreg: the P·V warpgroups' 128 accumulators and the softmax
+    // warpgroup's S both fit the launch allocation. With it the softmax warpgroup's 128 fragments of
+    // Q need more, which the P·V warpgroups give up.
     if (group == 2) {
+      if constexpr (C::kQRegisterBoxes > 0) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kScoreRegisters));
       const Consumer me{group, 0, t, lane % 4, (t / 32) * 16 + lane / 4};
       score_rows<C>(maps, a, bars, sQ, sK, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
     } else {
+      if constexpr (C::kQRegisterBoxes > 0) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kValueRegisters));
       const Consumer me{group, group, t, lane % 4, (t / 32) * 16 + lane / 4};
       weigh_values<C>(maps, a, bars, sV, sP, factors, me, q0, b, h, kvh, jt_begin, jt_end - jt_begin);
     }
@@ -800,7 +867,10 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
   // the serial one with S computed by both warpgroups (SerialFullSCfg; 1.4-7% faster on causal
   // masks, up to 2% slower on packed documents). Both opt-in (docs/performance.md).
   if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP")) {
-    launch<SoftmaxGroupCfg>(a);
+    if (schedule_switch("G4_ATTENTION_Q_REGISTERS"))
+      launch<SoftmaxGroupQRegistersCfg>(a);
+    else
+      launch<SoftmaxGroupCfg>(a);
     return;
   }
   if (schedule_switch("G4_ATTENTION_FULL_S")) {
