@@ -180,10 +180,10 @@ struct Maps {
 // and not at 160), so a fourth warpgroup would fit too: a producer at 24 and three at 160.
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
-// The softmax group with Q in registers: the softmax warpgroup's Q fragments (128) and S (32), and
+// The softmax group with Q in registers: the softmax warpgroup's Q fragments (96) and S (32), and
 // the P·V warpgroups' O (128) and operands.
 constexpr int kScoreRegisters = 184, kValueRegisters = 160;
-//XX static_assert(kScoreRegisters + 2 * kValueRegisters <= 3 * kLaunchRegisters, "register split");
+static_assert(kScoreRegisters + 2 * kValueRegisters <= 3 * kLaunchRegisters, "register split");
 
 // Named barrier `id` over the two consumer warpgroups (the producer warpgroup never joins).
 __device__ __forceinline__ void consumers_sync(int id) {
