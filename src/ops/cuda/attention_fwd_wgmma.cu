@@ -256,10 +256,12 @@ struct Consumer {
 };
 
 // S += Q[rows, boxes] · K[:, boxes]ᵀ over kCount 64-column boxes from `first` of Q's rows and of
-// one K stage (issued, not committed; the count is fixed so that the loop unrolls).
+// one K stage (issued, not committed; the count is fixed so that the loop unrolls). Q's first
+// kQRegisterBoxes boxes come from the fragments q (load_q_fragments), the others from shared memory.
 template <class C, int kCount>
 __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], const unsigned char* q_rows,
-                                                  const unsigned char* sK_stage, int first) {
+                                                  const unsigned char* sK_stage, int first,
+                                                  const uint32_t (*q)[4] = nullptr) {
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
@@ -268,10 +270,14 @@ __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], cons
                    dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      if constexpr (C::kBN == 64)
-        wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-      else
+      if constexpr (C::kBN == 64) {
+        if (C::kQRegisterBoxes > 0 && box < C::kQRegisterBoxes)
+          wgmma::mma_m64n64k16_rs(flat, q[4 * box + kk], wgmma::advance(dk, 32 * kk));
+        else
+          wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+      } else {
         wgmma::mma_m64n32k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+      }
     }
   }
 }
@@ -290,30 +296,6 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&q)[4 * C::kQRegister
       q[ks][i] = *reinterpret_cast<const uint32_t*>(sQ + (ks / 4) * C::kQBoxBytes + row * 128 +
                                                     ((chunk ^ swizzle) * 16) + 4 * cq);
     }
-}
-
-// issue_score_boxes with Q's first kQRegisterBoxes boxes in registers (q) and the others read from
-// shared memory (q_rows).
-template <class C, int kCount>
-__device__ __forceinline__ void issue_score_boxes_rs(float (&s)[1][C::kNT][4],
-                                                     const uint32_t (&q)[4 * C::kQRegisterBoxes][4],
-                                                     const unsigned char* q_rows, const unsigned char* sK_stage,
-                                                     int first) {
-  static_assert(C::kBN == 64, "64-key tiles");
-  float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
-#pragma unroll
-  for (int i = 0; i < kCount; ++i) {
-    const int box = first + i;
-    const uint64_t dq = wgmma::sw128_desc(q_rows + box * C::kQBoxBytes),
-                   dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      if (box < C::kQRegisterBoxes)
-        wgmma::mma_m64n64k16_rs(flat, q[4 * box + kk], wgmma::advance(dk, 32 * kk));
-      else
-        wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-    }
-  }
 }
 
 // Issues (without waiting) this warpgroup's S over its part of the head dim, Q[rows, part] ·
@@ -621,10 +603,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
     for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->full_k[0][w], parity);
       wgmma::fence();
-      if constexpr (C::kQRegisterBoxes > 0)
-        issue_score_boxes_rs<C, kPartBoxes>(s, q, sQ, sK, w * kPartBoxes);
-      else
-        issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
+      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes, q);
       wgmma::commit();
     }
     // Each K part is released as its products complete (part 0 while part 1 still runs) and, unless
