@@ -5,6 +5,7 @@
 // = 3.5 × forward. Ratios between implementations do not depend on the convention.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -193,6 +194,46 @@ void run_once(int64_t S) {
   }
 }
 
+// --trace S: the head-dim-512 softmax group (without and with Q in registers) on one causal row of S
+// tokens, 16 query heads, 2 KV heads, with its warpgroups' cycle counters (ops::cuda::attention_trace):
+// for the CTA that sees the most key tiles, the mean cycles of each step of a tile, over the tiles
+// after the first four (the pipeline's fill), so that the step the others wait for shows.
+void run_trace(int64_t S) {
+  g4::ops::AttentionMask mask;
+  mask.causal = true;
+  const double std_qk = 1.0 / std::sqrt(std::sqrt(512.0));
+  const Tensor q = random_gpu({1, S, 16, 512}, 1, std_qk), k = random_gpu({1, S, 2, 512}, 2, std_qk),
+               v = random_gpu({1, S, 2, 512}, 3, 1.0);
+  const int64_t tiles = std::min<int64_t>(S / 64, 256);
+  for (const bool q_registers : {false, true}) {
+    g4::ops::cuda::attention_trace(q, k, v, mask, 1.0, q_registers);  // warm-up
+    const Tensor trace = g4::ops::cuda::attention_trace(q, k, v, mask, 1.0, q_registers).to(Device::CPU);
+    const int64_t* t = static_cast<const int64_t*>(trace.raw());
+    const int64_t events = trace.size(2), per_group = trace.size(1) * events;
+    // The mean of (event b - event a) of the same tile (b < 0: event a of the next tile) in one warpgroup.
+    const auto mean = [&](int group, int ea, int eb) {
+      double sum = 0;
+      int count = 0;
+      for (int64_t it = 4; it + 1 < tiles; ++it) {
+        const int64_t* row = t + group * per_group + it * events;
+        sum += static_cast<double>((eb < 0 ? row[events + ea] : row[eb]) - row[ea]);
+        ++count;
+      }
+      return count > 0 ? sum / count : 0.0;
+    };
+    std::printf("trace S=%lld, softmax group%s, cycles a key tile (mean over %lld tiles):\n",
+                static_cast<long long>(S), q_registers ? " with Q in registers" : "", static_cast<long long>(tiles - 5));
+    std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
+                " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
+                mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),
+                mean(2, 0, -1));
+    for (int g = 0; g < 2; ++g)
+      std::printf("  P·V warpgroup %d: wait for P %.0f | wait for V %.0f | P·V products %.0f | release, refill %.0f"
+                  " | tile %.0f\n",
+                  g, mean(g, 0, 1), mean(g, 1, 2), mean(g, 2, 3), mean(g, 3, 4), mean(g, 0, -1));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -201,7 +242,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   int iters = 10;
-  int64_t once = 0;  // --once S: see run_once
+  int64_t once = 0;   // --once S: see run_once
+  int64_t trace = 0;  // --trace S: see run_trace
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--profile")
       g_profile = true;
@@ -209,11 +251,17 @@ int main(int argc, char** argv) {
       g_only_d = std::atoll(argv[++i]);
     else if (std::string(argv[i]) == "--once" && i + 1 < argc)
       once = std::atoll(argv[++i]);
+    else if (std::string(argv[i]) == "--trace" && i + 1 < argc)
+      trace = std::atoll(argv[++i]);
     else
       iters = std::atoi(argv[i]);
   }
   if (once > 0) {
     run_once(once);
+    return 0;
+  }
+  if (trace > 0) {
+    run_trace(trace);
     return 0;
   }
   for (int64_t S : {1024, 4096, 8192}) {

@@ -389,6 +389,34 @@ TEST(GpuAttention, WgmmaForwardSoftmaxGroupQRegisters) {
   unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
 }
 
+// The softmax group's trace (bench_attention --trace): every step of every traced key tile recorded,
+// in the order each warpgroup passes them, with and without Q in registers; other head dims refused.
+TEST(GpuAttention, SoftmaxGroupTraceRecordsEachStepInOrder) {
+  G4_REQUIRE_GPU();
+  const int64_t S = 512, tiles = S / 64;
+  const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, S, 4, 512}, 7));
+  const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, S, 2, 512}, 8));
+  const Tensor v = test::gpu_bf16(test::randn_bf16_exact({1, S, 2, 512}, 9));
+  for (const bool q_registers : {false, true}) {
+    const Tensor trace = ops::cuda::attention_trace(q, k, v, causal(), 1.0, q_registers).to(Device::CPU);
+    ASSERT_EQ(trace.size(0), 3);
+    const int64_t* t = static_cast<const int64_t*>(trace.raw());
+    const int64_t events = trace.size(2), per_group = trace.size(1) * events;
+    for (int group = 0; group < 3; ++group) {
+      const int last_event = group == 2 ? 6 : 4;  // the softmax warpgroup's steps, or a P·V warpgroup's
+      for (int64_t it = 0; it < tiles; ++it) {
+        const int64_t* row = t + group * per_group + it * events;
+        EXPECT_GT(row[0], 0) << "group " << group << " tile " << it;
+        for (int e = 1; e <= last_event; ++e) EXPECT_GE(row[e], row[e - 1]) << "group " << group << " tile " << it;
+        if (it + 1 < tiles) EXPECT_GE(row[events], row[last_event]) << "group " << group << " tile " << it;
+      }
+      EXPECT_EQ(t[group * per_group + tiles * events], 0) << "no tile past the last one";
+    }
+  }
+  const Tensor q256 = test::gpu_bf16(test::randn_bf16_exact({1, 64, 4, 256}, 7));
+  EXPECT_THROW(ops::cuda::attention_trace(q256, q256, q256, causal(), 1.0, false), Error);
+}
+
 TEST(GpuAttention, RejectsBadArguments) {
   G4_REQUIRE_GPU();
   const Tensor q = Tensor::zeros({1, 4, 2, 16}, DType::BF16, Device::CUDA);

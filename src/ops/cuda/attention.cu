@@ -125,13 +125,30 @@ const T* cptr(const Tensor& t) {
 
 }  // namespace
 
+namespace {
+
+// A forward's arguments for q, k and v under mask (its device tensors held in keep), writing into
+// out and, if set, l.
+attn::FwdArgs forward_args(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                           double scale, const attn::Dims& dm, Tensor (&keep)[6], Tensor& out, Tensor* l) {
+  attn::FwdArgs a{};
+  a.mask = make_mask(mask, dm, keep);
+  a.dims = dm;
+  a.q = cptr<attn::bf16>(q);
+  a.k = cptr<attn::bf16>(k);
+  a.v = cptr<attn::bf16>(v);
+  a.out = ptr<attn::bf16>(out);
+  a.lse = l != nullptr ? ptr<float>(*l) : nullptr;
+  a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  return a;
+}
+
+}  // namespace
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse, ForwardKernel kernel) {
   const attn::Dims dm = dims_of("attention", q, k, v);
   Tensor keep[6];
-  attn::FwdArgs a{};
-  a.mask = make_mask(mask, dm, keep);
-  a.dims = dm;
   Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, DType::BF16, Device::CUDA);
   Tensor l;
   if (lse != nullptr) l = Tensor::empty({q.size(0), q.size(2), q.size(1)}, DType::F32, Device::CUDA);
@@ -139,12 +156,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     if (lse != nullptr) *lse = l;
     return out;
   }
-  a.q = cptr<attn::bf16>(q);
-  a.k = cptr<attn::bf16>(k);
-  a.v = cptr<attn::bf16>(v);
-  a.out = ptr<attn::bf16>(out);
-  a.lse = lse != nullptr ? ptr<float>(l) : nullptr;
-  a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  const attn::FwdArgs a = forward_args(q, k, v, mask, scale, dm, keep, out, lse != nullptr ? &l : nullptr);
   const bool wgmma_fits = attn::wgmma_forward_fits(a);
   const bool wgmma_asked = kernel == ForwardKernel::wgmma || kernel == ForwardKernel::wgmma_pipelined ||
                            kernel == ForwardKernel::wgmma_loads_only;
@@ -160,6 +172,21 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     attn::forward(a);
   if (lse != nullptr) *lse = l;
   return out;
+}
+
+Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
+                       bool q_registers) {
+  const attn::Dims dm = dims_of("attention_trace", q, k, v);
+  Tensor keep[6];
+  Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, DType::BF16, Device::CUDA);
+  attn::FwdArgs a = forward_args(q, k, v, mask, scale, dm, keep, out, nullptr);
+  G4_CHECK(dm.d == 512 && attn::wgmma_forward_fits(a) && out.numel() > 0,
+           "attention_trace: the softmax group takes head dim 512 with d = dv and some rows (q ", q.describe(), ", v ",
+           v.describe(), ")");
+  Tensor trace = Tensor::zeros({3, attn::kTraceTiles, attn::kTraceEvents}, DType::I64, Device::CUDA);
+  a.trace = ptr<long long>(trace);
+  attn::forward_wgmma_trace(a, q_registers);
+  return trace;
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -19,6 +19,14 @@ enum class ForwardKernel { automatic, flash2, wgmma, wgmma_pipelined, wgmma_load
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse = nullptr, ForwardKernel kernel = ForwardKernel::automatic);
 
+// An instrument: the head-dim-512 softmax group (G4_ATTENTION_SOFTMAX_GROUP's schedule; with Q in
+// registers if q_registers) run once, returning the cycle counters its warpgroups read at each step
+// of their key loops in the CTA of head 0's last query tile (the most key tiles under a causal
+// mask): int64 [3, tiles, events], the warpgroups in the order P·V 0, P·V 1, softmax (events:
+// attention_fwd_wgmma.cu, TraceEvent). bench_attention --trace prints where a tile's time goes.
+Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
+                       bool q_registers);
+
 // Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
 // products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,
 // 0 for the default). automatic (bench_attention, H100): the chunked one above head dim 256, and

@@ -105,9 +105,12 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // registers (S's products then read mostly K from shared memory).
 enum class Schedule { serial, pipelined, full_s, softmax_group, softmax_group_q_registers, loads_only };
 
-template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE>
+// TRACE (an instrument, bench_attention --trace): the softmax group writing its cycle counters into
+// FwdArgs::trace (mark, below).
+template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE, bool TRACE = false>
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
+  static constexpr bool kTrace = TRACE;
   static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined, kFullS = SCHEDULE == Schedule::full_s;
   static constexpr bool kSoftmaxGroup =
       SCHEDULE == Schedule::softmax_group || SCHEDULE == Schedule::softmax_group_q_registers;
@@ -151,6 +154,7 @@ struct Cfg {
   static_assert(!kFullS || (D == 512 && CLUSTER == 1 && STAGES == 1), "full S: head dim 512, one stage, no cluster");
   static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
+  static_assert(!kTrace || kSoftmaxGroup, "the trace: softmax group");
   static_assert(kQRegisterBoxes <= kBoxes && (kQRegisterBoxes == 0 || kSoftmaxGroup), "Q in registers: softmax group");
   static_assert(!kLoadsOnly || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "loads only: the serial head-dim-512 schedule without clusters");
@@ -162,6 +166,8 @@ using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
 using SerialFullSCfg = Cfg<512, 64, 1, 1, Schedule::full_s>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
 using SoftmaxGroupQRegistersCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_q_registers>;
+using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
+using SoftmaxGroupQRegistersTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_q_registers, true>;
 using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
@@ -551,6 +557,34 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
 // no second copy), and the softmax runs beside the P·V products rather than between them. P has
 // two buffers, so the softmax warpgroup can run a tile ahead.
 
+// The trace's events, each a column of FwdArgs::trace (attention_kernels.h): the cycle counter when
+// a warpgroup of the traced CTA reaches that step of key tile `it`.
+enum TraceEvent {
+  // the softmax warpgroup (the trace's third row)
+  kScoreTileStart = 0,
+  kKPart0Ready = 1,   // K's first part has arrived
+  kScoresIssued = 2,  // both parts' products issued (the second part has arrived)
+  kScoresDone = 3,    // S complete, both K parts released (and refilled by the loading thread)
+  kSoftmaxDone = 4,
+  kPBufferFree = 5,  // the P·V warpgroups have released the P buffer this tile writes
+  kPPublished = 6,
+  // a P·V warpgroup (rows 0 and 1)
+  kValueTileStart = 0,
+  kPReady = 1,
+  kVReady = 2,
+  kProductDone = 3,
+  kValueRefilled = 4,  // V released and, by the loading thread, refilled with the next tile
+};
+
+// Thread 0 of each warpgroup of the traced CTA (head 0's last query tile) records `event` of tile it.
+template <class C>
+__device__ __forceinline__ void mark(const FwdArgs& a, int group, int it, TraceEvent event) {
+  if constexpr (C::kTrace) {
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x % kGroupThreads == 0 && it < kTraceTiles)
+      a.trace[(group * kTraceTiles + it) * kTraceEvents + event] = clock64();
+  }
+}
+
 // Named barrier 3: the softmax warpgroup and the two P·V warpgroups, once the key loop is done.
 __device__ __forceinline__ void softmax_group_sync() {
   asm volatile("bar.sync 3, %0;\n" ::"n"(3 * kGroupThreads) : "memory");
@@ -598,14 +632,17 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   for (int it = 0; it < n; ++it) {
     const uint32_t parity = it & 1;
     const int k0 = (jt_begin + it) * C::kBN;
+    mark<C>(a, 2, it, kScoreTileStart);
     zero_acc(s);
 #pragma unroll
     for (int w = 0; w < C::kParts; ++w) {
       tma::mbar_wait(&bars->full_k[0][w], parity);
+      if (w == 0) mark<C>(a, 2, it, kKPart0Ready);
       wgmma::fence();
       issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes, q);
       wgmma::commit();
     }
+    mark<C>(a, 2, it, kScoresIssued);
     // Each K part is released as its products complete (part 0 while part 1 still runs) and, unless
     // this was the last tile, refilled with the next tile's at once.
     const bool last = it + 1 >= n;
@@ -624,10 +661,13 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
       }
       __syncwarp();
     }
+    mark<C>(a, 2, it, kScoresDone);
     uint32_t p[C::kKK][4];
     softmax_tile<C>(s, a, me, q0, q_last, b, k0, row_max, row_sum, alpha, p);
+    mark<C>(a, 2, it, kSoftmaxDone);
     const int buf = it % 2;
     tma::mbar_wait(&bars->empty_p[buf], ((it / 2) & 1) ^ 1);
+    mark<C>(a, 2, it, kPBufferFree);
     write_p<C>(sP + buf * C::kPBytes, p, me);
     if (me.cq == 0) {
       factors[buf * 64 + me.r_local] = alpha[0];
@@ -636,6 +676,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
     wgmma::fence_smem_stores();  // P is read by the P·V warpgroups' wgmma
     __syncwarp();
     if (me.t % 32 == 0) tma::mbar_arrive(&bars->full_p[buf]);
+    mark<C>(a, 2, it, kPPublished);
   }
   float inv[2];
   inverse_sums<C>(row_sum, inv, me);
@@ -665,10 +706,13 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
   const uint64_t dv = wgmma::sw128_mn_desc(sV + g * C::kPartBytes, C::kBoxBytes);
   for (int it = 0; it < n; ++it) {
     const int buf = it % 2;
+    mark<C>(a, g, it, kValueTileStart);
     tma::mbar_wait(&bars->full_p[buf], (it / 2) & 1);
+    mark<C>(a, g, it, kPReady);
     const float alpha[2] = {factors[buf * 64 + me.r_local], factors[buf * 64 + me.r_local + 8]};
     rescale(o, alpha);
     tma::mbar_wait(&bars->full_v[0][g], it & 1);
+    mark<C>(a, g, it, kVReady);
     wgmma::fence();
     const uint64_t dp = wgmma::sw128_desc(sP + buf * C::kPBytes);
 #pragma unroll
@@ -677,6 +721,7 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
     wgmma::commit();
     wgmma::wait<0>();
     wgmma::fence_operands(flat);
+    mark<C>(a, g, it, kProductDone);
     release<1>(&bars->empty_v[0][g], it + 1 >= n);
     if (me.t % 32 == 0) tma::mbar_arrive(&bars->empty_p[buf]);
     if (loader && it + 1 < n) {
@@ -684,6 +729,7 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
       load_part<C>(sV, maps.v, g, kvh, (jt_begin + it + 1) * C::kBN, b, &bars->full_v[0][g], 0);
     }
     __syncwarp();
+    mark<C>(a, g, it, kValueRefilled);
   }
   softmax_group_sync();
   const float inv[2] = {factors[2 * 64 + me.r_local], factors[2 * 64 + me.r_local + 8]};
@@ -828,6 +874,14 @@ bool schedule_switch(const char* name) {
 void forward_wgmma_loads_only(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512, "the wgmma forward's loads alone are timed at head dim 512, got ", a.dims.d);
   launch<LoadsOnlyCfg>(a);
+}
+
+void forward_wgmma_trace(const FwdArgs& a, bool q_registers) {
+  G4_CHECK(a.dims.d == 512 && a.trace != nullptr, "the softmax group's trace: head dim 512 and a trace buffer");
+  if (q_registers)
+    launch<SoftmaxGroupQRegistersTraceCfg>(a);
+  else
+    launch<SoftmaxGroupTraceCfg>(a);
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {

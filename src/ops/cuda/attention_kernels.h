@@ -40,7 +40,14 @@ struct FwdArgs {
   Dims dims;
   MaskDev mask;
   float scale_log2;  // scale * log2(e)
+  // An instrument (bench_attention --trace): when set, the head-dim-512 softmax group writes the
+  // cycle counter at each step of its key loop there (kTraceEvents per tile and warpgroup, for the
+  // CTA of head 0's last query tile); nullptr for a forward.
+  long long* trace;
 };
+
+// The trace's layout: [3 warpgroups (the two P·V ones, then the softmax one)][kTraceTiles][kTraceEvents].
+constexpr int kTraceTiles = 256, kTraceEvents = 8;
 
 struct BwdArgs {
   const bf16 *q, *k, *v, *dout;  // dout [B, Sq, nH, dv]
@@ -62,6 +69,8 @@ void forward_wgmma(const FwdArgs& a, bool pipelined);
 // The head-dim-512 serial schedule's loads, waits and releases alone, with no arithmetic: nothing is
 // written to a.out or a.lse (ForwardKernel::wgmma_loads_only, a benchmark's floor).
 void forward_wgmma_loads_only(const FwdArgs& a);
+// The softmax group (with Q in registers or not) writing its cycle counters into a.trace.
+void forward_wgmma_trace(const FwdArgs& a, bool q_registers);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
 void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
 // Runs the backward `kernel` names (key_chunk 0: default_key_chunk).
