@@ -93,7 +93,7 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
   if (!docs.empty()) what += (what.empty() ? "" : ", ") + std::to_string(docs.size()) + " documents";
   // Every forward at head dims 256 and 512, in the same run: FlashAttention-2, and the wgmma kernel
   // with each schedule (the serial one also with each cluster size, query heads sharing each K/V
-  // load, that the GQA group allows; at d = 512 also full S and the softmax group). The op's choice,
+  // load, that the GQA group allows; at d = 512 first the softmax group). The op's choice,
   // timed above, is one of them.
   if (d == 256 || d == 512) {
     using g4::ops::cuda::ForwardKernel;
@@ -105,6 +105,10 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     line("flash2", [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::flash2); });
     line("wgmma pipelined",
          [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma_pipelined); });
+    if (d == 512)
+      line("wgmma softmax group",
+           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+    setenv("G4_ATTENTION_SOFTMAX_GROUP", "0", 1);
     for (const int cluster : {1, 2, 4}) {
       if ((nH / nKV) % cluster != 0 || (d == 256 && cluster > 1)) continue;
       setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
@@ -112,19 +116,8 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
            [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
     }
     unsetenv("G4_ATTENTION_CLUSTER");
+    unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
     if (d == 512) {
-      for (const auto& [flag, name] : {std::pair{"G4_ATTENTION_FULL_S", "wgmma serial, full S"},
-                                       std::pair{"G4_ATTENTION_SOFTMAX_GROUP", "wgmma softmax group"}}) {
-        setenv(flag, "1", 1);
-        line(name, [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
-        unsetenv(flag);
-      }
-      setenv("G4_ATTENTION_SOFTMAX_GROUP", "1", 1);
-      setenv("G4_ATTENTION_Q_REGISTERS", "1", 1);
-      line("wgmma softmax group, Q in regs",
-           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
-      unsetenv("G4_ATTENTION_Q_REGISTERS");
-      unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
       // The serial schedule's loads and barriers with no arithmetic (its output is left unwritten and
       // dropped): the floor its K and V loads set.
       line("wgmma serial, loads alone",
@@ -194,7 +187,7 @@ void run_once(int64_t S) {
   }
 }
 
-// --trace S: the head-dim-512 softmax group (without and with Q in registers) on one causal row of S
+// --trace S: the head-dim-512 softmax group on one causal row of S
 // tokens, 16 query heads, 2 KV heads, with its warpgroups' cycle counters (ops::cuda::attention_trace):
 // for the CTA that sees the most key tiles, the mean cycles of each step of a tile, over the tiles
 // after the first four (the pipeline's fill), so that the step the others wait for shows.
@@ -205,33 +198,31 @@ void run_trace(int64_t S) {
   const Tensor q = random_gpu({1, S, 16, 512}, 1, std_qk), k = random_gpu({1, S, 2, 512}, 2, std_qk),
                v = random_gpu({1, S, 2, 512}, 3, 1.0);
   const int64_t tiles = std::min<int64_t>(S / 64, 256);
-  for (const bool q_registers : {false, true}) {
-    g4::ops::cuda::attention_trace(q, k, v, mask, 1.0, q_registers);  // warm-up
-    const Tensor trace = g4::ops::cuda::attention_trace(q, k, v, mask, 1.0, q_registers).to(Device::CPU);
-    const int64_t* t = static_cast<const int64_t*>(trace.raw());
-    const int64_t events = trace.size(2), per_group = trace.size(1) * events;
-    // The mean of (event b - event a) of the same tile (b < 0: event a of the next tile) in one warpgroup.
-    const auto mean = [&](int group, int ea, int eb) {
-      double sum = 0;
-      int count = 0;
-      for (int64_t it = 4; it + 1 < tiles; ++it) {
-        const int64_t* row = t + group * per_group + it * events;
-        sum += static_cast<double>((eb < 0 ? row[events + ea] : row[eb]) - row[ea]);
-        ++count;
-      }
-      return count > 0 ? sum / count : 0.0;
-    };
-    std::printf("trace S=%lld, softmax group%s, cycles a key tile (mean over %lld tiles):\n",
-                static_cast<long long>(S), q_registers ? " with Q in registers" : "", static_cast<long long>(tiles - 5));
-    std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
-                " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
-                mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),
-                mean(2, 0, -1));
-    for (int g = 0; g < 2; ++g)
-      std::printf("  P·V warpgroup %d: wait for P %.0f | wait for V %.0f | P·V products %.0f | release, refill %.0f"
-                  " | tile %.0f\n",
-                  g, mean(g, 0, 1), mean(g, 1, 2), mean(g, 2, 3), mean(g, 3, 4), mean(g, 0, -1));
-  }
+  g4::ops::cuda::attention_trace(q, k, v, mask, 1.0);  // warm-up
+  const Tensor trace = g4::ops::cuda::attention_trace(q, k, v, mask, 1.0).to(Device::CPU);
+  const int64_t* t = static_cast<const int64_t*>(trace.raw());
+  const int64_t events = trace.size(2), per_group = trace.size(1) * events;
+  // The mean of (event b - event a) of the same tile (b < 0: event a of the next tile) in one warpgroup.
+  const auto mean = [&](int group, int ea, int eb) {
+    double sum = 0;
+    int count = 0;
+    for (int64_t it = 4; it + 1 < tiles; ++it) {
+      const int64_t* row = t + group * per_group + it * events;
+      sum += static_cast<double>((eb < 0 ? row[events + ea] : row[eb]) - row[ea]);
+      ++count;
+    }
+    return count > 0 ? sum / count : 0.0;
+  };
+  std::printf("trace S=%lld, softmax group, cycles a key tile (mean over %lld tiles):\n", static_cast<long long>(S),
+              static_cast<long long>(tiles - 5));
+  std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
+              " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
+              mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),
+              mean(2, 0, -1));
+  for (int g = 0; g < 2; ++g)
+    std::printf("  P·V warpgroup %d: wait for P %.0f | wait for V %.0f | P·V products %.0f | release, refill %.0f"
+                " | tile %.0f\n",
+                g, mean(g, 0, 1), mean(g, 1, 2), mean(g, 2, 3), mean(g, 3, 4), mean(g, 0, -1));
 }
 
 }  // namespace

@@ -83,7 +83,11 @@ run="scripts/device_run.sh"
 #   failed in cublasCreate (resource allocation) when run after GpuFusedNorms.* and the other GpuMoe* tests: the cuBLAS
 #   handle, created on first use, allocates with cudaMalloc while g4's cache holds the memory. It now hands the
 #   cache back and retries; not yet run: `tests-new` covers it (GpuFusedNorms.* then GpuMoe* in one process).
-new_tests='GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+# - Session 33 (2026-12-07, one H100): the softmax group with each P·V warpgroup loading its own V half passed and
+#   was the fastest head-dim-512 forward on every shape, so it became the default; the cuBLAS-handle retry passed
+#   (GpuFusedNorms.* then GpuMoe*, 13 tests). The whole suite has not run with the softmax group as the default:
+#   run GpuAttention.*, GpuTrain*, *GpuEngine* and GpuRl.* first (`tests-new` holds them).
+new_tests='GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   # Nsight Compute's metrics for one attention forward: time, L2 bytes and throughput, tensor pipes, warp stalls.
@@ -155,21 +159,23 @@ stage() {
       $run /usr/local/cuda/bin/ncu --kernel-name-base mangled --kernel-name 'regex:fwd_wgmma|fwd_kernel|bwd_kernel|score_kernel' \
         --metrics 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,gpu__time_duration.sum,regex:smsp__warp_issue_stalled_.*_per_warp_active.pct' \
         bench_attention --once 8192 ;;
-    attention-cluster)  # the head-dim-512 forward's clusters (query heads sharing each K/V load by multicast) and
-      # full S: their tests, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then
-      # bench_attention, which times every cluster size and full S beside the op's choice (docs/performance.md)
+    attention-cluster)  # the head-dim-512 serial schedule's clusters (query heads sharing each K/V load by
+      # multicast): the tests, Nsight Compute on one forward at S 8192 with clusters of 2 and 1 (L2 bytes, stalls), then
+      # bench_attention, which times every cluster size beside the op's choice (docs/performance.md)
       $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForward*' || return
       for c in 2 1; do
-        G4_ATTENTION_CLUSTER=$c $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
+        G4_ATTENTION_SOFTMAX_GROUP=0 G4_ATTENTION_CLUSTER=$c $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
           bench_attention --once 8192 --d 512 || return
       done
       $run bench_attention --d 512 ;;
-    attention-softmax-group)  # the head-dim-512 softmax group (G4_ATTENTION_SOFTMAX_GROUP=1): its test, under a timeout
-      # (a schedule of mbarriers that waits for ever would otherwise hold the call), Nsight Compute on one forward at
-      # S 8192, then bench_attention --d 512, which times it beside the other schedules and the serial schedule's loads
-      # alone (the floor the K and V loads set; docs/performance.md)
-      timeout 120 $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup' || return
-      G4_ATTENTION_SOFTMAX_GROUP=1 $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
+    attention-softmax-group)  # the head-dim-512 softmax group (the default there): its tests, under a timeout (a
+      # schedule of mbarriers that waits for ever would otherwise hold the call), its trace (the cycles of each step of
+      # a key tile), Nsight Compute on one forward at S 8192, then bench_attention --d 512, which times it beside the
+      # serial schedule and the serial schedule's loads alone (the floor the K and V loads set; docs/performance.md)
+      timeout 120 $run test_gpu --gtest_brief=1 \
+        --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.SoftmaxGroupTrace*' || return
+      $run bench_attention --trace 8192 || return
+      $run /usr/local/cuda/bin/ncu --kernel-name 'regex:fwd_wgmma' --metrics "$attention_metrics" \
         bench_attention --once 8192 --d 512 || return
       $run bench_attention --d 512 ;;
     decode-profile)  # the same for the batch-1 decode kernels bench_gemv runs first: the dense GEMV, then the routed

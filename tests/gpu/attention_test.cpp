@@ -321,8 +321,7 @@ TEST(GpuAttention, GemmaScaleOne) {
 // mask over several key tiles with a ragged last one.
 TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_FULL_S");  // these take precedence over the clusters
-  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
+  setenv("G4_ATTENTION_SOFTMAX_GROUP", "0", 1);  // the serial schedule, also in clusters of 1
   for (const char* cluster : {"1", "2", "4"}) {
     setenv("G4_ATTENTION_CLUSTER", cluster, 1);
     run_case({std::string("d512 causal gqa4, clusters of ") + cluster, 2, 230, 230, 8, 2, 512, 512, causal()});
@@ -332,12 +331,13 @@ TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
   const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
   EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);  // the override is checked
   unsetenv("G4_ATTENTION_CLUSTER");
+  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
 }
 
-// Every mask kind through a head-dim-512 schedule switched on by `flag`: causal, windowed,
+// Every mask kind through the head-dim-512 schedule that `flag` = `value` selects: causal, windowed,
 // bidirectional and packed-document masks, with ragged tiles; a bad setting of the switch is refused.
-void run_schedule_cases(const char* flag, const std::string& name) {
-  setenv(flag, "1", 1);
+void run_schedule_cases(const char* flag, const char* value, const std::string& name) {
+  setenv(flag, value, 1);
   run_case({name + ", causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
   run_case({name + ", window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
   run_case({name + ", bidirectional window70", 1, 150, 180, 2, 1, 512, 512, bidirectional(70)});
@@ -365,56 +365,48 @@ void run_schedule_cases(const char* flag, const std::string& name) {
   unsetenv(flag);
 }
 
-// The head-dim-512 serial schedule with S computed by both warpgroups (no exchange).
-TEST(GpuAttention, WgmmaForwardFullS) {
+// The head-dim-512 serial schedule (G4_ATTENTION_SOFTMAX_GROUP=0): the warpgroups split the head
+// dim and exchange their partial S.
+TEST(GpuAttention, WgmmaForwardSerial) {
   G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");  // it takes precedence
-  run_schedule_cases("G4_ATTENTION_FULL_S", "d512 full S");
+  run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "0", "d512 serial");
 }
 
-// The head-dim-512 softmax-group schedule: a third warpgroup computes S, its softmax and P for the
-// two P·V warpgroups.
+// The head-dim-512 softmax-group schedule (the default): a third warpgroup computes S, its softmax and
+// P for the two P·V warpgroups.
 TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
   G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_FULL_S");
-  run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "d512 softmax group");
-}
-
-// The same with most of Q held in the softmax warpgroup's registers.
-TEST(GpuAttention, WgmmaForwardSoftmaxGroupQRegisters) {
-  G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_FULL_S");
-  setenv("G4_ATTENTION_SOFTMAX_GROUP", "1", 1);
-  run_schedule_cases("G4_ATTENTION_Q_REGISTERS", "d512 softmax group, Q in registers");
-  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
+  run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "1", "d512 softmax group");
 }
 
 // The softmax group's trace (bench_attention --trace): every step of every traced key tile recorded,
-// in the order each warpgroup passes them, with and without Q in registers; other head dims refused.
+// in the order each warpgroup passes them; other head dims refused.
 TEST(GpuAttention, SoftmaxGroupTraceRecordsEachStepInOrder) {
   G4_REQUIRE_GPU();
   const int64_t S = 512, tiles = S / 64;
   const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, S, 4, 512}, 7));
   const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, S, 2, 512}, 8));
   const Tensor v = test::gpu_bf16(test::randn_bf16_exact({1, S, 2, 512}, 9));
-  for (const bool q_registers : {false, true}) {
-    const Tensor trace = ops::cuda::attention_trace(q, k, v, causal(), 1.0, q_registers).to(Device::CPU);
-    ASSERT_EQ(trace.size(0), 3);
-    const int64_t* t = static_cast<const int64_t*>(trace.raw());
-    const int64_t events = trace.size(2), per_group = trace.size(1) * events;
-    for (int group = 0; group < 3; ++group) {
-      const int last_event = group == 2 ? 6 : 4;  // the softmax warpgroup's steps, or a P·V warpgroup's
-      for (int64_t it = 0; it < tiles; ++it) {
-        const int64_t* row = t + group * per_group + it * events;
-        EXPECT_GT(row[0], 0) << "group " << group << " tile " << it;
-        for (int e = 1; e <= last_event; ++e) EXPECT_GE(row[e], row[e - 1]) << "group " << group << " tile " << it;
-        if (it + 1 < tiles) EXPECT_GE(row[events], row[last_event]) << "group " << group << " tile " << it;
+  const Tensor trace = ops::cuda::attention_trace(q, k, v, causal(), 1.0).to(Device::CPU);
+  ASSERT_EQ(trace.size(0), 3);
+  const int64_t* t = static_cast<const int64_t*>(trace.raw());
+  const int64_t events = trace.size(2), per_group = trace.size(1) * events;
+  for (int group = 0; group < 3; ++group) {
+    const int last_event = group == 2 ? 6 : 4;  // the softmax warpgroup's steps, or a P·V warpgroup's
+    for (int64_t it = 0; it < tiles; ++it) {
+      const int64_t* row = t + group * per_group + it * events;
+      EXPECT_GT(row[0], 0) << "group " << group << " tile " << it;
+      for (int e = 1; e <= last_event; ++e) {
+        EXPECT_GE(row[e], row[e - 1]) << "group " << group << " tile " << it;
       }
-      EXPECT_EQ(t[group * per_group + tiles * events], 0) << "no tile past the last one";
+      if (it + 1 < tiles) {
+        EXPECT_GE(row[events], row[last_event]) << "group " << group << " tile " << it;
+      }
     }
+    EXPECT_EQ(t[group * per_group + tiles * events], 0) << "no tile past the last one";
   }
   const Tensor q256 = test::gpu_bf16(test::randn_bf16_exact({1, 64, 4, 256}, 7));
-  EXPECT_THROW(ops::cuda::attention_trace(q256, q256, q256, causal(), 1.0, false), Error);
+  EXPECT_THROW(ops::cuda::attention_trace(q256, q256, q256, causal(), 1.0), Error);
 }
 
 TEST(GpuAttention, RejectsBadArguments) {

@@ -174,8 +174,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   return out;
 }
 
-Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
-                       bool q_registers) {
+Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale) {
   const attn::Dims dm = dims_of("attention_trace", q, k, v);
   Tensor keep[6];
   Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, DType::BF16, Device::CUDA);
@@ -185,7 +184,7 @@ Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const 
            v.describe(), ")");
   Tensor trace = Tensor::zeros({3, attn::kTraceTiles, attn::kTraceEvents}, DType::I64, Device::CUDA);
   a.trace = ptr<long long>(trace);
-  attn::forward_wgmma_trace(a, q_registers);
+  attn::forward_wgmma_trace(a);
   return trace;
 }
 

@@ -8,24 +8,23 @@ namespace g4::ops::cuda {
 
 // Which forward runs: the FlashAttention-2 kernel on mma.sync (attention_fwd.cu, any head dim), or
 // the Hopper one on TMA and wgmma (attention_fwd_wgmma.cu, head dims 256 and 512 with d = dv) with
-// its serial schedule or its pipelined one (P·V of one key tile overlapping the next tile's
-// softmax). automatic (measured on an H100, bench_attention): the pipelined wgmma one at head dim
-// 256, the serial one at 512, FlashAttention-2 elsewhere; a wgmma kernel where it does not apply
-// is an error. wgmma_loads_only is an instrument, not a forward: the head-dim-512 serial schedule's
-// TMA loads and barriers with no arithmetic, whose output is left unwritten (bench_attention times
-// it as the floor the loads set).
+// its own schedule (at head dim 512 the softmax group, at 256 the serial one) or its pipelined one
+// (P·V of one key tile overlapping the next tile's softmax). automatic (measured on an H100,
+// bench_attention): the pipelined wgmma one at head dim 256, the other at 512, FlashAttention-2
+// elsewhere; a wgmma kernel where it does not apply is an error. wgmma_loads_only is an instrument,
+// not a forward: the head-dim-512 serial schedule's TMA loads and barriers with no arithmetic, whose
+// output is left unwritten (bench_attention times it as the floor the loads set).
 enum class ForwardKernel { automatic, flash2, wgmma, wgmma_pipelined, wgmma_loads_only };
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                  Tensor* lse = nullptr, ForwardKernel kernel = ForwardKernel::automatic);
 
-// An instrument: the head-dim-512 softmax group (G4_ATTENTION_SOFTMAX_GROUP's schedule; with Q in
-// registers if q_registers) run once, returning the cycle counters its warpgroups read at each step
-// of their key loops in the CTA of head 0's last query tile (the most key tiles under a causal
-// mask): int64 [3, tiles, events], the warpgroups in the order P·V 0, P·V 1, softmax (events:
-// attention_fwd_wgmma.cu, TraceEvent). bench_attention --trace prints where a tile's time goes.
-Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
-                       bool q_registers);
+// An instrument: the head-dim-512 softmax group (the wgmma forward's schedule there) run once,
+// returning the cycle counters its warpgroups read at each step of their key loops in the CTA of
+// head 0's last query tile (the most key tiles under a causal mask): int64 [3, tiles, events], the
+// warpgroups in the order P·V 0, P·V 1, softmax (events: attention_fwd_wgmma.cu, TraceEvent).
+// bench_attention --trace prints where a tile's time goes.
+Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale);
 
 // Which backward runs: the flash kernel (attention_bwd.cu), or the one over chunks of keys whose
 // products run on cuBLASLt (attention_bwd_chunked.cu; key_chunk keys per chunk, a multiple of 128,

@@ -19,8 +19,9 @@
 // and softmax with the previous tile's P·V.
 //
 // Which is faster (bench_attention, one H100, S 8192 causal): at head dim 512 the serial one, 2.89
-// ms against 3.32 (the pipelined one's 32-key tiles make the S products too narrow); at 256 the
-// pipelined one, 1.04 ms against 1.18. The op runs those (ops/cuda/attention.h). Two variants
+// ms against 3.32 (the pipelined one's 32-key tiles make the S products too narrow), and the softmax
+// group below faster still; at 256 the pipelined one, 1.04 ms against 1.18. The op runs the
+// pipelined one at 256 and the softmax group at 512 (ops/cuda/attention.h). Two variants
 // measured no faster and were dropped: the serial schedule with two buffers (so single buffering
 // is not what limits it), and FlashAttention-3's ping-pong, the warpgroups taking turns through
 // named barriers to issue their GEMMs (1.03 ms either way at 256).
@@ -36,24 +37,19 @@
 // distributed shared memory) lost everywhere (docs/performance.md). So the default is no cluster;
 // G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
-// What the kernel waits on is its serial schedule. Computing S twice (each warpgroup over the
-// whole head dim, SerialFullSCfg) drops the exchange and the barriers between the warpgroups for
-// half as much tensor work again, and is faster on causal masks (2.84 against 2.88 ms at S 8192,
-// 0.818 against 0.875 at 4096) but up to 2% slower on packed documents: opt-in, G4_ATTENTION_FULL_S=1.
+// What the serial schedule waits on is its order: each warpgroup's exchange and softmax sit between
+// its products. Computing S twice instead (each warpgroup over the whole head dim, no exchange) was
+// measured and dropped (2.75 against 2.89 ms at S 8192, equal on packed documents; docs/performance.md).
 //
-// The softmax group (SoftmaxGroupCfg, opt-in G4_ATTENTION_SOFTMAX_GROUP=1) has no producer warpgroup:
-// the third warpgroup computes S over the whole head dim once, its softmax, and P into shared
-// memory, while the two others multiply the previous tile's P (read from shared memory) by their
-// halves of V. The softmax then runs beside the P·V products instead of between them.
-// Measured on an H100 (docs/performance.md): 6-7% faster on the packed-document rows of training,
-// 2-12% slower on long causal masks, when its one loading thread was in the softmax warpgroup (V's
-// loads then waited behind K's). Each P·V warpgroup now loads its own half of V (not yet run).
-// With G4_ATTENTION_Q_REGISTERS=1 too (SoftmaxGroupQRegistersCfg, not yet run) the softmax warpgroup
-// holds Q's first six 64-column boxes as wgmma A fragments (96 registers; setmaxnreg gives it 184
-// and the P·V warpgroups 160: all eight boxes need about 224, and short of that ptxas serialises the
-// products), so S reads 80 KB of shared memory a tile instead of 128. An m64n64k16 product with
-// both operands in shared memory reads 4 KB in the 32 cycles it takes at the tensor cores' peak, all
-// of shared memory's 128 bytes a cycle.
+// The softmax group (SoftmaxGroupCfg, the default at head dim 512 since session 33) has no producer
+// warpgroup: the third warpgroup computes S over the whole head dim once, its softmax, and P into
+// shared memory, while the two others multiply the previous tile's P (read from shared memory) by
+// their halves of V, each loading its own half of V. The softmax then runs beside the P·V products
+// instead of between them. Measured on an H100 (docs/performance.md): 2.58 ms at S 8192 causal
+// against the serial schedule's 2.89, and 12-16% faster on every shape bench_attention times.
+// G4_ATTENTION_SOFTMAX_GROUP=0 selects the serial schedule. Holding six of Q's eight boxes in the
+// softmax warpgroup's registers (so that S read mostly K from shared memory) was measured 2-7%
+// slower and dropped: shared memory's bandwidth does not bound it.
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
@@ -96,14 +92,9 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // own layout). A "part" below is 256 head-dim columns: two per tile at head dim 512 (one per
 // warpgroup), one at 256 (shared by both warpgroups, each reading its own 64 rows of Q).
 //
-// Full S (FULL_S, head dim 512, serial, no cluster): each warpgroup computes S over the whole head
-// dim for the CTA's 64 rows, so both get the same S with no exchange and no barrier between them,
-// at the price of computing it twice (1.5x the tensor work of a tile).
 // loads_only (a benchmark's instrument): the serial schedule's loads, waits and releases with no
 // arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only).
-// softmax_group_q_registers: the softmax group with most of Q held in the softmax warpgroup's
-// registers (S's products then read mostly K from shared memory).
-enum class Schedule { serial, pipelined, full_s, softmax_group, softmax_group_q_registers, loads_only };
+enum class Schedule { serial, pipelined, softmax_group, loads_only };
 
 // TRACE (an instrument, bench_attention --trace): the softmax group writing its cycle counters into
 // FwdArgs::trace (mark, below).
@@ -111,12 +102,8 @@ template <int D, int BN, int STAGES, int CLUSTER, Schedule SCHEDULE, bool TRACE 
 struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
   static constexpr bool kTrace = TRACE;
-  static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined, kFullS = SCHEDULE == Schedule::full_s;
-  static constexpr bool kSoftmaxGroup =
-      SCHEDULE == Schedule::softmax_group || SCHEDULE == Schedule::softmax_group_q_registers;
-  // Q's boxes held in registers by the softmax warpgroup (the first kQRegisterBoxes; the rest are read
-  // from shared memory).
-  static constexpr int kQRegisterBoxes = SCHEDULE == Schedule::softmax_group_q_registers ? 6 : 0;
+  static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined;
+  static constexpr bool kSoftmaxGroup = SCHEDULE == Schedule::softmax_group;
   static constexpr bool kLoadsOnly = SCHEDULE == Schedule::loads_only;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
@@ -140,7 +127,6 @@ struct Cfg {
   // Consumer warps that read one part of a stage, in every CTA of the cluster (the softmax group's
   // P·V warpgroups read their own part of V, its softmax warpgroup both parts of K).
   static constexpr int kPartReaders = kRowGroups * kConsumerWarps * CLUSTER;
-  static constexpr int kKPartReaders = (kFullS ? kParts : 1) * kPartReaders;  // full S: both warpgroups read K
   struct Barriers {
     uint64_t full_q;
     uint64_t full_k[STAGES][kParts], empty_k[STAGES][kParts], full_v[STAGES][kParts], empty_v[STAGES][kParts];
@@ -151,11 +137,9 @@ struct Cfg {
   static_assert(D == 256 || D == 512, "head dims 256 and 512");
   static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
   static_assert(!kPipelined || CLUSTER == 1, "the pipelined schedule runs without clusters");
-  static_assert(!kFullS || (D == 512 && CLUSTER == 1 && STAGES == 1), "full S: head dim 512, one stage, no cluster");
   static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
   static_assert(!kTrace || kSoftmaxGroup, "the trace: softmax group");
-  static_assert(kQRegisterBoxes <= kBoxes && (kQRegisterBoxes == 0 || kSoftmaxGroup), "Q in registers: softmax group");
   static_assert(!kLoadsOnly || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
                 "loads only: the serial head-dim-512 schedule without clusters");
   static_assert(kKK * 16 == BN && kNT * 8 == BN, "whole k16 steps and n8 tiles");
@@ -163,11 +147,8 @@ struct Cfg {
 using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
 using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
-using SerialFullSCfg = Cfg<512, 64, 1, 1, Schedule::full_s>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
-using SoftmaxGroupQRegistersCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_q_registers>;
 using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
-using SoftmaxGroupQRegistersTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_q_registers, true>;
 using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
@@ -186,10 +167,6 @@ struct Maps {
 // and not at 160), so a fourth warpgroup would fit too: a producer at 24 and three at 160.
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
-// The softmax group with Q in registers: the softmax warpgroup's Q fragments (96) and S (32), and
-// the P·V warpgroups' O (128) and operands.
-constexpr int kScoreRegisters = 184, kValueRegisters = 160;
-static_assert(kScoreRegisters + 2 * kValueRegisters <= 3 * kLaunchRegisters, "register split");
 
 // Named barrier `id` over the two consumer warpgroups (the producer warpgroup never joins).
 __device__ __forceinline__ void consumers_sync(int id) {
@@ -262,12 +239,10 @@ struct Consumer {
 };
 
 // S += Q[rows, boxes] · K[:, boxes]ᵀ over kCount 64-column boxes from `first` of Q's rows and of
-// one K stage (issued, not committed; the count is fixed so that the loop unrolls). Q's first
-// kQRegisterBoxes boxes come from the fragments q (load_q_fragments), the others from shared memory.
+// one K stage (issued, not committed; the count is fixed so that the loop unrolls).
 template <class C, int kCount>
 __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], const unsigned char* q_rows,
-                                                  const unsigned char* sK_stage, int first,
-                                                  const uint32_t (*q)[4] = nullptr) {
+                                                  const unsigned char* sK_stage, int first) {
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
@@ -276,32 +251,12 @@ __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], cons
                    dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      if constexpr (C::kBN == 64) {
-        if (C::kQRegisterBoxes > 0 && box < C::kQRegisterBoxes)
-          wgmma::mma_m64n64k16_rs(flat, q[4 * box + kk], wgmma::advance(dk, 32 * kk));
-        else
-          wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-      } else {
+      if constexpr (C::kBN == 64)
+        wgmma::mma_m64n64k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
+      else
         wgmma::mma_m64n32k16(flat, wgmma::advance(dq, 32 * kk), wgmma::advance(dk, 32 * kk));
-      }
     }
   }
-}
-
-// Q's A fragments for wgmma's register form, one per k16 step of the head dim, read from Q's SW128
-// boxes in shared memory (the layout write_p writes P in, below).
-template <class C>
-__device__ __forceinline__ void load_q_fragments(uint32_t (&q)[4 * C::kQRegisterBoxes][4], const unsigned char* sQ,
-                                                 int r_local, int cq) {
-  const int swizzle = r_local % 8;  // rows r_local and r_local + 8 share it
-#pragma unroll
-  for (int ks = 0; ks < 4 * C::kQRegisterBoxes; ++ks)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = r_local + 8 * (i % 2), chunk = 2 * (ks % 4) + i / 2;
-      q[ks][i] = *reinterpret_cast<const uint32_t*>(sQ + (ks / 4) * C::kQBoxBytes + row * 128 +
-                                                    ((chunk ^ swizzle) * 16) + 4 * cq);
-    }
 }
 
 // Issues (without waiting) this warpgroup's S over its part of the head dim, Q[rows, part] ·
@@ -312,10 +267,7 @@ __device__ __forceinline__ void issue_scores(float (&s)[1][C::kNT][4], const uns
   const unsigned char* q_rows = sQ + (me.r_local / 64) * 64 * 128;  // this warpgroup's 64 rows of each box
   zero_acc(s);
   wgmma::fence();
-  if constexpr (C::kFullS)
-    issue_score_boxes<C, C::kBoxes>(s, q_rows, sK_stage, 0);
-  else
-    issue_score_boxes<C, kPartBoxes>(s, q_rows, sK_stage, me.part * kPartBoxes);
+  issue_score_boxes<C, kPartBoxes>(s, q_rows, sK_stage, me.part * kPartBoxes);
   wgmma::commit();
 }
 
@@ -467,8 +419,6 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
                                         int jt_end) {
   constexpr int S = C::kStages;
   const int g = me.part, n = jt_end - jt_begin;  // the barriers of this warpgroup's part
-  // The parts of K whose S this warpgroup computes: its own, or with full S both.
-  const int k_first = C::kFullS ? 0 : g, k_end = C::kFullS ? C::kParts : g + 1;
   float o[1][32][4];  // O[:, 256 group + 8 n + 2 cq + (e % 2)], rows r_local + 8 (e / 2)
   zero_acc(o);
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};  // log2 units
@@ -490,12 +440,12 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
   } else if constexpr (!C::kPipelined) {
     for (int it = 0; it < n; ++it) {
       uint32_t p[C::kKK][4];
-      for (int w = k_first; w < k_end; ++w) tma::mbar_wait(&bars->full_k[it % S][w], parity(it));
+      tma::mbar_wait(&bars->full_k[it % S][g], parity(it));
       issue_scores<C>(s, sQ, k_stage(it), me);
       wgmma::wait<0>();
       wgmma::fence_operands(reinterpret_cast<float(&)[C::kBN / 2]>(s));
-      for (int w = k_first; w < k_end; ++w) release<C::kCluster>(&bars->empty_k[it % S][w], it + S >= n);
-      if constexpr (C::kParts == 2 && !C::kFullS) exchange_scores<C>(s, sPartial, me);
+      release<C::kCluster>(&bars->empty_k[it % S][g], it + S >= n);
+      if constexpr (C::kParts == 2) exchange_scores<C>(s, sPartial, me);
       softmax_tile<C>(s, a, me, q0, q_last, b, (jt_begin + it) * C::kBN, row_max, row_sum, alpha, p);
       rescale(o, alpha);
       tma::mbar_wait(&bars->full_v[it % S][g], parity(it));
@@ -627,8 +577,6 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   float s[1][C::kNT][4];
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
   if (n > 0) tma::mbar_wait(&bars->full_q, 0);
-  uint32_t q[C::kQRegisterBoxes > 0 ? 4 * C::kQRegisterBoxes : 1][4];
-  if constexpr (C::kQRegisterBoxes > 0) load_q_fragments<C>(q, sQ, me.r_local, me.cq);
   for (int it = 0; it < n; ++it) {
     const uint32_t parity = it & 1;
     const int k0 = (jt_begin + it) * C::kBN;
@@ -639,7 +587,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
       tma::mbar_wait(&bars->full_k[0][w], parity);
       if (w == 0) mark<C>(a, 2, it, kKPart0Ready);
       wgmma::fence();
-      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes, q);
+      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
       wgmma::commit();
     }
     mark<C>(a, 2, it, kScoresIssued);
@@ -766,7 +714,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
       for (int w = 0; w < C::kParts; ++w) {
         tma::mbar_init(&bars->full_k[st][w], 1);
         tma::mbar_init(&bars->full_v[st][w], 1);
-        tma::mbar_init(&bars->empty_k[st][w], C::kKPartReaders);
+        tma::mbar_init(&bars->empty_k[st][w], C::kPartReaders);
         tma::mbar_init(&bars->empty_v[st][w], C::kPartReaders);
       }
     for (int buf = 0; buf < C::kPBuffers; ++buf) {
@@ -786,15 +734,12 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
   const int group = __shfl_sync(0xffffffffu, tid / kGroupThreads, 0);
   const int t = tid % kGroupThreads, lane = t % 32;
   if constexpr (C::kSoftmaxGroup) {
-    // Without Q in registers no setmaxnreg: the P·V warpgroups' 128 accumulators and the softmax
-    // warpgroup's S both fit the launch allocation. With it the softmax warpgroup's 128 fragments of
-    // Q need more, which the P·V warpgroups give up.
+    // No setmaxnreg: the P·V warpgroups' 128 accumulators and the softmax warpgroup's S both fit the
+    // launch allocation.
     if (group == 2) {
-      if constexpr (C::kQRegisterBoxes > 0) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kScoreRegisters));
       const Consumer me{group, 0, t, lane % 4, (t / 32) * 16 + lane / 4};
       score_rows<C>(maps, a, bars, sQ, sK, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
     } else {
-      if constexpr (C::kQRegisterBoxes > 0) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kValueRegisters));
       const Consumer me{group, group, t, lane % 4, (t / 32) * 16 + lane / 4};
       weigh_values<C>(maps, a, bars, sV, sP, factors, me, q0, b, h, kvh, jt_begin, jt_end - jt_begin);
     }
@@ -861,10 +806,10 @@ int cluster_size(int group) {
   return n;
 }
 
-// An opt-in switch of the head-dim-512 schedule: 0 or 1 (unset or empty: 0).
-bool schedule_switch(const char* name) {
+// A switch of the head-dim-512 schedule: 0 or 1 (unset or empty: `unset`).
+bool schedule_switch(const char* name, bool unset) {
   const char* env = std::getenv(name);
-  if (env == nullptr || *env == 0) return false;
+  if (env == nullptr || *env == 0) return unset;
   G4_CHECK(std::string_view(env) == "0" || std::string_view(env) == "1", name, "=", env, ": must be 0 or 1");
   return *env == '1';
 }
@@ -876,12 +821,9 @@ void forward_wgmma_loads_only(const FwdArgs& a) {
   launch<LoadsOnlyCfg>(a);
 }
 
-void forward_wgmma_trace(const FwdArgs& a, bool q_registers) {
+void forward_wgmma_trace(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512 && a.trace != nullptr, "the softmax group's trace: head dim 512 and a trace buffer");
-  if (q_registers)
-    launch<SoftmaxGroupQRegistersTraceCfg>(a);
-  else
-    launch<SoftmaxGroupTraceCfg>(a);
+  launch<SoftmaxGroupTraceCfg>(a);
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
@@ -896,21 +838,14 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
     launch<PipelinedCfg>(a);
     return;
   }
-  // G4_ATTENTION_SOFTMAX_GROUP=1: the softmax-group schedule (SoftmaxGroupCfg). G4_ATTENTION_FULL_S=1:
-  // the serial one with S computed by both warpgroups (SerialFullSCfg; 1.4-7% faster on causal
-  // masks, up to 2% slower on packed documents). Both opt-in (docs/performance.md).
-  if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP")) {
-    if (schedule_switch("G4_ATTENTION_Q_REGISTERS"))
-      launch<SoftmaxGroupQRegistersCfg>(a);
-    else
-      launch<SoftmaxGroupCfg>(a);
+  // The softmax group (SoftmaxGroupCfg) unless G4_ATTENTION_SOFTMAX_GROUP=0 or clusters are asked
+  // for (G4_ATTENTION_CLUSTER=2 or 4): then the serial schedule.
+  const int cluster = cluster_size(a.dims.group);
+  if (cluster == 1 && schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true)) {
+    launch<SoftmaxGroupCfg>(a);
     return;
   }
-  if (schedule_switch("G4_ATTENTION_FULL_S")) {
-    launch<SerialFullSCfg>(a);
-    return;
-  }
-  switch (cluster_size(a.dims.group)) {
+  switch (cluster) {
     case 4: launch<SerialCfg4>(a); break;
     case 2: launch<SerialCfg2>(a); break;
     default: launch<SerialCfg1>(a); break;

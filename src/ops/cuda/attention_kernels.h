@@ -69,8 +69,8 @@ void forward_wgmma(const FwdArgs& a, bool pipelined);
 // The head-dim-512 serial schedule's loads, waits and releases alone, with no arithmetic: nothing is
 // written to a.out or a.lse (ForwardKernel::wgmma_loads_only, a benchmark's floor).
 void forward_wgmma_loads_only(const FwdArgs& a);
-// The softmax group (with Q in registers or not) writing its cycle counters into a.trace.
-void forward_wgmma_trace(const FwdArgs& a, bool q_registers);
+// The softmax group writing its cycle counters into a.trace.
+void forward_wgmma_trace(const FwdArgs& a);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
 void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
 // Runs the backward `kernel` names (key_chunk 0: default_key_chunk).
