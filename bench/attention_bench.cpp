@@ -220,8 +220,8 @@ void run_trace(int64_t S) {
   };
   std::printf("trace S=%lld, softmax group, cycles a key tile (mean over %lld tiles):\n", static_cast<long long>(S),
               static_cast<long long>(tiles - 5));
-  std::printf("  softmax warpgroup: K chunk 0 wait %.0f | later chunks' wait + issue %.0f | S products %.0f"
-              " | softmax %.0f | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
+  std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
+              " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
               mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),
               mean(2, 0, -1));
   for (int g = 0; g < 2; ++g)

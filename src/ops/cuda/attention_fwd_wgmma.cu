@@ -527,9 +527,9 @@ __device__ __forceinline__ void consume(const FwdArgs& a, typename C::Barriers* 
 enum TraceEvent {
   // the softmax warpgroup (the trace's third row)
   kScoreTileStart = 0,
-  kKPart0Ready = 1,   // the tile's first K chunk has arrived
-  kScoresIssued = 2,  // every chunk's products issued (the last chunk has arrived)
-  kScoresDone = 3,    // S complete, its K chunks released (and refilled by the loading thread)
+  kKPart0Ready = 1,   // K's first part has arrived
+  kScoresIssued = 2,  // both parts' products issued (the second part has arrived)
+  kScoresDone = 3,    // S complete, both K parts released (and refilled by the loading thread)
   kSoftmaxDone = 4,
   kPBufferFree = 5,  // the P·V warpgroups have released the P buffer this tile writes
   kPPublished = 6,
@@ -572,9 +572,9 @@ __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[
 }
 
 // The softmax warpgroup, which also loads Q and K (its thread 0; the softmax group has no producer
-// warpgroup, and each P·V warpgroup loads its own half of V). Per key tile j: S = Q Kᵀ as one commit
-// group per chunk of K (the ring below), each chunk's slot refilled while the later chunks are
-// multiplied; the online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
+// warpgroup, and each P·V warpgroup loads its own half of V). Per key tile j: S = Q Kᵀ as two commit
+// groups, one per K part, so that part 0 is refilled with tile j + 1 while part 1 is multiplied; the
+// online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
 // 1 / sum go to factors[2] and the log-sum-exp to memory.
 template <class C>
 __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
