@@ -105,14 +105,9 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     line("flash2", [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::flash2); });
     line("wgmma pipelined",
          [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma_pipelined); });
-    if (d == 512) {
+    if (d == 512)
       line("wgmma softmax group",
            [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
-      setenv("G4_ATTENTION_K_RING", "1", 1);
-      line("wgmma softmax group, K ring",
-           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
-      unsetenv("G4_ATTENTION_K_RING");
-    }
     setenv("G4_ATTENTION_SOFTMAX_GROUP", "0", 1);
     for (const int cluster : {1, 2, 4}) {
       if ((nH / nKV) % cluster != 0 || (d == 256 && cluster > 1)) continue;

@@ -379,13 +379,6 @@ TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
   run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "1", "d512 softmax group");
 }
 
-// The same with K in a ring of five quarter tiles (G4_ATTENTION_K_RING=1).
-TEST(GpuAttention, WgmmaForwardSoftmaxGroupKRing) {
-  G4_REQUIRE_GPU();
-  unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
-  run_schedule_cases("G4_ATTENTION_K_RING", "1", "d512 softmax group, K ring");
-}
-
 // The softmax group's trace (bench_attention --trace): every step of every traced key tile recorded,
 // in the order each warpgroup passes them; other head dims refused.
 TEST(GpuAttention, SoftmaxGroupTraceRecordsEachStepInOrder) {

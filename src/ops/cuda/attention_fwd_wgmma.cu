@@ -62,7 +62,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
-#include <utility>
 
 #include "core/cuda/runtime.h"
 #include "core/error.h"
@@ -95,9 +94,7 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 //
 // loads_only (a benchmark's instrument): the serial schedule's loads, waits and releases with no
 // arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only).
-// softmax_group_ring (opt-in G4_ATTENTION_K_RING=1): the softmax group with K in a ring of five
-// quarter tiles (see score_rows) instead of two half tiles.
-enum class Schedule { serial, pipelined, softmax_group, softmax_group_ring, loads_only };
+enum class Schedule { serial, pipelined, softmax_group, loads_only };
 
 // TRACE (an instrument, bench_attention --trace): the softmax group writing its cycle counters into
 // FwdArgs::trace (mark, below).
@@ -106,8 +103,7 @@ struct Cfg {
   static constexpr int kD = D, kBN = BN, kStages = STAGES, kCluster = CLUSTER;
   static constexpr bool kTrace = TRACE;
   static constexpr bool kPipelined = SCHEDULE == Schedule::pipelined;
-  static constexpr bool kSoftmaxGroup =
-      SCHEDULE == Schedule::softmax_group || SCHEDULE == Schedule::softmax_group_ring;
+  static constexpr bool kSoftmaxGroup = SCHEDULE == Schedule::softmax_group;
   static constexpr bool kLoadsOnly = SCHEDULE == Schedule::loads_only;
   static constexpr int kParts = D / kPartDim;              // 2: the warpgroups split d; 1: rows
   static constexpr int kRowGroups = 2 / kParts;            // 64-row groups of the query tile
@@ -131,21 +127,13 @@ struct Cfg {
   // Consumer warps that read one part of a stage, in every CTA of the cluster (the softmax group's
   // P·V warpgroups read their own part of V, its softmax warpgroup both parts of K).
   static constexpr int kPartReaders = kRowGroups * kConsumerWarps * CLUSTER;
-  // Softmax group: K's ring, kKSlots slots of kKChunkBoxes boxes (a chunk of a tile's K): two halves,
-  // or with the ring five quarters.
-  static constexpr int kKSlots = SCHEDULE == Schedule::softmax_group_ring ? 5 : 2;
-  static constexpr int kKChunkBoxes = SCHEDULE == Schedule::softmax_group_ring ? 2 : 4;
-  static constexpr uint32_t kKBytes =
-      kSoftmaxGroup ? uint32_t{kKSlots} * kKChunkBoxes * kBoxBytes : uint32_t{STAGES} * kTileBytes;
   struct Barriers {
     uint64_t full_q;
     uint64_t full_k[STAGES][kParts], empty_k[STAGES][kParts], full_v[STAGES][kParts], empty_v[STAGES][kParts];
-    uint64_t full_p[2], empty_p[2];            // softmax group
-    uint64_t full_kc[kKSlots], empty_kc[kKSlots];  // softmax group: K's ring
+    uint64_t full_p[2], empty_p[2];  // softmax group
   };
-  static constexpr size_t kSmemBytes = 1024 + kQBytes + kKBytes + size_t{STAGES} * kTileBytes +
-                                       2 * size_t{kPartialBytes} + size_t{kPBuffers} * kPBytes + kRowFactorsBytes +
-                                       sizeof(Barriers);
+  static constexpr size_t kSmemBytes = 1024 + kQBytes + 2 * size_t{STAGES} * kTileBytes + 2 * size_t{kPartialBytes} +
+                                       size_t{kPBuffers} * kPBytes + kRowFactorsBytes + sizeof(Barriers);
   static_assert(D == 256 || D == 512, "head dims 256 and 512");
   static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
   static_assert(!kPipelined || CLUSTER == 1, "the pipelined schedule runs without clusters");
@@ -160,9 +148,7 @@ using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
 using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
-using SoftmaxGroupRingCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_ring>;
 using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
-using SoftmaxGroupRingTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group_ring, true>;
 using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
@@ -254,16 +240,15 @@ struct Consumer {
 
 // S += Q[rows, boxes] · K[:, boxes]ᵀ over kCount 64-column boxes from `first` of Q's rows and of
 // one K stage (issued, not committed; the count is fixed so that the loop unrolls).
-// (K's boxes from k_boxes: the stage itself, or a ring slot holding boxes first.. of the tile.)
 template <class C, int kCount>
 __device__ __forceinline__ void issue_score_boxes(float (&s)[1][C::kNT][4], const unsigned char* q_rows,
-                                                  const unsigned char* sK_stage, int first, bool k_from_first = false) {
+                                                  const unsigned char* sK_stage, int first) {
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
     const int box = first + i;
     const uint64_t dq = wgmma::sw128_desc(q_rows + box * C::kQBoxBytes),
-                   dk = wgmma::sw128_desc(sK_stage + (k_from_first ? i : box) * C::kBoxBytes);
+                   dk = wgmma::sw128_desc(sK_stage + box * C::kBoxBytes);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if constexpr (C::kBN == 64)
@@ -583,22 +568,9 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
                                            int jt_end) {
   const int n = jt_end - jt_begin;
   const bool loader = me.t == 0;
-  // K's ring: chunk g (kKChunkBoxes boxes; tile g / kChunks, boxes kKChunkBoxes (g % kChunks)..) lives
-  // in slot g % kKSlots; a slot is refilled with chunk g + kKSlots as soon as chunk g's products
-  // complete, so each chunk has the time of kKSlots - 1 others to arrive.
-  constexpr int kChunks = C::kBoxes / C::kKChunkBoxes, kChunkBytes = C::kKChunkBoxes * C::kBoxBytes;
-  const int chunks = kChunks * n;
-  const auto load_chunk = [&](int g) {
-    const int slot = g % C::kKSlots, first = (g % kChunks) * C::kKChunkBoxes;
-    const int k0 = (jt_begin + g / kChunks) * C::kBN;
-    tma::mbar_expect_bytes(&bars->full_kc[slot], kChunkBytes);
-    for (int i = 0; i < C::kKChunkBoxes; ++i)
-      tma::load(sK + slot * kChunkBytes + i * C::kBoxBytes, maps.k, 64 * (first + i), kvh, k0, b,
-                &bars->full_kc[slot]);
-  };
   if (loader && n > 0) {
     load_q<C>(maps, bars, sQ, b, h, q0);
-    for (int g = 0; g < C::kKSlots && g < chunks; ++g) load_chunk(g);
+    for (int w = 0; w < C::kParts; ++w) load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
   }
   __syncwarp();  // thread 0's branches rejoin before the warp's aligned wgmma instructions
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
@@ -606,36 +578,37 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   float(&flat)[C::kBN / 2] = reinterpret_cast<float(&)[C::kBN / 2]>(s);
   if (n > 0) tma::mbar_wait(&bars->full_q, 0);
   for (int it = 0; it < n; ++it) {
+    const uint32_t parity = it & 1;
     const int k0 = (jt_begin + it) * C::kBN;
     mark<C>(a, 2, it, kScoreTileStart);
     zero_acc(s);
-    // One commit group per chunk, so that each chunk's slot is released as its products complete.
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      const int g = kChunks * it + c, slot = g % C::kKSlots;
-      tma::mbar_wait(&bars->full_kc[slot], (g / C::kKSlots) & 1);
-      if (c == 0) mark<C>(a, 2, it, kKPart0Ready);
+    for (int w = 0; w < C::kParts; ++w) {
+      tma::mbar_wait(&bars->full_k[0][w], parity);
+      if (w == 0) mark<C>(a, 2, it, kKPart0Ready);
       wgmma::fence();
-      issue_score_boxes<C, C::kKChunkBoxes>(s, sQ, sK + slot * kChunkBytes, c * C::kKChunkBoxes, true);
+      issue_score_boxes<C, kPartBoxes>(s, sQ, sK, w * kPartBoxes);
       wgmma::commit();
     }
     mark<C>(a, 2, it, kScoresIssued);
-    // Chunk c is complete once at most kChunks - 1 - c groups are pending: release its slot, and refill it.
-    const auto retire = [&]<int c>() {
-      wgmma::wait<kChunks - 1 - c>();
-      if constexpr (c == kChunks - 1) wgmma::fence_operands(flat);
-      const int g = kChunks * it + c, slot = g % C::kKSlots;
-      const bool refill = g + C::kKSlots < chunks;
-      release<1>(&bars->empty_kc[slot], !refill);
-      if (loader && refill) {
-        tma::mbar_wait(&bars->empty_kc[slot], (g / C::kKSlots) & 1);
-        load_chunk(g + C::kKSlots);
+    // Each K part is released as its products complete (part 0 while part 1 still runs) and, unless
+    // this was the last tile, refilled with the next tile's at once.
+    const bool last = it + 1 >= n;
+#pragma unroll
+    for (int w = 0; w < C::kParts; ++w) {
+      if (w == 0) {
+        wgmma::wait<1>();
+      } else {
+        wgmma::wait<0>();
+        wgmma::fence_operands(flat);
+      }
+      release<1>(&bars->empty_k[0][w], last);
+      if (loader && !last) {
+        tma::mbar_wait(&bars->empty_k[0][w], parity);
+        load_part<C>(sK, maps.k, w, kvh, k0 + C::kBN, b, &bars->full_k[0][w], 0);
       }
       __syncwarp();
-    };
-    [&]<int... c>(std::integer_sequence<int, c...>) {
-      (retire.template operator()<c>(), ...);
-    }(std::make_integer_sequence<int, kChunks>{});
+    }
     mark<C>(a, 2, it, kScoresDone);
     uint32_t p[C::kKK][4];
     softmax_tile<C>(s, a, me, q0, q_last, b, k0, row_max, row_sum, alpha, p);
@@ -718,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   unsigned char* sQ = smem;
   unsigned char* sK = sQ + C::kQBytes;
-  unsigned char* sV = sK + C::kKBytes;
+  unsigned char* sV = sK + C::kStages * C::kTileBytes;
   float* sPartial = reinterpret_cast<float*>(sV + C::kStages * C::kTileBytes);  // [2][64 * kBN] (d split)
   unsigned char* sP = reinterpret_cast<unsigned char*>(sPartial) + 2 * C::kPartialBytes;  // [kPBuffers][kPBytes]
   float* factors = reinterpret_cast<float*>(sP + C::kPBuffers * C::kPBytes);            // [kPBuffers + 1][64]
@@ -743,11 +716,6 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
         tma::mbar_init(&bars->full_v[st][w], 1);
         tma::mbar_init(&bars->empty_k[st][w], C::kPartReaders);
         tma::mbar_init(&bars->empty_v[st][w], C::kPartReaders);
-      }
-    if constexpr (C::kSoftmaxGroup)
-      for (int slot = 0; slot < C::kKSlots; ++slot) {
-        tma::mbar_init(&bars->full_kc[slot], 1);
-        tma::mbar_init(&bars->empty_kc[slot], kConsumerWarps);  // the softmax warpgroup's warps
       }
     for (int buf = 0; buf < C::kPBuffers; ++buf) {
       tma::mbar_init(&bars->full_p[buf], kConsumerWarps);       // the softmax warpgroup's warps
@@ -855,10 +823,7 @@ void forward_wgmma_loads_only(const FwdArgs& a) {
 
 void forward_wgmma_trace(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512 && a.trace != nullptr, "the softmax group's trace: head dim 512 and a trace buffer");
-  if (schedule_switch("G4_ATTENTION_K_RING", false))
-    launch<SoftmaxGroupRingTraceCfg>(a);
-  else
-    launch<SoftmaxGroupTraceCfg>(a);
+  launch<SoftmaxGroupTraceCfg>(a);
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
@@ -877,10 +842,7 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
   // for (G4_ATTENTION_CLUSTER=2 or 4): then the serial schedule.
   const int cluster = cluster_size(a.dims.group);
   if (cluster == 1 && schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true)) {
-    if (schedule_switch("G4_ATTENTION_K_RING", false))
-      launch<SoftmaxGroupRingCfg>(a);
-    else
-      launch<SoftmaxGroupCfg>(a);
+    launch<SoftmaxGroupCfg>(a);
     return;
   }
   switch (cluster) {
