@@ -85,8 +85,9 @@ run="scripts/device_run.sh"
 #   cache back and retries; not yet run: `tests-new` covers it (GpuFusedNorms.* then GpuMoe* in one process).
 # - Session 33 (2026-12-07, one H100): the softmax group with each P·V warpgroup loading its own V half passed and
 #   was the fastest head-dim-512 forward on every shape, so it became the default; the cuBLAS-handle retry passed
-#   (GpuFusedNorms.* then GpuMoe*, 13 tests). The whole suite has not run with the softmax group as the default:
-#   run GpuAttention.*, GpuTrain*, *GpuEngine* and GpuRl.* first (`tests-new` holds them).
+#   (GpuFusedNorms.* then GpuMoe*, 13 tests). A second call ran GpuAttention.* (25 tests passed) with the softmax
+#   group as the default. The whole suite has not run with it as the default: run GpuTrain*, *GpuEngine* and
+#   GpuRl.* first (`tests-new` holds them).
 new_tests='GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
