@@ -123,10 +123,6 @@ const T* cptr(const Tensor& t) {
   return static_cast<const T*>(t.raw());
 }
 
-}  // namespace
-
-namespace {
-
 // A forward's arguments for q, k and v under mask (its device tensors held in keep), writing into
 // out and, if set, l.
 attn::FwdArgs forward_args(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
