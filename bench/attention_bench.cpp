@@ -187,9 +187,10 @@ void run_once(int64_t S) {
   }
 }
 
-// --trace S: the head-dim-512 softmax group on one causal row of S tokens, 16 query heads, 2 KV heads,
-// with its warpgroups' cycle counters (ops::cuda::attention_trace): for the CTA that sees the most key tiles, the mean cycles of each step of a tile, over the tiles
-// after the first four (the pipeline's fill), so that the step the others wait for shows.
+// --trace S: the head-dim-512 softmax group on one causal row of S tokens, 16 query heads, 2 KV
+// heads, with its warpgroups' cycle counters (ops::cuda::attention_trace): for the CTA that sees the
+// most key tiles, the mean cycles of each step of a tile over the tiles after the first four (the
+// pipeline's fill), so that the step the others wait for shows.
 void run_trace(int64_t S) {
   g4::ops::AttentionMask mask;
   mask.causal = true;
