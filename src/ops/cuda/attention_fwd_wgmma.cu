@@ -540,6 +540,21 @@ __device__ __forceinline__ void softmax_group_sync() {
   asm volatile("bar.sync 3, %0;\n" ::"n"(3 * kGroupThreads) : "memory");
 }
 
+// The softmax warpgroup hands the P·V warpgroups one float per row of the CTA's 64 through shared
+// memory: slot k of `factors` (64 floats) holds tile k's rescaling factors (k = 0, 1: the P buffer's
+// index) or, in slot 2, the rows' 1 / sum. A thread's two rows are r_local and r_local + 8; the quad's
+// first thread writes them.
+constexpr int kInverseSumSlot = 2;
+__device__ __forceinline__ void put_row_factors(float* factors, int slot, const float (&x)[2], const Consumer& me) {
+  if (me.cq != 0) return;
+  factors[slot * 64 + me.r_local] = x[0];
+  factors[slot * 64 + me.r_local + 8] = x[1];
+}
+__device__ __forceinline__ void get_row_factors(const float* factors, int slot, const Consumer& me, float (&x)[2]) {
+  x[0] = factors[slot * 64 + me.r_local];
+  x[1] = factors[slot * 64 + me.r_local + 8];
+}
+
 // P (the thread's A fragments of a 64 x 64 tile, as softmax_tile makes them) into one SW128
 // K-major box, the A operand of mma_m64n256k16_ss: element (r, c) at byte 128 r + 16 ((c / 8) ^
 // (r % 8)) + 2 (c % 8). Fragment i of k16 step kk holds rows r_local + 8 (i % 2), columns
@@ -560,7 +575,7 @@ __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[
 // warpgroup, and each P·V warpgroup loads its own half of V). Per key tile j: S = Q Kᵀ as two commit
 // groups, one per K part, so that part 0 is refilled with tile j + 1 while part 1 is multiplied; the
 // online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
-// 1 / sum go to factors[2] and the log-sum-exp to memory.
+// 1 / sum go to the factors' last slot and the log-sum-exp to memory.
 template <class C>
 __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
                                            unsigned char* sQ, unsigned char* sK, unsigned char* sP, float* factors,
@@ -617,10 +632,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
     tma::mbar_wait(&bars->empty_p[buf], ((it / 2) & 1) ^ 1);
     mark<C>(a, 2, it, kPBufferFree);
     write_p<C>(sP + buf * C::kPBytes, p, me);
-    if (me.cq == 0) {
-      factors[buf * 64 + me.r_local] = alpha[0];
-      factors[buf * 64 + me.r_local + 8] = alpha[1];
-    }
+    put_row_factors(factors, buf, alpha, me);
     wgmma::fence_smem_stores();  // P is read by the P·V warpgroups' wgmma
     __syncwarp();
     if (me.t % 32 == 0) tma::mbar_arrive(&bars->full_p[buf]);
@@ -628,10 +640,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
   }
   float inv[2];
   inverse_sums<C>(row_sum, inv, me);
-  if (me.cq == 0) {
-    factors[2 * 64 + me.r_local] = inv[0];
-    factors[2 * 64 + me.r_local + 8] = inv[1];
-  }
+  put_row_factors(factors, kInverseSumSlot, inv, me);
   store_lse(a, me, row_max, row_sum, q0, b, h);
   softmax_group_sync();
 }
@@ -657,7 +666,8 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
     mark<C>(a, g, it, kValueTileStart);
     tma::mbar_wait(&bars->full_p[buf], (it / 2) & 1);
     mark<C>(a, g, it, kPReady);
-    const float alpha[2] = {factors[buf * 64 + me.r_local], factors[buf * 64 + me.r_local + 8]};
+    float alpha[2];
+    get_row_factors(factors, buf, me, alpha);
     rescale(o, alpha);
     tma::mbar_wait(&bars->full_v[0][g], it & 1);
     mark<C>(a, g, it, kVReady);
@@ -680,7 +690,8 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
     mark<C>(a, g, it, kValueRefilled);
   }
   softmax_group_sync();
-  const float inv[2] = {factors[2 * 64 + me.r_local], factors[2 * 64 + me.r_local + 8]};
+  float inv[2];
+  get_row_factors(factors, kInverseSumSlot, me, inv);
   store_output<C>(a, me, o, inv, q0, b, h);
 }
 
