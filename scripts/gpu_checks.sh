@@ -88,6 +88,8 @@ run="scripts/device_run.sh"
 #   (GpuFusedNorms.* then GpuMoe*, 13 tests). A second call ran GpuAttention.* (25 tests passed) with the softmax
 #   group as the default. The whole suite has not run with it as the default: run GpuTrain*, *GpuEngine* and
 #   GpuRl.* first (`tests-new` holds them).
+# - Session 34 (2026-12-07, one H100): the whole suite passed with the softmax group as the default (170 passed, 17
+#   skipped: they need more GPUs). No test awaits a GPU; `tests-new` reruns the suites changed most often.
 new_tests='GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {

@@ -34,8 +34,9 @@
 // head dim 512: 2.87 ms alone, 2.94 in pairs, 3.24 in fours, with half the L2 bytes in pairs and
 // the tensor pipes as busy (39%): L2 does not bound this kernel. Pairs gain 8% at S 4096 and lose
 // elsewhere, and two CTAs splitting the head dim of 128 rows (exchanging partial S through
-// distributed shared memory) lost everywhere (docs/performance.md). So the default is no cluster;
-// G4_ATTENTION_CLUSTER=2 or 4 selects one.
+// distributed shared memory) lost everywhere, on the serial schedule (session 31) and on the
+// softmax group's (session 34: 0.97-0.99x at S 4096-8192 causal at best, 0.78-0.80x on packed
+// rows; docs/performance.md). So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
 //
 // What the serial schedule waits on is its order: each warpgroup's exchange and softmax sit between
 // its products. Computing S twice instead (each warpgroup over the whole head dim, no exchange) was
@@ -164,7 +165,9 @@ struct Maps {
 // (asking for more than the launch allocation blocks setmaxnreg.inc for ever). The consumers' 128
 // accumulators of O, 16-32 of S and 16 of P need about 200. ptxas allocates the code after a
 // setmaxnreg to its count (checked with -Xptxas -v: the softmax group's P·V warpgroups spill at 152
-// and not at 160), so a fourth warpgroup would fit too: a producer at 24 and three at 160.
+// and not at 160). A fourth warpgroup does not fit, though: with 512 threads (128 registers each at
+// launch) ptxas refused the m64n256 products after a setmaxnreg.inc to 176 (C7602, "insufficient
+// registers (128)"; session 34).
 constexpr int kLaunchRegisters = 168, kProducerRegisters = 24, kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 3 * kLaunchRegisters, "register split");
 
