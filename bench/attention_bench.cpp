@@ -105,9 +105,16 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     line("flash2", [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::flash2); });
     line("wgmma pipelined",
          [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma_pipelined); });
-    if (d == 512)
-      line("wgmma softmax group",
-           [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+    if (d == 512) {
+      for (const int cluster : {1, 2, 4}) {
+        if ((nH / nKV) % cluster != 0) continue;
+        setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
+        line(cluster == 1 ? std::string("wgmma softmax group")
+                          : "wgmma softmax group, clusters of " + std::to_string(cluster),
+             [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+      }
+      unsetenv("G4_ATTENTION_CLUSTER");
+    }
     setenv("G4_ATTENTION_SOFTMAX_GROUP", "0", 1);
     for (const int cluster : {1, 2, 4}) {
       if ((nH / nKV) % cluster != 0 || (d == 256 && cluster > 1)) continue;
@@ -119,9 +126,16 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
     if (d == 512) {
       // The serial schedule's loads and barriers with no arithmetic (its output is left unwritten and
-      // dropped): the floor its K and V loads set.
-      line("wgmma serial, loads alone",
-           [&] { g4::ops::cuda::attention(q, k, v, mask, 1.0, nullptr, ForwardKernel::wgmma_loads_only); });
+      // dropped): the floor its K and V loads set; in clusters, each K and V box read from L2 once
+      // for 2 or 4 CTAs (whether that floor is L2's rate or each multiprocessor's intake).
+      for (const int cluster : {1, 2, 4}) {
+        if ((nH / nKV) % cluster != 0) continue;
+        setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
+        line(cluster == 1 ? std::string("wgmma serial, loads alone")
+                          : "wgmma serial, loads alone, clusters of " + std::to_string(cluster),
+             [&] { g4::ops::cuda::attention(q, k, v, mask, 1.0, nullptr, ForwardKernel::wgmma_loads_only); });
+      }
+      unsetenv("G4_ATTENTION_CLUSTER");
     }
     out = g4::ops::attention(q, k, v, mask, 1.0, &lse);
   }

@@ -89,8 +89,10 @@ run="scripts/device_run.sh"
 #   group as the default. The whole suite has not run with it as the default: run GpuTrain*, *GpuEngine* and
 #   GpuRl.* first (`tests-new` holds them).
 # - Session 34 (2026-12-07, one H100): the whole suite passed with the softmax group as the default (170 passed, 17
-#   skipped: they need more GPUs). No test awaits a GPU; `tests-new` reruns the suites changed most often.
-new_tests='GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
+#   skipped: they need more GPUs). Written after the GPU time ran out, not yet run: the softmax group in clusters
+#   of 2 and 4 (GpuAttention.WgmmaForwardSoftmaxGroupInClusters; the `attention-softmax-group` stage runs it under a
+#   timeout, then times it against one CTA a cluster and against the loads alone in clusters).
+new_tests='GpuAttention.WgmmaForwardSoftmaxGroupInClusters:GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
   # Nsight Compute's metrics for one attention forward: time, L2 bytes and throughput, tensor pipes, warp stalls.
@@ -171,10 +173,11 @@ stage() {
           bench_attention --once 8192 --d 512 || return
       done
       $run bench_attention --d 512 ;;
-    attention-softmax-group)  # the head-dim-512 softmax group (the default there): its tests, under a timeout (a
-      # schedule of mbarriers that waits for ever would otherwise hold the call), its trace (the cycles of each step of
-      # a key tile), Nsight Compute on one forward at S 8192, then bench_attention --d 512, which times it beside the
-      # serial schedule and the serial schedule's loads alone (the floor the K and V loads set; docs/performance.md)
+    attention-softmax-group)  # the head-dim-512 softmax group (the default there): its tests, in clusters too, under a
+      # timeout (a schedule of mbarriers that waits for ever would otherwise hold the call), its trace (the cycles of
+      # each step of a key tile), Nsight Compute on one forward at S 8192, then bench_attention --d 512, which times it
+      # in clusters of 1, 2 and 4 beside the serial schedule and the loads alone (the floor the K and V loads set, in
+      # the same clusters; docs/performance.md)
       timeout 120 $run test_gpu --gtest_brief=1 \
         --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.SoftmaxGroupTrace*' || return
       $run bench_attention --trace 8192 || return

@@ -335,8 +335,9 @@ TEST(GpuAttention, WgmmaForwardEveryClusterSize) {
 }
 
 // Every mask kind through the head-dim-512 schedule that `flag` = `value` selects: causal, windowed,
-// bidirectional and packed-document masks, with ragged tiles; a bad setting of the switch is refused.
-void run_schedule_cases(const char* flag, const char* value, const std::string& name) {
+// bidirectional and packed-document masks, with ragged tiles; a bad setting of the switch (`bad`) is
+// refused.
+void run_schedule_cases(const char* flag, const char* value, const std::string& name, const char* bad = "2") {
   setenv(flag, value, 1);
   run_case({name + ", causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
   run_case({name + ", window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
@@ -358,7 +359,7 @@ void run_schedule_cases(const char* flag, const char* value, const std::string& 
   AttentionMask padded = causal();
   padded.key_valid = Tensor::from_vector<int64_t>(valid, {2, 90});
   run_case({name + ", padding", 2, 90, 90, 2, 1, 512, 512, padded});
-  setenv(flag, "2", 1);
+  setenv(flag, bad, 1);
   const Tensor q = test::gpu_bf16(test::randn_bf16_exact({1, 64, 8, 512}, 5));
   const Tensor k = test::gpu_bf16(test::randn_bf16_exact({1, 64, 2, 512}, 6));
   EXPECT_THROW(ops::attention(q, k, k, causal(), 1.0), Error);
@@ -377,6 +378,17 @@ TEST(GpuAttention, WgmmaForwardSerial) {
 TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
   G4_REQUIRE_GPU();
   run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "1", "d512 softmax group");
+}
+
+// The softmax group in clusters (G4_ATTENTION_CLUSTER): the CTAs of 2 or 4 query heads of one KV head
+// share each K and V load (TMA multicast) and release each buffer to all of them.
+TEST(GpuAttention, WgmmaForwardSoftmaxGroupInClusters) {
+  G4_REQUIRE_GPU();
+  run_schedule_cases("G4_ATTENTION_CLUSTER", "2", "d512 softmax group, clusters of 2", "3");
+  setenv("G4_ATTENTION_CLUSTER", "4", 1);
+  run_case({"d512 softmax group, clusters of 4, causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
+  run_case({"d512 softmax group, clusters of 4, window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
+  unsetenv("G4_ATTENTION_CLUSTER");
 }
 
 // The softmax group's trace (bench_attention --trace): every step of every traced key tile recorded,

@@ -32,11 +32,16 @@
 // arrival per consumer warp on each CTA's empty barrier, at CTA scope: a cluster-scope release
 // fenced every arrival and made pairs 1.7x slower). Measured on an H100 at S 8192 causal (GQA 8),
 // head dim 512: 2.87 ms alone, 2.94 in pairs, 3.24 in fours, with half the L2 bytes in pairs and
-// the tensor pipes as busy (39%): L2 does not bound this kernel. Pairs gain 8% at S 4096 and lose
-// elsewhere, and two CTAs splitting the head dim of 128 rows (exchanging partial S through
+// the tensor pipes as busy (39%): L2 does not bound the serial schedule. Pairs gain 8% at S 4096 and
+// lose elsewhere, and two CTAs splitting the head dim of 128 rows (exchanging partial S through
 // distributed shared memory) lost everywhere, on the serial schedule (session 31) and on the
 // softmax group's (session 34: 0.97-0.99x at S 4096-8192 causal at best, 0.78-0.80x on packed
-// rows; docs/performance.md). So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one.
+// rows; docs/performance.md). So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one,
+// for the softmax group as for the serial schedule (G4_ATTENTION_SOFTMAX_GROUP=0). The softmax group,
+// unlike the serial schedule, waits on its loads, and the loads alone take 2.01 ms at S 8192 one CTA
+// a cluster, 1.24 in pairs and 0.89 in fours (session 34): the floor is set by the reads, not by
+// what a multiprocessor takes in. The softmax group in clusters was written after that session's
+// GPU time ran out and has not run yet.
 //
 // What the serial schedule waits on is its order: each warpgroup's exchange and softmax sit between
 // its products. Computing S twice instead (each warpgroup over the whole head dim, no exchange) was
@@ -94,7 +99,8 @@ constexpr int kConsumerWarps = kGroupThreads / 32;          // per warpgroup
 // warpgroup), one at 256 (shared by both warpgroups, each reading its own 64 rows of Q).
 //
 // loads_only (a benchmark's instrument): the serial schedule's loads, waits and releases with no
-// arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only).
+// arithmetic and no output, so that its time is what the loads alone take (ForwardKernel::wgmma_loads_only),
+// also in clusters (G4_ATTENTION_CLUSTER), where each K and V box is read from L2 once for the cluster.
 enum class Schedule { serial, pipelined, softmax_group, loads_only };
 
 // TRACE (an instrument, bench_attention --trace): the softmax group writing its cycle counters into
@@ -138,19 +144,23 @@ struct Cfg {
   static_assert(D == 256 || D == 512, "head dims 256 and 512");
   static_assert(kSmemBytes <= 227 * 1024, "wgmma forward shared memory");
   static_assert(!kPipelined || CLUSTER == 1, "the pipelined schedule runs without clusters");
-  static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
-                "softmax group: head dim 512, 64-key tiles, one stage, no cluster");
+  static_assert(!kSoftmaxGroup || (D == 512 && BN == 64 && STAGES == 1),
+                "softmax group: head dim 512, 64-key tiles, one stage");
   static_assert(!kTrace || kSoftmaxGroup, "the trace: softmax group");
-  static_assert(!kLoadsOnly || (D == 512 && BN == 64 && CLUSTER == 1 && STAGES == 1),
-                "loads only: the serial head-dim-512 schedule without clusters");
+  static_assert(!kLoadsOnly || (D == 512 && BN == 64 && STAGES == 1),
+                "loads only: the serial head-dim-512 schedule, one stage");
   static_assert(kKK * 16 == BN && kNT * 8 == BN, "whole k16 steps and n8 tiles");
 };
 using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
 using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
 using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
 using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
+using SoftmaxGroupCfg2 = Cfg<512, 64, 1, 2, Schedule::softmax_group>;
+using SoftmaxGroupCfg4 = Cfg<512, 64, 1, 4, Schedule::softmax_group>;
 using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
-using LoadsOnlyCfg = Cfg<512, 64, 1, 1, Schedule::loads_only>;
+using LoadsOnlyCfg1 = Cfg<512, 64, 1, 1, Schedule::loads_only>;
+using LoadsOnlyCfg2 = Cfg<512, 64, 1, 2, Schedule::loads_only>;
+using LoadsOnlyCfg4 = Cfg<512, 64, 1, 4, Schedule::loads_only>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
 using SerialCfg256 = Cfg<256, 64, 1, 1, Schedule::serial>;
@@ -586,9 +596,11 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
                                            int jt_end) {
   const int n = jt_end - jt_begin;
   const bool loader = me.t == 0;
+  const uint32_t rank = C::kCluster == 1 ? 0 : tma::cluster_rank();
   if (loader && n > 0) {
     load_q<C>(maps, bars, sQ, b, h, q0);
-    for (int w = 0; w < C::kParts; ++w) load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], 0);
+    for (int w = 0; w < C::kParts; ++w)
+      load_part<C>(sK, maps.k, w, kvh, jt_begin * C::kBN, b, &bars->full_k[0][w], rank);
   }
   __syncwarp();  // thread 0's branches rejoin before the warp's aligned wgmma instructions
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
@@ -620,10 +632,10 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
         wgmma::wait<0>();
         wgmma::fence_operands(flat);
       }
-      release<1>(&bars->empty_k[0][w], last);
+      release<C::kCluster>(&bars->empty_k[0][w], last);
       if (loader && !last) {
         tma::mbar_wait(&bars->empty_k[0][w], parity);
-        load_part<C>(sK, maps.k, w, kvh, k0 + C::kBN, b, &bars->full_k[0][w], 0);
+        load_part<C>(sK, maps.k, w, kvh, k0 + C::kBN, b, &bars->full_k[0][w], rank);
       }
       __syncwarp();
     }
@@ -658,7 +670,8 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
                                              const Consumer& me, int q0, int b, int h, int kvh, int jt_begin, int n) {
   const int g = me.part;
   const bool loader = me.t == 0;
-  if (loader && n > 0) load_part<C>(sV, maps.v, g, kvh, jt_begin * C::kBN, b, &bars->full_v[0][g], 0);
+  const uint32_t rank = C::kCluster == 1 ? 0 : tma::cluster_rank();
+  if (loader && n > 0) load_part<C>(sV, maps.v, g, kvh, jt_begin * C::kBN, b, &bars->full_v[0][g], rank);
   __syncwarp();
   float o[1][32][4];
   zero_acc(o);
@@ -683,11 +696,11 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
     wgmma::wait<0>();
     wgmma::fence_operands(flat);
     mark<C>(a, g, it, kProductDone);
-    release<1>(&bars->empty_v[0][g], it + 1 >= n);
+    release<C::kCluster>(&bars->empty_v[0][g], it + 1 >= n);
     if (me.t % 32 == 0) tma::mbar_arrive(&bars->empty_p[buf]);
     if (loader && it + 1 < n) {
       tma::mbar_wait(&bars->empty_v[0][g], it & 1);
-      load_part<C>(sV, maps.v, g, kvh, (jt_begin + it + 1) * C::kBN, b, &bars->full_v[0][g], 0);
+      load_part<C>(sV, maps.v, g, kvh, (jt_begin + it + 1) * C::kBN, b, &bars->full_v[0][g], rank);
     }
     __syncwarp();
     mark<C>(a, g, it, kValueRefilled);
@@ -806,7 +819,7 @@ void launch(const FwdArgs& a) {
   G4_CUDA_CHECK_LAUNCH();
 }
 
-// The CTAs per cluster of the serial head-dim-512 schedule: 1 (see the top of this file), or
+// The CTAs per cluster of the head-dim-512 schedules: 1 (see the top of this file), or
 // G4_ATTENTION_CLUSTER (1, 2 or 4; it must divide the GQA group, so that the cluster's query heads
 // share one KV head).
 int cluster_size(int group) {
@@ -832,7 +845,11 @@ bool schedule_switch(const char* name, bool unset) {
 
 void forward_wgmma_loads_only(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512, "the wgmma forward's loads alone are timed at head dim 512, got ", a.dims.d);
-  launch<LoadsOnlyCfg>(a);
+  switch (cluster_size(a.dims.group)) {
+    case 4: launch<LoadsOnlyCfg4>(a); break;
+    case 2: launch<LoadsOnlyCfg2>(a); break;
+    default: launch<LoadsOnlyCfg1>(a); break;
+  }
 }
 
 void forward_wgmma_trace(const FwdArgs& a) {
@@ -852,11 +869,15 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
     launch<PipelinedCfg>(a);
     return;
   }
-  // The softmax group (SoftmaxGroupCfg) unless G4_ATTENTION_SOFTMAX_GROUP=0 or clusters are asked
-  // for (G4_ATTENTION_CLUSTER=2 or 4): then the serial schedule.
+  // The softmax group (SoftmaxGroupCfg) unless G4_ATTENTION_SOFTMAX_GROUP=0: then the serial
+  // schedule. Either in clusters of G4_ATTENTION_CLUSTER CTAs when that is set.
   const int cluster = cluster_size(a.dims.group);
-  if (cluster == 1 && schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true)) {
-    launch<SoftmaxGroupCfg>(a);
+  if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true)) {
+    switch (cluster) {
+      case 4: launch<SoftmaxGroupCfg4>(a); break;
+      case 2: launch<SoftmaxGroupCfg2>(a); break;
+      default: launch<SoftmaxGroupCfg>(a); break;
+    }
     return;
   }
   switch (cluster) {

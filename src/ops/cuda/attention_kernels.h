@@ -67,7 +67,8 @@ void forward(const FwdArgs& a);
 bool wgmma_forward_fits(const FwdArgs& a);
 void forward_wgmma(const FwdArgs& a, bool pipelined);
 // The head-dim-512 serial schedule's loads, waits and releases alone, with no arithmetic: nothing is
-// written to a.out or a.lse (ForwardKernel::wgmma_loads_only, a benchmark's floor).
+// written to a.out or a.lse (ForwardKernel::wgmma_loads_only, a benchmark's floor); in clusters of
+// G4_ATTENTION_CLUSTER CTAs sharing each K and V load when that is set.
 void forward_wgmma_loads_only(const FwdArgs& a);
 // The softmax group writing its cycle counters into a.trace.
 void forward_wgmma_trace(const FwdArgs& a);
