@@ -204,7 +204,8 @@ void run_once(int64_t S) {
 // --trace S: the head-dim-512 softmax group on one causal row of S tokens, 16 query heads, 2 KV
 // heads, with its warpgroups' cycle counters (ops::cuda::attention_trace): for the CTA that sees the
 // most key tiles, the mean cycles of each step of a tile over the tiles after the first four (the
-// pipeline's fill), so that the step the others wait for shows.
+// pipeline's fill), so that the step the others wait for shows. G4_ATTENTION_CLUSTER=2 traces the
+// softmax group in pairs (the first CTA of the pair).
 void run_trace(int64_t S) {
   g4::ops::AttentionMask mask;
   mask.causal = true;
@@ -227,8 +228,9 @@ void run_trace(int64_t S) {
     }
     return count > 0 ? sum / count : 0.0;
   };
-  std::printf("trace S=%lld, softmax group, cycles a key tile (mean over %lld tiles):\n", static_cast<long long>(S),
-              static_cast<long long>(tiles - 5));
+  const char* cluster = std::getenv("G4_ATTENTION_CLUSTER");
+  std::printf("trace S=%lld, softmax group%s, cycles a key tile (mean over %lld tiles):\n", static_cast<long long>(S),
+              cluster != nullptr && std::string(cluster) == "2" ? " in pairs" : "", static_cast<long long>(tiles - 5));
   std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
               " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
               mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),

@@ -158,6 +158,7 @@ using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
 using SoftmaxGroupCfg2 = Cfg<512, 64, 1, 2, Schedule::softmax_group>;
 using SoftmaxGroupCfg4 = Cfg<512, 64, 1, 4, Schedule::softmax_group>;
 using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
+using SoftmaxGroupTraceCfg2 = Cfg<512, 64, 1, 2, Schedule::softmax_group, true>;
 using LoadsOnlyCfg1 = Cfg<512, 64, 1, 1, Schedule::loads_only>;
 using LoadsOnlyCfg2 = Cfg<512, 64, 1, 2, Schedule::loads_only>;
 using LoadsOnlyCfg4 = Cfg<512, 64, 1, 4, Schedule::loads_only>;
@@ -854,7 +855,12 @@ void forward_wgmma_loads_only(const FwdArgs& a) {
 
 void forward_wgmma_trace(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512 && a.trace != nullptr, "the softmax group's trace: head dim 512 and a trace buffer");
-  launch<SoftmaxGroupTraceCfg>(a);
+  const int cluster = cluster_size(a.dims.group);
+  G4_CHECK(cluster <= 2, "the softmax group's trace: one CTA a cluster or pairs (G4_ATTENTION_CLUSTER=", cluster, ")");
+  if (cluster == 2)
+    launch<SoftmaxGroupTraceCfg2>(a);
+  else
+    launch<SoftmaxGroupTraceCfg>(a);
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
