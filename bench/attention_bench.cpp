@@ -126,8 +126,8 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     unsetenv("G4_ATTENTION_SOFTMAX_GROUP");
     if (d == 512) {
       // The serial schedule's loads and barriers with no arithmetic (its output is left unwritten and
-      // dropped): the floor its K and V loads set; in clusters, each K and V box read from L2 once
-      // for 2 or 4 CTAs (whether that floor is L2's rate or each multiprocessor's intake).
+      // dropped): the floor its K and V loads set; in clusters too, each K and V box read from L2 once
+      // for 2 or 4 CTAs that each still take in every byte (that floor falls: the reads set it).
       for (const int cluster : {1, 2, 4}) {
         if ((nH / nKV) % cluster != 0) continue;
         setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
