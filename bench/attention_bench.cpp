@@ -99,22 +99,24 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
     using g4::ops::cuda::ForwardKernel;
     const auto line = [&](const std::string& name, const std::function<void()>& fn) {
       const double ms = time_ms(fn, iters);
-      std::printf("      forward %-30s %8.3f ms %6.1f TFLOP/s (%.2fx the op's)\n", name.c_str(), ms,
+      std::printf("      forward %-42s %8.3f ms %6.1f TFLOP/s (%.2fx the op's)\n", name.c_str(), ms,
                   fwd_flops / ms * 1e-9, fwd_ms / ms);
     };
     line("flash2", [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::flash2); });
     line("wgmma pipelined",
          [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma_pipelined); });
-    if (d == 512) {
+    // `name` with one CTA a cluster, then in each cluster size the GQA group allows (G4_ATTENTION_CLUSTER).
+    const auto cluster_lines = [&](const std::string& name, const std::function<void()>& fn) {
       for (const int cluster : {1, 2, 4}) {
         if ((nH / nKV) % cluster != 0) continue;
         setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
-        line(cluster == 1 ? std::string("wgmma softmax group")
-                          : "wgmma softmax group, clusters of " + std::to_string(cluster),
-             [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
+        line(cluster == 1 ? name : name + ", clusters of " + std::to_string(cluster), fn);
       }
       unsetenv("G4_ATTENTION_CLUSTER");
-    }
+    };
+    if (d == 512)
+      cluster_lines("wgmma softmax group",
+                    [&] { out = g4::ops::cuda::attention(q, k, v, mask, 1.0, &lse, ForwardKernel::wgmma); });
     setenv("G4_ATTENTION_SOFTMAX_GROUP", "0", 1);
     for (const int cluster : {1, 2, 4}) {
       if ((nH / nKV) % cluster != 0 || (d == 256 && cluster > 1)) continue;
@@ -128,14 +130,9 @@ void bench(int64_t S, int64_t nH, int64_t nKV, int64_t d, int64_t window, int it
       // The serial schedule's loads and barriers with no arithmetic (its output is left unwritten and
       // dropped): the floor its K and V loads set; in clusters too, each K and V box read from L2 once
       // for 2 or 4 CTAs that each still take in every byte (that floor falls: the reads set it).
-      for (const int cluster : {1, 2, 4}) {
-        if ((nH / nKV) % cluster != 0) continue;
-        setenv("G4_ATTENTION_CLUSTER", std::to_string(cluster).c_str(), 1);
-        line(cluster == 1 ? std::string("wgmma serial, loads alone")
-                          : "wgmma serial, loads alone, clusters of " + std::to_string(cluster),
-             [&] { g4::ops::cuda::attention(q, k, v, mask, 1.0, nullptr, ForwardKernel::wgmma_loads_only); });
-      }
-      unsetenv("G4_ATTENTION_CLUSTER");
+      cluster_lines("wgmma serial, loads alone", [&] {
+        g4::ops::cuda::attention(q, k, v, mask, 1.0, nullptr, ForwardKernel::wgmma_loads_only);
+      });
     }
     out = g4::ops::attention(q, k, v, mask, 1.0, &lse);
   }
