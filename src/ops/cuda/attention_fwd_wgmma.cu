@@ -47,7 +47,7 @@
 // its products. Computing S twice instead (each warpgroup over the whole head dim, no exchange) was
 // measured and dropped (2.75 against 2.89 ms at S 8192, equal on packed documents; docs/performance.md).
 //
-// The softmax group (SoftmaxGroupCfg, the default at head dim 512 since session 33) has no producer
+// The softmax group (Schedule::softmax_group, the default at head dim 512 since session 33) has no producer
 // warpgroup: the third warpgroup computes S over the whole head dim once, its softmax, and P into
 // shared memory, while the two others multiply the previous tile's P (read from shared memory) by
 // their halves of V, each loading its own half of V. The softmax then runs beside the P·V products
@@ -151,17 +151,10 @@ struct Cfg {
                 "loads only: the serial head-dim-512 schedule, one stage");
   static_assert(kKK * 16 == BN && kNT * 8 == BN, "whole k16 steps and n8 tiles");
 };
-using SerialCfg1 = Cfg<512, 64, 1, 1, Schedule::serial>;
-using SerialCfg2 = Cfg<512, 64, 1, 2, Schedule::serial>;
-using SerialCfg4 = Cfg<512, 64, 1, 4, Schedule::serial>;
-using SoftmaxGroupCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group>;
-using SoftmaxGroupCfg2 = Cfg<512, 64, 1, 2, Schedule::softmax_group>;
-using SoftmaxGroupCfg4 = Cfg<512, 64, 1, 4, Schedule::softmax_group>;
-using SoftmaxGroupTraceCfg = Cfg<512, 64, 1, 1, Schedule::softmax_group, true>;
-using SoftmaxGroupTraceCfg2 = Cfg<512, 64, 1, 2, Schedule::softmax_group, true>;
-using LoadsOnlyCfg1 = Cfg<512, 64, 1, 1, Schedule::loads_only>;
-using LoadsOnlyCfg2 = Cfg<512, 64, 1, 2, Schedule::loads_only>;
-using LoadsOnlyCfg4 = Cfg<512, 64, 1, 4, Schedule::loads_only>;
+// Head dim 512, 64-key tiles, one stage, in clusters of CLUSTER CTAs: the serial schedule, the
+// softmax group (the default) and the loads alone.
+template <Schedule SCHEDULE, int CLUSTER, bool TRACE = false>
+using Cfg512 = Cfg<512, 64, 1, CLUSTER, SCHEDULE, TRACE>;
 using PipelinedCfg = Cfg<512, 32, 2, 1, Schedule::pipelined>;
 // Head dim 256: Q (128 x 256) and two stages of K and V (64 x 256) are 192 KB.
 using SerialCfg256 = Cfg<256, 64, 1, 1, Schedule::serial>;
@@ -834,6 +827,16 @@ int cluster_size(int group) {
   return n;
 }
 
+// The head-dim-512 kernel of SCHEDULE in clusters of `cluster` CTAs (1, 2 or 4: cluster_size).
+template <Schedule SCHEDULE>
+void launch_in_clusters(const FwdArgs& a, int cluster) {
+  switch (cluster) {
+    case 4: launch<Cfg512<SCHEDULE, 4>>(a); break;
+    case 2: launch<Cfg512<SCHEDULE, 2>>(a); break;
+    default: launch<Cfg512<SCHEDULE, 1>>(a); break;
+  }
+}
+
 // A switch of the head-dim-512 schedule: 0 or 1 (unset or empty: `unset`).
 bool schedule_switch(const char* name, bool unset) {
   const char* env = std::getenv(name);
@@ -846,11 +849,7 @@ bool schedule_switch(const char* name, bool unset) {
 
 void forward_wgmma_loads_only(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512, "the wgmma forward's loads alone are timed at head dim 512, got ", a.dims.d);
-  switch (cluster_size(a.dims.group)) {
-    case 4: launch<LoadsOnlyCfg4>(a); break;
-    case 2: launch<LoadsOnlyCfg2>(a); break;
-    default: launch<LoadsOnlyCfg1>(a); break;
-  }
+  launch_in_clusters<Schedule::loads_only>(a, cluster_size(a.dims.group));
 }
 
 void forward_wgmma_trace(const FwdArgs& a) {
@@ -858,9 +857,9 @@ void forward_wgmma_trace(const FwdArgs& a) {
   const int cluster = cluster_size(a.dims.group);
   G4_CHECK(cluster <= 2, "the softmax group's trace: one CTA a cluster or pairs (G4_ATTENTION_CLUSTER=", cluster, ")");
   if (cluster == 2)
-    launch<SoftmaxGroupTraceCfg2>(a);
+    launch<Cfg512<Schedule::softmax_group, 2, true>>(a);
   else
-    launch<SoftmaxGroupTraceCfg>(a);
+    launch<Cfg512<Schedule::softmax_group, 1, true>>(a);
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
@@ -875,22 +874,13 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
     launch<PipelinedCfg>(a);
     return;
   }
-  // The softmax group (SoftmaxGroupCfg) unless G4_ATTENTION_SOFTMAX_GROUP=0: then the serial
-  // schedule. Either in clusters of G4_ATTENTION_CLUSTER CTAs when that is set.
+  // The softmax group unless G4_ATTENTION_SOFTMAX_GROUP=0: then the serial schedule. Either in
+  // clusters of G4_ATTENTION_CLUSTER CTAs when that is set.
   const int cluster = cluster_size(a.dims.group);
-  if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true)) {
-    switch (cluster) {
-      case 4: launch<SoftmaxGroupCfg4>(a); break;
-      case 2: launch<SoftmaxGroupCfg2>(a); break;
-      default: launch<SoftmaxGroupCfg>(a); break;
-    }
-    return;
-  }
-  switch (cluster) {
-    case 4: launch<SerialCfg4>(a); break;
-    case 2: launch<SerialCfg2>(a); break;
-    default: launch<SerialCfg1>(a); break;
-  }
+  if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true))
+    launch_in_clusters<Schedule::softmax_group>(a, cluster);
+  else
+    launch_in_clusters<Schedule::serial>(a, cluster);
 }
 
 }  // namespace g4::ops::cuda::attn
