@@ -201,8 +201,8 @@ void run_once(int64_t S) {
 // --trace S: the head-dim-512 softmax group on one causal row of S tokens, 16 query heads, 2 KV
 // heads, with its warpgroups' cycle counters (ops::cuda::attention_trace): for the CTA that sees the
 // most key tiles, the mean cycles of each step of a tile over the tiles after the first four (the
-// pipeline's fill), so that the step the others wait for shows. G4_ATTENTION_CLUSTER=2 traces the
-// softmax group in pairs (the first CTA of the pair).
+// pipeline's fill), so that the step the others wait for shows. It runs in pairs, as the op does at
+// this GQA group, unless G4_ATTENTION_CLUSTER says otherwise (the first CTA of the cluster is traced).
 void run_trace(int64_t S) {
   g4::ops::AttentionMask mask;
   mask.causal = true;
@@ -226,8 +226,9 @@ void run_trace(int64_t S) {
     return count > 0 ? sum / count : 0.0;
   };
   const char* cluster = std::getenv("G4_ATTENTION_CLUSTER");
-  std::printf("trace S=%lld, softmax group%s, cycles a key tile (mean over %lld tiles):\n", static_cast<long long>(S),
-              cluster != nullptr && std::string(cluster) == "2" ? " in pairs" : "", static_cast<long long>(tiles - 5));
+  std::printf("trace S=%lld, softmax group in clusters of %s, cycles a key tile (mean over %lld tiles):\n",
+              static_cast<long long>(S), cluster != nullptr && *cluster != 0 ? cluster : "2 (the default at GQA 8)",
+              static_cast<long long>(tiles - 5));
   std::printf("  softmax warpgroup: K part 0 wait %.0f | part 1 wait + issue %.0f | S products %.0f | softmax %.0f"
               " | wait for a free P buffer %.0f | write P %.0f | tile %.0f\n",
               mean(2, 0, 1), mean(2, 1, 2), mean(2, 2, 3), mean(2, 3, 4), mean(2, 4, 5), mean(2, 5, 6),
@@ -236,6 +237,22 @@ void run_trace(int64_t S) {
     std::printf("  P·V warpgroup %d: wait for P %.0f | wait for V %.0f | P·V products %.0f | release, refill %.0f"
                 " | tile %.0f\n",
                 g, mean(g, 0, 1), mean(g, 1, 2), mean(g, 2, 3), mean(g, 3, 4), mean(g, 0, -1));
+  // In clusters the P·V warpgroups refill K (event 5): when, after the softmax warpgroup's S of the same
+  // tile was done (its event 3), and how long before the next tile's S found K there (its event 2).
+  if (t[5] != 0) {
+    const auto across = [&](int ga, int ea, int gb, int eb, int next) {
+      double sum = 0;
+      int count = 0;
+      for (int64_t it = 4; it + 1 < tiles; ++it) {
+        sum += static_cast<double>(t[gb * per_group + (it + next) * events + eb] - t[ga * per_group + it * events + ea]);
+        ++count;
+      }
+      return count > 0 ? sum / count : 0.0;
+    };
+    for (int g = 0; g < 2; ++g)
+      std::printf("  K part %d refilled %.0f cycles after S was done, %.0f before the next S found it\n", g,
+                  across(2, 3, g, 5, 0), across(g, 5, 2, 2, 1));
+  }
 }
 
 }  // namespace

@@ -374,25 +374,28 @@ TEST(GpuAttention, WgmmaForwardSerial) {
 }
 
 // The head-dim-512 softmax-group schedule (the default): a third warpgroup computes S, its softmax and
-// P for the two P·V warpgroups.
+// P for the two P·V warpgroups. Every case below has an even GQA group, so it runs in pairs: the CTAs
+// of two query heads of one KV head share each K and V load (TMA multicast) and release each buffer
+// to both. An odd group runs one CTA a cluster.
 TEST(GpuAttention, WgmmaForwardSoftmaxGroup) {
   G4_REQUIRE_GPU();
   run_schedule_cases("G4_ATTENTION_SOFTMAX_GROUP", "1", "d512 softmax group");
+  run_case({"d512 softmax group, causal gqa3 (one CTA a cluster)", 1, 200, 200, 3, 1, 512, 512, causal()});
 }
 
-// The softmax group in clusters (G4_ATTENTION_CLUSTER): the CTAs of 2 or 4 query heads of one KV head
-// share each K and V load (TMA multicast) and release each buffer to all of them.
+// The softmax group in other cluster sizes (G4_ATTENTION_CLUSTER): one CTA a cluster at even GQA
+// groups too, and fours.
 TEST(GpuAttention, WgmmaForwardSoftmaxGroupInClusters) {
   G4_REQUIRE_GPU();
-  run_schedule_cases("G4_ATTENTION_CLUSTER", "2", "d512 softmax group, clusters of 2", "3");
+  run_schedule_cases("G4_ATTENTION_CLUSTER", "1", "d512 softmax group, one CTA a cluster", "3");
   setenv("G4_ATTENTION_CLUSTER", "4", 1);
   run_case({"d512 softmax group, clusters of 4, causal gqa4", 2, 230, 230, 8, 2, 512, 512, causal()});
   run_case({"d512 softmax group, clusters of 4, window100 gqa8", 1, 300, 300, 8, 1, 512, 512, causal(100)});
   unsetenv("G4_ATTENTION_CLUSTER");
 }
 
-// The softmax group's trace (bench_attention --trace): every step of every traced key tile recorded,
-// in the order each warpgroup passes them; other head dims refused.
+// The softmax group's trace (bench_attention --trace), in pairs as the op runs it at GQA 2: every step
+// of every traced key tile recorded, in the order each warpgroup passes them; other head dims refused.
 TEST(GpuAttention, SoftmaxGroupTraceRecordsEachStepInOrder) {
   G4_REQUIRE_GPU();
   const int64_t S = 512, tiles = S / 64;
@@ -413,6 +416,10 @@ TEST(GpuAttention, SoftmaxGroupTraceRecordsEachStepInOrder) {
       }
       if (it + 1 < tiles) {
         EXPECT_GE(row[events], row[last_event]) << "group " << group << " tile " << it;
+      }
+      if (group < 2 && it + 1 < tiles) {  // in pairs (GQA 2) the P·V warpgroup refills K before it waits for P
+        EXPECT_GE(row[5], row[0]) << "group " << group << " tile " << it;
+        EXPECT_LE(row[5], row[1]) << "group " << group << " tile " << it;
       }
     }
     EXPECT_EQ(t[group * per_group + tiles * events], 0) << "no tile past the last one";

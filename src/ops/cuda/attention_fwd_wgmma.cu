@@ -30,18 +30,19 @@
 // tiles) can form a cluster in which each K and V box is read from L2 once and multicast into all
 // of them; a buffer is then refilled when the warpgroups of every CTA have released it (one
 // arrival per consumer warp on each CTA's empty barrier, at CTA scope: a cluster-scope release
-// fenced every arrival and made pairs 1.7x slower). Measured on an H100 at S 8192 causal (GQA 8),
-// head dim 512: 2.87 ms alone, 2.94 in pairs, 3.24 in fours, with half the L2 bytes in pairs and
-// the tensor pipes as busy (39%): L2 does not bound the serial schedule. Pairs gain 8% at S 4096 and
-// lose elsewhere, and two CTAs splitting the head dim of 128 rows (exchanging partial S through
-// distributed shared memory) lost everywhere, on the serial schedule (session 31) and on the
-// softmax group's (session 34: 0.97-0.99x at S 4096-8192 causal at best, 0.78-0.80x on packed
-// rows; docs/performance.md). So the default is no cluster; G4_ATTENTION_CLUSTER=2 or 4 selects one,
-// for the softmax group as for the serial schedule (G4_ATTENTION_SOFTMAX_GROUP=0). The softmax group,
-// unlike the serial schedule, waits on its loads, and the loads alone take 2.01 ms at S 8192 one CTA
-// a cluster, 1.24 in pairs and 0.89 in fours (session 34): the floor is set by the reads, not by
-// what a multiprocessor takes in. The softmax group in clusters was written after that session's
-// GPU time ran out and has not run yet.
+// fenced every arrival and made pairs 1.7x slower). The serial schedule does not gain from it
+// (S 8192 causal, GQA 8, one H100: 2.87 ms alone, 2.94 in pairs, 3.24 in fours, with the tensor pipes
+// as busy), nor did two CTAs splitting the head dim of 128 rows (sessions 31 and 34;
+// docs/performance.md). The softmax group does: it waits on its loads, and their floor is set by the
+// reads, which clusters share (the loads alone take 2.01 ms at S 8192 one CTA a cluster, 1.24 in
+// pairs, 0.89 in fours). In a cluster, though, whoever refills a K part waits for the slowest CTA's
+// release; the softmax warpgroup's thread 0 doing so held up its warp, and with it the warpgroup's
+// next products and P's publication (pairs 0.87x of one CTA). So in clusters each P·V warpgroup
+// refills its own half of K, as it does of V, at the top of its tile, where it would wait for P
+// anyway; pairs then took 2.26 ms against 2.54 at S 8192 (1.13x; 1.22x at S 4096, 1.01-1.07x on
+// packed documents; fours 0.99-1.11x). So the softmax group runs in pairs wherever the GQA group is
+// even; G4_ATTENTION_CLUSTER=1, 2 or 4 overrides that, for it and for the serial schedule
+// (G4_ATTENTION_SOFTMAX_GROUP=0), which runs one CTA a cluster by default.
 //
 // What the serial schedule waits on is its order: each warpgroup's exchange and softmax sit between
 // its products. Computing S twice instead (each warpgroup over the whole head dim, no exchange) was
@@ -521,7 +522,7 @@ enum TraceEvent {
   kScoreTileStart = 0,
   kKPart0Ready = 1,   // K's first part has arrived
   kScoresIssued = 2,  // both parts' products issued (the second part has arrived)
-  kScoresDone = 3,    // S complete, both K parts released (and refilled by the loading thread)
+  kScoresDone = 3,    // S complete, both K parts released (and refilled by the loading thread, one CTA a cluster)
   kSoftmaxDone = 4,
   kPBufferFree = 5,  // the P·V warpgroups have released the P buffer this tile writes
   kPPublished = 6,
@@ -531,6 +532,7 @@ enum TraceEvent {
   kVReady = 2,
   kProductDone = 3,
   kValueRefilled = 4,  // V released and, by the loading thread, refilled with the next tile
+  kKRefilled = 5,      // in clusters: its part of K refilled with the next tile (the top of the tile)
 };
 
 // Thread 0 of each warpgroup of the traced CTA (head 0's last query tile) records `event` of tile it.
@@ -579,8 +581,9 @@ __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[
 }
 
 // The softmax warpgroup, which also loads Q and K (its thread 0; the softmax group has no producer
-// warpgroup, and each P·V warpgroup loads its own half of V). Per key tile j: S = Q Kᵀ as two commit
-// groups, one per K part, so that part 0 is refilled with tile j + 1 while part 1 is multiplied; the
+// warpgroup, and each P·V warpgroup loads its own half of V, and in clusters of K after the first
+// tile). Per key tile j: S = Q Kᵀ as two commit groups, one per K part, so that part 0 can be
+// refilled with tile j + 1 while part 1 is multiplied; the
 // online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
 // 1 / sum go to the factors' last slot and the log-sum-exp to memory.
 template <class C>
@@ -627,7 +630,7 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
         wgmma::fence_operands(flat);
       }
       release<C::kCluster>(&bars->empty_k[0][w], last);
-      if (loader && !last) {
+      if (C::kCluster == 1 && loader && !last) {  // in clusters P·V warpgroup w refills part w
         tma::mbar_wait(&bars->empty_k[0][w], parity);
         load_part<C>(sK, maps.k, w, kvh, k0 + C::kBN, b, &bars->full_k[0][w], rank);
       }
@@ -657,10 +660,12 @@ __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, t
 // A P·V warpgroup. Per key tile: O (its half of the head dim) times the tile's rescaling factors,
 // then O += P V[:, half] with P from shared memory; P's buffer is released when the product has
 // completed, and its half of V is refilled with the next tile's at once (by its thread 0: only this
-// warpgroup reads that half, so its loads wait for nothing else). At the end, O times the rows' 1 / sum.
+// warpgroup reads that half, so its loads wait for nothing else; in clusters, for every CTA's P·V
+// warpgroup of that half). At the end, O times the rows' 1 / sum.
 template <class C>
 __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
-                                             unsigned char* sV, const unsigned char* sP, const float* factors,
+                                             unsigned char* sK, unsigned char* sV, const unsigned char* sP,
+                                             const float* factors,
                                              const Consumer& me, int q0, int b, int h, int kvh, int jt_begin, int n) {
   const int g = me.part;
   const bool loader = me.t == 0;
@@ -674,6 +679,14 @@ __device__ __forceinline__ void weigh_values(const Maps& maps, const FwdArgs& a,
   for (int it = 0; it < n; ++it) {
     const int buf = it % 2;
     mark<C>(a, g, it, kValueTileStart);
+    // In clusters K part g's refill waits for the softmax warpgroups of every CTA to release it; their
+    // thread 0 would block its warp (and the warpgroup's next products) on a late peer, while this
+    // warpgroup is idle here: the softmax warpgroup releases K before it publishes P.
+    if (C::kCluster > 1 && loader && it + 1 < n) {
+      tma::mbar_wait(&bars->empty_k[0][g], it & 1);
+      load_part<C>(sK, maps.k, g, kvh, (jt_begin + it + 1) * C::kBN, b, &bars->full_k[0][g], rank);
+    }
+    if constexpr (C::kCluster > 1) mark<C>(a, g, it, kKRefilled);
     tma::mbar_wait(&bars->full_p[buf], (it / 2) & 1);
     mark<C>(a, g, it, kPReady);
     float alpha[2];
@@ -762,7 +775,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const __grid_con
       score_rows<C>(maps, a, bars, sQ, sK, sP, factors, me, q0, q_last, b, h, kvh, jt_begin, jt_end);
     } else {
       const Consumer me{group, group, t, lane % 4, (t / 32) * 16 + lane / 4};
-      weigh_values<C>(maps, a, bars, sV, sP, factors, me, q0, b, h, kvh, jt_begin, jt_end - jt_begin);
+      weigh_values<C>(maps, a, bars, sK, sV, sP, factors, me, q0, b, h, kvh, jt_begin, jt_end - jt_begin);
     }
   } else if (group == 2) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
@@ -813,11 +826,10 @@ void launch(const FwdArgs& a) {
   G4_CUDA_CHECK_LAUNCH();
 }
 
-// The CTAs per cluster of the head-dim-512 schedules: 1 (see the top of this file), or
-// G4_ATTENTION_CLUSTER (1, 2 or 4; it must divide the GQA group, so that the cluster's query heads
-// share one KV head).
-int cluster_size(int group) {
-  int n = 1;
+// The CTAs per cluster of a head-dim-512 schedule: G4_ATTENTION_CLUSTER (1, 2 or 4; it must divide
+// the GQA group, so that the cluster's query heads share one KV head) when set, else `fallback`.
+int cluster_size(int group, int fallback = 1) {
+  int n = fallback;
   if (const char* env = std::getenv("G4_ATTENTION_CLUSTER"); env != nullptr && *env != 0) {
     const int want = std::atoi(env);
     G4_CHECK((want == 1 || want == 2 || want == 4) && group % want == 0, "G4_ATTENTION_CLUSTER=", env,
@@ -827,13 +839,16 @@ int cluster_size(int group) {
   return n;
 }
 
+// The softmax group's cluster size: pairs where the GQA group is even (see the top of this file).
+int softmax_group_cluster(int group) { return cluster_size(group, group % 2 == 0 ? 2 : 1); }
+
 // The head-dim-512 kernel of SCHEDULE in clusters of `cluster` CTAs (1, 2 or 4: cluster_size).
-template <Schedule SCHEDULE>
+template <Schedule SCHEDULE, bool TRACE = false>
 void launch_in_clusters(const FwdArgs& a, int cluster) {
   switch (cluster) {
-    case 4: launch<Cfg512<SCHEDULE, 4>>(a); break;
-    case 2: launch<Cfg512<SCHEDULE, 2>>(a); break;
-    default: launch<Cfg512<SCHEDULE, 1>>(a); break;
+    case 4: launch<Cfg512<SCHEDULE, 4, TRACE>>(a); break;
+    case 2: launch<Cfg512<SCHEDULE, 2, TRACE>>(a); break;
+    default: launch<Cfg512<SCHEDULE, 1, TRACE>>(a); break;
   }
 }
 
@@ -854,12 +869,7 @@ void forward_wgmma_loads_only(const FwdArgs& a) {
 
 void forward_wgmma_trace(const FwdArgs& a) {
   G4_CHECK(a.dims.d == 512 && a.trace != nullptr, "the softmax group's trace: head dim 512 and a trace buffer");
-  const int cluster = cluster_size(a.dims.group);
-  G4_CHECK(cluster <= 2, "the softmax group's trace: one CTA a cluster or pairs (G4_ATTENTION_CLUSTER=", cluster, ")");
-  if (cluster == 2)
-    launch<Cfg512<Schedule::softmax_group, 2, true>>(a);
-  else
-    launch<Cfg512<Schedule::softmax_group, 1, true>>(a);
+  launch_in_clusters<Schedule::softmax_group, true>(a, softmax_group_cluster(a.dims.group));
 }
 
 void forward_wgmma(const FwdArgs& a, bool pipelined) {
@@ -874,13 +884,13 @@ void forward_wgmma(const FwdArgs& a, bool pipelined) {
     launch<PipelinedCfg>(a);
     return;
   }
-  // The softmax group unless G4_ATTENTION_SOFTMAX_GROUP=0: then the serial schedule. Either in
-  // clusters of G4_ATTENTION_CLUSTER CTAs when that is set.
-  const int cluster = cluster_size(a.dims.group);
+  // The softmax group, in pairs where the GQA group is even (see the top of this file), unless
+  // G4_ATTENTION_SOFTMAX_GROUP=0: then the serial schedule, one CTA a cluster. G4_ATTENTION_CLUSTER
+  // sets the cluster size of either.
   if (schedule_switch("G4_ATTENTION_SOFTMAX_GROUP", true))
-    launch_in_clusters<Schedule::softmax_group>(a, cluster);
+    launch_in_clusters<Schedule::softmax_group>(a, softmax_group_cluster(a.dims.group));
   else
-    launch_in_clusters<Schedule::serial>(a, cluster);
+    launch_in_clusters<Schedule::serial>(a, cluster_size(a.dims.group));
 }
 
 }  // namespace g4::ops::cuda::attn
