@@ -94,6 +94,7 @@ run="scripts/device_run.sh"
 #   timeout, then times it against one CTA a cluster and against the loads alone in clusters).
 # - Session 35 (2026-12-07, H100s): the softmax group in pairs passed and, with the P·V warpgroups refilling K,
 #   was faster on every shape (2.26 against 2.54 ms at S 8192), so it runs in pairs at even GQA groups by default.
+#   The whole suite has not run with that default (no machine started for the later calls): run `tests-new`.
 new_tests='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
