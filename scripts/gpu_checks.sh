@@ -178,8 +178,8 @@ stage() {
       $run bench_attention --d 512 ;;
     attention-softmax-group)  # the head-dim-512 softmax group (the default there, in pairs): its tests, in every
       # cluster size, under a timeout (a schedule of mbarriers that waits for ever would otherwise hold the call), its
-      # trace (the cycles of each step of a key tile, one CTA a cluster and in pairs), Nsight Compute on one forward at S 8192, then
-      # bench_attention --d 512, which times it in clusters of 1, 2 and 4 beside the serial schedule and the loads
+      # trace (the cycles of each step of a key tile, one CTA a cluster and in pairs), Nsight Compute on one forward
+      # at S 8192, then bench_attention --d 512, which times it in clusters of 1, 2 and 4 beside the serial schedule and the loads
       # alone (the floor the K and V loads set, in the same clusters; docs/performance.md)
       timeout 120 $run test_gpu --gtest_brief=1 \
         --gtest_filter='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.SoftmaxGroupTrace*' || return
