@@ -214,16 +214,20 @@ void run_trace(int64_t S) {
   const Tensor trace = g4::ops::cuda::attention_trace(q, k, v, mask, 1.0).to(Device::CPU);
   const int64_t* t = static_cast<const int64_t*>(trace.raw());
   const int64_t events = trace.size(2), per_group = trace.size(1) * events;
-  // The mean of (event b - event a) of the same tile (b < 0: event a of the next tile) in one warpgroup.
-  const auto mean = [&](int group, int ea, int eb) {
+  // The mean over tiles j of (event eb of warpgroup gb in tile j + next) - (event ea of warpgroup ga in
+  // tile j): one clock, all warpgroups run on the traced CTA's multiprocessor.
+  const auto between = [&](int ga, int ea, int gb, int eb, int next) {
     double sum = 0;
     int count = 0;
     for (int64_t it = 4; it + 1 < tiles; ++it) {
-      const int64_t* row = t + group * per_group + it * events;
-      sum += static_cast<double>((eb < 0 ? row[events + ea] : row[eb]) - row[ea]);
+      sum += static_cast<double>(t[gb * per_group + (it + next) * events + eb] - t[ga * per_group + it * events + ea]);
       ++count;
     }
     return count > 0 ? sum / count : 0.0;
+  };
+  // The same within one warpgroup (eb < 0: event ea of the next tile).
+  const auto mean = [&](int group, int ea, int eb) {
+    return eb < 0 ? between(group, ea, group, ea, 1) : between(group, ea, group, eb, 0);
   };
   const char* cluster = std::getenv("G4_ATTENTION_CLUSTER");
   std::printf("trace S=%lld, softmax group in clusters of %s, cycles a key tile (mean over %lld tiles):\n",
@@ -240,18 +244,9 @@ void run_trace(int64_t S) {
   // In clusters the P·V warpgroups refill K (event 5): when, after the softmax warpgroup's S of the same
   // tile was done (its event 3), and how long before the next tile's S found K there (its event 2).
   if (t[5] != 0) {
-    const auto across = [&](int ga, int ea, int gb, int eb, int next) {
-      double sum = 0;
-      int count = 0;
-      for (int64_t it = 4; it + 1 < tiles; ++it) {
-        sum += static_cast<double>(t[gb * per_group + (it + next) * events + eb] - t[ga * per_group + it * events + ea]);
-        ++count;
-      }
-      return count > 0 ? sum / count : 0.0;
-    };
     for (int g = 0; g < 2; ++g)
       std::printf("  K part %d refilled %.0f cycles after S was done, %.0f before the next S found it\n", g,
-                  across(2, 3, g, 5, 0), across(g, 5, 2, 2, 1));
+                  between(2, 3, g, 5, 0), between(g, 5, 2, 2, 1));
   }
 }
 

@@ -22,8 +22,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 // An instrument: the head-dim-512 softmax group (the wgmma forward's schedule there) run once,
 // returning the cycle counters its warpgroups read at each step of their key loops in the CTA of
 // head 0's last query tile (the most key tiles under a causal mask): int64 [3, tiles, events], the
-// warpgroups in the order P·V 0, P·V 1, softmax (events: attention_fwd_wgmma.cu, TraceEvent). With
-// G4_ATTENTION_CLUSTER=2, the softmax group in pairs (that CTA is the first of its pair).
+// warpgroups in the order P·V 0, P·V 1, softmax (events: attention_fwd_wgmma.cu, TraceEvent). It runs
+// in the clusters the op would (pairs at an even GQA group, or G4_ATTENTION_CLUSTER); that CTA is the
+// first of its cluster.
 // bench_attention --trace prints where a tile's time goes.
 Tensor attention_trace(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale);
 

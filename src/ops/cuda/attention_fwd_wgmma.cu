@@ -583,9 +583,9 @@ __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[
 // The softmax warpgroup, which also loads Q and K (its thread 0; the softmax group has no producer
 // warpgroup, and each P·V warpgroup loads its own half of V, and in clusters of K after the first
 // tile). Per key tile j: S = Q Kᵀ as two commit groups, one per K part, so that part 0 can be
-// refilled with tile j + 1 while part 1 is multiplied; the
-// online softmax; then P and the rows' rescaling factors into P buffer j % 2. At the end the rows'
-// 1 / sum go to the factors' last slot and the log-sum-exp to memory.
+// refilled with tile j + 1 while part 1 is multiplied; the online softmax; then P and the rows'
+// rescaling factors into P buffer j % 2. At the end the rows' 1 / sum go to the factors' last slot
+// and the log-sum-exp to memory.
 template <class C>
 __device__ __forceinline__ void score_rows(const Maps& maps, const FwdArgs& a, typename C::Barriers* bars,
                                            unsigned char* sQ, unsigned char* sK, unsigned char* sP, float* factors,

@@ -70,7 +70,7 @@ void forward_wgmma(const FwdArgs& a, bool pipelined);
 // written to a.out or a.lse (ForwardKernel::wgmma_loads_only, a benchmark's floor); in clusters of
 // G4_ATTENTION_CLUSTER CTAs sharing each K and V load when that is set.
 void forward_wgmma_loads_only(const FwdArgs& a);
-// The softmax group writing its cycle counters into a.trace (in pairs when G4_ATTENTION_CLUSTER=2).
+// The softmax group writing its cycle counters into a.trace, in the clusters forward_wgmma would use.
 void forward_wgmma_trace(const FwdArgs& a);
 // dsum = rowsum(dout * out) in f32 (the "D" of FlashAttention-2's backward).
 void backward_dsum(const bf16* dout, const bf16* out, float* dsum, const Dims& dims);
