@@ -95,6 +95,8 @@ run="scripts/device_run.sh"
 # - Session 35 (2026-12-07, H100s): the softmax group in pairs passed and, with the P·V warpgroups refilling K,
 #   was faster on every shape (2.26 against 2.54 ms at S 8192), so it runs in pairs at even GQA groups by default.
 #   The whole suite has not run with that default (no machine started for the later calls): run `tests-new`.
+# - Session 36 (2026-12-07, one H100): the whole suite passed with pairs as the default and the shorter softmax
+#   (fmaxf trees, ex2.approx.ftz, masks only on cut tiles; P by stmatrix): 170 passed, 17 skipped (more GPUs).
 new_tests='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {

@@ -56,7 +56,10 @@
 // against the serial schedule's 2.89, and 12-16% faster on every shape bench_attention times.
 // G4_ATTENTION_SOFTMAX_GROUP=0 selects the serial schedule. Holding six of Q's eight boxes in the
 // softmax warpgroup's registers (so that S read mostly K from shared memory) was measured 2-7%
-// slower and dropped: shared memory's bandwidth does not bound it.
+// slower and dropped: shared memory's bandwidth does not bound it. Its softmax and P's write run
+// while the tensor cores wait for the next S, so their length is the tile's: with the shorter
+// softmax (softmax_tile) and P by stmatrix (write_p) the tile took 3 485 cycles in pairs against
+// 3 781, and S 8192 causal 2.09 ms, 527 TFLOP/s (session 36).
 //
 // Masks are those of the FlashAttention-2 kernel (attention_fwd.cu) with the same helpers: key
 // tiles outside the causal / sliding-window band or the query tile's documents are never loaded;
@@ -301,34 +304,62 @@ __device__ __forceinline__ void exchange_scores(float (&s)[1][C::kNT][4], float*
   }
 }
 
+// 2^x in one special-function instruction. exp2f adds a range test and two multiplies around it so
+// that results below 2^-126 come out denormal rather than 0; a weight that small is below a bf16 P's
+// and an f32 row sum's resolution next to the row maximum's weight of 1. Instructions count here: in
+// the softmax group the tensor cores wait for the softmax warpgroup's softmax.
+__device__ __forceinline__ float exp2_flush(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The maximum of row r's elements of a thread's S fragment (elements 2 r and 2 r + 1 of each n8 tile)
+// as a tree, so that the dependent chain is log2 of the count rather than the count.
+template <int NT>
+__device__ __forceinline__ float fragment_row_max(const float (&s)[1][NT][4], int r) {
+  float m[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) m[nt] = fmaxf(s[0][nt][2 * r], s[0][nt][2 * r + 1]);
+#pragma unroll
+  for (int w = NT / 2; w >= 1; w /= 2)
+#pragma unroll
+    for (int i = 0; i < w; ++i) m[i] = fmaxf(m[i], m[i + w]);
+  return m[0];
+}
+
 // The online softmax of one tile of S (keys k0..): masks and scales it, updates the rows' running
 // maxima and sums, and returns the factor O must be multiplied by (alpha, applied by the caller,
 // when no P·V is in flight) and P as wgmma A fragments, one per k16 step.
+//
+// The maxima are fmaxf's, which skip a NaN score, where the other kernels' KeepNaN keeps it: the NaN
+// still reaches its own weight (2^NaN), so the row's sum and every column of its output (P·V adds
+// NaN · V) come out NaN, and so does its log-sum-exp, as they do there (GpuAttention.NanScorePropagates).
 template <class C>
 __device__ __forceinline__ void softmax_tile(float (&s)[1][C::kNT][4], const FwdArgs& a, const Consumer& me, int q0,
                                              int q_last, int b, int k0, float (&row_max)[2], float (&row_sum)[2],
                                              float (&alpha)[2], uint32_t (&p)[C::kKK][4]) {
   const Dims& dm = a.dims;
-  const bool need_mask =
-      k0 + C::kBN > dm.sk || !tile_fully_visible(a.mask, dm, b, q0, q_last, k0, min(k0 + C::kBN, dm.sk) - 1);
-  const uint64_t vis = need_mask ? visible_bits<C::kNT>(a.mask, dm, b, q0 + me.r_local, k0, me.cq) : 0;
-  float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-  for (int nt = 0; nt < C::kNT; ++nt) {
+  for (int nt = 0; nt < C::kNT; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[0][nt][e] * a.scale_log2;
-      if (need_mask && !bit_set(vis, 4 * nt + e)) x = -INFINITY;
-      s[0][nt][e] = x;
-      tile_max[e >> 1] = KeepNaN{}(tile_max[e >> 1], x);
-    }
+    for (int e = 0; e < 4; ++e) s[0][nt][e] *= a.scale_log2;
+  // Only the tiles the mask cuts test their elements.
+  if (k0 + C::kBN > dm.sk || !tile_fully_visible(a.mask, dm, b, q0, q_last, k0, min(k0 + C::kBN, dm.sk) - 1)) {
+    const uint64_t vis = visible_bits<C::kNT>(a.mask, dm, b, q0 + me.r_local, k0, me.cq);
+#pragma unroll
+    for (int nt = 0; nt < C::kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!bit_set(vis, 4 * nt + e)) s[0][nt][e] = -INFINITY;
   }
   float m_use[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    tile_max[r] = KeepNaN{}(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-    tile_max[r] = KeepNaN{}(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    const float m_new = KeepNaN{}(row_max[r], tile_max[r]);
+    float tile_max = fragment_row_max(s, r);
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(row_max[r], tile_max);
     m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet keeps weights 0
     alpha[r] = exp2f(row_max[r] - m_use[r]);
     row_max[r] = m_new;
@@ -341,7 +372,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[1][C::kNT][4], const Fwd
     for (int half = 0; half < 2; ++half)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float x = exp2f(s[0][2 * kk + half][e] - m_use[e >> 1]);
+        const float x = exp2_flush(s[0][2 * kk + half][e] - m_use[e >> 1]);
         e2[half][e] = x;
         row_sum[e >> 1] += x;  // partial: this thread's columns only, reduced at the end
       }
@@ -566,18 +597,23 @@ __device__ __forceinline__ void get_row_factors(const float* factors, int slot, 
 
 // P (the thread's A fragments of a 64 x 64 tile, as softmax_tile makes them) into one SW128
 // K-major box, the A operand of mma_m64n256k16_ss: element (r, c) at byte 128 r + 16 ((c / 8) ^
-// (r % 8)) + 2 (c % 8). Fragment i of k16 step kk holds rows r_local + 8 (i % 2), columns
-// 16 kk + 8 (i / 2) + 2 cq and the next; rows r_local and r_local + 8 share r % 8.
+// (r % 8)) + 2 (c % 8). The four fragments of k16 step kk are the four 8 x 8 matrices of the warp's
+// 16 rows by columns 16 kk..16 kk + 15 (rows + 0 / + 8, columns + 0 / + 8, in that order), which is
+// what one stmatrix x4 stores: lane l gives the address of row l % 8 of matrix l / 8, a 16-byte
+// chunk of the box. One store a step instead of four 4-byte ones.
 template <class C>
 __device__ __forceinline__ void write_p(unsigned char* box, const uint32_t (&p)[C::kKK][4], const Consumer& me) {
-  const int swizzle = me.r_local % 8;
+  const int lane = me.t % 32, matrix = lane / 8;
+  const int row = (me.t / 32) * 16 + 8 * (matrix % 2) + lane % 8;
+  const uint32_t row_address = wgmma::smem_addr(box + row * 128);
 #pragma unroll
-  for (int kk = 0; kk < C::kKK; ++kk)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = me.r_local + 8 * (i % 2), chunk = 2 * kk + i / 2;
-      *reinterpret_cast<uint32_t*>(box + row * 128 + ((chunk ^ swizzle) * 16) + 4 * me.cq) = p[kk][i];
-    }
+  for (int kk = 0; kk < C::kKK; ++kk) {
+    const int chunk = 2 * kk + matrix / 2;
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                     row_address + ((chunk ^ (row % 8)) * 16)),
+                 "r"(p[kk][0]), "r"(p[kk][1]), "r"(p[kk][2]), "r"(p[kk][3])
+                 : "memory");
+  }
 }
 
 // The softmax warpgroup, which also loads Q and K (its thread 0; the softmax group has no producer
