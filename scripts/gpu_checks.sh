@@ -160,9 +160,12 @@ stage() {
       for m in gemma-4-e4b gemma-4-26b-a4b; do
         $run g4 bench rl --model $m --layers 4 && $run g4 bench rl --model $m --layers 4 --prompts 8 --generations 8 || return
       done ;;
-    attention)  # issue 18: the attention tests, then g4's kernels and PyTorch SDPA's backends in one session
-      $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.*' && $run bench_attention &&
-        $run bash -c 'LD_LIBRARY_PATH="$G4_PYTHON_LD_LIBRARY_PATH" python3 tools/bench_torch_attention.py' ;;
+    attention)  # issue 18: the attention tests, then g4's kernels and PyTorch SDPA's backends in one session, ending
+      # with g4's head-dim-512 forward + backward as a share of the best head-dim-256 backend's
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuAttention.*' &&
+        $run bench_attention > "$out/bench_attention.txt" && cat "$out/bench_attention.txt" &&
+        $run bash -c 'LD_LIBRARY_PATH="$G4_PYTHON_LD_LIBRARY_PATH" python3 tools/bench_torch_attention.py 10 --g4 "$0"' \
+          "$out/bench_attention.txt" ;;
     attention-profile)  # Nsight Compute on one forward and backward of each attention shape at S 8192: how busy the
       # tensor pipes are and why the warps stall (an instruction-fetch stall is how the wgmma forward's oversized
       # tile loops showed, docs/performance.md)
@@ -239,7 +242,7 @@ for s in "$@"; do
   start=$(date +%s)
   stage_limit=$limit
   [ "$s" = tests-new ] && [ "$limit" -gt 150 ] && stage_limit=150
-  timeout --signal=INT --kill-after=20 "$stage_limit" bash -c "$(declare -f stage); run=$run; new_tests='$new_tests'; stage $s" \
+  timeout --signal=INT --kill-after=20 "$stage_limit" bash -c "$(declare -f stage); run=$run; out='$out'; new_tests='$new_tests'; stage $s" \
     > "$out/$s.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || status=1

@@ -4,7 +4,11 @@ cuDNN, efficient, math) on the shapes of bench/attention_bench.cpp, with the sam
 forward = 4 * pairs * d * nH (pairs = S^2/2 causal, the visible pairs for a sliding window),
 backward = 2.5 x forward, forward + backward = 3.5 x forward. GQA is run by expanding k and v to
 nH heads (every backend accepts that); a sliding window needs a boolean mask (flash refuses masks).
-Usage: python3 tools/bench_torch_attention.py [iters]"""
+With --g4 FILE (bench_attention's output from the same session), it ends with the issue's yardstick:
+g4's head-dim-512 causal forward + backward (the op's backward, marked *) against the best
+backend's head-dim-256 causal forward + backward at each S, as a ratio.
+Usage: python3 tools/bench_torch_attention.py [iters] [--g4 FILE]"""
+import re
 import sys
 
 import torch
@@ -29,6 +33,10 @@ def time_ms(fn, iters):
 
 # Packed-row case: documents of these lengths (causal within each, none across).
 DOCS_4096 = [1024, 512, 1536, 768, 256]
+
+
+# (S, nH, d, what) -> the best forward + backward TFLOP/s of any backend, and its name.
+BEST = {}
 
 
 def bench(S, nH, nKV, d, window, iters, docs=None):
@@ -74,19 +82,65 @@ def bench(S, nH, nKV, d, window, iters, docs=None):
             print(f"torch {name:9s} S={S:<5d} nH={nH:<2d} d={d:<3d} {what:12s} not supported: {str(e).splitlines()[0][:80]}")
             torch.cuda.empty_cache()
             continue
+        fb_tflops = 3.5 * fwd_flops / fb_ms * 1e-9
         print(f"torch {name:9s} S={S:<5d} nH={nH:<2d} nKV={nKV:<2d} d={d:<3d} {what:12s} fwd {f_ms:8.3f} ms "
-              f"{fwd_flops / f_ms * 1e-9:6.1f} TFLOP/s | fwd+bwd {fb_ms:8.3f} ms {3.5 * fwd_flops / fb_ms * 1e-9:6.1f} TFLOP/s")
+              f"{fwd_flops / f_ms * 1e-9:6.1f} TFLOP/s | fwd+bwd {fb_ms:8.3f} ms {fb_tflops:6.1f} TFLOP/s")
+        if fb_tflops > BEST.get((S, nH, d, what), (0.0, ""))[0]:
+            BEST[(S, nH, d, what)] = (fb_tflops, name)
         torch.cuda.empty_cache()
 
 
+G4_LINE = re.compile(r"^g4\s+S=(\d+)\s+nH=(\d+)\s+nKV=\d+\s+d=(\d+)\s+(.+?)\s+fwd\s+[\d.]+ ms\s+([\d.]+) TFLOP/s"
+                     r" \| bwd (.+?)\| fwd\+bwd\s+[\d.]+ ms\s+([\d.]+) TFLOP/s")
+
+
+def g4_rates(text):
+    """(S, nH, d, what) -> (forward TFLOP/s, forward + backward TFLOP/s with the op's backward) from
+    bench_attention's lines (each shape has one line per backward; the op's is marked *)."""
+    rates = {}
+    for line in text.splitlines():
+        m = G4_LINE.match(line)
+        if m and "*" in m.group(6):
+            key = (int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4).strip())
+            rates[key] = (float(m.group(5)), float(m.group(7)))
+    return rates
+
+
+def yardstick(g4, best):
+    """Lines comparing g4's d 512 causal rates with the best backend's d 256 causal forward + backward."""
+    lines = []
+    for S in (4096, 8192):
+        ours, theirs = g4.get((S, 16, 512, "causal")), best.get((S, 16, 256, "causal"))
+        if ours is None or theirs is None:
+            lines.append(f"S={S}: missing ({'no g4 d 512 line' if ours is None else 'no d 256 backend'})")
+            continue
+        lines.append(f"S={S}: g4 d 512 forward {ours[0]:.1f} TFLOP/s; forward + backward {ours[1]:.1f} = "
+                     f"{100 * ours[1] / theirs[0]:.1f}% of {theirs[1]}'s d 256 {theirs[0]:.1f}")
+    return lines
+
+
 def main():
-    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    args = sys.argv[1:]
+    g4_file = None
+    if "--g4" in args:
+        at = args.index("--g4")
+        if at + 1 >= len(args):
+            sys.exit("bench_torch_attention: --g4 needs bench_attention's output file")
+        g4_file = args[at + 1]
+        del args[at:at + 2]
+    iters = int(args[0]) if args else 10
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     for S in (4096, 8192):
         bench(S, 16, 8, 256, 0, iters)
         bench(S, 16, 8, 256, 1024, iters)
         bench(S, 16, 2, 512, 0, iters)
     bench(4096, 16, 2, 512, 0, iters, DOCS_4096)
+    if g4_file is not None:
+        with open(g4_file) as f:
+            g4 = g4_rates(f.read())
+        print("\ng4 (bench_attention, this session) against the best SDPA backend:")
+        for line in yardstick(g4, BEST):
+            print("  " + line)
 
 
 if __name__ == "__main__":
