@@ -8,8 +8,8 @@ With --g4 FILE (bench_attention's output from the same session), it ends with th
 g4's head-dim-512 causal forward + backward (the op's backward, marked *) against the best
 backend's head-dim-256 causal forward + backward at each S, as a ratio.
 Usage: python3 tools/bench_torch_attention.py [iters] [--g4 FILE]"""
+import argparse
 import re
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -120,23 +120,19 @@ def yardstick(g4, best):
 
 
 def main():
-    args = sys.argv[1:]
-    g4_file = None
-    if "--g4" in args:
-        at = args.index("--g4")
-        if at + 1 >= len(args):
-            sys.exit("bench_torch_attention: --g4 needs bench_attention's output file")
-        g4_file = args[at + 1]
-        del args[at:at + 2]
-    iters = int(args[0]) if args else 10
+    parser = argparse.ArgumentParser(description="PyTorch SDPA on bench_attention's shapes")
+    parser.add_argument("iters", nargs="?", type=int, default=10)
+    parser.add_argument("--g4", metavar="FILE", help="bench_attention's output from the same session")
+    args = parser.parse_args()
+    iters = args.iters
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     for S in (4096, 8192):
         bench(S, 16, 8, 256, 0, iters)
         bench(S, 16, 8, 256, 1024, iters)
         bench(S, 16, 2, 512, 0, iters)
     bench(4096, 16, 2, 512, 0, iters, DOCS_4096)
-    if g4_file is not None:
-        with open(g4_file) as f:
+    if args.g4 is not None:
+        with open(args.g4) as f:
             g4 = g4_rates(f.read())
         print("\ng4 (bench_attention, this session) against the best SDPA backend:")
         for line in yardstick(g4, BEST):
