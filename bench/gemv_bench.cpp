@@ -5,7 +5,8 @@
 // over copies larger than the L2, so no run reads them from the cache. Then the decode-size routed
 // experts (ops::moe_experts) of a 26B-A4B layer at 1-128 tokens.
 //
-//   bench_gemv [iters] [experts]     (experts: that section alone)
+//   bench_gemv [iters] [experts]     (experts: that section alone, both kernels of
+//                                     ops::cuda::DecodeExpertsKernel side by side)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "bench_gpu.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/moe.h"
 #include "ops/moe.h"
 
 namespace {
@@ -78,25 +80,38 @@ std::pair<double, double> time_experts(const Tensor& gate_up, const Tensor& down
 }
 
 void experts_section(double copy, int iters) {
+  using g4::ops::cuda::DecodeExpertsKernel;
   constexpr int64_t E = 128, K = 8, H = 2816, I = 704;
   const Tensor gate_up = g4::bench::random_gpu({E, H, 2 * I}, 21), down = g4::bench::random_gpu({E, I, H}, 22);
-  std::printf("\nrouted experts (moe_experts), 26B-A4B layer: top-%lld of %lld, H %lld, I %lld\n",
+  const DecodeExpertsKernel chosen = g4::ops::cuda::decode_experts_kernel();
+  // Both kernels of ops::cuda::DecodeExpertsKernel, one after the other at each size.
+  const auto both = [&](int64_t label, int64_t T, int64_t k) {
+    std::pair<double, double> r[2];
+    for (const DecodeExpertsKernel kernel : {DecodeExpertsKernel::Registers, DecodeExpertsKernel::Streamed}) {
+      g4::ops::cuda::set_decode_experts_kernel(kernel);
+      r[static_cast<int>(kernel)] = time_experts(gate_up, down, T, k, iters);
+    }
+    g4::ops::cuda::set_decode_experts_kernel(chosen);
+    std::printf("%6lld  %10.1f %8.0f %5.0f%%  %10.1f %8.0f %5.0f%%  %6.2fx\n", static_cast<long long>(label),
+                r[0].first, r[0].second, 100 * r[0].second / copy, r[1].first, r[1].second, 100 * r[1].second / copy,
+                r[0].first / r[1].first);
+  };
+  const auto header = [](const char* first) {
+    std::printf("%6s  %10s %8s %6s  %10s %8s %6s  %7s\n", first, "registers", "GB/s", "copy", "streamed", "GB/s",
+                "copy", "speedup");
+  };
+  std::printf("\nrouted experts (moe_experts), 26B-A4B layer: top-%lld of %lld, H %lld, I %lld; us with the kernels\n"
+              "that load the weights into registers, then with those that stream them into shared memory\n",
               static_cast<long long>(K), static_cast<long long>(E), static_cast<long long>(H),
               static_cast<long long>(I));
-  std::printf("%6s  %10s %8s %6s\n", "tokens", "us", "GB/s", "copy");
-  for (const int64_t T : {1, 2, 4, 8, 16, 32, 64, 128}) {
-    const auto [us, gbps] = time_experts(gate_up, down, T, K, iters);
-    std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(T), us, gbps, 100 * gbps / copy);
-  }
+  header("tokens");
+  for (const int64_t T : {1, 2, 4, 8, 16, 32, 64, 128}) both(T, T, K);
   // One token, other top-k: the gate_up kernel's grid is 22 column tiles x K picked experts (the down kernel's
   // likewise), 176 CTAs at top 8 on 132 multiprocessors. Whether the bandwidth follows the number of CTAs per
   // multiprocessor (1 at top 6, 2 at top 12) says whether the uneven share at top 8 is what holds it back.
-  std::printf("\none token, top-k swept (CTAs of each kernel: 22 x k)\n%6s  %10s %8s %6s\n", "top-k", "us", "GB/s",
-              "copy");
-  for (const int64_t k : {4, 6, 8, 12, 16}) {
-    const auto [us, gbps] = time_experts(gate_up, down, 1, k, iters);
-    std::printf("%6lld  %10.1f %8.0f %5.0f%%\n", static_cast<long long>(k), us, gbps, 100 * gbps / copy);
-  }
+  std::printf("\none token, top-k swept (CTAs of each kernel: 22 x k)\n");
+  header("top-k");
+  for (const int64_t k : {4, 6, 8, 12, 16}) both(k, 1, k);
 }
 
 }  // namespace

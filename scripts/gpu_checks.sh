@@ -12,7 +12,7 @@
 # Stages: tests, tests-new, tests-nccl, moe, decode, optimizer-bench, train-bench, mm-bench, ranks-bench, lora-bench,
 # lora-bench-31b, gen-bench, diffusion-bench, rl-bench, attention, attention-profile, attention-cluster,
 # attention-softmax-group, decode-profile, decode-bench, experts-threshold, dense-prefill, paged-d512, paged-narrow, pdl,
-# pdl-bench, pdl-rl. (PEFT reload parity
+# pdl-bench, pdl-rl, experts-stream. (PEFT reload parity
 # needs no GPU: tools/check_peft_expert_reload.sh runs on any machine with torch, transformers and peft.)
 # G4_STAGE_TIMEOUT (seconds, default 540) bounds each stage; tests-new, a few suites that have
 # not run on a GPU yet (a kernel that deadlocks must not eat a call), gets at most 150.
@@ -143,6 +143,15 @@ stage() {
           --new-tokens 64 &&
         $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 &&
         G4_DECODE_GEMV=1 $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,8 --prompt-len 256 --new-tokens 64 ;;
+    experts-stream)  # the decode experts streamed into shared memory by TMA (DecodeExpertsKernel::Streamed,
+      # the default) against the register kernels: their tests, bench_gemv's experts section (both side by
+      # side), generation with the streamed ones off and on, then the engine's tests with the register kernels
+      $run test_gpu --gtest_brief=1 --gtest_filter='GpuMoeExperts.*' && $run bench_gemv 50 experts || return
+      for s in 0 1; do
+        G4_DECODE_EXPERTS_STREAM=$s $run g4 bench generate --model gemma-4-26b-a4b --batch 1,4,16 --prompt-len 256 \
+          --new-tokens 64 || return
+      done
+      G4_DECODE_EXPERTS_STREAM=0 $run test_gpu --gtest_brief=1 --gtest_filter='*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*' ;;
     paged-narrow)  # head-dim-256 decode attention in 32-key tiles (two CTAs a multiprocessor) against 64-key tiles:
       # the tests with it forced on, then the engine with the rule and with it off, then the kernel alone
       G4_PAGED_DECODE_NARROW=1 $run test_gpu --gtest_brief=1 \

@@ -888,18 +888,17 @@ ag::Var Gemma4::moe_block(int64_t l, const ag::Var& residual, Context& ctx, cons
   };
   if (decode_sized) {
     // The routing stays on the device. A fused layer keeps no router probabilities: its softmax and
-    // top-k run as one op.
-    Tensor weights, indices;
+    // top-k run with the experts (in their first kernel at batch-1 sizes).
     if (normed) {
-      ops::softmax_topk(ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight")).value(), cfg_.top_k_experts,
-                        weights, indices);
-    } else {
-      const Routing r = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
-                              /*make_plan=*/false, host_offsets);
-      weights = r.weights.value();
-      indices = r.indices;
+      const ag::Var logits = ag::linear(rows(normed->router), p(pre + "moe.gate.proj.weight"));
+      return ag::reshape(ag::Var(ops::moe_experts_from_logits(experts_input().value(), logits.value(),
+                                                              cfg_.top_k_experts, gate_up.value(), down.value())),
+                         shape);
     }
-    const Tensor out = ops::moe_experts(experts_input().value(), weights, indices, gate_up.value(), down.value());
+    const Routing r = route(flat, p(pre + "moe.gate.scale"), p(pre + "moe.gate.proj.weight"), cfg_.top_k_experts, eps,
+                            /*make_plan=*/false, host_offsets);
+    const Tensor out =
+        ops::moe_experts(experts_input().value(), r.weights.value(), r.indices, gate_up.value(), down.value());
     return ag::reshape(ag::Var(out), shape);
   }
   Routing routing =

@@ -17,6 +17,7 @@
 #ifdef G4_WITH_CUDA
 #include "ops/cuda/fused.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/moe.h"
 #endif
 
 namespace g4::ops {
@@ -181,6 +182,25 @@ void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indi
   if (on_gpu(logits) && logits.dtype() != DType::F64) return cuda::softmax_topk(logits, k, weights, indices);
 #endif
   router_topk(softmax_lastdim(logits), k, weights, indices);
+}
+
+Tensor moe_experts_from_logits(const Tensor& x, const Tensor& logits, int64_t k, const Tensor& gate_up,
+                               const Tensor& down) {
+  const char* op = "moe_experts_from_logits";
+  check_moe_experts_operands(op, x, gate_up, down);
+  check_float(op, "logits", logits);
+  check_rank(op, "logits", logits, 2, "[T, E]");
+  G4_CHECK(logits.size(0) == x.size(0) && logits.size(1) == gate_up.size(0), op, ": logits ", logits.describe(),
+           " must be [T, E] for x ", x.describe(), " and gate_up ", gate_up.describe());
+  G4_CHECK(k >= 1 && k <= logits.size(1), op, ": k = ", k, " must be in [1, ", logits.size(1), "] for logits ",
+           logits.describe());
+#ifdef G4_WITH_CUDA
+  if (on_gpu(x) && on_gpu(logits) && logits.dtype() != DType::F64)
+    return cuda::moe_experts_from_logits(x, logits, k, gate_up, down);
+#endif
+  Tensor weights, indices;
+  softmax_topk(logits, k, weights, indices);
+  return moe_experts(x, weights, indices, gate_up, down);
 }
 
 Tensor gelu_tanh_mul(const Tensor& a, const Tensor& b) {

@@ -64,6 +64,13 @@ Tensor norm_rope_write_kv(const Tensor& q_raw, const Tensor& wq, const Tensor& k
 // over a row run in another order than softmax_lastdim's.
 void softmax_topk(const Tensor& logits, int64_t k, Tensor& weights, Tensor& indices);
 
+// moe_experts(x, weights, indices, gate_up, down) (ops/moe.h) on softmax_topk(logits, k)'s routing:
+// the same values. On the GPU, where every token's top-k is cheap enough for each CTA to take
+// (fewer assignments than experts, as in a batch-1 decode step), the first experts kernel routes
+// for itself: one kernel fewer on the step's critical path.
+Tensor moe_experts_from_logits(const Tensor& x, const Tensor& logits, int64_t k, const Tensor& gate_up,
+                               const Tensor& down);
+
 // mul(gelu_tanh(a), b), the gelu rounded to the tensors' dtype as gelu_tanh stores it: the gate of
 // E4B's per-layer input (its projection of the residual times the layer's slice of the per-layer
 // embedding). a and b alike.

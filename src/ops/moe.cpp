@@ -159,24 +159,15 @@ void grouped_matmul_backward(const Tensor& dy, const Tensor& xs, const Tensor& w
   return G4_DISPATCH(dy, grouped_matmul_backward(dy, xs, w, offsets, dxs, dw, device_offsets, dw_beta));
 }
 
-Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
-                   const Tensor& down) {
-  const char* op = "moe_experts";
+void check_moe_experts_operands(const char* op, const Tensor& x, const Tensor& gate_up, const Tensor& down) {
   check_rank(op, "x", x, 2, "[T, H]");
-  check_rank(op, "weights", weights, 2, "[T, K]");
-  check_rank(op, "indices", indices, 2, "[T, K]");
   check_rank(op, "gate_up", gate_up, 3, "[E, H, 2I]");
   check_rank(op, "down", down, 3, "[E, I, H]");
   check_same_dtype(op, "x", x, "gate_up", gate_up);
   check_same_dtype(op, "x", x, "down", down);
-  check_float(op, "weights", weights, x.device());
-  check_on(op, "indices", indices, x.device());
-  G4_CHECK(indices.dtype() == DType::I32, op, ": indices ", indices.describe(), " must be i32 (router_topk's)");
   const int64_t T = x.size(0), H = x.size(1), E = gate_up.size(0), I = down.size(1);
   G4_CHECK(T <= kMoeExpertsMaxTokens, op, ": ", T, " tokens; the decode-size path takes at most ",
            kMoeExpertsMaxTokens, " (larger batches go through moe_plan and grouped_matmul)");
-  G4_CHECK(weights.shape() == indices.shape() && weights.size(0) == T, op, ": weights ", weights.describe(),
-           " and indices ", indices.describe(), " must both be [", T, ", K] for x ", x.describe());
   G4_CHECK(gate_up.size(1) == H && gate_up.size(2) == 2 * I && down.size(0) == E && down.size(2) == H, op,
            ": gate_up ", gate_up.describe(), " and down ", down.describe(), " do not fit [E, H, 2I] and [E, I, H] with H = ",
            H);
@@ -184,9 +175,21 @@ Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     G4_CHECK(x.dtype() == DType::BF16, op, ": the GPU op takes bf16 x and weights, got x ", x.describe());
     G4_CHECK(H % 2 == 0 && I % 2 == 0 && H <= 8192, op, ": the GPU op needs even H (at most 8192) and I, got H ", H,
              ", I ", I);
-  } else {
-    check_same_dtype(op, "x", x, "weights", weights);
   }
+}
+
+Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
+                   const Tensor& down) {
+  const char* op = "moe_experts";
+  check_moe_experts_operands(op, x, gate_up, down);
+  check_rank(op, "weights", weights, 2, "[T, K]");
+  check_rank(op, "indices", indices, 2, "[T, K]");
+  check_float(op, "weights", weights, x.device());
+  check_on(op, "indices", indices, x.device());
+  G4_CHECK(indices.dtype() == DType::I32, op, ": indices ", indices.describe(), " must be i32 (router_topk's)");
+  G4_CHECK(weights.shape() == indices.shape() && weights.size(0) == x.size(0), op, ": weights ", weights.describe(),
+           " and indices ", indices.describe(), " must both be [", x.size(0), ", K] for x ", x.describe());
+  if (!on_gpu(x)) check_same_dtype(op, "x", x, "weights", weights);
   return G4_DISPATCH(x, moe_experts(x, weights, indices, gate_up, down));
 }
 

@@ -67,5 +67,7 @@ bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w);
 constexpr int64_t kMoeExpertsMaxTokens = 256;
 Tensor moe_experts(const Tensor& x, const Tensor& weights, const Tensor& indices, const Tensor& gate_up,
                    const Tensor& down);
+// moe_experts' checks of x, gate_up and down (for ops built on it), errors naming `op`.
+void check_moe_experts_operands(const char* op, const Tensor& x, const Tensor& gate_up, const Tensor& down);
 
 }  // namespace g4::ops

@@ -9,6 +9,7 @@
 
 #include "gpu_test.h"
 #include "ops/elementwise.h"
+#include "ops/fused.h"
 #include "ops/moe.h"
 
 namespace g4 {
@@ -333,9 +334,9 @@ TEST(GpuGroupedMatmul, ComposedMoeMatchesTheCpu) {
 // decode) to the op's maximum, an expert nobody picks, H and I not multiples of the tiles; grids
 // over assignments (fewer than experts, with experts picked by several tokens) and over experts;
 // 16-byte and 4-byte weight loads; more tokens per expert than one pass takes, with rows and columns
-// not multiples of the tiles (H 264 and 600, I 72 and 136).
-TEST(GpuMoeExperts, MatchesTheComposedPath) {
-  G4_REQUIRE_GPU();
+// not multiples of the tiles (H 264 and 600, I 72 and 136). Run with each of the op's kernels
+// (ops::cuda::DecodeExpertsKernel; the streamed ones take the shapes whose widths are multiples of 8).
+void check_moe_experts_against_the_composed_path() {
   struct Shape5 {
     int64_t tokens, k, experts, hidden, inter;
   };
@@ -360,6 +361,56 @@ TEST(GpuMoeExperts, MatchesTheComposedPath) {
     // bf16 rounding of gate/up, act and ys (three roundings of 2^-9 relative) as in the grouped path.
     expect_close_scaled(got, ref, 0, 3 * kBf16Rtol, "moe_experts against the CPU");
     expect_close_scaled(got, composed, 0, kBf16Rtol, "moe_experts against the GPU's composed path");
+  }
+}
+
+// Runs check() with moe_experts' kernels set to `kernel`, then restores the choice.
+template <class Check>
+void with_experts_kernel(ops::cuda::DecodeExpertsKernel kernel, Check check) {
+  const ops::cuda::DecodeExpertsKernel chosen = ops::cuda::decode_experts_kernel();
+  ops::cuda::set_decode_experts_kernel(kernel);
+  check();
+  ops::cuda::set_decode_experts_kernel(chosen);
+}
+
+TEST(GpuMoeExperts, MatchesTheComposedPath) {
+  G4_REQUIRE_GPU();
+  with_experts_kernel(ops::cuda::DecodeExpertsKernel::Registers, check_moe_experts_against_the_composed_path);
+}
+
+TEST(GpuMoeExperts, StreamedMatchesTheComposedPath) {
+  G4_REQUIRE_GPU();
+  with_experts_kernel(ops::cuda::DecodeExpertsKernel::Streamed, check_moe_experts_against_the_composed_path);
+}
+
+// moe_experts_from_logits against softmax_topk then moe_experts: the same bits, both where the
+// first experts kernel routes for itself (fewer assignments than experts: one token of 26B-A4B's
+// shape, 3 tokens of 4 among 64) and where it does not (assignments >= experts, f32 logits), with
+// each of the op's kernels.
+TEST(GpuMoeExperts, RoutingFromLogitsInTheKernelGivesTheSameBits) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t tokens, k, experts, hidden, inter;
+    DType logits;
+  };
+  for (const Case c : {Case{1, 8, 128, 2816, 704, DType::BF16}, Case{3, 4, 64, 264, 72, DType::BF16},
+                       Case{15, 8, 128, 96, 40, DType::BF16}, Case{20, 4, 16, 96, 40, DType::BF16},
+                       Case{2, 4, 64, 96, 40, DType::F32}}) {
+    SCOPED_TRACE("T " + std::to_string(c.tokens) + " K " + std::to_string(c.k) + " E " + std::to_string(c.experts));
+    const Tensor x = gpu_bf16(randn_bf16_exact({c.tokens, c.hidden}, 120));
+    const Tensor logits = randn_bf16_exact({c.tokens, c.experts}, 121, 2.0).to(c.logits).to(Device::CUDA);
+    const Tensor gate_up = gpu_bf16(randn_bf16_exact({c.experts, c.hidden, 2 * c.inter}, 122, 0.05));
+    const Tensor down = gpu_bf16(randn_bf16_exact({c.experts, c.inter, c.hidden}, 123, 0.05));
+    for (const auto kernel : {ops::cuda::DecodeExpertsKernel::Registers, ops::cuda::DecodeExpertsKernel::Streamed}) {
+      SCOPED_TRACE(kernel == ops::cuda::DecodeExpertsKernel::Streamed ? "streamed" : "registers");
+      with_experts_kernel(kernel, [&] {
+        Tensor weights, indices;
+        ops::softmax_topk(logits, c.k, weights, indices);
+        const Tensor want = ops::moe_experts(x, weights, indices, gate_up, down);
+        expect_close_scaled(ops::moe_experts_from_logits(x, logits, c.k, gate_up, down), want, 0, 0,
+                            "moe_experts_from_logits");
+      });
+    }
   }
 }
 

@@ -67,6 +67,11 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
       ops::router_topk(ops::softmax_lastdim(logits), 3, w_sep, i_sep);
       expect_equal(w_fused, w_sep, "softmax_topk weights");
       expect_equal(i_fused, i_sep, "softmax_topk indices");
+      // The routed experts from those logits: 5 tokens, 12 experts of H 24, I 10.
+      const Tensor x = randn({5, 24}, 20, dt), gate_up = randn({12, 24, 20}, 21, dt);
+      const Tensor down = randn({12, 10, 24}, 22, dt);
+      expect_equal(ops::moe_experts_from_logits(x, logits, 3, gate_up, down),
+                   ops::moe_experts(x, w_sep, i_sep, gate_up, down), "moe_experts_from_logits");
     }
     // A paged step's attention inputs: q, and the keys and values written into the pages.
     const Tensor q = randn({1, 3, 4, 16}, 13, dt), k = randn({1, 3, 2, 16}, 14, dt), v = randn({1, 3, 2, 16}, 15, dt);
@@ -125,6 +130,15 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::softmax_topk(a, 9, weights, indices); }, {"softmax_topk", "k = 9", "[1, 8]"});
   expect_error([&] { ops::softmax_topk(randn({2, 3, 8}, 1, DType::F32), 2, weights, indices); },
                {"softmax_topk", "logits", "[T, E]"});
+  const Tensor xe = randn({2, 8}, 4, DType::F32), gate_up = randn({8, 8, 6}, 5, DType::F32);
+  const Tensor down = randn({8, 3, 8}, 6, DType::F32);
+  expect_error([&] { ops::moe_experts_from_logits(xe, randn({3, 8}, 7, DType::F32), 2, gate_up, down); },
+               {"moe_experts_from_logits", "logits", "[T, E]"});
+  expect_error([&] { ops::moe_experts_from_logits(xe, randn({2, 8}, 7, DType::F32), 9, gate_up, down); },
+               {"moe_experts_from_logits", "k = 9", "[1, 8]"});
+  const Tensor bad_down = randn({8, 3, 5}, 8, DType::F32);
+  expect_error([&] { ops::moe_experts_from_logits(xe, randn({2, 8}, 7, DType::F32), 2, gate_up, bad_down); },
+               {"moe_experts_from_logits", "down", "[E, I, H]"});
   const Tensor q = randn({1, 3, 4, 16}, 1, DType::F32), k = randn({1, 3, 2, 16}, 2, DType::F32);
   const Tensor w16 = randn({16}, 3, DType::F32), pos = positions_of(1, 3), freq = inv_freq_of(16);
   const Tensor slots = Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3});

@@ -18,6 +18,7 @@
 #include "ops/cuda/fused.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/grouped_gemm.h"
+#include "ops/cuda/router_topk.cuh"
 
 namespace g4::ops::cuda {
 
@@ -55,19 +56,12 @@ void check_int_range(const char* op, const char* what, int64_t v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// router_topk: one warp per token. Lane l owns experts l, l+32, ...; each of the K rounds takes the
-// warp-wide best (largest probability, lower id on ties: a total order, so every lane agrees).
+// router_topk: one warp per token (topk::warp_topk, router_topk.cuh).
 
-constexpr int kWarp = 32;
+constexpr int kWarp = topk::kWarp;
 constexpr int kTopkWarpsPerBlock = 8;
-constexpr int kMaxTopkExperts = 64 * kWarp;  // the per-lane `taken` mask has 64 bits
-constexpr int kCachedPerLane = 8;              // probabilities a lane keeps in registers
+constexpr int kMaxTopkExperts = topk::kMaxExperts;
 
-__device__ __forceinline__ bool better(float va, int ia, float vb, int ib) { return va > vb || (va == vb && ia < ib); }
-
-// One warp per token. kFromLogits: `scores` are the router's logits, and each expert's probability
-// is softmax_lastdim's, rounded to T as it stores them (its fp32 max and sum over the row taken in
-// another order); else `scores` are those probabilities.
 template <class T, bool kFromLogits>
 __global__ void router_topk_kernel(const T* __restrict__ scores, int64_t tokens, int experts, int k,
                                    T* __restrict__ weights, int32_t* __restrict__ indices) {
@@ -75,73 +69,12 @@ __global__ void router_topk_kernel(const T* __restrict__ scores, int64_t tokens,
   const int lane = threadIdx.x % kWarp;
   const int64_t t = blockIdx.x * int64_t{kTopkWarpsPerBlock} + threadIdx.x / kWarp;
   if (t >= tokens) return;  // whole warps leave together
-  const T* p = scores + t * experts;
-  float mx = -INFINITY, total = 0.0f;
-  if constexpr (kFromLogits) {
-    for (int e = lane; e < experts; e += kWarp) mx = fmaxf(mx, to_f32(p[e]));
-    mx = warp_reduce(mx, MaxOp{});
-    if (mx != -INFINITY)  // a row of -inf gets zeros, as softmax_lastdim gives it
-      for (int e = lane; e < experts; e += kWarp) total += expf(to_f32(p[e]) - mx);
-    total = warp_reduce(total, SumOp{});
-  }
-  const auto prob = [&](int e) {
-    if constexpr (kFromLogits) {
-      return to_f32(from_f32<T>(mx == -INFINITY ? 0.f : expf(to_f32(p[e]) - mx) / total));
-    } else {
-      return to_f32(p[e]);
-    }
-  };
-  // Routers of up to kCachedPerLane·32 experts (26B-A4B has 128) keep each lane's probabilities in
-  // registers, computed once instead of once per round: at decode sizes the kernel is latency.
-  const bool cached = experts <= kCachedPerLane * kWarp;
-  float pv[kCachedPerLane];
-  if (cached) {
-#pragma unroll
-    for (int s = 0; s < kCachedPerLane; ++s) pv[s] = lane + s * kWarp < experts ? prob(lane + s * kWarp) : -INFINITY;
-  }
-  uint64_t taken = 0;
-  float sum = 0.0f, my_v = 0.0f;
-  int my_id = 0;
-  for (int j = 0; j < k; ++j) {
-    float bv = -INFINITY;
-    int bi = INT_MAX;
-    if (cached) {
-#pragma unroll
-      for (int s = 0; s < kCachedPerLane; ++s) {
-        const int e = lane + s * kWarp;
-        if (e < experts && !(taken >> s & 1) && better(pv[s], e, bv, bi)) {
-          bv = pv[s];
-          bi = e;
-        }
-      }
-    } else {
-      for (int s = 0, e = lane; e < experts; ++s, e += kWarp) {
-        if (taken >> s & 1) continue;
-        const float v = prob(e);
-        if (better(v, e, bv, bi)) {
-          bv = v;
-          bi = e;
-        }
-      }
-    }
-    for (int off = kWarp / 2; off > 0; off /= 2) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
-      if (better(ov, oi, bv, bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
-    if (bi % kWarp == lane) taken |= uint64_t{1} << (bi / kWarp);
-    sum += bv;  // in choice order, as the CPU sums
-    if (lane == j) {
-      my_v = bv;
-      my_id = bi;
-    }
-  }
+  float w;
+  int id;
+  topk::warp_topk<T, kFromLogits>(scores + t * experts, experts, k, &w, &id);
   if (lane < k) {
-    weights[t * k + lane] = from_f32<T>(my_v / sum);
-    indices[t * k + lane] = my_id;
+    weights[t * k + lane] = from_f32<T>(w);
+    indices[t * k + lane] = id;
   }
 }
 

@@ -27,4 +27,17 @@ void set_grouped_gemm_backend(GroupedGemmBackend backend);
 bool grouped_matmul_takes_device_offsets(const Tensor& rows, const Tensor& w);
 GroupedGemmBackend grouped_gemm_backend();
 
+// Which kernels moe_experts runs: Streamed (the default, 2-8% faster on an H100 from 1 to 128
+// tokens, docs/performance.md) has a producer warp stream the weights into shared memory with the
+// tensor-memory accelerator, where the widths are multiples of 8 and two CTAs' shared memory fits a
+// multiprocessor; Registers (everywhere else) loads them into each thread's registers.
+// G4_DECODE_EXPERTS_STREAM=0 sets Registers initially; tests and benchmarks switch explicitly.
+enum class DecodeExpertsKernel { Registers, Streamed };
+void set_decode_experts_kernel(DecodeExpertsKernel kernel);
+DecodeExpertsKernel decode_experts_kernel();
+
+// ops::moe_experts_from_logits (ops/fused.h) on the GPU.
+Tensor moe_experts_from_logits(const Tensor& x, const Tensor& logits, int64_t k, const Tensor& gate_up,
+                               const Tensor& down);
+
 }  // namespace g4::ops::cuda

@@ -17,9 +17,10 @@ namespace g4::ops::cuda::tma {
 
 // A bf16 tensor of `rank` dimensions (innermost first, `dims`), `strides` bytes apart for
 // dimensions 1.. (multiples of 16), read in `box` boxes swizzled 128B (the innermost box extent is
-// 64 elements: one 128-byte row); elements outside `dims` read as zeros.
+// 64 elements: one 128-byte row) or, with CU_TENSOR_MAP_SWIZZLE_NONE, row-major (an innermost box
+// extent of a multiple of 8 elements); elements outside `dims` read as zeros.
 inline CUtensorMap bf16_map(const void* base, uint32_t rank, const cuuint64_t* dims, const cuuint64_t* strides,
-                            const cuuint32_t* box) {
+                            const cuuint32_t* box, CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -31,7 +32,7 @@ inline CUtensorMap bf16_map(const void* base, uint32_t rank, const cuuint64_t* d
   CUtensorMap map{};
   const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
   const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   G4_CHECK(r == CUDA_SUCCESS, "tma: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for a rank-", rank,
            " bf16 tensor with innermost extent ", dims[0], " and a ", box[0], " x ", box[1], " box");
