@@ -72,6 +72,7 @@ Gemma4::Gemma4(io::ModelConfig config, ExpertRange experts, DType dtype, Device 
                const std::function<bool(const std::string&)>& allocate)
     : cfg_(std::move(config)), experts_(experts), dtype_(dtype), device_(device) {
   fused_inference_ = env_int("G4_DECODE_FUSED", 1, 0, 1, "on") == 1;
+  experts_beside_mlp_ = env_int("G4_DECODE_SIDE_STREAM", 1, 0, 1, "on") == 1;
   // A power of two (rounded down), as the engine's CUDA-graph buckets are: a decode step of n rows
   // then takes the same experts path eagerly and padded to its bucket, so both give the same bits.
   // The default, 32: on an H100 the grouped GEMMs tie the decode experts kernels at 32 tokens and win
@@ -658,7 +659,7 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
       // parallelism, whose exchanges run on their own schedule.
       ag::Var routed;
       const auto experts = [&] { routed = moe_block(l, residual, ctx, &moe_in); };
-      if (device_ == Device::CUDA && !dispatcher_) {
+      if (device_ == Device::CUDA && !dispatcher_ && experts_beside_mlp_) {
         run_side_by_side(experts, dense_mlp);
       } else {
         dense_mlp();

@@ -307,6 +307,9 @@ class Gemma4 {
   std::vector<bool> kv_source_;   // per layer: some KV-shared layer reads its K/V
   bool recompute_ = false;
   bool fused_inference_ = false;
+  // A fused MoE layer's routed experts on a second stream beside its dense MLP (on the GPU);
+  // G4_DECODE_SIDE_STREAM=0 runs them one after the other on one stream, for measuring.
+  bool experts_beside_mlp_ = true;
   // The most tokens per MoE layer that take ops::moe_experts at inference on the GPU (then the grouped
   // GEMMs where they read their offsets on the device); G4_DECODE_EXPERTS_TOKENS sets it, a power of
   // two up to ops::kMoeExpertsMaxTokens (default 32, docs/performance.md).
