@@ -586,12 +586,11 @@ bool wide_rows(const Tensor& gate_up, const Tensor& down) {
   return I % 8 == 0 && H % 8 == 0 && aligned16(gate_up.raw()) && aligned16(down.raw());
 }
 
-// The streamed kernels, when chosen, where two CTAs' shared memory fits a multiprocessor.
+// The streamed kernels, when chosen, on wide rows where two CTAs' shared memory fits a multiprocessor.
 constexpr size_t kStreamSmemLimit = 110 * 1024;
-bool streamed(const Tensor& gate_up, const Tensor& down) {
-  const int64_t H = down.size(2), I = down.size(1);
-  return wide_rows(gate_up, down) && decode_experts_kernel() == DecodeExpertsKernel::Streamed &&
-         Stream<true>::smem_bytes(H) <= kStreamSmemLimit && Stream<false>::smem_bytes(I) <= kStreamSmemLimit;
+bool streamed(int64_t H, int64_t I) {
+  return decode_experts_kernel() == DecodeExpertsKernel::Streamed && Stream<true>::smem_bytes(H) <= kStreamSmemLimit &&
+         Stream<false>::smem_bytes(I) <= kStreamSmemLimit;
 }
 
 // moe_experts, with the routing made by the gate_up kernel when routing.logits is set (then
@@ -612,12 +611,13 @@ Tensor run_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
            " is above the 8192 the GPU op takes");
   const int down_tiles = (H + kDownCols - 1) / kDownCols;
   Tensor done = Tensor::empty({int64_t{T} * down_tiles}, DType::I32, Device::CUDA);
+  const bool wide = wide_rows(gate_up, down), stream = wide && streamed(H, I);
   const auto launch = [&](auto v, auto w) {
     constexpr int V = decltype(v)::value;
     using W = decltype(w);
     const FoldedCombine<W> combine{static_cast<const W*>(weights.raw()), K, done.data<int32_t>(),
                                    static_cast<bf16*>(out.raw())};
-    if (V == 8 && streamed(gate_up, down)) {
+    if (stream) {
       g4::cuda::allow_dynamic_smem<streamed_kernel<true, bf16>>(kStreamSmemLimit);
       g4::cuda::allow_dynamic_smem<streamed_kernel<false, W>>(kStreamSmemLimit);
       launch_pdl(streamed_kernel<true, bf16>, dim3((I + kGateCols - 1) / kGateCols, owners), kStreamThreads,
@@ -645,7 +645,7 @@ Tensor run_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     else
       launch(v, bf16{});
   };
-  if (wide_rows(gate_up, down))
+  if (wide)
     with_weights(std::integral_constant<int, 8>{});
   else
     with_weights(std::integral_constant<int, 2>{});
