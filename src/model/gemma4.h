@@ -308,7 +308,8 @@ class Gemma4 {
   bool recompute_ = false;
   bool fused_inference_ = false;
   // A fused MoE layer's routed experts on a second stream beside its dense MLP (on the GPU);
-  // G4_DECODE_SIDE_STREAM=0 runs them one after the other on one stream, for measuring.
+  // G4_DECODE_SIDE_STREAM=0 runs them one after the other on one stream, for measuring (the same
+  // speed at batch 1 and 4, 4% slower at 16 on an H100: docs/performance.md, session 38).
   bool experts_beside_mlp_ = true;
   // The most tokens per MoE layer that take ops::moe_experts at inference on the GPU (then the grouped
   // GEMMs where they read their offsets on the device); G4_DECODE_EXPERTS_TOKENS sets it, a power of
