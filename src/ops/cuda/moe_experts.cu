@@ -189,12 +189,12 @@ __device__ __forceinline__ void zero_counts(int* done, int count) {
 }
 
 // Copies rows (of `width` bf16) of `src` into shared memory: row j of the chunk is src row
-// row_of(list[j0 + j]).
+// row_of(list[j0 + j]), with threads 0..threads-1.
 template <class RowOf>
 __device__ void load_rows(const bf16* __restrict__ src, int width, const int* list, int j0, int n, bf16* dst,
-                          RowOf row_of) {
+                          RowOf row_of, int threads) {
   const int pairs = width / 2;
-  for (int i = threadIdx.x; i < n * pairs; i += blockDim.x) {
+  for (int i = threadIdx.x; i < n * pairs; i += threads) {
     const int j = i / pairs, p = i - j * pairs;
     reinterpret_cast<bf162*>(dst)[j * pairs + p] =
         reinterpret_cast<const bf162*>(src + static_cast<int64_t>(row_of(list[j0 + j])) * width)[p];
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     __syncthreads();  // the previous chunk is done with xs and red
-    load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; });
+    load_rows(x, H, list, j0, nt, xs, [top_k](int r) { return r / top_k; }, kThreads);
     __syncthreads();
     float acc[kChunk][V];
     chunk_products<V, kGroups>(acc, w, int64_t{2} * I, xs, H, group, valid, nt);
@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     __syncthreads();
-    load_rows(act, I, list, j0, nt, as, [](int r) { return r; });
+    load_rows(act, I, list, j0, nt, as, [](int r) { return r; }, kThreads);
     __syncthreads();
     float acc[kChunk][V];
     chunk_products<V, kGroups>(acc, w, H, as, I, group, valid, nt);
@@ -497,12 +497,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
   for (int j0 = 0, it = 0; j0 < n; j0 += kChunk) {
     const int nt = min(kChunk, n - j0);
     consumers_sync();  // the previous chunk is done with xs and red
-    for (int i = threadIdx.x; i < nt * (width / 2); i += kStreamConsumers) {
-      const int j = i / (width / 2), pair = i - j * (width / 2);
-      const int row = kGateUp ? list[j0 + j] / top_k : list[j0 + j];
-      reinterpret_cast<bf162*>(xs)[j * (width / 2) + pair] =
-          reinterpret_cast<const bf162*>(in + static_cast<int64_t>(row) * width)[pair];
-    }
+    load_rows(in, width, list, j0, nt, xs, [top_k](int r) { return kGateUp ? r / top_k : r; }, kStreamConsumers);
     consumers_sync();
     float acc[kChunk][8];
 #pragma unroll
@@ -612,6 +607,7 @@ Tensor run_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
   const int down_tiles = (H + kDownCols - 1) / kDownCols;
   Tensor done = Tensor::empty({int64_t{T} * down_tiles}, DType::I32, Device::CUDA);
   const bool wide = wide_rows(gate_up, down), stream = wide && streamed(H, I);
+  const int gate_tiles = (I + kGateCols - 1) / kGateCols;
   const auto launch = [&](auto v, auto w) {
     constexpr int V = decltype(v)::value;
     using W = decltype(w);
@@ -620,7 +616,7 @@ Tensor run_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     if (stream) {
       g4::cuda::allow_dynamic_smem<streamed_kernel<true, bf16>>(kStreamSmemLimit);
       g4::cuda::allow_dynamic_smem<streamed_kernel<false, W>>(kStreamSmemLimit);
-      launch_pdl(streamed_kernel<true, bf16>, dim3((I + kGateCols - 1) / kGateCols, owners), kStreamThreads,
+      launch_pdl(streamed_kernel<true, bf16>, dim3(gate_tiles, owners), kStreamThreads,
                  Stream<true>::smem_bytes(H), expert_rows_map(gate_up, Stream<true>::kBoxCols, Stream<true>::kRows),
                  static_cast<const bf16*>(x.raw()), idx, routing, done.data<int32_t>(), T * down_tiles,
                  FoldedCombine<bf16>{}, T * K, E, K, H, I, static_cast<bf16*>(act.raw()));
@@ -633,7 +629,7 @@ Tensor run_experts(const Tensor& x, const Tensor& weights, const Tensor& indices
     constexpr size_t bytes = sizeof(bf16) * kChunk * 8192;
     g4::cuda::allow_dynamic_smem<gate_up_kernel<V>>(bytes);
     g4::cuda::allow_dynamic_smem<down_kernel<V, W>>(bytes);
-    launch_pdl(gate_up_kernel<V>, dim3((I + kGateCols - 1) / kGateCols, owners), kThreads, gate_smem,
+    launch_pdl(gate_up_kernel<V>, dim3(gate_tiles, owners), kThreads, gate_smem,
                static_cast<const bf16*>(x.raw()), idx, routing, done.data<int32_t>(), T * down_tiles, T * K, E, K, H,
                I, static_cast<const bf16*>(gate_up.raw()), static_cast<bf16*>(act.raw()));
     launch_pdl(down_kernel<V, W>, dim3(down_tiles, owners), kThreads, down_smem, static_cast<const bf16*>(act.raw()),
