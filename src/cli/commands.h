@@ -62,16 +62,18 @@ void add_task(CLI::App& app, Action& action);
 void check_output_file(const std::string& out, const std::string& option, bool overwrite,
                        const std::string& input_model);
 // Throws a g4::Error naming `what` when the directory `out` is `input_model`, or already holds a
-// model (config.json or *.safetensors) and `overwrite` is false.
+// model (config.json, *.safetensors or any of `side_files`, e.g. its tokenizer) and `overwrite` is false.
 void check_output_model_dir(const std::string& out, const std::string& what, bool overwrite,
-                            const std::string& input_model);
+                            const std::string& input_model, const std::vector<std::string>& side_files = {});
 // Throws a g4::Error naming both options when `out` is the file `input` (by any name: a symlink,
-// a hard link, "dir/../file"): the output would replace what it is made from, even with --overwrite.
+// a hard link, "dir/../file"), or a file in `input` when that is a folder: the output would replace
+// what it is made from, even with --overwrite.
 void check_output_not_input(const std::string& out, const std::string& option, const std::string& input,
                             const std::string& input_option);
-// Throws a g4::Error naming `option` when the file `out` cannot be made: its folder is missing or
-// not a folder, or `out` is a directory. Commands that write their output only at the end (after a
-// whole batch) check this first, so that a typo costs no run.
+// Throws a g4::Error naming `option` when the file `out` cannot be made: its folder is missing, not
+// a folder or takes no new files (read-only, no permission), or `out` is a directory, a FIFO or a
+// device. Commands that write their output only at the end (after a whole batch) check this first,
+// so that a typo costs no run.
 void check_output_file_creatable(const std::string& out, const std::string& option);
 // Under `g4 launch -n N` every rank runs the command it was given. A command that works in one
 // process and writes an output (`task`, `generate --out`, `forward`, `convert`) does its work in

@@ -45,7 +45,16 @@ void add_convert(CLI::App& app, Action& action) {
       G4_CHECK(o->canvas_length > 0, "convert: --canvas-length must be > 0, got ", o->canvas_length);
       namespace fs = std::filesystem;
       if (!runs_in_this_rank("g4 convert", "OUT_DIR")) return;
-      check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in);
+      // The files copied beside the weights: a user's own in OUT_DIR are not replaced without --overwrite,
+      // and IN_DIR's are checked before anything is written.
+      const std::vector<std::string> side_files{"generation_config.json", "tokenizer.json",
+                                                "tokenizer_config.json",  "tokenizer.model",
+                                                "special_tokens_map.json", "chat_template.jinja"};
+      check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in, side_files);
+      for (const std::string& f : side_files)
+        if (std::error_code ec; fs::exists(fs::symlink_status(fs::path(o->in) / f, ec)))
+          io::check_regular_file((fs::path(o->in) / f).string(), "IN_DIR's " + f);
+      io::make_directories(o->out, "convert: OUT_DIR");  // before the load (minutes), so that a bad OUT_DIR costs none
       auto model = model::load_hf_model(o->in);
       if (!o->merge_lora.empty()) {
         model::apply_peft_adapter(*model, o->merge_lora);
@@ -61,15 +70,18 @@ void add_convert(CLI::App& app, Action& action) {
       if (o->overwrite) remove_model_files(o->out);
       model::save_hf_checkpoint(*model, o->out, static_cast<size_t>(o->max_shard_gb * double(size_t(1) << 30)));
       // An adapted model's generation_config.json is its own (save_hf_checkpoint wrote it).
-      for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                            "special_tokens_map.json", "chat_template.jinja"}) {
+      // Each whole or not at all (a full disk leaves no truncated tokenizer beside a complete model).
+      for (const std::string& f : side_files) {
         if (o->to_diffusion && fs::path(f) == generation.filename()) continue;
         const fs::path src = fs::path(o->in) / f;
         const fs::path dst = fs::path(o->out) / f;
-        if (fs::exists(src))
-          fs::copy_file(src, dst, fs::copy_options::overwrite_existing);
-        else if (o->overwrite)
-          fs::remove(dst);  // the replaced model's, which need not match this one
+        std::error_code ec;
+        if (fs::exists(src, ec)) {
+          io::write_file_atomic(dst.string(), io::read_regular_file(src.string(), "IN_DIR's " + f, size_t{1} << 32));
+        } else if (o->overwrite) {
+          fs::remove(dst, ec);  // the replaced model's, which need not match this one
+          G4_CHECK(!ec, "convert --overwrite: cannot remove ", dst.string(), " of the old model: ", ec.message());
+        }
       }
       std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters"
                 << (o->to_diffusion ? ", diffusion_gemma, canvas " + std::to_string(o->canvas_length) : "")

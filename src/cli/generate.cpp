@@ -51,6 +51,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
            " already exists; pass --overwrite to replace it");
   check_output_file(f.out, "--out", f.overwrite, f.setup.model_dir);
   check_output_not_input(f.out, "--out", f.prompts, "--prompts");
+  check_output_not_input(f.out, "--out", f.setup.tokenizer, "--tokenizer");
   check_output_file_creatable(f.out, "--out");
   io::check_regular_file(f.prompts, "prompts file");  // its lines are read once the tokenizer is loaded
   LoadedModel loaded = load_for_generation(f.setup);
@@ -64,6 +65,7 @@ void run_prompts_file(const FileOpts& f, const gen::GenerateOptions& g) {
   d.n = f.n;
   d.logprobs = f.logprobs;
   const serve::ModelInfo info = serve::model_info(loaded.model->config(), loaded.tokenizer.get(), f.setup.model_dir);
+  if (f.chat && loaded.tokenizer) data::warn_chat_tokenizer(*loaded.tokenizer, "the tokenizer of --chat");
   const auto requests = serve::read_prompts_file(f.prompts, f.chat, info, defaults);
   gen::EngineOptions engine_options = f.setup.engine;
   engine_options.tokenizer = loaded.tokenizer.get();

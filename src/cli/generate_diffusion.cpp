@@ -156,6 +156,7 @@ void run_diffusion_generate(const DiffusionGenerateOptions& o) {
     G4_CHECK(o.overwrite || !std::filesystem::exists(o.out), "--out ", o.out,
              " already exists; pass --overwrite to replace it");
     check_output_not_input(o.out, "--out", o.prompts, "--prompts");
+    check_output_not_input(o.out, "--out", o.tokenizer, "--tokenizer");
     check_output_file_creatable(o.out, "--out");
   }
   if (from_file) io::check_regular_file(o.prompts, "prompts file");  // read once the tokenizer is loaded

@@ -125,6 +125,7 @@ model::ForwardInputs media_prompt_inputs(const model::Gemma4& m, const std::stri
 
   std::string text;
   if (p.chat) {
+    data::warn_chat_tokenizer(tok, "the tokenizer of --chat");
     // The turn puts every medium before the text as its own part; a placeholder in the text would be
     // one more, reported as a count the user never wrote.
     for (const char* placeholder : {data::kImagePlaceholder, data::kVideoPlaceholder, data::kAudioPlaceholder})

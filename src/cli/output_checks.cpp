@@ -1,6 +1,11 @@
 // Guards for commands that write into the file system, so that a slip of the --out path does not
 // silently replace a model (its weights, config or shards) with something else.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <limits>
@@ -10,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/json_input.h"
 #include "parallel/world.h"
 
 namespace g4::cli {
@@ -32,11 +38,14 @@ bool same_file(const fs::path& a, const fs::path& b) {
   return same_path(a, b);
 }
 
-// The model files in `dir`: config.json, then the first *.safetensors; empty when it holds none.
-std::string model_file_in(const fs::path& dir) {
+// The model files in `dir`: config.json, then the first *.safetensors, then the first of `side_files`;
+// empty when it holds none.
+std::string model_file_in(const fs::path& dir, const std::vector<std::string>& side_files) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return "";
   if (fs::exists(dir / "config.json", ec)) return "config.json";
+  for (const std::string& f : side_files)
+    if (fs::exists(fs::symlink_status(dir / f, ec))) return f;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
     if (it->path().extension() == ".safetensors") return it->path().filename().string();
   return "";
@@ -58,10 +67,10 @@ void check_output_file(const std::string& out, const std::string& option, bool o
 }
 
 void check_output_model_dir(const std::string& out, const std::string& what, bool overwrite,
-                            const std::string& input_model) {
+                            const std::string& input_model, const std::vector<std::string>& side_files) {
   G4_CHECK(!same_path(out, input_model), what, " ", out, " is the input model directory; refusing to overwrite ",
            input_model, " (even with --overwrite)");
-  const std::string existing = model_file_in(out);
+  const std::string existing = model_file_in(out, side_files);
   if (existing.empty()) return;
   G4_CHECK(overwrite, what, " ", out, " already holds a model (", existing,
            "); refusing to overwrite it: pass --overwrite to replace it, or choose an empty directory");
@@ -70,6 +79,14 @@ void check_output_model_dir(const std::string& out, const std::string& what, boo
 void check_output_not_input(const std::string& out, const std::string& option, const std::string& input,
                             const std::string& input_option) {
   if (out.empty() || input.empty()) return;
+  std::error_code ec;
+  if (fs::is_directory(input, ec)) {  // a folder of inputs (a tokenizer's): none of its files
+    for (fs::directory_iterator it(input, ec), end; !ec && it != end; it.increment(ec))
+      G4_CHECK(!(it->is_regular_file(ec) && same_file(out, it->path())), option, " ", out, " is ",
+               it->path().string(), " of the ", input_option, " folder ", input,
+               "; refusing to replace an input with the output (even with --overwrite): write the output elsewhere");
+    return;
+  }
   G4_CHECK(!same_file(out, input), option, " ", out, " is the ", input_option, " file ", input,
            "; refusing to replace the input with the output (even with --overwrite): write the output elsewhere");
 }
@@ -77,10 +94,24 @@ void check_output_not_input(const std::string& out, const std::string& option, c
 void check_output_file_creatable(const std::string& out, const std::string& option) {
   std::error_code ec;
   G4_CHECK(!fs::is_directory(out, ec), option, " ", out, " is a directory; give a file name");
-  const fs::path parent = fs::path(out).parent_path();
-  if (parent.empty()) return;
+  // The output is written beside the file it replaces and renamed over it: through a symlink that
+  // is the file the link names (io::write_file_atomic).
+  const fs::path target = io::symlink_target(out);
+  const fs::file_status st = fs::status(target, ec);
+  G4_CHECK(!fs::exists(st) || fs::is_regular_file(st), option, " ", out,
+           " is not a regular file (a FIFO, socket or device?); give the path of a file to write");
+  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
   G4_CHECK(fs::exists(parent, ec), option, " ", out, ": the folder ", parent.string(), " does not exist");
   G4_CHECK(fs::is_directory(parent, ec), option, " ", out, ": ", parent.string(), " is not a folder");
+  // A read-only file system or a folder without write permission shows only when a file is made
+  // there: make (and remove) one now rather than after the run.
+  const fs::path trial = parent / (".g4-write-check." + std::to_string(::getpid()));
+  const int fd = ::open(trial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  const int err = errno;
+  G4_CHECK(fd >= 0, option, " ", out, ": cannot create files in the folder ", parent.string(), ": ",
+           std::strerror(err));
+  ::close(fd);
+  fs::remove(trial, ec);
 }
 
 bool runs_in_this_rank(const std::string& command, const std::string& out_option) {

@@ -95,6 +95,7 @@ void add_serve(CLI::App& app, Action& action) {
       engine_options.tokenizer = loaded.tokenizer.get();
       gen::Engine engine(*loaded.model, engine_options);
       serve::EngineLoop loop(engine);
+      if (loaded.tokenizer) data::warn_chat_tokenizer(*loaded.tokenizer, "the model's tokenizer (for chat requests)");
       serve::Server server(loop, serve::model_info(loaded.model->config(), loaded.tokenizer.get(), o->setup.model_dir), o->server);
       SignalStop signals([&] {
         loop.shutdown();

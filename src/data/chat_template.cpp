@@ -29,6 +29,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "data/dataset.h"
 
 namespace g4::data {
@@ -180,11 +181,29 @@ void append(Document& doc, const std::vector<int32_t>& ids, bool trained) {
 
 }  // namespace
 
-Document chat_document(const RenderedChat& chat, const io::Tokenizer& tok) {
+std::string chat_tokenizer_problem(const io::Tokenizer& tok) {
   for (const char* special : {"<bos>", "<|turn>", "<turn|>"}) {
-    G4_CHECK(tok.token_to_id(special).has_value(), "chat data needs a Gemma 4 tokenizer, and this one has no '",
-             special, "' token");
+    const std::optional<int32_t> id = tok.token_to_id(special);
+    if (!id) return std::string("has no '") + special + "' token";
+    // In the vocabulary but not an added (special) token: the text is then split around it.
+    if (tok.encode(special) != std::vector<int32_t>{*id})
+      return std::string("does not read '") + special + "' as its token " + std::to_string(*id) +
+             " (it is not one of the tokenizer's added tokens)";
   }
+  return "";
+}
+
+void warn_chat_tokenizer(const io::Tokenizer& tok, const std::string& whose) {
+  const std::string problem = chat_tokenizer_problem(tok);
+  if (!problem.empty())
+    G4_LOG("warning: ", whose, " ", problem, ": the chat template's turns are read as plain text, as transformers ",
+           "reads them with this tokenizer (a Gemma 4 tokenizer has them as tokens of their own)");
+}
+
+Document chat_document(const RenderedChat& chat, const io::Tokenizer& tok) {
+  // Which tokens are trained is found by the turn tokens: without them a reply cannot be marked.
+  const std::string problem = chat_tokenizer_problem(tok);
+  G4_CHECK(problem.empty(), "chat data needs a Gemma 4 tokenizer, and the data's tokenizer ", problem);
   // The text is cut only right after "<|turn>" and right after a reply's "<turn|>": both are special
   // tokens, which the tokenizer never merges with their neighbours, so the pieces tokenise exactly
   // as the whole string does.

@@ -221,6 +221,13 @@ RenderedChat render_chat_marked(const std::vector<ChatMessage>& messages, bool a
 std::string render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt = false,
                         ChatVariant variant = ChatVariant::Small);
 
+// "" when `tok` encodes each of the chat template's special tokens ("<bos>", "<|turn>", "<turn|>") as
+// that one token, else what is wrong ("has no '<|turn>' token"): such a tokenizer spells the template
+// out character by character. Training data refuses it (chat_document); generation warns once per
+// call of warn_chat_tokenizer, naming `whose` tokenizer, and goes on as transformers does.
+std::string chat_tokenizer_problem(const io::Tokenizer& tok);
+void warn_chat_tokenizer(const io::Tokenizer& tok, const std::string& whose);
+
 // Tokenises a rendered conversation as Hugging Face tokenises the whole string, marking trained the
 // tokens that overlap a reply (so a token merged across "model\n" and the reply counts as trained).
 Document chat_document(const RenderedChat& chat, const io::Tokenizer& tok);

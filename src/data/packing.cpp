@@ -43,16 +43,22 @@ std::vector<Document> fit_documents(std::vector<Document> docs, const DataOption
   // a conversation cut before its reply (truncate keeps only the prompt, split makes prompt-only
   // pieces). Kept, such documents alone made all-masked rows whose loss read 0.0 with a zero
   // gradient: a run that trained nothing looked like a perfect one. They are dropped, and said.
-  const size_t before = out.size();
+  size_t single = 0, masked = 0;  // one token (nothing to predict); trained tokens all cut off
+  std::string first;
   out.erase(std::remove_if(out.begin(), out.end(),
-                           [](const Document& d) {
-                             return d.trained.size() < 2 || std::find(d.trained.begin() + 1, d.trained.end(), 1) ==
-                                                                 d.trained.end();
+                           [&](const Document& d) {
+                             const bool one = d.trained.size() < 2;
+                             if (!one && std::find(d.trained.begin() + 1, d.trained.end(), 1) != d.trained.end())
+                               return false;
+                             ++(one ? single : masked);
+                             if (first.empty()) first = d.source;
+                             return true;
                            }),
             out.end());
-  if (out.size() < before)
-    G4_LOG("data: dropped ", before - out.size(), " document(s) or piece(s) with no trained token within seq_len ",
-           opt.seq_len, " (a conversation's reply cut off by data.overlong ", opt.overlong, ")");
+  if (single + masked > 0)
+    G4_LOG("data: dropped ", single + masked, " document(s) or piece(s) with no token to learn (the first: ", first,
+           "): ", single, " of a single token (a split document's last piece, or a one-token document), ", masked,
+           " whose trained tokens lie past seq_len ", opt.seq_len, " (a conversation's reply cut off)");
   return out;
 }
 

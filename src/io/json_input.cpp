@@ -43,6 +43,10 @@ const json* field(const json& obj, const std::string& key, const std::string& wh
 void check_json_limits(std::string_view text, const std::string& what, size_t max_bytes, int max_depth) {
   G4_CHECK(text.size() <= max_bytes, what, " is ", text.size(), " bytes, more than the limit of ",
            limit_str(max_bytes));
+  // The parser takes a NUL for the end of the text and would drop whatever follows it unread; JSON
+  // has no NUL outside an escape (\u0000), so one is an error wherever it is.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    G4_FAIL(what, " is not valid JSON: a NUL byte at byte ", nul, " (write \\u0000 inside a string)");
   // Brackets inside strings do not nest; anything malformed is left to the parser to report.
   int depth = 0;
   bool in_string = false, escaped = false;
@@ -84,7 +88,41 @@ json parse_json(std::string_view text, const std::string& what, size_t max_bytes
   }
 }
 
-void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& fill) {
+void make_directories(const std::string& dir, const std::string& what) {
+  if (dir.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  G4_CHECK(!ec, what, " ", dir, ": cannot make the folder: ", ec.message());
+  G4_CHECK(std::filesystem::is_directory(dir, ec), what, " ", dir, " exists and is not a folder");
+}
+
+std::string symlink_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p = path;
+  std::error_code ec;
+  // Link by link, so that a dangling link gives the file it would make (weakly_canonical stops there).
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
+    G4_CHECK(hops < 40, "cannot resolve the symlink ", path, ": too many levels of symbolic links");
+    const fs::path next = fs::read_symlink(p, ec);
+    G4_CHECK(!ec, "cannot resolve the symlink ", path, ": ", ec.message());
+    p = next.is_absolute() ? next : p.parent_path() / next;
+  }
+  return p.string();
+}
+
+std::string atomic_write_target(const std::string& path) {
+  std::error_code ec;
+  // Through a symlink to the file it names (the rename would replace the link itself), and never in
+  // place of a FIFO or a device: the rename would swap a regular file in for /dev/null.
+  const std::string target = symlink_target(path);
+  const std::filesystem::file_status st = std::filesystem::status(target, ec);
+  G4_CHECK(!std::filesystem::exists(st) || std::filesystem::is_regular_file(st), "cannot write ", path,
+           ": it is not a regular file (a FIFO, socket, device or directory?)");
+  return target;
+}
+
+void write_file_atomic(const std::string& given, const std::function<void(std::ostream&)>& fill) {
+  const std::string path = atomic_write_target(given);
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::error_code ec;
   int err = 0;

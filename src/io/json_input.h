@@ -49,9 +49,21 @@ void check_regular_file(const std::string& path, const std::string& what);
 // working directory (named): recipes name their files relative to where g4 runs, not to the recipe.
 std::string relative_path_note(const std::string& path);
 
+// Makes the folder `dir` and its parents; an error names `what` and the system's reason ("Read-only
+// file system", "Not a directory") instead of the standard library's text.
+void make_directories(const std::string& dir, const std::string& what);
+
+// `path` with its symlinks followed to the file they name (which need not exist), or `path` itself.
+std::string symlink_target(const std::string& path);
+// The file an atomic write of `path` replaces: `path`, or the file it names when it is a symlink.
+// Throws when that exists and is not a regular file (a FIFO, a device, a directory).
+std::string atomic_write_target(const std::string& path);
+
 // Writes `text` to a temporary file beside `path` and renames it over `path`, so a reader (or a
 // run killed meanwhile) sees the old file or the whole new one, never half of it. Errors name the file
 // and the system's reason (e.g. "No space left on device"); a failed write removes the temporary file.
+// A symlink `path` is written through (its target replaced, the link kept); a `path` that exists and
+// is not a regular file (a FIFO, a device) is refused.
 void write_file_atomic(const std::string& path, const std::string& text);
 // The same with the text streamed by `fill` (which may throw: the temporary file is removed).
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& fill);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -367,7 +368,18 @@ Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected
   // Integers or booleans converted to weights would load silently as garbage.
   G4_CHECK(is_floating(ti.dtype) || !ti.supported, "tensor '", name, "' in ", ti.file, " is stored as ",
            ti.stored_dtype, ", expected a floating-point dtype (F32, BF16, F16 or F64)");
-  return get(name).to(DType::F32);
+  Tensor t = get(name).to(DType::F32);
+  // A NaN or an infinity in a weight is damage, and not always visible downstream: an infinite final
+  // norm weight gives infinite logits, which the final softcap turns into finite garbage.
+  const float* p = t.data<float>();
+  const int64_t n = t.numel();
+  int64_t first = n;
+#pragma omp parallel for reduction(min : first) schedule(static) if (n > (int64_t{1} << 20))
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]) && i < first) first = i;
+  G4_CHECK(first == n, "tensor '", name, "' in ", ti.file, " holds ", std::isnan(p[first]) ? "a NaN" : "an infinity",
+           " (element ", first, " of ", n, "): the checkpoint is damaged");
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,10 +388,10 @@ Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected
 namespace {
 
 // Writes `bytes` to `path` via a temporary file in the same directory and a rename, so readers
-// see the old file or the complete new one, never a prefix.
+// see the old file or the complete new one, never a prefix (through a symlink, as write_file_atomic).
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)) {
+  explicit AtomicFile(const std::string& path) : path_(atomic_write_target(path)) {
     tmp_ = path_ + ".tmp." + std::to_string(::getpid());
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     G4_CHECK(fd_ >= 0, "cannot create ", tmp_, ": ", std::strerror(errno));
@@ -446,7 +458,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');
 
   const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent);
+  make_directories(parent.string(), "save_safetensors: the folder of " + path + ":");
   AtomicFile out(path);
   unsigned char len[8];
   uint64_t n = text.size();
@@ -487,7 +499,7 @@ void SafetensorsWriter::finish() {
     shard_bytes += b;
     total += b;
   }
-  fs::create_directories(dir_);
+  make_directories(dir_, "SafetensorsWriter:");
   const fs::path dir(dir_);
 
   if (shards.size() == 1) {

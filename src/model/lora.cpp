@@ -213,7 +213,7 @@ void save_peft_adapter(const Gemma4& model, const std::string& dir, bool folded_
   G4_CHECK(model.lora(), "save_peft_adapter: the model has no LoRA adapters");
   const LoraConfig& lora = *model.lora();
   const io::ModelConfig& cfg = model.config();
-  fs::create_directories(dir);
+  io::make_directories(dir, "save_peft_adapter:");
   const std::vector<LoraModule> modules = lora_modules(cfg, lora);
   std::vector<std::pair<std::string, Tensor>> tensors;
   bool experts = false;

@@ -258,7 +258,7 @@ void save_hf_checkpoint(const Gemma4& model, const std::string& dir, size_t max_
     for (const auto& [name, b] : model.params().buffers)
       G4_CHECK(b.kind != ParamKind::kPassThrough, "save_hf_checkpoint: the model keeps the vision tower tensor '", name,
                "' but its config was not read from a file, so the vision_config describing it is unknown");
-  fs::create_directories(dir);
+  io::make_directories(dir, "save_hf_checkpoint:");
   io::SafetensorsWriter writer(dir, max_shard_bytes);
   writer.set_metadata("format", "pt");
   for (auto& [name, t] : export_hf_state_dict(model)) writer.add(name, t);

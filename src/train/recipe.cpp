@@ -485,7 +485,12 @@ class YamlToJson {
         for (const auto& kv : n) {
           G4_CHECK(kv.first.IsScalar(), what_, ": ", yaml_place(kv.first.Mark()),
                    "a mapping key must be a plain name, not a list or mapping");
-          o[utf8(kv.first)] = convert(kv.second, depth + 1);
+          const std::string& key = utf8(kv.first);
+          // YAML keys are unique; yaml-cpp keeps both, and the later one would silently replace the
+          // earlier (a second `train:` section would reset every key of the first).
+          G4_CHECK(!o.contains(key), what_, ": ", yaml_place(kv.first.Mark()), "the key '", key,
+                   "' appears twice in one mapping (merge the two into one)");
+          o[key] = convert(kv.second, depth + 1);
         }
         return o;
       }
@@ -520,7 +525,9 @@ class YamlToJson {
     try {
       size_t used = 0;
       const double d = std::stod(s, &used);
-      if (used == s.size()) return d;
+      // stod also reads "inf" and "nan", which YAML reads as text (its own .inf and .nan are refused
+      // as well): no recipe number is meant to be infinite, and eps = inf would train nothing.
+      if (used == s.size() && std::isfinite(d)) return d;
     } catch (...) {
     }
     return s;
@@ -534,7 +541,10 @@ class YamlToJson {
 json parse_yaml(std::string_view text, const std::string& what) {
   YAML::Node root;
   try {
-    root = YAML::Load(std::string(text));
+    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
+    G4_CHECK(documents.size() <= 1, what, " holds ", documents.size(),
+             " YAML documents (separated by ---); a recipe is one");
+    if (!documents.empty()) root = documents[0];
   } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours; it says "bad file"
     G4_FAIL(what, " nests YAML mappings/sequences deeper than the limit of ", io::kMaxJsonDepth, " levels (",
             yaml_place(e.mark), "the value that goes too deep)");
@@ -579,6 +589,11 @@ void check_rl(Recipe& r, const std::string& source) {
            " exceeds 'grpo.reward_shaping.max_response_length' ", rl.max_response_length);
   G4_CHECK(!rl.reward_scaling || rl.scaling_source_max > rl.scaling_source_min, source,
            ": 'grpo.reward_scaling.source_max' must exceed 'grpo.reward_scaling.source_min'");
+  // NeMo-RL takes any target range; an inverted one rewards wrong answers and an empty one gives every
+  // sample the same reward (no advantage anywhere), neither of which a recipe means.
+  G4_CHECK(!rl.reward_scaling || rl.scaling_target_max > rl.scaling_target_min, source,
+           ": 'grpo.reward_scaling.target_max' (", rl.scaling_target_max, ") must exceed 'grpo.reward_scaling.target_min' (",
+           rl.scaling_target_min, "): an inverted range would reward wrong answers, an empty one nothing");
   G4_CHECK(rl.reward != "regex" || !rl.reward_pattern.empty(), source, ": 'reward.kind' regex needs 'reward.pattern'");
   for (const std::string& stop : rl.stop_strings)
     G4_CHECK(!stop.empty(), source, ": 'generation.stop_strings' holds an empty string (it would end every response "

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +33,15 @@ using test::ProcessResult;
 
 ProcessResult run(const std::string& args, const std::string& env = "") { return test::run_g4(args, env); }
 fs::path temp_dir(const std::string& name) { return test::scratch_dir("cli_" + name); }
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream(p, std::ios::binary) << text;
+}
 
 // Elements [begin, end) of an integer tensor as "a,b,c".
 std::string join_ids(const Tensor& t, int64_t begin, int64_t end) {
@@ -311,6 +321,24 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
     EXPECT_FALSE(fs::exists(dir / "out" / stale)) << stale;
   const std::string prompt = " --prompt-ids 9,8,7,6 --max-new-tokens 5";
   EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
+  // A user's own tokenizer or generation config is not replaced unasked either.
+  fs::create_directories(dir / "mine");
+  write_text(dir / "mine" / "generation_config.json", "{\"eos_token_id\": 99}");
+  expect_error(run("convert " + dense + " " + (dir / "mine").string()),
+               {"already holds a model (generation_config.json)", "--overwrite"});
+  EXPECT_EQ(read_text(dir / "mine" / "generation_config.json"), "{\"eos_token_id\": 99}");
+  // An input tokenizer that is no file is found before anything is written; an OUT_DIR that cannot
+  // be made is named in g4's words.
+  const fs::path fifo_in = dir / "fifo_in";
+  fs::create_directories(fifo_in);
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(fs::path(dense) / f, fifo_in / f);
+  ASSERT_EQ(::mkfifo((fifo_in / "tokenizer.json").c_str(), 0600), 0);
+  expect_error(run("convert " + fifo_in.string() + " " + (dir / "from_fifo").string()),
+               {"IN_DIR's tokenizer.json", "is not a regular file"});
+  EXPECT_FALSE(fs::exists(dir / "from_fifo"));
+  const ProcessResult bad_out = run("convert " + dense + " " + (dir / "mine" / "generation_config.json" / "x").string());
+  expect_error(bad_out, {"convert: OUT_DIR", "cannot make the folder: Not a directory"});
+  EXPECT_EQ(bad_out.output.find("filesystem error"), std::string::npos) << bad_out.output;
   fs::remove_all(dir);
 }
 
@@ -487,15 +515,6 @@ TEST(Cli, InspectAndConvertKnowDiffusionModels) {
 
 // tools/probe_cli.py's findings (docs/reliability.md, "Probed: tools/probe_cli.py").
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream(p, std::ios::binary) << text;
-}
-
 TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
   const fs::path dir = temp_dir("out_is_input");
   const std::string line = "{\"prompt_ids\": [5, 6]}\n";
@@ -519,6 +538,65 @@ TEST(Cli, NoCommandWritesItsOutputOverItsInput) {
       run("forward " + kData + "/hf-gemma4/tiny-dense-ple --inputs " + inputs + " --out " + inputs + " --overwrite"),
       {"--out", "is the --inputs file", "even with --overwrite"});
   EXPECT_EQ(read_text(inputs), before);
+  fs::remove_all(dir);
+}
+
+// The renamed temporary file replaced whatever --out named: a FIFO or device became a regular file,
+// and a symlink lost its link while its target kept the old text.
+TEST(Cli, OutputsGoThroughSymlinksAndNeverReplaceDevicesOrInputs) {
+  const fs::path dir = temp_dir("out_kinds");
+  const fs::path fifo = dir / "fifo.jsonl";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_error(run("task arithmetic --count 2 --overwrite --out " + fifo.string()),
+               {"--out", "fifo.jsonl is not a regular file"});
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  write_text(dir / "target.jsonl", "old\n");
+  fs::create_symlink("target.jsonl", dir / "link.jsonl");
+  ASSERT_EQ(run("task arithmetic --count 2 --overwrite --out " + (dir / "link.jsonl").string()).code, 0);
+  EXPECT_TRUE(fs::is_symlink(dir / "link.jsonl"));
+  EXPECT_NE(read_text(dir / "target.jsonl").find("\"prompt\""), std::string::npos);
+  // A folder no file can be made in (even by root) is found before the run, not after it.
+  expect_error(run("task arithmetic --count 2 --out /proc/g4-out.jsonl"), {"cannot create files in the folder /proc"});
+  // --tokenizer is an input too, as a file or as a folder.
+  const std::string model = kData + "/hf-gemma4/tiny-dense-ple";
+  fs::create_directories(dir / "tok");
+  fs::copy_file(kData + "/tokenizers/plain.json", dir / "tok" / "tokenizer.json");
+  write_text(dir / "in.jsonl", "{\"prompt_ids\": [5, 6]}\n");
+  const std::string gen = "generate " + model + " --prompts " + (dir / "in.jsonl").string() + " --overwrite --out ";
+  const std::string tok_before = read_text(dir / "tok" / "tokenizer.json");
+  for (const fs::path& tok : {dir / "tok", dir / "tok" / "tokenizer.json"})
+    expect_error(run(gen + (dir / "tok" / "tokenizer.json").string() + " --tokenizer " + tok.string()),
+                 {"--out", "--tokenizer", "even with --overwrite"});
+  EXPECT_EQ(read_text(dir / "tok" / "tokenizer.json"), tok_before);
+  fs::remove_all(dir);
+}
+
+// The JSON parser took a NUL for the end of the text and dropped the rest of the line unread.
+TEST(Cli, ANulByteInAJsonLineIsAnError) {
+  const fs::path dir = temp_dir("nul_json");
+  write_text(dir / "in.jsonl", std::string("{\"prompt_ids\": [5]}\0{\"prompt_ids\": [6]}\n", 37));
+  expect_error(run("generate " + kData + "/hf-gemma4/tiny-dense-ple --prompts " + (dir / "in.jsonl").string() +
+                   " --out " + (dir / "out.jsonl").string()),
+               {"in.jsonl:1", "a NUL byte at byte 19"});
+  fs::remove_all(dir);
+}
+
+// Without <|turn> as a token of its own the template is read character by character: transformers does
+// the same, so generation goes on, but says so (training data refuses it: ChatDocument.NeedsAGemma4Tokenizer).
+TEST(Cli, ChatWithATokenizerWithoutTheTurnTokensSaysSo) {
+  const std::string model = kData + "/hf-gemma4/tiny-dense-ple --tokenizer " + kData + "/tokenizers/plain.json";
+  const std::string warning = "warning: the tokenizer of --chat has no '<|turn>' token";
+  ProcessResult r = run("generate " + model + " --chat --prompt hi --max-new-tokens 1");
+  EXPECT_NE(r.output.find(warning), std::string::npos) << r.output;
+  const fs::path dir = temp_dir("chat_tokenizer");
+  write_text(dir / "in.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+  r = run("generate " + model + " --chat --prompts " + (dir / "in.jsonl").string() + " --max-new-tokens 1 --out " +
+          (dir / "out.jsonl").string());
+  EXPECT_NE(r.output.find(warning), std::string::npos) << r.output;
+  // A tokenizer with the turn tokens: no warning.
+  r = run("generate " + kData + "/hf-gemma4/tiny-dense-ple --tokenizer " + kData +
+          "/../../recipes/data/kjv-chat-tokenizer --chat --prompt hi --max-new-tokens 1");
+  EXPECT_EQ(r.output.find("warning:"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
 

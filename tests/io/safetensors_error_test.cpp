@@ -1,6 +1,9 @@
 // Corrupt and inconsistent checkpoints: each must fail with a g4::Error naming file and key.
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <random>
+#include <vector>
 
 #include "io/io_test_util.h"
 #include "io/safetensors.h"
@@ -117,6 +120,20 @@ TEST(SafetensorsErrors, MissingTensorAndWrongShape) {
   EXPECT_G4_ERROR(r.get("nope"), "'nope'", "not found", path);
   EXPECT_G4_ERROR(r.info("nope"), "'nope'", path);
   EXPECT_G4_ERROR(r.get_f32("a", {4}), "'a'", path, "has shape [2, 2]", "expected [4]");
+}
+
+// An infinite final norm weight came out as finite logits through the softcap: weights are checked as they load.
+TEST(SafetensorsErrors, NonFiniteWeightsAreNamed) {
+  TempDir tmp;
+  const std::string path = tmp / "w.safetensors";
+  for (const float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    for (const DType dtype : {DType::F32, DType::BF16}) {
+      save_safetensors(path, {{"w", Tensor::from_vector(std::vector<float>{1.f, 2.f, bad, 4.f}, {4}).to(dtype)}});
+      const SafetensorsReader r = SafetensorsReader::open(path);
+      EXPECT_G4_ERROR(r.get_f32("w", {4}), "'w'", path, std::isnan(bad) ? "holds a NaN" : "holds an infinity",
+                      "element 2 of 4", "damaged");
+    }
+  }
 }
 
 TEST(SafetensorsErrors, MissingPaths) {

@@ -352,6 +352,16 @@ TEST(Recipe, HostileYamlIsAClearError) {
   // Bytes that are not UTF-8 used to reach nlohmann, whose dump() then threw type_error.316.
   expect_error("data: {train: \"a\xff.txt\"}\n", "recipe r.yaml: line 1, column 15: the value is not valid UTF-8");
   expect_error("model: {name: tiny-moe}\n", "the value is not valid UTF-8", {"optimizer.betas=[0\xcc\xc3, 1]"});
+  // A key twice: yaml-cpp kept both and the later one won, so a second `train:` reset the first's keys.
+  expect_error("train: {steps: 4}\nmodel: {name: tiny-moe}\ntrain: {steps: 3}\n",
+               "r.yaml: line 3, column 1: the key 'train' appears twice in one mapping");
+  expect_error("train:\n  steps: 4\n  steps: 1\n", "line 3, column 3: the key 'steps' appears twice");
+  expect_error("model: {name: tiny-moe}\n", "the key 'steps' appears twice", {"train={steps: 1, steps: 2}"});
+  // Only the first of several documents was read.
+  expect_error("model: {name: tiny-moe}\n---\ntrain: {steps: 1}\n", "recipe r.yaml holds 2 YAML documents");
+  // "inf" and "nan" are text in YAML (stod read them as numbers: eps = inf trained nothing).
+  for (const char* v : {"inf", "-infinity", "nan", ".inf"})
+    expect_error("model: {name: tiny-moe}\n", "'optimizer.eps' has the wrong type", {std::string("optimizer.eps=") + v});
   // The wrong type with a huge value: the message shows the start of it.
   const std::string e = test::error_of([] {
     train::recipe_from_yaml("train: {steps: [" + std::string(10000, '1') + "]}\n", "r.yaml");
@@ -417,7 +427,9 @@ TEST(Recipe, KeysOfTheOtherCommandSayWhichCommandTheyAreFor) {
   });
   EXPECT_NE(e.find("r.yaml: recipe key 'data.seq_len' is for g4 train, not g4 rl"), std::string::npos) << e;
   e = test::error_of([] {
-    train::recipe_from_yaml(std::string(kMinimalRl) + "grpo: {num_prompts: 4}\n", "r.yaml", {}, train::Command::kRl);
+    train::recipe_from_yaml("model: {name: tiny-dense}\ntokenizer: tok\nprompts: {task: arithmetic}\n"
+                            "grpo: {num_prompts_per_step: 4, num_generations_per_prompt: 3, num_prompts: 4}\n",
+                            "r.yaml", {}, train::Command::kRl);
   });
   EXPECT_NE(e.find("unknown recipe key"), std::string::npos) << e;
 }
@@ -435,6 +447,17 @@ TEST(Recipe, RlCombinationsThatCannotWorkAreRefused) {
     const std::string e =
         test::error_of([&] { train::recipe_from_yaml(kMinimalRl, "r.yaml", {override_}, train::Command::kRl); });
     EXPECT_NE(e.find(want), std::string::npos) << override_ << ": " << e;
+  }
+  // NeMo-RL takes these, and would map correct answers below wrong ones, or every reward onto one value.
+  for (const char* target_min : {"2", "1"}) {
+    const std::string e = test::error_of([&] {
+      train::recipe_from_yaml(kMinimalRl, "r.yaml",
+                              {"grpo.reward_scaling.enabled=true", std::string("grpo.reward_scaling.target_min=") + target_min},
+                              train::Command::kRl);
+    });
+    EXPECT_NE(e.find("'grpo.reward_scaling.target_max' (1) must exceed 'grpo.reward_scaling.target_min'"),
+              std::string::npos)
+        << e;
   }
 }
 
