@@ -254,7 +254,6 @@ void add_forward(CLI::App& app, Action& action) {
       check_output_file(o->out, "--out", o->overwrite, o->model);
       check_output_not_input(o->out, "--out", o->inputs, "--inputs");
       check_output_not_input(o->out, "--out", o->tokenizer, "--tokenizer");
-      check_output_file_creatable(o->out, "--out");
       G4_CHECK(!o->inputs.empty() || from_prompt, "g4 forward needs --inputs or --prompt");
       // Before the model loads (minutes for a large one).
       if (!from_prompt) io::check_regular_file(o->inputs, "--inputs file");
