@@ -539,12 +539,26 @@ class YamlToJson {
 
 // Parses YAML text into JSON; a syntax error names `what` and the place, in our words.
 json parse_yaml(std::string_view text, const std::string& what) {
+  // YAML::Load reads the first document only; one after it would be dropped unread. A document
+  // marker is a line that starts "---" or "..." at column 0 (never inside a scalar), so a second
+  // document shows as a marker after content. (yaml-cpp's LoadAll ran for minutes on fuzzed input.)
+  bool content = false, ended = false;
+  for (size_t at = 0, line_no = 1; at < text.size(); ++line_no) {
+    const size_t eol = std::min(text.find('\n', at), text.size());
+    const std::string_view line = text.substr(at, eol - at);
+    at = eol + 1;
+    const bool marker = (line.substr(0, 3) == "---" || line.substr(0, 3) == "...") &&
+                        (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
+    const size_t from = line.find_first_not_of(" \t\r", marker ? 3 : 0);
+    const bool has_content = from != std::string_view::npos && line[from] != '#' && !(!content && line[0] == '%');
+    G4_CHECK(!(marker && line[0] == '-' && content) && !(has_content && ended), what,
+             " holds more than one YAML document (another starts at line ", line_no, "); a recipe is one");
+    if (marker && line[0] == '.') ended = content;
+    content = content || has_content;
+  }
   YAML::Node root;
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-    G4_CHECK(documents.size() <= 1, what, " holds ", documents.size(),
-             " YAML documents (separated by ---); a recipe is one");
-    if (!documents.empty()) root = documents[0];
+    root = YAML::Load(std::string(text));
   } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours; it says "bad file"
     G4_FAIL(what, " nests YAML mappings/sequences deeper than the limit of ", io::kMaxJsonDepth, " levels (",
             yaml_place(e.mark), "the value that goes too deep)");

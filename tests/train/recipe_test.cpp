@@ -358,7 +358,9 @@ TEST(Recipe, HostileYamlIsAClearError) {
   expect_error("train:\n  steps: 4\n  steps: 1\n", "line 3, column 3: the key 'steps' appears twice");
   expect_error("model: {name: tiny-moe}\n", "the key 'steps' appears twice", {"train={steps: 1, steps: 2}"});
   // Only the first of several documents was read.
-  expect_error("model: {name: tiny-moe}\n---\ntrain: {steps: 1}\n", "recipe r.yaml holds 2 YAML documents");
+  expect_error("model: {name: tiny-moe}\n---\ntrain: {steps: 1}\n",
+               "recipe r.yaml holds more than one YAML document (another starts at line 2)");
+  expect_error("--- {model: {name: tiny-moe}}\n...\n# done\ntrain: {steps: 1}\n", "another starts at line 4");
   // "inf" and "nan" are text in YAML (stod read them as numbers: eps = inf trained nothing).
   for (const char* v : {"inf", "-infinity", "nan", ".inf"})
     expect_error("model: {name: tiny-moe}\n", "'optimizer.eps' has the wrong type", {std::string("optimizer.eps=") + v});
