@@ -227,15 +227,25 @@ void read_file_header(const std::string& path, std::map<std::string, Entry>& out
     in_file.push_back(&it->second);
   }
 
-  // Overlapping tensors mean a corrupt header (or a crafted one); empty tensors overlap nothing.
-  std::sort(in_file.begin(), in_file.end(), [](const Entry* a, const Entry* b) { return a->offset < b->offset; });
+  // As the safetensors library requires: the tensors' data lie end to end from the start of the data
+  // buffer to the end of the file. A gap or an overlap means a corrupt (or crafted) header; bytes after
+  // the last tensor, a file appended to or a header that lost entries.
+  std::sort(in_file.begin(), in_file.end(), [](const Entry* a, const Entry* b) {
+    return a->offset != b->offset ? a->offset < b->offset : a->nbytes < b->nbytes;
+  });
+  size_t expected = data_start;
   const Entry* prev = nullptr;
   for (const Entry* e : in_file) {
-    if (e->nbytes == 0) continue;
-    G4_CHECK(!prev || prev->offset + prev->nbytes <= e->offset, "safetensors file ", path, ": data of tensors '",
-             prev ? prev->info.name : "", "' and '", e->info.name, "' overlap");
+    G4_CHECK(e->offset >= expected, "safetensors file ", path, ": data of tensors '", prev ? prev->info.name : "",
+             "' and '", e->info.name, "' overlap");
+    G4_CHECK(e->offset == expected, "safetensors file ", path, ": ", e->offset - expected,
+             " bytes of the data buffer before tensor '", e->info.name, "' belong to no tensor (corrupt header)");
+    expected = e->offset + e->nbytes;
     prev = e;
   }
+  G4_CHECK(expected == file->size, "safetensors file ", path, ": ", file->size - expected, " bytes after ",
+           prev ? "the data of tensor '" + prev->info.name + "'" : std::string("the header"),
+           " belong to no tensor (the file was appended to, or its header lost entries)");
 }
 
 void read_index(const std::string& dir, std::map<std::string, Entry>& out,

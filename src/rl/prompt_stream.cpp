@@ -16,6 +16,8 @@ namespace {
 constexpr uint64_t kValidationSeedSalt = 0x9e3779b97f4a7c15ull;
 // A training draw whose problem is a validation one takes the problem this far further on instead.
 constexpr int64_t kHeldOutStride = int64_t{1} << 40;
+// Consecutive task problems longer than prompts.max_input_seq_length before a draw gives up.
+constexpr int64_t kMaxOverlongDraws = 1000;
 
 TaskOptions task_options(const train::RlSettings& rl, uint64_t seed) {
   TaskOptions t;
@@ -56,14 +58,22 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, dat
              ": 'prompts.task_difficulty' is ", rl_.task_difficulty, "; the built-in tasks have difficulties 0 to ",
              kMaxTaskDifficulty);
     if (rl_.prompts_validation.empty())
-      validation_ = make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0, rl_.task_validation_prompts,
-                                      tok, rl_.system_prompt, variant);
+      validation_ = keep_fitting(make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0,
+                                                   rl_.task_validation_prompts, tok, rl_.system_prompt, variant));
+    G4_CHECK(!validation_.empty() || rl_.task_validation_prompts == 0, r.source, ": every one of the ",
+             rl_.task_validation_prompts, " validation problems of built-in task ", rl_.task, " has more than ",
+             rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length); shorten prompts.system_prompt or "
+             "raise the limit");
   } else {
     train_ = keep_fitting(load_prompts(rl_.prompts_train, tok, rl_.system_prompt, variant));
     G4_CHECK(!train_.empty(), r.source, ": 'prompts.train' (", rl_.prompts_train, ") holds no prompt of at most ",
              rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length)");
   }
-  if (!rl_.prompts_validation.empty()) validation_ = load_prompts(rl_.prompts_validation, tok, rl_.system_prompt, variant);
+  if (!rl_.prompts_validation.empty()) {
+    validation_ = keep_fitting(load_prompts(rl_.prompts_validation, tok, rl_.system_prompt, variant));
+    G4_CHECK(!validation_.empty(), r.source, ": 'prompts.validation' (", rl_.prompts_validation,
+             ") holds no prompt of at most ", rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length)");
+  }
   if (rl_.max_val_prompts > 0 && static_cast<int64_t>(validation_.size()) > rl_.max_val_prompts)
     validation_.resize(static_cast<size_t>(rl_.max_val_prompts));
   if (!rl_.task.empty())
@@ -89,9 +99,19 @@ void PromptStream::check(const PromptExample& p, bool generated) const {
 
 PromptExample PromptStream::draw(int64_t d) {
   if (!rl_.task.empty()) {
+    // Held-out and overlong problems give way to one further on; a problem is a pure function of its
+    // index, so draw d still is of d.
+    int64_t overlong = 0;
     for (int64_t index = d;; index += kHeldOutStride) {
       PromptExample p = make_task_prompts(task_options(rl_, rl_.seed), index, 1, tok_, rl_.system_prompt, variant_).at(0);
       if (held_out_.count(p.prompt)) continue;
+      if (static_cast<int64_t>(p.ids.size()) > rl_.max_input_seq_length) {
+        G4_CHECK(++overlong < kMaxOverlongDraws, "built-in task ", rl_.task, ": ", kMaxOverlongDraws,
+                 " problems in a row have more than ", rl_.max_input_seq_length, " tokens (", p.ids.size(),
+                 " the last), prompts.max_input_seq_length; shorten prompts.system_prompt or raise the limit");
+        ++skipped_;
+        continue;
+      }
       check(p, true);
       return p;
     }

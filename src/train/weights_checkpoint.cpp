@@ -73,14 +73,20 @@ std::string first_nonfinite(const model::Gemma4& m) {
   return "";
 }
 
+// Read whole and written atomically, as convert writes its side files: a tokenizer file that is not a
+// regular file (a FIFO) or vanished is an error in g4's words, and a full disk never leaves half a file.
 void copy_tokenizer(const std::string& tokenizer_path, const fs::path& dir) {
   if (tokenizer_path.empty()) return;
   const fs::path t(tokenizer_path);
+  const auto copy = [&dir](const fs::path& src) {
+    const std::string bytes = io::read_regular_file(src.string(), "tokenizer file", size_t{1} << 32);
+    io::write_file_atomic((dir / src.filename()).string(), bytes);
+  };
   if (fs::is_directory(t)) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
-      if (fs::exists(t / f)) fs::copy_file(t / f, dir / f);
+      if (fs::exists(t / f)) copy(t / f);
   } else if (fs::exists(t)) {
-    fs::copy_file(t, dir / t.filename());
+    copy(t);
   }
 }
 

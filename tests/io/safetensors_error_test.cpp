@@ -68,6 +68,23 @@ TEST(SafetensorsErrors, OverlappingTensors) {
   EXPECT_G4_ERROR(SafetensorsReader::open(path), path, "'p'", "'q'", "overlap");
 }
 
+// The safetensors library's own rule: the tensors fill the data buffer end to end, to the end of the file.
+TEST(SafetensorsErrors, BytesOfNoTensorAreRefused) {
+  TempDir tmp;
+  const std::string path = valid_file(tmp);
+  auto bytes = test::read_bytes(path);
+  bytes.insert(bytes.end(), {'x', 'y', 'z'});
+  test::write_bytes(path, bytes);
+  EXPECT_G4_ERROR(SafetensorsReader::open(path), path, "3 bytes after the data of tensor 'b'", "appended");
+  test::write_raw_safetensors(path,
+                              R"({"p":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                              R"("q":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                              12);
+  EXPECT_G4_ERROR(SafetensorsReader::open(path), path, "4 bytes", "before tensor 'q'", "corrupt header");
+  test::write_raw_safetensors(path, R"({"__metadata__":{"format":"pt"}})", 8);
+  EXPECT_G4_ERROR(SafetensorsReader::open(path), path, "8 bytes after the header");
+}
+
 TEST(SafetensorsErrors, UnknownAndUnsupportedDtypes) {
   TempDir tmp;
   const std::string path = tmp / "d.safetensors";

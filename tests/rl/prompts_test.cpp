@@ -118,10 +118,13 @@ TEST(Prompts, BadLinesNameTheFileLineAndKey) {
   EXPECT_NE(error_of([&] { load_prompts(empty + ".missing", tok); }).find(".missing"), std::string::npos);
 }
 
-// The stream of a recipe over `file` (or the arithmetic task when empty); `keys` override it.
+// The stream of a recipe over `file` (or, when empty, the task `keys` name, else arithmetic); `keys` override it.
 PromptStream stream(const std::string& file, std::vector<std::string> keys, int64_t context,
                     const io::Tokenizer& tok) {
-  keys.push_back(file.empty() ? "prompts.task=arithmetic" : "prompts.train=" + file);
+  const bool task_given =
+      std::any_of(keys.begin(), keys.end(), [](const std::string& k) { return k.rfind("prompts.task=", 0) == 0; });
+  if (!file.empty()) keys.push_back("prompts.train=" + file);
+  else if (!task_given) keys.push_back("prompts.task=arithmetic");
   static std::vector<std::unique_ptr<train::Recipe>> recipes;  // the stream keeps a reference
   recipes.push_back(std::make_unique<train::Recipe>(
       train::recipe_from_yaml("model: {name: tiny-dense}\ntokenizer: none\nreward: {kind: exact}\n", "rl.yaml",
@@ -177,6 +180,50 @@ TEST(PromptStream, RefusesPromptsWithoutRoomOrGroundTruthNamingTheLine) {
   PromptStream s = stream("", {system, "prompts.task_validation_prompts=0"}, 64, tok);
   e = error_of([&] { s.next(1); });
   EXPECT_NE(e.find("task arithmetic, problem 0: the prompt has"), std::string::npos) << e;
+}
+
+// Probed (session 39): prompts.max_input_seq_length skipped long lines of prompts.train only; validation
+// prompts and a built-in task's problems ran whatever their length.
+TEST(PromptStream, MaxInputSeqLengthSkipsValidationAndTaskPromptsToo) {
+  const test::ByteTokenizer tok;
+  const std::string long_prompt = write_file(
+      "long-v.jsonl", R"({"prompt": "short", "answer": "1"})" "\n" R"({"prompt": ")" + std::string(400, 'w') +
+                          R"(", "answer": "1"})" "\n");
+  const std::string short_prompt = write_file("short-v.jsonl", R"({"prompt": "short", "answer": "1"})" "\n");
+  const PromptStream files =
+      stream(short_prompt, {"prompts.validation=" + long_prompt, "prompts.max_input_seq_length=63"}, 64, tok);
+  EXPECT_EQ(files.validation().size(), 1u);
+  EXPECT_EQ(files.skipped_too_long(), 1);
+  const std::string only_long =
+      write_file("only-long.jsonl", R"({"prompt": ")" + std::string(400, 'w') + R"(", "answer": "1"})" "\n");
+  std::string e = error_of([&] {
+    stream(short_prompt, {"prompts.validation=" + only_long, "prompts.max_input_seq_length=63"}, 0, tok);
+  });
+  EXPECT_NE(e.find("'prompts.validation' (" + only_long + ") holds no prompt of at most 63 tokens"),
+            std::string::npos) << e;
+
+  // A built-in task whose problems differ in length (countdown's targets have 1 to 3 digits): the longer
+  // ones are skipped, in training draws and in validation.
+  PromptStream all = stream("", {"prompts.task=countdown"}, 0, tok);
+  std::vector<size_t> lengths;
+  for (const PromptExample& p : all.next(64)) lengths.push_back(p.ids.size());
+  std::sort(lengths.begin(), lengths.end());
+  ASSERT_LT(lengths.front(), lengths.back());
+  const size_t limit = lengths[lengths.size() / 2];
+  PromptStream task =
+      stream("", {"prompts.task=countdown", "prompts.max_input_seq_length=" + std::to_string(limit)}, 0, tok);
+  for (const PromptExample& p : task.next(64)) EXPECT_LE(p.ids.size(), limit);
+  for (const PromptExample& p : task.validation()) EXPECT_LE(p.ids.size(), limit);
+  EXPECT_GT(task.skipped_too_long(), 0);
+  // Every problem too long: an error naming the key, not an endless search.
+  const std::string system = "prompts.system_prompt=" + std::string(100, 's');
+  e = error_of([&] { stream("", {system, "prompts.max_input_seq_length=50"}, 0, tok); });
+  EXPECT_NE(e.find("validation problems of built-in task arithmetic has more than 50 tokens"), std::string::npos)
+      << e;
+  PromptStream none = stream("", {system, "prompts.max_input_seq_length=50", "prompts.task_validation_prompts=0"}, 0,
+                             tok);
+  e = error_of([&] { none.next(1); });
+  EXPECT_NE(e.find("problems in a row have more than 50 tokens"), std::string::npos) << e;
 }
 
 // An independent evaluation of "a op b op c ..." (a value may be negative: "-7 + 4") by the
