@@ -14,6 +14,7 @@
 
 #include "core/device_memory.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "io/json_input.h"
 #include "io/utf8.h"
 
@@ -275,7 +276,7 @@ std::vector<ScopedKey> make_schema() {
             "built-in task: held-out problems for validation", kNonNegative)),
       rl_only(field("prompts.system_prompt", G4_SLOT(rl.system_prompt), "system turn before each prompt (empty: none)")),
       rl_only(field("prompts.max_input_seq_length", G4_SLOT(rl.max_input_seq_length),
-            "prompts with more tokens are skipped (and counted) when the prompt set is read", kPositive)),
+            "prompts with more tokens are skipped (and counted), training and validation", kPositive)),
       rl_only(field("reward.kind", G4_SLOT(rl.reward), "how a response is scored", {},
             {"dapo_math", "exact", "regex", "countdown", "command"})),
       rl_only(field("reward.pattern", G4_SLOT(rl.reward_pattern),
@@ -618,7 +619,27 @@ void check_rl(Recipe& r, const std::string& source) {
 
 void check_lora(Recipe& r, const std::string& source) {
   model::validate_lora(r.lora, source);
+  // With a regex, lora.targets can only add the routed experts' weights: any other entry would go unused.
+  if (!r.lora.target_regex.empty()) {
+    const std::vector<std::string> experts = r.lora.expert_targets();
+    for (const std::string& t : r.lora.targets)
+      G4_CHECK(std::find(experts.begin(), experts.end(), t) != experts.end(), source, ": 'lora.targets' entry '", t,
+               "' is unused beside 'lora.target_regex', which picks the projections; beside a regex, lora.targets "
+               "names only routed-expert weights (experts.gate_up_proj, experts.down_proj)");
+  }
   r.lora.base_model = r.model_path.empty() ? r.model_name : r.model_path;
+}
+
+// LoRA keys set while lora.rank is 0 (LoRA off, every weight trains): most likely a forgotten rank, which
+// would run a full fine-tune and write full checkpoints. A note, not an error: a recipe may keep its
+// LoRA settings and switch LoRA off by the rank alone.
+void warn_unused_lora_keys(const Recipe& r, const std::string& source) {
+  std::string set;
+  for (const RecipeKey& k : recipe_schema())
+    if (k.path.rfind("lora.", 0) == 0 && k.path != "lora.rank" && k.get(r) != k.default_value())
+      set += (set.empty() ? "" : ", ") + k.path;
+  if (!set.empty())
+    G4_LOG("warning: ", source, " sets ", set, " but lora.rank is 0: LoRA is off and every weight trains");
 }
 
 // The rules that join several keys; each key alone has passed its schema line.
@@ -636,6 +657,10 @@ void check_combinations(Recipe& r, const std::string& source) {
            "nothing to shard over; drop one of the two keys");
   if (r.device == Device::CUDA) check_cuda_device(r, source);
   if (r.lora.rank > 0) check_lora(r, source);
+  else warn_unused_lora_keys(r, source);
+  if (r.warmup_steps >= r.steps && r.warmup_steps > 0)
+    G4_LOG("warning: ", source, ": 'schedule.warmup_steps' (", r.warmup_steps, ") is not below 'train.steps' (", r.steps,
+           "): the learning rate never reaches optimizer.lr");
 }
 
 

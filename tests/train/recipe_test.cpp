@@ -218,6 +218,30 @@ TEST(Recipe, ValuesThatWouldTrainWronglyAreRefused) {
   }
 }
 
+// Probed (session 39): LoRA keys without lora.rank, lora.targets entries beside a regex and a warmup longer
+// than the run changed nothing and said nothing.
+TEST(Recipe, SettingsThatWouldGoUnusedAreFlagged) {
+  const std::string path = test::source_dir() + "/recipes/tiny-moe-kjv.yaml";
+  const auto notes_of = [&](const std::vector<std::string>& overrides) {
+    testing::internal::CaptureStderr();
+    train::load_recipe(path, overrides);
+    return testing::internal::GetCapturedStderr();
+  };
+  std::string notes = notes_of({"lora.alpha=32", "lora.targets=[q_proj]"});
+  EXPECT_NE(notes.find("sets lora.alpha, lora.targets but lora.rank is 0: LoRA is off"), std::string::npos) << notes;
+  EXPECT_EQ(notes_of({"lora.rank=4", "lora.alpha=32"}).find("lora.rank is 0"), std::string::npos);
+  EXPECT_EQ(notes_of({}).find("warning"), std::string::npos);
+  notes = notes_of({"schedule.warmup_steps=50", "train.steps=50"});
+  EXPECT_NE(notes.find("'schedule.warmup_steps' (50) is not below 'train.steps' (50)"), std::string::npos) << notes;
+
+  const std::string e = test::error_of([&] {
+    train::load_recipe(path, {"lora.rank=4", "lora.target_regex=.*q_proj", "lora.targets=[experts.down_proj, v_proj]"});
+  });
+  EXPECT_NE(e.find("'lora.targets' entry 'v_proj' is unused beside 'lora.target_regex'"), std::string::npos) << e;
+  EXPECT_NO_THROW(
+      train::load_recipe(path, {"lora.rank=4", "lora.target_regex=.*q_proj", "lora.targets=[experts.down_proj]"}));
+}
+
 // docs/recipes.md carries a copy of the listing: it must stay the listing.
 TEST(Recipe, TheDocsListEveryKeyAsTheListingDoes) {
   std::ifstream f(test::source_dir() + "/docs/recipes.md");
