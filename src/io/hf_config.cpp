@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <set>
 #include <sstream>
 #include <string_view>
 #include <utility>
@@ -31,11 +32,13 @@ constexpr int64_t kMaxWidth = (int64_t(1) << 31) - 1;
 // ("text_config." in nested configs), so every error names the key as it appears in the file.
 class Fields {
  public:
-  Fields(const json& j, std::string source, std::string prefix)
-      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
+  // `seen` (optional) collects the name of every key looked up, present or not.
+  Fields(const json& j, std::string source, std::string prefix, std::set<std::string>* seen = nullptr)
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)), seen_(seen) {}
 
   // transformers treats an explicit null like an absent key: the default applies.
   const json* find(const std::string& key) const {
+    if (seen_) seen_->insert(key);
     auto it = j_.find(key);
     return it == j_.end() || it->is_null() ? nullptr : &*it;
   }
@@ -100,6 +103,7 @@ class Fields {
 
  private:
   const json& j_;
+  std::set<std::string>* seen_;
   std::string source_, prefix_;
 };
 
@@ -454,11 +458,11 @@ AudioConfig parse_audio_config(const Fields& f) {
 
 }  // namespace
 
-ModelConfig parse_model_config(const json& j, const std::string& source) {
+ModelConfig parse_model_config(const json& j, const std::string& source, std::set<std::string>* text_keys_read) {
   G4_CHECK(j.is_object(), "config ", source, " is not a JSON object");
   ModelConfig c;
   c.raw = j;
-  const Fields top(j, source, "");
+  const Fields top(j, source, "", text_keys_read);
   const std::string model_type = top.opt_string("model_type").value_or("");
   const json* text = &j;
   std::string prefix;
@@ -481,7 +485,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     G4_FAIL("config ", source, ": not a Gemma 4 config (model_type '", model_type,
             "'; expected gemma4, gemma4_text or diffusion_gemma)");
   }
-  const Fields f(*text, source, prefix);
+  if (text != &j && text_keys_read) text_keys_read->clear();  // the top level is not the text config
+  const Fields f(*text, source, prefix, text_keys_read);
   if (text != &j) {
     const std::string want = c.diffusion ? "diffusion_gemma_text" : "gemma4_text";
     const std::string inner = f.opt_string("model_type").value_or(want);

@@ -6,6 +6,7 @@
 #pragma once
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -122,7 +123,10 @@ struct ModelConfig {
 // Parses and validates. Unsupported values (activation other than gelu_pytorch_tanh,
 // attention_bias, unknown rope_type or layer type, inconsistent sizes) are errors naming
 // `source` and the key.
-ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
+// `text_keys_read` (optional) receives every key of the text decoder's config the parser looks up
+// (present or not): a key outside it is one g4 ignores.
+ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source,
+                               std::set<std::string>* text_keys_read = nullptr);
 ModelConfig load_model_config(const std::string& config_json_path);  // or the directory holding it
 // Re-derives `layers` from the scalar fields (after a built-in config is edited by hand).
 void resolve_layers(ModelConfig& c, const std::string& source);

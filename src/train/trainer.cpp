@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <set>
 
 #include "core/device_memory.h"
 #include "io/json_input.h"
@@ -42,8 +43,13 @@ std::unique_ptr<model::Gemma4> keep_experts(const model::Gemma4& full, model::Ex
 
 io::ModelConfig model_config(const Recipe& r) {
   if (!r.model_path.empty()) return model::load_hf_config(r.model_path);
+  std::set<std::string> read;
   io::ModelConfig cfg = io::parse_model_config(model::named_config(r.model_name, r.model_overrides),
-                                               "built-in model '" + r.model_name + "'");
+                                               "built-in model '" + r.model_name + "'", &read);
+  read.insert("initializer_range");  // read by build_model
+  // A key g4 does not read would change nothing (a misspelling, or a setting of another model).
+  for (const auto& [key, value] : r.model_overrides.items())
+    G4_CHECK(read.count(key), r.source, ": 'model.config' key '", key, "' is not a Gemma 4 text config key g4 reads");
   cfg.raw = nlohmann::json();  // exported from the fields, so overrides show up in config.json
   return cfg;
 }

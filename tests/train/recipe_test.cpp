@@ -15,6 +15,7 @@
 #include "core/device_memory.h"
 #include "support/error_message.h"
 #include "train/lr_schedule.h"
+#include "train/trainer.h"
 #include "support/test_paths.h"
 
 namespace g4 {
@@ -311,6 +312,14 @@ TEST(Recipe, SingleStringsAndFreeFormConfig) {
   EXPECT_EQ(r.model_overrides["num_hidden_layers"], 2);
   EXPECT_EQ(r.resolved["model"]["config"]["hidden_size"], 64);
   EXPECT_EQ(r.tokenizer, "tok");
+  EXPECT_EQ(train::model_config(r).hidden_size, 64);
+  // Probed (session 39): a key the config parser never reads (a misspelling) changed nothing, silently.
+  j["model"]["config"] = {{"num_hiden_layers", 2}};
+  const std::string e = test::error_of([&] { train::model_config(train::recipe_from_json(j, "test.yaml")); });
+  EXPECT_NE(e.find("test.yaml: 'model.config' key 'num_hiden_layers' is not a Gemma 4 text config key g4 reads"),
+            std::string::npos) << e;
+  j["model"]["config"] = {{"initializer_range", 0.01}, {"sliding_window", 32}, {"final_logit_softcapping", 20.0}};
+  EXPECT_EQ(train::model_config(train::recipe_from_json(j, "test.yaml")).sliding_window, 32);
   // The tokenizer defaults to the checkpoint directory; `resolved` keeps what the recipe said.
   j = minimal();
   j.erase("tokenizer");
