@@ -2,6 +2,9 @@
 // the tokenizer and generation files copied alongside. --to-diffusion adapts an autoregressive Gemma 4 MoE
 // checkpoint into a diffusion_gemma one (diffusion/from_autoregressive.h). --merge-lora ADAPTER_DIR writes the
 // base with a PEFT LoRA adapter merged in (W + alpha/r·B·A; model/lora.h).
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -11,6 +14,33 @@
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Moves the model written in `staging` into `out` over the one there: the old model's files (weights,
+// index, config and `side_files`) go first, then the new ones move in, config.json last, so that a kill
+// in between leaves no config.json (a model that will not load) rather than a mix that does.
+void replace_model(const fs::path& out, const fs::path& staging, const std::vector<std::string>& side_files) {
+  remove_model_files(out.string());
+  std::error_code ec;
+  for (const std::string& f : side_files) {
+    fs::remove(out / f, ec);  // the replaced model's, which need not match this one
+    G4_CHECK(!ec, "convert --overwrite: cannot remove ", (out / f).string(), " of the old model: ", ec.message());
+  }
+  std::vector<fs::path> files;
+  for (const fs::directory_entry& e : fs::directory_iterator(staging)) files.push_back(e.path());
+  std::stable_partition(files.begin(), files.end(), [](const fs::path& p) { return p.filename() != "config.json"; });
+  for (const fs::path& p : files) {
+    fs::rename(p, out / p.filename(), ec);
+    G4_CHECK(!ec, "convert --overwrite: cannot move ", p.string(), " to ", (out / p.filename()).string(), ": ",
+             ec.message(), " (the new model's remaining files are in ", staging.string(), ")");
+  }
+  fs::remove(staging, ec);
+}
+
+}  // namespace
 
 void add_convert(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("convert", "Load a Hugging Face checkpoint and write it back (round trip)");
@@ -43,7 +73,6 @@ void add_convert(CLI::App& app, Action& action) {
       G4_CHECK(o->to_diffusion || !adapt_options, "convert: --canvas-length and --seed only apply with --to-diffusion");
       // Checked here, not by CLI::PositiveNumber, whose message prints its range as a 300-digit number.
       G4_CHECK(o->canvas_length > 0, "convert: --canvas-length must be > 0, got ", o->canvas_length);
-      namespace fs = std::filesystem;
       if (!runs_in_this_rank("g4 convert", "OUT_DIR")) return;
       // The files copied beside the weights: a user's own in OUT_DIR are not replaced without --overwrite,
       // and IN_DIR's are checked before anything is written.
@@ -66,23 +95,30 @@ void add_convert(CLI::App& app, Action& action) {
             fs::exists(generation) ? io::read_json_file(generation.string(), "generation config", 1 << 20) : nullptr;
         model = diffusion::adapt_autoregressive(*model, o->canvas_length, o->seed, ar_generation);
       }
-      // Only once the input has loaded, so a bad IN_DIR leaves the old output as it was.
-      if (o->overwrite) remove_model_files(o->out);
-      model::save_hf_checkpoint(*model, o->out, static_cast<size_t>(o->max_shard_gb * double(size_t(1) << 30)));
-      // An adapted model's generation_config.json is its own (save_hf_checkpoint wrote it).
-      // Each whole or not at all (a full disk leaves no truncated tokenizer beside a complete model).
-      for (const std::string& f : side_files) {
-        if (o->to_diffusion && fs::path(f) == generation.filename()) continue;
-        const fs::path src = fs::path(o->in) / f;
-        const fs::path dst = fs::path(o->out) / f;
-        std::error_code ec;
-        if (fs::exists(src, ec)) {
-          io::write_file_atomic(dst.string(), io::read_regular_file(src.string(), "IN_DIR's " + f, size_t{1} << 32));
-        } else if (o->overwrite) {
-          fs::remove(dst, ec);  // the replaced model's, which need not match this one
-          G4_CHECK(!ec, "convert --overwrite: cannot remove ", dst.string(), " of the old model: ", ec.message());
+      // With --overwrite the new model is written whole beside the old one (in a folder inside OUT_DIR: the
+      // same file system) and moved in only then, so a failure (a full disk) leaves the old model as it was.
+      const fs::path out(o->out);
+      const fs::path staging = o->overwrite ? out / (".g4-convert." + std::to_string(::getpid())) : fs::path();
+      const fs::path target = o->overwrite ? staging : out;
+      try {
+        if (o->overwrite) io::make_directories(staging.string(), "convert: OUT_DIR");
+        model::save_hf_checkpoint(*model, target.string(),
+                                  static_cast<size_t>(o->max_shard_gb * double(size_t(1) << 30)));
+        // An adapted model's generation_config.json is its own (save_hf_checkpoint wrote it).
+        // Each whole or not at all (a full disk leaves no truncated tokenizer beside a complete model).
+        for (const std::string& f : side_files) {
+          if (o->to_diffusion && fs::path(f) == generation.filename()) continue;
+          const fs::path src = fs::path(o->in) / f;
+          if (std::error_code ec; fs::exists(src, ec))
+            io::write_file_atomic((target / f).string(),
+                                  io::read_regular_file(src.string(), "IN_DIR's " + f, size_t{1} << 32));
         }
+      } catch (...) {
+        std::error_code ec;
+        if (o->overwrite) fs::remove_all(staging, ec);
+        throw;
       }
+      if (o->overwrite) replace_model(out, staging, side_files);
       std::cout << "wrote " << o->out << " (" << model->params().numel() << " parameters"
                 << (o->to_diffusion ? ", diffusion_gemma, canvas " + std::to_string(o->canvas_length) : "")
                 << (o->merge_lora.empty() ? "" : ", LoRA " + o->merge_lora + " merged") << ")\n";

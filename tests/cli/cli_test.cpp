@@ -321,6 +321,15 @@ TEST(Cli, ConvertNeverOverwritesAModelUnasked) {
     EXPECT_FALSE(fs::exists(dir / "out" / stale)) << stale;
   const std::string prompt = " --prompt-ids 9,8,7,6 --max-new-tokens 5";
   EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
+  // A write that fails (a file size limit, as a full disk) leaves the old model whole: the new one is written
+  // beside it first. Probed (session 39): the old model was removed first, and neither was left.
+  const ProcessResult full = run("convert " + moe + " " + out + " --overwrite", "trap '' XFSZ; ulimit -f 1000;");
+  expect_error(full, {".g4-convert.", "model.safetensors", "File too large"});
+  EXPECT_EQ(run("generate " + out + prompt).output, run("generate " + dense + prompt).output);
+  std::vector<std::string> left;
+  for (const fs::directory_entry& e : fs::directory_iterator(out)) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"config.json", "generation_config.json", "model.safetensors"}));
   // A user's own tokenizer or generation config is not replaced unasked either.
   fs::create_directories(dir / "mine");
   write_text(dir / "mine" / "generation_config.json", "{\"eos_token_id\": 99}");
