@@ -103,8 +103,8 @@ class Fields {
 
  private:
   const json& j_;
-  std::set<std::string>* seen_;
   std::string source_, prefix_;
+  std::set<std::string>* seen_;
 };
 
 // One entry of rope_parameters: {"rope_type", "rope_theta", "partial_rotary_factor", "factor"}.
