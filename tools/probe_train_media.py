@@ -435,8 +435,7 @@ for _over, _wants in MM_RECIPE_ERRORS:
 def _(ctx):
     # The example's tokenizer over a text-only MoE of its vocabulary: no vision tower.
     cfg = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
-           "num_experts": 4, "moe_intermediate_size": 32, "head_dim": 16, "global_head_dim": 32, "sliding_window": 16,
-           "image_token_id": 258, "audio_token_id": 305}
+           "num_experts": 4, "moe_intermediate_size": 32, "head_dim": 16, "global_head_dim": 32, "sliding_window": 16}
     args = mm_args(ctx, "text-only")
     args[1] = write_json(args[1], dict(json.load(open(args[1])), model={"name": "tiny-moe", "config": cfg}))
     expect_error("mmrecipe", "images for a text-only model (tiny-moe)", ctx.g4, args, ["no image tower"])

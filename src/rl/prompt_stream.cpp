@@ -57,13 +57,14 @@ PromptStream::PromptStream(const train::Recipe& r, const io::Tokenizer& tok, dat
     G4_CHECK(rl_.task_difficulty >= 0 && rl_.task_difficulty <= kMaxTaskDifficulty, r.source,
              ": 'prompts.task_difficulty' is ", rl_.task_difficulty, "; the built-in tasks have difficulties 0 to ",
              kMaxTaskDifficulty);
-    if (rl_.prompts_validation.empty())
+    if (rl_.prompts_validation.empty()) {
       validation_ = keep_fitting(make_task_prompts(task_options(rl_, rl_.seed ^ kValidationSeedSalt), 0,
                                                    rl_.task_validation_prompts, tok, rl_.system_prompt, variant));
-    G4_CHECK(!validation_.empty() || rl_.task_validation_prompts == 0, r.source, ": every one of the ",
-             rl_.task_validation_prompts, " validation problems of built-in task ", rl_.task, " has more than ",
-             rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length); shorten prompts.system_prompt or "
-             "raise the limit");
+      G4_CHECK(!validation_.empty() || rl_.task_validation_prompts == 0, r.source, ": every one of the ",
+               rl_.task_validation_prompts, " validation problems of built-in task ", rl_.task, " has more than ",
+               rl_.max_input_seq_length, " tokens (prompts.max_input_seq_length); shorten prompts.system_prompt or "
+               "raise the limit");
+    }
   } else {
     train_ = keep_fitting(load_prompts(rl_.prompts_train, tok, rl_.system_prompt, variant));
     G4_CHECK(!train_.empty(), r.source, ": 'prompts.train' (", rl_.prompts_train, ") holds no prompt of at most ",

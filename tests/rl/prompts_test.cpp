@@ -202,6 +202,12 @@ TEST(PromptStream, MaxInputSeqLengthSkipsValidationAndTaskPromptsToo) {
   EXPECT_NE(e.find("'prompts.validation' (" + only_long + ") holds no prompt of at most 63 tokens"),
             std::string::npos) << e;
 
+  // A built-in task with a validation file: the file's prompts, filtered likewise.
+  EXPECT_EQ(stream("", {"prompts.validation=" + long_prompt, "prompts.max_input_seq_length=63"}, 64, tok)
+                .validation()
+                .size(),
+            1u);
+
   // A built-in task whose problems differ in length (countdown's targets have 1 to 3 digits): the longer
   // ones are skipped, in training draws and in validation.
   PromptStream all = stream("", {"prompts.task=countdown"}, 0, tok);
