@@ -19,7 +19,8 @@ namespace g4::rl {
 class PromptStream {
  public:
   // Reads (or generates) the prompts; prompts of more than prompts.max_input_seq_length tokens
-  // (training and validation, files and built-in tasks) are skipped and counted. Errors name the recipe key and file. A prompt that leaves no room for
+  // (training and validation, files and built-in tasks) are skipped and counted. Errors name the
+  // recipe key and file. A prompt that leaves no room for
   // a response (generation.max_total_sequence_length within the model's `context`; 0: none), or
   // lacks the ground truth the reward compares with, is an error naming its line (a generated
   // problem, when it is drawn). `variant`: the chat template of the policy's checkpoint.

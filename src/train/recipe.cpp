@@ -659,8 +659,8 @@ void check_combinations(Recipe& r, const std::string& source) {
   if (r.lora.rank > 0) check_lora(r, source);
   else warn_unused_lora_keys(r, source);
   if (r.warmup_steps >= r.steps && r.warmup_steps > 0)
-    G4_LOG("warning: ", source, ": 'schedule.warmup_steps' (", r.warmup_steps, ") is not below 'train.steps' (", r.steps,
-           "): the learning rate never reaches optimizer.lr");
+    G4_LOG("warning: ", source, ": 'schedule.warmup_steps' (", r.warmup_steps, ") is not below 'train.steps' (",
+           r.steps, "): the learning rate never reaches optimizer.lr");
 }
 
 
