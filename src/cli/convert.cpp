@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "diffusion/from_autoregressive.h"
 #include "io/json_input.h"
+#include "io/tokenizer.h"
 #include "model/state_dict_adapter.h"
 
 namespace g4::cli {
@@ -76,9 +77,9 @@ void add_convert(CLI::App& app, Action& action) {
       if (!runs_in_this_rank("g4 convert", "OUT_DIR")) return;
       // The files copied beside the weights: a user's own in OUT_DIR are not replaced without --overwrite,
       // and IN_DIR's are checked before anything is written.
-      const std::vector<std::string> side_files{"generation_config.json", "tokenizer.json",
-                                                "tokenizer_config.json",  "tokenizer.model",
-                                                "special_tokens_map.json", "chat_template.jinja"};
+      std::vector<std::string> side_files{"generation_config.json"};
+      side_files.insert(side_files.end(), io::kTokenizerFiles.begin(), io::kTokenizerFiles.end());
+      side_files.push_back("chat_template.jinja");
       check_output_model_dir(o->out, "convert: OUT_DIR", o->overwrite, o->in, side_files);
       for (const std::string& f : side_files)
         if (std::error_code ec; fs::exists(fs::symlink_status(fs::path(o->in) / f, ec)))
@@ -110,8 +111,7 @@ void add_convert(CLI::App& app, Action& action) {
           if (o->to_diffusion && fs::path(f) == generation.filename()) continue;
           const fs::path src = fs::path(o->in) / f;
           if (std::error_code ec; fs::exists(src, ec))
-            io::write_file_atomic((target / f).string(),
-                                  io::read_regular_file(src.string(), "IN_DIR's " + f, size_t{1} << 32));
+            io::copy_file_atomic(src.string(), (target / f).string(), "IN_DIR's " + f);
         }
       } catch (...) {
         std::error_code ec;

@@ -152,6 +152,10 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   write_file_atomic(path, [&](std::ostream& f) { f << text; });
 }
 
+void copy_file_atomic(const std::string& src, const std::string& dst, const std::string& what) {
+  write_file_atomic(dst, read_regular_file(src, what, size_t{1} << 32));
+}
+
 std::string relative_path_note(const std::string& path) {
   if (path.empty() || std::filesystem::path(path).is_absolute()) return "";
   std::error_code ec;

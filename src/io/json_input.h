@@ -67,6 +67,9 @@ std::string atomic_write_target(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& text);
 // The same with the text streamed by `fill` (which may throw: the temporary file is removed).
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& fill);
+// Copies the regular file `src` (read_regular_file, up to 4 GiB; `what` names it in errors) to `dst`
+// with write_file_atomic: a FIFO is refused and a full disk never leaves part of the file.
+void copy_file_atomic(const std::string& src, const std::string& dst, const std::string& what);
 
 // read_regular_file + parse_json; errors name "<what> <path>".
 nlohmann::json read_json_file(const std::string& path, const std::string& what, size_t max_bytes,

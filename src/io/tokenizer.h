@@ -35,4 +35,8 @@ class Tokenizer {
 // in it is not supported.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
+// The files of a tokenizer folder that load_tokenizer reads, copied beside a model g4 writes.
+inline const std::vector<std::string> kTokenizerFiles = {"tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                         "special_tokens_map.json"};
+
 }  // namespace g4::io

@@ -6,6 +6,7 @@
 
 #include "core/hash.h"
 #include "io/json_input.h"
+#include "io/tokenizer.h"
 #include "model/lora.h"
 #include "model/state_dict_adapter.h"
 
@@ -73,17 +74,16 @@ std::string first_nonfinite(const model::Gemma4& m) {
   return "";
 }
 
-// Read whole and written atomically, as convert writes its side files: a tokenizer file that is not a
-// regular file (a FIFO) or vanished is an error in g4's words, and a full disk never leaves half a file.
+// Each file whole, as convert copies its side files: a tokenizer file that is not a regular file (a
+// FIFO) or vanished is an error in g4's words, and a full disk never leaves half a file.
 void copy_tokenizer(const std::string& tokenizer_path, const fs::path& dir) {
   if (tokenizer_path.empty()) return;
   const fs::path t(tokenizer_path);
   const auto copy = [&dir](const fs::path& src) {
-    const std::string bytes = io::read_regular_file(src.string(), "tokenizer file", size_t{1} << 32);
-    io::write_file_atomic((dir / src.filename()).string(), bytes);
+    io::copy_file_atomic(src.string(), (dir / src.filename()).string(), "tokenizer file");
   };
   if (fs::is_directory(t)) {
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"})
+    for (const std::string& f : io::kTokenizerFiles)
       if (fs::exists(t / f)) copy(t / f);
   } else if (fs::exists(t)) {
     copy(t);
