@@ -600,7 +600,12 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   // The input norm, unless the layer before made it with its output.
   const ag::Var x = ctx.next_input.defined() ? std::exchange(ctx.next_input, ag::Var())
                                              : ag::rmsnorm(h_in, p(pre + "input_layernorm.weight"), eps);
-  ag::Var a = attention_block(l, x, ctx);
+  // Fused, the attention's output projection joins the residual in the op that makes the norms of the
+  // sum (one GEMV launch at decode sizes).
+  const std::string o_proj = pre + "self_attn.o_proj";
+  const bool o_joins = fused && !adapted(o_proj);
+  const ag::Var heads = attention_heads(l, x, ctx);
+  const ag::Var a = o_joins ? ag::Var() : proj(heads, o_proj, ctx);
   ag::Var h, m;
   MoeInputs moe_in;
   if (fused) {
@@ -611,8 +616,11 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
       norms.push_back({p(pre + "moe.gate.scale").value(), std::pow(static_cast<double>(cfg_.hidden_size), -0.5)});
       norms.push_back({p(pre + "pre_feedforward_layernorm_2.weight").value(), 1.0});
     }
+    const Tensor& post_attention = p(pre + "post_attention_layernorm.weight").value();
     std::vector<Tensor> outs =
-        ops::add_rmsnorm_norms(h_in.value(), a.value(), p(pre + "post_attention_layernorm.weight").value(), eps, norms);
+        o_joins ? ops::linear_add_rmsnorm_norms(heads.value(), p(o_proj + ".weight").value(), h_in.value(),
+                                                post_attention, eps, norms)
+                : ops::add_rmsnorm_norms(h_in.value(), a.value(), post_attention, eps, norms);
     h = ag::Var(outs[0]);
     m = ag::Var(outs[1]);
     if (ls.moe) moe_in = {ag::Var(outs[2]), ag::Var(outs[3])};
@@ -639,7 +647,23 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     if (!chain) return add_normed(residual_in, a_in, w, layer_scalar);
     return chained(ops::add_rmsnorm_norms(residual_in.value(), a_in.value(), p(w).value(), eps, next_norm(), layer_scalar));
   };
-  const auto dense_mlp = [&] {
+  // residual + rmsnorm(in projected by `module`, w), as the layer's output when `last`; fused (unless
+  // adapters change the product), one op: a GEMV launch at decode sizes. `lora`: the unfused product
+  // takes the module's adapter.
+  const auto joined = [&](const ag::Var& in, const std::string& module, const ag::Var& residual_in,
+                          const std::string& w, bool last, bool lora) {
+    if (fused && !adapted(module)) {
+      const Tensor& wp = p(module + ".weight").value();
+      if (last && chain)
+        return chained(ops::linear_add_rmsnorm_norms(in.value(), wp, residual_in.value(), p(w).value(), eps,
+                                                     next_norm(), layer_scalar));
+      return ag::Var(ops::linear_add_rmsnorm_norms(in.value(), wp, residual_in.value(), p(w).value(), eps, {},
+                                                   last ? layer_scalar : 1.0)[0]);
+    }
+    const ag::Var product = lora ? proj(in, module, ctx) : ag::linear(in, p(module + ".weight"));
+    return last ? output(residual_in, product, w) : add_normed(residual_in, product, w, 1.0);
+  };
+  const auto gated_half = [&] {
     // Fused, the gate and up products and the gate run as one op (one pass over both weights at
     // decode sizes), unless adapters change those products.
     if (fused && !adapted(pre + "mlp.gate_proj") && !adapted(pre + "mlp.up_proj"))
@@ -647,8 +671,14 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
                                         p(pre + "mlp.up_proj.weight").value()));
     else
       m = ag::gelu_gate(proj(m, pre + "mlp.gate_proj", ctx), proj(m, pre + "mlp.up_proj", ctx));
-    m = proj(m, pre + "mlp.down_proj", ctx);
   };
+  const std::string down = pre + "mlp.down_proj";
+  const auto dense_mlp = [&] {
+    gated_half();
+    m = proj(m, down, ctx);
+  };
+  // A dense layer's down projection joins the residual with the norm after it (joined).
+  const bool down_joins = !ls.moe && fused && !adapted(down);
   if (ls.moe) {
     const ag::Var& w1 = p(pre + "post_feedforward_layernorm_1.weight");
     const ag::Var& w2 = p(pre + "post_feedforward_layernorm_2.weight");
@@ -677,12 +707,16 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
       ag::Var routed = ag::rmsnorm(moe_block(l, residual, ctx), w2, eps);
       m = ag::add(dense, routed);
     }
+  } else if (down_joins) {
+    gated_half();
   } else {
     dense_mlp();
   }
   // Without per-layer inputs the layer scalar comes right after the residual sum.
-  if (!ple.defined()) return output(residual, m, pre + "post_feedforward_layernorm.weight");
-  h = add_normed(residual, m, pre + "post_feedforward_layernorm.weight", 1.0);
+  const std::string post_feedforward = pre + "post_feedforward_layernorm.weight";
+  if (!ple.defined())
+    return down_joins ? joined(m, down, residual, post_feedforward, true, true) : output(residual, m, post_feedforward);
+  h = down_joins ? joined(m, down, residual, post_feedforward, false, true) : add_normed(residual, m, post_feedforward, 1.0);
 
   const int64_t B = h.shape()[0], S = h.shape()[1], P = cfg_.hidden_size_per_layer_input;
   if (fused) {
@@ -693,8 +727,7 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
     const Tensor ple_l = B * S == 1 ? ple.value().reshape({-1, P}).slice0(l, 1).reshape({B, S, P})
                                     : ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P}).value();
     const Tensor gate = ops::gelu_tanh_mul_linear(h.value(), p(pre + "per_layer_input_gate.weight").value(), ple_l);
-    const ag::Var g = ag::linear(ag::Var(gate), p(pre + "per_layer_projection.weight"));
-    return output(h, g, pre + "post_per_layer_input_norm.weight");
+    return joined(ag::Var(gate), pre + "per_layer_projection", h, pre + "post_per_layer_input_norm.weight", true, false);
   }
   {
     ag::Var ple_l = ag::reshape(ag::narrow(ple, 2, l, 1), {B, S, P});
@@ -705,7 +738,7 @@ ag::Var Gemma4::layer(int64_t l, const ag::Var& h_in, const ag::Var& ple, Contex
   return layer_scalar == 1.0 ? h : ag::scale(h, layer_scalar);
 }
 
-ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const {
+ag::Var Gemma4::attention_heads(int64_t l, const ag::Var& x, Context& ctx) const {
   const std::string pre = layer_prefix(l) + "self_attn.";
   const io::LayerSpec& ls = cfg_.layers[static_cast<size_t>(l)];
   const int64_t B = x.shape()[0], S = x.shape()[1], d = ls.head_dim, nkv = ls.num_kv_heads;
@@ -742,7 +775,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
                                               ctx.pages->v[static_cast<size_t>(owner)],
                                               ctx.step->slots[static_cast<size_t>(layer_kind(cfg_, l))]);
     const ag::Var o(paged_attention(l, qn, Tensor(), Tensor(), ctx));
-    return proj(ag::reshape(o, {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
+    return ag::reshape(o, {B, S, cfg_.num_heads * d});
   }
   const auto norm_rope = [&](const ag::Var& t, const std::string& w) {
     return fused ? ag::Var(ops::rmsnorm_rope(t.value(), p(w).value(), ctx.positions, inv_freq, eps))
@@ -786,7 +819,7 @@ ag::Var Gemma4::attention_block(int64_t l, const ag::Var& x, Context& ctx) const
     // Gemma 4 normalises q and k per head instead of scaling the scores: scale is 1.
     o = context_ ? context_->attend(q, kv.k, kv.v, mask, 1.0) : ag::attention(q, kv.k, kv.v, mask, 1.0);
   }
-  return proj(ag::reshape(o, {B, S, cfg_.num_heads * d}), pre + "o_proj", ctx);
+  return ag::reshape(o, {B, S, cfg_.num_heads * d});
 }
 
 ag::Var Gemma4::stack_attention(int64_t l, const ag::Var& q, const ag::Var& k, const ag::Var& v,

@@ -273,7 +273,8 @@ class Gemma4 {
   const ag::Var& lm_head() const;  // the tied embedding or lm_head.weight
   ag::Var logits_of(const ag::Var& hidden) const;  // LM head and final softcap
   ag::Var layer(int64_t l, const ag::Var& h, const ag::Var& ple, Context& ctx) const;
-  ag::Var attention_block(int64_t l, const ag::Var& x, Context& ctx) const;
+  // Layer l's attention of x up to its output projection: [B, S, num_heads · head_dim].
+  ag::Var attention_heads(int64_t l, const ag::Var& x, Context& ctx) const;
   // forward_paged's attention of layer l: this step's k/v [1, T, nKV, d] into the pages (undefined:
   // a KV-shared layer, or k/v already written by ops::norm_rope_write_kv), q [1, T, nH, d] over
   // them; returns [T, nH, d].

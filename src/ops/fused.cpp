@@ -7,6 +7,7 @@
 
 #include <initializer_list>
 
+#include "core/env.h"
 #include "ops/dispatch.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -77,6 +78,44 @@ std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, c
     out.push_back(n.scale == 1.0 ? y : ops::scale(y, n.scale));
   }
   return out;
+}
+
+std::vector<Tensor> linear_add_rmsnorm_norms(const Tensor& x, const Tensor& w_proj, const Tensor& residual,
+                                             const Tensor& w, double eps, const std::vector<NormOfSum>& norms,
+                                             double scale) {
+  const char* op = "linear_add_rmsnorm_norms";
+  check_float(op, "x", x);
+  check_same_dtype(op, "x", x, "w_proj", w_proj);
+  G4_CHECK(x.dim() >= 1 && w_proj.dim() == 2 && w_proj.size(1) == x.size(-1), op, ": weight ", w_proj.describe(),
+           " must be [N, K] for x ", x.describe());
+  Shape shape = x.shape();
+  shape.back() = w_proj.size(0);
+  G4_CHECK(residual.shape() == shape, op, ": residual ", residual.describe(), " must have the product's shape ",
+           shape_str(shape));
+  check_same_dtype(op, "x", x, "residual", residual);
+  check_normed(op, "residual", residual, "w", w);
+  for (const NormOfSum& n : norms) check_normed(op, "residual", residual, "norms[i].weight", n.weight);
+  G4_CHECK(norms.size() <= 3, op, ": at most 3 norms, got ", norms.size());
+#ifdef G4_WITH_CUDA
+  // Opt-in (G4_DECODE_NORMS_IN_GEMV=1) until it has run on a GPU: written in session 41, which had none.
+  static const bool in_gemv = env_int("G4_DECODE_NORMS_IN_GEMV", 0, 0, 1, "two launches") == 1;
+  const int64_t rows = leading_rows(x), n = w_proj.size(0), k = x.size(-1);
+  if (in_gemv && on_gpu(x) && x.dtype() == DType::BF16 && cuda::gemv_preferred(rows, n, k) &&
+      cuda::gemv_fits(rows, k, x.raw(), k, w_proj.raw(), k, DType::BF16, DType::BF16) && cuda::gemv_norms_fit(rows, n) &&
+      rows_fit({&residual, &w}, norms)) {
+    Tensor y = Tensor::empty(shape, DType::BF16, Device::CUDA);
+    std::vector<Tensor> out{Tensor::empty(shape, DType::BF16, Device::CUDA)};
+    std::vector<cuda::GemvNorm> gemv_norms;
+    for (const NormOfSum& nrm : norms) {
+      out.push_back(Tensor::empty(shape, DType::BF16, Device::CUDA));
+      gemv_norms.push_back({nrm.weight.raw(), out.back().raw(), static_cast<float>(nrm.scale)});
+    }
+    cuda::gemv_add_rmsnorm_norms(rows, n, k, x.raw(), k, w_proj.raw(), k, y.raw(), residual.raw(), w.raw(),
+                                 out[0].raw(), gemv_norms, static_cast<float>(eps), static_cast<float>(scale));
+    return out;
+  }
+#endif
+  return add_rmsnorm_norms(residual, linear(x, w_proj), w, eps, norms, scale);
 }
 
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps) {

@@ -31,6 +31,16 @@ struct NormOfSum {
 std::vector<Tensor> add_rmsnorm_norms(const Tensor& residual, const Tensor& a, const Tensor& w, double eps,
                                       const std::vector<NormOfSum>& norms, double scale = 1.0);
 
+// add_rmsnorm_norms(residual, linear(x, w_proj), w, eps, norms, scale): a projection that joins the
+// residual stream (a layer's attention output, its MLP's down projection, E4B's per-layer
+// projection) and the norms that read the sum. x [..., K], w_proj [N, K], residual [..., N]. On the
+// GPU, with G4_DECODE_NORMS_IN_GEMV=1, one GEMV launch whose last block to finish makes the norms,
+// when x is one row (a batch-1 decode step) and the GEMV takes the shapes; its sums of squares run in
+// another order than the separate kernel's.
+std::vector<Tensor> linear_add_rmsnorm_norms(const Tensor& x, const Tensor& w_proj, const Tensor& residual,
+                                             const Tensor& w, double eps, const std::vector<NormOfSum>& norms,
+                                             double scale = 1.0);
+
 // rmsnorm(a, wa) + rmsnorm(b, wb), a and b alike [..., D], wa and wb [D].
 Tensor rmsnorm_sum(const Tensor& a, const Tensor& wa, const Tensor& b, const Tensor& wb, double eps);
 

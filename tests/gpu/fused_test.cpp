@@ -7,6 +7,7 @@
 #include "autograd/variable.h"
 #include "gpu_test.h"
 #include "model/state_dict_adapter.h"
+#include "ops/cuda/gemv.h"
 #include "ops/elementwise.h"
 #include "ops/fused.h"
 #include "ops/matmul.h"
@@ -184,6 +185,56 @@ TEST(GpuFusedNorms, ProjectionsInOneLaunchMatchTheSeparateProducts) {
     for (size_t i = 0; i < weights.size(); ++i)
       expect_close_scaled(got[i], ops::linear(x, weights[i]), 0, kBf16Rtol,
                           "linear_many rows=" + std::to_string(rows) + " product " + std::to_string(i));
+  }
+}
+
+// A projection that joins the residual, with the norms of the sum, in one GEMV launch whose last
+// block makes the norms (one row; E2B's, E4B's and 26B-A4B's widths; E4B's per-layer projection's k
+// of 256) against the product, then add_rmsnorm_norms: the kernel itself, and the op, which takes it
+// with G4_DECODE_NORMS_IN_GEMV=1 and the separate ops otherwise (and always for 31B's width, past
+// the norm packs, and for 2, 4 and 9 rows). Each case runs twice: the block counter the first
+// launch leaves must be zero again for the second.
+TEST(GpuFusedNorms, ProjectionJoiningTheResidualMatchesTheSeparateOps) {
+  G4_REQUIRE_GPU();
+  struct Case {
+    int64_t rows, n, k;
+  };
+  uint64_t seed = 80;
+  for (const Case c : {Case{1, 2560, 2048}, Case{1, 2816, 4096}, Case{1, 1536, 6144}, Case{1, 2560, 256},
+                       Case{2, 1536, 6144}, Case{4, 2560, 10240}, Case{1, 5376, 1024}, Case{9, 256, 64}}) {
+    const std::string what =
+        "rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k);
+    const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, 1, c.k}, ++seed));
+    const Tensor wp = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
+    const Tensor r = gpu_bf16(randn_bf16_exact({c.rows, 1, c.n}, ++seed));
+    const Tensor w = gpu_bf16(randn_bf16_exact({c.n}, ++seed)), w2 = gpu_bf16(randn_bf16_exact({c.n}, ++seed));
+    const Tensor w3 = gpu_bf16(randn_bf16_exact({c.n}, ++seed));
+    const Tensor product = ops::linear(x, wp);
+    for (int run = 0; run < 2; ++run) {
+      const std::string tag = what + " run " + std::to_string(run);
+      if (ops::cuda::gemv_norms_fit(c.rows, c.n)) {
+        Tensor y = Tensor::empty({c.rows, 1, c.n}, DType::BF16, Device::CUDA);
+        Tensor h = Tensor::empty({c.rows, 1, c.n}, DType::BF16, Device::CUDA);
+        Tensor n1 = Tensor::empty({c.rows, 1, c.n}, DType::BF16, Device::CUDA);
+        ops::cuda::gemv_add_rmsnorm_norms(c.rows, c.n, c.k, x.raw(), c.k, wp.raw(), c.k, y.raw(), r.raw(), w.raw(),
+                                          h.raw(), {{w2.raw(), n1.raw(), 1.0f}}, static_cast<float>(kEps), 0.37f);
+        // The same GEMV as ops::linear at one row: the same sums.
+        expect_close_scaled(y, product, 0, 0, "gemv_add_rmsnorm_norms product " + tag);
+        expect_close_scaled(h, ops::add_rmsnorm(r, product, w, 0.37, kEps), 0, kBf16Rtol,
+                            "gemv_add_rmsnorm_norms h " + tag);
+        expect_close_scaled(n1, ops::rmsnorm(h, w2, kEps), 0, kBf16Rtol, "gemv_add_rmsnorm_norms norm " + tag);
+      }
+      const std::vector<Tensor> outs = ops::linear_add_rmsnorm_norms(x, wp, r, w, kEps, {{w2, 1.0}, {w3, 0.0188}}, 0.37);
+      ASSERT_EQ(outs.size(), 3u);
+      expect_close_scaled(outs[0], ops::add_rmsnorm(r, product, w, 0.37, kEps), 0, kBf16Rtol,
+                          "linear_add_rmsnorm_norms h " + tag);
+      // Against the norms of the fused h: a rounding flip of h would otherwise move them too.
+      expect_close_scaled(outs[1], ops::rmsnorm(outs[0], w2, kEps), 0, kBf16Rtol, "linear_add_rmsnorm_norms norm " + tag);
+      expect_close_scaled(outs[2], ops::scale(ops::rmsnorm(outs[0], w3, kEps), 0.0188), 0, kBf16Rtol,
+                          "linear_add_rmsnorm_norms scaled norm " + tag);
+      expect_close_scaled(ops::linear_add_rmsnorm_norms(x, wp, r, w, kEps, {})[0], ops::add_rmsnorm(r, product, w, 1.0, kEps),
+                          0, kBf16Rtol, "linear_add_rmsnorm_norms, no norms, " + tag);
+    }
   }
 }
 

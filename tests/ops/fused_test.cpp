@@ -91,6 +91,13 @@ TEST(FusedNorms, CpuFormsAreTheirCompositions) {
     const Tensor ple = randn({2, 3, 40}, 19, dt);
     expect_equal(ops::gelu_tanh_mul_linear(h, wg, ple), ops::gelu_tanh_mul(ops::linear(h, wg), ple),
                  "gelu_tanh_mul_linear");
+    // A projection joining the residual, with the norms of the sum (the layer's output and the next input norm).
+    const Tensor g = randn({2, 3, 40}, 23, dt), wd = randn({24, 40}, 24, dt);
+    const std::vector<Tensor> joined = ops::linear_add_rmsnorm_norms(g, wd, h, w, kEps, {{w2, 1.0}, {w3, 0.2}}, 0.6);
+    const std::vector<Tensor> composed = ops::add_rmsnorm_norms(h, ops::linear(g, wd), w, kEps, {{w2, 1.0}, {w3, 0.2}}, 0.6);
+    ASSERT_EQ(joined.size(), 3u);
+    for (size_t i = 0; i < joined.size(); ++i)
+      expect_equal(joined[i], composed[i], "linear_add_rmsnorm_norms output " + std::to_string(i));
     const std::vector<Tensor> many = ops::linear_many(h, {wg, wu, randn({8, 24}, 11, dt)});
     ASSERT_EQ(many.size(), 3u);
     expect_equal(many[0], ops::linear(h, wg), "linear_many[0]");
@@ -116,6 +123,12 @@ TEST(FusedNorms, BadArgumentsAreNamed) {
   expect_error([&] { ops::rmsnorm_rope(randn({2, 3, 4, 16}, 1, DType::F32), randn({8}, 2, DType::F32),
                                        positions_of(2, 3), inv_freq_of(16), kEps); },
                {"rmsnorm_rope", "w", "[D]"});
+  expect_error([&] { ops::linear_add_rmsnorm_norms(a, randn({8, 7}, 3, DType::F32), a, w, kEps, {}); },
+               {"linear_add_rmsnorm_norms", "must be [N, K]"});
+  expect_error([&] { ops::linear_add_rmsnorm_norms(a, randn({6, 8}, 3, DType::F32), a, w, kEps, {}); },
+               {"linear_add_rmsnorm_norms", "residual", "product's shape"});
+  expect_error([&] { ops::linear_add_rmsnorm_norms(a, randn({8, 8}, 3, DType::F32), a, w, kEps, {{w}, {w}, {w}, {w}}); },
+               {"linear_add_rmsnorm_norms", "at most 3 norms"});
   expect_error([&] { ops::gelu_gate_linear(a, randn({4, 8}, 1, DType::F32), randn({5, 8}, 2, DType::F32)); },
                {"gelu_gate_linear", "shapes differ"});
   expect_error([&] { ops::gelu_gate_linear(a, randn({4, 7}, 1, DType::F32), randn({4, 7}, 2, DType::F32)); },

@@ -9,8 +9,11 @@
 // before it waits for the previous kernel: W is the bulk of the bytes and no kernel writes it.
 #include "ops/cuda/gemv.h"
 
+#include "core/cuda/arrivals.cuh"
+#include "core/cuda/arrivals.h"
 #include "core/env.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/row_norms.cuh"
 
 namespace g4::ops::cuda {
 
@@ -30,8 +33,30 @@ constexpr int kStride = kWarps * 32 * kPerLane;  // elements of k one block step
 constexpr int kMaxProducts = 3;
 
 // What a block writes from its sums: alpha·sum + beta·y; gelu_tanh(gate)·up from a gate row and an
-// up row (gemv_gelu_gate); or gelu_tanh(sum)·b with b a tensor of y's shape (gemv_gelu_mul).
-enum class Epilogue { kLinear, kGeluGate, kGeluMul };
+// up row (gemv_gelu_gate); gelu_tanh(sum)·b with b a tensor of y's shape (gemv_gelu_mul); or the sum,
+// after which the last block to finish makes add_rmsnorm_norms of y's rows (gemv_add_rmsnorm_norms).
+enum class Epilogue { kLinear, kGeluGate, kGeluMul, kLinearNorms };
+
+// Packs of 8 per thread for the norms after the product: rows of up to kWarps·32·8·kNormPacks = 3072
+// elements (E2B's, E4B's and 26B-A4B's hidden sizes).
+constexpr int kNormPacks = 3;
+// A projection joining the residual is a few hundred blocks (26B-A4B's 2816 outputs: 704), which
+// stream the weights in one wave when six fit a multiprocessor. The kernel with the norms keeps
+// its registers to that (80); the norms' tail loads its weights late to fit them. With two rows it
+// spilled there, so more rows than one (a batch-1 decode step) take the separate kernels.
+constexpr int kNormsMaxRows = 1;
+constexpr int kNormsMinBlocks = 6;
+
+// The norms after a kLinearNorms product (bf16): h = (residual + rmsnorm(y, w))·scale and norms of h,
+// every row contiguous with y's width; `counter` counts the blocks that are done.
+struct NormsAfter {
+  const bf16_t* residual = nullptr;
+  const bf16_t* w = nullptr;
+  bf16_t* h = nullptr;
+  SumNorms<bf16_t> norms{};
+  float eps = 0.f, scale = 1.f;
+  unsigned* counter = nullptr;
+};
 
 // The products of one launch (kernel parameters, so the table costs no copy): product p writes
 // y[p] [m, n[p]] from w[p] (and, gated, w2[p]), in blocks [first_block[p], first_block[p + 1]).
@@ -88,9 +113,9 @@ __device__ __forceinline__ BlockRows<TY> block_rows(const Products<TY>& P) {
 // the block's weight rows start streaming into L2 before pdl_wait(), so under programmatic
 // dependent launch they load while the previous kernel ends.
 template <int M, class TY, Epilogue kEpilogue>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
+__global__ void __launch_bounds__(kWarps * 32, kEpilogue == Epilogue::kLinearNorms ? kNormsMinBlocks : 1) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
                                                            const Products<TY> P, int64_t k, float alpha,
-                                                           float beta, bool prefetch) {
+                                                           float beta, bool prefetch, const NormsAfter after) {
   pdl_begin_after([&] {
     if (!prefetch) return;
     const BlockRows<TY> b = block_rows<TY, kEpilogue == Epilogue::kGeluGate>(P);
@@ -158,10 +183,21 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16_t* __restr
       *out = from_f32<TY>(value);
     }
   }
+  if constexpr (kEpilogue == Epilogue::kLinearNorms) {
+    // The norms read whole rows of y: the last block to finish makes them, so no kernel follows.
+    static_assert(M <= kNormsMaxRows, "one row");
+    if (g4::cuda::arrive_last(after.counter, gridDim.x)) {
+      __shared__ float smem[32];
+      add_rmsnorm_norms_row<bf16_t, kPerLane, kNormPacks, false, true>(after.residual, y, after.w, after.h, after.norms,
+                                                                      NormedPair<bf16_t>{}, 0, n, after.eps,
+                                                                      after.scale, smem);
+    }
+  }
 }
 
 template <class TY, Epilogue kEpilogue>
-void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta) {
+void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, float alpha, float beta,
+            NormsAfter after = {}) {
   constexpr int64_t cols = kEpilogue == Epilogue::kGeluGate ? kRows / 2 : kRows;
   int64_t blocks = 0;
   for (int p = 0; p < P.count; ++p) {
@@ -174,20 +210,30 @@ void launch(int64_t m, int64_t k, const bf16_t* x, int64_t ldx, Products<TY> P, 
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
   // Prefetching pays only when the block can start before the previous kernel ends.
   const bool prefetch = g4::pdl_enabled();
-  switch (m) {
-#define G4_GEMV_CASE(M)                                                                      \
-  case M: launch_pdl(gemv_kernel<M, TY, kEpilogue>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch); break;
-    G4_GEMV_CASE(1)
-    G4_GEMV_CASE(2)
-    G4_GEMV_CASE(3)
-    G4_GEMV_CASE(4)
-    G4_GEMV_CASE(5)
-    G4_GEMV_CASE(6)
-    G4_GEMV_CASE(7)
-    G4_GEMV_CASE(8)
-#undef G4_GEMV_CASE
-    default: G4_FAIL("gemv: ", m, " rows (1 to ", kGemvMaxRows, ")");
+#define G4_GEMV_CASE(M)                                                                                             \
+  case M:                                                                                                             \
+    launch_pdl(gemv_kernel<M, TY, kEpilogue>, grid, block, 0, x, ldx, P, k, alpha, beta, prefetch, after);          \
+    break;
+  if constexpr (kEpilogue == Epilogue::kLinearNorms) {
+    after.counter = g4::cuda::arrival_counters(1);
+    switch (m) {
+      G4_GEMV_CASE(1)
+      default: G4_FAIL("gemv_add_rmsnorm_norms: ", m, " rows (at most ", kNormsMaxRows, ")");
+    }
+  } else {
+    switch (m) {
+      G4_GEMV_CASE(1)
+      G4_GEMV_CASE(2)
+      G4_GEMV_CASE(3)
+      G4_GEMV_CASE(4)
+      G4_GEMV_CASE(5)
+      G4_GEMV_CASE(6)
+      G4_GEMV_CASE(7)
+      G4_GEMV_CASE(8)
+      default: G4_FAIL("gemv: ", m, " rows (1 to ", kGemvMaxRows, ")");
+    }
   }
+#undef G4_GEMV_CASE
 }
 
 bool aligned_rows(const void* p, int64_t ld) { return aligned16(p) && ld % kPerLane == 0; }
@@ -257,6 +303,36 @@ void gemv_gelu_mul(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, 
   P.w[0] = static_cast<const bf16_t*>(w), P.b = static_cast<const bf16_t*>(b);
   P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = ldy, P.count = 1;
   launch<bf16_t, Epilogue::kGeluMul>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f);
+}
+
+bool gemv_norms_fit(int64_t m, int64_t n) {
+  return m >= 1 && m <= kNormsMaxRows && n > 0 && n % kPerLane == 0 && n / kPerLane <= kWarps * 32 * kNormPacks;
+}
+
+void gemv_add_rmsnorm_norms(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
+                            void* y, const void* residual, const void* norm_w, void* h,
+                            const std::vector<GemvNorm>& norms, float eps, float scale) {
+  G4_CHECK(gemv_fits(m, k, x, ldx, w, ldw, DType::BF16, DType::BF16), "gemv_add_rmsnorm_norms: [", m, ", ", k, "] x [",
+           n, ", ", k, "]ᵀ does not fit (1-", kGemvMaxRows, " rows, k a multiple of 8, 16-byte aligned rows, bf16)");
+  G4_CHECK(gemv_norms_fit(m, n), "gemv_add_rmsnorm_norms: ", m, " rows of ", n, " elements (at most ", kNormsMaxRows,
+           " rows, a multiple of 8 elements, at most ", kWarps * 32 * kNormPacks * kPerLane, ")");
+  G4_CHECK(norms.size() <= 3, "gemv_add_rmsnorm_norms: at most 3 norms, got ", norms.size());
+  Products<bf16_t> P;
+  P.w[0] = static_cast<const bf16_t*>(w), P.y[0] = static_cast<bf16_t*>(y), P.n[0] = n, P.ldw[0] = ldw, P.ldy[0] = n;
+  P.count = 1;
+  NormsAfter after;
+  after.residual = static_cast<const bf16_t*>(residual);
+  after.w = static_cast<const bf16_t*>(norm_w);
+  after.h = static_cast<bf16_t*>(h);
+  after.norms.count = static_cast<int>(norms.size());
+  for (size_t i = 0; i < norms.size(); ++i) {
+    after.norms.w[i] = static_cast<const bf16_t*>(norms[i].w);
+    after.norms.y[i] = static_cast<bf16_t*>(norms[i].y);
+    after.norms.scale[i] = norms[i].scale;
+  }
+  after.eps = eps;
+  after.scale = scale;
+  launch<bf16_t, Epilogue::kLinearNorms>(m, k, static_cast<const bf16_t*>(x), ldx, P, 1.0f, 0.0f, after);
 }
 
 bool gemv_preferred(int64_t m, int64_t n, int64_t k) {

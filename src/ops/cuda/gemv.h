@@ -48,6 +48,25 @@ void gemv_gelu_gate(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx,
 void gemv_gelu_mul(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
                    const void* b, void* y, int64_t ldy);
 
+// Whether gemv_add_rmsnorm_norms takes m rows of n elements: one row (a batch-1 decode step, where a
+// launch saved is time saved), n a multiple of 8, at most 3072.
+bool gemv_norms_fit(int64_t m, int64_t n);
+
+// One norm of gemv_add_rmsnorm_norms: y = rmsnorm(h, w)·scale, [m, n] bf16.
+struct GemvNorm {
+  const void* w = nullptr;
+  void* y = nullptr;
+  float scale = 1.f;
+};
+
+// y = x·Wᵀ (bf16, [m, n] contiguous), then h = (residual + rmsnorm(y, norm_w))·scale and each norm of h
+// as ops::add_rmsnorm_norms computes them (residual and h [m, n] contiguous, at most 3 norms): a
+// projection that joins the residual stream and the norms that read it, in one launch, the last
+// block to finish making the norms. W must fit as gemv_many's; the rows must fit gemv_norms_fit.
+void gemv_add_rmsnorm_norms(int64_t m, int64_t n, int64_t k, const void* x, int64_t ldx, const void* w, int64_t ldw,
+                            void* y, const void* residual, const void* norm_w, void* h,
+                            const std::vector<GemvNorm>& norms, float eps, float scale);
+
 // Whether a product of m rows by an [n, k] weight that fits goes to these kernels rather than
 // cuBLASLt (the dense GEMMs and the fused decode ops ask). By default where they were faster on an
 // H200 (bench_gemv, 2026-12-05, docs/performance.md): 1-2 rows always (1.05-1.8x), 3-4 rows for

@@ -1,0 +1,32 @@
+#include "core/cuda/arrivals.h"
+
+#include <mutex>
+
+#include "core/cuda/runtime.h"
+#include "core/error.h"
+
+namespace g4::cuda {
+
+namespace {
+// Far more than one decode step's launches take (a few per layer, each at most a few hundred).
+constexpr int kRingCounters = 1 << 16;
+}  // namespace
+
+unsigned* arrival_counters(int n) {
+  G4_CHECK(n >= 0 && n <= kRingCounters, "arrival_counters: ", n, " counters asked for, at most ", kRingCounters);
+  static unsigned* ring = [] {
+    unsigned* r = nullptr;
+    G4_CUDA_CHECK(cudaMalloc(&r, kRingCounters * sizeof(unsigned)));
+    G4_CUDA_CHECK(cudaMemset(r, 0, kRingCounters * sizeof(unsigned)));
+    return r;
+  }();
+  static std::mutex mutex;
+  static int next = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (next + n > kRingCounters) next = 0;
+  unsigned* range = ring + next;
+  next += n;
+  return range;
+}
+
+}  // namespace g4::cuda
