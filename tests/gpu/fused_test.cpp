@@ -43,6 +43,11 @@ Tensor inv_freq_of(int64_t d) {
   return f.to(Device::CUDA);
 }
 
+// A GEMV's shape: rows of x, outputs n, reduction k.
+struct GemvShape {
+  int64_t rows, n, k;
+};
+
 TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
   G4_REQUIRE_GPU();
   for (const DType dt : {DType::BF16, DType::F32}) {
@@ -134,19 +139,15 @@ TEST(GpuFusedNorms, KernelsMatchTheSeparateOps) {
 // flip too, so a flip in a large output is up to two of its ulps: twice the one-rounding tolerance.
 TEST(GpuFusedNorms, GatedGemvMatchesTheSeparateOps) {
   G4_REQUIRE_GPU();
-  struct Case {
-    int64_t rows, n, k;
-  };
   uint64_t seed = 40;
-  for (const Case c : {Case{1, 2112, 2816}, Case{2, 37, 64}, Case{5, 10240, 2560}, Case{8, 300, 1000},
-                       Case{9, 64, 64}, Case{3, 16, 20}}) {
+  for (const GemvShape c : std::initializer_list<GemvShape>{
+           {1, 2112, 2816}, {2, 37, 64}, {5, 10240, 2560}, {8, 300, 1000}, {9, 64, 64}, {3, 16, 20}}) {
     const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, c.k}, ++seed));
     const Tensor wg = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
     const Tensor wu = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
-    expect_close_scaled(ops::gelu_gate_linear(x, wg, wu), ops::gelu_gate(ops::linear(x, wg), ops::linear(x, wu)), 0,
-                        2 * kBf16Rtol,
-                        "gelu_gate_linear rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) +
-                            " k=" + std::to_string(c.k));
+    expect_close_scaled(
+        ops::gelu_gate_linear(x, wg, wu), ops::gelu_gate(ops::linear(x, wg), ops::linear(x, wu)), 0, 2 * kBf16Rtol,
+        "gelu_gate_linear rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k));
   }
 }
 
@@ -155,16 +156,13 @@ TEST(GpuFusedNorms, GatedGemvMatchesTheSeparateOps) {
 // packs) run the separate ops. The sum's one-ulp flips carry through the gelu as in the gated case.
 TEST(GpuFusedNorms, GatedInputGemvMatchesTheSeparateOps) {
   G4_REQUIRE_GPU();
-  struct Case {
-    int64_t rows, n, k;
-  };
   uint64_t seed = 60;
-  for (const Case c : {Case{1, 256, 2560}, Case{2, 256, 1536}, Case{2, 37, 64}, Case{9, 64, 64}, Case{3, 16, 20}}) {
+  for (const GemvShape c :
+       std::initializer_list<GemvShape>{{1, 256, 2560}, {2, 256, 1536}, {2, 37, 64}, {9, 64, 64}, {3, 16, 20}}) {
     const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, c.k}, ++seed));
     const Tensor w = gpu_bf16(randn_bf16_exact({c.n, c.k}, ++seed, 0.05));
     const Tensor b = gpu_bf16(randn_bf16_exact({c.rows, c.n}, ++seed));
-    expect_close_scaled(ops::gelu_tanh_mul_linear(x, w, b), ops::gelu_tanh_mul(ops::linear(x, w), b), 0,
-                        2 * kBf16Rtol,
+    expect_close_scaled(ops::gelu_tanh_mul_linear(x, w, b), ops::gelu_tanh_mul(ops::linear(x, w), b), 0, 2 * kBf16Rtol,
                         "gelu_tanh_mul_linear rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) +
                             " k=" + std::to_string(c.k));
   }
@@ -196,12 +194,15 @@ TEST(GpuFusedNorms, ProjectionsInOneLaunchMatchTheSeparateProducts) {
 // launch leaves must be zero again for the second.
 TEST(GpuFusedNorms, ProjectionJoiningTheResidualMatchesTheSeparateOps) {
   G4_REQUIRE_GPU();
-  struct Case {
-    int64_t rows, n, k;
-  };
   uint64_t seed = 80;
-  for (const Case c : {Case{1, 2560, 2048}, Case{1, 2816, 4096}, Case{1, 1536, 6144}, Case{1, 2560, 256},
-                       Case{2, 1536, 6144}, Case{4, 2560, 10240}, Case{1, 5376, 1024}, Case{9, 256, 64}}) {
+  for (const GemvShape c : std::initializer_list<GemvShape>{{1, 2560, 2048},
+                                                            {1, 2816, 4096},
+                                                            {1, 1536, 6144},
+                                                            {1, 2560, 256},
+                                                            {2, 1536, 6144},
+                                                            {4, 2560, 10240},
+                                                            {1, 5376, 1024},
+                                                            {9, 256, 64}}) {
     const std::string what =
         "rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k);
     const Tensor x = gpu_bf16(randn_bf16_exact({c.rows, 1, c.k}, ++seed));
