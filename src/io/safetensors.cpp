@@ -371,7 +371,7 @@ Tensor SafetensorsReader::get(const std::string& name) const {
                       ti.dtype);
 }
 
-Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected_shape) const {
+Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected_shape, Infinities infinities) const {
   const TensorInfo& ti = info(name);
   G4_CHECK(ti.shape == expected_shape, "tensor '", name, "' in ", ti.file, " has shape ", shape_str(ti.shape),
            ", expected ", shape_str(expected_shape));
@@ -383,10 +383,11 @@ Tensor SafetensorsReader::get_f32(const std::string& name, const Shape& expected
   // norm weight gives infinite logits, which the final softcap turns into finite garbage.
   const float* p = t.data<float>();
   const int64_t n = t.numel();
+  const bool infinity_allowed = infinities == Infinities::kAllowed;
   int64_t first = n;
 #pragma omp parallel for reduction(min : first) schedule(static) if (n > (int64_t{1} << 20))
   for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i]) && i < first) first = i;
+    if ((infinity_allowed ? std::isnan(p[i]) : !std::isfinite(p[i])) && i < first) first = i;
   G4_CHECK(first == n, "tensor '", name, "' in ", ti.file, " holds ", std::isnan(p[first]) ? "a NaN" : "an infinity",
            " (element ", first, " of ", n, "): the checkpoint is damaged");
   return t;

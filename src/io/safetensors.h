@@ -37,9 +37,15 @@ class SafetensorsReader {
   // data not aligned to its element size in the file is copied to aligned memory. Views are
   // copy-on-write private mappings: writing into one never changes the file.
   Tensor get(const std::string& name) const;
-  // The tensor converted to f32 (a copy), checked against an expected shape and a floating-point
-  // stored dtype; a mismatch is an error naming the key, the expected and the actual value.
-  Tensor get_f32(const std::string& name, const Shape& expected_shape) const;
+  // Whether get_f32 takes infinities. A NaN is damage in any tensor, and so is an infinity in a
+  // weight; but a clipped linear's bounds are ±inf where it does not clip (transformers' initial
+  // buffers, which it saves as they are).
+  enum class Infinities { kRefused, kAllowed };
+  // The tensor converted to f32 (a copy), checked against an expected shape, a floating-point stored
+  // dtype and finite values (see Infinities); a mismatch is an error naming the key, the expected
+  // and the actual value.
+  Tensor get_f32(const std::string& name, const Shape& expected_shape,
+                 Infinities infinities = Infinities::kRefused) const;
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 

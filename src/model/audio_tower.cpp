@@ -44,7 +44,7 @@ AudioTower AudioTower::load(const io::SafetensorsReader& r, const io::AudioConfi
       [&](const std::string& name, const Shape& shape) { return ag::Var(r.get_f32(name, shape), true); },
       [&](const std::string& name) -> std::optional<double> {
         if (!r.has(name)) return std::nullopt;
-        return element_as_double(r.get_f32(name, {}), 0);
+        return element_as_double(r.get_f32(name, {}, io::SafetensorsReader::Infinities::kAllowed), 0);
       });
 }
 

@@ -168,11 +168,14 @@ void load_hf_weights(Gemma4& model, const io::SafetensorsReader& reader, const L
     }
   }
 
+  using Infinities = io::SafetensorsReader::Infinities;
   for (auto& [name, b] : model.params().buffers) {
-    if (b.kind == ParamKind::kVisionClip || b.kind == ParamKind::kVisionStandardize)
-      b.value = reader.get_f32(take(name), b.value.shape());
+    if (b.kind == ParamKind::kVisionStandardize) b.value = reader.get_f32(take(name), b.value.shape());
+    // A clip bound of ±inf does not clip: transformers' initial value.
+    if (b.kind == ParamKind::kVisionClip) b.value = reader.get_f32(take(name), b.value.shape(), Infinities::kAllowed);
     // An audio checkpoint without bounds keeps the unbounded ones (transformers' initial buffers).
-    if (b.kind == ParamKind::kAudioClip && reader.has(name)) b.value = reader.get_f32(take(name), b.value.shape());
+    if (b.kind == ParamKind::kAudioClip && reader.has(name))
+      b.value = reader.get_f32(take(name), b.value.shape(), Infinities::kAllowed);
   }
 
   int64_t skipped_towers = 0;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -20,6 +21,7 @@
 #include "model/audio_tower.h"
 #include "model/state_dict_adapter.h"
 #include "support/error_message.h"
+#include "support/g4_process.h"
 #include "support/tensor_compare.h"
 #include "support/test_paths.h"
 
@@ -101,6 +103,52 @@ TEST_P(AudioTowerFixture, LoadedModelKeepsAndExportsTheTower) {
     EXPECT_EQ(test::max_diff(t.reshape({-1}), reader.get_f32(name, reader.info(name).shape).reshape({-1})), 0.0) << name;
   }
   EXPECT_EQ(exported, audio);
+}
+
+// transformers initialises a clipped linear's bounds to -inf and +inf (no clipping) and saves them as
+// they are: such a checkpoint (here every bound of both towers) loads, where the check for damaged
+// weights refused it (tools/probe_processors_vs_transformers.py found it), and its audio tower runs;
+// a NaN bound is still damage.
+TEST(AudioTower, InfiniteClipBoundsAsTransformersSavesThemLoad) {
+  namespace fs = std::filesystem;
+  const fs::path dir = test::scratch_dir("unclipped_audio");
+  fs::copy(fixture("tiny-mm-e"), dir, fs::copy_options::recursive);
+  const auto fixture_weights = io::SafetensorsReader::open(fixture("tiny-mm-e") + "/model.safetensors");
+  // Every bound ±inf, or NaN when nan_bound is.
+  const auto rewrite = [&](double nan_bound) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    int64_t bounds = 0;
+    for (const std::string& name : fixture_weights.names()) {
+      Tensor t = fixture_weights.get(name);
+      for (const std::string b : model::kClipBounds) {
+        if (!name.ends_with("." + b)) continue;
+        const double inf = std::numeric_limits<double>::infinity();
+        t = Tensor::full(t.shape(), std::isnan(nan_bound) ? nan_bound : (b.ends_with("min") ? -inf : inf), t.dtype());
+        ++bounds;
+      }
+      tensors.emplace_back(name, t);
+    }
+    EXPECT_EQ(bounds, 136);  // the audio tower's 20 clipped linears and the vision tower's 14
+    io::save_safetensors((dir / "model.safetensors").string(), tensors);
+  };
+  rewrite(0.0);
+  const auto model = model::load_hf_model(dir.string());
+  EXPECT_EQ(element_as_double(model->params().buffer("model.audio_tower.layers.0.feed_forward1.ffw_layer_1.input_max"), 0),
+            std::numeric_limits<double>::infinity());
+  const auto ref = io::SafetensorsReader::open(fixture("tiny-mm-e") + "/reference.safetensors");
+  ag::NoGrad no_grad;
+  const Tensor f = ref.get("input_features"), mask = ref.get("input_features_mask");
+  const Tensor out = model::AudioTower::from_params(model->params(), model->config()).forward(f, mask).hidden.value();
+  const auto reader = io::SafetensorsReader::open(dir.string());
+  EXPECT_EQ(test::max_diff(out, model::AudioTower::load(reader, model->config().audio, model->config().hidden_size)
+                                    .forward(f, mask).hidden.value()),
+            0.0);
+  for (int64_t i = 0; i < out.numel(); ++i) ASSERT_TRUE(std::isfinite(element_as_double(out, i))) << i;
+  rewrite(std::numeric_limits<double>::quiet_NaN());
+  const std::string e = test::error_of([&] { model::load_hf_model(dir.string()); });
+  EXPECT_NE(e.find("holds a NaN"), std::string::npos) << e;
+  EXPECT_NE(e.find("damaged"), std::string::npos) << e;
+  fs::remove_all(dir);
 }
 
 // The forward's audio inputs: features and mask together, as many soft tokens as placeholders, and
