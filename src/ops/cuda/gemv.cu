@@ -113,9 +113,9 @@ __device__ __forceinline__ BlockRows<TY> block_rows(const Products<TY>& P) {
 // the block's weight rows start streaming into L2 before pdl_wait(), so under programmatic
 // dependent launch they load while the previous kernel ends.
 template <int M, class TY, Epilogue kEpilogue>
-__global__ void __launch_bounds__(kWarps * 32, kEpilogue == Epilogue::kLinearNorms ? kNormsMinBlocks : 1) gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx,
-                                                           const Products<TY> P, int64_t k, float alpha,
-                                                           float beta, bool prefetch, const NormsAfter after) {
+__global__ void __launch_bounds__(kWarps * 32, kEpilogue == Epilogue::kLinearNorms ? kNormsMinBlocks : 1)
+    gemv_kernel(const bf16_t* __restrict__ x, int64_t ldx, const Products<TY> P, int64_t k, float alpha, float beta,
+                bool prefetch, const NormsAfter after) {
   pdl_begin_after([&] {
     if (!prefetch) return;
     const BlockRows<TY> b = block_rows<TY, kEpilogue == Epilogue::kGeluGate>(P);
