@@ -15,6 +15,10 @@ constexpr int kRingCounters = 1 << 16;
 unsigned* arrival_counters(int n) {
   G4_CHECK(n >= 0 && n <= kRingCounters, "arrival_counters: ", n, " counters asked for, at most ", kRingCounters);
   static unsigned* ring = [] {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    G4_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capturing));
+    G4_CHECK(capturing == cudaStreamCaptureStatusNone,
+             "arrival_counters: first asked for inside a CUDA graph capture; run the captured work once before");
     unsigned* r = nullptr;
     G4_CUDA_CHECK(cudaMalloc(&r, kRingCounters * sizeof(unsigned)));
     G4_CUDA_CHECK(cudaMemset(r, 0, kRingCounters * sizeof(unsigned)));
