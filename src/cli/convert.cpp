@@ -38,6 +38,7 @@ void replace_model(const fs::path& out, const fs::path& staging, const std::vect
     G4_CHECK(!ec, "convert --overwrite: cannot move ", p.string(), " to ", (out / p.filename()).string(), ": ",
              ec.message(), " (the new model's remaining files are in ", staging.string(), ")");
   }
+  io::sync_to_disk(out.string());  // the moves (each file's data is on the disk since its atomic write)
   fs::remove(staging, ec);
 }
 

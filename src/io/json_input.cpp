@@ -121,6 +121,23 @@ std::string atomic_write_target(const std::string& path) {
   return target;
 }
 
+void sync_to_disk(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  G4_CHECK(fd >= 0, "cannot open ", path, " to sync it to disk: ", std::strerror(errno));
+  int rc = 0;
+  do {
+    rc = ::fsync(fd);
+  } while (rc != 0 && errno == EINTR);
+  const int err = errno;
+  ::close(fd);
+  G4_CHECK(rc == 0 || err == EINVAL || err == ENOTSUP, "syncing ", path, " to disk failed: ", std::strerror(err));
+}
+
+std::string parent_folder(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
 void write_file_atomic(const std::string& given, const std::function<void(std::ostream&)>& fill) {
   const std::string path = atomic_write_target(given);
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -144,8 +161,15 @@ void write_file_atomic(const std::string& given, const std::function<void(std::o
     std::filesystem::remove(tmp, ec);
     G4_FAIL("writing ", tmp, " failed: ", std::strerror(err));
   }
+  try {
+    sync_to_disk(tmp);
+  } catch (...) {
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
   std::filesystem::rename(tmp, path, ec);
   G4_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
+  sync_to_disk(parent_folder(path));
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

@@ -59,9 +59,18 @@ std::string symlink_target(const std::string& path);
 // Throws when that exists and is not a regular file (a FIFO, a device, a directory).
 std::string atomic_write_target(const std::string& path);
 
+// Makes what is at `path` durable (fsync): a file's data, or a folder's entries (what was renamed into
+// it). Where the file system cannot sync (EINVAL, ENOTSUP) it does nothing; any other failure is an
+// error naming the path.
+void sync_to_disk(const std::string& path);
+// The folder that holds `path` ("." for a bare file name).
+std::string parent_folder(const std::string& path);
+
 // Writes `text` to a temporary file beside `path` and renames it over `path`, so a reader (or a
-// run killed meanwhile) sees the old file or the whole new one, never half of it. Errors name the file
-// and the system's reason (e.g. "No space left on device"); a failed write removes the temporary file.
+// run killed meanwhile) sees the old file or the whole new one, never half of it; the data is on the
+// disk before the rename and the rename after it (sync_to_disk), so a machine that loses power does
+// not leave a renamed file with unwritten data either. Errors name the file and the system's reason
+// (e.g. "No space left on device"); a failed write removes the temporary file.
 // A symlink `path` is written through (its target replaced, the link kept); a `path` that exists and
 // is not a regular file (a FIFO, a device) is refused.
 void write_file_atomic(const std::string& path, const std::string& text);

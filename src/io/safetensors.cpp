@@ -432,6 +432,7 @@ class AtomicFile {
       ::unlink(tmp_.c_str());
       G4_FAIL("cannot move ", tmp_, " to ", path_, ": ", std::strerror(err));
     }
+    sync_to_disk(parent_folder(path_));  // the rename too
   }
 
  private:

@@ -98,8 +98,12 @@ std::string CheckpointManager::save(int64_t step) {
 
 void CheckpointManager::publish(const fs::path& tmp, const fs::path& final_dir, const nlohmann::json& state) {
   io::write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
+  // Every file in tmp is on the disk already (written atomically); so are tmp's entries, and then the
+  // rename, before `latest` names the checkpoint: a machine that loses power keeps a whole one.
+  io::sync_to_disk(tmp.string());
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
+  io::sync_to_disk(dir_);
   io::write_file_atomic((fs::path(dir_) / "latest").string(), final_dir.filename().string() + "\n");
 
   if (keep_ > 0) {

@@ -252,5 +252,18 @@ TEST(HostileInput, FailedAtomicWriteLeavesTheOldFileAndNoTemporary) {
   EXPECT_EQ(read_regular_file(path, "test file", 100), "old\n");
 }
 
+// What atomic writes sync: a file's data and a folder's entries; a path that is not there is an error
+// naming it (a write never reaches that: it syncs what it just wrote).
+TEST(HostileInput, SyncToDiskTakesFilesAndFolders) {
+  TempDir tmp;
+  const std::string path = tmp / "synced.txt";
+  write_file_atomic(path, "data\n");
+  EXPECT_NO_THROW(sync_to_disk(path));
+  EXPECT_NO_THROW(sync_to_disk(tmp.str()));
+  EXPECT_CLEAN_ERROR(sync_to_disk(tmp / "absent"), tmp / "absent", "No such file or directory");
+  EXPECT_EQ(parent_folder(path), tmp.str());
+  EXPECT_EQ(parent_folder("bare.json"), ".");
+}
+
 }  // namespace
 }  // namespace g4::io
