@@ -97,11 +97,10 @@ run="scripts/device_run.sh"
 #   The whole suite has not run with that default (no machine started for the later calls): run `tests-new`.
 # - Session 36 (2026-12-07, one H100): the whole suite passed with pairs as the default and the shorter softmax
 #   (fmaxf trees, ex2.approx.ftz, masks only on cut tiles; P by stmatrix): 170 passed, 17 skipped (more GPUs).
-# - Session 41 (no GPU lent): two decode fusions written, opt-in, not yet run: a batch-1 projection that joins the
+# - Session 41 (no GPU lent): a decode fusion written, opt-in, not yet run: a batch-1 projection that joins the
 #   residual makes the norms of the sum in the GEMV's last block (G4_DECODE_NORMS_IN_GEMV=1;
-#   GpuFusedNorms.ProjectionJoiningTheResidualMatchesTheSeparateOps runs the kernel whatever the setting), and the
-#   paged decode attention's key splits merged by the last split (G4_PAGED_MERGE_LAST_SPLIT=1; PagedAttentionGpu*
-#   covers it only with the setting on). The `decode-fusions` stage runs their tests with both on, then times them.
+#   GpuFusedNorms.ProjectionJoiningTheResidualMatchesTheSeparateOps runs the kernel whatever the setting). The
+#   `decode-fusions` stage runs the tests with it on, then times it.
 new_tests='GpuAttention.WgmmaForwardSoftmaxGroup*:GpuAttention.*:GpuTrain*:GpuFusedNorms.*:GpuEngineLookahead.*:SamplingGpu.*:GpuEngineRealWidths.*:GpuElementwise.*:GpuTensor.*:PagedAttentionGpu*:GpuEngineGraphs.*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*:*GpuDiffusion*:GpuFixture*:GpuMoe*'
 
 stage() {
@@ -225,17 +224,16 @@ stage() {
           --denoising-steps 48 &&
         G4_PDL=1 $run g4 bench generate --model diffusiongemma-26b-a4b --batch 1 --prompt-len 256 --new-tokens 256 \
           --denoising-steps 48 ;;
-    decode-fusions)  # session 41's two opt-in decode fusions (see new_tests): the tests with both on (the engine's
-      # graphs, log-probs and RL run them end to end), then generation with both off and on, and each alone at batch 1
-      local on='G4_DECODE_NORMS_IN_GEMV=1 G4_PAGED_MERGE_LAST_SPLIT=1'
+    decode-fusions)  # session 41's opt-in decode fusion (see new_tests): the tests with it on (the engine's graphs,
+      # log-probs and RL run it end to end), then generation at batch 1 and 4 with it off and on, alternated
       local g='g4 bench generate --prompt-len 256 --new-tokens 64'
-      env $on $run test_gpu --gtest_brief=1 \
+      G4_DECODE_NORMS_IN_GEMV=1 $run test_gpu --gtest_brief=1 \
         --gtest_filter='GpuFusedNorms.*:PagedAttentionGpu*:*GpuEngine*:GpuTokenLogprobs.*:GpuRl.*' &&
-        $run $g --model gemma-4-e4b --batch 1,4 && env $on $run $g --model gemma-4-e4b --batch 1,4 &&
-        G4_DECODE_NORMS_IN_GEMV=1 $run $g --model gemma-4-e4b --batch 1 &&
-        G4_PAGED_MERGE_LAST_SPLIT=1 $run $g --model gemma-4-e4b --batch 1 &&
-        $run $g --model gemma-4-26b-a4b --batch 1,4 && env $on $run $g --model gemma-4-26b-a4b --batch 1,4 &&
-        env $on $run $g --model gemma-4-e4b --batch 1 --profile ;;
+        $run $g --model gemma-4-e4b --batch 1,4 && G4_DECODE_NORMS_IN_GEMV=1 $run $g --model gemma-4-e4b --batch 1,4 &&
+        $run $g --model gemma-4-e4b --batch 1 && G4_DECODE_NORMS_IN_GEMV=1 $run $g --model gemma-4-e4b --batch 1 &&
+        $run $g --model gemma-4-26b-a4b --batch 1,4 &&
+        G4_DECODE_NORMS_IN_GEMV=1 $run $g --model gemma-4-26b-a4b --batch 1,4 &&
+        G4_DECODE_NORMS_IN_GEMV=1 $run $g --model gemma-4-e4b --batch 1 --profile ;;
     decode-bench)  # issue 13's batch-1 figures: the kernels of a batch-1 26B-A4B and E4B step (CUPTI), then
       # generation at small batches
       local g='g4 bench generate --prompt-len 256 --new-tokens 64'
