@@ -21,7 +21,8 @@ unsigned* arrival_counters(int n) {
              "arrival_counters: first asked for inside a CUDA graph capture; run the captured work once before");
     unsigned* r = nullptr;
     G4_CUDA_CHECK(cudaMalloc(&r, kRingCounters * sizeof(unsigned)));
-    G4_CUDA_CHECK(cudaMemset(r, 0, kRingCounters * sizeof(unsigned)));
+    // On the compute stream, ahead of every kernel that counts (the side stream forks from it later).
+    G4_CUDA_CHECK(cudaMemsetAsync(r, 0, kRingCounters * sizeof(unsigned), stream()));
     return r;
   }();
   static std::mutex mutex;

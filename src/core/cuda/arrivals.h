@@ -1,6 +1,5 @@
 // Arrival counters: for a kernel whose last CTA to finish does the work that needs every CTA's
-// output (the merge of a paged attention's key splits, the norm that reads a whole GEMV output row),
-// instead of a second kernel. Each CTA adds one to its group's counter once its output is written;
+// output (the norms that read a whole GEMV output row, ops/cuda/gemv.cu), instead of a second kernel. Each CTA adds one to its group's counter once its output is written;
 // the CTA that brings the count to the group's size does the rest and puts the counter back to 0
 // (core/cuda/arrivals.cuh). So every counter is 0 between kernels, and a CUDA graph replays them
 // as captured.
