@@ -274,8 +274,11 @@ void read_index(const std::string& dir, std::map<std::string, Entry>& out,
   }
   for (const std::string& shard : shards) {
     const std::string shard_path = (fs::path(dir) / shard).string();
-    G4_CHECK(fs::is_regular_file(shard_path), "shard ", shard, " listed in ", index_path, " is missing (", shard_path,
-             ")");
+    // The error_code form: a name the system refuses (too long, a loop of links) is a reason, not a throw.
+    std::error_code ec;
+    const bool regular = fs::is_regular_file(shard_path, ec);
+    G4_CHECK(regular, "shard ", shard, " listed in ", index_path, " is missing (", shard_path,
+             ec ? "; " + ec.message() : std::string(), ")");
     read_file_header(shard_path, out, metadata);
   }
   for (const auto& [key, v] : weight_map.items()) {

@@ -184,6 +184,18 @@ TEST(SafetensorsErrors, IndexPointsAtMissingShard) {
                   "model.safetensors.index.json");
 }
 
+// Found by fuzzing (fuzz/shard_index.cpp): a shard name the system refuses to look up (longer than a
+// file name may be) threw the standard library's filesystem_error; it is a missing shard with the reason.
+TEST(SafetensorsErrors, IndexNamesAShardTheSystemCannotLookUp) {
+  TempDir tmp;
+  const std::string dir = sharded_dir(tmp);
+  const std::string index = dir + "/model.safetensors.index.json";
+  auto j = nlohmann::json::parse(test::read_bytes(index));
+  j["weight_map"]["a"] = std::string(300, 'x') + ".safetensors";
+  test::write_text(index, j.dump());
+  EXPECT_G4_ERROR(SafetensorsReader::open(dir), "missing", "File name too long", index);
+}
+
 TEST(SafetensorsErrors, IndexNamesKeyItsShardLacks) {
   TempDir tmp;
   const std::string dir = sharded_dir(tmp);
