@@ -65,16 +65,22 @@ def ulp_jittered(model, seed):
     return m
 
 
-def check_outputs_within_rounding(ours, model, batch, hf_outputs, hf32, hf64, mask):
-    """check_outputs, and where it finds problems, again with transformers' f32 error taken as the largest over
-    ENVELOPE_COPIES ulp-jittered copies of `model` too (hf_outputs(model, batch) gives their outputs)."""
+def within_rounding(problems_against, model, batch, hf_outputs, hf32):
+    """problems_against([hf32]) (a probe's checks, given transformers' f32 outputs), and where that finds problems,
+    problems_against with the outputs of ENVELOPE_COPIES ulp-jittered copies of `model` too
+    (hf_outputs(model, batch) gives them): transformers' f32 error is then the largest over all of them."""
     mark = len(RATIOS)
-    problems = check_outputs(ours, hf32, hf64, mask)
+    problems = problems_against([hf32])
     if problems:
         del RATIOS[mark:]  # the ratios of this trial are then the ones against the envelope
         copies = [hf_outputs(ulp_jittered(model, seed), batch) for seed in range(ENVELOPE_COPIES)]
-        problems = check_outputs(ours, [hf32] + copies, hf64, mask)
+        problems = problems_against([hf32] + copies)
     return problems
+
+
+def check_outputs_within_rounding(ours, model, batch, hf_outputs, hf32, hf64, mask):
+    """check_outputs, within_rounding."""
+    return within_rounding(lambda hf32s: check_outputs(ours, hf32s, hf64, mask), model, batch, hf_outputs, hf32)
 
 
 def check_values(problems, checks):

@@ -51,8 +51,7 @@ from safetensors.torch import load_file, save_file
 
 from bench_hf_diffusion import TINY_VISION
 from make_hf_fixtures import randomize
-from probe_common import (ENVELOPE_COPIES, RATIOS, check_grads, check_values, run_g4, run_trials, trial_parser,
-                          ulp_jittered)
+from probe_common import check_grads, check_values, run_g4, run_trials, trial_parser, within_rounding
 
 
 def draw_config(r):
@@ -211,14 +210,7 @@ def compare_forward(d, model, batch, g4, problems):
             check_grads(found, renamed, hf32s, hf64, [k for k in hf64 if k.startswith("grad.")])
         return found
 
-    # As check_outputs_within_rounding (probe_common.py): a failure is checked again against ulp-jittered copies.
-    mark = len(RATIOS)
-    found = problems_against([hf32])
-    if found:
-        del RATIOS[mark:]
-        found = problems_against([hf32] + [hf_outputs(ulp_jittered(model, seed), batch)
-                                           for seed in range(ENVELOPE_COPIES)])
-    problems.extend(found)
+    problems.extend(within_rounding(problems_against, model, batch, hf_outputs, hf32))
     return scale
 
 

@@ -57,7 +57,7 @@ void check_output_file(const std::string& out, const std::string& option, bool o
                        const std::string& input_model) {
   std::error_code ec;
   if (!fs::exists(out, ec)) return;
-  const fs::path dir = fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path();
+  const fs::path dir = io::parent_folder(out);
   if (!fs::exists(dir / "config.json", ec)) return;
   // The input model's files are still being read (memory-mapped) while the output is written.
   G4_CHECK(!same_path(dir, input_model), option, " ", out, " is a file of the input model ", input_model,
@@ -100,7 +100,7 @@ void check_output_file_creatable(const std::string& out, const std::string& opti
   const fs::file_status st = fs::status(target, ec);
   G4_CHECK(!fs::exists(st) || fs::is_regular_file(st), option, " ", out,
            " is not a regular file (a FIFO, socket or device?); give the path of a file to write");
-  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  const fs::path parent = io::parent_folder(target.string());
   G4_CHECK(fs::exists(parent, ec), option, " ", out, ": the folder ", parent.string(), " does not exist");
   G4_CHECK(fs::is_directory(parent, ec), option, " ", out, ": ", parent.string(), " is not a folder");
   // A read-only file system or a folder without write permission shows only when a file is made
